@@ -1,0 +1,136 @@
+//! KV apply: put / delete with compare-and-set and TTL, expiry sweep.
+
+use super::{check_key, lossy, View};
+use crate::command::{Expect, OpError, Response};
+use crate::limits::{TTL_MS_MAX, VALUE_BYTES_MAX};
+use crate::state::{KvRecord, StoreError, StoreRead, Table};
+
+pub(crate) fn validate_put(key: &[u8], value: &[u8], ttl_ms: Option<u64>) -> Result<(), OpError> {
+    check_key(key)?;
+    if value.len() > VALUE_BYTES_MAX {
+        return Err(OpError::ValueTooLarge { len: value.len(), max: VALUE_BYTES_MAX });
+    }
+    if let Some(ttl_ms) = ttl_ms {
+        if ttl_ms == 0 || ttl_ms > TTL_MS_MAX {
+            return Err(OpError::InvalidTtl { ttl_ms, max_ms: TTL_MS_MAX });
+        }
+    }
+    Ok(())
+}
+
+pub fn expiry_key(expires_at_ms: u64, key: &[u8]) -> Vec<u8> {
+    let mut k = expires_at_ms.to_be_bytes().to_vec();
+    k.extend_from_slice(key);
+    k
+}
+
+/// The record stored under `key`, whether or not it has expired.
+fn stored<S: StoreRead>(view: &View<'_, S>, key: &[u8]) -> Result<Result<Option<KvRecord>, OpError>, StoreError> {
+    Ok(match view.get(Table::Kv, key)? {
+        None => Ok(None),
+        Some(bytes) => KvRecord::decode(&bytes)
+            .map(Some)
+            .map_err(|e| OpError::CorruptValue { key: lossy(key), reason: e.to_string() }),
+    })
+}
+
+fn expect_holds(expect: Option<Expect>, live: Option<&KvRecord>) -> bool {
+    match (expect, live) {
+        (None, _) => true,
+        (Some(Expect::Absent), live) => live.is_none(),
+        (Some(Expect::Revision(rev)), Some(record)) => record.mod_revision == rev,
+        (Some(Expect::Revision(_)), None) => false,
+    }
+}
+
+fn remove<S: StoreRead>(view: &mut View<'_, S>, key: &[u8], record: &KvRecord) {
+    view.delete(Table::Kv, key.to_vec());
+    if let Some(at) = record.expires_at_ms {
+        view.delete(Table::KvExpiry, expiry_key(at, key));
+    }
+}
+
+pub(crate) fn put<S: StoreRead>(
+    view: &mut View<'_, S>,
+    index: u64,
+    now_ms: u64,
+    key: &[u8],
+    value: &[u8],
+    ttl_ms: Option<u64>,
+    expect: Option<Expect>,
+) -> Result<Response, StoreError> {
+    if let Err(e) = validate_put(key, value, ttl_ms) {
+        return Ok(Response::Refused(e));
+    }
+    let existing = match stored(view, key)? {
+        Ok(r) => r,
+        Err(e) => return Ok(Response::Refused(e)),
+    };
+    let live = existing.as_ref().filter(|r| r.is_live_at(now_ms));
+    if !expect_holds(expect, live) {
+        return Ok(Response::KvConditionFailed { current: live.map(|r| r.mod_revision) });
+    }
+    let record = KvRecord {
+        value: value.to_vec(),
+        create_revision: live.map_or(index, |r| r.create_revision),
+        mod_revision: index,
+        version: live.map_or(1, |r| r.version + 1),
+        expires_at_ms: ttl_ms.map(|ttl| now_ms + ttl),
+    };
+    let prev_revision = live.map(|r| r.mod_revision);
+    if let Some(old) = &existing {
+        if let Some(at) = old.expires_at_ms {
+            view.delete(Table::KvExpiry, expiry_key(at, key));
+        }
+    }
+    if let Some(at) = record.expires_at_ms {
+        view.put(Table::KvExpiry, expiry_key(at, key), Vec::new());
+    }
+    view.put(Table::Kv, key.to_vec(), record.encode());
+    Ok(Response::KvPut { revision: index, prev_revision })
+}
+
+pub(crate) fn delete<S: StoreRead>(
+    view: &mut View<'_, S>,
+    index: u64,
+    now_ms: u64,
+    key: &[u8],
+    expect: Option<Expect>,
+) -> Result<Response, StoreError> {
+    if let Err(e) = check_key(key) {
+        return Ok(Response::Refused(e));
+    }
+    let existing = match stored(view, key)? {
+        Ok(r) => r,
+        Err(e) => return Ok(Response::Refused(e)),
+    };
+    let live = existing.as_ref().filter(|r| r.is_live_at(now_ms));
+    if !expect_holds(expect, live) {
+        return Ok(Response::KvConditionFailed { current: live.map(|r| r.mod_revision) });
+    }
+    if let Some(record) = &existing {
+        remove(view, key, record);
+    }
+    Ok(Response::KvDelete { revision: index, deleted: live.is_some() })
+}
+
+pub(crate) fn sweep_expired<S: StoreRead>(view: &mut View<'_, S>, now_ms: u64, limit: u32) -> Result<Response, StoreError> {
+    let due = view.scan(Table::KvExpiry, &[], limit as usize)?;
+    let mut removed = 0u32;
+    for (expiry, _) in due {
+        let at = u64::from_be_bytes(expiry[..8].try_into().expect("expiry keys start with 8 bytes"));
+        if at > now_ms {
+            break;
+        }
+        let key = &expiry[8..];
+        view.delete(Table::KvExpiry, expiry.clone());
+        if let Ok(Some(record)) = stored(view, key)? {
+            // Only if the record still carries this expiry: a later put may have moved it.
+            if record.expires_at_ms == Some(at) {
+                view.delete(Table::Kv, key.to_vec());
+                removed += 1;
+            }
+        }
+    }
+    Ok(Response::Swept { removed })
+}

@@ -1,0 +1,177 @@
+//! The deterministic apply logic: `(state, index, command) -> (writes, response)`.
+//!
+//! Pure: it reads through [`StoreRead`], collects its effects in a [`WriteSet`] and never looks
+//! at a clock. Time is the entry's HLC stamp, made monotonic across leaders by taking the maximum
+//! with the last applied stamp, so every replica decides every TTL the same way.
+
+mod counter;
+mod kv;
+mod session;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+
+use crate::command::{Command, Op, OpError, Response};
+use crate::hlc::HlcStamp;
+use crate::limits::KEY_BYTES_MAX;
+use crate::state::{StoreError, StoreRead, Table};
+
+/// Writes collected while applying a batch of entries; later reads in the batch see them.
+#[derive(Default, Debug)]
+pub struct WriteSet {
+    entries: BTreeMap<(Table, Vec<u8>), Option<Vec<u8>>>,
+}
+
+impl WriteSet {
+    pub fn put(&mut self, table: Table, key: Vec<u8>, value: Vec<u8>) {
+        self.entries.insert((table, key), Some(value));
+    }
+
+    pub fn delete(&mut self, table: Table, key: Vec<u8>) {
+        self.entries.insert((table, key), None);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (Table, &[u8], Option<&[u8]>)> {
+        self.entries.iter().map(|((t, k), v)| (*t, k.as_slice(), v.as_deref()))
+    }
+
+    fn lookup(&self, table: Table, key: &[u8]) -> Option<Option<&[u8]>> {
+        // BTreeMap keyed by (Table, Vec<u8>) cannot be queried by (Table, &[u8]) without allocating.
+        self.entries.get(&(table, key.to_vec())).map(|v| v.as_deref())
+    }
+
+    fn range_from<'a>(&'a self, table: Table, from: &[u8]) -> impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)> + 'a {
+        self.entries
+            .range((table, from.to_vec())..)
+            .take_while(move |((t, _), _)| *t == table)
+            .map(|((_, k), v)| (k.as_slice(), v.as_deref()))
+    }
+}
+
+/// The store as seen mid-batch: committed state overlaid with this batch's writes.
+pub struct View<'a, S: StoreRead> {
+    pub base: &'a S,
+    pub writes: &'a mut WriteSet,
+}
+
+impl<S: StoreRead> View<'_, S> {
+    pub fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.writes.lookup(table, key) {
+            Some(v) => Ok(v.map(<[u8]>::to_vec)),
+            None => self.base.get(table, key),
+        }
+    }
+
+    /// Merged ordered scan of base and pending writes, at most `limit` live entries.
+    pub fn scan(&self, table: Table, from: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        // Over-read the base by the number of pending deletes so the merge still yields `limit`.
+        let pending: Vec<_> = self.writes.range_from(table, from).collect();
+        let base = self.base.scan(table, from, limit + pending.len())?;
+        let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> =
+            base.into_iter().map(|(k, v)| (k, Some(v))).collect();
+        for (k, v) in pending {
+            merged.insert(k.to_vec(), v.map(<[u8]>::to_vec));
+        }
+        Ok(merged.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))).take(limit).collect())
+    }
+
+    pub fn put(&mut self, table: Table, key: Vec<u8>, value: Vec<u8>) {
+        self.writes.put(table, key, value);
+    }
+
+    pub fn delete(&mut self, table: Table, key: Vec<u8>) {
+        self.writes.delete(table, key);
+    }
+}
+
+const LAST_STAMP_KEY: &[u8] = b"last_stamp";
+
+/// Applies commands in log order. Holds the last applied stamp between batches.
+#[derive(Debug, Default)]
+pub struct Applier {
+    last_stamp: HlcStamp,
+}
+
+impl Applier {
+    /// Loads the last applied stamp from the store.
+    pub fn load<S: StoreRead>(store: &S) -> Result<Applier, StoreError> {
+        let last_stamp = store
+            .get(Table::Meta, LAST_STAMP_KEY)?
+            .and_then(|b| b.try_into().ok().map(u64::from_le_bytes))
+            .map(HlcStamp)
+            .unwrap_or_default();
+        Ok(Applier { last_stamp })
+    }
+
+    pub fn last_stamp(&self) -> HlcStamp {
+        self.last_stamp
+    }
+
+    /// Applies the command of log entry `index`.
+    pub fn apply<S: StoreRead>(
+        &mut self,
+        store: &S,
+        writes: &mut WriteSet,
+        index: u64,
+        command: &Command,
+    ) -> Result<Response, StoreError> {
+        // Stamps from a new leader whose clock is behind never move time backwards.
+        let stamp = command.stamp.max(self.last_stamp);
+        self.last_stamp = stamp;
+        writes.put(Table::Meta, LAST_STAMP_KEY.to_vec(), stamp.0.to_le_bytes().to_vec());
+        let mut view = View { base: store, writes };
+        let now_ms = stamp.physical_ms();
+
+        if let Some(session) = &command.session {
+            if let Some(previous) = session::begin(&mut view, session)? {
+                return Ok(previous);
+            }
+        }
+        let response = match &command.op {
+            Op::KvPut { key, value, ttl_ms, expect } => {
+                kv::put(&mut view, index, now_ms, key, value, *ttl_ms, *expect)?
+            }
+            Op::KvDelete { key, expect } => kv::delete(&mut view, index, now_ms, key, *expect)?,
+            Op::KvSweepExpired { limit } => kv::sweep_expired(&mut view, now_ms, *limit)?,
+            Op::CounterIncr { key, delta } => counter::incr(&mut view, key, *delta)?,
+        };
+        if let Some(session) = &command.session {
+            session::finish(&mut view, session, &response)?;
+        }
+        Ok(response)
+    }
+}
+
+pub(crate) fn check_key(key: &[u8]) -> Result<(), OpError> {
+    if key.is_empty() {
+        return Err(OpError::EmptyKey);
+    }
+    if key.len() > KEY_BYTES_MAX {
+        return Err(OpError::KeyTooLarge { len: key.len(), max: KEY_BYTES_MAX });
+    }
+    Ok(())
+}
+
+/// Validates an operation before it is proposed, so bad input never reaches the log. Apply checks
+/// again (a refused entry changes nothing), because an entry may come from an older client.
+pub fn validate_op(op: &Op) -> Result<(), OpError> {
+    match op {
+        Op::KvPut { key, value, ttl_ms, .. } => kv::validate_put(key, value, *ttl_ms),
+        Op::KvDelete { key, .. } | Op::CounterIncr { key, .. } => check_key(key),
+        Op::KvSweepExpired { .. } => Ok(()),
+    }
+}
+
+pub(crate) fn lossy(key: &[u8]) -> String {
+    String::from_utf8_lossy(key).into_owned()
+}

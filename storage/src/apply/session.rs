@@ -1,0 +1,77 @@
+//! Exactly-once apply for retried requests (RIFL): the answer to `(client_id, seq)` is saved in
+//! the same write batch as the effects, and a retry gets the saved answer back.
+//!
+//! Keys in `Table::Session`: `client_id (16 bytes BE)` holds the client's floor (the oldest seq
+//! whose answer is still kept); `client_id ++ seq (8 bytes BE)` holds a saved answer.
+
+use super::View;
+use crate::command::{OpError, Response, Session};
+use crate::state::{StoreError, StoreRead, Table};
+
+/// Most saved answers one request may garbage-collect; the rest go with later requests.
+const FORGET_PER_REQUEST_MAX: usize = 256;
+
+fn floor_key(client_id: u128) -> Vec<u8> {
+    client_id.to_be_bytes().to_vec()
+}
+
+fn answer_key(client_id: u128, seq: u64) -> Vec<u8> {
+    let mut k = client_id.to_be_bytes().to_vec();
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn floor<S: StoreRead>(view: &View<'_, S>, client_id: u128) -> Result<u64, StoreError> {
+    Ok(view
+        .get(Table::Session, &floor_key(client_id))?
+        .and_then(|b| b.try_into().ok().map(u64::from_be_bytes))
+        .unwrap_or(0))
+}
+
+/// Returns the saved answer if this request was applied before, or a refusal if its answer was
+/// already forgotten; `None` means: apply it.
+pub(crate) fn begin<S: StoreRead>(view: &mut View<'_, S>, session: &Session) -> Result<Option<Response>, StoreError> {
+    if let Some(bytes) = view.get(Table::Session, &answer_key(session.client_id, session.seq))? {
+        if let Ok(previous) = bincode::deserialize::<Response>(&bytes) {
+            return Ok(Some(previous));
+        }
+    }
+    if session.seq < floor(view, session.client_id)? {
+        return Ok(Some(Response::Refused(OpError::SessionExpired {
+            client_id: session.client_id,
+            seq: session.seq,
+        })));
+    }
+    Ok(None)
+}
+
+pub(crate) fn finish<S: StoreRead>(view: &mut View<'_, S>, session: &Session, response: &Response) -> Result<(), StoreError> {
+    let client_id = session.client_id;
+    let answer = bincode::serialize(response).expect("Response serializes");
+    view.put(Table::Session, answer_key(client_id, session.seq), answer);
+
+    // The client has every answer below `first_incomplete_seq`: forget them.
+    let new_floor = session.first_incomplete_seq.min(session.seq);
+    let old_floor = floor(view, client_id)?;
+    if new_floor > old_floor {
+        let from = answer_key(client_id, old_floor);
+        let done = view.scan(Table::Session, &from, FORGET_PER_REQUEST_MAX)?;
+        let mut forgotten_upto = old_floor;
+        for (key, _) in done {
+            if key.len() != 24 || key[..16] != client_id.to_be_bytes() {
+                break;
+            }
+            let seq = u64::from_be_bytes(key[16..24].try_into().expect("8 bytes"));
+            if seq >= new_floor {
+                break;
+            }
+            view.delete(Table::Session, key);
+            forgotten_upto = seq + 1;
+        }
+        // If the scan stopped early (limit), the floor only advances as far as we cleaned, so no
+        // saved answer is left below the floor.
+        let floor_now = if forgotten_upto < new_floor && forgotten_upto > old_floor { forgotten_upto } else { new_floor };
+        view.put(Table::Session, floor_key(client_id), floor_now.to_be_bytes().to_vec());
+    }
+    Ok(())
+}

@@ -1,0 +1,306 @@
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::command::{Expect, Session};
+use crate::state::model::MemStore;
+use crate::state::KvRecord;
+
+fn cmd(stamp_ms: u64, op: Op) -> Command {
+    Command { stamp: HlcStamp::from_parts(stamp_ms, 0), session: None, op }
+}
+
+fn put(key: &str, value: &str) -> Op {
+    Op::KvPut { key: key.into(), value: value.into(), ttl_ms: None, expect: None }
+}
+
+/// Applies commands one entry per batch, committing after each, like the state machine does.
+struct Harness {
+    store: MemStore,
+    applier: Applier,
+    index: u64,
+}
+
+impl Harness {
+    fn new() -> Self {
+        Harness { store: MemStore::default(), applier: Applier::default(), index: 0 }
+    }
+
+    fn apply(&mut self, command: Command) -> Response {
+        self.index += 1;
+        let mut writes = WriteSet::default();
+        let response = self.applier.apply(&self.store, &mut writes, self.index, &command).expect("apply");
+        self.store.commit(&writes);
+        response
+    }
+
+    fn kv(&self, key: &str) -> Option<KvRecord> {
+        self.store.get(Table::Kv, key.as_bytes()).expect("get").map(|b| KvRecord::decode(&b).expect("decode"))
+    }
+}
+
+#[test]
+fn put_sets_revisions_and_versions() {
+    let mut h = Harness::new();
+    assert_eq!(h.apply(cmd(1, put("a", "1"))), Response::KvPut { revision: 1, prev_revision: None });
+    assert_eq!(h.apply(cmd(2, put("a", "2"))), Response::KvPut { revision: 2, prev_revision: Some(1) });
+    let record = h.kv("a").expect("present");
+    assert_eq!((record.create_revision, record.mod_revision, record.version), (1, 2, 2));
+    assert_eq!(record.value, b"2");
+}
+
+#[test]
+fn cas_on_revision_and_absence() {
+    let mut h = Harness::new();
+    let cas = |expect, v: &str| Op::KvPut { key: "k".into(), value: v.into(), ttl_ms: None, expect: Some(expect) };
+    assert_eq!(h.apply(cmd(1, cas(Expect::Absent, "first"))), Response::KvPut { revision: 1, prev_revision: None });
+    assert_eq!(h.apply(cmd(2, cas(Expect::Absent, "again"))), Response::KvConditionFailed { current: Some(1) });
+    assert_eq!(h.apply(cmd(3, cas(Expect::Revision(7), "wrong"))), Response::KvConditionFailed { current: Some(1) });
+    assert_eq!(h.apply(cmd(4, cas(Expect::Revision(1), "second"))), Response::KvPut { revision: 4, prev_revision: Some(1) });
+    assert_eq!(h.kv("k").expect("present").value, b"second");
+}
+
+#[test]
+fn ttl_expiry_is_decided_by_entry_stamps() {
+    let mut h = Harness::new();
+    h.apply(cmd(1_000, Op::KvPut { key: "t".into(), value: "v".into(), ttl_ms: Some(500), expect: None }));
+    assert_eq!(h.kv("t").expect("stored").expires_at_ms, Some(1_500));
+    // Before expiry the key counts as present for CAS.
+    assert_eq!(
+        h.apply(cmd(1_499, Op::KvPut { key: "t".into(), value: "x".into(), ttl_ms: None, expect: Some(Expect::Absent) })),
+        Response::KvConditionFailed { current: Some(1) }
+    );
+    // At the expiry stamp it is gone, whatever any clock says.
+    assert_eq!(
+        h.apply(cmd(1_500, Op::KvPut { key: "t".into(), value: "y".into(), ttl_ms: None, expect: Some(Expect::Absent) })),
+        Response::KvPut { revision: 3, prev_revision: None }
+    );
+    let record = h.kv("t").expect("present");
+    assert_eq!((record.create_revision, record.version, record.expires_at_ms), (3, 1, None));
+    assert!(h.store.scan(Table::KvExpiry, b"", 10).expect("scan").is_empty(), "expiry index cleaned");
+}
+
+#[test]
+fn stamps_never_go_backwards_across_leaders() {
+    let mut h = Harness::new();
+    h.apply(cmd(10_000, Op::KvPut { key: "t".into(), value: "v".into(), ttl_ms: Some(100), expect: None }));
+    // A new leader with a clock 5 s behind: its stamps are raised to the last applied one, so the
+    // key (expiring at 10_100) is still live and its TTL is not extended by the skew.
+    h.apply(cmd(5_000, Op::KvPut { key: "u".into(), value: "v".into(), ttl_ms: Some(100), expect: None }));
+    assert_eq!(h.kv("u").expect("stored").expires_at_ms, Some(10_100));
+    assert_eq!(h.applier.last_stamp().physical_ms(), 10_000);
+}
+
+#[test]
+fn sweep_removes_only_due_keys() {
+    let mut h = Harness::new();
+    for (k, ttl) in [("a", 100), ("b", 200), ("c", 300)] {
+        h.apply(cmd(1_000, Op::KvPut { key: k.into(), value: "v".into(), ttl_ms: Some(ttl), expect: None }));
+    }
+    h.apply(cmd(1_000, put("forever", "v")));
+    // "b" was rewritten without TTL: its old expiry entry must not delete it.
+    h.apply(cmd(1_050, put("b", "kept")));
+    assert_eq!(h.apply(cmd(1_250, Op::KvSweepExpired { limit: 100 })), Response::Swept { removed: 1 });
+    assert!(h.kv("a").is_none());
+    assert!(h.kv("b").is_some() && h.kv("c").is_some() && h.kv("forever").is_some());
+    assert_eq!(h.apply(cmd(2_000, Op::KvSweepExpired { limit: 100 })), Response::Swept { removed: 1 });
+    assert!(h.kv("c").is_none());
+}
+
+#[test]
+fn delete_reports_whether_a_live_key_existed() {
+    let mut h = Harness::new();
+    h.apply(cmd(1, put("d", "v")));
+    assert_eq!(h.apply(cmd(2, Op::KvDelete { key: "d".into(), expect: None })), Response::KvDelete { revision: 2, deleted: true });
+    assert_eq!(h.apply(cmd(3, Op::KvDelete { key: "d".into(), expect: None })), Response::KvDelete { revision: 3, deleted: false });
+    assert!(h.kv("d").is_none());
+}
+
+#[test]
+fn counters_add_and_refuse_overflow() {
+    let mut h = Harness::new();
+    let incr = |d| Op::CounterIncr { key: "c".into(), delta: d };
+    assert_eq!(h.apply(cmd(1, incr(5))), Response::Counter { value: 5 });
+    assert_eq!(h.apply(cmd(2, incr(-7))), Response::Counter { value: -2 });
+    let before = h.store.clone();
+    assert!(matches!(h.apply(cmd(3, incr(i64::MIN))), Response::Refused(OpError::CounterOverflow { .. })));
+    assert_eq!(h.store.get(Table::Counter, b"c").expect("get"), before.get(Table::Counter, b"c").expect("get"));
+}
+
+#[test]
+fn bad_input_is_refused_and_changes_nothing_but_the_clock() {
+    let mut h = Harness::new();
+    let cases = [
+        Op::KvPut { key: vec![], value: vec![], ttl_ms: None, expect: None },
+        Op::KvPut { key: vec![b'k'; crate::limits::KEY_BYTES_MAX + 1], value: vec![], ttl_ms: None, expect: None },
+        Op::KvPut { key: b"k".to_vec(), value: vec![0; crate::limits::VALUE_BYTES_MAX + 1], ttl_ms: None, expect: None },
+        Op::KvPut { key: b"k".to_vec(), value: vec![], ttl_ms: Some(0), expect: None },
+        Op::CounterIncr { key: vec![], delta: 1 },
+        Op::KvDelete { key: vec![], expect: None },
+    ];
+    for op in cases {
+        assert!(validate_op(&op).is_err(), "{op:?} passes validation");
+        let response = h.apply(cmd(1, op.clone()));
+        assert!(matches!(response, Response::Refused(_)), "{op:?} gave {response:?}");
+        for table in [Table::Kv, Table::KvExpiry, Table::Counter, Table::Session] {
+            assert!(h.store.scan(table, b"", 10).expect("scan").is_empty(), "{op:?} wrote to {table:?}");
+        }
+    }
+}
+
+fn with_session(mut c: Command, client_id: u128, seq: u64, first_incomplete_seq: u64) -> Command {
+    c.session = Some(Session { client_id, seq, first_incomplete_seq });
+    c
+}
+
+#[test]
+fn retried_request_applies_once_and_returns_first_answer() {
+    let mut h = Harness::new();
+    let incr = Op::CounterIncr { key: "c".into(), delta: 10 };
+    let first = h.apply(with_session(cmd(1, incr.clone()), 7, 1, 1));
+    assert_eq!(first, Response::Counter { value: 10 });
+    let retry = h.apply(with_session(cmd(2, incr.clone()), 7, 1, 1));
+    assert_eq!(retry, first, "same answer");
+    assert_eq!(h.apply(with_session(cmd(3, incr.clone()), 7, 2, 1)), Response::Counter { value: 20 });
+    // Another client with the same seq is a different request.
+    assert_eq!(h.apply(with_session(cmd(4, incr.clone()), 8, 1, 1)), Response::Counter { value: 30 });
+}
+
+#[test]
+fn forgotten_answers_are_refused_not_reapplied() {
+    let mut h = Harness::new();
+    let incr = Op::CounterIncr { key: "c".into(), delta: 1 };
+    for seq in 1..=5 {
+        h.apply(with_session(cmd(seq, incr.clone()), 1, seq, seq));
+    }
+    // seq 6 says the client has every answer below 6: 1..=5 are forgotten.
+    h.apply(with_session(cmd(6, incr.clone()), 1, 6, 6));
+    let saved = h.store.scan(Table::Session, b"", 100).expect("scan");
+    assert_eq!(saved.len(), 2, "the floor and the answer to seq 6: {saved:?}");
+    let late_retry = h.apply(with_session(cmd(7, incr.clone()), 1, 3, 3));
+    assert!(matches!(late_retry, Response::Refused(OpError::SessionExpired { seq: 3, .. })));
+    assert_eq!(h.store.get(Table::Counter, b"c").expect("get"), Some(6i64.to_le_bytes().to_vec()));
+}
+
+#[test]
+fn concurrent_requests_of_one_client_may_apply_out_of_order() {
+    let mut h = Harness::new();
+    let incr = Op::CounterIncr { key: "c".into(), delta: 1 };
+    h.apply(with_session(cmd(1, incr.clone()), 1, 2, 1));
+    assert_eq!(h.apply(with_session(cmd(2, incr.clone()), 1, 1, 1)), Response::Counter { value: 2 });
+    assert_eq!(h.apply(with_session(cmd(3, incr.clone()), 1, 2, 1)), Response::Counter { value: 1 }, "retry of seq 2");
+}
+
+// ---- property tests -------------------------------------------------------------------------
+
+fn op_strategy() -> impl Strategy<Value = Op> {
+    let key = prop::sample::select(vec!["a", "b", "c", "d"]).prop_map(|k| k.as_bytes().to_vec());
+    prop_oneof![
+        3 => (key.clone(), any::<u8>(), prop::option::of(1u64..50), prop::option::of(prop_oneof![Just(Expect::Absent), (0u64..20).prop_map(Expect::Revision)]))
+            .prop_map(|(key, v, ttl_ms, expect)| Op::KvPut { key, value: vec![v], ttl_ms, expect }),
+        1 => (key.clone(), prop::option::of((0u64..20).prop_map(Expect::Revision))).prop_map(|(key, expect)| Op::KvDelete { key, expect }),
+        2 => (key, -5i64..5).prop_map(|(key, delta)| Op::CounterIncr { key, delta }),
+        1 => (1u32..4).prop_map(|limit| Op::KvSweepExpired { limit }),
+    ]
+}
+
+/// A straightforward model of KV and counters: value, mod revision, expiry.
+#[derive(Default)]
+struct Model {
+    kv: BTreeMap<Vec<u8>, (Vec<u8>, u64, Option<u64>)>,
+    counters: BTreeMap<Vec<u8>, i64>,
+}
+
+impl Model {
+    fn live(&self, key: &[u8], now: u64) -> Option<&(Vec<u8>, u64, Option<u64>)> {
+        self.kv.get(key).filter(|(_, _, exp)| exp.is_none_or(|e| now < e))
+    }
+
+    fn apply(&mut self, index: u64, now: u64, op: &Op) -> Response {
+        match op {
+            Op::KvPut { key, value, ttl_ms, expect } => {
+                let live = self.live(key, now).map(|(_, rev, _)| *rev);
+                let ok = match expect {
+                    None => true,
+                    Some(Expect::Absent) => live.is_none(),
+                    Some(Expect::Revision(r)) => live == Some(*r),
+                };
+                if !ok {
+                    return Response::KvConditionFailed { current: live };
+                }
+                self.kv.insert(key.clone(), (value.clone(), index, ttl_ms.map(|t| now + t)));
+                Response::KvPut { revision: index, prev_revision: live }
+            }
+            Op::KvDelete { key, expect } => {
+                let live = self.live(key, now).map(|(_, rev, _)| *rev);
+                if let Some(Expect::Revision(r)) = expect {
+                    if live != Some(*r) {
+                        return Response::KvConditionFailed { current: live };
+                    }
+                }
+                self.kv.remove(key);
+                Response::KvDelete { revision: index, deleted: live.is_some() }
+            }
+            Op::CounterIncr { key, delta } => {
+                let v = self.counters.entry(key.clone()).or_default();
+                *v += delta;
+                Response::Counter { value: *v }
+            }
+            Op::KvSweepExpired { .. } => Response::Swept { removed: 0 },
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Apply agrees with the model on every response and on the live state.
+    #[test]
+    fn apply_matches_model(ops in prop::collection::vec((0u64..30, op_strategy()), 1..60)) {
+        let mut h = Harness::new();
+        let mut model = Model::default();
+        let mut now = 0;
+        for (step, op) in ops {
+            now += step;
+            let response = h.apply(cmd(now, op.clone()));
+            let expected = model.apply(h.index, now, &op);
+            match (&response, &expected) {
+                (Response::Swept { .. }, Response::Swept { .. }) => {}
+                _ => prop_assert_eq!(&response, &expected, "op {:?}", op),
+            }
+            for key in [b"a", b"b", b"c", b"d"] {
+                let actual = h.kv(std::str::from_utf8(key).expect("utf8")).filter(|r| r.is_live_at(now)).map(|r| (r.value, r.mod_revision));
+                let wanted = model.live(key, now).map(|(v, rev, _)| (v.clone(), *rev));
+                prop_assert_eq!(actual, wanted);
+            }
+        }
+    }
+
+    /// Splitting the log into batches anywhere gives the same state: the overlay of pending
+    /// writes behaves exactly like committed state.
+    #[test]
+    fn batch_boundaries_do_not_matter(
+        ops in prop::collection::vec((0u64..30, op_strategy()), 1..40),
+        cuts in prop::collection::vec(any::<bool>(), 40),
+    ) {
+        let commands: Vec<_> = ops.iter().scan(0, |now, (step, op)| { *now += step; Some(cmd(*now, op.clone())) }).collect();
+        let mut one_by_one = Harness::new();
+        let responses_a: Vec<_> = commands.iter().map(|c| one_by_one.apply(c.clone())).collect();
+
+        let mut store = MemStore::default();
+        let mut applier = Applier::default();
+        let mut writes = WriteSet::default();
+        let mut responses_b = Vec::new();
+        for (i, c) in commands.iter().enumerate() {
+            responses_b.push(applier.apply(&store, &mut writes, i as u64 + 1, c).expect("apply"));
+            if cuts[i] {
+                store.commit(&writes);
+                writes = WriteSet::default();
+            }
+        }
+        store.commit(&writes);
+        prop_assert_eq!(responses_a, responses_b);
+        prop_assert_eq!(one_by_one.store, store);
+    }
+}

@@ -1,0 +1,17 @@
+//! Basalt's storage layer.
+//!
+//! Two engines, kept apart as TiKV keeps its raft and kv engines:
+//! - [`log`]: the Raft log as our own segment files (crc32-framed records, a memmap2 offset index
+//!   per segment, torn-write recovery, group commit). No RocksDB here.
+//! - [`state`]: the state store on RocksDB (one column family per data type) plus snapshots.
+//!
+//! Between them sits [`apply`]: the pure, deterministic apply logic of each data type. It sees only
+//! the [`state::StoreRead`] trait, so it is tested against an in-memory model.
+
+pub mod apply;
+pub mod command;
+pub mod hlc;
+pub mod limits;
+pub mod log;
+pub mod state;
+mod sync;

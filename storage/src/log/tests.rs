@@ -1,0 +1,236 @@
+use std::collections::BTreeMap;
+use std::sync::mpsc;
+
+use proptest::prelude::*;
+
+use super::*;
+
+fn small_options() -> LogOptions {
+    LogOptions { segment_bytes_max: 4096, segment_entries_max: 8 }
+}
+
+fn payload(index: u64, len: usize) -> Vec<u8> {
+    (0..len).map(|i| (index as usize * 31 + i) as u8).collect()
+}
+
+fn append_durably(log: &mut SegmentedLog, records: &[(u64, Vec<u8>)]) {
+    let (tx, rx) = mpsc::channel();
+    log.append(
+        records.iter().map(|(i, p)| (*i, p.as_slice())),
+        Some(Box::new(move |r| tx.send(r.is_ok()).expect("test receiver"))),
+    )
+    .expect("append");
+    assert!(rx.recv().expect("durable callback"), "fsync failed");
+}
+
+fn all_records(log: &SegmentedLog) -> Vec<(u64, Vec<u8>)> {
+    log.read_range(0, u64::MAX).expect("read")
+}
+
+#[test]
+fn append_read_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let records: Vec<_> = (1..=50).map(|i| (i, payload(i, 100))).collect();
+    {
+        let mut log = SegmentedLog::open(dir.path(), small_options()).expect("open");
+        append_durably(&mut log, &records);
+        assert!(log.segment_count() > 1, "segments rolled");
+        assert_eq!(all_records(&log), records);
+    }
+    let log = SegmentedLog::open(dir.path(), small_options()).expect("reopen");
+    assert_eq!(log.first_index(), Some(1));
+    assert_eq!(log.last_index(), Some(50));
+    assert_eq!(all_records(&log), records);
+    assert_eq!(log.read_range(10, 13).expect("read"), records[9..12].to_vec());
+}
+
+#[test]
+fn out_of_order_append_is_rejected_and_changes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut log = SegmentedLog::open(dir.path(), small_options()).expect("open");
+    append_durably(&mut log, &[(1, b"a".to_vec())]);
+    let err = log.append([(3u64, &b"c"[..])], None).expect_err("gap");
+    assert!(matches!(err, LogError::OutOfOrder { expected: 2, got: 3 }));
+    assert_eq!(log.last_index(), Some(1));
+}
+
+#[test]
+fn purge_then_truncate_everything_then_continue() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut log = SegmentedLog::open(dir.path(), small_options()).expect("open");
+    let records: Vec<_> = (1..=20).map(|i| (i, payload(i, 10))).collect();
+    append_durably(&mut log, &records);
+    log.purge_upto(20).expect("purge");
+    assert_eq!(log.first_index(), None);
+    assert_eq!(log.segment_count(), 0, "every segment was fully purged");
+    append_durably(&mut log, &[(21, b"next".to_vec())]);
+    drop(log);
+    let log = SegmentedLog::open(dir.path(), small_options()).expect("reopen");
+    assert_eq!(log.first_index(), Some(21));
+    assert_eq!(log.purged_upto(), Some(20));
+}
+
+#[test]
+fn meta_survives_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut log = SegmentedLog::open(dir.path(), small_options()).expect("open");
+    log.save_meta("vote", b"term-7").expect("save");
+    drop(log);
+    let log = SegmentedLog::open(dir.path(), small_options()).expect("reopen");
+    assert_eq!(log.meta("vote"), Some(&b"term-7"[..]));
+}
+
+fn last_segment_path(dir: &Path) -> PathBuf {
+    let mut logs: Vec<_> = fs::read_dir(dir)
+        .expect("list")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    logs.sort();
+    logs.pop().expect("a segment")
+}
+
+/// A crash during an append can leave any prefix of the last record on disk: recovery must keep
+/// every earlier record and drop the partial one, at every cut point.
+#[test]
+fn torn_last_record_at_every_byte_offset() {
+    let template = tempfile::tempdir().expect("tempdir");
+    let records: Vec<_> = (1..=3).map(|i| (i, payload(i, 40))).collect();
+    {
+        let mut log = SegmentedLog::open(template.path(), LogOptions::default()).expect("open");
+        append_durably(&mut log, &records);
+    }
+    let seg = last_segment_path(template.path());
+    let full = fs::read(&seg).expect("read segment");
+    let last_frame_len = format::HEADER_BYTES + 40;
+    let last_start = full.len() - last_frame_len;
+    for cut in last_start..full.len() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(seg.file_name().expect("name"));
+        fs::write(&path, &full[..cut]).expect("write torn copy");
+        let log = SegmentedLog::open(dir.path(), LogOptions::default()).expect("recovers from torn tail");
+        assert_eq!(all_records(&log), records[..2].to_vec(), "cut at {cut}");
+        assert_eq!(fs::metadata(&path).expect("stat").len(), last_start as u64, "torn bytes cut off");
+    }
+}
+
+/// A flipped bit in a record that is followed by valid records is corruption, not a torn write:
+/// open must fail naming the file and offset instead of dropping acknowledged data.
+#[test]
+fn bit_flip_in_the_middle_is_a_startup_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let records: Vec<_> = (1..=5).map(|i| (i, payload(i, 32))).collect();
+    {
+        let mut log = SegmentedLog::open(dir.path(), LogOptions::default()).expect("open");
+        append_durably(&mut log, &records);
+    }
+    let seg = last_segment_path(dir.path());
+    let mut bytes = fs::read(&seg).expect("read");
+    let second_record = format::HEADER_BYTES + 32;
+    bytes[second_record + format::HEADER_BYTES + 5] ^= 0x10;
+    fs::write(&seg, &bytes).expect("write");
+    let err = SegmentedLog::open(dir.path(), LogOptions::default()).err().expect("must refuse");
+    match err {
+        LogError::Corrupt { path, offset, .. } => {
+            assert_eq!(path, seg);
+            assert_eq!(offset, second_record as u64);
+        }
+        other => panic!("expected Corrupt, got {other}"),
+    }
+}
+
+/// A bit flip in the last record alone looks like a torn append: it is cut, earlier data kept.
+#[test]
+fn bit_flip_in_last_record_drops_only_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let records: Vec<_> = (1..=3).map(|i| (i, payload(i, 32))).collect();
+    {
+        let mut log = SegmentedLog::open(dir.path(), LogOptions::default()).expect("open");
+        append_durably(&mut log, &records);
+    }
+    let seg = last_segment_path(dir.path());
+    let mut bytes = fs::read(&seg).expect("read");
+    let n = bytes.len();
+    bytes[n - 3] ^= 0x01;
+    fs::write(&seg, &bytes).expect("write");
+    let log = SegmentedLog::open(dir.path(), LogOptions::default()).expect("open");
+    assert_eq!(all_records(&log), records[..2].to_vec());
+}
+
+#[test]
+fn corruption_in_an_earlier_segment_is_a_startup_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let records: Vec<_> = (1..=20).map(|i| (i, payload(i, 10))).collect();
+    {
+        let mut log = SegmentedLog::open(dir.path(), small_options()).expect("open");
+        append_durably(&mut log, &records);
+    }
+    let first = dir.path().join(format!("{:020}.log", 1));
+    let mut bytes = fs::read(&first).expect("read");
+    let n = bytes.len();
+    bytes[n - 1] ^= 0x01; // last record of a sealed segment
+    fs::write(&first, &bytes).expect("write");
+    assert!(matches!(
+        SegmentedLog::open(dir.path(), small_options()),
+        Err(LogError::Corrupt { .. })
+    ));
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Append(Vec<usize>),
+    TruncateAfter(u8),
+    Purge(u8),
+    Reopen,
+}
+
+fn op_strategy() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => proptest::collection::vec(0usize..300, 1..6).prop_map(Op::Append),
+        1 => any::<u8>().prop_map(Op::TruncateAfter),
+        1 => any::<u8>().prop_map(Op::Purge),
+        1 => Just(Op::Reopen),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    /// Random append / truncate / purge / reopen sequences against a BTreeMap model.
+    #[test]
+    fn matches_model(ops in proptest::collection::vec(op_strategy(), 1..40)) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut log = SegmentedLog::open(dir.path(), small_options()).expect("open");
+        let mut model: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+        let mut next = 1u64;
+        for op in ops {
+            match op {
+                Op::Append(lens) => {
+                    let recs: Vec<_> = lens.iter().enumerate().map(|(k, len)| (next + k as u64, payload(next + k as u64, *len))).collect();
+                    append_durably(&mut log, &recs);
+                    for (i, p) in recs { model.insert(i, p); }
+                    next += lens.len() as u64;
+                }
+                Op::TruncateAfter(back) => {
+                    let Some((&first, _)) = model.first_key_value() else { continue };
+                    let keep = (next - 1).saturating_sub(u64::from(back) % 8).max(first);
+                    log.truncate_after(Some(keep)).expect("truncate");
+                    model.retain(|&i, _| i <= keep);
+                    next = keep + 1;
+                }
+                Op::Purge(fwd) => {
+                    let Some((&first, _)) = model.first_key_value() else { continue };
+                    let upto = (first + u64::from(fwd) % 8).min(next - 1);
+                    log.purge_upto(upto).expect("purge");
+                    model.retain(|&i, _| i > upto);
+                }
+                Op::Reopen => {
+                    drop(log);
+                    log = SegmentedLog::open(dir.path(), small_options()).expect("reopen");
+                }
+            }
+            let expected: Vec<_> = model.iter().map(|(i, p)| (*i, p.clone())).collect();
+            prop_assert_eq!(all_records(&log), expected);
+            prop_assert_eq!(log.last_index(), model.last_key_value().map(|(i, _)| *i));
+        }
+    }
+}

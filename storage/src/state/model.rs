@@ -1,0 +1,41 @@
+//! An in-memory store: the reference model the apply logic is tested against.
+
+use std::collections::BTreeMap;
+
+use super::{StoreError, StoreRead, Table};
+use crate::apply::WriteSet;
+
+#[derive(Default, Debug, Clone, PartialEq, Eq)]
+pub struct MemStore {
+    pub tables: BTreeMap<Table, BTreeMap<Vec<u8>, Vec<u8>>>,
+}
+
+impl MemStore {
+    pub fn commit(&mut self, writes: &WriteSet) {
+        for (table, key, value) in writes.iter() {
+            let t = self.tables.entry(table).or_default();
+            match value {
+                Some(v) => {
+                    t.insert(key.to_vec(), v.to_vec());
+                }
+                None => {
+                    t.remove(key);
+                }
+            }
+        }
+    }
+}
+
+impl StoreRead for MemStore {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.tables.get(&table).and_then(|t| t.get(key)).cloned())
+    }
+
+    fn scan(&self, table: Table, from: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        Ok(self
+            .tables
+            .get(&table)
+            .map(|t| t.range(from.to_vec()..).take(limit).map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default())
+    }
+}

@@ -1,0 +1,119 @@
+//! The RocksDB state store.
+//!
+//! Apply writes go out with the WAL but without fsync: the Raft log is the durable record, and
+//! after a crash the state machine re-applies from its last persisted applied index. A snapshot
+//! is a checkpoint, which flushes memtables, so the log is only purged up to state that is on disk.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+
+use super::{StoreError, StoreRead, Table};
+use crate::apply::WriteSet;
+
+#[derive(Clone)]
+pub struct RocksStore {
+    db: Arc<DB>,
+    path: PathBuf,
+}
+
+fn rocks(op: &'static str) -> impl FnOnce(rocksdb::Error) -> StoreError {
+    move |source| StoreError::Rocks { op, source }
+}
+
+fn db_options() -> Options {
+    let mut options = Options::default();
+    options.create_if_missing(true);
+    options.create_missing_column_families(true);
+    options.set_max_background_jobs(2);
+    options
+}
+
+impl RocksStore {
+    pub fn open(path: impl AsRef<Path>) -> Result<RocksStore, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        let cfs = Table::ALL.iter().map(|t| ColumnFamilyDescriptor::new(t.name(), Options::default()));
+        let db = DB::open_cf_descriptors(&db_options(), &path, cfs).map_err(rocks("open"))?;
+        Ok(RocksStore { db: Arc::new(db), path })
+    }
+
+    /// Opens a checkpoint directory read-only (for snapshot install).
+    pub fn open_read_only(path: impl AsRef<Path>) -> Result<RocksStore, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        let names = Table::ALL.iter().map(|t| t.name());
+        let db = DB::open_cf_for_read_only(&Options::default(), &path, names, false).map_err(rocks("open read-only"))?;
+        Ok(RocksStore { db: Arc::new(db), path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn cf(&self, table: Table) -> &rocksdb::ColumnFamily {
+        self.db.cf_handle(table.name()).expect("every column family is created on open")
+    }
+
+    /// Writes a batch of effects atomically.
+    pub fn commit(&self, writes: &WriteSet) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        for (table, key, value) in writes.iter() {
+            match value {
+                Some(v) => batch.put_cf(self.cf(table), key, v),
+                None => batch.delete_cf(self.cf(table), key),
+            }
+        }
+        let mut options = WriteOptions::default();
+        options.set_sync(false);
+        self.db.write_opt(batch, &options).map_err(rocks("write"))
+    }
+
+    /// Creates a RocksDB checkpoint (hard-linked SST files plus flushed memtables) at `dir`.
+    pub fn checkpoint(&self, dir: &Path) -> Result<(), StoreError> {
+        let checkpoint = rocksdb::checkpoint::Checkpoint::new(&self.db).map_err(rocks("checkpoint"))?;
+        checkpoint.create_checkpoint(dir).map_err(rocks("checkpoint"))
+    }
+
+    /// Replaces the whole content of this store with `source`'s, atomically and durably.
+    pub fn replace_with(&self, source: &RocksStore) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        for table in Table::ALL {
+            for item in self.db.iterator_cf(self.cf(table), IteratorMode::Start) {
+                let (key, _) = item.map_err(rocks("iterate"))?;
+                batch.delete_cf(self.cf(table), key);
+            }
+            for item in source.db.iterator_cf(source.cf(table), IteratorMode::Start) {
+                let (key, value) = item.map_err(rocks("iterate snapshot"))?;
+                batch.put_cf(self.cf(table), key, value);
+            }
+        }
+        let mut options = WriteOptions::default();
+        options.set_sync(true);
+        self.db.write_opt(batch, &options).map_err(rocks("install snapshot"))
+    }
+
+    /// Approximate number of keys per table, for status output.
+    pub fn estimate_keys(&self, table: Table) -> u64 {
+        self.db
+            .property_int_value_cf(self.cf(table), "rocksdb.estimate-num-keys")
+            .ok()
+            .flatten()
+            .unwrap_or(0)
+    }
+}
+
+impl StoreRead for RocksStore {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.db.get_cf(self.cf(table), key).map_err(rocks("get"))
+    }
+
+    fn scan(&self, table: Table, from: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let mode = IteratorMode::From(from, rocksdb::Direction::Forward);
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(table), mode).take(limit) {
+            let (k, v) = item.map_err(rocks("scan"))?;
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+}
