@@ -1,1 +1,33 @@
+//! The Rust SDK for Basalt.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), basalt_client::ClientError> {
+//! let client = basalt_client::Client::connect(["127.0.0.1:7001", "127.0.0.1:7002"]).await?;
+//! client.kv().put("greeting", "hello").await?;
+//! let value = client.kv().get("greeting").await?;
+//! assert_eq!(value.map(|v| v.value), Some(b"hello".to_vec()));
+//! let visits = client.counter("visits").incr(5).await?;
+//! # let _ = visits;
+//! # Ok(()) }
+//! ```
+//!
+//! # Guarantees
+//! - Writes go to the leader (found and followed through redirects) and are acknowledged once
+//!   committed on a majority, durably.
+//! - Every mutating call carries `(client_id, seq)`; the SDK retries it with the same pair after a
+//!   leader change or a lost connection, and the cluster applies it at most once.
+//! - Reads are linearizable unless made with [`ReadConsistency::Stale`].
+//! - A call that gives up after its deadline returns [`ClientError::Unavailable`] whose
+//!   `outcome_unknown` tells whether a mutation may still have been applied.
 
+mod client;
+mod error;
+mod kv;
+
+pub mod pb {
+    tonic::include_proto!("basalt.v1");
+}
+
+pub use client::{Client, ClientOptions, ReadConsistency};
+pub use error::{ClientError, ErrorCode, ERROR_CODE_KEY, LEADER_KEY};
+pub use kv::{CasOutcome, CounterHandle, DeleteOutcome, Kv, KvEntry, PutOptions};

@@ -1,1 +1,9 @@
+//! The Basalt server and the `basalt` command.
 
+pub mod api;
+pub mod bench;
+pub mod cli;
+pub mod config;
+pub mod dev;
+pub mod http;
+pub mod server;

@@ -1,1 +1,37 @@
+//! openraft glue for Basalt: the type config, the log store and state machine adapters over
+//! `basalt-storage`, and the gRPC Raft network.
 
+pub mod log_store;
+pub mod network;
+pub mod state_machine;
+
+pub mod pb {
+    tonic::include_proto!("basalt.raft");
+}
+
+use basalt_storage::command::{Command, Response};
+
+openraft::declare_raft_types!(
+    /// Basalt's Raft types: entries carry a [`Command`], apply yields a [`Response`].
+    pub TypeConfig:
+        D = Command,
+        R = Response,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+);
+
+pub type NodeId = u64;
+pub type Raft = openraft::Raft<TypeConfig, state_machine::StateMachine>;
+pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
+pub type Entry = openraft::alias::EntryOf<TypeConfig>;
+pub type Vote = openraft::alias::VoteOf<TypeConfig>;
+pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
+pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
+
+pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    bincode::serialize(value).expect("openraft types serialize")
+}
+
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, std::io::Error> {
+    bincode::deserialize(bytes).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))
+}

@@ -25,12 +25,25 @@ pub enum Expect {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
-    KvPut { key: Vec<u8>, value: Vec<u8>, ttl_ms: Option<u64>, expect: Option<Expect> },
-    KvDelete { key: Vec<u8>, expect: Option<Expect> },
-    CounterIncr { key: Vec<u8>, delta: i64 },
+    KvPut {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+        expect: Option<Expect>,
+    },
+    KvDelete {
+        key: Vec<u8>,
+        expect: Option<Expect>,
+    },
+    CounterIncr {
+        key: Vec<u8>,
+        delta: i64,
+    },
     /// Removes expired KV keys. Proposed by the leader from time to time; the decision is made
     /// from the entry stamp, so every replica removes the same keys.
-    KvSweepExpired { limit: u32 },
+    KvSweepExpired {
+        limit: u32,
+    },
 }
 
 /// The log entry payload: the leader's HLC stamp plus the request.
@@ -55,7 +68,9 @@ pub enum OpError {
     InvalidTtl { ttl_ms: u64, max_ms: u64 },
     #[error("counter {key:?} would overflow: {value} + {delta}")]
     CounterOverflow { key: String, value: i64, delta: i64 },
-    #[error("request seq {seq} of client {client_id:032x} is older than its oldest kept answer; its outcome is unknown")]
+    #[error(
+        "request seq {seq} of client {client_id:032x} is older than its oldest kept answer; its outcome is unknown"
+    )]
     SessionExpired { client_id: u128, seq: u64 },
     #[error("stored value for key {key:?} is unreadable: {reason}")]
     CorruptValue { key: String, reason: String },
@@ -66,11 +81,51 @@ pub enum OpError {
 pub enum Response {
     /// A blank or membership entry.
     None,
-    KvPut { revision: u64, prev_revision: Option<u64> },
-    KvDelete { revision: u64, deleted: bool },
+    KvPut {
+        revision: u64,
+        prev_revision: Option<u64>,
+    },
+    KvDelete {
+        revision: u64,
+        deleted: bool,
+    },
     /// A write whose `Expect` did not hold: nothing changed. `current` is the key's revision now.
-    KvConditionFailed { current: Option<u64> },
-    Counter { value: i64 },
-    Swept { removed: u32 },
+    KvConditionFailed {
+        current: Option<u64>,
+    },
+    Counter {
+        value: i64,
+    },
+    Swept {
+        removed: u32,
+    },
     Refused(OpError),
+}
+
+impl std::fmt::Display for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let lossy = crate::apply::lossy;
+        match &self.op {
+            Op::KvPut {
+                key,
+                value,
+                ttl_ms,
+                expect,
+            } => write!(
+                f,
+                "kv put {:?} ({} bytes, ttl {ttl_ms:?}, expect {expect:?})",
+                lossy(key),
+                value.len()
+            ),
+            Op::KvDelete { key, expect } => write!(f, "kv delete {:?} (expect {expect:?})", lossy(key)),
+            Op::CounterIncr { key, delta } => write!(f, "counter incr {:?} by {delta}", lossy(key)),
+            Op::KvSweepExpired { limit } => write!(f, "kv sweep expired (limit {limit})"),
+        }
+    }
+}
+
+impl std::fmt::Display for Response {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self:?}")
+    }
 }

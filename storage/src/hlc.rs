@@ -11,8 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 const LOGICAL_BITS: u32 = 16;
 
 /// A hybrid logical clock stamp.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize)]
 pub struct HlcStamp(pub u64);
 
 impl HlcStamp {

@@ -25,7 +25,11 @@ pub(crate) fn incr<S: StoreRead>(view: &mut View<'_, S>, key: &[u8], delta: i64)
         },
     };
     let Some(value) = current.checked_add(delta) else {
-        return Ok(Response::Refused(OpError::CounterOverflow { key: lossy(key), value: current, delta }));
+        return Ok(Response::Refused(OpError::CounterOverflow {
+            key: lossy(key),
+            value: current,
+            delta,
+        }));
     };
     view.put(Table::Counter, key.to_vec(), value.to_le_bytes().to_vec());
     Ok(Response::Counter { value })

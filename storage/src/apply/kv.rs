@@ -8,11 +8,17 @@ use crate::state::{KvRecord, StoreError, StoreRead, Table};
 pub(crate) fn validate_put(key: &[u8], value: &[u8], ttl_ms: Option<u64>) -> Result<(), OpError> {
     check_key(key)?;
     if value.len() > VALUE_BYTES_MAX {
-        return Err(OpError::ValueTooLarge { len: value.len(), max: VALUE_BYTES_MAX });
+        return Err(OpError::ValueTooLarge {
+            len: value.len(),
+            max: VALUE_BYTES_MAX,
+        });
     }
     if let Some(ttl_ms) = ttl_ms {
         if ttl_ms == 0 || ttl_ms > TTL_MS_MAX {
-            return Err(OpError::InvalidTtl { ttl_ms, max_ms: TTL_MS_MAX });
+            return Err(OpError::InvalidTtl {
+                ttl_ms,
+                max_ms: TTL_MS_MAX,
+            });
         }
     }
     Ok(())
@@ -28,9 +34,10 @@ pub fn expiry_key(expires_at_ms: u64, key: &[u8]) -> Vec<u8> {
 fn stored<S: StoreRead>(view: &View<'_, S>, key: &[u8]) -> Result<Result<Option<KvRecord>, OpError>, StoreError> {
     Ok(match view.get(Table::Kv, key)? {
         None => Ok(None),
-        Some(bytes) => KvRecord::decode(&bytes)
-            .map(Some)
-            .map_err(|e| OpError::CorruptValue { key: lossy(key), reason: e.to_string() }),
+        Some(bytes) => KvRecord::decode(&bytes).map(Some).map_err(|e| OpError::CorruptValue {
+            key: lossy(key),
+            reason: e.to_string(),
+        }),
     })
 }
 
@@ -68,7 +75,9 @@ pub(crate) fn put<S: StoreRead>(
     };
     let live = existing.as_ref().filter(|r| r.is_live_at(now_ms));
     if !expect_holds(expect, live) {
-        return Ok(Response::KvConditionFailed { current: live.map(|r| r.mod_revision) });
+        return Ok(Response::KvConditionFailed {
+            current: live.map(|r| r.mod_revision),
+        });
     }
     let record = KvRecord {
         value: value.to_vec(),
@@ -87,7 +96,10 @@ pub(crate) fn put<S: StoreRead>(
         view.put(Table::KvExpiry, expiry_key(at, key), Vec::new());
     }
     view.put(Table::Kv, key.to_vec(), record.encode());
-    Ok(Response::KvPut { revision: index, prev_revision })
+    Ok(Response::KvPut {
+        revision: index,
+        prev_revision,
+    })
 }
 
 pub(crate) fn delete<S: StoreRead>(
@@ -106,15 +118,24 @@ pub(crate) fn delete<S: StoreRead>(
     };
     let live = existing.as_ref().filter(|r| r.is_live_at(now_ms));
     if !expect_holds(expect, live) {
-        return Ok(Response::KvConditionFailed { current: live.map(|r| r.mod_revision) });
+        return Ok(Response::KvConditionFailed {
+            current: live.map(|r| r.mod_revision),
+        });
     }
     if let Some(record) = &existing {
         remove(view, key, record);
     }
-    Ok(Response::KvDelete { revision: index, deleted: live.is_some() })
+    Ok(Response::KvDelete {
+        revision: index,
+        deleted: live.is_some(),
+    })
 }
 
-pub(crate) fn sweep_expired<S: StoreRead>(view: &mut View<'_, S>, now_ms: u64, limit: u32) -> Result<Response, StoreError> {
+pub(crate) fn sweep_expired<S: StoreRead>(
+    view: &mut View<'_, S>,
+    now_ms: u64,
+    limit: u32,
+) -> Result<Response, StoreError> {
     let due = view.scan(Table::KvExpiry, &[], limit as usize)?;
     let mut removed = 0u32;
     for (expiry, _) in due {

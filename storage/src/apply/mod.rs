@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use crate::command::{Command, Op, OpError, Response};
 use crate::hlc::HlcStamp;
 use crate::limits::KEY_BYTES_MAX;
-use crate::state::{StoreError, StoreRead, Table};
+use crate::state::{KeyValue, StoreError, StoreRead, Table};
 
 /// Writes collected while applying a batch of entries; later reads in the batch see them.
 #[derive(Default, Debug)]
@@ -73,16 +73,19 @@ impl<S: StoreRead> View<'_, S> {
     }
 
     /// Merged ordered scan of base and pending writes, at most `limit` live entries.
-    pub fn scan(&self, table: Table, from: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn scan(&self, table: Table, from: &[u8], limit: usize) -> Result<Vec<KeyValue>, StoreError> {
         // Over-read the base by the number of pending deletes so the merge still yields `limit`.
         let pending: Vec<_> = self.writes.range_from(table, from).collect();
         let base = self.base.scan(table, from, limit + pending.len())?;
-        let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> =
-            base.into_iter().map(|(k, v)| (k, Some(v))).collect();
+        let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> = base.into_iter().map(|(k, v)| (k, Some(v))).collect();
         for (k, v) in pending {
             merged.insert(k.to_vec(), v.map(<[u8]>::to_vec));
         }
-        Ok(merged.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))).take(limit).collect())
+        Ok(merged
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .take(limit)
+            .collect())
     }
 
     pub fn put(&mut self, table: Table, key: Vec<u8>, value: Vec<u8>) {
@@ -138,9 +141,12 @@ impl Applier {
             }
         }
         let response = match &command.op {
-            Op::KvPut { key, value, ttl_ms, expect } => {
-                kv::put(&mut view, index, now_ms, key, value, *ttl_ms, *expect)?
-            }
+            Op::KvPut {
+                key,
+                value,
+                ttl_ms,
+                expect,
+            } => kv::put(&mut view, index, now_ms, key, value, *ttl_ms, *expect)?,
             Op::KvDelete { key, expect } => kv::delete(&mut view, index, now_ms, key, *expect)?,
             Op::KvSweepExpired { limit } => kv::sweep_expired(&mut view, now_ms, *limit)?,
             Op::CounterIncr { key, delta } => counter::incr(&mut view, key, *delta)?,
@@ -157,7 +163,10 @@ pub(crate) fn check_key(key: &[u8]) -> Result<(), OpError> {
         return Err(OpError::EmptyKey);
     }
     if key.len() > KEY_BYTES_MAX {
-        return Err(OpError::KeyTooLarge { len: key.len(), max: KEY_BYTES_MAX });
+        return Err(OpError::KeyTooLarge {
+            len: key.len(),
+            max: KEY_BYTES_MAX,
+        });
     }
     Ok(())
 }

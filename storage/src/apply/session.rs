@@ -45,7 +45,11 @@ pub(crate) fn begin<S: StoreRead>(view: &mut View<'_, S>, session: &Session) -> 
     Ok(None)
 }
 
-pub(crate) fn finish<S: StoreRead>(view: &mut View<'_, S>, session: &Session, response: &Response) -> Result<(), StoreError> {
+pub(crate) fn finish<S: StoreRead>(
+    view: &mut View<'_, S>,
+    session: &Session,
+    response: &Response,
+) -> Result<(), StoreError> {
     let client_id = session.client_id;
     let answer = bincode::serialize(response).expect("Response serializes");
     view.put(Table::Session, answer_key(client_id, session.seq), answer);
@@ -70,7 +74,11 @@ pub(crate) fn finish<S: StoreRead>(view: &mut View<'_, S>, session: &Session, re
         }
         // If the scan stopped early (limit), the floor only advances as far as we cleaned, so no
         // saved answer is left below the floor.
-        let floor_now = if forgotten_upto < new_floor && forgotten_upto > old_floor { forgotten_upto } else { new_floor };
+        let floor_now = if forgotten_upto < new_floor && forgotten_upto > old_floor {
+            forgotten_upto
+        } else {
+            new_floor
+        };
         view.put(Table::Session, floor_key(client_id), floor_now.to_be_bytes().to_vec());
     }
     Ok(())

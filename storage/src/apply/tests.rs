@@ -8,11 +8,20 @@ use crate::state::model::MemStore;
 use crate::state::KvRecord;
 
 fn cmd(stamp_ms: u64, op: Op) -> Command {
-    Command { stamp: HlcStamp::from_parts(stamp_ms, 0), session: None, op }
+    Command {
+        stamp: HlcStamp::from_parts(stamp_ms, 0),
+        session: None,
+        op,
+    }
 }
 
 fn put(key: &str, value: &str) -> Op {
-    Op::KvPut { key: key.into(), value: value.into(), ttl_ms: None, expect: None }
+    Op::KvPut {
+        key: key.into(),
+        value: value.into(),
+        ttl_ms: None,
+        expect: None,
+    }
 }
 
 /// Applies commands one entry per batch, committing after each, like the state machine does.
@@ -24,27 +33,49 @@ struct Harness {
 
 impl Harness {
     fn new() -> Self {
-        Harness { store: MemStore::default(), applier: Applier::default(), index: 0 }
+        Harness {
+            store: MemStore::default(),
+            applier: Applier::default(),
+            index: 0,
+        }
     }
 
     fn apply(&mut self, command: Command) -> Response {
         self.index += 1;
         let mut writes = WriteSet::default();
-        let response = self.applier.apply(&self.store, &mut writes, self.index, &command).expect("apply");
+        let response = self
+            .applier
+            .apply(&self.store, &mut writes, self.index, &command)
+            .expect("apply");
         self.store.commit(&writes);
         response
     }
 
     fn kv(&self, key: &str) -> Option<KvRecord> {
-        self.store.get(Table::Kv, key.as_bytes()).expect("get").map(|b| KvRecord::decode(&b).expect("decode"))
+        self.store
+            .get(Table::Kv, key.as_bytes())
+            .expect("get")
+            .map(|b| KvRecord::decode(&b).expect("decode"))
     }
 }
 
 #[test]
 fn put_sets_revisions_and_versions() {
     let mut h = Harness::new();
-    assert_eq!(h.apply(cmd(1, put("a", "1"))), Response::KvPut { revision: 1, prev_revision: None });
-    assert_eq!(h.apply(cmd(2, put("a", "2"))), Response::KvPut { revision: 2, prev_revision: Some(1) });
+    assert_eq!(
+        h.apply(cmd(1, put("a", "1"))),
+        Response::KvPut {
+            revision: 1,
+            prev_revision: None
+        }
+    );
+    assert_eq!(
+        h.apply(cmd(2, put("a", "2"))),
+        Response::KvPut {
+            revision: 2,
+            prev_revision: Some(1)
+        }
+    );
     let record = h.kv("a").expect("present");
     assert_eq!((record.create_revision, record.mod_revision, record.version), (1, 2, 2));
     assert_eq!(record.value, b"2");
@@ -53,41 +84,113 @@ fn put_sets_revisions_and_versions() {
 #[test]
 fn cas_on_revision_and_absence() {
     let mut h = Harness::new();
-    let cas = |expect, v: &str| Op::KvPut { key: "k".into(), value: v.into(), ttl_ms: None, expect: Some(expect) };
-    assert_eq!(h.apply(cmd(1, cas(Expect::Absent, "first"))), Response::KvPut { revision: 1, prev_revision: None });
-    assert_eq!(h.apply(cmd(2, cas(Expect::Absent, "again"))), Response::KvConditionFailed { current: Some(1) });
-    assert_eq!(h.apply(cmd(3, cas(Expect::Revision(7), "wrong"))), Response::KvConditionFailed { current: Some(1) });
-    assert_eq!(h.apply(cmd(4, cas(Expect::Revision(1), "second"))), Response::KvPut { revision: 4, prev_revision: Some(1) });
+    let cas = |expect, v: &str| Op::KvPut {
+        key: "k".into(),
+        value: v.into(),
+        ttl_ms: None,
+        expect: Some(expect),
+    };
+    assert_eq!(
+        h.apply(cmd(1, cas(Expect::Absent, "first"))),
+        Response::KvPut {
+            revision: 1,
+            prev_revision: None
+        }
+    );
+    assert_eq!(
+        h.apply(cmd(2, cas(Expect::Absent, "again"))),
+        Response::KvConditionFailed { current: Some(1) }
+    );
+    assert_eq!(
+        h.apply(cmd(3, cas(Expect::Revision(7), "wrong"))),
+        Response::KvConditionFailed { current: Some(1) }
+    );
+    assert_eq!(
+        h.apply(cmd(4, cas(Expect::Revision(1), "second"))),
+        Response::KvPut {
+            revision: 4,
+            prev_revision: Some(1)
+        }
+    );
     assert_eq!(h.kv("k").expect("present").value, b"second");
 }
 
 #[test]
 fn ttl_expiry_is_decided_by_entry_stamps() {
     let mut h = Harness::new();
-    h.apply(cmd(1_000, Op::KvPut { key: "t".into(), value: "v".into(), ttl_ms: Some(500), expect: None }));
+    h.apply(cmd(
+        1_000,
+        Op::KvPut {
+            key: "t".into(),
+            value: "v".into(),
+            ttl_ms: Some(500),
+            expect: None,
+        },
+    ));
     assert_eq!(h.kv("t").expect("stored").expires_at_ms, Some(1_500));
     // Before expiry the key counts as present for CAS.
     assert_eq!(
-        h.apply(cmd(1_499, Op::KvPut { key: "t".into(), value: "x".into(), ttl_ms: None, expect: Some(Expect::Absent) })),
+        h.apply(cmd(
+            1_499,
+            Op::KvPut {
+                key: "t".into(),
+                value: "x".into(),
+                ttl_ms: None,
+                expect: Some(Expect::Absent)
+            }
+        )),
         Response::KvConditionFailed { current: Some(1) }
     );
     // At the expiry stamp it is gone, whatever any clock says.
     assert_eq!(
-        h.apply(cmd(1_500, Op::KvPut { key: "t".into(), value: "y".into(), ttl_ms: None, expect: Some(Expect::Absent) })),
-        Response::KvPut { revision: 3, prev_revision: None }
+        h.apply(cmd(
+            1_500,
+            Op::KvPut {
+                key: "t".into(),
+                value: "y".into(),
+                ttl_ms: None,
+                expect: Some(Expect::Absent)
+            }
+        )),
+        Response::KvPut {
+            revision: 3,
+            prev_revision: None
+        }
     );
     let record = h.kv("t").expect("present");
-    assert_eq!((record.create_revision, record.version, record.expires_at_ms), (3, 1, None));
-    assert!(h.store.scan(Table::KvExpiry, b"", 10).expect("scan").is_empty(), "expiry index cleaned");
+    assert_eq!(
+        (record.create_revision, record.version, record.expires_at_ms),
+        (3, 1, None)
+    );
+    assert!(
+        h.store.scan(Table::KvExpiry, b"", 10).expect("scan").is_empty(),
+        "expiry index cleaned"
+    );
 }
 
 #[test]
 fn stamps_never_go_backwards_across_leaders() {
     let mut h = Harness::new();
-    h.apply(cmd(10_000, Op::KvPut { key: "t".into(), value: "v".into(), ttl_ms: Some(100), expect: None }));
+    h.apply(cmd(
+        10_000,
+        Op::KvPut {
+            key: "t".into(),
+            value: "v".into(),
+            ttl_ms: Some(100),
+            expect: None,
+        },
+    ));
     // A new leader with a clock 5 s behind: its stamps are raised to the last applied one, so the
     // key (expiring at 10_100) is still live and its TTL is not extended by the skew.
-    h.apply(cmd(5_000, Op::KvPut { key: "u".into(), value: "v".into(), ttl_ms: Some(100), expect: None }));
+    h.apply(cmd(
+        5_000,
+        Op::KvPut {
+            key: "u".into(),
+            value: "v".into(),
+            ttl_ms: Some(100),
+            expect: None,
+        },
+    ));
     assert_eq!(h.kv("u").expect("stored").expires_at_ms, Some(10_100));
     assert_eq!(h.applier.last_stamp().physical_ms(), 10_000);
 }
@@ -96,15 +199,29 @@ fn stamps_never_go_backwards_across_leaders() {
 fn sweep_removes_only_due_keys() {
     let mut h = Harness::new();
     for (k, ttl) in [("a", 100), ("b", 200), ("c", 300)] {
-        h.apply(cmd(1_000, Op::KvPut { key: k.into(), value: "v".into(), ttl_ms: Some(ttl), expect: None }));
+        h.apply(cmd(
+            1_000,
+            Op::KvPut {
+                key: k.into(),
+                value: "v".into(),
+                ttl_ms: Some(ttl),
+                expect: None,
+            },
+        ));
     }
     h.apply(cmd(1_000, put("forever", "v")));
     // "b" was rewritten without TTL: its old expiry entry must not delete it.
     h.apply(cmd(1_050, put("b", "kept")));
-    assert_eq!(h.apply(cmd(1_250, Op::KvSweepExpired { limit: 100 })), Response::Swept { removed: 1 });
+    assert_eq!(
+        h.apply(cmd(1_250, Op::KvSweepExpired { limit: 100 })),
+        Response::Swept { removed: 1 }
+    );
     assert!(h.kv("a").is_none());
     assert!(h.kv("b").is_some() && h.kv("c").is_some() && h.kv("forever").is_some());
-    assert_eq!(h.apply(cmd(2_000, Op::KvSweepExpired { limit: 100 })), Response::Swept { removed: 1 });
+    assert_eq!(
+        h.apply(cmd(2_000, Op::KvSweepExpired { limit: 100 })),
+        Response::Swept { removed: 1 }
+    );
     assert!(h.kv("c").is_none());
 }
 
@@ -112,65 +229,140 @@ fn sweep_removes_only_due_keys() {
 fn delete_reports_whether_a_live_key_existed() {
     let mut h = Harness::new();
     h.apply(cmd(1, put("d", "v")));
-    assert_eq!(h.apply(cmd(2, Op::KvDelete { key: "d".into(), expect: None })), Response::KvDelete { revision: 2, deleted: true });
-    assert_eq!(h.apply(cmd(3, Op::KvDelete { key: "d".into(), expect: None })), Response::KvDelete { revision: 3, deleted: false });
+    assert_eq!(
+        h.apply(cmd(
+            2,
+            Op::KvDelete {
+                key: "d".into(),
+                expect: None
+            }
+        )),
+        Response::KvDelete {
+            revision: 2,
+            deleted: true
+        }
+    );
+    assert_eq!(
+        h.apply(cmd(
+            3,
+            Op::KvDelete {
+                key: "d".into(),
+                expect: None
+            }
+        )),
+        Response::KvDelete {
+            revision: 3,
+            deleted: false
+        }
+    );
     assert!(h.kv("d").is_none());
 }
 
 #[test]
 fn counters_add_and_refuse_overflow() {
     let mut h = Harness::new();
-    let incr = |d| Op::CounterIncr { key: "c".into(), delta: d };
+    let incr = |d| Op::CounterIncr {
+        key: "c".into(),
+        delta: d,
+    };
     assert_eq!(h.apply(cmd(1, incr(5))), Response::Counter { value: 5 });
     assert_eq!(h.apply(cmd(2, incr(-7))), Response::Counter { value: -2 });
     let before = h.store.clone();
-    assert!(matches!(h.apply(cmd(3, incr(i64::MIN))), Response::Refused(OpError::CounterOverflow { .. })));
-    assert_eq!(h.store.get(Table::Counter, b"c").expect("get"), before.get(Table::Counter, b"c").expect("get"));
+    assert!(matches!(
+        h.apply(cmd(3, incr(i64::MIN))),
+        Response::Refused(OpError::CounterOverflow { .. })
+    ));
+    assert_eq!(
+        h.store.get(Table::Counter, b"c").expect("get"),
+        before.get(Table::Counter, b"c").expect("get")
+    );
 }
 
 #[test]
 fn bad_input_is_refused_and_changes_nothing_but_the_clock() {
     let mut h = Harness::new();
     let cases = [
-        Op::KvPut { key: vec![], value: vec![], ttl_ms: None, expect: None },
-        Op::KvPut { key: vec![b'k'; crate::limits::KEY_BYTES_MAX + 1], value: vec![], ttl_ms: None, expect: None },
-        Op::KvPut { key: b"k".to_vec(), value: vec![0; crate::limits::VALUE_BYTES_MAX + 1], ttl_ms: None, expect: None },
-        Op::KvPut { key: b"k".to_vec(), value: vec![], ttl_ms: Some(0), expect: None },
+        Op::KvPut {
+            key: vec![],
+            value: vec![],
+            ttl_ms: None,
+            expect: None,
+        },
+        Op::KvPut {
+            key: vec![b'k'; crate::limits::KEY_BYTES_MAX + 1],
+            value: vec![],
+            ttl_ms: None,
+            expect: None,
+        },
+        Op::KvPut {
+            key: b"k".to_vec(),
+            value: vec![0; crate::limits::VALUE_BYTES_MAX + 1],
+            ttl_ms: None,
+            expect: None,
+        },
+        Op::KvPut {
+            key: b"k".to_vec(),
+            value: vec![],
+            ttl_ms: Some(0),
+            expect: None,
+        },
         Op::CounterIncr { key: vec![], delta: 1 },
-        Op::KvDelete { key: vec![], expect: None },
+        Op::KvDelete {
+            key: vec![],
+            expect: None,
+        },
     ];
     for op in cases {
         assert!(validate_op(&op).is_err(), "{op:?} passes validation");
         let response = h.apply(cmd(1, op.clone()));
         assert!(matches!(response, Response::Refused(_)), "{op:?} gave {response:?}");
         for table in [Table::Kv, Table::KvExpiry, Table::Counter, Table::Session] {
-            assert!(h.store.scan(table, b"", 10).expect("scan").is_empty(), "{op:?} wrote to {table:?}");
+            assert!(
+                h.store.scan(table, b"", 10).expect("scan").is_empty(),
+                "{op:?} wrote to {table:?}"
+            );
         }
     }
 }
 
 fn with_session(mut c: Command, client_id: u128, seq: u64, first_incomplete_seq: u64) -> Command {
-    c.session = Some(Session { client_id, seq, first_incomplete_seq });
+    c.session = Some(Session {
+        client_id,
+        seq,
+        first_incomplete_seq,
+    });
     c
 }
 
 #[test]
 fn retried_request_applies_once_and_returns_first_answer() {
     let mut h = Harness::new();
-    let incr = Op::CounterIncr { key: "c".into(), delta: 10 };
+    let incr = Op::CounterIncr {
+        key: "c".into(),
+        delta: 10,
+    };
     let first = h.apply(with_session(cmd(1, incr.clone()), 7, 1, 1));
     assert_eq!(first, Response::Counter { value: 10 });
     let retry = h.apply(with_session(cmd(2, incr.clone()), 7, 1, 1));
     assert_eq!(retry, first, "same answer");
-    assert_eq!(h.apply(with_session(cmd(3, incr.clone()), 7, 2, 1)), Response::Counter { value: 20 });
+    assert_eq!(
+        h.apply(with_session(cmd(3, incr.clone()), 7, 2, 1)),
+        Response::Counter { value: 20 }
+    );
     // Another client with the same seq is a different request.
-    assert_eq!(h.apply(with_session(cmd(4, incr.clone()), 8, 1, 1)), Response::Counter { value: 30 });
+    assert_eq!(
+        h.apply(with_session(cmd(4, incr.clone()), 8, 1, 1)),
+        Response::Counter { value: 30 }
+    );
 }
 
 #[test]
 fn forgotten_answers_are_refused_not_reapplied() {
     let mut h = Harness::new();
-    let incr = Op::CounterIncr { key: "c".into(), delta: 1 };
+    let incr = Op::CounterIncr {
+        key: "c".into(),
+        delta: 1,
+    };
     for seq in 1..=5 {
         h.apply(with_session(cmd(seq, incr.clone()), 1, seq, seq));
     }
@@ -179,17 +371,33 @@ fn forgotten_answers_are_refused_not_reapplied() {
     let saved = h.store.scan(Table::Session, b"", 100).expect("scan");
     assert_eq!(saved.len(), 2, "the floor and the answer to seq 6: {saved:?}");
     let late_retry = h.apply(with_session(cmd(7, incr.clone()), 1, 3, 3));
-    assert!(matches!(late_retry, Response::Refused(OpError::SessionExpired { seq: 3, .. })));
-    assert_eq!(h.store.get(Table::Counter, b"c").expect("get"), Some(6i64.to_le_bytes().to_vec()));
+    assert!(matches!(
+        late_retry,
+        Response::Refused(OpError::SessionExpired { seq: 3, .. })
+    ));
+    assert_eq!(
+        h.store.get(Table::Counter, b"c").expect("get"),
+        Some(6i64.to_le_bytes().to_vec())
+    );
 }
 
 #[test]
 fn concurrent_requests_of_one_client_may_apply_out_of_order() {
     let mut h = Harness::new();
-    let incr = Op::CounterIncr { key: "c".into(), delta: 1 };
+    let incr = Op::CounterIncr {
+        key: "c".into(),
+        delta: 1,
+    };
     h.apply(with_session(cmd(1, incr.clone()), 1, 2, 1));
-    assert_eq!(h.apply(with_session(cmd(2, incr.clone()), 1, 1, 1)), Response::Counter { value: 2 });
-    assert_eq!(h.apply(with_session(cmd(3, incr.clone()), 1, 2, 1)), Response::Counter { value: 1 }, "retry of seq 2");
+    assert_eq!(
+        h.apply(with_session(cmd(2, incr.clone()), 1, 1, 1)),
+        Response::Counter { value: 2 }
+    );
+    assert_eq!(
+        h.apply(with_session(cmd(3, incr.clone()), 1, 2, 1)),
+        Response::Counter { value: 1 },
+        "retry of seq 2"
+    );
 }
 
 // ---- property tests -------------------------------------------------------------------------
@@ -219,7 +427,12 @@ impl Model {
 
     fn apply(&mut self, index: u64, now: u64, op: &Op) -> Response {
         match op {
-            Op::KvPut { key, value, ttl_ms, expect } => {
+            Op::KvPut {
+                key,
+                value,
+                ttl_ms,
+                expect,
+            } => {
                 let live = self.live(key, now).map(|(_, rev, _)| *rev);
                 let ok = match expect {
                     None => true,
@@ -229,8 +442,12 @@ impl Model {
                 if !ok {
                     return Response::KvConditionFailed { current: live };
                 }
-                self.kv.insert(key.clone(), (value.clone(), index, ttl_ms.map(|t| now + t)));
-                Response::KvPut { revision: index, prev_revision: live }
+                self.kv
+                    .insert(key.clone(), (value.clone(), index, ttl_ms.map(|t| now + t)));
+                Response::KvPut {
+                    revision: index,
+                    prev_revision: live,
+                }
             }
             Op::KvDelete { key, expect } => {
                 let live = self.live(key, now).map(|(_, rev, _)| *rev);
@@ -240,7 +457,10 @@ impl Model {
                     }
                 }
                 self.kv.remove(key);
-                Response::KvDelete { revision: index, deleted: live.is_some() }
+                Response::KvDelete {
+                    revision: index,
+                    deleted: live.is_some(),
+                }
             }
             Op::CounterIncr { key, delta } => {
                 let v = self.counters.entry(key.clone()).or_default();

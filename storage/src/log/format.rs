@@ -41,7 +41,10 @@ impl Frame<'_> {
 /// Appends the frame for `(index, payload)` to `out`.
 pub fn encode(index: u64, payload: &[u8], out: &mut Vec<u8>) {
     let len = u32::try_from(payload.len()).expect("payload length checked against RECORD_BYTES_MAX");
-    assert!(len <= RECORD_BYTES_MAX, "record of {len} bytes exceeds RECORD_BYTES_MAX");
+    assert!(
+        len <= RECORD_BYTES_MAX,
+        "record of {len} bytes exceeds RECORD_BYTES_MAX"
+    );
     let start = out.len();
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(&[0; 4]);
@@ -59,7 +62,10 @@ pub fn encode(index: u64, payload: &[u8], out: &mut Vec<u8>) {
 /// Decodes the frame at the start of `bytes`. Never panics, whatever the input.
 pub fn decode(bytes: &[u8]) -> Result<Frame<'_>, FrameError> {
     if bytes.len() < HEADER_BYTES {
-        return Err(FrameError::Truncated { available: bytes.len(), needed: HEADER_BYTES });
+        return Err(FrameError::Truncated {
+            available: bytes.len(),
+            needed: HEADER_BYTES,
+        });
     }
     let len = u32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes"));
     let stored = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
@@ -68,14 +74,20 @@ pub fn decode(bytes: &[u8]) -> Result<Frame<'_>, FrameError> {
     }
     let needed = HEADER_BYTES + len as usize;
     if bytes.len() < needed {
-        return Err(FrameError::Truncated { available: bytes.len(), needed });
+        return Err(FrameError::Truncated {
+            available: bytes.len(),
+            needed,
+        });
     }
     let computed = crc32fast::hash(&bytes[8..needed]);
     if computed != stored {
         return Err(FrameError::CrcMismatch { stored, computed });
     }
     let index = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
-    Ok(Frame { index, payload: &bytes[HEADER_BYTES..needed] })
+    Ok(Frame {
+        index,
+        payload: &bytes[HEADER_BYTES..needed],
+    })
 }
 
 #[cfg(test)]
@@ -89,7 +101,13 @@ mod tests {
         encode(42, b"hello", &mut buf);
         assert_eq!(buf.len(), HEADER_BYTES + 5);
         let frame = decode(&buf).expect("valid frame");
-        assert_eq!(frame, Frame { index: 42, payload: b"hello" });
+        assert_eq!(
+            frame,
+            Frame {
+                index: 42,
+                payload: b"hello"
+            }
+        );
     }
 
     #[test]
@@ -103,7 +121,10 @@ mod tests {
         let mut buf = Vec::new();
         encode(7, &[0xAB; 100], &mut buf);
         for cut in 0..buf.len() {
-            assert!(matches!(decode(&buf[..cut]), Err(FrameError::Truncated { .. })), "cut {cut}");
+            assert!(
+                matches!(decode(&buf[..cut]), Err(FrameError::Truncated { .. })),
+                "cut {cut}"
+            );
         }
     }
 
@@ -115,7 +136,10 @@ mod tests {
             for bit in 0..8 {
                 let mut flipped = buf.clone();
                 flipped[byte] ^= 1 << bit;
-                assert!(decode(&flipped).is_err(), "flip at byte {byte} bit {bit} decoded as valid");
+                assert!(
+                    decode(&flipped).is_err(),
+                    "flip at byte {byte} bit {bit} decoded as valid"
+                );
             }
         }
     }

@@ -36,7 +36,10 @@ pub struct FlushQueue<F, D> {
 impl<F, D> FlushQueue<F, D> {
     pub fn new() -> Arc<Self> {
         Arc::new(FlushQueue {
-            state: Mutex::new(QueueState { waiting: Vec::new(), closed: false }),
+            state: Mutex::new(QueueState {
+                waiting: Vec::new(),
+                closed: false,
+            }),
             wakeup: Condvar::new(),
         })
     }
@@ -71,8 +74,11 @@ impl<F, D> FlushQueue<F, D> {
 }
 
 /// The flusher loop: run on a dedicated thread until the queue closes.
-pub fn run_flusher<F, D, S>(queue: &FlushQueue<F, D>, flusher: &mut S, mut complete: impl FnMut(D, &std::io::Result<()>))
-where
+pub fn run_flusher<F, D, S>(
+    queue: &FlushQueue<F, D>,
+    flusher: &mut S,
+    mut complete: impl FnMut(D, &std::io::Result<()>),
+) where
     F: PartialEq + Clone,
     S: Flusher<F>,
 {
@@ -119,7 +125,10 @@ mod loom_tests {
 
             let flusher_queue = queue.clone();
             let flusher_durable = durable.clone();
-            let mut file = ModelFile { written: written.clone(), durable: durable.clone() };
+            let mut file = ModelFile {
+                written: written.clone(),
+                durable: durable.clone(),
+            };
             let flusher = loom::thread::spawn(move || {
                 let mut completed = Vec::new();
                 run_flusher(&flusher_queue, &mut file, |seq, result| {

@@ -48,7 +48,11 @@ pub enum LogError {
 
 impl LogError {
     pub(crate) fn io(op: &'static str, path: &Path, source: std::io::Error) -> Self {
-        LogError::Io { op, path: path.to_path_buf(), source }
+        LogError::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        }
     }
 }
 
@@ -69,7 +73,10 @@ pub struct LogOptions {
 
 impl Default for LogOptions {
     fn default() -> Self {
-        LogOptions { segment_bytes_max: SEGMENT_BYTES_DEFAULT, segment_entries_max: SEGMENT_ENTRIES_MAX }
+        LogOptions {
+            segment_bytes_max: SEGMENT_BYTES_DEFAULT,
+            segment_entries_max: SEGMENT_ENTRIES_MAX,
+        }
     }
 }
 
@@ -173,7 +180,11 @@ impl SegmentedLog {
                         offset: *offset,
                         reason: format!(
                             "{reason}{}",
-                            if is_last { "; valid records follow the damage" } else { "; not the last segment" }
+                            if is_last {
+                                "; valid records follow the damage"
+                            } else {
+                                "; not the last segment"
+                            }
                         ),
                     });
                 }
@@ -221,7 +232,11 @@ impl SegmentedLog {
     /// Checks the structural invariants; a failure is a programmer error.
     fn validate(&self) {
         for pair in self.segments.windows(2) {
-            assert_eq!(pair[0].first_index + pair[0].count, pair[1].first_index, "hole between segments");
+            assert_eq!(
+                pair[0].first_index + pair[0].count,
+                pair[1].first_index,
+                "hole between segments"
+            );
         }
         for seg in &self.segments {
             assert!(seg.count > 0, "empty segment kept");
@@ -302,7 +317,10 @@ impl SegmentedLog {
                 // Only the last file needs a ticket: earlier ones (before a roll) are pushed below.
                 Some(last) => {
                     for target in touched {
-                        self.flush_queue.push(FlushTicket { target, done: Box::new(|_| {}) });
+                        self.flush_queue.push(FlushTicket {
+                            target,
+                            done: Box::new(|_| {}),
+                        });
                     }
                     self.flush_queue.push(FlushTicket { target: last, done });
                 }
@@ -321,7 +339,10 @@ impl SegmentedLog {
         if frame_offsets.is_empty() {
             return Ok(());
         }
-        let seg = self.segments.last_mut().expect("a segment exists once a frame is pending");
+        let seg = self
+            .segments
+            .last_mut()
+            .expect("a segment exists once a frame is pending");
         seg.write_frames(buf, frame_offsets)?;
         touched.push(SyncTarget(seg.file.clone()));
         buf.clear();
@@ -399,7 +420,11 @@ impl SegmentedLog {
 
     fn remove_purged_segments(&mut self, upto: u64) -> Result<(), LogError> {
         let mut removed = false;
-        while self.segments.first().is_some_and(|s| s.last_index().is_some_and(|l| l <= upto)) {
+        while self
+            .segments
+            .first()
+            .is_some_and(|s| s.last_index().is_some_and(|l| l <= upto))
+        {
             self.segments.remove(0).remove_files()?;
             removed = true;
         }
@@ -449,7 +474,11 @@ fn read_meta(dir: &Path) -> Result<LogMeta, LogError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(LogMeta::default()),
         Err(e) => return Err(LogError::io("read meta", &path, e)),
     };
-    let corrupt = |reason: String| LogError::Corrupt { path: path.clone(), offset: 0, reason };
+    let corrupt = |reason: String| LogError::Corrupt {
+        path: path.clone(),
+        offset: 0,
+        reason,
+    };
     if bytes.len() < 4 {
         return Err(corrupt("meta file shorter than its checksum".into()));
     }

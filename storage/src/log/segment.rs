@@ -39,7 +39,10 @@ pub(crate) struct ScanOutcome {
 }
 
 pub(crate) fn segment_paths(dir: &Path, first_index: u64) -> (PathBuf, PathBuf) {
-    (dir.join(format!("{first_index:020}.log")), dir.join(format!("{first_index:020}.idx")))
+    (
+        dir.join(format!("{first_index:020}.log")),
+        dir.join(format!("{first_index:020}.idx")),
+    )
 }
 
 pub(crate) fn parse_segment_name(name: &str) -> Option<u64> {
@@ -63,13 +66,21 @@ pub(crate) fn scan(bytes: &[u8], first_index: u64) -> ScanOutcome {
                 pos += frame.encoded_len();
             }
             Ok(frame) => {
-                let err = FrameError::UnexpectedIndex { expected, found: frame.index };
+                let err = FrameError::UnexpectedIndex {
+                    expected,
+                    found: frame.index,
+                };
                 return tail_outcome(bytes, offsets, pos, err, expected);
             }
             Err(err) => return tail_outcome(bytes, offsets, pos, err, expected),
         }
     }
-    ScanOutcome { offsets, valid_bytes: pos as u64, invalid_tail: None, valid_frame_after_tail: false }
+    ScanOutcome {
+        offsets,
+        valid_bytes: pos as u64,
+        invalid_tail: None,
+        valid_frame_after_tail: false,
+    }
 }
 
 fn tail_outcome(bytes: &[u8], offsets: Vec<u64>, pos: usize, err: FrameError, expected: u64) -> ScanOutcome {
@@ -94,7 +105,8 @@ fn open_index(index_path: &Path, entries_max: u64) -> Result<MmapMut, LogError> 
         .truncate(false)
         .open(index_path)
         .map_err(|e| LogError::io("open index", index_path, e))?;
-    file.set_len(entries_max * 8).map_err(|e| LogError::io("size index", index_path, e))?;
+    file.set_len(entries_max * 8)
+        .map_err(|e| LogError::io("size index", index_path, e))?;
     // SAFETY: the index file is private to this log directory, which one process opens at a time
     // (the node holds a lock on its data directory); no one truncates it while it is mapped.
     unsafe { MmapMut::map_mut(&file) }.map_err(|e| LogError::io("map index", index_path, e))
@@ -110,7 +122,15 @@ impl Segment {
             .open(&path)
             .map_err(|e| LogError::io("create segment", &path, e))?;
         let index = open_index(&index_path, entries_max)?;
-        Ok(Segment { first_index, count: 0, bytes: 0, file: Arc::new(file), path, index, index_path })
+        Ok(Segment {
+            first_index,
+            count: 0,
+            bytes: 0,
+            file: Arc::new(file),
+            path,
+            index,
+            index_path,
+        })
     }
 
     /// Opens an existing segment and scans it. Returns the segment (holding only its valid prefix
@@ -122,7 +142,10 @@ impl Segment {
             .write(true)
             .open(&path)
             .map_err(|e| LogError::io("open segment", &path, e))?;
-        let file_len = file.metadata().map_err(|e| LogError::io("stat segment", &path, e))?.len();
+        let file_len = file
+            .metadata()
+            .map_err(|e| LogError::io("stat segment", &path, e))?
+            .len();
         let outcome = if file_len == 0 {
             scan(&[], first_index)
         } else {
@@ -134,7 +157,10 @@ impl Segment {
             return Err(LogError::Corrupt {
                 path,
                 offset: 0,
-                reason: format!("{} entries exceed the segment limit {entries_max}", outcome.offsets.len()),
+                reason: format!(
+                    "{} entries exceed the segment limit {entries_max}",
+                    outcome.offsets.len()
+                ),
             });
         }
         let mut index = open_index(&index_path, entries_max)?;
@@ -221,7 +247,9 @@ impl Segment {
     pub fn truncate_after(&mut self, keep_last: u64) -> Result<(), LogError> {
         assert!(keep_last >= self.first_index && keep_last < self.first_index + self.count);
         let new_bytes = self.end_of(keep_last);
-        self.file.set_len(new_bytes).map_err(|e| LogError::io("truncate", &self.path, e))?;
+        self.file
+            .set_len(new_bytes)
+            .map_err(|e| LogError::io("truncate", &self.path, e))?;
         self.file.sync_all().map_err(|e| LogError::io("sync", &self.path, e))?;
         self.count = keep_last - self.first_index + 1;
         self.bytes = new_bytes;
@@ -230,7 +258,9 @@ impl Segment {
 
     /// Truncates the file to its valid prefix (dropping a torn tail found by `open`), durably.
     pub fn drop_invalid_tail(&mut self) -> Result<(), LogError> {
-        self.file.set_len(self.bytes).map_err(|e| LogError::io("truncate", &self.path, e))?;
+        self.file
+            .set_len(self.bytes)
+            .map_err(|e| LogError::io("truncate", &self.path, e))?;
         self.file.sync_all().map_err(|e| LogError::io("sync", &self.path, e))
     }
 
@@ -281,7 +311,10 @@ mod tests {
         buf[HEADER_BYTES + 2] ^= 0x01; // inside the first payload
         let out = scan(&buf, 1);
         assert_eq!(out.offsets.len(), 0);
-        assert!(out.valid_frame_after_tail, "records 2 and 3 are intact behind the damage");
+        assert!(
+            out.valid_frame_after_tail,
+            "records 2 and 3 are intact behind the damage"
+        );
     }
 
     #[test]

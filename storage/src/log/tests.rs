@@ -6,7 +6,10 @@ use proptest::prelude::*;
 use super::*;
 
 fn small_options() -> LogOptions {
-    LogOptions { segment_bytes_max: 4096, segment_entries_max: 8 }
+    LogOptions {
+        segment_bytes_max: 4096,
+        segment_entries_max: 8,
+    }
 }
 
 fn payload(index: u64, len: usize) -> Vec<u8> {
@@ -110,7 +113,11 @@ fn torn_last_record_at_every_byte_offset() {
         fs::write(&path, &full[..cut]).expect("write torn copy");
         let log = SegmentedLog::open(dir.path(), LogOptions::default()).expect("recovers from torn tail");
         assert_eq!(all_records(&log), records[..2].to_vec(), "cut at {cut}");
-        assert_eq!(fs::metadata(&path).expect("stat").len(), last_start as u64, "torn bytes cut off");
+        assert_eq!(
+            fs::metadata(&path).expect("stat").len(),
+            last_start as u64,
+            "torn bytes cut off"
+        );
     }
 }
 
@@ -129,7 +136,9 @@ fn bit_flip_in_the_middle_is_a_startup_error() {
     let second_record = format::HEADER_BYTES + 32;
     bytes[second_record + format::HEADER_BYTES + 5] ^= 0x10;
     fs::write(&seg, &bytes).expect("write");
-    let err = SegmentedLog::open(dir.path(), LogOptions::default()).err().expect("must refuse");
+    let err = SegmentedLog::open(dir.path(), LogOptions::default())
+        .err()
+        .expect("must refuse");
     match err {
         LogError::Corrupt { path, offset, .. } => {
             assert_eq!(path, seg);

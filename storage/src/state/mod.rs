@@ -60,12 +60,15 @@ impl From<StoreError> for std::io::Error {
     }
 }
 
+/// A key and its value, as scans return them.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
 /// Point reads the apply logic needs.
 pub trait StoreRead {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
 
     /// Keys of `table` in order starting at `from` (inclusive), at most `limit`.
-    fn scan(&self, table: Table, from: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    fn scan(&self, table: Table, from: &[u8], limit: usize) -> Result<Vec<KeyValue>, StoreError>;
 }
 
 /// A KV record as stored.

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{StoreError, StoreRead, Table};
+use super::{KeyValue, StoreError, StoreRead, Table};
 use crate::apply::WriteSet;
 
 #[derive(Default, Debug, Clone, PartialEq, Eq)]
@@ -31,11 +31,16 @@ impl StoreRead for MemStore {
         Ok(self.tables.get(&table).and_then(|t| t.get(key)).cloned())
     }
 
-    fn scan(&self, table: Table, from: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn scan(&self, table: Table, from: &[u8], limit: usize) -> Result<Vec<KeyValue>, StoreError> {
         Ok(self
             .tables
             .get(&table)
-            .map(|t| t.range(from.to_vec()..).take(limit).map(|(k, v)| (k.clone(), v.clone())).collect())
+            .map(|t| {
+                t.range(from.to_vec()..)
+                    .take(limit)
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            })
             .unwrap_or_default())
     }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 
-use super::{StoreError, StoreRead, Table};
+use super::{KeyValue, StoreError, StoreRead, Table};
 use crate::apply::WriteSet;
 
 #[derive(Clone)]
@@ -33,7 +33,9 @@ fn db_options() -> Options {
 impl RocksStore {
     pub fn open(path: impl AsRef<Path>) -> Result<RocksStore, StoreError> {
         let path = path.as_ref().to_path_buf();
-        let cfs = Table::ALL.iter().map(|t| ColumnFamilyDescriptor::new(t.name(), Options::default()));
+        let cfs = Table::ALL
+            .iter()
+            .map(|t| ColumnFamilyDescriptor::new(t.name(), Options::default()));
         let db = DB::open_cf_descriptors(&db_options(), &path, cfs).map_err(rocks("open"))?;
         Ok(RocksStore { db: Arc::new(db), path })
     }
@@ -42,7 +44,8 @@ impl RocksStore {
     pub fn open_read_only(path: impl AsRef<Path>) -> Result<RocksStore, StoreError> {
         let path = path.as_ref().to_path_buf();
         let names = Table::ALL.iter().map(|t| t.name());
-        let db = DB::open_cf_for_read_only(&Options::default(), &path, names, false).map_err(rocks("open read-only"))?;
+        let db =
+            DB::open_cf_for_read_only(&Options::default(), &path, names, false).map_err(rocks("open read-only"))?;
         Ok(RocksStore { db: Arc::new(db), path })
     }
 
@@ -51,7 +54,9 @@ impl RocksStore {
     }
 
     fn cf(&self, table: Table) -> &rocksdb::ColumnFamily {
-        self.db.cf_handle(table.name()).expect("every column family is created on open")
+        self.db
+            .cf_handle(table.name())
+            .expect("every column family is created on open")
     }
 
     /// Writes a batch of effects atomically.
@@ -107,7 +112,7 @@ impl StoreRead for RocksStore {
         self.db.get_cf(self.cf(table), key).map_err(rocks("get"))
     }
 
-    fn scan(&self, table: Table, from: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn scan(&self, table: Table, from: &[u8], limit: usize) -> Result<Vec<KeyValue>, StoreError> {
         let mode = IteratorMode::From(from, rocksdb::Direction::Forward);
         let mut out = Vec::new();
         for item in self.db.iterator_cf(self.cf(table), mode).take(limit) {

@@ -24,7 +24,10 @@ fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StoreErro
 }
 
 fn corrupt(path: &Path, reason: impl Into<String>) -> StoreError {
-    StoreError::CorruptSnapshot { path: path.to_path_buf(), reason: reason.into() }
+    StoreError::CorruptSnapshot {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
 }
 
 /// A checkpoint directory, removed when dropped.
@@ -76,7 +79,9 @@ impl Checkpoint {
         let size = file.metadata().map_err(io("stat pack", &tmp))?.len();
         fs::rename(&tmp, target).map_err(io("rename pack", target))?;
         if let Some(parent) = target.parent() {
-            File::open(parent).and_then(|d| d.sync_all()).map_err(io("sync dir", parent))?;
+            File::open(parent)
+                .and_then(|d| d.sync_all())
+                .map_err(io("sync dir", parent))?;
         }
         Ok(size)
     }
@@ -103,7 +108,10 @@ fn write_section(out: &mut impl Write, kind: u8, name: &str, data: &mut impl Rea
         let want = remaining.min(buf.len() as u64) as usize;
         let n = data.read(&mut buf[..want])?;
         if n == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "file shrank while packing"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "file shrank while packing",
+            ));
         }
         crc.update(&buf[..n]);
         out.write_all(&buf[..n])?;
@@ -120,20 +128,32 @@ struct Section {
 /// Reads one section header and streams its data into `sink`, verifying the crc.
 fn read_section(input: &mut impl Read, path: &Path, sink: &mut impl Write) -> Result<Section, StoreError> {
     let mut head = [0u8; 5];
-    input.read_exact(&mut head).map_err(|_| corrupt(path, "truncated section header"))?;
+    input
+        .read_exact(&mut head)
+        .map_err(|_| corrupt(path, "truncated section header"))?;
     let kind = head[0];
     let name_len = u32::from_le_bytes(head[1..5].try_into().expect("4 bytes"));
     if !(KIND_META..=KIND_END).contains(&kind) || name_len > NAME_BYTES_MAX {
-        return Err(corrupt(path, format!("bad section header (kind {kind}, name length {name_len})")));
+        return Err(corrupt(
+            path,
+            format!("bad section header (kind {kind}, name length {name_len})"),
+        ));
     }
     let mut name = vec![0u8; name_len as usize];
-    input.read_exact(&mut name).map_err(|_| corrupt(path, "truncated section name"))?;
+    input
+        .read_exact(&mut name)
+        .map_err(|_| corrupt(path, "truncated section name"))?;
     let name = String::from_utf8(name).map_err(|_| corrupt(path, "section name is not utf-8"))?;
     if name.contains('/') || name == ".." {
-        return Err(corrupt(path, format!("section name {name:?} escapes the snapshot directory")));
+        return Err(corrupt(
+            path,
+            format!("section name {name:?} escapes the snapshot directory"),
+        ));
     }
     let mut len = [0u8; 8];
-    input.read_exact(&mut len).map_err(|_| corrupt(path, "truncated section length"))?;
+    input
+        .read_exact(&mut len)
+        .map_err(|_| corrupt(path, "truncated section length"))?;
     let mut remaining = u64::from_le_bytes(len);
     let mut crc = crc32fast::Hasher::new();
     crc.update(&[kind]);
@@ -141,13 +161,17 @@ fn read_section(input: &mut impl Read, path: &Path, sink: &mut impl Write) -> Re
     let mut buf = vec![0u8; 256 * 1024];
     while remaining > 0 {
         let want = remaining.min(buf.len() as u64) as usize;
-        input.read_exact(&mut buf[..want]).map_err(|_| corrupt(path, format!("truncated section {name:?}")))?;
+        input
+            .read_exact(&mut buf[..want])
+            .map_err(|_| corrupt(path, format!("truncated section {name:?}")))?;
         crc.update(&buf[..want]);
         sink.write_all(&buf[..want]).map_err(io("write snapshot file", path))?;
         remaining -= want as u64;
     }
     let mut stored = [0u8; 4];
-    input.read_exact(&mut stored).map_err(|_| corrupt(path, "truncated section checksum"))?;
+    input
+        .read_exact(&mut stored)
+        .map_err(|_| corrupt(path, "truncated section checksum"))?;
     if u32::from_le_bytes(stored) != crc.finalize() {
         return Err(corrupt(path, format!("checksum mismatch in section {name:?}")));
     }
@@ -157,7 +181,9 @@ fn read_section(input: &mut impl Read, path: &Path, sink: &mut impl Write) -> Re
 fn open_pack(path: &Path) -> Result<BufReader<File>, StoreError> {
     let mut input = BufReader::new(File::open(path).map_err(io("open pack", path))?);
     let mut magic = [0u8; 12];
-    input.read_exact(&mut magic).map_err(|_| corrupt(path, "missing magic"))?;
+    input
+        .read_exact(&mut magic)
+        .map_err(|_| corrupt(path, "missing magic"))?;
     if &magic != MAGIC {
         return Err(corrupt(path, "bad magic"));
     }
@@ -232,9 +258,18 @@ mod tests {
         let mut stale = WriteSet::default();
         stale.put(Table::Counter, b"stale".to_vec(), vec![1; 8]);
         target.commit(&stale).expect("commit stale");
-        target.replace_with(&RocksStore::open_read_only(&unpacked).expect("open unpacked")).expect("replace");
-        assert_eq!(target.get(Table::Counter, b"stale").expect("get"), None, "old state replaced");
-        assert_eq!(target.scan(Table::Kv, b"", 1000).expect("scan"), source.scan(Table::Kv, b"", 1000).expect("scan"));
+        target
+            .replace_with(&RocksStore::open_read_only(&unpacked).expect("open unpacked"))
+            .expect("replace");
+        assert_eq!(
+            target.get(Table::Counter, b"stale").expect("get"),
+            None,
+            "old state replaced"
+        );
+        assert_eq!(
+            target.scan(Table::Kv, b"", 1000).expect("scan"),
+            source.scan(Table::Kv, b"", 1000).expect("scan")
+        );
     }
 
     #[test]
@@ -245,14 +280,23 @@ mod tests {
         writes.put(Table::Kv, b"k".to_vec(), vec![7; 1000]);
         store.commit(&writes).expect("commit");
         let pack = dir.path().join("1.snap");
-        Checkpoint::create(&store, dir.path().join("ckpt")).expect("ckpt").pack(b"m", &pack).expect("pack");
+        Checkpoint::create(&store, dir.path().join("ckpt"))
+            .expect("ckpt")
+            .pack(b"m", &pack)
+            .expect("pack");
         let mut bytes = fs::read(&pack).expect("read");
         let middle = bytes.len() / 2;
         bytes[middle] ^= 0xFF;
         fs::write(&pack, &bytes).expect("write");
-        assert!(matches!(unpack(&pack, &dir.path().join("u")), Err(StoreError::CorruptSnapshot { .. })));
+        assert!(matches!(
+            unpack(&pack, &dir.path().join("u")),
+            Err(StoreError::CorruptSnapshot { .. })
+        ));
         let truncated = &bytes[..bytes.len() - 10];
         fs::write(&pack, truncated).expect("write");
-        assert!(matches!(unpack(&pack, &dir.path().join("u")), Err(StoreError::CorruptSnapshot { .. })));
+        assert!(matches!(
+            unpack(&pack, &dir.path().join("u")),
+            Err(StoreError::CorruptSnapshot { .. })
+        ));
     }
 }

@@ -1,0 +1,361 @@
+//! Connection handling: endpoints, leader tracking, retries with idempotency.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use tonic::transport::{Channel, Endpoint};
+use tonic::Status;
+
+use crate::error::{classify, Attempt, ClientError};
+use crate::pb;
+use crate::pb::cluster_client::ClusterClient;
+
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// How long one call may take in total, retries included.
+    pub request_timeout: Duration,
+    /// How long one attempt on one node may take.
+    pub attempt_timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            request_timeout: Duration::from_secs(10),
+            attempt_timeout: Duration::from_secs(3),
+            connect_timeout: Duration::from_millis(500),
+        }
+    }
+}
+
+/// How a read is served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ReadConsistency {
+    /// Linearizable: the leader confirms its leadership with a quorum (read index) first.
+    #[default]
+    Linearizable,
+    /// Served by whichever node answers, from its local state: may lag behind recent writes.
+    Stale,
+}
+
+struct Node {
+    addr: String,
+    channel: Channel,
+}
+
+struct Inner {
+    nodes: RwLock<Vec<Node>>,
+    leader: AtomicUsize,
+    client_id: u128,
+    next_seq: AtomicU64,
+    in_flight: Mutex<BTreeSet<u64>>,
+    options: ClientOptions,
+}
+
+/// A handle to a Basalt cluster. Cheap to clone; clones share connections and the session.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+/// Removes a seq from the in-flight set when its call ends, whatever the outcome.
+pub(crate) struct SeqGuard {
+    inner: Arc<Inner>,
+    seq: u64,
+}
+
+impl Drop for SeqGuard {
+    fn drop(&mut self) {
+        if let Ok(mut in_flight) = self.inner.in_flight.lock() {
+            in_flight.remove(&self.seq);
+        }
+    }
+}
+
+fn channel_for(addr: &str, options: &ClientOptions) -> Result<Channel, ClientError> {
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| ClientError::InvalidEndpoint {
+            endpoint: addr.to_string(),
+            reason: e.to_string(),
+        })?
+        .connect_timeout(options.connect_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_while_idle(true);
+    Ok(endpoint.connect_lazy())
+}
+
+impl Client {
+    /// Connects to a cluster through any of its nodes (`host:port`) and finds the leader.
+    ///
+    /// # Errors
+    /// [`ClientError::NoEndpoints`], [`ClientError::InvalidEndpoint`], or
+    /// [`ClientError::Unavailable`] when no node answers within the request timeout.
+    pub async fn connect<I, S>(endpoints: I) -> Result<Client, ClientError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        Self::connect_with(endpoints, ClientOptions::default()).await
+    }
+
+    pub async fn connect_with<I, S>(endpoints: I, options: ClientOptions) -> Result<Client, ClientError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let client = Self::lazy(endpoints, options)?;
+        let status = client.cluster_status().await?;
+        if !status.leader_addr.is_empty() {
+            client.follow_leader(&status.leader_addr);
+        }
+        Ok(client)
+    }
+
+    /// Builds a client without contacting the cluster.
+    pub fn lazy<I, S>(endpoints: I, options: ClientOptions) -> Result<Client, ClientError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let mut nodes = Vec::new();
+        for endpoint in endpoints {
+            let addr = endpoint.as_ref().trim().to_string();
+            if addr.is_empty() {
+                continue;
+            }
+            nodes.push(Node {
+                channel: channel_for(&addr, &options)?,
+                addr,
+            });
+        }
+        if nodes.is_empty() {
+            return Err(ClientError::NoEndpoints);
+        }
+        let client_id = u128::from(rand::random::<u64>()) << 64 | u128::from(rand::random::<u64>());
+        Ok(Client {
+            inner: Arc::new(Inner {
+                nodes: RwLock::new(nodes),
+                leader: AtomicUsize::new(0),
+                client_id,
+                next_seq: AtomicU64::new(1),
+                in_flight: Mutex::new(BTreeSet::new()),
+                options,
+            }),
+        })
+    }
+
+    pub fn kv(&self) -> crate::Kv {
+        crate::Kv { client: self.clone() }
+    }
+
+    pub fn counter(&self, key: impl Into<Vec<u8>>) -> crate::CounterHandle {
+        crate::CounterHandle {
+            client: self.clone(),
+            key: key.into(),
+        }
+    }
+
+    /// The addresses this client knows, leader first.
+    pub fn endpoints(&self) -> Vec<String> {
+        let nodes = self.inner.nodes.read().expect("nodes lock");
+        let leader = self.inner.leader.load(Ordering::Relaxed) % nodes.len();
+        let mut out = vec![nodes[leader].addr.clone()];
+        out.extend(
+            nodes
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != leader)
+                .map(|(_, n)| n.addr.clone()),
+        );
+        out
+    }
+
+    fn follow_leader(&self, addr: &str) {
+        let mut nodes = self.inner.nodes.write().expect("nodes lock");
+        let position = match nodes.iter().position(|n| n.addr == addr) {
+            Some(p) => p,
+            None => match channel_for(addr, &self.inner.options) {
+                Ok(channel) => {
+                    nodes.push(Node {
+                        addr: addr.to_string(),
+                        channel,
+                    });
+                    nodes.len() - 1
+                }
+                Err(_) => return,
+            },
+        };
+        self.inner.leader.store(position, Ordering::Relaxed);
+    }
+
+    fn current(&self) -> (usize, Channel) {
+        let nodes = self.inner.nodes.read().expect("nodes lock");
+        let i = self.inner.leader.load(Ordering::Relaxed) % nodes.len();
+        (i, nodes[i].channel.clone())
+    }
+
+    fn rotate_from(&self, failed: usize) {
+        let len = self.inner.nodes.read().expect("nodes lock").len();
+        let _ = self
+            .inner
+            .leader
+            .compare_exchange(failed, (failed + 1) % len, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// A fresh `(client_id, seq)` header for a mutation, kept in flight until the guard drops.
+    pub(crate) fn header(&self) -> (pb::RequestHeader, SeqGuard) {
+        let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
+        let first_incomplete_seq = {
+            let mut in_flight = self.inner.in_flight.lock().expect("in-flight lock");
+            in_flight.insert(seq);
+            *in_flight.first().expect("just inserted")
+        };
+        let header = pb::RequestHeader {
+            client_id: self.inner.client_id.to_be_bytes().to_vec(),
+            seq,
+            first_incomplete_seq,
+        };
+        (
+            header,
+            SeqGuard {
+                inner: self.inner.clone(),
+                seq,
+            },
+        )
+    }
+
+    pub(crate) fn request<T>(&self, message: T, deadline: Instant) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        request.set_timeout(
+            remaining
+                .min(self.inner.options.attempt_timeout)
+                .max(Duration::from_millis(1)),
+        );
+        request
+    }
+
+    /// Runs `attempt` against the leader, following redirects and retrying on failures until the
+    /// request timeout. `mutation` marks calls whose outcome is unknown if every attempt fails
+    /// after reaching a node.
+    pub(crate) async fn call<T, F, Fut>(&self, mutation: bool, mut attempt: F) -> Result<T, ClientError>
+    where
+        F: FnMut(Channel, Instant) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let deadline = Instant::now() + self.inner.options.request_timeout;
+        let mut attempts = 0u32;
+        let mut reached = false;
+        let mut pause = Duration::from_millis(10);
+        loop {
+            attempts += 1;
+            let (position, channel) = self.current();
+            let last_error = match attempt(channel, deadline).await {
+                Ok(value) => return Ok(value),
+                Err(status) => match classify(&status) {
+                    Attempt::Redirect(Some(leader)) => {
+                        self.follow_leader(&leader);
+                        if Instant::now() < deadline {
+                            continue;
+                        }
+                        format!("redirected to {leader}")
+                    }
+                    Attempt::Redirect(None) => {
+                        self.rotate_from(position);
+                        "no leader known".to_string()
+                    }
+                    Attempt::Retry { reached: r, message } => {
+                        reached |= r;
+                        self.rotate_from(position);
+                        message
+                    }
+                    Attempt::Fail(e) => return Err(e),
+                },
+            };
+            let now = Instant::now();
+            if now + pause >= deadline {
+                return Err(ClientError::Unavailable {
+                    attempts,
+                    outcome_unknown: mutation && reached,
+                    last_error,
+                });
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(200));
+        }
+    }
+
+    /// The status of the node this client currently talks to (normally the leader).
+    pub async fn cluster_status(&self) -> Result<pb::StatusResponse, ClientError> {
+        self.call(false, |channel, deadline| async move {
+            ClusterClient::new(channel)
+                .status(self.request(pb::StatusRequest {}, deadline))
+                .await
+                .map(|r| r.into_inner())
+        })
+        .await
+    }
+
+    /// The status of one specific node, without redirects or retries.
+    pub async fn node_status(&self, addr: &str) -> Result<pb::StatusResponse, ClientError> {
+        let channel = channel_for(addr, &self.inner.options)?;
+        let deadline = Instant::now() + self.inner.options.attempt_timeout;
+        ClusterClient::new(channel)
+            .status(self.request(pb::StatusRequest {}, deadline))
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| ClientError::Unavailable {
+                attempts: 1,
+                outcome_unknown: false,
+                last_error: s.message().to_string(),
+            })
+    }
+
+    /// Adds a node as a learner; returns once it has caught up with the leader's log.
+    pub async fn add_node(&self, id: u64, addr: &str) -> Result<Vec<pb::Member>, ClientError> {
+        let addr = addr.to_string();
+        self.call(true, |channel, deadline| {
+            let request = self.request(pb::AddNodeRequest { id, addr: addr.clone() }, deadline);
+            async move {
+                ClusterClient::new(channel)
+                    .add_node(request)
+                    .await
+                    .map(|r| r.into_inner().members)
+            }
+        })
+        .await
+    }
+
+    /// Makes a learner a voter.
+    pub async fn promote(&self, id: u64) -> Result<Vec<pb::Member>, ClientError> {
+        self.call(true, |channel, deadline| {
+            let request = self.request(pb::PromoteRequest { id }, deadline);
+            async move {
+                ClusterClient::new(channel)
+                    .promote(request)
+                    .await
+                    .map(|r| r.into_inner().members)
+            }
+        })
+        .await
+    }
+
+    /// Removes a node (voter or learner) from the cluster.
+    pub async fn remove_node(&self, id: u64) -> Result<Vec<pb::Member>, ClientError> {
+        self.call(true, |channel, deadline| {
+            let request = self.request(pb::RemoveNodeRequest { id }, deadline);
+            async move {
+                ClusterClient::new(channel)
+                    .remove_node(request)
+                    .await
+                    .map(|r| r.into_inner().members)
+            }
+        })
+        .await
+    }
+}

@@ -1,0 +1,184 @@
+//! Errors and their stable codes. The node maps its errors to these codes in one place; the SDK
+//! maps statuses back here.
+
+use tonic::{Code, Status};
+
+/// Metadata key carrying an error's stable code on every error status.
+pub const ERROR_CODE_KEY: &str = "basalt-error";
+/// Metadata key carrying the leader's address on a `NOT_LEADER` status.
+pub const LEADER_KEY: &str = "basalt-leader";
+
+macro_rules! error_codes {
+    ($($variant:ident = $text:literal => $grpc:ident,)*) => {
+        /// A stable error code (the `basalt-error` metadata value).
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum ErrorCode { $($variant,)* }
+
+        impl ErrorCode {
+            pub fn as_str(self) -> &'static str {
+                match self { $(ErrorCode::$variant => $text,)* }
+            }
+
+            pub fn parse(text: &str) -> Option<ErrorCode> {
+                match text { $($text => Some(ErrorCode::$variant),)* _ => None }
+            }
+
+            /// The gRPC status code this error travels with.
+            pub fn grpc_code(self) -> Code {
+                match self { $(ErrorCode::$variant => Code::$grpc,)* }
+            }
+        }
+    };
+}
+
+error_codes! {
+    NotLeader = "NOT_LEADER" => FailedPrecondition,
+    EmptyKey = "EMPTY_KEY" => InvalidArgument,
+    KeyTooLarge = "KEY_TOO_LARGE" => InvalidArgument,
+    ValueTooLarge = "VALUE_TOO_LARGE" => InvalidArgument,
+    InvalidTtl = "INVALID_TTL" => InvalidArgument,
+    InvalidArgument = "INVALID_ARGUMENT" => InvalidArgument,
+    CounterOverflow = "COUNTER_OVERFLOW" => FailedPrecondition,
+    SessionExpired = "SESSION_EXPIRED" => FailedPrecondition,
+    CorruptValue = "CORRUPT_VALUE" => DataLoss,
+    MembershipRejected = "MEMBERSHIP_REJECTED" => FailedPrecondition,
+    Unavailable = "UNAVAILABLE" => Unavailable,
+    Internal = "INTERNAL" => Internal,
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClientError {
+    /// The request was refused; nothing changed.
+    #[error("{code}: {message}")]
+    Rejected { code: ErrorCode, message: String },
+    /// No node answered in time. For a mutation, `outcome_unknown` is true when some attempt
+    /// reached a node: the write may or may not have been applied.
+    #[error("cluster unavailable after {attempts} attempts (outcome unknown: {outcome_unknown}): {last_error}")]
+    Unavailable {
+        attempts: u32,
+        outcome_unknown: bool,
+        last_error: String,
+    },
+    #[error("invalid endpoint {endpoint:?}: {reason}")]
+    InvalidEndpoint { endpoint: String, reason: String },
+    #[error("no endpoints given")]
+    NoEndpoints,
+    #[error("unexpected response from the server: {0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Rejected { code, .. } => Some(*code),
+            ClientError::Unavailable { .. } => Some(ErrorCode::Unavailable),
+            _ => None,
+        }
+    }
+}
+
+/// What one failed attempt means for the retry loop.
+pub(crate) enum Attempt {
+    /// Retry at once on this address (the leader's).
+    Redirect(Option<String>),
+    /// Retry on another node after a pause; `reached` says the request may have been delivered.
+    Retry {
+        reached: bool,
+        message: String,
+    },
+    Fail(ClientError),
+}
+
+pub(crate) fn classify(status: &Status) -> Attempt {
+    let code = status
+        .metadata()
+        .get(ERROR_CODE_KEY)
+        .and_then(|v| v.to_str().ok())
+        .and_then(ErrorCode::parse);
+    match code {
+        Some(ErrorCode::NotLeader) => {
+            let leader = status
+                .metadata()
+                .get(LEADER_KEY)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            Attempt::Redirect(leader.filter(|l| !l.is_empty()))
+        }
+        Some(ErrorCode::Unavailable) => Attempt::Retry {
+            reached: true,
+            message: status.message().to_string(),
+        },
+        Some(code) => Attempt::Fail(ClientError::Rejected {
+            code,
+            message: status.message().to_string(),
+        }),
+        None => match status.code() {
+            // Transport failures: the request may not have left this process, or the connection
+            // broke after sending it. Treat both as maybe-delivered unless clearly a connect error.
+            Code::Unavailable | Code::Cancelled | Code::DeadlineExceeded | Code::Unknown | Code::Aborted => {
+                let message = status.message().to_string();
+                let connect_failed = message.contains("connect") || message.contains("Connection refused");
+                Attempt::Retry {
+                    reached: !connect_failed,
+                    message,
+                }
+            }
+            _ => Attempt::Fail(ClientError::Protocol(format!(
+                "{}: {}",
+                status.code(),
+                status.message()
+            ))),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip() {
+        for code in [
+            ErrorCode::NotLeader,
+            ErrorCode::KeyTooLarge,
+            ErrorCode::SessionExpired,
+            ErrorCode::Internal,
+        ] {
+            assert_eq!(ErrorCode::parse(code.as_str()), Some(code));
+        }
+        assert_eq!(ErrorCode::parse("NOPE"), None);
+    }
+
+    #[test]
+    fn not_leader_status_redirects_to_the_hinted_leader() {
+        let mut status = Status::failed_precondition("not leader");
+        status
+            .metadata_mut()
+            .insert(ERROR_CODE_KEY, "NOT_LEADER".parse().expect("ascii"));
+        status
+            .metadata_mut()
+            .insert(LEADER_KEY, "127.0.0.1:7002".parse().expect("ascii"));
+        assert!(matches!(classify(&status), Attempt::Redirect(Some(a)) if a == "127.0.0.1:7002"));
+    }
+
+    #[test]
+    fn typed_rejection_is_not_retried() {
+        let mut status = Status::invalid_argument("key too large");
+        status
+            .metadata_mut()
+            .insert(ERROR_CODE_KEY, "KEY_TOO_LARGE".parse().expect("ascii"));
+        assert!(matches!(
+            classify(&status),
+            Attempt::Fail(ClientError::Rejected {
+                code: ErrorCode::KeyTooLarge,
+                ..
+            })
+        ));
+    }
+}

@@ -1,0 +1,250 @@
+//! Typed APIs: KV and counters.
+
+use std::time::Duration;
+
+use crate::client::{Client, ReadConsistency};
+use crate::error::ClientError;
+use crate::pb;
+use crate::pb::counter_client::CounterClient;
+use crate::pb::kv_client::KvClient;
+
+/// A stored key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KvEntry {
+    pub value: Vec<u8>,
+    pub create_revision: u64,
+    pub mod_revision: u64,
+    pub version: u64,
+    /// Milliseconds since the Unix epoch (cluster HLC time) at which the key expires.
+    pub expires_at_ms: Option<u64>,
+}
+
+/// Options of a put.
+#[derive(Clone, Debug, Default)]
+pub struct PutOptions {
+    pub ttl: Option<Duration>,
+}
+
+/// The result of a compare-and-set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CasOutcome {
+    /// The condition held; the write has this revision.
+    Written { revision: u64 },
+    /// The condition did not hold; nothing changed. `current` is the key's revision (None: absent).
+    Conflict { current: Option<u64> },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeleteOutcome {
+    pub deleted: bool,
+    pub revision: u64,
+}
+
+/// KV operations. Get one with [`Client::kv`].
+#[derive(Clone)]
+pub struct Kv {
+    pub(crate) client: Client,
+}
+
+fn expect_of(expected_revision: Option<u64>) -> pb::Expect {
+    pb::Expect {
+        condition: Some(match expected_revision {
+            None => pb::expect::Condition::Absent(true),
+            Some(r) => pb::expect::Condition::Revision(r),
+        }),
+    }
+}
+
+impl Kv {
+    /// Stores `value` under `key`; returns the write's revision.
+    ///
+    /// # Errors
+    /// `EMPTY_KEY`, `KEY_TOO_LARGE`, `VALUE_TOO_LARGE`, `INVALID_TTL` ([`ClientError::Rejected`]),
+    /// or [`ClientError::Unavailable`].
+    ///
+    /// # Durability
+    /// Acknowledged once the write is fsynced on a majority of the cluster.
+    pub async fn put(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<u64, ClientError> {
+        self.put_with(key, value, PutOptions::default()).await
+    }
+
+    pub async fn put_with(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+        options: PutOptions,
+    ) -> Result<u64, ClientError> {
+        match self.write_put(key.as_ref(), value.as_ref(), options.ttl, None).await? {
+            CasOutcome::Written { revision } => Ok(revision),
+            CasOutcome::Conflict { .. } => Err(ClientError::Protocol("unconditional put reported a conflict".into())),
+        }
+    }
+
+    /// Writes `value` only if the key's revision is `expected_revision` (`None`: the key must be
+    /// absent).
+    pub async fn cas(
+        &self,
+        key: impl AsRef<[u8]>,
+        expected_revision: Option<u64>,
+        value: impl AsRef<[u8]>,
+    ) -> Result<CasOutcome, ClientError> {
+        self.write_put(key.as_ref(), value.as_ref(), None, Some(expect_of(expected_revision)))
+            .await
+    }
+
+    async fn write_put(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        ttl: Option<Duration>,
+        expect: Option<pb::Expect>,
+    ) -> Result<CasOutcome, ClientError> {
+        let (header, _guard) = self.client.header();
+        let ttl_ms = match ttl {
+            Some(ttl) => u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1),
+            None => 0,
+        };
+        let message = pb::KvPutRequest {
+            header: Some(header),
+            key: key.to_vec(),
+            value: value.to_vec(),
+            ttl_ms,
+            expect,
+        };
+        let reply = self
+            .client
+            .call(true, |channel, deadline| {
+                let request = self.client.request(message.clone(), deadline);
+                async move { KvClient::new(channel).put(request).await.map(|r| r.into_inner()) }
+            })
+            .await?;
+        Ok(if reply.succeeded {
+            CasOutcome::Written {
+                revision: reply.revision,
+            }
+        } else {
+            CasOutcome::Conflict {
+                current: reply.current_revision,
+            }
+        })
+    }
+
+    /// Reads a key (linearizable).
+    pub async fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<KvEntry>, ClientError> {
+        self.get_with(key, ReadConsistency::Linearizable).await
+    }
+
+    pub async fn get_with(
+        &self,
+        key: impl AsRef<[u8]>,
+        consistency: ReadConsistency,
+    ) -> Result<Option<KvEntry>, ClientError> {
+        let message = pb::KvGetRequest {
+            key: key.as_ref().to_vec(),
+            stale: consistency == ReadConsistency::Stale,
+        };
+        let reply = self
+            .client
+            .call(false, |channel, deadline| {
+                let request = self.client.request(message.clone(), deadline);
+                async move { KvClient::new(channel).get(request).await.map(|r| r.into_inner()) }
+            })
+            .await?;
+        Ok(reply.found.then(|| KvEntry {
+            value: reply.value,
+            create_revision: reply.create_revision,
+            mod_revision: reply.mod_revision,
+            version: reply.version,
+            expires_at_ms: (reply.expires_at_ms > 0).then_some(reply.expires_at_ms),
+        }))
+    }
+
+    /// Deletes a key; `deleted` says whether it existed.
+    pub async fn delete(&self, key: impl AsRef<[u8]>) -> Result<DeleteOutcome, ClientError> {
+        let (header, _guard) = self.client.header();
+        let message = pb::KvDeleteRequest {
+            header: Some(header),
+            key: key.as_ref().to_vec(),
+            expect: None,
+        };
+        let reply = self
+            .client
+            .call(true, |channel, deadline| {
+                let request = self.client.request(message.clone(), deadline);
+                async move { KvClient::new(channel).delete(request).await.map(|r| r.into_inner()) }
+            })
+            .await?;
+        Ok(DeleteOutcome {
+            deleted: reply.deleted,
+            revision: reply.revision,
+        })
+    }
+
+    /// Keys starting with `prefix`, in order, at most `limit` (0: server default).
+    pub async fn scan(&self, prefix: impl AsRef<[u8]>, limit: u32) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ClientError> {
+        let message = pb::KvScanRequest {
+            prefix: prefix.as_ref().to_vec(),
+            start_after: Vec::new(),
+            limit,
+            stale: false,
+        };
+        let reply = self
+            .client
+            .call(false, |channel, deadline| {
+                let request = self.client.request(message.clone(), deadline);
+                async move { KvClient::new(channel).scan(request).await.map(|r| r.into_inner()) }
+            })
+            .await?;
+        Ok(reply.items.into_iter().map(|kv| (kv.key, kv.value)).collect())
+    }
+}
+
+/// One counter. Get one with [`Client::counter`].
+#[derive(Clone)]
+pub struct CounterHandle {
+    pub(crate) client: Client,
+    pub(crate) key: Vec<u8>,
+}
+
+impl CounterHandle {
+    /// Adds `delta` (may be negative); returns the new value. Applied exactly once, even when
+    /// retried.
+    ///
+    /// # Errors
+    /// `COUNTER_OVERFLOW` when the result would leave the i64 range (nothing changes).
+    pub async fn incr(&self, delta: i64) -> Result<i64, ClientError> {
+        let (header, _guard) = self.client.header();
+        let message = pb::CounterIncrRequest {
+            header: Some(header),
+            key: self.key.clone(),
+            delta,
+        };
+        let reply = self
+            .client
+            .call(true, |channel, deadline| {
+                let request = self.client.request(message.clone(), deadline);
+                async move { CounterClient::new(channel).incr(request).await.map(|r| r.into_inner()) }
+            })
+            .await?;
+        Ok(reply.value)
+    }
+
+    pub async fn get(&self) -> Result<i64, ClientError> {
+        self.get_with(ReadConsistency::Linearizable).await
+    }
+
+    pub async fn get_with(&self, consistency: ReadConsistency) -> Result<i64, ClientError> {
+        let message = pb::CounterGetRequest {
+            key: self.key.clone(),
+            stale: consistency == ReadConsistency::Stale,
+        };
+        let reply = self
+            .client
+            .call(false, |channel, deadline| {
+                let request = self.client.request(message.clone(), deadline);
+                async move { CounterClient::new(channel).get(request).await.map(|r| r.into_inner()) }
+            })
+            .await?;
+        Ok(reply.value)
+    }
+}

@@ -1,0 +1,495 @@
+//! The `basalt` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use basalt_client::{CasOutcome, Client, PutOptions, ReadConsistency};
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{self, NodeConfig};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "basalt",
+    version,
+    about = "Basalt: a distributed data node (Raft, KV, counters, ...)"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct EndpointArgs {
+    /// Cluster nodes, host:port[,host:port...]. Default: the local dev cluster (see `basalt dev`).
+    #[arg(long, env = "BASALT_ENDPOINTS", global = true)]
+    endpoints: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run one node.
+    Start(StartArgs),
+    /// Run a local cluster of N node processes (default 3) until Ctrl-C.
+    Dev(crate::dev::DevArgs),
+    /// Key-value operations.
+    Kv {
+        #[command(subcommand)]
+        command: KvCommand,
+        #[command(flatten)]
+        endpoints: EndpointArgs,
+    },
+    /// Counter operations.
+    Counter {
+        #[command(subcommand)]
+        command: CounterCommand,
+        #[command(flatten)]
+        endpoints: EndpointArgs,
+    },
+    /// Cluster status and membership.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+        #[command(flatten)]
+        endpoints: EndpointArgs,
+    },
+    /// Load generators.
+    Bench {
+        #[command(subcommand)]
+        command: crate::bench::BenchCommand,
+        #[command(flatten)]
+        endpoints: EndpointArgs,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct StartArgs {
+    /// A TOML config file; flags given too override nothing (use one or the other).
+    #[arg(long, conflicts_with_all = ["id", "listen", "data_dir"])]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    id: Option<u64>,
+    /// gRPC listen address (client API and Raft).
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// HTTP address for /metrics and /health.
+    #[arg(long)]
+    http: Option<std::net::SocketAddr>,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Initial voters: 1=host:port,2=host:port,...
+    #[arg(long, default_value = "")]
+    peers: String,
+    /// Bootstrap a new cluster from --peers if this node's storage is empty.
+    #[arg(long)]
+    init: bool,
+    #[arg(long, default_value_t = config::defaults::snapshot_entries())]
+    snapshot_entries: u64,
+    #[arg(long, default_value_t = config::defaults::logs_to_keep())]
+    logs_to_keep: u64,
+    #[arg(long, default_value_t = config::defaults::heartbeat_ms())]
+    heartbeat_ms: u64,
+    #[arg(long, default_value_t = config::defaults::election_timeout_min_ms())]
+    election_timeout_min_ms: u64,
+    #[arg(long, default_value_t = config::defaults::election_timeout_max_ms())]
+    election_timeout_max_ms: u64,
+}
+
+#[derive(Subcommand, Debug)]
+enum KvCommand {
+    /// Store a value.
+    Put {
+        key: String,
+        value: String,
+        /// Expire after this long (e.g. 30s, 500ms, 5m).
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Option<Duration>,
+    },
+    /// Read a value.
+    Get {
+        key: String,
+        /// Read from any node without a read-index round (may be stale).
+        #[arg(long)]
+        stale: bool,
+    },
+    Delete {
+        key: String,
+    },
+    /// Compare-and-set: write only if the key has this revision (or is absent).
+    Cas {
+        key: String,
+        value: String,
+        #[arg(long, conflicts_with = "expect_absent", required_unless_present = "expect_absent")]
+        expect_revision: Option<u64>,
+        #[arg(long)]
+        expect_absent: bool,
+    },
+    /// List keys with a prefix.
+    Scan {
+        #[arg(default_value = "")]
+        prefix: String,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum CounterCommand {
+    Incr {
+        key: String,
+        #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
+        by: i64,
+    },
+    Get {
+        key: String,
+        #[arg(long)]
+        stale: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ClusterCommand {
+    /// Leader, term, members, and each node's last log index and applied index.
+    Status,
+    /// Add a running node as a learner (it catches up before this returns).
+    AddNode {
+        #[arg(long)]
+        id: u64,
+        #[arg(long)]
+        addr: String,
+    },
+    /// Make a learner a voter.
+    Promote { id: u64 },
+    /// Remove a node from the cluster.
+    RemoveNode { id: u64 },
+}
+
+/// Parses `250ms`, `30s`, `5m`, `1h`, or a plain number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 30s or 250ms"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(format!("unknown unit {unit:?} in {text:?} (use ms, s, m, h)")),
+    };
+    if !seconds.is_finite() || seconds < 0.0 {
+        return Err(format!("{text:?} is not a valid duration"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// Where `basalt dev` keeps its data and cluster file: `$BASALT_HOME/dev` (default `~/.basalt`).
+pub fn basalt_home() -> PathBuf {
+    std::env::var_os("BASALT_HOME").map(PathBuf::from).unwrap_or_else(|| {
+        std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| ".".into())
+            .join(".basalt")
+    })
+}
+
+pub fn cluster_file() -> PathBuf {
+    basalt_home().join("dev").join("cluster.json")
+}
+
+pub fn resolve_endpoints(args: &EndpointArgs) -> Result<Vec<String>, String> {
+    if let Some(list) = &args.endpoints {
+        let endpoints: Vec<String> = list
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if endpoints.is_empty() {
+            return Err("--endpoints is empty".into());
+        }
+        return Ok(endpoints);
+    }
+    let path = cluster_file();
+    let text = std::fs::read_to_string(&path).map_err(|_| {
+        format!(
+            "no endpoints: pass --endpoints host:port,... or start a local cluster with `basalt dev` (no {})",
+            path.display()
+        )
+    })?;
+    let file: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let endpoints: Vec<String> = file["endpoints"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    if endpoints.is_empty() {
+        return Err(format!("{} lists no endpoints", path.display()));
+    }
+    Ok(endpoints)
+}
+
+fn start_config(args: StartArgs) -> Result<NodeConfig, String> {
+    if let Some(path) = args.config {
+        return NodeConfig::from_file(&path).map_err(|e| e.to_string());
+    }
+    let missing = |flag: &str| format!("--{flag} is required (or pass --config FILE)");
+    let config = NodeConfig {
+        id: args.id.ok_or_else(|| missing("id"))?,
+        listen: args.listen.ok_or_else(|| missing("listen"))?,
+        http: args.http,
+        data_dir: args.data_dir.ok_or_else(|| missing("data-dir"))?,
+        peers: config::parse_peers(&args.peers).map_err(|e| e.to_string())?,
+        init: args.init,
+        heartbeat_ms: args.heartbeat_ms,
+        election_timeout_min_ms: args.election_timeout_min_ms,
+        election_timeout_max_ms: args.election_timeout_max_ms,
+        snapshot_entries: args.snapshot_entries,
+        logs_to_keep: args.logs_to_keep,
+        segment_bytes: config::defaults::segment_bytes(),
+    };
+    config.validate().map_err(|e| e.to_string())?;
+    Ok(config)
+}
+
+fn init_tracing(default_filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BASALT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+async fn connect(args: &EndpointArgs) -> Result<Client, String> {
+    let endpoints = resolve_endpoints(args)?;
+    Client::connect(&endpoints).await.map_err(|e| e.to_string())
+}
+
+fn show_optional(value: Option<u64>) -> String {
+    value.map_or_else(|| "-".to_string(), |v| v.to_string())
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    match cli.command {
+        Command::Start(args) => {
+            init_tracing("info,openraft=warn");
+            let config = start_config(args)?;
+            crate::server::run(config, shutdown_signal())
+                .await
+                .map_err(|e| e.to_string())
+        }
+        Command::Dev(args) => {
+            init_tracing("warn");
+            crate::dev::run(args).await
+        }
+        Command::Kv { command, endpoints } => {
+            init_tracing("error");
+            let client = connect(&endpoints).await?;
+            let kv = client.kv();
+            match command {
+                KvCommand::Put { key, value, ttl } => {
+                    let revision = kv
+                        .put_with(&key, &value, PutOptions { ttl })
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    println!("OK revision={revision}");
+                }
+                KvCommand::Get { key, stale } => {
+                    let consistency = if stale {
+                        ReadConsistency::Stale
+                    } else {
+                        ReadConsistency::Linearizable
+                    };
+                    match kv.get_with(&key, consistency).await.map_err(|e| e.to_string())? {
+                        Some(entry) => {
+                            println!("{}", String::from_utf8_lossy(&entry.value));
+                            eprintln!(
+                                "revision={} created={} version={} expires_at_ms={}",
+                                entry.mod_revision,
+                                entry.create_revision,
+                                entry.version,
+                                show_optional(entry.expires_at_ms)
+                            );
+                        }
+                        None => return Err(format!("key {key:?} not found")),
+                    }
+                }
+                KvCommand::Delete { key } => {
+                    let outcome = kv.delete(&key).await.map_err(|e| e.to_string())?;
+                    println!(
+                        "{} revision={}",
+                        if outcome.deleted { "DELETED" } else { "NOT_FOUND" },
+                        outcome.revision
+                    );
+                }
+                KvCommand::Cas {
+                    key,
+                    value,
+                    expect_revision,
+                    expect_absent: _,
+                } => match kv.cas(&key, expect_revision, &value).await.map_err(|e| e.to_string())? {
+                    CasOutcome::Written { revision } => println!("OK revision={revision}"),
+                    CasOutcome::Conflict { current } => {
+                        return Err(format!("condition failed: current revision {}", show_optional(current)))
+                    }
+                },
+                KvCommand::Scan { prefix, limit } => {
+                    for (key, value) in kv.scan(&prefix, limit).await.map_err(|e| e.to_string())? {
+                        println!("{}\t{}", String::from_utf8_lossy(&key), String::from_utf8_lossy(&value));
+                    }
+                }
+            }
+            Ok(())
+        }
+        Command::Counter { command, endpoints } => {
+            init_tracing("error");
+            let client = connect(&endpoints).await?;
+            match command {
+                CounterCommand::Incr { key, by } => {
+                    println!("{}", client.counter(key).incr(by).await.map_err(|e| e.to_string())?);
+                }
+                CounterCommand::Get { key, stale } => {
+                    let consistency = if stale {
+                        ReadConsistency::Stale
+                    } else {
+                        ReadConsistency::Linearizable
+                    };
+                    println!(
+                        "{}",
+                        client
+                            .counter(key)
+                            .get_with(consistency)
+                            .await
+                            .map_err(|e| e.to_string())?
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Cluster { command, endpoints } => {
+            init_tracing("error");
+            let client = connect(&endpoints).await?;
+            match command {
+                ClusterCommand::Status => print_status(&client).await,
+                ClusterCommand::AddNode { id, addr } => {
+                    let members = client.add_node(id, &addr).await.map_err(|e| e.to_string())?;
+                    println!(
+                        "added node {id} ({addr}) as a learner; members: {}",
+                        describe_members(&members)
+                    );
+                    Ok(())
+                }
+                ClusterCommand::Promote { id } => {
+                    let members = client.promote(id).await.map_err(|e| e.to_string())?;
+                    println!("promoted node {id}; members: {}", describe_members(&members));
+                    Ok(())
+                }
+                ClusterCommand::RemoveNode { id } => {
+                    let members = client.remove_node(id).await.map_err(|e| e.to_string())?;
+                    println!("removed node {id}; members: {}", describe_members(&members));
+                    Ok(())
+                }
+            }
+        }
+        Command::Bench { command, endpoints } => {
+            init_tracing("error");
+            let endpoints = resolve_endpoints(&endpoints)?;
+            crate::bench::run(command, endpoints).await
+        }
+    }
+}
+
+fn describe_members(members: &[basalt_client::pb::Member]) -> String {
+    members
+        .iter()
+        .map(|m| format!("{}@{}{}", m.id, m.addr, if m.voter { "" } else { " (learner)" }))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+async fn print_status(client: &Client) -> Result<(), String> {
+    let status = client.cluster_status().await.map_err(|e| e.to_string())?;
+    println!(
+        "leader: {} ({})  term: {}",
+        show_optional(status.leader_id),
+        if status.leader_addr.is_empty() {
+            "-"
+        } else {
+            &status.leader_addr
+        },
+        status.term
+    );
+    println!(
+        "{:<6} {:<22} {:<9} {:<10} {:>10} {:>10} {:>10}",
+        "id", "addr", "role", "state", "last_log", "applied", "snapshot"
+    );
+    for member in &status.members {
+        let role = if member.voter { "voter" } else { "learner" };
+        match client.node_status(&member.addr).await {
+            Ok(s) => println!(
+                "{:<6} {:<22} {:<9} {:<10} {:>10} {:>10} {:>10}",
+                member.id,
+                member.addr,
+                role,
+                s.state,
+                show_optional(s.last_log_index),
+                show_optional(s.applied_index),
+                show_optional(s.snapshot_index)
+            ),
+            Err(e) => println!("{:<6} {:<22} {:<9} unreachable: {e}", member.id, member.addr, role),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+    }
+}

@@ -1,0 +1,82 @@
+//! HTTP endpoints: `/health` and `/metrics` (Prometheus text format).
+
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use openraft::ServerState;
+
+use crate::api::Api;
+
+pub fn router(api: Api) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .with_state(api)
+}
+
+/// 200 when the node runs and knows a leader; 503 otherwise.
+async fn health(State(api): State<Api>) -> (StatusCode, String) {
+    let metrics = crate::api::metrics_now(&api.raft);
+    match (&metrics.running_state, metrics.current_leader) {
+        (Ok(()), Some(leader)) => (StatusCode::OK, format!("ok: leader {leader}\n")),
+        (Ok(()), None) => (StatusCode::SERVICE_UNAVAILABLE, "no leader\n".into()),
+        (Err(e), _) => (StatusCode::SERVICE_UNAVAILABLE, format!("raft stopped: {e}\n")),
+    }
+}
+
+async fn metrics(State(api): State<Api>) -> String {
+    let m = crate::api::metrics_now(&api.raft);
+    let mut out = String::new();
+    let mut gauge = |name: &str, help: &str, value: u64| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+    };
+    gauge("basalt_raft_term", "Current Raft term.", m.current_term);
+    gauge(
+        "basalt_raft_is_leader",
+        "1 if this node is the leader.",
+        u64::from(m.state == ServerState::Leader),
+    );
+    gauge(
+        "basalt_raft_last_log_index",
+        "Index of the last log entry.",
+        m.last_log_index.unwrap_or(0),
+    );
+    gauge(
+        "basalt_raft_applied_index",
+        "Index of the last applied entry.",
+        m.last_applied.as_ref().map_or(0, |l| l.index),
+    );
+    gauge(
+        "basalt_raft_snapshot_index",
+        "Last index in the latest snapshot.",
+        m.snapshot.as_ref().map_or(0, |l| l.index),
+    );
+    gauge(
+        "basalt_raft_purged_index",
+        "Last purged log index.",
+        m.purged.as_ref().map_or(0, |l| l.index),
+    );
+    let mut counter = |name: &str, help: &str, value: u64| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+    };
+    counter(
+        "basalt_api_writes_total",
+        "Mutating API requests.",
+        api.counters.writes.load(Ordering::Relaxed),
+    );
+    counter(
+        "basalt_api_reads_total",
+        "Read API requests.",
+        api.counters.reads.load(Ordering::Relaxed),
+    );
+    counter(
+        "basalt_api_errors_total",
+        "Mutating requests that failed.",
+        api.counters.errors.load(Ordering::Relaxed),
+    );
+    out
+}

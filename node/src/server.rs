@@ -1,0 +1,218 @@
+//! Runs one Basalt node: storage, Raft, the gRPC server (client API + Raft transport), the HTTP
+//! endpoints and the background duties of a leader.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use basalt_client::pb::cluster_server::ClusterServer;
+use basalt_client::pb::counter_server::CounterServer;
+use basalt_client::pb::kv_server::KvServer;
+use basalt_raft::log_store::LogStore;
+use basalt_raft::network::{NetworkFactory, RaftGrpcService};
+use basalt_raft::state_machine::StateMachine;
+use basalt_raft::Raft;
+use basalt_storage::command::{Command, Op};
+use basalt_storage::hlc::Hlc;
+use basalt_storage::log::LogOptions;
+use openraft::{BasicNode, SnapshotPolicy};
+
+use crate::api::{Api, ApiCounters};
+use crate::config::NodeConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("data directory {path} is in use by another process")]
+    DataDirLocked { path: std::path::PathBuf },
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error("opening the raft log: {0}")]
+    Log(#[from] basalt_storage::log::LogError),
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("serving gRPC on {addr}: {source}")]
+    Serve {
+        addr: std::net::SocketAddr,
+        source: tonic::transport::Error,
+    },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> NodeError {
+    let what = what.into();
+    move |source| NodeError::Io { what, source }
+}
+
+/// Holds an exclusive flock on the data directory for the life of the node.
+struct DataDirLock {
+    _file: std::fs::File,
+}
+
+fn lock_data_dir(dir: &std::path::Path) -> Result<DataDirLock, NodeError> {
+    std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+    let path = dir.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io(format!("opening {}", path.display())))?;
+    // SAFETY: flock on a file descriptor we own; no memory is shared.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(NodeError::DataDirLocked {
+            path: dir.to_path_buf(),
+        });
+    }
+    Ok(DataDirLock { _file: file })
+}
+
+fn raft_config(config: &NodeConfig) -> Result<openraft::Config, NodeError> {
+    let raft_config = openraft::Config {
+        cluster_name: "basalt".into(),
+        heartbeat_interval: config.heartbeat_ms,
+        election_timeout_min: config.election_timeout_min_ms,
+        election_timeout_max: config.election_timeout_max_ms,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_entries),
+        max_in_snapshot_log_to_keep: config.logs_to_keep,
+        max_payload_entries: 2048,
+        install_snapshot_timeout: 10_000,
+        ..Default::default()
+    };
+    raft_config.validate().map_err(|e| NodeError::Raft(e.to_string()))
+}
+
+/// Runs the node until `shutdown` resolves, then stops it cleanly.
+pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), NodeError> {
+    config.validate()?;
+    let _lock = lock_data_dir(&config.data_dir)?;
+    let clock = Arc::new(Hlc::new());
+    let log_store = LogStore::open(
+        &config.data_dir.join("log"),
+        LogOptions {
+            segment_bytes_max: config.segment_bytes,
+            ..Default::default()
+        },
+    )?;
+    let state_machine = StateMachine::open(&config.data_dir, clock.clone()).map_err(io("opening the state store"))?;
+    let store = state_machine.store().clone();
+    let incoming_dir = state_machine.snapshot_dir().to_path_buf();
+    let raft = Raft::new(
+        config.id,
+        Arc::new(raft_config(&config)?),
+        NetworkFactory,
+        log_store.clone(),
+        state_machine,
+    )
+    .await
+    .map_err(|e| NodeError::Raft(e.to_string()))?;
+
+    if config.init
+        && !raft
+            .is_initialized()
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?
+    {
+        let members: BTreeMap<u64, BasicNode> = config
+            .peers
+            .iter()
+            .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
+            .collect();
+        tracing::info!(?members, "initializing a new cluster");
+        if let Err(e) = raft.initialize(members).await {
+            tracing::warn!(error = %e, "initialize refused (already initialized elsewhere?)");
+        }
+    }
+
+    let counters = Arc::new(ApiCounters::default());
+    let bounds_store = log_store.clone();
+    let api = Api {
+        raft: raft.clone(),
+        store,
+        clock: clock.clone(),
+        counters: counters.clone(),
+        log_bounds: Arc::new(move || bounds_store.bounds()),
+    };
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let wait_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+
+    let http_task = match config.http {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(io(format!("binding HTTP on {addr}")))?;
+            let router = crate::http::router(api.clone());
+            let stop = wait_stop(stop_rx.clone());
+            Some(tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(stop).await {
+                    tracing::error!(error = %e, "http server failed");
+                }
+            }))
+        }
+        None => None,
+    };
+
+    let sweeper = tokio::spawn(expiry_sweeper(api.clone(), stop_rx.clone()));
+
+    tracing::info!(id = config.id, listen = %config.listen, data_dir = %config.data_dir.display(), "node serving");
+    let serve = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(RaftGrpcService::new(raft.clone(), incoming_dir))
+        .add_service(KvServer::new(api.clone()))
+        .add_service(CounterServer::new(api.clone()))
+        .add_service(ClusterServer::new(api.clone()))
+        .serve_with_shutdown(config.listen, wait_stop(stop_rx.clone()))
+        .await;
+
+    tracing::info!(id = config.id, "shutting down");
+    sweeper.abort();
+    if let Some(task) = http_task {
+        let _ = task.await;
+    }
+    if let Err(e) = raft.shutdown().await {
+        tracing::warn!(error = %e, "raft shutdown");
+    }
+    serve.map_err(|source| NodeError::Serve {
+        addr: config.listen,
+        source,
+    })
+}
+
+/// While leader, proposes an expiry sweep every second so expired keys are removed on every
+/// replica at the same log position.
+async fn expiry_sweeper(api: Api, stop: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while !*stop.borrow() {
+        tick.tick().await;
+        if !api.raft.is_leader() {
+            continue;
+        }
+        let due = basalt_storage::state::StoreRead::scan(&api.store, basalt_storage::state::Table::KvExpiry, &[], 1)
+            .ok()
+            .and_then(|v| v.into_iter().next());
+        let Some((key, _)) = due else { continue };
+        let at = u64::from_be_bytes(key[..8].try_into().expect("expiry keys start with 8 bytes"));
+        if at > api.clock.now().physical_ms() {
+            continue;
+        }
+        let command = Command {
+            stamp: api.clock.now(),
+            session: None,
+            op: Op::KvSweepExpired { limit: 1000 },
+        };
+        if let Err(e) = api.raft.client_write(command).await {
+            tracing::debug!(error = %e, "expiry sweep not proposed");
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! The Raft network over tonic gRPC: [`NetworkFactory`] (client side) and [`RaftGrpcService`]
+//! (server side), carrying bincode-encoded openraft messages.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures::StreamExt;
+use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
+use openraft::{BasicNode, OptionalSend};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Status, Streaming};
+
+use crate::pb::raft_service_client::RaftServiceClient;
+use crate::pb::raft_service_server::{RaftService, RaftServiceServer};
+use crate::pb::{RaftMessage, SnapshotChunk};
+use crate::state_machine::{Snapshot, SnapshotPack};
+use crate::{decode, encode, NodeId, Raft, SnapshotMeta, TypeConfig, Vote};
+
+const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+/// Bound on a Raft message (an append batch or one snapshot chunk).
+pub const RAFT_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// Creates one lazily connected gRPC channel per target node.
+#[derive(Clone, Default)]
+pub struct NetworkFactory;
+
+pub struct NetworkConnection {
+    target: NodeId,
+    client: Option<RaftServiceClient<Channel>>,
+    addr: String,
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = NetworkConnection;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
+        NetworkConnection {
+            target,
+            client: None,
+            addr: node.addr.clone(),
+        }
+    }
+}
+
+fn unreachable(e: impl std::error::Error + 'static) -> RPCError<TypeConfig> {
+    RPCError::Unreachable(Unreachable::new(&e))
+}
+
+fn network_error(e: impl std::error::Error + 'static) -> RPCError<TypeConfig> {
+    RPCError::Network(NetworkError::new(&e))
+}
+
+fn status_error(status: Status) -> RPCError<TypeConfig> {
+    match status.code() {
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => unreachable(status),
+        _ => network_error(status),
+    }
+}
+
+impl NetworkConnection {
+    fn client(&mut self) -> Result<RaftServiceClient<Channel>, RPCError<TypeConfig>> {
+        if let Some(client) = &self.client {
+            return Ok(client.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{}", self.addr))
+            .map_err(unreachable)?
+            .connect_timeout(Duration::from_millis(500))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5));
+        let client = RaftServiceClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX);
+        self.client = Some(client.clone());
+        Ok(client)
+    }
+
+    fn request<T>(message: T, option: &RPCOption) -> Request<T> {
+        let mut request = Request::new(message);
+        request.set_timeout(option.hard_ttl());
+        request
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for NetworkConnection {
+    type SnapshotData = SnapshotPack;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let mut client = self.client()?;
+        let reply = client
+            .append(Self::request(RaftMessage { data: encode(&rpc) }, &option))
+            .await
+            .map_err(status_error)?;
+        decode(&reply.into_inner().data).map_err(network_error)
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let mut client = self.client()?;
+        let reply = client
+            .vote(Self::request(RaftMessage { data: encode(&rpc) }, &option))
+            .await
+            .map_err(status_error)?;
+        decode(&reply.into_inner().data).map_err(network_error)
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let mut client = self.client()?;
+        let reply = client
+            .pre_vote(Self::request(RaftMessage { data: encode(&rpc) }, &option))
+            .await
+            .map_err(status_error)?;
+        decode(&reply.into_inner().data).map_err(network_error)
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let mut client = self
+            .client()
+            .map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))?;
+        let header = encode(&(vote, snapshot.meta.clone()));
+        let path = snapshot.snapshot.path.clone();
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))?;
+        tracing::info!(target = self.target, path = %path.display(), "sending snapshot");
+        let chunks = futures::stream::unfold((file, Some(header)), |(mut file, header)| async move {
+            if let Some(header) = header {
+                return Some((
+                    SnapshotChunk {
+                        header,
+                        data: Vec::new(),
+                    },
+                    (file, None),
+                ));
+            }
+            let mut data = vec![0u8; SNAPSHOT_CHUNK_BYTES];
+            match file.read(&mut data).await {
+                Ok(0) | Err(_) => None,
+                Ok(n) => {
+                    data.truncate(n);
+                    Some((
+                        SnapshotChunk {
+                            header: Vec::new(),
+                            data,
+                        },
+                        (file, None),
+                    ))
+                }
+            }
+        });
+        let send = client.snapshot(chunks);
+        tokio::select! {
+            closed = cancel => Err(StreamingError::Closed(closed)),
+            reply = send => {
+                let reply = reply.map_err(|s| StreamingError::Network(NetworkError::new(&s)))?;
+                decode(&reply.into_inner().data).map_err(|e| StreamingError::Network(NetworkError::new(&e)))
+            }
+        }
+    }
+
+    fn backoff(&self) -> Option<openraft::network::Backoff> {
+        Some(openraft::network::Backoff::new(std::iter::repeat(
+            Duration::from_millis(100),
+        )))
+    }
+}
+
+/// The server side: hands incoming messages to the local [`Raft`].
+pub struct RaftGrpcService {
+    raft: Raft,
+    incoming_dir: PathBuf,
+}
+
+impl RaftGrpcService {
+    pub fn new(raft: Raft, incoming_dir: PathBuf) -> RaftServiceServer<RaftGrpcService> {
+        RaftServiceServer::new(RaftGrpcService { raft, incoming_dir })
+            .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX)
+    }
+}
+
+fn bad_request(e: std::io::Error) -> Status {
+    Status::invalid_argument(format!("undecodable raft message: {e}"))
+}
+
+fn raft_failure(e: impl std::fmt::Display) -> Status {
+    Status::unavailable(format!("raft: {e}"))
+}
+
+#[tonic::async_trait]
+impl RaftService for RaftGrpcService {
+    async fn append(&self, request: Request<RaftMessage>) -> Result<tonic::Response<RaftMessage>, Status> {
+        let rpc = decode(&request.into_inner().data).map_err(bad_request)?;
+        let reply = self.raft.append_entries(rpc).await.map_err(raft_failure)?;
+        Ok(tonic::Response::new(RaftMessage { data: encode(&reply) }))
+    }
+
+    async fn vote(&self, request: Request<RaftMessage>) -> Result<tonic::Response<RaftMessage>, Status> {
+        let rpc = decode(&request.into_inner().data).map_err(bad_request)?;
+        let reply = self.raft.vote(rpc).await.map_err(raft_failure)?;
+        Ok(tonic::Response::new(RaftMessage { data: encode(&reply) }))
+    }
+
+    async fn pre_vote(&self, request: Request<RaftMessage>) -> Result<tonic::Response<RaftMessage>, Status> {
+        let rpc = decode(&request.into_inner().data).map_err(bad_request)?;
+        let reply = self.raft.pre_vote(rpc).await.map_err(raft_failure)?;
+        Ok(tonic::Response::new(RaftMessage { data: encode(&reply) }))
+    }
+
+    async fn snapshot(
+        &self,
+        request: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<tonic::Response<RaftMessage>, Status> {
+        let mut chunks = request.into_inner();
+        let first = chunks
+            .next()
+            .await
+            .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
+        let (vote, meta): (Vote, SnapshotMeta) = decode(&first.header).map_err(bad_request)?;
+        let path = self.incoming_dir.join(format!("incoming-{}.part", rand_suffix()));
+        let io_err = |e: std::io::Error| Status::internal(format!("writing snapshot: {e}"));
+        let mut file = tokio::fs::File::create(&path).await.map_err(io_err)?;
+        let mut received = 0u64;
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk?;
+            received += chunk.data.len() as u64;
+            file.write_all(&chunk.data).await.map_err(io_err)?;
+        }
+        file.sync_all().await.map_err(io_err)?;
+        drop(file);
+        tracing::info!(bytes = received, last_log_id = ?meta.last_log_id, "received snapshot");
+        let snapshot = Snapshot {
+            meta,
+            snapshot: SnapshotPack { path: path.clone() },
+        };
+        let result = self.raft.install_full_snapshot(vote, snapshot).await;
+        let _ = tokio::fs::remove_file(&path).await; // already renamed when installed
+        let reply = result.map_err(raft_failure)?;
+        Ok(tonic::Response::new(RaftMessage { data: encode(&reply) }))
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+        ^ u64::from(std::process::id())
+}

@@ -1,0 +1,238 @@
+//! openraft's `RaftStateMachine` over the RocksDB [`RocksStore`] and the pure [`Applier`].
+//!
+//! Each batch of committed entries is applied into one `WriteSet` together with the applied log
+//! id and membership, and written as one RocksDB WriteBatch: exactly-once apply across crashes.
+//! Responses are sent only after that write.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use basalt_storage::apply::{Applier, WriteSet};
+use basalt_storage::command::Response;
+use basalt_storage::hlc::Hlc;
+use basalt_storage::state::rocks::RocksStore;
+use basalt_storage::state::snapshot::{self, Checkpoint};
+use basalt_storage::state::{StoreRead, Table};
+use futures::{Stream, TryStreamExt};
+use openraft::entry::RaftEntry;
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend};
+use tokio::sync::Mutex;
+
+use crate::{decode, encode, LogId, SnapshotMeta, StoredMembership, TypeConfig};
+
+const APPLIED_KEY: &[u8] = b"applied_log_id";
+const MEMBERSHIP_KEY: &[u8] = b"membership";
+
+/// The snapshot data openraft moves around: a pack file on disk.
+#[derive(Debug)]
+pub struct SnapshotPack {
+    pub path: PathBuf,
+}
+
+pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotPack>;
+
+#[derive(Clone)]
+pub struct StateMachine {
+    store: RocksStore,
+    applier: Arc<Mutex<Applier>>,
+    snapshot_dir: PathBuf,
+    clock: Arc<Hlc>,
+}
+
+fn applied_state_of(store: &RocksStore) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+    let applied = store.get(Table::Meta, APPLIED_KEY)?.map(|b| decode(&b)).transpose()?;
+    let membership = store
+        .get(Table::Meta, MEMBERSHIP_KEY)?
+        .map(|b| decode(&b))
+        .transpose()?
+        .unwrap_or_default();
+    Ok((applied, membership))
+}
+
+impl StateMachine {
+    /// Opens the state store in `dir/state`, snapshots in `dir/snapshots`. `clock` observes every
+    /// applied stamp, so a node that becomes leader never stamps below what it applied.
+    pub fn open(dir: &Path, clock: Arc<Hlc>) -> Result<StateMachine, io::Error> {
+        let store = RocksStore::open(dir.join("state"))?;
+        let snapshot_dir = dir.join("snapshots");
+        std::fs::create_dir_all(&snapshot_dir)?;
+        let applier = Applier::load(&store)?;
+        clock.observe(applier.last_stamp());
+        Ok(StateMachine {
+            store,
+            applier: Arc::new(Mutex::new(applier)),
+            snapshot_dir,
+            clock,
+        })
+    }
+
+    /// The store, for reads served outside Raft (after a read-index check, or stale).
+    pub fn store(&self) -> &RocksStore {
+        &self.store
+    }
+
+    pub fn snapshot_dir(&self) -> &Path {
+        &self.snapshot_dir
+    }
+
+    fn latest_pack(&self) -> Result<Option<PathBuf>, io::Error> {
+        let mut packs: Vec<(u64, PathBuf)> = std::fs::read_dir(&self.snapshot_dir)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter_map(|p| {
+                let index = p
+                    .file_name()?
+                    .to_str()?
+                    .strip_suffix(".snap")?
+                    .split('-')
+                    .next()?
+                    .parse()
+                    .ok()?;
+                Some((index, p))
+            })
+            .collect();
+        packs.sort();
+        Ok(packs.pop().map(|(_, p)| p))
+    }
+
+    /// Removes every pack but `keep`.
+    fn remove_other_packs(&self, keep: &Path) -> Result<(), io::Error> {
+        for entry in std::fs::read_dir(&self.snapshot_dir)? {
+            let path = entry?.path();
+            if path != keep && path.extension().is_some_and(|x| x == "snap") {
+                std::fs::remove_file(&path)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn pack_name(meta: &SnapshotMeta) -> String {
+    match &meta.last_log_id {
+        Some(id) => format!("{:020}-{}.snap", id.index(), id.committed_leader_id()),
+        None => "00000000000000000000-none.snap".to_string(),
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotPack;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || -> Result<Snapshot, io::Error> {
+            let checkpoint = Checkpoint::create(&this.store, this.snapshot_dir.join("checkpoint.tmp"))?;
+            // The meta comes from the checkpoint itself, so it matches the data exactly.
+            let (last_log_id, last_membership) = applied_state_of(&checkpoint.open_read_only()?)?;
+            let meta = SnapshotMeta {
+                last_log_id,
+                last_membership,
+            };
+            let path = this.snapshot_dir.join(pack_name(&meta));
+            let bytes = checkpoint.pack(&encode(&meta), &path)?;
+            this.remove_other_packs(&path)?;
+            tracing::info!(path = %path.display(), bytes, last_log_id = ?meta.last_log_id, "built snapshot");
+            Ok(Snapshot {
+                meta,
+                snapshot: SnapshotPack { path },
+            })
+        })
+        .await
+        .map_err(io::Error::other)?
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotPack;
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        applied_state_of(&self.store)
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        let mut applier = self.applier.lock().await;
+        let mut writes = WriteSet::default();
+        let mut responders = Vec::new();
+        let mut last_applied = None;
+        while let Some((entry, responder)) = entries.try_next().await? {
+            let log_id = entry.log_id();
+            let response = match &entry.payload {
+                EntryPayload::Blank => Response::None,
+                EntryPayload::Normal(command) => {
+                    self.clock.observe(command.stamp);
+                    applier.apply(&self.store, &mut writes, log_id.index(), command)?
+                }
+                EntryPayload::Membership(membership) => {
+                    let stored = StoredMembership::new(Some(log_id), membership.clone());
+                    writes.put(Table::Meta, MEMBERSHIP_KEY.to_vec(), encode(&stored));
+                    Response::None
+                }
+            };
+            last_applied = Some(log_id);
+            if let Some(responder) = responder {
+                responders.push((responder, response));
+            }
+        }
+        if let Some(log_id) = &last_applied {
+            writes.put(Table::Meta, APPLIED_KEY.to_vec(), encode(log_id));
+        }
+        if !writes.is_empty() {
+            self.store.commit(&writes)?;
+        }
+        drop(applier);
+        for (responder, response) in responders {
+            responder.send(response);
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotPack) -> Result<(), io::Error> {
+        let this = self.clone();
+        let meta = meta.clone();
+        let mut applier = self.applier.lock().await;
+        let installed = tokio::task::spawn_blocking(move || -> Result<Applier, io::Error> {
+            let unpacked = this.snapshot_dir.join("install.tmp");
+            let packed_meta: SnapshotMeta = decode(&snapshot::unpack(&snapshot.path, &unpacked)?)?;
+            if packed_meta != meta {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("snapshot pack meta {packed_meta:?} does not match {meta:?}"),
+                ));
+            }
+            {
+                let source = basalt_storage::state::rocks::RocksStore::open_read_only(&unpacked)?;
+                this.store.replace_with(&source)?;
+            }
+            std::fs::remove_dir_all(&unpacked)?;
+            let target = this.snapshot_dir.join(pack_name(&meta));
+            std::fs::rename(&snapshot.path, &target)?;
+            this.remove_other_packs(&target)?;
+            tracing::info!(last_log_id = ?meta.last_log_id, "installed snapshot");
+            Ok(Applier::load(&this.store)?)
+        })
+        .await
+        .map_err(io::Error::other)??;
+        self.clock.observe(installed.last_stamp());
+        *applier = installed;
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
+        let Some(path) = self.latest_pack()? else {
+            return Ok(None);
+        };
+        let meta: SnapshotMeta = decode(&snapshot::read_pack_meta(&path)?)?;
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: SnapshotPack { path },
+        }))
+    }
+}

@@ -1,0 +1,222 @@
+//! A harness for real multi-node clusters: every node is a child process of the test, so a test
+//! can kill -9 it, restart it on the same data, or add new nodes.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use basalt_client::{Client, ClientOptions};
+
+pub struct NodeSpec {
+    pub id: u64,
+    pub addr: String,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+}
+
+pub struct ClusterOptions {
+    pub nodes: u64,
+    pub snapshot_entries: u64,
+    pub logs_to_keep: u64,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions {
+            nodes: 3,
+            snapshot_entries: 50_000,
+            logs_to_keep: 10_000,
+        }
+    }
+}
+
+pub struct TestCluster {
+    pub dir: tempfile::TempDir,
+    pub specs: BTreeMap<u64, NodeSpec>,
+    children: BTreeMap<u64, Child>,
+    peers: String,
+    options: ClusterOptions,
+    binary: PathBuf,
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local addr").port()
+}
+
+impl TestCluster {
+    /// Starts `options.nodes` processes of `binary` (the `basalt` entry point; integration tests
+    /// pass `env!("CARGO_BIN_EXE_basalt-test-node")`); node 1 bootstraps the cluster.
+    pub fn start(binary: &str, options: ClusterOptions) -> TestCluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut specs = BTreeMap::new();
+        for id in 1..=options.nodes {
+            specs.insert(id, Self::spec(&dir, id));
+        }
+        let peers = specs
+            .values()
+            .map(|s| format!("{}={}", s.id, s.addr))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = TestCluster {
+            dir,
+            specs,
+            children: BTreeMap::new(),
+            peers,
+            options,
+            binary: binary.into(),
+        };
+        let ids: Vec<u64> = cluster.specs.keys().copied().collect();
+        for id in ids {
+            cluster.spawn(id, id == 1);
+        }
+        cluster
+    }
+
+    fn spec(dir: &tempfile::TempDir, id: u64) -> NodeSpec {
+        NodeSpec {
+            id,
+            addr: format!("127.0.0.1:{}", free_port()),
+            data_dir: dir.path().join(format!("node-{id}")),
+            log: dir.path().join(format!("node-{id}.log")),
+        }
+    }
+
+    fn spawn(&mut self, id: u64, init: bool) {
+        let spec = &self.specs[&id];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&spec.log)
+            .expect("node log");
+        let mut command = Command::new(&self.binary);
+        command
+            .arg("start")
+            .args(["--id", &id.to_string(), "--listen", &spec.addr])
+            .arg("--data-dir")
+            .arg(&spec.data_dir)
+            .args(["--peers", &self.peers])
+            .args(["--snapshot-entries", &self.options.snapshot_entries.to_string()])
+            .args(["--logs-to-keep", &self.options.logs_to_keep.to_string()])
+            .env("BASALT_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log);
+        if init {
+            command.arg("--init");
+        }
+        let child = command.spawn().expect("spawn node");
+        self.children.insert(id, child);
+    }
+
+    /// Adds a node process that is not yet a member (for `add_node`).
+    pub fn spawn_new_node(&mut self, id: u64) -> String {
+        let spec = Self::spec(&self.dir, id);
+        let addr = spec.addr.clone();
+        self.specs.insert(id, spec);
+        self.spawn(id, false);
+        addr
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.specs.values().map(|s| s.addr.clone()).collect()
+    }
+
+    pub fn addr(&self, id: u64) -> String {
+        self.specs[&id].addr.clone()
+    }
+
+    pub fn is_running(&self, id: u64) -> bool {
+        self.children.contains_key(&id)
+    }
+
+    /// SIGKILL: no shutdown path runs, unsynced page cache survives as after a process crash.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut child) = self.children.remove(&id) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn restart(&mut self, id: u64) {
+        assert!(!self.children.contains_key(&id), "node {id} is running");
+        self.spawn(id, false);
+    }
+
+    pub async fn client(&self) -> Client {
+        let options = ClientOptions {
+            request_timeout: Duration::from_secs(15),
+            ..Default::default()
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match Client::connect_with(self.endpoints(), options.clone()).await {
+                Ok(client) => return client,
+                Err(e) if Instant::now() > deadline => panic!("cluster did not come up: {e}\n{}", self.logs()),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    /// Waits for a leader among the running nodes and returns its id.
+    pub async fn leader(&self, client: &Client) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            for (id, spec) in &self.specs {
+                if !self.is_running(*id) {
+                    continue;
+                }
+                if let Ok(status) = client.node_status(&spec.addr).await {
+                    if status.state == "Leader" {
+                        return *id;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader within 30 s\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until node `id` has applied at least `index`.
+    pub async fn wait_applied(&self, client: &Client, id: u64, index: u64) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(status) = client.node_status(&self.addr(id)).await {
+                if status.applied_index.unwrap_or(0) >= index {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {id} did not apply {index} within 60 s\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The tail of every node's log, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for spec in self.specs.values() {
+            let text = std::fs::read_to_string(&spec.log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(30).collect();
+            out.push_str(&format!("--- node {} ---\n", spec.id));
+            for line in tail.into_iter().rev() {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        let ids: Vec<u64> = self.children.keys().copied().collect();
+        for id in ids {
+            self.kill(id);
+        }
+    }
+}

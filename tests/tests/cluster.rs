@@ -1,0 +1,355 @@
+//! Real three-node clusters, each node a child process.
+
+use std::time::{Duration, Instant};
+
+use basalt_client::pb::counter_client::CounterClient;
+use basalt_client::pb::{CounterIncrRequest, RequestHeader};
+use basalt_client::{Client, ClientOptions, ErrorCode, ReadConsistency};
+use basalt_tests::{ClusterOptions, TestCluster};
+
+const NODE: &str = env!("CARGO_BIN_EXE_basalt-test-node");
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// Writes `count` keys `prefix-i = v-i` and returns the acknowledged ones.
+async fn write_keys(client: &Client, prefix: &str, range: std::ops::Range<u32>) -> Vec<String> {
+    let mut acknowledged = Vec::new();
+    for i in range {
+        let key = format!("{prefix}-{i:05}");
+        if client.kv().put(&key, format!("v-{i}")).await.is_ok() {
+            acknowledged.push(key);
+        }
+    }
+    acknowledged
+}
+
+async fn assert_all_readable(client: &Client, keys: &[String]) {
+    for key in keys {
+        let i: u32 = key.rsplit('-').next().and_then(|s| s.parse().ok()).expect("key suffix");
+        let entry = client
+            .kv()
+            .get(key)
+            .await
+            .expect("read")
+            .unwrap_or_else(|| panic!("acknowledged key {key} lost"));
+        assert_eq!(entry.value, format!("v-{i}").into_bytes(), "key {key}");
+    }
+}
+
+#[test]
+fn writes_through_any_node_are_redirected_and_reads_are_linearizable() {
+    runtime().block_on(async {
+        let cluster = TestCluster::start(NODE, ClusterOptions::default());
+        let client = cluster.client().await;
+        let leader = cluster.leader(&client).await;
+        let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+
+        // A client that only knows a follower still writes: the follower redirects it.
+        let via_follower = Client::connect([cluster.addr(follower)])
+            .await
+            .expect("connect via follower");
+        let revision = via_follower.kv().put("k", "v1").await.expect("put through follower");
+        assert!(revision > 0);
+        // Read-your-writes through another client, linearizable.
+        assert_eq!(client.kv().get("k").await.expect("get").expect("present").value, b"v1");
+        client.kv().put("k", "v2").await.expect("put");
+        assert_eq!(
+            via_follower.kv().get("k").await.expect("get").expect("present").value,
+            b"v2"
+        );
+        // CAS on revision.
+        let current = client.kv().get("k").await.expect("get").expect("present").mod_revision;
+        assert!(matches!(
+            client.kv().cas("k", Some(current + 100), "x").await.expect("cas"),
+            basalt_client::CasOutcome::Conflict { .. }
+        ));
+        assert!(matches!(
+            client.kv().cas("k", Some(current), "v3").await.expect("cas"),
+            basalt_client::CasOutcome::Written { .. }
+        ));
+        assert!(client.kv().delete("k").await.expect("delete").deleted);
+        assert!(client.kv().get("k").await.expect("get").is_none());
+    });
+}
+
+#[test]
+fn bad_input_gets_a_typed_error_and_writes_nothing() {
+    runtime().block_on(async {
+        let cluster = TestCluster::start(NODE, ClusterOptions::default());
+        let client = cluster.client().await;
+        client.kv().put("before", "x").await.expect("put");
+        let before = client.cluster_status().await.expect("status").last_log_index;
+        let cases = [
+            (client.kv().put(vec![b'k'; 5000], "v").await, ErrorCode::KeyTooLarge),
+            (client.kv().put("", "v").await, ErrorCode::EmptyKey),
+            (
+                client.kv().put("k", vec![0u8; 2 * 1024 * 1024]).await,
+                ErrorCode::ValueTooLarge,
+            ),
+        ];
+        for (result, code) in cases {
+            let err = result.expect_err("must be refused");
+            assert_eq!(err.code(), Some(code), "{err}");
+        }
+        assert_eq!(
+            client.counter("").incr(1).await.expect_err("empty key").code(),
+            Some(ErrorCode::EmptyKey)
+        );
+        client.counter("c").incr(i64::MAX).await.expect("incr");
+        assert_eq!(
+            client.counter("c").incr(1).await.expect_err("overflow").code(),
+            Some(ErrorCode::CounterOverflow)
+        );
+        assert_eq!(
+            client.counter("c").get().await.expect("get"),
+            i64::MAX,
+            "refused increment changed nothing"
+        );
+        // Validation failures never reached the log: only the two counter entries were added.
+        let after = client.cluster_status().await.expect("status").last_log_index;
+        assert_eq!(after, before.map(|b| b + 2), "refused input must not be proposed");
+    });
+}
+
+#[test]
+fn retried_request_with_the_same_session_applies_once() {
+    runtime().block_on(async {
+        let cluster = TestCluster::start(NODE, ClusterOptions::default());
+        let client = cluster.client().await;
+        let header = RequestHeader {
+            client_id: 42u128.to_be_bytes().to_vec(),
+            seq: 1,
+            first_incomplete_seq: 1,
+        };
+        let request = CounterIncrRequest {
+            header: Some(header.clone()),
+            key: b"once".to_vec(),
+            delta: 7,
+        };
+        // Send to the leader; a NOT_LEADER refusal (leadership moving in a young cluster) is
+        // retried with the same (client_id, seq), exactly as the SDK does.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let (mut raw, first) = loop {
+            let leader = cluster.leader(&client).await;
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.addr(leader)))
+                .expect("endpoint")
+                .connect()
+                .await
+                .expect("connect");
+            let mut raw = CounterClient::new(channel);
+            match raw.incr(request.clone()).await {
+                Ok(reply) => break (raw, reply.into_inner()),
+                Err(status) if Instant::now() < deadline => {
+                    eprintln!("retrying after {status}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(status) => panic!("no leader accepted the request: {status}"),
+            }
+        };
+        let retry = raw.incr(request.clone()).await.expect("retry").into_inner();
+        assert_eq!(first.value, 7);
+        assert_eq!(retry.value, 7, "the retry returns the first answer");
+        assert_eq!(
+            client.counter("once").get().await.expect("get"),
+            7,
+            "applied exactly once"
+        );
+
+        // A new seq applies; the old one, once the client says it has its answer, is refused.
+        let next = CounterIncrRequest {
+            header: Some(RequestHeader {
+                seq: 2,
+                first_incomplete_seq: 2,
+                ..header.clone()
+            }),
+            ..request.clone()
+        };
+        assert_eq!(raw.incr(next).await.expect("seq 2").into_inner().value, 14);
+        let status = raw
+            .incr(request)
+            .await
+            .expect_err("seq 1 after its answer was released");
+        assert_eq!(
+            status
+                .metadata()
+                .get(basalt_client::ERROR_CODE_KEY)
+                .and_then(|v| v.to_str().ok()),
+            Some("SESSION_EXPIRED")
+        );
+        assert_eq!(client.counter("once").get().await.expect("get"), 14);
+    });
+}
+
+#[test]
+fn leader_kill_elects_a_new_leader_without_losing_acknowledged_writes() {
+    runtime().block_on(async {
+        let mut cluster = TestCluster::start(NODE, ClusterOptions::default());
+        let client = cluster.client().await;
+        let mut acknowledged = write_keys(&client, "before", 0..200).await;
+        assert_eq!(acknowledged.len(), 200);
+        let old_leader = cluster.leader(&client).await;
+
+        cluster.kill(old_leader);
+        let killed_at = Instant::now();
+        // The first write after the kill: the client finds the new leader by itself.
+        client
+            .kv()
+            .put("after-kill", "x")
+            .await
+            .expect("write after leader kill");
+        let failover = killed_at.elapsed();
+        eprintln!("leader kill -> next successful write: {failover:?}");
+        let new_leader = cluster.leader(&client).await;
+        assert_ne!(new_leader, old_leader);
+
+        acknowledged.extend(write_keys(&client, "during", 0..200).await);
+        assert_all_readable(&client, &acknowledged).await;
+
+        // The killed node restarts on its data and catches up.
+        cluster.restart(old_leader);
+        let target = client
+            .cluster_status()
+            .await
+            .expect("status")
+            .last_log_index
+            .expect("log index");
+        cluster.wait_applied(&client, old_leader, target).await;
+        let stale = Client::connect_with([cluster.addr(old_leader)], ClientOptions::default())
+            .await
+            .expect("connect");
+        let entry = stale
+            .kv()
+            .get_with("during-00199", ReadConsistency::Stale)
+            .await
+            .expect("stale read");
+        assert_eq!(entry.expect("caught up").value, b"v-199");
+    });
+}
+
+#[test]
+fn full_cluster_restart_keeps_every_acknowledged_write() {
+    runtime().block_on(async {
+        let mut cluster = TestCluster::start(NODE, ClusterOptions::default());
+        let client = cluster.client().await;
+        let acknowledged = write_keys(&client, "durable", 0..300).await;
+        assert_eq!(acknowledged.len(), 300);
+        client.counter("hits").incr(300).await.expect("incr");
+        for id in 1..=3 {
+            cluster.kill(id);
+        }
+        for id in 1..=3 {
+            cluster.restart(id);
+        }
+        let client = cluster.client().await;
+        assert_all_readable(&client, &acknowledged).await;
+        assert_eq!(client.counter("hits").get().await.expect("get"), 300);
+    });
+}
+
+#[test]
+fn a_node_behind_the_purged_log_catches_up_through_a_snapshot() {
+    runtime().block_on(async {
+        let mut cluster = TestCluster::start(
+            NODE,
+            ClusterOptions {
+                nodes: 3,
+                snapshot_entries: 50,
+                logs_to_keep: 10,
+            },
+        );
+        let client = cluster.client().await;
+        let leader = cluster.leader(&client).await;
+        let lagging = (1..=3).find(|id| *id != leader).expect("a follower");
+        cluster.kill(lagging);
+
+        let acknowledged = write_keys(&client, "snap", 0..400).await;
+        assert_eq!(acknowledged.len(), 400);
+        // The leader's log no longer holds what the stopped node needs.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = client.node_status(&cluster.addr(leader)).await.expect("status");
+            if status.purged_index.unwrap_or(0) > 100 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "leader never purged its log: {status:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+
+        cluster.restart(lagging);
+        let target = client
+            .cluster_status()
+            .await
+            .expect("status")
+            .last_log_index
+            .expect("index");
+        cluster.wait_applied(&client, lagging, target).await;
+        let status = client.node_status(&cluster.addr(lagging)).await.expect("status");
+        assert!(
+            status.snapshot_index.unwrap_or(0) > 100,
+            "caught up through a snapshot: {status:?}"
+        );
+        let direct = Client::connect_with([cluster.addr(lagging)], ClientOptions::default())
+            .await
+            .expect("connect");
+        for key in ["snap-00000", "snap-00200", "snap-00399"] {
+            let entry = direct
+                .kv()
+                .get_with(key, ReadConsistency::Stale)
+                .await
+                .expect("read")
+                .expect("present");
+            assert_eq!(
+                entry.value,
+                format!("v-{}", key[5..].parse::<u32>().expect("n")).into_bytes()
+            );
+        }
+    });
+}
+
+#[test]
+fn membership_grows_to_four_and_shrinks_to_three_under_writes() {
+    runtime().block_on(async {
+        let mut cluster = TestCluster::start(NODE, ClusterOptions::default());
+        let client = cluster.client().await;
+        let writer_client = client.clone();
+        let writer = tokio::spawn(async move { write_keys(&writer_client, "member", 0..600).await });
+
+        let addr = cluster.spawn_new_node(4);
+        let members = client.add_node(4, &addr).await.expect("add learner");
+        assert!(members.iter().any(|m| m.id == 4 && !m.voter));
+        let members = client.promote(4).await.expect("promote");
+        assert_eq!(members.iter().filter(|m| m.voter).count(), 4);
+
+        let leader = cluster.leader(&client).await;
+        let removed = (1..=3).find(|id| *id != leader).expect("a follower to remove");
+        let members = client.remove_node(removed).await.expect("remove");
+        assert_eq!(members.iter().filter(|m| m.voter).count(), 3);
+        assert!(members.iter().all(|m| m.id != removed));
+        cluster.kill(removed);
+
+        let acknowledged = writer.await.expect("writer");
+        assert!(
+            acknowledged.len() >= 590,
+            "writes kept succeeding: {} of 600",
+            acknowledged.len()
+        );
+        assert_all_readable(&client, &acknowledged).await;
+        let target = client
+            .cluster_status()
+            .await
+            .expect("status")
+            .last_log_index
+            .expect("index");
+        cluster.wait_applied(&client, 4, target).await;
+        assert_eq!(
+            client.promote(99).await.expect_err("unknown node").code(),
+            Some(ErrorCode::MembershipRejected)
+        );
+    });
+}
