@@ -286,7 +286,9 @@ impl Client {
                 });
             }
             tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(200));
+            // Short pauses: after a leader dies, followers point at it until the election ends (250-500 ms),
+            // and a long backoff would only add to that.
+            pause = (pause * 2).min(Duration::from_millis(50));
         }
     }
 

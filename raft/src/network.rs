@@ -21,6 +21,10 @@ use crate::state_machine::{Snapshot, SnapshotPack};
 use crate::{decode, encode, NodeId, Raft, SnapshotMeta, TypeConfig, Vote};
 
 const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+/// openraft sets an append's hard TTL to one heartbeat interval. On a loaded machine a large
+/// append (fsync included) can take longer; timing it out only makes the leader back off and
+/// send it again, so appends and votes get at least this long.
+const RPC_DEADLINE_MIN: Duration = Duration::from_secs(2);
 /// Bound on a Raft message (an append batch or one snapshot chunk).
 pub const RAFT_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
 
@@ -80,7 +84,7 @@ impl NetworkConnection {
 
     fn request<T>(message: T, option: &RPCOption) -> Request<T> {
         let mut request = Request::new(message);
-        request.set_timeout(option.hard_ttl());
+        request.set_timeout(option.hard_ttl().max(RPC_DEADLINE_MIN));
         request
     }
 }
