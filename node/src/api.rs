@@ -17,7 +17,7 @@ use basalt_storage::command::{Command, Expect, Op, OpError, Response, Session};
 use basalt_storage::hlc::Hlc;
 use basalt_storage::limits::SCAN_LIMIT_MAX;
 use basalt_storage::state::rocks::RocksStore;
-use basalt_storage::state::{KvRecord, StoreRead, Table};
+use basalt_storage::state::{KeyRange, KvRecord, StoreRead, Table};
 use openraft::error::{ClientWriteError, ForwardToLeader, RaftError};
 use openraft::{BasicNode, ChangeMembers, ReadPolicy, ServerState};
 use tonic::{Request, Response as GrpcResponse, Status};
@@ -301,7 +301,8 @@ impl Kv for Api {
         let mut items = Vec::new();
         let mut more = false;
         'pages: loop {
-            let page = self.store.scan(Table::Kv, &from, limit + 1).map_err(storage_status)?;
+            let range = KeyRange::prefix_from(&r.prefix, from.clone());
+            let page = self.store.scan(Table::Kv, &range, limit + 1).map_err(storage_status)?;
             let page_len = page.len();
             for (key, bytes) in page {
                 if !key.starts_with(&r.prefix) {

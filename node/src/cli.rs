@@ -266,6 +266,15 @@ fn init_tracing(default_filter: &str) {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Start(_) | Command::Dev(_)) {
+        // Client commands behave like other Unix tools when their output is closed early
+        // (`basalt kv scan | head`): they exit quietly. Servers keep Rust's default of ignoring
+        // SIGPIPE, so a peer closing a socket is an error to handle, not a signal that kills.
+        // SAFETY: setting a signal disposition before any thread is started.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

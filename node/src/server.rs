@@ -17,6 +17,7 @@ use basalt_raft::Raft;
 use basalt_storage::command::{Command, Op};
 use basalt_storage::hlc::Hlc;
 use basalt_storage::log::LogOptions;
+use basalt_storage::state::{KeyRange, StoreRead, Table};
 use openraft::{BasicNode, SnapshotPolicy};
 
 use crate::api::{Api, ApiCounters};
@@ -198,13 +199,12 @@ async fn expiry_sweeper(api: Api, stop: tokio::sync::watch::Receiver<bool>) {
         if !api.raft.is_leader() {
             continue;
         }
-        let due = basalt_storage::state::StoreRead::scan(&api.store, basalt_storage::state::Table::KvExpiry, &[], 1)
-            .ok()
-            .and_then(|v| v.into_iter().next());
-        let Some((key, _)) = due else { continue };
-        let at = u64::from_be_bytes(key[..8].try_into().expect("expiry keys start with 8 bytes"));
-        if at > api.clock.now().physical_ms() {
-            continue;
+        // Propose a sweep only when some key is due (expiry keys start with the big-endian time).
+        let now_ms = api.clock.now().physical_ms();
+        let due_range = KeyRange::between(Vec::new(), now_ms.saturating_add(1).to_be_bytes().to_vec());
+        match api.store.scan(Table::KvExpiry, &due_range, 1) {
+            Ok(due) if !due.is_empty() => {}
+            _ => continue,
         }
         let command = Command {
             stamp: api.clock.now(),

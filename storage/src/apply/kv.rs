@@ -3,7 +3,7 @@
 use super::{check_key, lossy, View};
 use crate::command::{Expect, OpError, Response};
 use crate::limits::{TTL_MS_MAX, VALUE_BYTES_MAX};
-use crate::state::{KvRecord, StoreError, StoreRead, Table};
+use crate::state::{KeyRange, KvRecord, StoreError, StoreRead, Table};
 
 pub(crate) fn validate_put(key: &[u8], value: &[u8], ttl_ms: Option<u64>) -> Result<(), OpError> {
     check_key(key)?;
@@ -136,7 +136,9 @@ pub(crate) fn sweep_expired<S: StoreRead>(
     now_ms: u64,
     limit: u32,
 ) -> Result<Response, StoreError> {
-    let due = view.scan(Table::KvExpiry, &[], limit as usize)?;
+    // Only what is due: expiry keys start with the big-endian expiry time.
+    let due_range = KeyRange::between(Vec::new(), now_ms.saturating_add(1).to_be_bytes().to_vec());
+    let due = view.scan(Table::KvExpiry, &due_range, limit as usize)?;
     let mut removed = 0u32;
     for (expiry, _) in due {
         let at = u64::from_be_bytes(expiry[..8].try_into().expect("expiry keys start with 8 bytes"));

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use crate::command::{Command, Op, OpError, Response};
 use crate::hlc::HlcStamp;
 use crate::limits::KEY_BYTES_MAX;
-use crate::state::{KeyValue, StoreError, StoreRead, Table};
+use crate::state::{KeyRange, KeyValue, StoreError, StoreRead, Table};
 
 /// Writes collected while applying a batch of entries; later reads in the batch see them.
 #[derive(Default, Debug)]
@@ -72,11 +72,15 @@ impl<S: StoreRead> View<'_, S> {
         }
     }
 
-    /// Merged ordered scan of base and pending writes, at most `limit` live entries.
-    pub fn scan(&self, table: Table, from: &[u8], limit: usize) -> Result<Vec<KeyValue>, StoreError> {
-        // Over-read the base by the number of pending deletes so the merge still yields `limit`.
-        let pending: Vec<_> = self.writes.range_from(table, from).collect();
-        let base = self.base.scan(table, from, limit + pending.len())?;
+    /// Merged ordered scan of base and pending writes inside `range`, at most `limit` live entries.
+    pub fn scan(&self, table: Table, range: &KeyRange, limit: usize) -> Result<Vec<KeyValue>, StoreError> {
+        // Over-read the base by the number of pending writes so the merge still yields `limit`.
+        let pending: Vec<_> = self
+            .writes
+            .range_from(table, &range.start)
+            .take_while(|(k, _)| range.contains(k))
+            .collect();
+        let base = self.base.scan(table, range, limit + pending.len())?;
         let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> = base.into_iter().map(|(k, v)| (k, Some(v))).collect();
         for (k, v) in pending {
             merged.insert(k.to_vec(), v.map(<[u8]>::to_vec));

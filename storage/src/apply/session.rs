@@ -6,7 +6,7 @@
 
 use super::View;
 use crate::command::{OpError, Response, Session};
-use crate::state::{StoreError, StoreRead, Table};
+use crate::state::{KeyRange, StoreError, StoreRead, Table};
 
 /// Most saved answers one request may garbage-collect; the rest go with later requests.
 const FORGET_PER_REQUEST_MAX: usize = 256;
@@ -58,27 +58,20 @@ pub(crate) fn finish<S: StoreRead>(
     let new_floor = session.first_incomplete_seq.min(session.seq);
     let old_floor = floor(view, client_id)?;
     if new_floor > old_floor {
-        let from = answer_key(client_id, old_floor);
-        let done = view.scan(Table::Session, &from, FORGET_PER_REQUEST_MAX)?;
+        // Bounded to this client's answers below the new floor: other clients' keys, and the
+        // tombstones of their forgotten answers, are never visited.
+        let range = KeyRange::between(answer_key(client_id, old_floor), answer_key(client_id, new_floor));
+        let done = view.scan(Table::Session, &range, FORGET_PER_REQUEST_MAX)?;
+        let hit_limit = done.len() == FORGET_PER_REQUEST_MAX;
         let mut forgotten_upto = old_floor;
         for (key, _) in done {
-            if key.len() != 24 || key[..16] != client_id.to_be_bytes() {
-                break;
-            }
-            let seq = u64::from_be_bytes(key[16..24].try_into().expect("8 bytes"));
-            if seq >= new_floor {
-                break;
-            }
+            let seq = u64::from_be_bytes(key[16..24].try_into().expect("answer keys are 24 bytes"));
             view.delete(Table::Session, key);
             forgotten_upto = seq + 1;
         }
-        // If the scan stopped early (limit), the floor only advances as far as we cleaned, so no
-        // saved answer is left below the floor.
-        let floor_now = if forgotten_upto < new_floor && forgotten_upto > old_floor {
-            forgotten_upto
-        } else {
-            new_floor
-        };
+        // If the scan stopped at its limit, the floor advances only as far as we cleaned, so no
+        // saved answer is ever left below the floor.
+        let floor_now = if hit_limit { forgotten_upto } else { new_floor };
         view.put(Table::Session, floor_key(client_id), floor_now.to_be_bytes().to_vec());
     }
     Ok(())

@@ -60,6 +60,54 @@ impl From<StoreError> for std::io::Error {
     }
 }
 
+/// Keys from `start` (inclusive) to `end` (exclusive; `None`: to the end of the table).
+///
+/// Every scan carries its end: RocksDB then stops at the bound instead of stepping over the
+/// tombstones that lie beyond it (deleted session answers, swept expiries), which made every
+/// write slower as history accumulated.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyRange {
+    pub start: Vec<u8>,
+    pub end: Option<Vec<u8>>,
+}
+
+impl KeyRange {
+    pub fn all() -> KeyRange {
+        KeyRange::default()
+    }
+
+    pub fn between(start: impl Into<Vec<u8>>, end: impl Into<Vec<u8>>) -> KeyRange {
+        KeyRange {
+            start: start.into(),
+            end: Some(end.into()),
+        }
+    }
+
+    /// Every key starting with `prefix`, from `start` on (which must itself have the prefix).
+    pub fn prefix_from(prefix: &[u8], start: impl Into<Vec<u8>>) -> KeyRange {
+        KeyRange {
+            start: start.into(),
+            end: prefix_successor(prefix),
+        }
+    }
+
+    pub fn contains(&self, key: &[u8]) -> bool {
+        key >= self.start.as_slice() && self.end.as_deref().is_none_or(|end| key < end)
+    }
+}
+
+/// The smallest key greater than every key with this prefix (`None`: no such key).
+pub fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
 /// A key and its value, as scans return them.
 pub type KeyValue = (Vec<u8>, Vec<u8>);
 
@@ -67,8 +115,8 @@ pub type KeyValue = (Vec<u8>, Vec<u8>);
 pub trait StoreRead {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
 
-    /// Keys of `table` in order starting at `from` (inclusive), at most `limit`.
-    fn scan(&self, table: Table, from: &[u8], limit: usize) -> Result<Vec<KeyValue>, StoreError>;
+    /// Entries of `table` inside `range`, in key order, at most `limit`.
+    fn scan(&self, table: Table, range: &KeyRange, limit: usize) -> Result<Vec<KeyValue>, StoreError>;
 }
 
 /// A KV record as stored.

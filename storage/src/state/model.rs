@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{KeyValue, StoreError, StoreRead, Table};
+use super::{KeyRange, KeyValue, StoreError, StoreRead, Table};
 use crate::apply::WriteSet;
 
 #[derive(Default, Debug, Clone, PartialEq, Eq)]
@@ -31,12 +31,13 @@ impl StoreRead for MemStore {
         Ok(self.tables.get(&table).and_then(|t| t.get(key)).cloned())
     }
 
-    fn scan(&self, table: Table, from: &[u8], limit: usize) -> Result<Vec<KeyValue>, StoreError> {
+    fn scan(&self, table: Table, range: &KeyRange, limit: usize) -> Result<Vec<KeyValue>, StoreError> {
         Ok(self
             .tables
             .get(&table)
             .map(|t| {
-                t.range(from.to_vec()..)
+                t.range(range.start.clone()..)
+                    .take_while(|(k, _)| range.contains(k))
                     .take(limit)
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect()

@@ -7,9 +7,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions, DB};
 
-use super::{KeyValue, StoreError, StoreRead, Table};
+use super::{KeyRange, KeyValue, StoreError, StoreRead, Table};
 use crate::apply::WriteSet;
 
 #[derive(Clone)]
@@ -112,10 +112,14 @@ impl StoreRead for RocksStore {
         self.db.get_cf(self.cf(table), key).map_err(rocks("get"))
     }
 
-    fn scan(&self, table: Table, from: &[u8], limit: usize) -> Result<Vec<KeyValue>, StoreError> {
-        let mode = IteratorMode::From(from, rocksdb::Direction::Forward);
+    fn scan(&self, table: Table, range: &KeyRange, limit: usize) -> Result<Vec<KeyValue>, StoreError> {
+        let mut options = ReadOptions::default();
+        if let Some(end) = &range.end {
+            options.set_iterate_upper_bound(end.clone());
+        }
+        let mode = IteratorMode::From(&range.start, rocksdb::Direction::Forward);
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(self.cf(table), mode).take(limit) {
+        for item in self.db.iterator_cf_opt(self.cf(table), options, mode).take(limit) {
             let (k, v) = item.map_err(rocks("scan"))?;
             out.push((k.to_vec(), v.to_vec()));
         }

@@ -233,7 +233,7 @@ pub fn unpack(path: &Path, target: &Path) -> Result<Vec<u8>, StoreError> {
 mod tests {
     use super::*;
     use crate::apply::WriteSet;
-    use crate::state::{StoreRead, Table};
+    use crate::state::{KeyRange, StoreRead, Table};
 
     #[test]
     fn checkpoint_pack_unpack_replace() {
@@ -267,8 +267,8 @@ mod tests {
             "old state replaced"
         );
         assert_eq!(
-            target.scan(Table::Kv, b"", 1000).expect("scan"),
-            source.scan(Table::Kv, b"", 1000).expect("scan")
+            target.scan(Table::Kv, &KeyRange::all(), 1000).expect("scan"),
+            source.scan(Table::Kv, &KeyRange::all(), 1000).expect("scan")
         );
     }
 
