@@ -43,10 +43,10 @@ pub mod defaults {
         50
     }
     pub fn election_timeout_min_ms() -> u64 {
-        250
+        150
     }
     pub fn election_timeout_max_ms() -> u64 {
-        500
+        300
     }
     pub fn snapshot_entries() -> u64 {
         50_000

@@ -26,6 +26,26 @@ pub struct DevArgs {
     clean: bool,
 }
 
+/// Polls the cluster until a leader is known.
+async fn wait_for_leader(endpoints: &[String], timeout: Duration) -> Result<(u64, String), String> {
+    let deadline = Instant::now() + timeout;
+    let mut last_error = String::from("no answer");
+    while Instant::now() < deadline {
+        match basalt_client::Client::connect(endpoints).await {
+            Ok(client) => match client.cluster_status().await {
+                Ok(status) if status.leader_id.is_some() && !status.leader_addr.is_empty() => {
+                    return Ok((status.leader_id.unwrap_or_default(), status.leader_addr));
+                }
+                Ok(_) => last_error = "election in progress".into(),
+                Err(e) => last_error = e.to_string(),
+            },
+            Err(e) => last_error = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(last_error)
+}
+
 struct NodeProcess {
     id: u16,
     child: Child,
@@ -111,17 +131,12 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
     println!("  cluster file {}", cluster_file.display());
 
     let started = Instant::now();
-    match basalt_client::Client::connect(&endpoints).await {
-        Ok(client) => match client.cluster_status().await {
-            Ok(s) => println!(
-                "leader: node {} ({}) after {:.1}s. Try: basalt kv put greeting hello; basalt cluster status. Ctrl-C stops all nodes.",
-                s.leader_id.unwrap_or(0),
-                s.leader_addr,
-                started.elapsed().as_secs_f64()
-            ),
-            Err(e) => println!("cluster not ready yet: {e}"),
-        },
-        Err(e) => println!("cluster not ready yet: {e} (see the node logs)"),
+    match wait_for_leader(&endpoints, Duration::from_secs(15)).await {
+        Ok((id, addr)) => println!(
+            "leader: node {id} ({addr}) after {:.1}s. Try: basalt kv put greeting hello; basalt cluster status. Ctrl-C stops all nodes.",
+            started.elapsed().as_secs_f64()
+        ),
+        Err(e) => println!("no leader yet: {e} (see the node logs)"),
     }
 
     // Supervise until a signal, reporting nodes that exit on their own.

@@ -6,9 +6,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use futures::StreamExt;
+use openraft::base::{BoxFuture, BoxStream};
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, VoteRequest, VoteResponse,
+};
 use openraft::{BasicNode, OptionalSend};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::{Channel, Endpoint};
@@ -103,6 +106,31 @@ impl RaftNetworkV2<TypeConfig> for NetworkConnection {
             .await
             .map_err(status_error)?;
         decode(&reply.into_inner().data).map_err(network_error)
+    }
+
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        _option: RPCOption,
+    ) -> BoxFuture<
+        's,
+        Result<BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>, RPCError<TypeConfig>>,
+    >
+    where
+        S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
+    {
+        Box::pin(async move {
+            let mut client = self.client()?;
+            let requests = input.map(|request| RaftMessage { data: encode(&request) });
+            // No deadline on the stream itself: it lives as long as replication to this target.
+            // openraft times out the individual appends it is waiting for.
+            let replies = client.stream_append(requests).await.map_err(status_error)?.into_inner();
+            let results = replies.map(|reply| {
+                let message = reply.map_err(status_error)?;
+                decode::<StreamAppendResult<TypeConfig>>(&message.data).map_err(network_error)
+            });
+            Ok(Box::pin(results) as BoxStream<'s, _>)
+        })
     }
 
     async fn vote(
@@ -211,8 +239,34 @@ fn raft_failure(e: impl std::fmt::Display) -> Status {
     Status::unavailable(format!("raft: {e}"))
 }
 
+type ReplyStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<RaftMessage, Status>> + Send + 'static>>;
+
 #[tonic::async_trait]
 impl RaftService for RaftGrpcService {
+    type StreamAppendStream = ReplyStream;
+
+    async fn stream_append(
+        &self,
+        request: Request<Streaming<RaftMessage>>,
+    ) -> Result<tonic::Response<Self::StreamAppendStream>, Status> {
+        // A message that does not decode ends the stream: the leader sees it close and
+        // re-establishes replication, rather than the follower skipping an entry batch.
+        let requests = request
+            .into_inner()
+            .map(|message| {
+                message
+                    .ok()
+                    .and_then(|m| decode::<AppendEntriesRequest<TypeConfig>>(&m.data).ok())
+            })
+            .take_while(|decoded| futures::future::ready(decoded.is_some()))
+            .filter_map(futures::future::ready);
+        let replies = self.raft.stream_append(requests).map(|result| match result {
+            Ok(reply) => Ok(RaftMessage { data: encode(&reply) }),
+            Err(fatal) => Err(Status::unavailable(format!("raft: {fatal}"))),
+        });
+        Ok(tonic::Response::new(Box::pin(replies)))
+    }
+
     async fn append(&self, request: Request<RaftMessage>) -> Result<tonic::Response<RaftMessage>, Status> {
         let rpc = decode(&request.into_inner().data).map_err(bad_request)?;
         let reply = self.raft.append_entries(rpc).await.map_err(raft_failure)?;
