@@ -18,7 +18,7 @@ use basalt_storage::hlc::Hlc;
 use basalt_storage::limits::SCAN_LIMIT_MAX;
 use basalt_storage::state::rocks::RocksStore;
 use basalt_storage::state::{KeyRange, KvRecord, StoreRead, Table};
-use openraft::error::{ClientWriteError, ForwardToLeader, RaftError};
+use openraft::error::{ChangeMembershipError, ClientWriteError, ForwardToLeader, RaftError};
 use openraft::{BasicNode, ChangeMembers, ReadPolicy, ServerState};
 use tonic::{Request, Response as GrpcResponse, Status};
 
@@ -83,6 +83,10 @@ fn op_error_status(e: &OpError) -> Status {
 fn write_error_status(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> Status {
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => not_leader(&f),
+        // Transient: a previous change, or a new leader's first entry, is not committed yet.
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(
+            c @ (ChangeMembershipError::InProgress(_) | ChangeMembershipError::UncommittedLeaderLog(_)),
+        )) => status(ErrorCode::Unavailable, c.to_string()),
         RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
             status(ErrorCode::MembershipRejected, c.to_string())
         }
