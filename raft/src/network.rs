@@ -35,6 +35,13 @@ pub const RAFT_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
 #[derive(Clone, Default)]
 pub struct NetworkFactory;
 
+#[derive(Clone, Copy)]
+enum Unary {
+    Append,
+    Vote,
+    PreVote,
+}
+
 pub struct NetworkConnection {
     target: NodeId,
     client: Option<RaftServiceClient<Channel>>,
@@ -85,6 +92,28 @@ impl NetworkConnection {
         Ok(client)
     }
 
+    /// One request-response RPC: encode, send with the RPC deadline, decode.
+    async fn unary<Req, Resp>(
+        &mut self,
+        kind: Unary,
+        rpc: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<TypeConfig>>
+    where
+        Req: serde::Serialize,
+        Resp: serde::de::DeserializeOwned,
+    {
+        let mut client = self.client()?;
+        let request = Self::request(RaftMessage { data: encode(rpc) }, option);
+        let reply = match kind {
+            Unary::Append => client.append(request).await,
+            Unary::Vote => client.vote(request).await,
+            Unary::PreVote => client.pre_vote(request).await,
+        }
+        .map_err(status_error)?;
+        decode(&reply.into_inner().data).map_err(network_error)
+    }
+
     fn request<T>(message: T, option: &RPCOption) -> Request<T> {
         let mut request = Request::new(message);
         request.set_timeout(option.hard_ttl().max(RPC_DEADLINE_MIN));
@@ -100,12 +129,7 @@ impl RaftNetworkV2<TypeConfig> for NetworkConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let mut client = self.client()?;
-        let reply = client
-            .append(Self::request(RaftMessage { data: encode(&rpc) }, &option))
-            .await
-            .map_err(status_error)?;
-        decode(&reply.into_inner().data).map_err(network_error)
+        self.unary(Unary::Append, &rpc, &option).await
     }
 
     fn stream_append<'s, S>(
@@ -138,12 +162,7 @@ impl RaftNetworkV2<TypeConfig> for NetworkConnection {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let mut client = self.client()?;
-        let reply = client
-            .vote(Self::request(RaftMessage { data: encode(&rpc) }, &option))
-            .await
-            .map_err(status_error)?;
-        decode(&reply.into_inner().data).map_err(network_error)
+        self.unary(Unary::Vote, &rpc, &option).await
     }
 
     async fn pre_vote(
@@ -151,12 +170,7 @@ impl RaftNetworkV2<TypeConfig> for NetworkConnection {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let mut client = self.client()?;
-        let reply = client
-            .pre_vote(Self::request(RaftMessage { data: encode(&rpc) }, &option))
-            .await
-            .map_err(status_error)?;
-        decode(&reply.into_inner().data).map_err(network_error)
+        self.unary(Unary::PreVote, &rpc, &option).await
     }
 
     async fn full_snapshot(
@@ -231,6 +245,22 @@ impl RaftGrpcService {
     }
 }
 
+/// Decodes a request, hands it to the local Raft, encodes the reply.
+async fn serve_unary<Req, Resp, E, Fut>(
+    request: Request<RaftMessage>,
+    call: impl FnOnce(Req) -> Fut,
+) -> Result<tonic::Response<RaftMessage>, Status>
+where
+    Req: serde::de::DeserializeOwned,
+    Resp: serde::Serialize,
+    E: std::fmt::Display,
+    Fut: Future<Output = Result<Resp, E>>,
+{
+    let rpc = decode(&request.into_inner().data).map_err(bad_request)?;
+    let reply = call(rpc).await.map_err(raft_failure)?;
+    Ok(tonic::Response::new(RaftMessage { data: encode(&reply) }))
+}
+
 fn bad_request(e: std::io::Error) -> Status {
     Status::invalid_argument(format!("undecodable raft message: {e}"))
 }
@@ -268,21 +298,15 @@ impl RaftService for RaftGrpcService {
     }
 
     async fn append(&self, request: Request<RaftMessage>) -> Result<tonic::Response<RaftMessage>, Status> {
-        let rpc = decode(&request.into_inner().data).map_err(bad_request)?;
-        let reply = self.raft.append_entries(rpc).await.map_err(raft_failure)?;
-        Ok(tonic::Response::new(RaftMessage { data: encode(&reply) }))
+        serve_unary(request, |rpc| self.raft.append_entries(rpc)).await
     }
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<tonic::Response<RaftMessage>, Status> {
-        let rpc = decode(&request.into_inner().data).map_err(bad_request)?;
-        let reply = self.raft.vote(rpc).await.map_err(raft_failure)?;
-        Ok(tonic::Response::new(RaftMessage { data: encode(&reply) }))
+        serve_unary(request, |rpc| self.raft.vote(rpc)).await
     }
 
     async fn pre_vote(&self, request: Request<RaftMessage>) -> Result<tonic::Response<RaftMessage>, Status> {
-        let rpc = decode(&request.into_inner().data).map_err(bad_request)?;
-        let reply = self.raft.pre_vote(rpc).await.map_err(raft_failure)?;
-        Ok(tonic::Response::new(RaftMessage { data: encode(&reply) }))
+        serve_unary(request, |rpc| self.raft.pre_vote(rpc)).await
     }
 
     async fn snapshot(

@@ -139,11 +139,13 @@ impl Applier {
         let mut view = View { base: store, writes };
         let now_ms = stamp.physical_ms();
 
-        if let Some(session) = &command.session {
-            if let Some(previous) = session::begin(&mut view, session)? {
-                return Ok(previous);
-            }
-        }
+        let session_floor = match &command.session {
+            None => None,
+            Some(session) => match session::begin(&mut view, session)? {
+                session::Begin::Answered(previous) => return Ok(previous),
+                session::Begin::Apply { floor } => Some((session, floor)),
+            },
+        };
         let response = match &command.op {
             Op::KvPut {
                 key,
@@ -155,8 +157,8 @@ impl Applier {
             Op::KvSweepExpired { limit } => kv::sweep_expired(&mut view, now_ms, *limit)?,
             Op::CounterIncr { key, delta } => counter::incr(&mut view, key, *delta)?,
         };
-        if let Some(session) = &command.session {
-            session::finish(&mut view, session, &response)?;
+        if let Some((session, floor)) = session_floor {
+            session::finish(&mut view, session, floor, &response)?;
         }
         Ok(response)
     }

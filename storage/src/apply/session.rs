@@ -28,26 +28,36 @@ fn floor<S: StoreRead>(view: &View<'_, S>, client_id: u128) -> Result<u64, Store
         .unwrap_or(0))
 }
 
-/// Returns the saved answer if this request was applied before, or a refusal if its answer was
-/// already forgotten; `None` means: apply it.
-pub(crate) fn begin<S: StoreRead>(view: &mut View<'_, S>, session: &Session) -> Result<Option<Response>, StoreError> {
+/// What to do with a request, decided by its session.
+pub(crate) enum Begin {
+    /// Applied before (or its answer already forgotten): return this, apply nothing.
+    Answered(Response),
+    /// New: apply it, then call [`finish`] with this floor.
+    Apply { floor: u64 },
+}
+
+pub(crate) fn begin<S: StoreRead>(view: &mut View<'_, S>, session: &Session) -> Result<Begin, StoreError> {
     if let Some(bytes) = view.get(Table::Session, &answer_key(session.client_id, session.seq))? {
         if let Ok(previous) = bincode::deserialize::<Response>(&bytes) {
-            return Ok(Some(previous));
+            return Ok(Begin::Answered(previous));
         }
     }
-    if session.seq < floor(view, session.client_id)? {
-        return Ok(Some(Response::Refused(OpError::SessionExpired {
+    let floor = floor(view, session.client_id)?;
+    if session.seq < floor {
+        return Ok(Begin::Answered(Response::Refused(OpError::SessionExpired {
             client_id: session.client_id,
             seq: session.seq,
         })));
     }
-    Ok(None)
+    Ok(Begin::Apply { floor })
 }
 
+/// Saves the answer and forgets those the client no longer needs. `old_floor` is what [`begin`]
+/// read (nothing in between changes it: one command applies at a time).
 pub(crate) fn finish<S: StoreRead>(
     view: &mut View<'_, S>,
     session: &Session,
+    old_floor: u64,
     response: &Response,
 ) -> Result<(), StoreError> {
     let client_id = session.client_id;
@@ -56,7 +66,6 @@ pub(crate) fn finish<S: StoreRead>(
 
     // The client has every answer below `first_incomplete_seq`: forget them.
     let new_floor = session.first_incomplete_seq.min(session.seq);
-    let old_floor = floor(view, client_id)?;
     if new_floor > old_floor {
         // Bounded to this client's answers below the new floor: other clients' keys, and the
         // tombstones of their forgotten answers, are never visited.
