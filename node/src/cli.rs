@@ -90,6 +90,9 @@ pub struct StartArgs {
     logs_to_keep: u64,
     #[arg(long, default_value_t = config::defaults::heartbeat_ms())]
     heartbeat_ms: u64,
+    /// Forget a client's session after it has been idle this long (ms).
+    #[arg(long, default_value_t = config::defaults::session_idle_ms())]
+    session_idle_ms: u64,
     #[arg(long, default_value_t = config::defaults::election_timeout_min_ms())]
     election_timeout_min_ms: u64,
     #[arg(long, default_value_t = config::defaults::election_timeout_max_ms())]
@@ -250,6 +253,7 @@ fn start_config(args: StartArgs) -> Result<NodeConfig, String> {
         snapshot_entries: args.snapshot_entries,
         logs_to_keep: args.logs_to_keep,
         segment_bytes: config::defaults::segment_bytes(),
+        session_idle_ms: args.session_idle_ms,
     };
     config.validate().map_err(|e| e.to_string())?;
     Ok(config)

@@ -36,6 +36,10 @@ pub struct NodeConfig {
     pub logs_to_keep: u64,
     #[serde(default = "defaults::segment_bytes")]
     pub segment_bytes: u64,
+    /// A client idle this long has its session (saved answers) forgotten: exactly-once holds for
+    /// retries made within this time of the client's last request.
+    #[serde(default = "defaults::session_idle_ms")]
+    pub session_idle_ms: u64,
 }
 
 pub mod defaults {
@@ -53,6 +57,9 @@ pub mod defaults {
     }
     pub fn logs_to_keep() -> u64 {
         10_000
+    }
+    pub fn session_idle_ms() -> u64 {
+        3_600_000
     }
     pub fn segment_bytes() -> u64 {
         basalt_storage::limits::SEGMENT_BYTES_DEFAULT
@@ -97,6 +104,13 @@ impl NodeConfig {
         }
         if self.election_timeout_max_ms <= self.election_timeout_min_ms {
             return invalid("election_timeout_max_ms must exceed election_timeout_min_ms".into());
+        }
+        if self.session_idle_ms < 60_000 {
+            return invalid(format!(
+                "session_idle_ms ({}) must be at least 60000: clients retry for seconds, and a shorter window \
+                 risks applying a retry twice",
+                self.session_idle_ms
+            ));
         }
         if self.snapshot_entries == 0 {
             return invalid("snapshot_entries must be positive".into());
@@ -157,6 +171,7 @@ mod tests {
             snapshot_entries: 100,
             logs_to_keep: 10,
             segment_bytes: 1 << 20,
+            session_idle_ms: 3_600_000,
         }
     }
 

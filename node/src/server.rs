@@ -14,7 +14,7 @@ use basalt_raft::log_store::LogStore;
 use basalt_raft::network::{NetworkFactory, RaftGrpcService};
 use basalt_raft::state_machine::StateMachine;
 use basalt_raft::Raft;
-use basalt_storage::command::{Command, Op};
+use basalt_storage::command::{Command, Op, Response};
 use basalt_storage::hlc::Hlc;
 use basalt_storage::log::LogOptions;
 use basalt_storage::state::{KeyRange, StoreRead, Table};
@@ -163,7 +163,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         None => None,
     };
 
-    let sweeper = tokio::spawn(expiry_sweeper(api.clone(), stop_rx.clone()));
+    let sweeper = tokio::spawn(sweeper(api.clone(), config.session_idle_ms, stop_rx.clone()));
 
     tracing::info!(id = config.id, listen = %config.listen, data_dir = %config.data_dir.display(), "node serving");
     let serve = tonic::transport::Server::builder()
@@ -189,30 +189,63 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
     })
 }
 
-/// While leader, proposes an expiry sweep every second so expired keys are removed on every
-/// replica at the same log position.
-async fn expiry_sweeper(api: Api, stop: tokio::sync::watch::Receiver<bool>) {
+/// How many clients one session sweep entry visits.
+const SESSION_SWEEP_CLIENTS_MAX: u32 = 1000;
+/// Seconds between session sweep steps.
+const SESSION_SWEEP_EVERY_S: u64 = 10;
+
+/// While leader: every second, proposes a KV expiry sweep if some key is due; every
+/// `SESSION_SWEEP_EVERY_S` seconds, one step of the idle-session sweep. Both decide from the entry
+/// stamp, so every replica removes the same keys at the same log position.
+async fn sweeper(api: Api, session_idle_ms: u64, stop: tokio::sync::watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks = 0u64;
+    let mut session_cursor = None;
     while !*stop.borrow() {
         tick.tick().await;
+        ticks += 1;
         if !api.raft.is_leader() {
+            session_cursor = None;
             continue;
         }
-        // Propose a sweep only when some key is due (expiry keys start with the big-endian time).
-        let now_ms = api.clock.now().physical_ms();
-        let due_range = KeyRange::between(Vec::new(), now_ms.saturating_add(1).to_be_bytes().to_vec());
-        match api.store.scan(Table::KvExpiry, &due_range, 1) {
-            Ok(due) if !due.is_empty() => {}
-            _ => continue,
+        if kv_expiry_due(&api) {
+            propose_sweep(&api, Op::KvSweepExpired { limit: 1000 }).await;
         }
-        let command = Command {
-            stamp: api.clock.now(),
-            session: None,
-            op: Op::KvSweepExpired { limit: 1000 },
-        };
-        if let Err(e) = api.raft.client_write(command).await {
-            tracing::debug!(error = %e, "expiry sweep not proposed");
+        if ticks.is_multiple_of(SESSION_SWEEP_EVERY_S) {
+            let op = Op::SessionSweep {
+                idle_ms: session_idle_ms,
+                after: session_cursor,
+                limit: SESSION_SWEEP_CLIENTS_MAX,
+            };
+            if let Some(Response::SessionsSwept { removed, resume_after }) = propose_sweep(&api, op).await {
+                if removed > 0 {
+                    tracing::info!(removed, "forgot idle client sessions");
+                }
+                session_cursor = resume_after;
+            }
+        }
+    }
+}
+
+/// Whether some KV key is due to expire (expiry keys start with the big-endian time).
+fn kv_expiry_due(api: &Api) -> bool {
+    let now_ms = api.clock.now().physical_ms();
+    let due_range = KeyRange::between(Vec::new(), now_ms.saturating_add(1).to_be_bytes().to_vec());
+    matches!(api.store.scan(Table::KvExpiry, &due_range, 1), Ok(due) if !due.is_empty())
+}
+
+async fn propose_sweep(api: &Api, op: Op) -> Option<Response> {
+    let command = Command {
+        stamp: api.clock.now(),
+        session: None,
+        op,
+    };
+    match api.raft.client_write(command).await {
+        Ok(written) => Some(written.data),
+        Err(e) => {
+            tracing::debug!(error = %e, "sweep not proposed");
+            None
         }
     }
 }

@@ -44,6 +44,14 @@ pub enum Op {
     KvSweepExpired {
         limit: u32,
     },
+    /// Forgets the sessions of clients idle for at least `idle_ms` (judged by the entry stamp),
+    /// visiting at most `limit` clients with ids after `after` (`None`: from the first). Proposed by
+    /// the leader from time to time, walking the table with the cursor it gets back.
+    SessionSweep {
+        idle_ms: u64,
+        after: Option<u128>,
+        limit: u32,
+    },
 }
 
 /// The log entry payload: the leader's HLC stamp plus the request.
@@ -99,6 +107,12 @@ pub enum Response {
     Swept {
         removed: u32,
     },
+    /// `resume_after`: the last client visited when the sweep stopped at its limit (`None`: the
+    /// whole table was walked).
+    SessionsSwept {
+        removed: u32,
+        resume_after: Option<u128>,
+    },
     Refused(OpError),
 }
 
@@ -120,6 +134,9 @@ impl std::fmt::Display for Command {
             Op::KvDelete { key, expect } => write!(f, "kv delete {:?} (expect {expect:?})", lossy(key)),
             Op::CounterIncr { key, delta } => write!(f, "counter incr {:?} by {delta}", lossy(key)),
             Op::KvSweepExpired { limit } => write!(f, "kv sweep expired (limit {limit})"),
+            Op::SessionSweep { idle_ms, after, limit } => {
+                write!(f, "session sweep (idle {idle_ms} ms, after {after:?}, limit {limit})")
+            }
         }
     }
 }

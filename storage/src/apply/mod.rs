@@ -155,10 +155,13 @@ impl Applier {
             } => kv::put(&mut view, index, now_ms, key, value, *ttl_ms, *expect)?,
             Op::KvDelete { key, expect } => kv::delete(&mut view, index, now_ms, key, *expect)?,
             Op::KvSweepExpired { limit } => kv::sweep_expired(&mut view, now_ms, *limit)?,
+            Op::SessionSweep { idle_ms, after, limit } => {
+                session::sweep_idle(&mut view, now_ms, *idle_ms, *after, *limit)?
+            }
             Op::CounterIncr { key, delta } => counter::incr(&mut view, key, *delta)?,
         };
         if let Some((session, floor)) = session_floor {
-            session::finish(&mut view, session, floor, &response)?;
+            session::finish(&mut view, session, floor, now_ms, &response)?;
         }
         Ok(response)
     }
@@ -183,7 +186,7 @@ pub fn validate_op(op: &Op) -> Result<(), OpError> {
     match op {
         Op::KvPut { key, value, ttl_ms, .. } => kv::validate_put(key, value, *ttl_ms),
         Op::KvDelete { key, .. } | Op::CounterIncr { key, .. } => check_key(key),
-        Op::KvSweepExpired { .. } => Ok(()),
+        Op::KvSweepExpired { .. } | Op::SessionSweep { .. } => Ok(()),
     }
 }
 

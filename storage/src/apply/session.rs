@@ -21,11 +21,24 @@ fn answer_key(client_id: u128, seq: u64) -> Vec<u8> {
     k
 }
 
+/// The floor record: `floor (u64 BE) ++ last_active_ms (u64 BE)`.
+fn floor_record(floor: u64, last_active_ms: u64) -> Vec<u8> {
+    let mut v = floor.to_be_bytes().to_vec();
+    v.extend_from_slice(&last_active_ms.to_be_bytes());
+    v
+}
+
+fn decode_floor_record(bytes: &[u8]) -> Option<(u64, u64)> {
+    let floor = u64::from_be_bytes(bytes.get(0..8)?.try_into().ok()?);
+    let last_active_ms = u64::from_be_bytes(bytes.get(8..16)?.try_into().ok()?);
+    Some((floor, last_active_ms))
+}
+
 fn floor<S: StoreRead>(view: &View<'_, S>, client_id: u128) -> Result<u64, StoreError> {
     Ok(view
         .get(Table::Session, &floor_key(client_id))?
-        .and_then(|b| b.try_into().ok().map(u64::from_be_bytes))
-        .unwrap_or(0))
+        .and_then(|b| decode_floor_record(&b))
+        .map_or(0, |(floor, _)| floor))
 }
 
 /// What to do with a request, decided by its session.
@@ -58,6 +71,7 @@ pub(crate) fn finish<S: StoreRead>(
     view: &mut View<'_, S>,
     session: &Session,
     old_floor: u64,
+    now_ms: u64,
     response: &Response,
 ) -> Result<(), StoreError> {
     let client_id = session.client_id;
@@ -66,6 +80,7 @@ pub(crate) fn finish<S: StoreRead>(
 
     // The client has every answer below `first_incomplete_seq`: forget them.
     let new_floor = session.first_incomplete_seq.min(session.seq);
+    let mut floor_now = old_floor;
     if new_floor > old_floor {
         // Bounded to this client's answers below the new floor: other clients' keys, and the
         // tombstones of their forgotten answers, are never visited.
@@ -80,8 +95,92 @@ pub(crate) fn finish<S: StoreRead>(
         }
         // If the scan stopped at its limit, the floor advances only as far as we cleaned, so no
         // saved answer is ever left below the floor.
-        let floor_now = if hit_limit { forgotten_upto } else { new_floor };
-        view.put(Table::Session, floor_key(client_id), floor_now.to_be_bytes().to_vec());
+        floor_now = if hit_limit { forgotten_upto } else { new_floor };
     }
+    // Written on every request: it also records when the client was last active.
+    view.put(Table::Session, floor_key(client_id), floor_record(floor_now, now_ms));
     Ok(())
+}
+
+/// Most keys removed for one idle client per sweep step; a client never has more saved answers
+/// than requests in flight, so this is generous.
+const CLIENT_KEYS_MAX: usize = 4096;
+
+/// Forgets clients idle for at least `idle_ms`: their floor and every saved answer. Visits at most
+/// `limit` clients after `after`, one seek per client (answers are skipped, not read).
+///
+/// After this, a retry of one of their requests would be applied again: exactly-once holds for
+/// retries made within `idle_ms` of the client's last request (the SDK gives up after seconds).
+pub(crate) fn sweep_idle<S: StoreRead>(
+    view: &mut View<'_, S>,
+    now_ms: u64,
+    idle_ms: u64,
+    after: Option<u128>,
+    limit: u32,
+) -> Result<Response, StoreError> {
+    let mut cursor = match after {
+        None => Vec::new(),
+        Some(id) => match id.checked_add(1) {
+            Some(next) => floor_key(next),
+            None => {
+                return Ok(Response::SessionsSwept {
+                    removed: 0,
+                    resume_after: None,
+                })
+            }
+        },
+    };
+    let mut removed = 0u32;
+    let mut last_visited = None;
+    for _ in 0..limit {
+        let next = view.scan(
+            Table::Session,
+            &KeyRange {
+                start: cursor.clone(),
+                end: None,
+            },
+            1,
+        )?;
+        let Some((key, value)) = next.into_iter().next() else {
+            return Ok(Response::SessionsSwept {
+                removed,
+                resume_after: None,
+            });
+        };
+        let Some(client_bytes) = key.get(0..16) else {
+            // Not a session key: step over it.
+            cursor = key;
+            cursor.push(0);
+            continue;
+        };
+        let client_id = u128::from_be_bytes(client_bytes.try_into().expect("16 bytes"));
+        let idle = key.len() == 16
+            && decode_floor_record(&value).is_some_and(|(_, last)| now_ms.saturating_sub(last) >= idle_ms);
+        if idle {
+            let prefix = floor_key(client_id);
+            let keys = view.scan(
+                Table::Session,
+                &KeyRange::prefix_from(&prefix, prefix.clone()),
+                CLIENT_KEYS_MAX,
+            )?;
+            for (k, _) in keys {
+                view.delete(Table::Session, k);
+            }
+            removed += 1;
+        }
+        last_visited = Some(client_id);
+        match client_id.checked_add(1) {
+            Some(next) => cursor = floor_key(next),
+            None => {
+                return Ok(Response::SessionsSwept {
+                    removed,
+                    resume_after: None,
+                })
+            }
+        }
+    }
+    Ok(Response::SessionsSwept {
+        removed,
+        resume_after: last_visited,
+    })
 }

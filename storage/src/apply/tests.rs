@@ -471,6 +471,7 @@ impl Model {
                 Response::Counter { value: *v }
             }
             Op::KvSweepExpired { .. } => Response::Swept { removed: 0 },
+            Op::SessionSweep { .. } => unreachable!("the strategy generates no session sweeps"),
         }
     }
 }
@@ -584,4 +585,95 @@ fn session_cleanup_visits_only_the_clients_own_answers() {
         "scanned {} entries of other clients",
         store.scanned.get()
     );
+}
+
+fn session_keys(store: &MemStore, client_id: u128) -> usize {
+    store
+        .scan(Table::Session, &KeyRange::all(), 10_000)
+        .expect("scan")
+        .iter()
+        .filter(|(k, _)| k.len() >= 16 && k[..16] == client_id.to_be_bytes())
+        .count()
+}
+
+#[test]
+fn idle_sessions_are_swept_and_active_ones_kept() {
+    let mut h = Harness::new();
+    let incr = Op::CounterIncr {
+        key: "c".into(),
+        delta: 1,
+    };
+    // Client 1 last active at t=1 000, client 2 at t=5 000; both keep an in-flight answer.
+    h.apply(with_session(cmd(1_000, incr.clone()), 1, 1, 1));
+    h.apply(with_session(cmd(1_000, incr.clone()), 1, 2, 1));
+    h.apply(with_session(cmd(5_000, incr.clone()), 2, 1, 1));
+    assert_eq!(session_keys(&h.store, 1), 3, "floor and two answers");
+
+    let sweep = |after| Op::SessionSweep {
+        idle_ms: 3_000,
+        after,
+        limit: 10,
+    };
+    assert_eq!(
+        h.apply(cmd(6_000, sweep(None))),
+        Response::SessionsSwept {
+            removed: 1,
+            resume_after: None
+        }
+    );
+    assert_eq!(session_keys(&h.store, 1), 0, "idle client 1 forgotten entirely");
+    assert_eq!(session_keys(&h.store, 2), 2, "client 2 (idle 1 s) kept");
+
+    // Client 2 is still deduplicated.
+    assert_eq!(
+        h.apply(with_session(cmd(6_100, incr.clone()), 2, 1, 1)),
+        Response::Counter { value: 3 }
+    );
+    // Client 1's old request is new again: the documented limit of exactly-once (retries must come
+    // within idle_ms of the client's last request).
+    assert_eq!(
+        h.apply(with_session(cmd(6_200, incr.clone()), 1, 2, 1)),
+        Response::Counter { value: 4 }
+    );
+}
+
+#[test]
+fn session_sweep_walks_the_table_with_its_cursor() {
+    let mut h = Harness::new();
+    let incr = Op::CounterIncr {
+        key: "c".into(),
+        delta: 1,
+    };
+    for client in 1..=5u128 {
+        h.apply(with_session(cmd(1_000, incr.clone()), client, 1, 1));
+    }
+    let mut after = None;
+    let mut removed_total = 0;
+    let mut steps = 0;
+    loop {
+        let response = h.apply(cmd(
+            10_000,
+            Op::SessionSweep {
+                idle_ms: 1_000,
+                after,
+                limit: 2,
+            },
+        ));
+        let Response::SessionsSwept { removed, resume_after } = response else {
+            panic!("{response:?}")
+        };
+        removed_total += removed;
+        steps += 1;
+        match resume_after {
+            Some(last) => after = Some(last),
+            None => break,
+        }
+        assert!(steps < 10, "the cursor must make progress");
+    }
+    assert_eq!(removed_total, 5);
+    assert!(h
+        .store
+        .scan(Table::Session, &KeyRange::all(), 10)
+        .expect("scan")
+        .is_empty());
 }
