@@ -292,13 +292,25 @@ impl Client {
         }
     }
 
+    /// One unary RPC through [`Client::call`]: `rpc` sends the request on a channel; `message` is
+    /// resent unchanged on every attempt (so a mutation keeps its `(client_id, seq)`).
+    pub(crate) async fn unary<M, R, F, Fut>(&self, mutation: bool, message: M, rpc: F) -> Result<R, ClientError>
+    where
+        M: Clone,
+        F: Fn(Channel, tonic::Request<M>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<R>, Status>>,
+    {
+        self.call(mutation, |channel, deadline| {
+            let reply = rpc(channel, self.request(message.clone(), deadline));
+            async move { reply.await.map(tonic::Response::into_inner) }
+        })
+        .await
+    }
+
     /// The status of the node this client currently talks to (normally the leader).
     pub async fn cluster_status(&self) -> Result<pb::StatusResponse, ClientError> {
-        self.call(false, |channel, deadline| async move {
-            ClusterClient::new(channel)
-                .status(self.request(pb::StatusRequest {}, deadline))
-                .await
-                .map(|r| r.into_inner())
+        self.unary(false, pb::StatusRequest {}, |c, r| async move {
+            ClusterClient::new(c).status(r).await
         })
         .await
     }
@@ -320,44 +332,36 @@ impl Client {
 
     /// Adds a node as a learner; returns once it has caught up with the leader's log.
     pub async fn add_node(&self, id: u64, addr: &str) -> Result<Vec<pb::Member>, ClientError> {
-        let addr = addr.to_string();
-        self.call(true, |channel, deadline| {
-            let request = self.request(pb::AddNodeRequest { id, addr: addr.clone() }, deadline);
-            async move {
-                ClusterClient::new(channel)
-                    .add_node(request)
-                    .await
-                    .map(|r| r.into_inner().members)
-            }
-        })
-        .await
+        let reply = self
+            .unary(
+                true,
+                pb::AddNodeRequest {
+                    id,
+                    addr: addr.to_string(),
+                },
+                |c, r| async move { ClusterClient::new(c).add_node(r).await },
+            )
+            .await?;
+        Ok(reply.members)
     }
 
     /// Makes a learner a voter.
     pub async fn promote(&self, id: u64) -> Result<Vec<pb::Member>, ClientError> {
-        self.call(true, |channel, deadline| {
-            let request = self.request(pb::PromoteRequest { id }, deadline);
-            async move {
-                ClusterClient::new(channel)
-                    .promote(request)
-                    .await
-                    .map(|r| r.into_inner().members)
-            }
-        })
-        .await
+        let reply = self
+            .unary(true, pb::PromoteRequest { id }, |c, r| async move {
+                ClusterClient::new(c).promote(r).await
+            })
+            .await?;
+        Ok(reply.members)
     }
 
     /// Removes a node (voter or learner) from the cluster.
     pub async fn remove_node(&self, id: u64) -> Result<Vec<pb::Member>, ClientError> {
-        self.call(true, |channel, deadline| {
-            let request = self.request(pb::RemoveNodeRequest { id }, deadline);
-            async move {
-                ClusterClient::new(channel)
-                    .remove_node(request)
-                    .await
-                    .map(|r| r.into_inner().members)
-            }
-        })
-        .await
+        let reply = self
+            .unary(true, pb::RemoveNodeRequest { id }, |c, r| async move {
+                ClusterClient::new(c).remove_node(r).await
+            })
+            .await?;
+        Ok(reply.members)
     }
 }

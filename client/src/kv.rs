@@ -113,10 +113,7 @@ impl Kv {
         };
         let reply = self
             .client
-            .call(true, |channel, deadline| {
-                let request = self.client.request(message.clone(), deadline);
-                async move { KvClient::new(channel).put(request).await.map(|r| r.into_inner()) }
-            })
+            .unary(true, message, |c, r| async move { KvClient::new(c).put(r).await })
             .await?;
         Ok(if reply.succeeded {
             CasOutcome::Written {
@@ -145,10 +142,7 @@ impl Kv {
         };
         let reply = self
             .client
-            .call(false, |channel, deadline| {
-                let request = self.client.request(message.clone(), deadline);
-                async move { KvClient::new(channel).get(request).await.map(|r| r.into_inner()) }
-            })
+            .unary(false, message, |c, r| async move { KvClient::new(c).get(r).await })
             .await?;
         Ok(reply.found.then(|| KvEntry {
             value: reply.value,
@@ -169,10 +163,7 @@ impl Kv {
         };
         let reply = self
             .client
-            .call(true, |channel, deadline| {
-                let request = self.client.request(message.clone(), deadline);
-                async move { KvClient::new(channel).delete(request).await.map(|r| r.into_inner()) }
-            })
+            .unary(true, message, |c, r| async move { KvClient::new(c).delete(r).await })
             .await?;
         Ok(DeleteOutcome {
             deleted: reply.deleted,
@@ -190,10 +181,7 @@ impl Kv {
         };
         let reply = self
             .client
-            .call(false, |channel, deadline| {
-                let request = self.client.request(message.clone(), deadline);
-                async move { KvClient::new(channel).scan(request).await.map(|r| r.into_inner()) }
-            })
+            .unary(false, message, |c, r| async move { KvClient::new(c).scan(r).await })
             .await?;
         Ok(reply.items.into_iter().map(|kv| (kv.key, kv.value)).collect())
     }
@@ -221,10 +209,7 @@ impl CounterHandle {
         };
         let reply = self
             .client
-            .call(true, |channel, deadline| {
-                let request = self.client.request(message.clone(), deadline);
-                async move { CounterClient::new(channel).incr(request).await.map(|r| r.into_inner()) }
-            })
+            .unary(true, message, |c, r| async move { CounterClient::new(c).incr(r).await })
             .await?;
         Ok(reply.value)
     }
@@ -240,10 +225,7 @@ impl CounterHandle {
         };
         let reply = self
             .client
-            .call(false, |channel, deadline| {
-                let request = self.client.request(message.clone(), deadline);
-                async move { CounterClient::new(channel).get(request).await.map(|r| r.into_inner()) }
-            })
+            .unary(false, message, |c, r| async move { CounterClient::new(c).get(r).await })
             .await?;
         Ok(reply.value)
     }

@@ -95,6 +95,11 @@ fn write_error_status(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) ->
     }
 }
 
+/// A response of the wrong kind for the request: a programming error between API and apply.
+fn unexpected_result(response: &Response) -> Status {
+    status(ErrorCode::Internal, format!("unexpected apply result {response:?}"))
+}
+
 fn storage_status(e: impl std::fmt::Display) -> Status {
     status(ErrorCode::Internal, format!("storage: {e}"))
 }
@@ -187,11 +192,7 @@ impl Api {
     }
 
     fn check_key(key: &[u8]) -> Result<(), Status> {
-        basalt_storage::apply::validate_op(&Op::KvDelete {
-            key: key.to_vec(),
-            expect: None,
-        })
-        .map_err(|e| op_error_status(&e))
+        basalt_storage::apply::check_key(key).map_err(|e| op_error_status(&e))
     }
 }
 
@@ -216,17 +217,10 @@ impl Kv for Api {
                 current_revision: None,
             },
             Response::KvConditionFailed { current } => pb::KvPutResponse {
-                succeeded: false,
-                revision: 0,
-                prev_revision: None,
                 current_revision: current,
+                ..Default::default()
             },
-            other => {
-                return Err(status(
-                    ErrorCode::Internal,
-                    format!("unexpected apply result {other:?}"),
-                ))
-            }
+            other => return Err(unexpected_result(&other)),
         };
         Ok(GrpcResponse::new(reply))
     }
@@ -271,17 +265,10 @@ impl Kv for Api {
                 current_revision: None,
             },
             Response::KvConditionFailed { current } => pb::KvDeleteResponse {
-                succeeded: false,
-                deleted: false,
-                revision: 0,
                 current_revision: current,
+                ..Default::default()
             },
-            other => {
-                return Err(status(
-                    ErrorCode::Internal,
-                    format!("unexpected apply result {other:?}"),
-                ))
-            }
+            other => return Err(unexpected_result(&other)),
         };
         Ok(GrpcResponse::new(reply))
     }
@@ -357,10 +344,7 @@ impl Counter for Api {
             .await?
         {
             Response::Counter { value } => Ok(GrpcResponse::new(pb::CounterResponse { value })),
-            other => Err(status(
-                ErrorCode::Internal,
-                format!("unexpected apply result {other:?}"),
-            )),
+            other => Err(unexpected_result(&other)),
         }
     }
 

@@ -196,6 +196,13 @@ impl TestCluster {
         }
     }
 
+    /// Waits until node `id` has applied everything the leader had logged when this was called.
+    pub async fn wait_caught_up(&self, client: &Client, id: u64) {
+        let status = client.cluster_status().await.expect("leader status");
+        let target = status.last_log_index.expect("the leader has a log");
+        self.wait_applied(client, id, target).await;
+    }
+
     /// The tail of every node's log, for failure messages.
     pub fn logs(&self) -> String {
         let mut out = String::new();

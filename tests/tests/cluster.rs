@@ -213,13 +213,7 @@ fn leader_kill_elects_a_new_leader_without_losing_acknowledged_writes() {
 
         // The killed node restarts on its data and catches up.
         cluster.restart(old_leader);
-        let target = client
-            .cluster_status()
-            .await
-            .expect("status")
-            .last_log_index
-            .expect("log index");
-        cluster.wait_applied(&client, old_leader, target).await;
+        cluster.wait_caught_up(&client, old_leader).await;
         let stale = Client::connect_with([cluster.addr(old_leader)], ClientOptions::default())
             .await
             .expect("connect");
@@ -282,13 +276,7 @@ fn a_node_behind_the_purged_log_catches_up_through_a_snapshot() {
         }
 
         cluster.restart(lagging);
-        let target = client
-            .cluster_status()
-            .await
-            .expect("status")
-            .last_log_index
-            .expect("index");
-        cluster.wait_applied(&client, lagging, target).await;
+        cluster.wait_caught_up(&client, lagging).await;
         let status = client.node_status(&cluster.addr(lagging)).await.expect("status");
         assert!(
             status.snapshot_index.unwrap_or(0) > 100,
@@ -340,13 +328,7 @@ fn membership_grows_to_four_and_shrinks_to_three_under_writes() {
             acknowledged.len()
         );
         assert_all_readable(&client, &acknowledged).await;
-        let target = client
-            .cluster_status()
-            .await
-            .expect("status")
-            .last_log_index
-            .expect("index");
-        cluster.wait_applied(&client, 4, target).await;
+        cluster.wait_caught_up(&client, 4).await;
         assert_eq!(
             client.promote(99).await.expect_err("unknown node").code(),
             Some(ErrorCode::MembershipRejected)

@@ -167,7 +167,8 @@ impl Applier {
     }
 }
 
-pub(crate) fn check_key(key: &[u8]) -> Result<(), OpError> {
+/// Checks a key against the limits every data type shares (non-empty, at most `KEY_BYTES_MAX`).
+pub fn check_key(key: &[u8]) -> Result<(), OpError> {
     if key.is_empty() {
         return Err(OpError::EmptyKey);
     }
