@@ -60,6 +60,8 @@ struct Inner {
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
+    /// Sent with every mutation of this handle (see [`Client::fenced`]).
+    fence: Option<pb::Fence>,
 }
 
 /// Removes a seq from the in-flight set when its call ends, whatever the outcome.
@@ -146,7 +148,21 @@ impl Client {
                 in_flight: Mutex::new(BTreeSet::new()),
                 options,
             }),
+            fence: None,
         })
+    }
+
+    /// A handle whose every mutation carries the fence `(lease, token)`: the cluster applies it
+    /// only while `token` is the live grant of `lease`, and refuses it with `STALE_FENCE` once the
+    /// lease expired, was released or was granted again. Shares this client's connections.
+    pub fn fenced(&self, lease: impl Into<Vec<u8>>, token: u64) -> Client {
+        Client {
+            inner: self.inner.clone(),
+            fence: Some(pb::Fence {
+                lease: lease.into(),
+                token,
+            }),
+        }
     }
 
     pub fn kv(&self) -> crate::Kv {
@@ -158,6 +174,26 @@ impl Client {
             client: self.clone(),
             key: key.into(),
         }
+    }
+
+    /// Batched counter changes and reads.
+    pub fn counters(&self) -> crate::Counters {
+        crate::Counters { client: self.clone() }
+    }
+
+    pub fn rate_limiter(&self) -> crate::RateLimiter {
+        crate::RateLimiter { client: self.clone() }
+    }
+
+    pub fn lease(&self, name: impl Into<Vec<u8>>) -> crate::LeaseHandle {
+        crate::LeaseHandle {
+            client: self.clone(),
+            name: name.into(),
+        }
+    }
+
+    pub fn ledger(&self) -> crate::Ledger {
+        crate::Ledger { client: self.clone() }
     }
 
     /// The addresses this client knows, leader first.
@@ -219,6 +255,7 @@ impl Client {
             client_id: self.inner.client_id.to_be_bytes().to_vec(),
             seq,
             first_incomplete_seq,
+            fence: self.fence.clone(),
         };
         (
             header,
@@ -229,12 +266,13 @@ impl Client {
         )
     }
 
-    pub(crate) fn request<T>(&self, message: T, deadline: Instant) -> tonic::Request<T> {
+    /// A request for one attempt; `wait` is how long the server may hold it on purpose (long-poll).
+    pub(crate) fn request<T>(&self, message: T, deadline: Instant, wait: Duration) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         let remaining = deadline.saturating_duration_since(Instant::now());
         request.set_timeout(
             remaining
-                .min(self.inner.options.attempt_timeout)
+                .min(self.inner.options.attempt_timeout + wait)
                 .max(Duration::from_millis(1)),
         );
         request
@@ -243,12 +281,13 @@ impl Client {
     /// Runs `attempt` against the leader, following redirects and retrying on failures until the
     /// request timeout. `mutation` marks calls whose outcome is unknown if every attempt fails
     /// after reaching a node.
-    pub(crate) async fn call<T, F, Fut>(&self, mutation: bool, mut attempt: F) -> Result<T, ClientError>
+    /// `wait` extends the deadline for calls the server may hold on purpose.
+    pub(crate) async fn call<T, F, Fut>(&self, mutation: bool, wait: Duration, mut attempt: F) -> Result<T, ClientError>
     where
         F: FnMut(Channel, Instant) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
-        let deadline = Instant::now() + self.inner.options.request_timeout;
+        let deadline = Instant::now() + self.inner.options.request_timeout + wait;
         let mut attempts = 0u32;
         let mut reached = false;
         let mut pause = Duration::from_millis(10);
@@ -300,8 +339,24 @@ impl Client {
         F: Fn(Channel, tonic::Request<M>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<R>, Status>>,
     {
-        self.call(mutation, |channel, deadline| {
-            let reply = rpc(channel, self.request(message.clone(), deadline));
+        self.unary_waiting(mutation, message, Duration::ZERO, rpc).await
+    }
+
+    /// [`Client::unary`] for a call the server may hold for up to `wait` (long-poll).
+    pub(crate) async fn unary_waiting<M, R, F, Fut>(
+        &self,
+        mutation: bool,
+        message: M,
+        wait: Duration,
+        rpc: F,
+    ) -> Result<R, ClientError>
+    where
+        M: Clone,
+        F: Fn(Channel, tonic::Request<M>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<R>, Status>>,
+    {
+        self.call(mutation, wait, |channel, deadline| {
+            let reply = rpc(channel, self.request(message.clone(), deadline, wait));
             async move { reply.await.map(tonic::Response::into_inner) }
         })
         .await
@@ -320,7 +375,7 @@ impl Client {
         let channel = channel_for(addr, &self.inner.options)?;
         let deadline = Instant::now() + self.inner.options.attempt_timeout;
         ClusterClient::new(channel)
-            .status(self.request(pb::StatusRequest {}, deadline))
+            .status(self.request(pb::StatusRequest {}, deadline, Duration::ZERO))
             .await
             .map(|r| r.into_inner())
             .map_err(|s| ClientError::Unavailable {

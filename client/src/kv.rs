@@ -1,11 +1,10 @@
-//! Typed APIs: KV and counters.
+//! The KV API.
 
 use std::time::Duration;
 
 use crate::client::{Client, ReadConsistency};
 use crate::error::ClientError;
 use crate::pb;
-use crate::pb::counter_client::CounterClient;
 use crate::pb::kv_client::KvClient;
 
 /// A stored key.
@@ -184,49 +183,5 @@ impl Kv {
             .unary(false, message, |c, r| async move { KvClient::new(c).scan(r).await })
             .await?;
         Ok(reply.items.into_iter().map(|kv| (kv.key, kv.value)).collect())
-    }
-}
-
-/// One counter. Get one with [`Client::counter`].
-#[derive(Clone)]
-pub struct CounterHandle {
-    pub(crate) client: Client,
-    pub(crate) key: Vec<u8>,
-}
-
-impl CounterHandle {
-    /// Adds `delta` (may be negative); returns the new value. Applied exactly once, even when
-    /// retried.
-    ///
-    /// # Errors
-    /// `COUNTER_OVERFLOW` when the result would leave the i64 range (nothing changes).
-    pub async fn incr(&self, delta: i64) -> Result<i64, ClientError> {
-        let (header, _guard) = self.client.header();
-        let message = pb::CounterIncrRequest {
-            header: Some(header),
-            key: self.key.clone(),
-            delta,
-        };
-        let reply = self
-            .client
-            .unary(true, message, |c, r| async move { CounterClient::new(c).incr(r).await })
-            .await?;
-        Ok(reply.value)
-    }
-
-    pub async fn get(&self) -> Result<i64, ClientError> {
-        self.get_with(ReadConsistency::Linearizable).await
-    }
-
-    pub async fn get_with(&self, consistency: ReadConsistency) -> Result<i64, ClientError> {
-        let message = pb::CounterGetRequest {
-            key: self.key.clone(),
-            stale: consistency == ReadConsistency::Stale,
-        };
-        let reply = self
-            .client
-            .unary(false, message, |c, r| async move { CounterClient::new(c).get(r).await })
-            .await?;
-        Ok(reply.value)
     }
 }

@@ -21,13 +21,21 @@
 //!   `outcome_unknown` tells whether a mutation may still have been applied.
 
 mod client;
+mod counter;
 mod error;
 mod kv;
+pub mod lease;
+pub mod ledger;
+mod rate;
 
 pub mod pb {
     tonic::include_proto!("basalt.v1");
 }
 
 pub use client::{Client, ClientOptions, ReadConsistency};
+pub use counter::{CounterChange, CounterHandle, CounterOp, CounterOutcome, Counters};
 pub use error::{ClientError, ErrorCode, ERROR_CODE_KEY, LEADER_KEY};
-pub use kv::{CasOutcome, CounterHandle, DeleteOutcome, Kv, KvEntry, PutOptions};
+pub use kv::{CasOutcome, DeleteOutcome, Kv, KvEntry, PutOptions};
+pub use lease::{Acquired, LeaseGrant, LeaseHandle, LeaseState};
+pub use ledger::Ledger;
+pub use rate::{RateCheck, RateDecision, RateLimit, RateLimiter};

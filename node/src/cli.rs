@@ -47,6 +47,27 @@ enum Command {
         #[command(flatten)]
         endpoints: EndpointArgs,
     },
+    /// Leases with fencing tokens.
+    Lease {
+        #[command(subcommand)]
+        command: crate::verbs::LeaseCommand,
+        #[command(flatten)]
+        endpoints: EndpointArgs,
+    },
+    /// Rate-limit checks.
+    Ratelimit {
+        #[command(subcommand)]
+        command: crate::verbs::RateLimitCommand,
+        #[command(flatten)]
+        endpoints: EndpointArgs,
+    },
+    /// The double-entry ledger.
+    Ledger {
+        #[command(subcommand)]
+        command: crate::verbs::LedgerCommand,
+        #[command(flatten)]
+        endpoints: EndpointArgs,
+    },
     /// Cluster status and membership.
     Cluster {
         #[command(subcommand)]
@@ -139,11 +160,18 @@ enum KvCommand {
 
 #[derive(Subcommand, Debug)]
 enum CounterCommand {
+    /// Add to a counter; with --min/--max, refuse a change that would cross them.
     Incr {
         key: String,
         #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
         by: i64,
+        #[arg(long, allow_negative_numbers = true)]
+        min: Option<i64>,
+        #[arg(long, allow_negative_numbers = true)]
+        max: Option<i64>,
     },
+    /// Set a counter back to 0.
+    Reset { key: String },
     Get {
         key: String,
         #[arg(long)]
@@ -395,8 +423,17 @@ async fn run(cli: Cli) -> Result<(), String> {
             init_tracing("error");
             let client = connect(&endpoints).await?;
             match command {
-                CounterCommand::Incr { key, by } => {
-                    println!("{}", client.counter(key).incr(by).await.map_err(|e| e.to_string())?);
+                CounterCommand::Incr { key, by, min, max } => {
+                    let value = client
+                        .counter(key)
+                        .incr_bounded(by, min, max)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    println!("{value}");
+                }
+                CounterCommand::Reset { key } => {
+                    client.counter(key).reset().await.map_err(|e| e.to_string())?;
+                    println!("0");
                 }
                 CounterCommand::Get { key, stale } => {
                     let consistency = if stale {
@@ -415,6 +452,18 @@ async fn run(cli: Cli) -> Result<(), String> {
                 }
             }
             Ok(())
+        }
+        Command::Lease { command, endpoints } => {
+            init_tracing("error");
+            crate::verbs::lease(&connect(&endpoints).await?, command).await
+        }
+        Command::Ratelimit { command, endpoints } => {
+            init_tracing("error");
+            crate::verbs::rate_limit(&connect(&endpoints).await?, command).await
+        }
+        Command::Ledger { command, endpoints } => {
+            init_tracing("error");
+            crate::verbs::ledger(&connect(&endpoints).await?, command).await
         }
         Command::Cluster { command, endpoints } => {
             init_tracing("error");

@@ -10,6 +10,9 @@ use std::time::Duration;
 use basalt_client::pb::cluster_server::ClusterServer;
 use basalt_client::pb::counter_server::CounterServer;
 use basalt_client::pb::kv_server::KvServer;
+use basalt_client::pb::lease_server::LeaseServer;
+use basalt_client::pb::ledger_server::LedgerServer;
+use basalt_client::pb::rate_limiter_server::RateLimiterServer;
 use basalt_raft::log_store::LogStore;
 use basalt_raft::network::{NetworkFactory, RaftGrpcService};
 use basalt_raft::state_machine::StateMachine;
@@ -171,6 +174,9 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         .add_service(RaftGrpcService::new(raft.clone(), incoming_dir))
         .add_service(KvServer::new(api.clone()))
         .add_service(CounterServer::new(api.clone()))
+        .add_service(RateLimiterServer::new(api.clone()))
+        .add_service(LeaseServer::new(api.clone()))
+        .add_service(LedgerServer::new(api.clone()))
         .add_service(ClusterServer::new(api.clone()))
         .serve_with_shutdown(config.listen, wait_stop(stop_rx.clone()))
         .await;
@@ -194,7 +200,8 @@ const SESSION_SWEEP_CLIENTS_MAX: u32 = 1000;
 /// Seconds between session sweep steps.
 const SESSION_SWEEP_EVERY_S: u64 = 10;
 
-/// While leader: every second, proposes a KV expiry sweep if some key is due; every
+/// While leader: every second, proposes a KV expiry sweep if some key is due, and a pending
+/// transfer expiry if some pending transfer timed out; every
 /// `SESSION_SWEEP_EVERY_S` seconds, one step of the idle-session sweep. Both decide from the entry
 /// stamp, so every replica removes the same keys at the same log position.
 async fn sweeper(api: Api, session_idle_ms: u64, stop: tokio::sync::watch::Receiver<bool>) {
@@ -211,6 +218,9 @@ async fn sweeper(api: Api, session_idle_ms: u64, stop: tokio::sync::watch::Recei
         }
         if kv_expiry_due(&api) {
             propose_sweep(&api, Op::KvSweepExpired { limit: 1000 }).await;
+        }
+        if pending_transfer_expiry_due(&api) {
+            propose_sweep(&api, Op::LedgerExpirePending { limit: 1000 }).await;
         }
         if ticks.is_multiple_of(SESSION_SWEEP_EVERY_S) {
             let op = Op::SessionSweep {
@@ -235,10 +245,16 @@ fn kv_expiry_due(api: &Api) -> bool {
     matches!(api.store.scan(Table::KvExpiry, &due_range, 1), Ok(due) if !due.is_empty())
 }
 
+fn pending_transfer_expiry_due(api: &Api) -> bool {
+    let now_ms = api.clock.now().physical_ms();
+    matches!(basalt_storage::apply::ledger::next_expiry(&api.store), Ok(Some(at)) if at <= now_ms)
+}
+
 async fn propose_sweep(api: &Api, op: Op) -> Option<Response> {
     let command = Command {
         stamp: api.clock.now(),
         session: None,
+        fence: None,
         op,
     };
     match api.raft.client_write(command).await {

@@ -1,8 +1,11 @@
 //! What goes into the Raft log and what comes back: the deterministic input and output of apply.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 
 use crate::hlc::HlcStamp;
+use crate::ledger::{Account, AccountResult, Transfer, TransferResult};
 
 /// Identifies a client request for exactly-once apply (the RIFL scheme): a retried request carries
 /// the same `(client_id, seq)` and gets the first answer back.
@@ -23,6 +26,97 @@ pub enum Expect {
     Revision(u64),
 }
 
+/// A fencing token presented with a write: the write applies only while `token` is the live grant
+/// of lease `lease` (see `docs/data-types/lease.md`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fence {
+    pub lease: Vec<u8>,
+    pub token: u64,
+}
+
+/// One counter change inside a [`Op::Counter`] batch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CounterOp {
+    pub key: Vec<u8>,
+    pub action: CounterAction,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CounterAction {
+    /// Adds `delta` unless the result would leave `[min, max]` (each bound optional).
+    Incr {
+        delta: i64,
+        min: Option<i64>,
+        max: Option<i64>,
+    },
+    /// Sets the counter to `value` (a reset is `Set { value: 0 }`).
+    Set { value: i64 },
+}
+
+/// What happened to one [`CounterOp`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CounterOutcome {
+    /// Applied; the counter's new value.
+    Applied { value: i64 },
+    /// Refused, nothing changed: the result would have crossed a bound. `value` is the current value.
+    BoundExceeded { value: i64 },
+    /// Refused, nothing changed: the result would leave the i64 range.
+    Overflow { value: i64 },
+}
+
+/// A rate-limit algorithm and its parameters, given with every check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RateLimit {
+    /// At most `limit` units per sliding `window_ms`, estimated from the current and previous fixed
+    /// windows (the previous weighted by how much of it still overlaps the sliding window).
+    SlidingWindow { limit: u64, window_ms: u64 },
+    /// `rate` units refill every `per_ms`, up to `burst` stored.
+    TokenBucket { rate: u64, per_ms: u64, burst: u64 },
+}
+
+/// One rate-limit decision request inside a [`Op::RateCheck`] batch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateCheck {
+    pub key: Vec<u8>,
+    pub limit: RateLimit,
+    /// Units this request consumes when allowed (0: only look).
+    pub cost: u64,
+}
+
+/// The answer to one [`RateCheck`]. Times are HLC milliseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateDecision {
+    pub allowed: bool,
+    /// Units still available after this decision.
+    pub remaining: u64,
+    /// When refused: how long until the same check would be allowed (0 when allowed).
+    pub retry_after_ms: u64,
+    /// When the key will be back to its full allowance if nothing more is consumed.
+    pub reset_at_ms: u64,
+}
+
+/// The outcome of a lease operation that did not fail.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LeaseOutcome {
+    /// The caller holds the lease with this fencing token until `expires_at_ms`.
+    Granted { token: u64, expires_at_ms: u64 },
+    /// Someone else holds it until `expires_at_ms`.
+    Held { holder: Vec<u8>, expires_at_ms: u64 },
+    /// Released; `was_live` is false when it had already expired.
+    Released { was_live: bool },
+}
+
+/// Why a lease renew or release was refused.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LeaseLoss {
+    /// Nobody holds it (never acquired, released, or expired and taken by nobody).
+    NotHeld,
+    /// It expired at `expires_at_ms`.
+    Expired { expires_at_ms: u64 },
+    /// Another holder, or a later grant to the same holder, has it now.
+    Superseded { current_token: u64 },
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
     KvPut {
@@ -35,9 +129,40 @@ pub enum Op {
         key: Vec<u8>,
         expect: Option<Expect>,
     },
-    CounterIncr {
-        key: Vec<u8>,
-        delta: i64,
+    /// Counter changes, each applied or refused on its own, in order.
+    Counter {
+        ops: Vec<CounterOp>,
+    },
+    /// Rate-limit decisions, each atomic on its own key, in order.
+    RateCheck {
+        checks: Vec<RateCheck>,
+    },
+    LeaseAcquire {
+        name: Vec<u8>,
+        holder: Vec<u8>,
+        ttl_ms: u64,
+    },
+    LeaseRenew {
+        name: Vec<u8>,
+        holder: Vec<u8>,
+        token: u64,
+        ttl_ms: u64,
+    },
+    LeaseRelease {
+        name: Vec<u8>,
+        holder: Vec<u8>,
+        token: u64,
+    },
+    LedgerCreateAccounts {
+        accounts: Vec<Account>,
+    },
+    LedgerCreateTransfers {
+        transfers: Vec<Transfer>,
+    },
+    /// Voids pending transfers whose timeout has passed (judged by the entry stamp), at most
+    /// `limit`. Proposed by the leader from time to time.
+    LedgerExpirePending {
+        limit: u32,
     },
     /// Removes expired KV keys. Proposed by the leader from time to time; the decision is made
     /// from the entry stamp, so every replica removes the same keys.
@@ -59,6 +184,8 @@ pub enum Op {
 pub struct Command {
     pub stamp: HlcStamp,
     pub session: Option<Session>,
+    /// When set, the op applies only if this fence is the live grant of its lease.
+    pub fence: Option<Fence>,
     pub op: Op,
 }
 
@@ -74,8 +201,34 @@ pub enum OpError {
     ValueTooLarge { len: usize, max: usize },
     #[error("ttl of {ttl_ms} ms is out of range (1..={max_ms})")]
     InvalidTtl { ttl_ms: u64, max_ms: u64 },
-    #[error("counter {key:?} would overflow: {value} + {delta}")]
-    CounterOverflow { key: String, value: i64, delta: i64 },
+    #[error("{what} is empty")]
+    Empty { what: Cow<'static, str> },
+    #[error("{what} of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge {
+        what: Cow<'static, str>,
+        len: usize,
+        max: usize,
+    },
+    #[error("batch of {len} items exceeds the limit of {max}")]
+    BatchTooLarge { len: usize, max: usize },
+    #[error("{what} must be {expected}, got {got}")]
+    OutOfRange {
+        what: Cow<'static, str>,
+        expected: String,
+        got: String,
+    },
+    #[error("stale fence: lease {lease:?} token {token} is no longer the live grant ({reason:?})")]
+    StaleFence {
+        lease: String,
+        token: u64,
+        reason: LeaseLoss,
+    },
+    #[error("lease {lease:?} is not held by this holder with token {token} ({reason:?})")]
+    LeaseNotHeld {
+        lease: String,
+        token: u64,
+        reason: LeaseLoss,
+    },
     #[error(
         "request seq {seq} of client {client_id:032x} is older than its oldest kept answer; its outcome is unknown"
     )]
@@ -101,8 +254,14 @@ pub enum Response {
     KvConditionFailed {
         current: Option<u64>,
     },
-    Counter {
-        value: i64,
+    Counters(Vec<CounterOutcome>),
+    RateDecisions(Vec<RateDecision>),
+    Lease(LeaseOutcome),
+    /// The events that failed, by index in the batch; every other event succeeded.
+    AccountResults(Vec<(u32, AccountResult)>),
+    TransferResults(Vec<(u32, TransferResult)>),
+    PendingExpired {
+        expired: u32,
     },
     Swept {
         removed: u32,
@@ -132,7 +291,41 @@ impl std::fmt::Display for Command {
                 value.len()
             ),
             Op::KvDelete { key, expect } => write!(f, "kv delete {:?} (expect {expect:?})", lossy(key)),
-            Op::CounterIncr { key, delta } => write!(f, "counter incr {:?} by {delta}", lossy(key)),
+            Op::Counter { ops } => match ops.as_slice() {
+                [one] => write!(f, "counter {:?} {:?}", lossy(&one.key), one.action),
+                many => write!(f, "counter batch of {}", many.len()),
+            },
+            Op::RateCheck { checks } => write!(f, "rate check batch of {}", checks.len()),
+            Op::LeaseAcquire { name, holder, ttl_ms } => {
+                write!(
+                    f,
+                    "lease acquire {:?} by {:?} for {ttl_ms} ms",
+                    lossy(name),
+                    lossy(holder)
+                )
+            }
+            Op::LeaseRenew {
+                name,
+                holder,
+                token,
+                ttl_ms,
+            } => write!(
+                f,
+                "lease renew {:?} by {:?} token {token} for {ttl_ms} ms",
+                lossy(name),
+                lossy(holder)
+            ),
+            Op::LeaseRelease { name, holder, token } => {
+                write!(
+                    f,
+                    "lease release {:?} by {:?} token {token}",
+                    lossy(name),
+                    lossy(holder)
+                )
+            }
+            Op::LedgerCreateAccounts { accounts } => write!(f, "ledger create {} accounts", accounts.len()),
+            Op::LedgerCreateTransfers { transfers } => write!(f, "ledger create {} transfers", transfers.len()),
+            Op::LedgerExpirePending { limit } => write!(f, "ledger expire pending (limit {limit})"),
             Op::KvSweepExpired { limit } => write!(f, "kv sweep expired (limit {limit})"),
             Op::SessionSweep { idle_ms, after, limit } => {
                 write!(f, "session sweep (idle {idle_ms} ms, after {after:?}, limit {limit})")

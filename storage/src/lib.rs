@@ -11,6 +11,7 @@
 pub mod apply;
 pub mod command;
 pub mod hlc;
+pub mod ledger;
 pub mod limits;
 pub mod log;
 pub mod state;

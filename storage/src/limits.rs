@@ -17,3 +17,11 @@ pub const TTL_MS_MAX: u64 = 365 * 24 * 3600 * 1000;
 
 const _: () = assert!(VALUE_BYTES_MAX + KEY_BYTES_MAX + 1024 < RECORD_BYTES_MAX as usize);
 const _: () = assert!(SEGMENT_BYTES_DEFAULT >= RECORD_BYTES_MAX as u64);
+
+/// Most items (counter ops, rate checks, accounts, transfers) in one batched request, as in
+/// TigerBeetle: big enough to amortize a Raft round, small enough to keep one entry under a few MB.
+pub const BATCH_ITEMS_MAX: usize = 8190;
+/// Longest rate-limit window and token-bucket refill period (one day).
+pub const RATE_WINDOW_MS_MAX: u64 = 24 * 3600 * 1000;
+
+const _: () = assert!(BATCH_ITEMS_MAX * (KEY_BYTES_MAX + 64) < RECORD_BYTES_MAX as usize * 3);

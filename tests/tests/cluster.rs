@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use basalt_client::pb::counter_client::CounterClient;
-use basalt_client::pb::{CounterIncrRequest, RequestHeader};
+use basalt_client::pb::{CounterApplyRequest, CounterIncr, CounterOp, RequestHeader};
 use basalt_client::{Client, ClientOptions, ErrorCode, ReadConsistency};
 use basalt_tests::{ClusterOptions, TestCluster};
 
@@ -126,12 +126,20 @@ fn retried_request_with_the_same_session_applies_once() {
             client_id: 42u128.to_be_bytes().to_vec(),
             seq: 1,
             first_incomplete_seq: 1,
+            fence: None,
         };
-        let request = CounterIncrRequest {
+        let request = CounterApplyRequest {
             header: Some(header.clone()),
-            key: b"once".to_vec(),
-            delta: 7,
+            ops: vec![CounterOp {
+                key: b"once".to_vec(),
+                action: Some(basalt_client::pb::counter_op::Action::Incr(CounterIncr {
+                    delta: 7,
+                    min: None,
+                    max: None,
+                })),
+            }],
         };
+        let value = |reply: basalt_client::pb::CounterApplyResponse| reply.outcomes[0].value;
         // Send to the leader; a NOT_LEADER refusal (leadership moving in a young cluster) is
         // retried with the same (client_id, seq), exactly as the SDK does.
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -143,8 +151,8 @@ fn retried_request_with_the_same_session_applies_once() {
                 .await
                 .expect("connect");
             let mut raw = CounterClient::new(channel);
-            match raw.incr(request.clone()).await {
-                Ok(reply) => break (raw, reply.into_inner()),
+            match raw.apply(request.clone()).await {
+                Ok(reply) => break (raw, value(reply.into_inner())),
                 Err(status) if Instant::now() < deadline => {
                     eprintln!("retrying after {status}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -152,9 +160,9 @@ fn retried_request_with_the_same_session_applies_once() {
                 Err(status) => panic!("no leader accepted the request: {status}"),
             }
         };
-        let retry = raw.incr(request.clone()).await.expect("retry").into_inner();
-        assert_eq!(first.value, 7);
-        assert_eq!(retry.value, 7, "the retry returns the first answer");
+        let retry = value(raw.apply(request.clone()).await.expect("retry").into_inner());
+        assert_eq!(first, 7);
+        assert_eq!(retry, 7, "the retry returns the first answer");
         assert_eq!(
             client.counter("once").get().await.expect("get"),
             7,
@@ -162,7 +170,7 @@ fn retried_request_with_the_same_session_applies_once() {
         );
 
         // A new seq applies; the old one, once the client says it has its answer, is refused.
-        let next = CounterIncrRequest {
+        let next = CounterApplyRequest {
             header: Some(RequestHeader {
                 seq: 2,
                 first_incomplete_seq: 2,
@@ -170,9 +178,9 @@ fn retried_request_with_the_same_session_applies_once() {
             }),
             ..request.clone()
         };
-        assert_eq!(raw.incr(next).await.expect("seq 2").into_inner().value, 14);
+        assert_eq!(value(raw.apply(next).await.expect("seq 2").into_inner()), 14);
         let status = raw
-            .incr(request)
+            .apply(request)
             .await
             .expect_err("seq 1 after its answer was released");
         assert_eq!(

@@ -4,18 +4,27 @@
 //! at a clock. Time is the entry's HLC stamp, made monotonic across leaders by taking the maximum
 //! with the last applied stamp, so every replica decides every TTL the same way.
 
-mod counter;
+pub mod counter;
 mod kv;
+pub mod lease;
+pub mod ledger;
+pub mod rate;
 mod session;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_lease;
+#[cfg(test)]
+mod tests_ledger;
+#[cfg(test)]
+mod tests_rate;
 
 use std::collections::BTreeMap;
 
 use crate::command::{Command, Op, OpError, Response};
 use crate::hlc::HlcStamp;
-use crate::limits::KEY_BYTES_MAX;
+use crate::limits::{BATCH_ITEMS_MAX, KEY_BYTES_MAX};
 use crate::state::{KeyRange, KeyValue, StoreError, StoreRead, Table};
 
 /// Writes collected while applying a batch of entries; later reads in the batch see them.
@@ -43,6 +52,11 @@ impl WriteSet {
 
     pub fn iter(&self) -> impl Iterator<Item = (Table, &[u8], Option<&[u8]>)> {
         self.entries.iter().map(|((t, k), v)| (*t, k.as_slice(), v.as_deref()))
+    }
+
+    /// Takes over `other`'s writes (they win over this set's own).
+    pub fn absorb(&mut self, other: WriteSet) {
+        self.entries.extend(other.entries);
     }
 
     fn lookup(&self, table: Table, key: &[u8]) -> Option<Option<&[u8]>> {
@@ -101,6 +115,18 @@ impl<S: StoreRead> View<'_, S> {
     }
 }
 
+/// A view is itself readable, so an operation can stage its writes over it and keep them only if
+/// it succeeds (a refusal, or a failed linked chain, changes nothing).
+impl<S: StoreRead> StoreRead for View<'_, S> {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        View::get(self, table, key)
+    }
+
+    fn scan(&self, table: Table, range: &KeyRange, limit: usize) -> Result<Vec<KeyValue>, StoreError> {
+        View::scan(self, table, range, limit)
+    }
+}
+
 const LAST_STAMP_KEY: &[u8] = b"last_stamp";
 
 /// Applies commands in log order. Holds the last applied stamp between batches.
@@ -146,25 +172,74 @@ impl Applier {
                 session::Begin::Apply { floor } => Some((session, floor)),
             },
         };
-        let response = match &command.op {
-            Op::KvPut {
-                key,
-                value,
-                ttl_ms,
-                expect,
-            } => kv::put(&mut view, index, now_ms, key, value, *ttl_ms, *expect)?,
-            Op::KvDelete { key, expect } => kv::delete(&mut view, index, now_ms, key, *expect)?,
-            Op::KvSweepExpired { limit } => kv::sweep_expired(&mut view, now_ms, *limit)?,
-            Op::SessionSweep { idle_ms, after, limit } => {
-                session::sweep_idle(&mut view, now_ms, *idle_ms, *after, *limit)?
+        let fenced = match &command.fence {
+            Some(fence) => lease::check_fence(&view, now_ms, fence)?,
+            None => Ok(()),
+        };
+        let response = match fenced {
+            Err(refusal) => Response::Refused(refusal),
+            Ok(()) => {
+                // Staged so that a refusal changes nothing, whatever the op wrote before refusing.
+                let mut staged = WriteSet::default();
+                let response = {
+                    let mut op_view = View {
+                        base: &view,
+                        writes: &mut staged,
+                    };
+                    apply_op(&mut op_view, index, now_ms, &command.op)?
+                };
+                if !matches!(response, Response::Refused(_)) {
+                    view.writes.absorb(staged);
+                }
+                response
             }
-            Op::CounterIncr { key, delta } => counter::incr(&mut view, key, *delta)?,
         };
         if let Some((session, floor)) = session_floor {
             session::finish(&mut view, session, floor, now_ms, &response)?;
         }
         Ok(response)
     }
+}
+
+fn apply_op<S: StoreRead>(view: &mut View<'_, S>, index: u64, now_ms: u64, op: &Op) -> Result<Response, StoreError> {
+    Ok(match op {
+        Op::KvPut {
+            key,
+            value,
+            ttl_ms,
+            expect,
+        } => kv::put(view, index, now_ms, key, value, *ttl_ms, *expect)?,
+        Op::KvDelete { key, expect } => kv::delete(view, index, now_ms, key, *expect)?,
+        Op::KvSweepExpired { limit } => kv::sweep_expired(view, now_ms, *limit)?,
+        Op::SessionSweep { idle_ms, after, limit } => session::sweep_idle(view, now_ms, *idle_ms, *after, *limit)?,
+        Op::Counter { ops } => counter::apply(view, ops)?,
+        Op::RateCheck { checks } => rate::apply(view, now_ms, checks)?,
+        Op::LeaseAcquire { name, holder, ttl_ms } => lease::acquire(view, index, now_ms, name, holder, *ttl_ms)?,
+        Op::LeaseRenew {
+            name,
+            holder,
+            token,
+            ttl_ms,
+        } => lease::renew(view, now_ms, name, holder, *token, *ttl_ms)?,
+        Op::LeaseRelease { name, holder, token } => lease::release(view, now_ms, name, holder, *token)?,
+        Op::LedgerCreateAccounts { accounts } => ledger::create_accounts(view, now_ms, accounts)?,
+        Op::LedgerCreateTransfers { transfers } => ledger::create_transfers(view, now_ms, transfers)?,
+        Op::LedgerExpirePending { limit } => ledger::expire_pending(view, now_ms, *limit)?,
+    })
+}
+
+/// Checks a batch's size: non-empty, at most [`BATCH_ITEMS_MAX`].
+pub fn check_batch(len: usize) -> Result<(), OpError> {
+    if len == 0 {
+        return Err(OpError::Empty { what: "batch".into() });
+    }
+    if len > BATCH_ITEMS_MAX {
+        return Err(OpError::BatchTooLarge {
+            len,
+            max: BATCH_ITEMS_MAX,
+        });
+    }
+    Ok(())
 }
 
 /// Checks a key against the limits every data type shares (non-empty, at most `KEY_BYTES_MAX`).
@@ -186,8 +261,17 @@ pub fn check_key(key: &[u8]) -> Result<(), OpError> {
 pub fn validate_op(op: &Op) -> Result<(), OpError> {
     match op {
         Op::KvPut { key, value, ttl_ms, .. } => kv::validate_put(key, value, *ttl_ms),
-        Op::KvDelete { key, .. } | Op::CounterIncr { key, .. } => check_key(key),
-        Op::KvSweepExpired { .. } | Op::SessionSweep { .. } => Ok(()),
+        Op::KvDelete { key, .. } => check_key(key),
+        Op::Counter { ops } => counter::validate(ops),
+        Op::RateCheck { checks } => rate::validate(checks),
+        Op::LeaseAcquire { name, holder, ttl_ms } => lease::validate(name, holder, *ttl_ms),
+        Op::LeaseRenew {
+            name, holder, ttl_ms, ..
+        } => lease::validate(name, holder, *ttl_ms),
+        Op::LeaseRelease { name, holder, .. } => lease::validate(name, holder, 1),
+        Op::LedgerCreateAccounts { accounts } => check_batch(accounts.len()),
+        Op::LedgerCreateTransfers { transfers } => check_batch(transfers.len()),
+        Op::KvSweepExpired { .. } | Op::SessionSweep { .. } | Op::LedgerExpirePending { .. } => Ok(()),
     }
 }
 

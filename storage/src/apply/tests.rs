@@ -3,19 +3,37 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 
 use super::*;
-use crate::command::{Expect, Session};
+use crate::command::{CounterAction, CounterOp, CounterOutcome, Expect, Session};
 use crate::state::model::MemStore;
 use crate::state::{KeyRange, KvRecord, StoreError};
 
-fn cmd(stamp_ms: u64, op: Op) -> Command {
+pub(super) fn cmd(stamp_ms: u64, op: Op) -> Command {
     Command {
         stamp: HlcStamp::from_parts(stamp_ms, 0),
         session: None,
+        fence: None,
         op,
     }
 }
 
-fn put(key: &str, value: &str) -> Op {
+pub(super) fn incr_op(key: impl Into<Vec<u8>>, delta: i64) -> Op {
+    Op::Counter {
+        ops: vec![CounterOp {
+            key: key.into(),
+            action: CounterAction::Incr {
+                delta,
+                min: None,
+                max: None,
+            },
+        }],
+    }
+}
+
+pub(super) fn counted(value: i64) -> Response {
+    Response::Counters(vec![CounterOutcome::Applied { value }])
+}
+
+pub(super) fn put(key: &str, value: &str) -> Op {
     Op::KvPut {
         key: key.into(),
         value: value.into(),
@@ -25,14 +43,14 @@ fn put(key: &str, value: &str) -> Op {
 }
 
 /// Applies commands one entry per batch, committing after each, like the state machine does.
-struct Harness {
-    store: MemStore,
+pub(super) struct Harness {
+    pub(super) store: MemStore,
     applier: Applier,
-    index: u64,
+    pub(super) index: u64,
 }
 
 impl Harness {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Harness {
             store: MemStore::default(),
             applier: Applier::default(),
@@ -40,7 +58,7 @@ impl Harness {
         }
     }
 
-    fn apply(&mut self, command: Command) -> Response {
+    pub(super) fn apply(&mut self, command: Command) -> Response {
         self.index += 1;
         let mut writes = WriteSet::default();
         let response = self
@@ -264,16 +282,13 @@ fn delete_reports_whether_a_live_key_existed() {
 #[test]
 fn counters_add_and_refuse_overflow() {
     let mut h = Harness::new();
-    let incr = |d| Op::CounterIncr {
-        key: "c".into(),
-        delta: d,
-    };
-    assert_eq!(h.apply(cmd(1, incr(5))), Response::Counter { value: 5 });
-    assert_eq!(h.apply(cmd(2, incr(-7))), Response::Counter { value: -2 });
+    let incr = |d| incr_op("c", d);
+    assert_eq!(h.apply(cmd(1, incr(5))), counted(5));
+    assert_eq!(h.apply(cmd(2, incr(-7))), counted(-2));
     let before = h.store.clone();
     assert!(matches!(
         h.apply(cmd(3, incr(i64::MIN))),
-        Response::Refused(OpError::CounterOverflow { .. })
+        Response::Counters(c) if c == vec![CounterOutcome::Overflow { value: -2 }]
     ));
     assert_eq!(
         h.store.get(Table::Counter, b"c").expect("get"),
@@ -309,7 +324,7 @@ fn bad_input_is_refused_and_changes_nothing_but_the_clock() {
             ttl_ms: Some(0),
             expect: None,
         },
-        Op::CounterIncr { key: vec![], delta: 1 },
+        incr_op(vec![], 1),
         Op::KvDelete {
             key: vec![],
             expect: None,
@@ -340,32 +355,20 @@ fn with_session(mut c: Command, client_id: u128, seq: u64, first_incomplete_seq:
 #[test]
 fn retried_request_applies_once_and_returns_first_answer() {
     let mut h = Harness::new();
-    let incr = Op::CounterIncr {
-        key: "c".into(),
-        delta: 10,
-    };
+    let incr = incr_op("c", 10);
     let first = h.apply(with_session(cmd(1, incr.clone()), 7, 1, 1));
-    assert_eq!(first, Response::Counter { value: 10 });
+    assert_eq!(first, counted(10));
     let retry = h.apply(with_session(cmd(2, incr.clone()), 7, 1, 1));
     assert_eq!(retry, first, "same answer");
-    assert_eq!(
-        h.apply(with_session(cmd(3, incr.clone()), 7, 2, 1)),
-        Response::Counter { value: 20 }
-    );
+    assert_eq!(h.apply(with_session(cmd(3, incr.clone()), 7, 2, 1)), counted(20));
     // Another client with the same seq is a different request.
-    assert_eq!(
-        h.apply(with_session(cmd(4, incr.clone()), 8, 1, 1)),
-        Response::Counter { value: 30 }
-    );
+    assert_eq!(h.apply(with_session(cmd(4, incr.clone()), 8, 1, 1)), counted(30));
 }
 
 #[test]
 fn forgotten_answers_are_refused_not_reapplied() {
     let mut h = Harness::new();
-    let incr = Op::CounterIncr {
-        key: "c".into(),
-        delta: 1,
-    };
+    let incr = incr_op("c", 1);
     for seq in 1..=5 {
         h.apply(with_session(cmd(seq, incr.clone()), 1, seq, seq));
     }
@@ -387,23 +390,25 @@ fn forgotten_answers_are_refused_not_reapplied() {
 #[test]
 fn concurrent_requests_of_one_client_may_apply_out_of_order() {
     let mut h = Harness::new();
-    let incr = Op::CounterIncr {
-        key: "c".into(),
-        delta: 1,
-    };
+    let incr = incr_op("c", 1);
     h.apply(with_session(cmd(1, incr.clone()), 1, 2, 1));
-    assert_eq!(
-        h.apply(with_session(cmd(2, incr.clone()), 1, 1, 1)),
-        Response::Counter { value: 2 }
-    );
+    assert_eq!(h.apply(with_session(cmd(2, incr.clone()), 1, 1, 1)), counted(2));
     assert_eq!(
         h.apply(with_session(cmd(3, incr.clone()), 1, 2, 1)),
-        Response::Counter { value: 1 },
+        counted(1),
         "retry of seq 2"
     );
 }
 
 // ---- property tests -------------------------------------------------------------------------
+
+fn counter_action_strategy() -> impl Strategy<Value = CounterAction> {
+    prop_oneof![
+        4 => (-5i64..5, prop::option::of(-10i64..0), prop::option::of(0i64..10))
+            .prop_map(|(delta, min, max)| CounterAction::Incr { delta, min, max }),
+        1 => (-3i64..3).prop_map(|value| CounterAction::Set { value }),
+    ]
+}
 
 fn op_strategy() -> impl Strategy<Value = Op> {
     let key = prop::sample::select(vec!["a", "b", "c", "d"]).prop_map(|k| k.as_bytes().to_vec());
@@ -411,7 +416,8 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         3 => (key.clone(), any::<u8>(), prop::option::of(1u64..50), prop::option::of(prop_oneof![Just(Expect::Absent), (0u64..20).prop_map(Expect::Revision)]))
             .prop_map(|(key, v, ttl_ms, expect)| Op::KvPut { key, value: vec![v], ttl_ms, expect }),
         1 => (key.clone(), prop::option::of((0u64..20).prop_map(Expect::Revision))).prop_map(|(key, expect)| Op::KvDelete { key, expect }),
-        2 => (key, -5i64..5).prop_map(|(key, delta)| Op::CounterIncr { key, delta }),
+        2 => prop::collection::vec((key.clone(), counter_action_strategy()), 1..4)
+            .prop_map(|ops| Op::Counter { ops: ops.into_iter().map(|(key, action)| CounterOp { key, action }).collect() }),
         1 => (1u32..4).prop_map(|limit| Op::KvSweepExpired { limit }),
     ]
 }
@@ -465,13 +471,30 @@ impl Model {
                     deleted: live.is_some(),
                 }
             }
-            Op::CounterIncr { key, delta } => {
-                let v = self.counters.entry(key.clone()).or_default();
-                *v += delta;
-                Response::Counter { value: *v }
+            Op::Counter { ops } => {
+                let mut outcomes = Vec::new();
+                for op in ops {
+                    let v = self.counters.entry(op.key.clone()).or_default();
+                    let outcome = match op.action {
+                        CounterAction::Set { value } => CounterOutcome::Applied { value },
+                        CounterAction::Incr { delta, min, max } => {
+                            let next = *v + delta;
+                            if min.is_some_and(|m| next < m) || max.is_some_and(|m| next > m) {
+                                CounterOutcome::BoundExceeded { value: *v }
+                            } else {
+                                CounterOutcome::Applied { value: next }
+                            }
+                        }
+                    };
+                    if let CounterOutcome::Applied { value } = outcome {
+                        *v = value;
+                    }
+                    outcomes.push(outcome);
+                }
+                Response::Counters(outcomes)
             }
             Op::KvSweepExpired { .. } => Response::Swept { removed: 0 },
-            Op::SessionSweep { .. } => unreachable!("the strategy generates no session sweeps"),
+            other => unreachable!("the strategy generates no {other:?}"),
         }
     }
 }
@@ -554,10 +577,7 @@ impl StoreRead for CountingStore {
 #[test]
 fn session_cleanup_visits_only_the_clients_own_answers() {
     let mut h = Harness::new();
-    let incr = Op::CounterIncr {
-        key: "c".into(),
-        delta: 1,
-    };
+    let incr = incr_op("c", 1);
     for client in 1000..1200u128 {
         for seq in 1..=3 {
             h.apply(with_session(cmd(1, incr.clone()), client, seq, 1));
@@ -599,10 +619,7 @@ fn session_keys(store: &MemStore, client_id: u128) -> usize {
 #[test]
 fn idle_sessions_are_swept_and_active_ones_kept() {
     let mut h = Harness::new();
-    let incr = Op::CounterIncr {
-        key: "c".into(),
-        delta: 1,
-    };
+    let incr = incr_op("c", 1);
     // Client 1 last active at t=1 000, client 2 at t=5 000; both keep an in-flight answer.
     h.apply(with_session(cmd(1_000, incr.clone()), 1, 1, 1));
     h.apply(with_session(cmd(1_000, incr.clone()), 1, 2, 1));
@@ -625,25 +642,16 @@ fn idle_sessions_are_swept_and_active_ones_kept() {
     assert_eq!(session_keys(&h.store, 2), 2, "client 2 (idle 1 s) kept");
 
     // Client 2 is still deduplicated.
-    assert_eq!(
-        h.apply(with_session(cmd(6_100, incr.clone()), 2, 1, 1)),
-        Response::Counter { value: 3 }
-    );
+    assert_eq!(h.apply(with_session(cmd(6_100, incr.clone()), 2, 1, 1)), counted(3));
     // Client 1's old request is new again: the documented limit of exactly-once (retries must come
     // within idle_ms of the client's last request).
-    assert_eq!(
-        h.apply(with_session(cmd(6_200, incr.clone()), 1, 2, 1)),
-        Response::Counter { value: 4 }
-    );
+    assert_eq!(h.apply(with_session(cmd(6_200, incr.clone()), 1, 2, 1)), counted(4));
 }
 
 #[test]
 fn session_sweep_walks_the_table_with_its_cursor() {
     let mut h = Harness::new();
-    let incr = Op::CounterIncr {
-        key: "c".into(),
-        delta: 1,
-    };
+    let incr = incr_op("c", 1);
     for client in 1..=5u128 {
         h.apply(with_session(cmd(1_000, incr.clone()), client, 1, 1));
     }

@@ -16,10 +16,37 @@ pub enum Table {
     KvExpiry,
     Counter,
     Session,
+    /// Lease name -> its current grant.
+    Lease,
+    /// Rate-limit key -> its window or bucket state.
+    RateLimit,
+    /// Account id (16 bytes BE) -> account.
+    LedgerAccount,
+    /// Transfer id (16 bytes BE) -> transfer and, if pending, its status.
+    LedgerTransfer,
+    /// `(expires_at timestamp BE, transfer id)` for every pending transfer with a timeout.
+    LedgerExpiry,
+    /// `(account id, timestamp BE)` -> `(transfer id, side)`: an account's transfers in order.
+    LedgerAccountTransfers,
+    /// `(account id, timestamp BE)` -> balances, for accounts with the history flag.
+    LedgerHistory,
 }
 
 impl Table {
-    pub const ALL: [Table; 5] = [Table::Meta, Table::Kv, Table::KvExpiry, Table::Counter, Table::Session];
+    pub const ALL: [Table; 12] = [
+        Table::Meta,
+        Table::Kv,
+        Table::KvExpiry,
+        Table::Counter,
+        Table::Session,
+        Table::Lease,
+        Table::RateLimit,
+        Table::LedgerAccount,
+        Table::LedgerTransfer,
+        Table::LedgerExpiry,
+        Table::LedgerAccountTransfers,
+        Table::LedgerHistory,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -28,6 +55,13 @@ impl Table {
             Table::KvExpiry => "kv_expiry",
             Table::Counter => "counter",
             Table::Session => "session",
+            Table::Lease => "lease",
+            Table::RateLimit => "rate_limit",
+            Table::LedgerAccount => "ledger_account",
+            Table::LedgerTransfer => "ledger_transfer",
+            Table::LedgerExpiry => "ledger_expiry",
+            Table::LedgerAccountTransfers => "ledger_account_transfers",
+            Table::LedgerHistory => "ledger_history",
         }
     }
 }
@@ -47,6 +81,8 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    #[error("corrupt record in {table:?} at key {key}: {reason}")]
+    CorruptRecord { table: Table, key: String, reason: String },
     #[error("corrupt snapshot {path}: {reason}")]
     CorruptSnapshot { path: std::path::PathBuf, reason: String },
 }
@@ -117,6 +153,15 @@ pub trait StoreRead {
 
     /// Entries of `table` inside `range`, in key order, at most `limit`.
     fn scan(&self, table: Table, range: &KeyRange, limit: usize) -> Result<Vec<KeyValue>, StoreError>;
+
+    /// Entries of `table` inside `range`, last key first, at most `limit`. The default reads the
+    /// whole range forward; stores that can seek backwards override it.
+    fn scan_reverse(&self, table: Table, range: &KeyRange, limit: usize) -> Result<Vec<KeyValue>, StoreError> {
+        let mut all = self.scan(table, range, usize::MAX)?;
+        all.reverse();
+        all.truncate(limit);
+        Ok(all)
+    }
 }
 
 /// A KV record as stored.

@@ -125,4 +125,29 @@ impl StoreRead for RocksStore {
         }
         Ok(out)
     }
+
+    fn scan_reverse(&self, table: Table, range: &KeyRange, limit: usize) -> Result<Vec<KeyValue>, StoreError> {
+        let mut options = ReadOptions::default();
+        options.set_iterate_lower_bound(range.start.clone());
+        let mode = match &range.end {
+            // The upper bound is exclusive: start just below it.
+            Some(end) => {
+                options.set_iterate_upper_bound(end.clone());
+                IteratorMode::From(end, rocksdb::Direction::Reverse)
+            }
+            None => IteratorMode::End,
+        };
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf_opt(self.cf(table), options, mode) {
+            let (k, v) = item.map_err(rocks("scan reverse"))?;
+            if !range.contains(&k) {
+                continue;
+            }
+            out.push((k.to_vec(), v.to_vec()));
+            if out.len() == limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
 }

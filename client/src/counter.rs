@@ -1,0 +1,198 @@
+//! Counters: one at a time through [`CounterHandle`], or many per request through [`Counters`].
+
+use crate::client::{Client, ReadConsistency};
+use crate::error::{ClientError, ErrorCode};
+use crate::pb;
+use crate::pb::counter_client::CounterClient;
+
+/// A change to one counter, for [`Counters::apply`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CounterOp {
+    pub key: Vec<u8>,
+    pub change: CounterChange,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CounterChange {
+    /// Add `delta` unless the result would leave `[min, max]`.
+    Incr {
+        delta: i64,
+        min: Option<i64>,
+        max: Option<i64>,
+    },
+    /// Set the value (reset).
+    Set(i64),
+}
+
+impl CounterOp {
+    pub fn incr(key: impl Into<Vec<u8>>, delta: i64) -> CounterOp {
+        CounterOp::bounded(key, delta, None, None)
+    }
+
+    pub fn bounded(key: impl Into<Vec<u8>>, delta: i64, min: Option<i64>, max: Option<i64>) -> CounterOp {
+        CounterOp {
+            key: key.into(),
+            change: CounterChange::Incr { delta, min, max },
+        }
+    }
+
+    pub fn set(key: impl Into<Vec<u8>>, value: i64) -> CounterOp {
+        CounterOp {
+            key: key.into(),
+            change: CounterChange::Set(value),
+        }
+    }
+}
+
+/// What happened to one [`CounterOp`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CounterOutcome {
+    Applied {
+        value: i64,
+    },
+    /// Nothing changed: the change would have crossed a bound. `value` is the current value.
+    BoundExceeded {
+        value: i64,
+    },
+    /// Nothing changed: the result would leave the i64 range.
+    Overflow {
+        value: i64,
+    },
+}
+
+/// Batched counter operations. Get one with [`Client::counters`].
+#[derive(Clone)]
+pub struct Counters {
+    pub(crate) client: Client,
+}
+
+impl Counters {
+    /// Applies `ops` in order in one Raft entry, each applied or refused on its own, exactly once
+    /// even when retried. One outcome per op.
+    ///
+    /// # Errors
+    /// A bad op (`EMPTY_KEY`, `KEY_TOO_LARGE`, min > max: `OUT_OF_RANGE`) or an empty or oversize
+    /// batch (`BATCH_TOO_LARGE`) refuses the whole request; nothing changes.
+    pub async fn apply(&self, ops: Vec<CounterOp>) -> Result<Vec<CounterOutcome>, ClientError> {
+        let (header, _guard) = self.client.header();
+        let message = pb::CounterApplyRequest {
+            header: Some(header),
+            ops: ops
+                .into_iter()
+                .map(|op| pb::CounterOp {
+                    key: op.key,
+                    action: Some(match op.change {
+                        CounterChange::Incr { delta, min, max } => {
+                            pb::counter_op::Action::Incr(pb::CounterIncr { delta, min, max })
+                        }
+                        CounterChange::Set(value) => pb::counter_op::Action::Set(value),
+                    }),
+                })
+                .collect(),
+        };
+        let reply = self
+            .client
+            .unary(
+                true,
+                message,
+                |c, r| async move { CounterClient::new(c).apply(r).await },
+            )
+            .await?;
+        reply
+            .outcomes
+            .into_iter()
+            .map(|o| {
+                use pb::counter_outcome::Status;
+                match Status::try_from(o.status) {
+                    Ok(Status::Applied) => Ok(CounterOutcome::Applied { value: o.value }),
+                    Ok(Status::BoundExceeded) => Ok(CounterOutcome::BoundExceeded { value: o.value }),
+                    Ok(Status::Overflow) => Ok(CounterOutcome::Overflow { value: o.value }),
+                    Err(_) => Err(ClientError::Protocol(format!("unknown counter status {}", o.status))),
+                }
+            })
+            .collect()
+    }
+
+    /// Reads many counters (absent ones read 0).
+    pub async fn get(&self, keys: Vec<Vec<u8>>, consistency: ReadConsistency) -> Result<Vec<i64>, ClientError> {
+        let message = pb::CounterGetRequest {
+            keys,
+            stale: consistency == ReadConsistency::Stale,
+        };
+        let reply = self
+            .client
+            .unary(false, message, |c, r| async move { CounterClient::new(c).get(r).await })
+            .await?;
+        Ok(reply.values)
+    }
+}
+
+/// One counter. Get one with [`Client::counter`].
+#[derive(Clone)]
+pub struct CounterHandle {
+    pub(crate) client: Client,
+    pub(crate) key: Vec<u8>,
+}
+
+impl CounterHandle {
+    async fn apply_one(&self, change: CounterChange) -> Result<i64, ClientError> {
+        let op = CounterOp {
+            key: self.key.clone(),
+            change,
+        };
+        let outcome = self.client.counters().apply(vec![op]).await?;
+        let key = String::from_utf8_lossy(&self.key);
+        match outcome.as_slice() {
+            [CounterOutcome::Applied { value }] => Ok(*value),
+            [CounterOutcome::BoundExceeded { value }] => Err(ClientError::Rejected {
+                code: ErrorCode::BoundExceeded,
+                message: format!("counter {key:?}: {change:?} would cross a bound; current value {value}"),
+            }),
+            [CounterOutcome::Overflow { value }] => Err(ClientError::Rejected {
+                code: ErrorCode::CounterOverflow,
+                message: format!("counter {key:?}: {change:?} would overflow; current value {value}"),
+            }),
+            other => Err(ClientError::Protocol(format!("expected one outcome, got {other:?}"))),
+        }
+    }
+
+    /// Adds `delta` (may be negative); returns the new value. Applied exactly once, even when
+    /// retried.
+    ///
+    /// # Errors
+    /// `COUNTER_OVERFLOW` when the result would leave the i64 range (nothing changes).
+    pub async fn incr(&self, delta: i64) -> Result<i64, ClientError> {
+        self.apply_one(CounterChange::Incr {
+            delta,
+            min: None,
+            max: None,
+        })
+        .await
+    }
+
+    /// Adds `delta` unless the result would leave `[min, max]`.
+    ///
+    /// # Errors
+    /// `BOUND_EXCEEDED` (nothing changes; the message carries the current value; use
+    /// [`Counters::apply`] to get it typed).
+    pub async fn incr_bounded(&self, delta: i64, min: Option<i64>, max: Option<i64>) -> Result<i64, ClientError> {
+        self.apply_one(CounterChange::Incr { delta, min, max }).await
+    }
+
+    /// Sets the counter to 0.
+    pub async fn reset(&self) -> Result<(), ClientError> {
+        self.apply_one(CounterChange::Set(0)).await.map(|_| ())
+    }
+
+    pub async fn get(&self) -> Result<i64, ClientError> {
+        self.get_with(ReadConsistency::Linearizable).await
+    }
+
+    pub async fn get_with(&self, consistency: ReadConsistency) -> Result<i64, ClientError> {
+        let values = self.client.counters().get(vec![self.key.clone()], consistency).await?;
+        values
+            .first()
+            .copied()
+            .ok_or_else(|| ClientError::Protocol("no value in counter reply".into()))
+    }
+}

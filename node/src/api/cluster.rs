@@ -1,0 +1,121 @@
+//! The cluster administration service: status and membership changes.
+
+use std::collections::BTreeSet;
+
+use basalt_client::pb;
+use basalt_client::pb::cluster_server::Cluster;
+use basalt_client::ErrorCode;
+use openraft::{BasicNode, ChangeMembers, ServerState};
+use tonic::{Request, Response as GrpcResponse, Status};
+
+use super::{metrics_now, status, write_error_status, Api};
+
+#[tonic::async_trait]
+impl Cluster for Api {
+    async fn status(&self, _request: Request<pb::StatusRequest>) -> Result<GrpcResponse<pb::StatusResponse>, Status> {
+        let metrics = metrics_now(&self.raft);
+        let membership = metrics.membership_config.membership();
+        let leader_addr = metrics
+            .current_leader
+            .and_then(|id| membership.get_node(&id))
+            .map(|n| n.addr.clone())
+            .unwrap_or_default();
+        let addr = membership
+            .get_node(&metrics.id)
+            .map(|n| n.addr.clone())
+            .unwrap_or_default();
+        let state = match metrics.state {
+            ServerState::Leader => "Leader",
+            ServerState::Follower => "Follower",
+            ServerState::Candidate => "Candidate",
+            ServerState::Learner => "Learner",
+            ServerState::Shutdown => "Shutdown",
+        };
+        let (first_log_index, _) = (self.log_bounds)();
+        Ok(GrpcResponse::new(pb::StatusResponse {
+            node_id: metrics.id,
+            addr,
+            state: state.to_string(),
+            term: metrics.current_term,
+            leader_id: metrics.current_leader,
+            leader_addr,
+            members: self.members(),
+            first_log_index,
+            last_log_index: metrics.last_log_index,
+            applied_index: metrics.last_applied.as_ref().map(|l| l.index),
+            snapshot_index: metrics.snapshot.as_ref().map(|l| l.index),
+            purged_index: metrics.purged.as_ref().map(|l| l.index),
+        }))
+    }
+
+    async fn add_node(
+        &self,
+        request: Request<pb::AddNodeRequest>,
+    ) -> Result<GrpcResponse<pb::MembershipResponse>, Status> {
+        let r = request.into_inner();
+        if r.addr.parse::<std::net::SocketAddr>().is_err() {
+            return Err(status(
+                ErrorCode::InvalidArgument,
+                format!("addr {:?} is not host:port", r.addr),
+            ));
+        }
+        self.raft
+            .add_learner(r.id, BasicNode { addr: r.addr }, true)
+            .await
+            .map_err(write_error_status)?;
+        Ok(GrpcResponse::new(pb::MembershipResponse {
+            members: self.members(),
+        }))
+    }
+
+    async fn promote(
+        &self,
+        request: Request<pb::PromoteRequest>,
+    ) -> Result<GrpcResponse<pb::MembershipResponse>, Status> {
+        let id = request.into_inner().id;
+        let metrics = metrics_now(&self.raft);
+        if metrics.membership_config.membership().get_node(&id).is_none() {
+            return Err(status(
+                ErrorCode::MembershipRejected,
+                format!("node {id} is not a member; add it first"),
+            ));
+        }
+        self.raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+            .await
+            .map_err(write_error_status)?;
+        Ok(GrpcResponse::new(pb::MembershipResponse {
+            members: self.members(),
+        }))
+    }
+
+    async fn remove_node(
+        &self,
+        request: Request<pb::RemoveNodeRequest>,
+    ) -> Result<GrpcResponse<pb::MembershipResponse>, Status> {
+        let id = request.into_inner().id;
+        let metrics = metrics_now(&self.raft);
+        let membership = metrics.membership_config.membership();
+        if membership.get_node(&id).is_none() {
+            return Err(status(
+                ErrorCode::MembershipRejected,
+                format!("node {id} is not a member"),
+            ));
+        }
+        let is_voter = membership.voter_ids().any(|v| v == id);
+        if is_voter {
+            self.raft
+                .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+                .await
+                .map_err(write_error_status)?;
+        } else {
+            self.raft
+                .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                .await
+                .map_err(write_error_status)?;
+        }
+        Ok(GrpcResponse::new(pb::MembershipResponse {
+            members: self.members(),
+        }))
+    }
+}

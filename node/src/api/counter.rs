@@ -1,0 +1,77 @@
+//! The counter service: batched increments (with bounds) and resets, batched reads.
+
+use basalt_client::pb;
+use basalt_client::pb::counter_server::Counter;
+use basalt_client::ErrorCode;
+use basalt_storage::apply::check_batch;
+use basalt_storage::apply::counter::decode_counter;
+use basalt_storage::command::{CounterAction, CounterOp, CounterOutcome, Op, Response};
+use basalt_storage::state::{StoreRead, Table};
+use tonic::{Request, Response as GrpcResponse, Status};
+
+use super::{op_error_status, status, storage_status, unexpected_result, Api};
+
+fn counter_op_of(op: pb::CounterOp) -> Result<CounterOp, Status> {
+    let action = match op.action {
+        Some(pb::counter_op::Action::Incr(incr)) => CounterAction::Incr {
+            delta: incr.delta,
+            min: incr.min,
+            max: incr.max,
+        },
+        Some(pb::counter_op::Action::Set(value)) => CounterAction::Set { value },
+        None => return Err(status(ErrorCode::InvalidArgument, "a counter op needs incr or set")),
+    };
+    Ok(CounterOp { key: op.key, action })
+}
+
+fn outcome_of(outcome: CounterOutcome) -> pb::CounterOutcome {
+    use pb::counter_outcome::Status as S;
+    let (status, value) = match outcome {
+        CounterOutcome::Applied { value } => (S::Applied, value),
+        CounterOutcome::BoundExceeded { value } => (S::BoundExceeded, value),
+        CounterOutcome::Overflow { value } => (S::Overflow, value),
+    };
+    pb::CounterOutcome {
+        status: status as i32,
+        value,
+    }
+}
+
+#[tonic::async_trait]
+impl Counter for Api {
+    async fn apply(
+        &self,
+        request: Request<pb::CounterApplyRequest>,
+    ) -> Result<GrpcResponse<pb::CounterApplyResponse>, Status> {
+        let r = request.into_inner();
+        let ops = r.ops.into_iter().map(counter_op_of).collect::<Result<_, _>>()?;
+        match self.write(r.header, Op::Counter { ops }).await? {
+            Response::Counters(outcomes) => Ok(GrpcResponse::new(pb::CounterApplyResponse {
+                outcomes: outcomes.into_iter().map(outcome_of).collect(),
+            })),
+            other => Err(unexpected_result(&other)),
+        }
+    }
+
+    async fn get(
+        &self,
+        request: Request<pb::CounterGetRequest>,
+    ) -> Result<GrpcResponse<pb::CounterGetResponse>, Status> {
+        let r = request.into_inner();
+        check_batch(r.keys.len()).map_err(|e| op_error_status(&e))?;
+        for key in &r.keys {
+            Self::check_key(key)?;
+        }
+        self.read_barrier(r.stale).await?;
+        let mut values = Vec::with_capacity(r.keys.len());
+        for key in &r.keys {
+            values.push(match self.store.get(Table::Counter, key).map_err(storage_status)? {
+                None => 0,
+                Some(bytes) => {
+                    decode_counter(&bytes).ok_or_else(|| status(ErrorCode::CorruptValue, "counter is not 8 bytes"))?
+                }
+            });
+        }
+        Ok(GrpcResponse::new(pb::CounterGetResponse { values }))
+    }
+}

@@ -1,0 +1,138 @@
+//! The lease service: acquire (optionally waiting), renew, release, get.
+
+use std::time::Duration;
+
+use basalt_client::pb;
+use basalt_client::pb::lease_server::Lease;
+use basalt_client::ErrorCode;
+use basalt_storage::apply::lease::LeaseRecord;
+use basalt_storage::command::{LeaseOutcome, Op, Response};
+use basalt_storage::state::{StoreRead, Table};
+use tokio::time::Instant;
+use tonic::{Request, Response as GrpcResponse, Status};
+
+use super::{status, storage_status, unexpected_result, Api};
+
+/// Longest a single acquire may wait; longer waits are a loop in the caller.
+const WAIT_MAX: Duration = Duration::from_secs(60);
+/// How often a waiting acquire looks at the lease between expiries it cannot foresee (releases).
+const WAIT_POLL: Duration = Duration::from_millis(20);
+
+fn lease_response(outcome: LeaseOutcome) -> Result<pb::LeaseResponse, Status> {
+    match outcome {
+        LeaseOutcome::Granted { token, expires_at_ms } => Ok(pb::LeaseResponse {
+            granted: true,
+            token,
+            expires_at_ms,
+            holder: Vec::new(),
+        }),
+        LeaseOutcome::Held { holder, expires_at_ms } => Ok(pb::LeaseResponse {
+            granted: false,
+            token: 0,
+            expires_at_ms,
+            holder,
+        }),
+        other @ LeaseOutcome::Released { .. } => Err(unexpected_result(&Response::Lease(other))),
+    }
+}
+
+impl Api {
+    fn local_lease(&self, name: &[u8]) -> Result<Option<LeaseRecord>, Status> {
+        match self.store.get(Table::Lease, name).map_err(storage_status)? {
+            None => Ok(None),
+            Some(bytes) => LeaseRecord::decode(&bytes)
+                .map(Some)
+                .ok_or_else(|| status(ErrorCode::CorruptValue, "undecodable lease record")),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Lease for Api {
+    async fn acquire(
+        &self,
+        request: Request<pb::LeaseAcquireRequest>,
+    ) -> Result<GrpcResponse<pb::LeaseResponse>, Status> {
+        let r = request.into_inner();
+        let deadline = Instant::now() + Duration::from_millis(r.wait_ms).min(WAIT_MAX);
+        let op = Op::LeaseAcquire {
+            name: r.name.clone(),
+            holder: r.holder.clone(),
+            ttl_ms: r.ttl_ms,
+        };
+        // Only the first attempt carries the request's session. Later attempts go without one:
+        // acquire is re-entrant for its holder, so a repeated grant returns the same token.
+        let mut header = r.header;
+        loop {
+            let outcome = match self.write(header.take(), op.clone()).await? {
+                Response::Lease(outcome) => outcome,
+                other => return Err(unexpected_result(&other)),
+            };
+            let held_until = match &outcome {
+                LeaseOutcome::Held { expires_at_ms, .. } if Instant::now() < deadline => *expires_at_ms,
+                _ => return Ok(GrpcResponse::new(lease_response(outcome)?)),
+            };
+            // Wait until it expires or is released (seen in this replica's state), or the deadline.
+            loop {
+                let now_ms = self.clock.now().physical_ms();
+                let until_expiry = Duration::from_millis(held_until.saturating_sub(now_ms));
+                tokio::time::sleep(until_expiry.min(WAIT_POLL)).await;
+                let still_held = self
+                    .local_lease(&r.name)?
+                    .is_some_and(|l| l.is_live_at(self.clock.now().physical_ms()) && l.holder != r.holder);
+                if !still_held || Instant::now() >= deadline {
+                    break;
+                }
+            }
+        }
+    }
+
+    async fn renew(&self, request: Request<pb::LeaseRenewRequest>) -> Result<GrpcResponse<pb::LeaseResponse>, Status> {
+        let r = request.into_inner();
+        let op = Op::LeaseRenew {
+            name: r.name,
+            holder: r.holder,
+            token: r.token,
+            ttl_ms: r.ttl_ms,
+        };
+        match self.write(r.header, op).await? {
+            Response::Lease(outcome) => Ok(GrpcResponse::new(lease_response(outcome)?)),
+            other => Err(unexpected_result(&other)),
+        }
+    }
+
+    async fn release(
+        &self,
+        request: Request<pb::LeaseReleaseRequest>,
+    ) -> Result<GrpcResponse<pb::LeaseReleaseResponse>, Status> {
+        let r = request.into_inner();
+        let op = Op::LeaseRelease {
+            name: r.name,
+            holder: r.holder,
+            token: r.token,
+        };
+        match self.write(r.header, op).await? {
+            Response::Lease(LeaseOutcome::Released { was_live }) => {
+                Ok(GrpcResponse::new(pb::LeaseReleaseResponse { was_live }))
+            }
+            other => Err(unexpected_result(&other)),
+        }
+    }
+
+    async fn get(&self, request: Request<pb::LeaseGetRequest>) -> Result<GrpcResponse<pb::LeaseResponse>, Status> {
+        let r = request.into_inner();
+        Self::check_key(&r.name)?;
+        self.read_barrier(r.stale).await?;
+        let now_ms = self.clock.now().physical_ms();
+        let reply = match self.local_lease(&r.name)?.filter(|l| l.is_live_at(now_ms)) {
+            None => pb::LeaseResponse::default(),
+            Some(l) => pb::LeaseResponse {
+                granted: true,
+                token: l.token,
+                expires_at_ms: l.expires_at_ms,
+                holder: l.holder,
+            },
+        };
+        Ok(GrpcResponse::new(reply))
+    }
+}

@@ -1,0 +1,217 @@
+//! The client API (gRPC) over the local Raft node: one file per service.
+//!
+//! Every error leaves through [`status`], which attaches the stable code the SDK understands.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+mod cluster;
+mod counter;
+mod kv;
+mod lease;
+mod ledger;
+mod rate;
+
+use basalt_client::pb;
+use basalt_client::{ErrorCode, ERROR_CODE_KEY, LEADER_KEY};
+use basalt_raft::{Raft, TypeConfig};
+use basalt_storage::apply::validate_op;
+use basalt_storage::command::{Command, Expect, Fence, Op, OpError, Response, Session};
+use basalt_storage::hlc::Hlc;
+use basalt_storage::state::rocks::RocksStore;
+use openraft::error::{ChangeMembershipError, ClientWriteError, ForwardToLeader, RaftError};
+use openraft::ReadPolicy;
+use tonic::Status;
+
+/// Request counters exposed on /metrics.
+#[derive(Default)]
+pub struct ApiCounters {
+    pub writes: AtomicU64,
+    pub reads: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+#[derive(Clone)]
+pub struct Api {
+    pub raft: Raft,
+    pub store: RocksStore,
+    pub clock: Arc<Hlc>,
+    pub counters: Arc<ApiCounters>,
+    pub log_bounds: Arc<dyn Fn() -> (Option<u64>, Option<u64>) + Send + Sync>,
+}
+
+/// A copy of the node's current Raft metrics.
+pub fn metrics_now(raft: &Raft) -> openraft::RaftMetrics<TypeConfig> {
+    use openraft::async_runtime::WatchReceiver;
+    raft.metrics().borrow_watched().clone()
+}
+
+/// The one place an error becomes a gRPC status.
+pub fn status(code: ErrorCode, message: impl Into<String>) -> Status {
+    let mut status = Status::new(code.grpc_code(), message.into());
+    status
+        .metadata_mut()
+        .insert(ERROR_CODE_KEY, code.as_str().parse().expect("codes are ascii"));
+    status
+}
+
+fn not_leader(forward: &ForwardToLeader<TypeConfig>) -> Status {
+    let mut s = status(
+        ErrorCode::NotLeader,
+        format!("not the leader; leader is {:?}", forward.leader_id),
+    );
+    if let Some(node) = &forward.leader_node {
+        if let Ok(value) = node.addr.parse() {
+            s.metadata_mut().insert(LEADER_KEY, value);
+        }
+    }
+    s
+}
+
+pub(crate) fn op_error_status(e: &OpError) -> Status {
+    let code = match e {
+        OpError::EmptyKey => ErrorCode::EmptyKey,
+        OpError::KeyTooLarge { .. } => ErrorCode::KeyTooLarge,
+        OpError::ValueTooLarge { .. } => ErrorCode::ValueTooLarge,
+        OpError::InvalidTtl { .. } => ErrorCode::InvalidTtl,
+        OpError::Empty { .. } | OpError::TooLarge { .. } => ErrorCode::InvalidArgument,
+        OpError::BatchTooLarge { .. } => ErrorCode::BatchTooLarge,
+        OpError::OutOfRange { .. } => ErrorCode::OutOfRange,
+        OpError::StaleFence { .. } => ErrorCode::StaleFence,
+        OpError::LeaseNotHeld { .. } => ErrorCode::LeaseNotHeld,
+        OpError::SessionExpired { .. } => ErrorCode::SessionExpired,
+        OpError::CorruptValue { .. } => ErrorCode::CorruptValue,
+    };
+    status(code, e.to_string())
+}
+
+fn write_error_status(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> Status {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => not_leader(&f),
+        // Transient: a previous change, or a new leader's first entry, is not committed yet.
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(
+            c @ (ChangeMembershipError::InProgress(_) | ChangeMembershipError::UncommittedLeaderLog(_)),
+        )) => status(ErrorCode::Unavailable, c.to_string()),
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
+            status(ErrorCode::MembershipRejected, c.to_string())
+        }
+        // The entry may or may not commit: the client retries with the same (client_id, seq).
+        other => status(ErrorCode::Unavailable, other.to_string()),
+    }
+}
+
+/// A response of the wrong kind for the request: a programming error between API and apply.
+pub(crate) fn unexpected_result(response: &Response) -> Status {
+    status(ErrorCode::Internal, format!("unexpected apply result {response:?}"))
+}
+
+fn storage_status(e: impl std::fmt::Display) -> Status {
+    status(ErrorCode::Internal, format!("storage: {e}"))
+}
+
+/// The session and fence a request header carries.
+fn header_of(header: Option<pb::RequestHeader>) -> Result<(Option<Session>, Option<Fence>), Status> {
+    let Some(h) = header else { return Ok((None, None)) };
+    let fence = match h.fence {
+        None => None,
+        Some(f) if f.lease.is_empty() => {
+            return Err(status(ErrorCode::InvalidArgument, "fence.lease must not be empty"));
+        }
+        Some(f) => Some(Fence {
+            lease: f.lease,
+            token: f.token,
+        }),
+    };
+    let client_id: [u8; 16] = h.client_id.as_slice().try_into().map_err(|_| {
+        status(
+            ErrorCode::InvalidArgument,
+            format!("client_id must be 16 bytes, got {}", h.client_id.len()),
+        )
+    })?;
+    if h.seq == 0 {
+        return Err(status(ErrorCode::InvalidArgument, "seq must be positive"));
+    }
+    let session = Session {
+        client_id: u128::from_be_bytes(client_id),
+        seq: h.seq,
+        first_incomplete_seq: h.first_incomplete_seq,
+    };
+    Ok((Some(session), fence))
+}
+
+fn expect_of(expect: Option<pb::Expect>) -> Result<Option<Expect>, Status> {
+    match expect.and_then(|e| e.condition) {
+        None => Ok(None),
+        Some(pb::expect::Condition::Absent(true)) => Ok(Some(Expect::Absent)),
+        Some(pb::expect::Condition::Absent(false)) => Err(status(
+            ErrorCode::InvalidArgument,
+            "expect.absent must be true when set",
+        )),
+        Some(pb::expect::Condition::Revision(r)) => Ok(Some(Expect::Revision(r))),
+    }
+}
+
+impl Api {
+    /// Proposes `op` through Raft and returns the applied response. Bad input is refused before
+    /// proposing, so it never reaches the log.
+    async fn write(&self, header: Option<pb::RequestHeader>, op: Op) -> Result<Response, Status> {
+        self.counters.writes.fetch_add(1, Ordering::Relaxed);
+        let result = async {
+            let (session, fence) = header_of(header)?;
+            validate_op(&op).map_err(|e| op_error_status(&e))?;
+            let command = Command {
+                stamp: self.clock.now(),
+                session,
+                fence,
+                op,
+            };
+            let reply = self.raft.client_write(command).await.map_err(write_error_status)?;
+            match reply.data {
+                Response::Refused(e) => Err(op_error_status(&e)),
+                other => Ok(other),
+            }
+        }
+        .await;
+        if result.is_err() {
+            self.counters.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    /// Waits until this node may serve a linearizable read (read index), unless `stale`.
+    async fn read_barrier(&self, stale: bool) -> Result<(), Status> {
+        self.counters.reads.fetch_add(1, Ordering::Relaxed);
+        if stale {
+            return Ok(());
+        }
+        match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(openraft::error::LinearizableReadError::ForwardToLeader(f))) => Err(not_leader(&f)),
+            Err(e) => Err(status(ErrorCode::Unavailable, e.to_string())),
+        }
+    }
+
+    fn members(&self) -> Vec<pb::Member> {
+        let metrics = metrics_now(&self.raft);
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        membership
+            .nodes()
+            .map(|(id, node)| pb::Member {
+                id: *id,
+                addr: node.addr.clone(),
+                voter: voters.contains(id),
+                matched_index: metrics
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(id))
+                    .map(|m| m.as_ref().map_or(0, |l| l.index)),
+            })
+            .collect()
+    }
+
+    fn check_key(key: &[u8]) -> Result<(), Status> {
+        basalt_storage::apply::check_key(key).map_err(|e| op_error_status(&e))
+    }
+}

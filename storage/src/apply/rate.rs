@@ -1,0 +1,262 @@
+//! Rate limiting as one atomic op per key: a sliding-window counter or a token bucket.
+//!
+//! Both are pure functions of `(state, limit, cost, now)` in integer arithmetic, so every replica
+//! decides the same, and the state per key is a few words (no per-request log).
+
+use serde::{Deserialize, Serialize};
+
+use super::{check_key, lossy, View};
+use crate::command::{OpError, RateCheck, RateDecision, RateLimit, Response};
+use crate::limits::RATE_WINDOW_MS_MAX;
+use crate::state::{StoreError, StoreRead, Table};
+
+/// What is stored per key. A check with other parameters than the stored state's (another
+/// algorithm, window or bucket shape) starts the key afresh.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RateState {
+    Window {
+        window_ms: u64,
+        /// The fixed window `current` counts: `now / window_ms`.
+        index: u64,
+        current: u64,
+        previous: u64,
+    },
+    Bucket {
+        rate: u64,
+        per_ms: u64,
+        burst: u64,
+        /// Tokens times `per_ms`, so refills of `rate` per `per_ms` stay integral per millisecond.
+        scaled_tokens: u128,
+        last_ms: u64,
+    },
+}
+
+fn out_of_range(what: &'static str, expected: &str, got: u64) -> OpError {
+    OpError::OutOfRange {
+        what: what.into(),
+        expected: expected.into(),
+        got: got.to_string(),
+    }
+}
+
+pub(crate) fn validate_check(check: &RateCheck) -> Result<(), OpError> {
+    check_key(&check.key)?;
+    let window_range = format!("1..={RATE_WINDOW_MS_MAX}");
+    match check.limit {
+        RateLimit::SlidingWindow { limit, window_ms } => {
+            if limit == 0 {
+                return Err(out_of_range("rate limit", ">= 1", limit));
+            }
+            if window_ms == 0 || window_ms > RATE_WINDOW_MS_MAX {
+                return Err(out_of_range("rate window_ms", &window_range, window_ms));
+            }
+            if check.cost > limit {
+                return Err(out_of_range("rate cost", &format!("<= limit ({limit})"), check.cost));
+            }
+        }
+        RateLimit::TokenBucket { rate, per_ms, burst } => {
+            if rate == 0 {
+                return Err(out_of_range("token bucket rate", ">= 1", rate));
+            }
+            if per_ms == 0 || per_ms > RATE_WINDOW_MS_MAX {
+                return Err(out_of_range("token bucket per_ms", &window_range, per_ms));
+            }
+            if burst == 0 {
+                return Err(out_of_range("token bucket burst", ">= 1", burst));
+            }
+            if check.cost > burst {
+                return Err(out_of_range("rate cost", &format!("<= burst ({burst})"), check.cost));
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn validate(checks: &[RateCheck]) -> Result<(), OpError> {
+    super::check_batch(checks.len())?;
+    checks.iter().try_for_each(validate_check)
+}
+
+fn div_ceil(a: u128, b: u128) -> u128 {
+    a.div_ceil(b)
+}
+
+fn to_u64(v: u128) -> u64 {
+    u64::try_from(v).unwrap_or(u64::MAX)
+}
+
+/// Decides one check. `limit` must have passed [`validate_check`] with `cost`.
+pub fn decide(state: Option<RateState>, limit: RateLimit, cost: u64, now_ms: u64) -> (RateState, RateDecision) {
+    match limit {
+        RateLimit::SlidingWindow { limit, window_ms } => sliding_window(state, limit, window_ms, cost, now_ms),
+        RateLimit::TokenBucket { rate, per_ms, burst } => token_bucket(state, rate, per_ms, burst, cost, now_ms),
+    }
+}
+
+fn sliding_window(
+    state: Option<RateState>,
+    limit: u64,
+    window_ms: u64,
+    cost: u64,
+    now_ms: u64,
+) -> (RateState, RateDecision) {
+    let index = now_ms / window_ms;
+    let elapsed = now_ms - index * window_ms;
+    let (previous, current) = match state {
+        Some(RateState::Window {
+            window_ms: w,
+            index: i,
+            current,
+            previous,
+        }) if w == window_ms => {
+            if i >= index {
+                (previous, current)
+            } else if i + 1 == index {
+                (current, 0)
+            } else {
+                (0, 0)
+            }
+        }
+        _ => (0, 0),
+    };
+    let (w, limit_w, cost_w) = (
+        u128::from(window_ms),
+        u128::from(limit) * u128::from(window_ms),
+        u128::from(cost) * u128::from(window_ms),
+    );
+    // The estimate, times the window: the previous window weighted by its remaining overlap.
+    let estimate_w = u128::from(previous) * (w - u128::from(elapsed)) + u128::from(current) * w;
+    let allowed = estimate_w + cost_w <= limit_w;
+    let (current, used_w) = if allowed {
+        (current + cost, estimate_w + cost_w)
+    } else {
+        (current, estimate_w)
+    };
+    let remaining = to_u64(limit_w.saturating_sub(used_w) / w);
+    let to_window_end = window_ms - elapsed;
+    let retry_after_ms = if allowed {
+        0
+    } else {
+        let room = u128::from(limit).checked_sub(u128::from(current) + u128::from(cost));
+        match room {
+            // Enough weight of the previous window slides out before this one ends.
+            Some(room) if previous > 0 && room * w / u128::from(previous) > 0 => {
+                let wait = u128::from(to_window_end) - (room * w / u128::from(previous)).min(u128::from(to_window_end));
+                to_u64(wait.max(1))
+            }
+            // Wait for the next window, where this window's count becomes the decaying one.
+            _ => {
+                let spare = u128::from(limit - cost) * w;
+                let into_next = if current == 0 {
+                    0
+                } else {
+                    w.saturating_sub(spare / u128::from(current))
+                };
+                to_window_end + to_u64(into_next)
+            }
+        }
+    };
+    let reset_at_ms = if current > 0 {
+        (index + 2) * window_ms
+    } else if previous > 0 {
+        (index + 1) * window_ms
+    } else {
+        now_ms
+    };
+    (
+        RateState::Window {
+            window_ms,
+            index,
+            current,
+            previous,
+        },
+        RateDecision {
+            allowed,
+            remaining,
+            retry_after_ms,
+            reset_at_ms,
+        },
+    )
+}
+
+fn token_bucket(
+    state: Option<RateState>,
+    rate: u64,
+    per_ms: u64,
+    burst: u64,
+    cost: u64,
+    now_ms: u64,
+) -> (RateState, RateDecision) {
+    let capacity = u128::from(burst) * u128::from(per_ms);
+    let scaled = match state {
+        Some(RateState::Bucket {
+            rate: r,
+            per_ms: p,
+            burst: b,
+            scaled_tokens,
+            last_ms,
+        }) if (r, p, b) == (rate, per_ms, burst) => {
+            let refill = u128::from(now_ms.saturating_sub(last_ms)) * u128::from(rate);
+            (scaled_tokens + refill).min(capacity)
+        }
+        // A new key starts with a full bucket.
+        _ => capacity,
+    };
+    let need = u128::from(cost) * u128::from(per_ms);
+    let allowed = scaled >= need;
+    let scaled = if allowed { scaled - need } else { scaled };
+    let rate_w = u128::from(rate);
+    let retry_after_ms = if allowed {
+        0
+    } else {
+        to_u64(div_ceil(need - scaled, rate_w))
+    };
+    let reset_at_ms = now_ms.saturating_add(to_u64(div_ceil(capacity - scaled, rate_w)));
+    (
+        RateState::Bucket {
+            rate,
+            per_ms,
+            burst,
+            scaled_tokens: scaled,
+            last_ms: now_ms,
+        },
+        RateDecision {
+            allowed,
+            remaining: to_u64(scaled / u128::from(per_ms)),
+            retry_after_ms,
+            reset_at_ms,
+        },
+    )
+}
+
+pub(crate) fn apply<S: StoreRead>(
+    view: &mut View<'_, S>,
+    now_ms: u64,
+    checks: &[RateCheck],
+) -> Result<Response, StoreError> {
+    if let Err(e) = validate(checks) {
+        return Ok(Response::Refused(e));
+    }
+    let mut decisions = Vec::with_capacity(checks.len());
+    for check in checks {
+        let state = match view.get(Table::RateLimit, &check.key)? {
+            None => None,
+            Some(bytes) => match bincode::deserialize::<RateState>(&bytes) {
+                Ok(state) => Some(state),
+                Err(e) => {
+                    return Ok(Response::Refused(OpError::CorruptValue {
+                        key: lossy(&check.key),
+                        reason: e.to_string(),
+                    }))
+                }
+            },
+        };
+        let (next, decision) = decide(state, check.limit, check.cost, now_ms);
+        if state != Some(next) {
+            let bytes = bincode::serialize(&next).expect("RateState serializes");
+            view.put(Table::RateLimit, check.key.clone(), bytes);
+        }
+        decisions.push(decision);
+    }
+    Ok(Response::RateDecisions(decisions))
+}

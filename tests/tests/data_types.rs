@@ -1,0 +1,430 @@
+//! Leases, counters, rate limits and the ledger on real three-node clusters.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use basalt_client::ledger::{account_flags, transfer_flags, Account, AccountFilter, Transfer};
+use basalt_client::{Acquired, Client, ClientError, CounterOp, CounterOutcome, ErrorCode, ReadConsistency};
+use basalt_tests::{ClusterOptions, TestCluster};
+
+const NODE: &str = env!("CARGO_BIN_EXE_basalt-test-node");
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn granted(acquired: Acquired) -> u64 {
+    match acquired {
+        Acquired::Granted(g) => g.token,
+        held => panic!("expected a grant, got {held:?}"),
+    }
+}
+
+fn code<T: std::fmt::Debug>(result: Result<T, ClientError>) -> Option<ErrorCode> {
+    result.expect_err("must be refused").code()
+}
+
+#[test]
+fn a_paused_lease_holder_cannot_write_once_its_lease_moved_on() {
+    runtime().block_on(async {
+        let mut cluster = TestCluster::start(NODE, ClusterOptions::default());
+        let client = cluster.client().await;
+        let lease = client.lease("orders/leader");
+        let ttl = Duration::from_millis(800);
+
+        let token_a = granted(lease.acquire("worker-a", ttl).await.expect("acquire"));
+        let as_a = client.fenced("orders/leader", token_a);
+        as_a.kv()
+            .put("orders/state", "written by a")
+            .await
+            .expect("fenced put while live");
+
+        // Another holder must wait: it is refused now, then gets the lease once A's expires.
+        assert!(matches!(
+            lease.acquire("worker-b", ttl).await.expect("acquire"),
+            Acquired::Held { ref holder, .. } if holder == b"worker-a"
+        ));
+        assert_eq!(
+            code(lease.renew("worker-b", token_a, ttl).await),
+            Some(ErrorCode::LeaseNotHeld),
+            "a non-holder cannot renew"
+        );
+        // A "pauses" (a GC pause, a stalled VM) past its TTL; B waits for the lease and takes it.
+        let token_b = granted(
+            lease
+                .acquire_waiting("worker-b", ttl, Duration::from_secs(5))
+                .await
+                .expect("acquire waiting"),
+        );
+        assert!(
+            token_b > token_a,
+            "fencing tokens must increase: {token_a} then {token_b}"
+        );
+        let as_b = client.fenced("orders/leader", token_b);
+        as_b.kv()
+            .put("orders/state", "written by b")
+            .await
+            .expect("b's fenced put");
+
+        // A wakes up and writes with its old token: every kind of write is refused.
+        assert_eq!(
+            code(as_a.kv().put("orders/state", "stale a").await),
+            Some(ErrorCode::StaleFence)
+        );
+        assert_eq!(
+            code(as_a.counter("orders/count").incr(1).await),
+            Some(ErrorCode::StaleFence)
+        );
+        assert_eq!(
+            code(as_a.kv().delete("orders/state").await),
+            Some(ErrorCode::StaleFence)
+        );
+        let state = client.kv().get("orders/state").await.expect("get").expect("present");
+        assert_eq!(state.value, b"written by b");
+        assert_eq!(client.counter("orders/count").get().await.expect("get"), 0);
+
+        // Tokens keep increasing across a leader change.
+        assert!(lease.release("worker-b", token_b).await.expect("release"));
+        let leader = cluster.leader(&client).await;
+        cluster.kill(leader);
+        let token_c = granted(lease.acquire("worker-c", ttl).await.expect("acquire after leader kill"));
+        assert!(
+            token_c > token_b,
+            "token after a leader change {token_c} not above {token_b}"
+        );
+        assert_eq!(
+            code(as_b.kv().put("orders/state", "stale b").await),
+            Some(ErrorCode::StaleFence)
+        );
+        let held = lease
+            .get(ReadConsistency::Linearizable)
+            .await
+            .expect("get")
+            .expect("held");
+        assert_eq!((held.holder.as_slice(), held.token), (b"worker-c".as_slice(), token_c));
+        cluster.restart(leader);
+    });
+}
+
+#[test]
+fn bounded_counters_and_rate_limits_refuse_atomically() {
+    runtime().block_on(async {
+        let cluster = TestCluster::start(NODE, ClusterOptions::default());
+        let client = cluster.client().await;
+        let seats = client.counter("event/seats");
+        assert_eq!(seats.incr_bounded(8, None, Some(10)).await.expect("incr"), 8);
+        assert_eq!(
+            code(seats.incr_bounded(3, None, Some(10)).await),
+            Some(ErrorCode::BoundExceeded)
+        );
+        assert_eq!(seats.get().await.expect("get"), 8, "a refused change changes nothing");
+        // Many keys in one request, each decided on its own, with the current value when refused.
+        let outcomes = client
+            .counters()
+            .apply(vec![
+                CounterOp::bounded("event/seats", 2, None, Some(10)),
+                CounterOp::bounded("event/seats", 1, None, Some(10)),
+                CounterOp::incr("event/other", -4),
+                CounterOp::set("event/reset-me", 0),
+            ])
+            .await
+            .expect("batch");
+        assert_eq!(
+            outcomes,
+            vec![
+                CounterOutcome::Applied { value: 10 },
+                CounterOutcome::BoundExceeded { value: 10 },
+                CounterOutcome::Applied { value: -4 },
+                CounterOutcome::Applied { value: 0 },
+            ]
+        );
+        seats.reset().await.expect("reset");
+        assert_eq!(
+            client
+                .counters()
+                .get(
+                    vec![b"event/seats".to_vec(), b"event/other".to_vec()],
+                    ReadConsistency::Linearizable
+                )
+                .await
+                .expect("get many"),
+            vec![0, -4]
+        );
+        assert_eq!(
+            code(
+                client
+                    .counters()
+                    .apply(vec![CounterOp::bounded("k", 1, Some(5), Some(1))])
+                    .await
+            ),
+            Some(ErrorCode::OutOfRange)
+        );
+
+        let limiter = client.rate_limiter();
+        let window = Duration::from_secs(30);
+        for i in 0..5 {
+            let d = limiter
+                .check("tenant:1/user:7/route:/search", 5, window, 1)
+                .await
+                .expect("check");
+            assert!(d.allowed, "request {i} refused");
+            assert_eq!(d.remaining, 4 - i);
+        }
+        let denied = limiter
+            .check("tenant:1/user:7/route:/search", 5, window, 1)
+            .await
+            .expect("check");
+        assert!(!denied.allowed);
+        assert!(denied.retry_after > Duration::ZERO && denied.retry_after <= Duration::from_secs(60));
+        // Other keys are independent.
+        assert!(
+            limiter
+                .check("tenant:1/user:8/route:/search", 5, window, 1)
+                .await
+                .expect("check")
+                .allowed
+        );
+        let bucket = limiter
+            .check_token_bucket("bucket", 1, Duration::from_secs(60), 2, 2)
+            .await
+            .expect("bucket");
+        assert!(bucket.allowed && bucket.remaining == 0);
+        assert!(
+            !limiter
+                .check_token_bucket("bucket", 1, Duration::from_secs(60), 2, 1)
+                .await
+                .expect("bucket")
+                .allowed
+        );
+        assert_eq!(
+            code(limiter.check("k", 0, window, 1).await),
+            Some(ErrorCode::OutOfRange),
+            "limit 0"
+        );
+        assert_eq!(
+            code(limiter.check("k", 5, Duration::ZERO, 1).await),
+            Some(ErrorCode::OutOfRange),
+            "window 0"
+        );
+        assert_eq!(code(limiter.check("", 5, window, 1).await), Some(ErrorCode::EmptyKey));
+    });
+}
+
+fn transfer(id: u128, debit: u128, credit: u128, amount: u128) -> Transfer {
+    Transfer {
+        id,
+        debit_account_id: debit,
+        credit_account_id: credit,
+        amount,
+        ledger: 7,
+        code: 1,
+        ..Default::default()
+    }
+}
+
+const ACCOUNTS: u128 = 8;
+
+async fn ledger_totals(client: &Client) -> (u128, u128, u128, u128) {
+    let ids: Vec<u128> = (1..=ACCOUNTS).collect();
+    let accounts = client.ledger().lookup_accounts(&ids).await.expect("lookup");
+    assert_eq!(accounts.len(), ACCOUNTS as usize);
+    accounts.iter().fold((0, 0, 0, 0), |t, a| {
+        (
+            t.0 + a.debits_posted,
+            t.1 + a.credits_posted,
+            t.2 + a.debits_pending,
+            t.3 + a.credits_pending,
+        )
+    })
+}
+
+#[test]
+fn ledger_transfers_survive_a_leader_kill_exactly_once_with_totals_conserved() {
+    runtime().block_on(async {
+        let mut cluster = TestCluster::start(NODE, ClusterOptions::default());
+        let client = cluster.client().await;
+        let ledger = client.ledger();
+        let accounts: Vec<Account> = (1..=ACCOUNTS)
+            .map(|id| Account {
+                id,
+                ledger: 7,
+                code: 1,
+                flags: if id == 1 { account_flags::HISTORY } else { 0 },
+                ..Default::default()
+            })
+            .collect();
+        assert_eq!(ledger.create_accounts(&accounts).await.expect("create"), vec![]);
+        let again = ledger.create_accounts(&accounts[..1]).await.expect("create again");
+        assert_eq!(again[0].result, "exists");
+
+        // Bad input gets its own code and moves nothing.
+        let bad = ledger
+            .create_transfers(&[
+                transfer(9000, 1, 2, 0),
+                transfer(9001, 1, 99, 5),
+                transfer(9002, 3, 3, 5),
+            ])
+            .await
+            .expect("bad batch");
+        let results: Vec<&str> = bad.iter().map(|f| f.result.as_str()).collect();
+        assert_eq!(
+            results,
+            vec![
+                "amount_must_not_be_zero",
+                "credit_account_not_found",
+                "accounts_must_be_different"
+            ]
+        );
+
+        // A stream of batches; the leader dies in the middle.
+        let mut acknowledged: BTreeSet<u128> = BTreeSet::new();
+        let mut unknown: BTreeSet<u128> = BTreeSet::new();
+        let mut killed = None;
+        for batch in 0..40u128 {
+            if batch == 15 {
+                let leader = cluster.leader(&client).await;
+                cluster.kill(leader);
+                killed = Some(leader);
+            }
+            let transfers: Vec<Transfer> = (0..25u128)
+                .map(|i| {
+                    let n = batch * 25 + i;
+                    transfer(
+                        1 + n,
+                        1 + n % ACCOUNTS,
+                        1 + (n + 1 + n / ACCOUNTS % 3) % ACCOUNTS,
+                        1 + n % 5,
+                    )
+                })
+                .collect();
+            match ledger.create_transfers(&transfers).await {
+                Ok(failures) => {
+                    assert_eq!(failures, vec![], "batch {batch}");
+                    acknowledged.extend(transfers.iter().map(|t| t.id));
+                }
+                Err(ClientError::Unavailable { .. }) => unknown.extend(transfers.iter().map(|t| t.id)),
+                Err(e) => panic!("batch {batch}: {e}"),
+            }
+        }
+        assert!(
+            acknowledged.len() >= 30 * 25,
+            "too few batches acknowledged: {}",
+            acknowledged.len()
+        );
+
+        // Every acknowledged transfer is there; none applied twice (a re-submission is `exists`).
+        let ids: Vec<u128> = acknowledged.iter().copied().collect();
+        for chunk in ids.chunks(500) {
+            assert_eq!(ledger.lookup_transfers(chunk).await.expect("lookup").len(), chunk.len());
+            let resubmitted: Vec<Transfer> = chunk
+                .iter()
+                .map(|id| {
+                    let n = id - 1;
+                    transfer(
+                        *id,
+                        1 + n % ACCOUNTS,
+                        1 + (n + 1 + n / ACCOUNTS % 3) % ACCOUNTS,
+                        1 + n % 5,
+                    )
+                })
+                .collect();
+            let failures = ledger.create_transfers(&resubmitted).await.expect("resubmit");
+            assert_eq!(failures.len(), chunk.len());
+            assert!(failures.iter().all(|f| f.result == "exists"), "{failures:?}");
+        }
+        let (debits, credits, debits_pending, credits_pending) = ledger_totals(&client).await;
+        assert_eq!(debits, credits, "posted totals conserved");
+        assert_eq!(debits_pending, credits_pending);
+        let expected: u128 = acknowledged.iter().map(|id| 1 + (id - 1) % 5).sum();
+        let mut maybe = 0u128;
+        if !unknown.is_empty() {
+            let present = ledger
+                .lookup_transfers(&unknown.iter().copied().collect::<Vec<_>>())
+                .await
+                .expect("lookup unknown");
+            maybe = present.iter().map(|r| r.transfer.amount).sum();
+        }
+        assert_eq!(debits, expected + maybe, "exactly the applied transfers moved money");
+
+        // Account 1 keeps its history; its transfers are queryable.
+        let history = ledger
+            .get_account_balances(&AccountFilter::all(1, 8000))
+            .await
+            .expect("history");
+        let transfers = ledger
+            .get_account_transfers(&AccountFilter::all(1, 8000))
+            .await
+            .expect("transfers");
+        assert_eq!(history.len(), transfers.len());
+        assert!(!history.is_empty());
+        if let Some(id) = killed {
+            cluster.restart(id);
+        }
+    });
+}
+
+#[test]
+fn a_pending_transfer_that_times_out_is_voided_by_the_cluster() {
+    runtime().block_on(async {
+        let cluster = TestCluster::start(NODE, ClusterOptions::default());
+        let client = cluster.client().await;
+        let ledger = client.ledger();
+        let accounts: Vec<Account> = (1..=ACCOUNTS)
+            .map(|id| Account {
+                id,
+                ledger: 7,
+                code: 1,
+                ..Default::default()
+            })
+            .collect();
+        assert_eq!(ledger.create_accounts(&accounts).await.expect("create"), vec![]);
+        let pending = Transfer {
+            flags: transfer_flags::PENDING,
+            timeout: 1,
+            ..transfer(1, 1, 2, 40)
+        };
+        let held = Transfer {
+            flags: transfer_flags::PENDING,
+            ..transfer(2, 1, 2, 60)
+        };
+        assert_eq!(
+            ledger.create_transfers(&[pending, held]).await.expect("pending"),
+            vec![]
+        );
+        assert_eq!(ledger_totals(&client).await, (0, 0, 100, 100));
+        // The leader's sweeper voids the first within about a second of its timeout.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let status = &ledger.lookup_transfers(&[1]).await.expect("lookup")[0].pending_status;
+            if status == "expired" {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pending transfer still {status:?}\n{}",
+                cluster.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(ledger_totals(&client).await, (0, 0, 60, 60));
+        let post = |id, pending_id| Transfer {
+            flags: transfer_flags::POST_PENDING_TRANSFER,
+            pending_id,
+            ..transfer(id, 0, 0, 0)
+        };
+        let failures = ledger
+            .create_transfers(&[post(3, 1), post(4, 2), post(5, 2)])
+            .await
+            .expect("post");
+        let results: Vec<(u32, &str)> = failures.iter().map(|f| (f.index, f.result.as_str())).collect();
+        assert_eq!(
+            results,
+            vec![(0, "pending_transfer_expired"), (2, "pending_transfer_already_posted")]
+        );
+        assert_eq!(ledger_totals(&client).await, (60, 60, 0, 0));
+    });
+}
