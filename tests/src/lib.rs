@@ -227,3 +227,12 @@ impl Drop for TestCluster {
         }
     }
 }
+
+/// The runtime every cluster test runs on: two workers, like the machines CI runs on.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}

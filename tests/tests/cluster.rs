@@ -5,17 +5,9 @@ use std::time::{Duration, Instant};
 use basalt_client::pb::counter_client::CounterClient;
 use basalt_client::pb::{CounterApplyRequest, CounterIncr, CounterOp, RequestHeader};
 use basalt_client::{Client, ClientOptions, ErrorCode, ReadConsistency};
-use basalt_tests::{ClusterOptions, TestCluster};
+use basalt_tests::{runtime, ClusterOptions, TestCluster};
 
 const NODE: &str = env!("CARGO_BIN_EXE_basalt-test-node");
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
 
 /// Writes `count` keys `prefix-i = v-i` and returns the acknowledged ones.
 async fn write_keys(client: &Client, prefix: &str, range: std::ops::Range<u32>) -> Vec<String> {

@@ -5,17 +5,9 @@ use std::time::{Duration, Instant};
 
 use basalt_client::ledger::{account_flags, transfer_flags, Account, AccountFilter, Transfer};
 use basalt_client::{Acquired, Client, ClientError, CounterOp, CounterOutcome, ErrorCode, ReadConsistency};
-use basalt_tests::{ClusterOptions, TestCluster};
+use basalt_tests::{runtime, ClusterOptions, TestCluster};
 
 const NODE: &str = env!("CARGO_BIN_EXE_basalt-test-node");
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
 
 fn granted(acquired: Acquired) -> u64 {
     match acquired {

@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{View, WriteSet};
-use crate::command::Response;
+use crate::command::{OpError, Response};
 use crate::ledger::{
     account_flags as af, transfer_flags as tf, Account, AccountBalance, AccountFilter, AccountResult, PendingStatus,
     Transfer, TransferResult,
@@ -113,21 +113,26 @@ impl Clock {
     }
 }
 
-/// Runs `events` chain by chain: a chain is a run of events with the linked flag plus the event
-/// that closes it. Each chain's writes are staged and kept only if every event in it succeeds.
-/// Returns the failures by index.
-fn run_chains<S, E, R, F>(
+/// Runs a batch of events chain by chain: a chain is a run of events with the linked flag plus the
+/// event that closes it. Each chain's writes are staged and kept only if every event in it
+/// succeeds. Returns the failures by index, or why the whole batch is refused.
+fn run_batch<S, E, R, F>(
     view: &mut View<'_, S>,
+    now_ms: u64,
     events: &[E],
     is_linked: impl Fn(&E) -> bool,
     (linked_failed, chain_open): (R, R),
     mut apply_one: F,
-) -> Result<Vec<(u32, R)>, StoreError>
+) -> Result<Result<Vec<(u32, R)>, OpError>, StoreError>
 where
     S: StoreRead,
     R: Copy,
-    F: FnMut(&mut View<'_, View<'_, S>>, &E) -> Result<Result<(), R>, StoreError>,
+    F: FnMut(&mut View<'_, View<'_, S>>, &mut Clock, &E) -> Result<Result<(), R>, StoreError>,
 {
+    if let Err(e) = super::check_batch(events.len()) {
+        return Ok(Err(e));
+    }
+    let mut clock = Clock::load(view, now_ms)?;
     let mut failures = Vec::new();
     let mut start = 0;
     while start < events.len() {
@@ -144,7 +149,7 @@ where
                 writes: &mut staged,
             };
             for (i, event) in events.iter().enumerate().take(end).skip(start) {
-                if let Err(code) = apply_one(&mut chain_view, event)? {
+                if let Err(code) = apply_one(&mut chain_view, &mut clock, event)? {
                     failed_at = Some((i, code));
                     break;
                 }
@@ -163,7 +168,8 @@ where
         }
         start = end;
     }
-    Ok(failures)
+    clock.save(view);
+    Ok(Ok(failures))
 }
 
 pub(crate) fn create_accounts<S: StoreRead>(
@@ -171,19 +177,17 @@ pub(crate) fn create_accounts<S: StoreRead>(
     now_ms: u64,
     accounts: &[Account],
 ) -> Result<Response, StoreError> {
-    if let Err(e) = super::check_batch(accounts.len()) {
-        return Ok(Response::Refused(e));
-    }
-    let mut clock = Clock::load(view, now_ms)?;
-    let failures = run_chains(
+    let failures = run_batch(
         view,
+        now_ms,
         accounts,
         |a| a.has(af::LINKED),
         (AccountResult::LinkedEventFailed, AccountResult::LinkedEventChainOpen),
-        |v, a| create_account(v, &mut clock, a),
+        // A closure, not the fn item: the view's lifetimes must stay higher-ranked.
+        #[allow(clippy::redundant_closure)]
+        |v, clock, a| create_account(v, clock, a),
     )?;
-    clock.save(view);
-    Ok(Response::AccountResults(failures))
+    Ok(failures.map_or_else(Response::Refused, Response::AccountResults))
 }
 
 /// The fields an existing account must match for a repeated create to be `Exists`.
@@ -243,19 +247,16 @@ pub(crate) fn create_transfers<S: StoreRead>(
     now_ms: u64,
     transfers: &[Transfer],
 ) -> Result<Response, StoreError> {
-    if let Err(e) = super::check_batch(transfers.len()) {
-        return Ok(Response::Refused(e));
-    }
-    let mut clock = Clock::load(view, now_ms)?;
-    let failures = run_chains(
+    let failures = run_batch(
         view,
+        now_ms,
         transfers,
         |t| t.has(tf::LINKED),
         (TransferResult::LinkedEventFailed, TransferResult::LinkedEventChainOpen),
-        |v, t| create_transfer(v, &mut clock, t),
+        #[allow(clippy::redundant_closure)]
+        |v, clock, t| create_transfer(v, clock, t),
     )?;
-    clock.save(view);
-    Ok(Response::TransferResults(failures))
+    Ok(failures.map_or_else(Response::Refused, Response::TransferResults))
 }
 
 /// The fields an existing transfer must match for a repeated create to be `Exists`. For a post
