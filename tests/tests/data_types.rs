@@ -206,6 +206,73 @@ fn bounded_counters_and_rate_limits_refuse_atomically() {
     });
 }
 
+#[test]
+fn counter_batches_and_rate_checks_survive_a_leader_kill_exactly_once() {
+    runtime().block_on(async {
+        let mut cluster = TestCluster::start(NODE, ClusterOptions::default());
+        let client = cluster.client().await;
+        let keys: Vec<Vec<u8>> = (0..10).map(|k| format!("hits/{k}").into_bytes()).collect();
+        let (mut acknowledged, mut attempted) = (0i64, 0i64);
+        let (mut decisions_allowed, mut decisions_unknown) = (0u64, 0u64);
+        let mut killed = None;
+        for round in 0..60 {
+            if round == 20 {
+                let leader = cluster.leader(&client).await;
+                cluster.kill(leader);
+                killed = Some(leader);
+            }
+            // Every key +1, and key 0 bounded at 45: the bound must hold through the failover.
+            let mut ops: Vec<CounterOp> = keys.iter().map(|k| CounterOp::incr(k.clone(), 1)).collect();
+            ops.push(CounterOp::bounded("hits/bounded", 1, None, Some(45)));
+            attempted += 1;
+            match client.counters().apply(ops).await {
+                Ok(outcomes) => {
+                    assert_eq!(outcomes.len(), 11);
+                    acknowledged += 1;
+                }
+                Err(ClientError::Unavailable { .. }) => {}
+                Err(e) => panic!("round {round}: {e}"),
+            }
+            match client
+                .rate_limiter()
+                .check("hits/limited", 30, Duration::from_secs(600), 1)
+                .await
+            {
+                Ok(d) => decisions_allowed += u64::from(d.allowed),
+                Err(ClientError::Unavailable { .. }) => decisions_unknown += 1,
+                Err(e) => panic!("round {round}: {e}"),
+            }
+        }
+        assert!(acknowledged >= 50, "too few acknowledged rounds: {acknowledged}");
+        let values = client
+            .counters()
+            .get(keys.clone(), ReadConsistency::Linearizable)
+            .await
+            .expect("get");
+        for (key, value) in keys.iter().zip(&values) {
+            assert!(
+                (acknowledged..=attempted).contains(value),
+                "{}: {value} outside [{acknowledged}, {attempted}]: an increment was lost or applied twice",
+                String::from_utf8_lossy(key)
+            );
+        }
+        assert!(
+            values.windows(2).all(|w| w[0] == w[1]),
+            "one batch, one entry: {values:?}"
+        );
+        assert_eq!(client.counter("hits/bounded").get().await.expect("get"), 45);
+        // 60 checks against a limit of 30 in a 10-minute window: 30 allowed, failover or not (less
+        // only by checks whose answer was lost).
+        assert!(
+            (30 - decisions_unknown..=30).contains(&decisions_allowed),
+            "{decisions_allowed} allowed, {decisions_unknown} unknown"
+        );
+        if let Some(id) = killed {
+            cluster.restart(id);
+        }
+    });
+}
+
 fn transfer(id: u128, debit: u128, credit: u128, amount: u128) -> Transfer {
     Transfer {
         id,
