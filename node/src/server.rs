@@ -20,7 +20,6 @@ use basalt_raft::Raft;
 use basalt_storage::command::{Command, Op, Response};
 use basalt_storage::hlc::Hlc;
 use basalt_storage::log::LogOptions;
-use basalt_storage::state::{KeyRange, StoreRead, Table};
 use openraft::{BasicNode, SnapshotPolicy};
 
 use crate::api::{Api, ApiCounters};
@@ -200,8 +199,8 @@ const SESSION_SWEEP_CLIENTS_MAX: u32 = 1000;
 /// Seconds between session sweep steps.
 const SESSION_SWEEP_EVERY_S: u64 = 10;
 
-/// While leader: every second, proposes a KV expiry sweep if some key is due, and a pending
-/// transfer expiry if some pending transfer timed out; every
+/// While leader: every second, proposes a sweep for each expiry index with something due (KV
+/// TTLs, rate-limit keys back to full, timed-out pending transfers); every
 /// `SESSION_SWEEP_EVERY_S` seconds, one step of the idle-session sweep. Both decide from the entry
 /// stamp, so every replica removes the same keys at the same log position.
 async fn sweeper(api: Api, session_idle_ms: u64, stop: tokio::sync::watch::Receiver<bool>) {
@@ -216,11 +215,14 @@ async fn sweeper(api: Api, session_idle_ms: u64, stop: tokio::sync::watch::Recei
             session_cursor = None;
             continue;
         }
-        if kv_expiry_due(&api) {
-            propose_sweep(&api, Op::KvSweepExpired { limit: 1000 }).await;
-        }
-        if pending_transfer_expiry_due(&api) {
-            propose_sweep(&api, Op::LedgerExpirePending { limit: 1000 }).await;
+        let now_ms = api.clock.now().physical_ms();
+        match basalt_storage::apply::sweeps_due(&api.store, now_ms) {
+            Ok(due) => {
+                for op in due {
+                    propose_sweep(&api, op).await;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "reading expiry indexes"),
         }
         if ticks.is_multiple_of(SESSION_SWEEP_EVERY_S) {
             let op = Op::SessionSweep {
@@ -236,18 +238,6 @@ async fn sweeper(api: Api, session_idle_ms: u64, stop: tokio::sync::watch::Recei
             }
         }
     }
-}
-
-/// Whether some KV key is due to expire (expiry keys start with the big-endian time).
-fn kv_expiry_due(api: &Api) -> bool {
-    let now_ms = api.clock.now().physical_ms();
-    let due_range = KeyRange::between(Vec::new(), now_ms.saturating_add(1).to_be_bytes().to_vec());
-    matches!(api.store.scan(Table::KvExpiry, &due_range, 1), Ok(due) if !due.is_empty())
-}
-
-fn pending_transfer_expiry_due(api: &Api) -> bool {
-    let now_ms = api.clock.now().physical_ms();
-    matches!(basalt_storage::apply::ledger::next_expiry(&api.store), Ok(Some(at)) if at <= now_ms)
 }
 
 async fn propose_sweep(api: &Api, op: Op) -> Option<Response> {

@@ -159,6 +159,11 @@ pub enum Op {
     LedgerCreateTransfers {
         transfers: Vec<Transfer>,
     },
+    /// Forgets rate-limit keys that are back to their full allowance (forgetting them changes no
+    /// decision), at most `limit`. Proposed by the leader from time to time.
+    RateSweep {
+        limit: u32,
+    },
     /// Voids pending transfers whose timeout has passed (judged by the entry stamp), at most
     /// `limit`. Proposed by the leader from time to time.
     LedgerExpirePending {
@@ -326,6 +331,7 @@ impl std::fmt::Display for Command {
             Op::LedgerCreateAccounts { accounts } => write!(f, "ledger create {} accounts", accounts.len()),
             Op::LedgerCreateTransfers { transfers } => write!(f, "ledger create {} transfers", transfers.len()),
             Op::LedgerExpirePending { limit } => write!(f, "ledger expire pending (limit {limit})"),
+            Op::RateSweep { limit } => write!(f, "rate-limit sweep (limit {limit})"),
             Op::KvSweepExpired { limit } => write!(f, "kv sweep expired (limit {limit})"),
             Op::SessionSweep { idle_ms, after, limit } => {
                 write!(f, "session sweep (idle {idle_ms} ms, after {after:?}, limit {limit})")

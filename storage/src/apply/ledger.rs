@@ -612,17 +612,6 @@ pub(crate) fn expire_pending<S: StoreRead>(
     Ok(Response::PendingExpired { expired })
 }
 
-/// The earliest expiry among pending transfers, if any: lets the leader propose an expiry sweep
-/// only when one is due.
-pub fn next_expiry<S: StoreRead + ?Sized>(store: &S) -> Result<Option<u64>, StoreError> {
-    let first = store.scan(Table::LedgerExpiry, &KeyRange::all(), 1)?;
-    Ok(first
-        .first()
-        .and_then(|(k, _)| k.get(..8))
-        .and_then(|b| b.try_into().ok())
-        .map(|b| u64::from_be_bytes(b) / NANOS_PER_MS))
-}
-
 pub fn lookup_accounts<S: StoreRead + ?Sized>(store: &S, ids: &[u128]) -> Result<Vec<Account>, StoreError> {
     let mut found = Vec::with_capacity(ids.len());
     for id in ids {

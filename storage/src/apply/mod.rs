@@ -225,7 +225,39 @@ fn apply_op<S: StoreRead>(view: &mut View<'_, S>, index: u64, now_ms: u64, op: &
         Op::LedgerCreateAccounts { accounts } => ledger::create_accounts(view, now_ms, accounts)?,
         Op::LedgerCreateTransfers { transfers } => ledger::create_transfers(view, now_ms, transfers)?,
         Op::LedgerExpirePending { limit } => ledger::expire_pending(view, now_ms, *limit)?,
+        Op::RateSweep { limit } => rate::sweep(view, now_ms, *limit)?,
     })
+}
+
+/// Most keys one sweep entry removes; the rest go with the next one.
+pub const SWEEP_LIMIT: u32 = 1000;
+
+/// The sweeps the leader should propose now: one per time-indexed table whose earliest entry is
+/// due at `now_ms`. Each index starts with a big-endian due time; only the ledger's is in
+/// nanoseconds.
+pub fn sweeps_due<S: StoreRead + ?Sized>(store: &S, now_ms: u64) -> Result<Vec<Op>, StoreError> {
+    let tables = [
+        (Table::KvExpiry, now_ms, Op::KvSweepExpired { limit: SWEEP_LIMIT }),
+        (Table::RateExpiry, now_ms, Op::RateSweep { limit: SWEEP_LIMIT }),
+        (
+            Table::LedgerExpiry,
+            now_ms.saturating_mul(1_000_000),
+            Op::LedgerExpirePending { limit: SWEEP_LIMIT },
+        ),
+    ];
+    let mut due = Vec::new();
+    for (table, now, op) in tables {
+        let first = store.scan(table, &KeyRange::all(), 1)?;
+        let earliest = first
+            .first()
+            .and_then(|(k, _)| k.get(..8))
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes);
+        if earliest.is_some_and(|at| at <= now) {
+            due.push(op);
+        }
+    }
+    Ok(due)
 }
 
 /// Checks a batch's size: non-empty, at most [`BATCH_ITEMS_MAX`].
@@ -271,7 +303,9 @@ pub fn validate_op(op: &Op) -> Result<(), OpError> {
         Op::LeaseRelease { name, holder, .. } => lease::validate(name, holder, 1),
         Op::LedgerCreateAccounts { accounts } => check_batch(accounts.len()),
         Op::LedgerCreateTransfers { transfers } => check_batch(transfers.len()),
-        Op::KvSweepExpired { .. } | Op::SessionSweep { .. } | Op::LedgerExpirePending { .. } => Ok(()),
+        Op::KvSweepExpired { .. } | Op::SessionSweep { .. } | Op::LedgerExpirePending { .. } | Op::RateSweep { .. } => {
+            Ok(())
+        }
     }
 }
 

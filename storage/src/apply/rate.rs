@@ -8,7 +8,26 @@ use serde::{Deserialize, Serialize};
 use super::{check_key, lossy, View};
 use crate::command::{OpError, RateCheck, RateDecision, RateLimit, Response};
 use crate::limits::RATE_WINDOW_MS_MAX;
-use crate::state::{StoreError, StoreRead, Table};
+use crate::state::{KeyRange, StoreError, StoreRead, Table};
+
+/// Forget times are rounded up to this, so a busy key moves in the expiry index about once a
+/// minute instead of on every check.
+const FORGET_GRANULE_MS: u64 = 60_000;
+
+/// A key's state as stored, with the forget time under which it is indexed in `RateExpiry`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredRate {
+    pub state: RateState,
+    /// At or after this time the key is back to its full allowance: forgetting it then changes
+    /// no decision (a new key starts empty / full).
+    pub forget_at_ms: u64,
+}
+
+fn forget_key(forget_at_ms: u64, key: &[u8]) -> Vec<u8> {
+    let mut k = forget_at_ms.to_be_bytes().to_vec();
+    k.extend_from_slice(key);
+    k
+}
 
 /// What is stored per key. A check with other parameters than the stored state's (another
 /// algorithm, window or bucket shape) starts the key afresh.
@@ -239,10 +258,10 @@ pub(crate) fn apply<S: StoreRead>(
     }
     let mut decisions = Vec::with_capacity(checks.len());
     for check in checks {
-        let state = match view.get(Table::RateLimit, &check.key)? {
+        let stored = match view.get(Table::RateLimit, &check.key)? {
             None => None,
-            Some(bytes) => match bincode::deserialize::<RateState>(&bytes) {
-                Ok(state) => Some(state),
+            Some(bytes) => match bincode::deserialize::<StoredRate>(&bytes) {
+                Ok(stored) => Some(stored),
                 Err(e) => {
                     return Ok(Response::Refused(OpError::CorruptValue {
                         key: lossy(&check.key),
@@ -251,12 +270,43 @@ pub(crate) fn apply<S: StoreRead>(
                 }
             },
         };
-        let (next, decision) = decide(state, check.limit, check.cost, now_ms);
-        if state != Some(next) {
-            let bytes = bincode::serialize(&next).expect("RateState serializes");
+        let (state, decision) = decide(stored.map(|s| s.state), check.limit, check.cost, now_ms);
+        let forget_at_ms = decision.reset_at_ms.max(now_ms).div_ceil(FORGET_GRANULE_MS) * FORGET_GRANULE_MS;
+        let next = StoredRate { state, forget_at_ms };
+        if stored != Some(next) {
+            if let Some(old) = stored.filter(|old| old.forget_at_ms != forget_at_ms) {
+                view.delete(Table::RateExpiry, forget_key(old.forget_at_ms, &check.key));
+            }
+            if stored.is_none_or(|old| old.forget_at_ms != forget_at_ms) {
+                view.put(Table::RateExpiry, forget_key(forget_at_ms, &check.key), Vec::new());
+            }
+            let bytes = bincode::serialize(&next).expect("StoredRate serializes");
             view.put(Table::RateLimit, check.key.clone(), bytes);
         }
         decisions.push(decision);
     }
     Ok(Response::RateDecisions(decisions))
+}
+
+/// Forgets keys whose forget time has come, at most `limit`.
+pub(crate) fn sweep<S: StoreRead>(view: &mut View<'_, S>, now_ms: u64, limit: u32) -> Result<Response, StoreError> {
+    let due_range = KeyRange::between(Vec::new(), now_ms.saturating_add(1).to_be_bytes().to_vec());
+    let due = view.scan(Table::RateExpiry, &due_range, limit as usize)?;
+    let mut removed = 0u32;
+    for (index_key, _) in due {
+        view.delete(Table::RateExpiry, index_key.clone());
+        let Some((at, key)) = index_key.split_first_chunk::<8>() else {
+            continue;
+        };
+        let at = u64::from_be_bytes(*at);
+        let current = view
+            .get(Table::RateLimit, key)?
+            .and_then(|bytes| bincode::deserialize::<StoredRate>(&bytes).ok());
+        // Only if the key still carries this forget time: a later check may have moved it.
+        if current.is_some_and(|c| c.forget_at_ms == at) {
+            view.delete(Table::RateLimit, key.to_vec());
+            removed += 1;
+        }
+    }
+    Ok(Response::Swept { removed })
 }

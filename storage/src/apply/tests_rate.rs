@@ -2,6 +2,8 @@
 
 use std::collections::VecDeque;
 
+use proptest::prelude::any;
+
 use super::rate::decide;
 use super::tests::{cmd, Harness};
 use super::*;
@@ -212,4 +214,89 @@ fn sliding_window_counter_stays_close_to_an_exact_sliding_log() {
         "disagreement under the limit: {}",
         share(per_phase[0])
     );
+}
+
+fn sweep(h: &mut Harness, now_ms: u64) -> u32 {
+    match h.apply(cmd(now_ms, Op::RateSweep { limit: 1000 })) {
+        Response::Swept { removed } => removed,
+        other => panic!("expected a sweep, got {other:?}"),
+    }
+}
+
+#[test]
+fn keys_back_to_full_allowance_are_forgotten_by_the_sweep() {
+    let mut h = Harness::new();
+    h.apply(cmd(
+        10_000,
+        Op::RateCheck {
+            checks: vec![check("k", SLIDING, 3)],
+        },
+    ));
+    assert_eq!(
+        h.store
+            .scan(Table::RateLimit, &KeyRange::all(), 10)
+            .expect("scan")
+            .len(),
+        1
+    );
+    // reset_at is 12 000 (end of the next window), rounded up to the minute: 60 000.
+    assert_eq!(sweep(&mut h, 59_999), 0);
+    assert_eq!(sweep(&mut h, 60_000), 1);
+    assert!(h
+        .store
+        .scan(Table::RateLimit, &KeyRange::all(), 10)
+        .expect("scan")
+        .is_empty());
+    assert!(h
+        .store
+        .scan(Table::RateExpiry, &KeyRange::all(), 10)
+        .expect("scan")
+        .is_empty());
+    // A key used again later moves in the index; the old index entry forgets nothing.
+    h.apply(cmd(
+        61_000,
+        Op::RateCheck {
+            checks: vec![check("k", SLIDING, 1)],
+        },
+    ));
+    h.apply(cmd(
+        119_500,
+        Op::RateCheck {
+            checks: vec![check("k", SLIDING, 1)],
+        },
+    ));
+    assert_eq!(sweep(&mut h, 120_000), 0, "the key was used at 119.5 s: still counting");
+    assert_eq!(
+        h.store
+            .scan(Table::RateExpiry, &KeyRange::all(), 10)
+            .expect("scan")
+            .len(),
+        1
+    );
+}
+
+proptest::proptest! {
+    /// Forgetting keys is invisible: with sweeps interleaved at random, every decision equals the
+    /// one made without any sweep.
+    #[test]
+    fn sweeps_never_change_a_decision(
+        steps in proptest::collection::vec((0u8..3, 0u64..90_000, 1u64..4, any::<bool>()), 1..60)
+    ) {
+        let specs = [
+            SLIDING,
+            RateLimit::SlidingWindow { limit: 3, window_ms: 20_000 },
+            RateLimit::TokenBucket { rate: 1, per_ms: 30_000, burst: 3 },
+        ];
+        let (mut swept, mut unswept) = (Harness::new(), Harness::new());
+        let mut now = 1_000;
+        for (key, advance, cost, sweep_first) in steps {
+            now += advance;
+            if sweep_first {
+                sweep(&mut swept, now);
+            }
+            let c = check(["a", "b", "c"][key as usize], specs[key as usize], cost);
+            let op = Op::RateCheck { checks: vec![c] };
+            proptest::prop_assert_eq!(swept.apply(cmd(now, op.clone())), unswept.apply(cmd(now, op)));
+        }
+    }
 }

@@ -20,6 +20,8 @@ pub enum Table {
     Lease,
     /// Rate-limit key -> its window or bucket state.
     RateLimit,
+    /// `(forget_at_ms BE, rate-limit key)`: when each key's state may be forgotten.
+    RateExpiry,
     /// Account id (16 bytes BE) -> account.
     LedgerAccount,
     /// Transfer id (16 bytes BE) -> transfer and, if pending, its status.
@@ -33,7 +35,7 @@ pub enum Table {
 }
 
 impl Table {
-    pub const ALL: [Table; 12] = [
+    pub const ALL: [Table; 13] = [
         Table::Meta,
         Table::Kv,
         Table::KvExpiry,
@@ -41,6 +43,7 @@ impl Table {
         Table::Session,
         Table::Lease,
         Table::RateLimit,
+        Table::RateExpiry,
         Table::LedgerAccount,
         Table::LedgerTransfer,
         Table::LedgerExpiry,
@@ -57,6 +60,7 @@ impl Table {
             Table::Session => "session",
             Table::Lease => "lease",
             Table::RateLimit => "rate_limit",
+            Table::RateExpiry => "rate_expiry",
             Table::LedgerAccount => "ledger_account",
             Table::LedgerTransfer => "ledger_transfer",
             Table::LedgerExpiry => "ledger_expiry",
