@@ -73,6 +73,7 @@ impl Cluster for Api {
         request: Request<pb::PromoteRequest>,
     ) -> Result<GrpcResponse<pb::MembershipResponse>, Status> {
         let id = request.into_inner().id;
+        self.ensure_leader()?;
         let metrics = metrics_now(&self.raft);
         if metrics.membership_config.membership().get_node(&id).is_none() {
             return Err(status(
@@ -94,6 +95,7 @@ impl Cluster for Api {
         request: Request<pb::RemoveNodeRequest>,
     ) -> Result<GrpcResponse<pb::MembershipResponse>, Status> {
         let id = request.into_inner().id;
+        self.ensure_leader()?;
         let metrics = metrics_now(&self.raft);
         let membership = metrics.membership_config.membership();
         if membership.get_node(&id).is_none() {

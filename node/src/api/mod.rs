@@ -57,11 +57,12 @@ pub fn status(code: ErrorCode, message: impl Into<String>) -> Status {
 }
 
 fn not_leader(forward: &ForwardToLeader<TypeConfig>) -> Status {
-    let mut s = status(
-        ErrorCode::NotLeader,
-        format!("not the leader; leader is {:?}", forward.leader_id),
-    );
-    if let Some(node) = &forward.leader_node {
+    not_leader_status(forward.leader_id, forward.leader_node.as_ref())
+}
+
+fn not_leader_status(leader_id: Option<u64>, leader_node: Option<&openraft::BasicNode>) -> Status {
+    let mut s = status(ErrorCode::NotLeader, format!("not the leader; leader is {leader_id:?}"));
+    if let Some(node) = leader_node {
         if let Ok(value) = node.addr.parse() {
             s.metadata_mut().insert(LEADER_KEY, value);
         }
@@ -209,6 +210,18 @@ impl Api {
                     .map(|m| m.as_ref().map_or(0, |l| l.index)),
             })
             .collect()
+    }
+
+    /// Refuses with `NOT_LEADER` (and the leader's address, when known) unless this node leads.
+    /// For admin checks that read the membership: a follower's copy may lag the leader's.
+    fn ensure_leader(&self) -> Result<(), Status> {
+        let metrics = metrics_now(&self.raft);
+        if metrics.current_leader == Some(metrics.id) {
+            return Ok(());
+        }
+        let membership = metrics.membership_config.membership();
+        let leader_node = metrics.current_leader.and_then(|id| membership.get_node(&id));
+        Err(not_leader_status(metrics.current_leader, leader_node))
     }
 
     fn check_key(key: &[u8]) -> Result<(), Status> {
