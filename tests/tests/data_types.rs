@@ -420,6 +420,11 @@ fn ledger_transfers_survive_a_leader_kill_exactly_once_with_totals_conserved() {
             .expect("transfers");
         assert_eq!(history.len(), transfers.len());
         assert!(!history.is_empty());
+        assert_eq!(
+            code(ledger.get_account_transfers(&AccountFilter::all(1, 0)).await),
+            Some(ErrorCode::OutOfRange),
+            "limit 0"
+        );
         if let Some(id) = killed {
             cluster.restart(id);
         }

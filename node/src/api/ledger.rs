@@ -9,6 +9,7 @@ use basalt_storage::apply::ledger::{
 };
 use basalt_storage::command::{Op, Response};
 use basalt_storage::ledger::{Account, AccountBalance, AccountFilter, PendingStatus, Transfer};
+use basalt_storage::limits::BATCH_ITEMS_MAX;
 use tonic::{Request, Response as GrpcResponse, Status};
 
 use super::{op_error_status, status, storage_status, unexpected_result, Api};
@@ -131,7 +132,12 @@ fn filter_of(f: &pb::AccountFilter) -> Result<AccountFilter, Status> {
     if account_id == 0 {
         return Err(invalid("account_id must not be zero".into()));
     }
-    check_batch(f.limit as usize).map_err(|e| op_error_status(&e))?;
+    if f.limit == 0 || f.limit as usize > BATCH_ITEMS_MAX {
+        return Err(status(
+            ErrorCode::OutOfRange,
+            format!("limit must be 1..={BATCH_ITEMS_MAX}, got {}", f.limit),
+        ));
+    }
     Ok(AccountFilter {
         account_id,
         timestamp_min: f.timestamp_min,
