@@ -20,6 +20,11 @@
 //! - A call that gives up after its deadline returns [`ClientError::Unavailable`] whose
 //!   `outcome_unknown` tells whether a mutation may still have been applied.
 
+/// The README's Rust examples, compiled as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeExamples;
+
 mod client;
 mod counter;
 mod error;
