@@ -685,3 +685,38 @@ fn session_sweep_walks_the_table_with_its_cursor() {
         .expect("scan")
         .is_empty());
 }
+
+#[test]
+fn a_refusal_midway_through_a_batch_keeps_none_of_its_writes() {
+    let mut h = Harness::new();
+    // A counter whose stored value cannot be decoded refuses the batch it appears in, after
+    // the batch already incremented another key: that earlier write must not survive.
+    let mut damaged = WriteSet::default();
+    damaged.put(Table::Counter, b"b".to_vec(), vec![1; 7]);
+    h.store.commit(&damaged);
+    let batch = Op::Counter {
+        ops: vec![
+            CounterOp {
+                key: b"a".to_vec(),
+                action: CounterAction::Incr {
+                    delta: 1,
+                    min: None,
+                    max: None,
+                },
+            },
+            CounterOp {
+                key: b"b".to_vec(),
+                action: CounterAction::Incr {
+                    delta: 1,
+                    min: None,
+                    max: None,
+                },
+            },
+        ],
+    };
+    assert!(matches!(
+        h.apply(cmd(1, batch)),
+        Response::Refused(OpError::CorruptValue { .. })
+    ));
+    assert_eq!(h.store.get(Table::Counter, b"a").expect("get"), None);
+}
