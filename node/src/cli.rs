@@ -27,6 +27,27 @@ pub struct EndpointArgs {
     endpoints: Option<String>,
 }
 
+/// A lease fence for mutations: `--fence NAME:TOKEN`.
+#[derive(Args, Debug, Clone)]
+pub struct FenceArg {
+    /// Apply writes only while TOKEN is the live grant of lease NAME (else STALE_FENCE).
+    #[arg(long, value_parser = parse_fence, global = true)]
+    fence: Option<(String, u64)>,
+}
+
+fn parse_fence(text: &str) -> Result<(String, u64), String> {
+    let (name, token) = text
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{text:?} is not NAME:TOKEN"))?;
+    let token = token
+        .parse()
+        .map_err(|_| format!("token {token:?} in {text:?} is not a number"))?;
+    if name.is_empty() {
+        return Err(format!("{text:?} has an empty lease name"));
+    }
+    Ok((name.to_string(), token))
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run one node.
@@ -39,6 +60,8 @@ enum Command {
         command: KvCommand,
         #[command(flatten)]
         endpoints: EndpointArgs,
+        #[command(flatten)]
+        fence: FenceArg,
     },
     /// Counter operations.
     Counter {
@@ -46,6 +69,8 @@ enum Command {
         command: CounterCommand,
         #[command(flatten)]
         endpoints: EndpointArgs,
+        #[command(flatten)]
+        fence: FenceArg,
     },
     /// Leases with fencing tokens.
     Lease {
@@ -60,6 +85,8 @@ enum Command {
         command: crate::verbs::RateLimitCommand,
         #[command(flatten)]
         endpoints: EndpointArgs,
+        #[command(flatten)]
+        fence: FenceArg,
     },
     /// The double-entry ledger.
     Ledger {
@@ -67,6 +94,8 @@ enum Command {
         command: crate::verbs::LedgerCommand,
         #[command(flatten)]
         endpoints: EndpointArgs,
+        #[command(flatten)]
+        fence: FenceArg,
     },
     /// Cluster status and membership.
     Cluster {
@@ -343,6 +372,15 @@ async fn connect(args: &EndpointArgs) -> Result<Client, String> {
     Client::connect(&endpoints).await.map_err(|e| e.to_string())
 }
 
+/// A client whose mutations carry `--fence`, when given.
+async fn connect_fenced(args: &EndpointArgs, fence: &FenceArg) -> Result<Client, String> {
+    let client = connect(args).await?;
+    Ok(match &fence.fence {
+        Some((lease, token)) => client.fenced(lease.as_bytes(), *token),
+        None => client,
+    })
+}
+
 fn show_optional(value: Option<u64>) -> String {
     value.map_or_else(|| "-".to_string(), |v| v.to_string())
 }
@@ -360,9 +398,13 @@ async fn run(cli: Cli) -> Result<(), String> {
             init_tracing("warn");
             crate::dev::run(args).await
         }
-        Command::Kv { command, endpoints } => {
+        Command::Kv {
+            command,
+            endpoints,
+            fence,
+        } => {
             init_tracing("error");
-            let client = connect(&endpoints).await?;
+            let client = connect_fenced(&endpoints, &fence).await?;
             let kv = client.kv();
             match command {
                 KvCommand::Put { key, value, ttl } => {
@@ -419,9 +461,13 @@ async fn run(cli: Cli) -> Result<(), String> {
             }
             Ok(())
         }
-        Command::Counter { command, endpoints } => {
+        Command::Counter {
+            command,
+            endpoints,
+            fence,
+        } => {
             init_tracing("error");
-            let client = connect(&endpoints).await?;
+            let client = connect_fenced(&endpoints, &fence).await?;
             match command {
                 CounterCommand::Incr { key, by, min, max } => {
                     let value = client
@@ -457,13 +503,21 @@ async fn run(cli: Cli) -> Result<(), String> {
             init_tracing("error");
             crate::verbs::lease(&connect(&endpoints).await?, command).await
         }
-        Command::Ratelimit { command, endpoints } => {
+        Command::Ratelimit {
+            command,
+            endpoints,
+            fence,
+        } => {
             init_tracing("error");
-            crate::verbs::rate_limit(&connect(&endpoints).await?, command).await
+            crate::verbs::rate_limit(&connect_fenced(&endpoints, &fence).await?, command).await
         }
-        Command::Ledger { command, endpoints } => {
+        Command::Ledger {
+            command,
+            endpoints,
+            fence,
+        } => {
             init_tracing("error");
-            crate::verbs::ledger(&connect(&endpoints).await?, command).await
+            crate::verbs::ledger(&connect_fenced(&endpoints, &fence).await?, command).await
         }
         Command::Cluster { command, endpoints } => {
             init_tracing("error");
@@ -553,5 +607,14 @@ mod tests {
         assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn fences_parse() {
+        assert_eq!(parse_fence("jobs/nightly:42"), Ok(("jobs/nightly".to_string(), 42)));
+        assert_eq!(parse_fence("a:b:7"), Ok(("a:b".to_string(), 7)));
+        assert!(parse_fence("nightly").is_err());
+        assert!(parse_fence(":7").is_err());
+        assert!(parse_fence("nightly:x").is_err());
     }
 }
