@@ -13,6 +13,11 @@ use crate::error::{classify, Attempt, ClientError};
 use crate::pb;
 use crate::pb::cluster_client::ClusterClient;
 
+/// A duration in whole milliseconds, saturating.
+pub(crate) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 #[derive(Clone, Debug)]
 pub struct ClientOptions {
     /// How long one call may take in total, retries included.
@@ -194,6 +199,22 @@ impl Client {
 
     pub fn ledger(&self) -> crate::Ledger {
         crate::Ledger { client: self.clone() }
+    }
+
+    pub fn queue(&self, name: impl Into<Vec<u8>>) -> crate::QueueHandle {
+        crate::QueueHandle {
+            client: self.clone(),
+            name: name.into(),
+        }
+    }
+
+    /// Topics, produce and fetch, consumer groups.
+    pub fn streams(&self) -> crate::Streams {
+        crate::Streams { client: self.clone() }
+    }
+
+    pub fn pubsub(&self) -> crate::PubSub {
+        crate::PubSub { client: self.clone() }
     }
 
     /// The addresses this client knows, leader first.

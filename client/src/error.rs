@@ -7,6 +7,8 @@ use tonic::{Code, Status};
 pub const ERROR_CODE_KEY: &str = "basalt-error";
 /// Metadata key carrying the leader's address on a `NOT_LEADER` status.
 pub const LEADER_KEY: &str = "basalt-leader";
+/// Metadata key carrying the oldest revision still watchable on a `COMPACTED` status.
+pub const OLDEST_REVISION_KEY: &str = "basalt-oldest-revision";
 
 macro_rules! error_codes {
     ($($variant:ident = $text:literal => $grpc:ident,)*) => {
@@ -47,6 +49,13 @@ error_codes! {
     SessionExpired = "SESSION_EXPIRED" => FailedPrecondition,
     CorruptValue = "CORRUPT_VALUE" => DataLoss,
     MembershipRejected = "MEMBERSHIP_REJECTED" => FailedPrecondition,
+    NotFound = "NOT_FOUND" => NotFound,
+    StaleReceipt = "STALE_RECEIPT" => FailedPrecondition,
+    OffsetOutOfRange = "OFFSET_OUT_OF_RANGE" => OutOfRange,
+    OutOfOrderSequence = "OUT_OF_ORDER_SEQUENCE" => FailedPrecondition,
+    IllegalGeneration = "ILLEGAL_GENERATION" => FailedPrecondition,
+    NotAssigned = "NOT_ASSIGNED" => FailedPrecondition,
+    Compacted = "COMPACTED" => OutOfRange,
     Unavailable = "UNAVAILABLE" => Unavailable,
     Internal = "INTERNAL" => Internal,
 }
@@ -76,6 +85,9 @@ pub enum ClientError {
     NoEndpoints,
     #[error("unexpected response from the server: {0}")]
     Protocol(String),
+    /// A watch asked for history that is no longer kept; `oldest` is the oldest revision left.
+    #[error("watch history is compacted: the oldest revision kept is {oldest}")]
+    Compacted { oldest: u64, message: String },
 }
 
 impl ClientError {
@@ -83,6 +95,7 @@ impl ClientError {
         match self {
             ClientError::Rejected { code, .. } => Some(*code),
             ClientError::Unavailable { .. } => Some(ErrorCode::Unavailable),
+            ClientError::Compacted { .. } => Some(ErrorCode::Compacted),
             _ => None,
         }
     }
@@ -100,6 +113,23 @@ pub(crate) enum Attempt {
     Fail(ClientError),
 }
 
+/// What a status received in the middle of a stream means for its reader.
+pub(crate) fn classify_stream_error(status: &Status) -> ClientError {
+    match classify(status) {
+        Attempt::Fail(e) => e,
+        Attempt::Redirect(_) => ClientError::Unavailable {
+            attempts: 1,
+            outcome_unknown: false,
+            last_error: status.message().to_string(),
+        },
+        Attempt::Retry { message, .. } => ClientError::Unavailable {
+            attempts: 1,
+            outcome_unknown: false,
+            last_error: message,
+        },
+    }
+}
+
 pub(crate) fn classify(status: &Status) -> Attempt {
     let code = status
         .metadata()
@@ -115,6 +145,15 @@ pub(crate) fn classify(status: &Status) -> Attempt {
                 .map(str::to_string);
             Attempt::Redirect(leader.filter(|l| !l.is_empty()))
         }
+        Some(ErrorCode::Compacted) => Attempt::Fail(ClientError::Compacted {
+            oldest: status
+                .metadata()
+                .get(OLDEST_REVISION_KEY)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+            message: status.message().to_string(),
+        }),
         Some(ErrorCode::Unavailable) => Attempt::Retry {
             reached: true,
             message: status.message().to_string(),

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::client::{Client, ReadConsistency};
+use crate::client::{millis, Client, ReadConsistency};
 use crate::error::ClientError;
 use crate::pb;
 use crate::pb::lease_client::LeaseClient;
@@ -31,10 +31,6 @@ pub struct LeaseState {
     pub holder: Vec<u8>,
     pub token: u64,
     pub expires_at_ms: u64,
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// One lease. Get one with [`Client::lease`].

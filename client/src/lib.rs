@@ -31,7 +31,11 @@ mod error;
 mod kv;
 pub mod lease;
 pub mod ledger;
+pub mod pubsub;
+pub mod queue;
 mod rate;
+pub mod stream;
+pub mod watch;
 
 pub mod pb {
     tonic::include_proto!("basalt.v1");
@@ -39,8 +43,15 @@ pub mod pb {
 
 pub use client::{Client, ClientOptions, ReadConsistency};
 pub use counter::{CounterChange, CounterHandle, CounterOp, CounterOutcome, Counters};
-pub use error::{ClientError, ErrorCode, ERROR_CODE_KEY, LEADER_KEY};
+pub use error::{ClientError, ErrorCode, ERROR_CODE_KEY, LEADER_KEY, OLDEST_REVISION_KEY};
 pub use kv::{CasOutcome, DeleteOutcome, Kv, KvEntry, PutOptions};
 pub use lease::{Acquired, LeaseGrant, LeaseHandle, LeaseState};
 pub use ledger::Ledger;
+pub use pubsub::{PubSub, Published, Subscription};
+pub use queue::{Enqueued, Message, NewMessage, QueueHandle, QueueOptions, QueueStats, ReceiveOptions};
 pub use rate::{RateCheck, RateDecision, RateLimit, RateLimiter};
+pub use stream::{
+    Assignor, FetchOptions, Fetched, FetchedRecord, JoinOptions, Membership, Produced, Producer, Record, Streams,
+    TopicInfo, TopicOptions,
+};
+pub use watch::{Watch, WatchEvent, WatchEventKind};

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::client::Client;
+use crate::client::{millis, Client};
 use crate::error::ClientError;
 use crate::pb;
 use crate::pb::rate_limiter_client::RateLimiterClient;
@@ -33,10 +33,6 @@ pub struct RateDecision {
     pub retry_after: Duration,
     /// Cluster time (ms since the Unix epoch) at which the key is back to its full allowance.
     pub reset_at_ms: u64,
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Rate limiting. Get one with [`Client::rate_limiter`].

@@ -56,6 +56,18 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 100_000)]
         keys: u64,
     },
+    /// Stream produce of `--batch` records of `--record-size` bytes per request, keyed across the
+    /// topic's partitions.
+    Stream {
+        #[command(flatten)]
+        load: LoadArgs,
+        #[arg(long, default_value_t = 1000)]
+        batch: u32,
+        #[arg(long, default_value_t = 100)]
+        record_size: usize,
+        #[arg(long, default_value_t = 8)]
+        partitions: u32,
+    },
     /// Ledger transfers between random accounts, `--batch` per request.
     Ledger {
         #[command(flatten)]
@@ -162,6 +174,44 @@ pub async fn run(command: BenchCommand, endpoints: Vec<String>) -> Result<(), St
             })
             .await?;
             report.print("decisions");
+        }
+        BenchCommand::Stream {
+            load,
+            batch,
+            record_size,
+            partitions,
+        } => {
+            positive(&[("batch", batch.into()), ("partitions", partitions.into())])?;
+            println!(
+                "bench stream: batches of {batch} records of {record_size} bytes over {partitions} partitions, {:?}",
+                load.duration
+            );
+            // A topic unique to this run, so repeated runs against one cluster start empty.
+            let topic = format!("bench-{:08x}", rand::random::<u32>());
+            let setup = Client::connect(&endpoints).await.map_err(|e| e.to_string())?;
+            setup
+                .streams()
+                .create_topic(
+                    topic.clone(),
+                    basalt_client::TopicOptions {
+                        partitions,
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            let value = Arc::new(vec![b'x'; record_size]);
+            let report = closed_loop(&endpoints, &load, 8, move |client, c, i| {
+                let (topic, value) = (topic.clone(), value.clone());
+                async move {
+                    let records = (0..u64::from(batch))
+                        .map(|j| basalt_client::Record::new(format!("k{}", spread(c, i, j) % 1024), value.as_slice()))
+                        .collect();
+                    client.streams().produce(topic, records).await.map(|o| o.len() as u64)
+                }
+            })
+            .await?;
+            report.print("records");
         }
         BenchCommand::Ledger { load, batch, accounts } => {
             positive(&[("batch", batch.into()), ("accounts", accounts)])?;

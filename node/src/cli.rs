@@ -97,6 +97,27 @@ enum Command {
         #[command(flatten)]
         fence: FenceArg,
     },
+    /// Work queues: create, enqueue, receive, ack, nack, redrive, stats.
+    Queue {
+        #[command(subcommand)]
+        command: crate::verbs_messaging::QueueCommand,
+        #[command(flatten)]
+        endpoints: EndpointArgs,
+    },
+    /// Streams: topics, produce, fetch, consumer-group offsets.
+    Stream {
+        #[command(subcommand)]
+        command: crate::verbs_messaging::StreamCommand,
+        #[command(flatten)]
+        endpoints: EndpointArgs,
+    },
+    /// Pub/sub: publish, subscribe.
+    Pubsub {
+        #[command(subcommand)]
+        command: crate::verbs_messaging::PubSubCommand,
+        #[command(flatten)]
+        endpoints: EndpointArgs,
+    },
     /// Cluster status and membership.
     Cluster {
         #[command(subcommand)]
@@ -143,6 +164,9 @@ pub struct StartArgs {
     /// Forget a client's session after it has been idle this long (ms).
     #[arg(long, default_value_t = config::defaults::session_idle_ms())]
     session_idle_ms: u64,
+    /// KV revisions of change history kept for watchers.
+    #[arg(long, default_value_t = config::defaults::kv_history_revisions())]
+    kv_history_revisions: u64,
     #[arg(long, default_value_t = config::defaults::election_timeout_min_ms())]
     election_timeout_min_ms: u64,
     #[arg(long, default_value_t = config::defaults::election_timeout_max_ms())]
@@ -168,6 +192,13 @@ enum KvCommand {
     },
     Delete {
         key: String,
+    },
+    /// Print every change under a prefix, from a revision on (0: from now), until Ctrl-C.
+    Watch {
+        #[arg(default_value = "")]
+        prefix: String,
+        #[arg(long, default_value_t = 0)]
+        from_revision: u64,
     },
     /// Compare-and-set: write only if the key has this revision (or is absent).
     Cas {
@@ -311,6 +342,7 @@ fn start_config(args: StartArgs) -> Result<NodeConfig, String> {
         logs_to_keep: args.logs_to_keep,
         segment_bytes: config::defaults::segment_bytes(),
         session_idle_ms: args.session_idle_ms,
+        kv_history_revisions: args.kv_history_revisions,
     };
     config.validate().map_err(|e| e.to_string())?;
     Ok(config)
@@ -434,6 +466,23 @@ async fn run(cli: Cli) -> Result<(), String> {
                         None => return Err(format!("key {key:?} not found")),
                     }
                 }
+                KvCommand::Watch { prefix, from_revision } => {
+                    let mut watch = kv.watch(prefix, from_revision).await.map_err(|e| e.to_string())?;
+                    eprintln!("watching from revision {}", watch.next_revision());
+                    while let Some(event) = watch.next().await {
+                        let e = event.map_err(|e| e.to_string())?;
+                        println!(
+                            "{} {:?} {} revision={}",
+                            match e.kind {
+                                basalt_client::WatchEventKind::Put => "PUT",
+                                basalt_client::WatchEventKind::Delete => "DELETE",
+                            },
+                            String::from_utf8_lossy(&e.key),
+                            String::from_utf8_lossy(&e.value),
+                            e.revision
+                        );
+                    }
+                }
                 KvCommand::Delete { key } => {
                     let outcome = kv.delete(&key).await.map_err(|e| e.to_string())?;
                     println!(
@@ -518,6 +567,18 @@ async fn run(cli: Cli) -> Result<(), String> {
         } => {
             init_tracing("error");
             crate::verbs::ledger(&connect_fenced(&endpoints, &fence).await?, command).await
+        }
+        Command::Queue { command, endpoints } => {
+            init_tracing("error");
+            crate::verbs_messaging::queue(&connect(&endpoints).await?, command).await
+        }
+        Command::Stream { command, endpoints } => {
+            init_tracing("error");
+            crate::verbs_messaging::stream(&connect(&endpoints).await?, command).await
+        }
+        Command::Pubsub { command, endpoints } => {
+            init_tracing("error");
+            crate::verbs_messaging::pubsub(&connect(&endpoints).await?, command).await
         }
         Command::Cluster { command, endpoints } => {
             init_tracing("error");

@@ -40,6 +40,10 @@ pub struct NodeConfig {
     /// retries made within this time of the client's last request.
     #[serde(default = "defaults::session_idle_ms")]
     pub session_idle_ms: u64,
+    /// KV revisions of change history kept for watchers; a watch from an older revision gets
+    /// `COMPACTED`.
+    #[serde(default = "defaults::kv_history_revisions")]
+    pub kv_history_revisions: u64,
 }
 
 pub mod defaults {
@@ -60,6 +64,9 @@ pub mod defaults {
     }
     pub fn session_idle_ms() -> u64 {
         3_600_000
+    }
+    pub fn kv_history_revisions() -> u64 {
+        basalt_storage::limits::KV_HISTORY_REVISIONS_DEFAULT
     }
     pub fn segment_bytes() -> u64 {
         basalt_storage::limits::SEGMENT_BYTES_DEFAULT
@@ -111,6 +118,9 @@ impl NodeConfig {
                  risks applying a retry twice",
                 self.session_idle_ms
             ));
+        }
+        if self.kv_history_revisions == 0 {
+            return invalid("kv_history_revisions must be positive".into());
         }
         if self.snapshot_entries == 0 {
             return invalid("snapshot_entries must be positive".into());
@@ -172,6 +182,7 @@ mod tests {
             logs_to_keep: 10,
             segment_bytes: 1 << 20,
             session_idle_ms: 3_600_000,
+            kv_history_revisions: 1000,
         }
     }
 

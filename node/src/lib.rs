@@ -8,3 +8,4 @@ pub mod dev;
 pub mod http;
 pub mod server;
 pub mod verbs;
+pub mod verbs_messaging;

@@ -12,7 +12,10 @@ use basalt_client::pb::counter_server::CounterServer;
 use basalt_client::pb::kv_server::KvServer;
 use basalt_client::pb::lease_server::LeaseServer;
 use basalt_client::pb::ledger_server::LedgerServer;
+use basalt_client::pb::pub_sub_server::PubSubServer;
+use basalt_client::pb::queue_server::QueueServer;
 use basalt_client::pb::rate_limiter_server::RateLimiterServer;
+use basalt_client::pb::stream_server::StreamServer;
 use basalt_raft::log_store::LogStore;
 use basalt_raft::network::{NetworkFactory, RaftGrpcService};
 use basalt_raft::state_machine::StateMachine;
@@ -102,6 +105,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
     )?;
     let state_machine = StateMachine::open(&config.data_dir, clock.clone()).map_err(io("opening the state store"))?;
     let store = state_machine.store().clone();
+    let applied = state_machine.subscribe_applied();
     let incoming_dir = state_machine.snapshot_dir().to_path_buf();
     let raft = Raft::new(
         config.id,
@@ -138,6 +142,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         clock: clock.clone(),
         counters: counters.clone(),
         log_bounds: Arc::new(move || bounds_store.bounds()),
+        applied,
+        broker: Arc::new(crate::api::Broker::default()),
     };
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -165,7 +171,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         None => None,
     };
 
-    let sweeper = tokio::spawn(sweeper(api.clone(), config.session_idle_ms, stop_rx.clone()));
+    let sweeper = tokio::spawn(sweeper(api.clone(), config.clone(), stop_rx.clone()));
 
     tracing::info!(id = config.id, listen = %config.listen, data_dir = %config.data_dir.display(), "node serving");
     let serve = tonic::transport::Server::builder()
@@ -176,6 +182,9 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         .add_service(RateLimiterServer::new(api.clone()))
         .add_service(LeaseServer::new(api.clone()))
         .add_service(LedgerServer::new(api.clone()))
+        .add_service(QueueServer::new(api.clone()))
+        .add_service(StreamServer::new(api.clone()))
+        .add_service(PubSubServer::new(api.clone()))
         .add_service(ClusterServer::new(api.clone()))
         .serve_with_shutdown(config.listen, wait_stop(stop_rx.clone()))
         .await;
@@ -199,11 +208,16 @@ const SESSION_SWEEP_CLIENTS_MAX: u32 = 1000;
 /// Seconds between session sweep steps.
 const SESSION_SWEEP_EVERY_S: u64 = 10;
 
+/// History changes one compaction entry removes at most.
+const COMPACT_LIMIT: u32 = 4 * basalt_storage::apply::SWEEP_LIMIT;
+
 /// While leader: every second, proposes a sweep for each expiry index with something due (KV
-/// TTLs, rate-limit keys back to full, timed-out pending transfers); every
-/// `SESSION_SWEEP_EVERY_S` seconds, one step of the idle-session sweep. Both decide from the entry
-/// stamp, so every replica removes the same keys at the same log position.
-async fn sweeper(api: Api, session_idle_ms: u64, stop: tokio::sync::watch::Receiver<bool>) {
+/// TTLs, rate-limit keys back to full, timed-out pending transfers, dedup ids, group members,
+/// stream retention) and a KV history compaction when it is longer than configured; every
+/// `SESSION_SWEEP_EVERY_S` seconds, one step of the idle-session sweep. All decide from the entry
+/// stamp (or carry their bound), so every replica removes the same keys at the same log position.
+async fn sweeper(api: Api, config: NodeConfig, stop: tokio::sync::watch::Receiver<bool>) {
+    let session_idle_ms = config.session_idle_ms;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ticks = 0u64;
@@ -223,6 +237,21 @@ async fn sweeper(api: Api, session_idle_ms: u64, stop: tokio::sync::watch::Recei
                 }
             }
             Err(e) => tracing::warn!(error = %e, "reading expiry indexes"),
+        }
+        let applied = *api.applied.borrow();
+        match basalt_storage::apply::kv::compaction_due(&api.store, applied, config.kv_history_revisions) {
+            Ok(Some(below)) => {
+                propose_sweep(
+                    &api,
+                    Op::KvCompact {
+                        below,
+                        limit: COMPACT_LIMIT,
+                    },
+                )
+                .await;
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "reading the kv history"),
         }
         if ticks.is_multiple_of(SESSION_SWEEP_EVERY_S) {
             let op = Op::SessionSweep {

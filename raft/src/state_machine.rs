@@ -39,6 +39,9 @@ pub struct StateMachine {
     applier: Arc<Mutex<Applier>>,
     snapshot_dir: PathBuf,
     clock: Arc<Hlc>,
+    /// The last applied log index, published after each batch is committed to the store: what
+    /// long-polls and watchers wait on.
+    applied: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 fn applied_state_of(store: &RocksStore) -> Result<(Option<LogId>, StoredMembership), io::Error> {
@@ -60,12 +63,20 @@ impl StateMachine {
         std::fs::create_dir_all(&snapshot_dir)?;
         let applier = Applier::load(&store)?;
         clock.observe(applier.last_stamp());
+        let (applied, _) = applied_state_of(&store)?;
+        let (applied, _) = tokio::sync::watch::channel(applied.map_or(0, |id| id.index()));
         Ok(StateMachine {
             store,
             applier: Arc::new(Mutex::new(applier)),
             snapshot_dir,
             clock,
+            applied: Arc::new(applied),
         })
+    }
+
+    /// Follows the last applied log index; it changes only after the state store has the batch.
+    pub fn subscribe_applied(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.applied.subscribe()
     }
 
     /// The store, for reads served outside Raft (after a read-index check, or stale).
@@ -183,6 +194,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if !writes.is_empty() {
             self.store.commit(&writes)?;
         }
+        if let Some(log_id) = &last_applied {
+            self.applied.send_replace(log_id.index());
+        }
         drop(applier);
         for (responder, response) in responders {
             responder.send(response);
@@ -196,6 +210,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotPack) -> Result<(), io::Error> {
         let this = self.clone();
+        let installed_index = meta.last_log_id.as_ref().map(|id| id.index());
         let meta = meta.clone();
         let mut applier = self.applier.lock().await;
         let installed = tokio::task::spawn_blocking(move || -> Result<Applier, io::Error> {
@@ -222,6 +237,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .map_err(io::Error::other)??;
         self.clock.observe(installed.last_stamp());
         *applier = installed;
+        if let Some(index) = installed_index {
+            self.applied.send_replace(index);
+        }
         Ok(())
     }
 

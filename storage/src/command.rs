@@ -6,6 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::hlc::HlcStamp;
 use crate::ledger::{Account, AccountResult, Transfer, TransferResult};
+use crate::queue::{Delivery, EnqueueOutcome, NewMessage, QueueConfig, Receipt};
+use crate::stream::{Assignor, GroupView, ProduceRecord, Produced, TopicConfig};
 
 /// Identifies a client request for exactly-once apply (the RIFL scheme): a retried request carries
 /// the same `(client_id, seq)` and gets the first answer back.
@@ -182,6 +184,88 @@ pub enum Op {
         after: Option<u128>,
         limit: u32,
     },
+    /// Drops KV history older than revision `below` (at most `limit` changes). Proposed by the
+    /// leader once the history holds more than its configured number of revisions.
+    KvCompact {
+        below: u64,
+        limit: u32,
+    },
+    /// Creates a queue, or changes its settings.
+    QueueConfigure {
+        queue: Vec<u8>,
+        config: QueueConfig,
+    },
+    QueueEnqueue {
+        queue: Vec<u8>,
+        messages: Vec<NewMessage>,
+    },
+    /// Hands out up to `max` visible messages, invisible for the visibility timeout.
+    QueueReceive {
+        queue: Vec<u8>,
+        max: u32,
+        visibility_timeout_ms: Option<u64>,
+    },
+    QueueAck {
+        queue: Vec<u8>,
+        receipt: Receipt,
+    },
+    /// Gives a delivery back: visible again after `delay_ms`.
+    QueueNack {
+        queue: Vec<u8>,
+        receipt: Receipt,
+        delay_ms: u64,
+    },
+    /// Moves up to `max` dead-lettered messages back to the queues they came from.
+    QueueRedrive {
+        queue: Vec<u8>,
+        max: u32,
+    },
+    /// Forgets dedup ids whose window has passed. Proposed by the leader.
+    QueueDedupSweep {
+        limit: u32,
+    },
+    /// Creates a topic, or changes its retention or grows its partitions.
+    StreamCreateTopic {
+        topic: Vec<u8>,
+        config: TopicConfig,
+    },
+    StreamProduce {
+        topic: Vec<u8>,
+        records: Vec<ProduceRecord>,
+        /// An idempotent producer's id: every record then carries its partition sequence.
+        producer: Option<u64>,
+    },
+    /// Removes records past their topic's retention. Proposed by the leader.
+    StreamRetention {
+        limit: u32,
+    },
+    GroupJoin {
+        group: Vec<u8>,
+        member: String,
+        topics: Vec<Vec<u8>>,
+        session_timeout_ms: u64,
+        assignor: Assignor,
+    },
+    GroupHeartbeat {
+        group: Vec<u8>,
+        member: String,
+    },
+    GroupLeave {
+        group: Vec<u8>,
+        member: String,
+    },
+    /// Commits offsets `(topic, partition, offset)`; refused unless `generation` is current and
+    /// the member owns each partition.
+    GroupCommit {
+        group: Vec<u8>,
+        member: String,
+        generation: u64,
+        offsets: Vec<(Vec<u8>, u32, u64)>,
+    },
+    /// Drops group members whose session timed out. Proposed by the leader.
+    GroupSweep {
+        limit: u32,
+    },
 }
 
 /// The log entry payload: the leader's HLC stamp plus the request.
@@ -240,6 +324,35 @@ pub enum OpError {
     SessionExpired { client_id: u128, seq: u64 },
     #[error("stored value for key {key:?} is unreadable: {reason}")]
     CorruptValue { key: String, reason: String },
+    #[error("unknown {what} {name:?}")]
+    NotFound { what: Cow<'static, str>, name: String },
+    #[error("receipt for delivery {delivery} of message {message_id} is stale (latest delivery: {latest:?}); the message was redelivered, acknowledged or given back")]
+    StaleReceipt {
+        message_id: u64,
+        delivery: u32,
+        latest: Option<u32>,
+    },
+    #[error("offset {offset} is out of range: the partition holds {log_start}..{high_watermark}")]
+    OffsetOutOfRange {
+        offset: u64,
+        log_start: u64,
+        high_watermark: u64,
+    },
+    #[error("out-of-order sequence on partition {partition}: expected {expected}, got {got} ({reason})")]
+    OutOfOrderSequence {
+        partition: u32,
+        expected: u64,
+        got: u64,
+        reason: Cow<'static, str>,
+    },
+    #[error("generation {given} of group {group:?} is not current (current: {current}); rejoin or heartbeat for the new assignment")]
+    IllegalGeneration { group: String, given: u64, current: u64 },
+    #[error("partition {topic:?}/{partition} is not assigned to member {member:?}")]
+    NotAssigned {
+        topic: String,
+        partition: u32,
+        member: String,
+    },
 }
 
 /// The result of applying one command.
@@ -277,6 +390,28 @@ pub enum Response {
         removed: u32,
         resume_after: Option<u128>,
     },
+    QueueConfigured {
+        created: bool,
+    },
+    Enqueued(Vec<EnqueueOutcome>),
+    Received(Vec<Delivery>),
+    /// An ack or nack took effect.
+    QueueDone,
+    Redriven {
+        moved: u32,
+    },
+    TopicCreated {
+        created: bool,
+    },
+    Produced(Vec<Produced>),
+    Group(GroupView),
+    GroupLeft {
+        was_member: bool,
+    },
+    OffsetsCommitted,
+    /// A group op refused because the member is gone, whose expiry of it must still take effect
+    /// (unlike [`Response::Refused`], the entry's writes are kept).
+    GroupRefused(OpError),
     Refused(OpError),
 }
 
@@ -336,6 +471,50 @@ impl std::fmt::Display for Command {
             Op::SessionSweep { idle_ms, after, limit } => {
                 write!(f, "session sweep (idle {idle_ms} ms, after {after:?}, limit {limit})")
             }
+            Op::KvCompact { below, limit } => write!(f, "kv compact below {below} (limit {limit})"),
+            Op::QueueConfigure { queue, config } => write!(f, "queue configure {:?} {config:?}", lossy(queue)),
+            Op::QueueEnqueue { queue, messages } => {
+                write!(f, "queue enqueue {} into {:?}", messages.len(), lossy(queue))
+            }
+            Op::QueueReceive { queue, max, .. } => write!(f, "queue receive up to {max} from {:?}", lossy(queue)),
+            Op::QueueAck { queue, receipt } => write!(f, "queue ack {receipt:?} in {:?}", lossy(queue)),
+            Op::QueueNack {
+                queue,
+                receipt,
+                delay_ms,
+            } => {
+                write!(f, "queue nack {receipt:?} in {:?} (delay {delay_ms} ms)", lossy(queue))
+            }
+            Op::QueueRedrive { queue, max } => write!(f, "queue redrive up to {max} from {:?}", lossy(queue)),
+            Op::QueueDedupSweep { limit } => write!(f, "queue dedup sweep (limit {limit})"),
+            Op::StreamCreateTopic { topic, config } => write!(f, "stream create {:?} {config:?}", lossy(topic)),
+            Op::StreamProduce {
+                topic,
+                records,
+                producer,
+            } => {
+                write!(
+                    f,
+                    "stream produce {} to {:?} (producer {producer:?})",
+                    records.len(),
+                    lossy(topic)
+                )
+            }
+            Op::StreamRetention { limit } => write!(f, "stream retention (limit {limit})"),
+            Op::GroupJoin { group, member, .. } => write!(f, "group {:?} join {member:?}", lossy(group)),
+            Op::GroupHeartbeat { group, member } => write!(f, "group {:?} heartbeat {member:?}", lossy(group)),
+            Op::GroupLeave { group, member } => write!(f, "group {:?} leave {member:?}", lossy(group)),
+            Op::GroupCommit {
+                group, member, offsets, ..
+            } => {
+                write!(
+                    f,
+                    "group {:?} commit {} offsets by {member:?}",
+                    lossy(group),
+                    offsets.len()
+                )
+            }
+            Op::GroupSweep { limit } => write!(f, "group sweep (limit {limit})"),
         }
     }
 }

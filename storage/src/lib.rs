@@ -14,5 +14,7 @@ pub mod hlc;
 pub mod ledger;
 pub mod limits;
 pub mod log;
+pub mod queue;
 pub mod state;
+pub mod stream;
 mod sync;

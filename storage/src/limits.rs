@@ -25,3 +25,30 @@ pub const BATCH_ITEMS_MAX: usize = 8190;
 pub const RATE_WINDOW_MS_MAX: u64 = 24 * 3600 * 1000;
 
 const _: () = assert!(BATCH_ITEMS_MAX * (KEY_BYTES_MAX + 64) < RECORD_BYTES_MAX as usize * 3);
+
+/// Longest queue, topic, group, member or dedup-id name.
+pub const NAME_BYTES_MAX: usize = 255;
+/// Largest queue message (as SQS).
+pub const MESSAGE_BYTES_MAX: usize = 256 * 1024;
+/// Most messages one receive returns.
+pub const RECEIVE_MAX: u32 = 1000;
+/// Longest visibility timeout (12 hours, as SQS).
+pub const VISIBILITY_MS_MAX: u64 = 12 * 3600 * 1000;
+/// Longest enqueue or nack delay, and longest dedup window (one day).
+pub const DELAY_MS_MAX: u64 = 24 * 3600 * 1000;
+/// Most partitions per topic.
+pub const PARTITIONS_MAX: u32 = 1024;
+/// Largest stream record value (as Kafka's default).
+pub const RECORD_VALUE_BYTES_MAX: usize = 1024 * 1024;
+/// Most bytes of keys, values, headers and payloads in one produce or enqueue.
+pub const BATCH_BYTES_MAX: usize = 8 * 1024 * 1024;
+/// Longest consumer-group session timeout.
+pub const SESSION_TIMEOUT_MS_MAX: u64 = 3600 * 1000;
+/// Most topics one group member subscribes to.
+pub const TOPICS_PER_MEMBER_MAX: usize = 100;
+/// Most KV revisions of history kept for watchers, by default.
+pub const KV_HISTORY_REVISIONS_DEFAULT: u64 = 100_000;
+
+const _: () = assert!(BATCH_BYTES_MAX + BATCH_ITEMS_MAX * 64 < RECORD_BYTES_MAX as usize);
+const _: () = assert!(RECORD_VALUE_BYTES_MAX <= BATCH_BYTES_MAX);
+const _: () = assert!(NAME_BYTES_MAX <= u8::MAX as usize);

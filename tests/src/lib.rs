@@ -19,6 +19,8 @@ pub struct ClusterOptions {
     pub nodes: u64,
     pub snapshot_entries: u64,
     pub logs_to_keep: u64,
+    /// More `basalt start` arguments for every node.
+    pub extra_args: Vec<String>,
 }
 
 impl Default for ClusterOptions {
@@ -27,6 +29,7 @@ impl Default for ClusterOptions {
             nodes: 3,
             snapshot_entries: 50_000,
             logs_to_keep: 10_000,
+            extra_args: Vec::new(),
         }
     }
 }
@@ -99,6 +102,7 @@ impl TestCluster {
             .args(["--peers", &self.peers])
             .args(["--snapshot-entries", &self.options.snapshot_entries.to_string()])
             .args(["--logs-to-keep", &self.options.logs_to_keep.to_string()])
+            .args(&self.options.extra_args)
             .env("BASALT_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))

@@ -255,6 +255,7 @@ fn a_node_behind_the_purged_log_catches_up_through_a_snapshot() {
                 nodes: 3,
                 snapshot_entries: 50,
                 logs_to_keep: 10,
+                ..ClusterOptions::default()
             },
         );
         let client = cluster.client().await;

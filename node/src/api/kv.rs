@@ -1,14 +1,152 @@
 //! The KV service.
 
+use std::time::Duration;
+
 use basalt_client::pb;
 use basalt_client::pb::kv_server::Kv;
-use basalt_client::ErrorCode;
+use basalt_client::{ErrorCode, OLDEST_REVISION_KEY};
+use basalt_storage::apply::kv::{history_start, revision_of};
 use basalt_storage::command::{Op, Response};
-use basalt_storage::limits::SCAN_LIMIT_MAX;
-use basalt_storage::state::{KeyRange, KvRecord, StoreRead, Table};
+use basalt_storage::limits::{KEY_BYTES_MAX, SCAN_LIMIT_MAX};
+use basalt_storage::state::{KeyRange, KvEvent, KvRecord, StoreRead, Table};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response as GrpcResponse, Status};
 
 use super::{expect_of, status, storage_status, unexpected_result, Api};
+
+/// History entries one watch step reads. Larger than the most changes one entry makes (a sweep
+/// of `SWEEP_LIMIT` keys), so a page always ends with at least one whole revision.
+const WATCH_PAGE: usize = 4 * basalt_storage::apply::SWEEP_LIMIT as usize;
+/// Watch responses buffered per watcher before it waits for the client to read.
+const WATCH_BUFFER: usize = 64;
+/// How often an idle watch checks that its client is still there.
+const WATCH_IDLE_CHECK: Duration = Duration::from_secs(1);
+
+fn compacted(requested: u64, oldest: u64) -> Status {
+    let mut s = status(
+        ErrorCode::Compacted,
+        format!("revision {requested} is compacted; the oldest kept is {oldest}"),
+    );
+    s.metadata_mut().insert(
+        OLDEST_REVISION_KEY,
+        oldest.to_string().parse().expect("digits are ascii"),
+    );
+    s
+}
+
+fn event_of(revision: u64, key: &[u8], event: KvEvent) -> pb::WatchEvent {
+    match event {
+        KvEvent::Put {
+            value,
+            create_revision,
+            version,
+        } => pb::WatchEvent {
+            kind: pb::watch_event::Kind::Put as i32,
+            key: key.to_vec(),
+            value,
+            revision,
+            create_revision,
+            version,
+        },
+        KvEvent::Delete => pb::WatchEvent {
+            kind: pb::watch_event::Kind::Delete as i32,
+            key: key.to_vec(),
+            value: Vec::new(),
+            revision,
+            create_revision: 0,
+            version: 0,
+        },
+    }
+}
+
+/// Streams the history under `prefix` from revision `from` to the watcher until it goes away.
+/// Each step reads one page of history from a consistent snapshot and sends whole revisions
+/// only, so a watcher resuming from `last revision + 1` never skips a change.
+async fn run_watch(api: Api, prefix: Vec<u8>, from: u64, outbox: mpsc::Sender<Result<pb::WatchResponse, Status>>) {
+    let mut next = from;
+    let mut applied = api.applied.clone();
+    let _ = outbox
+        .send(Ok(pb::WatchResponse {
+            events: Vec::new(),
+            revision: from.saturating_sub(1),
+        }))
+        .await;
+    loop {
+        applied.borrow_and_update();
+        let page = match api.store.scan(
+            Table::KvHistory,
+            &KeyRange::all_from(next.to_be_bytes().to_vec()),
+            WATCH_PAGE,
+        ) {
+            Ok(page) => page,
+            Err(e) => {
+                let _ = outbox.send(Err(storage_status(e))).await;
+                return;
+            }
+        };
+        // Read after the page: a compaction that ran before the page was read shows here.
+        match history_start(&api.store) {
+            Ok(start) if start > next => {
+                let _ = outbox.send(Err(compacted(next, start))).await;
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let _ = outbox.send(Err(storage_status(e))).await;
+                return;
+            }
+        }
+        let full = page.len() == WATCH_PAGE;
+        let last_revision = page.last().map(|(k, _)| revision_of(k));
+        let first_revision = page.first().map(|(k, _)| revision_of(k));
+        // A full page may end inside a revision: leave that revision for the next step.
+        let upto = match (full, last_revision) {
+            (true, Some(last)) if first_revision != Some(last) => last - 1,
+            (_, Some(last)) => last,
+            (_, None) => next.saturating_sub(1),
+        };
+        let mut events = Vec::new();
+        for (key, value) in &page {
+            let revision = revision_of(key);
+            if revision > upto {
+                break;
+            }
+            let user_key = &key[8..];
+            if !user_key.starts_with(&prefix) {
+                continue;
+            }
+            match KvEvent::decode(value) {
+                Ok(event) => events.push(event_of(revision, user_key, event)),
+                Err(e) => {
+                    let _ = outbox
+                        .send(Err(status(
+                            ErrorCode::CorruptValue,
+                            format!("history at {revision}: {e}"),
+                        )))
+                        .await;
+                    return;
+                }
+            }
+        }
+        if !events.is_empty()
+            && outbox
+                .send(Ok(pb::WatchResponse { events, revision: upto }))
+                .await
+                .is_err()
+        {
+            return;
+        }
+        next = next.max(upto + 1);
+        if !full {
+            tokio::select! {
+                _ = applied.changed() => {}
+                _ = outbox.closed() => return,
+                _ = tokio::time::sleep(WATCH_IDLE_CHECK) => {}
+            }
+        }
+    }
+}
 
 #[tonic::async_trait]
 impl Kv for Api {
@@ -137,5 +275,32 @@ impl Kv for Api {
             from.push(0);
         }
         Ok(GrpcResponse::new(pb::KvScanResponse { items, more }))
+    }
+
+    type WatchStream = ReceiverStream<Result<pb::WatchResponse, Status>>;
+
+    async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<GrpcResponse<Self::WatchStream>, Status> {
+        let r = request.into_inner();
+        if r.prefix.len() > KEY_BYTES_MAX {
+            return Err(status(
+                ErrorCode::KeyTooLarge,
+                format!(
+                    "prefix of {} bytes exceeds the limit of {KEY_BYTES_MAX} bytes",
+                    r.prefix.len()
+                ),
+            ));
+        }
+        self.counters.reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let from = match r.from_revision {
+            0 => *self.applied.borrow() + 1,
+            from => from,
+        };
+        let start = history_start(&self.store).map_err(storage_status)?;
+        if from < start {
+            return Err(compacted(from, start));
+        }
+        let (outbox, inbox) = mpsc::channel(WATCH_BUFFER);
+        tokio::spawn(run_watch(self.clone(), r.prefix, from, outbox));
+        Ok(GrpcResponse::new(ReceiverStream::new(inbox)))
     }
 }

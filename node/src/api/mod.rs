@@ -5,13 +5,19 @@
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 mod cluster;
 mod counter;
 mod kv;
 mod lease;
 mod ledger;
+mod pubsub;
+mod queue;
 mod rate;
+mod stream;
+
+pub use pubsub::Broker;
 
 use basalt_client::pb;
 use basalt_client::{ErrorCode, ERROR_CODE_KEY, LEADER_KEY};
@@ -39,7 +45,17 @@ pub struct Api {
     pub clock: Arc<Hlc>,
     pub counters: Arc<ApiCounters>,
     pub log_bounds: Arc<dyn Fn() -> (Option<u64>, Option<u64>) + Send + Sync>,
+    /// The last applied log index, updated after each applied batch (see `StateMachine`).
+    pub applied: tokio::sync::watch::Receiver<u64>,
+    /// This node's live pub/sub subscribers.
+    pub broker: Arc<Broker>,
 }
+
+/// Longest a single long-poll (receive, fetch) may wait.
+pub(crate) const WAIT_MAX: Duration = Duration::from_secs(60);
+/// How often a long-poll looks again without an applied batch: some things become ready with time
+/// alone (a delayed message turning visible).
+const WAIT_POLL: Duration = Duration::from_millis(50);
 
 /// A copy of the node's current Raft metrics.
 pub fn metrics_now(raft: &Raft) -> openraft::RaftMetrics<TypeConfig> {
@@ -83,6 +99,12 @@ pub(crate) fn op_error_status(e: &OpError) -> Status {
         OpError::LeaseNotHeld { .. } => ErrorCode::LeaseNotHeld,
         OpError::SessionExpired { .. } => ErrorCode::SessionExpired,
         OpError::CorruptValue { .. } => ErrorCode::CorruptValue,
+        OpError::NotFound { .. } => ErrorCode::NotFound,
+        OpError::StaleReceipt { .. } => ErrorCode::StaleReceipt,
+        OpError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
+        OpError::OutOfOrderSequence { .. } => ErrorCode::OutOfOrderSequence,
+        OpError::IllegalGeneration { .. } => ErrorCode::IllegalGeneration,
+        OpError::NotAssigned { .. } => ErrorCode::NotAssigned,
     };
     status(code, e.to_string())
 }
@@ -157,9 +179,14 @@ impl Api {
     /// Proposes `op` through Raft and returns the applied response. Bad input is refused before
     /// proposing, so it never reaches the log.
     async fn write(&self, header: Option<pb::RequestHeader>, op: Op) -> Result<Response, Status> {
+        let (session, fence) = header_of(header)?;
+        self.propose(session, fence, op).await
+    }
+
+    /// [`Api::write`] with the header already taken apart.
+    async fn propose(&self, session: Option<Session>, fence: Option<Fence>, op: Op) -> Result<Response, Status> {
         self.counters.writes.fetch_add(1, Ordering::Relaxed);
         let result = async {
-            let (session, fence) = header_of(header)?;
             validate_op(&op).map_err(|e| op_error_status(&e))?;
             let command = Command {
                 stamp: self.clock.now(),
@@ -169,7 +196,7 @@ impl Api {
             };
             let reply = self.raft.client_write(command).await.map_err(write_error_status)?;
             match reply.data {
-                Response::Refused(e) => Err(op_error_status(&e)),
+                Response::Refused(e) | Response::GroupRefused(e) => Err(op_error_status(&e)),
                 other => Ok(other),
             }
         }
@@ -222,6 +249,28 @@ impl Api {
         let membership = metrics.membership_config.membership();
         let leader_node = metrics.current_leader.and_then(|id| membership.get_node(&id));
         Err(not_leader_status(metrics.current_leader, leader_node))
+    }
+
+    /// Waits until `ready` says yes, looking again after every applied batch (and every
+    /// `WAIT_POLL`), for at most `wait`. Returns its last answer.
+    async fn wait_until(
+        &self,
+        wait: Duration,
+        mut ready: impl FnMut() -> Result<bool, Status>,
+    ) -> Result<bool, Status> {
+        let deadline = tokio::time::Instant::now() + wait.min(WAIT_MAX);
+        let mut applied = self.applied.clone();
+        loop {
+            applied.borrow_and_update();
+            if ready()? {
+                return Ok(true);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(false);
+            }
+            let _ = tokio::time::timeout((deadline - now).min(WAIT_POLL), applied.changed()).await;
+        }
     }
 
     fn check_key(key: &[u8]) -> Result<(), Status> {

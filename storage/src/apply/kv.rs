@@ -3,7 +3,7 @@
 use super::{check_key, lossy, View};
 use crate::command::{Expect, OpError, Response};
 use crate::limits::{TTL_MS_MAX, VALUE_BYTES_MAX};
-use crate::state::{KeyRange, KvRecord, StoreError, StoreRead, Table};
+use crate::state::{KeyRange, KvEvent, KvRecord, StoreError, StoreRead, Table};
 
 pub(crate) fn validate_put(key: &[u8], value: &[u8], ttl_ms: Option<u64>) -> Result<(), OpError> {
     check_key(key)?;
@@ -50,7 +50,19 @@ fn expect_holds(expect: Option<Expect>, live: Option<&KvRecord>) -> bool {
     }
 }
 
-fn remove<S: StoreRead>(view: &mut View<'_, S>, key: &[u8], record: &KvRecord) {
+/// `(revision BE, key)`: where a change is kept in the history.
+pub fn history_key(revision: u64, key: &[u8]) -> Vec<u8> {
+    let mut k = revision.to_be_bytes().to_vec();
+    k.extend_from_slice(key);
+    k
+}
+
+fn record_event<S: StoreRead>(view: &mut View<'_, S>, revision: u64, key: &[u8], event: &KvEvent) {
+    view.put(Table::KvHistory, history_key(revision, key), event.encode());
+}
+
+fn remove<S: StoreRead>(view: &mut View<'_, S>, index: u64, key: &[u8], record: &KvRecord) {
+    record_event(view, index, key, &KvEvent::Delete);
     view.delete(Table::Kv, key.to_vec());
     if let Some(at) = record.expires_at_ms {
         view.delete(Table::KvExpiry, expiry_key(at, key));
@@ -95,6 +107,16 @@ pub(crate) fn put<S: StoreRead>(
     if let Some(at) = record.expires_at_ms {
         view.put(Table::KvExpiry, expiry_key(at, key), Vec::new());
     }
+    record_event(
+        view,
+        index,
+        key,
+        &KvEvent::Put {
+            value: value.to_vec(),
+            create_revision: record.create_revision,
+            version: record.version,
+        },
+    );
     view.put(Table::Kv, key.to_vec(), record.encode());
     Ok(Response::KvPut {
         revision: index,
@@ -123,7 +145,7 @@ pub(crate) fn delete<S: StoreRead>(
         });
     }
     if let Some(record) = &existing {
-        remove(view, key, record);
+        remove(view, index, key, record);
     }
     Ok(Response::KvDelete {
         revision: index,
@@ -133,6 +155,7 @@ pub(crate) fn delete<S: StoreRead>(
 
 pub(crate) fn sweep_expired<S: StoreRead>(
     view: &mut View<'_, S>,
+    index: u64,
     now_ms: u64,
     limit: u32,
 ) -> Result<Response, StoreError> {
@@ -150,10 +173,74 @@ pub(crate) fn sweep_expired<S: StoreRead>(
         if let Ok(Some(record)) = stored(view, key)? {
             // Only if the record still carries this expiry: a later put may have moved it.
             if record.expires_at_ms == Some(at) {
+                record_event(view, index, key, &KvEvent::Delete);
                 view.delete(Table::Kv, key.to_vec());
                 removed += 1;
             }
         }
     }
     Ok(Response::Swept { removed })
+}
+
+const HISTORY_START_KEY: &[u8] = b"kv_history_start";
+
+/// The oldest revision whose changes are still in the history (earlier ones were compacted).
+pub fn history_start<S: StoreRead + ?Sized>(store: &S) -> Result<u64, StoreError> {
+    Ok(store
+        .get(Table::Meta, HISTORY_START_KEY)?
+        .and_then(|b| b.try_into().ok().map(u64::from_be_bytes))
+        .unwrap_or(0))
+}
+
+/// Removes history older than revision `below`, at most `limit` changes; what remains starts at
+/// `below` unless the limit stopped it earlier.
+pub(crate) fn compact<S: StoreRead>(view: &mut View<'_, S>, below: u64, limit: u32) -> Result<Response, StoreError> {
+    let start = history_start(view)?;
+    if below <= start {
+        return Ok(Response::Swept { removed: 0 });
+    }
+    let old = view.scan(
+        Table::KvHistory,
+        &KeyRange::between(Vec::new(), below.to_be_bytes().to_vec()),
+        limit as usize,
+    )?;
+    let complete = old.len() < limit as usize;
+    let mut new_start = below;
+    if !complete {
+        // Stop on a revision boundary: the last revision seen may have more changes unread.
+        let last = old.last().map(|(k, _)| revision_of(k)).unwrap_or(below);
+        new_start = last;
+    }
+    let mut removed = 0u32;
+    for (key, _) in old {
+        if revision_of(&key) >= new_start {
+            break;
+        }
+        view.delete(Table::KvHistory, key);
+        removed += 1;
+    }
+    view.put(
+        Table::Meta,
+        HISTORY_START_KEY.to_vec(),
+        new_start.max(start).to_be_bytes().to_vec(),
+    );
+    Ok(Response::Swept { removed })
+}
+
+/// The revision a history key belongs to.
+pub fn revision_of(history_key: &[u8]) -> u64 {
+    u64::from_be_bytes(history_key[..8].try_into().expect("history keys start with a revision"))
+}
+
+/// The compaction to propose when more than `keep` revisions of history precede `applied`.
+pub fn compaction_due<S: StoreRead + ?Sized>(store: &S, applied: u64, keep: u64) -> Result<Option<u64>, StoreError> {
+    let Some(below) = applied.checked_sub(keep) else {
+        return Ok(None);
+    };
+    let first = store.scan(Table::KvHistory, &KeyRange::all(), 1)?;
+    Ok(first
+        .first()
+        .map(|(k, _)| revision_of(k))
+        .filter(|&r| r < below)
+        .map(|_| below))
 }

@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{View, WriteSet};
+use super::{corrupt, load, save, View, WriteSet};
 use crate::command::{OpError, Response};
 use crate::ledger::{
     account_flags as af, transfer_flags as tf, Account, AccountBalance, AccountFilter, AccountResult, PendingStatus,
@@ -45,31 +45,6 @@ fn expiry_key(expires_at: u64, transfer_id: u128) -> Vec<u8> {
     let mut k = expires_at.to_be_bytes().to_vec();
     k.extend_from_slice(&transfer_id.to_be_bytes());
     k
-}
-
-fn corrupt(table: Table, key: &[u8], e: impl std::fmt::Display) -> StoreError {
-    StoreError::CorruptRecord {
-        table,
-        key: format!("{key:02x?}"),
-        reason: e.to_string(),
-    }
-}
-
-fn load<S: StoreRead + ?Sized, T: serde::de::DeserializeOwned>(
-    store: &S,
-    table: Table,
-    key: &[u8],
-) -> Result<Option<T>, StoreError> {
-    match store.get(table, key)? {
-        None => Ok(None),
-        Some(bytes) => bincode::deserialize(&bytes)
-            .map(Some)
-            .map_err(|e| corrupt(table, key, e)),
-    }
-}
-
-fn save<S: StoreRead, T: Serialize>(view: &mut View<'_, S>, table: Table, key: Vec<u8>, value: &T) {
-    view.put(table, key, bincode::serialize(value).expect("ledger records serialize"));
 }
 
 fn account<S: StoreRead + ?Sized>(store: &S, id: u128) -> Result<Option<Account>, StoreError> {

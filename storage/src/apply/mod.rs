@@ -5,11 +5,14 @@
 //! with the last applied stamp, so every replica decides every TTL the same way.
 
 pub mod counter;
-mod kv;
+pub mod group;
+pub mod kv;
 pub mod lease;
 pub mod ledger;
+pub mod queue;
 pub mod rate;
 mod session;
+pub mod stream;
 
 #[cfg(test)]
 mod tests;
@@ -18,7 +21,11 @@ mod tests_lease;
 #[cfg(test)]
 mod tests_ledger;
 #[cfg(test)]
+mod tests_queue;
+#[cfg(test)]
 mod tests_rate;
+#[cfg(test)]
+mod tests_stream;
 
 use std::collections::BTreeMap;
 
@@ -210,7 +217,65 @@ fn apply_op<S: StoreRead>(view: &mut View<'_, S>, index: u64, now_ms: u64, op: &
             expect,
         } => kv::put(view, index, now_ms, key, value, *ttl_ms, *expect)?,
         Op::KvDelete { key, expect } => kv::delete(view, index, now_ms, key, *expect)?,
-        Op::KvSweepExpired { limit } => kv::sweep_expired(view, now_ms, *limit)?,
+        Op::KvSweepExpired { limit } => kv::sweep_expired(view, index, now_ms, *limit)?,
+        Op::KvCompact { below, limit } => kv::compact(view, *below, *limit)?,
+        Op::QueueConfigure { queue, config } => queue::configure(view, queue, config)?,
+        Op::QueueEnqueue { queue, messages } => queue::enqueue(view, index, now_ms, queue, messages)?,
+        Op::QueueReceive {
+            queue,
+            max,
+            visibility_timeout_ms,
+        } => queue::receive(view, now_ms, queue, *max, *visibility_timeout_ms)?,
+        Op::QueueAck { queue, receipt } => queue::ack(view, queue, receipt)?,
+        Op::QueueNack {
+            queue,
+            receipt,
+            delay_ms,
+        } => queue::nack(view, now_ms, queue, receipt, *delay_ms)?,
+        Op::QueueRedrive { queue, max } => queue::redrive(view, now_ms, queue, *max)?,
+        Op::QueueDedupSweep { limit } => queue::sweep_dedup(view, now_ms, *limit)?,
+        Op::StreamCreateTopic { topic, config } => stream::create_topic(view, topic, config)?,
+        Op::StreamProduce {
+            topic,
+            records,
+            producer,
+        } => stream::produce(view, index, now_ms, topic, records, *producer)?,
+        Op::StreamRetention { limit } => stream::apply_retention(view, now_ms, *limit)?,
+        Op::GroupJoin {
+            group,
+            member,
+            topics,
+            session_timeout_ms,
+            assignor,
+        } => group::join(
+            view,
+            now_ms,
+            group::Join {
+                group,
+                member,
+                topics,
+                session_timeout_ms: *session_timeout_ms,
+                assignor: *assignor,
+            },
+        )?,
+        Op::GroupHeartbeat { group, member } => group::heartbeat(view, now_ms, group, member)?,
+        Op::GroupLeave { group, member } => group::leave(view, now_ms, group, member)?,
+        Op::GroupCommit {
+            group,
+            member,
+            generation,
+            offsets,
+        } => group::commit(
+            view,
+            now_ms,
+            group::Commit {
+                group,
+                member,
+                generation: *generation,
+                offsets,
+            },
+        )?,
+        Op::GroupSweep { limit } => group::sweep(view, now_ms, *limit)?,
         Op::SessionSweep { idle_ms, after, limit } => session::sweep_idle(view, now_ms, *idle_ms, *after, *limit)?,
         Op::Counter { ops } => counter::apply(view, ops)?,
         Op::RateCheck { checks } => rate::apply(view, now_ms, checks)?,
@@ -244,6 +309,12 @@ pub fn sweeps_due<S: StoreRead + ?Sized>(store: &S, now_ms: u64) -> Result<Vec<O
             now_ms.saturating_mul(1_000_000),
             Op::LedgerExpirePending { limit: SWEEP_LIMIT },
         ),
+        (
+            Table::QueueDedupExpiry,
+            now_ms,
+            Op::QueueDedupSweep { limit: SWEEP_LIMIT },
+        ),
+        (Table::StreamGroupExpiry, now_ms, Op::GroupSweep { limit: SWEEP_LIMIT }),
     ];
     let mut due = Vec::new();
     for (table, now, op) in tables {
@@ -256,6 +327,9 @@ pub fn sweeps_due<S: StoreRead + ?Sized>(store: &S, now_ms: u64) -> Result<Vec<O
         if earliest.is_some_and(|at| at <= now) {
             due.push(op);
         }
+    }
+    if stream::retention_due(store, now_ms)? {
+        due.push(Op::StreamRetention { limit: SWEEP_LIMIT });
     }
     Ok(due)
 }
@@ -303,10 +377,81 @@ pub fn validate_op(op: &Op) -> Result<(), OpError> {
         Op::LeaseRelease { name, holder, .. } => lease::validate(name, holder, 1),
         Op::LedgerCreateAccounts { accounts } => check_batch(accounts.len()),
         Op::LedgerCreateTransfers { transfers } => check_batch(transfers.len()),
-        Op::KvSweepExpired { .. } | Op::SessionSweep { .. } | Op::LedgerExpirePending { .. } | Op::RateSweep { .. } => {
-            Ok(())
+        Op::QueueConfigure { queue, config } => queue::validate_configure(queue, config),
+        Op::QueueEnqueue { queue, messages } => queue::validate_enqueue(queue, messages),
+        Op::QueueReceive {
+            queue,
+            max,
+            visibility_timeout_ms,
+        } => queue::validate_receive(queue, *max, *visibility_timeout_ms),
+        Op::QueueAck { queue, .. } => queue::check_name("queue name", queue),
+        Op::QueueNack { queue, delay_ms, .. } => queue::validate_nack(queue, *delay_ms),
+        Op::QueueRedrive { queue, max } => queue::validate_receive(queue, *max, None),
+        Op::StreamCreateTopic { topic, config } => stream::validate_topic(topic, config),
+        Op::StreamProduce {
+            topic,
+            records,
+            producer,
+        } => stream::validate_produce(topic, records, *producer),
+        Op::GroupJoin {
+            group,
+            member,
+            topics,
+            session_timeout_ms,
+            ..
+        } => group::validate_join(group, member, topics, *session_timeout_ms),
+        Op::GroupHeartbeat { group, member } | Op::GroupLeave { group, member } => {
+            queue::check_name("group name", group).and_then(|_| queue::check_name("member id", member.as_bytes()))
         }
+        Op::GroupCommit {
+            group, member, offsets, ..
+        } => queue::check_name("group name", group)
+            .and_then(|_| queue::check_name("member id", member.as_bytes()))
+            .and_then(|_| check_batch(offsets.len())),
+        Op::KvSweepExpired { .. }
+        | Op::SessionSweep { .. }
+        | Op::LedgerExpirePending { .. }
+        | Op::RateSweep { .. }
+        | Op::KvCompact { .. }
+        | Op::QueueDedupSweep { .. }
+        | Op::StreamRetention { .. }
+        | Op::GroupSweep { .. } => Ok(()),
     }
+}
+
+/// A queue, topic or group name as a key prefix: its length (one byte), then the name, so no
+/// name's keys are a prefix of another name's.
+pub(crate) fn named(name: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(name.len() + 17);
+    k.push(name.len().min(u8::MAX as usize) as u8);
+    k.extend_from_slice(name);
+    k
+}
+
+pub(crate) fn corrupt(table: Table, key: &[u8], e: impl std::fmt::Display) -> StoreError {
+    StoreError::CorruptRecord {
+        table,
+        key: format!("{key:02x?}"),
+        reason: e.to_string(),
+    }
+}
+
+/// Reads and decodes a bincode record; an undecodable one is a [`StoreError::CorruptRecord`].
+pub(crate) fn load<S: StoreRead + ?Sized, T: serde::de::DeserializeOwned>(
+    store: &S,
+    table: Table,
+    key: &[u8],
+) -> Result<Option<T>, StoreError> {
+    match store.get(table, key)? {
+        None => Ok(None),
+        Some(bytes) => bincode::deserialize(&bytes)
+            .map(Some)
+            .map_err(|e| corrupt(table, key, e)),
+    }
+}
+
+pub(crate) fn save<S: StoreRead, T: serde::Serialize>(view: &mut View<'_, S>, table: Table, key: Vec<u8>, value: &T) {
+    view.put(table, key, bincode::serialize(value).expect("records serialize"));
 }
 
 pub(crate) fn lossy(key: &[u8]) -> String {

@@ -32,10 +32,40 @@ pub enum Table {
     LedgerAccountTransfers,
     /// `(account id, timestamp BE)` -> balances, for accounts with the history flag.
     LedgerHistory,
+    /// `(revision BE, key)` -> [`KvEvent`]: the KV change history watchers read, compacted from the
+    /// oldest end.
+    KvHistory,
+    /// Queue name -> its settings and counts. Names in every queue and stream key are prefixed by
+    /// their length (one byte), so one name is never a prefix of another's keys.
+    Queue,
+    /// `(queue, message id BE)` -> message.
+    QueueMessage,
+    /// `(queue, 255 - priority, message id BE)`: visible messages, highest priority first, FIFO.
+    QueueReady,
+    /// `(queue, visible_at_ms BE, message id BE)`: delayed, in-flight and nacked messages.
+    QueueDelayed,
+    /// `(queue, dedup id)` -> the message id it produced and when it is forgotten.
+    QueueDedup,
+    /// `(forget_at_ms BE, queue, dedup id)`: when each dedup id may be forgotten.
+    QueueDedupExpiry,
+    /// Topic name -> its settings.
+    StreamTopic,
+    /// `(topic, partition BE)` -> the partition's offsets and size.
+    StreamPartition,
+    /// `(topic, partition BE, base offset BE)` -> one batch of records.
+    StreamBatch,
+    /// `(topic, partition BE, producer id BE)` -> the producer's last batch there.
+    StreamProducer,
+    /// Group name -> members, generation and assignment.
+    StreamGroup,
+    /// `(group, topic, partition BE)` -> committed offset.
+    StreamOffset,
+    /// `(deadline_ms BE, group)`: each group's earliest member deadline.
+    StreamGroupExpiry,
 }
 
 impl Table {
-    pub const ALL: [Table; 13] = [
+    pub const ALL: [Table; 27] = [
         Table::Meta,
         Table::Kv,
         Table::KvExpiry,
@@ -49,6 +79,20 @@ impl Table {
         Table::LedgerExpiry,
         Table::LedgerAccountTransfers,
         Table::LedgerHistory,
+        Table::KvHistory,
+        Table::Queue,
+        Table::QueueMessage,
+        Table::QueueReady,
+        Table::QueueDelayed,
+        Table::QueueDedup,
+        Table::QueueDedupExpiry,
+        Table::StreamTopic,
+        Table::StreamPartition,
+        Table::StreamBatch,
+        Table::StreamProducer,
+        Table::StreamGroup,
+        Table::StreamOffset,
+        Table::StreamGroupExpiry,
     ];
 
     pub fn name(self) -> &'static str {
@@ -66,6 +110,20 @@ impl Table {
             Table::LedgerExpiry => "ledger_expiry",
             Table::LedgerAccountTransfers => "ledger_account_transfers",
             Table::LedgerHistory => "ledger_history",
+            Table::KvHistory => "kv_history",
+            Table::Queue => "queue",
+            Table::QueueMessage => "queue_message",
+            Table::QueueReady => "queue_ready",
+            Table::QueueDelayed => "queue_delayed",
+            Table::QueueDedup => "queue_dedup",
+            Table::QueueDedupExpiry => "queue_dedup_expiry",
+            Table::StreamTopic => "stream_topic",
+            Table::StreamPartition => "stream_partition",
+            Table::StreamBatch => "stream_batch",
+            Table::StreamProducer => "stream_producer",
+            Table::StreamGroup => "stream_group",
+            Table::StreamOffset => "stream_offset",
+            Table::StreamGroupExpiry => "stream_group_expiry",
         }
     }
 }
@@ -114,6 +172,14 @@ pub struct KeyRange {
 impl KeyRange {
     pub fn all() -> KeyRange {
         KeyRange::default()
+    }
+
+    /// Every key from `start` on.
+    pub fn all_from(start: impl Into<Vec<u8>>) -> KeyRange {
+        KeyRange {
+            start: start.into(),
+            end: None,
+        }
     }
 
     pub fn between(start: impl Into<Vec<u8>>, end: impl Into<Vec<u8>>) -> KeyRange {
@@ -192,6 +258,27 @@ impl KvRecord {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<KvRecord, bincode::Error> {
+        bincode::deserialize(bytes)
+    }
+}
+
+/// A change to a KV key, kept in `KvHistory` under `(revision, key)` for watchers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KvEvent {
+    Put {
+        value: Vec<u8>,
+        create_revision: u64,
+        version: u64,
+    },
+    Delete,
+}
+
+impl KvEvent {
+    pub fn encode(&self) -> Vec<u8> {
+        bincode::serialize(self).expect("KvEvent serializes")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<KvEvent, bincode::Error> {
         bincode::deserialize(bytes)
     }
 }

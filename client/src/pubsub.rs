@@ -1,0 +1,87 @@
+//! Pub/sub: publish to a channel, subscribe to channels and glob patterns. Live only: a
+//! subscriber receives what is published while it is connected (at most once).
+
+use std::time::Duration;
+
+use crate::client::Client;
+use crate::error::{classify_stream_error, ClientError};
+use crate::pb;
+use crate::pb::pub_sub_client::PubSubClient;
+
+/// A message received by a subscription.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Published {
+    pub channel: Vec<u8>,
+    pub payload: Vec<u8>,
+    /// The pattern it matched, when it came through one.
+    pub pattern: Option<Vec<u8>>,
+}
+
+/// Pub/sub operations. Get one with [`Client::pubsub`].
+#[derive(Clone)]
+pub struct PubSub {
+    pub(crate) client: Client,
+}
+
+/// A live subscription; read it with [`Subscription::next`]. Dropping it unsubscribes.
+pub struct Subscription {
+    stream: tonic::Streaming<pb::PubSubMessage>,
+}
+
+impl PubSub {
+    /// Publishes to `channel`; returns how many live subscribers, on every node, received it.
+    pub async fn publish(&self, channel: impl Into<Vec<u8>>, payload: impl Into<Vec<u8>>) -> Result<u32, ClientError> {
+        let message = pb::PublishRequest {
+            channel: channel.into(),
+            payload: payload.into(),
+            relayed: false,
+        };
+        let reply = self
+            .client
+            .unary(
+                false,
+                message,
+                |c, r| async move { PubSubClient::new(c).publish(r).await },
+            )
+            .await?;
+        Ok(reply.receivers)
+    }
+
+    /// Subscribes to exact `channels` and glob `patterns` (`*`, `?`) on the node this client
+    /// talks to. Returns once the subscription is live: anything published after that reaches it.
+    pub async fn subscribe(&self, channels: Vec<Vec<u8>>, patterns: Vec<Vec<u8>>) -> Result<Subscription, ClientError> {
+        let message = pb::SubscribeRequest { channels, patterns };
+        let stream = self
+            .client
+            .call(false, Duration::ZERO, |channel, deadline| {
+                let request = self.client.request(message.clone(), deadline, Duration::ZERO);
+                async move {
+                    let mut stream = PubSubClient::new(channel).subscribe(request).await?.into_inner();
+                    // The confirmation: from here on the node delivers to us.
+                    stream.message().await?;
+                    Ok(stream)
+                }
+            })
+            .await?;
+        Ok(Subscription { stream })
+    }
+}
+
+impl Subscription {
+    /// The next message; `None` when the node closed the subscription.
+    ///
+    /// # Errors
+    /// [`ClientError::Unavailable`] when the connection broke: subscribe again (messages
+    /// published meanwhile are missed).
+    pub async fn next(&mut self) -> Option<Result<Published, ClientError>> {
+        match self.stream.message().await {
+            Ok(Some(m)) => Some(Ok(Published {
+                channel: m.channel,
+                payload: m.payload,
+                pattern: (!m.pattern.is_empty()).then_some(m.pattern),
+            })),
+            Ok(None) => None,
+            Err(status) => Some(Err(classify_stream_error(&status))),
+        }
+    }
+}

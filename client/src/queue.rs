@@ -1,0 +1,277 @@
+//! Work queues (SQS-like): enqueue with dedup, delay and priority; receive with a visibility
+//! timeout and long-poll; ack and nack by receipt; dead-letter queues and redrive.
+
+use std::time::Duration;
+
+use crate::client::{millis, Client, ReadConsistency};
+use crate::error::ClientError;
+use crate::pb;
+use crate::pb::queue_client::QueueClient;
+
+/// A queue's settings. Zero durations mean the server's defaults (30 s visibility, 5 min dedup).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct QueueOptions {
+    pub visibility_timeout: Duration,
+    /// Deliveries after which a message moves to `dead_letter_queue` (0: redeliver forever).
+    pub max_deliveries: u32,
+    pub dead_letter_queue: Option<Vec<u8>>,
+    pub dedup_window: Duration,
+}
+
+/// One message to enqueue.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NewMessage {
+    pub payload: Vec<u8>,
+    /// Within the queue's dedup window, a repeated id enqueues nothing and returns the first id.
+    pub dedup_id: Option<Vec<u8>>,
+    pub delay: Duration,
+    /// Higher first; FIFO within a level.
+    pub priority: u8,
+}
+
+impl NewMessage {
+    pub fn new(payload: impl Into<Vec<u8>>) -> NewMessage {
+        NewMessage {
+            payload: payload.into(),
+            ..NewMessage::default()
+        }
+    }
+
+    pub fn dedup_id(mut self, id: impl Into<Vec<u8>>) -> NewMessage {
+        self.dedup_id = Some(id.into());
+        self
+    }
+
+    pub fn delay(mut self, delay: Duration) -> NewMessage {
+        self.delay = delay;
+        self
+    }
+
+    pub fn priority(mut self, priority: u8) -> NewMessage {
+        self.priority = priority;
+        self
+    }
+}
+
+/// What an enqueue did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Enqueued {
+    pub id: u64,
+    /// The dedup id was seen in the window: nothing was enqueued; `id` is the first message's.
+    pub duplicate: bool,
+}
+
+/// A delivered message. Ack or nack it with its `receipt`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    pub id: u64,
+    pub receipt: Vec<u8>,
+    pub payload: Vec<u8>,
+    pub priority: u8,
+    /// 1 for the first delivery.
+    pub delivery: u32,
+    pub enqueued_at_ms: u64,
+    /// Unless acknowledged by then, the message becomes visible again at this time.
+    pub invisible_until_ms: u64,
+}
+
+/// How a receive behaves.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReceiveOptions {
+    /// Zero: the queue's visibility timeout.
+    pub visibility_timeout: Duration,
+    /// Long-poll: wait up to this long for a message (zero: answer at once).
+    pub wait: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueStats {
+    pub messages: u64,
+    pub in_flight: u64,
+    pub options: QueueOptions,
+}
+
+/// One queue. Get one with [`Client::queue`].
+#[derive(Clone)]
+pub struct QueueHandle {
+    pub(crate) client: Client,
+    pub(crate) name: Vec<u8>,
+}
+
+impl QueueHandle {
+    /// Creates the queue, or replaces its settings; returns whether it was created.
+    pub async fn create(&self, options: QueueOptions) -> Result<bool, ClientError> {
+        let (header, _guard) = self.client.header();
+        let message = pb::CreateQueueRequest {
+            header: Some(header),
+            queue: self.name.clone(),
+            config: Some(pb::QueueConfig {
+                visibility_timeout_ms: millis(options.visibility_timeout),
+                max_deliveries: options.max_deliveries,
+                dead_letter_queue: options.dead_letter_queue.unwrap_or_default(),
+                dedup_window_ms: millis(options.dedup_window),
+            }),
+        };
+        let reply = self
+            .client
+            .unary(true, message, |c, r| async move {
+                QueueClient::new(c).create_queue(r).await
+            })
+            .await?;
+        Ok(reply.created)
+    }
+
+    /// Enqueues one message; returns its id. Acknowledged once durable on a majority.
+    pub async fn enqueue(&self, payload: impl Into<Vec<u8>>) -> Result<u64, ClientError> {
+        Ok(self.enqueue_message(NewMessage::new(payload)).await?.id)
+    }
+
+    pub async fn enqueue_message(&self, message: NewMessage) -> Result<Enqueued, ClientError> {
+        let mut out = self.enqueue_batch(vec![message]).await?;
+        out.pop()
+            .ok_or_else(|| ClientError::Protocol("enqueue answered no outcome".into()))
+    }
+
+    /// Enqueues many messages in one Raft entry, in order; one outcome each.
+    ///
+    /// # Errors
+    /// `NOT_FOUND` (no such queue), `INVALID_ARGUMENT` (empty name, oversize message),
+    /// `OUT_OF_RANGE` (delay), `BATCH_TOO_LARGE`: nothing is enqueued.
+    pub async fn enqueue_batch(&self, messages: Vec<NewMessage>) -> Result<Vec<Enqueued>, ClientError> {
+        let (header, _guard) = self.client.header();
+        let message = pb::EnqueueRequest {
+            header: Some(header),
+            queue: self.name.clone(),
+            messages: messages
+                .into_iter()
+                .map(|m| pb::NewMessage {
+                    payload: m.payload,
+                    dedup_id: m.dedup_id.unwrap_or_default(),
+                    delay_ms: millis(m.delay),
+                    priority: u32::from(m.priority),
+                })
+                .collect(),
+        };
+        let reply = self
+            .client
+            .unary(
+                true,
+                message,
+                |c, r| async move { QueueClient::new(c).enqueue(r).await },
+            )
+            .await?;
+        Ok(reply
+            .outcomes
+            .into_iter()
+            .map(|o| Enqueued {
+                id: o.id,
+                duplicate: o.duplicate,
+            })
+            .collect())
+    }
+
+    /// Receives up to `max` messages, highest priority first, waiting up to `options.wait` for
+    /// one. Each stays invisible to other receivers until acked, nacked or timed out.
+    pub async fn receive(&self, max: u32, options: ReceiveOptions) -> Result<Vec<Message>, ClientError> {
+        let (header, _guard) = self.client.header();
+        let message = pb::ReceiveRequest {
+            header: Some(header),
+            queue: self.name.clone(),
+            max,
+            visibility_timeout_ms: millis(options.visibility_timeout),
+            wait_ms: millis(options.wait),
+        };
+        let reply = self
+            .client
+            .unary_waiting(true, message, options.wait, |c, r| async move {
+                QueueClient::new(c).receive(r).await
+            })
+            .await?;
+        Ok(reply
+            .messages
+            .into_iter()
+            .map(|m| Message {
+                id: m.id,
+                receipt: m.receipt,
+                payload: m.payload,
+                priority: u8::try_from(m.priority).unwrap_or(u8::MAX),
+                delivery: m.delivery,
+                enqueued_at_ms: m.enqueued_at_ms,
+                invisible_until_ms: m.invisible_until_ms,
+            })
+            .collect())
+    }
+
+    /// Acknowledges a delivery: the message is gone.
+    ///
+    /// # Errors
+    /// `STALE_RECEIPT` when the message was redelivered, acked or nacked since this receipt.
+    pub async fn ack(&self, receipt: &[u8]) -> Result<(), ClientError> {
+        let (header, _guard) = self.client.header();
+        let message = pb::AckRequest {
+            header: Some(header),
+            queue: self.name.clone(),
+            receipt: receipt.to_vec(),
+        };
+        self.client
+            .unary(true, message, |c, r| async move { QueueClient::new(c).ack(r).await })
+            .await?;
+        Ok(())
+    }
+
+    /// Gives a delivery back: visible again after `delay`.
+    pub async fn nack(&self, receipt: &[u8], delay: Duration) -> Result<(), ClientError> {
+        let (header, _guard) = self.client.header();
+        let message = pb::NackRequest {
+            header: Some(header),
+            queue: self.name.clone(),
+            receipt: receipt.to_vec(),
+            delay_ms: millis(delay),
+        };
+        self.client
+            .unary(true, message, |c, r| async move { QueueClient::new(c).nack(r).await })
+            .await?;
+        Ok(())
+    }
+
+    /// On a dead-letter queue: moves up to `max` messages back to the queues they came from.
+    pub async fn redrive(&self, max: u32) -> Result<u32, ClientError> {
+        let (header, _guard) = self.client.header();
+        let message = pb::RedriveRequest {
+            header: Some(header),
+            queue: self.name.clone(),
+            max,
+        };
+        let reply = self
+            .client
+            .unary(
+                true,
+                message,
+                |c, r| async move { QueueClient::new(c).redrive(r).await },
+            )
+            .await?;
+        Ok(reply.moved)
+    }
+
+    pub async fn stats(&self, consistency: ReadConsistency) -> Result<QueueStats, ClientError> {
+        let message = pb::QueueStatsRequest {
+            queue: self.name.clone(),
+            stale: consistency == ReadConsistency::Stale,
+        };
+        let reply = self
+            .client
+            .unary(false, message, |c, r| async move { QueueClient::new(c).stats(r).await })
+            .await?;
+        let config = reply.config.unwrap_or_default();
+        Ok(QueueStats {
+            messages: reply.messages,
+            in_flight: reply.in_flight,
+            options: QueueOptions {
+                visibility_timeout: Duration::from_millis(config.visibility_timeout_ms),
+                max_deliveries: config.max_deliveries,
+                dead_letter_queue: (!config.dead_letter_queue.is_empty()).then_some(config.dead_letter_queue),
+                dedup_window: Duration::from_millis(config.dedup_window_ms),
+            },
+        })
+    }
+}

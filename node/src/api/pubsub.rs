@@ -1,0 +1,265 @@
+//! Pub/sub: live fan-out, not stored. Each node keeps its own subscribers; a publish delivers to
+//! the local ones and relays once to every other member, so a subscriber on any node receives it
+//! (as Redis Cluster broadcasts PUBLISH). Delivery is at most once: a subscriber that is not
+//! connected, or too slow to keep up, misses messages.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use basalt_client::pb;
+use basalt_client::pb::pub_sub_client::PubSubClient;
+use basalt_client::pb::pub_sub_server::PubSub;
+use basalt_client::ErrorCode;
+use basalt_storage::apply::queue::check_name;
+use basalt_storage::limits::MESSAGE_BYTES_MAX;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response as GrpcResponse, Status};
+
+use super::{metrics_now, op_error_status, status, Api};
+
+/// Messages buffered per subscriber; a subscriber that falls this far behind is disconnected
+/// (Redis's client-output-buffer-limit for pub/sub does the same).
+const SUBSCRIBER_BUFFER: usize = 4096;
+/// How long a relay to a peer may take before its subscribers count as not reached.
+const RELAY_TIMEOUT: Duration = Duration::from_secs(1);
+/// Most channels plus patterns in one subscription.
+const SUBSCRIPTIONS_MAX: usize = 1000;
+
+type Outbox = mpsc::Sender<Result<pb::PubSubMessage, Status>>;
+
+struct Subscriber {
+    channels: Vec<Vec<u8>>,
+    patterns: Vec<Vec<u8>>,
+    outbox: Outbox,
+}
+
+/// This node's subscribers, and channels to its peers for relaying.
+#[derive(Default)]
+pub struct Broker {
+    subscribers: Mutex<HashMap<u64, Subscriber>>,
+    next_id: AtomicU64,
+    peers: Mutex<HashMap<String, Channel>>,
+}
+
+/// Glob match over bytes: `*` matches any run (including none), `?` exactly one byte.
+pub fn glob_matches(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        match pattern.get(p) {
+            Some(b'*') => {
+                star = Some((p, t));
+                p += 1;
+            }
+            Some(&c) if c == b'?' || c == text[t] => {
+                p += 1;
+                t += 1;
+            }
+            _ => match star {
+                // Let the last star swallow one more byte and try again.
+                Some((sp, st)) => {
+                    p = sp + 1;
+                    t = st + 1;
+                    star = Some((sp, st + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p.min(pattern.len())..].iter().all(|&c| c == b'*')
+}
+
+impl Broker {
+    /// Delivers to this node's matching subscribers; returns how many got it.
+    pub fn deliver(&self, channel: &[u8], payload: &[u8]) -> u32 {
+        let mut subscribers = self.subscribers.lock().expect("subscribers lock");
+        let mut reached = 0;
+        subscribers.retain(|_, s| {
+            let pattern = if s.channels.iter().any(|c| c == channel) {
+                Some(Vec::new())
+            } else {
+                s.patterns.iter().find(|p| glob_matches(p, channel)).cloned()
+            };
+            let Some(pattern) = pattern else {
+                return !s.outbox.is_closed();
+            };
+            let message = pb::PubSubMessage {
+                channel: channel.to_vec(),
+                payload: payload.to_vec(),
+                pattern,
+            };
+            match s.outbox.try_send(Ok(message)) {
+                Ok(()) => {
+                    reached += 1;
+                    true
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    tracing::warn!("disconnecting a pub/sub subscriber that fell {SUBSCRIBER_BUFFER} messages behind");
+                    false
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            }
+        });
+        reached
+    }
+
+    fn subscribe(
+        &self,
+        channels: Vec<Vec<u8>>,
+        patterns: Vec<Vec<u8>>,
+    ) -> mpsc::Receiver<Result<pb::PubSubMessage, Status>> {
+        let (outbox, inbox) = mpsc::channel(SUBSCRIBER_BUFFER);
+        // The first message tells the subscriber it is live.
+        let _ = outbox.try_send(Ok(pb::PubSubMessage::default()));
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.subscribers.lock().expect("subscribers lock").insert(
+            id,
+            Subscriber {
+                channels,
+                patterns,
+                outbox,
+            },
+        );
+        inbox
+    }
+
+    /// Live subscribers on this node.
+    pub fn subscriber_count(&self) -> usize {
+        let mut subscribers = self.subscribers.lock().expect("subscribers lock");
+        subscribers.retain(|_, s| !s.outbox.is_closed());
+        subscribers.len()
+    }
+
+    fn peer(&self, addr: &str) -> Option<Channel> {
+        let mut peers = self.peers.lock().expect("peers lock");
+        if let Some(c) = peers.get(addr) {
+            return Some(c.clone());
+        }
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .ok()?
+            .connect_timeout(RELAY_TIMEOUT)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        peers.insert(addr.to_string(), channel.clone());
+        Some(channel)
+    }
+}
+
+impl Api {
+    /// Relays a publish to every other member; returns the subscribers they reached.
+    async fn relay(&self, channel: &[u8], payload: &[u8]) -> u32 {
+        let metrics = metrics_now(&self.raft);
+        let peers: Vec<String> = metrics
+            .membership_config
+            .membership()
+            .nodes()
+            .filter(|(id, _)| **id != metrics.id)
+            .map(|(_, node)| node.addr.clone())
+            .collect();
+        let relays = peers.into_iter().filter_map(|addr| self.broker.peer(&addr)).map(|c| {
+            let request = pb::PublishRequest {
+                channel: channel.to_vec(),
+                payload: payload.to_vec(),
+                relayed: true,
+            };
+            async move {
+                let mut client = PubSubClient::new(c);
+                match tokio::time::timeout(RELAY_TIMEOUT, client.publish(request)).await {
+                    Ok(Ok(reply)) => reply.into_inner().receivers,
+                    _ => 0,
+                }
+            }
+        });
+        futures::future::join_all(relays).await.into_iter().sum()
+    }
+}
+
+fn check_channel(what: &'static str, name: &[u8]) -> Result<(), Status> {
+    check_name(what, name).map_err(|e| op_error_status(&e))
+}
+
+#[tonic::async_trait]
+impl PubSub for Api {
+    async fn publish(&self, request: Request<pb::PublishRequest>) -> Result<GrpcResponse<pb::PublishResponse>, Status> {
+        let r = request.into_inner();
+        check_channel("channel", &r.channel)?;
+        if r.payload.len() > MESSAGE_BYTES_MAX {
+            return Err(status(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "message of {} bytes exceeds the limit of {MESSAGE_BYTES_MAX} bytes",
+                    r.payload.len()
+                ),
+            ));
+        }
+        let mut receivers = self.broker.deliver(&r.channel, &r.payload);
+        if !r.relayed {
+            receivers += self.relay(&r.channel, &r.payload).await;
+        }
+        Ok(GrpcResponse::new(pb::PublishResponse { receivers }))
+    }
+
+    type SubscribeStream = ReceiverStream<Result<pb::PubSubMessage, Status>>;
+
+    async fn subscribe(
+        &self,
+        request: Request<pb::SubscribeRequest>,
+    ) -> Result<GrpcResponse<Self::SubscribeStream>, Status> {
+        let r = request.into_inner();
+        if r.channels.is_empty() && r.patterns.is_empty() {
+            return Err(status(
+                ErrorCode::InvalidArgument,
+                "subscribe to at least one channel or pattern",
+            ));
+        }
+        if r.channels.len() + r.patterns.len() > SUBSCRIPTIONS_MAX {
+            return Err(status(
+                ErrorCode::BatchTooLarge,
+                format!("at most {SUBSCRIPTIONS_MAX} channels and patterns per subscription"),
+            ));
+        }
+        for c in &r.channels {
+            check_channel("channel", c)?;
+        }
+        for p in &r.patterns {
+            check_channel("pattern", p)?;
+        }
+        Ok(GrpcResponse::new(ReceiverStream::new(
+            self.broker.subscribe(r.channels, r.patterns),
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_matches;
+
+    #[test]
+    fn glob_matching() {
+        let cases: &[(&str, &str, bool)] = &[
+            ("news.*", "news.sport", true),
+            ("news.*", "news.", true),
+            ("news.*", "weather", false),
+            ("*", "", true),
+            ("a?c", "abc", true),
+            ("a?c", "ac", false),
+            ("*.eu.*", "orders.eu.paid", true),
+            ("*.eu.*", "orders.us.paid", false),
+            ("a*b*c", "aXbYbZc", true),
+            ("a*b*c", "aXbYbZ", false),
+            ("exact", "exact", true),
+            ("exact", "exactly", false),
+        ];
+        for (pattern, text, expected) in cases {
+            assert_eq!(
+                glob_matches(pattern.as_bytes(), text.as_bytes()),
+                *expected,
+                "{pattern} ~ {text}"
+            );
+        }
+    }
+}

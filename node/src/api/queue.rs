@@ -1,0 +1,203 @@
+//! The queue service: create, enqueue, receive (long-poll), ack, nack, redrive, stats.
+
+use std::time::Duration;
+
+use basalt_client::pb;
+use basalt_client::pb::queue_server::Queue;
+use basalt_client::ErrorCode;
+use basalt_storage::apply::queue::{has_visible, stored_queue};
+use basalt_storage::command::{Op, Response};
+use basalt_storage::queue::{EnqueueOutcome, NewMessage, QueueConfig, Receipt};
+use tonic::{Request, Response as GrpcResponse, Status};
+
+use super::{header_of, op_error_status, status, storage_status, unexpected_result, Api};
+
+fn config_of(c: Option<pb::QueueConfig>) -> QueueConfig {
+    let defaults = QueueConfig::default();
+    let Some(c) = c else { return defaults };
+    QueueConfig {
+        visibility_timeout_ms: if c.visibility_timeout_ms == 0 {
+            defaults.visibility_timeout_ms
+        } else {
+            c.visibility_timeout_ms
+        },
+        max_deliveries: c.max_deliveries,
+        dead_letter_queue: (!c.dead_letter_queue.is_empty()).then_some(c.dead_letter_queue),
+        dedup_window_ms: if c.dedup_window_ms == 0 {
+            defaults.dedup_window_ms
+        } else {
+            c.dedup_window_ms
+        },
+    }
+}
+
+fn receipt_of(bytes: &[u8]) -> Result<Receipt, Status> {
+    Receipt::decode(bytes).ok_or_else(|| {
+        status(
+            ErrorCode::InvalidArgument,
+            format!("a receipt is {} bytes, got {}", Receipt::BYTES, bytes.len()),
+        )
+    })
+}
+
+fn priority_of(p: u32) -> Result<u8, Status> {
+    u8::try_from(p).map_err(|_| status(ErrorCode::OutOfRange, format!("priority must be 0..=255, got {p}")))
+}
+
+#[tonic::async_trait]
+impl Queue for Api {
+    async fn create_queue(
+        &self,
+        request: Request<pb::CreateQueueRequest>,
+    ) -> Result<GrpcResponse<pb::CreateQueueResponse>, Status> {
+        let r = request.into_inner();
+        let op = Op::QueueConfigure {
+            queue: r.queue,
+            config: config_of(r.config),
+        };
+        match self.write(r.header, op).await? {
+            Response::QueueConfigured { created } => Ok(GrpcResponse::new(pb::CreateQueueResponse { created })),
+            other => Err(unexpected_result(&other)),
+        }
+    }
+
+    async fn enqueue(&self, request: Request<pb::EnqueueRequest>) -> Result<GrpcResponse<pb::EnqueueResponse>, Status> {
+        let r = request.into_inner();
+        let messages = r
+            .messages
+            .into_iter()
+            .map(|m| {
+                Ok(NewMessage {
+                    payload: m.payload,
+                    dedup_id: (!m.dedup_id.is_empty()).then_some(m.dedup_id),
+                    delay_ms: m.delay_ms,
+                    priority: priority_of(m.priority)?,
+                })
+            })
+            .collect::<Result<_, Status>>()?;
+        let op = Op::QueueEnqueue {
+            queue: r.queue,
+            messages,
+        };
+        match self.write(r.header, op).await? {
+            Response::Enqueued(outcomes) => Ok(GrpcResponse::new(pb::EnqueueResponse {
+                outcomes: outcomes
+                    .into_iter()
+                    .map(|o| match o {
+                        EnqueueOutcome::Enqueued { id } => pb::EnqueueOutcome { id, duplicate: false },
+                        EnqueueOutcome::Duplicate { id } => pb::EnqueueOutcome { id, duplicate: true },
+                    })
+                    .collect(),
+            })),
+            other => Err(unexpected_result(&other)),
+        }
+    }
+
+    async fn receive(&self, request: Request<pb::ReceiveRequest>) -> Result<GrpcResponse<pb::ReceiveResponse>, Status> {
+        let r = request.into_inner();
+        let (mut session, fence) = header_of(r.header)?;
+        let op = Op::QueueReceive {
+            queue: r.queue.clone(),
+            max: r.max,
+            visibility_timeout_ms: (r.visibility_timeout_ms > 0).then_some(r.visibility_timeout_ms),
+        };
+        basalt_storage::apply::validate_op(&op).map_err(|e| op_error_status(&e))?;
+        // Waiting happens on the leader's own state, which is current: a follower would wait on
+        // a lagging copy.
+        self.ensure_leader()?;
+        stored_queue(&self.store, &r.queue)
+            .map_err(storage_status)?
+            .map_err(|e| op_error_status(&e))?;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(r.wait_ms).min(super::WAIT_MAX);
+        loop {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let visible = self
+                .wait_until(remaining, || {
+                    has_visible(&self.store, &r.queue, self.clock.now().physical_ms()).map_err(storage_status)
+                })
+                .await?;
+            // Only the first attempt carries the session: a retry of this request gets its
+            // messages back, while later attempts of this long-poll are new receives.
+            let response = self.propose(session.take(), fence.clone(), op.clone()).await?;
+            let Response::Received(deliveries) = response else {
+                return Err(unexpected_result(&response));
+            };
+            if !deliveries.is_empty() || !visible || tokio::time::Instant::now() >= deadline {
+                return Ok(GrpcResponse::new(pb::ReceiveResponse {
+                    messages: deliveries
+                        .into_iter()
+                        .map(|d| pb::QueueMessage {
+                            id: d.receipt.message_id,
+                            receipt: d.receipt.encode(),
+                            payload: d.payload,
+                            priority: u32::from(d.priority),
+                            delivery: d.receipt.delivery,
+                            enqueued_at_ms: d.enqueued_at_ms,
+                            invisible_until_ms: d.invisible_until_ms,
+                        })
+                        .collect(),
+                }));
+            }
+            // Another receiver took what we saw: wait again.
+        }
+    }
+
+    async fn ack(&self, request: Request<pb::AckRequest>) -> Result<GrpcResponse<pb::AckResponse>, Status> {
+        let r = request.into_inner();
+        let op = Op::QueueAck {
+            queue: r.queue,
+            receipt: receipt_of(&r.receipt)?,
+        };
+        match self.write(r.header, op).await? {
+            Response::QueueDone => Ok(GrpcResponse::new(pb::AckResponse {})),
+            other => Err(unexpected_result(&other)),
+        }
+    }
+
+    async fn nack(&self, request: Request<pb::NackRequest>) -> Result<GrpcResponse<pb::AckResponse>, Status> {
+        let r = request.into_inner();
+        let op = Op::QueueNack {
+            queue: r.queue,
+            receipt: receipt_of(&r.receipt)?,
+            delay_ms: r.delay_ms,
+        };
+        match self.write(r.header, op).await? {
+            Response::QueueDone => Ok(GrpcResponse::new(pb::AckResponse {})),
+            other => Err(unexpected_result(&other)),
+        }
+    }
+
+    async fn redrive(&self, request: Request<pb::RedriveRequest>) -> Result<GrpcResponse<pb::RedriveResponse>, Status> {
+        let r = request.into_inner();
+        let op = Op::QueueRedrive {
+            queue: r.queue,
+            max: r.max,
+        };
+        match self.write(r.header, op).await? {
+            Response::Redriven { moved } => Ok(GrpcResponse::new(pb::RedriveResponse { moved })),
+            other => Err(unexpected_result(&other)),
+        }
+    }
+
+    async fn stats(
+        &self,
+        request: Request<pb::QueueStatsRequest>,
+    ) -> Result<GrpcResponse<pb::QueueStatsResponse>, Status> {
+        let r = request.into_inner();
+        basalt_storage::apply::queue::check_name("queue name", &r.queue).map_err(|e| op_error_status(&e))?;
+        self.read_barrier(r.stale).await?;
+        let record = stored_queue(&self.store, &r.queue)
+            .map_err(storage_status)?
+            .map_err(|e| op_error_status(&e))?;
+        Ok(GrpcResponse::new(pb::QueueStatsResponse {
+            messages: record.stats.messages,
+            in_flight: record.stats.in_flight,
+            config: Some(pb::QueueConfig {
+                visibility_timeout_ms: record.config.visibility_timeout_ms,
+                max_deliveries: record.config.max_deliveries,
+                dead_letter_queue: record.config.dead_letter_queue.unwrap_or_default(),
+                dedup_window_ms: record.config.dedup_window_ms,
+            }),
+        }))
+    }
+}

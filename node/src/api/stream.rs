@@ -1,0 +1,278 @@
+//! The stream service: topics, produce, fetch (long-poll), consumer groups and offsets.
+
+use std::time::Duration;
+
+use basalt_client::pb;
+use basalt_client::pb::stream_server::Stream;
+use basalt_client::ErrorCode;
+use basalt_storage::apply::group::committed;
+use basalt_storage::apply::queue::check_name;
+use basalt_storage::apply::stream::{fetch, partition_state, topic_config};
+use basalt_storage::command::{Op, Response};
+use basalt_storage::stream::{Assignor, GroupView, ProduceRecord, TopicConfig};
+use tonic::{Request, Response as GrpcResponse, Status};
+
+use super::{op_error_status, status, storage_status, unexpected_result, Api};
+
+const FETCH_RECORDS_DEFAULT: u32 = 1000;
+const FETCH_RECORDS_MAX: u32 = 10_000;
+const FETCH_BYTES_DEFAULT: u64 = 4 * 1024 * 1024;
+const SESSION_TIMEOUT_DEFAULT_MS: u64 = 10_000;
+
+fn group_response(view: GroupView) -> pb::GroupResponse {
+    pb::GroupResponse {
+        generation: view.generation,
+        assigned: view
+            .assigned
+            .into_iter()
+            .map(|(topic, partition)| pb::TopicPartition { topic, partition })
+            .collect(),
+        members: view.members,
+    }
+}
+
+fn group_reply(response: Response) -> Result<GrpcResponse<pb::GroupResponse>, Status> {
+    match response {
+        Response::Group(view) => Ok(GrpcResponse::new(group_response(view))),
+        other => Err(unexpected_result(&other)),
+    }
+}
+
+#[tonic::async_trait]
+impl Stream for Api {
+    async fn create_topic(
+        &self,
+        request: Request<pb::CreateTopicRequest>,
+    ) -> Result<GrpcResponse<pb::CreateTopicResponse>, Status> {
+        let r = request.into_inner();
+        let op = Op::StreamCreateTopic {
+            topic: r.topic,
+            config: TopicConfig {
+                partitions: r.partitions,
+                retention_ms: (r.retention_ms > 0).then_some(r.retention_ms),
+                retention_bytes: (r.retention_bytes > 0).then_some(r.retention_bytes),
+            },
+        };
+        match self.write(r.header, op).await? {
+            Response::TopicCreated { created } => Ok(GrpcResponse::new(pb::CreateTopicResponse { created })),
+            other => Err(unexpected_result(&other)),
+        }
+    }
+
+    async fn describe_topic(
+        &self,
+        request: Request<pb::TopicRequest>,
+    ) -> Result<GrpcResponse<pb::TopicResponse>, Status> {
+        let r = request.into_inner();
+        check_name("topic name", &r.topic).map_err(|e| op_error_status(&e))?;
+        self.read_barrier(r.stale).await?;
+        let config = topic_config(&self.store, &r.topic)
+            .map_err(storage_status)?
+            .map_err(|e| op_error_status(&e))?;
+        let mut partition_info = Vec::with_capacity(config.partitions as usize);
+        for partition in 0..config.partitions {
+            let state = partition_state(&self.store, &r.topic, partition)
+                .map_err(storage_status)?
+                .map_err(|e| op_error_status(&e))?;
+            partition_info.push(pb::PartitionInfo {
+                partition,
+                log_start: state.start_offset,
+                high_watermark: state.next_offset,
+                bytes: state.bytes,
+            });
+        }
+        Ok(GrpcResponse::new(pb::TopicResponse {
+            partitions: config.partitions,
+            retention_ms: config.retention_ms.unwrap_or(0),
+            retention_bytes: config.retention_bytes.unwrap_or(0),
+            partition_info,
+        }))
+    }
+
+    async fn produce(&self, request: Request<pb::ProduceRequest>) -> Result<GrpcResponse<pb::ProduceResponse>, Status> {
+        let r = request.into_inner();
+        let records = r
+            .records
+            .into_iter()
+            .map(|rec| ProduceRecord {
+                partition: rec.partition,
+                key: rec.key,
+                value: rec.value,
+                headers: rec.headers.into_iter().map(|h| (h.key, h.value)).collect(),
+                sequence: rec.sequence,
+            })
+            .collect();
+        let op = Op::StreamProduce {
+            topic: r.topic,
+            records,
+            producer: r.producer_id,
+        };
+        match self.write(r.header, op).await? {
+            Response::Produced(outcomes) => Ok(GrpcResponse::new(pb::ProduceResponse {
+                outcomes: outcomes
+                    .into_iter()
+                    .map(|p| pb::ProduceOutcome {
+                        partition: p.partition,
+                        offset: p.offset,
+                        duplicate: p.duplicate,
+                    })
+                    .collect(),
+            })),
+            other => Err(unexpected_result(&other)),
+        }
+    }
+
+    async fn fetch(&self, request: Request<pb::FetchRequest>) -> Result<GrpcResponse<pb::FetchResponse>, Status> {
+        let r = request.into_inner();
+        check_name("topic name", &r.topic).map_err(|e| op_error_status(&e))?;
+        if r.max_records > FETCH_RECORDS_MAX {
+            return Err(status(
+                ErrorCode::OutOfRange,
+                format!("max_records must be at most {FETCH_RECORDS_MAX}, got {}", r.max_records),
+            ));
+        }
+        self.read_barrier(r.stale).await?;
+        // Bad offsets answer at once; only "nothing yet past this offset" waits.
+        let at_end = |api: &Api| -> Result<bool, Status> {
+            let state = partition_state(&api.store, &r.topic, r.partition)
+                .map_err(storage_status)?
+                .map_err(|e| op_error_status(&e))?;
+            Ok(r.offset == state.next_offset)
+        };
+        if at_end(self)? && r.wait_ms > 0 {
+            self.wait_until(Duration::from_millis(r.wait_ms), || at_end(self).map(|end| !end))
+                .await?;
+        }
+        let max_records = if r.max_records == 0 {
+            FETCH_RECORDS_DEFAULT
+        } else {
+            r.max_records
+        };
+        let max_bytes = if r.max_bytes == 0 {
+            FETCH_BYTES_DEFAULT
+        } else {
+            r.max_bytes
+        };
+        let fetched = fetch(&self.store, &r.topic, r.partition, r.offset, max_records, max_bytes)
+            .map_err(storage_status)?
+            .map_err(|e| op_error_status(&e))?;
+        Ok(GrpcResponse::new(pb::FetchResponse {
+            records: fetched
+                .records
+                .into_iter()
+                .map(|f| pb::StreamRecord {
+                    offset: f.offset,
+                    timestamp_ms: f.timestamp_ms,
+                    key: f.record.key,
+                    value: f.record.value,
+                    headers: f
+                        .record
+                        .headers
+                        .into_iter()
+                        .map(|(key, value)| pb::Header { key, value })
+                        .collect(),
+                })
+                .collect(),
+            high_watermark: fetched.high_watermark,
+            log_start: fetched.log_start,
+        }))
+    }
+
+    async fn join_group(
+        &self,
+        request: Request<pb::JoinGroupRequest>,
+    ) -> Result<GrpcResponse<pb::GroupResponse>, Status> {
+        let r = request.into_inner();
+        let assignor = match pb::join_group_request::Assignor::try_from(r.assignor) {
+            Ok(pb::join_group_request::Assignor::Range) => Assignor::Range,
+            Ok(pb::join_group_request::Assignor::Sticky) => Assignor::Sticky,
+            Err(_) => {
+                return Err(status(
+                    ErrorCode::InvalidArgument,
+                    format!("unknown assignor {}", r.assignor),
+                ))
+            }
+        };
+        let op = Op::GroupJoin {
+            group: r.group,
+            member: r.member,
+            topics: r.topics,
+            session_timeout_ms: if r.session_timeout_ms == 0 {
+                SESSION_TIMEOUT_DEFAULT_MS
+            } else {
+                r.session_timeout_ms
+            },
+            assignor,
+        };
+        group_reply(self.write(r.header, op).await?)
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<pb::GroupMemberRequest>,
+    ) -> Result<GrpcResponse<pb::GroupResponse>, Status> {
+        let r = request.into_inner();
+        let op = Op::GroupHeartbeat {
+            group: r.group,
+            member: r.member,
+        };
+        group_reply(self.write(r.header, op).await?)
+    }
+
+    async fn leave_group(
+        &self,
+        request: Request<pb::GroupMemberRequest>,
+    ) -> Result<GrpcResponse<pb::LeaveGroupResponse>, Status> {
+        let r = request.into_inner();
+        let op = Op::GroupLeave {
+            group: r.group,
+            member: r.member,
+        };
+        match self.write(r.header, op).await? {
+            Response::GroupLeft { was_member } => Ok(GrpcResponse::new(pb::LeaveGroupResponse { was_member })),
+            other => Err(unexpected_result(&other)),
+        }
+    }
+
+    async fn commit_offsets(
+        &self,
+        request: Request<pb::CommitOffsetsRequest>,
+    ) -> Result<GrpcResponse<pb::CommitOffsetsResponse>, Status> {
+        let r = request.into_inner();
+        let op = Op::GroupCommit {
+            group: r.group,
+            member: r.member,
+            generation: r.generation,
+            offsets: r
+                .offsets
+                .into_iter()
+                .map(|o| (o.topic, o.partition, o.offset))
+                .collect(),
+        };
+        match self.write(r.header, op).await? {
+            Response::OffsetsCommitted => Ok(GrpcResponse::new(pb::CommitOffsetsResponse {})),
+            other => Err(unexpected_result(&other)),
+        }
+    }
+
+    async fn committed(
+        &self,
+        request: Request<pb::CommittedRequest>,
+    ) -> Result<GrpcResponse<pb::CommittedResponse>, Status> {
+        let r = request.into_inner();
+        check_name("group name", &r.group).map_err(|e| op_error_status(&e))?;
+        check_name("topic name", &r.topic).map_err(|e| op_error_status(&e))?;
+        self.read_barrier(r.stale).await?;
+        let offsets = committed(&self.store, &r.group, &r.topic).map_err(storage_status)?;
+        Ok(GrpcResponse::new(pb::CommittedResponse {
+            offsets: offsets
+                .into_iter()
+                .map(|(partition, offset)| pb::CommittedOffset {
+                    topic: r.topic.clone(),
+                    partition,
+                    offset,
+                })
+                .collect(),
+        }))
+    }
+}

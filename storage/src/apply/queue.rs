@@ -1,0 +1,579 @@
+//! Work queue apply: enqueue with dedup, delay and priority; receive with a visibility timeout;
+//! ack and nack by receipt; dead-lettering after `max_deliveries`; redrive.
+//!
+//! Every message sits in exactly one of two indexes: `QueueReady` (visible, keyed by priority then
+//! id, so a scan yields the highest priority first and FIFO within it) or `QueueDelayed` (delayed,
+//! in flight, or nacked; keyed by the time it becomes visible). A receive first moves what is due
+//! from the second to the first, judged by the entry stamp, so every replica hands out the same
+//! messages. That move is also where a message past `max_deliveries` goes to the dead-letter queue.
+
+use serde::{Deserialize, Serialize};
+
+use super::{check_batch, load, named, save, View};
+use crate::command::{OpError, Response};
+use crate::limits::{BATCH_BYTES_MAX, DELAY_MS_MAX, MESSAGE_BYTES_MAX, NAME_BYTES_MAX, RECEIVE_MAX, VISIBILITY_MS_MAX};
+use crate::queue::{Delivery, EnqueueOutcome, NewMessage, QueueConfig, QueueStats, Receipt};
+use crate::state::{KeyRange, StoreError, StoreRead, Table};
+
+/// A queue's record: its settings and counts.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredQueue {
+    pub config: QueueConfig,
+    pub stats: QueueStats,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct StoredMessage {
+    pub(crate) payload: Vec<u8>,
+    pub(crate) priority: u8,
+    pub(crate) enqueued_at_ms: u64,
+    /// Times received so far.
+    pub(crate) deliveries: u32,
+    /// Received and not acknowledged, nacked or timed out.
+    pub(crate) in_flight: bool,
+    /// When it becomes visible; `None` while it sits in the ready index.
+    pub(crate) visible_at_ms: Option<u64>,
+    /// The queue it was dead-lettered from, for redrive.
+    pub(crate) dead_lettered_from: Option<Vec<u8>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct DedupEntry {
+    message_id: u64,
+    expires_at_ms: u64,
+}
+
+/// How many due messages one receive moves to the ready index at most. Beyond it the rest move
+/// with the next receive, so a receive stays bounded even after a long outage.
+const PROMOTE_MAX: usize = 4 * RECEIVE_MAX as usize;
+
+pub(crate) fn message_key(queue: &[u8], id: u64) -> Vec<u8> {
+    let mut k = named(queue);
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+pub(crate) fn ready_key(queue: &[u8], priority: u8, id: u64) -> Vec<u8> {
+    let mut k = named(queue);
+    k.push(u8::MAX - priority);
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+pub(crate) fn delayed_key(queue: &[u8], visible_at_ms: u64, id: u64) -> Vec<u8> {
+    let mut k = named(queue);
+    k.extend_from_slice(&visible_at_ms.to_be_bytes());
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+fn dedup_key(queue: &[u8], dedup_id: &[u8]) -> Vec<u8> {
+    let mut k = named(queue);
+    k.extend_from_slice(dedup_id);
+    k
+}
+
+fn dedup_expiry_key(expires_at_ms: u64, queue: &[u8], dedup_id: &[u8]) -> Vec<u8> {
+    let mut k = expires_at_ms.to_be_bytes().to_vec();
+    k.extend_from_slice(&dedup_key(queue, dedup_id));
+    k
+}
+
+fn trailing_id(key: &[u8]) -> u64 {
+    let tail: [u8; 8] = key[key.len() - 8..]
+        .try_into()
+        .expect("queue index keys end with an id");
+    u64::from_be_bytes(tail)
+}
+
+fn out_of_range(what: &'static str, expected: String, got: impl ToString) -> OpError {
+    OpError::OutOfRange {
+        what: what.into(),
+        expected,
+        got: got.to_string(),
+    }
+}
+
+pub fn check_name(what: &'static str, name: &[u8]) -> Result<(), OpError> {
+    if name.is_empty() {
+        return Err(OpError::Empty { what: what.into() });
+    }
+    if name.len() > NAME_BYTES_MAX {
+        return Err(OpError::TooLarge {
+            what: what.into(),
+            len: name.len(),
+            max: NAME_BYTES_MAX,
+        });
+    }
+    Ok(())
+}
+
+fn check_config(queue: &[u8], config: &QueueConfig) -> Result<(), OpError> {
+    if config.visibility_timeout_ms == 0 || config.visibility_timeout_ms > VISIBILITY_MS_MAX {
+        return Err(out_of_range(
+            "visibility timeout (ms)",
+            format!("1..={VISIBILITY_MS_MAX}"),
+            config.visibility_timeout_ms,
+        ));
+    }
+    if config.dedup_window_ms > DELAY_MS_MAX {
+        return Err(out_of_range(
+            "dedup window (ms)",
+            format!("0..={DELAY_MS_MAX}"),
+            config.dedup_window_ms,
+        ));
+    }
+    match (&config.dead_letter_queue, config.max_deliveries) {
+        (None, 0) => Ok(()),
+        (None, n) => Err(out_of_range(
+            "max deliveries without a dead-letter queue",
+            "0".into(),
+            n,
+        )),
+        (Some(_), 0) => Err(out_of_range(
+            "max deliveries with a dead-letter queue",
+            ">= 1".into(),
+            0,
+        )),
+        (Some(dlq), _) if dlq.as_slice() == queue => Err(out_of_range(
+            "dead-letter queue",
+            "another queue".into(),
+            String::from_utf8_lossy(dlq),
+        )),
+        (Some(dlq), _) => check_name("dead-letter queue name", dlq),
+    }
+}
+
+pub(crate) fn validate_configure(queue: &[u8], config: &QueueConfig) -> Result<(), OpError> {
+    check_name("queue name", queue)?;
+    check_config(queue, config)
+}
+
+pub(crate) fn validate_enqueue(queue: &[u8], messages: &[NewMessage]) -> Result<(), OpError> {
+    check_name("queue name", queue)?;
+    check_batch(messages.len())?;
+    let total: usize = messages.iter().map(|m| m.payload.len()).sum();
+    if total > BATCH_BYTES_MAX {
+        return Err(OpError::TooLarge {
+            what: "enqueue batch".into(),
+            len: total,
+            max: BATCH_BYTES_MAX,
+        });
+    }
+    for m in messages {
+        if m.payload.len() > MESSAGE_BYTES_MAX {
+            return Err(OpError::TooLarge {
+                what: "message".into(),
+                len: m.payload.len(),
+                max: MESSAGE_BYTES_MAX,
+            });
+        }
+        if m.delay_ms > DELAY_MS_MAX {
+            return Err(out_of_range("delay (ms)", format!("0..={DELAY_MS_MAX}"), m.delay_ms));
+        }
+        if let Some(dedup) = &m.dedup_id {
+            check_name("dedup id", dedup)?;
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn validate_receive(queue: &[u8], max: u32, visibility_timeout_ms: Option<u64>) -> Result<(), OpError> {
+    check_name("queue name", queue)?;
+    if max == 0 || max > RECEIVE_MAX {
+        return Err(out_of_range("receive max", format!("1..={RECEIVE_MAX}"), max));
+    }
+    if let Some(vt) = visibility_timeout_ms {
+        if vt == 0 || vt > VISIBILITY_MS_MAX {
+            return Err(out_of_range(
+                "visibility timeout (ms)",
+                format!("1..={VISIBILITY_MS_MAX}"),
+                vt,
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn validate_nack(queue: &[u8], delay_ms: u64) -> Result<(), OpError> {
+    check_name("queue name", queue)?;
+    if delay_ms > DELAY_MS_MAX {
+        return Err(out_of_range("delay (ms)", format!("0..={DELAY_MS_MAX}"), delay_ms));
+    }
+    Ok(())
+}
+
+fn unknown_queue(queue: &[u8]) -> OpError {
+    OpError::NotFound {
+        what: "queue".into(),
+        name: String::from_utf8_lossy(queue).into_owned(),
+    }
+}
+
+/// The queue's record, or the refusal for an unknown queue.
+pub fn stored_queue<S: StoreRead + ?Sized>(
+    store: &S,
+    queue: &[u8],
+) -> Result<Result<StoredQueue, OpError>, StoreError> {
+    Ok(load::<S, StoredQueue>(store, Table::Queue, &named(queue))?.ok_or_else(|| unknown_queue(queue)))
+}
+
+macro_rules! refuse_on_err {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(refusal) => return Ok(Response::Refused(refusal)),
+        }
+    };
+}
+
+pub(crate) fn configure<S: StoreRead>(
+    view: &mut View<'_, S>,
+    queue: &[u8],
+    config: &QueueConfig,
+) -> Result<Response, StoreError> {
+    refuse_on_err!(validate_configure(queue, config));
+    if let Some(dlq) = &config.dead_letter_queue {
+        refuse_on_err!(stored_queue(view, dlq)?);
+    }
+    let (created, stats) = match load::<_, StoredQueue>(view, Table::Queue, &named(queue))? {
+        Some(existing) => (false, existing.stats),
+        None => (true, QueueStats::default()),
+    };
+    let record = StoredQueue {
+        config: config.clone(),
+        stats,
+    };
+    save(view, Table::Queue, named(queue), &record);
+    Ok(Response::QueueConfigured { created })
+}
+
+fn place<S: StoreRead>(
+    view: &mut View<'_, S>,
+    queue: &[u8],
+    id: u64,
+    message: &mut StoredMessage,
+    visible_at: u64,
+    now_ms: u64,
+) {
+    if visible_at > now_ms {
+        message.visible_at_ms = Some(visible_at);
+        view.put(Table::QueueDelayed, delayed_key(queue, visible_at, id), Vec::new());
+    } else {
+        message.visible_at_ms = None;
+        view.put(Table::QueueReady, ready_key(queue, message.priority, id), Vec::new());
+    }
+    save(view, Table::QueueMessage, message_key(queue, id), message);
+}
+
+pub(crate) fn enqueue<S: StoreRead>(
+    view: &mut View<'_, S>,
+    index: u64,
+    now_ms: u64,
+    queue: &[u8],
+    messages: &[NewMessage],
+) -> Result<Response, StoreError> {
+    refuse_on_err!(validate_enqueue(queue, messages));
+    let mut record = refuse_on_err!(stored_queue(view, queue)?);
+    let mut outcomes = Vec::with_capacity(messages.len());
+    for (position, m) in messages.iter().enumerate() {
+        // Unique across the log: the entry's index, then the position in the batch.
+        let id = (index << 16) | position as u64;
+        if let Some(dedup) = &m.dedup_id {
+            let key = dedup_key(queue, dedup);
+            if let Some(seen) = load::<_, DedupEntry>(view, Table::QueueDedup, &key)? {
+                if seen.expires_at_ms > now_ms {
+                    outcomes.push(EnqueueOutcome::Duplicate { id: seen.message_id });
+                    continue;
+                }
+                view.delete(
+                    Table::QueueDedupExpiry,
+                    dedup_expiry_key(seen.expires_at_ms, queue, dedup),
+                );
+            }
+            let expires_at_ms = now_ms + record.config.dedup_window_ms.max(1);
+            save(
+                view,
+                Table::QueueDedup,
+                key,
+                &DedupEntry {
+                    message_id: id,
+                    expires_at_ms,
+                },
+            );
+            view.put(
+                Table::QueueDedupExpiry,
+                dedup_expiry_key(expires_at_ms, queue, dedup),
+                Vec::new(),
+            );
+        }
+        let mut message = StoredMessage {
+            payload: m.payload.clone(),
+            priority: m.priority,
+            enqueued_at_ms: now_ms,
+            deliveries: 0,
+            in_flight: false,
+            visible_at_ms: None,
+            dead_lettered_from: None,
+        };
+        place(view, queue, id, &mut message, now_ms + m.delay_ms, now_ms);
+        record.stats.messages += 1;
+        outcomes.push(EnqueueOutcome::Enqueued { id });
+    }
+    save(view, Table::Queue, named(queue), &record);
+    Ok(Response::Enqueued(outcomes))
+}
+
+fn load_message<S: StoreRead + ?Sized>(store: &S, queue: &[u8], id: u64) -> Result<Option<StoredMessage>, StoreError> {
+    load(store, Table::QueueMessage, &message_key(queue, id))
+}
+
+/// Moves the messages of `queue` that are due at `now_ms` to the ready index, or to the
+/// dead-letter queue once they have used up their deliveries.
+fn promote_due<S: StoreRead>(
+    view: &mut View<'_, S>,
+    now_ms: u64,
+    queue: &[u8],
+    record: &mut StoredQueue,
+) -> Result<(), StoreError> {
+    let prefix = named(queue);
+    let mut end = prefix.clone();
+    end.extend_from_slice(&now_ms.saturating_add(1).to_be_bytes());
+    let due = view.scan(Table::QueueDelayed, &KeyRange::between(prefix, end), PROMOTE_MAX)?;
+    for (key, _) in due {
+        let id = trailing_id(&key);
+        view.delete(Table::QueueDelayed, key);
+        let Some(mut message) = load_message(view, queue, id)? else {
+            continue;
+        };
+        if message.in_flight {
+            message.in_flight = false;
+            record.stats.in_flight = record.stats.in_flight.saturating_sub(1);
+        }
+        let exhausted = record.config.max_deliveries > 0 && message.deliveries >= record.config.max_deliveries;
+        match (&record.config.dead_letter_queue, exhausted) {
+            (Some(dlq), true) => {
+                view.delete(Table::QueueMessage, message_key(queue, id));
+                record.stats.messages = record.stats.messages.saturating_sub(1);
+                move_into(view, now_ms, dlq, id, message, Some(queue.to_vec()))?;
+            }
+            _ => place(view, queue, id, &mut message, now_ms, now_ms),
+        }
+    }
+    Ok(())
+}
+
+/// Puts an existing message (keeping its id) into `queue` as visible and never delivered.
+fn move_into<S: StoreRead>(
+    view: &mut View<'_, S>,
+    now_ms: u64,
+    queue: &[u8],
+    id: u64,
+    mut message: StoredMessage,
+    dead_lettered_from: Option<Vec<u8>>,
+) -> Result<(), StoreError> {
+    let Some(mut target) = load::<_, StoredQueue>(view, Table::Queue, &named(queue))? else {
+        // Queues are never deleted, and a dead-letter queue must exist when configured.
+        return Err(StoreError::CorruptRecord {
+            table: Table::Queue,
+            key: String::from_utf8_lossy(queue).into_owned(),
+            reason: "a message's target queue does not exist".into(),
+        });
+    };
+    message.deliveries = 0;
+    message.in_flight = false;
+    message.dead_lettered_from = dead_lettered_from;
+    place(view, queue, id, &mut message, now_ms, now_ms);
+    target.stats.messages += 1;
+    save(view, Table::Queue, named(queue), &target);
+    Ok(())
+}
+
+pub(crate) fn receive<S: StoreRead>(
+    view: &mut View<'_, S>,
+    now_ms: u64,
+    queue: &[u8],
+    max: u32,
+    visibility_timeout_ms: Option<u64>,
+) -> Result<Response, StoreError> {
+    refuse_on_err!(validate_receive(queue, max, visibility_timeout_ms));
+    let mut record = refuse_on_err!(stored_queue(view, queue)?);
+    promote_due(view, now_ms, queue, &mut record)?;
+    let invisible_until_ms = now_ms + visibility_timeout_ms.unwrap_or(record.config.visibility_timeout_ms);
+    let ready = view.scan(
+        Table::QueueReady,
+        &KeyRange::prefix_from(&named(queue), named(queue)),
+        max as usize,
+    )?;
+    let mut deliveries = Vec::with_capacity(ready.len());
+    for (key, _) in ready {
+        let id = trailing_id(&key);
+        view.delete(Table::QueueReady, key);
+        let Some(mut message) = load_message(view, queue, id)? else {
+            continue;
+        };
+        message.deliveries += 1;
+        message.in_flight = true;
+        place(view, queue, id, &mut message, invisible_until_ms, now_ms);
+        record.stats.in_flight += 1;
+        deliveries.push(Delivery {
+            receipt: Receipt {
+                message_id: id,
+                delivery: message.deliveries,
+            },
+            payload: message.payload,
+            priority: message.priority,
+            enqueued_at_ms: message.enqueued_at_ms,
+            invisible_until_ms,
+        });
+    }
+    save(view, Table::Queue, named(queue), &record);
+    Ok(Response::Received(deliveries))
+}
+
+/// The message a receipt names, if that receipt is its latest delivery and still in flight.
+fn current_delivery<S: StoreRead>(
+    view: &View<'_, S>,
+    queue: &[u8],
+    receipt: &Receipt,
+) -> Result<Result<StoredMessage, OpError>, StoreError> {
+    let message = load_message(view, queue, receipt.message_id)?;
+    Ok(match message {
+        Some(m) if m.in_flight && m.deliveries == receipt.delivery => Ok(m),
+        other => Err(OpError::StaleReceipt {
+            message_id: receipt.message_id,
+            delivery: receipt.delivery,
+            latest: other.map(|m| m.deliveries),
+        }),
+    })
+}
+
+pub(crate) fn ack<S: StoreRead>(
+    view: &mut View<'_, S>,
+    queue: &[u8],
+    receipt: &Receipt,
+) -> Result<Response, StoreError> {
+    refuse_on_err!(check_name("queue name", queue));
+    let mut record = refuse_on_err!(stored_queue(view, queue)?);
+    let message = refuse_on_err!(current_delivery(view, queue, receipt)?);
+    if let Some(at) = message.visible_at_ms {
+        view.delete(Table::QueueDelayed, delayed_key(queue, at, receipt.message_id));
+    }
+    view.delete(Table::QueueMessage, message_key(queue, receipt.message_id));
+    record.stats.messages = record.stats.messages.saturating_sub(1);
+    record.stats.in_flight = record.stats.in_flight.saturating_sub(1);
+    save(view, Table::Queue, named(queue), &record);
+    Ok(Response::QueueDone)
+}
+
+pub(crate) fn nack<S: StoreRead>(
+    view: &mut View<'_, S>,
+    now_ms: u64,
+    queue: &[u8],
+    receipt: &Receipt,
+    delay_ms: u64,
+) -> Result<Response, StoreError> {
+    refuse_on_err!(validate_nack(queue, delay_ms));
+    let mut record = refuse_on_err!(stored_queue(view, queue)?);
+    let mut message = refuse_on_err!(current_delivery(view, queue, receipt)?);
+    if let Some(at) = message.visible_at_ms {
+        view.delete(Table::QueueDelayed, delayed_key(queue, at, receipt.message_id));
+    }
+    message.in_flight = false;
+    record.stats.in_flight = record.stats.in_flight.saturating_sub(1);
+    // Always through the delayed index, even with no delay: the next receive's promotion is where
+    // a message that used up its deliveries is dead-lettered.
+    let visible_at = now_ms + delay_ms;
+    message.visible_at_ms = Some(visible_at);
+    view.put(
+        Table::QueueDelayed,
+        delayed_key(queue, visible_at, receipt.message_id),
+        Vec::new(),
+    );
+    save(
+        view,
+        Table::QueueMessage,
+        message_key(queue, receipt.message_id),
+        &message,
+    );
+    save(view, Table::Queue, named(queue), &record);
+    Ok(Response::QueueDone)
+}
+
+/// Moves up to `max` messages of dead-letter queue `queue` back to the queues they came from,
+/// as fresh deliveries. Messages enqueued directly into it stay.
+pub(crate) fn redrive<S: StoreRead>(
+    view: &mut View<'_, S>,
+    now_ms: u64,
+    queue: &[u8],
+    max: u32,
+) -> Result<Response, StoreError> {
+    refuse_on_err!(validate_receive(queue, max, None));
+    let mut record = refuse_on_err!(stored_queue(view, queue)?);
+    promote_due(view, now_ms, queue, &mut record)?;
+    let ready = view.scan(
+        Table::QueueReady,
+        &KeyRange::prefix_from(&named(queue), named(queue)),
+        max as usize,
+    )?;
+    let mut moved = 0u32;
+    for (key, _) in ready {
+        let id = trailing_id(&key);
+        let Some(message) = load_message(view, queue, id)? else {
+            continue;
+        };
+        let Some(source) = message.dead_lettered_from.clone() else {
+            continue;
+        };
+        view.delete(Table::QueueReady, key);
+        view.delete(Table::QueueMessage, message_key(queue, id));
+        record.stats.messages = record.stats.messages.saturating_sub(1);
+        move_into(view, now_ms, &source, id, message, None)?;
+        moved += 1;
+    }
+    save(view, Table::Queue, named(queue), &record);
+    Ok(Response::Redriven { moved })
+}
+
+/// Whether a receive on `queue` would find a message at `now_ms` (for long-polls, before
+/// proposing one).
+pub fn has_visible<S: StoreRead + ?Sized>(store: &S, queue: &[u8], now_ms: u64) -> Result<bool, StoreError> {
+    let prefix = named(queue);
+    if !store
+        .scan(Table::QueueReady, &KeyRange::prefix_from(&prefix, prefix.clone()), 1)?
+        .is_empty()
+    {
+        return Ok(true);
+    }
+    Ok(next_visible_at(store, queue)?.is_some_and(|at| at <= now_ms))
+}
+
+/// When the next delayed or in-flight message of `queue` becomes visible.
+pub fn next_visible_at<S: StoreRead + ?Sized>(store: &S, queue: &[u8]) -> Result<Option<u64>, StoreError> {
+    let prefix = named(queue);
+    let first = store.scan(Table::QueueDelayed, &KeyRange::prefix_from(&prefix, prefix.clone()), 1)?;
+    Ok(first.first().map(|(k, _)| {
+        let at: [u8; 8] = k[prefix.len()..prefix.len() + 8]
+            .try_into()
+            .expect("delayed keys hold a time");
+        u64::from_be_bytes(at)
+    }))
+}
+
+/// Forgets dedup ids whose window has passed, at most `limit`.
+pub(crate) fn sweep_dedup<S: StoreRead>(
+    view: &mut View<'_, S>,
+    now_ms: u64,
+    limit: u32,
+) -> Result<Response, StoreError> {
+    let due_range = KeyRange::between(Vec::new(), now_ms.saturating_add(1).to_be_bytes().to_vec());
+    let due = view.scan(Table::QueueDedupExpiry, &due_range, limit as usize)?;
+    let mut removed = 0u32;
+    for (key, _) in due {
+        let dedup = key[8..].to_vec();
+        view.delete(Table::QueueDedupExpiry, key);
+        view.delete(Table::QueueDedup, dedup);
+        removed += 1;
+    }
+    Ok(Response::Swept { removed })
+}

@@ -1,0 +1,494 @@
+//! Stream apply: topics, produce (with idempotent producers), retention; and the fetch read.
+//!
+//! A partition is a run of record batches, one per partition per produce entry, keyed by their
+//! first offset (as Kafka stores record batches): a produce of 1000 records writes a handful of
+//! keys, and a fetch seeks to the batch holding its offset.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::queue::check_name;
+use super::{check_batch, load, named, save, View};
+use crate::command::{OpError, Response};
+use crate::limits::{BATCH_BYTES_MAX, PARTITIONS_MAX, RECORD_VALUE_BYTES_MAX, TTL_MS_MAX};
+use crate::state::{KeyRange, StoreError, StoreRead, Table};
+use crate::stream::{partition_for_key, FetchedRecord, ProduceRecord, Produced, Record, TopicConfig};
+
+/// A partition's bounds: records `start_offset..next_offset` are stored.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionState {
+    pub start_offset: u64,
+    pub next_offset: u64,
+    /// Bytes of the stored batches.
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct StoredBatch {
+    timestamp_ms: u64,
+    records: Vec<Record>,
+}
+
+/// An idempotent producer's last appended batch on one partition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct ProducerState {
+    first_sequence: u64,
+    last_sequence: u64,
+    first_offset: u64,
+}
+
+/// What a fetch returns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fetched {
+    pub records: Vec<FetchedRecord>,
+    /// The offset the next produced record will get.
+    pub high_watermark: u64,
+    /// The first offset still stored.
+    pub log_start: u64,
+}
+
+fn partition_key(topic: &[u8], partition: u32) -> Vec<u8> {
+    let mut k = named(topic);
+    k.extend_from_slice(&partition.to_be_bytes());
+    k
+}
+
+fn batch_key(topic: &[u8], partition: u32, base_offset: u64) -> Vec<u8> {
+    let mut k = partition_key(topic, partition);
+    k.extend_from_slice(&base_offset.to_be_bytes());
+    k
+}
+
+fn producer_key(topic: &[u8], partition: u32, producer_id: u64) -> Vec<u8> {
+    let mut k = partition_key(topic, partition);
+    k.extend_from_slice(&producer_id.to_be_bytes());
+    k
+}
+
+fn base_offset_of(key: &[u8]) -> u64 {
+    u64::from_be_bytes(key[key.len() - 8..].try_into().expect("batch keys end with an offset"))
+}
+
+fn out_of_range(what: &'static str, expected: String, got: impl ToString) -> OpError {
+    OpError::OutOfRange {
+        what: what.into(),
+        expected,
+        got: got.to_string(),
+    }
+}
+
+fn unknown_topic(topic: &[u8]) -> OpError {
+    OpError::NotFound {
+        what: "topic".into(),
+        name: String::from_utf8_lossy(topic).into_owned(),
+    }
+}
+
+macro_rules! refuse_on_err {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(refusal) => return Ok(Response::Refused(refusal)),
+        }
+    };
+}
+
+pub(crate) fn validate_topic(topic: &[u8], config: &TopicConfig) -> Result<(), OpError> {
+    check_name("topic name", topic)?;
+    if config.partitions == 0 || config.partitions > PARTITIONS_MAX {
+        return Err(out_of_range(
+            "partitions",
+            format!("1..={PARTITIONS_MAX}"),
+            config.partitions,
+        ));
+    }
+    if let Some(ms) = config.retention_ms {
+        if ms == 0 || ms > TTL_MS_MAX {
+            return Err(out_of_range("retention (ms)", format!("1..={TTL_MS_MAX}"), ms));
+        }
+    }
+    if config.retention_bytes == Some(0) {
+        return Err(out_of_range("retention (bytes)", ">= 1".into(), 0));
+    }
+    Ok(())
+}
+
+pub(crate) fn validate_produce(topic: &[u8], records: &[ProduceRecord], producer: Option<u64>) -> Result<(), OpError> {
+    check_name("topic name", topic)?;
+    check_batch(records.len())?;
+    let mut total = 0usize;
+    for r in records {
+        if r.value.len() > RECORD_VALUE_BYTES_MAX {
+            return Err(OpError::TooLarge {
+                what: "record value".into(),
+                len: r.value.len(),
+                max: RECORD_VALUE_BYTES_MAX,
+            });
+        }
+        total += r.key.len() + r.value.len() + r.headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+        match (producer, r.sequence) {
+            (Some(_), None) => {
+                return Err(OpError::Empty {
+                    what: "sequence of a record from an idempotent producer".into(),
+                })
+            }
+            (None, Some(_)) => {
+                return Err(out_of_range(
+                    "sequence without a producer id",
+                    "no sequence".into(),
+                    "a sequence",
+                ))
+            }
+            _ => {}
+        }
+    }
+    if total > BATCH_BYTES_MAX {
+        return Err(OpError::TooLarge {
+            what: "produce batch".into(),
+            len: total,
+            max: BATCH_BYTES_MAX,
+        });
+    }
+    Ok(())
+}
+
+/// The topic's settings, or the refusal for an unknown topic.
+pub fn topic_config<S: StoreRead + ?Sized>(
+    store: &S,
+    topic: &[u8],
+) -> Result<Result<TopicConfig, OpError>, StoreError> {
+    Ok(load::<S, TopicConfig>(store, Table::StreamTopic, &named(topic))?.ok_or_else(|| unknown_topic(topic)))
+}
+
+/// A partition's bounds, or the refusal for an unknown topic or partition.
+pub fn partition_state<S: StoreRead + ?Sized>(
+    store: &S,
+    topic: &[u8],
+    partition: u32,
+) -> Result<Result<PartitionState, OpError>, StoreError> {
+    let config = match topic_config(store, topic)? {
+        Ok(c) => c,
+        Err(e) => return Ok(Err(e)),
+    };
+    if partition >= config.partitions {
+        return Ok(Err(out_of_range(
+            "partition",
+            format!("0..{}", config.partitions),
+            partition,
+        )));
+    }
+    Ok(Ok(load(
+        store,
+        Table::StreamPartition,
+        &partition_key(topic, partition),
+    )?
+    .unwrap_or_default()))
+}
+
+pub(crate) fn create_topic<S: StoreRead>(
+    view: &mut View<'_, S>,
+    topic: &[u8],
+    config: &TopicConfig,
+) -> Result<Response, StoreError> {
+    refuse_on_err!(validate_topic(topic, config));
+    let existing = load::<_, TopicConfig>(view, Table::StreamTopic, &named(topic))?;
+    if let Some(existing) = &existing {
+        // Records are placed by `hash % partitions`: fewer partitions would lose records.
+        if config.partitions < existing.partitions {
+            return Ok(Response::Refused(out_of_range(
+                "partitions (a topic's partitions can only grow)",
+                format!(">= {}", existing.partitions),
+                config.partitions,
+            )));
+        }
+    }
+    save(view, Table::StreamTopic, named(topic), config);
+    Ok(Response::TopicCreated {
+        created: existing.is_none(),
+    })
+}
+
+pub(crate) fn produce<S: StoreRead>(
+    view: &mut View<'_, S>,
+    index: u64,
+    now_ms: u64,
+    topic: &[u8],
+    records: &[ProduceRecord],
+    producer: Option<u64>,
+) -> Result<Response, StoreError> {
+    refuse_on_err!(validate_produce(topic, records, producer));
+    let config = refuse_on_err!(topic_config(view, topic)?);
+    // Records without key or partition all go to one partition per entry (a sticky partitioner).
+    let keyless_partition = (index % u64::from(config.partitions)) as u32;
+    let mut by_partition: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+    for (position, r) in records.iter().enumerate() {
+        let partition = match r.partition {
+            Some(p) if p >= config.partitions => {
+                return Ok(Response::Refused(out_of_range(
+                    "partition",
+                    format!("0..{}", config.partitions),
+                    p,
+                )))
+            }
+            Some(p) => p,
+            None if r.key.is_empty() => keyless_partition,
+            None => partition_for_key(&r.key, config.partitions),
+        };
+        by_partition.entry(partition).or_default().push(position);
+    }
+    let mut outcomes = vec![
+        Produced {
+            partition: 0,
+            offset: 0,
+            duplicate: false,
+        };
+        records.len()
+    ];
+    for (partition, positions) in by_partition {
+        let mut state: PartitionState =
+            load(view, Table::StreamPartition, &partition_key(topic, partition))?.unwrap_or_default();
+        if let Some(producer_id) = producer {
+            let sequences: Vec<u64> = positions.iter().filter_map(|&i| records[i].sequence).collect();
+            let first = sequences[0];
+            let last = sequences[sequences.len() - 1];
+            if let Some(w) = sequences.windows(2).find(|w| w[1] != w[0].wrapping_add(1)) {
+                return Ok(Response::Refused(OpError::OutOfOrderSequence {
+                    partition,
+                    expected: w[0].wrapping_add(1),
+                    got: w[1],
+                    reason: "a partition's sequences in one request must be consecutive".into(),
+                }));
+            }
+            let key = producer_key(topic, partition, producer_id);
+            let previous: Option<ProducerState> = load(view, Table::StreamProducer, &key)?;
+            match previous {
+                Some(p) if p.first_sequence == first && p.last_sequence == last => {
+                    // A retry of the producer's last batch: answer where it went the first time.
+                    for (n, &i) in positions.iter().enumerate() {
+                        outcomes[i] = Produced {
+                            partition,
+                            offset: p.first_offset + n as u64,
+                            duplicate: true,
+                        };
+                    }
+                    continue;
+                }
+                Some(p) if first != p.last_sequence.wrapping_add(1) => {
+                    return Ok(Response::Refused(OpError::OutOfOrderSequence {
+                        partition,
+                        expected: p.last_sequence.wrapping_add(1),
+                        got: first,
+                        reason: "not the next sequence, nor a retry of the last batch".into(),
+                    }));
+                }
+                _ => save(
+                    view,
+                    Table::StreamProducer,
+                    key,
+                    &ProducerState {
+                        first_sequence: first,
+                        last_sequence: last,
+                        first_offset: state.next_offset,
+                    },
+                ),
+            }
+        }
+        let batch = StoredBatch {
+            timestamp_ms: now_ms,
+            records: positions
+                .iter()
+                .map(|&i| Record {
+                    key: records[i].key.clone(),
+                    value: records[i].value.clone(),
+                    headers: records[i].headers.clone(),
+                })
+                .collect(),
+        };
+        let bytes = bincode::serialize(&batch).expect("batches serialize");
+        for (n, &i) in positions.iter().enumerate() {
+            outcomes[i] = Produced {
+                partition,
+                offset: state.next_offset + n as u64,
+                duplicate: false,
+            };
+        }
+        state.bytes += bytes.len() as u64;
+        view.put(
+            Table::StreamBatch,
+            batch_key(topic, partition, state.next_offset),
+            bytes,
+        );
+        state.next_offset += positions.len() as u64;
+        save(view, Table::StreamPartition, partition_key(topic, partition), &state);
+    }
+    Ok(Response::Produced(outcomes))
+}
+
+/// Reads records from `offset` on: at most `max_records`, and no more than `max_bytes` of values
+/// unless the first record alone is larger (a fetch always makes progress).
+pub fn fetch<S: StoreRead + ?Sized>(
+    store: &S,
+    topic: &[u8],
+    partition: u32,
+    offset: u64,
+    max_records: u32,
+    max_bytes: u64,
+) -> Result<Result<Fetched, OpError>, StoreError> {
+    let state = match partition_state(store, topic, partition)? {
+        Ok(s) => s,
+        Err(e) => return Ok(Err(e)),
+    };
+    if offset < state.start_offset || offset > state.next_offset {
+        return Ok(Err(OpError::OffsetOutOfRange {
+            offset,
+            log_start: state.start_offset,
+            high_watermark: state.next_offset,
+        }));
+    }
+    let mut fetched = Fetched {
+        records: Vec::new(),
+        high_watermark: state.next_offset,
+        log_start: state.start_offset,
+    };
+    if offset == state.next_offset || max_records == 0 {
+        return Ok(Ok(fetched));
+    }
+    let prefix = partition_key(topic, partition);
+    // The batch holding `offset` is the last one starting at or before it.
+    let holding = store.scan_reverse(
+        Table::StreamBatch,
+        &KeyRange::between(prefix.clone(), batch_key(topic, partition, offset.saturating_add(1))),
+        1,
+    )?;
+    let start = holding
+        .first()
+        .map_or_else(|| batch_key(topic, partition, offset), |(k, _)| k.clone());
+    let mut bytes = 0u64;
+    let mut from = start;
+    'pages: loop {
+        let page = store.scan(Table::StreamBatch, &KeyRange::prefix_from(&prefix, from.clone()), 16)?;
+        if page.is_empty() {
+            break;
+        }
+        for (key, value) in &page {
+            let base = base_offset_of(key);
+            let batch: StoredBatch = bincode::deserialize(value).map_err(|e| StoreError::CorruptRecord {
+                table: Table::StreamBatch,
+                key: format!("{key:02x?}"),
+                reason: e.to_string(),
+            })?;
+            for (n, record) in batch.records.into_iter().enumerate() {
+                let at = base + n as u64;
+                if at < offset {
+                    continue;
+                }
+                let size = record.value.len() as u64;
+                let full = fetched.records.len() >= max_records as usize
+                    || (!fetched.records.is_empty() && bytes + size > max_bytes);
+                if full {
+                    break 'pages;
+                }
+                bytes += size;
+                fetched.records.push(FetchedRecord {
+                    offset: at,
+                    timestamp_ms: batch.timestamp_ms,
+                    record,
+                });
+            }
+        }
+        let mut next = page[page.len() - 1].0.clone();
+        next.push(0);
+        from = next;
+    }
+    Ok(Ok(fetched))
+}
+
+/// The oldest batch of a partition that retention removes at `now_ms`, with its record count.
+fn expired_head<S: StoreRead + ?Sized>(
+    store: &S,
+    topic: &[u8],
+    partition: u32,
+    config: &TopicConfig,
+    state: &PartitionState,
+    now_ms: u64,
+) -> Result<Option<(Vec<u8>, u64, u64)>, StoreError> {
+    let prefix = partition_key(topic, partition);
+    let head = store.scan(Table::StreamBatch, &KeyRange::prefix_from(&prefix, prefix.clone()), 1)?;
+    let Some((key, value)) = head.into_iter().next() else {
+        return Ok(None);
+    };
+    let batch: StoredBatch = bincode::deserialize(&value).map_err(|e| StoreError::CorruptRecord {
+        table: Table::StreamBatch,
+        key: format!("{key:02x?}"),
+        reason: e.to_string(),
+    })?;
+    let count = batch.records.len() as u64;
+    let aged = config
+        .retention_ms
+        .is_some_and(|ms| batch.timestamp_ms.saturating_add(ms) <= now_ms);
+    // The newest batch stays whatever its size, as Kafka keeps its active segment.
+    let newest = base_offset_of(&key) + count >= state.next_offset;
+    let oversize = config.retention_bytes.is_some_and(|max| state.bytes > max) && !newest;
+    Ok((aged || oversize).then_some((key, count, value.len() as u64)))
+}
+
+fn topics_with_retention<S: StoreRead + ?Sized>(store: &S) -> Result<Vec<(Vec<u8>, TopicConfig)>, StoreError> {
+    let mut out = Vec::new();
+    for (key, value) in store.scan(Table::StreamTopic, &KeyRange::all(), usize::MAX)? {
+        let config: TopicConfig = bincode::deserialize(&value).map_err(|e| StoreError::CorruptRecord {
+            table: Table::StreamTopic,
+            key: format!("{key:02x?}"),
+            reason: e.to_string(),
+        })?;
+        if config.retention_ms.is_some() || config.retention_bytes.is_some() {
+            out.push((key[1..].to_vec(), config));
+        }
+    }
+    Ok(out)
+}
+
+/// Whether some partition has a batch that retention would remove at `now_ms`.
+pub fn retention_due<S: StoreRead + ?Sized>(store: &S, now_ms: u64) -> Result<bool, StoreError> {
+    for (topic, config) in topics_with_retention(store)? {
+        for partition in 0..config.partitions {
+            let state: PartitionState =
+                load(store, Table::StreamPartition, &partition_key(&topic, partition))?.unwrap_or_default();
+            if expired_head(store, &topic, partition, &config, &state, now_ms)?.is_some() {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
+
+/// Removes batches past their topic's retention, oldest first, at most `limit` batches.
+pub(crate) fn apply_retention<S: StoreRead>(
+    view: &mut View<'_, S>,
+    now_ms: u64,
+    limit: u32,
+) -> Result<Response, StoreError> {
+    let mut removed = 0u32;
+    for (topic, config) in topics_with_retention(view)? {
+        for partition in 0..config.partitions {
+            let key = partition_key(&topic, partition);
+            let mut state: PartitionState = load(view, Table::StreamPartition, &key)?.unwrap_or_default();
+            let mut changed = false;
+            while removed < limit {
+                let Some((batch, count, bytes)) = expired_head(view, &topic, partition, &config, &state, now_ms)?
+                else {
+                    break;
+                };
+                state.start_offset = base_offset_of(&batch) + count;
+                state.bytes = state.bytes.saturating_sub(bytes);
+                view.delete(Table::StreamBatch, batch);
+                removed += 1;
+                changed = true;
+            }
+            if changed {
+                save(view, Table::StreamPartition, key, &state);
+            }
+        }
+    }
+    Ok(Response::Swept { removed })
+}

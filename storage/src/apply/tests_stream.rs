@@ -1,0 +1,494 @@
+//! Streams: produce and fetch, idempotent producers, retention, consumer groups and assignment.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+
+use super::group::assign;
+use super::stream::{fetch, partition_state, Fetched};
+use super::tests::{cmd, Harness};
+use super::*;
+use crate::stream::{partition_for_key, Assignment, Assignor, GroupView, ProduceRecord, Produced, TopicConfig};
+
+fn create(h: &mut Harness, topic: &str, partitions: u32) {
+    let r = h.apply(cmd(
+        0,
+        Op::StreamCreateTopic {
+            topic: topic.into(),
+            config: TopicConfig {
+                partitions,
+                retention_ms: None,
+                retention_bytes: None,
+            },
+        },
+    ));
+    assert!(matches!(r, Response::TopicCreated { .. }), "{r:?}");
+}
+
+fn record(key: &str, value: &str) -> ProduceRecord {
+    ProduceRecord {
+        partition: None,
+        key: key.into(),
+        value: value.into(),
+        headers: Vec::new(),
+        sequence: None,
+    }
+}
+
+fn to(partition: u32, value: &str) -> ProduceRecord {
+    ProduceRecord {
+        partition: Some(partition),
+        ..record("", value)
+    }
+}
+
+fn produce(h: &mut Harness, at: u64, topic: &str, records: Vec<ProduceRecord>, producer: Option<u64>) -> Response {
+    h.apply(cmd(
+        at,
+        Op::StreamProduce {
+            topic: topic.into(),
+            records,
+            producer,
+        },
+    ))
+}
+
+fn produced(r: Response) -> Vec<Produced> {
+    match r {
+        Response::Produced(p) => p,
+        other => panic!("expected produced, got {other:?}"),
+    }
+}
+
+fn read(h: &Harness, topic: &str, partition: u32, offset: u64, max: u32) -> Fetched {
+    fetch(&h.store, topic.as_bytes(), partition, offset, max, u64::MAX)
+        .expect("store")
+        .expect("fetch")
+}
+
+fn values(f: &Fetched) -> Vec<String> {
+    f.records
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.record.value).into_owned())
+        .collect()
+}
+
+#[test]
+fn records_get_consecutive_offsets_per_partition_and_fetch_from_any_offset() {
+    let mut h = Harness::new();
+    create(&mut h, "events", 3);
+    let first = produced(produce(
+        &mut h,
+        1,
+        "events",
+        vec![to(1, "a"), to(2, "x"), to(1, "b")],
+        None,
+    ));
+    assert_eq!(
+        first.iter().map(|p| (p.partition, p.offset)).collect::<Vec<_>>(),
+        [(1, 0), (2, 0), (1, 1)]
+    );
+    let second = produced(produce(&mut h, 2, "events", vec![to(1, "c"), to(1, "d")], None));
+    assert_eq!(second.iter().map(|p| p.offset).collect::<Vec<_>>(), [2, 3]);
+    let all = read(&h, "events", 1, 0, 100);
+    assert_eq!(values(&all), ["a", "b", "c", "d"]);
+    assert_eq!(all.records.iter().map(|r| r.offset).collect::<Vec<_>>(), [0, 1, 2, 3]);
+    assert_eq!(all.high_watermark, 4);
+    // From the middle of a batch, and bounded by count.
+    assert_eq!(values(&read(&h, "events", 1, 1, 2)), ["b", "c"]);
+    assert_eq!(values(&read(&h, "events", 1, 3, 10)), ["d"]);
+    assert!(
+        read(&h, "events", 1, 4, 10).records.is_empty(),
+        "at the end: nothing yet"
+    );
+    // max_bytes stops early but always returns one record.
+    let one = fetch(&h.store, b"events", 1, 0, 100, 1).expect("store").expect("fetch");
+    assert_eq!(values(&one), ["a"]);
+}
+
+#[test]
+fn keys_hash_to_a_stable_partition() {
+    let mut h = Harness::new();
+    create(&mut h, "t", 8);
+    let records: Vec<_> = (0..50)
+        .map(|i| record(&format!("user-{}", i % 5), &i.to_string()))
+        .collect();
+    let out = produced(produce(&mut h, 1, "t", records, None));
+    for (i, p) in out.iter().enumerate() {
+        assert_eq!(p.partition, partition_for_key(format!("user-{}", i % 5).as_bytes(), 8));
+    }
+    // Per key, order is preserved within its partition.
+    let p = partition_for_key(b"user-3", 8);
+    let in_order: Vec<String> = values(&read(&h, "t", p, 0, 1000));
+    let of_user_3: Vec<String> = (0..50).filter(|i| i % 5 == 3).map(|i| i.to_string()).collect();
+    assert_eq!(
+        in_order
+            .into_iter()
+            .filter(|v| of_user_3.contains(v))
+            .collect::<Vec<_>>(),
+        of_user_3
+    );
+}
+
+#[test]
+fn an_idempotent_producer_retry_appends_nothing_and_gaps_are_refused() {
+    let mut h = Harness::new();
+    create(&mut h, "t", 2);
+    let seq = |partition: u32, sequence: u64, v: &str| ProduceRecord {
+        sequence: Some(sequence),
+        ..to(partition, v)
+    };
+    let first = produced(produce(
+        &mut h,
+        1,
+        "t",
+        vec![seq(0, 0, "a"), seq(0, 1, "b"), seq(1, 0, "x")],
+        Some(7),
+    ));
+    // The same batch again (a retry after a lost answer): same offsets, flagged duplicate.
+    let retry = produced(produce(
+        &mut h,
+        2,
+        "t",
+        vec![seq(0, 0, "a"), seq(0, 1, "b"), seq(1, 0, "x")],
+        Some(7),
+    ));
+    assert_eq!(
+        retry.iter().map(|p| (p.partition, p.offset)).collect::<Vec<_>>(),
+        first.iter().map(|p| (p.partition, p.offset)).collect::<Vec<_>>()
+    );
+    assert!(retry.iter().all(|p| p.duplicate));
+    assert_eq!(read(&h, "t", 0, 0, 10).high_watermark, 2);
+    // A gap is refused, and the whole request changes nothing.
+    match produce(&mut h, 3, "t", vec![seq(1, 1, "y"), seq(0, 5, "c")], Some(7)) {
+        Response::Refused(OpError::OutOfOrderSequence {
+            partition: 0,
+            expected: 2,
+            got: 5,
+            ..
+        }) => {}
+        other => panic!("expected an out-of-order refusal, got {other:?}"),
+    }
+    assert_eq!(read(&h, "t", 1, 0, 10).high_watermark, 1);
+    let next = produced(produce(&mut h, 4, "t", vec![seq(0, 2, "c")], Some(7)));
+    assert_eq!((next[0].offset, next[0].duplicate), (2, false));
+    // Another producer has its own sequences.
+    let other = produced(produce(&mut h, 5, "t", vec![seq(0, 0, "z")], Some(8)));
+    assert_eq!((other[0].offset, other[0].duplicate), (3, false));
+}
+
+#[test]
+fn bad_input_gets_typed_refusals() {
+    let mut h = Harness::new();
+    create(&mut h, "t", 2);
+    let refused = |r: Response| match r {
+        Response::Refused(e) => e,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    assert!(matches!(
+        refused(produce(&mut h, 1, "nope", vec![to(0, "a")], None)),
+        OpError::NotFound { .. }
+    ));
+    assert!(matches!(
+        refused(produce(&mut h, 1, "t", vec![to(2, "a")], None)),
+        OpError::OutOfRange { .. }
+    ));
+    assert!(matches!(
+        refused(produce(&mut h, 1, "", vec![to(0, "a")], None)),
+        OpError::Empty { .. }
+    ));
+    let big = ProduceRecord {
+        value: vec![0; crate::limits::RECORD_VALUE_BYTES_MAX + 1],
+        ..to(0, "")
+    };
+    assert!(matches!(
+        refused(produce(&mut h, 1, "t", vec![big], None)),
+        OpError::TooLarge { .. }
+    ));
+    assert_eq!(read(&h, "t", 0, 0, 10).high_watermark, 0, "nothing appended");
+    produce(&mut h, 1, "t", vec![to(0, "a")], None);
+    let beyond = fetch(&h.store, b"t", 0, 2, 10, 100).expect("store");
+    assert!(matches!(
+        beyond,
+        Err(OpError::OffsetOutOfRange {
+            offset: 2,
+            log_start: 0,
+            high_watermark: 1
+        })
+    ));
+    assert!(matches!(
+        fetch(&h.store, b"t", 5, 0, 10, 100).expect("store"),
+        Err(OpError::OutOfRange { .. })
+    ));
+    assert!(matches!(
+        fetch(&h.store, b"x", 0, 0, 10, 100).expect("store"),
+        Err(OpError::NotFound { .. })
+    ));
+    // Partitions only grow.
+    let shrink = h.apply(cmd(
+        2,
+        Op::StreamCreateTopic {
+            topic: "t".into(),
+            config: TopicConfig {
+                partitions: 1,
+                retention_ms: None,
+                retention_bytes: None,
+            },
+        },
+    ));
+    assert!(matches!(shrink, Response::Refused(OpError::OutOfRange { .. })));
+}
+
+#[test]
+fn retention_by_age_and_by_size_removes_the_oldest_batches() {
+    let mut h = Harness::new();
+    h.apply(cmd(
+        0,
+        Op::StreamCreateTopic {
+            topic: "aged".into(),
+            config: TopicConfig {
+                partitions: 1,
+                retention_ms: Some(1000),
+                retention_bytes: None,
+            },
+        },
+    ));
+    h.apply(cmd(
+        0,
+        Op::StreamCreateTopic {
+            topic: "sized".into(),
+            config: TopicConfig {
+                partitions: 1,
+                retention_ms: None,
+                retention_bytes: Some(250),
+            },
+        },
+    ));
+    for t in 0..5u64 {
+        produce(&mut h, t * 100, "aged", vec![to(0, &format!("a{t}"))], None);
+        produce(&mut h, t * 100, "sized", vec![to(0, &"x".repeat(100))], None);
+    }
+    assert!(sweeps_due(&h.store, 1000)
+        .expect("due")
+        .contains(&Op::StreamRetention { limit: SWEEP_LIMIT }));
+    h.apply(cmd(1150, Op::StreamRetention { limit: SWEEP_LIMIT }));
+    // Batches stamped 0 and 100 are 1000 ms old at 1150; 200.. stay.
+    let aged = read(&h, "aged", 0, 2, 10);
+    assert_eq!(
+        (aged.log_start, values(&aged)),
+        (2, vec!["a2".into(), "a3".into(), "a4".into()])
+    );
+    assert!(matches!(
+        fetch(&h.store, b"aged", 0, 0, 10, 100).expect("store"),
+        Err(OpError::OffsetOutOfRange { log_start: 2, .. })
+    ));
+    let sized = partition_state(&h.store, b"sized", 0)
+        .expect("store")
+        .expect("partition");
+    assert!(sized.bytes <= 250, "{sized:?}");
+    assert!(sized.start_offset >= 2 && sized.next_offset == 5, "{sized:?}");
+    assert!(!sweeps_due(&h.store, 1150)
+        .expect("due")
+        .contains(&Op::StreamRetention { limit: SWEEP_LIMIT }));
+}
+
+fn join(h: &mut Harness, at: u64, member: &str, topics: &[&str], assignor: Assignor) -> GroupView {
+    match h.apply(cmd(
+        at,
+        Op::GroupJoin {
+            group: "g".into(),
+            member: member.into(),
+            topics: topics.iter().map(|t| t.as_bytes().to_vec()).collect(),
+            session_timeout_ms: 1000,
+            assignor,
+        },
+    )) {
+        Response::Group(v) => v,
+        other => panic!("expected a group view, got {other:?}"),
+    }
+}
+
+fn heartbeat(h: &mut Harness, at: u64, member: &str) -> Response {
+    h.apply(cmd(
+        at,
+        Op::GroupHeartbeat {
+            group: "g".into(),
+            member: member.into(),
+        },
+    ))
+}
+
+#[test]
+fn a_member_that_misses_its_session_timeout_loses_its_partitions() {
+    let mut h = Harness::new();
+    create(&mut h, "t", 4);
+    let a = join(&mut h, 0, "a", &["t"], Assignor::Range);
+    assert_eq!((a.generation, a.assigned.len()), (1, 4));
+    let b = join(&mut h, 100, "b", &["t"], Assignor::Range);
+    assert_eq!((b.generation, b.assigned.len()), (2, 2));
+    // a learns the new generation from its heartbeat.
+    match heartbeat(&mut h, 200, "a") {
+        Response::Group(v) => assert_eq!((v.generation, v.assigned.len()), (2, 2)),
+        other => panic!("{other:?}"),
+    }
+    // Commits are fenced by generation and by ownership.
+    let commit = |h: &mut Harness, at, member: &str, generation, partition| {
+        h.apply(cmd(
+            at,
+            Op::GroupCommit {
+                group: "g".into(),
+                member: member.into(),
+                generation,
+                offsets: vec![(b"t".to_vec(), partition, 0)],
+            },
+        ))
+    };
+    assert!(matches!(
+        commit(&mut h, 300, "a", 1, 0),
+        Response::Refused(OpError::IllegalGeneration { current: 2, .. })
+    ));
+    assert!(matches!(
+        commit(&mut h, 300, "a", 2, 3),
+        Response::Refused(OpError::NotAssigned { .. })
+    ));
+    assert_eq!(commit(&mut h, 300, "a", 2, 0), Response::OffsetsCommitted);
+    // b keeps heartbeating; a stops. After a's timeout the sweep hands everything to b.
+    heartbeat(&mut h, 900, "b");
+    assert!(sweeps_due(&h.store, 1200)
+        .expect("due")
+        .contains(&Op::GroupSweep { limit: SWEEP_LIMIT }));
+    assert_eq!(
+        h.apply(cmd(1200, Op::GroupSweep { limit: SWEEP_LIMIT })),
+        Response::Swept { removed: 1 }
+    );
+    match heartbeat(&mut h, 1300, "b") {
+        Response::Group(v) => assert_eq!((v.generation, v.assigned.len(), v.members), (3, 4, 1)),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        heartbeat(&mut h, 1300, "a"),
+        Response::GroupRefused(OpError::NotFound { .. })
+    ));
+    assert!(matches!(
+        commit(&mut h, 1300, "a", 3, 0),
+        Response::GroupRefused(OpError::NotFound { .. })
+    ));
+    assert_eq!(
+        super::group::committed(&h.store, b"g", b"t").expect("read"),
+        vec![(0, 0)]
+    );
+}
+
+#[test]
+fn an_expired_member_noticed_by_a_heartbeat_is_gone_for_good() {
+    let mut h = Harness::new();
+    create(&mut h, "t", 2);
+    join(&mut h, 0, "a", &["t"], Assignor::Sticky);
+    join(&mut h, 0, "b", &["t"], Assignor::Sticky);
+    heartbeat(&mut h, 900, "b");
+    // No sweep ran: b's heartbeat at 1500 still expires a, and that sticks.
+    match heartbeat(&mut h, 1500, "b") {
+        Response::Group(v) => assert_eq!((v.assigned.len(), v.members), (2, 1)),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(heartbeat(&mut h, 1501, "a"), Response::GroupRefused(_)));
+}
+
+fn subscriptions(members: &[(&str, &[&str])]) -> BTreeMap<String, Vec<Vec<u8>>> {
+    members
+        .iter()
+        .map(|(m, topics)| (m.to_string(), topics.iter().map(|t| t.as_bytes().to_vec()).collect()))
+        .collect()
+}
+
+fn check_spread(
+    assignment: &Assignment,
+    subs: &BTreeMap<String, Vec<Vec<u8>>>,
+    partitions: &BTreeMap<Vec<u8>, u32>,
+) -> Result<(), TestCaseError> {
+    for (topic, &count) in partitions {
+        let eligible: Vec<&String> = subs.iter().filter(|(_, t)| t.contains(topic)).map(|(m, _)| m).collect();
+        let mut owners = vec![0usize; count as usize];
+        let mut per_member: BTreeMap<&String, u32> = eligible.iter().map(|m| (*m, 0)).collect();
+        for (member, owned) in assignment {
+            for (t, p) in owned.iter().filter(|(t, _)| t == topic) {
+                prop_assert!(eligible.contains(&member), "{member} owns {t:?} without subscribing");
+                owners[*p as usize] += 1;
+                *per_member.entry(member).or_default() += 1;
+            }
+        }
+        if !eligible.is_empty() {
+            prop_assert!(
+                owners.iter().all(|&n| n == 1),
+                "every partition exactly once: {owners:?}"
+            );
+            let max = per_member.values().max().copied().unwrap_or(0);
+            let min = per_member.values().min().copied().unwrap_or(0);
+            prop_assert!(max - min <= 1, "uneven: {per_member:?}");
+        }
+    }
+    Ok(())
+}
+
+fn topic_names() -> [&'static str; 3] {
+    ["t0", "t1", "t2"]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    #[test]
+    fn both_assignors_give_every_partition_once_and_evenly(
+        members in proptest::collection::btree_map("[a-f]{1,2}", proptest::collection::btree_set(0usize..3, 1..3), 0..7),
+        counts in proptest::collection::vec(0u32..12, 3),
+        sticky in any::<bool>(),
+    ) {
+        let names = topic_names();
+        let subs: BTreeMap<String, Vec<Vec<u8>>> = members
+            .iter()
+            .map(|(m, ts)| (m.clone(), ts.iter().map(|&t| names[t].as_bytes().to_vec()).collect()))
+            .collect();
+        let partitions: BTreeMap<Vec<u8>, u32> = names.iter().zip(&counts).map(|(t, &c)| (t.as_bytes().to_vec(), c)).collect();
+        let assignor = if sticky { Assignor::Sticky } else { Assignor::Range };
+        let a = assign(assignor, &subs, &partitions, &Assignment::new());
+        check_spread(&a, &subs, &partitions)?;
+        prop_assert_eq!(a.keys().collect::<Vec<_>>(), subs.keys().collect::<Vec<_>>());
+    }
+
+    /// With the sticky assignor, a member leaving moves only its own partitions.
+    #[test]
+    fn sticky_moves_only_the_departed_members_partitions(
+        members in proptest::collection::btree_set("[a-h]", 2..8),
+        count in 1u32..40,
+        leaver in any::<usize>(),
+    ) {
+        let all: Vec<&str> = members.iter().map(String::as_str).collect();
+        let subs = subscriptions(&all.iter().map(|m| (*m, &["t"][..])).collect::<Vec<_>>());
+        let partitions: BTreeMap<Vec<u8>, u32> = [(b"t".to_vec(), count)].into();
+        let before = assign(Assignor::Sticky, &subs, &partitions, &Assignment::new());
+        let gone = all[leaver % all.len()].to_string();
+        let mut remaining = subs.clone();
+        remaining.remove(&gone);
+        let after = assign(Assignor::Sticky, &remaining, &partitions, &before);
+        check_spread(&after, &remaining, &partitions)?;
+        for (member, owned) in &before {
+            if *member == gone {
+                continue;
+            }
+            for tp in owned {
+                prop_assert!(after[member].contains(tp), "{member} lost {tp:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn range_gives_contiguous_ranges_in_member_order() {
+    let subs = subscriptions(&[("a", &["t"]), ("b", &["t"]), ("c", &["t"])]);
+    let partitions: BTreeMap<Vec<u8>, u32> = [(b"t".to_vec(), 7)].into();
+    let a = assign(Assignor::Range, &subs, &partitions, &Assignment::new());
+    let owned = |m: &str| a[m].iter().map(|(_, p)| *p).collect::<Vec<_>>();
+    assert_eq!(owned("a"), [0, 1, 2]);
+    assert_eq!(owned("b"), [3, 4]);
+    assert_eq!(owned("c"), [5, 6]);
+}

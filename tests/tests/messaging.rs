@@ -1,0 +1,476 @@
+//! Queues, streams, consumer groups, pub/sub and KV watch on real three-node clusters, with a
+//! leader kill in the middle where it matters.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use basalt_client::{
+    Client, ClientError, ClientOptions, ErrorCode, FetchOptions, JoinOptions, NewMessage, QueueOptions,
+    ReadConsistency, ReceiveOptions, Record, TopicOptions, WatchEventKind,
+};
+use basalt_tests::{runtime, ClusterOptions, TestCluster};
+
+const NODE: &str = env!("CARGO_BIN_EXE_basalt-test-node");
+
+fn code<T: std::fmt::Debug>(result: Result<T, ClientError>) -> Option<ErrorCode> {
+    result.expect_err("must be refused").code()
+}
+
+fn topic(partitions: u32) -> TopicOptions {
+    TopicOptions {
+        partitions,
+        ..TopicOptions::default()
+    }
+}
+
+#[test]
+fn no_acknowledged_enqueue_is_lost_through_a_leader_kill() {
+    runtime().block_on(async {
+        let mut cluster = TestCluster::start(NODE, ClusterOptions::default());
+        let client = cluster.client().await;
+        let jobs = client.queue("jobs");
+        assert!(jobs.create(QueueOptions::default()).await.expect("create"));
+
+        let mut acknowledged = BTreeSet::new();
+        let mut attempted = BTreeSet::new();
+        let mut killed = None;
+        for i in 0..120u32 {
+            if i == 50 {
+                let leader = cluster.leader(&client).await;
+                cluster.kill(leader);
+                killed = Some(leader);
+            }
+            let payload = format!("job-{i}");
+            attempted.insert(payload.clone());
+            // A dedup id makes the retry of an unknown outcome safe, as a producer would do.
+            let message = NewMessage::new(payload.clone()).dedup_id(payload.clone());
+            if jobs.enqueue_message(message).await.is_ok() {
+                acknowledged.insert(payload);
+            }
+        }
+        assert!(
+            acknowledged.len() >= 100,
+            "most enqueues succeed: {}",
+            acknowledged.len()
+        );
+
+        // Drain with long-polls and short visibility: everything acknowledged must come out.
+        let mut received = BTreeSet::new();
+        let options = ReceiveOptions {
+            visibility_timeout: Duration::from_secs(5),
+            wait: Duration::from_millis(500),
+        };
+        loop {
+            let batch = jobs.receive(50, options).await.expect("receive");
+            if batch.is_empty() {
+                break;
+            }
+            for m in batch {
+                let payload = String::from_utf8(m.payload).expect("utf8");
+                assert!(
+                    attempted.contains(&payload),
+                    "received {payload} that was never enqueued"
+                );
+                jobs.ack(&m.receipt).await.expect("ack");
+                received.insert(payload);
+            }
+        }
+        let lost: Vec<_> = acknowledged.difference(&received).collect();
+        assert!(lost.is_empty(), "acknowledged enqueues lost: {lost:?}");
+        let stats = jobs.stats(ReadConsistency::Linearizable).await.expect("stats");
+        assert_eq!((stats.messages, stats.in_flight), (0, 0));
+        cluster.restart(killed.expect("killed"));
+    });
+}
+
+#[test]
+fn a_long_poll_receive_wakes_on_enqueue_and_stale_receipts_cannot_ack() {
+    runtime().block_on(async {
+        let cluster = TestCluster::start(NODE, ClusterOptions::default());
+        let client = cluster.client().await;
+        let q = client.queue("mail");
+        q.create(QueueOptions::default()).await.expect("create");
+        let producer = client.clone();
+        let sender = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            producer.queue("mail").enqueue("hello").await.expect("enqueue")
+        });
+        let started = Instant::now();
+        let got = q
+            .receive(
+                10,
+                ReceiveOptions {
+                    visibility_timeout: Duration::from_millis(300),
+                    wait: Duration::from_secs(10),
+                },
+            )
+            .await
+            .expect("receive");
+        let id = sender.await.expect("sender");
+        assert_eq!(
+            got.len(),
+            1,
+            "the long-poll returns the message enqueued while it waited"
+        );
+        assert_eq!((got[0].id, got[0].payload.as_slice()), (id, b"hello".as_slice()));
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "woke before its wait ran out"
+        );
+        // Not acked within 300 ms: delivered again, and the first receipt is now stale.
+        let again = q
+            .receive(
+                10,
+                ReceiveOptions {
+                    visibility_timeout: Duration::from_secs(30),
+                    wait: Duration::from_secs(5),
+                },
+            )
+            .await
+            .expect("receive");
+        assert_eq!((again.len(), again[0].delivery), (1, 2));
+        assert_eq!(code(q.ack(&got[0].receipt).await), Some(ErrorCode::StaleReceipt));
+        q.ack(&again[0].receipt).await.expect("ack the current delivery");
+    });
+}
+
+#[test]
+fn an_idempotent_producer_appends_each_record_exactly_once_through_a_leader_kill() {
+    runtime().block_on(async {
+        let mut cluster = TestCluster::start(NODE, ClusterOptions::default());
+        let client = cluster.client().await;
+        let streams = client.streams();
+        assert!(streams.create_topic("orders", topic(3)).await.expect("create"));
+        let producer = streams.producer("orders").await.expect("producer");
+        let mut killed = None;
+        let mut acknowledged = BTreeSet::new();
+        for batch in 0..30u32 {
+            if batch == 10 {
+                let leader = cluster.leader(&client).await;
+                cluster.kill(leader);
+                killed = Some(leader);
+            }
+            let records: Vec<Record> = (0..20)
+                .map(|j| Record::new(format!("customer-{}", j % 7), format!("b{batch}-r{j}")))
+                .collect();
+            if let Ok(out) = producer.send(records).await {
+                assert_eq!(out.len(), 20);
+                acknowledged.extend((0..20).map(|j| format!("b{batch}-r{j}")));
+            }
+        }
+        // A batch whose outcome was unknown is resent (and deduplicated) by flush.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while let Err(e) = producer.flush().await {
+            assert!(Instant::now() < deadline, "flush: {e}");
+        }
+        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+        for partition in 0..3 {
+            let fetched = streams
+                .fetch("orders", partition, 0, FetchOptions::default())
+                .await
+                .expect("fetch");
+            for (n, r) in fetched.records.iter().enumerate() {
+                assert_eq!(r.offset, n as u64, "offsets are contiguous from 0");
+                let key = String::from_utf8(r.key.clone()).expect("utf8");
+                assert_eq!(
+                    basalt_client::stream::partition_for_key(key.as_bytes(), 3),
+                    partition,
+                    "keys go to their hash partition"
+                );
+                *seen
+                    .entry(String::from_utf8(r.value.clone()).expect("utf8"))
+                    .or_default() += 1;
+            }
+            assert_eq!(fetched.high_watermark, fetched.records.len() as u64);
+        }
+        let duplicated: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(duplicated.is_empty(), "records appended twice: {duplicated:?}");
+        let missing: Vec<_> = acknowledged.iter().filter(|v| !seen.contains_key(*v)).collect();
+        assert!(missing.is_empty(), "acknowledged records missing: {missing:?}");
+        assert_eq!(seen.len(), 600, "every batch, including any that failed, lands once");
+        cluster.restart(killed.expect("killed"));
+    });
+}
+
+#[test]
+fn a_consumer_that_stops_heartbeating_loses_its_partitions() {
+    runtime().block_on(async {
+        let cluster = TestCluster::start(NODE, ClusterOptions::default());
+        let client = cluster.client().await;
+        let streams = client.streams();
+        streams.create_topic("clicks", topic(4)).await.expect("create");
+        streams
+            .produce("clicks", (0..4).map(|p| Record::new("", "x").to_partition(p)).collect())
+            .await
+            .expect("produce");
+        let options = JoinOptions {
+            session_timeout: Duration::from_millis(1500),
+            ..JoinOptions::default()
+        };
+        let topics = vec![b"clicks".to_vec()];
+        let a = streams
+            .join_group("analytics", "a", topics.clone(), options.clone())
+            .await
+            .expect("join a");
+        assert_eq!(a.assigned.len(), 4);
+        let b = streams
+            .join_group("analytics", "b", topics, options)
+            .await
+            .expect("join b");
+        assert_eq!((b.assigned.len(), b.members), (2, 2));
+        let a = streams.heartbeat("analytics", "a").await.expect("heartbeat");
+        assert_eq!((a.generation, a.assigned.len()), (b.generation, 2));
+        // a commits within its generation; a stale generation is fenced off.
+        let (t, p) = a.assigned[0].clone();
+        streams
+            .commit("analytics", "a", a.generation, vec![(t.clone(), p, 1)])
+            .await
+            .expect("commit");
+        assert_eq!(
+            code(
+                streams
+                    .commit("analytics", "a", a.generation - 1, vec![(t.clone(), p, 1)])
+                    .await
+            ),
+            Some(ErrorCode::IllegalGeneration)
+        );
+        // b disappears; a keeps heartbeating and inherits b's partitions.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let grown = loop {
+            let m = streams.heartbeat("analytics", "a").await.expect("heartbeat");
+            if m.assigned.len() == 4 {
+                break m;
+            }
+            assert!(Instant::now() < deadline, "b's partitions never moved: {m:?}");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        };
+        assert!(grown.generation > a.generation);
+        assert_eq!(grown.members, 1);
+        assert_eq!(
+            code(streams.heartbeat("analytics", "b").await),
+            Some(ErrorCode::NotFound)
+        );
+        assert_eq!(
+            code(
+                streams
+                    .commit("analytics", "b", grown.generation, vec![(t.clone(), p, 1)])
+                    .await
+            ),
+            Some(ErrorCode::NotFound)
+        );
+        assert_eq!(
+            streams.committed("analytics", t).await.expect("committed").get(&p),
+            Some(&1)
+        );
+    });
+}
+
+#[test]
+fn a_watch_resumes_without_gaps_across_a_leader_kill() {
+    runtime().block_on(async {
+        let mut cluster = TestCluster::start(NODE, ClusterOptions::default());
+        let client = cluster.client().await;
+        let kv = client.kv();
+        let mut watch = kv.watch("flags/", 0).await.expect("watch");
+        let mut killed = None;
+        let mut written = Vec::new();
+        for i in 0..60u32 {
+            if i == 25 {
+                let leader = cluster.leader(&client).await;
+                cluster.kill(leader);
+                killed = Some(leader);
+            }
+            let value = format!("v{i}");
+            // Retried until acknowledged so that the expected sequence is known exactly.
+            let revision = loop {
+                match kv.put(format!("flags/f{}", i % 5), &value).await {
+                    Ok(r) => break r,
+                    Err(e) => eprintln!("retrying put {i}: {e}"),
+                }
+            };
+            kv.put(format!("other/{i}"), "noise").await.ok();
+            written.push((revision, value));
+        }
+        kv.delete("flags/f0").await.expect("delete");
+        let mut events = Vec::new();
+        while events.len() < 61 {
+            let e = tokio::time::timeout(Duration::from_secs(30), watch.next())
+                .await
+                .expect("watch stalled")
+                .expect("watch ended")
+                .expect("watch event");
+            events.push(e);
+        }
+        assert!(events.iter().all(|e| e.key.starts_with(b"flags/")));
+        // Puts that were acknowledged more than once (a retry after an unknown outcome applies
+        // once, by session) appear once; the values arrive in write order, without gaps.
+        let values: Vec<String> = events[..60]
+            .iter()
+            .map(|e| String::from_utf8(e.value.clone()).expect("utf8"))
+            .collect();
+        assert_eq!(values, written.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>());
+        let revisions: Vec<u64> = events.iter().map(|e| e.revision).collect();
+        assert!(revisions.windows(2).all(|w| w[0] < w[1]), "revisions strictly increase");
+        assert_eq!(events[60].kind, WatchEventKind::Delete);
+
+        // A new watch from a past revision replays from exactly there.
+        let from = events[30].revision;
+        let mut replay = kv.watch("flags/", from).await.expect("watch from a revision");
+        let first = replay.next().await.expect("event").expect("ok");
+        assert_eq!((first.revision, first.value.clone()), (from, events[30].value.clone()));
+        cluster.restart(killed.expect("killed"));
+    });
+}
+
+#[test]
+fn a_watch_from_a_compacted_revision_says_so() {
+    runtime().block_on(async {
+        let cluster = TestCluster::start(
+            NODE,
+            ClusterOptions {
+                extra_args: vec!["--kv-history-revisions".into(), "20".into()],
+                ..ClusterOptions::default()
+            },
+        );
+        let client = cluster.client().await;
+        let kv = client.kv();
+        let first = kv.put("k", "0").await.expect("put");
+        for i in 1..60 {
+            kv.put("k", i.to_string()).await.expect("put");
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let oldest = loop {
+            match kv.watch("", first).await {
+                Err(ClientError::Compacted { oldest, .. }) => break oldest,
+                Ok(_) => {
+                    assert!(Instant::now() < deadline, "history never compacted");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("unexpected error {e}"),
+            }
+        };
+        assert!(oldest > first);
+        // From the oldest kept revision, the watch works and starts right there.
+        let mut watch = kv.watch("", oldest).await.expect("watch from the oldest kept");
+        let event = watch.next().await.expect("event").expect("ok");
+        assert!(event.revision >= oldest);
+    });
+}
+
+#[test]
+fn pubsub_reaches_subscribers_on_every_node() {
+    runtime().block_on(async {
+        let cluster = TestCluster::start(NODE, ClusterOptions::default());
+        let client = cluster.client().await;
+        let leader = cluster.leader(&client).await;
+        let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+        // A client pinned to the follower (lazy clients do not move to the leader by themselves).
+        let on_follower = Client::lazy([cluster.addr(follower)], ClientOptions::default()).expect("client");
+        let mut by_channel = on_follower
+            .pubsub()
+            .subscribe(vec![b"orders.paid".to_vec()], Vec::new())
+            .await
+            .expect("subscribe on a follower");
+        let mut by_pattern = client
+            .pubsub()
+            .subscribe(Vec::new(), vec![b"orders.*".to_vec()])
+            .await
+            .expect("subscribe on the leader");
+        assert_eq!(client.pubsub().publish("orders.paid", "o-1").await.expect("publish"), 2);
+        assert_eq!(
+            client
+                .pubsub()
+                .publish("orders.refunded", "o-2")
+                .await
+                .expect("publish"),
+            1
+        );
+        assert_eq!(client.pubsub().publish("users.new", "u-1").await.expect("publish"), 0);
+        let got = by_channel.next().await.expect("message").expect("ok");
+        assert_eq!(
+            (got.channel.as_slice(), got.payload.as_slice()),
+            (b"orders.paid".as_slice(), b"o-1".as_slice())
+        );
+        let p1 = by_pattern.next().await.expect("message").expect("ok");
+        let p2 = by_pattern.next().await.expect("message").expect("ok");
+        assert_eq!(
+            (p1.payload.as_slice(), p2.payload.as_slice()),
+            (b"o-1".as_slice(), b"o-2".as_slice())
+        );
+        assert_eq!(p1.pattern.as_deref(), Some(b"orders.*".as_slice()));
+        // Unsubscribing (dropping) stops delivery.
+        drop(by_channel);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while client.pubsub().publish("orders.paid", "o-3").await.expect("publish") != 1 {
+            assert!(Instant::now() < deadline, "a dropped subscriber is still counted");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            code(client.pubsub().publish("", "x").await),
+            Some(ErrorCode::InvalidArgument)
+        );
+    });
+}
+
+#[test]
+fn bad_queue_and_stream_input_gets_typed_errors_and_changes_nothing() {
+    runtime().block_on(async {
+        let cluster = TestCluster::start(NODE, ClusterOptions::default());
+        let client = cluster.client().await;
+        let streams = client.streams();
+        streams.create_topic("t", topic(2)).await.expect("create");
+        assert_eq!(
+            code(streams.produce("nope", vec![Record::new("k", "v")]).await),
+            Some(ErrorCode::NotFound)
+        );
+        assert_eq!(
+            code(streams.produce("t", vec![Record::new("k", "v").to_partition(2)]).await),
+            Some(ErrorCode::OutOfRange)
+        );
+        assert_eq!(
+            code(streams.fetch("t", 0, 5, FetchOptions::default()).await),
+            Some(ErrorCode::OffsetOutOfRange)
+        );
+        assert_eq!(
+            code(streams.fetch("t", 9, 0, FetchOptions::default()).await),
+            Some(ErrorCode::OutOfRange)
+        );
+        assert_eq!(
+            code(streams.create_topic("t", topic(1)).await),
+            Some(ErrorCode::OutOfRange)
+        );
+        let info = streams
+            .describe("t", ReadConsistency::Linearizable)
+            .await
+            .expect("describe");
+        assert!(
+            info.partitions.iter().all(|p| p.high_watermark == 0),
+            "nothing appended"
+        );
+
+        assert_eq!(
+            code(client.queue("").create(QueueOptions::default()).await),
+            Some(ErrorCode::InvalidArgument)
+        );
+        assert_eq!(
+            code(client.queue("").enqueue("x").await),
+            Some(ErrorCode::InvalidArgument)
+        );
+        assert_eq!(
+            code(client.queue("missing").enqueue("x").await),
+            Some(ErrorCode::NotFound)
+        );
+        let q = client.queue("q");
+        q.create(QueueOptions::default()).await.expect("create");
+        let oversize = vec![0u8; 256 * 1024 + 1];
+        assert_eq!(
+            code(
+                q.enqueue_batch(vec![NewMessage::new("fine"), NewMessage::new(oversize)])
+                    .await
+            ),
+            Some(ErrorCode::InvalidArgument)
+        );
+        assert_eq!(code(q.ack(b"short").await), Some(ErrorCode::InvalidArgument));
+        assert_eq!(q.stats(ReadConsistency::Linearizable).await.expect("stats").messages, 0);
+    });
+}
