@@ -156,7 +156,12 @@ impl TestCluster {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             match Client::connect_with(self.endpoints(), options.clone()).await {
-                Ok(client) => return client,
+                Ok(client) => {
+                    // A test's first write must not race the first election: wait for a leader
+                    // (and show the node logs if none comes).
+                    self.leader(&client).await;
+                    return client;
+                }
                 Err(e) if Instant::now() > deadline => panic!("cluster did not come up: {e}\n{}", self.logs()),
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
