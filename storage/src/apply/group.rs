@@ -48,15 +48,6 @@ fn offset_key(group: &[u8], topic: &[u8], partition: u32) -> Vec<u8> {
     k
 }
 
-macro_rules! refuse_on_err {
-    ($e:expr) => {
-        match $e {
-            Ok(v) => v,
-            Err(refusal) => return Ok(Response::Refused(refusal)),
-        }
-    };
-}
-
 /// Spreads each topic's partitions over the members subscribed to it, evenly (counts differ by
 /// at most one per topic). `Sticky` keeps a partition with its previous owner whenever the even
 /// spread allows, so a member leaving moves only that member's partitions.

@@ -4,6 +4,17 @@
 //! at a clock. Time is the entry's HLC stamp, made monotonic across leaders by taking the maximum
 //! with the last applied stamp, so every replica decides every TTL the same way.
 
+/// Returns `Response::Refused` from an apply function when a check fails: a refusal is an
+/// answer, not an error.
+macro_rules! refuse_on_err {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(refusal) => return Ok(Response::Refused(refusal)),
+        }
+    };
+}
+
 pub mod counter;
 pub mod group;
 pub mod kv;
@@ -428,6 +439,20 @@ pub(crate) fn named(name: &[u8]) -> Vec<u8> {
     k
 }
 
+/// A parameter outside its range.
+pub(crate) fn out_of_range(what: &'static str, expected: impl Into<String>, got: impl ToString) -> OpError {
+    OpError::OutOfRange {
+        what: what.into(),
+        expected: expected.into(),
+        got: got.to_string(),
+    }
+}
+
+/// Decodes a bincode record read from `table`; an undecodable one is a corrupt record.
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(table: Table, key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
+    bincode::deserialize(bytes).map_err(|e| corrupt(table, key, e))
+}
+
 pub(crate) fn corrupt(table: Table, key: &[u8], e: impl std::fmt::Display) -> StoreError {
     StoreError::CorruptRecord {
         table,
@@ -444,9 +469,7 @@ pub(crate) fn load<S: StoreRead + ?Sized, T: serde::de::DeserializeOwned>(
 ) -> Result<Option<T>, StoreError> {
     match store.get(table, key)? {
         None => Ok(None),
-        Some(bytes) => bincode::deserialize(&bytes)
-            .map(Some)
-            .map_err(|e| corrupt(table, key, e)),
+        Some(bytes) => decode(table, key, &bytes).map(Some),
     }
 }
 

@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{check_batch, load, named, save, View};
+use super::{check_batch, load, named, out_of_range, save, View};
 use crate::command::{OpError, Response};
 use crate::limits::{BATCH_BYTES_MAX, DELAY_MS_MAX, MESSAGE_BYTES_MAX, NAME_BYTES_MAX, RECEIVE_MAX, VISIBILITY_MS_MAX};
 use crate::queue::{Delivery, EnqueueOutcome, NewMessage, QueueConfig, QueueStats, Receipt};
@@ -86,14 +86,6 @@ fn trailing_id(key: &[u8]) -> u64 {
     u64::from_be_bytes(tail)
 }
 
-fn out_of_range(what: &'static str, expected: String, got: impl ToString) -> OpError {
-    OpError::OutOfRange {
-        what: what.into(),
-        expected,
-        got: got.to_string(),
-    }
-}
-
 pub fn check_name(what: &'static str, name: &[u8]) -> Result<(), OpError> {
     if name.is_empty() {
         return Err(OpError::Empty { what: what.into() });
@@ -125,19 +117,11 @@ fn check_config(queue: &[u8], config: &QueueConfig) -> Result<(), OpError> {
     }
     match (&config.dead_letter_queue, config.max_deliveries) {
         (None, 0) => Ok(()),
-        (None, n) => Err(out_of_range(
-            "max deliveries without a dead-letter queue",
-            "0".into(),
-            n,
-        )),
-        (Some(_), 0) => Err(out_of_range(
-            "max deliveries with a dead-letter queue",
-            ">= 1".into(),
-            0,
-        )),
+        (None, n) => Err(out_of_range("max deliveries without a dead-letter queue", "0", n)),
+        (Some(_), 0) => Err(out_of_range("max deliveries with a dead-letter queue", ">= 1", 0)),
         (Some(dlq), _) if dlq.as_slice() == queue => Err(out_of_range(
             "dead-letter queue",
-            "another queue".into(),
+            "another queue",
             String::from_utf8_lossy(dlq),
         )),
         (Some(dlq), _) => check_name("dead-letter queue name", dlq),
@@ -216,15 +200,6 @@ pub fn stored_queue<S: StoreRead + ?Sized>(
     queue: &[u8],
 ) -> Result<Result<StoredQueue, OpError>, StoreError> {
     Ok(load::<S, StoredQueue>(store, Table::Queue, &named(queue))?.ok_or_else(|| unknown_queue(queue)))
-}
-
-macro_rules! refuse_on_err {
-    ($e:expr) => {
-        match $e {
-            Ok(v) => v,
-            Err(refusal) => return Ok(Response::Refused(refusal)),
-        }
-    };
 }
 
 pub(crate) fn configure<S: StoreRead>(

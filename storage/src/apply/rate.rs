@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{check_key, lossy, View};
+use super::{check_key, lossy, out_of_range, View};
 use crate::command::{OpError, RateCheck, RateDecision, RateLimit, Response};
 use crate::limits::RATE_WINDOW_MS_MAX;
 use crate::state::{KeyRange, StoreError, StoreRead, Table};
@@ -50,14 +50,6 @@ pub enum RateState {
     },
 }
 
-fn out_of_range(what: &'static str, expected: &str, got: u64) -> OpError {
-    OpError::OutOfRange {
-        what: what.into(),
-        expected: expected.into(),
-        got: got.to_string(),
-    }
-}
-
 pub(crate) fn validate_check(check: &RateCheck) -> Result<(), OpError> {
     check_key(&check.key)?;
     let window_range = format!("1..={RATE_WINDOW_MS_MAX}");
@@ -67,10 +59,10 @@ pub(crate) fn validate_check(check: &RateCheck) -> Result<(), OpError> {
                 return Err(out_of_range("rate limit", ">= 1", limit));
             }
             if window_ms == 0 || window_ms > RATE_WINDOW_MS_MAX {
-                return Err(out_of_range("rate window_ms", &window_range, window_ms));
+                return Err(out_of_range("rate window_ms", window_range.as_str(), window_ms));
             }
             if check.cost > limit {
-                return Err(out_of_range("rate cost", &format!("<= limit ({limit})"), check.cost));
+                return Err(out_of_range("rate cost", format!("<= limit ({limit})"), check.cost));
             }
         }
         RateLimit::TokenBucket { rate, per_ms, burst } => {
@@ -78,13 +70,13 @@ pub(crate) fn validate_check(check: &RateCheck) -> Result<(), OpError> {
                 return Err(out_of_range("token bucket rate", ">= 1", rate));
             }
             if per_ms == 0 || per_ms > RATE_WINDOW_MS_MAX {
-                return Err(out_of_range("token bucket per_ms", &window_range, per_ms));
+                return Err(out_of_range("token bucket per_ms", window_range.as_str(), per_ms));
             }
             if burst == 0 {
                 return Err(out_of_range("token bucket burst", ">= 1", burst));
             }
             if check.cost > burst {
-                return Err(out_of_range("rate cost", &format!("<= burst ({burst})"), check.cost));
+                return Err(out_of_range("rate cost", format!("<= burst ({burst})"), check.cost));
             }
         }
     }

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::queue::check_name;
-use super::{check_batch, load, named, save, View};
+use super::{check_batch, decode, load, named, out_of_range, save, View};
 use crate::command::{OpError, Response};
 use crate::limits::{BATCH_BYTES_MAX, PARTITIONS_MAX, RECORD_VALUE_BYTES_MAX, TTL_MS_MAX};
 use crate::state::{KeyRange, StoreError, StoreRead, Table};
@@ -70,28 +70,11 @@ fn base_offset_of(key: &[u8]) -> u64 {
     u64::from_be_bytes(key[key.len() - 8..].try_into().expect("batch keys end with an offset"))
 }
 
-fn out_of_range(what: &'static str, expected: String, got: impl ToString) -> OpError {
-    OpError::OutOfRange {
-        what: what.into(),
-        expected,
-        got: got.to_string(),
-    }
-}
-
 fn unknown_topic(topic: &[u8]) -> OpError {
     OpError::NotFound {
         what: "topic".into(),
         name: String::from_utf8_lossy(topic).into_owned(),
     }
-}
-
-macro_rules! refuse_on_err {
-    ($e:expr) => {
-        match $e {
-            Ok(v) => v,
-            Err(refusal) => return Ok(Response::Refused(refusal)),
-        }
-    };
 }
 
 pub(crate) fn validate_topic(topic: &[u8], config: &TopicConfig) -> Result<(), OpError> {
@@ -109,7 +92,7 @@ pub(crate) fn validate_topic(topic: &[u8], config: &TopicConfig) -> Result<(), O
         }
     }
     if config.retention_bytes == Some(0) {
-        return Err(out_of_range("retention (bytes)", ">= 1".into(), 0));
+        return Err(out_of_range("retention (bytes)", ">= 1", 0));
     }
     Ok(())
 }
@@ -136,7 +119,7 @@ pub(crate) fn validate_produce(topic: &[u8], records: &[ProduceRecord], producer
             (None, Some(_)) => {
                 return Err(out_of_range(
                     "sequence without a producer id",
-                    "no sequence".into(),
+                    "no sequence",
                     "a sequence",
                 ))
             }
@@ -373,11 +356,7 @@ pub fn fetch<S: StoreRead + ?Sized>(
         }
         for (key, value) in &page {
             let base = base_offset_of(key);
-            let batch: StoredBatch = bincode::deserialize(value).map_err(|e| StoreError::CorruptRecord {
-                table: Table::StreamBatch,
-                key: format!("{key:02x?}"),
-                reason: e.to_string(),
-            })?;
+            let batch: StoredBatch = decode(Table::StreamBatch, key, value)?;
             for (n, record) in batch.records.into_iter().enumerate() {
                 let at = base + n as u64;
                 if at < offset {
@@ -418,11 +397,7 @@ fn expired_head<S: StoreRead + ?Sized>(
     let Some((key, value)) = head.into_iter().next() else {
         return Ok(None);
     };
-    let batch: StoredBatch = bincode::deserialize(&value).map_err(|e| StoreError::CorruptRecord {
-        table: Table::StreamBatch,
-        key: format!("{key:02x?}"),
-        reason: e.to_string(),
-    })?;
+    let batch: StoredBatch = decode(Table::StreamBatch, &key, &value)?;
     let count = batch.records.len() as u64;
     let aged = config
         .retention_ms
@@ -436,11 +411,7 @@ fn expired_head<S: StoreRead + ?Sized>(
 fn topics_with_retention<S: StoreRead + ?Sized>(store: &S) -> Result<Vec<(Vec<u8>, TopicConfig)>, StoreError> {
     let mut out = Vec::new();
     for (key, value) in store.scan(Table::StreamTopic, &KeyRange::all(), usize::MAX)? {
-        let config: TopicConfig = bincode::deserialize(&value).map_err(|e| StoreError::CorruptRecord {
-            table: Table::StreamTopic,
-            key: format!("{key:02x?}"),
-            reason: e.to_string(),
-        })?;
+        let config: TopicConfig = decode(Table::StreamTopic, &key, &value)?;
         if config.retention_ms.is_some() || config.retention_bytes.is_some() {
             out.push((key[1..].to_vec(), config));
         }
