@@ -64,8 +64,10 @@ impl Counter for Api {
         }
         self.read_barrier(r.stale).await?;
         let mut values = Vec::with_capacity(r.keys.len());
+        // One view: a multi-key read sees every counter as of the same applied entry.
+        let view = self.store.view();
         for key in &r.keys {
-            values.push(match self.store.get(Table::Counter, key).map_err(storage_status)? {
+            values.push(match view.get(Table::Counter, key).map_err(storage_status)? {
                 None => 0,
                 Some(bytes) => {
                     decode_counter(&bytes).ok_or_else(|| status(ErrorCode::CorruptValue, "counter is not 8 bytes"))?

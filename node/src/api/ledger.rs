@@ -201,7 +201,7 @@ impl Ledger for Api {
         let r = request.into_inner();
         let ids = self.lookup_ids(&r)?;
         self.read_barrier(r.stale).await?;
-        let accounts = lookup_accounts(&self.store, &ids).map_err(storage_status)?;
+        let accounts = lookup_accounts(&self.store.view(), &ids).map_err(storage_status)?;
         Ok(GrpcResponse::new(pb::AccountsResponse {
             accounts: accounts.into_iter().map(pb_account).collect(),
         }))
@@ -214,7 +214,7 @@ impl Ledger for Api {
         let r = request.into_inner();
         let ids = self.lookup_ids(&r)?;
         self.read_barrier(r.stale).await?;
-        let transfers = lookup_transfers(&self.store, &ids).map_err(storage_status)?;
+        let transfers = lookup_transfers(&self.store.view(), &ids).map_err(storage_status)?;
         Ok(GrpcResponse::new(pb::TransfersResponse {
             transfers: transfers
                 .into_iter()
@@ -230,7 +230,7 @@ impl Ledger for Api {
         let r = request.into_inner();
         let filter = filter_of(&r)?;
         self.read_barrier(r.stale).await?;
-        let transfers = get_account_transfers(&self.store, &filter).map_err(storage_status)?;
+        let transfers = get_account_transfers(&self.store.view(), &filter).map_err(storage_status)?;
         Ok(GrpcResponse::new(pb::TransfersResponse {
             transfers: transfers.into_iter().map(|t| pb_transfer(t, None)).collect(),
         }))
@@ -243,7 +243,7 @@ impl Ledger for Api {
         let r = request.into_inner();
         let filter = filter_of(&r)?;
         self.read_barrier(r.stale).await?;
-        let balances = get_account_balances(&self.store, &filter).map_err(storage_status)?;
+        let balances = get_account_balances(&self.store.view(), &filter).map_err(storage_status)?;
         Ok(GrpcResponse::new(pb::BalancesResponse {
             balances: balances.into_iter().map(pb_balance).collect(),
         }))

@@ -66,12 +66,12 @@ impl Stream for Api {
         let r = request.into_inner();
         check_name("topic name", &r.topic).map_err(|e| op_error_status(&e))?;
         self.read_barrier(r.stale).await?;
-        let config = topic_config(&self.store, &r.topic)
+        let config = topic_config(&self.store.view(), &r.topic)
             .map_err(storage_status)?
             .map_err(|e| op_error_status(&e))?;
         let mut partition_info = Vec::with_capacity(config.partitions as usize);
         for partition in 0..config.partitions {
-            let state = partition_state(&self.store, &r.topic, partition)
+            let state = partition_state(&self.store.view(), &r.topic, partition)
                 .map_err(storage_status)?
                 .map_err(|e| op_error_status(&e))?;
             partition_info.push(pb::PartitionInfo {
@@ -153,9 +153,16 @@ impl Stream for Api {
         } else {
             r.max_bytes
         };
-        let fetched = fetch(&self.store, &r.topic, r.partition, r.offset, max_records, max_bytes)
-            .map_err(storage_status)?
-            .map_err(|e| op_error_status(&e))?;
+        let fetched = fetch(
+            &self.store.view(),
+            &r.topic,
+            r.partition,
+            r.offset,
+            max_records,
+            max_bytes,
+        )
+        .map_err(storage_status)?
+        .map_err(|e| op_error_status(&e))?;
         Ok(GrpcResponse::new(pb::FetchResponse {
             records: fetched
                 .records
@@ -263,7 +270,7 @@ impl Stream for Api {
         check_name("group name", &r.group).map_err(|e| op_error_status(&e))?;
         check_name("topic name", &r.topic).map_err(|e| op_error_status(&e))?;
         self.read_barrier(r.stale).await?;
-        let offsets = committed(&self.store, &r.group, &r.topic).map_err(storage_status)?;
+        let offsets = committed(&self.store.view(), &r.group, &r.topic).map_err(storage_status)?;
         Ok(GrpcResponse::new(pb::CommittedResponse {
             offsets: offsets
                 .into_iter()
