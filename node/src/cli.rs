@@ -167,6 +167,10 @@ pub struct StartArgs {
     /// KV revisions of change history kept for watchers.
     #[arg(long, default_value_t = config::defaults::kv_history_revisions())]
     kv_history_revisions: u64,
+    /// Reach peer N through ADDR for Raft traffic (`2=127.0.0.1:9102,3=…`): a proxy in between,
+    /// as the fault-injection harness uses.
+    #[arg(long, default_value = "")]
+    peer_routes: String,
     #[arg(long, default_value_t = config::defaults::election_timeout_min_ms())]
     election_timeout_min_ms: u64,
     #[arg(long, default_value_t = config::defaults::election_timeout_max_ms())]
@@ -343,6 +347,7 @@ fn start_config(args: StartArgs) -> Result<NodeConfig, String> {
         segment_bytes: config::defaults::segment_bytes(),
         session_idle_ms: args.session_idle_ms,
         kv_history_revisions: args.kv_history_revisions,
+        peer_routes: config::parse_peers(&args.peer_routes).map_err(|e| e.to_string())?,
     };
     config.validate().map_err(|e| e.to_string())?;
     Ok(config)

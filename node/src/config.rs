@@ -44,6 +44,11 @@ pub struct NodeConfig {
     /// `COMPACTED`.
     #[serde(default = "defaults::kv_history_revisions")]
     pub kv_history_revisions: u64,
+    /// Dial peer N at this address instead of its membership address, for Raft traffic only
+    /// (clients still use the membership address). The fault-injection harness routes every
+    /// node-to-node connection through its link proxies this way.
+    #[serde(default)]
+    pub peer_routes: BTreeMap<u64, String>,
 }
 
 pub mod defaults {
@@ -125,6 +130,13 @@ impl NodeConfig {
         if self.snapshot_entries == 0 {
             return invalid("snapshot_entries must be positive".into());
         }
+        if let Some((id, addr)) = self
+            .peer_routes
+            .iter()
+            .find(|(_, addr)| addr.parse::<SocketAddr>().is_err())
+        {
+            return invalid(format!("peer route {id}={addr:?} is not host:port"));
+        }
         if self.init && !self.peers.contains_key(&self.id) {
             return invalid(format!("init needs this node (id {}) among the peers", self.id));
         }
@@ -183,6 +195,7 @@ mod tests {
             segment_bytes: 1 << 20,
             session_idle_ms: 3_600_000,
             kv_history_revisions: 1000,
+            peer_routes: BTreeMap::new(),
         }
     }
 
@@ -202,6 +215,9 @@ mod tests {
         let mut c = base();
         c.id = 9;
         assert!(c.validate().is_err(), "init without self in peers");
+        let mut c = base();
+        c.peer_routes = parse_peers("2=not-an-address").expect("parses as a map");
+        assert!(c.validate().is_err(), "a peer route must be host:port");
     }
 
     #[test]

@@ -110,7 +110,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
     let raft = Raft::new(
         config.id,
         Arc::new(raft_config(&config)?),
-        NetworkFactory,
+        NetworkFactory::with_routes(config.peer_routes.clone()),
         log_store.clone(),
         state_machine,
     )

@@ -1,8 +1,10 @@
 //! The Raft network over tonic gRPC: [`NetworkFactory`] (client side) and [`RaftGrpcService`]
 //! (server side), carrying bincode-encoded openraft messages.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -33,7 +35,18 @@ pub const RAFT_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
 
 /// Creates one lazily connected gRPC channel per target node.
 #[derive(Clone, Default)]
-pub struct NetworkFactory;
+pub struct NetworkFactory {
+    /// Addresses that replace a target's membership address (a link proxy in between).
+    routes: Arc<BTreeMap<NodeId, String>>,
+}
+
+impl NetworkFactory {
+    pub fn with_routes(routes: BTreeMap<NodeId, String>) -> NetworkFactory {
+        NetworkFactory {
+            routes: Arc::new(routes),
+        }
+    }
+}
 
 #[derive(Clone, Copy)]
 enum Unary {
@@ -55,7 +68,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
         NetworkConnection {
             target,
             client: None,
-            addr: node.addr.clone(),
+            addr: self.routes.get(&target).unwrap_or(&node.addr).clone(),
         }
     }
 }
