@@ -7,8 +7,9 @@ use std::time::Duration;
 use basalt_jepsen::checker::Validity;
 use basalt_jepsen::cluster::NODE_ENV;
 use basalt_jepsen::nemesis::FaultKind;
-use basalt_jepsen::run::{parse_duration, run, RunOptions};
+use basalt_jepsen::run::{run, RunOptions};
 use basalt_jepsen::workload::Workload;
+use basalt_node::cli::parse_duration;
 use clap::Parser;
 
 #[derive(Parser, Debug)]
