@@ -399,11 +399,20 @@ impl Client {
             .status(self.request(pb::StatusRequest {}, deadline, Duration::ZERO))
             .await
             .map(|r| r.into_inner())
-            .map_err(|s| ClientError::Unavailable {
-                attempts: 1,
-                outcome_unknown: false,
-                last_error: s.message().to_string(),
-            })
+            .map_err(one_attempt_failed)
+    }
+
+    /// Cross-region replication as the node at `addr` sees it (its region, links, lag and, with
+    /// `digest`, a fingerprint of its replicated state). Ask a region's leader for the outgoing
+    /// side of its links.
+    pub async fn node_regions(&self, addr: &str, digest: bool) -> Result<pb::RegionsResponse, ClientError> {
+        let channel = channel_for(addr, &self.inner.options)?;
+        let deadline = Instant::now() + self.inner.options.attempt_timeout;
+        ClusterClient::new(channel)
+            .regions(self.request(pb::RegionsRequest { digest }, deadline, Duration::ZERO))
+            .await
+            .map(|r| r.into_inner())
+            .map_err(one_attempt_failed)
     }
 
     /// Adds a node as a learner; returns once it has caught up with the leader's log.
@@ -439,5 +448,14 @@ impl Client {
             })
             .await?;
         Ok(reply.members)
+    }
+}
+
+/// The error of a call made to one node, once, without redirects or retries (status queries).
+fn one_attempt_failed(status: tonic::Status) -> ClientError {
+    ClientError::Unavailable {
+        attempts: 1,
+        outcome_unknown: false,
+        last_error: status.message().to_string(),
     }
 }

@@ -25,6 +25,9 @@ pub struct EndpointArgs {
     /// Cluster nodes, host:port[,host:port...]. Default: the local dev cluster (see `basalt dev`).
     #[arg(long, env = "BASALT_ENDPOINTS", global = true)]
     endpoints: Option<String>,
+    /// With a multi-region dev cluster: talk to this region's nodes (default: the first region).
+    #[arg(long, env = "BASALT_REGION", global = true)]
+    region: Option<String>,
 }
 
 /// A lease fence for mutations: `--fence NAME:TOKEN`.
@@ -125,6 +128,11 @@ enum Command {
         #[command(flatten)]
         endpoints: EndpointArgs,
     },
+    /// Multi-region dev clusters: replication status; partitions and latency between regions.
+    Regions {
+        #[command(subcommand)]
+        command: crate::verbs_regions::RegionsCommand,
+    },
     /// Load generators.
     Bench {
         #[command(subcommand)]
@@ -175,6 +183,18 @@ pub struct StartArgs {
     election_timeout_min_ms: u64,
     #[arg(long, default_value_t = config::defaults::election_timeout_max_ms())]
     election_timeout_max_ms: u64,
+    /// This node's region, `name:id`, when it is one of several regions (docs/regions.md).
+    #[arg(long)]
+    region: Option<String>,
+    /// Another region to replicate with: `name:id=host:port,host:port` (repeat per region).
+    #[arg(long, requires = "region")]
+    remote_region: Vec<String>,
+    /// Feed positions kept for a region that has not acknowledged them; past this it is re-synced.
+    #[arg(long, default_value_t = config::defaults::feed_retain_entries())]
+    feed_retain_entries: u64,
+    /// Added to this node's wall clock, in ms (to try clock skew between regions).
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+    clock_skew_ms: i64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -317,6 +337,9 @@ pub fn resolve_endpoints(args: &EndpointArgs) -> Result<Vec<String>, String> {
         )
     })?;
     let file: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    if let Some(region) = &args.region {
+        return crate::verbs_regions::region_endpoints(&file, region).map_err(|e| format!("{}: {e}", path.display()));
+    }
     let endpoints: Vec<String> = file["endpoints"]
         .as_array()
         .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
@@ -348,6 +371,25 @@ fn start_config(args: StartArgs) -> Result<NodeConfig, String> {
         session_idle_ms: args.session_idle_ms,
         kv_history_revisions: args.kv_history_revisions,
         peer_routes: config::parse_peers(&args.peer_routes).map_err(|e| e.to_string())?,
+        region: match &args.region {
+            None => None,
+            Some(region) => {
+                let (name, id) = config::parse_region(region).map_err(|e| e.to_string())?;
+                let remotes = args
+                    .remote_region
+                    .iter()
+                    .map(|r| config::parse_remote_region(r))
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| e.to_string())?;
+                Some(config::RegionConfig {
+                    name,
+                    id,
+                    remotes,
+                    feed_retain_entries: args.feed_retain_entries,
+                    clock_skew_ms: args.clock_skew_ms,
+                })
+            }
+        },
     };
     config.validate().map_err(|e| e.to_string())?;
     Ok(config)
@@ -609,6 +651,10 @@ async fn run(cli: Cli) -> Result<(), String> {
                     Ok(())
                 }
             }
+        }
+        Command::Regions { command } => {
+            init_tracing("error");
+            crate::verbs_regions::run(command).await
         }
         Command::Bench { command, endpoints } => {
             init_tracing("error");

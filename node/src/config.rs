@@ -49,6 +49,99 @@ pub struct NodeConfig {
     /// node-to-node connection through its link proxies this way.
     #[serde(default)]
     pub peer_routes: BTreeMap<u64, String>,
+    /// This node's region, when it is one of several (see `docs/regions.md`). Every node of a
+    /// region must name the same region and remote regions.
+    #[serde(default)]
+    pub region: Option<RegionConfig>,
+}
+
+/// A region and the regions it replicates with.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RegionConfig {
+    pub name: String,
+    /// Unique among the regions; breaks ties between writes with equal stamps.
+    pub id: u16,
+    /// Every other region: where to ship this region's change feed.
+    pub remotes: Vec<RemoteRegion>,
+    /// Log positions of feed kept for a region that has not acknowledged them; a region further
+    /// behind is re-synced in full instead.
+    #[serde(default = "defaults::feed_retain_entries")]
+    pub feed_retain_entries: u64,
+    /// Added to this node's wall clock (tests and demos of clock skew between regions).
+    #[serde(default)]
+    pub clock_skew_ms: i64,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteRegion {
+    pub name: String,
+    pub id: u16,
+    /// gRPC addresses of its nodes (any of them; the shipper finds the leader).
+    pub endpoints: Vec<String>,
+}
+
+/// Parses `--region us:1`.
+pub fn parse_region(text: &str) -> Result<(String, u16), ConfigError> {
+    let (name, id) = text
+        .split_once(':')
+        .ok_or_else(|| ConfigError::Invalid(format!("region {text:?} is not name:id")))?;
+    let id: u16 = id
+        .trim()
+        .parse()
+        .map_err(|_| ConfigError::Invalid(format!("region id {id:?} is not a number in 1..=65535")))?;
+    Ok((name.trim().to_string(), id))
+}
+
+/// Parses `--remote-region eu:2=127.0.0.1:7101,127.0.0.1:7102`.
+pub fn parse_remote_region(text: &str) -> Result<RemoteRegion, ConfigError> {
+    let (region, endpoints) = text
+        .split_once('=')
+        .ok_or_else(|| ConfigError::Invalid(format!("remote region {text:?} is not name:id=host:port,...")))?;
+    let (name, id) = parse_region(region)?;
+    let endpoints: Vec<String> = endpoints
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(str::to_string)
+        .collect();
+    Ok(RemoteRegion { name, id, endpoints })
+}
+
+impl RegionConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.id == 0 {
+            return invalid("region id must be in 1..=65535".into());
+        }
+        if self.name.is_empty() {
+            return invalid("region name is empty".into());
+        }
+        if self.feed_retain_entries == 0 {
+            return invalid("feed_retain_entries must be positive".into());
+        }
+        let mut ids = std::collections::BTreeSet::from([self.id]);
+        let mut names = std::collections::BTreeSet::from([self.name.as_str()]);
+        for remote in &self.remotes {
+            if !ids.insert(remote.id) {
+                return invalid(format!("region id {} is used twice", remote.id));
+            }
+            if !names.insert(remote.name.as_str()) {
+                return invalid(format!("region name {:?} is used twice", remote.name));
+            }
+            if remote.endpoints.is_empty() {
+                return invalid(format!("remote region {:?} has no endpoints", remote.name));
+            }
+            if let Some(bad) = remote.endpoints.iter().find(|e| e.parse::<SocketAddr>().is_err()) {
+                return invalid(format!(
+                    "remote region {:?} endpoint {bad:?} is not host:port",
+                    remote.name
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 pub mod defaults {
@@ -75,6 +168,9 @@ pub mod defaults {
     }
     pub fn segment_bytes() -> u64 {
         basalt_storage::limits::SEGMENT_BYTES_DEFAULT
+    }
+    pub fn feed_retain_entries() -> u64 {
+        1_000_000
     }
 }
 
@@ -137,6 +233,9 @@ impl NodeConfig {
         {
             return invalid(format!("peer route {id}={addr:?} is not host:port"));
         }
+        if let Some(region) = &self.region {
+            region.validate()?;
+        }
         if self.init && !self.peers.contains_key(&self.id) {
             return invalid(format!("init needs this node (id {}) among the peers", self.id));
         }
@@ -196,7 +295,34 @@ mod tests {
             session_idle_ms: 3_600_000,
             kv_history_revisions: 1000,
             peer_routes: BTreeMap::new(),
+            region: None,
         }
+    }
+
+    #[test]
+    fn regions_parse_and_are_checked() {
+        let eu = parse_remote_region("eu:2=127.0.0.1:7101, 127.0.0.1:7102").expect("parses");
+        assert_eq!((eu.name.as_str(), eu.id, eu.endpoints.len()), ("eu", 2, 2));
+        assert!(parse_remote_region("eu:2").is_err());
+        assert!(parse_region("us").is_err());
+        assert!(parse_region("us:x").is_err());
+        let region = |id, remotes| RegionConfig {
+            name: "us".into(),
+            id,
+            remotes,
+            feed_retain_entries: 10,
+            clock_skew_ms: 0,
+        };
+        let mut c = base();
+        c.region = Some(region(1, vec![eu.clone()]));
+        c.validate().expect("valid");
+        c.region = Some(region(0, vec![eu.clone()]));
+        assert!(c.validate().is_err(), "region id 0");
+        c.region = Some(region(2, vec![eu.clone()]));
+        assert!(c.validate().is_err(), "id used twice");
+        let bad = parse_remote_region("ap:3=nowhere").expect("parses");
+        c.region = Some(region(1, vec![bad]));
+        assert!(c.validate().is_err(), "endpoint not host:port");
     }
 
     #[test]

@@ -9,25 +9,46 @@ use tokio::process::{Child, Command};
 
 #[derive(Args, Debug)]
 pub struct DevArgs {
-    /// Number of nodes.
-    #[arg(long, default_value_t = 3)]
-    nodes: u16,
-    /// gRPC port of node 1; node N listens on base + N - 1.
+    /// Number of nodes (one region).
+    #[arg(long, default_value_t = 3, conflicts_with_all = ["topology", "regions"])]
+    pub(crate) nodes: u16,
+    /// Run several regions, as declared in this TOML file (see examples/three-regions.toml).
+    #[arg(long, conflicts_with = "regions")]
+    pub(crate) topology: Option<PathBuf>,
+    /// Run these regions (`us,eu,ap`), every pair linked with --wan-latency.
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) regions: Vec<String>,
+    /// Nodes per region with --regions.
+    #[arg(long, default_value_t = 3, requires = "regions")]
+    pub(crate) nodes_per_region: u16,
+    /// One-way latency of every WAN link with --regions.
+    #[arg(long, value_parser = crate::cli::parse_duration, default_value = "40ms", requires = "regions")]
+    pub(crate) wan_latency: Duration,
+    /// Jitter of every WAN link with --regions.
+    #[arg(long, value_parser = crate::cli::parse_duration, default_value = "5ms", requires = "regions")]
+    pub(crate) wan_jitter: Duration,
+    /// gRPC port of node 1; node N listens on base + N - 1 (region R adds 100 × R).
     #[arg(long, default_value_t = 7001)]
-    base_port: u16,
+    pub(crate) base_port: u16,
     /// HTTP port of node 1 (/metrics, /health).
     #[arg(long, default_value_t = 8001)]
-    http_base_port: u16,
+    pub(crate) http_base_port: u16,
+    /// First port of the WAN link proxies (multi-region).
+    #[arg(long, default_value_t = 9001)]
+    pub(crate) proxy_base_port: u16,
+    /// Port of the control endpoint `basalt regions partition|heal|latency` talks to.
+    #[arg(long, default_value_t = 7000)]
+    pub(crate) control_port: u16,
     /// Data directory (default: $BASALT_HOME/dev, BASALT_HOME defaulting to ~/.basalt).
     #[arg(long)]
-    data_dir: Option<PathBuf>,
+    pub(crate) data_dir: Option<PathBuf>,
     /// Remove existing data first.
     #[arg(long)]
-    clean: bool,
+    pub(crate) clean: bool,
 }
 
 /// Polls the cluster until a leader is known.
-async fn wait_for_leader(endpoints: &[String], timeout: Duration) -> Result<(u64, String), String> {
+pub(crate) async fn wait_for_leader(endpoints: &[String], timeout: Duration) -> Result<(u64, String), String> {
     let deadline = Instant::now() + timeout;
     let mut last_error = String::from("no answer");
     while Instant::now() < deadline {
@@ -46,9 +67,9 @@ async fn wait_for_leader(endpoints: &[String], timeout: Duration) -> Result<(u64
     Err(last_error)
 }
 
-struct NodeProcess {
-    id: u16,
-    child: Child,
+pub(crate) struct NodeProcess {
+    label: String,
+    pub(crate) child: Child,
 }
 
 fn send_signal(child: &Child, signal: i32) {
@@ -60,10 +81,52 @@ fn send_signal(child: &Child, signal: i32) {
     }
 }
 
-pub async fn run(args: DevArgs) -> Result<(), String> {
-    if args.nodes == 0 || args.nodes > 9 {
-        return Err(format!("--nodes must be in 1..=9, got {}", args.nodes));
+/// One node to start: its id in its region, addresses, and extra flags.
+pub(crate) struct NodeLaunch {
+    pub(crate) label: String,
+    pub(crate) id: u16,
+    pub(crate) grpc: String,
+    pub(crate) http: String,
+    pub(crate) dir: PathBuf,
+    pub(crate) log: PathBuf,
+    pub(crate) peers: String,
+    pub(crate) init: bool,
+    pub(crate) extra: Vec<String>,
+}
+
+pub(crate) fn spawn_node(exe: &std::path::Path, launch: &NodeLaunch) -> Result<NodeProcess, String> {
+    std::fs::create_dir_all(&launch.dir).map_err(|e| format!("creating {}: {e}", launch.dir.display()))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&launch.log)
+        .map_err(|e| format!("opening {}: {e}", launch.log.display()))?;
+    let log_err = log.try_clone().map_err(|e| e.to_string())?;
+    let mut command = Command::new(exe);
+    command
+        .arg("start")
+        .args(["--id", &launch.id.to_string()])
+        .args(["--listen", &launch.grpc])
+        .args(["--http", &launch.http])
+        .arg("--data-dir")
+        .arg(&launch.dir)
+        .args(["--peers", &launch.peers])
+        .args(&launch.extra)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_err)
+        .kill_on_drop(true);
+    if launch.init {
+        command.arg("--init");
     }
+    let child = command.spawn().map_err(|e| format!("starting {}: {e}", launch.label))?;
+    Ok(NodeProcess {
+        label: launch.label.clone(),
+        child,
+    })
+}
+
+pub(crate) fn prepare_dir(args: &DevArgs) -> Result<PathBuf, String> {
     let dir = args
         .data_dir
         .clone()
@@ -72,60 +135,64 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
         std::fs::remove_dir_all(&dir).map_err(|e| format!("removing {}: {e}", dir.display()))?;
     }
     std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    Ok(dir)
+}
+
+pub(crate) fn write_cluster_file(record: &serde_json::Value) -> Result<PathBuf, String> {
+    let cluster_file = crate::cli::cluster_file();
+    if let Some(parent) = cluster_file.parent() {
+        let _ = std::fs::create_dir_all(parent);
+    }
+    std::fs::write(&cluster_file, record.to_string())
+        .map_err(|e| format!("writing {}: {e}", cluster_file.display()))?;
+    Ok(cluster_file)
+}
+
+pub async fn run(args: DevArgs) -> Result<(), String> {
+    if args.topology.is_some() || !args.regions.is_empty() {
+        return crate::dev_regions::run(args).await;
+    }
+    if args.nodes == 0 || args.nodes > 9 {
+        return Err(format!("--nodes must be in 1..=9, got {}", args.nodes));
+    }
+    let dir = prepare_dir(&args)?;
     let exe = std::env::current_exe().map_err(|e| format!("locating the basalt binary: {e}"))?;
 
     let addr = |i: u16| format!("127.0.0.1:{}", args.base_port + i - 1);
     let peers: Vec<String> = (1..=args.nodes).map(|i| format!("{i}={}", addr(i))).collect();
     let mut processes = Vec::new();
     for i in 1..=args.nodes {
-        let node_dir = dir.join(format!("node-{i}"));
-        std::fs::create_dir_all(&node_dir).map_err(|e| format!("creating {}: {e}", node_dir.display()))?;
-        let log_path = dir.join(format!("node-{i}.log"));
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(|e| format!("opening {}: {e}", log_path.display()))?;
-        let log_err = log.try_clone().map_err(|e| e.to_string())?;
-        let mut command = Command::new(&exe);
-        command
-            .arg("start")
-            .args(["--id", &i.to_string()])
-            .args(["--listen", &addr(i)])
-            .args(["--http", &format!("127.0.0.1:{}", args.http_base_port + i - 1)])
-            .arg("--data-dir")
-            .arg(&node_dir)
-            .args(["--peers", &peers.join(",")])
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err)
-            .kill_on_drop(true);
-        if i == 1 {
-            command.arg("--init");
-        }
-        let child = command.spawn().map_err(|e| format!("starting node {i}: {e}"))?;
-        processes.push(NodeProcess { id: i, child });
+        processes.push(spawn_node(
+            &exe,
+            &NodeLaunch {
+                label: format!("node {i}"),
+                id: i,
+                grpc: addr(i),
+                http: format!("127.0.0.1:{}", args.http_base_port + i - 1),
+                dir: dir.join(format!("node-{i}")),
+                log: dir.join(format!("node-{i}.log")),
+                peers: peers.join(","),
+                init: i == 1,
+                extra: Vec::new(),
+            },
+        )?);
     }
 
     let endpoints: Vec<String> = (1..=args.nodes).map(addr).collect();
     let pids: Vec<u32> = processes.iter().filter_map(|p| p.child.id()).collect();
-    let cluster_file = crate::cli::cluster_file();
-    if let Some(parent) = cluster_file.parent() {
-        let _ = std::fs::create_dir_all(parent);
-    }
-    let record = serde_json::json!({ "endpoints": endpoints, "pids": pids, "data_dir": dir });
-    std::fs::write(&cluster_file, record.to_string())
-        .map_err(|e| format!("writing {}: {e}", cluster_file.display()))?;
+    let cluster_file =
+        write_cluster_file(&serde_json::json!({ "endpoints": endpoints, "pids": pids, "data_dir": dir }))?;
 
     println!("basalt dev: {} nodes, data in {}", args.nodes, dir.display());
-    for (p, endpoint) in processes.iter().zip(&endpoints) {
+    for (i, (p, endpoint)) in processes.iter().zip(&endpoints).enumerate() {
+        let i = i as u16 + 1;
         println!(
-            "  node {}  grpc {}  http 127.0.0.1:{}  pid {}  log {}",
-            p.id,
+            "  {}  grpc {}  http 127.0.0.1:{}  pid {}  log {}",
+            p.label,
             endpoint,
-            args.http_base_port + p.id - 1,
+            args.http_base_port + i - 1,
             p.child.id().map_or_else(|| "-".into(), |x| x.to_string()),
-            dir.join(format!("node-{}.log", p.id)).display()
+            dir.join(format!("node-{i}.log")).display()
         );
     }
     println!("  cluster file {}", cluster_file.display());
@@ -138,8 +205,14 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
         ),
         Err(e) => println!("no leader yet: {e} (see the node logs)"),
     }
+    supervise(processes).await;
+    let _ = std::fs::remove_file(&cluster_file);
+    println!("stopped");
+    Ok(())
+}
 
-    // Supervise until a signal, reporting nodes that exit on their own.
+/// Waits for Ctrl-C (reporting nodes that exit on their own), then stops every node.
+pub(crate) async fn supervise(mut processes: Vec<NodeProcess>) {
     let signal = crate::cli::shutdown_signal();
     tokio::pin!(signal);
     let mut poll = tokio::time::interval(Duration::from_millis(500));
@@ -149,7 +222,7 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
             _ = poll.tick() => {
                 for p in &mut processes {
                     if let Ok(Some(status)) = p.child.try_wait() {
-                        println!("node {} exited ({status}); see its log", p.id);
+                        println!("{} exited ({status}); see its log", p.label);
                     }
                 }
                 processes.retain_mut(|p| !matches!(p.child.try_wait(), Ok(Some(_))));
@@ -169,11 +242,8 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
     for p in &mut processes {
         let remaining = deadline.saturating_duration_since(Instant::now());
         if tokio::time::timeout(remaining, p.child.wait()).await.is_err() {
-            println!("node {} did not stop in time; killing it", p.id);
+            println!("{} did not stop in time; killing it", p.label);
             let _ = p.child.kill().await;
         }
     }
-    let _ = std::fs::remove_file(&cluster_file);
-    println!("stopped");
-    Ok(())
 }

@@ -20,6 +20,8 @@ use basalt_raft::log_store::LogStore;
 use basalt_raft::network::{NetworkFactory, RaftGrpcService};
 use basalt_raft::state_machine::StateMachine;
 use basalt_raft::Raft;
+use basalt_replication::pb::region_feed_server::RegionFeedServer;
+use basalt_storage::apply::RegionRole;
 use basalt_storage::command::{Command, Op, Response};
 use basalt_storage::hlc::Hlc;
 use basalt_storage::log::LogOptions;
@@ -27,6 +29,7 @@ use openraft::{BasicNode, SnapshotPolicy};
 
 use crate::api::{Api, ApiCounters};
 use crate::config::NodeConfig;
+use crate::replication::{FeedReceiver, Replication};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -95,7 +98,11 @@ fn raft_config(config: &NodeConfig) -> Result<openraft::Config, NodeError> {
 pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), NodeError> {
     config.validate()?;
     let _lock = lock_data_dir(&config.data_dir)?;
-    let clock = Arc::new(Hlc::new());
+    let clock = Arc::new(Hlc::with_skew(config.region.as_ref().map_or(0, |r| r.clock_skew_ms)));
+    let region_role = config.region.as_ref().map_or_else(RegionRole::default, |r| RegionRole {
+        id: r.id,
+        replicated: true,
+    });
     let log_store = LogStore::open(
         &config.data_dir.join("log"),
         LogOptions {
@@ -103,7 +110,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
             ..Default::default()
         },
     )?;
-    let state_machine = StateMachine::open(&config.data_dir, clock.clone()).map_err(io("opening the state store"))?;
+    let state_machine =
+        StateMachine::open(&config.data_dir, clock.clone(), region_role).map_err(io("opening the state store"))?;
     let store = state_machine.store().clone();
     let applied = state_machine.subscribe_applied();
     let incoming_dir = state_machine.snapshot_dir().to_path_buf();
@@ -144,6 +152,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         log_bounds: Arc::new(move || bounds_store.bounds()),
         applied,
         broker: Arc::new(crate::api::Broker::default()),
+        replication: config.region.clone().map(Replication::new),
     };
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -172,6 +181,16 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
     };
 
     let sweeper = tokio::spawn(sweeper(api.clone(), config.clone(), stop_rx.clone()));
+    let replication_tasks = match &api.replication {
+        Some(repl) => repl.spawn(api.clone(), stop_rx.clone()),
+        None => Vec::new(),
+    };
+    let feed_receiver = RegionFeedServer::new(FeedReceiver {
+        api: api.clone(),
+        replication: api.replication.clone(),
+    })
+    .max_decoding_message_size(64 << 20)
+    .max_encoding_message_size(64 << 20);
 
     tracing::info!(id = config.id, listen = %config.listen, data_dir = %config.data_dir.display(), "node serving");
     let serve = tonic::transport::Server::builder()
@@ -186,11 +205,15 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         .add_service(StreamServer::new(api.clone()))
         .add_service(PubSubServer::new(api.clone()))
         .add_service(ClusterServer::new(api.clone()))
+        .add_service(feed_receiver)
         .serve_with_shutdown(config.listen, wait_stop(stop_rx.clone()))
         .await;
 
     tracing::info!(id = config.id, "shutting down");
     sweeper.abort();
+    for task in replication_tasks {
+        task.abort();
+    }
     if let Some(task) = http_task {
         let _ = task.await;
     }

@@ -8,7 +8,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use basalt_storage::apply::{Applier, WriteSet};
+use basalt_storage::apply::{Applier, RegionRole, WriteSet};
 use basalt_storage::command::Response;
 use basalt_storage::hlc::Hlc;
 use basalt_storage::state::rocks::RocksStore;
@@ -56,12 +56,13 @@ fn applied_state_of(store: &RocksStore) -> Result<(Option<LogId>, StoredMembersh
 
 impl StateMachine {
     /// Opens the state store in `dir/state`, snapshots in `dir/snapshots`. `clock` observes every
-    /// applied stamp, so a node that becomes leader never stamps below what it applied.
-    pub fn open(dir: &Path, clock: Arc<Hlc>) -> Result<StateMachine, io::Error> {
+    /// applied stamp, so a node that becomes leader never stamps below what it applied. `region`
+    /// says whether this region replicates with others.
+    pub fn open(dir: &Path, clock: Arc<Hlc>, region: RegionRole) -> Result<StateMachine, io::Error> {
         let store = RocksStore::open(dir.join("state"))?;
         let snapshot_dir = dir.join("snapshots");
         std::fs::create_dir_all(&snapshot_dir)?;
-        let applier = Applier::load(&store)?;
+        let applier = Applier::load(&store, region)?;
         clock.observe(applier.last_stamp());
         let (applied, _) = applied_state_of(&store)?;
         let (applied, _) = tokio::sync::watch::channel(applied.map_or(0, |id| id.index()));
@@ -174,8 +175,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let response = match &entry.payload {
                 EntryPayload::Blank => Response::None,
                 EntryPayload::Normal(command) => {
-                    self.clock.observe(command.stamp);
-                    applier.apply(&self.store, &mut writes, log_id.index(), command)?
+                    let response = applier.apply(&self.store, &mut writes, log_id.index(), command)?;
+                    // The applier's stamp includes what merged remote batches carried.
+                    self.clock.observe(applier.last_stamp());
+                    response
                 }
                 EntryPayload::Membership(membership) => {
                     let stored = StoredMembership::new(Some(log_id), membership.clone());
@@ -213,6 +216,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let installed_index = meta.last_log_id.as_ref().map(|id| id.index());
         let meta = meta.clone();
         let mut applier = self.applier.lock().await;
+        let region = applier.region();
         let installed = tokio::task::spawn_blocking(move || -> Result<Applier, io::Error> {
             let unpacked = this.snapshot_dir.join("install.tmp");
             let packed_meta: SnapshotMeta = decode(&snapshot::unpack(&snapshot.path, &unpacked)?)?;
@@ -231,7 +235,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             std::fs::rename(&snapshot.path, &target)?;
             this.remove_other_packs(&target)?;
             tracing::info!(last_log_id = ?meta.last_log_id, "installed snapshot");
-            Ok(Applier::load(&this.store)?)
+            Ok(Applier::load(&this.store, region)?)
         })
         .await
         .map_err(io::Error::other)??;

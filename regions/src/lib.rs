@@ -1,8 +1,11 @@
 //! Regions and the links between them.
 //!
-//! For now this crate holds the link simulator, which both the fault-injection harness
-//! (`jepsen/`) and multi-region topologies use:
-//! - [`link`]: the state of every directed link (cut, latency, jitter), shared and observable;
+//! - [`topology`]: regions, their nodes and the WAN links between them (`basalt dev --topology`);
+//!
+//! and the link simulator, which both the fault-injection harness (`jepsen/`) and multi-region
+//! topologies use:
+//! - [`link`]: the state of every directed link (cut, latency, jitter, loss, bandwidth), shared
+//!   and observable;
 //! - [`partition`]: pure constructors of the link cuts for the classic partition shapes;
 //! - [`proxy`]: a TCP proxy per directed pair of endpoints that enforces the link state on real
 //!   connections.
@@ -10,7 +13,9 @@
 pub mod link;
 pub mod partition;
 pub mod proxy;
+pub mod topology;
 
 pub use link::{LinkState, Links};
 pub use partition::Cuts;
 pub use proxy::LinkProxy;
+pub use topology::Topology;

@@ -22,6 +22,14 @@ pub struct LinkState {
     pub latency: Duration,
     /// A further delay drawn uniformly from `[0, jitter]` per read; bytes stay in order.
     pub jitter: Duration,
+    /// Packet loss, in parts per million of chunks. On a byte stream a lost packet is a late one:
+    /// TCP resends it after a retransmission timeout, and everything behind it waits.
+    #[serde(default)]
+    pub loss_ppm: u32,
+    /// Bytes per second this way (0: unlimited): each chunk waits for the ones before it to be
+    /// sent at this rate.
+    #[serde(default)]
+    pub bandwidth_bytes_per_s: u64,
 }
 
 impl LinkState {
@@ -69,6 +77,14 @@ impl Links {
     pub fn set(&self, from: EndpointId, to: EndpointId, state: LinkState) {
         self.update(|table| {
             table.insert((from, to), state);
+        });
+    }
+
+    /// Changes both directions between `a` and `b`, keeping what `change` leaves alone.
+    pub fn change_pair(&self, a: EndpointId, b: EndpointId, change: impl Fn(&mut LinkState)) {
+        self.update(|table| {
+            change(table.entry((a, b)).or_default());
+            change(table.entry((b, a)).or_default());
         });
     }
 

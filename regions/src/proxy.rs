@@ -124,6 +124,12 @@ async fn serve(inbound: TcpStream, route: Route, links: Arc<Links>) {
     }
 }
 
+/// How much later a lost chunk arrives: TCP's minimum retransmission timeout (200 ms on Linux)
+/// plus the round trip the loss is noticed over.
+pub fn retransmission_timeout(latency: Duration) -> Duration {
+    Duration::from_millis(200) + latency * 2
+}
+
 /// Moves bytes one way, delayed and possibly lost as the link `from → to` says.
 async fn pump(
     mut reader: OwnedReadHalf,
@@ -136,6 +142,7 @@ async fn pump(
     let read = async move {
         let mut buf = vec![0u8; CHUNK_BYTES];
         let mut last_delivery = Instant::now();
+        let mut link_free_at = Instant::now();
         loop {
             let n = match reader.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
@@ -146,8 +153,18 @@ async fn pump(
                 continue;
             }
             let jitter = state.jitter.mul_f64(rand::random::<f64>());
+            let mut departs = Instant::now();
+            if state.bandwidth_bytes_per_s > 0 {
+                let sending = Duration::from_secs_f64(n as f64 / state.bandwidth_bytes_per_s as f64);
+                departs = departs.max(link_free_at) + sending;
+                link_free_at = departs;
+            }
+            let mut at = departs + state.latency + jitter;
+            if state.loss_ppm > 0 && rand::random::<u32>() % 1_000_000 < state.loss_ppm {
+                at += retransmission_timeout(state.latency);
+            }
             // Never deliver before an earlier chunk: jitter must not reorder a byte stream.
-            let at = (Instant::now() + state.latency + jitter).max(last_delivery);
+            let at = at.max(last_delivery);
             last_delivery = at;
             if queue.send((at, buf[..n].to_vec())).await.is_err() {
                 break;
@@ -300,5 +317,53 @@ mod tests {
                 started.elapsed()
             );
         }
+    }
+
+    #[tokio::test]
+    async fn bandwidth_paces_a_transfer_and_loss_delays_it_by_a_retransmission() {
+        let links = Links::new();
+        let proxy = proxy(&links).await;
+        // 100 KB/s one way: 50 KB cannot arrive in under 0.5 s (a lower bound only).
+        links.set(
+            1,
+            2,
+            LinkState {
+                bandwidth_bytes_per_s: 100_000,
+                ..Default::default()
+            },
+        );
+        let mut stream = connect(&proxy).await;
+        let payload = vec![7u8; 50_000];
+        let started = std::time::Instant::now();
+        assert_eq!(
+            round_trip(&mut stream, &payload, Duration::from_secs(10)).await,
+            Some(payload.clone())
+        );
+        assert!(
+            started.elapsed() >= Duration::from_millis(450),
+            "{:?}",
+            started.elapsed()
+        );
+
+        // Every chunk lost once: each round trip waits at least one retransmission timeout.
+        links.set(
+            1,
+            2,
+            LinkState {
+                loss_ppm: 1_000_000,
+                ..Default::default()
+            },
+        );
+        let started = std::time::Instant::now();
+        assert_eq!(
+            round_trip(&mut stream, b"late", Duration::from_secs(5)).await,
+            Some(b"late".to_vec()),
+            "a lost chunk still arrives: TCP resends it"
+        );
+        assert!(
+            started.elapsed() >= retransmission_timeout(Duration::ZERO),
+            "{:?}",
+            started.elapsed()
+        );
     }
 }

@@ -4,6 +4,8 @@ use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 
+use basalt_replication::ShipBatch;
+
 use crate::hlc::HlcStamp;
 use crate::ledger::{Account, AccountResult, Transfer, TransferResult};
 use crate::queue::{Delivery, EnqueueOutcome, NewMessage, QueueConfig, Receipt};
@@ -266,6 +268,26 @@ pub enum Op {
     GroupSweep {
         limit: u32,
     },
+    /// Merges a batch of another region's change feed (see `docs/regions.md`). Proposed by the
+    /// leader that receives the batch, so every replica merges it at the same log position.
+    ReplApply {
+        batch: ShipBatch,
+    },
+    /// Forgets this region's feed entries at or below `upto` (every other region has them), at
+    /// most `limit`. Proposed by the leader.
+    ReplTrim {
+        upto: u64,
+        limit: u32,
+    },
+}
+
+impl Op {
+    /// Whether this op's effects go into the change feed other regions merge: the writes of
+    /// multi-region data types. Sweeps are not shipped: every region expires keys itself, at the
+    /// same HLC time.
+    pub fn replicates(&self) -> bool {
+        matches!(self, Op::KvPut { .. } | Op::KvDelete { .. } | Op::Counter { .. })
+    }
 }
 
 /// The log entry payload: the leader's HLC stamp plus the request.
@@ -347,6 +369,10 @@ pub enum OpError {
     },
     #[error("generation {given} of group {group:?} is not current (current: {current}); rejoin or heartbeat for the new assignment")]
     IllegalGeneration { group: String, given: u64, current: u64 },
+    #[error("a region cannot merge its own feed (region {region})")]
+    OwnFeed { region: u16 },
+    #[error("this region does not replicate with other regions; it cannot merge region {source_region}'s feed")]
+    NotReplicating { source_region: u16 },
     #[error("partition {topic:?}/{partition} is not assigned to member {member:?}")]
     NotAssigned {
         topic: String,
@@ -412,6 +438,12 @@ pub enum Response {
     /// A group op refused because the member is gone, whose expiry of it must still take effect
     /// (unlike [`Response::Refused`], the entry's writes are kept).
     GroupRefused(OpError),
+    /// A remote feed batch was merged: the watermark for its source is now `upto`; `merged`
+    /// entries were new (the others had been merged before).
+    ReplApplied {
+        upto: u64,
+        merged: u32,
+    },
     Refused(OpError),
 }
 
@@ -515,6 +547,15 @@ impl std::fmt::Display for Command {
                 )
             }
             Op::GroupSweep { limit } => write!(f, "group sweep (limit {limit})"),
+            Op::ReplApply { batch } => write!(
+                f,
+                "merge {} feed entries of region {} up to {}{}",
+                batch.entries.len(),
+                batch.source,
+                batch.upto,
+                if batch.resync { " (re-sync)" } else { "" }
+            ),
+            Op::ReplTrim { upto, limit } => write!(f, "feed trim up to {upto} (limit {limit})"),
         }
     }
 }

@@ -40,6 +40,9 @@ pub fn next_stamp(last: HlcStamp, wall_ms: u64) -> HlcStamp {
 #[derive(Debug, Default)]
 pub struct Hlc {
     last: AtomicU64,
+    /// Added to the wall clock: lets tests and `basalt dev` give one region a clock that is off
+    /// by seconds, as real regions' clocks can be.
+    skew_ms: i64,
 }
 
 impl Hlc {
@@ -47,9 +50,22 @@ impl Hlc {
         Self::default()
     }
 
+    /// A clock whose wall-clock reading is off by `skew_ms`.
+    pub fn with_skew(skew_ms: i64) -> Self {
+        Hlc {
+            last: AtomicU64::new(0),
+            skew_ms,
+        }
+    }
+
+    /// The wall clock as this clock reads it (skew included), in milliseconds.
+    pub fn wall_ms(&self) -> u64 {
+        wall_clock_ms().saturating_add_signed(self.skew_ms)
+    }
+
     /// Issues a stamp greater than every stamp issued or observed before.
     pub fn now(&self) -> HlcStamp {
-        let wall_ms = wall_clock_ms();
+        let wall_ms = self.wall_ms();
         let mut last = self.last.load(Ordering::Acquire);
         loop {
             let next = next_stamp(HlcStamp(last), wall_ms);
@@ -100,6 +116,14 @@ mod tests {
         let far_future = HlcStamp::from_parts(wall_clock_ms() + 60_000, 0);
         clock.observe(far_future);
         assert!(clock.now() > far_future);
+    }
+
+    #[test]
+    fn a_skewed_clock_reads_off_by_its_skew() {
+        let behind = Hlc::with_skew(-5_000);
+        let stamp = behind.now().physical_ms();
+        let wall = wall_clock_ms();
+        assert!(stamp + 4_000 < wall && stamp + 6_000 > wall, "{stamp} vs {wall}");
     }
 
     #[test]

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use basalt_client::{Client, ClientOptions};
 
+pub mod regions;
+
 pub struct NodeSpec {
     pub id: u64,
     pub addr: String,
@@ -52,6 +54,14 @@ impl TestCluster {
     /// Starts `options.nodes` processes of `binary` (the `basalt` entry point; integration tests
     /// pass `env!("CARGO_BIN_EXE_basalt-test-node")`); node 1 bootstraps the cluster.
     pub fn start(binary: &str, options: ClusterOptions) -> TestCluster {
+        let mut cluster = Self::plan(binary, options);
+        cluster.launch();
+        cluster
+    }
+
+    /// Chooses every node's address and directory without starting anything, so that a test can
+    /// wire clusters together (regions) before [`TestCluster::launch`].
+    pub fn plan(binary: &str, options: ClusterOptions) -> TestCluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut specs = BTreeMap::new();
         for id in 1..=options.nodes {
@@ -62,19 +72,27 @@ impl TestCluster {
             .map(|s| format!("{}={}", s.id, s.addr))
             .collect::<Vec<_>>()
             .join(",");
-        let mut cluster = TestCluster {
+        TestCluster {
             dir,
             specs,
             children: BTreeMap::new(),
             peers,
             options,
             binary: binary.into(),
-        };
-        let ids: Vec<u64> = cluster.specs.keys().copied().collect();
-        for id in ids {
-            cluster.spawn(id, id == 1);
         }
-        cluster
+    }
+
+    /// More `basalt start` arguments for every node started from now on.
+    pub fn push_args(&mut self, args: impl IntoIterator<Item = String>) {
+        self.options.extra_args.extend(args);
+    }
+
+    /// Starts every planned node; node 1 bootstraps the cluster.
+    pub fn launch(&mut self) {
+        let ids: Vec<u64> = self.specs.keys().copied().collect();
+        for id in ids {
+            self.spawn(id, id == 1);
+        }
     }
 
     fn spec(dir: &tempfile::TempDir, id: u64) -> NodeSpec {

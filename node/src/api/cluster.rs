@@ -48,6 +48,12 @@ impl Cluster for Api {
         }))
     }
 
+    async fn regions(&self, request: Request<pb::RegionsRequest>) -> Result<GrpcResponse<pb::RegionsResponse>, Status> {
+        crate::replication::status(self, request.into_inner().digest)
+            .await
+            .map(GrpcResponse::new)
+    }
+
     async fn add_node(
         &self,
         request: Request<pb::AddNodeRequest>,

@@ -49,6 +49,8 @@ pub struct Api {
     pub applied: tokio::sync::watch::Receiver<u64>,
     /// This node's live pub/sub subscribers.
     pub broker: Arc<Broker>,
+    /// Cross-region replication, when this node's region is one of several.
+    pub replication: Option<Arc<crate::replication::Replication>>,
 }
 
 /// Longest a single long-poll (receive, fetch) may wait.
@@ -105,6 +107,8 @@ pub(crate) fn op_error_status(e: &OpError) -> Status {
         OpError::OutOfOrderSequence { .. } => ErrorCode::OutOfOrderSequence,
         OpError::IllegalGeneration { .. } => ErrorCode::IllegalGeneration,
         OpError::NotAssigned { .. } => ErrorCode::NotAssigned,
+        // Only region-to-region feed batches can be refused this way (a misconfigured topology).
+        OpError::OwnFeed { .. } | OpError::NotReplicating { .. } => ErrorCode::InvalidArgument,
     };
     status(code, e.to_string())
 }

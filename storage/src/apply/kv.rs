@@ -1,6 +1,8 @@
 //! KV apply: put / delete with compare-and-set and TTL, expiry sweep.
 
-use super::{check_key, lossy, View};
+use basalt_replication::Version;
+
+use super::{check_key, lossy, RegionRole, View};
 use crate::command::{Expect, OpError, Response};
 use crate::limits::{TTL_MS_MAX, VALUE_BYTES_MAX};
 use crate::state::{KeyRange, KvEvent, KvRecord, StoreError, StoreRead, Table};
@@ -69,10 +71,49 @@ fn remove<S: StoreRead>(view: &mut View<'_, S>, index: u64, key: &[u8], record: 
     }
 }
 
+/// Who writes, for last-writer-wins between regions: the entry's stamp and this region.
+#[derive(Clone, Copy, Debug)]
+pub struct Writer {
+    pub stamp: u64,
+    pub region: RegionRole,
+}
+
+impl Writer {
+    /// The version of a write to a key whose current version is `current`: above it, so a write
+    /// applied after another wins over it in every region, not only in this one.
+    fn version_after(&self, current: Option<Version>) -> Version {
+        let stamp = current.map_or(self.stamp, |c| self.stamp.max(c.stamp + 1));
+        Version::new(stamp, self.region.id)
+    }
+}
+
+/// The version of the key's current state: its record's, or its tombstone's.
+fn current_version<S: StoreRead>(
+    view: &View<'_, S>,
+    key: &[u8],
+    record: Option<&KvRecord>,
+) -> Result<Option<Version>, StoreError> {
+    Ok(match record {
+        Some(r) => Some(r.written),
+        None => tombstone(view, key)?,
+    })
+}
+
+/// The version of the delete or expiry that removed `key`, if a tombstone is kept for it.
+pub fn tombstone<S: StoreRead + ?Sized>(store: &S, key: &[u8]) -> Result<Option<Version>, StoreError> {
+    super::load(store, Table::KvTombstone, key)
+}
+
+pub(crate) fn write_tombstone<S: StoreRead>(view: &mut View<'_, S>, key: &[u8], version: Version) {
+    super::save(view, Table::KvTombstone, key.to_vec(), &version);
+}
+
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn put<S: StoreRead>(
     view: &mut View<'_, S>,
     index: u64,
     now_ms: u64,
+    writer: Writer,
     key: &[u8],
     value: &[u8],
     ttl_ms: Option<u64>,
@@ -91,18 +132,52 @@ pub(crate) fn put<S: StoreRead>(
             current: live.map(|r| r.mod_revision),
         });
     }
+    let written = if writer.region.replicated {
+        writer.version_after(current_version(view, key, existing.as_ref())?)
+    } else {
+        Version::new(writer.stamp, writer.region.id)
+    };
+    let prev_revision = live.map(|r| r.mod_revision);
+    store_value(
+        view,
+        index,
+        key,
+        existing.as_ref(),
+        live.is_some(),
+        value.to_vec(),
+        ttl_ms.map(|ttl| now_ms + ttl),
+        written,
+    );
+    Ok(Response::KvPut {
+        revision: index,
+        prev_revision,
+    })
+}
+
+/// Writes `value` as the key's new record (a local put, or a remote write that won the merge),
+/// keeping the expiry index and the watch history in step and dropping any tombstone.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn store_value<S: StoreRead>(
+    view: &mut View<'_, S>,
+    index: u64,
+    key: &[u8],
+    existing: Option<&KvRecord>,
+    existing_live: bool,
+    value: Vec<u8>,
+    expires_at_ms: Option<u64>,
+    written: Version,
+) {
+    let live = existing.filter(|_| existing_live);
     let record = KvRecord {
-        value: value.to_vec(),
+        value,
         create_revision: live.map_or(index, |r| r.create_revision),
         mod_revision: index,
         version: live.map_or(1, |r| r.version + 1),
-        expires_at_ms: ttl_ms.map(|ttl| now_ms + ttl),
+        expires_at_ms,
+        written,
     };
-    let prev_revision = live.map(|r| r.mod_revision);
-    if let Some(old) = &existing {
-        if let Some(at) = old.expires_at_ms {
-            view.delete(Table::KvExpiry, expiry_key(at, key));
-        }
+    if let Some(at) = existing.and_then(|old| old.expires_at_ms) {
+        view.delete(Table::KvExpiry, expiry_key(at, key));
     }
     if let Some(at) = record.expires_at_ms {
         view.put(Table::KvExpiry, expiry_key(at, key), Vec::new());
@@ -112,22 +187,34 @@ pub(crate) fn put<S: StoreRead>(
         index,
         key,
         &KvEvent::Put {
-            value: value.to_vec(),
+            value: record.value.clone(),
             create_revision: record.create_revision,
             version: record.version,
         },
     );
     view.put(Table::Kv, key.to_vec(), record.encode());
-    Ok(Response::KvPut {
-        revision: index,
-        prev_revision,
-    })
+    view.delete(Table::KvTombstone, key.to_vec());
+}
+
+/// Removes the key's record (if any) and, in multi-region mode, leaves a tombstone at `version`.
+pub(crate) fn store_tombstone<S: StoreRead>(
+    view: &mut View<'_, S>,
+    index: u64,
+    key: &[u8],
+    existing: Option<&KvRecord>,
+    version: Version,
+) {
+    if let Some(record) = existing {
+        remove(view, index, key, record);
+    }
+    write_tombstone(view, key, version);
 }
 
 pub(crate) fn delete<S: StoreRead>(
     view: &mut View<'_, S>,
     index: u64,
     now_ms: u64,
+    writer: Writer,
     key: &[u8],
     expect: Option<Expect>,
 ) -> Result<Response, StoreError> {
@@ -144,7 +231,12 @@ pub(crate) fn delete<S: StoreRead>(
             current: live.map(|r| r.mod_revision),
         });
     }
-    if let Some(record) = &existing {
+    if writer.region.replicated {
+        // A delete is a write: it beats every older write of the key, in every region, even where
+        // the key does not exist yet.
+        let version = writer.version_after(current_version(view, key, existing.as_ref())?);
+        store_tombstone(view, index, key, existing.as_ref(), version);
+    } else if let Some(record) = &existing {
         remove(view, index, key, record);
     }
     Ok(Response::KvDelete {
@@ -157,6 +249,7 @@ pub(crate) fn sweep_expired<S: StoreRead>(
     view: &mut View<'_, S>,
     index: u64,
     now_ms: u64,
+    region: RegionRole,
     limit: u32,
 ) -> Result<Response, StoreError> {
     // Only what is due: expiry keys start with the big-endian expiry time.
@@ -175,6 +268,12 @@ pub(crate) fn sweep_expired<S: StoreRead>(
             if record.expires_at_ms == Some(at) {
                 record_event(view, index, key, &KvEvent::Delete);
                 view.delete(Table::Kv, key.to_vec());
+                if region.replicated {
+                    // At the expired write's own version: an expiry is not a write, so a newer
+                    // write of the key (which another region may not have seen yet) still wins,
+                    // and an older one still loses, as it did to the write that expired.
+                    write_tombstone(view, key, record.written);
+                }
                 removed += 1;
             }
         }

@@ -22,6 +22,7 @@ pub mod lease;
 pub mod ledger;
 pub mod queue;
 pub mod rate;
+pub mod replication;
 mod session;
 pub mod stream;
 
@@ -36,9 +37,13 @@ mod tests_queue;
 #[cfg(test)]
 mod tests_rate;
 #[cfg(test)]
+mod tests_replication;
+#[cfg(test)]
 mod tests_stream;
 
 use std::collections::BTreeMap;
+
+use basalt_replication::RegionId;
 
 use crate::command::{Command, Op, OpError, Response};
 use crate::hlc::HlcStamp;
@@ -147,21 +152,45 @@ impl<S: StoreRead> StoreRead for View<'_, S> {
 
 const LAST_STAMP_KEY: &[u8] = b"last_stamp";
 
+/// This region among regions: its id, and whether it replicates with other regions (then deletes
+/// leave tombstones and replicated writes go into the change feed). Every replica of a region
+/// is configured alike, so apply stays deterministic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RegionRole {
+    pub id: RegionId,
+    pub replicated: bool,
+}
+
+impl Default for RegionRole {
+    /// A lone region.
+    fn default() -> Self {
+        RegionRole {
+            id: 1,
+            replicated: false,
+        }
+    }
+}
+
 /// Applies commands in log order. Holds the last applied stamp between batches.
 #[derive(Debug, Default)]
 pub struct Applier {
     last_stamp: HlcStamp,
+    region: RegionRole,
 }
 
 impl Applier {
     /// Loads the last applied stamp from the store.
-    pub fn load<S: StoreRead>(store: &S) -> Result<Applier, StoreError> {
+    pub fn load<S: StoreRead>(store: &S, region: RegionRole) -> Result<Applier, StoreError> {
         let last_stamp = store
             .get(Table::Meta, LAST_STAMP_KEY)?
             .and_then(|b| b.try_into().ok().map(u64::from_le_bytes))
             .map(HlcStamp)
             .unwrap_or_default();
-        Ok(Applier { last_stamp })
+        Ok(Applier { last_stamp, region })
+    }
+
+    pub fn region(&self) -> RegionRole {
+        self.region
     }
 
     pub fn last_stamp(&self) -> HlcStamp {
@@ -204,10 +233,30 @@ impl Applier {
                         base: &view,
                         writes: &mut staged,
                     };
-                    apply_op(&mut op_view, index, now_ms, &command.op)?
+                    let ctx = OpContext {
+                        index,
+                        now_ms,
+                        stamp,
+                        region: self.region,
+                    };
+                    apply_op(&mut op_view, ctx, &command.op)?
                 };
                 if !matches!(response, Response::Refused(_)) {
+                    if self.region.replicated && command.op.replicates() {
+                        replication::record_feed(&mut staged, index, stamp.0, self.region.id)?;
+                    }
                     view.writes.absorb(staged);
+                }
+                if let (Op::ReplApply { batch }, Response::ReplApplied { .. }) = (&command.op, &response) {
+                    // The clock observes what it receives: a write made here after merging
+                    // another region's changes is stamped after them, whatever the wall clocks
+                    // say, so last-writer-wins never lets a causally earlier write win.
+                    let seen = batch.entries.iter().map(|e| e.stamp).chain([batch.frontier]).max();
+                    if let Some(seen) = seen.filter(|s| *s > self.last_stamp.0) {
+                        self.last_stamp = HlcStamp(seen);
+                        view.writes
+                            .put(Table::Meta, LAST_STAMP_KEY.to_vec(), seen.to_le_bytes().to_vec());
+                    }
                 }
                 response
             }
@@ -219,16 +268,32 @@ impl Applier {
     }
 }
 
-fn apply_op<S: StoreRead>(view: &mut View<'_, S>, index: u64, now_ms: u64, op: &Op) -> Result<Response, StoreError> {
+/// What an op is applied with besides its own arguments.
+#[derive(Clone, Copy, Debug)]
+struct OpContext {
+    index: u64,
+    now_ms: u64,
+    stamp: HlcStamp,
+    region: RegionRole,
+}
+
+fn apply_op<S: StoreRead>(view: &mut View<'_, S>, ctx: OpContext, op: &Op) -> Result<Response, StoreError> {
+    let OpContext { index, now_ms, .. } = ctx;
+    let writer = kv::Writer {
+        stamp: ctx.stamp.0,
+        region: ctx.region,
+    };
     Ok(match op {
         Op::KvPut {
             key,
             value,
             ttl_ms,
             expect,
-        } => kv::put(view, index, now_ms, key, value, *ttl_ms, *expect)?,
-        Op::KvDelete { key, expect } => kv::delete(view, index, now_ms, key, *expect)?,
-        Op::KvSweepExpired { limit } => kv::sweep_expired(view, index, now_ms, *limit)?,
+        } => kv::put(view, index, now_ms, writer, key, value, *ttl_ms, *expect)?,
+        Op::KvDelete { key, expect } => kv::delete(view, index, now_ms, writer, key, *expect)?,
+        Op::KvSweepExpired { limit } => kv::sweep_expired(view, index, now_ms, ctx.region, *limit)?,
+        Op::ReplApply { batch } => replication::apply_remote(view, index, now_ms, ctx.region, batch)?,
+        Op::ReplTrim { upto, limit } => replication::trim(view, *upto, *limit)?,
         Op::KvCompact { below, limit } => kv::compact(view, *below, *limit)?,
         Op::QueueConfigure { queue, config } => queue::configure(view, queue, config)?,
         Op::QueueEnqueue { queue, messages } => queue::enqueue(view, index, now_ms, queue, messages)?,
@@ -288,7 +353,7 @@ fn apply_op<S: StoreRead>(view: &mut View<'_, S>, index: u64, now_ms: u64, op: &
         )?,
         Op::GroupSweep { limit } => group::sweep(view, now_ms, *limit)?,
         Op::SessionSweep { idle_ms, after, limit } => session::sweep_idle(view, now_ms, *idle_ms, *after, *limit)?,
-        Op::Counter { ops } => counter::apply(view, ops)?,
+        Op::Counter { ops } => counter::apply(view, ctx.region.id, ops)?,
         Op::RateCheck { checks } => rate::apply(view, now_ms, checks)?,
         Op::LeaseAcquire { name, holder, ttl_ms } => lease::acquire(view, index, now_ms, name, holder, *ttl_ms)?,
         Op::LeaseRenew {
@@ -426,7 +491,17 @@ pub fn validate_op(op: &Op) -> Result<(), OpError> {
         | Op::KvCompact { .. }
         | Op::QueueDedupSweep { .. }
         | Op::StreamRetention { .. }
-        | Op::GroupSweep { .. } => Ok(()),
+        | Op::GroupSweep { .. }
+        | Op::ReplTrim { .. } => Ok(()),
+        Op::ReplApply { batch } => {
+            if batch.entries.len() > BATCH_ITEMS_MAX {
+                return Err(OpError::BatchTooLarge {
+                    len: batch.entries.len(),
+                    max: BATCH_ITEMS_MAX,
+                });
+            }
+            Ok(())
+        }
     }
 }
 

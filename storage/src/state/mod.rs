@@ -5,6 +5,7 @@ pub mod model;
 pub mod rocks;
 pub mod snapshot;
 
+use basalt_replication::{LwwValue, Version};
 use serde::{Deserialize, Serialize};
 
 /// A column family. Each data type owns one; `Meta` holds the applied log id and membership.
@@ -62,10 +63,19 @@ pub enum Table {
     StreamOffset,
     /// `(deadline_ms BE, group)`: each group's earliest member deadline.
     StreamGroupExpiry,
+    /// KV key -> the [`Version`] of the delete (or expiry) that removed it, so that an older
+    /// write arriving from another region cannot bring it back. Kept only in multi-region mode.
+    KvTombstone,
+    /// `(log index BE)` -> [`basalt_replication::FeedEntry`]: this region's change feed, kept
+    /// until every other region has acknowledged it.
+    ReplFeed,
+    /// Source region (u16 BE) -> [`crate::apply::replication::SourceState`]: how far this region
+    /// has merged each other region's feed.
+    ReplSource,
 }
 
 impl Table {
-    pub const ALL: [Table; 27] = [
+    pub const ALL: [Table; 30] = [
         Table::Meta,
         Table::Kv,
         Table::KvExpiry,
@@ -93,6 +103,9 @@ impl Table {
         Table::StreamGroup,
         Table::StreamOffset,
         Table::StreamGroupExpiry,
+        Table::KvTombstone,
+        Table::ReplFeed,
+        Table::ReplSource,
     ];
 
     pub fn name(self) -> &'static str {
@@ -124,6 +137,9 @@ impl Table {
             Table::StreamGroup => "stream_group",
             Table::StreamOffset => "stream_offset",
             Table::StreamGroupExpiry => "stream_group_expiry",
+            Table::KvTombstone => "kv_tombstone",
+            Table::ReplFeed => "repl_feed",
+            Table::ReplSource => "repl_source",
         }
     }
 }
@@ -246,9 +262,21 @@ pub struct KvRecord {
     pub version: u64,
     /// HLC physical milliseconds at which the key expires.
     pub expires_at_ms: Option<u64>,
+    /// When and in which region the value was written: what last-writer-wins compares when
+    /// regions merge.
+    pub written: Version,
 }
 
 impl KvRecord {
+    /// The record as a last-writer-wins register.
+    pub fn register(&self) -> LwwValue {
+        LwwValue {
+            version: self.written,
+            value: Some(self.value.clone()),
+            expires_at_ms: self.expires_at_ms,
+        }
+    }
+
     pub fn is_live_at(&self, now_ms: u64) -> bool {
         self.expires_at_ms.is_none_or(|at| now_ms < at)
     }

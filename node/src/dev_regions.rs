@@ -1,0 +1,277 @@
+//! `basalt dev --topology FILE` / `--regions us,eu,ap`: every node of every region as a local
+//! process, with all traffic between regions through the link simulator's proxies, and a control
+//! endpoint for `basalt regions partition|heal|latency`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::Router;
+use basalt_regions::link::EndpointId;
+use basalt_regions::{LinkProxy, Links, Topology};
+
+use crate::dev::{DevArgs, NodeLaunch};
+
+/// The dev process's view of the simulated WAN, shared with the control endpoint.
+#[derive(Clone)]
+struct Wan {
+    topology: Arc<Topology>,
+    links: Arc<Links>,
+}
+
+impl Wan {
+    fn id(&self, name: &str) -> Result<EndpointId, (StatusCode, String)> {
+        self.topology
+            .region_id(name)
+            .map(EndpointId::from)
+            .ok_or_else(|| (StatusCode::NOT_FOUND, format!("unknown region {name:?}\n")))
+    }
+
+    fn describe(&self) -> String {
+        let mut out = String::new();
+        for a in &self.topology.regions {
+            for b in &self.topology.regions {
+                let (Some(x), Some(y)) = (self.topology.region_id(&a.name), self.topology.region_id(&b.name)) else {
+                    continue;
+                };
+                if x >= y {
+                    continue;
+                }
+                let there = self.links.state(x.into(), y.into());
+                let back = self.links.state(y.into(), x.into());
+                out.push_str(&format!(
+                    "{} <-> {}: {}latency {:?} jitter {:?} loss {:.2}% bandwidth {}\n",
+                    a.name,
+                    b.name,
+                    match (there.cut, back.cut) {
+                        (true, true) => "PARTITIONED ",
+                        (true, false) | (false, true) => "PARTITIONED ONE WAY ",
+                        _ => "",
+                    },
+                    there.latency,
+                    there.jitter,
+                    f64::from(there.loss_ppm) / 10_000.0,
+                    if there.bandwidth_bytes_per_s == 0 {
+                        "unlimited".to_string()
+                    } else {
+                        format!("{:.1} Mbit/s", there.bandwidth_bytes_per_s as f64 * 8.0 / 1e6)
+                    },
+                ));
+            }
+        }
+        out
+    }
+}
+
+type Reply = Result<String, (StatusCode, String)>;
+
+async fn links(State(wan): State<Wan>) -> String {
+    wan.describe()
+}
+
+async fn partition(State(wan): State<Wan>, Path((a, b)): Path<(String, String)>) -> Reply {
+    let (x, y) = (wan.id(&a)?, wan.id(&b)?);
+    wan.links.change_pair(x, y, |s| s.cut = true);
+    Ok(format!("partitioned {a} and {b}\n"))
+}
+
+async fn heal_pair(State(wan): State<Wan>, Path((a, b)): Path<(String, String)>) -> Reply {
+    let (x, y) = (wan.id(&a)?, wan.id(&b)?);
+    wan.links.change_pair(x, y, |s| s.cut = false);
+    Ok(format!("healed {a} and {b}\n"))
+}
+
+async fn heal_all(State(wan): State<Wan>) -> String {
+    wan.links.heal_cuts();
+    "healed every partition\n".into()
+}
+
+async fn latency(State(wan): State<Wan>, Path((a, b, ms)): Path<(String, String, u64)>) -> Reply {
+    let (x, y) = (wan.id(&a)?, wan.id(&b)?);
+    wan.links.change_pair(x, y, |s| s.latency = Duration::from_millis(ms));
+    Ok(format!("{a} <-> {b} one-way latency is now {ms} ms\n"))
+}
+
+fn control_router(wan: Wan) -> Router {
+    Router::new()
+        .route("/links", get(links))
+        .route("/partition/{a}/{b}", post(partition))
+        .route("/heal/{a}/{b}", post(heal_pair))
+        .route("/heal", post(heal_all))
+        .route("/latency/{a}/{b}/{ms}", post(latency))
+        .with_state(wan)
+}
+
+pub async fn run(args: DevArgs) -> Result<(), String> {
+    let topology = match &args.topology {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+            Topology::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?
+        }
+        None => Topology::uniform(&args.regions, args.nodes_per_region, args.wan_latency, args.wan_jitter)
+            .map_err(|e| e.to_string())?,
+    };
+    let dir = crate::dev::prepare_dir(&args)?;
+    let exe = std::env::current_exe().map_err(|e| format!("locating the basalt binary: {e}"))?;
+    let links = Links::new();
+    topology.apply(&links);
+
+    let port = |base: u16, region: usize, node: u16| -> Result<u16, String> {
+        base.checked_add(100 * region as u16 + node - 1)
+            .ok_or_else(|| format!("port {base} + {} overflows", 100 * region))
+    };
+    // Every region's node addresses.
+    let mut grpc: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+    for (r, region) in topology.regions.iter().enumerate() {
+        let addrs = (1..=region.nodes)
+            .map(|i| port(args.base_port, r, i).map(|p| format!("127.0.0.1:{p}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        grpc.insert(r, addrs);
+    }
+    // A proxy per (source region, node of the target region): all inter-region traffic crosses
+    // the simulated link source → target.
+    let mut proxies = Vec::new();
+    let mut remote_endpoints: BTreeMap<(usize, usize), Vec<String>> = BTreeMap::new();
+    let mut next_proxy_port = args.proxy_base_port;
+    for (a, _) in topology.regions.iter().enumerate() {
+        for (b, _) in topology.regions.iter().enumerate() {
+            if a == b {
+                continue;
+            }
+            for target in &grpc[&b] {
+                let listen: SocketAddr = format!("127.0.0.1:{next_proxy_port}")
+                    .parse()
+                    .map_err(|e| format!("proxy address: {e}"))?;
+                next_proxy_port = next_proxy_port.checked_add(1).ok_or("ran out of proxy ports")?;
+                let target: SocketAddr = target.parse().map_err(|e| format!("node address: {e}"))?;
+                let proxy = LinkProxy::start(listen, a as u64 + 1, b as u64 + 1, target, links.clone())
+                    .await
+                    .map_err(|e| format!("starting the link proxy on {listen}: {e}"))?;
+                remote_endpoints.entry((a, b)).or_default().push(listen.to_string());
+                proxies.push(proxy);
+            }
+        }
+    }
+
+    let mut processes = Vec::new();
+    for (r, region) in topology.regions.iter().enumerate() {
+        let region_dir = dir.join(&region.name);
+        let peers: Vec<String> = grpc[&r]
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("{}={a}", i + 1))
+            .collect();
+        let mut extra = vec!["--region".to_string(), format!("{}:{}", region.name, r + 1)];
+        for (b, other) in topology.regions.iter().enumerate() {
+            if b != r {
+                extra.push("--remote-region".into());
+                extra.push(format!(
+                    "{}:{}={}",
+                    other.name,
+                    b + 1,
+                    remote_endpoints[&(r, b)].join(",")
+                ));
+            }
+        }
+        if region.clock_skew_ms != 0 {
+            extra.push(format!("--clock-skew-ms={}", region.clock_skew_ms));
+        }
+        for i in 1..=region.nodes {
+            processes.push(crate::dev::spawn_node(
+                &exe,
+                &NodeLaunch {
+                    label: format!("{} node {i}", region.name),
+                    id: i,
+                    grpc: grpc[&r][usize::from(i) - 1].clone(),
+                    http: format!("127.0.0.1:{}", port(args.http_base_port, r, i)?),
+                    dir: region_dir.join(format!("node-{i}")),
+                    log: region_dir.join(format!("node-{i}.log")),
+                    peers: peers.join(","),
+                    init: i == 1,
+                    extra: extra.clone(),
+                },
+            )?);
+        }
+    }
+
+    let wan = Wan {
+        topology: Arc::new(topology.clone()),
+        links: links.clone(),
+    };
+    let control_addr: SocketAddr = format!("127.0.0.1:{}", args.control_port)
+        .parse()
+        .map_err(|e| format!("control address: {e}"))?;
+    let listener = tokio::net::TcpListener::bind(control_addr)
+        .await
+        .map_err(|e| format!("binding the control endpoint on {control_addr}: {e}"))?;
+    let control = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, control_router(wan)).await {
+            tracing::error!(error = %e, "control endpoint failed");
+        }
+    });
+
+    let regions_record: Vec<serde_json::Value> = topology
+        .regions
+        .iter()
+        .enumerate()
+        .map(|(r, region)| serde_json::json!({ "name": region.name, "id": r + 1, "endpoints": grpc[&r] }))
+        .collect();
+    let pids: Vec<u32> = processes.iter().filter_map(|p| p.child.id()).collect();
+    let cluster_file = crate::dev::write_cluster_file(&serde_json::json!({
+        "endpoints": grpc[&0],
+        "regions": regions_record,
+        "control": control_addr.to_string(),
+        "pids": pids,
+        "data_dir": dir,
+    }))?;
+
+    println!(
+        "basalt dev: {} regions, {} nodes, data in {}",
+        topology.regions.len(),
+        processes.len(),
+        dir.display()
+    );
+    for (r, region) in topology.regions.iter().enumerate() {
+        println!(
+            "  region {} (id {}): grpc {}  logs {}",
+            region.name,
+            r + 1,
+            grpc[&r].join(" "),
+            dir.join(&region.name).display()
+        );
+    }
+    print!(
+        "{}",
+        Wan {
+            topology: Arc::new(topology.clone()),
+            links: links.clone()
+        }
+        .describe()
+    );
+    println!("  control {control_addr}, cluster file {}", cluster_file.display());
+    let started = Instant::now();
+    for (r, region) in topology.regions.iter().enumerate() {
+        match crate::dev::wait_for_leader(&grpc[&r], Duration::from_secs(20)).await {
+            Ok((id, addr)) => println!(
+                "  {} leader: node {id} ({addr}) after {:.1}s",
+                region.name,
+                started.elapsed().as_secs_f64()
+            ),
+            Err(e) => println!("  {}: no leader yet: {e} (see the node logs)", region.name),
+        }
+    }
+    println!(
+        "Try: basalt --region {} kv put greeting hello; basalt --region {} kv get greeting; basalt regions status. Ctrl-C stops everything.",
+        topology.regions[0].name, topology.regions[1].name
+    );
+    crate::dev::supervise(processes).await;
+    control.abort();
+    drop(proxies);
+    let _ = std::fs::remove_file(&cluster_file);
+    println!("stopped");
+    Ok(())
+}

@@ -1,0 +1,182 @@
+//! Receives other regions' feeds: each batch is proposed through this region's Raft (so every
+//! replica merges it at the same log position) and answered with the new watermark once
+//! committed. Batches are handled strictly in order: answering a later batch first could move the
+//! watermark past an earlier one and skip it.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use basalt_replication::feed::decode;
+use basalt_replication::pb::region_feed_server::RegionFeed;
+use basalt_replication::pb::{FeedAck, FeedBatch};
+use basalt_replication::ShipBatch;
+use basalt_storage::apply::replication::source_state;
+use basalt_storage::command::{Command, Op, Response};
+use basalt_storage::hlc::{wall_clock_ms, HlcStamp};
+use futures::{FutureExt, Stream, StreamExt};
+use openraft::error::{ClientWriteError, RaftError};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response as GrpcResponse, Status, Streaming};
+
+use super::Replication;
+use crate::api::Api;
+
+/// Entries merged in one proposal at most, when several batches wait: coalescing keeps a busy
+/// link from being limited to one Raft commit per batch.
+const COALESCE_ENTRIES: usize = 4096;
+
+#[derive(Clone)]
+pub struct FeedReceiver {
+    pub api: Api,
+    pub replication: Option<Arc<Replication>>,
+}
+
+fn ack_error(error: impl Into<String>) -> FeedAck {
+    FeedAck {
+        applied_upto: 0,
+        not_leader: false,
+        error: error.into(),
+    }
+}
+
+fn not_leader() -> FeedAck {
+    FeedAck {
+        applied_upto: 0,
+        not_leader: true,
+        error: String::new(),
+    }
+}
+
+impl FeedReceiver {
+    /// Merges one (possibly coalesced) batch; the answer for it.
+    async fn merge(&self, repl: &Replication, batch: ShipBatch) -> FeedAck {
+        if !self.api.raft.is_leader() {
+            return not_leader();
+        }
+        if batch.entries.is_empty() && !batch.resync {
+            // A heartbeat: the watermark is what is applied here; no entry is needed.
+            return match source_state(&self.api.store, batch.source) {
+                Ok(state) => FeedAck {
+                    applied_upto: state.applied_upto,
+                    not_leader: false,
+                    error: String::new(),
+                },
+                Err(e) => ack_error(format!("reading the watermark: {e}")),
+            };
+        }
+        let stamps: Vec<u64> = if batch.resync {
+            Vec::new()
+        } else {
+            batch.entries.iter().map(|e| e.stamp).collect()
+        };
+        let source = batch.source;
+        let command = Command {
+            stamp: self.api.clock.now(),
+            session: None,
+            fence: None,
+            op: Op::ReplApply { batch },
+        };
+        match self.api.raft.client_write(command).await {
+            Ok(written) => match written.data {
+                Response::ReplApplied { upto, .. } => {
+                    let now = wall_clock_ms();
+                    repl.record_lag(
+                        source,
+                        stamps
+                            .into_iter()
+                            .map(|s| now.saturating_sub(HlcStamp(s).physical_ms())),
+                    );
+                    FeedAck {
+                        applied_upto: upto,
+                        not_leader: false,
+                        error: String::new(),
+                    }
+                }
+                Response::Refused(e) => ack_error(e.to_string()),
+                other => ack_error(format!("unexpected answer {other:?}")),
+            },
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => not_leader(),
+            Err(e) => ack_error(format!("raft: {e}")),
+        }
+    }
+}
+
+/// Appends `more` to `into` when both are ordinary batches from the same source.
+fn coalesce(into: &mut ShipBatch, more: ShipBatch) -> Result<(), ShipBatch> {
+    if into.resync || more.resync || into.source != more.source {
+        return Err(more);
+    }
+    into.upto = into.upto.max(more.upto);
+    into.frontier = into.frontier.max(more.frontier);
+    into.entries.extend(more.entries);
+    Ok(())
+}
+
+type AckStream = Pin<Box<dyn Stream<Item = Result<FeedAck, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl RegionFeed for FeedReceiver {
+    type ShipStream = AckStream;
+
+    async fn ship(&self, request: Request<Streaming<FeedBatch>>) -> Result<GrpcResponse<AckStream>, Status> {
+        let Some(repl) = self.replication.clone() else {
+            return Err(Status::failed_precondition(
+                "this node is not configured for regions (start it with --region)",
+            ));
+        };
+        let mut incoming = request.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut pending: Option<ShipBatch> = None;
+            loop {
+                let first = match pending.take() {
+                    Some(b) => b,
+                    None => match incoming.next().await {
+                        Some(Ok(message)) => match decode::<ShipBatch>("feed batch", &message.batch) {
+                            Ok(b) => b,
+                            Err(e) => {
+                                let _ = tx.send(Ok(ack_error(e.to_string()))).await;
+                                return;
+                            }
+                        },
+                        _ => return,
+                    },
+                };
+                // Merge whatever else is already waiting into one proposal, answering each.
+                let mut batch = first;
+                let mut answers = 1usize;
+                while batch.entries.len() < COALESCE_ENTRIES {
+                    let Some(Some(Ok(message))) = incoming.next().now_or_never() else {
+                        break;
+                    };
+                    let more = match decode::<ShipBatch>("feed batch", &message.batch) {
+                        Ok(more) => more,
+                        Err(e) => {
+                            let _ = tx.send(Ok(ack_error(e.to_string()))).await;
+                            return;
+                        }
+                    };
+                    match coalesce(&mut batch, more) {
+                        Ok(()) => answers += 1,
+                        Err(more) => {
+                            pending = Some(more);
+                            break;
+                        }
+                    }
+                }
+                let ack = this.merge(&repl, batch).await;
+                let stop = ack.not_leader || !ack.error.is_empty();
+                for _ in 0..answers {
+                    if tx.send(Ok(ack.clone())).await.is_err() {
+                        return;
+                    }
+                }
+                if stop {
+                    return;
+                }
+            }
+        });
+        Ok(GrpcResponse::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

@@ -1,0 +1,434 @@
+//! Ships this region's change feed to one remote region, and trims what every region has.
+//!
+//! One bidirectional gRPC stream per remote region, opened by this region's leader: batches go
+//! out in feed order without waiting for each answer (up to [`WINDOW`] unanswered), and the
+//! remote leader answers each with its watermark once the batch is committed there. A new stream
+//! starts with an empty batch whose answer is the remote watermark, so shipping resumes exactly
+//! where the remote region is, after a leader change on either side or a broken link: nothing is
+//! lost (the feed keeps everything not acknowledged) and nothing is merged twice (the receiver
+//! skips what is at or below its watermark).
+
+use std::time::{Duration, Instant};
+
+use basalt_replication::feed::{encode, encoded_len};
+use basalt_replication::pb::region_feed_client::RegionFeedClient;
+use basalt_replication::pb::{FeedAck, FeedBatch};
+use basalt_replication::{FeedEntry, ShipBatch};
+use basalt_storage::apply::replication::{feed_after, feed_trimmed_upto, state_as_effects, RESYNC_TABLES};
+use basalt_storage::command::{Command, Op};
+use basalt_storage::state::StoreError;
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::Replication;
+use crate::api::Api;
+use crate::config::RemoteRegion;
+
+/// Batches sent and not yet answered, at most.
+const WINDOW: usize = 32;
+/// Feed entries read per batch, at most; batches are also cut at [`BATCH_BYTES`].
+const BATCH_ENTRIES: usize = 512;
+const BATCH_BYTES: u64 = 4 << 20;
+/// With batches unanswered this long, the link is considered broken and the stream reopened.
+const ACK_TIMEOUT: Duration = Duration::from_secs(3);
+/// An idle stream sends an empty batch this often, to learn the remote watermark and notice a
+/// broken link.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+enum ShipError {
+    #[error("connecting to {endpoint}: {reason}")]
+    Connect { endpoint: String, reason: String },
+    #[error("{endpoint} is not its region's leader")]
+    NotLeader { endpoint: String },
+    #[error("no answer from {endpoint} for {waited:?}")]
+    Silent { endpoint: String, waited: Duration },
+    #[error("stream to {endpoint} ended: {reason}")]
+    Ended { endpoint: String, reason: String },
+    #[error("{endpoint} refused a batch: {reason}")]
+    Refused { endpoint: String, reason: String },
+    #[error("reading the feed: {0}")]
+    Store(#[from] StoreError),
+    #[error("this node is no longer the leader")]
+    LostLeadership,
+}
+
+/// Ships to `remote` whenever this node leads its region, until `stop`.
+pub(super) async fn run(
+    repl: std::sync::Arc<Replication>,
+    api: Api,
+    remote: RemoteRegion,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut next_endpoint = 0usize;
+    let mut backoff = Duration::from_millis(50);
+    while !*stop.borrow() {
+        if !api.raft.is_leader() {
+            repl.update_outgoing(remote.id, |l| {
+                l.connected = false;
+                l.acked_upto = None;
+            });
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        let endpoint = remote.endpoints[next_endpoint % remote.endpoints.len()].clone();
+        match session(&repl, &api, &remote, &endpoint, &stop).await {
+            Ok(()) => backoff = Duration::from_millis(50),
+            Err(ShipError::NotLeader { .. }) => {
+                // Not a broken link: the region's leader is another node; try it at once.
+                next_endpoint += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => {
+                if matches!(e, ShipError::Connect { .. } | ShipError::Silent { .. }) {
+                    // A node down or a silent link (a partition?): another node may answer.
+                    next_endpoint += 1;
+                }
+                tracing::debug!(region = %remote.name, error = %e, "feed stream ended");
+                let alarm = match &e {
+                    ShipError::LostLeadership => String::new(),
+                    other => format!("unreachable: {other}"),
+                };
+                repl.update_outgoing(remote.id, |l| {
+                    l.connected = false;
+                    l.last_error = e.to_string();
+                    if !alarm.is_empty() && !l.alarm.starts_with("behind") {
+                        l.alarm = alarm;
+                    }
+                });
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+fn batch_message(batch: &ShipBatch) -> FeedBatch {
+    FeedBatch { batch: encode(batch) }
+}
+
+/// One stream to one node of the remote region, until it breaks or this node stops leading.
+async fn session(
+    repl: &Replication,
+    api: &Api,
+    remote: &RemoteRegion,
+    endpoint: &str,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> Result<(), ShipError> {
+    let connect_error = |reason: String| ShipError::Connect {
+        endpoint: endpoint.to_string(),
+        reason,
+    };
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{endpoint}"))
+        .map_err(|e| connect_error(e.to_string()))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .map_err(|e| connect_error(e.to_string()))?;
+    let mut client = RegionFeedClient::new(channel)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20);
+    let source = repl.config.id;
+    let (tx, rx) = mpsc::channel::<FeedBatch>(WINDOW + 1);
+    let _ = tx
+        .send(batch_message(&ShipBatch::heartbeat(source, api.clock.now().0)))
+        .await;
+    let mut acks = tokio::time::timeout(ACK_TIMEOUT, client.ship(ReceiverStream::new(rx)))
+        .await
+        .map_err(|_| ShipError::Silent {
+            endpoint: endpoint.to_string(),
+            waited: ACK_TIMEOUT,
+        })?
+        .map_err(|e| connect_error(e.to_string()))?
+        .into_inner();
+    let first = next_ack(&mut acks, endpoint, ACK_TIMEOUT).await?;
+    let mut acked = first.applied_upto;
+    let mut sent = acked;
+    let mut unanswered = 0usize;
+    let mut last_sent = Instant::now();
+    let mut last_answer = Instant::now();
+    repl.update_outgoing(remote.id, |l| {
+        l.connected = true;
+        l.endpoint = endpoint.to_string();
+        l.acked_upto = Some(acked);
+        l.shipped_upto = sent;
+        l.last_error.clear();
+        if l.alarm.starts_with("unreachable") {
+            l.alarm.clear();
+        }
+    });
+    tracing::info!(region = %remote.name, endpoint, watermark = acked, "shipping the feed");
+    let mut applied = api.applied.clone();
+    loop {
+        if *stop.borrow() {
+            return Ok(());
+        }
+        if !api.raft.is_leader() {
+            return Err(ShipError::LostLeadership);
+        }
+        if unanswered == 0 && acked < feed_trimmed_upto(&api.store)? {
+            // The feed no longer holds what the remote region is missing: send all state instead.
+            let (upto, chunks) = resync(repl, api, remote, &tx, endpoint).await?;
+            sent = upto;
+            unanswered += chunks;
+            last_sent = Instant::now();
+        }
+        if unanswered < WINDOW {
+            let entries = read_batch(api, sent)?;
+            if let Some(last) = entries.last().map(|e| e.index) {
+                let batch = ShipBatch {
+                    source,
+                    entries,
+                    upto: last,
+                    frontier: api.clock.now().0,
+                    resync: false,
+                };
+                if tx.send(batch_message(&batch)).await.is_err() {
+                    return Err(ShipError::Ended {
+                        endpoint: endpoint.to_string(),
+                        reason: "request stream closed".into(),
+                    });
+                }
+                sent = last;
+                unanswered += 1;
+                last_sent = Instant::now();
+                repl.update_outgoing(remote.id, |l| l.shipped_upto = sent);
+                continue;
+            }
+            if last_sent.elapsed() >= HEARTBEAT && unanswered == 0 {
+                let _ = tx
+                    .send(batch_message(&ShipBatch::heartbeat(source, api.clock.now().0)))
+                    .await;
+                unanswered += 1;
+                last_sent = Instant::now();
+            }
+        }
+        if unanswered > 0 && last_answer.elapsed() >= ACK_TIMEOUT {
+            return Err(ShipError::Silent {
+                endpoint: endpoint.to_string(),
+                waited: last_answer.elapsed(),
+            });
+        }
+        tokio::select! {
+            ack = acks.next(), if unanswered > 0 => {
+                let ack = check_ack(ack, endpoint)?;
+                unanswered -= 1;
+                last_answer = Instant::now();
+                acked = acked.max(ack.applied_upto);
+                repl.update_outgoing(remote.id, |l| l.acked_upto = Some(acked));
+            }
+            _ = applied.changed() => {}
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+}
+
+/// Feed entries after `after`, cut at [`BATCH_ENTRIES`] and [`BATCH_BYTES`] (at least one).
+fn read_batch(api: &Api, after: u64) -> Result<Vec<FeedEntry>, StoreError> {
+    let mut entries = feed_after(&api.store, after, BATCH_ENTRIES)?;
+    let mut bytes = 0u64;
+    let keep = entries
+        .iter()
+        .take_while(|e| {
+            bytes = bytes.saturating_add(encoded_len(*e));
+            bytes <= BATCH_BYTES
+        })
+        .count()
+        .max(1);
+    entries.truncate(keep);
+    Ok(entries)
+}
+
+async fn next_ack(acks: &mut tonic::Streaming<FeedAck>, endpoint: &str, wait: Duration) -> Result<FeedAck, ShipError> {
+    let ack = tokio::time::timeout(wait, acks.next())
+        .await
+        .map_err(|_| ShipError::Silent {
+            endpoint: endpoint.to_string(),
+            waited: wait,
+        })?;
+    check_ack(ack, endpoint)
+}
+
+fn check_ack(ack: Option<Result<FeedAck, tonic::Status>>, endpoint: &str) -> Result<FeedAck, ShipError> {
+    let ended = |reason: String| ShipError::Ended {
+        endpoint: endpoint.to_string(),
+        reason,
+    };
+    let ack = match ack {
+        None => return Err(ended("closed by the receiver".into())),
+        Some(Err(status)) => return Err(ended(status.to_string())),
+        Some(Ok(ack)) => ack,
+    };
+    if ack.not_leader {
+        return Err(ShipError::NotLeader {
+            endpoint: endpoint.to_string(),
+        });
+    }
+    if !ack.error.is_empty() {
+        return Err(ShipError::Refused {
+            endpoint: endpoint.to_string(),
+            reason: ack.error,
+        });
+    }
+    Ok(ack)
+}
+
+/// Sends the whole replicated state, read from one consistent view, as re-sync chunks; the last
+/// one moves the remote watermark to the feed position the view was taken at. Returns that
+/// position and the number of chunks sent (each will be answered).
+async fn resync(
+    repl: &Replication,
+    api: &Api,
+    remote: &RemoteRegion,
+    tx: &mpsc::Sender<FeedBatch>,
+    endpoint: &str,
+) -> Result<(u64, usize), ShipError> {
+    tracing::warn!(region = %remote.name, "region is behind what the feed retains: re-syncing it in full");
+    repl.update_outgoing(remote.id, |l| {
+        l.resyncs += 1;
+        l.alarm = "re-syncing in full: it fell behind the feed's retention".into();
+    });
+    let store = api.store.clone();
+    let source = repl.config.id;
+    let frontier = api.clock.now().0;
+    let tx = tx.clone();
+    let sent = tokio::task::spawn_blocking(move || -> Result<Option<(u64, usize)>, StoreError> {
+        let view = store.view();
+        // Everything up to the newest feed position in this view is in the state it reads.
+        let upto = feed_trimmed_upto(&view)?.max(newest_feed_position(&view)?);
+        let mut chunk = Vec::new();
+        let mut bytes = 0u64;
+        let mut chunks = 0usize;
+        let mut send = |effects: Vec<basalt_replication::Effect>, upto: u64| {
+            chunks += 1;
+            let batch = ShipBatch {
+                source,
+                entries: vec![FeedEntry {
+                    index: upto,
+                    stamp: frontier,
+                    effects,
+                }],
+                upto,
+                frontier,
+                resync: true,
+            };
+            tx.blocking_send(batch_message(&batch)).is_ok()
+        };
+        for table in RESYNC_TABLES {
+            let mut after: Option<Vec<u8>> = None;
+            loop {
+                let page = state_as_effects(&view, table, after.as_deref(), 256)?;
+                let Some((last_key, _)) = page.last() else { break };
+                after = Some(last_key.clone());
+                for (_, effects) in page {
+                    for effect in effects {
+                        bytes += encoded_len(&effect);
+                        chunk.push(effect);
+                    }
+                    if bytes > BATCH_BYTES || chunk.len() >= BATCH_ENTRIES * 8 {
+                        // Only the last chunk moves the watermark.
+                        if !send(std::mem::take(&mut chunk), 0) {
+                            return Ok(None);
+                        }
+                        bytes = 0;
+                    }
+                }
+            }
+        }
+        if !send(chunk, upto) {
+            return Ok(None);
+        }
+        Ok(Some((upto, chunks)))
+    })
+    .await
+    .map_err(|e| ShipError::Ended {
+        endpoint: endpoint.to_string(),
+        reason: format!("re-sync task: {e}"),
+    })??;
+    sent.ok_or_else(|| ShipError::Ended {
+        endpoint: endpoint.to_string(),
+        reason: "request stream closed during re-sync".into(),
+    })
+}
+
+fn newest_feed_position<S: basalt_storage::state::StoreRead + ?Sized>(store: &S) -> Result<u64, StoreError> {
+    Ok(store
+        .scan_reverse(
+            basalt_storage::state::Table::ReplFeed,
+            &basalt_storage::state::KeyRange::all(),
+            1,
+        )?
+        .first()
+        .and_then(|(k, _)| k.as_slice().try_into().ok().map(u64::from_be_bytes))
+        .unwrap_or(0))
+}
+
+/// While leader, every second: forgets feed entries every remote region has acknowledged; past
+/// the retention bound, forgets them anyway (those regions get a full re-sync), so a region that
+/// is down or partitioned never makes this one hold its feed forever.
+pub(super) async fn trimmer(repl: std::sync::Arc<Replication>, api: Api, stop: tokio::sync::watch::Receiver<bool>) {
+    const TRIM_LIMIT: u32 = 10_000;
+    /// How long a new leader waits to hear each region's watermark before trimming without it.
+    const LEARN_ACKS: Duration = Duration::from_secs(30);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while !*stop.borrow() {
+        tick.tick().await;
+        if !api.raft.is_leader() {
+            *super::locked(&repl.leader_since) = None;
+            continue;
+        }
+        let leader_since = *super::locked(&repl.leader_since).get_or_insert_with(Instant::now);
+        let applied = *api.applied.borrow();
+        let retain = repl.config.feed_retain_entries;
+        let links = repl.outgoing();
+        let unknown = links.values().any(|l| l.acked_upto.is_none());
+        let min_acked = links
+            .values()
+            .map(|l| l.acked_upto.unwrap_or(0))
+            .min()
+            .unwrap_or(applied);
+        let floor = applied.saturating_sub(retain);
+        let mut target = min_acked;
+        if unknown && leader_since.elapsed() < LEARN_ACKS {
+            continue;
+        }
+        if target < floor {
+            for (id, link) in &links {
+                if link.acked_upto.unwrap_or(0) < floor {
+                    repl.update_outgoing(*id, |l| {
+                        l.alarm =
+                            format!("behind the feed's retention ({retain} positions): it will be re-synced in full");
+                    });
+                    tracing::warn!(region = %repl.region_name(*id), acked = ?link.acked_upto, floor, "a region fell behind the feed's retention");
+                }
+            }
+            target = floor;
+        }
+        let trimmed = match feed_trimmed_upto(&api.store) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the feed");
+                continue;
+            }
+        };
+        if target > trimmed {
+            let command = Command {
+                stamp: api.clock.now(),
+                session: None,
+                fence: None,
+                op: Op::ReplTrim {
+                    upto: target,
+                    limit: TRIM_LIMIT,
+                },
+            };
+            if let Err(e) = api.raft.client_write(command).await {
+                tracing::debug!(error = %e, "feed trim not proposed");
+            }
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! `basalt regions ...`: replication status of a multi-region dev cluster, and run-time changes to
+//! its WAN links (through the control endpoint `basalt dev` serves).
+
+use std::time::Duration;
+
+use basalt_client::{Client, ClientOptions};
+use clap::Subcommand;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[derive(Subcommand, Debug)]
+pub enum RegionsCommand {
+    /// Per region its leader and digest; per link the replication lag, shipped and acknowledged
+    /// positions; whether every region's digest agrees.
+    Status,
+    /// The simulated WAN links between regions.
+    Links,
+    /// Cut the link between two regions (both ways).
+    Partition { a: String, b: String },
+    /// Reconnect two regions; with no regions, heal every partition.
+    Heal { a: Option<String>, b: Option<String> },
+    /// Set the one-way latency between two regions, e.g. `latency us eu 200ms`.
+    Latency {
+        a: String,
+        b: String,
+        #[arg(value_parser = crate::cli::parse_duration)]
+        latency: Duration,
+    },
+}
+
+/// The endpoints of region `name` in a dev cluster file.
+pub fn region_endpoints(file: &serde_json::Value, name: &str) -> Result<Vec<String>, String> {
+    let regions = file["regions"]
+        .as_array()
+        .ok_or("this dev cluster has one region (start one with `basalt dev --regions us,eu,ap`)")?;
+    let region = regions
+        .iter()
+        .find(|r| r["name"].as_str() == Some(name))
+        .ok_or_else(|| {
+            let names: Vec<&str> = regions.iter().filter_map(|r| r["name"].as_str()).collect();
+            format!("no region {name:?}; the regions are {}", names.join(", "))
+        })?;
+    let endpoints: Vec<String> = region["endpoints"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    if endpoints.is_empty() {
+        return Err(format!("region {name:?} lists no endpoints"));
+    }
+    Ok(endpoints)
+}
+
+fn cluster() -> Result<serde_json::Value, String> {
+    let path = crate::cli::cluster_file();
+    let text = std::fs::read_to_string(&path).map_err(|_| {
+        format!(
+            "no multi-region dev cluster: start one with `basalt dev --regions us,eu,ap` (no {})",
+            path.display()
+        )
+    })?;
+    let file: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    if file["regions"].as_array().is_none() {
+        return Err("the running dev cluster has one region (start one with `basalt dev --regions us,eu,ap`)".into());
+    }
+    Ok(file)
+}
+
+/// One HTTP/1.1 request to the dev process's control endpoint; the body of a 2xx answer.
+async fn control(file: &serde_json::Value, method: &str, path: &str) -> Result<String, String> {
+    let addr = file["control"]
+        .as_str()
+        .ok_or("the cluster file names no control endpoint")?;
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        let request =
+            format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await?;
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&response).into_owned())
+    };
+    let response = tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .map_err(|_| format!("the control endpoint {addr} did not answer"))?
+        .map_err(|e| format!("the control endpoint {addr}: {e}"))?;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let ok = head.split_whitespace().nth(1).is_some_and(|code| code.starts_with('2'));
+    if ok {
+        Ok(body.to_string())
+    } else {
+        Err(body.trim().to_string())
+    }
+}
+
+pub async fn run(command: RegionsCommand) -> Result<(), String> {
+    let file = cluster()?;
+    match command {
+        RegionsCommand::Status => status(&file).await,
+        RegionsCommand::Links => {
+            print!("{}", control(&file, "GET", "/links").await?);
+            Ok(())
+        }
+        RegionsCommand::Partition { a, b } => {
+            print!("{}", control(&file, "POST", &format!("/partition/{a}/{b}")).await?);
+            Ok(())
+        }
+        RegionsCommand::Heal { a: Some(a), b: Some(b) } => {
+            print!("{}", control(&file, "POST", &format!("/heal/{a}/{b}")).await?);
+            Ok(())
+        }
+        RegionsCommand::Heal { a: None, b: None } => {
+            print!("{}", control(&file, "POST", "/heal").await?);
+            Ok(())
+        }
+        RegionsCommand::Heal { .. } => Err("heal takes two regions, or none to heal everything".into()),
+        RegionsCommand::Latency { a, b, latency } => {
+            let ms = latency.as_millis();
+            print!("{}", control(&file, "POST", &format!("/latency/{a}/{b}/{ms}")).await?);
+            Ok(())
+        }
+    }
+}
+
+async fn status(file: &serde_json::Value) -> Result<(), String> {
+    let regions = file["regions"].as_array().cloned().unwrap_or_default();
+    let mut digests = Vec::new();
+    for region in &regions {
+        let name = region["name"].as_str().unwrap_or("?");
+        let endpoints = region_endpoints(file, name)?;
+        let client = Client::lazy(
+            &endpoints,
+            ClientOptions {
+                attempt_timeout: Duration::from_secs(3),
+                ..ClientOptions::default()
+            },
+        )
+        .map_err(|e| e.to_string())?;
+        // The leader knows the outgoing side of the links; any node knows what it merged.
+        let mut leader = None;
+        for endpoint in &endpoints {
+            if let Ok(answer) = client.node_regions(endpoint, false).await {
+                if answer.leader {
+                    leader = Some(endpoint.clone());
+                    break;
+                }
+            }
+        }
+        let Some(leader) = leader else {
+            println!("region {name}: no leader reachable");
+            digests.push(None);
+            continue;
+        };
+        let answer = client.node_regions(&leader, true).await.map_err(|e| e.to_string())?;
+        println!(
+            "region {} (id {}): leader node {} ({leader}), applied {}, feed trimmed to {}, digest {}",
+            answer.region,
+            answer.region_id,
+            answer.node_id,
+            answer.applied_index,
+            answer.feed_trimmed_upto,
+            answer.digest
+        );
+        for link in &answer.links {
+            println!(
+                "  -> {:<6} {}  shipped {}  acked {}  lag {} entries / {} ms  resyncs {}{}",
+                link.region,
+                if link.connected { "connected   " } else { "disconnected" },
+                link.shipped_upto,
+                link.acked_upto.map_or_else(|| "?".into(), |a| a.to_string()),
+                link.lag_entries,
+                link.lag_ms,
+                link.resyncs,
+                if link.alarm.is_empty() {
+                    String::new()
+                } else {
+                    format!("  [{}]", link.alarm)
+                }
+            );
+            println!(
+                "  <- {:<6} merged up to {}  lag p50 {} ms  p99 {} ms  max {} ms  ({} entries)",
+                link.region,
+                link.merged_upto,
+                link.incoming_lag_p50_ms,
+                link.incoming_lag_p99_ms,
+                link.incoming_lag_max_ms,
+                link.incoming_samples
+            );
+        }
+        digests.push(Some(answer.digest));
+    }
+    let agree = digests.iter().all(|d| d.is_some()) && digests.windows(2).all(|w| w[0] == w[1]);
+    println!(
+        "digests: {}",
+        if agree {
+            "every region agrees"
+        } else {
+            "regions DIFFER (still replicating, or partitioned)"
+        }
+    );
+    if let Ok(links) = control(file, "GET", "/links").await {
+        print!("{links}");
+    }
+    Ok(())
+}

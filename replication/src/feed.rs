@@ -1,0 +1,128 @@
+//! The change feed: what a region's applied entries changed in replicated state, in log order,
+//! and the batches that carry it to another region.
+
+use serde::{Deserialize, Serialize};
+
+use crate::merge::{Component, LwwValue};
+use crate::version::RegionId;
+
+/// One replicated change, as state rather than as an operation: the receiver merges it with the
+/// merge rule of its type, so applying it twice, or after a later change, is harmless.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Effect {
+    /// A KV key's register: a write, or a tombstone.
+    Kv { key: Vec<u8>, value: LwwValue },
+    /// One region's component of a counter, as that region last saw it.
+    Counter {
+        key: Vec<u8>,
+        region: RegionId,
+        component: Component,
+    },
+}
+
+/// The effects of one applied log entry of the source region.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedEntry {
+    /// The source region's log index: the feed's position.
+    pub index: u64,
+    /// The entry's HLC stamp, from which the receiver measures replication lag.
+    pub stamp: u64,
+    pub effects: Vec<Effect>,
+}
+
+/// A batch of the feed shipped from `source` to another region.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShipBatch {
+    pub source: RegionId,
+    /// In index order; the receiver skips those at or below its watermark for `source`.
+    pub entries: Vec<FeedEntry>,
+    /// The receiver's watermark for `source` moves up to this position (at least the last entry's
+    /// index; more when the positions between carried no replicated change).
+    pub upto: u64,
+    /// The source's HLC when the batch was cut: every later change from `source` has a greater
+    /// stamp.
+    pub frontier: u64,
+    /// A chunk of a full re-sync (the receiver fell behind what the feed retains): applied
+    /// whatever the watermark, which only the last chunk moves (to `upto`).
+    pub resync: bool,
+}
+
+impl ShipBatch {
+    /// An empty batch: asks the receiver for its watermark, or carries only a new frontier.
+    pub fn heartbeat(source: RegionId, frontier: u64) -> ShipBatch {
+        ShipBatch {
+            source,
+            entries: Vec::new(),
+            upto: 0,
+            frontier,
+            resync: false,
+        }
+    }
+
+    pub fn effect_count(&self) -> usize {
+        self.entries.iter().map(|e| e.effects.len()).sum()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("undecodable {what}: {reason}")]
+pub struct DecodeError {
+    pub what: &'static str,
+    pub reason: String,
+}
+
+/// The wire and storage encoding of feed records (bincode: both ends run the same Basalt version).
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    bincode::serialize(value).expect("feed records serialize")
+}
+
+/// The encoded size of `value`, to cut batches by bytes.
+pub fn encoded_len<T: Serialize>(value: &T) -> u64 {
+    bincode::serialized_size(value).unwrap_or(u64::MAX)
+}
+
+pub fn decode<T: serde::de::DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, DecodeError> {
+    bincode::deserialize(bytes).map_err(|e| DecodeError {
+        what,
+        reason: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::version::Version;
+
+    #[test]
+    fn batches_round_trip() {
+        let batch = ShipBatch {
+            source: 2,
+            entries: vec![FeedEntry {
+                index: 7,
+                stamp: 99,
+                effects: vec![
+                    Effect::Kv {
+                        key: b"k".to_vec(),
+                        value: LwwValue {
+                            version: Version::new(99, 2),
+                            value: Some(b"v".to_vec()),
+                            expires_at_ms: Some(5),
+                        },
+                    },
+                    Effect::Counter {
+                        key: b"c".to_vec(),
+                        region: 2,
+                        component: Component { added: 3, removed: 1 },
+                    },
+                ],
+            }],
+            upto: 9,
+            frontier: 100,
+            resync: false,
+        };
+        let back: ShipBatch = decode("batch", &encode(&batch)).expect("decodes");
+        assert_eq!(back, batch);
+        assert_eq!(back.effect_count(), 2);
+        assert!(decode::<ShipBatch>("batch", &[1, 2, 3]).is_err());
+    }
+}

@@ -1,0 +1,314 @@
+//! The apply side of cross-region replication: recording this region's change feed, merging
+//! another region's, trimming what every region has, and reading both for the shipper.
+//!
+//! The merge rules themselves are in `basalt-replication`; this module maps them onto the stored
+//! records (KV records and tombstones, PN-counters) and keeps the revision history, expiry index
+//! and per-source watermarks in step.
+
+use basalt_replication::{Digest, Effect, FeedEntry, LwwValue, PnCounter, RegionId, ShipBatch};
+use serde::{Deserialize, Serialize};
+
+use super::counter::{decode_pn, encode_pn};
+use super::kv::{store_tombstone, store_value, tombstone};
+use super::{decode, load, save, RegionRole, View, WriteSet};
+use crate::command::{OpError, Response};
+use crate::state::{KeyRange, KvRecord, StoreError, StoreRead, Table};
+
+/// How far this region has merged one other region's feed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceState {
+    /// Every feed position of the source up to here has been merged.
+    pub applied_upto: u64,
+    /// The source's HLC as of its last batch: every change still to come from it is stamped later.
+    pub frontier: u64,
+}
+
+fn source_key(region: RegionId) -> Vec<u8> {
+    region.to_be_bytes().to_vec()
+}
+
+fn feed_key(index: u64) -> Vec<u8> {
+    index.to_be_bytes().to_vec()
+}
+
+pub fn source_state<S: StoreRead + ?Sized>(store: &S, region: RegionId) -> Result<SourceState, StoreError> {
+    Ok(load(store, Table::ReplSource, &source_key(region))?.unwrap_or_default())
+}
+
+/// Every source region this one has merged from, with its state.
+pub fn source_states<S: StoreRead + ?Sized>(store: &S) -> Result<Vec<(RegionId, SourceState)>, StoreError> {
+    store
+        .scan(Table::ReplSource, &KeyRange::all(), usize::MAX)?
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let region = RegionId::from_be_bytes(k.as_slice().try_into().ok()?);
+            Some(decode(Table::ReplSource, &k, &v).map(|s| (region, s)))
+        })
+        .collect()
+}
+
+/// Derives the feed entry of log entry `index` from the writes its op made (`staged`), and adds it
+/// to them. Called only for ops whose effects replicate, in a replicating region.
+pub(crate) fn record_feed(staged: &mut WriteSet, index: u64, stamp: u64, region: RegionId) -> Result<(), StoreError> {
+    let mut effects = Vec::new();
+    for (table, key, value) in staged.iter() {
+        match (table, value) {
+            (Table::Kv, Some(bytes)) => {
+                let record: KvRecord = decode(table, key, bytes)?;
+                effects.push(Effect::Kv {
+                    key: key.to_vec(),
+                    value: record.register(),
+                });
+            }
+            (Table::KvTombstone, Some(bytes)) => {
+                effects.push(Effect::Kv {
+                    key: key.to_vec(),
+                    value: LwwValue {
+                        version: decode(table, key, bytes)?,
+                        value: None,
+                        expires_at_ms: None,
+                    },
+                });
+            }
+            (Table::Counter, Some(bytes)) => {
+                let counter = decode_pn(bytes).map_err(|e| super::corrupt(table, key, e))?;
+                effects.push(Effect::Counter {
+                    key: key.to_vec(),
+                    region,
+                    component: counter.component(region),
+                });
+            }
+            _ => {}
+        }
+    }
+    if !effects.is_empty() {
+        let entry = FeedEntry { index, stamp, effects };
+        staged.put(
+            Table::ReplFeed,
+            feed_key(index),
+            basalt_replication::feed::encode(&entry),
+        );
+    }
+    Ok(())
+}
+
+/// Merges a batch of `batch.source`'s feed: entries at or below the watermark were merged before
+/// and are skipped (a re-sync chunk merges everything: merging twice is harmless).
+pub(crate) fn apply_remote<S: StoreRead>(
+    view: &mut View<'_, S>,
+    index: u64,
+    now_ms: u64,
+    region: RegionRole,
+    batch: &ShipBatch,
+) -> Result<Response, StoreError> {
+    if !region.replicated {
+        return Ok(Response::Refused(OpError::NotReplicating {
+            source_region: batch.source,
+        }));
+    }
+    if batch.source == region.id {
+        return Ok(Response::Refused(OpError::OwnFeed { region: region.id }));
+    }
+    let mut state = source_state(view, batch.source)?;
+    let mut merged = 0u32;
+    for entry in &batch.entries {
+        if !batch.resync && entry.index <= state.applied_upto {
+            continue;
+        }
+        for effect in &entry.effects {
+            merge_effect(view, index, now_ms, effect)?;
+        }
+        merged += 1;
+    }
+    let last = batch.entries.last().map_or(0, |e| e.index);
+    let upto = if batch.resync { batch.upto } else { batch.upto.max(last) };
+    state.applied_upto = state.applied_upto.max(upto);
+    state.frontier = state.frontier.max(batch.frontier);
+    save(view, Table::ReplSource, source_key(batch.source), &state);
+    Ok(Response::ReplApplied {
+        upto: state.applied_upto,
+        merged,
+    })
+}
+
+fn merge_effect<S: StoreRead>(
+    view: &mut View<'_, S>,
+    index: u64,
+    now_ms: u64,
+    effect: &Effect,
+) -> Result<(), StoreError> {
+    match effect {
+        Effect::Kv { key, value } => {
+            let existing: Option<KvRecord> = load(view, Table::Kv, key)?;
+            let current = match &existing {
+                Some(record) => Some(record.register()),
+                None => tombstone(view, key)?.map(|version| LwwValue {
+                    version,
+                    value: None,
+                    expires_at_ms: None,
+                }),
+            };
+            if current.as_ref().is_some_and(|c| !value.wins_over(c)) {
+                return Ok(());
+            }
+            match &value.value {
+                Some(bytes) => {
+                    let live = existing.as_ref().is_some_and(|r| r.is_live_at(now_ms));
+                    store_value(
+                        view,
+                        index,
+                        key,
+                        existing.as_ref(),
+                        live,
+                        bytes.clone(),
+                        value.expires_at_ms,
+                        value.version,
+                    );
+                }
+                None => store_tombstone(view, index, key, existing.as_ref(), value.version),
+            }
+        }
+        Effect::Counter { key, region, component } => {
+            let mut counter = match view.get(Table::Counter, key)? {
+                None => PnCounter::default(),
+                Some(bytes) => decode_pn(&bytes).map_err(|e| super::corrupt(Table::Counter, key, e))?,
+            };
+            counter.merge_component(*region, *component);
+            view.put(Table::Counter, key.clone(), encode_pn(&counter));
+        }
+    }
+    Ok(())
+}
+
+const TRIMMED_KEY: &[u8] = b"repl_feed_trimmed_upto";
+
+/// The feed holds every entry after this position: a region whose watermark is below it can no
+/// longer be served from the feed and needs a full re-sync.
+pub fn feed_trimmed_upto<S: StoreRead + ?Sized>(store: &S) -> Result<u64, StoreError> {
+    Ok(store
+        .get(Table::Meta, TRIMMED_KEY)?
+        .and_then(|b| b.try_into().ok().map(u64::from_be_bytes))
+        .unwrap_or(0))
+}
+
+/// Forgets feed entries at or below `upto`, at most `limit`.
+pub(crate) fn trim<S: StoreRead>(view: &mut View<'_, S>, upto: u64, limit: u32) -> Result<Response, StoreError> {
+    let old = view.scan(
+        Table::ReplFeed,
+        &KeyRange::between(Vec::new(), feed_key(upto.saturating_add(1))),
+        limit as usize,
+    )?;
+    let removed = old.len() as u32;
+    // When the limit stopped it, the feed is complete only after the last entry removed.
+    let trimmed = if removed == limit {
+        old.last()
+            .and_then(|(k, _)| k.as_slice().try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(0)
+    } else {
+        upto
+    };
+    for (key, _) in old {
+        view.delete(Table::ReplFeed, key);
+    }
+    let trimmed = trimmed.max(feed_trimmed_upto(view)?);
+    view.put(Table::Meta, TRIMMED_KEY.to_vec(), trimmed.to_be_bytes().to_vec());
+    Ok(Response::Swept { removed })
+}
+
+/// Feed entries after position `after`, at most `limit`, in order.
+pub fn feed_after<S: StoreRead + ?Sized>(store: &S, after: u64, limit: usize) -> Result<Vec<FeedEntry>, StoreError> {
+    store
+        .scan(
+            Table::ReplFeed,
+            &KeyRange::all_from(feed_key(after.saturating_add(1))),
+            limit,
+        )?
+        .into_iter()
+        .map(|(k, v)| decode(Table::ReplFeed, &k, &v))
+        .collect()
+}
+
+/// The position of the oldest entry still in the feed, if any.
+pub fn feed_first<S: StoreRead + ?Sized>(store: &S) -> Result<Option<u64>, StoreError> {
+    Ok(store
+        .scan(Table::ReplFeed, &KeyRange::all(), 1)?
+        .first()
+        .and_then(|(k, _)| k.as_slice().try_into().ok().map(u64::from_be_bytes)))
+}
+
+/// A stored key and the effects that rebuild it elsewhere.
+pub type KeyEffects = (Vec<u8>, Vec<Effect>);
+
+/// The whole replicated state as effects, for a full re-sync of a region that fell behind what
+/// the feed retains: every KV record and tombstone, and every region's component of every counter.
+/// Read from one consistent view, at most `limit` keys per table after `after_key`.
+pub fn state_as_effects<S: StoreRead + ?Sized>(
+    store: &S,
+    table: Table,
+    after_key: Option<&[u8]>,
+    limit: usize,
+) -> Result<Vec<KeyEffects>, StoreError> {
+    let range = match after_key {
+        None => KeyRange::all(),
+        Some(k) => {
+            let mut start = k.to_vec();
+            start.push(0);
+            KeyRange::all_from(start)
+        }
+    };
+    let rows = store.scan(table, &range, limit)?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (key, bytes) in rows {
+        let effects = match table {
+            Table::Kv => {
+                let record: KvRecord = decode(table, &key, &bytes)?;
+                vec![Effect::Kv {
+                    key: key.clone(),
+                    value: record.register(),
+                }]
+            }
+            Table::KvTombstone => vec![Effect::Kv {
+                key: key.clone(),
+                value: LwwValue {
+                    version: decode(table, &key, &bytes)?,
+                    value: None,
+                    expires_at_ms: None,
+                },
+            }],
+            Table::Counter => {
+                let counter = decode_pn(&bytes).map_err(|e| super::corrupt(table, &key, e))?;
+                counter
+                    .components
+                    .iter()
+                    .map(|(region, component)| Effect::Counter {
+                        key: key.clone(),
+                        region: *region,
+                        component: *component,
+                    })
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
+        out.push((key, effects));
+    }
+    Ok(out)
+}
+
+/// The tables whose contents a full re-sync ships.
+pub const RESYNC_TABLES: [Table; 3] = [Table::Kv, Table::KvTombstone, Table::Counter];
+
+/// A fingerprint of this region's replicated state: KV values with their version and expiry, and
+/// counters with every component. Tombstones are left out: they are bookkeeping, and a region
+/// may hold one for a key another region never heard of without their data differing.
+pub fn digest<S: StoreRead + ?Sized>(store: &S) -> Result<Digest, StoreError> {
+    let mut digest = Digest::default();
+    for (key, bytes) in store.scan(Table::Kv, &KeyRange::all(), usize::MAX)? {
+        let record: KvRecord = decode(Table::Kv, &key, &bytes)?;
+        digest.add("kv", &key, &basalt_replication::feed::encode(&record.register()));
+    }
+    for (key, bytes) in store.scan(Table::Counter, &KeyRange::all(), usize::MAX)? {
+        let counter = decode_pn(&bytes).map_err(|e| super::corrupt(Table::Counter, &key, e))?;
+        digest.add("counter", &key, &encode_pn(&counter));
+    }
+    Ok(digest)
+}

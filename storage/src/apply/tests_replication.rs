@@ -1,0 +1,386 @@
+//! Cross-region merging at the apply level: regions are harnesses that ship their feeds to each
+//! other by hand, in any order, any number of times.
+
+use basalt_replication::{ShipBatch, Version};
+use proptest::prelude::*;
+
+use super::replication::{digest, feed_after, feed_first, source_state};
+use super::tests::{cmd, counted, incr_op, put, Harness};
+use super::*;
+use crate::command::{CounterAction, CounterOp};
+use crate::state::KvRecord;
+
+fn region(id: u16) -> Harness {
+    Harness::in_region(RegionRole { id, replicated: true })
+}
+
+fn delete(key: &str) -> Op {
+    Op::KvDelete {
+        key: key.into(),
+        expect: None,
+    }
+}
+
+fn counter_value(h: &Harness, key: &str) -> i64 {
+    h.store
+        .get(Table::Counter, key.as_bytes())
+        .expect("get")
+        .and_then(|b| counter::decode_counter(&b))
+        .unwrap_or(0)
+}
+
+/// `from`'s feed after `after`, as one batch.
+fn batch(from: &Harness, source: u16, after: u64) -> ShipBatch {
+    let entries = feed_after(&from.store, after, usize::MAX).expect("feed");
+    ShipBatch {
+        source,
+        upto: entries.last().map_or(after, |e| e.index),
+        entries,
+        frontier: from.last_stamp().0,
+        resync: false,
+    }
+}
+
+/// Ships everything `from` has that `to` has not merged yet; returns the response.
+fn ship(from: &Harness, source: u16, to: &mut Harness, at_ms: u64) -> Response {
+    let after = source_state(&to.store, source).expect("state").applied_upto;
+    to.apply(cmd(
+        at_ms,
+        Op::ReplApply {
+            batch: batch(from, source, after),
+        },
+    ))
+}
+
+fn value(h: &Harness, key: &str) -> Option<Vec<u8>> {
+    h.kv(key).map(|r| r.value)
+}
+
+#[test]
+fn a_lone_region_keeps_no_feed_and_no_tombstones() {
+    let mut h = Harness::new();
+    h.apply(cmd(1, put("a", "1")));
+    h.apply(cmd(2, delete("a")));
+    assert_eq!(feed_first(&h.store).expect("feed"), None);
+    assert_eq!(kv::tombstone(&h.store, b"a").expect("get"), None);
+    let refused = h.apply(cmd(
+        3,
+        Op::ReplApply {
+            batch: ShipBatch::heartbeat(2, 0),
+        },
+    ));
+    assert!(matches!(
+        refused,
+        Response::Refused(OpError::NotReplicating { source_region: 2 })
+    ));
+}
+
+#[test]
+fn replicated_writes_go_into_the_feed_with_their_versions() {
+    let mut us = region(1);
+    us.apply(cmd(10, put("a", "1")));
+    us.apply(cmd(11, incr_op("c", 5)));
+    us.apply(cmd(12, delete("a")));
+    us.apply(cmd(13, Op::KvSweepExpired { limit: 10 }));
+    let feed = feed_after(&us.store, 0, 100).expect("feed");
+    assert_eq!(feed.iter().map(|e| e.index).collect::<Vec<_>>(), vec![1, 2, 3]);
+    let tomb = kv::tombstone(&us.store, b"a").expect("get").expect("a tombstone");
+    assert!(tomb > Version::new(HlcStamp::from_parts(10, 0).0, 1));
+    let own = us.apply(cmd(
+        14,
+        Op::ReplApply {
+            batch: batch(&us, 1, 0),
+        },
+    ));
+    assert!(matches!(own, Response::Refused(OpError::OwnFeed { region: 1 })));
+}
+
+#[test]
+fn concurrent_puts_converge_on_the_later_version() {
+    let mut us = region(1);
+    let mut eu = region(2);
+    us.apply(cmd(100, put("k", "us")));
+    eu.apply(cmd(200, put("k", "eu")));
+    ship(&us, 1, &mut eu, 300);
+    ship(&eu, 2, &mut us, 300);
+    assert_eq!(value(&us, "k"), Some(b"eu".to_vec()));
+    assert_eq!(value(&eu, "k"), Some(b"eu".to_vec()));
+    assert_eq!(digest(&us.store).expect("d"), digest(&eu.store).expect("d"));
+}
+
+#[test]
+fn equal_stamps_are_decided_by_region() {
+    let mut us = region(1);
+    let mut eu = region(2);
+    us.apply(cmd(100, put("k", "us")));
+    eu.apply(cmd(100, put("k", "eu")));
+    ship(&eu, 2, &mut us, 300);
+    ship(&us, 1, &mut eu, 300);
+    assert_eq!(value(&us, "k"), Some(b"eu".to_vec()));
+    assert_eq!(value(&eu, "k"), Some(b"eu".to_vec()));
+}
+
+#[test]
+fn a_delete_beats_an_older_put_that_arrives_after_it() {
+    let mut us = region(1);
+    let mut eu = region(2);
+    eu.apply(cmd(100, put("k", "old")));
+    us.apply(cmd(200, delete("k")));
+    // us never had the key: its delete still wins over eu's older put.
+    ship(&eu, 2, &mut us, 300);
+    ship(&us, 1, &mut eu, 300);
+    assert_eq!(value(&us, "k"), None);
+    assert_eq!(value(&eu, "k"), None);
+    // A later put wins over the tombstone everywhere.
+    eu.apply(cmd(400, put("k", "new")));
+    ship(&eu, 2, &mut us, 500);
+    assert_eq!(value(&us, "k"), Some(b"new".to_vec()));
+    assert_eq!(kv::tombstone(&us.store, b"k").expect("get"), None);
+}
+
+#[test]
+fn a_batch_merged_twice_changes_nothing_the_second_time() {
+    let mut us = region(1);
+    let mut eu = region(2);
+    us.apply(cmd(1, incr_op("c", 5)));
+    us.apply(cmd(2, put("k", "v")));
+    let b = batch(&us, 1, 0);
+    assert_eq!(
+        eu.apply(cmd(3, Op::ReplApply { batch: b.clone() })),
+        Response::ReplApplied { upto: 2, merged: 2 }
+    );
+    let before = digest(&eu.store).expect("digest");
+    let history_before = eu.store.scan(Table::KvHistory, &KeyRange::all(), 100).expect("scan");
+    assert_eq!(
+        eu.apply(cmd(4, Op::ReplApply { batch: b.clone() })),
+        Response::ReplApplied { upto: 2, merged: 0 }
+    );
+    // Even as a re-sync chunk (merged whatever the watermark), it changes no value.
+    eu.apply(cmd(
+        5,
+        Op::ReplApply {
+            batch: ShipBatch { resync: true, ..b },
+        },
+    ));
+    assert_eq!(digest(&eu.store).expect("digest"), before);
+    assert_eq!(counter_value(&eu, "c"), 5);
+    assert_eq!(history_before.len(), 1);
+}
+
+#[test]
+fn counters_sum_every_regions_changes_including_sets() {
+    let mut regions: Vec<Harness> = (1..=3).map(region).collect();
+    regions[0].apply(cmd(1, incr_op("c", 10)));
+    regions[1].apply(cmd(1, incr_op("c", -3)));
+    assert_eq!(regions[2].apply(cmd(1, incr_op("c", 7))), counted(7));
+    for round in 0..2 {
+        for from in 0..3 {
+            for to in 0..3 {
+                if from != to {
+                    let (src, dst) = pick(&mut regions, from, to);
+                    ship(src, from as u16 + 1, dst, 10 + round);
+                }
+            }
+        }
+    }
+    for r in &regions {
+        assert_eq!(counter_value(r, "c"), 14);
+    }
+    // A set is the change that reaches the value from what this region saw.
+    regions[0].apply(cmd(
+        20,
+        Op::Counter {
+            ops: vec![CounterOp {
+                key: b"c".to_vec(),
+                action: CounterAction::Set { value: 0 },
+            }],
+        },
+    ));
+    regions[1].apply(cmd(20, incr_op("c", 1)));
+    let (us, eu) = pick(&mut regions, 0, 1);
+    ship(us, 1, eu, 30);
+    let (eu, us) = pick(&mut regions, 1, 0);
+    ship(eu, 2, us, 30);
+    assert_eq!(counter_value(&regions[0], "c"), 1);
+    assert_eq!(counter_value(&regions[1], "c"), 1);
+}
+
+/// Two distinct harnesses borrowed at once.
+fn pick(regions: &mut [Harness], from: usize, to: usize) -> (&Harness, &mut Harness) {
+    assert_ne!(from, to);
+    if from < to {
+        let (a, b) = regions.split_at_mut(to);
+        (&a[from], &mut b[0])
+    } else {
+        let (a, b) = regions.split_at_mut(from);
+        (&b[0], &mut a[to])
+    }
+}
+
+#[test]
+fn a_write_made_after_seeing_a_remote_one_wins_even_with_a_clock_behind() {
+    // eu's clock is 5 s ahead of us's.
+    let mut us = region(1);
+    let mut eu = region(2);
+    eu.apply(cmd(105_000, put("k", "eu-first")));
+    ship(&eu, 2, &mut us, 100_000);
+    assert_eq!(value(&us, "k"), Some(b"eu-first".to_vec()));
+    // us now writes with its own (behind) wall clock: the write follows what it has seen.
+    us.apply(cmd(100_001, put("k", "us-after")));
+    assert!(us.last_stamp() >= HlcStamp::from_parts(105_000, 0));
+    ship(&us, 1, &mut eu, 105_001);
+    assert_eq!(value(&eu, "k"), Some(b"us-after".to_vec()));
+    assert_eq!(value(&us, "k"), Some(b"us-after".to_vec()));
+}
+
+#[test]
+fn an_expiry_does_not_override_a_newer_write_from_another_region() {
+    let mut us = region(1);
+    let mut eu = region(2);
+    us.apply(cmd(
+        100,
+        Op::KvPut {
+            key: "k".into(),
+            value: "short".into(),
+            ttl_ms: Some(50),
+            expect: None,
+        },
+    ));
+    ship(&us, 1, &mut eu, 110);
+    // eu writes a fresh value after the TTL; us has not heard of it when it sweeps.
+    eu.apply(cmd(160, put("k", "fresh")));
+    assert_eq!(
+        us.apply(cmd(200, Op::KvSweepExpired { limit: 10 })),
+        Response::Swept { removed: 1 }
+    );
+    assert_eq!(
+        eu.apply(cmd(200, Op::KvSweepExpired { limit: 10 })),
+        Response::Swept { removed: 0 }
+    );
+    ship(&eu, 2, &mut us, 210);
+    ship(&us, 1, &mut eu, 210);
+    assert_eq!(value(&us, "k"), Some(b"fresh".to_vec()));
+    assert_eq!(value(&eu, "k"), Some(b"fresh".to_vec()));
+}
+
+#[test]
+fn remote_writes_appear_in_the_watch_history() {
+    let mut us = region(1);
+    let mut eu = region(2);
+    let events = |h: &Harness| -> Vec<crate::state::KvEvent> {
+        h.store
+            .scan(Table::KvHistory, &KeyRange::all(), 10)
+            .expect("scan")
+            .iter()
+            .map(|(_, v)| crate::state::KvEvent::decode(v).expect("event"))
+            .collect()
+    };
+    us.apply(cmd(1, put("k", "v")));
+    ship(&us, 1, &mut eu, 2);
+    us.apply(cmd(3, delete("k")));
+    ship(&us, 1, &mut eu, 4);
+    let seen = events(&eu);
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(matches!(&seen[0], crate::state::KvEvent::Put { value, .. } if value == b"v"));
+    assert!(matches!(seen[1], crate::state::KvEvent::Delete));
+    // Changes of one key merged in one batch are one revision here: watchers see the net change.
+    us.apply(cmd(5, put("k", "again")));
+    us.apply(cmd(6, delete("k")));
+    ship(&us, 1, &mut eu, 7);
+    assert_eq!(events(&eu).len(), 3);
+}
+
+#[test]
+fn trim_forgets_only_what_is_at_or_below_the_watermark() {
+    let mut us = region(1);
+    for i in 0..5 {
+        us.apply(cmd(i, incr_op("c", 1)));
+    }
+    us.apply(cmd(10, Op::ReplTrim { upto: 3, limit: 100 }));
+    assert_eq!(feed_first(&us.store).expect("first"), Some(4));
+    assert_eq!(feed_after(&us.store, 0, 10).expect("feed").len(), 2);
+    assert_eq!(replication::feed_trimmed_upto(&us.store).expect("trimmed"), 3);
+    // A limit that stops early records only what it removed.
+    us.apply(cmd(11, Op::ReplTrim { upto: 100, limit: 1 }));
+    assert_eq!(replication::feed_trimmed_upto(&us.store).expect("trimmed"), 4);
+    assert_eq!(feed_first(&us.store).expect("first"), Some(5));
+}
+
+#[derive(Clone, Debug)]
+enum Action {
+    Put { region: usize, key: u8, value: u8 },
+    Delete { region: usize, key: u8 },
+    Incr { region: usize, key: u8, delta: i8 },
+    Ship { from: usize, to: usize, duplicate: bool },
+    Tick { region: usize, ms: u8 },
+}
+
+fn action() -> impl Strategy<Value = Action> {
+    prop_oneof![
+        (0usize..3, 0u8..3, any::<u8>()).prop_map(|(region, key, value)| Action::Put { region, key, value }),
+        (0usize..3, 0u8..3).prop_map(|(region, key)| Action::Delete { region, key }),
+        (0usize..3, 0u8..2, any::<i8>()).prop_map(|(region, key, delta)| Action::Incr { region, key, delta }),
+        (0usize..3, 0usize..3, any::<bool>()).prop_map(|(from, to, duplicate)| Action::Ship { from, to, duplicate }),
+        (0usize..3, 0u8..50).prop_map(|(region, ms)| Action::Tick { region, ms }),
+    ]
+}
+
+proptest! {
+    /// Whatever the writes, clocks and shipping order (with batches shipped again), once every
+    /// region has shipped everything to every other, all regions hold the same data, and every
+    /// counter is the sum of every increment made anywhere.
+    #[test]
+    fn regions_converge_whatever_the_order(actions in proptest::collection::vec(action(), 1..60)) {
+        let mut regions: Vec<Harness> = (1..=3).map(region).collect();
+        let mut clocks = [1_000u64, 1_000, 1_000];
+        let mut sums = [0i64; 2];
+        for a in &actions {
+            match *a {
+                Action::Put { region, key, value } => {
+                    clocks[region] += 1;
+                    regions[region].apply(cmd(clocks[region], put(&format!("k{key}"), &value.to_string())));
+                }
+                Action::Delete { region, key } => {
+                    clocks[region] += 1;
+                    regions[region].apply(cmd(clocks[region], delete(&format!("k{key}"))));
+                }
+                Action::Incr { region, key, delta } => {
+                    clocks[region] += 1;
+                    regions[region].apply(cmd(clocks[region], incr_op(format!("c{key}"), delta.into())));
+                    sums[key as usize] += i64::from(delta);
+                }
+                Action::Ship { from, to, duplicate } if from != to => {
+                    clocks[to] += 1;
+                    let (src, dst) = pick(&mut regions, from, to);
+                    let after = if duplicate { 0 } else { source_state(&dst.store, from as u16 + 1).expect("s").applied_upto };
+                    dst.apply(cmd(clocks[to], Op::ReplApply { batch: batch(src, from as u16 + 1, after) }));
+                }
+                Action::Ship { .. } => {}
+                Action::Tick { region, ms } => clocks[region] += u64::from(ms),
+            }
+        }
+        for _ in 0..2 {
+            for from in 0..3 {
+                for (to, clock) in clocks.iter_mut().enumerate() {
+                    if from != to {
+                        *clock += 1;
+                        let (src, dst) = pick(&mut regions, from, to);
+                        ship(src, from as u16 + 1, dst, *clock);
+                    }
+                }
+            }
+        }
+        let digests: Vec<_> = regions.iter().map(|r| digest(&r.store).expect("digest")).collect();
+        prop_assert_eq!(digests[0], digests[1]);
+        prop_assert_eq!(digests[1], digests[2]);
+        for r in &regions {
+            prop_assert_eq!(counter_value(r, "c0"), sums[0]);
+            prop_assert_eq!(counter_value(r, "c1"), sums[1]);
+            for key in 0..3u8 {
+                let k = format!("k{key}");
+                let records: Vec<Option<KvRecord>> = regions.iter().map(|r| r.kv(&k)).collect();
+                prop_assert_eq!(records[0].as_ref().map(|r| (&r.value, r.written)), records[1].as_ref().map(|r| (&r.value, r.written)));
+            }
+        }
+    }
+}

@@ -1,0 +1,269 @@
+//! Several regions replicating asynchronously through link proxies: convergence after a
+//! partition, no loss across a leader change, and last-writer-wins under clock skew.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use basalt_client::ReadConsistency;
+use basalt_tests::regions::{RegionSpec, TestRegions};
+use basalt_tests::runtime;
+
+const NODE: &str = env!("CARGO_BIN_EXE_basalt-test-node");
+
+fn one_node(name: &'static str) -> RegionSpec {
+    RegionSpec {
+        name,
+        nodes: 1,
+        extra_args: Vec::new(),
+    }
+}
+
+/// Three regions cut off from each other keep serving local reads and writes; conflicting
+/// writes of KV keys and counters land in all three; after the heal every region reaches the
+/// same digest, counters hold every acknowledged increment from every region, and each KV key
+/// holds one of the values written to it (the last one, where one region alone wrote it).
+#[test]
+fn partitioned_regions_keep_serving_and_converge_after_the_heal() {
+    runtime().block_on(async {
+        let regions = TestRegions::start(NODE, vec![one_node("us"), one_node("eu"), one_node("ap")]).await;
+        regions
+            .links
+            .set_delay(&[1, 2, 3], Duration::from_millis(20), Duration::from_millis(5));
+        let names = ["us", "eu", "ap"];
+        let mut clients = Vec::new();
+        for name in names {
+            clients.push(regions.client(name).await);
+        }
+        // Something replicated before the partition.
+        clients[0].kv().put("before", "us").await.expect("put");
+        regions.wait_converged(Duration::from_secs(30)).await;
+        assert_eq!(
+            clients[2].kv().get("before").await.expect("get").map(|e| e.value),
+            Some(b"us".to_vec())
+        );
+
+        regions.partition_all();
+        let mut written: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
+        let mut last_only: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        let mut increments = 0i64;
+        for round in 0..20 {
+            for (r, client) in clients.iter().enumerate() {
+                let region = names[r];
+                // Shared keys: every region writes them (conflicts).
+                let key = format!("shared-{}", round % 4);
+                let value = format!("{region}-{round}").into_bytes();
+                client
+                    .kv()
+                    .put(&key, &value)
+                    .await
+                    .expect("a partitioned region takes local writes");
+                written.entry(key).or_default().push(value);
+                // Keys of one region only: the last write must survive.
+                let own = format!("own-{region}");
+                let value = format!("{round}").into_bytes();
+                client.kv().put(&own, &value).await.expect("put");
+                last_only.insert(own, value);
+                client.counter("hits").incr(1 + r as i64).await.expect("incr");
+                increments += 1 + r as i64;
+            }
+        }
+        // A delete in one region, racing a later write in another.
+        clients[0].kv().delete("shared-1").await.expect("delete");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        clients[1]
+            .kv()
+            .put("shared-1", "eu-after-us-delete")
+            .await
+            .expect("put");
+        written
+            .entry("shared-1".into())
+            .or_default()
+            .push(b"eu-after-us-delete".to_vec());
+        // Local reads during the partition see local writes.
+        assert_eq!(
+            clients[1].kv().get("shared-1").await.expect("read").map(|e| e.value),
+            Some(b"eu-after-us-delete".to_vec())
+        );
+
+        regions.links.heal_cuts();
+        let digest = regions.wait_converged(Duration::from_secs(60)).await;
+        assert!(!digest.is_empty());
+        for client in &clients {
+            assert_eq!(
+                client
+                    .counter("hits")
+                    .get_with(ReadConsistency::Linearizable)
+                    .await
+                    .expect("get"),
+                increments,
+                "every acknowledged increment of every region, once"
+            );
+            for (key, value) in &last_only {
+                assert_eq!(
+                    client.kv().get(key).await.expect("get").map(|e| e.value).as_ref(),
+                    Some(value)
+                );
+            }
+            for (key, values) in &written {
+                if let Some(entry) = client.kv().get(key).await.expect("get") {
+                    assert!(
+                        values.contains(&entry.value),
+                        "{key}: {:?} was never written",
+                        entry.value
+                    );
+                }
+            }
+            // The delete came first and the later write won.
+            assert_eq!(
+                client.kv().get("shared-1").await.expect("get").map(|e| e.value),
+                Some(b"eu-after-us-delete".to_vec())
+            );
+        }
+        let status = regions.status("us").await.expect("status");
+        assert_eq!(status.links.len(), 2);
+        assert!(status.links.iter().all(|l| l.acked_upto.is_some() && l.merged_upto > 0));
+    });
+}
+
+/// Killing the sending region's leader while it ships loses nothing: the new leader resumes from
+/// the receiver's watermark. Each put merged exactly once shows as the same KV version (the
+/// number of writes since creation) in both regions.
+#[test]
+fn a_leader_change_in_the_sending_region_loses_nothing() {
+    runtime().block_on(async {
+        let mut regions = TestRegions::start(
+            NODE,
+            vec![
+                RegionSpec {
+                    name: "us",
+                    nodes: 3,
+                    extra_args: Vec::new(),
+                },
+                one_node("eu"),
+            ],
+        )
+        .await;
+        regions
+            .links
+            .set_delay(&[1, 2], Duration::from_millis(30), Duration::from_millis(5));
+        let us = regions.client("us").await;
+        let eu = regions.client("eu").await;
+        let mut acked = 0i64;
+        let mut puts = 0u64;
+        for i in 0..150 {
+            if i == 60 {
+                let leader = regions.cluster("us").leader(&us).await;
+                regions.cluster_mut("us").kill(leader);
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                regions.cluster_mut("us").restart(leader);
+            }
+            if us.counter("orders").incr(1).await.is_ok() {
+                acked += 1;
+            }
+            if us.kv().put("last-order", format!("{i}")).await.is_ok() {
+                puts += 1;
+            }
+        }
+        regions.wait_converged(Duration::from_secs(60)).await;
+        let at_us = us.counter("orders").get().await.expect("get");
+        assert!(at_us >= acked, "us lost an acknowledged increment: {at_us} < {acked}");
+        assert_eq!(eu.counter("orders").get().await.expect("get"), at_us);
+        let us_entry = us.kv().get("last-order").await.expect("get").expect("present");
+        let eu_entry = eu.kv().get("last-order").await.expect("get").expect("present");
+        assert_eq!(eu_entry.value, us_entry.value);
+        assert!(us_entry.version >= puts);
+        assert_eq!(
+            eu_entry.version, us_entry.version,
+            "every put merged exactly once in eu"
+        );
+    });
+}
+
+/// eu's clock is 5 s behind. A write eu makes after seeing us's write still wins everywhere: the
+/// HLC observes the stamps it merges, so last-writer-wins follows causality, not wall clocks.
+#[test]
+fn a_region_with_a_clock_behind_still_overwrites_what_it_has_seen() {
+    runtime().block_on(async {
+        let regions = TestRegions::start(
+            NODE,
+            vec![
+                one_node("us"),
+                RegionSpec {
+                    name: "eu",
+                    nodes: 1,
+                    extra_args: vec!["--clock-skew-ms=-5000".into()],
+                },
+            ],
+        )
+        .await;
+        let us = regions.client("us").await;
+        let eu = regions.client("eu").await;
+        us.kv().put("config", "from-us").await.expect("put");
+        regions.wait_converged(Duration::from_secs(30)).await;
+        assert_eq!(
+            eu.kv().get("config").await.expect("get").map(|e| e.value),
+            Some(b"from-us".to_vec())
+        );
+        eu.kv().put("config", "from-eu-after-reading-us").await.expect("put");
+        regions.wait_converged(Duration::from_secs(30)).await;
+        for client in [&us, &eu] {
+            assert_eq!(
+                client.kv().get("config").await.expect("get").map(|e| e.value),
+                Some(b"from-eu-after-reading-us".to_vec())
+            );
+        }
+    });
+}
+
+/// A region cut off for longer than the sender's feed retention is not waited for: the feed is
+/// trimmed past it, and once reachable it gets a full re-sync and converges.
+#[test]
+fn a_region_behind_the_feed_retention_is_resynced_in_full() {
+    runtime().block_on(async {
+        let retain = || RegionSpec {
+            name: "us",
+            nodes: 1,
+            extra_args: vec!["--feed-retain-entries".into(), "20".into()],
+        };
+        let regions = TestRegions::start(NODE, vec![retain(), one_node("eu")]).await;
+        let us = regions.client("us").await;
+        let eu = regions.client("eu").await;
+        us.kv().put("early", "1").await.expect("put");
+        regions.wait_converged(Duration::from_secs(30)).await;
+
+        regions.partition_all();
+        for i in 0..100 {
+            us.kv().put(format!("key-{i}"), format!("{i}")).await.expect("put");
+        }
+        us.kv().delete("early").await.expect("delete");
+        // The trimmer runs every second; wait until it has gone past what eu has.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = regions.status("us").await.expect("status");
+            let acked = status.links[0].acked_upto.unwrap_or(0);
+            if status.feed_trimmed_upto > acked {
+                assert!(!status.links[0].alarm.is_empty(), "a lagging region is flagged");
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "feed never trimmed past eu: {status:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+
+        regions.links.heal_cuts();
+        regions.wait_converged(Duration::from_secs(60)).await;
+        assert_eq!(
+            eu.kv().get("key-99").await.expect("get").map(|e| e.value),
+            Some(b"99".to_vec())
+        );
+        assert_eq!(
+            eu.kv().get("early").await.expect("get"),
+            None,
+            "the tombstone came with the re-sync"
+        );
+        let status = regions.status("us").await.expect("status");
+        assert!(status.links[0].resyncs >= 1, "{status:?}");
+    });
+}
