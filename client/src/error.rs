@@ -56,6 +56,9 @@ error_codes! {
     IllegalGeneration = "ILLEGAL_GENERATION" => FailedPrecondition,
     NotAssigned = "NOT_ASSIGNED" => FailedPrecondition,
     Compacted = "COMPACTED" => OutOfRange,
+    // A write to data homed in another region (ledgers, leases, queues) could not reach that
+    // region: nothing was applied here. Not retried by the SDK: the caller decides.
+    RegionUnavailable = "REGION_UNAVAILABLE" => Unavailable,
     Unavailable = "UNAVAILABLE" => Unavailable,
     Internal = "INTERNAL" => Internal,
 }

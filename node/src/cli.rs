@@ -195,6 +195,9 @@ pub struct StartArgs {
     /// Added to this node's wall clock, in ms (to try clock skew between regions).
     #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
     clock_skew_ms: i64,
+    /// The region owning ledgers, leases and queues (default: the lowest region id).
+    #[arg(long, requires = "region")]
+    home_region: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -387,6 +390,7 @@ fn start_config(args: StartArgs) -> Result<NodeConfig, String> {
                     remotes,
                     feed_retain_entries: args.feed_retain_entries,
                     clock_skew_ms: args.clock_skew_ms,
+                    home: args.home_region.clone(),
                 })
             }
         },

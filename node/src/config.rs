@@ -71,6 +71,10 @@ pub struct RegionConfig {
     /// Added to this node's wall clock (tests and demos of clock skew between regions).
     #[serde(default)]
     pub clock_skew_ms: i64,
+    /// The region that owns ledgers, leases and queues (other regions forward their requests
+    /// there). Default: the region with the lowest id.
+    #[serde(default)]
+    pub home: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -110,6 +114,15 @@ pub fn parse_remote_region(text: &str) -> Result<RemoteRegion, ConfigError> {
 }
 
 impl RegionConfig {
+    /// The home region of homed data: `None` when it is this region.
+    pub fn home_remote(&self) -> Option<&RemoteRegion> {
+        match &self.home {
+            Some(name) if *name == self.name => None,
+            Some(name) => self.remotes.iter().find(|r| r.name == *name),
+            None => self.remotes.iter().filter(|r| r.id < self.id).min_by_key(|r| r.id),
+        }
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         if self.id == 0 {
@@ -120,6 +133,11 @@ impl RegionConfig {
         }
         if self.feed_retain_entries == 0 {
             return invalid("feed_retain_entries must be positive".into());
+        }
+        if let Some(home) = &self.home {
+            if *home != self.name && !self.remotes.iter().any(|r| r.name == *home) {
+                return invalid(format!("home region {home:?} is neither this region nor a remote one"));
+            }
         }
         let mut ids = std::collections::BTreeSet::from([self.id]);
         let mut names = std::collections::BTreeSet::from([self.name.as_str()]);
@@ -312,6 +330,7 @@ mod tests {
             remotes,
             feed_retain_entries: 10,
             clock_skew_ms: 0,
+            home: None,
         };
         let mut c = base();
         c.region = Some(region(1, vec![eu.clone()]));
@@ -320,6 +339,17 @@ mod tests {
         assert!(c.validate().is_err(), "region id 0");
         c.region = Some(region(2, vec![eu.clone()]));
         assert!(c.validate().is_err(), "id used twice");
+        let mut homed = region(3, vec![eu.clone()]);
+        assert_eq!(
+            homed.home_remote().map(|r| r.name.as_str()),
+            Some("eu"),
+            "lowest id by default"
+        );
+        homed.home = Some("us".into());
+        assert!(homed.home_remote().is_none());
+        homed.home = Some("mars".into());
+        c.region = Some(homed);
+        assert!(c.validate().is_err(), "unknown home region");
         let bad = parse_remote_region("ap:3=nowhere").expect("parses");
         c.region = Some(region(1, vec![bad]));
         assert!(c.validate().is_err(), "endpoint not host:port");

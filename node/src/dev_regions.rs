@@ -165,7 +165,12 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
             .enumerate()
             .map(|(i, a)| format!("{}={a}", i + 1))
             .collect();
-        let mut extra = vec!["--region".to_string(), format!("{}:{}", region.name, r + 1)];
+        let mut extra = vec![
+            "--region".to_string(),
+            format!("{}:{}", region.name, r + 1),
+            "--home-region".to_string(),
+            topology.home().to_string(),
+        ];
         for (b, other) in topology.regions.iter().enumerate() {
             if b != r {
                 extra.push("--remote-region".into());
@@ -251,6 +256,10 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
             links: links.clone()
         }
         .describe()
+    );
+    println!(
+        "  ledgers, leases and queues are homed in {} (other regions forward to it)",
+        topology.home()
     );
     println!("  control {control_addr}, cluster file {}", cluster_file.display());
     let started = Instant::now();

@@ -28,8 +28,8 @@ use basalt_storage::log::LogOptions;
 use openraft::{BasicNode, SnapshotPolicy};
 
 use crate::api::{Api, ApiCounters};
-use crate::config::NodeConfig;
-use crate::replication::{FeedReceiver, Replication};
+use crate::config::{ConfigError, NodeConfig};
+use crate::replication::{FeedReceiver, HomeRoute, Homed, Replication};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -185,6 +185,14 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         Some(repl) => repl.spawn(api.clone(), stop_rx.clone()),
         None => Vec::new(),
     };
+    let home_route = match config.region.as_ref().and_then(|r| r.home_remote()) {
+        Some(home) => Some(HomeRoute::new(home.clone()).map_err(|e| NodeError::Config(ConfigError::Invalid(e)))?),
+        None => None,
+    };
+    let homed = Homed {
+        api: api.clone(),
+        route: home_route,
+    };
     let feed_receiver = RegionFeedServer::new(FeedReceiver {
         api: api.clone(),
         replication: api.replication.clone(),
@@ -199,9 +207,9 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         .add_service(KvServer::new(api.clone()))
         .add_service(CounterServer::new(api.clone()))
         .add_service(RateLimiterServer::new(api.clone()))
-        .add_service(LeaseServer::new(api.clone()))
-        .add_service(LedgerServer::new(api.clone()))
-        .add_service(QueueServer::new(api.clone()))
+        .add_service(LeaseServer::new(homed.clone()))
+        .add_service(LedgerServer::new(homed.clone()))
+        .add_service(QueueServer::new(homed))
         .add_service(StreamServer::new(api.clone()))
         .add_service(PubSubServer::new(api.clone()))
         .add_service(ClusterServer::new(api.clone()))

@@ -11,6 +11,9 @@ use crate::link::{EndpointId, LinkState, Links};
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Topology {
+    /// The region owning ledgers, leases and queues (default: the first).
+    #[serde(default)]
+    pub home: Option<String>,
     #[serde(rename = "region")]
     pub regions: Vec<RegionSpec>,
     #[serde(rename = "link", default)]
@@ -109,7 +112,11 @@ impl Topology {
                 });
             }
         }
-        let topology = Topology { regions, links };
+        let topology = Topology {
+            home: None,
+            regions,
+            links,
+        };
         topology.validate()?;
         Ok(topology)
     }
@@ -132,6 +139,11 @@ impl Topology {
                     "region {:?} needs 1..={NODES_PER_REGION_MAX} nodes, has {}",
                     r.name, r.nodes
                 ));
+            }
+        }
+        if let Some(home) = &self.home {
+            if !names.contains(home.as_str()) {
+                return invalid(format!("home region {home:?} is not declared"));
             }
         }
         let mut pairs = BTreeSet::new();
@@ -161,6 +173,11 @@ impl Topology {
     /// A region's id: its 1-based position in the file (ids break ties between equal stamps).
     pub fn region_id(&self, name: &str) -> Option<u16> {
         self.regions.iter().position(|r| r.name == name).map(|i| i as u16 + 1)
+    }
+
+    /// The region owning ledgers, leases and queues.
+    pub fn home(&self) -> &str {
+        self.home.as_deref().unwrap_or(&self.regions[0].name)
     }
 
     /// Sets every declared link, both ways, on `links` (endpoints are region ids).
@@ -245,6 +262,14 @@ bandwidth_mbit = 80
             bad(&two.replace("\"eu\"\n", "\"eu\"\nnodes = 0\n")),
             TopologyError::Invalid(_)
         ));
+    }
+
+    #[test]
+    fn the_example_topology_is_valid() {
+        let t = Topology::parse(include_str!("../../examples/three-regions.toml")).expect("valid example");
+        assert_eq!(t.home(), "us");
+        assert_eq!(t.regions.len(), 3);
+        assert_eq!(t.links.len(), 3);
     }
 
     #[test]

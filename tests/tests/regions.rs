@@ -267,3 +267,115 @@ fn a_region_behind_the_feed_retention_is_resynced_in_full() {
         assert!(status.links[0].resyncs >= 1, "{status:?}");
     });
 }
+
+/// Ledgers, leases and queues live in their home region (us, the lowest id): eu forwards their
+/// requests there, so there is one lease, one queue and one ledger for both regions. With the home
+/// unreachable eu answers `REGION_UNAVAILABLE` and applies nothing, while its own KV writes keep
+/// working.
+#[test]
+fn homed_data_is_served_by_its_home_and_refused_when_the_home_is_unreachable() {
+    use basalt_client::ledger::{Account, Transfer};
+    use basalt_client::{Acquired, ErrorCode, QueueOptions, ReceiveOptions};
+
+    runtime().block_on(async {
+        let regions = TestRegions::start(NODE, vec![one_node("us"), one_node("eu")]).await;
+        regions
+            .links
+            .set_delay(&[1, 2], Duration::from_millis(20), Duration::ZERO);
+        let us = regions.client("us").await;
+        let eu = regions.client("eu").await;
+
+        let ttl = Duration::from_secs(30);
+        assert!(matches!(
+            eu.lease("scheduler")
+                .acquire("eu-worker", ttl)
+                .await
+                .expect("acquire from eu"),
+            Acquired::Granted(_)
+        ));
+        match us
+            .lease("scheduler")
+            .acquire("us-worker", ttl)
+            .await
+            .expect("acquire from us")
+        {
+            Acquired::Held { holder, .. } => assert_eq!(holder, b"eu-worker"),
+            other => panic!("two regions granted one lease: {other:?}"),
+        }
+
+        eu.queue("jobs")
+            .create(QueueOptions::default())
+            .await
+            .expect("create from eu");
+        eu.queue("jobs").enqueue("resize-42").await.expect("enqueue from eu");
+        let got = us
+            .queue("jobs")
+            .receive(1, ReceiveOptions::default())
+            .await
+            .expect("receive in us");
+        assert_eq!(got.first().map(|m| m.payload.clone()), Some(b"resize-42".to_vec()));
+
+        let accounts: Vec<Account> = (1..=2u128)
+            .map(|id| Account {
+                id,
+                ledger: 1,
+                code: 1,
+                ..Default::default()
+            })
+            .collect();
+        assert_eq!(eu.ledger().create_accounts(&accounts).await.expect("accounts"), vec![]);
+        let transfer = Transfer {
+            id: 9,
+            debit_account_id: 1,
+            credit_account_id: 2,
+            amount: 70,
+            ledger: 1,
+            code: 1,
+            ..Default::default()
+        };
+        assert_eq!(
+            eu.ledger().create_transfers(&[transfer]).await.expect("transfer"),
+            vec![]
+        );
+        let seen = us.ledger().lookup_accounts(&[1, 2]).await.expect("lookup in us");
+        assert_eq!(seen.iter().map(|a| a.credits_posted).sum::<u128>(), 70);
+
+        regions.partition_all();
+        let refused = eu.lease("other").acquire("eu-worker", ttl).await;
+        assert_eq!(
+            refused.expect_err("the home is unreachable").code(),
+            Some(ErrorCode::RegionUnavailable)
+        );
+        eu.kv()
+            .put("local", "still works")
+            .await
+            .expect("region-local writes go on");
+        let failed_transfer = Transfer { id: 10, ..transfer };
+        assert_eq!(
+            eu.ledger()
+                .create_transfers(&[failed_transfer])
+                .await
+                .expect_err("refused")
+                .code(),
+            Some(ErrorCode::RegionUnavailable)
+        );
+
+        regions.links.heal_cuts();
+        // Nothing of the refused transfer was applied: it can be created once, now.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            match eu.ledger().create_transfers(&[failed_transfer]).await {
+                Ok(failures) => {
+                    assert_eq!(failures, vec![], "the refused transfer had not been applied");
+                    break;
+                }
+                Err(e) if e.code() == Some(ErrorCode::RegionUnavailable) && std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("after the heal: {e}"),
+            }
+        }
+        let seen = us.ledger().lookup_accounts(&[2]).await.expect("lookup");
+        assert_eq!(seen[0].credits_posted, 140);
+    });
+}

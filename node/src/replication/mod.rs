@@ -7,6 +7,7 @@
 //! `apply::replication`, over `basalt-replication`'s merge rules); this module only moves bytes
 //! and proposes entries.
 
+mod home;
 mod receiver;
 mod shipper;
 
@@ -16,6 +17,7 @@ use std::time::Instant;
 
 use basalt_replication::RegionId;
 
+pub use home::{HomeRoute, Homed};
 pub use receiver::FeedReceiver;
 
 use crate::api::Api;

@@ -1,0 +1,226 @@
+//! Homed data: ledgers, leases and queues have one home region that owns them (last-writer-wins
+//! cannot merge a double-entry ledger or a lease's fencing tokens). A node in another region
+//! serves their requests by forwarding them, unchanged, to a node of the home region; the answer
+//! comes back as the home gave it. When the home cannot be reached, the request fails with
+//! `REGION_UNAVAILABLE` and nothing is applied here.
+//!
+//! Requests carry the client's `(client_id, seq)`, so a client retrying a forwarded write after
+//! an unknown outcome still applies it at most once, at the home.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use basalt_client::pb;
+use basalt_client::pb::lease_client::LeaseClient;
+use basalt_client::pb::lease_server::Lease;
+use basalt_client::pb::ledger_client::LedgerClient;
+use basalt_client::pb::ledger_server::Ledger;
+use basalt_client::pb::queue_client::QueueClient;
+use basalt_client::pb::queue_server::Queue;
+use basalt_client::{ErrorCode, ERROR_CODE_KEY};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+
+use crate::api::{status, Api};
+use crate::config::RemoteRegion;
+
+/// How long forwarding may take in all, for requests that do not wait; a long-poll (receive,
+/// acquire with wait) gets its own wait on top. Shorter than the SDK's attempt timeout (3 s), so
+/// the caller gets `REGION_UNAVAILABLE` rather than a timeout of its own.
+const FORWARD_BUDGET: Duration = Duration::from_secs(2);
+/// Kept back from the caller's own deadline (`grpc-timeout`), so the answer reaches it in time.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(300);
+
+/// The caller's deadline from its `grpc-timeout` header (`<digits><unit>`, unit one of H M S m u n).
+fn caller_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
+    let text = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// Where homed requests go when this region is not their home.
+#[derive(Clone)]
+pub struct HomeRoute {
+    pub home: RemoteRegion,
+    channels: Arc<Vec<(String, Channel)>>,
+}
+
+impl HomeRoute {
+    pub fn new(home: RemoteRegion) -> Result<HomeRoute, String> {
+        let channels = home
+            .endpoints
+            .iter()
+            .map(|addr| {
+                Endpoint::from_shared(format!("http://{addr}"))
+                    .map(|e| {
+                        (
+                            addr.clone(),
+                            e.connect_timeout(Duration::from_secs(2))
+                                .tcp_nodelay(true)
+                                .connect_lazy(),
+                        )
+                    })
+                    .map_err(|e| format!("home region endpoint {addr}: {e}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(HomeRoute {
+            home,
+            channels: Arc::new(channels),
+        })
+    }
+
+    /// Sends `message` to the home region's leader (trying each node; a follower answers
+    /// `NOT_LEADER`), within `wait` + [`FORWARD_BUDGET`] in all, and within the caller's deadline.
+    async fn call<M, R, F, Fut>(
+        &self,
+        caller: Option<Duration>,
+        message: M,
+        wait: Duration,
+        send: F,
+    ) -> Result<Response<R>, Status>
+    where
+        M: Clone,
+        F: Fn(Channel, Request<M>) -> Fut,
+        Fut: Future<Output = Result<Response<R>, Status>>,
+    {
+        let mut budget = wait + FORWARD_BUDGET;
+        if let Some(caller) = caller {
+            budget = budget.min(caller.saturating_sub(DEADLINE_MARGIN));
+        }
+        let deadline = tokio::time::Instant::now() + budget;
+        let mut failures = Vec::new();
+        for (addr, channel) in self.channels.iter() {
+            let timeout = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if timeout.is_zero() {
+                failures.push(format!("{addr}: not tried, out of time"));
+                continue;
+            }
+            let mut request = Request::new(message.clone());
+            request.set_timeout(timeout);
+            match tokio::time::timeout(timeout, send(channel.clone(), request)).await {
+                Ok(Ok(answer)) => return Ok(answer),
+                Ok(Err(s)) if is_not_leader(&s) => failures.push(format!("{addr}: not the leader")),
+                // A typed answer from the home region (a refusal): pass it on as it is.
+                Ok(Err(s)) if s.metadata().get(ERROR_CODE_KEY).is_some() && !is_unavailable(&s) => return Err(s),
+                Ok(Err(s)) => failures.push(format!("{addr}: {}", s.message())),
+                Err(_) => failures.push(format!("{addr}: no answer within {timeout:?}")),
+            }
+        }
+        Err(status(
+            ErrorCode::RegionUnavailable,
+            format!(
+                "home region {:?} of this data is unreachable; nothing was applied in this region \
+                 (if the request reached {:?}, a retry with the same session applies it at most once): {}",
+                self.home.name,
+                self.home.name,
+                failures.join("; ")
+            ),
+        ))
+    }
+}
+
+fn code_of(s: &Status) -> Option<ErrorCode> {
+    s.metadata()
+        .get(ERROR_CODE_KEY)
+        .and_then(|v| v.to_str().ok())
+        .and_then(ErrorCode::parse)
+}
+
+fn is_not_leader(s: &Status) -> bool {
+    code_of(s) == Some(ErrorCode::NotLeader)
+}
+
+fn is_unavailable(s: &Status) -> bool {
+    code_of(s) == Some(ErrorCode::Unavailable)
+}
+
+/// The Ledger, Lease and Queue services of this node: served here in the home region (or without
+/// regions), forwarded to the home region elsewhere.
+#[derive(Clone)]
+pub struct Homed {
+    pub api: Api,
+    pub route: Option<HomeRoute>,
+}
+
+/// Generates a service whose methods serve locally or forward. `|m| wait` computes a request's
+/// own wait from its message `m` (long-polls); `Duration::ZERO` for the others.
+macro_rules! homed_service {
+    ($trait:ident, $client:ident, { $($method:ident($req:ty) -> $resp:ty, |$m:ident| $wait:expr;)* }) => {
+        #[tonic::async_trait]
+        impl $trait for Homed {
+            $(
+                async fn $method(&self, request: Request<$req>) -> Result<Response<$resp>, Status> {
+                    match &self.route {
+                        None => $trait::$method(&self.api, request).await,
+                        Some(route) => {
+                            let caller = caller_timeout(request.metadata());
+                            let $m = request.into_inner();
+                            let wait: Duration = $wait;
+                            route
+                                .call(caller, $m, wait, |c, r| async move { $client::new(c).$method(r).await })
+                                .await
+                        }
+                    }
+                }
+            )*
+        }
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_callers_deadline_is_read_from_grpc_timeout() {
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        assert_eq!(caller_timeout(&metadata), None);
+        for (text, expected) in [
+            ("2999m", Duration::from_millis(2999)),
+            ("3S", Duration::from_secs(3)),
+            ("1M", Duration::from_secs(60)),
+            ("500000u", Duration::from_millis(500)),
+        ] {
+            metadata.insert("grpc-timeout", text.parse().expect("ascii"));
+            assert_eq!(caller_timeout(&metadata), Some(expected), "{text}");
+        }
+        metadata.insert("grpc-timeout", "soon".parse().expect("ascii"));
+        assert_eq!(caller_timeout(&metadata), None);
+    }
+}
+
+homed_service!(Ledger, LedgerClient, {
+    create_accounts(pb::CreateAccountsRequest) -> pb::CreateResponse, |_m| Duration::ZERO;
+    create_transfers(pb::CreateTransfersRequest) -> pb::CreateResponse, |_m| Duration::ZERO;
+    lookup_accounts(pb::LookupRequest) -> pb::AccountsResponse, |_m| Duration::ZERO;
+    lookup_transfers(pb::LookupRequest) -> pb::TransfersResponse, |_m| Duration::ZERO;
+    get_account_transfers(pb::AccountFilter) -> pb::TransfersResponse, |_m| Duration::ZERO;
+    get_account_balances(pb::AccountFilter) -> pb::BalancesResponse, |_m| Duration::ZERO;
+});
+
+homed_service!(Lease, LeaseClient, {
+    acquire(pb::LeaseAcquireRequest) -> pb::LeaseResponse, |m| Duration::from_millis(m.wait_ms);
+    renew(pb::LeaseRenewRequest) -> pb::LeaseResponse, |_m| Duration::ZERO;
+    release(pb::LeaseReleaseRequest) -> pb::LeaseReleaseResponse, |_m| Duration::ZERO;
+    get(pb::LeaseGetRequest) -> pb::LeaseResponse, |_m| Duration::ZERO;
+});
+
+homed_service!(Queue, QueueClient, {
+    create_queue(pb::CreateQueueRequest) -> pb::CreateQueueResponse, |_m| Duration::ZERO;
+    enqueue(pb::EnqueueRequest) -> pb::EnqueueResponse, |_m| Duration::ZERO;
+    receive(pb::ReceiveRequest) -> pb::ReceiveResponse, |m| Duration::from_millis(m.wait_ms);
+    ack(pb::AckRequest) -> pb::AckResponse, |_m| Duration::ZERO;
+    nack(pb::NackRequest) -> pb::AckResponse, |_m| Duration::ZERO;
+    redrive(pb::RedriveRequest) -> pb::RedriveResponse, |_m| Duration::ZERO;
+    stats(pb::QueueStatsRequest) -> pb::QueueStatsResponse, |_m| Duration::ZERO;
+});
