@@ -27,7 +27,7 @@ pub enum ClusterError {
     NoLeader(Duration),
 }
 
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ClusterError {
+pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ClusterError {
     let what = what.into();
     move |source| ClusterError::Io { what, source }
 }
@@ -49,6 +49,8 @@ pub struct Cluster {
     routes: BTreeMap<u64, String>,
     peers: String,
     binary: PathBuf,
+    /// More `basalt start` arguments for every node (a region's flags).
+    extra_args: Vec<String>,
 }
 
 /// A port below Linux's ephemeral range (32768+), so that no outgoing connection takes it between
@@ -70,14 +72,32 @@ fn free_port(taken: &mut Vec<u16>) -> Result<u16, ClusterError> {
 impl Cluster {
     /// Starts `n` nodes (node 1 bootstraps) with their logs in `log_dir` and data in `data_dir`.
     pub async fn start(binary: &Path, n: u64, log_dir: &Path, data_dir: &Path) -> Result<Cluster, ClusterError> {
-        std::fs::create_dir_all(log_dir).map_err(io(format!("creating {}", log_dir.display())))?;
-        let links = Links::new();
-        let mut taken = Vec::new();
+        let addrs = Self::reserve(n, &mut Vec::new())?;
+        Self::start_at(binary, addrs, log_dir, data_dir, Vec::new()).await
+    }
+
+    /// Chooses free addresses for nodes `1..=n` (none of `taken`), before anything starts: a
+    /// multi-region run needs every region's addresses to wire the regions together.
+    pub fn reserve(n: u64, taken: &mut Vec<u16>) -> Result<BTreeMap<u64, SocketAddr>, ClusterError> {
         let mut addrs = BTreeMap::new();
         for id in 1..=n {
-            let port = free_port(&mut taken)?;
+            let port = free_port(taken)?;
             addrs.insert(id, SocketAddr::from(([127, 0, 0, 1], port)));
         }
+        Ok(addrs)
+    }
+
+    /// Starts a node at each of `addrs` (node 1 bootstraps), each with `extra_args`.
+    pub async fn start_at(
+        binary: &Path,
+        addrs: BTreeMap<u64, SocketAddr>,
+        log_dir: &Path,
+        data_dir: &Path,
+        extra_args: Vec<String>,
+    ) -> Result<Cluster, ClusterError> {
+        std::fs::create_dir_all(log_dir).map_err(io(format!("creating {}", log_dir.display())))?;
+        let links = Links::new();
+        let n = addrs.len() as u64;
         let mut proxies = Vec::new();
         let mut routes: BTreeMap<u64, String> = BTreeMap::new();
         for from in 1..=n {
@@ -120,6 +140,7 @@ impl Cluster {
             routes,
             peers,
             binary: binary.to_path_buf(),
+            extra_args,
         };
         for id in 1..=n {
             cluster.spawn(id, id == 1)?;
@@ -148,6 +169,7 @@ impl Cluster {
             .arg(&node.data_dir)
             .args(["--peers", &self.peers])
             .args(["--peer-routes", &self.routes[&id]])
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)

@@ -7,6 +7,7 @@ pub mod checker;
 pub mod cluster;
 pub mod history;
 pub mod nemesis;
+pub mod regions;
 pub mod report;
 pub mod run;
 pub mod storage_fault;

@@ -41,6 +41,9 @@ struct Args {
     /// Where runs are written.
     #[arg(long, default_value = "store")]
     store: PathBuf,
+    /// Regions for the `regions` workload (2..=5), each of --nodes nodes.
+    #[arg(long, default_value_t = 3)]
+    regions: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -60,6 +63,10 @@ fn main() -> ExitCode {
     let args = Args::parse();
     if args.nodes == 0 || args.nodes > 9 {
         eprintln!("--nodes must be in 1..=9");
+        return ExitCode::from(3);
+    }
+    if !(2..=basalt_jepsen::regions::NAMES.len()).contains(&args.regions) {
+        eprintln!("--regions must be in 2..={}", basalt_jepsen::regions::NAMES.len());
         return ExitCode::from(3);
     }
     let nemesis: Vec<FaultKind> = args
@@ -110,7 +117,12 @@ fn main() -> ExitCode {
             args.time,
             nemesis
         );
-        match runtime.block_on(run(options)) {
+        let outcome = if workload == Workload::Regions {
+            runtime.block_on(basalt_jepsen::regions::run(options, args.regions))
+        } else {
+            runtime.block_on(run(options))
+        };
+        match outcome {
             Ok(outcome) => {
                 let r = &outcome.results;
                 for v in &r.verdicts {

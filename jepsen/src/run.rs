@@ -54,7 +54,7 @@ pub struct RunOutcome {
 }
 
 /// `YYYYMMDDTHHMMSSZ` from the system clock (UTC), without a date library.
-fn timestamp() -> String {
+pub(crate) fn timestamp() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -77,7 +77,7 @@ fn timestamp() -> String {
     )
 }
 
-fn create_dir(path: &Path) -> Result<(), RunError> {
+pub(crate) fn create_dir(path: &Path) -> Result<(), RunError> {
     std::fs::create_dir_all(path).map_err(|source| RunError::Store {
         path: path.to_path_buf(),
         source,
@@ -92,7 +92,7 @@ fn write_file(path: &Path, contents: &[u8]) -> Result<(), RunError> {
 }
 
 /// A node that panicked is a bug whatever the history says.
-fn node_log_verdict(dir: &Path) -> Verdict {
+pub(crate) fn node_log_verdict(dir: &Path) -> Verdict {
     let mut verdict = Verdict::new("node-logs");
     let Ok(entries) = std::fs::read_dir(dir) else {
         return verdict;
@@ -107,23 +107,29 @@ fn node_log_verdict(dir: &Path) -> Verdict {
 }
 
 /// One client process loop; a process whose operation ended unknown is replaced by a new one.
-struct Worker {
-    workload: Workload,
-    client: basalt_client::Client,
-    recorder: Recorder,
-    shared: Arc<Shared>,
-    first_process: u64,
-    concurrency: u64,
-    rng: StdRng,
-    pause_mean: Duration,
-    end_ns: u64,
-    done: Arc<AtomicU64>,
+pub(crate) struct Worker {
+    pub(crate) workload: Workload,
+    /// The region whose nodes `client` talks to (multi-region runs).
+    pub(crate) region: Option<String>,
+    pub(crate) client: basalt_client::Client,
+    pub(crate) recorder: Recorder,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) first_process: u64,
+    pub(crate) concurrency: u64,
+    pub(crate) rng: StdRng,
+    pub(crate) pause_mean: Duration,
+    pub(crate) end_ns: u64,
+    pub(crate) done: Arc<AtomicU64>,
 }
 
 impl Worker {
-    async fn run(mut self) {
+    pub(crate) async fn run(mut self) {
         let mut process = self.first_process;
-        let mut state = WorkerState::default();
+        let fresh = |region: &Option<String>| WorkerState {
+            region: region.clone(),
+            ..WorkerState::default()
+        };
+        let mut state = fresh(&self.region);
         while self.recorder.elapsed_ns() < self.end_ns {
             let planned = self.workload.plan(&self.shared, &mut state, &mut self.rng, process);
             let call = self.workload.invoke(&self.client, &planned, &mut state);
@@ -140,7 +146,7 @@ impl Worker {
             if matches!(completion, Completion::Info(_)) {
                 // Its operation may still be in flight: this process never invokes again.
                 process += self.concurrency;
-                state = WorkerState::default();
+                state = fresh(&self.region);
             }
             let pause = self.pause_mean.mul_f64(self.rng.gen_range(0.0..2.0));
             tokio::time::sleep(pause).await;
@@ -150,6 +156,9 @@ impl Worker {
 
 pub async fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
     let workload = options.workload;
+    if workload == Workload::Regions {
+        return Box::pin(crate::regions::run(options, 3)).await;
+    }
     let dir = options.store.join(workload.name()).join(format!(
         "{}-seed{}-{}",
         timestamp(),
@@ -187,6 +196,7 @@ pub async fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
         let client = cluster.lock().await.client()?;
         let worker = Worker {
             workload,
+            region: None,
             client,
             recorder: recorder.clone(),
             shared: shared.clone(),
@@ -268,6 +278,48 @@ pub async fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
             json!({ "injected": nemesis.windows.iter().filter(|w| w.label.starts_with("bitflip")).count() });
         verdicts.push(storage);
     }
+    let windows = nemesis.windows.clone();
+    finish_run(Finished {
+        dir,
+        data_dir,
+        options: &options,
+        nodes: options.nodes,
+        seconds: recorder.elapsed_ns() as f64 / 1e9,
+        events,
+        verdicts,
+        errors,
+        windows,
+    })
+}
+
+/// What a finished run hands to [`finish_run`].
+pub(crate) struct Finished<'a> {
+    pub dir: PathBuf,
+    pub data_dir: PathBuf,
+    pub options: &'a RunOptions,
+    /// Nodes in all (every region's, for a multi-region run).
+    pub nodes: u64,
+    pub seconds: f64,
+    pub events: Vec<crate::history::Event>,
+    pub verdicts: Vec<Verdict>,
+    pub errors: Vec<String>,
+    pub windows: Vec<crate::nemesis::FaultWindow>,
+}
+
+/// Adds the node-log verdict, then writes `history.jsonl`, `results.json` and `report.html`.
+pub(crate) fn finish_run(run: Finished<'_>) -> Result<RunOutcome, RunError> {
+    let Finished {
+        dir,
+        data_dir,
+        options,
+        nodes,
+        seconds,
+        events,
+        mut verdicts,
+        errors,
+        windows,
+    } = run;
+    let workload = options.workload;
     verdicts.push(node_log_verdict(&dir.join("nodes")));
     for e in &errors {
         if let Some(v) = verdicts.first_mut() {
@@ -278,8 +330,8 @@ pub async fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
     let results = Results {
         workload: workload.name().to_string(),
         seed: options.seed,
-        nodes: options.nodes,
-        seconds: recorder.elapsed_ns() as f64 / 1e9,
+        nodes,
+        seconds,
         nemesis: options
             .nemesis
             .iter()
@@ -288,7 +340,7 @@ pub async fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
         valid,
         operations: report::counts(&events),
         latency_ms: report::latency(&events),
-        faults: nemesis.windows.clone(),
+        faults: windows,
         verdicts,
         errors,
     };
@@ -304,16 +356,4 @@ pub async fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
         let _ = std::fs::remove_dir_all(&data_dir);
     }
     Ok(RunOutcome { dir, results })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn timestamps_look_like_iso_basic() {
-        let t = timestamp();
-        assert_eq!(t.len(), 16, "{t}");
-        assert!(t.starts_with("20") && t.ends_with('Z') && t.as_bytes()[8] == b'T');
-    }
 }

@@ -76,3 +76,9 @@ fn queue_loses_nothing_acknowledged_under_faults() {
 fn stream_reads_back_every_append_under_faults() {
     short_run(Workload::Stream, 23, &[FaultKind::Storage]);
 }
+
+#[test]
+fn regions_converge_under_partitions_and_leader_kills() {
+    // Three regions of three nodes; partitions between regions, leader kills, WAN latency.
+    short_run(Workload::Regions, 29, &[FaultKind::Latency]);
+}

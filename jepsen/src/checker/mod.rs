@@ -6,6 +6,7 @@ pub mod counter;
 pub mod lease;
 pub mod linearizable;
 pub mod queue;
+pub mod regions;
 pub mod register;
 pub mod stream;
 

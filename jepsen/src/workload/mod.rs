@@ -8,6 +8,7 @@ mod bank;
 mod counter;
 mod lease;
 mod queue;
+pub mod regions;
 mod register;
 mod stream;
 
@@ -39,6 +40,9 @@ pub enum Workload {
     /// Appends to a partitioned stream, read back in order without gaps (alias: set).
     #[value(alias = "set")]
     Stream,
+    /// Several regions (`--regions`): conflicting KV writes and counter increments in every
+    /// region under partitions between regions; checked for convergence and the merge rules.
+    Regions,
 }
 
 impl Workload {
@@ -59,6 +63,7 @@ impl Workload {
             Workload::Lease => "lease",
             Workload::Queue => "queue",
             Workload::Stream => "stream",
+            Workload::Regions => "regions",
         }
     }
 }
@@ -135,6 +140,8 @@ pub struct WorkerState {
     pub(crate) to_ack: VecDeque<(String, Vec<u8>, u32)>,
     /// Stream: the highest offset seen per partition.
     pub(crate) high_watermarks: BTreeMap<u32, u64>,
+    /// Regions: the region this worker's client talks to.
+    pub(crate) region: Option<String>,
 }
 
 /// How long one operation may take before it is recorded as unknown (or failed, for a read).
@@ -186,7 +193,7 @@ impl Workload {
     /// Creates what the workload needs, before any fault.
     pub async fn setup(self, client: &Client, recorder: &Recorder, shared: &Shared) -> Result<(), String> {
         match self {
-            Workload::Register | Workload::Counter | Workload::Lease => Ok(()),
+            Workload::Register | Workload::Counter | Workload::Lease | Workload::Regions => Ok(()),
             Workload::Bank => bank::setup(client, recorder, shared).await,
             Workload::Queue => queue::setup(client).await,
             Workload::Stream => stream::setup(client).await,
@@ -201,6 +208,7 @@ impl Workload {
             Workload::Lease => lease::plan(shared, state, rng, process),
             Workload::Queue => queue::plan(shared, state, rng),
             Workload::Stream => stream::plan(shared, state, rng),
+            Workload::Regions => regions::plan(shared, state, rng),
         }
     }
 
@@ -212,6 +220,7 @@ impl Workload {
             Workload::Lease => lease::invoke(client, planned, state).await,
             Workload::Queue => queue::invoke(client, planned, state).await,
             Workload::Stream => stream::invoke(client, planned, state).await,
+            Workload::Regions => regions::invoke(client, planned).await,
         }
     }
 
@@ -224,6 +233,8 @@ impl Workload {
             Workload::Lease => lease::finish(client, recorder).await,
             Workload::Queue => queue::finish(client, recorder).await,
             Workload::Stream => stream::finish(client, recorder).await,
+            // Every region reads at the end; `crate::regions::run` does it with each region's client.
+            Workload::Regions => Err("the regions workload runs with --regions".into()),
         }
     }
 
@@ -236,6 +247,7 @@ impl Workload {
             Workload::Lease => crate::checker::lease::check(&ops),
             Workload::Queue => crate::checker::queue::check(&ops),
             Workload::Stream => crate::checker::stream::check(&ops),
+            Workload::Regions => crate::checker::regions::check(&ops),
         }
     }
 }

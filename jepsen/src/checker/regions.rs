@@ -1,0 +1,259 @@
+//! The multi-region workload's checker: convergence and the merge rules, from the history.
+//!
+//! - **Convergence**: after the heal every region reports the same digest, and every region's
+//!   final reads are identical.
+//! - **Counters** (PN-counter): the converged value lies between the increments acknowledged in
+//!   any region and those that may have been applied (acknowledged or unknown): none lost, none
+//!   counted twice.
+//! - **KV** (last-writer-wins): a key's converged value was written (acknowledged or unknown) —
+//!   no phantom; a key with an acknowledged write has a value (the workload never deletes); and
+//!   the winner was not overwritten *causally*: a value that a region had seen (written or read)
+//!   before that same region acknowledged a later write of the key cannot be the winner, since
+//!   that later write's version is above it in every region.
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Value};
+
+use super::{int, text, Verdict};
+use crate::history::{Operation, Outcome};
+
+pub fn check(ops: &[Operation]) -> Verdict {
+    let mut verdict = Verdict::new("regions");
+
+    match ops.iter().find(|o| o.f == "converge") {
+        Some(op) if op.is_ok() => {}
+        Some(op) => verdict.problem(format!(
+            "regions did not converge after the heal: {}",
+            op.result()
+                .map_or_else(|| format!("{:?}", op.outcome), Value::to_string)
+        )),
+        None => verdict.undecided("no convergence check in the history".into()),
+    }
+
+    let finals: Vec<&Value> = ops
+        .iter()
+        .filter(|o| o.f == "final")
+        .filter_map(Operation::result)
+        .collect();
+    let Some(first) = finals.first() else {
+        verdict.undecided("no final reads".into());
+        return verdict;
+    };
+    for other in &finals[1..] {
+        if other["keys"] != first["keys"] || other["hits"] != first["hits"] {
+            verdict.problem(format!(
+                "regions disagree after converging: {} has {}, {} has {}",
+                text(first, "region").unwrap_or("?"),
+                json!({"keys": first["keys"], "hits": first["hits"]}),
+                text(other, "region").unwrap_or("?"),
+                json!({"keys": other["keys"], "hits": other["hits"]}),
+            ));
+        }
+    }
+
+    // Counters: between what was acknowledged and what was attempted.
+    let adds = ops.iter().filter(|o| o.f == "add");
+    let (mut acked, mut maybe) = (0i64, 0i64);
+    for op in adds {
+        let delta = int(&op.value, "delta").unwrap_or(0);
+        match op.outcome {
+            Outcome::Ok(_) => acked += delta,
+            Outcome::Info => maybe += delta,
+            Outcome::Fail => {}
+        }
+    }
+    for f in &finals {
+        let hits = int(f, "hits").unwrap_or(0);
+        if hits < acked || hits > acked + maybe {
+            verdict.problem(format!(
+                "counter in {}: {hits} outside [{acked}, {}] (acknowledged .. attempted in every region)",
+                text(f, "region").unwrap_or("?"),
+                acked + maybe
+            ));
+        }
+    }
+
+    // KV: no phantom, nothing acknowledged lost, no causally earlier winner.
+    let mut written: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    let mut acked_keys: BTreeMap<&str, bool> = BTreeMap::new();
+    for op in ops.iter().filter(|o| o.f == "put" && o.outcome != Outcome::Fail) {
+        if let (Some(key), Some(v)) = (text(&op.value, "key"), text(&op.value, "value")) {
+            written.entry(key).or_default().push(v);
+            if op.is_ok() {
+                acked_keys.insert(key, true);
+            }
+        }
+    }
+    // (region, key) -> (value seen, when the region had it): acknowledged puts and reads.
+    let mut seen: Vec<(&str, &str, &str, u64)> = Vec::new();
+    for op in ops.iter().filter(|o| o.is_ok() && (o.f == "put" || o.f == "read")) {
+        let (Some(region), Some(key), Some(done)) = (text(&op.value, "region"), text(&op.value, "key"), op.complete_ns)
+        else {
+            continue;
+        };
+        let value = if op.f == "put" {
+            text(&op.value, "value")
+        } else {
+            op.result().and_then(|r| text(r, "value"))
+        };
+        if let Some(value) = value {
+            seen.push((region, key, value, done));
+        }
+    }
+    let later_put = |region: &str, key: &str, after: u64, value: &str| {
+        ops.iter().any(|o| {
+            o.f == "put"
+                && o.is_ok()
+                && o.invoke_ns > after
+                && text(&o.value, "region") == Some(region)
+                && text(&o.value, "key") == Some(key)
+                && text(&o.value, "value") != Some(value)
+        })
+    };
+    let keys = first["keys"].as_object().cloned().unwrap_or_default();
+    for (key, value) in &keys {
+        match value.as_str() {
+            None if acked_keys.contains_key(key.as_str()) => verdict.problem(format!(
+                "key {key}: an acknowledged write is lost (the key has no value)"
+            )),
+            None => {}
+            Some(v) => {
+                if !written.get(key.as_str()).is_some_and(|w| w.contains(&v)) {
+                    verdict.problem(format!("key {key}: converged on {v:?}, which was never written"));
+                }
+                for (region, _, _, at) in seen.iter().filter(|(_, k, s, _)| k == key && *s == v) {
+                    if later_put(region, key, *at, v) {
+                        verdict.problem(format!(
+                            "key {key}: converged on {v:?}, though region {region} had it at {:.3}s and then \
+                             acknowledged a later write of the key (a causally earlier write won)",
+                            *at as f64 / 1e9
+                        ));
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    verdict.stats = json!({
+        "regions": finals.len(),
+        "keys": keys.len(),
+        "increments_acknowledged": acked,
+        "increments_unknown": maybe,
+    });
+    verdict
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::checker::Validity;
+    use crate::history::build::HistoryBuilder;
+    use crate::workload::FINAL_PROCESS;
+
+    fn finals(h: &mut HistoryBuilder, keys: Value, hits: i64) {
+        h.call(FINAL_PROCESS - 1, "converge", json!({}), json!({"digests": {}}));
+        for region in ["us", "eu"] {
+            h.call(
+                FINAL_PROCESS,
+                "final",
+                json!({"region": region}),
+                json!({"region": region, "keys": keys, "hits": hits}),
+            );
+        }
+    }
+
+    fn put(h: &mut HistoryBuilder, p: u64, region: &str, key: &str, value: &str) {
+        let v = json!({"region": region, "key": key, "value": value});
+        h.call(p, "put", v.clone(), v);
+    }
+
+    fn base() -> HistoryBuilder {
+        let mut h = HistoryBuilder::new();
+        put(&mut h, 1, "us", "k0", "us-1");
+        put(&mut h, 2, "eu", "k0", "eu-1");
+        h.call(
+            1,
+            "add",
+            json!({"region": "us", "key": "hits", "delta": 2}),
+            json!({"value": 2}),
+        );
+        h.invoke(2, "add", json!({"region": "eu", "key": "hits", "delta": 3}))
+            .info(2, "add");
+        h
+    }
+
+    #[test]
+    fn a_converged_history_passes() {
+        let mut h = base();
+        finals(&mut h, json!({"k0": "eu-1"}), 5);
+        let v = check(&h.ops());
+        assert_eq!(v.validity, Validity::Valid, "{:?}", v.problems);
+        let mut h = base();
+        finals(&mut h, json!({"k0": "us-1"}), 2);
+        assert_eq!(check(&h.ops()).validity, Validity::Valid, "the unknown add may be lost");
+    }
+
+    #[test]
+    fn a_lost_increment_and_a_double_count_are_caught() {
+        let mut h = base();
+        finals(&mut h, json!({"k0": "eu-1"}), 1);
+        assert_eq!(check(&h.ops()).validity, Validity::Invalid);
+        let mut h = base();
+        finals(&mut h, json!({"k0": "eu-1"}), 8);
+        assert_eq!(check(&h.ops()).validity, Validity::Invalid);
+    }
+
+    #[test]
+    fn phantoms_lost_writes_and_disagreement_are_caught() {
+        let mut h = base();
+        finals(&mut h, json!({"k0": "nobody-wrote-this"}), 5);
+        assert_eq!(check(&h.ops()).validity, Validity::Invalid);
+        let mut h = base();
+        finals(&mut h, json!({"k0": null}), 5);
+        assert_eq!(check(&h.ops()).validity, Validity::Invalid);
+        let mut h = base();
+        h.call(FINAL_PROCESS - 1, "converge", json!({}), json!({}));
+        h.call(
+            FINAL_PROCESS,
+            "final",
+            json!({"region": "us"}),
+            json!({"region": "us", "keys": {"k0": "us-1"}, "hits": 5}),
+        );
+        h.call(
+            FINAL_PROCESS,
+            "final",
+            json!({"region": "eu"}),
+            json!({"region": "eu", "keys": {"k0": "eu-1"}, "hits": 5}),
+        );
+        assert_eq!(check(&h.ops()).validity, Validity::Invalid);
+    }
+
+    #[test]
+    fn a_causally_earlier_winner_is_caught() {
+        let mut h = HistoryBuilder::new();
+        put(&mut h, 1, "us", "k0", "us-1");
+        // eu reads us-1, then writes over it: us-1 can no longer win.
+        h.call(
+            2,
+            "read",
+            json!({"region": "eu", "key": "k0"}),
+            json!({"region": "eu", "key": "k0", "value": "us-1"}),
+        );
+        put(&mut h, 2, "eu", "k0", "eu-2");
+        finals(&mut h, json!({"k0": "us-1"}), 0);
+        let v = check(&h.ops());
+        assert_eq!(v.validity, Validity::Invalid);
+        assert!(v.problems[0].contains("causally earlier"), "{:?}", v.problems);
+    }
+
+    #[test]
+    fn no_convergence_is_a_violation() {
+        let mut h = base();
+        h.invoke(FINAL_PROCESS - 1, "converge", json!({}))
+            .fail(FINAL_PROCESS - 1, "converge");
+        assert_eq!(check(&h.ops()).validity, Validity::Invalid);
+    }
+}
