@@ -265,6 +265,17 @@ impl NodeConfig {
         .map_err(|e| ConfigError::Invalid(e.to_string()))
     }
 
+    /// How this node's region stands among regions, for the apply logic.
+    pub fn region_role(&self) -> basalt_storage::apply::RegionRole {
+        self.region
+            .as_ref()
+            .map_or_else(Default::default, |r| basalt_storage::apply::RegionRole {
+                id: r.id,
+                replicated: true,
+                remotes: r.remotes.len() as u16,
+            })
+    }
+
     /// The address other nodes and clients use to reach this node.
     pub fn advertised_addr(&self) -> String {
         self.peers

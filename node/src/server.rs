@@ -21,7 +21,6 @@ use basalt_raft::network::{NetworkFactory, RaftGrpcService};
 use basalt_raft::state_machine::StateMachine;
 use basalt_raft::Raft;
 use basalt_replication::pb::region_feed_server::RegionFeedServer;
-use basalt_storage::apply::RegionRole;
 use basalt_storage::command::{Command, Op, Response};
 use basalt_storage::hlc::Hlc;
 use basalt_storage::log::LogOptions;
@@ -99,10 +98,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
     config.validate()?;
     let _lock = lock_data_dir(&config.data_dir)?;
     let clock = Arc::new(Hlc::with_skew(config.region.as_ref().map_or(0, |r| r.clock_skew_ms)));
-    let region_role = config.region.as_ref().map_or_else(RegionRole::default, |r| RegionRole {
-        id: r.id,
-        replicated: true,
-    });
+    let region_role = config.region_role();
     let log_store = LogStore::open(
         &config.data_dir.join("log"),
         LogOptions {
@@ -245,7 +241,8 @@ const COMPACT_LIMIT: u32 = 4 * basalt_storage::apply::SWEEP_LIMIT;
 /// While leader: every second, proposes a sweep for each expiry index with something due (KV
 /// TTLs, rate-limit keys back to full, timed-out pending transfers, dedup ids, group members,
 /// stream retention) and a KV history compaction when it is longer than configured; every
-/// `SESSION_SWEEP_EVERY_S` seconds, one step of the idle-session sweep. All decide from the entry
+/// `SESSION_SWEEP_EVERY_S` seconds, one step of the idle-session sweep. In a region among
+/// several, also the collection of KV tombstones every other region has shipped past. All decide from the entry
 /// stamp (or carry their bound), so every replica removes the same keys at the same log position.
 async fn sweeper(api: Api, config: NodeConfig, stop: tokio::sync::watch::Receiver<bool>) {
     let session_idle_ms = config.session_idle_ms;
@@ -283,6 +280,16 @@ async fn sweeper(api: Api, config: NodeConfig, stop: tokio::sync::watch::Receive
             }
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "reading the kv history"),
+        }
+        if config.region.is_some() {
+            match basalt_storage::apply::replication::tombstone_gc_due(&api.store, config.region_role(), COMPACT_LIMIT)
+            {
+                Ok(Some(op)) => {
+                    propose_sweep(&api, op).await;
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "reading the kv tombstones"),
+            }
         }
         if ticks.is_multiple_of(SESSION_SWEEP_EVERY_S) {
             let op = Op::SessionSweep {

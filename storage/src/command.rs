@@ -273,6 +273,13 @@ pub enum Op {
     ReplApply {
         batch: ShipBatch,
     },
+    /// Forgets KV tombstones stamped below `below` (at most `limit`): every other region has
+    /// shipped past that stamp, so no write still to come can be older than them. Proposed by
+    /// the leader.
+    KvTombstoneGc {
+        below: u64,
+        limit: u32,
+    },
     /// Forgets this region's feed entries at or below `upto` (every other region has them), at
     /// most `limit`. Proposed by the leader.
     ReplTrim {
@@ -556,6 +563,7 @@ impl std::fmt::Display for Command {
                 if batch.resync { " (re-sync)" } else { "" }
             ),
             Op::ReplTrim { upto, limit } => write!(f, "feed trim up to {upto} (limit {limit})"),
+            Op::KvTombstoneGc { below, limit } => write!(f, "kv tombstones below stamp {below} (limit {limit})"),
         }
     }
 }

@@ -36,6 +36,7 @@ fn partitioned_regions_keep_serving_and_converge_after_the_heal() {
         }
         // Something replicated before the partition.
         clients[0].kv().put("before", "us").await.expect("put");
+        clients[0].kv().put("doomed", "us").await.expect("put");
         regions.wait_converged(Duration::from_secs(30)).await;
         assert_eq!(
             clients[2].kv().get("before").await.expect("get").map(|e| e.value),
@@ -79,6 +80,10 @@ fn partitioned_regions_keep_serving_and_converge_after_the_heal() {
             .entry("shared-1".into())
             .or_default()
             .push(b"eu-after-us-delete".to_vec());
+        // A delete in ap alone: ap keeps its tombstone while it cannot hear from the others.
+        clients[2].kv().delete("doomed").await.expect("delete");
+        let ap = regions.status("ap").await.expect("ap status");
+        assert!(ap.tombstones >= 1, "{ap:?}");
         // Local reads during the partition see local writes.
         assert_eq!(
             clients[1].kv().get("shared-1").await.expect("read").map(|e| e.value),
@@ -113,6 +118,7 @@ fn partitioned_regions_keep_serving_and_converge_after_the_heal() {
                     );
                 }
             }
+            assert_eq!(client.kv().get("doomed").await.expect("get"), None);
             // The delete came first and the later write won.
             assert_eq!(
                 client.kv().get("shared-1").await.expect("get").map(|e| e.value),
@@ -122,6 +128,24 @@ fn partitioned_regions_keep_serving_and_converge_after_the_heal() {
         let status = regions.status("us").await.expect("status");
         assert_eq!(status.links.len(), 2);
         assert!(status.links.iter().all(|l| l.acked_upto.is_some() && l.merged_upto > 0));
+
+        // The delete's tombstone is collected everywhere once every region has shipped past it
+        // (idle regions record their frontier with a heartbeat every 5 s).
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        for name in names {
+            loop {
+                let kept = regions.status(name).await.map_or(u64::MAX, |s| s.tombstones);
+                if kept == 0 {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{name} still keeps {kept} tombstones"
+                );
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+        assert_eq!(regions.wait_converged(Duration::from_secs(10)).await, digest);
     });
 }
 

@@ -173,16 +173,19 @@ pub async fn status(api: &Api, with_digest: bool) -> Result<basalt_client::pb::R
         });
     };
     let store = api.store.clone();
-    let (trimmed, sources, digest) = tokio::task::spawn_blocking(move || {
+    let (trimmed, sources, digest, tombstones) = tokio::task::spawn_blocking(move || {
         let view = store.view();
         let trimmed = feed_trimmed_upto(&view)?;
         let sources = source_states(&view)?;
-        let digest = if with_digest {
-            basalt_storage::apply::replication::digest(&view)?.to_hex()
+        let (digest, tombstones) = if with_digest {
+            (
+                basalt_storage::apply::replication::digest(&view)?.to_hex(),
+                basalt_storage::apply::replication::tombstone_count(&view)?,
+            )
         } else {
-            String::new()
+            (String::new(), 0)
         };
-        Ok::<_, basalt_storage::state::StoreError>((trimmed, sources, digest))
+        Ok::<_, basalt_storage::state::StoreError>((trimmed, sources, digest, tombstones))
     })
     .await
     .map_err(|e| crate::api::status(ErrorCode::Internal, e.to_string()))?
@@ -239,5 +242,6 @@ pub async fn status(api: &Api, with_digest: bool) -> Result<basalt_client::pb::R
         feed_trimmed_upto: trimmed,
         digest,
         links,
+        tombstones,
     })
 }

@@ -25,6 +25,9 @@ use crate::api::Api;
 /// link from being limited to one Raft commit per batch.
 const COALESCE_ENTRIES: usize = 4096;
 
+/// How far (5 s of HLC time) an idle source's frontier must move before a heartbeat records it.
+const FRONTIER_STEP: u64 = 5_000 << 16;
+
 #[derive(Clone)]
 pub struct FeedReceiver {
     pub api: Api,
@@ -54,15 +57,20 @@ impl FeedReceiver {
             return not_leader();
         }
         if batch.entries.is_empty() && !batch.resync {
-            // A heartbeat: the watermark is what is applied here; no entry is needed.
-            return match source_state(&self.api.store, batch.source) {
-                Ok(state) => FeedAck {
-                    applied_upto: state.applied_upto,
-                    not_leader: false,
-                    error: String::new(),
-                },
-                Err(e) => ack_error(format!("reading the watermark: {e}")),
-            };
+            // A heartbeat: the watermark is what is applied here, so no entry is needed, unless
+            // the source's frontier moved on enough to be worth recording (tombstone collection
+            // waits on it while the source writes nothing).
+            match source_state(&self.api.store, batch.source) {
+                Ok(state) if batch.frontier < state.frontier.saturating_add(FRONTIER_STEP) => {
+                    return FeedAck {
+                        applied_upto: state.applied_upto,
+                        not_leader: false,
+                        error: String::new(),
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => return ack_error(format!("reading the watermark: {e}")),
+            }
         }
         let stamps: Vec<u64> = if batch.resync {
             Vec::new()

@@ -106,6 +106,18 @@ pub fn tombstone<S: StoreRead + ?Sized>(store: &S, key: &[u8]) -> Result<Option<
 
 pub(crate) fn write_tombstone<S: StoreRead>(view: &mut View<'_, S>, key: &[u8], version: Version) {
     super::save(view, Table::KvTombstone, key.to_vec(), &version);
+    view.put(
+        Table::KvTombstoneByStamp,
+        tombstone_index_key(version.stamp, key),
+        Vec::new(),
+    );
+}
+
+/// `(stamp BE, key)`: where a tombstone is found by its stamp.
+pub fn tombstone_index_key(stamp: u64, key: &[u8]) -> Vec<u8> {
+    let mut k = stamp.to_be_bytes().to_vec();
+    k.extend_from_slice(key);
+    k
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -159,6 +159,9 @@ const LAST_STAMP_KEY: &[u8] = b"last_stamp";
 pub struct RegionRole {
     pub id: RegionId,
     pub replicated: bool,
+    /// How many other regions there are: a tombstone is collected only once every one of them
+    /// has shipped past it.
+    pub remotes: u16,
 }
 
 impl Default for RegionRole {
@@ -167,6 +170,7 @@ impl Default for RegionRole {
         RegionRole {
             id: 1,
             replicated: false,
+            remotes: 0,
         }
     }
 }
@@ -294,6 +298,7 @@ fn apply_op<S: StoreRead>(view: &mut View<'_, S>, ctx: OpContext, op: &Op) -> Re
         Op::KvSweepExpired { limit } => kv::sweep_expired(view, index, now_ms, ctx.region, *limit)?,
         Op::ReplApply { batch } => replication::apply_remote(view, index, now_ms, ctx.region, batch)?,
         Op::ReplTrim { upto, limit } => replication::trim(view, *upto, *limit)?,
+        Op::KvTombstoneGc { below, limit } => replication::collect_tombstones(view, *below, *limit)?,
         Op::KvCompact { below, limit } => kv::compact(view, *below, *limit)?,
         Op::QueueConfigure { queue, config } => queue::configure(view, queue, config)?,
         Op::QueueEnqueue { queue, messages } => queue::enqueue(view, index, now_ms, queue, messages)?,
@@ -492,7 +497,8 @@ pub fn validate_op(op: &Op) -> Result<(), OpError> {
         | Op::QueueDedupSweep { .. }
         | Op::StreamRetention { .. }
         | Op::GroupSweep { .. }
-        | Op::ReplTrim { .. } => Ok(()),
+        | Op::ReplTrim { .. }
+        | Op::KvTombstoneGc { .. } => Ok(()),
         Op::ReplApply { batch } => {
             if batch.entries.len() > BATCH_ITEMS_MAX {
                 return Err(OpError::BatchTooLarge {

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::counter::{decode_pn, encode_pn};
 use super::kv::{store_tombstone, store_value, tombstone};
 use super::{decode, load, save, RegionRole, View, WriteSet};
-use crate::command::{OpError, Response};
+use crate::command::{Op, OpError, Response};
 use crate::state::{KeyRange, KvRecord, StoreError, StoreRead, Table};
 
 /// How far this region has merged one other region's feed.
@@ -180,6 +180,78 @@ fn merge_effect<S: StoreRead>(
     Ok(())
 }
 
+/// The stamp below which this region may forget tombstones: the lowest frontier over every other
+/// region (`None` until each of them has shipped at least once). Every write still to come from a
+/// region is stamped above its frontier, and this region's own writes above what it has seen, so
+/// no write a tombstone below the horizon would have to beat can still arrive.
+pub fn tombstone_horizon<S: StoreRead + ?Sized>(store: &S, region: RegionRole) -> Result<Option<u64>, StoreError> {
+    if !region.replicated || region.remotes == 0 {
+        return Ok(None);
+    }
+    let sources = source_states(store)?;
+    let heard: Vec<u64> = sources
+        .iter()
+        .filter(|(id, s)| *id != region.id && s.frontier > 0)
+        .map(|(_, s)| s.frontier)
+        .collect();
+    if heard.len() < usize::from(region.remotes) {
+        return Ok(None);
+    }
+    Ok(heard.into_iter().min())
+}
+
+/// The collection to propose now, if a tombstone lies below the horizon.
+pub fn tombstone_gc_due<S: StoreRead + ?Sized>(
+    store: &S,
+    region: RegionRole,
+    limit: u32,
+) -> Result<Option<Op>, StoreError> {
+    let Some(below) = tombstone_horizon(store, region)? else {
+        return Ok(None);
+    };
+    let first = store.scan(Table::KvTombstoneByStamp, &KeyRange::all(), 1)?;
+    let oldest = first
+        .first()
+        .and_then(|(k, _)| k.get(..8))
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes);
+    Ok(oldest
+        .filter(|s| *s < below)
+        .map(|_| Op::KvTombstoneGc { below, limit }))
+}
+
+/// Forgets tombstones stamped below `below`, at most `limit` index entries.
+pub(crate) fn collect_tombstones<S: StoreRead>(
+    view: &mut View<'_, S>,
+    below: u64,
+    limit: u32,
+) -> Result<Response, StoreError> {
+    let due = view.scan(
+        Table::KvTombstoneByStamp,
+        &KeyRange::between(Vec::new(), below.to_be_bytes().to_vec()),
+        limit as usize,
+    )?;
+    let mut removed = 0u32;
+    for (index_key, _) in due {
+        let (Some(stamp), Some(key)) = (
+            index_key
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes),
+            index_key.get(8..),
+        ) else {
+            continue;
+        };
+        // Only the tombstone this entry was written for: a later tombstone has its own entry.
+        if tombstone(view, key)?.is_some_and(|v| v.stamp == stamp) {
+            view.delete(Table::KvTombstone, key.to_vec());
+            removed += 1;
+        }
+        view.delete(Table::KvTombstoneByStamp, index_key);
+    }
+    Ok(Response::Swept { removed })
+}
+
 const TRIMMED_KEY: &[u8] = b"repl_feed_trimmed_upto";
 
 /// The feed holds every entry after this position: a region whose watermark is below it can no
@@ -292,6 +364,11 @@ pub fn state_as_effects<S: StoreRead + ?Sized>(
         out.push((key, effects));
     }
     Ok(out)
+}
+
+/// How many KV tombstones this region keeps.
+pub fn tombstone_count<S: StoreRead + ?Sized>(store: &S) -> Result<u64, StoreError> {
+    Ok(store.scan(Table::KvTombstone, &KeyRange::all(), usize::MAX)?.len() as u64)
 }
 
 /// The tables whose contents a full re-sync ships.

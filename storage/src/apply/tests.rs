@@ -45,7 +45,7 @@ pub(super) fn put(key: &str, value: &str) -> Op {
 /// Applies commands one entry per batch, committing after each, like the state machine does.
 pub(super) struct Harness {
     pub(super) store: MemStore,
-    applier: Applier,
+    pub(super) applier: Applier,
     pub(super) index: u64,
 }
 

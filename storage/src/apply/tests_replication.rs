@@ -11,7 +11,11 @@ use crate::command::{CounterAction, CounterOp};
 use crate::state::KvRecord;
 
 fn region(id: u16) -> Harness {
-    Harness::in_region(RegionRole { id, replicated: true })
+    Harness::in_region(RegionRole {
+        id,
+        replicated: true,
+        remotes: 2,
+    })
 }
 
 fn delete(key: &str) -> Op {
@@ -306,6 +310,44 @@ fn trim_forgets_only_what_is_at_or_below_the_watermark() {
     assert_eq!(feed_first(&us.store).expect("first"), Some(5));
 }
 
+#[test]
+fn tombstones_are_collected_once_every_other_region_has_shipped_past_them() {
+    let mut us = region(1);
+    let mut eu = region(2);
+    let mut ap = region(3);
+    us.apply(cmd(100, put("k", "v")));
+    us.apply(cmd(110, delete("k")));
+    let tomb = kv::tombstone(&us.store, b"k").expect("get").expect("tombstone");
+    let role = us.applier.region();
+    assert_eq!(replication::tombstone_horizon(&us.store, role).expect("horizon"), None);
+    // eu has shipped, ap not yet: nothing may be collected.
+    eu.apply(cmd(200, incr_op("c", 1)));
+    ship(&eu, 2, &mut us, 210);
+    assert_eq!(replication::tombstone_gc_due(&us.store, role, 100).expect("due"), None);
+    // An ap batch cut before the delete does not allow it either.
+    ap.apply(cmd(105, incr_op("c", 1)));
+    ship(&ap, 3, &mut us, 211);
+    assert!(replication::tombstone_horizon(&us.store, role).expect("horizon") <= Some(tomb.stamp));
+    assert_eq!(replication::tombstone_gc_due(&us.store, role, 100).expect("due"), None);
+    // Once ap's frontier is past the tombstone, it goes.
+    ap.apply(cmd(300, incr_op("c", 1)));
+    ship(&ap, 3, &mut us, 310);
+    let gc = replication::tombstone_gc_due(&us.store, role, 100)
+        .expect("due")
+        .expect("collectable");
+    assert_eq!(us.apply(cmd(320, gc)), Response::Swept { removed: 1 });
+    assert_eq!(kv::tombstone(&us.store, b"k").expect("get"), None);
+    assert!(us
+        .store
+        .scan(Table::KvTombstoneByStamp, &KeyRange::all(), 10)
+        .expect("scan")
+        .is_empty());
+    // A later write still lands, and wins everywhere.
+    eu.apply(cmd(400, put("k", "new")));
+    ship(&eu, 2, &mut us, 410);
+    assert_eq!(value(&us, "k"), Some(b"new".to_vec()));
+}
+
 #[derive(Clone, Debug)]
 enum Action {
     Put { region: usize, key: u8, value: u8 },
@@ -313,6 +355,7 @@ enum Action {
     Incr { region: usize, key: u8, delta: i8 },
     Ship { from: usize, to: usize, duplicate: bool },
     Tick { region: usize, ms: u8 },
+    CollectTombstones { region: usize },
 }
 
 fn action() -> impl Strategy<Value = Action> {
@@ -322,13 +365,14 @@ fn action() -> impl Strategy<Value = Action> {
         (0usize..3, 0u8..2, any::<i8>()).prop_map(|(region, key, delta)| Action::Incr { region, key, delta }),
         (0usize..3, 0usize..3, any::<bool>()).prop_map(|(from, to, duplicate)| Action::Ship { from, to, duplicate }),
         (0usize..3, 0u8..50).prop_map(|(region, ms)| Action::Tick { region, ms }),
+        (0usize..3).prop_map(|region| Action::CollectTombstones { region }),
     ]
 }
 
 proptest! {
-    /// Whatever the writes, clocks and shipping order (with batches shipped again), once every
-    /// region has shipped everything to every other, all regions hold the same data, and every
-    /// counter is the sum of every increment made anywhere.
+    /// Whatever the writes, clocks and shipping order (with batches shipped again), and whenever
+    /// tombstones are collected, once every region has shipped everything to every other, all
+    /// regions hold the same data, and every counter is the sum of every increment made anywhere.
     #[test]
     fn regions_converge_whatever_the_order(actions in proptest::collection::vec(action(), 1..60)) {
         let mut regions: Vec<Harness> = (1..=3).map(region).collect();
@@ -357,6 +401,13 @@ proptest! {
                 }
                 Action::Ship { .. } => {}
                 Action::Tick { region, ms } => clocks[region] += u64::from(ms),
+                Action::CollectTombstones { region } => {
+                    let role = regions[region].applier.region();
+                    if let Some(op) = replication::tombstone_gc_due(&regions[region].store, role, 100).expect("due") {
+                        clocks[region] += 1;
+                        regions[region].apply(cmd(clocks[region], op));
+                    }
+                }
             }
         }
         for _ in 0..2 {

@@ -66,6 +66,9 @@ pub enum Table {
     /// KV key -> the [`Version`] of the delete (or expiry) that removed it, so that an older
     /// write arriving from another region cannot bring it back. Kept only in multi-region mode.
     KvTombstone,
+    /// `(tombstone stamp BE, key)`: tombstones in stamp order, for their collection. An entry may
+    /// outlive its tombstone (a later write replaced it); collection checks.
+    KvTombstoneByStamp,
     /// `(log index BE)` -> [`basalt_replication::FeedEntry`]: this region's change feed, kept
     /// until every other region has acknowledged it.
     ReplFeed,
@@ -75,7 +78,7 @@ pub enum Table {
 }
 
 impl Table {
-    pub const ALL: [Table; 30] = [
+    pub const ALL: [Table; 31] = [
         Table::Meta,
         Table::Kv,
         Table::KvExpiry,
@@ -104,6 +107,7 @@ impl Table {
         Table::StreamOffset,
         Table::StreamGroupExpiry,
         Table::KvTombstone,
+        Table::KvTombstoneByStamp,
         Table::ReplFeed,
         Table::ReplSource,
     ];
@@ -138,6 +142,7 @@ impl Table {
             Table::StreamOffset => "stream_offset",
             Table::StreamGroupExpiry => "stream_group_expiry",
             Table::KvTombstone => "kv_tombstone",
+            Table::KvTombstoneByStamp => "kv_tombstone_by_stamp",
             Table::ReplFeed => "repl_feed",
             Table::ReplSource => "repl_source",
         }
