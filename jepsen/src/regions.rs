@@ -19,7 +19,7 @@ use serde_json::json;
 use crate::cluster::{io, Cluster};
 use crate::history::{EventType, Recorder, NEMESIS};
 use crate::nemesis::{FaultKind, FaultWindow};
-use crate::run::{create_dir, finish_run, timestamp, Finished, RunError, RunOptions, RunOutcome, Worker};
+use crate::run::{create_dir, finish_run, spawn_workers, timestamp, Finished, RunError, RunOptions, RunOutcome};
 use crate::workload::regions::final_read;
 use crate::workload::{perform, Completion, Shared, FINAL_PROCESS};
 
@@ -136,26 +136,14 @@ pub async fn run(options: RunOptions, regions_count: usize) -> Result<RunOutcome
     let shared = Arc::new(Shared::default());
     let end_ns = recorder.elapsed_ns() + u64::try_from(options.time.as_nanos()).unwrap_or(u64::MAX);
     let concurrency = options.concurrency.max(count as u64);
-    let pause_mean = Duration::from_secs_f64(concurrency as f64 / options.rate.max(0.1));
     let done = Arc::new(AtomicU64::new(0));
-    let mut workers = Vec::new();
-    for w in 0..concurrency {
-        let region = &regions[w as usize % count];
-        let worker = Worker {
-            workload: options.workload,
-            region: Some(region.name.to_string()),
-            client: region.cluster.client()?,
-            recorder: recorder.clone(),
-            shared: shared.clone(),
-            first_process: w + 1,
-            concurrency,
-            rng: StdRng::seed_from_u64(options.seed.wrapping_mul(31).wrapping_add(w)),
-            pause_mean,
-            end_ns,
-            done: done.clone(),
-        };
-        workers.push(tokio::spawn(worker.run()));
-    }
+    let clients = (0..concurrency as usize)
+        .map(|w| {
+            let region = &regions[w % count];
+            Ok((region.cluster.client()?, Some(region.name.to_string())))
+        })
+        .collect::<Result<Vec<_>, RunError>>()?;
+    let workers = spawn_workers(&options, clients, &recorder, &shared, end_ns, &done);
 
     let windows = nemesis(&options, &mut regions, &admins, &wan, &recorder, end_ns).await;
     for w in workers {

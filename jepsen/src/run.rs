@@ -107,23 +107,23 @@ pub(crate) fn node_log_verdict(dir: &Path) -> Verdict {
 }
 
 /// One client process loop; a process whose operation ended unknown is replaced by a new one.
-pub(crate) struct Worker {
-    pub(crate) workload: Workload,
+struct Worker {
+    workload: Workload,
     /// The region whose nodes `client` talks to (multi-region runs).
-    pub(crate) region: Option<String>,
-    pub(crate) client: basalt_client::Client,
-    pub(crate) recorder: Recorder,
-    pub(crate) shared: Arc<Shared>,
-    pub(crate) first_process: u64,
-    pub(crate) concurrency: u64,
-    pub(crate) rng: StdRng,
-    pub(crate) pause_mean: Duration,
-    pub(crate) end_ns: u64,
-    pub(crate) done: Arc<AtomicU64>,
+    region: Option<String>,
+    client: basalt_client::Client,
+    recorder: Recorder,
+    shared: Arc<Shared>,
+    first_process: u64,
+    concurrency: u64,
+    rng: StdRng,
+    pause_mean: Duration,
+    end_ns: u64,
+    done: Arc<AtomicU64>,
 }
 
 impl Worker {
-    pub(crate) async fn run(mut self) {
+    async fn run(mut self) {
         let mut process = self.first_process;
         let fresh = |region: &Option<String>| WorkerState {
             region: region.clone(),
@@ -152,6 +152,40 @@ impl Worker {
             tokio::time::sleep(pause).await;
         }
     }
+}
+
+/// Starts one worker per client (with the region it talks to, if any), until `end_ns`; together
+/// they aim at `options.rate` operations per second.
+pub(crate) fn spawn_workers(
+    options: &RunOptions,
+    clients: Vec<(basalt_client::Client, Option<String>)>,
+    recorder: &Recorder,
+    shared: &Arc<Shared>,
+    end_ns: u64,
+    done: &Arc<AtomicU64>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let concurrency = clients.len() as u64;
+    let pause_mean = Duration::from_secs_f64(concurrency as f64 / options.rate.max(0.1));
+    clients
+        .into_iter()
+        .zip(0u64..)
+        .map(|((client, region), w)| {
+            let worker = Worker {
+                workload: options.workload,
+                region,
+                client,
+                recorder: recorder.clone(),
+                shared: shared.clone(),
+                first_process: w + 1,
+                concurrency,
+                rng: StdRng::seed_from_u64(options.seed.wrapping_mul(31).wrapping_add(w)),
+                pause_mean,
+                end_ns,
+                done: done.clone(),
+            };
+            tokio::spawn(worker.run())
+        })
+        .collect()
 }
 
 pub async fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
@@ -189,26 +223,12 @@ pub async fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
 
     let end_ns = recorder.elapsed_ns() + u64::try_from(options.time.as_nanos()).unwrap_or(u64::MAX);
     let concurrency = options.concurrency.max(1);
-    let pause_mean = Duration::from_secs_f64(concurrency as f64 / options.rate.max(0.1));
     let done = Arc::new(AtomicU64::new(0));
-    let mut workers = Vec::new();
-    for w in 0..concurrency {
-        let client = cluster.lock().await.client()?;
-        let worker = Worker {
-            workload,
-            region: None,
-            client,
-            recorder: recorder.clone(),
-            shared: shared.clone(),
-            first_process: w + 1,
-            concurrency,
-            rng: StdRng::seed_from_u64(options.seed.wrapping_mul(31).wrapping_add(w)),
-            pause_mean,
-            end_ns,
-            done: done.clone(),
-        };
-        workers.push(tokio::spawn(worker.run()));
+    let mut clients = Vec::new();
+    for _ in 0..concurrency {
+        clients.push((cluster.lock().await.client()?, None));
     }
+    let workers = spawn_workers(&options, clients, &recorder, &shared, end_ns, &done);
     let active = Arc::new(Mutex::new(None));
     let mut nemesis = Nemesis {
         kinds: options.nemesis.clone(),
