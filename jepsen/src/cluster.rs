@@ -3,13 +3,14 @@
 //! Clients talk to the nodes directly.
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use basalt_client::{Client, ClientOptions};
+use basalt_node::local_ports::{self, PortError, PortReservation};
 use basalt_regions::{LinkProxy, Links};
 use tokio::process::{Child, Command};
 
@@ -19,8 +20,8 @@ pub const NODE_ENV: &str = "BASALT_JEPSEN_NODE";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
-    #[error("no free port found on 127.0.0.1")]
-    NoFreePort,
+    #[error(transparent)]
+    Port(#[from] PortError),
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
     #[error("no leader within {0:?}")]
@@ -46,6 +47,8 @@ pub struct Cluster {
     pub links: Arc<Links>,
     /// Kept alive for the cluster's lifetime: dropping a proxy closes its connections.
     _proxies: Vec<LinkProxy>,
+    /// Held for the cluster's lifetime: no other cluster takes a port, even while its node is down.
+    _ports: BTreeMap<u64, PortReservation>,
     routes: BTreeMap<u64, String>,
     peers: String,
     binary: PathBuf,
@@ -53,50 +56,29 @@ pub struct Cluster {
     extra_args: Vec<String>,
 }
 
-/// A port below Linux's ephemeral range (32768+), so that no outgoing connection takes it between
-/// this check and the node binding it.
-fn free_port(taken: &mut Vec<u16>) -> Result<u16, ClusterError> {
-    for _ in 0..1000 {
-        let port = rand::random::<u16>() % 12_000 + 20_000;
-        if taken.contains(&port) {
-            continue;
-        }
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            taken.push(port);
-            return Ok(port);
-        }
-    }
-    Err(ClusterError::NoFreePort)
-}
-
 impl Cluster {
     /// Starts `n` nodes (node 1 bootstraps) with their logs in `log_dir` and data in `data_dir`.
     pub async fn start(binary: &Path, n: u64, log_dir: &Path, data_dir: &Path) -> Result<Cluster, ClusterError> {
-        let addrs = Self::reserve(n, &mut Vec::new())?;
-        Self::start_at(binary, addrs, log_dir, data_dir, Vec::new()).await
+        Self::start_at(binary, Self::reserve(n)?, log_dir, data_dir, Vec::new()).await
     }
 
-    /// Chooses free addresses for nodes `1..=n` (none of `taken`), before anything starts: a
-    /// multi-region run needs every region's addresses to wire the regions together.
-    pub fn reserve(n: u64, taken: &mut Vec<u16>) -> Result<BTreeMap<u64, SocketAddr>, ClusterError> {
-        let mut addrs = BTreeMap::new();
-        for id in 1..=n {
-            let port = free_port(taken)?;
-            addrs.insert(id, SocketAddr::from(([127, 0, 0, 1], port)));
-        }
-        Ok(addrs)
+    /// Reserves an address for each of nodes `1..=n` before anything starts: a multi-region run
+    /// needs every region's addresses to wire the regions together.
+    pub fn reserve(n: u64) -> Result<BTreeMap<u64, PortReservation>, ClusterError> {
+        (1..=n).map(|id| Ok((id, local_ports::reserve()?))).collect()
     }
 
-    /// Starts a node at each of `addrs` (node 1 bootstraps), each with `extra_args`.
+    /// Starts a node at each of `ports` (node 1 bootstraps), each with `extra_args`.
     pub async fn start_at(
         binary: &Path,
-        addrs: BTreeMap<u64, SocketAddr>,
+        ports: BTreeMap<u64, PortReservation>,
         log_dir: &Path,
         data_dir: &Path,
         extra_args: Vec<String>,
     ) -> Result<Cluster, ClusterError> {
         std::fs::create_dir_all(log_dir).map_err(io(format!("creating {}", log_dir.display())))?;
         let links = Links::new();
+        let addrs: BTreeMap<u64, SocketAddr> = ports.iter().map(|(id, p)| (*id, p.addr())).collect();
         let n = addrs.len() as u64;
         let mut proxies = Vec::new();
         let mut routes: BTreeMap<u64, String> = BTreeMap::new();
@@ -137,6 +119,7 @@ impl Cluster {
             nodes,
             links,
             _proxies: proxies,
+            _ports: ports,
             routes,
             peers,
             binary: binary.to_path_buf(),

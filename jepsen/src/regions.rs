@@ -41,15 +41,14 @@ async fn start_regions(
     dir: &std::path::Path,
     data_dir: &std::path::Path,
 ) -> Result<(Vec<Region>, Vec<LinkProxy>), RunError> {
-    let mut taken = Vec::new();
-    let addrs: Vec<_> = (0..count)
-        .map(|_| Cluster::reserve(options.nodes, &mut taken))
+    let ports: Vec<_> = (0..count)
+        .map(|_| Cluster::reserve(options.nodes))
         .collect::<Result<_, _>>()?;
     let mut proxies = Vec::new();
     let mut args: Vec<Vec<String>> = Vec::new();
     for (a, name) in NAMES.iter().enumerate().take(count) {
         let mut mine = vec!["--region".to_string(), format!("{name}:{}", a + 1)];
-        for (b, targets) in addrs.iter().enumerate() {
+        for (b, targets) in ports.iter().enumerate() {
             if a == b {
                 continue;
             }
@@ -59,7 +58,7 @@ async fn start_regions(
                     ([127, 0, 0, 1], 0).into(),
                     a as u64 + 1,
                     b as u64 + 1,
-                    *target,
+                    target.addr(),
                     wan.clone(),
                 )
                 .await
@@ -73,11 +72,11 @@ async fn start_regions(
         args.push(mine);
     }
     let mut regions = Vec::new();
-    for (a, (region_addrs, region_args)) in addrs.into_iter().zip(args).enumerate() {
+    for (a, (region_ports, region_args)) in ports.into_iter().zip(args).enumerate() {
         let name = NAMES[a];
         let cluster = Cluster::start_at(
             &options.node_binary,
-            region_addrs,
+            region_ports,
             &dir.join("nodes").join(name),
             &data_dir.join(name),
             region_args,

@@ -7,6 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use basalt_client::{Client, ClientOptions};
+use basalt_node::local_ports::{self, PortReservation};
 
 pub mod regions;
 
@@ -15,6 +16,8 @@ pub struct NodeSpec {
     pub addr: String,
     pub data_dir: PathBuf,
     pub log: PathBuf,
+    /// Held while the cluster lives, so no other test takes the port, even while the node is down.
+    _port: PortReservation,
 }
 
 pub struct ClusterOptions {
@@ -43,11 +46,6 @@ pub struct TestCluster {
     peers: String,
     options: ClusterOptions,
     binary: PathBuf,
-}
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local addr").port()
 }
 
 impl TestCluster {
@@ -96,11 +94,13 @@ impl TestCluster {
     }
 
     fn spec(dir: &tempfile::TempDir, id: u64) -> NodeSpec {
+        let port = local_ports::reserve().expect("reserve a port");
         NodeSpec {
             id,
-            addr: format!("127.0.0.1:{}", free_port()),
+            addr: port.addr().to_string(),
             data_dir: dir.path().join(format!("node-{id}")),
             log: dir.path().join(format!("node-{id}.log")),
+            _port: port,
         }
     }
 
@@ -251,6 +251,12 @@ impl Drop for TestCluster {
         let ids: Vec<u64> = self.children.keys().copied().collect();
         for id in ids {
             self.kill(id);
+        }
+        // A failed test keeps its nodes' data and full logs, and prints where they are with the
+        // tail of each log: a failure seen once in CI must be diagnosable from its output.
+        if std::thread::panicking() {
+            let kept = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir")).keep();
+            eprintln!("cluster kept in {}\n{}", kept.display(), self.logs());
         }
     }
 }

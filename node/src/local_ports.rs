@@ -1,0 +1,106 @@
+//! Ports for local multi-process clusters (test harnesses, partition tests), reserved across
+//! processes for as long as the cluster lives.
+//!
+//! A node's address must be known before the node starts (its peers are told it), so the usual
+//! "bind port 0, read the port, close" leaves a window in which any other process can take the
+//! same port, and a killed node's port is free until it restarts. Parallel test processes did
+//! exactly that: one cluster's client and peers then reached another cluster's node. Two rules
+//! close the window:
+//! - ports come from below Linux's ephemeral range (32768+), so no outgoing connection is ever
+//!   given one as its local port;
+//! - each port is held by a lock file for the reservation's lifetime, so no other reservation, in
+//!   this process or another, hands it out again, even while its node is down.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+
+/// Where the lock files live (one empty file per port ever reserved, at most `PORT_SPAN`).
+const LOCK_DIR: &str = "basalt-local-ports";
+const PORT_FIRST: u16 = 20_000;
+const PORT_SPAN: u16 = 12_000;
+const ATTEMPTS: usize = 2_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PortError {
+    #[error("port lock directory {dir}: {source}")]
+    LockDir { dir: PathBuf, source: std::io::Error },
+    #[error("port lock {path}: {source}")]
+    Lock { path: PathBuf, source: std::io::Error },
+    #[error("no free port in 127.0.0.1:{PORT_FIRST}..{} after {ATTEMPTS} tries", PORT_FIRST + PORT_SPAN)]
+    Exhausted,
+}
+
+/// A loopback port nobody else reserves while this value lives.
+#[derive(Debug)]
+pub struct PortReservation {
+    port: u16,
+    /// Holding the file holds its lock; the lock goes when the file is closed (or the process dies).
+    _lock: File,
+}
+
+impl PortReservation {
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+}
+
+/// Reserves a free loopback port (see the module's comment for why it stays free).
+pub fn reserve() -> Result<PortReservation, PortError> {
+    let dir = std::env::temp_dir().join(LOCK_DIR);
+    std::fs::create_dir_all(&dir).map_err(|source| PortError::LockDir {
+        dir: dir.clone(),
+        source,
+    })?;
+    for _ in 0..ATTEMPTS {
+        let port = PORT_FIRST + rand::random::<u16>() % PORT_SPAN;
+        let path = dir.join(port.to_string());
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|source| PortError::Lock {
+                path: path.clone(),
+                source,
+            })?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => continue,
+            Err(TryLockError::Error(source)) => return Err(PortError::Lock { path, source }),
+        }
+        // Someone outside this scheme (another program) may be listening there.
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(PortReservation { port, _lock: file });
+        }
+    }
+    Err(PortError::Exhausted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_held_port_is_never_handed_out_again_until_released() {
+        let held: Vec<PortReservation> = (0..200).map(|_| reserve().expect("reserve")).collect();
+        let mut ports: Vec<u16> = held.iter().map(PortReservation::port).collect();
+        ports.sort_unstable();
+        ports.dedup();
+        assert_eq!(ports.len(), held.len(), "every reservation got its own port");
+        assert!(ports.iter().all(|p| (PORT_FIRST..PORT_FIRST + PORT_SPAN).contains(p)));
+        // The lock, not the probe, is what keeps it: nothing listens on a reserved port.
+        let first = held[0].port();
+        let again = OpenOptions::new()
+            .write(true)
+            .open(std::env::temp_dir().join(LOCK_DIR).join(first.to_string()))
+            .expect("open lock file");
+        assert!(matches!(again.try_lock(), Err(TryLockError::WouldBlock)));
+        drop(held);
+        again.try_lock().expect("released when the reservation drops");
+    }
+}
