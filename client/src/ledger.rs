@@ -279,11 +279,22 @@ impl Ledger {
         Ok(failures(reply))
     }
 
-    /// The accounts that exist among `ids`, in the order asked.
+    /// The accounts that exist among `ids`, in the order asked (a linearizable read).
     pub async fn lookup_accounts(&self, ids: &[u128]) -> Result<Vec<Account>, ClientError> {
+        self.lookup_accounts_with(ids, ReadConsistency::Linearizable).await
+    }
+
+    /// [`Ledger::lookup_accounts`] at a chosen consistency. `Stale` is served by the node asked,
+    /// from its own state: outside the ledger's home region, from that region's copy, a few
+    /// link latencies behind the home but always a state the home had (every invariant holds).
+    pub async fn lookup_accounts_with(
+        &self,
+        ids: &[u128],
+        consistency: ReadConsistency,
+    ) -> Result<Vec<Account>, ClientError> {
         let message = pb::LookupRequest {
             ids: ids.iter().map(|id| id.to_be_bytes().to_vec()).collect(),
-            stale: false,
+            stale: consistency == ReadConsistency::Stale,
         };
         let reply = self
             .client
@@ -295,9 +306,18 @@ impl Ledger {
     }
 
     pub async fn lookup_transfers(&self, ids: &[u128]) -> Result<Vec<TransferRecord>, ClientError> {
+        self.lookup_transfers_with(ids, ReadConsistency::Linearizable).await
+    }
+
+    /// [`Ledger::lookup_transfers`] at a chosen consistency (see [`Ledger::lookup_accounts_with`]).
+    pub async fn lookup_transfers_with(
+        &self,
+        ids: &[u128],
+        consistency: ReadConsistency,
+    ) -> Result<Vec<TransferRecord>, ClientError> {
         let message = pb::LookupRequest {
             ids: ids.iter().map(|id| id.to_be_bytes().to_vec()).collect(),
-            stale: false,
+            stale: consistency == ReadConsistency::Stale,
         };
         let reply = self
             .client
@@ -311,9 +331,19 @@ impl Ledger {
     /// An account's transfers, oldest first (or newest first with `reversed`). Page by passing the
     /// last timestamp seen (+1, or -1 reversed) as the next bound.
     pub async fn get_account_transfers(&self, f: &AccountFilter) -> Result<Vec<Transfer>, ClientError> {
+        self.get_account_transfers_with(f, ReadConsistency::Linearizable).await
+    }
+
+    /// [`Ledger::get_account_transfers`] at a chosen consistency (see
+    /// [`Ledger::lookup_accounts_with`]).
+    pub async fn get_account_transfers_with(
+        &self,
+        f: &AccountFilter,
+        consistency: ReadConsistency,
+    ) -> Result<Vec<Transfer>, ClientError> {
         let reply = self
             .client
-            .unary(false, filter(f, ReadConsistency::Linearizable), |c, r| async move {
+            .unary(false, filter(f, consistency), |c, r| async move {
                 LedgerClient::new(c).get_account_transfers(r).await
             })
             .await?;
@@ -326,9 +356,19 @@ impl Ledger {
 
     /// The balances after each transfer of an account created with the `HISTORY` flag.
     pub async fn get_account_balances(&self, f: &AccountFilter) -> Result<Vec<AccountBalance>, ClientError> {
+        self.get_account_balances_with(f, ReadConsistency::Linearizable).await
+    }
+
+    /// [`Ledger::get_account_balances`] at a chosen consistency (see
+    /// [`Ledger::lookup_accounts_with`]).
+    pub async fn get_account_balances_with(
+        &self,
+        f: &AccountFilter,
+        consistency: ReadConsistency,
+    ) -> Result<Vec<AccountBalance>, ClientError> {
         let reply = self
             .client
-            .unary(false, filter(f, ReadConsistency::Linearizable), |c, r| async move {
+            .unary(false, filter(f, consistency), |c, r| async move {
                 LedgerClient::new(c).get_account_balances(r).await
             })
             .await?;

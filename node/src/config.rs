@@ -114,6 +114,16 @@ pub fn parse_remote_region(text: &str) -> Result<RemoteRegion, ConfigError> {
 }
 
 impl RegionConfig {
+    /// This region as its state machine sees it.
+    pub fn role(&self) -> basalt_storage::apply::RegionRole {
+        basalt_storage::apply::RegionRole {
+            id: self.id,
+            replicated: true,
+            remotes: self.remotes.len() as u16,
+            home: self.home_remote().map_or(self.id, |home| home.id),
+        }
+    }
+
     /// The home region of homed data: `None` when it is this region.
     pub fn home_remote(&self) -> Option<&RemoteRegion> {
         match &self.home {
@@ -267,13 +277,7 @@ impl NodeConfig {
 
     /// How this node's region stands among regions, for the apply logic.
     pub fn region_role(&self) -> basalt_storage::apply::RegionRole {
-        self.region
-            .as_ref()
-            .map_or_else(Default::default, |r| basalt_storage::apply::RegionRole {
-                id: r.id,
-                replicated: true,
-                remotes: r.remotes.len() as u16,
-            })
+        self.region.as_ref().map_or_else(Default::default, RegionConfig::role)
     }
 
     /// The address other nodes and clients use to reach this node.

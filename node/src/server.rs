@@ -258,7 +258,7 @@ async fn sweeper(api: Api, config: NodeConfig, stop: tokio::sync::watch::Receive
             continue;
         }
         let now_ms = api.clock.now().physical_ms();
-        match basalt_storage::apply::sweeps_due(&api.store, now_ms) {
+        match basalt_storage::apply::sweeps_due(&api.store, now_ms, config.region_role()) {
             Ok(due) => {
                 for op in due {
                     propose_sweep(&api, op).await;

@@ -8,6 +8,17 @@ use clap::Subcommand;
 
 use crate::cli::parse_duration;
 
+pub(crate) const STALE_HELP: &str = "Read the answering node's own copy, possibly stale: in a region that is not the \
+data's home, that region's copy, served even when the home is unreachable";
+
+pub(crate) fn consistency(stale: bool) -> ReadConsistency {
+    if stale {
+        ReadConsistency::Stale
+    } else {
+        ReadConsistency::Linearizable
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum LeaseCommand {
     /// Take a lease; prints the fencing token, or who holds it.
@@ -38,7 +49,11 @@ pub enum LeaseCommand {
         token: u64,
     },
     /// Who holds a lease.
-    Get { name: String },
+    Get {
+        name: String,
+        #[arg(long, help = STALE_HELP)]
+        stale: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -103,7 +118,11 @@ pub enum LedgerCommand {
         void: Option<u128>,
     },
     /// Show accounts.
-    Accounts { ids: Vec<u128> },
+    Accounts {
+        ids: Vec<u128>,
+        #[arg(long, help = STALE_HELP)]
+        stale: bool,
+    },
     /// Show an account's transfers, oldest first.
     Transfers {
         account: u128,
@@ -152,20 +171,17 @@ pub async fn lease(client: &Client, command: LeaseCommand) -> Result<(), String>
             let was_live = client.lease(name).release(holder, token).await.map_err(err)?;
             println!("{}", if was_live { "RELEASED" } else { "RELEASED (had expired)" });
         }
-        LeaseCommand::Get { name } => match client
-            .lease(name.clone())
-            .get(ReadConsistency::Linearizable)
-            .await
-            .map_err(err)?
-        {
-            Some(s) => println!(
-                "holder={} token={} expires_at_ms={}",
-                String::from_utf8_lossy(&s.holder),
-                s.token,
-                s.expires_at_ms
-            ),
-            None => return Err(format!("lease {name:?} is not held")),
-        },
+        LeaseCommand::Get { name, stale } => {
+            match client.lease(name.clone()).get(consistency(stale)).await.map_err(err)? {
+                Some(s) => println!(
+                    "holder={} token={} expires_at_ms={}",
+                    String::from_utf8_lossy(&s.holder),
+                    s.token,
+                    s.expires_at_ms
+                ),
+                None => return Err(format!("lease {name:?} is not held")),
+            }
+        }
     }
     Ok(())
 }
@@ -275,12 +291,16 @@ pub async fn ledger(client: &Client, command: LedgerCommand) -> Result<(), Strin
             };
             report(ledger.create_transfers(&[transfer]).await.map_err(err)?)
         }
-        LedgerCommand::Accounts { ids } => {
+        LedgerCommand::Accounts { ids, stale } => {
             println!(
                 "{:<12} {:>6} {:>6} {:>14} {:>14} {:>14} {:>14}",
                 "id", "ledger", "code", "debits_pend", "debits_post", "credits_pend", "credits_post"
             );
-            for a in ledger.lookup_accounts(&ids).await.map_err(err)? {
+            for a in ledger
+                .lookup_accounts_with(&ids, consistency(stale))
+                .await
+                .map_err(err)?
+            {
                 println!(
                     "{:<12} {:>6} {:>6} {:>14} {:>14} {:>14} {:>14}",
                     a.id, a.ledger, a.code, a.debits_pending, a.debits_posted, a.credits_pending, a.credits_posted

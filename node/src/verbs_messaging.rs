@@ -8,6 +8,7 @@ use basalt_client::{
 use clap::Subcommand;
 
 use crate::cli::parse_duration;
+use crate::verbs::{consistency, STALE_HELP};
 
 fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
@@ -82,6 +83,8 @@ pub enum QueueCommand {
     },
     Stats {
         queue: String,
+        #[arg(long, help = STALE_HELP)]
+        stale: bool,
     },
 }
 
@@ -202,12 +205,8 @@ pub async fn queue(client: &Client, command: QueueCommand) -> Result<(), String>
         QueueCommand::Redrive { queue, max } => {
             println!("moved={}", client.queue(queue).redrive(max).await.map_err(err)?);
         }
-        QueueCommand::Stats { queue } => {
-            let s = client
-                .queue(queue)
-                .stats(ReadConsistency::Linearizable)
-                .await
-                .map_err(err)?;
+        QueueCommand::Stats { queue, stale } => {
+            let s = client.queue(queue).stats(consistency(stale)).await.map_err(err)?;
             println!("messages={} in_flight={}", s.messages, s.in_flight);
         }
     }

@@ -18,6 +18,19 @@ pub enum Effect {
         region: RegionId,
         component: Component,
     },
+    /// A row of homed data (ledgers, leases, queues) as the home region wrote it, `None` when it
+    /// deleted it. Homed data has a single writer, its home, and the feed carries its changes in
+    /// log order: the receiver copies rows rather than merging them, and its copy is always the
+    /// home's state as of some log position, so every invariant of the home's state holds in it.
+    Row {
+        table: String,
+        key: Vec<u8>,
+        value: Option<Vec<u8>>,
+    },
+    /// The start of a full re-sync from the home region: the receiver forgets its copy of homed
+    /// data, which the re-sync's rows rebuild (rows the home deleted while the receiver was
+    /// behind must go too). Until the re-sync's last batch the copy is incomplete.
+    RowsReset,
 }
 
 /// The effects of one applied log entry of the source region.

@@ -295,6 +295,27 @@ impl Op {
     pub fn replicates(&self) -> bool {
         matches!(self, Op::KvPut { .. } | Op::KvDelete { .. } | Op::Counter { .. })
     }
+
+    /// Whether this op writes homed data (ledgers, leases, queues, their sweeps included): it
+    /// applies only in the home region, whose feed copies the rows it wrote everywhere else.
+    pub fn is_homed(&self) -> bool {
+        matches!(
+            self,
+            Op::LeaseAcquire { .. }
+                | Op::LeaseRenew { .. }
+                | Op::LeaseRelease { .. }
+                | Op::LedgerCreateAccounts { .. }
+                | Op::LedgerCreateTransfers { .. }
+                | Op::LedgerExpirePending { .. }
+                | Op::QueueConfigure { .. }
+                | Op::QueueEnqueue { .. }
+                | Op::QueueReceive { .. }
+                | Op::QueueAck { .. }
+                | Op::QueueNack { .. }
+                | Op::QueueRedrive { .. }
+                | Op::QueueDedupSweep { .. }
+        )
+    }
 }
 
 /// The log entry payload: the leader's HLC stamp plus the request.
@@ -380,6 +401,12 @@ pub enum OpError {
     OwnFeed { region: u16 },
     #[error("this region does not replicate with other regions; it cannot merge region {source_region}'s feed")]
     NotReplicating { source_region: u16 },
+    #[error("ledgers, leases and queues are homed in region {home}; region {region} holds a read-only copy")]
+    NotHome { region: u16, home: u16 },
+    #[error("region {source_region} shipped homed rows, but this region's home region is {home}")]
+    RowsFromNonHome { source_region: u16, home: u16 },
+    #[error("table {table:?} does not hold homed data")]
+    NotHomedTable { table: String },
     #[error("partition {topic:?}/{partition} is not assigned to member {member:?}")]
     NotAssigned {
         topic: String,

@@ -297,9 +297,9 @@ fn a_region_behind_the_feed_retention_is_resynced_in_full() {
 /// unreachable eu answers `REGION_UNAVAILABLE` and applies nothing, while its own KV writes keep
 /// working.
 #[test]
-fn homed_data_is_served_by_its_home_and_refused_when_the_home_is_unreachable() {
+fn homed_data_is_written_at_its_home_and_read_from_a_copy_when_the_home_is_unreachable() {
     use basalt_client::ledger::{Account, Transfer};
-    use basalt_client::{Acquired, ErrorCode, QueueOptions, ReceiveOptions};
+    use basalt_client::{Acquired, ErrorCode, QueueOptions, ReadConsistency, ReceiveOptions};
 
     runtime().block_on(async {
         let regions = TestRegions::start(NODE, vec![one_node("us"), one_node("eu")]).await;
@@ -363,8 +363,55 @@ fn homed_data_is_served_by_its_home_and_refused_when_the_home_is_unreachable() {
         );
         let seen = us.ledger().lookup_accounts(&[1, 2]).await.expect("lookup in us");
         assert_eq!(seen.iter().map(|a| a.credits_posted).sum::<u128>(), 70);
+        // eu's own copy of the home's ledger catches up through the feed.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let copy = eu
+                .ledger()
+                .lookup_accounts_with(&[1, 2], ReadConsistency::Stale)
+                .await
+                .expect("stale lookup in eu");
+            if copy.len() == 2 && copy[1].credits_posted == 70 {
+                assert_eq!(copy[0].debits_posted, 70, "the copy is a state the home had");
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "eu's copy never caught up: {copy:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
 
         regions.partition_all();
+        // Cut off from the home, eu still serves stale reads from its copy; linearizable ones
+        // need the home.
+        let copy = eu
+            .ledger()
+            .lookup_accounts_with(&[2], ReadConsistency::Stale)
+            .await
+            .expect("stale read while partitioned");
+        assert_eq!(copy[0].credits_posted, 70);
+        let holder = eu
+            .lease("scheduler")
+            .get(ReadConsistency::Stale)
+            .await
+            .expect("stale lease read while partitioned")
+            .map(|l| l.holder);
+        assert_eq!(holder.as_deref(), Some(b"eu-worker".as_slice()));
+        let stats = eu
+            .queue("jobs")
+            .stats(ReadConsistency::Stale)
+            .await
+            .expect("stale queue stats while partitioned");
+        assert_eq!((stats.messages, stats.in_flight), (1, 1), "the copy saw the delivery");
+        assert_eq!(
+            eu.ledger()
+                .lookup_accounts(&[2])
+                .await
+                .expect_err("needs the home")
+                .code(),
+            Some(ErrorCode::RegionUnavailable)
+        );
         let refused = eu.lease("other").acquire("eu-worker", ttl).await;
         assert_eq!(
             refused.expect_err("the home is unreachable").code(),

@@ -108,7 +108,12 @@ pub(crate) fn op_error_status(e: &OpError) -> Status {
         OpError::IllegalGeneration { .. } => ErrorCode::IllegalGeneration,
         OpError::NotAssigned { .. } => ErrorCode::NotAssigned,
         // Only region-to-region feed batches can be refused this way (a misconfigured topology).
-        OpError::OwnFeed { .. } | OpError::NotReplicating { .. } => ErrorCode::InvalidArgument,
+        OpError::OwnFeed { .. }
+        | OpError::NotReplicating { .. }
+        | OpError::RowsFromNonHome { .. }
+        | OpError::NotHomedTable { .. } => ErrorCode::InvalidArgument,
+        // Reached only if a homed write bypassed forwarding: the caller should go to the home.
+        OpError::NotHome { .. } => ErrorCode::RegionUnavailable,
     };
     status(code, e.to_string())
 }

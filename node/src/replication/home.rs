@@ -1,8 +1,9 @@
 //! Homed data: ledgers, leases and queues have one home region that owns them (last-writer-wins
 //! cannot merge a double-entry ledger or a lease's fencing tokens). A node in another region
-//! serves their requests by forwarding them, unchanged, to a node of the home region; the answer
-//! comes back as the home gave it. When the home cannot be reached, the request fails with
-//! `REGION_UNAVAILABLE` and nothing is applied here.
+//! serves their writes and linearizable reads by forwarding them, unchanged, to a node of the
+//! home region; the answer comes back as the home gave it. When the home cannot be reached, the
+//! request fails with `REGION_UNAVAILABLE` and nothing is applied here. Stale reads are served
+//! from this region's copy, which the home's feed keeps up to date row by row.
 //!
 //! Requests carry the client's `(client_id, seq)`, so a client retrying a forwarded write after
 //! an unknown outcome still applies it at most once, at the home.
@@ -21,6 +22,8 @@ use basalt_client::pb::queue_server::Queue;
 use basalt_client::{ErrorCode, ERROR_CODE_KEY};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
+
+use basalt_storage::apply::replication::homed_copy_complete;
 
 use crate::api::{status, Api};
 use crate::config::RemoteRegion;
@@ -152,25 +155,44 @@ pub struct Homed {
     pub route: Option<HomeRoute>,
 }
 
+impl Homed {
+    /// Whether a read that accepts stale data may be served from this region's copy: not while a
+    /// full re-sync is rebuilding it (it lacks rows until the re-sync ends).
+    fn copy_serves_stale_reads(&self) -> bool {
+        homed_copy_complete(&self.api.store).unwrap_or(false)
+    }
+}
+
 /// Generates a service whose methods serve locally or forward. `|m| wait` computes a request's
-/// own wait from its message `m` (long-polls); `Duration::ZERO` for the others.
+/// own wait from its message `m` (long-polls); `Duration::ZERO` for the others. `|m| stale` says
+/// whether a request is a read that accepts stale data: outside the home region it is served
+/// from this region's copy of homed data, which the home's feed keeps a few link latencies
+/// behind; everything else (writes, linearizable reads) goes to the home.
 macro_rules! homed_service {
-    ($trait:ident, $client:ident, { $($method:ident($req:ty) -> $resp:ty, |$m:ident| $wait:expr;)* }) => {
+    ($trait:ident, $client:ident, {
+        $($method:ident($req:ty) -> $resp:ty, |$m:ident| wait: $wait:expr, stale: $stale:expr;)*
+    }) => {
         #[tonic::async_trait]
         impl $trait for Homed {
             $(
                 async fn $method(&self, request: Request<$req>) -> Result<Response<$resp>, Status> {
-                    match &self.route {
-                        None => $trait::$method(&self.api, request).await,
-                        Some(route) => {
-                            let caller = caller_timeout(request.metadata());
-                            let $m = request.into_inner();
-                            let wait: Duration = $wait;
-                            route
-                                .call(caller, $m, wait, |c, r| async move { $client::new(c).$method(r).await })
-                                .await
-                        }
+                    let Some(route) = &self.route else {
+                        return $trait::$method(&self.api, request).await;
+                    };
+                    let stale: bool = {
+                        let $m = request.get_ref();
+                        let _ = &$m;
+                        $stale
+                    };
+                    if stale && self.copy_serves_stale_reads() {
+                        return $trait::$method(&self.api, request).await;
                     }
+                    let caller = caller_timeout(request.metadata());
+                    let $m = request.into_inner();
+                    let wait: Duration = $wait;
+                    route
+                        .call(caller, $m, wait, |c, r| async move { $client::new(c).$method(r).await })
+                        .await
                 }
             )*
         }
@@ -200,27 +222,27 @@ mod tests {
 }
 
 homed_service!(Ledger, LedgerClient, {
-    create_accounts(pb::CreateAccountsRequest) -> pb::CreateResponse, |_m| Duration::ZERO;
-    create_transfers(pb::CreateTransfersRequest) -> pb::CreateResponse, |_m| Duration::ZERO;
-    lookup_accounts(pb::LookupRequest) -> pb::AccountsResponse, |_m| Duration::ZERO;
-    lookup_transfers(pb::LookupRequest) -> pb::TransfersResponse, |_m| Duration::ZERO;
-    get_account_transfers(pb::AccountFilter) -> pb::TransfersResponse, |_m| Duration::ZERO;
-    get_account_balances(pb::AccountFilter) -> pb::BalancesResponse, |_m| Duration::ZERO;
+    create_accounts(pb::CreateAccountsRequest) -> pb::CreateResponse, |_m| wait: Duration::ZERO, stale: false;
+    create_transfers(pb::CreateTransfersRequest) -> pb::CreateResponse, |_m| wait: Duration::ZERO, stale: false;
+    lookup_accounts(pb::LookupRequest) -> pb::AccountsResponse, |m| wait: Duration::ZERO, stale: m.stale;
+    lookup_transfers(pb::LookupRequest) -> pb::TransfersResponse, |m| wait: Duration::ZERO, stale: m.stale;
+    get_account_transfers(pb::AccountFilter) -> pb::TransfersResponse, |m| wait: Duration::ZERO, stale: m.stale;
+    get_account_balances(pb::AccountFilter) -> pb::BalancesResponse, |m| wait: Duration::ZERO, stale: m.stale;
 });
 
 homed_service!(Lease, LeaseClient, {
-    acquire(pb::LeaseAcquireRequest) -> pb::LeaseResponse, |m| Duration::from_millis(m.wait_ms);
-    renew(pb::LeaseRenewRequest) -> pb::LeaseResponse, |_m| Duration::ZERO;
-    release(pb::LeaseReleaseRequest) -> pb::LeaseReleaseResponse, |_m| Duration::ZERO;
-    get(pb::LeaseGetRequest) -> pb::LeaseResponse, |_m| Duration::ZERO;
+    acquire(pb::LeaseAcquireRequest) -> pb::LeaseResponse, |m| wait: Duration::from_millis(m.wait_ms), stale: false;
+    renew(pb::LeaseRenewRequest) -> pb::LeaseResponse, |_m| wait: Duration::ZERO, stale: false;
+    release(pb::LeaseReleaseRequest) -> pb::LeaseReleaseResponse, |_m| wait: Duration::ZERO, stale: false;
+    get(pb::LeaseGetRequest) -> pb::LeaseResponse, |m| wait: Duration::ZERO, stale: m.stale;
 });
 
 homed_service!(Queue, QueueClient, {
-    create_queue(pb::CreateQueueRequest) -> pb::CreateQueueResponse, |_m| Duration::ZERO;
-    enqueue(pb::EnqueueRequest) -> pb::EnqueueResponse, |_m| Duration::ZERO;
-    receive(pb::ReceiveRequest) -> pb::ReceiveResponse, |m| Duration::from_millis(m.wait_ms);
-    ack(pb::AckRequest) -> pb::AckResponse, |_m| Duration::ZERO;
-    nack(pb::NackRequest) -> pb::AckResponse, |_m| Duration::ZERO;
-    redrive(pb::RedriveRequest) -> pb::RedriveResponse, |_m| Duration::ZERO;
-    stats(pb::QueueStatsRequest) -> pb::QueueStatsResponse, |_m| Duration::ZERO;
+    create_queue(pb::CreateQueueRequest) -> pb::CreateQueueResponse, |_m| wait: Duration::ZERO, stale: false;
+    enqueue(pb::EnqueueRequest) -> pb::EnqueueResponse, |_m| wait: Duration::ZERO, stale: false;
+    receive(pb::ReceiveRequest) -> pb::ReceiveResponse, |m| wait: Duration::from_millis(m.wait_ms), stale: false;
+    ack(pb::AckRequest) -> pb::AckResponse, |_m| wait: Duration::ZERO, stale: false;
+    nack(pb::NackRequest) -> pb::AckResponse, |_m| wait: Duration::ZERO, stale: false;
+    redrive(pb::RedriveRequest) -> pb::RedriveResponse, |_m| wait: Duration::ZERO, stale: false;
+    stats(pb::QueueStatsRequest) -> pb::QueueStatsResponse, |m| wait: Duration::ZERO, stale: m.stale;
 });

@@ -14,7 +14,9 @@ use basalt_replication::feed::{encode, encoded_len};
 use basalt_replication::pb::region_feed_client::RegionFeedClient;
 use basalt_replication::pb::{FeedAck, FeedBatch};
 use basalt_replication::{FeedEntry, ShipBatch};
-use basalt_storage::apply::replication::{feed_after, feed_trimmed_upto, state_as_effects, RESYNC_TABLES};
+use basalt_storage::apply::replication::{
+    feed_after, feed_trimmed_upto, resync_opening, resync_tables, state_as_effects,
+};
 use basalt_storage::command::{Command, Op};
 use basalt_storage::state::StoreError;
 use futures::StreamExt;
@@ -294,13 +296,14 @@ async fn resync(
     });
     let store = api.store.clone();
     let source = repl.config.id;
+    let role = repl.config.role();
     let frontier = api.clock.now().0;
     let tx = tx.clone();
     let sent = tokio::task::spawn_blocking(move || -> Result<Option<(u64, usize)>, StoreError> {
         let view = store.view();
         // Everything up to the newest feed position in this view is in the state it reads.
         let upto = feed_trimmed_upto(&view)?.max(newest_feed_position(&view)?);
-        let mut chunk = Vec::new();
+        let mut chunk = resync_opening(role);
         let mut bytes = 0u64;
         let mut chunks = 0usize;
         let mut send = |effects: Vec<basalt_replication::Effect>, upto: u64| {
@@ -318,7 +321,7 @@ async fn resync(
             };
             tx.blocking_send(batch_message(&batch)).is_ok()
         };
-        for table in RESYNC_TABLES {
+        for table in resync_tables(role) {
             let mut after: Option<Vec<u8>> = None;
             loop {
                 let page = state_as_effects(&view, table, after.as_deref(), 256)?;

@@ -29,6 +29,8 @@ pub mod stream;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_homed;
+#[cfg(test)]
 mod tests_lease;
 #[cfg(test)]
 mod tests_ledger;
@@ -162,6 +164,15 @@ pub struct RegionRole {
     /// How many other regions there are: a tombstone is collected only once every one of them
     /// has shipped past it.
     pub remotes: u16,
+    /// The region that owns homed data (ledgers, leases, queues); `id` when it is this one.
+    pub home: RegionId,
+}
+
+impl RegionRole {
+    /// Whether homed data is written here (always, for a lone region).
+    pub fn is_home(&self) -> bool {
+        !self.replicated || self.home == self.id
+    }
 }
 
 impl Default for RegionRole {
@@ -171,6 +182,7 @@ impl Default for RegionRole {
             id: 1,
             replicated: false,
             remotes: 0,
+            home: 1,
         }
     }
 }
@@ -223,6 +235,17 @@ impl Applier {
                 session::Begin::Apply { floor } => Some((session, floor)),
             },
         };
+        if command.op.is_homed() && !self.region.is_home() {
+            // Another region's copy of homed data changes only through its home's feed.
+            let refusal = Response::Refused(OpError::NotHome {
+                region: self.region.id,
+                home: self.region.home,
+            });
+            if let Some((session, floor)) = session_floor {
+                session::finish(&mut view, session, floor, now_ms, &refusal)?;
+            }
+            return Ok(refusal);
+        }
         let fenced = match &command.fence {
             Some(fence) => lease::check_fence(&view, now_ms, fence)?,
             None => Ok(()),
@@ -246,8 +269,8 @@ impl Applier {
                     apply_op(&mut op_view, ctx, &command.op)?
                 };
                 if !matches!(response, Response::Refused(_)) {
-                    if self.region.replicated && command.op.replicates() {
-                        replication::record_feed(&mut staged, index, stamp.0, self.region.id)?;
+                    if self.region.replicated {
+                        replication::record_feed(&mut staged, index, stamp.0, self.region, &command.op)?;
                     }
                     view.writes.absorb(staged);
                 }
@@ -381,7 +404,7 @@ pub const SWEEP_LIMIT: u32 = 1000;
 /// The sweeps the leader should propose now: one per time-indexed table whose earliest entry is
 /// due at `now_ms`. Each index starts with a big-endian due time; only the ledger's is in
 /// nanoseconds.
-pub fn sweeps_due<S: StoreRead + ?Sized>(store: &S, now_ms: u64) -> Result<Vec<Op>, StoreError> {
+pub fn sweeps_due<S: StoreRead + ?Sized>(store: &S, now_ms: u64, region: RegionRole) -> Result<Vec<Op>, StoreError> {
     let tables = [
         (Table::KvExpiry, now_ms, Op::KvSweepExpired { limit: SWEEP_LIMIT }),
         (Table::RateExpiry, now_ms, Op::RateSweep { limit: SWEEP_LIMIT }),
@@ -405,7 +428,8 @@ pub fn sweeps_due<S: StoreRead + ?Sized>(store: &S, now_ms: u64) -> Result<Vec<O
             .and_then(|(k, _)| k.get(..8))
             .and_then(|b| b.try_into().ok())
             .map(u64::from_be_bytes);
-        if earliest.is_some_and(|at| at <= now) {
+        // Homed data is swept by its home, whose feed brings the result here.
+        if earliest.is_some_and(|at| at <= now) && (region.is_home() || !op.is_homed()) {
             due.push(op);
         }
     }

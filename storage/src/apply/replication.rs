@@ -47,11 +47,35 @@ pub fn source_states<S: StoreRead + ?Sized>(store: &S) -> Result<Vec<(RegionId, 
         .collect()
 }
 
-/// Derives the feed entry of log entry `index` from the writes its op made (`staged`), and adds it
-/// to them. Called only for ops whose effects replicate, in a replicating region.
-pub(crate) fn record_feed(staged: &mut WriteSet, index: u64, stamp: u64, region: RegionId) -> Result<(), StoreError> {
+/// Derives the feed entry of log entry `index` from the writes `op` made (`staged`), and adds it
+/// to them. Called in a replicating region for every applied op: the writes of multi-region
+/// types if `op` replicates, and in the home region every row of homed data written or deleted
+/// (sweeps included: other regions do not sweep their copy).
+pub(crate) fn record_feed(
+    staged: &mut WriteSet,
+    index: u64,
+    stamp: u64,
+    role: RegionRole,
+    op: &Op,
+) -> Result<(), StoreError> {
+    let region = role.id;
+    let merged_types = op.replicates();
+    let homed_rows = role.is_home();
     let mut effects = Vec::new();
     for (table, key, value) in staged.iter() {
+        if table.is_homed() {
+            if homed_rows {
+                effects.push(Effect::Row {
+                    table: table.name().to_string(),
+                    key: key.to_vec(),
+                    value: value.map(<[u8]>::to_vec),
+                });
+            }
+            continue;
+        }
+        if !merged_types {
+            continue;
+        }
         match (table, value) {
             (Table::Kv, Some(bytes)) => {
                 let record: KvRecord = decode(table, key, bytes)?;
@@ -109,6 +133,24 @@ pub(crate) fn apply_remote<S: StoreRead>(
     if batch.source == region.id {
         return Ok(Response::Refused(OpError::OwnFeed { region: region.id }));
     }
+    for effect in batch.entries.iter().flat_map(|e| &e.effects) {
+        let row_table = match effect {
+            Effect::Row { table, .. } => Some(table.as_str()),
+            Effect::RowsReset => None,
+            Effect::Kv { .. } | Effect::Counter { .. } => continue,
+        };
+        if !source_is_home(region, batch.source) {
+            return Ok(Response::Refused(OpError::RowsFromNonHome {
+                source_region: batch.source,
+                home: region.home,
+            }));
+        }
+        if let Some(table) = row_table.filter(|t| !Table::from_name(t).is_some_and(Table::is_homed)) {
+            return Ok(Response::Refused(OpError::NotHomedTable {
+                table: table.to_string(),
+            }));
+        }
+    }
     let mut state = source_state(view, batch.source)?;
     let mut merged = 0u32;
     for entry in &batch.entries {
@@ -119,6 +161,10 @@ pub(crate) fn apply_remote<S: StoreRead>(
             merge_effect(view, index, now_ms, effect)?;
         }
         merged += 1;
+    }
+    if batch.resync && batch.upto > 0 && source_is_home(region, batch.source) {
+        // The re-sync's last batch: the copy of homed data is whole again.
+        view.delete(Table::Meta, ROWS_INCOMPLETE_KEY.to_vec());
     }
     let last = batch.entries.last().map_or(0, |e| e.index);
     let upto = if batch.resync { batch.upto } else { batch.upto.max(last) };
@@ -176,8 +222,39 @@ fn merge_effect<S: StoreRead>(
             counter.merge_component(*region, *component);
             view.put(Table::Counter, key.clone(), encode_pn(&counter));
         }
+        Effect::Row { table, key, value } => {
+            // Checked by `apply_remote` before any effect applies.
+            let Some(table) = Table::from_name(table).filter(|t| t.is_homed()) else {
+                return Ok(());
+            };
+            match value {
+                Some(bytes) => view.put(table, key.clone(), bytes.clone()),
+                None => view.delete(table, key.clone()),
+            }
+        }
+        Effect::RowsReset => {
+            for table in Table::HOMED {
+                for (key, _) in view.scan(table, &KeyRange::all(), usize::MAX)? {
+                    view.delete(table, key);
+                }
+            }
+            view.put(Table::Meta, ROWS_INCOMPLETE_KEY.to_vec(), Vec::new());
+        }
     }
     Ok(())
+}
+
+/// Set while a full re-sync of homed data is under way here: the copy lacks rows until it ends.
+const ROWS_INCOMPLETE_KEY: &[u8] = b"repl_homed_rows_incomplete";
+
+fn source_is_home(region: RegionRole, source: RegionId) -> bool {
+    region.home == source && region.home != region.id
+}
+
+/// Whether this region's copy of homed data is whole (always, outside a re-sync): only then may
+/// it serve reads of homed data that the home region cannot serve itself.
+pub fn homed_copy_complete<S: StoreRead + ?Sized>(store: &S) -> Result<bool, StoreError> {
+    Ok(store.get(Table::Meta, ROWS_INCOMPLETE_KEY)?.is_none())
 }
 
 /// The stamp below which this region may forget tombstones: the lowest frontier over every other
@@ -359,6 +436,11 @@ pub fn state_as_effects<S: StoreRead + ?Sized>(
                     })
                     .collect()
             }
+            homed if homed.is_homed() => vec![Effect::Row {
+                table: homed.name().to_string(),
+                key: key.clone(),
+                value: Some(bytes),
+            }],
             _ => Vec::new(),
         };
         out.push((key, effects));
@@ -371,11 +453,28 @@ pub fn tombstone_count<S: StoreRead + ?Sized>(store: &S) -> Result<u64, StoreErr
     Ok(store.scan(Table::KvTombstone, &KeyRange::all(), usize::MAX)?.len() as u64)
 }
 
-/// The tables whose contents a full re-sync ships.
-pub const RESYNC_TABLES: [Table; 3] = [Table::Kv, Table::KvTombstone, Table::Counter];
+/// The tables whose contents a full re-sync from `role`'s region ships: the multi-region types,
+/// and homed data from its home.
+pub fn resync_tables(role: RegionRole) -> Vec<Table> {
+    let mut tables = vec![Table::Kv, Table::KvTombstone, Table::Counter];
+    if role.is_home() {
+        tables.extend(Table::HOMED);
+    }
+    tables
+}
 
-/// A fingerprint of this region's replicated state: KV values with their version and expiry, and
-/// counters with every component. Tombstones are left out: they are bookkeeping, and a region
+/// What opens a full re-sync from `role`'s region: from the home, the receiver's copy of homed
+/// data is rebuilt from nothing.
+pub fn resync_opening(role: RegionRole) -> Vec<Effect> {
+    if role.is_home() {
+        vec![Effect::RowsReset]
+    } else {
+        Vec::new()
+    }
+}
+
+/// A fingerprint of this region's replicated state: KV values with their version and expiry,
+/// counters with every component, and every row of homed data. Tombstones are left out: they are bookkeeping, and a region
 /// may hold one for a key another region never heard of without their data differing.
 pub fn digest<S: StoreRead + ?Sized>(store: &S) -> Result<Digest, StoreError> {
     let mut digest = Digest::default();
@@ -386,6 +485,11 @@ pub fn digest<S: StoreRead + ?Sized>(store: &S) -> Result<Digest, StoreError> {
     for (key, bytes) in store.scan(Table::Counter, &KeyRange::all(), usize::MAX)? {
         let counter = decode_pn(&bytes).map_err(|e| super::corrupt(Table::Counter, &key, e))?;
         digest.add("counter", &key, &encode_pn(&counter));
+    }
+    for table in Table::HOMED {
+        for (key, bytes) in store.scan(table, &KeyRange::all(), usize::MAX)? {
+            digest.add(table.name(), &key, &bytes);
+        }
     }
     Ok(digest)
 }

@@ -4,7 +4,7 @@ use super::tests::{cmd, counted, incr_op, put, Harness};
 use super::*;
 use crate::command::{Fence, LeaseLoss, LeaseOutcome};
 
-fn acquire(name: &str, holder: &str, ttl_ms: u64) -> Op {
+pub(super) fn acquire(name: &str, holder: &str, ttl_ms: u64) -> Op {
     Op::LeaseAcquire {
         name: name.into(),
         holder: holder.into(),

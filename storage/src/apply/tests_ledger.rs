@@ -12,7 +12,7 @@ use crate::ledger::{
     TransferResult,
 };
 
-fn account(id: u128, flags: u16) -> Account {
+pub(super) fn account(id: u128, flags: u16) -> Account {
     Account {
         id,
         ledger: 1,
@@ -22,7 +22,7 @@ fn account(id: u128, flags: u16) -> Account {
     }
 }
 
-fn transfer(id: u128, debit: u128, credit: u128, amount: u128) -> Transfer {
+pub(super) fn transfer(id: u128, debit: u128, credit: u128, amount: u128) -> Transfer {
     Transfer {
         id,
         debit_account_id: debit,
@@ -34,14 +34,14 @@ fn transfer(id: u128, debit: u128, credit: u128, amount: u128) -> Transfer {
     }
 }
 
-fn create_accounts(h: &mut Harness, now_ms: u64, accounts: Vec<Account>) -> Vec<(u32, AccountResult)> {
+pub(super) fn create_accounts(h: &mut Harness, now_ms: u64, accounts: Vec<Account>) -> Vec<(u32, AccountResult)> {
     match h.apply(cmd(now_ms, Op::LedgerCreateAccounts { accounts })) {
         Response::AccountResults(r) => r,
         other => panic!("expected account results, got {other:?}"),
     }
 }
 
-fn create_transfers(h: &mut Harness, now_ms: u64, transfers: Vec<Transfer>) -> Vec<(u32, TransferResult)> {
+pub(super) fn create_transfers(h: &mut Harness, now_ms: u64, transfers: Vec<Transfer>) -> Vec<(u32, TransferResult)> {
     match h.apply(cmd(now_ms, Op::LedgerCreateTransfers { transfers })) {
         Response::TransferResults(r) => r,
         other => panic!("expected transfer results, got {other:?}"),

@@ -10,7 +10,7 @@ use super::tests::{cmd, Harness};
 use super::*;
 use crate::queue::{Delivery, EnqueueOutcome, NewMessage, QueueConfig, Receipt};
 
-fn configure(h: &mut Harness, queue: &str, config: QueueConfig) {
+pub(super) fn configure(h: &mut Harness, queue: &str, config: QueueConfig) {
     let r = h.apply(cmd(
         0,
         Op::QueueConfigure {
@@ -21,7 +21,7 @@ fn configure(h: &mut Harness, queue: &str, config: QueueConfig) {
     assert!(matches!(r, Response::QueueConfigured { .. }), "{r:?}");
 }
 
-fn message(payload: &str, priority: u8) -> NewMessage {
+pub(super) fn message(payload: &str, priority: u8) -> NewMessage {
     NewMessage {
         payload: payload.into(),
         dedup_id: None,
@@ -30,7 +30,7 @@ fn message(payload: &str, priority: u8) -> NewMessage {
     }
 }
 
-fn enqueue(h: &mut Harness, at: u64, queue: &str, messages: Vec<NewMessage>) -> Vec<EnqueueOutcome> {
+pub(super) fn enqueue(h: &mut Harness, at: u64, queue: &str, messages: Vec<NewMessage>) -> Vec<EnqueueOutcome> {
     match h.apply(cmd(
         at,
         Op::QueueEnqueue {
@@ -43,7 +43,7 @@ fn enqueue(h: &mut Harness, at: u64, queue: &str, messages: Vec<NewMessage>) -> 
     }
 }
 
-fn receive(h: &mut Harness, at: u64, queue: &str, max: u32, vt: Option<u64>) -> Vec<Delivery> {
+pub(super) fn receive(h: &mut Harness, at: u64, queue: &str, max: u32, vt: Option<u64>) -> Vec<Delivery> {
     match h.apply(cmd(
         at,
         Op::QueueReceive {
@@ -57,7 +57,7 @@ fn receive(h: &mut Harness, at: u64, queue: &str, max: u32, vt: Option<u64>) -> 
     }
 }
 
-fn ack(h: &mut Harness, at: u64, queue: &str, receipt: Receipt) -> Response {
+pub(super) fn ack(h: &mut Harness, at: u64, queue: &str, receipt: Receipt) -> Response {
     h.apply(cmd(
         at,
         Op::QueueAck {
@@ -247,7 +247,7 @@ fn a_repeated_dedup_id_within_the_window_enqueues_nothing() {
     );
     assert_eq!(stats(&h, "q").stats.messages, 1);
     // After the window, the sweep forgets the id and it enqueues again.
-    assert!(sweeps_due(&h.store, 1100)
+    assert!(sweeps_due(&h.store, 1100, RegionRole::default())
         .expect("due")
         .contains(&Op::QueueDedupSweep { limit: SWEEP_LIMIT }));
     h.apply(cmd(1100, Op::QueueDedupSweep { limit: SWEEP_LIMIT }));

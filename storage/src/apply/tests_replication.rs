@@ -10,11 +10,12 @@ use super::*;
 use crate::command::{CounterAction, CounterOp};
 use crate::state::KvRecord;
 
-fn region(id: u16) -> Harness {
+pub(super) fn region(id: u16) -> Harness {
     Harness::in_region(RegionRole {
         id,
         replicated: true,
         remotes: 2,
+        home: 1,
     })
 }
 
@@ -34,7 +35,7 @@ fn counter_value(h: &Harness, key: &str) -> i64 {
 }
 
 /// `from`'s feed after `after`, as one batch.
-fn batch(from: &Harness, source: u16, after: u64) -> ShipBatch {
+pub(super) fn batch(from: &Harness, source: u16, after: u64) -> ShipBatch {
     let entries = feed_after(&from.store, after, usize::MAX).expect("feed");
     ShipBatch {
         source,
@@ -46,7 +47,7 @@ fn batch(from: &Harness, source: u16, after: u64) -> ShipBatch {
 }
 
 /// Ships everything `from` has that `to` has not merged yet; returns the response.
-fn ship(from: &Harness, source: u16, to: &mut Harness, at_ms: u64) -> Response {
+pub(super) fn ship(from: &Harness, source: u16, to: &mut Harness, at_ms: u64) -> Response {
     let after = source_state(&to.store, source).expect("state").applied_upto;
     to.apply(cmd(
         at_ms,

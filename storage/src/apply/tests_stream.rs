@@ -268,7 +268,7 @@ fn retention_by_age_and_by_size_removes_the_oldest_batches() {
         produce(&mut h, t * 100, "aged", vec![to(0, &format!("a{t}"))], None);
         produce(&mut h, t * 100, "sized", vec![to(0, &"x".repeat(100))], None);
     }
-    assert!(sweeps_due(&h.store, 1000)
+    assert!(sweeps_due(&h.store, 1000, RegionRole::default())
         .expect("due")
         .contains(&Op::StreamRetention { limit: SWEEP_LIMIT }));
     h.apply(cmd(1150, Op::StreamRetention { limit: SWEEP_LIMIT }));
@@ -287,7 +287,7 @@ fn retention_by_age_and_by_size_removes_the_oldest_batches() {
         .expect("partition");
     assert!(sized.bytes <= 250, "{sized:?}");
     assert!(sized.start_offset >= 2 && sized.next_offset == 5, "{sized:?}");
-    assert!(!sweeps_due(&h.store, 1150)
+    assert!(!sweeps_due(&h.store, 1150, RegionRole::default())
         .expect("due")
         .contains(&Op::StreamRetention { limit: SWEEP_LIMIT }));
 }
@@ -354,7 +354,7 @@ fn a_member_that_misses_its_session_timeout_loses_its_partitions() {
     assert_eq!(commit(&mut h, 300, "a", 2, 0), Response::OffsetsCommitted);
     // b keeps heartbeating; a stops. After a's timeout the sweep hands everything to b.
     heartbeat(&mut h, 900, "b");
-    assert!(sweeps_due(&h.store, 1200)
+    assert!(sweeps_due(&h.store, 1200, RegionRole::default())
         .expect("due")
         .contains(&Op::GroupSweep { limit: SWEEP_LIMIT }));
     assert_eq!(

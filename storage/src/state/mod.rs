@@ -147,6 +147,31 @@ impl Table {
             Table::ReplSource => "repl_source",
         }
     }
+
+    pub fn from_name(name: &str) -> Option<Table> {
+        Table::ALL.into_iter().find(|t| t.name() == name)
+    }
+
+    /// The tables of homed data (ledgers, leases, queues): written only in their home region, and
+    /// copied row by row into every other region (see `Effect::Row`).
+    pub const HOMED: [Table; 12] = [
+        Table::Lease,
+        Table::LedgerAccount,
+        Table::LedgerTransfer,
+        Table::LedgerExpiry,
+        Table::LedgerAccountTransfers,
+        Table::LedgerHistory,
+        Table::Queue,
+        Table::QueueMessage,
+        Table::QueueReady,
+        Table::QueueDelayed,
+        Table::QueueDedup,
+        Table::QueueDedupExpiry,
+    ];
+
+    pub fn is_homed(self) -> bool {
+        Table::HOMED.contains(&self)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
