@@ -14,6 +14,11 @@ pub enum RateLimit {
     SlidingWindow { limit: u64, window: Duration },
     /// `rate` units refill every `per`, at most `burst` stored.
     TokenBucket { rate: u64, per: Duration, burst: u64 },
+    /// At most `limit` units per sliding `window` over all regions together: each region counts
+    /// what it admits and ships its count to the others. Until a region's count arrives (a link
+    /// latency, or a partition's length) others do not see it, so regions together may admit more
+    /// than `limit` by what they admitted meanwhile; without regions it is a sliding window.
+    GlobalSlidingWindow { limit: u64, window: Duration },
 }
 
 /// One check in a batch.
@@ -61,6 +66,22 @@ impl RateLimiter {
         self.check_one(check).await
     }
 
+    /// Sliding-window check against every region's count ([`RateLimit::GlobalSlidingWindow`]).
+    pub async fn check_global(
+        &self,
+        key: impl Into<Vec<u8>>,
+        limit: u64,
+        window: Duration,
+        cost: u64,
+    ) -> Result<RateDecision, ClientError> {
+        let check = RateCheck {
+            key: key.into(),
+            limit: RateLimit::GlobalSlidingWindow { limit, window },
+            cost,
+        };
+        self.check_one(check).await
+    }
+
     /// Token-bucket check.
     pub async fn check_token_bucket(
         &self,
@@ -99,6 +120,12 @@ impl RateLimiter {
                     algorithm: Some(match c.limit {
                         RateLimit::SlidingWindow { limit, window } => {
                             pb::rate_check::Algorithm::SlidingWindow(pb::SlidingWindow {
+                                limit,
+                                window_ms: millis(window),
+                            })
+                        }
+                        RateLimit::GlobalSlidingWindow { limit, window } => {
+                            pb::rate_check::Algorithm::GlobalSlidingWindow(pb::SlidingWindow {
                                 limit,
                                 window_ms: millis(window),
                             })

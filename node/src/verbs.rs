@@ -73,6 +73,9 @@ pub enum RateLimitCommand {
         burst: Option<u64>,
         #[arg(long, default_value_t = 1)]
         cost: u64,
+        /// A sliding window over every region's count (with --limit).
+        #[arg(long, requires = "limit")]
+        global: bool,
     },
 }
 
@@ -195,9 +198,11 @@ pub async fn rate_limit(client: &Client, command: RateLimitCommand) -> Result<()
         per,
         burst,
         cost,
+        global,
     } = command;
     let limiter = client.rate_limiter();
     let decision = match (limit, rate, burst) {
+        (Some(limit), _, _) if global => limiter.check_global(key, limit, window, cost).await,
         (Some(limit), _, _) => limiter.check(key, limit, window, cost).await,
         (None, Some(rate), Some(burst)) => limiter.check_token_bucket(key, rate, per, burst, cost).await,
         _ => return Err("give --limit (sliding window) or --rate and --burst (token bucket)".into()),

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::merge::{Component, LwwValue};
+use crate::merge::{Component, LwwValue, WindowCount};
 use crate::version::RegionId;
 
 /// One replicated change, as state rather than as an operation: the receiver merges it with the
@@ -17,6 +17,12 @@ pub enum Effect {
         key: Vec<u8>,
         region: RegionId,
         component: Component,
+    },
+    /// One region's count of a global rate limit, as that region last wrote it.
+    RateWindow {
+        key: Vec<u8>,
+        region: RegionId,
+        count: WindowCount,
     },
     /// A row of homed data (ledgers, leases, queues) as the home region wrote it, `None` when it
     /// deleted it. Homed data has a single writer, its home, and the feed carries its changes in

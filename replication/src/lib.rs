@@ -27,5 +27,5 @@ pub mod pb {
 
 pub use digest::Digest;
 pub use feed::{Effect, FeedEntry, ShipBatch};
-pub use merge::{Component, LwwValue, PnCounter};
+pub use merge::{Component, LwwValue, PnCounter, WindowCount, WindowCounts};
 pub use version::{RegionId, Version};

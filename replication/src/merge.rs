@@ -101,6 +101,69 @@ impl PnCounter {
     }
 }
 
+/// One region's count of a global sliding-window rate limit, as that region last wrote it: the
+/// fixed window `index` (`now / window_ms`) it counts in, its count there and in the window
+/// before. Only the region itself writes it, each change with a higher `seq`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct WindowCount {
+    pub seq: u64,
+    pub window_ms: u64,
+    pub index: u64,
+    pub current: u64,
+    pub previous: u64,
+}
+
+impl WindowCount {
+    /// `(previous, current)` seen from window `index` of length `window_ms`: counts of older
+    /// windows have slid out, and counts of another window length do not apply. A count already
+    /// in a later window (the other region's clock is ahead) counts as this one's.
+    pub fn at(self, window_ms: u64, index: u64) -> (u64, u64) {
+        if self.window_ms != window_ms {
+            (0, 0)
+        } else if self.index >= index {
+            (self.previous, self.current)
+        } else if self.index + 1 == index {
+            (self.current, 0)
+        } else {
+            (0, 0)
+        }
+    }
+}
+
+/// The counts of one global rate limit: one [`WindowCount`] per region. A merge keeps each
+/// region's latest count (highest `seq`), so it is a join and regions converge on every count.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowCounts {
+    pub regions: BTreeMap<RegionId, WindowCount>,
+}
+
+impl WindowCounts {
+    pub fn get(&self, region: RegionId) -> WindowCount {
+        self.regions.get(&region).copied().unwrap_or_default()
+    }
+
+    /// Merges in one region's count as another region last saw it.
+    pub fn merge_region(&mut self, region: RegionId, count: WindowCount) {
+        let mine = self.regions.entry(region).or_default();
+        *mine = (*mine).max(count);
+    }
+
+    pub fn merge(mut self, other: WindowCounts) -> WindowCounts {
+        for (region, count) in other.regions {
+            self.merge_region(region, count);
+        }
+        self
+    }
+
+    /// Every region's `(previous, current)` summed, seen from window `index` of `window_ms`.
+    pub fn totals(&self, window_ms: u64, index: u64) -> (u64, u64) {
+        self.regions.values().fold((0, 0), |(p, c), count| {
+            let (previous, current) = count.at(window_ms, index);
+            (p.saturating_add(previous), c.saturating_add(current))
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -128,6 +191,95 @@ mod tests {
                 .map(|(r, (added, removed))| (r, Component { added, removed }))
                 .collect(),
         })
+    }
+
+    fn window_counts() -> impl Strategy<Value = WindowCounts> {
+        proptest::collection::btree_map(0u16..4, (0u64..4, 1u64..3, 0u64..4, 0u64..9, 0u64..9), 0..4).prop_map(|m| {
+            WindowCounts {
+                regions: m
+                    .into_iter()
+                    .map(|(r, (seq, window_ms, index, current, previous))| {
+                        (
+                            r,
+                            WindowCount {
+                                seq,
+                                window_ms,
+                                index,
+                                current,
+                                previous,
+                            },
+                        )
+                    })
+                    .collect(),
+            }
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn window_counts_merge_is_commutative_associative_and_idempotent(
+            a in window_counts(), b in window_counts(), c in window_counts()
+        ) {
+            prop_assert_eq!(a.clone().merge(b.clone()), b.clone().merge(a.clone()));
+            prop_assert_eq!(
+                a.clone().merge(b.clone()).merge(c.clone()),
+                a.clone().merge(b.clone().merge(c))
+            );
+            let once = a.clone().merge(b.clone());
+            prop_assert_eq!(once.clone().merge(b), once);
+            prop_assert_eq!(a.clone().merge(a.clone()), a);
+        }
+
+        /// A region's later count replaces its earlier one wherever it arrives, in any order.
+        #[test]
+        fn the_latest_count_of_each_region_wins(
+            counts in proptest::collection::vec((0u16..3, 0u64..9), 1..12),
+        ) {
+            let mut seqs: BTreeMap<RegionId, u64> = BTreeMap::new();
+            let mut merged = WindowCounts::default();
+            let mut reversed = WindowCounts::default();
+            let writes: Vec<(RegionId, WindowCount)> = counts
+                .iter()
+                .map(|(region, current)| {
+                    let seq = seqs.entry(*region).or_default();
+                    *seq += 1;
+                    (*region, WindowCount { seq: *seq, window_ms: 1, index: 0, current: *current, previous: 0 })
+                })
+                .collect();
+            for (region, count) in &writes {
+                merged.merge_region(*region, *count);
+            }
+            for (region, count) in writes.iter().rev() {
+                reversed.merge_region(*region, *count);
+            }
+            prop_assert_eq!(&merged, &reversed);
+            for (region, count) in writes.iter().rev() {
+                if seqs.remove(region).is_some() {
+                    prop_assert_eq!(merged.get(*region), *count);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn totals_count_only_the_current_and_previous_windows_of_the_same_length() {
+        let count = |window_ms, index, current, previous| WindowCount {
+            seq: 1,
+            window_ms,
+            index,
+            current,
+            previous,
+        };
+        let counts = WindowCounts {
+            regions: BTreeMap::from([
+                (1, count(1000, 5, 3, 2)),
+                (2, count(1000, 4, 7, 9)),
+                (3, count(1000, 2, 50, 50)),
+                (4, count(500, 5, 40, 40)),
+            ]),
+        };
+        // Region 2's window 4 is the previous one now; region 3's and region 4's do not count.
+        assert_eq!(counts.totals(1000, 5), (2 + 7, 3));
     }
 
     proptest! {

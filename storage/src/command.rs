@@ -76,6 +76,10 @@ pub enum RateLimit {
     SlidingWindow { limit: u64, window_ms: u64 },
     /// `rate` units refill every `per_ms`, up to `burst` stored.
     TokenBucket { rate: u64, per_ms: u64, burst: u64 },
+    /// A sliding window shared by all regions: each region counts what it admits and ships its
+    /// count; a check weighs every region's count as last received (see docs/regions.md for the
+    /// bound on what regions admit together before their counts arrive).
+    GlobalSlidingWindow { limit: u64, window_ms: u64 },
 }
 
 /// One rate-limit decision request inside a [`Op::RateCheck`] batch.
@@ -293,7 +297,10 @@ impl Op {
     /// multi-region data types. Sweeps are not shipped: every region expires keys itself, at the
     /// same HLC time.
     pub fn replicates(&self) -> bool {
-        matches!(self, Op::KvPut { .. } | Op::KvDelete { .. } | Op::Counter { .. })
+        matches!(
+            self,
+            Op::KvPut { .. } | Op::KvDelete { .. } | Op::Counter { .. } | Op::RateCheck { .. }
+        )
     }
 
     /// Whether this op writes homed data (ledgers, leases, queues, their sweeps included): it

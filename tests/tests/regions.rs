@@ -299,7 +299,7 @@ fn a_region_behind_the_feed_retention_is_resynced_in_full() {
 #[test]
 fn homed_data_is_written_at_its_home_and_read_from_a_copy_when_the_home_is_unreachable() {
     use basalt_client::ledger::{Account, Transfer};
-    use basalt_client::{Acquired, ErrorCode, QueueOptions, ReadConsistency, ReceiveOptions};
+    use basalt_client::{Acquired, ErrorCode, QueueOptions, ReceiveOptions};
 
     runtime().block_on(async {
         let regions = TestRegions::start(NODE, vec![one_node("us"), one_node("eu")]).await;
@@ -448,5 +448,55 @@ fn homed_data_is_written_at_its_home_and_read_from_a_copy_when_the_home_is_unrea
         }
         let seen = us.ledger().lookup_accounts(&[2]).await.expect("lookup");
         assert_eq!(seen[0].credits_posted, 140);
+    });
+}
+
+/// A global rate limit: what one region admitted counts against the limit in another once its
+/// count has crossed the link.
+#[test]
+fn a_global_rate_limit_counts_what_other_regions_admitted() {
+    runtime().block_on(async {
+        let regions = TestRegions::start(NODE, vec![one_node("us"), one_node("eu")]).await;
+        regions
+            .links
+            .set_delay(&[1, 2], Duration::from_millis(20), Duration::ZERO);
+        let us = regions.client("us").await.rate_limiter();
+        let eu = regions.client("eu").await.rate_limiter();
+        let window = Duration::from_secs(60);
+        for _ in 0..6 {
+            assert!(
+                us.check_global("api", 10, window, 1)
+                    .await
+                    .expect("check in us")
+                    .allowed
+            );
+        }
+        // A look (cost 0) in eu: its remaining allowance drops once us's count arrives.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let look = eu.check_global("api", 10, window, 0).await.expect("look in eu");
+            if look.remaining == 4 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "us's count never reached eu: {look:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut allowed = 0;
+        for _ in 0..6 {
+            if eu
+                .check_global("api", 10, window, 1)
+                .await
+                .expect("check in eu")
+                .allowed
+            {
+                allowed += 1;
+            }
+        }
+        assert_eq!(allowed, 4, "eu admits only what us left of the limit");
+        // A region-local window of the same key is independent of the other region.
+        assert!(eu.check("api", 10, window, 1).await.expect("local check").allowed);
     });
 }

@@ -14,6 +14,10 @@ fn check_of(check: pb::RateCheck) -> Result<RateCheck, Status> {
             limit: w.limit,
             window_ms: w.window_ms,
         },
+        Some(pb::rate_check::Algorithm::GlobalSlidingWindow(w)) => RateLimit::GlobalSlidingWindow {
+            limit: w.limit,
+            window_ms: w.window_ms,
+        },
         Some(pb::rate_check::Algorithm::TokenBucket(b)) => RateLimit::TokenBucket {
             rate: b.rate,
             per_ms: b.per_ms,
@@ -22,7 +26,7 @@ fn check_of(check: pb::RateCheck) -> Result<RateCheck, Status> {
         None => {
             return Err(status(
                 ErrorCode::InvalidArgument,
-                "a rate check needs sliding_window or token_bucket",
+                "a rate check needs sliding_window, global_sliding_window or token_bucket",
             ))
         }
     };

@@ -382,7 +382,7 @@ fn apply_op<S: StoreRead>(view: &mut View<'_, S>, ctx: OpContext, op: &Op) -> Re
         Op::GroupSweep { limit } => group::sweep(view, now_ms, *limit)?,
         Op::SessionSweep { idle_ms, after, limit } => session::sweep_idle(view, now_ms, *idle_ms, *after, *limit)?,
         Op::Counter { ops } => counter::apply(view, ctx.region.id, ops)?,
-        Op::RateCheck { checks } => rate::apply(view, now_ms, checks)?,
+        Op::RateCheck { checks } => rate::apply(view, now_ms, ctx.region.id, checks)?,
         Op::LeaseAcquire { name, holder, ttl_ms } => lease::acquire(view, index, now_ms, name, holder, *ttl_ms)?,
         Op::LeaseRenew {
             name,
@@ -408,6 +408,7 @@ pub fn sweeps_due<S: StoreRead + ?Sized>(store: &S, now_ms: u64, region: RegionR
     let tables = [
         (Table::KvExpiry, now_ms, Op::KvSweepExpired { limit: SWEEP_LIMIT }),
         (Table::RateExpiry, now_ms, Op::RateSweep { limit: SWEEP_LIMIT }),
+        (Table::RateGlobalExpiry, now_ms, Op::RateSweep { limit: SWEEP_LIMIT }),
         (
             Table::LedgerExpiry,
             now_ms.saturating_mul(1_000_000),
@@ -429,7 +430,7 @@ pub fn sweeps_due<S: StoreRead + ?Sized>(store: &S, now_ms: u64, region: RegionR
             .and_then(|b| b.try_into().ok())
             .map(u64::from_be_bytes);
         // Homed data is swept by its home, whose feed brings the result here.
-        if earliest.is_some_and(|at| at <= now) && (region.is_home() || !op.is_homed()) {
+        if earliest.is_some_and(|at| at <= now) && (region.is_home() || !op.is_homed()) && !due.contains(&op) {
             due.push(op);
         }
     }

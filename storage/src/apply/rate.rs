@@ -3,9 +3,10 @@
 //! Both are pure functions of `(state, limit, cost, now)` in integer arithmetic, so every replica
 //! decides the same, and the state per key is a few words (no per-request log).
 
+use basalt_replication::{RegionId, WindowCount, WindowCounts};
 use serde::{Deserialize, Serialize};
 
-use super::{check_key, lossy, out_of_range, View};
+use super::{check_key, decode, lossy, out_of_range, save, View};
 use crate::command::{OpError, RateCheck, RateDecision, RateLimit, Response};
 use crate::limits::RATE_WINDOW_MS_MAX;
 use crate::state::{KeyRange, StoreError, StoreRead, Table};
@@ -54,7 +55,7 @@ pub(crate) fn validate_check(check: &RateCheck) -> Result<(), OpError> {
     check_key(&check.key)?;
     let window_range = format!("1..={RATE_WINDOW_MS_MAX}");
     match check.limit {
-        RateLimit::SlidingWindow { limit, window_ms } => {
+        RateLimit::SlidingWindow { limit, window_ms } | RateLimit::GlobalSlidingWindow { limit, window_ms } => {
             if limit == 0 {
                 return Err(out_of_range("rate limit", ">= 1", limit));
             }
@@ -96,12 +97,104 @@ fn to_u64(v: u128) -> u64 {
     u64::try_from(v).unwrap_or(u64::MAX)
 }
 
-/// Decides one check. `limit` must have passed [`validate_check`] with `cost`.
+/// Decides one check of a region-local limit. `limit` must have passed [`validate_check`] with
+/// `cost`; a global window is decided as a local one here (see [`decide_global`]).
 pub fn decide(state: Option<RateState>, limit: RateLimit, cost: u64, now_ms: u64) -> (RateState, RateDecision) {
     match limit {
-        RateLimit::SlidingWindow { limit, window_ms } => sliding_window(state, limit, window_ms, cost, now_ms),
+        RateLimit::SlidingWindow { limit, window_ms } | RateLimit::GlobalSlidingWindow { limit, window_ms } => {
+            sliding_window(state, limit, window_ms, cost, now_ms)
+        }
         RateLimit::TokenBucket { rate, per_ms, burst } => token_bucket(state, rate, per_ms, burst, cost, now_ms),
     }
+}
+
+/// Decides one check of a global sliding window in `region`: the sliding-window estimate over
+/// every region's count as last received. Returns the decision and this region's new count, if
+/// it admitted something.
+pub fn decide_global(
+    counts: &WindowCounts,
+    region: RegionId,
+    limit: u64,
+    window_ms: u64,
+    cost: u64,
+    now_ms: u64,
+) -> (Option<WindowCount>, RateDecision) {
+    let index = now_ms / window_ms;
+    let (previous, current) = counts.totals(window_ms, index);
+    let everyone = RateState::Window {
+        window_ms,
+        index,
+        current,
+        previous,
+    };
+    let (_, decision) = sliding_window(Some(everyone), limit, window_ms, cost, now_ms);
+    if !decision.allowed || cost == 0 {
+        return (None, decision);
+    }
+    let mine = counts.get(region);
+    let (previous, current) = mine.at(window_ms, index);
+    let next = WindowCount {
+        seq: mine.seq + 1,
+        window_ms,
+        index,
+        current: current + cost,
+        previous,
+    };
+    (Some(next), decision)
+}
+
+/// A global key's counts as stored, with the forget time under which `RateGlobalExpiry` indexes it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredGlobal {
+    pub counts: WindowCounts,
+    pub forget_at_ms: u64,
+}
+
+fn load_global<S: StoreRead>(view: &View<'_, S>, key: &[u8]) -> Result<Option<StoredGlobal>, StoreError> {
+    match view.get(Table::RateGlobal, key)? {
+        None => Ok(None),
+        Some(bytes) => decode(Table::RateGlobal, key, &bytes).map(Some),
+    }
+}
+
+/// Merges `count` into `key`'s counts as `region`'s and stores them, re-indexing the forget time
+/// (once every count has slid out of its window, forgetting the key changes no decision).
+pub(crate) fn merge_global_count<S: StoreRead>(
+    view: &mut View<'_, S>,
+    key: &[u8],
+    region: RegionId,
+    count: WindowCount,
+) -> Result<(), StoreError> {
+    let stored = load_global(view, key)?;
+    let mut counts = stored.as_ref().map(|s| s.counts.clone()).unwrap_or_default();
+    counts.merge_region(region, count);
+    let slid_out = counts
+        .regions
+        .values()
+        .map(|c| c.index.saturating_add(2).saturating_mul(c.window_ms))
+        .max()
+        .unwrap_or(0);
+    let forget_at_ms = slid_out.div_ceil(FORGET_GRANULE_MS) * FORGET_GRANULE_MS;
+    let old_forget = stored.as_ref().map(|s| s.forget_at_ms);
+    if old_forget != Some(forget_at_ms) {
+        if let Some(old) = old_forget {
+            view.delete(Table::RateGlobalExpiry, forget_key(old, key));
+        }
+        view.put(Table::RateGlobalExpiry, forget_key(forget_at_ms, key), Vec::new());
+    }
+    save(
+        view,
+        Table::RateGlobal,
+        key.to_vec(),
+        &StoredGlobal { counts, forget_at_ms },
+    );
+    Ok(())
+}
+
+/// This region's count of `key`'s global window, as stored (what the feed ships).
+pub(crate) fn own_global_count(bytes: &[u8], key: &[u8], region: RegionId) -> Result<WindowCount, StoreError> {
+    let stored: StoredGlobal = decode(Table::RateGlobal, key, bytes)?;
+    Ok(stored.counts.get(region))
 }
 
 fn sliding_window(
@@ -243,6 +336,7 @@ fn token_bucket(
 pub(crate) fn apply<S: StoreRead>(
     view: &mut View<'_, S>,
     now_ms: u64,
+    region: RegionId,
     checks: &[RateCheck],
 ) -> Result<Response, StoreError> {
     if let Err(e) = validate(checks) {
@@ -250,6 +344,15 @@ pub(crate) fn apply<S: StoreRead>(
     }
     let mut decisions = Vec::with_capacity(checks.len());
     for check in checks {
+        if let RateLimit::GlobalSlidingWindow { limit, window_ms } = check.limit {
+            let counts = load_global(view, &check.key)?.map(|s| s.counts).unwrap_or_default();
+            let (mine, decision) = decide_global(&counts, region, limit, window_ms, check.cost, now_ms);
+            if let Some(mine) = mine {
+                merge_global_count(view, &check.key, region, mine)?;
+            }
+            decisions.push(decision);
+            continue;
+        }
         let stored = match view.get(Table::RateLimit, &check.key)? {
             None => None,
             Some(bytes) => match bincode::deserialize::<StoredRate>(&bytes) {
@@ -280,11 +383,22 @@ pub(crate) fn apply<S: StoreRead>(
     Ok(Response::RateDecisions(decisions))
 }
 
-/// Forgets keys whose forget time has come, at most `limit`.
+/// Forgets keys whose forget time has come, at most `limit` of each kind (local, global).
 pub(crate) fn sweep<S: StoreRead>(view: &mut View<'_, S>, now_ms: u64, limit: u32) -> Result<Response, StoreError> {
     let due_range = KeyRange::between(Vec::new(), now_ms.saturating_add(1).to_be_bytes().to_vec());
-    let due = view.scan(Table::RateExpiry, &due_range, limit as usize)?;
     let mut removed = 0u32;
+    for (index_key, _) in view.scan(Table::RateGlobalExpiry, &due_range, limit as usize)? {
+        view.delete(Table::RateGlobalExpiry, index_key.clone());
+        let Some((at, key)) = index_key.split_first_chunk::<8>() else {
+            continue;
+        };
+        // Only if the key still carries this forget time: a later count may have moved it.
+        if load_global(view, key)?.is_some_and(|g| g.forget_at_ms == u64::from_be_bytes(*at)) {
+            view.delete(Table::RateGlobal, key.to_vec());
+            removed += 1;
+        }
+    }
+    let due = view.scan(Table::RateExpiry, &due_range, limit as usize)?;
     for (index_key, _) in due {
         view.delete(Table::RateExpiry, index_key.clone());
         let Some((at, key)) = index_key.split_first_chunk::<8>() else {

@@ -102,6 +102,11 @@ pub(crate) fn record_feed(
                     component: counter.component(region),
                 });
             }
+            (Table::RateGlobal, Some(bytes)) => effects.push(Effect::RateWindow {
+                key: key.to_vec(),
+                region,
+                count: super::rate::own_global_count(bytes, key, region)?,
+            }),
             _ => {}
         }
     }
@@ -137,7 +142,7 @@ pub(crate) fn apply_remote<S: StoreRead>(
         let row_table = match effect {
             Effect::Row { table, .. } => Some(table.as_str()),
             Effect::RowsReset => None,
-            Effect::Kv { .. } | Effect::Counter { .. } => continue,
+            Effect::Kv { .. } | Effect::Counter { .. } | Effect::RateWindow { .. } => continue,
         };
         if !source_is_home(region, batch.source) {
             return Ok(Response::Refused(OpError::RowsFromNonHome {
@@ -222,6 +227,7 @@ fn merge_effect<S: StoreRead>(
             counter.merge_component(*region, *component);
             view.put(Table::Counter, key.clone(), encode_pn(&counter));
         }
+        Effect::RateWindow { key, region, count } => super::rate::merge_global_count(view, key, *region, *count)?,
         Effect::Row { table, key, value } => {
             // Checked by `apply_remote` before any effect applies.
             let Some(table) = Table::from_name(table).filter(|t| t.is_homed()) else {

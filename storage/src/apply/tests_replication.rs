@@ -436,3 +436,112 @@ proptest! {
         }
     }
 }
+
+fn global_check(h: &mut Harness, at_ms: u64, key: &str, limit: u64, cost: u64) -> bool {
+    let check = crate::command::RateCheck {
+        key: key.into(),
+        limit: crate::command::RateLimit::GlobalSlidingWindow {
+            limit,
+            window_ms: 60_000,
+        },
+        cost,
+    };
+    match h.apply(cmd(at_ms, Op::RateCheck { checks: vec![check] })) {
+        Response::RateDecisions(d) => d[0].allowed,
+        other => panic!("expected decisions, got {other:?}"),
+    }
+}
+
+fn admitted(h: &mut Harness, at_ms: u64, key: &str, limit: u64, tries: usize) -> usize {
+    (0..tries).filter(|_| global_check(h, at_ms, key, limit, 1)).count()
+}
+
+#[test]
+fn a_global_rate_limit_counts_what_every_region_admitted() {
+    let mut us = region(1);
+    let mut eu = region(2);
+    assert_eq!(admitted(&mut us, 1_000, "api", 10, 6), 6);
+    ship(&us, 1, &mut eu, 1_001);
+    // eu sees us's 6 of 10: 4 more, then refusals (a region-local window would admit 10).
+    assert_eq!(admitted(&mut eu, 1_002, "api", 10, 8), 4);
+    ship(&eu, 2, &mut us, 1_003);
+    assert_eq!(admitted(&mut us, 1_004, "api", 10, 3), 0, "us sees eu's 4 too");
+    // Counts slide out with the window: two windows later both admit again.
+    assert_eq!(admitted(&mut us, 121_000, "api", 10, 10), 10);
+}
+
+#[test]
+fn partitioned_regions_each_admit_at_most_the_limit_and_agree_once_counts_arrive() {
+    let mut us = region(1);
+    let mut eu = region(2);
+    // No shipping: each region sees only its own count (the documented bound: regions x limit).
+    assert_eq!(admitted(&mut us, 1_000, "api", 5, 9), 5);
+    assert_eq!(admitted(&mut eu, 1_000, "api", 5, 9), 5);
+    // Shipping twice (duplicates) and in both directions: the counts merge, not add up twice.
+    for _ in 0..2 {
+        ship(&us, 1, &mut eu, 1_001);
+        ship(&eu, 2, &mut us, 1_001);
+    }
+    for h in [&us, &eu] {
+        let stored = h.store.get(Table::RateGlobal, b"api").expect("get").expect("stored");
+        let counts: super::rate::StoredGlobal = bincode::deserialize(&stored).expect("decode");
+        assert_eq!(counts.counts.totals(60_000, 0), (0, 10));
+    }
+    assert_eq!(admitted(&mut eu, 1_002, "api", 5, 3), 0);
+}
+
+#[test]
+fn a_global_key_is_forgotten_once_every_count_slid_out() {
+    let mut us = region(1);
+    let mut eu = region(2);
+    admitted(&mut us, 1_000, "api", 5, 1);
+    ship(&us, 1, &mut eu, 1_001);
+    let later = 10 * 60_000;
+    let due = sweeps_due(&eu.store, later, eu.applier.region()).expect("due");
+    assert_eq!(due, vec![Op::RateSweep { limit: SWEEP_LIMIT }]);
+    eu.apply(cmd(later, Op::RateSweep { limit: SWEEP_LIMIT }));
+    assert_eq!(eu.store.get(Table::RateGlobal, b"api").expect("get"), None);
+    assert!(sweeps_due(&eu.store, later, eu.applier.region())
+        .expect("due")
+        .is_empty());
+}
+
+#[test]
+fn without_regions_a_global_window_decides_like_a_local_one() {
+    let mut lone = Harness::new();
+    let mut local = Harness::new();
+    for (at, cost) in [(0, 3), (10_000, 4), (30_000, 5), (61_000, 2), (90_000, 6), (150_000, 1)] {
+        let global = {
+            let check = crate::command::RateCheck {
+                key: "k".into(),
+                limit: crate::command::RateLimit::GlobalSlidingWindow {
+                    limit: 8,
+                    window_ms: 60_000,
+                },
+                cost,
+            };
+            lone.apply(cmd(at, Op::RateCheck { checks: vec![check] }))
+        };
+        let sliding = {
+            let check = crate::command::RateCheck {
+                key: "k".into(),
+                limit: crate::command::RateLimit::SlidingWindow {
+                    limit: 8,
+                    window_ms: 60_000,
+                },
+                cost,
+            };
+            local.apply(cmd(at, Op::RateCheck { checks: vec![check] }))
+        };
+        match (global, sliding) {
+            (Response::RateDecisions(g), Response::RateDecisions(s)) => {
+                assert_eq!(
+                    (g[0].allowed, g[0].remaining),
+                    (s[0].allowed, s[0].remaining),
+                    "at {at}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

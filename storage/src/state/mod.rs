@@ -75,10 +75,14 @@ pub enum Table {
     /// Source region (u16 BE) -> [`crate::apply::replication::SourceState`]: how far this region
     /// has merged each other region's feed.
     ReplSource,
+    /// Rate-limit key -> every region's count of its global sliding window.
+    RateGlobal,
+    /// `(forget_at_ms BE, rate-limit key)`: when each global key's counts may be forgotten.
+    RateGlobalExpiry,
 }
 
 impl Table {
-    pub const ALL: [Table; 31] = [
+    pub const ALL: [Table; 33] = [
         Table::Meta,
         Table::Kv,
         Table::KvExpiry,
@@ -110,6 +114,8 @@ impl Table {
         Table::KvTombstoneByStamp,
         Table::ReplFeed,
         Table::ReplSource,
+        Table::RateGlobal,
+        Table::RateGlobalExpiry,
     ];
 
     pub fn name(self) -> &'static str {
@@ -145,6 +151,8 @@ impl Table {
             Table::KvTombstoneByStamp => "kv_tombstone_by_stamp",
             Table::ReplFeed => "repl_feed",
             Table::ReplSource => "repl_source",
+            Table::RateGlobal => "rate_global",
+            Table::RateGlobalExpiry => "rate_global_expiry",
         }
     }
 
