@@ -86,6 +86,9 @@ pub struct TopicOptions {
     pub retention: Option<Duration>,
     /// Oldest records are removed while a partition holds more than this.
     pub retention_bytes: Option<u64>,
+    /// With regions: every other region gets a read-only copy named `topic@region` (this
+    /// region's name), which its consumers read locally.
+    pub mirror: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -170,6 +173,7 @@ impl Streams {
             partitions: options.partitions,
             retention_ms: options.retention.map_or(0, |d| millis(d).max(1)),
             retention_bytes: options.retention_bytes.unwrap_or(0),
+            mirror: options.mirror,
         };
         let reply = self
             .client
@@ -200,6 +204,7 @@ impl Streams {
                 partitions: reply.partitions,
                 retention: (reply.retention_ms > 0).then(|| Duration::from_millis(reply.retention_ms)),
                 retention_bytes: (reply.retention_bytes > 0).then_some(reply.retention_bytes),
+                mirror: reply.mirror,
             },
             partitions: reply
                 .partition_info

@@ -121,6 +121,8 @@ impl RegionConfig {
             replicated: true,
             remotes: self.remotes.len() as u16,
             home: self.home_remote().map_or(self.id, |home| home.id),
+            // Checked by `validate`.
+            name: basalt_replication::RegionName::new(&self.name).unwrap_or_default(),
         }
     }
 
@@ -138,8 +140,11 @@ impl RegionConfig {
         if self.id == 0 {
             return invalid("region id must be in 1..=65535".into());
         }
-        if self.name.is_empty() {
-            return invalid("region name is empty".into());
+        if basalt_replication::RegionName::new(&self.name).is_none() {
+            return invalid(format!(
+                "region name {:?} must be 1 to 32 letters, digits, '_' or '-'",
+                self.name
+            ));
         }
         if self.feed_retain_entries == 0 {
             return invalid("feed_retain_entries must be positive".into());

@@ -99,6 +99,9 @@ pub enum StreamCommand {
         retention: Option<Duration>,
         #[arg(long)]
         retention_bytes: Option<u64>,
+        /// With regions: copy the topic to every other region as the read-only `TOPIC@REGION`.
+        #[arg(long)]
+        mirror: bool,
     },
     /// Partitions with their offsets.
     Describe { topic: String },
@@ -221,6 +224,7 @@ pub async fn stream(client: &Client, command: StreamCommand) -> Result<(), Strin
             partitions,
             retention,
             retention_bytes,
+            mirror,
         } => {
             let created = streams
                 .create_topic(
@@ -229,6 +233,7 @@ pub async fn stream(client: &Client, command: StreamCommand) -> Result<(), Strin
                         partitions,
                         retention,
                         retention_bytes,
+                        mirror,
                     },
                 )
                 .await

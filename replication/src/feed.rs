@@ -24,6 +24,14 @@ pub enum Effect {
         region: RegionId,
         count: WindowCount,
     },
+    /// A row of a mirrored stream topic (its settings, a partition's bounds or a record batch),
+    /// `None` when the source deleted it, under the mirror's name: `key` already names the topic
+    /// `topic@source`. The source is the topic's only writer, so the receiver copies rows.
+    MirrorRow {
+        table: String,
+        key: Vec<u8>,
+        value: Option<Vec<u8>>,
+    },
     /// A row of homed data (ledgers, leases, queues) as the home region wrote it, `None` when it
     /// deleted it. Homed data has a single writer, its home, and the feed carries its changes in
     /// log order: the receiver copies rows rather than merging them, and its copy is always the

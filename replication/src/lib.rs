@@ -28,4 +28,4 @@ pub mod pb {
 pub use digest::Digest;
 pub use feed::{Effect, FeedEntry, ShipBatch};
 pub use merge::{Component, LwwValue, PnCounter, WindowCount, WindowCounts};
-pub use version::{RegionId, Version};
+pub use version::{RegionId, RegionName, Version};

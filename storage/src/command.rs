@@ -414,6 +414,10 @@ pub enum OpError {
     RowsFromNonHome { source_region: u16, home: u16 },
     #[error("table {table:?} does not hold homed data")]
     NotHomedTable { table: String },
+    #[error("topic {topic:?} is read-only here: names with '@' are mirrors of another region's topic")]
+    MirrorReadOnly { topic: String },
+    #[error("a mirrored row must be in a stream table under a mirror name (table {table:?})")]
+    NotMirrorRow { table: String },
     #[error("partition {topic:?}/{partition} is not assigned to member {member:?}")]
     NotAssigned {
         topic: String,

@@ -14,6 +14,18 @@ pub struct TopicConfig {
     pub retention_ms: Option<u64>,
     /// Oldest records are removed while a partition holds more than this many bytes.
     pub retention_bytes: Option<u64>,
+    /// Copied to every other region as the read-only topic `name@region`.
+    #[serde(default)]
+    pub mirror: bool,
+}
+
+/// The character that marks a mirror of another region's topic (`orders@us`); other topic names
+/// may not contain it.
+pub const MIRROR_MARK: u8 = b'@';
+
+/// Whether `topic` names another region's mirrored topic.
+pub fn is_mirror_name(topic: &[u8]) -> bool {
+    topic.contains(&MIRROR_MARK)
 }
 
 /// One record to produce.

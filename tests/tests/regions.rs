@@ -500,3 +500,57 @@ fn a_global_rate_limit_counts_what_other_regions_admitted() {
         assert!(eu.check("api", 10, window, 1).await.expect("local check").allowed);
     });
 }
+
+/// A mirrored topic produced in one region is read in another as `topic@region`, which is
+/// read-only there.
+#[test]
+fn a_mirrored_topic_is_consumed_in_another_region_as_topic_at_region() {
+    use basalt_client::{ErrorCode, FetchOptions, Record, TopicOptions};
+
+    runtime().block_on(async {
+        let regions = TestRegions::start(NODE, vec![one_node("us"), one_node("eu")]).await;
+        regions
+            .links
+            .set_delay(&[1, 2], Duration::from_millis(20), Duration::ZERO);
+        let us = regions.client("us").await.streams();
+        let eu = regions.client("eu").await.streams();
+        let options = TopicOptions {
+            partitions: 1,
+            mirror: true,
+            ..TopicOptions::default()
+        };
+        assert!(us.create_topic("orders", options).await.expect("create in us"));
+        let sent: Vec<String> = (0..20).map(|i| format!("order-{i}")).collect();
+        for value in &sent {
+            us.produce("orders", vec![Record::new("", value.as_str()).to_partition(0)])
+                .await
+                .expect("produce in us");
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let got = loop {
+            match eu.fetch("orders@us", 0, 0, FetchOptions::default()).await {
+                Ok(f) if f.records.len() == sent.len() => break f,
+                Ok(_) | Err(_) if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                other => panic!("the mirror never caught up: {other:?}"),
+            }
+        };
+        let values: Vec<String> = got
+            .records
+            .iter()
+            .map(|r| String::from_utf8_lossy(&r.value).into_owned())
+            .collect();
+        assert_eq!(values, sent, "the mirror holds the records in order");
+        assert_eq!(
+            got.records.last().map(|r| r.offset),
+            Some(19),
+            "with the source's offsets"
+        );
+        let refused = eu
+            .produce("orders@us", vec![Record::new("", "forged").to_partition(0)])
+            .await
+            .expect_err("a mirror is read-only");
+        assert_eq!(refused.code(), Some(ErrorCode::InvalidArgument));
+    });
+}

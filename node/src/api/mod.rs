@@ -111,7 +111,9 @@ pub(crate) fn op_error_status(e: &OpError) -> Status {
         OpError::OwnFeed { .. }
         | OpError::NotReplicating { .. }
         | OpError::RowsFromNonHome { .. }
-        | OpError::NotHomedTable { .. } => ErrorCode::InvalidArgument,
+        | OpError::NotHomedTable { .. }
+        | OpError::NotMirrorRow { .. }
+        | OpError::MirrorReadOnly { .. } => ErrorCode::InvalidArgument,
         // Reached only if a homed write bypassed forwarding: the caller should go to the home.
         OpError::NotHome { .. } => ErrorCode::RegionUnavailable,
     };

@@ -51,6 +51,7 @@ impl Stream for Api {
                 partitions: r.partitions,
                 retention_ms: (r.retention_ms > 0).then_some(r.retention_ms),
                 retention_bytes: (r.retention_bytes > 0).then_some(r.retention_bytes),
+                mirror: r.mirror,
             },
         };
         match self.write(r.header, op).await? {
@@ -85,6 +86,7 @@ impl Stream for Api {
             partitions: config.partitions,
             retention_ms: config.retention_ms.unwrap_or(0),
             retention_bytes: config.retention_bytes.unwrap_or(0),
+            mirror: config.mirror,
             partition_info,
         }))
     }

@@ -35,6 +35,8 @@ mod tests_lease;
 #[cfg(test)]
 mod tests_ledger;
 #[cfg(test)]
+mod tests_mirror;
+#[cfg(test)]
 mod tests_queue;
 #[cfg(test)]
 mod tests_rate;
@@ -45,7 +47,7 @@ mod tests_stream;
 
 use std::collections::BTreeMap;
 
-use basalt_replication::RegionId;
+use basalt_replication::{RegionId, RegionName};
 
 use crate::command::{Command, Op, OpError, Response};
 use crate::hlc::HlcStamp;
@@ -84,7 +86,7 @@ impl WriteSet {
         self.entries.extend(other.entries);
     }
 
-    fn lookup(&self, table: Table, key: &[u8]) -> Option<Option<&[u8]>> {
+    pub(crate) fn lookup(&self, table: Table, key: &[u8]) -> Option<Option<&[u8]>> {
         // BTreeMap keyed by (Table, Vec<u8>) cannot be queried by (Table, &[u8]) without allocating.
         self.entries.get(&(table, key.to_vec())).map(|v| v.as_deref())
     }
@@ -166,6 +168,8 @@ pub struct RegionRole {
     pub remotes: u16,
     /// The region that owns homed data (ledgers, leases, queues); `id` when it is this one.
     pub home: RegionId,
+    /// Mirrors of this region's topics are named `topic@name` elsewhere.
+    pub name: RegionName,
 }
 
 impl RegionRole {
@@ -183,6 +187,7 @@ impl Default for RegionRole {
             replicated: false,
             remotes: 0,
             home: 1,
+            name: RegionName::default(),
         }
     }
 }
@@ -270,7 +275,7 @@ impl Applier {
                 };
                 if !matches!(response, Response::Refused(_)) {
                     if self.region.replicated {
-                        replication::record_feed(&mut staged, index, stamp.0, self.region, &command.op)?;
+                        replication::record_feed(&view, &mut staged, index, stamp.0, self.region, &command.op)?;
                     }
                     view.writes.absorb(staged);
                 }

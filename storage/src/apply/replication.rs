@@ -10,9 +10,11 @@ use serde::{Deserialize, Serialize};
 
 use super::counter::{decode_pn, encode_pn};
 use super::kv::{store_tombstone, store_value, tombstone};
-use super::{decode, load, save, RegionRole, View, WriteSet};
+use super::stream::{mirror_key, topic_of_key, MIRRORED_TABLES};
+use super::{decode, load, named, save, RegionRole, View, WriteSet};
 use crate::command::{Op, OpError, Response};
 use crate::state::{KeyRange, KvRecord, StoreError, StoreRead, Table};
+use crate::stream::{is_mirror_name, TopicConfig};
 
 /// How far this region has merged one other region's feed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,11 +49,13 @@ pub fn source_states<S: StoreRead + ?Sized>(store: &S) -> Result<Vec<(RegionId, 
         .collect()
 }
 
-/// Derives the feed entry of log entry `index` from the writes `op` made (`staged`), and adds it
-/// to them. Called in a replicating region for every applied op: the writes of multi-region
-/// types if `op` replicates, and in the home region every row of homed data written or deleted
-/// (sweeps included: other regions do not sweep their copy).
-pub(crate) fn record_feed(
+/// Derives the feed entry of log entry `index` from the writes `op` made (`staged`, over the
+/// state `before` it), and adds it to them. Called in a replicating region for every applied op:
+/// the writes of multi-region types if `op` replicates; in the home region every row of homed
+/// data written or deleted (sweeps included: other regions do not sweep their copy); and every
+/// row of a mirrored topic, under its mirror name.
+pub(crate) fn record_feed<S: StoreRead + ?Sized>(
+    before: &S,
     staged: &mut WriteSet,
     index: u64,
     stamp: u64,
@@ -63,6 +67,12 @@ pub(crate) fn record_feed(
     let homed_rows = role.is_home();
     let mut effects = Vec::new();
     for (table, key, value) in staged.iter() {
+        if MIRRORED_TABLES.contains(&table) {
+            if let Some(effect) = mirror_row(before, staged, role, table, key, value)? {
+                effects.push(effect);
+            }
+            continue;
+        }
         if table.is_homed() {
             if homed_rows {
                 effects.push(Effect::Row {
@@ -121,6 +131,38 @@ pub(crate) fn record_feed(
     Ok(())
 }
 
+/// The feed effect of a write to a stream table, if its topic is mirrored: the row under the
+/// mirror's name. Mirrors themselves (names with `@`) are never mirrored again.
+fn mirror_row<S: StoreRead + ?Sized>(
+    before: &S,
+    staged: &WriteSet,
+    role: RegionRole,
+    table: Table,
+    key: &[u8],
+    value: Option<&[u8]>,
+) -> Result<Option<Effect>, StoreError> {
+    let Some(topic) = topic_of_key(key).filter(|t| !is_mirror_name(t)) else {
+        return Ok(None);
+    };
+    let topic_key = named(topic);
+    let config_bytes = match staged.lookup(Table::StreamTopic, &topic_key) {
+        Some(written) => written.map(<[u8]>::to_vec),
+        None => before.get(Table::StreamTopic, &topic_key)?,
+    };
+    let mirrored = match config_bytes {
+        Some(bytes) => decode::<TopicConfig>(Table::StreamTopic, &topic_key, &bytes)?.mirror,
+        None => false,
+    };
+    if !mirrored {
+        return Ok(None);
+    }
+    Ok(mirror_key(key, role.name.as_bytes()).map(|key| Effect::MirrorRow {
+        table: table.name().to_string(),
+        key,
+        value: value.map(<[u8]>::to_vec),
+    }))
+}
+
 /// Merges a batch of `batch.source`'s feed: entries at or below the watermark were merged before
 /// and are skipped (a re-sync chunk merges everything: merging twice is harmless).
 pub(crate) fn apply_remote<S: StoreRead>(
@@ -142,6 +184,13 @@ pub(crate) fn apply_remote<S: StoreRead>(
         let row_table = match effect {
             Effect::Row { table, .. } => Some(table.as_str()),
             Effect::RowsReset => None,
+            Effect::MirrorRow { table, key, .. } => {
+                let stream_table = Table::from_name(table).filter(|t| MIRRORED_TABLES.contains(t));
+                if stream_table.is_none() || !topic_of_key(key).is_some_and(is_mirror_name) {
+                    return Ok(Response::Refused(OpError::NotMirrorRow { table: table.clone() }));
+                }
+                continue;
+            }
             Effect::Kv { .. } | Effect::Counter { .. } | Effect::RateWindow { .. } => continue,
         };
         if !source_is_home(region, batch.source) {
@@ -226,6 +275,16 @@ fn merge_effect<S: StoreRead>(
             };
             counter.merge_component(*region, *component);
             view.put(Table::Counter, key.clone(), encode_pn(&counter));
+        }
+        Effect::MirrorRow { table, key, value } => {
+            // Checked by `apply_remote` before any effect applies.
+            let Some(table) = Table::from_name(table).filter(|t| MIRRORED_TABLES.contains(t)) else {
+                return Ok(());
+            };
+            match value {
+                Some(bytes) => view.put(table, key.clone(), bytes.clone()),
+                None => view.delete(table, key.clone()),
+            }
         }
         Effect::RateWindow { key, region, count } => super::rate::merge_global_count(view, key, *region, *count)?,
         Effect::Row { table, key, value } => {

@@ -11,9 +11,11 @@ use serde::{Deserialize, Serialize};
 use super::queue::check_name;
 use super::{check_batch, decode, load, named, out_of_range, save, View};
 use crate::command::{OpError, Response};
-use crate::limits::{BATCH_BYTES_MAX, PARTITIONS_MAX, RECORD_VALUE_BYTES_MAX, TTL_MS_MAX};
+use crate::limits::{BATCH_BYTES_MAX, NAME_BYTES_MAX, PARTITIONS_MAX, RECORD_VALUE_BYTES_MAX, TTL_MS_MAX};
 use crate::state::{KeyRange, StoreError, StoreRead, Table};
-use crate::stream::{partition_for_key, FetchedRecord, ProduceRecord, Produced, Record, TopicConfig};
+use crate::stream::{
+    is_mirror_name, partition_for_key, FetchedRecord, ProduceRecord, Produced, Record, TopicConfig, MIRROR_MARK,
+};
 
 /// A partition's bounds: records `start_offset..next_offset` are stored.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +81,16 @@ fn unknown_topic(topic: &[u8]) -> OpError {
 
 pub(crate) fn validate_topic(topic: &[u8], config: &TopicConfig) -> Result<(), OpError> {
     check_name("topic name", topic)?;
+    refuse_mirror_name(topic)?;
+    // Its mirrors are named `topic@region`, which must fit a name too.
+    let mirror_len = topic.len() + 1 + basalt_replication::RegionName::MAX;
+    if config.mirror && mirror_len > NAME_BYTES_MAX {
+        return Err(OpError::TooLarge {
+            what: "name of a mirrored topic (plus '@' and a region name of up to 32 bytes)".into(),
+            len: mirror_len,
+            max: NAME_BYTES_MAX,
+        });
+    }
     if config.partitions == 0 || config.partitions > PARTITIONS_MAX {
         return Err(out_of_range(
             "partitions",
@@ -97,8 +109,19 @@ pub(crate) fn validate_topic(topic: &[u8], config: &TopicConfig) -> Result<(), O
     Ok(())
 }
 
+/// Names with `@` are other regions' mirrors: read-only here.
+fn refuse_mirror_name(topic: &[u8]) -> Result<(), OpError> {
+    if is_mirror_name(topic) {
+        return Err(OpError::MirrorReadOnly {
+            topic: String::from_utf8_lossy(topic).into_owned(),
+        });
+    }
+    Ok(())
+}
+
 pub(crate) fn validate_produce(topic: &[u8], records: &[ProduceRecord], producer: Option<u64>) -> Result<(), OpError> {
     check_name("topic name", topic)?;
+    refuse_mirror_name(topic)?;
     check_batch(records.len())?;
     let mut total = 0usize;
     for r in records {
@@ -412,6 +435,10 @@ fn topics_with_retention<S: StoreRead + ?Sized>(store: &S) -> Result<Vec<(Vec<u8
     let mut out = Vec::new();
     for (key, value) in store.scan(Table::StreamTopic, &KeyRange::all(), usize::MAX)? {
         let config: TopicConfig = decode(Table::StreamTopic, &key, &value)?;
+        // A mirror follows its source's retention, which the feed brings.
+        if is_mirror_name(&key[1..]) {
+            continue;
+        }
         if config.retention_ms.is_some() || config.retention_bytes.is_some() {
             out.push((key[1..].to_vec(), config));
         }
@@ -462,4 +489,28 @@ pub(crate) fn apply_retention<S: StoreRead>(
         }
     }
     Ok(Response::Swept { removed })
+}
+
+/// The tables a mirrored topic's rows are in: its settings, partitions' bounds and record batches
+/// (not producers, groups or offsets, which stay in their region).
+pub const MIRRORED_TABLES: [Table; 3] = [Table::StreamTopic, Table::StreamPartition, Table::StreamBatch];
+
+/// The topic a row of [`MIRRORED_TABLES`] belongs to: every key starts with the length-prefixed name.
+pub(crate) fn topic_of_key(key: &[u8]) -> Option<&[u8]> {
+    let (&len, rest) = key.split_first()?;
+    rest.get(..usize::from(len))
+}
+
+/// `key` of a row of `topic`, re-keyed under the mirror name `topic@region`.
+pub(crate) fn mirror_key(key: &[u8], region: &[u8]) -> Option<Vec<u8>> {
+    let topic = topic_of_key(key)?;
+    let mut name = topic.to_vec();
+    name.push(MIRROR_MARK);
+    name.extend_from_slice(region);
+    if name.len() > NAME_BYTES_MAX {
+        return None;
+    }
+    let mut mirrored = named(&name);
+    mirrored.extend_from_slice(&key[1 + topic.len()..]);
+    Some(mirrored)
 }

@@ -16,6 +16,7 @@ pub(super) fn region(id: u16) -> Harness {
         replicated: true,
         remotes: 2,
         home: 1,
+        name: basalt_replication::RegionName::new(["us", "eu", "ap"][usize::from(id - 1) % 3]).expect("name"),
     })
 }
 

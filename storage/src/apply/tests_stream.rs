@@ -19,13 +19,14 @@ fn create(h: &mut Harness, topic: &str, partitions: u32) {
                 partitions,
                 retention_ms: None,
                 retention_bytes: None,
+                mirror: false,
             },
         },
     ));
     assert!(matches!(r, Response::TopicCreated { .. }), "{r:?}");
 }
 
-fn record(key: &str, value: &str) -> ProduceRecord {
+pub(super) fn record(key: &str, value: &str) -> ProduceRecord {
     ProduceRecord {
         partition: None,
         key: key.into(),
@@ -35,14 +36,20 @@ fn record(key: &str, value: &str) -> ProduceRecord {
     }
 }
 
-fn to(partition: u32, value: &str) -> ProduceRecord {
+pub(super) fn to(partition: u32, value: &str) -> ProduceRecord {
     ProduceRecord {
         partition: Some(partition),
         ..record("", value)
     }
 }
 
-fn produce(h: &mut Harness, at: u64, topic: &str, records: Vec<ProduceRecord>, producer: Option<u64>) -> Response {
+pub(super) fn produce(
+    h: &mut Harness,
+    at: u64,
+    topic: &str,
+    records: Vec<ProduceRecord>,
+    producer: Option<u64>,
+) -> Response {
     h.apply(cmd(
         at,
         Op::StreamProduce {
@@ -233,6 +240,7 @@ fn bad_input_gets_typed_refusals() {
                 partitions: 1,
                 retention_ms: None,
                 retention_bytes: None,
+                mirror: false,
             },
         },
     ));
@@ -250,6 +258,7 @@ fn retention_by_age_and_by_size_removes_the_oldest_batches() {
                 partitions: 1,
                 retention_ms: Some(1000),
                 retention_bytes: None,
+                mirror: false,
             },
         },
     ));
@@ -261,6 +270,7 @@ fn retention_by_age_and_by_size_removes_the_oldest_batches() {
                 partitions: 1,
                 retention_ms: None,
                 retention_bytes: Some(250),
+                mirror: false,
             },
         },
     ));

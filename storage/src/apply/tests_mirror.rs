@@ -1,0 +1,149 @@
+//! Mirror topics: a topic created with `mirror` is copied to every other region as the read-only
+//! topic `topic@region`, records, bounds and retention included.
+
+use super::stream::{fetch, topic_config};
+use super::tests::{cmd, Harness};
+use super::tests_replication::{region, ship};
+use super::tests_stream::{produce, to};
+use super::*;
+use crate::stream::TopicConfig;
+
+fn create(h: &mut Harness, topic: &str, config: TopicConfig) -> Response {
+    h.apply(cmd(
+        1,
+        Op::StreamCreateTopic {
+            topic: topic.into(),
+            config,
+        },
+    ))
+}
+
+fn config(mirror: bool, retention_ms: Option<u64>) -> TopicConfig {
+    TopicConfig {
+        partitions: 2,
+        retention_ms,
+        retention_bytes: None,
+        mirror,
+    }
+}
+
+fn values(h: &Harness, topic: &str, partition: u32) -> Vec<String> {
+    let start = stream::partition_state(&h.store, topic.as_bytes(), partition)
+        .expect("read")
+        .map_or(0, |p| p.start_offset);
+    let fetched = fetch(&h.store, topic.as_bytes(), partition, start, 1000, u64::MAX)
+        .expect("fetch")
+        .unwrap_or_else(|e| panic!("fetch {topic}: {e}"));
+    fetched
+        .records
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.record.value).into_owned())
+        .collect()
+}
+
+#[test]
+fn a_mirrored_topic_is_readable_elsewhere_as_topic_at_region() {
+    let mut us = region(1);
+    let mut eu = region(2);
+    assert!(matches!(
+        create(&mut us, "orders", config(true, None)),
+        Response::TopicCreated { created: true }
+    ));
+    create(&mut us, "audit", config(false, None));
+    produce(
+        &mut us,
+        10,
+        "orders",
+        vec![to(0, "o-1"), to(1, "o-2"), to(0, "o-3")],
+        None,
+    );
+    produce(&mut us, 11, "audit", vec![to(0, "a-1")], None);
+    assert!(matches!(ship(&us, 1, &mut eu, 12), Response::ReplApplied { .. }));
+
+    assert_eq!(values(&eu, "orders@us", 0), ["o-1", "o-3"]);
+    assert_eq!(values(&eu, "orders@us", 1), ["o-2"]);
+    assert_eq!(
+        topic_config(&eu.store, b"orders@us")
+            .expect("read")
+            .map(|c| c.partitions),
+        Ok(2)
+    );
+    // Not mirrored, not copied; and eu's own names are untouched.
+    assert!(topic_config(&eu.store, b"audit@us").expect("read").is_err());
+    assert!(topic_config(&eu.store, b"orders").expect("read").is_err());
+    // A mirror is not mirrored back.
+    assert!(matches!(ship(&eu, 2, &mut us, 13), Response::ReplApplied { .. }));
+    assert!(topic_config(&us.store, b"orders@us@eu").expect("read").is_err());
+}
+
+#[test]
+fn mirrors_are_read_only_and_names_with_at_are_reserved() {
+    let mut us = region(1);
+    let mut eu = region(2);
+    create(&mut us, "orders", config(true, None));
+    ship(&us, 1, &mut eu, 2);
+    let refused = produce(&mut eu, 3, "orders@us", vec![to(0, "forged")], None);
+    assert_eq!(
+        refused,
+        Response::Refused(OpError::MirrorReadOnly {
+            topic: "orders@us".into()
+        })
+    );
+    assert!(matches!(
+        create(&mut eu, "mine@eu", config(false, None)),
+        Response::Refused(OpError::MirrorReadOnly { .. })
+    ));
+    let long = "t".repeat(230);
+    assert!(matches!(
+        create(&mut us, &long, config(true, None)),
+        Response::Refused(OpError::TooLarge { .. })
+    ));
+}
+
+#[test]
+fn the_sources_retention_reaches_the_mirror_which_never_sweeps_itself() {
+    let mut us = region(1);
+    let mut eu = region(2);
+    create(&mut us, "clicks", config(true, Some(1_000)));
+    produce(&mut us, 10, "clicks", vec![to(0, "old")], None);
+    produce(&mut us, 5_000, "clicks", vec![to(0, "new")], None);
+    ship(&us, 1, &mut eu, 5_001);
+    assert_eq!(values(&eu, "clicks@us", 0), ["old", "new"]);
+    // eu does not apply retention to a mirror on its own...
+    assert!(!stream::retention_due(&eu.store, 5_500).expect("due"));
+    // ...the source does, and its deletions arrive.
+    assert!(stream::retention_due(&us.store, 5_500).expect("due"));
+    us.apply(cmd(5_500, Op::StreamRetention { limit: SWEEP_LIMIT }));
+    ship(&us, 1, &mut eu, 5_501);
+    assert_eq!(values(&eu, "clicks@us", 0), ["new"]);
+    assert_eq!(values(&eu, "clicks@us", 0), values(&us, "clicks", 0));
+}
+
+#[test]
+fn mirror_rows_must_be_stream_rows_under_a_mirror_name() {
+    let mut eu = region(2);
+    let forged = |table: &str, key: &[u8]| basalt_replication::ShipBatch {
+        source: 1,
+        entries: vec![basalt_replication::FeedEntry {
+            index: 1,
+            stamp: 1,
+            effects: vec![basalt_replication::Effect::MirrorRow {
+                table: table.into(),
+                key: key.to_vec(),
+                value: Some(b"x".to_vec()),
+            }],
+        }],
+        upto: 1,
+        frontier: 1,
+        resync: false,
+    };
+    for (table, key) in [("stream_topic", named(b"orders")), ("kv", named(b"k@us"))] {
+        let r = eu.apply(cmd(
+            2,
+            Op::ReplApply {
+                batch: forged(table, &key),
+            },
+        ));
+        assert_eq!(r, Response::Refused(OpError::NotMirrorRow { table: table.into() }));
+    }
+}
