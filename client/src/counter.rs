@@ -12,9 +12,11 @@ pub struct CounterOp {
     pub change: CounterChange,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CounterChange {
-    /// Add `delta` unless the result would leave `[min, max]`.
+    /// Add `delta` unless the result would leave `[min, max]`. With regions, a change toward
+    /// `min` must also stay within this region's escrow (`ESCROW_EXCEEDED` otherwise), so that
+    /// partitioned regions together never cross `min`.
     Incr {
         delta: i64,
         min: Option<i64>,
@@ -22,6 +24,14 @@ pub enum CounterChange {
     },
     /// Set the value (reset).
     Set(i64),
+    /// With regions: give `amount` of this region's escrow to `to_region`, which may then take
+    /// the counter that much closer to a lower bound; this region's balance must stay at or
+    /// above its share of `min` (default 0).
+    Transfer {
+        to_region: String,
+        amount: u64,
+        min: Option<i64>,
+    },
 }
 
 impl CounterOp {
@@ -42,6 +52,19 @@ impl CounterOp {
             change: CounterChange::Set(value),
         }
     }
+
+    /// Gives `amount` of this region's escrow of the counter to `to_region` (see
+    /// [`CounterChange::Transfer`]).
+    pub fn transfer(key: impl Into<Vec<u8>>, to_region: impl Into<String>, amount: u64, min: Option<i64>) -> CounterOp {
+        CounterOp {
+            key: key.into(),
+            change: CounterChange::Transfer {
+                to_region: to_region.into(),
+                amount,
+                min,
+            },
+        }
+    }
 }
 
 /// What happened to one [`CounterOp`].
@@ -57,6 +80,12 @@ pub enum CounterOutcome {
     /// Nothing changed: the result would leave the i64 range.
     Overflow {
         value: i64,
+    },
+    /// Nothing changed: with regions, this region's escrow `balance` does not cover a change
+    /// toward the lower bound; another region can transfer it some.
+    EscrowExceeded {
+        value: i64,
+        balance: i64,
     },
 }
 
@@ -86,6 +115,9 @@ impl Counters {
                             pb::counter_op::Action::Incr(pb::CounterIncr { delta, min, max })
                         }
                         CounterChange::Set(value) => pb::counter_op::Action::Set(value),
+                        CounterChange::Transfer { to_region, amount, min } => {
+                            pb::counter_op::Action::Transfer(pb::CounterTransfer { to_region, amount, min })
+                        }
                     }),
                 })
                 .collect(),
@@ -107,6 +139,10 @@ impl Counters {
                     Ok(Status::Applied) => Ok(CounterOutcome::Applied { value: o.value }),
                     Ok(Status::BoundExceeded) => Ok(CounterOutcome::BoundExceeded { value: o.value }),
                     Ok(Status::Overflow) => Ok(CounterOutcome::Overflow { value: o.value }),
+                    Ok(Status::EscrowExceeded) => Ok(CounterOutcome::EscrowExceeded {
+                        value: o.value,
+                        balance: o.balance,
+                    }),
                     Err(_) => Err(ClientError::Protocol(format!("unknown counter status {}", o.status))),
                 }
             })
@@ -138,7 +174,7 @@ impl CounterHandle {
     async fn apply_one(&self, change: CounterChange) -> Result<i64, ClientError> {
         let op = CounterOp {
             key: self.key.clone(),
-            change,
+            change: change.clone(),
         };
         let outcome = self.client.counters().apply(vec![op]).await?;
         let key = String::from_utf8_lossy(&self.key);
@@ -147,6 +183,13 @@ impl CounterHandle {
             [CounterOutcome::BoundExceeded { value }] => Err(ClientError::Rejected {
                 code: ErrorCode::BoundExceeded,
                 message: format!("counter {key:?}: {change:?} would cross a bound; current value {value}"),
+            }),
+            [CounterOutcome::EscrowExceeded { value, balance }] => Err(ClientError::Rejected {
+                code: ErrorCode::EscrowExceeded,
+                message: format!(
+                    "counter {key:?}: {change:?} is beyond this region's escrow (balance {balance}); \
+                     current value {value}"
+                ),
             }),
             [CounterOutcome::Overflow { value }] => Err(ClientError::Rejected {
                 code: ErrorCode::CounterOverflow,
@@ -177,6 +220,21 @@ impl CounterHandle {
     /// [`Counters::apply`] to get it typed).
     pub async fn incr_bounded(&self, delta: i64, min: Option<i64>, max: Option<i64>) -> Result<i64, ClientError> {
         self.apply_one(CounterChange::Incr { delta, min, max }).await
+    }
+
+    /// With regions: gives `amount` of this region's escrow of the counter to `to_region`
+    /// ([`CounterChange::Transfer`]); returns the counter's value.
+    ///
+    /// # Errors
+    /// `ESCROW_EXCEEDED` when this region's balance would fall below its share of `min`;
+    /// `INVALID_ARGUMENT` without regions or for an unknown region.
+    pub async fn transfer_escrow(&self, to_region: &str, amount: u64, min: Option<i64>) -> Result<i64, ClientError> {
+        self.apply_one(CounterChange::Transfer {
+            to_region: to_region.to_string(),
+            amount,
+            min,
+        })
+        .await
     }
 
     /// Sets the counter to 0.

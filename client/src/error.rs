@@ -44,6 +44,8 @@ error_codes! {
     BatchTooLarge = "BATCH_TOO_LARGE" => InvalidArgument,
     CounterOverflow = "COUNTER_OVERFLOW" => FailedPrecondition,
     BoundExceeded = "BOUND_EXCEEDED" => FailedPrecondition,
+    // With regions: a change toward a counter's lower bound beyond this region's escrow.
+    EscrowExceeded = "ESCROW_EXCEEDED" => FailedPrecondition,
     StaleFence = "STALE_FENCE" => FailedPrecondition,
     LeaseNotHeld = "LEASE_NOT_HELD" => FailedPrecondition,
     SessionExpired = "SESSION_EXPIRED" => FailedPrecondition,

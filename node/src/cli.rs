@@ -264,6 +264,19 @@ enum CounterCommand {
         #[arg(long)]
         stale: bool,
     },
+    /// With regions: give some of this region's escrow of a counter to another region, which may
+    /// then decrement it that much further toward a lower bound while partitioned.
+    Transfer {
+        key: String,
+        /// The region that receives it.
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        amount: u64,
+        /// The lower bound this region keeps its share of (default 0).
+        #[arg(long, allow_negative_numbers = true)]
+        min: Option<i64>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -580,6 +593,14 @@ async fn run(cli: Cli) -> Result<(), String> {
                 CounterCommand::Reset { key } => {
                     client.counter(key).reset().await.map_err(|e| e.to_string())?;
                     println!("0");
+                }
+                CounterCommand::Transfer { key, to, amount, min } => {
+                    let value = client
+                        .counter(key)
+                        .transfer_escrow(&to, amount, min)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    println!("{value}");
                 }
                 CounterCommand::Get { key, stale } => {
                     let consistency = if stale {

@@ -18,6 +18,13 @@ pub enum Effect {
         region: RegionId,
         component: Component,
     },
+    /// Everything region `from` has given region `to` of a bounded counter's escrow.
+    EscrowGiven {
+        key: Vec<u8>,
+        from: RegionId,
+        to: RegionId,
+        total: u128,
+    },
     /// One region's count of a global rate limit, as that region last wrote it.
     RateWindow {
         key: Vec<u8>,

@@ -101,6 +101,55 @@ impl PnCounter {
     }
 }
 
+/// Escrow of one bounded counter moved between regions: `given[(from, to)]` is everything `from`
+/// ever gave `to`. Only `from` writes its pairs and they only grow, so a merge is the per-pair
+/// maximum.
+///
+/// A region's **local balance** is its own net change of the counter plus what it received minus
+/// what it gave. The balances sum to the counter's value, so if every region keeps its own
+/// balance on the right side of its share of a bound (shares summing to the bound), the value
+/// never crosses the bound, however long regions are partitioned.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EscrowTransfers {
+    pub given: BTreeMap<(RegionId, RegionId), u128>,
+}
+
+impl EscrowTransfers {
+    pub fn merge_pair(&mut self, from: RegionId, to: RegionId, total: u128) {
+        let mine = self.given.entry((from, to)).or_default();
+        *mine = (*mine).max(total);
+    }
+
+    pub fn merge(mut self, other: EscrowTransfers) -> EscrowTransfers {
+        for ((from, to), total) in other.given {
+            self.merge_pair(from, to, total);
+        }
+        self
+    }
+
+    /// What `from` has given `to` so far.
+    pub fn given(&self, from: RegionId, to: RegionId) -> u128 {
+        self.given.get(&(from, to)).copied().unwrap_or(0)
+    }
+
+    /// `region`'s local balance of `counter`.
+    pub fn local_balance(&self, counter: &PnCounter, region: RegionId) -> i128 {
+        let (received, gave) = self.given.iter().fold((0i128, 0i128), |(r, g), ((from, to), total)| {
+            let total = i128::try_from(*total).unwrap_or(i128::MAX);
+            match (*from == region, *to == region) {
+                (true, false) => (r, g.saturating_add(total)),
+                (false, true) => (r.saturating_add(total), g),
+                _ => (r, g),
+            }
+        });
+        counter
+            .component(region)
+            .value()
+            .saturating_add(received)
+            .saturating_sub(gave)
+    }
+}
+
 /// One region's count of a global sliding-window rate limit, as that region last wrote it: the
 /// fixed window `index` (`now / window_ms`) it counts in, its count there and in the window
 /// before. Only the region itself writes it, each change with a higher `seq`.
@@ -215,7 +264,35 @@ mod tests {
         })
     }
 
+    fn transfers() -> impl Strategy<Value = EscrowTransfers> {
+        proptest::collection::btree_map((0u16..3, 0u16..3), 0u128..20, 0..5).prop_map(|given| EscrowTransfers { given })
+    }
+
     proptest! {
+        #[test]
+        fn escrow_merge_is_commutative_associative_and_idempotent(
+            a in transfers(), b in transfers(), c in transfers()
+        ) {
+            prop_assert_eq!(a.clone().merge(b.clone()), b.clone().merge(a.clone()));
+            prop_assert_eq!(
+                a.clone().merge(b.clone()).merge(c.clone()),
+                a.clone().merge(b.clone().merge(c))
+            );
+            let once = a.clone().merge(b.clone());
+            prop_assert_eq!(once.clone().merge(b), once);
+            prop_assert_eq!(a.clone().merge(a.clone()), a);
+        }
+
+        /// Transfers move balance between regions: the balances always sum to the value.
+        #[test]
+        fn local_balances_sum_to_the_value(counter in counter(), given in proptest::collection::btree_map((0u16..4, 0u16..4), 0u128..20, 0..6)) {
+            let escrow = EscrowTransfers {
+                given: given.into_iter().filter(|((from, to), _)| from != to).collect(),
+            };
+            let sum: i128 = (0u16..4).map(|r| escrow.local_balance(&counter, r)).sum();
+            prop_assert_eq!(sum, counter.value());
+        }
+
         #[test]
         fn window_counts_merge_is_commutative_associative_and_idempotent(
             a in window_counts(), b in window_counts(), c in window_counts()

@@ -55,6 +55,9 @@ pub enum CounterAction {
     },
     /// Sets the counter to `value` (a reset is `Set { value: 0 }`).
     Set { value: i64 },
+    /// Gives `amount` of this region's escrow of the counter to region `to`, keeping this
+    /// region's balance at or above its share of `min` (see `EscrowTransfers`).
+    Transfer { to: u16, amount: u64, min: Option<i64> },
 }
 
 /// What happened to one [`CounterOp`].
@@ -66,6 +69,10 @@ pub enum CounterOutcome {
     BoundExceeded { value: i64 },
     /// Refused, nothing changed: the result would leave the i64 range.
     Overflow { value: i64 },
+    /// Refused, nothing changed: this region's escrow does not cover the change (its balance
+    /// would fall below its share of the lower bound); another region can transfer it some.
+    /// `balance` is this region's balance.
+    EscrowExceeded { value: i64, balance: i64 },
 }
 
 /// A rate-limit algorithm and its parameters, given with every check.
@@ -414,6 +421,8 @@ pub enum OpError {
     RowsFromNonHome { source_region: u16, home: u16 },
     #[error("table {table:?} does not hold homed data")]
     NotHomedTable { table: String },
+    #[error("escrow transfer refused: {reason}")]
+    InvalidTransfer { reason: String },
     #[error("topic {topic:?} is read-only here: names with '@' are mirrors of another region's topic")]
     MirrorReadOnly { topic: String },
     #[error("a mirrored row must be in a stream table under a mirror name (table {table:?})")]

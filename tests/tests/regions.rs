@@ -554,3 +554,61 @@ fn a_mirrored_topic_is_consumed_in_another_region_as_topic_at_region() {
         assert_eq!(refused.code(), Some(ErrorCode::InvalidArgument));
     });
 }
+
+/// A bounded counter's escrow: a region takes stock only as far as its escrow covers, escrow is
+/// given between regions, and partitioned regions together never take the stock below 0.
+#[test]
+fn partitioned_regions_take_a_bounded_counter_only_as_far_as_their_escrow() {
+    use basalt_client::ErrorCode;
+
+    runtime().block_on(async {
+        let regions = TestRegions::start(NODE, vec![one_node("us"), one_node("eu")]).await;
+        let us = regions.client("us").await.counter("stock");
+        let eu = regions.client("eu").await.counter("stock");
+        us.incr_bounded(10, Some(0), None).await.expect("stock in us");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while eu.get_with(ReadConsistency::Stale).await.expect("eu") != 10 {
+            assert!(std::time::Instant::now() < deadline, "the stock never reached eu");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // eu sees 10 in stock, but us stocked it: the escrow is us's.
+        let refused = eu.incr_bounded(-1, Some(0), None).await.expect_err("eu has no escrow");
+        assert_eq!(refused.code(), Some(ErrorCode::EscrowExceeded));
+        us.transfer_escrow("eu", 4, None).await.expect("give eu 4");
+        assert_eq!(
+            us.transfer_escrow("eu", 7, None)
+                .await
+                .expect_err("us has 6 left")
+                .code(),
+            Some(ErrorCode::EscrowExceeded)
+        );
+        // Once the transfer has crossed, eu may take 4.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while eu.incr_bounded(-1, Some(0), None).await.is_err() {
+            assert!(std::time::Instant::now() < deadline, "the escrow never reached eu");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        regions.partition_all();
+        let mut taken = 1;
+        while eu.incr_bounded(-1, Some(0), None).await.is_ok() {
+            taken += 1;
+        }
+        while us.incr_bounded(-1, Some(0), None).await.is_ok() {
+            taken += 1;
+        }
+        assert_eq!(taken, 10, "together exactly the stock, while partitioned");
+        regions.links.heal_cuts();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let (a, b) = (
+                us.get_with(ReadConsistency::Stale).await.expect("us"),
+                eu.get_with(ReadConsistency::Stale).await.expect("eu"),
+            );
+            if (a, b) == (0, 0) {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "never converged: us {a}, eu {b}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+}

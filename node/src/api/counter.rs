@@ -11,6 +11,46 @@ use tonic::{Request, Response as GrpcResponse, Status};
 
 use super::{op_error_status, status, storage_status, unexpected_result, Api};
 
+impl Api {
+    fn counter_op_of(&self, op: pb::CounterOp) -> Result<CounterOp, Status> {
+        let action = match op.action {
+            Some(pb::counter_op::Action::Transfer(t)) => CounterAction::Transfer {
+                to: self.region_id(&t.to_region)?,
+                amount: t.amount,
+                min: t.min,
+            },
+            other => {
+                return counter_op_of(pb::CounterOp {
+                    key: op.key,
+                    action: other,
+                })
+            }
+        };
+        Ok(CounterOp { key: op.key, action })
+    }
+
+    /// The id of the remote region named `name`.
+    fn region_id(&self, name: &str) -> Result<u16, Status> {
+        let Some(repl) = &self.replication else {
+            return Err(status(
+                ErrorCode::InvalidArgument,
+                "escrow moves between regions; this node is not configured for regions (--region)",
+            ));
+        };
+        repl.config
+            .remotes
+            .iter()
+            .find(|r| r.name == name)
+            .map(|r| r.id)
+            .ok_or_else(|| {
+                status(
+                    ErrorCode::InvalidArgument,
+                    format!("{name:?} is not another region of this one ({:?})", repl.config.name),
+                )
+            })
+    }
+}
+
 fn counter_op_of(op: pb::CounterOp) -> Result<CounterOp, Status> {
     let action = match op.action {
         Some(pb::counter_op::Action::Incr(incr)) => CounterAction::Incr {
@@ -19,21 +59,28 @@ fn counter_op_of(op: pb::CounterOp) -> Result<CounterOp, Status> {
             max: incr.max,
         },
         Some(pb::counter_op::Action::Set(value)) => CounterAction::Set { value },
-        None => return Err(status(ErrorCode::InvalidArgument, "a counter op needs incr or set")),
+        Some(pb::counter_op::Action::Transfer(_)) | None => {
+            return Err(status(
+                ErrorCode::InvalidArgument,
+                "a counter op needs incr, set or transfer",
+            ))
+        }
     };
     Ok(CounterOp { key: op.key, action })
 }
 
 fn outcome_of(outcome: CounterOutcome) -> pb::CounterOutcome {
     use pb::counter_outcome::Status as S;
-    let (status, value) = match outcome {
-        CounterOutcome::Applied { value } => (S::Applied, value),
-        CounterOutcome::BoundExceeded { value } => (S::BoundExceeded, value),
-        CounterOutcome::Overflow { value } => (S::Overflow, value),
+    let (status, value, balance) = match outcome {
+        CounterOutcome::Applied { value } => (S::Applied, value, 0),
+        CounterOutcome::BoundExceeded { value } => (S::BoundExceeded, value, 0),
+        CounterOutcome::Overflow { value } => (S::Overflow, value, 0),
+        CounterOutcome::EscrowExceeded { value, balance } => (S::EscrowExceeded, value, balance),
     };
     pb::CounterOutcome {
         status: status as i32,
         value,
+        balance,
     }
 }
 
@@ -44,7 +91,11 @@ impl Counter for Api {
         request: Request<pb::CounterApplyRequest>,
     ) -> Result<GrpcResponse<pb::CounterApplyResponse>, Status> {
         let r = request.into_inner();
-        let ops = r.ops.into_iter().map(counter_op_of).collect::<Result<_, _>>()?;
+        let ops = r
+            .ops
+            .into_iter()
+            .map(|op| self.counter_op_of(op))
+            .collect::<Result<_, _>>()?;
         match self.write(r.header, Op::Counter { ops }).await? {
             Response::Counters(outcomes) => Ok(GrpcResponse::new(pb::CounterApplyResponse {
                 outcomes: outcomes.into_iter().map(outcome_of).collect(),

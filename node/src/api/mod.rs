@@ -113,7 +113,8 @@ pub(crate) fn op_error_status(e: &OpError) -> Status {
         | OpError::RowsFromNonHome { .. }
         | OpError::NotHomedTable { .. }
         | OpError::NotMirrorRow { .. }
-        | OpError::MirrorReadOnly { .. } => ErrorCode::InvalidArgument,
+        | OpError::MirrorReadOnly { .. }
+        | OpError::InvalidTransfer { .. } => ErrorCode::InvalidArgument,
         // Reached only if a homed write bypassed forwarding: the caller should go to the home.
         OpError::NotHome { .. } => ErrorCode::RegionUnavailable,
     };

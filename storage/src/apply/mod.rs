@@ -386,7 +386,7 @@ fn apply_op<S: StoreRead>(view: &mut View<'_, S>, ctx: OpContext, op: &Op) -> Re
         )?,
         Op::GroupSweep { limit } => group::sweep(view, now_ms, *limit)?,
         Op::SessionSweep { idle_ms, after, limit } => session::sweep_idle(view, now_ms, *idle_ms, *after, *limit)?,
-        Op::Counter { ops } => counter::apply(view, ctx.region.id, ops)?,
+        Op::Counter { ops } => counter::apply(view, ctx.region, ops)?,
         Op::RateCheck { checks } => rate::apply(view, now_ms, ctx.region.id, checks)?,
         Op::LeaseAcquire { name, holder, ttl_ms } => lease::acquire(view, index, now_ms, name, holder, *ttl_ms)?,
         Op::LeaseRenew {

@@ -5,7 +5,7 @@
 //! records (KV records and tombstones, PN-counters) and keeps the revision history, expiry index
 //! and per-source watermarks in step.
 
-use basalt_replication::{Digest, Effect, FeedEntry, LwwValue, PnCounter, RegionId, ShipBatch};
+use basalt_replication::{Digest, Effect, EscrowTransfers, FeedEntry, LwwValue, PnCounter, RegionId, ShipBatch};
 use serde::{Deserialize, Serialize};
 
 use super::counter::{decode_pn, encode_pn};
@@ -112,6 +112,17 @@ pub(crate) fn record_feed<S: StoreRead + ?Sized>(
                     component: counter.component(region),
                 });
             }
+            (Table::CounterEscrow, Some(bytes)) => {
+                let escrow: EscrowTransfers = decode(table, key, bytes)?;
+                effects.extend(escrow.given.iter().filter(|((from, _), _)| *from == region).map(
+                    |((from, to), total)| Effect::EscrowGiven {
+                        key: key.to_vec(),
+                        from: *from,
+                        to: *to,
+                        total: *total,
+                    },
+                ));
+            }
             (Table::RateGlobal, Some(bytes)) => effects.push(Effect::RateWindow {
                 key: key.to_vec(),
                 region,
@@ -191,7 +202,9 @@ pub(crate) fn apply_remote<S: StoreRead>(
                 }
                 continue;
             }
-            Effect::Kv { .. } | Effect::Counter { .. } | Effect::RateWindow { .. } => continue,
+            Effect::Kv { .. } | Effect::Counter { .. } | Effect::EscrowGiven { .. } | Effect::RateWindow { .. } => {
+                continue
+            }
         };
         if !source_is_home(region, batch.source) {
             return Ok(Response::Refused(OpError::RowsFromNonHome {
@@ -285,6 +298,11 @@ fn merge_effect<S: StoreRead>(
                 Some(bytes) => view.put(table, key.clone(), bytes.clone()),
                 None => view.delete(table, key.clone()),
             }
+        }
+        Effect::EscrowGiven { key, from, to, total } => {
+            let mut escrow: EscrowTransfers = load(view, Table::CounterEscrow, key)?.unwrap_or_default();
+            escrow.merge_pair(*from, *to, *total);
+            save(view, Table::CounterEscrow, key.clone(), &escrow);
         }
         Effect::RateWindow { key, region, count } => super::rate::merge_global_count(view, key, *region, *count)?,
         Effect::Row { table, key, value } => {
@@ -501,6 +519,19 @@ pub fn state_as_effects<S: StoreRead + ?Sized>(
                     })
                     .collect()
             }
+            Table::CounterEscrow => {
+                let escrow: EscrowTransfers = decode(table, &key, &bytes)?;
+                escrow
+                    .given
+                    .iter()
+                    .map(|((from, to), total)| Effect::EscrowGiven {
+                        key: key.clone(),
+                        from: *from,
+                        to: *to,
+                        total: *total,
+                    })
+                    .collect()
+            }
             homed if homed.is_homed() => vec![Effect::Row {
                 table: homed.name().to_string(),
                 key: key.clone(),
@@ -521,7 +552,7 @@ pub fn tombstone_count<S: StoreRead + ?Sized>(store: &S) -> Result<u64, StoreErr
 /// The tables whose contents a full re-sync from `role`'s region ships: the multi-region types,
 /// and homed data from its home.
 pub fn resync_tables(role: RegionRole) -> Vec<Table> {
-    let mut tables = vec![Table::Kv, Table::KvTombstone, Table::Counter];
+    let mut tables = vec![Table::Kv, Table::KvTombstone, Table::Counter, Table::CounterEscrow];
     if role.is_home() {
         tables.extend(Table::HOMED);
     }
@@ -551,7 +582,7 @@ pub fn digest<S: StoreRead + ?Sized>(store: &S) -> Result<Digest, StoreError> {
         let counter = decode_pn(&bytes).map_err(|e| super::corrupt(Table::Counter, &key, e))?;
         digest.add("counter", &key, &encode_pn(&counter));
     }
-    for table in Table::HOMED {
+    for table in Table::HOMED.into_iter().chain([Table::CounterEscrow]) {
         for (key, bytes) in store.scan(table, &KeyRange::all(), usize::MAX)? {
             digest.add(table.name(), &key, &bytes);
         }

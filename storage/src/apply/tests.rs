@@ -486,6 +486,8 @@ impl Model {
                     let v = self.counters.entry(op.key.clone()).or_default();
                     let outcome = match op.action {
                         CounterAction::Set { value } => CounterOutcome::Applied { value },
+                        // The model is a lone region, where escrow does not exist.
+                        CounterAction::Transfer { .. } => unreachable!("the model generates no transfers"),
                         CounterAction::Incr { delta, min, max } => {
                             let next = *v + delta;
                             if min.is_some_and(|m| next < m) || max.is_some_and(|m| next > m) {

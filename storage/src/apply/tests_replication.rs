@@ -7,7 +7,7 @@ use proptest::prelude::*;
 use super::replication::{digest, feed_after, feed_first, source_state};
 use super::tests::{cmd, counted, incr_op, put, Harness};
 use super::*;
-use crate::command::{CounterAction, CounterOp};
+use crate::command::{CounterAction, CounterOp, CounterOutcome};
 use crate::state::KvRecord;
 
 pub(super) fn region(id: u16) -> Harness {
@@ -544,5 +544,172 @@ fn without_regions_a_global_window_decides_like_a_local_one() {
             }
             other => panic!("{other:?}"),
         }
+    }
+}
+
+fn counter_op(h: &mut Harness, at_ms: u64, action: CounterAction) -> CounterOutcome {
+    let op = Op::Counter {
+        ops: vec![crate::command::CounterOp {
+            key: "stock".into(),
+            action,
+        }],
+    };
+    match h.apply(cmd(at_ms, op)) {
+        Response::Counters(o) => o[0],
+        other => panic!("expected an outcome, got {other:?}"),
+    }
+}
+
+fn take(amount: i64) -> CounterAction {
+    CounterAction::Incr {
+        delta: -amount,
+        min: Some(0),
+        max: None,
+    }
+}
+
+fn give(to: u16, amount: u64) -> CounterAction {
+    CounterAction::Transfer { to, amount, min: None }
+}
+
+#[test]
+fn a_region_takes_a_bounded_counter_down_only_as_far_as_its_escrow() {
+    let mut us = region(1);
+    let mut eu = region(2);
+    counter_op(&mut us, 1, CounterAction::Set { value: 100 });
+    ship(&us, 1, &mut eu, 2);
+    assert_eq!(counter_value(&eu, "stock"), 100);
+    // eu sees 100 in stock but has none of the escrow: us stocked it.
+    assert_eq!(
+        counter_op(&mut eu, 3, take(1)),
+        CounterOutcome::EscrowExceeded { value: 100, balance: 0 }
+    );
+    assert_eq!(
+        counter_op(&mut us, 4, give(2, 40)),
+        CounterOutcome::Applied { value: 100 }
+    );
+    assert_eq!(
+        counter_op(&mut us, 5, give(2, 61)),
+        CounterOutcome::EscrowExceeded {
+            value: 100,
+            balance: 60
+        },
+        "us cannot give what it no longer has"
+    );
+    ship(&us, 1, &mut eu, 6);
+    // Partitioned from here: each takes what its escrow covers, together never below 0.
+    let taken_eu = (0..50)
+        .filter(|_| matches!(counter_op(&mut eu, 7, take(1)), CounterOutcome::Applied { .. }))
+        .count();
+    let taken_us = (0..80)
+        .filter(|_| matches!(counter_op(&mut us, 7, take(1)), CounterOutcome::Applied { .. }))
+        .count();
+    assert_eq!((taken_us, taken_eu), (60, 40));
+    ship(&us, 1, &mut eu, 8);
+    ship(&eu, 2, &mut us, 8);
+    assert_eq!((counter_value(&us, "stock"), counter_value(&eu, "stock")), (0, 0));
+    assert_eq!(digest(&us.store).expect("digest"), digest(&eu.store).expect("digest"));
+    // Restocking anywhere gives that region escrow; taking away from the bound never needs it.
+    assert_eq!(
+        counter_op(
+            &mut eu,
+            9,
+            CounterAction::Incr {
+                delta: 5,
+                min: Some(0),
+                max: None
+            }
+        ),
+        CounterOutcome::Applied { value: 5 }
+    );
+    assert_eq!(counter_op(&mut eu, 10, take(5)), CounterOutcome::Applied { value: 0 });
+}
+
+#[test]
+fn escrow_is_refused_without_regions_and_to_oneself() {
+    let mut lone = Harness::new();
+    assert!(matches!(
+        lone.apply(cmd(
+            1,
+            Op::Counter {
+                ops: vec![crate::command::CounterOp {
+                    key: "stock".into(),
+                    action: give(2, 1)
+                }]
+            }
+        )),
+        Response::Refused(OpError::InvalidTransfer { .. })
+    ));
+    // Without regions, bounds are checked against the value alone.
+    counter_op(&mut lone, 2, CounterAction::Set { value: 3 });
+    assert_eq!(counter_op(&mut lone, 3, take(3)), CounterOutcome::Applied { value: 0 });
+    let mut us = region(1);
+    assert!(matches!(
+        us.apply(cmd(
+            4,
+            Op::Counter {
+                ops: vec![crate::command::CounterOp {
+                    key: "stock".into(),
+                    action: give(1, 1)
+                }]
+            }
+        )),
+        Response::Refused(OpError::InvalidTransfer { .. })
+    ));
+}
+
+#[derive(Clone, Debug)]
+enum StockStep {
+    Take { region: usize, amount: i64 },
+    Restock { region: usize, amount: i64 },
+    Give { region: usize, to: usize, amount: u64 },
+    Ship { from: usize, to: usize },
+}
+
+fn stock_step() -> impl Strategy<Value = StockStep> {
+    prop_oneof![
+        4 => (0usize..3, 1i64..15).prop_map(|(region, amount)| StockStep::Take { region, amount }),
+        1 => (0usize..3, 1i64..15).prop_map(|(region, amount)| StockStep::Restock { region, amount }),
+        2 => (0usize..3, 0usize..3, 1u64..30).prop_map(|(region, to, amount)| StockStep::Give { region, to, amount }),
+        3 => (0usize..3, 0usize..3).prop_map(|(from, to)| StockStep::Ship { from, to }),
+    ]
+}
+
+proptest! {
+    /// Three regions stock, take, restock and pass escrow around while the feed reaches each
+    /// other only now and then: however partitioned, once everything has crossed the counter
+    /// is at or above its lower bound, and every region agrees on it.
+    #[test]
+    fn partitioned_regions_never_take_a_bounded_counter_below_its_bound(
+        steps in prop::collection::vec(stock_step(), 1..60),
+    ) {
+        let mut regions = vec![region(1), region(2), region(3)];
+        counter_op(&mut regions[0], 1, CounterAction::Set { value: 40 });
+        for (i, step) in steps.into_iter().enumerate() {
+            let at = 2 + i as u64;
+            match step {
+                StockStep::Take { region, amount } => { counter_op(&mut regions[region], at, take(amount)); }
+                StockStep::Restock { region, amount } => {
+                    counter_op(&mut regions[region], at, CounterAction::Incr { delta: amount, min: Some(0), max: None });
+                }
+                StockStep::Give { region, to, amount } if region != to => {
+                    counter_op(&mut regions[region], at, give(to as u16 + 1, amount));
+                }
+                StockStep::Ship { from, to } if from != to => {
+                    let (source, target) = pick(&mut regions, from, to);
+                    ship(source, from as u16 + 1, target, at);
+                }
+                _ => {}
+            }
+        }
+        for from in 0..3 {
+            for to in (0..3).filter(|t| *t != from) {
+                let (source, target) = pick(&mut regions, from, to);
+                ship(source, from as u16 + 1, target, 10_000);
+            }
+        }
+        let values: Vec<i64> = regions.iter().map(|h| counter_value(h, "stock")).collect();
+        prop_assert!(values[0] >= 0, "the regions together went below the bound: {values:?}");
+        prop_assert!(values.iter().all(|v| *v == values[0]), "{values:?}");
     }
 }

@@ -79,10 +79,12 @@ pub enum Table {
     RateGlobal,
     /// `(forget_at_ms BE, rate-limit key)`: when each global key's counts may be forgotten.
     RateGlobalExpiry,
+    /// Counter key -> escrow its regions gave each other ([`basalt_replication::EscrowTransfers`]).
+    CounterEscrow,
 }
 
 impl Table {
-    pub const ALL: [Table; 33] = [
+    pub const ALL: [Table; 34] = [
         Table::Meta,
         Table::Kv,
         Table::KvExpiry,
@@ -116,6 +118,7 @@ impl Table {
         Table::ReplSource,
         Table::RateGlobal,
         Table::RateGlobalExpiry,
+        Table::CounterEscrow,
     ];
 
     pub fn name(self) -> &'static str {
@@ -153,6 +156,7 @@ impl Table {
             Table::ReplSource => "repl_source",
             Table::RateGlobal => "rate_global",
             Table::RateGlobalExpiry => "rate_global_expiry",
+            Table::CounterEscrow => "counter_escrow",
         }
     }
 
