@@ -1,6 +1,6 @@
 //! Connection handling: endpoints, leader tracking, retries with idempotency.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -59,6 +59,16 @@ struct Inner {
     next_seq: AtomicU64,
     in_flight: Mutex<BTreeSet<u64>>,
     options: ClientOptions,
+    /// With regions: this client's region, and every region's nodes.
+    place: Option<Arc<RegionPlace>>,
+}
+
+/// Every region of a multi-region deployment by name, with the addresses of its nodes.
+pub type RegionMap = BTreeMap<String, Vec<String>>;
+
+struct RegionPlace {
+    region: String,
+    regions: RegionMap,
 }
 
 /// A handle to a Basalt cluster. Cheap to clone; clones share connections and the session.
@@ -129,6 +139,14 @@ impl Client {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
+        Self::build(endpoints, options, None)
+    }
+
+    fn build<I, S>(endpoints: I, options: ClientOptions, place: Option<Arc<RegionPlace>>) -> Result<Client, ClientError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
         let mut nodes = Vec::new();
         for endpoint in endpoints {
             let addr = endpoint.as_ref().trim().to_string();
@@ -152,9 +170,76 @@ impl Client {
                 next_seq: AtomicU64::new(1),
                 in_flight: Mutex::new(BTreeSet::new()),
                 options,
+                place,
             }),
             fence: None,
         })
+    }
+
+    /// Connects to region `region` of a multi-region deployment (`regions`: every region's nodes,
+    /// as in `basalt dev --regions`' cluster file or a topology). Every call goes to that region:
+    /// reads and region-local writes (KV, counters, rate limits, streams) are served there; writes
+    /// and linearizable reads of homed data (ledgers, leases, queues) are forwarded by the
+    /// region's nodes to the home region (`REGION_UNAVAILABLE` when it is cut off), and stale
+    /// reads of it are served from the region's copy. [`Client::region_client`] gives a client of
+    /// another region.
+    ///
+    /// # Errors
+    /// [`ClientError::UnknownRegion`], or those of [`Client::connect_with`].
+    pub async fn connect_region(
+        regions: RegionMap,
+        region: &str,
+        options: ClientOptions,
+    ) -> Result<Client, ClientError> {
+        let client = Self::lazy_region(
+            Arc::new(RegionPlace {
+                region: region.to_string(),
+                regions,
+            }),
+            options,
+        )?;
+        let status = client.cluster_status().await?;
+        if !status.leader_addr.is_empty() {
+            client.follow_leader(&status.leader_addr);
+        }
+        Ok(client)
+    }
+
+    fn lazy_region(place: Arc<RegionPlace>, options: ClientOptions) -> Result<Client, ClientError> {
+        let Some(endpoints) = place.regions.get(&place.region) else {
+            return Err(ClientError::UnknownRegion {
+                region: place.region.clone(),
+                known: place.regions.keys().cloned().collect(),
+            });
+        };
+        Self::build(endpoints, options, Some(place.clone()))
+    }
+
+    /// The region this client talks to, if it was connected with [`Client::connect_region`].
+    pub fn region(&self) -> Option<&str> {
+        self.inner.place.as_ref().map(|p| p.region.as_str())
+    }
+
+    /// A client of another region of the same deployment, with the same options and a session of
+    /// its own; it connects on first use.
+    ///
+    /// # Errors
+    /// [`ClientError::UnknownRegion`] (also for a client not connected with
+    /// [`Client::connect_region`]).
+    pub fn region_client(&self, region: &str) -> Result<Client, ClientError> {
+        let Some(place) = &self.inner.place else {
+            return Err(ClientError::UnknownRegion {
+                region: region.to_string(),
+                known: Vec::new(),
+            });
+        };
+        Self::lazy_region(
+            Arc::new(RegionPlace {
+                region: region.to_string(),
+                regions: place.regions.clone(),
+            }),
+            self.inner.options.clone(),
+        )
     }
 
     /// A handle whose every mutation carries the fence `(lease, token)`: the cluster applies it

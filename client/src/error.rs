@@ -88,6 +88,8 @@ pub enum ClientError {
     InvalidEndpoint { endpoint: String, reason: String },
     #[error("no endpoints given")]
     NoEndpoints,
+    #[error("unknown region {region:?} (the deployment has {known:?})")]
+    UnknownRegion { region: String, known: Vec<String> },
     #[error("unexpected response from the server: {0}")]
     Protocol(String),
     /// A watch asked for history that is no longer kept; `oldest` is the oldest revision left.

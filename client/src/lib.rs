@@ -41,7 +41,7 @@ pub mod pb {
     tonic::include_proto!("basalt.v1");
 }
 
-pub use client::{Client, ClientOptions, ReadConsistency};
+pub use client::{Client, ClientOptions, ReadConsistency, RegionMap};
 pub use counter::{CounterChange, CounterHandle, CounterOp, CounterOutcome, Counters};
 pub use error::{ClientError, ErrorCode, ERROR_CODE_KEY, LEADER_KEY, OLDEST_REVISION_KEY};
 pub use kv::{CasOutcome, DeleteOutcome, Kv, KvEntry, PutOptions};

@@ -612,3 +612,64 @@ fn partitioned_regions_take_a_bounded_counter_only_as_far_as_their_escrow() {
         }
     });
 }
+
+/// The SDK connected to one region of a deployment: region-local data is written and read there,
+/// homed data reaches its home through the region's nodes, and another region's client comes
+/// from the same map.
+#[test]
+fn a_client_connected_to_a_region_works_there_and_reaches_the_others() {
+    use basalt_client::ledger::Account;
+    use basalt_client::{Client, ClientError, ClientOptions, RegionMap};
+
+    runtime().block_on(async {
+        let regions = TestRegions::start(NODE, vec![one_node("us"), one_node("eu")]).await;
+        // Both regions have a leader before eu forwards anything to us.
+        regions.client("us").await;
+        let map: RegionMap = ["us", "eu"]
+            .into_iter()
+            .map(|name| (name.to_string(), regions.cluster(name).endpoints()))
+            .collect();
+        let unknown = Client::connect_region(map.clone(), "mars", ClientOptions::default()).await;
+        assert!(
+            matches!(unknown, Err(ClientError::UnknownRegion { .. })),
+            "unknown region refused"
+        );
+
+        let eu = Client::connect_region(map, "eu", ClientOptions::default())
+            .await
+            .expect("connect to eu");
+        assert_eq!(eu.region(), Some("eu"));
+        let eu_leader = eu.cluster_status().await.expect("status").leader_addr;
+        assert!(
+            regions.cluster("eu").endpoints().contains(&eu_leader),
+            "talks to eu's nodes"
+        );
+
+        eu.kv().put("greeting", "hello from eu").await.expect("put in eu");
+        // Homed data: the account is created at the home (us), through eu's node.
+        let account = Account {
+            id: 7,
+            ledger: 1,
+            code: 1,
+            ..Default::default()
+        };
+        assert_eq!(eu.ledger().create_accounts(&[account]).await.expect("create"), vec![]);
+
+        let us = eu.region_client("us").expect("us client");
+        assert_eq!(us.region(), Some("us"));
+        assert_eq!(us.ledger().lookup_accounts(&[7]).await.expect("lookup in us").len(), 1);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let seen = us.kv().get("greeting").await.expect("get in us").map(|e| e.value);
+            if seen.as_deref() == Some(b"hello from eu".as_slice()) {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "eu's write never reached us");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(matches!(
+            eu.region_client("mars"),
+            Err(ClientError::UnknownRegion { .. })
+        ));
+    });
+}
