@@ -19,11 +19,17 @@ fn one_node(name: &'static str) -> RegionSpec {
 }
 
 /// Three regions cut off from each other keep serving local reads and writes; conflicting
-/// writes of KV keys and counters land in all three; after the heal every region reaches the
-/// same digest, counters hold every acknowledged increment from every region, and each KV key
-/// holds one of the values written to it (the last one, where one region alone wrote it).
+/// writes of KV keys and counters land in all three, each takes stock as far as its escrow and
+/// checks a global rate limit, and the home keeps its ledger and a mirrored topic going. After
+/// the heal every region reaches the same digest, counters hold every acknowledged increment from
+/// every region, stock is exactly at its bound, every copy of the ledger and mirror is whole, the
+/// global limit counts every region's admissions, and each KV key holds one of the values written
+/// to it (the last one, where one region alone wrote it).
 #[test]
 fn partitioned_regions_keep_serving_and_converge_after_the_heal() {
+    use basalt_client::ledger::{Account, Transfer};
+    use basalt_client::{ErrorCode, FetchOptions, Record, TopicOptions};
+
     runtime().block_on(async {
         let regions = TestRegions::start(NODE, vec![one_node("us"), one_node("eu"), one_node("ap")]).await;
         regions
@@ -34,9 +40,36 @@ fn partitioned_regions_keep_serving_and_converge_after_the_heal() {
         for name in names {
             clients.push(regions.client(name).await);
         }
-        // Something replicated before the partition.
+        // Something replicated before the partition: KV, ledger accounts at the home (us), a
+        // mirrored topic, and stock whose escrow us shares with the others.
         clients[0].kv().put("before", "us").await.expect("put");
         clients[0].kv().put("doomed", "us").await.expect("put");
+        let accounts: Vec<Account> = (1..=2u128)
+            .map(|id| Account {
+                id,
+                ledger: 1,
+                code: 1,
+                ..Default::default()
+            })
+            .collect();
+        assert_eq!(
+            clients[0].ledger().create_accounts(&accounts).await.expect("accounts"),
+            vec![]
+        );
+        let mirrored = TopicOptions {
+            partitions: 1,
+            mirror: true,
+            ..TopicOptions::default()
+        };
+        clients[0]
+            .streams()
+            .create_topic("events", mirrored)
+            .await
+            .expect("topic");
+        let stock = clients[0].counter("stock");
+        stock.incr_bounded(30, Some(0), None).await.expect("stock");
+        stock.transfer_escrow("eu", 10, None).await.expect("escrow to eu");
+        stock.transfer_escrow("ap", 10, None).await.expect("escrow to ap");
         regions.wait_converged(Duration::from_secs(30)).await;
         assert_eq!(
             clients[2].kv().get("before").await.expect("get").map(|e| e.value),
@@ -47,6 +80,7 @@ fn partitioned_regions_keep_serving_and_converge_after_the_heal() {
         let mut written: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
         let mut last_only: BTreeMap<String, Vec<u8>> = BTreeMap::new();
         let mut increments = 0i64;
+        let (mut taken, mut admitted) = (0, 0);
         for round in 0..20 {
             for (r, client) in clients.iter().enumerate() {
                 let region = names[r];
@@ -66,8 +100,58 @@ fn partitioned_regions_keep_serving_and_converge_after_the_heal() {
                 last_only.insert(own, value);
                 client.counter("hits").incr(1 + r as i64).await.expect("incr");
                 increments += 1 + r as i64;
+                // Everyone takes stock while its escrow lasts, and checks a global rate limit.
+                if client.counter("stock").incr_bounded(-1, Some(0), None).await.is_ok() {
+                    taken += 1;
+                }
+                if client
+                    .rate_limiter()
+                    .check_global("api", 5, Duration::from_secs(600), 1)
+                    .await
+                    .expect("global check")
+                    .allowed
+                {
+                    admitted += 1;
+                }
             }
+            // The home keeps its ledger and its mirrored topic going.
+            let transfer = Transfer {
+                id: 100 + u128::from(round as u32),
+                debit_account_id: 1,
+                credit_account_id: 2,
+                amount: 5,
+                ledger: 1,
+                code: 1,
+                ..Default::default()
+            };
+            assert_eq!(
+                clients[0]
+                    .ledger()
+                    .create_transfers(&[transfer])
+                    .await
+                    .expect("transfer"),
+                vec![]
+            );
+            clients[0]
+                .streams()
+                .produce("events", vec![Record::new("", format!("e-{round}")).to_partition(0)])
+                .await
+                .expect("produce");
         }
+        assert_eq!(taken, 30, "each region took exactly its escrow of the stock, no more");
+        assert_eq!(admitted, 15, "partitioned, each region admits up to the limit alone");
+        assert_eq!(
+            clients[1]
+                .ledger()
+                .create_transfers(&[Transfer {
+                    id: 999,
+                    ..Default::default()
+                }])
+                .await
+                .expect_err("cut off from the home")
+                .code(),
+            Some(ErrorCode::RegionUnavailable)
+        );
         // A delete in one region, racing a later write in another.
         clients[0].kv().delete("shared-1").await.expect("delete");
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -119,10 +203,39 @@ fn partitioned_regions_keep_serving_and_converge_after_the_heal() {
                 }
             }
             assert_eq!(client.kv().get("doomed").await.expect("get"), None);
+            assert_eq!(
+                client.counter("stock").get().await.expect("stock"),
+                0,
+                "never below the bound"
+            );
+            let copy = client
+                .ledger()
+                .lookup_accounts_with(&[2], ReadConsistency::Stale)
+                .await
+                .expect("ledger copy");
+            assert_eq!(copy[0].credits_posted, 100, "every region's copy has every transfer");
+            let look = client
+                .rate_limiter()
+                .check_global("api", 5, Duration::from_secs(600), 0)
+                .await
+                .expect("look");
+            assert_eq!(look.remaining, 0, "every region now counts all 15 admitted");
             // The delete came first and the later write won.
             assert_eq!(
                 client.kv().get("shared-1").await.expect("get").map(|e| e.value),
                 Some(b"eu-after-us-delete".to_vec())
+            );
+        }
+        for client in &clients[1..] {
+            let mirror = client
+                .streams()
+                .fetch("events@us", 0, 0, FetchOptions::default())
+                .await
+                .expect("the mirror");
+            assert_eq!(
+                mirror.records.len(),
+                20,
+                "every record produced at us during the partition"
             );
         }
         let status = regions.status("us").await.expect("status");
