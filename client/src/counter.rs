@@ -14,9 +14,9 @@ pub struct CounterOp {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CounterChange {
-    /// Add `delta` unless the result would leave `[min, max]`. With regions, a change toward
-    /// `min` must also stay within this region's escrow (`ESCROW_EXCEEDED` otherwise), so that
-    /// partitioned regions together never cross `min`.
+    /// Add `delta` unless the result would leave `[min, max]`. With regions, a change toward a
+    /// bound must also stay within this region's escrow toward it (`ESCROW_EXCEEDED` otherwise),
+    /// so that partitioned regions together never cross it.
     Incr {
         delta: i64,
         min: Option<i64>,
@@ -25,12 +25,14 @@ pub enum CounterChange {
     /// Set the value (reset).
     Set(i64),
     /// With regions: give `amount` of this region's escrow to `to_region`, which may then take
-    /// the counter that much closer to a lower bound; this region's balance must stay at or
-    /// above its share of `min` (default 0).
+    /// the counter that much closer to a bound: toward the upper bound `max` when it is given
+    /// (this region's balance must stay at or below its share of it), else toward the lower bound
+    /// `min` (default 0; the balance must stay at or above its share).
     Transfer {
         to_region: String,
         amount: u64,
         min: Option<i64>,
+        max: Option<i64>,
     },
 }
 
@@ -53,15 +55,22 @@ impl CounterOp {
         }
     }
 
-    /// Gives `amount` of this region's escrow of the counter to `to_region` (see
-    /// [`CounterChange::Transfer`]).
-    pub fn transfer(key: impl Into<Vec<u8>>, to_region: impl Into<String>, amount: u64, min: Option<i64>) -> CounterOp {
+    /// Gives `amount` of this region's escrow of the counter toward `min` (or toward `max`, when
+    /// given) to `to_region` (see [`CounterChange::Transfer`]).
+    pub fn transfer(
+        key: impl Into<Vec<u8>>,
+        to_region: impl Into<String>,
+        amount: u64,
+        min: Option<i64>,
+        max: Option<i64>,
+    ) -> CounterOp {
         CounterOp {
             key: key.into(),
             change: CounterChange::Transfer {
                 to_region: to_region.into(),
                 amount,
                 min,
+                max,
             },
         }
     }
@@ -81,8 +90,8 @@ pub enum CounterOutcome {
     Overflow {
         value: i64,
     },
-    /// Nothing changed: with regions, this region's escrow `balance` does not cover a change
-    /// toward the lower bound; another region can transfer it some.
+    /// Nothing changed: with regions, this region's escrow `balance` toward a bound does not
+    /// cover a change toward it; another region can transfer it some.
     EscrowExceeded {
         value: i64,
         balance: i64,
@@ -115,9 +124,17 @@ impl Counters {
                             pb::counter_op::Action::Incr(pb::CounterIncr { delta, min, max })
                         }
                         CounterChange::Set(value) => pb::counter_op::Action::Set(value),
-                        CounterChange::Transfer { to_region, amount, min } => {
-                            pb::counter_op::Action::Transfer(pb::CounterTransfer { to_region, amount, min })
-                        }
+                        CounterChange::Transfer {
+                            to_region,
+                            amount,
+                            min,
+                            max,
+                        } => pb::counter_op::Action::Transfer(pb::CounterTransfer {
+                            to_region,
+                            amount,
+                            min,
+                            max,
+                        }),
                     }),
                 })
                 .collect(),
@@ -233,6 +250,22 @@ impl CounterHandle {
             to_region: to_region.to_string(),
             amount,
             min,
+            max: None,
+        })
+        .await
+    }
+
+    /// With regions: gives `amount` of this region's room toward the upper bound `max` to
+    /// `to_region`, which may then take the counter that much higher; returns the value.
+    ///
+    /// # Errors
+    /// As [`CounterHandle::transfer_escrow`].
+    pub async fn transfer_headroom(&self, to_region: &str, amount: u64, max: i64) -> Result<i64, ClientError> {
+        self.apply_one(CounterChange::Transfer {
+            to_region: to_region.to_string(),
+            amount,
+            min: None,
+            max: Some(max),
         })
         .await
     }

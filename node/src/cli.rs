@@ -274,8 +274,11 @@ enum CounterCommand {
         #[arg(long)]
         amount: u64,
         /// The lower bound this region keeps its share of (default 0).
-        #[arg(long, allow_negative_numbers = true)]
+        #[arg(long, allow_negative_numbers = true, conflicts_with = "max")]
         min: Option<i64>,
+        /// Give room toward this upper bound instead.
+        #[arg(long, allow_negative_numbers = true)]
+        max: Option<i64>,
     },
 }
 
@@ -594,12 +597,19 @@ async fn run(cli: Cli) -> Result<(), String> {
                     client.counter(key).reset().await.map_err(|e| e.to_string())?;
                     println!("0");
                 }
-                CounterCommand::Transfer { key, to, amount, min } => {
-                    let value = client
-                        .counter(key)
-                        .transfer_escrow(&to, amount, min)
-                        .await
-                        .map_err(|e| e.to_string())?;
+                CounterCommand::Transfer {
+                    key,
+                    to,
+                    amount,
+                    min,
+                    max,
+                } => {
+                    let counter = client.counter(key);
+                    let value = match max {
+                        Some(max) => counter.transfer_headroom(&to, amount, max).await,
+                        None => counter.transfer_escrow(&to, amount, min).await,
+                    }
+                    .map_err(|e| e.to_string())?;
                     println!("{value}");
                 }
                 CounterCommand::Get { key, stale } => {

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::merge::{Component, LwwValue, WindowCount};
+use crate::merge::{Component, EscrowBound, LwwValue, WindowCount};
 use crate::version::RegionId;
 
 /// One replicated change, as state rather than as an operation: the receiver merges it with the
@@ -18,9 +18,10 @@ pub enum Effect {
         region: RegionId,
         component: Component,
     },
-    /// Everything region `from` has given region `to` of a bounded counter's escrow.
+    /// Everything region `from` has given region `to` of a bounded counter's escrow toward `bound`.
     EscrowGiven {
         key: Vec<u8>,
+        bound: EscrowBound,
         from: RegionId,
         to: RegionId,
         total: u128,

@@ -27,5 +27,5 @@ pub mod pb {
 
 pub use digest::Digest;
 pub use feed::{Effect, FeedEntry, ShipBatch};
-pub use merge::{Component, EscrowTransfers, LwwValue, PnCounter, WindowCount, WindowCounts};
+pub use merge::{Component, EscrowBound, EscrowTransfers, LwwValue, PnCounter, WindowCount, WindowCounts};
 pub use version::{RegionId, RegionName, Version};

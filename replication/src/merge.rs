@@ -101,52 +101,66 @@ impl PnCounter {
     }
 }
 
-/// Escrow of one bounded counter moved between regions: `given[(from, to)]` is everything `from`
-/// ever gave `to`. Only `from` writes its pairs and they only grow, so a merge is the per-pair
-/// maximum.
+/// Which bound a region's escrow guards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum EscrowBound {
+    /// A lower bound: escrow is room to take the counter down.
+    Floor,
+    /// An upper bound: escrow is room to take the counter up.
+    Ceiling,
+}
+
+/// Escrow of one bounded counter moved between regions: `given[(bound, from, to)]` is everything
+/// `from` ever gave `to` of its room toward `bound`. Only `from` writes its entries and they only
+/// grow, so a merge is the per-entry maximum.
 ///
-/// A region's **local balance** is its own net change of the counter plus what it received minus
-/// what it gave. The balances sum to the counter's value, so if every region keeps its own
-/// balance on the right side of its share of a bound (shares summing to the bound), the value
-/// never crosses the bound, however long regions are partitioned.
+/// A region's **balance** toward a bound is its own net change of the counter, adjusted by the
+/// escrow it moved: toward the floor, plus what it received minus what it gave; toward the
+/// ceiling, minus what it received plus what it gave. Either way the balances of all regions sum
+/// to the counter's value, so if every region keeps its balance on the right side of its share of
+/// a bound (shares summing to the bound), the value never crosses the bound, however long regions
+/// are partitioned.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EscrowTransfers {
-    pub given: BTreeMap<(RegionId, RegionId), u128>,
+    pub given: BTreeMap<(EscrowBound, RegionId, RegionId), u128>,
 }
 
 impl EscrowTransfers {
-    pub fn merge_pair(&mut self, from: RegionId, to: RegionId, total: u128) {
-        let mine = self.given.entry((from, to)).or_default();
+    pub fn merge_pair(&mut self, bound: EscrowBound, from: RegionId, to: RegionId, total: u128) {
+        let mine = self.given.entry((bound, from, to)).or_default();
         *mine = (*mine).max(total);
     }
 
     pub fn merge(mut self, other: EscrowTransfers) -> EscrowTransfers {
-        for ((from, to), total) in other.given {
-            self.merge_pair(from, to, total);
+        for ((bound, from, to), total) in other.given {
+            self.merge_pair(bound, from, to, total);
         }
         self
     }
 
-    /// What `from` has given `to` so far.
-    pub fn given(&self, from: RegionId, to: RegionId) -> u128 {
-        self.given.get(&(from, to)).copied().unwrap_or(0)
+    /// What `from` has given `to` toward `bound` so far.
+    pub fn given(&self, bound: EscrowBound, from: RegionId, to: RegionId) -> u128 {
+        self.given.get(&(bound, from, to)).copied().unwrap_or(0)
     }
 
-    /// `region`'s local balance of `counter`.
-    pub fn local_balance(&self, counter: &PnCounter, region: RegionId) -> i128 {
-        let (received, gave) = self.given.iter().fold((0i128, 0i128), |(r, g), ((from, to), total)| {
-            let total = i128::try_from(*total).unwrap_or(i128::MAX);
-            match (*from == region, *to == region) {
-                (true, false) => (r, g.saturating_add(total)),
-                (false, true) => (r.saturating_add(total), g),
-                _ => (r, g),
-            }
-        });
-        counter
-            .component(region)
-            .value()
-            .saturating_add(received)
-            .saturating_sub(gave)
+    /// `region`'s balance of `counter` toward `bound`.
+    pub fn balance(&self, counter: &PnCounter, region: RegionId, bound: EscrowBound) -> i128 {
+        let (received, gave) = self.given.iter().filter(|((b, _, _), _)| *b == bound).fold(
+            (0i128, 0i128),
+            |(r, g), ((_, from, to), total)| {
+                let total = i128::try_from(*total).unwrap_or(i128::MAX);
+                match (*from == region, *to == region) {
+                    (true, false) => (r, g.saturating_add(total)),
+                    (false, true) => (r.saturating_add(total), g),
+                    _ => (r, g),
+                }
+            },
+        );
+        let own = counter.component(region).value();
+        match bound {
+            EscrowBound::Floor => own.saturating_add(received).saturating_sub(gave),
+            EscrowBound::Ceiling => own.saturating_sub(received).saturating_add(gave),
+        }
     }
 }
 
@@ -264,8 +278,31 @@ mod tests {
         })
     }
 
+    /// A merge is a join: commutative, associative and idempotent.
+    fn join_laws<T: Clone + PartialEq + std::fmt::Debug>(
+        a: T,
+        b: T,
+        c: T,
+        merge: impl Fn(T, T) -> T,
+    ) -> Result<(), TestCaseError> {
+        prop_assert_eq!(merge(a.clone(), b.clone()), merge(b.clone(), a.clone()));
+        prop_assert_eq!(
+            merge(merge(a.clone(), b.clone()), c.clone()),
+            merge(a.clone(), merge(b.clone(), c))
+        );
+        let once = merge(a.clone(), b.clone());
+        prop_assert_eq!(merge(once.clone(), b), once);
+        prop_assert_eq!(merge(a.clone(), a.clone()), a);
+        Ok(())
+    }
+
+    fn bound() -> impl Strategy<Value = EscrowBound> {
+        prop_oneof![Just(EscrowBound::Floor), Just(EscrowBound::Ceiling)]
+    }
+
     fn transfers() -> impl Strategy<Value = EscrowTransfers> {
-        proptest::collection::btree_map((0u16..3, 0u16..3), 0u128..20, 0..5).prop_map(|given| EscrowTransfers { given })
+        proptest::collection::btree_map((bound(), 0u16..3, 0u16..3), 0u128..20, 0..5)
+            .prop_map(|given| EscrowTransfers { given })
     }
 
     proptest! {
@@ -273,38 +310,29 @@ mod tests {
         fn escrow_merge_is_commutative_associative_and_idempotent(
             a in transfers(), b in transfers(), c in transfers()
         ) {
-            prop_assert_eq!(a.clone().merge(b.clone()), b.clone().merge(a.clone()));
-            prop_assert_eq!(
-                a.clone().merge(b.clone()).merge(c.clone()),
-                a.clone().merge(b.clone().merge(c))
-            );
-            let once = a.clone().merge(b.clone());
-            prop_assert_eq!(once.clone().merge(b), once);
-            prop_assert_eq!(a.clone().merge(a.clone()), a);
+            join_laws(a, b, c, EscrowTransfers::merge)?;
         }
 
         /// Transfers move balance between regions: the balances always sum to the value.
         #[test]
-        fn local_balances_sum_to_the_value(counter in counter(), given in proptest::collection::btree_map((0u16..4, 0u16..4), 0u128..20, 0..6)) {
+        fn balances_sum_to_the_value(
+            counter in counter(),
+            given in proptest::collection::btree_map((bound(), 0u16..4, 0u16..4), 0u128..20, 0..6),
+        ) {
             let escrow = EscrowTransfers {
-                given: given.into_iter().filter(|((from, to), _)| from != to).collect(),
+                given: given.into_iter().filter(|((_, from, to), _)| from != to).collect(),
             };
-            let sum: i128 = (0u16..4).map(|r| escrow.local_balance(&counter, r)).sum();
-            prop_assert_eq!(sum, counter.value());
+            for bound in [EscrowBound::Floor, EscrowBound::Ceiling] {
+                let sum: i128 = (0u16..4).map(|r| escrow.balance(&counter, r, bound)).sum();
+                prop_assert_eq!(sum, counter.value());
+            }
         }
 
         #[test]
         fn window_counts_merge_is_commutative_associative_and_idempotent(
             a in window_counts(), b in window_counts(), c in window_counts()
         ) {
-            prop_assert_eq!(a.clone().merge(b.clone()), b.clone().merge(a.clone()));
-            prop_assert_eq!(
-                a.clone().merge(b.clone()).merge(c.clone()),
-                a.clone().merge(b.clone().merge(c))
-            );
-            let once = a.clone().merge(b.clone());
-            prop_assert_eq!(once.clone().merge(b), once);
-            prop_assert_eq!(a.clone().merge(a.clone()), a);
+            join_laws(a, b, c, WindowCounts::merge)?;
         }
 
         /// A region's later count replaces its earlier one wherever it arrives, in any order.

@@ -55,9 +55,16 @@ pub enum CounterAction {
     },
     /// Sets the counter to `value` (a reset is `Set { value: 0 }`).
     Set { value: i64 },
-    /// Gives `amount` of this region's escrow of the counter to region `to`, keeping this
-    /// region's balance at or above its share of `min` (see `EscrowTransfers`).
-    Transfer { to: u16, amount: u64, min: Option<i64> },
+    /// Gives `amount` of this region's escrow of the counter to region `to`: room toward the
+    /// upper bound `max` when it is given, else room toward the lower bound `min` (default 0);
+    /// this region's balance must stay on its side of its share of that bound (see
+    /// `EscrowTransfers`).
+    Transfer {
+        to: u16,
+        amount: u64,
+        min: Option<i64>,
+        max: Option<i64>,
+    },
 }
 
 /// What happened to one [`CounterOp`].
@@ -70,8 +77,8 @@ pub enum CounterOutcome {
     /// Refused, nothing changed: the result would leave the i64 range.
     Overflow { value: i64 },
     /// Refused, nothing changed: this region's escrow does not cover the change (its balance
-    /// would fall below its share of the lower bound); another region can transfer it some.
-    /// `balance` is this region's balance.
+    /// would cross its share of the bound); another region can transfer it some. `balance` is
+    /// this region's balance toward that bound.
     EscrowExceeded { value: i64, balance: i64 },
 }
 

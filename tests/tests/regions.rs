@@ -18,6 +18,15 @@ fn one_node(name: &'static str) -> RegionSpec {
     }
 }
 
+/// Two one-node regions, us (home) and eu, 20 ms apart.
+async fn us_and_eu() -> TestRegions {
+    let regions = TestRegions::start(NODE, vec![one_node("us"), one_node("eu")]).await;
+    regions
+        .links
+        .set_delay(&[1, 2], Duration::from_millis(20), Duration::ZERO);
+    regions
+}
+
 /// Three regions cut off from each other keep serving local reads and writes; conflicting
 /// writes of KV keys and counters land in all three, each takes stock as far as its escrow and
 /// checks a global rate limit, and the home keeps its ledger and a mirrored topic going. After
@@ -415,10 +424,7 @@ fn homed_data_is_written_at_its_home_and_read_from_a_copy_when_the_home_is_unrea
     use basalt_client::{Acquired, ErrorCode, QueueOptions, ReceiveOptions};
 
     runtime().block_on(async {
-        let regions = TestRegions::start(NODE, vec![one_node("us"), one_node("eu")]).await;
-        regions
-            .links
-            .set_delay(&[1, 2], Duration::from_millis(20), Duration::ZERO);
+        let regions = us_and_eu().await;
         let us = regions.client("us").await;
         let eu = regions.client("eu").await;
 
@@ -569,10 +575,7 @@ fn homed_data_is_written_at_its_home_and_read_from_a_copy_when_the_home_is_unrea
 #[test]
 fn a_global_rate_limit_counts_what_other_regions_admitted() {
     runtime().block_on(async {
-        let regions = TestRegions::start(NODE, vec![one_node("us"), one_node("eu")]).await;
-        regions
-            .links
-            .set_delay(&[1, 2], Duration::from_millis(20), Duration::ZERO);
+        let regions = us_and_eu().await;
         let us = regions.client("us").await.rate_limiter();
         let eu = regions.client("eu").await.rate_limiter();
         let window = Duration::from_secs(60);
@@ -621,10 +624,7 @@ fn a_mirrored_topic_is_consumed_in_another_region_as_topic_at_region() {
     use basalt_client::{ErrorCode, FetchOptions, Record, TopicOptions};
 
     runtime().block_on(async {
-        let regions = TestRegions::start(NODE, vec![one_node("us"), one_node("eu")]).await;
-        regions
-            .links
-            .set_delay(&[1, 2], Duration::from_millis(20), Duration::ZERO);
+        let regions = us_and_eu().await;
         let us = regions.client("us").await.streams();
         let eu = regions.client("eu").await.streams();
         let options = TopicOptions {
@@ -675,9 +675,11 @@ fn partitioned_regions_take_a_bounded_counter_only_as_far_as_their_escrow() {
     use basalt_client::ErrorCode;
 
     runtime().block_on(async {
-        let regions = TestRegions::start(NODE, vec![one_node("us"), one_node("eu")]).await;
-        let us = regions.client("us").await.counter("stock");
-        let eu = regions.client("eu").await.counter("stock");
+        let regions = us_and_eu().await;
+        let us_client = regions.client("us").await;
+        let eu_client = regions.client("eu").await;
+        let us = us_client.counter("stock");
+        let eu = eu_client.counter("stock");
         us.incr_bounded(10, Some(0), None).await.expect("stock in us");
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while eu.get_with(ReadConsistency::Stale).await.expect("eu") != 10 {
@@ -723,6 +725,35 @@ fn partitioned_regions_take_a_bounded_counter_only_as_far_as_their_escrow() {
             assert!(std::time::Instant::now() < deadline, "never converged: us {a}, eu {b}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        // An upper bound: 4 seats, 2 per region, until us gives eu one of its own.
+        let us_seats = us_client.counter("seats");
+        let eu_seats = eu_client.counter("seats");
+        for _ in 0..2 {
+            eu_seats.incr_bounded(1, None, Some(4)).await.expect("eu's share");
+        }
+        let full = eu_seats
+            .incr_bounded(1, None, Some(4))
+            .await
+            .expect_err("beyond eu's share");
+        assert_eq!(full.code(), Some(ErrorCode::EscrowExceeded));
+        us_seats.transfer_headroom("eu", 1, 4).await.expect("give eu a seat");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while eu_seats.incr_bounded(1, None, Some(4)).await.is_err() {
+            assert!(std::time::Instant::now() < deadline, "the headroom never reached eu");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        us_seats
+            .incr_bounded(1, None, Some(4))
+            .await
+            .expect("us keeps one seat");
+        assert_eq!(
+            us_seats
+                .incr_bounded(1, None, Some(4))
+                .await
+                .expect_err("us gave the other")
+                .code(),
+            Some(ErrorCode::EscrowExceeded)
+        );
     });
 }
 
@@ -735,7 +766,7 @@ fn a_client_connected_to_a_region_works_there_and_reaches_the_others() {
     use basalt_client::{Client, ClientError, ClientOptions, RegionMap};
 
     runtime().block_on(async {
-        let regions = TestRegions::start(NODE, vec![one_node("us"), one_node("eu")]).await;
+        let regions = us_and_eu().await;
         // Both regions have a leader before eu forwards anything to us.
         regions.client("us").await;
         let map: RegionMap = ["us", "eu"]

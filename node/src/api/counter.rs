@@ -18,6 +18,7 @@ impl Api {
                 to: self.region_id(&t.to_region)?,
                 amount: t.amount,
                 min: t.min,
+                max: t.max,
             },
             other => {
                 return counter_op_of(pb::CounterOp {

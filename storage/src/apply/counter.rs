@@ -6,7 +6,7 @@
 //! while partitioned and still agree once they merge. Its value is the sum of the components,
 //! clamped to the i64 range (only merged concurrent changes can take it outside).
 
-use basalt_replication::{EscrowTransfers, PnCounter};
+use basalt_replication::{EscrowBound, EscrowTransfers, PnCounter};
 
 use super::{check_key, decode, lossy, save, RegionRole, View};
 use crate::command::{CounterAction, CounterOp, CounterOutcome, OpError, Response};
@@ -47,31 +47,57 @@ pub(crate) fn validate(ops: &[CounterOp]) -> Result<(), OpError> {
                 });
             }
         }
-        if let CounterAction::Transfer { amount: 0, .. } = op.action {
-            return Err(OpError::OutOfRange {
-                what: "escrow transfer amount".into(),
-                expected: ">= 1".into(),
-                got: "0".into(),
-            });
+        if let CounterAction::Transfer { amount, min, max, .. } = op.action {
+            if amount == 0 {
+                return Err(OpError::OutOfRange {
+                    what: "escrow transfer amount".into(),
+                    expected: ">= 1".into(),
+                    got: "0".into(),
+                });
+            }
+            if min.is_some() && max.is_some() {
+                return Err(OpError::OutOfRange {
+                    what: "escrow transfer bounds".into(),
+                    expected: "min or max (one bound's escrow per transfer)".into(),
+                    got: "both".into(),
+                });
+            }
         }
     }
     Ok(())
 }
 
-/// A region's share of a lower bound `min` among `regions`: rounded up, so the shares sum to at
-/// least `min`.
-pub fn escrow_share(min: i64, regions: u16) -> i128 {
-    let k = i128::from(regions.max(1));
-    -((-i128::from(min)).div_euclid(k))
+/// A region's share of a bound among `regions`: of a lower bound rounded up (the shares sum to at
+/// least it), of an upper bound rounded down (they sum to at most it).
+pub fn escrow_share(bound: i64, regions: u16, kind: EscrowBound) -> i128 {
+    let (b, k) = (i128::from(bound), i128::from(regions.max(1)));
+    match kind {
+        EscrowBound::Floor => -((-b).div_euclid(k)),
+        EscrowBound::Ceiling => b.div_euclid(k),
+    }
 }
 
-/// Whether a region whose escrow balance is `balance` may add `delta` under the lower bound
-/// `min`: a change toward the bound must keep the balance at or above the region's share of it.
-/// Changes away from the bound, and changes without one, never need escrow.
-pub fn escrow_allows(balance: i128, delta: i64, min: Option<i64>, regions: u16) -> bool {
-    match min {
-        Some(min) if delta < 0 => balance.saturating_add(i128::from(delta)) >= escrow_share(min, regions),
-        _ => true,
+/// Whether a region may add `delta` to a counter bounded by `min`/`max`, given its balances
+/// toward each bound (`floor`, `ceiling`): a change toward a bound must keep the region's balance
+/// on its side of its share of it. Changes away from a bound never need escrow. The refusal
+/// names the bound and the balance toward it.
+pub fn escrow_allows(
+    floor: i128,
+    ceiling: i128,
+    delta: i64,
+    min: Option<i64>,
+    max: Option<i64>,
+    regions: u16,
+) -> Result<(), (EscrowBound, i128)> {
+    let delta = i128::from(delta);
+    match (min, max) {
+        (Some(min), _) if delta < 0 && floor + delta < escrow_share(min, regions, EscrowBound::Floor) => {
+            Err((EscrowBound::Floor, floor))
+        }
+        (_, Some(max)) if delta > 0 && ceiling + delta > escrow_share(max, regions, EscrowBound::Ceiling) => {
+            Err((EscrowBound::Ceiling, ceiling))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -125,9 +151,10 @@ pub(crate) fn apply<S: StoreRead>(
             None => EscrowTransfers::default(),
             Some(bytes) => decode(Table::CounterEscrow, &op.key, &bytes)?,
         };
-        let balance = escrow.local_balance(&counter, role.id);
+        let floor = escrow.balance(&counter, role.id, EscrowBound::Floor);
+        let ceiling = escrow.balance(&counter, role.id, EscrowBound::Ceiling);
         let clamp = |b: i128| b.clamp(i64::MIN.into(), i64::MAX.into()) as i64;
-        if let CounterAction::Transfer { to, amount, min } = op.action {
+        if let CounterAction::Transfer { to, amount, min, max } = op.action {
             if regions == 1 || to == role.id {
                 return Ok(Response::Refused(OpError::InvalidTransfer {
                     reason: if regions == 1 {
@@ -137,12 +164,19 @@ pub(crate) fn apply<S: StoreRead>(
                     },
                 }));
             }
-            if !escrow_allows(
-                balance,
-                i64::try_from(amount).unwrap_or(i64::MAX).saturating_neg(),
-                Some(min.unwrap_or(0)),
-                regions,
-            ) {
+            // Giving room toward a bound spends it as a change toward that bound would.
+            let amount_i64 = i64::try_from(amount).unwrap_or(i64::MAX);
+            let (kind, check) = match max {
+                Some(max) => (
+                    EscrowBound::Ceiling,
+                    escrow_allows(floor, ceiling, amount_i64, None, Some(max), regions),
+                ),
+                None => (
+                    EscrowBound::Floor,
+                    escrow_allows(floor, ceiling, -amount_i64, Some(min.unwrap_or(0)), None, regions),
+                ),
+            };
+            if let Err((_, balance)) = check {
                 outcomes.push(CounterOutcome::EscrowExceeded {
                     value: current,
                     balance: clamp(balance),
@@ -150,19 +184,21 @@ pub(crate) fn apply<S: StoreRead>(
                 continue;
             }
             let mut escrow = escrow;
-            let total = escrow.given(role.id, to).saturating_add(u128::from(amount));
-            escrow.merge_pair(role.id, to, total);
+            let total = escrow.given(kind, role.id, to).saturating_add(u128::from(amount));
+            escrow.merge_pair(kind, role.id, to, total);
             save(view, Table::CounterEscrow, op.key.clone(), &escrow);
             outcomes.push(CounterOutcome::Applied { value: current });
             continue;
         }
         let mut outcome = decide(current, op.action);
-        if let (CounterOutcome::Applied { .. }, CounterAction::Incr { delta, min, .. }) = (outcome, op.action) {
-            if regions > 1 && !escrow_allows(balance, delta, min, regions) {
-                outcome = CounterOutcome::EscrowExceeded {
-                    value: current,
-                    balance: clamp(balance),
-                };
+        if let (CounterOutcome::Applied { .. }, CounterAction::Incr { delta, min, max }) = (outcome, op.action) {
+            if regions > 1 {
+                if let Err((_, balance)) = escrow_allows(floor, ceiling, delta, min, max, regions) {
+                    outcome = CounterOutcome::EscrowExceeded {
+                        value: current,
+                        balance: clamp(balance),
+                    };
+                }
             }
         }
         if let CounterOutcome::Applied { value } = outcome {

@@ -114,9 +114,10 @@ pub(crate) fn record_feed<S: StoreRead + ?Sized>(
             }
             (Table::CounterEscrow, Some(bytes)) => {
                 let escrow: EscrowTransfers = decode(table, key, bytes)?;
-                effects.extend(escrow.given.iter().filter(|((from, _), _)| *from == region).map(
-                    |((from, to), total)| Effect::EscrowGiven {
+                effects.extend(escrow.given.iter().filter(|((_, from, _), _)| *from == region).map(
+                    |((bound, from, to), total)| Effect::EscrowGiven {
                         key: key.to_vec(),
+                        bound: *bound,
                         from: *from,
                         to: *to,
                         total: *total,
@@ -299,9 +300,15 @@ fn merge_effect<S: StoreRead>(
                 None => view.delete(table, key.clone()),
             }
         }
-        Effect::EscrowGiven { key, from, to, total } => {
+        Effect::EscrowGiven {
+            key,
+            bound,
+            from,
+            to,
+            total,
+        } => {
             let mut escrow: EscrowTransfers = load(view, Table::CounterEscrow, key)?.unwrap_or_default();
-            escrow.merge_pair(*from, *to, *total);
+            escrow.merge_pair(*bound, *from, *to, *total);
             save(view, Table::CounterEscrow, key.clone(), &escrow);
         }
         Effect::RateWindow { key, region, count } => super::rate::merge_global_count(view, key, *region, *count)?,
@@ -524,8 +531,9 @@ pub fn state_as_effects<S: StoreRead + ?Sized>(
                 escrow
                     .given
                     .iter()
-                    .map(|((from, to), total)| Effect::EscrowGiven {
+                    .map(|((bound, from, to), total)| Effect::EscrowGiven {
                         key: key.clone(),
+                        bound: *bound,
                         from: *from,
                         to: *to,
                         total: *total,

@@ -569,7 +569,12 @@ fn take(amount: i64) -> CounterAction {
 }
 
 fn give(to: u16, amount: u64) -> CounterAction {
-    CounterAction::Transfer { to, amount, min: None }
+    CounterAction::Transfer {
+        to,
+        amount,
+        min: None,
+        max: None,
+    }
 }
 
 #[test]
@@ -658,42 +663,109 @@ fn escrow_is_refused_without_regions_and_to_oneself() {
     ));
 }
 
+#[test]
+fn partitioned_regions_fill_a_capacity_only_as_far_as_their_headroom() {
+    let seat = |n: i64| CounterAction::Incr {
+        delta: n,
+        min: None,
+        max: Some(10),
+    };
+    // Three regions (region() knows of two others): each may fill floor(10 / 3) = 3 seats.
+    let mut us = region(1);
+    let mut eu = region(2);
+    let headroom = CounterAction::Transfer {
+        to: 2,
+        amount: 2,
+        min: None,
+        max: Some(10),
+    };
+    assert_eq!(counter_op(&mut us, 1, headroom), CounterOutcome::Applied { value: 0 });
+    ship(&us, 1, &mut eu, 2);
+    // Partitioned: us kept 1 seat of its 3, eu has 3 + 2.
+    let filled_us = (0..10)
+        .filter(|_| matches!(counter_op(&mut us, 3, seat(1)), CounterOutcome::Applied { .. }))
+        .count();
+    let filled_eu = (0..10)
+        .filter(|_| matches!(counter_op(&mut eu, 3, seat(1)), CounterOutcome::Applied { .. }))
+        .count();
+    assert_eq!((filled_us, filled_eu), (1, 5));
+    assert_eq!(
+        counter_op(&mut eu, 4, seat(1)),
+        CounterOutcome::EscrowExceeded { value: 5, balance: 3 },
+        "the balance toward the ceiling counts the headroom received"
+    );
+    ship(&us, 1, &mut eu, 5);
+    ship(&eu, 2, &mut us, 5);
+    assert_eq!((counter_value(&us, "stock"), counter_value(&eu, "stock")), (6, 6));
+    // Freeing a seat (away from the ceiling) never needs escrow, and makes room for the freer.
+    assert_eq!(counter_op(&mut us, 6, seat(-1)), CounterOutcome::Applied { value: 5 });
+    assert_eq!(counter_op(&mut us, 7, seat(1)), CounterOutcome::Applied { value: 6 });
+}
+
 #[derive(Clone, Debug)]
 enum StockStep {
-    Take { region: usize, amount: i64 },
-    Restock { region: usize, amount: i64 },
-    Give { region: usize, to: usize, amount: u64 },
-    Ship { from: usize, to: usize },
+    Take {
+        region: usize,
+        amount: i64,
+    },
+    Restock {
+        region: usize,
+        amount: i64,
+    },
+    Give {
+        region: usize,
+        to: usize,
+        amount: u64,
+        ceiling: bool,
+    },
+    Ship {
+        from: usize,
+        to: usize,
+    },
 }
 
 fn stock_step() -> impl Strategy<Value = StockStep> {
     prop_oneof![
         4 => (0usize..3, 1i64..15).prop_map(|(region, amount)| StockStep::Take { region, amount }),
-        1 => (0usize..3, 1i64..15).prop_map(|(region, amount)| StockStep::Restock { region, amount }),
-        2 => (0usize..3, 0usize..3, 1u64..30).prop_map(|(region, to, amount)| StockStep::Give { region, to, amount }),
+        3 => (0usize..3, 1i64..15).prop_map(|(region, amount)| StockStep::Restock { region, amount }),
+        2 => (0usize..3, 0usize..3, 1u64..30, any::<bool>())
+            .prop_map(|(region, to, amount, ceiling)| StockStep::Give { region, to, amount, ceiling }),
         3 => (0usize..3, 0usize..3).prop_map(|(from, to)| StockStep::Ship { from, to }),
     ]
 }
 
+const STOCK_MAX: i64 = 60;
+
+fn bounded(delta: i64) -> CounterAction {
+    CounterAction::Incr {
+        delta,
+        min: Some(0),
+        max: Some(STOCK_MAX),
+    }
+}
+
 proptest! {
-    /// Three regions stock, take, restock and pass escrow around while the feed reaches each
-    /// other only now and then: however partitioned, once everything has crossed the counter
-    /// is at or above its lower bound, and every region agrees on it.
+    /// Three regions take, restock and pass escrow of both bounds around while the feed reaches
+    /// each other only now and then: however partitioned, once everything has crossed, the
+    /// counter is within its bounds, and every region agrees on it.
     #[test]
-    fn partitioned_regions_never_take_a_bounded_counter_below_its_bound(
-        steps in prop::collection::vec(stock_step(), 1..60),
+    fn partitioned_regions_never_take_a_bounded_counter_past_its_bounds(
+        steps in prop::collection::vec(stock_step(), 1..80),
     ) {
         let mut regions = vec![region(1), region(2), region(3)];
-        counter_op(&mut regions[0], 1, CounterAction::Set { value: 40 });
         for (i, step) in steps.into_iter().enumerate() {
             let at = 2 + i as u64;
             match step {
-                StockStep::Take { region, amount } => { counter_op(&mut regions[region], at, take(amount)); }
-                StockStep::Restock { region, amount } => {
-                    counter_op(&mut regions[region], at, CounterAction::Incr { delta: amount, min: Some(0), max: None });
-                }
-                StockStep::Give { region, to, amount } if region != to => {
-                    counter_op(&mut regions[region], at, give(to as u16 + 1, amount));
+                StockStep::Take { region, amount } => { counter_op(&mut regions[region], at, bounded(-amount)); }
+                StockStep::Restock { region, amount } => { counter_op(&mut regions[region], at, bounded(amount)); }
+                StockStep::Give { region, to, amount, ceiling } if region != to => {
+                    let action = CounterAction::Transfer {
+                        to: to as u16 + 1,
+                        amount,
+                        min: None,
+                        max: ceiling.then_some(STOCK_MAX),
+                    };
+                    counter_op(&mut regions[region], at, action);
                 }
                 StockStep::Ship { from, to } if from != to => {
                     let (source, target) = pick(&mut regions, from, to);
@@ -709,7 +781,9 @@ proptest! {
             }
         }
         let values: Vec<i64> = regions.iter().map(|h| counter_value(h, "stock")).collect();
-        prop_assert!(values[0] >= 0, "the regions together went below the bound: {values:?}");
+        prop_assert!((0..=STOCK_MAX).contains(&values[0]), "the regions together crossed a bound: {values:?}");
         prop_assert!(values.iter().all(|v| *v == values[0]), "{values:?}");
+        let digests: Vec<_> = regions.iter().map(|h| digest(&h.store).expect("digest")).collect();
+        prop_assert!(digests.iter().all(|d| *d == digests[0]), "escrow converges too");
     }
 }
