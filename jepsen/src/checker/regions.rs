@@ -5,6 +5,9 @@
 //! - **Counters** (PN-counter): the converged value lies between the increments acknowledged in
 //!   any region and those that may have been applied (acknowledged or unknown): none lost, none
 //!   counted twice.
+//! - **Bounded counter** (escrow): the stock, restocked and taken in every region with a lower
+//!   bound of 0, converges at or above 0 — partitioned regions together never took more than
+//!   was there — and within what the acknowledged and unknown restocks and takes allow.
 //! - **KV** (last-writer-wins): a key's converged value was written (acknowledged or unknown) —
 //!   no phantom; a key with an acknowledged write has a value (the workload never deletes); and
 //!   the winner was not overwritten *causally*: a value that a region had seen (written or read)
@@ -41,13 +44,13 @@ pub fn check(ops: &[Operation]) -> Verdict {
         return verdict;
     };
     for other in &finals[1..] {
-        if other["keys"] != first["keys"] || other["hits"] != first["hits"] {
+        if other["keys"] != first["keys"] || other["hits"] != first["hits"] || other["stock"] != first["stock"] {
             verdict.problem(format!(
                 "regions disagree after converging: {} has {}, {} has {}",
                 text(first, "region").unwrap_or("?"),
-                json!({"keys": first["keys"], "hits": first["hits"]}),
+                json!({"keys": first["keys"], "hits": first["hits"], "stock": first["stock"]}),
                 text(other, "region").unwrap_or("?"),
-                json!({"keys": other["keys"], "hits": other["hits"]}),
+                json!({"keys": other["keys"], "hits": other["hits"], "stock": other["stock"]}),
             ));
         }
     }
@@ -70,6 +73,35 @@ pub fn check(ops: &[Operation]) -> Verdict {
                 "counter in {}: {hits} outside [{acked}, {}] (acknowledged .. attempted in every region)",
                 text(f, "region").unwrap_or("?"),
                 acked + maybe
+            ));
+        }
+    }
+
+    // The stock: never below its bound, and only what restocks and takes explain.
+    let sum = |f: &str| {
+        ops.iter()
+            .filter(|o| o.f == f)
+            .fold((0i64, 0i64), |(acked, maybe), op| {
+                let delta = int(&op.value, "delta").unwrap_or(0);
+                match op.outcome {
+                    Outcome::Ok(_) => (acked + delta, maybe),
+                    Outcome::Info => (acked, maybe + delta),
+                    Outcome::Fail => (acked, maybe),
+                }
+            })
+    };
+    let ((restocked, restock_maybe), (taken, take_maybe)) = (sum("restock"), sum("take"));
+    let (stock_low, stock_high) = (restocked - taken - take_maybe, restocked + restock_maybe - taken);
+    for f in &finals {
+        let stock = int(f, "stock").unwrap_or(0);
+        let region = text(f, "region").unwrap_or("?");
+        if stock < 0 {
+            verdict.problem(format!(
+                "stock in {region}: {stock}, below its bound of 0 (regions together took more than their escrow)"
+            ));
+        } else if stock < stock_low || stock > stock_high {
+            verdict.problem(format!(
+                "stock in {region}: {stock} outside [{stock_low}, {stock_high}] (restocks minus takes)"
             ));
         }
     }
@@ -140,6 +172,8 @@ pub fn check(ops: &[Operation]) -> Verdict {
         "keys": keys.len(),
         "increments_acknowledged": acked,
         "increments_unknown": maybe,
+        "stock_restocked": restocked,
+        "stock_taken": taken,
     });
     verdict
 }
@@ -247,6 +281,50 @@ mod tests {
         let v = check(&h.ops());
         assert_eq!(v.validity, Validity::Invalid);
         assert!(v.problems[0].contains("causally earlier"), "{:?}", v.problems);
+    }
+
+    fn stock(h: &mut HistoryBuilder, p: u64, f: &str, delta: i64, ok: bool) {
+        let v = json!({"region": "us", "key": "stock", "delta": delta});
+        h.invoke(p, f, v.clone());
+        if ok {
+            h.ok(p, f, json!({"value": 0}));
+        } else {
+            h.fail(p, f);
+        }
+    }
+
+    fn stock_finals(h: &mut HistoryBuilder, value: i64) {
+        h.call(FINAL_PROCESS - 1, "converge", json!({}), json!({"digests": {}}));
+        for region in ["us", "eu"] {
+            h.call(
+                FINAL_PROCESS,
+                "final",
+                json!({"region": region}),
+                json!({"region": region, "keys": {}, "hits": 0, "stock": value}),
+            );
+        }
+    }
+
+    #[test]
+    fn stock_below_its_bound_or_unexplained_is_caught() {
+        let history = |value| {
+            let mut h = HistoryBuilder::new();
+            stock(&mut h, 1, "restock", 3, true);
+            stock(&mut h, 1, "take", 1, true);
+            stock(&mut h, 2, "take", 1, true);
+            stock(&mut h, 2, "take", 1, false);
+            stock_finals(&mut h, value);
+            check(&h.ops())
+        };
+        assert_eq!(history(1).validity, Validity::Valid, "{:?}", history(1).problems);
+        let below = history(-1);
+        assert_eq!(below.validity, Validity::Invalid);
+        assert!(below.problems[0].contains("below its bound"), "{:?}", below.problems);
+        assert_eq!(
+            history(2).validity,
+            Validity::Invalid,
+            "a refused take cannot come back"
+        );
     }
 
     #[test]

@@ -40,8 +40,9 @@ pub enum Workload {
     /// Appends to a partitioned stream, read back in order without gaps (alias: set).
     #[value(alias = "set")]
     Stream,
-    /// Several regions (`--regions`): conflicting KV writes and counter increments in every
-    /// region under partitions between regions; checked for convergence and the merge rules.
+    /// Several regions (`--regions`): conflicting KV writes, counter increments and takes of an
+    /// escrowed stock in every region under partitions between regions; checked for convergence
+    /// and the merge rules.
     Regions,
 }
 

@@ -1,6 +1,7 @@
-//! Regions: clients in every region write the same few KV keys (each write a unique value) and
-//! increment one counter, and read keys locally, while regions are partitioned from each other
-//! and their leaders killed. Checked by `checker::regions` after the regions converge.
+//! Regions: clients in every region write the same few KV keys (each write a unique value),
+//! increment one counter, restock and take a stock counter bounded below by 0 (escrow), and read
+//! keys locally, while regions are partitioned from each other and their leaders killed.
+//! Checked by `checker::regions` after the regions converge.
 
 use std::time::Duration;
 
@@ -14,6 +15,9 @@ use crate::history::Recorder;
 
 pub const KEYS: u64 = 4;
 pub const COUNTER: &str = "hits";
+/// A counter bounded below by 0: every region restocks it (which gives it escrow) and takes from
+/// it; partitioned regions together must never take it below 0.
+pub const STOCK: &str = "stock";
 
 fn planned(f: &'static str, value: Value, mutation: bool) -> Planned {
     Planned {
@@ -31,12 +35,20 @@ pub(super) fn plan(shared: &Shared, state: &WorkerState, rng: &mut StdRng) -> Pl
     if roll < 0.45 {
         let value = format!("{region}-{}", shared.unique());
         planned("put", json!({ "region": region, "key": key, "value": value }), true)
-    } else if roll < 0.75 {
+    } else if roll < 0.65 {
         planned(
             "add",
             json!({ "region": region, "key": COUNTER, "delta": rng.gen_range(1..=3) }),
             true,
         )
+    } else if roll < 0.72 {
+        planned(
+            "restock",
+            json!({ "region": region, "key": STOCK, "delta": rng.gen_range(1..=3) }),
+            true,
+        )
+    } else if roll < 0.85 {
+        planned("take", json!({ "region": region, "key": STOCK, "delta": 1 }), true)
     } else {
         planned("read", json!({ "region": region, "key": key }), false)
     }
@@ -53,6 +65,16 @@ pub(super) async fn invoke(client: &Client, planned: &Planned) -> Completion {
         "add" => {
             let delta = v["delta"].as_i64().unwrap_or_default();
             complete(client.counter(key).incr(delta).await, true, |n| json!({ "value": n }))
+        }
+        // Bounded below by 0; a take beyond the region's escrow is refused (ESCROW_EXCEEDED).
+        "restock" | "take" => {
+            let delta = v["delta"].as_i64().unwrap_or_default();
+            let delta = if planned.f == "take" { -delta } else { delta };
+            complete(
+                client.counter(key).incr_bounded(delta, Some(0), None).await,
+                true,
+                |n| json!({ "value": n }),
+            )
         }
         "read" => complete(client.kv().get(key).await, false, |entry| {
             json!({
@@ -80,7 +102,8 @@ pub async fn final_read(client: &Client, recorder: &Recorder, region: &str) -> R
             );
         }
         let hits = client.counter(COUNTER).get().await.map_err(|e| e.to_string())?;
-        Ok::<_, String>(json!({ "region": region, "keys": keys, "hits": hits }))
+        let stock = client.counter(STOCK).get().await.map_err(|e| e.to_string())?;
+        Ok::<_, String>(json!({ "region": region, "keys": keys, "hits": hits, "stock": stock }))
     };
     until_ok(Duration::from_secs(30), || {
         perform(
