@@ -188,13 +188,18 @@ mod tests {
     use crate::workload::FINAL_PROCESS;
 
     fn finals(h: &mut HistoryBuilder, keys: Value, hits: i64) {
+        finals_with_stock(h, keys, hits, 0);
+    }
+
+    /// A converged history's end: the convergence check, then the same final reads in us and eu.
+    fn finals_with_stock(h: &mut HistoryBuilder, keys: Value, hits: i64, stock: i64) {
         h.call(FINAL_PROCESS - 1, "converge", json!({}), json!({"digests": {}}));
         for region in ["us", "eu"] {
             h.call(
                 FINAL_PROCESS,
                 "final",
                 json!({"region": region}),
-                json!({"region": region, "keys": keys, "hits": hits}),
+                json!({"region": region, "keys": keys, "hits": hits, "stock": stock}),
             );
         }
     }
@@ -293,18 +298,6 @@ mod tests {
         }
     }
 
-    fn stock_finals(h: &mut HistoryBuilder, value: i64) {
-        h.call(FINAL_PROCESS - 1, "converge", json!({}), json!({"digests": {}}));
-        for region in ["us", "eu"] {
-            h.call(
-                FINAL_PROCESS,
-                "final",
-                json!({"region": region}),
-                json!({"region": region, "keys": {}, "hits": 0, "stock": value}),
-            );
-        }
-    }
-
     #[test]
     fn stock_below_its_bound_or_unexplained_is_caught() {
         let history = |value| {
@@ -313,7 +306,7 @@ mod tests {
             stock(&mut h, 1, "take", 1, true);
             stock(&mut h, 2, "take", 1, true);
             stock(&mut h, 2, "take", 1, false);
-            stock_finals(&mut h, value);
+            finals_with_stock(&mut h, json!({}), 0, value);
             check(&h.ops())
         };
         assert_eq!(history(1).validity, Validity::Valid, "{:?}", history(1).problems);
