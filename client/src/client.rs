@@ -25,6 +25,12 @@ pub struct ClientOptions {
     /// How long one attempt on one node may take.
     pub attempt_timeout: Duration,
     pub connect_timeout: Duration,
+    /// Coalesce concurrent KV puts and deletes of this client (and its clones) into batches:
+    /// one RPC and one Raft entry for many writes, each still answered on its own. Writes of a
+    /// fenced handle ([`Client::fenced`]) always go one by one.
+    pub coalesce_writes: bool,
+    /// With coalescing: how many batches may be on their way at once.
+    pub write_batches_in_flight: usize,
 }
 
 impl Default for ClientOptions {
@@ -33,6 +39,8 @@ impl Default for ClientOptions {
             request_timeout: Duration::from_secs(10),
             attempt_timeout: Duration::from_secs(3),
             connect_timeout: Duration::from_millis(500),
+            coalesce_writes: true,
+            write_batches_in_flight: 2,
         }
     }
 }
@@ -61,6 +69,8 @@ struct Inner {
     options: ClientOptions,
     /// With regions: this client's region, and every region's nodes.
     place: Option<Arc<RegionPlace>>,
+    /// KV writes waiting to leave in a batch.
+    coalescer: crate::coalesce::Coalescer,
 }
 
 /// Every region of a multi-region deployment by name, with the addresses of its nodes.
@@ -171,6 +181,7 @@ impl Client {
                 in_flight: Mutex::new(BTreeSet::new()),
                 options,
                 place,
+                coalescer: Default::default(),
             }),
             fence: None,
         })
@@ -350,6 +361,27 @@ impl Client {
     }
 
     /// A fresh `(client_id, seq)` header for a mutation, kept in flight until the guard drops.
+    /// Whether this handle's KV writes are coalesced into batches.
+    pub(crate) fn coalesces_writes(&self) -> bool {
+        self.inner.options.coalesce_writes && self.fence.is_none()
+    }
+
+    pub(crate) fn coalescer(&self) -> &crate::coalesce::Coalescer {
+        &self.inner.coalescer
+    }
+
+    pub(crate) fn write_batches_in_flight(&self) -> usize {
+        self.inner.options.write_batches_in_flight.max(1)
+    }
+
+    /// This client without a fence: what a batch of many callers' writes is sent with.
+    pub(crate) fn unfenced(&self) -> Client {
+        Client {
+            inner: self.inner.clone(),
+            fence: None,
+        }
+    }
+
     pub(crate) fn header(&self) -> (pb::RequestHeader, SeqGuard) {
         let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
         let first_incomplete_seq = {

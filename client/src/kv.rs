@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::client::{Client, ReadConsistency};
+use crate::coalesce;
 use crate::error::ClientError;
 use crate::pb;
 use crate::pb::kv_client::KvClient;
@@ -37,6 +38,14 @@ pub enum CasOutcome {
 pub struct DeleteOutcome {
     pub deleted: bool,
     pub revision: u64,
+}
+
+/// A batch answer that is not the write's own: a refusal of this write, or a protocol error.
+fn unexpected_write_result(result: Option<pb::kv_write_result::Result>) -> ClientError {
+    match result {
+        Some(pb::kv_write_result::Result::Error(e)) => coalesce::write_refused(e),
+        other => ClientError::Protocol(format!("unexpected batch answer {other:?}")),
+    }
 }
 
 /// KV operations. Get one with [`Client::kv`].
@@ -98,22 +107,32 @@ impl Kv {
         ttl: Option<Duration>,
         expect: Option<pb::Expect>,
     ) -> Result<CasOutcome, ClientError> {
-        let (header, _guard) = self.client.header();
         let ttl_ms = match ttl {
             Some(ttl) => u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1),
             None => 0,
         };
-        let message = pb::KvPutRequest {
-            header: Some(header),
+        let mut message = pb::KvPutRequest {
+            header: None,
             key: key.to_vec(),
             value: value.to_vec(),
             ttl_ms,
             expect,
         };
-        let reply = self
-            .client
-            .unary(true, message, |c, r| async move { KvClient::new(c).put(r).await })
-            .await?;
+        let reply = if self.client.coalesces_writes() {
+            let write = pb::KvWriteOp {
+                op: Some(pb::kv_write_op::Op::Put(message)),
+            };
+            match coalesce::submit(&self.client, key, write).await?.result {
+                Some(pb::kv_write_result::Result::Put(reply)) => reply,
+                other => return Err(unexpected_write_result(other)),
+            }
+        } else {
+            let (header, _guard) = self.client.header();
+            message.header = Some(header);
+            self.client
+                .unary(true, message, |c, r| async move { KvClient::new(c).put(r).await })
+                .await?
+        };
         Ok(if reply.succeeded {
             CasOutcome::Written {
                 revision: reply.revision,
@@ -154,16 +173,27 @@ impl Kv {
 
     /// Deletes a key; `deleted` says whether it existed.
     pub async fn delete(&self, key: impl AsRef<[u8]>) -> Result<DeleteOutcome, ClientError> {
-        let (header, _guard) = self.client.header();
-        let message = pb::KvDeleteRequest {
-            header: Some(header),
-            key: key.as_ref().to_vec(),
+        let key = key.as_ref();
+        let mut message = pb::KvDeleteRequest {
+            header: None,
+            key: key.to_vec(),
             expect: None,
         };
-        let reply = self
-            .client
-            .unary(true, message, |c, r| async move { KvClient::new(c).delete(r).await })
-            .await?;
+        let reply = if self.client.coalesces_writes() {
+            let write = pb::KvWriteOp {
+                op: Some(pb::kv_write_op::Op::Delete(message)),
+            };
+            match coalesce::submit(&self.client, key, write).await?.result {
+                Some(pb::kv_write_result::Result::Delete(reply)) => reply,
+                other => return Err(unexpected_write_result(other)),
+            }
+        } else {
+            let (header, _guard) = self.client.header();
+            message.header = Some(header);
+            self.client
+                .unary(true, message, |c, r| async move { KvClient::new(c).delete(r).await })
+                .await?
+        };
         Ok(DeleteOutcome {
             deleted: reply.deleted,
             revision: reply.revision,

@@ -26,6 +26,7 @@
 struct ReadmeExamples;
 
 mod client;
+mod coalesce;
 mod counter;
 mod error;
 mod kv;

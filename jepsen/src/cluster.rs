@@ -240,6 +240,7 @@ impl Cluster {
                 request_timeout: Duration::from_secs(3),
                 attempt_timeout: Duration::from_secs(1),
                 connect_timeout: Duration::from_millis(300),
+                ..ClientOptions::default()
             },
         )
     }

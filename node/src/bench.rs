@@ -24,11 +24,19 @@ pub struct LoadArgs {
     /// Client tasks sharing one connection set.
     #[arg(long, default_value_t = 16)]
     clients_per_connection: u32,
+    /// Send every KV write in its own RPC instead of coalescing the concurrent writes of the
+    /// tasks sharing a connection set into batches.
+    #[arg(long)]
+    no_coalesce: bool,
+    /// With coalescing: batches on their way at once per connection set.
+    #[arg(long, default_value_t = ClientOptions::default().write_batches_in_flight)]
+    batches_in_flight: usize,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum BenchCommand {
-    /// KV puts, one per request.
+    /// KV puts: each client task puts one value and waits for its answer; the SDK coalesces the
+    /// concurrent puts of tasks sharing a connection set into batches (`--no-coalesce`: not).
     Kv {
         #[command(flatten)]
         load: LoadArgs,
@@ -301,12 +309,18 @@ where
     positive(&[
         ("clients", clients.into()),
         ("clients-per-connection", load.clients_per_connection.into()),
+        ("batches-in-flight", load.batches_in_flight as u64),
     ])?;
     let connections = clients.div_ceil(load.clients_per_connection);
     let mut pool = Vec::new();
+    let options = ClientOptions {
+        coalesce_writes: !load.no_coalesce,
+        write_batches_in_flight: load.batches_in_flight,
+        ..ClientOptions::default()
+    };
     for _ in 0..connections {
         pool.push(
-            Client::connect_with(endpoints, ClientOptions::default())
+            Client::connect_with(endpoints, options.clone())
                 .await
                 .map_err(|e| e.to_string())?,
         );

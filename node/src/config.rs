@@ -179,13 +179,13 @@ impl RegionConfig {
 
 pub mod defaults {
     pub fn heartbeat_ms() -> u64 {
-        50
+        30
     }
     pub fn election_timeout_min_ms() -> u64 {
-        150
+        100
     }
     pub fn election_timeout_max_ms() -> u64 {
-        300
+        200
     }
     pub fn snapshot_entries() -> u64 {
         50_000

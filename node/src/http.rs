@@ -78,5 +78,10 @@ async fn metrics(State(api): State<Api>) -> String {
         "Mutating requests that failed.",
         api.counters.errors.load(Ordering::Relaxed),
     );
+    counter(
+        "basalt_raft_stream_open_failures_total",
+        "Replication streams to a peer that failed to open (the peer down or unreachable).",
+        api.network.stream_open_failures.load(Ordering::Relaxed),
+    );
     out
 }

@@ -111,10 +111,12 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
     let store = state_machine.store().clone();
     let applied = state_machine.subscribe_applied();
     let incoming_dir = state_machine.snapshot_dir().to_path_buf();
+    let network = NetworkFactory::with_routes(config.peer_routes.clone());
+    let network_stats = network.stats();
     let raft = Raft::new(
         config.id,
         Arc::new(raft_config(&config)?),
-        NetworkFactory::with_routes(config.peer_routes.clone()),
+        network,
         log_store.clone(),
         state_machine,
     )
@@ -145,6 +147,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         store,
         clock: clock.clone(),
         counters: counters.clone(),
+        network: network_stats,
         log_bounds: Arc::new(move || bounds_store.bounds()),
         applied,
         broker: Arc::new(crate::api::Broker::default()),
@@ -237,6 +240,8 @@ const SESSION_SWEEP_EVERY_S: u64 = 10;
 
 /// History changes one compaction entry removes at most.
 const COMPACT_LIMIT: u32 = 4 * basalt_storage::apply::SWEEP_LIMIT;
+/// Most history compaction steps proposed per sweeper tick: up to 64,000 changes a second.
+const COMPACT_STEPS_PER_TICK_MAX: usize = 16;
 
 /// While leader: every second, proposes a sweep for each expiry index with something due (KV
 /// TTLs, rate-limit keys back to full, timed-out pending transfers, dedup ids, group members,
@@ -266,20 +271,27 @@ async fn sweeper(api: Api, config: NodeConfig, stop: tokio::sync::watch::Receive
             }
             Err(e) => tracing::warn!(error = %e, "reading expiry indexes"),
         }
-        let applied = *api.applied.borrow();
-        match basalt_storage::apply::kv::compaction_due(&api.store, applied, config.kv_history_revisions) {
-            Ok(Some(below)) => {
-                propose_sweep(
-                    &api,
-                    Op::KvCompact {
-                        below,
-                        limit: COMPACT_LIMIT,
-                    },
-                )
-                .await;
+        // Several steps when needed: under heavy writes one step a second (COMPACT_LIMIT changes)
+        // falls behind the history being written.
+        for _ in 0..COMPACT_STEPS_PER_TICK_MAX {
+            let applied = *api.applied.borrow();
+            match basalt_storage::apply::kv::compaction_due(&api.store, applied, config.kv_history_revisions) {
+                Ok(Some(below)) => {
+                    propose_sweep(
+                        &api,
+                        Op::KvCompact {
+                            below,
+                            limit: COMPACT_LIMIT,
+                        },
+                    )
+                    .await;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the kv history");
+                    break;
+                }
             }
-            Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, "reading the kv history"),
         }
         if config.region.is_some() {
             match basalt_storage::apply::replication::tombstone_gc_due(&api.store, config.region_role(), COMPACT_LIMIT)

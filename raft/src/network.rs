@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,13 +39,26 @@ pub const RAFT_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
 pub struct NetworkFactory {
     /// Addresses that replace a target's membership address (a link proxy in between).
     routes: Arc<BTreeMap<NodeId, String>>,
+    stats: Arc<NetworkStats>,
+}
+
+/// What the outgoing side of the Raft network counts, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct NetworkStats {
+    /// Replication streams that failed to open (the target down or unreachable).
+    pub stream_open_failures: AtomicU64,
 }
 
 impl NetworkFactory {
     pub fn with_routes(routes: BTreeMap<NodeId, String>) -> NetworkFactory {
         NetworkFactory {
             routes: Arc::new(routes),
+            stats: Arc::default(),
         }
+    }
+
+    pub fn stats(&self) -> Arc<NetworkStats> {
+        self.stats.clone()
     }
 }
 
@@ -59,7 +73,27 @@ pub struct NetworkConnection {
     target: NodeId,
     client: Option<RaftServiceClient<Channel>>,
     addr: String,
+    /// Replication streams to this target that failed to open, in a row.
+    stream_failures: u32,
+    stats: Arc<NetworkStats>,
 }
+
+/// The pause before reopening a replication stream after `failures` failed opens in a row.
+///
+/// openraft applies its backoff while it pulls the next append from the request stream, but a
+/// stream whose connection is refused fails before anything is pulled, and openraft retries at
+/// once: while a peer is down, the leader would spin on reconnects (tens of thousands a second,
+/// each logged), stealing CPU from the cluster that is still serving. Doubling from 5 ms keeps
+/// the first retries quick (a restarted peer is caught up at once) and bounds the spin.
+pub(crate) fn reopen_pause(failures: u32) -> Duration {
+    match failures {
+        0 => Duration::ZERO,
+        n => (Duration::from_millis(5) * 2u32.saturating_pow(n - 1)).min(REOPEN_PAUSE_MAX),
+    }
+}
+
+/// The longest pause between attempts to reopen a replication stream.
+const REOPEN_PAUSE_MAX: Duration = Duration::from_millis(100);
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = NetworkConnection;
@@ -69,6 +103,8 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             target,
             client: None,
             addr: self.routes.get(&target).unwrap_or(&node.addr).clone(),
+            stream_failures: 0,
+            stats: self.stats.clone(),
         }
     }
 }
@@ -157,11 +193,22 @@ impl RaftNetworkV2<TypeConfig> for NetworkConnection {
         S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
     {
         Box::pin(async move {
+            tokio::time::sleep(reopen_pause(self.stream_failures)).await;
             let mut client = self.client()?;
             let requests = input.map(|request| RaftMessage { data: encode(&request) });
             // No deadline on the stream itself: it lives as long as replication to this target.
             // openraft times out the individual appends it is waiting for.
-            let replies = client.stream_append(requests).await.map_err(status_error)?.into_inner();
+            let replies = match client.stream_append(requests).await {
+                Ok(replies) => {
+                    self.stream_failures = 0;
+                    replies.into_inner()
+                }
+                Err(status) => {
+                    self.stream_failures = self.stream_failures.saturating_add(1);
+                    self.stats.stream_open_failures.fetch_add(1, Ordering::Relaxed);
+                    return Err(status_error(status));
+                }
+            };
             let results = replies.map(|reply| {
                 let message = reply.map_err(status_error)?;
                 decode::<StreamAppendResult<TypeConfig>>(&message.data).map_err(network_error)
@@ -362,4 +409,16 @@ fn rand_suffix() -> u64 {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0)
         ^ u64::from(std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reopen_pauses_double_from_nothing_up_to_the_cap() {
+        let pauses: Vec<u64> = (0..10).map(|n| reopen_pause(n).as_millis() as u64).collect();
+        assert_eq!(pauses, [0, 5, 10, 20, 40, 80, 100, 100, 100, 100]);
+        assert_eq!(reopen_pause(u32::MAX), REOPEN_PAUSE_MAX);
+    }
 }

@@ -304,6 +304,43 @@ pub enum Op {
         upto: u64,
         limit: u32,
     },
+    /// KV writes of distinct keys, each applied or refused on its own, in order, all at this
+    /// entry's revision (as the operations of an etcd transaction). The SDK coalesces concurrent
+    /// puts and deletes into one of these, so one Raft entry and one session answer serve many.
+    KvBatch {
+        writes: Vec<KvWrite>,
+    },
+}
+
+/// One write of a [`Op::KvBatch`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KvWrite {
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+        expect: Option<Expect>,
+    },
+    Delete {
+        key: Vec<u8>,
+        expect: Option<Expect>,
+    },
+}
+
+impl KvWrite {
+    pub fn key(&self) -> &[u8] {
+        match self {
+            KvWrite::Put { key, .. } | KvWrite::Delete { key, .. } => key,
+        }
+    }
+
+    /// The bytes of key and value it carries, for the batch's byte limit.
+    pub fn bytes(&self) -> usize {
+        match self {
+            KvWrite::Put { key, value, .. } => key.len() + value.len(),
+            KvWrite::Delete { key, .. } => key.len(),
+        }
+    }
 }
 
 impl Op {
@@ -313,7 +350,7 @@ impl Op {
     pub fn replicates(&self) -> bool {
         matches!(
             self,
-            Op::KvPut { .. } | Op::KvDelete { .. } | Op::Counter { .. } | Op::RateCheck { .. }
+            Op::KvPut { .. } | Op::KvDelete { .. } | Op::KvBatch { .. } | Op::Counter { .. } | Op::RateCheck { .. }
         )
     }
 
@@ -430,6 +467,8 @@ pub enum OpError {
     NotHomedTable { table: String },
     #[error("escrow transfer refused: {reason}")]
     InvalidTransfer { reason: String },
+    #[error("key {key:?} appears more than once in one batch")]
+    DuplicateKey { key: String },
     #[error("topic {topic:?} is read-only here: names with '@' are mirrors of another region's topic")]
     MirrorReadOnly { topic: String },
     #[error("a mirrored row must be in a stream table under a mirror name (table {table:?})")]
@@ -506,6 +545,9 @@ pub enum Response {
         merged: u32,
     },
     Refused(OpError),
+    /// One answer per write of a [`Op::KvBatch`], in order: `KvPut`, `KvDelete`,
+    /// `KvConditionFailed` or `Refused`.
+    KvBatch(Vec<Response>),
 }
 
 impl std::fmt::Display for Command {
@@ -617,6 +659,7 @@ impl std::fmt::Display for Command {
                 if batch.resync { " (re-sync)" } else { "" }
             ),
             Op::ReplTrim { upto, limit } => write!(f, "feed trim up to {upto} (limit {limit})"),
+            Op::KvBatch { writes } => write!(f, "kv batch of {} writes", writes.len()),
             Op::KvTombstoneGc { below, limit } => write!(f, "kv tombstones below stamp {below} (limit {limit})"),
         }
     }

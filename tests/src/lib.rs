@@ -16,8 +16,11 @@ pub struct NodeSpec {
     pub addr: String,
     pub data_dir: PathBuf,
     pub log: PathBuf,
+    /// Where the node serves `/metrics` and `/health`.
+    pub http: String,
     /// Held while the cluster lives, so no other test takes the port, even while the node is down.
     _port: PortReservation,
+    _http_port: PortReservation,
 }
 
 pub struct ClusterOptions {
@@ -95,12 +98,15 @@ impl TestCluster {
 
     fn spec(dir: &tempfile::TempDir, id: u64) -> NodeSpec {
         let port = local_ports::reserve().expect("reserve a port");
+        let http_port = local_ports::reserve().expect("reserve a port");
         NodeSpec {
             id,
             addr: port.addr().to_string(),
             data_dir: dir.path().join(format!("node-{id}")),
             log: dir.path().join(format!("node-{id}.log")),
+            http: http_port.addr().to_string(),
             _port: port,
+            _http_port: http_port,
         }
     }
 
@@ -114,14 +120,17 @@ impl TestCluster {
         let mut command = Command::new(&self.binary);
         command
             .arg("start")
-            .args(["--id", &id.to_string(), "--listen", &spec.addr])
+            .args(["--id", &id.to_string(), "--listen", &spec.addr, "--http", &spec.http])
             .arg("--data-dir")
             .arg(&spec.data_dir)
             .args(["--peers", &self.peers])
             .args(["--snapshot-entries", &self.options.snapshot_entries.to_string()])
             .args(["--logs-to-keep", &self.options.logs_to_keep.to_string()])
             .args(&self.options.extra_args)
-            .env("BASALT_LOG", "info,openraft=warn")
+            .env(
+                "BASALT_LOG",
+                std::env::var("TEST_BASALT_LOG").unwrap_or("info,openraft=warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log);
@@ -228,6 +237,22 @@ impl TestCluster {
         let status = client.cluster_status().await.expect("leader status");
         let target = status.last_log_index.expect("the leader has a log");
         self.wait_applied(client, id, target).await;
+    }
+
+    /// The value of counter or gauge `name` on node `id`'s `/metrics`.
+    pub fn metric(&self, id: u64, name: &str) -> u64 {
+        use std::io::{Read, Write};
+        let addr = &self.specs[&id].http;
+        let mut stream = std::net::TcpStream::connect(addr).expect("connect to /metrics");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("read timeout");
+        write!(stream, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("send /metrics request");
+        let mut page = String::new();
+        stream.read_to_string(&mut page).expect("read /metrics");
+        page.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no metric {name} in:\n{page}"))
     }
 
     /// The tail of every node's log, for failure messages.

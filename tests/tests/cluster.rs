@@ -110,6 +110,65 @@ fn bad_input_gets_a_typed_error_and_writes_nothing() {
 }
 
 #[test]
+fn concurrent_puts_of_one_client_share_entries_and_are_each_answered() {
+    const TASKS: u32 = 32;
+    const PUTS: u32 = 20;
+    runtime().block_on(async {
+        let cluster = TestCluster::start(NODE, ClusterOptions::default());
+        let client = cluster.client().await;
+        client.kv().put("before", "x").await.expect("put");
+        let before = client
+            .cluster_status()
+            .await
+            .expect("status")
+            .last_log_index
+            .expect("index");
+        let tasks: Vec<_> = (0..TASKS)
+            .map(|t| {
+                let client = client.clone();
+                tokio::spawn(async move {
+                    let mut revisions = Vec::new();
+                    for i in 0..PUTS {
+                        let key = format!("t{t:02}-{i:05}");
+                        revisions.push(client.kv().put(&key, format!("v-{i}")).await.expect("put"));
+                    }
+                    // A bad write among good ones is refused alone.
+                    let refused = client
+                        .kv()
+                        .put(format!("t{t:02}-big"), vec![0u8; 2 * 1024 * 1024])
+                        .await;
+                    assert_eq!(refused.expect_err("too large").code(), Some(ErrorCode::ValueTooLarge));
+                    revisions
+                })
+            })
+            .collect();
+        let mut keys = Vec::new();
+        for (t, task) in tasks.into_iter().enumerate() {
+            let revisions = task.await.expect("task");
+            assert!(
+                revisions.windows(2).all(|w| w[0] < w[1]),
+                "one task's puts apply in order"
+            );
+            keys.extend((0..PUTS).map(|i| format!("t{t:02}-{i:05}")));
+        }
+        assert_all_readable(&client, &keys).await;
+        let after = client
+            .cluster_status()
+            .await
+            .expect("status")
+            .last_log_index
+            .expect("index");
+        let entries = after - before;
+        // Each put alone would be one entry each; coalesced, many share one.
+        assert!(
+            entries < u64::from(TASKS * PUTS) / 2,
+            "{entries} entries for {} puts",
+            TASKS * PUTS
+        );
+    });
+}
+
+#[test]
 fn retried_request_with_the_same_session_applies_once() {
     runtime().block_on(async {
         let cluster = TestCluster::start(NODE, ClusterOptions::default());
@@ -223,6 +282,39 @@ fn leader_kill_elects_a_new_leader_without_losing_acknowledged_writes() {
             .await
             .expect("stale read");
         assert_eq!(entry.expect("caught up").value, b"v-199");
+    });
+}
+
+#[test]
+fn a_leader_retries_a_down_follower_with_pauses_not_in_a_spin() {
+    const FAILURES: &str = "basalt_raft_stream_open_failures_total";
+    runtime().block_on(async {
+        let mut cluster = TestCluster::start(NODE, ClusterOptions::default());
+        let client = cluster.client().await;
+        write_keys(&client, "warm", 0..10).await;
+        let leader = cluster.leader(&client).await;
+        let follower = *cluster.specs.keys().find(|id| **id != leader).expect("a follower");
+        let before = cluster.metric(leader, FAILURES);
+
+        cluster.kill(follower);
+        // The leader goes on with the other follower and keeps trying the dead one.
+        assert_eq!(write_keys(&client, "down", 0..50).await.len(), 50);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let failures = cluster.metric(leader, FAILURES) - before;
+        // Reopens are paused 5, 10, 20 .. 100 ms apart: a few dozen in these seconds. Without
+        // the pause the leader reopened the stream hundreds of times a second (1,646 in one run).
+        assert!(
+            (1..=150).contains(&failures),
+            "{failures} failed stream opens to a follower down for a few seconds"
+        );
+        assert_eq!(
+            cluster.leader(&client).await,
+            leader,
+            "no election while a follower is down"
+        );
+
+        cluster.restart(follower);
+        cluster.wait_caught_up(&client, follower).await;
     });
 }
 

@@ -6,14 +6,15 @@ use basalt_client::pb;
 use basalt_client::pb::kv_server::Kv;
 use basalt_client::{ErrorCode, OLDEST_REVISION_KEY};
 use basalt_storage::apply::kv::{history_start, revision_of};
-use basalt_storage::command::{Op, Response};
+use basalt_storage::apply::kv::{validate_batch, validate_write};
+use basalt_storage::command::{KvWrite, Op, OpError, Response};
 use basalt_storage::limits::{KEY_BYTES_MAX, SCAN_LIMIT_MAX};
 use basalt_storage::state::{KeyRange, KvEvent, KvRecord, StoreRead, Table};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response as GrpcResponse, Status};
 
-use super::{expect_of, status, storage_status, unexpected_result, Api};
+use super::{expect_of, op_error_code, op_error_status, status, storage_status, unexpected_result, Api};
 
 /// History entries one watch step reads. Larger than the most changes one entry makes (a sweep
 /// of `SWEEP_LIMIT` keys), so a page always ends with at least one whole revision.
@@ -148,6 +149,81 @@ async fn run_watch(api: Api, prefix: Vec<u8>, from: u64, outbox: mpsc::Sender<Re
     }
 }
 
+/// A batch write as the state machine takes it, or the status that refuses the whole batch.
+fn kv_write_of(op: pb::KvWriteOp) -> Result<KvWrite, Status> {
+    match op.op {
+        Some(pb::kv_write_op::Op::Put(put)) => Ok(KvWrite::Put {
+            key: put.key,
+            value: put.value,
+            ttl_ms: (put.ttl_ms > 0).then_some(put.ttl_ms),
+            expect: expect_of(put.expect)?,
+        }),
+        Some(pb::kv_write_op::Op::Delete(delete)) => Ok(KvWrite::Delete {
+            key: delete.key,
+            expect: expect_of(delete.expect)?,
+        }),
+        None => Err(status(
+            ErrorCode::InvalidArgument,
+            "a batch write must be a put or a delete",
+        )),
+    }
+}
+
+fn put_reply(response: Response) -> Result<pb::KvPutResponse, Status> {
+    match response {
+        Response::KvPut {
+            revision,
+            prev_revision,
+        } => Ok(pb::KvPutResponse {
+            succeeded: true,
+            revision,
+            prev_revision,
+            current_revision: None,
+        }),
+        Response::KvConditionFailed { current } => Ok(pb::KvPutResponse {
+            current_revision: current,
+            ..Default::default()
+        }),
+        other => Err(unexpected_result(&other)),
+    }
+}
+
+fn delete_reply(response: Response) -> Result<pb::KvDeleteResponse, Status> {
+    match response {
+        Response::KvDelete { revision, deleted } => Ok(pb::KvDeleteResponse {
+            succeeded: true,
+            deleted,
+            revision,
+            current_revision: None,
+        }),
+        Response::KvConditionFailed { current } => Ok(pb::KvDeleteResponse {
+            current_revision: current,
+            ..Default::default()
+        }),
+        other => Err(unexpected_result(&other)),
+    }
+}
+
+fn write_error(e: &OpError) -> pb::KvWriteResult {
+    pb::KvWriteResult {
+        result: Some(pb::kv_write_result::Result::Error(pb::WriteError {
+            code: op_error_code(e).as_str().to_string(),
+            message: e.to_string(),
+        })),
+    }
+}
+
+/// One write's answer within a batch answer.
+fn batch_result(is_put: bool, response: Response) -> Result<pb::KvWriteResult, Status> {
+    use pb::kv_write_result::Result as R;
+    let result = match response {
+        Response::Refused(e) => return Ok(write_error(&e)),
+        response if is_put => R::Put(put_reply(response)?),
+        response => R::Delete(delete_reply(response)?),
+    };
+    Ok(pb::KvWriteResult { result: Some(result) })
+}
+
 #[tonic::async_trait]
 impl Kv for Api {
     async fn put(&self, request: Request<pb::KvPutRequest>) -> Result<GrpcResponse<pb::KvPutResponse>, Status> {
@@ -158,23 +234,7 @@ impl Kv for Api {
             ttl_ms: (r.ttl_ms > 0).then_some(r.ttl_ms),
             expect: expect_of(r.expect)?,
         };
-        let reply = match self.write(r.header, op).await? {
-            Response::KvPut {
-                revision,
-                prev_revision,
-            } => pb::KvPutResponse {
-                succeeded: true,
-                revision,
-                prev_revision,
-                current_revision: None,
-            },
-            Response::KvConditionFailed { current } => pb::KvPutResponse {
-                current_revision: current,
-                ..Default::default()
-            },
-            other => return Err(unexpected_result(&other)),
-        };
-        Ok(GrpcResponse::new(reply))
+        Ok(GrpcResponse::new(put_reply(self.write(r.header, op).await?)?))
     }
 
     async fn get(&self, request: Request<pb::KvGetRequest>) -> Result<GrpcResponse<pb::KvGetResponse>, Status> {
@@ -209,20 +269,44 @@ impl Kv for Api {
             key: r.key,
             expect: expect_of(r.expect)?,
         };
-        let reply = match self.write(r.header, op).await? {
-            Response::KvDelete { revision, deleted } => pb::KvDeleteResponse {
-                succeeded: true,
-                deleted,
-                revision,
-                current_revision: None,
-            },
-            Response::KvConditionFailed { current } => pb::KvDeleteResponse {
-                current_revision: current,
-                ..Default::default()
-            },
-            other => return Err(unexpected_result(&other)),
-        };
-        Ok(GrpcResponse::new(reply))
+        Ok(GrpcResponse::new(delete_reply(self.write(r.header, op).await?)?))
+    }
+
+    /// Writes that are bad on their own are answered here and never proposed; the rest go to
+    /// the log as one entry. Which writes are proposed depends only on the request, so a retry
+    /// with the same session proposes the same batch and gets its saved answer.
+    async fn batch(&self, request: Request<pb::KvBatchRequest>) -> Result<GrpcResponse<pb::KvBatchResponse>, Status> {
+        let r = request.into_inner();
+        let writes = r.writes.into_iter().map(kv_write_of).collect::<Result<Vec<_>, _>>()?;
+        validate_batch(&writes).map_err(|e| op_error_status(&e))?;
+        let mut results: Vec<Option<pb::KvWriteResult>> = Vec::with_capacity(writes.len());
+        let mut proposed = Vec::with_capacity(writes.len());
+        // Where each proposed write's answer goes, and whether it is a put.
+        let mut slots = Vec::with_capacity(writes.len());
+        for (position, write) in writes.into_iter().enumerate() {
+            match validate_write(&write) {
+                Err(e) => results.push(Some(write_error(&e))),
+                Ok(()) => {
+                    results.push(None);
+                    slots.push((position, matches!(write, KvWrite::Put { .. })));
+                    proposed.push(write);
+                }
+            }
+        }
+        if !proposed.is_empty() {
+            let answers = match self.write(r.header, Op::KvBatch { writes: proposed }).await? {
+                Response::KvBatch(answers) if answers.len() == slots.len() => answers,
+                other => return Err(unexpected_result(&other)),
+            };
+            for ((position, is_put), answer) in slots.into_iter().zip(answers) {
+                results[position] = Some(batch_result(is_put, answer)?);
+            }
+        }
+        let results = results
+            .into_iter()
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| status(ErrorCode::Internal, "a batch write was left without an answer"))?;
+        Ok(GrpcResponse::new(pb::KvBatchResponse { results }))
     }
 
     async fn scan(&self, request: Request<pb::KvScanRequest>) -> Result<GrpcResponse<pb::KvScanResponse>, Status> {

@@ -44,6 +44,8 @@ pub struct Api {
     pub store: RocksStore,
     pub clock: Arc<Hlc>,
     pub counters: Arc<ApiCounters>,
+    /// The outgoing Raft network's counters, for /metrics.
+    pub network: Arc<basalt_raft::network::NetworkStats>,
     pub log_bounds: Arc<dyn Fn() -> (Option<u64>, Option<u64>) + Send + Sync>,
     /// The last applied log index, updated after each applied batch (see `StateMachine`).
     pub applied: tokio::sync::watch::Receiver<u64>,
@@ -89,7 +91,12 @@ fn not_leader_status(leader_id: Option<u64>, leader_node: Option<&openraft::Basi
 }
 
 pub(crate) fn op_error_status(e: &OpError) -> Status {
-    let code = match e {
+    status(op_error_code(e), e.to_string())
+}
+
+/// The stable code a refusal travels with.
+pub(crate) fn op_error_code(e: &OpError) -> ErrorCode {
+    match e {
         OpError::EmptyKey => ErrorCode::EmptyKey,
         OpError::KeyTooLarge { .. } => ErrorCode::KeyTooLarge,
         OpError::ValueTooLarge { .. } => ErrorCode::ValueTooLarge,
@@ -117,8 +124,8 @@ pub(crate) fn op_error_status(e: &OpError) -> Status {
         | OpError::InvalidTransfer { .. } => ErrorCode::InvalidArgument,
         // Reached only if a homed write bypassed forwarding: the caller should go to the home.
         OpError::NotHome { .. } => ErrorCode::RegionUnavailable,
-    };
-    status(code, e.to_string())
+        OpError::DuplicateKey { .. } => ErrorCode::InvalidArgument,
+    }
 }
 
 fn write_error_status(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> Status {

@@ -2,9 +2,11 @@
 
 use basalt_replication::Version;
 
-use super::{check_key, lossy, RegionRole, View};
-use crate::command::{Expect, OpError, Response};
-use crate::limits::{TTL_MS_MAX, VALUE_BYTES_MAX};
+use std::collections::HashSet;
+
+use super::{check_batch, check_key, lossy, RegionRole, View};
+use crate::command::{Expect, KvWrite, OpError, Response};
+use crate::limits::{BATCH_BYTES_MAX, TTL_MS_MAX, VALUE_BYTES_MAX};
 use crate::state::{KeyRange, KvEvent, KvRecord, StoreError, StoreRead, Table};
 
 pub(crate) fn validate_put(key: &[u8], value: &[u8], ttl_ms: Option<u64>) -> Result<(), OpError> {
@@ -24,6 +26,62 @@ pub(crate) fn validate_put(key: &[u8], value: &[u8], ttl_ms: Option<u64>) -> Res
         }
     }
     Ok(())
+}
+
+/// Checks one write of a batch as [`validate_put`] or [`check_key`] would on its own.
+pub fn validate_write(write: &KvWrite) -> Result<(), OpError> {
+    match write {
+        KvWrite::Put { key, value, ttl_ms, .. } => validate_put(key, value, *ttl_ms),
+        KvWrite::Delete { key, .. } => check_key(key),
+    }
+}
+
+/// Checks what makes a batch as a whole acceptable: its size in writes and in bytes, and distinct
+/// keys (two writes of one key at one revision would leave one of them out of the watch history).
+pub fn validate_batch(writes: &[KvWrite]) -> Result<(), OpError> {
+    check_batch(writes.len())?;
+    let bytes: usize = writes.iter().map(KvWrite::bytes).sum();
+    if bytes > BATCH_BYTES_MAX {
+        return Err(OpError::TooLarge {
+            what: "kv batch".into(),
+            len: bytes,
+            max: BATCH_BYTES_MAX,
+        });
+    }
+    let mut keys = HashSet::with_capacity(writes.len());
+    match writes.iter().find(|w| !keys.insert(w.key())) {
+        Some(twice) => Err(OpError::DuplicateKey {
+            key: lossy(twice.key()),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Applies a batch's writes in order, each answered on its own; a refused or conditional write
+/// that fails changes nothing and does not stop the others.
+pub(crate) fn batch<S: StoreRead>(
+    view: &mut View<'_, S>,
+    index: u64,
+    now_ms: u64,
+    writer: Writer,
+    writes: &[KvWrite],
+) -> Result<Response, StoreError> {
+    if let Err(e) = validate_batch(writes) {
+        return Ok(Response::Refused(e));
+    }
+    let mut answers = Vec::with_capacity(writes.len());
+    for write in writes {
+        answers.push(match write {
+            KvWrite::Put {
+                key,
+                value,
+                ttl_ms,
+                expect,
+            } => put(view, index, now_ms, writer, key, value, *ttl_ms, *expect)?,
+            KvWrite::Delete { key, expect } => delete(view, index, now_ms, writer, key, *expect)?,
+        });
+    }
+    Ok(Response::KvBatch(answers))
 }
 
 pub fn expiry_key(expires_at_ms: u64, key: &[u8]) -> Vec<u8> {
@@ -310,9 +368,11 @@ pub(crate) fn compact<S: StoreRead>(view: &mut View<'_, S>, below: u64, limit: u
     if below <= start {
         return Ok(Response::Swept { removed: 0 });
     }
+    // From the current start: below it lie only the tombstones of earlier compactions, which a
+    // scan from the table's beginning would step over one by one, every time.
     let old = view.scan(
         Table::KvHistory,
-        &KeyRange::between(Vec::new(), below.to_be_bytes().to_vec()),
+        &KeyRange::between(start.to_be_bytes().to_vec(), below.to_be_bytes().to_vec()),
         limit as usize,
     )?;
     let complete = old.len() < limit as usize;
@@ -348,7 +408,9 @@ pub fn compaction_due<S: StoreRead + ?Sized>(store: &S, applied: u64, keep: u64)
     let Some(below) = applied.checked_sub(keep) else {
         return Ok(None);
     };
-    let first = store.scan(Table::KvHistory, &KeyRange::all(), 1)?;
+    // From the current start, not the table's beginning: see `compact`.
+    let start = history_start(store)?;
+    let first = store.scan(Table::KvHistory, &KeyRange::all_from(start.to_be_bytes().to_vec()), 1)?;
     Ok(first
         .first()
         .map(|(k, _)| revision_of(k))

@@ -323,6 +323,7 @@ fn apply_op<S: StoreRead>(view: &mut View<'_, S>, ctx: OpContext, op: &Op) -> Re
             expect,
         } => kv::put(view, index, now_ms, writer, key, value, *ttl_ms, *expect)?,
         Op::KvDelete { key, expect } => kv::delete(view, index, now_ms, writer, key, *expect)?,
+        Op::KvBatch { writes } => kv::batch(view, index, now_ms, writer, writes)?,
         Op::KvSweepExpired { limit } => kv::sweep_expired(view, index, now_ms, ctx.region, *limit)?,
         Op::ReplApply { batch } => replication::apply_remote(view, index, now_ms, ctx.region, batch)?,
         Op::ReplTrim { upto, limit } => replication::trim(view, *upto, *limit)?,
@@ -479,6 +480,10 @@ pub fn validate_op(op: &Op) -> Result<(), OpError> {
     match op {
         Op::KvPut { key, value, ttl_ms, .. } => kv::validate_put(key, value, *ttl_ms),
         Op::KvDelete { key, .. } => check_key(key),
+        Op::KvBatch { writes } => {
+            kv::validate_batch(writes)?;
+            writes.iter().try_for_each(kv::validate_write)
+        }
         Op::Counter { ops } => counter::validate(ops),
         Op::RateCheck { checks } => rate::validate(checks),
         Op::LeaseAcquire { name, holder, ttl_ms } => lease::validate(name, holder, *ttl_ms),
