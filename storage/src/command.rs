@@ -141,13 +141,18 @@ pub enum LeaseLoss {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
+    // Keys and values are byte strings to serde (`serde_bytes`): bincode copies them whole
+    // instead of byte by byte, with the same encoding (a u64 length, then the bytes).
     KvPut {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
         ttl_ms: Option<u64>,
         expect: Option<Expect>,
     },
     KvDelete {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         expect: Option<Expect>,
     },
@@ -316,12 +321,15 @@ pub enum Op {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KvWrite {
     Put {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
         ttl_ms: Option<u64>,
         expect: Option<Expect>,
     },
     Delete {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         expect: Option<Expect>,
     },
@@ -668,5 +676,71 @@ impl std::fmt::Display for Command {
 impl std::fmt::Display for Response {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{self:?}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::Serialize;
+
+    use super::*;
+    use crate::state::KvRecord;
+
+    /// Keys and values became `serde_bytes` for speed. Logs and stores written before must still
+    /// decode: bincode writes a byte string exactly as it wrote the sequence of `u8` before.
+    #[test]
+    fn byte_strings_encode_as_the_byte_sequences_did() {
+        #[derive(Serialize)]
+        enum OldOp {
+            KvPut {
+                key: Vec<u8>,
+                value: Vec<u8>,
+                ttl_ms: Option<u64>,
+                expect: Option<Expect>,
+            },
+        }
+        let new = Op::KvPut {
+            key: b"key".to_vec(),
+            value: vec![7; 300],
+            ttl_ms: Some(5),
+            expect: Some(Expect::Revision(9)),
+        };
+        let old = OldOp::KvPut {
+            key: b"key".to_vec(),
+            value: vec![7; 300],
+            ttl_ms: Some(5),
+            expect: Some(Expect::Revision(9)),
+        };
+        let encoded = bincode::serialize(&new).expect("encode");
+        assert_eq!(encoded, bincode::serialize(&old).expect("encode"));
+        assert_eq!(bincode::deserialize::<Op>(&encoded).expect("decode"), new);
+
+        #[derive(Serialize)]
+        struct OldRecord {
+            value: Vec<u8>,
+            create_revision: u64,
+            mod_revision: u64,
+            version: u64,
+            expires_at_ms: Option<u64>,
+            written: basalt_replication::Version,
+        }
+        let written = basalt_replication::Version::new(11, 2);
+        let record = KvRecord {
+            value: b"hello".to_vec(),
+            create_revision: 1,
+            mod_revision: 2,
+            version: 3,
+            expires_at_ms: None,
+            written,
+        };
+        let old = OldRecord {
+            value: b"hello".to_vec(),
+            create_revision: 1,
+            mod_revision: 2,
+            version: 3,
+            expires_at_ms: None,
+            written,
+        };
+        assert_eq!(record.encode(), bincode::serialize(&old).expect("encode"));
     }
 }

@@ -217,6 +217,7 @@ pub(crate) fn put<S: StoreRead>(
         value.to_vec(),
         ttl_ms.map(|ttl| now_ms + ttl),
         written,
+        writer.region.replicated,
     );
     Ok(Response::KvPut {
         revision: index,
@@ -226,6 +227,8 @@ pub(crate) fn put<S: StoreRead>(
 
 /// Writes `value` as the key's new record (a local put, or a remote write that won the merge),
 /// keeping the expiry index and the watch history in step and dropping any tombstone.
+/// `tombstones`: whether this region keeps tombstones (only regions among several do); a lone
+/// region skips the delete, which would otherwise add a deletion marker to RocksDB per put.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn store_value<S: StoreRead>(
     view: &mut View<'_, S>,
@@ -236,6 +239,7 @@ pub(crate) fn store_value<S: StoreRead>(
     value: Vec<u8>,
     expires_at_ms: Option<u64>,
     written: Version,
+    tombstones: bool,
 ) {
     let live = existing.filter(|_| existing_live);
     let record = KvRecord {
@@ -263,7 +267,9 @@ pub(crate) fn store_value<S: StoreRead>(
         },
     );
     view.put(Table::Kv, key.to_vec(), record.encode());
-    view.delete(Table::KvTombstone, key.to_vec());
+    if tombstones {
+        view.delete(Table::KvTombstone, key.to_vec());
+    }
 }
 
 /// Removes the key's record (if any) and, in multi-region mode, leaves a tombstone at `version`.

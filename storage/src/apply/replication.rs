@@ -277,6 +277,7 @@ fn merge_effect<S: StoreRead>(
                         bytes.clone(),
                         value.expires_at_ms,
                         value.version,
+                        true,
                     );
                 }
                 None => store_tombstone(view, index, key, existing.as_ref(), value.version),

@@ -212,6 +212,20 @@ fn a_retried_kv_batch_applies_once() {
     assert_eq!(h.kv("k").expect("present").version, 1);
 }
 
+/// A lone region keeps no tombstones, so a put must not write the delete of one: in RocksDB every
+/// delete is a marker inserted into the memtable, one more per put for nothing.
+#[test]
+fn a_lone_region_put_touches_only_the_key_and_its_history() {
+    let store = MemStore::default();
+    let mut applier = Applier::default();
+    let mut writes = WriteSet::default();
+    applier
+        .apply(&store, &mut writes, 1, &cmd(1, put("k", "v")))
+        .expect("apply");
+    let tables: Vec<Table> = writes.iter().map(|(table, _, _)| table).collect();
+    assert_eq!(tables, [Table::Meta, Table::Kv, Table::KvHistory], "{writes:?}");
+}
+
 #[test]
 fn cas_on_revision_and_absence() {
     let mut h = Harness::new();

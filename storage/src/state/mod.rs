@@ -295,6 +295,7 @@ pub trait StoreRead {
 /// A KV record as stored.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KvRecord {
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     /// Log index of the write that created the key (since it last did not exist).
     pub create_revision: u64,
@@ -336,6 +337,7 @@ impl KvRecord {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KvEvent {
     Put {
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
         create_revision: u64,
         version: u64,
