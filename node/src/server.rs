@@ -271,27 +271,33 @@ async fn sweeper(api: Api, config: NodeConfig, stop: tokio::sync::watch::Receive
             }
             Err(e) => tracing::warn!(error = %e, "reading expiry indexes"),
         }
-        // Several steps when needed: under heavy writes one step a second (COMPACT_LIMIT changes)
-        // falls behind the history being written.
-        for _ in 0..COMPACT_STEPS_PER_TICK_MAX {
-            let applied = *api.applied.borrow();
-            match basalt_storage::apply::kv::compaction_due(&api.store, applied, config.kv_history_revisions) {
-                Ok(Some(below)) => {
-                    propose_sweep(
-                        &api,
-                        Op::KvCompact {
-                            below,
-                            limit: COMPACT_LIMIT,
-                        },
-                    )
-                    .await;
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, "reading the kv history");
-                    break;
+        let applied = *api.applied.borrow();
+        match basalt_storage::apply::kv::compaction_due(&api.store, applied, config.kv_history_revisions) {
+            Ok(Some(below)) => {
+                // Several steps toward this tick's bound when one is not enough: under heavy
+                // writes one step a second (COMPACT_LIMIT changes) falls behind. The bound stays
+                // put: each step is itself a log entry, and chasing `applied` would eat into the
+                // kept history one revision per step.
+                for _ in 0..COMPACT_STEPS_PER_TICK_MAX {
+                    let op = Op::KvCompact {
+                        below,
+                        limit: COMPACT_LIMIT,
+                    };
+                    if propose_sweep(&api, op).await.is_none() {
+                        break;
+                    }
+                    match basalt_storage::apply::kv::history_before(&api.store, below) {
+                        Ok(true) => {}
+                        Ok(false) => break,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "reading the kv history");
+                            break;
+                        }
+                    }
                 }
             }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "reading the kv history"),
         }
         if config.region.is_some() {
             match basalt_storage::apply::replication::tombstone_gc_due(&api.store, config.region_role(), COMPACT_LIMIT)

@@ -175,7 +175,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let response = match &entry.payload {
                 EntryPayload::Blank => Response::None,
                 EntryPayload::Normal(command) => {
-                    let response = applier.apply(&self.store, &mut writes, log_id.index(), command)?;
+                    let response = applier.apply(&self.store.apply_reads(), &mut writes, log_id.index(), command)?;
                     // The applier's stamp includes what merged remote batches carried.
                     self.clock.observe(applier.last_stamp());
                     response

@@ -414,12 +414,13 @@ pub fn compaction_due<S: StoreRead + ?Sized>(store: &S, applied: u64, keep: u64)
     let Some(below) = applied.checked_sub(keep) else {
         return Ok(None);
     };
+    Ok(history_before(store, below)?.then_some(below))
+}
+
+/// Whether any history older than revision `below` is still kept.
+pub fn history_before<S: StoreRead + ?Sized>(store: &S, below: u64) -> Result<bool, StoreError> {
     // From the current start, not the table's beginning: see `compact`.
     let start = history_start(store)?;
     let first = store.scan(Table::KvHistory, &KeyRange::all_from(start.to_be_bytes().to_vec()), 1)?;
-    Ok(first
-        .first()
-        .map(|(k, _)| revision_of(k))
-        .filter(|&r| r < below)
-        .map(|_| below))
+    Ok(first.first().is_some_and(|(k, _)| revision_of(k) < below))
 }

@@ -1,6 +1,7 @@
 //! The state store: RocksDB with one column family per data type, behind [`StoreRead`] so the apply
 //! logic can run against an in-memory model in tests.
 
+pub mod cache;
 pub mod model;
 pub mod rocks;
 pub mod snapshot;

@@ -5,10 +5,11 @@
 //! is a checkpoint, which flushes memtables, so the log is only purged up to state that is on disk.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions, DB};
 
+use super::cache::RecordCache;
 use super::{KeyRange, KeyValue, StoreError, StoreRead, Table};
 use crate::apply::WriteSet;
 
@@ -16,6 +17,8 @@ use crate::apply::WriteSet;
 pub struct RocksStore {
     db: Arc<DB>,
     path: PathBuf,
+    /// Hot records for the apply path (see [`RocksStore::apply_reads`]); every commit updates it.
+    cache: Arc<Mutex<RecordCache>>,
 }
 
 fn rocks(op: &'static str) -> impl FnOnce(rocksdb::Error) -> StoreError {
@@ -56,7 +59,11 @@ impl RocksStore {
             .iter()
             .map(|t| ColumnFamilyDescriptor::new(t.name(), table_options()));
         let db = DB::open_cf_descriptors(&db_options(), &path, cfs).map_err(rocks("open"))?;
-        Ok(RocksStore { db: Arc::new(db), path })
+        Ok(RocksStore {
+            db: Arc::new(db),
+            path,
+            cache: Arc::default(),
+        })
     }
 
     /// Opens a checkpoint directory read-only (for snapshot install).
@@ -65,7 +72,11 @@ impl RocksStore {
         let names = Table::ALL.iter().map(|t| t.name());
         let db =
             DB::open_cf_for_read_only(&Options::default(), &path, names, false).map_err(rocks("open read-only"))?;
-        Ok(RocksStore { db: Arc::new(db), path })
+        Ok(RocksStore {
+            db: Arc::new(db),
+            path,
+            cache: Arc::default(),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -90,7 +101,25 @@ impl RocksStore {
         }
         let mut options = WriteOptions::default();
         options.set_sync(false);
-        self.db.write_opt(batch, &options).map_err(rocks("write"))
+        self.db.write_opt(batch, &options).map_err(rocks("write"))?;
+        let mut cache = self.cache();
+        for (table, key, value) in writes.iter().filter(|(table, _, _)| RecordCache::caches(*table)) {
+            cache.insert(table, key, value);
+        }
+        Ok(())
+    }
+
+    fn cache(&self) -> MutexGuard<'_, RecordCache> {
+        // The cache holds no invariant a panicking holder could break halfway: every entry is
+        // a whole record.
+        self.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// This store as the state machine's apply reads it: point reads of hot records are served
+    /// from a cache that every commit updates. Only for the apply path, which commits each batch
+    /// before reading for the next: a reader running beside commits could cache an old value.
+    pub fn apply_reads(&self) -> ApplyReads<'_> {
+        ApplyReads { store: self }
     }
 
     /// Creates a RocksDB checkpoint (hard-linked SST files plus flushed memtables) at `dir`.
@@ -114,7 +143,10 @@ impl RocksStore {
         }
         let mut options = WriteOptions::default();
         options.set_sync(true);
-        self.db.write_opt(batch, &options).map_err(rocks("install snapshot"))
+        let written = self.db.write_opt(batch, &options).map_err(rocks("install snapshot"));
+        // Whether or not the install went through, what the cache knew may be gone.
+        self.cache().clear();
+        written
     }
 
     /// Approximate number of keys per table, for status output.
@@ -178,6 +210,33 @@ impl StoreRead for RocksStore {
             snapshot: None,
         }
         .scan_reverse(table, range, limit)
+    }
+}
+
+/// See [`RocksStore::apply_reads`].
+pub struct ApplyReads<'a> {
+    store: &'a RocksStore,
+}
+
+impl StoreRead for ApplyReads<'_> {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        if !RecordCache::caches(table) {
+            return self.store.get(table, key);
+        }
+        if let Some(known) = self.store.cache().get(table, key) {
+            return Ok(known);
+        }
+        let value = self.store.get(table, key)?;
+        self.store.cache().insert(table, key, value.as_deref());
+        Ok(value)
+    }
+
+    fn scan(&self, table: Table, range: &KeyRange, limit: usize) -> Result<Vec<KeyValue>, StoreError> {
+        self.store.scan(table, range, limit)
+    }
+
+    fn scan_reverse(&self, table: Table, range: &KeyRange, limit: usize) -> Result<Vec<KeyValue>, StoreError> {
+        self.store.scan_reverse(table, range, limit)
     }
 }
 
@@ -247,6 +306,30 @@ mod tests {
             writes.put(Table::Counter, key.to_vec(), value.to_vec());
         }
         store.commit(&writes).expect("commit");
+    }
+
+    /// The apply path's cached reads follow every commit, remember absence, and forget
+    /// everything when a snapshot replaces the store.
+    #[test]
+    fn apply_reads_follow_commits_and_snapshot_installs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = RocksStore::open(dir.path().join("state")).expect("open");
+        let reads = store.apply_reads();
+        assert_eq!(reads.get(Table::Counter, b"a").expect("get"), None);
+        write(&store, &[(b"a", b"1")]);
+        assert_eq!(reads.get(Table::Counter, b"a").expect("get"), Some(b"1".to_vec()));
+        write(&store, &[(b"a", b"2")]);
+        assert_eq!(reads.get(Table::Counter, b"a").expect("get"), Some(b"2".to_vec()));
+        let mut delete = WriteSet::default();
+        delete.delete(Table::Counter, b"a".to_vec());
+        store.commit(&delete).expect("commit");
+        assert_eq!(reads.get(Table::Counter, b"a").expect("get"), None);
+
+        write(&store, &[(b"a", b"3")]);
+        let other = RocksStore::open(dir.path().join("other")).expect("open");
+        write(&other, &[(b"a", b"9")]);
+        store.replace_with(&other).expect("install");
+        assert_eq!(reads.get(Table::Counter, b"a").expect("get"), Some(b"9".to_vec()));
     }
 
     /// Found by the bank partition test: a ledger lookup read account after account from the live
