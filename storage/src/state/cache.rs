@@ -21,8 +21,9 @@ pub const RECORDS_MAX: usize = 65_536;
 
 #[derive(Debug, Default)]
 pub struct RecordCache {
-    /// `None`: known to be absent.
-    records: HashMap<(Table, Vec<u8>), Option<Vec<u8>>>,
+    /// Per table, so a lookup borrows the key instead of copying it. `None`: known to be absent.
+    records: HashMap<Table, HashMap<Vec<u8>, Option<Vec<u8>>>>,
+    len: usize,
 }
 
 impl RecordCache {
@@ -32,8 +33,7 @@ impl RecordCache {
 
     /// What the cache knows of `key`: `None` when it does not know.
     pub fn get(&self, table: Table, key: &[u8]) -> Option<Option<Vec<u8>>> {
-        // The map is keyed by owned keys; a lookup by (Table, &[u8]) would need a borrowed form.
-        self.records.get(&(table, key.to_vec())).cloned()
+        self.records.get(&table)?.get(key).cloned()
     }
 
     /// Records what the store holds for `key` (after a read, or a committed write).
@@ -41,22 +41,29 @@ impl RecordCache {
         if !Self::caches(table) {
             return;
         }
-        if self.records.len() >= RECORDS_MAX && !self.records.contains_key(&(table, key.to_vec())) {
-            self.records.clear();
+        let value = value.map(<[u8]>::to_vec);
+        if let Some(known) = self.records.get_mut(&table).and_then(|records| records.get_mut(key)) {
+            *known = value;
+            return;
         }
-        self.records.insert((table, key.to_vec()), value.map(<[u8]>::to_vec));
+        if self.len >= RECORDS_MAX {
+            self.clear();
+        }
+        self.records.entry(table).or_default().insert(key.to_vec(), value);
+        self.len += 1;
     }
 
     pub fn clear(&mut self) {
         self.records.clear();
+        self.len = 0;
     }
 
     pub fn len(&self) -> usize {
-        self.records.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
+        self.len == 0
     }
 }
 
