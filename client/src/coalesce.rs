@@ -7,90 +7,44 @@
 //! applied. Writes of one key never share a batch (the server refuses that): a later one waits
 //! for the next batch, behind the earlier one.
 
-use std::collections::{HashSet, VecDeque};
-use std::sync::Mutex;
-
 use tokio::sync::oneshot;
 
+use crate::batch_queue::{BatchLimits, BatchQueue, Batchable};
 use crate::client::Client;
 use crate::error::{ClientError, ErrorCode};
 use crate::pb;
 use crate::pb::kv_client::KvClient;
 
-/// Most writes in one coalesced batch (the server takes up to 8190).
-const BATCH_WRITES_MAX: usize = 1024;
-/// Most bytes of keys and values in one coalesced batch (the server takes up to 8 MiB); a single
-/// larger write goes alone.
-const BATCH_BYTES_MAX: usize = 1024 * 1024;
+/// Most writes and bytes of keys and values in one coalesced batch (the server takes up to 8190
+/// writes and 8 MiB); a single larger write goes alone.
+const LIMITS: BatchLimits = BatchLimits {
+    writes_max: 1024,
+    bytes_max: 1024 * 1024,
+};
 
 type Reply = oneshot::Sender<Result<pb::KvWriteResult, ClientError>>;
 
-struct Pending {
+pub(crate) struct Pending {
     key: Vec<u8>,
     bytes: usize,
     write: pb::KvWriteOp,
     reply: Reply,
 }
 
-/// The queue of writes waiting for a batch, and how many senders are draining it.
-#[derive(Default)]
-pub(crate) struct Coalescer {
-    state: Mutex<State>,
-}
-
-#[derive(Default)]
-struct State {
-    queue: VecDeque<Pending>,
-    senders: usize,
-}
-
-impl Coalescer {
-    /// Queues a write. Returns true when the caller must start a sender: fewer than
-    /// `senders_max` are running. Under the same lock as [`Coalescer::take`], so a write is never
-    /// left in the queue after the last sender has decided to stop.
-    fn push(&self, pending: Pending, senders_max: usize) -> bool {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        state.queue.push_back(pending);
-        if state.senders < senders_max {
-            state.senders += 1;
-            true
-        } else {
-            false
-        }
+impl Batchable for Pending {
+    fn keys(&self) -> Vec<&[u8]> {
+        vec![&self.key]
     }
-
-    /// The next batch: queued writes in order, up to the limits, skipping writes of a key already
-    /// in it (they stay queued, in order, for the next batch). Empty when the queue is: the
-    /// calling sender must then stop, and is no longer counted.
-    fn take(&self) -> Vec<Pending> {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let mut batch = Vec::new();
-        let mut keys = HashSet::new();
-        let mut bytes = 0;
-        let mut left = VecDeque::new();
-        while let Some(pending) = state.queue.pop_front() {
-            let full =
-                batch.len() == BATCH_WRITES_MAX || (!batch.is_empty() && bytes + pending.bytes > BATCH_BYTES_MAX);
-            if full {
-                left.push_back(pending);
-                break;
-            }
-            if keys.contains(&pending.key) {
-                left.push_back(pending);
-                continue;
-            }
-            keys.insert(pending.key.clone());
-            bytes += pending.bytes;
-            batch.push(pending);
-        }
-        left.append(&mut state.queue);
-        state.queue = left;
-        if batch.is_empty() {
-            state.senders -= 1;
-        }
-        batch
+    fn writes(&self) -> usize {
+        1
+    }
+    fn bytes(&self) -> usize {
+        self.bytes
     }
 }
+
+/// The writes of one client waiting for a batch.
+pub(crate) type Coalescer = BatchQueue<Pending>;
 
 /// Sends `write` in the client's next batch and returns its own answer.
 pub(crate) async fn submit(
@@ -127,7 +81,7 @@ async fn drain(client: Client) {
         // Let the tasks woken by the previous answer queue their next writes first, so they
         // leave together instead of one by one.
         tokio::task::yield_now().await;
-        let batch = client.coalescer().take();
+        let batch = client.coalescer().take(LIMITS);
         if batch.is_empty() {
             return;
         }
@@ -183,85 +137,6 @@ pub(crate) fn write_refused(error: pb::WriteError) -> ClientError {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn put(key: &str, value_bytes: usize) -> (Pending, oneshot::Receiver<Result<pb::KvWriteResult, ClientError>>) {
-        let (reply, answer) = oneshot::channel();
-        let write = pb::KvWriteOp {
-            op: Some(pb::kv_write_op::Op::Put(pb::KvPutRequest {
-                key: key.as_bytes().to_vec(),
-                value: vec![0; value_bytes],
-                ..Default::default()
-            })),
-        };
-        let pending = Pending {
-            key: key.as_bytes().to_vec(),
-            bytes: write_bytes(&write),
-            write,
-            reply,
-        };
-        (pending, answer)
-    }
-
-    fn keys(batch: &[Pending]) -> Vec<String> {
-        batch
-            .iter()
-            .map(|p| String::from_utf8_lossy(&p.key).into_owned())
-            .collect()
-    }
-
-    #[test]
-    fn the_first_writes_start_senders_up_to_the_limit_and_the_rest_wait() {
-        let coalescer = Coalescer::default();
-        assert!(coalescer.push(put("a", 1).0, 2));
-        assert!(coalescer.push(put("b", 1).0, 2));
-        assert!(!coalescer.push(put("c", 1).0, 2), "two senders already run");
-        assert_eq!(keys(&coalescer.take()), ["a", "b", "c"]);
-        assert!(coalescer.take().is_empty(), "the other sender finds nothing and stops");
-        assert!(coalescer.push(put("d", 1).0, 2), "a slot is free again");
-    }
-
-    #[test]
-    fn a_write_queued_while_the_last_sender_runs_is_taken_by_it() {
-        let coalescer = Coalescer::default();
-        assert!(coalescer.push(put("a", 1).0, 1));
-        assert_eq!(keys(&coalescer.take()), ["a"]);
-        assert!(!coalescer.push(put("b", 1).0, 1), "the sender is still counted");
-        assert_eq!(keys(&coalescer.take()), ["b"]);
-        assert!(coalescer.take().is_empty());
-        assert!(
-            coalescer.push(put("c", 1).0, 1),
-            "every sender stopped: the next write starts one"
-        );
-    }
-
-    #[test]
-    fn writes_of_one_key_leave_in_successive_batches_in_order() {
-        let coalescer = Coalescer::default();
-        for key in ["k", "x", "k", "y", "k"] {
-            coalescer.push(put(key, 1).0, 1);
-        }
-        assert_eq!(keys(&coalescer.take()), ["k", "x", "y"]);
-        assert_eq!(keys(&coalescer.take()), ["k"]);
-        assert_eq!(keys(&coalescer.take()), ["k"]);
-        assert!(coalescer.take().is_empty());
-    }
-
-    #[test]
-    fn a_batch_stops_at_its_write_and_byte_limits_but_takes_one_oversized_write() {
-        let coalescer = Coalescer::default();
-        for i in 0..BATCH_WRITES_MAX + 5 {
-            coalescer.push(put(&format!("k{i}"), 1).0, 1);
-        }
-        assert_eq!(coalescer.take().len(), BATCH_WRITES_MAX);
-        assert_eq!(coalescer.take().len(), 5);
-
-        coalescer.push(put("big", BATCH_BYTES_MAX + 1).0, 1);
-        coalescer.push(put("half1", BATCH_BYTES_MAX / 2).0, 1);
-        coalescer.push(put("half2", BATCH_BYTES_MAX / 2).0, 1);
-        assert_eq!(keys(&coalescer.take()), ["big"]);
-        assert_eq!(keys(&coalescer.take()), ["half1"]);
-        assert_eq!(keys(&coalescer.take()), ["half2"]);
-    }
 
     #[test]
     fn an_unknown_code_is_a_protocol_error_and_a_known_one_a_rejection() {

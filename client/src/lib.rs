@@ -25,6 +25,7 @@
 #[doc = include_str!("../../README.md")]
 struct ReadmeExamples;
 
+pub mod batch_queue;
 mod client;
 mod coalesce;
 mod counter;

@@ -175,6 +175,10 @@ pub struct StartArgs {
     /// KV revisions of change history kept for watchers.
     #[arg(long, default_value_t = config::defaults::kv_history_revisions())]
     kv_history_revisions: u64,
+    /// KV write proposals a leader keeps in flight; later requests wait and leave merged into
+    /// one log entry (0: every request is its own entry).
+    #[arg(long, default_value_t = config::defaults::kv_merge_in_flight())]
+    kv_merge_in_flight: usize,
     /// Reach peer N through ADDR for Raft traffic (`2=127.0.0.1:9102,3=…`): a proxy in between,
     /// as the fault-injection harness uses.
     #[arg(long, default_value = "")]
@@ -389,6 +393,7 @@ fn start_config(args: StartArgs) -> Result<NodeConfig, String> {
         segment_bytes: config::defaults::segment_bytes(),
         session_idle_ms: args.session_idle_ms,
         kv_history_revisions: args.kv_history_revisions,
+        kv_merge_in_flight: args.kv_merge_in_flight,
         peer_routes: config::parse_peers(&args.peer_routes).map_err(|e| e.to_string())?,
         region: match &args.region {
             None => None,

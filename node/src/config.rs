@@ -44,6 +44,11 @@ pub struct NodeConfig {
     /// `COMPACTED`.
     #[serde(default = "defaults::kv_history_revisions")]
     pub kv_history_revisions: u64,
+    /// Proposals of merged KV writes a leader keeps in flight: requests that arrive while that
+    /// many are on their way wait and leave together as one log entry. 0 proposes every request
+    /// as its own entry.
+    #[serde(default = "defaults::kv_merge_in_flight")]
+    pub kv_merge_in_flight: usize,
     /// Dial peer N at this address instead of its membership address, for Raft traffic only
     /// (clients still use the membership address). The fault-injection harness routes every
     /// node-to-node connection through its link proxies this way.
@@ -199,6 +204,9 @@ pub mod defaults {
     pub fn kv_history_revisions() -> u64 {
         basalt_storage::limits::KV_HISTORY_REVISIONS_DEFAULT
     }
+    pub fn kv_merge_in_flight() -> usize {
+        2
+    }
     pub fn segment_bytes() -> u64 {
         basalt_storage::limits::SEGMENT_BYTES_DEFAULT
     }
@@ -332,6 +340,7 @@ mod tests {
             segment_bytes: 1 << 20,
             session_idle_ms: 3_600_000,
             kv_history_revisions: 1000,
+            kv_merge_in_flight: 2,
             peer_routes: BTreeMap::new(),
             region: None,
         }

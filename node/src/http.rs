@@ -83,5 +83,16 @@ async fn metrics(State(api): State<Api>) -> String {
         "Replication streams to a peer that failed to open (the peer down or unreachable).",
         api.network.stream_open_failures.load(Ordering::Relaxed),
     );
+    let (merged_entries, merged_requests) = api.merger.merged();
+    counter(
+        "basalt_kv_merged_entries_total",
+        "Log entries this node proposed as leader that merged several clients' KV write requests.",
+        merged_entries,
+    );
+    counter(
+        "basalt_kv_merged_requests_total",
+        "KV write requests that went into those merged entries.",
+        merged_requests,
+    );
     out
 }

@@ -315,6 +315,51 @@ pub enum Op {
     KvBatch {
         writes: Vec<KvWrite>,
     },
+    /// The KV writes of several client requests that reached the leader together, proposed as one
+    /// entry (see `node/src/api/merge.rs`). Each part keeps its own session and answer, and is
+    /// applied as if it were an entry of its own at this index: its writes share this revision
+    /// with the other parts', which is why no key may appear in two parts. Proposed by the
+    /// leader, never sent by a client.
+    KvMerged {
+        parts: Vec<KvPart>,
+    },
+}
+
+/// One client request inside an [`Op::KvMerged`]: a `KvPut`, `KvDelete` or `KvBatch`, and the
+/// session it came with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvPart {
+    pub session: Option<Session>,
+    pub op: Op,
+}
+
+impl KvPart {
+    /// The keys the part writes; `None` for an op that may not be a part.
+    pub fn keys(&self) -> Option<Vec<&[u8]>> {
+        match &self.op {
+            Op::KvPut { key, .. } | Op::KvDelete { key, .. } => Some(vec![key.as_slice()]),
+            Op::KvBatch { writes } => Some(writes.iter().map(KvWrite::key).collect()),
+            _ => None,
+        }
+    }
+
+    /// How many writes the part carries, for the merged entry's limits.
+    pub fn writes(&self) -> usize {
+        match &self.op {
+            Op::KvBatch { writes } => writes.len(),
+            _ => 1,
+        }
+    }
+
+    /// The bytes of keys and values the part carries, for the merged entry's limits.
+    pub fn bytes(&self) -> usize {
+        match &self.op {
+            Op::KvPut { key, value, .. } => key.len() + value.len(),
+            Op::KvDelete { key, .. } => key.len(),
+            Op::KvBatch { writes } => writes.iter().map(KvWrite::bytes).sum(),
+            _ => 0,
+        }
+    }
 }
 
 /// One write of a [`Op::KvBatch`].
@@ -358,7 +403,12 @@ impl Op {
     pub fn replicates(&self) -> bool {
         matches!(
             self,
-            Op::KvPut { .. } | Op::KvDelete { .. } | Op::KvBatch { .. } | Op::Counter { .. } | Op::RateCheck { .. }
+            Op::KvPut { .. }
+                | Op::KvDelete { .. }
+                | Op::KvBatch { .. }
+                | Op::KvMerged { .. }
+                | Op::Counter { .. }
+                | Op::RateCheck { .. }
         )
     }
 
@@ -487,6 +537,8 @@ pub enum OpError {
         partition: u32,
         member: String,
     },
+    #[error("{op} cannot be part of merged kv writes")]
+    NotMergeable { op: String },
 }
 
 /// The result of applying one command.
@@ -556,12 +608,21 @@ pub enum Response {
     /// One answer per write of a [`Op::KvBatch`], in order: `KvPut`, `KvDelete`,
     /// `KvConditionFailed` or `Refused`.
     KvBatch(Vec<Response>),
+    /// One answer per part of a [`Op::KvMerged`], in order: what the part's op alone would have
+    /// been answered.
+    KvMerged(Vec<Response>),
 }
 
 impl std::fmt::Display for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.op.fmt(f)
+    }
+}
+
+impl std::fmt::Display for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let lossy = crate::apply::lossy;
-        match &self.op {
+        match self {
             Op::KvPut {
                 key,
                 value,
@@ -668,6 +729,7 @@ impl std::fmt::Display for Command {
             ),
             Op::ReplTrim { upto, limit } => write!(f, "feed trim up to {upto} (limit {limit})"),
             Op::KvBatch { writes } => write!(f, "kv batch of {} writes", writes.len()),
+            Op::KvMerged { parts } => write!(f, "kv writes of {} requests", parts.len()),
             Op::KvTombstoneGc { below, limit } => write!(f, "kv tombstones below stamp {below} (limit {limit})"),
         }
     }

@@ -114,7 +114,12 @@ fn concurrent_puts_of_one_client_share_entries_and_are_each_answered() {
     const TASKS: u32 = 32;
     const PUTS: u32 = 20;
     runtime().block_on(async {
-        let cluster = TestCluster::start(NODE, ClusterOptions::default());
+        // The server's own merging off: this is about the SDK's coalescing.
+        let options = ClusterOptions {
+            extra_args: vec!["--kv-merge-in-flight".into(), "0".into()],
+            ..ClusterOptions::default()
+        };
+        let cluster = TestCluster::start(NODE, options);
         let client = cluster.client().await;
         client.kv().put("before", "x").await.expect("put");
         let before = client
@@ -164,6 +169,79 @@ fn concurrent_puts_of_one_client_share_entries_and_are_each_answered() {
             entries < u64::from(TASKS * PUTS) / 2,
             "{entries} entries for {} puts",
             TASKS * PUTS
+        );
+    });
+}
+
+/// Clients on connections of their own, one put at a time each: nothing for the SDK to coalesce,
+/// so it is the leader that merges their concurrent puts into shared entries.
+#[test]
+fn puts_of_separate_clients_are_merged_by_the_leader_and_each_answered() {
+    const CLIENTS: u32 = 24;
+    const PUTS: u32 = 15;
+    runtime().block_on(async {
+        let cluster = TestCluster::start(NODE, ClusterOptions::default());
+        let first = cluster.client().await;
+        first.kv().put("before", "x").await.expect("put");
+        let leader = cluster.leader(&first).await;
+        let index = |status: basalt_client::pb::StatusResponse| status.last_log_index.expect("index");
+        let before = index(first.cluster_status().await.expect("status"));
+        let mut clients = Vec::new();
+        for _ in 0..CLIENTS {
+            clients.push(cluster.client().await);
+        }
+        let tasks: Vec<_> = clients
+            .into_iter()
+            .enumerate()
+            .map(|(c, client)| {
+                tokio::spawn(async move {
+                    let mut revisions = Vec::new();
+                    let mut hot = Vec::new();
+                    for i in 0..PUTS {
+                        revisions.push(
+                            client
+                                .kv()
+                                .put(format!("c{c:02}-{i:05}"), format!("v-{i}"))
+                                .await
+                                .expect("put"),
+                        );
+                        if i.is_multiple_of(3) {
+                            // One key every client writes: two writes of it never share an entry.
+                            hot.push(client.kv().put("hot", format!("{c}-{i}")).await.expect("hot put"));
+                        }
+                    }
+                    (revisions, hot)
+                })
+            })
+            .collect();
+        let mut keys = Vec::new();
+        let mut hot_revisions = Vec::new();
+        for (c, task) in tasks.into_iter().enumerate() {
+            let (revisions, hot) = task.await.expect("task");
+            assert!(
+                revisions.windows(2).all(|w| w[0] < w[1]),
+                "one client's puts apply in order"
+            );
+            hot_revisions.extend(hot);
+            keys.extend((0..PUTS).map(|i| format!("c{c:02}-{i:05}")));
+        }
+        assert_all_readable(&first, &keys).await;
+        let distinct: std::collections::BTreeSet<_> = hot_revisions.iter().collect();
+        assert_eq!(
+            distinct.len(),
+            hot_revisions.len(),
+            "every write of the hot key has its own revision"
+        );
+        let last_hot = first.kv().get("hot").await.expect("get").expect("hot exists");
+        assert_eq!(Some(&last_hot.mod_revision), hot_revisions.iter().max());
+
+        let entries = index(first.cluster_status().await.expect("status")) - before;
+        let puts = keys.len() + hot_revisions.len();
+        // One entry each without merging; some wait in line behind the hot key's writes.
+        assert!(entries < puts as u64 * 3 / 4, "{entries} entries for {puts} puts");
+        assert!(
+            cluster.metric(leader, "basalt_kv_merged_requests_total") > 0,
+            "the leader reports the requests it merged"
         );
     });
 }

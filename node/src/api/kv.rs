@@ -5,20 +5,21 @@ use std::time::Duration;
 use basalt_client::pb;
 use basalt_client::pb::kv_server::Kv;
 use basalt_client::{ErrorCode, OLDEST_REVISION_KEY};
-use basalt_storage::apply::kv::{history_start, revision_of};
+use basalt_storage::apply::kv::{history_events, history_start, revision_of};
 use basalt_storage::apply::kv::{validate_batch, validate_write};
 use basalt_storage::command::{KvWrite, Op, OpError, Response};
 use basalt_storage::limits::{KEY_BYTES_MAX, SCAN_LIMIT_MAX};
-use basalt_storage::state::{KeyRange, KvEvent, KvRecord, StoreRead, Table};
+use basalt_storage::state::rocks::RocksStore;
+use basalt_storage::state::{KeyRange, KeyValue, KvEvent, KvRecord, StoreError, StoreRead, Table};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response as GrpcResponse, Status};
 
 use super::{expect_of, op_error_code, op_error_status, status, storage_status, unexpected_result, Api};
 
-/// History entries one watch step reads. Larger than the most changes one entry makes (a sweep
-/// of `SWEEP_LIMIT` keys), so a page always ends with at least one whole revision.
-const WATCH_PAGE: usize = 4 * basalt_storage::apply::SWEEP_LIMIT as usize;
+/// History rows one watch step reads: one row per revision (several for a revision written
+/// before rows held whole revisions).
+const WATCH_PAGE: usize = 256;
 /// Watch responses buffered per watcher before it waits for the client to read.
 const WATCH_BUFFER: usize = 64;
 /// How often an idle watch checks that its client is still there.
@@ -75,12 +76,8 @@ async fn run_watch(api: Api, prefix: Vec<u8>, from: u64, outbox: mpsc::Sender<Re
         .await;
     loop {
         applied.borrow_and_update();
-        let page = match api.store.scan(
-            Table::KvHistory,
-            &KeyRange::all_from(next.to_be_bytes().to_vec()),
-            WATCH_PAGE,
-        ) {
-            Ok(page) => page,
+        let (page, upto, full) = match history_page(&api.store, next) {
+            Ok(step) => step,
             Err(e) => {
                 let _ = outbox.send(Err(storage_status(e))).await;
                 return;
@@ -98,35 +95,19 @@ async fn run_watch(api: Api, prefix: Vec<u8>, from: u64, outbox: mpsc::Sender<Re
                 return;
             }
         }
-        let full = page.len() == WATCH_PAGE;
-        let last_revision = page.last().map(|(k, _)| revision_of(k));
-        let first_revision = page.first().map(|(k, _)| revision_of(k));
-        // A full page may end inside a revision: leave that revision for the next step.
-        let upto = match (full, last_revision) {
-            (true, Some(last)) if first_revision != Some(last) => last - 1,
-            (_, Some(last)) => last,
-            (_, None) => next.saturating_sub(1),
-        };
         let mut events = Vec::new();
-        for (key, value) in &page {
-            let revision = revision_of(key);
-            if revision > upto {
-                break;
-            }
-            let user_key = &key[8..];
-            if !user_key.starts_with(&prefix) {
-                continue;
-            }
-            match KvEvent::decode(value) {
-                Ok(event) => events.push(event_of(revision, user_key, event)),
+        for (row_key, row) in &page {
+            let revision = revision_of(row_key);
+            let changes = match history_events(row_key, row) {
+                Ok(changes) => changes,
                 Err(e) => {
-                    let _ = outbox
-                        .send(Err(status(
-                            ErrorCode::CorruptValue,
-                            format!("history at {revision}: {e}"),
-                        )))
-                        .await;
+                    let _ = outbox.send(Err(status(ErrorCode::CorruptValue, e.to_string()))).await;
                     return;
+                }
+            };
+            for (user_key, event) in changes {
+                if user_key.starts_with(&prefix) {
+                    events.push(event_of(revision, user_key, event));
                 }
             }
         }
@@ -147,6 +128,36 @@ async fn run_watch(api: Api, prefix: Vec<u8>, from: u64, outbox: mpsc::Sender<Re
             }
         }
     }
+}
+
+/// One watch step's history: the rows from revision `next` on, whole revisions only; the last
+/// revision they cover (`next - 1` when there is none yet); whether more may follow at once.
+fn history_page(store: &RocksStore, next: u64) -> Result<(Vec<KeyValue>, u64, bool), StoreError> {
+    let mut page = store.scan(
+        Table::KvHistory,
+        &KeyRange::all_from(next.to_be_bytes().to_vec()),
+        WATCH_PAGE,
+    )?;
+    let full = page.len() == WATCH_PAGE;
+    let (Some(first), Some(last)) = (page.first(), page.last()) else {
+        return Ok((page, next.saturating_sub(1), false));
+    };
+    let (first, last) = (revision_of(&first.0), revision_of(&last.0));
+    if !full {
+        return Ok((page, last, false));
+    }
+    if first != last {
+        // The last revision may have rows unread: rows of the earlier layout hold one change each.
+        page.retain(|(k, _)| revision_of(k) < last);
+        return Ok((page, last - 1, true));
+    }
+    // One revision of the earlier layout fills the page: read it whole.
+    let whole = store.scan(
+        Table::KvHistory,
+        &KeyRange::between(first.to_be_bytes().to_vec(), (first + 1).to_be_bytes().to_vec()),
+        usize::MAX,
+    )?;
+    Ok((whole, first, true))
 }
 
 /// A batch write as the state machine takes it, or the status that refuses the whole batch.

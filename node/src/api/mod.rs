@@ -12,18 +12,20 @@ mod counter;
 mod kv;
 mod lease;
 mod ledger;
+mod merge;
 mod pubsub;
 mod queue;
 mod rate;
 mod stream;
 
+pub use merge::Merger;
 pub use pubsub::Broker;
 
 use basalt_client::pb;
 use basalt_client::{ErrorCode, ERROR_CODE_KEY, LEADER_KEY};
 use basalt_raft::{Raft, TypeConfig};
 use basalt_storage::apply::validate_op;
-use basalt_storage::command::{Command, Expect, Fence, Op, OpError, Response, Session};
+use basalt_storage::command::{Command, Expect, Fence, KvPart, Op, OpError, Response, Session};
 use basalt_storage::hlc::Hlc;
 use basalt_storage::state::rocks::RocksStore;
 use openraft::error::{ChangeMembershipError, ClientWriteError, ForwardToLeader, RaftError};
@@ -53,6 +55,8 @@ pub struct Api {
     pub broker: Arc<Broker>,
     /// Cross-region replication, when this node's region is one of several.
     pub replication: Option<Arc<crate::replication::Replication>>,
+    /// Concurrent KV writes waiting to leave merged into one entry.
+    pub merger: Arc<Merger>,
 }
 
 /// Longest a single long-poll (receive, fetch) may wait.
@@ -125,6 +129,8 @@ pub(crate) fn op_error_code(e: &OpError) -> ErrorCode {
         // Reached only if a homed write bypassed forwarding: the caller should go to the home.
         OpError::NotHome { .. } => ErrorCode::RegionUnavailable,
         OpError::DuplicateKey { .. } => ErrorCode::InvalidArgument,
+        // Only a leader builds merged entries; a client cannot send one.
+        OpError::NotMergeable { .. } => ErrorCode::Internal,
     }
 }
 
@@ -207,14 +213,18 @@ impl Api {
         self.counters.writes.fetch_add(1, Ordering::Relaxed);
         let result = async {
             validate_op(&op).map_err(|e| op_error_status(&e))?;
-            let command = Command {
-                stamp: self.clock.now(),
-                session,
-                fence,
-                op,
+            let response = if fence.is_none() && self.merger.takes(&op) {
+                merge::submit(self, KvPart { session, op }).await?
+            } else {
+                let command = Command {
+                    stamp: self.clock.now(),
+                    session,
+                    fence,
+                    op,
+                };
+                self.raft.client_write(command).await.map_err(write_error_status)?.data
             };
-            let reply = self.raft.client_write(command).await.map_err(write_error_status)?;
-            match reply.data {
+            match response {
                 Response::Refused(e) | Response::GroupRefused(e) => Err(op_error_status(&e)),
                 other => Ok(other),
             }

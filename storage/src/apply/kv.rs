@@ -5,7 +5,7 @@ use basalt_replication::Version;
 use std::collections::HashSet;
 
 use super::{check_batch, check_key, lossy, RegionRole, View};
-use crate::command::{Expect, KvWrite, OpError, Response};
+use crate::command::{Expect, KvPart, KvWrite, OpError, Response};
 use crate::limits::{BATCH_BYTES_MAX, TTL_MS_MAX, VALUE_BYTES_MAX};
 use crate::state::{KeyRange, KvEvent, KvRecord, StoreError, StoreRead, Table};
 
@@ -55,6 +55,40 @@ pub fn validate_batch(writes: &[KvWrite]) -> Result<(), OpError> {
         }),
         None => Ok(()),
     }
+}
+
+/// Checks a merged entry as a whole: at least one part, each a KV write request, no key in two
+/// parts (they share one revision, as a batch's writes do), and all within one batch's limits.
+/// Each part is checked on its own when it applies.
+pub fn validate_merged(parts: &[KvPart]) -> Result<(), OpError> {
+    if parts.is_empty() {
+        return Err(OpError::Empty {
+            what: "merged kv writes".into(),
+        });
+    }
+    check_batch(parts.iter().map(KvPart::writes).sum())?;
+    let bytes: usize = parts.iter().map(KvPart::bytes).sum();
+    if bytes > BATCH_BYTES_MAX {
+        return Err(OpError::TooLarge {
+            what: "merged kv writes".into(),
+            len: bytes,
+            max: BATCH_BYTES_MAX,
+        });
+    }
+    let mut keys = HashSet::new();
+    for part in parts {
+        let part_keys = part.keys().ok_or_else(|| OpError::NotMergeable {
+            op: part.op.to_string(),
+        })?;
+        // Within a part a repeated key is the part's own refusal, answered when it applies.
+        let part_keys: HashSet<&[u8]> = part_keys.into_iter().collect();
+        for key in part_keys {
+            if !keys.insert(key) {
+                return Err(OpError::DuplicateKey { key: lossy(key) });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Applies a batch's writes in order, each answered on its own; a refused or conditional write
@@ -110,15 +144,70 @@ fn expect_holds(expect: Option<Expect>, live: Option<&KvRecord>) -> bool {
     }
 }
 
-/// `(revision BE, key)`: where a change is kept in the history.
-pub fn history_key(revision: u64, key: &[u8]) -> Vec<u8> {
-    let mut k = revision.to_be_bytes().to_vec();
-    k.extend_from_slice(key);
-    k
+/// The history row of a revision: every change the revision made, one after another, each
+/// `[key length u32 LE][key][event length u32 LE][event]`. One row per revision rather than per
+/// change: a put costs one RocksDB memtable insert fewer, and compaction deletes one row per
+/// revision. Rows of the earlier layout, keyed `(revision, key)` with one event, still read.
+pub fn history_row_key(revision: u64) -> Vec<u8> {
+    revision.to_be_bytes().to_vec()
 }
 
-fn record_event<S: StoreRead>(view: &mut View<'_, S>, revision: u64, key: &[u8], event: &KvEvent) {
-    view.put(Table::KvHistory, history_key(revision, key), event.encode());
+pub(crate) fn record_event<S: StoreRead>(view: &mut View<'_, S>, revision: u64, key: &[u8], event: &KvEvent) {
+    let event = event.encode();
+    let mut change = Vec::with_capacity(8 + key.len() + event.len());
+    change.extend_from_slice(&(key.len() as u32).to_le_bytes());
+    change.extend_from_slice(key);
+    change.extend_from_slice(&(event.len() as u32).to_le_bytes());
+    change.extend_from_slice(&event);
+    view.append(Table::KvHistory, history_row_key(revision), &change);
+}
+
+/// A history row that does not decode.
+#[derive(Debug, thiserror::Error)]
+#[error("history row of revision {revision}: {reason}")]
+pub struct HistoryRowError {
+    pub revision: u64,
+    pub reason: String,
+}
+
+/// The changes of one history row: `(key, event)`, a key's net change once (a merged remote batch
+/// may change one key twice at one revision; the last change stands, where the key first
+/// appeared), in the order the keys were first changed.
+pub fn history_events<'a>(row_key: &'a [u8], row: &'a [u8]) -> Result<Vec<(&'a [u8], KvEvent)>, HistoryRowError> {
+    let revision = revision_of(row_key);
+    let corrupt = |reason: String| HistoryRowError { revision, reason };
+    if row_key.len() > 8 {
+        // The earlier layout: one change, its key after the revision.
+        let event = KvEvent::decode(row).map_err(|e| corrupt(e.to_string()))?;
+        return Ok(vec![(&row_key[8..], event)]);
+    }
+    let mut events = Vec::new();
+    let mut rest = row;
+    let take = |rest: &mut &'a [u8]| -> Result<&'a [u8], HistoryRowError> {
+        let len_bytes: [u8; 4] = rest
+            .get(..4)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| corrupt("truncated length".into()))?;
+        let len = u32::from_le_bytes(len_bytes) as usize;
+        let field = rest
+            .get(4..4 + len)
+            .ok_or_else(|| corrupt(format!("field of {len} bytes past the row's end")))?;
+        *rest = &rest[4 + len..];
+        Ok(field)
+    };
+    let mut positions = std::collections::HashMap::new();
+    while !rest.is_empty() {
+        let key = take(&mut rest)?;
+        let event = KvEvent::decode(take(&mut rest)?).map_err(|e| corrupt(e.to_string()))?;
+        match positions.entry(key) {
+            std::collections::hash_map::Entry::Occupied(at) => events[*at.get()] = (key, event),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(events.len());
+                events.push((key, event));
+            }
+        }
+    }
+    Ok(events)
 }
 
 fn remove<S: StoreRead>(view: &mut View<'_, S>, index: u64, key: &[u8], record: &KvRecord) {
@@ -367,7 +456,7 @@ pub fn history_start<S: StoreRead + ?Sized>(store: &S) -> Result<u64, StoreError
         .unwrap_or(0))
 }
 
-/// Removes history older than revision `below`, at most `limit` changes; what remains starts at
+/// Removes history older than revision `below`, at most `limit` rows; what remains starts at
 /// `below` unless the limit stopped it earlier.
 pub(crate) fn compact<S: StoreRead>(view: &mut View<'_, S>, below: u64, limit: u32) -> Result<Response, StoreError> {
     let start = history_start(view)?;
@@ -384,7 +473,8 @@ pub(crate) fn compact<S: StoreRead>(view: &mut View<'_, S>, below: u64, limit: u
     let complete = old.len() < limit as usize;
     let mut new_start = below;
     if !complete {
-        // Stop on a revision boundary: the last revision seen may have more changes unread.
+        // Stop on a revision boundary: the last revision seen may have more rows unread (rows of
+        // the earlier layout hold one change each).
         let last = old.last().map(|(k, _)| revision_of(k)).unwrap_or(below);
         new_start = last;
     }
@@ -404,7 +494,7 @@ pub(crate) fn compact<S: StoreRead>(view: &mut View<'_, S>, below: u64, limit: u
     Ok(Response::Swept { removed })
 }
 
-/// The revision a history key belongs to.
+/// The revision a history row belongs to.
 pub fn revision_of(history_key: &[u8]) -> u64 {
     u64::from_be_bytes(history_key[..8].try_into().expect("history keys start with a revision"))
 }

@@ -35,6 +35,8 @@ mod tests_lease;
 #[cfg(test)]
 mod tests_ledger;
 #[cfg(test)]
+mod tests_merged;
+#[cfg(test)]
 mod tests_mirror;
 #[cfg(test)]
 mod tests_queue;
@@ -49,7 +51,7 @@ use std::collections::BTreeMap;
 
 use basalt_replication::{RegionId, RegionName};
 
-use crate::command::{Command, Op, OpError, Response};
+use crate::command::{Command, Fence, Op, OpError, Response, Session};
 use crate::hlc::HlcStamp;
 use crate::limits::{BATCH_ITEMS_MAX, KEY_BYTES_MAX};
 use crate::state::{KeyRange, KeyValue, StoreError, StoreRead, Table};
@@ -81,12 +83,37 @@ impl WriteSet {
         self.entries.iter().map(|((t, k), v)| (*t, k.as_slice(), v.as_deref()))
     }
 
-    /// Takes over `other`'s writes (they win over this set's own).
+    /// Adds `bytes` to the end of the value this set writes under `key`, or writes them as the
+    /// value. The stored value is not read: only for a row created whole within one entry (the
+    /// KV history row of the entry's revision), whose earlier parts can only be in this set.
+    pub fn append(&mut self, table: Table, key: Vec<u8>, bytes: &[u8]) {
+        debug_assert!(table.is_appended(), "{table:?} rows are not built by appending");
+        match self.entries.entry((table, key)).or_insert_with(|| Some(Vec::new())) {
+            Some(value) => value.extend_from_slice(bytes),
+            slot @ None => *slot = Some(bytes.to_vec()),
+        }
+    }
+
+    /// Takes over `other`'s writes (they win over this set's own), except that rows of appended
+    /// tables ([`WriteSet::append`]) written by both are joined, this set's part first.
     pub fn absorb(&mut self, other: WriteSet) {
-        self.entries.extend(other.entries);
+        for ((table, key), value) in other.entries {
+            match (table.is_appended(), value) {
+                (true, Some(tail)) => match self.entries.entry((table, key)).or_insert(None) {
+                    Some(head) => head.extend_from_slice(&tail),
+                    slot @ None => *slot = Some(tail),
+                },
+                (_, value) => {
+                    self.entries.insert((table, key), value);
+                }
+            }
+        }
     }
 
     pub(crate) fn lookup(&self, table: Table, key: &[u8]) -> Option<Option<&[u8]>> {
+        if self.entries.is_empty() {
+            return None;
+        }
         // BTreeMap keyed by (Table, Vec<u8>) cannot be queried by (Table, &[u8]) without allocating.
         self.entries.get(&(table, key.to_vec())).map(|v| v.as_deref())
     }
@@ -139,6 +166,11 @@ impl<S: StoreRead> View<'_, S> {
 
     pub fn delete(&mut self, table: Table, key: Vec<u8>) {
         self.writes.delete(table, key);
+    }
+
+    /// See [`WriteSet::append`].
+    pub fn append(&mut self, table: Table, key: Vec<u8>, bytes: &[u8]) {
+        self.writes.append(table, key, bytes);
     }
 }
 
@@ -231,28 +263,74 @@ impl Applier {
         self.last_stamp = stamp;
         writes.put(Table::Meta, LAST_STAMP_KEY.to_vec(), stamp.0.to_le_bytes().to_vec());
         let mut view = View { base: store, writes };
-        let now_ms = stamp.physical_ms();
+        // The effects of the entry's requests, staged apart from their sessions so the feed
+        // entry of a replicated region covers exactly what the requests changed.
+        let mut effects = WriteSet::default();
+        let response = match &command.op {
+            Op::KvMerged { parts } => match kv::validate_merged(parts) {
+                Err(e) => Response::Refused(e),
+                Ok(()) => {
+                    let mut answers = Vec::with_capacity(parts.len());
+                    for part in parts {
+                        let request = Request {
+                            session: part.session.as_ref(),
+                            fence: None,
+                            op: &part.op,
+                        };
+                        answers.push(self.apply_request(&mut view, &mut effects, index, stamp, request)?);
+                    }
+                    Response::KvMerged(answers)
+                }
+            },
+            op => {
+                let request = Request {
+                    session: command.session.as_ref(),
+                    fence: command.fence.as_ref(),
+                    op,
+                };
+                self.apply_request(&mut view, &mut effects, index, stamp, request)?
+            }
+        };
+        if self.region.replicated && !effects.is_empty() {
+            // One feed entry per log entry: its key is the index.
+            replication::record_feed(&view, &mut effects, index, stamp.0, self.region, &command.op)?;
+        }
+        view.writes.absorb(effects);
+        Ok(response)
+    }
 
-        let session_floor = match &command.session {
+    /// Applies one client request at `index`: its session decides whether it applies at all, its
+    /// effects go to `effects` unless refused, its answer is saved in its session. Several
+    /// requests apply at one index only when their keys are distinct ([`Op::KvMerged`]).
+    fn apply_request<S: StoreRead>(
+        &mut self,
+        view: &mut View<'_, S>,
+        effects: &mut WriteSet,
+        index: u64,
+        stamp: HlcStamp,
+        request: Request<'_>,
+    ) -> Result<Response, StoreError> {
+        let now_ms = stamp.physical_ms();
+        let session_floor = match request.session {
             None => None,
-            Some(session) => match session::begin(&mut view, session)? {
+            Some(session) => match session::begin(view, session)? {
                 session::Begin::Answered(previous) => return Ok(previous),
                 session::Begin::Apply { floor } => Some((session, floor)),
             },
         };
-        if command.op.is_homed() && !self.region.is_home() {
+        if request.op.is_homed() && !self.region.is_home() {
             // Another region's copy of homed data changes only through its home's feed.
             let refusal = Response::Refused(OpError::NotHome {
                 region: self.region.id,
                 home: self.region.home,
             });
             if let Some((session, floor)) = session_floor {
-                session::finish(&mut view, session, floor, now_ms, &refusal)?;
+                session::finish(view, session, floor, now_ms, &refusal)?;
             }
             return Ok(refusal);
         }
-        let fenced = match &command.fence {
-            Some(fence) => lease::check_fence(&view, now_ms, fence)?,
+        let fenced = match request.fence {
+            Some(fence) => lease::check_fence(view, now_ms, fence)?,
             None => Ok(()),
         };
         let response = match fenced {
@@ -261,8 +339,13 @@ impl Applier {
                 // Staged so that a refusal changes nothing, whatever the op wrote before refusing.
                 let mut staged = WriteSet::default();
                 let response = {
+                    // Sees what earlier requests of the entry changed, as a later entry would.
+                    let before = View {
+                        base: &*view,
+                        writes: &mut *effects,
+                    };
                     let mut op_view = View {
-                        base: &view,
+                        base: &before,
                         writes: &mut staged,
                     };
                     let ctx = OpContext {
@@ -271,15 +354,12 @@ impl Applier {
                         stamp,
                         region: self.region,
                     };
-                    apply_op(&mut op_view, ctx, &command.op)?
+                    apply_op(&mut op_view, ctx, request.op)?
                 };
                 if !matches!(response, Response::Refused(_)) {
-                    if self.region.replicated {
-                        replication::record_feed(&view, &mut staged, index, stamp.0, self.region, &command.op)?;
-                    }
-                    view.writes.absorb(staged);
+                    effects.absorb(staged);
                 }
-                if let (Op::ReplApply { batch }, Response::ReplApplied { .. }) = (&command.op, &response) {
+                if let (Op::ReplApply { batch }, Response::ReplApplied { .. }) = (request.op, &response) {
                     // The clock observes what it receives: a write made here after merging
                     // another region's changes is stamped after them, whatever the wall clocks
                     // say, so last-writer-wins never lets a causally earlier write win.
@@ -294,10 +374,18 @@ impl Applier {
             }
         };
         if let Some((session, floor)) = session_floor {
-            session::finish(&mut view, session, floor, now_ms, &response)?;
+            session::finish(view, session, floor, now_ms, &response)?;
         }
         Ok(response)
     }
+}
+
+/// A client request as apply sees it: a whole entry's command, or one part of a merged entry.
+#[derive(Clone, Copy)]
+struct Request<'a> {
+    session: Option<&'a Session>,
+    fence: Option<&'a Fence>,
+    op: &'a Op,
 }
 
 /// What an op is applied with besides its own arguments.
@@ -324,6 +412,8 @@ fn apply_op<S: StoreRead>(view: &mut View<'_, S>, ctx: OpContext, op: &Op) -> Re
         } => kv::put(view, index, now_ms, writer, key, value, *ttl_ms, *expect)?,
         Op::KvDelete { key, expect } => kv::delete(view, index, now_ms, writer, key, *expect)?,
         Op::KvBatch { writes } => kv::batch(view, index, now_ms, writer, writes)?,
+        // `Applier::apply` takes merged entries apart; a part that is one again is refused there.
+        Op::KvMerged { .. } => Response::Refused(OpError::NotMergeable { op: op.to_string() }),
         Op::KvSweepExpired { limit } => kv::sweep_expired(view, index, now_ms, ctx.region, *limit)?,
         Op::ReplApply { batch } => replication::apply_remote(view, index, now_ms, ctx.region, batch)?,
         Op::ReplTrim { upto, limit } => replication::trim(view, *upto, *limit)?,
@@ -483,6 +573,10 @@ pub fn validate_op(op: &Op) -> Result<(), OpError> {
         Op::KvBatch { writes } => {
             kv::validate_batch(writes)?;
             writes.iter().try_for_each(kv::validate_write)
+        }
+        Op::KvMerged { parts } => {
+            kv::validate_merged(parts)?;
+            parts.iter().try_for_each(|part| validate_op(&part.op))
         }
         Op::Counter { ops } => counter::validate(ops),
         Op::RateCheck { checks } => rate::validate(checks),

@@ -976,12 +976,12 @@ fn history(h: &Harness) -> Vec<(u64, String, crate::state::KvEvent)> {
         .scan(Table::KvHistory, &KeyRange::all(), usize::MAX)
         .expect("scan")
         .into_iter()
-        .map(|(k, v)| {
-            (
-                kv::revision_of(&k),
-                String::from_utf8_lossy(&k[8..]).into_owned(),
-                crate::state::KvEvent::decode(&v).expect("decode"),
-            )
+        .flat_map(|(k, v)| {
+            kv::history_events(&k, &v)
+                .expect("decode")
+                .into_iter()
+                .map(|(key, event)| (kv::revision_of(&k), String::from_utf8_lossy(key).into_owned(), event))
+                .collect::<Vec<_>>()
         })
         .collect()
 }
@@ -1057,4 +1057,88 @@ fn compaction_drops_old_history_and_moves_the_start() {
         Response::Swept { removed: 1 }
     );
     assert_eq!(kv::history_start(&h.store).expect("start"), 7);
+}
+
+/// One history row per revision, however many keys it changed: a put costs one RocksDB insert for
+/// its history, not one per key.
+#[test]
+fn a_revision_keeps_all_its_changes_in_one_history_row() {
+    let mut h = Harness::new();
+    let writes = ["a", "b", "c"]
+        .iter()
+        .map(|k| KvWrite::Put {
+            key: (*k).into(),
+            value: "v".into(),
+            ttl_ms: None,
+            expect: None,
+        })
+        .collect();
+    h.apply(cmd(1, Op::KvBatch { writes }));
+    h.apply(cmd(2, put("d", "v")));
+    let rows = h
+        .store
+        .scan(Table::KvHistory, &KeyRange::all(), usize::MAX)
+        .expect("scan");
+    assert_eq!(rows.len(), 2, "one row per revision");
+    let keys: Vec<(u64, String)> = history(&h).into_iter().map(|(rev, key, _)| (rev, key)).collect();
+    assert_eq!(
+        keys,
+        [(1, "a".into()), (1, "b".into()), (1, "c".into()), (2, "d".into())]
+    );
+}
+
+#[test]
+fn history_rows_decode_net_changes_the_earlier_layout_and_refuse_damage() {
+    use crate::state::KvEvent;
+    let put_event = |v: &str| KvEvent::Put {
+        value: v.into(),
+        create_revision: 1,
+        version: 1,
+    };
+    let mut writes = WriteSet::default();
+    let mut staged = WriteSet::default();
+    {
+        let store = MemStore::default();
+        let mut view = View {
+            base: &store,
+            writes: &mut writes,
+        };
+        kv::record_event(&mut view, 9, b"x", &put_event("1"));
+        kv::record_event(&mut view, 9, b"y", &put_event("2"));
+        let mut later = View {
+            base: &store,
+            writes: &mut staged,
+        };
+        kv::record_event(&mut later, 9, b"x", &KvEvent::Delete);
+    }
+    // A later request's part of the row joins the earlier one.
+    writes.absorb(staged);
+    let row_key = kv::history_row_key(9);
+    let row = writes
+        .lookup(Table::KvHistory, &row_key)
+        .flatten()
+        .expect("row")
+        .to_vec();
+    let events = kv::history_events(&row_key, &row).expect("decode");
+    assert_eq!(
+        events,
+        [(&b"x"[..], KvEvent::Delete), (&b"y"[..], put_event("2"))],
+        "x's last change stands, where x first appeared"
+    );
+
+    let mut legacy_key = 9u64.to_be_bytes().to_vec();
+    legacy_key.extend_from_slice(b"old");
+    assert_eq!(
+        kv::history_events(&legacy_key, &put_event("o").encode()).expect("legacy"),
+        [(&b"old"[..], put_event("o"))]
+    );
+
+    // A row cut between two changes is a shorter row; cut anywhere else it does not decode.
+    let change_len = |key: &[u8], event: &KvEvent| 8 + key.len() + event.encode().len();
+    let first = change_len(b"x", &put_event("1"));
+    let boundaries = [first, first + change_len(b"y", &put_event("2"))];
+    for cut in 1..row.len() {
+        let decoded = kv::history_events(&row_key, &row[..cut]);
+        assert_eq!(decoded.is_ok(), boundaries.contains(&cut), "row cut at {cut} bytes");
+    }
 }

@@ -278,7 +278,8 @@ fn remote_writes_appear_in_the_watch_history() {
             .scan(Table::KvHistory, &KeyRange::all(), 10)
             .expect("scan")
             .iter()
-            .map(|(_, v)| crate::state::KvEvent::decode(v).expect("event"))
+            .flat_map(|(k, v)| kv::history_events(k, v).expect("events"))
+            .map(|(_, event)| event)
             .collect()
     };
     us.apply(cmd(1, put("k", "v")));

@@ -122,6 +122,12 @@ impl Table {
         Table::CounterEscrow,
     ];
 
+    /// Whether rows are built by appending within one entry (see `WriteSet::append`): the KV
+    /// history, one row per revision holding all of its changes.
+    pub fn is_appended(self) -> bool {
+        self == Table::KvHistory
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Table::Meta => "meta",
@@ -334,7 +340,8 @@ impl KvRecord {
     }
 }
 
-/// A change to a KV key, kept in `KvHistory` under `(revision, key)` for watchers.
+/// A change to a KV key, kept for watchers in its revision's `KvHistory` row (see
+/// `apply::kv::history_events`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KvEvent {
     Put {

@@ -1,0 +1,196 @@
+//! The queue behind write batching, shared by the SDK (which coalesces a client's concurrent KV
+//! writes into one `Kv.Batch`) and the server (whose leader merges concurrent requests into one
+//! log entry).
+//!
+//! Items wait while a bounded number of senders is busy; each sender takes everything queued,
+//! in order and within limits, as its next batch. Two items that write one key never share a
+//! batch (their writes would share a revision): the later one waits for the next batch, behind
+//! the earlier, so writes of a key keep their order.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Mutex;
+
+/// Something that can be batched: the keys it writes and its size.
+pub trait Batchable {
+    /// Every key it writes.
+    fn keys(&self) -> Vec<&[u8]>;
+    /// Its number of writes, counted against [`BatchLimits::writes_max`].
+    fn writes(&self) -> usize;
+    /// Its bytes of keys and values, counted against [`BatchLimits::bytes_max`].
+    fn bytes(&self) -> usize;
+}
+
+/// How large one batch may grow. A single item over a limit still leaves, alone.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchLimits {
+    pub writes_max: usize,
+    pub bytes_max: usize,
+}
+
+/// The queue of items waiting for a batch, and how many senders are draining it.
+pub struct BatchQueue<T> {
+    state: Mutex<State<T>>,
+}
+
+struct State<T> {
+    queue: VecDeque<T>,
+    senders: usize,
+}
+
+impl<T> Default for BatchQueue<T> {
+    fn default() -> Self {
+        BatchQueue {
+            state: Mutex::new(State {
+                queue: VecDeque::new(),
+                senders: 0,
+            }),
+        }
+    }
+}
+
+impl<T: Batchable> BatchQueue<T> {
+    /// Queues an item. Returns true when the caller must start a sender: fewer than
+    /// `senders_max` are running. Under the same lock as [`BatchQueue::take`], so an item is
+    /// never left in the queue after the last sender has decided to stop.
+    pub fn push(&self, item: T, senders_max: usize) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.queue.push_back(item);
+        if state.senders < senders_max {
+            state.senders += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// The next batch: queued items in order, up to the limits, skipping items that write a key
+    /// already in it (they stay queued, in order, for the next batch). Empty when the queue is:
+    /// the calling sender must then stop, and is no longer counted.
+    pub fn take(&self, limits: BatchLimits) -> Vec<T> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut batch: Vec<T> = Vec::new();
+        let mut keys: HashSet<Vec<u8>> = HashSet::new();
+        let (mut writes, mut bytes) = (0, 0);
+        let mut left = VecDeque::new();
+        while let Some(item) = state.queue.pop_front() {
+            let full = !batch.is_empty()
+                && (writes + item.writes() > limits.writes_max || bytes + item.bytes() > limits.bytes_max);
+            if full {
+                left.push_back(item);
+                break;
+            }
+            let item_keys = item.keys();
+            if item_keys.iter().any(|k| keys.contains(*k)) {
+                left.push_back(item);
+                continue;
+            }
+            keys.extend(item_keys.into_iter().map(<[u8]>::to_vec));
+            writes += item.writes();
+            bytes += item.bytes();
+            batch.push(item);
+        }
+        left.append(&mut state.queue);
+        state.queue = left;
+        if batch.is_empty() {
+            state.senders -= 1;
+        }
+        batch
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An item writing `keys`, `bytes` bytes each.
+    struct Item {
+        keys: Vec<String>,
+        bytes: usize,
+    }
+
+    impl Batchable for Item {
+        fn keys(&self) -> Vec<&[u8]> {
+            self.keys.iter().map(|k| k.as_bytes()).collect()
+        }
+        fn writes(&self) -> usize {
+            self.keys.len()
+        }
+        fn bytes(&self) -> usize {
+            self.bytes * self.keys.len()
+        }
+    }
+
+    fn item(keys: &[&str], bytes: usize) -> Item {
+        Item {
+            keys: keys.iter().map(|k| k.to_string()).collect(),
+            bytes,
+        }
+    }
+
+    const LIMITS: BatchLimits = BatchLimits {
+        writes_max: 8,
+        bytes_max: 100,
+    };
+
+    fn names(batch: &[Item]) -> Vec<String> {
+        batch.iter().map(|i| i.keys.join("+")).collect()
+    }
+
+    #[test]
+    fn the_first_items_start_senders_up_to_the_limit_and_the_rest_wait() {
+        let queue = BatchQueue::default();
+        assert!(queue.push(item(&["a"], 1), 2));
+        assert!(queue.push(item(&["b"], 1), 2));
+        assert!(!queue.push(item(&["c"], 1), 2), "two senders already run");
+        assert_eq!(names(&queue.take(LIMITS)), ["a", "b", "c"]);
+        assert!(
+            queue.take(LIMITS).is_empty(),
+            "the other sender finds nothing and stops"
+        );
+        assert!(queue.push(item(&["d"], 1), 2), "a slot is free again");
+    }
+
+    #[test]
+    fn an_item_queued_while_the_last_sender_runs_is_taken_by_it() {
+        let queue = BatchQueue::default();
+        assert!(queue.push(item(&["a"], 1), 1));
+        assert_eq!(names(&queue.take(LIMITS)), ["a"]);
+        assert!(!queue.push(item(&["b"], 1), 1), "the sender is still counted");
+        assert_eq!(names(&queue.take(LIMITS)), ["b"]);
+        assert!(queue.take(LIMITS).is_empty());
+        assert!(
+            queue.push(item(&["c"], 1), 1),
+            "every sender stopped: the next item starts one"
+        );
+    }
+
+    #[test]
+    fn items_sharing_a_key_leave_in_successive_batches_in_order() {
+        let queue = BatchQueue::default();
+        for keys in [&["k"][..], &["x"], &["y", "k"], &["z"], &["k"]] {
+            queue.push(item(keys, 1), 1);
+        }
+        assert_eq!(names(&queue.take(LIMITS)), ["k", "x", "z"]);
+        assert_eq!(names(&queue.take(LIMITS)), ["y+k"]);
+        assert_eq!(names(&queue.take(LIMITS)), ["k"]);
+        assert!(queue.take(LIMITS).is_empty());
+    }
+
+    #[test]
+    fn a_batch_stops_at_its_write_and_byte_limits_but_takes_one_oversized_item() {
+        let queue = BatchQueue::default();
+        queue.push(item(&["a", "b", "c", "d", "e"], 1), 1);
+        queue.push(item(&["f", "g", "h", "i"], 1), 1);
+        queue.push(item(&["j"], 1), 1);
+        assert_eq!(names(&queue.take(LIMITS)), ["a+b+c+d+e"], "4 more writes would make 9");
+        assert_eq!(names(&queue.take(LIMITS)), ["f+g+h+i", "j"]);
+
+        queue.push(item(&["big"], 101), 1);
+        queue.push(item(&["half1"], 50), 1);
+        queue.push(item(&["half2"], 50), 1);
+        queue.push(item(&["one"], 1), 1);
+        assert_eq!(names(&queue.take(LIMITS)), ["big"]);
+        assert_eq!(names(&queue.take(LIMITS)), ["half1", "half2"]);
+        assert_eq!(names(&queue.take(LIMITS)), ["one"]);
+    }
+}
