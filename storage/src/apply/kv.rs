@@ -36,18 +36,23 @@ pub fn validate_write(write: &KvWrite) -> Result<(), OpError> {
     }
 }
 
-/// Checks what makes a batch as a whole acceptable: its size in writes and in bytes, and distinct
-/// keys (two writes of one key at one revision would leave one of them out of the watch history).
-pub fn validate_batch(writes: &[KvWrite]) -> Result<(), OpError> {
-    check_batch(writes.len())?;
-    let bytes: usize = writes.iter().map(KvWrite::bytes).sum();
+/// The limits a batch and a merged entry share: how many writes, how many bytes of keys and values.
+fn check_size(what: &'static str, writes: usize, bytes: usize) -> Result<(), OpError> {
+    check_batch(writes)?;
     if bytes > BATCH_BYTES_MAX {
         return Err(OpError::TooLarge {
-            what: "kv batch".into(),
+            what: what.into(),
             len: bytes,
             max: BATCH_BYTES_MAX,
         });
     }
+    Ok(())
+}
+
+/// Checks what makes a batch as a whole acceptable: its size in writes and in bytes, and distinct
+/// keys (two writes of one key at one revision would leave one of them out of the watch history).
+pub fn validate_batch(writes: &[KvWrite]) -> Result<(), OpError> {
+    check_size("kv batch", writes.len(), writes.iter().map(KvWrite::bytes).sum())?;
     let mut keys = HashSet::with_capacity(writes.len());
     match writes.iter().find(|w| !keys.insert(w.key())) {
         Some(twice) => Err(OpError::DuplicateKey {
@@ -66,15 +71,11 @@ pub fn validate_merged(parts: &[KvPart]) -> Result<(), OpError> {
             what: "merged kv writes".into(),
         });
     }
-    check_batch(parts.iter().map(KvPart::writes).sum())?;
-    let bytes: usize = parts.iter().map(KvPart::bytes).sum();
-    if bytes > BATCH_BYTES_MAX {
-        return Err(OpError::TooLarge {
-            what: "merged kv writes".into(),
-            len: bytes,
-            max: BATCH_BYTES_MAX,
-        });
-    }
+    check_size(
+        "merged kv writes",
+        parts.iter().map(KvPart::writes).sum(),
+        parts.iter().map(KvPart::bytes).sum(),
+    )?;
     let mut keys = HashSet::new();
     for part in parts {
         let part_keys = part.keys().ok_or_else(|| OpError::NotMergeable {
