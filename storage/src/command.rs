@@ -336,11 +336,7 @@ pub struct KvPart {
 impl KvPart {
     /// The keys the part writes; `None` for an op that may not be a part.
     pub fn keys(&self) -> Option<Vec<&[u8]>> {
-        match &self.op {
-            Op::KvPut { key, .. } | Op::KvDelete { key, .. } => Some(vec![key.as_slice()]),
-            Op::KvBatch { writes } => Some(writes.iter().map(KvWrite::key).collect()),
-            _ => None,
-        }
+        self.op.kv_write_keys()
     }
 
     /// How many writes the part carries, for the merged entry's limits.
@@ -397,6 +393,16 @@ impl KvWrite {
 }
 
 impl Op {
+    /// The keys of a KV write request (`KvPut`, `KvDelete`, `KvBatch`): the ops that may be parts
+    /// of an [`Op::KvMerged`]. `None` for every other op.
+    pub fn kv_write_keys(&self) -> Option<Vec<&[u8]>> {
+        match self {
+            Op::KvPut { key, .. } | Op::KvDelete { key, .. } => Some(vec![key.as_slice()]),
+            Op::KvBatch { writes } => Some(writes.iter().map(KvWrite::key).collect()),
+            _ => None,
+        }
+    }
+
     /// Whether this op's effects go into the change feed other regions merge: the writes of
     /// multi-region data types. Sweeps are not shipped: every region expires keys itself, at the
     /// same HLC time.

@@ -64,9 +64,9 @@ impl Merger {
         }
     }
 
-    /// Whether `op` may be merged: a KV write; merging is on.
+    /// Whether `op` may be merged: merging is on, and it is a KV write (what apply takes as a part).
     pub(crate) fn takes(&self, op: &Op) -> bool {
-        self.in_flight_max > 0 && matches!(op, Op::KvPut { .. } | Op::KvDelete { .. } | Op::KvBatch { .. })
+        self.in_flight_max > 0 && op.kv_write_keys().is_some()
     }
 
     /// (entries proposed with several requests, requests in them)
