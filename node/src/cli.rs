@@ -196,9 +196,15 @@ pub struct StartArgs {
     /// Feed positions kept for a region that has not acknowledged them; past this it is re-synced.
     #[arg(long, default_value_t = config::defaults::feed_retain_entries())]
     feed_retain_entries: u64,
-    /// Added to this node's wall clock, in ms (to try clock skew between regions).
+    /// Added to this node's wall clock, in ms (to try clock skew between nodes and regions).
     #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
     clock_skew_ms: i64,
+    /// The most any node's clock may be off from another's, in ms; every node must use the same.
+    #[arg(long, default_value_t = config::defaults::max_clock_offset_ms())]
+    max_clock_offset_ms: u64,
+    /// Serve PUT /debug/clock-skew on the HTTP port (tests and the partition harness only).
+    #[arg(long)]
+    allow_clock_control: bool,
     /// The region owning ledgers, leases and queues (default: the lowest region id).
     #[arg(long, requires = "region")]
     home_region: Option<String>,
@@ -394,6 +400,9 @@ fn start_config(args: StartArgs) -> Result<NodeConfig, String> {
         session_idle_ms: args.session_idle_ms,
         kv_history_revisions: args.kv_history_revisions,
         kv_merge_in_flight: args.kv_merge_in_flight,
+        clock_skew_ms: args.clock_skew_ms,
+        max_clock_offset_ms: args.max_clock_offset_ms,
+        allow_clock_control: args.allow_clock_control,
         peer_routes: config::parse_peers(&args.peer_routes).map_err(|e| e.to_string())?,
         region: match &args.region {
             None => None,
@@ -410,7 +419,8 @@ fn start_config(args: StartArgs) -> Result<NodeConfig, String> {
                     id,
                     remotes,
                     feed_retain_entries: args.feed_retain_entries,
-                    clock_skew_ms: args.clock_skew_ms,
+                    // The node's own skew (above) is the flag's: not added twice.
+                    clock_skew_ms: 0,
                     home: args.home_region.clone(),
                 })
             }

@@ -49,6 +49,20 @@ pub struct NodeConfig {
     /// as its own entry.
     #[serde(default = "defaults::kv_merge_in_flight")]
     pub kv_merge_in_flight: usize,
+    /// Added to this node's wall clock, in ms: tests, demos and the partition harness give a node
+    /// a clock that is off this way (changeable at run time through the HTTP control endpoint).
+    #[serde(default)]
+    pub clock_skew_ms: i64,
+    /// The most any node's clock may read ahead of another's, in ms (CockroachDB's max offset).
+    /// A Raft message from a peer whose clock is further off is refused, and a stamp further
+    /// ahead of this node's clock (an applied entry, another region's batch) does not move it.
+    /// Every node of every region must use the same value.
+    #[serde(default = "defaults::max_clock_offset_ms")]
+    pub max_clock_offset_ms: u64,
+    /// Serve `PUT /debug/clock-skew` on the HTTP port, which changes this node's clock skew at
+    /// run time: for the partition harness and tests only, never in production.
+    #[serde(default)]
+    pub allow_clock_control: bool,
     /// Dial peer N at this address instead of its membership address, for Raft traffic only
     /// (clients still use the membership address). The fault-injection harness routes every
     /// node-to-node connection through its link proxies this way.
@@ -182,6 +196,11 @@ impl RegionConfig {
     }
 }
 
+/// Bounds of `max_clock_offset_ms`: below 10 ms loopback scheduling alone would trip it; above a
+/// minute it no longer protects leases and sessions measured in seconds.
+pub const MAX_CLOCK_OFFSET_MS_MIN: u64 = 10;
+pub const MAX_CLOCK_OFFSET_MS_MAX: u64 = 60_000;
+
 pub mod defaults {
     pub fn heartbeat_ms() -> u64 {
         30
@@ -203,6 +222,9 @@ pub mod defaults {
     }
     pub fn kv_history_revisions() -> u64 {
         basalt_storage::limits::KV_HISTORY_REVISIONS_DEFAULT
+    }
+    pub fn max_clock_offset_ms() -> u64 {
+        basalt_storage::hlc::MAX_OFFSET_MS_DEFAULT
     }
     pub fn kv_merge_in_flight() -> usize {
         2
@@ -244,6 +266,12 @@ impl NodeConfig {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         if self.heartbeat_ms == 0 {
             return invalid("heartbeat_ms must be positive".into());
+        }
+        if !(MAX_CLOCK_OFFSET_MS_MIN..=MAX_CLOCK_OFFSET_MS_MAX).contains(&self.max_clock_offset_ms) {
+            return invalid(format!(
+                "max_clock_offset_ms ({}) must be in {MAX_CLOCK_OFFSET_MS_MIN}..={MAX_CLOCK_OFFSET_MS_MAX}",
+                self.max_clock_offset_ms
+            ));
         }
         if self.election_timeout_min_ms < 3 * self.heartbeat_ms {
             return invalid(format!(
@@ -289,6 +317,12 @@ impl NodeConfig {
     }
 
     /// How this node's region stands among regions, for the apply logic.
+    /// This node's clock skew: its own, plus its region's (a topology file skews a whole region).
+    pub fn clock_skew_ms(&self) -> i64 {
+        self.clock_skew_ms
+            .saturating_add(self.region.as_ref().map_or(0, |r| r.clock_skew_ms))
+    }
+
     pub fn region_role(&self) -> basalt_storage::apply::RegionRole {
         self.region.as_ref().map_or_else(Default::default, RegionConfig::role)
     }
@@ -341,6 +375,9 @@ mod tests {
             session_idle_ms: 3_600_000,
             kv_history_revisions: 1000,
             kv_merge_in_flight: 2,
+            clock_skew_ms: 0,
+            max_clock_offset_ms: 500,
+            allow_clock_control: false,
             peer_routes: BTreeMap::new(),
             region: None,
         }

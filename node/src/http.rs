@@ -1,4 +1,5 @@
-//! HTTP endpoints: `/health` and `/metrics` (Prometheus text format).
+//! HTTP endpoints: `/health`, `/metrics` (Prometheus text format), and, only on a node started
+//! with `--allow-clock-control`, `/debug/clock-skew` (the partition harness's clock nemesis).
 
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
@@ -11,12 +12,46 @@ use openraft::ServerState;
 
 use crate::api::Api;
 
-pub fn router(api: Api) -> Router {
-    Router::new()
+pub fn router(api: Api, clock_control: bool) -> Router {
+    let router = Router::new()
         .route("/health", get(health))
-        .route("/metrics", get(metrics))
-        .with_state(api)
+        .route("/metrics", get(metrics));
+    let router = if clock_control {
+        router.route("/debug/clock-skew", get(clock_skew).put(set_clock_skew))
+    } else {
+        router
+    };
+    router.with_state(api)
 }
+
+/// This node's clock skew, in ms.
+async fn clock_skew(State(api): State<Api>) -> String {
+    format!("{}\n", api.clock.skew_ms())
+}
+
+/// Sets this node's clock skew to the body's integer, in ms (as a clock stepped by NTP would
+/// jump); at most ±[`CLOCK_SKEW_MS_MAX`].
+async fn set_clock_skew(State(api): State<Api>, body: String) -> (StatusCode, String) {
+    match body.trim().parse::<i64>() {
+        Ok(skew) if skew.unsigned_abs() <= CLOCK_SKEW_MS_MAX => {
+            let before = api.clock.skew_ms();
+            api.clock.set_skew_ms(skew);
+            tracing::warn!(
+                before_ms = before,
+                skew_ms = skew,
+                "clock skew changed through the control endpoint"
+            );
+            (StatusCode::OK, format!("{skew}\n"))
+        }
+        _ => (
+            StatusCode::BAD_REQUEST,
+            format!("the body must be a skew in ms, within ±{CLOCK_SKEW_MS_MAX}\n"),
+        ),
+    }
+}
+
+/// The largest clock skew the control endpoint sets: 30 days, in ms.
+pub const CLOCK_SKEW_MS_MAX: u64 = 30 * 24 * 3_600_000;
 
 /// 200 when the node runs and knows a leader; 503 otherwise.
 async fn health(State(api): State<Api>) -> (StatusCode, String) {
@@ -82,6 +117,22 @@ async fn metrics(State(api): State<Api>) -> String {
         "basalt_raft_stream_open_failures_total",
         "Replication streams to a peer that failed to open (the peer down or unreachable).",
         api.network.stream_open_failures.load(Ordering::Relaxed),
+    );
+    let clock = api.clock.stats();
+    counter(
+        "basalt_clock_clamped_stamps_total",
+        "Stamps seen further ahead of this node's clock than the max offset; the clock did not follow them.",
+        clock.clamped_observations.load(Ordering::Relaxed),
+    );
+    counter(
+        "basalt_raft_clock_refusals_total",
+        "Raft messages refused because the sender's clock was further off than the max offset.",
+        clock.refused_peer_messages.load(Ordering::Relaxed),
+    );
+    counter(
+        "basalt_repl_clock_refusals_total",
+        "Batches of another region refused because their stamps ran further ahead than the max offset.",
+        clock.refused_remote_batches.load(Ordering::Relaxed),
     );
     let (merged_entries, merged_requests) = api.merger.merged();
     counter(

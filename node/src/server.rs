@@ -97,7 +97,10 @@ fn raft_config(config: &NodeConfig) -> Result<openraft::Config, NodeError> {
 pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), NodeError> {
     config.validate()?;
     let _lock = lock_data_dir(&config.data_dir)?;
-    let clock = Arc::new(Hlc::with_skew(config.region.as_ref().map_or(0, |r| r.clock_skew_ms)));
+    let clock = Arc::new(Hlc::with_skew_and_offset(
+        config.clock_skew_ms(),
+        config.max_clock_offset_ms,
+    ));
     let region_role = config.region_role();
     let log_store = LogStore::open(
         &config.data_dir.join("log"),
@@ -111,7 +114,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
     let store = state_machine.store().clone();
     let applied = state_machine.subscribe_applied();
     let incoming_dir = state_machine.snapshot_dir().to_path_buf();
-    let network = NetworkFactory::with_routes(config.peer_routes.clone());
+    let network = NetworkFactory::new(config.peer_routes.clone(), clock.clone());
     let network_stats = network.stats();
     let raft = Raft::new(
         config.id,
@@ -169,7 +172,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(io(format!("binding HTTP on {addr}")))?;
-            let router = crate::http::router(api.clone());
+            let router = crate::http::router(api.clone(), config.allow_clock_control);
             let stop = wait_stop(stop_rx.clone());
             Some(tokio::spawn(async move {
                 if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(stop).await {
@@ -203,7 +206,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
     tracing::info!(id = config.id, listen = %config.listen, data_dir = %config.data_dir.display(), "node serving");
     let serve = tonic::transport::Server::builder()
         .tcp_nodelay(true)
-        .add_service(RaftGrpcService::new(raft.clone(), incoming_dir))
+        .add_service(RaftGrpcService::new(raft.clone(), incoming_dir, clock.clone()))
         .add_service(KvServer::new(api.clone()))
         .add_service(CounterServer::new(api.clone()))
         .add_service(RateLimiterServer::new(api.clone()))
@@ -248,7 +251,8 @@ const COMPACT_STEPS_PER_TICK_MAX: usize = 16;
 /// TTLs, rate-limit keys back to full, timed-out pending transfers, dedup ids, group members,
 /// stream retention) and a KV history compaction when it is longer than configured; every
 /// `SESSION_SWEEP_EVERY_S` seconds, one step of the idle-session sweep. In a region among
-/// several, also the collection of KV tombstones every other region has shipped past. All decide from the entry
+/// several, also the collection of KV tombstones every other region has shipped past and has
+/// received (see `Replication::tombstone_gc_due`). All decide from the entry
 /// stamp (or carry their bound), so every replica removes the same keys at the same log position.
 async fn sweeper(api: Api, config: NodeConfig, stop: tokio::sync::watch::Receiver<bool>) {
     let session_idle_ms = config.session_idle_ms;
@@ -300,9 +304,8 @@ async fn sweeper(api: Api, config: NodeConfig, stop: tokio::sync::watch::Receive
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "reading the kv history"),
         }
-        if config.region.is_some() {
-            match basalt_storage::apply::replication::tombstone_gc_due(&api.store, config.region_role(), COMPACT_LIMIT)
-            {
+        if let Some(repl) = &api.replication {
+            match repl.tombstone_gc_due(&api.store, COMPACT_LIMIT) {
                 Ok(Some(op)) => {
                     propose_sweep(&api, op).await;
                 }

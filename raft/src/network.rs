@@ -25,6 +25,7 @@ use crate::pb::raft_service_server::{RaftService, RaftServiceServer};
 use crate::pb::{RaftMessage, SnapshotChunk};
 use crate::state_machine::{Snapshot, SnapshotPack};
 use crate::{decode, encode, NodeId, Raft, SnapshotMeta, TypeConfig, Vote};
+use basalt_storage::hlc::Hlc;
 
 const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
 /// openraft sets an append's hard TTL to one heartbeat interval. On a loaded machine a large
@@ -35,11 +36,13 @@ const RPC_DEADLINE_MIN: Duration = Duration::from_secs(2);
 pub const RAFT_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
 
 /// Creates one lazily connected gRPC channel per target node.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct NetworkFactory {
     /// Addresses that replace a target's membership address (a link proxy in between).
     routes: Arc<BTreeMap<NodeId, String>>,
     stats: Arc<NetworkStats>,
+    /// Every message carries this clock's wall-clock reading, for the receiver's offset check.
+    clock: Arc<Hlc>,
 }
 
 /// What the outgoing side of the Raft network counts, for `/metrics`.
@@ -50,10 +53,11 @@ pub struct NetworkStats {
 }
 
 impl NetworkFactory {
-    pub fn with_routes(routes: BTreeMap<NodeId, String>) -> NetworkFactory {
+    pub fn new(routes: BTreeMap<NodeId, String>, clock: Arc<Hlc>) -> NetworkFactory {
         NetworkFactory {
             routes: Arc::new(routes),
             stats: Arc::default(),
+            clock,
         }
     }
 
@@ -71,6 +75,7 @@ enum Unary {
 
 pub struct NetworkConnection {
     target: NodeId,
+    clock: Arc<Hlc>,
     client: Option<RaftServiceClient<Channel>>,
     addr: String,
     /// Replication streams to this target that failed to open, in a row.
@@ -101,6 +106,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
         NetworkConnection {
             target,
+            clock: self.clock.clone(),
             client: None,
             addr: self.routes.get(&target).unwrap_or(&node.addr).clone(),
             stream_failures: 0,
@@ -153,7 +159,7 @@ impl NetworkConnection {
         Resp: serde::de::DeserializeOwned,
     {
         let mut client = self.client()?;
-        let request = Self::request(RaftMessage { data: encode(rpc) }, option);
+        let request = Self::request(message(&self.clock, encode(rpc)), option);
         let reply = match kind {
             Unary::Append => client.append(request).await,
             Unary::Vote => client.vote(request).await,
@@ -195,10 +201,17 @@ impl RaftNetworkV2<TypeConfig> for NetworkConnection {
         Box::pin(async move {
             tokio::time::sleep(reopen_pause(self.stream_failures)).await;
             let mut client = self.client()?;
-            let requests = input.map(|request| RaftMessage { data: encode(&request) });
+            let clock = self.clock.clone();
+            let requests = input.map(move |request| message(&clock, encode(&request)));
             // No deadline on the stream itself: it lives as long as replication to this target.
             // openraft times out the individual appends it is waiting for.
-            let replies = match client.stream_append(requests).await {
+            let mut request = Request::new(requests);
+            // Checked when the stream opens too: a refused open counts as a failed one, so a node
+            // whose clock is off retries with pauses instead of reopening in a spin.
+            request
+                .metadata_mut()
+                .insert(SENDER_WALL_MS_HEADER, self.clock.wall_ms().into());
+            let replies = match client.stream_append(request).await {
                 Ok(replies) => {
                     self.stream_failures = 0;
                     replies.into_inner()
@@ -244,17 +257,19 @@ impl RaftNetworkV2<TypeConfig> for NetworkConnection {
             .client()
             .map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))?;
         let header = encode(&(vote, snapshot.meta.clone()));
+        let sender_wall_ms = self.clock.wall_ms();
         let path = snapshot.snapshot.path.clone();
         let file = tokio::fs::File::open(&path)
             .await
             .map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))?;
         tracing::info!(target = self.target, path = %path.display(), "sending snapshot");
-        let chunks = futures::stream::unfold((file, Some(header)), |(mut file, header)| async move {
+        let chunks = futures::stream::unfold((file, Some(header)), move |(mut file, header)| async move {
             if let Some(header) = header {
                 return Some((
                     SnapshotChunk {
                         header,
                         data: Vec::new(),
+                        sender_wall_ms,
                     },
                     (file, None),
                 ));
@@ -268,6 +283,7 @@ impl RaftNetworkV2<TypeConfig> for NetworkConnection {
                         SnapshotChunk {
                             header: Vec::new(),
                             data,
+                            sender_wall_ms,
                         },
                         (file, None),
                     ))
@@ -291,22 +307,58 @@ impl RaftNetworkV2<TypeConfig> for NetworkConnection {
     }
 }
 
-/// The server side: hands incoming messages to the local [`Raft`].
+/// The metadata key of the sender's wall clock on a stream's opening request, in ms.
+const SENDER_WALL_MS_HEADER: &str = "basalt-sender-wall-ms";
+
+/// A message stamped with the sender's wall clock.
+fn message(clock: &Hlc, data: Vec<u8>) -> RaftMessage {
+    RaftMessage {
+        data,
+        sender_wall_ms: clock.wall_ms(),
+    }
+}
+
+/// The server side: hands incoming messages to the local [`Raft`], after checking that the
+/// sender's clock is close enough to this node's.
 pub struct RaftGrpcService {
     raft: Raft,
     incoming_dir: PathBuf,
+    clock: Arc<Hlc>,
 }
 
 impl RaftGrpcService {
-    pub fn new(raft: Raft, incoming_dir: PathBuf) -> RaftServiceServer<RaftGrpcService> {
-        RaftServiceServer::new(RaftGrpcService { raft, incoming_dir })
-            .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
-            .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX)
+    pub fn new(raft: Raft, incoming_dir: PathBuf, clock: Arc<Hlc>) -> RaftServiceServer<RaftGrpcService> {
+        RaftServiceServer::new(RaftGrpcService {
+            raft,
+            incoming_dir,
+            clock,
+        })
+        .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX)
     }
+}
+
+/// Refuses a message whose sender's clock is too far from this node's (see
+/// [`basalt_storage::hlc::check_peer_clock`]): the local Raft never sees it, so a node whose
+/// clock jumped cannot lead (its appends and heartbeats are refused, and the others elect a
+/// leader among themselves) nor win or disturb an election. FAILED_PRECONDITION, which the
+/// sender's openraft takes as a network error and retries, so the node rejoins once its clock is
+/// back.
+fn check_sender_clock(clock: &Hlc, sender_wall_ms: u64, what: &str) -> Result<(), Status> {
+    clock.check_peer(sender_wall_ms).map_err(|e| {
+        let refused = clock.stats().refused_peer_messages.load(Ordering::Relaxed);
+        // One line at the first refusal and then ever more rarely: a node that is off sends
+        // heartbeats every few tens of ms.
+        if refused.is_power_of_two() {
+            tracing::warn!(what, refused, error = %e, "refusing a raft message: the sender's clock is off");
+        }
+        Status::failed_precondition(format!("clock offset: {e}"))
+    })
 }
 
 /// Decodes a request, hands it to the local Raft, encodes the reply.
 async fn serve_unary<Req, Resp, E, Fut>(
+    clock: &Hlc,
     request: Request<RaftMessage>,
     call: impl FnOnce(Req) -> Fut,
 ) -> Result<tonic::Response<RaftMessage>, Status>
@@ -316,9 +368,11 @@ where
     E: std::fmt::Display,
     Fut: Future<Output = Result<Resp, E>>,
 {
-    let rpc = decode(&request.into_inner().data).map_err(bad_request)?;
+    let request = request.into_inner();
+    check_sender_clock(clock, request.sender_wall_ms, "request")?;
+    let rpc = decode(&request.data).map_err(bad_request)?;
     let reply = call(rpc).await.map_err(raft_failure)?;
-    Ok(tonic::Response::new(RaftMessage { data: encode(&reply) }))
+    Ok(tonic::Response::new(message(clock, encode(&reply))))
 }
 
 fn bad_request(e: std::io::Error) -> Status {
@@ -339,34 +393,45 @@ impl RaftService for RaftGrpcService {
         &self,
         request: Request<Streaming<RaftMessage>>,
     ) -> Result<tonic::Response<Self::StreamAppendStream>, Status> {
-        // A message that does not decode ends the stream: the leader sees it close and
-        // re-establishes replication, rather than the follower skipping an entry batch.
+        // A message that does not decode, or whose sender's clock is off, ends the stream: the
+        // leader sees it close and re-establishes replication, rather than the follower
+        // skipping an entry batch.
+        let opened_at = request
+            .metadata()
+            .get(SENDER_WALL_MS_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        check_sender_clock(&self.clock, opened_at, "append stream")?;
+        let clock = self.clock.clone();
         let requests = request
             .into_inner()
-            .map(|message| {
+            .map(move |message| {
                 message
                     .ok()
+                    .filter(|m| check_sender_clock(&clock, m.sender_wall_ms, "append").is_ok())
                     .and_then(|m| decode::<AppendEntriesRequest<TypeConfig>>(&m.data).ok())
             })
             .take_while(|decoded| futures::future::ready(decoded.is_some()))
             .filter_map(futures::future::ready);
-        let replies = self.raft.stream_append(requests).map(|result| match result {
-            Ok(reply) => Ok(RaftMessage { data: encode(&reply) }),
+        let clock = self.clock.clone();
+        let replies = self.raft.stream_append(requests).map(move |result| match result {
+            Ok(reply) => Ok(message(&clock, encode(&reply))),
             Err(fatal) => Err(Status::unavailable(format!("raft: {fatal}"))),
         });
         Ok(tonic::Response::new(Box::pin(replies)))
     }
 
     async fn append(&self, request: Request<RaftMessage>) -> Result<tonic::Response<RaftMessage>, Status> {
-        serve_unary(request, |rpc| self.raft.append_entries(rpc)).await
+        serve_unary(&self.clock, request, |rpc| self.raft.append_entries(rpc)).await
     }
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<tonic::Response<RaftMessage>, Status> {
-        serve_unary(request, |rpc| self.raft.vote(rpc)).await
+        serve_unary(&self.clock, request, |rpc| self.raft.vote(rpc)).await
     }
 
     async fn pre_vote(&self, request: Request<RaftMessage>) -> Result<tonic::Response<RaftMessage>, Status> {
-        serve_unary(request, |rpc| self.raft.pre_vote(rpc)).await
+        serve_unary(&self.clock, request, |rpc| self.raft.pre_vote(rpc)).await
     }
 
     async fn snapshot(
@@ -378,6 +443,7 @@ impl RaftService for RaftGrpcService {
             .next()
             .await
             .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
+        check_sender_clock(&self.clock, first.sender_wall_ms, "snapshot")?;
         let (vote, meta): (Vote, SnapshotMeta) = decode(&first.header).map_err(bad_request)?;
         let path = self.incoming_dir.join(format!("incoming-{}.part", rand_suffix()));
         let io_err = |e: std::io::Error| Status::internal(format!("writing snapshot: {e}"));
@@ -398,7 +464,7 @@ impl RaftService for RaftGrpcService {
         let result = self.raft.install_full_snapshot(vote, snapshot).await;
         let _ = tokio::fs::remove_file(&path).await; // already renamed when installed
         let reply = result.map_err(raft_failure)?;
-        Ok(tonic::Response::new(RaftMessage { data: encode(&reply) }))
+        Ok(tonic::Response::new(message(&self.clock, encode(&reply))))
     }
 }
 

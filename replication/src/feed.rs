@@ -74,8 +74,9 @@ pub struct ShipBatch {
     /// The receiver's watermark for `source` moves up to this position (at least the last entry's
     /// index; more when the positions between carried no replicated change).
     pub upto: u64,
-    /// The source's HLC when the batch was cut: every later change from `source` has a greater
-    /// stamp.
+    /// A bound on the stamps still to come: every later change from `source` is stamped at or
+    /// above it (the source's last applied stamp as of the batch, not its clock reading: see
+    /// `basalt-storage`'s `apply::replication::next_batch`).
     pub frontier: u64,
     /// A chunk of a full re-sync (the receiver fell behind what the feed retains): applied
     /// whatever the watermark, which only the last chunk moves (to `upto`).
@@ -92,6 +93,19 @@ impl ShipBatch {
             frontier,
             resync: false,
         }
+    }
+
+    /// Checks the batch against the receiver's clock ceiling (its wall clock plus the max
+    /// offset): an entry stamped beyond it is refused, since merging it would drag the receiving
+    /// region's clock, and with it every TTL, lease and session, forward by the sender's error; a
+    /// frontier beyond it is lowered to it (a lower frontier only delays tombstone collection).
+    /// Returns the stamp of the first entry too far ahead, if any, and changes nothing then.
+    pub fn bound_to(&mut self, ceiling: u64) -> Result<(), u64> {
+        if let Some(ahead) = self.entries.iter().map(|e| e.stamp).find(|stamp| *stamp > ceiling) {
+            return Err(ahead);
+        }
+        self.frontier = self.frontier.min(ceiling);
+        Ok(())
     }
 
     pub fn effect_count(&self) -> usize {
@@ -127,6 +141,32 @@ pub fn decode<T: serde::de::DeserializeOwned>(what: &'static str, bytes: &[u8]) 
 mod tests {
     use super::*;
     use crate::version::Version;
+
+    #[test]
+    fn a_batch_stamped_past_the_ceiling_is_refused_and_a_frontier_past_it_lowered() {
+        let entry = |stamp| FeedEntry {
+            index: 1,
+            stamp,
+            effects: Vec::new(),
+        };
+        let mut ok = ShipBatch {
+            source: 2,
+            entries: vec![entry(90), entry(100)],
+            upto: 1,
+            frontier: u64::MAX,
+            resync: false,
+        };
+        assert_eq!(ok.bound_to(100), Ok(()));
+        assert_eq!(ok.frontier, 100);
+        let mut ahead = ShipBatch {
+            entries: vec![entry(90), entry(101)],
+            frontier: 95,
+            ..ok.clone()
+        };
+        let before = ahead.clone();
+        assert_eq!(ahead.bound_to(100), Err(101));
+        assert_eq!(ahead, before);
+    }
 
     #[test]
     fn batches_round_trip() {

@@ -323,6 +323,11 @@ pub enum Op {
     KvMerged {
         parts: Vec<KvPart>,
     },
+    /// Changes nothing but the region's applied clock, which moves to this entry's stamp.
+    /// Proposed about once a second by the leader of a region among several while nothing else
+    /// is applied: the frontier it ships is the last applied stamp, and other regions collect
+    /// tombstones only once every region's frontier has passed them.
+    ClockTick,
 }
 
 /// One client request inside an [`Op::KvMerged`]: a `KvPut`, `KvDelete` or `KvBatch`, and the
@@ -737,6 +742,7 @@ impl std::fmt::Display for Op {
             Op::KvBatch { writes } => write!(f, "kv batch of {} writes", writes.len()),
             Op::KvMerged { parts } => write!(f, "kv writes of {} requests", parts.len()),
             Op::KvTombstoneGc { below, limit } => write!(f, "kv tombstones below stamp {below} (limit {limit})"),
+            Op::ClockTick => write!(f, "clock tick"),
         }
     }
 }

@@ -5,7 +5,7 @@
 //! issues a smaller one afterwards, so a new leader's stamps follow its predecessor's entries even
 //! when its wall clock is behind.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 const LOGICAL_BITS: u32 = 16;
@@ -28,21 +28,94 @@ impl HlcStamp {
 
 /// Returns the next stamp after `last` given the wall clock `wall_ms`: pure, so it is unit-tested.
 pub fn next_stamp(last: HlcStamp, wall_ms: u64) -> HlcStamp {
-    let candidate = HlcStamp::from_parts(wall_ms, 0);
+    let candidate = HlcStamp::from_parts(wall_ms.min(PHYSICAL_MS_MAX), 0);
     if candidate > last {
         candidate
     } else {
-        HlcStamp(last.0 + 1)
+        // Saturates at the largest stamp: reachable only by a clock at the year 10889.
+        HlcStamp(last.0.saturating_add(1))
     }
 }
 
-/// A thread-safe hybrid logical clock over the system wall clock.
+/// The largest physical part a stamp can carry, in ms since the epoch (year 10889).
+const PHYSICAL_MS_MAX: u64 = (1 << (64 - LOGICAL_BITS)) - 1;
+
+/// The default bound on how far any node's clock may read ahead of another's, in ms.
+pub const MAX_OFFSET_MS_DEFAULT: u64 = 500;
+
+/// How much later than its sender's clock reading a peer message may arrive (queued in a busy
+/// node, a paused process) before a clock *behind* the receiver's is taken as off; in ms. A
+/// clock ahead gets no such allowance: delay only makes a message look older.
+pub const DELIVERY_ALLOWANCE_MS: u64 = 1_000;
+
+/// A peer's clock reading that is too far from this node's: see [`check_peer_clock`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ClockOffsetError {
+    #[error("the sender's clock reads {ahead_ms} ms ahead of this node's (max offset {max_offset_ms} ms)")]
+    Ahead { ahead_ms: u64, max_offset_ms: u64 },
+    #[error(
+        "the sender's clock reads {behind_ms} ms behind this node's (max offset {max_offset_ms} ms, \
+         plus {DELIVERY_ALLOWANCE_MS} ms for delivery)"
+    )]
+    Behind { behind_ms: u64, max_offset_ms: u64 },
+}
+
+/// Whether a message sent by a peer whose clock read `sender_wall_ms` may be taken by a node
+/// whose clock reads `local_wall_ms`. A peer ahead by more than `max_offset_ms` would drag this
+/// node's clock (and through the log, every replica's) forward for good; a peer far behind would
+/// freeze time while it leads. Either way the message is refused, and the node that is off is
+/// left alone until its clock comes back. `sender_wall_ms == 0` is a sender that does not say:
+/// accepted.
+pub fn check_peer_clock(sender_wall_ms: u64, local_wall_ms: u64, max_offset_ms: u64) -> Result<(), ClockOffsetError> {
+    if sender_wall_ms == 0 {
+        return Ok(());
+    }
+    let ahead_ms = sender_wall_ms.saturating_sub(local_wall_ms);
+    if ahead_ms > max_offset_ms {
+        return Err(ClockOffsetError::Ahead {
+            ahead_ms,
+            max_offset_ms,
+        });
+    }
+    let behind_ms = local_wall_ms.saturating_sub(sender_wall_ms);
+    if behind_ms > max_offset_ms.saturating_add(DELIVERY_ALLOWANCE_MS) {
+        return Err(ClockOffsetError::Behind {
+            behind_ms,
+            max_offset_ms,
+        });
+    }
+    Ok(())
+}
+
+/// What a clock counts for `/metrics`.
 #[derive(Debug, Default)]
+pub struct ClockStats {
+    /// Stamps observed further ahead than the max offset, and clamped.
+    pub clamped_observations: AtomicU64,
+    /// Peer messages refused because the sender's clock was too far off.
+    pub refused_peer_messages: AtomicU64,
+    /// Batches of another region refused because their stamps ran too far ahead.
+    pub refused_remote_batches: AtomicU64,
+}
+
+/// A thread-safe hybrid logical clock over the system wall clock, with a bound on how far ahead
+/// of the wall clock it lets anything move it: a stamp observed more than `max_offset_ms` ahead
+/// (from a node or region whose clock jumped) moves it only that far, so one clock that is off
+/// cannot drag this node's notion of now, and through it every TTL, lease and session.
+#[derive(Debug)]
 pub struct Hlc {
     last: AtomicU64,
-    /// Added to the wall clock: lets tests and `basalt dev` give one region a clock that is off
-    /// by seconds, as real regions' clocks can be.
-    skew_ms: i64,
+    /// Added to the wall clock: lets tests, `basalt dev` and the partition harness give a node
+    /// a clock that is off by seconds or hours, as real clocks can be; changeable at run time.
+    skew_ms: AtomicI64,
+    max_offset_ms: u64,
+    stats: ClockStats,
+}
+
+impl Default for Hlc {
+    fn default() -> Self {
+        Hlc::with_skew(0)
+    }
 }
 
 impl Hlc {
@@ -52,15 +125,50 @@ impl Hlc {
 
     /// A clock whose wall-clock reading is off by `skew_ms`.
     pub fn with_skew(skew_ms: i64) -> Self {
+        Hlc::with_skew_and_offset(skew_ms, MAX_OFFSET_MS_DEFAULT)
+    }
+
+    /// A clock off by `skew_ms` that lets observed stamps move it at most `max_offset_ms` ahead
+    /// of its wall-clock reading.
+    pub fn with_skew_and_offset(skew_ms: i64, max_offset_ms: u64) -> Self {
         Hlc {
             last: AtomicU64::new(0),
-            skew_ms,
+            skew_ms: AtomicI64::new(skew_ms),
+            max_offset_ms,
+            stats: ClockStats::default(),
         }
+    }
+
+    /// Changes the skew at run time (the partition harness's clock nemesis).
+    pub fn set_skew_ms(&self, skew_ms: i64) {
+        self.skew_ms.store(skew_ms, Ordering::Release);
+    }
+
+    pub fn skew_ms(&self) -> i64 {
+        self.skew_ms.load(Ordering::Acquire)
+    }
+
+    pub fn max_offset_ms(&self) -> u64 {
+        self.max_offset_ms
+    }
+
+    pub fn stats(&self) -> &ClockStats {
+        &self.stats
     }
 
     /// The wall clock as this clock reads it (skew included), in milliseconds.
     pub fn wall_ms(&self) -> u64 {
-        wall_clock_ms().saturating_add_signed(self.skew_ms)
+        wall_clock_ms()
+            .saturating_add_signed(self.skew_ms())
+            .min(PHYSICAL_MS_MAX)
+    }
+
+    /// The largest stamp this clock accepts now: `max_offset_ms` past its wall-clock reading.
+    pub fn ceiling(&self) -> HlcStamp {
+        HlcStamp::from_parts(
+            self.wall_ms().saturating_add(self.max_offset_ms).min(PHYSICAL_MS_MAX),
+            0,
+        )
     }
 
     /// Issues a stamp greater than every stamp issued or observed before.
@@ -79,9 +187,36 @@ impl Hlc {
         }
     }
 
-    /// Moves the clock forward past a stamp seen elsewhere (an applied entry).
-    pub fn observe(&self, stamp: HlcStamp) {
-        self.last.fetch_max(stamp.0, Ordering::AcqRel);
+    /// Moves the clock forward past a stamp seen elsewhere (an applied entry), but never past
+    /// [`Hlc::ceiling`]: a stamp beyond it is counted, logged and clamped. Returns whether it was.
+    /// Apply does not depend on this: it stamps every entry at or above the last applied one.
+    pub fn observe(&self, stamp: HlcStamp) -> bool {
+        let ceiling = self.ceiling();
+        let clamped = stamp > ceiling;
+        if clamped {
+            let before = self.stats.clamped_observations.fetch_add(1, Ordering::Relaxed);
+            // Every apply batch observes: say it at the first time and then ever more rarely.
+            if (before + 1).is_power_of_two() {
+                tracing::warn!(
+                    times = before + 1,
+                    stamp_ms = stamp.physical_ms(),
+                    wall_ms = self.wall_ms(),
+                    max_offset_ms = self.max_offset_ms,
+                    "a stamp ahead of this node's clock by more than the max offset: not followed"
+                );
+            }
+        }
+        self.last.fetch_max(stamp.min(ceiling).0, Ordering::AcqRel);
+        clamped
+    }
+
+    /// [`check_peer_clock`] against this clock, counting refusals.
+    pub fn check_peer(&self, sender_wall_ms: u64) -> Result<(), ClockOffsetError> {
+        let verdict = check_peer_clock(sender_wall_ms, self.wall_ms(), self.max_offset_ms);
+        if verdict.is_err() {
+            self.stats.refused_peer_messages.fetch_add(1, Ordering::Relaxed);
+        }
+        verdict
     }
 }
 
@@ -113,7 +248,7 @@ mod tests {
     #[test]
     fn observed_stamp_bounds_later_stamps() {
         let clock = Hlc::new();
-        let far_future = HlcStamp::from_parts(wall_clock_ms() + 60_000, 0);
+        let far_future = HlcStamp::from_parts(wall_clock_ms() + 200, 0);
         clock.observe(far_future);
         assert!(clock.now() > far_future);
     }
@@ -124,6 +259,63 @@ mod tests {
         let stamp = behind.now().physical_ms();
         let wall = wall_clock_ms();
         assert!(stamp + 4_000 < wall && stamp + 6_000 > wall, "{stamp} vs {wall}");
+    }
+
+    #[test]
+    fn an_observed_stamp_far_ahead_moves_the_clock_only_to_the_max_offset() {
+        let clock = Hlc::with_skew_and_offset(0, 500);
+        let two_hours_ahead = HlcStamp::from_parts(wall_clock_ms() + 7_200_000, 0);
+        assert!(clock.observe(two_hours_ahead));
+        let next = clock.now();
+        assert!(next < two_hours_ahead);
+        assert!(next.physical_ms() <= wall_clock_ms() + 500, "{next:?}");
+        assert_eq!(clock.stats().clamped_observations.load(Ordering::Relaxed), 1);
+        // Within the bound, it is followed.
+        let close = HlcStamp::from_parts(wall_clock_ms() + 200, 0);
+        assert!(!clock.observe(close));
+        assert!(clock.now() > close);
+    }
+
+    #[test]
+    fn the_largest_stamp_neither_overflows_nor_drags_the_clock() {
+        let clock = Hlc::new();
+        clock.observe(HlcStamp(u64::MAX));
+        let next = clock.now();
+        assert!(next.physical_ms() < wall_clock_ms() + 1_000);
+        assert_eq!(next_stamp(HlcStamp(u64::MAX), 0), HlcStamp(u64::MAX));
+        assert_eq!(next_stamp(HlcStamp(0), u64::MAX).physical_ms(), PHYSICAL_MS_MAX);
+    }
+
+    #[test]
+    fn a_peer_clock_too_far_ahead_or_behind_is_refused() {
+        assert_eq!(check_peer_clock(10_500, 10_000, 500), Ok(()));
+        assert_eq!(
+            check_peer_clock(10_501, 10_000, 500),
+            Err(ClockOffsetError::Ahead {
+                ahead_ms: 501,
+                max_offset_ms: 500
+            })
+        );
+        assert_eq!(check_peer_clock(10_000, 11_500, 500), Ok(()));
+        assert!(matches!(
+            check_peer_clock(10_000, 11_501, 500),
+            Err(ClockOffsetError::Behind { behind_ms: 1_501, .. })
+        ));
+        // A sender that does not say is taken.
+        assert_eq!(check_peer_clock(0, 11_501, 500), Ok(()));
+        let clock = Hlc::with_skew_and_offset(7_200_000, 500);
+        let honest = wall_clock_ms();
+        assert!(clock.check_peer(honest).is_err());
+        assert_eq!(clock.stats().refused_peer_messages.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn the_skew_changes_at_run_time() {
+        let clock = Hlc::new();
+        clock.set_skew_ms(3_600_000);
+        assert!(clock.wall_ms() >= wall_clock_ms() + 3_599_000);
+        clock.set_skew_ms(0);
+        assert!(clock.wall_ms() < wall_clock_ms() + 1_000);
     }
 
     #[test]

@@ -239,6 +239,30 @@ impl TestCluster {
         self.wait_applied(client, id, target).await;
     }
 
+    /// Sets node `id`'s clock skew at run time, in ms (the node must run with
+    /// `--allow-clock-control`).
+    pub fn set_clock_skew(&self, id: u64, skew_ms: i64) {
+        use std::io::{Read, Write};
+        let addr = &self.specs[&id].http;
+        let mut stream = std::net::TcpStream::connect(addr).expect("connect to the HTTP port");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("read timeout");
+        let body = skew_ms.to_string();
+        write!(
+            stream,
+            "PUT /debug/clock-skew HTTP/1.0\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .expect("send the skew");
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).expect("read the reply");
+        assert!(
+            reply.starts_with("HTTP/1.0 200") || reply.starts_with("HTTP/1.1 200"),
+            "{reply}"
+        );
+    }
+
     /// The value of counter or gauge `name` on node `id`'s `/metrics`.
     pub fn metric(&self, id: u64, name: &str) -> u64 {
         use std::io::{Read, Write};

@@ -333,11 +333,17 @@ fn a_region_with_a_clock_behind_still_overwrites_what_it_has_seen() {
         let regions = TestRegions::start(
             NODE,
             vec![
-                one_node("us"),
+                RegionSpec {
+                    name: "us",
+                    nodes: 1,
+                    extra_args: vec!["--max-clock-offset-ms=10000".into()],
+                },
                 RegionSpec {
                     name: "eu",
                     nodes: 1,
-                    extra_args: vec!["--clock-skew-ms=-5000".into()],
+                    // 5 s off is past the default max offset (500 ms): eu would refuse us's
+                    // batches as stamped in its future. This deployment allows 10 s.
+                    extra_args: vec!["--clock-skew-ms=-5000".into(), "--max-clock-offset-ms=10000".into()],
                 },
             ],
         )
@@ -815,5 +821,75 @@ fn a_client_connected_to_a_region_works_there_and_reaches_the_others() {
             eu.region_client("mars"),
             Err(ClientError::UnknownRegion { .. })
         ));
+    });
+}
+
+/// eu's clock runs two hours ahead (issue 15, part 3). Merging its batches would move us's clock
+/// two hours forward for good: every TTL key, lease and session in us would expire at once. us
+/// refuses them instead (eu's changes wait until the clocks agree again), and its own time goes on.
+#[test]
+fn a_region_whose_clock_runs_hours_ahead_is_held_back_not_followed() {
+    runtime().block_on(async {
+        let regions = TestRegions::start(
+            NODE,
+            vec![
+                one_node("us"),
+                RegionSpec {
+                    name: "eu",
+                    nodes: 1,
+                    extra_args: vec![format!("--clock-skew-ms={}", 2 * 3_600_000)],
+                },
+            ],
+        )
+        .await;
+        let us = regions.client("us").await;
+        let eu = regions.client("eu").await;
+        let minute = basalt_client::PutOptions {
+            ttl: Some(Duration::from_secs(60)),
+        };
+        us.kv().put_with("lives", "v", minute).await.expect("put");
+        // Due in a second: the sweep that removes it is applied at the region's applied time,
+        // and would remove "lives" too if that time had been dragged.
+        us.kv()
+            .put_with(
+                "short",
+                "v",
+                basalt_client::PutOptions {
+                    ttl: Some(Duration::from_secs(1)),
+                },
+            )
+            .await
+            .expect("put");
+        eu.kv().put("from-the-future", "v").await.expect("put in eu");
+        // eu ships within a second or two; past that, a sweep or two of us's expiry index.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert!(
+            us.kv().get("lives").await.expect("get").is_some(),
+            "a key with a minute to live expired in us: eu's clock dragged it"
+        );
+        assert_eq!(us.kv().get("from-the-future").await.expect("get"), None);
+        let us_cluster = &regions.regions[0].1;
+        assert!(
+            us_cluster.metric(1, "basalt_repl_clock_refusals_total") > 0,
+            "us never refused eu's batches\n{}",
+            us_cluster.logs()
+        );
+        // us's own writes are stamped by its own clock.
+        let written_at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_millis() as u64;
+        us.kv()
+            .put_with(
+                "fresh",
+                "v",
+                basalt_client::PutOptions {
+                    ttl: Some(Duration::from_secs(60)),
+                },
+            )
+            .await
+            .expect("put");
+        let expires_at = us.kv().get("fresh").await.expect("get").expect("present").expires_at_ms;
+        assert!(expires_at.expect("a TTL") <= written_at + 65_000);
     });
 }

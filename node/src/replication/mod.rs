@@ -122,6 +122,27 @@ impl Replication {
             .map_or((0, 0, 0, 0), |w| w.summary())
     }
 
+    /// The tombstone collection to propose now, if any: below the lowest frontier of the
+    /// configured remote regions and below what this region's feed has delivered to each of them
+    /// (as this node, leading, last heard their watermarks; nothing is collected until it has
+    /// heard every one). A region the feed was trimmed past keeps every tombstone in place until
+    /// its re-sync has carried them.
+    pub fn tombstone_gc_due(
+        &self,
+        store: &basalt_storage::state::rocks::RocksStore,
+        limit: u32,
+    ) -> Result<Option<basalt_storage::command::Op>, basalt_storage::state::StoreError> {
+        use basalt_storage::apply::replication::{delivered_below, tombstone_gc_due};
+        let remotes: Vec<RegionId> = self.config.remotes.iter().map(|r| r.id).collect();
+        let outgoing = self.outgoing();
+        let view = store.view();
+        let acknowledged = remotes
+            .iter()
+            .map(|id| outgoing.get(id).and_then(|link| link.acked_upto));
+        let delivered = delivered_below(&view, acknowledged)?;
+        tombstone_gc_due(&view, self.config.role(), &remotes, delivered, limit)
+    }
+
     pub fn region_name(&self, id: RegionId) -> String {
         if id == self.config.id {
             return self.config.name.clone();

@@ -4,6 +4,7 @@
 //! watermark past an earlier one and skip it.
 
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use basalt_replication::feed::decode;
@@ -52,9 +53,29 @@ fn not_leader() -> FeedAck {
 
 impl FeedReceiver {
     /// Merges one (possibly coalesced) batch; the answer for it.
-    async fn merge(&self, repl: &Replication, batch: ShipBatch) -> FeedAck {
+    async fn merge(&self, repl: &Replication, mut batch: ShipBatch) -> FeedAck {
         if !self.api.raft.is_leader() {
             return not_leader();
+        }
+        let clock = &self.api.clock;
+        if let Err(ahead) = batch.bound_to(clock.ceiling().0) {
+            // The source retries the batch after a pause, so it merges once this clock has
+            // caught up with its stamps: a region whose clock is off is held back, not followed.
+            let refused = clock.stats().refused_remote_batches.fetch_add(1, Ordering::Relaxed) + 1;
+            let ahead_ms = HlcStamp(ahead).physical_ms().saturating_sub(clock.wall_ms());
+            if refused.is_power_of_two() {
+                tracing::warn!(
+                    region = %repl.region_name(batch.source),
+                    ahead_ms,
+                    max_offset_ms = clock.max_offset_ms(),
+                    refused,
+                    "refusing a feed batch stamped ahead of this region's clock by more than the max offset"
+                );
+            }
+            return ack_error(format!(
+                "clock offset: an entry is stamped {ahead_ms} ms ahead of this region's clock (max offset {} ms)",
+                clock.max_offset_ms()
+            ));
         }
         if batch.entries.is_empty() && !batch.resync {
             // A heartbeat: the watermark is what is applied here, so no entry is needed, unless

@@ -14,8 +14,9 @@ use basalt_replication::feed::{encode, encoded_len};
 use basalt_replication::pb::region_feed_client::RegionFeedClient;
 use basalt_replication::pb::{FeedAck, FeedBatch};
 use basalt_replication::{FeedEntry, ShipBatch};
+use basalt_storage::apply::last_applied_stamp;
 use basalt_storage::apply::replication::{
-    feed_after, feed_trimmed_upto, resync_opening, resync_tables, state_as_effects,
+    feed_trimmed_upto, next_batch, resync_opening, resync_tables, resync_upto, state_as_effects,
 };
 use basalt_storage::command::{Command, Op};
 use basalt_storage::state::StoreError;
@@ -136,9 +137,7 @@ async fn session(
         .max_encoding_message_size(64 << 20);
     let source = repl.config.id;
     let (tx, rx) = mpsc::channel::<FeedBatch>(WINDOW + 1);
-    let _ = tx
-        .send(batch_message(&ShipBatch::heartbeat(source, api.clock.now().0)))
-        .await;
+    let _ = tx.send(batch_message(&heartbeat(api, source)?)).await;
     let mut acks = tokio::time::timeout(ACK_TIMEOUT, client.ship(ReceiverStream::new(rx)))
         .await
         .map_err(|_| ShipError::Silent {
@@ -180,15 +179,9 @@ async fn session(
             last_sent = Instant::now();
         }
         if unanswered < WINDOW {
-            let entries = read_batch(api, sent)?;
-            if let Some(last) = entries.last().map(|e| e.index) {
-                let batch = ShipBatch {
-                    source,
-                    entries,
-                    upto: last,
-                    frontier: api.clock.now().0,
-                    resync: false,
-                };
+            let batch = next_batch(&api.store.view(), source, sent, BATCH_ENTRIES, BATCH_BYTES)?;
+            if !batch.entries.is_empty() {
+                let last = batch.upto;
                 if tx.send(batch_message(&batch)).await.is_err() {
                     return Err(ShipError::Ended {
                         endpoint: endpoint.to_string(),
@@ -202,9 +195,7 @@ async fn session(
                 continue;
             }
             if last_sent.elapsed() >= HEARTBEAT && unanswered == 0 {
-                let _ = tx
-                    .send(batch_message(&ShipBatch::heartbeat(source, api.clock.now().0)))
-                    .await;
+                let _ = tx.send(batch_message(&heartbeat(api, source)?)).await;
                 unanswered += 1;
                 last_sent = Instant::now();
             }
@@ -229,20 +220,10 @@ async fn session(
     }
 }
 
-/// Feed entries after `after`, cut at [`BATCH_ENTRIES`] and [`BATCH_BYTES`] (at least one).
-fn read_batch(api: &Api, after: u64) -> Result<Vec<FeedEntry>, StoreError> {
-    let mut entries = feed_after(&api.store, after, BATCH_ENTRIES)?;
-    let mut bytes = 0u64;
-    let keep = entries
-        .iter()
-        .take_while(|e| {
-            bytes = bytes.saturating_add(encoded_len(*e));
-            bytes <= BATCH_BYTES
-        })
-        .count()
-        .max(1);
-    entries.truncate(keep);
-    Ok(entries)
+/// An empty batch: asks for the remote watermark and carries the frontier (the last applied
+/// stamp: see [`next_batch`] for why not this node's clock).
+fn heartbeat(api: &Api, source: basalt_replication::RegionId) -> Result<ShipBatch, StoreError> {
+    Ok(ShipBatch::heartbeat(source, last_applied_stamp(&api.store)?.0))
 }
 
 async fn next_ack(acks: &mut tonic::Streaming<FeedAck>, endpoint: &str, wait: Duration) -> Result<FeedAck, ShipError> {
@@ -297,12 +278,13 @@ async fn resync(
     let store = api.store.clone();
     let source = repl.config.id;
     let role = repl.config.role();
-    let frontier = api.clock.now().0;
     let tx = tx.clone();
     let sent = tokio::task::spawn_blocking(move || -> Result<Option<(u64, usize)>, StoreError> {
         let view = store.view();
+        // Every change after this view is stamped at or above its last applied stamp.
+        let frontier = last_applied_stamp(&view)?.0;
         // Everything up to the newest feed position in this view is in the state it reads.
-        let upto = feed_trimmed_upto(&view)?.max(newest_feed_position(&view)?);
+        let upto = resync_upto(&view)?;
         let mut chunk = resync_opening(role);
         let mut bytes = 0u64;
         let mut chunks = 0usize;
@@ -358,16 +340,33 @@ async fn resync(
     })
 }
 
-fn newest_feed_position<S: basalt_storage::state::StoreRead + ?Sized>(store: &S) -> Result<u64, StoreError> {
-    Ok(store
-        .scan_reverse(
-            basalt_storage::state::Table::ReplFeed,
-            &basalt_storage::state::KeyRange::all(),
-            1,
-        )?
-        .first()
-        .and_then(|(k, _)| k.as_slice().try_into().ok().map(u64::from_be_bytes))
-        .unwrap_or(0))
+/// How far the last applied stamp may fall behind this node's clock before the leader proposes
+/// an [`Op::ClockTick`].
+const CLOCK_TICK_AFTER: Duration = Duration::from_secs(1);
+
+/// Proposes a clock tick when nothing was applied for [`CLOCK_TICK_AFTER`]: the frontier shipped
+/// to other regions is the last applied stamp, so an idle region would otherwise hold every other
+/// region's tombstones forever.
+async fn tick_clock_when_idle(api: &Api) {
+    let last = match last_applied_stamp(&api.store) {
+        Ok(last) => last,
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the last applied stamp");
+            return;
+        }
+    };
+    if api.clock.wall_ms().saturating_sub(last.physical_ms()) < CLOCK_TICK_AFTER.as_millis() as u64 {
+        return;
+    }
+    let command = Command {
+        stamp: api.clock.now(),
+        session: None,
+        fence: None,
+        op: Op::ClockTick,
+    };
+    if let Err(e) = api.raft.client_write(command).await {
+        tracing::debug!(error = %e, "clock tick not proposed");
+    }
 }
 
 /// While leader, every second: forgets feed entries every remote region has acknowledged; past
@@ -386,6 +385,7 @@ pub(super) async fn trimmer(repl: std::sync::Arc<Replication>, api: Api, stop: t
             continue;
         }
         let leader_since = *super::locked(&repl.leader_since).get_or_insert_with(Instant::now);
+        tick_clock_when_idle(&api).await;
         let applied = *api.applied.borrow();
         let retain = repl.config.feed_retain_entries;
         let links = repl.outgoing();

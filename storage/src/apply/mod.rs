@@ -188,6 +188,17 @@ impl<S: StoreRead> StoreRead for View<'_, S> {
 
 const LAST_STAMP_KEY: &[u8] = b"last_stamp";
 
+/// The stamp of the last entry applied in `store`. Apply stamps every later entry at or above it
+/// (`max(proposed stamp, last applied)`), whatever clock proposed that entry: so it is a bound
+/// that entries proposed but not yet applied respect too, which no node's clock reading is.
+pub fn last_applied_stamp<S: StoreRead + ?Sized>(store: &S) -> Result<HlcStamp, StoreError> {
+    Ok(store
+        .get(Table::Meta, LAST_STAMP_KEY)?
+        .and_then(|b| b.try_into().ok().map(u64::from_le_bytes))
+        .map(HlcStamp)
+        .unwrap_or_default())
+}
+
 /// This region among regions: its id, and whether it replicates with other regions (then deletes
 /// leave tombstones and replicated writes go into the change feed). Every replica of a region
 /// is configured alike, so apply stays deterministic.
@@ -234,11 +245,7 @@ pub struct Applier {
 impl Applier {
     /// Loads the last applied stamp from the store.
     pub fn load<S: StoreRead>(store: &S, region: RegionRole) -> Result<Applier, StoreError> {
-        let last_stamp = store
-            .get(Table::Meta, LAST_STAMP_KEY)?
-            .and_then(|b| b.try_into().ok().map(u64::from_le_bytes))
-            .map(HlcStamp)
-            .unwrap_or_default();
+        let last_stamp = last_applied_stamp(store)?;
         Ok(Applier { last_stamp, region })
     }
 
@@ -418,6 +425,7 @@ fn apply_op<S: StoreRead>(view: &mut View<'_, S>, ctx: OpContext, op: &Op) -> Re
         Op::ReplApply { batch } => replication::apply_remote(view, index, now_ms, ctx.region, batch)?,
         Op::ReplTrim { upto, limit } => replication::trim(view, *upto, *limit)?,
         Op::KvTombstoneGc { below, limit } => replication::collect_tombstones(view, *below, *limit)?,
+        Op::ClockTick => Response::None,
         Op::KvCompact { below, limit } => kv::compact(view, *below, *limit)?,
         Op::QueueConfigure { queue, config } => queue::configure(view, queue, config)?,
         Op::QueueEnqueue { queue, messages } => queue::enqueue(view, index, now_ms, queue, messages)?,
@@ -627,7 +635,8 @@ pub fn validate_op(op: &Op) -> Result<(), OpError> {
         | Op::StreamRetention { .. }
         | Op::GroupSweep { .. }
         | Op::ReplTrim { .. }
-        | Op::KvTombstoneGc { .. } => Ok(()),
+        | Op::KvTombstoneGc { .. }
+        | Op::ClockTick => Ok(()),
         Op::ReplApply { batch } => {
             if batch.entries.len() > BATCH_ITEMS_MAX {
                 return Err(OpError::BatchTooLarge {

@@ -348,35 +348,82 @@ pub fn homed_copy_complete<S: StoreRead + ?Sized>(store: &S) -> Result<bool, Sto
     Ok(store.get(Table::Meta, ROWS_INCOMPLETE_KEY)?.is_none())
 }
 
-/// The stamp below which this region may forget tombstones: the lowest frontier over every other
-/// region (`None` until each of them has shipped at least once). Every write still to come from a
-/// region is stamped above its frontier, and this region's own writes above what it has seen, so
-/// no write a tombstone below the horizon would have to beat can still arrive.
-pub fn tombstone_horizon<S: StoreRead + ?Sized>(store: &S, region: RegionRole) -> Result<Option<u64>, StoreError> {
-    if !region.replicated || region.remotes == 0 {
+/// The stamp below which this region may forget tombstones, as far as writes still to come from
+/// other regions go: the lowest frontier over the configured `remotes` (`None` until each of them
+/// has shipped at least once; a source row of a region that is not in `remotes`, left over from an
+/// earlier topology, counts for nothing). Every write still to come from a region is stamped at or
+/// above its frontier, and this region's own writes above what it has seen, so no write a
+/// tombstone below the horizon would have to beat can still arrive.
+pub fn tombstone_horizon<S: StoreRead + ?Sized>(
+    store: &S,
+    region: RegionRole,
+    remotes: &[RegionId],
+) -> Result<Option<u64>, StoreError> {
+    if !region.replicated || remotes.is_empty() {
         return Ok(None);
     }
     let sources = source_states(store)?;
-    let heard: Vec<u64> = sources
-        .iter()
-        .filter(|(id, s)| *id != region.id && s.frontier > 0)
-        .map(|(_, s)| s.frontier)
-        .collect();
-    if heard.len() < usize::from(region.remotes) {
-        return Ok(None);
+    let mut horizon = u64::MAX;
+    for remote in remotes.iter().filter(|r| **r != region.id) {
+        match sources.iter().find(|(id, _)| id == remote) {
+            Some((_, state)) if state.frontier > 0 => horizon = horizon.min(state.frontier),
+            _ => return Ok(None),
+        }
     }
-    Ok(heard.into_iter().min())
+    Ok((horizon != u64::MAX).then_some(horizon))
 }
 
-/// The collection to propose now, if a tombstone lies below the horizon.
+/// The stamp below which every change of this region's own feed has reached every other region,
+/// given each remote region's acknowledged watermark for this region's feed (`None`: not known,
+/// as after a leader change). A tombstone this region wrote must live until every region has it:
+/// a region the feed was trimmed past is re-synced from live records and surviving tombstones,
+/// and a delete whose tombstone is gone would never reach it. `None` while any watermark is
+/// unknown.
+///
+/// Feed entries are stamped in position order, so every entry at or below the lowest watermark
+/// is stamped below the first entry after it; when that entry was trimmed (the slowest region
+/// fell behind the feed's retention and waits for a re-sync), nothing is known to be delivered
+/// and the bound is 0.
+pub fn delivered_below<S: StoreRead + ?Sized>(
+    store: &S,
+    acknowledged: impl IntoIterator<Item = Option<u64>>,
+) -> Result<Option<u64>, StoreError> {
+    let mut lowest = u64::MAX;
+    for ack in acknowledged {
+        match ack {
+            None => return Ok(None),
+            Some(ack) => lowest = lowest.min(ack),
+        }
+    }
+    // Read before the feed: an entry applied after this read is stamped at or above it.
+    let last_applied = super::last_applied_stamp(store)?.0;
+    if lowest == u64::MAX {
+        return Ok(Some(last_applied));
+    }
+    if lowest < feed_trimmed_upto(store)? {
+        return Ok(Some(0));
+    }
+    Ok(Some(
+        feed_after(store, lowest, 1)?
+            .first()
+            .map_or(last_applied, |undelivered| undelivered.stamp),
+    ))
+}
+
+/// The collection to propose now, if a tombstone lies below both the horizon of `remotes`
+/// ([`tombstone_horizon`]) and the bound of what this region's feed has delivered to them
+/// ([`delivered_below`]; `None` collects nothing).
 pub fn tombstone_gc_due<S: StoreRead + ?Sized>(
     store: &S,
     region: RegionRole,
+    remotes: &[RegionId],
+    delivered_below: Option<u64>,
     limit: u32,
 ) -> Result<Option<Op>, StoreError> {
-    let Some(below) = tombstone_horizon(store, region)? else {
+    let (Some(horizon), Some(delivered)) = (tombstone_horizon(store, region, remotes)?, delivered_below) else {
         return Ok(None);
     };
+    let below = horizon.min(delivered);
     let first = store.scan(Table::KvTombstoneByStamp, &KeyRange::all(), 1)?;
     let oldest = first
         .first()
@@ -468,12 +515,69 @@ pub fn feed_after<S: StoreRead + ?Sized>(store: &S, after: u64, limit: usize) ->
         .collect()
 }
 
+/// The next batch of this region's feed to ship after position `after`: at most `max_entries`
+/// entries and `max_bytes` of them (at least one entry whenever the feed has one), or an empty
+/// heartbeat batch (which moves no watermark). `store` must be one consistent view.
+///
+/// The batch's frontier promises that every feed entry after the batch is stamped at or above it,
+/// entries not yet applied included; the receiver collects tombstones on the strength of it. It
+/// is the last applied stamp as of this read, or, when the batch stops before the end of the
+/// feed, the stamp of the first entry left out (entries are stamped in position order). The
+/// proposing node's clock is no such bound: an entry proposed before the clock was read and
+/// applied after it carries the earlier stamp, and a new leader's clock may be behind.
+pub fn next_batch<S: StoreRead + ?Sized>(
+    store: &S,
+    source: RegionId,
+    after: u64,
+    max_entries: usize,
+    max_bytes: u64,
+) -> Result<ShipBatch, StoreError> {
+    // Read before the feed, so an entry applied between the two reads is in the batch or after it.
+    let last_applied = super::last_applied_stamp(store)?.0;
+    let mut entries = feed_after(store, after, max_entries.max(1).saturating_add(1))?;
+    let mut bytes = 0u64;
+    let keep = entries
+        .iter()
+        .take(max_entries.max(1))
+        .take_while(|e| {
+            bytes = bytes.saturating_add(basalt_replication::feed::encoded_len(*e));
+            bytes <= max_bytes
+        })
+        .count()
+        .max(1)
+        .min(entries.len());
+    let frontier = entries.get(keep).map_or(last_applied, |left_out| left_out.stamp);
+    entries.truncate(keep);
+    let Some(upto) = entries.last().map(|e| e.index) else {
+        return Ok(ShipBatch::heartbeat(source, frontier));
+    };
+    Ok(ShipBatch {
+        source,
+        upto,
+        entries,
+        frontier,
+        resync: false,
+    })
+}
+
 /// The position of the oldest entry still in the feed, if any.
 pub fn feed_first<S: StoreRead + ?Sized>(store: &S) -> Result<Option<u64>, StoreError> {
     Ok(store
         .scan(Table::ReplFeed, &KeyRange::all(), 1)?
         .first()
         .and_then(|(k, _)| k.as_slice().try_into().ok().map(u64::from_be_bytes)))
+}
+
+/// The feed position a full re-sync read from `store` (one consistent view) brings a region to:
+/// every change up to the newest feed entry in the view is in the state it reads, and so is
+/// every change the feed has already forgotten.
+pub fn resync_upto<S: StoreRead + ?Sized>(store: &S) -> Result<u64, StoreError> {
+    let newest = store
+        .scan_reverse(Table::ReplFeed, &KeyRange::all(), 1)?
+        .first()
+        .and_then(|(k, _)| k.as_slice().try_into().ok().map(u64::from_be_bytes))
+        .unwrap_or(0);
+    Ok(feed_trimmed_upto(store)?.max(newest))
 }
 
 /// A stored key and the effects that rebuild it elsewhere.

@@ -4,6 +4,7 @@
 use basalt_replication::{ShipBatch, Version};
 use proptest::prelude::*;
 
+use super::last_applied_stamp;
 use super::replication::{digest, feed_after, feed_first, source_state};
 use super::tests::{cmd, counted, incr_op, put, Harness};
 use super::*;
@@ -35,16 +36,63 @@ fn counter_value(h: &Harness, key: &str) -> i64 {
         .unwrap_or(0)
 }
 
-/// `from`'s feed after `after`, as one batch.
+/// `from`'s feed after `after`, as one batch, as the shipper reads it.
 pub(super) fn batch(from: &Harness, source: u16, after: u64) -> ShipBatch {
-    let entries = feed_after(&from.store, after, usize::MAX).expect("feed");
+    replication::next_batch(&from.store, source, after, usize::MAX, u64::MAX).expect("feed")
+}
+
+/// What the shipper sends a region `from`'s feed was trimmed past: the whole replicated state, as
+/// one re-sync batch.
+pub(super) fn resync_batch(from: &Harness, source: u16) -> ShipBatch {
+    let role = from.applier.region();
+    let mut effects = replication::resync_opening(role);
+    for table in replication::resync_tables(role) {
+        for (_, key_effects) in replication::state_as_effects(&from.store, table, None, usize::MAX).expect("state") {
+            effects.extend(key_effects);
+        }
+    }
+    let upto = replication::resync_upto(&from.store).expect("upto");
+    let frontier = last_applied_stamp(&from.store).expect("stamp").0;
     ShipBatch {
         source,
-        upto: entries.last().map_or(after, |e| e.index),
-        entries,
-        frontier: from.last_stamp().0,
-        resync: false,
+        entries: vec![basalt_replication::FeedEntry {
+            index: upto,
+            stamp: frontier,
+            effects,
+        }],
+        upto,
+        frontier,
+        resync: true,
     }
+}
+
+/// Ships `from`'s feed to `to` as the shipper would: from the feed when it still holds what `to`
+/// is missing, by a full re-sync when it was trimmed past that.
+pub(super) fn ship_or_resync(from: &Harness, source: u16, to: &mut Harness, at_ms: u64) -> Response {
+    let after = source_state(&to.store, source).expect("state").applied_upto;
+    let batch = if after < replication::feed_trimmed_upto(&from.store).expect("trimmed") {
+        resync_batch(from, source)
+    } else {
+        batch(from, source, after)
+    };
+    to.apply(cmd(at_ms, Op::ReplApply { batch }))
+}
+
+/// The tombstone collection region `at` (0-based in `regions`) would propose: its leader knows
+/// each other region's watermark of its feed, which the harness reads from their stores.
+pub(super) fn gc_due(regions: &[Harness], at: usize) -> Option<Op> {
+    let own = at as u16 + 1;
+    let remotes: Vec<u16> = (1..=regions.len() as u16).filter(|r| *r != own).collect();
+    let acknowledged = remotes.iter().map(|r| {
+        Some(
+            source_state(&regions[usize::from(*r) - 1].store, own)
+                .expect("state")
+                .applied_upto,
+        )
+    });
+    let delivered = replication::delivered_below(&regions[at].store, acknowledged).expect("delivered");
+    let role = regions[at].applier.region();
+    replication::tombstone_gc_due(&regions[at].store, role, &remotes, delivered, 100).expect("due")
 }
 
 /// Ships everything `from` has that `to` has not merged yet; returns the response.
@@ -322,20 +370,31 @@ fn tombstones_are_collected_once_every_other_region_has_shipped_past_them() {
     us.apply(cmd(110, delete("k")));
     let tomb = kv::tombstone(&us.store, b"k").expect("get").expect("tombstone");
     let role = us.applier.region();
-    assert_eq!(replication::tombstone_horizon(&us.store, role).expect("horizon"), None);
+    // Delivery of us's own feed is taken as done here; the tests below cover it.
+    let all_delivered = Some(u64::MAX);
+    assert_eq!(
+        replication::tombstone_horizon(&us.store, role, &[2, 3]).expect("horizon"),
+        None
+    );
     // eu has shipped, ap not yet: nothing may be collected.
     eu.apply(cmd(200, incr_op("c", 1)));
     ship(&eu, 2, &mut us, 210);
-    assert_eq!(replication::tombstone_gc_due(&us.store, role, 100).expect("due"), None);
+    assert_eq!(
+        replication::tombstone_gc_due(&us.store, role, &[2, 3], all_delivered, 100).expect("due"),
+        None
+    );
     // An ap batch cut before the delete does not allow it either.
     ap.apply(cmd(105, incr_op("c", 1)));
     ship(&ap, 3, &mut us, 211);
-    assert!(replication::tombstone_horizon(&us.store, role).expect("horizon") <= Some(tomb.stamp));
-    assert_eq!(replication::tombstone_gc_due(&us.store, role, 100).expect("due"), None);
+    assert!(replication::tombstone_horizon(&us.store, role, &[2, 3]).expect("horizon") <= Some(tomb.stamp));
+    assert_eq!(
+        replication::tombstone_gc_due(&us.store, role, &[2, 3], all_delivered, 100).expect("due"),
+        None
+    );
     // Once ap's frontier is past the tombstone, it goes.
     ap.apply(cmd(300, incr_op("c", 1)));
     ship(&ap, 3, &mut us, 310);
-    let gc = replication::tombstone_gc_due(&us.store, role, 100)
+    let gc = replication::tombstone_gc_due(&us.store, role, &[2, 3], all_delivered, 100)
         .expect("due")
         .expect("collectable");
     assert_eq!(us.apply(cmd(320, gc)), Response::Swept { removed: 1 });
@@ -351,14 +410,222 @@ fn tombstones_are_collected_once_every_other_region_has_shipped_past_them() {
     assert_eq!(value(&us, "k"), Some(b"new".to_vec()));
 }
 
+#[test]
+fn a_source_row_of_a_region_not_configured_does_not_count_toward_the_horizon() {
+    let mut us = region(1);
+    let mut stale = region(9);
+    us.apply(cmd(100, put("k", "v")));
+    us.apply(cmd(110, delete("k")));
+    // A region that was once configured (id 9) shipped past the tombstone; ap (3), a configured
+    // remote, never shipped at all.
+    let mut eu = region(2);
+    eu.apply(cmd(300, incr_op("c", 1)));
+    ship(&eu, 2, &mut us, 310);
+    stale.apply(cmd(300, incr_op("c", 1)));
+    ship(&stale, 9, &mut us, 311);
+    let role = us.applier.region();
+    assert_eq!(
+        replication::tombstone_horizon(&us.store, role, &[2, 3]).expect("horizon"),
+        None
+    );
+    assert_eq!(
+        replication::tombstone_gc_due(&us.store, role, &[2, 3], Some(u64::MAX), 100).expect("due"),
+        None
+    );
+}
+
+/// Issue 15, part 1: the frontier a region ships must bound the stamps of writes it has not
+/// applied yet. us proposes a put stamped before eu's delete, and ships a frontier before the put
+/// applies; if that frontier were us's clock reading (after the delete), ap would collect the
+/// tombstone, then store the late put that every other region deletes.
+#[test]
+fn a_shipped_frontier_bounds_writes_proposed_but_not_yet_applied() {
+    let mut regions: Vec<Harness> = (1..=3).map(region).collect();
+    let (us, eu, ap) = (0, 1, 2);
+    regions[us].apply(cmd(100, put("k", "v")));
+    for to in [eu, ap] {
+        let (src, dst) = pick(&mut regions, us, to);
+        ship(src, 1, dst, 101);
+    }
+    regions[eu].apply(cmd(200, delete("k")));
+    let deleted_at = kv::tombstone(&regions[eu].store, b"k")
+        .expect("get")
+        .expect("tombstone");
+    regions[eu].apply(cmd(300, incr_op("c", 1)));
+    let (src, dst) = pick(&mut regions, eu, ap);
+    ship(src, 2, dst, 301);
+    // us has a put stamped 150 on its way through Raft (proposed, not applied) when its shipper
+    // reads the feed: the frontier it ships must not pass 150.
+    let late_put = cmd(150, put("k", "late"));
+    let heartbeat = replication::next_batch(&regions[us].store, 1, 1, 512, 1 << 20).expect("batch");
+    assert!(heartbeat.entries.is_empty());
+    assert!(
+        heartbeat.frontier <= late_put.stamp.0,
+        "frontier {} runs ahead of a write still to apply at {}",
+        heartbeat.frontier,
+        late_put.stamp.0
+    );
+    regions[ap].apply(cmd(302, Op::ReplApply { batch: heartbeat }));
+    // ap may not collect eu's tombstone: us's frontier is below it.
+    if let Some(op) = gc_due(&regions, ap) {
+        let below = match op {
+            Op::KvTombstoneGc { below, .. } => below,
+            ref other => panic!("unexpected {other:?}"),
+        };
+        assert!(
+            below <= deleted_at.stamp,
+            "ap collects below {below}, past the tombstone at {}",
+            deleted_at.stamp
+        );
+        regions[ap].apply(cmd(303, op));
+    }
+    assert!(kv::tombstone(&regions[ap].store, b"k").expect("get").is_some());
+    // The put applies at us, and every region ships everything to every other.
+    regions[us].apply(late_put);
+    for round in 0..2u64 {
+        for from in 0..3 {
+            for to in 0..3 {
+                if from != to {
+                    let (src, dst) = pick(&mut regions, from, to);
+                    ship(src, from as u16 + 1, dst, 400 + round);
+                }
+            }
+        }
+    }
+    for r in &regions {
+        assert_eq!(value(r, "k"), None, "k came back in region {}", r.applier.region().id);
+    }
+    assert_eq!(
+        digest(&regions[us].store).expect("d"),
+        digest(&regions[ap].store).expect("d")
+    );
+}
+
+/// Issue 15, part 2: a region the feed was trimmed past (a one-way cut) is re-synced from live
+/// records and surviving tombstones, so a tombstone of ours must live until every region has it,
+/// however far every region's frontier has moved.
+#[test]
+fn a_delete_reaches_a_region_that_is_re_synced_after_the_feed_was_trimmed_past_it() {
+    let mut regions: Vec<Harness> = (1..=3).map(region).collect();
+    let (us, eu, ap) = (0, 1, 2);
+    regions[us].apply(cmd(100, put("k", "v")));
+    for to in [eu, ap] {
+        let (src, dst) = pick(&mut regions, us, to);
+        ship(src, 1, dst, 101);
+    }
+    // us deletes k; the link us -> ap is cut, so only eu hears of it.
+    regions[us].apply(cmd(200, delete("k")));
+    let (src, dst) = pick(&mut regions, us, eu);
+    ship(src, 1, dst, 201);
+    // eu and ap keep writing and shipping to us: their frontiers pass the tombstone.
+    for (at, from) in [(300, eu), (301, ap)] {
+        regions[from].apply(cmd(at, incr_op("c", 1)));
+        let (src, dst) = pick(&mut regions, from, us);
+        ship(src, from as u16 + 1, dst, at + 10);
+    }
+    // The tombstone stays: ap has not received it.
+    assert_eq!(gc_due(&regions, us), None);
+    // The feed is trimmed past ap (it fell behind the retention): ap will be re-synced. The
+    // tombstone still stays, since ap's watermark is below what was trimmed.
+    let newest = replication::resync_upto(&regions[us].store).expect("newest");
+    regions[us].apply(cmd(
+        400,
+        Op::ReplTrim {
+            upto: newest,
+            limit: 100,
+        },
+    ));
+    assert_eq!(gc_due(&regions, us), None);
+    assert!(kv::tombstone(&regions[us].store, b"k").expect("get").is_some());
+    // The cut heals: ap is re-synced, and the delete reaches it.
+    let (src, dst) = pick(&mut regions, us, ap);
+    ship_or_resync(src, 1, dst, 410);
+    assert_eq!(value(&regions[ap], "k"), None);
+    // Now every region has the tombstone, and it may go.
+    let gc = gc_due(&regions, us).expect("collectable once ap has it");
+    assert_eq!(regions[us].apply(cmd(420, gc)), Response::Swept { removed: 1 });
+    for r in &regions {
+        assert_eq!(value(r, "k"), None);
+    }
+    assert_eq!(
+        digest(&regions[us].store).expect("d"),
+        digest(&regions[ap].store).expect("d")
+    );
+}
+
+#[test]
+fn nothing_is_delivered_while_a_watermark_is_unknown() {
+    let mut us = region(1);
+    us.apply(cmd(100, put("k", "v")));
+    assert_eq!(
+        replication::delivered_below(&us.store, [Some(1), None]).expect("d"),
+        None
+    );
+    // Everything acknowledged: the bound is the last applied stamp.
+    assert_eq!(
+        replication::delivered_below(&us.store, [Some(1), Some(1)]).expect("d"),
+        Some(us.last_stamp().0)
+    );
+    // The first undelivered entry bounds it.
+    us.apply(cmd(200, delete("k")));
+    assert_eq!(
+        replication::delivered_below(&us.store, [Some(2), Some(1)]).expect("d"),
+        Some(HlcStamp::from_parts(200, 0).0)
+    );
+}
+
+#[test]
+fn a_batch_cut_short_promises_only_the_stamp_of_the_first_entry_left_out() {
+    let mut us = region(1);
+    for (i, at) in [100, 200, 300].into_iter().enumerate() {
+        us.apply(cmd(at, incr_op(format!("c{i}"), 1)));
+    }
+    let cut = replication::next_batch(&us.store, 1, 0, 1, u64::MAX).expect("batch");
+    assert_eq!(cut.entries.len(), 1);
+    assert_eq!(cut.upto, 1);
+    assert_eq!(cut.frontier, HlcStamp::from_parts(200, 0).0);
+    let whole = replication::next_batch(&us.store, 1, 0, 10, u64::MAX).expect("batch");
+    assert_eq!(whole.upto, 3);
+    assert_eq!(whole.frontier, us.last_stamp().0);
+    // A byte limit cuts too, but never below one entry.
+    let tiny = replication::next_batch(&us.store, 1, 0, 10, 1).expect("batch");
+    assert_eq!(tiny.entries.len(), 1);
+    assert_eq!(tiny.frontier, HlcStamp::from_parts(200, 0).0);
+}
+
 #[derive(Clone, Debug)]
 enum Action {
-    Put { region: usize, key: u8, value: u8 },
-    Delete { region: usize, key: u8 },
-    Incr { region: usize, key: u8, delta: i8 },
-    Ship { from: usize, to: usize, duplicate: bool },
-    Tick { region: usize, ms: u8 },
-    CollectTombstones { region: usize },
+    Put {
+        region: usize,
+        key: u8,
+        value: u8,
+    },
+    Delete {
+        region: usize,
+        key: u8,
+    },
+    Incr {
+        region: usize,
+        key: u8,
+        delta: i8,
+    },
+    Ship {
+        from: usize,
+        to: usize,
+        duplicate: bool,
+    },
+    Tick {
+        region: usize,
+        ms: u8,
+    },
+    CollectTombstones {
+        region: usize,
+    },
+    /// The region forgets its whole feed, as when other regions fall behind its retention: they
+    /// are re-synced from then on.
+    TrimFeed {
+        region: usize,
+    },
 }
 
 fn action() -> impl Strategy<Value = Action> {
@@ -369,12 +636,13 @@ fn action() -> impl Strategy<Value = Action> {
         (0usize..3, 0usize..3, any::<bool>()).prop_map(|(from, to, duplicate)| Action::Ship { from, to, duplicate }),
         (0usize..3, 0u8..50).prop_map(|(region, ms)| Action::Tick { region, ms }),
         (0usize..3).prop_map(|region| Action::CollectTombstones { region }),
+        (0usize..3).prop_map(|region| Action::TrimFeed { region }),
     ]
 }
 
 proptest! {
-    /// Whatever the writes, clocks and shipping order (with batches shipped again), and whenever
-    /// tombstones are collected, once every region has shipped everything to every other, all
+    /// Whatever the writes, clocks and shipping order (with batches shipped again), whenever
+    /// tombstones are collected and feeds trimmed (re-syncing the regions behind), once every region has shipped everything to every other, all
     /// regions hold the same data, and every counter is the sum of every increment made anywhere.
     #[test]
     fn regions_converge_whatever_the_order(actions in proptest::collection::vec(action(), 1..60)) {
@@ -400,16 +668,24 @@ proptest! {
                     clocks[to] += 1;
                     let (src, dst) = pick(&mut regions, from, to);
                     let after = if duplicate { 0 } else { source_state(&dst.store, from as u16 + 1).expect("s").applied_upto };
-                    dst.apply(cmd(clocks[to], Op::ReplApply { batch: batch(src, from as u16 + 1, after) }));
+                    if after < replication::feed_trimmed_upto(&src.store).expect("trimmed") {
+                        ship_or_resync(src, from as u16 + 1, dst, clocks[to]);
+                    } else {
+                        dst.apply(cmd(clocks[to], Op::ReplApply { batch: batch(src, from as u16 + 1, after) }));
+                    }
                 }
                 Action::Ship { .. } => {}
                 Action::Tick { region, ms } => clocks[region] += u64::from(ms),
                 Action::CollectTombstones { region } => {
-                    let role = regions[region].applier.region();
-                    if let Some(op) = replication::tombstone_gc_due(&regions[region].store, role, 100).expect("due") {
+                    if let Some(op) = gc_due(&regions, region) {
                         clocks[region] += 1;
                         regions[region].apply(cmd(clocks[region], op));
                     }
+                }
+                Action::TrimFeed { region } => {
+                    clocks[region] += 1;
+                    let upto = replication::resync_upto(&regions[region].store).expect("newest");
+                    regions[region].apply(cmd(clocks[region], Op::ReplTrim { upto, limit: u32::MAX }));
                 }
             }
         }
@@ -419,7 +695,7 @@ proptest! {
                     if from != to {
                         *clock += 1;
                         let (src, dst) = pick(&mut regions, from, to);
-                        ship(src, from as u16 + 1, dst, *clock);
+                        ship_or_resync(src, from as u16 + 1, dst, *clock);
                     }
                 }
             }

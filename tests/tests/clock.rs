@@ -1,0 +1,93 @@
+//! Clock safety on real node processes: a node whose wall clock jumps cannot drag the cluster's
+//! notion of time (issue 15, part 3).
+
+use std::time::{Duration, Instant};
+
+use basalt_client::PutOptions;
+use basalt_tests::{runtime, ClusterOptions, TestCluster};
+
+const NODE: &str = env!("CARGO_BIN_EXE_basalt-test-node");
+
+const TWO_HOURS_MS: i64 = 2 * 3_600_000;
+
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as u64
+}
+
+/// The leader's clock jumps two hours ahead (an NTP step). Without the max-offset rule it keeps
+/// leading and stamps every entry two hours ahead: every TTL key, lease and idle session expires
+/// at once, and every replica's clock follows for good. With it, the followers refuse its
+/// messages, elect a leader among themselves, and time goes on as it was.
+#[test]
+fn a_leader_whose_clock_jumps_two_hours_ahead_cannot_drag_the_cluster() {
+    runtime().block_on(async {
+        let cluster = TestCluster::start(
+            NODE,
+            ClusterOptions {
+                extra_args: vec!["--allow-clock-control".into()],
+                ..Default::default()
+            },
+        );
+        let client = cluster.client().await;
+        let skewed = cluster.leader(&client).await;
+        let minute = PutOptions {
+            ttl: Some(Duration::from_secs(60)),
+        };
+        client.kv().put_with("lives", "v", minute.clone()).await.expect("put");
+
+        cluster.set_clock_skew(skewed, TWO_HOURS_MS);
+
+        // Another node leads (within 10 s; checked after the writes, so that a cluster that
+        // keeps the jumped leader shows what that does to time).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut new_leader = None;
+        while new_leader.is_none() && Instant::now() < deadline {
+            for id in (1..=3).filter(|id| *id != skewed) {
+                if let Ok(status) = client.node_status(&cluster.addr(id)).await {
+                    if status.state == "Leader" {
+                        new_leader = Some(id);
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let written_at = wall_ms();
+        client
+            .kv()
+            .put_with("fresh", "v", minute.clone())
+            .await
+            .unwrap_or_else(|e| panic!("a put after the jump: {e}\n{}", cluster.logs()));
+        let fresh = client.kv().get("fresh").await.expect("get").expect("fresh is there");
+        let expires_at = fresh.expires_at_ms.expect("a TTL");
+        assert!(
+            expires_at <= written_at + 60_000 + 5_000,
+            "stamped {} ms ahead: the jumped clock leads",
+            expires_at.saturating_sub(written_at + 60_000)
+        );
+        assert!(
+            client.kv().get("lives").await.expect("get").is_some(),
+            "a key with a minute to live expired: the cluster's time was dragged forward"
+        );
+        let new_leader = new_leader.unwrap_or_else(|| panic!("no other leader within 10 s\n{}", cluster.logs()));
+        let refusals: u64 = (1..=3)
+            .filter(|id| *id != skewed)
+            .map(|id| cluster.metric(id, "basalt_raft_clock_refusals_total"))
+            .sum();
+        assert!(refusals > 0, "no follower refused the skewed node");
+        let follower = (1..=3)
+            .find(|id| *id != skewed && *id != new_leader)
+            .expect("a third node");
+        assert!(
+            cluster.metric(follower, "basalt_clock_clamped_stamps_total") == 0,
+            "an honest follower saw stamps from the future"
+        );
+
+        // Once its clock is back, the node rejoins and catches up.
+        cluster.set_clock_skew(skewed, 0);
+        client.kv().put("after", "v").await.expect("put");
+        cluster.wait_caught_up(&client, skewed).await;
+    });
+}
