@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
 
-use crate::error::{classify, Attempt, ClientError};
+use crate::error::{classify, Attempt, ClientError, ErrorCode};
 use crate::pb;
 use crate::pb::cluster_client::ClusterClient;
 
@@ -31,6 +31,9 @@ pub struct ClientOptions {
     pub coalesce_writes: bool,
     /// With coalescing: how many batches may be on their way at once.
     pub write_batches_in_flight: usize,
+    /// The cluster's max clock offset (`--max-clock-offset-ms`): a lease grant's
+    /// [`crate::LeaseGrant::deadline`] keeps twice this much margin.
+    pub max_clock_offset: Duration,
 }
 
 impl Default for ClientOptions {
@@ -41,6 +44,7 @@ impl Default for ClientOptions {
             connect_timeout: Duration::from_millis(500),
             coalesce_writes: true,
             write_batches_in_flight: 2,
+            max_clock_offset: Duration::from_millis(500),
         }
     }
 }
@@ -370,6 +374,10 @@ impl Client {
         &self.inner.coalescer
     }
 
+    pub(crate) fn max_clock_offset(&self) -> Duration {
+        self.inner.options.max_clock_offset
+    }
+
     pub(crate) fn write_batches_in_flight(&self) -> usize {
         self.inner.options.write_batches_in_flight.max(1)
     }
@@ -434,7 +442,7 @@ impl Client {
             let (position, channel) = self.current();
             let last_error = match attempt(channel, deadline).await {
                 Ok(value) => return Ok(value),
-                Err(status) => match classify(&status) {
+                Err(status) => match classify(&status, mutation) {
                     Attempt::Redirect(Some(leader)) => {
                         self.follow_leader(&leader);
                         if Instant::now() < deadline {
@@ -450,6 +458,18 @@ impl Client {
                         reached |= r;
                         self.rotate_from(position);
                         message
+                    }
+                    // An earlier attempt may have applied the mutation: a later "nothing was
+                    // applied" speaks only for itself.
+                    Attempt::Fail(ClientError::Rejected {
+                        code: ErrorCode::RegionUnavailable,
+                        message,
+                    }) if mutation && reached => {
+                        return Err(ClientError::Unavailable {
+                            attempts,
+                            outcome_unknown: true,
+                            last_error: message,
+                        })
                     }
                     Attempt::Fail(e) => return Err(e),
                 },

@@ -59,8 +59,12 @@ error_codes! {
     NotAssigned = "NOT_ASSIGNED" => FailedPrecondition,
     Compacted = "COMPACTED" => OutOfRange,
     // A write to data homed in another region (ledgers, leases, queues) could not reach that
-    // region: nothing was applied here. Not retried by the SDK: the caller decides.
+    // region, and no attempt can have reached it: nothing was applied anywhere. Not retried by
+    // the SDK: the caller decides.
     RegionUnavailable = "REGION_UNAVAILABLE" => Unavailable,
+    // The request reached a node (or the home region) and may or may not have been applied: a
+    // retry with the same session applies it at most once. The SDK retries it like UNAVAILABLE.
+    OutcomeUnknown = "OUTCOME_UNKNOWN" => Unavailable,
     Unavailable = "UNAVAILABLE" => Unavailable,
     Internal = "INTERNAL" => Internal,
 }
@@ -76,6 +80,11 @@ pub enum ClientError {
     /// The request was refused; nothing changed.
     #[error("{code}: {message}")]
     Rejected { code: ErrorCode, message: String },
+    /// A mutation may or may not have been applied, and retrying here cannot tell: the node
+    /// failed after proposing it (`INTERNAL`), or its session was forgotten before a retry could
+    /// read the saved answer (`SESSION_EXPIRED`). Read the state to find out.
+    #[error("outcome unknown ({code}): {message}")]
+    OutcomeUnknown { code: ErrorCode, message: String },
     /// No node answered in time. For a mutation, `outcome_unknown` is true when some attempt
     /// reached a node: the write may or may not have been applied.
     #[error("cluster unavailable after {attempts} attempts (outcome unknown: {outcome_unknown}): {last_error}")]
@@ -100,7 +109,7 @@ pub enum ClientError {
 impl ClientError {
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
-            ClientError::Rejected { code, .. } => Some(*code),
+            ClientError::Rejected { code, .. } | ClientError::OutcomeUnknown { code, .. } => Some(*code),
             ClientError::Unavailable { .. } => Some(ErrorCode::Unavailable),
             ClientError::Compacted { .. } => Some(ErrorCode::Compacted),
             _ => None,
@@ -122,7 +131,7 @@ pub(crate) enum Attempt {
 
 /// What a status received in the middle of a stream means for its reader.
 pub(crate) fn classify_stream_error(status: &Status) -> ClientError {
-    match classify(status) {
+    match classify(status, false) {
         Attempt::Fail(e) => e,
         Attempt::Redirect(_) => ClientError::Unavailable {
             attempts: 1,
@@ -137,7 +146,9 @@ pub(crate) fn classify_stream_error(status: &Status) -> ClientError {
     }
 }
 
-pub(crate) fn classify(status: &Status) -> Attempt {
+/// What a failed attempt means; `mutation` marks requests that change state, for which an
+/// `INTERNAL` or `SESSION_EXPIRED` answer leaves the outcome unknown rather than refused.
+pub(crate) fn classify(status: &Status, mutation: bool) -> Attempt {
     let code = status
         .metadata()
         .get(ERROR_CODE_KEY)
@@ -161,10 +172,16 @@ pub(crate) fn classify(status: &Status) -> Attempt {
                 .unwrap_or(0),
             message: status.message().to_string(),
         }),
-        Some(ErrorCode::Unavailable) => Attempt::Retry {
+        Some(ErrorCode::Unavailable | ErrorCode::OutcomeUnknown) => Attempt::Retry {
             reached: true,
             message: status.message().to_string(),
         },
+        Some(code @ (ErrorCode::Internal | ErrorCode::SessionExpired)) if mutation => {
+            Attempt::Fail(ClientError::OutcomeUnknown {
+                code,
+                message: status.message().to_string(),
+            })
+        }
         Some(code) => Attempt::Fail(ClientError::Rejected {
             code,
             message: status.message().to_string(),
@@ -206,6 +223,42 @@ mod tests {
         assert_eq!(ErrorCode::parse("NOPE"), None);
     }
 
+    fn typed(code: ErrorCode) -> Status {
+        let mut status = Status::new(code.grpc_code(), "refused");
+        status
+            .metadata_mut()
+            .insert(ERROR_CODE_KEY, code.as_str().parse().expect("ascii"));
+        status
+    }
+
+    /// Issue 15, part 5: no code that may follow an applied write is taken as a refusal.
+    #[test]
+    fn a_code_that_may_follow_an_applied_write_is_never_a_rejection() {
+        for code in [ErrorCode::Internal, ErrorCode::SessionExpired] {
+            assert!(
+                matches!(classify(&typed(code), true), Attempt::Fail(ClientError::OutcomeUnknown { code: c, .. }) if c == code),
+                "{code}"
+            );
+            // For a read, nothing was changed either way.
+            assert!(matches!(
+                classify(&typed(code), false),
+                Attempt::Fail(ClientError::Rejected { .. })
+            ));
+        }
+        assert!(matches!(
+            classify(&typed(ErrorCode::OutcomeUnknown), true),
+            Attempt::Retry { reached: true, .. }
+        ));
+        // Nothing was applied anywhere: a refusal.
+        assert!(matches!(
+            classify(&typed(ErrorCode::RegionUnavailable), true),
+            Attempt::Fail(ClientError::Rejected {
+                code: ErrorCode::RegionUnavailable,
+                ..
+            })
+        ));
+    }
+
     #[test]
     fn not_leader_status_redirects_to_the_hinted_leader() {
         let mut status = Status::failed_precondition("not leader");
@@ -215,7 +268,7 @@ mod tests {
         status
             .metadata_mut()
             .insert(LEADER_KEY, "127.0.0.1:7002".parse().expect("ascii"));
-        assert!(matches!(classify(&status), Attempt::Redirect(Some(a)) if a == "127.0.0.1:7002"));
+        assert!(matches!(classify(&status, true), Attempt::Redirect(Some(a)) if a == "127.0.0.1:7002"));
     }
 
     #[test]
@@ -225,7 +278,7 @@ mod tests {
             .metadata_mut()
             .insert(ERROR_CODE_KEY, "KEY_TOO_LARGE".parse().expect("ascii"));
         assert!(matches!(
-            classify(&status),
+            classify(&status, true),
             Attempt::Fail(ClientError::Rejected {
                 code: ErrorCode::KeyTooLarge,
                 ..

@@ -1,18 +1,39 @@
 //! Leases with fencing tokens.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::client::{millis, Client, ReadConsistency};
 use crate::error::ClientError;
 use crate::pb;
 use crate::pb::lease_client::LeaseClient;
 
-/// A grant: hold the lease until `expires_at_ms` (cluster time), and pass `token` as a fence
+/// A grant: the cluster holds it until `expires_at_ms` (cluster time); pass `token` as a fence
 /// ([`Client::fenced`]) with every write it protects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LeaseGrant {
     pub token: u64,
     pub expires_at_ms: u64,
+    /// Until when the holder may take the lease as its own, judged by its own monotonic clock:
+    /// when the request was sent, plus the TTL, less twice the cluster's max clock offset
+    /// ([`crate::ClientOptions::max_clock_offset`]). The grant took effect after the request
+    /// was sent, and the node that later judges it expired reads its clock at most one max offset
+    /// ahead of the one that stamped it, which itself read at most one max offset ahead of true
+    /// time: so the lease is still held up to this instant, whatever any wall clock says. Work
+    /// outside Basalt that the fence cannot guard should stop by then (or renew first). After a
+    /// long [`LeaseHandle::acquire_waiting`] it may already have passed.
+    pub deadline: Instant,
+}
+
+impl LeaseGrant {
+    /// How long the holder may still take the lease as its own ([`LeaseGrant::deadline`]).
+    pub fn remaining(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+}
+
+/// [`LeaseGrant::deadline`] for a grant requested at `sent` for `ttl`.
+fn holder_deadline(sent: Instant, ttl: Duration, max_clock_offset: Duration) -> Instant {
+    sent + ttl.saturating_sub(max_clock_offset.saturating_mul(2))
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,6 +80,7 @@ impl LeaseHandle {
         wait: Duration,
     ) -> Result<Acquired, ClientError> {
         let (header, _guard) = self.client.header();
+        let sent = Instant::now();
         let message = pb::LeaseAcquireRequest {
             header: Some(header),
             name: self.name.clone(),
@@ -76,6 +98,7 @@ impl LeaseHandle {
             Acquired::Granted(LeaseGrant {
                 token: reply.token,
                 expires_at_ms: reply.expires_at_ms,
+                deadline: holder_deadline(sent, ttl, self.client.max_clock_offset()),
             })
         } else {
             Acquired::Held {
@@ -96,6 +119,7 @@ impl LeaseHandle {
         ttl: Duration,
     ) -> Result<LeaseGrant, ClientError> {
         let (header, _guard) = self.client.header();
+        let sent = Instant::now();
         let message = pb::LeaseRenewRequest {
             header: Some(header),
             name: self.name.clone(),
@@ -110,6 +134,7 @@ impl LeaseHandle {
         Ok(LeaseGrant {
             token: reply.token,
             expires_at_ms: reply.expires_at_ms,
+            deadline: holder_deadline(sent, ttl, self.client.max_clock_offset()),
         })
     }
 
@@ -151,5 +176,22 @@ impl LeaseHandle {
             token: reply.token,
             expires_at_ms: reply.expires_at_ms,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_holder_deadline_keeps_twice_the_max_offset_from_the_send_time() {
+        let sent = Instant::now();
+        let offset = Duration::from_millis(500);
+        assert_eq!(
+            holder_deadline(sent, Duration::from_secs(30), offset),
+            sent + Duration::from_secs(29)
+        );
+        // A TTL shorter than the margin leaves no time at all.
+        assert_eq!(holder_deadline(sent, Duration::from_millis(800), offset), sent);
     }
 }

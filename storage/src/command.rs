@@ -324,9 +324,11 @@ pub enum Op {
         parts: Vec<KvPart>,
     },
     /// Changes nothing but the region's applied clock, which moves to this entry's stamp.
-    /// Proposed about once a second by the leader of a region among several while nothing else
-    /// is applied: the frontier it ships is the last applied stamp, and other regions collect
-    /// tombstones only once every region's frontier has passed them.
+    /// Proposed by the leader: about once a second in a region among several while nothing else
+    /// is applied (the frontier it ships is the last applied stamp, and other regions collect
+    /// tombstones only once every region's frontier has passed them); and before answering a
+    /// read that finds a TTL key or lease expired by the leader's clock but not yet by the
+    /// applied time, so that expiry is in the log and never undone by a later read elsewhere.
     ClockTick,
 }
 

@@ -244,7 +244,15 @@ impl TestCluster {
     pub fn set_clock_skew(&self, id: u64, skew_ms: i64) {
         use std::io::{Read, Write};
         let addr = &self.specs[&id].http;
-        let mut stream = std::net::TcpStream::connect(addr).expect("connect to the HTTP port");
+        // The node may still be starting its HTTP listener.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut stream = loop {
+            match std::net::TcpStream::connect(addr) {
+                Ok(stream) => break stream,
+                Err(e) if Instant::now() > deadline => panic!("connect to {addr}: {e}\n{}", self.logs()),
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        };
         stream
             .set_read_timeout(Some(Duration::from_secs(5)))
             .expect("read timeout");

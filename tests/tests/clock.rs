@@ -91,3 +91,48 @@ fn a_leader_whose_clock_jumps_two_hours_ahead_cannot_drag_the_cluster() {
         cluster.wait_caught_up(&client, skewed).await;
     });
 }
+
+/// A read that finds a key expired by the leader's clock first puts that expiry in the log, so
+/// after a failover to a node whose clock is seconds behind (allowed here by a large max offset),
+/// the key does not come back (issue 15, part 3: reads judge expiry the same way on every node).
+#[test]
+fn a_key_read_as_expired_stays_expired_after_a_failover_to_a_clock_behind() {
+    runtime().block_on(async {
+        let mut cluster = TestCluster::start(
+            NODE,
+            ClusterOptions {
+                extra_args: vec!["--allow-clock-control".into(), "--max-clock-offset-ms=5000".into()],
+                ..Default::default()
+            },
+        );
+        let client = cluster.client().await;
+        let leader = cluster.leader(&client).await;
+        for id in (1..=3).filter(|id| *id != leader) {
+            cluster.set_clock_skew(id, -3_000);
+        }
+        client
+            .kv()
+            .put_with(
+                "k",
+                "v",
+                PutOptions {
+                    ttl: Some(Duration::from_secs(1)),
+                },
+            )
+            .await
+            .expect("put");
+        // Read until the leader's answer is "expired": right at the expiry, before its sweeper
+        // removes the key (at most a second later).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while client.kv().get("k").await.expect("get").is_some() {
+            assert!(Instant::now() < deadline, "the key never expired");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        cluster.kill(leader);
+        let after = client.kv().get("k").await.expect("get after the failover");
+        assert!(
+            after.is_none(),
+            "the key came back after a failover to a clock 3 s behind: {after:?}"
+        );
+    });
+}

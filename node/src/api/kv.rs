@@ -252,11 +252,23 @@ impl Kv for Api {
         let r = request.into_inner();
         Self::check_key(&r.key)?;
         self.read_barrier(r.stale).await?;
-        let now_ms = self.clock.now().physical_ms();
-        let record = match self.store.get(Table::Kv, &r.key).map_err(storage_status)? {
-            None => None,
-            Some(bytes) => Some(KvRecord::decode(&bytes).map_err(|e| status(ErrorCode::CorruptValue, e.to_string()))?),
+        let read = || -> Result<Option<KvRecord>, Status> {
+            match self.store.get(Table::Kv, &r.key).map_err(storage_status)? {
+                None => Ok(None),
+                Some(bytes) => KvRecord::decode(&bytes)
+                    .map(Some)
+                    .map_err(|e| status(ErrorCode::CorruptValue, e.to_string())),
+            }
         };
+        let mut now_ms = self.read_time_ms()?;
+        let mut record = read()?;
+        if let Some(later) = self
+            .settle_expiry(r.stale, now_ms, [record.as_ref().and_then(|rec| rec.expires_at_ms)])
+            .await?
+        {
+            now_ms = later;
+            record = read()?;
+        }
         let reply = match record.filter(|rec| rec.is_live_at(now_ms)) {
             None => pb::KvGetResponse::default(),
             Some(rec) => pb::KvGetResponse {
@@ -330,44 +342,11 @@ impl Kv for Api {
         }
         let limit = if r.limit == 0 { 1000 } else { r.limit } as usize;
         self.read_barrier(r.stale).await?;
-        let now_ms = self.clock.now().physical_ms();
-        let mut from = if r.start_after.is_empty() {
-            r.prefix.clone()
-        } else {
-            r.start_after.clone()
-        };
-        let mut items = Vec::new();
-        let mut more = false;
-        'pages: loop {
-            let range = KeyRange::prefix_from(&r.prefix, from.clone());
-            let page = self.store.scan(Table::Kv, &range, limit + 1).map_err(storage_status)?;
-            let page_len = page.len();
-            for (key, bytes) in page {
-                if !key.starts_with(&r.prefix) {
-                    break 'pages;
-                }
-                if key == r.start_after {
-                    continue;
-                }
-                let rec = KvRecord::decode(&bytes).map_err(|e| status(ErrorCode::CorruptValue, e.to_string()))?;
-                if !rec.is_live_at(now_ms) {
-                    continue;
-                }
-                if items.len() == limit {
-                    more = true;
-                    break 'pages;
-                }
-                from = key.clone();
-                items.push(pb::KeyValue {
-                    key,
-                    value: rec.value,
-                    mod_revision: rec.mod_revision,
-                });
-            }
-            if page_len <= limit {
-                break;
-            }
-            from.push(0);
+        let now_ms = self.read_time_ms()?;
+        let (mut items, mut more, expiries) = self.scan_page(&r, limit, now_ms)?;
+        if let Some(later) = self.settle_expiry(r.stale, now_ms, expiries).await? {
+            // Once: judged at the later time, what expires after it is live, as it should be.
+            (items, more, _) = self.scan_page(&r, limit, later)?;
         }
         Ok(GrpcResponse::new(pb::KvScanResponse { items, more }))
     }
@@ -397,5 +376,59 @@ impl Kv for Api {
         let (outbox, inbox) = mpsc::channel(WATCH_BUFFER);
         tokio::spawn(run_watch(self.clone(), r.prefix, from, outbox));
         Ok(GrpcResponse::new(ReceiverStream::new(inbox)))
+    }
+}
+
+impl Api {
+    /// One scan answer judged at `now_ms`: the live items, whether more follow, and the expiries
+    /// of the records it stepped over or returned (for [`Api::settle_expiry`]).
+    #[allow(clippy::type_complexity)]
+    fn scan_page(
+        &self,
+        r: &pb::KvScanRequest,
+        limit: usize,
+        now_ms: u64,
+    ) -> Result<(Vec<pb::KeyValue>, bool, Vec<Option<u64>>), Status> {
+        let mut expiries = Vec::new();
+        let mut from = if r.start_after.is_empty() {
+            r.prefix.clone()
+        } else {
+            r.start_after.clone()
+        };
+        let mut items = Vec::new();
+        let mut more = false;
+        'pages: loop {
+            let range = KeyRange::prefix_from(&r.prefix, from.clone());
+            let page = self.store.scan(Table::Kv, &range, limit + 1).map_err(storage_status)?;
+            let page_len = page.len();
+            for (key, bytes) in page {
+                if !key.starts_with(&r.prefix) {
+                    break 'pages;
+                }
+                if key == r.start_after {
+                    continue;
+                }
+                let rec = KvRecord::decode(&bytes).map_err(|e| status(ErrorCode::CorruptValue, e.to_string()))?;
+                expiries.push(rec.expires_at_ms);
+                if !rec.is_live_at(now_ms) {
+                    continue;
+                }
+                if items.len() == limit {
+                    more = true;
+                    break 'pages;
+                }
+                from = key.clone();
+                items.push(pb::KeyValue {
+                    key,
+                    value: rec.value,
+                    mod_revision: rec.mod_revision,
+                });
+            }
+            if page_len <= limit {
+                break;
+            }
+            from.push(0);
+        }
+        Ok((items, more, expiries))
     }
 }

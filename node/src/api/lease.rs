@@ -123,8 +123,16 @@ impl Lease for Api {
         let r = request.into_inner();
         Self::check_key(&r.name)?;
         self.read_barrier(r.stale).await?;
-        let now_ms = self.clock.now().physical_ms();
-        let reply = match self.local_lease(&r.name)?.filter(|l| l.is_live_at(now_ms)) {
+        let mut now_ms = self.read_time_ms()?;
+        let mut lease = self.local_lease(&r.name)?;
+        if let Some(later) = self
+            .settle_expiry(r.stale, now_ms, [lease.as_ref().map(|l| l.expires_at_ms)])
+            .await?
+        {
+            now_ms = later;
+            lease = self.local_lease(&r.name)?;
+        }
+        let reply = match lease.filter(|l| l.is_live_at(now_ms)) {
             None => pb::LeaseResponse::default(),
             Some(l) => pb::LeaseResponse {
                 granted: true,

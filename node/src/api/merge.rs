@@ -84,9 +84,12 @@ pub(crate) async fn submit(api: &Api, part: KvPart) -> Result<Response, Status> 
     if api.merger.queue.push(Pending { part, reply }, api.merger.in_flight_max) {
         tokio::spawn(drain(api.clone()));
     }
-    answer
-        .await
-        .map_err(|_| status(ErrorCode::Internal, "a merged proposal was dropped unanswered"))?
+    answer.await.map_err(|_| {
+        status(
+            ErrorCode::OutcomeUnknown,
+            "a merged proposal was dropped unanswered: it may have been applied",
+        )
+    })?
 }
 
 /// A proposer: proposes what is waiting until nothing is.

@@ -236,6 +236,46 @@ impl Api {
         result
     }
 
+    /// The time, in ms, at which a read judges TTLs and lease expiries: the last applied stamp.
+    /// It is the same on every node that has applied as far, it never goes back after a failover
+    /// (a new leader has applied at least as far before it serves a linearizable read), and no
+    /// node's clock reading enters it. See [`Api::settle_expiry`] for how it keeps up with time.
+    fn read_time_ms(&self) -> Result<u64, Status> {
+        Ok(basalt_storage::apply::last_applied_stamp(&self.store)
+            .map_err(storage_status)?
+            .physical_ms())
+    }
+
+    /// For a linearizable read that found something whose expiry lies after the read time
+    /// ([`Api::read_time_ms`]) but at or before this node's clock: moves the applied time on
+    /// through the log (an [`Op::ClockTick`]) and returns the new read time, at or past that
+    /// expiry. The read is then done again and answers "expired": that expiry is in the log, so
+    /// no later read, on any node and after any failover, finds the thing live again (a node whose
+    /// clock is behind would otherwise bring it back). `None` when nothing lies in that window, or
+    /// for a stale read, which judges at the time its replica has applied.
+    async fn settle_expiry(
+        &self,
+        stale: bool,
+        read_ms: u64,
+        expiries: impl IntoIterator<Item = Option<u64>>,
+    ) -> Result<Option<u64>, Status> {
+        if stale {
+            return Ok(None);
+        }
+        let clock_ms = self.clock.now().physical_ms();
+        if !expiries.into_iter().flatten().any(|at| at > read_ms && at <= clock_ms) {
+            return Ok(None);
+        }
+        let command = Command {
+            stamp: self.clock.now(),
+            session: None,
+            fence: None,
+            op: Op::ClockTick,
+        };
+        self.raft.client_write(command).await.map_err(write_error_status)?;
+        self.read_time_ms().map(Some)
+    }
+
     /// Waits until this node may serve a linearizable read (read index), unless `stale`.
     async fn read_barrier(&self, stale: bool) -> Result<(), Status> {
         self.counters.reads.fetch_add(1, Ordering::Relaxed);

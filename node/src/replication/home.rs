@@ -89,6 +89,7 @@ impl HomeRoute {
         caller: Option<Duration>,
         message: M,
         wait: Duration,
+        writes: bool,
         send: F,
     ) -> Result<Response<R>, Status>
     where
@@ -102,6 +103,9 @@ impl HomeRoute {
         }
         let deadline = tokio::time::Instant::now() + budget;
         let mut failures = Vec::new();
+        // Whether some attempt may have reached the home region's leader: then the request may
+        // have applied there, and the answer must say "outcome unknown", not "refused".
+        let mut maybe_delivered = false;
         for (addr, channel) in self.channels.iter() {
             let timeout = deadline.saturating_duration_since(tokio::time::Instant::now());
             if timeout.is_zero() {
@@ -115,21 +119,51 @@ impl HomeRoute {
                 Ok(Err(s)) if is_not_leader(&s) => failures.push(format!("{addr}: not the leader")),
                 // A typed answer from the home region (a refusal): pass it on as it is.
                 Ok(Err(s)) if s.metadata().get(ERROR_CODE_KEY).is_some() && !is_unavailable(&s) => return Err(s),
-                Ok(Err(s)) => failures.push(format!("{addr}: {}", s.message())),
-                Err(_) => failures.push(format!("{addr}: no answer within {timeout:?}")),
+                Ok(Err(s)) => {
+                    maybe_delivered |= !never_sent(&s);
+                    failures.push(format!("{addr}: {}", s.message()));
+                }
+                Err(_) => {
+                    maybe_delivered = true;
+                    failures.push(format!("{addr}: no answer within {timeout:?}"));
+                }
             }
         }
-        Err(status(
-            ErrorCode::RegionUnavailable,
-            format!(
-                "home region {:?} of this data is unreachable; nothing was applied in this region \
-                 (if the request reached {:?}, a retry with the same session applies it at most once): {}",
-                self.home.name,
-                self.home.name,
-                failures.join("; ")
-            ),
-        ))
+        Err(unreachable_home(&self.home.name, writes && maybe_delivered, &failures))
     }
+}
+
+/// The answer when no node of the home region answered: `REGION_UNAVAILABLE` (nothing was
+/// applied anywhere) only when no attempt can have reached it; otherwise `OUTCOME_UNKNOWN`,
+/// since the home may have applied the request (a retry with the same session applies it at most
+/// once).
+fn unreachable_home(home: &str, maybe_delivered: bool, failures: &[String]) -> Status {
+    let failures = failures.join("; ");
+    if maybe_delivered {
+        status(
+            ErrorCode::OutcomeUnknown,
+            format!(
+                "home region {home:?} of this data did not answer: the request may have been applied there \
+                 (a retry with the same session applies it at most once): {failures}"
+            ),
+        )
+    } else {
+        status(
+            ErrorCode::RegionUnavailable,
+            format!("home region {home:?} of this data is unreachable; the request was applied nowhere: {failures}"),
+        )
+    }
+}
+
+/// Whether a failed call certainly never reached the remote node: typed `UNAVAILABLE` is an
+/// answer from a node that may have proposed it; an untyped status is a transport failure, which
+/// is a refused or failed connection only when it says so.
+fn never_sent(s: &Status) -> bool {
+    if s.metadata().get(ERROR_CODE_KEY).is_some() {
+        return false;
+    }
+    let message = s.message();
+    message.contains("connect") || message.contains("Connection refused")
 }
 
 fn code_of(s: &Status) -> Option<ErrorCode> {
@@ -165,12 +199,13 @@ impl Homed {
 
 /// Generates a service whose methods serve locally or forward. `|m| wait` computes a request's
 /// own wait from its message `m` (long-polls); `Duration::ZERO` for the others. `|m| stale` says
-/// whether a request is a read that accepts stale data: outside the home region it is served
+/// whether a request is a read that accepts stale data, and `writes` whether it may change state
+/// (what an unanswered forward may have done): outside the home region it is served
 /// from this region's copy of homed data, which the home's feed keeps a few link latencies
 /// behind; everything else (writes, linearizable reads) goes to the home.
 macro_rules! homed_service {
     ($trait:ident, $client:ident, {
-        $($method:ident($req:ty) -> $resp:ty, |$m:ident| wait: $wait:expr, stale: $stale:expr;)*
+        $($method:ident($req:ty) -> $resp:ty, |$m:ident| wait: $wait:expr, stale: $stale:expr, writes: $writes:expr;)*
     }) => {
         #[tonic::async_trait]
         impl $trait for Homed {
@@ -191,7 +226,7 @@ macro_rules! homed_service {
                     let $m = request.into_inner();
                     let wait: Duration = $wait;
                     route
-                        .call(caller, $m, wait, |c, r| async move { $client::new(c).$method(r).await })
+                        .call(caller, $m, wait, $writes, |c, r| async move { $client::new(c).$method(r).await })
                         .await
                 }
             )*
@@ -222,27 +257,27 @@ mod tests {
 }
 
 homed_service!(Ledger, LedgerClient, {
-    create_accounts(pb::CreateAccountsRequest) -> pb::CreateResponse, |_m| wait: Duration::ZERO, stale: false;
-    create_transfers(pb::CreateTransfersRequest) -> pb::CreateResponse, |_m| wait: Duration::ZERO, stale: false;
-    lookup_accounts(pb::LookupRequest) -> pb::AccountsResponse, |m| wait: Duration::ZERO, stale: m.stale;
-    lookup_transfers(pb::LookupRequest) -> pb::TransfersResponse, |m| wait: Duration::ZERO, stale: m.stale;
-    get_account_transfers(pb::AccountFilter) -> pb::TransfersResponse, |m| wait: Duration::ZERO, stale: m.stale;
-    get_account_balances(pb::AccountFilter) -> pb::BalancesResponse, |m| wait: Duration::ZERO, stale: m.stale;
+    create_accounts(pb::CreateAccountsRequest) -> pb::CreateResponse, |_m| wait: Duration::ZERO, stale: false, writes: true;
+    create_transfers(pb::CreateTransfersRequest) -> pb::CreateResponse, |_m| wait: Duration::ZERO, stale: false, writes: true;
+    lookup_accounts(pb::LookupRequest) -> pb::AccountsResponse, |m| wait: Duration::ZERO, stale: m.stale, writes: false;
+    lookup_transfers(pb::LookupRequest) -> pb::TransfersResponse, |m| wait: Duration::ZERO, stale: m.stale, writes: false;
+    get_account_transfers(pb::AccountFilter) -> pb::TransfersResponse, |m| wait: Duration::ZERO, stale: m.stale, writes: false;
+    get_account_balances(pb::AccountFilter) -> pb::BalancesResponse, |m| wait: Duration::ZERO, stale: m.stale, writes: false;
 });
 
 homed_service!(Lease, LeaseClient, {
-    acquire(pb::LeaseAcquireRequest) -> pb::LeaseResponse, |m| wait: Duration::from_millis(m.wait_ms), stale: false;
-    renew(pb::LeaseRenewRequest) -> pb::LeaseResponse, |_m| wait: Duration::ZERO, stale: false;
-    release(pb::LeaseReleaseRequest) -> pb::LeaseReleaseResponse, |_m| wait: Duration::ZERO, stale: false;
-    get(pb::LeaseGetRequest) -> pb::LeaseResponse, |m| wait: Duration::ZERO, stale: m.stale;
+    acquire(pb::LeaseAcquireRequest) -> pb::LeaseResponse, |m| wait: Duration::from_millis(m.wait_ms), stale: false, writes: true;
+    renew(pb::LeaseRenewRequest) -> pb::LeaseResponse, |_m| wait: Duration::ZERO, stale: false, writes: true;
+    release(pb::LeaseReleaseRequest) -> pb::LeaseReleaseResponse, |_m| wait: Duration::ZERO, stale: false, writes: true;
+    get(pb::LeaseGetRequest) -> pb::LeaseResponse, |m| wait: Duration::ZERO, stale: m.stale, writes: false;
 });
 
 homed_service!(Queue, QueueClient, {
-    create_queue(pb::CreateQueueRequest) -> pb::CreateQueueResponse, |_m| wait: Duration::ZERO, stale: false;
-    enqueue(pb::EnqueueRequest) -> pb::EnqueueResponse, |_m| wait: Duration::ZERO, stale: false;
-    receive(pb::ReceiveRequest) -> pb::ReceiveResponse, |m| wait: Duration::from_millis(m.wait_ms), stale: false;
-    ack(pb::AckRequest) -> pb::AckResponse, |_m| wait: Duration::ZERO, stale: false;
-    nack(pb::NackRequest) -> pb::AckResponse, |_m| wait: Duration::ZERO, stale: false;
-    redrive(pb::RedriveRequest) -> pb::RedriveResponse, |_m| wait: Duration::ZERO, stale: false;
-    stats(pb::QueueStatsRequest) -> pb::QueueStatsResponse, |m| wait: Duration::ZERO, stale: m.stale;
+    create_queue(pb::CreateQueueRequest) -> pb::CreateQueueResponse, |_m| wait: Duration::ZERO, stale: false, writes: true;
+    enqueue(pb::EnqueueRequest) -> pb::EnqueueResponse, |_m| wait: Duration::ZERO, stale: false, writes: true;
+    receive(pb::ReceiveRequest) -> pb::ReceiveResponse, |m| wait: Duration::from_millis(m.wait_ms), stale: false, writes: true;
+    ack(pb::AckRequest) -> pb::AckResponse, |_m| wait: Duration::ZERO, stale: false, writes: true;
+    nack(pb::NackRequest) -> pb::AckResponse, |_m| wait: Duration::ZERO, stale: false, writes: true;
+    redrive(pb::RedriveRequest) -> pb::RedriveResponse, |_m| wait: Duration::ZERO, stale: false, writes: true;
+    stats(pb::QueueStatsRequest) -> pb::QueueStatsResponse, |m| wait: Duration::ZERO, stale: m.stale, writes: false;
 });
