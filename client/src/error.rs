@@ -146,6 +146,26 @@ pub(crate) fn classify_stream_error(status: &Status) -> ClientError {
     }
 }
 
+/// Whether a failed call certainly never reached the remote node: a transport failure to
+/// connect at all (refused, unresolvable). A typed status is an answer from a node, which may
+/// have acted on the request; and a broken, reset or closed connection may have carried it
+/// first ("connection reset", "connection closed before message completed"), so only the
+/// phrases of a failed connect count.
+pub fn never_sent(status: &Status) -> bool {
+    if status.metadata().get(ERROR_CODE_KEY).is_some() {
+        return false;
+    }
+    let message = status.message();
+    [
+        "error trying to connect",
+        "tcp connect error",
+        "Connection refused",
+        "dns error",
+    ]
+    .iter()
+    .any(|phrase| message.contains(phrase))
+}
+
 /// What a failed attempt means; `mutation` marks requests that change state, for which an
 /// `INTERNAL` or `SESSION_EXPIRED` answer leaves the outcome unknown rather than refused.
 pub(crate) fn classify(status: &Status, mutation: bool) -> Attempt {
@@ -190,11 +210,9 @@ pub(crate) fn classify(status: &Status, mutation: bool) -> Attempt {
             // Transport failures: the request may not have left this process, or the connection
             // broke after sending it. Treat both as maybe-delivered unless clearly a connect error.
             Code::Unavailable | Code::Cancelled | Code::DeadlineExceeded | Code::Unknown | Code::Aborted => {
-                let message = status.message().to_string();
-                let connect_failed = message.contains("connect") || message.contains("Connection refused");
                 Attempt::Retry {
-                    reached: !connect_failed,
-                    message,
+                    reached: !never_sent(status),
+                    message: status.message().to_string(),
                 }
             }
             _ => Attempt::Fail(ClientError::Protocol(format!(
@@ -257,6 +275,21 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn only_a_failed_connect_is_certainly_not_sent() {
+        assert!(never_sent(&Status::unavailable(
+            "error trying to connect: tcp connect error: Connection refused (os error 111)"
+        )));
+        for maybe_sent in [
+            "connection reset",
+            "connection closed before message completed",
+            "transport error: disconnected",
+        ] {
+            assert!(!never_sent(&Status::unavailable(maybe_sent)), "{maybe_sent}");
+        }
+        assert!(!never_sent(&typed(ErrorCode::Unavailable)));
     }
 
     #[test]

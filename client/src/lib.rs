@@ -45,7 +45,7 @@ pub mod pb {
 
 pub use client::{Client, ClientOptions, ReadConsistency, RegionMap};
 pub use counter::{CounterChange, CounterHandle, CounterOp, CounterOutcome, Counters};
-pub use error::{ClientError, ErrorCode, ERROR_CODE_KEY, LEADER_KEY, OLDEST_REVISION_KEY};
+pub use error::{never_sent, ClientError, ErrorCode, ERROR_CODE_KEY, LEADER_KEY, OLDEST_REVISION_KEY};
 pub use kv::{CasOutcome, DeleteOutcome, Kv, KvEntry, PutOptions};
 pub use lease::{Acquired, LeaseGrant, LeaseHandle, LeaseState};
 pub use ledger::Ledger;

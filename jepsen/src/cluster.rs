@@ -36,6 +36,8 @@ pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Clus
 pub struct Node {
     pub id: u64,
     pub addr: SocketAddr,
+    /// The node's HTTP port: `/metrics`, and `/debug/clock-skew` for the clock nemesis.
+    pub http: SocketAddr,
     pub data_dir: PathBuf,
     pub log: PathBuf,
     child: Option<Child>,
@@ -49,6 +51,7 @@ pub struct Cluster {
     _proxies: Vec<LinkProxy>,
     /// Held for the cluster's lifetime: no other cluster takes a port, even while its node is down.
     _ports: BTreeMap<u64, PortReservation>,
+    _http_ports: BTreeMap<u64, PortReservation>,
     routes: BTreeMap<u64, String>,
     peers: String,
     binary: PathBuf,
@@ -79,6 +82,7 @@ impl Cluster {
         std::fs::create_dir_all(log_dir).map_err(io(format!("creating {}", log_dir.display())))?;
         let links = Links::new();
         let addrs: BTreeMap<u64, SocketAddr> = ports.iter().map(|(id, p)| (*id, p.addr())).collect();
+        let http_ports = Self::reserve(addrs.len() as u64)?;
         let n = addrs.len() as u64;
         let mut proxies = Vec::new();
         let mut routes: BTreeMap<u64, String> = BTreeMap::new();
@@ -107,6 +111,7 @@ impl Cluster {
                     Node {
                         id,
                         addr,
+                        http: http_ports[&id].addr(),
                         data_dir: data_dir.join(format!("n{id}")),
                         log: log_dir.join(format!("n{id}.log")),
                         child: None,
@@ -120,6 +125,7 @@ impl Cluster {
             links,
             _proxies: proxies,
             _ports: ports,
+            _http_ports: http_ports,
             routes,
             peers,
             binary: binary.to_path_buf(),
@@ -152,6 +158,8 @@ impl Cluster {
             .arg(&node.data_dir)
             .args(["--peers", &self.peers])
             .args(["--peer-routes", &self.routes[&id]])
+            .args(["--http", &node.http.to_string()])
+            .arg("--allow-clock-control")
             .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(log)
@@ -271,6 +279,12 @@ impl Cluster {
         Err(ClusterError::NoLeader(timeout))
     }
 
+    /// Sets node `id`'s clock skew, in ms (`PUT /debug/clock-skew`).
+    pub async fn set_clock_skew(&self, id: u64, skew_ms: i64) -> Result<(), String> {
+        let node = self.nodes.get(&id).ok_or_else(|| format!("no node {id}"))?;
+        set_clock_skew(node.http, skew_ms).await
+    }
+
     /// Undoes every fault: links healed, paused nodes resumed, stopped nodes restarted.
     pub fn heal(&mut self) -> Result<(), ClusterError> {
         self.links.heal_all();
@@ -290,5 +304,34 @@ impl Cluster {
             self.resume(id);
             self.kill(id).await;
         }
+    }
+}
+
+/// Sets the clock skew of the node serving HTTP at `http`, in ms, within 2 s.
+pub async fn set_clock_skew(http: SocketAddr, skew_ms: i64) -> Result<(), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(http).await?;
+        let body = skew_ms.to_string();
+        let request = format!(
+            "PUT /debug/clock-skew HTTP/1.0\r\nHost: {http}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await?;
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).await?;
+        Ok::<_, std::io::Error>(reply)
+    };
+    let reply = tokio::time::timeout(Duration::from_secs(2), exchange)
+        .await
+        .map_err(|_| format!("no answer from {http} within 2 s"))?
+        .map_err(|e| format!("setting the clock skew at {http}: {e}"))?;
+    if reply.starts_with("HTTP/1.0 200") || reply.starts_with("HTTP/1.1 200") {
+        Ok(())
+    } else {
+        Err(format!(
+            "{http} refused the clock skew: {}",
+            reply.lines().next().unwrap_or("")
+        ))
     }
 }

@@ -206,7 +206,7 @@ pub fn operations(events: &[Event]) -> Vec<Operation> {
 pub mod build {
     use super::*;
 
-    #[derive(Default)]
+    #[derive(Default, Clone)]
     pub struct HistoryBuilder {
         pub events: Vec<Event>,
         time: u64,
@@ -245,6 +245,12 @@ pub mod build {
 
         pub fn info(&mut self, process: u64, f: &str) -> &mut Self {
             self.at(process, EventType::Info, f, Value::Null)
+        }
+
+        /// Lets `ns` pass before the next event.
+        pub fn advance_ns(&mut self, ns: u64) -> &mut Self {
+            self.time += ns;
+            self
         }
 
         /// A whole operation with nothing concurrent.

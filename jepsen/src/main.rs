@@ -54,6 +54,7 @@ enum NemesisArg {
     Kill,
     Pause,
     Storage,
+    Clock,
 }
 
 fn main() -> ExitCode {
@@ -79,6 +80,7 @@ fn main() -> ExitCode {
             NemesisArg::Kill => Some(FaultKind::Kill),
             NemesisArg::Pause => Some(FaultKind::Pause),
             NemesisArg::Storage => Some(FaultKind::Storage),
+            NemesisArg::Clock => Some(FaultKind::Clock),
         })
         .collect();
     let node_binary = match std::env::current_exe() {

@@ -31,6 +31,46 @@ pub enum FaultKind {
     Pause,
     /// While a node is stopped: a bit flipped in one of its log records. It must refuse to start.
     Storage,
+    /// A node's wall clock (the leader's or a random one; with regions, every node of one
+    /// region) jumps forward or back by 2 s to 2 h, or strobes between that and the true time;
+    /// set right when the fault ends. Peers refuse a node whose clock is off by more than the max
+    /// offset, so it must neither lose data nor drag the others' time (TTLs, leases, sessions).
+    Clock,
+}
+
+/// The clock jumps the clock nemesis picks from, in ms.
+pub const CLOCK_JUMPS_MS: [i64; 8] = [
+    -7_200_000, -60_000, -2_000, 2_000, 30_000, 600_000, 3_600_000, 7_200_000,
+];
+
+/// How often a strobing clock flips between its jump and the true time.
+const STROBE_FLIP: Duration = Duration::from_millis(200);
+
+/// Flips the clocks of the nodes at `http` between `skew_ms` and 0 every [`STROBE_FLIP`], until
+/// aborted.
+pub fn strobe_clocks(http: Vec<std::net::SocketAddr>, skew_ms: i64) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut on = false;
+        loop {
+            tokio::time::sleep(STROBE_FLIP).await;
+            on = !on;
+            for addr in &http {
+                let _ = crate::cluster::set_clock_skew(*addr, if on { skew_ms } else { 0 }).await;
+            }
+        }
+    })
+}
+
+/// A label for a clock fault.
+pub fn clock_label(target: &str, skew_ms: i64, strobe: bool) -> String {
+    let sign = if skew_ms < 0 { "-" } else { "+" };
+    let ms = skew_ms.unsigned_abs();
+    let amount = if ms >= 60_000 {
+        format!("{}m", ms / 60_000)
+    } else {
+        format!("{}s", ms / 1000)
+    };
+    format!("clock {target} {sign}{amount}{}", if strobe { " strobe" } else { "" })
 }
 
 /// A fault in effect, with what is needed to undo it.
@@ -55,6 +95,11 @@ pub enum Fault {
         fault: StorageFault,
         refused: bool,
     },
+    Clock {
+        node: u64,
+        skew_ms: i64,
+        strobe: Option<tokio::task::JoinHandle<()>>,
+    },
 }
 
 impl Fault {
@@ -65,6 +110,7 @@ impl Fault {
             Fault::Kill { node } => format!("kill n{node}"),
             Fault::Pause { node } => format!("pause n{node}"),
             Fault::Storage { node, .. } => format!("bitflip n{node}"),
+            Fault::Clock { node, skew_ms, strobe } => clock_label(&format!("n{node}"), *skew_ms, strobe.is_some()),
         }
     }
 
@@ -75,6 +121,9 @@ impl Fault {
                 json!({ "latency_ms": latency.as_millis() as u64, "jitter_ms": jitter.as_millis() as u64 })
             }
             Fault::Kill { node } | Fault::Pause { node } => json!({ "node": node }),
+            Fault::Clock { node, skew_ms, strobe } => {
+                json!({ "node": node, "skew_ms": skew_ms, "strobe": strobe.is_some() })
+            }
             Fault::Storage { node, fault, refused } => json!({
                 "node": node,
                 "file": fault.file.display().to_string(),
@@ -228,6 +277,16 @@ impl Nemesis {
                 cluster.pause(node);
                 Ok(Fault::Pause { node })
             }
+            FaultKind::Clock => {
+                let node = self.target(&cluster).await;
+                let skew_ms = *CLOCK_JUMPS_MS.choose(&mut self.rng).unwrap_or(&3_600_000);
+                cluster.set_clock_skew(node, skew_ms).await?;
+                let strobe = self
+                    .rng
+                    .gen_bool(0.3)
+                    .then(|| strobe_clocks(vec![cluster.nodes[&node].http], skew_ms));
+                Ok(Fault::Clock { node, skew_ms, strobe })
+            }
             FaultKind::Storage => {
                 let node = *ids.choose(&mut self.rng).unwrap_or(&1);
                 cluster.kill(node).await;
@@ -260,6 +319,13 @@ impl Nemesis {
             Fault::Latency { .. } => cluster.links.set_delay(&cluster.ids(), Duration::ZERO, Duration::ZERO),
             Fault::Kill { node } => cluster.restart(node).map_err(|e| e.to_string())?,
             Fault::Pause { node } => cluster.resume(node),
+            Fault::Clock { node, strobe, .. } => {
+                if let Some(strobe) = strobe {
+                    strobe.abort();
+                    let _ = strobe.await;
+                }
+                cluster.set_clock_skew(node, 0).await?;
+            }
             Fault::Storage { node, fault, .. } => {
                 // The operator's repair: the damaged file is replaced by its intact copy.
                 cluster.kill(node).await;

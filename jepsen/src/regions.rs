@@ -24,6 +24,9 @@ use crate::workload::regions::final_read;
 use crate::workload::{perform, Completion, Shared, FINAL_PROCESS};
 
 pub const NAMES: [&str; 5] = ["us", "eu", "ap", "sa", "af"];
+
+/// The jumps the clock nemesis gives every node of a region at once, in ms (see `nemesis`).
+const WHOLE_REGION_CLOCK_JUMPS_MS: [i64; 4] = [-7_200_000, -60_000, -2_000, 300];
 /// One-way latency between regions when no fault slows it.
 const WAN_LATENCY: Duration = Duration::from_millis(20);
 const CONVERGE_WITHIN: Duration = Duration::from_secs(60);
@@ -208,7 +211,12 @@ async fn nemesis(
         .nemesis
         .iter()
         .copied()
-        .filter(|k| matches!(k, FaultKind::Partition | FaultKind::Kill | FaultKind::Latency))
+        .filter(|k| {
+            matches!(
+                k,
+                FaultKind::Partition | FaultKind::Kill | FaultKind::Latency | FaultKind::Clock
+            )
+        })
         .collect();
     let mut windows = Vec::new();
     let ids: Vec<u64> = (1..=regions.len() as u64).collect();
@@ -227,7 +235,42 @@ async fn nemesis(
         }
         let kind = *kinds.choose(&mut rng).unwrap_or(&FaultKind::Partition);
         let a = rng.gen_range(0..regions.len());
+        let mut skewed: Option<(usize, Option<tokio::task::JoinHandle<()>>)> = None;
         let (label, detail, killed) = match kind {
+            FaultKind::Clock => {
+                // One node of the region, any jump: its peers refuse it. Or the whole region, but
+                // only back (or ahead within the max offset): a region whose every clock runs
+                // hours ahead commits stamps that hours ahead, which other regions refuse until
+                // real time catches up (held back by design), so the run could not converge.
+                let whole = rng.gen_bool(0.5);
+                let skew_ms = if whole {
+                    *WHOLE_REGION_CLOCK_JUMPS_MS.choose(&mut rng).unwrap_or(&-60_000)
+                } else {
+                    *crate::nemesis::CLOCK_JUMPS_MS.choose(&mut rng).unwrap_or(&3_600_000)
+                };
+                let strobe = rng.gen_bool(0.3);
+                let mut http: Vec<_> = regions[a].cluster.nodes.values().map(|n| n.http).collect();
+                if !whole {
+                    let one = *http.choose(&mut rng).expect("a region has nodes");
+                    http = vec![one];
+                }
+                for addr in &http {
+                    if let Err(e) = crate::cluster::set_clock_skew(*addr, skew_ms).await {
+                        recorder.record(NEMESIS, EventType::Info, "error", json!({ "error": e }), None);
+                    }
+                }
+                let target = if whole {
+                    regions[a].name.to_string()
+                } else {
+                    format!("{} {}", regions[a].name, http[0])
+                };
+                skewed = Some((a, strobe.then(|| crate::nemesis::strobe_clocks(http, skew_ms))));
+                (
+                    crate::nemesis::clock_label(&target, skew_ms, strobe),
+                    json!({ "region": regions[a].name, "whole_region": whole, "skew_ms": skew_ms, "strobe": strobe }),
+                    None,
+                )
+            }
             FaultKind::Kill => {
                 let leader = regions[a].cluster.leader(&admins[a]).await;
                 match leader {
@@ -270,6 +313,17 @@ async fn nemesis(
         };
         let start = recorder.record(NEMESIS, EventType::Info, "start", json!({ "fault": label }), None);
         sleep_within(Duration::from_millis(rng.gen_range(2500..5000))).await;
+        if let Some((region, strobe)) = skewed.take() {
+            if let Some(strobe) = strobe {
+                strobe.abort();
+                let _ = strobe.await;
+            }
+            for node in regions[region].cluster.nodes.values() {
+                if let Err(e) = crate::cluster::set_clock_skew(node.http, 0).await {
+                    recorder.record(NEMESIS, EventType::Info, "error", json!({ "error": e }), None);
+                }
+            }
+        }
         match killed {
             Some((region, node)) => {
                 if let Err(e) = regions[region].cluster.restart(node) {

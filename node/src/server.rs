@@ -156,6 +156,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         broker: Arc::new(crate::api::Broker::default()),
         replication: config.region.clone().map(Replication::new),
         merger: Arc::new(crate::api::Merger::new(config.kv_merge_in_flight)),
+        expiry_tick: Arc::default(),
     };
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -25,7 +25,7 @@ use crate::pb::raft_service_server::{RaftService, RaftServiceServer};
 use crate::pb::{RaftMessage, SnapshotChunk};
 use crate::state_machine::{Snapshot, SnapshotPack};
 use crate::{decode, encode, NodeId, Raft, SnapshotMeta, TypeConfig, Vote};
-use basalt_storage::hlc::Hlc;
+use basalt_storage::hlc::{Hlc, PeerCheck};
 
 const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
 /// openraft sets an append's hard TTL to one heartbeat interval. On a loaded machine a large
@@ -344,8 +344,8 @@ impl RaftGrpcService {
 /// leader among themselves) nor win or disturb an election. FAILED_PRECONDITION, which the
 /// sender's openraft takes as a network error and retries, so the node rejoins once its clock is
 /// back.
-fn check_sender_clock(clock: &Hlc, sender_wall_ms: u64, what: &str) -> Result<(), Status> {
-    clock.check_peer(sender_wall_ms).map_err(|e| {
+fn check_sender_clock(clock: &Hlc, sender_wall_ms: u64, what: &str, check: PeerCheck) -> Result<(), Status> {
+    clock.check_peer(sender_wall_ms, check).map_err(|e| {
         let refused = clock.stats().refused_peer_messages.load(Ordering::Relaxed);
         // One line at the first refusal and then ever more rarely: a node that is off sends
         // heartbeats every few tens of ms.
@@ -369,7 +369,7 @@ where
     Fut: Future<Output = Result<Resp, E>>,
 {
     let request = request.into_inner();
-    check_sender_clock(clock, request.sender_wall_ms, "request")?;
+    check_sender_clock(clock, request.sender_wall_ms, "request", PeerCheck::Both)?;
     let rpc = decode(&request.data).map_err(bad_request)?;
     let reply = call(rpc).await.map_err(raft_failure)?;
     Ok(tonic::Response::new(message(clock, encode(&reply))))
@@ -402,14 +402,15 @@ impl RaftService for RaftGrpcService {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0);
-        check_sender_clock(&self.clock, opened_at, "append stream")?;
+        check_sender_clock(&self.clock, opened_at, "append stream", PeerCheck::Both)?;
         let clock = self.clock.clone();
         let requests = request
             .into_inner()
             .map(move |message| {
                 message
                     .ok()
-                    .filter(|m| check_sender_clock(&clock, m.sender_wall_ms, "append").is_ok())
+                    // Ahead only: a message queued in the stream looks older than it is.
+                    .filter(|m| check_sender_clock(&clock, m.sender_wall_ms, "append", PeerCheck::AheadOnly).is_ok())
                     .and_then(|m| decode::<AppendEntriesRequest<TypeConfig>>(&m.data).ok())
             })
             .take_while(|decoded| futures::future::ready(decoded.is_some()))
@@ -443,7 +444,7 @@ impl RaftService for RaftGrpcService {
             .next()
             .await
             .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
-        check_sender_clock(&self.clock, first.sender_wall_ms, "snapshot")?;
+        check_sender_clock(&self.clock, first.sender_wall_ms, "snapshot", PeerCheck::Both)?;
         let (vote, meta): (Vote, SnapshotMeta) = decode(&first.header).map_err(bad_request)?;
         let path = self.incoming_dir.join(format!("incoming-{}.part", rand_suffix()));
         let io_err = |e: std::io::Error| Status::internal(format!("writing snapshot: {e}"));

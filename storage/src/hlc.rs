@@ -43,21 +43,25 @@ const PHYSICAL_MS_MAX: u64 = (1 << (64 - LOGICAL_BITS)) - 1;
 /// The default bound on how far any node's clock may read ahead of another's, in ms.
 pub const MAX_OFFSET_MS_DEFAULT: u64 = 500;
 
-/// How much later than its sender's clock reading a peer message may arrive (queued in a busy
-/// node, a paused process) before a clock *behind* the receiver's is taken as off; in ms. A
-/// clock ahead gets no such allowance: delay only makes a message look older.
-pub const DELIVERY_ALLOWANCE_MS: u64 = 1_000;
-
 /// A peer's clock reading that is too far from this node's: see [`check_peer_clock`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ClockOffsetError {
     #[error("the sender's clock reads {ahead_ms} ms ahead of this node's (max offset {max_offset_ms} ms)")]
     Ahead { ahead_ms: u64, max_offset_ms: u64 },
-    #[error(
-        "the sender's clock reads {behind_ms} ms behind this node's (max offset {max_offset_ms} ms, \
-         plus {DELIVERY_ALLOWANCE_MS} ms for delivery)"
-    )]
+    #[error("the sender's clock reads {behind_ms} ms behind this node's (max offset {max_offset_ms} ms)")]
     Behind { behind_ms: u64, max_offset_ms: u64 },
+}
+
+/// Which way a peer's clock reading is checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerCheck {
+    /// Ahead and behind, by the same bound: for a message read as it arrives (a request, a
+    /// stream's opening). The same bound both ways means two nodes whose clocks are too far
+    /// apart refuse each other alike: no link works one way only, which would let the node that
+    /// hears nothing disturb the others' elections.
+    Both,
+    /// Ahead only: for messages a stream delivers after queueing, which delay makes look older.
+    AheadOnly,
 }
 
 /// Whether a message sent by a peer whose clock read `sender_wall_ms` may be taken by a node
@@ -66,7 +70,12 @@ pub enum ClockOffsetError {
 /// freeze time while it leads. Either way the message is refused, and the node that is off is
 /// left alone until its clock comes back. `sender_wall_ms == 0` is a sender that does not say:
 /// accepted.
-pub fn check_peer_clock(sender_wall_ms: u64, local_wall_ms: u64, max_offset_ms: u64) -> Result<(), ClockOffsetError> {
+pub fn check_peer_clock(
+    sender_wall_ms: u64,
+    local_wall_ms: u64,
+    max_offset_ms: u64,
+    check: PeerCheck,
+) -> Result<(), ClockOffsetError> {
     if sender_wall_ms == 0 {
         return Ok(());
     }
@@ -78,7 +87,7 @@ pub fn check_peer_clock(sender_wall_ms: u64, local_wall_ms: u64, max_offset_ms: 
         });
     }
     let behind_ms = local_wall_ms.saturating_sub(sender_wall_ms);
-    if behind_ms > max_offset_ms.saturating_add(DELIVERY_ALLOWANCE_MS) {
+    if check == PeerCheck::Both && behind_ms > max_offset_ms {
         return Err(ClockOffsetError::Behind {
             behind_ms,
             max_offset_ms,
@@ -171,12 +180,23 @@ impl Hlc {
         )
     }
 
-    /// Issues a stamp greater than every stamp issued or observed before.
+    /// Issues a stamp greater than every stamp issued or observed before, as long as those stay
+    /// within [`Hlc::ceiling`]: a clock that ran ahead (its wall clock jumped, then came back)
+    /// starts again from the ceiling rather than keep stamping from where it had run to. Stamps
+    /// may then step back; apply never does (it stamps each entry at or above the last applied).
     pub fn now(&self) -> HlcStamp {
         let wall_ms = self.wall_ms();
+        let ceiling_ms = wall_ms.saturating_add(self.max_offset_ms).min(PHYSICAL_MS_MAX);
         let mut last = self.last.load(Ordering::Acquire);
         loop {
-            let next = next_stamp(HlcStamp(last), wall_ms);
+            // Only a millisecond past the ceiling restarts from it: ticks within the ceiling's
+            // millisecond still increase.
+            let base = if HlcStamp(last).physical_ms() > ceiling_ms {
+                HlcStamp::from_parts(ceiling_ms, 0)
+            } else {
+                HlcStamp(last)
+            };
+            let next = next_stamp(base, wall_ms);
             match self
                 .last
                 .compare_exchange_weak(last, next.0, Ordering::AcqRel, Ordering::Acquire)
@@ -211,8 +231,8 @@ impl Hlc {
     }
 
     /// [`check_peer_clock`] against this clock, counting refusals.
-    pub fn check_peer(&self, sender_wall_ms: u64) -> Result<(), ClockOffsetError> {
-        let verdict = check_peer_clock(sender_wall_ms, self.wall_ms(), self.max_offset_ms);
+    pub fn check_peer(&self, sender_wall_ms: u64, check: PeerCheck) -> Result<(), ClockOffsetError> {
+        let verdict = check_peer_clock(sender_wall_ms, self.wall_ms(), self.max_offset_ms, check);
         if verdict.is_err() {
             self.stats.refused_peer_messages.fetch_add(1, Ordering::Relaxed);
         }
@@ -288,25 +308,41 @@ mod tests {
 
     #[test]
     fn a_peer_clock_too_far_ahead_or_behind_is_refused() {
-        assert_eq!(check_peer_clock(10_500, 10_000, 500), Ok(()));
+        use PeerCheck::{AheadOnly, Both};
+        assert_eq!(check_peer_clock(10_500, 10_000, 500, Both), Ok(()));
         assert_eq!(
-            check_peer_clock(10_501, 10_000, 500),
+            check_peer_clock(10_501, 10_000, 500, Both),
             Err(ClockOffsetError::Ahead {
                 ahead_ms: 501,
                 max_offset_ms: 500
             })
         );
-        assert_eq!(check_peer_clock(10_000, 11_500, 500), Ok(()));
+        assert!(check_peer_clock(10_501, 10_000, 500, AheadOnly).is_err());
+        assert_eq!(check_peer_clock(10_000, 10_500, 500, Both), Ok(()));
         assert!(matches!(
-            check_peer_clock(10_000, 11_501, 500),
-            Err(ClockOffsetError::Behind { behind_ms: 1_501, .. })
+            check_peer_clock(10_000, 10_501, 500, Both),
+            Err(ClockOffsetError::Behind { behind_ms: 501, .. })
         ));
+        // A queued message looks older than it is: not refused for that.
+        assert_eq!(check_peer_clock(10_000, 15_000, 500, AheadOnly), Ok(()));
         // A sender that does not say is taken.
-        assert_eq!(check_peer_clock(0, 11_501, 500), Ok(()));
+        assert_eq!(check_peer_clock(0, 11_501, 500, Both), Ok(()));
         let clock = Hlc::with_skew_and_offset(7_200_000, 500);
         let honest = wall_clock_ms();
-        assert!(clock.check_peer(honest).is_err());
+        assert!(clock.check_peer(honest, Both).is_err());
         assert_eq!(clock.stats().refused_peer_messages.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_clock_that_jumped_ahead_and_came_back_stamps_from_its_ceiling_again() {
+        let clock = Hlc::with_skew_and_offset(0, 500);
+        clock.set_skew_ms(3_600_000);
+        let ahead = clock.now();
+        assert!(ahead.physical_ms() >= wall_clock_ms() + 3_599_000);
+        clock.set_skew_ms(0);
+        let back = clock.now();
+        assert!(back.physical_ms() <= wall_clock_ms() + 500, "{back:?}");
+        assert!(clock.now() > back);
     }
 
     #[test]

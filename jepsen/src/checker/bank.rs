@@ -2,6 +2,9 @@
 //!
 //! - Every read sees the money conserved: customer balances sum to what was funded, and each is
 //!   non-negative (accounts may not debit past their credits).
+//! - Every read is linearizable with the transfers: each account's posted credits and debits
+//!   include every transfer acknowledged before the read began, and nothing that failed or began
+//!   after the read completed.
 //! - After the run, the transfers that exist are exactly the acknowledged ones plus some of the
 //!   unknown ones (none that failed), and the final balances are what those transfers, each
 //!   applied once, produce.
@@ -38,6 +41,66 @@ fn balances_of(result: &Value) -> BTreeMap<u64, i64> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Checks one read's posted totals against the transfers around it: for every account, what the
+/// transfers acknowledged before the read began add up to is a floor, and what every transfer
+/// that may have happened by the time it completed adds up to is a ceiling.
+fn check_posted(
+    verdict: &mut Verdict,
+    read: &Operation,
+    result: &Value,
+    transfers: &BTreeMap<u64, (Move, &Operation)>,
+) {
+    let Some(posted) = result.get("posted").and_then(Value::as_object) else {
+        return;
+    };
+    let done = read.complete_ns.unwrap_or(u64::MAX);
+    for (account, totals) in posted {
+        let (Ok(account), Some(credits), Some(debits)) = (
+            account.parse::<u64>(),
+            totals.get(0).and_then(Value::as_i64),
+            totals.get(1).and_then(Value::as_i64),
+        ) else {
+            continue;
+        };
+        let (mut floor, mut ceiling) = ([0i64; 2], [0i64; 2]);
+        for (m, op) in transfers.values() {
+            let side = if m.to == account {
+                0
+            } else if m.from == account {
+                1
+            } else {
+                continue;
+            };
+            if op.is_ok() && op.complete_ns.is_some_and(|c| c < read.invoke_ns) {
+                floor[side] += m.amount;
+            }
+            if op.outcome != Outcome::Fail && op.invoke_ns < done {
+                ceiling[side] += m.amount;
+            }
+        }
+        for (side, seen) in [(0usize, credits), (1, debits)] {
+            let what = if side == 0 { "credits" } else { "debits" };
+            if seen < floor[side] {
+                verdict.problem(format!(
+                    "read by process {} at {:.3}s: account {account} shows {seen} {what} posted, but the transfers \
+                     acknowledged before the read began post {}: it missed an acknowledged transfer",
+                    read.process,
+                    read.invoke_ns as f64 / 1e9,
+                    floor[side]
+                ));
+            } else if seen > ceiling[side] {
+                verdict.problem(format!(
+                    "read by process {} at {:.3}s: account {account} shows {seen} {what} posted, more than every \
+                     transfer that may have happened by then ({})",
+                    read.process,
+                    read.invoke_ns as f64 / 1e9,
+                    ceiling[side]
+                ));
+            }
+        }
+    }
 }
 
 pub fn check(ops: &[Operation], operator: u64) -> Verdict {
@@ -81,6 +144,7 @@ pub fn check(ops: &[Operation], operator: u64) -> Verdict {
                 op.process
             ));
         }
+        check_posted(&mut verdict, op, result, &transfers);
         last_read = Some(balances);
     }
 
@@ -182,6 +246,52 @@ mod tests {
         finish(&mut h, &[1, 2, 10], 7, 13);
         let v = check(&h.ops(), OP);
         assert!(v.is_valid(), "{v:?}");
+    }
+
+    /// A read that shows `posted` totals for accounts 1 and 2 (credits, debits).
+    fn read_posted(h: &mut HistoryBuilder, one: [i64; 2], two: [i64; 2]) {
+        let (a, b) = (one[0] - one[1], two[0] - two[1]);
+        h.call(
+            9,
+            "read",
+            json!({}),
+            json!({"balances": {"1": a, "2": b, "1000": -(a + b)}, "posted": {"1": one, "2": two}}),
+        );
+    }
+
+    #[test]
+    fn a_read_that_misses_an_acknowledged_transfer_is_caught() {
+        let mut h = funded();
+        h.call(
+            1,
+            "transfer",
+            json!({"id": 10, "from": 1, "to": 2, "amount": 3}),
+            json!({}),
+        );
+        // The transfer was acknowledged before the read began, but the read shows the funding
+        // only: conserved, yet stale.
+        read_posted(&mut h, [10, 0], [10, 0]);
+        let v = check(&h.ops(), OP);
+        assert_eq!(v.validity, Validity::Invalid);
+        assert!(
+            v.problems.iter().any(|p| p.contains("missed an acknowledged transfer")),
+            "{:?}",
+            v.problems
+        );
+        let mut h = funded();
+        h.call(
+            1,
+            "transfer",
+            json!({"id": 10, "from": 1, "to": 2, "amount": 3}),
+            json!({}),
+        );
+        read_posted(&mut h, [10, 3], [13, 0]);
+        assert!(check(&h.ops(), OP).problems.is_empty());
+        // A transfer still in flight may or may not show.
+        let mut h = funded();
+        h.invoke(1, "transfer", json!({"id": 10, "from": 1, "to": 2, "amount": 3}));
+        read_posted(&mut h, [10, 0], [10, 0]);
+        assert!(check(&h.ops(), OP).problems.is_empty());
     }
 
     #[test]

@@ -6,14 +6,67 @@
 //! that never go down: a lower token after a higher one is a write by a holder whose lease had
 //! already been taken over, which the fence exists to refuse. Two holders with valid leases at
 //! overlapping times would show up exactly so.
+//!
+//! A fenced write acknowledged although it began after its grant had surely expired (the grant's
+//! acknowledgement, plus its TTL, plus twice the clock bound and some slack), with no renewal in
+//! between, is also a violation: the fence must judge expiry, not just supersession. A clock
+//! that drags time backwards, or a grant whose expiry is judged by a clock far behind, shows up
+//! so.
 
 use serde_json::{json, Value};
 
 use super::{uint, Verdict};
 use crate::history::Operation;
 
+/// How long after its grant's acknowledgement plus TTL a fenced write may still be accepted:
+/// the grant's stamp may be one max clock offset ahead of real time and the write's one behind
+/// (2 × 500 ms), plus scheduling slack; in ms.
+const EXPIRY_SLACK_MS: u64 = 1_500;
+
+/// Fenced writes acknowledged although they began after their grant had surely expired.
+fn writes_after_expiry(verdict: &mut Verdict, ops: &[Operation]) {
+    for write in ops.iter().filter(|o| o.f == "write" && o.is_ok()) {
+        let Some(token) = uint(&write.value, "token") else {
+            continue;
+        };
+        let granted: Vec<&Operation> = ops
+            .iter()
+            .filter(|o| o.f == "acquire" && o.result().and_then(|r| uint(r, "token")) == Some(token))
+            .collect();
+        let Some(first) = granted.first() else { continue };
+        let (Some(holder), Some(ttl_ms)) = (
+            first.value.get("holder").and_then(Value::as_str),
+            uint(&first.value, "ttl_ms"),
+        ) else {
+            continue;
+        };
+        // A re-acquire by the holder extends the grant; one whose outcome is unknown may have.
+        let renewed_unknown = ops.iter().any(|o| {
+            o.f == "acquire"
+                && o.outcome == crate::history::Outcome::Info
+                && o.value.get("holder").and_then(Value::as_str) == Some(holder)
+                && o.invoke_ns > first.invoke_ns
+        });
+        let Some(last_grant) = granted.iter().filter_map(|o| o.complete_ns).max() else {
+            continue;
+        };
+        let expired_by = last_grant + (ttl_ms + EXPIRY_SLACK_MS) * 1_000_000;
+        if !renewed_unknown && write.invoke_ns > expired_by {
+            verdict.problem(format!(
+                "process {} wrote with token {token} at {:.3}s and was acknowledged, though that grant ({} ms, \
+                 acknowledged at {:.3}s, never renewed) had expired: an expired fence was accepted",
+                write.process,
+                write.invoke_ns as f64 / 1e9,
+                ttl_ms,
+                last_grant as f64 / 1e9
+            ));
+        }
+    }
+}
+
 pub fn check(ops: &[Operation]) -> Verdict {
     let mut verdict = Verdict::new("lease");
+    writes_after_expiry(&mut verdict, ops);
     let grants: Vec<(&Operation, u64)> = ops
         .iter()
         .filter(|o| o.f == "acquire")
@@ -107,6 +160,42 @@ mod tests {
     fn landed(h: &mut HistoryBuilder, writes: &[(u64, u64)]) {
         let writes: Vec<_> = writes.iter().map(|(r, t)| json!({"revision": r, "token": t})).collect();
         h.call(9, "final-history", json!({}), json!({ "writes": writes }));
+    }
+
+    #[test]
+    fn a_fenced_write_acknowledged_long_after_its_grant_expired_is_caught() {
+        let grant = |h: &mut HistoryBuilder| {
+            h.call(
+                1,
+                "acquire",
+                json!({"holder": "p1", "ttl_ms": 1000}),
+                json!({"token": 1}),
+            );
+        };
+        let mut h = HistoryBuilder::new();
+        grant(&mut h);
+        h.advance_ns(5_000_000_000);
+        write(&mut h, 1, 1, 10);
+        landed(&mut h, &[(10, 1)]);
+        let v = check(&h.ops());
+        assert_eq!(v.validity, Validity::Invalid);
+        assert!(v.problems[0].contains("expired fence"), "{:?}", v.problems);
+        // Within the TTL (and the clock bound), it is fine.
+        let mut h = HistoryBuilder::new();
+        grant(&mut h);
+        h.advance_ns(1_500_000_000);
+        write(&mut h, 1, 1, 10);
+        landed(&mut h, &[(10, 1)]);
+        assert!(check(&h.ops()).is_valid());
+        // A re-acquire whose outcome is unknown may have renewed it: not judged.
+        let mut h = HistoryBuilder::new();
+        grant(&mut h);
+        h.invoke(1, "acquire", json!({"holder": "p1", "ttl_ms": 1000}))
+            .info(1, "acquire");
+        h.advance_ns(5_000_000_000);
+        write(&mut h, 1, 1, 10);
+        landed(&mut h, &[(10, 1)]);
+        assert!(check(&h.ops()).is_valid());
     }
 
     #[test]

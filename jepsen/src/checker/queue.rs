@@ -5,6 +5,8 @@
 //! - A message received again after its acknowledgement completed is a violation; any other
 //!   redelivery (after a visibility timeout, or an ack that failed or timed out) is allowed, and
 //!   counted.
+//! - One payload under two message ids is a duplicate enqueue (a retry that applied twice): a
+//!   violation.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -35,6 +37,26 @@ pub fn check(ops: &[Operation]) -> Verdict {
             let at = acked_at.entry(payload).or_insert(done);
             *at = (*at).min(done);
         }
+    }
+    // Every message id each payload was seen under: the enqueue's answer and every delivery.
+    let mut ids: BTreeMap<&str, BTreeSet<u64>> = BTreeMap::new();
+    for (payload, op) in &enqueued {
+        if let Some(id) = op.result().and_then(|r| r.get("id")).and_then(Value::as_u64) {
+            ids.entry(payload).or_default().insert(id);
+        }
+    }
+    for op in ops.iter().filter(|o| o.f == "receive") {
+        let messages = op.result().and_then(|r| r.get("messages")).and_then(Value::as_array);
+        for m in messages.into_iter().flatten() {
+            if let (Some(payload), Some(id)) = (text(m, "payload"), m.get("id").and_then(Value::as_u64)) {
+                ids.entry(payload).or_default().insert(id);
+            }
+        }
+    }
+    for (payload, seen) in ids.iter().filter(|(_, seen)| seen.len() > 1) {
+        verdict.problem(format!(
+            "{payload:?} was enqueued more than once: it carries message ids {seen:?} (a retried enqueue applied twice)"
+        ));
     }
     let mut deliveries: BTreeMap<&str, usize> = BTreeMap::new();
     for op in ops.iter().filter(|o| o.f == "receive") {
@@ -108,6 +130,40 @@ mod tests {
 
     fn ack(h: &mut HistoryBuilder, p: u64, payload: &str) {
         h.call(p, "ack", json!({"payload": payload}), json!({}));
+    }
+
+    #[test]
+    fn one_payload_under_two_ids_is_a_duplicate_enqueue() {
+        let mut h = HistoryBuilder::new();
+        h.call(1, "enqueue", json!({"payload": "a"}), json!({"id": 7}));
+        h.call(
+            2,
+            "receive",
+            json!({}),
+            json!({"messages": [{"payload": "a", "id": 7}, {"payload": "a", "id": 8}]}),
+        );
+        drained(&mut h);
+        let v = check(&h.ops());
+        assert_eq!(v.validity, Validity::Invalid);
+        assert!(v.problems[0].contains("more than once"), "{:?}", v.problems);
+        // Redelivery of one id is fine.
+        let mut h = HistoryBuilder::new();
+        h.call(1, "enqueue", json!({"payload": "a"}), json!({"id": 7}));
+        h.call(
+            2,
+            "receive",
+            json!({}),
+            json!({"messages": [{"payload": "a", "id": 7}]}),
+        );
+        h.call(
+            3,
+            "receive",
+            json!({}),
+            json!({"messages": [{"payload": "a", "id": 7}]}),
+        );
+        h.call(3, "ack", json!({"payload": "a"}), json!({}));
+        drained(&mut h);
+        assert_eq!(check(&h.ops()).validity, Validity::Valid);
     }
 
     fn drained(h: &mut HistoryBuilder) {

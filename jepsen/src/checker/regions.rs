@@ -8,11 +8,14 @@
 //! - **Bounded counter** (escrow): the stock, restocked and taken in every region with a lower
 //!   bound of 0, converges at or above 0 — partitioned regions together never took more than
 //!   was there — and within what the acknowledged and unknown restocks and takes allow.
-//! - **KV** (last-writer-wins): a key's converged value was written (acknowledged or unknown) —
-//!   no phantom; a key with an acknowledged write has a value (the workload never deletes); and
-//!   the winner was not overwritten *causally*: a value that a region had seen (written or read)
-//!   before that same region acknowledged a later write of the key cannot be the winner, since
-//!   that later write's version is above it in every region.
+//! - **KV** (last-writer-wins, deletes and TTLs): a key's converged value was written
+//!   (acknowledged or unknown) — no phantom; a key with an acknowledged write has a value unless
+//!   a delete or an expiring write of it was attempted — nothing lost; a value written with a TTL
+//!   does not outlive it — no expired write comes back; and the winner was not overwritten
+//!   *causally*: a value that a region had seen (written or read) before that same region
+//!   acknowledged a later write or delete of the key cannot be the winner, since that later
+//!   write's version (or the delete's tombstone) is above it in every region — no deleted key
+//!   is resurrected, whatever the clocks and however long ago the tombstone was collected.
 
 use std::collections::BTreeMap;
 
@@ -20,6 +23,10 @@ use serde_json::{json, Value};
 
 use super::{int, text, Verdict};
 use crate::history::{Operation, Outcome};
+
+/// Added to a write's TTL before its value must be gone: the clock bound between the node that
+/// stamped it and the recorder, and the client's own latency, in ms.
+const EXPIRY_SLACK_MS: u64 = 2_000;
 
 pub fn check(ops: &[Operation]) -> Verdict {
     let mut verdict = Verdict::new("regions");
@@ -106,17 +113,41 @@ pub fn check(ops: &[Operation]) -> Verdict {
         }
     }
 
-    // KV: no phantom, nothing acknowledged lost, no causally earlier winner.
+    // KV: no phantom, nothing acknowledged lost, no expired write back, no causally earlier winner.
     let mut written: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     let mut acked_keys: BTreeMap<&str, bool> = BTreeMap::new();
-    for op in ops.iter().filter(|o| o.f == "put" && o.outcome != Outcome::Fail) {
-        if let (Some(key), Some(v)) = (text(&op.value, "key"), text(&op.value, "value")) {
-            written.entry(key).or_default().push(v);
-            if op.is_ok() {
-                acked_keys.insert(key, true);
+    // Keys that may legitimately end with no value: a delete or an expiring write was attempted.
+    let mut may_vanish: BTreeMap<&str, bool> = BTreeMap::new();
+    // Values written with a TTL: when they were sure to have expired (the write's completion
+    // plus its TTL plus the clock bound), on the recorder's clock.
+    let mut expired_by: BTreeMap<&str, u64> = BTreeMap::new();
+    for op in ops
+        .iter()
+        .filter(|o| (o.f == "put" || o.f == "delete") && o.outcome != Outcome::Fail)
+    {
+        let Some(key) = text(&op.value, "key") else { continue };
+        if op.f == "delete" {
+            may_vanish.insert(key, true);
+            continue;
+        }
+        let Some(v) = text(&op.value, "value") else { continue };
+        written.entry(key).or_default().push(v);
+        if op.is_ok() {
+            acked_keys.insert(key, true);
+        }
+        if let Some(ttl_ms) = op.value.get("ttl_ms").and_then(Value::as_u64) {
+            may_vanish.insert(key, true);
+            if let Some(done) = op.complete_ns {
+                expired_by.insert(v, done + (ttl_ms + EXPIRY_SLACK_MS) * 1_000_000);
             }
         }
     }
+    let final_read_at = ops
+        .iter()
+        .filter(|o| o.f == "final")
+        .map(|o| o.invoke_ns)
+        .min()
+        .unwrap_or(u64::MAX);
     // (region, key) -> (value seen, when the region had it): acknowledged puts and reads.
     let mut seen: Vec<(&str, &str, &str, u64)> = Vec::new();
     for op in ops.iter().filter(|o| o.is_ok() && (o.f == "put" || o.f == "read")) {
@@ -133,9 +164,9 @@ pub fn check(ops: &[Operation]) -> Verdict {
             seen.push((region, key, value, done));
         }
     }
-    let later_put = |region: &str, key: &str, after: u64, value: &str| {
+    let later_write = |region: &str, key: &str, after: u64, value: &str| {
         ops.iter().any(|o| {
-            o.f == "put"
+            (o.f == "put" || o.f == "delete")
                 && o.is_ok()
                 && o.invoke_ns > after
                 && text(&o.value, "region") == Some(region)
@@ -146,19 +177,26 @@ pub fn check(ops: &[Operation]) -> Verdict {
     let keys = first["keys"].as_object().cloned().unwrap_or_default();
     for (key, value) in &keys {
         match value.as_str() {
-            None if acked_keys.contains_key(key.as_str()) => verdict.problem(format!(
-                "key {key}: an acknowledged write is lost (the key has no value)"
-            )),
+            None if acked_keys.contains_key(key.as_str()) && !may_vanish.contains_key(key.as_str()) => verdict.problem(
+                format!("key {key}: an acknowledged write is lost (the key has no value, and it was never deleted)"),
+            ),
             None => {}
             Some(v) => {
                 if !written.get(key.as_str()).is_some_and(|w| w.contains(&v)) {
                     verdict.problem(format!("key {key}: converged on {v:?}, which was never written"));
                 }
+                if expired_by.get(v).is_some_and(|by| *by < final_read_at) {
+                    verdict.problem(format!(
+                        "key {key}: converged on {v:?}, a write whose TTL had run out before the final reads \
+                         (an expired write came back)"
+                    ));
+                }
                 for (region, _, _, at) in seen.iter().filter(|(_, k, s, _)| k == key && *s == v) {
-                    if later_put(region, key, *at, v) {
+                    if later_write(region, key, *at, v) {
                         verdict.problem(format!(
                             "key {key}: converged on {v:?}, though region {region} had it at {:.3}s and then \
-                             acknowledged a later write of the key (a causally earlier write won)",
+                             acknowledged a later write or delete of the key (a causally earlier write won: \
+                             a deleted or overwritten value came back)",
                             *at as f64 / 1e9
                         ));
                         break;
@@ -318,6 +356,45 @@ mod tests {
             Validity::Invalid,
             "a refused take cannot come back"
         );
+    }
+
+    #[test]
+    fn a_deleted_value_that_comes_back_is_caught_and_a_deleted_key_may_end_empty() {
+        let mut h = HistoryBuilder::new();
+        put(&mut h, 1, "us", "k0", "us-1");
+        // eu reads us-1, then deletes the key: us-1 can never win again.
+        h.call(
+            2,
+            "read",
+            json!({"region": "eu", "key": "k0"}),
+            json!({"region": "eu", "key": "k0", "value": "us-1"}),
+        );
+        let delete = json!({"region": "eu", "key": "k0"});
+        h.call(2, "delete", delete.clone(), delete);
+        let mut resurrected = h.clone();
+        finals(&mut resurrected, json!({"k0": "us-1"}), 0);
+        let v = check(&resurrected.ops());
+        assert_eq!(v.validity, Validity::Invalid);
+        assert!(v.problems[0].contains("came back"), "{:?}", v.problems);
+        finals(&mut h, json!({"k0": null}), 0);
+        let v = check(&h.ops());
+        assert_eq!(v.validity, Validity::Valid, "{:?}", v.problems);
+    }
+
+    #[test]
+    fn an_expired_write_that_comes_back_is_caught() {
+        let mut h = HistoryBuilder::new();
+        let v = json!({"region": "us", "key": "k0", "value": "us-1-ttl", "ttl_ms": 500});
+        h.call(1, "put", v.clone(), v);
+        h.advance_ns(10_000_000_000);
+        let mut back = h.clone();
+        finals(&mut back, json!({"k0": "us-1-ttl"}), 0);
+        let verdict = check(&back.ops());
+        assert_eq!(verdict.validity, Validity::Invalid);
+        assert!(verdict.problems[0].contains("expired"), "{:?}", verdict.problems);
+        // Gone, as it should be: not a lost write.
+        finals(&mut h, json!({"k0": null}), 0);
+        assert_eq!(check(&h.ops()).validity, Validity::Valid);
     }
 
     #[test]

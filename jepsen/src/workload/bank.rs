@@ -126,7 +126,19 @@ async fn read(client: &Client) -> Completion {
                 (a.id.to_string(), json!(i64::try_from(balance).unwrap_or(i64::MAX)))
             })
             .collect();
-        json!({ "balances": balances })
+        // Each account's posted totals, to check that a read misses no transfer acknowledged
+        // before it began.
+        let posted: Map<String, Value> = found
+            .iter()
+            .map(|a| {
+                let total = |v: u128| i64::try_from(v).unwrap_or(i64::MAX);
+                (
+                    a.id.to_string(),
+                    json!([total(a.credits_posted), total(a.debits_posted)]),
+                )
+            })
+            .collect();
+        json!({ "balances": balances, "posted": posted })
     })
 }
 

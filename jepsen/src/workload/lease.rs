@@ -18,7 +18,7 @@ const TTL: Duration = Duration::from_secs(1);
 pub(super) fn plan(shared: &Shared, state: &WorkerState, rng: &mut StdRng, process: u64) -> Planned {
     let holder = format!("p{process}");
     let (f, value) = match state.token {
-        None => ("acquire", json!({ "holder": holder })),
+        None => ("acquire", json!({ "holder": holder, "ttl_ms": TTL.as_millis() as u64 })),
         Some(token) if rng.gen_bool(0.9) => ("write", json!({ "token": token, "n": shared.unique() })),
         Some(token) => ("release", json!({ "holder": holder, "token": token })),
     };

@@ -71,7 +71,7 @@ async fn receive(
     complete(result, true, |messages| {
         let messages: Vec<Value> = messages
             .iter()
-            .map(|m| json!({ "payload": String::from_utf8_lossy(&m.payload), "delivery": m.delivery }))
+            .map(|m| json!({ "payload": String::from_utf8_lossy(&m.payload), "id": m.id, "delivery": m.delivery }))
             .collect();
         json!({ "messages": messages })
     })

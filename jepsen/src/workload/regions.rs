@@ -1,5 +1,5 @@
-//! Regions: clients in every region write the same few KV keys (each write a unique value),
-//! increment one counter, restock and take a stock counter bounded below by 0 (escrow), and read
+//! Regions: clients in every region write the same few KV keys (each write a unique value, some
+//! with a TTL of a second or two) and delete them, increment one counter, restock and take a stock counter bounded below by 0 (escrow), and read
 //! keys locally, while regions are partitioned from each other and their leaders killed.
 //! Checked by `checker::regions` after the regions converge.
 
@@ -18,6 +18,9 @@ pub const COUNTER: &str = "hits";
 /// A counter bounded below by 0: every region restocks it (which gives it escrow) and takes from
 /// it; partitioned regions together must never take it below 0.
 pub const STOCK: &str = "stock";
+/// The TTLs of the workload's expiring puts, in ms.
+pub const TTL_MS_MIN: u64 = 500;
+pub const TTL_MS_MAX: u64 = 2_000;
 
 fn planned(f: &'static str, value: Value, mutation: bool) -> Planned {
     Planned {
@@ -32,9 +35,19 @@ pub(super) fn plan(shared: &Shared, state: &WorkerState, rng: &mut StdRng) -> Pl
     let region = state.region.clone().unwrap_or_default();
     let key = format!("k{}", rng.gen_range(0..KEYS));
     let roll: f64 = rng.gen();
-    if roll < 0.45 {
+    if roll < 0.35 {
         let value = format!("{region}-{}", shared.unique());
         planned("put", json!({ "region": region, "key": key, "value": value }), true)
+    } else if roll < 0.40 {
+        let value = format!("{region}-{}-ttl", shared.unique());
+        let ttl_ms = rng.gen_range(TTL_MS_MIN..=TTL_MS_MAX);
+        planned(
+            "put",
+            json!({ "region": region, "key": key, "value": value, "ttl_ms": ttl_ms }),
+            true,
+        )
+    } else if roll < 0.47 {
+        planned("delete", json!({ "region": region, "key": key }), true)
     } else if roll < 0.65 {
         planned(
             "add",
@@ -60,8 +73,12 @@ pub(super) async fn invoke(client: &Client, planned: &Planned) -> Completion {
     match planned.f {
         "put" => {
             let value = v["value"].as_str().unwrap_or_default();
-            complete(client.kv().put(key, value).await, true, |_| v.clone())
+            let options = basalt_client::PutOptions {
+                ttl: v["ttl_ms"].as_u64().map(Duration::from_millis),
+            };
+            complete(client.kv().put_with(key, value, options).await, true, |_| v.clone())
         }
+        "delete" => complete(client.kv().delete(key).await, true, |_| v.clone()),
         "add" => {
             let delta = v["delta"].as_i64().unwrap_or_default();
             complete(client.counter(key).incr(delta).await, true, |n| json!({ "value": n }))

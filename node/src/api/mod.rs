@@ -57,6 +57,8 @@ pub struct Api {
     pub replication: Option<Arc<crate::replication::Replication>>,
     /// Concurrent KV writes waiting to leave merged into one entry.
     pub merger: Arc<Merger>,
+    /// Held while a read's expiry tick ([`Api::settle_expiry`]) is on its way.
+    pub expiry_tick: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Longest a single long-poll (receive, fetch) may wait.
@@ -263,8 +265,20 @@ impl Api {
             return Ok(None);
         }
         let clock_ms = self.clock.now().physical_ms();
-        if !expiries.into_iter().flatten().any(|at| at > read_ms && at <= clock_ms) {
+        let due: Vec<u64> = expiries
+            .into_iter()
+            .flatten()
+            .filter(|at| *at > read_ms && *at <= clock_ms)
+            .collect();
+        if due.is_empty() {
             return Ok(None);
+        }
+        // One tick at a time: reads that wait here find the applied time moved on by the tick
+        // before them, and propose none of their own.
+        let _one_at_a_time = self.expiry_tick.lock().await;
+        let now_read_ms = self.read_time_ms()?;
+        if due.iter().all(|at| *at <= now_read_ms) {
+            return Ok(Some(now_read_ms));
         }
         let command = Command {
             stamp: self.clock.now(),
@@ -272,8 +286,14 @@ impl Api {
             fence: None,
             op: Op::ClockTick,
         };
-        self.raft.client_write(command).await.map_err(write_error_status)?;
-        self.read_time_ms().map(Some)
+        match self.raft.client_write(command).await {
+            Ok(_) => self.read_time_ms().map(Some),
+            // The read stays an answer as of the applied time, as every node would give it.
+            Err(e) => {
+                tracing::debug!(error = %e, "expiry tick not applied; answering at the applied time");
+                Ok(None)
+            }
+        }
     }
 
     /// Waits until this node may serve a linearizable read (read index), unless `stale`.

@@ -120,7 +120,7 @@ impl HomeRoute {
                 // A typed answer from the home region (a refusal): pass it on as it is.
                 Ok(Err(s)) if s.metadata().get(ERROR_CODE_KEY).is_some() && !is_unavailable(&s) => return Err(s),
                 Ok(Err(s)) => {
-                    maybe_delivered |= !never_sent(&s);
+                    maybe_delivered |= !basalt_client::never_sent(&s);
                     failures.push(format!("{addr}: {}", s.message()));
                 }
                 Err(_) => {
@@ -153,17 +153,6 @@ fn unreachable_home(home: &str, maybe_delivered: bool, failures: &[String]) -> S
             format!("home region {home:?} of this data is unreachable; the request was applied nowhere: {failures}"),
         )
     }
-}
-
-/// Whether a failed call certainly never reached the remote node: typed `UNAVAILABLE` is an
-/// answer from a node that may have proposed it; an untyped status is a transport failure, which
-/// is a refused or failed connection only when it says so.
-fn never_sent(s: &Status) -> bool {
-    if s.metadata().get(ERROR_CODE_KEY).is_some() {
-        return false;
-    }
-    let message = s.message();
-    message.contains("connect") || message.contains("Connection refused")
 }
 
 fn code_of(s: &Status) -> Option<ErrorCode> {

@@ -16,7 +16,7 @@ use basalt_replication::pb::{FeedAck, FeedBatch};
 use basalt_replication::{FeedEntry, ShipBatch};
 use basalt_storage::apply::last_applied_stamp;
 use basalt_storage::apply::replication::{
-    feed_trimmed_upto, next_batch, resync_opening, resync_tables, resync_upto, state_as_effects,
+    feed_trimmed_upto, heartbeat_after, next_batch, resync_opening, resync_tables, resync_upto, state_as_effects,
 };
 use basalt_storage::command::{Command, Op};
 use basalt_storage::state::StoreError;
@@ -137,7 +137,8 @@ async fn session(
         .max_encoding_message_size(64 << 20);
     let source = repl.config.id;
     let (tx, rx) = mpsc::channel::<FeedBatch>(WINDOW + 1);
-    let _ = tx.send(batch_message(&heartbeat(api, source)?)).await;
+    // The opening heartbeat carries no frontier: what the remote region has is not known yet.
+    let _ = tx.send(batch_message(&ShipBatch::heartbeat(source, 0))).await;
     let mut acks = tokio::time::timeout(ACK_TIMEOUT, client.ship(ReceiverStream::new(rx)))
         .await
         .map_err(|_| ShipError::Silent {
@@ -179,7 +180,10 @@ async fn session(
             last_sent = Instant::now();
         }
         if unanswered < WINDOW {
-            let batch = next_batch(&api.store.view(), source, sent, BATCH_ENTRIES, BATCH_BYTES)?;
+            // `None`: the feed was trimmed past what was sent; the re-sync above follows once every
+            // batch in flight is answered.
+            let batch = next_batch(&api.store.view(), source, sent, BATCH_ENTRIES, BATCH_BYTES)?
+                .unwrap_or_else(|| ShipBatch::heartbeat(source, 0));
             if !batch.entries.is_empty() {
                 let last = batch.upto;
                 if tx.send(batch_message(&batch)).await.is_err() {
@@ -195,7 +199,10 @@ async fn session(
                 continue;
             }
             if last_sent.elapsed() >= HEARTBEAT && unanswered == 0 {
-                let _ = tx.send(batch_message(&heartbeat(api, source)?)).await;
+                // Merged after every batch sent before it: its frontier may count on them.
+                let _ = tx
+                    .send(batch_message(&heartbeat_after(&api.store.view(), source, sent)?))
+                    .await;
                 unanswered += 1;
                 last_sent = Instant::now();
             }
@@ -218,12 +225,6 @@ async fn session(
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}
         }
     }
-}
-
-/// An empty batch: asks for the remote watermark and carries the frontier (the last applied
-/// stamp: see [`next_batch`] for why not this node's clock).
-fn heartbeat(api: &Api, source: basalt_replication::RegionId) -> Result<ShipBatch, StoreError> {
-    Ok(ShipBatch::heartbeat(source, last_applied_stamp(&api.store)?.0))
 }
 
 async fn next_ack(acks: &mut tonic::Streaming<FeedAck>, endpoint: &str, wait: Duration) -> Result<FeedAck, ShipError> {
@@ -290,6 +291,9 @@ async fn resync(
         let mut chunks = 0usize;
         let mut send = |effects: Vec<basalt_replication::Effect>, upto: u64| {
             chunks += 1;
+            // Only the last chunk (the one that moves the watermark) carries the frontier: the
+            // receiver judges every chunk against the frontier it had before the re-sync.
+            let frontier = if upto > 0 { frontier } else { 0 };
             let batch = ShipBatch {
                 source,
                 entries: vec![FeedEntry {

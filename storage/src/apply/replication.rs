@@ -226,6 +226,9 @@ pub(crate) fn apply_remote<S: StoreRead>(
             continue;
         }
         for effect in &entry.effects {
+            if batch.resync && resync_effect_merged_before(effect, state.frontier) {
+                continue;
+            }
             merge_effect(view, index, now_ms, effect)?;
         }
         merged += 1;
@@ -243,6 +246,17 @@ pub(crate) fn apply_remote<S: StoreRead>(
         upto: state.applied_upto,
         merged,
     })
+}
+
+/// Whether a re-sync's KV effect is one this region merged before the feed was trimmed past it:
+/// stamped below the source's frontier as recorded before the re-sync (every change the region
+/// missed is stamped at or above that frontier, which the source promised before the gap). Such
+/// a write is skipped, not merged again: this region may since have collected the tombstone of
+/// a delete that beat it (from a third region, whose own feed brought the delete), and merging it
+/// again would bring the key back here alone. Only the last chunk of a re-sync raises the
+/// recorded frontier, so every chunk is judged against the frontier from before it.
+fn resync_effect_merged_before(effect: &Effect, frontier_before: u64) -> bool {
+    matches!(effect, Effect::Kv { value, .. } if value.version.stamp < frontier_before)
 }
 
 fn merge_effect<S: StoreRead>(
@@ -388,15 +402,19 @@ pub fn delivered_below<S: StoreRead + ?Sized>(
     store: &S,
     acknowledged: impl IntoIterator<Item = Option<u64>>,
 ) -> Result<Option<u64>, StoreError> {
+    // Read before the feed: an entry applied after this read is stamped at or above it.
+    let last_applied = super::last_applied_stamp(store)?.0;
+    let newest = resync_upto(store)?;
     let mut lowest = u64::MAX;
     for ack in acknowledged {
         match ack {
-            None => return Ok(None),
+            // Above anything this region's feed ever held: a watermark from an earlier life of
+            // this region (rebuilt from nothing), which says nothing of what it has now.
+            Some(ack) if ack > newest => return Ok(None),
             Some(ack) => lowest = lowest.min(ack),
+            None => return Ok(None),
         }
     }
-    // Read before the feed: an entry applied after this read is stamped at or above it.
-    let last_applied = super::last_applied_stamp(store)?.0;
     if lowest == u64::MAX {
         return Ok(Some(last_applied));
     }
@@ -517,7 +535,9 @@ pub fn feed_after<S: StoreRead + ?Sized>(store: &S, after: u64, limit: usize) ->
 
 /// The next batch of this region's feed to ship after position `after`: at most `max_entries`
 /// entries and `max_bytes` of them (at least one entry whenever the feed has one), or an empty
-/// heartbeat batch (which moves no watermark). `store` must be one consistent view.
+/// heartbeat batch (which moves no watermark). `None` when the feed was trimmed past `after`: what
+/// follows it is gone, and the receiver needs a full re-sync (shipping what is left would move its
+/// watermark past the gap). `store` must be one consistent view.
 ///
 /// The batch's frontier promises that every feed entry after the batch is stamped at or above it,
 /// entries not yet applied included; the receiver collects tombstones on the strength of it. It
@@ -531,9 +551,12 @@ pub fn next_batch<S: StoreRead + ?Sized>(
     after: u64,
     max_entries: usize,
     max_bytes: u64,
-) -> Result<ShipBatch, StoreError> {
+) -> Result<Option<ShipBatch>, StoreError> {
     // Read before the feed, so an entry applied between the two reads is in the batch or after it.
     let last_applied = super::last_applied_stamp(store)?.0;
+    if after < feed_trimmed_upto(store)? {
+        return Ok(None);
+    }
     let mut entries = feed_after(store, after, max_entries.max(1).saturating_add(1))?;
     let mut bytes = 0u64;
     let keep = entries
@@ -549,15 +572,37 @@ pub fn next_batch<S: StoreRead + ?Sized>(
     let frontier = entries.get(keep).map_or(last_applied, |left_out| left_out.stamp);
     entries.truncate(keep);
     let Some(upto) = entries.last().map(|e| e.index) else {
-        return Ok(ShipBatch::heartbeat(source, frontier));
+        return Ok(Some(ShipBatch::heartbeat(source, frontier)));
     };
-    Ok(ShipBatch {
+    Ok(Some(ShipBatch {
         source,
         upto,
         entries,
         frontier,
         resync: false,
-    })
+    }))
+}
+
+/// The frontier an empty batch (a heartbeat) may carry when the receiver will have merged every
+/// feed position up to `after` before it (batches on one stream are merged in order): the stamp
+/// of the first entry after `after`, or the last applied stamp when there is none (read first);
+/// 0 when the feed was trimmed past `after`. Never the last applied stamp alone: entries not yet
+/// shipped may be stamped below it.
+pub fn heartbeat_after<S: StoreRead + ?Sized>(
+    store: &S,
+    source: RegionId,
+    after: u64,
+) -> Result<ShipBatch, StoreError> {
+    let last_applied = super::last_applied_stamp(store)?.0;
+    if after < feed_trimmed_upto(store)? {
+        // Entries the receiver lacks are gone from the feed, their stamps with them: promise
+        // nothing until a re-sync has brought it up to date.
+        return Ok(ShipBatch::heartbeat(source, 0));
+    }
+    let frontier = feed_after(store, after, 1)?
+        .first()
+        .map_or(last_applied, |unshipped| unshipped.stamp);
+    Ok(ShipBatch::heartbeat(source, frontier))
 }
 
 /// The position of the oldest entry still in the feed, if any.

@@ -38,7 +38,9 @@ fn counter_value(h: &Harness, key: &str) -> i64 {
 
 /// `from`'s feed after `after`, as one batch, as the shipper reads it.
 pub(super) fn batch(from: &Harness, source: u16, after: u64) -> ShipBatch {
-    replication::next_batch(&from.store, source, after, usize::MAX, u64::MAX).expect("feed")
+    replication::next_batch(&from.store, source, after, usize::MAX, u64::MAX)
+        .expect("feed")
+        .expect("the feed holds what follows")
 }
 
 /// What the shipper sends a region `from`'s feed was trimmed past: the whole replicated state, as
@@ -457,7 +459,9 @@ fn a_shipped_frontier_bounds_writes_proposed_but_not_yet_applied() {
     // us has a put stamped 150 on its way through Raft (proposed, not applied) when its shipper
     // reads the feed: the frontier it ships must not pass 150.
     let late_put = cmd(150, put("k", "late"));
-    let heartbeat = replication::next_batch(&regions[us].store, 1, 1, 512, 1 << 20).expect("batch");
+    let heartbeat = replication::next_batch(&regions[us].store, 1, 1, 512, 1 << 20)
+        .expect("batch")
+        .expect("not trimmed");
     assert!(heartbeat.entries.is_empty());
     assert!(
         heartbeat.frontier <= late_put.stamp.0,
@@ -553,6 +557,125 @@ fn a_delete_reaches_a_region_that_is_re_synced_after_the_feed_was_trimmed_past_i
     );
 }
 
+/// A heartbeat's frontier must not pass entries its receiver has not been sent: us has merged
+/// eu's delete (its applied stamp is past it), but its own older put of the key is still on its
+/// way to eu. Were the heartbeat's frontier us's applied stamp, eu would collect the tombstone,
+/// and the put would then bring the key back in eu alone.
+#[test]
+fn a_heartbeat_frontier_waits_for_entries_not_yet_shipped() {
+    let mut regions: Vec<Harness> = (1..=3).map(region).collect();
+    let (us, eu, ap) = (0, 1, 2);
+    regions[ap].apply(cmd(50, put("k", "ap")));
+    for to in [us, eu] {
+        let (src, dst) = pick(&mut regions, ap, to);
+        ship(src, 3, dst, 51);
+    }
+    // us writes k at 100; the link us -> eu is slow: eu has not received it.
+    regions[us].apply(cmd(100, put("k", "us")));
+    regions[eu].apply(cmd(200, delete("k")));
+    let deleted_at = kv::tombstone(&regions[eu].store, b"k")
+        .expect("get")
+        .expect("tombstone");
+    for to in [us, ap] {
+        let (src, dst) = pick(&mut regions, eu, to);
+        ship(src, 2, dst, 210);
+    }
+    assert!(regions[us].last_stamp().0 > deleted_at.stamp);
+    regions[ap].apply(cmd(300, incr_op("c", 1)));
+    let (src, dst) = pick(&mut regions, ap, eu);
+    ship(src, 3, dst, 301);
+    // us heartbeats eu, which has merged nothing of us yet.
+    let heartbeat = replication::heartbeat_after(&regions[us].store, 1, 0).expect("heartbeat");
+    assert!(
+        heartbeat.frontier <= HlcStamp::from_parts(100, 0).0,
+        "{}",
+        heartbeat.frontier
+    );
+    regions[eu].apply(cmd(302, Op::ReplApply { batch: heartbeat }));
+    assert_eq!(gc_due(&regions, eu), None, "eu may not collect the tombstone yet");
+    // The put arrives, and loses to the delete everywhere.
+    for round in 0..2u64 {
+        for from in 0..3 {
+            for to in 0..3 {
+                if from != to {
+                    let (src, dst) = pick(&mut regions, from, to);
+                    ship(src, from as u16 + 1, dst, 400 + round);
+                }
+            }
+        }
+    }
+    for r in &regions {
+        assert_eq!(value(r, "k"), None, "k came back in region {}", r.applier.region().id);
+    }
+}
+
+/// A re-sync sends the source's whole state, old writes included. The receiver skips the KV
+/// writes it merged before the gap (stamped below the frontier it had): eu may since have
+/// collected the tombstone of a later delete from ap, which us has not heard of yet, and merging
+/// us's old write again would bring the key back in eu alone.
+#[test]
+fn a_re_sync_does_not_bring_back_what_a_collected_tombstone_deleted() {
+    let mut regions: Vec<Harness> = (1..=3).map(region).collect();
+    let (us, eu, ap) = (0, 1, 2);
+    regions[us].apply(cmd(100, put("k", "us")));
+    for to in [eu, ap] {
+        let (src, dst) = pick(&mut regions, us, to);
+        ship(src, 1, dst, 101);
+    }
+    // ap deletes k; the link ap -> us is cut, so only eu hears of it.
+    regions[ap].apply(cmd(200, delete("k")));
+    let (src, dst) = pick(&mut regions, ap, eu);
+    ship(src, 3, dst, 201);
+    // us and ap move on; eu's horizon passes the tombstone, and eu collects it.
+    regions[us].apply(cmd(300, incr_op("c", 1)));
+    let (src, dst) = pick(&mut regions, us, eu);
+    ship(src, 1, dst, 301);
+    regions[ap].apply(cmd(310, incr_op("c", 1)));
+    let (src, dst) = pick(&mut regions, ap, eu);
+    ship(src, 3, dst, 311);
+    for to in [us, ap] {
+        let (src, dst) = pick(&mut regions, eu, to);
+        ship(src, 2, dst, 312);
+    }
+    let gc = gc_due(&regions, eu).expect("eu collects ap's tombstone");
+    regions[eu].apply(cmd(320, gc));
+    assert_eq!(kv::tombstone(&regions[eu].store, b"k").expect("get"), None);
+    assert_eq!(value(&regions[eu], "k"), None);
+    // us writes on, then forgets its feed past eu: eu is re-synced from us's state, which still
+    // holds k (ap's delete has not reached us).
+    regions[us].apply(cmd(400, incr_op("c", 1)));
+    let newest = replication::resync_upto(&regions[us].store).expect("newest");
+    regions[us].apply(cmd(
+        401,
+        Op::ReplTrim {
+            upto: newest,
+            limit: 100,
+        },
+    ));
+    let (src, dst) = pick(&mut regions, us, eu);
+    ship_or_resync(src, 1, dst, 410);
+    assert_eq!(value(&regions[eu], "k"), None, "the re-sync brought k back in eu");
+    assert_eq!(counter_value(&regions[eu], "c"), 3);
+    // The cut heals: us hears of the delete, and every region agrees.
+    for round in 0..2u64 {
+        for from in 0..3 {
+            for to in 0..3 {
+                if from != to {
+                    let (src, dst) = pick(&mut regions, from, to);
+                    ship_or_resync(src, from as u16 + 1, dst, 500 + round);
+                }
+            }
+        }
+    }
+    for r in &regions {
+        assert_eq!(value(r, "k"), None, "k came back in region {}", r.applier.region().id);
+    }
+    assert_eq!(
+        digest(&regions[us].store).expect("d"),
+        digest(&regions[eu].store).expect("d")
+    );
+}
+
 #[test]
 fn nothing_is_delivered_while_a_watermark_is_unknown() {
     let mut us = region(1);
@@ -580,17 +703,38 @@ fn a_batch_cut_short_promises_only_the_stamp_of_the_first_entry_left_out() {
     for (i, at) in [100, 200, 300].into_iter().enumerate() {
         us.apply(cmd(at, incr_op(format!("c{i}"), 1)));
     }
-    let cut = replication::next_batch(&us.store, 1, 0, 1, u64::MAX).expect("batch");
+    let cut = replication::next_batch(&us.store, 1, 0, 1, u64::MAX)
+        .expect("batch")
+        .expect("not trimmed");
     assert_eq!(cut.entries.len(), 1);
     assert_eq!(cut.upto, 1);
     assert_eq!(cut.frontier, HlcStamp::from_parts(200, 0).0);
-    let whole = replication::next_batch(&us.store, 1, 0, 10, u64::MAX).expect("batch");
+    let whole = replication::next_batch(&us.store, 1, 0, 10, u64::MAX)
+        .expect("batch")
+        .expect("not trimmed");
     assert_eq!(whole.upto, 3);
     assert_eq!(whole.frontier, us.last_stamp().0);
     // A byte limit cuts too, but never below one entry.
-    let tiny = replication::next_batch(&us.store, 1, 0, 10, 1).expect("batch");
+    let tiny = replication::next_batch(&us.store, 1, 0, 10, 1)
+        .expect("batch")
+        .expect("not trimmed");
     assert_eq!(tiny.entries.len(), 1);
     assert_eq!(tiny.frontier, HlcStamp::from_parts(200, 0).0);
+    // Past a trim, the feed no longer says what follows: nothing is shipped, nothing promised.
+    us.apply(cmd(400, Op::ReplTrim { upto: 2, limit: 100 }));
+    assert_eq!(
+        replication::next_batch(&us.store, 1, 1, 10, u64::MAX).expect("batch"),
+        None
+    );
+    assert_eq!(
+        replication::heartbeat_after(&us.store, 1, 1)
+            .expect("heartbeat")
+            .frontier,
+        0
+    );
+    assert!(replication::next_batch(&us.store, 1, 2, 10, u64::MAX)
+        .expect("batch")
+        .is_some());
 }
 
 #[derive(Clone, Debug)]
@@ -626,6 +770,11 @@ enum Action {
     TrimFeed {
         region: usize,
     },
+    /// An empty batch from `from` to `to`, carrying only a frontier, as the shipper sends it.
+    Heartbeat {
+        from: usize,
+        to: usize,
+    },
 }
 
 fn action() -> impl Strategy<Value = Action> {
@@ -637,6 +786,7 @@ fn action() -> impl Strategy<Value = Action> {
         (0usize..3, 0u8..50).prop_map(|(region, ms)| Action::Tick { region, ms }),
         (0usize..3).prop_map(|region| Action::CollectTombstones { region }),
         (0usize..3).prop_map(|region| Action::TrimFeed { region }),
+        (0usize..3, 0usize..3).prop_map(|(from, to)| Action::Heartbeat { from, to }),
     ]
 }
 
@@ -682,6 +832,14 @@ proptest! {
                         regions[region].apply(cmd(clocks[region], op));
                     }
                 }
+                Action::Heartbeat { from, to } if from != to => {
+                    clocks[to] += 1;
+                    let (src, dst) = pick(&mut regions, from, to);
+                    let after = source_state(&dst.store, from as u16 + 1).expect("s").applied_upto;
+                    let batch = replication::heartbeat_after(&src.store, from as u16 + 1, after).expect("heartbeat");
+                    dst.apply(cmd(clocks[to], Op::ReplApply { batch }));
+                }
+                Action::Heartbeat { .. } => {}
                 Action::TrimFeed { region } => {
                     clocks[region] += 1;
                     let upto = replication::resync_upto(&regions[region].store).expect("newest");
