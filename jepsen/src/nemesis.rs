@@ -67,8 +67,10 @@ pub fn clock_label(target: &str, skew_ms: i64, strobe: bool) -> String {
     let ms = skew_ms.unsigned_abs();
     let amount = if ms >= 60_000 {
         format!("{}m", ms / 60_000)
-    } else {
+    } else if ms >= 1_000 {
         format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
     };
     format!("clock {target} {sign}{amount}{}", if strobe { " strobe" } else { "" })
 }

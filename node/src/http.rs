@@ -130,6 +130,11 @@ async fn metrics(State(api): State<Api>) -> String {
         clock.refused_peer_messages.load(Ordering::Relaxed),
     );
     counter(
+        "basalt_clock_corrected_stamps_total",
+        "Stamps issued with this node's wall clock held within the max offset of its peers' (its own was further off).",
+        clock.corrected_stamps.load(Ordering::Relaxed),
+    );
+    counter(
         "basalt_repl_clock_refusals_total",
         "Batches of another region refused because their stamps ran further ahead than the max offset.",
         clock.refused_remote_batches.load(Ordering::Relaxed),

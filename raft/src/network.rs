@@ -165,8 +165,10 @@ impl NetworkConnection {
             Unary::Vote => client.vote(request).await,
             Unary::PreVote => client.pre_vote(request).await,
         }
-        .map_err(status_error)?;
-        decode(&reply.into_inner().data).map_err(network_error)
+        .map_err(status_error)?
+        .into_inner();
+        self.clock.record_peer_wall(self.target, reply.sender_wall_ms);
+        decode(&reply.data).map_err(network_error)
     }
 
     fn request<T>(message: T, option: &RPCOption) -> Request<T> {
@@ -222,8 +224,11 @@ impl RaftNetworkV2<TypeConfig> for NetworkConnection {
                     return Err(status_error(status));
                 }
             };
-            let results = replies.map(|reply| {
+            let (clock, target) = (self.clock.clone(), self.target);
+            let results = replies.map(move |reply| {
                 let message = reply.map_err(status_error)?;
+                // The peer's clock, for the wall clock this node stamps with as leader.
+                clock.record_peer_wall(target, message.sender_wall_ms);
                 decode::<StreamAppendResult<TypeConfig>>(&message.data).map_err(network_error)
             });
             Ok(Box::pin(results) as BoxStream<'s, _>)

@@ -56,8 +56,9 @@ fn applied_state_of(store: &RocksStore) -> Result<(Option<LogId>, StoredMembersh
 
 impl StateMachine {
     /// Opens the state store in `dir/state`, snapshots in `dir/snapshots`. `clock` observes every
-    /// applied stamp, so a node that becomes leader never stamps below what it applied. `region`
-    /// says whether this region replicates with others.
+    /// applied stamp (up to its ceiling), so a node that becomes leader stamps at or above what it
+    /// applied unless that ran ahead of the clock bound; apply never goes below it either way.
+    /// `region` says whether this region replicates with others.
     pub fn open(dir: &Path, clock: Arc<Hlc>, region: RegionRole) -> Result<StateMachine, io::Error> {
         let store = RocksStore::open(dir.join("state"))?;
         let snapshot_dir = dir.join("snapshots");

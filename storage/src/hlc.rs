@@ -5,7 +5,10 @@
 //! issues a smaller one afterwards, so a new leader's stamps follow its predecessor's entries even
 //! when its wall clock is behind.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 const LOGICAL_BITS: u32 = 16;
@@ -96,6 +99,50 @@ pub fn check_peer_clock(
     Ok(())
 }
 
+/// How long a peer's clock reading counts, in ms: a node that hears from no peer for longer (a
+/// partitioned leader, which cannot commit anyway) stamps by its own clock alone.
+pub const PEER_READING_FRESH_MS: u64 = 2_000;
+
+/// The wall-clock reading a node stamps with: its own, held within `max_offset_ms` of the median
+/// of its own and its peers' readings. With most clocks right, one node's clock that jumps (ahead
+/// or back) then moves none of its stamps by more than the bound, even in the moments before its
+/// peers refuse it: a leader whose clock strobes would otherwise commit an entry stamped hours
+/// ahead between two refusals, and one whose clock stepped back would freeze the cluster's time.
+pub fn corrected_wall_ms(own_ms: u64, peers_ms: &[u64], max_offset_ms: u64) -> u64 {
+    if peers_ms.is_empty() {
+        return own_ms;
+    }
+    held_within(own_ms, median_with(own_ms, peers_ms), max_offset_ms)
+}
+
+/// The median of `own_ms` and `peers_ms` (the upper one of an even count).
+fn median_with(own_ms: u64, peers_ms: &[u64]) -> u64 {
+    let mut all: Vec<u64> = peers_ms.to_vec();
+    all.push(own_ms);
+    all.sort_unstable();
+    all[all.len() / 2]
+}
+
+/// `own_ms` held within `max_offset_ms` of `median_ms`.
+fn held_within(own_ms: u64, median_ms: u64, max_offset_ms: u64) -> u64 {
+    own_ms.clamp(
+        median_ms.saturating_sub(max_offset_ms),
+        median_ms.saturating_add(max_offset_ms),
+    )
+}
+
+/// The median clock reading of a node and its peers, as of a moment on the node's monotonic
+/// clock, so it can be carried forward whatever the node's wall clock does meanwhile.
+#[derive(Debug, Default)]
+struct PeerTime {
+    /// Each peer's last reading and when it came (monotonic ms since the clock was made).
+    readings: Mutex<BTreeMap<u64, (u64, u64)>>,
+    /// The median of the fresh readings and this node's own, in wall ms, as of `median_at`.
+    median_ms: AtomicU64,
+    /// When `median_ms` was taken, in monotonic ms since the clock was made; 0: never.
+    median_at: AtomicU64,
+}
+
 /// What a clock counts for `/metrics`.
 #[derive(Debug, Default)]
 pub struct ClockStats {
@@ -105,6 +152,9 @@ pub struct ClockStats {
     pub refused_peer_messages: AtomicU64,
     /// Batches of another region refused because their stamps ran too far ahead.
     pub refused_remote_batches: AtomicU64,
+    /// Stamps issued by a wall clock held within the max offset of its peers' (this node's own
+    /// clock was further off).
+    pub corrected_stamps: AtomicU64,
 }
 
 /// A thread-safe hybrid logical clock over the system wall clock, with a bound on how far ahead
@@ -119,6 +169,9 @@ pub struct Hlc {
     skew_ms: AtomicI64,
     max_offset_ms: u64,
     stats: ClockStats,
+    peers: PeerTime,
+    /// The origin of this clock's monotonic readings.
+    origin: Instant,
 }
 
 impl Default for Hlc {
@@ -145,6 +198,8 @@ impl Hlc {
             skew_ms: AtomicI64::new(skew_ms),
             max_offset_ms,
             stats: ClockStats::default(),
+            peers: PeerTime::default(),
+            origin: Instant::now(),
         }
     }
 
@@ -172,10 +227,60 @@ impl Hlc {
             .min(PHYSICAL_MS_MAX)
     }
 
-    /// The largest stamp this clock accepts now: `max_offset_ms` past its wall-clock reading.
+    /// Monotonic ms since this clock was made, at least 1.
+    fn monotonic_ms(&self) -> u64 {
+        (self.origin.elapsed().as_millis() as u64).saturating_add(1)
+    }
+
+    /// Records a peer's wall-clock reading (sent with its Raft replies), for
+    /// [`Hlc::stamp_wall_ms`]. 0 is a peer that does not say: ignored.
+    pub fn record_peer_wall(&self, peer: u64, wall_ms: u64) {
+        if wall_ms == 0 {
+            return;
+        }
+        let now = self.monotonic_ms();
+        let mut readings = self.peers.readings.lock().unwrap_or_else(|p| p.into_inner());
+        readings.insert(peer, (wall_ms, now));
+        let fresh: Vec<u64> = readings
+            .values()
+            .filter(|(_, at)| now.saturating_sub(*at) <= PEER_READING_FRESH_MS)
+            .map(|(wall, at)| wall.saturating_add(now.saturating_sub(*at)))
+            .collect();
+        self.peers
+            .median_ms
+            .store(median_with(self.wall_ms(), &fresh), Ordering::Release);
+        self.peers.median_at.store(now, Ordering::Release);
+    }
+
+    /// The wall clock this node stamps with: its own ([`Hlc::wall_ms`]), held within the max
+    /// offset of the median of its own and its peers' last readings, carried forward on the
+    /// monotonic clock ([`corrected_wall_ms`]). Its own alone when no peer was heard from lately.
+    pub fn stamp_wall_ms(&self) -> u64 {
+        let own = self.wall_ms();
+        let at = self.peers.median_at.load(Ordering::Acquire);
+        let now = self.monotonic_ms();
+        if at == 0 || now.saturating_sub(at) > PEER_READING_FRESH_MS {
+            return own;
+        }
+        let median = self
+            .peers
+            .median_ms
+            .load(Ordering::Acquire)
+            .saturating_add(now.saturating_sub(at));
+        let corrected = held_within(own, median, self.max_offset_ms);
+        if corrected != own {
+            self.stats.corrected_stamps.fetch_add(1, Ordering::Relaxed);
+        }
+        corrected.min(PHYSICAL_MS_MAX)
+    }
+
+    /// The largest stamp this clock accepts now: `max_offset_ms` past the wall clock it stamps
+    /// with ([`Hlc::stamp_wall_ms`]).
     pub fn ceiling(&self) -> HlcStamp {
         HlcStamp::from_parts(
-            self.wall_ms().saturating_add(self.max_offset_ms).min(PHYSICAL_MS_MAX),
+            self.stamp_wall_ms()
+                .saturating_add(self.max_offset_ms)
+                .min(PHYSICAL_MS_MAX),
             0,
         )
     }
@@ -185,7 +290,7 @@ impl Hlc {
     /// starts again from the ceiling rather than keep stamping from where it had run to. Stamps
     /// may then step back; apply never does (it stamps each entry at or above the last applied).
     pub fn now(&self) -> HlcStamp {
-        let wall_ms = self.wall_ms();
+        let wall_ms = self.stamp_wall_ms();
         let ceiling_ms = wall_ms.saturating_add(self.max_offset_ms).min(PHYSICAL_MS_MAX);
         let mut last = self.last.load(Ordering::Acquire);
         loop {
@@ -343,6 +448,33 @@ mod tests {
         let back = clock.now();
         assert!(back.physical_ms() <= wall_clock_ms() + 500, "{back:?}");
         assert!(clock.now() > back);
+    }
+
+    #[test]
+    fn a_clock_far_from_its_peers_stamps_within_the_max_offset_of_their_median() {
+        // Two peers agree; this node's own reading is two hours ahead, or an hour behind.
+        let peers = [10_000_000, 10_000_100];
+        assert_eq!(corrected_wall_ms(10_000_050 + 7_200_000, &peers, 500), 10_000_100 + 500);
+        assert_eq!(corrected_wall_ms(10_000_050 - 3_600_000, &peers, 500), 10_000_000 - 500);
+        // Within the bound, or with no peer heard from, its own reading stands.
+        assert_eq!(corrected_wall_ms(10_000_300, &peers, 500), 10_000_300);
+        assert_eq!(corrected_wall_ms(42, &[], 500), 42);
+        // One peer off does not move a right clock: the median is a right one.
+        assert_eq!(corrected_wall_ms(1_000_000, &[1_000_050, 9_999_999], 500), 1_000_000);
+    }
+
+    #[test]
+    fn a_leader_whose_clock_jumps_stamps_by_its_peers_until_they_fall_silent() {
+        let clock = Hlc::with_skew_and_offset(0, 500);
+        let honest = wall_clock_ms();
+        clock.record_peer_wall(2, honest);
+        clock.record_peer_wall(3, honest);
+        clock.set_skew_ms(7_200_000);
+        let stamp = clock.now();
+        assert!(stamp.physical_ms() <= wall_clock_ms() + 1_000, "{stamp:?}");
+        assert!(clock.stats().corrected_stamps.load(Ordering::Relaxed) > 0);
+        clock.set_skew_ms(-3_600_000);
+        assert!(clock.stamp_wall_ms() + 1_000 >= wall_clock_ms());
     }
 
     #[test]

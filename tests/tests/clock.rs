@@ -136,3 +136,57 @@ fn a_key_read_as_expired_stays_expired_after_a_failover_to_a_clock_behind() {
         );
     });
 }
+
+/// The leader's clock strobes between two hours ahead and the true time, every 50 ms, while
+/// clients write. Its peers refuse its messages only while its clock is ahead; what it proposed
+/// meanwhile would be replicated once the clock flips back, stamped two hours ahead, unless it
+/// stamps by a wall clock held within the max offset of its peers'. No acknowledged write may
+/// carry a stamp from the future, and no TTL key may expire early.
+#[test]
+fn a_leader_whose_clock_strobes_commits_no_stamp_from_the_future() {
+    runtime().block_on(async {
+        let cluster = TestCluster::start(
+            NODE,
+            ClusterOptions {
+                extra_args: vec!["--allow-clock-control".into()],
+                ..Default::default()
+            },
+        );
+        let client = cluster.client().await;
+        let leader = cluster.leader(&client).await;
+        let minute = PutOptions {
+            ttl: Some(Duration::from_secs(60)),
+        };
+        client.kv().put_with("lives", "v", minute.clone()).await.expect("put");
+        let strobe_until = Instant::now() + Duration::from_secs(3);
+        let kv = client.kv();
+        let mut on = false;
+        let mut proposed = 0u32;
+        while Instant::now() < strobe_until {
+            on = !on;
+            cluster.set_clock_skew(leader, if on { TWO_HOURS_MS } else { 0 });
+            let key = format!("w{proposed}");
+            proposed += 1;
+            // Not waited for: what matters is what the leader proposes while its clock flips.
+            let _ = tokio::time::timeout(Duration::from_millis(50), kv.put_with(&key, "v", minute.clone())).await;
+        }
+        cluster.set_clock_skew(leader, 0);
+        // Whatever was proposed during the strobe is committed or dropped by now.
+        client.kv().put("after", "v").await.expect("a put after the strobe");
+        assert!(
+            client.kv().get("lives").await.expect("get").is_some(),
+            "a key with a minute to live expired: a stamp from the future was committed"
+        );
+        let read_at = wall_ms();
+        for i in 0..proposed {
+            if let Some(entry) = client.kv().get(format!("w{i}")).await.expect("get") {
+                let expires_at = entry.expires_at_ms.expect("a TTL");
+                assert!(
+                    expires_at <= read_at + 60_000 + 5_000,
+                    "w{i} expires {} ms too late: stamped in the future",
+                    expires_at.saturating_sub(read_at + 60_000)
+                );
+            }
+        }
+    });
+}

@@ -47,7 +47,13 @@ fn writes_after_expiry(verdict: &mut Verdict, ops: &[Operation]) {
                 && o.value.get("holder").and_then(Value::as_str) == Some(holder)
                 && o.invoke_ns > first.invoke_ns
         });
-        let Some(last_grant) = granted.iter().filter_map(|o| o.complete_ns).max() else {
+        // The grant as renewed before the write began (a later re-acquire cannot excuse it).
+        let Some(last_grant) = granted
+            .iter()
+            .filter_map(|o| o.complete_ns)
+            .filter(|done| *done < write.invoke_ns)
+            .max()
+        else {
             continue;
         };
         let expired_by = last_grant + (ttl_ms + EXPIRY_SLACK_MS) * 1_000_000;

@@ -10,13 +10,13 @@
 
 use std::time::{Duration, Instant};
 
-use basalt_replication::feed::{encode, encoded_len};
+use basalt_replication::feed::encode;
 use basalt_replication::pb::region_feed_client::RegionFeedClient;
 use basalt_replication::pb::{FeedAck, FeedBatch};
-use basalt_replication::{FeedEntry, ShipBatch};
+use basalt_replication::ShipBatch;
 use basalt_storage::apply::last_applied_stamp;
 use basalt_storage::apply::replication::{
-    feed_trimmed_upto, heartbeat_after, next_batch, resync_opening, resync_tables, resync_upto, state_as_effects,
+    feed_trimmed_upto, heartbeat_after, next_batch, resync_batches, ResyncChunkLimits,
 };
 use basalt_storage::command::{Command, Op};
 use basalt_storage::state::StoreError;
@@ -178,6 +178,9 @@ async fn session(
             sent = upto;
             unanswered += chunks;
             last_sent = Instant::now();
+            // Sending a large state takes a while, with no answer read meanwhile: the wait for
+            // one starts now, or the link would be taken as silent and the re-sync begun again.
+            last_answer = Instant::now();
         }
         if unanswered < WINDOW {
             // `None`: the feed was trimmed past what was sent; the re-sync above follows once every
@@ -219,6 +222,9 @@ async fn session(
                 unanswered -= 1;
                 last_answer = Instant::now();
                 acked = acked.max(ack.applied_upto);
+                // The remote may have merged past what this session sent (an earlier session's
+                // batches committing late): ship on from there.
+                sent = sent.max(acked);
                 repl.update_outgoing(remote.id, |l| l.acked_upto = Some(acked));
             }
             _ = applied.changed() => {}
@@ -281,57 +287,13 @@ async fn resync(
     let role = repl.config.role();
     let tx = tx.clone();
     let sent = tokio::task::spawn_blocking(move || -> Result<Option<(u64, usize)>, StoreError> {
-        let view = store.view();
-        // Every change after this view is stamped at or above its last applied stamp.
-        let frontier = last_applied_stamp(&view)?.0;
-        // Everything up to the newest feed position in this view is in the state it reads.
-        let upto = resync_upto(&view)?;
-        let mut chunk = resync_opening(role);
-        let mut bytes = 0u64;
-        let mut chunks = 0usize;
-        let mut send = |effects: Vec<basalt_replication::Effect>, upto: u64| {
-            chunks += 1;
-            // Only the last chunk (the one that moves the watermark) carries the frontier: the
-            // receiver judges every chunk against the frontier it had before the re-sync.
-            let frontier = if upto > 0 { frontier } else { 0 };
-            let batch = ShipBatch {
-                source,
-                entries: vec![FeedEntry {
-                    index: upto,
-                    stamp: frontier,
-                    effects,
-                }],
-                upto,
-                frontier,
-                resync: true,
-            };
-            tx.blocking_send(batch_message(&batch)).is_ok()
+        let limits = ResyncChunkLimits {
+            bytes: BATCH_BYTES,
+            effects: BATCH_ENTRIES * 8,
         };
-        for table in resync_tables(role) {
-            let mut after: Option<Vec<u8>> = None;
-            loop {
-                let page = state_as_effects(&view, table, after.as_deref(), 256)?;
-                let Some((last_key, _)) = page.last() else { break };
-                after = Some(last_key.clone());
-                for (_, effects) in page {
-                    for effect in effects {
-                        bytes += encoded_len(&effect);
-                        chunk.push(effect);
-                    }
-                    if bytes > BATCH_BYTES || chunk.len() >= BATCH_ENTRIES * 8 {
-                        // Only the last chunk moves the watermark.
-                        if !send(std::mem::take(&mut chunk), 0) {
-                            return Ok(None);
-                        }
-                        bytes = 0;
-                    }
-                }
-            }
-        }
-        if !send(chunk, upto) {
-            return Ok(None);
-        }
-        Ok(Some((upto, chunks)))
+        resync_batches(&store.view(), source, role, limits, |batch| {
+            tx.blocking_send(batch_message(&batch)).is_ok()
+        })
     })
     .await
     .map_err(|e| ShipError::Ended {

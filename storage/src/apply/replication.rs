@@ -625,6 +625,79 @@ pub fn resync_upto<S: StoreRead + ?Sized>(store: &S) -> Result<u64, StoreError> 
     Ok(feed_trimmed_upto(store)?.max(newest))
 }
 
+/// How large one chunk of a full re-sync may grow before it is sent.
+#[derive(Clone, Copy, Debug)]
+pub struct ResyncChunkLimits {
+    /// Encoded effects, in bytes (a chunk may pass it by one key's effects).
+    pub bytes: u64,
+    /// Effects per chunk.
+    pub effects: usize,
+}
+
+/// A full re-sync read from `store` (one consistent view): the whole replicated state as chunks,
+/// each handed to `send` in order (`false` from it stops: the stream closed). Only the last
+/// chunk moves the receiver's watermark (to [`resync_upto`]) and carries the frontier (the last
+/// applied stamp of the view): the receiver judges every chunk against the frontier it had
+/// before the re-sync. Returns that position and the number of chunks sent, or `None` if `send`
+/// stopped.
+pub fn resync_batches<S: StoreRead + ?Sized>(
+    store: &S,
+    source: RegionId,
+    role: RegionRole,
+    limits: ResyncChunkLimits,
+    mut send: impl FnMut(ShipBatch) -> bool,
+) -> Result<Option<(u64, usize)>, StoreError> {
+    // Every change after this view is stamped at or above its last applied stamp, and everything
+    // up to the newest feed position in it is in the state it reads.
+    let frontier = super::last_applied_stamp(store)?.0;
+    let upto = resync_upto(store)?;
+    let mut chunks = 0usize;
+    let mut chunk = |effects: Vec<Effect>, last: bool| {
+        chunks += 1;
+        let (upto, frontier) = if last { (upto, frontier) } else { (0, 0) };
+        send(ShipBatch {
+            source,
+            // The entry is only a container: stamped 0, so a receiver whose clock is behind never
+            // refuses a re-sync for it (and redoes the whole of it); a frontier ahead of its clock
+            // is lowered instead.
+            entries: vec![FeedEntry {
+                index: upto,
+                stamp: 0,
+                effects,
+            }],
+            upto,
+            frontier,
+            resync: true,
+        })
+    };
+    let mut pending = resync_opening(role);
+    let mut bytes = 0u64;
+    for table in resync_tables(role) {
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = state_as_effects(store, table, after.as_deref(), 256)?;
+            let Some((last_key, _)) = page.last() else { break };
+            after = Some(last_key.clone());
+            for (_, effects) in page {
+                for effect in effects {
+                    bytes = bytes.saturating_add(basalt_replication::feed::encoded_len(&effect));
+                    pending.push(effect);
+                }
+                if bytes > limits.bytes || pending.len() >= limits.effects {
+                    if !chunk(std::mem::take(&mut pending), false) {
+                        return Ok(None);
+                    }
+                    bytes = 0;
+                }
+            }
+        }
+    }
+    if !chunk(pending, true) {
+        return Ok(None);
+    }
+    Ok(Some((upto, chunks)))
+}
+
 /// A stored key and the effects that rebuild it elsewhere.
 pub type KeyEffects = (Vec<u8>, Vec<Effect>);
 

@@ -4,7 +4,6 @@
 use basalt_replication::{ShipBatch, Version};
 use proptest::prelude::*;
 
-use super::last_applied_stamp;
 use super::replication::{digest, feed_after, feed_first, source_state};
 use super::tests::{cmd, counted, incr_op, put, Harness};
 use super::*;
@@ -43,41 +42,54 @@ pub(super) fn batch(from: &Harness, source: u16, after: u64) -> ShipBatch {
         .expect("the feed holds what follows")
 }
 
-/// What the shipper sends a region `from`'s feed was trimmed past: the whole replicated state, as
-/// one re-sync batch.
-pub(super) fn resync_batch(from: &Harness, source: u16) -> ShipBatch {
-    let role = from.applier.region();
-    let mut effects = replication::resync_opening(role);
-    for table in replication::resync_tables(role) {
-        for (_, key_effects) in replication::state_as_effects(&from.store, table, None, usize::MAX).expect("state") {
-            effects.extend(key_effects);
-        }
-    }
-    let upto = replication::resync_upto(&from.store).expect("upto");
-    let frontier = last_applied_stamp(&from.store).expect("stamp").0;
-    ShipBatch {
-        source,
-        entries: vec![basalt_replication::FeedEntry {
-            index: upto,
-            stamp: frontier,
-            effects,
-        }],
-        upto,
-        frontier,
-        resync: true,
-    }
+/// What the shipper sends a region `from`'s feed was trimmed past: the whole replicated state, in
+/// chunks of a few effects each, so that the receiver sees a re-sync's chunks one by one.
+pub(super) fn resync_batches(from: &Harness, source: u16) -> Vec<ShipBatch> {
+    let mut batches = Vec::new();
+    let limits = replication::ResyncChunkLimits {
+        bytes: 1 << 20,
+        effects: 2,
+    };
+    replication::resync_batches(&from.store, source, from.applier.region(), limits, |batch| {
+        batches.push(batch);
+        true
+    })
+    .expect("state")
+    .expect("every chunk taken");
+    batches
 }
 
 /// Ships `from`'s feed to `to` as the shipper would: from the feed when it still holds what `to`
 /// is missing, by a full re-sync when it was trimmed past that.
 pub(super) fn ship_or_resync(from: &Harness, source: u16, to: &mut Harness, at_ms: u64) -> Response {
     let after = source_state(&to.store, source).expect("state").applied_upto;
-    let batch = if after < replication::feed_trimmed_upto(&from.store).expect("trimmed") {
-        resync_batch(from, source)
-    } else {
-        batch(from, source, after)
-    };
-    to.apply(cmd(at_ms, Op::ReplApply { batch }))
+    if after < replication::feed_trimmed_upto(&from.store).expect("trimmed") {
+        let mut last = Response::None;
+        for batch in resync_batches(from, source) {
+            last = to.apply(cmd(at_ms, Op::ReplApply { batch }));
+        }
+        return last;
+    }
+    to.apply(cmd(
+        at_ms,
+        Op::ReplApply {
+            batch: batch(from, source, after),
+        },
+    ))
+}
+
+/// Ships everything each region has to every other, as the shippers would, `rounds` times.
+fn ship_all(regions: &mut [Harness], at_ms: u64, rounds: u64) {
+    for round in 0..rounds {
+        for from in 0..regions.len() {
+            for to in 0..regions.len() {
+                if from != to {
+                    let (src, dst) = pick(regions, from, to);
+                    ship_or_resync(src, from as u16 + 1, dst, at_ms + round);
+                }
+            }
+        }
+    }
 }
 
 /// The tombstone collection region `at` (0-based in `regions`) would propose: its leader knows
@@ -486,16 +498,7 @@ fn a_shipped_frontier_bounds_writes_proposed_but_not_yet_applied() {
     assert!(kv::tombstone(&regions[ap].store, b"k").expect("get").is_some());
     // The put applies at us, and every region ships everything to every other.
     regions[us].apply(late_put);
-    for round in 0..2u64 {
-        for from in 0..3 {
-            for to in 0..3 {
-                if from != to {
-                    let (src, dst) = pick(&mut regions, from, to);
-                    ship(src, from as u16 + 1, dst, 400 + round);
-                }
-            }
-        }
-    }
+    ship_all(&mut regions, 400, 2);
     for r in &regions {
         assert_eq!(value(r, "k"), None, "k came back in region {}", r.applier.region().id);
     }
@@ -594,16 +597,7 @@ fn a_heartbeat_frontier_waits_for_entries_not_yet_shipped() {
     regions[eu].apply(cmd(302, Op::ReplApply { batch: heartbeat }));
     assert_eq!(gc_due(&regions, eu), None, "eu may not collect the tombstone yet");
     // The put arrives, and loses to the delete everywhere.
-    for round in 0..2u64 {
-        for from in 0..3 {
-            for to in 0..3 {
-                if from != to {
-                    let (src, dst) = pick(&mut regions, from, to);
-                    ship(src, from as u16 + 1, dst, 400 + round);
-                }
-            }
-        }
-    }
+    ship_all(&mut regions, 400, 2);
     for r in &regions {
         assert_eq!(value(r, "k"), None, "k came back in region {}", r.applier.region().id);
     }
@@ -657,16 +651,7 @@ fn a_re_sync_does_not_bring_back_what_a_collected_tombstone_deleted() {
     assert_eq!(value(&regions[eu], "k"), None, "the re-sync brought k back in eu");
     assert_eq!(counter_value(&regions[eu], "c"), 3);
     // The cut heals: us hears of the delete, and every region agrees.
-    for round in 0..2u64 {
-        for from in 0..3 {
-            for to in 0..3 {
-                if from != to {
-                    let (src, dst) = pick(&mut regions, from, to);
-                    ship_or_resync(src, from as u16 + 1, dst, 500 + round);
-                }
-            }
-        }
-    }
+    ship_all(&mut regions, 500, 2);
     for r in &regions {
         assert_eq!(value(r, "k"), None, "k came back in region {}", r.applier.region().id);
     }
