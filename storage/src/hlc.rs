@@ -115,12 +115,13 @@ pub fn corrected_wall_ms(own_ms: u64, peers_ms: &[u64], max_offset_ms: u64) -> u
     held_within(own_ms, median_with(own_ms, peers_ms), max_offset_ms)
 }
 
-/// The median of `own_ms` and `peers_ms` (the upper one of an even count).
+/// The median of `own_ms` and `peers_ms`; of an even count the lower one, so that in a
+/// two-node cluster a clock that jumped ahead, the one that would drag time, is still held.
 fn median_with(own_ms: u64, peers_ms: &[u64]) -> u64 {
     let mut all: Vec<u64> = peers_ms.to_vec();
     all.push(own_ms);
     all.sort_unstable();
-    all[all.len() / 2]
+    all[(all.len() - 1) / 2]
 }
 
 /// `own_ms` held within `max_offset_ms` of `median_ms`.
@@ -459,6 +460,15 @@ mod tests {
         // Within the bound, or with no peer heard from, its own reading stands.
         assert_eq!(corrected_wall_ms(10_000_300, &peers, 500), 10_000_300);
         assert_eq!(corrected_wall_ms(42, &[], 500), 42);
+        // Two nodes: a clock ahead of its one peer is held; one behind it is not.
+        assert_eq!(
+            corrected_wall_ms(10_000_000 + 7_200_000, &[10_000_000], 500),
+            10_000_500
+        );
+        assert_eq!(
+            corrected_wall_ms(10_000_000 - 7_200, &[10_000_000], 500),
+            10_000_000 - 7_200
+        );
         // One peer off does not move a right clock: the median is a right one.
         assert_eq!(corrected_wall_ms(1_000_000, &[1_000_050, 9_999_999], 500), 1_000_000);
     }
