@@ -108,6 +108,7 @@ pub const PEER_READING_FRESH_MS: u64 = 2_000;
 /// or back) then moves none of its stamps by more than the bound, even in the moments before its
 /// peers refuse it: a leader whose clock strobes would otherwise commit an entry stamped hours
 /// ahead between two refusals, and one whose clock stepped back would freeze the cluster's time.
+#[cfg(test)]
 pub fn corrected_wall_ms(own_ms: u64, peers_ms: &[u64], max_offset_ms: u64) -> u64 {
     if peers_ms.is_empty() {
         return own_ms;
@@ -255,7 +256,8 @@ impl Hlc {
 
     /// The wall clock this node stamps with: its own ([`Hlc::wall_ms`]), held within the max
     /// offset of the median of its own and its peers' last readings, carried forward on the
-    /// monotonic clock ([`corrected_wall_ms`]). Its own alone when no peer was heard from lately.
+    /// monotonic clock (the rule `corrected_wall_ms` states at one instant, which the tests check).
+    /// Its own alone when no peer was heard from lately.
     pub fn stamp_wall_ms(&self) -> u64 {
         let own = self.wall_ms();
         let at = self.peers.median_at.load(Ordering::Acquire);

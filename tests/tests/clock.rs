@@ -10,6 +10,23 @@ const NODE: &str = env!("CARGO_BIN_EXE_basalt-test-node");
 
 const TWO_HOURS_MS: i64 = 2 * 3_600_000;
 
+/// Three nodes whose clocks the test can set (`--allow-clock-control`).
+fn clock_controlled_cluster() -> TestCluster {
+    TestCluster::start(
+        NODE,
+        ClusterOptions {
+            extra_args: vec!["--allow-clock-control".into()],
+            ..Default::default()
+        },
+    )
+}
+
+fn minute_ttl() -> PutOptions {
+    PutOptions {
+        ttl: Some(Duration::from_secs(60)),
+    }
+}
+
 fn wall_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -24,18 +41,10 @@ fn wall_ms() -> u64 {
 #[test]
 fn a_leader_whose_clock_jumps_two_hours_ahead_cannot_drag_the_cluster() {
     runtime().block_on(async {
-        let cluster = TestCluster::start(
-            NODE,
-            ClusterOptions {
-                extra_args: vec!["--allow-clock-control".into()],
-                ..Default::default()
-            },
-        );
+        let cluster = clock_controlled_cluster();
         let client = cluster.client().await;
         let skewed = cluster.leader(&client).await;
-        let minute = PutOptions {
-            ttl: Some(Duration::from_secs(60)),
-        };
+        let minute = minute_ttl();
         client.kv().put_with("lives", "v", minute.clone()).await.expect("put");
 
         cluster.set_clock_skew(skewed, TWO_HOURS_MS);
@@ -145,18 +154,10 @@ fn a_key_read_as_expired_stays_expired_after_a_failover_to_a_clock_behind() {
 #[test]
 fn a_leader_whose_clock_strobes_commits_no_stamp_from_the_future() {
     runtime().block_on(async {
-        let cluster = TestCluster::start(
-            NODE,
-            ClusterOptions {
-                extra_args: vec!["--allow-clock-control".into()],
-                ..Default::default()
-            },
-        );
+        let cluster = clock_controlled_cluster();
         let client = cluster.client().await;
         let leader = cluster.leader(&client).await;
-        let minute = PutOptions {
-            ttl: Some(Duration::from_secs(60)),
-        };
+        let minute = minute_ttl();
         client.kv().put_with("lives", "v", minute.clone()).await.expect("put");
         let strobe_until = Instant::now() + Duration::from_secs(3);
         let kv = client.kv();

@@ -264,7 +264,8 @@ impl Api {
         if stale {
             return Ok(None);
         }
-        let clock_ms = self.clock.now().physical_ms();
+        // A reading, not a stamp: a read has nothing to order.
+        let clock_ms = self.clock.stamp_wall_ms();
         let due: Vec<u64> = expiries
             .into_iter()
             .flatten()

@@ -78,6 +78,14 @@ pub(super) fn ship_or_resync(from: &Harness, source: u16, to: &mut Harness, at_m
     ))
 }
 
+/// Ships what region `from` (0-based) has to each of `targets`, at `at_ms`.
+fn ship_to(regions: &mut [Harness], from: usize, targets: &[usize], at_ms: u64) {
+    for &to in targets {
+        let (src, dst) = pick(regions, from, to);
+        ship(src, from as u16 + 1, dst, at_ms);
+    }
+}
+
 /// Ships everything each region has to every other, as the shippers would, `rounds` times.
 fn ship_all(regions: &mut [Harness], at_ms: u64, rounds: u64) {
     for round in 0..rounds {
@@ -457,17 +465,13 @@ fn a_shipped_frontier_bounds_writes_proposed_but_not_yet_applied() {
     let mut regions: Vec<Harness> = (1..=3).map(region).collect();
     let (us, eu, ap) = (0, 1, 2);
     regions[us].apply(cmd(100, put("k", "v")));
-    for to in [eu, ap] {
-        let (src, dst) = pick(&mut regions, us, to);
-        ship(src, 1, dst, 101);
-    }
+    ship_to(&mut regions, us, &[eu, ap], 101);
     regions[eu].apply(cmd(200, delete("k")));
     let deleted_at = kv::tombstone(&regions[eu].store, b"k")
         .expect("get")
         .expect("tombstone");
     regions[eu].apply(cmd(300, incr_op("c", 1)));
-    let (src, dst) = pick(&mut regions, eu, ap);
-    ship(src, 2, dst, 301);
+    ship_to(&mut regions, eu, &[ap], 301);
     // us has a put stamped 150 on its way through Raft (proposed, not applied) when its shipper
     // reads the feed: the frontier it ships must not pass 150.
     let late_put = cmd(150, put("k", "late"));
@@ -516,14 +520,10 @@ fn a_delete_reaches_a_region_that_is_re_synced_after_the_feed_was_trimmed_past_i
     let mut regions: Vec<Harness> = (1..=3).map(region).collect();
     let (us, eu, ap) = (0, 1, 2);
     regions[us].apply(cmd(100, put("k", "v")));
-    for to in [eu, ap] {
-        let (src, dst) = pick(&mut regions, us, to);
-        ship(src, 1, dst, 101);
-    }
+    ship_to(&mut regions, us, &[eu, ap], 101);
     // us deletes k; the link us -> ap is cut, so only eu hears of it.
     regions[us].apply(cmd(200, delete("k")));
-    let (src, dst) = pick(&mut regions, us, eu);
-    ship(src, 1, dst, 201);
+    ship_to(&mut regions, us, &[eu], 201);
     // eu and ap keep writing and shipping to us: their frontiers pass the tombstone.
     for (at, from) in [(300, eu), (301, ap)] {
         regions[from].apply(cmd(at, incr_op("c", 1)));
@@ -569,24 +569,17 @@ fn a_heartbeat_frontier_waits_for_entries_not_yet_shipped() {
     let mut regions: Vec<Harness> = (1..=3).map(region).collect();
     let (us, eu, ap) = (0, 1, 2);
     regions[ap].apply(cmd(50, put("k", "ap")));
-    for to in [us, eu] {
-        let (src, dst) = pick(&mut regions, ap, to);
-        ship(src, 3, dst, 51);
-    }
+    ship_to(&mut regions, ap, &[us, eu], 51);
     // us writes k at 100; the link us -> eu is slow: eu has not received it.
     regions[us].apply(cmd(100, put("k", "us")));
     regions[eu].apply(cmd(200, delete("k")));
     let deleted_at = kv::tombstone(&regions[eu].store, b"k")
         .expect("get")
         .expect("tombstone");
-    for to in [us, ap] {
-        let (src, dst) = pick(&mut regions, eu, to);
-        ship(src, 2, dst, 210);
-    }
+    ship_to(&mut regions, eu, &[us, ap], 210);
     assert!(regions[us].last_stamp().0 > deleted_at.stamp);
     regions[ap].apply(cmd(300, incr_op("c", 1)));
-    let (src, dst) = pick(&mut regions, ap, eu);
-    ship(src, 3, dst, 301);
+    ship_to(&mut regions, ap, &[eu], 301);
     // us heartbeats eu, which has merged nothing of us yet.
     let heartbeat = replication::heartbeat_after(&regions[us].store, 1, 0).expect("heartbeat");
     assert!(
@@ -612,25 +605,16 @@ fn a_re_sync_does_not_bring_back_what_a_collected_tombstone_deleted() {
     let mut regions: Vec<Harness> = (1..=3).map(region).collect();
     let (us, eu, ap) = (0, 1, 2);
     regions[us].apply(cmd(100, put("k", "us")));
-    for to in [eu, ap] {
-        let (src, dst) = pick(&mut regions, us, to);
-        ship(src, 1, dst, 101);
-    }
+    ship_to(&mut regions, us, &[eu, ap], 101);
     // ap deletes k; the link ap -> us is cut, so only eu hears of it.
     regions[ap].apply(cmd(200, delete("k")));
-    let (src, dst) = pick(&mut regions, ap, eu);
-    ship(src, 3, dst, 201);
+    ship_to(&mut regions, ap, &[eu], 201);
     // us and ap move on; eu's horizon passes the tombstone, and eu collects it.
     regions[us].apply(cmd(300, incr_op("c", 1)));
-    let (src, dst) = pick(&mut regions, us, eu);
-    ship(src, 1, dst, 301);
+    ship_to(&mut regions, us, &[eu], 301);
     regions[ap].apply(cmd(310, incr_op("c", 1)));
-    let (src, dst) = pick(&mut regions, ap, eu);
-    ship(src, 3, dst, 311);
-    for to in [us, ap] {
-        let (src, dst) = pick(&mut regions, eu, to);
-        ship(src, 2, dst, 312);
-    }
+    ship_to(&mut regions, ap, &[eu], 311);
+    ship_to(&mut regions, eu, &[us, ap], 312);
     let gc = gc_due(&regions, eu).expect("eu collects ap's tombstone");
     regions[eu].apply(cmd(320, gc));
     assert_eq!(kv::tombstone(&regions[eu].store, b"k").expect("get"), None);
