@@ -567,6 +567,54 @@ impl Client {
         Ok(reply.members)
     }
 
+    /// The replicated region topology of the region this client talks to, as the node that
+    /// answers has applied it; `None` without regions or before it is committed.
+    pub async fn region_topology(&self) -> Result<Option<pb::RegionTopology>, ClientError> {
+        let reply = self
+            .unary(false, pb::RegionsRequest { digest: false }, |c, r| async move {
+                ClusterClient::new(c).regions(r).await
+            })
+            .await?;
+        Ok(reply.topology)
+    }
+
+    /// Adds region `name:id` to the replicated region topology of the region this client talks
+    /// to (or changes the endpoints of the region known under that id and name). The new region
+    /// has no escrow share of counter bounds: give it room with an escrow transfer
+    /// (`CounterHandle::transfer_escrow`). Run it in every region the new one replicates with. `INVALID_TOPOLOGY` when the change does not fit the topology.
+    pub async fn add_region(
+        &self,
+        name: &str,
+        id: u16,
+        endpoints: &[String],
+    ) -> Result<pb::RegionTopology, ClientError> {
+        let change = pb::change_regions_request::Change::Add(pb::RegionSpec {
+            id: id.into(),
+            name: name.to_string(),
+            endpoints: endpoints.to_vec(),
+        });
+        self.change_regions(change).await
+    }
+
+    /// Removes region `name` from the replicated region topology of the region this client talks
+    /// to: nothing more is shipped to it or merged from it. Its escrow share stays spent.
+    pub async fn remove_region(&self, name: &str) -> Result<pb::RegionTopology, ClientError> {
+        self.change_regions(pb::change_regions_request::Change::Remove(name.to_string()))
+            .await
+    }
+
+    async fn change_regions(
+        &self,
+        change: pb::change_regions_request::Change,
+    ) -> Result<pb::RegionTopology, ClientError> {
+        self.unary(
+            true,
+            pb::ChangeRegionsRequest { change: Some(change) },
+            |c, r| async move { ClusterClient::new(c).change_regions(r).await },
+        )
+        .await
+    }
+
     /// Makes a learner a voter.
     pub async fn promote(&self, id: u64) -> Result<Vec<pb::Member>, ClientError> {
         let reply = self

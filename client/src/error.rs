@@ -58,6 +58,10 @@ error_codes! {
     IllegalGeneration = "ILLEGAL_GENERATION" => FailedPrecondition,
     NotAssigned = "NOT_ASSIGNED" => FailedPrecondition,
     Compacted = "COMPACTED" => OutOfRange,
+    // A region topology change that does not fit the replicated topology (`basalt regions`).
+    InvalidTopology = "INVALID_TOPOLOGY" => FailedPrecondition,
+    // A feed batch or escrow transfer naming a region this region's topology does not hold.
+    UnknownRegion = "UNKNOWN_REGION" => FailedPrecondition,
     // A write to data homed in another region (ledgers, leases, queues) could not reach that
     // region, and no attempt can have reached it: nothing was applied anywhere. Not retried by
     // the SDK: the caller decides.

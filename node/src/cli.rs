@@ -128,10 +128,13 @@ enum Command {
         #[command(flatten)]
         endpoints: EndpointArgs,
     },
-    /// Multi-region dev clusters: replication status; partitions and latency between regions.
+    /// Regions: the replicated region topology (add, remove, show); with a multi-region dev
+    /// cluster also replication status, partitions and latency between regions.
     Regions {
         #[command(subcommand)]
         command: crate::verbs_regions::RegionsCommand,
+        #[command(flatten)]
+        endpoints: EndpointArgs,
     },
     /// Load generators.
     Bench {
@@ -208,6 +211,10 @@ pub struct StartArgs {
     /// The region owning ledgers, leases and queues (default: the lowest region id).
     #[arg(long, requires = "region")]
     home_region: Option<String>,
+    /// This region joins regions already running (added there with `basalt regions add`): it
+    /// starts with no escrow share of counter bounds instead of an even split.
+    #[arg(long, requires = "region")]
+    joining_region: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -422,6 +429,7 @@ fn start_config(args: StartArgs) -> Result<NodeConfig, String> {
                     // The node's own skew (above) is the flag's: not added twice.
                     clock_skew_ms: 0,
                     home: args.home_region.clone(),
+                    joining: args.joining_region,
                 })
             }
         },
@@ -702,9 +710,12 @@ async fn run(cli: Cli) -> Result<(), String> {
                 }
             }
         }
-        Command::Regions { command } => {
+        Command::Regions { command, endpoints } => {
             init_tracing("error");
-            crate::verbs_regions::run(command).await
+            match crate::verbs_regions::topology_verb(&command) {
+                true => crate::verbs_regions::change(command, connect(&endpoints).await?).await,
+                false => crate::verbs_regions::run(command).await,
+            }
         }
         Command::Bench { command, endpoints } => {
             init_tracing("error");

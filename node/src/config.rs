@@ -94,6 +94,11 @@ pub struct RegionConfig {
     /// there). Default: the region with the lowest id.
     #[serde(default)]
     pub home: Option<String>,
+    /// This region joins regions that already run: it starts with no escrow share of counter
+    /// bounds (the running regions give it room by escrow transfer), instead of splitting the
+    /// bounds evenly with the others as founding regions do.
+    #[serde(default)]
+    pub joining: bool,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -133,16 +138,79 @@ pub fn parse_remote_region(text: &str) -> Result<RemoteRegion, ConfigError> {
 }
 
 impl RegionConfig {
-    /// This region as its state machine sees it.
-    pub fn role(&self) -> basalt_storage::apply::RegionRole {
-        basalt_storage::apply::RegionRole {
-            id: self.id,
-            replicated: true,
-            remotes: self.remotes.len() as u16,
+    /// The first region topology of this region, as its flags say: what its first leader
+    /// proposes. Later changes go through `basalt regions add | remove`; the flags are then
+    /// only compared with the replicated topology at startup.
+    pub fn initial_topology(&self) -> basalt_storage::apply::topology::TopologyChange {
+        use basalt_storage::apply::topology::{RegionSpec, TopologyChange};
+        TopologyChange::Init {
+            this: RegionSpec {
+                id: self.id,
+                name: self.name.clone(),
+                endpoints: Vec::new(),
+            },
             home: self.home_remote().map_or(self.id, |home| home.id),
-            // Checked by `validate`.
-            name: basalt_replication::RegionName::new(&self.name).unwrap_or_default(),
+            remotes: self
+                .remotes
+                .iter()
+                .map(|r| RegionSpec {
+                    id: r.id,
+                    name: r.name.clone(),
+                    endpoints: r.endpoints.clone(),
+                })
+                .collect(),
+            joining: self.joining,
         }
+    }
+
+    /// Where these flags and the replicated topology disagree, one line each. Which region this
+    /// is must agree (`Err`); the rest is reported, and the replicated topology is what applies.
+    pub fn compare_with(
+        &self,
+        topology: &basalt_storage::apply::topology::RegionTopology,
+    ) -> Result<Vec<String>, String> {
+        let this_name = topology.name_of(topology.this).unwrap_or("?");
+        if topology.this != self.id || this_name != self.name {
+            return Err(format!(
+                "this node's data belongs to region {this_name}:{} but its flags say --region {}:{}; \
+                 a region cannot change its name or id: start it with --region {this_name}:{}",
+                topology.this, self.name, self.id, topology.this
+            ));
+        }
+        let mut differences = Vec::new();
+        for remote in &self.remotes {
+            match topology.regions.get(&remote.id) {
+                None => differences.push(format!(
+                    "--remote-region {}:{} is not in the replicated topology (add it with `basalt regions add`)",
+                    remote.name, remote.id
+                )),
+                Some(known) if known.name != remote.name => differences.push(format!(
+                    "--remote-region {}:{} is named {:?} in the replicated topology",
+                    remote.name, remote.id, known.name
+                )),
+                Some(known) if known.endpoints != remote.endpoints => differences.push(format!(
+                    "--remote-region {}:{} lists endpoints {:?}, the replicated topology {:?}",
+                    remote.name, remote.id, remote.endpoints, known.endpoints
+                )),
+                Some(_) => {}
+            }
+        }
+        for (id, member) in topology.remotes() {
+            if !self.remotes.iter().any(|r| r.id == id) {
+                differences.push(format!(
+                    "region {}:{id} of the replicated topology is not among the flags' --remote-region",
+                    member.name
+                ));
+            }
+        }
+        let flags_home = self.home_remote().map_or(self.id, |home| home.id);
+        if flags_home != topology.home {
+            differences.push(format!(
+                "the flags make region {flags_home} the home region, the replicated topology region {}",
+                topology.home
+            ));
+        }
+        Ok(differences)
     }
 
     /// The home region of homed data: `None` when it is this region.
@@ -316,15 +384,10 @@ impl NodeConfig {
         .map_err(|e| ConfigError::Invalid(e.to_string()))
     }
 
-    /// How this node's region stands among regions, for the apply logic.
     /// This node's clock skew: its own, plus its region's (a topology file skews a whole region).
     pub fn clock_skew_ms(&self) -> i64 {
         self.clock_skew_ms
             .saturating_add(self.region.as_ref().map_or(0, |r| r.clock_skew_ms))
-    }
-
-    pub fn region_role(&self) -> basalt_storage::apply::RegionRole {
-        self.region.as_ref().map_or_else(Default::default, RegionConfig::role)
     }
 
     /// The address other nodes and clients use to reach this node.
@@ -397,6 +460,7 @@ mod tests {
             feed_retain_entries: 10,
             clock_skew_ms: 0,
             home: None,
+            joining: false,
         };
         let mut c = base();
         c.region = Some(region(1, vec![eu.clone()]));

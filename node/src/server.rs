@@ -28,7 +28,7 @@ use openraft::{BasicNode, SnapshotPolicy};
 
 use crate::api::{Api, ApiCounters};
 use crate::config::{ConfigError, NodeConfig};
-use crate::replication::{FeedReceiver, HomeRoute, Homed, Replication};
+use crate::replication::{FeedReceiver, Homed, Replication};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -101,7 +101,6 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         config.clock_skew_ms(),
         config.max_clock_offset_ms,
     ));
-    let region_role = config.region_role();
     let log_store = LogStore::open(
         &config.data_dir.join("log"),
         LogOptions {
@@ -109,8 +108,9 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
             ..Default::default()
         },
     )?;
-    let state_machine =
-        StateMachine::open(&config.data_dir, clock.clone(), region_role).map_err(io("opening the state store"))?;
+    let state_machine = StateMachine::open(&config.data_dir, clock.clone()).map_err(io("opening the state store"))?;
+    let topology = state_machine.subscribe_topology();
+    check_region_flags(&config, topology.borrow().as_deref())?;
     let store = state_machine.store().clone();
     let applied = state_machine.subscribe_applied();
     let incoming_dir = state_machine.snapshot_dir().to_path_buf();
@@ -154,7 +154,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         log_bounds: Arc::new(move || bounds_store.bounds()),
         applied,
         broker: Arc::new(crate::api::Broker::default()),
-        replication: config.region.clone().map(Replication::new),
+        replication: config.region.clone().map(|region| Replication::new(region, topology)),
         merger: Arc::new(crate::api::Merger::new(config.kv_merge_in_flight)),
         expiry_tick: Arc::default(),
     };
@@ -189,14 +189,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         Some(repl) => repl.spawn(api.clone(), stop_rx.clone()),
         None => Vec::new(),
     };
-    let home_route = match config.region.as_ref().and_then(|r| r.home_remote()) {
-        Some(home) => Some(HomeRoute::new(home.clone()).map_err(|e| NodeError::Config(ConfigError::Invalid(e)))?),
-        None => None,
-    };
-    let homed = Homed {
-        api: api.clone(),
-        route: home_route,
-    };
+    let homed = Homed::new(api.clone());
     let feed_receiver = RegionFeedServer::new(FeedReceiver {
         api: api.clone(),
         replication: api.replication.clone(),
@@ -238,6 +231,37 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
     })
 }
 
+/// Compares this node's region flags with the replicated region topology, which is what apply
+/// follows: a node whose data belongs to another region, or to a region among several when the
+/// node was started without `--region`, does not start; other differences (a region added or
+/// removed by `basalt regions`, endpoints moved) are logged, and the replicated topology wins.
+fn check_region_flags(
+    config: &NodeConfig,
+    topology: Option<&basalt_storage::apply::topology::RegionTopology>,
+) -> Result<(), NodeError> {
+    let refuse = |message: String| NodeError::Config(ConfigError::Invalid(message));
+    match (&config.region, topology) {
+        (_, None) => Ok(()),
+        (None, Some(topology)) => Err(refuse(format!(
+            "this node's data belongs to region {}:{} of a multi-region deployment; start it with --region {}:{}",
+            topology.name_of(topology.this).unwrap_or("?"),
+            topology.this,
+            topology.name_of(topology.this).unwrap_or("?"),
+            topology.this
+        ))),
+        (Some(region), Some(topology)) => {
+            let differences = region.compare_with(topology).map_err(refuse)?;
+            for difference in &differences {
+                tracing::warn!(
+                    topology_changed_at = topology.changed_at,
+                    "region flags differ from the replicated topology, which is what applies: {difference}"
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
 /// How many clients one session sweep entry visits.
 const SESSION_SWEEP_CLIENTS_MAX: u32 = 1000;
 /// Seconds between session sweep steps.
@@ -269,7 +293,14 @@ async fn sweeper(api: Api, config: NodeConfig, stop: tokio::sync::watch::Receive
             continue;
         }
         let now_ms = api.clock.now().physical_ms();
-        match basalt_storage::apply::sweeps_due(&api.store, now_ms, config.region_role()) {
+        let role = match basalt_storage::apply::topology::region_role(&api.store) {
+            Ok(role) => role,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the region topology");
+                continue;
+            }
+        };
+        match basalt_storage::apply::sweeps_due(&api.store, now_ms, role) {
             Ok(due) => {
                 for op in due {
                     propose_sweep(&api, op).await;

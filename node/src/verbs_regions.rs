@@ -1,5 +1,7 @@
-//! `basalt regions ...`: replication status of a multi-region dev cluster, and run-time changes to
-//! its WAN links (through the control endpoint `basalt dev` serves).
+//! `basalt regions ...`: the replicated region topology of one region (add, remove, show: through
+//! the cluster API of the region `--endpoints` or `--region` names), and for a multi-region dev
+//! cluster its replication status and run-time changes to its WAN links (through the control
+//! endpoint `basalt dev` serves).
 
 use std::time::Duration;
 
@@ -9,6 +11,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[derive(Subcommand, Debug)]
 pub enum RegionsCommand {
+    /// Add a region to this region's replicated topology, `name:id=host:port,...` (or change the
+    /// endpoints of one it knows). It gets no escrow share of counter bounds: give it room with
+    /// `basalt counter transfer-escrow`. Run it in every region the new one replicates with.
+    Add { region: String },
+    /// Remove a region from this region's topology: nothing more is shipped to it or merged from
+    /// it (its escrow share stays spent).
+    Remove { name: String },
+    /// This region's replicated topology: the regions, their endpoints, the home, escrow shares.
+    Topology,
     /// Per region its leader and digest; per link the replication lag, shipped and acknowledged
     /// positions; whether every region's digest agrees.
     Status,
@@ -91,9 +102,68 @@ async fn control(file: &serde_json::Value, method: &str, path: &str) -> Result<S
     }
 }
 
+/// Whether `command` works on the replicated topology through the cluster API (and not on a dev
+/// cluster's control endpoint).
+pub fn topology_verb(command: &RegionsCommand) -> bool {
+    matches!(
+        command,
+        RegionsCommand::Add { .. } | RegionsCommand::Remove { .. } | RegionsCommand::Topology
+    )
+}
+
+/// Runs a topology verb against the region `client` talks to.
+pub async fn change(command: RegionsCommand, client: Client) -> Result<(), String> {
+    let topology = match command {
+        RegionsCommand::Add { region } => {
+            let remote = crate::config::parse_remote_region(&region).map_err(|e| e.to_string())?;
+            client
+                .add_region(&remote.name, remote.id, &remote.endpoints)
+                .await
+                .map_err(|e| e.to_string())?
+        }
+        RegionsCommand::Remove { name } => client.remove_region(&name).await.map_err(|e| e.to_string())?,
+        RegionsCommand::Topology => client
+            .region_topology()
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("this region has no region topology (not started with --region, or not committed yet)")?,
+        other => return Err(format!("{other:?} is not a topology verb")),
+    };
+    print_topology(&topology);
+    Ok(())
+}
+
+fn print_topology(topology: &basalt_client::pb::RegionTopology) {
+    println!(
+        "region topology (changed at log index {}), home region {}:",
+        topology.changed_at, topology.home_id
+    );
+    for region in &topology.regions {
+        println!(
+            "  {}:{}{}  escrow share {}  endpoints {}",
+            region.name,
+            region.id,
+            if region.id == topology.this_id {
+                " (this region)"
+            } else {
+                ""
+            },
+            region.escrow_share.as_deref().unwrap_or("unknown here"),
+            if region.endpoints.is_empty() {
+                "-".to_string()
+            } else {
+                region.endpoints.join(",")
+            }
+        );
+    }
+}
+
 pub async fn run(command: RegionsCommand) -> Result<(), String> {
     let file = cluster()?;
     match command {
+        RegionsCommand::Add { .. } | RegionsCommand::Remove { .. } | RegionsCommand::Topology => {
+            Err("a topology verb goes through the cluster API".into())
+        }
         RegionsCommand::Status => status(&file).await,
         RegionsCommand::Links => {
             print!("{}", control(&file, "GET", "/links").await?);

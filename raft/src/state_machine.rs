@@ -8,7 +8,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use basalt_storage::apply::{Applier, RegionRole, WriteSet};
+use basalt_storage::apply::topology::{load_topology, RegionTopology};
+use basalt_storage::apply::{Applier, WriteSet};
 use basalt_storage::command::Response;
 use basalt_storage::hlc::Hlc;
 use basalt_storage::state::rocks::RocksStore;
@@ -42,6 +43,9 @@ pub struct StateMachine {
     /// The last applied log index, published after each batch is committed to the store: what
     /// long-polls and watchers wait on.
     applied: Arc<tokio::sync::watch::Sender<u64>>,
+    /// The region topology as of the last applied batch (`None`: a region alone), published
+    /// after the batch that changed it is committed.
+    topology: Arc<tokio::sync::watch::Sender<Option<Arc<RegionTopology>>>>,
 }
 
 fn applied_state_of(store: &RocksStore) -> Result<(Option<LogId>, StoredMembership), io::Error> {
@@ -58,22 +62,30 @@ impl StateMachine {
     /// Opens the state store in `dir/state`, snapshots in `dir/snapshots`. `clock` observes every
     /// applied stamp (up to its ceiling), so a node that becomes leader stamps at or above what it
     /// applied unless that ran ahead of the clock bound; apply never goes below it either way.
-    /// `region` says whether this region replicates with others.
-    pub fn open(dir: &Path, clock: Arc<Hlc>, region: RegionRole) -> Result<StateMachine, io::Error> {
+    /// The region's role among regions comes from the replicated topology in the store.
+    pub fn open(dir: &Path, clock: Arc<Hlc>) -> Result<StateMachine, io::Error> {
         let store = RocksStore::open(dir.join("state"))?;
         let snapshot_dir = dir.join("snapshots");
         std::fs::create_dir_all(&snapshot_dir)?;
-        let applier = Applier::load(&store, region)?;
+        let applier = Applier::load(&store)?;
         clock.observe(applier.last_stamp());
         let (applied, _) = applied_state_of(&store)?;
         let (applied, _) = tokio::sync::watch::channel(applied.map_or(0, |id| id.index()));
+        let (topology, _) = tokio::sync::watch::channel(load_topology(&store)?.map(Arc::new));
         Ok(StateMachine {
             store,
             applier: Arc::new(Mutex::new(applier)),
             snapshot_dir,
             clock,
             applied: Arc::new(applied),
+            topology: Arc::new(topology),
         })
+    }
+
+    /// Follows the region topology: it changes only after the state store has the entry that
+    /// changed it (or a snapshot that holds another).
+    pub fn subscribe_topology(&self) -> tokio::sync::watch::Receiver<Option<Arc<RegionTopology>>> {
+        self.topology.subscribe()
     }
 
     /// Follows the last applied log index; it changes only after the state store has the batch.
@@ -171,12 +183,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut writes = WriteSet::default();
         let mut responders = Vec::new();
         let mut last_applied = None;
+        let mut changed_topology = None;
         while let Some((entry, responder)) = entries.try_next().await? {
             let log_id = entry.log_id();
             let response = match &entry.payload {
                 EntryPayload::Blank => Response::None,
                 EntryPayload::Normal(command) => {
                     let response = applier.apply(&self.store.apply_reads(), &mut writes, log_id.index(), command)?;
+                    if let Response::Topology(topology) = &response {
+                        changed_topology = Some(Arc::new(topology.clone()));
+                    }
                     // The applier's stamp includes what merged remote batches carried.
                     self.clock.observe(applier.last_stamp());
                     response
@@ -198,6 +214,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if !writes.is_empty() {
             self.store.commit(&writes)?;
         }
+        if let Some(topology) = changed_topology {
+            self.topology.send_replace(Some(topology));
+        }
         if let Some(log_id) = &last_applied {
             self.applied.send_replace(log_id.index());
         }
@@ -217,7 +236,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let installed_index = meta.last_log_id.as_ref().map(|id| id.index());
         let meta = meta.clone();
         let mut applier = self.applier.lock().await;
-        let region = applier.region();
         let installed = tokio::task::spawn_blocking(move || -> Result<Applier, io::Error> {
             let unpacked = this.snapshot_dir.join("install.tmp");
             let packed_meta: SnapshotMeta = decode(&snapshot::unpack(&snapshot.path, &unpacked)?)?;
@@ -236,12 +254,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             std::fs::rename(&snapshot.path, &target)?;
             this.remove_other_packs(&target)?;
             tracing::info!(last_log_id = ?meta.last_log_id, "installed snapshot");
-            Ok(Applier::load(&this.store, region)?)
+            // The snapshot carries the region topology of its index: the role comes with it.
+            Ok(Applier::load(&this.store)?)
         })
         .await
         .map_err(io::Error::other)??;
         self.clock.observe(installed.last_stamp());
         *applier = installed;
+        self.topology
+            .send_replace(load_topology(&self.store).map_err(io::Error::other)?.map(Arc::new));
         if let Some(index) = installed_index {
             self.applied.send_replace(index);
         }

@@ -330,6 +330,12 @@ pub enum Op {
     /// read that finds a TTL key or lease expired by the leader's clock but not yet by the
     /// applied time, so that expiry is in the log and never undone by a later read elsewhere.
     ClockTick,
+    /// Changes the region topology: which regions exist, the home of homed data, the escrow
+    /// shares (`apply::topology`). The only way the topology changes, so that every replica
+    /// applies every later entry alike, whatever its flags say.
+    RegionTopology {
+        change: crate::apply::topology::TopologyChange,
+    },
 }
 
 /// One client request inside an [`Op::KvMerged`]: a `KvPut`, `KvDelete` or `KvBatch`, and the
@@ -552,6 +558,10 @@ pub enum OpError {
     },
     #[error("{op} cannot be part of merged kv writes")]
     NotMergeable { op: String },
+    #[error("region {source_region} is not in this region's topology (`basalt regions add` it first)")]
+    UnknownRegion { source_region: u16 },
+    #[error("region topology change refused: {reason}")]
+    InvalidTopology { reason: String },
 }
 
 /// The result of applying one command.
@@ -624,6 +634,8 @@ pub enum Response {
     /// One answer per part of a [`Op::KvMerged`], in order: what the part's op alone would have
     /// been answered.
     KvMerged(Vec<Response>),
+    /// A region topology change took effect: the topology now in force.
+    Topology(crate::apply::topology::RegionTopology),
 }
 
 impl std::fmt::Display for Command {
@@ -745,6 +757,7 @@ impl std::fmt::Display for Op {
             Op::KvMerged { parts } => write!(f, "kv writes of {} requests", parts.len()),
             Op::KvTombstoneGc { below, limit } => write!(f, "kv tombstones below stamp {below} (limit {limit})"),
             Op::ClockTick => write!(f, "clock tick"),
+            Op::RegionTopology { change } => change.fmt(f),
         }
     }
 }

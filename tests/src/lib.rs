@@ -88,6 +88,33 @@ impl TestCluster {
         self.options.extra_args.extend(args);
     }
 
+    /// The extra `basalt start` arguments every node started from now on gets, instead of the
+    /// ones it had (a restart with other flags).
+    pub fn replace_args(&mut self, args: Vec<String>) {
+        self.options.extra_args = args;
+    }
+
+    pub fn extra_args(&self) -> &[String] {
+        &self.options.extra_args
+    }
+
+    /// Waits up to `timeout` for node `id`'s process to exit by itself; its exit status, or
+    /// `None` if it still runs.
+    pub fn wait_exit(&mut self, id: u64, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let child = self.children.get_mut(&id)?;
+            if let Ok(Some(status)) = child.try_wait() {
+                self.children.remove(&id);
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Starts every planned node; node 1 bootstraps the cluster.
     pub fn launch(&mut self) {
         let ids: Vec<u64> = self.specs.keys().copied().collect();

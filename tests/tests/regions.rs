@@ -872,19 +872,26 @@ fn a_region_whose_clock_runs_hours_ahead_is_held_back_not_followed() {
             .await
             .expect("put");
         eu.kv().put("from-the-future", "v").await.expect("put in eu");
-        // eu ships within a second or two; past that, a sweep or two of us's expiry index.
-        tokio::time::sleep(Duration::from_secs(4)).await;
-        assert!(
-            us.kv().get("lives").await.expect("get").is_some(),
-            "a key with a minute to live expired in us: eu's clock dragged it"
-        );
-        assert_eq!(us.kv().get("from-the-future").await.expect("get"), None);
+        // eu ships within a second or two (its first leader commits its topology first, on a
+        // machine shared with other tests); then a sweep or two of us's expiry index.
         let us_cluster = &regions.regions[0].1;
+        let waited = std::time::Instant::now();
+        while us_cluster.metric(1, "basalt_repl_clock_refusals_total") == 0
+            && waited.elapsed() < Duration::from_secs(20)
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         assert!(
             us_cluster.metric(1, "basalt_repl_clock_refusals_total") > 0,
             "us never refused eu's batches\n{}",
             us_cluster.logs()
         );
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(
+            us.kv().get("lives").await.expect("get").is_some(),
+            "a key with a minute to live expired in us: eu's clock dragged it"
+        );
+        assert_eq!(us.kv().get("from-the-future").await.expect("get"), None);
         // us's own writes are stamped by its own clock.
         let written_at = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -902,5 +909,168 @@ fn a_region_whose_clock_runs_hours_ahead_is_held_back_not_followed() {
             .expect("put");
         let expires_at = us.kv().get("fresh").await.expect("get").expect("present").expires_at_ms;
         assert!(expires_at.expect("a TTL") <= written_at + 65_000);
+    });
+}
+
+/// A region joins two running regions while a bounded counter is near its bound (issue 15 part 4):
+/// the topology changes only through each region's log, the newcomer gets no share of the bound
+/// (re-dividing it would let every region fill past it), the bound holds once everything has
+/// merged, and a node restarted with flags that disagree with the replicated topology says so, or
+/// refuses to start when it names another region.
+#[test]
+fn a_region_added_while_a_bounded_counter_is_near_its_bound_cannot_cross_it() {
+    use basalt_client::ErrorCode;
+
+    runtime().block_on(async {
+        let mut regions = us_and_eu().await;
+        let us_client = regions.client("us").await;
+        let eu_client = regions.client("eu").await;
+        let (us, eu) = (us_client.counter("seats"), eu_client.counter("seats"));
+        // A capacity of 10, 5 per founding region: us fills 5, eu 4.
+        for _ in 0..5 {
+            us.incr_bounded(1, None, Some(10)).await.expect("us's share");
+        }
+        for _ in 0..4 {
+            eu.incr_bounded(1, None, Some(10)).await.expect("eu's share");
+        }
+        // ap starts as a region joining the two; they add it through their logs.
+        let direct = |name: &str, id: u16| format!("{name}:{id}={}", regions.cluster(name).endpoints().join(","));
+        let mut ap = basalt_tests::TestCluster::plan(
+            NODE,
+            basalt_tests::ClusterOptions {
+                nodes: 1,
+                ..Default::default()
+            },
+        );
+        ap.push_args([
+            "--region".to_string(),
+            "ap:3".into(),
+            "--joining-region".into(),
+            "--remote-region".into(),
+            direct("us", 1),
+            "--remote-region".into(),
+            direct("eu", 2),
+        ]);
+        ap.launch();
+        let ap_endpoints = ap.endpoints();
+        for client in [&us_client, &eu_client] {
+            let topology = client.add_region("ap", 3, &ap_endpoints).await.expect("add ap");
+            let ap_member = topology.regions.iter().find(|r| r.id == 3).expect("ap in the topology");
+            assert_eq!(
+                ap_member.escrow_share.as_deref(),
+                Some("0/1"),
+                "a region added later gets no share"
+            );
+        }
+        let ap_client = ap.client().await;
+        let ap_seats = ap_client.counter("seats");
+        // ap's first leader commits its topology from its flags shortly after its election.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let topology = loop {
+            if let Some(topology) = ap_client.region_topology().await.expect("topology") {
+                break topology;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "ap never committed its topology\n{}",
+                ap.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let own = topology.regions.iter().find(|r| r.id == 3).expect("ap itself");
+        assert_eq!(own.escrow_share.as_deref(), Some("0/1"));
+        assert_eq!(
+            ap_seats
+                .incr_bounded(1, None, Some(10))
+                .await
+                .expect_err("ap has no room")
+                .code(),
+            Some(ErrorCode::EscrowExceeded)
+        );
+        assert_eq!(
+            us.incr_bounded(1, None, Some(10))
+                .await
+                .expect_err("us used its 5")
+                .code(),
+            Some(ErrorCode::EscrowExceeded),
+            "us's share is not re-divided when a region joins"
+        );
+        // eu gives ap its last seat; once that crossed, ap fills it, and nothing more.
+        eu.transfer_headroom("ap", 1, 10).await.expect("eu gives ap a seat");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while ap_seats.incr_bounded(1, None, Some(10)).await.is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the seat never reached ap\n{}",
+                ap.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            ap_seats.incr_bounded(1, None, Some(10)).await.is_err(),
+            "ap took one seat only"
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let values = (
+                us.get_with(ReadConsistency::Stale).await.expect("us"),
+                eu.get_with(ReadConsistency::Stale).await.expect("eu"),
+                ap_seats.get_with(ReadConsistency::Stale).await.expect("ap"),
+            );
+            if values == (10, 10, 10) {
+                break;
+            }
+            assert!(
+                values.0 <= 10 && values.1 <= 10 && values.2 <= 10,
+                "crossed the bound: {values:?}"
+            );
+            assert!(std::time::Instant::now() < deadline, "never converged: {values:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+
+        // us's node restarted with its old flags (no ap): it starts, says how its flags differ,
+        // and keeps shipping to ap, which the replicated topology holds.
+        let us_cluster = regions.cluster_mut("us");
+        us_cluster.kill(1);
+        us_cluster.restart(1);
+        let us_client = regions.client("us").await;
+        us_client
+            .kv()
+            .put("after-restart", "v")
+            .await
+            .expect("us serves after the restart");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while ap_client
+            .kv()
+            .get_with("after-restart", ReadConsistency::Stale)
+            .await
+            .expect("get in ap")
+            .is_none()
+        {
+            assert!(std::time::Instant::now() < deadline, "us no longer ships to ap");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let logs = regions.cluster("us").logs();
+        assert!(
+            logs.contains("region flags differ from the replicated topology") && logs.contains("ap:3"),
+            "the restarted node did not say its flags differ\n{logs}"
+        );
+        // Started as another region, it refuses to start at all.
+        let us_cluster = regions.cluster_mut("us");
+        us_cluster.kill(1);
+        let renamed: Vec<String> = us_cluster
+            .extra_args()
+            .iter()
+            .map(|a| if a == "us:1" { "sa:4".to_string() } else { a.clone() })
+            .collect();
+        us_cluster.replace_args(renamed);
+        us_cluster.restart(1);
+        let exited = us_cluster.wait_exit(1, Duration::from_secs(20));
+        assert!(
+            exited.is_some_and(|s| !s.success()),
+            "a node whose data is region us started as sa"
+        );
+        let logs = us_cluster.logs();
+        assert!(logs.contains("belongs to region us:1"), "{logs}");
     });
 }

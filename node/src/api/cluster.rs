@@ -54,6 +54,52 @@ impl Cluster for Api {
             .map(GrpcResponse::new)
     }
 
+    async fn change_regions(
+        &self,
+        request: Request<pb::ChangeRegionsRequest>,
+    ) -> Result<GrpcResponse<pb::RegionTopology>, Status> {
+        use basalt_storage::apply::topology::{RegionSpec, TopologyChange};
+        let Some(repl) = &self.replication else {
+            return Err(status(
+                ErrorCode::InvalidTopology,
+                "this node is not configured for regions (start it with --region)",
+            ));
+        };
+        let change = match request.into_inner().change {
+            None => return Err(status(ErrorCode::InvalidArgument, "say which change: add or remove")),
+            Some(pb::change_regions_request::Change::Add(spec)) => TopologyChange::Add {
+                region: RegionSpec {
+                    id: u16::try_from(spec.id).map_err(|_| {
+                        status(
+                            ErrorCode::InvalidArgument,
+                            format!("region id {} is not in 1..=65535", spec.id),
+                        )
+                    })?,
+                    name: spec.name,
+                    endpoints: spec.endpoints,
+                },
+            },
+            Some(pb::change_regions_request::Change::Remove(name)) => {
+                let id = repl.topology().and_then(|t| t.id_of(&name)).ok_or_else(|| {
+                    status(
+                        ErrorCode::InvalidTopology,
+                        format!("no region named {name:?} in this region's topology"),
+                    )
+                })?;
+                TopologyChange::Remove { region: id }
+            }
+        };
+        match self
+            .propose(None, None, basalt_storage::command::Op::RegionTopology { change })
+            .await?
+        {
+            basalt_storage::command::Response::Topology(topology) => {
+                Ok(GrpcResponse::new(crate::replication::topology_message(&topology)))
+            }
+            other => Err(super::unexpected_result(&other)),
+        }
+    }
+
     async fn add_node(
         &self,
         request: Request<pb::AddNodeRequest>,

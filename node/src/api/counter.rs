@@ -38,15 +38,15 @@ impl Api {
                 "escrow moves between regions; this node is not configured for regions (--region)",
             ));
         };
-        repl.config
-            .remotes
-            .iter()
-            .find(|r| r.name == name)
-            .map(|r| r.id)
+        repl.topology()
+            .and_then(|t| t.id_of(name).filter(|id| *id != t.this))
             .ok_or_else(|| {
                 status(
-                    ErrorCode::InvalidArgument,
-                    format!("{name:?} is not another region of this one ({:?})", repl.config.name),
+                    ErrorCode::UnknownRegion,
+                    format!(
+                        "{name:?} is not another region in the topology of this one ({:?})",
+                        repl.config.name
+                    ),
                 )
             })
     }

@@ -130,6 +130,8 @@ pub(crate) fn op_error_code(e: &OpError) -> ErrorCode {
         | OpError::InvalidTransfer { .. } => ErrorCode::InvalidArgument,
         // Reached only if a homed write bypassed forwarding: the caller should go to the home.
         OpError::NotHome { .. } => ErrorCode::RegionUnavailable,
+        OpError::InvalidTopology { .. } => ErrorCode::InvalidTopology,
+        OpError::UnknownRegion { .. } => ErrorCode::UnknownRegion,
         OpError::DuplicateKey { .. } => ErrorCode::InvalidArgument,
         // Only a leader builds merged entries; a client cannot send one.
         OpError::NotMergeable { .. } => ErrorCode::Internal,
@@ -215,6 +217,16 @@ impl Api {
         self.counters.writes.fetch_add(1, Ordering::Relaxed);
         let result = async {
             validate_op(&op).map_err(|e| op_error_status(&e))?;
+            if let Some(repl) = &self.replication {
+                if repl.topology().is_none() && !matches!(op, Op::RegionTopology { .. }) {
+                    // Applied now, the write would not go into the change feed: no region
+                    // would ever receive it. Nothing was proposed; the SDK retries.
+                    return Err(status(
+                        ErrorCode::Unavailable,
+                        "this region's topology is not committed yet (its first leader proposes it); retry",
+                    ));
+                }
+            }
             let response = if fence.is_none() && self.merger.takes(&op) {
                 merge::submit(self, KvPart { session, op }).await?
             } else {

@@ -175,10 +175,46 @@ fn is_unavailable(s: &Status) -> bool {
 #[derive(Clone)]
 pub struct Homed {
     pub api: Api,
-    pub route: Option<HomeRoute>,
+    /// The route to the home region last built, kept while the topology names the same home
+    /// with the same endpoints.
+    route: Arc<std::sync::Mutex<Option<HomeRoute>>>,
 }
 
 impl Homed {
+    pub fn new(api: Api) -> Homed {
+        Homed {
+            api,
+            route: Arc::default(),
+        }
+    }
+
+    /// Where homed requests go: `None` to serve them here (this region is the home, there are
+    /// no regions, or the region's topology is not committed yet, when writes are refused).
+    fn route(&self) -> Option<HomeRoute> {
+        let topology = self.api.replication.as_ref()?.topology()?;
+        if topology.home == topology.this {
+            return None;
+        }
+        let member = topology.regions.get(&topology.home)?;
+        let home = RemoteRegion {
+            name: member.name.clone(),
+            id: topology.home,
+            endpoints: member.endpoints.clone(),
+        };
+        let mut route = self.route.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if route.as_ref().map(|r| &r.home) != Some(&home) {
+            match HomeRoute::new(home) {
+                Ok(fresh) => *route = Some(fresh),
+                Err(e) => {
+                    // Apply checked every endpoint parses as ip:port; this cannot happen.
+                    tracing::error!(error = %e, "no route to the home region");
+                    *route = None;
+                }
+            }
+        }
+        route.clone()
+    }
+
     /// Whether a read that accepts stale data may be served from this region's copy: not while a
     /// full re-sync is rebuilding it (it lacks rows until the re-sync ends).
     fn copy_serves_stale_reads(&self) -> bool {
@@ -200,7 +236,7 @@ macro_rules! homed_service {
         impl $trait for Homed {
             $(
                 async fn $method(&self, request: Request<$req>) -> Result<Response<$resp>, Status> {
-                    let Some(route) = &self.route else {
+                    let Some(route) = self.route() else {
                         return $trait::$method(&self.api, request).await;
                     };
                     let stale: bool = {

@@ -20,8 +20,10 @@ use basalt_replication::RegionId;
 pub use home::{HomeRoute, Homed};
 pub use receiver::FeedReceiver;
 
+use basalt_storage::apply::topology::{load_topology, RegionTopology};
+
 use crate::api::Api;
-use crate::config::RegionConfig;
+use crate::config::{RegionConfig, RemoteRegion};
 
 /// What the shipper to one remote region knows, for status and trimming.
 #[derive(Clone, Debug, Default)]
@@ -77,7 +79,11 @@ impl IncomingLag {
 
 /// Shared by the shipper, receiver, trimmer and status.
 pub struct Replication {
+    /// This node's region flags: which region it is (checked against the replicated topology at
+    /// startup), its first topology, and local settings (feed retention).
     pub config: RegionConfig,
+    /// The replicated region topology, as last applied here: which regions to ship to, where.
+    topology: tokio::sync::watch::Receiver<Option<Arc<RegionTopology>>>,
     outgoing: Mutex<BTreeMap<RegionId, OutgoingLink>>,
     incoming: Mutex<BTreeMap<RegionId, IncomingLag>>,
     /// When this node last became leader: acknowledgements are learned again from then on.
@@ -90,16 +96,25 @@ fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Replication {
-    pub fn new(config: RegionConfig) -> Arc<Replication> {
-        let outgoing = config.remotes.iter().map(|r| (r.id, OutgoingLink::default())).collect();
+    pub fn new(
+        config: RegionConfig,
+        topology: tokio::sync::watch::Receiver<Option<Arc<RegionTopology>>>,
+    ) -> Arc<Replication> {
         Arc::new(Replication {
             config,
-            outgoing: Mutex::new(outgoing),
+            topology,
+            outgoing: Mutex::new(BTreeMap::new()),
             incoming: Mutex::new(BTreeMap::new()),
             leader_since: Mutex::new(None),
         })
     }
 
+    /// The replicated region topology; `None` until this region's first leader has committed it.
+    pub fn topology(&self) -> Option<Arc<RegionTopology>> {
+        self.topology.borrow().clone()
+    }
+
+    /// The links to the regions of the topology (a region removed has none).
     pub fn outgoing(&self) -> BTreeMap<RegionId, OutgoingLink> {
         locked(&self.outgoing).clone()
     }
@@ -133,45 +148,136 @@ impl Replication {
         limit: u32,
     ) -> Result<Option<basalt_storage::command::Op>, basalt_storage::state::StoreError> {
         use basalt_storage::apply::replication::{delivered_below, tombstone_gc_due};
-        let remotes: Vec<RegionId> = self.config.remotes.iter().map(|r| r.id).collect();
-        let outgoing = self.outgoing();
+        // The topology read in the same view as the tombstones: the remotes they wait for.
         let view = store.view();
+        let Some(topology) = load_topology(&view)? else {
+            return Ok(None);
+        };
+        let remotes = topology.remote_ids();
+        let outgoing = self.outgoing();
         let acknowledged = remotes
             .iter()
             .map(|id| outgoing.get(id).and_then(|link| link.acked_upto));
         let delivered = delivered_below(&view, acknowledged)?;
-        tombstone_gc_due(&view, self.config.role(), &remotes, delivered, limit)
+        tombstone_gc_due(&view, topology.role(), &remotes, delivered, limit)
     }
 
     pub fn region_name(&self, id: RegionId) -> String {
         if id == self.config.id {
             return self.config.name.clone();
         }
-        self.config
-            .remotes
-            .iter()
-            .find(|r| r.id == id)
-            .map_or_else(|| format!("region-{id}"), |r| r.name.clone())
+        self.topology()
+            .and_then(|t| t.name_of(id).map(str::to_string))
+            .unwrap_or_else(|| format!("region-{id}"))
     }
 
-    /// Starts the background tasks: a shipper per remote region and the trimmer. They do work
-    /// only while this node leads its region.
+    /// Starts the background tasks: the supervisor of one shipper per remote region of the
+    /// replicated topology, and the trimmer. They do work only while this node leads its region.
     pub fn spawn(
         self: &Arc<Self>,
         api: Api,
         stop: tokio::sync::watch::Receiver<bool>,
     ) -> Vec<tokio::task::JoinHandle<()>> {
-        let mut tasks = Vec::new();
-        for remote in self.config.remotes.clone() {
-            tasks.push(tokio::spawn(shipper::run(
-                self.clone(),
+        vec![
+            tokio::spawn(supervise_shippers(self.clone(), api.clone(), stop.clone())),
+            tokio::spawn(shipper::trimmer(self.clone(), api, stop)),
+        ]
+    }
+}
+
+/// How often the supervisor compares the running shippers with the topology.
+const SUPERVISE_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Keeps one shipper running per remote region of the replicated topology, with the endpoints
+/// the topology names: starts one for a region added, stops the one of a region removed, and
+/// restarts one whose endpoints changed. While leader with no topology yet, proposes the
+/// region's first topology from this node's flags.
+async fn supervise_shippers(repl: Arc<Replication>, api: Api, stop: tokio::sync::watch::Receiver<bool>) {
+    let mut running: BTreeMap<RegionId, (RemoteRegion, tokio::sync::watch::Sender<bool>)> = BTreeMap::new();
+    let mut tick = tokio::time::interval(SUPERVISE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while !*stop.borrow() {
+        tick.tick().await;
+        let Some(topology) = repl.topology() else {
+            if api.raft.is_leader() {
+                propose_initial_topology(&repl, &api).await;
+            }
+            continue;
+        };
+        let wanted: BTreeMap<RegionId, RemoteRegion> = topology
+            .remotes()
+            .map(|(id, member)| {
+                let remote = RemoteRegion {
+                    name: member.name.clone(),
+                    id,
+                    endpoints: member.endpoints.clone(),
+                };
+                (id, remote)
+            })
+            .collect();
+        running.retain(|id, (remote, stop_one)| {
+            let keep = wanted.get(id) == Some(remote);
+            if !keep {
+                let _ = stop_one.send(true);
+            }
+            keep
+        });
+        locked(&repl.outgoing).retain(|id, _| wanted.contains_key(id));
+        for (id, remote) in wanted {
+            if running.contains_key(&id) {
+                continue;
+            }
+            locked(&repl.outgoing).entry(id).or_default();
+            let (stop_one, stopped) = tokio::sync::watch::channel(false);
+            tokio::spawn(shipper::run(
+                repl.clone(),
                 api.clone(),
-                remote,
-                stop.clone(),
-            )));
+                remote.clone(),
+                either_stop(stop.clone(), stopped),
+            ));
+            running.insert(id, (remote, stop_one));
         }
-        tasks.push(tokio::spawn(shipper::trimmer(self.clone(), api, stop)));
-        tasks
+    }
+    for (_, stop_one) in running.values() {
+        let _ = stop_one.send(true);
+    }
+}
+
+/// A stop signal raised when either `a` or `b` is.
+fn either_stop(
+    mut a: tokio::sync::watch::Receiver<bool>,
+    mut b: tokio::sync::watch::Receiver<bool>,
+) -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(*a.borrow() || *b.borrow());
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = a.wait_for(|s| *s) => {}
+            _ = b.wait_for(|s| *s) => {}
+        }
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+/// Proposes this region's first topology from this node's flags. Apply refuses it once the
+/// region has one, so two leaders racing (or a retry) change nothing the second time.
+async fn propose_initial_topology(repl: &Replication, api: &Api) {
+    let command = basalt_storage::command::Command {
+        stamp: api.clock.now(),
+        session: None,
+        fence: None,
+        op: basalt_storage::command::Op::RegionTopology {
+            change: repl.config.initial_topology(),
+        },
+    };
+    match api.raft.client_write(command).await {
+        Ok(written) => match written.data {
+            basalt_storage::command::Response::Topology(topology) => {
+                tracing::info!(region = %repl.config.name, regions = topology.regions.len(), home = topology.home, "committed the region topology from this node's flags");
+            }
+            other => tracing::debug!(answer = ?other, "initial region topology not taken"),
+        },
+        Err(e) => tracing::debug!(error = %e, "initial region topology not proposed"),
     }
 }
 
@@ -214,7 +320,17 @@ pub async fn status(api: &Api, with_digest: bool) -> Result<basalt_client::pb::R
     let outgoing = repl.outgoing();
     let now_ms = basalt_storage::hlc::wall_clock_ms();
     let mut links = Vec::new();
-    for remote in &repl.config.remotes {
+    let topology = repl.topology();
+    let remotes: Vec<RemoteRegion> = topology.as_deref().map_or_else(Vec::new, |t| {
+        t.remotes()
+            .map(|(id, member)| RemoteRegion {
+                name: member.name.clone(),
+                id,
+                endpoints: member.endpoints.clone(),
+            })
+            .collect()
+    });
+    for remote in &remotes {
         let out = outgoing.get(&remote.id).cloned().unwrap_or_default();
         let acked = out.acked_upto.unwrap_or(0);
         let oldest_unacked = feed_after(&api.store, acked, 1).map_err(internal)?;
@@ -264,5 +380,26 @@ pub async fn status(api: &Api, with_digest: bool) -> Result<basalt_client::pb::R
         digest,
         links,
         tombstones,
+        topology: topology.as_deref().map(topology_message),
     })
+}
+
+/// The replicated topology as `Cluster.Regions` and `Cluster.ChangeRegions` answer it.
+pub fn topology_message(topology: &RegionTopology) -> basalt_client::pb::RegionTopology {
+    use basalt_client::pb;
+    pb::RegionTopology {
+        this_id: topology.this.into(),
+        home_id: topology.home.into(),
+        changed_at: topology.changed_at,
+        regions: topology
+            .regions
+            .iter()
+            .map(|(id, member)| pb::RegionMember {
+                id: (*id).into(),
+                name: member.name.clone(),
+                endpoints: member.endpoints.clone(),
+                escrow_share: member.escrow.map(|share| share.to_string()),
+            })
+            .collect(),
+    }
 }

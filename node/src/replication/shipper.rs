@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use basalt_replication::feed::encode;
 use basalt_replication::pb::region_feed_client::RegionFeedClient;
 use basalt_replication::pb::{FeedAck, FeedBatch};
-use basalt_replication::ShipBatch;
+use basalt_replication::{RegionId, ShipBatch};
 use basalt_storage::apply::last_applied_stamp;
 use basalt_storage::apply::replication::{
     feed_trimmed_upto, heartbeat_after, next_batch, resync_batches, ResyncChunkLimits,
@@ -284,14 +284,16 @@ async fn resync(
     });
     let store = api.store.clone();
     let source = repl.config.id;
-    let role = repl.config.role();
     let tx = tx.clone();
     let sent = tokio::task::spawn_blocking(move || -> Result<Option<(u64, usize)>, StoreError> {
         let limits = ResyncChunkLimits {
             bytes: BATCH_BYTES,
             effects: BATCH_ENTRIES * 8,
         };
-        resync_batches(&store.view(), source, role, limits, |batch| {
+        // The role read in the same view as the state it ships (whether homed rows go too).
+        let view = store.view();
+        let role = basalt_storage::apply::topology::region_role(&view)?;
+        resync_batches(&view, source, role, limits, |batch| {
             tx.blocking_send(batch_message(&batch)).is_ok()
         })
     })
@@ -335,6 +337,41 @@ async fn tick_clock_when_idle(api: &Api) {
     }
 }
 
+/// What the trimmer forgets: the feed up to `target`; `behind` are the regions that lose entries
+/// they have not acknowledged (they will be re-synced in full).
+#[derive(Debug, PartialEq, Eq)]
+struct TrimPlan {
+    target: u64,
+    behind: Vec<RegionId>,
+}
+
+/// The trim to propose at applied position `applied`, given each remote region of the topology
+/// with its acknowledged watermark (`None`: not heard from since this node became leader, or no
+/// link yet). Nothing while `learning` watermarks and one is unknown; else up to the lowest
+/// watermark, but at least up to `retain` positions behind `applied`. Pure, so tested alone.
+fn trim_plan(applied: u64, retain: u64, acked: &[(RegionId, Option<u64>)], learning: bool) -> Option<TrimPlan> {
+    let unknown = acked.iter().any(|(_, a)| a.is_none());
+    if unknown && learning {
+        return None;
+    }
+    let floor = applied.saturating_sub(retain);
+    let lowest = acked.iter().map(|(_, a)| a.unwrap_or(0)).min().unwrap_or(applied);
+    if lowest >= floor {
+        return Some(TrimPlan {
+            target: lowest,
+            behind: Vec::new(),
+        });
+    }
+    Some(TrimPlan {
+        target: floor,
+        behind: acked
+            .iter()
+            .filter(|(_, a)| a.unwrap_or(0) < floor)
+            .map(|(id, _)| *id)
+            .collect(),
+    })
+}
+
 /// While leader, every second: forgets feed entries every remote region has acknowledged; past
 /// the retention bound, forgets them anyway (those regions get a full re-sync), so a region that
 /// is down or partitioned never makes this one hold its feed forever.
@@ -354,30 +391,27 @@ pub(super) async fn trimmer(repl: std::sync::Arc<Replication>, api: Api, stop: t
         tick_clock_when_idle(&api).await;
         let applied = *api.applied.borrow();
         let retain = repl.config.feed_retain_entries;
-        let links = repl.outgoing();
-        let unknown = links.values().any(|l| l.acked_upto.is_none());
-        let min_acked = links
-            .values()
-            .map(|l| l.acked_upto.unwrap_or(0))
-            .min()
-            .unwrap_or(applied);
-        let floor = applied.saturating_sub(retain);
-        let mut target = min_acked;
-        if unknown && leader_since.elapsed() < LEARN_ACKS {
+        // Every remote region of the topology counts, with or without a link yet: one whose
+        // shipper has not started has acknowledged nothing.
+        let Some(topology) = repl.topology() else {
             continue;
+        };
+        let outgoing = repl.outgoing();
+        let acked: Vec<(RegionId, Option<u64>)> = topology
+            .remote_ids()
+            .into_iter()
+            .map(|id| (id, outgoing.get(&id).and_then(|l| l.acked_upto)))
+            .collect();
+        let Some(plan) = trim_plan(applied, retain, &acked, leader_since.elapsed() < LEARN_ACKS) else {
+            continue;
+        };
+        for id in &plan.behind {
+            repl.update_outgoing(*id, |l| {
+                l.alarm = format!("behind the feed's retention ({retain} positions): it will be re-synced in full");
+            });
+            tracing::warn!(region = %repl.region_name(*id), floor = plan.target, "a region fell behind the feed's retention");
         }
-        if target < floor {
-            for (id, link) in &links {
-                if link.acked_upto.unwrap_or(0) < floor {
-                    repl.update_outgoing(*id, |l| {
-                        l.alarm =
-                            format!("behind the feed's retention ({retain} positions): it will be re-synced in full");
-                    });
-                    tracing::warn!(region = %repl.region_name(*id), acked = ?link.acked_upto, floor, "a region fell behind the feed's retention");
-                }
-            }
-            target = floor;
-        }
+        let target = plan.target;
         let trimmed = match feed_trimmed_upto(&api.store) {
             Ok(t) => t,
             Err(e) => {
@@ -399,5 +433,40 @@ pub(super) async fn trimmer(repl: std::sync::Arc<Replication>, api: Api, stop: t
                 tracing::debug!(error = %e, "feed trim not proposed");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_region_not_heard_from_holds_the_feed_while_watermarks_are_learned() {
+        // A region just added (no link, no watermark yet) keeps the feed whole, as one whose
+        // watermark this new leader has not heard yet does.
+        assert_eq!(trim_plan(100, 1000, &[(2, Some(90)), (3, None)], true), None);
+        // With no remote region, nobody needs the feed.
+        assert_eq!(
+            trim_plan(100, 1000, &[], true),
+            Some(TrimPlan {
+                target: 100,
+                behind: vec![]
+            })
+        );
+        assert_eq!(
+            trim_plan(100, 1000, &[(2, Some(90)), (3, Some(40))], false),
+            Some(TrimPlan {
+                target: 40,
+                behind: vec![]
+            })
+        );
+        // Past the retention, the feed is trimmed anyway and the regions behind are named.
+        assert_eq!(
+            trim_plan(5000, 1000, &[(2, Some(4900)), (3, None)], false),
+            Some(TrimPlan {
+                target: 4000,
+                behind: vec![3]
+            })
+        );
     }
 }

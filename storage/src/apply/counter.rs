@@ -8,6 +8,7 @@
 
 use basalt_replication::{EscrowBound, EscrowTransfers, PnCounter};
 
+use super::topology::{load_topology, EscrowShare};
 use super::{check_key, decode, lossy, save, RegionRole, View};
 use crate::command::{CounterAction, CounterOp, CounterOutcome, OpError, Response};
 use crate::state::{StoreError, StoreRead, Table};
@@ -67,34 +68,24 @@ pub(crate) fn validate(ops: &[CounterOp]) -> Result<(), OpError> {
     Ok(())
 }
 
-/// A region's share of a bound among `regions`: of a lower bound rounded up (the shares sum to at
-/// least it), of an upper bound rounded down (they sum to at most it).
-pub fn escrow_share(bound: i64, regions: u16, kind: EscrowBound) -> i128 {
-    let (b, k) = (i128::from(bound), i128::from(regions.max(1)));
-    match kind {
-        EscrowBound::Floor => -((-b).div_euclid(k)),
-        EscrowBound::Ceiling => b.div_euclid(k),
-    }
-}
-
 /// Whether a region may add `delta` to a counter bounded by `min`/`max`, given its balances
-/// toward each bound (`floor`, `ceiling`): a change toward a bound must keep the region's balance
-/// on its side of its share of it. Changes away from a bound never need escrow. The refusal
-/// names the bound and the balance toward it.
+/// toward each bound (`floor`, `ceiling`) and its stored `share` of every bound: a change toward a
+/// bound must keep the region's balance on its side of its share of it. Changes away from a bound
+/// never need escrow. The refusal names the bound and the balance toward it.
 pub fn escrow_allows(
     floor: i128,
     ceiling: i128,
     delta: i64,
     min: Option<i64>,
     max: Option<i64>,
-    regions: u16,
+    share: EscrowShare,
 ) -> Result<(), (EscrowBound, i128)> {
     let delta = i128::from(delta);
     match (min, max) {
-        (Some(min), _) if delta < 0 && floor + delta < escrow_share(min, regions, EscrowBound::Floor) => {
+        (Some(min), _) if delta < 0 && floor + delta < share.of_bound(min, EscrowBound::Floor) => {
             Err((EscrowBound::Floor, floor))
         }
-        (_, Some(max)) if delta > 0 && ceiling + delta > escrow_share(max, regions, EscrowBound::Ceiling) => {
+        (_, Some(max)) if delta > 0 && ceiling + delta > share.of_bound(max, EscrowBound::Ceiling) => {
             Err((EscrowBound::Ceiling, ceiling))
         }
         _ => Ok(()),
@@ -126,12 +117,8 @@ pub(crate) fn apply<S: StoreRead>(
     if let Err(e) = validate(ops) {
         return Ok(Response::Refused(e));
     }
-    // Escrow is kept only when other regions can change the counter concurrently.
-    let regions = if role.replicated {
-        role.remotes.saturating_add(1)
-    } else {
-        1
-    };
+    // Escrow is kept only in a region among several: a lone region's bound is its own.
+    let escrowed = role.replicated;
     let mut outcomes = Vec::with_capacity(ops.len());
     for op in ops {
         let mut counter = match view.get(Table::Counter, &op.key)? {
@@ -155,12 +142,18 @@ pub(crate) fn apply<S: StoreRead>(
         let ceiling = escrow.balance(&counter, role.id, EscrowBound::Ceiling);
         let clamp = |b: i128| b.clamp(i64::MIN.into(), i64::MAX.into()) as i64;
         if let CounterAction::Transfer { to, amount, min, max } = op.action {
-            if regions == 1 || to == role.id {
+            let known = match escrowed {
+                true => load_topology(&*view)?.is_some_and(|t| t.regions.contains_key(&to)),
+                false => false,
+            };
+            if !escrowed || to == role.id || !known {
                 return Ok(Response::Refused(OpError::InvalidTransfer {
-                    reason: if regions == 1 {
+                    reason: if !escrowed {
                         "escrow moves between regions, and this one replicates with none".into()
-                    } else {
+                    } else if to == role.id {
                         format!("region {to} is this region")
+                    } else {
+                        format!("region {to} is not in this region's topology (`basalt regions add` it first)")
                     },
                 }));
             }
@@ -169,11 +162,11 @@ pub(crate) fn apply<S: StoreRead>(
             let (kind, check) = match max {
                 Some(max) => (
                     EscrowBound::Ceiling,
-                    escrow_allows(floor, ceiling, amount_i64, None, Some(max), regions),
+                    escrow_allows(floor, ceiling, amount_i64, None, Some(max), role.escrow),
                 ),
                 None => (
                     EscrowBound::Floor,
-                    escrow_allows(floor, ceiling, -amount_i64, Some(min.unwrap_or(0)), None, regions),
+                    escrow_allows(floor, ceiling, -amount_i64, Some(min.unwrap_or(0)), None, role.escrow),
                 ),
             };
             if let Err((_, balance)) = check {
@@ -192,8 +185,8 @@ pub(crate) fn apply<S: StoreRead>(
         }
         let mut outcome = decide(current, op.action);
         if let (CounterOutcome::Applied { .. }, CounterAction::Incr { delta, min, max }) = (outcome, op.action) {
-            if regions > 1 {
-                if let Err((_, balance)) = escrow_allows(floor, ceiling, delta, min, max, regions) {
+            if escrowed {
+                if let Err((_, balance)) = escrow_allows(floor, ceiling, delta, min, max, role.escrow) {
                     outcome = CounterOutcome::EscrowExceeded {
                         value: current,
                         balance: clamp(balance),

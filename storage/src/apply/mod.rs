@@ -25,6 +25,7 @@ pub mod rate;
 pub mod replication;
 mod session;
 pub mod stream;
+pub mod topology;
 
 #[cfg(test)]
 mod tests;
@@ -46,6 +47,8 @@ mod tests_rate;
 mod tests_replication;
 #[cfg(test)]
 mod tests_stream;
+#[cfg(test)]
+mod tests_topology;
 
 use std::collections::BTreeMap;
 
@@ -200,8 +203,8 @@ pub fn last_applied_stamp<S: StoreRead + ?Sized>(store: &S) -> Result<HlcStamp, 
 }
 
 /// This region among regions: its id, and whether it replicates with other regions (then deletes
-/// leave tombstones and replicated writes go into the change feed). Every replica of a region
-/// is configured alike, so apply stays deterministic.
+/// leave tombstones and replicated writes go into the change feed). Read from the replicated
+/// [`topology::RegionTopology`], never from a node's flags, so every replica applies alike.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RegionRole {
     pub id: RegionId,
@@ -213,6 +216,9 @@ pub struct RegionRole {
     pub home: RegionId,
     /// Mirrors of this region's topics are named `topic@name` elsewhere.
     pub name: RegionName,
+    /// The part of every counter bound this region may use on its own (stored, not derived
+    /// from the number of regions).
+    pub escrow: topology::EscrowShare,
 }
 
 impl RegionRole {
@@ -231,6 +237,7 @@ impl Default for RegionRole {
             remotes: 0,
             home: 1,
             name: RegionName::default(),
+            escrow: topology::EscrowShare::WHOLE,
         }
     }
 }
@@ -243,9 +250,10 @@ pub struct Applier {
 }
 
 impl Applier {
-    /// Loads the last applied stamp from the store.
-    pub fn load<S: StoreRead>(store: &S, region: RegionRole) -> Result<Applier, StoreError> {
+    /// Loads the last applied stamp and the region topology from the store.
+    pub fn load<S: StoreRead>(store: &S) -> Result<Applier, StoreError> {
         let last_stamp = last_applied_stamp(store)?;
+        let region = topology::region_role(store)?;
         Ok(Applier { last_stamp, region })
     }
 
@@ -366,6 +374,10 @@ impl Applier {
                 if !matches!(response, Response::Refused(_)) {
                     effects.absorb(staged);
                 }
+                if let Response::Topology(topology) = &response {
+                    // Every later entry applies in the region's new role.
+                    self.region = topology.role();
+                }
                 if let (Op::ReplApply { batch }, Response::ReplApplied { .. }) = (request.op, &response) {
                     // The clock observes what it receives: a write made here after merging
                     // another region's changes is stamped after them, whatever the wall clocks
@@ -426,6 +438,7 @@ fn apply_op<S: StoreRead>(view: &mut View<'_, S>, ctx: OpContext, op: &Op) -> Re
         Op::ReplTrim { upto, limit } => replication::trim(view, *upto, *limit)?,
         Op::KvTombstoneGc { below, limit } => replication::collect_tombstones(view, *below, *limit)?,
         Op::ClockTick => Response::None,
+        Op::RegionTopology { change } => topology::apply(view, index, change)?,
         Op::KvCompact { below, limit } => kv::compact(view, *below, *limit)?,
         Op::QueueConfigure { queue, config } => queue::configure(view, queue, config)?,
         Op::QueueEnqueue { queue, messages } => queue::enqueue(view, index, now_ms, queue, messages)?,
@@ -587,6 +600,7 @@ pub fn validate_op(op: &Op) -> Result<(), OpError> {
             parts.iter().try_for_each(|part| validate_op(&part.op))
         }
         Op::Counter { ops } => counter::validate(ops),
+        Op::RegionTopology { change } => topology::validate(change),
         Op::RateCheck { checks } => rate::validate(checks),
         Op::LeaseAcquire { name, holder, ttl_ms } => lease::validate(name, holder, *ttl_ms),
         Op::LeaseRenew {

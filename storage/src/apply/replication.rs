@@ -192,6 +192,12 @@ pub(crate) fn apply_remote<S: StoreRead>(
     if batch.source == region.id {
         return Ok(Response::Refused(OpError::OwnFeed { region: region.id }));
     }
+    if !super::topology::load_topology(&*view)?.is_some_and(|t| t.regions.contains_key(&batch.source)) {
+        // A region removed (or never added) merges nothing here, whatever it still sends.
+        return Ok(Response::Refused(OpError::UnknownRegion {
+            source_region: batch.source,
+        }));
+    }
     for effect in batch.entries.iter().flat_map(|e| &e.effects) {
         let row_table = match effect {
             Effect::Row { table, .. } => Some(table.as_str()),
@@ -494,6 +500,11 @@ pub fn feed_trimmed_upto<S: StoreRead + ?Sized>(store: &S) -> Result<u64, StoreE
         .get(Table::Meta, TRIMMED_KEY)?
         .and_then(|b| b.try_into().ok().map(u64::from_be_bytes))
         .unwrap_or(0))
+}
+
+/// Records that the feed holds nothing at or below `upto`: every region behind it is re-synced.
+pub(crate) fn mark_feed_trimmed<S: StoreRead>(view: &mut View<'_, S>, upto: u64) {
+    view.put(Table::Meta, TRIMMED_KEY.to_vec(), upto.to_be_bytes().to_vec());
 }
 
 /// Forgets feed entries at or below `upto`, at most `limit`.

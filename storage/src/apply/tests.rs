@@ -51,16 +51,25 @@ pub(super) struct Harness {
 
 impl Harness {
     pub(super) fn new() -> Self {
-        Self::in_region(RegionRole::default())
-    }
-
-    pub(super) fn in_region(region: RegionRole) -> Self {
         Harness {
             store: MemStore::default(),
-            applier: Applier {
-                region,
-                ..Applier::default()
-            },
+            applier: Applier::default(),
+            index: 0,
+        }
+    }
+
+    /// A region whose topology is `topology` from the start (written outside the log, so the
+    /// first entry a test applies is still index 1).
+    pub(super) fn in_region(topology: &topology::RegionTopology) -> Self {
+        let mut writes = WriteSet::default();
+        topology::seed(&mut writes, topology);
+        let mut store = MemStore::default();
+        store.commit(&writes);
+        let applier = Applier::load(&store).expect("load");
+        assert_eq!(applier.region(), topology.role());
+        Harness {
+            store,
+            applier,
             index: 0,
         }
     }

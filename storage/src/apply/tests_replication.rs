@@ -10,14 +10,36 @@ use super::*;
 use crate::command::{CounterAction, CounterOp, CounterOutcome};
 use crate::state::KvRecord;
 
+/// Region `id` of three founding regions (us, eu, ap), homed in us.
 pub(super) fn region(id: u16) -> Harness {
-    Harness::in_region(RegionRole {
-        id,
-        replicated: true,
-        remotes: 2,
+    Harness::in_region(&founded(id, 3))
+}
+
+/// The topology of region `this` among `count` founding regions, homed in region 1.
+pub(super) fn founded(this: u16, count: u16) -> topology::RegionTopology {
+    let names = ["us", "eu", "ap", "sa", "af"];
+    topology::RegionTopology {
+        this,
         home: 1,
-        name: basalt_replication::RegionName::new(["us", "eu", "ap"][usize::from(id - 1) % 3]).expect("name"),
-    })
+        regions: (1..=count)
+            .map(|id| {
+                let member = topology::RegionMember {
+                    name: names[usize::from(id - 1) % names.len()].to_string(),
+                    endpoints: if id == this {
+                        Vec::new()
+                    } else {
+                        vec![format!("127.0.0.1:{}", 7000 + id)]
+                    },
+                    escrow: Some(topology::EscrowShare {
+                        parts: 1,
+                        of: u32::from(count),
+                    }),
+                };
+                (id, member)
+            })
+            .collect(),
+        changed_at: 0,
+    }
 }
 
 fn delete(key: &str) -> Op {
@@ -282,7 +304,7 @@ fn counters_sum_every_regions_changes_including_sets() {
 }
 
 /// Two distinct harnesses borrowed at once.
-fn pick(regions: &mut [Harness], from: usize, to: usize) -> (&Harness, &mut Harness) {
+pub(super) fn pick(regions: &mut [Harness], from: usize, to: usize) -> (&Harness, &mut Harness) {
     assert_ne!(from, to);
     if from < to {
         let (a, b) = regions.split_at_mut(to);
