@@ -236,6 +236,11 @@ impl RegionConfig {
         if self.feed_retain_entries == 0 {
             return invalid("feed_retain_entries must be positive".into());
         }
+        if self.joining && self.home.is_none() {
+            return invalid(
+                "a joining region must name the home region of the regions it joins (--home-region)".into(),
+            );
+        }
         if let Some(home) = &self.home {
             if *home != self.name && !self.remotes.iter().any(|r| r.name == *home) {
                 return invalid(format!("home region {home:?} is neither this region nor a remote one"));
@@ -260,7 +265,9 @@ impl RegionConfig {
                 ));
             }
         }
-        Ok(())
+        // What the first leader will propose must be a topology apply accepts.
+        basalt_storage::apply::topology::validate(&self.initial_topology())
+            .map_err(|e| ConfigError::Invalid(e.to_string()))
     }
 }
 

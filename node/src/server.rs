@@ -110,8 +110,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
     )?;
     let state_machine = StateMachine::open(&config.data_dir, clock.clone()).map_err(io("opening the state store"))?;
     let topology = state_machine.subscribe_topology();
-    check_region_flags(&config, topology.borrow().as_deref())?;
     let store = state_machine.store().clone();
+    check_region_flags(&config, topology.borrow().as_deref(), &store)?;
     let applied = state_machine.subscribe_applied();
     let incoming_dir = state_machine.snapshot_dir().to_path_buf();
     let network = NetworkFactory::new(config.peer_routes.clone(), clock.clone());
@@ -238,10 +238,24 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
 fn check_region_flags(
     config: &NodeConfig,
     topology: Option<&basalt_storage::apply::topology::RegionTopology>,
+    store: &basalt_storage::state::rocks::RocksStore,
 ) -> Result<(), NodeError> {
     let refuse = |message: String| NodeError::Config(ConfigError::Invalid(message));
     match (&config.region, topology) {
-        (_, None) => Ok(()),
+        (None, None) => Ok(()),
+        (Some(region), None) => {
+            // Checked here for a clear error; apply refuses such a first topology anyway.
+            let holds_data = basalt_storage::apply::topology::holds_data(store)
+                .map_err(|e| NodeError::Config(ConfigError::Invalid(format!("reading the state store: {e}"))))?;
+            match holds_data {
+                true => Err(refuse(format!(
+                    "this node's data was written without a region topology (a lone region, or a version before \
+                     the replicated topology); it cannot become region {}:{}: a region starts empty",
+                    region.name, region.id
+                ))),
+                false => Ok(()),
+            }
+        }
         (None, Some(topology)) => Err(refuse(format!(
             "this node's data belongs to region {}:{} of a multi-region deployment; start it with --region {}:{}",
             topology.name_of(topology.this).unwrap_or("?"),

@@ -183,15 +183,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut writes = WriteSet::default();
         let mut responders = Vec::new();
         let mut last_applied = None;
-        let mut changed_topology = None;
+        let mut changed_topology = false;
         while let Some((entry, responder)) = entries.try_next().await? {
             let log_id = entry.log_id();
             let response = match &entry.payload {
                 EntryPayload::Blank => Response::None,
                 EntryPayload::Normal(command) => {
                     let response = applier.apply(&self.store.apply_reads(), &mut writes, log_id.index(), command)?;
-                    if let Response::Topology(topology) = &response {
-                        changed_topology = Some(Arc::new(topology.clone()));
+                    if matches!(response, Response::Topology(_)) {
+                        changed_topology = true;
                     }
                     // The applier's stamp includes what merged remote batches carried.
                     self.clock.observe(applier.last_stamp());
@@ -214,8 +214,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if !writes.is_empty() {
             self.store.commit(&writes)?;
         }
-        if let Some(topology) = changed_topology {
-            self.topology.send_replace(Some(topology));
+        if changed_topology {
+            // What the store holds now, not an answer (a replayed answer can be an old one).
+            self.topology.send_replace(load_topology(&self.store)?.map(Arc::new));
         }
         if let Some(log_id) = &last_applied {
             self.applied.send_replace(log_id.index());

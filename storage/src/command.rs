@@ -298,10 +298,12 @@ pub enum Op {
     },
     /// Forgets KV tombstones stamped below `below` (at most `limit`): every other region has
     /// shipped past that stamp, so no write still to come can be older than them. Proposed by
-    /// the leader.
+    /// the leader for the region topology last changed at `topology_at`; applies as a no-op if
+    /// the topology changed since (a region added meanwhile was not counted).
     KvTombstoneGc {
         below: u64,
         limit: u32,
+        topology_at: u64,
     },
     /// Forgets this region's feed entries at or below `upto` (every other region has them), at
     /// most `limit`. Proposed by the leader.
@@ -755,7 +757,7 @@ impl std::fmt::Display for Op {
             Op::ReplTrim { upto, limit } => write!(f, "feed trim up to {upto} (limit {limit})"),
             Op::KvBatch { writes } => write!(f, "kv batch of {} writes", writes.len()),
             Op::KvMerged { parts } => write!(f, "kv writes of {} requests", parts.len()),
-            Op::KvTombstoneGc { below, limit } => write!(f, "kv tombstones below stamp {below} (limit {limit})"),
+            Op::KvTombstoneGc { below, limit, .. } => write!(f, "kv tombstones below stamp {below} (limit {limit})"),
             Op::ClockTick => write!(f, "clock tick"),
             Op::RegionTopology { change } => change.fmt(f),
         }

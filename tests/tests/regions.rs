@@ -946,6 +946,8 @@ fn a_region_added_while_a_bounded_counter_is_near_its_bound_cannot_cross_it() {
             "--region".to_string(),
             "ap:3".into(),
             "--joining-region".into(),
+            "--home-region".into(),
+            "us".into(),
             "--remote-region".into(),
             direct("us", 1),
             "--remote-region".into(),

@@ -114,6 +114,12 @@ impl Replication {
         self.topology.borrow().clone()
     }
 
+    /// This region's id as the replicated topology says (the flags' until it is committed; a
+    /// node whose flags name another region does not start).
+    pub fn this_region(&self) -> RegionId {
+        self.topology().map_or(self.config.id, |t| t.this)
+    }
+
     /// The links to the regions of the topology (a region removed has none).
     pub fn outgoing(&self) -> BTreeMap<RegionId, OutgoingLink> {
         locked(&self.outgoing).clone()
@@ -275,7 +281,7 @@ async fn propose_initial_topology(repl: &Replication, api: &Api) {
             basalt_storage::command::Response::Topology(topology) => {
                 tracing::info!(region = %repl.config.name, regions = topology.regions.len(), home = topology.home, "committed the region topology from this node's flags");
             }
-            other => tracing::debug!(answer = ?other, "initial region topology not taken"),
+            other => tracing::warn!(answer = ?other, "this region's first topology was refused"),
         },
         Err(e) => tracing::debug!(error = %e, "initial region topology not proposed"),
     }

@@ -135,7 +135,7 @@ async fn session(
     let mut client = RegionFeedClient::new(channel)
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20);
-    let source = repl.config.id;
+    let source = repl.this_region();
     let (tx, rx) = mpsc::channel::<FeedBatch>(WINDOW + 1);
     // The opening heartbeat carries no frontier: what the remote region has is not known yet.
     let _ = tx.send(batch_message(&ShipBatch::heartbeat(source, 0))).await;
@@ -283,7 +283,7 @@ async fn resync(
         l.alarm = "re-syncing in full: it fell behind the feed's retention".into();
     });
     let store = api.store.clone();
-    let source = repl.config.id;
+    let source = repl.this_region();
     let tx = tx.clone();
     let sent = tokio::task::spawn_blocking(move || -> Result<Option<(u64, usize)>, StoreError> {
         let limits = ResyncChunkLimits {

@@ -436,7 +436,11 @@ fn apply_op<S: StoreRead>(view: &mut View<'_, S>, ctx: OpContext, op: &Op) -> Re
         Op::KvSweepExpired { limit } => kv::sweep_expired(view, index, now_ms, ctx.region, *limit)?,
         Op::ReplApply { batch } => replication::apply_remote(view, index, now_ms, ctx.region, batch)?,
         Op::ReplTrim { upto, limit } => replication::trim(view, *upto, *limit)?,
-        Op::KvTombstoneGc { below, limit } => replication::collect_tombstones(view, *below, *limit)?,
+        Op::KvTombstoneGc {
+            below,
+            limit,
+            topology_at,
+        } => replication::collect_tombstones(view, *below, *limit, *topology_at)?,
         Op::ClockTick => Response::None,
         Op::RegionTopology { change } => topology::apply(view, index, change)?,
         Op::KvCompact { below, limit } => kv::compact(view, *below, *limit)?,

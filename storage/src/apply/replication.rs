@@ -454,17 +454,25 @@ pub fn tombstone_gc_due<S: StoreRead + ?Sized>(
         .and_then(|(k, _)| k.get(..8))
         .and_then(|b| b.try_into().ok())
         .map(u64::from_be_bytes);
-    Ok(oldest
-        .filter(|s| *s < below)
-        .map(|_| Op::KvTombstoneGc { below, limit }))
+    let topology_at = super::topology::load_topology(store)?.map_or(0, |t| t.changed_at);
+    Ok(oldest.filter(|s| *s < below).map(|_| Op::KvTombstoneGc {
+        below,
+        limit,
+        topology_at,
+    }))
 }
 
-/// Forgets tombstones stamped below `below`, at most `limit` index entries.
+/// Forgets tombstones stamped below `below`, at most `limit` index entries; nothing if the
+/// region topology changed since `topology_at` (the bound did not count a region added since).
 pub(crate) fn collect_tombstones<S: StoreRead>(
     view: &mut View<'_, S>,
     below: u64,
     limit: u32,
+    topology_at: u64,
 ) -> Result<Response, StoreError> {
+    if super::topology::load_topology(&*view)?.map_or(0, |t| t.changed_at) != topology_at {
+        return Ok(Response::Swept { removed: 0 });
+    }
     let due = view.scan(
         Table::KvTombstoneByStamp,
         &KeyRange::between(Vec::new(), below.to_be_bytes().to_vec()),
@@ -500,11 +508,6 @@ pub fn feed_trimmed_upto<S: StoreRead + ?Sized>(store: &S) -> Result<u64, StoreE
         .get(Table::Meta, TRIMMED_KEY)?
         .and_then(|b| b.try_into().ok().map(u64::from_be_bytes))
         .unwrap_or(0))
-}
-
-/// Records that the feed holds nothing at or below `upto`: every region behind it is re-synced.
-pub(crate) fn mark_feed_trimmed<S: StoreRead>(view: &mut View<'_, S>, upto: u64) {
-    view.put(Table::Meta, TRIMMED_KEY.to_vec(), upto.to_be_bytes().to_vec());
 }
 
 /// Forgets feed entries at or below `upto`, at most `limit`.

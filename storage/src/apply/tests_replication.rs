@@ -38,6 +38,7 @@ pub(super) fn founded(this: u16, count: u16) -> topology::RegionTopology {
                 (id, member)
             })
             .collect(),
+        retired: Default::default(),
         changed_at: 0,
     }
 }

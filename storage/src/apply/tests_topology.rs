@@ -101,37 +101,83 @@ fn seat_count(h: &Harness) -> i64 {
 fn the_region_role_comes_from_the_log_and_survives_a_restart() {
     let mut us = Harness::new();
     assert!(!us.applier.region().replicated, "no topology yet: a region alone");
-    us.apply(cmd(1, put("before", "1")));
-    assert_eq!(feed_trimmed_upto(&us.store).expect("trimmed"), 0);
-    let answer = us.apply(cmd(2, init(spec(1, "us"), vec![spec(2, "eu")], false)));
+    let answer = us.apply(cmd(1, init(spec(1, "us"), vec![spec(2, "eu")], false)));
     let Response::Topology(topology) = answer else {
         panic!("unexpected {answer:?}")
     };
-    assert_eq!(topology.changed_at, 2);
+    assert_eq!(topology.changed_at, 1);
     let role = us.applier.region();
     assert!(role.replicated && role.is_home());
     assert_eq!(
         (role.id, role.remotes, role.escrow),
         (1, 1, EscrowShare { parts: 1, of: 2 })
     );
-    // What was applied before the topology never went into the feed: the other regions are
-    // re-synced from the state instead.
-    assert_eq!(feed_trimmed_upto(&us.store).expect("trimmed"), 2);
-    us.apply(cmd(3, put("after", "2")));
+    assert_eq!(
+        feed_trimmed_upto(&us.store).expect("trimmed"),
+        0,
+        "the feed holds everything"
+    );
+    us.apply(cmd(2, put("after", "2")));
     assert!(us
         .store
-        .get(Table::ReplFeed, &3u64.to_be_bytes())
+        .get(Table::ReplFeed, &2u64.to_be_bytes())
         .expect("feed")
         .is_some());
     // A restarted replica (or one installing a snapshot) loads the same role from its state.
     assert_eq!(Applier::load(&us.store).expect("load").region(), role);
 }
 
+/// Data written without a topology was never recorded in the feed, its counter components are
+/// region 1's whatever this region becomes, and its counters' bounds were never divided: a region
+/// holding any cannot become one of several.
 #[test]
-fn a_region_with_no_data_before_its_topology_keeps_its_whole_feed() {
-    let mut us = Harness::new();
-    us.apply(cmd(1, init(spec(1, "us"), vec![spec(2, "eu")], false)));
-    assert_eq!(feed_trimmed_upto(&us.store).expect("trimmed"), 0);
+fn a_region_that_already_holds_data_cannot_take_a_first_topology() {
+    let mut lone = Harness::new();
+    seats(&mut lone, 1, 8);
+    let answer = lone.apply(cmd(2, init(spec(1, "us"), vec![spec(2, "eu")], false)));
+    assert!(refused_topology(&answer), "{answer:?}");
+    assert!(topology_of(&lone).is_none());
+    assert!(!lone.applier.region().replicated);
+}
+
+#[test]
+fn a_removed_regions_id_is_never_used_again() {
+    let mut us = region(1);
+    assert!(matches!(us.apply(cmd(1, remove(3))), Response::Topology(_)));
+    let again = us.apply(cmd(2, add(3, "ap")));
+    assert!(refused_topology(&again), "{again:?}");
+    assert!(
+        matches!(us.apply(cmd(3, add(4, "ap"))), Response::Topology(_)),
+        "under a new id it may come back"
+    );
+}
+
+#[test]
+fn a_tombstone_collection_proposed_before_a_topology_change_collects_nothing() {
+    let mut us = region(1);
+    us.apply(cmd(1, put("k", "v")));
+    us.apply(cmd(
+        2,
+        Op::KvDelete {
+            key: "k".into(),
+            expect: None,
+        },
+    ));
+    assert_eq!(super::replication::tombstone_count(&us.store).expect("count"), 1);
+    let stale = Op::KvTombstoneGc {
+        below: u64::MAX,
+        limit: 100,
+        topology_at: topology_of(&us).expect("topology").changed_at,
+    };
+    us.apply(cmd(3, add(4, "sa")));
+    assert_eq!(us.apply(cmd(4, stale)), Response::Swept { removed: 0 });
+    assert_eq!(super::replication::tombstone_count(&us.store).expect("count"), 1);
+    let current = Op::KvTombstoneGc {
+        below: u64::MAX,
+        limit: 100,
+        topology_at: topology_of(&us).expect("topology").changed_at,
+    };
+    assert_eq!(us.apply(cmd(5, current)), Response::Swept { removed: 1 });
 }
 
 #[test]

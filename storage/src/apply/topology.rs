@@ -14,7 +14,7 @@
 //! a region added later, or one that starts as [`TopologyChange::Init::joining`], has a share of
 //! zero and gets room only from escrow transfers, which move room that exists.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
 use basalt_replication::{EscrowBound, RegionId, RegionName};
@@ -96,6 +96,10 @@ pub struct RegionTopology {
     pub home: RegionId,
     /// Every region, this one included.
     pub regions: BTreeMap<RegionId, RegionMember>,
+    /// Ids of regions removed: never used again, since what this region keeps under a region's
+    /// id (its watermark, its counter components, escrow it gave or got) would be taken for the
+    /// new region's.
+    pub retired: BTreeSet<RegionId>,
     /// The log index of the last change.
     pub changed_at: u64,
 }
@@ -148,7 +152,8 @@ impl RegionTopology {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TopologyChange {
     /// The region's first topology, proposed by its first leader from its flags; refused once
-    /// the region has one. Founding regions (`joining: false`) split every bound evenly among
+    /// the region has one, and in a region that already holds data (it was written without a
+    /// feed, and its counters' escrow was never divided). Founding regions (`joining: false`) split every bound evenly among
     /// `this` and `remotes`; a region `joining` a running deployment starts with no share and
     /// does not know the others'.
     Init {
@@ -253,6 +258,17 @@ fn check_spec(spec: &RegionSpec, remote: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether the store holds data of a replicated or homed type: a region that does cannot take a
+/// first topology (see [`TopologyChange::Init`]).
+pub fn holds_data<S: StoreRead + ?Sized>(store: &S) -> Result<bool, StoreError> {
+    for table in super::replication::resync_tables(RegionRole::default()) {
+        if !store.scan(table, &KeyRange::all(), 1)?.is_empty() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// Checks what a change says on its own, before it is proposed (apply checks it again, with the
 /// topology it changes).
 pub fn validate(change: &TopologyChange) -> Result<(), OpError> {
@@ -326,21 +342,21 @@ pub(crate) fn apply<S: StoreRead>(
             if !regions.contains_key(home) {
                 return refuse(format!("home region {home} is not one of the regions named"));
             }
-            // Entries applied before this one were not recorded in the feed: a region that
-            // already holds replicated data re-syncs every other region from it.
-            let holds_data = super::replication::resync_tables(RegionRole::default())
-                .into_iter()
-                .map(|table| view.scan(table, &KeyRange::all(), 1).map(|rows| !rows.is_empty()))
-                .collect::<Result<Vec<bool>, StoreError>>()?
-                .into_iter()
-                .any(|held| held);
-            if holds_data {
-                super::replication::mark_feed_trimmed(view, index);
+            // Entries applied before this one were never recorded in the feed, their counter
+            // components are not this region's, and their counters' escrow was never divided:
+            // a region that already holds data cannot become one of several.
+            if holds_data(view)? {
+                return refuse(
+                    "this region already holds data written without a region topology (a lone region, or a \
+                     version before the replicated topology); a region must start empty to join others"
+                        .into(),
+                );
             }
             RegionTopology {
                 this: this.id,
                 home: *home,
                 regions,
+                retired: BTreeSet::new(),
                 changed_at: index,
             }
         }
@@ -357,6 +373,12 @@ pub(crate) fn apply<S: StoreRead>(
             }
             if region.id == topology.this {
                 return refuse(format!("region {} is this region", region.id));
+            }
+            if topology.retired.contains(&region.id) {
+                return refuse(format!(
+                    "region id {} belonged to a region removed earlier; a region added again needs a new id",
+                    region.id
+                ));
             }
             if let Some((other, _)) = topology
                 .regions
@@ -402,6 +424,7 @@ pub(crate) fn apply<S: StoreRead>(
             if topology.regions.remove(region).is_none() {
                 return refuse(format!("region {region} is not one of this region's regions"));
             }
+            topology.retired.insert(*region);
             topology.changed_at = index;
             topology
         }
