@@ -139,6 +139,13 @@ async fn metrics(State(api): State<Api>) -> String {
         "Batches of another region refused because their stamps ran further ahead than the max offset.",
         clock.refused_remote_batches.load(Ordering::Relaxed),
     );
+    counter(
+        "basalt_repl_topology_refusals_total",
+        "Feed streams of another region refused at open: its id, home or escrow shares disagree with this region's topology.",
+        api.replication
+            .as_ref()
+            .map_or(0, |r| r.refused_streams.load(Ordering::Relaxed)),
+    );
     let (merged_entries, merged_requests) = api.merger.merged();
     counter(
         "basalt_kv_merged_entries_total",

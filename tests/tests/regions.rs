@@ -382,6 +382,29 @@ fn a_region_with_a_clock_behind_still_overwrites_what_it_has_seen() {
 /// trimmed past it, and once reachable it gets a full re-sync and converges.
 #[test]
 fn a_region_behind_the_feed_retention_is_resynced_in_full() {
+    resynced_past_the_feed_retention(TestRegions::partition_all);
+}
+
+/// The same with only the link from us to eu cut (eu's batches and acknowledgements still
+/// reach us): eu falls behind us's feed retention all the same, and the re-sync carries us's
+/// delete, while what eu wrote meanwhile reaches us.
+#[test]
+fn a_region_cut_off_one_way_past_the_feed_retention_converges_deletes_included() {
+    resynced_past_the_feed_retention(|regions| {
+        regions.links.set(
+            1,
+            2,
+            basalt_regions::LinkState {
+                cut: true,
+                ..Default::default()
+            },
+        );
+    });
+}
+
+/// us writes 100 keys and deletes one while `cut` keeps its feed from eu, until its feed is
+/// trimmed past what eu has; after the heal eu is re-synced, deletes included.
+fn resynced_past_the_feed_retention(cut: impl Fn(&TestRegions)) {
     runtime().block_on(async {
         let retain = || RegionSpec {
             name: "us",
@@ -394,11 +417,12 @@ fn a_region_behind_the_feed_retention_is_resynced_in_full() {
         us.kv().put("early", "1").await.expect("put");
         regions.wait_converged(Duration::from_secs(30)).await;
 
-        regions.partition_all();
+        cut(&regions);
         for i in 0..100 {
             us.kv().put(format!("key-{i}"), format!("{i}")).await.expect("put");
         }
         us.kv().delete("early").await.expect("delete");
+        eu.kv().put("from-eu", "1").await.expect("put in eu");
         // The trimmer runs every second; wait until it has gone past what eu has.
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
@@ -426,6 +450,7 @@ fn a_region_behind_the_feed_retention_is_resynced_in_full() {
             None,
             "the tombstone came with the re-sync"
         );
+        assert!(us.kv().get("from-eu").await.expect("get").is_some());
         let status = regions.status("us").await.expect("status");
         assert!(status.links[0].resyncs >= 1, "{status:?}");
     });
@@ -1074,5 +1099,54 @@ fn a_region_added_while_a_bounded_counter_is_near_its_bound_cannot_cross_it() {
         );
         let logs = us_cluster.logs();
         assert!(logs.contains("belongs to region us:1"), "{logs}");
+    });
+}
+
+/// Regions bootstrapped with different region lists divided counter bounds differently (eu
+/// believes in a third region, so it stores shares of 1/3 where us stores 1/2): each refuses the
+/// other's feed stream at open, says why in `regions status` and a metric, and merges nothing,
+/// instead of letting both fill bounded counters past their bound.
+#[test]
+fn regions_that_divided_bounds_differently_refuse_each_others_feed() {
+    runtime().block_on(async {
+        let regions = TestRegions::start(
+            NODE,
+            vec![
+                one_node("us"),
+                RegionSpec {
+                    name: "eu",
+                    nodes: 1,
+                    extra_args: vec!["--remote-region".into(), "ap:3=127.0.0.1:9".into()],
+                },
+            ],
+        )
+        .await;
+        let us = regions.client("us").await;
+        us.kv().put("from-us", "v").await.expect("put in us");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let alarm = loop {
+            let status = regions.status("us").await;
+            let alarm = status
+                .and_then(|s| s.links.into_iter().find(|l| l.region == "eu"))
+                .map(|l| l.alarm)
+                .unwrap_or_default();
+            if alarm.starts_with("topology disagrees") {
+                break alarm;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "us never learned that eu refuses its topology (alarm {alarm:?})\n{}",
+                regions.cluster("us").logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(alarm.contains("escrow share"), "{alarm}");
+        assert!(regions.cluster("eu").metric(1, "basalt_repl_topology_refusals_total") > 0);
+        let eu = regions.client("eu").await;
+        assert_eq!(
+            eu.kv().get("from-us").await.expect("get in eu"),
+            None,
+            "nothing is merged from a region whose topology disagrees"
+        );
     });
 }

@@ -25,6 +25,10 @@ use basalt_storage::apply::topology::{load_topology, RegionTopology};
 use crate::api::Api;
 use crate::config::{RegionConfig, RemoteRegion};
 
+/// The feed stream's opening header: the source region's id, home and escrow shares
+/// (`topology::agreement_summary`), which the receiver checks before merging anything.
+pub(crate) const TOPOLOGY_HEADER: &str = "basalt-region-topology";
+
 /// What the shipper to one remote region knows, for status and trimming.
 #[derive(Clone, Debug, Default)]
 pub struct OutgoingLink {
@@ -88,6 +92,8 @@ pub struct Replication {
     incoming: Mutex<BTreeMap<RegionId, IncomingLag>>,
     /// When this node last became leader: acknowledgements are learned again from then on.
     leader_since: Mutex<Option<Instant>>,
+    /// Feed streams refused at open because the source's topology disagreed with this one's.
+    pub refused_streams: std::sync::atomic::AtomicU64,
 }
 
 fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -106,6 +112,7 @@ impl Replication {
             outgoing: Mutex::new(BTreeMap::new()),
             incoming: Mutex::new(BTreeMap::new()),
             leader_since: Mutex::new(None),
+            refused_streams: Default::default(),
         })
     }
 

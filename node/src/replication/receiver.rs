@@ -7,11 +7,13 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use basalt_client::ErrorCode;
 use basalt_replication::feed::decode;
 use basalt_replication::pb::region_feed_server::RegionFeed;
 use basalt_replication::pb::{FeedAck, FeedBatch};
 use basalt_replication::ShipBatch;
 use basalt_storage::apply::replication::source_state;
+use basalt_storage::apply::topology::{check_agreement, Disagreement};
 use basalt_storage::command::{Command, Op, Response};
 use basalt_storage::hlc::{wall_clock_ms, HlcStamp};
 use futures::{FutureExt, Stream, StreamExt};
@@ -153,6 +155,28 @@ impl RegionFeed for FeedReceiver {
                 "this node is not configured for regions (start it with --region)",
             ));
         };
+        // The source's id, home and escrow shares must fit this region's topology before
+        // anything of it is merged (absent from a source of an older version: not checked).
+        if let Some(summary) = request.metadata().get(super::TOPOLOGY_HEADER) {
+            let summary = summary.to_str().unwrap_or("(not ascii)");
+            let Some(topology) = repl.topology() else {
+                return Err(crate::api::status(
+                    ErrorCode::Unavailable,
+                    "this region's topology is not committed yet",
+                ));
+            };
+            if let Err(disagreement) = check_agreement(&topology, summary) {
+                let code = match disagreement {
+                    Disagreement::UnknownSource { .. } => ErrorCode::UnknownRegion,
+                    _ => ErrorCode::InvalidTopology,
+                };
+                let refused = repl.refused_streams.fetch_add(1, Ordering::Relaxed) + 1;
+                if refused.is_power_of_two() {
+                    tracing::warn!(%disagreement, refused, "refusing a feed stream: the regions' topologies disagree");
+                }
+                return Err(crate::api::status(code, disagreement.to_string()));
+            }
+        }
         let mut incoming = request.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
         let this = self.clone();

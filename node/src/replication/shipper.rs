@@ -18,6 +18,7 @@ use basalt_storage::apply::last_applied_stamp;
 use basalt_storage::apply::replication::{
     feed_trimmed_upto, heartbeat_after, next_batch, resync_batches, ResyncChunkLimits,
 };
+use basalt_storage::apply::topology::agreement_summary;
 use basalt_storage::command::{Command, Op};
 use basalt_storage::state::StoreError;
 use futures::StreamExt;
@@ -57,7 +58,13 @@ enum ShipError {
     Store(#[from] StoreError),
     #[error("this node is no longer the leader")]
     LostLeadership,
+    #[error("{endpoint} refused the stream: {reason}")]
+    Disagrees { endpoint: String, reason: String },
 }
+
+/// How long the shipper waits before trying again a region that refused its topology: an
+/// operator has to act (`basalt regions add`, or fix a region's flags).
+const DISAGREE_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Ships to `remote` whenever this node leads its region, until `stop`.
 pub(super) async fn run(
@@ -93,8 +100,18 @@ pub(super) async fn run(
                 tracing::debug!(region = %remote.name, error = %e, "feed stream ended");
                 let alarm = match &e {
                     ShipError::LostLeadership => String::new(),
+                    ShipError::Disagrees { reason, .. } => format!("topology disagrees: {reason}"),
                     other => format!("unreachable: {other}"),
                 };
+                if let ShipError::Disagrees { reason, .. } = &e {
+                    tracing::warn!(region = %remote.name, reason, "the remote region refuses this region's topology");
+                    repl.update_outgoing(remote.id, |l| {
+                        l.connected = false;
+                        l.alarm = alarm.clone();
+                    });
+                    tokio::time::sleep(DISAGREE_BACKOFF).await;
+                    continue;
+                }
                 repl.update_outgoing(remote.id, |l| {
                     l.connected = false;
                     l.last_error = e.to_string();
@@ -139,13 +156,38 @@ async fn session(
     let (tx, rx) = mpsc::channel::<FeedBatch>(WINDOW + 1);
     // The opening heartbeat carries no frontier: what the remote region has is not known yet.
     let _ = tx.send(batch_message(&ShipBatch::heartbeat(source, 0))).await;
-    let mut acks = tokio::time::timeout(ACK_TIMEOUT, client.ship(ReceiverStream::new(rx)))
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    if let Some(topology) = repl.topology() {
+        let summary = agreement_summary(&topology);
+        match summary.parse() {
+            Ok(value) => {
+                request.metadata_mut().insert(super::TOPOLOGY_HEADER, value);
+            }
+            Err(e) => tracing::error!(error = %e, summary, "topology summary is not a header value"),
+        }
+    }
+    let mut acks = tokio::time::timeout(ACK_TIMEOUT, client.ship(request))
         .await
         .map_err(|_| ShipError::Silent {
             endpoint: endpoint.to_string(),
             waited: ACK_TIMEOUT,
         })?
-        .map_err(|e| connect_error(e.to_string()))?
+        .map_err(|status| {
+            let code = status
+                .metadata()
+                .get(basalt_client::ERROR_CODE_KEY)
+                .and_then(|v| v.to_str().ok())
+                .and_then(basalt_client::ErrorCode::parse);
+            match code {
+                Some(basalt_client::ErrorCode::InvalidTopology | basalt_client::ErrorCode::UnknownRegion) => {
+                    ShipError::Disagrees {
+                        endpoint: endpoint.to_string(),
+                        reason: status.message().to_string(),
+                    }
+                }
+                _ => connect_error(status.to_string()),
+            }
+        })?
         .into_inner();
     let first = next_ack(&mut acks, endpoint, ACK_TIMEOUT).await?;
     let mut acked = first.applied_upto;

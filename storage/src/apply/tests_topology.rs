@@ -436,3 +436,51 @@ proptest! {
         prop_assert!(digests.iter().all(|d| *d == digests[0]), "escrow converges too");
     }
 }
+
+#[test]
+fn regions_that_divided_bounds_differently_or_name_another_home_are_told_apart() {
+    use super::topology::{agreement_summary, check_agreement, Disagreement};
+    let us = founded(1, 2);
+    let eu = founded(2, 2);
+    assert_eq!(agreement_summary(&eu), "source=2;home=1;shares=1:1/2,2:1/2");
+    assert_eq!(check_agreement(&us, &agreement_summary(&eu)), Ok(2));
+    // eu founded with three regions: shares of 1/3 where us stores 1/2.
+    let eu_of_three = founded(2, 3);
+    assert!(matches!(
+        check_agreement(&us, &agreement_summary(&eu_of_three)),
+        Err(Disagreement::Share { region: 1, .. })
+    ));
+    // A joining region knows only its own share (0/1), which is what us stores for it.
+    let mut with_ap = us.clone();
+    with_ap.regions.insert(
+        3,
+        topology::RegionMember {
+            name: "ap".into(),
+            endpoints: vec!["127.0.0.1:7003".into()],
+            escrow: Some(EscrowShare::NONE),
+        },
+    );
+    let mut ap = Harness::new();
+    let Response::Topology(ap_topology) =
+        ap.apply(cmd(1, init(spec(3, "ap"), vec![spec(1, "us"), spec(2, "eu")], true)))
+    else {
+        panic!("init refused")
+    };
+    assert_eq!(check_agreement(&with_ap, &agreement_summary(&ap_topology)), Ok(3));
+    assert!(matches!(
+        check_agreement(&us, &agreement_summary(&ap_topology)),
+        Err(Disagreement::UnknownSource { source_region: 3 })
+    ));
+    let mut other_home = ap_topology.clone();
+    other_home.home = 2;
+    assert!(matches!(
+        check_agreement(&with_ap, &agreement_summary(&other_home)),
+        Err(Disagreement::Home { theirs: 2, ours: 1, .. })
+    ));
+    for bad in ["", "source=x;home=1", "source=2;home=1;shares=1:1", "source=2"] {
+        assert!(
+            matches!(check_agreement(&us, bad), Err(Disagreement::Malformed { .. })),
+            "{bad}"
+        );
+    }
+}

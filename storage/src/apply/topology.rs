@@ -432,3 +432,113 @@ pub(crate) fn apply<S: StoreRead>(
     view.put(Table::Meta, TOPOLOGY_KEY.to_vec(), encode_topology(&next));
     Ok(Response::Topology(next))
 }
+
+/// Why two regions' topologies cannot work together: what a feed stream's receiver answers its
+/// source at stream open, before anything is merged.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Disagreement {
+    #[error("region {source_region} is not in this region's topology (`basalt regions add` it first)")]
+    UnknownSource { source_region: RegionId },
+    #[error("the home region differs: region {source_region} says {theirs}, this region {ours}")]
+    Home {
+        source_region: RegionId,
+        theirs: RegionId,
+        ours: RegionId,
+    },
+    #[error(
+        "region {region}'s escrow share differs: region {source_region} stores {theirs}, this region {ours}; \
+         together the regions could cross a counter's bound"
+    )]
+    Share {
+        source_region: RegionId,
+        region: RegionId,
+        theirs: EscrowShare,
+        ours: EscrowShare,
+    },
+    #[error("unreadable topology summary {text:?}: {reason}")]
+    Malformed { text: String, reason: String },
+}
+
+/// What a region states about itself when it opens a feed stream: its id, its home, the escrow
+/// shares it knows. `source=1;home=1;shares=1:1/2,2:1/2,3:0/1`.
+pub fn agreement_summary(topology: &RegionTopology) -> String {
+    let shares: Vec<String> = topology
+        .known_shares()
+        .iter()
+        .map(|(id, share)| format!("{id}:{share}"))
+        .collect();
+    format!(
+        "source={};home={};shares={}",
+        topology.this,
+        topology.home,
+        shares.join(",")
+    )
+}
+
+fn parse_summary(text: &str) -> Result<(RegionId, RegionId, BTreeMap<RegionId, EscrowShare>), String> {
+    let mut fields = BTreeMap::new();
+    for part in text.split(';') {
+        let (name, value) = part
+            .split_once('=')
+            .ok_or_else(|| format!("{part:?} is not name=value"))?;
+        fields.insert(name, value);
+    }
+    let id = |name: &str| -> Result<RegionId, String> {
+        fields
+            .get(name)
+            .ok_or_else(|| format!("no {name}"))?
+            .parse()
+            .map_err(|_| format!("{name} is not a region id"))
+    };
+    let (source, home) = (id("source")?, id("home")?);
+    let mut shares = BTreeMap::new();
+    for entry in fields
+        .get("shares")
+        .copied()
+        .unwrap_or("")
+        .split(',')
+        .filter(|e| !e.is_empty())
+    {
+        let bad = || format!("share {entry:?} is not id:parts/of");
+        let (id, share) = entry.split_once(':').ok_or_else(bad)?;
+        let (parts, of) = share.split_once('/').ok_or_else(bad)?;
+        let share = EscrowShare {
+            parts: parts.parse().map_err(|_| bad())?,
+            of: of.parse().map_err(|_| bad())?,
+        };
+        shares.insert(id.parse().map_err(|_| bad())?, share);
+    }
+    Ok((source, home, shares))
+}
+
+/// Whether this region (`ours`) may merge the feed of the region whose stream opened with
+/// `summary`: it must be in our topology, name the same home, and store the same escrow share for
+/// every region both know the share of. Regions bootstrapped with different region lists, or a
+/// joining region started with another home, are told apart here instead of diverging.
+pub fn check_agreement(ours: &RegionTopology, summary: &str) -> Result<RegionId, Disagreement> {
+    let (source, home, theirs) = parse_summary(summary).map_err(|reason| Disagreement::Malformed {
+        text: summary.chars().take(200).collect(),
+        reason,
+    })?;
+    if source == ours.this || !ours.regions.contains_key(&source) {
+        return Err(Disagreement::UnknownSource { source_region: source });
+    }
+    if home != ours.home {
+        return Err(Disagreement::Home {
+            source_region: source,
+            theirs: home,
+            ours: ours.home,
+        });
+    }
+    for (region, share) in ours.known_shares() {
+        if let Some(their_share) = theirs.get(&region).filter(|s| **s != share) {
+            return Err(Disagreement::Share {
+                source_region: source,
+                region,
+                theirs: *their_share,
+                ours: share,
+            });
+        }
+    }
+    Ok(source)
+}
