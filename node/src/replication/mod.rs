@@ -209,11 +209,13 @@ async fn supervise_shippers(repl: Arc<Replication>, api: Api, stop: tokio::sync:
     let mut running: BTreeMap<RegionId, (RemoteRegion, tokio::sync::watch::Sender<bool>)> = BTreeMap::new();
     let mut tick = tokio::time::interval(SUPERVISE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Set when this region cannot take a first topology (it holds data): said once, not retried.
+    let mut init_refused = false;
     while !*stop.borrow() {
         tick.tick().await;
         let Some(topology) = repl.topology() else {
-            if api.raft.is_leader() {
-                propose_initial_topology(&repl, &api).await;
+            if api.raft.is_leader() && !init_refused {
+                init_refused = !propose_initial_topology(&repl, &api).await;
             }
             continue;
         };
@@ -273,8 +275,22 @@ fn either_stop(
 }
 
 /// Proposes this region's first topology from this node's flags. Apply refuses it once the
-/// region has one, so two leaders racing (or a retry) change nothing the second time.
-async fn propose_initial_topology(repl: &Replication, api: &Api) {
+/// region has one, so two leaders racing (or a retry) change nothing the second time. `false`
+/// when the region can never take one.
+async fn propose_initial_topology(repl: &Replication, api: &Api) -> bool {
+    // Apply refuses a first topology in a region that holds data (the node refuses to start
+    // then, so only a node without `--region` can have written it): do not fill the log.
+    match basalt_storage::apply::topology::holds_data(&api.store) {
+        Ok(false) => {}
+        Ok(true) => {
+            tracing::error!(region = %repl.config.name, "this region holds data written without a region topology; not proposing one (a region must start empty)");
+            return false;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the state store");
+            return true;
+        }
+    }
     let command = basalt_storage::command::Command {
         stamp: api.clock.now(),
         session: None,
@@ -292,6 +308,7 @@ async fn propose_initial_topology(repl: &Replication, api: &Api) {
         },
         Err(e) => tracing::debug!(error = %e, "initial region topology not proposed"),
     }
+    true
 }
 
 /// The answer to `Cluster.Regions` on this node.

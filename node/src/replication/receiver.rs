@@ -156,25 +156,35 @@ impl RegionFeed for FeedReceiver {
             ));
         };
         // The source's id, home and escrow shares must fit this region's topology before
-        // anything of it is merged (absent from a source of an older version: not checked).
-        if let Some(summary) = request.metadata().get(super::TOPOLOGY_HEADER) {
-            let summary = summary.to_str().unwrap_or("(not ascii)");
+        // anything of it is merged. Checked by the leader (a follower answers "not the leader" to
+        // the first batch, and the source tries another node): a follower behind on the
+        // region's log could refuse a region its leader has added.
+        let mut expected_source = None;
+        if self.api.raft.is_leader() {
+            let summary = request
+                .metadata()
+                .get(super::TOPOLOGY_HEADER)
+                .map(|v| v.to_str().unwrap_or("(not ascii)"))
+                .unwrap_or("(none)");
             let Some(topology) = repl.topology() else {
                 return Err(crate::api::status(
                     ErrorCode::Unavailable,
                     "this region's topology is not committed yet",
                 ));
             };
-            if let Err(disagreement) = check_agreement(&topology, summary) {
-                let code = match disagreement {
-                    Disagreement::UnknownSource { .. } => ErrorCode::UnknownRegion,
-                    _ => ErrorCode::InvalidTopology,
-                };
-                let refused = repl.refused_streams.fetch_add(1, Ordering::Relaxed) + 1;
-                if refused.is_power_of_two() {
-                    tracing::warn!(%disagreement, refused, "refusing a feed stream: the regions' topologies disagree");
+            match check_agreement(&topology, summary) {
+                Ok(source) => expected_source = Some(source),
+                Err(disagreement) => {
+                    let code = match disagreement {
+                        Disagreement::UnknownSource { .. } | Disagreement::Removed { .. } => ErrorCode::UnknownRegion,
+                        _ => ErrorCode::InvalidTopology,
+                    };
+                    let refused = repl.refused_streams.fetch_add(1, Ordering::Relaxed) + 1;
+                    if refused.is_power_of_two() {
+                        tracing::warn!(%disagreement, refused, "refusing a feed stream: the regions' topologies disagree");
+                    }
+                    return Err(crate::api::status(code, disagreement.to_string()));
                 }
-                return Err(crate::api::status(code, disagreement.to_string()));
             }
         }
         let mut incoming = request.into_inner();
@@ -196,6 +206,16 @@ impl RegionFeed for FeedReceiver {
                         _ => return,
                     },
                 };
+                if expected_source.is_some_and(|source| source != first.source) {
+                    let _ = tx
+                        .send(Ok(ack_error(format!(
+                            "a batch from region {} on a stream opened by region {}",
+                            first.source,
+                            expected_source.unwrap_or_default()
+                        ))))
+                        .await;
+                    return;
+                }
                 // Merge whatever else is already waiting into one proposal, answering each.
                 let mut batch = first;
                 let mut answers = 1usize;

@@ -63,7 +63,8 @@ enum ShipError {
 }
 
 /// How long the shipper waits before trying again a region that refused its topology: an
-/// operator has to act (`basalt regions add`, or fix a region's flags).
+/// operator has to act (`basalt regions add` there, or rebuild a region founded with another
+/// region list: see docs/regions.md).
 const DISAGREE_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Ships to `remote` whenever this node leads its region, until `stop`.
@@ -201,7 +202,9 @@ async fn session(
         l.acked_upto = Some(acked);
         l.shipped_upto = sent;
         l.last_error.clear();
-        if l.alarm.starts_with("unreachable") {
+        // Whatever kept the link down is gone; being behind the retention is cleared by the
+        // re-sync.
+        if !l.alarm.starts_with("behind") {
             l.alarm.clear();
         }
     });

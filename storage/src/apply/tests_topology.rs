@@ -477,7 +477,36 @@ fn regions_that_divided_bounds_differently_or_name_another_home_are_told_apart()
         check_agreement(&with_ap, &agreement_summary(&other_home)),
         Err(Disagreement::Home { theirs: 2, ours: 1, .. })
     ));
-    for bad in ["", "source=x;home=1", "source=2;home=1;shares=1:1", "source=2"] {
+    // Four regions founded in pairs of lists of three: every region both sides know has the
+    // same share, but together they know of 4/3 of a bound.
+    let mut us_of_three = founded(1, 3);
+    us_of_three.regions.get_mut(&3).expect("ap").name = "ap".into();
+    let mut eu_with_sa = founded(2, 3);
+    let sa = eu_with_sa.regions.remove(&3).expect("third");
+    eu_with_sa.regions.insert(4, sa);
+    assert!(matches!(
+        check_agreement(&us_of_three, &agreement_summary(&eu_with_sa)),
+        Err(Disagreement::Oversubscribed { .. })
+    ));
+    // A removed region is told it was removed.
+    let mut without_eu = us.clone();
+    without_eu.regions.remove(&2);
+    without_eu.retired.insert(2);
+    assert!(matches!(
+        check_agreement(&without_eu, &agreement_summary(&eu)),
+        Err(Disagreement::Removed { source_region: 2 })
+    ));
+    for bad in [
+        "",
+        "source=x;home=1",
+        "source=2;home=1;shares=1:1",
+        "source=2",
+        "source=2;home=1;shares=1:1/2",
+        "source=2;home=1;shares=2:3/2",
+        "source=2;home=1;shares=2:1/0",
+        "source=2;home=1;shares=2:1/2,2:1/2",
+        "source=2;source=2;home=1;shares=2:1/2",
+    ] {
         assert!(
             matches!(check_agreement(&us, bad), Err(Disagreement::Malformed { .. })),
             "{bad}"

@@ -455,6 +455,13 @@ pub enum Disagreement {
         theirs: EscrowShare,
         ours: EscrowShare,
     },
+    #[error("region {source_region} was removed from this region's topology; a region added again needs a new id")]
+    Removed { source_region: RegionId },
+    #[error(
+        "the escrow shares the two regions know of add up to more than one bound ({shares}): they were \
+         founded with different region lists"
+    )]
+    Oversubscribed { source_region: RegionId, shares: String },
     #[error("unreadable topology summary {text:?}: {reason}")]
     Malformed { text: String, reason: String },
 }
@@ -476,12 +483,15 @@ pub fn agreement_summary(topology: &RegionTopology) -> String {
 }
 
 fn parse_summary(text: &str) -> Result<(RegionId, RegionId, BTreeMap<RegionId, EscrowShare>), String> {
+    let short = |t: &str| t.chars().take(40).collect::<String>();
     let mut fields = BTreeMap::new();
     for part in text.split(';') {
         let (name, value) = part
             .split_once('=')
-            .ok_or_else(|| format!("{part:?} is not name=value"))?;
-        fields.insert(name, value);
+            .ok_or_else(|| format!("{:?} is not name=value", short(part)))?;
+        if fields.insert(name, value).is_some() {
+            return Err(format!("{:?} is given twice", short(name)));
+        }
     }
     let id = |name: &str| -> Result<RegionId, String> {
         fields
@@ -499,29 +509,67 @@ fn parse_summary(text: &str) -> Result<(RegionId, RegionId, BTreeMap<RegionId, E
         .split(',')
         .filter(|e| !e.is_empty())
     {
-        let bad = || format!("share {entry:?} is not id:parts/of");
+        let bad = || {
+            format!(
+                "share {:?} is not id:parts/of with parts <= of <= {REGIONS_MAX}",
+                short(entry)
+            )
+        };
         let (id, share) = entry.split_once(':').ok_or_else(bad)?;
         let (parts, of) = share.split_once('/').ok_or_else(bad)?;
         let share = EscrowShare {
             parts: parts.parse().map_err(|_| bad())?,
             of: of.parse().map_err(|_| bad())?,
         };
-        shares.insert(id.parse().map_err(|_| bad())?, share);
+        if share.of == 0 || share.of as usize > REGIONS_MAX || share.parts > share.of {
+            return Err(bad());
+        }
+        if shares.insert(id.parse().map_err(|_| bad())?, share).is_some() {
+            return Err(format!("region {:?} has two shares", short(id)));
+        }
+    }
+    if !shares.contains_key(&source) {
+        return Err(format!("no share for the source region {source}"));
     }
     Ok((source, home, shares))
 }
 
+/// Whether shares add up to more than one whole bound, computed exactly (every `of` is at most
+/// [`REGIONS_MAX`], so the common denominator stays far inside a u128).
+fn oversubscribed<'a>(shares: impl IntoIterator<Item = &'a EscrowShare>) -> bool {
+    fn gcd(a: u128, b: u128) -> u128 {
+        if b == 0 {
+            a
+        } else {
+            gcd(b, a % b)
+        }
+    }
+    let (mut num, mut den) = (0u128, 1u128);
+    for share in shares {
+        let of = u128::from(share.of.max(1));
+        num = num * of + u128::from(share.parts) * den;
+        den *= of;
+        let common = gcd(num, den).max(1);
+        (num, den) = (num / common, den / common);
+    }
+    num > den
+}
+
 /// Whether this region (`ours`) may merge the feed of the region whose stream opened with
-/// `summary`: it must be in our topology, name the same home, and store the same escrow share for
-/// every region both know the share of. Regions bootstrapped with different region lists, or a
-/// joining region started with another home, are told apart here instead of diverging.
+/// `summary`: the source must be in our topology, name the same home, store the same escrow share
+/// for every region both know the share of, and the shares both know of together must not add up
+/// to more than one bound. Regions bootstrapped with different region lists, or a joining region
+/// started with another home, are told apart at their first contact.
 pub fn check_agreement(ours: &RegionTopology, summary: &str) -> Result<RegionId, Disagreement> {
     let (source, home, theirs) = parse_summary(summary).map_err(|reason| Disagreement::Malformed {
         text: summary.chars().take(200).collect(),
         reason,
     })?;
     if source == ours.this || !ours.regions.contains_key(&source) {
-        return Err(Disagreement::UnknownSource { source_region: source });
+        return Err(match ours.retired.contains(&source) {
+            true => Disagreement::Removed { source_region: source },
+            false => Disagreement::UnknownSource { source_region: source },
+        });
     }
     if home != ours.home {
         return Err(Disagreement::Home {
@@ -530,15 +578,27 @@ pub fn check_agreement(ours: &RegionTopology, summary: &str) -> Result<RegionId,
             ours: ours.home,
         });
     }
-    for (region, share) in ours.known_shares() {
-        if let Some(their_share) = theirs.get(&region).filter(|s| **s != share) {
+    let mut combined = ours.known_shares();
+    for (region, share) in &combined {
+        if let Some(their_share) = theirs.get(region).filter(|s| *s != share) {
             return Err(Disagreement::Share {
                 source_region: source,
-                region,
+                region: *region,
                 theirs: *their_share,
-                ours: share,
+                ours: *share,
             });
         }
+    }
+    combined.extend(theirs);
+    if oversubscribed(combined.values()) {
+        return Err(Disagreement::Oversubscribed {
+            source_region: source,
+            shares: combined
+                .iter()
+                .map(|(id, share)| format!("{id}:{share}"))
+                .collect::<Vec<_>>()
+                .join(","),
+        });
     }
     Ok(source)
 }
