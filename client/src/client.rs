@@ -390,12 +390,19 @@ impl Client {
         }
     }
 
+    /// The session header of a new request: the next seq, and the lowest seq still in flight as
+    /// the floor below which the server may forget this client's answers.
+    ///
+    /// Contract: no header carries a floor above a seq that is still in flight. The seq is taken
+    /// and registered as in flight under one lock: taken before it, another request could take a
+    /// later seq, find the earlier one not yet registered, and send a floor above it; the server
+    /// would then refuse the earlier request as `SESSION_EXPIRED`.
     pub(crate) fn header(&self) -> (pb::RequestHeader, SeqGuard) {
-        let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
-        let first_incomplete_seq = {
+        let (seq, first_incomplete_seq) = {
             let mut in_flight = self.inner.in_flight.lock().expect("in-flight lock");
+            let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
             in_flight.insert(seq);
-            *in_flight.first().expect("just inserted")
+            (seq, *in_flight.first().expect("just inserted"))
         };
         let header = pb::RequestHeader {
             client_id: self.inner.client_id.to_be_bytes().to_vec(),
@@ -642,5 +649,65 @@ fn one_attempt_failed(status: tonic::Status) -> ClientError {
         attempts: 1,
         outcome_unknown: false,
         last_error: status.message().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use super::*;
+
+    /// The floor a header carries (`first_incomplete_seq`) tells the server it may forget the
+    /// answers of every lower seq: each of them must be complete by then. Many threads take
+    /// headers from one client at once and each checks, on receiving its header, that every seq
+    /// below its floor is done; a seq is marked done before its guard is dropped. When the seq
+    /// was taken before the in-flight set was locked, a header could carry a floor above a seq
+    /// another thread had taken but not yet registered: that request was then refused by the
+    /// server as `SESSION_EXPIRED` (issue 16, part 1).
+    #[test]
+    fn no_header_carries_a_floor_above_a_seq_still_in_flight() {
+        const THREADS: usize = 8;
+        const HEADERS_PER_THREAD: usize = 20_000;
+        // Lazy channels need a runtime to be made in; nothing is ever sent.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let _in_runtime = runtime.enter();
+        let client = Client::lazy(["127.0.0.1:1"], ClientOptions::default()).expect("client");
+        let done: Arc<Vec<AtomicBool>> = Arc::new(
+            (0..=THREADS * HEADERS_PER_THREAD + 1)
+                .map(|_| AtomicBool::new(false))
+                .collect(),
+        );
+        let violations = Arc::new(AtomicU64::new(0));
+        let threads: Vec<_> = (0..THREADS)
+            .map(|_| {
+                let (client, done, violations) = (client.clone(), done.clone(), violations.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..HEADERS_PER_THREAD {
+                        let (header, guard) = client.header();
+                        assert!(header.first_incomplete_seq <= header.seq);
+                        // Only the lowest seqs need checking: a violation is a floor just above
+                        // a seq another thread still holds.
+                        let lowest = header.first_incomplete_seq.saturating_sub(64).max(1);
+                        if (lowest..header.first_incomplete_seq).any(|s| !done[s as usize].load(Ordering::SeqCst)) {
+                            violations.fetch_add(1, Ordering::Relaxed);
+                        }
+                        done[header.seq as usize].store(true, Ordering::SeqCst);
+                        drop(guard);
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().expect("thread");
+        }
+        assert_eq!(
+            violations.load(Ordering::Relaxed),
+            0,
+            "headers carried a floor above a seq still in flight"
+        );
     }
 }
