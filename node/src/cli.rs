@@ -147,8 +147,15 @@ enum Command {
 
 #[derive(Args, Debug)]
 pub struct StartArgs {
-    /// A TOML config file; flags given too override nothing (use one or the other).
-    #[arg(long, conflicts_with_all = ["id", "listen", "data_dir"])]
+    /// A TOML config file, which says everything: no other flag may be given with it (clap
+    /// refuses the mix and names the flag, instead of ignoring it).
+    #[arg(long, conflicts_with_all = [
+        "id", "listen", "http", "data_dir", "peers", "init", "snapshot_entries", "logs_to_keep",
+        "heartbeat_ms", "session_idle_ms", "kv_history_revisions", "kv_merge_in_flight",
+        "peer_routes", "election_timeout_min_ms", "election_timeout_max_ms", "region",
+        "remote_region", "feed_retain_entries", "clock_skew_ms", "max_clock_offset_ms",
+        "allow_clock_control", "home_region", "joining_region",
+    ])]
     config: Option<PathBuf>,
     #[arg(long)]
     id: Option<u64>,
@@ -789,5 +796,23 @@ mod tests {
         assert!(parse_fence("nightly").is_err());
         assert!(parse_fence(":7").is_err());
         assert!(parse_fence("nightly:x").is_err());
+    }
+
+    #[test]
+    fn a_config_file_is_not_mixed_with_flags() {
+        use clap::Parser;
+        assert!(Cli::try_parse_from(["basalt", "start", "--config", "node.toml"]).is_ok());
+        for flag in [
+            ["--region", "us:1"],
+            ["--clock-skew-ms", "5"],
+            ["--http", "127.0.0.1:8001"],
+            ["--session-idle-ms", "1000"],
+        ] {
+            let mixed = Cli::try_parse_from(["basalt", "start", "--config", "node.toml", flag[0], flag[1]]);
+            let error = mixed
+                .err()
+                .unwrap_or_else(|| panic!("{} was accepted with --config", flag[0]));
+            assert!(error.to_string().contains("cannot be used with"), "{error}");
+        }
     }
 }

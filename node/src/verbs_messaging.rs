@@ -18,14 +18,32 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Decodes a receipt printed by [`hex`]. Works on bytes, so a non-ASCII character is "not hex"
+/// rather than a slice through the middle of a character.
 fn unhex(text: &str) -> Result<Vec<u8>, String> {
-    if !text.len().is_multiple_of(2) {
-        return Err(format!("receipt {text:?} is not hex"));
+    let not_hex = || format!("receipt {text:?} is not hex");
+    let digit = |b: u8| char::from(b).to_digit(16).ok_or_else(not_hex);
+    let bytes = text.as_bytes();
+    if !bytes.len().is_multiple_of(2) {
+        return Err(not_hex());
     }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).map_err(|_| format!("receipt {text:?} is not hex")))
+    bytes
+        .chunks_exact(2)
+        .map(|pair| Ok((digit(pair[0])? * 16 + digit(pair[1])?) as u8))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_receipt_that_is_not_hex_is_refused_not_a_panic() {
+        assert_eq!(unhex(&hex(&[0, 1, 0xab, 0xff])), Ok(vec![0, 1, 0xab, 0xff]));
+        for bad in ["1é1", "é", "abc", "zz", "+1"] {
+            assert!(unhex(bad).is_err(), "{bad}");
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]

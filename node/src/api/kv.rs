@@ -342,11 +342,12 @@ impl Kv for Api {
         }
         let limit = if r.limit == 0 { 1000 } else { r.limit } as usize;
         self.read_barrier(r.stale).await?;
-        let now_ms = self.read_time_ms()?;
-        let (mut items, mut more, expiries) = self.scan_page(&r, limit, now_ms)?;
-        if let Some(later) = self.settle_expiry(r.stale, now_ms, expiries).await? {
+        // Every page of the answer, and the time it is judged at, from one point-in-time view: a
+        // batch applied meanwhile is seen whole or not at all.
+        let (mut items, mut more, expiries, now_ms) = self.scan_page(&r, limit)?;
+        if self.settle_expiry(r.stale, now_ms, expiries).await?.is_some() {
             // Once: judged at the later time, what expires after it is live, as it should be.
-            (items, more, _) = self.scan_page(&r, limit, later)?;
+            (items, more, _, _) = self.scan_page(&r, limit)?;
         }
         Ok(GrpcResponse::new(pb::KvScanResponse { items, more }))
     }
@@ -380,15 +381,19 @@ impl Kv for Api {
 }
 
 impl Api {
-    /// One scan answer judged at `now_ms`: the live items, whether more follow, and the expiries
-    /// of the records it stepped over or returned (for [`Api::settle_expiry`]).
+    /// One scan answer from one view of the store, judged at that view's applied time: the live
+    /// items, whether more follow, the expiries of the records it stepped over or returned (for
+    /// [`Api::settle_expiry`]), and the time it was judged at.
     #[allow(clippy::type_complexity)]
     fn scan_page(
         &self,
         r: &pb::KvScanRequest,
         limit: usize,
-        now_ms: u64,
-    ) -> Result<(Vec<pb::KeyValue>, bool, Vec<Option<u64>>), Status> {
+    ) -> Result<(Vec<pb::KeyValue>, bool, Vec<Option<u64>>, u64), Status> {
+        let view = self.store.view();
+        let now_ms = basalt_storage::apply::last_applied_stamp(&view)
+            .map_err(storage_status)?
+            .physical_ms();
         let mut expiries = Vec::new();
         let mut from = if r.start_after.is_empty() {
             r.prefix.clone()
@@ -399,7 +404,7 @@ impl Api {
         let mut more = false;
         'pages: loop {
             let range = KeyRange::prefix_from(&r.prefix, from.clone());
-            let page = self.store.scan(Table::Kv, &range, limit + 1).map_err(storage_status)?;
+            let page = view.scan(Table::Kv, &range, limit + 1).map_err(storage_status)?;
             let page_len = page.len();
             for (key, bytes) in page {
                 if !key.starts_with(&r.prefix) {
@@ -429,6 +434,6 @@ impl Api {
             }
             from.push(0);
         }
-        Ok((items, more, expiries))
+        Ok((items, more, expiries, now_ms))
     }
 }

@@ -34,11 +34,16 @@ fn decode_floor_record(bytes: &[u8]) -> Option<(u64, u64)> {
     Some((floor, last_active_ms))
 }
 
+/// The client's floor (0 for a client never seen). A record that does not decode is corruption:
+/// read as 0 it would let a forgotten request apply again.
 fn floor<S: StoreRead>(view: &View<'_, S>, client_id: u128) -> Result<u64, StoreError> {
-    Ok(view
-        .get(Table::Session, &floor_key(client_id))?
-        .and_then(|b| decode_floor_record(&b))
-        .map_or(0, |(floor, _)| floor))
+    let key = floor_key(client_id);
+    match view.get(Table::Session, &key)? {
+        None => Ok(0),
+        Some(bytes) => decode_floor_record(&bytes)
+            .map(|(floor, _)| floor)
+            .ok_or_else(|| super::corrupt(Table::Session, &key, format!("floor record of {} bytes", bytes.len()))),
+    }
 }
 
 /// What to do with a request, decided by its session.
@@ -50,10 +55,12 @@ pub(crate) enum Begin {
 }
 
 pub(crate) fn begin<S: StoreRead>(view: &mut View<'_, S>, session: &Session) -> Result<Begin, StoreError> {
-    if let Some(bytes) = view.get(Table::Session, &answer_key(session.client_id, session.seq))? {
-        if let Ok(previous) = bincode::deserialize::<Response>(&bytes) {
-            return Ok(Begin::Answered(previous));
-        }
+    let key = answer_key(session.client_id, session.seq);
+    if let Some(bytes) = view.get(Table::Session, &key)? {
+        // A saved answer that does not decode is corruption, not "never applied": applying the
+        // request again would break exactly-once. Fail-stop naming the record.
+        let previous: Response = super::decode(Table::Session, &key, &bytes)?;
+        return Ok(Begin::Answered(previous));
     }
     let floor = floor(view, session.client_id)?;
     if session.seq < floor {
@@ -154,18 +161,37 @@ pub(crate) fn sweep_idle<S: StoreRead>(
             continue;
         };
         let client_id = u128::from_be_bytes(client_bytes.try_into().expect("16 bytes"));
-        let idle = key.len() == 16
-            && decode_floor_record(&value).is_some_and(|(_, last)| now_ms.saturating_sub(last) >= idle_ms);
+        let idle = match key.len() {
+            16 => {
+                let (_, last_active_ms) = decode_floor_record(&value).ok_or_else(|| {
+                    super::corrupt(Table::Session, &key, format!("floor record of {} bytes", value.len()))
+                })?;
+                now_ms.saturating_sub(last_active_ms) >= idle_ms
+            }
+            // Answers left without their floor record: a client whose forgetting an earlier
+            // version stopped half-way. Nothing can ask for them any more.
+            _ => true,
+        };
         if idle {
+            // The answers first, the floor record last: a client with more answers than one
+            // step removes keeps its floor record, and the next step comes back to it.
             let prefix = floor_key(client_id);
-            let keys = view.scan(
+            let answers = view.scan(
                 Table::Session,
-                &KeyRange::prefix_from(&prefix, prefix.clone()),
+                &KeyRange::prefix_from(&prefix, answer_key(client_id, 0)),
                 CLIENT_KEYS_MAX,
             )?;
-            for (k, _) in keys {
+            let all_answers = answers.len() < CLIENT_KEYS_MAX;
+            for (k, _) in answers {
                 view.delete(Table::Session, k);
             }
+            if !all_answers {
+                return Ok(Response::SessionsSwept {
+                    removed,
+                    resume_after: client_id.checked_sub(1).or(last_visited),
+                });
+            }
+            view.delete(Table::Session, prefix);
             removed += 1;
         }
         last_visited = Some(client_id);

@@ -945,6 +945,92 @@ fn session_sweep_walks_the_table_with_its_cursor() {
         .is_empty());
 }
 
+/// A client that never moved its floor keeps every answer: an idle one with more answers than
+/// one sweep step removes is forgotten over several steps, and nothing of it is left behind (the
+/// floor record went with the first step, and the rest leaked).
+#[test]
+fn an_idle_client_with_more_answers_than_one_step_removes_is_forgotten_entirely() {
+    let mut h = Harness::new();
+    let answers = 4096 * 2 + 10;
+    for seq in 1..=answers {
+        h.apply(with_session(cmd(1_000, incr_op("c", 1)), 7, seq, 1));
+    }
+    h.apply(with_session(cmd(1_000, incr_op("c", 1)), 9, 1, 1));
+    let mut after = None;
+    let mut removed_total = 0;
+    for step in 0.. {
+        assert!(step < 10, "the sweep never finished");
+        let response = h.apply(cmd(
+            60_000,
+            Op::SessionSweep {
+                idle_ms: 1_000,
+                after,
+                limit: 10,
+            },
+        ));
+        let Response::SessionsSwept { removed, resume_after } = response else {
+            panic!("{response:?}")
+        };
+        removed_total += removed;
+        after = resume_after;
+        if after.is_none() && session_keys(&h.store, 7) == 0 {
+            break;
+        }
+    }
+    assert_eq!(session_keys(&h.store, 7), 0, "answers left behind");
+    assert_eq!(session_keys(&h.store, 9), 0);
+    assert_eq!(removed_total, 2);
+}
+
+/// A saved answer that does not decode is corruption: the retry is not applied a second time.
+#[test]
+fn a_saved_answer_that_does_not_decode_stops_apply_instead_of_applying_again() {
+    let mut h = Harness::new();
+    h.apply(with_session(cmd(1_000, incr_op("c", 1)), 7, 1, 1));
+    let mut key = 7u128.to_be_bytes().to_vec();
+    key.extend_from_slice(&1u64.to_be_bytes());
+    let mut damage = WriteSet::default();
+    damage.put(Table::Session, key, vec![0xff; 3]);
+    h.store.commit(&damage);
+    let mut writes = WriteSet::default();
+    let retried = h.applier.apply(
+        &h.store,
+        &mut writes,
+        2,
+        &with_session(cmd(1_100, incr_op("c", 1)), 7, 1, 1),
+    );
+    assert!(
+        matches!(
+            retried,
+            Err(StoreError::CorruptRecord {
+                table: Table::Session,
+                ..
+            })
+        ),
+        "{retried:?}"
+    );
+    // A damaged floor record too.
+    let mut damage = WriteSet::default();
+    damage.put(Table::Session, 7u128.to_be_bytes().to_vec(), vec![1, 2]);
+    h.store.commit(&damage);
+    let next = h.applier.apply(
+        &h.store,
+        &mut WriteSet::default(),
+        3,
+        &with_session(cmd(1_200, incr_op("c", 1)), 7, 2, 1),
+    );
+    assert!(
+        matches!(
+            next,
+            Err(StoreError::CorruptRecord {
+                table: Table::Session,
+                ..
+            })
+        ),
+        "{next:?}"
+    );
+}
+
 #[test]
 fn a_refusal_midway_through_a_batch_keeps_none_of_its_writes() {
     let mut h = Harness::new();
