@@ -42,6 +42,8 @@ error_codes! {
     InvalidArgument = "INVALID_ARGUMENT" => InvalidArgument,
     OutOfRange = "OUT_OF_RANGE" => InvalidArgument,
     BatchTooLarge = "BATCH_TOO_LARGE" => InvalidArgument,
+    // A request (or a merge of requests) larger than one log entry holds; nothing was proposed.
+    TooLarge = "TOO_LARGE" => InvalidArgument,
     CounterOverflow = "COUNTER_OVERFLOW" => FailedPrecondition,
     BoundExceeded = "BOUND_EXCEEDED" => FailedPrecondition,
     // With regions: a change toward a counter's lower bound beyond this region's escrow.

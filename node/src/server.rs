@@ -198,18 +198,20 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
     .max_encoding_message_size(64 << 20);
 
     tracing::info!(id = config.id, listen = %config.listen, data_dir = %config.data_dir.display(), "node serving");
+    // Client requests are bounded so that one, or a merge of them, always fits a log entry.
+    use basalt_storage::limits::CLIENT_MESSAGE_BYTES_MAX;
     let serve = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(RaftGrpcService::new(raft.clone(), incoming_dir, clock.clone()))
-        .add_service(KvServer::new(api.clone()))
-        .add_service(CounterServer::new(api.clone()))
-        .add_service(RateLimiterServer::new(api.clone()))
-        .add_service(LeaseServer::new(homed.clone()))
-        .add_service(LedgerServer::new(homed.clone()))
-        .add_service(QueueServer::new(homed))
-        .add_service(StreamServer::new(api.clone()))
-        .add_service(PubSubServer::new(api.clone()))
-        .add_service(ClusterServer::new(api.clone()))
+        .add_service(KvServer::new(api.clone()).max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX))
+        .add_service(CounterServer::new(api.clone()).max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX))
+        .add_service(RateLimiterServer::new(api.clone()).max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX))
+        .add_service(LeaseServer::new(homed.clone()).max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX))
+        .add_service(LedgerServer::new(homed.clone()).max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX))
+        .add_service(QueueServer::new(homed).max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX))
+        .add_service(StreamServer::new(api.clone()).max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX))
+        .add_service(PubSubServer::new(api.clone()).max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX))
+        .add_service(ClusterServer::new(api.clone()).max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX))
         .add_service(feed_receiver)
         .serve_with_shutdown(config.listen, wait_stop(stop_rx.clone()))
         .await;

@@ -465,6 +465,20 @@ pub struct Command {
     pub op: Op,
 }
 
+impl Command {
+    /// Whether this command fits one log entry ([`crate::limits::ENTRY_COMMAND_BYTES_MAX`]).
+    /// Checked before every proposal: a larger one would be refused by the log, stopping the
+    /// leader's Raft, where this refusal changes nothing.
+    pub fn check_size(&self) -> Result<(), OpError> {
+        let max = crate::limits::ENTRY_COMMAND_BYTES_MAX;
+        let len = bincode::serialized_size(self).map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
+        if len > max {
+            return Err(OpError::EntryTooLarge { len, max });
+        }
+        Ok(())
+    }
+}
+
 /// Why an operation was refused. Refusals are deterministic results, applied identically on every
 /// replica, and change nothing.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -487,6 +501,8 @@ pub enum OpError {
     },
     #[error("batch of {len} items exceeds the limit of {max}")]
     BatchTooLarge { len: usize, max: usize },
+    #[error("a log entry of {len} bytes would exceed the limit of {max} bytes")]
+    EntryTooLarge { len: usize, max: usize },
     #[error("{what} must be {expected}, got {got}")]
     OutOfRange {
         what: Cow<'static, str>,

@@ -15,7 +15,17 @@ pub const SCAN_LIMIT_MAX: u32 = 10_000;
 /// Longest TTL accepted (one year), so `stamp + ttl` never overflows the HLC's 48-bit clock.
 pub const TTL_MS_MAX: u64 = 365 * 24 * 3600 * 1000;
 
+/// Largest serialized command one log entry may carry: the record limit less room for the
+/// entry's own framing (log id, payload tag). Every proposal is checked against it before it is
+/// proposed ([`crate::command::Command::check_size`]): a record over the limit is refused by the
+/// log, which stops the leader's Raft.
+pub const ENTRY_COMMAND_BYTES_MAX: usize = RECORD_BYTES_MAX as usize - 64 * 1024;
+/// Largest client request message the API decodes (set on every client service): one request
+/// alone, or merged with others up to the merger's own bound, stays far inside an entry.
+pub const CLIENT_MESSAGE_BYTES_MAX: usize = 4 * 1024 * 1024;
+
 const _: () = assert!(VALUE_BYTES_MAX + KEY_BYTES_MAX + 1024 < RECORD_BYTES_MAX as usize);
+const _: () = assert!(CLIENT_MESSAGE_BYTES_MAX * 3 < ENTRY_COMMAND_BYTES_MAX);
 const _: () = assert!(SEGMENT_BYTES_DEFAULT >= RECORD_BYTES_MAX as u64);
 
 /// Most items (counter ops, rate checks, accounts, transfers) in one batched request, as in

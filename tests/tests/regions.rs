@@ -1150,3 +1150,29 @@ fn regions_that_divided_bounds_differently_refuse_each_others_feed() {
         );
     });
 }
+
+/// Values of the largest size written while the link is cut reach the other region in many
+/// large batches after the heal, and both regions keep serving.
+#[test]
+fn values_of_the_largest_size_cross_regions_after_a_partition() {
+    runtime().block_on(async {
+        let regions = us_and_eu().await;
+        let us = regions.client("us").await;
+        let eu = regions.client("eu").await;
+        us.kv().put("before", "v").await.expect("put");
+        regions.wait_converged(Duration::from_secs(30)).await;
+        regions.partition_all();
+        let value = vec![b'x'; 1 << 20];
+        for i in 0..24 {
+            us.kv()
+                .put(format!("large-{i}"), value.clone())
+                .await
+                .expect("put a large value");
+        }
+        regions.links.heal_cuts();
+        regions.wait_converged(Duration::from_secs(60)).await;
+        let last = eu.kv().get("large-23").await.expect("get in eu").expect("arrived");
+        assert_eq!(last.value.len(), 1 << 20);
+        eu.kv().put("after", "v").await.expect("eu still serves writes");
+    });
+}

@@ -114,6 +114,10 @@ async fn propose(api: &Api, mut batch: Vec<Pending>) {
             fence: None,
             op: part.op,
         };
+        if let Err(e) = command.check_size() {
+            let _ = reply.send(Err(super::op_error_status(&e)));
+            return;
+        }
         let result = api.raft.client_write(command).await;
         let _ = reply.send(result.map(|r| r.data).map_err(write_error_status));
         return;
@@ -129,6 +133,14 @@ async fn propose(api: &Api, mut batch: Vec<Pending>) {
         fence: None,
         op: Op::KvMerged { parts },
     };
+    if let Err(e) = command.check_size() {
+        // Cannot happen within LIMITS and the client message limit; refused, nothing proposed.
+        let error = super::op_error_status(&e);
+        for reply in replies {
+            let _ = reply.send(Err(error.clone()));
+        }
+        return;
+    }
     match api.raft.client_write(command).await {
         Ok(written) => match written.data {
             Response::KvMerged(answers) if answers.len() == replies.len() => {

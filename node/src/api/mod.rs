@@ -109,6 +109,7 @@ pub(crate) fn op_error_code(e: &OpError) -> ErrorCode {
         OpError::InvalidTtl { .. } => ErrorCode::InvalidTtl,
         OpError::Empty { .. } | OpError::TooLarge { .. } => ErrorCode::InvalidArgument,
         OpError::BatchTooLarge { .. } => ErrorCode::BatchTooLarge,
+        OpError::EntryTooLarge { .. } => ErrorCode::TooLarge,
         OpError::OutOfRange { .. } => ErrorCode::OutOfRange,
         OpError::StaleFence { .. } => ErrorCode::StaleFence,
         OpError::LeaseNotHeld { .. } => ErrorCode::LeaseNotHeld,
@@ -236,6 +237,7 @@ impl Api {
                     fence,
                     op,
                 };
+                command.check_size().map_err(|e| op_error_status(&e))?;
                 self.raft.client_write(command).await.map_err(write_error_status)?.data
             };
             match response {

@@ -27,6 +27,9 @@ use crate::api::Api;
 /// Entries merged in one proposal at most, when several batches wait: coalescing keeps a busy
 /// link from being limited to one Raft commit per batch.
 const COALESCE_ENTRIES: usize = 4096;
+/// Bytes of encoded batches merged in one proposal at most: well inside one log entry
+/// (`ENTRY_COMMAND_BYTES_MAX`); a batch that would take a proposal past it waits for the next.
+const COALESCE_BYTES: usize = basalt_storage::limits::ENTRY_COMMAND_BYTES_MAX / 2;
 
 /// How far (5 s of HLC time) an idle source's frontier must move before a heartbeat records it.
 const FRONTIER_STEP: u64 = 5_000 << 16;
@@ -107,6 +110,10 @@ impl FeedReceiver {
             fence: None,
             op: Op::ReplApply { batch },
         };
+        if let Err(e) = command.check_size() {
+            // Coalescing stays far below this; a single batch this large the source must cut.
+            return ack_error(e.to_string());
+        }
         match self.api.raft.client_write(command).await {
             Ok(written) => match written.data {
                 Response::ReplApplied { upto, .. } => {
@@ -130,6 +137,12 @@ impl FeedReceiver {
             Err(e) => ack_error(format!("raft: {e}")),
         }
     }
+}
+
+/// Whether a waiting batch of `more_bytes` may join a proposal of `entries` entries and `bytes`
+/// bytes so far.
+fn room_for(entries: usize, bytes: usize, more_bytes: usize) -> bool {
+    entries < COALESCE_ENTRIES && bytes.saturating_add(more_bytes) <= COALESCE_BYTES
 }
 
 /// Appends `more` to `into` when both are ordinary batches from the same source.
@@ -191,13 +204,13 @@ impl RegionFeed for FeedReceiver {
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
         let this = self.clone();
         tokio::spawn(async move {
-            let mut pending: Option<ShipBatch> = None;
+            let mut pending: Option<(ShipBatch, usize)> = None;
             loop {
-                let first = match pending.take() {
-                    Some(b) => b,
+                let (first, mut bytes) = match pending.take() {
+                    Some(waiting) => waiting,
                     None => match incoming.next().await {
                         Some(Ok(message)) => match decode::<ShipBatch>("feed batch", &message.batch) {
-                            Ok(b) => b,
+                            Ok(b) => (b, message.batch.len()),
                             Err(e) => {
                                 let _ = tx.send(Ok(ack_error(e.to_string()))).await;
                                 return;
@@ -223,6 +236,7 @@ impl RegionFeed for FeedReceiver {
                     let Some(Some(Ok(message))) = incoming.next().now_or_never() else {
                         break;
                     };
+                    let more_bytes = message.batch.len();
                     let more = match decode::<ShipBatch>("feed batch", &message.batch) {
                         Ok(more) => more,
                         Err(e) => {
@@ -230,10 +244,17 @@ impl RegionFeed for FeedReceiver {
                             return;
                         }
                     };
+                    if !room_for(batch.entries.len(), bytes, more_bytes) {
+                        pending = Some((more, more_bytes));
+                        break;
+                    }
                     match coalesce(&mut batch, more) {
-                        Ok(()) => answers += 1,
+                        Ok(()) => {
+                            answers += 1;
+                            bytes += more_bytes;
+                        }
                         Err(more) => {
-                            pending = Some(more);
+                            pending = Some((more, more_bytes));
                             break;
                         }
                     }
@@ -251,5 +272,19 @@ impl RegionFeed for FeedReceiver {
             }
         });
         Ok(GrpcResponse::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waiting_batches_join_a_proposal_only_while_it_stays_inside_a_log_entry() {
+        assert!(room_for(1, 0, 1 << 20));
+        assert!(room_for(10, COALESCE_BYTES - 100, 100));
+        assert!(!room_for(10, COALESCE_BYTES - 100, 101), "past the byte bound");
+        assert!(!room_for(COALESCE_ENTRIES, 0, 1), "past the entry bound");
+        const _: () = assert!(COALESCE_BYTES * 2 <= basalt_storage::limits::ENTRY_COMMAND_BYTES_MAX);
     }
 }

@@ -1237,3 +1237,21 @@ fn history_rows_decode_net_changes_the_earlier_layout_and_refuse_damage() {
         assert_eq!(decoded.is_ok(), boundaries.contains(&cut), "row cut at {cut} bytes");
     }
 }
+
+#[test]
+fn a_command_larger_than_one_log_entry_is_refused_before_it_is_proposed() {
+    let value = vec![0u8; crate::limits::VALUE_BYTES_MAX];
+    let writes: Vec<KvWrite> = (0..20)
+        .map(|i| KvWrite::Put {
+            key: format!("k{i}").into_bytes(),
+            value: value.clone(),
+            ttl_ms: None,
+            expect: None,
+        })
+        .collect();
+    let large = cmd(1, Op::KvBatch { writes });
+    assert!(
+        matches!(large.check_size(), Err(OpError::EntryTooLarge { max, .. }) if max == crate::limits::ENTRY_COMMAND_BYTES_MAX)
+    );
+    assert_eq!(cmd(1, put("k", "v")).check_size(), Ok(()));
+}
