@@ -103,34 +103,48 @@ impl StateMachine {
     }
 
     fn latest_pack(&self) -> Result<Option<PathBuf>, io::Error> {
-        let mut packs: Vec<(u64, PathBuf)> = std::fs::read_dir(&self.snapshot_dir)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter_map(|p| {
-                let index = p
-                    .file_name()?
-                    .to_str()?
-                    .strip_suffix(".snap")?
-                    .split('-')
-                    .next()?
-                    .parse()
-                    .ok()?;
-                Some((index, p))
-            })
-            .collect();
-        packs.sort();
-        Ok(packs.pop().map(|(_, p)| p))
+        Ok(packs_in(&self.snapshot_dir)?.pop().map(|(_, p)| p))
     }
 
-    /// Removes every pack but `keep`.
+    /// Removes every pack older than `keep` (by log index). A newer one stays: a snapshot build
+    /// that finishes after a newer snapshot was installed must not delete the installed one.
     fn remove_other_packs(&self, keep: &Path) -> Result<(), io::Error> {
-        for entry in std::fs::read_dir(&self.snapshot_dir)? {
-            let path = entry?.path();
-            if path != keep && path.extension().is_some_and(|x| x == "snap") {
-                std::fs::remove_file(&path)?;
-            }
-        }
-        Ok(())
+        remove_packs_older_than(&self.snapshot_dir, keep)
     }
+}
+
+/// The snapshot packs in `dir`, by log index, oldest first.
+fn packs_in(dir: &Path) -> Result<Vec<(u64, PathBuf)>, io::Error> {
+    let mut packs: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter_map(|p| Some((pack_index(&p)?, p)))
+        .collect();
+    packs.sort();
+    Ok(packs)
+}
+
+/// The log index a pack's file name starts with.
+fn pack_index(path: &Path) -> Option<u64> {
+    path.file_name()?
+        .to_str()?
+        .strip_suffix(".snap")?
+        .split('-')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Removes the packs in `dir` older than `keep`; `keep` and any newer pack stay.
+fn remove_packs_older_than(dir: &Path, keep: &Path) -> Result<(), io::Error> {
+    let Some(kept) = pack_index(keep) else {
+        return Ok(());
+    };
+    for (index, path) in packs_in(dir)? {
+        if index < kept && path != keep {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
 }
 
 fn pack_name(meta: &SnapshotMeta) -> String {
@@ -253,6 +267,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             std::fs::remove_dir_all(&unpacked)?;
             let target = this.snapshot_dir.join(pack_name(&meta));
             std::fs::rename(&snapshot.path, &target)?;
+            // The rename is durable only once the directory is: without this, a power loss could
+            // leave the state replaced but no pack naming the index it is at.
+            std::fs::File::open(&this.snapshot_dir)?.sync_all()?;
             this.remove_other_packs(&target)?;
             tracing::info!(last_log_id = ?meta.last_log_id, "installed snapshot");
             // The snapshot carries the region topology of its index: the role comes with it.
@@ -279,5 +296,30 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta,
             snapshot: SnapshotPack { path },
         }))
+    }
+}
+
+#[cfg(test)]
+mod pack_tests {
+    use super::*;
+
+    #[test]
+    fn a_build_finishing_after_a_newer_install_keeps_the_installed_pack() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let older = dir.path().join("00000000000000000100-1-1.snap");
+        let built = dir.path().join("00000000000000000200-1-1.snap");
+        let installed = dir.path().join("00000000000000000300-2-1.snap");
+        for pack in [&older, &built, &installed] {
+            std::fs::write(pack, b"pack").expect("write");
+        }
+        // The build of index 200 finishes after the install of 300.
+        remove_packs_older_than(dir.path(), &built).expect("remove");
+        assert!(!older.exists(), "an older pack goes");
+        assert!(built.exists() && installed.exists(), "the newer installed pack stays");
+        assert_eq!(
+            packs_in(dir.path()).expect("packs").pop().map(|(i, _)| i),
+            Some(300),
+            "the latest pack is the installed one"
+        );
     }
 }

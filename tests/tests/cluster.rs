@@ -506,3 +506,40 @@ fn membership_grows_to_four_and_shrinks_to_three_under_writes() {
         );
     });
 }
+
+/// A follower that comes back behind many large entries catches up: the entries sent to it in
+/// one message are bounded by bytes, not only by count (2048 entries of a few MiB each exceed the
+/// 64 MiB gRPC message cap, and the same range would be retried forever).
+#[test]
+fn a_follower_behind_many_large_entries_catches_up() {
+    runtime().block_on(async {
+        let mut cluster = TestCluster::start(NODE, ClusterOptions::default());
+        let client = cluster.client().await;
+        let leader = cluster.leader(&client).await;
+        let lagging = (1..=3).find(|id| *id != leader).expect("a follower");
+        cluster.kill(lagging);
+        // 30 entries of 3 MiB each (one batch request each): 90 MiB behind.
+        let mut kv = basalt_client::pb::kv_client::KvClient::connect(format!("http://{}", cluster.addr(leader)))
+            .await
+            .expect("connect to the leader")
+            .max_encoding_message_size(8 << 20);
+        for i in 0..30 {
+            let writes = (0..3)
+                .map(|j| basalt_client::pb::KvWriteOp {
+                    op: Some(basalt_client::pb::kv_write_op::Op::Put(
+                        basalt_client::pb::KvPutRequest {
+                            key: format!("big-{i}-{j}").into_bytes(),
+                            value: vec![b'v'; 1 << 20],
+                            ..Default::default()
+                        },
+                    )),
+                })
+                .collect();
+            kv.batch(basalt_client::pb::KvBatchRequest { header: None, writes })
+                .await
+                .expect("a 3 MiB batch");
+        }
+        cluster.restart(lagging);
+        cluster.wait_caught_up(&client, lagging).await;
+    });
+}
