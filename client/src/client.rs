@@ -101,9 +101,15 @@ pub(crate) struct SeqGuard {
 
 impl Drop for SeqGuard {
     fn drop(&mut self) {
-        if let Ok(mut in_flight) = self.inner.in_flight.lock() {
-            in_flight.remove(&self.seq);
-        }
+        // A poisoned lock still holds a consistent set (insert and remove are single steps): a
+        // seq left in it would hold every later floor down, and the server would keep every
+        // answer from then on.
+        let mut in_flight = self
+            .inner
+            .in_flight
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        in_flight.remove(&self.seq);
     }
 }
 
@@ -399,7 +405,11 @@ impl Client {
     /// would then refuse the earlier request as `SESSION_EXPIRED`.
     pub(crate) fn header(&self) -> (pb::RequestHeader, SeqGuard) {
         let (seq, first_incomplete_seq) = {
-            let mut in_flight = self.inner.in_flight.lock().expect("in-flight lock");
+            let mut in_flight = self
+                .inner
+                .in_flight
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
             in_flight.insert(seq);
             (seq, *in_flight.first().expect("just inserted"))

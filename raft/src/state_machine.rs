@@ -260,17 +260,22 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     format!("snapshot pack meta {packed_meta:?} does not match {meta:?}"),
                 ));
             }
+            // The pack goes into place, durably, before the state is replaced: a crash between
+            // the two leaves a pack ahead of the state, which is installed again at restart. The
+            // other order left the state ahead of every pack, and the node served an older pack
+            // than its state to followers whose entries it had purged.
+            let target = this.snapshot_dir.join(pack_name(&meta));
+            std::fs::rename(&snapshot.path, &target)?;
+            std::fs::File::open(&this.snapshot_dir)?.sync_all()?;
             {
                 let source = basalt_storage::state::rocks::RocksStore::open_read_only(&unpacked)?;
                 this.store.replace_with(&source)?;
             }
             std::fs::remove_dir_all(&unpacked)?;
-            let target = this.snapshot_dir.join(pack_name(&meta));
-            std::fs::rename(&snapshot.path, &target)?;
-            // The rename is durable only once the directory is: without this, a power loss could
-            // leave the state replaced but no pack naming the index it is at.
-            std::fs::File::open(&this.snapshot_dir)?.sync_all()?;
-            this.remove_other_packs(&target)?;
+            // Leftovers cost disk, not correctness: the install has happened either way.
+            if let Err(e) = this.remove_other_packs(&target) {
+                tracing::warn!(error = %e, "removing older snapshot packs");
+            }
             tracing::info!(last_log_id = ?meta.last_log_id, "installed snapshot");
             // The snapshot carries the region topology of its index: the role comes with it.
             Ok(Applier::load(&this.store)?)

@@ -501,8 +501,6 @@ pub enum OpError {
     },
     #[error("batch of {len} items exceeds the limit of {max}")]
     BatchTooLarge { len: usize, max: usize },
-    #[error("a log entry of {len} bytes would exceed the limit of {max} bytes")]
-    EntryTooLarge { len: usize, max: usize },
     #[error("{what} must be {expected}, got {got}")]
     OutOfRange {
         what: Cow<'static, str>,
@@ -580,6 +578,9 @@ pub enum OpError {
     UnknownRegion { source_region: u16 },
     #[error("region topology change refused: {reason}")]
     InvalidTopology { reason: String },
+    // New variants go last: saved answers are bincode, tagged by variant position.
+    #[error("a log entry of {len} bytes would exceed the limit of {max} bytes")]
+    EntryTooLarge { len: usize, max: usize },
 }
 
 /// The result of applying one command.
