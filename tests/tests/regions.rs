@@ -30,6 +30,16 @@ fn one_node(name: &'static str) -> RegionSpec {
     }
 }
 
+/// Two one-node regions, us (home) and eu, eu's node started with `eu_args` as well.
+async fn us_and_eu_started_with(eu_args: Vec<String>) -> TestRegions {
+    let eu = RegionSpec {
+        name: "eu",
+        nodes: 1,
+        extra_args: eu_args,
+    };
+    TestRegions::start(NODE, vec![one_node("us"), eu]).await
+}
+
 /// Two one-node regions, us (home) and eu, 20 ms apart.
 async fn us_and_eu() -> TestRegions {
     let regions = TestRegions::start(NODE, vec![one_node("us"), one_node("eu")]).await;
@@ -866,18 +876,7 @@ fn a_client_connected_to_a_region_works_there_and_reaches_the_others() {
 #[test]
 fn a_region_whose_clock_runs_hours_ahead_is_held_back_not_followed() {
     runtime().block_on(async {
-        let regions = TestRegions::start(
-            NODE,
-            vec![
-                one_node("us"),
-                RegionSpec {
-                    name: "eu",
-                    nodes: 1,
-                    extra_args: vec![format!("--clock-skew-ms={}", 2 * 3_600_000)],
-                },
-            ],
-        )
-        .await;
+        let regions = us_and_eu_started_with(vec![format!("--clock-skew-ms={}", 2 * 3_600_000)]).await;
         let us = regions.client("us").await;
         let eu = regions.client("eu").await;
         let minute = basalt_client::PutOptions {
@@ -1109,18 +1108,7 @@ fn a_region_added_while_a_bounded_counter_is_near_its_bound_cannot_cross_it() {
 #[test]
 fn regions_that_divided_bounds_differently_refuse_each_others_feed() {
     runtime().block_on(async {
-        let regions = TestRegions::start(
-            NODE,
-            vec![
-                one_node("us"),
-                RegionSpec {
-                    name: "eu",
-                    nodes: 1,
-                    extra_args: vec!["--remote-region".into(), "ap:3=127.0.0.1:9".into()],
-                },
-            ],
-        )
-        .await;
+        let regions = us_and_eu_started_with(vec!["--remote-region".into(), "ap:3=127.0.0.1:9".into()]).await;
         let us = regions.client("us").await;
         us.kv().put("from-us", "v").await.expect("put in us");
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
