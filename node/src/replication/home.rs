@@ -195,12 +195,7 @@ impl Homed {
         if topology.home == topology.this {
             return None;
         }
-        let member = topology.regions.get(&topology.home)?;
-        let home = RemoteRegion {
-            name: member.name.clone(),
-            id: topology.home,
-            endpoints: member.endpoints.clone(),
-        };
+        let home = super::remote_region(&topology, topology.home)?;
         let mut route = self.route.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if route.as_ref().map(|r| &r.home) != Some(&home) {
             match HomeRoute::new(home) {

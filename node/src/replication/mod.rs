@@ -198,6 +198,23 @@ impl Replication {
     }
 }
 
+/// Region `id` of `topology` as the shipper and the home route reach it.
+pub(crate) fn remote_region(topology: &RegionTopology, id: RegionId) -> Option<RemoteRegion> {
+    topology.regions.get(&id).map(|member| RemoteRegion {
+        name: member.name.clone(),
+        id,
+        endpoints: member.endpoints.clone(),
+    })
+}
+
+/// Every other region of `topology`, as [`remote_region`] gives it.
+fn remote_regions(topology: &RegionTopology) -> impl Iterator<Item = RemoteRegion> + '_ {
+    topology
+        .remote_ids()
+        .into_iter()
+        .filter_map(|id| remote_region(topology, id))
+}
+
 /// How often the supervisor compares the running shippers with the topology.
 const SUPERVISE_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
 
@@ -219,17 +236,7 @@ async fn supervise_shippers(repl: Arc<Replication>, api: Api, stop: tokio::sync:
             }
             continue;
         };
-        let wanted: BTreeMap<RegionId, RemoteRegion> = topology
-            .remotes()
-            .map(|(id, member)| {
-                let remote = RemoteRegion {
-                    name: member.name.clone(),
-                    id,
-                    endpoints: member.endpoints.clone(),
-                };
-                (id, remote)
-            })
-            .collect();
+        let wanted: BTreeMap<RegionId, RemoteRegion> = remote_regions(&topology).map(|r| (r.id, r)).collect();
         running.retain(|id, (remote, stop_one)| {
             let keep = wanted.get(id) == Some(remote);
             if !keep {
@@ -351,15 +358,9 @@ pub async fn status(api: &Api, with_digest: bool) -> Result<basalt_client::pb::R
     let now_ms = basalt_storage::hlc::wall_clock_ms();
     let mut links = Vec::new();
     let topology = repl.topology();
-    let remotes: Vec<RemoteRegion> = topology.as_deref().map_or_else(Vec::new, |t| {
-        t.remotes()
-            .map(|(id, member)| RemoteRegion {
-                name: member.name.clone(),
-                id,
-                endpoints: member.endpoints.clone(),
-            })
-            .collect()
-    });
+    let remotes: Vec<RemoteRegion> = topology
+        .as_deref()
+        .map_or_else(Vec::new, |t| remote_regions(t).collect());
     for remote in &remotes {
         let out = outgoing.get(&remote.id).cloned().unwrap_or_default();
         let acked = out.acked_upto.unwrap_or(0);

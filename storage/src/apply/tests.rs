@@ -907,6 +907,32 @@ fn idle_sessions_are_swept_and_active_ones_kept() {
     assert_eq!(h.apply(with_session(cmd(6_200, incr.clone()), 1, 2, 1)), counted(4));
 }
 
+/// Sweeps idle sessions at `at_ms`, `limit` clients a step, from the start of the table until a
+/// step says the whole table was walked: (clients removed, steps taken). Panics past `steps_max`.
+fn sweep_sessions_to_the_end(h: &mut Harness, at_ms: u64, limit: u32, steps_max: usize) -> (u32, usize) {
+    let mut after = None;
+    let mut removed_total = 0;
+    for steps in 1..=steps_max {
+        let response = h.apply(cmd(
+            at_ms,
+            Op::SessionSweep {
+                idle_ms: 1_000,
+                after,
+                limit,
+            },
+        ));
+        let Response::SessionsSwept { removed, resume_after } = response else {
+            panic!("{response:?}")
+        };
+        removed_total += removed;
+        after = resume_after;
+        if after.is_none() {
+            return (removed_total, steps);
+        }
+    }
+    panic!("the sweep did not walk the table in {steps_max} steps");
+}
+
 #[test]
 fn session_sweep_walks_the_table_with_its_cursor() {
     let mut h = Harness::new();
@@ -914,29 +940,8 @@ fn session_sweep_walks_the_table_with_its_cursor() {
     for client in 1..=5u128 {
         h.apply(with_session(cmd(1_000, incr.clone()), client, 1, 1));
     }
-    let mut after = None;
-    let mut removed_total = 0;
-    let mut steps = 0;
-    loop {
-        let response = h.apply(cmd(
-            10_000,
-            Op::SessionSweep {
-                idle_ms: 1_000,
-                after,
-                limit: 2,
-            },
-        ));
-        let Response::SessionsSwept { removed, resume_after } = response else {
-            panic!("{response:?}")
-        };
-        removed_total += removed;
-        steps += 1;
-        match resume_after {
-            Some(last) => after = Some(last),
-            None => break,
-        }
-        assert!(steps < 10, "the cursor must make progress");
-    }
+    let (removed_total, steps) = sweep_sessions_to_the_end(&mut h, 10_000, 2, 9);
+    assert!(steps > 1, "two clients a step: the cursor carries the walk over steps");
     assert_eq!(removed_total, 5);
     assert!(h
         .store
@@ -956,27 +961,7 @@ fn an_idle_client_with_more_answers_than_one_step_removes_is_forgotten_entirely(
         h.apply(with_session(cmd(1_000, incr_op("c", 1)), 7, seq, 1));
     }
     h.apply(with_session(cmd(1_000, incr_op("c", 1)), 9, 1, 1));
-    let mut after = None;
-    let mut removed_total = 0;
-    for step in 0.. {
-        assert!(step < 10, "the sweep never finished");
-        let response = h.apply(cmd(
-            60_000,
-            Op::SessionSweep {
-                idle_ms: 1_000,
-                after,
-                limit: 10,
-            },
-        ));
-        let Response::SessionsSwept { removed, resume_after } = response else {
-            panic!("{response:?}")
-        };
-        removed_total += removed;
-        after = resume_after;
-        if after.is_none() && session_keys(&h.store, 7) == 0 {
-            break;
-        }
-    }
+    let (removed_total, _) = sweep_sessions_to_the_end(&mut h, 60_000, 10, 9);
     assert_eq!(session_keys(&h.store, 7), 0, "answers left behind");
     assert_eq!(session_keys(&h.store, 9), 0);
     assert_eq!(removed_total, 2);
