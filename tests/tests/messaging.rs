@@ -424,6 +424,44 @@ fn pubsub_reaches_subscribers_on_every_node() {
     });
 }
 
+/// A node that has not learned the membership yet (here: one started but never added) cannot
+/// reach the other nodes' subscribers. It used to answer "0 receivers" for a publish that every
+/// subscriber elsewhere missed; it refuses instead, and a client that knows another node
+/// publishes there.
+#[test]
+fn a_node_outside_the_membership_refuses_a_publish_instead_of_reaching_no_one() {
+    runtime().block_on(async {
+        let mut cluster = TestCluster::start(NODE, ClusterOptions::default());
+        let client = cluster.client().await;
+        let leader = cluster.leader(&client).await;
+        let outsider = cluster.spawn_new_node(4);
+        let mut subscription = client
+            .pubsub()
+            .subscribe(vec![b"alerts".to_vec()], Vec::new())
+            .await
+            .expect("subscribe");
+        let short = ClientOptions {
+            request_timeout: Duration::from_millis(600),
+            ..ClientOptions::default()
+        };
+        let only_outsider = Client::lazy([outsider.clone()], short.clone()).expect("client");
+        match only_outsider.pubsub().publish("alerts", "lost?").await {
+            Err(ClientError::Unavailable { last_error, .. }) => {
+                assert!(last_error.contains("membership"), "{last_error}")
+            }
+            other => panic!("a node outside the membership must refuse, got {other:?}"),
+        }
+        let outsider_first = Client::lazy([outsider, cluster.addr(leader)], short).expect("client");
+        assert_eq!(
+            outsider_first.pubsub().publish("alerts", "a-1").await.expect("publish"),
+            1,
+            "the retry on a member reaches the subscriber"
+        );
+        let got = subscription.next().await.expect("message").expect("ok");
+        assert_eq!(got.payload, b"a-1", "the refused publish reached no one");
+    });
+}
+
 #[test]
 fn bad_queue_and_stream_input_gets_typed_errors_and_changes_nothing() {
     runtime().block_on(async {

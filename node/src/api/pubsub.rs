@@ -150,16 +150,33 @@ impl Broker {
 }
 
 impl Api {
-    /// Relays a publish to every other member; returns the subscribers they reached.
-    async fn relay(&self, channel: &[u8], payload: &[u8]) -> u32 {
+    /// The addresses of the other members a publish is relayed to.
+    ///
+    /// A node that is not in its own copy of the membership (it has not received the log that
+    /// adds it yet, or it was removed) does not know who else may hold subscribers: it refuses
+    /// with `UNAVAILABLE`, so the client tries another node, rather than answer a count that
+    /// leaves out every other node's subscribers.
+    fn relay_peers(&self) -> Result<Vec<String>, Status> {
         let metrics = metrics_now(&self.raft);
-        let peers: Vec<String> = metrics
-            .membership_config
-            .membership()
+        let membership = metrics.membership_config.membership();
+        if membership.get_node(&metrics.id).is_none() {
+            return Err(status(
+                ErrorCode::Unavailable,
+                format!(
+                    "node {} is not in the membership it knows, so it cannot reach the other nodes' subscribers; publish through another node",
+                    metrics.id
+                ),
+            ));
+        }
+        Ok(membership
             .nodes()
             .filter(|(id, _)| **id != metrics.id)
             .map(|(_, node)| node.addr.clone())
-            .collect();
+            .collect())
+    }
+
+    /// Relays a publish to `peers`; returns the subscribers they reached.
+    async fn relay(&self, peers: Vec<String>, channel: &[u8], payload: &[u8]) -> u32 {
         let relays = peers.into_iter().filter_map(|addr| self.broker.peer(&addr)).map(|c| {
             let request = pb::PublishRequest {
                 channel: channel.to_vec(),
@@ -196,9 +213,12 @@ impl PubSub for Api {
                 ),
             ));
         }
+        // Checked before delivering: a refused publish reaches no one, so the client's retry on
+        // another node does not deliver twice.
+        let peers = if r.relayed { Vec::new() } else { self.relay_peers()? };
         let mut receivers = self.broker.deliver(&r.channel, &r.payload);
         if !r.relayed {
-            receivers += self.relay(&r.channel, &r.payload).await;
+            receivers += self.relay(peers, &r.channel, &r.payload).await;
         }
         Ok(GrpcResponse::new(pb::PublishResponse { receivers }))
     }
