@@ -42,6 +42,10 @@ pub enum NodeError {
     Log(#[from] basalt_storage::log::LogError),
     #[error("raft: {0}")]
     Raft(String),
+    /// Raft stopped by itself, on a storage error (a failed fsync, a corrupt log): the node
+    /// stops too instead of serving without a working log. Restart it to recover from the disk.
+    #[error("the Raft core stopped: {0}; the node stops (restart it to recover from what the disk holds)")]
+    RaftStopped(String),
     #[error("serving gRPC on {addr}: {source}")]
     Serve {
         addr: std::net::SocketAddr,
@@ -160,10 +164,14 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
     };
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
+    let shutdown_tx = stop_tx.clone();
     tokio::spawn(async move {
         shutdown.await;
-        let _ = stop_tx.send(true);
+        let _ = shutdown_tx.send(true);
     });
+    let raft_stopped = Arc::new(std::sync::Mutex::new(None));
+    let fail_stop = tokio::spawn(stop_when_raft_stops(raft.clone(), stop_tx, raft_stopped.clone()));
     let wait_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
@@ -217,6 +225,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         .await;
 
     tracing::info!(id = config.id, "shutting down");
+    fail_stop.abort();
     sweeper.abort();
     for task in replication_tasks {
         task.abort();
@@ -227,10 +236,41 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(error = %e, "raft shutdown");
     }
+    let stopped = raft_stopped
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    if let Some(reason) = stopped {
+        return Err(NodeError::RaftStopped(reason));
+    }
     serve.map_err(|source| NodeError::Serve {
         addr: config.listen,
         source,
     })
+}
+
+/// Fail-stop: when the Raft core stops on its own (openraft stops on any storage error, such as
+/// the log refusing after a failed fsync), the node stops serving and exits with the reason,
+/// rather than keep answering with a dead log. A supervisor restarts it; the restart recovers
+/// from what the disk holds.
+async fn stop_when_raft_stops(
+    raft: Raft,
+    stop: Arc<tokio::sync::watch::Sender<bool>>,
+    reason: Arc<std::sync::Mutex<Option<String>>>,
+) {
+    use openraft::async_runtime::WatchReceiver;
+    let mut metrics = raft.metrics();
+    loop {
+        if let Err(fatal) = &metrics.borrow_and_update().running_state {
+            tracing::error!(error = %fatal, "the Raft core stopped; stopping the node");
+            *reason.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(fatal.to_string());
+            let _ = stop.send(true);
+            return;
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Compares this node's region flags with the replicated region topology, which is what apply

@@ -1,8 +1,9 @@
 //! Basalt's storage layer.
 //!
 //! Two engines, kept apart as TiKV keeps its raft and kv engines:
-//! - [`log`]: the Raft log as our own segment files (crc32-framed records, a memmap2 offset index
-//!   per segment, torn-write recovery, group commit). No RocksDB here.
+//! - [`log`]: the Raft log as our own segment files (crc32-framed records, a durable mark in each
+//!   segment's header, an in-memory offset index, torn-write recovery, group commit, fail-stop on
+//!   a failed fsync), over a file-system trait the crash suite simulates. No RocksDB here.
 //! - [`state`]: the state store on RocksDB (one column family per data type) plus snapshots.
 //!
 //! Between them sits [`apply`]: the pure, deterministic apply logic of each data type. It sees only

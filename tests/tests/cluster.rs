@@ -544,3 +544,51 @@ fn a_follower_behind_many_large_entries_catches_up() {
         cluster.wait_caught_up(&client, lagging).await;
     });
 }
+
+/// Fail-stop: a node whose Raft log can no longer write (here its log directory is removed, so
+/// the next purge after a snapshot cannot write the log's meta file) stops, with the reason in
+/// its output, instead of staying up with a dead Raft core; the other two keep the cluster going.
+#[test]
+fn a_node_whose_log_fails_exits_and_the_cluster_goes_on() {
+    runtime().block_on(async {
+        let mut cluster = TestCluster::start(
+            NODE,
+            ClusterOptions {
+                snapshot_entries: 100,
+                logs_to_keep: 10,
+                ..ClusterOptions::default()
+            },
+        );
+        let client = cluster.client().await;
+        let leader = cluster.leader(&client).await;
+        let broken = (1..=3).find(|id| *id != leader).expect("a follower");
+        assert_eq!(write_keys(&client, "before", 0..20).await.len(), 20);
+        let log_dir = cluster.specs[&broken].data_dir.join("log");
+        std::fs::remove_dir_all(&log_dir).expect("remove the follower's log directory");
+
+        let mut acknowledged = Vec::new();
+        let mut exit = None;
+        for round in 0..20u32 {
+            acknowledged.extend(write_keys(&client, &format!("after{round}"), 0..50).await);
+            exit = cluster.wait_exit(broken, Duration::from_millis(200));
+            if exit.is_some() {
+                break;
+            }
+        }
+        let status = exit.unwrap_or_else(|| panic!("node {broken} kept running with a failed log"));
+        assert!(!status.success(), "it exits with an error status: {status}");
+        let output = std::fs::read_to_string(&cluster.specs[&broken].log).expect("node output");
+        assert!(
+            output.contains("the Raft core stopped"),
+            "the node says why it stopped:\n{}",
+            cluster.logs()
+        );
+        assert!(
+            acknowledged.len() >= 50,
+            "the cluster kept taking writes: {}",
+            acknowledged.len()
+        );
+        assert_eq!(write_keys(&client, "still", 0..10).await.len(), 10);
+        assert_all_readable(&client, &acknowledged).await;
+    });
+}

@@ -11,10 +11,26 @@
 
 use crate::sync::{Arc, Condvar, Mutex};
 
-/// Work the flusher does for a batch: make `targets` durable. Generic so loom can model it.
-pub trait Flusher<F> {
+/// Work the flusher does. Generic so loom can model it.
+pub trait Flusher<F, D> {
+    /// Makes `targets` durable.
     fn flush(&mut self, targets: &[F]) -> std::io::Result<()>;
+    /// Completes one ticket of the batch just flushed, with the flush's result.
+    fn complete(&mut self, target: &F, done: D, result: &std::io::Result<()>);
+    /// Whether there is work for [`Flusher::idle`]: work that rides along with the next flush if
+    /// tickets keep coming, and is done by itself once none came for [`IDLE_WORK_DELAY`].
+    fn has_idle_work(&self) -> bool {
+        false
+    }
+    /// Does the idle work (the queue stayed empty for [`IDLE_WORK_DELAY`], or is closing).
+    fn idle(&mut self) {}
 }
+
+/// How long the flusher waits for more tickets before it does its idle work on its own. Short
+/// enough that the work is done soon after traffic stops; long enough that a client waiting for
+/// one acknowledgement before its next write (a round trip) gets its next write in first, so the
+/// work rides along with that write's fsync instead of costing one of its own.
+pub const IDLE_WORK_DELAY: std::time::Duration = std::time::Duration::from_millis(20);
 
 pub struct FlushTicket<F, D> {
     pub target: F,
@@ -52,6 +68,25 @@ impl<F, D> FlushQueue<F, D> {
         self.wakeup.notify_one();
     }
 
+    /// Takes every waiting ticket, if any, without blocking.
+    pub fn try_take(&self) -> Option<Vec<FlushTicket<F, D>>> {
+        let mut state = self.state.lock().expect("flush queue lock poisoned");
+        (!state.waiting.is_empty()).then(|| std::mem::take(&mut state.waiting))
+    }
+
+    /// Waits up to `timeout` for tickets; `None` if none came (or the queue is closed and empty).
+    pub fn take_batch_within(&self, timeout: std::time::Duration) -> Option<Vec<FlushTicket<F, D>>> {
+        let mut state = self.state.lock().expect("flush queue lock poisoned");
+        if state.waiting.is_empty() && !state.closed {
+            state = self
+                .wakeup
+                .wait_timeout(state, timeout)
+                .expect("flush queue lock poisoned")
+                .0;
+        }
+        (!state.waiting.is_empty()).then(|| std::mem::take(&mut state.waiting))
+    }
+
     /// Blocks until tickets are waiting (returns all of them) or the queue is closed and drained
     /// (returns `None`).
     pub fn take_batch(&self) -> Option<Vec<FlushTicket<F, D>>> {
@@ -74,15 +109,26 @@ impl<F, D> FlushQueue<F, D> {
 }
 
 /// The flusher loop: run on a dedicated thread until the queue closes.
-pub fn run_flusher<F, D, S>(
-    queue: &FlushQueue<F, D>,
-    flusher: &mut S,
-    mut complete: impl FnMut(D, &std::io::Result<()>),
-) where
+pub fn run_flusher<F, D, S>(queue: &FlushQueue<F, D>, flusher: &mut S)
+where
     F: PartialEq + Clone,
-    S: Flusher<F>,
+    S: Flusher<F, D>,
 {
-    while let Some(batch) = queue.take_batch() {
+    loop {
+        let batch = match queue.try_take() {
+            Some(batch) => batch,
+            None if flusher.has_idle_work() => match queue.take_batch_within(IDLE_WORK_DELAY) {
+                Some(batch) => batch,
+                None => {
+                    flusher.idle();
+                    continue;
+                }
+            },
+            None => match queue.take_batch() {
+                Some(batch) => batch,
+                None => return,
+            },
+        };
         let mut targets: Vec<F> = Vec::new();
         for ticket in &batch {
             if !targets.contains(&ticket.target) {
@@ -91,7 +137,7 @@ pub fn run_flusher<F, D, S>(
         }
         let result = flusher.flush(&targets);
         for ticket in batch {
-            complete(ticket.done, &result);
+            flusher.complete(&ticket.target, ticket.done, &result);
         }
     }
 }
@@ -106,13 +152,21 @@ mod loom_tests {
     struct ModelFile {
         written: Arc<AtomicU64>,
         durable: Arc<AtomicU64>,
+        completed: Vec<u64>,
     }
 
-    impl Flusher<u8> for ModelFile {
+    impl Flusher<u8, u64> for ModelFile {
         fn flush(&mut self, _targets: &[u8]) -> std::io::Result<()> {
             let written = self.written.load(Ordering::SeqCst);
             self.durable.store(written, Ordering::SeqCst);
             Ok(())
+        }
+
+        fn complete(&mut self, _target: &u8, seq: u64, result: &std::io::Result<()>) {
+            assert!(result.is_ok());
+            // The flush that completes `seq` covered at least the write of `seq`.
+            assert!(self.durable.load(Ordering::SeqCst) >= seq);
+            self.completed.push(seq);
         }
     }
 
@@ -124,20 +178,14 @@ mod loom_tests {
             let durable = Arc::new(AtomicU64::new(0));
 
             let flusher_queue = queue.clone();
-            let flusher_durable = durable.clone();
             let mut file = ModelFile {
                 written: written.clone(),
-                durable: durable.clone(),
+                durable,
+                completed: Vec::new(),
             };
             let flusher = loom::thread::spawn(move || {
-                let mut completed = Vec::new();
-                run_flusher(&flusher_queue, &mut file, |seq, result| {
-                    assert!(result.is_ok());
-                    // The flush that completes `seq` covered at least the write of `seq`.
-                    assert!(flusher_durable.load(Ordering::SeqCst) >= seq);
-                    completed.push(seq);
-                });
-                completed
+                run_flusher(&flusher_queue, &mut file);
+                file.completed
             });
 
             for seq in 1..=2u64 {
@@ -156,11 +204,32 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    struct CountingFlusher(Arc<AtomicUsize>);
-    impl Flusher<u8> for CountingFlusher {
+    struct CountingFlusher {
+        flushes: Arc<AtomicUsize>,
+        completed: Vec<u32>,
+        idles: usize,
+        /// Set by every completion, cleared by `idle`.
+        idle_work: bool,
+    }
+    impl Flusher<u8, u32> for CountingFlusher {
         fn flush(&mut self, targets: &[u8]) -> std::io::Result<()> {
-            self.0.fetch_add(targets.len(), Ordering::SeqCst);
+            self.flushes.fetch_add(targets.len(), Ordering::SeqCst);
             Ok(())
+        }
+
+        fn complete(&mut self, _target: &u8, done: u32, result: &std::io::Result<()>) {
+            assert!(result.is_ok());
+            self.completed.push(done);
+            self.idle_work = true;
+        }
+
+        fn has_idle_work(&self) -> bool {
+            self.idle_work
+        }
+
+        fn idle(&mut self) {
+            self.idles += 1;
+            self.idle_work = false;
         }
     }
 
@@ -172,12 +241,18 @@ mod tests {
         }
         queue.close();
         let flushes = Arc::new(AtomicUsize::new(0));
-        let mut completed = Vec::new();
-        run_flusher(&queue, &mut CountingFlusher(flushes.clone()), |d, r| {
-            assert!(r.is_ok());
-            completed.push(d);
-        });
-        assert_eq!(completed, vec![10, 11, 12, 13]);
+        let mut flusher = CountingFlusher {
+            flushes: flushes.clone(),
+            completed: Vec::new(),
+            idles: 0,
+            idle_work: false,
+        };
+        run_flusher(&queue, &mut flusher);
+        assert_eq!(flusher.completed, vec![10, 11, 12, 13]);
         assert_eq!(flushes.load(Ordering::SeqCst), 2, "targets 1 and 2 synced once each");
+        assert_eq!(
+            flusher.idles, 1,
+            "the idle work ran once the queue ran empty, before the loop ended"
+        );
     }
 }

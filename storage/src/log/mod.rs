@@ -8,21 +8,29 @@
 //!   the previous one ran (group commit).
 //! - [`SegmentedLog::truncate_after`], [`SegmentedLog::purge_upto`] and
 //!   [`SegmentedLog::save_meta`] are durable when they return.
+//! - Once an fsync (or any write) fails, the log is failed for good: every later call answers
+//!   [`LogError::Failed`] and no later append is acknowledged, even if a later fsync succeeds
+//!   (after a failed fsync the page cache no longer tells what is on disk). Restart the node.
 //! - On [`SegmentedLog::open`], a torn tail of the last segment (a partial append that was never
-//!   acknowledged) is cut off; damage followed by a valid record, or damage in any earlier segment,
-//!   is [`LogError::Corrupt`] naming the file and offset. Nothing is skipped silently.
+//!   acknowledged) is cut off; damage below a segment's durable mark, damage followed by the
+//!   intact next record, or damage in any earlier segment is [`LogError::Corrupt`] naming the
+//!   file and offset. Nothing is skipped silently.
 
+pub mod file_system;
 pub mod format;
 pub mod group_commit;
 mod segment;
+#[cfg(test)]
+mod sim_file_system;
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::thread::JoinHandle;
 
+use file_system::{LogFileSystem, RealFileSystem};
 use group_commit::{FlushQueue, FlushTicket, Flusher};
-use segment::Segment;
+use segment::{Cover, OpenError, Segment, SegmentFile};
 
 use crate::limits::{RECORD_BYTES_MAX, SEGMENT_BYTES_DEFAULT, SEGMENT_ENTRIES_MAX};
 use crate::sync::Arc;
@@ -44,6 +52,10 @@ pub enum LogError {
     RecordTooLarge { len: usize },
     #[error("invalid log options: {0}")]
     InvalidOptions(String),
+    /// A write or fsync failed earlier; the log refuses everything until the node restarts and
+    /// recovers from what the disk holds.
+    #[error("the log stopped after a failed write or fsync ({0}); restart the node to recover from the disk")]
+    Failed(String),
 }
 
 impl LogError {
@@ -102,22 +114,91 @@ impl LogOptions {
 pub type OnDurable = Box<dyn FnOnce(Result<(), std::io::Error>) + Send>;
 
 #[derive(Clone)]
-struct SyncTarget(Arc<File>);
+struct SyncTarget(std::sync::Arc<SegmentFile>);
 
 impl PartialEq for SyncTarget {
     fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
     }
 }
 
-struct FileFlusher;
+/// A flush ticket's payload: whom to tell, and the durable mark the append reaches.
+struct Durable {
+    on_durable: OnDurable,
+    cover: Cover,
+}
 
-impl Flusher<SyncTarget> for FileFlusher {
+/// The first write or fsync failure, shared by the writer and the flusher: once set, it stays.
+#[derive(Clone, Default)]
+pub(crate) struct Failure(std::sync::Arc<Mutex<Option<String>>>);
+
+impl Failure {
+    pub(crate) fn get(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    pub(crate) fn set(&self, reason: String) {
+        let mut slot = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if slot.is_none() {
+            tracing::error!(%reason, "the log stops: a write or fsync failed");
+            *slot = Some(reason);
+        }
+    }
+}
+
+/// The flusher thread's side: fsyncs, acknowledges, then raises the durable marks.
+struct FileFlusher {
+    failure: Failure,
+    /// Files whose header slot was written since their last sync.
+    marked: Vec<SyncTarget>,
+}
+
+impl Flusher<SyncTarget, Durable> for FileFlusher {
     fn flush(&mut self, targets: &[SyncTarget]) -> std::io::Result<()> {
+        if let Some(reason) = self.failure.get() {
+            // Never acknowledge after a failure, even if this fsync would now succeed: the
+            // kernel may have dropped the pages whose writeback failed.
+            return Err(std::io::Error::other(LogError::Failed(reason)));
+        }
         for target in targets {
-            target.0.sync_data()?;
+            // A failed sync records the failure itself, under the file's fsync lock.
+            target.0.sync().map_err(std::io::Error::other)?;
         }
         Ok(())
+    }
+
+    fn complete(&mut self, target: &SyncTarget, done: Durable, result: &std::io::Result<()>) {
+        match result {
+            Ok(()) => {
+                // Acknowledge first: the mark is a safety net written after the fact, never a
+                // cost on the acknowledgement path.
+                (done.on_durable)(Ok(()));
+                match target.0.raise_mark(done.cover) {
+                    Ok(true) if !self.marked.contains(target) => self.marked.push(target.clone()),
+                    Ok(_) => {}
+                    Err(e) => self.failure.set(e.to_string()),
+                }
+            }
+            Err(e) => (done.on_durable)(Err(std::io::Error::new(e.kind(), e.to_string()))),
+        }
+    }
+
+    fn has_idle_work(&self) -> bool {
+        !self.marked.is_empty()
+    }
+
+    /// With no append for a moment, the marks written since the last fsync are made durable now
+    /// (under load they ride along with the next append's fsync of the same file).
+    fn idle(&mut self) {
+        for target in std::mem::take(&mut self.marked) {
+            if self.failure.get().is_some() {
+                return;
+            }
+            if target.0.mark_unsynced() {
+                // A failure is recorded by the sync itself; there is no one to answer here.
+                let _ = target.0.sync();
+            }
+        }
     }
 }
 
@@ -129,94 +210,145 @@ struct LogMeta {
 }
 
 const META_FILE: &str = "log.meta";
+const META_TMP_FILE: &str = "log.meta.tmp";
 
 pub struct SegmentedLog {
+    fs: std::sync::Arc<dyn LogFileSystem>,
     dir: PathBuf,
     options: LogOptions,
     /// Non-empty segments in index order, consecutive with no holes.
     segments: Vec<Segment>,
     meta: LogMeta,
-    flush_queue: Arc<FlushQueue<SyncTarget, OnDurable>>,
+    failure: Failure,
+    flush_queue: Arc<FlushQueue<SyncTarget, Durable>>,
     flusher: Option<JoinHandle<()>>,
     encode_buf: Vec<u8>,
 }
 
 impl SegmentedLog {
-    /// Opens (or creates) the log in `dir`, recovering from a torn tail.
+    /// Opens (or creates) the log in `dir` on the real file system, recovering from a torn tail.
     pub fn open(dir: impl AsRef<Path>, options: LogOptions) -> Result<SegmentedLog, LogError> {
+        Self::open_on(std::sync::Arc::new(RealFileSystem), dir.as_ref(), options)
+    }
+
+    /// Opens (or creates) the log in `dir` on `fs`, recovering from a torn tail.
+    pub fn open_on(
+        fs: std::sync::Arc<dyn LogFileSystem>,
+        dir: &Path,
+        options: LogOptions,
+    ) -> Result<SegmentedLog, LogError> {
         options.validate()?;
-        let dir = dir.as_ref().to_path_buf();
-        fs::create_dir_all(&dir).map_err(|e| LogError::io("create log dir", &dir, e))?;
-        let meta = read_meta(&dir)?;
+        let dir = dir.to_path_buf();
+        fs.create_dir_all(&dir)
+            .map_err(|e| LogError::io("create log dir", &dir, e))?;
+        let meta = read_meta(fs.as_ref(), &dir)?;
 
         let mut firsts = Vec::new();
-        for entry in fs::read_dir(&dir).map_err(|e| LogError::io("list log dir", &dir, e))? {
-            let entry = entry.map_err(|e| LogError::io("list log dir", &dir, e))?;
-            if let Some(first) = entry.file_name().to_str().and_then(segment::parse_segment_name) {
+        for name in fs.list(&dir).map_err(|e| LogError::io("list log dir", &dir, e))? {
+            if let Some(first) = segment::parse_segment_name(&name) {
                 firsts.push(first);
             }
         }
         firsts.sort_unstable();
 
+        let failure = Failure::default();
         let mut segments: Vec<Segment> = Vec::new();
         let last_position = firsts.len().saturating_sub(1);
         for (position, first) in firsts.into_iter().enumerate() {
-            let (mut seg, outcome) = Segment::open(&dir, first, options.segment_entries_max)?;
+            let is_last = position == last_position;
+            let path = segment::segment_path(&dir, first);
+            let (mut seg, mark, outcome) = match Segment::open(
+                fs.as_ref(),
+                &dir,
+                first,
+                options.segment_entries_max,
+                &failure,
+            ) {
+                Ok(opened) => opened,
+                Err(OpenError::Log(e)) => return Err(e),
+                Err(OpenError::Unborn(reason)) if is_last => {
+                    tracing::warn!(path = %path.display(), %reason, "removing a segment whose creation a crash interrupted");
+                    fs.remove(&path).map_err(|e| LogError::io("remove segment", &path, e))?;
+                    continue;
+                }
+                Err(OpenError::Unborn(reason)) => {
+                    return Err(LogError::Corrupt {
+                        path,
+                        offset: 0,
+                        reason: format!("no valid header ({reason}) in a segment that later segments follow"),
+                    })
+                }
+            };
             if let Some(prev) = segments.last() {
                 let expected = prev.first_index + prev.count;
                 if first != expected {
                     return Err(LogError::Corrupt {
-                        path: seg.path.clone(),
+                        path,
                         offset: 0,
                         reason: format!("segment starts at index {first}, expected {expected} (a hole in the log)"),
                     });
                 }
             }
-            if let Some((offset, reason)) = &outcome.invalid_tail {
-                let is_last = position == last_position;
-                if !is_last || outcome.valid_frame_after_tail {
+            let damage = outcome
+                .invalid_tail
+                .as_ref()
+                .map(|(offset, reason)| (*offset, reason.to_string()));
+            if outcome.valid_end < mark.end {
+                // Records the flusher had seen fsynced are damaged or gone: acknowledged data.
+                let (offset, reason) = damage.unwrap_or((outcome.valid_end, "the file ends".to_string()));
+                return Err(LogError::Corrupt {
+                    path,
+                    offset,
+                    reason: format!(
+                        "{reason}, below the durable mark (records {first}..{} ending at offset {} were fsynced)",
+                        first + mark.count,
+                        mark.end
+                    ),
+                });
+            }
+            if let Some((offset, reason)) = damage {
+                if !is_last || outcome.next_record_intact {
                     return Err(LogError::Corrupt {
-                        path: seg.path.clone(),
-                        offset: *offset,
+                        path,
+                        offset,
                         reason: format!(
                             "{reason}{}",
                             if is_last {
-                                "; valid records follow the damage"
+                                "; the next record is intact behind it"
                             } else {
                                 "; not the last segment"
                             }
                         ),
                     });
                 }
-                tracing::warn!(path = %seg.path.display(), offset, %reason, "truncating torn tail of the log");
+                tracing::warn!(path = %path.display(), offset, %reason, "truncating torn tail of the log");
                 seg.drop_invalid_tail()?;
             }
             if seg.count == 0 {
-                seg.remove_files()?;
+                seg.remove_file(fs.as_ref())?;
             } else {
                 segments.push(seg);
             }
         }
 
-        let flush_queue = FlushQueue::<SyncTarget, OnDurable>::new();
+        let flush_queue = FlushQueue::<SyncTarget, Durable>::new();
         let flusher_queue = flush_queue.clone();
+        let mut file_flusher = FileFlusher {
+            failure: failure.clone(),
+            marked: Vec::new(),
+        };
         let flusher = std::thread::Builder::new()
             .name("basalt-log-flush".into())
-            .spawn(move || {
-                group_commit::run_flusher(&flusher_queue, &mut FileFlusher, |done: OnDurable, result| {
-                    done(match result {
-                        Ok(()) => Ok(()),
-                        Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
-                    })
-                })
-            })
+            .spawn(move || group_commit::run_flusher(&flusher_queue, &mut file_flusher))
             .map_err(|e| LogError::io("spawn flusher", &dir, e))?;
 
         let mut log = SegmentedLog {
+            fs,
             dir,
             options,
             segments,
             meta,
+            failure,
             flush_queue,
             flusher: Some(flusher),
             encode_buf: Vec::new(),
@@ -241,6 +373,22 @@ impl SegmentedLog {
         for seg in &self.segments {
             assert!(seg.count > 0, "empty segment kept");
         }
+    }
+
+    /// Refuses every call once a write or fsync failed.
+    fn check_not_failed(&self) -> Result<(), LogError> {
+        match self.failure.get() {
+            Some(reason) => Err(LogError::Failed(reason)),
+            None => Ok(()),
+        }
+    }
+
+    /// Records a failed write or fsync (an I/O error of a mutating call) for good.
+    fn note_failure<T>(&self, result: Result<T, LogError>) -> Result<T, LogError> {
+        if let Err(e @ LogError::Io { .. }) = &result {
+            self.failure.set(e.to_string());
+        }
+        result
     }
 
     /// First index readable, if any entry is present.
@@ -273,10 +421,11 @@ impl SegmentedLog {
         records: impl IntoIterator<Item = (u64, &'a [u8])>,
         on_durable: Option<OnDurable>,
     ) -> Result<(), LogError> {
+        self.check_not_failed()?;
         let mut buf = std::mem::take(&mut self.encode_buf);
         buf.clear();
         let mut frame_offsets: Vec<u64> = Vec::new();
-        let mut touched: Vec<SyncTarget> = Vec::new();
+        let mut wrote = false;
         let mut next = self.next_index();
         let result = (|| {
             for (index, payload) in records {
@@ -299,43 +448,47 @@ impl SegmentedLog {
                     }
                 };
                 if needs_roll {
-                    self.flush_pending(&mut buf, &mut frame_offsets, &mut touched)?;
-                    let seg = Segment::create(&self.dir, index, self.options.segment_entries_max)?;
+                    self.flush_pending(&mut buf, &mut frame_offsets)?;
+                    // The segment being sealed is made durable before its successor exists: a
+                    // crash may then only ever tear the last segment, never leave a hole.
+                    if let Some(sealed) = self.segments.last() {
+                        sealed.file.sync()?;
+                    }
+                    let seg = Segment::create(
+                        self.fs.as_ref(),
+                        &self.dir,
+                        index,
+                        self.options.segment_entries_max,
+                        &self.failure,
+                    )?;
                     self.segments.push(seg);
-                    sync_dir(&self.dir)?;
                 }
                 frame_offsets.push(buf.len() as u64);
                 format::encode(index, payload, &mut buf);
+                wrote = true;
                 next = Some(index + 1);
             }
-            self.flush_pending(&mut buf, &mut frame_offsets, &mut touched)
+            self.flush_pending(&mut buf, &mut frame_offsets)
         })();
         self.encode_buf = buf;
-        result?;
-        if let Some(done) = on_durable {
-            match touched.pop() {
-                // Only the last file needs a ticket: earlier ones (before a roll) are pushed below.
-                Some(last) => {
-                    for target in touched {
-                        self.flush_queue.push(FlushTicket {
-                            target,
-                            done: Box::new(|_| {}),
-                        });
-                    }
-                    self.flush_queue.push(FlushTicket { target: last, done });
-                }
-                None => done(Ok(())),
+        self.note_failure(result)?;
+        if let Some(on_durable) = on_durable {
+            match self.segments.last().filter(|_| wrote) {
+                // Earlier segments touched by this append were synced when it rolled past them.
+                Some(last) => self.flush_queue.push(FlushTicket {
+                    target: SyncTarget(last.file.clone()),
+                    done: Durable {
+                        on_durable,
+                        cover: last.cover(),
+                    },
+                }),
+                None => on_durable(Ok(())),
             }
         }
         Ok(())
     }
 
-    fn flush_pending(
-        &mut self,
-        buf: &mut Vec<u8>,
-        frame_offsets: &mut Vec<u64>,
-        touched: &mut Vec<SyncTarget>,
-    ) -> Result<(), LogError> {
+    fn flush_pending(&mut self, buf: &mut Vec<u8>, frame_offsets: &mut Vec<u64>) -> Result<(), LogError> {
         if frame_offsets.is_empty() {
             return Ok(());
         }
@@ -344,7 +497,6 @@ impl SegmentedLog {
             .last_mut()
             .expect("a segment exists once a frame is pending");
         seg.write_frames(buf, frame_offsets)?;
-        touched.push(SyncTarget(seg.file.clone()));
         buf.clear();
         frame_offsets.clear();
         Ok(())
@@ -352,8 +504,9 @@ impl SegmentedLog {
 
     /// Makes every appended record durable now (used by tests and shutdown).
     pub fn sync(&self) -> Result<(), LogError> {
+        self.check_not_failed()?;
         for seg in &self.segments {
-            seg.file.sync_data().map_err(|e| LogError::io("sync", &seg.path, e))?;
+            self.note_failure(seg.file.sync())?;
         }
         Ok(())
     }
@@ -384,38 +537,49 @@ impl SegmentedLog {
 
     /// Removes every entry after `keep_last` (all of them when `None`), durably.
     pub fn truncate_after(&mut self, keep_last: Option<u64>) -> Result<(), LogError> {
+        self.check_not_failed()?;
+        let result = self.truncate_after_inner(keep_last);
+        self.note_failure(result)?;
+        self.validate();
+        Ok(())
+    }
+
+    fn truncate_after_inner(&mut self, keep_last: Option<u64>) -> Result<(), LogError> {
         let mut removed_file = false;
-        while let Some(seg) = self.segments.last_mut() {
-            let drop_whole = keep_last.is_none_or(|k| seg.first_index > k);
-            if drop_whole {
-                let seg = self.segments.pop().expect("checked non-empty");
-                seg.remove_files()?;
-                removed_file = true;
-                continue;
+        while let Some(seg) = self.segments.last() {
+            if keep_last.is_some_and(|k| seg.first_index <= k) {
+                break;
             }
-            let keep = keep_last.expect("checked above");
+            let seg = self.segments.pop().expect("checked non-empty");
+            seg.remove_file(self.fs.as_ref())?;
+            removed_file = true;
+        }
+        // The removals are made durable before the kept segment is cut: otherwise a crash could
+        // bring a removed segment back behind a shorter predecessor, a hole that stops the node.
+        if removed_file {
+            self.sync_dir()?;
+        }
+        if let (Some(keep), Some(seg)) = (keep_last, self.segments.last_mut()) {
             if seg.last_index().is_some_and(|l| l > keep) {
                 seg.truncate_after(keep)?;
             }
-            break;
         }
-        if removed_file {
-            sync_dir(&self.dir)?;
-        }
-        self.validate();
         Ok(())
     }
 
     /// Forgets every entry up to and including `upto`, durably; whole segments are deleted.
     pub fn purge_upto(&mut self, upto: u64) -> Result<(), LogError> {
+        self.check_not_failed()?;
         if self.meta.purged_upto.is_some_and(|p| p >= upto) {
             return Ok(());
         }
         let mut meta = self.meta.clone();
         meta.purged_upto = Some(upto);
-        write_meta(&self.dir, &meta)?;
+        let result = write_meta(self.fs.as_ref(), &self.dir, &meta);
+        self.note_failure(result)?;
         self.meta = meta;
-        self.remove_purged_segments(upto)
+        let result = self.remove_purged_segments(upto);
+        self.note_failure(result)
     }
 
     fn remove_purged_segments(&mut self, upto: u64) -> Result<(), LogError> {
@@ -425,13 +589,19 @@ impl SegmentedLog {
             .first()
             .is_some_and(|s| s.last_index().is_some_and(|l| l <= upto))
         {
-            self.segments.remove(0).remove_files()?;
+            self.segments.remove(0).remove_file(self.fs.as_ref())?;
             removed = true;
         }
         if removed {
-            sync_dir(&self.dir)?;
+            self.sync_dir()?;
         }
         Ok(())
+    }
+
+    fn sync_dir(&self) -> Result<(), LogError> {
+        self.fs
+            .sync_dir(&self.dir)
+            .map_err(|e| LogError::io("sync dir", &self.dir, e))
     }
 
     pub fn meta(&self, name: &str) -> Option<&[u8]> {
@@ -440,9 +610,11 @@ impl SegmentedLog {
 
     /// Saves a named value next to the log (the vote), durably.
     pub fn save_meta(&mut self, name: &str, value: &[u8]) -> Result<(), LogError> {
+        self.check_not_failed()?;
         let mut meta = self.meta.clone();
         meta.blobs.insert(name.to_string(), value.to_vec());
-        write_meta(&self.dir, &meta)?;
+        let result = write_meta(self.fs.as_ref(), &self.dir, &meta);
+        self.note_failure(result)?;
         self.meta = meta;
         Ok(())
     }
@@ -461,24 +633,30 @@ impl Drop for SegmentedLog {
     }
 }
 
-fn sync_dir(dir: &Path) -> Result<(), LogError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| LogError::io("sync dir", dir, e))
-}
-
-fn read_meta(dir: &Path) -> Result<LogMeta, LogError> {
+fn read_meta(fs: &dyn LogFileSystem, dir: &Path) -> Result<LogMeta, LogError> {
     let path = dir.join(META_FILE);
-    let bytes = match fs::read(&path) {
-        Ok(bytes) => bytes,
+    let file = match fs.open(&path) {
+        Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(LogMeta::default()),
-        Err(e) => return Err(LogError::io("read meta", &path, e)),
+        Err(e) => return Err(LogError::io("open meta", &path, e)),
     };
     let corrupt = |reason: String| LogError::Corrupt {
         path: path.clone(),
         offset: 0,
         reason,
     };
+    let len = file.byte_len().map_err(|e| LogError::io("stat meta", &path, e))?;
+    let len = usize::try_from(len)
+        .ok()
+        .filter(|len| *len <= LOG_META_BYTES_MAX)
+        .ok_or_else(|| {
+            corrupt(format!(
+                "meta file of {len} bytes, over the limit of {LOG_META_BYTES_MAX}"
+            ))
+        })?;
+    let mut bytes = vec![0u8; len];
+    file.read_exact_at(&mut bytes, 0)
+        .map_err(|e| LogError::io("read meta", &path, e))?;
     if bytes.len() < 4 {
         return Err(corrupt("meta file shorter than its checksum".into()));
     }
@@ -489,22 +667,33 @@ fn read_meta(dir: &Path) -> Result<LogMeta, LogError> {
     bincode::deserialize(&bytes[4..]).map_err(|e| corrupt(format!("meta file undecodable: {e}")))
 }
 
-fn write_meta(dir: &Path, meta: &LogMeta) -> Result<(), LogError> {
+/// The log's meta file holds a few small values (the vote, the purge point).
+const LOG_META_BYTES_MAX: usize = 1 << 20;
+
+/// Replaces the meta file atomically and durably: write a temporary file, fsync it, rename it
+/// over the old one, fsync the directory.
+fn write_meta(fs: &dyn LogFileSystem, dir: &Path, meta: &LogMeta) -> Result<(), LogError> {
     let path = dir.join(META_FILE);
-    let tmp = dir.join("log.meta.tmp");
+    let tmp = dir.join(META_TMP_FILE);
     let body = bincode::serialize(meta).expect("log meta serializes");
     let mut bytes = crc32fast::hash(&body).to_le_bytes().to_vec();
     bytes.extend_from_slice(&body);
     let write = || -> std::io::Result<()> {
-        use std::io::Write;
-        let mut file = File::create(&tmp)?;
-        file.write_all(&bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, &path)
+        match fs.remove(&tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let file = fs.create_new(&tmp)?;
+        file.write_all_at(&bytes, 0)?;
+        file.sync()?;
+        fs.rename(&tmp, &path)?;
+        fs.sync_dir(dir)
     };
-    write().map_err(|e| LogError::io("write meta", &path, e))?;
-    sync_dir(dir)
+    write().map_err(|e| LogError::io("write meta", &path, e))
 }
 
+#[cfg(test)]
+mod crash_tests;
 #[cfg(test)]
 mod tests;

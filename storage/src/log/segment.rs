@@ -1,48 +1,204 @@
-//! One segment: a file of frames plus its memmap2 offset index.
+//! One segment: a file of frames after a header area, and its in-memory offset index.
 //!
 //! `NNNNNNNNNNNNNNNNNNNN.log` holds the frames of consecutive indexes starting at the number in the
-//! name; `NNNNNNNNNNNNNNNNNNNN.idx` holds one little-endian `u64` file offset per entry. The index is
-//! rebuilt from a full CRC scan whenever the log opens, so it never needs its own fsync: it is a
-//! lookup structure, and the segment file is the only source of truth.
+//! name. Its header slots (see [`format::SegmentHeader`]) carry the durable mark: how many records
+//! are known to be fsynced. The offset index is rebuilt from a full CRC scan whenever the log
+//! opens, and lives in anonymous memory (memmap2: reserved up front, paged in as it fills), never
+//! in a mapped file, so a disk error or a full disk is an `Err`, never a SIGBUS.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use memmap2::{Mmap, MmapMut};
+use memmap2::MmapMut;
 
-use super::format::{self, FrameError, HEADER_BYTES};
-use super::LogError;
-use crate::sync::Arc;
+use super::file_system::{LogFile, LogFileSystem};
+use super::format::{self, FrameError, HeaderError, SegmentHeader, HEADER_BYTES, SEGMENT_HEADER_AREA_BYTES};
+use super::{Failure, LogError};
+use crate::limits::RECORD_BYTES_MAX;
+
+/// The records of a segment known to be durable: `count` records from the first, ending at `end`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DurableMark {
+    pub count: u64,
+    pub end: u64,
+}
+
+impl DurableMark {
+    pub const NONE: DurableMark = DurableMark {
+        count: 0,
+        end: SEGMENT_HEADER_AREA_BYTES,
+    };
+}
+
+/// What the flusher needs to raise a segment's mark once an append is durable.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Cover {
+    /// The segment's truncation generation when the append was written: a truncation since then
+    /// may have cut what the append wrote, so its cover no longer applies.
+    pub generation: u64,
+    pub mark: DurableMark,
+}
+
+struct MarkState {
+    /// The mark in the newest header slot written.
+    mark: DurableMark,
+    /// Bumped by every truncation.
+    generation: u64,
+    /// `seq` of the newest header slot written.
+    seq: u64,
+    /// Header slot writes made, and how many of them a completed sync covers.
+    slot_writes: u64,
+    synced_slot_writes: u64,
+}
+
+/// A segment file, shared between the writer and the flusher thread (which raises the mark).
+pub(crate) struct SegmentFile {
+    pub path: PathBuf,
+    file: Arc<dyn LogFile>,
+    first_index: u64,
+    mark: Mutex<MarkState>,
+    /// Held across every fsync of the file. Two threads fsyncing one file description race for
+    /// a writeback error (Linux reports it to one of them): serialized, and with the log's
+    /// failure checked inside, no fsync can answer `Ok` after another one lost data.
+    fsync_serial: Mutex<()>,
+    failure: Failure,
+}
+
+impl SegmentFile {
+    fn state(&self) -> MutexGuard<'_, MarkState> {
+        // A panic while holding this lock is a bug in a few lines of arithmetic; keep going with
+        // the state, which is only ever changed after its file write succeeded.
+        self.mark.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The one place the file is fsynced. Refuses once the log failed; a failure here fails the
+    /// log for good (see [`Failure`]).
+    fn fsync(&self, op: &'static str) -> Result<(), LogError> {
+        let _serial = self
+            .fsync_serial
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(reason) = self.failure.get() {
+            return Err(LogError::Failed(reason));
+        }
+        self.file.sync().map_err(|e| {
+            let error = LogError::io(op, &self.path, e);
+            self.failure.set(error.to_string());
+            error
+        })
+    }
+
+    /// fsyncs the file: its frames and any header slot written before the call.
+    pub fn sync(&self) -> Result<(), LogError> {
+        let writes = self.state().slot_writes;
+        self.fsync("sync")?;
+        let mut state = self.state();
+        state.synced_slot_writes = state.synced_slot_writes.max(writes);
+        Ok(())
+    }
+
+    /// Whether a header slot was written that no completed sync covers yet.
+    pub fn mark_unsynced(&self) -> bool {
+        let state = self.state();
+        state.synced_slot_writes < state.slot_writes
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.state().generation
+    }
+
+    /// Writes `mark` into the next header slot. A slot is only overwritten once the write of the
+    /// other one is durable, so a torn slot write always leaves a whole, older slot behind.
+    fn write_mark(&self, state: &mut MarkState, mark: DurableMark) -> Result<(), LogError> {
+        if state.synced_slot_writes < state.slot_writes {
+            let writes = state.slot_writes;
+            self.fsync("sync header")?;
+            state.synced_slot_writes = writes;
+        }
+        let header = SegmentHeader {
+            seq: state.seq + 1,
+            first_index: self.first_index,
+            durable_count: mark.count,
+            durable_end: mark.end,
+        };
+        self.file
+            .write_all_at(&format::encode_header(&header), header.slot_offset())
+            .map_err(|e| LogError::io("write header", &self.path, e))?;
+        state.seq = header.seq;
+        state.slot_writes += 1;
+        state.mark = mark;
+        Ok(())
+    }
+
+    /// Raises the mark to `cover` (records already fsynced) unless a truncation came in between.
+    /// The slot is written, not synced: the next sync of the file makes it durable. Returns
+    /// whether a slot was written.
+    pub fn raise_mark(&self, cover: Cover) -> Result<bool, LogError> {
+        let mut state = self.state();
+        if cover.generation != state.generation || cover.mark.count <= state.mark.count {
+            return Ok(false);
+        }
+        self.write_mark(&mut state, cover.mark)?;
+        Ok(true)
+    }
+
+    /// Lowers the mark to at most `mark`, durably, and invalidates covers computed before. Called
+    /// before a truncation cuts records, so the mark never names a record that is gone.
+    fn lower_mark(&self, mark: DurableMark) -> Result<(), LogError> {
+        let mut state = self.state();
+        state.generation += 1;
+        if state.mark.count <= mark.count {
+            return Ok(());
+        }
+        self.write_mark(&mut state, mark)?;
+        let writes = state.slot_writes;
+        self.fsync("sync header")?;
+        state.synced_slot_writes = writes;
+        Ok(())
+    }
+}
 
 pub(crate) struct Segment {
     pub first_index: u64,
     /// Entries physically present, `first_index .. first_index + count`.
     pub count: u64,
-    /// Length of the valid part of the file.
+    /// Length of the valid part of the file, header area included.
     pub bytes: u64,
-    pub file: Arc<File>,
-    pub path: PathBuf,
+    pub file: Arc<SegmentFile>,
+    /// Offsets of the entries, 8 bytes each, in anonymous memory.
     index: MmapMut,
-    index_path: PathBuf,
 }
 
-/// What a scan of a segment file found.
+/// What a scan of a segment's frames found.
+#[derive(Debug)]
 pub(crate) struct ScanOutcome {
+    /// File offsets of the valid frames.
     pub offsets: Vec<u64>,
-    pub valid_bytes: u64,
-    /// Bytes after the last valid frame, with the reason the first of them is not a frame.
+    /// End of the last valid frame.
+    pub valid_end: u64,
+    /// Where the first invalid frame starts, and why it is not a frame.
     pub invalid_tail: Option<(u64, FrameError)>,
-    /// Whether a well-formed frame with a later index follows the invalid tail: then the damage is
-    /// not a torn append but corruption in the middle of the log.
-    pub valid_frame_after_tail: bool,
+    /// Whether the record that should follow the invalid frame (at the offset its length field
+    /// gives, with the next index) is intact: then the damage is not a torn append.
+    pub next_record_intact: bool,
 }
 
-pub(crate) fn segment_paths(dir: &Path, first_index: u64) -> (PathBuf, PathBuf) {
-    (
-        dir.join(format!("{first_index:020}.log")),
-        dir.join(format!("{first_index:020}.idx")),
-    )
+/// Why a segment cannot be used as it is.
+pub(crate) enum OpenError {
+    /// Neither header slot is valid and the file is no longer than the header area: a creation
+    /// interrupted by a crash, holding no record.
+    Unborn(HeaderError),
+    Log(LogError),
+}
+
+impl From<LogError> for OpenError {
+    fn from(e: LogError) -> Self {
+        OpenError::Log(e)
+    }
+}
+
+pub(crate) fn segment_path(dir: &Path, first_index: u64) -> PathBuf {
+    dir.join(format!("{first_index:020}.log"))
 }
 
 pub(crate) fn parse_segment_name(name: &str) -> Option<u64> {
@@ -53,130 +209,197 @@ pub(crate) fn parse_segment_name(name: &str) -> Option<u64> {
     stem.parse().ok()
 }
 
-/// Scans frames from the start of `bytes`, expecting consecutive indexes from `first_index`.
-/// Pure, so the recovery rules are unit-tested without files.
-pub(crate) fn scan(bytes: &[u8], first_index: u64) -> ScanOutcome {
+/// Scans frames of `bytes` (the file from `base` on), expecting consecutive indexes from
+/// `first_index`. Pure, so the recovery rules are unit-tested without files. Its cost is one pass
+/// over the bytes plus one frame decode past the damage: never a search.
+pub(crate) fn scan(bytes: &[u8], base: u64, first_index: u64) -> ScanOutcome {
     let mut offsets = Vec::new();
     let mut pos = 0usize;
     while pos < bytes.len() {
         let expected = first_index + offsets.len() as u64;
-        match format::decode(&bytes[pos..]) {
+        let err = match format::decode(&bytes[pos..]) {
             Ok(frame) if frame.index == expected => {
-                offsets.push(pos as u64);
+                offsets.push(base + pos as u64);
                 pos += frame.encoded_len();
+                continue;
             }
-            Ok(frame) => {
-                let err = FrameError::UnexpectedIndex {
-                    expected,
-                    found: frame.index,
-                };
-                return tail_outcome(bytes, offsets, pos, err, expected);
-            }
-            Err(err) => return tail_outcome(bytes, offsets, pos, err, expected),
-        }
+            Ok(frame) => FrameError::UnexpectedIndex {
+                expected,
+                found: frame.index,
+            },
+            Err(err) => err,
+        };
+        return ScanOutcome {
+            valid_end: base + pos as u64,
+            next_record_intact: next_record_intact(&bytes[pos..], expected + 1),
+            offsets,
+            invalid_tail: Some((base + pos as u64, err)),
+        };
     }
     ScanOutcome {
         offsets,
-        valid_bytes: pos as u64,
+        valid_end: base + pos as u64,
         invalid_tail: None,
-        valid_frame_after_tail: false,
+        next_record_intact: false,
     }
 }
 
-fn tail_outcome(bytes: &[u8], offsets: Vec<u64>, pos: usize, err: FrameError, expected: u64) -> ScanOutcome {
-    // Look for any well-formed frame with an index at or after the expected one further on. A torn
-    // append leaves only garbage (or nothing) after the last good frame; a valid later record means
-    // acknowledged data sits behind the damage, which must never be dropped silently.
-    let valid_frame_after_tail = (pos..bytes.len().saturating_sub(HEADER_BYTES - 1))
-        .any(|p| matches!(format::decode(&bytes[p..]), Ok(f) if f.index >= expected));
-    ScanOutcome {
-        offsets,
-        valid_bytes: pos as u64,
-        invalid_tail: Some((pos as u64, err)),
-        valid_frame_after_tail,
+/// Whether, past the invalid frame at the start of `bytes`, the record `next_index` sits where
+/// the invalid frame's length field says it ends. A torn append leaves nothing valid there; a
+/// flipped bit in a complete record leaves its successor in place.
+fn next_record_intact(bytes: &[u8], next_index: u64) -> bool {
+    let Some(len) = bytes
+        .get(0..4)
+        .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
+    else {
+        return false;
+    };
+    if len > RECORD_BYTES_MAX {
+        return false;
     }
+    let next = HEADER_BYTES + len as usize;
+    bytes
+        .get(next..)
+        .is_some_and(|rest| matches!(format::decode(rest), Ok(f) if f.index == next_index))
 }
 
-fn open_index(index_path: &Path, entries_max: u64) -> Result<MmapMut, LogError> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(index_path)
-        .map_err(|e| LogError::io("open index", index_path, e))?;
-    file.set_len(entries_max * 8)
-        .map_err(|e| LogError::io("size index", index_path, e))?;
-    // SAFETY: the index file is private to this log directory, which one process opens at a time
-    // (the node holds a lock on its data directory); no one truncates it while it is mapped.
-    unsafe { MmapMut::map_mut(&file) }.map_err(|e| LogError::io("map index", index_path, e))
+fn anonymous_index(entries_max: u64, path: &Path) -> Result<MmapMut, LogError> {
+    MmapMut::map_anon((entries_max * 8) as usize).map_err(|e| LogError::io("reserve index memory", path, e))
 }
 
 impl Segment {
-    pub fn create(dir: &Path, first_index: u64, entries_max: u64) -> Result<Segment, LogError> {
-        let (path, index_path) = segment_paths(dir, first_index);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
+    /// Creates the file with its header, durably (file and directory entry), before any record is
+    /// written to it.
+    pub fn create(
+        fs: &dyn LogFileSystem,
+        dir: &Path,
+        first_index: u64,
+        entries_max: u64,
+        failure: &Failure,
+    ) -> Result<Segment, LogError> {
+        let path = segment_path(dir, first_index);
+        let file = fs
+            .create_new(&path)
             .map_err(|e| LogError::io("create segment", &path, e))?;
-        let index = open_index(&index_path, entries_max)?;
-        Ok(Segment {
+        let header = SegmentHeader {
+            seq: 0,
+            first_index,
+            durable_count: 0,
+            durable_end: SEGMENT_HEADER_AREA_BYTES,
+        };
+        let mut area = vec![0u8; SEGMENT_HEADER_AREA_BYTES as usize];
+        area[..format::HEADER_SLOT_BYTES].copy_from_slice(&format::encode_header(&header));
+        file.write_all_at(&area, 0)
+            .map_err(|e| LogError::io("write header", &path, e))?;
+        let index = anonymous_index(entries_max, &path)?;
+        let segment = Segment {
             first_index,
             count: 0,
-            bytes: 0,
-            file: Arc::new(file),
-            path,
+            bytes: SEGMENT_HEADER_AREA_BYTES,
+            file: Arc::new(SegmentFile {
+                path,
+                file,
+                first_index,
+                mark: Mutex::new(MarkState {
+                    mark: DurableMark::NONE,
+                    generation: 0,
+                    seq: 0,
+                    slot_writes: 1,
+                    synced_slot_writes: 0,
+                }),
+                fsync_serial: Mutex::new(()),
+                failure: failure.clone(),
+            }),
             index,
-            index_path,
-        })
+        };
+        segment.file.sync()?;
+        fs.sync_dir(dir).map_err(|e| LogError::io("sync dir", dir, e))?;
+        Ok(segment)
     }
 
     /// Opens an existing segment and scans it. Returns the segment (holding only its valid prefix
-    /// in the index) and the scan outcome, for the caller to decide what an invalid tail means.
-    pub fn open(dir: &Path, first_index: u64, entries_max: u64) -> Result<(Segment, ScanOutcome), LogError> {
-        let (path, index_path) = segment_paths(dir, first_index);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(|e| LogError::io("open segment", &path, e))?;
-        let file_len = file
-            .metadata()
-            .map_err(|e| LogError::io("stat segment", &path, e))?
-            .len();
-        let outcome = if file_len == 0 {
-            scan(&[], first_index)
-        } else {
-            // SAFETY: read-only map of a file only this process writes, dropped before any write.
-            let map = unsafe { Mmap::map(&file) }.map_err(|e| LogError::io("map segment", &path, e))?;
-            scan(&map, first_index)
+    /// in the index), its durable mark and the scan outcome, for the caller to decide what an
+    /// invalid tail means.
+    pub fn open(
+        fs: &dyn LogFileSystem,
+        dir: &Path,
+        first_index: u64,
+        entries_max: u64,
+        failure: &Failure,
+    ) -> Result<(Segment, DurableMark, ScanOutcome), OpenError> {
+        let path = segment_path(dir, first_index);
+        let corrupt = |offset: u64, reason: String| LogError::Corrupt {
+            path: path.clone(),
+            offset,
+            reason,
         };
+        let file = fs.open(&path).map_err(|e| LogError::io("open segment", &path, e))?;
+        let file_len = file.byte_len().map_err(|e| LogError::io("stat segment", &path, e))?;
+        let read_len = usize::try_from(file_len).map_err(|_| corrupt(0, format!("{file_len} bytes")))?;
+        let mut bytes = vec![0u8; read_len];
+        file.read_exact_at(&mut bytes, 0)
+            .map_err(|e| LogError::io("read segment", &path, e))?;
+        let header_area = &bytes[..read_len.min(SEGMENT_HEADER_AREA_BYTES as usize)];
+        let header = match format::newest_header(header_area) {
+            Ok(header) => header,
+            Err(e) if file_len <= SEGMENT_HEADER_AREA_BYTES => return Err(OpenError::Unborn(e)),
+            Err(e) => return Err(corrupt(0, format!("no valid header slot: {e}")).into()),
+        };
+        if header.first_index != first_index {
+            return Err(corrupt(
+                header.slot_offset(),
+                format!(
+                    "the header names first index {}, the file name {first_index}",
+                    header.first_index
+                ),
+            )
+            .into());
+        }
+        let frames = bytes.get(SEGMENT_HEADER_AREA_BYTES as usize..).unwrap_or(&[]);
+        let outcome = scan(frames, SEGMENT_HEADER_AREA_BYTES, first_index);
         if outcome.offsets.len() as u64 > entries_max {
-            return Err(LogError::Corrupt {
-                path,
-                offset: 0,
-                reason: format!(
+            return Err(corrupt(
+                0,
+                format!(
                     "{} entries exceed the segment limit {entries_max}",
                     outcome.offsets.len()
                 ),
-            });
+            )
+            .into());
         }
-        let mut index = open_index(&index_path, entries_max)?;
+        let mut index = anonymous_index(entries_max, &path)?;
         for (i, offset) in outcome.offsets.iter().enumerate() {
             index[i * 8..i * 8 + 8].copy_from_slice(&offset.to_le_bytes());
         }
+        let mark = DurableMark {
+            count: header.durable_count,
+            end: header.durable_end,
+        };
         let segment = Segment {
             first_index,
             count: outcome.offsets.len() as u64,
-            bytes: outcome.valid_bytes,
-            file: Arc::new(file),
-            path,
+            bytes: outcome.valid_end,
+            file: Arc::new(SegmentFile {
+                path,
+                file,
+                first_index,
+                mark: Mutex::new(MarkState {
+                    mark,
+                    generation: 0,
+                    seq: header.seq,
+                    slot_writes: 0,
+                    synced_slot_writes: 0,
+                }),
+                fsync_serial: Mutex::new(()),
+                failure: failure.clone(),
+            }),
             index,
-            index_path,
         };
-        Ok((segment, outcome))
+        Ok((segment, mark, outcome))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.file.path
     }
 
     pub fn last_index(&self) -> Option<u64> {
@@ -198,12 +421,25 @@ impl Segment {
         }
     }
 
+    /// The mark covering every record written so far, for the flusher to raise once they are
+    /// durable.
+    pub fn cover(&self) -> Cover {
+        Cover {
+            generation: self.file.generation(),
+            mark: DurableMark {
+                count: self.count,
+                end: self.bytes,
+            },
+        }
+    }
+
     /// Writes pre-encoded frames (whose offsets relative to the buffer start are `frame_offsets`).
     pub fn write_frames(&mut self, buf: &[u8], frame_offsets: &[u64]) -> Result<(), LogError> {
         assert!(self.count + frame_offsets.len() as u64 <= (self.index.len() / 8) as u64);
         self.file
+            .file
             .write_all_at(buf, self.bytes)
-            .map_err(|e| LogError::io("append", &self.path, e))?;
+            .map_err(|e| LogError::io("append", self.path(), e))?;
         for rel in frame_offsets {
             let i = self.count as usize;
             self.index[i * 8..i * 8 + 8].copy_from_slice(&(self.bytes + rel).to_le_bytes());
@@ -220,19 +456,20 @@ impl Segment {
         let to = self.end_of(end - 1);
         let mut buf = vec![0u8; (to - from) as usize];
         self.file
+            .file
             .read_exact_at(&mut buf, from)
-            .map_err(|e| LogError::io("read", &self.path, e))?;
+            .map_err(|e| LogError::io("read", self.path(), e))?;
         let mut pos = 0usize;
         for index in start..end {
             // Pair assertion at the disk boundary: what we read back must be the frame we indexed.
             let frame = format::decode(&buf[pos..]).map_err(|e| LogError::Corrupt {
-                path: self.path.clone(),
+                path: self.path().to_path_buf(),
                 offset: from + pos as u64,
                 reason: e.to_string(),
             })?;
             if frame.index != index {
                 return Err(LogError::Corrupt {
-                    path: self.path.clone(),
+                    path: self.path().to_path_buf(),
                     offset: from + pos as u64,
                     reason: format!("expected index {index}, found {}", frame.index),
                 });
@@ -243,40 +480,42 @@ impl Segment {
         Ok(())
     }
 
-    /// Drops entries after `keep_last` (which must be inside this segment), durably.
+    /// Drops entries after `keep_last` (which must be inside this segment), durably: the mark is
+    /// lowered first, so no crash leaves a mark above the records that remain.
     pub fn truncate_after(&mut self, keep_last: u64) -> Result<(), LogError> {
         assert!(keep_last >= self.first_index && keep_last < self.first_index + self.count);
         let new_bytes = self.end_of(keep_last);
-        self.file
-            .set_len(new_bytes)
-            .map_err(|e| LogError::io("truncate", &self.path, e))?;
-        self.file.sync_all().map_err(|e| LogError::io("sync", &self.path, e))?;
-        self.count = keep_last - self.first_index + 1;
-        self.bytes = new_bytes;
-        Ok(())
+        let new_count = keep_last - self.first_index + 1;
+        self.set_len_durably(new_count, new_bytes)
     }
 
     /// Truncates the file to its valid prefix (dropping a torn tail found by `open`), durably.
     pub fn drop_invalid_tail(&mut self) -> Result<(), LogError> {
-        self.file
-            .set_len(self.bytes)
-            .map_err(|e| LogError::io("truncate", &self.path, e))?;
-        self.file.sync_all().map_err(|e| LogError::io("sync", &self.path, e))
+        self.set_len_durably(self.count, self.bytes)
     }
 
-    pub fn remove_files(self) -> Result<(), LogError> {
-        std::fs::remove_file(&self.path).map_err(|e| LogError::io("remove segment", &self.path, e))?;
-        match std::fs::remove_file(&self.index_path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(LogError::io("remove index", &self.index_path, e)),
-        }
+    fn set_len_durably(&mut self, count: u64, bytes: u64) -> Result<(), LogError> {
+        self.file.lower_mark(DurableMark { count, end: bytes })?;
+        self.file
+            .file
+            .set_len(bytes)
+            .map_err(|e| LogError::io("truncate", self.path(), e))?;
+        self.file.fsync("sync")?;
+        self.count = count;
+        self.bytes = bytes;
+        Ok(())
+    }
+
+    pub fn remove_file(self, fs: &dyn LogFileSystem) -> Result<(), LogError> {
+        fs.remove(self.path())
+            .map_err(|e| LogError::io("remove segment", self.path(), e))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::log::format::HEADER_SLOT_STRIDE_BYTES;
 
     fn frames(first: u64, payloads: &[&[u8]]) -> Vec<u8> {
         let mut buf = Vec::new();
@@ -289,50 +528,82 @@ mod tests {
     #[test]
     fn scan_clean_segment() {
         let buf = frames(10, &[b"a", b"bb", b"ccc"]);
-        let out = scan(&buf, 10);
-        assert_eq!(out.offsets, vec![0, 17, 35]);
-        assert_eq!(out.valid_bytes, buf.len() as u64);
+        let out = scan(&buf, 4096, 10);
+        assert_eq!(out.offsets, vec![4096, 4096 + 17, 4096 + 35]);
+        assert_eq!(out.valid_end, 4096 + buf.len() as u64);
         assert!(out.invalid_tail.is_none());
     }
 
     #[test]
-    fn scan_torn_tail_has_no_valid_frame_after() {
+    fn scan_torn_tail_has_no_intact_successor() {
         let buf = frames(1, &[b"first", b"second"]);
-        let torn = &buf[..buf.len() - 3];
-        let out = scan(torn, 1);
-        assert_eq!(out.offsets.len(), 1);
-        assert!(out.invalid_tail.is_some());
-        assert!(!out.valid_frame_after_tail);
+        for cut in HEADER_BYTES + 5 + 1..buf.len() {
+            let out = scan(&buf[..cut], 0, 1);
+            assert_eq!(out.offsets.len(), 1);
+            assert!(out.invalid_tail.is_some());
+            assert!(!out.next_record_intact, "cut at {cut}");
+        }
     }
 
     #[test]
-    fn scan_damage_before_valid_frame_is_flagged() {
+    fn scan_damage_before_an_intact_record_is_flagged() {
         let mut buf = frames(1, &[b"first", b"second", b"third"]);
         buf[HEADER_BYTES + 2] ^= 0x01; // inside the first payload
-        let out = scan(&buf, 1);
+        let out = scan(&buf, 0, 1);
         assert_eq!(out.offsets.len(), 0);
-        assert!(
-            out.valid_frame_after_tail,
-            "records 2 and 3 are intact behind the damage"
-        );
+        assert!(out.next_record_intact, "record 2 is intact behind the damage");
+    }
+
+    /// A torn append whose garbage contains bytes that look like a frame (here: a whole encoded
+    /// record with a later index, as a payload may hold) is still a torn tail.
+    #[test]
+    fn frame_like_bytes_inside_a_torn_payload_are_not_a_successor() {
+        let inner = frames(3, &[b"looks like a record"]);
+        let mut payload = vec![0xEEu8; 40];
+        payload.extend_from_slice(&inner);
+        payload.extend_from_slice(&[0xEE; 40]);
+        let mut buf = frames(1, &[b"first"]);
+        let second_start = buf.len();
+        format::encode(2, &payload, &mut buf);
+        for cut in second_start + HEADER_BYTES + 41..buf.len() {
+            let out = scan(&buf[..cut], 0, 1);
+            assert_eq!(out.offsets.len(), 1);
+            assert!(!out.next_record_intact, "cut at {cut}");
+        }
     }
 
     #[test]
     fn scan_rejects_out_of_sequence_index() {
         let mut buf = frames(1, &[b"a"]);
         format::encode(5, b"b", &mut buf);
-        let out = scan(&buf, 1);
+        let out = scan(&buf, 0, 1);
         assert_eq!(out.offsets.len(), 1);
-        assert!(out.invalid_tail.is_some());
-        assert!(out.valid_frame_after_tail);
+        assert!(matches!(
+            out.invalid_tail,
+            Some((17, FrameError::UnexpectedIndex { expected: 2, found: 5 }))
+        ));
     }
 
     #[test]
     fn segment_names_round_trip() {
-        let (path, _) = segment_paths(Path::new("/x"), 42);
+        let path = segment_path(Path::new("/x"), 42);
         let name = path.file_name().and_then(|n| n.to_str()).expect("utf8");
         assert_eq!(parse_segment_name(name), Some(42));
         assert_eq!(parse_segment_name("42.log"), None);
         assert_eq!(parse_segment_name("00000000000000000042.idx"), None);
+    }
+
+    #[test]
+    fn slot_offsets_alternate() {
+        let at = |seq| {
+            SegmentHeader {
+                seq,
+                first_index: 1,
+                durable_count: 0,
+                durable_end: SEGMENT_HEADER_AREA_BYTES,
+            }
+            .slot_offset()
+        };
+        assert_eq!((at(0), at(1), at(2)), (0, HEADER_SLOT_STRIDE_BYTES, 0));
     }
 }

@@ -1,4 +1,5 @@
 use std::collections::BTreeMap;
+use std::fs;
 use std::sync::mpsc;
 
 use proptest::prelude::*;
@@ -93,15 +94,23 @@ fn last_segment_path(dir: &Path) -> PathBuf {
     logs.pop().expect("a segment")
 }
 
-/// A crash during an append can leave any prefix of the last record on disk: recovery must keep
-/// every earlier record and drop the partial one, at every cut point.
+/// Appends `records` without waiting for their fsync and closes the log: they are in the file,
+/// the durable mark does not cover them.
+fn append_unacknowledged(log: &mut SegmentedLog, records: &[(u64, Vec<u8>)]) {
+    log.append(records.iter().map(|(i, p)| (*i, p.as_slice())), None)
+        .expect("append");
+}
+
+/// A crash during an append can leave any prefix of its record on disk: recovery must keep every
+/// acknowledged record and drop the partial one, at every cut point.
 #[test]
-fn torn_last_record_at_every_byte_offset() {
+fn torn_unacknowledged_record_at_every_byte_offset() {
     let template = tempfile::tempdir().expect("tempdir");
     let records: Vec<_> = (1..=3).map(|i| (i, payload(i, 40))).collect();
     {
         let mut log = SegmentedLog::open(template.path(), LogOptions::default()).expect("open");
-        append_durably(&mut log, &records);
+        append_durably(&mut log, &records[..2]);
+        append_unacknowledged(&mut log, &records[2..]);
     }
     let seg = last_segment_path(template.path());
     let full = fs::read(&seg).expect("read segment");
@@ -121,6 +130,20 @@ fn torn_last_record_at_every_byte_offset() {
     }
 }
 
+fn expect_corrupt_at(dir: &Path, options: LogOptions, path: &Path, offset: u64) -> String {
+    match SegmentedLog::open(dir, options).err().expect("must refuse") {
+        LogError::Corrupt {
+            path: p,
+            offset: o,
+            reason,
+        } => {
+            assert_eq!((p.as_path(), o), (path, offset), "{reason}");
+            reason
+        }
+        other => panic!("expected Corrupt, got {other}"),
+    }
+}
+
 /// A flipped bit in a record that is followed by valid records is corruption, not a torn write:
 /// open must fail naming the file and offset instead of dropping acknowledged data.
 #[test]
@@ -133,24 +156,35 @@ fn bit_flip_in_the_middle_is_a_startup_error() {
     }
     let seg = last_segment_path(dir.path());
     let mut bytes = fs::read(&seg).expect("read");
-    let second_record = format::HEADER_BYTES + 32;
+    let second_record = format::SEGMENT_HEADER_AREA_BYTES as usize + format::HEADER_BYTES + 32;
     bytes[second_record + format::HEADER_BYTES + 5] ^= 0x10;
     fs::write(&seg, &bytes).expect("write");
-    let err = SegmentedLog::open(dir.path(), LogOptions::default())
-        .err()
-        .expect("must refuse");
-    match err {
-        LogError::Corrupt { path, offset, .. } => {
-            assert_eq!(path, seg);
-            assert_eq!(offset, second_record as u64);
-        }
-        other => panic!("expected Corrupt, got {other}"),
-    }
+    expect_corrupt_at(dir.path(), LogOptions::default(), &seg, second_record as u64);
 }
 
-/// A bit flip in the last record alone looks like a torn append: it is cut, earlier data kept.
+/// The same in records no fsync covered yet (no durable mark): the intact successor still tells
+/// the damage from a torn append.
 #[test]
-fn bit_flip_in_last_record_drops_only_it() {
+fn bit_flip_before_an_intact_unacknowledged_record_is_a_startup_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let records: Vec<_> = (1..=3).map(|i| (i, payload(i, 32))).collect();
+    {
+        let mut log = SegmentedLog::open(dir.path(), LogOptions::default()).expect("open");
+        append_unacknowledged(&mut log, &records);
+    }
+    let seg = last_segment_path(dir.path());
+    let mut bytes = fs::read(&seg).expect("read");
+    let second_record = format::SEGMENT_HEADER_AREA_BYTES as usize + format::HEADER_BYTES + 32;
+    bytes[second_record + format::HEADER_BYTES + 5] ^= 0x10;
+    fs::write(&seg, &bytes).expect("write");
+    let reason = expect_corrupt_at(dir.path(), LogOptions::default(), &seg, second_record as u64);
+    assert!(reason.contains("intact"), "{reason}");
+}
+
+/// A flipped bit in the last record, acknowledged and covered by the durable mark, is corruption:
+/// it used to be cut as if it were a torn append, dropping an acknowledged record.
+#[test]
+fn bit_flip_in_the_last_acknowledged_record_is_a_startup_error() {
     let dir = tempfile::tempdir().expect("tempdir");
     let records: Vec<_> = (1..=3).map(|i| (i, payload(i, 32))).collect();
     {
@@ -162,8 +196,46 @@ fn bit_flip_in_last_record_drops_only_it() {
     let n = bytes.len();
     bytes[n - 3] ^= 0x01;
     fs::write(&seg, &bytes).expect("write");
+    let last_record = (n - format::HEADER_BYTES - 32) as u64;
+    let reason = expect_corrupt_at(dir.path(), LogOptions::default(), &seg, last_record);
+    assert!(reason.contains("durable mark"), "{reason}");
+    // A file cut short below the mark (acknowledged records gone) is refused the same way.
+    fs::write(&seg, &bytes[..last_record as usize]).expect("write");
+    expect_corrupt_at(dir.path(), LogOptions::default(), &seg, last_record);
+}
+
+/// The same flip in a last record no fsync covered is a torn append: only it is dropped.
+#[test]
+fn bit_flip_in_an_unacknowledged_last_record_drops_only_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let records: Vec<_> = (1..=3).map(|i| (i, payload(i, 32))).collect();
+    {
+        let mut log = SegmentedLog::open(dir.path(), LogOptions::default()).expect("open");
+        append_durably(&mut log, &records[..2]);
+        append_unacknowledged(&mut log, &records[2..]);
+    }
+    let seg = last_segment_path(dir.path());
+    let mut bytes = fs::read(&seg).expect("read");
+    let n = bytes.len();
+    bytes[n - 3] ^= 0x01;
+    fs::write(&seg, &bytes).expect("write");
     let log = SegmentedLog::open(dir.path(), LogOptions::default()).expect("open");
     assert_eq!(all_records(&log), records[..2].to_vec());
+}
+
+/// A segment of the first format (frames from offset 0, no header) is refused by name, never
+/// read as something else.
+#[test]
+fn a_segment_without_a_header_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut frames = Vec::new();
+    for i in 1..=300u64 {
+        format::encode(i, &payload(i, 20), &mut frames);
+    }
+    let seg = dir.path().join(format!("{:020}.log", 1));
+    fs::write(&seg, &frames).expect("write");
+    let reason = expect_corrupt_at(dir.path(), LogOptions::default(), &seg, 0);
+    assert!(reason.contains("format version 1"), "{reason}");
 }
 
 #[test]
