@@ -284,7 +284,13 @@ impl RaftNetworkV2<TypeConfig> for NetworkConnection {
             }
             let mut data = vec![0u8; SNAPSHOT_CHUNK_BYTES];
             match file.read(&mut data).await {
-                Ok(0) | Err(_) => None,
+                Ok(0) => None,
+                Err(e) => {
+                    // A client stream cannot carry an error: it ends here, and the follower,
+                    // which verifies the whole pack before installing it, refuses it.
+                    tracing::warn!(error = %e, "reading the snapshot pack failed; ending the transfer early");
+                    None
+                }
                 Ok(n) => {
                     data.truncate(n);
                     Some((
@@ -466,6 +472,22 @@ impl RaftService for RaftGrpcService {
         file.sync_all().await.map_err(io_err)?;
         drop(file);
         tracing::info!(bytes = received, last_log_id = ?meta.last_log_id, "received snapshot");
+        // Verified whole before openraft sees it: an install that fails is a storage error, which
+        // stops this node's Raft. A bad transfer is refused with a retryable error instead.
+        let verify_path = path.clone();
+        let verified = tokio::task::spawn_blocking(move || verify_incoming(&verify_path, &meta).map(|()| meta))
+            .await
+            .map_err(|e| Status::internal(format!("verifying snapshot: {e}")))?;
+        let meta = match verified {
+            Ok(meta) => meta,
+            Err(reason) => {
+                let _ = tokio::fs::remove_file(&path).await;
+                tracing::warn!(bytes = received, %reason, "refusing a snapshot that failed verification");
+                return Err(Status::unavailable(format!(
+                    "snapshot refused, not installed: {reason}; send it again"
+                )));
+            }
+        };
         let snapshot = Snapshot {
             meta,
             snapshot: SnapshotPack { path: path.clone() },
@@ -475,6 +497,19 @@ impl RaftService for RaftGrpcService {
         let reply = result.map_err(raft_failure)?;
         Ok(tonic::Response::new(message(&self.clock, encode(&reply))))
     }
+}
+
+/// Checks a received pack whole (every crc, the end marker) and that it is the snapshot the
+/// stream's header announced.
+fn verify_incoming(path: &std::path::Path, announced: &SnapshotMeta) -> Result<(), String> {
+    let packed = basalt_storage::state::snapshot::verify_pack(path).map_err(|e| e.to_string())?;
+    let packed: SnapshotMeta = decode(&packed).map_err(|e| format!("undecodable snapshot metadata: {e}"))?;
+    if &packed != announced {
+        return Err(format!(
+            "the pack holds snapshot {packed:?}, the stream announced {announced:?}"
+        ));
+    }
+    Ok(())
 }
 
 fn rand_suffix() -> u64 {

@@ -592,3 +592,82 @@ fn a_node_whose_log_fails_exits_and_the_cluster_goes_on() {
         assert_all_readable(&client, &acknowledged).await;
     });
 }
+
+/// A snapshot that arrives damaged (here the leader's pack is cut short on its disk, as a read
+/// error mid-transfer would leave it) is refused by the follower with a retryable error before
+/// openraft sees it: the follower keeps running (it used to hand the pack to openraft, whose
+/// failed install stops the node's Raft), and installs the next, intact snapshot.
+#[test]
+fn a_damaged_snapshot_transfer_is_refused_and_the_follower_survives() {
+    runtime().block_on(async {
+        let mut cluster = TestCluster::start(
+            NODE,
+            ClusterOptions {
+                snapshot_entries: 100,
+                logs_to_keep: 10,
+                ..ClusterOptions::default()
+            },
+        );
+        let client = cluster.client().await;
+        let leader = cluster.leader(&client).await;
+        let lagging = (1..=3).find(|id| *id != leader).expect("a follower");
+        cluster.kill(lagging);
+        let mut acknowledged = write_keys(&client, "before", 0..300).await;
+        assert_eq!(acknowledged.len(), 300);
+
+        // Let the leader's snapshot builds settle, then cut its newest pack in half.
+        let snapshots = cluster.specs[&leader].data_dir.join("snapshots");
+        let packs = || -> Vec<std::path::PathBuf> {
+            let mut packs: Vec<_> = std::fs::read_dir(&snapshots)
+                .expect("snapshot dir")
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "snap"))
+                .collect();
+            packs.sort();
+            packs
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut seen = Vec::new();
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let now = packs();
+            if !now.is_empty() && now == seen {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the leader built no snapshot");
+            seen = now;
+        }
+        let pack = seen.last().expect("a pack").clone();
+        let bytes = std::fs::read(&pack).expect("read pack");
+        std::fs::write(&pack, &bytes[..bytes.len() / 2]).expect("cut the pack");
+
+        cluster.restart(lagging);
+        let log = cluster.specs[&lagging].log.clone();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("refusing a snapshot that failed verification")
+        {
+            assert!(
+                cluster.wait_exit(lagging, Duration::from_millis(200)).is_none(),
+                "the follower stopped on a damaged snapshot\n{}",
+                cluster.logs()
+            );
+            assert!(
+                Instant::now() < deadline,
+                "the damaged snapshot was never refused\n{}",
+                cluster.logs()
+            );
+        }
+        assert!(
+            cluster.wait_exit(lagging, Duration::from_millis(500)).is_none(),
+            "still running"
+        );
+
+        // The next snapshot replaces the damaged pack; the follower installs it and catches up.
+        acknowledged.extend(write_keys(&client, "after", 0..150).await);
+        cluster.wait_caught_up(&client, lagging).await;
+        assert!(cluster.is_running(lagging));
+        assert_all_readable(&client, &acknowledged).await;
+    });
+}

@@ -201,6 +201,34 @@ pub fn read_pack_meta(path: &Path) -> Result<Vec<u8>, StoreError> {
     Ok(meta)
 }
 
+/// Reads a whole pack, verifying every section's crc, the end marker and that nothing follows
+/// it, without writing anything. Returns the metadata blob. For a pack received from another
+/// node: a truncated or damaged transfer is refused here, before it is offered for install.
+pub fn verify_pack(path: &Path) -> Result<Vec<u8>, StoreError> {
+    let mut input = open_pack(path)?;
+    let mut meta = Vec::new();
+    if read_section(&mut input, path, &mut meta)?.kind != KIND_META {
+        return Err(corrupt(path, "first section is not the metadata"));
+    }
+    loop {
+        match read_section(&mut input, path, &mut std::io::sink())?.kind {
+            KIND_FILE => {}
+            KIND_END => break,
+            _ => return Err(corrupt(path, "metadata section repeated")),
+        }
+    }
+    let mut trailing = [0u8; 1];
+    match input.read(&mut trailing) {
+        Ok(0) => Ok(meta),
+        Ok(_) => Err(corrupt(path, "bytes after the end marker")),
+        Err(e) => Err(StoreError::Io {
+            op: "read pack",
+            path: path.to_path_buf(),
+            source: e,
+        }),
+    }
+}
+
 /// Unpacks a pack into `target` (a new directory), verifying it whole. Returns the metadata blob.
 pub fn unpack(path: &Path, target: &Path) -> Result<Vec<u8>, StoreError> {
     if target.exists() {
@@ -251,6 +279,7 @@ mod tests {
         drop(checkpoint);
         assert!(!dir.path().join("ckpt").exists(), "checkpoint dir removed");
         assert_eq!(read_pack_meta(&pack).expect("meta"), b"meta-blob");
+        assert_eq!(verify_pack(&pack).expect("verify"), b"meta-blob");
 
         let unpacked = dir.path().join("unpacked");
         assert_eq!(unpack(&pack, &unpacked).expect("unpack"), b"meta-blob");
@@ -284,7 +313,8 @@ mod tests {
             .expect("ckpt")
             .pack(b"m", &pack)
             .expect("pack");
-        let mut bytes = fs::read(&pack).expect("read");
+        let whole = fs::read(&pack).expect("read");
+        let mut bytes = whole.clone();
         let middle = bytes.len() / 2;
         bytes[middle] ^= 0xFF;
         fs::write(&pack, &bytes).expect("write");
@@ -292,11 +322,24 @@ mod tests {
             unpack(&pack, &dir.path().join("u")),
             Err(StoreError::CorruptSnapshot { .. })
         ));
-        let truncated = &bytes[..bytes.len() - 10];
-        fs::write(&pack, truncated).expect("write");
-        assert!(matches!(
-            unpack(&pack, &dir.path().join("u")),
-            Err(StoreError::CorruptSnapshot { .. })
-        ));
+        assert!(matches!(verify_pack(&pack), Err(StoreError::CorruptSnapshot { .. })));
+        // A transfer cut short anywhere after the metadata (the sender stopped early).
+        for cut in [whole.len() - 1, whole.len() - 10, whole.len() / 2, 40] {
+            fs::write(&pack, &whole[..cut]).expect("write");
+            assert!(matches!(
+                unpack(&pack, &dir.path().join("u")),
+                Err(StoreError::CorruptSnapshot { .. })
+            ));
+            assert!(
+                matches!(verify_pack(&pack), Err(StoreError::CorruptSnapshot { .. })),
+                "cut at {cut}"
+            );
+        }
+        let mut longer = whole.clone();
+        longer.extend_from_slice(b"tail");
+        fs::write(&pack, &longer).expect("write");
+        assert!(matches!(verify_pack(&pack), Err(StoreError::CorruptSnapshot { .. })));
+        fs::write(&pack, &whole).expect("write");
+        assert_eq!(verify_pack(&pack).expect("the intact pack"), b"m");
     }
 }
