@@ -8,7 +8,13 @@ pub const VALUE_BYTES_MAX: usize = 1024 * 1024;
 pub const RECORD_BYTES_MAX: u32 = 16 * 1024 * 1024;
 /// Default size at which the log rolls to a new segment.
 pub const SEGMENT_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
-/// Most entries a segment holds; sizes the mmap index (8 bytes per entry).
+/// Largest `segment_bytes_max` a log accepts.
+pub const SEGMENT_BYTES_LIMIT: u64 = 1024 * 1024 * 1024;
+/// Largest segment file the log reads at open: a segment rolls before passing its size limit,
+/// except for one record alone, plus the header area and a frame header. A larger file is not a
+/// segment this log wrote, and is refused rather than read into memory.
+pub const SEGMENT_FILE_BYTES_MAX: u64 = SEGMENT_BYTES_LIMIT + RECORD_BYTES_MAX as u64 + 4096 + 16;
+/// Most entries a segment holds; sizes the in-memory offset index (8 bytes per entry).
 pub const SEGMENT_ENTRIES_MAX: u64 = 1 << 20;
 /// Most keys one scan returns.
 pub const SCAN_LIMIT_MAX: u32 = 10_000;

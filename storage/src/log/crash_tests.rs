@@ -99,7 +99,7 @@ struct Model {
 fn drive(seed: u64, plan: &Plan, crash_at: Option<u64>) -> (SimFileSystem, Model, BTreeSet<usize>) {
     let disk = SimFileSystem::default();
     if let Some(at) = crash_at {
-        disk.crash_at(at);
+        disk.crash_after(at);
     }
     if let Some(nth) = plan.fail_sync_at {
         disk.fail_sync_at(nth);
@@ -211,16 +211,76 @@ fn drive(seed: u64, plan: &Plan, crash_at: Option<u64>) -> (SimFileSystem, Model
 }
 
 /// Recovery of `disk` against `model`: Ok, or what is wrong.
-fn check_recovery(disk: SimFileSystem, plan: &Plan, model: &Model, acked: &BTreeSet<usize>) -> Result<(), String> {
+fn check_recovery(
+    disk: SimFileSystem,
+    plan: &Plan,
+    model: &Model,
+    acked: &BTreeSet<usize>,
+    rng: &mut SimRng,
+) -> Result<(), String> {
     let fs: std::sync::Arc<dyn LogFileSystem> = std::sync::Arc::new(disk.clone());
-    let log = SegmentedLog::open_on(fs.clone(), Path::new(DIR), plan.options.clone())
+    let log = SegmentedLog::open_on(fs, Path::new(DIR), plan.options.clone())
         .map_err(|e| format!("recovery refused to start: {e}"))?;
     let got: BTreeMap<u64, Vec<u8>> = log
         .read_range(0, u64::MAX)
         .map_err(|e| format!("read after recovery: {e}"))?
         .into_iter()
         .collect();
-    for (index, bytes) in &got {
+    check_acknowledged(&got, model, acked)?;
+    if log.purged_upto() < model.purged {
+        return Err(format!(
+            "purge point {:?} went back to {:?}",
+            model.purged,
+            log.purged_upto()
+        ));
+    }
+    let vote = log.meta("vote").map(|v| v[0]);
+    if vote != model.vote && !vote.is_some_and(|v| model.vote_saving.contains(&v)) {
+        return Err(format!(
+            "vote {vote:?}, saved {:?}, being saved {:?}",
+            model.vote, model.vote_saving
+        ));
+    }
+    // The recovered log takes an append, and keeps it, with everything acknowledged before,
+    // through one more power loss.
+    let mut log = log;
+    let next = log.last_index().or(log.purged_upto()).map_or(1, |i| i + 1);
+    let (tx, rx) = mpsc::channel();
+    log.append(
+        [(next, &b"after recovery"[..])],
+        Some(Box::new(move |r| {
+            let _ = tx.send(r.is_ok());
+        })),
+    )
+    .map_err(|e| format!("append after recovery: {e}"))?;
+    if rx.recv() != Ok(true) {
+        return Err("append after recovery not acknowledged".into());
+    }
+    disk.kill();
+    drop(log);
+    let after = disk.crash(rng);
+    let log = SegmentedLog::open_on(std::sync::Arc::new(after), Path::new(DIR), plan.options.clone())
+        .map_err(|e| format!("a power loss after recovery and one append, then: {e}"))?;
+    let mut got_again: BTreeMap<u64, Vec<u8>> = log
+        .read_range(0, u64::MAX)
+        .map_err(|e| format!("read after the second power loss: {e}"))?
+        .into_iter()
+        .collect();
+    if got_again.get(&next).map(Vec::as_slice) != Some(&b"after recovery"[..]) {
+        return Err(format!(
+            "the append acknowledged after recovery is gone after a power loss ({:?}..{:?})",
+            got_again.keys().next(),
+            got_again.keys().last()
+        ));
+    }
+    got_again.remove(&next);
+    check_acknowledged(&got_again, model, acked).map_err(|e| format!("after the second power loss: {e}"))
+}
+
+/// Every recovered record was written at its index, and every acknowledged record nothing
+/// removed since is there.
+fn check_acknowledged(got: &BTreeMap<u64, Vec<u8>>, model: &Model, acked: &BTreeSet<usize>) -> Result<(), String> {
+    for (index, bytes) in got {
         let written = model.records.get(index).map(|(b, _)| b) == Some(bytes);
         let cut_late = model.maybe_kept.get(index).is_some_and(|kept| kept.contains(bytes));
         if !written && !cut_late {
@@ -237,40 +297,6 @@ fn check_recovery(disk: SimFileSystem, plan: &Plan, model: &Model, acked: &BTree
             ));
         }
     }
-    if log.purged_upto() < model.purged {
-        return Err(format!(
-            "purge point {:?} went back to {:?}",
-            model.purged,
-            log.purged_upto()
-        ));
-    }
-    let vote = log.meta("vote").map(|v| v[0]);
-    if vote != model.vote && !vote.is_some_and(|v| model.vote_saving.contains(&v)) {
-        return Err(format!(
-            "vote {vote:?}, saved {:?}, being saved {:?}",
-            model.vote, model.vote_saving
-        ));
-    }
-    // The recovered log takes appends and keeps them.
-    let mut log = log;
-    let next = log.last_index().or(log.purged_upto()).map_or(1, |i| i + 1);
-    let (tx, rx) = mpsc::channel();
-    log.append(
-        [(next, &b"after recovery"[..])],
-        Some(Box::new(move |r| {
-            let _ = tx.send(r.is_ok());
-        })),
-    )
-    .map_err(|e| format!("append after recovery: {e}"))?;
-    if rx.recv() != Ok(true) {
-        return Err("append after recovery not acknowledged".into());
-    }
-    drop(log);
-    let log = SegmentedLog::open_on(fs, Path::new(DIR), plan.options.clone())
-        .map_err(|e| format!("reopen after recovery: {e}"))?;
-    if log.read_range(next, next + 1).map_err(|e| e.to_string())? != vec![(next, b"after recovery".to_vec())] {
-        return Err("the append after recovery is gone after a clean reopen".into());
-    }
     Ok(())
 }
 
@@ -279,21 +305,29 @@ fn run_case(seed: u64, crash_at: Option<u64>) {
     let plan = plan(seed);
     let (disk, model, acked) = drive(seed, &plan, crash_at);
     let mut rng = SimRng::new(seed.wrapping_mul(31).wrapping_add(crash_at.unwrap_or(0)));
-    let mut image = disk.crash(&mut rng);
+    // Mostly a power loss; sometimes only the process died, and the new one reads what the page
+    // cache still holds (after a failed fsync: writes that never reached the disk).
+    let process_only = rng.chance(3);
+    let mut image = if process_only {
+        disk.restart_process();
+        disk.clone()
+    } else {
+        disk.crash(&mut rng)
+    };
     let mut crashed_in_recovery = false;
     if rng.chance(2) {
-        // A second power loss while recovery runs (cutting a torn tail, removing a segment).
-        image.crash_at(1 + rng.below(6));
+        // A power loss while recovery runs (cutting a torn tail, removing a segment).
+        image.crash_after(1 + rng.below(6));
         let _ = SegmentedLog::open_on(std::sync::Arc::new(image.clone()), Path::new(DIR), plan.options.clone());
         crashed_in_recovery = image.has_crashed();
         image.kill();
         image = image.crash(&mut rng);
     }
-    if let Err(problem) = check_recovery(image, &plan, &model, &acked) {
+    if let Err(problem) = check_recovery(image, &plan, &model, &acked, &mut rng) {
         let trace = disk.trace();
         panic!(
-            "seed {seed}, crash at call {crash_at:?} of {} (crashed again in recovery: {crashed_in_recovery}), \
-             fsync failure at {:?}: {problem}\nplan: {:?}\nlast calls:\n  {}",
+            "seed {seed}, crash at call {crash_at:?} of {} (process only: {process_only}, crashed again in \
+             recovery: {crashed_in_recovery}), fsync failure at {:?}: {problem}\nplan: {:?}\nlast calls:\n  {}",
             trace.len(),
             plan.fail_sync_at,
             plan.steps,

@@ -10,8 +10,9 @@
 //! - `create_new`, `remove`, `rename`: visible at once; durable only after `sync_dir` of the
 //!   directory holding them.
 //! - A crash keeps the durable state plus, per file, some prefix of the writes made since its last
-//!   `sync` (the last one possibly cut short, the file possibly extended by zeros or garbage), and
-//!   some prefix of the directory changes made since the last `sync_dir`.
+//!   `sync` (the last one possibly cut short: bytes it did not write keep their old content, new
+//!   space past the old end may be missing, zeros or garbage), and some prefix of the directory
+//!   changes made since the last `sync_dir`.
 
 use std::fs::{File, OpenOptions};
 use std::io;

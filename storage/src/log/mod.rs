@@ -32,7 +32,7 @@ use file_system::{LogFileSystem, RealFileSystem};
 use group_commit::{FlushQueue, FlushTicket, Flusher};
 use segment::{Cover, OpenError, Segment, SegmentFile};
 
-use crate::limits::{RECORD_BYTES_MAX, SEGMENT_BYTES_DEFAULT, SEGMENT_ENTRIES_MAX};
+use crate::limits::{RECORD_BYTES_MAX, SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_LIMIT, SEGMENT_ENTRIES_MAX};
 use crate::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
@@ -94,9 +94,9 @@ impl Default for LogOptions {
 
 impl LogOptions {
     pub fn validate(&self) -> Result<(), LogError> {
-        if self.segment_bytes_max < 4096 {
+        if !(4096..=SEGMENT_BYTES_LIMIT).contains(&self.segment_bytes_max) {
             return Err(LogError::InvalidOptions(format!(
-                "segment_bytes_max {} is below 4096",
+                "segment_bytes_max {} must be in 4096..={SEGMENT_BYTES_LIMIT}",
                 self.segment_bytes_max
             )));
         }
@@ -147,10 +147,30 @@ impl Failure {
 }
 
 /// The flusher thread's side: fsyncs, acknowledges, then raises the durable marks.
+///
+/// The marks of a batch are written (one header slot per file) at the start of the next flush,
+/// whose fsync then covers them, or by [`Flusher::idle`] when no append follows: never one fsync
+/// per acknowledgement.
 struct FileFlusher {
     failure: Failure,
-    /// Files whose header slot was written since their last sync.
-    marked: Vec<SyncTarget>,
+    /// The highest cover acknowledged per file since its mark was last written.
+    pending_marks: Vec<(SyncTarget, Cover)>,
+}
+
+impl FileFlusher {
+    /// Writes the pending marks into their files' header slots; returns the files written, which
+    /// the caller fsyncs.
+    fn write_pending_marks(&mut self) -> Vec<SyncTarget> {
+        let mut written = Vec::new();
+        for (target, cover) in std::mem::take(&mut self.pending_marks) {
+            match target.0.raise_mark(cover) {
+                Ok(true) => written.push(target),
+                Ok(false) => {}
+                Err(e) => self.failure.set(e.to_string()),
+            }
+        }
+        written
+    }
 }
 
 impl Flusher<SyncTarget, Durable> for FileFlusher {
@@ -160,7 +180,10 @@ impl Flusher<SyncTarget, Durable> for FileFlusher {
             // kernel may have dropped the pages whose writeback failed.
             return Err(std::io::Error::other(LogError::Failed(reason)));
         }
-        for target in targets {
+        // The marks of the previous batch (records already durable) ride along with this fsync.
+        let mut files = self.write_pending_marks();
+        files.retain(|f| !targets.contains(f));
+        for target in targets.iter().chain(&files) {
             // A failed sync records the failure itself, under the file's fsync lock.
             target.0.sync().map_err(std::io::Error::other)?;
         }
@@ -170,13 +193,15 @@ impl Flusher<SyncTarget, Durable> for FileFlusher {
     fn complete(&mut self, target: &SyncTarget, done: Durable, result: &std::io::Result<()>) {
         match result {
             Ok(()) => {
-                // Acknowledge first: the mark is a safety net written after the fact, never a
-                // cost on the acknowledgement path.
                 (done.on_durable)(Ok(()));
-                match target.0.raise_mark(done.cover) {
-                    Ok(true) if !self.marked.contains(target) => self.marked.push(target.clone()),
-                    Ok(_) => {}
-                    Err(e) => self.failure.set(e.to_string()),
+                let cover = done.cover;
+                match self.pending_marks.iter_mut().find(|(t, _)| t == target) {
+                    Some((_, pending)) => {
+                        if (cover.generation, cover.mark.count) > (pending.generation, pending.mark.count) {
+                            *pending = cover;
+                        }
+                    }
+                    None => self.pending_marks.push((target.clone(), cover)),
                 }
             }
             Err(e) => (done.on_durable)(Err(std::io::Error::new(e.kind(), e.to_string()))),
@@ -184,20 +209,18 @@ impl Flusher<SyncTarget, Durable> for FileFlusher {
     }
 
     fn has_idle_work(&self) -> bool {
-        !self.marked.is_empty()
+        !self.pending_marks.is_empty()
     }
 
-    /// With no append for a moment, the marks written since the last fsync are made durable now
-    /// (under load they ride along with the next append's fsync of the same file).
+    /// With no append for a moment, the pending marks are written and made durable now.
     fn idle(&mut self) {
-        for target in std::mem::take(&mut self.marked) {
-            if self.failure.get().is_some() {
-                return;
-            }
-            if target.0.mark_unsynced() {
-                // A failure is recorded by the sync itself; there is no one to answer here.
-                let _ = target.0.sync();
-            }
+        if self.failure.get().is_some() {
+            self.pending_marks.clear();
+            return;
+        }
+        for target in self.write_pending_marks() {
+            // A failure is recorded by the sync itself; there is no one to answer here.
+            let _ = target.0.sync();
         }
     }
 }
@@ -241,44 +264,69 @@ impl SegmentedLog {
         let dir = dir.to_path_buf();
         fs.create_dir_all(&dir)
             .map_err(|e| LogError::io("create log dir", &dir, e))?;
+        // A process that died before its last directory fsync (a crash, not a power loss) left
+        // entries this one sees and builds on: a renamed meta file, removed segments. They are
+        // made durable first, or a later power loss could bring back what this one builds past.
+        fs.sync_dir(&dir).map_err(|e| LogError::io("sync dir", &dir, e))?;
         let meta = read_meta(fs.as_ref(), &dir)?;
 
         let mut firsts = Vec::new();
         for name in fs.list(&dir).map_err(|e| LogError::io("list log dir", &dir, e))? {
-            if let Some(first) = segment::parse_segment_name(&name) {
-                firsts.push(first);
+            match segment::parse_segment_name(&name) {
+                Some(Ok(first)) => firsts.push(first),
+                Some(Err(())) => {
+                    return Err(LogError::Corrupt {
+                        path: dir.join(&name),
+                        offset: 0,
+                        reason: "named like a segment, but the name is not an index".into(),
+                    })
+                }
+                None => {}
             }
         }
         firsts.sort_unstable();
 
         let failure = Failure::default();
-        let mut segments: Vec<Segment> = Vec::new();
-        let last_position = firsts.len().saturating_sub(1);
-        for (position, first) in firsts.into_iter().enumerate() {
-            let is_last = position == last_position;
+        let mut found = Vec::new();
+        for first in firsts {
             let path = segment::segment_path(&dir, first);
-            let (mut seg, mark, outcome) = match Segment::open(
-                fs.as_ref(),
-                &dir,
-                first,
-                options.segment_entries_max,
-                &failure,
-            ) {
-                Ok(opened) => opened,
+            match Segment::open(fs.as_ref(), &dir, first, options.segment_entries_max, &failure) {
+                Ok(opened) => found.push((path, Ok(opened))),
+                Err(OpenError::Unborn(reason)) => found.push((path, Err(reason))),
                 Err(OpenError::Log(e)) => return Err(e),
-                Err(OpenError::Unborn(reason)) if is_last => {
-                    tracing::warn!(path = %path.display(), %reason, "removing a segment whose creation a crash interrupted");
-                    fs.remove(&path).map_err(|e| LogError::io("remove segment", &path, e))?;
-                    continue;
-                }
-                Err(OpenError::Unborn(reason)) => {
-                    return Err(LogError::Corrupt {
-                        path,
-                        offset: 0,
-                        reason: format!("no valid header ({reason}) in a segment that later segments follow"),
-                    })
-                }
+            }
+        }
+        // Trailing segments that hold no record (a roll a crash interrupted, or one whose only
+        // records were a torn append) go first, durably: the last segment is then the one that
+        // holds the last records, and no removed file can come back after a later crash.
+        let mut removed = false;
+        while let Some((path, last)) = found.last() {
+            let holds_nothing = match last {
+                Err(_) => true,
+                Ok((_, mark, outcome)) => outcome.offsets.is_empty() && mark.count == 0 && !outcome.next_record_intact,
             };
+            if !holds_nothing {
+                break;
+            }
+            tracing::warn!(path = %path.display(), "removing a last segment that holds no record (a crash interrupted it)");
+            fs.remove(path).map_err(|e| LogError::io("remove segment", path, e))?;
+            found.pop();
+            removed = true;
+        }
+        if removed {
+            fs.sync_dir(&dir).map_err(|e| LogError::io("sync dir", &dir, e))?;
+        }
+
+        let mut segments: Vec<Segment> = Vec::new();
+        let last_position = found.len().saturating_sub(1);
+        for (position, (path, opened)) in found.into_iter().enumerate() {
+            let is_last = position == last_position;
+            let (mut seg, mark, outcome) = opened.map_err(|reason| LogError::Corrupt {
+                path: path.clone(),
+                offset: 0,
+                reason: format!("no valid header ({reason}) in a segment that later segments follow"),
+            })?;
+            let first = seg.first_index;
             if let Some(prev) = segments.last() {
                 let expected = prev.first_index + prev.count;
                 if first != expected {
@@ -325,17 +373,26 @@ impl SegmentedLog {
                 seg.drop_invalid_tail()?;
             }
             if seg.count == 0 {
-                seg.remove_file(fs.as_ref())?;
-            } else {
-                segments.push(seg);
+                return Err(LogError::Corrupt {
+                    path,
+                    offset: format::SEGMENT_HEADER_AREA_BYTES,
+                    reason: "a segment without records that later segments follow".into(),
+                });
             }
+            if is_last && outcome.valid_end > mark.end {
+                // Records above the mark were read back, but perhaps from the page cache only
+                // (a restart after a failed fsync): written again and fsynced, they are on disk
+                // before anything builds on them, and the mark then covers them.
+                seg.make_unmarked_tail_durable(mark)?;
+            }
+            segments.push(seg);
         }
 
         let flush_queue = FlushQueue::<SyncTarget, Durable>::new();
         let flusher_queue = flush_queue.clone();
         let mut file_flusher = FileFlusher {
             failure: failure.clone(),
-            marked: Vec::new(),
+            pending_marks: Vec::new(),
         };
         let flusher = std::thread::Builder::new()
             .name("basalt-log-flush".into())
@@ -449,10 +506,12 @@ impl SegmentedLog {
                 };
                 if needs_roll {
                     self.flush_pending(&mut buf, &mut frame_offsets)?;
-                    // The segment being sealed is made durable before its successor exists: a
-                    // crash may then only ever tear the last segment, never leave a hole.
+                    // The segment being sealed is made durable, and its mark raised over all of
+                    // it, before its successor exists: a crash may then only ever tear the last
+                    // segment, never leave a hole, and a sealed segment that becomes the last
+                    // again (after a truncation) has every record under its mark.
                     if let Some(sealed) = self.segments.last() {
-                        sealed.file.sync()?;
+                        sealed.seal()?;
                     }
                     let seg = Segment::create(
                         self.fs.as_ref(),

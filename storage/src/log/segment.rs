@@ -14,7 +14,7 @@ use memmap2::MmapMut;
 use super::file_system::{LogFile, LogFileSystem};
 use super::format::{self, FrameError, HeaderError, SegmentHeader, HEADER_BYTES, SEGMENT_HEADER_AREA_BYTES};
 use super::{Failure, LogError};
-use crate::limits::RECORD_BYTES_MAX;
+use crate::limits::{RECORD_BYTES_MAX, SEGMENT_FILE_BYTES_MAX};
 
 /// The records of a segment known to be durable: `count` records from the first, ending at `end`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,12 +97,6 @@ impl SegmentFile {
         Ok(())
     }
 
-    /// Whether a header slot was written that no completed sync covers yet.
-    pub fn mark_unsynced(&self) -> bool {
-        let state = self.state();
-        state.synced_slot_writes < state.slot_writes
-    }
-
     pub fn generation(&self) -> u64 {
         self.state().generation
     }
@@ -140,6 +134,19 @@ impl SegmentFile {
         }
         self.write_mark(&mut state, cover.mark)?;
         Ok(true)
+    }
+
+    /// Raises the mark to `mark` durably, over records already fsynced: slot write, fsync.
+    fn raise_mark_durably(&self, mark: DurableMark) -> Result<(), LogError> {
+        let mut state = self.state();
+        if mark.count <= state.mark.count {
+            return Ok(());
+        }
+        self.write_mark(&mut state, mark)?;
+        let writes = state.slot_writes;
+        self.fsync("sync header")?;
+        state.synced_slot_writes = writes;
+        Ok(())
     }
 
     /// Lowers the mark to at most `mark`, durably, and invalidates covers computed before. Called
@@ -201,12 +208,14 @@ pub(crate) fn segment_path(dir: &Path, first_index: u64) -> PathBuf {
     dir.join(format!("{first_index:020}.log"))
 }
 
-pub(crate) fn parse_segment_name(name: &str) -> Option<u64> {
+/// The first index a segment file name gives: `None` if the name is not a segment's (twenty
+/// ASCII digits and `.log`), `Some(Err)` if it looks like one but the number is out of range.
+pub(crate) fn parse_segment_name(name: &str) -> Option<Result<u64, ()>> {
     let stem = name.strip_suffix(".log")?;
-    if stem.len() != 20 {
+    if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    stem.parse().ok()
+    Some(stem.parse().map_err(|_| ()))
 }
 
 /// Scans frames of `bytes` (the file from `base` on), expecting consecutive indexes from
@@ -335,6 +344,13 @@ impl Segment {
         };
         let file = fs.open(&path).map_err(|e| LogError::io("open segment", &path, e))?;
         let file_len = file.byte_len().map_err(|e| LogError::io("stat segment", &path, e))?;
+        if file_len > SEGMENT_FILE_BYTES_MAX {
+            return Err(corrupt(
+                0,
+                format!("{file_len} bytes, more than any segment holds ({SEGMENT_FILE_BYTES_MAX})"),
+            )
+            .into());
+        }
         let read_len = usize::try_from(file_len).map_err(|_| corrupt(0, format!("{file_len} bytes")))?;
         let mut bytes = vec![0u8; read_len];
         file.read_exact_at(&mut bytes, 0)
@@ -342,6 +358,16 @@ impl Segment {
         let header_area = &bytes[..read_len.min(SEGMENT_HEADER_AREA_BYTES as usize)];
         let header = match format::newest_header(header_area) {
             Ok(header) => header,
+            // Frames from offset 0, starting with the file's index: format 1, never a header
+            // write a crash cut short. Refused, never removed as if it held nothing.
+            Err(_) if matches!(format::decode(&bytes), Ok(f) if f.index == first_index) => {
+                return Err(corrupt(
+                    0,
+                    "a segment of format version 1 (frames from offset 0, no header); this build reads version 2"
+                        .into(),
+                )
+                .into())
+            }
             Err(e) if file_len <= SEGMENT_HEADER_AREA_BYTES => return Err(OpenError::Unborn(e)),
             Err(e) => return Err(corrupt(0, format!("no valid header slot: {e}")).into()),
         };
@@ -357,17 +383,9 @@ impl Segment {
         }
         let frames = bytes.get(SEGMENT_HEADER_AREA_BYTES as usize..).unwrap_or(&[]);
         let outcome = scan(frames, SEGMENT_HEADER_AREA_BYTES, first_index);
-        if outcome.offsets.len() as u64 > entries_max {
-            return Err(corrupt(
-                0,
-                format!(
-                    "{} entries exceed the segment limit {entries_max}",
-                    outcome.offsets.len()
-                ),
-            )
-            .into());
-        }
-        let mut index = anonymous_index(entries_max, &path)?;
+        // A segment written with a larger entry limit keeps its entries (and rolls at once).
+        let capacity = entries_max.max(outcome.offsets.len() as u64);
+        let mut index = anonymous_index(capacity, &path)?;
         for (i, offset) in outcome.offsets.iter().enumerate() {
             index[i * 8..i * 8 + 8].copy_from_slice(&offset.to_le_bytes());
         }
@@ -387,7 +405,10 @@ impl Segment {
                     mark,
                     generation: 0,
                     seq: header.seq,
-                    slot_writes: 0,
+                    // The slot in force may so far be in the page cache only (a process crash,
+                    // not a power loss): it counts as unsynced, so the other slot is not
+                    // overwritten before it is fsynced.
+                    slot_writes: 1,
                     synced_slot_writes: 0,
                 }),
                 fsync_serial: Mutex::new(()),
@@ -431,6 +452,36 @@ impl Segment {
                 end: self.bytes,
             },
         }
+    }
+
+    /// Makes the whole segment durable and raises its mark over all of it, before the log rolls
+    /// past it.
+    pub fn seal(&self) -> Result<(), LogError> {
+        self.file.sync()?;
+        self.file.raise_mark_durably(DurableMark {
+            count: self.count,
+            end: self.bytes,
+        })
+    }
+
+    /// Writes the records above `mark` again and fsyncs them, then raises the mark over them.
+    /// At open, what a read returns may come from the page cache only: after a failed fsync the
+    /// kernel keeps the pages it could not write as clean, so no later fsync writes them. Written
+    /// again, they are dirty, and the fsync puts them on disk.
+    pub fn make_unmarked_tail_durable(&self, mark: DurableMark) -> Result<(), LogError> {
+        if self.bytes <= mark.end {
+            return Ok(());
+        }
+        let mut tail = vec![0u8; (self.bytes - mark.end) as usize];
+        self.file
+            .file
+            .read_exact_at(&mut tail, mark.end)
+            .map_err(|e| LogError::io("read", self.path(), e))?;
+        self.file
+            .file
+            .write_all_at(&tail, mark.end)
+            .map_err(|e| LogError::io("rewrite", self.path(), e))?;
+        self.seal()
     }
 
     /// Writes pre-encoded frames (whose offsets relative to the buffer start are `frame_offsets`).
@@ -588,9 +639,11 @@ mod tests {
     fn segment_names_round_trip() {
         let path = segment_path(Path::new("/x"), 42);
         let name = path.file_name().and_then(|n| n.to_str()).expect("utf8");
-        assert_eq!(parse_segment_name(name), Some(42));
+        assert_eq!(parse_segment_name(name), Some(Ok(42)));
         assert_eq!(parse_segment_name("42.log"), None);
         assert_eq!(parse_segment_name("00000000000000000042.idx"), None);
+        assert_eq!(parse_segment_name("+0000000000000000042.log"), None);
+        assert_eq!(parse_segment_name("99999999999999999999.log"), Some(Err(())));
     }
 
     #[test]

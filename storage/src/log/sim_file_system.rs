@@ -3,9 +3,11 @@
 //! Every file keeps the bytes the process sees apart from the bytes that are durable, and the
 //! directory keeps its entries apart from its durable entries. [`SimFileSystem::crash`] builds the
 //! disk a power loss could leave, following the contract in `file_system.rs`: the durable state,
-//! plus per file a prefix of the writes since its last sync (the last one possibly cut short, the
-//! rest of it zeros or garbage), plus a prefix of the directory changes since the last directory
-//! sync. The process "dies" at a chosen mutating call: that call and every later one fail.
+//! plus per file a prefix of the writes since its last sync (the last one possibly cut short: the
+//! bytes it did not write keep their old content, and new space past the old end is missing,
+//! zeros or garbage), plus a prefix of the directory changes since the last directory sync. The
+//! process "dies" at a chosen mutating call: that call and every later one fail;
+//! [`SimFileSystem::restart_process`] then models a process restart without a power loss.
 //!
 //! It can also fail one fsync the way Linux does (the "fsyncgate" behaviour): the call answers
 //! `EIO`, the unsynced writes stay visible to reads but will never reach the disk, and later
@@ -126,6 +128,23 @@ fn apply_dir(names: &mut BTreeMap<PathBuf, usize>, op: &DirOp) {
     }
 }
 
+/// `ranges` (offset, length) without the bytes `offset .. offset + len`.
+fn subtract(ranges: &[(u64, usize)], offset: u64, len: usize) -> Vec<(u64, usize)> {
+    let (cut_start, cut_end) = (offset, offset + len as u64);
+    let mut out = Vec::new();
+    for &(start, length) in ranges {
+        let end = start + length as u64;
+        if start < cut_start {
+            out.push((start, (end.min(cut_start) - start) as usize));
+        }
+        if end > cut_end {
+            let from = start.max(cut_end);
+            out.push((from, (end - from) as usize));
+        }
+    }
+    out
+}
+
 fn crashed_error() -> io::Error {
     io::Error::other("simulated crash: the process is gone")
 }
@@ -177,10 +196,20 @@ impl SimFileSystem {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The process dies at the `at`-th mutating call from now on (1-based, counted from the
-    /// disk's creation).
-    pub fn crash_at(&self, at: u64) {
-        self.state().crash_at = Some(at);
+    /// The process dies at the `n`-th mutating call from now (1-based).
+    pub fn crash_after(&self, n: u64) {
+        let mut state = self.state();
+        state.crash_at = Some(state.mutations + n);
+    }
+
+    /// The process died but the machine did not: a new process sees every file as the old one
+    /// left it, through the same page cache (including the writes a failed fsync lost, which
+    /// read back but are not on the disk). Nothing more is durable than before.
+    pub fn restart_process(&self) {
+        let mut state = self.state();
+        state.crashed = false;
+        state.crash_at = None;
+        state.fail_sync_at = None;
     }
 
     /// Makes the `nth` file sync from the disk's creation fail (1-based).
@@ -233,18 +262,25 @@ impl SimFileSystem {
                 for op in &node.pending[..kept] {
                     apply(&mut bytes, op);
                 }
-                // The next change may have been cut short; what it did not write may read back
-                // as zeros (the size got out first) or as garbage.
+                // The next change may have been cut short. Of what it did not write, bytes that
+                // existed keep their old content (a sector holds its old or its new bytes); new
+                // space past the old end may be missing, or read back as zeros (the size got out
+                // first) or as garbage.
                 if let Some(FileOp::Write { offset, bytes: written }) = node.pending.get(kept) {
                     if rng.chance(2) {
                         let cut = rng.below(written.len() as u64 + 1) as usize;
-                        let mut torn = written[..cut].to_vec();
-                        match rng.below(3) {
-                            0 => {}
-                            1 => torn.resize(written.len(), 0),
-                            _ => torn.extend((cut..written.len()).map(|_| rng.next_u64() as u8)),
+                        let old_len = bytes.len();
+                        apply_write(&mut bytes, *offset, &written[..cut]);
+                        let unwritten_start = (*offset as usize + cut).max(old_len);
+                        let end = *offset as usize + written.len();
+                        if unwritten_start < end {
+                            let fill: Vec<u8> = match rng.below(3) {
+                                0 => Vec::new(),
+                                1 => vec![0; end - unwritten_start],
+                                _ => (unwritten_start..end).map(|_| rng.next_u64() as u8).collect(),
+                            };
+                            apply_write(&mut bytes, unwritten_start as u64, &fill);
                         }
-                        apply_write(&mut bytes, *offset, &torn);
                     }
                 }
                 inodes.push(Inode {
@@ -366,6 +402,10 @@ impl SimFile {
         let mut state = self.state();
         let dies = state.mutation(|| what)?;
         let inode = &mut state.inodes[self.inode];
+        if let FileOp::Write { offset, bytes } = &op {
+            // Written again, lost pages are dirty again: the next sync writes them.
+            inode.lost = subtract(&inode.lost, *offset, bytes.len());
+        }
         apply(&mut inode.data, &op);
         inode.pending.push(op);
         if dies {

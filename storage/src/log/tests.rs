@@ -315,3 +315,60 @@ proptest! {
         }
     }
 }
+
+/// A format-1 segment small enough to fit in the header area is refused too, never removed as a
+/// creation a crash interrupted (that would drop acknowledged records on an upgrade).
+#[test]
+fn a_small_segment_without_a_header_is_refused_not_removed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut frames = Vec::new();
+    for i in 7..=9u64 {
+        format::encode(i, &payload(i, 20), &mut frames);
+    }
+    let seg = dir.path().join(format!("{:020}.log", 7));
+    fs::write(&seg, &frames).expect("write");
+    let reason = expect_corrupt_at(dir.path(), LogOptions::default(), &seg, 0);
+    assert!(reason.contains("format version 1"), "{reason}");
+    assert!(seg.exists(), "the file is left for the operator");
+}
+
+/// A file named like a segment but larger than any segment is refused by name, without reading
+/// it into memory.
+#[test]
+fn an_oversized_segment_file_is_refused_without_reading_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let seg = dir.path().join(format!("{:020}.log", 1));
+    let file = fs::File::create(&seg).expect("create");
+    file.set_len(crate::limits::SEGMENT_FILE_BYTES_MAX + 1)
+        .expect("sparse length");
+    let reason = expect_corrupt_at(dir.path(), LogOptions::default(), &seg, 0);
+    assert!(reason.contains("more than any segment"), "{reason}");
+}
+
+/// A last record acknowledged in a segment that was sealed (the log rolled past it) is under
+/// that segment's mark, so a flip in it is caught even after a truncation makes the segment the
+/// last one again.
+#[test]
+fn a_sealed_segment_has_all_its_records_under_its_mark() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let records: Vec<_> = (1..=12).map(|i| (i, payload(i, 10))).collect();
+    {
+        let mut log = SegmentedLog::open(dir.path(), small_options()).expect("open");
+        // One batch crossing the roll: its records in the first segment are acknowledged through
+        // the second segment's ticket.
+        append_durably(&mut log, &records);
+        log.truncate_after(Some(8)).expect("back into the first segment");
+    }
+    let first = dir.path().join(format!("{:020}.log", 1));
+    let mut bytes = fs::read(&first).expect("read");
+    let n = bytes.len();
+    bytes[n - 2] ^= 0x04;
+    fs::write(&first, &bytes).expect("write");
+    let reason = expect_corrupt_at(
+        dir.path(),
+        small_options(),
+        &first,
+        (n - format::HEADER_BYTES - 10) as u64,
+    );
+    assert!(reason.contains("durable mark"), "{reason}");
+}
