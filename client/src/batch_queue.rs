@@ -3,7 +3,8 @@
 //! log entry).
 //!
 //! Items wait while a bounded number of senders is busy; each sender takes everything queued,
-//! in order and within limits, as its next batch. Two items that write one key never share a
+//! in order and within limits, as its next batch. A [`QueueBudget`] bounds the bytes waiting or
+//! on their way: a caller over it waits for room (backpressure) instead of growing the queue. Two items that write one key never share a
 //! batch (their writes would share a revision): the later one waits for the next batch, behind
 //! the earlier, so writes of a key keep their order.
 
@@ -25,6 +26,52 @@ pub trait Batchable {
 pub struct BatchLimits {
     pub writes_max: usize,
     pub bytes_max: usize,
+}
+
+/// Bytes a queued item counts for beyond its keys and values (its reply channel, its key copy).
+pub const ITEM_OVERHEAD_BYTES: usize = 256;
+
+/// A bound on the bytes of the items waiting in a [`BatchQueue`] or in a batch on its way. Each
+/// caller holds a [`QueuePermit`] for its item until its answer is back; a caller finding no
+/// room waits for it. An item larger than the whole budget is admitted once nothing else holds
+/// any of it.
+///
+/// Cancel safety: dropping [`QueueBudget::admit`]'s future while it waits takes nothing.
+pub struct QueueBudget {
+    room: tokio::sync::Semaphore,
+    bytes_max: usize,
+}
+
+/// Room in a [`QueueBudget`], given back when dropped.
+pub struct QueuePermit<'a> {
+    _permit: tokio::sync::SemaphorePermit<'a>,
+}
+
+impl QueueBudget {
+    /// A budget of `bytes_max` bytes (at most `u32::MAX`).
+    pub fn new(bytes_max: usize) -> QueueBudget {
+        let bytes_max = bytes_max.min(u32::MAX as usize);
+        QueueBudget {
+            room: tokio::sync::Semaphore::new(bytes_max),
+            bytes_max,
+        }
+    }
+
+    /// Waits for room for an item of `bytes`, and holds it until the permit is dropped.
+    pub async fn admit(&self, bytes: usize) -> QueuePermit<'_> {
+        let cost = bytes.saturating_add(ITEM_OVERHEAD_BYTES).min(self.bytes_max).max(1);
+        let permit = self
+            .room
+            .acquire_many(u32::try_from(cost).expect("cost capped at bytes_max, at most u32::MAX"))
+            .await
+            .expect("the budget's semaphore is never closed");
+        QueuePermit { _permit: permit }
+    }
+
+    /// Bytes free now.
+    pub fn available(&self) -> usize {
+        self.room.available_permits()
+    }
 }
 
 /// The queue of items waiting for a batch, and how many senders are draining it.
@@ -101,6 +148,28 @@ impl<T: Batchable> BatchQueue<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_full_budget_makes_callers_wait_until_room_is_given_back() {
+        let budget = QueueBudget::new(1000);
+        let a = budget.admit(400 - ITEM_OVERHEAD_BYTES).await;
+        let b = budget.admit(400 - ITEM_OVERHEAD_BYTES).await;
+        assert_eq!(budget.available(), 200);
+        let waiting = tokio::time::timeout(std::time::Duration::from_millis(50), budget.admit(300)).await;
+        assert!(waiting.is_err(), "no room: the third caller waits");
+        drop(a);
+        let c = tokio::time::timeout(std::time::Duration::from_secs(5), budget.admit(300))
+            .await
+            .expect("room given back");
+        drop((b, c));
+        // One item larger than the whole budget still goes, alone.
+        let huge = tokio::time::timeout(std::time::Duration::from_secs(5), budget.admit(5000))
+            .await
+            .expect("admitted alone");
+        assert_eq!(budget.available(), 0);
+        drop(huge);
+        assert_eq!(budget.available(), 1000);
+    }
 
     /// An item writing `keys`, `bytes` bytes each.
     struct Item {

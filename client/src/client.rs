@@ -75,6 +75,7 @@ struct Inner {
     place: Option<Arc<RegionPlace>>,
     /// KV writes waiting to leave in a batch.
     coalescer: crate::coalesce::Coalescer,
+    coalesce_budget: crate::batch_queue::QueueBudget,
 }
 
 /// Every region of a multi-region deployment by name, with the addresses of its nodes.
@@ -192,6 +193,7 @@ impl Client {
                 options,
                 place,
                 coalescer: Default::default(),
+                coalesce_budget: crate::batch_queue::QueueBudget::new(crate::coalesce::QUEUED_BYTES_MAX),
             }),
             fence: None,
         })
@@ -374,6 +376,10 @@ impl Client {
     /// Whether this handle's KV writes are coalesced into batches.
     pub(crate) fn coalesces_writes(&self) -> bool {
         self.inner.options.coalesce_writes && self.fence.is_none()
+    }
+
+    pub(crate) fn coalesce_budget(&self) -> &crate::batch_queue::QueueBudget {
+        &self.inner.coalesce_budget
     }
 
     pub(crate) fn coalescer(&self) -> &crate::coalesce::Coalescer {

@@ -22,6 +22,10 @@ const LIMITS: BatchLimits = BatchLimits {
     bytes_max: 1024 * 1024,
 };
 
+/// Most bytes of writes one client holds queued or on their way in coalesced batches; a write
+/// over it waits for room.
+pub(crate) const QUEUED_BYTES_MAX: usize = 64 * 1024 * 1024;
+
 type Reply = oneshot::Sender<Result<pb::KvWriteResult, ClientError>>;
 
 pub(crate) struct Pending {
@@ -52,10 +56,13 @@ pub(crate) async fn submit(
     key: &[u8],
     write: pb::KvWriteOp,
 ) -> Result<pb::KvWriteResult, ClientError> {
+    let bytes = write_bytes(&write);
+    // Held until the answer is back: the queue and the batches on their way stay bounded.
+    let _room = client.coalesce_budget().admit(bytes).await;
     let (reply, answer) = oneshot::channel();
     let pending = Pending {
         key: key.to_vec(),
-        bytes: write_bytes(&write),
+        bytes,
         write,
         reply,
     };

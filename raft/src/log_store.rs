@@ -18,6 +18,16 @@ use openraft::OptionalSend;
 use crate::{decode, encode, Entry, LogId, TypeConfig, Vote};
 
 const VOTE_KEY: &str = "vote";
+/// Most entries one replication message carries.
+const APPEND_ENTRIES_MAX: u64 = 4096;
+/// Most bytes of log records one replication message carries (one record alone may be larger).
+pub const APPEND_BYTES_BUDGET: u64 = 32 * 1024 * 1024;
+// A message of a full budget plus one more record, or of the largest record alone, fits the
+// Raft message cap with room for the message's own fields.
+const _: () = assert!(
+    APPEND_BYTES_BUDGET + basalt_storage::limits::RECORD_BYTES_MAX as u64 + (1 << 20)
+        <= crate::network::RAFT_MESSAGE_BYTES_MAX as u64
+);
 const PURGED_KEY: &str = "purged_log_id";
 
 #[derive(Clone)]
@@ -76,8 +86,12 @@ impl RaftLogReader<TypeConfig> for LogStore {
     }
 
     async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry>, io::Error> {
-        // Bound one replication message: at most 4096 entries.
-        self.read(start, end.min(start.saturating_add(4096)))
+        // Bound one replication message, by count and by bytes: entries of a few MiB each (large
+        // values, merged batches) would otherwise pass the message cap, and the same range
+        // would be sent again forever.
+        let end = end.min(start.saturating_add(APPEND_ENTRIES_MAX));
+        let end = self.lock().end_within_bytes(start, end, APPEND_BYTES_BUDGET);
+        self.read(start, end)
     }
 }
 
@@ -135,5 +149,54 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         log.save_meta(PURGED_KEY, &encode(&log_id))?;
         log.purge_upto(log_id.index())?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use basalt_storage::command::{Command, Op};
+    use basalt_storage::hlc::HlcStamp;
+    use openraft::testing::log_id;
+    use openraft::EntryPayload;
+
+    use super::*;
+
+    fn big_entry(index: u64, value_bytes: usize) -> Entry {
+        Entry {
+            log_id: log_id::<TypeConfig>(1, 1, index),
+            payload: EntryPayload::Normal(Command {
+                stamp: HlcStamp::default(),
+                session: None,
+                fence: None,
+                op: Op::KvPut {
+                    key: index.to_be_bytes().to_vec(),
+                    value: vec![7; value_bytes],
+                    ttl_ms: None,
+                    expect: None,
+                },
+            }),
+        }
+    }
+
+    /// Ten entries of 8 MiB would make an 80 MiB message, over the 64 MiB cap: replication gets
+    /// them a few at a time.
+    #[tokio::test]
+    async fn replication_reads_are_bounded_by_bytes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = LogStore::open(dir.path(), LogOptions::default()).expect("open");
+        let entries: Vec<Entry> = (1..=10).map(|i| big_entry(i, 8 << 20)).collect();
+        let encoded: Vec<(u64, Vec<u8>)> = entries.iter().map(|e| (e.index(), encode(e))).collect();
+        store
+            .lock()
+            .append(encoded.iter().map(|(i, p)| (*i, p.as_slice())), None)
+            .expect("append");
+        let first = store.limited_get_log_entries(1, 11).await.expect("read");
+        let bytes: usize = first.iter().map(|e| encode(e).len()).sum();
+        assert_eq!(first.len(), 3, "32 MiB of 8 MiB entries: three, not ten");
+        assert!(bytes as u64 <= APPEND_BYTES_BUDGET);
+        assert_eq!(store.limited_get_log_entries(4, 11).await.expect("read")[0].index(), 4);
+        // Small entries: bounded by count.
+        let small = store.limited_get_log_entries(10, 11).await.expect("read");
+        assert_eq!(small.len(), 1);
     }
 }

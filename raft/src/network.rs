@@ -460,9 +460,19 @@ impl RaftService for RaftGrpcService {
             .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
         check_sender_clock(&self.clock, first.sender_wall_ms, "snapshot", PeerCheck::Both)?;
         let (vote, meta): (Vote, SnapshotMeta) = decode(&first.header).map_err(bad_request)?;
-        let path = self.incoming_dir.join(format!("incoming-{}.part", rand_suffix()));
+        let path = self
+            .incoming_dir
+            .join(format!("{INCOMING_PREFIX}{}{INCOMING_SUFFIX}", rand_suffix()));
         let io_err = |e: std::io::Error| Status::internal(format!("writing snapshot: {e}"));
-        let mut file = tokio::fs::File::create(&path).await.map_err(io_err)?;
+        let mut file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .await
+            .map_err(io_err)?;
+        // Removed on every way out: an error mid-stream, a refusal, a failed install. (An
+        // installed pack was renamed away first; a crash leaves it to the sweep at startup.)
+        let _incoming = RemoveOnDrop(path.clone());
         let mut received = 0u64;
         while let Some(chunk) = chunks.next().await {
             let chunk = chunk?;
@@ -481,7 +491,6 @@ impl RaftService for RaftGrpcService {
         let meta = match verified {
             Ok(meta) => meta,
             Err(reason) => {
-                let _ = tokio::fs::remove_file(&path).await;
                 tracing::warn!(bytes = received, %reason, "refusing a snapshot that failed verification");
                 return Err(Status::unavailable(format!(
                     "snapshot refused, not installed: {reason}; send it again"
@@ -493,9 +502,25 @@ impl RaftService for RaftGrpcService {
             snapshot: SnapshotPack { path: path.clone() },
         };
         let result = self.raft.install_full_snapshot(vote, snapshot).await;
-        let _ = tokio::fs::remove_file(&path).await; // already renamed when installed
         let reply = result.map_err(raft_failure)?;
         Ok(tonic::Response::new(message(&self.clock, encode(&reply))))
+    }
+}
+
+/// File names of snapshots being received, in the snapshot directory.
+pub const INCOMING_PREFIX: &str = "incoming-";
+pub const INCOMING_SUFFIX: &str = ".part";
+
+/// Removes a file when dropped (if it is still there).
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        match std::fs::remove_file(&self.0) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(path = %self.0.display(), error = %e, "removing an incoming snapshot"),
+        }
     }
 }
 

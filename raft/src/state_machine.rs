@@ -67,6 +67,7 @@ impl StateMachine {
         let store = RocksStore::open(dir.join("state"))?;
         let snapshot_dir = dir.join("snapshots");
         std::fs::create_dir_all(&snapshot_dir)?;
+        remove_incoming_leftovers(&snapshot_dir)?;
         let applier = Applier::load(&store)?;
         clock.observe(applier.last_stamp());
         let (applied, _) = applied_state_of(&store)?;
@@ -111,6 +112,24 @@ impl StateMachine {
     fn remove_other_packs(&self, keep: &Path) -> Result<(), io::Error> {
         remove_packs_older_than(&self.snapshot_dir, keep)
     }
+}
+
+/// Removes snapshots a crash left half received (`incoming-*.part`): a transfer that did not
+/// finish is sent again whole.
+fn remove_incoming_leftovers(dir: &Path) -> Result<(), io::Error> {
+    use crate::network::{INCOMING_PREFIX, INCOMING_SUFFIX};
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let leftover = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(INCOMING_PREFIX) && n.ends_with(INCOMING_SUFFIX));
+        if leftover {
+            tracing::info!(path = %path.display(), "removing a snapshot a crash left half received");
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
 }
 
 /// The snapshot packs in `dir`, by log index, oldest first.
@@ -307,6 +326,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 #[cfg(test)]
 mod pack_tests {
     use super::*;
+
+    #[test]
+    fn half_received_snapshots_are_swept_at_open_and_packs_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let snapshots = dir.path().join("snapshots");
+        std::fs::create_dir_all(&snapshots).expect("dir");
+        let part = snapshots.join("incoming-12345.part");
+        let pack = snapshots.join("00000000000000000100-1-1.snap");
+        std::fs::write(&part, b"half a transfer").expect("part");
+        std::fs::write(&pack, b"a pack").expect("pack");
+        let _sm = StateMachine::open(dir.path(), Arc::new(basalt_storage::hlc::Hlc::new())).expect("open");
+        assert!(!part.exists(), "the half-received snapshot is removed");
+        assert!(pack.exists(), "packs stay");
+    }
 
     #[test]
     fn a_build_finishing_after_a_newer_install_keeps_the_installed_pack() {

@@ -12,7 +12,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use basalt_client::batch_queue::{BatchLimits, BatchQueue, Batchable};
+use basalt_client::batch_queue::{BatchLimits, BatchQueue, Batchable, QueueBudget};
 use basalt_storage::command::{Command, KvPart, Op, Response};
 use tokio::sync::oneshot;
 use tonic::Status;
@@ -26,6 +26,10 @@ const LIMITS: BatchLimits = BatchLimits {
     writes_max: 2048,
     bytes_max: 2 * 1024 * 1024,
 };
+
+/// Most bytes of requests waiting to be merged or in merged proposals on their way; a request
+/// over it waits for room (its RPC takes longer) instead of growing the queue.
+const QUEUED_BYTES_MAX: usize = 128 * 1024 * 1024;
 
 struct Pending {
     part: KvPart,
@@ -47,6 +51,7 @@ impl Batchable for Pending {
 /// The requests waiting to be proposed, and how many may be on their way at once.
 pub struct Merger {
     queue: BatchQueue<Pending>,
+    budget: QueueBudget,
     in_flight_max: usize,
     /// Entries proposed with more than one request, for /metrics.
     merged_entries: AtomicU64,
@@ -58,6 +63,7 @@ impl Merger {
     pub fn new(in_flight_max: usize) -> Merger {
         Merger {
             queue: BatchQueue::default(),
+            budget: QueueBudget::new(QUEUED_BYTES_MAX),
             in_flight_max,
             merged_entries: AtomicU64::new(0),
             merged_requests: AtomicU64::new(0),
@@ -80,6 +86,8 @@ impl Merger {
 
 /// Proposes `part` with whatever else is waiting, and returns its own answer.
 pub(crate) async fn submit(api: &Api, part: KvPart) -> Result<Response, Status> {
+    // Held until the answer is back: the queue and the proposals on their way stay bounded.
+    let _room = api.merger.budget.admit(part.bytes()).await;
     let (reply, answer) = oneshot::channel();
     if api.merger.queue.push(Pending { part, reply }, api.merger.in_flight_max) {
         tokio::spawn(drain(api.clone()));

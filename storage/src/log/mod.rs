@@ -299,22 +299,26 @@ impl SegmentedLog {
         // Trailing segments that hold no record (a roll a crash interrupted, or one whose only
         // records were a torn append) go first, durably: the last segment is then the one that
         // holds the last records, and no removed file can come back after a later crash.
-        let mut removed = false;
-        while let Some((path, last)) = found.last() {
-            let holds_nothing = match last {
-                Err(_) => true,
-                Ok((_, mark, outcome)) => outcome.offsets.is_empty() && mark.count == 0 && !outcome.next_record_intact,
-            };
-            if !holds_nothing {
-                break;
-            }
+        // A crash leaves at most one: a segment is only created once its predecessor holds
+        // records, sealed. A second record-less segment before it is damage, refused below.
+        let holds_nothing = |opened: &Result<(Segment, segment::DurableMark, segment::ScanOutcome), _>| match opened {
+            Err(_) => true,
+            Ok((_, mark, outcome)) => outcome.offsets.is_empty() && mark.count == 0 && !outcome.next_record_intact,
+        };
+        if found.last().is_some_and(|(_, opened)| holds_nothing(opened)) {
+            let (path, _) = found.pop().expect("checked non-empty");
             tracing::warn!(path = %path.display(), "removing a last segment that holds no record (a crash interrupted it)");
-            fs.remove(path).map_err(|e| LogError::io("remove segment", path, e))?;
-            found.pop();
-            removed = true;
-        }
-        if removed {
+            fs.remove(&path).map_err(|e| LogError::io("remove segment", &path, e))?;
             fs.sync_dir(&dir).map_err(|e| LogError::io("sync dir", &dir, e))?;
+            if let Some((path, opened)) = found.last() {
+                if holds_nothing(opened) {
+                    return Err(LogError::Corrupt {
+                        path: path.clone(),
+                        offset: format::SEGMENT_HEADER_AREA_BYTES,
+                        reason: "a segment without a record before the last one (a crash leaves at most one)".into(),
+                    });
+                }
+            }
         }
 
         let mut segments: Vec<Segment> = Vec::new();
@@ -376,7 +380,7 @@ impl SegmentedLog {
                 return Err(LogError::Corrupt {
                     path,
                     offset: format::SEGMENT_HEADER_AREA_BYTES,
-                    reason: "a segment without records that later segments follow".into(),
+                    reason: "a segment without records before the last one".into(),
                 });
             }
             if is_last && outcome.valid_end > mark.end {
@@ -592,6 +596,37 @@ impl SegmentedLog {
             pos += 1;
         }
         Ok(out)
+    }
+
+    /// The end of the longest range from `start` (at most up to `end`) whose records together
+    /// take no more than `budget_bytes`, frames included; always at least one record. From the
+    /// in-memory index, without reading. Bounds what one replication message carries.
+    pub fn end_within_bytes(&self, start: u64, end: u64, budget_bytes: u64) -> u64 {
+        // Outside the log there is nothing to bound: the range is left as asked.
+        let (Some(first), Some(last)) = (self.first_index(), self.last_index()) else {
+            return end;
+        };
+        if start < first || start > last {
+            return end;
+        }
+        let end = end.min(last + 1);
+        let mut pos = self.segments.partition_point(|s| s.first_index + s.count <= start);
+        let mut index = start;
+        let mut used = 0u64;
+        while index < end {
+            let seg = &self.segments[pos];
+            if index >= seg.first_index + seg.count {
+                pos += 1;
+                continue;
+            }
+            let bytes = seg.frame_bytes(index);
+            if index > start && used + bytes > budget_bytes {
+                break;
+            }
+            used += bytes;
+            index += 1;
+        }
+        index
     }
 
     /// Removes every entry after `keep_last` (all of them when `None`), durably.

@@ -49,6 +49,10 @@ struct MarkState {
     /// Header slot writes made, and how many of them a completed sync covers.
     slot_writes: u64,
     synced_slot_writes: u64,
+    /// Set at open: the slot in force was read back, perhaps from the page cache only (a page a
+    /// failed fsync left clean), so before the other slot is written it is written again and
+    /// fsynced: a torn write of the other slot must leave a whole slot on the disk.
+    rewrite_in_force: bool,
 }
 
 /// A segment file, shared between the writer and the flusher thread (which raises the mark).
@@ -104,6 +108,19 @@ impl SegmentFile {
     /// Writes `mark` into the next header slot. A slot is only overwritten once the write of the
     /// other one is durable, so a torn slot write always leaves a whole, older slot behind.
     fn write_mark(&self, state: &mut MarkState, mark: DurableMark) -> Result<(), LogError> {
+        if state.rewrite_in_force {
+            let in_force = SegmentHeader {
+                seq: state.seq,
+                first_index: self.first_index,
+                durable_count: state.mark.count,
+                durable_end: state.mark.end,
+            };
+            self.file
+                .write_all_at(&format::encode_header(&in_force), in_force.slot_offset())
+                .map_err(|e| LogError::io("write header", &self.path, e))?;
+            state.slot_writes += 1;
+            state.rewrite_in_force = false;
+        }
         if state.synced_slot_writes < state.slot_writes {
             let writes = state.slot_writes;
             self.fsync("sync header")?;
@@ -315,6 +332,7 @@ impl Segment {
                     seq: 0,
                     slot_writes: 1,
                     synced_slot_writes: 0,
+                    rewrite_in_force: false,
                 }),
                 fsync_serial: Mutex::new(()),
                 failure: failure.clone(),
@@ -406,10 +424,11 @@ impl Segment {
                     generation: 0,
                     seq: header.seq,
                     // The slot in force may so far be in the page cache only (a process crash,
-                    // not a power loss): it counts as unsynced, so the other slot is not
-                    // overwritten before it is fsynced.
-                    slot_writes: 1,
+                    // not a power loss): it is written again and fsynced before the other slot
+                    // is overwritten.
+                    slot_writes: 0,
                     synced_slot_writes: 0,
+                    rewrite_in_force: true,
                 }),
                 fsync_serial: Mutex::new(()),
                 failure: failure.clone(),
@@ -431,6 +450,11 @@ impl Segment {
         assert!(index >= self.first_index && index < self.first_index + self.count);
         let i = (index - self.first_index) as usize;
         u64::from_le_bytes(self.index[i * 8..i * 8 + 8].try_into().expect("8 bytes"))
+    }
+
+    /// Bytes of the frame of `index`, header included.
+    pub fn frame_bytes(&self, index: u64) -> u64 {
+        self.end_of(index) - self.offset_of(index)
     }
 
     /// End offset of the frame of `index`.

@@ -372,3 +372,50 @@ fn a_sealed_segment_has_all_its_records_under_its_mark() {
     );
     assert!(reason.contains("durable mark"), "{reason}");
 }
+
+#[test]
+fn a_byte_budget_bounds_a_range_but_always_gives_one_record() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut log = SegmentedLog::open(dir.path(), small_options()).expect("open");
+    // 100-byte payloads: 116-byte frames, several segments.
+    let records: Vec<_> = (1..=20).map(|i| (i, payload(i, 100))).collect();
+    append_durably(&mut log, &records);
+    assert!(log.segment_count() > 1);
+    let frame = (format::HEADER_BYTES + 100) as u64;
+    assert_eq!(log.end_within_bytes(1, 21, 3 * frame), 4, "three records fit");
+    assert_eq!(log.end_within_bytes(1, 21, 3 * frame - 1), 3);
+    assert_eq!(log.end_within_bytes(5, 21, 0), 6, "one record even over the budget");
+    assert_eq!(
+        log.end_within_bytes(7, 21, 100 * frame),
+        21,
+        "across segments, up to the end"
+    );
+    assert_eq!(log.end_within_bytes(7, 9, 100 * frame), 9, "up to the range's end");
+    assert_eq!(log.end_within_bytes(25, 30, frame), 30, "past the log: left as asked");
+}
+
+/// A crash leaves at most one record-less segment at the end (a roll it interrupted); it is
+/// removed. Two of them are damage, and refused.
+#[test]
+fn one_trailing_empty_segment_is_removed_two_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let records: Vec<_> = (1..=3).map(|i| (i, payload(i, 10))).collect();
+    {
+        let mut log = SegmentedLog::open(dir.path(), LogOptions::default()).expect("open");
+        append_durably(&mut log, &records);
+    }
+    // An interrupted roll: the next segment's file exists, empty.
+    let next = dir.path().join(format!("{:020}.log", 4));
+    fs::write(&next, b"").expect("write");
+    let log = SegmentedLog::open(dir.path(), LogOptions::default()).expect("open");
+    assert_eq!(all_records(&log), records);
+    assert!(!next.exists(), "removed");
+    drop(log);
+    // Two empty segments after the records.
+    fs::write(&next, b"").expect("write");
+    fs::write(dir.path().join(format!("{:020}.log", 5)), b"").expect("write");
+    assert!(matches!(
+        SegmentedLog::open(dir.path(), LogOptions::default()),
+        Err(LogError::Corrupt { .. })
+    ));
+}

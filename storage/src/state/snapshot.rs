@@ -17,6 +17,9 @@ const KIND_META: u8 = 1;
 const KIND_FILE: u8 = 2;
 const KIND_END: u8 = 3;
 const NAME_BYTES_MAX: u32 = 4096;
+/// Largest metadata section (a snapshot's Raft metadata: log id, membership): a larger length
+/// field is damage, refused before anything is buffered.
+const META_BYTES_MAX: u64 = 16 * 1024 * 1024;
 
 fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
     let path = path.to_path_buf();
@@ -155,6 +158,12 @@ fn read_section(input: &mut impl Read, path: &Path, sink: &mut impl Write) -> Re
         .read_exact(&mut len)
         .map_err(|_| corrupt(path, "truncated section length"))?;
     let mut remaining = u64::from_le_bytes(len);
+    if kind == KIND_META && remaining > META_BYTES_MAX {
+        return Err(corrupt(
+            path,
+            format!("metadata section of {remaining} bytes, over the limit of {META_BYTES_MAX}"),
+        ));
+    }
     let mut crc = crc32fast::Hasher::new();
     crc.update(&[kind]);
     crc.update(name.as_bytes());
