@@ -159,7 +159,12 @@ impl SegmentFile {
         if mark.count <= state.mark.count {
             return Ok(());
         }
-        self.write_mark(&mut state, mark)?;
+        self.write_mark_durably(&mut state, mark)
+    }
+
+    /// [`SegmentFile::write_mark`], then an fsync that makes the slot durable.
+    fn write_mark_durably(&self, state: &mut MarkState, mark: DurableMark) -> Result<(), LogError> {
+        self.write_mark(state, mark)?;
         let writes = state.slot_writes;
         self.fsync("sync header")?;
         state.synced_slot_writes = writes;
@@ -174,11 +179,7 @@ impl SegmentFile {
         if state.mark.count <= mark.count {
             return Ok(());
         }
-        self.write_mark(&mut state, mark)?;
-        let writes = state.slot_writes;
-        self.fsync("sync header")?;
-        state.synced_slot_writes = writes;
-        Ok(())
+        self.write_mark_durably(&mut state, mark)
     }
 }
 
