@@ -159,8 +159,12 @@ pub(crate) fn unexpected_result(response: &Response) -> Status {
     status(ErrorCode::Internal, format!("unexpected apply result {response:?}"))
 }
 
-fn storage_status(e: impl std::fmt::Display) -> Status {
-    status(ErrorCode::Internal, format!("storage: {e}"))
+fn storage_status(e: basalt_storage::state::StoreError) -> Status {
+    match e {
+        // A follower replacing its state from a snapshot: retry, here or on another node.
+        basalt_storage::state::StoreError::Installing => status(ErrorCode::Unavailable, e.to_string()),
+        e => status(ErrorCode::Internal, format!("storage: {e}")),
+    }
 }
 
 /// The session and fence a request header carries.

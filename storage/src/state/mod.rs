@@ -212,6 +212,10 @@ pub enum StoreError {
     CorruptRecord { table: Table, key: String, reason: String },
     #[error("corrupt snapshot {path}: {reason}")]
     CorruptSnapshot { path: std::path::PathBuf, reason: String },
+    /// A snapshot is being installed: the state is replaced in several batches, and is not read
+    /// until the last one is in. Retry (or read elsewhere).
+    #[error("a snapshot is being installed; the state is readable again when it is done")]
+    Installing,
 }
 
 impl From<StoreError> for std::io::Error {

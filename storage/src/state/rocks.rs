@@ -5,7 +5,7 @@
 //! is a checkpoint, which flushes memtables, so the log is only purged up to state that is on disk.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, TryLockError};
 
 use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions, DB};
 
@@ -13,12 +13,19 @@ use super::cache::RecordCache;
 use super::{KeyRange, KeyValue, StoreError, StoreRead, Table};
 use crate::apply::WriteSet;
 
+/// Most bytes of keys and values one write batch of a snapshot install holds: the install's
+/// memory is bounded by this, not by the size of the state.
+pub const INSTALL_BATCH_BYTES_MAX: usize = 8 * 1024 * 1024;
+
 #[derive(Clone)]
 pub struct RocksStore {
     db: Arc<DB>,
     path: PathBuf,
     /// Hot records for the apply path (see [`RocksStore::apply_reads`]); every commit updates it.
     cache: Arc<Mutex<RecordCache>>,
+    /// Held exclusively by a snapshot install, shared by reads: a read never sees a state half
+    /// replaced; one that would is refused ([`StoreError::Installing`]), never made to wait.
+    install: Arc<RwLock<()>>,
 }
 
 fn rocks(op: &'static str) -> impl FnOnce(rocksdb::Error) -> StoreError {
@@ -63,6 +70,7 @@ impl RocksStore {
             db: Arc::new(db),
             path,
             cache: Arc::default(),
+            install: Arc::default(),
         })
     }
 
@@ -76,6 +84,7 @@ impl RocksStore {
             db: Arc::new(db),
             path,
             cache: Arc::default(),
+            install: Arc::default(),
         })
     }
 
@@ -128,25 +137,92 @@ impl RocksStore {
         checkpoint.create_checkpoint(dir).map_err(rocks("checkpoint"))
     }
 
-    /// Replaces the whole content of this store with `source`'s, atomically and durably.
+    /// A read's share of the install lock, or [`StoreError::Installing`] while one runs.
+    fn read_guard(&self) -> Result<RwLockReadGuard<'_, ()>, StoreError> {
+        match self.install.try_read() {
+            Ok(guard) => Ok(guard),
+            Err(TryLockError::Poisoned(poisoned)) => Ok(poisoned.into_inner()),
+            Err(TryLockError::WouldBlock) => Err(StoreError::Installing),
+        }
+    }
+
+    /// Replaces the whole content of this store with `source`'s, durably, in batches of at most
+    /// [`INSTALL_BATCH_BYTES_MAX`].
+    ///
+    /// Readers are refused while it runs. The `Meta` table, which holds the applied log id, is
+    /// replaced last, in one synced batch: until it lands the store reports its old applied
+    /// index, so after a crash halfway the snapshot, already in place as a pack, is newer than
+    /// the state, and openraft installs it again before anything else at restart.
     pub fn replace_with(&self, source: &RocksStore) -> Result<(), StoreError> {
+        self.replace_in_batches(source, INSTALL_BATCH_BYTES_MAX, None)
+    }
+
+    /// [`RocksStore::replace_with`] with a batch limit, and (for tests) a failure after
+    /// `fail_after` batches, as a crash there would leave the store.
+    fn replace_in_batches(
+        &self,
+        source: &RocksStore,
+        batch_bytes_max: usize,
+        fail_after: Option<usize>,
+    ) -> Result<(), StoreError> {
+        let _exclusive = self.install.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let result = self.replace_tables(source, batch_bytes_max, fail_after);
+        // Whether or not the install went through, what the cache knew may be gone.
+        self.cache().clear();
+        result
+    }
+
+    fn replace_tables(
+        &self,
+        source: &RocksStore,
+        batch_bytes_max: usize,
+        mut fail_after: Option<usize>,
+    ) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
-        for table in Table::ALL {
+        let mut batch_bytes = 0usize;
+        let mut write = |batch: &mut WriteBatch, batch_bytes: &mut usize, sync: bool| -> Result<(), StoreError> {
+            if let Some(left) = fail_after.as_mut() {
+                if *left == 0 {
+                    return Err(StoreError::Io {
+                        op: "install snapshot (a test's crash)",
+                        path: self.path.clone(),
+                        source: std::io::Error::other("failure injected after a batch"),
+                    });
+                }
+                *left -= 1;
+            }
+            let mut options = WriteOptions::default();
+            options.set_sync(sync);
+            self.db
+                .write_opt(std::mem::take(batch), &options)
+                .map_err(rocks("install snapshot"))?;
+            *batch_bytes = 0;
+            Ok(())
+        };
+        let tables = Table::ALL.iter().filter(|t| **t != Table::Meta).chain([&Table::Meta]);
+        for &table in tables {
+            if table == Table::Meta && !batch.is_empty() {
+                write(&mut batch, &mut batch_bytes, false)?;
+            }
             for item in self.db.iterator_cf(self.cf(table), IteratorMode::Start) {
                 let (key, _) = item.map_err(rocks("iterate"))?;
+                batch_bytes += key.len();
                 batch.delete_cf(self.cf(table), key);
+                if batch_bytes >= batch_bytes_max && table != Table::Meta {
+                    write(&mut batch, &mut batch_bytes, false)?;
+                }
             }
             for item in source.db.iterator_cf(source.cf(table), IteratorMode::Start) {
                 let (key, value) = item.map_err(rocks("iterate snapshot"))?;
+                batch_bytes += key.len() + value.len();
                 batch.put_cf(self.cf(table), key, value);
+                if batch_bytes >= batch_bytes_max && table != Table::Meta {
+                    write(&mut batch, &mut batch_bytes, false)?;
+                }
             }
         }
-        let mut options = WriteOptions::default();
-        options.set_sync(true);
-        let written = self.db.write_opt(batch, &options).map_err(rocks("install snapshot"));
-        // Whether or not the install went through, what the cache knew may be gone.
-        self.cache().clear();
-        written
+        // The Meta batch, synced: the WAL before it is synced with it.
+        write(&mut batch, &mut batch_bytes, true)
     }
 
     /// Approximate number of keys per table, for status output.
@@ -165,19 +241,38 @@ impl RocksStore {
 pub struct RocksView<'a> {
     store: &'a RocksStore,
     snapshot: Option<rocksdb::SnapshotWithThreadMode<'a, DB>>,
+    /// The view was asked for while a snapshot install ran: its reads are refused.
+    during_install: bool,
 }
 
 impl RocksStore {
     /// A consistent view for reads of more than one key.
     pub fn view(&self) -> RocksView<'_> {
-        RocksView {
-            store: self,
-            snapshot: Some(self.db.snapshot()),
+        // Taken under the read share of the install lock, so no install is halfway: the view
+        // shows the state before or after one, whatever happens while it is read.
+        match self.read_guard() {
+            Ok(_guard) => RocksView {
+                store: self,
+                snapshot: Some(self.db.snapshot()),
+                during_install: false,
+            },
+            Err(_) => RocksView {
+                store: self,
+                snapshot: None,
+                during_install: true,
+            },
         }
     }
 }
 
 impl RocksView<'_> {
+    fn check_not_during_install(&self) -> Result<(), StoreError> {
+        if self.during_install {
+            return Err(StoreError::Installing);
+        }
+        Ok(())
+    }
+
     fn read_options(&self) -> ReadOptions {
         let mut options = ReadOptions::default();
         if let Some(snapshot) = &self.snapshot {
@@ -187,29 +282,31 @@ impl RocksView<'_> {
     }
 }
 
-impl StoreRead for RocksStore {
-    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+impl RocksStore {
+    /// Reads of the live store, for a caller holding the read share of the install lock.
+    fn live(&self) -> RocksView<'_> {
         RocksView {
             store: self,
             snapshot: None,
+            during_install: false,
         }
-        .get(table, key)
+    }
+}
+
+impl StoreRead for RocksStore {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let _shared = self.read_guard()?;
+        self.live().get(table, key)
     }
 
     fn scan(&self, table: Table, range: &KeyRange, limit: usize) -> Result<Vec<KeyValue>, StoreError> {
-        RocksView {
-            store: self,
-            snapshot: None,
-        }
-        .scan(table, range, limit)
+        let _shared = self.read_guard()?;
+        self.live().scan(table, range, limit)
     }
 
     fn scan_reverse(&self, table: Table, range: &KeyRange, limit: usize) -> Result<Vec<KeyValue>, StoreError> {
-        RocksView {
-            store: self,
-            snapshot: None,
-        }
-        .scan_reverse(table, range, limit)
+        let _shared = self.read_guard()?;
+        self.live().scan_reverse(table, range, limit)
     }
 }
 
@@ -242,6 +339,7 @@ impl StoreRead for ApplyReads<'_> {
 
 impl StoreRead for RocksView<'_> {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.check_not_during_install()?;
         without_perf_counters();
         let db = &self.store.db;
         match &self.snapshot {
@@ -252,6 +350,7 @@ impl StoreRead for RocksView<'_> {
     }
 
     fn scan(&self, table: Table, range: &KeyRange, limit: usize) -> Result<Vec<KeyValue>, StoreError> {
+        self.check_not_during_install()?;
         let mut options = self.read_options();
         if let Some(end) = &range.end {
             options.set_iterate_upper_bound(end.clone());
@@ -271,6 +370,7 @@ impl StoreRead for RocksView<'_> {
     }
 
     fn scan_reverse(&self, table: Table, range: &KeyRange, limit: usize) -> Result<Vec<KeyValue>, StoreError> {
+        self.check_not_during_install()?;
         let mut options = self.read_options();
         options.set_iterate_lower_bound(range.start.clone());
         let mode = match &range.end {
@@ -355,5 +455,97 @@ mod tests {
             store.view().get(Table::Counter, b"a").expect("get"),
             Some(b"7".to_vec())
         );
+    }
+}
+
+#[cfg(test)]
+mod install_tests {
+    use super::*;
+    use crate::state::KeyRange;
+
+    /// A store with `n` keys in every table but Meta, and one Meta key naming `generation`.
+    fn filled(dir: &Path, name: &str, n: u32, generation: &str) -> RocksStore {
+        let store = RocksStore::open(dir.join(name)).expect("open");
+        let mut writes = WriteSet::default();
+        for table in Table::ALL.iter().filter(|t| **t != Table::Meta) {
+            for i in 0..n {
+                writes.put(*table, format!("{generation}-{i:05}").into_bytes(), vec![7; 100]);
+            }
+        }
+        writes.put(Table::Meta, b"applied".to_vec(), generation.as_bytes().to_vec());
+        store.commit(&writes).expect("commit");
+        store
+    }
+
+    fn everything(store: &RocksStore) -> Vec<(Table, KeyValue)> {
+        Table::ALL
+            .iter()
+            .flat_map(|t| {
+                store
+                    .scan(*t, &KeyRange::all(), usize::MAX)
+                    .expect("scan")
+                    .into_iter()
+                    .map(move |kv| (*t, kv))
+            })
+            .collect()
+    }
+
+    /// In small batches, the install ends with exactly the source's content.
+    #[test]
+    fn an_install_in_small_batches_replaces_everything() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let target = filled(dir.path(), "target", 300, "old");
+        let source = filled(dir.path(), "source", 200, "new");
+        target.replace_in_batches(&source, 4096, None).expect("install");
+        assert_eq!(everything(&target), everything(&source));
+    }
+
+    /// A crash halfway (here: an injected failure after a few batches) leaves the Meta table,
+    /// and so the applied log id, as it was: the store still says it is at its old index, which
+    /// is what makes openraft install the snapshot again at restart. That second install then
+    /// ends with exactly the source's content.
+    #[test]
+    fn an_install_cut_halfway_keeps_the_old_applied_state_and_a_second_one_completes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let target = filled(dir.path(), "target", 300, "old");
+        let source = filled(dir.path(), "source", 200, "new");
+        assert!(target.replace_in_batches(&source, 4096, Some(5)).is_err());
+        assert_eq!(
+            target.get(Table::Meta, b"applied").expect("get"),
+            Some(b"old".to_vec()),
+            "the applied state is the old one until the last batch"
+        );
+        assert_ne!(everything(&target), everything(&source), "the install was cut halfway");
+        target.replace_with(&source).expect("install again");
+        assert_eq!(everything(&target), everything(&source));
+    }
+
+    /// While an install runs, reads are refused rather than shown a state half replaced; a view
+    /// taken before it keeps reading the state it was taken on.
+    #[test]
+    fn reads_during_an_install_are_refused_and_earlier_views_keep_their_state() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = filled(dir.path(), "target", 10, "old");
+        let before = store.view();
+        let exclusive = store.install.write().expect("install lock");
+        assert!(matches!(
+            store.get(Table::Kv, b"old-00001"),
+            Err(StoreError::Installing)
+        ));
+        assert!(matches!(
+            store.scan(Table::Kv, &KeyRange::all(), 10),
+            Err(StoreError::Installing)
+        ));
+        let during = store.view();
+        assert!(matches!(
+            during.get(Table::Kv, b"old-00001"),
+            Err(StoreError::Installing)
+        ));
+        assert_eq!(
+            before.get(Table::Kv, b"old-00001").expect("an earlier view reads on"),
+            Some(vec![7; 100])
+        );
+        drop(exclusive);
+        assert_eq!(store.get(Table::Kv, b"old-00001").expect("get"), Some(vec![7; 100]));
     }
 }
