@@ -283,6 +283,12 @@ fn check_region_flags(
     store: &basalt_storage::state::rocks::RocksStore,
 ) -> Result<(), NodeError> {
     let refuse = |message: String| NodeError::Config(ConfigError::Invalid(message));
+    if store.install_incomplete() {
+        // The data tables are a mix of two states until openraft installs the snapshot again,
+        // which it does first thing in Raft::new; the topology comes with it.
+        tracing::warn!("a snapshot install was cut short; the region flags are checked after the next restart");
+        return Ok(());
+    }
     match (&config.region, topology) {
         (None, None) => Ok(()),
         (Some(region), None) => {

@@ -5,6 +5,7 @@
 //! is a checkpoint, which flushes memtables, so the log is only purged up to state that is on disk.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, TryLockError};
 
 use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions, DB};
@@ -13,9 +14,12 @@ use super::cache::RecordCache;
 use super::{KeyRange, KeyValue, StoreError, StoreRead, Table};
 use crate::apply::WriteSet;
 
-/// Most bytes of keys and values one write batch of a snapshot install holds: the install's
-/// memory is bounded by this, not by the size of the state.
+/// Bytes of keys and values at which a snapshot install writes its batch: the install's memory is
+/// bounded by this (plus one record), not by the size of the state.
 pub const INSTALL_BATCH_BYTES_MAX: usize = 8 * 1024 * 1024;
+/// A `Meta` key present while a snapshot install is incomplete: written, synced, before its first
+/// batch, and gone with the old `Meta` table in its last.
+const INSTALL_INCOMPLETE_KEY: &[u8] = b"snapshot_install_incomplete";
 
 #[derive(Clone)]
 pub struct RocksStore {
@@ -26,6 +30,10 @@ pub struct RocksStore {
     /// Held exclusively by a snapshot install, shared by reads: a read never sees a state half
     /// replaced; one that would is refused ([`StoreError::Installing`]), never made to wait.
     install: Arc<RwLock<()>>,
+    /// An install began and has not completed (it failed, or a crash cut it and this is the
+    /// restart before openraft installs the snapshot again): the data tables are a mix of two
+    /// states and are not read. `Meta` is whole (the old one) and stays readable.
+    install_incomplete: Arc<AtomicBool>,
 }
 
 fn rocks(op: &'static str) -> impl FnOnce(rocksdb::Error) -> StoreError {
@@ -66,12 +74,24 @@ impl RocksStore {
             .iter()
             .map(|t| ColumnFamilyDescriptor::new(t.name(), table_options()));
         let db = DB::open_cf_descriptors(&db_options(), &path, cfs).map_err(rocks("open"))?;
-        Ok(RocksStore {
+        let store = RocksStore {
             db: Arc::new(db),
             path,
             cache: Arc::default(),
             install: Arc::default(),
-        })
+            install_incomplete: Arc::default(),
+        };
+        let meta = store.cf(Table::Meta);
+        if store
+            .db
+            .get_cf(meta, INSTALL_INCOMPLETE_KEY)
+            .map_err(rocks("get"))?
+            .is_some()
+        {
+            tracing::warn!(path = %store.path.display(), "a snapshot install was cut short: the state is not read until it is installed again");
+            store.install_incomplete.store(true, Ordering::SeqCst);
+        }
+        Ok(store)
     }
 
     /// Opens a checkpoint directory read-only (for snapshot install).
@@ -85,7 +105,13 @@ impl RocksStore {
             path,
             cache: Arc::default(),
             install: Arc::default(),
+            install_incomplete: Arc::default(),
         })
+    }
+
+    /// Whether a snapshot install began and has not completed (see the field's doc).
+    pub fn install_incomplete(&self) -> bool {
+        self.install_incomplete.load(Ordering::SeqCst)
     }
 
     pub fn path(&self) -> &Path {
@@ -132,13 +158,20 @@ impl RocksStore {
     }
 
     /// Creates a RocksDB checkpoint (hard-linked SST files plus flushed memtables) at `dir`.
+    /// Waits for an install running beside it (openraft builds snapshots in a task of its own), so
+    /// a checkpoint never holds a state half replaced.
     pub fn checkpoint(&self, dir: &Path) -> Result<(), StoreError> {
+        let _shared = self.install.read().unwrap_or_else(|poisoned| poisoned.into_inner());
         let checkpoint = rocksdb::checkpoint::Checkpoint::new(&self.db).map_err(rocks("checkpoint"))?;
         checkpoint.create_checkpoint(dir).map_err(rocks("checkpoint"))
     }
 
-    /// A read's share of the install lock, or [`StoreError::Installing`] while one runs.
-    fn read_guard(&self) -> Result<RwLockReadGuard<'_, ()>, StoreError> {
+    /// A read's share of the install lock, or [`StoreError::Installing`] while one runs or one
+    /// is incomplete (`Meta` excepted from the latter: it is whole, and Raft reads it at open).
+    fn read_guard(&self, table: Option<Table>) -> Result<RwLockReadGuard<'_, ()>, StoreError> {
+        if self.install_incomplete() && table != Some(Table::Meta) {
+            return Err(StoreError::Installing);
+        }
         match self.install.try_read() {
             Ok(guard) => Ok(guard),
             Err(TryLockError::Poisoned(poisoned)) => Ok(poisoned.into_inner()),
@@ -166,7 +199,11 @@ impl RocksStore {
         fail_after: Option<usize>,
     ) -> Result<(), StoreError> {
         let _exclusive = self.install.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.install_incomplete.store(true, Ordering::SeqCst);
         let result = self.replace_tables(source, batch_bytes_max, fail_after);
+        if result.is_ok() {
+            self.install_incomplete.store(false, Ordering::SeqCst);
+        }
         // Whether or not the install went through, what the cache knew may be gone.
         self.cache().clear();
         result
@@ -178,6 +215,12 @@ impl RocksStore {
         batch_bytes_max: usize,
         mut fail_after: Option<usize>,
     ) -> Result<(), StoreError> {
+        // Marked first, durably: a crash from here on leaves a store that says so at open.
+        let mut marker = WriteOptions::default();
+        marker.set_sync(true);
+        self.db
+            .put_cf_opt(self.cf(Table::Meta), INSTALL_INCOMPLETE_KEY, [], &marker)
+            .map_err(rocks("mark install"))?;
         let mut batch = WriteBatch::default();
         let mut batch_bytes = 0usize;
         let mut write = |batch: &mut WriteBatch, batch_bytes: &mut usize, sync: bool| -> Result<(), StoreError> {
@@ -250,7 +293,7 @@ impl RocksStore {
     pub fn view(&self) -> RocksView<'_> {
         // Taken under the read share of the install lock, so no install is halfway: the view
         // shows the state before or after one, whatever happens while it is read.
-        match self.read_guard() {
+        match self.read_guard(None) {
             Ok(_guard) => RocksView {
                 store: self,
                 snapshot: Some(self.db.snapshot()),
@@ -295,17 +338,17 @@ impl RocksStore {
 
 impl StoreRead for RocksStore {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let _shared = self.read_guard()?;
+        let _shared = self.read_guard(Some(table))?;
         self.live().get(table, key)
     }
 
     fn scan(&self, table: Table, range: &KeyRange, limit: usize) -> Result<Vec<KeyValue>, StoreError> {
-        let _shared = self.read_guard()?;
+        let _shared = self.read_guard(Some(table))?;
         self.live().scan(table, range, limit)
     }
 
     fn scan_reverse(&self, table: Table, range: &KeyRange, limit: usize) -> Result<Vec<KeyValue>, StoreError> {
-        let _shared = self.read_guard()?;
+        let _shared = self.read_guard(Some(table))?;
         self.live().scan_reverse(table, range, limit)
     }
 }
@@ -515,9 +558,30 @@ mod install_tests {
             Some(b"old".to_vec()),
             "the applied state is the old one until the last batch"
         );
-        assert_ne!(everything(&target), everything(&source), "the install was cut halfway");
+        assert!(target.install_incomplete());
+        assert!(
+            matches!(target.get(Table::Kv, b"old-00001"), Err(StoreError::Installing)),
+            "the mixed data tables are not read"
+        );
+        // As at a restart after a crash there: the store says so, Meta stays readable.
+        let path = target.path().to_path_buf();
+        drop(target);
+        let target = RocksStore::open(&path).expect("reopen");
+        assert!(target.install_incomplete());
+        assert_eq!(target.get(Table::Meta, b"applied").expect("get"), Some(b"old".to_vec()));
+        assert!(matches!(
+            target.get(Table::Kv, b"old-00001"),
+            Err(StoreError::Installing)
+        ));
+        assert!(matches!(
+            target.view().get(Table::Kv, b"old-00001"),
+            Err(StoreError::Installing)
+        ));
         target.replace_with(&source).expect("install again");
+        assert!(!target.install_incomplete());
         assert_eq!(everything(&target), everything(&source));
+        drop(target);
+        assert!(!RocksStore::open(&path).expect("reopen").install_incomplete());
     }
 
     /// While an install runs, reads are refused rather than shown a state half replaced; a view
