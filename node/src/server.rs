@@ -430,6 +430,12 @@ async fn propose_sweep(api: &Api, op: Op) -> Option<Response> {
         fence: None,
         op,
     };
+    // Sweeps are bounded by their own limits; checked anyway, as every proposal is: one over
+    // the log's record limit would stop the leader's Raft.
+    if let Err(e) = command.check_size() {
+        tracing::error!(error = %e, "sweep not proposed: too large for one log entry");
+        return None;
+    }
     match api.raft.client_write(command).await {
         Ok(written) => Some(written.data),
         Err(e) => {

@@ -159,7 +159,7 @@ pub(crate) fn unexpected_result(response: &Response) -> Status {
     status(ErrorCode::Internal, format!("unexpected apply result {response:?}"))
 }
 
-fn storage_status(e: basalt_storage::state::StoreError) -> Status {
+pub(crate) fn storage_status(e: basalt_storage::state::StoreError) -> Status {
     match e {
         // A follower replacing its state from a snapshot: retry, here or on another node.
         basalt_storage::state::StoreError::Installing => status(ErrorCode::Unavailable, e.to_string()),

@@ -306,6 +306,10 @@ async fn propose_initial_topology(repl: &Replication, api: &Api) -> bool {
             change: repl.config.initial_topology(),
         },
     };
+    if let Err(e) = command.check_size() {
+        tracing::error!(error = %e, "the region topology from this node's flags does not fit one log entry");
+        return false;
+    }
     match api.raft.client_write(command).await {
         Ok(written) => match written.data {
             basalt_storage::command::Response::Topology(topology) => {
@@ -324,7 +328,7 @@ pub async fn status(api: &Api, with_digest: bool) -> Result<basalt_client::pb::R
     use basalt_client::ErrorCode;
     use basalt_storage::apply::replication::{feed_after, feed_trimmed_upto, source_states};
 
-    let internal = |e: basalt_storage::state::StoreError| crate::api::status(ErrorCode::Internal, e.to_string());
+    let internal = crate::api::storage_status;
     let metrics = crate::api::metrics_now(&api.raft);
     let applied_index = *api.applied.borrow();
     let Some(repl) = &api.replication else {
