@@ -157,6 +157,9 @@ pub struct Nemesis {
     pub windows: Vec<FaultWindow>,
     /// Storage faults a node did not refuse: each is a violation.
     pub undetected: Vec<String>,
+    /// Why storage faults could not be injected: a run asked for them and got none tests
+    /// nothing, and must not pass for one that did.
+    pub storage_errors: Vec<String>,
 }
 
 fn set_active(active: &Mutex<Option<String>>, label: Option<String>) {
@@ -178,6 +181,9 @@ impl Nemesis {
             let fault = match self.start(kind).await {
                 Ok(fault) => fault,
                 Err(e) => {
+                    if kind == FaultKind::Storage {
+                        self.storage_errors.push(e.clone());
+                    }
                     self.recorder.record(
                         NEMESIS,
                         EventType::Info,

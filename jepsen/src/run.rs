@@ -239,6 +239,7 @@ pub async fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
         active: active.clone(),
         windows: Vec::new(),
         undetected: Vec::new(),
+        storage_errors: Vec::new(),
     };
     let progress = options.progress.then(|| {
         let (recorder, done, active) = (recorder.clone(), done.clone(), active.clone());
@@ -294,8 +295,20 @@ pub async fn run(options: RunOptions) -> Result<RunOutcome, RunError> {
         for problem in &nemesis.undetected {
             storage.problem(problem.clone());
         }
-        storage.stats =
-            json!({ "injected": nemesis.windows.iter().filter(|w| w.label.starts_with("bitflip")).count() });
+        let injected = nemesis
+            .windows
+            .iter()
+            .filter(|w| w.label.starts_with("bitflip"))
+            .count();
+        if injected == 0 {
+            if let Some(first) = nemesis.storage_errors.first() {
+                storage.problem(format!(
+                    "no storage fault could be injected ({} attempts; the first: {first})",
+                    nemesis.storage_errors.len()
+                ));
+            }
+        }
+        storage.stats = json!({ "injected": injected, "not_injected": nemesis.storage_errors.len() });
         verdicts.push(storage);
     }
     let windows = nemesis.windows.clone();

@@ -8,8 +8,7 @@ use std::path::{Path, PathBuf};
 
 use rand::Rng;
 
-/// Frame header: payload length (u32), crc32 (u32), index (u64).
-const FRAME_HEADER_BYTES: usize = 16;
+use basalt_storage::log::format::{HEADER_BYTES as FRAME_HEADER_BYTES, SEGMENT_HEADER_AREA_BYTES};
 
 #[derive(Debug)]
 pub struct StorageFault {
@@ -33,10 +32,10 @@ fn write_byte(file: &Path, offset: u64, byte: u8) -> std::io::Result<()> {
     f.sync_all()
 }
 
-/// Byte ranges of the whole frames in a segment file.
+/// Byte ranges of the whole frames in a segment file (they start after the header area).
 pub fn frames(bytes: &[u8]) -> Vec<(usize, usize)> {
     let mut frames = Vec::new();
-    let mut pos = 0usize;
+    let mut pos = SEGMENT_HEADER_AREA_BYTES as usize;
     while pos + FRAME_HEADER_BYTES <= bytes.len() {
         let mut len = [0u8; 4];
         len.copy_from_slice(&bytes[pos..pos + 4]);
@@ -87,25 +86,21 @@ mod tests {
     use rand::rngs::StdRng;
     use rand::SeedableRng;
 
-    fn frame(index: u64, payload: &[u8]) -> Vec<u8> {
-        let mut f = Vec::new();
-        f.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        f.extend_from_slice(&0u32.to_le_bytes());
-        f.extend_from_slice(&index.to_le_bytes());
-        f.extend_from_slice(payload);
-        f
-    }
-
     #[test]
     fn a_flip_lands_in_a_record_that_is_not_the_last_and_repair_undoes_it() {
         let dir = std::env::temp_dir().join(format!("basalt-jepsen-storage-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let mut segment = frame(1, b"first record");
-        segment.extend(frame(2, b"second"));
-        let last_start = segment.len();
-        segment.extend(frame(3, b"third"));
+        let _ = std::fs::remove_dir_all(&dir);
+        {
+            // A real segment, as the node writes it (header area, then frames).
+            let mut log = basalt_storage::log::SegmentedLog::open(&dir, Default::default()).expect("open log");
+            let records: [&[u8]; 3] = [b"first record", b"second", b"third"];
+            log.append(records.iter().enumerate().map(|(i, r)| (i as u64 + 1, *r)), None)
+                .expect("append");
+            log.sync().expect("sync");
+        }
         let path = dir.join("00000000000000000001.log");
-        std::fs::write(&path, &segment).expect("write");
+        let segment = std::fs::read(&path).expect("read");
+        let last_start = segment.len() - (FRAME_HEADER_BYTES + b"third".len());
         assert_eq!(frames(&segment).len(), 3);
         for seed in 0..50 {
             let fault = flip_bit(&dir, &mut StdRng::seed_from_u64(seed)).expect("flip");
@@ -114,6 +109,7 @@ mod tests {
             assert_eq!(changed, vec![fault.offset as usize]);
             assert_eq!((damaged[changed[0]] ^ segment[changed[0]]).count_ones(), 1);
             assert!(changed[0] < last_start, "never in the last record");
+            assert!(changed[0] >= SEGMENT_HEADER_AREA_BYTES as usize, "never in the header");
             fault.repair().expect("repair");
             assert_eq!(std::fs::read(&path).expect("read"), segment);
         }
