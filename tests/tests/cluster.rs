@@ -416,22 +416,28 @@ fn full_cluster_restart_keeps_every_acknowledged_write() {
     });
 }
 
+/// Three nodes that snapshot every `snapshot_entries` entries and keep 10 entries behind, with
+/// one follower killed: (cluster, client, leader, the stopped follower).
+async fn snapshotting_cluster_with_a_follower_down(snapshot_entries: u64) -> (TestCluster, Client, u64, u64) {
+    let mut cluster = TestCluster::start(
+        NODE,
+        ClusterOptions {
+            snapshot_entries,
+            logs_to_keep: 10,
+            ..ClusterOptions::default()
+        },
+    );
+    let client = cluster.client().await;
+    let leader = cluster.leader(&client).await;
+    let lagging = (1..=3).find(|id| *id != leader).expect("a follower");
+    cluster.kill(lagging);
+    (cluster, client, leader, lagging)
+}
+
 #[test]
 fn a_node_behind_the_purged_log_catches_up_through_a_snapshot() {
     runtime().block_on(async {
-        let mut cluster = TestCluster::start(
-            NODE,
-            ClusterOptions {
-                nodes: 3,
-                snapshot_entries: 50,
-                logs_to_keep: 10,
-                ..ClusterOptions::default()
-            },
-        );
-        let client = cluster.client().await;
-        let leader = cluster.leader(&client).await;
-        let lagging = (1..=3).find(|id| *id != leader).expect("a follower");
-        cluster.kill(lagging);
+        let (mut cluster, client, leader, lagging) = snapshotting_cluster_with_a_follower_down(50).await;
 
         let acknowledged = write_keys(&client, "snap", 0..400).await;
         assert_eq!(acknowledged.len(), 400);
@@ -600,18 +606,7 @@ fn a_node_whose_log_fails_exits_and_the_cluster_goes_on() {
 #[test]
 fn a_damaged_snapshot_transfer_is_refused_and_the_follower_survives() {
     runtime().block_on(async {
-        let mut cluster = TestCluster::start(
-            NODE,
-            ClusterOptions {
-                snapshot_entries: 100,
-                logs_to_keep: 10,
-                ..ClusterOptions::default()
-            },
-        );
-        let client = cluster.client().await;
-        let leader = cluster.leader(&client).await;
-        let lagging = (1..=3).find(|id| *id != leader).expect("a follower");
-        cluster.kill(lagging);
+        let (mut cluster, client, leader, lagging) = snapshotting_cluster_with_a_follower_down(100).await;
         let mut acknowledged = write_keys(&client, "before", 0..300).await;
         assert_eq!(acknowledged.len(), 300);
 
