@@ -7,10 +7,11 @@ use basalt_client::pb::kv_server::Kv;
 use basalt_client::{ErrorCode, OLDEST_REVISION_KEY};
 use basalt_storage::apply::kv::{history_events, history_start, revision_of};
 use basalt_storage::apply::kv::{validate_batch, validate_write};
+use basalt_storage::apply::kv_read::{self, KvScan};
 use basalt_storage::command::{KvWrite, Op, OpError, Response};
 use basalt_storage::limits::{KEY_BYTES_MAX, SCAN_LIMIT_MAX};
 use basalt_storage::state::rocks::RocksStore;
-use basalt_storage::state::{KeyRange, KeyValue, KvEvent, KvRecord, StoreError, StoreRead, Table};
+use basalt_storage::state::{KeyRange, KeyValue, KvEvent, StoreError, StoreRead, Table};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response as GrpcResponse, Status};
@@ -252,24 +253,16 @@ impl Kv for Api {
         let r = request.into_inner();
         Self::check_key(&r.key)?;
         self.read_barrier(r.stale).await?;
-        let read = || -> Result<Option<KvRecord>, Status> {
-            match self.store.get(Table::Kv, &r.key).map_err(storage_status)? {
-                None => Ok(None),
-                Some(bytes) => KvRecord::decode(&bytes)
-                    .map(Some)
-                    .map_err(|e| status(ErrorCode::CorruptValue, e.to_string())),
-            }
-        };
-        let mut now_ms = self.read_time_ms()?;
-        let mut record = read()?;
-        if let Some(later) = self
-            .settle_expiry(r.stale, now_ms, [record.as_ref().and_then(|rec| rec.expires_at_ms)])
+        // The record and the time it is judged at, from one view (`apply::kv_read::get`).
+        let mut read = kv_read::get(&self.store, &r.key).map_err(storage_status)?;
+        if self
+            .settle_expiry(r.stale, read.judged_at_ms, [read.expiry()])
             .await?
+            .is_some()
         {
-            now_ms = later;
-            record = read()?;
+            read = kv_read::get(&self.store, &r.key).map_err(storage_status)?;
         }
-        let reply = match record.filter(|rec| rec.is_live_at(now_ms)) {
+        let reply = match read.live() {
             None => pb::KvGetResponse::default(),
             Some(rec) => pb::KvGetResponse {
                 found: true,
@@ -342,13 +335,31 @@ impl Kv for Api {
         }
         let limit = if r.limit == 0 { 1000 } else { r.limit } as usize;
         self.read_barrier(r.stale).await?;
-        // Every page of the answer, and the time it is judged at, from one point-in-time view: a
-        // batch applied meanwhile is seen whole or not at all.
-        let (mut items, mut more, expiries, now_ms) = self.scan_page(&r, limit)?;
-        if self.settle_expiry(r.stale, now_ms, expiries).await?.is_some() {
+        let request = KvScan {
+            prefix: &r.prefix,
+            start_after: &r.start_after,
+            limit,
+        };
+        // Every internal page, and the time it is judged at, from one view (`apply::kv_read`).
+        let mut page = kv_read::scan(&self.store, request).map_err(storage_status)?;
+        if self
+            .settle_expiry(r.stale, page.judged_at_ms, page.expiries)
+            .await?
+            .is_some()
+        {
             // Once: judged at the later time, what expires after it is live, as it should be.
-            (items, more, _, _) = self.scan_page(&r, limit)?;
+            page = kv_read::scan(&self.store, request).map_err(storage_status)?;
         }
+        let items = page
+            .items
+            .into_iter()
+            .map(|(key, rec)| pb::KeyValue {
+                key,
+                value: rec.value,
+                mod_revision: rec.mod_revision,
+            })
+            .collect();
+        let more = page.more;
         Ok(GrpcResponse::new(pb::KvScanResponse { items, more }))
     }
 
@@ -377,63 +388,5 @@ impl Kv for Api {
         let (outbox, inbox) = mpsc::channel(WATCH_BUFFER);
         tokio::spawn(run_watch(self.clone(), r.prefix, from, outbox));
         Ok(GrpcResponse::new(ReceiverStream::new(inbox)))
-    }
-}
-
-impl Api {
-    /// One scan answer from one view of the store, judged at that view's applied time: the live
-    /// items, whether more follow, the expiries of the records it stepped over or returned (for
-    /// [`Api::settle_expiry`]), and the time it was judged at.
-    #[allow(clippy::type_complexity)]
-    fn scan_page(
-        &self,
-        r: &pb::KvScanRequest,
-        limit: usize,
-    ) -> Result<(Vec<pb::KeyValue>, bool, Vec<Option<u64>>, u64), Status> {
-        let view = self.store.view();
-        let now_ms = basalt_storage::apply::last_applied_stamp(&view)
-            .map_err(storage_status)?
-            .physical_ms();
-        let mut expiries = Vec::new();
-        let mut from = if r.start_after.is_empty() {
-            r.prefix.clone()
-        } else {
-            r.start_after.clone()
-        };
-        let mut items = Vec::new();
-        let mut more = false;
-        'pages: loop {
-            let range = KeyRange::prefix_from(&r.prefix, from.clone());
-            let page = view.scan(Table::Kv, &range, limit + 1).map_err(storage_status)?;
-            let page_len = page.len();
-            for (key, bytes) in page {
-                if !key.starts_with(&r.prefix) {
-                    break 'pages;
-                }
-                if key == r.start_after {
-                    continue;
-                }
-                let rec = KvRecord::decode(&bytes).map_err(|e| status(ErrorCode::CorruptValue, e.to_string()))?;
-                expiries.push(rec.expires_at_ms);
-                if !rec.is_live_at(now_ms) {
-                    continue;
-                }
-                if items.len() == limit {
-                    more = true;
-                    break 'pages;
-                }
-                from = key.clone();
-                items.push(pb::KeyValue {
-                    key,
-                    value: rec.value,
-                    mod_revision: rec.mod_revision,
-                });
-            }
-            if page_len <= limit {
-                break;
-            }
-            from.push(0);
-        }
-        Ok((items, more, expiries, now_ms))
     }
 }

@@ -4,14 +4,12 @@ use std::time::Duration;
 
 use basalt_client::pb;
 use basalt_client::pb::lease_server::Lease;
-use basalt_client::ErrorCode;
-use basalt_storage::apply::lease::LeaseRecord;
+use basalt_storage::apply::lease::{self, LeaseRecord};
 use basalt_storage::command::{LeaseOutcome, Op, Response};
-use basalt_storage::state::{StoreRead, Table};
 use tokio::time::Instant;
 use tonic::{Request, Response as GrpcResponse, Status};
 
-use super::{status, storage_status, unexpected_result, Api};
+use super::{storage_status, unexpected_result, Api};
 
 /// Longest a single acquire may wait; longer waits are a loop in the caller.
 const WAIT_MAX: Duration = Duration::from_secs(60);
@@ -38,12 +36,7 @@ fn lease_response(outcome: LeaseOutcome) -> Result<pb::LeaseResponse, Status> {
 
 impl Api {
     fn local_lease(&self, name: &[u8]) -> Result<Option<LeaseRecord>, Status> {
-        match self.store.get(Table::Lease, name).map_err(storage_status)? {
-            None => Ok(None),
-            Some(bytes) => LeaseRecord::decode(&bytes)
-                .map(Some)
-                .ok_or_else(|| status(ErrorCode::CorruptValue, "undecodable lease record")),
-        }
+        Ok(lease::get(&self.store, name).map_err(storage_status)?.value)
     }
 }
 
@@ -123,16 +116,16 @@ impl Lease for Api {
         let r = request.into_inner();
         Self::check_key(&r.name)?;
         self.read_barrier(r.stale).await?;
-        let mut now_ms = self.read_time_ms()?;
-        let mut lease = self.local_lease(&r.name)?;
-        if let Some(later) = self
-            .settle_expiry(r.stale, now_ms, [lease.as_ref().map(|l| l.expires_at_ms)])
+        // The grant and the time it is judged at, from one view (`apply::lease::get`).
+        let mut read = lease::get(&self.store, &r.name).map_err(storage_status)?;
+        if self
+            .settle_expiry(r.stale, read.judged_at_ms, [read.expiry()])
             .await?
+            .is_some()
         {
-            now_ms = later;
-            lease = self.local_lease(&r.name)?;
+            read = lease::get(&self.store, &r.name).map_err(storage_status)?;
         }
-        let reply = match lease.filter(|l| l.is_live_at(now_ms)) {
+        let reply = match read.live() {
             None => pb::LeaseResponse::default(),
             Some(l) => pb::LeaseResponse {
                 granted: true,

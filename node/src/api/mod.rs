@@ -163,6 +163,8 @@ pub(crate) fn storage_status(e: basalt_storage::state::StoreError) -> Status {
     match e {
         // A follower replacing its state from a snapshot: retry, here or on another node.
         basalt_storage::state::StoreError::Installing => status(ErrorCode::Unavailable, e.to_string()),
+        // A stored record that does not decode: the same code an apply gives for one.
+        basalt_storage::state::StoreError::CorruptRecord { .. } => status(ErrorCode::CorruptValue, e.to_string()),
         e => status(ErrorCode::Internal, format!("storage: {e}")),
     }
 }

@@ -7,10 +7,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{check_key, lossy, View};
+use super::read::{read_judged, Expiring, Judged};
+use super::{check_key, corrupt, lossy, View};
 use crate::command::{Fence, LeaseLoss, LeaseOutcome, OpError, Response};
 use crate::limits::{KEY_BYTES_MAX, TTL_MS_MAX};
-use crate::state::{StoreError, StoreRead, Table};
+use crate::state::{StoreError, StoreRead, Table, ViewSource};
 
 /// The current grant of a lease. Deleted on release; overwritten by the next grant once expired.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,9 +21,15 @@ pub struct LeaseRecord {
     pub expires_at_ms: u64,
 }
 
+impl Expiring for LeaseRecord {
+    fn expires_at_ms(&self) -> Option<u64> {
+        Some(self.expires_at_ms)
+    }
+}
+
 impl LeaseRecord {
     pub fn is_live_at(&self, now_ms: u64) -> bool {
-        now_ms < self.expires_at_ms
+        super::read::is_live(Some(self.expires_at_ms), now_ms)
     }
 
     pub fn decode(bytes: &[u8]) -> Option<LeaseRecord> {
@@ -67,6 +74,17 @@ fn load<S: StoreRead>(view: &View<'_, S>, name: &[u8]) -> Result<Result<Option<L
                 key: lossy(name),
                 reason: "undecodable lease record".into(),
             }),
+    })
+}
+
+/// A lease's grant (live or expired) and the applied time, from one view: the read behind
+/// `lease get` (see `read.rs`).
+pub fn get<S: ViewSource + ?Sized>(source: &S, name: &[u8]) -> Result<Judged<Option<LeaseRecord>>, StoreError> {
+    read_judged(source, |view| match view.get(Table::Lease, name)? {
+        None => Ok(None),
+        Some(bytes) => LeaseRecord::decode(&bytes)
+            .map(Some)
+            .ok_or_else(|| corrupt(Table::Lease, name, "undecodable lease record")),
     })
 }
 

@@ -18,10 +18,12 @@ macro_rules! refuse_on_err {
 pub mod counter;
 pub mod group;
 pub mod kv;
+pub mod kv_read;
 pub mod lease;
 pub mod ledger;
 pub mod queue;
 pub mod rate;
+pub mod read;
 pub mod replication;
 mod session;
 pub mod stream;
@@ -189,7 +191,7 @@ impl<S: StoreRead> StoreRead for View<'_, S> {
     }
 }
 
-const LAST_STAMP_KEY: &[u8] = b"last_stamp";
+pub(crate) const LAST_STAMP_KEY: &[u8] = b"last_stamp";
 
 /// The stamp of the last entry applied in `store`. Apply stamps every later entry at or above it
 /// (`max(proposed stamp, last applied)`), whatever clock proposed that entry: so it is a bound

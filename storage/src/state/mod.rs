@@ -303,6 +303,17 @@ pub trait StoreRead {
     }
 }
 
+/// A store that hands out point-in-time views. A read of more than one thing (a scan's internal
+/// pages; a record and the applied time it is judged at) takes one view and reads all of it
+/// there, so an entry applied meanwhile is seen whole or not at all.
+pub trait ViewSource {
+    type View<'a>: StoreRead
+    where
+        Self: 'a;
+
+    fn view(&self) -> Self::View<'_>;
+}
+
 /// A KV record as stored.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KvRecord {
@@ -332,7 +343,7 @@ impl KvRecord {
     }
 
     pub fn is_live_at(&self, now_ms: u64) -> bool {
-        self.expires_at_ms.is_none_or(|at| now_ms < at)
+        crate::apply::read::is_live(self.expires_at_ms, now_ms)
     }
 
     pub fn encode(&self) -> Vec<u8> {

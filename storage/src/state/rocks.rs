@@ -308,6 +308,14 @@ impl RocksStore {
     }
 }
 
+impl super::ViewSource for RocksStore {
+    type View<'a> = RocksView<'a>;
+
+    fn view(&self) -> RocksView<'_> {
+        RocksStore::view(self)
+    }
+}
+
 impl RocksView<'_> {
     fn check_not_during_install(&self) -> Result<(), StoreError> {
         if self.during_install {
