@@ -482,19 +482,7 @@ impl Client {
                         self.rotate_from(position);
                         message
                     }
-                    // An earlier attempt may have applied the mutation: a later "nothing was
-                    // applied" speaks only for itself.
-                    Attempt::Fail(ClientError::Rejected {
-                        code: ErrorCode::RegionUnavailable,
-                        message,
-                    }) if mutation && reached => {
-                        return Err(ClientError::Unavailable {
-                            attempts,
-                            outcome_unknown: true,
-                            last_error: message,
-                        })
-                    }
-                    Attempt::Fail(e) => return Err(e),
+                    Attempt::Fail(e) => return Err(refusal_after_attempts(e, mutation && reached, attempts)),
                 },
             };
             let now = Instant::now();
@@ -668,8 +656,68 @@ fn one_attempt_failed(status: tonic::Status) -> ClientError {
     }
 }
 
+/// What a refusal means once an earlier attempt of the same mutation may have applied (it reached
+/// a node and its answer was lost): a refusal speaks only for its own attempt. It may come from a
+/// check the receiving node makes before proposing (a record it cannot read, a topology it has not
+/// committed, a home region it cannot reach), which says nothing of the earlier attempt; and a
+/// refusal the state machine saved for the earlier attempt cannot be told apart from one. So every
+/// refusal then is "outcome unknown", never "nothing changed".
+fn refusal_after_attempts(e: ClientError, earlier_may_have_applied: bool, attempts: u32) -> ClientError {
+    match e {
+        // The home region could not be reached this time: unavailable, as the earlier attempts.
+        ClientError::Rejected {
+            code: ErrorCode::RegionUnavailable,
+            message,
+        } if earlier_may_have_applied => ClientError::Unavailable {
+            attempts,
+            outcome_unknown: true,
+            last_error: message,
+        },
+        ClientError::Rejected { code, message } if earlier_may_have_applied => ClientError::OutcomeUnknown {
+            code,
+            message: format!("an earlier attempt may have applied; this one was refused: {message}"),
+        },
+        e => e,
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_refusal_after_an_attempt_that_may_have_applied_is_outcome_unknown() {
+        for code in [
+            ErrorCode::RegionUnavailable,
+            ErrorCode::CorruptValue,
+            ErrorCode::InvalidArgument,
+        ] {
+            let refused = || ClientError::Rejected {
+                code,
+                message: "refused".into(),
+            };
+            assert!(
+                matches!(
+                    refusal_after_attempts(refused(), false, 1),
+                    ClientError::Rejected { .. }
+                ),
+                "{code:?} on a first attempt is a refusal"
+            );
+            let unknown = refusal_after_attempts(refused(), true, 3);
+            let expected = if code == ErrorCode::RegionUnavailable {
+                matches!(
+                    unknown,
+                    ClientError::Unavailable {
+                        attempts: 3,
+                        outcome_unknown: true,
+                        ..
+                    }
+                )
+            } else {
+                matches!(unknown, ClientError::OutcomeUnknown { code: c, .. } if c == code)
+            };
+            assert!(expected, "{code:?} after an attempt that may have applied: {unknown:?}");
+        }
+    }
+
     use std::sync::atomic::AtomicBool;
 
     use super::*;

@@ -67,12 +67,14 @@ impl Stream for Api {
         let r = request.into_inner();
         check_name("topic name", &r.topic).map_err(|e| op_error_status(&e))?;
         self.read_barrier(r.stale).await?;
-        let config = topic_config(&self.store.view(), &r.topic)
+        // One view: a produce or a retention trim across partitions is seen whole or not at all.
+        let view = self.store.view();
+        let config = topic_config(&view, &r.topic)
             .map_err(storage_status)?
             .map_err(|e| op_error_status(&e))?;
         let mut partition_info = Vec::with_capacity(config.partitions as usize);
         for partition in 0..config.partitions {
-            let state = partition_state(&self.store.view(), &r.topic, partition)
+            let state = partition_state(&view, &r.topic, partition)
                 .map_err(storage_status)?
                 .map_err(|e| op_error_status(&e))?;
             partition_info.push(pb::PartitionInfo {

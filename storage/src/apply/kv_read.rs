@@ -20,6 +20,9 @@ pub fn get<S: ViewSource + ?Sized>(source: &S, key: &[u8]) -> Result<Judged<Opti
     })
 }
 
+/// Fewest records one internal page of a scan reads.
+const SCAN_PAGE_RECORDS_MIN: usize = 64;
+
 /// What a KV scan asks for.
 #[derive(Clone, Copy, Debug)]
 pub struct KvScan<'a> {
@@ -46,7 +49,7 @@ pub struct KvScanPage {
 }
 
 /// Up to `limit` live keys under the prefix, in key order. Expired records are stepped over, so
-/// the view is read in internal pages of `limit + 1` records until enough live ones are found:
+/// the view is read in internal pages until enough live ones are found:
 /// every page, and the applied time, come from one view, so a batch applied while the scan runs
 /// is in the answer whole or not at all.
 pub fn scan<S: ViewSource + ?Sized>(source: &S, request: KvScan<'_>) -> Result<KvScanPage, StoreError> {
@@ -67,17 +70,14 @@ fn scan_in<R: StoreRead + ?Sized>(view: &R, request: KvScan<'_>) -> Result<KvSca
         expiries: Vec::new(),
         judged_at_ms,
     };
-    let mut from = if start_after.is_empty() {
-        prefix.to_vec()
-    } else {
-        start_after.to_vec()
-    };
+    // From the prefix, or from `start_after` when that lies inside or past it: a `start_after`
+    // below the prefix would start the scan at keys outside it.
+    let mut from = prefix.max(start_after).to_vec();
+    // One more than the limit, to know whether more follow; never tiny, so that stepping over
+    // many expired keys not yet swept takes few seeks.
+    let page_size = limit.saturating_add(1).max(SCAN_PAGE_RECORDS_MIN);
     loop {
-        let page = view.scan(
-            Table::Kv,
-            &KeyRange::prefix_from(prefix, from.clone()),
-            limit.saturating_add(1),
-        )?;
+        let page = view.scan(Table::Kv, &KeyRange::prefix_from(prefix, from.clone()), page_size)?;
         let page_len = page.len();
         for (key, bytes) in page {
             if !key.starts_with(prefix) {
@@ -100,7 +100,7 @@ fn scan_in<R: StoreRead + ?Sized>(view: &R, request: KvScan<'_>) -> Result<KvSca
             }
             answer.items.push((key, record));
         }
-        if page_len <= limit {
+        if page_len < page_size {
             return Ok(answer);
         }
         from.push(0);
@@ -224,70 +224,116 @@ mod tests {
             .collect()
     }
 
-    /// A batch that moves a key (deletes `k/a`, already returned by the first internal page, and
-    /// writes `k/z`, read by a later one) lands between the scan's internal pages. One view: the
-    /// answer holds exactly one of the two. Pages read from the live store (or from a view each)
-    /// held neither or both.
-    #[test]
-    fn a_batch_applied_between_internal_pages_is_in_the_answer_whole_or_not_at_all() {
-        let (_dir, store) = open();
-        let mut setup = WriteSet::default();
-        applied_time(&mut setup, 1_000);
-        put(&mut setup, "k/a", "a", None);
-        // Expired at 1000: the scan steps over them, so with limit 3 it reads a second page.
-        for expired in ["k/b", "k/c", "k/d"] {
-            put(&mut setup, expired, "old", Some(500));
-        }
-        put(&mut setup, "k/y", "y", None);
-        store.commit(&setup).expect("commit");
-
-        let mut moved = WriteSet::default();
-        moved.delete(Table::Kv, b"k/a".to_vec());
-        put(&mut moved, "k/z", "z", None);
-        applied_time(&mut moved, 1_001);
-        // Reads: the applied time, then page 1; the batch lands after page 1.
-        let meddler = Meddler::new(&store, 2, moved);
-        let request = KvScan {
-            prefix: b"k/",
-            start_after: b"",
-            limit: 3,
-        };
-        let page = scan(&meddler, request).expect("scan");
-        assert!(
-            meddler.scans.get() >= 2,
-            "the scan read one page only: the test misses its point"
-        );
-        assert_eq!(
-            keys(&page),
-            ["k/a", "k/y"],
-            "the scan mixed the states before and after a batch"
-        );
-        assert!(!page.more);
-        assert_eq!(page.judged_at_ms, 1_000);
-
-        // After the batch, a new scan sees it whole.
-        let after = scan(&store, request).expect("scan");
-        assert_eq!(keys(&after), ["k/y", "k/z"]);
-        assert_eq!(after.judged_at_ms, 1_001);
+    /// Keys `{stem}000`, `{stem}001`, ... expired at applied time 1000: a scan steps over them,
+    /// and `count` above the page size makes it read more than one internal page.
+    fn put_expired_run(writes: &mut WriteSet, stem: &str, count: usize) -> Vec<Option<u64>> {
+        (0..count)
+            .map(|i| {
+                let expires_at_ms = 100 + i as u64;
+                put(writes, &format!("{stem}{i:03}"), "old", Some(expires_at_ms));
+                Some(expires_at_ms)
+            })
+            .collect()
     }
 
-    /// A full internal page of expired records was read again and again: the next page started
+    /// More expired keys than two internal pages hold.
+    const EXPIRED_RUN: usize = 2 * SCAN_PAGE_RECORDS_MIN + 5;
+
+    /// A batch that moves a key (deletes `k/a`, read before it lands, and writes `k/z`, read
+    /// after) lands between the scan's reads: after its applied-time read, or after its first
+    /// internal page. One view: the answer holds exactly one of the two keys, judged at the time
+    /// before the batch. Reads from the live store (or a view each) mixed the two states.
+    #[test]
+    fn a_batch_applied_between_internal_pages_is_in_the_answer_whole_or_not_at_all() {
+        for commit_after_read in [1, 2] {
+            let (_dir, store) = open();
+            let mut setup = WriteSet::default();
+            applied_time(&mut setup, 1_000);
+            put(&mut setup, "k/a", "a", None);
+            put_expired_run(&mut setup, "k/b", EXPIRED_RUN);
+            put(&mut setup, "k/y", "y", None);
+            store.commit(&setup).expect("commit");
+
+            let mut moved = WriteSet::default();
+            moved.delete(Table::Kv, b"k/a".to_vec());
+            put(&mut moved, "k/z", "z", None);
+            applied_time(&mut moved, 1_001);
+            let meddler = Meddler::new(&store, commit_after_read, moved);
+            let request = KvScan {
+                prefix: b"k/",
+                start_after: b"",
+                limit: 3,
+            };
+            let page = scan(&meddler, request).expect("scan");
+            assert!(
+                meddler.scans.get() >= 2,
+                "one internal page only: the test misses its point"
+            );
+            assert!(meddler.batch.borrow().is_none(), "the batch never landed");
+            assert_eq!(
+                keys(&page),
+                ["k/a", "k/y"],
+                "the scan mixed the states before and after a batch (landing after read {commit_after_read})"
+            );
+            assert!(!page.more);
+            assert_eq!(page.judged_at_ms, 1_000);
+
+            // After the batch, a new scan sees it whole.
+            let after = scan(&store, request).expect("scan");
+            assert_eq!(keys(&after), ["k/y", "k/z"]);
+            assert_eq!(after.judged_at_ms, 1_001);
+        }
+    }
+
+    /// Full internal pages of expired records were read again and again: the next page started
     /// just after the last *live* key, which did not move.
     #[test]
     fn a_scan_steps_over_pages_of_expired_records_and_ends() {
         let (_dir, store) = open();
         let mut setup = WriteSet::default();
         applied_time(&mut setup, 1_000);
-        for (i, key) in ["k/a", "k/b", "k/c", "k/d", "k/e"].iter().enumerate() {
-            put(&mut setup, key, "old", Some(100 + i as u64));
-        }
+        let mut expected_expiries = put_expired_run(&mut setup, "k/a", EXPIRED_RUN);
         put(&mut setup, "k/f", "f", None);
         put(&mut setup, "k/g", "g", Some(5_000));
         put(&mut setup, "l/a", "other prefix", None);
         store.commit(&setup).expect("commit");
         let watched = Meddler::new(&store, usize::MAX, WriteSet::default());
-        let page = scan(
+        let first = KvScan {
+            prefix: b"k/",
+            start_after: b"",
+            limit: 1,
+        };
+        let page = scan(&watched, first).expect("scan");
+        assert_eq!(keys(&page), ["k/f"]);
+        assert!(page.more);
+        // Every record read once: the expired run, the item, and the next live key (for `more`).
+        expected_expiries.extend([None, Some(5_000)]);
+        assert_eq!(page.expiries, expected_expiries);
+
+        let rest = scan(
             &watched,
+            KvScan {
+                start_after: b"k/f",
+                ..first
+            },
+        )
+        .expect("scan");
+        assert_eq!(keys(&rest), ["k/g"]);
+        assert!(!rest.more);
+    }
+
+    /// `more` is true when the next live key lies pages of expired keys past the last item.
+    #[test]
+    fn more_sees_a_live_key_past_pages_of_expired_ones() {
+        let (_dir, store) = open();
+        let mut setup = WriteSet::default();
+        applied_time(&mut setup, 1_000);
+        put(&mut setup, "k/a", "a", None);
+        put_expired_run(&mut setup, "k/b", EXPIRED_RUN);
+        put(&mut setup, "k/z", "z", None);
+        store.commit(&setup).expect("commit");
+        let page = scan(
+            &store,
             KvScan {
                 prefix: b"k/",
                 start_after: b"",
@@ -295,24 +341,47 @@ mod tests {
             },
         )
         .expect("scan");
-        assert_eq!(keys(&page), ["k/f"]);
+        assert_eq!(keys(&page), ["k/a"]);
         assert!(page.more);
-        assert_eq!(
-            page.expiries,
-            [Some(100), Some(101), Some(102), Some(103), Some(104), None, Some(5_000)]
-        );
+        assert_eq!(page.expiries.len(), EXPIRED_RUN + 2);
+    }
 
-        let rest = scan(
-            &watched,
+    /// A `start_after` that sorts below the prefix starts the scan at the prefix: it started at
+    /// `start_after`, met a key outside the prefix first, and answered nothing.
+    #[test]
+    fn a_start_after_below_the_prefix_scans_the_whole_prefix() {
+        let (_dir, store) = open();
+        let mut setup = WriteSet::default();
+        applied_time(&mut setup, 1_000);
+        put(&mut setup, "k.x", "outside, between start_after and the prefix", None);
+        put(&mut setup, "k/a", "a", None);
+        put(&mut setup, "k/b", "b", None);
+        put(&mut setup, "k0", "outside, past the prefix", None);
+        store.commit(&setup).expect("commit");
+        let page = scan(
+            &store,
             KvScan {
                 prefix: b"k/",
-                start_after: b"k/f",
-                limit: 1,
+                start_after: b"k",
+                limit: 10,
             },
         )
         .expect("scan");
-        assert_eq!(keys(&rest), ["k/g"]);
-        assert!(!rest.more);
+        assert_eq!(keys(&page), ["k/a", "k/b"]);
+        assert!(!page.more);
+        // Inside the prefix, start_after resumes after itself, present or not.
+        for start_after in [&b"k/a"[..], b"k/a0"] {
+            let page = scan(
+                &store,
+                KvScan {
+                    prefix: b"k/",
+                    start_after,
+                    limit: 10,
+                },
+            )
+            .expect("scan");
+            assert_eq!(keys(&page), ["k/b"]);
+        }
     }
 
     /// A record and the time it is judged at come from one view: a re-put with a shorter TTL

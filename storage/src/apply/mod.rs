@@ -197,11 +197,18 @@ pub(crate) const LAST_STAMP_KEY: &[u8] = b"last_stamp";
 /// (`max(proposed stamp, last applied)`), whatever clock proposed that entry: so it is a bound
 /// that entries proposed but not yet applied respect too, which no node's clock reading is.
 pub fn last_applied_stamp<S: StoreRead + ?Sized>(store: &S) -> Result<HlcStamp, StoreError> {
-    Ok(store
-        .get(Table::Meta, LAST_STAMP_KEY)?
-        .and_then(|b| b.try_into().ok().map(u64::from_le_bytes))
-        .map(HlcStamp)
-        .unwrap_or_default())
+    match store.get(Table::Meta, LAST_STAMP_KEY)? {
+        None => Ok(HlcStamp::default()),
+        Some(bytes) => match <[u8; 8]>::try_from(bytes.as_slice()) {
+            Ok(stamp) => Ok(HlcStamp(u64::from_le_bytes(stamp))),
+            // Read as 0, every TTL key and lease would be judged live again.
+            Err(_) => Err(corrupt(
+                Table::Meta,
+                LAST_STAMP_KEY,
+                format!("{} bytes, not 8", bytes.len()),
+            )),
+        },
+    }
 }
 
 /// This region among regions: its id, and whether it replicates with other regions (then deletes
