@@ -67,6 +67,14 @@ fn writes_through_any_node_are_redirected_and_reads_are_linearizable() {
         ));
         assert!(client.kv().delete("k").await.expect("delete").deleted);
         assert!(client.kv().get("k").await.expect("get").is_none());
+
+        // The node logs go to files here: plain text, no terminal colour codes.
+        let logs = cluster.logs();
+        assert!(logs.contains("INFO"), "the nodes logged nothing at info:\n{logs}");
+        assert!(
+            !logs.contains('\u{1b}'),
+            "terminal escape codes in a log file:\n{logs:?}"
+        );
     });
 }
 
