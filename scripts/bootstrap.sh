@@ -26,6 +26,12 @@ if [ "${#basalt_missing[@]}" -gt 0 ]; then
     "${basalt_missing[@]}" >/dev/null
 fi
 
+# clippy runs in scripts/test; rustup's minimal profile leaves it out.
+if ! cargo clippy --version >/dev/null 2>&1 && command -v rustup >/dev/null 2>&1; then
+  echo "bootstrap: adding the clippy component" >&2
+  rustup component add clippy >/dev/null
+fi
+
 export ROCKSDB_LIB_DIR=/usr/lib/x86_64-linux-gnu
 export SNAPPY_LIB_DIR=/usr/lib/x86_64-linux-gnu
 export LIBCLANG_PATH=/usr/lib/llvm-14/lib
