@@ -534,7 +534,7 @@ impl Client {
     /// The status of the node this client currently talks to (normally the leader).
     pub async fn cluster_status(&self) -> Result<pb::StatusResponse, ClientError> {
         self.unary(false, pb::StatusRequest {}, |c, r| async move {
-            ClusterClient::new(c).status(r).await
+            crate::service_client!(ClusterClient, c).status(r).await
         })
         .await
     }
@@ -543,7 +543,7 @@ impl Client {
     pub async fn node_status(&self, addr: &str) -> Result<pb::StatusResponse, ClientError> {
         let channel = channel_for(addr, &self.inner.options)?;
         let deadline = Instant::now() + self.inner.options.attempt_timeout;
-        ClusterClient::new(channel)
+        crate::service_client!(ClusterClient, channel)
             .status(self.request(pb::StatusRequest {}, deadline, Duration::ZERO))
             .await
             .map(|r| r.into_inner())
@@ -556,7 +556,7 @@ impl Client {
     pub async fn node_regions(&self, addr: &str, digest: bool) -> Result<pb::RegionsResponse, ClientError> {
         let channel = channel_for(addr, &self.inner.options)?;
         let deadline = Instant::now() + self.inner.options.attempt_timeout;
-        ClusterClient::new(channel)
+        crate::service_client!(ClusterClient, channel)
             .regions(self.request(pb::RegionsRequest { digest }, deadline, Duration::ZERO))
             .await
             .map(|r| r.into_inner())
@@ -572,7 +572,7 @@ impl Client {
                     id,
                     addr: addr.to_string(),
                 },
-                |c, r| async move { ClusterClient::new(c).add_node(r).await },
+                |c, r| async move { crate::service_client!(ClusterClient, c).add_node(r).await },
             )
             .await?;
         Ok(reply.members)
@@ -583,7 +583,7 @@ impl Client {
     pub async fn region_topology(&self) -> Result<Option<pb::RegionTopology>, ClientError> {
         let reply = self
             .unary(false, pb::RegionsRequest { digest: false }, |c, r| async move {
-                ClusterClient::new(c).regions(r).await
+                crate::service_client!(ClusterClient, c).regions(r).await
             })
             .await?;
         Ok(reply.topology)
@@ -621,7 +621,7 @@ impl Client {
         self.unary(
             true,
             pb::ChangeRegionsRequest { change: Some(change) },
-            |c, r| async move { ClusterClient::new(c).change_regions(r).await },
+            |c, r| async move { crate::service_client!(ClusterClient, c).change_regions(r).await },
         )
         .await
     }
@@ -630,7 +630,7 @@ impl Client {
     pub async fn promote(&self, id: u64) -> Result<Vec<pb::Member>, ClientError> {
         let reply = self
             .unary(true, pb::PromoteRequest { id }, |c, r| async move {
-                ClusterClient::new(c).promote(r).await
+                crate::service_client!(ClusterClient, c).promote(r).await
             })
             .await?;
         Ok(reply.members)
@@ -640,7 +640,7 @@ impl Client {
     pub async fn remove_node(&self, id: u64) -> Result<Vec<pb::Member>, ClientError> {
         let reply = self
             .unary(true, pb::RemoveNodeRequest { id }, |c, r| async move {
-                ClusterClient::new(c).remove_node(r).await
+                crate::service_client!(ClusterClient, c).remove_node(r).await
             })
             .await?;
         Ok(reply.members)

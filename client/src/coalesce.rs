@@ -104,7 +104,9 @@ async fn send(client: &Client, batch: Vec<Pending>) {
         writes,
     };
     let outcome = client
-        .unary(true, message, |c, r| async move { KvClient::new(c).batch(r).await })
+        .unary(true, message, |c, r| async move {
+            crate::service_client!(KvClient, c).batch(r).await
+        })
         .await;
     match outcome {
         Ok(reply) if reply.results.len() == replies.len() => {

@@ -141,11 +141,9 @@ impl Counters {
         };
         let reply = self
             .client
-            .unary(
-                true,
-                message,
-                |c, r| async move { CounterClient::new(c).apply(r).await },
-            )
+            .unary(true, message, |c, r| async move {
+                crate::service_client!(CounterClient, c).apply(r).await
+            })
             .await?;
         reply
             .outcomes
@@ -174,7 +172,9 @@ impl Counters {
         };
         let reply = self
             .client
-            .unary(false, message, |c, r| async move { CounterClient::new(c).get(r).await })
+            .unary(false, message, |c, r| async move {
+                crate::service_client!(CounterClient, c).get(r).await
+            })
             .await?;
         Ok(reply.values)
     }

@@ -5,6 +5,7 @@ use std::time::Duration;
 use crate::client::{Client, ReadConsistency};
 use crate::coalesce;
 use crate::error::ClientError;
+use crate::limits::SCAN_KEYS_DEFAULT;
 use crate::pb;
 use crate::pb::kv_client::KvClient;
 
@@ -130,7 +131,9 @@ impl Kv {
             let (header, _guard) = self.client.header();
             message.header = Some(header);
             self.client
-                .unary(true, message, |c, r| async move { KvClient::new(c).put(r).await })
+                .unary(true, message, |c, r| async move {
+                    crate::service_client!(KvClient, c).put(r).await
+                })
                 .await?
         };
         Ok(if reply.succeeded {
@@ -160,7 +163,9 @@ impl Kv {
         };
         let reply = self
             .client
-            .unary(false, message, |c, r| async move { KvClient::new(c).get(r).await })
+            .unary(false, message, |c, r| async move {
+                crate::service_client!(KvClient, c).get(r).await
+            })
             .await?;
         Ok(reply.found.then(|| KvEntry {
             value: reply.value,
@@ -191,7 +196,9 @@ impl Kv {
             let (header, _guard) = self.client.header();
             message.header = Some(header);
             self.client
-                .unary(true, message, |c, r| async move { KvClient::new(c).delete(r).await })
+                .unary(true, message, |c, r| async move {
+                    crate::service_client!(KvClient, c).delete(r).await
+                })
                 .await?
         };
         Ok(DeleteOutcome {
@@ -200,18 +207,35 @@ impl Kv {
         })
     }
 
-    /// Keys starting with `prefix`, in order, at most `limit` (0: server default).
+    /// Keys starting with `prefix`, in order, at most `limit` (0: the server default, 1,000).
+    ///
+    /// The server answers at most 16 MiB of keys and values at a time (`SCAN_REPLY_BYTES_MAX`);
+    /// a scan larger than that is read in several answers, each going on after the last key of
+    /// the one before. Each answer is one point-in-time view; a scan read in several answers can
+    /// see a write that landed between them in the later answers only.
     pub async fn scan(&self, prefix: impl AsRef<[u8]>, limit: u32) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ClientError> {
-        let message = pb::KvScanRequest {
-            prefix: prefix.as_ref().to_vec(),
-            start_after: Vec::new(),
-            limit,
-            stale: false,
-        };
-        let reply = self
-            .client
-            .unary(false, message, |c, r| async move { KvClient::new(c).scan(r).await })
-            .await?;
-        Ok(reply.items.into_iter().map(|kv| (kv.key, kv.value)).collect())
+        let prefix = prefix.as_ref();
+        let mut items: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let mut wanted = if limit == 0 { SCAN_KEYS_DEFAULT } else { limit };
+        loop {
+            let message = pb::KvScanRequest {
+                prefix: prefix.to_vec(),
+                start_after: items.last().map(|(key, _)| key.clone()).unwrap_or_default(),
+                limit: wanted,
+                stale: false,
+            };
+            let reply = self
+                .client
+                .unary(false, message, |c, r| async move {
+                    crate::service_client!(KvClient, c).scan(r).await
+                })
+                .await?;
+            let got = reply.items.len() as u32;
+            items.extend(reply.items.into_iter().map(|kv| (kv.key, kv.value)));
+            wanted = wanted.saturating_sub(got);
+            if !reply.more || got == 0 || wanted == 0 {
+                return Ok(items);
+            }
+        }
     }
 }

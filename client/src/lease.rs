@@ -91,7 +91,7 @@ impl LeaseHandle {
         let reply = self
             .client
             .unary_waiting(true, message, wait, |c, r| async move {
-                LeaseClient::new(c).acquire(r).await
+                crate::service_client!(LeaseClient, c).acquire(r).await
             })
             .await?;
         Ok(if reply.granted {
@@ -129,7 +129,9 @@ impl LeaseHandle {
         };
         let reply = self
             .client
-            .unary(true, message, |c, r| async move { LeaseClient::new(c).renew(r).await })
+            .unary(true, message, |c, r| async move {
+                crate::service_client!(LeaseClient, c).renew(r).await
+            })
             .await?;
         Ok(LeaseGrant {
             token: reply.token,
@@ -152,11 +154,9 @@ impl LeaseHandle {
         };
         let reply = self
             .client
-            .unary(
-                true,
-                message,
-                |c, r| async move { LeaseClient::new(c).release(r).await },
-            )
+            .unary(true, message, |c, r| async move {
+                crate::service_client!(LeaseClient, c).release(r).await
+            })
             .await?;
         Ok(reply.was_live)
     }
@@ -169,7 +169,9 @@ impl LeaseHandle {
         };
         let reply = self
             .client
-            .unary(false, message, |c, r| async move { LeaseClient::new(c).get(r).await })
+            .unary(false, message, |c, r| async move {
+                crate::service_client!(LeaseClient, c).get(r).await
+            })
             .await?;
         Ok(reply.granted.then_some(LeaseState {
             holder: reply.holder,

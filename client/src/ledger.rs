@@ -256,7 +256,7 @@ impl Ledger {
         let reply = self
             .client
             .unary(true, message, |c, r| async move {
-                LedgerClient::new(c).create_accounts(r).await
+                crate::service_client!(LedgerClient, c).create_accounts(r).await
             })
             .await?;
         Ok(failures(reply))
@@ -273,7 +273,7 @@ impl Ledger {
         let reply = self
             .client
             .unary(true, message, |c, r| async move {
-                LedgerClient::new(c).create_transfers(r).await
+                crate::service_client!(LedgerClient, c).create_transfers(r).await
             })
             .await?;
         Ok(failures(reply))
@@ -299,7 +299,7 @@ impl Ledger {
         let reply = self
             .client
             .unary(false, message, |c, r| async move {
-                LedgerClient::new(c).lookup_accounts(r).await
+                crate::service_client!(LedgerClient, c).lookup_accounts(r).await
             })
             .await?;
         reply.accounts.into_iter().map(Account::try_from).collect()
@@ -322,7 +322,7 @@ impl Ledger {
         let reply = self
             .client
             .unary(false, message, |c, r| async move {
-                LedgerClient::new(c).lookup_transfers(r).await
+                crate::service_client!(LedgerClient, c).lookup_transfers(r).await
             })
             .await?;
         reply.transfers.into_iter().map(TransferRecord::try_from).collect()
@@ -344,7 +344,7 @@ impl Ledger {
         let reply = self
             .client
             .unary(false, filter(f, consistency), |c, r| async move {
-                LedgerClient::new(c).get_account_transfers(r).await
+                crate::service_client!(LedgerClient, c).get_account_transfers(r).await
             })
             .await?;
         reply
@@ -369,7 +369,7 @@ impl Ledger {
         let reply = self
             .client
             .unary(false, filter(f, consistency), |c, r| async move {
-                LedgerClient::new(c).get_account_balances(r).await
+                crate::service_client!(LedgerClient, c).get_account_balances(r).await
             })
             .await?;
         reply

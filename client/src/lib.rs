@@ -33,6 +33,7 @@ mod error;
 mod kv;
 pub mod lease;
 pub mod ledger;
+pub mod limits;
 pub mod pubsub;
 pub mod queue;
 mod rate;

@@ -38,11 +38,9 @@ impl PubSub {
         };
         let reply = self
             .client
-            .unary(
-                false,
-                message,
-                |c, r| async move { PubSubClient::new(c).publish(r).await },
-            )
+            .unary(false, message, |c, r| async move {
+                crate::service_client!(PubSubClient, c).publish(r).await
+            })
             .await?;
         Ok(reply.receivers)
     }
@@ -56,7 +54,10 @@ impl PubSub {
             .call(false, Duration::ZERO, |channel, deadline| {
                 let request = self.client.request(message.clone(), deadline, Duration::ZERO);
                 async move {
-                    let mut stream = PubSubClient::new(channel).subscribe(request).await?.into_inner();
+                    let mut stream = crate::service_client!(PubSubClient, channel)
+                        .subscribe(request)
+                        .await?
+                        .into_inner();
                     // The confirmation: from here on the node delivers to us.
                     stream.message().await?;
                     Ok(stream)

@@ -115,7 +115,7 @@ impl QueueHandle {
         let reply = self
             .client
             .unary(true, message, |c, r| async move {
-                QueueClient::new(c).create_queue(r).await
+                crate::service_client!(QueueClient, c).create_queue(r).await
             })
             .await?;
         Ok(reply.created)
@@ -154,11 +154,9 @@ impl QueueHandle {
         };
         let reply = self
             .client
-            .unary(
-                true,
-                message,
-                |c, r| async move { QueueClient::new(c).enqueue(r).await },
-            )
+            .unary(true, message, |c, r| async move {
+                crate::service_client!(QueueClient, c).enqueue(r).await
+            })
             .await?;
         Ok(reply
             .outcomes
@@ -184,7 +182,7 @@ impl QueueHandle {
         let reply = self
             .client
             .unary_waiting(true, message, options.wait, |c, r| async move {
-                QueueClient::new(c).receive(r).await
+                crate::service_client!(QueueClient, c).receive(r).await
             })
             .await?;
         Ok(reply
@@ -214,7 +212,9 @@ impl QueueHandle {
             receipt: receipt.to_vec(),
         };
         self.client
-            .unary(true, message, |c, r| async move { QueueClient::new(c).ack(r).await })
+            .unary(true, message, |c, r| async move {
+                crate::service_client!(QueueClient, c).ack(r).await
+            })
             .await?;
         Ok(())
     }
@@ -229,7 +229,9 @@ impl QueueHandle {
             delay_ms: millis(delay),
         };
         self.client
-            .unary(true, message, |c, r| async move { QueueClient::new(c).nack(r).await })
+            .unary(true, message, |c, r| async move {
+                crate::service_client!(QueueClient, c).nack(r).await
+            })
             .await?;
         Ok(())
     }
@@ -244,11 +246,9 @@ impl QueueHandle {
         };
         let reply = self
             .client
-            .unary(
-                true,
-                message,
-                |c, r| async move { QueueClient::new(c).redrive(r).await },
-            )
+            .unary(true, message, |c, r| async move {
+                crate::service_client!(QueueClient, c).redrive(r).await
+            })
             .await?;
         Ok(reply.moved)
     }
@@ -260,7 +260,9 @@ impl QueueHandle {
         };
         let reply = self
             .client
-            .unary(false, message, |c, r| async move { QueueClient::new(c).stats(r).await })
+            .unary(false, message, |c, r| async move {
+                crate::service_client!(QueueClient, c).stats(r).await
+            })
             .await?;
         let config = reply.config.unwrap_or_default();
         Ok(QueueStats {

@@ -143,11 +143,9 @@ impl RateLimiter {
         };
         let reply = self
             .client
-            .unary(
-                true,
-                message,
-                |c, r| async move { RateLimiterClient::new(c).check(r).await },
-            )
+            .unary(true, message, |c, r| async move {
+                crate::service_client!(RateLimiterClient, c).check(r).await
+            })
             .await?;
         Ok(reply
             .decisions

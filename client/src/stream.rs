@@ -68,7 +68,8 @@ pub struct Fetched {
     pub log_start: u64,
 }
 
-/// How a fetch behaves. Zeros mean the server's defaults (1000 records, 4 MiB).
+/// How a fetch behaves. Zeros mean the server's defaults (1000 records, 4 MiB). `max_bytes`
+/// counts keys, values and headers, and is at most 16 MiB (a larger value is lowered to it).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FetchOptions {
     pub max_records: u32,
@@ -178,7 +179,7 @@ impl Streams {
         let reply = self
             .client
             .unary(true, message, |c, r| async move {
-                StreamClient::new(c).create_topic(r).await
+                crate::service_client!(StreamClient, c).create_topic(r).await
             })
             .await?;
         Ok(reply.created)
@@ -196,7 +197,7 @@ impl Streams {
         let reply = self
             .client
             .unary(false, message, |c, r| async move {
-                StreamClient::new(c).describe_topic(r).await
+                crate::service_client!(StreamClient, c).describe_topic(r).await
             })
             .await?;
         Ok(TopicInfo {
@@ -245,11 +246,9 @@ impl Streams {
         };
         let reply = self
             .client
-            .unary(
-                true,
-                message,
-                |c, r| async move { StreamClient::new(c).produce(r).await },
-            )
+            .unary(true, message, |c, r| async move {
+                crate::service_client!(StreamClient, c).produce(r).await
+            })
             .await?;
         Ok(reply
             .outcomes
@@ -285,7 +284,7 @@ impl Streams {
         let reply = self
             .client
             .unary_waiting(false, message, options.wait, |c, r| async move {
-                StreamClient::new(c).fetch(r).await
+                crate::service_client!(StreamClient, c).fetch(r).await
             })
             .await?;
         Ok(Fetched {
@@ -345,11 +344,9 @@ impl Streams {
         };
         let reply = self
             .client
-            .unary(
-                true,
-                message,
-                |c, r| async move { StreamClient::new(c).join_group(r).await },
-            )
+            .unary(true, message, |c, r| async move {
+                crate::service_client!(StreamClient, c).join_group(r).await
+            })
             .await?;
         Ok(membership(reply))
     }
@@ -367,11 +364,9 @@ impl Streams {
         let (message, _guard) = self.member_request(group.into(), member.into());
         let reply = self
             .client
-            .unary(
-                true,
-                message,
-                |c, r| async move { StreamClient::new(c).heartbeat(r).await },
-            )
+            .unary(true, message, |c, r| async move {
+                crate::service_client!(StreamClient, c).heartbeat(r).await
+            })
             .await?;
         Ok(membership(reply))
     }
@@ -381,7 +376,7 @@ impl Streams {
         let reply = self
             .client
             .unary(true, message, |c, r| async move {
-                StreamClient::new(c).leave_group(r).await
+                crate::service_client!(StreamClient, c).leave_group(r).await
             })
             .await?;
         Ok(reply.was_member)
@@ -426,7 +421,7 @@ impl Streams {
         };
         self.client
             .unary(true, message, |c, r| async move {
-                StreamClient::new(c).commit_offsets(r).await
+                crate::service_client!(StreamClient, c).commit_offsets(r).await
             })
             .await?;
         Ok(())
@@ -445,11 +440,9 @@ impl Streams {
         };
         let reply = self
             .client
-            .unary(
-                false,
-                message,
-                |c, r| async move { StreamClient::new(c).committed(r).await },
-            )
+            .unary(false, message, |c, r| async move {
+                crate::service_client!(StreamClient, c).committed(r).await
+            })
             .await?;
         Ok(reply.offsets.into_iter().map(|o| (o.partition, o.offset)).collect())
     }

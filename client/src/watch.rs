@@ -83,7 +83,10 @@ impl Watch {
             .call(false, Duration::ZERO, |channel, deadline| {
                 let request = client.request(message.clone(), deadline, Duration::ZERO);
                 async move {
-                    let mut stream = KvClient::new(channel).watch(request).await?.into_inner();
+                    let mut stream = crate::service_client!(KvClient, channel)
+                        .watch(request)
+                        .await?
+                        .into_inner();
                     let first = stream.message().await?.unwrap_or_default();
                     Ok((stream, first.revision))
                 }

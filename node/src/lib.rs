@@ -7,6 +7,7 @@ pub mod config;
 pub mod dev;
 pub mod dev_regions;
 pub mod http;
+pub mod limits;
 pub mod local_ports;
 pub mod replication;
 pub mod server;

@@ -18,6 +18,12 @@ pub const SEGMENT_FILE_BYTES_MAX: u64 = SEGMENT_BYTES_LIMIT + RECORD_BYTES_MAX a
 pub const SEGMENT_ENTRIES_MAX: u64 = 1 << 20;
 /// Most keys one scan returns.
 pub const SCAN_LIMIT_MAX: u32 = 10_000;
+/// Keys a scan asked with limit 0 returns.
+pub const SCAN_KEYS_DEFAULT: u32 = 1000;
+/// Most key and value bytes one scan answer carries: a scan stops before the item that would
+/// pass it (never before its first item) and answers `more`. The SDK's `scan` goes on from the
+/// last key. Without it, 10,000 keys of 1 MiB would be a 10 GiB answer.
+pub const SCAN_REPLY_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// Longest TTL accepted (one year), so `stamp + ttl` never overflows the HLC's 48-bit clock.
 pub const TTL_MS_MAX: u64 = 365 * 24 * 3600 * 1000;
 
@@ -31,6 +37,9 @@ pub const ENTRY_COMMAND_BYTES_MAX: usize = RECORD_BYTES_MAX as usize - 64 * 1024
 pub const CLIENT_MESSAGE_BYTES_MAX: usize = 4 * 1024 * 1024;
 
 const _: () = assert!(VALUE_BYTES_MAX + KEY_BYTES_MAX + 1024 < RECORD_BYTES_MAX as usize);
+const _: () = assert!(SCAN_KEYS_DEFAULT <= SCAN_LIMIT_MAX);
+// One item alone always fits a scan answer.
+const _: () = assert!(VALUE_BYTES_MAX + KEY_BYTES_MAX <= SCAN_REPLY_BYTES_MAX);
 const _: () = assert!(CLIENT_MESSAGE_BYTES_MAX * 3 < ENTRY_COMMAND_BYTES_MAX);
 const _: () = assert!(SEGMENT_BYTES_DEFAULT >= RECORD_BYTES_MAX as u64);
 
@@ -56,6 +65,11 @@ pub const DELAY_MS_MAX: u64 = 24 * 3600 * 1000;
 pub const PARTITIONS_MAX: u32 = 1024;
 /// Largest stream record value (as Kafka's default).
 pub const RECORD_VALUE_BYTES_MAX: usize = 1024 * 1024;
+/// Most records one fetch answers.
+pub const FETCH_RECORDS_MAX: u32 = 10_000;
+/// Most bytes of keys, values and headers one fetch answer carries (a larger `max_bytes` is
+/// lowered to it); the first record is always answered, whatever its size.
+pub const FETCH_REPLY_BYTES_MAX: u64 = 16 * 1024 * 1024;
 /// Most bytes of keys, values, headers and payloads in one produce or enqueue.
 pub const BATCH_BYTES_MAX: usize = 8 * 1024 * 1024;
 /// Longest consumer-group session timeout.

@@ -58,6 +58,15 @@ pub struct Record {
     pub headers: Vec<(String, Vec<u8>)>,
 }
 
+impl Record {
+    /// The bytes the record puts in a fetch answer (key, value and headers), what a fetch's
+    /// `max_bytes` counts.
+    pub fn reply_bytes(&self) -> u64 {
+        let headers: usize = self.headers.iter().map(|(name, value)| name.len() + value.len()).sum();
+        (self.key.len() + self.value.len() + headers) as u64
+    }
+}
+
 /// A fetched record with its position.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FetchedRecord {

@@ -492,3 +492,77 @@ fn a_pending_transfer_that_times_out_is_voided_by_the_cluster() {
         assert_eq!(ledger_totals(&client).await, (60, 60, 0, 0));
     });
 }
+
+/// Answers larger than tonic's default 4 MiB reach the SDK: a scan, a watch and a fetch of
+/// 20 values of 1 MiB each. The SDK decoded at most 4 MiB, so each of them failed; the server
+/// now cuts scan and watch answers at 16 MiB (a scan is read in two answers, a watch in two
+/// messages) and a fetch at its `max_bytes`, at most 16 MiB.
+#[test]
+fn answers_of_many_megabytes_reach_the_sdk_in_pieces_the_server_bounds() {
+    runtime().block_on(async {
+        let cluster = TestCluster::start(NODE, ClusterOptions::default());
+        let client = cluster.client().await;
+        const VALUES: usize = 20;
+        let value = |i: usize| vec![b'a' + i as u8; 1024 * 1024];
+        let mut first_revision = 0;
+        for i in 0..VALUES {
+            let revision = client.kv().put(format!("big/{i:02}"), value(i)).await.expect("put");
+            if i == 0 {
+                first_revision = revision;
+            }
+        }
+
+        let scanned = client.kv().scan("big/", 0).await.expect("a 20 MiB scan");
+        assert_eq!(scanned.len(), VALUES);
+        for (i, (key, v)) in scanned.iter().enumerate() {
+            assert_eq!(key, format!("big/{i:02}").as_bytes());
+            assert!(*v == value(i), "value of {}", String::from_utf8_lossy(key));
+        }
+        // A limit below the count still stops at the limit, across answers.
+        assert_eq!(client.kv().scan("big/", 18).await.expect("scan").len(), 18);
+
+        let mut watch = client.kv().watch("big/", first_revision).await.expect("watch");
+        for i in 0..VALUES {
+            let event = tokio::time::timeout(Duration::from_secs(30), watch.next())
+                .await
+                .expect("a watch event in time")
+                .expect("the watch goes on")
+                .expect("a 20 MiB history");
+            assert_eq!(event.key, format!("big/{i:02}").as_bytes());
+            assert!(event.value == value(i));
+        }
+
+        let streams = client.streams();
+        streams
+            .create_topic(
+                "big",
+                basalt_client::TopicOptions {
+                    partitions: 1,
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("create topic");
+        for i in 0..VALUES {
+            streams
+                .produce("big", vec![basalt_client::Record::new(format!("r{i}"), value(i))])
+                .await
+                .expect("produce");
+        }
+        let mut offset = 0;
+        let mut answers = 0;
+        while offset < VALUES as u64 {
+            let options = basalt_client::FetchOptions {
+                max_bytes: u64::MAX,
+                ..Default::default()
+            };
+            let fetched = streams.fetch("big", 0, offset, options).await.expect("fetch");
+            let bytes: usize = fetched.records.iter().map(|r| r.key.len() + r.value.len()).sum();
+            assert!(bytes <= 16 * 1024 * 1024, "a fetch answer of {bytes} bytes");
+            assert!(!fetched.records.is_empty());
+            offset = fetched.records.last().expect("a record").offset + 1;
+            answers += 1;
+        }
+        assert_eq!(answers, 2, "max_bytes lowered to 16 MiB: 15 records, then 5");
+    });
+}

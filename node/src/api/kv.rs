@@ -9,7 +9,7 @@ use basalt_storage::apply::kv::{history_events, history_start, revision_of};
 use basalt_storage::apply::kv::{validate_batch, validate_write};
 use basalt_storage::apply::kv_read::{self, KvScan};
 use basalt_storage::command::{KvWrite, Op, OpError, Response};
-use basalt_storage::limits::{KEY_BYTES_MAX, SCAN_LIMIT_MAX};
+use basalt_storage::limits::{KEY_BYTES_MAX, SCAN_KEYS_DEFAULT, SCAN_LIMIT_MAX};
 use basalt_storage::state::rocks::RocksStore;
 use basalt_storage::state::{KeyRange, KeyValue, KvEvent, StoreError, StoreRead, Table};
 use tokio::sync::mpsc;
@@ -21,6 +21,14 @@ use super::{expect_of, op_error_code, op_error_status, status, storage_status, u
 /// History rows one watch step reads: one row per revision (several for a revision written
 /// before rows held whole revisions).
 const WATCH_PAGE: usize = 256;
+/// Key and value bytes after which a watch answer goes out at the next revision boundary: an
+/// answer holds whole revisions, so it is at most this plus one revision (one log entry, under
+/// `ENTRY_COMMAND_BYTES_MAX`), within what the SDK decodes.
+const WATCH_RESPONSE_BYTES_MAX: usize = 16 * 1024 * 1024;
+const _: () = assert!(
+    WATCH_RESPONSE_BYTES_MAX + basalt_storage::limits::ENTRY_COMMAND_BYTES_MAX + 1024 * 1024
+        <= basalt_client::limits::RESPONSE_BYTES_MAX
+);
 /// Watch responses buffered per watcher before it waits for the client to read.
 const WATCH_BUFFER: usize = 64;
 /// How often an idle watch checks that its client is still there.
@@ -97,8 +105,25 @@ async fn run_watch(api: Api, prefix: Vec<u8>, from: u64, outbox: mpsc::Sender<Re
             }
         }
         let mut events = Vec::new();
+        let mut events_bytes = 0usize;
+        let mut previous_revision = None;
         for (row_key, row) in &page {
             let revision = revision_of(row_key);
+            // At a revision boundary, an answer at its byte budget goes out, covering the
+            // revisions before this one whole (the watcher resumes after `revision`).
+            if let Some(done) = previous_revision.filter(|done| *done != revision) {
+                if events_bytes >= WATCH_RESPONSE_BYTES_MAX {
+                    let answer = pb::WatchResponse {
+                        events: std::mem::take(&mut events),
+                        revision: done,
+                    };
+                    events_bytes = 0;
+                    if outbox.send(Ok(answer)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            previous_revision = Some(revision);
             let changes = match history_events(row_key, row) {
                 Ok(changes) => changes,
                 Err(e) => {
@@ -108,7 +133,9 @@ async fn run_watch(api: Api, prefix: Vec<u8>, from: u64, outbox: mpsc::Sender<Re
             };
             for (user_key, event) in changes {
                 if user_key.starts_with(&prefix) {
-                    events.push(event_of(revision, user_key, event));
+                    let event = event_of(revision, user_key, event);
+                    events_bytes += event.key.len() + event.value.len();
+                    events.push(event);
                 }
             }
         }
@@ -333,7 +360,7 @@ impl Kv for Api {
                 format!("limit {} exceeds {SCAN_LIMIT_MAX}", r.limit),
             ));
         }
-        let limit = if r.limit == 0 { 1000 } else { r.limit } as usize;
+        let limit = if r.limit == 0 { SCAN_KEYS_DEFAULT } else { r.limit } as usize;
         self.read_barrier(r.stale).await?;
         let request = KvScan {
             prefix: &r.prefix,

@@ -184,7 +184,7 @@ impl Api {
                 relayed: true,
             };
             async move {
-                let mut client = PubSubClient::new(c);
+                let mut client = basalt_client::service_client!(PubSubClient, c);
                 match tokio::time::timeout(RELAY_TIMEOUT, client.publish(request)).await {
                     Ok(Ok(reply)) => reply.into_inner().receivers,
                     _ => 0,

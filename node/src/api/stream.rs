@@ -9,14 +9,15 @@ use basalt_storage::apply::group::committed;
 use basalt_storage::apply::queue::check_name;
 use basalt_storage::apply::stream::{fetch, partition_state, topic_config};
 use basalt_storage::command::{Op, Response};
+use basalt_storage::limits::{FETCH_RECORDS_MAX, FETCH_REPLY_BYTES_MAX};
 use basalt_storage::stream::{Assignor, GroupView, ProduceRecord, TopicConfig};
 use tonic::{Request, Response as GrpcResponse, Status};
 
 use super::{op_error_status, status, storage_status, unexpected_result, Api};
 
 const FETCH_RECORDS_DEFAULT: u32 = 1000;
-const FETCH_RECORDS_MAX: u32 = 10_000;
 const FETCH_BYTES_DEFAULT: u64 = 4 * 1024 * 1024;
+const _: () = assert!(FETCH_BYTES_DEFAULT <= FETCH_REPLY_BYTES_MAX);
 const SESSION_TIMEOUT_DEFAULT_MS: u64 = 10_000;
 
 fn group_response(view: GroupView) -> pb::GroupResponse {
@@ -155,7 +156,7 @@ impl Stream for Api {
         let max_bytes = if r.max_bytes == 0 {
             FETCH_BYTES_DEFAULT
         } else {
-            r.max_bytes
+            r.max_bytes.min(FETCH_REPLY_BYTES_MAX)
         };
         let fetched = fetch(
             &self.store.view(),

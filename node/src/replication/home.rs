@@ -246,7 +246,7 @@ macro_rules! homed_service {
                     let $m = request.into_inner();
                     let wait: Duration = $wait;
                     route
-                        .call(caller, $m, wait, $writes, |c, r| async move { $client::new(c).$method(r).await })
+                        .call(caller, $m, wait, $writes, |c, r| async move { basalt_client::service_client!($client, c).$method(r).await })
                         .await
                 }
             )*

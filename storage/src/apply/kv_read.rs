@@ -4,6 +4,7 @@
 
 use super::read::{read_judged, Expiring, Judged};
 use super::{corrupt, last_applied_stamp};
+use crate::limits::SCAN_REPLY_BYTES_MAX;
 use crate::state::{KeyRange, KvRecord, StoreError, StoreRead, Table, ViewSource};
 
 impl Expiring for KvRecord {
@@ -30,7 +31,7 @@ pub struct KvScan<'a> {
     pub prefix: &'a [u8],
     /// Resume after this key (empty: from the prefix on).
     pub start_after: &'a [u8],
-    /// At most this many live items.
+    /// At most this many live items (and at most [`SCAN_REPLY_BYTES_MAX`] of keys and values).
     pub limit: usize,
 }
 
@@ -39,7 +40,7 @@ pub struct KvScan<'a> {
 pub struct KvScanPage {
     /// The live keys in order, at most the limit.
     pub items: Vec<(Vec<u8>, KvRecord)>,
-    /// More live keys follow the last item.
+    /// More live keys follow the last item: the limit or the byte budget was reached.
     pub more: bool,
     /// The expiry of every record the scan returned or stepped over (expired), so a linearizable
     /// read can settle the ones due by the clock but not yet by the applied time.
@@ -73,6 +74,7 @@ fn scan_in<R: StoreRead + ?Sized>(view: &R, request: KvScan<'_>) -> Result<KvSca
     // From the prefix, or from `start_after` when that lies inside or past it: a `start_after`
     // below the prefix would start the scan at keys outside it.
     let mut from = prefix.max(start_after).to_vec();
+    let mut answer_bytes = 0usize;
     // One more than the limit, to know whether more follow; never tiny, so that stepping over
     // many expired keys not yet swept takes few seeks.
     let page_size = limit.saturating_add(1).max(SCAN_PAGE_RECORDS_MIN);
@@ -94,10 +96,14 @@ fn scan_in<R: StoreRead + ?Sized>(view: &R, request: KvScan<'_>) -> Result<KvSca
             if !record.is_live_at(judged_at_ms) {
                 continue;
             }
-            if answer.items.len() == limit {
+            let item_bytes = key.len() + record.value.len();
+            if answer.items.len() == limit
+                || (!answer.items.is_empty() && answer_bytes + item_bytes > SCAN_REPLY_BYTES_MAX)
+            {
                 answer.more = true;
                 return Ok(answer);
             }
+            answer_bytes += item_bytes;
             answer.items.push((key, record));
         }
         if page_len < page_size {
@@ -344,6 +350,47 @@ mod tests {
         assert_eq!(keys(&page), ["k/a"]);
         assert!(page.more);
         assert_eq!(page.expiries.len(), EXPIRED_RUN + 2);
+    }
+
+    /// An answer stops before the item that would pass the byte budget (never before the first)
+    /// and says more follow; resuming after its last key reads the rest.
+    #[test]
+    fn a_scan_answer_stops_at_its_byte_budget_and_resumes() {
+        let (_dir, store) = open();
+        let mut setup = WriteSet::default();
+        applied_time(&mut setup, 1_000);
+        let value = "v".repeat(crate::limits::VALUE_BYTES_MAX);
+        let count = SCAN_REPLY_BYTES_MAX / crate::limits::VALUE_BYTES_MAX + 3;
+        for i in 0..count {
+            put(&mut setup, &format!("k/{i:03}"), &value, None);
+        }
+        store.commit(&setup).expect("commit");
+        let mut seen = Vec::new();
+        let mut start_after = Vec::new();
+        let mut answers = 0;
+        loop {
+            let page = scan(
+                &store,
+                KvScan {
+                    prefix: b"k/",
+                    start_after: &start_after,
+                    limit: 10_000,
+                },
+            )
+            .expect("scan");
+            answers += 1;
+            let bytes: usize = page.items.iter().map(|(k, r)| k.len() + r.value.len()).sum();
+            assert!(bytes <= SCAN_REPLY_BYTES_MAX, "an answer of {bytes} bytes");
+            assert!(!page.items.is_empty());
+            start_after = page.items.last().expect("an item").0.clone();
+            seen.extend(keys(&page));
+            if !page.more {
+                break;
+            }
+        }
+        assert_eq!(answers, 2);
+        let expected: Vec<String> = (0..count).map(|i| format!("k/{i:03}")).collect();
+        assert_eq!(seen, expected);
     }
 
     /// A `start_after` that sorts below the prefix starts the scan at the prefix: it started at

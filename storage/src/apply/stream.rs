@@ -385,7 +385,7 @@ pub fn fetch<S: StoreRead + ?Sized>(
                 if at < offset {
                     continue;
                 }
-                let size = record.value.len() as u64;
+                let size = record.reply_bytes();
                 let full = fetched.records.len() >= max_records as usize
                     || (!fetched.records.is_empty() && bytes + size > max_bytes);
                 if full {

@@ -1,0 +1,20 @@
+//! The SDK's limits, in one place. The server's own limits are in `basalt-storage`'s `limits`
+//! and the server's; the server crate asserts at compile time that what it may answer fits
+//! under what the SDK decodes.
+
+/// Largest answer the SDK decodes (tonic's default is 4 MiB, which a scan or a receive of large
+/// values passes). The largest answers the server gives are a receive of 1,000 messages of
+/// 256 KiB (about 251 MiB), then scan, fetch and watch answers, each cut at 16 MiB by the server.
+pub const RESPONSE_BYTES_MAX: usize = 256 * 1024 * 1024;
+
+/// Keys a scan asked with limit 0 returns (the server's default too).
+pub const SCAN_KEYS_DEFAULT: u32 = 1000;
+
+/// A generated gRPC client for `channel` that decodes answers up to [`RESPONSE_BYTES_MAX`]. Every
+/// service client the SDK (and the server, forwarding) builds goes through this.
+#[macro_export]
+macro_rules! service_client {
+    ($client:ident, $channel:expr) => {
+        $client::new($channel).max_decoding_message_size($crate::limits::RESPONSE_BYTES_MAX)
+    };
+}
