@@ -211,8 +211,10 @@ impl Kv {
     ///
     /// The server answers at most 16 MiB of keys and values at a time (`SCAN_REPLY_BYTES_MAX`);
     /// a scan larger than that is read in several answers, each going on after the last key of
-    /// the one before. Each answer is one point-in-time view; a scan read in several answers can
-    /// see a write that landed between them in the later answers only.
+    /// the one before, each with its own request timeout. A scan that fits one answer is one
+    /// point-in-time view. One read in several answers is not: a key deleted after its answer
+    /// was read is still returned, and a key written meanwhile behind the answers already read
+    /// is missed, so the result may be a state that never existed at one moment.
     pub async fn scan(&self, prefix: impl AsRef<[u8]>, limit: u32) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ClientError> {
         let prefix = prefix.as_ref();
         let mut items: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();

@@ -59,11 +59,19 @@ pub struct Record {
 }
 
 impl Record {
-    /// The bytes the record puts in a fetch answer (key, value and headers), what a fetch's
-    /// `max_bytes` counts.
+    /// The bytes the record puts in a fetch answer (key, value, headers and their framing), what
+    /// a fetch's `max_bytes` counts.
     pub fn reply_bytes(&self) -> u64 {
-        let headers: usize = self.headers.iter().map(|(name, value)| name.len() + value.len()).sum();
-        (self.key.len() + self.value.len() + headers) as u64
+        // With the framing of each header and of the record (tags, lengths, offset, timestamp),
+        // so a record of many empty headers is not counted as nothing.
+        const HEADER_FRAMING_BYTES: usize = 8;
+        const RECORD_FRAMING_BYTES: usize = 32;
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(name, value)| name.len() + value.len() + HEADER_FRAMING_BYTES)
+            .sum();
+        (self.key.len() + self.value.len() + headers + RECORD_FRAMING_BYTES) as u64
     }
 }
 

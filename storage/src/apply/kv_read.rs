@@ -23,6 +23,8 @@ pub fn get<S: ViewSource + ?Sized>(source: &S, key: &[u8]) -> Result<Judged<Opti
 
 /// Fewest records one internal page of a scan reads.
 const SCAN_PAGE_RECORDS_MIN: usize = 64;
+/// Most records one internal page of a scan reads.
+const SCAN_PAGE_RECORDS_MAX: usize = 256;
 
 /// What a KV scan asks for.
 #[derive(Clone, Copy, Debug)]
@@ -76,8 +78,12 @@ fn scan_in<R: StoreRead + ?Sized>(view: &R, request: KvScan<'_>) -> Result<KvSca
     let mut from = prefix.max(start_after).to_vec();
     let mut answer_bytes = 0usize;
     // One more than the limit, to know whether more follow; never tiny, so that stepping over
-    // many expired keys not yet swept takes few seeks.
-    let page_size = limit.saturating_add(1).max(SCAN_PAGE_RECORDS_MIN);
+    // many expired keys not yet swept takes few seeks;
+    // never huge either: a page is read whole into memory, and the answer's byte budget may
+    // stop the scan long before a page of 10,000 values of 1 MiB is used.
+    let page_size = limit
+        .saturating_add(1)
+        .clamp(SCAN_PAGE_RECORDS_MIN, SCAN_PAGE_RECORDS_MAX);
     loop {
         let page = view.scan(Table::Kv, &KeyRange::prefix_from(prefix, from.clone()), page_size)?;
         let page_len = page.len();

@@ -331,8 +331,9 @@ pub(crate) fn produce<S: StoreRead>(
     Ok(Response::Produced(outcomes))
 }
 
-/// Reads records from `offset` on: at most `max_records`, and no more than `max_bytes` of values
-/// unless the first record alone is larger (a fetch always makes progress).
+/// Reads records from `offset` on: at most `max_records`, and no more than `max_bytes` of keys,
+/// values and headers ([`Record::reply_bytes`](crate::stream::Record::reply_bytes)) unless the
+/// first record alone is larger (a fetch always makes progress).
 pub fn fetch<S: StoreRead + ?Sized>(
     store: &S,
     topic: &[u8],
