@@ -5,7 +5,7 @@ use std::time::Duration;
 use basalt_client::pb;
 use basalt_client::pb::kv_server::Kv;
 use basalt_client::{ErrorCode, OLDEST_REVISION_KEY};
-use basalt_storage::apply::kv::{history_events, history_start, revision_of};
+use basalt_storage::apply::kv::{history_events, history_start, revision_of, HistoryRowError};
 use basalt_storage::apply::kv::{validate_batch, validate_write};
 use basalt_storage::apply::kv_read::{self, KvScan};
 use basalt_storage::command::{KvWrite, Op, OpError, Response};
@@ -71,6 +71,47 @@ fn event_of(revision: u64, key: &[u8], event: KvEvent) -> pb::WatchEvent {
     }
 }
 
+/// One watch page's changes under `prefix` as the messages to send. A message holds whole
+/// revisions only, and its `revision` is the last one it covers, so a watcher resuming after it
+/// never skips or repeats a change; one goes out at a revision boundary once it holds
+/// `bytes_max` of keys and values, and the last covers the page up to `upto`. No message when
+/// nothing in the page is under the prefix.
+fn watch_messages(
+    page: &[KeyValue],
+    prefix: &[u8],
+    upto: u64,
+    bytes_max: usize,
+) -> Result<Vec<pb::WatchResponse>, HistoryRowError> {
+    let mut messages = Vec::new();
+    let mut events = Vec::new();
+    let mut events_bytes = 0usize;
+    let mut previous_revision = None;
+    for (row_key, row) in page {
+        let revision = revision_of(row_key);
+        if let Some(done) = previous_revision.filter(|done| *done != revision) {
+            if events_bytes >= bytes_max {
+                messages.push(pb::WatchResponse {
+                    events: std::mem::take(&mut events),
+                    revision: done,
+                });
+                events_bytes = 0;
+            }
+        }
+        previous_revision = Some(revision);
+        for (user_key, event) in history_events(row_key, row)? {
+            if user_key.starts_with(prefix) {
+                let event = event_of(revision, user_key, event);
+                events_bytes += event.key.len() + event.value.len();
+                events.push(event);
+            }
+        }
+    }
+    if !events.is_empty() {
+        messages.push(pb::WatchResponse { events, revision: upto });
+    }
+    Ok(messages)
+}
+
 /// Streams the history under `prefix` from revision `from` to the watcher until it goes away.
 /// Each step reads one page of history from a consistent snapshot and sends whole revisions
 /// only, so a watcher resuming from `last revision + 1` never skips a change.
@@ -104,48 +145,17 @@ async fn run_watch(api: Api, prefix: Vec<u8>, from: u64, outbox: mpsc::Sender<Re
                 return;
             }
         }
-        let mut events = Vec::new();
-        let mut events_bytes = 0usize;
-        let mut previous_revision = None;
-        for (row_key, row) in &page {
-            let revision = revision_of(row_key);
-            // At a revision boundary, an answer at its byte budget goes out, covering the
-            // revisions before this one whole (the watcher resumes after `revision`).
-            if let Some(done) = previous_revision.filter(|done| *done != revision) {
-                if events_bytes >= WATCH_RESPONSE_BYTES_MAX {
-                    let answer = pb::WatchResponse {
-                        events: std::mem::take(&mut events),
-                        revision: done,
-                    };
-                    events_bytes = 0;
-                    if outbox.send(Ok(answer)).await.is_err() {
-                        return;
-                    }
-                }
+        let messages = match watch_messages(&page, &prefix, upto, WATCH_RESPONSE_BYTES_MAX) {
+            Ok(messages) => messages,
+            Err(e) => {
+                let _ = outbox.send(Err(status(ErrorCode::CorruptValue, e.to_string()))).await;
+                return;
             }
-            previous_revision = Some(revision);
-            let changes = match history_events(row_key, row) {
-                Ok(changes) => changes,
-                Err(e) => {
-                    let _ = outbox.send(Err(status(ErrorCode::CorruptValue, e.to_string()))).await;
-                    return;
-                }
-            };
-            for (user_key, event) in changes {
-                if user_key.starts_with(&prefix) {
-                    let event = event_of(revision, user_key, event);
-                    events_bytes += event.key.len() + event.value.len();
-                    events.push(event);
-                }
+        };
+        for message in messages {
+            if outbox.send(Ok(message)).await.is_err() {
+                return;
             }
-        }
-        if !events.is_empty()
-            && outbox
-                .send(Ok(pb::WatchResponse { events, revision: upto }))
-                .await
-                .is_err()
-        {
-            return;
         }
         next = next.max(upto + 1);
         if !full {
@@ -415,5 +425,74 @@ impl Kv for Api {
         let (outbox, inbox) = mpsc::channel(WATCH_BUFFER);
         tokio::spawn(run_watch(self.clone(), r.prefix, from, outbox));
         Ok(GrpcResponse::new(ReceiverStream::new(inbox)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A history row of the earlier layout: one change, keyed `(revision, key)`.
+    fn row(revision: u64, key: &str, value: &str) -> KeyValue {
+        let mut row_key = revision.to_be_bytes().to_vec();
+        row_key.extend_from_slice(key.as_bytes());
+        let event = KvEvent::Put {
+            value: value.as_bytes().to_vec(),
+            create_revision: revision,
+            version: 1,
+        };
+        (row_key, event.encode())
+    }
+
+    fn covered(messages: &[pb::WatchResponse]) -> Vec<(u64, Vec<(u64, String)>)> {
+        messages
+            .iter()
+            .map(|m| {
+                let events = m
+                    .events
+                    .iter()
+                    .map(|e| (e.revision, String::from_utf8_lossy(&e.key).into_owned()))
+                    .collect();
+                (m.revision, events)
+            })
+            .collect()
+    }
+
+    /// Messages split at revision boundaries only, once at their budget: revision 2's three
+    /// rows (the earlier layout, one row per change) stay in one message, and each message
+    /// says the last revision it covers whole.
+    #[test]
+    fn watch_messages_split_at_revision_boundaries_once_at_their_budget() {
+        let page = vec![
+            row(1, "w/a", "1234"),
+            row(2, "w/b", "1234"),
+            row(2, "w/c", "1234"),
+            row(2, "x/other", "1234"),
+            row(2, "w/d", "1234"),
+            row(3, "w/e", "1234"),
+            row(4, "x/other", "1234"),
+        ];
+        // Every change is 7 bytes of key and value: a budget of 7 sends at each boundary.
+        let messages = watch_messages(&page, b"w/", 5, 7).expect("rows decode");
+        assert_eq!(
+            covered(&messages),
+            vec![
+                (1, vec![(1, "w/a".to_string())]),
+                (
+                    2,
+                    vec![(2, "w/b".to_string()), (2, "w/c".to_string()), (2, "w/d".to_string())]
+                ),
+                // Revision 4 changes nothing under the prefix: no message is owed for it (the
+                // server's resume point moves past the page all the same).
+                (3, vec![(3, "w/e".to_string())]),
+            ]
+        );
+        // A budget no page reaches: one message covering the page.
+        let whole = watch_messages(&page, b"w/", 5, usize::MAX).expect("rows decode");
+        assert_eq!(whole.len(), 1);
+        assert_eq!(whole[0].revision, 5);
+        assert_eq!(whole[0].events.len(), 5);
+        // Nothing under the prefix: no message.
+        assert!(watch_messages(&page, b"none/", 5, 7).expect("rows decode").is_empty());
     }
 }
