@@ -36,7 +36,8 @@ fn lease_response(outcome: LeaseOutcome) -> Result<pb::LeaseResponse, Status> {
 
 impl Api {
     fn local_lease(&self, name: &[u8]) -> Result<Option<LeaseRecord>, Status> {
-        Ok(lease::get(&self.store, name).map_err(storage_status)?.value)
+        // One key, judged by the caller: no view or applied time needed.
+        lease::record(&self.store, name).map_err(storage_status)
     }
 }
 

@@ -159,6 +159,26 @@ mod tests {
         (dir, store)
     }
 
+    /// A store at applied time 1000 holding what `fill` writes.
+    fn store_at_1000(fill: impl FnOnce(&mut WriteSet)) -> (tempfile::TempDir, RocksStore) {
+        let (dir, store) = open();
+        let mut setup = WriteSet::default();
+        applied_time(&mut setup, 1_000);
+        fill(&mut setup);
+        store.commit(&setup).expect("commit");
+        (dir, store)
+    }
+
+    /// A scan of the prefix `k/`.
+    fn scan_k<S: ViewSource + ?Sized>(source: &S, start_after: &[u8], limit: usize) -> KvScanPage {
+        let request = KvScan {
+            prefix: b"k/",
+            start_after,
+            limit,
+        };
+        scan(source, request).expect("scan")
+    }
+
     /// Hands out the store's own views, and commits `batch` to the store just after the view
     /// read numbered `commit_after_read` (counted over every view it handed out): an entry
     /// applied while a read runs, at the worst moment the test picks.
@@ -301,35 +321,22 @@ mod tests {
     /// just after the last *live* key, which did not move.
     #[test]
     fn a_scan_steps_over_pages_of_expired_records_and_ends() {
-        let (_dir, store) = open();
-        let mut setup = WriteSet::default();
-        applied_time(&mut setup, 1_000);
-        let mut expected_expiries = put_expired_run(&mut setup, "k/a", EXPIRED_RUN);
-        put(&mut setup, "k/f", "f", None);
-        put(&mut setup, "k/g", "g", Some(5_000));
-        put(&mut setup, "l/a", "other prefix", None);
-        store.commit(&setup).expect("commit");
+        let mut expected_expiries = Vec::new();
+        let (_dir, store) = store_at_1000(|setup| {
+            expected_expiries = put_expired_run(setup, "k/a", EXPIRED_RUN);
+            put(setup, "k/f", "f", None);
+            put(setup, "k/g", "g", Some(5_000));
+            put(setup, "l/a", "other prefix", None);
+        });
         let watched = Meddler::new(&store, usize::MAX, WriteSet::default());
-        let first = KvScan {
-            prefix: b"k/",
-            start_after: b"",
-            limit: 1,
-        };
-        let page = scan(&watched, first).expect("scan");
+        let page = scan_k(&watched, b"", 1);
         assert_eq!(keys(&page), ["k/f"]);
         assert!(page.more);
         // Every record read once: the expired run, the item, and the next live key (for `more`).
         expected_expiries.extend([None, Some(5_000)]);
         assert_eq!(page.expiries, expected_expiries);
 
-        let rest = scan(
-            &watched,
-            KvScan {
-                start_after: b"k/f",
-                ..first
-            },
-        )
-        .expect("scan");
+        let rest = scan_k(&watched, b"k/f", 1);
         assert_eq!(keys(&rest), ["k/g"]);
         assert!(!rest.more);
     }
@@ -337,22 +344,12 @@ mod tests {
     /// `more` is true when the next live key lies pages of expired keys past the last item.
     #[test]
     fn more_sees_a_live_key_past_pages_of_expired_ones() {
-        let (_dir, store) = open();
-        let mut setup = WriteSet::default();
-        applied_time(&mut setup, 1_000);
-        put(&mut setup, "k/a", "a", None);
-        put_expired_run(&mut setup, "k/b", EXPIRED_RUN);
-        put(&mut setup, "k/z", "z", None);
-        store.commit(&setup).expect("commit");
-        let page = scan(
-            &store,
-            KvScan {
-                prefix: b"k/",
-                start_after: b"",
-                limit: 1,
-            },
-        )
-        .expect("scan");
+        let (_dir, store) = store_at_1000(|setup| {
+            put(setup, "k/a", "a", None);
+            put_expired_run(setup, "k/b", EXPIRED_RUN);
+            put(setup, "k/z", "z", None);
+        });
+        let page = scan_k(&store, b"", 1);
         assert_eq!(keys(&page), ["k/a"]);
         assert!(page.more);
         assert_eq!(page.expiries.len(), EXPIRED_RUN + 2);
@@ -362,28 +359,18 @@ mod tests {
     /// and says more follow; resuming after its last key reads the rest.
     #[test]
     fn a_scan_answer_stops_at_its_byte_budget_and_resumes() {
-        let (_dir, store) = open();
-        let mut setup = WriteSet::default();
-        applied_time(&mut setup, 1_000);
         let value = "v".repeat(crate::limits::VALUE_BYTES_MAX);
         let count = SCAN_REPLY_BYTES_MAX / crate::limits::VALUE_BYTES_MAX + 3;
-        for i in 0..count {
-            put(&mut setup, &format!("k/{i:03}"), &value, None);
-        }
-        store.commit(&setup).expect("commit");
+        let (_dir, store) = store_at_1000(|setup| {
+            for i in 0..count {
+                put(setup, &format!("k/{i:03}"), &value, None);
+            }
+        });
         let mut seen = Vec::new();
         let mut start_after = Vec::new();
         let mut answers = 0;
         loop {
-            let page = scan(
-                &store,
-                KvScan {
-                    prefix: b"k/",
-                    start_after: &start_after,
-                    limit: 10_000,
-                },
-            )
-            .expect("scan");
+            let page = scan_k(&store, &start_after, 10_000);
             answers += 1;
             let bytes: usize = page.items.iter().map(|(k, r)| k.len() + r.value.len()).sum();
             assert!(bytes <= SCAN_REPLY_BYTES_MAX, "an answer of {bytes} bytes");
@@ -403,36 +390,18 @@ mod tests {
     /// `start_after`, met a key outside the prefix first, and answered nothing.
     #[test]
     fn a_start_after_below_the_prefix_scans_the_whole_prefix() {
-        let (_dir, store) = open();
-        let mut setup = WriteSet::default();
-        applied_time(&mut setup, 1_000);
-        put(&mut setup, "k.x", "outside, between start_after and the prefix", None);
-        put(&mut setup, "k/a", "a", None);
-        put(&mut setup, "k/b", "b", None);
-        put(&mut setup, "k0", "outside, past the prefix", None);
-        store.commit(&setup).expect("commit");
-        let page = scan(
-            &store,
-            KvScan {
-                prefix: b"k/",
-                start_after: b"k",
-                limit: 10,
-            },
-        )
-        .expect("scan");
+        let (_dir, store) = store_at_1000(|setup| {
+            put(setup, "k.x", "outside, between start_after and the prefix", None);
+            put(setup, "k/a", "a", None);
+            put(setup, "k/b", "b", None);
+            put(setup, "k0", "outside, past the prefix", None);
+        });
+        let page = scan_k(&store, b"k", 10);
         assert_eq!(keys(&page), ["k/a", "k/b"]);
         assert!(!page.more);
         // Inside the prefix, start_after resumes after itself, present or not.
         for start_after in [&b"k/a"[..], b"k/a0"] {
-            let page = scan(
-                &store,
-                KvScan {
-                    prefix: b"k/",
-                    start_after,
-                    limit: 10,
-                },
-            )
-            .expect("scan");
+            let page = scan_k(&store, start_after, 10);
             assert_eq!(keys(&page), ["k/b"]);
         }
     }

@@ -80,12 +80,18 @@ fn load<S: StoreRead>(view: &View<'_, S>, name: &[u8]) -> Result<Result<Option<L
 /// A lease's grant (live or expired) and the applied time, from one view: the read behind
 /// `lease get` (see `read.rs`).
 pub fn get<S: ViewSource + ?Sized>(source: &S, name: &[u8]) -> Result<Judged<Option<LeaseRecord>>, StoreError> {
-    read_judged(source, |view| match view.get(Table::Lease, name)? {
+    read_judged(source, |view| record(view, name))
+}
+
+/// A lease's grant as `store` holds it, live or expired, with no applied time: for a caller that
+/// judges it otherwise (an acquire waiting for a holder to go).
+pub fn record<S: StoreRead + ?Sized>(store: &S, name: &[u8]) -> Result<Option<LeaseRecord>, StoreError> {
+    match store.get(Table::Lease, name)? {
         None => Ok(None),
         Some(bytes) => LeaseRecord::decode(&bytes)
             .map(Some)
             .ok_or_else(|| corrupt(Table::Lease, name, "undecodable lease record")),
-    })
+    }
 }
 
 /// Whether `token` (of `holder`, when given) is the live grant: pure, shared by fences, renew and
