@@ -38,6 +38,8 @@ pub enum NodeError {
     DataDirLocked { path: std::path::PathBuf },
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
+    #[error(transparent)]
+    DataDir(#[from] basalt_storage::data_dir::DataDirError),
     #[error("opening the raft log: {0}")]
     Log(#[from] basalt_storage::log::LogError),
     #[error("raft: {0}")]
@@ -101,6 +103,7 @@ fn raft_config(config: &NodeConfig) -> Result<openraft::Config, NodeError> {
 pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), NodeError> {
     config.validate()?;
     let _lock = lock_data_dir(&config.data_dir)?;
+    basalt_storage::data_dir::check_or_stamp(&config.data_dir)?;
     let clock = Arc::new(Hlc::with_skew_and_offset(
         config.clock_skew_ms(),
         config.max_clock_offset_ms,

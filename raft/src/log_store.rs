@@ -1,6 +1,6 @@
 //! openraft's `RaftLogStorage` over [`SegmentedLog`].
 //!
-//! Entries are bincode-encoded into log records. Appends write under a mutex and return at once;
+//! Entries are encoded (basalt-codec) into log records. Appends write under a mutex and return at once;
 //! the flusher thread completes openraft's `IOFlushed` callback after the group fsync, so an entry
 //! is acknowledged to the leader only once it is durable.
 

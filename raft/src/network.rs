@@ -1,5 +1,5 @@
 //! The Raft network over tonic gRPC: [`NetworkFactory`] (client side) and [`RaftGrpcService`]
-//! (server side), carrying bincode-encoded openraft messages.
+//! (server side), carrying openraft messages encoded by basalt-codec, each tagged with the data format.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -175,7 +175,7 @@ impl NetworkConnection {
     }
 
     fn request<T>(message: T, option: &RPCOption) -> Request<T> {
-        let mut request = Request::new(message);
+        let mut request = with_data_format(Request::new(message));
         request.set_timeout(option.hard_ttl().max(RPC_DEADLINE_MIN));
         request
     }
@@ -210,7 +210,7 @@ impl RaftNetworkV2<TypeConfig> for NetworkConnection {
             let requests = input.map(move |request| message(&clock, encode(&request)));
             // No deadline on the stream itself: it lives as long as replication to this target.
             // openraft times out the individual appends it is waiting for.
-            let mut request = Request::new(requests);
+            let mut request = with_data_format(Request::new(requests));
             // Checked when the stream opens too: a refused open counts as a failed one, so a node
             // whose clock is off retries with pauses instead of reopening in a spin.
             request
@@ -304,7 +304,7 @@ impl RaftNetworkV2<TypeConfig> for NetworkConnection {
                 }
             }
         });
-        let send = client.snapshot(chunks);
+        let send = client.snapshot(with_data_format(Request::new(chunks)));
         tokio::select! {
             closed = cancel => Err(StreamingError::Closed(closed)),
             reply = send => {
@@ -323,6 +323,31 @@ impl RaftNetworkV2<TypeConfig> for NetworkConnection {
 
 /// The metadata key of the sender's wall clock on a stream's opening request, in ms.
 const SENDER_WALL_MS_HEADER: &str = "basalt-sender-wall-ms";
+
+/// Names this build's data format on a request: a peer of another format refuses it whole
+/// instead of misreading its payload.
+fn with_data_format<T>(mut request: Request<T>) -> Request<T> {
+    request.metadata_mut().insert(
+        basalt_codec::DATA_FORMAT_HEADER,
+        tonic::metadata::MetadataValue::from(basalt_codec::DATA_FORMAT),
+    );
+    request
+}
+
+/// Refuses a request from a peer that sends another data format than this build reads (a node of
+/// another Basalt build in the region): FAILED_PRECONDITION, named, before any payload is decoded.
+fn check_data_format<T>(request: &Request<T>) -> Result<(), Status> {
+    let header = request
+        .metadata()
+        .get(basalt_codec::DATA_FORMAT_HEADER)
+        .map(|v| v.to_str().unwrap_or(""));
+    basalt_codec::check_peer_format(header).map_err(|mismatch| {
+        tracing::warn!(%mismatch, "refusing a raft message from a peer of another data format");
+        Status::failed_precondition(format!(
+            "the peer sends {mismatch}: every node of a region must run a build of one data format"
+        ))
+    })
+}
 
 /// A message stamped with the sender's wall clock.
 fn message(clock: &Hlc, data: Vec<u8>) -> RaftMessage {
@@ -382,6 +407,7 @@ where
     E: std::fmt::Display,
     Fut: Future<Output = Result<Resp, E>>,
 {
+    check_data_format(&request)?;
     let request = request.into_inner();
     check_sender_clock(clock, request.sender_wall_ms, "request", PeerCheck::Both)?;
     let rpc = decode(&request.data).map_err(bad_request)?;
@@ -410,6 +436,7 @@ impl RaftService for RaftGrpcService {
         // A message that does not decode, or whose sender's clock is off, ends the stream: the
         // leader sees it close and re-establishes replication, rather than the follower
         // skipping an entry batch.
+        check_data_format(&request)?;
         let opened_at = request
             .metadata()
             .get(SENDER_WALL_MS_HEADER)
@@ -453,6 +480,7 @@ impl RaftService for RaftGrpcService {
         &self,
         request: Request<Streaming<SnapshotChunk>>,
     ) -> Result<tonic::Response<RaftMessage>, Status> {
+        check_data_format(&request)?;
         let mut chunks = request.into_inner();
         let first = chunks
             .next()

@@ -120,18 +120,19 @@ pub struct DecodeError {
     pub reason: String,
 }
 
-/// The wire and storage encoding of feed records (bincode: both ends run the same Basalt version).
+/// The wire and storage encoding of feed records (basalt-codec; the data format travels with
+/// every feed batch, so two regions of different formats refuse each other's batches).
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    bincode::serialize(value).expect("feed records serialize")
+    basalt_codec::encode(value)
 }
 
 /// The encoded size of `value`, to cut batches by bytes.
 pub fn encoded_len<T: Serialize>(value: &T) -> u64 {
-    bincode::serialized_size(value).unwrap_or(u64::MAX)
+    u64::try_from(basalt_codec::encoded_len(value)).unwrap_or(u64::MAX)
 }
 
 pub fn decode<T: serde::de::DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, DecodeError> {
-    bincode::deserialize(bytes).map_err(|e| DecodeError {
+    basalt_codec::decode(bytes).map_err(|e| DecodeError {
         what,
         reason: e.to_string(),
     })

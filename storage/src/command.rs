@@ -141,8 +141,8 @@ pub enum LeaseLoss {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
-    // Keys and values are byte strings to serde (`serde_bytes`): bincode copies them whole
-    // instead of byte by byte, with the same encoding (a u64 length, then the bytes).
+    // Keys and values are byte strings to serde (`serde_bytes`): the codec copies them whole
+    // instead of byte by byte, with the same encoding (a varint length, then the bytes).
     KvPut {
         #[serde(with = "serde_bytes")]
         key: Vec<u8>,
@@ -471,7 +471,7 @@ impl Command {
     /// leader's Raft, where this refusal changes nothing.
     pub fn check_size(&self) -> Result<(), OpError> {
         let max = crate::limits::ENTRY_COMMAND_BYTES_MAX;
-        let len = bincode::serialized_size(self).map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
+        let len = basalt_codec::encoded_len(self);
         if len > max {
             return Err(OpError::EntryTooLarge { len, max });
         }
@@ -578,7 +578,7 @@ pub enum OpError {
     UnknownRegion { source_region: u16 },
     #[error("region topology change refused: {reason}")]
     InvalidTopology { reason: String },
-    // New variants go last: saved answers are bincode, tagged by variant position.
+    // New variants go last: saved answers are encoded (basalt-codec), tagged by variant position.
     #[error("a log entry of {len} bytes would exceed the limit of {max} bytes")]
     EntryTooLarge { len: usize, max: usize },
 }
@@ -794,8 +794,8 @@ mod tests {
     use super::*;
     use crate::state::KvRecord;
 
-    /// Keys and values became `serde_bytes` for speed. Logs and stores written before must still
-    /// decode: bincode writes a byte string exactly as it wrote the sequence of `u8` before.
+    /// Keys and values are `serde_bytes` for speed: the codec writes a byte string exactly as it
+    /// writes a sequence of `u8`, so the choice is not part of the data format.
     #[test]
     fn byte_strings_encode_as_the_byte_sequences_did() {
         #[derive(Serialize)]
@@ -819,9 +819,9 @@ mod tests {
             ttl_ms: Some(5),
             expect: Some(Expect::Revision(9)),
         };
-        let encoded = bincode::serialize(&new).expect("encode");
-        assert_eq!(encoded, bincode::serialize(&old).expect("encode"));
-        assert_eq!(bincode::deserialize::<Op>(&encoded).expect("decode"), new);
+        let encoded = basalt_codec::encode(&new);
+        assert_eq!(encoded, basalt_codec::encode(&old));
+        assert_eq!(basalt_codec::decode::<Op>(&encoded).expect("decode"), new);
 
         #[derive(Serialize)]
         struct OldRecord {
@@ -849,6 +849,6 @@ mod tests {
             expires_at_ms: None,
             written,
         };
-        assert_eq!(record.encode(), bincode::serialize(&old).expect("encode"));
+        assert_eq!(record.encode(), basalt_codec::encode(&old));
     }
 }

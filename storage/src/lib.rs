@@ -6,11 +6,15 @@
 //!   a failed fsync), over a file-system trait the crash suite simulates. No RocksDB here.
 //! - [`state`]: the state store on RocksDB (one column family per data type) plus snapshots.
 //!
+//! [`data_dir`] stamps a node's data directory with the data format its records are written in
+//! ([`basalt_codec`]) and refuses a directory of another format.
+//!
 //! Between them sits [`apply`]: the pure, deterministic apply logic of each data type. It sees only
 //! the [`state::StoreRead`] trait, so it is tested against an in-memory model.
 
 pub mod apply;
 pub mod command;
+pub mod data_dir;
 pub mod hlc;
 pub mod ledger;
 pub mod limits;

@@ -168,6 +168,20 @@ impl RegionFeed for FeedReceiver {
                 "this node is not configured for regions (start it with --region)",
             ));
         };
+        // A region of another data format would ship batches this build misreads.
+        let format = request
+            .metadata()
+            .get(basalt_codec::DATA_FORMAT_HEADER)
+            .map(|v| v.to_str().unwrap_or(""));
+        if let Err(mismatch) = basalt_codec::check_peer_format(format) {
+            let refused = repl.refused_streams.fetch_add(1, Ordering::Relaxed) + 1;
+            if refused.is_power_of_two() {
+                tracing::warn!(%mismatch, refused, "refusing a feed stream from a region of another data format");
+            }
+            return Err(Status::failed_precondition(format!(
+                "the source region sends {mismatch}: the regions of a deployment must run builds of one data format"
+            )));
+        }
         // The source's id, home and escrow shares must fit this region's topology before
         // anything of it is merged. Checked by the leader (a follower answers "not the leader" to
         // the first batch, and the source tries another node): a follower behind on the

@@ -158,6 +158,11 @@ async fn session(
     // The opening heartbeat carries no frontier: what the remote region has is not known yet.
     let _ = tx.send(batch_message(&ShipBatch::heartbeat(source, 0))).await;
     let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    // The receiver refuses a stream of another data format before decoding a batch of it.
+    request.metadata_mut().insert(
+        basalt_codec::DATA_FORMAT_HEADER,
+        tonic::metadata::MetadataValue::from(basalt_codec::DATA_FORMAT),
+    );
     if let Some(topology) = repl.topology() {
         let summary = agreement_summary(&topology);
         match summary.parse() {

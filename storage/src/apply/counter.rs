@@ -13,12 +13,12 @@ use super::{check_key, decode, lossy, save, RegionRole, View};
 use crate::command::{CounterAction, CounterOp, CounterOutcome, OpError, Response};
 use crate::state::{StoreError, StoreRead, Table};
 
-pub fn decode_pn(bytes: &[u8]) -> Result<PnCounter, bincode::Error> {
-    bincode::deserialize(bytes)
+pub fn decode_pn(bytes: &[u8]) -> Result<PnCounter, basalt_codec::DecodeError> {
+    basalt_codec::decode(bytes)
 }
 
 pub fn encode_pn(counter: &PnCounter) -> Vec<u8> {
-    bincode::serialize(counter).expect("counters serialize")
+    basalt_codec::encode(counter)
 }
 
 /// The value of a stored counter.

@@ -33,11 +33,11 @@ impl LeaseRecord {
     }
 
     pub fn decode(bytes: &[u8]) -> Option<LeaseRecord> {
-        bincode::deserialize(bytes).ok()
+        basalt_codec::decode(bytes).ok()
     }
 
     fn encode(&self) -> Vec<u8> {
-        bincode::serialize(self).expect("LeaseRecord serializes")
+        basalt_codec::encode(self)
     }
 }
 

@@ -693,6 +693,6 @@ pub fn get_account_balances<S: StoreRead + ?Sized>(
 ) -> Result<Vec<AccountBalance>, StoreError> {
     let page = scan_filtered(store, Table::LedgerHistory, filter, filter.limit as usize)?;
     page.into_iter()
-        .map(|(key, value)| bincode::deserialize(&value).map_err(|e| corrupt(Table::LedgerHistory, &key, e)))
+        .map(|(key, value)| basalt_codec::decode(&value).map_err(|e| corrupt(Table::LedgerHistory, &key, e)))
         .collect()
 }

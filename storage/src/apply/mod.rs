@@ -694,9 +694,9 @@ pub(crate) fn out_of_range(what: &'static str, expected: impl Into<String>, got:
     }
 }
 
-/// Decodes a bincode record read from `table`; an undecodable one is a corrupt record.
+/// Decodes a record (basalt-codec) read from `table`; an undecodable one is a corrupt record.
 pub(crate) fn decode<T: serde::de::DeserializeOwned>(table: Table, key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
-    bincode::deserialize(bytes).map_err(|e| corrupt(table, key, e))
+    basalt_codec::decode(bytes).map_err(|e| corrupt(table, key, e))
 }
 
 pub(crate) fn corrupt(table: Table, key: &[u8], e: impl std::fmt::Display) -> StoreError {
@@ -707,7 +707,7 @@ pub(crate) fn corrupt(table: Table, key: &[u8], e: impl std::fmt::Display) -> St
     }
 }
 
-/// Reads and decodes a bincode record; an undecodable one is a [`StoreError::CorruptRecord`].
+/// Reads and decodes a record (basalt-codec); an undecodable one is a [`StoreError::CorruptRecord`].
 pub(crate) fn load<S: StoreRead + ?Sized, T: serde::de::DeserializeOwned>(
     store: &S,
     table: Table,
@@ -720,7 +720,7 @@ pub(crate) fn load<S: StoreRead + ?Sized, T: serde::de::DeserializeOwned>(
 }
 
 pub(crate) fn save<S: StoreRead, T: serde::Serialize>(view: &mut View<'_, S>, table: Table, key: Vec<u8>, value: &T) {
-    view.put(table, key, bincode::serialize(value).expect("records serialize"));
+    view.put(table, key, basalt_codec::encode(value));
 }
 
 pub(crate) fn lossy(key: &[u8]) -> String {

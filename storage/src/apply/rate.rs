@@ -355,7 +355,7 @@ pub(crate) fn apply<S: StoreRead>(
         }
         let stored = match view.get(Table::RateLimit, &check.key)? {
             None => None,
-            Some(bytes) => match bincode::deserialize::<StoredRate>(&bytes) {
+            Some(bytes) => match basalt_codec::decode::<StoredRate>(&bytes) {
                 Ok(stored) => Some(stored),
                 Err(e) => {
                     return Ok(Response::Refused(OpError::CorruptValue {
@@ -375,7 +375,7 @@ pub(crate) fn apply<S: StoreRead>(
             if stored.is_none_or(|old| old.forget_at_ms != forget_at_ms) {
                 view.put(Table::RateExpiry, forget_key(forget_at_ms, &check.key), Vec::new());
             }
-            let bytes = bincode::serialize(&next).expect("StoredRate serializes");
+            let bytes = basalt_codec::encode(&next);
             view.put(Table::RateLimit, check.key.clone(), bytes);
         }
         decisions.push(decision);
@@ -407,7 +407,7 @@ pub(crate) fn sweep<S: StoreRead>(view: &mut View<'_, S>, now_ms: u64, limit: u3
         let at = u64::from_be_bytes(*at);
         let current = view
             .get(Table::RateLimit, key)?
-            .and_then(|bytes| bincode::deserialize::<StoredRate>(&bytes).ok());
+            .and_then(|bytes| basalt_codec::decode::<StoredRate>(&bytes).ok());
         // Only if the key still carries this forget time: a later check may have moved it.
         if current.is_some_and(|c| c.forget_at_ms == at) {
             view.delete(Table::RateLimit, key.to_vec());

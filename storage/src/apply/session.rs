@@ -82,7 +82,7 @@ pub(crate) fn finish<S: StoreRead>(
     response: &Response,
 ) -> Result<(), StoreError> {
     let client_id = session.client_id;
-    let answer = bincode::serialize(response).expect("Response serializes");
+    let answer = basalt_codec::encode(response);
     view.put(Table::Session, answer_key(client_id, session.seq), answer);
 
     // The client has every answer below `first_incomplete_seq`: forget them.

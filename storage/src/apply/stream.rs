@@ -311,7 +311,7 @@ pub(crate) fn produce<S: StoreRead>(
                 })
                 .collect(),
         };
-        let bytes = bincode::serialize(&batch).expect("batches serialize");
+        let bytes = basalt_codec::encode(&batch);
         for (n, &i) in positions.iter().enumerate() {
             outcomes[i] = Produced {
                 partition,

@@ -61,7 +61,7 @@ pub(super) fn check_invariants(h: &Harness) {
         .scan(Table::LedgerAccount, &KeyRange::all(), usize::MAX)
         .expect("scan")
     {
-        let a: Account = bincode::deserialize(&bytes).expect("account");
+        let a: Account = basalt_codec::decode(&bytes).expect("account");
         let sums = per_ledger.entry(a.ledger).or_default();
         sums.0 += a.debits_pending;
         sums.1 += a.debits_posted;

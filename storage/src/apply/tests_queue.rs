@@ -94,7 +94,7 @@ fn check_indexes(h: &Harness, queue: &str) {
     let mut in_flight = 0;
     for (key, value) in &messages {
         let id = u64::from_be_bytes(key[key.len() - 8..].try_into().expect("id"));
-        let m: StoredMessage = bincode::deserialize(value).expect("decode");
+        let m: StoredMessage = basalt_codec::decode(value).expect("decode");
         in_flight += u64::from(m.in_flight);
         let ready = h
             .store

@@ -912,7 +912,7 @@ fn partitioned_regions_each_admit_at_most_the_limit_and_agree_once_counts_arrive
     }
     for h in [&us, &eu] {
         let stored = h.store.get(Table::RateGlobal, b"api").expect("get").expect("stored");
-        let counts: super::rate::StoredGlobal = bincode::deserialize(&stored).expect("decode");
+        let counts: super::rate::StoredGlobal = basalt_codec::decode(&stored).expect("decode");
         assert_eq!(counts.counts.totals(60_000, 0), (0, 10));
     }
     assert_eq!(admitted(&mut eu, 1_002, "api", 5, 3), 0);

@@ -197,7 +197,7 @@ pub fn load_topology<S: StoreRead + ?Sized>(store: &S) -> Result<Option<RegionTo
     };
     let corrupt = |reason: String| super::corrupt(Table::Meta, TOPOLOGY_KEY, reason);
     match bytes.split_first() {
-        Some((&TOPOLOGY_FORMAT_V1, body)) => bincode::deserialize(body).map(Some).map_err(|e| corrupt(e.to_string())),
+        Some((&TOPOLOGY_FORMAT_V1, body)) => basalt_codec::decode(body).map(Some).map_err(|e| corrupt(e.to_string())),
         Some((format, _)) => Err(corrupt(format!("unknown topology format {format}"))),
         None => Err(corrupt("empty topology record".into())),
     }
@@ -210,7 +210,7 @@ pub fn region_role<S: StoreRead + ?Sized>(store: &S) -> Result<RegionRole, Store
 
 fn encode_topology(topology: &RegionTopology) -> Vec<u8> {
     let mut bytes = vec![TOPOLOGY_FORMAT_V1];
-    bytes.extend(bincode::serialize(topology).expect("topologies serialize"));
+    bytes.extend(basalt_codec::encode(topology));
     bytes
 }
 

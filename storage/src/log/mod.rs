@@ -758,7 +758,7 @@ fn read_meta(fs: &dyn LogFileSystem, dir: &Path) -> Result<LogMeta, LogError> {
     if crc32fast::hash(&bytes[4..]) != stored {
         return Err(corrupt("meta file checksum mismatch".into()));
     }
-    bincode::deserialize(&bytes[4..]).map_err(|e| corrupt(format!("meta file undecodable: {e}")))
+    basalt_codec::decode(&bytes[4..]).map_err(|e| corrupt(format!("meta file undecodable: {e}")))
 }
 
 /// The log's meta file holds a few small values (the vote, the purge point).
@@ -769,7 +769,7 @@ const LOG_META_BYTES_MAX: usize = 1 << 20;
 fn write_meta(fs: &dyn LogFileSystem, dir: &Path, meta: &LogMeta) -> Result<(), LogError> {
     let path = dir.join(META_FILE);
     let tmp = dir.join(META_TMP_FILE);
-    let body = bincode::serialize(meta).expect("log meta serializes");
+    let body = basalt_codec::encode(meta);
     let mut bytes = crc32fast::hash(&body).to_le_bytes().to_vec();
     bytes.extend_from_slice(&body);
     let write = || -> std::io::Result<()> {

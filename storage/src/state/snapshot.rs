@@ -1,6 +1,7 @@
 //! Snapshots: a RocksDB checkpoint packed into one file, so it can be streamed to a follower.
 //!
-//! Pack layout: the magic `BASALTSNAP1\n`, then sections
+//! Pack layout: the magic `BASALTSNAP`, the data format of its records as one ASCII digit and
+//! `\n` (`BASALTSNAP2\n`; a pack of another format is refused by name), then sections
 //! `[kind u8][name_len u32][name][data_len u64][data][crc32 u32]` (little-endian; the crc covers
 //! kind, name and data). Kind 1 is the metadata blob (always first), 2 a checkpoint file, 3 the
 //! end marker. Unpacking verifies every crc and refuses a pack without its end marker.
@@ -12,7 +13,22 @@ use std::path::{Path, PathBuf};
 use super::rocks::RocksStore;
 use super::StoreError;
 
-const MAGIC: &[u8; 12] = b"BASALTSNAP1\n";
+const MAGIC_PREFIX: &[u8; 10] = b"BASALTSNAP";
+/// The magic of a pack of this build's data format.
+const MAGIC: [u8; 12] = magic(basalt_codec::DATA_FORMAT);
+
+const fn magic(data_format: u32) -> [u8; 12] {
+    assert!(data_format < 10, "the pack magic holds one digit of data format");
+    let mut magic = [0u8; 12];
+    let mut i = 0;
+    while i < MAGIC_PREFIX.len() {
+        magic[i] = MAGIC_PREFIX[i];
+        i += 1;
+    }
+    magic[10] = b'0' + data_format as u8;
+    magic[11] = b'\n';
+    magic
+}
 const KIND_META: u8 = 1;
 const KIND_FILE: u8 = 2;
 const KIND_END: u8 = 3;
@@ -57,7 +73,7 @@ impl Checkpoint {
         let tmp = target.with_extension("tmp");
         let file = File::create(&tmp).map_err(io("create pack", &tmp))?;
         let mut out = BufWriter::new(file);
-        out.write_all(MAGIC).map_err(io("write pack", &tmp))?;
+        out.write_all(&MAGIC).map_err(io("write pack", &tmp))?;
         write_section(&mut out, KIND_META, "", &mut &meta[..], meta.len() as u64).map_err(io("write pack", &tmp))?;
         let mut names: Vec<_> = fs::read_dir(&self.dir)
             .map_err(io("list checkpoint", &self.dir))?
@@ -193,8 +209,14 @@ fn open_pack(path: &Path) -> Result<BufReader<File>, StoreError> {
     input
         .read_exact(&mut magic)
         .map_err(|_| corrupt(path, "missing magic"))?;
-    if &magic != MAGIC {
+    if magic[..10] != MAGIC_PREFIX[..] || magic[11] != b'\n' || !magic[10].is_ascii_digit() {
         return Err(corrupt(path, "bad magic"));
+    }
+    if let Err(mismatch) = basalt_codec::check_format(u32::from(magic[10] - b'0')) {
+        return Err(StoreError::SnapshotFormat {
+            path: path.to_path_buf(),
+            mismatch,
+        });
     }
     Ok(input)
 }
@@ -350,5 +372,34 @@ mod tests {
         assert!(matches!(verify_pack(&pack), Err(StoreError::CorruptSnapshot { .. })));
         fs::write(&pack, &whole).expect("write");
         assert_eq!(verify_pack(&pack).expect("the intact pack"), b"m");
+    }
+
+    /// A pack from a build of data format 1 (magic `BASALTSNAP1\n`, bincode records) is refused
+    /// by name on every way in, before any of its records could be misread.
+    #[test]
+    fn a_pack_of_another_data_format_is_refused_by_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = RocksStore::open(dir.path().join("a")).expect("open");
+        let pack = dir.path().join("1.snap");
+        Checkpoint::create(&store, dir.path().join("ckpt"))
+            .expect("ckpt")
+            .pack(b"m", &pack)
+            .expect("pack");
+        let mut bytes = fs::read(&pack).expect("read");
+        assert_eq!(&bytes[..12], b"BASALTSNAP2\n");
+        bytes[10] = b'1';
+        fs::write(&pack, &bytes).expect("write");
+        for refused in [
+            verify_pack(&pack).map(drop),
+            read_pack_meta(&pack).map(drop),
+            unpack(&pack, &dir.path().join("u")).map(drop),
+        ] {
+            let e = refused.expect_err("format 1 is refused");
+            assert!(matches!(e, StoreError::SnapshotFormat { .. }), "{e}");
+            assert!(
+                e.to_string().ends_with("is of data format 1, this build reads 2"),
+                "{e}"
+            );
+        }
     }
 }
