@@ -1,4 +1,5 @@
-//! The Rust SDK for Basalt.
+//! The Rust SDK for Basalt, and the API contract (`proto/basalt.proto`) every server and client
+//! shares. It depends on neither openraft nor RocksDB: an application links only this.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), basalt_client::ClientError> {

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use basalt_client::{Client, ClientOptions};
-use basalt_node::local_ports::{self, PortError, PortReservation};
 use basalt_regions::{LinkProxy, Links};
+use basalt_testkit::local_ports::{self, PortError, PortReservation};
 use tokio::process::{Child, Command};
 
 /// Set in a node process's environment: the harness binary then runs `basalt` itself, so a

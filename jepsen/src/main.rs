@@ -4,12 +4,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use basalt_cli::parse_duration;
 use basalt_jepsen::checker::Validity;
 use basalt_jepsen::cluster::NODE_ENV;
 use basalt_jepsen::nemesis::FaultKind;
 use basalt_jepsen::run::{run, RunOptions};
 use basalt_jepsen::workload::Workload;
-use basalt_node::cli::parse_duration;
 use clap::Parser;
 
 #[derive(Parser, Debug)]
@@ -59,7 +59,7 @@ enum NemesisArg {
 
 fn main() -> ExitCode {
     if std::env::var_os(NODE_ENV).is_some() {
-        return basalt_node::cli::main();
+        return basalt_cli::main();
     }
     let args = Args::parse();
     if args.nodes == 0 || args.nodes > 9 {

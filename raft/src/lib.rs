@@ -1,6 +1,11 @@
 //! openraft glue for Basalt: the type config, the log store and state machine adapters over
 //! `basalt-storage`, and the gRPC Raft network.
+//!
+//! Owns: how openraft's storage and network traits map onto Basalt's log, state store and gRPC.
+//! May not touch: what an op means (apply and reads are `basalt-storage`'s) or the client API
+//! (`basalt-server`'s).
 
+pub mod limits;
 pub mod log_store;
 pub mod network;
 pub mod state_machine;

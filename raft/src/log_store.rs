@@ -18,16 +18,7 @@ use openraft::OptionalSend;
 use crate::{decode, encode, Entry, LogId, TypeConfig, Vote};
 
 const VOTE_KEY: &str = "vote";
-/// Most entries one replication message carries.
-const APPEND_ENTRIES_MAX: u64 = 4096;
-/// Most bytes of log records one replication message carries (one record alone may be larger).
-pub const APPEND_BYTES_BUDGET: u64 = 32 * 1024 * 1024;
-// A message of a full budget plus one more record, or of the largest record alone, fits the
-// Raft message cap with room for the message's own fields.
-const _: () = assert!(
-    APPEND_BYTES_BUDGET + basalt_storage::limits::RECORD_BYTES_MAX as u64 + (1 << 20)
-        <= crate::network::RAFT_MESSAGE_BYTES_MAX as u64
-);
+use crate::limits::{APPEND_BYTES_BUDGET, APPEND_ENTRIES_MAX};
 const PURGED_KEY: &str = "purged_log_id";
 
 #[derive(Clone)]

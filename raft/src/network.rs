@@ -27,16 +27,10 @@ use crate::state_machine::{Snapshot, SnapshotPack};
 use crate::{decode, encode, NodeId, Raft, SnapshotMeta, TypeConfig, Vote};
 use basalt_storage::hlc::{Hlc, PeerCheck};
 
-const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
-/// openraft sets an append's hard TTL to one heartbeat interval. On a loaded machine a large
-/// append (fsync included) can take longer; timing it out only makes the leader back off and
-/// send it again, so appends and votes get at least this long.
-const RPC_DEADLINE_MIN: Duration = Duration::from_secs(2);
-/// Bound on a Raft message (an append batch or one snapshot chunk).
-pub const RAFT_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
-// Any single entry fits a message with room to spare. (Entries per AppendEntries are capped by
-// count, not bytes: see issue 16, part 4, still open.)
-const _: () = assert!(RAFT_MESSAGE_BYTES_MAX >= 2 * basalt_storage::limits::RECORD_BYTES_MAX as usize);
+use crate::limits::{
+    CONNECT_TIMEOUT, KEEP_ALIVE_INTERVAL, RAFT_MESSAGE_BYTES_MAX, REOPEN_PAUSE_MAX, RPC_DEADLINE_MIN,
+    SNAPSHOT_CHUNK_BYTES,
+};
 
 /// Creates one lazily connected gRPC channel per target node.
 #[derive(Clone)]
@@ -100,9 +94,6 @@ pub(crate) fn reopen_pause(failures: u32) -> Duration {
     }
 }
 
-/// The longest pause between attempts to reopen a replication stream.
-const REOPEN_PAUSE_MAX: Duration = Duration::from_millis(100);
-
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = NetworkConnection;
 
@@ -140,9 +131,9 @@ impl NetworkConnection {
         }
         let endpoint = Endpoint::from_shared(format!("http://{}", self.addr))
             .map_err(unreachable)?
-            .connect_timeout(Duration::from_millis(500))
+            .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(5));
+            .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL);
         let client = RaftServiceClient::new(endpoint.connect_lazy())
             .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX);

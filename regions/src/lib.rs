@@ -1,4 +1,6 @@
-//! Regions and the links between them.
+//! Regions and the links between them: how a multi-region deployment is laid out, and the
+//! simulated WAN the tests, the harness and `basalt dev` put between regions. It holds no Raft,
+//! storage or replication logic (the cross-region code map is in `docs/architecture.md`).
 //!
 //! - [`topology`]: regions, their nodes and the WAN links between them (`basalt dev --topology`);
 //!

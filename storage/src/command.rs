@@ -318,7 +318,7 @@ pub enum Op {
         writes: Vec<KvWrite>,
     },
     /// The KV writes of several client requests that reached the leader together, proposed as one
-    /// entry (see `node/src/api/merge.rs`). Each part keeps its own session and answer, and is
+    /// entry (see `server/src/api/merge.rs`). Each part keeps its own session and answer, and is
     /// applied as if it were an entry of its own at this index: its writes share this revision
     /// with the other parts', which is why no key may appear in two parts. Proposed by the
     /// leader, never sent by a client.

@@ -1,4 +1,6 @@
-//! Basalt's storage layer.
+//! Basalt's storage layer: everything a node keeps on disk, and the pure logic that changes and
+//! reads it. No async, no Raft types, no network: those belong to `basalt-raft` and
+//! `basalt-server`, which call in here.
 //!
 //! Two engines, kept apart as TiKV keeps its raft and kv engines:
 //! - [`log`]: the Raft log as our own segment files (crc32-framed records, a durable mark in each

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use basalt_client::PutOptions;
-use basalt_tests::{runtime, ClusterOptions, TestCluster};
+use basalt_testkit::{runtime, ClusterOptions, TestCluster};
 
 const NODE: &str = env!("CARGO_BIN_EXE_basalt-test-node");
 

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use basalt_client::pb::counter_client::CounterClient;
 use basalt_client::pb::{CounterApplyRequest, CounterIncr, CounterOp, RequestHeader};
 use basalt_client::{Client, ClientOptions, ErrorCode, ReadConsistency};
-use basalt_tests::{runtime, ClusterOptions, TestCluster};
+use basalt_testkit::{runtime, ClusterOptions, TestCluster};
 
 const NODE: &str = env!("CARGO_BIN_EXE_basalt-test-node");
 

@@ -7,8 +7,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use basalt_client::{FetchOptions, ReadConsistency, ReceiveOptions};
-use basalt_node::local_ports;
-use basalt_tests::{runtime, ClusterOptions, TestCluster};
+use basalt_testkit::local_ports;
+use basalt_testkit::{runtime, ClusterOptions, TestCluster};
 
 const NODE: &str = env!("CARGO_BIN_EXE_basalt-test-node");
 

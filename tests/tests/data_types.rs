@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use basalt_client::ledger::{account_flags, transfer_flags, Account, AccountFilter, Transfer};
 use basalt_client::{Acquired, Client, ClientError, CounterOp, CounterOutcome, ErrorCode, ReadConsistency};
-use basalt_tests::{runtime, ClusterOptions, TestCluster};
+use basalt_testkit::{runtime, ClusterOptions, TestCluster};
 
 const NODE: &str = env!("CARGO_BIN_EXE_basalt-test-node");
 

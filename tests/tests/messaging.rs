@@ -8,7 +8,7 @@ use basalt_client::{
     Client, ClientError, ClientOptions, ErrorCode, FetchOptions, JoinOptions, NewMessage, QueueOptions,
     ReadConsistency, ReceiveOptions, Record, TopicOptions, WatchEventKind,
 };
-use basalt_tests::{runtime, ClusterOptions, TestCluster};
+use basalt_testkit::{runtime, ClusterOptions, TestCluster};
 
 const NODE: &str = env!("CARGO_BIN_EXE_basalt-test-node");
 

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use basalt_client::ReadConsistency;
-use basalt_tests::regions::{RegionSpec, TestRegions};
-use basalt_tests::runtime;
+use basalt_testkit::regions::{RegionSpec, TestRegions};
+use basalt_testkit::runtime;
 
 const NODE: &str = env!("CARGO_BIN_EXE_basalt-test-node");
 
@@ -959,9 +959,9 @@ fn a_region_added_while_a_bounded_counter_is_near_its_bound_cannot_cross_it() {
         }
         // ap starts as a region joining the two; they add it through their logs.
         let direct = |name: &str, id: u16| format!("{name}:{id}={}", regions.cluster(name).endpoints().join(","));
-        let mut ap = basalt_tests::TestCluster::plan(
+        let mut ap = basalt_testkit::TestCluster::plan(
             NODE,
-            basalt_tests::ClusterOptions {
+            basalt_testkit::ClusterOptions {
                 nodes: 1,
                 ..Default::default()
             },

@@ -14,6 +14,7 @@
 
 use crate::limits::RECORD_BYTES_MAX;
 
+/// Bytes of a frame header: `[len u32][crc32 u32][index u64]` (docs/log-format.md).
 pub const HEADER_BYTES: usize = 16;
 
 /// Why bytes at some offset are not a valid record.

@@ -32,6 +32,7 @@ const fn magic(data_format: u32) -> [u8; 12] {
 const KIND_META: u8 = 1;
 const KIND_FILE: u8 = 2;
 const KIND_END: u8 = 3;
+/// Longest file name of a pack section: a longer length field is damage, refused.
 const NAME_BYTES_MAX: u32 = 4096;
 /// Largest metadata section (a snapshot's Raft metadata: log id, membership): a larger length
 /// field is damage, refused before anything is buffered.

@@ -52,6 +52,7 @@ pub struct IncomingLag {
     samples: VecDeque<u64>,
 }
 
+/// Replication-lag samples kept for the percentiles `/metrics` reports; the oldest is dropped.
 const LAG_SAMPLES: usize = 20_000;
 
 impl IncomingLag {

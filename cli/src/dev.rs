@@ -22,10 +22,10 @@ pub struct DevArgs {
     #[arg(long, default_value_t = 3, requires = "regions")]
     pub(crate) nodes_per_region: u16,
     /// One-way latency of every WAN link with --regions.
-    #[arg(long, value_parser = crate::cli::parse_duration, default_value = "40ms", requires = "regions")]
+    #[arg(long, value_parser = crate::commands::parse_duration, default_value = "40ms", requires = "regions")]
     pub(crate) wan_latency: Duration,
     /// Jitter of every WAN link with --regions.
-    #[arg(long, value_parser = crate::cli::parse_duration, default_value = "5ms", requires = "regions")]
+    #[arg(long, value_parser = crate::commands::parse_duration, default_value = "5ms", requires = "regions")]
     pub(crate) wan_jitter: Duration,
     /// gRPC port of node 1; node N listens on base + N - 1 (region R adds 100 × R).
     #[arg(long, default_value_t = 7001)]
@@ -130,7 +130,7 @@ pub(crate) fn prepare_dir(args: &DevArgs) -> Result<PathBuf, String> {
     let dir = args
         .data_dir
         .clone()
-        .unwrap_or_else(|| crate::cli::basalt_home().join("dev"));
+        .unwrap_or_else(|| crate::commands::basalt_home().join("dev"));
     if args.clean && dir.exists() {
         std::fs::remove_dir_all(&dir).map_err(|e| format!("removing {}: {e}", dir.display()))?;
     }
@@ -139,7 +139,7 @@ pub(crate) fn prepare_dir(args: &DevArgs) -> Result<PathBuf, String> {
 }
 
 pub(crate) fn write_cluster_file(record: &serde_json::Value) -> Result<PathBuf, String> {
-    let cluster_file = crate::cli::cluster_file();
+    let cluster_file = crate::commands::cluster_file();
     if let Some(parent) = cluster_file.parent() {
         let _ = std::fs::create_dir_all(parent);
     }
@@ -213,7 +213,7 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
 
 /// Waits for Ctrl-C (reporting nodes that exit on their own), then stops every node.
 pub(crate) async fn supervise(mut processes: Vec<NodeProcess>) {
-    let signal = crate::cli::shutdown_signal();
+    let signal = crate::commands::shutdown_signal();
     tokio::pin!(signal);
     let mut poll = tokio::time::interval(Duration::from_millis(500));
     loop {

@@ -33,13 +33,16 @@ use crate::config::RemoteRegion;
 const WINDOW: usize = 32;
 /// Feed entries read per batch, at most; batches are also cut at [`BATCH_BYTES`].
 const BATCH_ENTRIES: usize = 512;
-const BATCH_BYTES: u64 = 4 << 20;
+use crate::limits::FEED_BATCH_BYTES_MAX as BATCH_BYTES;
 /// With batches unanswered this long, the link is considered broken and the stream reopened.
 const ACK_TIMEOUT: Duration = Duration::from_secs(3);
 /// An idle stream sends an empty batch this often, to learn the remote watermark and notice a
 /// broken link.
 const HEARTBEAT: Duration = Duration::from_secs(1);
+/// How long opening a connection to another region may take before the shipper tries its next
+/// node.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// The longest pause between attempts to reach another region.
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
@@ -151,8 +154,8 @@ async fn session(
         .await
         .map_err(|e| connect_error(e.to_string()))?;
     let mut client = RegionFeedClient::new(channel)
-        .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(64 << 20);
+        .max_decoding_message_size(crate::limits::FEED_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(crate::limits::FEED_MESSAGE_BYTES_MAX);
     let source = repl.this_region();
     let (tx, rx) = mpsc::channel::<FeedBatch>(WINDOW + 1);
     // The opening heartbeat carries no frontier: what the remote region has is not known yet.
@@ -426,6 +429,7 @@ fn trim_plan(applied: u64, retain: u64, acked: &[(RegionId, Option<u64>)], learn
 /// the retention bound, forgets them anyway (those regions get a full re-sync), so a region that
 /// is down or partitioned never makes this one hold its feed forever.
 pub(super) async fn trimmer(repl: std::sync::Arc<Replication>, api: Api, stop: tokio::sync::watch::Receiver<bool>) {
+    /// Feed entries removed per trim step.
     const TRIM_LIMIT: u32 = 10_000;
     /// How long a new leader waits to hear each region's watermark before trimming without it.
     const LEARN_ACKS: Duration = Duration::from_secs(30);

@@ -19,7 +19,7 @@ pub struct LoadArgs {
     /// Concurrent client tasks, one request in flight each.
     #[arg(long)]
     clients: Option<u32>,
-    #[arg(long, default_value = "10s", value_parser = crate::cli::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = crate::commands::parse_duration)]
     duration: Duration,
     /// Client tasks sharing one connection set.
     #[arg(long, default_value_t = 16)]

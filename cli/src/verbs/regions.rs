@@ -33,7 +33,7 @@ pub enum RegionsCommand {
     Latency {
         a: String,
         b: String,
-        #[arg(value_parser = crate::cli::parse_duration)]
+        #[arg(value_parser = crate::commands::parse_duration)]
         latency: Duration,
     },
 }
@@ -61,7 +61,7 @@ pub fn region_endpoints(file: &serde_json::Value, name: &str) -> Result<Vec<Stri
 }
 
 fn cluster() -> Result<serde_json::Value, String> {
-    let path = crate::cli::cluster_file();
+    let path = crate::commands::cluster_file();
     let text = std::fs::read_to_string(&path).map_err(|_| {
         format!(
             "no multi-region dev cluster: start one with `basalt dev --regions us,eu,ap` (no {})",
@@ -115,7 +115,7 @@ pub fn topology_verb(command: &RegionsCommand) -> bool {
 pub async fn change(command: RegionsCommand, client: Client) -> Result<(), String> {
     let topology = match command {
         RegionsCommand::Add { region } => {
-            let remote = crate::config::parse_remote_region(&region).map_err(|e| e.to_string())?;
+            let remote = basalt_server::config::parse_remote_region(&region).map_err(|e| e.to_string())?;
             client
                 .add_region(&remote.name, remote.id, &remote.endpoints)
                 .await

@@ -92,7 +92,7 @@ fn raft_config(config: &NodeConfig) -> Result<openraft::Config, NodeError> {
         election_timeout_max: config.election_timeout_max_ms,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_entries),
         max_in_snapshot_log_to_keep: config.logs_to_keep,
-        max_payload_entries: 2048,
+        max_payload_entries: basalt_raft::limits::PAYLOAD_ENTRIES_MAX,
         install_snapshot_timeout: 10_000,
         ..Default::default()
     };
@@ -205,8 +205,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         api: api.clone(),
         replication: api.replication.clone(),
     })
-    .max_decoding_message_size(64 << 20)
-    .max_encoding_message_size(64 << 20);
+    .max_decoding_message_size(crate::limits::FEED_MESSAGE_BYTES_MAX)
+    .max_encoding_message_size(crate::limits::FEED_MESSAGE_BYTES_MAX);
 
     tracing::info!(id = config.id, listen = %config.listen, data_dir = %config.data_dir.display(), "node serving");
     // Client requests are bounded so that one, or a merge of them, always fits a log entry.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use basalt_client::{CasOutcome, Client, PutOptions, ReadConsistency};
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{self, NodeConfig};
+use basalt_server::config::{self, NodeConfig};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -78,14 +78,14 @@ enum Command {
     /// Leases with fencing tokens.
     Lease {
         #[command(subcommand)]
-        command: crate::verbs::LeaseCommand,
+        command: crate::verbs::lease::LeaseCommand,
         #[command(flatten)]
         endpoints: EndpointArgs,
     },
     /// Rate-limit checks.
     Ratelimit {
         #[command(subcommand)]
-        command: crate::verbs::RateLimitCommand,
+        command: crate::verbs::rate_limit::RateLimitCommand,
         #[command(flatten)]
         endpoints: EndpointArgs,
         #[command(flatten)]
@@ -94,7 +94,7 @@ enum Command {
     /// The double-entry ledger.
     Ledger {
         #[command(subcommand)]
-        command: crate::verbs::LedgerCommand,
+        command: crate::verbs::ledger::LedgerCommand,
         #[command(flatten)]
         endpoints: EndpointArgs,
         #[command(flatten)]
@@ -103,21 +103,21 @@ enum Command {
     /// Work queues: create, enqueue, receive, ack, nack, redrive, stats.
     Queue {
         #[command(subcommand)]
-        command: crate::verbs_messaging::QueueCommand,
+        command: crate::verbs::queue::QueueCommand,
         #[command(flatten)]
         endpoints: EndpointArgs,
     },
     /// Streams: topics, produce, fetch, consumer-group offsets.
     Stream {
         #[command(subcommand)]
-        command: crate::verbs_messaging::StreamCommand,
+        command: crate::verbs::stream::StreamCommand,
         #[command(flatten)]
         endpoints: EndpointArgs,
     },
     /// Pub/sub: publish, subscribe.
     Pubsub {
         #[command(subcommand)]
-        command: crate::verbs_messaging::PubSubCommand,
+        command: crate::verbs::pubsub::PubSubCommand,
         #[command(flatten)]
         endpoints: EndpointArgs,
     },
@@ -132,7 +132,7 @@ enum Command {
     /// cluster also replication status, partitions and latency between regions.
     Regions {
         #[command(subcommand)]
-        command: crate::verbs_regions::RegionsCommand,
+        command: crate::verbs::regions::RegionsCommand,
         #[command(flatten)]
         endpoints: EndpointArgs,
     },
@@ -381,7 +381,7 @@ pub fn resolve_endpoints(args: &EndpointArgs) -> Result<Vec<String>, String> {
     })?;
     let file: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
     if let Some(region) = &args.region {
-        return crate::verbs_regions::region_endpoints(&file, region).map_err(|e| format!("{}: {e}", path.display()));
+        return crate::verbs::regions::region_endpoints(&file, region).map_err(|e| format!("{}: {e}", path.display()));
     }
     let endpoints: Vec<String> = file["endpoints"]
         .as_array()
@@ -522,7 +522,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::Start(args) => {
             init_tracing("info,openraft=warn");
             let config = start_config(args)?;
-            crate::server::run(config, shutdown_signal())
+            basalt_server::server::run(config, shutdown_signal())
                 .await
                 .map_err(|e| e.to_string())
         }
@@ -665,7 +665,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Lease { command, endpoints } => {
             init_tracing("error");
-            crate::verbs::lease(&connect(&endpoints).await?, command).await
+            crate::verbs::lease::lease(&connect(&endpoints).await?, command).await
         }
         Command::Ratelimit {
             command,
@@ -673,7 +673,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             fence,
         } => {
             init_tracing("error");
-            crate::verbs::rate_limit(&connect_fenced(&endpoints, &fence).await?, command).await
+            crate::verbs::rate_limit::rate_limit(&connect_fenced(&endpoints, &fence).await?, command).await
         }
         Command::Ledger {
             command,
@@ -681,19 +681,19 @@ async fn run(cli: Cli) -> Result<(), String> {
             fence,
         } => {
             init_tracing("error");
-            crate::verbs::ledger(&connect_fenced(&endpoints, &fence).await?, command).await
+            crate::verbs::ledger::ledger(&connect_fenced(&endpoints, &fence).await?, command).await
         }
         Command::Queue { command, endpoints } => {
             init_tracing("error");
-            crate::verbs_messaging::queue(&connect(&endpoints).await?, command).await
+            crate::verbs::queue::queue(&connect(&endpoints).await?, command).await
         }
         Command::Stream { command, endpoints } => {
             init_tracing("error");
-            crate::verbs_messaging::stream(&connect(&endpoints).await?, command).await
+            crate::verbs::stream::stream(&connect(&endpoints).await?, command).await
         }
         Command::Pubsub { command, endpoints } => {
             init_tracing("error");
-            crate::verbs_messaging::pubsub(&connect(&endpoints).await?, command).await
+            crate::verbs::pubsub::pubsub(&connect(&endpoints).await?, command).await
         }
         Command::Cluster { command, endpoints } => {
             init_tracing("error");
@@ -722,9 +722,9 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Regions { command, endpoints } => {
             init_tracing("error");
-            match crate::verbs_regions::topology_verb(&command) {
-                true => crate::verbs_regions::change(command, connect(&endpoints).await?).await,
-                false => crate::verbs_regions::run(command).await,
+            match crate::verbs::regions::topology_verb(&command) {
+                true => crate::verbs::regions::change(command, connect(&endpoints).await?).await,
+                false => crate::verbs::regions::run(command).await,
             }
         }
         Command::Bench { command, endpoints } => {

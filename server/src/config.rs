@@ -273,7 +273,9 @@ impl RegionConfig {
 
 /// Bounds of `max_clock_offset_ms`: below 10 ms loopback scheduling alone would trip it; above a
 /// minute it no longer protects leases and sessions measured in seconds.
+/// (`validate` refuses a config outside them, naming the bound.)
 pub const MAX_CLOCK_OFFSET_MS_MIN: u64 = 10;
+/// The upper bound of `max_clock_offset_ms` (see [`MAX_CLOCK_OFFSET_MS_MIN`]).
 pub const MAX_CLOCK_OFFSET_MS_MAX: u64 = 60_000;
 
 pub mod defaults {

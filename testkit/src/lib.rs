@@ -1,5 +1,10 @@
-//! A harness for real multi-node clusters: every node is a child process of the test, so a test
-//! can kill -9 it, restart it on the same data, or add new nodes.
+//! What the integration tests (`tests/`) and the partition harness (`jepsen/`) share.
+//!
+//! Owns: port reservation for local clusters ([`local_ports`]) and clusters of node processes
+//! ([`TestCluster`], and [`regions::TestRegions`] for several regions): every node is a child
+//! process of the test, so a test can kill -9 it, restart it on the same data, or add new nodes.
+//! It starts nodes by running a binary (the `basalt` entry point) and talks to them through the
+//! SDK and their HTTP port only: it may not link the server.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -7,8 +12,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use basalt_client::{Client, ClientOptions};
-use basalt_node::local_ports::{self, PortReservation};
+use local_ports::PortReservation;
 
+pub mod local_ports;
 pub mod regions;
 
 pub struct NodeSpec {

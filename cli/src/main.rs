@@ -1,3 +1,3 @@
 fn main() -> std::process::ExitCode {
-    basalt_node::cli::main()
+    basalt_cli::main()
 }

@@ -1,7 +1,8 @@
-//! The server's answers against what the SDK decodes: every answer a client service gives fits
-//! under `basalt_client::limits::RESPONSE_BYTES_MAX`, checked here at compile time. The limits
-//! themselves live where they are enforced (`basalt_storage::limits`, the API files); this file
-//! only relates the two crates, which do not depend on each other.
+//! The server's limits that cross a crate boundary, and how they relate, asserted at compile time:
+//! every answer a client service gives fits under `basalt_client::limits::RESPONSE_BYTES_MAX`
+//! (the SDK and the storage crate do not depend on each other, so it is checked here), and a feed
+//! batch fits the region-to-region message cap. Limits of one API file or task live beside the
+//! code that enforces them; `docs/limits.md` lists every one.
 
 use basalt_client::limits as sdk;
 use basalt_storage::limits as server;
@@ -31,3 +32,14 @@ const _: () =
     assert!(server::RECEIVE_MAX as usize * (server::MESSAGE_BYTES_MAX + ITEM_FRAMING_BYTES) <= sdk::RESPONSE_BYTES_MAX);
 // A scan with limit 0 returns as many keys whether the SDK or the server fills the default in.
 const _: () = assert!(sdk::SCAN_KEYS_DEFAULT == server::SCAN_KEYS_DEFAULT);
+
+/// Largest region-to-region feed message (a batch or an ack), both ways: gRPC refuses a larger
+/// one and the shipper reopens the stream and retries.
+pub const FEED_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Most encoded bytes of feed entries one shipped batch carries: the batch stops before the entry
+/// that would pass it (one entry alone may be larger).
+pub const FEED_BATCH_BYTES_MAX: u64 = 4 * 1024 * 1024;
+// A full batch plus one more entry (the effects of one log entry, at most about a record) fits.
+const _: () = assert!(
+    FEED_BATCH_BYTES_MAX as usize + 2 * server::RECORD_BYTES_MAX as usize + (1 << 20) <= FEED_MESSAGE_BYTES_MAX
+);
