@@ -4,9 +4,8 @@ use basalt_client::pb;
 use basalt_client::pb::counter_server::Counter;
 use basalt_client::ErrorCode;
 use basalt_storage::apply::check_batch;
-use basalt_storage::apply::counter::decode_counter;
+use basalt_storage::apply::counter;
 use basalt_storage::command::{CounterAction, CounterOp, CounterOutcome, Op, Response};
-use basalt_storage::state::{StoreRead, Table};
 use tonic::{Request, Response as GrpcResponse, Status};
 
 use super::{op_error_status, status, storage_status, unexpected_result, Api};
@@ -115,17 +114,8 @@ impl Counter for Api {
             Self::check_key(key)?;
         }
         self.read_barrier(r.stale).await?;
-        let mut values = Vec::with_capacity(r.keys.len());
         // One view: a multi-key read sees every counter as of the same applied entry.
-        let view = self.store.view();
-        for key in &r.keys {
-            values.push(match view.get(Table::Counter, key).map_err(storage_status)? {
-                None => 0,
-                Some(bytes) => {
-                    decode_counter(&bytes).ok_or_else(|| status(ErrorCode::CorruptValue, "counter is not 8 bytes"))?
-                }
-            });
-        }
+        let values = counter::get_values(&self.store, &r.keys).map_err(storage_status)?;
         Ok(GrpcResponse::new(pb::CounterGetResponse { values }))
     }
 }

@@ -10,8 +10,7 @@ use basalt_storage::apply::kv::{validate_batch, validate_write};
 use basalt_storage::apply::kv_read::{self, KvScan};
 use basalt_storage::command::{KvWrite, Op, OpError, Response};
 use basalt_storage::limits::{KEY_BYTES_MAX, SCAN_KEYS_DEFAULT, SCAN_LIMIT_MAX};
-use basalt_storage::state::rocks::RocksStore;
-use basalt_storage::state::{KeyRange, KeyValue, KvEvent, StoreError, StoreRead, Table};
+use basalt_storage::state::{KeyValue, KvEvent};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response as GrpcResponse, Status};
@@ -126,7 +125,7 @@ async fn run_watch(api: Api, prefix: Vec<u8>, from: u64, outbox: mpsc::Sender<Re
         .await;
     loop {
         applied.borrow_and_update();
-        let (page, upto, full) = match history_page(&api.store, next) {
+        let (page, upto, full) = match kv_read::history_page(&api.store, next, WATCH_PAGE) {
             Ok(step) => step,
             Err(e) => {
                 let _ = outbox.send(Err(storage_status(e))).await;
@@ -166,36 +165,6 @@ async fn run_watch(api: Api, prefix: Vec<u8>, from: u64, outbox: mpsc::Sender<Re
             }
         }
     }
-}
-
-/// One watch step's history: the rows from revision `next` on, whole revisions only; the last
-/// revision they cover (`next - 1` when there is none yet); whether more may follow at once.
-fn history_page(store: &RocksStore, next: u64) -> Result<(Vec<KeyValue>, u64, bool), StoreError> {
-    let mut page = store.scan(
-        Table::KvHistory,
-        &KeyRange::all_from(next.to_be_bytes().to_vec()),
-        WATCH_PAGE,
-    )?;
-    let full = page.len() == WATCH_PAGE;
-    let (Some(first), Some(last)) = (page.first(), page.last()) else {
-        return Ok((page, next.saturating_sub(1), false));
-    };
-    let (first, last) = (revision_of(&first.0), revision_of(&last.0));
-    if !full {
-        return Ok((page, last, false));
-    }
-    if first != last {
-        // The last revision may have rows unread: rows of the earlier layout hold one change each.
-        page.retain(|(k, _)| revision_of(k) < last);
-        return Ok((page, last - 1, true));
-    }
-    // One revision of the earlier layout fills the page: read it whole.
-    let whole = store.scan(
-        Table::KvHistory,
-        &KeyRange::between(first.to_be_bytes().to_vec(), (first + 1).to_be_bytes().to_vec()),
-        usize::MAX,
-    )?;
-    Ok((whole, first, true))
 }
 
 /// A batch write as the state machine takes it, or the status that refuses the whole batch.

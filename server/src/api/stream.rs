@@ -7,7 +7,7 @@ use basalt_client::pb::stream_server::Stream;
 use basalt_client::ErrorCode;
 use basalt_storage::apply::group::committed;
 use basalt_storage::apply::queue::check_name;
-use basalt_storage::apply::stream::{fetch, partition_state, topic_config};
+use basalt_storage::apply::stream::{describe, fetch, partition_state};
 use basalt_storage::command::{Op, Response};
 use basalt_storage::limits::{FETCH_RECORDS_MAX, FETCH_REPLY_BYTES_MAX};
 use basalt_storage::stream::{Assignor, GroupView, ProduceRecord, TopicConfig};
@@ -73,22 +73,18 @@ impl Stream for Api {
         check_name("topic name", &r.topic).map_err(|e| op_error_status(&e))?;
         self.read_barrier(r.stale).await?;
         // One view: a produce or a retention trim across partitions is seen whole or not at all.
-        let view = self.store.view();
-        let config = topic_config(&view, &r.topic)
+        let (config, partitions) = describe(&self.store, &r.topic)
             .map_err(storage_status)?
             .map_err(|e| op_error_status(&e))?;
-        let mut partition_info = Vec::with_capacity(config.partitions as usize);
-        for partition in 0..config.partitions {
-            let state = partition_state(&view, &r.topic, partition)
-                .map_err(storage_status)?
-                .map_err(|e| op_error_status(&e))?;
-            partition_info.push(pb::PartitionInfo {
+        let partition_info = (0..)
+            .zip(partitions)
+            .map(|(partition, state)| pb::PartitionInfo {
                 partition,
                 log_start: state.start_offset,
                 high_watermark: state.next_offset,
                 bytes: state.bytes,
-            });
-        }
+            })
+            .collect();
         Ok(GrpcResponse::new(pb::TopicResponse {
             partitions: config.partitions,
             retention_ms: config.retention_ms.unwrap_or(0),

@@ -11,7 +11,7 @@ use basalt_replication::{EscrowBound, EscrowTransfers, PnCounter};
 use super::topology::{load_topology, EscrowShare};
 use super::{check_key, decode, lossy, save, RegionRole, View};
 use crate::command::{CounterAction, CounterOp, CounterOutcome, OpError, Response};
-use crate::state::{StoreError, StoreRead, Table};
+use crate::state::{StoreError, StoreRead, Table, ViewSource};
 
 pub fn decode_pn(bytes: &[u8]) -> Result<PnCounter, basalt_codec::DecodeError> {
     basalt_codec::decode(bytes)
@@ -24,6 +24,21 @@ pub fn encode_pn(counter: &PnCounter) -> Vec<u8> {
 /// The value of a stored counter.
 pub fn decode_counter(bytes: &[u8]) -> Option<i64> {
     decode_pn(bytes).ok().map(|c| value_of(&c))
+}
+
+/// The values of `keys` (0 for a counter never written), all from one view, so a multi-key read
+/// sees every counter as of the same applied entry: the read behind `counter get`. A stored
+/// counter that does not decode is a [`StoreError::CorruptRecord`] naming its key.
+pub fn get_values<S: ViewSource + ?Sized>(source: &S, keys: &[Vec<u8>]) -> Result<Vec<i64>, StoreError> {
+    let view = source.view();
+    keys.iter()
+        .map(|key| {
+            Ok(match view.get(Table::Counter, key)? {
+                None => 0,
+                Some(bytes) => value_of(&decode::<PnCounter>(Table::Counter, key, &bytes)?),
+            })
+        })
+        .collect()
 }
 
 pub fn value_of(counter: &PnCounter) -> i64 {

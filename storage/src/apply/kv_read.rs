@@ -2,10 +2,11 @@
 //! view's applied time (the stamp of the last applied entry), so every node, and every node after
 //! a failover, judges a TTL key's expiry alike. The writes are in `kv.rs`.
 
+use super::kv::revision_of;
 use super::read::{read_judged, Expiring, Judged};
 use super::{corrupt, last_applied_stamp};
 use crate::limits::SCAN_REPLY_BYTES_MAX;
-use crate::state::{KeyRange, KvRecord, StoreError, StoreRead, Table, ViewSource};
+use crate::state::{KeyRange, KeyValue, KvRecord, StoreError, StoreRead, Table, ViewSource};
 
 impl Expiring for KvRecord {
     fn expires_at_ms(&self) -> Option<u64> {
@@ -119,18 +120,48 @@ fn scan_in<R: StoreRead + ?Sized>(view: &R, request: KvScan<'_>) -> Result<KvSca
     }
 }
 
+/// One watch step's history (at most `page_rows` rows, or one whole revision): the rows from
+/// revision `next` on, whole revisions only; the last revision they cover (`next - 1` when there
+/// is none yet); whether more may follow at once. The read behind `kv watch`.
+pub fn history_page<S: StoreRead + ?Sized>(
+    store: &S,
+    next: u64,
+    page_rows: usize,
+) -> Result<(Vec<KeyValue>, u64, bool), StoreError> {
+    let mut page = store.scan(
+        Table::KvHistory,
+        &KeyRange::all_from(next.to_be_bytes().to_vec()),
+        page_rows,
+    )?;
+    let full = page.len() == page_rows;
+    let (Some(first), Some(last)) = (page.first(), page.last()) else {
+        return Ok((page, next.saturating_sub(1), false));
+    };
+    let (first, last) = (revision_of(&first.0), revision_of(&last.0));
+    if !full {
+        return Ok((page, last, false));
+    }
+    if first != last {
+        // The last revision may have rows unread: rows of the earlier layout hold one change each.
+        page.retain(|(k, _)| revision_of(k) < last);
+        return Ok((page, last - 1, true));
+    }
+    // One revision of the earlier layout fills the page: read it whole.
+    let whole = store.scan(
+        Table::KvHistory,
+        &KeyRange::between(first.to_be_bytes().to_vec(), (first + 1).to_be_bytes().to_vec()),
+        usize::MAX,
+    )?;
+    Ok((whole, first, true))
+}
+
 #[cfg(test)]
 mod tests {
-    use std::cell::{Cell, RefCell};
-
     use super::*;
+    use crate::apply::test_views::Meddler;
     use crate::apply::{WriteSet, LAST_STAMP_KEY};
     use crate::hlc::HlcStamp;
-    use crate::state::rocks::{RocksStore, RocksView};
-    use crate::state::KeyValue;
-
-    /// Internal pages a test scan may read before it is taken for a scan that never ends.
-    const TEST_SCAN_PAGES_MAX: usize = 64;
+    use crate::state::rocks::RocksStore;
 
     fn record(value: &str, expires_at_ms: Option<u64>) -> Vec<u8> {
         KvRecord {
@@ -177,76 +208,6 @@ mod tests {
             limit,
         };
         scan(source, request).expect("scan")
-    }
-
-    /// Hands out the store's own views, and commits `batch` to the store just after the view
-    /// read numbered `commit_after_read` (counted over every view it handed out): an entry
-    /// applied while a read runs, at the worst moment the test picks.
-    struct Meddler<'s> {
-        store: &'s RocksStore,
-        commit_after_read: usize,
-        batch: RefCell<Option<WriteSet>>,
-        reads: Cell<usize>,
-        scans: Cell<usize>,
-    }
-
-    impl<'s> Meddler<'s> {
-        fn new(store: &'s RocksStore, commit_after_read: usize, batch: WriteSet) -> Meddler<'s> {
-            Meddler {
-                store,
-                commit_after_read,
-                batch: RefCell::new(Some(batch)),
-                reads: Cell::new(0),
-                scans: Cell::new(0),
-            }
-        }
-
-        fn after_read(&self) {
-            self.reads.set(self.reads.get() + 1);
-            if self.reads.get() == self.commit_after_read {
-                if let Some(batch) = self.batch.borrow_mut().take() {
-                    self.store.commit(&batch).expect("commit");
-                }
-            }
-        }
-    }
-
-    struct MeddledView<'v> {
-        view: RocksView<'v>,
-        meddler: &'v Meddler<'v>,
-    }
-
-    impl StoreRead for MeddledView<'_> {
-        fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-            let read = self.view.get(table, key);
-            self.meddler.after_read();
-            read
-        }
-
-        fn scan(&self, table: Table, range: &KeyRange, limit: usize) -> Result<Vec<KeyValue>, StoreError> {
-            self.meddler.scans.set(self.meddler.scans.get() + 1);
-            assert!(
-                self.meddler.scans.get() <= TEST_SCAN_PAGES_MAX,
-                "the scan read {TEST_SCAN_PAGES_MAX} internal pages of a handful of keys: it never ends"
-            );
-            let read = self.view.scan(table, range, limit);
-            self.meddler.after_read();
-            read
-        }
-    }
-
-    impl<'s> ViewSource for Meddler<'s> {
-        type View<'a>
-            = MeddledView<'a>
-        where
-            Self: 'a;
-
-        fn view(&self) -> MeddledView<'_> {
-            MeddledView {
-                view: self.store.view(),
-                meddler: self,
-            }
-        }
     }
 
     fn keys(page: &KvScanPage) -> Vec<String> {
@@ -301,7 +262,7 @@ mod tests {
                 meddler.scans.get() >= 2,
                 "one internal page only: the test misses its point"
             );
-            assert!(meddler.batch.borrow().is_none(), "the batch never landed");
+            assert!(meddler.landed(), "the batch never landed");
             assert_eq!(
                 keys(&page),
                 ["k/a", "k/y"],

@@ -12,7 +12,7 @@ use super::queue::check_name;
 use super::{check_batch, decode, load, named, out_of_range, save, View};
 use crate::command::{OpError, Response};
 use crate::limits::{BATCH_BYTES_MAX, NAME_BYTES_MAX, PARTITIONS_MAX, RECORD_VALUE_BYTES_MAX, TTL_MS_MAX};
-use crate::state::{KeyRange, StoreError, StoreRead, Table};
+use crate::state::{KeyRange, StoreError, StoreRead, Table, ViewSource};
 use crate::stream::{
     is_mirror_name, partition_for_key, FetchedRecord, ProduceRecord, Produced, Record, TopicConfig, MIRROR_MARK,
 };
@@ -190,6 +190,27 @@ pub fn partition_state<S: StoreRead + ?Sized>(
         &partition_key(topic, partition),
     )?
     .unwrap_or_default()))
+}
+
+/// A topic's settings and every partition's offsets, from one view, so a produce or a retention
+/// trim across partitions is seen whole or not at all: the read behind `describe_topic`.
+pub fn describe<S: ViewSource + ?Sized>(
+    source: &S,
+    topic: &[u8],
+) -> Result<Result<(TopicConfig, Vec<PartitionState>), OpError>, StoreError> {
+    let view = source.view();
+    let config = match topic_config(&view, topic)? {
+        Ok(config) => config,
+        Err(refused) => return Ok(Err(refused)),
+    };
+    let mut partitions = Vec::with_capacity(config.partitions as usize);
+    for partition in 0..config.partitions {
+        match partition_state(&view, topic, partition)? {
+            Ok(state) => partitions.push(state),
+            Err(refused) => return Ok(Err(refused)),
+        }
+    }
+    Ok(Ok((config, partitions)))
 }
 
 pub(crate) fn create_topic<S: StoreRead>(

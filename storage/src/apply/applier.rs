@@ -1,0 +1,348 @@
+//! [`Applier`]: applies a batch of committed entries, one at a time: the stamp (monotonic across
+//! leaders), the session check (a retry gets its saved answer), the fence check, then the op in its
+//! data type's file, staged so that a refusal keeps none of its writes.
+
+use super::{
+    corrupt, counter, group, kv, lease, ledger, queue, rate, replication, session, stream, topology, View, WriteSet,
+};
+use crate::command::{Command, Fence, Op, OpError, Response, Session};
+use crate::hlc::HlcStamp;
+use crate::state::{StoreError, StoreRead, Table};
+use basalt_replication::{RegionId, RegionName};
+
+pub(crate) const LAST_STAMP_KEY: &[u8] = b"last_stamp";
+
+/// The stamp of the last entry applied in `store`. Apply stamps every later entry at or above it
+/// (`max(proposed stamp, last applied)`), whatever clock proposed that entry: so it is a bound
+/// that entries proposed but not yet applied respect too, which no node's clock reading is.
+pub fn last_applied_stamp<S: StoreRead + ?Sized>(store: &S) -> Result<HlcStamp, StoreError> {
+    match store.get(Table::Meta, LAST_STAMP_KEY)? {
+        None => Ok(HlcStamp::default()),
+        Some(bytes) => match <[u8; 8]>::try_from(bytes.as_slice()) {
+            Ok(stamp) => Ok(HlcStamp(u64::from_le_bytes(stamp))),
+            // Read as 0, every TTL key and lease would be judged live again.
+            Err(_) => Err(corrupt(
+                Table::Meta,
+                LAST_STAMP_KEY,
+                format!("{} bytes, not 8", bytes.len()),
+            )),
+        },
+    }
+}
+
+/// This region among regions: its id, and whether it replicates with other regions (then deletes
+/// leave tombstones and replicated writes go into the change feed). Read from the replicated
+/// [`topology::RegionTopology`], never from a node's flags, so every replica applies alike.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RegionRole {
+    pub id: RegionId,
+    pub replicated: bool,
+    /// How many other regions there are: a tombstone is collected only once every one of them
+    /// has shipped past it.
+    pub remotes: u16,
+    /// The region that owns homed data (ledgers, leases, queues); `id` when it is this one.
+    pub home: RegionId,
+    /// Mirrors of this region's topics are named `topic@name` elsewhere.
+    pub name: RegionName,
+    /// The part of every counter bound this region may use on its own (stored, not derived
+    /// from the number of regions).
+    pub escrow: topology::EscrowShare,
+}
+
+impl RegionRole {
+    /// Whether homed data is written here (always, for a lone region).
+    pub fn is_home(&self) -> bool {
+        !self.replicated || self.home == self.id
+    }
+}
+
+impl Default for RegionRole {
+    /// A lone region.
+    fn default() -> Self {
+        RegionRole {
+            id: 1,
+            replicated: false,
+            remotes: 0,
+            home: 1,
+            name: RegionName::default(),
+            escrow: topology::EscrowShare::WHOLE,
+        }
+    }
+}
+
+/// Applies commands in log order. Holds the last applied stamp between batches.
+#[derive(Debug, Default)]
+pub struct Applier {
+    last_stamp: HlcStamp,
+    region: RegionRole,
+}
+
+impl Applier {
+    /// Loads the last applied stamp and the region topology from the store.
+    pub fn load<S: StoreRead>(store: &S) -> Result<Applier, StoreError> {
+        let last_stamp = last_applied_stamp(store)?;
+        let region = topology::region_role(store)?;
+        Ok(Applier { last_stamp, region })
+    }
+
+    pub fn region(&self) -> RegionRole {
+        self.region
+    }
+
+    pub fn last_stamp(&self) -> HlcStamp {
+        self.last_stamp
+    }
+
+    /// Applies the command of log entry `index`.
+    pub fn apply<S: StoreRead>(
+        &mut self,
+        store: &S,
+        writes: &mut WriteSet,
+        index: u64,
+        command: &Command,
+    ) -> Result<Response, StoreError> {
+        // Stamps from a new leader whose clock is behind never move time backwards.
+        let stamp = command.stamp.max(self.last_stamp);
+        self.last_stamp = stamp;
+        writes.put(Table::Meta, LAST_STAMP_KEY.to_vec(), stamp.0.to_le_bytes().to_vec());
+        let mut view = View { base: store, writes };
+        // The effects of the entry's requests, staged apart from their sessions so the feed
+        // entry of a replicated region covers exactly what the requests changed.
+        let mut effects = WriteSet::default();
+        let response = match &command.op {
+            Op::KvMerged { parts } => match kv::validate_merged(parts) {
+                Err(e) => Response::Refused(e),
+                Ok(()) => {
+                    let mut answers = Vec::with_capacity(parts.len());
+                    for part in parts {
+                        let request = Request {
+                            session: part.session.as_ref(),
+                            fence: None,
+                            op: &part.op,
+                        };
+                        answers.push(self.apply_request(&mut view, &mut effects, index, stamp, request)?);
+                    }
+                    Response::KvMerged(answers)
+                }
+            },
+            op => {
+                let request = Request {
+                    session: command.session.as_ref(),
+                    fence: command.fence.as_ref(),
+                    op,
+                };
+                self.apply_request(&mut view, &mut effects, index, stamp, request)?
+            }
+        };
+        if self.region.replicated && !effects.is_empty() {
+            // One feed entry per log entry: its key is the index.
+            replication::record_feed(&view, &mut effects, index, stamp.0, self.region, &command.op)?;
+        }
+        view.writes.absorb(effects);
+        Ok(response)
+    }
+
+    /// Applies one client request at `index`: its session decides whether it applies at all, its
+    /// effects go to `effects` unless refused, its answer is saved in its session. Several
+    /// requests apply at one index only when their keys are distinct ([`Op::KvMerged`]).
+    fn apply_request<S: StoreRead>(
+        &mut self,
+        view: &mut View<'_, S>,
+        effects: &mut WriteSet,
+        index: u64,
+        stamp: HlcStamp,
+        request: Request<'_>,
+    ) -> Result<Response, StoreError> {
+        let now_ms = stamp.physical_ms();
+        let session_floor = match request.session {
+            None => None,
+            Some(session) => match session::begin(view, session)? {
+                session::Begin::Answered(previous) => return Ok(previous),
+                session::Begin::Apply { floor } => Some((session, floor)),
+            },
+        };
+        if request.op.is_homed() && !self.region.is_home() {
+            // Another region's copy of homed data changes only through its home's feed.
+            let refusal = Response::Refused(OpError::NotHome {
+                region: self.region.id,
+                home: self.region.home,
+            });
+            if let Some((session, floor)) = session_floor {
+                session::finish(view, session, floor, now_ms, &refusal)?;
+            }
+            return Ok(refusal);
+        }
+        let fenced = match request.fence {
+            Some(fence) => lease::check_fence(view, now_ms, fence)?,
+            None => Ok(()),
+        };
+        let response = match fenced {
+            Err(refusal) => Response::Refused(refusal),
+            Ok(()) => {
+                // Staged so that a refusal changes nothing, whatever the op wrote before refusing.
+                let mut staged = WriteSet::default();
+                let response = {
+                    // Sees what earlier requests of the entry changed, as a later entry would.
+                    let before = View {
+                        base: &*view,
+                        writes: &mut *effects,
+                    };
+                    let mut op_view = View {
+                        base: &before,
+                        writes: &mut staged,
+                    };
+                    let ctx = OpContext {
+                        index,
+                        now_ms,
+                        stamp,
+                        region: self.region,
+                    };
+                    apply_op(&mut op_view, ctx, request.op)?
+                };
+                if !matches!(response, Response::Refused(_)) {
+                    effects.absorb(staged);
+                }
+                if let Response::Topology(topology) = &response {
+                    // Every later entry applies in the region's new role.
+                    self.region = topology.role();
+                }
+                if let (Op::ReplApply { batch }, Response::ReplApplied { .. }) = (request.op, &response) {
+                    // The clock observes what it receives: a write made here after merging
+                    // another region's changes is stamped after them, whatever the wall clocks
+                    // say, so last-writer-wins never lets a causally earlier write win.
+                    let seen = batch.entries.iter().map(|e| e.stamp).chain([batch.frontier]).max();
+                    if let Some(seen) = seen.filter(|s| *s > self.last_stamp.0) {
+                        self.last_stamp = HlcStamp(seen);
+                        view.writes
+                            .put(Table::Meta, LAST_STAMP_KEY.to_vec(), seen.to_le_bytes().to_vec());
+                    }
+                }
+                response
+            }
+        };
+        if let Some((session, floor)) = session_floor {
+            session::finish(view, session, floor, now_ms, &response)?;
+        }
+        Ok(response)
+    }
+}
+
+/// A client request as apply sees it: a whole entry's command, or one part of a merged entry.
+#[derive(Clone, Copy)]
+struct Request<'a> {
+    session: Option<&'a Session>,
+    fence: Option<&'a Fence>,
+    op: &'a Op,
+}
+
+/// What an op is applied with besides its own arguments.
+#[derive(Clone, Copy, Debug)]
+struct OpContext {
+    index: u64,
+    now_ms: u64,
+    stamp: HlcStamp,
+    region: RegionRole,
+}
+
+fn apply_op<S: StoreRead>(view: &mut View<'_, S>, ctx: OpContext, op: &Op) -> Result<Response, StoreError> {
+    let OpContext { index, now_ms, .. } = ctx;
+    let writer = kv::Writer {
+        stamp: ctx.stamp.0,
+        region: ctx.region,
+    };
+    Ok(match op {
+        Op::KvPut {
+            key,
+            value,
+            ttl_ms,
+            expect,
+        } => kv::put(view, index, now_ms, writer, key, value, *ttl_ms, *expect)?,
+        Op::KvDelete { key, expect } => kv::delete(view, index, now_ms, writer, key, *expect)?,
+        Op::KvBatch { writes } => kv::batch(view, index, now_ms, writer, writes)?,
+        // `Applier::apply` takes merged entries apart; a part that is one again is refused there.
+        Op::KvMerged { .. } => Response::Refused(OpError::NotMergeable { op: op.to_string() }),
+        Op::KvSweepExpired { limit } => kv::sweep_expired(view, index, now_ms, ctx.region, *limit)?,
+        Op::ReplApply { batch } => replication::apply_remote(view, index, now_ms, ctx.region, batch)?,
+        Op::ReplTrim { upto, limit } => replication::trim(view, *upto, *limit)?,
+        Op::KvTombstoneGc {
+            below,
+            limit,
+            topology_at,
+        } => replication::collect_tombstones(view, *below, *limit, *topology_at)?,
+        Op::ClockTick => Response::None,
+        Op::RegionTopology { change } => topology::apply(view, index, change)?,
+        Op::KvCompact { below, limit } => kv::compact(view, *below, *limit)?,
+        Op::QueueConfigure { queue, config } => queue::configure(view, queue, config)?,
+        Op::QueueEnqueue { queue, messages } => queue::enqueue(view, index, now_ms, queue, messages)?,
+        Op::QueueReceive {
+            queue,
+            max,
+            visibility_timeout_ms,
+        } => queue::receive(view, now_ms, queue, *max, *visibility_timeout_ms)?,
+        Op::QueueAck { queue, receipt } => queue::ack(view, queue, receipt)?,
+        Op::QueueNack {
+            queue,
+            receipt,
+            delay_ms,
+        } => queue::nack(view, now_ms, queue, receipt, *delay_ms)?,
+        Op::QueueRedrive { queue, max } => queue::redrive(view, now_ms, queue, *max)?,
+        Op::QueueDedupSweep { limit } => queue::sweep_dedup(view, now_ms, *limit)?,
+        Op::StreamCreateTopic { topic, config } => stream::create_topic(view, topic, config)?,
+        Op::StreamProduce {
+            topic,
+            records,
+            producer,
+        } => stream::produce(view, index, now_ms, topic, records, *producer)?,
+        Op::StreamRetention { limit } => stream::apply_retention(view, now_ms, *limit)?,
+        Op::GroupJoin {
+            group,
+            member,
+            topics,
+            session_timeout_ms,
+            assignor,
+        } => group::join(
+            view,
+            now_ms,
+            group::Join {
+                group,
+                member,
+                topics,
+                session_timeout_ms: *session_timeout_ms,
+                assignor: *assignor,
+            },
+        )?,
+        Op::GroupHeartbeat { group, member } => group::heartbeat(view, now_ms, group, member)?,
+        Op::GroupLeave { group, member } => group::leave(view, now_ms, group, member)?,
+        Op::GroupCommit {
+            group,
+            member,
+            generation,
+            offsets,
+        } => group::commit(
+            view,
+            now_ms,
+            group::Commit {
+                group,
+                member,
+                generation: *generation,
+                offsets,
+            },
+        )?,
+        Op::GroupSweep { limit } => group::sweep(view, now_ms, *limit)?,
+        Op::SessionSweep { idle_ms, after, limit } => session::sweep_idle(view, now_ms, *idle_ms, *after, *limit)?,
+        Op::Counter { ops } => counter::apply(view, ctx.region, ops)?,
+        Op::RateCheck { checks } => rate::apply(view, now_ms, ctx.region.id, checks)?,
+        Op::LeaseAcquire { name, holder, ttl_ms } => lease::acquire(view, index, now_ms, name, holder, *ttl_ms)?,
+        Op::LeaseRenew {
+            name,
+            holder,
+            token,
+            ttl_ms,
+        } => lease::renew(view, now_ms, name, holder, *token, *ttl_ms)?,
+        Op::LeaseRelease { name, holder, token } => lease::release(view, now_ms, name, holder, *token)?,
+        Op::LedgerCreateAccounts { accounts } => ledger::create_accounts(view, now_ms, accounts)?,
+        Op::LedgerCreateTransfers { transfers } => ledger::create_transfers(view, now_ms, transfers)?,
+        Op::LedgerExpirePending { limit } => ledger::expire_pending(view, now_ms, *limit)?,
+        Op::RateSweep { limit } => rate::sweep(view, now_ms, *limit)?,
+    })
+}

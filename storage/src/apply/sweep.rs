@@ -1,0 +1,48 @@
+//! Sweeps: the entries a leader proposes on its own to expire what is due (KV keys, rate-limit
+//! state, pending transfers, queue dedup ids, group members), found from the store alone.
+
+use super::{stream, RegionRole};
+use crate::command::Op;
+use crate::state::{KeyRange, StoreError, StoreRead, Table};
+
+/// Most keys one sweep entry removes; the rest go with the next one.
+pub const SWEEP_LIMIT: u32 = 1000;
+
+/// The sweeps the leader should propose now: one per time-indexed table whose earliest entry is
+/// due at `now_ms`. Each index starts with a big-endian due time; only the ledger's is in
+/// nanoseconds.
+pub fn sweeps_due<S: StoreRead + ?Sized>(store: &S, now_ms: u64, region: RegionRole) -> Result<Vec<Op>, StoreError> {
+    let tables = [
+        (Table::KvExpiry, now_ms, Op::KvSweepExpired { limit: SWEEP_LIMIT }),
+        (Table::RateExpiry, now_ms, Op::RateSweep { limit: SWEEP_LIMIT }),
+        (Table::RateGlobalExpiry, now_ms, Op::RateSweep { limit: SWEEP_LIMIT }),
+        (
+            Table::LedgerExpiry,
+            now_ms.saturating_mul(1_000_000),
+            Op::LedgerExpirePending { limit: SWEEP_LIMIT },
+        ),
+        (
+            Table::QueueDedupExpiry,
+            now_ms,
+            Op::QueueDedupSweep { limit: SWEEP_LIMIT },
+        ),
+        (Table::StreamGroupExpiry, now_ms, Op::GroupSweep { limit: SWEEP_LIMIT }),
+    ];
+    let mut due = Vec::new();
+    for (table, now, op) in tables {
+        let first = store.scan(table, &KeyRange::all(), 1)?;
+        let earliest = first
+            .first()
+            .and_then(|(k, _)| k.get(..8))
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes);
+        // Homed data is swept by its home, whose feed brings the result here.
+        if earliest.is_some_and(|at| at <= now) && (region.is_home() || !op.is_homed()) && !due.contains(&op) {
+            due.push(op);
+        }
+    }
+    if stream::retention_due(store, now_ms)? {
+        due.push(Op::StreamRetention { limit: SWEEP_LIMIT });
+    }
+    Ok(due)
+}

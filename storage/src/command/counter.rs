@@ -1,0 +1,47 @@
+//! The counter payloads of a command: one change of a counter batch and its outcome.
+
+use serde::{Deserialize, Serialize};
+
+/// One counter change inside a [`Op::Counter`] batch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CounterOp {
+    pub key: Vec<u8>,
+    pub action: CounterAction,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CounterAction {
+    /// Adds `delta` unless the result would leave `[min, max]` (each bound optional).
+    Incr {
+        delta: i64,
+        min: Option<i64>,
+        max: Option<i64>,
+    },
+    /// Sets the counter to `value` (a reset is `Set { value: 0 }`).
+    Set { value: i64 },
+    /// Gives `amount` of this region's escrow of the counter to region `to`: room toward the
+    /// upper bound `max` when it is given, else room toward the lower bound `min` (default 0);
+    /// this region's balance must stay on its side of its share of that bound (see
+    /// `EscrowTransfers`).
+    Transfer {
+        to: u16,
+        amount: u64,
+        min: Option<i64>,
+        max: Option<i64>,
+    },
+}
+
+/// What happened to one [`CounterOp`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CounterOutcome {
+    /// Applied; the counter's new value.
+    Applied { value: i64 },
+    /// Refused, nothing changed: the result would have crossed a bound. `value` is the current value.
+    BoundExceeded { value: i64 },
+    /// Refused, nothing changed: the result would leave the i64 range.
+    Overflow { value: i64 },
+    /// Refused, nothing changed: this region's escrow does not cover the change (its balance
+    /// would cross its share of the bound); another region can transfer it some. `balance` is
+    /// this region's balance toward that bound.
+    EscrowExceeded { value: i64, balance: i64 },
+}

@@ -1,0 +1,89 @@
+//! [`Response`]: what applying one command yields, saved as the session answer. Encoded by
+//! position: a new variant goes last.
+
+use serde::{Deserialize, Serialize};
+
+use super::{CounterOutcome, LeaseOutcome, OpError, RateDecision};
+use crate::ledger::{AccountResult, TransferResult};
+use crate::queue::{Delivery, EnqueueOutcome};
+use crate::stream::{GroupView, Produced};
+
+/// The result of applying one command.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// A blank or membership entry.
+    None,
+    KvPut {
+        revision: u64,
+        prev_revision: Option<u64>,
+    },
+    KvDelete {
+        revision: u64,
+        deleted: bool,
+    },
+    /// A write whose `Expect` did not hold: nothing changed. `current` is the key's revision now.
+    KvConditionFailed {
+        current: Option<u64>,
+    },
+    Counters(Vec<CounterOutcome>),
+    RateDecisions(Vec<RateDecision>),
+    Lease(LeaseOutcome),
+    /// The events that failed, by index in the batch; every other event succeeded.
+    AccountResults(Vec<(u32, AccountResult)>),
+    TransferResults(Vec<(u32, TransferResult)>),
+    PendingExpired {
+        expired: u32,
+    },
+    Swept {
+        removed: u32,
+    },
+    /// `resume_after`: the last client visited when the sweep stopped at its limit (`None`: the
+    /// whole table was walked).
+    SessionsSwept {
+        removed: u32,
+        resume_after: Option<u128>,
+    },
+    QueueConfigured {
+        created: bool,
+    },
+    Enqueued(Vec<EnqueueOutcome>),
+    Received(Vec<Delivery>),
+    /// An ack or nack took effect.
+    QueueDone,
+    Redriven {
+        moved: u32,
+    },
+    TopicCreated {
+        created: bool,
+    },
+    Produced(Vec<Produced>),
+    Group(GroupView),
+    GroupLeft {
+        was_member: bool,
+    },
+    OffsetsCommitted,
+    /// A group op refused because the member is gone, whose expiry of it must still take effect
+    /// (unlike [`Response::Refused`], the entry's writes are kept).
+    GroupRefused(OpError),
+    /// A remote feed batch was merged: the watermark for its source is now `upto`; `merged`
+    /// entries were new (the others had been merged before).
+    ReplApplied {
+        upto: u64,
+        merged: u32,
+    },
+    Refused(OpError),
+    /// One answer per write of a [`Op::KvBatch`], in order: `KvPut`, `KvDelete`,
+    /// `KvConditionFailed` or `Refused`.
+    KvBatch(Vec<Response>),
+    /// One answer per part of a [`Op::KvMerged`], in order: what the part's op alone would have
+    /// been answered.
+    KvMerged(Vec<Response>),
+    /// A region topology change took effect: the topology now in force.
+    Topology(crate::apply::topology::RegionTopology),
+}
+
+impl std::fmt::Display for Response {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self:?}")
+    }
+}
