@@ -325,6 +325,9 @@ fn with_data_format<T>(mut request: Request<T>) -> Request<T> {
     request
 }
 
+/// Raft requests refused for their data format, since start.
+static REFUSED_FORMAT_MESSAGES: AtomicU64 = AtomicU64::new(0);
+
 /// Refuses a request from a peer that sends another data format than this build reads (a node of
 /// another Basalt build in the region): FAILED_PRECONDITION, named, before any payload is decoded.
 fn check_data_format<T>(request: &Request<T>) -> Result<(), Status> {
@@ -333,7 +336,15 @@ fn check_data_format<T>(request: &Request<T>) -> Result<(), Status> {
         .get(basalt_codec::DATA_FORMAT_HEADER)
         .map(|v| v.to_str().unwrap_or(""));
     basalt_codec::check_peer_format(header).map_err(|mismatch| {
-        tracing::warn!(%mismatch, "refusing a raft message from a peer of another data format");
+        // One line at the first refusal and then ever more rarely: the peer retries for as long
+        // as it runs (a stream reopen every 100 ms at most, and votes).
+        let refused = REFUSED_FORMAT_MESSAGES.fetch_add(1, Ordering::Relaxed) + 1;
+        if refused.is_power_of_two() {
+            let peer = request
+                .remote_addr()
+                .map_or_else(|| "unknown".to_string(), |a| a.to_string());
+            tracing::warn!(%mismatch, peer, refused, "refusing raft messages from a peer of another data format");
+        }
         Status::failed_precondition(format!(
             "the peer sends {mismatch}: every node of a region must run a build of one data format"
         ))
@@ -509,10 +520,16 @@ impl RaftService for RaftGrpcService {
             .map_err(|e| Status::internal(format!("verifying snapshot: {e}")))?;
         let meta = match verified {
             Ok(meta) => meta,
-            Err(reason) => {
+            Err(Refusal::Damaged(reason)) => {
                 tracing::warn!(bytes = received, %reason, "refusing a snapshot that failed verification");
                 return Err(Status::unavailable(format!(
                     "snapshot refused, not installed: {reason}; send it again"
+                )));
+            }
+            Err(Refusal::OtherFormat(reason)) => {
+                tracing::warn!(bytes = received, %reason, "refusing a snapshot of another data format");
+                return Err(Status::failed_precondition(format!(
+                    "snapshot refused, not installed: {reason}"
                 )));
             }
         };
@@ -545,13 +562,24 @@ impl Drop for RemoveOnDrop {
 
 /// Checks a received pack whole (every crc, the end marker) and that it is the snapshot the
 /// stream's header announced.
-fn verify_incoming(path: &std::path::Path, announced: &SnapshotMeta) -> Result<(), String> {
-    let packed = basalt_storage::state::snapshot::verify_pack(path).map_err(|e| e.to_string())?;
-    let packed: SnapshotMeta = decode(&packed).map_err(|e| format!("undecodable snapshot metadata: {e}"))?;
+/// Why a received pack is refused: damage (send it again) or another data format (sending it
+/// again cannot help).
+enum Refusal {
+    Damaged(String),
+    OtherFormat(String),
+}
+
+fn verify_incoming(path: &std::path::Path, announced: &SnapshotMeta) -> Result<(), Refusal> {
+    let packed = basalt_storage::state::snapshot::verify_pack(path).map_err(|e| match e {
+        e @ basalt_storage::state::StoreError::SnapshotFormat { .. } => Refusal::OtherFormat(e.to_string()),
+        e => Refusal::Damaged(e.to_string()),
+    })?;
+    let packed: SnapshotMeta =
+        decode(&packed).map_err(|e| Refusal::Damaged(format!("undecodable snapshot metadata: {e}")))?;
     if &packed != announced {
-        return Err(format!(
+        return Err(Refusal::Damaged(format!(
             "the pack holds snapshot {packed:?}, the stream announced {announced:?}"
-        ));
+        )));
     }
     Ok(())
 }
@@ -568,6 +596,18 @@ fn rand_suffix() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_of_another_data_format_is_refused_by_name_before_decoding() {
+        let old = check_data_format(&Request::new(())).expect_err("no header: data format 1");
+        assert_eq!(old.code(), tonic::Code::FailedPrecondition);
+        assert!(
+            old.message().contains("data format 1, this build reads 2"),
+            "{}",
+            old.message()
+        );
+        assert!(check_data_format(&with_data_format(Request::new(()))).is_ok());
+    }
 
     #[test]
     fn reopen_pauses_double_from_nothing_up_to_the_cap() {

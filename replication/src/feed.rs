@@ -120,8 +120,8 @@ pub struct DecodeError {
     pub reason: String,
 }
 
-/// The wire and storage encoding of feed records (basalt-codec; the data format travels with
-/// every feed batch, so two regions of different formats refuse each other's batches).
+/// The wire and storage encoding of feed records (basalt-codec; a feed stream names its data
+/// format when it opens, so a region refuses a stream of another format before decoding a batch).
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     basalt_codec::encode(value)
 }

@@ -17,7 +17,7 @@ const _: () = assert!(
     server::SCAN_REPLY_BYTES_MAX
         + server::KEY_BYTES_MAX
         + server::VALUE_BYTES_MAX
-        + server::SCAN_LIMIT_MAX as usize * ITEM_FRAMING_BYTES
+        + server::SCAN_KEYS_MAX as usize * ITEM_FRAMING_BYTES
         <= sdk::RESPONSE_BYTES_MAX
 );
 // A fetch answer: its byte budget plus one record past it (the first is always answered).
@@ -28,8 +28,9 @@ const _: () = assert!(
         <= sdk::RESPONSE_BYTES_MAX
 );
 // A receive answer: as many messages of the largest size as one receive may take.
-const _: () =
-    assert!(server::RECEIVE_MAX as usize * (server::MESSAGE_BYTES_MAX + ITEM_FRAMING_BYTES) <= sdk::RESPONSE_BYTES_MAX);
+const _: () = assert!(
+    server::RECEIVE_MESSAGES_MAX as usize * (server::MESSAGE_BYTES_MAX + ITEM_FRAMING_BYTES) <= sdk::RESPONSE_BYTES_MAX
+);
 // A scan with limit 0 returns as many keys whether the SDK or the server fills the default in.
 const _: () = assert!(sdk::SCAN_KEYS_DEFAULT == server::SCAN_KEYS_DEFAULT);
 

@@ -333,7 +333,7 @@ const SESSION_SWEEP_CLIENTS_MAX: u32 = 1000;
 const SESSION_SWEEP_EVERY_S: u64 = 10;
 
 /// History changes one compaction entry removes at most.
-const COMPACT_LIMIT: u32 = 4 * basalt_storage::apply::SWEEP_LIMIT;
+const COMPACT_LIMIT: u32 = 4 * basalt_storage::apply::SWEEP_KEYS_MAX;
 /// Most history compaction steps proposed per sweeper tick: up to 64,000 changes a second.
 const COMPACT_STEPS_PER_TICK_MAX: usize = 16;
 

@@ -10,7 +10,7 @@
 //! format 1, which wrote no stamp.
 
 use std::fs::{self, File};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use basalt_codec::{FormatMismatch, DATA_FORMAT};
@@ -28,8 +28,8 @@ const STAMP_BYTES_MAX: u64 = 64;
 #[derive(Debug, thiserror::Error)]
 pub enum DataDirError {
     #[error(
-        "data directory {dir} holds {mismatch}: start it with a build of its format, or move it \
-         away and let this node rejoin its region from an empty directory (it then receives a snapshot)"
+        "data directory {dir} holds {mismatch}: start it with a build of that format \
+         (docs/data-format.md says how a region moves to another format)"
     )]
     Format { dir: PathBuf, mismatch: FormatMismatch },
     #[error("data directory {dir}: {FORMAT_FILE} is not a format stamp: {content:?}")]
@@ -63,7 +63,8 @@ pub fn check_or_stamp(dir: &Path) -> Result<(), DataDirError> {
         }),
         None => {
             for entry in WRITTEN_BY_BASALT {
-                if dir.join(entry).exists() {
+                let path = dir.join(entry);
+                if path.try_exists().map_err(io("stat", &path))? {
                     return Err(DataDirError::Format {
                         dir: dir.to_path_buf(),
                         mismatch: FormatMismatch {
@@ -78,30 +79,48 @@ pub fn check_or_stamp(dir: &Path) -> Result<(), DataDirError> {
     }
 }
 
-/// The format named by `dir/FORMAT`, `None` when there is no stamp.
+/// The format named by `dir/FORMAT`, `None` when there is no stamp. Anything but a regular file
+/// of at most [`STAMP_BYTES_MAX`] bytes holding exactly `basalt data format N\n` is malformed
+/// (a FIFO or a device would otherwise block the start or be read without end).
 fn read_stamp(dir: &Path, path: &Path) -> Result<Option<u32>, DataDirError> {
-    let file = match File::open(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io("open", path)(e)),
-    };
-    let len = file.metadata().map_err(io("stat", path))?.len();
     let malformed = |content: String| DataDirError::MalformedStamp {
         dir: dir.to_path_buf(),
         content,
     };
-    if len > STAMP_BYTES_MAX {
-        return Err(malformed(format!("{len} bytes")));
+    let metadata = match fs::metadata(path) {
+        Ok(metadata) => metadata,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io("stat", path)(e)),
+    };
+    if !metadata.is_file() {
+        return Err(malformed(format!("not a regular file ({:?})", metadata.file_type())));
     }
-    let text = fs::read_to_string(path).map_err(io("read", path))?;
+    let file = File::open(path).map_err(io("open", path))?;
+    let mut bytes = Vec::new();
+    file.take(STAMP_BYTES_MAX + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io("read", path))?;
+    if bytes.len() as u64 > STAMP_BYTES_MAX {
+        return Err(malformed(format!("more than {STAMP_BYTES_MAX} bytes")));
+    }
+    let text = String::from_utf8(bytes).map_err(|e| malformed(format!("not UTF-8: {e}")))?;
     text.strip_prefix(STAMP_PREFIX)
-        .and_then(|n| n.trim_end_matches('\n').parse::<u32>().ok())
+        .and_then(|rest| rest.strip_suffix('\n'))
+        .filter(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|digits| digits.parse::<u32>().ok())
         .map(Some)
         .ok_or_else(|| malformed(text.clone()))
 }
 
+/// Stamps a directory that holds no Basalt data yet. Order matters for a crash at any point: the
+/// stamp is durable (renamed, directory fsynced) before `log/`, `state/` and `snapshots/` are
+/// created, so a directory holding them always holds its stamp; the directory itself is made
+/// durable in its parent first, and its entries last.
 fn write_stamp(dir: &Path) -> Result<(), DataDirError> {
     fs::create_dir_all(dir).map_err(io("create", dir))?;
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        sync_dir(parent)?;
+    }
     let tmp = dir.join(FORMAT_TMP_FILE);
     let mut file = File::create(&tmp).map_err(io("create", &tmp))?;
     file.write_all(format!("{STAMP_PREFIX}{DATA_FORMAT}\n").as_bytes())
@@ -109,6 +128,17 @@ fn write_stamp(dir: &Path) -> Result<(), DataDirError> {
     file.sync_all().map_err(io("fsync", &tmp))?;
     let path = dir.join(FORMAT_FILE);
     fs::rename(&tmp, &path).map_err(io("rename", &tmp))?;
+    sync_dir(dir)?;
+    // The stores' directories, durable in this one before anything is written in them: the log
+    // and RocksDB make their own files durable, but not their directory's entry here.
+    for entry in WRITTEN_BY_BASALT {
+        let sub = dir.join(entry);
+        fs::create_dir_all(&sub).map_err(io("create", &sub))?;
+    }
+    sync_dir(dir)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), DataDirError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io("fsync directory", dir))
@@ -128,6 +158,9 @@ mod tests {
             format!("basalt data format {DATA_FORMAT}\n")
         );
         assert!(!data.join(FORMAT_TMP_FILE).exists());
+        for entry in WRITTEN_BY_BASALT {
+            assert!(data.join(entry).is_dir(), "{entry} is created after the stamp");
+        }
         check_or_stamp(&data).expect("accepted again");
     }
 
@@ -155,8 +188,22 @@ mod tests {
             "{e}"
         );
 
-        fs::write(dir.path().join(FORMAT_FILE), "three").expect("write");
-        let e = check_or_stamp(dir.path()).expect_err("not a stamp");
+        for bad in [
+            &b"three"[..],
+            b"basalt data format +2\n",
+            b"basalt data format 2\r\n",
+            b"basalt data format 2\n\n",
+            b"basalt data format \n",
+            b"basalt data format \xff\n",
+            &[b'2'; 100],
+        ] {
+            fs::write(dir.path().join(FORMAT_FILE), bad).expect("write");
+            let e = check_or_stamp(dir.path()).expect_err("not a stamp");
+            assert!(matches!(e, DataDirError::MalformedStamp { .. }), "{bad:?}: {e}");
+        }
+        fs::remove_file(dir.path().join(FORMAT_FILE)).expect("remove");
+        fs::create_dir(dir.path().join(FORMAT_FILE)).expect("a directory named FORMAT");
+        let e = check_or_stamp(dir.path()).expect_err("a directory is not a stamp");
         assert!(matches!(e, DataDirError::MalformedStamp { .. }), "{e}");
     }
 

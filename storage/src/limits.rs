@@ -17,7 +17,7 @@ pub const SEGMENT_FILE_BYTES_MAX: u64 = SEGMENT_BYTES_LIMIT + RECORD_BYTES_MAX a
 /// Most entries a segment holds; sizes the in-memory offset index (8 bytes per entry).
 pub const SEGMENT_ENTRIES_MAX: u64 = 1 << 20;
 /// Most keys one scan returns.
-pub const SCAN_LIMIT_MAX: u32 = 10_000;
+pub const SCAN_KEYS_MAX: u32 = 10_000;
 /// Keys a scan asked with limit 0 returns.
 pub const SCAN_KEYS_DEFAULT: u32 = 1000;
 /// Most key and value bytes one scan answer carries: a scan stops before the item that would
@@ -37,7 +37,7 @@ pub const ENTRY_COMMAND_BYTES_MAX: usize = RECORD_BYTES_MAX as usize - 64 * 1024
 pub const CLIENT_MESSAGE_BYTES_MAX: usize = 4 * 1024 * 1024;
 
 const _: () = assert!(VALUE_BYTES_MAX + KEY_BYTES_MAX + 1024 < RECORD_BYTES_MAX as usize);
-const _: () = assert!(SCAN_KEYS_DEFAULT <= SCAN_LIMIT_MAX);
+const _: () = assert!(SCAN_KEYS_DEFAULT <= SCAN_KEYS_MAX);
 // One item alone always fits a scan answer.
 const _: () = assert!(VALUE_BYTES_MAX + KEY_BYTES_MAX <= SCAN_REPLY_BYTES_MAX);
 const _: () = assert!(CLIENT_MESSAGE_BYTES_MAX * 3 < ENTRY_COMMAND_BYTES_MAX);
@@ -56,7 +56,7 @@ pub const NAME_BYTES_MAX: usize = 255;
 /// Largest queue message (as SQS).
 pub const MESSAGE_BYTES_MAX: usize = 256 * 1024;
 /// Most messages one receive returns.
-pub const RECEIVE_MAX: u32 = 1000;
+pub const RECEIVE_MESSAGES_MAX: u32 = 1000;
 /// Longest visibility timeout (12 hours, as SQS).
 pub const VISIBILITY_MS_MAX: u64 = 12 * 3600 * 1000;
 /// Longest enqueue or nack delay, and longest dedup window (one day).

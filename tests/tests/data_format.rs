@@ -47,21 +47,16 @@ fn files_of(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     files
 }
 
-/// A directory written by the build before the format change (bincode, no stamp) makes the node
-/// stop at start, naming both formats, before it opens or changes anything in it.
-#[test]
-fn a_data_directory_of_format_1_is_refused_by_name_and_left_untouched() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("node-1");
-    copy_dir(&fixture("data-format-1"), &data);
-    let before = files_of(&data);
+/// Starts a node on `data` and waits for it to exit by itself; its stderr. Panics if it is still
+/// running after 30 s or exits successfully.
+fn start_expecting_refusal(data: &Path) -> String {
     let port = local_ports::reserve().expect("port");
     let http = local_ports::reserve().expect("port");
     let mut node = Command::new(NODE)
         .args(["start", "--id", "1", "--listen", &port.addr().to_string()])
         .args(["--http", &http.addr().to_string()])
         .arg("--data-dir")
-        .arg(&data)
+        .arg(data)
         .args(["--peers", &format!("1={}", port.addr())])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -75,13 +70,25 @@ fn a_data_directory_of_format_1_is_refused_by_name_and_left_untouched() {
         }
         if Instant::now() > deadline {
             let _ = node.kill();
-            panic!("a node on a data directory of format 1 did not stop within 30 s");
+            panic!("a node on a data directory it cannot read did not stop within 30 s");
         }
         std::thread::sleep(Duration::from_millis(50));
     };
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut node.stderr.take().expect("stderr"), &mut stderr).expect("read stderr");
     assert!(!status.success(), "the node must refuse the directory: {stderr}");
+    stderr
+}
+
+/// A directory written by the build before the format change (bincode, no stamp) makes the node
+/// stop at start, naming both formats, before it opens or changes anything in it.
+#[test]
+fn a_data_directory_of_format_1_is_refused_by_name_and_left_untouched() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("node-1");
+    copy_dir(&fixture("data-format-1"), &data);
+    let before = files_of(&data);
+    let stderr = start_expecting_refusal(&data);
     assert!(
         stderr.contains("holds data format 1, this build reads 2"),
         "the refusal names both formats: {stderr}"
@@ -90,6 +97,22 @@ fn a_data_directory_of_format_1_is_refused_by_name_and_left_untouched() {
     // The node creates its lock file before the check; nothing else changes.
     after.retain(|(path, _)| path != &data.join("LOCK"));
     assert_eq!(before, after, "a refused directory is left as it was");
+}
+
+/// Defence in depth: even under a forged stamp, a log of format 1 is refused when it is opened,
+/// naming its file (the meta file, read first, or a segment, by its version 2), and never misread.
+#[test]
+fn a_format_1_log_under_a_forged_stamp_is_refused_not_misread() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("node-1");
+    copy_dir(&fixture("data-format-1"), &data);
+    std::fs::write(data.join("FORMAT"), "basalt data format 2\n").expect("forge the stamp");
+    let stderr = start_expecting_refusal(&data);
+    assert!(stderr.contains("opening the raft log"), "the log refuses: {stderr}");
+    assert!(
+        stderr.contains("log.meta") || stderr.contains("segment format version 2, this build reads version 3"),
+        "naming the file or the segment version: {stderr}"
+    );
 }
 
 /// The fixture of format 2 was written by `tests/fixtures/write-fixture.sh`: every record of it

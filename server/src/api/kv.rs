@@ -9,7 +9,7 @@ use basalt_storage::apply::kv::{history_events, history_start, revision_of, Hist
 use basalt_storage::apply::kv::{validate_batch, validate_write};
 use basalt_storage::apply::kv_read::{self, KvScan};
 use basalt_storage::command::{KvWrite, Op, OpError, Response};
-use basalt_storage::limits::{KEY_BYTES_MAX, SCAN_KEYS_DEFAULT, SCAN_LIMIT_MAX};
+use basalt_storage::limits::{KEY_BYTES_MAX, SCAN_KEYS_DEFAULT, SCAN_KEYS_MAX};
 use basalt_storage::state::{KeyValue, KvEvent};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -19,7 +19,7 @@ use super::{expect_of, op_error_code, op_error_status, status, storage_status, u
 
 /// History rows one watch step reads: one row per revision (several for a revision written
 /// before rows held whole revisions).
-const WATCH_PAGE: usize = 256;
+const WATCH_PAGE_ROWS: usize = 256;
 /// Key and value bytes after which a watch answer goes out at the next revision boundary: an
 /// answer holds whole revisions, so it is at most this plus one revision (one log entry, under
 /// `ENTRY_COMMAND_BYTES_MAX`), within what the SDK decodes.
@@ -29,7 +29,7 @@ const _: () = assert!(
         <= basalt_client::limits::RESPONSE_BYTES_MAX
 );
 /// Watch responses buffered per watcher before it waits for the client to read.
-const WATCH_BUFFER: usize = 64;
+const WATCH_BUFFER_MESSAGES: usize = 64;
 /// How often an idle watch checks that its client is still there.
 const WATCH_IDLE_CHECK: Duration = Duration::from_secs(1);
 
@@ -125,7 +125,7 @@ async fn run_watch(api: Api, prefix: Vec<u8>, from: u64, outbox: mpsc::Sender<Re
         .await;
     loop {
         applied.borrow_and_update();
-        let (page, upto, full) = match kv_read::history_page(&api.store, next, WATCH_PAGE) {
+        let (page, upto, full) = match kv_read::history_page(&api.store, next, WATCH_PAGE_ROWS) {
             Ok(step) => step,
             Err(e) => {
                 let _ = outbox.send(Err(storage_status(e))).await;
@@ -333,10 +333,10 @@ impl Kv for Api {
 
     async fn scan(&self, request: Request<pb::KvScanRequest>) -> Result<GrpcResponse<pb::KvScanResponse>, Status> {
         let r = request.into_inner();
-        if r.limit > SCAN_LIMIT_MAX {
+        if r.limit > SCAN_KEYS_MAX {
             return Err(status(
                 ErrorCode::InvalidArgument,
-                format!("limit {} exceeds {SCAN_LIMIT_MAX}", r.limit),
+                format!("limit {} exceeds {SCAN_KEYS_MAX}", r.limit),
             ));
         }
         let limit = if r.limit == 0 { SCAN_KEYS_DEFAULT } else { r.limit } as usize;
@@ -391,7 +391,7 @@ impl Kv for Api {
         if from < start {
             return Err(compacted(from, start));
         }
-        let (outbox, inbox) = mpsc::channel(WATCH_BUFFER);
+        let (outbox, inbox) = mpsc::channel(WATCH_BUFFER_MESSAGES);
         tokio::spawn(run_watch(self.clone(), r.prefix, from, outbox));
         Ok(GrpcResponse::new(ReceiverStream::new(inbox)))
     }

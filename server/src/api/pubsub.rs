@@ -23,7 +23,7 @@ use super::{metrics_now, op_error_status, status, Api};
 
 /// Messages buffered per subscriber; a subscriber that falls this far behind is disconnected
 /// (Redis's client-output-buffer-limit for pub/sub does the same).
-const SUBSCRIBER_BUFFER: usize = 4096;
+const SUBSCRIBER_BUFFER_MESSAGES: usize = 4096;
 /// How long a relay to a peer may take before its subscribers count as not reached.
 const RELAY_TIMEOUT: Duration = Duration::from_secs(1);
 /// Most channels plus patterns in one subscription.
@@ -98,7 +98,9 @@ impl Broker {
                     true
                 }
                 Err(mpsc::error::TrySendError::Full(_)) => {
-                    tracing::warn!("disconnecting a pub/sub subscriber that fell {SUBSCRIBER_BUFFER} messages behind");
+                    tracing::warn!(
+                        "disconnecting a pub/sub subscriber that fell {SUBSCRIBER_BUFFER_MESSAGES} messages behind"
+                    );
                     false
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => false,
@@ -112,7 +114,7 @@ impl Broker {
         channels: Vec<Vec<u8>>,
         patterns: Vec<Vec<u8>>,
     ) -> mpsc::Receiver<Result<pb::PubSubMessage, Status>> {
-        let (outbox, inbox) = mpsc::channel(SUBSCRIBER_BUFFER);
+        let (outbox, inbox) = mpsc::channel(SUBSCRIBER_BUFFER_MESSAGES);
         // The first message tells the subscriber it is live.
         let _ = outbox.try_send(Ok(pb::PubSubMessage::default()));
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);

@@ -26,10 +26,12 @@ use crate::api::Api;
 
 /// Entries merged in one proposal at most, when several batches wait: coalescing keeps a busy
 /// link from being limited to one Raft commit per batch.
-const COALESCE_ENTRIES: usize = 4096;
+const COALESCE_ENTRIES_MAX: usize = 4096;
 /// Bytes of encoded batches merged in one proposal at most: well inside one log entry
 /// (`ENTRY_COMMAND_BYTES_MAX`); a batch that would take a proposal past it waits for the next.
-const COALESCE_BYTES: usize = basalt_storage::limits::ENTRY_COMMAND_BYTES_MAX / 2;
+const COALESCE_BYTES_MAX: usize = basalt_storage::limits::ENTRY_COMMAND_BYTES_MAX / 2;
+// Checked in every build, not only under test: a merged proposal stays inside one log entry.
+const _: () = assert!(COALESCE_BYTES_MAX * 2 <= basalt_storage::limits::ENTRY_COMMAND_BYTES_MAX);
 
 /// How far (5 s of HLC time) an idle source's frontier must move before a heartbeat records it.
 const FRONTIER_STEP: u64 = 5_000 << 16;
@@ -142,7 +144,7 @@ impl FeedReceiver {
 /// Whether a waiting batch of `more_bytes` may join a proposal of `entries` entries and `bytes`
 /// bytes so far.
 fn room_for(entries: usize, bytes: usize, more_bytes: usize) -> bool {
-    entries < COALESCE_ENTRIES && bytes.saturating_add(more_bytes) <= COALESCE_BYTES
+    entries < COALESCE_ENTRIES_MAX && bytes.saturating_add(more_bytes) <= COALESCE_BYTES_MAX
 }
 
 /// Appends `more` to `into` when both are ordinary batches from the same source.
@@ -174,7 +176,8 @@ impl RegionFeed for FeedReceiver {
             .get(basalt_codec::DATA_FORMAT_HEADER)
             .map(|v| v.to_str().unwrap_or(""));
         if let Err(mismatch) = basalt_codec::check_peer_format(format) {
-            let refused = repl.refused_streams.fetch_add(1, Ordering::Relaxed) + 1;
+            static REFUSED_FORMAT_STREAMS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let refused = REFUSED_FORMAT_STREAMS.fetch_add(1, Ordering::Relaxed) + 1;
             if refused.is_power_of_two() {
                 tracing::warn!(%mismatch, refused, "refusing a feed stream from a region of another data format");
             }
@@ -246,7 +249,7 @@ impl RegionFeed for FeedReceiver {
                 // Merge whatever else is already waiting into one proposal, answering each.
                 let mut batch = first;
                 let mut answers = 1usize;
-                while batch.entries.len() < COALESCE_ENTRIES {
+                while batch.entries.len() < COALESCE_ENTRIES_MAX {
                     let Some(Some(Ok(message))) = incoming.next().now_or_never() else {
                         break;
                     };
@@ -296,9 +299,8 @@ mod tests {
     #[test]
     fn waiting_batches_join_a_proposal_only_while_it_stays_inside_a_log_entry() {
         assert!(room_for(1, 0, 1 << 20));
-        assert!(room_for(10, COALESCE_BYTES - 100, 100));
-        assert!(!room_for(10, COALESCE_BYTES - 100, 101), "past the byte bound");
-        assert!(!room_for(COALESCE_ENTRIES, 0, 1), "past the entry bound");
-        const _: () = assert!(COALESCE_BYTES * 2 <= basalt_storage::limits::ENTRY_COMMAND_BYTES_MAX);
+        assert!(room_for(10, COALESCE_BYTES_MAX - 100, 100));
+        assert!(!room_for(10, COALESCE_BYTES_MAX - 100, 101), "past the byte bound");
+        assert!(!room_for(COALESCE_ENTRIES_MAX, 0, 1), "past the entry bound");
     }
 }

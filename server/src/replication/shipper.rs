@@ -1,7 +1,7 @@
 //! Ships this region's change feed to one remote region, and trims what every region has.
 //!
 //! One bidirectional gRPC stream per remote region, opened by this region's leader: batches go
-//! out in feed order without waiting for each answer (up to [`WINDOW`] unanswered), and the
+//! out in feed order without waiting for each answer (up to [`WINDOW_BATCHES`] unanswered), and the
 //! remote leader answers each with its watermark once the batch is committed there. A new stream
 //! starts with an empty batch whose answer is the remote watermark, so shipping resumes exactly
 //! where the remote region is, after a leader change on either side or a broken link: nothing is
@@ -28,17 +28,17 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::Replication;
 use crate::api::Api;
 use crate::config::RemoteRegion;
+use crate::limits::FEED_BATCH_BYTES_MAX;
 
 /// Batches sent and not yet answered, at most.
-const WINDOW: usize = 32;
-/// Feed entries read per batch, at most; batches are also cut at [`BATCH_BYTES`].
-const BATCH_ENTRIES: usize = 512;
-use crate::limits::FEED_BATCH_BYTES_MAX as BATCH_BYTES;
+const WINDOW_BATCHES: usize = 32;
+/// Feed entries read per batch, at most; batches are also cut at [`FEED_BATCH_BYTES_MAX`].
+const BATCH_ENTRIES_MAX: usize = 512;
 /// With batches unanswered this long, the link is considered broken and the stream reopened.
 const ACK_TIMEOUT: Duration = Duration::from_secs(3);
 /// An idle stream sends an empty batch this often, to learn the remote watermark and notice a
 /// broken link.
-const HEARTBEAT: Duration = Duration::from_secs(1);
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 /// How long opening a connection to another region may take before the shipper tries its next
 /// node.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -63,6 +63,10 @@ enum ShipError {
     LostLeadership,
     #[error("{endpoint} refused the stream: {reason}")]
     Disagrees { endpoint: String, reason: String },
+    /// The remote region cannot take this region's stream at all (another data format, or not
+    /// configured for regions): retried only after [`DISAGREE_BACKOFF`].
+    #[error("{endpoint} cannot take the stream: {reason}")]
+    Incompatible { endpoint: String, reason: String },
 }
 
 /// How long the shipper waits before trying again a region that refused its topology: an
@@ -105,10 +109,11 @@ pub(super) async fn run(
                 let alarm = match &e {
                     ShipError::LostLeadership => String::new(),
                     ShipError::Disagrees { reason, .. } => format!("topology disagrees: {reason}"),
+                    ShipError::Incompatible { reason, .. } => format!("incompatible: {reason}"),
                     other => format!("unreachable: {other}"),
                 };
-                if let ShipError::Disagrees { reason, .. } = &e {
-                    tracing::warn!(region = %remote.name, reason, "the remote region refuses this region's topology");
+                if let ShipError::Disagrees { reason, .. } | ShipError::Incompatible { reason, .. } = &e {
+                    tracing::warn!(region = %remote.name, reason, "the remote region refuses this region's feed stream");
                     repl.update_outgoing(remote.id, |l| {
                         l.connected = false;
                         l.alarm = alarm.clone();
@@ -157,7 +162,7 @@ async fn session(
         .max_decoding_message_size(crate::limits::FEED_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(crate::limits::FEED_MESSAGE_BYTES_MAX);
     let source = repl.this_region();
-    let (tx, rx) = mpsc::channel::<FeedBatch>(WINDOW + 1);
+    let (tx, rx) = mpsc::channel::<FeedBatch>(WINDOW_BATCHES + 1);
     // The opening heartbeat carries no frontier: what the remote region has is not known yet.
     let _ = tx.send(batch_message(&ShipBatch::heartbeat(source, 0))).await;
     let mut request = tonic::Request::new(ReceiverStream::new(rx));
@@ -194,6 +199,12 @@ async fn session(
                         reason: status.message().to_string(),
                     }
                 }
+                // Another data format, or a region not configured for regions: another node of
+                // that region would answer the same, and only an operator can change it.
+                _ if status.code() == tonic::Code::FailedPrecondition => ShipError::Incompatible {
+                    endpoint: endpoint.to_string(),
+                    reason: status.message().to_string(),
+                },
                 _ => connect_error(status.to_string()),
             }
         })?
@@ -235,10 +246,10 @@ async fn session(
             // one starts now, or the link would be taken as silent and the re-sync begun again.
             last_answer = Instant::now();
         }
-        if unanswered < WINDOW {
+        if unanswered < WINDOW_BATCHES {
             // `None`: the feed was trimmed past what was sent; the re-sync above follows once every
             // batch in flight is answered.
-            let batch = next_batch(&api.store.view(), source, sent, BATCH_ENTRIES, BATCH_BYTES)?
+            let batch = next_batch(&api.store.view(), source, sent, BATCH_ENTRIES_MAX, FEED_BATCH_BYTES_MAX)?
                 .unwrap_or_else(|| ShipBatch::heartbeat(source, 0));
             if !batch.entries.is_empty() {
                 let last = batch.upto;
@@ -254,7 +265,7 @@ async fn session(
                 repl.update_outgoing(remote.id, |l| l.shipped_upto = sent);
                 continue;
             }
-            if last_sent.elapsed() >= HEARTBEAT && unanswered == 0 {
+            if last_sent.elapsed() >= HEARTBEAT_INTERVAL && unanswered == 0 {
                 // Merged after every batch sent before it: its frontier may count on them.
                 let _ = tx
                     .send(batch_message(&heartbeat_after(&api.store.view(), source, sent)?))
@@ -340,8 +351,8 @@ async fn resync(
     let tx = tx.clone();
     let sent = tokio::task::spawn_blocking(move || -> Result<Option<(u64, usize)>, StoreError> {
         let limits = ResyncChunkLimits {
-            bytes: BATCH_BYTES,
-            effects: BATCH_ENTRIES * 8,
+            bytes: FEED_BATCH_BYTES_MAX,
+            effects: BATCH_ENTRIES_MAX * 8,
         };
         // The role read in the same view as the state it ships (whether homed rows go too).
         let view = store.view();
@@ -430,7 +441,7 @@ fn trim_plan(applied: u64, retain: u64, acked: &[(RegionId, Option<u64>)], learn
 /// is down or partitioned never makes this one hold its feed forever.
 pub(super) async fn trimmer(repl: std::sync::Arc<Replication>, api: Api, stop: tokio::sync::watch::Receiver<bool>) {
     /// Feed entries removed per trim step.
-    const TRIM_LIMIT: u32 = 10_000;
+    const TRIM_ENTRIES_MAX: u32 = 10_000;
     /// How long a new leader waits to hear each region's watermark before trimming without it.
     const LEARN_ACKS: Duration = Duration::from_secs(30);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -480,7 +491,7 @@ pub(super) async fn trimmer(repl: std::sync::Arc<Replication>, api: Api, stop: t
                 fence: None,
                 op: Op::ReplTrim {
                     upto: target,
-                    limit: TRIM_LIMIT,
+                    limit: TRIM_ENTRIES_MAX,
                 },
             };
             if let Err(e) = api.raft.client_write(command).await {

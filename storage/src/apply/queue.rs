@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{check_batch, load, named, out_of_range, save, View};
 use crate::command::{OpError, Response};
-use crate::limits::{BATCH_BYTES_MAX, DELAY_MS_MAX, MESSAGE_BYTES_MAX, NAME_BYTES_MAX, RECEIVE_MAX, VISIBILITY_MS_MAX};
+use crate::limits::{
+    BATCH_BYTES_MAX, DELAY_MS_MAX, MESSAGE_BYTES_MAX, NAME_BYTES_MAX, RECEIVE_MESSAGES_MAX, VISIBILITY_MS_MAX,
+};
 use crate::queue::{Delivery, EnqueueOutcome, NewMessage, QueueConfig, QueueStats, Receipt};
 use crate::state::{KeyRange, StoreError, StoreRead, Table};
 
@@ -45,7 +47,7 @@ struct DedupEntry {
 
 /// How many due messages one receive moves to the ready index at most. Beyond it the rest move
 /// with the next receive, so a receive stays bounded even after a long outage.
-const PROMOTE_MAX: usize = 4 * RECEIVE_MAX as usize;
+const PROMOTE_MESSAGES_MAX: usize = 4 * RECEIVE_MESSAGES_MAX as usize;
 
 pub(crate) fn message_key(queue: &[u8], id: u64) -> Vec<u8> {
     let mut k = named(queue);
@@ -164,8 +166,8 @@ pub(crate) fn validate_enqueue(queue: &[u8], messages: &[NewMessage]) -> Result<
 
 pub(crate) fn validate_receive(queue: &[u8], max: u32, visibility_timeout_ms: Option<u64>) -> Result<(), OpError> {
     check_name("queue name", queue)?;
-    if max == 0 || max > RECEIVE_MAX {
-        return Err(out_of_range("receive max", format!("1..={RECEIVE_MAX}"), max));
+    if max == 0 || max > RECEIVE_MESSAGES_MAX {
+        return Err(out_of_range("receive max", format!("1..={RECEIVE_MESSAGES_MAX}"), max));
     }
     if let Some(vt) = visibility_timeout_ms {
         if vt == 0 || vt > VISIBILITY_MS_MAX {
@@ -314,7 +316,11 @@ fn promote_due<S: StoreRead>(
     let prefix = named(queue);
     let mut end = prefix.clone();
     end.extend_from_slice(&now_ms.saturating_add(1).to_be_bytes());
-    let due = view.scan(Table::QueueDelayed, &KeyRange::between(prefix, end), PROMOTE_MAX)?;
+    let due = view.scan(
+        Table::QueueDelayed,
+        &KeyRange::between(prefix, end),
+        PROMOTE_MESSAGES_MAX,
+    )?;
     for (key, _) in due {
         let id = trailing_id(&key);
         view.delete(Table::QueueDelayed, key);

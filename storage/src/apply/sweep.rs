@@ -6,27 +6,31 @@ use crate::command::Op;
 use crate::state::{KeyRange, StoreError, StoreRead, Table};
 
 /// Most keys one sweep entry removes; the rest go with the next one.
-pub const SWEEP_LIMIT: u32 = 1000;
+pub const SWEEP_KEYS_MAX: u32 = 1000;
 
 /// The sweeps the leader should propose now: one per time-indexed table whose earliest entry is
 /// due at `now_ms`. Each index starts with a big-endian due time; only the ledger's is in
 /// nanoseconds.
 pub fn sweeps_due<S: StoreRead + ?Sized>(store: &S, now_ms: u64, region: RegionRole) -> Result<Vec<Op>, StoreError> {
     let tables = [
-        (Table::KvExpiry, now_ms, Op::KvSweepExpired { limit: SWEEP_LIMIT }),
-        (Table::RateExpiry, now_ms, Op::RateSweep { limit: SWEEP_LIMIT }),
-        (Table::RateGlobalExpiry, now_ms, Op::RateSweep { limit: SWEEP_LIMIT }),
+        (Table::KvExpiry, now_ms, Op::KvSweepExpired { limit: SWEEP_KEYS_MAX }),
+        (Table::RateExpiry, now_ms, Op::RateSweep { limit: SWEEP_KEYS_MAX }),
+        (Table::RateGlobalExpiry, now_ms, Op::RateSweep { limit: SWEEP_KEYS_MAX }),
         (
             Table::LedgerExpiry,
             now_ms.saturating_mul(1_000_000),
-            Op::LedgerExpirePending { limit: SWEEP_LIMIT },
+            Op::LedgerExpirePending { limit: SWEEP_KEYS_MAX },
         ),
         (
             Table::QueueDedupExpiry,
             now_ms,
-            Op::QueueDedupSweep { limit: SWEEP_LIMIT },
+            Op::QueueDedupSweep { limit: SWEEP_KEYS_MAX },
         ),
-        (Table::StreamGroupExpiry, now_ms, Op::GroupSweep { limit: SWEEP_LIMIT }),
+        (
+            Table::StreamGroupExpiry,
+            now_ms,
+            Op::GroupSweep { limit: SWEEP_KEYS_MAX },
+        ),
     ];
     let mut due = Vec::new();
     for (table, now, op) in tables {
@@ -42,7 +46,7 @@ pub fn sweeps_due<S: StoreRead + ?Sized>(store: &S, now_ms: u64, region: RegionR
         }
     }
     if stream::retention_due(store, now_ms)? {
-        due.push(Op::StreamRetention { limit: SWEEP_LIMIT });
+        due.push(Op::StreamRetention { limit: SWEEP_KEYS_MAX });
     }
     Ok(due)
 }

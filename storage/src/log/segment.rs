@@ -382,8 +382,11 @@ impl Segment {
             Err(_) if matches!(format::decode(&bytes), Ok(f) if f.index == first_index) => {
                 return Err(corrupt(
                     0,
-                    "a segment of format version 1 (frames from offset 0, no header); this build reads version 2"
-                        .into(),
+                    format!(
+                        "a segment of format version 1 (frames from offset 0, no header); this build reads version \
+                         {}",
+                        format::SEGMENT_FORMAT_VERSION
+                    ),
                 )
                 .into())
             }
