@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use basalt_client::{CasOutcome, Client, PutOptions, ReadConsistency};
+use basalt_client::Client;
 use clap::{Args, Parser, Subcommand};
 
 use basalt_server::config::{self, NodeConfig};
@@ -60,7 +60,7 @@ enum Command {
     /// Key-value operations.
     Kv {
         #[command(subcommand)]
-        command: KvCommand,
+        command: crate::verbs::kv::KvCommand,
         #[command(flatten)]
         endpoints: EndpointArgs,
         #[command(flatten)]
@@ -69,7 +69,7 @@ enum Command {
     /// Counter operations.
     Counter {
         #[command(subcommand)]
-        command: CounterCommand,
+        command: crate::verbs::counter::CounterCommand,
         #[command(flatten)]
         endpoints: EndpointArgs,
         #[command(flatten)]
@@ -124,7 +124,7 @@ enum Command {
     /// Cluster status and membership.
     Cluster {
         #[command(subcommand)]
-        command: ClusterCommand,
+        command: crate::verbs::cluster::ClusterCommand,
         #[command(flatten)]
         endpoints: EndpointArgs,
     },
@@ -222,105 +222,6 @@ pub struct StartArgs {
     /// starts with no escrow share of counter bounds instead of an even split.
     #[arg(long, requires = "region")]
     joining_region: bool,
-}
-
-#[derive(Subcommand, Debug)]
-enum KvCommand {
-    /// Store a value.
-    Put {
-        key: String,
-        value: String,
-        /// Expire after this long (e.g. 30s, 500ms, 5m).
-        #[arg(long, value_parser = parse_duration)]
-        ttl: Option<Duration>,
-    },
-    /// Read a value.
-    Get {
-        key: String,
-        /// Read from any node without a read-index round (may be stale).
-        #[arg(long)]
-        stale: bool,
-    },
-    Delete {
-        key: String,
-    },
-    /// Print every change under a prefix, from a revision on (0: from now), until Ctrl-C.
-    Watch {
-        #[arg(default_value = "")]
-        prefix: String,
-        #[arg(long, default_value_t = 0)]
-        from_revision: u64,
-    },
-    /// Compare-and-set: write only if the key has this revision (or is absent).
-    Cas {
-        key: String,
-        value: String,
-        #[arg(long, conflicts_with = "expect_absent", required_unless_present = "expect_absent")]
-        expect_revision: Option<u64>,
-        #[arg(long)]
-        expect_absent: bool,
-    },
-    /// List keys with a prefix.
-    Scan {
-        #[arg(default_value = "")]
-        prefix: String,
-        #[arg(long, default_value_t = 100)]
-        limit: u32,
-    },
-}
-
-#[derive(Subcommand, Debug)]
-enum CounterCommand {
-    /// Add to a counter; with --min/--max, refuse a change that would cross them.
-    Incr {
-        key: String,
-        #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
-        by: i64,
-        #[arg(long, allow_negative_numbers = true)]
-        min: Option<i64>,
-        #[arg(long, allow_negative_numbers = true)]
-        max: Option<i64>,
-    },
-    /// Set a counter back to 0.
-    Reset { key: String },
-    Get {
-        key: String,
-        #[arg(long)]
-        stale: bool,
-    },
-    /// With regions: give some of this region's escrow of a counter to another region, which may
-    /// then decrement it that much further toward a lower bound while partitioned.
-    Transfer {
-        key: String,
-        /// The region that receives it.
-        #[arg(long)]
-        to: String,
-        #[arg(long)]
-        amount: u64,
-        /// The lower bound this region keeps its share of (default 0).
-        #[arg(long, allow_negative_numbers = true, conflicts_with = "max")]
-        min: Option<i64>,
-        /// Give room toward this upper bound instead.
-        #[arg(long, allow_negative_numbers = true)]
-        max: Option<i64>,
-    },
-}
-
-#[derive(Subcommand, Debug)]
-enum ClusterCommand {
-    /// Leader, term, members, and each node's last log index and applied index.
-    Status,
-    /// Add a running node as a learner (it catches up before this returns).
-    AddNode {
-        #[arg(long)]
-        id: u64,
-        #[arg(long)]
-        addr: String,
-    },
-    /// Make a learner a voter.
-    Promote { id: u64 },
-    /// Remove a node from the cluster.
-    RemoveNode { id: u64 },
 }
 
 /// Parses `250ms`, `30s`, `5m`, `1h`, or a plain number of seconds.
@@ -513,10 +414,6 @@ async fn connect_fenced(args: &EndpointArgs, fence: &FenceArg) -> Result<Client,
     })
 }
 
-fn show_optional(value: Option<u64>) -> String {
-    value.map_or_else(|| "-".to_string(), |v| v.to_string())
-}
-
 async fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Command::Start(args) => {
@@ -537,78 +434,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         } => {
             init_tracing("error");
             let client = connect_fenced(&endpoints, &fence).await?;
-            let kv = client.kv();
-            match command {
-                KvCommand::Put { key, value, ttl } => {
-                    let revision = kv
-                        .put_with(&key, &value, PutOptions { ttl })
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    println!("OK revision={revision}");
-                }
-                KvCommand::Get { key, stale } => {
-                    let consistency = if stale {
-                        ReadConsistency::Stale
-                    } else {
-                        ReadConsistency::Linearizable
-                    };
-                    match kv.get_with(&key, consistency).await.map_err(|e| e.to_string())? {
-                        Some(entry) => {
-                            println!("{}", String::from_utf8_lossy(&entry.value));
-                            eprintln!(
-                                "revision={} created={} version={} expires_at_ms={}",
-                                entry.mod_revision,
-                                entry.create_revision,
-                                entry.version,
-                                show_optional(entry.expires_at_ms)
-                            );
-                        }
-                        None => return Err(format!("key {key:?} not found")),
-                    }
-                }
-                KvCommand::Watch { prefix, from_revision } => {
-                    let mut watch = kv.watch(prefix, from_revision).await.map_err(|e| e.to_string())?;
-                    eprintln!("watching from revision {}", watch.next_revision());
-                    while let Some(event) = watch.next().await {
-                        let e = event.map_err(|e| e.to_string())?;
-                        println!(
-                            "{} {:?} {} revision={}",
-                            match e.kind {
-                                basalt_client::WatchEventKind::Put => "PUT",
-                                basalt_client::WatchEventKind::Delete => "DELETE",
-                            },
-                            String::from_utf8_lossy(&e.key),
-                            String::from_utf8_lossy(&e.value),
-                            e.revision
-                        );
-                    }
-                }
-                KvCommand::Delete { key } => {
-                    let outcome = kv.delete(&key).await.map_err(|e| e.to_string())?;
-                    println!(
-                        "{} revision={}",
-                        if outcome.deleted { "DELETED" } else { "NOT_FOUND" },
-                        outcome.revision
-                    );
-                }
-                KvCommand::Cas {
-                    key,
-                    value,
-                    expect_revision,
-                    expect_absent: _,
-                } => match kv.cas(&key, expect_revision, &value).await.map_err(|e| e.to_string())? {
-                    CasOutcome::Written { revision } => println!("OK revision={revision}"),
-                    CasOutcome::Conflict { current } => {
-                        return Err(format!("condition failed: current revision {}", show_optional(current)))
-                    }
-                },
-                KvCommand::Scan { prefix, limit } => {
-                    for (key, value) in kv.scan(&prefix, limit).await.map_err(|e| e.to_string())? {
-                        println!("{}\t{}", String::from_utf8_lossy(&key), String::from_utf8_lossy(&value));
-                    }
-                }
-            }
-            Ok(())
+            crate::verbs::kv::kv(&client, command).await
         }
         Command::Counter {
             command,
@@ -617,51 +443,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         } => {
             init_tracing("error");
             let client = connect_fenced(&endpoints, &fence).await?;
-            match command {
-                CounterCommand::Incr { key, by, min, max } => {
-                    let value = client
-                        .counter(key)
-                        .incr_bounded(by, min, max)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    println!("{value}");
-                }
-                CounterCommand::Reset { key } => {
-                    client.counter(key).reset().await.map_err(|e| e.to_string())?;
-                    println!("0");
-                }
-                CounterCommand::Transfer {
-                    key,
-                    to,
-                    amount,
-                    min,
-                    max,
-                } => {
-                    let counter = client.counter(key);
-                    let value = match max {
-                        Some(max) => counter.transfer_headroom(&to, amount, max).await,
-                        None => counter.transfer_escrow(&to, amount, min).await,
-                    }
-                    .map_err(|e| e.to_string())?;
-                    println!("{value}");
-                }
-                CounterCommand::Get { key, stale } => {
-                    let consistency = if stale {
-                        ReadConsistency::Stale
-                    } else {
-                        ReadConsistency::Linearizable
-                    };
-                    println!(
-                        "{}",
-                        client
-                            .counter(key)
-                            .get_with(consistency)
-                            .await
-                            .map_err(|e| e.to_string())?
-                    );
-                }
-            }
-            Ok(())
+            crate::verbs::counter::counter(&client, command).await
         }
         Command::Lease { command, endpoints } => {
             init_tracing("error");
@@ -698,27 +480,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::Cluster { command, endpoints } => {
             init_tracing("error");
             let client = connect(&endpoints).await?;
-            match command {
-                ClusterCommand::Status => print_status(&client).await,
-                ClusterCommand::AddNode { id, addr } => {
-                    let members = client.add_node(id, &addr).await.map_err(|e| e.to_string())?;
-                    println!(
-                        "added node {id} ({addr}) as a learner; members: {}",
-                        describe_members(&members)
-                    );
-                    Ok(())
-                }
-                ClusterCommand::Promote { id } => {
-                    let members = client.promote(id).await.map_err(|e| e.to_string())?;
-                    println!("promoted node {id}; members: {}", describe_members(&members));
-                    Ok(())
-                }
-                ClusterCommand::RemoveNode { id } => {
-                    let members = client.remove_node(id).await.map_err(|e| e.to_string())?;
-                    println!("removed node {id}; members: {}", describe_members(&members));
-                    Ok(())
-                }
-            }
+            crate::verbs::cluster::cluster(&client, command).await
         }
         Command::Regions { command, endpoints } => {
             init_tracing("error");
@@ -733,49 +495,6 @@ async fn run(cli: Cli) -> Result<(), String> {
             crate::bench::run(command, endpoints).await
         }
     }
-}
-
-fn describe_members(members: &[basalt_client::pb::Member]) -> String {
-    members
-        .iter()
-        .map(|m| format!("{}@{}{}", m.id, m.addr, if m.voter { "" } else { " (learner)" }))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-async fn print_status(client: &Client) -> Result<(), String> {
-    let status = client.cluster_status().await.map_err(|e| e.to_string())?;
-    println!(
-        "leader: {} ({})  term: {}",
-        show_optional(status.leader_id),
-        if status.leader_addr.is_empty() {
-            "-"
-        } else {
-            &status.leader_addr
-        },
-        status.term
-    );
-    println!(
-        "{:<6} {:<22} {:<9} {:<10} {:>10} {:>10} {:>10}",
-        "id", "addr", "role", "state", "last_log", "applied", "snapshot"
-    );
-    for member in &status.members {
-        let role = if member.voter { "voter" } else { "learner" };
-        match client.node_status(&member.addr).await {
-            Ok(s) => println!(
-                "{:<6} {:<22} {:<9} {:<10} {:>10} {:>10} {:>10}",
-                member.id,
-                member.addr,
-                role,
-                s.state,
-                show_optional(s.last_log_index),
-                show_optional(s.applied_index),
-                show_optional(s.snapshot_index)
-            ),
-            Err(e) => println!("{:<6} {:<22} {:<9} unreachable: {e}", member.id, member.addr, role),
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

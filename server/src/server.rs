@@ -333,7 +333,7 @@ const SESSION_SWEEP_CLIENTS_MAX: u32 = 1000;
 const SESSION_SWEEP_EVERY_S: u64 = 10;
 
 /// History changes one compaction entry removes at most.
-const COMPACT_LIMIT: u32 = 4 * basalt_storage::apply::SWEEP_KEYS_MAX;
+const COMPACT_CHANGES_MAX: u32 = 4 * basalt_storage::apply::SWEEP_ITEMS_MAX;
 /// Most history compaction steps proposed per sweeper tick: up to 64,000 changes a second.
 const COMPACT_STEPS_PER_TICK_MAX: usize = 16;
 
@@ -377,13 +377,13 @@ async fn sweeper(api: Api, config: NodeConfig, stop: tokio::sync::watch::Receive
         match basalt_storage::apply::kv::compaction_due(&api.store, applied, config.kv_history_revisions) {
             Ok(Some(below)) => {
                 // Several steps toward this tick's bound when one is not enough: under heavy
-                // writes one step a second (COMPACT_LIMIT changes) falls behind. The bound stays
+                // writes one step a second (COMPACT_CHANGES_MAX changes) falls behind. The bound stays
                 // put: each step is itself a log entry, and chasing `applied` would eat into the
                 // kept history one revision per step.
                 for _ in 0..COMPACT_STEPS_PER_TICK_MAX {
                     let op = Op::KvCompact {
                         below,
-                        limit: COMPACT_LIMIT,
+                        limit: COMPACT_CHANGES_MAX,
                     };
                     if propose_sweep(&api, op).await.is_none() {
                         break;
@@ -402,7 +402,7 @@ async fn sweeper(api: Api, config: NodeConfig, stop: tokio::sync::watch::Receive
             Err(e) => tracing::warn!(error = %e, "reading the kv history"),
         }
         if let Some(repl) = &api.replication {
-            match repl.tombstone_gc_due(&api.store, COMPACT_LIMIT) {
+            match repl.tombstone_gc_due(&api.store, COMPACT_CHANGES_MAX) {
                 Ok(Some(op)) => {
                     propose_sweep(&api, op).await;
                 }

@@ -57,10 +57,15 @@ fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> DataDirEr
 pub fn check_or_stamp(dir: &Path) -> Result<(), DataDirError> {
     let stamp_path = dir.join(FORMAT_FILE);
     match read_stamp(dir, &stamp_path)? {
-        Some(found) => basalt_codec::check_format(found).map_err(|mismatch| DataDirError::Format {
-            dir: dir.to_path_buf(),
-            mismatch,
-        }),
+        Some(found) => {
+            basalt_codec::check_format(found).map_err(|mismatch| DataDirError::Format {
+                dir: dir.to_path_buf(),
+                mismatch,
+            })?;
+            // A crash between the stamp and its subdirectories leaves some missing: create them
+            // here, durably, rather than let the stores create them without a directory fsync.
+            create_store_dirs(dir)
+        }
         None => {
             for entry in WRITTEN_BY_BASALT {
                 let path = dir.join(entry);
@@ -118,8 +123,11 @@ fn read_stamp(dir: &Path, path: &Path) -> Result<Option<u32>, DataDirError> {
 /// durable in its parent first, and its entries last.
 fn write_stamp(dir: &Path) -> Result<(), DataDirError> {
     fs::create_dir_all(dir).map_err(io("create", dir))?;
-    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-        sync_dir(parent)?;
+    // The new directory's own entry: in its parent (`.` for a relative path of one component).
+    match dir.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => sync_dir(parent)?,
+        Some(_) => sync_dir(Path::new("."))?,
+        None => {}
     }
     let tmp = dir.join(FORMAT_TMP_FILE);
     let mut file = File::create(&tmp).map_err(io("create", &tmp))?;
@@ -129,13 +137,25 @@ fn write_stamp(dir: &Path) -> Result<(), DataDirError> {
     let path = dir.join(FORMAT_FILE);
     fs::rename(&tmp, &path).map_err(io("rename", &tmp))?;
     sync_dir(dir)?;
-    // The stores' directories, durable in this one before anything is written in them: the log
-    // and RocksDB make their own files durable, but not their directory's entry here.
+    create_store_dirs(dir)
+}
+
+/// Creates whichever of `log/`, `state/` and `snapshots/` is missing and makes them durable in
+/// `dir` before anything is written in them: the log and RocksDB make their own files durable,
+/// but not their directory's entry here.
+fn create_store_dirs(dir: &Path) -> Result<(), DataDirError> {
+    let mut created = false;
     for entry in WRITTEN_BY_BASALT {
         let sub = dir.join(entry);
-        fs::create_dir_all(&sub).map_err(io("create", &sub))?;
+        if !sub.try_exists().map_err(io("stat", &sub))? {
+            fs::create_dir(&sub).map_err(io("create", &sub))?;
+            created = true;
+        }
     }
-    sync_dir(dir)
+    if created {
+        sync_dir(dir)?;
+    }
+    Ok(())
 }
 
 fn sync_dir(dir: &Path) -> Result<(), DataDirError> {
@@ -162,6 +182,10 @@ mod tests {
             assert!(data.join(entry).is_dir(), "{entry} is created after the stamp");
         }
         check_or_stamp(&data).expect("accepted again");
+        // A crash between the stamp and the stores' directories: they are made at the next start.
+        fs::remove_dir(data.join("snapshots")).expect("remove");
+        check_or_stamp(&data).expect("accepted with a directory missing");
+        assert!(data.join("snapshots").is_dir());
     }
 
     #[test]

@@ -1,6 +1,9 @@
-//! The `basalt` verbs of each data type, one file per type (`basalt kv` and `basalt counter` live
-//! in `commands.rs` with the argument parser), and what they share.
+//! The `basalt` verbs of each data type, one file per type (and `cluster`, `regions`), and what
+//! they share. `commands.rs` parses the command line and hands each verb to its file.
 
+pub mod cluster;
+pub mod counter;
+pub mod kv;
 pub mod lease;
 pub mod ledger;
 pub mod pubsub;
@@ -10,6 +13,11 @@ pub mod regions;
 pub mod stream;
 
 use basalt_client::ReadConsistency;
+
+/// `-` for nothing.
+pub(crate) fn show_optional(value: Option<u64>) -> String {
+    value.map_or_else(|| "-".to_string(), |v| v.to_string())
+}
 
 pub(crate) fn err(e: impl std::fmt::Display) -> String {
     e.to_string()

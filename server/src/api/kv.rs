@@ -112,7 +112,7 @@ fn watch_messages(
 }
 
 /// Streams the history under `prefix` from revision `from` to the watcher until it goes away.
-/// Each step reads one page of history from a consistent snapshot and sends whole revisions
+/// Each step reads one page of history from one point-in-time view and sends whole revisions
 /// only, so a watcher resuming from `last revision + 1` never skips a change.
 async fn run_watch(api: Api, prefix: Vec<u8>, from: u64, outbox: mpsc::Sender<Result<pb::WatchResponse, Status>>) {
     let mut next = from;

@@ -181,9 +181,15 @@ impl RegionFeed for FeedReceiver {
             if refused.is_power_of_two() {
                 tracing::warn!(%mismatch, refused, "refusing a feed stream from a region of another data format");
             }
-            return Err(Status::failed_precondition(format!(
+            let mut refusal = Status::failed_precondition(format!(
                 "the source region sends {mismatch}: the regions of a deployment must run builds of one data format"
-            )));
+            ));
+            // Names this build's format, which is how the shipper tells this refusal from others.
+            refusal.metadata_mut().insert(
+                basalt_codec::DATA_FORMAT_HEADER,
+                tonic::metadata::MetadataValue::from(basalt_codec::DATA_FORMAT),
+            );
+            return Err(refusal);
         }
         // The source's id, home and escrow shares must fit this region's topology before
         // anything of it is merged. Checked by the leader (a follower answers "not the leader" to

@@ -63,8 +63,8 @@ enum ShipError {
     LostLeadership,
     #[error("{endpoint} refused the stream: {reason}")]
     Disagrees { endpoint: String, reason: String },
-    /// The remote region cannot take this region's stream at all (another data format, or not
-    /// configured for regions): retried only after [`DISAGREE_BACKOFF`].
+    /// The remote node runs a build of another data format: retried (on the region's next node)
+    /// only after [`DISAGREE_BACKOFF`].
     #[error("{endpoint} cannot take the stream: {reason}")]
     Incompatible { endpoint: String, reason: String },
 }
@@ -101,7 +101,10 @@ pub(super) async fn run(
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             Err(e) => {
-                if matches!(e, ShipError::Connect { .. } | ShipError::Silent { .. }) {
+                if matches!(
+                    e,
+                    ShipError::Connect { .. } | ShipError::Silent { .. } | ShipError::Incompatible { .. }
+                ) {
                     // A node down or a silent link (a partition?): another node may answer.
                     next_endpoint += 1;
                 }
@@ -199,9 +202,9 @@ async fn session(
                         reason: status.message().to_string(),
                     }
                 }
-                // Another data format, or a region not configured for regions: another node of
-                // that region would answer the same, and only an operator can change it.
-                _ if status.code() == tonic::Code::FailedPrecondition => ShipError::Incompatible {
+                // Another data format (the receiver names its own): only an operator can change
+                // it. Anything else refused at open goes the way of a failed connection.
+                _ if status.metadata().get(basalt_codec::DATA_FORMAT_HEADER).is_some() => ShipError::Incompatible {
                     endpoint: endpoint.to_string(),
                     reason: status.message().to_string(),
                 },

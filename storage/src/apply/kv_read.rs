@@ -123,11 +123,13 @@ fn scan_in<R: StoreRead + ?Sized>(view: &R, request: KvScan<'_>) -> Result<KvSca
 /// One watch step's history (at most `page_rows` rows, or one whole revision): the rows from
 /// revision `next` on, whole revisions only; the last revision they cover (`next - 1` when there
 /// is none yet); whether more may follow at once. The read behind `kv watch`.
-pub fn history_page<S: StoreRead + ?Sized>(
-    store: &S,
+pub fn history_page<S: ViewSource + ?Sized>(
+    source: &S,
     next: u64,
     page_rows: usize,
 ) -> Result<(Vec<KeyValue>, u64, bool), StoreError> {
+    // One view for the page and the rest of its last revision.
+    let store = source.view();
     let mut page = store.scan(
         Table::KvHistory,
         &KeyRange::all_from(next.to_be_bytes().to_vec()),

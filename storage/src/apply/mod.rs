@@ -63,7 +63,7 @@ mod write_set;
 pub(crate) use applier::LAST_STAMP_KEY;
 pub use applier::{last_applied_stamp, Applier, RegionRole};
 pub(crate) use records::{corrupt, decode, load, lossy, named, out_of_range, save};
-pub use sweep::{sweeps_due, SWEEP_KEYS_MAX};
+pub use sweep::{sweeps_due, SWEEP_ITEMS_MAX};
 pub use validate::{check_batch, check_key, validate_op};
 pub use write_set::{View, WriteSet};
 

@@ -6,30 +6,34 @@ use crate::command::Op;
 use crate::state::{KeyRange, StoreError, StoreRead, Table};
 
 /// Most keys one sweep entry removes; the rest go with the next one.
-pub const SWEEP_KEYS_MAX: u32 = 1000;
+pub const SWEEP_ITEMS_MAX: u32 = 1000;
 
 /// The sweeps the leader should propose now: one per time-indexed table whose earliest entry is
 /// due at `now_ms`. Each index starts with a big-endian due time; only the ledger's is in
 /// nanoseconds.
 pub fn sweeps_due<S: StoreRead + ?Sized>(store: &S, now_ms: u64, region: RegionRole) -> Result<Vec<Op>, StoreError> {
     let tables = [
-        (Table::KvExpiry, now_ms, Op::KvSweepExpired { limit: SWEEP_KEYS_MAX }),
-        (Table::RateExpiry, now_ms, Op::RateSweep { limit: SWEEP_KEYS_MAX }),
-        (Table::RateGlobalExpiry, now_ms, Op::RateSweep { limit: SWEEP_KEYS_MAX }),
+        (Table::KvExpiry, now_ms, Op::KvSweepExpired { limit: SWEEP_ITEMS_MAX }),
+        (Table::RateExpiry, now_ms, Op::RateSweep { limit: SWEEP_ITEMS_MAX }),
+        (
+            Table::RateGlobalExpiry,
+            now_ms,
+            Op::RateSweep { limit: SWEEP_ITEMS_MAX },
+        ),
         (
             Table::LedgerExpiry,
             now_ms.saturating_mul(1_000_000),
-            Op::LedgerExpirePending { limit: SWEEP_KEYS_MAX },
+            Op::LedgerExpirePending { limit: SWEEP_ITEMS_MAX },
         ),
         (
             Table::QueueDedupExpiry,
             now_ms,
-            Op::QueueDedupSweep { limit: SWEEP_KEYS_MAX },
+            Op::QueueDedupSweep { limit: SWEEP_ITEMS_MAX },
         ),
         (
             Table::StreamGroupExpiry,
             now_ms,
-            Op::GroupSweep { limit: SWEEP_KEYS_MAX },
+            Op::GroupSweep { limit: SWEEP_ITEMS_MAX },
         ),
     ];
     let mut due = Vec::new();
@@ -46,7 +50,7 @@ pub fn sweeps_due<S: StoreRead + ?Sized>(store: &S, now_ms: u64, region: RegionR
         }
     }
     if stream::retention_due(store, now_ms)? {
-        due.push(Op::StreamRetention { limit: SWEEP_KEYS_MAX });
+        due.push(Op::StreamRetention { limit: SWEEP_ITEMS_MAX });
     }
     Ok(due)
 }

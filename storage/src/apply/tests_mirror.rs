@@ -113,7 +113,7 @@ fn the_sources_retention_reaches_the_mirror_which_never_sweeps_itself() {
     assert!(!stream::retention_due(&eu.store, 5_500).expect("due"));
     // ...the source does, and its deletions arrive.
     assert!(stream::retention_due(&us.store, 5_500).expect("due"));
-    us.apply(cmd(5_500, Op::StreamRetention { limit: SWEEP_KEYS_MAX }));
+    us.apply(cmd(5_500, Op::StreamRetention { limit: SWEEP_ITEMS_MAX }));
     ship(&us, 1, &mut eu, 5_501);
     assert_eq!(values(&eu, "clicks@us", 0), ["new"]);
     assert_eq!(values(&eu, "clicks@us", 0), values(&us, "clicks", 0));

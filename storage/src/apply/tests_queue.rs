@@ -249,8 +249,8 @@ fn a_repeated_dedup_id_within_the_window_enqueues_nothing() {
     // After the window, the sweep forgets the id and it enqueues again.
     assert!(sweeps_due(&h.store, 1100, RegionRole::default())
         .expect("due")
-        .contains(&Op::QueueDedupSweep { limit: SWEEP_KEYS_MAX }));
-    h.apply(cmd(1100, Op::QueueDedupSweep { limit: SWEEP_KEYS_MAX }));
+        .contains(&Op::QueueDedupSweep { limit: SWEEP_ITEMS_MAX }));
+    h.apply(cmd(1100, Op::QueueDedupSweep { limit: SWEEP_ITEMS_MAX }));
     assert!(matches!(
         enqueue(&mut h, 1200, "q", vec![with_id("four")])[0],
         EnqueueOutcome::Enqueued { .. }

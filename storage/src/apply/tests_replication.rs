@@ -926,8 +926,8 @@ fn a_global_key_is_forgotten_once_every_count_slid_out() {
     ship(&us, 1, &mut eu, 1_001);
     let later = 10 * 60_000;
     let due = sweeps_due(&eu.store, later, eu.applier.region()).expect("due");
-    assert_eq!(due, vec![Op::RateSweep { limit: SWEEP_KEYS_MAX }]);
-    eu.apply(cmd(later, Op::RateSweep { limit: SWEEP_KEYS_MAX }));
+    assert_eq!(due, vec![Op::RateSweep { limit: SWEEP_ITEMS_MAX }]);
+    eu.apply(cmd(later, Op::RateSweep { limit: SWEEP_ITEMS_MAX }));
     assert_eq!(eu.store.get(Table::RateGlobal, b"api").expect("get"), None);
     assert!(sweeps_due(&eu.store, later, eu.applier.region())
         .expect("due")

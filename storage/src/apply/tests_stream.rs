@@ -280,8 +280,8 @@ fn retention_by_age_and_by_size_removes_the_oldest_batches() {
     }
     assert!(sweeps_due(&h.store, 1000, RegionRole::default())
         .expect("due")
-        .contains(&Op::StreamRetention { limit: SWEEP_KEYS_MAX }));
-    h.apply(cmd(1150, Op::StreamRetention { limit: SWEEP_KEYS_MAX }));
+        .contains(&Op::StreamRetention { limit: SWEEP_ITEMS_MAX }));
+    h.apply(cmd(1150, Op::StreamRetention { limit: SWEEP_ITEMS_MAX }));
     // Batches stamped 0 and 100 are 1000 ms old at 1150; 200.. stay.
     let aged = read(&h, "aged", 0, 2, 10);
     assert_eq!(
@@ -299,7 +299,7 @@ fn retention_by_age_and_by_size_removes_the_oldest_batches() {
     assert!(sized.start_offset >= 2 && sized.next_offset == 5, "{sized:?}");
     assert!(!sweeps_due(&h.store, 1150, RegionRole::default())
         .expect("due")
-        .contains(&Op::StreamRetention { limit: SWEEP_KEYS_MAX }));
+        .contains(&Op::StreamRetention { limit: SWEEP_ITEMS_MAX }));
 }
 
 fn join(h: &mut Harness, at: u64, member: &str, topics: &[&str], assignor: Assignor) -> GroupView {
@@ -366,9 +366,9 @@ fn a_member_that_misses_its_session_timeout_loses_its_partitions() {
     heartbeat(&mut h, 900, "b");
     assert!(sweeps_due(&h.store, 1200, RegionRole::default())
         .expect("due")
-        .contains(&Op::GroupSweep { limit: SWEEP_KEYS_MAX }));
+        .contains(&Op::GroupSweep { limit: SWEEP_ITEMS_MAX }));
     assert_eq!(
-        h.apply(cmd(1200, Op::GroupSweep { limit: SWEEP_KEYS_MAX })),
+        h.apply(cmd(1200, Op::GroupSweep { limit: SWEEP_ITEMS_MAX })),
         Response::Swept { removed: 1 }
     );
     match heartbeat(&mut h, 1300, "b") {

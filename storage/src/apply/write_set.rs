@@ -97,7 +97,7 @@ impl<S: StoreRead> View<'_, S> {
             .range_from(table, &range.start)
             .take_while(|(k, _)| range.contains(k))
             .collect();
-        let base = self.base.scan(table, range, limit + pending.len())?;
+        let base = self.base.scan(table, range, limit.saturating_add(pending.len()))?;
         let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> = base.into_iter().map(|(k, v)| (k, Some(v))).collect();
         for (k, v) in pending {
             merged.insert(k.to_vec(), v.map(<[u8]>::to_vec));

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-/// One counter change inside a [`Op::Counter`] batch.
+/// One counter change inside a [`crate::command::Op::Counter`] batch.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CounterOp {
     pub key: Vec<u8>,

@@ -16,7 +16,7 @@ pub enum RateLimit {
     GlobalSlidingWindow { limit: u64, window_ms: u64 },
 }
 
-/// One rate-limit decision request inside a [`Op::RateCheck`] batch.
+/// One rate-limit decision request inside a [`crate::command::Op::RateCheck`] batch.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RateCheck {
     pub key: Vec<u8>,

@@ -137,6 +137,11 @@ pub fn newest_header(area: &[u8]) -> Result<SegmentHeader, HeaderError> {
         (Ok(a), Ok(b)) => Ok(if b.seq > a.seq { b } else { a }),
         (Ok(a), Err(_)) => Ok(a),
         (Err(_), Ok(b)) => Ok(b),
+        // A whole slot of another version says more than a torn or zeroed one: the file is
+        // another build's, not a creation a crash cut short.
+        (Err(HeaderError::UnknownVersion(v)), Err(_)) | (Err(_), Err(HeaderError::UnknownVersion(v))) => {
+            Err(HeaderError::UnknownVersion(v))
+        }
         (Err(e), Err(_)) => Err(e),
     }
 }

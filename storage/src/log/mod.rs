@@ -46,6 +46,13 @@ pub enum LogError {
     },
     #[error("corrupt log file {path} at offset {offset}: {reason}")]
     Corrupt { path: PathBuf, offset: u64, reason: String },
+    /// A segment whose header is whole but of another segment format version: written by another
+    /// Basalt build (docs/data-format.md). Refused, never removed or misread.
+    #[error(
+        "log file {path} is of segment format version {found}, this build reads version {reads}: it was written by \
+         a Basalt build of another data format"
+    )]
+    OtherVersion { path: PathBuf, found: u32, reads: u32 },
     #[error("append out of order: expected index {expected}, got {got}")]
     OutOfOrder { expected: u64, got: u64 },
     #[error("record of {len} bytes exceeds the limit of {RECORD_BYTES_MAX} bytes")]

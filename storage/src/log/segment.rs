@@ -390,6 +390,14 @@ impl Segment {
                 )
                 .into())
             }
+            Err(HeaderError::UnknownVersion(found)) => {
+                return Err(LogError::OtherVersion {
+                    path: path.clone(),
+                    found,
+                    reads: format::SEGMENT_FORMAT_VERSION,
+                }
+                .into())
+            }
             Err(e) if file_len <= SEGMENT_HEADER_AREA_BYTES => return Err(OpenError::Unborn(e)),
             Err(e) => return Err(corrupt(0, format!("no valid header slot: {e}")).into()),
         };

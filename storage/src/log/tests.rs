@@ -332,6 +332,43 @@ fn a_small_segment_without_a_header_is_refused_not_removed() {
     assert!(seg.exists(), "the file is left for the operator");
 }
 
+/// A segment of another version (written by a build of another data format) is refused by its
+/// version and left in place, also when it holds no record yet and fits the header area: it is
+/// never removed as a creation a crash interrupted. One slot or the other may be the whole one.
+#[test]
+fn a_segment_of_another_version_is_refused_not_removed() {
+    for slot in [0u64, 1] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // A whole header slot, crc included, of version 2.
+        let mut header = [0u8; format::HEADER_SLOT_BYTES];
+        header[..8].copy_from_slice(b"BASALTSG");
+        header[8..12].copy_from_slice(&2u32.to_le_bytes());
+        header[12..20].copy_from_slice(&slot.to_le_bytes());
+        header[20..28].copy_from_slice(&1u64.to_le_bytes());
+        header[36..44].copy_from_slice(&format::SEGMENT_HEADER_AREA_BYTES.to_le_bytes());
+        let crc = crc32fast::hash(&header[..44]);
+        header[44..48].copy_from_slice(&crc.to_le_bytes());
+        let mut area = vec![0u8; format::SEGMENT_HEADER_AREA_BYTES as usize];
+        let at = (slot * format::HEADER_SLOT_STRIDE_BYTES) as usize;
+        area[at..at + format::HEADER_SLOT_BYTES].copy_from_slice(&header);
+        let seg = dir.path().join(format!("{:020}.log", 1));
+        fs::write(&seg, &area).expect("write");
+        match SegmentedLog::open(dir.path(), LogOptions::default()) {
+            Err(LogError::OtherVersion { found: 2, reads, path }) => {
+                assert_eq!(reads, format::SEGMENT_FORMAT_VERSION);
+                assert_eq!(path, seg);
+            }
+            Err(e) => panic!("slot {slot}: refused for another reason: {e}"),
+            Ok(_) => panic!("slot {slot}: a segment of version 2 was opened"),
+        }
+        assert_eq!(
+            fs::read(&seg).expect("read"),
+            area,
+            "slot {slot}: the file is left as it was"
+        );
+    }
+}
+
 /// A file named like a segment but larger than any segment is refused by name, without reading
 /// it into memory.
 #[test]
