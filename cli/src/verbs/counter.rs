@@ -1,7 +1,9 @@
 //! `basalt counter ...`: increment (bounded or not), reset, read, and move escrow between regions.
 
-use basalt_client::{Client, ReadConsistency};
+use basalt_client::Client;
 use clap::Subcommand;
+
+use super::consistency;
 
 #[derive(Subcommand, Debug)]
 pub enum CounterCommand {
@@ -71,11 +73,7 @@ pub async fn counter(client: &Client, command: CounterCommand) -> Result<(), Str
             println!("{value}");
         }
         CounterCommand::Get { key, stale } => {
-            let consistency = if stale {
-                ReadConsistency::Stale
-            } else {
-                ReadConsistency::Linearizable
-            };
+            let consistency = consistency(stale);
             println!(
                 "{}",
                 client

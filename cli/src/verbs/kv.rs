@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
-use basalt_client::{CasOutcome, Client, PutOptions, ReadConsistency};
+use basalt_client::{CasOutcome, Client, PutOptions};
 use clap::Subcommand;
 
-use super::show_optional;
+use super::{consistency, show_optional};
 use crate::commands::parse_duration;
 
 #[derive(Subcommand, Debug)]
@@ -65,11 +65,7 @@ pub async fn kv(client: &Client, command: KvCommand) -> Result<(), String> {
             println!("OK revision={revision}");
         }
         KvCommand::Get { key, stale } => {
-            let consistency = if stale {
-                ReadConsistency::Stale
-            } else {
-                ReadConsistency::Linearizable
-            };
+            let consistency = consistency(stale);
             match kv.get_with(&key, consistency).await.map_err(|e| e.to_string())? {
                 Some(entry) => {
                     println!("{}", String::from_utf8_lossy(&entry.value));
