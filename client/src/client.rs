@@ -75,7 +75,7 @@ struct Inner {
     place: Option<Arc<RegionPlace>>,
     /// KV writes waiting to leave in a batch.
     coalescer: crate::coalesce::Coalescer,
-    coalesce_budget: crate::batch_queue::QueueBudget,
+    coalesce_budget: basalt_batching::QueueBudget,
 }
 
 /// Every region of a multi-region deployment by name, with the addresses of its nodes.
@@ -193,7 +193,7 @@ impl Client {
                 options,
                 place,
                 coalescer: Default::default(),
-                coalesce_budget: crate::batch_queue::QueueBudget::new(crate::coalesce::QUEUED_BYTES_MAX),
+                coalesce_budget: basalt_batching::QueueBudget::new(crate::coalesce::QUEUED_BYTES_MAX),
             }),
             fence: None,
         })
@@ -378,7 +378,7 @@ impl Client {
         self.inner.options.coalesce_writes && self.fence.is_none()
     }
 
-    pub(crate) fn coalesce_budget(&self) -> &crate::batch_queue::QueueBudget {
+    pub(crate) fn coalesce_budget(&self) -> &basalt_batching::QueueBudget {
         &self.inner.coalesce_budget
     }
 

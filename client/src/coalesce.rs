@@ -9,11 +9,11 @@
 
 use tokio::sync::oneshot;
 
-use crate::batch_queue::{BatchLimits, BatchQueue, Batchable};
 use crate::client::Client;
 use crate::error::{ClientError, ErrorCode};
 use crate::pb;
 use crate::pb::kv_client::KvClient;
+use basalt_batching::{BatchLimits, BatchQueue, Batchable};
 
 /// Most writes and bytes of keys and values in one coalesced batch (the server takes up to 8190
 /// writes and 8 MiB); a single larger write goes alone.

@@ -26,7 +26,6 @@
 #[doc = include_str!("../../README.md")]
 struct ReadmeExamples;
 
-pub mod batch_queue;
 mod client;
 mod coalesce;
 mod counter;

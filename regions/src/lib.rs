@@ -12,6 +12,7 @@
 //! - [`proxy`]: a TCP proxy per directed pair of endpoints that enforces the link state on real
 //!   connections.
 
+pub mod limits;
 pub mod link;
 pub mod partition;
 pub mod proxy;

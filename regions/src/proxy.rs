@@ -24,13 +24,7 @@ use tokio::time::Instant;
 
 use crate::link::{EndpointId, Links};
 
-/// Bytes the proxy reads from a connection at a time (one chunk is delayed and forwarded whole).
-const CHUNK_BYTES: usize = 64 * 1024;
-/// Chunks in flight per direction of one connection before the proxy stops reading (backpressure).
-const CHUNKS_IN_FLIGHT: usize = 64;
-/// How long the proxy's connection to the real endpoint may take; past it the incoming connection
-/// is closed, as a dead link would leave it.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+use crate::limits::{CHUNKS_IN_FLIGHT, CHUNK_BYTES, CONNECT_TIMEOUT};
 
 /// A running proxy; dropping it closes the listener and every connection through it.
 pub struct LinkProxy {

@@ -73,10 +73,7 @@ pub enum TopologyError {
     Invalid(String),
 }
 
-/// Most nodes per region `basalt dev` runs.
-pub const NODES_PER_REGION_MAX: u16 = 9;
-/// Most regions `basalt dev` runs.
-pub const REGIONS_MAX: usize = 9;
+pub use crate::limits::{NODES_PER_REGION_MAX, REGIONS_MAX};
 
 impl Topology {
     pub fn parse(text: &str) -> Result<Topology, TopologyError> {

@@ -64,7 +64,9 @@ impl Record {
     pub fn reply_bytes(&self) -> u64 {
         // With the framing of each header and of the record (tags, lengths, offset, timestamp),
         // so a record of many empty headers is not counted as nothing.
+        // Bytes counted per header beyond its key and value.
         const HEADER_FRAMING_BYTES: usize = 8;
+        // Bytes counted per record beyond its key, value and headers.
         const RECORD_FRAMING_BYTES: usize = 32;
         let headers: usize = self
             .headers

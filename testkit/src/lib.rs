@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use basalt_client::{Client, ClientOptions};
 use local_ports::PortReservation;
 
+pub mod limits;
 pub mod local_ports;
 pub mod regions;
 

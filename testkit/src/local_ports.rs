@@ -17,9 +17,7 @@ use std::path::PathBuf;
 
 /// Where the lock files live (one empty file per port ever reserved, at most `PORT_SPAN`).
 const LOCK_DIR: &str = "basalt-local-ports";
-const PORT_FIRST: u16 = 20_000;
-const PORT_SPAN: u16 = 12_000;
-const ATTEMPTS: usize = 2_000;
+use crate::limits::{PORT_ATTEMPTS_MAX, PORT_FIRST, PORT_SPAN};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PortError {
@@ -27,7 +25,7 @@ pub enum PortError {
     LockDir { dir: PathBuf, source: std::io::Error },
     #[error("port lock {path}: {source}")]
     Lock { path: PathBuf, source: std::io::Error },
-    #[error("no free port in 127.0.0.1:{PORT_FIRST}..{} after {ATTEMPTS} tries", PORT_FIRST + PORT_SPAN)]
+    #[error("no free port in 127.0.0.1:{PORT_FIRST}..{} after {PORT_ATTEMPTS_MAX} tries", PORT_FIRST + PORT_SPAN)]
     Exhausted,
 }
 
@@ -56,7 +54,7 @@ pub fn reserve() -> Result<PortReservation, PortError> {
         dir: dir.clone(),
         source,
     })?;
-    for _ in 0..ATTEMPTS {
+    for _ in 0..PORT_ATTEMPTS_MAX {
         let port = PORT_FIRST + rand::random::<u16>() % PORT_SPAN;
         let path = dir.join(port.to_string());
         let file = OpenOptions::new()

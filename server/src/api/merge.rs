@@ -12,7 +12,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use basalt_client::batch_queue::{BatchLimits, BatchQueue, Batchable, QueueBudget};
+use basalt_batching::{BatchLimits, BatchQueue, Batchable, QueueBudget};
 use basalt_storage::command::{Command, KvPart, Op, Response};
 use tokio::sync::oneshot;
 use tonic::Status;

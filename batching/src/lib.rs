@@ -1,6 +1,9 @@
 //! The queue behind write batching, shared by the SDK (which coalesces a client's concurrent KV
 //! writes into one `Kv.Batch`) and the server (whose leader merges concurrent requests into one
-//! log entry).
+//! log entry). Its own crate, so that neither links the other for it.
+//!
+//! Owns: batching order and bounds, and the byte budget of what waits. May not touch: the
+//! network, Raft, or what an item means beyond its keys and size.
 //!
 //! Items wait while a bounded number of senders is busy; each sender takes everything queued,
 //! in order and within limits, as its next batch. A [`QueueBudget`] bounds the bytes waiting or
