@@ -1,8 +1,11 @@
-//! The server's limits that cross a crate boundary, and how they relate, asserted at compile time:
-//! every answer a client service gives fits under `basalt_client::limits::RESPONSE_BYTES_MAX`
-//! (the SDK and the storage crate do not depend on each other, so it is checked here), and a feed
-//! batch fits the region-to-region message cap. Limits of one API file or task live beside the
-//! code that enforces them; `docs/limits.md` lists every one.
+//! Every limit of the server, and how they relate, asserted at compile time: every answer a client
+//! service gives fits under `basalt_client::limits::RESPONSE_BYTES_MAX` (the SDK and the storage
+//! crate do not depend on each other, so it is checked here), a feed batch fits the
+//! region-to-region message cap, a watch message fits what the SDK decodes, and merged remote
+//! batches fit one log entry. Each group below names the file that enforces it; `docs/limits.md`
+//! lists every limit of every crate.
+
+use std::time::Duration;
 
 use basalt_client::limits as sdk;
 use basalt_storage::limits as server;
@@ -44,3 +47,131 @@ pub const FEED_BATCH_BYTES_MAX: u64 = 4 * 1024 * 1024;
 const _: () = assert!(
     FEED_BATCH_BYTES_MAX as usize + 2 * server::RECORD_BYTES_MAX as usize + (1 << 20) <= FEED_MESSAGE_BYTES_MAX
 );
+
+// KV watch (`api/kv.rs`).
+
+/// History rows one watch step reads: one row per revision (several for a revision written
+/// before rows held whole revisions).
+pub(crate) const WATCH_PAGE_ROWS: usize = 256;
+/// Key and value bytes after which a watch answer goes out at the next revision boundary: an
+/// answer holds whole revisions, so it is at most this plus one revision (one log entry, under
+/// `ENTRY_COMMAND_BYTES_MAX`), within what the SDK decodes.
+pub(crate) const WATCH_RESPONSE_BYTES_MAX: usize = 16 * 1024 * 1024;
+const _: () = assert!(
+    WATCH_RESPONSE_BYTES_MAX + basalt_storage::limits::ENTRY_COMMAND_BYTES_MAX + 1024 * 1024
+        <= basalt_client::limits::RESPONSE_BYTES_MAX
+);
+/// Watch responses buffered per watcher before it waits for the client to read.
+pub(crate) const WATCH_BUFFER_MESSAGES: usize = 64;
+/// How often an idle watch checks that its client is still there.
+pub(crate) const WATCH_IDLE_CHECK: Duration = Duration::from_secs(1);
+
+// Leader-side merging of KV writes (`api/merge.rs`).
+
+/// Most bytes of requests waiting to be merged or in merged proposals on their way; a request
+/// over it waits for room (its RPC takes longer) instead of growing the queue.
+pub(crate) const MERGE_QUEUED_BYTES_MAX: usize = 128 * 1024 * 1024;
+
+// Long polls (`api/mod.rs`).
+
+/// Longest a single long-poll (receive, fetch) may wait.
+pub(crate) const WAIT_MAX: Duration = Duration::from_secs(60);
+/// How often a long-poll looks again without an applied batch: some things become ready with time
+/// alone (a delayed message turning visible).
+pub(crate) const WAIT_POLL: Duration = Duration::from_millis(50);
+
+// Lease acquire waits (`api/lease.rs`).
+
+/// Longest a single acquire may wait; longer waits are a loop in the caller.
+pub(crate) const LEASE_WAIT_MAX: Duration = Duration::from_secs(60);
+/// How often a waiting acquire looks at the lease between expiries it cannot foresee (releases).
+pub(crate) const LEASE_WAIT_POLL: Duration = Duration::from_millis(20);
+
+// Streams (`api/stream.rs`).
+
+/// Records a fetch asked with `max_records` 0 answers, at most.
+pub(crate) const FETCH_RECORDS_DEFAULT: u32 = 1000;
+/// Bytes a fetch asked with `max_bytes` 0 answers, at most (the first record always).
+pub(crate) const FETCH_BYTES_DEFAULT: u64 = 4 * 1024 * 1024;
+const _: () = assert!(FETCH_BYTES_DEFAULT <= server::FETCH_REPLY_BYTES_MAX);
+/// A consumer group member's session timeout when it asks for none: silent this long, it is
+/// removed from the group and its partitions reassigned.
+pub(crate) const SESSION_TIMEOUT_DEFAULT_MS: u64 = 10_000;
+
+// Pub/sub (`api/pubsub.rs`).
+
+/// Messages buffered per subscriber; a subscriber that falls this far behind is disconnected
+/// (Redis's client-output-buffer-limit for pub/sub does the same).
+pub(crate) const SUBSCRIBER_BUFFER_MESSAGES: usize = 4096;
+/// How long a relay to a peer may take before its subscribers count as not reached.
+pub(crate) const RELAY_TIMEOUT: Duration = Duration::from_secs(1);
+/// Most channels plus patterns in one subscription.
+pub(crate) const SUBSCRIPTIONS_MAX: usize = 1000;
+
+// The leader's sweeper (`server.rs`).
+
+/// How many clients one session sweep entry visits.
+pub(crate) const SESSION_SWEEP_CLIENTS_MAX: u32 = 1000;
+/// Seconds between session sweep steps.
+pub(crate) const SESSION_SWEEP_EVERY_S: u64 = 10;
+/// History changes one compaction entry removes at most.
+pub(crate) const COMPACT_CHANGES_MAX: u32 = 4 * basalt_storage::apply::SWEEP_ITEMS_MAX;
+/// Most history compaction steps proposed per sweeper tick: up to 64,000 changes a second.
+pub(crate) const COMPACT_STEPS_PER_TICK_MAX: usize = 16;
+
+// The feed shipper (to other regions) (`replication/shipper.rs`).
+
+/// Batches sent and not yet answered, at most.
+pub(crate) const FEED_WINDOW_BATCHES: usize = 32;
+/// Feed entries read per batch, at most; batches are also cut at [`FEED_BATCH_BYTES_MAX`].
+pub(crate) const FEED_BATCH_ENTRIES_MAX: usize = 512;
+/// With batches unanswered this long, the link is considered broken and the stream reopened.
+pub(crate) const FEED_ACK_TIMEOUT: Duration = Duration::from_secs(3);
+/// An idle stream sends an empty batch this often, to learn the remote watermark and notice a
+/// broken link.
+pub(crate) const FEED_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+/// How long opening a connection to another region may take before the shipper tries its next
+/// node.
+pub(crate) const FEED_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// The longest pause between attempts to reach another region.
+pub(crate) const FEED_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// How long the shipper waits before trying again a region that refused its topology: an
+/// operator has to act (`basalt regions add` there, or rebuild a region founded with another
+/// region list: see docs/regions.md).
+pub(crate) const FEED_DISAGREE_BACKOFF: Duration = Duration::from_secs(5);
+/// How far the last applied stamp may fall behind this node's clock before the leader proposes
+/// an `Op::ClockTick`.
+pub(crate) const FEED_CLOCK_TICK_AFTER: Duration = Duration::from_secs(1);
+/// Feed entries removed per trim step.
+pub(crate) const FEED_TRIM_ENTRIES_MAX: u32 = 10_000;
+/// How long a new leader waits to hear each region's watermark before trimming without it.
+pub(crate) const FEED_LEARN_ACKS: Duration = Duration::from_secs(30);
+
+// Cross-region replication (`replication/mod.rs`).
+
+/// Replication-lag samples kept for the percentiles `/metrics` reports; the oldest is dropped.
+pub(crate) const LAG_SAMPLES: usize = 20_000;
+/// How often the supervisor compares the running shippers with the topology.
+pub(crate) const SUPERVISE_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+
+// Homed data forwarding (`replication/home.rs`).
+
+/// How long forwarding may take in all, for requests that do not wait; a long-poll (receive,
+/// acquire with wait) gets its own wait on top. Shorter than the SDK's attempt timeout (3 s), so
+/// the caller gets `REGION_UNAVAILABLE` rather than a timeout of its own.
+pub(crate) const HOME_FORWARD_BUDGET: Duration = Duration::from_secs(2);
+/// Kept back from the caller's own deadline (`grpc-timeout`), so the answer reaches it in time.
+pub(crate) const HOME_DEADLINE_MARGIN: Duration = Duration::from_millis(300);
+
+// The feed receiver (from other regions) (`replication/receiver.rs`).
+
+/// Entries merged in one proposal at most, when several batches wait: coalescing keeps a busy
+/// link from being limited to one Raft commit per batch.
+pub(crate) const COALESCE_ENTRIES_MAX: usize = 4096;
+/// Bytes of encoded batches merged in one proposal at most: well inside one log entry
+/// (`ENTRY_COMMAND_BYTES_MAX`); a batch that would take a proposal past it waits for the next.
+pub(crate) const COALESCE_BYTES_MAX: usize = basalt_storage::limits::ENTRY_COMMAND_BYTES_MAX / 2;
+// Checked in every build, not only under test: a merged proposal stays inside one log entry.
+const _: () = assert!(COALESCE_BYTES_MAX * 2 <= basalt_storage::limits::ENTRY_COMMAND_BYTES_MAX);
+/// How far (5 s of HLC time) an idle source's frontier must move before a heartbeat records it.
+pub(crate) const FRONTIER_STEP: u64 = 5_000 << 16;

@@ -28,6 +28,9 @@ use openraft::{BasicNode, SnapshotPolicy};
 
 use crate::api::{Api, ApiCounters};
 use crate::config::{ConfigError, NodeConfig};
+use crate::limits::{
+    COMPACT_CHANGES_MAX, COMPACT_STEPS_PER_TICK_MAX, SESSION_SWEEP_CLIENTS_MAX, SESSION_SWEEP_EVERY_S,
+};
 use crate::replication::{FeedReceiver, Homed, Replication};
 
 #[derive(Debug, thiserror::Error)]
@@ -326,16 +329,6 @@ fn check_region_flags(
         }
     }
 }
-
-/// How many clients one session sweep entry visits.
-const SESSION_SWEEP_CLIENTS_MAX: u32 = 1000;
-/// Seconds between session sweep steps.
-const SESSION_SWEEP_EVERY_S: u64 = 10;
-
-/// History changes one compaction entry removes at most.
-const COMPACT_CHANGES_MAX: u32 = 4 * basalt_storage::apply::SWEEP_ITEMS_MAX;
-/// Most history compaction steps proposed per sweeper tick: up to 64,000 changes a second.
-const COMPACT_STEPS_PER_TICK_MAX: usize = 16;
 
 /// While leader: every second, proposes a sweep for each expiry index with something due (KV
 /// TTLs, rate-limit keys back to full, timed-out pending transfers, dedup ids, group members,

@@ -1,7 +1,5 @@
 //! The KV service.
 
-use std::time::Duration;
-
 use basalt_client::pb;
 use basalt_client::pb::kv_server::Kv;
 use basalt_client::{ErrorCode, OLDEST_REVISION_KEY};
@@ -16,22 +14,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response as GrpcResponse, Status};
 
 use super::{expect_of, op_error_code, op_error_status, status, storage_status, unexpected_result, Api};
-
-/// History rows one watch step reads: one row per revision (several for a revision written
-/// before rows held whole revisions).
-const WATCH_PAGE_ROWS: usize = 256;
-/// Key and value bytes after which a watch answer goes out at the next revision boundary: an
-/// answer holds whole revisions, so it is at most this plus one revision (one log entry, under
-/// `ENTRY_COMMAND_BYTES_MAX`), within what the SDK decodes.
-const WATCH_RESPONSE_BYTES_MAX: usize = 16 * 1024 * 1024;
-const _: () = assert!(
-    WATCH_RESPONSE_BYTES_MAX + basalt_storage::limits::ENTRY_COMMAND_BYTES_MAX + 1024 * 1024
-        <= basalt_client::limits::RESPONSE_BYTES_MAX
-);
-/// Watch responses buffered per watcher before it waits for the client to read.
-const WATCH_BUFFER_MESSAGES: usize = 64;
-/// How often an idle watch checks that its client is still there.
-const WATCH_IDLE_CHECK: Duration = Duration::from_secs(1);
+use crate::limits::{WATCH_BUFFER_MESSAGES, WATCH_IDLE_CHECK, WATCH_PAGE_ROWS, WATCH_RESPONSE_BYTES_MAX};
 
 fn compacted(requested: u64, oldest: u64) -> Status {
     let mut s = status(

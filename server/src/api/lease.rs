@@ -10,11 +10,7 @@ use tokio::time::Instant;
 use tonic::{Request, Response as GrpcResponse, Status};
 
 use super::{storage_status, unexpected_result, Api};
-
-/// Longest a single acquire may wait; longer waits are a loop in the caller.
-const WAIT_MAX: Duration = Duration::from_secs(60);
-/// How often a waiting acquire looks at the lease between expiries it cannot foresee (releases).
-const WAIT_POLL: Duration = Duration::from_millis(20);
+use crate::limits::{LEASE_WAIT_MAX, LEASE_WAIT_POLL};
 
 fn lease_response(outcome: LeaseOutcome) -> Result<pb::LeaseResponse, Status> {
     match outcome {
@@ -48,7 +44,7 @@ impl Lease for Api {
         request: Request<pb::LeaseAcquireRequest>,
     ) -> Result<GrpcResponse<pb::LeaseResponse>, Status> {
         let r = request.into_inner();
-        let deadline = Instant::now() + Duration::from_millis(r.wait_ms).min(WAIT_MAX);
+        let deadline = Instant::now() + Duration::from_millis(r.wait_ms).min(LEASE_WAIT_MAX);
         let op = Op::LeaseAcquire {
             name: r.name.clone(),
             holder: r.holder.clone(),
@@ -70,7 +66,7 @@ impl Lease for Api {
             loop {
                 let now_ms = self.clock.now().physical_ms();
                 let until_expiry = Duration::from_millis(held_until.saturating_sub(now_ms));
-                tokio::time::sleep(until_expiry.min(WAIT_POLL)).await;
+                tokio::time::sleep(until_expiry.min(LEASE_WAIT_POLL)).await;
                 let still_held = self
                     .local_lease(&r.name)?
                     .is_some_and(|l| l.is_live_at(self.clock.now().physical_ms()) && l.holder != r.holder);

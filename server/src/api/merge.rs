@@ -18,6 +18,7 @@ use tokio::sync::oneshot;
 use tonic::Status;
 
 use super::{status, write_error_status, Api};
+use crate::limits::MERGE_QUEUED_BYTES_MAX;
 use basalt_client::ErrorCode;
 
 /// Most writes and bytes of keys and values merged into one entry. A request over them (a large
@@ -26,10 +27,6 @@ const LIMITS: BatchLimits = BatchLimits {
     writes_max: 2048,
     bytes_max: 2 * 1024 * 1024,
 };
-
-/// Most bytes of requests waiting to be merged or in merged proposals on their way; a request
-/// over it waits for room (its RPC takes longer) instead of growing the queue.
-const QUEUED_BYTES_MAX: usize = 128 * 1024 * 1024;
 
 struct Pending {
     part: KvPart,
@@ -63,7 +60,7 @@ impl Merger {
     pub fn new(in_flight_max: usize) -> Merger {
         Merger {
             queue: BatchQueue::default(),
-            budget: QueueBudget::new(QUEUED_BYTES_MAX),
+            budget: QueueBudget::new(MERGE_QUEUED_BYTES_MAX),
             in_flight_max,
             merged_entries: AtomicU64::new(0),
             merged_requests: AtomicU64::new(0),

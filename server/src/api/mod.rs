@@ -21,6 +21,7 @@ mod stream;
 pub use merge::Merger;
 pub use pubsub::Broker;
 
+use crate::limits::{WAIT_MAX, WAIT_POLL};
 use basalt_client::pb;
 use basalt_client::{ErrorCode, ERROR_CODE_KEY, LEADER_KEY};
 use basalt_raft::{Raft, TypeConfig};
@@ -60,12 +61,6 @@ pub struct Api {
     /// Held while a read's expiry tick ([`Api::settle_expiry`]) is on its way.
     pub expiry_tick: Arc<tokio::sync::Mutex<()>>,
 }
-
-/// Longest a single long-poll (receive, fetch) may wait.
-pub(crate) const WAIT_MAX: Duration = Duration::from_secs(60);
-/// How often a long-poll looks again without an applied batch: some things become ready with time
-/// alone (a delayed message turning visible).
-const WAIT_POLL: Duration = Duration::from_millis(50);
 
 /// A copy of the node's current Raft metrics.
 pub fn metrics_now(raft: &Raft) -> openraft::RaftMetrics<TypeConfig> {

@@ -6,7 +6,6 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
 
 use basalt_client::pb;
 use basalt_client::pb::pub_sub_client::PubSubClient;
@@ -20,14 +19,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response as GrpcResponse, Status};
 
 use super::{metrics_now, op_error_status, status, Api};
-
-/// Messages buffered per subscriber; a subscriber that falls this far behind is disconnected
-/// (Redis's client-output-buffer-limit for pub/sub does the same).
-const SUBSCRIBER_BUFFER_MESSAGES: usize = 4096;
-/// How long a relay to a peer may take before its subscribers count as not reached.
-const RELAY_TIMEOUT: Duration = Duration::from_secs(1);
-/// Most channels plus patterns in one subscription.
-const SUBSCRIPTIONS_MAX: usize = 1000;
+use crate::limits::{RELAY_TIMEOUT, SUBSCRIBER_BUFFER_MESSAGES, SUBSCRIPTIONS_MAX};
 
 type Outbox = mpsc::Sender<Result<pb::PubSubMessage, Status>>;
 

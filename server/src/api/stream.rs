@@ -14,15 +14,7 @@ use basalt_storage::stream::{Assignor, GroupView, ProduceRecord, TopicConfig};
 use tonic::{Request, Response as GrpcResponse, Status};
 
 use super::{op_error_status, status, storage_status, unexpected_result, Api};
-
-/// Records a fetch asked with `max_records` 0 answers, at most.
-const FETCH_RECORDS_DEFAULT: u32 = 1000;
-/// Bytes a fetch asked with `max_bytes` 0 answers, at most (the first record always).
-const FETCH_BYTES_DEFAULT: u64 = 4 * 1024 * 1024;
-const _: () = assert!(FETCH_BYTES_DEFAULT <= FETCH_REPLY_BYTES_MAX);
-/// A consumer group member's session timeout when it asks for none: silent this long, it is
-/// removed from the group and its partitions reassigned.
-const SESSION_TIMEOUT_DEFAULT_MS: u64 = 10_000;
+use crate::limits::{FETCH_BYTES_DEFAULT, FETCH_RECORDS_DEFAULT, SESSION_TIMEOUT_DEFAULT_MS};
 
 fn group_response(view: GroupView) -> pb::GroupResponse {
     pb::GroupResponse {

@@ -27,13 +27,7 @@ use basalt_storage::apply::replication::homed_copy_complete;
 
 use crate::api::{status, Api};
 use crate::config::RemoteRegion;
-
-/// How long forwarding may take in all, for requests that do not wait; a long-poll (receive,
-/// acquire with wait) gets its own wait on top. Shorter than the SDK's attempt timeout (3 s), so
-/// the caller gets `REGION_UNAVAILABLE` rather than a timeout of its own.
-const FORWARD_BUDGET: Duration = Duration::from_secs(2);
-/// Kept back from the caller's own deadline (`grpc-timeout`), so the answer reaches it in time.
-const DEADLINE_MARGIN: Duration = Duration::from_millis(300);
+use crate::limits::{HOME_DEADLINE_MARGIN, HOME_FORWARD_BUDGET};
 
 /// The caller's deadline from its `grpc-timeout` header (`<digits><unit>`, unit one of H M S m u n).
 fn caller_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
@@ -83,7 +77,7 @@ impl HomeRoute {
     }
 
     /// Sends `message` to the home region's leader (trying each node; a follower answers
-    /// `NOT_LEADER`), within `wait` + [`FORWARD_BUDGET`] in all, and within the caller's deadline.
+    /// `NOT_LEADER`), within `wait` + [`HOME_FORWARD_BUDGET`] in all, and within the caller's deadline.
     async fn call<M, R, F, Fut>(
         &self,
         caller: Option<Duration>,
@@ -97,9 +91,9 @@ impl HomeRoute {
         F: Fn(Channel, Request<M>) -> Fut,
         Fut: Future<Output = Result<Response<R>, Status>>,
     {
-        let mut budget = wait + FORWARD_BUDGET;
+        let mut budget = wait + HOME_FORWARD_BUDGET;
         if let Some(caller) = caller {
-            budget = budget.min(caller.saturating_sub(DEADLINE_MARGIN));
+            budget = budget.min(caller.saturating_sub(HOME_DEADLINE_MARGIN));
         }
         let deadline = tokio::time::Instant::now() + budget;
         let mut failures = Vec::new();

@@ -24,6 +24,7 @@ use basalt_storage::apply::topology::{load_topology, RegionTopology};
 
 use crate::api::Api;
 use crate::config::{RegionConfig, RemoteRegion};
+use crate::limits::{LAG_SAMPLES, SUPERVISE_EVERY};
 
 /// The feed stream's opening header: the source region's id, home and escrow shares
 /// (`topology::agreement_summary`), which the receiver checks before merging anything.
@@ -51,9 +52,6 @@ pub struct OutgoingLink {
 pub struct IncomingLag {
     samples: VecDeque<u64>,
 }
-
-/// Replication-lag samples kept for the percentiles `/metrics` reports; the oldest is dropped.
-const LAG_SAMPLES: usize = 20_000;
 
 impl IncomingLag {
     fn record(&mut self, lag_ms: u64) {
@@ -215,9 +213,6 @@ fn remote_regions(topology: &RegionTopology) -> impl Iterator<Item = RemoteRegio
         .into_iter()
         .filter_map(|id| remote_region(topology, id))
 }
-
-/// How often the supervisor compares the running shippers with the topology.
-const SUPERVISE_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Keeps one shipper running per remote region of the replicated topology, with the endpoints
 /// the topology names: starts one for a region added, stops the one of a region removed, and

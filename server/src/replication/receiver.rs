@@ -23,18 +23,7 @@ use tonic::{Request, Response as GrpcResponse, Status, Streaming};
 
 use super::Replication;
 use crate::api::Api;
-
-/// Entries merged in one proposal at most, when several batches wait: coalescing keeps a busy
-/// link from being limited to one Raft commit per batch.
-const COALESCE_ENTRIES_MAX: usize = 4096;
-/// Bytes of encoded batches merged in one proposal at most: well inside one log entry
-/// (`ENTRY_COMMAND_BYTES_MAX`); a batch that would take a proposal past it waits for the next.
-const COALESCE_BYTES_MAX: usize = basalt_storage::limits::ENTRY_COMMAND_BYTES_MAX / 2;
-// Checked in every build, not only under test: a merged proposal stays inside one log entry.
-const _: () = assert!(COALESCE_BYTES_MAX * 2 <= basalt_storage::limits::ENTRY_COMMAND_BYTES_MAX);
-
-/// How far (5 s of HLC time) an idle source's frontier must move before a heartbeat records it.
-const FRONTIER_STEP: u64 = 5_000 << 16;
+use crate::limits::{COALESCE_BYTES_MAX, COALESCE_ENTRIES_MAX, FRONTIER_STEP};
 
 #[derive(Clone)]
 pub struct FeedReceiver {

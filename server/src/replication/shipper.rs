@@ -1,7 +1,7 @@
 //! Ships this region's change feed to one remote region, and trims what every region has.
 //!
 //! One bidirectional gRPC stream per remote region, opened by this region's leader: batches go
-//! out in feed order without waiting for each answer (up to [`WINDOW_BATCHES`] unanswered), and the
+//! out in feed order without waiting for each answer (up to [`FEED_WINDOW_BATCHES`] unanswered), and the
 //! remote leader answers each with its watermark once the batch is committed there. A new stream
 //! starts with an empty batch whose answer is the remote watermark, so shipping resumes exactly
 //! where the remote region is, after a leader change on either side or a broken link: nothing is
@@ -29,21 +29,10 @@ use super::Replication;
 use crate::api::Api;
 use crate::config::RemoteRegion;
 use crate::limits::FEED_BATCH_BYTES_MAX;
-
-/// Batches sent and not yet answered, at most.
-const WINDOW_BATCHES: usize = 32;
-/// Feed entries read per batch, at most; batches are also cut at [`FEED_BATCH_BYTES_MAX`].
-const BATCH_ENTRIES_MAX: usize = 512;
-/// With batches unanswered this long, the link is considered broken and the stream reopened.
-const ACK_TIMEOUT: Duration = Duration::from_secs(3);
-/// An idle stream sends an empty batch this often, to learn the remote watermark and notice a
-/// broken link.
-const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
-/// How long opening a connection to another region may take before the shipper tries its next
-/// node.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// The longest pause between attempts to reach another region.
-const BACKOFF_MAX: Duration = Duration::from_secs(1);
+use crate::limits::{
+    FEED_ACK_TIMEOUT, FEED_BACKOFF_MAX, FEED_BATCH_ENTRIES_MAX, FEED_CLOCK_TICK_AFTER, FEED_CONNECT_TIMEOUT,
+    FEED_DISAGREE_BACKOFF, FEED_HEARTBEAT_INTERVAL, FEED_LEARN_ACKS, FEED_TRIM_ENTRIES_MAX, FEED_WINDOW_BATCHES,
+};
 
 #[derive(Debug, thiserror::Error)]
 enum ShipError {
@@ -64,15 +53,10 @@ enum ShipError {
     #[error("{endpoint} refused the stream: {reason}")]
     Disagrees { endpoint: String, reason: String },
     /// The remote node runs a build of another data format: retried (on the region's next node)
-    /// only after [`DISAGREE_BACKOFF`].
+    /// only after [`FEED_DISAGREE_BACKOFF`].
     #[error("{endpoint} cannot take the stream: {reason}")]
     Incompatible { endpoint: String, reason: String },
 }
-
-/// How long the shipper waits before trying again a region that refused its topology: an
-/// operator has to act (`basalt regions add` there, or rebuild a region founded with another
-/// region list: see docs/regions.md).
-const DISAGREE_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Ships to `remote` whenever this node leads its region, until `stop`.
 pub(super) async fn run(
@@ -121,7 +105,7 @@ pub(super) async fn run(
                         l.connected = false;
                         l.alarm = alarm.clone();
                     });
-                    tokio::time::sleep(DISAGREE_BACKOFF).await;
+                    tokio::time::sleep(FEED_DISAGREE_BACKOFF).await;
                     continue;
                 }
                 repl.update_outgoing(remote.id, |l| {
@@ -132,7 +116,7 @@ pub(super) async fn run(
                     }
                 });
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+                backoff = (backoff * 2).min(FEED_BACKOFF_MAX);
             }
         }
     }
@@ -156,7 +140,7 @@ async fn session(
     };
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{endpoint}"))
         .map_err(|e| connect_error(e.to_string()))?
-        .connect_timeout(CONNECT_TIMEOUT)
+        .connect_timeout(FEED_CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         .connect()
         .await
@@ -165,7 +149,7 @@ async fn session(
         .max_decoding_message_size(crate::limits::FEED_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(crate::limits::FEED_MESSAGE_BYTES_MAX);
     let source = repl.this_region();
-    let (tx, rx) = mpsc::channel::<FeedBatch>(WINDOW_BATCHES + 1);
+    let (tx, rx) = mpsc::channel::<FeedBatch>(FEED_WINDOW_BATCHES + 1);
     // The opening heartbeat carries no frontier: what the remote region has is not known yet.
     let _ = tx.send(batch_message(&ShipBatch::heartbeat(source, 0))).await;
     let mut request = tonic::Request::new(ReceiverStream::new(rx));
@@ -183,11 +167,11 @@ async fn session(
             Err(e) => tracing::error!(error = %e, summary, "topology summary is not a header value"),
         }
     }
-    let mut acks = tokio::time::timeout(ACK_TIMEOUT, client.ship(request))
+    let mut acks = tokio::time::timeout(FEED_ACK_TIMEOUT, client.ship(request))
         .await
         .map_err(|_| ShipError::Silent {
             endpoint: endpoint.to_string(),
-            waited: ACK_TIMEOUT,
+            waited: FEED_ACK_TIMEOUT,
         })?
         .map_err(|status| {
             let code = status
@@ -212,7 +196,7 @@ async fn session(
             }
         })?
         .into_inner();
-    let first = next_ack(&mut acks, endpoint, ACK_TIMEOUT).await?;
+    let first = next_ack(&mut acks, endpoint, FEED_ACK_TIMEOUT).await?;
     let mut acked = first.applied_upto;
     let mut sent = acked;
     let mut unanswered = 0usize;
@@ -249,11 +233,17 @@ async fn session(
             // one starts now, or the link would be taken as silent and the re-sync begun again.
             last_answer = Instant::now();
         }
-        if unanswered < WINDOW_BATCHES {
+        if unanswered < FEED_WINDOW_BATCHES {
             // `None`: the feed was trimmed past what was sent; the re-sync above follows once every
             // batch in flight is answered.
-            let batch = next_batch(&api.store.view(), source, sent, BATCH_ENTRIES_MAX, FEED_BATCH_BYTES_MAX)?
-                .unwrap_or_else(|| ShipBatch::heartbeat(source, 0));
+            let batch = next_batch(
+                &api.store.view(),
+                source,
+                sent,
+                FEED_BATCH_ENTRIES_MAX,
+                FEED_BATCH_BYTES_MAX,
+            )?
+            .unwrap_or_else(|| ShipBatch::heartbeat(source, 0));
             if !batch.entries.is_empty() {
                 let last = batch.upto;
                 if tx.send(batch_message(&batch)).await.is_err() {
@@ -268,7 +258,7 @@ async fn session(
                 repl.update_outgoing(remote.id, |l| l.shipped_upto = sent);
                 continue;
             }
-            if last_sent.elapsed() >= HEARTBEAT_INTERVAL && unanswered == 0 {
+            if last_sent.elapsed() >= FEED_HEARTBEAT_INTERVAL && unanswered == 0 {
                 // Merged after every batch sent before it: its frontier may count on them.
                 let _ = tx
                     .send(batch_message(&heartbeat_after(&api.store.view(), source, sent)?))
@@ -277,7 +267,7 @@ async fn session(
                 last_sent = Instant::now();
             }
         }
-        if unanswered > 0 && last_answer.elapsed() >= ACK_TIMEOUT {
+        if unanswered > 0 && last_answer.elapsed() >= FEED_ACK_TIMEOUT {
             return Err(ShipError::Silent {
                 endpoint: endpoint.to_string(),
                 waited: last_answer.elapsed(),
@@ -355,7 +345,7 @@ async fn resync(
     let sent = tokio::task::spawn_blocking(move || -> Result<Option<(u64, usize)>, StoreError> {
         let limits = ResyncChunkLimits {
             bytes: FEED_BATCH_BYTES_MAX,
-            effects: BATCH_ENTRIES_MAX * 8,
+            effects: FEED_BATCH_ENTRIES_MAX * 8,
         };
         // The role read in the same view as the state it ships (whether homed rows go too).
         let view = store.view();
@@ -375,11 +365,7 @@ async fn resync(
     })
 }
 
-/// How far the last applied stamp may fall behind this node's clock before the leader proposes
-/// an [`Op::ClockTick`].
-const CLOCK_TICK_AFTER: Duration = Duration::from_secs(1);
-
-/// Proposes a clock tick when nothing was applied for [`CLOCK_TICK_AFTER`]: the frontier shipped
+/// Proposes a clock tick when nothing was applied for [`FEED_CLOCK_TICK_AFTER`]: the frontier shipped
 /// to other regions is the last applied stamp, so an idle region would otherwise hold every other
 /// region's tombstones forever.
 async fn tick_clock_when_idle(api: &Api) {
@@ -390,7 +376,7 @@ async fn tick_clock_when_idle(api: &Api) {
             return;
         }
     };
-    if api.clock.wall_ms().saturating_sub(last.physical_ms()) < CLOCK_TICK_AFTER.as_millis() as u64 {
+    if api.clock.wall_ms().saturating_sub(last.physical_ms()) < FEED_CLOCK_TICK_AFTER.as_millis() as u64 {
         return;
     }
     let command = Command {
@@ -443,10 +429,6 @@ fn trim_plan(applied: u64, retain: u64, acked: &[(RegionId, Option<u64>)], learn
 /// the retention bound, forgets them anyway (those regions get a full re-sync), so a region that
 /// is down or partitioned never makes this one hold its feed forever.
 pub(super) async fn trimmer(repl: std::sync::Arc<Replication>, api: Api, stop: tokio::sync::watch::Receiver<bool>) {
-    /// Feed entries removed per trim step.
-    const TRIM_ENTRIES_MAX: u32 = 10_000;
-    /// How long a new leader waits to hear each region's watermark before trimming without it.
-    const LEARN_ACKS: Duration = Duration::from_secs(30);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while !*stop.borrow() {
@@ -470,7 +452,7 @@ pub(super) async fn trimmer(repl: std::sync::Arc<Replication>, api: Api, stop: t
             .into_iter()
             .map(|id| (id, outgoing.get(&id).and_then(|l| l.acked_upto)))
             .collect();
-        let Some(plan) = trim_plan(applied, retain, &acked, leader_since.elapsed() < LEARN_ACKS) else {
+        let Some(plan) = trim_plan(applied, retain, &acked, leader_since.elapsed() < FEED_LEARN_ACKS) else {
             continue;
         };
         for id in &plan.behind {
@@ -494,7 +476,7 @@ pub(super) async fn trimmer(repl: std::sync::Arc<Replication>, api: Api, stop: t
                 fence: None,
                 op: Op::ReplTrim {
                     upto: target,
-                    limit: TRIM_ENTRIES_MAX,
+                    limit: FEED_TRIM_ENTRIES_MAX,
                 },
             };
             if let Err(e) = api.raft.client_write(command).await {
