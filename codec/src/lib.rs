@@ -62,6 +62,30 @@ pub fn check_format(found: u32) -> Result<(), FormatMismatch> {
     }
 }
 
+/// The data format in gRPC metadata: one way for every transport (Raft requests, feed streams and
+/// their refusals) to name it and to check a peer's.
+#[cfg(feature = "grpc")]
+pub mod grpc {
+    use tonic::metadata::{MetadataMap, MetadataValue};
+
+    use super::{check_peer_format, FormatMismatch, DATA_FORMAT, DATA_FORMAT_HEADER};
+
+    /// Names this build's data format in `metadata`.
+    pub fn name_format(metadata: &mut MetadataMap) {
+        metadata.insert(DATA_FORMAT_HEADER, MetadataValue::from(DATA_FORMAT));
+    }
+
+    /// Whether `metadata` names a data format at all (this build's or another).
+    pub fn names_a_format(metadata: &MetadataMap) -> bool {
+        metadata.get(DATA_FORMAT_HEADER).is_some()
+    }
+
+    /// Checks the format a peer names in `metadata` against this build's (none named: format 1).
+    pub fn check_named_format(metadata: &MetadataMap) -> Result<(), FormatMismatch> {
+        check_peer_format(metadata.get(DATA_FORMAT_HEADER).map(|v| v.to_str().unwrap_or("")))
+    }
+}
+
 /// A value that does not decode: damage, or bytes of another data format.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {

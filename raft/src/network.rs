@@ -318,10 +318,7 @@ const SENDER_WALL_MS_HEADER: &str = "basalt-sender-wall-ms";
 /// Names this build's data format on a request: a peer of another format refuses it whole
 /// instead of misreading its payload.
 fn with_data_format<T>(mut request: Request<T>) -> Request<T> {
-    request.metadata_mut().insert(
-        basalt_codec::DATA_FORMAT_HEADER,
-        tonic::metadata::MetadataValue::from(basalt_codec::DATA_FORMAT),
-    );
+    basalt_codec::grpc::name_format(request.metadata_mut());
     request
 }
 
@@ -331,11 +328,7 @@ static REFUSED_FORMAT_MESSAGES: AtomicU64 = AtomicU64::new(0);
 /// Refuses a request from a peer that sends another data format than this build reads (a node of
 /// another Basalt build in the region): FAILED_PRECONDITION, named, before any payload is decoded.
 fn check_data_format<T>(request: &Request<T>) -> Result<(), Status> {
-    let header = request
-        .metadata()
-        .get(basalt_codec::DATA_FORMAT_HEADER)
-        .map(|v| v.to_str().unwrap_or(""));
-    basalt_codec::check_peer_format(header).map_err(|mismatch| {
+    basalt_codec::grpc::check_named_format(request.metadata()).map_err(|mismatch| {
         // One line at the first refusal and then ever more rarely: the peer retries for as long
         // as it runs (a stream reopen every 100 ms at most, and votes).
         let refused = REFUSED_FORMAT_MESSAGES.fetch_add(1, Ordering::Relaxed) + 1;

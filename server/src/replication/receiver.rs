@@ -160,11 +160,7 @@ impl RegionFeed for FeedReceiver {
             ));
         };
         // A region of another data format would ship batches this build misreads.
-        let format = request
-            .metadata()
-            .get(basalt_codec::DATA_FORMAT_HEADER)
-            .map(|v| v.to_str().unwrap_or(""));
-        if let Err(mismatch) = basalt_codec::check_peer_format(format) {
+        if let Err(mismatch) = basalt_codec::grpc::check_named_format(request.metadata()) {
             static REFUSED_FORMAT_STREAMS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
             let refused = REFUSED_FORMAT_STREAMS.fetch_add(1, Ordering::Relaxed) + 1;
             if refused.is_power_of_two() {
@@ -174,10 +170,7 @@ impl RegionFeed for FeedReceiver {
                 "the source region sends {mismatch}: the regions of a deployment must run builds of one data format"
             ));
             // Names this build's format, which is how the shipper tells this refusal from others.
-            refusal.metadata_mut().insert(
-                basalt_codec::DATA_FORMAT_HEADER,
-                tonic::metadata::MetadataValue::from(basalt_codec::DATA_FORMAT),
-            );
+            basalt_codec::grpc::name_format(refusal.metadata_mut());
             return Err(refusal);
         }
         // The source's id, home and escrow shares must fit this region's topology before

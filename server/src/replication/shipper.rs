@@ -154,10 +154,7 @@ async fn session(
     let _ = tx.send(batch_message(&ShipBatch::heartbeat(source, 0))).await;
     let mut request = tonic::Request::new(ReceiverStream::new(rx));
     // The receiver refuses a stream of another data format before decoding a batch of it.
-    request.metadata_mut().insert(
-        basalt_codec::DATA_FORMAT_HEADER,
-        tonic::metadata::MetadataValue::from(basalt_codec::DATA_FORMAT),
-    );
+    basalt_codec::grpc::name_format(request.metadata_mut());
     if let Some(topology) = repl.topology() {
         let summary = agreement_summary(&topology);
         match summary.parse() {
@@ -188,7 +185,7 @@ async fn session(
                 }
                 // Another data format (the receiver names its own): only an operator can change
                 // it. Anything else refused at open goes the way of a failed connection.
-                _ if status.metadata().get(basalt_codec::DATA_FORMAT_HEADER).is_some() => ShipError::Incompatible {
+                _ if basalt_codec::grpc::names_a_format(status.metadata()) => ShipError::Incompatible {
                     endpoint: endpoint.to_string(),
                     reason: status.message().to_string(),
                 },

@@ -160,7 +160,7 @@ pub fn history_page<S: ViewSource + ?Sized>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apply::test_views::Meddler;
+    use crate::apply::test_views::{open_store, Meddler};
     use crate::apply::{WriteSet, LAST_STAMP_KEY};
     use crate::hlc::HlcStamp;
     use crate::state::rocks::RocksStore;
@@ -186,15 +186,9 @@ mod tests {
         writes.put(Table::Meta, LAST_STAMP_KEY.to_vec(), stamp.0.to_le_bytes().to_vec());
     }
 
-    fn open() -> (tempfile::TempDir, RocksStore) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = RocksStore::open(dir.path().join("state")).expect("open");
-        (dir, store)
-    }
-
     /// A store at applied time 1000 holding what `fill` writes.
     fn store_at_1000(fill: impl FnOnce(&mut WriteSet)) -> (tempfile::TempDir, RocksStore) {
-        let (dir, store) = open();
+        let (dir, store) = open_store();
         let mut setup = WriteSet::default();
         applied_time(&mut setup, 1_000);
         fill(&mut setup);
@@ -241,7 +235,7 @@ mod tests {
     #[test]
     fn a_batch_applied_between_internal_pages_is_in_the_answer_whole_or_not_at_all() {
         for commit_after_read in [1, 2] {
-            let (_dir, store) = open();
+            let (_dir, store) = open_store();
             let mut setup = WriteSet::default();
             applied_time(&mut setup, 1_000);
             put(&mut setup, "k/a", "a", None);
@@ -374,7 +368,7 @@ mod tests {
     /// earlier one (where the new value never existed).
     #[test]
     fn a_get_judges_a_record_at_the_applied_time_of_its_own_view() {
-        let (_dir, store) = open();
+        let (_dir, store) = open_store();
         let mut setup = WriteSet::default();
         applied_time(&mut setup, 1_000);
         put(&mut setup, "k", "first", Some(1_500));
@@ -398,7 +392,7 @@ mod tests {
 
     #[test]
     fn a_record_that_does_not_decode_is_corruption_naming_its_key() {
-        let (_dir, store) = open();
+        let (_dir, store) = open_store();
         let mut setup = WriteSet::default();
         setup.put(Table::Kv, b"k/bad".to_vec(), vec![0xff]);
         store.commit(&setup).expect("commit");
