@@ -25,8 +25,9 @@
 use serde::{Deserialize, Serialize};
 
 /// The data format this build writes and reads. Format 1 was bincode 1.x (builds before the
-/// change to postcard); format 2 is postcard 1.x.
-pub const DATA_FORMAT: u32 = 2;
+/// change to postcard); format 2 is postcard 1.x with one flat `Op` and `OpError` enum; format 3
+/// is postcard 1.x with `Op` and `OpError` nested by data type (`Op::Kv(KvOp::Put { .. })`).
+pub const DATA_FORMAT: u32 = 3;
 
 /// The gRPC metadata key under which a node or region names the data format of the payloads it
 /// sends (Raft messages, snapshot transfers, feed batches). Builds before format 2 sent none.
@@ -176,10 +177,11 @@ mod tests {
 
     #[test]
     fn a_peer_of_another_format_is_named_in_the_error() {
-        assert_eq!(check_peer_format(Some("2")), Ok(()));
+        assert_eq!(check_peer_format(Some("3")), Ok(()));
         let old = check_peer_format(None).expect_err("no header is format 1");
-        assert_eq!(old.to_string(), "data format 1, this build reads 2");
-        assert_eq!(check_peer_format(Some("3")).map_err(|e| e.found), Err(3));
+        assert_eq!(old.to_string(), "data format 1, this build reads 3");
+        assert_eq!(check_peer_format(Some("2")).map_err(|e| e.found), Err(2));
+        assert_eq!(check_peer_format(Some("4")).map_err(|e| e.found), Err(4));
         assert_eq!(check_peer_format(Some("x")).map_err(|e| e.found), Err(0));
     }
 

@@ -145,7 +145,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
 #[cfg(test)]
 mod tests {
-    use basalt_storage::command::{Command, Op};
+    use basalt_storage::command::{Command, KvOp, Op};
     use basalt_storage::hlc::HlcStamp;
     use openraft::testing::log_id;
     use openraft::EntryPayload;
@@ -159,12 +159,12 @@ mod tests {
                 stamp: HlcStamp::default(),
                 session: None,
                 fence: None,
-                op: Op::KvPut {
+                op: Op::Kv(KvOp::Put {
                     key: index.to_be_bytes().to_vec(),
                     value: vec![7; value_bytes],
                     ttl_ms: None,
                     expect: None,
-                },
+                }),
             }),
         }
     }

@@ -595,7 +595,7 @@ mod tests {
         let old = check_data_format(&Request::new(())).expect_err("no header: data format 1");
         assert_eq!(old.code(), tonic::Code::FailedPrecondition);
         assert!(
-            old.message().contains("data format 1, this build reads 2"),
+            old.message().contains("data format 1, this build reads 3"),
             "{}",
             old.message()
         );

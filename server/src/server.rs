@@ -21,7 +21,7 @@ use basalt_raft::network::{NetworkFactory, RaftGrpcService};
 use basalt_raft::state_machine::StateMachine;
 use basalt_raft::Raft;
 use basalt_replication::pb::region_feed_server::RegionFeedServer;
-use basalt_storage::command::{Command, Op, Response};
+use basalt_storage::command::{Command, KvOp, Op, Response};
 use basalt_storage::hlc::Hlc;
 use basalt_storage::log::LogOptions;
 use openraft::{BasicNode, SnapshotPolicy};
@@ -374,10 +374,10 @@ async fn sweeper(api: Api, config: NodeConfig, stop: tokio::sync::watch::Receive
                 // put: each step is itself a log entry, and chasing `applied` would eat into the
                 // kept history one revision per step.
                 for _ in 0..COMPACT_STEPS_PER_TICK_MAX {
-                    let op = Op::KvCompact {
+                    let op = Op::Kv(KvOp::Compact {
                         below,
                         limit: COMPACT_CHANGES_MAX,
-                    };
+                    });
                     if propose_sweep(&api, op).await.is_none() {
                         break;
                     }

@@ -193,30 +193,32 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         fs::create_dir(dir.path().join("state")).expect("state");
         let e = check_or_stamp(dir.path()).expect_err("format 1 data without a stamp");
-        assert!(e.to_string().contains("holds data format 1, this build reads 2"), "{e}");
+        assert!(e.to_string().contains("holds data format 1, this build reads 3"), "{e}");
         assert!(
             !dir.path().join(FORMAT_FILE).exists(),
             "a refused directory is left as it was"
         );
 
-        fs::write(dir.path().join(FORMAT_FILE), "basalt data format 3\n").expect("write");
-        let e = check_or_stamp(dir.path()).expect_err("a later format");
-        assert!(
-            matches!(
-                e,
-                DataDirError::Format {
-                    mismatch: FormatMismatch { found: 3, .. },
-                    ..
-                }
-            ),
-            "{e}"
-        );
+        for (stamp, found) in [("basalt data format 2\n", 2), ("basalt data format 4\n", 4)] {
+            fs::write(dir.path().join(FORMAT_FILE), stamp).expect("write");
+            let e = check_or_stamp(dir.path()).expect_err("an earlier or a later format");
+            assert!(
+                matches!(
+                    e,
+                    DataDirError::Format {
+                        mismatch: FormatMismatch { found: f, .. },
+                        ..
+                    } if f == found
+                ),
+                "{e}"
+            );
+        }
 
         for bad in [
             &b"three"[..],
-            b"basalt data format +2\n",
-            b"basalt data format 2\r\n",
-            b"basalt data format 2\n\n",
+            b"basalt data format +3\n",
+            b"basalt data format 3\r\n",
+            b"basalt data format 3\n\n",
             b"basalt data format \n",
             b"basalt data format \xff\n",
             &[b'2'; 100],

@@ -80,46 +80,56 @@ fn start_expecting_refusal(data: &Path) -> String {
     stderr
 }
 
-/// A directory written by the build before the format change (bincode, no stamp) makes the node
-/// stop at start, naming both formats, before it opens or changes anything in it.
+/// Directories written by builds of an earlier format (1: bincode, no stamp; 2: postcard with
+/// flat ops, stamped `2`) make the node stop at start, naming both formats, before it opens or
+/// changes anything in them.
 #[test]
-fn a_data_directory_of_format_1_is_refused_by_name_and_left_untouched() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("node-1");
-    copy_dir(&fixture("data-format-1"), &data);
-    let before = files_of(&data);
-    let stderr = start_expecting_refusal(&data);
-    assert!(
-        stderr.contains("holds data format 1, this build reads 2"),
-        "the refusal names both formats: {stderr}"
-    );
-    let mut after = files_of(&data);
-    // The node creates its lock file before the check; nothing else changes.
-    after.retain(|(path, _)| path != &data.join("LOCK"));
-    assert_eq!(before, after, "a refused directory is left as it was");
+fn data_directories_of_earlier_formats_are_refused_by_name_and_left_untouched() {
+    for (fixture_name, found) in [("data-format-1", 1), ("data-format-2", 2)] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("node-1");
+        copy_dir(&fixture(fixture_name), &data);
+        let before = files_of(&data);
+        let stderr = start_expecting_refusal(&data);
+        assert!(
+            stderr.contains(&format!("holds data format {found}, this build reads 3")),
+            "{fixture_name}: the refusal names both formats: {stderr}"
+        );
+        let mut after = files_of(&data);
+        // The node creates its lock file before the check; nothing else changes.
+        after.retain(|(path, _)| path != &data.join("LOCK"));
+        assert_eq!(before, after, "{fixture_name}: a refused directory is left as it was");
+    }
 }
 
-/// Defence in depth: even under a forged stamp, a log of format 1 is refused when it is opened,
-/// naming its file (the meta file, read first, or a segment, by its version 2), and never misread.
+/// Defence in depth: even under a forged stamp, a log of format 1 or 2 is refused when it is
+/// opened, naming its file (format 1: the meta file, read first, or a segment, by its version 2;
+/// format 2: a segment, by its version 3), and never misread.
 #[test]
-fn a_format_1_log_under_a_forged_stamp_is_refused_not_misread() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("node-1");
-    copy_dir(&fixture("data-format-1"), &data);
-    std::fs::write(data.join("FORMAT"), "basalt data format 2\n").expect("forge the stamp");
-    let stderr = start_expecting_refusal(&data);
-    assert!(stderr.contains("opening the raft log"), "the log refuses: {stderr}");
-    assert!(
-        stderr.contains("log.meta") || stderr.contains("segment format version 2, this build reads version 3"),
-        "naming the file or the segment version: {stderr}"
-    );
+fn an_earlier_log_under_a_forged_stamp_is_refused_not_misread() {
+    for (fixture_name, segment_version) in [("data-format-1", 2), ("data-format-2", 3)] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("node-1");
+        copy_dir(&fixture(fixture_name), &data);
+        std::fs::write(data.join("FORMAT"), "basalt data format 3\n").expect("forge the stamp");
+        let stderr = start_expecting_refusal(&data);
+        assert!(
+            stderr.contains("opening the raft log"),
+            "{fixture_name}: the log refuses: {stderr}"
+        );
+        let by_version = format!("segment format version {segment_version}, this build reads version 4");
+        assert!(
+            (segment_version == 2 && stderr.contains("log.meta")) || stderr.contains(&by_version),
+            "{fixture_name}: naming the file or the segment version: {stderr}"
+        );
+    }
 }
 
-/// The fixture of format 2 was written by `tests/fixtures/write-fixture.sh`: every record of it
+/// The fixture of format 3 was written by `tests/fixtures/write-fixture.sh`: every record of it
 /// reads back, and the node accepts new writes on top. A change of the encoding that forgets to
 /// bump the data format fails here.
 #[test]
-fn a_data_directory_of_format_2_opens_and_answers_what_it_holds() {
+fn a_data_directory_of_format_3_opens_and_answers_what_it_holds() {
     runtime().block_on(async {
         let mut cluster = TestCluster::plan(
             NODE,
@@ -128,7 +138,7 @@ fn a_data_directory_of_format_2_opens_and_answers_what_it_holds() {
                 ..Default::default()
             },
         );
-        copy_dir(&fixture("data-format-2"), &cluster.specs[&1].data_dir);
+        copy_dir(&fixture("data-format-3"), &cluster.specs[&1].data_dir);
         cluster.launch();
         let client = cluster.client().await;
 

@@ -90,7 +90,11 @@ impl Cluster for Api {
             }
         };
         match self
-            .propose(None, None, basalt_storage::command::Op::RegionTopology { change })
+            .propose(
+                None,
+                None,
+                basalt_storage::command::Op::Region(basalt_storage::command::RegionOp::Topology { change }),
+            )
             .await?
         {
             basalt_storage::command::Response::Topology(topology) => {

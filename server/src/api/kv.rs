@@ -6,7 +6,7 @@ use basalt_client::{ErrorCode, OLDEST_REVISION_KEY};
 use basalt_storage::apply::kv::{history_events, history_start, revision_of, HistoryRowError};
 use basalt_storage::apply::kv::{validate_batch, validate_write};
 use basalt_storage::apply::kv_read::{self, KvScan};
-use basalt_storage::command::{KvWrite, Op, OpError, Response};
+use basalt_storage::command::{KvOp, KvWrite, Op, OpError, Response};
 use basalt_storage::limits::{KEY_BYTES_MAX, SCAN_KEYS_DEFAULT, SCAN_KEYS_MAX};
 use basalt_storage::state::{KeyValue, KvEvent};
 use tokio::sync::mpsc;
@@ -229,12 +229,12 @@ fn batch_result(is_put: bool, response: Response) -> Result<pb::KvWriteResult, S
 impl Kv for Api {
     async fn put(&self, request: Request<pb::KvPutRequest>) -> Result<GrpcResponse<pb::KvPutResponse>, Status> {
         let r = request.into_inner();
-        let op = Op::KvPut {
+        let op = Op::Kv(KvOp::Put {
             key: r.key,
             value: r.value,
             ttl_ms: (r.ttl_ms > 0).then_some(r.ttl_ms),
             expect: expect_of(r.expect)?,
-        };
+        });
         Ok(GrpcResponse::new(put_reply(self.write(r.header, op).await?)?))
     }
 
@@ -270,10 +270,10 @@ impl Kv for Api {
         request: Request<pb::KvDeleteRequest>,
     ) -> Result<GrpcResponse<pb::KvDeleteResponse>, Status> {
         let r = request.into_inner();
-        let op = Op::KvDelete {
+        let op = Op::Kv(KvOp::Delete {
             key: r.key,
             expect: expect_of(r.expect)?,
-        };
+        });
         Ok(GrpcResponse::new(delete_reply(self.write(r.header, op).await?)?))
     }
 
@@ -299,7 +299,7 @@ impl Kv for Api {
             }
         }
         if !proposed.is_empty() {
-            let answers = match self.write(r.header, Op::KvBatch { writes: proposed }).await? {
+            let answers = match self.write(r.header, Op::Kv(KvOp::Batch { writes: proposed })).await? {
                 Response::KvBatch(answers) if answers.len() == slots.len() => answers,
                 other => return Err(unexpected_result(&other)),
             };

@@ -5,7 +5,7 @@ use std::time::Duration;
 use basalt_client::pb;
 use basalt_client::pb::lease_server::Lease;
 use basalt_storage::apply::lease::{self, LeaseRecord};
-use basalt_storage::command::{LeaseOutcome, Op, Response};
+use basalt_storage::command::{LeaseOp, LeaseOutcome, Op, Response};
 use tokio::time::Instant;
 use tonic::{Request, Response as GrpcResponse, Status};
 
@@ -45,11 +45,11 @@ impl Lease for Api {
     ) -> Result<GrpcResponse<pb::LeaseResponse>, Status> {
         let r = request.into_inner();
         let deadline = Instant::now() + Duration::from_millis(r.wait_ms).min(LEASE_WAIT_MAX);
-        let op = Op::LeaseAcquire {
+        let op = Op::Lease(LeaseOp::Acquire {
             name: r.name.clone(),
             holder: r.holder.clone(),
             ttl_ms: r.ttl_ms,
-        };
+        });
         // Only the first attempt carries the request's session. Later attempts go without one:
         // acquire is re-entrant for its holder, so a repeated grant returns the same token.
         let mut header = r.header;
@@ -79,12 +79,12 @@ impl Lease for Api {
 
     async fn renew(&self, request: Request<pb::LeaseRenewRequest>) -> Result<GrpcResponse<pb::LeaseResponse>, Status> {
         let r = request.into_inner();
-        let op = Op::LeaseRenew {
+        let op = Op::Lease(LeaseOp::Renew {
             name: r.name,
             holder: r.holder,
             token: r.token,
             ttl_ms: r.ttl_ms,
-        };
+        });
         match self.write(r.header, op).await? {
             Response::Lease(outcome) => Ok(GrpcResponse::new(lease_response(outcome)?)),
             other => Err(unexpected_result(&other)),
@@ -96,11 +96,11 @@ impl Lease for Api {
         request: Request<pb::LeaseReleaseRequest>,
     ) -> Result<GrpcResponse<pb::LeaseReleaseResponse>, Status> {
         let r = request.into_inner();
-        let op = Op::LeaseRelease {
+        let op = Op::Lease(LeaseOp::Release {
             name: r.name,
             holder: r.holder,
             token: r.token,
-        };
+        });
         match self.write(r.header, op).await? {
             Response::Lease(LeaseOutcome::Released { was_live }) => {
                 Ok(GrpcResponse::new(pb::LeaseReleaseResponse { was_live }))

@@ -7,7 +7,7 @@ use basalt_storage::apply::check_batch;
 use basalt_storage::apply::ledger::{
     get_account_balances, get_account_transfers, lookup_accounts, lookup_transfers, StoredTransfer,
 };
-use basalt_storage::command::{Op, Response};
+use basalt_storage::command::{LedgerOp, Op, Response};
 use basalt_storage::ledger::{Account, AccountBalance, AccountFilter, PendingStatus, Transfer};
 use basalt_storage::limits::BATCH_ITEMS_MAX;
 use tonic::{Request, Response as GrpcResponse, Status};
@@ -176,7 +176,10 @@ impl Ledger for Api {
     ) -> Result<GrpcResponse<pb::CreateResponse>, Status> {
         let r = request.into_inner();
         let accounts = r.accounts.into_iter().map(account_of).collect::<Result<_, _>>()?;
-        match self.write(r.header, Op::LedgerCreateAccounts { accounts }).await? {
+        match self
+            .write(r.header, Op::Ledger(LedgerOp::CreateAccounts { accounts }))
+            .await?
+        {
             Response::AccountResults(f) => Ok(GrpcResponse::new(failures(f))),
             other => Err(unexpected_result(&other)),
         }
@@ -188,7 +191,10 @@ impl Ledger for Api {
     ) -> Result<GrpcResponse<pb::CreateResponse>, Status> {
         let r = request.into_inner();
         let transfers = r.transfers.into_iter().map(transfer_of).collect::<Result<_, _>>()?;
-        match self.write(r.header, Op::LedgerCreateTransfers { transfers }).await? {
+        match self
+            .write(r.header, Op::Ledger(LedgerOp::CreateTransfers { transfers }))
+            .await?
+        {
             Response::TransferResults(f) => Ok(GrpcResponse::new(failures(f))),
             other => Err(unexpected_result(&other)),
         }

@@ -1,7 +1,7 @@
 //! Merging of concurrent KV writes at the leader. A request that finds fewer than
 //! `kv_merge_in_flight` proposals on their way is proposed at once, as its own entry; one that
 //! arrives while they are waits, and every request waiting when a proposal returns leaves with
-//! the next one, as a single `Op::KvMerged` entry. One log record, one replication message and
+//! the next one, as a single `KvOp::Merged` entry. One log record, one replication message and
 //! one apply pass then serve requests from many connections, where each would otherwise cost
 //! its own: the server-side counterpart of the SDK's coalescing, for clients that do not share
 //! a connection.
@@ -13,7 +13,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use basalt_batching::{BatchLimits, BatchQueue, Batchable, QueueBudget};
-use basalt_storage::command::{Command, KvPart, Op, Response};
+use basalt_storage::command::{Command, KvOp, KvPart, Op, Response};
 use tokio::sync::oneshot;
 use tonic::Status;
 
@@ -136,7 +136,7 @@ async fn propose(api: &Api, mut batch: Vec<Pending>) {
         stamp: api.clock.now(),
         session: None,
         fence: None,
-        op: Op::KvMerged { parts },
+        op: Op::Kv(KvOp::Merged { parts }),
     };
     if let Err(e) = command.check_size() {
         // Cannot happen within LIMITS and the client message limit; refused, nothing proposed.

@@ -26,7 +26,10 @@ use basalt_client::pb;
 use basalt_client::{ErrorCode, ERROR_CODE_KEY, LEADER_KEY};
 use basalt_raft::{Raft, TypeConfig};
 use basalt_storage::apply::validate_op;
-use basalt_storage::command::{Command, Expect, Fence, KvPart, Op, OpError, Response, Session};
+use basalt_storage::command::{
+    Command, CounterError, Expect, Fence, KvError, KvPart, LeaseError, Op, OpError, QueueError, RegionError, RegionOp,
+    Response, Session, StreamError,
+};
 use basalt_storage::hlc::Hlc;
 use basalt_storage::state::rocks::RocksStore;
 use openraft::error::{ChangeMembershipError, ClientWriteError, ForwardToLeader, RaftError};
@@ -106,31 +109,31 @@ pub(crate) fn op_error_code(e: &OpError) -> ErrorCode {
         OpError::BatchTooLarge { .. } => ErrorCode::BatchTooLarge,
         OpError::EntryTooLarge { .. } => ErrorCode::TooLarge,
         OpError::OutOfRange { .. } => ErrorCode::OutOfRange,
-        OpError::StaleFence { .. } => ErrorCode::StaleFence,
-        OpError::LeaseNotHeld { .. } => ErrorCode::LeaseNotHeld,
+        OpError::Lease(LeaseError::StaleFence { .. }) => ErrorCode::StaleFence,
+        OpError::Lease(LeaseError::NotHeld { .. }) => ErrorCode::LeaseNotHeld,
         OpError::SessionExpired { .. } => ErrorCode::SessionExpired,
         OpError::CorruptValue { .. } => ErrorCode::CorruptValue,
         OpError::NotFound { .. } => ErrorCode::NotFound,
-        OpError::StaleReceipt { .. } => ErrorCode::StaleReceipt,
-        OpError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
-        OpError::OutOfOrderSequence { .. } => ErrorCode::OutOfOrderSequence,
-        OpError::IllegalGeneration { .. } => ErrorCode::IllegalGeneration,
-        OpError::NotAssigned { .. } => ErrorCode::NotAssigned,
+        OpError::Queue(QueueError::StaleReceipt { .. }) => ErrorCode::StaleReceipt,
+        OpError::Stream(StreamError::OffsetOutOfRange { .. }) => ErrorCode::OffsetOutOfRange,
+        OpError::Stream(StreamError::OutOfOrderSequence { .. }) => ErrorCode::OutOfOrderSequence,
+        OpError::Stream(StreamError::IllegalGeneration { .. }) => ErrorCode::IllegalGeneration,
+        OpError::Stream(StreamError::NotAssigned { .. }) => ErrorCode::NotAssigned,
         // Only region-to-region feed batches can be refused this way (a misconfigured topology).
-        OpError::OwnFeed { .. }
-        | OpError::NotReplicating { .. }
-        | OpError::RowsFromNonHome { .. }
-        | OpError::NotHomedTable { .. }
-        | OpError::NotMirrorRow { .. }
-        | OpError::MirrorReadOnly { .. }
-        | OpError::InvalidTransfer { .. } => ErrorCode::InvalidArgument,
+        OpError::Region(RegionError::OwnFeed { .. })
+        | OpError::Region(RegionError::NotReplicating { .. })
+        | OpError::Region(RegionError::RowsFromNonHome { .. })
+        | OpError::Region(RegionError::NotHomedTable { .. })
+        | OpError::Region(RegionError::NotMirrorRow { .. })
+        | OpError::Stream(StreamError::MirrorReadOnly { .. })
+        | OpError::Counter(CounterError::InvalidTransfer { .. }) => ErrorCode::InvalidArgument,
         // Reached only if a homed write bypassed forwarding: the caller should go to the home.
-        OpError::NotHome { .. } => ErrorCode::RegionUnavailable,
-        OpError::InvalidTopology { .. } => ErrorCode::InvalidTopology,
-        OpError::UnknownRegion { .. } => ErrorCode::UnknownRegion,
-        OpError::DuplicateKey { .. } => ErrorCode::InvalidArgument,
+        OpError::Region(RegionError::NotHome { .. }) => ErrorCode::RegionUnavailable,
+        OpError::Region(RegionError::InvalidTopology { .. }) => ErrorCode::InvalidTopology,
+        OpError::Region(RegionError::UnknownRegion { .. }) => ErrorCode::UnknownRegion,
+        OpError::Kv(KvError::DuplicateKey { .. }) => ErrorCode::InvalidArgument,
         // Only a leader builds merged entries; a client cannot send one.
-        OpError::NotMergeable { .. } => ErrorCode::Internal,
+        OpError::Kv(KvError::NotMergeable { .. }) => ErrorCode::Internal,
     }
 }
 
@@ -220,7 +223,7 @@ impl Api {
         let result = async {
             validate_op(&op).map_err(|e| op_error_status(&e))?;
             if let Some(repl) = &self.replication {
-                if repl.topology().is_none() && !matches!(op, Op::RegionTopology { .. }) {
+                if repl.topology().is_none() && !matches!(op, Op::Region(RegionOp::Topology { .. })) {
                     // Applied now, the write would not go into the change feed: no region
                     // would ever receive it. Nothing was proposed; the SDK retries.
                     return Err(status(

@@ -6,7 +6,7 @@ use basalt_client::pb;
 use basalt_client::pb::queue_server::Queue;
 use basalt_client::ErrorCode;
 use basalt_storage::apply::queue::{has_visible, stored_queue};
-use basalt_storage::command::{Op, Response};
+use basalt_storage::command::{Op, QueueOp, Response};
 use basalt_storage::queue::{EnqueueOutcome, NewMessage, QueueConfig, Receipt};
 use tonic::{Request, Response as GrpcResponse, Status};
 
@@ -51,10 +51,10 @@ impl Queue for Api {
         request: Request<pb::CreateQueueRequest>,
     ) -> Result<GrpcResponse<pb::CreateQueueResponse>, Status> {
         let r = request.into_inner();
-        let op = Op::QueueConfigure {
+        let op = Op::Queue(QueueOp::Configure {
             queue: r.queue,
             config: config_of(r.config),
-        };
+        });
         match self.write(r.header, op).await? {
             Response::QueueConfigured { created } => Ok(GrpcResponse::new(pb::CreateQueueResponse { created })),
             other => Err(unexpected_result(&other)),
@@ -75,10 +75,10 @@ impl Queue for Api {
                 })
             })
             .collect::<Result<_, Status>>()?;
-        let op = Op::QueueEnqueue {
+        let op = Op::Queue(QueueOp::Enqueue {
             queue: r.queue,
             messages,
-        };
+        });
         match self.write(r.header, op).await? {
             Response::Enqueued(outcomes) => Ok(GrpcResponse::new(pb::EnqueueResponse {
                 outcomes: outcomes
@@ -96,11 +96,11 @@ impl Queue for Api {
     async fn receive(&self, request: Request<pb::ReceiveRequest>) -> Result<GrpcResponse<pb::ReceiveResponse>, Status> {
         let r = request.into_inner();
         let (mut session, fence) = header_of(r.header)?;
-        let op = Op::QueueReceive {
+        let op = Op::Queue(QueueOp::Receive {
             queue: r.queue.clone(),
             max: r.max,
             visibility_timeout_ms: (r.visibility_timeout_ms > 0).then_some(r.visibility_timeout_ms),
-        };
+        });
         basalt_storage::apply::validate_op(&op).map_err(|e| op_error_status(&e))?;
         // Waiting happens on the leader's own state, which is current: a follower would wait on
         // a lagging copy.
@@ -144,10 +144,10 @@ impl Queue for Api {
 
     async fn ack(&self, request: Request<pb::AckRequest>) -> Result<GrpcResponse<pb::AckResponse>, Status> {
         let r = request.into_inner();
-        let op = Op::QueueAck {
+        let op = Op::Queue(QueueOp::Ack {
             queue: r.queue,
             receipt: receipt_of(&r.receipt)?,
-        };
+        });
         match self.write(r.header, op).await? {
             Response::QueueDone => Ok(GrpcResponse::new(pb::AckResponse {})),
             other => Err(unexpected_result(&other)),
@@ -156,11 +156,11 @@ impl Queue for Api {
 
     async fn nack(&self, request: Request<pb::NackRequest>) -> Result<GrpcResponse<pb::AckResponse>, Status> {
         let r = request.into_inner();
-        let op = Op::QueueNack {
+        let op = Op::Queue(QueueOp::Nack {
             queue: r.queue,
             receipt: receipt_of(&r.receipt)?,
             delay_ms: r.delay_ms,
-        };
+        });
         match self.write(r.header, op).await? {
             Response::QueueDone => Ok(GrpcResponse::new(pb::AckResponse {})),
             other => Err(unexpected_result(&other)),
@@ -169,10 +169,10 @@ impl Queue for Api {
 
     async fn redrive(&self, request: Request<pb::RedriveRequest>) -> Result<GrpcResponse<pb::RedriveResponse>, Status> {
         let r = request.into_inner();
-        let op = Op::QueueRedrive {
+        let op = Op::Queue(QueueOp::Redrive {
             queue: r.queue,
             max: r.max,
-        };
+        });
         match self.write(r.header, op).await? {
             Response::Redriven { moved } => Ok(GrpcResponse::new(pb::RedriveResponse { moved })),
             other => Err(unexpected_result(&other)),

@@ -3,7 +3,7 @@
 use basalt_client::pb;
 use basalt_client::pb::rate_limiter_server::RateLimiter;
 use basalt_client::ErrorCode;
-use basalt_storage::command::{Op, RateCheck, RateLimit, Response};
+use basalt_storage::command::{Op, RateCheck, RateLimit, RateOp, Response};
 use tonic::{Request, Response as GrpcResponse, Status};
 
 use super::{status, unexpected_result, Api};
@@ -45,7 +45,7 @@ impl RateLimiter for Api {
     ) -> Result<GrpcResponse<pb::RateCheckResponse>, Status> {
         let r = request.into_inner();
         let checks = r.checks.into_iter().map(check_of).collect::<Result<_, _>>()?;
-        match self.write(r.header, Op::RateCheck { checks }).await? {
+        match self.write(r.header, Op::Rate(RateOp::Check { checks })).await? {
             Response::RateDecisions(decisions) => Ok(GrpcResponse::new(pb::RateCheckResponse {
                 decisions: decisions
                     .into_iter()

@@ -8,7 +8,7 @@ use basalt_client::ErrorCode;
 use basalt_storage::apply::group::committed;
 use basalt_storage::apply::queue::check_name;
 use basalt_storage::apply::stream::{describe, fetch, partition_state};
-use basalt_storage::command::{Op, Response};
+use basalt_storage::command::{GroupOp, Op, Response, StreamOp};
 use basalt_storage::limits::{FETCH_RECORDS_MAX, FETCH_REPLY_BYTES_MAX};
 use basalt_storage::stream::{Assignor, GroupView, ProduceRecord, TopicConfig};
 use tonic::{Request, Response as GrpcResponse, Status};
@@ -42,7 +42,7 @@ impl Stream for Api {
         request: Request<pb::CreateTopicRequest>,
     ) -> Result<GrpcResponse<pb::CreateTopicResponse>, Status> {
         let r = request.into_inner();
-        let op = Op::StreamCreateTopic {
+        let op = Op::Stream(StreamOp::CreateTopic {
             topic: r.topic,
             config: TopicConfig {
                 partitions: r.partitions,
@@ -50,7 +50,7 @@ impl Stream for Api {
                 retention_bytes: (r.retention_bytes > 0).then_some(r.retention_bytes),
                 mirror: r.mirror,
             },
-        };
+        });
         match self.write(r.header, op).await? {
             Response::TopicCreated { created } => Ok(GrpcResponse::new(pb::CreateTopicResponse { created })),
             other => Err(unexpected_result(&other)),
@@ -99,11 +99,11 @@ impl Stream for Api {
                 sequence: rec.sequence,
             })
             .collect();
-        let op = Op::StreamProduce {
+        let op = Op::Stream(StreamOp::Produce {
             topic: r.topic,
             records,
             producer: r.producer_id,
-        };
+        });
         match self.write(r.header, op).await? {
             Response::Produced(outcomes) => Ok(GrpcResponse::new(pb::ProduceResponse {
                 outcomes: outcomes
@@ -197,7 +197,7 @@ impl Stream for Api {
                 ))
             }
         };
-        let op = Op::GroupJoin {
+        let op = Op::Group(GroupOp::Join {
             group: r.group,
             member: r.member,
             topics: r.topics,
@@ -207,7 +207,7 @@ impl Stream for Api {
                 r.session_timeout_ms
             },
             assignor,
-        };
+        });
         group_reply(self.write(r.header, op).await?)
     }
 
@@ -216,10 +216,10 @@ impl Stream for Api {
         request: Request<pb::GroupMemberRequest>,
     ) -> Result<GrpcResponse<pb::GroupResponse>, Status> {
         let r = request.into_inner();
-        let op = Op::GroupHeartbeat {
+        let op = Op::Group(GroupOp::Heartbeat {
             group: r.group,
             member: r.member,
-        };
+        });
         group_reply(self.write(r.header, op).await?)
     }
 
@@ -228,10 +228,10 @@ impl Stream for Api {
         request: Request<pb::GroupMemberRequest>,
     ) -> Result<GrpcResponse<pb::LeaveGroupResponse>, Status> {
         let r = request.into_inner();
-        let op = Op::GroupLeave {
+        let op = Op::Group(GroupOp::Leave {
             group: r.group,
             member: r.member,
-        };
+        });
         match self.write(r.header, op).await? {
             Response::GroupLeft { was_member } => Ok(GrpcResponse::new(pb::LeaveGroupResponse { was_member })),
             other => Err(unexpected_result(&other)),
@@ -243,7 +243,7 @@ impl Stream for Api {
         request: Request<pb::CommitOffsetsRequest>,
     ) -> Result<GrpcResponse<pb::CommitOffsetsResponse>, Status> {
         let r = request.into_inner();
-        let op = Op::GroupCommit {
+        let op = Op::Group(GroupOp::Commit {
             group: r.group,
             member: r.member,
             generation: r.generation,
@@ -252,7 +252,7 @@ impl Stream for Api {
                 .into_iter()
                 .map(|o| (o.topic, o.partition, o.offset))
                 .collect(),
-        };
+        });
         match self.write(r.header, op).await? {
             Response::OffsetsCommitted => Ok(GrpcResponse::new(pb::CommitOffsetsResponse {})),
             other => Err(unexpected_result(&other)),

@@ -298,9 +298,9 @@ async fn propose_initial_topology(repl: &Replication, api: &Api) -> bool {
         stamp: api.clock.now(),
         session: None,
         fence: None,
-        op: basalt_storage::command::Op::RegionTopology {
+        op: basalt_storage::command::Op::Region(basalt_storage::command::RegionOp::Topology {
             change: repl.config.initial_topology(),
-        },
+        }),
     };
     if let Err(e) = command.check_size() {
         tracing::error!(error = %e, "the region topology from this node's flags does not fit one log entry");

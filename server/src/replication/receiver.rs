@@ -14,7 +14,7 @@ use basalt_replication::pb::{FeedAck, FeedBatch};
 use basalt_replication::ShipBatch;
 use basalt_storage::apply::replication::source_state;
 use basalt_storage::apply::topology::{check_agreement, Disagreement};
-use basalt_storage::command::{Command, Op, Response};
+use basalt_storage::command::{Command, Op, RegionOp, Response};
 use basalt_storage::hlc::{wall_clock_ms, HlcStamp};
 use futures::{FutureExt, Stream, StreamExt};
 use openraft::error::{ClientWriteError, RaftError};
@@ -99,7 +99,7 @@ impl FeedReceiver {
             stamp: self.api.clock.now(),
             session: None,
             fence: None,
-            op: Op::ReplApply { batch },
+            op: Op::Region(RegionOp::MergeFeed { batch }),
         };
         if let Err(e) = command.check_size() {
             // Coalescing stays far below this; a single batch this large the source must cut.

@@ -19,7 +19,7 @@ use basalt_storage::apply::replication::{
     feed_trimmed_upto, heartbeat_after, next_batch, resync_batches, ResyncChunkLimits,
 };
 use basalt_storage::apply::topology::agreement_summary;
-use basalt_storage::command::{Command, Op};
+use basalt_storage::command::{Command, Op, RegionOp};
 use basalt_storage::state::StoreError;
 use futures::StreamExt;
 use tokio::sync::mpsc;
@@ -471,10 +471,10 @@ pub(super) async fn trimmer(repl: std::sync::Arc<Replication>, api: Api, stop: t
                 stamp: api.clock.now(),
                 session: None,
                 fence: None,
-                op: Op::ReplTrim {
+                op: Op::Region(RegionOp::TrimFeed {
                     upto: target,
                     limit: FEED_TRIM_ENTRIES_MAX,
-                },
+                }),
             };
             if let Err(e) = api.raft.client_write(command).await {
                 tracing::debug!(error = %e, "feed trim not proposed");

@@ -5,7 +5,7 @@
 use super::{
     corrupt, counter, group, kv, lease, ledger, queue, rate, replication, session, stream, topology, View, WriteSet,
 };
-use crate::command::{Command, Fence, Op, OpError, Response, Session};
+use crate::command::{Command, Fence, KvOp, Op, OpError, RegionError, RegionOp, Response, Session};
 use crate::hlc::HlcStamp;
 use crate::state::{StoreError, StoreRead, Table};
 use basalt_replication::{RegionId, RegionName};
@@ -110,7 +110,7 @@ impl Applier {
         // entry of a replicated region covers exactly what the requests changed.
         let mut effects = WriteSet::default();
         let response = match &command.op {
-            Op::KvMerged { parts } => match kv::validate_merged(parts) {
+            Op::Kv(KvOp::Merged { parts }) => match kv::validate_merged(parts) {
                 Err(e) => Response::Refused(e),
                 Ok(()) => {
                     let mut answers = Vec::with_capacity(parts.len());
@@ -144,7 +144,7 @@ impl Applier {
 
     /// Applies one client request at `index`: its session decides whether it applies at all, its
     /// effects go to `effects` unless refused, its answer is saved in its session. Several
-    /// requests apply at one index only when their keys are distinct ([`Op::KvMerged`]).
+    /// requests apply at one index only when their keys are distinct ([`KvOp::Merged`]).
     fn apply_request<S: StoreRead>(
         &mut self,
         view: &mut View<'_, S>,
@@ -163,10 +163,10 @@ impl Applier {
         };
         if request.op.is_homed() && !self.region.is_home() {
             // Another region's copy of homed data changes only through its home's feed.
-            let refusal = Response::Refused(OpError::NotHome {
+            let refusal = Response::Refused(OpError::Region(RegionError::NotHome {
                 region: self.region.id,
                 home: self.region.home,
-            });
+            }));
             if let Some((session, floor)) = session_floor {
                 session::finish(view, session, floor, now_ms, &refusal)?;
             }
@@ -206,7 +206,9 @@ impl Applier {
                     // Every later entry applies in the region's new role.
                     self.region = topology.role();
                 }
-                if let (Op::ReplApply { batch }, Response::ReplApplied { .. }) = (request.op, &response) {
+                if let (Op::Region(RegionOp::MergeFeed { batch }), Response::ReplApplied { .. }) =
+                    (request.op, &response)
+                {
                     // The clock observes what it receives: a write made here after merging
                     // another region's changes is stamped after them, whatever the wall clocks
                     // say, so last-writer-wins never lets a causally earlier write win.
@@ -237,112 +239,28 @@ struct Request<'a> {
 
 /// What an op is applied with besides its own arguments.
 #[derive(Clone, Copy, Debug)]
-struct OpContext {
-    index: u64,
-    now_ms: u64,
-    stamp: HlcStamp,
-    region: RegionRole,
+pub(super) struct OpContext {
+    /// The entry's log index: the KV revision, the sequence of queue and stream writes.
+    pub index: u64,
+    /// The entry's HLC stamp in milliseconds: the only clock apply reads.
+    pub now_ms: u64,
+    pub stamp: HlcStamp,
+    pub region: RegionRole,
 }
 
+/// Hands the op to its data type's file, which matches its variants.
 fn apply_op<S: StoreRead>(view: &mut View<'_, S>, ctx: OpContext, op: &Op) -> Result<Response, StoreError> {
-    let OpContext { index, now_ms, .. } = ctx;
-    let writer = kv::Writer {
-        stamp: ctx.stamp.0,
-        region: ctx.region,
-    };
     Ok(match op {
-        Op::KvPut {
-            key,
-            value,
-            ttl_ms,
-            expect,
-        } => kv::put(view, index, now_ms, writer, key, value, *ttl_ms, *expect)?,
-        Op::KvDelete { key, expect } => kv::delete(view, index, now_ms, writer, key, *expect)?,
-        Op::KvBatch { writes } => kv::batch(view, index, now_ms, writer, writes)?,
-        // `Applier::apply` takes merged entries apart; a part that is one again is refused there.
-        Op::KvMerged { .. } => Response::Refused(OpError::NotMergeable { op: op.to_string() }),
-        Op::KvSweepExpired { limit } => kv::sweep_expired(view, index, now_ms, ctx.region, *limit)?,
-        Op::ReplApply { batch } => replication::apply_remote(view, index, now_ms, ctx.region, batch)?,
-        Op::ReplTrim { upto, limit } => replication::trim(view, *upto, *limit)?,
-        Op::KvTombstoneGc {
-            below,
-            limit,
-            topology_at,
-        } => replication::collect_tombstones(view, *below, *limit, *topology_at)?,
-        Op::ClockTick => Response::None,
-        Op::RegionTopology { change } => topology::apply(view, index, change)?,
-        Op::KvCompact { below, limit } => kv::compact(view, *below, *limit)?,
-        Op::QueueConfigure { queue, config } => queue::configure(view, queue, config)?,
-        Op::QueueEnqueue { queue, messages } => queue::enqueue(view, index, now_ms, queue, messages)?,
-        Op::QueueReceive {
-            queue,
-            max,
-            visibility_timeout_ms,
-        } => queue::receive(view, now_ms, queue, *max, *visibility_timeout_ms)?,
-        Op::QueueAck { queue, receipt } => queue::ack(view, queue, receipt)?,
-        Op::QueueNack {
-            queue,
-            receipt,
-            delay_ms,
-        } => queue::nack(view, now_ms, queue, receipt, *delay_ms)?,
-        Op::QueueRedrive { queue, max } => queue::redrive(view, now_ms, queue, *max)?,
-        Op::QueueDedupSweep { limit } => queue::sweep_dedup(view, now_ms, *limit)?,
-        Op::StreamCreateTopic { topic, config } => stream::create_topic(view, topic, config)?,
-        Op::StreamProduce {
-            topic,
-            records,
-            producer,
-        } => stream::produce(view, index, now_ms, topic, records, *producer)?,
-        Op::StreamRetention { limit } => stream::apply_retention(view, now_ms, *limit)?,
-        Op::GroupJoin {
-            group,
-            member,
-            topics,
-            session_timeout_ms,
-            assignor,
-        } => group::join(
-            view,
-            now_ms,
-            group::Join {
-                group,
-                member,
-                topics,
-                session_timeout_ms: *session_timeout_ms,
-                assignor: *assignor,
-            },
-        )?,
-        Op::GroupHeartbeat { group, member } => group::heartbeat(view, now_ms, group, member)?,
-        Op::GroupLeave { group, member } => group::leave(view, now_ms, group, member)?,
-        Op::GroupCommit {
-            group,
-            member,
-            generation,
-            offsets,
-        } => group::commit(
-            view,
-            now_ms,
-            group::Commit {
-                group,
-                member,
-                generation: *generation,
-                offsets,
-            },
-        )?,
-        Op::GroupSweep { limit } => group::sweep(view, now_ms, *limit)?,
-        Op::SessionSweep { idle_ms, after, limit } => session::sweep_idle(view, now_ms, *idle_ms, *after, *limit)?,
+        Op::Kv(op) => kv::apply_op(view, ctx, op)?,
         Op::Counter { ops } => counter::apply(view, ctx.region, ops)?,
-        Op::RateCheck { checks } => rate::apply(view, now_ms, ctx.region.id, checks)?,
-        Op::LeaseAcquire { name, holder, ttl_ms } => lease::acquire(view, index, now_ms, name, holder, *ttl_ms)?,
-        Op::LeaseRenew {
-            name,
-            holder,
-            token,
-            ttl_ms,
-        } => lease::renew(view, now_ms, name, holder, *token, *ttl_ms)?,
-        Op::LeaseRelease { name, holder, token } => lease::release(view, now_ms, name, holder, *token)?,
-        Op::LedgerCreateAccounts { accounts } => ledger::create_accounts(view, now_ms, accounts)?,
-        Op::LedgerCreateTransfers { transfers } => ledger::create_transfers(view, now_ms, transfers)?,
-        Op::LedgerExpirePending { limit } => ledger::expire_pending(view, now_ms, *limit)?,
-        Op::RateSweep { limit } => rate::sweep(view, now_ms, *limit)?,
+        Op::Rate(op) => rate::apply_op(view, ctx, op)?,
+        Op::Lease(op) => lease::apply_op(view, ctx, op)?,
+        Op::Ledger(op) => ledger::apply_op(view, ctx, op)?,
+        Op::Queue(op) => queue::apply_op(view, ctx, op)?,
+        Op::Stream(op) => stream::apply_op(view, ctx, op)?,
+        Op::Group(op) => group::apply_op(view, ctx, op)?,
+        Op::Region(op) => replication::apply_op(view, ctx, op)?,
+        Op::SessionSweep { idle_ms, after, limit } => session::sweep_idle(view, ctx.now_ms, *idle_ms, *after, *limit)?,
+        Op::ClockTick => Response::None,
     })
 }

@@ -10,7 +10,7 @@ use basalt_replication::{EscrowBound, EscrowTransfers, PnCounter};
 
 use super::topology::{load_topology, EscrowShare};
 use super::{check_key, decode, lossy, save, RegionRole, View};
-use crate::command::{CounterAction, CounterOp, CounterOutcome, OpError, Response};
+use crate::command::{CounterAction, CounterError, CounterOp, CounterOutcome, OpError, Response};
 use crate::state::{StoreError, StoreRead, Table, ViewSource};
 
 pub fn decode_pn(bytes: &[u8]) -> Result<PnCounter, basalt_codec::DecodeError> {
@@ -162,7 +162,7 @@ pub(crate) fn apply<S: StoreRead>(
                 false => false,
             };
             if !escrowed || to == role.id || !known {
-                return Ok(Response::Refused(OpError::InvalidTransfer {
+                return Ok(Response::Refused(OpError::Counter(CounterError::InvalidTransfer {
                     reason: if !escrowed {
                         "escrow moves between regions, and this one replicates with none".into()
                     } else if to == role.id {
@@ -170,7 +170,7 @@ pub(crate) fn apply<S: StoreRead>(
                     } else {
                         format!("region {to} is not in this region's topology (`basalt regions add` it first)")
                     },
-                }));
+                })));
             }
             // Giving room toward a bound spends it as a change toward that bound would.
             let amount_i64 = i64::try_from(amount).unwrap_or(i64::MAX);

@@ -12,11 +12,57 @@ use serde::{Deserialize, Serialize};
 
 use super::queue::check_name;
 use super::stream::{partition_state, topic_config};
-use super::{load, named, save, View};
-use crate::command::{OpError, Response};
+use super::{load, named, save, OpContext, View};
+use crate::command::{GroupOp, OpError, Response, StreamError};
 use crate::limits::{SESSION_TIMEOUT_MS_MAX, TOPICS_PER_MEMBER_MAX};
 use crate::state::{KeyRange, StoreError, StoreRead, Table};
 use crate::stream::{Assignment, Assignor, GroupView, TopicPartition};
+
+/// Applies one consumer-group op.
+pub(super) fn apply_op<S: StoreRead>(
+    view: &mut View<'_, S>,
+    ctx: OpContext,
+    op: &GroupOp,
+) -> Result<Response, StoreError> {
+    let now_ms = ctx.now_ms;
+    match op {
+        GroupOp::Join {
+            group,
+            member,
+            topics,
+            session_timeout_ms,
+            assignor,
+        } => join(
+            view,
+            now_ms,
+            Join {
+                group,
+                member,
+                topics,
+                session_timeout_ms: *session_timeout_ms,
+                assignor: *assignor,
+            },
+        ),
+        GroupOp::Heartbeat { group, member } => heartbeat(view, now_ms, group, member),
+        GroupOp::Leave { group, member } => leave(view, now_ms, group, member),
+        GroupOp::Commit {
+            group,
+            member,
+            generation,
+            offsets,
+        } => commit(
+            view,
+            now_ms,
+            Commit {
+                group,
+                member,
+                generation: *generation,
+                offsets,
+            },
+        ),
+        GroupOp::Sweep { limit } => sweep(view, now_ms, *limit),
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Member {
@@ -344,28 +390,28 @@ pub(crate) fn commit<S: StoreRead>(view: &mut View<'_, S>, now_ms: u64, c: Commi
         Err(e) => return Ok(Response::GroupRefused(e)),
     };
     if c.generation != state.generation {
-        return Ok(Response::Refused(OpError::IllegalGeneration {
+        return Ok(Response::Refused(OpError::Stream(StreamError::IllegalGeneration {
             group: String::from_utf8_lossy(c.group).into_owned(),
             given: c.generation,
             current: state.generation,
-        }));
+        })));
     }
     let owned = state.assignment.get(c.member).cloned().unwrap_or_default();
     for (topic, partition, offset) in c.offsets {
         if !owned.iter().any(|(t, p)| t == topic && p == partition) {
-            return Ok(Response::Refused(OpError::NotAssigned {
+            return Ok(Response::Refused(OpError::Stream(StreamError::NotAssigned {
                 topic: String::from_utf8_lossy(topic).into_owned(),
                 partition: *partition,
                 member: c.member.to_string(),
-            }));
+            })));
         }
         let bounds = refuse_on_err!(partition_state(view, topic, *partition)?);
         if *offset > bounds.next_offset {
-            return Ok(Response::Refused(OpError::OffsetOutOfRange {
+            return Ok(Response::Refused(OpError::Stream(StreamError::OffsetOutOfRange {
                 offset: *offset,
                 log_start: bounds.start_offset,
                 high_watermark: bounds.next_offset,
-            }));
+            })));
         }
         view.put(
             Table::StreamOffset,

@@ -4,10 +4,42 @@ use basalt_replication::Version;
 
 use std::collections::HashSet;
 
-use super::{check_batch, check_key, lossy, RegionRole, View};
-use crate::command::{Expect, KvPart, KvWrite, OpError, Response};
+use super::{check_batch, check_key, lossy, OpContext, RegionRole, View};
+use crate::command::{Expect, KvError, KvOp, KvPart, KvWrite, OpError, Response};
 use crate::limits::{BATCH_BYTES_MAX, TTL_MS_MAX, VALUE_BYTES_MAX};
 use crate::state::{KeyRange, KvEvent, KvRecord, StoreError, StoreRead, Table};
+
+/// Applies one KV op of entry `ctx.index`.
+pub(super) fn apply_op<S: StoreRead>(
+    view: &mut View<'_, S>,
+    ctx: OpContext,
+    op: &KvOp,
+) -> Result<Response, StoreError> {
+    let OpContext { index, now_ms, .. } = ctx;
+    let writer = Writer {
+        stamp: ctx.stamp.0,
+        region: ctx.region,
+    };
+    Ok(match op {
+        KvOp::Put {
+            key,
+            value,
+            ttl_ms,
+            expect,
+        } => put(view, index, now_ms, writer, key, value, *ttl_ms, *expect)?,
+        KvOp::Delete { key, expect } => delete(view, index, now_ms, writer, key, *expect)?,
+        KvOp::Batch { writes } => batch(view, index, now_ms, writer, writes)?,
+        // `Applier::apply` takes merged entries apart; a part that is one again is refused there.
+        KvOp::Merged { .. } => Response::Refused(OpError::Kv(KvError::NotMergeable { op: op.to_string() })),
+        KvOp::SweepExpired { limit } => sweep_expired(view, index, now_ms, ctx.region, *limit)?,
+        KvOp::Compact { below, limit } => compact(view, *below, *limit)?,
+        KvOp::TombstoneGc {
+            below,
+            limit,
+            topology_at,
+        } => super::replication::collect_tombstones(view, *below, *limit, *topology_at)?,
+    })
+}
 
 pub(crate) fn validate_put(key: &[u8], value: &[u8], ttl_ms: Option<u64>) -> Result<(), OpError> {
     check_key(key)?;
@@ -55,9 +87,9 @@ pub fn validate_batch(writes: &[KvWrite]) -> Result<(), OpError> {
     check_size("kv batch", writes.len(), writes.iter().map(KvWrite::bytes).sum())?;
     let mut keys = HashSet::with_capacity(writes.len());
     match writes.iter().find(|w| !keys.insert(w.key())) {
-        Some(twice) => Err(OpError::DuplicateKey {
+        Some(twice) => Err(OpError::Kv(KvError::DuplicateKey {
             key: lossy(twice.key()),
-        }),
+        })),
         None => Ok(()),
     }
 }
@@ -78,14 +110,16 @@ pub fn validate_merged(parts: &[KvPart]) -> Result<(), OpError> {
     )?;
     let mut keys = HashSet::new();
     for part in parts {
-        let part_keys = part.keys().ok_or_else(|| OpError::NotMergeable {
-            op: part.op.to_string(),
+        let part_keys = part.keys().ok_or_else(|| {
+            OpError::Kv(KvError::NotMergeable {
+                op: part.op.to_string(),
+            })
         })?;
         // Within a part a repeated key is the part's own refusal, answered when it applies.
         let part_keys: HashSet<&[u8]> = part_keys.into_iter().collect();
         for key in part_keys {
             if !keys.insert(key) {
-                return Err(OpError::DuplicateKey { key: lossy(key) });
+                return Err(OpError::Kv(KvError::DuplicateKey { key: lossy(key) }));
             }
         }
     }

@@ -8,10 +8,29 @@
 use serde::{Deserialize, Serialize};
 
 use super::read::{read_judged, Expiring, Judged};
-use super::{check_key, corrupt, lossy, View};
-use crate::command::{Fence, LeaseLoss, LeaseOutcome, OpError, Response};
+use super::{check_key, corrupt, lossy, OpContext, View};
+use crate::command::{Fence, LeaseError, LeaseLoss, LeaseOp, LeaseOutcome, OpError, Response};
 use crate::limits::{KEY_BYTES_MAX, TTL_MS_MAX};
 use crate::state::{StoreError, StoreRead, Table, ViewSource};
+
+/// Applies one lease op of entry `ctx.index` (the index is the fencing token of a new grant).
+pub(super) fn apply_op<S: StoreRead>(
+    view: &mut View<'_, S>,
+    ctx: OpContext,
+    op: &LeaseOp,
+) -> Result<Response, StoreError> {
+    let OpContext { index, now_ms, .. } = ctx;
+    match op {
+        LeaseOp::Acquire { name, holder, ttl_ms } => acquire(view, index, now_ms, name, holder, *ttl_ms),
+        LeaseOp::Renew {
+            name,
+            holder,
+            token,
+            ttl_ms,
+        } => renew(view, now_ms, name, holder, *token, *ttl_ms),
+        LeaseOp::Release { name, holder, token } => release(view, now_ms, name, holder, *token),
+    }
+}
 
 /// The current grant of a lease. Deleted on release; overwritten by the next grant once expired.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,13 +142,13 @@ pub(crate) fn check_fence<S: StoreRead>(
         Ok(record) => record,
         Err(e) => return Ok(Err(e)),
     };
-    Ok(
-        standing(record.as_ref(), None, fence.token, now_ms).map_err(|reason| OpError::StaleFence {
+    Ok(standing(record.as_ref(), None, fence.token, now_ms).map_err(|reason| {
+        OpError::Lease(LeaseError::StaleFence {
             lease: lossy(&fence.lease),
             token: fence.token,
             reason,
-        }),
-    )
+        })
+    }))
 }
 
 pub(crate) fn acquire<S: StoreRead>(
@@ -174,11 +193,11 @@ pub(crate) fn acquire<S: StoreRead>(
 }
 
 fn not_held(name: &[u8], token: u64, reason: LeaseLoss) -> Response {
-    Response::Refused(OpError::LeaseNotHeld {
+    Response::Refused(OpError::Lease(LeaseError::NotHeld {
         lease: lossy(name),
         token,
         reason,
-    })
+    }))
 }
 
 pub(crate) fn renew<S: StoreRead>(

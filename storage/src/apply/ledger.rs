@@ -8,13 +8,26 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{corrupt, load, save, View, WriteSet};
-use crate::command::{OpError, Response};
+use super::{corrupt, load, save, OpContext, View, WriteSet};
+use crate::command::{LedgerOp, OpError, Response};
 use crate::ledger::{
     account_flags as af, transfer_flags as tf, Account, AccountBalance, AccountFilter, AccountResult, PendingStatus,
     Transfer, TransferResult,
 };
 use crate::state::{KeyRange, KeyValue, StoreError, StoreRead, Table};
+
+/// Applies one ledger op.
+pub(super) fn apply_op<S: StoreRead>(
+    view: &mut View<'_, S>,
+    ctx: OpContext,
+    op: &LedgerOp,
+) -> Result<Response, StoreError> {
+    match op {
+        LedgerOp::CreateAccounts { accounts } => create_accounts(view, ctx.now_ms, accounts),
+        LedgerOp::CreateTransfers { transfers } => create_transfers(view, ctx.now_ms, transfers),
+        LedgerOp::ExpirePending { limit } => expire_pending(view, ctx.now_ms, *limit),
+    }
+}
 
 const LAST_TIMESTAMP_KEY: &[u8] = b"ledger_last_timestamp";
 const NANOS_PER_MS: u64 = 1_000_000;

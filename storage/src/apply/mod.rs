@@ -59,6 +59,7 @@ mod tests_topology;
 mod validate;
 mod write_set;
 
+use applier::OpContext;
 #[cfg(test)]
 pub(crate) use applier::LAST_STAMP_KEY;
 pub use applier::{last_applied_stamp, Applier, RegionRole};
@@ -69,7 +70,10 @@ pub use write_set::{View, WriteSet};
 
 // What the test modules of this folder use from here (`use super::*`).
 #[cfg(test)]
-use crate::command::{Command, Op, OpError, Response};
+use crate::command::{
+    Command, CounterError, GroupOp, KvError, KvOp, LeaseError, LeaseOp, LedgerOp, Op, OpError, QueueError, QueueOp,
+    RateOp, RegionError, RegionOp, Response, StreamError, StreamOp,
+};
 #[cfg(test)]
 use crate::hlc::HlcStamp;
 #[cfg(test)]

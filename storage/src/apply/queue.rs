@@ -9,13 +9,39 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{check_batch, load, named, out_of_range, save, View};
-use crate::command::{OpError, Response};
+use super::{check_batch, load, named, out_of_range, save, OpContext, View};
+use crate::command::{OpError, QueueError, QueueOp, Response};
 use crate::limits::{
     BATCH_BYTES_MAX, DELAY_MS_MAX, MESSAGE_BYTES_MAX, NAME_BYTES_MAX, RECEIVE_MESSAGES_MAX, VISIBILITY_MS_MAX,
 };
 use crate::queue::{Delivery, EnqueueOutcome, NewMessage, QueueConfig, QueueStats, Receipt};
 use crate::state::{KeyRange, StoreError, StoreRead, Table};
+
+/// Applies one queue op of entry `ctx.index` (the index numbers the messages it enqueues).
+pub(super) fn apply_op<S: StoreRead>(
+    view: &mut View<'_, S>,
+    ctx: OpContext,
+    op: &QueueOp,
+) -> Result<Response, StoreError> {
+    let OpContext { index, now_ms, .. } = ctx;
+    match op {
+        QueueOp::Configure { queue, config } => configure(view, queue, config),
+        QueueOp::Enqueue { queue, messages } => enqueue(view, index, now_ms, queue, messages),
+        QueueOp::Receive {
+            queue,
+            max,
+            visibility_timeout_ms,
+        } => receive(view, now_ms, queue, *max, *visibility_timeout_ms),
+        QueueOp::Ack { queue, receipt } => ack(view, queue, receipt),
+        QueueOp::Nack {
+            queue,
+            receipt,
+            delay_ms,
+        } => nack(view, now_ms, queue, receipt, *delay_ms),
+        QueueOp::Redrive { queue, max } => redrive(view, now_ms, queue, *max),
+        QueueOp::DedupSweep { limit } => sweep_dedup(view, now_ms, *limit),
+    }
+}
 
 /// A queue's record: its settings and counts.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -421,11 +447,11 @@ fn current_delivery<S: StoreRead>(
     let message = load_message(view, queue, receipt.message_id)?;
     Ok(match message {
         Some(m) if m.in_flight && m.deliveries == receipt.delivery => Ok(m),
-        other => Err(OpError::StaleReceipt {
+        other => Err(OpError::Queue(QueueError::StaleReceipt {
             message_id: receipt.message_id,
             delivery: receipt.delivery,
             latest: other.map(|m| m.deliveries),
-        }),
+        })),
     })
 }
 

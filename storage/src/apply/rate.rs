@@ -6,10 +6,22 @@
 use basalt_replication::{RegionId, WindowCount, WindowCounts};
 use serde::{Deserialize, Serialize};
 
-use super::{check_key, decode, lossy, out_of_range, save, View};
-use crate::command::{OpError, RateCheck, RateDecision, RateLimit, Response};
+use super::{check_key, decode, lossy, out_of_range, save, OpContext, View};
+use crate::command::{OpError, RateCheck, RateDecision, RateLimit, RateOp, Response};
 use crate::limits::RATE_WINDOW_MS_MAX;
 use crate::state::{KeyRange, StoreError, StoreRead, Table};
+
+/// Applies one rate-limit op.
+pub(super) fn apply_op<S: StoreRead>(
+    view: &mut View<'_, S>,
+    ctx: OpContext,
+    op: &RateOp,
+) -> Result<Response, StoreError> {
+    match op {
+        RateOp::Check { checks } => apply(view, ctx.now_ms, ctx.region.id, checks),
+        RateOp::Sweep { limit } => sweep(view, ctx.now_ms, *limit),
+    }
+}
 
 /// Forget times are rounded up to this, so a busy key moves in the expiry index about once a
 /// minute instead of on every check.

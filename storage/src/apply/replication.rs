@@ -11,10 +11,24 @@ use serde::{Deserialize, Serialize};
 use super::counter::{decode_pn, encode_pn};
 use super::kv::{store_tombstone, store_value, tombstone};
 use super::stream::{mirror_key, topic_of_key, MIRRORED_TABLES};
-use super::{decode, load, named, save, RegionRole, View, WriteSet};
-use crate::command::{Op, OpError, Response};
+use super::{decode, load, named, save, OpContext, RegionRole, View, WriteSet};
+use crate::command::{KvOp, Op, OpError, RegionError, RegionOp, Response};
 use crate::state::{KeyRange, KvRecord, StoreError, StoreRead, Table};
 use crate::stream::{is_mirror_name, TopicConfig};
+
+/// Applies one cross-region op of entry `ctx.index`: a feed merge or trim here, a topology
+/// change in `super::topology`.
+pub(super) fn apply_op<S: StoreRead>(
+    view: &mut View<'_, S>,
+    ctx: OpContext,
+    op: &RegionOp,
+) -> Result<Response, StoreError> {
+    match op {
+        RegionOp::MergeFeed { batch } => apply_remote(view, ctx.index, ctx.now_ms, ctx.region, batch),
+        RegionOp::TrimFeed { upto, limit } => trim(view, *upto, *limit),
+        RegionOp::Topology { change } => super::topology::apply(view, ctx.index, change),
+    }
+}
 
 /// How far this region has merged one other region's feed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -185,18 +199,20 @@ pub(crate) fn apply_remote<S: StoreRead>(
     batch: &ShipBatch,
 ) -> Result<Response, StoreError> {
     if !region.replicated {
-        return Ok(Response::Refused(OpError::NotReplicating {
+        return Ok(Response::Refused(OpError::Region(RegionError::NotReplicating {
             source_region: batch.source,
-        }));
+        })));
     }
     if batch.source == region.id {
-        return Ok(Response::Refused(OpError::OwnFeed { region: region.id }));
+        return Ok(Response::Refused(OpError::Region(RegionError::OwnFeed {
+            region: region.id,
+        })));
     }
     if !super::topology::load_topology(&*view)?.is_some_and(|t| t.regions.contains_key(&batch.source)) {
         // A region removed (or never added) merges nothing here, whatever it still sends.
-        return Ok(Response::Refused(OpError::UnknownRegion {
+        return Ok(Response::Refused(OpError::Region(RegionError::UnknownRegion {
             source_region: batch.source,
-        }));
+        })));
     }
     for effect in batch.entries.iter().flat_map(|e| &e.effects) {
         let row_table = match effect {
@@ -205,7 +221,9 @@ pub(crate) fn apply_remote<S: StoreRead>(
             Effect::MirrorRow { table, key, .. } => {
                 let stream_table = Table::from_name(table).filter(|t| MIRRORED_TABLES.contains(t));
                 if stream_table.is_none() || !topic_of_key(key).is_some_and(is_mirror_name) {
-                    return Ok(Response::Refused(OpError::NotMirrorRow { table: table.clone() }));
+                    return Ok(Response::Refused(OpError::Region(RegionError::NotMirrorRow {
+                        table: table.clone(),
+                    })));
                 }
                 continue;
             }
@@ -214,15 +232,15 @@ pub(crate) fn apply_remote<S: StoreRead>(
             }
         };
         if !source_is_home(region, batch.source) {
-            return Ok(Response::Refused(OpError::RowsFromNonHome {
+            return Ok(Response::Refused(OpError::Region(RegionError::RowsFromNonHome {
                 source_region: batch.source,
                 home: region.home,
-            }));
+            })));
         }
         if let Some(table) = row_table.filter(|t| !Table::from_name(t).is_some_and(Table::is_homed)) {
-            return Ok(Response::Refused(OpError::NotHomedTable {
+            return Ok(Response::Refused(OpError::Region(RegionError::NotHomedTable {
                 table: table.to_string(),
-            }));
+            })));
         }
     }
     let mut state = source_state(view, batch.source)?;
@@ -455,10 +473,12 @@ pub fn tombstone_gc_due<S: StoreRead + ?Sized>(
         .and_then(|b| b.try_into().ok())
         .map(u64::from_be_bytes);
     let topology_at = super::topology::load_topology(store)?.map_or(0, |t| t.changed_at);
-    Ok(oldest.filter(|s| *s < below).map(|_| Op::KvTombstoneGc {
-        below,
-        limit,
-        topology_at,
+    Ok(oldest.filter(|s| *s < below).map(|_| {
+        Op::Kv(KvOp::TombstoneGc {
+            below,
+            limit,
+            topology_at,
+        })
     }))
 }
 

@@ -9,13 +9,31 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::queue::check_name;
-use super::{check_batch, decode, load, named, out_of_range, save, View};
-use crate::command::{OpError, Response};
+use super::{check_batch, decode, load, named, out_of_range, save, OpContext, View};
+use crate::command::{OpError, Response, StreamError, StreamOp};
 use crate::limits::{BATCH_BYTES_MAX, NAME_BYTES_MAX, PARTITIONS_MAX, RECORD_VALUE_BYTES_MAX, TTL_MS_MAX};
 use crate::state::{KeyRange, StoreError, StoreRead, Table, ViewSource};
 use crate::stream::{
     is_mirror_name, partition_for_key, FetchedRecord, ProduceRecord, Produced, Record, TopicConfig, MIRROR_MARK,
 };
+
+/// Applies one stream op of entry `ctx.index`.
+pub(super) fn apply_op<S: StoreRead>(
+    view: &mut View<'_, S>,
+    ctx: OpContext,
+    op: &StreamOp,
+) -> Result<Response, StoreError> {
+    let OpContext { index, now_ms, .. } = ctx;
+    match op {
+        StreamOp::CreateTopic { topic, config } => create_topic(view, topic, config),
+        StreamOp::Produce {
+            topic,
+            records,
+            producer,
+        } => produce(view, index, now_ms, topic, records, *producer),
+        StreamOp::Retention { limit } => apply_retention(view, now_ms, *limit),
+    }
+}
 
 /// A partition's bounds: records `start_offset..next_offset` are stored.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,9 +130,9 @@ pub(crate) fn validate_topic(topic: &[u8], config: &TopicConfig) -> Result<(), O
 /// Names with `@` are other regions' mirrors: read-only here.
 fn refuse_mirror_name(topic: &[u8]) -> Result<(), OpError> {
     if is_mirror_name(topic) {
-        return Err(OpError::MirrorReadOnly {
+        return Err(OpError::Stream(StreamError::MirrorReadOnly {
             topic: String::from_utf8_lossy(topic).into_owned(),
-        });
+        }));
     }
     Ok(())
 }
@@ -280,12 +298,12 @@ pub(crate) fn produce<S: StoreRead>(
             let first = sequences[0];
             let last = sequences[sequences.len() - 1];
             if let Some(w) = sequences.windows(2).find(|w| w[1] != w[0].wrapping_add(1)) {
-                return Ok(Response::Refused(OpError::OutOfOrderSequence {
+                return Ok(Response::Refused(OpError::Stream(StreamError::OutOfOrderSequence {
                     partition,
                     expected: w[0].wrapping_add(1),
                     got: w[1],
                     reason: "a partition's sequences in one request must be consecutive".into(),
-                }));
+                })));
             }
             let key = producer_key(topic, partition, producer_id);
             let previous: Option<ProducerState> = load(view, Table::StreamProducer, &key)?;
@@ -302,12 +320,12 @@ pub(crate) fn produce<S: StoreRead>(
                     continue;
                 }
                 Some(p) if first != p.last_sequence.wrapping_add(1) => {
-                    return Ok(Response::Refused(OpError::OutOfOrderSequence {
+                    return Ok(Response::Refused(OpError::Stream(StreamError::OutOfOrderSequence {
                         partition,
                         expected: p.last_sequence.wrapping_add(1),
                         got: first,
                         reason: "not the next sequence, nor a retry of the last batch".into(),
-                    }));
+                    })));
                 }
                 _ => save(
                     view,
@@ -368,11 +386,11 @@ pub fn fetch<S: StoreRead + ?Sized>(
         Err(e) => return Ok(Err(e)),
     };
     if offset < state.start_offset || offset > state.next_offset {
-        return Ok(Err(OpError::OffsetOutOfRange {
+        return Ok(Err(OpError::Stream(StreamError::OffsetOutOfRange {
             offset,
             log_start: state.start_offset,
             high_watermark: state.next_offset,
-        }));
+        })));
     }
     let mut fetched = Fetched {
         records: Vec::new(),

@@ -2,7 +2,7 @@
 //! state, pending transfers, queue dedup ids, group members), found from the store alone.
 
 use super::{stream, RegionRole};
-use crate::command::Op;
+use crate::command::{GroupOp, KvOp, LedgerOp, Op, QueueOp, RateOp, StreamOp};
 use crate::state::{KeyRange, StoreError, StoreRead, Table};
 
 /// Most keys one sweep entry removes; the rest go with the next one.
@@ -13,27 +13,35 @@ pub const SWEEP_ITEMS_MAX: u32 = 1000;
 /// nanoseconds.
 pub fn sweeps_due<S: StoreRead + ?Sized>(store: &S, now_ms: u64, region: RegionRole) -> Result<Vec<Op>, StoreError> {
     let tables = [
-        (Table::KvExpiry, now_ms, Op::KvSweepExpired { limit: SWEEP_ITEMS_MAX }),
-        (Table::RateExpiry, now_ms, Op::RateSweep { limit: SWEEP_ITEMS_MAX }),
+        (
+            Table::KvExpiry,
+            now_ms,
+            Op::Kv(KvOp::SweepExpired { limit: SWEEP_ITEMS_MAX }),
+        ),
+        (
+            Table::RateExpiry,
+            now_ms,
+            Op::Rate(RateOp::Sweep { limit: SWEEP_ITEMS_MAX }),
+        ),
         (
             Table::RateGlobalExpiry,
             now_ms,
-            Op::RateSweep { limit: SWEEP_ITEMS_MAX },
+            Op::Rate(RateOp::Sweep { limit: SWEEP_ITEMS_MAX }),
         ),
         (
             Table::LedgerExpiry,
             now_ms.saturating_mul(1_000_000),
-            Op::LedgerExpirePending { limit: SWEEP_ITEMS_MAX },
+            Op::Ledger(LedgerOp::ExpirePending { limit: SWEEP_ITEMS_MAX }),
         ),
         (
             Table::QueueDedupExpiry,
             now_ms,
-            Op::QueueDedupSweep { limit: SWEEP_ITEMS_MAX },
+            Op::Queue(QueueOp::DedupSweep { limit: SWEEP_ITEMS_MAX }),
         ),
         (
             Table::StreamGroupExpiry,
             now_ms,
-            Op::GroupSweep { limit: SWEEP_ITEMS_MAX },
+            Op::Group(GroupOp::Sweep { limit: SWEEP_ITEMS_MAX }),
         ),
     ];
     let mut due = Vec::new();
@@ -50,7 +58,7 @@ pub fn sweeps_due<S: StoreRead + ?Sized>(store: &S, now_ms: u64, region: RegionR
         }
     }
     if stream::retention_due(store, now_ms)? {
-        due.push(Op::StreamRetention { limit: SWEEP_ITEMS_MAX });
+        due.push(Op::Stream(StreamOp::Retention { limit: SWEEP_ITEMS_MAX }));
     }
     Ok(due)
 }

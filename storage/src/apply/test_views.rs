@@ -117,7 +117,7 @@ mod one_view_reads {
     use super::*;
     use crate::apply::tests::{cmd, incr_op};
     use crate::apply::{counter, stream};
-    use crate::command::Op;
+    use crate::command::{Op, StreamOp};
     use crate::stream::{ProduceRecord, TopicConfig};
 
     #[test]
@@ -165,7 +165,7 @@ mod one_view_reads {
     #[test]
     fn a_topic_is_described_from_one_view() {
         let (_dir, store) = open_store();
-        let create = Op::StreamCreateTopic {
+        let create = Op::Stream(StreamOp::CreateTopic {
             topic: b"t".to_vec(),
             config: TopicConfig {
                 partitions: 2,
@@ -173,7 +173,7 @@ mod one_view_reads {
                 retention_bytes: None,
                 mirror: false,
             },
-        };
+        });
         apply_all(&store, 1, &[cmd(1, create)]);
         let record = |partition: u32| ProduceRecord {
             partition: Some(partition),
@@ -183,11 +183,11 @@ mod one_view_reads {
             sequence: None,
         };
         // One entry appends to both partitions.
-        let produce = Op::StreamProduce {
+        let produce = Op::Stream(StreamOp::Produce {
             topic: b"t".to_vec(),
             records: vec![record(0), record(1)],
             producer: None,
-        };
+        });
         let batch = batch_of(&store, 2, &[cmd(2, produce)]);
         let meddler = Meddler::new(&store, 2, batch);
         let (config, partitions) = stream::describe(&meddler, b"t").expect("read").expect("a topic");

@@ -34,12 +34,12 @@ pub(super) fn counted(value: i64) -> Response {
 }
 
 pub(super) fn put(key: &str, value: &str) -> Op {
-    Op::KvPut {
+    Op::Kv(KvOp::Put {
         key: key.into(),
         value: value.into(),
         ttl_ms: None,
         expect: None,
-    }
+    })
 }
 
 /// Applies commands one entry per batch, committing after each, like the state machine does.
@@ -123,7 +123,7 @@ fn put_sets_revisions_and_versions() {
 fn a_kv_batch_answers_each_write_at_one_revision() {
     let mut h = Harness::new();
     h.apply(cmd(1, put("taken", "old")));
-    let batch = Op::KvBatch {
+    let batch = Op::Kv(KvOp::Batch {
         writes: vec![
             KvWrite::Put {
                 key: "a".into(),
@@ -148,7 +148,7 @@ fn a_kv_batch_answers_each_write_at_one_revision() {
                 expect: None,
             },
         ],
-    };
+    });
     assert_eq!(
         h.apply(cmd(2, batch)),
         Response::KvBatch(vec![
@@ -169,7 +169,7 @@ fn a_kv_batch_answers_each_write_at_one_revision() {
     let revisions: Vec<(u64, String)> = history(&h).into_iter().map(|(rev, key, _)| (rev, key)).collect();
     assert_eq!(revisions, [(1, "taken".to_string()), (2, "a".to_string())]);
 
-    let twice = Op::KvBatch {
+    let twice = Op::Kv(KvOp::Batch {
         writes: vec![
             KvWrite::Delete {
                 key: "a".into(),
@@ -180,10 +180,10 @@ fn a_kv_batch_answers_each_write_at_one_revision() {
                 expect: None,
             },
         ],
-    };
+    });
     assert_eq!(
         h.apply(cmd(3, twice)),
-        Response::Refused(OpError::DuplicateKey { key: "a".into() })
+        Response::Refused(OpError::Kv(KvError::DuplicateKey { key: "a".into() }))
     );
     assert!(h.kv("a").is_some(), "a refused batch deletes nothing");
 }
@@ -195,14 +195,14 @@ fn a_retried_kv_batch_applies_once() {
         with_session(
             cmd(
                 1,
-                Op::KvBatch {
+                Op::Kv(KvOp::Batch {
                     writes: vec![KvWrite::Put {
                         key: "k".into(),
                         value: "v".into(),
                         ttl_ms: None,
                         expect: Some(Expect::Absent),
                     }],
-                },
+                }),
             ),
             42,
             1,
@@ -238,11 +238,13 @@ fn a_lone_region_put_touches_only_the_key_and_its_history() {
 #[test]
 fn cas_on_revision_and_absence() {
     let mut h = Harness::new();
-    let cas = |expect, v: &str| Op::KvPut {
-        key: "k".into(),
-        value: v.into(),
-        ttl_ms: None,
-        expect: Some(expect),
+    let cas = |expect, v: &str| {
+        Op::Kv(KvOp::Put {
+            key: "k".into(),
+            value: v.into(),
+            ttl_ms: None,
+            expect: Some(expect),
+        })
     };
     assert_eq!(
         h.apply(cmd(1, cas(Expect::Absent, "first"))),
@@ -274,24 +276,24 @@ fn ttl_expiry_is_decided_by_entry_stamps() {
     let mut h = Harness::new();
     h.apply(cmd(
         1_000,
-        Op::KvPut {
+        Op::Kv(KvOp::Put {
             key: "t".into(),
             value: "v".into(),
             ttl_ms: Some(500),
             expect: None,
-        },
+        }),
     ));
     assert_eq!(h.kv("t").expect("stored").expires_at_ms, Some(1_500));
     // Before expiry the key counts as present for CAS.
     assert_eq!(
         h.apply(cmd(
             1_499,
-            Op::KvPut {
+            Op::Kv(KvOp::Put {
                 key: "t".into(),
                 value: "x".into(),
                 ttl_ms: None,
                 expect: Some(Expect::Absent)
-            }
+            })
         )),
         Response::KvConditionFailed { current: Some(1) }
     );
@@ -299,12 +301,12 @@ fn ttl_expiry_is_decided_by_entry_stamps() {
     assert_eq!(
         h.apply(cmd(
             1_500,
-            Op::KvPut {
+            Op::Kv(KvOp::Put {
                 key: "t".into(),
                 value: "y".into(),
                 ttl_ms: None,
                 expect: Some(Expect::Absent)
-            }
+            })
         )),
         Response::KvPut {
             revision: 3,
@@ -330,23 +332,23 @@ fn stamps_never_go_backwards_across_leaders() {
     let mut h = Harness::new();
     h.apply(cmd(
         10_000,
-        Op::KvPut {
+        Op::Kv(KvOp::Put {
             key: "t".into(),
             value: "v".into(),
             ttl_ms: Some(100),
             expect: None,
-        },
+        }),
     ));
     // A new leader with a clock 5 s behind: its stamps are raised to the last applied one, so the
     // key (expiring at 10_100) is still live and its TTL is not extended by the skew.
     h.apply(cmd(
         5_000,
-        Op::KvPut {
+        Op::Kv(KvOp::Put {
             key: "u".into(),
             value: "v".into(),
             ttl_ms: Some(100),
             expect: None,
-        },
+        }),
     ));
     assert_eq!(h.kv("u").expect("stored").expires_at_ms, Some(10_100));
     assert_eq!(h.applier.last_stamp().physical_ms(), 10_000);
@@ -358,25 +360,25 @@ fn sweep_removes_only_due_keys() {
     for (k, ttl) in [("a", 100), ("b", 200), ("c", 300)] {
         h.apply(cmd(
             1_000,
-            Op::KvPut {
+            Op::Kv(KvOp::Put {
                 key: k.into(),
                 value: "v".into(),
                 ttl_ms: Some(ttl),
                 expect: None,
-            },
+            }),
         ));
     }
     h.apply(cmd(1_000, put("forever", "v")));
     // "b" was rewritten without TTL: its old expiry entry must not delete it.
     h.apply(cmd(1_050, put("b", "kept")));
     assert_eq!(
-        h.apply(cmd(1_250, Op::KvSweepExpired { limit: 100 })),
+        h.apply(cmd(1_250, Op::Kv(KvOp::SweepExpired { limit: 100 }))),
         Response::Swept { removed: 1 }
     );
     assert!(h.kv("a").is_none());
     assert!(h.kv("b").is_some() && h.kv("c").is_some() && h.kv("forever").is_some());
     assert_eq!(
-        h.apply(cmd(2_000, Op::KvSweepExpired { limit: 100 })),
+        h.apply(cmd(2_000, Op::Kv(KvOp::SweepExpired { limit: 100 }))),
         Response::Swept { removed: 1 }
     );
     assert!(h.kv("c").is_none());
@@ -389,10 +391,10 @@ fn delete_reports_whether_a_live_key_existed() {
     assert_eq!(
         h.apply(cmd(
             2,
-            Op::KvDelete {
+            Op::Kv(KvOp::Delete {
                 key: "d".into(),
                 expect: None
-            }
+            })
         )),
         Response::KvDelete {
             revision: 2,
@@ -402,10 +404,10 @@ fn delete_reports_whether_a_live_key_existed() {
     assert_eq!(
         h.apply(cmd(
             3,
-            Op::KvDelete {
+            Op::Kv(KvOp::Delete {
                 key: "d".into(),
                 expect: None
-            }
+            })
         )),
         Response::KvDelete {
             revision: 3,
@@ -436,35 +438,35 @@ fn counters_add_and_refuse_overflow() {
 fn bad_input_is_refused_and_changes_nothing_but_the_clock() {
     let mut h = Harness::new();
     let cases = [
-        Op::KvPut {
+        Op::Kv(KvOp::Put {
             key: vec![],
             value: vec![],
             ttl_ms: None,
             expect: None,
-        },
-        Op::KvPut {
+        }),
+        Op::Kv(KvOp::Put {
             key: vec![b'k'; crate::limits::KEY_BYTES_MAX + 1],
             value: vec![],
             ttl_ms: None,
             expect: None,
-        },
-        Op::KvPut {
+        }),
+        Op::Kv(KvOp::Put {
             key: b"k".to_vec(),
             value: vec![0; crate::limits::VALUE_BYTES_MAX + 1],
             ttl_ms: None,
             expect: None,
-        },
-        Op::KvPut {
+        }),
+        Op::Kv(KvOp::Put {
             key: b"k".to_vec(),
             value: vec![],
             ttl_ms: Some(0),
             expect: None,
-        },
+        }),
         incr_op(vec![], 1),
-        Op::KvDelete {
+        Op::Kv(KvOp::Delete {
             key: vec![],
             expect: None,
-        },
+        }),
     ];
     for op in cases {
         assert!(validate_op(&op).is_err(), "{op:?} passes validation");
@@ -548,14 +550,14 @@ fn op_strategy() -> impl Strategy<Value = Op> {
     let key = prop::sample::select(vec!["a", "b", "c", "d"]).prop_map(|k| k.as_bytes().to_vec());
     prop_oneof![
         3 => (key.clone(), any::<u8>(), prop::option::of(1u64..50), prop::option::of(prop_oneof![Just(Expect::Absent), (0u64..20).prop_map(Expect::Revision)]))
-            .prop_map(|(key, v, ttl_ms, expect)| Op::KvPut { key, value: vec![v], ttl_ms, expect }),
-        1 => (key.clone(), prop::option::of((0u64..20).prop_map(Expect::Revision))).prop_map(|(key, expect)| Op::KvDelete { key, expect }),
+            .prop_map(|(key, v, ttl_ms, expect)| Op::Kv(KvOp::Put { key, value: vec![v], ttl_ms, expect })),
+        1 => (key.clone(), prop::option::of((0u64..20).prop_map(Expect::Revision))).prop_map(|(key, expect)| Op::Kv(KvOp::Delete { key, expect })),
         2 => prop::collection::vec((key.clone(), counter_action_strategy()), 1..4)
             .prop_map(|ops| Op::Counter { ops: ops.into_iter().map(|(key, action)| CounterOp { key, action }).collect() }),
-        1 => (1u32..4).prop_map(|limit| Op::KvSweepExpired { limit }),
+        1 => (1u32..4).prop_map(|limit| Op::Kv(KvOp::SweepExpired { limit })),
         // Mostly distinct keys; now and then one twice, which refuses the whole batch.
         2 => prop::collection::vec((key.clone(), kv_write_strategy()), 1..5)
-            .prop_map(|writes| Op::KvBatch { writes: writes.into_iter().map(|(key, write)| write(key)).collect() }),
+            .prop_map(|writes| Op::Kv(KvOp::Batch { writes: writes.into_iter().map(|(key, write)| write(key)).collect() })),
     ]
 }
 
@@ -642,19 +644,19 @@ impl Model {
 
     fn apply(&mut self, index: u64, now: u64, op: &Op) -> Response {
         match op {
-            Op::KvPut {
+            Op::Kv(KvOp::Put {
                 key,
                 value,
                 ttl_ms,
                 expect,
-            } => self.put(index, now, key, value, *ttl_ms, *expect),
-            Op::KvDelete { key, expect } => self.delete(index, now, key, *expect),
-            Op::KvBatch { writes } => {
+            }) => self.put(index, now, key, value, *ttl_ms, *expect),
+            Op::Kv(KvOp::Delete { key, expect }) => self.delete(index, now, key, *expect),
+            Op::Kv(KvOp::Batch { writes }) => {
                 let mut keys = std::collections::BTreeSet::new();
                 if let Some(twice) = writes.iter().find(|w| !keys.insert(w.key())) {
-                    return Response::Refused(OpError::DuplicateKey {
+                    return Response::Refused(OpError::Kv(KvError::DuplicateKey {
                         key: lossy(twice.key()),
-                    });
+                    }));
                 }
                 Response::KvBatch(
                     writes
@@ -695,7 +697,7 @@ impl Model {
                 }
                 Response::Counters(outcomes)
             }
-            Op::KvSweepExpired { .. } => Response::Swept { removed: 0 },
+            Op::Kv(KvOp::SweepExpired { .. }) => Response::Swept { removed: 0 },
             other => unreachable!("the strategy generates no {other:?}"),
         }
     }
@@ -802,7 +804,7 @@ fn history_compaction_scans_from_the_history_start() {
     for i in 0..10 {
         h.apply(cmd(i + 1, put("k", "v")));
     }
-    h.apply(cmd(20, Op::KvCompact { below: 6, limit: 100 }));
+    h.apply(cmd(20, Op::Kv(KvOp::Compact { below: 6, limit: 100 })));
     assert_eq!(kv::history_start(&h.store).expect("start"), 6);
     let recorder = ScanStarts {
         inner: &h.store,
@@ -1074,28 +1076,28 @@ fn every_kv_change_lands_in_the_history_in_revision_order() {
     h.apply(cmd(2, put("a", "2")));
     h.apply(cmd(
         3,
-        Op::KvDelete {
+        Op::Kv(KvOp::Delete {
             key: "a".into(),
             expect: None,
-        },
+        }),
     ));
     h.apply(cmd(
         4,
-        Op::KvDelete {
+        Op::Kv(KvOp::Delete {
             key: "never".into(),
             expect: None,
-        },
+        }),
     ));
     h.apply(cmd(
         5,
-        Op::KvPut {
+        Op::Kv(KvOp::Put {
             key: "t".into(),
             value: "x".into(),
             ttl_ms: Some(10),
             expect: None,
-        },
+        }),
     ));
-    h.apply(cmd(100, Op::KvSweepExpired { limit: 10 }));
+    h.apply(cmd(100, Op::Kv(KvOp::SweepExpired { limit: 10 })));
     let put_event = |value: &str, create_revision, version| KvEvent::Put {
         value: value.into(),
         create_revision,
@@ -1126,14 +1128,14 @@ fn compaction_drops_old_history_and_moves_the_start() {
         .expect("something to compact");
     assert_eq!(below, 6);
     assert_eq!(
-        h.apply(cmd(20, Op::KvCompact { below, limit: 1000 })),
+        h.apply(cmd(20, Op::Kv(KvOp::Compact { below, limit: 1000 }))),
         Response::Swept { removed: 5 }
     );
     assert_eq!(kv::history_start(&h.store).expect("start"), 6);
     assert_eq!(history(&h).first().map(|e| e.0), Some(6));
     // A small limit stops on a revision boundary.
     assert_eq!(
-        h.apply(cmd(21, Op::KvCompact { below: 10, limit: 2 })),
+        h.apply(cmd(21, Op::Kv(KvOp::Compact { below: 10, limit: 2 }))),
         Response::Swept { removed: 1 }
     );
     assert_eq!(kv::history_start(&h.store).expect("start"), 7);
@@ -1153,7 +1155,7 @@ fn a_revision_keeps_all_its_changes_in_one_history_row() {
             expect: None,
         })
         .collect();
-    h.apply(cmd(1, Op::KvBatch { writes }));
+    h.apply(cmd(1, Op::Kv(KvOp::Batch { writes })));
     h.apply(cmd(2, put("d", "v")));
     let rows = h
         .store
@@ -1234,7 +1236,7 @@ fn a_command_larger_than_one_log_entry_is_refused_before_it_is_proposed() {
             expect: None,
         })
         .collect();
-    let large = cmd(1, Op::KvBatch { writes });
+    let large = cmd(1, Op::Kv(KvOp::Batch { writes }));
     assert!(
         matches!(large.check_size(), Err(OpError::EntryTooLarge { max, .. }) if max == crate::limits::ENTRY_COMMAND_BYTES_MAX)
     );

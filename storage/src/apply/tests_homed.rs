@@ -71,11 +71,11 @@ fn other_regions_refuse_homed_writes_and_leave_homed_sweeps_to_the_home() {
     assert_eq!(
         eu.apply(cmd(
             1,
-            Op::LedgerCreateAccounts {
+            Op::Ledger(LedgerOp::CreateAccounts {
                 accounts: vec![account(1, 0)]
-            }
+            })
         )),
-        Response::Refused(OpError::NotHome { region: 2, home: 1 })
+        Response::Refused(OpError::Region(RegionError::NotHome { region: 2, home: 1 }))
     );
     assert!(homed_rows(&eu).is_empty(), "the refusal wrote nothing");
 
@@ -97,8 +97,12 @@ fn other_regions_refuse_homed_writes_and_leave_homed_sweeps_to_the_home() {
 
     let later = 1_000_000_000;
     let at_home = sweeps_due(&home.store, later, home.applier.region()).expect("due");
-    assert!(at_home.iter().any(|op| matches!(op, Op::LedgerExpirePending { .. })));
-    assert!(at_home.iter().any(|op| matches!(op, Op::QueueDedupSweep { .. })));
+    assert!(at_home
+        .iter()
+        .any(|op| matches!(op, Op::Ledger(LedgerOp::ExpirePending { .. }))));
+    assert!(at_home
+        .iter()
+        .any(|op| matches!(op, Op::Queue(QueueOp::DedupSweep { .. }))));
     let elsewhere = sweeps_due(&eu.store, later, eu.applier.region()).expect("due");
     assert!(!elsewhere.iter().any(Op::is_homed), "{elsewhere:?}");
 
@@ -120,11 +124,11 @@ fn homed_rows_are_taken_only_from_the_home_and_only_for_homed_tables() {
     let mut foreign = batch(&home, 1, 0);
     foreign.source = 3;
     assert_eq!(
-        eu.apply(cmd(1001, Op::ReplApply { batch: foreign })),
-        Response::Refused(OpError::RowsFromNonHome {
+        eu.apply(cmd(1001, Op::Region(RegionOp::MergeFeed { batch: foreign }))),
+        Response::Refused(OpError::Region(RegionError::RowsFromNonHome {
             source_region: 3,
             home: 1
-        })
+        }))
     );
     let into_kv = ShipBatch {
         source: 1,
@@ -142,8 +146,8 @@ fn homed_rows_are_taken_only_from_the_home_and_only_for_homed_tables() {
         resync: false,
     };
     assert_eq!(
-        eu.apply(cmd(1002, Op::ReplApply { batch: into_kv })),
-        Response::Refused(OpError::NotHomedTable { table: "kv".into() })
+        eu.apply(cmd(1002, Op::Region(RegionOp::MergeFeed { batch: into_kv }))),
+        Response::Refused(OpError::Region(RegionError::NotHomedTable { table: "kv".into() }))
     );
     assert!(
         homed_rows(&eu).is_empty() && eu.kv("k").is_none(),
@@ -186,10 +190,14 @@ fn a_full_resync_drops_rows_the_home_deleted_and_the_copy_is_incomplete_until_it
 
     let (opening, rows) = resync_chunks(&home);
     assert!(homed_copy_complete(&eu.store).expect("flag"));
-    assert!(merged(&eu.apply(cmd(1004, Op::ReplApply { batch: opening }))));
+    assert!(merged(
+        &eu.apply(cmd(1004, Op::Region(RegionOp::MergeFeed { batch: opening })))
+    ));
     assert!(!homed_copy_complete(&eu.store).expect("flag"), "incomplete mid-re-sync");
     assert!(homed_rows(&eu).is_empty());
-    assert!(merged(&eu.apply(cmd(1005, Op::ReplApply { batch: rows }))));
+    assert!(merged(
+        &eu.apply(cmd(1005, Op::Region(RegionOp::MergeFeed { batch: rows })))
+    ));
     assert!(homed_copy_complete(&eu.store).expect("flag"));
     assert_eq!(
         homed_rows(&eu),
@@ -253,7 +261,7 @@ proptest! {
             let entries = feed_after(&home.store, after, n).expect("feed");
             let Some(last) = entries.last().map(|e| e.index) else { break };
             let step = ShipBatch { source: 1, entries, upto: last, frontier: home.last_stamp().0, resync: false };
-            let merged_step = merged(&eu.apply(cmd(5000, Op::ReplApply { batch: step })));
+            let merged_step = merged(&eu.apply(cmd(5000, Op::Region(RegionOp::MergeFeed { batch: step }))));
             prop_assert!(merged_step);
             check_invariants(&eu);
             after = last;

@@ -5,11 +5,11 @@ use super::*;
 use crate::command::{Fence, LeaseLoss, LeaseOutcome};
 
 pub(super) fn acquire(name: &str, holder: &str, ttl_ms: u64) -> Op {
-    Op::LeaseAcquire {
+    Op::Lease(LeaseOp::Acquire {
         name: name.into(),
         holder: holder.into(),
         ttl_ms,
-    }
+    })
 }
 
 fn fenced(stamp_ms: u64, op: Op, lease: &str, token: u64) -> Command {
@@ -56,16 +56,20 @@ fn reacquire_by_the_holder_keeps_the_token_and_extends() {
 fn renew_and_release_need_the_live_grant() {
     let mut h = Harness::new();
     let (token, _) = granted(h.apply(cmd(1000, acquire("job", "a", 500))));
-    let renew = |holder: &str, token, ttl_ms| Op::LeaseRenew {
-        name: b"job".to_vec(),
-        holder: holder.into(),
-        token,
-        ttl_ms,
+    let renew = |holder: &str, token, ttl_ms| {
+        Op::Lease(LeaseOp::Renew {
+            name: b"job".to_vec(),
+            holder: holder.into(),
+            token,
+            ttl_ms,
+        })
     };
-    let release = |holder: &str, token| Op::LeaseRelease {
-        name: b"job".to_vec(),
-        holder: holder.into(),
-        token,
+    let release = |holder: &str, token| {
+        Op::Lease(LeaseOp::Release {
+            name: b"job".to_vec(),
+            holder: holder.into(),
+            token,
+        })
     };
     // A non-holder cannot renew or release, and nothing changes.
     let before = h.store.clone();
@@ -73,10 +77,10 @@ fn renew_and_release_need_the_live_grant() {
         assert!(
             matches!(
                 h.apply(cmd(1100, op)),
-                Response::Refused(OpError::LeaseNotHeld {
+                Response::Refused(OpError::Lease(LeaseError::NotHeld {
                     reason: LeaseLoss::Superseded { .. },
                     ..
-                })
+                }))
             ),
             "non-holder accepted"
         );
@@ -89,10 +93,10 @@ fn renew_and_release_need_the_live_grant() {
     // Past its expiry, a renew is refused as expired.
     assert!(matches!(
         h.apply(cmd(1900, renew("a", token, 500))),
-        Response::Refused(OpError::LeaseNotHeld {
+        Response::Refused(OpError::Lease(LeaseError::NotHeld {
             reason: LeaseLoss::Expired { expires_at_ms: 1900 },
             ..
-        })
+        }))
     ));
     assert_eq!(
         h.apply(cmd(1901, release("a", token))),
@@ -100,10 +104,10 @@ fn renew_and_release_need_the_live_grant() {
     );
     assert!(matches!(
         h.apply(cmd(1902, release("a", token))),
-        Response::Refused(OpError::LeaseNotHeld {
+        Response::Refused(OpError::Lease(LeaseError::NotHeld {
             reason: LeaseLoss::NotHeld,
             ..
-        })
+        }))
     ));
 }
 
@@ -118,10 +122,10 @@ fn a_stale_holder_cannot_write_after_its_lease_moved_on() {
     for op in [incr_op("c", 1), put("k", "v")] {
         assert!(matches!(
             h.apply(fenced(1210, op, "job", old)),
-            Response::Refused(OpError::StaleFence {
+            Response::Refused(OpError::Lease(LeaseError::StaleFence {
                 reason: LeaseLoss::Superseded { current_token },
                 ..
-            }) if current_token == new
+            })) if current_token == new
         ));
     }
     assert_eq!(
@@ -139,33 +143,33 @@ fn fences_on_expired_or_released_leases_are_stale() {
     let (token, _) = granted(h.apply(cmd(1000, acquire("job", "a", 100))));
     assert!(matches!(
         h.apply(fenced(1100, incr_op("c", 1), "job", token)),
-        Response::Refused(OpError::StaleFence {
+        Response::Refused(OpError::Lease(LeaseError::StaleFence {
             reason: LeaseLoss::Expired { .. },
             ..
-        })
+        }))
     ));
     let (token, _) = granted(h.apply(cmd(2000, acquire("job", "a", 100))));
     h.apply(cmd(
         2010,
-        Op::LeaseRelease {
+        Op::Lease(LeaseOp::Release {
             name: b"job".to_vec(),
             holder: b"a".to_vec(),
             token,
-        },
+        }),
     ));
     assert!(matches!(
         h.apply(fenced(2020, incr_op("c", 1), "job", token)),
-        Response::Refused(OpError::StaleFence {
+        Response::Refused(OpError::Lease(LeaseError::StaleFence {
             reason: LeaseLoss::NotHeld,
             ..
-        })
+        }))
     ));
     assert!(matches!(
         h.apply(fenced(2020, incr_op("c", 1), "never", 1)),
-        Response::Refused(OpError::StaleFence {
+        Response::Refused(OpError::Lease(LeaseError::StaleFence {
             reason: LeaseLoss::NotHeld,
             ..
-        })
+        }))
     ));
 }
 
@@ -200,11 +204,11 @@ proptest::proptest! {
             let name = b"l".to_vec();
             let holder_bytes = vec![b'a' + holder];
             let op = match (kind, live) {
-                (1, Some((_, token, _))) => Op::LeaseRenew { name, holder: holder_bytes, token, ttl_ms: ttl },
-                (2, Some((_, token, _))) => Op::LeaseRelease { name, holder: holder_bytes, token },
-                _ => Op::LeaseAcquire { name, holder: holder_bytes, ttl_ms: ttl },
+                (1, Some((_, token, _))) => Op::Lease(LeaseOp::Renew { name, holder: holder_bytes, token, ttl_ms: ttl }),
+                (2, Some((_, token, _))) => Op::Lease(LeaseOp::Release { name, holder: holder_bytes, token }),
+                _ => Op::Lease(LeaseOp::Acquire { name, holder: holder_bytes, ttl_ms: ttl }),
             };
-            let is_acquire = matches!(op, Op::LeaseAcquire { .. });
+            let is_acquire = matches!(op, Op::Lease(LeaseOp::Acquire { .. }));
             let response = h.apply(cmd(now, op));
             let current = live.filter(|(_, _, exp)| now < *exp);
             match response {
@@ -226,7 +230,7 @@ proptest::proptest! {
                     proptest::prop_assert!(current.is_some_and(|(h0, _, _)| h0 != holder));
                 }
                 Response::Lease(LeaseOutcome::Released { .. }) => live = None,
-                Response::Refused(OpError::LeaseNotHeld { .. }) => {}
+                Response::Refused(OpError::Lease(LeaseError::NotHeld { .. })) => {}
                 other => proptest::prop_assert!(false, "unexpected {:?}", other),
             }
         }

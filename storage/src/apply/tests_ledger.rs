@@ -35,14 +35,14 @@ pub(super) fn transfer(id: u128, debit: u128, credit: u128, amount: u128) -> Tra
 }
 
 pub(super) fn create_accounts(h: &mut Harness, now_ms: u64, accounts: Vec<Account>) -> Vec<(u32, AccountResult)> {
-    match h.apply(cmd(now_ms, Op::LedgerCreateAccounts { accounts })) {
+    match h.apply(cmd(now_ms, Op::Ledger(LedgerOp::CreateAccounts { accounts }))) {
         Response::AccountResults(r) => r,
         other => panic!("expected account results, got {other:?}"),
     }
 }
 
 pub(super) fn create_transfers(h: &mut Harness, now_ms: u64, transfers: Vec<Transfer>) -> Vec<(u32, TransferResult)> {
-    match h.apply(cmd(now_ms, Op::LedgerCreateTransfers { transfers })) {
+    match h.apply(cmd(now_ms, Op::Ledger(LedgerOp::CreateTransfers { transfers }))) {
         Response::TransferResults(r) => r,
         other => panic!("expected transfer results, got {other:?}"),
     }
@@ -350,7 +350,7 @@ fn an_expired_pending_transfer_is_voided_by_the_sweep() {
     };
     assert_eq!(create_transfers(&mut h, 10_000, vec![pending]), vec![]);
     assert_eq!(
-        h.apply(cmd(11_999, Op::LedgerExpirePending { limit: 10 })),
+        h.apply(cmd(11_999, Op::Ledger(LedgerOp::ExpirePending { limit: 10 }))),
         Response::PendingExpired { expired: 0 }
     );
     assert_eq!(balances(&h, 1), (70, 0, 0, 0));
@@ -365,7 +365,7 @@ fn an_expired_pending_transfer_is_voided_by_the_sweep() {
         vec![(0, TransferResult::PendingTransferExpired)]
     );
     assert_eq!(
-        h.apply(cmd(12_000, Op::LedgerExpirePending { limit: 10 })),
+        h.apply(cmd(12_000, Op::Ledger(LedgerOp::ExpirePending { limit: 10 }))),
         Response::PendingExpired { expired: 1 }
     );
     assert_eq!(balances(&h, 1), (0, 0, 0, 0));
@@ -375,7 +375,7 @@ fn an_expired_pending_transfer_is_voided_by_the_sweep() {
         Some(PendingStatus::Expired)
     );
     assert_eq!(
-        h.apply(cmd(13_000, Op::LedgerExpirePending { limit: 10 })),
+        h.apply(cmd(13_000, Op::Ledger(LedgerOp::ExpirePending { limit: 10 }))),
         Response::PendingExpired { expired: 0 }
     );
     check_invariants(&h);
@@ -514,7 +514,7 @@ proptest! {
         for (batch, advance, sweep) in batches {
             now += advance;
             if sweep {
-                h.apply(cmd(now, Op::LedgerExpirePending { limit: 100 }));
+                h.apply(cmd(now, Op::Ledger(LedgerOp::ExpirePending { limit: 100 })));
             }
             let failures: BTreeMap<u32, TransferResult> = create_transfers(&mut h, now, batch.clone()).into_iter().collect();
             for (i, t) in batch.iter().enumerate() {

@@ -1,4 +1,4 @@
-//! Merged entries (`Op::KvMerged`): the KV writes of several client requests in one log entry.
+//! Merged entries (`KvOp::Merged`): the KV writes of several client requests in one log entry.
 //! The property that matters: a merged entry changes the state and answers each request exactly
 //! as the same requests would, each as an entry of its own, at that one index.
 
@@ -22,7 +22,7 @@ fn part(session: Option<Session>, op: Op) -> KvPart {
 }
 
 fn merged(parts: Vec<KvPart>) -> Op {
-    Op::KvMerged { parts }
+    Op::Kv(KvOp::Merged { parts })
 }
 
 /// Applies `command` as entry `index` and commits it.
@@ -42,16 +42,16 @@ fn each_part_is_answered_on_its_own_at_the_entry_revision() {
         part(session(7, 1), put("a", "1")),
         part(
             session(8, 1),
-            Op::KvPut {
+            Op::Kv(KvOp::Put {
                 key: "taken".into(),
                 value: "new".into(),
                 ttl_ms: None,
                 expect: Some(Expect::Absent),
-            },
+            }),
         ),
         part(
             None,
-            Op::KvBatch {
+            Op::Kv(KvOp::Batch {
                 writes: vec![
                     KvWrite::Put {
                         key: "b".into(),
@@ -64,7 +64,7 @@ fn each_part_is_answered_on_its_own_at_the_entry_revision() {
                         expect: None,
                     },
                 ],
-            },
+            }),
         ),
     ]);
     assert_eq!(
@@ -95,11 +95,13 @@ fn each_part_is_answered_on_its_own_at_the_entry_revision() {
 #[test]
 fn a_part_retried_alone_gets_its_saved_answer_and_applies_once() {
     let mut h = Harness::new();
-    let put_if_absent = |key: &str| Op::KvPut {
-        key: key.into(),
-        value: "v".into(),
-        ttl_ms: None,
-        expect: Some(Expect::Absent),
+    let put_if_absent = |key: &str| {
+        Op::Kv(KvOp::Put {
+            key: key.into(),
+            value: "v".into(),
+            ttl_ms: None,
+            expect: Some(Expect::Absent),
+        })
     };
     let first = h.apply(cmd(
         1,
@@ -149,20 +151,20 @@ fn a_key_in_two_parts_or_a_part_of_another_type_refuses_the_whole_entry() {
         part(session(2, 1), put("x", "1")),
         part(
             session(3, 1),
-            Op::KvDelete {
+            Op::Kv(KvOp::Delete {
                 key: "k".into(),
                 expect: None,
-            },
+            }),
         ),
     ]);
     assert_eq!(
         h.apply(cmd(1, twice)),
-        Response::Refused(OpError::DuplicateKey { key: "k".into() })
+        Response::Refused(OpError::Kv(KvError::DuplicateKey { key: "k".into() }))
     );
     let counter = merged(vec![part(session(1, 1), super::tests::incr_op("c", 1))]);
     assert!(matches!(
         h.apply(cmd(2, counter)),
-        Response::Refused(OpError::NotMergeable { .. })
+        Response::Refused(OpError::Kv(KvError::NotMergeable { .. }))
     ));
     assert!(matches!(
         h.apply(cmd(3, merged(vec![]))),
@@ -194,18 +196,18 @@ fn a_replicated_region_ships_one_feed_entry_with_every_part() {
             part(session(1, 1), put("a", "v")),
             part(
                 session(2, 1),
-                Op::KvBatch {
+                Op::Kv(KvOp::Batch {
                     writes: writes(&["b", "c"]),
-                },
+                }),
             ),
         ]),
     ));
     let mut as_batch = region(1);
     as_batch.apply(cmd(
         5,
-        Op::KvBatch {
+        Op::Kv(KvOp::Batch {
             writes: writes(&["a", "b", "c"]),
-        },
+        }),
     ));
     let feed = |h: &Harness| h.store.tables.get(&Table::ReplFeed).cloned().unwrap_or_default();
     assert_eq!(feed(&by_parts).len(), 1, "one feed entry for the log entry");
@@ -244,15 +246,15 @@ fn request_strategy() -> impl Strategy<Value = Generated> {
                 value,
                 ttl_ms,
                 expect,
-            } => Op::KvPut {
+            } => Op::Kv(KvOp::Put {
                 key,
                 value,
                 ttl_ms,
                 expect,
-            },
-            KvWrite::Delete { key, expect } => Op::KvDelete { key, expect },
+            }),
+            KvWrite::Delete { key, expect } => Op::Kv(KvOp::Delete { key, expect }),
         }),
-        prop::collection::vec(write_strategy(), 1..4).prop_map(|writes| Op::KvBatch { writes }),
+        prop::collection::vec(write_strategy(), 1..4).prop_map(|writes| Op::Kv(KvOp::Batch { writes })),
     ];
     (0u128..3, op).prop_map(|(client, op)| Generated { client, op })
 }

@@ -11,10 +11,10 @@ use crate::stream::TopicConfig;
 fn create(h: &mut Harness, topic: &str, config: TopicConfig) -> Response {
     h.apply(cmd(
         1,
-        Op::StreamCreateTopic {
+        Op::Stream(StreamOp::CreateTopic {
             topic: topic.into(),
             config,
-        },
+        }),
     ))
 }
 
@@ -85,13 +85,13 @@ fn mirrors_are_read_only_and_names_with_at_are_reserved() {
     let refused = produce(&mut eu, 3, "orders@us", vec![to(0, "forged")], None);
     assert_eq!(
         refused,
-        Response::Refused(OpError::MirrorReadOnly {
+        Response::Refused(OpError::Stream(StreamError::MirrorReadOnly {
             topic: "orders@us".into()
-        })
+        }))
     );
     assert!(matches!(
         create(&mut eu, "mine@eu", config(false, None)),
-        Response::Refused(OpError::MirrorReadOnly { .. })
+        Response::Refused(OpError::Stream(StreamError::MirrorReadOnly { .. }))
     ));
     let long = "t".repeat(230);
     assert!(matches!(
@@ -113,7 +113,7 @@ fn the_sources_retention_reaches_the_mirror_which_never_sweeps_itself() {
     assert!(!stream::retention_due(&eu.store, 5_500).expect("due"));
     // ...the source does, and its deletions arrive.
     assert!(stream::retention_due(&us.store, 5_500).expect("due"));
-    us.apply(cmd(5_500, Op::StreamRetention { limit: SWEEP_ITEMS_MAX }));
+    us.apply(cmd(5_500, Op::Stream(StreamOp::Retention { limit: SWEEP_ITEMS_MAX })));
     ship(&us, 1, &mut eu, 5_501);
     assert_eq!(values(&eu, "clicks@us", 0), ["new"]);
     assert_eq!(values(&eu, "clicks@us", 0), values(&us, "clicks", 0));
@@ -140,10 +140,13 @@ fn mirror_rows_must_be_stream_rows_under_a_mirror_name() {
     for (table, key) in [("stream_topic", named(b"orders")), ("kv", named(b"k@us"))] {
         let r = eu.apply(cmd(
             2,
-            Op::ReplApply {
+            Op::Region(RegionOp::MergeFeed {
                 batch: forged(table, &key),
-            },
+            }),
         ));
-        assert_eq!(r, Response::Refused(OpError::NotMirrorRow { table: table.into() }));
+        assert_eq!(
+            r,
+            Response::Refused(OpError::Region(RegionError::NotMirrorRow { table: table.into() }))
+        );
     }
 }

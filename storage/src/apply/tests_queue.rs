@@ -13,10 +13,10 @@ use crate::queue::{Delivery, EnqueueOutcome, NewMessage, QueueConfig, Receipt};
 pub(super) fn configure(h: &mut Harness, queue: &str, config: QueueConfig) {
     let r = h.apply(cmd(
         0,
-        Op::QueueConfigure {
+        Op::Queue(QueueOp::Configure {
             queue: queue.into(),
             config,
-        },
+        }),
     ));
     assert!(matches!(r, Response::QueueConfigured { .. }), "{r:?}");
 }
@@ -33,10 +33,10 @@ pub(super) fn message(payload: &str, priority: u8) -> NewMessage {
 pub(super) fn enqueue(h: &mut Harness, at: u64, queue: &str, messages: Vec<NewMessage>) -> Vec<EnqueueOutcome> {
     match h.apply(cmd(
         at,
-        Op::QueueEnqueue {
+        Op::Queue(QueueOp::Enqueue {
             queue: queue.into(),
             messages,
-        },
+        }),
     )) {
         Response::Enqueued(o) => o,
         other => panic!("expected enqueued, got {other:?}"),
@@ -46,11 +46,11 @@ pub(super) fn enqueue(h: &mut Harness, at: u64, queue: &str, messages: Vec<NewMe
 pub(super) fn receive(h: &mut Harness, at: u64, queue: &str, max: u32, vt: Option<u64>) -> Vec<Delivery> {
     match h.apply(cmd(
         at,
-        Op::QueueReceive {
+        Op::Queue(QueueOp::Receive {
             queue: queue.into(),
             max,
             visibility_timeout_ms: vt,
-        },
+        }),
     )) {
         Response::Received(d) => d,
         other => panic!("expected deliveries, got {other:?}"),
@@ -60,10 +60,10 @@ pub(super) fn receive(h: &mut Harness, at: u64, queue: &str, max: u32, vt: Optio
 pub(super) fn ack(h: &mut Harness, at: u64, queue: &str, receipt: Receipt) -> Response {
     h.apply(cmd(
         at,
-        Op::QueueAck {
+        Op::Queue(QueueOp::Ack {
             queue: queue.into(),
             receipt,
-        },
+        }),
     ))
 }
 
@@ -171,7 +171,7 @@ fn unacknowledged_messages_come_back_and_stale_receipts_cannot_ack() {
     assert_eq!(second[0].receipt.delivery, 2);
     // The first receiver's late ack must not take the second delivery away.
     match ack(&mut h, 1600, "q", first[0].receipt) {
-        Response::Refused(OpError::StaleReceipt { latest: Some(2), .. }) => {}
+        Response::Refused(OpError::Queue(QueueError::StaleReceipt { latest: Some(2), .. })) => {}
         other => panic!("expected a stale receipt, got {other:?}"),
     }
     assert_eq!(ack(&mut h, 1600, "q", second[0].receipt), Response::QueueDone);
@@ -181,7 +181,7 @@ fn unacknowledged_messages_come_back_and_stale_receipts_cannot_ack() {
     );
     assert!(matches!(
         ack(&mut h, 10_001, "q", second[0].receipt),
-        Response::Refused(OpError::StaleReceipt { latest: None, .. })
+        Response::Refused(OpError::Queue(QueueError::StaleReceipt { latest: None, .. }))
     ));
     check_indexes(&h, "q");
 }
@@ -194,18 +194,18 @@ fn nack_gives_a_message_back_after_its_delay() {
     let got = receive(&mut h, 0, "q", 1, None);
     let r = h.apply(cmd(
         0,
-        Op::QueueNack {
+        Op::Queue(QueueOp::Nack {
             queue: "q".into(),
             receipt: got[0].receipt,
             delay_ms: 200,
-        },
+        }),
     ));
     assert_eq!(r, Response::QueueDone);
     assert_eq!(payloads(&receive(&mut h, 100, "q", 10, None)), ["b"]);
     assert_eq!(payloads(&receive(&mut h, 200, "q", 10, None)), ["a"]);
     assert!(matches!(
         ack(&mut h, 200, "q", got[0].receipt),
-        Response::Refused(OpError::StaleReceipt { .. })
+        Response::Refused(OpError::Queue(QueueError::StaleReceipt { .. }))
     ));
     check_indexes(&h, "q");
 }
@@ -249,8 +249,8 @@ fn a_repeated_dedup_id_within_the_window_enqueues_nothing() {
     // After the window, the sweep forgets the id and it enqueues again.
     assert!(sweeps_due(&h.store, 1100, RegionRole::default())
         .expect("due")
-        .contains(&Op::QueueDedupSweep { limit: SWEEP_ITEMS_MAX }));
-    h.apply(cmd(1100, Op::QueueDedupSweep { limit: SWEEP_ITEMS_MAX }));
+        .contains(&Op::Queue(QueueOp::DedupSweep { limit: SWEEP_ITEMS_MAX })));
+    h.apply(cmd(1100, Op::Queue(QueueOp::DedupSweep { limit: SWEEP_ITEMS_MAX })));
     assert!(matches!(
         enqueue(&mut h, 1200, "q", vec![with_id("four")])[0],
         EnqueueOutcome::Enqueued { .. }
@@ -285,10 +285,10 @@ fn exhausted_messages_move_to_the_dead_letter_queue_and_redrive_brings_them_back
     // Redrive (once visible again in the dead-letter queue) puts it back as a fresh message.
     let r = h.apply(cmd(
         300,
-        Op::QueueRedrive {
+        Op::Queue(QueueOp::Redrive {
             queue: "dlq".into(),
             max: 10,
-        },
+        }),
     ));
     assert_eq!(r, Response::Redriven { moved: 1 });
     let back = receive(&mut h, 300, "work", 10, None);
@@ -309,23 +309,23 @@ fn bad_input_is_refused_and_changes_nothing() {
     };
     let unknown = refused(
         &mut h,
-        Op::QueueEnqueue {
+        Op::Queue(QueueOp::Enqueue {
             queue: "nope".into(),
             messages: vec![message("x", 0)],
-        },
+        }),
     );
     assert!(matches!(unknown, OpError::NotFound { .. }), "{unknown:?}");
     let empty = refused(
         &mut h,
-        Op::QueueEnqueue {
+        Op::Queue(QueueOp::Enqueue {
             queue: Vec::new(),
             messages: vec![message("x", 0)],
-        },
+        }),
     );
     assert!(matches!(empty, OpError::Empty { .. }), "{empty:?}");
     let oversize = refused(
         &mut h,
-        Op::QueueEnqueue {
+        Op::Queue(QueueOp::Enqueue {
             queue: "q".into(),
             messages: vec![
                 message("ok", 0),
@@ -334,39 +334,39 @@ fn bad_input_is_refused_and_changes_nothing() {
                     ..message("", 0)
                 },
             ],
-        },
+        }),
     );
     assert!(matches!(oversize, OpError::TooLarge { .. }), "{oversize:?}");
     let no_dlq = refused(
         &mut h,
-        Op::QueueConfigure {
+        Op::Queue(QueueOp::Configure {
             queue: "q".into(),
             config: QueueConfig {
                 max_deliveries: 3,
                 ..QueueConfig::default()
             },
-        },
+        }),
     );
     assert!(matches!(no_dlq, OpError::OutOfRange { .. }), "{no_dlq:?}");
     let missing_dlq = refused(
         &mut h,
-        Op::QueueConfigure {
+        Op::Queue(QueueOp::Configure {
             queue: "q".into(),
             config: QueueConfig {
                 max_deliveries: 3,
                 dead_letter_queue: Some(b"absent".to_vec()),
                 ..QueueConfig::default()
             },
-        },
+        }),
     );
     assert!(matches!(missing_dlq, OpError::NotFound { .. }), "{missing_dlq:?}");
     let zero = refused(
         &mut h,
-        Op::QueueReceive {
+        Op::Queue(QueueOp::Receive {
             queue: "q".into(),
             max: 0,
             visibility_timeout_ms: None,
-        },
+        }),
     );
     assert!(matches!(zero, OpError::OutOfRange { .. }), "{zero:?}");
     assert_eq!(
@@ -437,7 +437,7 @@ proptest! {
                 }
                 Step::Nack(i, delay_ms) if !outstanding.is_empty() => {
                     let receipt = outstanding.remove(i % outstanding.len());
-                    h.apply(cmd(now, Op::QueueNack { queue: "q".into(), receipt, delay_ms }));
+                    h.apply(cmd(now, Op::Queue(QueueOp::Nack { queue: "q".into(), receipt, delay_ms })));
                 }
                 Step::Advance(ms) => now += ms,
                 _ => {}

@@ -33,7 +33,7 @@ const SLIDING: RateLimit = RateLimit::SlidingWindow {
 fn sliding_window_allows_up_to_the_limit_then_says_when_to_retry() {
     let mut h = Harness::new();
     let batch: Vec<_> = (0..11).map(|_| check("user:1", SLIDING, 1)).collect();
-    let d = decisions(h.apply(cmd(10_000, Op::RateCheck { checks: batch })));
+    let d = decisions(h.apply(cmd(10_000, Op::Rate(RateOp::Check { checks: batch }))));
     assert!(d[..10].iter().all(|d| d.allowed));
     assert_eq!(d[9].remaining, 0);
     let refused = d[10];
@@ -45,16 +45,16 @@ fn sliding_window_allows_up_to_the_limit_then_says_when_to_retry() {
     // Retrying exactly then is allowed, a millisecond earlier is not.
     let d = decisions(h.apply(cmd(
         11_099,
-        Op::RateCheck {
+        Op::Rate(RateOp::Check {
             checks: vec![check("user:1", SLIDING, 1)],
-        },
+        }),
     )));
     assert!(!d[0].allowed);
     let d = decisions(h.apply(cmd(
         11_100,
-        Op::RateCheck {
+        Op::Rate(RateOp::Check {
             checks: vec![check("user:1", SLIDING, 1)],
-        },
+        }),
     )));
     assert!(d[0].allowed);
 }
@@ -122,9 +122,9 @@ fn bad_rate_input_is_refused() {
         check("", SLIDING, 1),
     ];
     for c in cases {
-        let op = Op::RateCheck {
+        let op = Op::Rate(RateOp::Check {
             checks: vec![check("fine", SLIDING, 1), c],
-        };
+        });
         assert!(validate_op(&op).is_err(), "{op:?} passes validation");
         let mut h = Harness::new();
         assert!(matches!(h.apply(cmd(1, op)), Response::Refused(_)));
@@ -133,7 +133,7 @@ fn bad_rate_input_is_refused() {
             vec![]
         );
     }
-    assert!(validate_op(&Op::RateCheck { checks: vec![] }).is_err());
+    assert!(validate_op(&Op::Rate(RateOp::Check { checks: vec![] })).is_err());
 }
 
 /// A deterministic pseudo-random generator, so the trace is the same on every run.
@@ -217,7 +217,7 @@ fn sliding_window_counter_stays_close_to_an_exact_sliding_log() {
 }
 
 fn sweep(h: &mut Harness, now_ms: u64) -> u32 {
-    match h.apply(cmd(now_ms, Op::RateSweep { limit: 1000 })) {
+    match h.apply(cmd(now_ms, Op::Rate(RateOp::Sweep { limit: 1000 }))) {
         Response::Swept { removed } => removed,
         other => panic!("expected a sweep, got {other:?}"),
     }
@@ -228,9 +228,9 @@ fn keys_back_to_full_allowance_are_forgotten_by_the_sweep() {
     let mut h = Harness::new();
     h.apply(cmd(
         10_000,
-        Op::RateCheck {
+        Op::Rate(RateOp::Check {
             checks: vec![check("k", SLIDING, 3)],
-        },
+        }),
     ));
     assert_eq!(
         h.store
@@ -255,15 +255,15 @@ fn keys_back_to_full_allowance_are_forgotten_by_the_sweep() {
     // A key used again later moves in the index; the old index entry forgets nothing.
     h.apply(cmd(
         61_000,
-        Op::RateCheck {
+        Op::Rate(RateOp::Check {
             checks: vec![check("k", SLIDING, 1)],
-        },
+        }),
     ));
     h.apply(cmd(
         119_500,
-        Op::RateCheck {
+        Op::Rate(RateOp::Check {
             checks: vec![check("k", SLIDING, 1)],
-        },
+        }),
     ));
     assert_eq!(sweep(&mut h, 120_000), 0, "the key was used at 119.5 s: still counting");
     assert_eq!(
@@ -295,7 +295,7 @@ proptest::proptest! {
                 sweep(&mut swept, now);
             }
             let c = check(["a", "b", "c"][key as usize], specs[key as usize], cost);
-            let op = Op::RateCheck { checks: vec![c] };
+            let op = Op::Rate(RateOp::Check { checks: vec![c] });
             proptest::prop_assert_eq!(swept.apply(cmd(now, op.clone())), unswept.apply(cmd(now, op)));
         }
     }

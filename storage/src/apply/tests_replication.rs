@@ -44,10 +44,10 @@ pub(super) fn founded(this: u16, count: u16) -> topology::RegionTopology {
 }
 
 fn delete(key: &str) -> Op {
-    Op::KvDelete {
+    Op::Kv(KvOp::Delete {
         key: key.into(),
         expect: None,
-    }
+    })
 }
 
 fn counter_value(h: &Harness, key: &str) -> i64 {
@@ -89,15 +89,15 @@ pub(super) fn ship_or_resync(from: &Harness, source: u16, to: &mut Harness, at_m
     if after < replication::feed_trimmed_upto(&from.store).expect("trimmed") {
         let mut last = Response::None;
         for batch in resync_batches(from, source) {
-            last = to.apply(cmd(at_ms, Op::ReplApply { batch }));
+            last = to.apply(cmd(at_ms, Op::Region(RegionOp::MergeFeed { batch })));
         }
         return last;
     }
     to.apply(cmd(
         at_ms,
-        Op::ReplApply {
+        Op::Region(RegionOp::MergeFeed {
             batch: batch(from, source, after),
-        },
+        }),
     ))
 }
 
@@ -145,9 +145,9 @@ pub(super) fn ship(from: &Harness, source: u16, to: &mut Harness, at_ms: u64) ->
     let after = source_state(&to.store, source).expect("state").applied_upto;
     to.apply(cmd(
         at_ms,
-        Op::ReplApply {
+        Op::Region(RegionOp::MergeFeed {
             batch: batch(from, source, after),
-        },
+        }),
     ))
 }
 
@@ -164,13 +164,13 @@ fn a_lone_region_keeps_no_feed_and_no_tombstones() {
     assert_eq!(kv::tombstone(&h.store, b"a").expect("get"), None);
     let refused = h.apply(cmd(
         3,
-        Op::ReplApply {
+        Op::Region(RegionOp::MergeFeed {
             batch: ShipBatch::heartbeat(2, 0),
-        },
+        }),
     ));
     assert!(matches!(
         refused,
-        Response::Refused(OpError::NotReplicating { source_region: 2 })
+        Response::Refused(OpError::Region(RegionError::NotReplicating { source_region: 2 }))
     ));
 }
 
@@ -180,18 +180,21 @@ fn replicated_writes_go_into_the_feed_with_their_versions() {
     us.apply(cmd(10, put("a", "1")));
     us.apply(cmd(11, incr_op("c", 5)));
     us.apply(cmd(12, delete("a")));
-    us.apply(cmd(13, Op::KvSweepExpired { limit: 10 }));
+    us.apply(cmd(13, Op::Kv(KvOp::SweepExpired { limit: 10 })));
     let feed = feed_after(&us.store, 0, 100).expect("feed");
     assert_eq!(feed.iter().map(|e| e.index).collect::<Vec<_>>(), vec![1, 2, 3]);
     let tomb = kv::tombstone(&us.store, b"a").expect("get").expect("a tombstone");
     assert!(tomb > Version::new(HlcStamp::from_parts(10, 0).0, 1));
     let own = us.apply(cmd(
         14,
-        Op::ReplApply {
+        Op::Region(RegionOp::MergeFeed {
             batch: batch(&us, 1, 0),
-        },
+        }),
     ));
-    assert!(matches!(own, Response::Refused(OpError::OwnFeed { region: 1 })));
+    assert!(matches!(
+        own,
+        Response::Refused(OpError::Region(RegionError::OwnFeed { region: 1 }))
+    ));
 }
 
 #[test]
@@ -245,21 +248,21 @@ fn a_batch_merged_twice_changes_nothing_the_second_time() {
     us.apply(cmd(2, put("k", "v")));
     let b = batch(&us, 1, 0);
     assert_eq!(
-        eu.apply(cmd(3, Op::ReplApply { batch: b.clone() })),
+        eu.apply(cmd(3, Op::Region(RegionOp::MergeFeed { batch: b.clone() }))),
         Response::ReplApplied { upto: 2, merged: 2 }
     );
     let before = digest(&eu.store).expect("digest");
     let history_before = eu.store.scan(Table::KvHistory, &KeyRange::all(), 100).expect("scan");
     assert_eq!(
-        eu.apply(cmd(4, Op::ReplApply { batch: b.clone() })),
+        eu.apply(cmd(4, Op::Region(RegionOp::MergeFeed { batch: b.clone() }))),
         Response::ReplApplied { upto: 2, merged: 0 }
     );
     // Even as a re-sync chunk (merged whatever the watermark), it changes no value.
     eu.apply(cmd(
         5,
-        Op::ReplApply {
+        Op::Region(RegionOp::MergeFeed {
             batch: ShipBatch { resync: true, ..b },
-        },
+        }),
     ));
     assert_eq!(digest(&eu.store).expect("digest"), before);
     assert_eq!(counter_value(&eu, "c"), 5);
@@ -338,22 +341,22 @@ fn an_expiry_does_not_override_a_newer_write_from_another_region() {
     let mut eu = region(2);
     us.apply(cmd(
         100,
-        Op::KvPut {
+        Op::Kv(KvOp::Put {
             key: "k".into(),
             value: "short".into(),
             ttl_ms: Some(50),
             expect: None,
-        },
+        }),
     ));
     ship(&us, 1, &mut eu, 110);
     // eu writes a fresh value after the TTL; us has not heard of it when it sweeps.
     eu.apply(cmd(160, put("k", "fresh")));
     assert_eq!(
-        us.apply(cmd(200, Op::KvSweepExpired { limit: 10 })),
+        us.apply(cmd(200, Op::Kv(KvOp::SweepExpired { limit: 10 }))),
         Response::Swept { removed: 1 }
     );
     assert_eq!(
-        eu.apply(cmd(200, Op::KvSweepExpired { limit: 10 })),
+        eu.apply(cmd(200, Op::Kv(KvOp::SweepExpired { limit: 10 }))),
         Response::Swept { removed: 0 }
     );
     ship(&eu, 2, &mut us, 210);
@@ -396,12 +399,12 @@ fn trim_forgets_only_what_is_at_or_below_the_watermark() {
     for i in 0..5 {
         us.apply(cmd(i, incr_op("c", 1)));
     }
-    us.apply(cmd(10, Op::ReplTrim { upto: 3, limit: 100 }));
+    us.apply(cmd(10, Op::Region(RegionOp::TrimFeed { upto: 3, limit: 100 })));
     assert_eq!(feed_first(&us.store).expect("first"), Some(4));
     assert_eq!(feed_after(&us.store, 0, 10).expect("feed").len(), 2);
     assert_eq!(replication::feed_trimmed_upto(&us.store).expect("trimmed"), 3);
     // A limit that stops early records only what it removed.
-    us.apply(cmd(11, Op::ReplTrim { upto: 100, limit: 1 }));
+    us.apply(cmd(11, Op::Region(RegionOp::TrimFeed { upto: 100, limit: 1 })));
     assert_eq!(replication::feed_trimmed_upto(&us.store).expect("trimmed"), 4);
     assert_eq!(feed_first(&us.store).expect("first"), Some(5));
 }
@@ -508,11 +511,11 @@ fn a_shipped_frontier_bounds_writes_proposed_but_not_yet_applied() {
         heartbeat.frontier,
         late_put.stamp.0
     );
-    regions[ap].apply(cmd(302, Op::ReplApply { batch: heartbeat }));
+    regions[ap].apply(cmd(302, Op::Region(RegionOp::MergeFeed { batch: heartbeat })));
     // ap may not collect eu's tombstone: us's frontier is below it.
     if let Some(op) = gc_due(&regions, ap) {
         let below = match op {
-            Op::KvTombstoneGc { below, .. } => below,
+            Op::Kv(KvOp::TombstoneGc { below, .. }) => below,
             ref other => panic!("unexpected {other:?}"),
         };
         assert!(
@@ -560,10 +563,10 @@ fn a_delete_reaches_a_region_that_is_re_synced_after_the_feed_was_trimmed_past_i
     let newest = replication::resync_upto(&regions[us].store).expect("newest");
     regions[us].apply(cmd(
         400,
-        Op::ReplTrim {
+        Op::Region(RegionOp::TrimFeed {
             upto: newest,
             limit: 100,
-        },
+        }),
     ));
     assert_eq!(gc_due(&regions, us), None);
     assert!(kv::tombstone(&regions[us].store, b"k").expect("get").is_some());
@@ -610,7 +613,7 @@ fn a_heartbeat_frontier_waits_for_entries_not_yet_shipped() {
         "{}",
         heartbeat.frontier
     );
-    regions[eu].apply(cmd(302, Op::ReplApply { batch: heartbeat }));
+    regions[eu].apply(cmd(302, Op::Region(RegionOp::MergeFeed { batch: heartbeat })));
     assert_eq!(gc_due(&regions, eu), None, "eu may not collect the tombstone yet");
     // The put arrives, and loses to the delete everywhere.
     ship_all(&mut regions, 400, 2);
@@ -648,10 +651,10 @@ fn a_re_sync_does_not_bring_back_what_a_collected_tombstone_deleted() {
     let newest = replication::resync_upto(&regions[us].store).expect("newest");
     regions[us].apply(cmd(
         401,
-        Op::ReplTrim {
+        Op::Region(RegionOp::TrimFeed {
             upto: newest,
             limit: 100,
-        },
+        }),
     ));
     let (src, dst) = pick(&mut regions, us, eu);
     ship_or_resync(src, 1, dst, 410);
@@ -713,7 +716,7 @@ fn a_batch_cut_short_promises_only_the_stamp_of_the_first_entry_left_out() {
     assert_eq!(tiny.entries.len(), 1);
     assert_eq!(tiny.frontier, HlcStamp::from_parts(200, 0).0);
     // Past a trim, the feed no longer says what follows: nothing is shipped, nothing promised.
-    us.apply(cmd(400, Op::ReplTrim { upto: 2, limit: 100 }));
+    us.apply(cmd(400, Op::Region(RegionOp::TrimFeed { upto: 2, limit: 100 })));
     assert_eq!(
         replication::next_batch(&us.store, 1, 1, 10, u64::MAX).expect("batch"),
         None
@@ -813,7 +816,7 @@ proptest! {
                     if after < replication::feed_trimmed_upto(&src.store).expect("trimmed") {
                         ship_or_resync(src, from as u16 + 1, dst, clocks[to]);
                     } else {
-                        dst.apply(cmd(clocks[to], Op::ReplApply { batch: batch(src, from as u16 + 1, after) }));
+                        dst.apply(cmd(clocks[to], Op::Region(RegionOp::MergeFeed { batch: batch(src, from as u16 + 1, after) })));
                     }
                 }
                 Action::Ship { .. } => {}
@@ -829,13 +832,13 @@ proptest! {
                     let (src, dst) = pick(&mut regions, from, to);
                     let after = source_state(&dst.store, from as u16 + 1).expect("s").applied_upto;
                     let batch = replication::heartbeat_after(&src.store, from as u16 + 1, after).expect("heartbeat");
-                    dst.apply(cmd(clocks[to], Op::ReplApply { batch }));
+                    dst.apply(cmd(clocks[to], Op::Region(RegionOp::MergeFeed { batch })));
                 }
                 Action::Heartbeat { .. } => {}
                 Action::TrimFeed { region } => {
                     clocks[region] += 1;
                     let upto = replication::resync_upto(&regions[region].store).expect("newest");
-                    regions[region].apply(cmd(clocks[region], Op::ReplTrim { upto, limit: u32::MAX }));
+                    regions[region].apply(cmd(clocks[region], Op::Region(RegionOp::TrimFeed { upto, limit: u32::MAX })));
                 }
             }
         }
@@ -874,7 +877,7 @@ fn global_check(h: &mut Harness, at_ms: u64, key: &str, limit: u64, cost: u64) -
         },
         cost,
     };
-    match h.apply(cmd(at_ms, Op::RateCheck { checks: vec![check] })) {
+    match h.apply(cmd(at_ms, Op::Rate(RateOp::Check { checks: vec![check] }))) {
         Response::RateDecisions(d) => d[0].allowed,
         other => panic!("expected decisions, got {other:?}"),
     }
@@ -926,8 +929,8 @@ fn a_global_key_is_forgotten_once_every_count_slid_out() {
     ship(&us, 1, &mut eu, 1_001);
     let later = 10 * 60_000;
     let due = sweeps_due(&eu.store, later, eu.applier.region()).expect("due");
-    assert_eq!(due, vec![Op::RateSweep { limit: SWEEP_ITEMS_MAX }]);
-    eu.apply(cmd(later, Op::RateSweep { limit: SWEEP_ITEMS_MAX }));
+    assert_eq!(due, vec![Op::Rate(RateOp::Sweep { limit: SWEEP_ITEMS_MAX })]);
+    eu.apply(cmd(later, Op::Rate(RateOp::Sweep { limit: SWEEP_ITEMS_MAX })));
     assert_eq!(eu.store.get(Table::RateGlobal, b"api").expect("get"), None);
     assert!(sweeps_due(&eu.store, later, eu.applier.region())
         .expect("due")
@@ -948,7 +951,7 @@ fn without_regions_a_global_window_decides_like_a_local_one() {
                 },
                 cost,
             };
-            lone.apply(cmd(at, Op::RateCheck { checks: vec![check] }))
+            lone.apply(cmd(at, Op::Rate(RateOp::Check { checks: vec![check] })))
         };
         let sliding = {
             let check = crate::command::RateCheck {
@@ -959,7 +962,7 @@ fn without_regions_a_global_window_decides_like_a_local_one() {
                 },
                 cost,
             };
-            local.apply(cmd(at, Op::RateCheck { checks: vec![check] }))
+            local.apply(cmd(at, Op::Rate(RateOp::Check { checks: vec![check] })))
         };
         match (global, sliding) {
             (Response::RateDecisions(g), Response::RateDecisions(s)) => {
@@ -1070,7 +1073,7 @@ fn escrow_is_refused_without_regions_and_to_oneself() {
                 }]
             }
         )),
-        Response::Refused(OpError::InvalidTransfer { .. })
+        Response::Refused(OpError::Counter(CounterError::InvalidTransfer { .. }))
     ));
     // Without regions, bounds are checked against the value alone.
     counter_op(&mut lone, 2, CounterAction::Set { value: 3 });
@@ -1086,7 +1089,7 @@ fn escrow_is_refused_without_regions_and_to_oneself() {
                 }]
             }
         )),
-        Response::Refused(OpError::InvalidTransfer { .. })
+        Response::Refused(OpError::Counter(CounterError::InvalidTransfer { .. }))
     ));
 }
 

@@ -13,7 +13,7 @@ use crate::stream::{partition_for_key, Assignment, Assignor, GroupView, ProduceR
 fn create(h: &mut Harness, topic: &str, partitions: u32) {
     let r = h.apply(cmd(
         0,
-        Op::StreamCreateTopic {
+        Op::Stream(StreamOp::CreateTopic {
             topic: topic.into(),
             config: TopicConfig {
                 partitions,
@@ -21,7 +21,7 @@ fn create(h: &mut Harness, topic: &str, partitions: u32) {
                 retention_bytes: None,
                 mirror: false,
             },
-        },
+        }),
     ));
     assert!(matches!(r, Response::TopicCreated { .. }), "{r:?}");
 }
@@ -52,11 +52,11 @@ pub(super) fn produce(
 ) -> Response {
     h.apply(cmd(
         at,
-        Op::StreamProduce {
+        Op::Stream(StreamOp::Produce {
             topic: topic.into(),
             records,
             producer,
-        },
+        }),
     ))
 }
 
@@ -168,12 +168,12 @@ fn an_idempotent_producer_retry_appends_nothing_and_gaps_are_refused() {
     assert_eq!(read(&h, "t", 0, 0, 10).high_watermark, 2);
     // A gap is refused, and the whole request changes nothing.
     match produce(&mut h, 3, "t", vec![seq(1, 1, "y"), seq(0, 5, "c")], Some(7)) {
-        Response::Refused(OpError::OutOfOrderSequence {
+        Response::Refused(OpError::Stream(StreamError::OutOfOrderSequence {
             partition: 0,
             expected: 2,
             got: 5,
             ..
-        }) => {}
+        })) => {}
         other => panic!("expected an out-of-order refusal, got {other:?}"),
     }
     assert_eq!(read(&h, "t", 1, 0, 10).high_watermark, 1);
@@ -217,11 +217,11 @@ fn bad_input_gets_typed_refusals() {
     let beyond = fetch(&h.store, b"t", 0, 2, 10, 100).expect("store");
     assert!(matches!(
         beyond,
-        Err(OpError::OffsetOutOfRange {
+        Err(OpError::Stream(StreamError::OffsetOutOfRange {
             offset: 2,
             log_start: 0,
             high_watermark: 1
-        })
+        }))
     ));
     assert!(matches!(
         fetch(&h.store, b"t", 5, 0, 10, 100).expect("store"),
@@ -234,7 +234,7 @@ fn bad_input_gets_typed_refusals() {
     // Partitions only grow.
     let shrink = h.apply(cmd(
         2,
-        Op::StreamCreateTopic {
+        Op::Stream(StreamOp::CreateTopic {
             topic: "t".into(),
             config: TopicConfig {
                 partitions: 1,
@@ -242,7 +242,7 @@ fn bad_input_gets_typed_refusals() {
                 retention_bytes: None,
                 mirror: false,
             },
-        },
+        }),
     ));
     assert!(matches!(shrink, Response::Refused(OpError::OutOfRange { .. })));
 }
@@ -252,7 +252,7 @@ fn retention_by_age_and_by_size_removes_the_oldest_batches() {
     let mut h = Harness::new();
     h.apply(cmd(
         0,
-        Op::StreamCreateTopic {
+        Op::Stream(StreamOp::CreateTopic {
             topic: "aged".into(),
             config: TopicConfig {
                 partitions: 1,
@@ -260,11 +260,11 @@ fn retention_by_age_and_by_size_removes_the_oldest_batches() {
                 retention_bytes: None,
                 mirror: false,
             },
-        },
+        }),
     ));
     h.apply(cmd(
         0,
-        Op::StreamCreateTopic {
+        Op::Stream(StreamOp::CreateTopic {
             topic: "sized".into(),
             config: TopicConfig {
                 partitions: 1,
@@ -272,7 +272,7 @@ fn retention_by_age_and_by_size_removes_the_oldest_batches() {
                 retention_bytes: Some(250),
                 mirror: false,
             },
-        },
+        }),
     ));
     for t in 0..5u64 {
         produce(&mut h, t * 100, "aged", vec![to(0, &format!("a{t}"))], None);
@@ -280,8 +280,8 @@ fn retention_by_age_and_by_size_removes_the_oldest_batches() {
     }
     assert!(sweeps_due(&h.store, 1000, RegionRole::default())
         .expect("due")
-        .contains(&Op::StreamRetention { limit: SWEEP_ITEMS_MAX }));
-    h.apply(cmd(1150, Op::StreamRetention { limit: SWEEP_ITEMS_MAX }));
+        .contains(&Op::Stream(StreamOp::Retention { limit: SWEEP_ITEMS_MAX })));
+    h.apply(cmd(1150, Op::Stream(StreamOp::Retention { limit: SWEEP_ITEMS_MAX })));
     // Batches stamped 0 and 100 are 1000 ms old at 1150; 200.. stay.
     let aged = read(&h, "aged", 0, 2, 10);
     assert_eq!(
@@ -290,7 +290,7 @@ fn retention_by_age_and_by_size_removes_the_oldest_batches() {
     );
     assert!(matches!(
         fetch(&h.store, b"aged", 0, 0, 10, 100).expect("store"),
-        Err(OpError::OffsetOutOfRange { log_start: 2, .. })
+        Err(OpError::Stream(StreamError::OffsetOutOfRange { log_start: 2, .. }))
     ));
     let sized = partition_state(&h.store, b"sized", 0)
         .expect("store")
@@ -299,19 +299,19 @@ fn retention_by_age_and_by_size_removes_the_oldest_batches() {
     assert!(sized.start_offset >= 2 && sized.next_offset == 5, "{sized:?}");
     assert!(!sweeps_due(&h.store, 1150, RegionRole::default())
         .expect("due")
-        .contains(&Op::StreamRetention { limit: SWEEP_ITEMS_MAX }));
+        .contains(&Op::Stream(StreamOp::Retention { limit: SWEEP_ITEMS_MAX })));
 }
 
 fn join(h: &mut Harness, at: u64, member: &str, topics: &[&str], assignor: Assignor) -> GroupView {
     match h.apply(cmd(
         at,
-        Op::GroupJoin {
+        Op::Group(GroupOp::Join {
             group: "g".into(),
             member: member.into(),
             topics: topics.iter().map(|t| t.as_bytes().to_vec()).collect(),
             session_timeout_ms: 1000,
             assignor,
-        },
+        }),
     )) {
         Response::Group(v) => v,
         other => panic!("expected a group view, got {other:?}"),
@@ -321,10 +321,10 @@ fn join(h: &mut Harness, at: u64, member: &str, topics: &[&str], assignor: Assig
 fn heartbeat(h: &mut Harness, at: u64, member: &str) -> Response {
     h.apply(cmd(
         at,
-        Op::GroupHeartbeat {
+        Op::Group(GroupOp::Heartbeat {
             group: "g".into(),
             member: member.into(),
-        },
+        }),
     ))
 }
 
@@ -345,30 +345,30 @@ fn a_member_that_misses_its_session_timeout_loses_its_partitions() {
     let commit = |h: &mut Harness, at, member: &str, generation, partition| {
         h.apply(cmd(
             at,
-            Op::GroupCommit {
+            Op::Group(GroupOp::Commit {
                 group: "g".into(),
                 member: member.into(),
                 generation,
                 offsets: vec![(b"t".to_vec(), partition, 0)],
-            },
+            }),
         ))
     };
     assert!(matches!(
         commit(&mut h, 300, "a", 1, 0),
-        Response::Refused(OpError::IllegalGeneration { current: 2, .. })
+        Response::Refused(OpError::Stream(StreamError::IllegalGeneration { current: 2, .. }))
     ));
     assert!(matches!(
         commit(&mut h, 300, "a", 2, 3),
-        Response::Refused(OpError::NotAssigned { .. })
+        Response::Refused(OpError::Stream(StreamError::NotAssigned { .. }))
     ));
     assert_eq!(commit(&mut h, 300, "a", 2, 0), Response::OffsetsCommitted);
     // b keeps heartbeating; a stops. After a's timeout the sweep hands everything to b.
     heartbeat(&mut h, 900, "b");
     assert!(sweeps_due(&h.store, 1200, RegionRole::default())
         .expect("due")
-        .contains(&Op::GroupSweep { limit: SWEEP_ITEMS_MAX }));
+        .contains(&Op::Group(GroupOp::Sweep { limit: SWEEP_ITEMS_MAX })));
     assert_eq!(
-        h.apply(cmd(1200, Op::GroupSweep { limit: SWEEP_ITEMS_MAX })),
+        h.apply(cmd(1200, Op::Group(GroupOp::Sweep { limit: SWEEP_ITEMS_MAX }))),
         Response::Swept { removed: 1 }
     );
     match heartbeat(&mut h, 1300, "b") {

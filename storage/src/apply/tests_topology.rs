@@ -20,7 +20,7 @@ fn spec(id: u16, name: &str) -> RegionSpec {
 }
 
 fn init(this: RegionSpec, remotes: Vec<RegionSpec>, joining: bool) -> Op {
-    Op::RegionTopology {
+    Op::Region(RegionOp::Topology {
         change: TopologyChange::Init {
             this: RegionSpec {
                 endpoints: Vec::new(),
@@ -30,19 +30,19 @@ fn init(this: RegionSpec, remotes: Vec<RegionSpec>, joining: bool) -> Op {
             remotes,
             joining,
         },
-    }
+    })
 }
 
 fn add(id: u16, name: &str) -> Op {
-    Op::RegionTopology {
+    Op::Region(RegionOp::Topology {
         change: TopologyChange::Add { region: spec(id, name) },
-    }
+    })
 }
 
 fn remove(id: u16) -> Op {
-    Op::RegionTopology {
+    Op::Region(RegionOp::Topology {
         change: TopologyChange::Remove { region: id },
-    }
+    })
 }
 
 fn topology_of(h: &Harness) -> Option<RegionTopology> {
@@ -50,7 +50,10 @@ fn topology_of(h: &Harness) -> Option<RegionTopology> {
 }
 
 fn refused_topology(response: &Response) -> bool {
-    matches!(response, Response::Refused(OpError::InvalidTopology { .. }))
+    matches!(
+        response,
+        Response::Refused(OpError::Region(RegionError::InvalidTopology { .. }))
+    )
 }
 
 fn seats(h: &mut Harness, at_ms: u64, delta: i64) -> CounterOutcome {
@@ -158,25 +161,25 @@ fn a_tombstone_collection_proposed_before_a_topology_change_collects_nothing() {
     us.apply(cmd(1, put("k", "v")));
     us.apply(cmd(
         2,
-        Op::KvDelete {
+        Op::Kv(KvOp::Delete {
             key: "k".into(),
             expect: None,
-        },
+        }),
     ));
     assert_eq!(super::replication::tombstone_count(&us.store).expect("count"), 1);
-    let stale = Op::KvTombstoneGc {
+    let stale = Op::Kv(KvOp::TombstoneGc {
         below: u64::MAX,
         limit: 100,
         topology_at: topology_of(&us).expect("topology").changed_at,
-    };
+    });
     us.apply(cmd(3, add(4, "sa")));
     assert_eq!(us.apply(cmd(4, stale)), Response::Swept { removed: 0 });
     assert_eq!(super::replication::tombstone_count(&us.store).expect("count"), 1);
-    let current = Op::KvTombstoneGc {
+    let current = Op::Kv(KvOp::TombstoneGc {
         below: u64::MAX,
         limit: 100,
         topology_at: topology_of(&us).expect("topology").changed_at,
-    };
+    });
     assert_eq!(us.apply(cmd(5, current)), Response::Swept { removed: 1 });
 }
 
@@ -186,10 +189,10 @@ fn two_replicas_of_one_log_apply_alike_through_every_topology_change() {
         init(spec(1, "us"), vec![spec(2, "eu")], false),
         put("k", "v"),
         add(3, "ap"),
-        Op::KvDelete {
+        Op::Kv(KvOp::Delete {
             key: "k".into(),
             expect: None,
-        },
+        }),
         remove(2),
         put("k", "w"),
     ];
@@ -223,7 +226,7 @@ fn a_topology_change_that_does_not_fit_is_refused_and_changes_nothing() {
         add(2, "ap"),
         remove(1),
         remove(9),
-        Op::RegionTopology {
+        Op::Region(RegionOp::Topology {
             change: TopologyChange::Add {
                 region: RegionSpec {
                     id: 4,
@@ -231,8 +234,8 @@ fn a_topology_change_that_does_not_fit_is_refused_and_changes_nothing() {
                     endpoints: vec!["not-an-address".into()],
                 },
             },
-        },
-        Op::RegionTopology {
+        }),
+        Op::Region(RegionOp::Topology {
             change: TopologyChange::Add {
                 region: RegionSpec {
                     id: 4,
@@ -240,7 +243,7 @@ fn a_topology_change_that_does_not_fit_is_refused_and_changes_nothing() {
                     endpoints: vec!["127.0.0.1:1".into()],
                 },
             },
-        },
+        }),
     ];
     for (i, op) in refusals.into_iter().enumerate() {
         let answer = us.apply(cmd(3 + i as u64, op.clone()));
@@ -252,7 +255,7 @@ fn a_topology_change_that_does_not_fit_is_refused_and_changes_nothing() {
     eu.apply(cmd(1, init(spec(2, "eu"), vec![spec(1, "us")], false)));
     assert!(refused_topology(&eu.apply(cmd(2, remove(1)))));
     // Adding a known region again under its own name changes only its endpoints.
-    let moved = Op::RegionTopology {
+    let moved = Op::Region(RegionOp::Topology {
         change: TopologyChange::Add {
             region: RegionSpec {
                 id: 2,
@@ -260,7 +263,7 @@ fn a_topology_change_that_does_not_fit_is_refused_and_changes_nothing() {
                 endpoints: vec!["127.0.0.1:9999".into()],
             },
         },
-    };
+    });
     let Response::Topology(topology) = us.apply(cmd(20, moved)) else {
         panic!("refused")
     };
@@ -291,7 +294,10 @@ fn validation_refuses_a_bad_change_before_it_is_proposed() {
     ];
     for change in bad {
         assert!(
-            matches!(topology::validate(&change), Err(OpError::InvalidTopology { .. })),
+            matches!(
+                topology::validate(&change),
+                Err(OpError::Region(RegionError::InvalidTopology { .. }))
+            ),
             "{change} passed"
         );
     }
@@ -349,7 +355,7 @@ fn escrow_goes_only_to_a_region_of_the_topology() {
     let mut us = region(1);
     let answer = give(&mut us, 1, 9, 1);
     assert!(
-        matches!(answer, Response::Refused(OpError::InvalidTransfer { ref reason }) if reason.contains("not in this region's topology")),
+        matches!(answer, Response::Refused(OpError::Counter(CounterError::InvalidTransfer { ref reason })) if reason.contains("not in this region's topology")),
         "{answer:?}"
     );
 }
@@ -362,7 +368,7 @@ fn a_removed_region_merges_nothing() {
     us.apply(cmd(2, remove(2)));
     assert_eq!(
         ship(&eu, 2, &mut us, 3),
-        Response::Refused(OpError::UnknownRegion { source_region: 2 })
+        Response::Refused(OpError::Region(RegionError::UnknownRegion { source_region: 2 }))
     );
     assert!(us.kv("k").is_none());
 }

@@ -4,7 +4,7 @@
 //!
 //! Apply reads the region's role from here and nowhere else, so every replica applies every entry
 //! alike whatever its command line says. The topology changes only through
-//! [`Op::RegionTopology`](crate::command::Op::RegionTopology) entries: the first leader of a
+//! [`RegionOp::Topology`](crate::command::RegionOp::Topology) entries: the first leader of a
 //! region proposes [`TopologyChange::Init`] from its flags, and `basalt regions add | remove`
 //! propose the rest.
 //!
@@ -21,7 +21,7 @@ use basalt_replication::{EscrowBound, RegionId, RegionName};
 use serde::{Deserialize, Serialize};
 
 use super::{RegionRole, View};
-use crate::command::{OpError, Response};
+use crate::command::{OpError, RegionError, Response};
 use crate::state::{KeyRange, StoreError, StoreRead, Table};
 
 /// Most regions in one deployment (this one included).
@@ -222,7 +222,9 @@ pub(crate) fn seed(writes: &mut super::WriteSet, topology: &RegionTopology) {
 }
 
 fn refuse(reason: String) -> Result<Response, StoreError> {
-    Ok(Response::Refused(OpError::InvalidTopology { reason }))
+    Ok(Response::Refused(OpError::Region(RegionError::InvalidTopology {
+        reason,
+    })))
 }
 
 /// Why `spec` cannot be a region of a topology, if it cannot.
@@ -272,7 +274,7 @@ pub fn holds_data<S: StoreRead + ?Sized>(store: &S) -> Result<bool, StoreError> 
 /// Checks what a change says on its own, before it is proposed (apply checks it again, with the
 /// topology it changes).
 pub fn validate(change: &TopologyChange) -> Result<(), OpError> {
-    let invalid = |reason: String| OpError::InvalidTopology { reason };
+    let invalid = |reason: String| OpError::Region(RegionError::InvalidTopology { reason });
     match change {
         TopologyChange::Init { this, remotes, .. } => {
             check_spec(this, false).map_err(invalid)?;

@@ -2,7 +2,7 @@
 //! [`OpError`], so nothing that apply would refuse for its shape reaches the log.
 
 use super::{counter, group, kv, lease, queue, rate, stream, topology};
-use crate::command::{Op, OpError};
+use crate::command::{GroupOp, KvOp, LeaseOp, LedgerOp, Op, OpError, QueueOp, RateOp, RegionOp, StreamOp};
 use crate::limits::{BATCH_ITEMS_MAX, KEY_BYTES_MAX};
 
 /// Checks a batch's size: non-empty, at most [`BATCH_ITEMS_MAX`].
@@ -37,69 +37,69 @@ pub fn check_key(key: &[u8]) -> Result<(), OpError> {
 /// again (a refused entry changes nothing), because an entry may come from an older client.
 pub fn validate_op(op: &Op) -> Result<(), OpError> {
     match op {
-        Op::KvPut { key, value, ttl_ms, .. } => kv::validate_put(key, value, *ttl_ms),
-        Op::KvDelete { key, .. } => check_key(key),
-        Op::KvBatch { writes } => {
+        Op::Kv(KvOp::Put { key, value, ttl_ms, .. }) => kv::validate_put(key, value, *ttl_ms),
+        Op::Kv(KvOp::Delete { key, .. }) => check_key(key),
+        Op::Kv(KvOp::Batch { writes }) => {
             kv::validate_batch(writes)?;
             writes.iter().try_for_each(kv::validate_write)
         }
-        Op::KvMerged { parts } => {
+        Op::Kv(KvOp::Merged { parts }) => {
             kv::validate_merged(parts)?;
             parts.iter().try_for_each(|part| validate_op(&part.op))
         }
         Op::Counter { ops } => counter::validate(ops),
-        Op::RegionTopology { change } => topology::validate(change),
-        Op::RateCheck { checks } => rate::validate(checks),
-        Op::LeaseAcquire { name, holder, ttl_ms } => lease::validate(name, holder, *ttl_ms),
-        Op::LeaseRenew {
+        Op::Region(RegionOp::Topology { change }) => topology::validate(change),
+        Op::Rate(RateOp::Check { checks }) => rate::validate(checks),
+        Op::Lease(LeaseOp::Acquire { name, holder, ttl_ms }) => lease::validate(name, holder, *ttl_ms),
+        Op::Lease(LeaseOp::Renew {
             name, holder, ttl_ms, ..
-        } => lease::validate(name, holder, *ttl_ms),
-        Op::LeaseRelease { name, holder, .. } => lease::validate(name, holder, 1),
-        Op::LedgerCreateAccounts { accounts } => check_batch(accounts.len()),
-        Op::LedgerCreateTransfers { transfers } => check_batch(transfers.len()),
-        Op::QueueConfigure { queue, config } => queue::validate_configure(queue, config),
-        Op::QueueEnqueue { queue, messages } => queue::validate_enqueue(queue, messages),
-        Op::QueueReceive {
+        }) => lease::validate(name, holder, *ttl_ms),
+        Op::Lease(LeaseOp::Release { name, holder, .. }) => lease::validate(name, holder, 1),
+        Op::Ledger(LedgerOp::CreateAccounts { accounts }) => check_batch(accounts.len()),
+        Op::Ledger(LedgerOp::CreateTransfers { transfers }) => check_batch(transfers.len()),
+        Op::Queue(QueueOp::Configure { queue, config }) => queue::validate_configure(queue, config),
+        Op::Queue(QueueOp::Enqueue { queue, messages }) => queue::validate_enqueue(queue, messages),
+        Op::Queue(QueueOp::Receive {
             queue,
             max,
             visibility_timeout_ms,
-        } => queue::validate_receive(queue, *max, *visibility_timeout_ms),
-        Op::QueueAck { queue, .. } => queue::check_name("queue name", queue),
-        Op::QueueNack { queue, delay_ms, .. } => queue::validate_nack(queue, *delay_ms),
-        Op::QueueRedrive { queue, max } => queue::validate_receive(queue, *max, None),
-        Op::StreamCreateTopic { topic, config } => stream::validate_topic(topic, config),
-        Op::StreamProduce {
+        }) => queue::validate_receive(queue, *max, *visibility_timeout_ms),
+        Op::Queue(QueueOp::Ack { queue, .. }) => queue::check_name("queue name", queue),
+        Op::Queue(QueueOp::Nack { queue, delay_ms, .. }) => queue::validate_nack(queue, *delay_ms),
+        Op::Queue(QueueOp::Redrive { queue, max }) => queue::validate_receive(queue, *max, None),
+        Op::Stream(StreamOp::CreateTopic { topic, config }) => stream::validate_topic(topic, config),
+        Op::Stream(StreamOp::Produce {
             topic,
             records,
             producer,
-        } => stream::validate_produce(topic, records, *producer),
-        Op::GroupJoin {
+        }) => stream::validate_produce(topic, records, *producer),
+        Op::Group(GroupOp::Join {
             group,
             member,
             topics,
             session_timeout_ms,
             ..
-        } => group::validate_join(group, member, topics, *session_timeout_ms),
-        Op::GroupHeartbeat { group, member } | Op::GroupLeave { group, member } => {
+        }) => group::validate_join(group, member, topics, *session_timeout_ms),
+        Op::Group(GroupOp::Heartbeat { group, member }) | Op::Group(GroupOp::Leave { group, member }) => {
             queue::check_name("group name", group).and_then(|_| queue::check_name("member id", member.as_bytes()))
         }
-        Op::GroupCommit {
+        Op::Group(GroupOp::Commit {
             group, member, offsets, ..
-        } => queue::check_name("group name", group)
+        }) => queue::check_name("group name", group)
             .and_then(|_| queue::check_name("member id", member.as_bytes()))
             .and_then(|_| check_batch(offsets.len())),
-        Op::KvSweepExpired { .. }
+        Op::Kv(KvOp::SweepExpired { .. })
         | Op::SessionSweep { .. }
-        | Op::LedgerExpirePending { .. }
-        | Op::RateSweep { .. }
-        | Op::KvCompact { .. }
-        | Op::QueueDedupSweep { .. }
-        | Op::StreamRetention { .. }
-        | Op::GroupSweep { .. }
-        | Op::ReplTrim { .. }
-        | Op::KvTombstoneGc { .. }
+        | Op::Ledger(LedgerOp::ExpirePending { .. })
+        | Op::Rate(RateOp::Sweep { .. })
+        | Op::Kv(KvOp::Compact { .. })
+        | Op::Queue(QueueOp::DedupSweep { .. })
+        | Op::Stream(StreamOp::Retention { .. })
+        | Op::Group(GroupOp::Sweep { .. })
+        | Op::Region(RegionOp::TrimFeed { .. })
+        | Op::Kv(KvOp::TombstoneGc { .. })
         | Op::ClockTick => Ok(()),
-        Op::ReplApply { batch } => {
+        Op::Region(RegionOp::MergeFeed { batch }) => {
             if batch.entries.len() > BATCH_ITEMS_MAX {
                 return Err(OpError::BatchTooLarge {
                     len: batch.entries.len(),

@@ -1,4 +1,5 @@
-//! The counter payloads of a command: one change of a counter batch and its outcome.
+//! The counter payloads of a command (one change of a counter batch, [`super::Op::Counter`]), its
+//! outcome, and why one is refused ([`CounterError`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -44,4 +45,11 @@ pub enum CounterOutcome {
     /// would cross its share of the bound); another region can transfer it some. `balance` is
     /// this region's balance toward that bound.
     EscrowExceeded { value: i64, balance: i64 },
+}
+
+/// Why a counter change was refused, beyond the checks every type shares ([`super::OpError`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum CounterError {
+    #[error("escrow transfer refused: {reason}")]
+    InvalidTransfer { reason: String },
 }

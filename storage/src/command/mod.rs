@@ -2,10 +2,14 @@
 //!
 //! - this file: [`Command`] (one log entry's payload: the leader's stamp, the session, the fence,
 //!   the op) and what wraps every op ([`Session`], [`Fence`]);
-//! - [`op`]: [`Op`], every operation; [`response`]: [`Response`], what applying one yields;
-//!   [`error`]: [`OpError`], why one was refused;
-//! - the payloads of each data type: [`kv`], [`counter`], [`rate`], [`lease`] (queue, stream and
-//!   ledger payloads are in `crate::queue`, `crate::stream` and `crate::ledger`).
+//! - [`op`]: [`Op`], every operation, one variant per data type; [`response`]: [`Response`],
+//!   what applying one yields; [`error`]: [`OpError`], why one was refused: the checks every type
+//!   shares, and a variant per type for its own refusals;
+//! - one module per data type with its operations (`KvOp`, `RateOp`, ...), its own refusals
+//!   (`KvError`, `LeaseError`, ...) and its payloads: [`kv`], [`counter`], [`rate`], [`lease`],
+//!   [`ledger`], [`queue`], [`stream`] (streams and consumer groups), [`region`] (merging other
+//!   regions' feeds, the topology). The larger payloads of ledgers, queues and streams (accounts,
+//!   messages, records) are in `crate::ledger`, `crate::queue` and `crate::stream`.
 //!
 //! All of it is persisted (log entries, saved answers) in the data format of `basalt-codec`:
 //! moving a type between these files changes nothing, reordering fields or variants does.
@@ -14,17 +18,25 @@ mod counter;
 mod error;
 mod kv;
 mod lease;
+mod ledger;
 mod op;
+mod queue;
 mod rate;
+mod region;
 mod response;
+mod stream;
 
-pub use counter::{CounterAction, CounterOp, CounterOutcome};
+pub use counter::{CounterAction, CounterError, CounterOp, CounterOutcome};
 pub use error::OpError;
-pub use kv::{Expect, KvPart, KvWrite};
-pub use lease::{LeaseLoss, LeaseOutcome};
+pub use kv::{Expect, KvError, KvOp, KvPart, KvWrite};
+pub use lease::{LeaseError, LeaseLoss, LeaseOp, LeaseOutcome};
+pub use ledger::LedgerOp;
 pub use op::Op;
-pub use rate::{RateCheck, RateDecision, RateLimit};
+pub use queue::{QueueError, QueueOp};
+pub use rate::{RateCheck, RateDecision, RateLimit, RateOp};
+pub use region::{RegionError, RegionOp};
 pub use response::Response;
+pub use stream::{GroupOp, StreamError, StreamOp};
 
 use serde::{Deserialize, Serialize};
 
@@ -90,21 +102,21 @@ mod tests {
     #[test]
     fn byte_strings_encode_as_the_byte_sequences_did() {
         #[derive(Serialize)]
-        enum OldOp {
-            KvPut {
+        enum PlainKvOp {
+            Put {
                 key: Vec<u8>,
                 value: Vec<u8>,
                 ttl_ms: Option<u64>,
                 expect: Option<Expect>,
             },
         }
-        let new = Op::KvPut {
+        let new = KvOp::Put {
             key: b"key".to_vec(),
             value: vec![7; 300],
             ttl_ms: Some(5),
             expect: Some(Expect::Revision(9)),
         };
-        let old = OldOp::KvPut {
+        let old = PlainKvOp::Put {
             key: b"key".to_vec(),
             value: vec![7; 300],
             ttl_ms: Some(5),
@@ -112,7 +124,7 @@ mod tests {
         };
         let encoded = basalt_codec::encode(&new);
         assert_eq!(encoded, basalt_codec::encode(&old));
-        assert_eq!(basalt_codec::decode::<Op>(&encoded).expect("decode"), new);
+        assert_eq!(basalt_codec::decode::<KvOp>(&encoded).expect("decode"), new);
 
         #[derive(Serialize)]
         struct OldRecord {

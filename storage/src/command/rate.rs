@@ -1,4 +1,5 @@
-//! The rate-limit payloads of a command: the algorithm and its parameters, a check, a decision.
+//! The rate-limit operations of a command ([`RateOp`]) and their payloads: the algorithm and its
+//! parameters, a check, a decision.
 
 use serde::{Deserialize, Serialize};
 
@@ -16,7 +17,7 @@ pub enum RateLimit {
     GlobalSlidingWindow { limit: u64, window_ms: u64 },
 }
 
-/// One rate-limit decision request inside a [`crate::command::Op::RateCheck`] batch.
+/// One rate-limit decision request inside a [`crate::command::RateOp::Check`] batch.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RateCheck {
     pub key: Vec<u8>,
@@ -35,4 +36,31 @@ pub struct RateDecision {
     pub retry_after_ms: u64,
     /// When the key will be back to its full allowance if nothing more is consumed.
     pub reset_at_ms: u64,
+}
+
+/// The rate-limit operations. Applied by `crate::apply::rate`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RateOp {
+    /// Decisions, each atomic on its own key, in order.
+    Check { checks: Vec<RateCheck> },
+    /// Forgets keys that are back to their full allowance (forgetting them changes no decision),
+    /// at most `limit`. Proposed by the leader from time to time.
+    Sweep { limit: u32 },
+}
+
+impl RateOp {
+    /// Whether its effects go into the change feed: the checks (a global window counts every
+    /// region's admissions), not the sweep.
+    pub fn replicates(&self) -> bool {
+        matches!(self, RateOp::Check { .. })
+    }
+}
+
+impl std::fmt::Display for RateOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RateOp::Check { checks } => write!(f, "rate check batch of {}", checks.len()),
+            RateOp::Sweep { limit } => write!(f, "rate-limit sweep (limit {limit})"),
+        }
+    }
 }

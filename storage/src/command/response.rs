@@ -72,10 +72,10 @@ pub enum Response {
         merged: u32,
     },
     Refused(OpError),
-    /// One answer per write of a [`crate::command::Op::KvBatch`], in order: `KvPut`, `KvDelete`,
+    /// One answer per write of a [`crate::command::KvOp::Batch`], in order: `KvPut`, `KvDelete`,
     /// `KvConditionFailed` or `Refused`.
     KvBatch(Vec<Response>),
-    /// One answer per part of a [`crate::command::Op::KvMerged`], in order: what the part's op alone would have
+    /// One answer per part of a [`crate::command::KvOp::Merged`], in order: what the part's op alone would have
     /// been answered.
     KvMerged(Vec<Response>),
     /// A region topology change took effect: the topology now in force.

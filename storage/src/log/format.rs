@@ -37,11 +37,12 @@ pub const HEADER_SLOT_STRIDE_BYTES: u64 = 512;
 /// Encoded size of one header slot.
 pub const HEADER_SLOT_BYTES: usize = 48;
 const SEGMENT_MAGIC: [u8; 8] = *b"BASALTSG";
-/// The segment format this code writes and reads. Version 1 (no header) is not read; version 2
-/// had this layout with entries of data format 1 (bincode), and is refused so that a build of
-/// one data format never reads the other's entries (and an older build refuses these segments by
-/// their version instead of misreading them).
-pub const SEGMENT_FORMAT_VERSION: u32 = 3;
+/// The segment format this code writes and reads. Version 1 (no header) is not read; versions 2
+/// and 3 had this layout with entries of data formats 1 (bincode) and 2 (postcard, flat ops), and
+/// are refused so that a build of one data format never reads another's entries, even under a
+/// wrong `FORMAT` stamp (and an older build refuses these segments by their version instead of
+/// misreading them). The segment version moves with every data format for that reason.
+pub const SEGMENT_FORMAT_VERSION: u32 = 4;
 
 const _: () = assert!(HEADER_SLOT_BYTES as u64 <= HEADER_SLOT_STRIDE_BYTES);
 const _: () = assert!(2 * HEADER_SLOT_STRIDE_BYTES <= SEGMENT_HEADER_AREA_BYTES);

@@ -337,12 +337,12 @@ fn a_small_segment_without_a_header_is_refused_not_removed() {
 /// never removed as a creation a crash interrupted. One slot or the other may be the whole one.
 #[test]
 fn a_segment_of_another_version_is_refused_not_removed() {
-    for slot in [0u64, 1] {
+    for (slot, version) in [(0u64, 2u32), (1, 2), (0, 3), (1, 3)] {
         let dir = tempfile::tempdir().expect("tempdir");
-        // A whole header slot, crc included, of version 2.
+        // A whole header slot, crc included, of an earlier version (data formats 1 and 2).
         let mut header = [0u8; format::HEADER_SLOT_BYTES];
         header[..8].copy_from_slice(b"BASALTSG");
-        header[8..12].copy_from_slice(&2u32.to_le_bytes());
+        header[8..12].copy_from_slice(&version.to_le_bytes());
         header[12..20].copy_from_slice(&slot.to_le_bytes());
         header[20..28].copy_from_slice(&1u64.to_le_bytes());
         header[36..44].copy_from_slice(&format::SEGMENT_HEADER_AREA_BYTES.to_le_bytes());
@@ -354,12 +354,13 @@ fn a_segment_of_another_version_is_refused_not_removed() {
         let seg = dir.path().join(format!("{:020}.log", 1));
         fs::write(&seg, &area).expect("write");
         match SegmentedLog::open(dir.path(), LogOptions::default()) {
-            Err(LogError::OtherVersion { found: 2, reads, path }) => {
+            Err(LogError::OtherVersion { found, reads, path }) => {
+                assert_eq!(found, version);
                 assert_eq!(reads, format::SEGMENT_FORMAT_VERSION);
                 assert_eq!(path, seg);
             }
             Err(e) => panic!("slot {slot}: refused for another reason: {e}"),
-            Ok(_) => panic!("slot {slot}: a segment of version 2 was opened"),
+            Ok(_) => panic!("slot {slot}: a segment of version {version} was opened"),
         }
         assert_eq!(
             fs::read(&seg).expect("read"),

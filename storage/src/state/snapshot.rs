@@ -1,7 +1,7 @@
 //! Snapshots: a RocksDB checkpoint packed into one file, so it can be streamed to a follower.
 //!
 //! Pack layout: the magic `BASALTSNAP`, the data format of its records as one ASCII digit and
-//! `\n` (`BASALTSNAP2\n`; a pack of another format is refused by name), then sections
+//! `\n` (`BASALTSNAP3\n`; a pack of another format is refused by name), then sections
 //! `[kind u8][name_len u32][name][data_len u64][data][crc32 u32]` (little-endian; the crc covers
 //! kind, name and data). Kind 1 is the metadata blob (always first), 2 a checkpoint file, 3 the
 //! end marker. Unpacking verifies every crc and refuses a pack without its end marker.
@@ -375,8 +375,9 @@ mod tests {
         assert_eq!(verify_pack(&pack).expect("the intact pack"), b"m");
     }
 
-    /// A pack from a build of data format 1 (magic `BASALTSNAP1\n`, bincode records) is refused
-    /// by name on every way in, before any of its records could be misread.
+    /// A pack from a build of data format 1 (magic `BASALTSNAP1\n`, bincode records) or 2
+    /// (`BASALTSNAP2\n`, flat ops) is refused by name on every way in, before any of its records
+    /// could be misread.
     #[test]
     fn a_pack_of_another_data_format_is_refused_by_name() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -387,20 +388,20 @@ mod tests {
             .pack(b"m", &pack)
             .expect("pack");
         let mut bytes = fs::read(&pack).expect("read");
-        assert_eq!(&bytes[..12], b"BASALTSNAP2\n");
-        bytes[10] = b'1';
-        fs::write(&pack, &bytes).expect("write");
-        for refused in [
-            verify_pack(&pack).map(drop),
-            read_pack_meta(&pack).map(drop),
-            unpack(&pack, &dir.path().join("u")).map(drop),
-        ] {
-            let e = refused.expect_err("format 1 is refused");
-            assert!(matches!(e, StoreError::SnapshotFormat { .. }), "{e}");
-            assert!(
-                e.to_string().ends_with("is of data format 1, this build reads 2"),
-                "{e}"
-            );
+        assert_eq!(&bytes[..12], b"BASALTSNAP3\n");
+        for older in [b'1', b'2'] {
+            bytes[10] = older;
+            fs::write(&pack, &bytes).expect("write");
+            for refused in [
+                verify_pack(&pack).map(drop),
+                read_pack_meta(&pack).map(drop),
+                unpack(&pack, &dir.path().join("u")).map(drop),
+            ] {
+                let e = refused.expect_err("an older format is refused");
+                assert!(matches!(e, StoreError::SnapshotFormat { .. }), "{e}");
+                let expected = format!("is of data format {}, this build reads 3", older as char);
+                assert!(e.to_string().ends_with(&expected), "{e}");
+            }
         }
     }
 }

@@ -1,0 +1,78 @@
+//! The queue operations of a command and why one is refused. Their payloads (messages, settings,
+//! receipts, deliveries) are in `crate::queue`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::queue::{NewMessage, QueueConfig, Receipt};
+
+/// The queue operations. Applied by `crate::apply::queue`; homed (they apply in the home region
+/// only).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum QueueOp {
+    /// Creates a queue, or changes its settings.
+    Configure {
+        queue: Vec<u8>,
+        config: QueueConfig,
+    },
+    Enqueue {
+        queue: Vec<u8>,
+        messages: Vec<NewMessage>,
+    },
+    /// Hands out up to `max` visible messages, invisible for the visibility timeout.
+    Receive {
+        queue: Vec<u8>,
+        max: u32,
+        visibility_timeout_ms: Option<u64>,
+    },
+    Ack {
+        queue: Vec<u8>,
+        receipt: Receipt,
+    },
+    /// Gives a delivery back: visible again after `delay_ms`.
+    Nack {
+        queue: Vec<u8>,
+        receipt: Receipt,
+        delay_ms: u64,
+    },
+    /// Moves up to `max` dead-lettered messages back to the queues they came from.
+    Redrive {
+        queue: Vec<u8>,
+        max: u32,
+    },
+    /// Forgets dedup ids whose window has passed. Proposed by the leader.
+    DedupSweep {
+        limit: u32,
+    },
+}
+
+impl std::fmt::Display for QueueOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let lossy = crate::apply::lossy;
+        match self {
+            QueueOp::Configure { queue, config } => write!(f, "queue configure {:?} {config:?}", lossy(queue)),
+            QueueOp::Enqueue { queue, messages } => {
+                write!(f, "queue enqueue {} into {:?}", messages.len(), lossy(queue))
+            }
+            QueueOp::Receive { queue, max, .. } => write!(f, "queue receive up to {max} from {:?}", lossy(queue)),
+            QueueOp::Ack { queue, receipt } => write!(f, "queue ack {receipt:?} in {:?}", lossy(queue)),
+            QueueOp::Nack {
+                queue,
+                receipt,
+                delay_ms,
+            } => write!(f, "queue nack {receipt:?} in {:?} (delay {delay_ms} ms)", lossy(queue)),
+            QueueOp::Redrive { queue, max } => write!(f, "queue redrive up to {max} from {:?}", lossy(queue)),
+            QueueOp::DedupSweep { limit } => write!(f, "queue dedup sweep (limit {limit})"),
+        }
+    }
+}
+
+/// Why a queue operation was refused, beyond the checks every type shares ([`super::OpError`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum QueueError {
+    #[error("receipt for delivery {delivery} of message {message_id} is stale (latest delivery: {latest:?}); the message was redelivered, acknowledged or given back")]
+    StaleReceipt {
+        message_id: u64,
+        delivery: u32,
+        latest: Option<u32>,
+    },
+}
