@@ -4,10 +4,11 @@
 //! Owns: reading the response headers that decide caching ([`cache_control`], [`freshness`],
 //! [`vary`], [`tags`]), the age and freshness of a stored response at a given time
 //! ([`freshness::Lifetime`]), the answer a request gets from a stored object ([`conditional`]: 304
-//! or the body; [`range`]: 206, 416 or the whole body), and the limits of all of these
+//! or the body; [`range`]: 206, 416 or the whole body), the node's in-memory object store under a
+//! byte budget with purges by URL, prefix and tag ([`store`]), and the limits of all of these
 //! ([`limits`]). May not touch: sockets, files, the wall clock (every function is given `now`),
 //! Raft or the state store. The server crate's edge listener does the I/O: it asks these rules,
-//! fetches the origin, stores bodies and replicates purges.
+//! fetches the origin, and applies the purges that Raft and the regions' feed replicate.
 //!
 //! Policy, where the RFCs leave a choice (docs/data-types/edge-cache.md):
 //! - a shared cache: `private` responses and responses setting cookies are never stored;
@@ -24,5 +25,6 @@ pub mod conditional;
 pub mod freshness;
 pub mod limits;
 pub mod range;
+pub mod store;
 pub mod tags;
 pub mod vary;

@@ -25,4 +25,18 @@ pub const VARY_HEADERS_MAX: usize = 8;
 /// whose values are longer is passed to the origin and its answer not stored.
 pub const VARY_KEY_BYTES_MAX: usize = 4096;
 
+/// Bytes one stored object may weigh (body, headers, tags, key). A larger answer is served to
+/// its requests and not stored.
+pub const STORED_OBJECT_BYTES_MAX: u64 = 64 << 20;
+
+/// Bytes every stored object is charged beyond its body, headers, tags and key (maps, counters,
+/// the eviction policy's own entry), so that many tiny objects cannot exceed the budget unseen.
+pub const OBJECT_OVERHEAD_BYTES: u64 = 256;
+
+/// Purges the store remembers to check fetches in flight against. A fetch that began before
+/// all of them stores nothing (its answer is still served to the requests that waited).
+pub const PURGE_LOG_ENTRIES_MAX: usize = 4096;
+
 const _: () = assert!(HEURISTIC_FRESHNESS_SECS_MAX < DELTA_SECONDS_MAX);
+// Object weights are u32 in the eviction policy.
+const _: () = assert!(STORED_OBJECT_BYTES_MAX <= u32::MAX as u64);
