@@ -32,6 +32,14 @@ pub struct ResponseCacheControl {
 pub fn parse_response<'a>(lines: impl IntoIterator<Item = &'a [u8]>) -> ResponseCacheControl {
     let mut cc = ResponseCacheControl::default();
     for line in lines {
+        // The words that forbid storing count wherever they appear, even in text the directive
+        // grammar cannot read (`public no-store`, an unclosed quote): as nginx does, a cache errs
+        // on the side of not storing.
+        let lower = line.to_ascii_lowercase();
+        let mentions = |word: &[u8]| lower.windows(word.len()).any(|w| w == word);
+        cc.no_store |= mentions(b"no-store");
+        cc.private |= mentions(b"private");
+        cc.no_cache |= mentions(b"no-cache");
         for (name, value) in directives(line) {
             let name = name.to_ascii_lowercase();
             match name.as_slice() {
@@ -45,14 +53,17 @@ pub fn parse_response<'a>(lines: impl IntoIterator<Item = &'a [u8]>) -> Response
                 b"s-maxage" => set_freshness(&mut cc.s_maxage_secs, &mut cc.invalid_freshness, value),
                 // The stale extensions only ever widen what may be served: an unreadable one is
                 // ignored rather than making the response stale.
+                // Given twice, the smaller allowance holds.
                 b"stale-while-revalidate" => {
                     if let Some(secs) = value.and_then(delta_seconds) {
-                        cc.stale_while_revalidate_secs.get_or_insert(secs);
+                        let kept = cc.stale_while_revalidate_secs.map_or(secs, |earlier| earlier.min(secs));
+                        cc.stale_while_revalidate_secs = Some(kept);
                     }
                 }
                 b"stale-if-error" => {
                     if let Some(secs) = value.and_then(delta_seconds) {
-                        cc.stale_if_error_secs.get_or_insert(secs);
+                        let kept = cc.stale_if_error_secs.map_or(secs, |earlier| earlier.min(secs));
+                        cc.stale_if_error_secs = Some(kept);
                     }
                 }
                 _ => {}
@@ -204,11 +215,30 @@ mod tests {
         let cc = parse(&[",, immutable, foo=\"a,b\" , max-age=10 junk, , no-transform"]);
         assert_eq!(cc.max_age_secs, Some(10));
         assert!(!cc.invalid_freshness && !cc.no_store);
-        // An unterminated quote takes the rest of the line.
+        assert_eq!(parse(&[""]), ResponseCacheControl::default());
+    }
+
+    #[test]
+    fn words_that_forbid_storing_count_even_in_unreadable_text() {
+        // An unterminated quote takes the rest of the line, yet no-store there still counts.
         let cc = parse(&["max-age=5, foo=\"open, no-store"]);
         assert_eq!(cc.max_age_secs, Some(5));
-        assert!(!cc.no_store);
-        assert_eq!(parse(&[""]), ResponseCacheControl::default());
+        assert!(cc.no_store);
+        assert!(parse(&["public no-store"]).no_store);
+        assert!(parse(&["max-age=60 private"]).private);
+        assert!(parse(&["max-age=60 NO-CACHE"]).no_cache);
+    }
+
+    #[test]
+    fn a_stale_extension_given_twice_keeps_the_smaller() {
+        let cc = parse(&[
+            "stale-while-revalidate=60, stale-while-revalidate=5",
+            "stale-if-error=9, stale-if-error=90",
+        ]);
+        assert_eq!(
+            (cc.stale_while_revalidate_secs, cc.stale_if_error_secs),
+            (Some(5), Some(9))
+        );
     }
 
     proptest! {

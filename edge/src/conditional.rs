@@ -27,11 +27,17 @@ pub struct Validators {
 }
 
 impl Validators {
-    /// The validators of a stored response that arrived at `response_time`.
+    /// The validators of a stored response that arrived at `response_time`. Two `ETag` lines
+    /// are no ETag.
     pub fn of(stored: &HeaderMap, response_time: SystemTime) -> Self {
         let date = |name| http_date(stored, name).and_then(Result::ok);
+        let mut etags = stored.get_all(header::ETAG).iter();
+        let etag = match (etags.next(), etags.next()) {
+            (Some(one), None) => Some(one.clone()),
+            _ => None,
+        };
         Self {
-            etag: stored.get(header::ETAG).cloned(),
+            etag,
             modified: date(header::LAST_MODIFIED)
                 .or_else(|| date(header::DATE))
                 .unwrap_or(response_time),
@@ -40,7 +46,9 @@ impl Validators {
 }
 
 /// Evaluates a client's `If-None-Match` (or, without it, `If-Modified-Since`) against a stored
-/// object. Only GET and HEAD are ever answered 304; an unreadable date is ignored.
+/// object. Only GET and HEAD are ever answered 304; an unreadable date is ignored. Call it only
+/// for an object that may be served now (fresh, or stale within an allowance): a 304 says the
+/// client's copy may be used.
 pub fn evaluate(method: &Method, request: &HeaderMap, stored: &Validators) -> Answer {
     if method != Method::GET && method != Method::HEAD {
         return Answer::Full;
@@ -84,9 +92,26 @@ const KEPT_ON_NOT_MODIFIED: [HeaderName; 6] = [
     header::UPGRADE,
 ];
 
+/// The origin answered 304 with another validator than the stored object's: its 304 is about
+/// another representation, so the object must be fetched again whole (RFC 9111 §4.3.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the origin's 304 names another ETag than the stored object's")]
+pub struct ValidatorMismatch;
+
 /// Folds the origin's 304 into the stored headers: every header the 304 carries replaces the
-/// stored one of that name (all its lines), except those of [`KEPT_ON_NOT_MODIFIED`].
-pub fn merge_not_modified(stored: &mut HeaderMap, not_modified: &HeaderMap) {
+/// stored one of that name (all its lines), except those of [`KEPT_ON_NOT_MODIFIED`]. Refused,
+/// changing nothing, when the 304 names an ETag the stored object does not have. Afterwards, run
+/// [`crate::freshness::decide`] again on the merged headers: the 304 may have changed freshness,
+/// `Vary` or tags, or forbidden storing.
+pub fn merge_not_modified(stored: &mut HeaderMap, not_modified: &HeaderMap) -> Result<(), ValidatorMismatch> {
+    if let Some(new) = not_modified.get(header::ETAG) {
+        let same = stored
+            .get(header::ETAG)
+            .is_some_and(|old| weak_eq(old.as_bytes(), new.as_bytes()));
+        if !same {
+            return Err(ValidatorMismatch);
+        }
+    }
     for name in not_modified.keys() {
         if KEPT_ON_NOT_MODIFIED.contains(name) {
             continue;
@@ -96,6 +121,7 @@ pub fn merge_not_modified(stored: &mut HeaderMap, not_modified: &HeaderMap) {
             stored.append(name.clone(), value.clone());
         }
     }
+    Ok(())
 }
 
 /// The elements of an `If-None-Match` line: `*` or entity tags, split at commas outside quotes.
@@ -225,6 +251,10 @@ mod tests {
         );
         assert_eq!(Validators::of(&map(&[("date", &date)]), at(30)).modified, at(20));
         assert_eq!(Validators::of(&HeaderMap::new(), at(30)).modified, at(30));
+        assert_eq!(
+            Validators::of(&map(&[("etag", "\"a\""), ("etag", "\"b\"")]), at(0)).etag,
+            None
+        );
     }
 
     #[test]
@@ -244,10 +274,23 @@ mod tests {
         );
         assert!(revalidation_headers(&HeaderMap::new()).is_empty());
 
+        let other = map(&[("etag", "\"v2\""), ("cache-control", "max-age=99")]);
+        assert_eq!(merge_not_modified(&mut kept, &other), Err(ValidatorMismatch));
+        assert_eq!(
+            kept.get(header::CACHE_CONTROL).expect("cc"),
+            "max-age=1",
+            "a refused 304 changes nothing"
+        );
         merge_not_modified(
             &mut kept,
-            &map(&[("cache-control", "max-age=60"), ("content-length", "0"), ("x-new", "b")]),
-        );
+            &map(&[
+                ("etag", "W/\"v1\""),
+                ("cache-control", "max-age=60"),
+                ("content-length", "0"),
+                ("x-new", "b"),
+            ]),
+        )
+        .expect("the same representation");
         assert_eq!(kept.get(header::CACHE_CONTROL).expect("cc"), "max-age=60");
         assert_eq!(
             kept.get(header::CONTENT_LENGTH).expect("len"),

@@ -8,10 +8,12 @@
 
 use std::time::{Duration, SystemTime};
 
-use http::{header, HeaderMap, StatusCode};
+use http::header::HeaderName;
+use http::{header, HeaderMap, Method, StatusCode};
 
 use crate::cache_control::{self, delta_seconds, ResponseCacheControl};
 use crate::limits::HEURISTIC_FRESHNESS_SECS_MAX;
+use crate::tags::{self, TagError};
 use crate::vary::{self, Vary};
 
 /// The cache's own settings that decide storing.
@@ -32,6 +34,14 @@ impl Default for StorePolicy {
 /// Why a response is passed through without being stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum NotStored {
+    #[error("only answers to GET are stored")]
+    Method,
+    #[error("the request carries Authorization and the answer is not public, s-maxage or must-revalidate")]
+    Authorization,
+    #[error("the request says Cache-Control: no-store")]
+    RequestNoStore,
+    #[error("its tags cannot be kept: {0}")]
+    Tags(#[from] TagError),
     #[error("Cache-Control: no-store")]
     NoStore,
     #[error("Cache-Control: private (a shared cache stores none of it)")]
@@ -97,16 +107,42 @@ impl Lifetime {
     }
 }
 
-/// Decides whether a response of the origin to a GET may be stored, and its [`Lifetime`].
-/// `request_time` is when the request to the origin was sent, `response_time` when the response
-/// head arrived.
+/// What [`decide`] keeps of a response it stores.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Storable {
+    pub lifetime: Lifetime,
+    /// Its purge tags ([`tags::parse`]).
+    pub tags: Vec<Vec<u8>>,
+    /// The request headers it varies on ([`vary::parse`]).
+    pub vary: Vec<HeaderName>,
+}
+
+/// Decides whether the origin's response to a request may be stored, and for how long. The
+/// request is the one sent to the origin (method and headers); `request_time` is when it was
+/// sent, `response_time` when the response head arrived. Every rule that refuses storing is here,
+/// tags included, so a caller cannot store what a purge by tag could miss.
+///
+/// After a 304 from the origin ([`crate::conditional::merge_not_modified`]), call this again on
+/// the merged headers: the 304 may have changed freshness, `Vary`, tags, or forbidden storing.
 pub fn decide(
+    method: &Method,
+    request: &HeaderMap,
     status: StatusCode,
     headers: &HeaderMap,
     request_time: SystemTime,
     response_time: SystemTime,
     policy: &StorePolicy,
-) -> Result<Lifetime, NotStored> {
+) -> Result<Storable, NotStored> {
+    if method != Method::GET {
+        return Err(NotStored::Method);
+    }
+    let request_no_store = request
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .any(|line| cache_control::parse_response([line.as_bytes()]).no_store);
+    if request_no_store {
+        return Err(NotStored::RequestNoStore);
+    }
     let cc = cache_control::parse_response(headers.get_all(header::CACHE_CONTROL).iter().map(|v| v.as_bytes()));
     if cc.no_store {
         return Err(NotStored::NoStore);
@@ -114,14 +150,19 @@ pub fn decide(
     if cc.private {
         return Err(NotStored::Private);
     }
+    // RFC 9111 §3.5: an answer to an authenticated request is shared only when it says so.
+    if request.contains_key(header::AUTHORIZATION) && !(cc.public || cc.s_maxage_secs.is_some() || cc.must_revalidate) {
+        return Err(NotStored::Authorization);
+    }
     if headers.contains_key(header::SET_COOKIE) {
         return Err(NotStored::SetsCookie);
     }
-    match vary::parse(headers) {
+    let vary = match vary::parse(headers) {
         Vary::Any => return Err(NotStored::VaryAny),
         Vary::TooWide => return Err(NotStored::VaryTooWide),
-        Vary::Headers(_) => {}
-    }
+        Vary::Headers(names) => names,
+    };
+    let tags = tags::parse(headers)?;
     let code = status.as_u16();
     let heuristic_ok = matches!(code, 200 | 203 | 204 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501);
     if !heuristic_ok && !matches!(code, 302 | 307) {
@@ -131,9 +172,16 @@ pub fn decide(
     let date = http_date(headers, header::DATE).and_then(Result::ok);
     // RFC 9111 §4.2.3: without a Date, the response time stands in for it.
     let date = date.unwrap_or(response_time);
+    // RFC 9111 §5.1: the first member of a list counts; an unreadable one is ignored.
     let age_value = headers
         .get(header::AGE)
-        .and_then(|v| delta_seconds(v.as_bytes().to_vec()))
+        .and_then(|v| {
+            v.as_bytes()
+                .split(|&b| b == b',')
+                .next()
+                .map(|first| first.trim_ascii().to_vec())
+        })
+        .and_then(delta_seconds)
         .map_or(Duration::ZERO, Duration::from_secs);
     let apparent_age = response_time.duration_since(date).unwrap_or(Duration::ZERO);
     let response_delay = response_time.duration_since(request_time).unwrap_or(Duration::ZERO);
@@ -158,11 +206,15 @@ pub fn decide(
     };
 
     let (stale_while_revalidate, stale_if_error) = stale_allowances(&cc);
-    Ok(Lifetime {
-        fresh_for,
-        initial_age,
-        stale_while_revalidate,
-        stale_if_error,
+    Ok(Storable {
+        lifetime: Lifetime {
+            fresh_for,
+            initial_age,
+            stale_while_revalidate,
+            stale_if_error,
+        },
+        tags,
+        vary,
     })
 }
 
@@ -182,9 +234,11 @@ fn explicit_freshness(cc: &ResponseCacheControl, headers: &HeaderMap, date: Syst
 }
 
 /// What may be served stale: nothing under `must-revalidate` or `proxy-revalidate` (or
-/// `no-cache`); `s-maxage` implies `proxy-revalidate` (RFC 9111 §5.2.2.10) unless the response
-/// grants a stale extension explicitly, which we take as the more specific permission (the common
-/// `s-maxage=60, stale-while-revalidate=30` means what it says).
+/// `no-cache`), and nothing the response does not grant by a stale extension. A deliberate
+/// deviation: RFC 9111 §5.2.2.10 says `s-maxage` implies `proxy-revalidate`, which would make
+/// the common `s-maxage=60, stale-while-revalidate=30` mean no stale serving at all; like the
+/// CDNs that honour it, we take the explicit extension as the more specific permission. Without
+/// an extension nothing is served stale, so `s-maxage` alone behaves as the RFC says.
 fn stale_allowances(cc: &ResponseCacheControl) -> (Duration, Duration) {
     if cc.must_revalidate || cc.proxy_revalidate || cc.no_cache {
         return (Duration::ZERO, Duration::ZERO);
@@ -237,12 +291,15 @@ mod tests {
 
     fn decide_at(status: u16, pairs: &[(&str, &str)], sent: u64, arrived: u64) -> Result<Lifetime, NotStored> {
         decide(
+            &Method::GET,
+            &HeaderMap::new(),
             StatusCode::from_u16(status).expect("status"),
             &headers(pairs),
             at(sent),
             at(arrived),
             &StorePolicy::default(),
         )
+        .map(|storable| storable.lifetime)
     }
 
     #[test]
@@ -376,6 +433,8 @@ mod tests {
             Duration::from_secs(3)
         );
         let off = decide(
+            &Method::GET,
+            &HeaderMap::new(),
             StatusCode::NOT_FOUND,
             &HeaderMap::new(),
             at(0),
@@ -385,6 +444,18 @@ mod tests {
             },
         );
         assert_eq!(off, Err(NotStored::NoFreshness));
+        // Negative answers still obey the origin, and their age counts from arrival.
+        assert_eq!(
+            decide_at(404, &[("cache-control", "no-store")], 0, 0),
+            Err(NotStored::NoStore)
+        );
+        assert_eq!(
+            decide_at(404, &[("cache-control", "private")], 0, 0),
+            Err(NotStored::Private)
+        );
+        let aged = decide_at(404, &[("age", "100")], 0, 0).expect("stored");
+        assert_eq!(aged.state(at(0), at(9)), State::Fresh);
+        assert_ne!(aged.state(at(0), at(10)), State::Fresh);
     }
 
     #[test]
@@ -443,7 +514,12 @@ mod tests {
                 (Duration::ZERO, Duration::ZERO)
             );
         }
-        // s-maxage with an explicit extension keeps it.
+        // s-maxage alone allows no stale serving; with an explicit extension it keeps it.
+        let alone = decide_at(200, &[("cache-control", "s-maxage=60")], 0, 0).expect("stored");
+        assert_eq!(
+            (alone.stale_while_revalidate, alone.stale_if_error),
+            (Duration::ZERO, Duration::ZERO)
+        );
         let life = decide_at(
             200,
             &[("cache-control", "s-maxage=60, stale-while-revalidate=30")],
@@ -452,6 +528,80 @@ mod tests {
         )
         .expect("stored");
         assert_eq!(life.stale_while_revalidate, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn the_first_member_of_an_age_list_counts() {
+        let life = decide_at(200, &[("cache-control", "max-age=60"), ("age", "10, 20")], 0, 0).expect("stored");
+        assert_eq!(life.initial_age, Duration::from_secs(10));
+        let junk = decide_at(200, &[("cache-control", "max-age=60"), ("age", "soon")], 0, 0).expect("stored");
+        assert_eq!(junk.initial_age, Duration::ZERO);
+    }
+
+    #[test]
+    fn the_request_can_forbid_storing() {
+        let response = headers(&[("cache-control", "max-age=60")]);
+        let ask = |method: Method, request: &[(&str, &str)], response: &HeaderMap| {
+            decide(
+                &method,
+                &headers(request),
+                StatusCode::OK,
+                response,
+                at(0),
+                at(0),
+                &StorePolicy::default(),
+            )
+            .map(|s| s.lifetime.fresh_for)
+        };
+        assert_eq!(ask(Method::HEAD, &[], &response), Err(NotStored::Method));
+        assert_eq!(ask(Method::POST, &[], &response), Err(NotStored::Method));
+        assert_eq!(
+            ask(Method::GET, &[("cache-control", "no-store")], &response),
+            Err(NotStored::RequestNoStore)
+        );
+        assert_eq!(
+            ask(Method::GET, &[("authorization", "Bearer x")], &response),
+            Err(NotStored::Authorization)
+        );
+        for sharing in ["public, max-age=60", "s-maxage=60", "max-age=60, must-revalidate"] {
+            let shared = headers(&[("cache-control", sharing)]);
+            assert!(
+                ask(Method::GET, &[("authorization", "Bearer x")], &shared).is_ok(),
+                "{sharing}"
+            );
+        }
+        // Request max-age and no-cache are ignored (a client cannot force origin fetches).
+        assert!(ask(Method::GET, &[("cache-control", "no-cache, max-age=0")], &response).is_ok());
+    }
+
+    #[test]
+    fn tags_and_vary_are_kept_and_their_limits_refuse_storing() {
+        let response = headers(&[
+            ("cache-control", "max-age=60"),
+            ("cache-tag", "A,b"),
+            ("vary", "Accept-Encoding"),
+        ]);
+        let storable = decide(
+            &Method::GET,
+            &HeaderMap::new(),
+            StatusCode::OK,
+            &response,
+            at(0),
+            at(0),
+            &StorePolicy::default(),
+        )
+        .expect("stored");
+        assert_eq!(storable.tags, vec![b"a".to_vec(), b"b".to_vec()]);
+        assert_eq!(storable.vary, vec![header::ACCEPT_ENCODING]);
+        let long = "t".repeat(crate::limits::TAG_BYTES_MAX + 1);
+        assert!(matches!(
+            decide_at(200, &[("cache-control", "max-age=60"), ("surrogate-key", &long)], 0, 0),
+            Err(NotStored::Tags(TagError::TagTooLong { .. }))
+        ));
+        assert_eq!(
+            decide_at(200, &[("cache-control", "max-age=60"), ("vary", "a b")], 0, 0),
+            Err(NotStored::VaryTooWide)
+        );
     }
 
     #[test]

@@ -1,13 +1,13 @@
-//! Range requests on a stored object (RFC 9110 §14): one byte range gets 206 with that part, a
-//! range past the end gets 416, and anything else (no `Range`, another unit, several ranges, a
-//! malformed one, an `If-Range` that does not match) gets the whole object, as RFC 9110 allows a
-//! server to ignore `Range`.
+//! Range requests on a stored object (RFC 9110 §14): one byte range of a GET gets 206 with that
+//! part, a range past the end gets 416, and anything else (another method, no `Range`, another
+//! unit, several ranges, a malformed one, an empty object, an `If-Range` that does not match)
+//! gets the whole object, as RFC 9110 allows a server to ignore `Range`.
 
-use std::time::SystemTime;
+use std::time::Duration;
 
-use http::{header, HeaderMap};
+use http::{header, HeaderMap, Method};
 
-use crate::conditional::{strong_eq, Validators};
+use crate::conditional::strong_eq;
 use crate::freshness::http_date;
 
 /// What a GET gets from a stored object of `len` bytes.
@@ -21,31 +21,45 @@ pub enum RangeAnswer {
     Unsatisfiable,
 }
 
-/// Evaluates `Range` and `If-Range` against a stored object of `len` bytes with `stored`
-/// validators. `If-Range` matches by strong ETag comparison or by exact date equality with the
-/// stored `Last-Modified`.
-pub fn evaluate(request: &HeaderMap, len: u64, stored: &Validators, last_modified: Option<SystemTime>) -> RangeAnswer {
-    let Some(range) = request.get(header::RANGE) else {
+/// Evaluates `Range` and `If-Range` of a request against a stored object of `len` bytes with
+/// `stored` headers. `If-Range` matches by strong ETag comparison, or by a date equal to the
+/// stored `Last-Modified` when that is a strong validator (at least a second before the stored
+/// `Date`, RFC 9110 §8.8.2.2): otherwise parts of two versions could be put together.
+pub fn evaluate(method: &Method, request: &HeaderMap, len: u64, stored: &HeaderMap) -> RangeAnswer {
+    if method != Method::GET || len == 0 {
+        return RangeAnswer::Full;
+    }
+    let mut lines = request.get_all(header::RANGE).iter();
+    let (Some(range), None) = (lines.next(), lines.next()) else {
         return RangeAnswer::Full;
     };
-    if request.get_all(header::RANGE).iter().count() > 1 {
-        return RangeAnswer::Full;
-    }
-    if let Some(if_range) = request.get(header::IF_RANGE) {
-        let bytes = if_range.as_bytes().trim_ascii();
-        let matches = if bytes.starts_with(b"\"") || bytes.starts_with(b"W/") {
-            stored
-                .etag
-                .as_ref()
-                .is_some_and(|etag| strong_eq(bytes, etag.as_bytes()))
-        } else {
-            matches!((http_date(request, header::IF_RANGE), last_modified), (Some(Ok(a)), Some(b)) if a == b)
-        };
-        if !matches {
-            return RangeAnswer::Full;
+    let mut if_ranges = request.get_all(header::IF_RANGE).iter();
+    match (if_ranges.next(), if_ranges.next()) {
+        (None, _) => {}
+        (Some(if_range), None) => {
+            if !if_range_matches(if_range.as_bytes().trim_ascii(), request, stored) {
+                return RangeAnswer::Full;
+            }
         }
+        (Some(_), Some(_)) => return RangeAnswer::Full,
     }
     parse(range.as_bytes(), len)
+}
+
+fn if_range_matches(if_range: &[u8], request: &HeaderMap, stored: &HeaderMap) -> bool {
+    if if_range.starts_with(b"\"") || if_range.starts_with(b"W/") {
+        let mut etags = stored.get_all(header::ETAG).iter();
+        return matches!((etags.next(), etags.next()), (Some(etag), None) if strong_eq(if_range, etag.as_bytes()));
+    }
+    let date = |headers, name| http_date(headers, name).and_then(Result::ok);
+    match (
+        date(request, header::IF_RANGE),
+        date(stored, header::LAST_MODIFIED),
+        date(stored, header::DATE),
+    ) {
+        (Some(asked), Some(modified), Some(dated)) => asked == modified && modified + Duration::from_secs(1) <= dated,
+        _ => false,
+    }
 }
 
 fn parse(range: &[u8], len: u64) -> RangeAnswer {
@@ -106,7 +120,7 @@ mod tests {
     use super::*;
     use http::{HeaderName, HeaderValue};
     use proptest::prelude::*;
-    use std::time::{Duration, UNIX_EPOCH};
+    use std::time::UNIX_EPOCH;
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut m = HeaderMap::new();
@@ -119,15 +133,12 @@ mod tests {
         m
     }
 
-    fn plain() -> Validators {
-        Validators {
-            etag: Some(HeaderValue::from_static("\"v1\"")),
-            modified: UNIX_EPOCH,
-        }
+    fn plain() -> HeaderMap {
+        HeaderMap::from_iter([(header::ETAG, HeaderValue::from_static("\"v1\""))])
     }
 
     fn range(spec: &str, len: u64) -> RangeAnswer {
-        evaluate(&map(&[("range", spec)]), len, &plain(), None)
+        evaluate(&Method::GET, &map(&[("range", spec)]), len, &plain())
     }
 
     #[test]
@@ -147,7 +158,9 @@ mod tests {
     fn past_the_end_is_416_and_nonsense_is_the_whole_object() {
         assert_eq!(range("bytes=1000-", 1000), RangeAnswer::Unsatisfiable);
         assert_eq!(range("bytes=-0", 1000), RangeAnswer::Unsatisfiable);
-        assert_eq!(range("bytes=0-", 0), RangeAnswer::Unsatisfiable);
+        // An empty object is answered whole: no range of it exists, and 200 with nothing is safe.
+        assert_eq!(range("bytes=0-", 0), RangeAnswer::Full);
+        assert_eq!(range("bytes=-1", 0), RangeAnswer::Full);
         for ignored in [
             "items=0-1",
             "bytes=5-1",
@@ -160,40 +173,64 @@ mod tests {
         ] {
             assert_eq!(range(ignored, 1000), RangeAnswer::Full, "{ignored}");
         }
-        assert_eq!(evaluate(&HeaderMap::new(), 10, &plain(), None), RangeAnswer::Full);
+        assert_eq!(
+            evaluate(&Method::GET, &HeaderMap::new(), 10, &plain()),
+            RangeAnswer::Full
+        );
+        // Only GET: a HEAD with a range gets the whole object's headers.
+        assert_eq!(
+            evaluate(&Method::HEAD, &map(&[("range", "bytes=0-0")]), 10, &plain()),
+            RangeAnswer::Full
+        );
+        // Two Range lines: ignored.
+        let two = map(&[("range", "bytes=0-0"), ("range", "bytes=1-1")]);
+        assert_eq!(evaluate(&Method::GET, &two, 10, &plain()), RangeAnswer::Full);
     }
 
     #[test]
     fn if_range_needs_a_strong_match() {
         let modified = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let date = httpdate::fmt_http_date(modified);
-        let with = |if_range: &str| {
+        let mut stored = plain();
+        stored.insert(header::LAST_MODIFIED, HeaderValue::from_str(&date).expect("date"));
+        let later = httpdate::fmt_http_date(modified + Duration::from_secs(5));
+        stored.insert(header::DATE, HeaderValue::from_str(&later).expect("date"));
+        let with = |if_range: &str, stored: &HeaderMap| {
             evaluate(
+                &Method::GET,
                 &map(&[("range", "bytes=0-0"), ("if-range", if_range)]),
                 10,
-                &plain(),
-                Some(modified),
+                stored,
             )
         };
-        assert_eq!(with("\"v1\""), RangeAnswer::Partial { start: 0, end: 0 });
-        assert_eq!(with("W/\"v1\""), RangeAnswer::Full, "a weak tag never matches");
-        assert_eq!(with("\"v0\""), RangeAnswer::Full);
-        assert_eq!(with(&date), RangeAnswer::Partial { start: 0, end: 0 });
-        assert_eq!(
-            with(&httpdate::fmt_http_date(modified + Duration::from_secs(1))),
-            RangeAnswer::Full
-        );
-        assert_eq!(with("nonsense"), RangeAnswer::Full);
+        let part = RangeAnswer::Partial { start: 0, end: 0 };
+        assert_eq!(with("\"v1\"", &stored), part);
+        assert_eq!(with("W/\"v1\"", &stored), RangeAnswer::Full, "a weak tag never matches");
+        assert_eq!(with("\"v0\"", &stored), RangeAnswer::Full);
+        assert_eq!(with(&date, &stored), part);
+        assert_eq!(with(&later, &stored), RangeAnswer::Full);
+        assert_eq!(with("nonsense", &stored), RangeAnswer::Full);
+        // A Last-Modified within a second of the Date is weak: no date If-Range matches it.
+        let mut weak = stored.clone();
+        weak.insert(header::DATE, HeaderValue::from_str(&date).expect("date"));
+        assert_eq!(with(&date, &weak), RangeAnswer::Full);
     }
 
     proptest! {
-        /// A partial answer always lies within the object and is never empty.
+        /// A partial answer is exactly the asked bytes, cut at the end of the object.
         #[test]
-        fn partial_answers_lie_within_the_object(a in 0u64..2000, b in 0u64..2000, len in 0u64..1500, form in 0u8..3) {
+        fn partial_answers_are_the_asked_bytes(a in 0u64..2000, b in 0u64..2000, len in 0u64..1500, form in 0u8..3) {
             let spec = match form { 0 => format!("bytes={a}-{b}"), 1 => format!("bytes={a}-"), _ => format!("bytes=-{b}") };
-            if let RangeAnswer::Partial { start, end } = range(&spec, len) {
-                prop_assert!(start <= end && end < len);
-            }
+            let expected = match form {
+                _ if len == 0 => RangeAnswer::Full,
+                0 if b < a => RangeAnswer::Full,
+                0 | 1 if a >= len => RangeAnswer::Unsatisfiable,
+                0 => RangeAnswer::Partial { start: a, end: b.min(len - 1) },
+                1 => RangeAnswer::Partial { start: a, end: len - 1 },
+                _ if b == 0 => RangeAnswer::Unsatisfiable,
+                _ => RangeAnswer::Partial { start: len.saturating_sub(b), end: len - 1 },
+            };
+            prop_assert_eq!(range(&spec, len), expected);
         }
     }
 }

@@ -64,7 +64,7 @@ pub enum PurgeTarget {
     Url(String),
     /// Every object whose path starts with this.
     Prefix(String),
-    /// Every object carrying this tag.
+    /// Every object carrying this tag (ASCII case-insensitively).
     Tag(Vec<u8>),
 }
 
@@ -73,7 +73,8 @@ impl PurgeTarget {
         match self {
             PurgeTarget::Url(url) => path == url,
             PurgeTarget::Prefix(prefix) => path.starts_with(prefix.as_str()),
-            PurgeTarget::Tag(tag) => tags.iter().any(|t| t == tag),
+            // Stored tags are lower-cased (`tags::normalise`); the purge's may not be.
+            PurgeTarget::Tag(tag) => tags.iter().any(|t| t.eq_ignore_ascii_case(tag)),
         }
     }
 }
@@ -340,7 +341,7 @@ mod tests {
             "the query is part of the URL"
         );
 
-        store.purge(PurgeTarget::Tag(b"red".to_vec()));
+        store.purge(PurgeTarget::Tag(b"RED".to_vec()));
         assert_eq!(found(&store, "/a/1", &none), None);
         assert_eq!(found(&store, "/b/1", &none), None);
 

@@ -1,5 +1,8 @@
 //! Purge tags of a response: `Surrogate-Key` (space-separated, Fastly's form) and `Cache-Tag`
-//! (comma-separated, Cloudflare's form), both read, every line. Tags compare byte for byte.
+//! (comma-separated, Cloudflare's form), both read, every line. Tags compare ASCII
+//! case-insensitively (as Cloudflare's and CloudFront's do): they are kept lower-cased, and a
+//! purge by `Product-42` removes what `product-42` tagged. Purging too much is safe; too little is
+//! not.
 //!
 //! A response whose tags break a limit is not stored rather than stored with some tags dropped:
 //! a purge by a dropped tag would otherwise leave the object fresh.
@@ -11,7 +14,7 @@ use http::{HeaderMap, HeaderName};
 use crate::limits::{OBJECT_TAGS_MAX, TAG_BYTES_MAX};
 
 /// Why a response's tags cannot be kept.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum TagError {
     #[error("a tag of {len} bytes exceeds the limit of {max} bytes")]
     TagTooLong { len: usize, max: usize },
@@ -26,7 +29,7 @@ pub const CACHE_TAG: HeaderName = HeaderName::from_static("cache-tag");
 
 /// The response's tags, sorted and without duplicates.
 pub fn parse(response: &HeaderMap) -> Result<Vec<Vec<u8>>, TagError> {
-    let mut tags: BTreeSet<&[u8]> = BTreeSet::new();
+    let mut tags: BTreeSet<Vec<u8>> = BTreeSet::new();
     let surrogate = response
         .get_all(SURROGATE_KEY)
         .into_iter()
@@ -45,7 +48,7 @@ pub fn parse(response: &HeaderMap) -> Result<Vec<Vec<u8>>, TagError> {
                 max: TAG_BYTES_MAX,
             });
         }
-        tags.insert(tag);
+        tags.insert(normalise(tag));
         if tags.len() > OBJECT_TAGS_MAX {
             return Err(TagError::TooMany {
                 count: tags.len(),
@@ -53,7 +56,12 @@ pub fn parse(response: &HeaderMap) -> Result<Vec<Vec<u8>>, TagError> {
             });
         }
     }
-    Ok(tags.into_iter().map(<[u8]>::to_vec).collect())
+    Ok(tags.into_iter().collect())
+}
+
+/// A tag as it is kept and compared: ASCII lower-cased.
+pub fn normalise(tag: &[u8]) -> Vec<u8> {
+    tag.to_ascii_lowercase()
 }
 
 #[cfg(test)]
@@ -80,12 +88,8 @@ mod tests {
             ("surrogate-key", "home".into()),
         ]))
         .expect("tags");
-        let expected: Vec<Vec<u8>> = vec![
-            b"Product-42".to_vec(),
-            b"catalog".to_vec(),
-            b"home".to_vec(),
-            b"product-42".to_vec(),
-        ];
+        // Lower-cased: Product-42 and product-42 are one tag.
+        let expected: Vec<Vec<u8>> = vec![b"catalog".to_vec(), b"home".to_vec(), b"product-42".to_vec()];
         assert_eq!(tags, expected);
         assert_eq!(parse(&HeaderMap::new()), Ok(vec![]));
     }

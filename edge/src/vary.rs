@@ -2,10 +2,11 @@
 //! variants of one URL, and the secondary key a request has under them.
 //!
 //! A request matches a variant when its secondary key equals the one the variant was stored
-//! under. Values are normalised so that equivalent requests share a variant: whitespace around
-//! list elements is dropped and several lines are one list; `Accept-Encoding` is further reduced
-//! to its codings, lower-cased, sorted, without duplicates and without those refused by `q=0`
-//! (so `gzip, br` and `br,GZIP;q=1` are one variant).
+//! under. The key holds the header names, then each header's lines byte for byte (lengths first,
+//! so no two different requests share a key: merging two requests an origin tells apart would
+//! serve one the other's page). Only `Accept-Encoding` is normalised, to its codings lower-cased,
+//! sorted and deduplicated, those refused by `q=0` kept as refused (so `gzip, br` and
+//! `br,GZIP;q=1` are one variant, and `br;q=0, *` is not `*`).
 
 use http::header::{self, HeaderName};
 use http::HeaderMap;
@@ -50,50 +51,43 @@ pub fn parse(response: &HeaderMap) -> Vary {
     Vary::Headers(names)
 }
 
-/// The request's secondary key under `names`: for each name, in order, its normalised value
-/// (absent and empty differ). `None` when longer than [`VARY_KEY_BYTES_MAX`]: such a request is
-/// passed through and its answer not stored.
+/// The request's secondary key under `names`: the names, then for each name, in order, its
+/// lines (absent and empty differ). `None` when longer than [`VARY_KEY_BYTES_MAX`]: such a
+/// request is passed through and its answer not stored.
 pub fn secondary_key(names: &[HeaderName], request: &HeaderMap) -> Option<Vec<u8>> {
     let mut key = Vec::new();
+    let field = |key: &mut Vec<u8>, bytes: &[u8]| {
+        key.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+        key.extend_from_slice(bytes);
+    };
     for name in names {
-        let mut lines = request.get_all(name).iter().peekable();
-        if lines.peek().is_none() {
-            key.push(0); // absent
-        } else {
-            key.push(1);
-            let value = if name == header::ACCEPT_ENCODING {
-                accept_encoding(lines.map(|v| v.as_bytes()))
+        field(&mut key, name.as_str().as_bytes());
+    }
+    for name in names {
+        if name == header::ACCEPT_ENCODING {
+            let mut lines = request.get_all(name).iter().peekable();
+            if lines.peek().is_none() {
+                key.push(0); // absent
             } else {
-                list(lines.map(|v| v.as_bytes()))
-            };
-            key.extend_from_slice(&(value.len() as u64).to_le_bytes());
-            key.extend_from_slice(&value);
+                key.push(1);
+                field(&mut key, &accept_encoding(lines.map(|v| v.as_bytes())));
+            }
+        } else {
+            let lines = request.get_all(name);
+            key.extend_from_slice(&(lines.iter().count() as u64).to_le_bytes());
+            for line in lines {
+                field(&mut key, line.as_bytes());
+            }
         }
         if key.len() > VARY_KEY_BYTES_MAX {
             return None;
         }
     }
-    Some(key)
+    (key.len() <= VARY_KEY_BYTES_MAX).then_some(key)
 }
 
-/// The lines as one comma-separated list, whitespace around elements dropped.
-fn list<'a>(lines: impl Iterator<Item = &'a [u8]>) -> Vec<u8> {
-    let mut out = Vec::new();
-    for line in lines {
-        for element in line.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-            if element.is_empty() {
-                continue;
-            }
-            if !out.is_empty() {
-                out.push(b',');
-            }
-            out.extend_from_slice(element);
-        }
-    }
-    out
-}
-
-/// The accepted codings: lower-cased, sorted, deduplicated, those with `q=0` left out.
+/// The accepted codings, lower-cased, sorted, deduplicated; a coding refused by `q=0` is kept
+/// as `!coding`, since it changes what may be sent (`br;q=0, *` forbids br, `*` does not).
 fn accept_encoding<'a>(lines: impl Iterator<Item = &'a [u8]>) -> Vec<u8> {
     let mut codings: Vec<Vec<u8>> = Vec::new();
     for line in lines {
@@ -109,9 +103,7 @@ fn accept_encoding<'a>(lines: impl Iterator<Item = &'a [u8]>) -> Vec<u8> {
                     .strip_prefix(b"q=")
                     .is_some_and(|q| !q.is_empty() && q.iter().all(|&b| b == b'0' || b == b'.'))
             });
-            if !refused {
-                codings.push(coding);
-            }
+            codings.push(if refused { [&b"!"[..], &coding].concat() } else { coding });
         }
     }
     codings.sort();
@@ -168,26 +160,25 @@ mod tests {
         let vary = [("vary", "accept-encoding")];
         let a = key(&vary, &[("accept-encoding", "gzip, br")]);
         assert_eq!(a, key(&vary, &[("accept-encoding", "br,GZIP;q=1")]));
-        assert_eq!(
-            a,
-            key(
-                &vary,
-                &[("accept-encoding", "br"), ("accept-encoding", "gzip, deflate;q=0")]
-            )
-        );
+        assert_eq!(a, key(&vary, &[("accept-encoding", "br"), ("accept-encoding", "gzip")]));
         assert_ne!(a, key(&vary, &[("accept-encoding", "gzip")]));
+        // A refused coding is not the same as one not named.
+        assert_ne!(
+            key(&vary, &[("accept-encoding", "br;q=0, *")]),
+            key(&vary, &[("accept-encoding", "*")])
+        );
         assert_eq!(
-            key(&vary, &[("accept-encoding", "identity;q=0.0")]),
-            key(&vary, &[("accept-encoding", "")])
+            key(&vary, &[("accept-encoding", "br;q=0, *")]),
+            key(&vary, &[("accept-encoding", "*, BR;q=0.0")])
         );
         // Absent and empty are different requests.
         assert_ne!(key(&vary, &[]), key(&vary, &[("accept-encoding", "")]));
     }
 
     #[test]
-    fn other_headers_compare_by_their_list_elements() {
+    fn other_headers_compare_byte_for_byte_line_by_line() {
         let vary = [("vary", "accept-language, x-tenant")];
-        assert_eq!(
+        assert_ne!(
             key(&vary, &[("accept-language", "en , fr"), ("x-tenant", "a")]),
             key(&vary, &[("accept-language", "en,fr"), ("x-tenant", "a")])
         );
@@ -195,8 +186,26 @@ mod tests {
             key(&vary, &[("accept-language", "en"), ("x-tenant", "a")]),
             key(&vary, &[("accept-language", "en"), ("x-tenant", "b")])
         );
+        // A trailing comma or a split line is a different request to an origin reading bytes.
+        assert_ne!(
+            key(&vary, &[("x-tenant", "victim,")]),
+            key(&vary, &[("x-tenant", "victim")])
+        );
+        assert_ne!(
+            key(&vary, &[("x-tenant", "a"), ("x-tenant", "b")]),
+            key(&vary, &[("x-tenant", "a, b")])
+        );
         // Case matters outside Accept-Encoding: a tenant id is not case-folded.
         assert_ne!(key(&vary, &[("x-tenant", "A")]), key(&vary, &[("x-tenant", "a")]));
+        assert_eq!(key(&vary, &[("x-tenant", "a")]), key(&vary, &[("x-tenant", "a")]));
+    }
+
+    #[test]
+    fn the_same_values_under_other_names_are_another_variant() {
+        assert_ne!(
+            key(&[("vary", "accept-language")], &[("accept-language", "en")]),
+            key(&[("vary", "x-tenant")], &[("x-tenant", "en")])
+        );
     }
 
     #[test]
@@ -212,7 +221,7 @@ mod tests {
         /// The key is injective in the values: two requests share a key only if every header
         /// normalises to the same value.
         #[test]
-        fn keys_separate_values(a in "[a-z]{0,5}", b in "[a-z]{0,5}", c in "[a-z]{0,5}", d in "[a-z]{0,5}") {
+        fn keys_separate_values(a in "[a-z ,;=]{0,6}", b in "[a-z ,]{0,6}", c in "[a-z ,;=]{0,6}", d in "[a-z ,]{0,6}") {
             let names = [header::ACCEPT_LANGUAGE, HeaderName::from_static("x-tenant")];
             let k1 = secondary_key(&names, &map(&[("accept-language", &a), ("x-tenant", &b)])).expect("short");
             let k2 = secondary_key(&names, &map(&[("accept-language", &c), ("x-tenant", &d)])).expect("short");
