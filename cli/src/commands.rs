@@ -54,7 +54,7 @@ fn parse_fence(text: &str) -> Result<(String, u64), String> {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run one node.
-    Start(StartArgs),
+    Start(Box<StartArgs>),
     /// Run a local cluster of N node processes (default 3) until Ctrl-C.
     Dev(crate::dev::DevArgs),
     /// Key-value operations.
@@ -154,7 +154,8 @@ pub struct StartArgs {
         "heartbeat_ms", "session_idle_ms", "kv_history_revisions", "kv_merge_in_flight",
         "peer_routes", "election_timeout_min_ms", "election_timeout_max_ms", "region",
         "remote_region", "feed_retain_entries", "clock_skew_ms", "max_clock_offset_ms",
-        "allow_clock_control", "home_region", "joining_region",
+        "allow_clock_control", "home_region", "joining_region", "edge_listen", "origin", "cache_bytes",
+        "cache_negative_ttl_ms", "origin_timeout_ms", "origin_requests_max",
     ])]
     config: Option<PathBuf>,
     #[arg(long)]
@@ -222,6 +223,25 @@ pub struct StartArgs {
     /// starts with no escrow share of counter bounds instead of an even split.
     #[arg(long, requires = "region")]
     joining_region: bool,
+    /// Serve the edge cache (HTTP) on this address (docs/data-types/edge-cache.md).
+    #[arg(long, requires = "origin")]
+    edge_listen: Option<std::net::SocketAddr>,
+    /// An origin of the edge cache: `PREFIX=http://host:port` (repeat; the longest matching
+    /// prefix serves a path, which is passed to the origin unchanged).
+    #[arg(long, requires = "edge_listen")]
+    origin: Vec<String>,
+    /// The edge cache's byte budget.
+    #[arg(long, default_value_t = config::defaults::cache_bytes())]
+    cache_bytes: u64,
+    /// How long the edge keeps a 404 or 410 without explicit freshness, in ms (0: not kept).
+    #[arg(long, default_value_t = config::defaults::cache_negative_ttl_ms())]
+    cache_negative_ttl_ms: u64,
+    /// The most one origin fetch may take, in ms (then 504, or a stale copy if allowed).
+    #[arg(long, default_value_t = config::defaults::cache_origin_timeout_ms())]
+    origin_timeout_ms: u64,
+    /// Requests in flight to one origin at most; more wait within the timeout.
+    #[arg(long, default_value_t = config::defaults::cache_origin_requests_max())]
+    origin_requests_max: usize,
 }
 
 /// Parses `250ms`, `30s`, `5m`, `1h`, or a plain number of seconds.
@@ -319,6 +339,19 @@ fn start_config(args: StartArgs) -> Result<NodeConfig, String> {
         max_clock_offset_ms: args.max_clock_offset_ms,
         allow_clock_control: args.allow_clock_control,
         peer_routes: config::parse_peers(&args.peer_routes).map_err(|e| e.to_string())?,
+        cache: config::CacheConfig {
+            listen: args.edge_listen,
+            origins: args
+                .origin
+                .iter()
+                .map(|o| config::parse_origin(o))
+                .collect::<Result<_, _>>()
+                .map_err(|e| e.to_string())?,
+            bytes: args.cache_bytes,
+            negative_ttl_ms: args.cache_negative_ttl_ms,
+            origin_timeout_ms: args.origin_timeout_ms,
+            origin_requests_max: args.origin_requests_max,
+        },
         region: match &args.region {
             None => None,
             Some(region) => {
@@ -418,7 +451,7 @@ async fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Command::Start(args) => {
             init_tracing("info,openraft=warn");
-            let config = start_config(args)?;
+            let config = start_config(*args)?;
             basalt_server::server::run(config, shutdown_signal())
                 .await
                 .map_err(|e| e.to_string())

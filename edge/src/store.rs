@@ -213,6 +213,13 @@ impl EdgeStore {
         }
     }
 
+    /// The request's variant under the headers `path` varies on, as far as the store knows them
+    /// (`None`: nothing stored for the path yet, or a variant too long to key).
+    pub fn variant(&self, path: &str, request: &HeaderMap) -> Option<Vec<u8>> {
+        let names = self.vary_of.get(path)?;
+        vary::secondary_key(&names, request)
+    }
+
     /// Stores the answer to a request of `path` (with these request headers) that varies on
     /// `vary` and was fetched under `ticket`, replacing what was stored for that variant.
     pub fn insert(
@@ -221,7 +228,7 @@ impl EdgeStore {
         path: &str,
         vary: Vec<HeaderName>,
         request: &HeaderMap,
-        object: StoredObject,
+        object: Arc<StoredObject>,
     ) -> Result<(), NotInserted> {
         let variant = vary::secondary_key(&vary, request).ok_or(NotInserted::Unkeyable)?;
         let key = ObjectKey {
@@ -240,7 +247,7 @@ impl EdgeStore {
             return Err(NotInserted::Purged);
         }
         self.vary_of.insert(Arc::clone(&key.path), Arc::new(vary));
-        self.objects.insert(key, Arc::new(object));
+        self.objects.insert(key, object);
         drop(purges);
         Ok(())
     }
@@ -320,7 +327,7 @@ mod tests {
     fn put(store: &EdgeStore, path: &str, body: &str, tags: &[&str]) {
         let ticket = store.begin_fetch();
         store
-            .insert(ticket, path, vec![], &HeaderMap::new(), object(body, tags))
+            .insert(ticket, path, vec![], &HeaderMap::new(), Arc::new(object(body, tags)))
             .expect("stored");
     }
 
@@ -367,7 +374,7 @@ mod tests {
             "/p/42",
             vec![],
             &HeaderMap::new(),
-            object("old", &["product-42"]),
+            Arc::new(object("old", &["product-42"])),
         );
         assert_eq!(refused, Err(NotInserted::Purged));
         assert_eq!(found(&store, "/p/42", &HeaderMap::new()), None);
@@ -378,7 +385,7 @@ mod tests {
                 "/p/43",
                 vec![],
                 &HeaderMap::new(),
-                object("ok", &["product-43"]),
+                Arc::new(object("ok", &["product-43"])),
             )
             .expect("not covered");
         let after = store.begin_fetch();
@@ -388,7 +395,7 @@ mod tests {
                 "/p/42",
                 vec![],
                 &HeaderMap::new(),
-                object("new", &["product-42"]),
+                Arc::new(object("new", &["product-42"])),
             )
             .expect("began after the purge");
     }
@@ -400,12 +407,12 @@ mod tests {
         for i in 0..=PURGE_LOG_ENTRIES_MAX {
             store.purge(PurgeTarget::Url(format!("/other/{i}")));
         }
-        let refused = store.insert(ancient, "/p", vec![], &HeaderMap::new(), object("x", &[]));
+        let refused = store.insert(ancient, "/p", vec![], &HeaderMap::new(), Arc::new(object("x", &[])));
         assert_eq!(refused, Err(NotInserted::Purged));
         let recent = store.begin_fetch();
         store.purge(PurgeTarget::Url("/other".into()));
         store
-            .insert(recent, "/p", vec![], &HeaderMap::new(), object("x", &[]))
+            .insert(recent, "/p", vec![], &HeaderMap::new(), Arc::new(object("x", &[])))
             .expect("one purge behind, and it is remembered");
     }
 
@@ -416,10 +423,16 @@ mod tests {
         let br = HeaderMap::from_iter([(header::ACCEPT_ENCODING, HeaderValue::from_static("br"))]);
         let vary = vec![header::ACCEPT_ENCODING];
         store
-            .insert(store.begin_fetch(), "/app.js", vary.clone(), &gzip, object("gz", &[]))
+            .insert(
+                store.begin_fetch(),
+                "/app.js",
+                vary.clone(),
+                &gzip,
+                Arc::new(object("gz", &[])),
+            )
             .expect("stored");
         store
-            .insert(store.begin_fetch(), "/app.js", vary, &br, object("br", &[]))
+            .insert(store.begin_fetch(), "/app.js", vary, &br, Arc::new(object("br", &[])))
             .expect("stored");
         assert_eq!(found(&store, "/app.js", &gzip).as_deref(), Some("gz"));
         assert_eq!(found(&store, "/app.js", &br).as_deref(), Some("br"));
@@ -448,7 +461,7 @@ mod tests {
         let mut big = object("", &[]);
         big.body = Bytes::from(vec![0u8; STORED_OBJECT_BYTES_MAX as usize]);
         assert!(matches!(
-            store.insert(store.begin_fetch(), "/big", vec![], &HeaderMap::new(), big),
+            store.insert(store.begin_fetch(), "/big", vec![], &HeaderMap::new(), Arc::new(big)),
             Err(NotInserted::TooLarge { .. })
         ));
     }
@@ -463,7 +476,13 @@ mod tests {
             let inserter = {
                 let store = Arc::clone(&store);
                 std::thread::spawn(move || {
-                    let _ = store.insert(ticket, "/race", vec![], &HeaderMap::new(), object("old", &["t"]));
+                    let _ = store.insert(
+                        ticket,
+                        "/race",
+                        vec![],
+                        &HeaderMap::new(),
+                        Arc::new(object("old", &["t"])),
+                    );
                 })
             };
             store.purge(PurgeTarget::Tag(b"t".to_vec()));

@@ -72,6 +72,101 @@ pub struct NodeConfig {
     /// region must name the same region and remote regions.
     #[serde(default)]
     pub region: Option<RegionConfig>,
+    /// The edge cache (docs/data-types/edge-cache.md): served when `cache.listen` is set.
+    #[serde(default)]
+    pub cache: CacheConfig,
+}
+
+/// The edge cache: where it listens, which origins serve which paths, and its bounds.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// The edge's HTTP address (none: no edge on this node).
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// Origins by path prefix (`[[cache.origin]]`); the longest matching prefix serves a path.
+    #[serde(default, rename = "origin")]
+    pub origins: Vec<OriginConfig>,
+    /// The byte budget of stored objects.
+    #[serde(default = "defaults::cache_bytes")]
+    pub bytes: u64,
+    /// How long a 404 or 410 without explicit freshness is kept, in ms (0: not kept).
+    #[serde(default = "defaults::cache_negative_ttl_ms")]
+    pub negative_ttl_ms: u64,
+    /// The most one origin fetch (connect, head and body) may take, in ms; past it the request
+    /// gets 504, or a stale copy its origin allows on error.
+    #[serde(default = "defaults::cache_origin_timeout_ms")]
+    pub origin_timeout_ms: u64,
+    /// Requests in flight to one origin at most (a bulkhead: a slow origin cannot take the
+    /// connections of the others); more wait, within the timeout.
+    #[serde(default = "defaults::cache_origin_requests_max")]
+    pub origin_requests_max: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            origins: Vec::new(),
+            bytes: defaults::cache_bytes(),
+            negative_ttl_ms: defaults::cache_negative_ttl_ms(),
+            origin_timeout_ms: defaults::cache_origin_timeout_ms(),
+            origin_requests_max: defaults::cache_origin_requests_max(),
+        }
+    }
+}
+
+/// One origin: the paths starting with `prefix` are fetched from `upstream` (`http://host:port`),
+/// unchanged (`/assets/app.js` is asked of the origin as `/assets/app.js`).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct OriginConfig {
+    pub prefix: String,
+    pub upstream: String,
+}
+
+/// Parses `--origin /assets/=http://127.0.0.1:9000`.
+pub fn parse_origin(text: &str) -> Result<OriginConfig, ConfigError> {
+    let (prefix, upstream) = text
+        .split_once('=')
+        .ok_or_else(|| ConfigError::Invalid(format!("origin {text:?} is not PREFIX=http://host:port")))?;
+    let origin = OriginConfig {
+        prefix: prefix.trim().to_string(),
+        upstream: upstream.trim().to_string(),
+    };
+    origin.authority()?;
+    Ok(origin)
+}
+
+impl OriginConfig {
+    /// The origin's `host:port`, checking the whole entry: the prefix starts with `/`, the
+    /// upstream is `http://host[:port]` with no path beyond `/`, no query and no user info.
+    pub fn authority(&self) -> Result<http::uri::Authority, ConfigError> {
+        let invalid = |why: &str| {
+            Err(ConfigError::Invalid(format!(
+                "origin {}={}: {why}",
+                self.prefix, self.upstream
+            )))
+        };
+        if !self.prefix.starts_with('/') {
+            return invalid("the prefix must start with /");
+        }
+        let Ok(uri) = self.upstream.parse::<http::Uri>() else {
+            return invalid("the upstream is not a URL");
+        };
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some("https") => return invalid("https origins are not supported yet; use http://"),
+            _ => return invalid("the upstream must be http://host:port"),
+        }
+        if uri.query().is_some() || !matches!(uri.path(), "" | "/") {
+            return invalid("the upstream may not have a path or a query: paths are passed unchanged");
+        }
+        match uri.authority() {
+            Some(authority) if !authority.as_str().contains('@') => Ok(authority.clone()),
+            _ => invalid("the upstream must name a host, without user info"),
+        }
+    }
 }
 
 /// A region and the regions it replicates with.
@@ -279,6 +374,18 @@ pub const MAX_CLOCK_OFFSET_MS_MIN: u64 = 10;
 pub const MAX_CLOCK_OFFSET_MS_MAX: u64 = 60_000;
 
 pub mod defaults {
+    pub fn cache_bytes() -> u64 {
+        256 << 20
+    }
+    pub fn cache_negative_ttl_ms() -> u64 {
+        10_000
+    }
+    pub fn cache_origin_timeout_ms() -> u64 {
+        10_000
+    }
+    pub fn cache_origin_requests_max() -> usize {
+        64
+    }
     pub fn heartbeat_ms() -> u64 {
         30
     }
@@ -382,6 +489,15 @@ impl NodeConfig {
         if let Some(region) = &self.region {
             region.validate()?;
         }
+        for origin in &self.cache.origins {
+            origin.authority()?;
+        }
+        if self.cache.listen.is_some() && self.cache.origins.is_empty() {
+            return invalid("the edge cache listens (cache.listen) but has no origin".into());
+        }
+        if self.cache.origin_timeout_ms == 0 || self.cache.origin_requests_max == 0 {
+            return invalid("cache.origin_timeout_ms and cache.origin_requests_max must be positive".into());
+        }
         if self.init && !self.peers.contains_key(&self.id) {
             return invalid(format!("init needs this node (id {}) among the peers", self.id));
         }
@@ -452,7 +568,49 @@ mod tests {
             allow_clock_control: false,
             peer_routes: BTreeMap::new(),
             region: None,
+            cache: CacheConfig::default(),
         }
+    }
+
+    #[test]
+    fn origins_are_checked_whole() {
+        let origin = parse_origin("/assets/=http://127.0.0.1:9000").expect("valid");
+        assert_eq!(origin.authority().expect("authority").as_str(), "127.0.0.1:9000");
+        assert!(parse_origin("/=http://origin.internal/").is_ok());
+        for bad in [
+            "/assets/",
+            "assets/=http://127.0.0.1:9000",
+            "/a/=https://127.0.0.1:9000",
+            "/a/=ftp://h",
+            "/a/=http://127.0.0.1:9000/base",
+            "/a/=http://127.0.0.1:9000/?q=1",
+            "/a/=http://user@127.0.0.1:9000",
+            "/a/=not a url",
+        ] {
+            assert!(parse_origin(bad).is_err(), "{bad}");
+        }
+        let mut c = base();
+        c.cache.listen = Some("127.0.0.1:0".parse().expect("addr"));
+        assert!(c.validate().is_err(), "an edge with no origin");
+        c.cache
+            .origins
+            .push(parse_origin("/=http://127.0.0.1:1").expect("valid"));
+        c.validate().expect("valid");
+        let toml_text = r#"
+            id = 1
+            listen = "127.0.0.1:7001"
+            data_dir = "/tmp/x"
+            [cache]
+            listen = "127.0.0.1:8080"
+            bytes = 1048576
+            [[cache.origin]]
+            prefix = "/assets/"
+            upstream = "http://127.0.0.1:9000"
+        "#;
+        let parsed: NodeConfig = toml::from_str(toml_text).expect("parses");
+        assert_eq!(parsed.cache.origins[0].prefix, "/assets/");
+        assert_eq!(parsed.cache.bytes, 1 << 20);
+        assert_eq!(parsed.cache.origin_requests_max, defaults::cache_origin_requests_max());
     }
 
     #[test]

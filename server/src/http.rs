@@ -4,15 +4,19 @@
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
 
+use std::sync::Arc;
+
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
+use axum::Extension;
 use axum::Router;
 use openraft::ServerState;
 
 use crate::api::Api;
+use crate::edge::Edge;
 
-pub fn router(api: Api, clock_control: bool) -> Router {
+pub fn router(api: Api, clock_control: bool, edge: Option<Arc<Edge>>) -> Router {
     let router = Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics));
@@ -21,7 +25,7 @@ pub fn router(api: Api, clock_control: bool) -> Router {
     } else {
         router
     };
-    router.with_state(api)
+    router.layer(Extension(edge)).with_state(api)
 }
 
 /// This node's clock skew, in ms.
@@ -63,7 +67,7 @@ async fn health(State(api): State<Api>) -> (StatusCode, String) {
     }
 }
 
-async fn metrics(State(api): State<Api>) -> String {
+async fn metrics(State(api): State<Api>, Extension(edge): Extension<Option<Arc<Edge>>>) -> String {
     let m = crate::api::metrics_now(&api.raft);
     let mut out = String::new();
     let mut gauge = |name: &str, help: &str, value: u64| {
@@ -157,5 +161,73 @@ async fn metrics(State(api): State<Api>) -> String {
         "KV write requests that went into those merged entries.",
         merged_requests,
     );
+    if let Some(edge) = edge {
+        edge_metrics(&mut out, &edge);
+    }
     out
+}
+
+/// The edge cache's counters and its store's size.
+fn edge_metrics(out: &mut String, edge: &Edge) {
+    let stats = &edge.stats;
+    for (name, help, counter) in [
+        (
+            "basalt_edge_hits_total",
+            "Edge answers from a fresh stored object.",
+            &stats.hits,
+        ),
+        (
+            "basalt_edge_misses_total",
+            "Edge answers fetched from the origin and stored.",
+            &stats.misses,
+        ),
+        (
+            "basalt_edge_stale_total",
+            "Edge answers from a stale object (while revalidating, or on origin error).",
+            &stats.stale,
+        ),
+        (
+            "basalt_edge_revalidated_total",
+            "Edge answers from an object the origin confirmed with a 304.",
+            &stats.revalidated,
+        ),
+        (
+            "basalt_edge_bypass_total",
+            "Edge answers not stored (not storable, authenticated, unkeyable).",
+            &stats.bypass,
+        ),
+        (
+            "basalt_edge_origin_fetches_total",
+            "Requests the edge sent to origins.",
+            &stats.origin_fetches,
+        ),
+        (
+            "basalt_edge_origin_errors_total",
+            "Origin requests that failed (timeout, unreachable, garbage, too large).",
+            &stats.origin_errors,
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+            counter.load(Ordering::Relaxed)
+        );
+    }
+    let store = edge.store.stats();
+    for (name, help, value) in [
+        ("basalt_edge_objects", "Objects in the edge store.", store.objects),
+        (
+            "basalt_edge_bytes",
+            "Bytes the edge store's objects weigh.",
+            store.bytes,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+    }
+    let name = "basalt_edge_evictions_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Objects the edge store evicted for its byte budget.\n# TYPE {name} counter\n{name} {}",
+        store.evictions
+    );
 }

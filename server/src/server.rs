@@ -182,12 +182,31 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         let _ = rx.wait_for(|stop| *stop).await;
     };
 
+    let edge = match config.cache.listen {
+        Some(_) => Some(crate::edge::Edge::new(&config.cache).map_err(NodeError::Config)?),
+        None => None,
+    };
+    let edge_task = match (config.cache.listen, &edge) {
+        (Some(addr), Some(edge)) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(io(format!("binding the edge cache on {addr}")))?;
+            tracing::info!(%addr, origins = config.cache.origins.len(), "edge cache serving");
+            Some(tokio::spawn(crate::edge::serve(
+                listener,
+                Arc::clone(edge),
+                wait_stop(stop_rx.clone()),
+            )))
+        }
+        _ => None,
+    };
+
     let http_task = match config.http {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(io(format!("binding HTTP on {addr}")))?;
-            let router = crate::http::router(api.clone(), config.allow_clock_control);
+            let router = crate::http::router(api.clone(), config.allow_clock_control, edge.clone());
             let stop = wait_stop(stop_rx.clone());
             Some(tokio::spawn(async move {
                 if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(stop).await {
@@ -237,6 +256,9 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         task.abort();
     }
     if let Some(task) = http_task {
+        let _ = task.await;
+    }
+    if let Some(task) = edge_task {
         let _ = task.await;
     }
     if let Err(e) = raft.shutdown().await {

@@ -1,0 +1,300 @@
+//! Fetching from origins: which origin serves a path ([`Routes`]), and one GET to it with a
+//! deadline and a per-origin bulkhead ([`OriginClient::fetch`]).
+
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::header::{self, HeaderName};
+use http::uri::Authority;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::Semaphore;
+
+use basalt_edge::limits::STORED_OBJECT_BYTES_MAX;
+
+use crate::config::{ConfigError, OriginConfig};
+
+/// The origins by path prefix, longest first.
+pub struct Routes {
+    routes: Vec<(String, Authority)>,
+}
+
+impl Routes {
+    pub fn new(origins: &[OriginConfig]) -> Result<Self, ConfigError> {
+        let mut routes = origins
+            .iter()
+            .map(|o| Ok((o.prefix.clone(), o.authority()?)))
+            .collect::<Result<Vec<_>, ConfigError>>()?;
+        routes.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+        Ok(Self { routes })
+    }
+
+    /// The index and authority of the origin serving `path`: the longest prefix it starts with.
+    pub fn find(&self, path: &str) -> Option<(usize, &Authority)> {
+        self.routes
+            .iter()
+            .enumerate()
+            .find(|(_, (prefix, _))| path.starts_with(prefix.as_str()))
+            .map(|(i, (_, authority))| (i, authority))
+    }
+}
+
+/// Why an origin gave no usable answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OriginError {
+    #[error("origin {origin} did not answer within {timeout_ms} ms")]
+    Timeout { origin: String, timeout_ms: u128 },
+    #[error("origin {origin} is unreachable: {reason}")]
+    Unreachable { origin: String, reason: String },
+    #[error("origin {origin} answered with something that is not HTTP: {reason}")]
+    Garbage { origin: String, reason: String },
+    #[error("origin {origin} answered a body over {max} bytes, which the edge does not pass on yet")]
+    TooLarge { origin: String, max: u64 },
+}
+
+impl OriginError {
+    /// The status a client gets for it: 504 for a timeout, 502 otherwise.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            OriginError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            _ => StatusCode::BAD_GATEWAY,
+        }
+    }
+}
+
+/// An origin's answer, read whole.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub status: StatusCode,
+    /// Without hop-by-hop headers and without `Content-Length` (the body says it).
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub request_time: SystemTime,
+    pub response_time: SystemTime,
+}
+
+/// Request headers never passed to the origin: the connection's own, and the conditions and
+/// ranges of the client, which the edge answers itself from a whole stored object.
+const NOT_FORWARDED: [HeaderName; 13] = [
+    header::CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+    header::HOST,
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::IF_MATCH,
+    header::IF_UNMODIFIED_SINCE,
+    header::IF_RANGE,
+    header::RANGE,
+];
+
+/// The client's headers that go to the origin.
+pub fn forwarded(request: &HeaderMap) -> HeaderMap {
+    let mut out = request.clone();
+    for name in NOT_FORWARDED.iter().chain(named_by_connection(request).iter()) {
+        out.remove(name);
+    }
+    out.remove("keep-alive");
+    out.remove("proxy-connection");
+    out
+}
+
+/// Response headers not stored or passed on: hop-by-hop ones, and `Content-Length` (the body
+/// served says it).
+fn strip_response(headers: &mut HeaderMap) {
+    for name in named_by_connection(headers) {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::TRAILER,
+        header::TE,
+        header::CONTENT_LENGTH,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+}
+
+fn named_by_connection(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim_ascii()).ok())
+        .collect()
+}
+
+/// The HTTP client of the origins: pooled keep-alive connections, a deadline per fetch, and at
+/// most `requests_max` fetches in flight per origin.
+pub struct OriginClient {
+    client: Client<HttpConnector, Empty<Bytes>>,
+    bulkheads: Vec<Semaphore>,
+    timeout: Duration,
+}
+
+impl OriginClient {
+    pub fn new(origins: usize, timeout: Duration, requests_max: usize) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(timeout));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        Self {
+            client,
+            bulkheads: (0..origins).map(|_| Semaphore::new(requests_max)).collect(),
+            timeout,
+        }
+    }
+
+    /// GETs `path` (with query) from origin `index` at `authority` with these headers; the
+    /// whole answer (head and body) within the timeout, waiting for a bulkhead permit included.
+    pub async fn fetch(
+        &self,
+        index: usize,
+        authority: &Authority,
+        path: &str,
+        headers: HeaderMap,
+    ) -> Result<Fetched, OriginError> {
+        let origin = authority.as_str().to_owned();
+        let work = async {
+            let _permit = match self.bulkheads.get(index) {
+                Some(bulkhead) => Some(bulkhead.acquire().await.map_err(|_| OriginError::Unreachable {
+                    origin: origin.clone(),
+                    reason: "the edge is stopping".into(),
+                })?),
+                None => None,
+            };
+            let mut request = Request::builder()
+                .method(Method::GET)
+                .uri(format!("http://{authority}{path}"))
+                .body(Empty::<Bytes>::new())
+                .map_err(|e| OriginError::Garbage {
+                    origin: origin.clone(),
+                    reason: format!("the request cannot be built: {e}"),
+                })?;
+            *request.headers_mut() = headers;
+            let request_time = SystemTime::now();
+            let response = self.client.request(request).await.map_err(|e| {
+                if e.is_connect() {
+                    OriginError::Unreachable {
+                        origin: origin.clone(),
+                        reason: error_chain(&e),
+                    }
+                } else {
+                    OriginError::Garbage {
+                        origin: origin.clone(),
+                        reason: error_chain(&e),
+                    }
+                }
+            })?;
+            let response_time = SystemTime::now();
+            let (parts, body) = response.into_parts();
+            let body = Limited::new(body, STORED_OBJECT_BYTES_MAX as usize)
+                .collect()
+                .await
+                .map_err(|e| {
+                    if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                        OriginError::TooLarge {
+                            origin: origin.clone(),
+                            max: STORED_OBJECT_BYTES_MAX,
+                        }
+                    } else {
+                        OriginError::Garbage {
+                            origin: origin.clone(),
+                            reason: format!("reading the body: {e}"),
+                        }
+                    }
+                })?
+                .to_bytes();
+            let mut headers = parts.headers;
+            strip_response(&mut headers);
+            Ok(Fetched {
+                status: parts.status,
+                headers,
+                body,
+                request_time,
+                response_time,
+            })
+        };
+        match tokio::time::timeout(self.timeout, work).await {
+            Ok(result) => result,
+            Err(_) => Err(OriginError::Timeout {
+                origin,
+                timeout_ms: self.timeout.as_millis(),
+            }),
+        }
+    }
+}
+
+/// An error and its sources, one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn the_longest_prefix_serves_a_path() {
+        let origins = [
+            OriginConfig {
+                prefix: "/".into(),
+                upstream: "http://127.0.0.1:1".into(),
+            },
+            OriginConfig {
+                prefix: "/assets/".into(),
+                upstream: "http://127.0.0.1:2".into(),
+            },
+        ];
+        let routes = Routes::new(&origins).expect("valid");
+        assert_eq!(
+            routes.find("/assets/app.js").map(|(_, a)| a.as_str()),
+            Some("127.0.0.1:2")
+        );
+        assert_eq!(routes.find("/index.html").map(|(_, a)| a.as_str()), Some("127.0.0.1:1"));
+        let only_assets = Routes::new(&origins[1..]).expect("valid");
+        assert!(only_assets.find("/other").is_none());
+    }
+
+    #[test]
+    fn hop_by_hop_and_conditional_headers_stay_here() {
+        let mut request = HeaderMap::new();
+        for (name, value) in [
+            ("connection", "keep-alive, x-secret-hop"),
+            ("x-secret-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("range", "bytes=0-1"),
+            ("if-none-match", "\"a\""),
+            ("host", "edge"),
+            ("accept-encoding", "gzip"),
+        ] {
+            request.append(
+                HeaderName::from_bytes(name.as_bytes()).expect("name"),
+                HeaderValue::from_static(value),
+            );
+        }
+        let sent = forwarded(&request);
+        let names: Vec<&str> = sent.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, vec!["accept-encoding"]);
+    }
+}

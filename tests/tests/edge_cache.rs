@@ -1,0 +1,426 @@
+//! The edge cache end to end: a node started with `--edge-listen` and `--origin`, a real origin
+//! (an HTTP server this test runs, counting what it is asked), and a real HTTP client.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+use basalt_testkit::local_ports::{self, PortReservation};
+use basalt_testkit::{runtime, ClusterOptions, TestCluster};
+
+const NODE: &str = env!("CARGO_BIN_EXE_basalt-test-node");
+
+/// What the origin saw: requests per path, and the last `If-None-Match` per path.
+#[derive(Default)]
+struct Seen {
+    requests: HashMap<String, usize>,
+    if_none_match: HashMap<String, String>,
+}
+
+/// The test's origin. Paths choose the answer:
+/// - `/fresh/*`: `max-age=60`, ETag `"v1"`, body = the path, after 200 ms (so concurrent misses
+///   overlap);
+/// - `/short/*`: `max-age=1`, ETag `"s1"`; answers 304 to `If-None-Match: "s1"`;
+/// - `/fragile/*`: `max-age=1, stale-if-error=60`; 500 while the origin is `failing`;
+/// - `/nostore/*`: `no-store`;
+/// - `/vary/*`: `max-age=60`, `Vary: Accept-Encoding`, body = the request's Accept-Encoding;
+/// - `/missing/*`: 404 with no caching headers;
+/// - `/hang/*`: answers after 5 s.
+struct Origin {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Seen>>,
+    failing: Arc<AtomicBool>,
+    _port: PortReservation,
+}
+
+impl Origin {
+    async fn start() -> Origin {
+        let port = local_ports::reserve().expect("origin port");
+        let listener = TcpListener::bind(port.addr()).await.expect("bind the origin");
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let failing = Arc::new(AtomicBool::new(false));
+        let (seen2, failing2) = (Arc::clone(&seen), Arc::clone(&failing));
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (seen, failing) = (Arc::clone(&seen2), Arc::clone(&failing2));
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+                        let (seen, failing) = (Arc::clone(&seen), Arc::clone(&failing));
+                        async move { Ok::<_, std::convert::Infallible>(answer(request, &seen, &failing).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Origin {
+            addr: port.addr(),
+            seen,
+            failing,
+            _port: port,
+        }
+    }
+
+    fn requests(&self, path: &str) -> usize {
+        self.seen.lock().expect("seen").requests.get(path).copied().unwrap_or(0)
+    }
+
+    fn if_none_match(&self, path: &str) -> Option<String> {
+        self.seen.lock().expect("seen").if_none_match.get(path).cloned()
+    }
+}
+
+async fn answer(
+    request: Request<hyper::body::Incoming>,
+    seen: &Mutex<Seen>,
+    failing: &AtomicBool,
+) -> Response<Full<Bytes>> {
+    let path = request.uri().path().to_owned();
+    let inm = request
+        .headers()
+        .get("if-none-match")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    {
+        let mut seen = seen.lock().expect("seen");
+        *seen.requests.entry(path.clone()).or_default() += 1;
+        if let Some(inm) = &inm {
+            seen.if_none_match.insert(path.clone(), inm.clone());
+        }
+    }
+    let reply = |status: u16, headers: &[(&str, &str)], body: String| {
+        let mut response = Response::new(Full::new(Bytes::from(body)));
+        *response.status_mut() = StatusCode::from_u16(status).expect("status");
+        for (name, value) in headers {
+            response.headers_mut().append(
+                http::HeaderName::from_bytes(name.as_bytes()).expect("name"),
+                HeaderValue::from_str(value).expect("value"),
+            );
+        }
+        response
+    };
+    let top = path.split('/').nth(1).unwrap_or("");
+    match top {
+        "fresh" => {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            reply(200, &[("cache-control", "max-age=60"), ("etag", "\"v1\"")], path)
+        }
+        "short" if inm.as_deref() == Some("\"s1\"") => reply(
+            304,
+            &[("cache-control", "max-age=1"), ("etag", "\"s1\"")],
+            String::new(),
+        ),
+        "short" => reply(200, &[("cache-control", "max-age=1"), ("etag", "\"s1\"")], path),
+        "fragile" if failing.load(Ordering::SeqCst) => reply(500, &[], "down".into()),
+        "fragile" => reply(200, &[("cache-control", "max-age=1, stale-if-error=60")], path),
+        "nostore" => reply(200, &[("cache-control", "no-store")], path),
+        "vary" => {
+            let encoding = request
+                .headers()
+                .get("accept-encoding")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("none")
+                .to_owned();
+            reply(
+                200,
+                &[("cache-control", "max-age=60"), ("vary", "Accept-Encoding")],
+                encoding,
+            )
+        }
+        "missing" => reply(404, &[], "not here".into()),
+        "hang" => {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            reply(200, &[("cache-control", "max-age=60")], path)
+        }
+        _ => reply(
+            200,
+            &[("cache-control", "max-age=60")],
+            format!("{path}{}", "x".repeat(1000)),
+        ),
+    }
+}
+
+/// A one-node cluster whose edge serves `/` from `origin`, with a 1 s origin timeout.
+fn edge_node(origin: SocketAddr) -> (TestCluster, PortReservation) {
+    let edge = local_ports::reserve().expect("edge port");
+    let cluster = TestCluster::start(
+        NODE,
+        ClusterOptions {
+            nodes: 1,
+            extra_args: vec![
+                "--edge-listen".into(),
+                edge.addr().to_string(),
+                "--origin".into(),
+                format!("/=http://{origin}"),
+                "--origin-timeout-ms".into(),
+                "1000".into(),
+            ],
+            ..Default::default()
+        },
+    );
+    (cluster, edge)
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> &str {
+        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+    }
+}
+
+type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>;
+
+fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+async fn get(client: &HttpClient, edge: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Answer {
+    request(client, edge, "GET", path, headers).await
+}
+
+async fn request(client: &HttpClient, edge: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> Answer {
+    let mut builder = Request::builder().method(method).uri(format!("http://{edge}{path}"));
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    let request = builder.body(Empty::new()).expect("request");
+    // The node may still be binding its edge listener just after start: retry a refused connect.
+    let mut last = None;
+    for _ in 0..100 {
+        match client.request(request.clone()).await {
+            Ok(response) => {
+                let (parts, body) = response.into_parts();
+                let body = body.collect().await.expect("body").to_bytes();
+                return Answer {
+                    status: parts.status,
+                    headers: parts.headers,
+                    body,
+                };
+            }
+            Err(e) if e.is_connect() => {
+                last = Some(e);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("{method} {path}: {e}"),
+        }
+    }
+    panic!("{method} {path}: the edge never accepted: {last:?}");
+}
+
+#[test]
+fn a_miss_is_fetched_once_then_served_from_the_store() {
+    runtime().block_on(async {
+        let origin = Origin::start().await;
+        let (cluster, edge) = edge_node(origin.addr);
+        let (client, edge) = (client(), edge.addr());
+
+        let first = get(&client, edge, "/plain/a", &[]).await;
+        assert_eq!((first.status, first.header("x-cache")), (StatusCode::OK, "MISS"));
+        let second = get(&client, edge, "/plain/a", &[]).await;
+        assert_eq!((second.status, second.header("x-cache")), (StatusCode::OK, "HIT"));
+        assert_eq!(second.body, first.body);
+        assert!(second.header("age").parse::<u64>().is_ok(), "Age on a hit");
+        assert_eq!(origin.requests("/plain/a"), 1);
+
+        // HEAD: the headers of the stored object, no body.
+        let head = request(&client, edge, "HEAD", "/plain/a", &[]).await;
+        assert_eq!((head.status, head.header("x-cache")), (StatusCode::OK, "HIT"));
+        assert!(head.body.is_empty());
+        assert_eq!(head.header("content-length"), first.body.len().to_string());
+
+        // Other methods are refused with the ones allowed.
+        let post = request(&client, edge, "POST", "/plain/a", &[]).await;
+        assert_eq!(
+            (post.status, post.header("allow")),
+            (StatusCode::METHOD_NOT_ALLOWED, "GET, HEAD")
+        );
+
+        assert_eq!(cluster.metric(1, "basalt_edge_hits_total"), 2);
+        assert_eq!(cluster.metric(1, "basalt_edge_misses_total"), 1);
+        assert!(cluster.metric(1, "basalt_edge_objects") >= 1);
+    });
+}
+
+#[test]
+fn a_hundred_concurrent_misses_make_one_origin_fetch() {
+    runtime().block_on(async {
+        let origin = Origin::start().await;
+        let (_cluster, edge) = edge_node(origin.addr);
+        let (client, edge) = (client(), edge.addr());
+        // Wait until the edge listens, on another path.
+        get(&client, edge, "/plain/warm", &[]).await;
+
+        let mut waiters = Vec::new();
+        for _ in 0..100 {
+            let client = client.clone();
+            waiters.push(tokio::spawn(async move { get(&client, edge, "/fresh/one", &[]).await }));
+        }
+        let mut misses = 0;
+        for waiter in waiters {
+            let answer = waiter.await.expect("request");
+            assert_eq!(answer.status, StatusCode::OK);
+            assert_eq!(answer.body, "/fresh/one");
+            misses += usize::from(answer.header("x-cache") == "MISS");
+        }
+        assert_eq!(
+            origin.requests("/fresh/one"),
+            1,
+            "one origin fetch for 100 concurrent misses"
+        );
+        assert!(misses >= 1);
+    });
+}
+
+#[test]
+fn expiry_revalidation_and_client_conditionals() {
+    runtime().block_on(async {
+        let origin = Origin::start().await;
+        let (_cluster, edge) = edge_node(origin.addr);
+        let (client, edge) = (client(), edge.addr());
+
+        assert_eq!(get(&client, edge, "/short/a", &[]).await.header("x-cache"), "MISS");
+        assert_eq!(get(&client, edge, "/short/a", &[]).await.header("x-cache"), "HIT");
+        // max-age=1: stale after a second; the edge asks the origin with the ETag, gets 304.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let revalidated = get(&client, edge, "/short/a", &[]).await;
+        assert_eq!(
+            (revalidated.status, revalidated.header("x-cache")),
+            (StatusCode::OK, "REVALIDATED")
+        );
+        assert_eq!(revalidated.body, "/short/a", "the stored body, confirmed");
+        assert_eq!(origin.if_none_match("/short/a").as_deref(), Some("\"s1\""));
+        assert_eq!(origin.requests("/short/a"), 2);
+
+        // A client holding the same version gets 304 from the edge itself.
+        let not_modified = get(&client, edge, "/short/a", &[("if-none-match", "\"s1\"")]).await;
+        assert_eq!(
+            (not_modified.status, not_modified.header("etag")),
+            (StatusCode::NOT_MODIFIED, "\"s1\"")
+        );
+        assert!(not_modified.body.is_empty());
+        let other = get(&client, edge, "/short/a", &[("if-none-match", "\"old\"")]).await;
+        assert_eq!(other.status, StatusCode::OK);
+        assert_eq!(origin.requests("/short/a"), 2, "both answered by the edge");
+    });
+}
+
+#[test]
+fn a_stale_copy_is_served_while_the_origin_fails() {
+    runtime().block_on(async {
+        let origin = Origin::start().await;
+        let (_cluster, edge) = edge_node(origin.addr);
+        let (client, edge) = (client(), edge.addr());
+
+        assert_eq!(get(&client, edge, "/fragile/a", &[]).await.header("x-cache"), "MISS");
+        origin.failing.store(true, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let stale = get(&client, edge, "/fragile/a", &[]).await;
+        assert_eq!((stale.status, stale.header("x-cache")), (StatusCode::OK, "STALE"));
+        assert_eq!(stale.body, "/fragile/a");
+        assert_eq!(origin.requests("/fragile/a"), 2, "the edge did ask");
+
+        // Nothing stored and the origin failing: its answer is passed on.
+        let down = get(&client, edge, "/fragile/b", &[]).await;
+        assert_eq!(down.status, StatusCode::INTERNAL_SERVER_ERROR);
+    });
+}
+
+#[test]
+fn vary_ranges_negative_caching_and_what_is_never_stored() {
+    runtime().block_on(async {
+        let origin = Origin::start().await;
+        let (_cluster, edge) = edge_node(origin.addr);
+        let (client, edge) = (client(), edge.addr());
+
+        // One variant per Accept-Encoding.
+        let gzip = get(&client, edge, "/vary/a", &[("accept-encoding", "gzip")]).await;
+        let br = get(&client, edge, "/vary/a", &[("accept-encoding", "br")]).await;
+        assert_eq!((gzip.body.as_ref(), br.body.as_ref()), (&b"gzip"[..], &b"br"[..]));
+        let gzip_again = get(&client, edge, "/vary/a", &[("accept-encoding", "gzip")]).await;
+        assert_eq!(
+            (gzip_again.body.as_ref(), gzip_again.header("x-cache")),
+            (&b"gzip"[..], "HIT")
+        );
+        assert_eq!(origin.requests("/vary/a"), 2);
+
+        // A range of a stored object: 206; past its end: 416.
+        let whole = get(&client, edge, "/plain/r", &[]).await;
+        let part = get(&client, edge, "/plain/r", &[("range", "bytes=0-5")]).await;
+        assert_eq!(part.status, StatusCode::PARTIAL_CONTENT);
+        assert_eq!(part.body, whole.body.slice(0..6));
+        assert_eq!(part.header("content-range"), format!("bytes 0-5/{}", whole.body.len()));
+        let past = get(&client, edge, "/plain/r", &[("range", "bytes=999999-")]).await;
+        assert_eq!(past.status, StatusCode::RANGE_NOT_SATISFIABLE);
+
+        // A 404 is kept for the negative TTL (10 s by default).
+        assert_eq!(
+            get(&client, edge, "/missing/a", &[]).await.status,
+            StatusCode::NOT_FOUND
+        );
+        let again = get(&client, edge, "/missing/a", &[]).await;
+        assert_eq!((again.status, again.header("x-cache")), (StatusCode::NOT_FOUND, "HIT"));
+        assert_eq!(origin.requests("/missing/a"), 1);
+
+        // no-store and authenticated requests reach the origin every time.
+        for _ in 0..2 {
+            assert_eq!(get(&client, edge, "/nostore/a", &[]).await.header("x-cache"), "BYPASS");
+            assert_eq!(
+                get(&client, edge, "/plain/auth", &[("authorization", "Bearer x")])
+                    .await
+                    .header("x-cache"),
+                "BYPASS"
+            );
+        }
+        assert_eq!(origin.requests("/nostore/a"), 2);
+        assert_eq!(origin.requests("/plain/auth"), 2);
+    });
+}
+
+#[test]
+fn origin_failures_are_502_and_504() {
+    runtime().block_on(async {
+        let origin = Origin::start().await;
+        let nowhere = local_ports::reserve().expect("a port nobody listens on");
+        let edge_port = local_ports::reserve().expect("edge port");
+        let _cluster = TestCluster::start(
+            NODE,
+            ClusterOptions {
+                nodes: 1,
+                extra_args: vec![
+                    "--edge-listen".into(),
+                    edge_port.addr().to_string(),
+                    "--origin".into(),
+                    format!("/=http://{}", origin.addr),
+                    "--origin".into(),
+                    format!("/gone/=http://{}", nowhere.addr()),
+                    "--origin-timeout-ms".into(),
+                    "500".into(),
+                ],
+                ..Default::default()
+            },
+        );
+        let (client, edge) = (client(), edge_port.addr());
+        let gone = get(&client, edge, "/gone/a", &[]).await;
+        assert_eq!(gone.status, StatusCode::BAD_GATEWAY, "{:?}", gone.body);
+        let hang = get(&client, edge, "/hang/a", &[]).await;
+        assert_eq!(hang.status, StatusCode::GATEWAY_TIMEOUT, "{:?}", hang.body);
+    });
+}
