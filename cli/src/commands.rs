@@ -231,16 +231,16 @@ pub struct StartArgs {
     #[arg(long, requires = "edge_listen")]
     origin: Vec<String>,
     /// The edge cache's byte budget.
-    #[arg(long, default_value_t = config::defaults::cache_bytes())]
+    #[arg(long, default_value_t = config::defaults::cache_bytes(), requires = "edge_listen")]
     cache_bytes: u64,
     /// How long the edge keeps a 404 or 410 without explicit freshness, in ms (0: not kept).
-    #[arg(long, default_value_t = config::defaults::cache_negative_ttl_ms())]
+    #[arg(long, default_value_t = config::defaults::cache_negative_ttl_ms(), requires = "edge_listen")]
     cache_negative_ttl_ms: u64,
     /// The most one origin fetch may take, in ms (then 504, or a stale copy if allowed).
-    #[arg(long, default_value_t = config::defaults::cache_origin_timeout_ms())]
+    #[arg(long, default_value_t = config::defaults::cache_origin_timeout_ms(), requires = "edge_listen")]
     origin_timeout_ms: u64,
     /// Requests in flight to one origin at most; more wait within the timeout.
-    #[arg(long, default_value_t = config::defaults::cache_origin_requests_max())]
+    #[arg(long, default_value_t = config::defaults::cache_origin_requests_max(), requires = "edge_listen")]
     origin_requests_max: usize,
 }
 

@@ -45,6 +45,13 @@ pub struct DevArgs {
     /// Remove existing data first.
     #[arg(long)]
     pub(crate) clean: bool,
+    /// Serve the edge cache on every node with this origin: `PREFIX=http://host:port` (repeat).
+    /// Node N's edge listens on --edge-base-port + N - 1.
+    #[arg(long, conflicts_with_all = ["topology", "regions"])]
+    pub(crate) origin: Vec<String>,
+    /// The edge port of node 1 with --origin.
+    #[arg(long, default_value_t = 8080)]
+    pub(crate) edge_base_port: u16,
 }
 
 /// Polls the cluster until a leader is known.
@@ -160,8 +167,20 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
 
     let addr = |i: u16| format!("127.0.0.1:{}", args.base_port + i - 1);
     let peers: Vec<String> = (1..=args.nodes).map(|i| format!("{i}={}", addr(i))).collect();
+    // Checked here, before any node starts, for one clear error instead of one per node.
+    for origin in &args.origin {
+        basalt_server::config::parse_origin(origin).map_err(|e| e.to_string())?;
+    }
+    let edge = |i: u16| (!args.origin.is_empty()).then(|| format!("127.0.0.1:{}", args.edge_base_port + i - 1));
     let mut processes = Vec::new();
     for i in 1..=args.nodes {
+        let mut extra = Vec::new();
+        if let Some(edge) = edge(i) {
+            extra.extend(["--edge-listen".to_string(), edge]);
+            for origin in &args.origin {
+                extra.extend(["--origin".to_string(), origin.clone()]);
+            }
+        }
         processes.push(spawn_node(
             &exe,
             &NodeLaunch {
@@ -173,24 +192,27 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
                 log: dir.join(format!("node-{i}.log")),
                 peers: peers.join(","),
                 init: i == 1,
-                extra: Vec::new(),
+                extra,
             },
         )?);
     }
 
     let endpoints: Vec<String> = (1..=args.nodes).map(addr).collect();
     let pids: Vec<u32> = processes.iter().filter_map(|p| p.child.id()).collect();
-    let cluster_file =
-        write_cluster_file(&serde_json::json!({ "endpoints": endpoints, "pids": pids, "data_dir": dir }))?;
+    let edges: Vec<String> = (1..=args.nodes).filter_map(edge).collect();
+    let cluster_file = write_cluster_file(
+        &serde_json::json!({ "endpoints": endpoints, "pids": pids, "data_dir": dir, "edges": edges }),
+    )?;
 
     println!("basalt dev: {} nodes, data in {}", args.nodes, dir.display());
     for (i, (p, endpoint)) in processes.iter().zip(&endpoints).enumerate() {
         let i = i as u16 + 1;
         println!(
-            "  {}  grpc {}  http 127.0.0.1:{}  pid {}  log {}",
+            "  {}  grpc {}  http 127.0.0.1:{}{}  pid {}  log {}",
             p.label,
             endpoint,
             args.http_base_port + i - 1,
+            edge(i).map_or_else(String::new, |e| format!("  edge {e}")),
             p.child.id().map_or_else(|| "-".into(), |x| x.to_string()),
             dir.join(format!("node-{i}.log")).display()
         );

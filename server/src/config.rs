@@ -103,6 +103,43 @@ pub struct CacheConfig {
     pub origin_requests_max: usize,
 }
 
+impl CacheConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        let mut prefixes = std::collections::BTreeSet::new();
+        for origin in &self.origins {
+            origin.authority()?;
+            if !prefixes.insert(origin.prefix.as_str()) {
+                return invalid(format!("two origins serve the prefix {:?} (--origin)", origin.prefix));
+            }
+        }
+        match (self.listen.is_some(), self.origins.is_empty()) {
+            (true, true) => {
+                return invalid("the edge cache listens (--edge-listen) but has no origin (--origin)".into())
+            }
+            (false, false) => {
+                return invalid(
+                    "origins are given (--origin) but the edge cache does not listen (--edge-listen)".into(),
+                )
+            }
+            _ => {}
+        }
+        if self.bytes == 0 {
+            return invalid("the edge cache's byte budget (--cache-bytes) must be positive".into());
+        }
+        if self.origin_timeout_ms == 0 {
+            return invalid("--origin-timeout-ms (cache.origin_timeout_ms) must be positive".into());
+        }
+        let max = crate::limits::EDGE_ORIGIN_REQUESTS_MAX;
+        if !(1..=max).contains(&self.origin_requests_max) {
+            return invalid(format!(
+                "--origin-requests-max (cache.origin_requests_max) must be in 1..={max}"
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for CacheConfig {
     fn default() -> Self {
         Self {
@@ -489,15 +526,7 @@ impl NodeConfig {
         if let Some(region) = &self.region {
             region.validate()?;
         }
-        for origin in &self.cache.origins {
-            origin.authority()?;
-        }
-        if self.cache.listen.is_some() && self.cache.origins.is_empty() {
-            return invalid("the edge cache listens (cache.listen) but has no origin".into());
-        }
-        if self.cache.origin_timeout_ms == 0 || self.cache.origin_requests_max == 0 {
-            return invalid("cache.origin_timeout_ms and cache.origin_requests_max must be positive".into());
-        }
+        self.cache.validate()?;
         if self.init && !self.peers.contains_key(&self.id) {
             return invalid(format!("init needs this node (id {}) among the peers", self.id));
         }
@@ -596,6 +625,37 @@ mod tests {
             .origins
             .push(parse_origin("/=http://127.0.0.1:1").expect("valid"));
         c.validate().expect("valid");
+        let mut twice = c.clone();
+        twice
+            .cache
+            .origins
+            .push(parse_origin("/=http://127.0.0.1:2").expect("valid"));
+        assert!(twice.validate().is_err(), "one prefix, two origins");
+        let mut silent = c.clone();
+        silent.cache.listen = None;
+        assert!(silent.validate().is_err(), "origins with no edge");
+        for bad in [
+            CacheConfig {
+                bytes: 0,
+                ..c.cache.clone()
+            },
+            CacheConfig {
+                origin_timeout_ms: 0,
+                ..c.cache.clone()
+            },
+            CacheConfig {
+                origin_requests_max: 0,
+                ..c.cache.clone()
+            },
+            CacheConfig {
+                origin_requests_max: usize::MAX,
+                ..c.cache.clone()
+            },
+        ] {
+            let mut bad_config = c.clone();
+            bad_config.cache = bad;
+            assert!(bad_config.validate().is_err(), "{:?}", bad_config.cache);
+        }
         let toml_text = r#"
             id = 1
             listen = "127.0.0.1:7001"

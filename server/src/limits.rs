@@ -175,3 +175,15 @@ pub(crate) const COALESCE_BYTES_MAX: usize = basalt_storage::limits::ENTRY_COMMA
 const _: () = assert!(COALESCE_BYTES_MAX * 2 <= basalt_storage::limits::ENTRY_COMMAND_BYTES_MAX);
 /// How far (5 s of HLC time) an idle source's frontier must move before a heartbeat records it.
 pub(crate) const FRONTIER_STEP: u64 = 5_000 << 16;
+
+// The edge cache's listener (`edge/mod.rs`).
+
+/// Client connections the edge holds open at most; past it, new connections wait in the kernel's
+/// accept queue until one closes.
+pub(crate) const EDGE_CONNECTIONS_MAX: usize = 10_000;
+/// How long a client may take to send a request's headers (a slow-loris client is dropped), and
+/// how long an idle keep-alive connection waits for its next request.
+pub(crate) const EDGE_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Requests in flight to one origin at most, as configured (`cache.origin_requests_max`): a
+/// semaphore cannot hold more permits than this.
+pub(crate) const EDGE_ORIGIN_REQUESTS_MAX: usize = 100_000;

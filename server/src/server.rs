@@ -107,6 +107,19 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
     config.validate()?;
     let _lock = lock_data_dir(&config.data_dir)?;
     basalt_storage::data_dir::check_or_stamp(&config.data_dir)?;
+    // The edge's listener is bound before Raft starts: a port in use stops the node here, with
+    // nothing to shut down.
+    let edge = match config.cache.listen {
+        Some(addr) => {
+            let edge = crate::edge::Edge::new(&config.cache).map_err(NodeError::Config)?;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(io(format!("binding the edge cache on {addr}")))?;
+            tracing::info!(%addr, origins = config.cache.origins.len(), "edge cache serving");
+            Some((edge, listener))
+        }
+        None => None,
+    };
     let clock = Arc::new(Hlc::with_skew_and_offset(
         config.clock_skew_ms(),
         config.max_clock_offset_ms,
@@ -182,24 +195,15 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         let _ = rx.wait_for(|stop| *stop).await;
     };
 
-    let edge = match config.cache.listen {
-        Some(_) => Some(crate::edge::Edge::new(&config.cache).map_err(NodeError::Config)?),
-        None => None,
-    };
-    let edge_task = match (config.cache.listen, &edge) {
-        (Some(addr), Some(edge)) => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(io(format!("binding the edge cache on {addr}")))?;
-            tracing::info!(%addr, origins = config.cache.origins.len(), "edge cache serving");
-            Some(tokio::spawn(crate::edge::serve(
-                listener,
-                Arc::clone(edge),
-                wait_stop(stop_rx.clone()),
-            )))
-        }
-        _ => None,
-    };
+    let edge_task = edge.map(|(edge, listener)| {
+        let task = tokio::spawn(crate::edge::serve(
+            listener,
+            Arc::clone(&edge),
+            wait_stop(stop_rx.clone()),
+        ));
+        (edge, task)
+    });
+    let edge = edge_task.as_ref().map(|(edge, _)| Arc::clone(edge));
 
     let http_task = match config.http {
         Some(addr) => {
@@ -258,7 +262,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
     if let Some(task) = http_task {
         let _ = task.await;
     }
-    if let Some(task) = edge_task {
+    if let Some((_, task)) = edge_task {
         let _ = task.await;
     }
     if let Err(e) = raft.shutdown().await {

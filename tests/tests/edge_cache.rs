@@ -29,7 +29,11 @@ struct Seen {
 /// The test's origin. Paths choose the answer:
 /// - `/fresh/*`: `max-age=60`, ETag `"v1"`, body = the path, after 200 ms (so concurrent misses
 ///   overlap);
-/// - `/short/*`: `max-age=1`, ETag `"s1"`; answers 304 to `If-None-Match: "s1"`;
+/// - `/short/*`: `max-age=2`, ETag `"s1"`; answers 304 to `If-None-Match: "s1"` (2 s: the
+///   origin's `Date` is whole seconds, so an answer may arrive up to a second old);
+/// - `/swr/*`: `max-age=2, stale-while-revalidate=30`, after 200 ms;
+/// - `/aged/*`: `max-age=600` and `Age: 100`;
+/// - `/error/*`: 500 after 200 ms;
 /// - `/fragile/*`: `max-age=1, stale-if-error=60`; 500 while the origin is `failing`;
 /// - `/nostore/*`: `no-store`;
 /// - `/vary/*`: `max-age=60`, `Vary: Accept-Encoding`, body = the request's Accept-Encoding;
@@ -120,10 +124,19 @@ async fn answer(
         }
         "short" if inm.as_deref() == Some("\"s1\"") => reply(
             304,
-            &[("cache-control", "max-age=1"), ("etag", "\"s1\"")],
+            &[("cache-control", "max-age=2"), ("etag", "\"s1\"")],
             String::new(),
         ),
-        "short" => reply(200, &[("cache-control", "max-age=1"), ("etag", "\"s1\"")], path),
+        "short" => reply(200, &[("cache-control", "max-age=2"), ("etag", "\"s1\"")], path),
+        "swr" => {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            reply(200, &[("cache-control", "max-age=2, stale-while-revalidate=30")], path)
+        }
+        "aged" => reply(200, &[("cache-control", "max-age=600"), ("age", "100")], path),
+        "error" => {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            reply(500, &[], "broken".into())
+        }
         "fragile" if failing.load(Ordering::SeqCst) => reply(500, &[], "down".into()),
         "fragile" => reply(200, &[("cache-control", "max-age=1, stale-if-error=60")], path),
         "nostore" => reply(200, &[("cache-control", "no-store")], path),
@@ -285,7 +298,26 @@ fn a_hundred_concurrent_misses_make_one_origin_fetch() {
             1,
             "one origin fetch for 100 concurrent misses"
         );
-        assert!(misses >= 1);
+        assert_eq!(misses, 100, "every waiter's answer came from the origin");
+
+        // A failing origin is asked once for all the concurrent requests too.
+        let mut waiters = Vec::new();
+        for _ in 0..100 {
+            let client = client.clone();
+            waiters.push(tokio::spawn(async move { get(&client, edge, "/error/one", &[]).await }));
+        }
+        for waiter in waiters {
+            let answer = waiter.await.expect("request");
+            assert_eq!(
+                (answer.status, answer.header("x-cache")),
+                (StatusCode::INTERNAL_SERVER_ERROR, "BYPASS")
+            );
+        }
+        assert_eq!(
+            origin.requests("/error/one"),
+            1,
+            "one origin fetch for 100 concurrent failures"
+        );
     });
 }
 
@@ -298,8 +330,8 @@ fn expiry_revalidation_and_client_conditionals() {
 
         assert_eq!(get(&client, edge, "/short/a", &[]).await.header("x-cache"), "MISS");
         assert_eq!(get(&client, edge, "/short/a", &[]).await.header("x-cache"), "HIT");
-        // max-age=1: stale after a second; the edge asks the origin with the ETag, gets 304.
-        tokio::time::sleep(Duration::from_millis(1100)).await;
+        // max-age=2: stale after two seconds; the edge asks the origin with the ETag, gets 304.
+        tokio::time::sleep(Duration::from_millis(2100)).await;
         let revalidated = get(&client, edge, "/short/a", &[]).await;
         assert_eq!(
             (revalidated.status, revalidated.header("x-cache")),
@@ -339,7 +371,10 @@ fn a_stale_copy_is_served_while_the_origin_fails() {
 
         // Nothing stored and the origin failing: its answer is passed on.
         let down = get(&client, edge, "/fragile/b", &[]).await;
-        assert_eq!(down.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            (down.status, down.header("x-cache")),
+            (StatusCode::INTERNAL_SERVER_ERROR, "BYPASS")
+        );
     });
 }
 
@@ -422,5 +457,126 @@ fn origin_failures_are_502_and_504() {
         assert_eq!(gone.status, StatusCode::BAD_GATEWAY, "{:?}", gone.body);
         let hang = get(&client, edge, "/hang/a", &[]).await;
         assert_eq!(hang.status, StatusCode::GATEWAY_TIMEOUT, "{:?}", hang.body);
+    });
+}
+
+/// `basalt dev --origin` gives every node an edge, prints it on the node's line and writes it to
+/// the cluster file.
+#[test]
+fn basalt_dev_serves_the_edge_on_every_node() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    runtime().block_on(async {
+        let origin = Origin::start().await;
+        let ports: Vec<PortReservation> = (0..4).map(|_| local_ports::reserve().expect("port")).collect();
+        let home = tempfile::tempdir().expect("home");
+        let mut dev = Command::new(NODE)
+            .args(["dev", "--nodes", "1", "--clean"])
+            .args(["--base-port", &ports[0].port().to_string()])
+            .args(["--http-base-port", &ports[1].port().to_string()])
+            .args(["--edge-base-port", &ports[2].port().to_string()])
+            .args(["--control-port", &ports[3].port().to_string()])
+            .args(["--origin", &format!("/=http://{}", origin.addr)])
+            .env("BASALT_HOME", home.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("basalt dev");
+        let stdout = dev.stdout.take().expect("stdout");
+        let (line_tx, line_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = line_tx.send(line);
+            }
+        });
+        let expected = format!("edge 127.0.0.1:{}", ports[2].port());
+        let mut printed = Vec::new();
+        let found = loop {
+            match line_rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(line) if line.contains(&expected) => break true,
+                Ok(line) => printed.push(line),
+                Err(_) => break false,
+            }
+        };
+        let cluster_file = std::fs::read_to_string(home.path().join("dev").join("cluster.json")).unwrap_or_default();
+        let answer = if found {
+            Some(get(&client(), ports[2].addr(), "/plain/dev", &[]).await)
+        } else {
+            None
+        };
+        // SAFETY: kill(2) on our own child; it stops its nodes on SIGTERM.
+        unsafe {
+            libc::kill(dev.id() as i32, libc::SIGTERM);
+        }
+        let _ = dev.wait();
+        assert!(found, "no `{expected}` in the node lines: {printed:?}");
+        assert!(
+            cluster_file.contains(&format!("\"edges\":[\"127.0.0.1:{}\"]", ports[2].port())),
+            "{cluster_file}"
+        );
+        let answer = answer.expect("answered");
+        assert_eq!((answer.status, answer.header("x-cache")), (StatusCode::OK, "MISS"));
+    });
+}
+
+#[test]
+fn stale_while_revalidate_answers_at_once_and_refreshes_once() {
+    runtime().block_on(async {
+        let origin = Origin::start().await;
+        let (_cluster, edge) = edge_node(origin.addr);
+        let (client, edge) = (client(), edge.addr());
+
+        assert_eq!(get(&client, edge, "/swr/a", &[]).await.header("x-cache"), "MISS");
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        // Stale within the allowance: twenty concurrent requests all get the stale copy at once,
+        // and one background revalidation runs (the origin takes 200 ms).
+        let mut waiters = Vec::new();
+        for _ in 0..20 {
+            let client = client.clone();
+            waiters.push(tokio::spawn(async move { get(&client, edge, "/swr/a", &[]).await }));
+        }
+        for waiter in waiters {
+            let answer = waiter.await.expect("request");
+            assert_eq!((answer.status, answer.header("x-cache")), (StatusCode::OK, "STALE"));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(
+            origin.requests("/swr/a"),
+            2,
+            "one background refresh for all the stale answers"
+        );
+        let refreshed = get(&client, edge, "/swr/a", &[]).await;
+        assert_eq!(refreshed.header("x-cache"), "HIT");
+        assert!(refreshed.header("age").parse::<u64>().expect("age") <= 1);
+    });
+}
+
+#[test]
+fn age_counts_what_the_origin_said_and_bad_requests_are_400() {
+    runtime().block_on(async {
+        let origin = Origin::start().await;
+        let (_cluster, edge) = edge_node(origin.addr);
+        let (client, edge) = (client(), edge.addr());
+
+        get(&client, edge, "/aged/a", &[]).await;
+        let hit = get(&client, edge, "/aged/a", &[]).await;
+        let age: u64 = hit.header("age").parse().expect("age");
+        assert!((100..=102).contains(&age), "the origin's Age plus the time here: {age}");
+
+        // A GET announcing a body, and paths that could climb out of their prefix.
+        let with_body = get(&client, edge, "/plain/b", &[("content-length", "5")]).await;
+        assert_eq!(with_body.status, StatusCode::BAD_REQUEST);
+        // That request's announced body never came: the connection is not reused.
+        let client = self::client();
+        for climbing in ["/plain/../admin", "/plain/%2e%2E/admin", "/plain/./x"] {
+            assert_eq!(
+                get(&client, edge, climbing, &[]).await.status,
+                StatusCode::BAD_REQUEST,
+                "{climbing}"
+            );
+        }
+        assert_eq!(origin.requests("/plain/b"), 0);
     });
 }

@@ -1,28 +1,34 @@
 //! Request coalescing: concurrent misses of one object make one origin fetch, whose outcome every
 //! waiter gets.
 //!
-//! **Cancel safety.** The fetch runs inside the first waiter's request; if that request is
-//! dropped (its client went away), the fetch is dropped with it and the next waiter starts its
-//! own, so waiters never hang on a fetch nobody runs (tokio's `OnceCell::get_or_init`).
-//! A flight is forgotten as soon as its outcome is known: a later request looks in the store,
-//! and a request arriving in between gets the same, just-fetched outcome.
+//! The fetch runs on a task of its own, not inside the request that started it: a client that
+//! goes away neither cancels the fetch the others wait for nor restarts its deadline, so a waiter
+//! waits at most one fetch (bounded by the origin timeout). The task forgets its flight when it
+//! lands, before any waiter sees the outcome; a later request looks in the store first.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::OnceCell;
+use futures::future::{BoxFuture, FutureExt, Shared};
 
 /// What a flight is for: the path (with query) and the request's variant under the headers the
 /// path varies on (empty while they are not known).
 pub type FlightKey = (String, Vec<u8>);
 
+/// The fetch task ended without an outcome (it panicked, or the runtime is stopping).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the edge's fetch task ended without an answer: {0}")]
+pub struct FlightLost(pub String);
+
+type Landing<T> = Shared<BoxFuture<'static, Result<T, FlightLost>>>;
+
 /// The flights in the air, by key.
-pub struct Flights<T = super::handler::Outcome> {
-    flights: Mutex<HashMap<FlightKey, Arc<OnceCell<T>>>>,
+pub struct Flights<T: Clone + Send + Sync + 'static> {
+    flights: Mutex<HashMap<FlightKey, Landing<T>>>,
 }
 
-impl<T> Default for Flights<T> {
+impl<T: Clone + Send + Sync + 'static> Default for Flights<T> {
     fn default() -> Self {
         Self {
             flights: Mutex::new(HashMap::new()),
@@ -30,36 +36,53 @@ impl<T> Default for Flights<T> {
     }
 }
 
-impl<T: Clone> Flights<T> {
-    /// Joins the flight for `key`, or starts it with `fetch`. Returns the outcome and whether
-    /// this call's `fetch` produced it (false: another waiter's did, and `fetch` never ran).
-    pub async fn join<F: Future<Output = T>>(&self, key: FlightKey, fetch: F) -> (T, bool) {
-        let cell = {
-            let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
-            Arc::clone(flights.entry(key.clone()).or_default())
+impl<T: Clone + Send + Sync + 'static> Flights<T> {
+    /// Joins the flight for `key`, or starts it with `fetch` on a task of its own. Returns the
+    /// outcome and whether this call started the flight (false: `fetch` was dropped unrun).
+    pub async fn join<F>(self: &Arc<Self>, key: FlightKey, fetch: F) -> (Result<T, FlightLost>, bool)
+    where
+        F: Future<Output = T> + Send + 'static,
+    {
+        let (landing, started) = {
+            let mut flights = self.lock();
+            match flights.get(&key) {
+                Some(landing) => (landing.clone(), false),
+                None => {
+                    let this = Arc::clone(self);
+                    let forget = key.clone();
+                    let task = tokio::spawn(async move {
+                        let outcome = fetch.await;
+                        this.lock().remove(&forget);
+                        outcome
+                    });
+                    let landing: Landing<T> = async move { task.await.map_err(|e| FlightLost(e.to_string())) }
+                        .boxed()
+                        .shared();
+                    flights.insert(key, landing.clone());
+                    (landing, true)
+                }
+            }
         };
-        let mut led = false;
-        let outcome = cell
-            .get_or_init(|| {
-                led = true;
-                fetch
-            })
-            .await
-            .clone();
-        let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
-        if flights.get(&key).is_some_and(|current| Arc::ptr_eq(current, &cell)) {
-            flights.remove(&key);
-        }
-        (outcome, led)
+        (landing.await, started)
     }
 
-    /// Flights in the air (for tests and metrics).
+    /// Whether a flight for `key` is in the air.
+    pub fn contains(&self, key: &FlightKey) -> bool {
+        self.lock().contains_key(key)
+    }
+
+    /// Flights in the air.
     pub fn len(&self) -> usize {
-        self.flights.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.lock().len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<FlightKey, Landing<T>>> {
+        // Each update is one insert or remove: a panic elsewhere leaves the map consistent.
+        self.flights.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -82,7 +105,7 @@ mod tests {
             let (flights, fetches) = (Arc::clone(&flights), Arc::clone(&fetches));
             waiters.push(tokio::spawn(async move {
                 flights
-                    .join(key("/a"), async {
+                    .join(key("/a"), async move {
                         fetches.fetch_add(1, Ordering::SeqCst);
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         7
@@ -90,54 +113,61 @@ mod tests {
                     .await
             }));
         }
-        let mut leaders = 0;
+        let mut starters = 0;
         for waiter in waiters {
-            let (outcome, led) = waiter.await.expect("waiter");
-            assert_eq!(outcome, 7);
-            leaders += usize::from(led);
+            let (outcome, started) = waiter.await.expect("waiter");
+            assert_eq!(outcome, Ok(7));
+            starters += usize::from(started);
         }
-        assert_eq!((fetches.load(Ordering::SeqCst), leaders), (1, 1));
+        assert_eq!((fetches.load(Ordering::SeqCst), starters), (1, 1));
         assert!(flights.is_empty(), "a landed flight is forgotten");
         // The next miss flies again.
-        let (_, led) = flights.join(key("/a"), async { 8 }).await;
-        assert!(led);
+        let (_, started) = flights.join(key("/a"), async { 8 }).await;
+        assert!(started);
     }
 
+    /// The request that started a flight goes away: the fetch goes on, the others get its
+    /// outcome, and the flight is forgotten when it lands (no entry is left behind).
     #[tokio::test]
-    async fn a_cancelled_leader_hands_the_fetch_to_a_waiter() {
+    async fn a_departed_starter_neither_cancels_nor_restarts_the_fetch() {
         let flights: Arc<Flights<u32>> = Arc::new(Flights::default());
-        let leader = {
-            let flights = Arc::clone(&flights);
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let starter = {
+            let (flights, fetches) = (Arc::clone(&flights), Arc::clone(&fetches));
             tokio::spawn(async move {
                 flights
-                    .join(key("/b"), async {
-                        tokio::time::sleep(Duration::from_secs(3600)).await;
+                    .join(key("/b"), async move {
+                        fetches.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
                         1
                     })
                     .await
             })
         };
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let follower = {
+        starter.abort();
+        let (outcome, started) = flights.join(key("/b"), async { 2 }).await;
+        assert_eq!((outcome, started), (Ok(1), false));
+        assert_eq!(fetches.load(Ordering::SeqCst), 1);
+        assert!(flights.is_empty());
+
+        // Nobody waits at all: the flight still lands and is forgotten.
+        let lonely = {
             let flights = Arc::clone(&flights);
-            tokio::spawn(async move { flights.join(key("/b"), async { 2 }).await })
+            tokio::spawn(async move { flights.join(key("/c"), async { 3 }).await })
         };
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        leader.abort();
-        let (outcome, led) = tokio::time::timeout(Duration::from_secs(5), follower)
-            .await
-            .expect("the follower does not hang")
-            .expect("follower");
-        assert_eq!((outcome, led), (2, true));
+        lonely.abort();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(flights.is_empty(), "no entry left behind");
     }
 
     #[tokio::test]
     async fn different_keys_fly_apart() {
-        let flights: Flights<u32> = Flights::default();
+        let flights: Arc<Flights<u32>> = Arc::new(Flights::default());
         let (a, b) = tokio::join!(
             flights.join(key("/x"), async { 1 }),
             flights.join(key("/y"), async { 2 })
         );
-        assert_eq!((a, b), ((1, true), (2, true)));
+        assert_eq!((a, b), ((Ok(1), true), (Ok(2), true)));
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use basalt_edge::conditional::{self, Answer, Validators};
 use basalt_edge::freshness::{self, Lifetime, State};
 use basalt_edge::range::{self, RangeAnswer};
-use basalt_edge::store::{Lookup, StoredObject};
+use basalt_edge::store::{FetchTicket, Lookup, StoredObject};
 use basalt_edge::vary;
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
@@ -18,6 +18,7 @@ use http::uri::Authority;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 
+use super::flight::FlightKey;
 use super::origin::{self, Fetched, OriginError};
 use super::{Edge, EdgeStats};
 
@@ -78,11 +79,27 @@ pub async fn handle<B>(edge: &Arc<Edge>, request: Request<B>) -> Response<Full<B
             .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
         return response;
     }
+    // Headers the client's Connection names are for this hop only: never keyed, never forwarded.
+    let headers = origin::without_hop_by_hop(parts.headers);
+    if carries_body(&headers) {
+        return plain(
+            StatusCode::BAD_REQUEST,
+            "a GET or HEAD may not carry a body\n",
+            XCache::Bypass,
+        );
+    }
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
     if !path.starts_with('/') {
         return plain(
             StatusCode::BAD_REQUEST,
             "the request target must be a path\n",
+            XCache::Bypass,
+        );
+    }
+    if has_dot_segment(&path) {
+        return plain(
+            StatusCode::BAD_REQUEST,
+            "the path may not hold . or .. segments\n",
             XCache::Bypass,
         );
     }
@@ -97,7 +114,6 @@ pub async fn handle<B>(edge: &Arc<Edge>, request: Request<B>) -> Response<Full<B
         index,
         authority: authority.clone(),
     };
-    let headers = parts.headers;
     if headers.contains_key(header::AUTHORIZATION) {
         // Authenticated requests go to the origin, one by one, and are never stored.
         EdgeStats::count(&edge.stats.bypass);
@@ -107,6 +123,9 @@ pub async fn handle<B>(edge: &Arc<Edge>, request: Request<B>) -> Response<Full<B
         };
     }
 
+    // Taken before the lookup: a purge after it refuses what a revalidation of the object found
+    // would store again.
+    let ticket = edge.store.begin_fetch();
     let now = SystemTime::now();
     match edge.store.lookup(&path, &headers) {
         Lookup::Found(object) => match object.lifetime.state(object.response_time, now) {
@@ -119,16 +138,37 @@ pub async fn handle<B>(edge: &Arc<Edge>, request: Request<B>) -> Response<Full<B
                 ..
             } => {
                 EdgeStats::count(&edge.stats.stale);
-                let (edge2, path2, headers2, stale) =
-                    (Arc::clone(edge), path.clone(), headers.clone(), Arc::clone(&object));
-                tokio::spawn(async move {
-                    let _ = refresh(&edge2, &route, &path2, &headers2, Some(stale)).await;
-                });
+                // One revalidation at a time: requests while it runs do not start more.
+                let key = flight_key(edge, &path, &headers);
+                if !edge.flights.contains(&key) {
+                    let task = refresh(
+                        Arc::clone(edge),
+                        route,
+                        path,
+                        headers.clone(),
+                        Some(Arc::clone(&object)),
+                        ticket,
+                    );
+                    tokio::spawn(task);
+                }
                 answer(&object, XCache::Stale, &method, &headers, now)
             }
-            State::Stale { on_error, .. } => {
-                let outcome = refresh(edge, &route, &path, &headers, Some(Arc::clone(&object))).await;
+            State::Stale { .. } => {
+                let outcome = refresh(
+                    Arc::clone(edge),
+                    route,
+                    path,
+                    headers.clone(),
+                    Some(Arc::clone(&object)),
+                    ticket,
+                )
+                .await;
+                // The allowance is judged when the answer is known: the fetch took time.
                 let now = SystemTime::now();
+                let on_error = matches!(
+                    object.lifetime.state(object.response_time, now),
+                    State::Stale { on_error: true, .. }
+                );
                 match outcome {
                     Ok(landed) if on_error && is_origin_failure(landed.object.status) => {
                         EdgeStats::count(&edge.stats.stale);
@@ -143,7 +183,7 @@ pub async fn handle<B>(edge: &Arc<Edge>, request: Request<B>) -> Response<Full<B
                 }
             }
         },
-        Lookup::Missing => match refresh(edge, &route, &path, &headers, None).await {
+        Lookup::Missing => match refresh(Arc::clone(edge), route, path, headers.clone(), None, ticket).await {
             Ok(landed) => answer_landed(edge, &landed, &method, &headers, SystemTime::now()),
             Err(e) => failure(&e),
         },
@@ -157,6 +197,35 @@ pub async fn handle<B>(edge: &Arc<Edge>, request: Request<B>) -> Response<Full<B
     }
 }
 
+/// A GET or HEAD announcing a body: refused, since the edge forwards none and a body left in the
+/// connection would be read as the next request.
+fn carries_body(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get_all(header::CONTENT_LENGTH)
+            .iter()
+            .any(|v| v.as_bytes().trim_ascii() != b"0")
+}
+
+/// Whether the path (before its query) holds a `.` or `..` segment, raw or percent-encoded: such
+/// a path could leave the prefix that chose its origin once the origin normalises it.
+fn has_dot_segment(path_and_query: &str) -> bool {
+    // Without allocating: this runs on every request.
+    fn dot(s: &[u8]) -> bool {
+        s == b"." || s.eq_ignore_ascii_case(b"%2e")
+    }
+    let path = path_and_query.split('?').next().unwrap_or_default();
+    path.split('/').map(str::as_bytes).any(|s| {
+        dot(s)
+            || match s.len() {
+                2 => s == b"..",
+                4 => (dot(&s[..1]) && dot(&s[1..])) || (dot(&s[..3]) && dot(&s[3..])),
+                6 => dot(&s[..3]) && dot(&s[3..]),
+                _ => false,
+            }
+    })
+}
+
 /// The origin serving a path.
 #[derive(Debug, Clone)]
 struct Route {
@@ -164,7 +233,9 @@ struct Route {
     authority: Authority,
 }
 
-/// The statuses that count as the origin failing, for `stale-if-error` (RFC 5861 §4).
+/// The statuses that count as the origin failing, for `stale-if-error` (RFC 5861 §4); shared with
+/// every waiter of a flight (they carry no private data, and a failing origin should not be asked
+/// once per waiter).
 fn is_origin_failure(status: StatusCode) -> bool {
     matches!(status.as_u16(), 500 | 502 | 503 | 504)
 }
@@ -189,47 +260,73 @@ fn answer_landed(
     answer(&landed.object, x_cache, method, request, now)
 }
 
+/// The flight of a request: its path and its variant as far as the store knows the path's Vary.
+fn flight_key(edge: &Edge, path: &str, request: &HeaderMap) -> FlightKey {
+    (path.to_owned(), edge.store.variant(path, request).unwrap_or_default())
+}
+
 /// Revalidates `stale` (or fetches anew), in one flight with the concurrent requests for the
-/// same object. A follower uses the flight's answer only when it was stored and is its variant
-/// too (an answer not stored may be private to the request that fetched it); otherwise it fetches
-/// on its own. Errors are shared: one timeout, not one per waiter.
+/// same object. A waiter uses the flight's answer when it was stored and is its variant too, or
+/// when the origin failed; an answer not stored may be private to the request that fetched it,
+/// so then the waiter fetches its own. A waiter of another variant joins a second flight, keyed
+/// by the Vary the first one taught the store.
 async fn refresh(
-    edge: &Arc<Edge>,
-    route: &Route,
-    path: &str,
-    request: &HeaderMap,
+    edge: Arc<Edge>,
+    route: Route,
+    path: String,
+    request: HeaderMap,
     stale: Option<Arc<StoredObject>>,
+    ticket: FetchTicket,
 ) -> Outcome {
-    let key = (path.to_owned(), edge.store.variant(path, request).unwrap_or_default());
-    let (outcome, led) = edge
-        .flights
-        .join(key, fetch_and_store(edge, route, path, request, stale.clone()))
-        .await;
-    if led {
-        return outcome;
-    }
-    match &outcome {
-        Ok(landed) if !landed.stored || vary::secondary_key(&landed.vary, request) != landed.variant => {
-            fetch_and_store(edge, route, path, request, stale).await
+    for attempt in 0..2 {
+        let key = flight_key(&edge, &path, &request);
+        let work = fetch_and_store(
+            Arc::clone(&edge),
+            route.clone(),
+            path.clone(),
+            request.clone(),
+            stale.clone(),
+            ticket,
+        );
+        let (outcome, started) = edge.flights.join(key, work).await;
+        let outcome = outcome.map_err(|lost| OriginError::Lost(lost.0)).and_then(|o| o);
+        if started {
+            return outcome;
         }
-        _ => outcome,
+        match &outcome {
+            Err(_) => return outcome,
+            Ok(landed) if is_origin_failure(landed.object.status) => return outcome,
+            Ok(landed) if landed.stored => {
+                if vary::secondary_key(&landed.vary, &request) == landed.variant {
+                    return outcome;
+                }
+                // Another variant: the store now knows the Vary, so a second flight coalesces the
+                // requests of this variant.
+                if attempt == 0 {
+                    continue;
+                }
+            }
+            Ok(_) => {}
+        }
+        break;
     }
+    fetch_and_store(edge, route, path, request, stale, ticket).await
 }
 
 /// One fetch (conditional when there is a stale object) and what the store makes of it.
 async fn fetch_and_store(
-    edge: &Arc<Edge>,
-    route: &Route,
-    path: &str,
-    request: &HeaderMap,
+    edge: Arc<Edge>,
+    route: Route,
+    path: String,
+    request: HeaderMap,
     stale: Option<Arc<StoredObject>>,
+    ticket: FetchTicket,
 ) -> Outcome {
-    let ticket = edge.store.begin_fetch();
-    let mut headers = origin::forwarded(request);
+    let mut headers = origin::forwarded(&request);
     if let Some(stale) = &stale {
         headers.extend(conditional::revalidation_headers(&stale.headers));
     }
-    let fetched = fetch(edge, route, path, headers).await?;
+    let fetched = fetch(&edge, &route, &path, headers).await?;
     if fetched.status == StatusCode::NOT_MODIFIED {
         let Some(stale) = stale else {
             EdgeStats::count(&edge.stats.origin_errors);
@@ -240,14 +337,15 @@ async fn fetch_and_store(
         };
         let mut merged = stale.headers.clone();
         if conditional::merge_not_modified(&mut merged, &fetched.headers).is_err() {
-            // A 304 about another representation: ask for the whole object, unconditionally.
-            return Box::pin(fetch_and_store(edge, route, path, request, None)).await;
+            // A 304 about another representation: ask for the whole object, unconditionally
+            // (once: a 304 to that is garbage, above).
+            return Box::pin(fetch_and_store(edge, route, path, request, None, ticket)).await;
         }
         return Ok(Arc::new(land(
-            edge,
+            &edge,
             ticket,
-            path,
-            request,
+            &path,
+            &request,
             Fetched {
                 status: stale.status,
                 headers: merged,
@@ -257,13 +355,13 @@ async fn fetch_and_store(
             true,
         )));
     }
-    Ok(Arc::new(land(edge, ticket, path, request, fetched, false)))
+    Ok(Arc::new(land(&edge, ticket, &path, &request, fetched, false)))
 }
 
 /// Decides on an origin's answer with the caching rules and stores it if they allow.
 fn land(
     edge: &Edge,
-    ticket: basalt_edge::store::FetchTicket,
+    ticket: FetchTicket,
     path: &str,
     request: &HeaderMap,
     fetched: Fetched,
@@ -354,7 +452,10 @@ fn answer(
 ) -> Response<Full<Bytes>> {
     let age = object.lifetime.age(object.response_time, now).as_secs();
     let ok = object.status == StatusCode::OK;
+    // Validators (a date to parse) only for a conditional request: hits are the hot path.
+    let conditional = request.contains_key(header::IF_NONE_MATCH) || request.contains_key(header::IF_MODIFIED_SINCE);
     if ok
+        && conditional
         && conditional::evaluate(method, request, &Validators::of(&object.headers, object.response_time))
             == Answer::NotModified
     {
@@ -378,7 +479,7 @@ fn answer(
         return response;
     }
     let len = object.body.len() as u64;
-    let range = if ok {
+    let range = if ok && request.contains_key(header::RANGE) {
         range::evaluate(method, request, len, &object.headers)
     } else {
         RangeAnswer::Full
@@ -439,4 +540,36 @@ fn plain(status: StatusCode, text: &str, x_cache: XCache) -> Response<Full<Bytes
     );
     response.headers_mut().insert(X_CACHE, x_cache.value());
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::has_dot_segment;
+
+    #[test]
+    fn dot_segments_are_found_raw_and_encoded() {
+        for climbing in [
+            "/a/../b",
+            "/a/./b",
+            "/..",
+            "/a/%2e%2E/b",
+            "/a/.%2e/b",
+            "/a/%2E./b",
+            "/a/%2e",
+            "/a/..?x=1",
+        ] {
+            assert!(has_dot_segment(climbing), "{climbing}");
+        }
+        for plain in [
+            "/a/b",
+            "/a/...",
+            "/a/.b",
+            "/a/b.",
+            "/?x=/../",
+            "/a/%2e%2e%2e",
+            "/a/.well-known/x",
+        ] {
+            assert!(!has_dot_segment(plain), "{plain}");
+        }
+    }
 }

@@ -15,17 +15,20 @@ use std::time::Duration;
 
 use basalt_edge::freshness::StorePolicy;
 use basalt_edge::store::EdgeStore;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use crate::config::{CacheConfig, ConfigError};
+use crate::limits::{EDGE_CONNECTIONS_MAX, EDGE_HEADER_READ_TIMEOUT};
 
 /// Everything a request of the edge needs; shared by every connection.
 pub struct Edge {
     pub store: EdgeStore,
     pub routes: origin::Routes,
     pub origins: origin::OriginClient,
-    pub flights: flight::Flights,
+    pub flights: Arc<flight::Flights<handler::Outcome>>,
     pub policy: StorePolicy,
     pub stats: EdgeStats,
 }
@@ -58,7 +61,7 @@ impl Edge {
                 Duration::from_millis(config.origin_timeout_ms),
                 config.origin_requests_max,
             ),
-            flights: flight::Flights::default(),
+            flights: Arc::new(flight::Flights::default()),
             policy: StorePolicy {
                 negative_ttl: Duration::from_millis(config.negative_ttl_ms),
             },
@@ -67,13 +70,25 @@ impl Edge {
     }
 }
 
-/// Accepts HTTP/1.1 connections until `stop` resolves, each served on its own task. Malformed
-/// requests are answered 400 by hyper before they reach the handler.
+/// Accepts HTTP/1.1 connections until `stop` resolves, each served on its own task, at most
+/// [`EDGE_CONNECTIONS_MAX`] at once; a client gets [`EDGE_HEADER_READ_TIMEOUT`] to send each
+/// request's headers (an idle keep-alive connection is closed after it). Malformed requests are
+/// answered 400 by hyper before they reach the handler. When `stop` resolves, connections finish
+/// the request they serve and close.
 pub async fn serve(listener: TcpListener, edge: Arc<Edge>, stop: impl std::future::Future<Output = ()>) {
     tokio::pin!(stop);
+    let connections = Arc::new(Semaphore::new(EDGE_CONNECTIONS_MAX));
+    let graceful = GracefulShutdown::new();
     loop {
+        let permit = tokio::select! {
+            _ = &mut stop => break,
+            permit = Arc::clone(&connections).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
         let (stream, _) = tokio::select! {
-            _ = &mut stop => return,
+            _ = &mut stop => break,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
@@ -86,17 +101,23 @@ pub async fn serve(listener: TcpListener, edge: Arc<Edge>, stop: impl std::futur
         };
         let _ = stream.set_nodelay(true);
         let edge = Arc::clone(&edge);
+        let service = hyper::service::service_fn(move |request| {
+            let edge = Arc::clone(&edge);
+            async move { Ok::<_, Infallible>(handler::handle(&edge, request).await) }
+        });
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(EDGE_HEADER_READ_TIMEOUT)
+            .serve_connection(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                let edge = Arc::clone(&edge);
-                async move { Ok::<_, Infallible>(handler::handle(&edge, request).await) }
-            });
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
+            if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "edge connection ended");
             }
+            drop(permit);
         });
     }
+    // Bounded: a connection closes once its request is answered, and origin fetches have a
+    // deadline.
+    graceful.shutdown().await;
 }

@@ -53,6 +53,8 @@ pub enum OriginError {
     Garbage { origin: String, reason: String },
     #[error("origin {origin} answered a body over {max} bytes, which the edge does not pass on yet")]
     TooLarge { origin: String, max: u64 },
+    #[error("{0}")]
+    Lost(String),
 }
 
 impl OriginError {
@@ -76,9 +78,10 @@ pub struct Fetched {
     pub response_time: SystemTime,
 }
 
-/// Request headers never passed to the origin: the connection's own, and the conditions and
-/// ranges of the client, which the edge answers itself from a whole stored object.
-const NOT_FORWARDED: [HeaderName; 13] = [
+/// Request headers never passed to the origin: the connection's own; `Content-Length` and
+/// `Expect` (the edge sends no body); the conditions and ranges of the client, which the edge
+/// answers itself from a whole stored object.
+const NOT_FORWARDED: [HeaderName; 15] = [
     header::CONNECTION,
     header::TE,
     header::TRAILER,
@@ -86,6 +89,8 @@ const NOT_FORWARDED: [HeaderName; 13] = [
     header::UPGRADE,
     header::PROXY_AUTHORIZATION,
     header::HOST,
+    header::CONTENT_LENGTH,
+    header::EXPECT,
     header::IF_NONE_MATCH,
     header::IF_MODIFIED_SINCE,
     header::IF_MATCH,
@@ -94,14 +99,50 @@ const NOT_FORWARDED: [HeaderName; 13] = [
     header::RANGE,
 ];
 
+/// Headers that make an origin build another page than the one the cache keys it under (web
+/// cache poisoning: the answer to one client's `X-Forwarded-Host: evil` stored for everyone).
+/// Never forwarded: an origin behind Basalt sees the edge as the client.
+const UNKEYED_OVERRIDES: [&str; 10] = [
+    "forwarded",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-scheme",
+    "x-forwarded-port",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-url",
+    "x-rewrite-url",
+];
+
+/// The client's headers without those its `Connection` names and the hop-by-hop ones: what the
+/// edge keys and answers by.
+pub fn without_hop_by_hop(mut request: HeaderMap) -> HeaderMap {
+    for name in named_by_connection(&request) {
+        request.remove(name);
+    }
+    for name in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
+    ] {
+        request.remove(name);
+    }
+    request
+}
+
 /// The client's headers that go to the origin.
 pub fn forwarded(request: &HeaderMap) -> HeaderMap {
-    let mut out = request.clone();
-    for name in NOT_FORWARDED.iter().chain(named_by_connection(request).iter()) {
+    let mut out = without_hop_by_hop(request.clone());
+    for name in &NOT_FORWARDED {
         out.remove(name);
     }
-    out.remove("keep-alive");
-    out.remove("proxy-connection");
+    for name in UNKEYED_OVERRIDES {
+        out.remove(name);
+    }
     out
 }
 
@@ -200,6 +241,17 @@ impl OriginClient {
             })?;
             let response_time = SystemTime::now();
             let (parts, body) = response.into_parts();
+            // Refused before reading when the origin says the body is too long.
+            let announced = parts
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+            if announced.is_some_and(|len| len > STORED_OBJECT_BYTES_MAX) {
+                return Err(OriginError::TooLarge {
+                    origin: origin.clone(),
+                    max: STORED_OBJECT_BYTES_MAX,
+                });
+            }
             let body = Limited::new(body, STORED_OBJECT_BYTES_MAX as usize)
                 .collect()
                 .await
@@ -286,6 +338,9 @@ mod tests {
             ("range", "bytes=0-1"),
             ("if-none-match", "\"a\""),
             ("host", "edge"),
+            ("content-length", "5"),
+            ("expect", "100-continue"),
+            ("x-forwarded-host", "evil.example"),
             ("accept-encoding", "gzip"),
         ] {
             request.append(
