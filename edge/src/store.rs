@@ -220,6 +220,24 @@ impl EdgeStore {
         vary::secondary_key(&names, request)
     }
 
+    /// Whether a purge numbered after `ticket` covers an object at `path` with `tags` (or such a
+    /// purge may have been forgotten): an answer fetched under `ticket` is not to be handed out
+    /// as stored any more.
+    pub fn purged_since(&self, ticket: FetchTicket, path: &str, tags: &[Vec<u8>]) -> bool {
+        self.read_purges().covers_since(ticket.purges_seen, path, tags)
+    }
+
+    /// Removes what is stored for a request of `path` (its variant under the path's `Vary`), if
+    /// anything: the origin no longer lets it be stored.
+    pub fn remove(&self, path: &str, request: &HeaderMap) {
+        if let Some(variant) = self.variant(path, request) {
+            self.objects.invalidate(&ObjectKey {
+                path: Arc::from(path),
+                variant,
+            });
+        }
+    }
+
     /// Stores the answer to a request of `path` (with these request headers) that varies on
     /// `vary` and was fetched under `ticket`, replacing what was stored for that variant.
     pub fn insert(
@@ -398,6 +416,21 @@ mod tests {
                 Arc::new(object("new", &["product-42"])),
             )
             .expect("began after the purge");
+    }
+
+    #[test]
+    fn purged_since_and_remove() {
+        let store = EdgeStore::new(1 << 20);
+        let ticket = store.begin_fetch();
+        put(&store, "/x", "x", &["t"]);
+        assert!(!store.purged_since(ticket, "/x", &[b"t".to_vec()]));
+        store.purge(PurgeTarget::Tag(b"t".to_vec()));
+        assert!(store.purged_since(ticket, "/x", &[b"t".to_vec()]));
+        assert!(!store.purged_since(store.begin_fetch(), "/x", &[b"t".to_vec()]));
+        put(&store, "/y", "y", &[]);
+        store.remove("/y", &HeaderMap::new());
+        assert_eq!(found(&store, "/y", &HeaderMap::new()), None);
+        store.remove("/never", &HeaderMap::new());
     }
 
     #[test]

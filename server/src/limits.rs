@@ -187,3 +187,6 @@ pub(crate) const EDGE_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Requests in flight to one origin at most, as configured (`cache.origin_requests_max`): a
 /// semaphore cannot hold more permits than this.
 pub(crate) const EDGE_ORIGIN_REQUESTS_MAX: usize = 100_000;
+/// How long a stopping edge waits for its connections to finish their requests before dropping
+/// them (a client that stops reading would otherwise hold the stop forever).
+pub(crate) const EDGE_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);

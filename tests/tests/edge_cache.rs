@@ -33,7 +33,8 @@ struct Seen {
 ///   origin's `Date` is whole seconds, so an answer may arrive up to a second old);
 /// - `/swr/*`: `max-age=2, stale-while-revalidate=30`, after 200 ms;
 /// - `/aged/*`: `max-age=600` and `Age: 100`;
-/// - `/error/*`: 500 after 200 ms;
+/// - `/error/*`: 500 after 200 ms; `/error-cookie/*` the same with a `Set-Cookie`;
+/// - `/revoked/*`: `max-age=2, stale-while-revalidate=30`; 403 while the origin is `failing`;
 /// - `/fragile/*`: `max-age=1, stale-if-error=60`; 500 while the origin is `failing`;
 /// - `/nostore/*`: `no-store`;
 /// - `/vary/*`: `max-age=60`, `Vary: Accept-Encoding`, body = the request's Accept-Encoding;
@@ -137,6 +138,12 @@ async fn answer(
             tokio::time::sleep(Duration::from_millis(200)).await;
             reply(500, &[], "broken".into())
         }
+        "error-cookie" => {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            reply(500, &[("set-cookie", "session=secret")], "broken".into())
+        }
+        "revoked" if failing.load(Ordering::SeqCst) => reply(403, &[], "gone private".into()),
+        "revoked" => reply(200, &[("cache-control", "max-age=2, stale-while-revalidate=30")], path),
         "fragile" if failing.load(Ordering::SeqCst) => reply(500, &[], "down".into()),
         "fragile" => reply(200, &[("cache-control", "max-age=1, stale-if-error=60")], path),
         "nostore" => reply(200, &[("cache-control", "no-store")], path),
@@ -578,5 +585,41 @@ fn age_counts_what_the_origin_said_and_bad_requests_are_400() {
             );
         }
         assert_eq!(origin.requests("/plain/b"), 0);
+    });
+}
+
+/// A failure that sets a cookie may be private to the request that got it: every waiter fetches
+/// its own. A stored object the origin now refuses is dropped, not served stale again.
+#[test]
+fn private_failures_are_not_shared_and_a_revoked_object_is_dropped() {
+    runtime().block_on(async {
+        let origin = Origin::start().await;
+        let (_cluster, edge) = edge_node(origin.addr);
+        let (client, edge) = (client(), edge.addr());
+        get(&client, edge, "/plain/warm", &[]).await;
+
+        let mut waiters = Vec::new();
+        for _ in 0..10 {
+            let client = client.clone();
+            waiters.push(tokio::spawn(
+                async move { get(&client, edge, "/error-cookie/a", &[]).await },
+            ));
+        }
+        for waiter in waiters {
+            assert_eq!(waiter.await.expect("request").status, StatusCode::INTERNAL_SERVER_ERROR);
+        }
+        assert_eq!(origin.requests("/error-cookie/a"), 10, "no waiter got another's cookie");
+
+        assert_eq!(get(&client, edge, "/revoked/a", &[]).await.header("x-cache"), "MISS");
+        origin.failing.store(true, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        // Stale within stale-while-revalidate: served once while the refresh learns the 403.
+        assert_eq!(get(&client, edge, "/revoked/a", &[]).await.header("x-cache"), "STALE");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let after = get(&client, edge, "/revoked/a", &[]).await;
+        assert_eq!(
+            (after.status, after.header("x-cache")),
+            (StatusCode::FORBIDDEN, "BYPASS")
+        );
     });
 }

@@ -51,9 +51,13 @@ impl<T: Clone + Send + Sync + 'static> Flights<T> {
                     let this = Arc::clone(self);
                     let forget = key.clone();
                     let task = tokio::spawn(async move {
-                        let outcome = fetch.await;
-                        this.lock().remove(&forget);
-                        outcome
+                        // Removed on the way out, a panic included: a key is never left holding a
+                        // lost flight that every later miss would join.
+                        let _forget = Forget {
+                            flights: this,
+                            key: forget,
+                        };
+                        fetch.await
                     });
                     let landing: Landing<T> = async move { task.await.map_err(|e| FlightLost(e.to_string())) }
                         .boxed()
@@ -83,6 +87,19 @@ impl<T: Clone + Send + Sync + 'static> Flights<T> {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<FlightKey, Landing<T>>> {
         // Each update is one insert or remove: a panic elsewhere leaves the map consistent.
         self.flights.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Forgets a flight when its task ends, however it ends. Only the task that inserted a key's
+/// flight removes it, and no other flight for that key exists until it does.
+struct Forget<T: Clone + Send + Sync + 'static> {
+    flights: Arc<Flights<T>>,
+    key: FlightKey,
+}
+
+impl<T: Clone + Send + Sync + 'static> Drop for Forget<T> {
+    fn drop(&mut self) {
+        self.flights.lock().remove(&self.key);
     }
 }
 
@@ -159,6 +176,27 @@ mod tests {
         lonely.abort();
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(flights.is_empty(), "no entry left behind");
+    }
+
+    #[tokio::test]
+    async fn a_panicking_fetch_leaves_no_flight_behind() {
+        let flights: Arc<Flights<u32>> = Arc::new(Flights::default());
+        let (outcome, _) = flights
+            .join(key("/p"), async {
+                if flights_panic() {
+                    panic!("a fetch that panics");
+                }
+                0
+            })
+            .await;
+        assert!(outcome.is_err(), "the waiter learns the flight was lost");
+        assert!(flights.is_empty(), "and the key is free for the next miss");
+        let (outcome, started) = flights.join(key("/p"), async { 5 }).await;
+        assert_eq!((outcome, started), (Ok(5), true));
+    }
+
+    fn flights_panic() -> bool {
+        true
     }
 
     #[tokio::test]

@@ -38,6 +38,12 @@ pub struct Landed {
     /// The request headers it varies on, and the variant of the request that fetched it.
     pub vary: Vec<HeaderName>,
     pub variant: Option<Vec<u8>>,
+    /// An origin failure (500/502/503/504) that may go to every waiter of its variant: it sets no
+    /// cookie and is not `private` or `no-store`.
+    pub shareable_failure: bool,
+    /// The purges seen when its fetch began: a waiter does not take a stored answer a later purge
+    /// covers.
+    pub ticket: FetchTicket,
 }
 
 /// The `X-Cache` value of an answer.
@@ -79,15 +85,15 @@ pub async fn handle<B>(edge: &Arc<Edge>, request: Request<B>) -> Response<Full<B
             .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
         return response;
     }
-    // Headers the client's Connection names are for this hop only: never keyed, never forwarded.
-    let headers = origin::without_hop_by_hop(parts.headers);
-    if carries_body(&headers) {
+    if carries_body(&parts.headers) {
         return plain(
             StatusCode::BAD_REQUEST,
             "a GET or HEAD may not carry a body\n",
             XCache::Bypass,
         );
     }
+    // Headers the client's Connection names are for this hop only: never keyed, never forwarded.
+    let headers = origin::without_hop_by_hop(parts.headers);
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
     if !path.starts_with('/') {
         return plain(
@@ -96,10 +102,10 @@ pub async fn handle<B>(edge: &Arc<Edge>, request: Request<B>) -> Response<Full<B
             XCache::Bypass,
         );
     }
-    if has_dot_segment(&path) {
+    if has_dot_segment(&path) || has_encoded_separator(&path) {
         return plain(
             StatusCode::BAD_REQUEST,
-            "the path may not hold . or .. segments\n",
+            "the path may not hold . or .. segments, backslashes or encoded slashes\n",
             XCache::Bypass,
         );
     }
@@ -215,15 +221,28 @@ fn has_dot_segment(path_and_query: &str) -> bool {
         s == b"." || s.eq_ignore_ascii_case(b"%2e")
     }
     let path = path_and_query.split('?').next().unwrap_or_default();
-    path.split('/').map(str::as_bytes).any(|s| {
-        dot(s)
-            || match s.len() {
-                2 => s == b"..",
-                4 => (dot(&s[..1]) && dot(&s[1..])) || (dot(&s[..3]) && dot(&s[3..])),
-                6 => dot(&s[..3]) && dot(&s[3..]),
-                _ => false,
-            }
-    })
+    // A path parameter (`..;jsessionid=x`, as Tomcat and Spring read it) ends the segment.
+    path.split('/')
+        .map(|segment| segment.split(';').next().unwrap_or_default().as_bytes())
+        .any(|s| {
+            dot(s)
+                || match s.len() {
+                    2 => s == b"..",
+                    4 => (dot(&s[..1]) && dot(&s[1..])) || (dot(&s[..3]) && dot(&s[3..])),
+                    6 => dot(&s[..3]) && dot(&s[3..]),
+                    _ => false,
+                }
+        })
+}
+
+/// Whether the path (before its query) holds a backslash or an encoded `/` or `\`: an origin that
+/// decodes or converts them could see segments (`..%2f`) the dot check did not.
+fn has_encoded_separator(path_and_query: &str) -> bool {
+    let path = path_and_query.split('?').next().unwrap_or_default().as_bytes();
+    path.contains(&b'\\')
+        || path
+            .windows(3)
+            .any(|w| w[0] == b'%' && (w[1..].eq_ignore_ascii_case(b"2f") || w[1..].eq_ignore_ascii_case(b"5c")))
 }
 
 /// The origin serving a path.
@@ -295,8 +314,14 @@ async fn refresh(
         }
         match &outcome {
             Err(_) => return outcome,
-            Ok(landed) if is_origin_failure(landed.object.status) => return outcome,
+            Ok(landed) if landed.shareable_failure && vary::secondary_key(&landed.vary, &request) == landed.variant => {
+                return outcome
+            }
             Ok(landed) if landed.stored => {
+                let tags = &landed.object.tags;
+                if edge.store.purged_since(landed.ticket, &path, tags) {
+                    break; // a purge since that fetch began covers it: fetch anew
+                }
                 if vary::secondary_key(&landed.vary, &request) == landed.variant {
                     return outcome;
                 }
@@ -355,7 +380,13 @@ async fn fetch_and_store(
             true,
         )));
     }
-    Ok(Arc::new(land(&edge, ticket, &path, &request, fetched, false)))
+    let landed = land(&edge, ticket, &path, &request, fetched, false);
+    if stale.is_some() && !landed.stored && !is_origin_failure(landed.object.status) {
+        // The origin no longer lets this variant be stored (403, no-store, private, ...): the
+        // stale copy must not be served again, not even within stale-while-revalidate.
+        edge.store.remove(&path, &request);
+    }
+    Ok(Arc::new(landed))
 }
 
 /// Decides on an origin's answer with the caching rules and stores it if they allow.
@@ -403,10 +434,30 @@ fn land(
                 revalidated,
                 vary: storable.vary,
                 variant,
+                shareable_failure: false,
+                ticket,
             }
         }
         Err(why) => {
             tracing::debug!(path, %why, "edge: answer not storable");
+            let cc = basalt_edge::cache_control::parse_response(
+                fetched
+                    .headers
+                    .get_all(header::CACHE_CONTROL)
+                    .iter()
+                    .map(|v| v.as_bytes()),
+            );
+            let vary_names = match vary::parse(&fetched.headers) {
+                vary::Vary::Headers(names) => Some(names),
+                vary::Vary::Any | vary::Vary::TooWide => None,
+            };
+            let shareable_failure = is_origin_failure(fetched.status)
+                && !fetched.headers.contains_key(header::SET_COOKIE)
+                && !cc.private
+                && !cc.no_store
+                && vary_names.is_some();
+            let vary_names = vary_names.unwrap_or_default();
+            let variant = vary::secondary_key(&vary_names, request);
             Landed {
                 object: Arc::new(StoredObject {
                     status: fetched.status,
@@ -423,8 +474,10 @@ fn land(
                 }),
                 stored: false,
                 revalidated,
-                vary: Vec::new(),
-                variant: None,
+                vary: vary_names,
+                variant,
+                shareable_failure,
+                ticket,
             }
         }
     }
@@ -544,7 +597,7 @@ fn plain(status: StatusCode, text: &str, x_cache: XCache) -> Response<Full<Bytes
 
 #[cfg(test)]
 mod tests {
-    use super::has_dot_segment;
+    use super::{has_dot_segment, has_encoded_separator};
 
     #[test]
     fn dot_segments_are_found_raw_and_encoded() {
@@ -571,5 +624,10 @@ mod tests {
         ] {
             assert!(!has_dot_segment(plain), "{plain}");
         }
+        // Segments an origin would split or strip: refused by the separator check.
+        for hidden in ["/a/..%2fadmin", "/a/..%5Cadmin", "/a/..\\admin", "/a/%2F"] {
+            assert!(has_encoded_separator(hidden), "{hidden}");
+        }
+        assert!(!has_encoded_separator("/a/b?x=%2f"));
     }
 }

@@ -21,7 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::config::{CacheConfig, ConfigError};
-use crate::limits::{EDGE_CONNECTIONS_MAX, EDGE_HEADER_READ_TIMEOUT};
+use crate::limits::{EDGE_CONNECTIONS_MAX, EDGE_HEADER_READ_TIMEOUT, EDGE_SHUTDOWN_GRACE};
 
 /// Everything a request of the edge needs; shared by every connection.
 pub struct Edge {
@@ -117,7 +117,12 @@ pub async fn serve(listener: TcpListener, edge: Arc<Edge>, stop: impl std::futur
             drop(permit);
         });
     }
-    // Bounded: a connection closes once its request is answered, and origin fetches have a
-    // deadline.
-    graceful.shutdown().await;
+    // A connection closes once its request is answered, but a client that stops reading could
+    // hold one open: the stop waits at most this long, then drops what is left.
+    if tokio::time::timeout(EDGE_SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("edge connections still open after {EDGE_SHUTDOWN_GRACE:?}: dropped");
+    }
 }

@@ -102,12 +102,17 @@ const NOT_FORWARDED: [HeaderName; 15] = [
 /// Headers that make an origin build another page than the one the cache keys it under (web
 /// cache poisoning: the answer to one client's `X-Forwarded-Host: evil` stored for everyone).
 /// Never forwarded: an origin behind Basalt sees the edge as the client.
-const UNKEYED_OVERRIDES: [&str; 10] = [
+const UNKEYED_OVERRIDES: [&str; 15] = [
     "forwarded",
     "x-forwarded-host",
     "x-forwarded-proto",
     "x-forwarded-scheme",
     "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-server",
+    "x-forwarded-ssl",
+    "x-host",
+    "x-original-host",
     "x-http-method-override",
     "x-http-method",
     "x-method-override",
