@@ -28,3 +28,21 @@ pub mod range;
 pub mod store;
 pub mod tags;
 pub mod vary;
+
+/// What the unit tests of every module share.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use http::{HeaderMap, HeaderName, HeaderValue};
+
+    /// A header map from `(name, value)` pairs, in order (a name given twice makes two lines).
+    pub(crate) fn headers<V: AsRef<str>>(pairs: &[(&str, V)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).expect("a test header name"),
+                HeaderValue::from_str(value.as_ref()).expect("a test header value"),
+            );
+        }
+        map
+    }
+}

@@ -118,20 +118,10 @@ fn number(digits: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::{HeaderName, HeaderValue};
+    use crate::test_support::headers as map;
+    use http::HeaderValue;
     use proptest::prelude::*;
     use std::time::UNIX_EPOCH;
-
-    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut m = HeaderMap::new();
-        for (n, v) in pairs {
-            m.append(
-                HeaderName::from_bytes(n.as_bytes()).expect("name"),
-                HeaderValue::from_str(v).expect("value"),
-            );
-        }
-        m
-    }
 
     fn plain() -> HeaderMap {
         HeaderMap::from_iter([(header::ETAG, HeaderValue::from_static("\"v1\""))])

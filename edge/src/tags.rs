@@ -67,22 +67,11 @@ pub fn normalise(tag: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
-
-    fn map(pairs: &[(&str, String)]) -> HeaderMap {
-        let mut m = HeaderMap::new();
-        for (n, v) in pairs {
-            m.append(
-                HeaderName::from_bytes(n.as_bytes()).expect("name"),
-                HeaderValue::from_str(v).expect("value"),
-            );
-        }
-        m
-    }
+    use crate::test_support::headers as map;
 
     #[test]
     fn both_headers_every_line_sorted_and_deduplicated() {
-        let tags = parse(&map(&[
+        let tags = parse(&map::<String>(&[
             ("surrogate-key", "product-42  catalog".into()),
             ("cache-tag", "catalog, Product-42,".into()),
             ("surrogate-key", "home".into()),

@@ -114,19 +114,8 @@ fn accept_encoding<'a>(lines: impl Iterator<Item = &'a [u8]>) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
+    use crate::test_support::headers as map;
     use proptest::prelude::*;
-
-    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut m = HeaderMap::new();
-        for (n, v) in pairs {
-            m.append(
-                HeaderName::from_bytes(n.as_bytes()).expect("name"),
-                HeaderValue::from_str(v).expect("value"),
-            );
-        }
-        m
-    }
 
     fn key(vary: &[(&str, &str)], request: &[(&str, &str)]) -> Vec<u8> {
         match parse(&map(vary)) {

@@ -216,6 +216,21 @@ async fn get(client: &HttpClient, edge: SocketAddr, path: &str, headers: &[(&str
     request(client, edge, "GET", path, headers).await
 }
 
+/// `n` concurrent GETs of `path`, their answers in the order they were sent.
+async fn get_concurrently(client: &HttpClient, edge: SocketAddr, path: &str, n: usize) -> Vec<Answer> {
+    let waiters: Vec<_> = (0..n)
+        .map(|_| {
+            let (client, path) = (client.clone(), path.to_owned());
+            tokio::spawn(async move { get(&client, edge, &path, &[]).await })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for waiter in waiters {
+        answers.push(waiter.await.expect("request"));
+    }
+    answers
+}
+
 async fn request(client: &HttpClient, edge: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> Answer {
     let mut builder = Request::builder().method(method).uri(format!("http://{edge}{path}"));
     for (name, value) in headers {
@@ -288,14 +303,8 @@ fn a_hundred_concurrent_misses_make_one_origin_fetch() {
         // Wait until the edge listens, on another path.
         get(&client, edge, "/plain/warm", &[]).await;
 
-        let mut waiters = Vec::new();
-        for _ in 0..100 {
-            let client = client.clone();
-            waiters.push(tokio::spawn(async move { get(&client, edge, "/fresh/one", &[]).await }));
-        }
         let mut misses = 0;
-        for waiter in waiters {
-            let answer = waiter.await.expect("request");
+        for answer in get_concurrently(&client, edge, "/fresh/one", 100).await {
             assert_eq!(answer.status, StatusCode::OK);
             assert_eq!(answer.body, "/fresh/one");
             misses += usize::from(answer.header("x-cache") == "MISS");
@@ -308,13 +317,7 @@ fn a_hundred_concurrent_misses_make_one_origin_fetch() {
         assert_eq!(misses, 100, "every waiter's answer came from the origin");
 
         // A failing origin is asked once for all the concurrent requests too.
-        let mut waiters = Vec::new();
-        for _ in 0..100 {
-            let client = client.clone();
-            waiters.push(tokio::spawn(async move { get(&client, edge, "/error/one", &[]).await }));
-        }
-        for waiter in waiters {
-            let answer = waiter.await.expect("request");
+        for answer in get_concurrently(&client, edge, "/error/one", 100).await {
             assert_eq!(
                 (answer.status, answer.header("x-cache")),
                 (StatusCode::INTERNAL_SERVER_ERROR, "BYPASS")
@@ -539,13 +542,7 @@ fn stale_while_revalidate_answers_at_once_and_refreshes_once() {
         tokio::time::sleep(Duration::from_millis(2100)).await;
         // Stale within the allowance: twenty concurrent requests all get the stale copy at once,
         // and one background revalidation runs (the origin takes 200 ms).
-        let mut waiters = Vec::new();
-        for _ in 0..20 {
-            let client = client.clone();
-            waiters.push(tokio::spawn(async move { get(&client, edge, "/swr/a", &[]).await }));
-        }
-        for waiter in waiters {
-            let answer = waiter.await.expect("request");
+        for answer in get_concurrently(&client, edge, "/swr/a", 20).await {
             assert_eq!((answer.status, answer.header("x-cache")), (StatusCode::OK, "STALE"));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -598,15 +595,8 @@ fn private_failures_are_not_shared_and_a_revoked_object_is_dropped() {
         let (client, edge) = (client(), edge.addr());
         get(&client, edge, "/plain/warm", &[]).await;
 
-        let mut waiters = Vec::new();
-        for _ in 0..10 {
-            let client = client.clone();
-            waiters.push(tokio::spawn(
-                async move { get(&client, edge, "/error-cookie/a", &[]).await },
-            ));
-        }
-        for waiter in waiters {
-            assert_eq!(waiter.await.expect("request").status, StatusCode::INTERNAL_SERVER_ERROR);
+        for answer in get_concurrently(&client, edge, "/error-cookie/a", 10).await {
+            assert_eq!(answer.status, StatusCode::INTERNAL_SERVER_ERROR);
         }
         assert_eq!(origin.requests("/error-cookie/a"), 10, "no waiter got another's cookie");
 
