@@ -121,6 +121,13 @@ enum Command {
         #[command(flatten)]
         endpoints: EndpointArgs,
     },
+    /// The edge cache: purge (by URL, prefix, tag, or everything) and per-node stats.
+    Cache {
+        #[command(subcommand)]
+        command: crate::verbs::cache::CacheCommand,
+        #[command(flatten)]
+        endpoints: EndpointArgs,
+    },
     /// Cluster status and membership.
     Cluster {
         #[command(subcommand)]
@@ -509,6 +516,11 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::Pubsub { command, endpoints } => {
             init_tracing("error");
             crate::verbs::pubsub::pubsub(&connect(&endpoints).await?, command).await
+        }
+        Command::Cache { command, endpoints } => {
+            init_tracing("error");
+            let client = connect(&endpoints).await?;
+            crate::verbs::cache::cache(&client, command).await
         }
         Command::Cluster { command, endpoints } => {
             init_tracing("error");

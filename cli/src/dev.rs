@@ -46,8 +46,9 @@ pub struct DevArgs {
     #[arg(long)]
     pub(crate) clean: bool,
     /// Serve the edge cache on every node with this origin: `PREFIX=http://host:port` (repeat).
-    /// Node N's edge listens on --edge-base-port + N - 1.
-    #[arg(long, conflicts_with_all = ["topology", "regions"])]
+    /// Node N's edge listens on --edge-base-port + N - 1 (with regions, + 100 per region, as the
+    /// other ports).
+    #[arg(long)]
     pub(crate) origin: Vec<String>,
     /// The edge port of node 1 with --origin.
     #[arg(long, default_value_t = 8080)]

@@ -115,6 +115,9 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
         None => Topology::uniform(&args.regions, args.nodes_per_region, args.wan_latency, args.wan_jitter)
             .map_err(|e| e.to_string())?,
     };
+    for origin in &args.origin {
+        basalt_server::config::parse_origin(origin).map_err(|e| e.to_string())?;
+    }
     let dir = crate::dev::prepare_dir(&args)?;
     let exe = std::env::current_exe().map_err(|e| format!("locating the basalt binary: {e}"))?;
     let links = Links::new();
@@ -126,11 +129,20 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
     };
     // Every region's node addresses.
     let mut grpc: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+    // Every region's edge-cache addresses, with --origin.
+    let mut edges: BTreeMap<usize, Vec<String>> = BTreeMap::new();
     for (r, region) in topology.regions.iter().enumerate() {
         let addrs = (1..=region.nodes)
             .map(|i| port(args.base_port, r, i).map(|p| format!("127.0.0.1:{p}")))
             .collect::<Result<Vec<_>, _>>()?;
         grpc.insert(r, addrs);
+        let region_edges = match args.origin.is_empty() {
+            true => Vec::new(),
+            false => (1..=region.nodes)
+                .map(|i| port(args.edge_base_port, r, i).map(|p| format!("127.0.0.1:{p}")))
+                .collect::<Result<Vec<_>, _>>()?,
+        };
+        edges.insert(r, region_edges);
     }
     // A proxy per (source region, node of the target region): all inter-region traffic crosses
     // the simulated link source → target.
@@ -186,6 +198,13 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
             extra.push(format!("--clock-skew-ms={}", region.clock_skew_ms));
         }
         for i in 1..=region.nodes {
+            let mut extra = extra.clone();
+            if let Some(edge) = edges[&r].get(usize::from(i) - 1) {
+                extra.extend(["--edge-listen".to_string(), edge.clone()]);
+                for origin in &args.origin {
+                    extra.extend(["--origin".to_string(), origin.clone()]);
+                }
+            }
             processes.push(crate::dev::spawn_node(
                 &exe,
                 &NodeLaunch {
@@ -197,7 +216,7 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
                     log: region_dir.join(format!("node-{i}.log")),
                     peers: peers.join(","),
                     init: i == 1,
-                    extra: extra.clone(),
+                    extra,
                 },
             )?);
         }
@@ -223,7 +242,9 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
         .regions
         .iter()
         .enumerate()
-        .map(|(r, region)| serde_json::json!({ "name": region.name, "id": r + 1, "endpoints": grpc[&r] }))
+        .map(|(r, region)| {
+            serde_json::json!({ "name": region.name, "id": r + 1, "endpoints": grpc[&r], "edges": edges[&r] })
+        })
         .collect();
     let pids: Vec<u32> = processes.iter().filter_map(|p| p.child.id()).collect();
     let cluster_file = crate::dev::write_cluster_file(&serde_json::json!({
@@ -248,6 +269,9 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
             grpc[&r].join(" "),
             dir.join(&region.name).display()
         );
+        if !edges[&r].is_empty() {
+            println!("    edge {}", edges[&r].join(" "));
+        }
     }
     print!(
         "{}",
@@ -274,7 +298,7 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
         }
     }
     println!(
-        "Try: basalt --region {} kv put greeting hello; basalt --region {} kv get greeting; basalt regions status. Ctrl-C stops everything.",
+        "Try: basalt kv --region {} put greeting hello; basalt kv --region {} get greeting; basalt regions status. Ctrl-C stops everything.",
         topology.regions[0].name, topology.regions[1].name
     );
     crate::dev::supervise(processes).await;

@@ -294,6 +294,11 @@ impl Client {
         crate::Counters { client: self.clone() }
     }
 
+    /// The edge cache: purges and counters.
+    pub fn cache(&self) -> crate::Cache {
+        crate::Cache { client: self.clone() }
+    }
+
     pub fn rate_limiter(&self) -> crate::RateLimiter {
         crate::RateLimiter { client: self.clone() }
     }

@@ -26,6 +26,7 @@
 #[doc = include_str!("../../README.md")]
 struct ReadmeExamples;
 
+pub mod cache;
 mod client;
 mod coalesce;
 mod counter;
@@ -44,6 +45,7 @@ pub mod pb {
     tonic::include_proto!("basalt.v1");
 }
 
+pub use cache::{Cache, LaggingNode, NodeCacheStats, PurgeReceipt, PurgeTarget};
 pub use client::{Client, ClientOptions, ReadConsistency, RegionMap};
 pub use counter::{CounterChange, CounterHandle, CounterOp, CounterOutcome, Counters};
 pub use error::{never_sent, ClientError, ErrorCode, ERROR_CODE_KEY, LEADER_KEY, OLDEST_REVISION_KEY};

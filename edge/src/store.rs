@@ -66,6 +66,8 @@ pub enum PurgeTarget {
     Prefix(String),
     /// Every object carrying this tag (ASCII case-insensitively).
     Tag(Vec<u8>),
+    /// Everything stored.
+    Everything,
 }
 
 impl PurgeTarget {
@@ -75,6 +77,7 @@ impl PurgeTarget {
             PurgeTarget::Prefix(prefix) => path.starts_with(prefix.as_str()),
             // Stored tags are lower-cased (`tags::normalise`); the purge's may not be.
             PurgeTarget::Tag(tag) => tags.iter().any(|t| t.eq_ignore_ascii_case(tag)),
+            PurgeTarget::Everything => true,
         }
     }
 }
@@ -377,6 +380,8 @@ mod tests {
         // Purging what is not stored changes nothing.
         store.purge(PurgeTarget::Tag(b"nothing".to_vec()));
         assert_eq!(found(&store, "/b/2", &none).as_deref(), Some("b2"));
+        store.purge(PurgeTarget::Everything);
+        assert_eq!(found(&store, "/b/2", &none), None);
         // Stored again after a purge: found again.
         put(&store, "/a/1", "a1'", &["red"]);
         assert_eq!(found(&store, "/a/1", &none).as_deref(), Some("a1'"));

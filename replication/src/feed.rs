@@ -53,6 +53,36 @@ pub enum Effect {
     /// data, which the re-sync's rows rebuild (rows the home deleted while the receiver was
     /// behind must go too). Until the re-sync's last batch the copy is incomplete.
     RowsReset,
+    /// A purge of the edge cache made in the source region (or, as [`PurgeTarget::Everything`],
+    /// the opening of a re-sync: purges trimmed from the feed before this region got them are
+    /// lost, so every edge forgets everything). A purge has no state to merge: the receiver
+    /// records it, and every node of the receiving region removes what it matches from its edge.
+    /// Receiving it twice removes nothing more.
+    CachePurge { target: PurgeTarget },
+}
+
+/// What an edge-cache purge removes (docs/data-types/edge-cache.md).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum PurgeTarget {
+    /// Every variant of this exact path (with its query), as clients ask for it.
+    Url(String),
+    /// Every object whose path starts with this.
+    Prefix(String),
+    /// Every object carrying this tag (`Surrogate-Key`, `Cache-Tag`), ASCII case-insensitively.
+    Tag(String),
+    /// Everything stored.
+    Everything,
+}
+
+impl std::fmt::Display for PurgeTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PurgeTarget::Url(url) => write!(f, "url {url:?}"),
+            PurgeTarget::Prefix(prefix) => write!(f, "prefix {prefix:?}"),
+            PurgeTarget::Tag(tag) => write!(f, "tag {tag:?}"),
+            PurgeTarget::Everything => write!(f, "everything"),
+        }
+    }
 }
 
 /// The effects of one applied log entry of the source region.

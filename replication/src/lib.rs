@@ -26,6 +26,6 @@ pub mod pb {
 }
 
 pub use digest::Digest;
-pub use feed::{Effect, FeedEntry, ShipBatch};
+pub use feed::{Effect, FeedEntry, PurgeTarget, ShipBatch};
 pub use merge::{Component, EscrowBound, EscrowTransfers, LwwValue, PnCounter, WindowCount, WindowCounts};
 pub use version::{RegionId, RegionName, Version};

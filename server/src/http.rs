@@ -1,14 +1,16 @@
-//! HTTP endpoints: `/health`, `/metrics` (Prometheus text format), and, only on a node started
-//! with `--allow-clock-control`, `/debug/clock-skew` (the partition harness's clock nemesis).
+//! HTTP endpoints: `/health`, `/metrics` (Prometheus text format), `DELETE /cache` (an
+//! edge-cache purge, as `basalt cache purge` makes it), and, only on a node started with
+//! `--allow-clock-control`, `/debug/clock-skew` (the partition harness's clock nemesis).
 
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
+use axum::routing::{delete, get};
 use axum::Extension;
 use axum::Router;
 use openraft::ServerState;
@@ -16,16 +18,17 @@ use openraft::ServerState;
 use crate::api::Api;
 use crate::edge::Edge;
 
-pub fn router(api: Api, clock_control: bool, edge: Option<Arc<Edge>>) -> Router {
+pub fn router(api: Api, clock_control: bool, edge: Option<Arc<Edge>>, routes: Arc<BTreeMap<u64, String>>) -> Router {
     let router = Router::new()
         .route("/health", get(health))
-        .route("/metrics", get(metrics));
+        .route("/metrics", get(metrics))
+        .route("/cache", delete(cache_purge));
     let router = if clock_control {
         router.route("/debug/clock-skew", get(clock_skew).put(set_clock_skew))
     } else {
         router
     };
-    router.layer(Extension(edge)).with_state(api)
+    router.layer(Extension(edge)).layer(Extension(routes)).with_state(api)
 }
 
 /// This node's clock skew, in ms.
@@ -52,6 +55,84 @@ async fn set_clock_skew(State(api): State<Api>, body: String) -> (StatusCode, St
             format!("the body must be a skew in ms, within ±{CLOCK_SKEW_MS_MAX}\n"),
         ),
     }
+}
+
+/// `DELETE /cache?tag=T` (or `url=U`, `prefix=P`, `everything`; optionally `wait_ms=N`):
+/// purges the edge caches of the region and, through replication, of every region (see
+/// `CacheService::purge`). Any node takes it; a follower hands it to the leader. Answers 200
+/// with the purge's number and the nodes that applied it, 202 when some node had not applied it
+/// within the wait (they are listed), 400 for a bad purge, 503 when no leader can take it.
+/// DELETE, not POST: a browser sends a cross-site DELETE only after a CORS preflight, which this
+/// listener does not grant, so a web page cannot purge through a browser that reaches the node.
+async fn cache_purge(
+    State(api): State<Api>,
+    Extension(edge): Extension<Option<Arc<Edge>>>,
+    Extension(routes): Extension<Arc<BTreeMap<u64, String>>>,
+    uri: axum::http::Uri,
+) -> (StatusCode, String) {
+    let request = match purge_request_of_query(uri.query().unwrap_or("")) {
+        Ok(request) => request,
+        Err(message) => return (StatusCode::BAD_REQUEST, format!("{message}\n")),
+    };
+    let service = crate::api::cache::CacheService { api, edge, routes };
+    match service.purge_via_leader(request).await {
+        Ok(done) => {
+            let ids = |ids: &[u64]| ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+            let mut text = format!("purged seq={} applied={}\n", done.seq, ids(&done.applied));
+            for lag in &done.lagging {
+                let _ = writeln!(text, "lagging node {} ({}): {}", lag.node_id, lag.addr, lag.reason);
+            }
+            let code = if done.lagging.is_empty() {
+                StatusCode::OK
+            } else {
+                StatusCode::ACCEPTED
+            };
+            (code, text)
+        }
+        Err(e) if e.code() == tonic::Code::InvalidArgument => (StatusCode::BAD_REQUEST, format!("{}\n", e.message())),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{}\n", e.message())),
+    }
+}
+
+/// The purge a query string names: exactly one of `url`, `prefix`, `tag` or `everything` (empty,
+/// `1` or `true`), and optionally `wait_ms`. Values are percent-decoded once, `+` kept as it is
+/// (a purge URL is matched against the path and query clients send, `+` included): to purge
+/// `/a?q=x%20y`, send `url=%2Fa%3Fq%3Dx%2520y`.
+fn purge_request_of_query(query: &str) -> Result<basalt_client::pb::CachePurgeRequest, String> {
+    use basalt_client::pb::cache_purge_request::Target;
+    let mut request = basalt_client::pb::CachePurgeRequest::default();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (name, raw) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = percent_encoding::percent_decode_str(raw)
+            .decode_utf8()
+            .map_err(|_| format!("the value of {name} is not UTF-8 once decoded"))?
+            .into_owned();
+        let target = match name {
+            "url" => Target::Url(value),
+            "prefix" => Target::Prefix(value),
+            "tag" => Target::Tag(value),
+            "everything" if matches!(value.as_str(), "" | "1" | "true") => Target::Everything(true),
+            "everything" => return Err(format!("everything takes no value (or 1, true), got {value:?}")),
+            "wait_ms" => {
+                request.wait_ms = value
+                    .parse()
+                    .map_err(|_| format!("wait_ms must be a number of ms, got {value:?}"))?;
+                continue;
+            }
+            other => {
+                return Err(format!(
+                    "unknown purge parameter {other:?} (url, prefix, tag, everything, wait_ms)"
+                ))
+            }
+        };
+        if request.target.replace(target).is_some() {
+            return Err("a purge names one of url, prefix, tag or everything, once".into());
+        }
+    }
+    if request.target.is_none() {
+        return Err("a purge names one of url, prefix, tag or everything (e.g. ?tag=product-42)".into());
+    }
+    Ok(request)
 }
 
 /// The largest clock skew the control endpoint sets: 30 days, in ms.
@@ -224,6 +305,12 @@ fn edge_metrics(out: &mut String, edge: &Edge) {
     ] {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
     }
+    let name = "basalt_edge_purges_applied";
+    let _ = writeln!(
+        out,
+        "# HELP {name} The last purge of the region's purge table this node's edge has applied.\n# TYPE {name} gauge\n{name} {}",
+        *edge.purges_applied.borrow()
+    );
     let name = "basalt_edge_evictions_total";
     let _ = writeln!(
         out,

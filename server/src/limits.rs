@@ -190,3 +190,19 @@ pub(crate) const EDGE_ORIGIN_REQUESTS_MAX: usize = 100_000;
 /// How long a stopping edge waits for its connections to finish their requests before dropping
 /// them (a client that stops reading would otherwise hold the stop forever).
 pub(crate) const EDGE_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Purges the edge's follower reads from the purge table at once.
+pub(crate) const PURGE_FOLLOW_BATCH_MAX: usize = 256;
+/// How often the follower looks at the purge table when no applied batch woke it.
+pub(crate) const PURGE_FOLLOW_POLL: Duration = Duration::from_secs(1);
+/// How long the follower waits after a failed read of the purge table before reading again.
+pub(crate) const PURGE_FOLLOW_RETRY: Duration = Duration::from_millis(100);
+/// How long a purge waits, by default, for every node of the region to apply it.
+pub(crate) const PURGE_CONFIRM_WAIT_DEFAULT: Duration = Duration::from_secs(5);
+/// The longest a purge may be asked to wait for every node of the region.
+pub(crate) const PURGE_CONFIRM_WAIT_MAX: Duration = Duration::from_secs(30);
+/// How long a node asking another for its edge counters or purge progress waits to connect.
+pub(crate) const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long `basalt cache stats` waits for each other node's counters.
+pub(crate) const PEER_STATS_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long past its wait a node's answer to another may take to arrive.
+pub(crate) const PEER_REPLY_MARGIN: Duration = Duration::from_millis(500);

@@ -7,6 +7,7 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
+use basalt_client::pb::cache_server::CacheServer;
 use basalt_client::pb::cluster_server::ClusterServer;
 use basalt_client::pb::counter_server::CounterServer;
 use basalt_client::pb::kv_server::KvServer;
@@ -195,22 +196,41 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         let _ = rx.wait_for(|stop| *stop).await;
     };
 
-    let edge_task = edge.map(|(edge, listener)| {
-        let task = tokio::spawn(crate::edge::serve(
-            listener,
-            Arc::clone(&edge),
-            wait_stop(stop_rx.clone()),
-        ));
-        (edge, task)
-    });
-    let edge = edge_task.as_ref().map(|(edge, _)| Arc::clone(edge));
+    let edge_task = match edge {
+        Some((edge, listener)) => {
+            // Read before the edge stores anything: its store is empty, so the purges recorded
+            // so far have nothing to remove, and every later one is followed.
+            let purges_seen = basalt_storage::apply::cache::last_purge(&api.store)
+                .map_err(|e| io("reading the purge table")(e.into()))?;
+            let follower = tokio::spawn(crate::edge::purges::follow(
+                Arc::clone(&edge),
+                api.store.clone(),
+                api.applied.clone(),
+                purges_seen,
+                stop_rx.clone(),
+            ));
+            let task = tokio::spawn(crate::edge::serve(
+                listener,
+                Arc::clone(&edge),
+                wait_stop(stop_rx.clone()),
+            ));
+            Some((edge, task, follower))
+        }
+        None => None,
+    };
+    let edge = edge_task.as_ref().map(|(edge, _, _)| Arc::clone(edge));
 
     let http_task = match config.http {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(io(format!("binding HTTP on {addr}")))?;
-            let router = crate::http::router(api.clone(), config.allow_clock_control, edge.clone());
+            let router = crate::http::router(
+                api.clone(),
+                config.allow_clock_control,
+                edge.clone(),
+                Arc::new(config.peer_routes.clone()),
+            );
             let stop = wait_stop(stop_rx.clone());
             Some(tokio::spawn(async move {
                 if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(stop).await {
@@ -234,6 +254,11 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
     .max_decoding_message_size(crate::limits::FEED_MESSAGE_BYTES_MAX)
     .max_encoding_message_size(crate::limits::FEED_MESSAGE_BYTES_MAX);
 
+    let cache_service = crate::api::cache::CacheService {
+        api: api.clone(),
+        edge: edge.clone(),
+        routes: Arc::new(config.peer_routes.clone()),
+    };
     tracing::info!(id = config.id, listen = %config.listen, data_dir = %config.data_dir.display(), "node serving");
     // Client requests are bounded so that one, or a merge of them, always fits a log entry.
     use basalt_storage::limits::CLIENT_MESSAGE_BYTES_MAX;
@@ -249,6 +274,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         .add_service(StreamServer::new(api.clone()).max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX))
         .add_service(PubSubServer::new(api.clone()).max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX))
         .add_service(ClusterServer::new(api.clone()).max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX))
+        .add_service(CacheServer::new(cache_service).max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX))
         .add_service(feed_receiver)
         .serve_with_shutdown(config.listen, wait_stop(stop_rx.clone()))
         .await;
@@ -262,8 +288,9 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
     if let Some(task) = http_task {
         let _ = task.await;
     }
-    if let Some((_, task)) = edge_task {
+    if let Some((_, task, follower)) = edge_task {
         let _ = task.await;
+        follower.abort();
     }
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(error = %e, "raft shutdown");

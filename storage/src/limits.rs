@@ -82,3 +82,9 @@ pub const KV_HISTORY_REVISIONS_DEFAULT: u64 = 100_000;
 const _: () = assert!(BATCH_BYTES_MAX + BATCH_ITEMS_MAX * 64 < RECORD_BYTES_MAX as usize);
 const _: () = assert!(RECORD_VALUE_BYTES_MAX <= BATCH_BYTES_MAX);
 const _: () = assert!(NAME_BYTES_MAX <= u8::MAX as usize);
+
+/// The longest purge target (a URL, a prefix or a tag) in bytes.
+pub const PURGE_TARGET_BYTES_MAX: usize = 8 * 1024;
+/// The purges a region keeps in its purge table for the nodes' edges to follow. An edge that
+/// falls further behind (a node down for a while, a snapshot install) forgets its whole cache.
+pub const CACHE_PURGES_KEPT_MAX: u64 = 4096;

@@ -56,6 +56,8 @@ pub struct TestCluster {
     peers: String,
     options: ClusterOptions,
     binary: PathBuf,
+    /// Each node's edge-cache listener, when [`TestCluster::enable_edges`] gave it one.
+    edges: BTreeMap<u64, PortReservation>,
 }
 
 impl TestCluster {
@@ -87,7 +89,25 @@ impl TestCluster {
             peers,
             options,
             binary: binary.into(),
+            edges: BTreeMap::new(),
         }
+    }
+
+    /// Gives every planned node an edge-cache listener of its own (`--edge-listen`), serving
+    /// paths from `origins` (`PREFIX=URL`, as `--origin` takes them). Call before launching.
+    pub fn enable_edges(&mut self, origins: &[String]) {
+        for id in self.specs.keys() {
+            self.edges
+                .insert(*id, local_ports::reserve().expect("reserve an edge port"));
+        }
+        for origin in origins {
+            self.options.extra_args.extend(["--origin".to_string(), origin.clone()]);
+        }
+    }
+
+    /// Node `id`'s edge-cache address (see [`TestCluster::enable_edges`]).
+    pub fn edge(&self, id: u64) -> std::net::SocketAddr {
+        self.edges.get(&id).expect("the node has an edge listener").addr()
     }
 
     /// More `basalt start` arguments for every node started from now on.
@@ -168,6 +188,9 @@ impl TestCluster {
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log);
+        if let Some(edge) = self.edges.get(&id) {
+            command.args(["--edge-listen", &edge.addr().to_string()]);
+        }
         if init {
             command.arg("--init");
         }

@@ -28,6 +28,12 @@ pub struct TestRegions {
 impl TestRegions {
     /// Starts every region; all traffic between regions crosses `links` (healthy at first).
     pub async fn start(binary: &str, specs: Vec<RegionSpec>) -> TestRegions {
+        Self::start_with(binary, specs, |_| {}).await
+    }
+
+    /// [`TestRegions::start`], with `prepare` called on each region's cluster before it launches
+    /// (to give its nodes edge listeners, say).
+    pub async fn start_with(binary: &str, specs: Vec<RegionSpec>, prepare: impl Fn(&mut TestCluster)) -> TestRegions {
         let links = Links::new();
         let mut clusters: Vec<TestCluster> = specs
             .iter()
@@ -69,6 +75,7 @@ impl TestRegions {
             clusters[a].push_args(args);
         }
         for cluster in &mut clusters {
+            prepare(cluster);
             cluster.launch();
         }
         TestRegions {

@@ -39,7 +39,8 @@ struct Seen {
 /// - `/nostore/*`: `no-store`;
 /// - `/vary/*`: `max-age=60`, `Vary: Accept-Encoding`, body = the request's Accept-Encoding;
 /// - `/missing/*`: 404 with no caching headers;
-/// - `/hang/*`: answers after 5 s.
+/// - `/hang/*`: answers after 5 s;
+/// - `/tagged/TAG/*`: `max-age=60`, `Surrogate-Key: TAG`.
 struct Origin {
     addr: SocketAddr,
     seen: Arc<Mutex<Seen>>,
@@ -161,6 +162,10 @@ async fn answer(
             )
         }
         "missing" => reply(404, &[], "not here".into()),
+        "tagged" => {
+            let tag = path.split('/').nth(2).unwrap_or("none").to_owned();
+            reply(200, &[("cache-control", "max-age=60"), ("surrogate-key", &tag)], path)
+        }
         "hang" => {
             tokio::time::sleep(Duration::from_secs(5)).await;
             reply(200, &[("cache-control", "max-age=60")], path)
@@ -611,5 +616,209 @@ fn private_failures_are_not_shared_and_a_revoked_object_is_dropped() {
             (after.status, after.header("x-cache")),
             (StatusCode::FORBIDDEN, "BYPASS")
         );
+    });
+}
+
+/// A GET of `path` on every edge, warmed until each serves it as a HIT.
+async fn warm(client: &HttpClient, edges: &[SocketAddr], path: &str) {
+    for edge in edges {
+        get(client, *edge, path, &[]).await;
+        let again = get(client, *edge, path, &[]).await;
+        assert_eq!(again.header("x-cache"), "HIT", "{path} on {edge}");
+    }
+}
+
+/// What each edge answers for `path` now, in order.
+async fn cache_states(client: &HttpClient, edges: &[SocketAddr], path: &str) -> Vec<String> {
+    let mut states = Vec::new();
+    for edge in edges {
+        states.push(get(client, *edge, path, &[]).await.header("x-cache").to_owned());
+    }
+    states
+}
+
+/// A plain HTTP request to a node's admin listener; the status and body.
+async fn admin(client: &HttpClient, http: &str, method: &str, path_and_query: &str) -> (StatusCode, String) {
+    let request = Request::builder()
+        .method(method)
+        .uri(format!("http://{http}{path_and_query}"))
+        .body(Empty::new())
+        .expect("request");
+    let response = client.request(request).await.expect("admin request");
+    let status = response.status();
+    let body = response.into_body().collect().await.expect("body").to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// A purge returns once every node of the region has applied it: right after, no node serves
+/// what it matched from its store, and everything else is still a HIT. Purges by tag (SDK), by
+/// prefix (the HTTP endpoint of a follower, handed to the leader), by URL; a purge of nothing
+/// cached succeeds; bad purges are refused; a node that is down is named, not waited for.
+#[test]
+fn a_purge_is_applied_on_every_node_of_the_region_before_it_returns() {
+    runtime().block_on(async {
+        let origin = Origin::start().await;
+        let mut cluster = TestCluster::plan(NODE, ClusterOptions::default());
+        cluster.enable_edges(&[format!("/=http://{}", origin.addr)]);
+        cluster.launch();
+        let edges: Vec<SocketAddr> = (1..=3).map(|id| cluster.edge(id)).collect();
+        let sdk = cluster.client().await;
+        let http = client();
+
+        let (tagged, other_tag, plain) = ("/tagged/product-42/a", "/tagged/product-7/a", "/assets/app.js");
+        for path in [tagged, other_tag, plain] {
+            warm(&http, &edges, path).await;
+        }
+        let receipt = sdk.cache().purge_tag("Product-42").await.expect("purge by tag");
+        assert!(receipt.complete(), "{receipt:?}");
+        assert_eq!(receipt.applied.len(), 3, "{receipt:?}");
+        assert_eq!(cache_states(&http, &edges, tagged).await, ["MISS", "MISS", "MISS"]);
+        assert_eq!(cache_states(&http, &edges, other_tag).await, ["HIT", "HIT", "HIT"]);
+        assert_eq!(cache_states(&http, &edges, plain).await, ["HIT", "HIT", "HIT"]);
+
+        // By prefix, through a follower's HTTP endpoint (any node takes it).
+        let leader = sdk.cluster_status().await.expect("status").node_id;
+        let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+        let (code, body) = admin(
+            &http,
+            &cluster.specs[&follower].http,
+            "DELETE",
+            "/cache?prefix=%2Fassets%2F",
+        )
+        .await;
+        assert_eq!(code, StatusCode::OK, "{body}");
+        assert!(body.starts_with("purged seq=2 applied=1,2,3"), "{body}");
+        assert_eq!(cache_states(&http, &edges, plain).await, ["MISS", "MISS", "MISS"]);
+        assert_eq!(cache_states(&http, &edges, other_tag).await, ["HIT", "HIT", "HIT"]);
+
+        // By URL; and a purge of what nobody cached changes nothing and succeeds.
+        let receipt = sdk.cache().purge_url(other_tag).await.expect("purge by url");
+        assert_eq!(receipt.seq, 3);
+        assert_eq!(cache_states(&http, &edges, other_tag).await, ["MISS", "MISS", "MISS"]);
+        assert!(sdk.cache().purge_url("/never/cached").await.expect("purge").complete());
+        assert_eq!(cache_states(&http, &edges, other_tag).await, ["HIT", "HIT", "HIT"]);
+
+        // Bad purges: typed refusals, nothing recorded.
+        let refused = sdk
+            .cache()
+            .purge_tag("two words")
+            .await
+            .expect_err("a tag with a space");
+        assert!(refused.to_string().contains("visible ASCII"), "{refused}");
+        let refused = sdk.cache().purge_prefix("assets/").await.expect_err("not a path");
+        assert!(refused.to_string().contains("starting with '/'"), "{refused}");
+        let (code, body) = admin(&http, &cluster.specs[&leader].http, "DELETE", "/cache?everything=false").await;
+        assert_eq!(code, StatusCode::BAD_REQUEST, "{body}");
+        let (code, _) = admin(&http, &cluster.specs[&leader].http, "POST", "/cache?everything").await;
+        assert_eq!(
+            code,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "a cross-site form can POST; it cannot DELETE"
+        );
+
+        // Counters of every node, summed by the CLI.
+        let stats = sdk.cache().stats().await.expect("stats");
+        assert_eq!(stats.len(), 3);
+        assert!(
+            stats.iter().all(|n| n.edge && n.hits >= 3 && n.purges_applied == 4),
+            "{stats:?}"
+        );
+
+        // A node that is down: the purge is committed and applied on the others, and the
+        // receipt names the missing node instead of claiming the purge complete.
+        cluster.kill(follower);
+        let receipt = sdk
+            .cache()
+            .purge(basalt_client::PurgeTarget::Everything, Some(Duration::from_secs(1)))
+            .await
+            .expect("purge everything");
+        assert!(!receipt.complete());
+        assert_eq!(
+            receipt.lagging.iter().map(|l| l.node_id).collect::<Vec<_>>(),
+            [follower]
+        );
+        assert_eq!(receipt.applied.len(), 2, "{receipt:?}");
+        let live: Vec<SocketAddr> = (1..=3)
+            .filter(|id| *id != follower)
+            .map(|id| cluster.edge(id))
+            .collect();
+        assert_eq!(cache_states(&http, &live, other_tag).await, ["MISS", "MISS"]);
+    });
+}
+
+/// A purge made in one region reaches the other through the feed over a simulated link: while
+/// the link is cut the other region still serves its copy (and us's status shows the purge
+/// pending there); once the link heals and the purge has reached it, none of its nodes serves
+/// the object from its store, and eu's status shows how long the purge took to arrive.
+#[test]
+fn a_purge_by_tag_reaches_every_node_of_another_region() {
+    use basalt_testkit::regions::{RegionSpec, TestRegions};
+
+    runtime().block_on(async {
+        let origin = Origin::start().await;
+        let origins = [format!("/=http://{}", origin.addr)];
+        let specs = vec![
+            RegionSpec {
+                name: "us",
+                nodes: 1,
+                extra_args: Vec::new(),
+            },
+            RegionSpec {
+                name: "eu",
+                nodes: 2,
+                extra_args: Vec::new(),
+            },
+        ];
+        let regions = TestRegions::start_with(NODE, specs, |cluster| cluster.enable_edges(&origins)).await;
+        let us_edges = [regions.cluster("us").edge(1)];
+        let eu_edges: Vec<SocketAddr> = (1..=2).map(|id| regions.cluster("eu").edge(id)).collect();
+        let us = regions.client("us").await;
+        regions.client("eu").await; // eu has a leader
+        let http = client();
+        let (tagged, untagged) = ("/tagged/sale/banner.png", "/tagged/other/logo.png");
+        for path in [tagged, untagged] {
+            warm(&http, &us_edges, path).await;
+            warm(&http, &eu_edges, path).await;
+        }
+
+        regions.partition_all();
+        let receipt = us.cache().purge_tag("sale").await.expect("purge in us");
+        assert!(receipt.complete(), "{receipt:?}");
+        assert_eq!(cache_states(&http, &us_edges, tagged).await, ["MISS"]);
+        // Not delivered yet: eu still serves its copy; us knows the purge is pending there.
+        assert_eq!(cache_states(&http, &eu_edges, tagged).await, ["HIT", "HIT"]);
+        let pending = regions.status("us").await.expect("us status");
+        let to_eu = pending.links.iter().find(|l| l.region == "eu").expect("link to eu");
+        assert_eq!(to_eu.purges_pending, Some(1), "{to_eu:?}");
+
+        regions.links.heal_cuts();
+        regions.links.heal_all();
+        let eu = regions.cluster("eu");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while (1..=2).any(|id| eu.metric(id, "basalt_edge_purges_applied") < 1) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the purge never reached eu's edges"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(cache_states(&http, &eu_edges, tagged).await, ["MISS", "MISS"]);
+        assert_eq!(cache_states(&http, &eu_edges, untagged).await, ["HIT", "HIT"]);
+        let status = regions.status("eu").await.expect("eu status");
+        let from_us = status.links.iter().find(|l| l.region == "us").expect("link from us");
+        assert!(from_us.last_purge_lag_ms.is_some(), "{from_us:?}");
+        // eu acknowledges what it merged with its next answer to us's shipper.
+        loop {
+            let acked = regions.status("us").await.expect("us status");
+            let to_eu = acked.links.iter().find(|l| l.region == "eu").expect("link to eu");
+            if to_eu.purges_pending == Some(0) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "eu never acknowledged the purge: {to_eu:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     });
 }

@@ -254,6 +254,13 @@ async fn status(file: &serde_json::Value) -> Result<(), String> {
                 link.incoming_lag_max_ms,
                 link.incoming_samples
             );
+            println!(
+                "     purges: {} pending there (oldest {} ms)  last from there arrived after {}",
+                super::show_optional(link.purges_pending),
+                super::show_optional(link.purge_pending_ms),
+                link.last_purge_lag_ms
+                    .map_or_else(|| "-".into(), |ms| format!("{ms} ms"))
+            );
         }
         digests.push(Some(answer.digest));
     }

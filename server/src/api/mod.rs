@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod cache;
 mod cluster;
 mod counter;
 mod kv;
@@ -132,6 +133,7 @@ pub(crate) fn op_error_code(e: &OpError) -> ErrorCode {
         OpError::Region(RegionError::InvalidTopology { .. }) => ErrorCode::InvalidTopology,
         OpError::Region(RegionError::UnknownRegion { .. }) => ErrorCode::UnknownRegion,
         OpError::Kv(KvError::DuplicateKey { .. }) => ErrorCode::InvalidArgument,
+        OpError::Cache(_) => ErrorCode::InvalidArgument,
         // Only a leader builds merged entries; a client cannot send one.
         OpError::Kv(KvError::NotMergeable { .. }) => ErrorCode::Internal,
     }

@@ -2,11 +2,13 @@
 //! node to the origin that serves the path, answered from the node's object store when the
 //! caching rules allow. The rules and the store are `basalt-edge`'s; this module does the I/O:
 //! accepting connections ([`serve`]), fetching origins ([`origin`]), coalescing concurrent misses
-//! into one fetch ([`flight`]) and answering ([`handler`]).
+//! into one fetch ([`flight`]), answering ([`handler`]) and applying the region's purges
+//! ([`purges`]).
 
 pub mod flight;
 pub mod handler;
 pub mod origin;
+pub mod purges;
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,6 +33,9 @@ pub struct Edge {
     pub flights: Arc<flight::Flights<handler::Outcome>>,
     pub policy: StorePolicy,
     pub stats: EdgeStats,
+    /// The last purge of the region's purge table this node's store has applied
+    /// ([`purges::follow`]).
+    pub purges_applied: tokio::sync::watch::Sender<u64>,
 }
 
 /// What `/metrics` and `basalt cache stats` report, counted since the node started.
@@ -45,9 +50,34 @@ pub struct EdgeStats {
     pub origin_errors: AtomicU64,
 }
 
+/// [`EdgeStats`] read at one moment (each counter on its own: they may be a request apart).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EdgeCounts {
+    pub hits: u64,
+    pub misses: u64,
+    pub stale: u64,
+    pub revalidated: u64,
+    pub bypass: u64,
+    pub origin_fetches: u64,
+    pub origin_errors: u64,
+}
+
 impl EdgeStats {
     pub(crate) fn count(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> EdgeCounts {
+        let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        EdgeCounts {
+            hits: read(&self.hits),
+            misses: read(&self.misses),
+            stale: read(&self.stale),
+            revalidated: read(&self.revalidated),
+            bypass: read(&self.bypass),
+            origin_fetches: read(&self.origin_fetches),
+            origin_errors: read(&self.origin_errors),
+        }
     }
 }
 
@@ -66,6 +96,7 @@ impl Edge {
                 negative_ttl: Duration::from_millis(config.negative_ttl_ms),
             },
             stats: EdgeStats::default(),
+            purges_applied: tokio::sync::watch::Sender::new(0),
         }))
     }
 }

@@ -337,10 +337,11 @@ pub async fn status(api: &Api, with_digest: bool) -> Result<basalt_client::pb::R
         });
     };
     let store = api.store.clone();
-    let (trimmed, sources, digest, tombstones) = tokio::task::spawn_blocking(move || {
+    let (trimmed, sources, digest, tombstones, purges) = tokio::task::spawn_blocking(move || {
         let view = store.view();
         let trimmed = feed_trimmed_upto(&view)?;
         let sources = source_states(&view)?;
+        let purges = basalt_storage::apply::cache::kept_purges(&view)?;
         let (digest, tombstones) = if with_digest {
             (
                 basalt_storage::apply::replication::digest(&view)?.to_hex(),
@@ -349,7 +350,7 @@ pub async fn status(api: &Api, with_digest: bool) -> Result<basalt_client::pb::R
         } else {
             (String::new(), 0)
         };
-        Ok::<_, basalt_storage::state::StoreError>((trimmed, sources, digest, tombstones))
+        Ok::<_, basalt_storage::state::StoreError>((trimmed, sources, digest, tombstones, purges))
     })
     .await
     .map_err(|e| crate::api::status(ErrorCode::Internal, e.to_string()))?
@@ -374,6 +375,21 @@ pub async fn status(api: &Api, with_digest: bool) -> Result<basalt_client::pb::R
             .map_or(0, |(_, s)| s.applied_upto);
         let (p50, p99, max, samples) = repl.incoming_lag(remote.id);
         let leader = api.raft.is_leader();
+        // Purges made here that region has not acknowledged (its acknowledgement is of feed
+        // positions: this region's log indexes), and the last purge merged from it.
+        use basalt_storage::apply::cache::PurgeSource;
+        // Until that region acknowledges something to this leader (just after it took over),
+        // the feed's trimmed position is what every region is known to have.
+        let purges_acked = out.acked_upto.unwrap_or(trimmed);
+        let pending: Vec<_> = purges
+            .iter()
+            .filter(|(_, p)| p.source == PurgeSource::Local && p.index > purges_acked)
+            .collect();
+        let purge_pending_ms = pending.first().map_or(0, |(_, p)| now_ms.saturating_sub(p.at_ms));
+        let last_purge_lag_ms = purges.iter().rev().find_map(|(_, p)| match p.source {
+            PurgeSource::Merged(origin) if origin.region == remote.id => Some(p.at_ms.saturating_sub(origin.at_ms)),
+            _ => None,
+        });
         links.push(pb::RegionLink {
             region: remote.name.clone(),
             region_id: remote.id.into(),
@@ -398,6 +414,9 @@ pub async fn status(api: &Api, with_digest: bool) -> Result<basalt_client::pb::R
             incoming_lag_p99_ms: p99,
             incoming_lag_max_ms: max,
             incoming_samples: samples,
+            purges_pending: leader.then_some(pending.len() as u64),
+            purge_pending_ms: leader.then_some(purge_pending_ms),
+            last_purge_lag_ms,
         });
     }
     Ok(pb::RegionsResponse {

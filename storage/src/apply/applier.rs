@@ -3,7 +3,8 @@
 //! data type's file, staged so that a refusal keeps none of its writes.
 
 use super::{
-    corrupt, counter, group, kv, lease, ledger, queue, rate, replication, session, stream, topology, View, WriteSet,
+    cache, corrupt, counter, group, kv, lease, ledger, queue, rate, replication, session, stream, topology, View,
+    WriteSet,
 };
 use crate::command::{Command, Fence, KvOp, Op, OpError, RegionError, RegionOp, Response, Session};
 use crate::hlc::HlcStamp;
@@ -258,6 +259,7 @@ fn apply_op<S: StoreRead>(view: &mut View<'_, S>, ctx: OpContext, op: &Op) -> Re
         Op::Ledger(op) => ledger::apply_op(view, ctx, op)?,
         Op::Queue(op) => queue::apply_op(view, ctx, op)?,
         Op::Stream(op) => stream::apply_op(view, ctx, op)?,
+        Op::Cache(op) => cache::apply_op(view, ctx, op)?,
         Op::Group(op) => group::apply_op(view, ctx, op)?,
         Op::Region(op) => replication::apply_op(view, ctx, op)?,
         Op::SessionSweep { idle_ms, after, limit } => session::sweep_idle(view, ctx.now_ms, *idle_ms, *after, *limit)?,

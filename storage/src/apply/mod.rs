@@ -15,6 +15,7 @@ macro_rules! refuse_on_err {
     };
 }
 
+pub mod cache;
 pub mod counter;
 pub mod group;
 pub mod kv;

@@ -12,7 +12,7 @@ use super::counter::{decode_pn, encode_pn};
 use super::kv::{store_tombstone, store_value, tombstone};
 use super::stream::{mirror_key, topic_of_key, MIRRORED_TABLES};
 use super::{decode, load, named, save, OpContext, RegionRole, View, WriteSet};
-use crate::command::{KvOp, Op, OpError, RegionError, RegionOp, Response};
+use crate::command::{CacheOp, KvOp, Op, OpError, RegionError, RegionOp, Response};
 use crate::state::{KeyRange, KvRecord, StoreError, StoreRead, Table};
 use crate::stream::{is_mirror_name, TopicConfig};
 
@@ -80,7 +80,14 @@ pub(crate) fn record_feed<S: StoreRead + ?Sized>(
     let merged_types = op.replicates();
     let homed_rows = role.is_home();
     let mut effects = Vec::new();
+    if let Op::Cache(CacheOp::Purge { target }) = op {
+        // The purge itself, not its row: the receiver numbers it in its own purge table.
+        effects.push(Effect::CachePurge { target: target.clone() });
+    }
     for (table, key, value) in staged.iter() {
+        if table == Table::CachePurge {
+            continue;
+        }
         if MIRRORED_TABLES.contains(&table) {
             if let Some(effect) = mirror_row(before, staged, role, table, key, value)? {
                 effects.push(effect);
@@ -227,9 +234,11 @@ pub(crate) fn apply_remote<S: StoreRead>(
                 }
                 continue;
             }
-            Effect::Kv { .. } | Effect::Counter { .. } | Effect::EscrowGiven { .. } | Effect::RateWindow { .. } => {
-                continue
-            }
+            Effect::Kv { .. }
+            | Effect::Counter { .. }
+            | Effect::EscrowGiven { .. }
+            | Effect::RateWindow { .. }
+            | Effect::CachePurge { .. } => continue,
         };
         if !source_is_home(region, batch.source) {
             return Ok(Response::Refused(OpError::Region(RegionError::RowsFromNonHome {
@@ -251,6 +260,25 @@ pub(crate) fn apply_remote<S: StoreRead>(
         }
         for effect in &entry.effects {
             if batch.resync && resync_effect_merged_before(effect, state.frontier) {
+                continue;
+            }
+            if let Effect::CachePurge { target } = effect {
+                use super::cache::{PurgeOrigin, PurgeSource};
+                let source = match batch.resync {
+                    true => PurgeSource::Resync { region: batch.source },
+                    false => PurgeSource::Merged(PurgeOrigin {
+                        region: batch.source,
+                        index: entry.index,
+                        at_ms: crate::hlc::HlcStamp(entry.stamp).physical_ms(),
+                    }),
+                };
+                // A purge this build would refuse (another build's limits) still purges: too
+                // much is safe, too little is not.
+                let target = match super::cache::validate_purge(target) {
+                    Ok(()) => target.clone(),
+                    Err(_) => basalt_replication::PurgeTarget::Everything,
+                };
+                super::cache::record(view, index, now_ms, target, source)?;
                 continue;
             }
             merge_effect(view, index, now_ms, effect)?;
@@ -361,6 +389,8 @@ fn merge_effect<S: StoreRead>(
                 None => view.delete(table, key.clone()),
             }
         }
+        // Recorded by `apply_remote`, which knows the entry it came in.
+        Effect::CachePurge { .. } => {}
         Effect::RowsReset => {
             for table in Table::HOMED {
                 for (key, _) in view.scan(table, &KeyRange::all(), usize::MAX)? {
@@ -824,14 +854,18 @@ pub fn resync_tables(role: RegionRole) -> Vec<Table> {
     tables
 }
 
-/// What opens a full re-sync from `role`'s region: from the home, the receiver's copy of homed
-/// data is rebuilt from nothing.
+/// What opens a full re-sync from `role`'s region: a purge of every edge cache of the receiver;
+/// from the home, also the receiver's copy of homed data is rebuilt from nothing.
 pub fn resync_opening(role: RegionRole) -> Vec<Effect> {
+    // Purges trimmed from the feed before the receiver got them are lost: its edges forget
+    // everything rather than serve what one of them removed.
+    let mut opening = vec![Effect::CachePurge {
+        target: basalt_replication::PurgeTarget::Everything,
+    }];
     if role.is_home() {
-        vec![Effect::RowsReset]
-    } else {
-        Vec::new()
+        opening.push(Effect::RowsReset);
     }
+    opening
 }
 
 /// A fingerprint of this region's replicated state: KV values with their version and expiry,

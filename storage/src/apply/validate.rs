@@ -1,8 +1,8 @@
 //! Validation of an op before it is proposed: every bad input refused here with a typed
 //! [`OpError`], so nothing that apply would refuse for its shape reaches the log.
 
-use super::{counter, group, kv, lease, queue, rate, stream, topology};
-use crate::command::{GroupOp, KvOp, LeaseOp, LedgerOp, Op, OpError, QueueOp, RateOp, RegionOp, StreamOp};
+use super::{cache, counter, group, kv, lease, queue, rate, stream, topology};
+use crate::command::{CacheOp, GroupOp, KvOp, LeaseOp, LedgerOp, Op, OpError, QueueOp, RateOp, RegionOp, StreamOp};
 use crate::limits::{BATCH_ITEMS_MAX, KEY_BYTES_MAX};
 
 /// Checks a batch's size: non-empty, at most [`BATCH_ITEMS_MAX`].
@@ -48,6 +48,7 @@ pub fn validate_op(op: &Op) -> Result<(), OpError> {
             parts.iter().try_for_each(|part| validate_op(&part.op))
         }
         Op::Counter { ops } => counter::validate(ops),
+        Op::Cache(CacheOp::Purge { target }) => cache::validate_purge(target),
         Op::Region(RegionOp::Topology { change }) => topology::validate(change),
         Op::Rate(RateOp::Check { checks }) => rate::validate(checks),
         Op::Lease(LeaseOp::Acquire { name, holder, ttl_ms }) => lease::validate(name, holder, *ttl_ms),

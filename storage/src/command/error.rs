@@ -6,7 +6,7 @@ use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 
-use super::{CounterError, KvError, LeaseError, QueueError, RegionError, StreamError};
+use super::{CacheError, CounterError, KvError, LeaseError, QueueError, RegionError, StreamError};
 
 /// Why an operation was refused. Refusals are deterministic results, applied identically on every
 /// replica, and change nothing.
@@ -58,4 +58,6 @@ pub enum OpError {
     Stream(#[from] StreamError),
     #[error(transparent)]
     Region(#[from] RegionError),
+    #[error(transparent)]
+    Cache(#[from] CacheError),
 }

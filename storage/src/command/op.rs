@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{CounterOp, GroupOp, KvOp, LeaseOp, LedgerOp, QueueOp, RateOp, RegionOp, StreamOp};
+use super::{CacheOp, CounterOp, GroupOp, KvOp, LeaseOp, LedgerOp, QueueOp, RateOp, RegionOp, StreamOp};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
@@ -37,6 +37,7 @@ pub enum Op {
     /// read that finds a TTL key or lease expired by the leader's clock but not yet by the
     /// applied time, so that expiry is in the log and never undone by a later read elsewhere.
     ClockTick,
+    Cache(CacheOp),
 }
 
 impl Op {
@@ -57,6 +58,9 @@ impl Op {
             Op::Kv(op) => op.replicates(),
             Op::Counter { .. } => true,
             Op::Rate(op) => op.replicates(),
+            // A purge made here goes to every region; one merged from elsewhere is not an
+            // `Op::Cache` and is not shipped again.
+            Op::Cache(CacheOp::Purge { .. }) => true,
             _ => false,
         }
     }
@@ -88,6 +92,7 @@ impl std::fmt::Display for Op {
                 write!(f, "session sweep (idle {idle_ms} ms, after {after:?}, limit {limit})")
             }
             Op::ClockTick => write!(f, "clock tick"),
+            Op::Cache(op) => op.fmt(f),
         }
     }
 }

@@ -80,6 +80,11 @@ pub enum Response {
     KvMerged(Vec<Response>),
     /// A region topology change took effect: the topology now in force.
     Topology(crate::apply::topology::RegionTopology),
+    /// A purge was recorded as the region's purge number `seq`: once a node's edge has followed
+    /// the purge table to `seq`, it no longer serves what the purge matches.
+    CachePurged {
+        seq: u64,
+    },
 }
 
 impl std::fmt::Display for Response {

@@ -82,10 +82,14 @@ pub enum Table {
     RateGlobalExpiry,
     /// Counter key -> escrow its regions gave each other ([`basalt_replication::EscrowTransfers`]).
     CounterEscrow,
+    /// Purge number (u64 BE) -> an edge-cache purge ([`crate::apply::cache::PurgeRecord`]): the
+    /// last [`crate::limits::CACHE_PURGES_KEPT_MAX`] purges made in or merged into this region,
+    /// which every node's edge follows.
+    CachePurge,
 }
 
 impl Table {
-    pub const ALL: [Table; 34] = [
+    pub const ALL: [Table; 35] = [
         Table::Meta,
         Table::Kv,
         Table::KvExpiry,
@@ -120,6 +124,7 @@ impl Table {
         Table::RateGlobal,
         Table::RateGlobalExpiry,
         Table::CounterEscrow,
+        Table::CachePurge,
     ];
 
     /// Whether rows are built by appending within one entry (see `WriteSet::append`): the KV
@@ -164,6 +169,7 @@ impl Table {
             Table::RateGlobal => "rate_global",
             Table::RateGlobalExpiry => "rate_global_expiry",
             Table::CounterEscrow => "counter_escrow",
+            Table::CachePurge => "cache_purge",
         }
     }
 

@@ -97,7 +97,14 @@ impl RocksStore {
     /// Opens a checkpoint directory read-only (for snapshot install).
     pub fn open_read_only(path: impl AsRef<Path>) -> Result<RocksStore, StoreError> {
         let path = path.as_ref().to_path_buf();
-        let names = Table::ALL.iter().map(|t| t.name());
+        // A checkpoint written by an earlier build of this data format may lack the tables added
+        // since (they were empty there): only the ones it holds are opened, and the install
+        // reads a missing one as empty.
+        let present = DB::list_cf(&Options::default(), &path).map_err(rocks("list column families"))?;
+        let names = Table::ALL
+            .iter()
+            .map(|t| t.name())
+            .filter(|name| present.iter().any(|p| p == name));
         let db =
             DB::open_cf_for_read_only(&Options::default(), &path, names, false).map_err(rocks("open read-only"))?;
         Ok(RocksStore {
@@ -255,7 +262,10 @@ impl RocksStore {
                     write(&mut batch, &mut batch_bytes, false)?;
                 }
             }
-            for item in source.db.iterator_cf(source.cf(table), IteratorMode::Start) {
+            let Some(source_cf) = source.db.cf_handle(table.name()) else {
+                continue; // a table the snapshot's build did not have: empty there
+            };
+            for item in source.db.iterator_cf(source_cf, IteratorMode::Start) {
                 let (key, value) = item.map_err(rocks("iterate snapshot"))?;
                 batch_bytes += key.len() + value.len();
                 batch.put_cf(self.cf(table), key, value);
@@ -549,6 +559,29 @@ mod install_tests {
         let source = filled(dir.path(), "source", 200, "new");
         target.replace_in_batches(&source, 4096, None).expect("install");
         assert_eq!(everything(&target), everything(&source));
+    }
+
+    /// A checkpoint of an earlier build of this data format, which had no `cache_purge` table,
+    /// installs: the table it lacks is read as empty.
+    #[test]
+    fn a_checkpoint_without_a_newer_table_installs_as_if_it_were_empty() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let old_build = dir.path().join("old-build");
+        {
+            let mut options = Options::default();
+            options.create_if_missing(true);
+            options.create_missing_column_families(true);
+            let names = Table::ALL.iter().filter(|t| **t != Table::CachePurge).map(|t| t.name());
+            let db = DB::open_cf(&options, &old_build, names).expect("open as an older build");
+            db.put_cf(db.cf_handle("kv").expect("kv"), b"k", b"v").expect("put");
+        }
+        let target = filled(dir.path(), "target", 10, "old");
+        let mut purge = WriteSet::default();
+        purge.put(Table::CachePurge, 1u64.to_be_bytes().to_vec(), b"p".to_vec());
+        target.commit(&purge).expect("commit");
+        let source = RocksStore::open_read_only(&old_build).expect("open the older checkpoint");
+        target.replace_in_batches(&source, 4096, None).expect("install");
+        assert_eq!(everything(&target), vec![(Table::Kv, (b"k".to_vec(), b"v".to_vec()))]);
     }
 
     /// A crash halfway (here: an injected failure after a few batches) leaves the Meta table,
