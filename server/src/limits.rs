@@ -206,3 +206,7 @@ pub(crate) const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub(crate) const PEER_STATS_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long past its wait a node's answer to another may take to arrive.
 pub(crate) const PEER_REPLY_MARGIN: Duration = Duration::from_millis(500);
+/// Paths the edge remembers as too large to store (streamed through without a first fetch).
+pub(crate) const EDGE_TOO_LARGE_PATHS_MAX: u64 = 10_000;
+/// How long the edge remembers a path as too large to store; after it, one fetch tries again.
+pub(crate) const EDGE_TOO_LARGE_TTL: Duration = Duration::from_secs(60);

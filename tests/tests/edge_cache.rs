@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::channel::Channel;
+use http_body_util::{BodyExt, Either, Empty, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
@@ -40,7 +41,8 @@ struct Seen {
 /// - `/vary/*`: `max-age=60`, `Vary: Accept-Encoding`, body = the request's Accept-Encoding;
 /// - `/missing/*`: 404 with no caching headers;
 /// - `/hang/*`: answers after 5 s;
-/// - `/tagged/TAG/*`: `max-age=60`, `Surrogate-Key: TAG`.
+/// - `/tagged/TAG/*`: `max-age=60`, `Surrogate-Key: TAG`;
+/// - `/large/*`: `max-age=60`, a body of [`LARGE_BODY_BYTES`] (more than the edge stores).
 struct Origin {
     addr: SocketAddr,
     seen: Arc<Mutex<Seen>>,
@@ -64,7 +66,13 @@ impl Origin {
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
                         let (seen, failing) = (Arc::clone(&seen), Arc::clone(&failing));
-                        async move { Ok::<_, std::convert::Infallible>(answer(request, &seen, &failing).await) }
+                        async move {
+                            let response = match request.uri().path().starts_with("/chunked/") {
+                                true => chunked(request.uri().path(), &seen).map(Either::Right),
+                                false => answer(request, &seen, &failing).await.map(Either::Left),
+                            };
+                            Ok::<_, std::convert::Infallible>(response)
+                        }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
@@ -162,6 +170,11 @@ async fn answer(
             )
         }
         "missing" => reply(404, &[], "not here".into()),
+        "large" => {
+            let mut response = reply(200, &[("cache-control", "max-age=60")], String::new());
+            *response.body_mut() = Full::new(large_body());
+            response
+        }
         "tagged" => {
             let tag = path.split('/').nth(2).unwrap_or("none").to_owned();
             reply(200, &[("cache-control", "max-age=60"), ("surrogate-key", &tag)], path)
@@ -176,6 +189,35 @@ async fn answer(
             format!("{path}{}", "x".repeat(1000)),
         ),
     }
+}
+
+/// `/chunked/*`: `max-age=60`, [`large_body`] sent in 1 MiB chunks without a `Content-Length`.
+fn chunked(path: &str, seen: &Mutex<Seen>) -> Response<Channel<Bytes>> {
+    *seen.lock().expect("seen").requests.entry(path.to_owned()).or_default() += 1;
+    let (mut sender, body) = Channel::new(4);
+    tokio::spawn(async move {
+        let body = large_body();
+        for start in (0..body.len()).step_by(1 << 20) {
+            let end = (start + (1 << 20)).min(body.len());
+            if sender.send_data(body.slice(start..end)).await.is_err() {
+                return; // the edge stopped reading
+            }
+        }
+    });
+    let mut response = Response::new(body);
+    response
+        .headers_mut()
+        .insert("cache-control", HeaderValue::from_static("max-age=60"));
+    response
+}
+
+/// Larger than the edge stores (`STORED_OBJECT_BYTES_MAX`, 64 MiB).
+const LARGE_BODY_BYTES: usize = 70 << 20;
+
+fn large_body() -> Bytes {
+    static BODY: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
+    BODY.get_or_init(|| Bytes::from((0..LARGE_BODY_BYTES).map(|i| (i % 251) as u8).collect::<Vec<u8>>()))
+        .clone()
 }
 
 /// A one-node cluster whose edge serves `/` from `origin`, with a 1 s origin timeout.
@@ -820,5 +862,61 @@ fn a_purge_by_tag_reaches_every_node_of_another_region() {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    });
+}
+
+/// An answer larger than the edge stores is streamed through from the origin (not a 502, not
+/// buffered whole, not stored): byte for byte, with its length, on GET and HEAD; after the first,
+/// requests go straight to the origin instead of starting a fetch to store.
+#[test]
+fn an_answer_too_large_to_store_streams_through() {
+    runtime().block_on(async {
+        let origin = Origin::start().await;
+        let (cluster, edge) = edge_node(origin.addr);
+        let (client, edge) = (client(), edge.addr());
+
+        let first = get(&client, edge, "/large/a", &[]).await;
+        assert_eq!((first.status, first.header("x-cache")), (StatusCode::OK, "BYPASS"));
+        assert_eq!(first.header("content-length"), LARGE_BODY_BYTES.to_string());
+        assert!(
+            first.body == large_body(),
+            "the body streamed through whole and unchanged"
+        );
+        // One fetch to store, refused at its head (the length announced is too large), then the
+        // streamed one.
+        assert_eq!(origin.requests("/large/a"), 2);
+
+        let second = get(&client, edge, "/large/a", &[]).await;
+        assert_eq!((second.status, second.header("x-cache")), (StatusCode::OK, "BYPASS"));
+        assert_eq!(second.body.len(), LARGE_BODY_BYTES);
+        assert_eq!(
+            origin.requests("/large/a"),
+            3,
+            "remembered as too large: streamed at once"
+        );
+
+        let head = request(&client, edge, "HEAD", "/large/a", &[]).await;
+        assert_eq!((head.status, head.header("x-cache")), (StatusCode::OK, "BYPASS"));
+        assert!(head.body.is_empty());
+        assert_eq!(head.header("content-length"), LARGE_BODY_BYTES.to_string());
+
+        // Without a length: the fetch to store stops past 64 MiB, the body is fetched again and
+        // streamed through (chunked).
+        let no_length = get(&client, edge, "/chunked/a", &[]).await;
+        assert_eq!(
+            (no_length.status, no_length.header("x-cache")),
+            (StatusCode::OK, "BYPASS")
+        );
+        assert!(
+            no_length.body == large_body(),
+            "the chunked body streamed through whole"
+        );
+        assert_eq!(origin.requests("/chunked/a"), 2);
+
+        assert_eq!(cluster.metric(1, "basalt_edge_objects"), 0);
+        assert_eq!(cluster.metric(1, "basalt_edge_origin_errors_total"), 0);
+        // Small objects are still stored beside it.
+        get(&client, edge, "/plain/small", &[]).await;
+        assert_eq!(get(&client, edge, "/plain/small", &[]).await.header("x-cache"), "HIT");
     });
 }

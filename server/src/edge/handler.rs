@@ -1,8 +1,9 @@
 //! One request of the edge: found fresh → HIT; stale within `stale-while-revalidate` → STALE
 //! and a background revalidation; otherwise revalidated or fetched (coalesced with concurrent
 //! misses of the same object) → REVALIDATED or MISS, or STALE within `stale-if-error` when the
-//! origin fails; not storable → BYPASS. Every answer carries `X-Cache` and, from a stored object,
-//! `Age`.
+//! origin fails; not storable → BYPASS; too large to store (over `STORED_OBJECT_BYTES_MAX`) →
+//! streamed through from the origin, never buffered whole, BYPASS. Every answer carries
+//! `X-Cache` and, from a stored object, `Age`.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -16,10 +17,10 @@ use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::uri::Authority;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{Either, Full};
 
 use super::flight::FlightKey;
-use super::origin::{self, Fetched, OriginError};
+use super::origin::{self, Fetched, OriginError, StreamedBody};
 use super::{Edge, EdgeStats};
 
 /// What a flight brings back: an origin's answer as an object (stored or not), or why there is
@@ -70,8 +71,80 @@ impl XCache {
 
 const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 
+/// The body of an edge answer: whole (from the store, or a small origin answer), or streamed
+/// through from the origin.
+pub type EdgeBody = Either<Full<Bytes>, StreamedBody>;
+
+/// A request whose answer is too large to store: it is streamed through from the origin.
+struct StreamThrough {
+    route: Route,
+    method: Method,
+    path: String,
+    headers: HeaderMap,
+}
+
 /// Answers one request.
-pub async fn handle<B>(edge: &Arc<Edge>, request: Request<B>) -> Response<Full<Bytes>> {
+pub async fn handle<B>(edge: &Arc<Edge>, request: Request<B>) -> Response<EdgeBody> {
+    match respond(edge, request).await {
+        Ok(response) => response.map(Either::Left),
+        Err(through) => stream_through(edge, *through).await,
+    }
+}
+
+/// Streams the origin's answer to `through` to the client (BYPASS), and remembers for a while
+/// that the path is too large to store, so later requests go straight to the origin instead of
+/// each starting a fetch to store first.
+async fn stream_through(edge: &Edge, through: StreamThrough) -> Response<EdgeBody> {
+    edge.too_large.insert(Arc::from(through.path.as_str()), ());
+    EdgeStats::count(&edge.stats.bypass);
+    EdgeStats::count(&edge.stats.origin_fetches);
+    let headers = origin::forwarded_streaming(&through.headers);
+    match edge
+        .origins
+        .fetch_streaming(
+            through.route.index,
+            &through.route.authority,
+            through.method,
+            &through.path,
+            headers,
+        )
+        .await
+    {
+        Ok(response) => {
+            let mut response = response.map(Either::Right);
+            response.headers_mut().insert(X_CACHE, XCache::Bypass.value());
+            response
+        }
+        Err(e) => {
+            EdgeStats::count(&edge.stats.origin_errors);
+            tracing::warn!(error = %e, "edge: origin fetch failed");
+            failure(&e).map(Either::Left)
+        }
+    }
+}
+
+/// A failed fetch's answer, or, when the origin's answer was only too large to store, the
+/// request to stream through instead.
+fn failed(
+    error: OriginError,
+    route: &Route,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+) -> Result<Response<Full<Bytes>>, Box<StreamThrough>> {
+    match error {
+        OriginError::TooLarge { .. } => Err(Box::new(StreamThrough {
+            route: route.clone(),
+            method: method.clone(),
+            path: path.to_owned(),
+            headers: headers.clone(),
+        })),
+        other => Ok(failure(&other)),
+    }
+}
+
+/// Answers one request from the store or through it; `Err` for an answer to stream through.
+async fn respond<B>(edge: &Arc<Edge>, request: Request<B>) -> Result<Response<Full<Bytes>>, Box<StreamThrough>> {
     let (parts, _body) = request.into_parts();
     let method = parts.method;
     if method != Method::GET && method != Method::HEAD {
@@ -83,38 +156,38 @@ pub async fn handle<B>(edge: &Arc<Edge>, request: Request<B>) -> Response<Full<B
         response
             .headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-        return response;
+        return Ok(response);
     }
     if carries_body(&parts.headers) {
-        return plain(
+        return Ok(plain(
             StatusCode::BAD_REQUEST,
             "a GET or HEAD may not carry a body\n",
             XCache::Bypass,
-        );
+        ));
     }
     // Headers the client's Connection names are for this hop only: never keyed, never forwarded.
     let headers = origin::without_hop_by_hop(parts.headers);
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
     if !path.starts_with('/') {
-        return plain(
+        return Ok(plain(
             StatusCode::BAD_REQUEST,
             "the request target must be a path\n",
             XCache::Bypass,
-        );
+        ));
     }
     if has_dot_segment(&path) || has_encoded_separator(&path) {
-        return plain(
+        return Ok(plain(
             StatusCode::BAD_REQUEST,
             "the path may not hold . or .. segments, backslashes or encoded slashes\n",
             XCache::Bypass,
-        );
+        ));
     }
     let Some((index, authority)) = edge.routes.find(&path) else {
-        return plain(
+        return Ok(plain(
             StatusCode::NOT_FOUND,
             &format!("no origin serves {path}\n"),
             XCache::Bypass,
-        );
+        ));
     };
     let route = Route {
         index,
@@ -124,8 +197,8 @@ pub async fn handle<B>(edge: &Arc<Edge>, request: Request<B>) -> Response<Full<B
         // Authenticated requests go to the origin, one by one, and are never stored.
         EdgeStats::count(&edge.stats.bypass);
         return match fetch(edge, &route, &path, origin::forwarded(&headers)).await {
-            Ok(fetched) => pass(fetched, XCache::Bypass),
-            Err(e) => failure(&e),
+            Ok(fetched) => Ok(pass(fetched, XCache::Bypass)),
+            Err(e) => failed(e, &route, &method, &path, &headers),
         };
     }
 
@@ -137,7 +210,7 @@ pub async fn handle<B>(edge: &Arc<Edge>, request: Request<B>) -> Response<Full<B
         Lookup::Found(object) => match object.lifetime.state(object.response_time, now) {
             State::Fresh => {
                 EdgeStats::count(&edge.stats.hits);
-                answer(&object, XCache::Hit, &method, &headers, now)
+                Ok(answer(&object, XCache::Hit, &method, &headers, now))
             }
             State::Stale {
                 while_revalidating: true,
@@ -157,13 +230,13 @@ pub async fn handle<B>(edge: &Arc<Edge>, request: Request<B>) -> Response<Full<B
                     );
                     tokio::spawn(task);
                 }
-                answer(&object, XCache::Stale, &method, &headers, now)
+                Ok(answer(&object, XCache::Stale, &method, &headers, now))
             }
             State::Stale { .. } => {
                 let outcome = refresh(
                     Arc::clone(edge),
-                    route,
-                    path,
+                    route.clone(),
+                    path.clone(),
                     headers.clone(),
                     Some(Arc::clone(&object)),
                     ticket,
@@ -178,26 +251,46 @@ pub async fn handle<B>(edge: &Arc<Edge>, request: Request<B>) -> Response<Full<B
                 match outcome {
                     Ok(landed) if on_error && is_origin_failure(landed.object.status) => {
                         EdgeStats::count(&edge.stats.stale);
-                        answer(&object, XCache::Stale, &method, &headers, now)
+                        Ok(answer(&object, XCache::Stale, &method, &headers, now))
                     }
-                    Ok(landed) => answer_landed(edge, &landed, &method, &headers, now),
+                    Ok(landed) => Ok(answer_landed(edge, &landed, &method, &headers, now)),
+                    Err(e @ OriginError::TooLarge { .. }) => {
+                        // The origin's object outgrew the store: the small copy must go too.
+                        edge.store.remove(&path, &headers);
+                        failed(e, &route, &method, &path, &headers)
+                    }
                     Err(_) if on_error => {
                         EdgeStats::count(&edge.stats.stale);
-                        answer(&object, XCache::Stale, &method, &headers, now)
+                        Ok(answer(&object, XCache::Stale, &method, &headers, now))
                     }
-                    Err(e) => failure(&e),
+                    Err(e) => Ok(failure(&e)),
                 }
             }
         },
-        Lookup::Missing => match refresh(Arc::clone(edge), route, path, headers.clone(), None, ticket).await {
-            Ok(landed) => answer_landed(edge, &landed, &method, &headers, SystemTime::now()),
-            Err(e) => failure(&e),
+        Lookup::Missing if edge.too_large.contains_key(path.as_str()) => Err(Box::new(StreamThrough {
+            route,
+            method,
+            path,
+            headers,
+        })),
+        Lookup::Missing => match refresh(
+            Arc::clone(edge),
+            route.clone(),
+            path.clone(),
+            headers.clone(),
+            None,
+            ticket,
+        )
+        .await
+        {
+            Ok(landed) => Ok(answer_landed(edge, &landed, &method, &headers, SystemTime::now())),
+            Err(e) => failed(e, &route, &method, &path, &headers),
         },
         Lookup::Unkeyable => {
             EdgeStats::count(&edge.stats.bypass);
             match fetch(edge, &route, &path, origin::forwarded(&headers)).await {
-                Ok(fetched) => pass(fetched, XCache::Bypass),
-                Err(e) => failure(&e),
+                Ok(fetched) => Ok(pass(fetched, XCache::Bypass)),
+                Err(e) => failed(e, &route, &method, &path, &headers),
             }
         }
     }
@@ -489,8 +582,11 @@ async fn fetch(edge: &Edge, route: &Route, path: &str, headers: HeaderMap) -> Re
         .fetch(route.index, &route.authority, path, headers)
         .await
         .inspect_err(|e| {
-            EdgeStats::count(&edge.stats.origin_errors);
-            tracing::warn!(error = %e, "edge: origin fetch failed");
+            // Too large to store is not the origin's failure: the answer is streamed instead.
+            if !matches!(e, OriginError::TooLarge { .. }) {
+                EdgeStats::count(&edge.stats.origin_errors);
+                tracing::warn!(error = %e, "edge: origin fetch failed");
+            }
         })
 }
 

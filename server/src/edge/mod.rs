@@ -23,7 +23,9 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::config::{CacheConfig, ConfigError};
-use crate::limits::{EDGE_CONNECTIONS_MAX, EDGE_HEADER_READ_TIMEOUT, EDGE_SHUTDOWN_GRACE};
+use crate::limits::{
+    EDGE_CONNECTIONS_MAX, EDGE_HEADER_READ_TIMEOUT, EDGE_SHUTDOWN_GRACE, EDGE_TOO_LARGE_PATHS_MAX, EDGE_TOO_LARGE_TTL,
+};
 
 /// Everything a request of the edge needs; shared by every connection.
 pub struct Edge {
@@ -33,6 +35,9 @@ pub struct Edge {
     pub flights: Arc<flight::Flights<handler::Outcome>>,
     pub policy: StorePolicy,
     pub stats: EdgeStats,
+    /// Paths whose last answer was too large to store: streamed through from the origin
+    /// without a fetch to store first, for [`EDGE_TOO_LARGE_TTL`] (Varnish's hit-for-pass).
+    pub too_large: moka::sync::Cache<Arc<str>, ()>,
     /// The last purge of the region's purge table this node's store has applied
     /// ([`purges::follow`]).
     pub purges_applied: tokio::sync::watch::Sender<u64>,
@@ -97,6 +102,10 @@ impl Edge {
             },
             stats: EdgeStats::default(),
             purges_applied: tokio::sync::watch::Sender::new(0),
+            too_large: moka::sync::Cache::builder()
+                .max_capacity(EDGE_TOO_LARGE_PATHS_MAX)
+                .time_to_live(EDGE_TOO_LARGE_TTL)
+                .build(),
         }))
     }
 }

@@ -1,17 +1,25 @@
-//! Fetching from origins: which origin serves a path ([`Routes`]), and one GET to it with a
-//! deadline and a per-origin bulkhead ([`OriginClient::fetch`]).
+//! Fetching from origins: which origin serves a path ([`Routes`]), one GET to it read whole
+//! with a deadline and a per-origin bulkhead ([`OriginClient::fetch`]), and a request whose
+//! answer streams through without being buffered, for bodies too large to store
+//! ([`OriginClient::fetch_streaming`]).
 
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::header::{self, HeaderName};
 use http::uri::Authority;
-use http::{HeaderMap, Method, Request, StatusCode};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use tokio::sync::Semaphore;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use basalt_edge::limits::STORED_OBJECT_BYTES_MAX;
 
@@ -51,7 +59,8 @@ pub enum OriginError {
     Unreachable { origin: String, reason: String },
     #[error("origin {origin} answered with something that is not HTTP: {reason}")]
     Garbage { origin: String, reason: String },
-    #[error("origin {origin} answered a body over {max} bytes, which the edge does not pass on yet")]
+    /// Not a failure for the client: the handler streams such an answer through instead.
+    #[error("origin {origin} answered a body over {max} bytes: streamed through, not stored")]
     TooLarge { origin: String, max: u64 },
     #[error("{0}")]
     Lost(String),
@@ -79,9 +88,8 @@ pub struct Fetched {
 }
 
 /// Request headers never passed to the origin: the connection's own; `Content-Length` and
-/// `Expect` (the edge sends no body); the conditions and ranges of the client, which the edge
-/// answers itself from a whole stored object.
-const NOT_FORWARDED: [HeaderName; 15] = [
+/// `Expect` (the edge sends no body).
+const NOT_FORWARDED: [HeaderName; 9] = [
     header::CONNECTION,
     header::TE,
     header::TRAILER,
@@ -91,6 +99,11 @@ const NOT_FORWARDED: [HeaderName; 15] = [
     header::HOST,
     header::CONTENT_LENGTH,
     header::EXPECT,
+];
+
+/// The conditions and ranges of the client: not passed to the origin when fetching an object to
+/// store (the edge answers them itself from the whole object), passed when streaming through.
+const CLIENT_CONDITIONS: [HeaderName; 6] = [
     header::IF_NONE_MATCH,
     header::IF_MODIFIED_SINCE,
     header::IF_MATCH,
@@ -139,8 +152,18 @@ pub fn without_hop_by_hop(mut request: HeaderMap) -> HeaderMap {
     request
 }
 
-/// The client's headers that go to the origin.
+/// The client's headers that go to the origin when fetching an object to store.
 pub fn forwarded(request: &HeaderMap) -> HeaderMap {
+    let mut out = forwarded_streaming(request);
+    for name in &CLIENT_CONDITIONS {
+        out.remove(name);
+    }
+    out
+}
+
+/// The client's headers that go to the origin for an answer streamed through: its conditions
+/// and range included, which the origin answers.
+pub fn forwarded_streaming(request: &HeaderMap) -> HeaderMap {
     let mut out = without_hop_by_hop(request.clone());
     for name in &NOT_FORWARDED {
         out.remove(name);
@@ -184,7 +207,7 @@ fn named_by_connection(headers: &HeaderMap) -> Vec<HeaderName> {
 /// most `requests_max` fetches in flight per origin.
 pub struct OriginClient {
     client: Client<HttpConnector, Empty<Bytes>>,
-    bulkheads: Vec<Semaphore>,
+    bulkheads: Vec<Arc<Semaphore>>,
     timeout: Duration,
 }
 
@@ -198,7 +221,7 @@ impl OriginClient {
             .build(connector);
         Self {
             client,
-            bulkheads: (0..origins).map(|_| Semaphore::new(requests_max)).collect(),
+            bulkheads: (0..origins).map(|_| Arc::new(Semaphore::new(requests_max))).collect(),
             timeout,
         }
     }
@@ -291,6 +314,128 @@ impl OriginClient {
                 timeout_ms: self.timeout.as_millis(),
             }),
         }
+    }
+}
+
+impl OriginClient {
+    /// Sends `method` (GET or HEAD) for `path` to origin `index` and answers with the origin's
+    /// head and its body as it arrives, never buffered whole: for answers too large to store.
+    /// The head must arrive within the timeout (the bulkhead wait included); after it, the body
+    /// may take as long as it needs, but fails if no byte arrives for a timeout's length. The
+    /// bulkhead permit is held until the body ends or the client goes away.
+    pub async fn fetch_streaming(
+        &self,
+        index: usize,
+        authority: &Authority,
+        method: Method,
+        path: &str,
+        headers: HeaderMap,
+    ) -> Result<Response<StreamedBody>, OriginError> {
+        let origin = authority.as_str().to_owned();
+        let is_head = method == Method::HEAD;
+        let head = async {
+            let permit = match self.bulkheads.get(index) {
+                Some(bulkhead) => {
+                    Some(
+                        Arc::clone(bulkhead)
+                            .acquire_owned()
+                            .await
+                            .map_err(|_| OriginError::Unreachable {
+                                origin: origin.clone(),
+                                reason: "the edge is stopping".into(),
+                            })?,
+                    )
+                }
+                None => None,
+            };
+            let mut request = Request::builder()
+                .method(method)
+                .uri(format!("http://{authority}{path}"))
+                .body(Empty::<Bytes>::new())
+                .map_err(|e| OriginError::Garbage {
+                    origin: origin.clone(),
+                    reason: format!("the request cannot be built: {e}"),
+                })?;
+            *request.headers_mut() = headers;
+            let response = self.client.request(request).await.map_err(|e| match e.is_connect() {
+                true => OriginError::Unreachable {
+                    origin: origin.clone(),
+                    reason: error_chain(&e),
+                },
+                false => OriginError::Garbage {
+                    origin: origin.clone(),
+                    reason: error_chain(&e),
+                },
+            })?;
+            Ok((response, permit))
+        };
+        let (response, permit) = match tokio::time::timeout(self.timeout, head).await {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(OriginError::Timeout {
+                    origin,
+                    timeout_ms: self.timeout.as_millis(),
+                })
+            }
+        };
+        let (mut parts, body) = response.into_parts();
+        // A GET's length goes with its body (hyper writes it from the body's exact size); a
+        // HEAD's body is empty, so the origin's length is kept as it said it.
+        let head_length = parts.headers.get(header::CONTENT_LENGTH).cloned();
+        strip_response(&mut parts.headers);
+        if let (true, Some(length)) = (is_head, head_length) {
+            parts.headers.insert(header::CONTENT_LENGTH, length);
+        }
+        let body = StreamedBody {
+            inner: body,
+            idle: Box::pin(tokio::time::sleep(self.timeout)),
+            idle_timeout: self.timeout,
+            _permit: permit,
+        };
+        Ok(Response::from_parts(parts, body))
+    }
+}
+
+/// An origin's body passed through as it arrives. Ends with an error (the client's connection
+/// is cut, so it cannot take a truncated body for a whole one) when the origin's stream fails or
+/// stalls for longer than the idle timeout.
+pub struct StreamedBody {
+    inner: Incoming,
+    idle: Pin<Box<tokio::time::Sleep>>,
+    idle_timeout: Duration,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Body for StreamedBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let next = tokio::time::Instant::now() + this.idle_timeout;
+                this.idle.as_mut().reset(next);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(std::io::Error::other(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => match this.idle.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("the origin sent nothing for {:?}", this.idle_timeout),
+                )))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
