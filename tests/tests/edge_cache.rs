@@ -913,6 +913,21 @@ fn an_answer_too_large_to_store_streams_through() {
         );
         assert_eq!(origin.requests("/chunked/a"), 2);
 
+        // An authenticated request's large answer streams too, but is private to it: it does not
+        // mark the path for everyone (the next plain request tries to store first).
+        let bypass_before = cluster.metric(1, "basalt_edge_bypass_total");
+        let private = get(&client, edge, "/large/b", &[("authorization", "Bearer t")]).await;
+        assert_eq!((private.status, private.header("x-cache")), (StatusCode::OK, "BYPASS"));
+        assert_eq!(private.body.len(), LARGE_BODY_BYTES);
+        assert_eq!(
+            cluster.metric(1, "basalt_edge_bypass_total"),
+            bypass_before + 1,
+            "counted once"
+        );
+        assert_eq!(origin.requests("/large/b"), 2);
+        get(&client, edge, "/large/b", &[]).await;
+        assert_eq!(origin.requests("/large/b"), 4, "not marked by the private request");
+
         assert_eq!(cluster.metric(1, "basalt_edge_objects"), 0);
         assert_eq!(cluster.metric(1, "basalt_edge_origin_errors_total"), 0);
         // Small objects are still stored beside it.

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use basalt_edge::conditional::{self, Answer, Validators};
 use basalt_edge::freshness::{self, Lifetime, State};
 use basalt_edge::range::{self, RangeAnswer};
-use basalt_edge::store::{FetchTicket, Lookup, StoredObject};
+use basalt_edge::store::{FetchTicket, Lookup, NotInserted, StoredObject};
 use basalt_edge::vary;
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
@@ -81,6 +81,8 @@ struct StreamThrough {
     method: Method,
     path: String,
     headers: HeaderMap,
+    /// Already counted as BYPASS (an authenticated or unkeyable request).
+    counted: bool,
 }
 
 /// Answers one request.
@@ -91,12 +93,11 @@ pub async fn handle<B>(edge: &Arc<Edge>, request: Request<B>) -> Response<EdgeBo
     }
 }
 
-/// Streams the origin's answer to `through` to the client (BYPASS), and remembers for a while
-/// that the path is too large to store, so later requests go straight to the origin instead of
-/// each starting a fetch to store first.
+/// Streams the origin's answer to `through` to the client (BYPASS).
 async fn stream_through(edge: &Edge, through: StreamThrough) -> Response<EdgeBody> {
-    edge.too_large.insert(Arc::from(through.path.as_str()), ());
-    EdgeStats::count(&edge.stats.bypass);
+    if !through.counted {
+        EdgeStats::count(&edge.stats.bypass);
+    }
     EdgeStats::count(&edge.stats.origin_fetches);
     let headers = origin::forwarded_streaming(&through.headers);
     match edge
@@ -124,8 +125,12 @@ async fn stream_through(edge: &Edge, through: StreamThrough) -> Response<EdgeBod
 }
 
 /// A failed fetch's answer, or, when the origin's answer was only too large to store, the
-/// request to stream through instead.
+/// request to stream through instead. A fetch made to store (`keyed`) marks the path too large
+/// for a while, so later requests stream at once instead of each starting a fetch to store; an
+/// authenticated or unkeyable request's answer (private to it) does not.
 fn failed(
+    edge: &Edge,
+    keyed: bool,
     error: OriginError,
     route: &Route,
     method: &Method,
@@ -133,12 +138,18 @@ fn failed(
     headers: &HeaderMap,
 ) -> Result<Response<Full<Bytes>>, Box<StreamThrough>> {
     match error {
-        OriginError::TooLarge { .. } => Err(Box::new(StreamThrough {
-            route: route.clone(),
-            method: method.clone(),
-            path: path.to_owned(),
-            headers: headers.clone(),
-        })),
+        OriginError::TooLarge { .. } => {
+            if keyed {
+                edge.mark_too_large(path);
+            }
+            Err(Box::new(StreamThrough {
+                route: route.clone(),
+                method: method.clone(),
+                path: path.to_owned(),
+                headers: headers.clone(),
+                counted: !keyed,
+            }))
+        }
         other => Ok(failure(&other)),
     }
 }
@@ -196,9 +207,18 @@ async fn respond<B>(edge: &Arc<Edge>, request: Request<B>) -> Result<Response<Fu
     if headers.contains_key(header::AUTHORIZATION) {
         // Authenticated requests go to the origin, one by one, and are never stored.
         EdgeStats::count(&edge.stats.bypass);
+        if edge.is_too_large(&path) {
+            return Err(Box::new(StreamThrough {
+                route,
+                method,
+                path,
+                headers,
+                counted: true,
+            }));
+        }
         return match fetch(edge, &route, &path, origin::forwarded(&headers)).await {
             Ok(fetched) => Ok(pass(fetched, XCache::Bypass)),
-            Err(e) => failed(e, &route, &method, &path, &headers),
+            Err(e) => failed(edge, false, e, &route, &method, &path, &headers),
         };
     }
 
@@ -223,12 +243,20 @@ async fn respond<B>(edge: &Arc<Edge>, request: Request<B>) -> Result<Response<Fu
                     let task = refresh(
                         Arc::clone(edge),
                         route,
-                        path,
+                        path.clone(),
                         headers.clone(),
                         Some(Arc::clone(&object)),
                         ticket,
                     );
-                    tokio::spawn(task);
+                    let (edge, headers) = (Arc::clone(edge), headers.clone());
+                    tokio::spawn(async move {
+                        if let Err(OriginError::TooLarge { .. }) = task.await {
+                            // The object outgrew the store: the small copy must not be served
+                            // again, and the path streams from now on.
+                            edge.store.remove(&path, &headers);
+                            edge.mark_too_large(&path);
+                        }
+                    });
                 }
                 Ok(answer(&object, XCache::Stale, &method, &headers, now))
             }
@@ -257,7 +285,7 @@ async fn respond<B>(edge: &Arc<Edge>, request: Request<B>) -> Result<Response<Fu
                     Err(e @ OriginError::TooLarge { .. }) => {
                         // The origin's object outgrew the store: the small copy must go too.
                         edge.store.remove(&path, &headers);
-                        failed(e, &route, &method, &path, &headers)
+                        failed(edge, true, e, &route, &method, &path, &headers)
                     }
                     Err(_) if on_error => {
                         EdgeStats::count(&edge.stats.stale);
@@ -267,11 +295,12 @@ async fn respond<B>(edge: &Arc<Edge>, request: Request<B>) -> Result<Response<Fu
                 }
             }
         },
-        Lookup::Missing if edge.too_large.contains_key(path.as_str()) => Err(Box::new(StreamThrough {
+        Lookup::Missing if edge.is_too_large(&path) => Err(Box::new(StreamThrough {
             route,
             method,
             path,
             headers,
+            counted: false,
         })),
         Lookup::Missing => match refresh(
             Arc::clone(edge),
@@ -284,13 +313,22 @@ async fn respond<B>(edge: &Arc<Edge>, request: Request<B>) -> Result<Response<Fu
         .await
         {
             Ok(landed) => Ok(answer_landed(edge, &landed, &method, &headers, SystemTime::now())),
-            Err(e) => failed(e, &route, &method, &path, &headers),
+            Err(e) => failed(edge, true, e, &route, &method, &path, &headers),
         },
         Lookup::Unkeyable => {
             EdgeStats::count(&edge.stats.bypass);
+            if edge.is_too_large(&path) {
+                return Err(Box::new(StreamThrough {
+                    route,
+                    method,
+                    path,
+                    headers,
+                    counted: true,
+                }));
+            }
             match fetch(edge, &route, &path, origin::forwarded(&headers)).await {
                 Ok(fetched) => Ok(pass(fetched, XCache::Bypass)),
-                Err(e) => failed(e, &route, &method, &path, &headers),
+                Err(e) => failed(edge, false, e, &route, &method, &path, &headers),
             }
         }
     }
@@ -517,6 +555,11 @@ fn land(
             {
                 Ok(()) => true,
                 Err(why) => {
+                    if let NotInserted::TooLarge { .. } = why {
+                        // Its body fit the fetch's limit, but not the store's with its headers:
+                        // later requests stream it rather than each buffer it again.
+                        edge.mark_too_large(path);
+                    }
                     tracing::debug!(path, %why, "edge: answer served, not stored");
                     false
                 }

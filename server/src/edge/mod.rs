@@ -35,9 +35,11 @@ pub struct Edge {
     pub flights: Arc<flight::Flights<handler::Outcome>>,
     pub policy: StorePolicy,
     pub stats: EdgeStats,
-    /// Paths whose last answer was too large to store: streamed through from the origin
-    /// without a fetch to store first, for [`EDGE_TOO_LARGE_TTL`] (Varnish's hit-for-pass).
-    pub too_large: moka::sync::Cache<Arc<str>, ()>,
+    /// Paths (by a keyed hash, so the memory is bounded whatever their length) whose answer was
+    /// too large to store: streamed through from the origin without a fetch to store first, for
+    /// [`EDGE_TOO_LARGE_TTL`] from when it was found (Varnish's hit-for-pass).
+    too_large: moka::sync::Cache<u64, ()>,
+    too_large_keys: std::hash::RandomState,
     /// The last purge of the region's purge table this node's store has applied
     /// ([`purges::follow`]).
     pub purges_applied: tokio::sync::watch::Sender<u64>,
@@ -106,7 +108,23 @@ impl Edge {
                 .max_capacity(EDGE_TOO_LARGE_PATHS_MAX)
                 .time_to_live(EDGE_TOO_LARGE_TTL)
                 .build(),
+            too_large_keys: std::hash::RandomState::new(),
         }))
+    }
+}
+
+impl Edge {
+    /// Whether `path`'s answer was found too large to store less than [`EDGE_TOO_LARGE_TTL`] ago.
+    pub fn is_too_large(&self, path: &str) -> bool {
+        use std::hash::BuildHasher;
+        self.too_large.contains_key(&self.too_large_keys.hash_one(path))
+    }
+
+    /// Remembers `path` as too large to store, from now if it was not already (a mark is not
+    /// renewed by the requests it sends to streaming, so the path is tried again in time).
+    pub fn mark_too_large(&self, path: &str) {
+        use std::hash::BuildHasher;
+        self.too_large.get_with(self.too_large_keys.hash_one(path), || ());
     }
 }
 

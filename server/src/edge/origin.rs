@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 
 use basalt_edge::limits::STORED_OBJECT_BYTES_MAX;
 
@@ -321,8 +321,10 @@ impl OriginClient {
     /// Sends `method` (GET or HEAD) for `path` to origin `index` and answers with the origin's
     /// head and its body as it arrives, never buffered whole: for answers too large to store.
     /// The head must arrive within the timeout (the bulkhead wait included); after it, the body
-    /// may take as long as it needs, but fails if no byte arrives for a timeout's length. The
-    /// bulkhead permit is held until the body ends or the client goes away.
+    /// may take as long as it needs, but fails if no byte arrives for a timeout's length while
+    /// the client reads. The bulkhead permit is released once the head is in: a stream lasts as
+    /// long as its client reads, and slow readers must not take the origin's slots from misses
+    /// and revalidations (streams are bounded by the edge's connections instead).
     pub async fn fetch_streaming(
         &self,
         index: usize,
@@ -369,7 +371,7 @@ impl OriginClient {
             })?;
             Ok((response, permit))
         };
-        let (response, permit) = match tokio::time::timeout(self.timeout, head).await {
+        let (response, _permit) = match tokio::time::timeout(self.timeout, head).await {
             Ok(result) => result?,
             Err(_) => {
                 return Err(OriginError::Timeout {
@@ -390,7 +392,6 @@ impl OriginClient {
             inner: body,
             idle: Box::pin(tokio::time::sleep(self.timeout)),
             idle_timeout: self.timeout,
-            _permit: permit,
         };
         Ok(Response::from_parts(parts, body))
     }
@@ -403,7 +404,6 @@ pub struct StreamedBody {
     inner: Incoming,
     idle: Pin<Box<tokio::time::Sleep>>,
     idle_timeout: Duration,
-    _permit: Option<OwnedSemaphorePermit>,
 }
 
 impl Body for StreamedBody {
@@ -418,13 +418,19 @@ impl Body for StreamedBody {
                 this.idle.as_mut().reset(next);
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(std::io::Error::other(e)))),
+            Poll::Ready(Some(Err(e))) => {
+                tracing::warn!(error = %e, "edge: a streamed origin body failed; the client's connection is cut");
+                Poll::Ready(Some(Err(std::io::Error::other(e))))
+            }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => match this.idle.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("the origin sent nothing for {:?}", this.idle_timeout),
-                )))),
+                Poll::Ready(()) => {
+                    tracing::warn!(timeout = ?this.idle_timeout, "edge: a streamed origin body stalled; the client's connection is cut");
+                    Poll::Ready(Some(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("the origin sent nothing for {:?}", this.idle_timeout),
+                    ))))
+                }
                 Poll::Pending => Poll::Pending,
             },
         }
