@@ -121,6 +121,16 @@ enum Command {
         #[command(flatten)]
         endpoints: EndpointArgs,
     },
+    /// One transaction across data types from a JSON document (docs/transactions.md): conditions,
+    /// then one of two op lists, all or nothing. Exit 1 when it aborted (nothing applied).
+    Txn {
+        /// The document's file; `-` or none reads stdin.
+        file: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        endpoints: EndpointArgs,
+        #[command(flatten)]
+        fence: FenceArg,
+    },
     /// The edge cache: purge (by URL, prefix, tag, or everything) and per-node stats.
     Cache {
         #[command(subcommand)]
@@ -516,6 +526,14 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::Pubsub { command, endpoints } => {
             init_tracing("error");
             crate::verbs::pubsub::pubsub(&connect(&endpoints).await?, command).await
+        }
+        Command::Txn { file, endpoints, fence } => {
+            init_tracing("error");
+            let text = match file.filter(|f| f.as_os_str() != "-") {
+                Some(path) => std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?,
+                None => std::io::read_to_string(std::io::stdin()).map_err(|e| format!("stdin: {e}"))?,
+            };
+            crate::verbs::txn::txn(&connect_fenced(&endpoints, &fence).await?, &text).await
         }
         Command::Cache { command, endpoints } => {
             init_tracing("error");

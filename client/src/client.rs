@@ -278,6 +278,11 @@ impl Client {
         }
     }
 
+    /// A transaction across data types: conditions, then one of two op lists, all or nothing.
+    pub fn txn(&self) -> crate::TxnBuilder {
+        crate::TxnBuilder::new(self.clone())
+    }
+
     pub fn kv(&self) -> crate::Kv {
         crate::Kv { client: self.clone() }
     }

@@ -98,6 +98,52 @@ pub enum CounterOutcome {
     },
 }
 
+impl From<CounterOp> for pb::CounterOp {
+    fn from(op: CounterOp) -> pb::CounterOp {
+        pb::CounterOp {
+            key: op.key,
+            action: Some(match op.change {
+                CounterChange::Incr { delta, min, max } => {
+                    pb::counter_op::Action::Incr(pb::CounterIncr { delta, min, max })
+                }
+                CounterChange::Set(value) => pb::counter_op::Action::Set(value),
+                CounterChange::Transfer {
+                    to_region,
+                    amount,
+                    min,
+                    max,
+                } => pb::counter_op::Action::Transfer(pb::CounterTransfer {
+                    to_region,
+                    amount,
+                    min,
+                    max,
+                }),
+            }),
+        }
+    }
+}
+
+/// The outcomes of a counter batch's answer.
+pub(crate) fn outcomes_of(reply: pb::CounterApplyResponse) -> Result<Vec<CounterOutcome>, ClientError> {
+    reply
+        .outcomes
+        .into_iter()
+        .map(|o| {
+            use pb::counter_outcome::Status;
+            match Status::try_from(o.status) {
+                Ok(Status::Applied) => Ok(CounterOutcome::Applied { value: o.value }),
+                Ok(Status::BoundExceeded) => Ok(CounterOutcome::BoundExceeded { value: o.value }),
+                Ok(Status::Overflow) => Ok(CounterOutcome::Overflow { value: o.value }),
+                Ok(Status::EscrowExceeded) => Ok(CounterOutcome::EscrowExceeded {
+                    value: o.value,
+                    balance: o.balance,
+                }),
+                Err(_) => Err(ClientError::Protocol(format!("unknown counter status {}", o.status))),
+            }
+        })
+        .collect()
+}
+
 /// Batched counter operations. Get one with [`Client::counters`].
 #[derive(Clone)]
 pub struct Counters {
@@ -115,29 +161,7 @@ impl Counters {
         let (header, _guard) = self.client.header();
         let message = pb::CounterApplyRequest {
             header: Some(header),
-            ops: ops
-                .into_iter()
-                .map(|op| pb::CounterOp {
-                    key: op.key,
-                    action: Some(match op.change {
-                        CounterChange::Incr { delta, min, max } => {
-                            pb::counter_op::Action::Incr(pb::CounterIncr { delta, min, max })
-                        }
-                        CounterChange::Set(value) => pb::counter_op::Action::Set(value),
-                        CounterChange::Transfer {
-                            to_region,
-                            amount,
-                            min,
-                            max,
-                        } => pb::counter_op::Action::Transfer(pb::CounterTransfer {
-                            to_region,
-                            amount,
-                            min,
-                            max,
-                        }),
-                    }),
-                })
-                .collect(),
+            ops: ops.into_iter().map(pb::CounterOp::from).collect(),
         };
         let reply = self
             .client
@@ -145,23 +169,7 @@ impl Counters {
                 crate::service_client!(CounterClient, c).apply(r).await
             })
             .await?;
-        reply
-            .outcomes
-            .into_iter()
-            .map(|o| {
-                use pb::counter_outcome::Status;
-                match Status::try_from(o.status) {
-                    Ok(Status::Applied) => Ok(CounterOutcome::Applied { value: o.value }),
-                    Ok(Status::BoundExceeded) => Ok(CounterOutcome::BoundExceeded { value: o.value }),
-                    Ok(Status::Overflow) => Ok(CounterOutcome::Overflow { value: o.value }),
-                    Ok(Status::EscrowExceeded) => Ok(CounterOutcome::EscrowExceeded {
-                        value: o.value,
-                        balance: o.balance,
-                    }),
-                    Err(_) => Err(ClientError::Protocol(format!("unknown counter status {}", o.status))),
-                }
-            })
-            .collect()
+        outcomes_of(reply)
     }
 
     /// Reads many counters (absent ones read 0).

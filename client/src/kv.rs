@@ -35,6 +35,15 @@ pub enum CasOutcome {
     Conflict { current: Option<u64> },
 }
 
+/// What [`Kv::put_if_absent`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PutIfAbsent {
+    /// The key was absent and now holds the value, written at `revision`.
+    Created { revision: u64 },
+    /// The key existed: nothing was written; this is what it holds (the first attempt's record).
+    Exists(KvEntry),
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DeleteOutcome {
     pub deleted: bool,
@@ -47,6 +56,17 @@ fn unexpected_write_result(result: Option<pb::kv_write_result::Result>) -> Clien
         Some(pb::kv_write_result::Result::Error(e)) => coalesce::write_refused(e),
         other => ClientError::Protocol(format!("unexpected batch answer {other:?}")),
     }
+}
+
+/// The entry a get's answer holds, if any.
+pub(crate) fn entry_of(reply: pb::KvGetResponse) -> Option<KvEntry> {
+    reply.found.then(|| KvEntry {
+        value: reply.value,
+        create_revision: reply.create_revision,
+        mod_revision: reply.mod_revision,
+        version: reply.version,
+        expires_at_ms: (reply.expires_at_ms > 0).then_some(reply.expires_at_ms),
+    })
 }
 
 /// KV operations. Get one with [`Client::kv`].
@@ -167,13 +187,58 @@ impl Kv {
                 crate::service_client!(KvClient, c).get(r).await
             })
             .await?;
-        Ok(reply.found.then(|| KvEntry {
-            value: reply.value,
-            create_revision: reply.create_revision,
-            mod_revision: reply.mod_revision,
-            version: reply.version,
-            expires_at_ms: (reply.expires_at_ms > 0).then_some(reply.expires_at_ms),
-        }))
+        Ok(entry_of(reply))
+    }
+
+    /// Writes `value` under `key` only if the key is absent, or answers what it holds: the
+    /// idempotency-key contract of payment APIs (a retried request finds the first attempt's
+    /// record). One transaction: the check and the write, or the check and the read, are one
+    /// step, so two callers never both create. With regions, uniqueness holds within the region
+    /// the call is served in (see `docs/transactions.md`).
+    ///
+    /// # Errors
+    /// As [`Kv::put`] (`EMPTY_KEY`, `KEY_TOO_LARGE`, `VALUE_TOO_LARGE`, `INVALID_TTL`).
+    pub async fn put_if_absent(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+        ttl: Option<Duration>,
+    ) -> Result<PutIfAbsent, ClientError> {
+        use crate::txn::{Condition, TxnOp, TxnOpResult, TxnOutcome};
+        let key = key.as_ref().to_vec();
+        let outcome = self
+            .client
+            .txn()
+            .when(Condition::absent(key.clone()))
+            .then(TxnOp::kv_put_raw(key.clone(), value.as_ref().to_vec(), ttl))
+            .otherwise(TxnOp::get(key))
+            .commit()
+            .await?;
+        let unexpected = |outcome: TxnOutcome| ClientError::Protocol(format!("put-if-absent answered {outcome:?}"));
+        match outcome {
+            TxnOutcome::Committed {
+                succeeded: true,
+                mut results,
+            } => match results.pop() {
+                Some(TxnOpResult::Written { revision, .. }) if results.is_empty() => {
+                    Ok(PutIfAbsent::Created { revision })
+                }
+                other => Err(ClientError::Protocol(format!("put-if-absent wrote {other:?}"))),
+            },
+            TxnOutcome::Committed {
+                succeeded: false,
+                mut results,
+            } => match results.pop() {
+                Some(TxnOpResult::Read(Some(entry))) if results.is_empty() => Ok(PutIfAbsent::Exists(entry)),
+                other => Err(ClientError::Protocol(format!("put-if-absent read {other:?}"))),
+            },
+            // The put was refused on its own (a bad key, value or TTL): that refusal.
+            TxnOutcome::Aborted {
+                reason: TxnOpResult::Refused(e),
+                ..
+            } => Err(e),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// Deletes a key; `deleted` says whether it existed.

@@ -228,7 +228,7 @@ fn filter(f: &AccountFilter, consistency: ReadConsistency) -> pb::AccountFilter 
     }
 }
 
-fn failures(reply: pb::CreateResponse) -> Vec<EventFailure> {
+pub(crate) fn failures(reply: pb::CreateResponse) -> Vec<EventFailure> {
     reply
         .failures
         .into_iter()

@@ -39,6 +39,7 @@ pub mod pubsub;
 pub mod queue;
 mod rate;
 pub mod stream;
+pub mod txn;
 pub mod watch;
 
 pub mod pb {
@@ -49,7 +50,7 @@ pub use cache::{Cache, LaggingNode, NodeCacheStats, PurgeReceipt, PurgeTarget};
 pub use client::{Client, ClientOptions, ReadConsistency, RegionMap};
 pub use counter::{CounterChange, CounterHandle, CounterOp, CounterOutcome, Counters};
 pub use error::{never_sent, ClientError, ErrorCode, ERROR_CODE_KEY, LEADER_KEY, OLDEST_REVISION_KEY};
-pub use kv::{CasOutcome, DeleteOutcome, Kv, KvEntry, PutOptions};
+pub use kv::{CasOutcome, DeleteOutcome, Kv, KvEntry, PutIfAbsent, PutOptions};
 pub use lease::{Acquired, LeaseGrant, LeaseHandle, LeaseState};
 pub use ledger::Ledger;
 pub use pubsub::{PubSub, Published, Subscription};
@@ -59,4 +60,5 @@ pub use stream::{
     Assignor, FetchOptions, Fetched, FetchedRecord, JoinOptions, Membership, Produced, Producer, Record, Streams,
     TopicInfo, TopicOptions,
 };
+pub use txn::{TxnBuilder, TxnOp, TxnOpResult, TxnOutcome};
 pub use watch::{Watch, WatchEvent, WatchEventKind};

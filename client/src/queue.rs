@@ -61,6 +61,26 @@ pub struct Enqueued {
     pub duplicate: bool,
 }
 
+impl From<NewMessage> for pb::NewMessage {
+    fn from(m: NewMessage) -> pb::NewMessage {
+        pb::NewMessage {
+            payload: m.payload,
+            dedup_id: m.dedup_id.unwrap_or_default(),
+            delay_ms: millis(m.delay),
+            priority: u32::from(m.priority),
+        }
+    }
+}
+
+impl From<pb::EnqueueOutcome> for Enqueued {
+    fn from(o: pb::EnqueueOutcome) -> Enqueued {
+        Enqueued {
+            id: o.id,
+            duplicate: o.duplicate,
+        }
+    }
+}
+
 /// A delivered message. Ack or nack it with its `receipt`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Message {
@@ -142,15 +162,7 @@ impl QueueHandle {
         let message = pb::EnqueueRequest {
             header: Some(header),
             queue: self.name.clone(),
-            messages: messages
-                .into_iter()
-                .map(|m| pb::NewMessage {
-                    payload: m.payload,
-                    dedup_id: m.dedup_id.unwrap_or_default(),
-                    delay_ms: millis(m.delay),
-                    priority: u32::from(m.priority),
-                })
-                .collect(),
+            messages: messages.into_iter().map(pb::NewMessage::from).collect(),
         };
         let reply = self
             .client
@@ -158,14 +170,7 @@ impl QueueHandle {
                 crate::service_client!(QueueClient, c).enqueue(r).await
             })
             .await?;
-        Ok(reply
-            .outcomes
-            .into_iter()
-            .map(|o| Enqueued {
-                id: o.id,
-                duplicate: o.duplicate,
-            })
-            .collect())
+        Ok(reply.outcomes.into_iter().map(Enqueued::from).collect())
     }
 
     /// Receives up to `max` messages, highest priority first, waiting up to `options.wait` for

@@ -40,6 +40,44 @@ pub struct RateDecision {
     pub reset_at_ms: u64,
 }
 
+impl From<RateCheck> for pb::RateCheck {
+    fn from(c: RateCheck) -> pb::RateCheck {
+        let algorithm = match c.limit {
+            RateLimit::SlidingWindow { limit, window } => pb::rate_check::Algorithm::SlidingWindow(pb::SlidingWindow {
+                limit,
+                window_ms: millis(window),
+            }),
+            RateLimit::GlobalSlidingWindow { limit, window } => {
+                pb::rate_check::Algorithm::GlobalSlidingWindow(pb::SlidingWindow {
+                    limit,
+                    window_ms: millis(window),
+                })
+            }
+            RateLimit::TokenBucket { rate, per, burst } => pb::rate_check::Algorithm::TokenBucket(pb::TokenBucket {
+                rate,
+                per_ms: millis(per),
+                burst,
+            }),
+        };
+        pb::RateCheck {
+            key: c.key,
+            cost: c.cost,
+            algorithm: Some(algorithm),
+        }
+    }
+}
+
+impl From<pb::RateDecision> for RateDecision {
+    fn from(d: pb::RateDecision) -> RateDecision {
+        RateDecision {
+            allowed: d.allowed,
+            remaining: d.remaining,
+            retry_after: Duration::from_millis(d.retry_after_ms),
+            reset_at_ms: d.reset_at_ms,
+        }
+    }
+}
+
 /// Rate limiting. Get one with [`Client::rate_limiter`].
 #[derive(Clone)]
 pub struct RateLimiter {
@@ -112,34 +150,7 @@ impl RateLimiter {
         let (header, _guard) = self.client.header();
         let message = pb::RateCheckRequest {
             header: Some(header),
-            checks: checks
-                .into_iter()
-                .map(|c| pb::RateCheck {
-                    key: c.key,
-                    cost: c.cost,
-                    algorithm: Some(match c.limit {
-                        RateLimit::SlidingWindow { limit, window } => {
-                            pb::rate_check::Algorithm::SlidingWindow(pb::SlidingWindow {
-                                limit,
-                                window_ms: millis(window),
-                            })
-                        }
-                        RateLimit::GlobalSlidingWindow { limit, window } => {
-                            pb::rate_check::Algorithm::GlobalSlidingWindow(pb::SlidingWindow {
-                                limit,
-                                window_ms: millis(window),
-                            })
-                        }
-                        RateLimit::TokenBucket { rate, per, burst } => {
-                            pb::rate_check::Algorithm::TokenBucket(pb::TokenBucket {
-                                rate,
-                                per_ms: millis(per),
-                                burst,
-                            })
-                        }
-                    }),
-                })
-                .collect(),
+            checks: checks.into_iter().map(pb::RateCheck::from).collect(),
         };
         let reply = self
             .client
@@ -147,15 +158,6 @@ impl RateLimiter {
                 crate::service_client!(RateLimiterClient, c).check(r).await
             })
             .await?;
-        Ok(reply
-            .decisions
-            .into_iter()
-            .map(|d| RateDecision {
-                allowed: d.allowed,
-                remaining: d.remaining,
-                retry_after: Duration::from_millis(d.retry_after_ms),
-                reset_at_ms: d.reset_at_ms,
-            })
-            .collect())
+        Ok(reply.decisions.into_iter().map(RateDecision::from).collect())
     }
 }

@@ -49,6 +49,16 @@ pub struct Produced {
     pub duplicate: bool,
 }
 
+impl From<pb::ProduceOutcome> for Produced {
+    fn from(o: pb::ProduceOutcome) -> Produced {
+        Produced {
+            partition: o.partition,
+            offset: o.offset,
+            duplicate: o.duplicate,
+        }
+    }
+}
+
 /// A fetched record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FetchedRecord {
@@ -144,7 +154,7 @@ fn membership(reply: pb::GroupResponse) -> Membership {
     }
 }
 
-fn produce_record(r: Record, sequence: Option<u64>) -> pb::ProduceRecord {
+pub(crate) fn produce_record(r: Record, sequence: Option<u64>) -> pb::ProduceRecord {
     pb::ProduceRecord {
         partition: r.partition,
         key: r.key,
@@ -250,15 +260,7 @@ impl Streams {
                 crate::service_client!(StreamClient, c).produce(r).await
             })
             .await?;
-        Ok(reply
-            .outcomes
-            .into_iter()
-            .map(|o| Produced {
-                partition: o.partition,
-                offset: o.offset,
-                duplicate: o.duplicate,
-            })
-            .collect())
+        Ok(reply.outcomes.into_iter().map(Produced::from).collect())
     }
 
     /// Reads records of one partition from `offset` on.

@@ -73,6 +73,11 @@ fn queue_loses_nothing_acknowledged_under_faults() {
 }
 
 #[test]
+fn txn_moves_all_three_or_none_under_faults() {
+    short_run(Workload::Txn, 31, &[]);
+}
+
+#[test]
 fn stream_reads_back_every_append_under_faults() {
     short_run(Workload::Stream, 23, &[FaultKind::Storage]);
 }

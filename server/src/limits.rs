@@ -34,6 +34,10 @@ const _: () = assert!(
 const _: () = assert!(
     server::RECEIVE_MESSAGES_MAX as usize * (server::MESSAGE_BYTES_MAX + ITEM_FRAMING_BYTES) <= sdk::RESPONSE_BYTES_MAX
 );
+// A transaction's answer: its reads' budget, plus the other ops' answers, each a few bytes per
+// item of the request (a counter outcome, an enqueue outcome, a produced offset: at most 16
+// bytes of answer per byte of request).
+const _: () = assert!(server::TXN_READ_BYTES_MAX + 16 * server::TXN_BYTES_MAX <= sdk::RESPONSE_BYTES_MAX);
 // A scan with limit 0 returns as many keys whether the SDK or the server fills the default in.
 const _: () = assert!(sdk::SCAN_KEYS_DEFAULT == server::SCAN_KEYS_DEFAULT);
 

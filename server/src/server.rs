@@ -17,6 +17,7 @@ use basalt_client::pb::pub_sub_server::PubSubServer;
 use basalt_client::pb::queue_server::QueueServer;
 use basalt_client::pb::rate_limiter_server::RateLimiterServer;
 use basalt_client::pb::stream_server::StreamServer;
+use basalt_client::pb::txn_server::TxnServer;
 use basalt_raft::log_store::LogStore;
 use basalt_raft::network::{NetworkFactory, RaftGrpcService};
 use basalt_raft::state_machine::StateMachine;
@@ -270,7 +271,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         .add_service(RateLimiterServer::new(api.clone()).max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX))
         .add_service(LeaseServer::new(homed.clone()).max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX))
         .add_service(LedgerServer::new(homed.clone()).max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX))
-        .add_service(QueueServer::new(homed).max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX))
+        .add_service(QueueServer::new(homed.clone()).max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX))
+        .add_service(TxnServer::new(homed).max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX))
         .add_service(StreamServer::new(api.clone()).max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX))
         .add_service(PubSubServer::new(api.clone()).max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX))
         .add_service(ClusterServer::new(api.clone()).max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX))

@@ -51,6 +51,23 @@ pub const RATE_WINDOW_MS_MAX: u64 = 24 * 3600 * 1000;
 
 const _: () = assert!(BATCH_ITEMS_MAX * (KEY_BYTES_MAX + 64) < RECORD_BYTES_MAX as usize * 3);
 
+/// Most ops in one transaction, both branches together.
+pub const TXN_OPS_MAX: usize = 256;
+/// Most conditions in one transaction.
+pub const TXN_CONDITIONS_MAX: usize = 64;
+/// Largest transaction, encoded (conditions and both branches). Checked again at apply, so a
+/// constant of its own (a transport setting may change between builds; this may not).
+pub const TXN_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Most bytes of keys and values the reads (KV gets) of one transaction may answer: the answer
+/// is saved in the client's session and sent back whole. Past it the transaction is refused.
+pub const TXN_READ_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Most queue messages one transaction's branch enqueues: message ids number them within the
+/// entry in 16 bits.
+pub const TXN_MESSAGES_MAX: usize = 1 << 16;
+
+const _: () = assert!(TXN_BYTES_MAX <= CLIENT_MESSAGE_BYTES_MAX);
+const _: () = assert!(BATCH_ITEMS_MAX <= TXN_MESSAGES_MAX);
+
 /// Longest queue, topic, group, member or dedup-id name.
 pub const NAME_BYTES_MAX: usize = 255;
 /// Largest queue message (as SQS).

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use basalt_client::{CasOutcome, Client, PutOptions};
+use basalt_client::{CasOutcome, Client, PutIfAbsent, PutOptions};
 use clap::Subcommand;
 
 use super::{consistency, show_optional};
@@ -17,6 +17,10 @@ pub enum KvCommand {
         /// Expire after this long (e.g. 30s, 500ms, 5m).
         #[arg(long, value_parser = parse_duration)]
         ttl: Option<Duration>,
+        /// Write only if the key is absent; else print what it holds (exit 0 either way): an
+        /// idempotency key (`--if-absent --ttl 24h`).
+        #[arg(long)]
+        if_absent: bool,
     },
     /// Read a value.
     Get {
@@ -57,7 +61,25 @@ pub enum KvCommand {
 pub async fn kv(client: &Client, command: KvCommand) -> Result<(), String> {
     let kv = client.kv();
     match command {
-        KvCommand::Put { key, value, ttl } => {
+        KvCommand::Put {
+            key,
+            value,
+            ttl,
+            if_absent: true,
+        } => match kv.put_if_absent(&key, &value, ttl).await.map_err(|e| e.to_string())? {
+            PutIfAbsent::Created { revision } => println!("CREATED revision={revision}"),
+            PutIfAbsent::Exists(entry) => {
+                println!("EXISTS {}", String::from_utf8_lossy(&entry.value));
+                eprintln!(
+                    "revision={} created={} version={} expires_at_ms={}",
+                    entry.mod_revision,
+                    entry.create_revision,
+                    entry.version,
+                    show_optional(entry.expires_at_ms)
+                );
+            }
+        },
+        KvCommand::Put { key, value, ttl, .. } => {
             let revision = kv
                 .put_with(&key, &value, PutOptions { ttl })
                 .await

@@ -12,6 +12,7 @@ pub mod queue;
 pub mod rate_limit;
 pub mod regions;
 pub mod stream;
+pub mod txn;
 
 use basalt_client::ReadConsistency;
 

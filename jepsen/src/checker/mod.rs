@@ -9,6 +9,7 @@ pub mod queue;
 pub mod regions;
 pub mod register;
 pub mod stream;
+pub mod txn;
 
 use serde::Serialize;
 use serde_json::Value;

@@ -13,9 +13,9 @@ use super::{complete, perform, until_ok, Completion, Detail, Planned, Shared, FI
 use crate::history::Recorder;
 
 pub(super) const OPERATOR: u64 = 1000;
-const CUSTOMERS: u64 = 5;
-const FUNDING: u64 = 100;
-const LEDGER: u32 = 1;
+pub(super) const CUSTOMERS: u64 = 5;
+pub(super) const FUNDING: u64 = 100;
+pub(super) const LEDGER: u32 = 1;
 /// Transfer ids below this are the funding transfers.
 const FIRST_TRANSFER_ID: u64 = 100;
 
@@ -117,7 +117,7 @@ pub(super) fn plan(shared: &Shared, rng: &mut StdRng) -> Planned {
     }
 }
 
-async fn read(client: &Client) -> Completion {
+pub(super) async fn read(client: &Client) -> Completion {
     complete(client.ledger().lookup_accounts(&accounts()).await, false, |found| {
         let balances: Map<String, Value> = found
             .iter()

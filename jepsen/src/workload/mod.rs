@@ -11,6 +11,7 @@ mod queue;
 pub mod regions;
 mod register;
 mod stream;
+mod txn;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
@@ -40,6 +41,9 @@ pub enum Workload {
     /// Appends to a partitioned stream, read back in order without gaps (alias: set).
     #[value(alias = "set")]
     Stream,
+    /// Transfers that move money in KV balances, counters and a ledger together, one transaction
+    /// each; checked for conservation in each, agreement of the three, and exactly-once.
+    Txn,
     /// Several regions (`--regions`): conflicting KV writes, counter increments and takes of an
     /// escrowed stock in every region under partitions between regions; checked for convergence
     /// and the merge rules.
@@ -47,13 +51,14 @@ pub enum Workload {
 }
 
 impl Workload {
-    pub const ALL: [Workload; 6] = [
+    pub const ALL: [Workload; 7] = [
         Workload::Register,
         Workload::Counter,
         Workload::Bank,
         Workload::Lease,
         Workload::Queue,
         Workload::Stream,
+        Workload::Txn,
     ];
 
     pub fn name(self) -> &'static str {
@@ -64,6 +69,7 @@ impl Workload {
             Workload::Lease => "lease",
             Workload::Queue => "queue",
             Workload::Stream => "stream",
+            Workload::Txn => "txn",
             Workload::Regions => "regions",
         }
     }
@@ -198,6 +204,7 @@ impl Workload {
             Workload::Bank => bank::setup(client, recorder, shared).await,
             Workload::Queue => queue::setup(client).await,
             Workload::Stream => stream::setup(client).await,
+            Workload::Txn => txn::setup(client, recorder, shared).await,
         }
     }
 
@@ -209,6 +216,7 @@ impl Workload {
             Workload::Lease => lease::plan(shared, state, rng, process),
             Workload::Queue => queue::plan(shared, state, rng),
             Workload::Stream => stream::plan(shared, state, rng),
+            Workload::Txn => txn::plan(shared, rng),
             Workload::Regions => regions::plan(shared, state, rng),
         }
     }
@@ -221,6 +229,7 @@ impl Workload {
             Workload::Lease => lease::invoke(client, planned, state).await,
             Workload::Queue => queue::invoke(client, planned, state).await,
             Workload::Stream => stream::invoke(client, planned, state).await,
+            Workload::Txn => txn::invoke(client, planned).await,
             Workload::Regions => regions::invoke(client, planned).await,
         }
     }
@@ -234,6 +243,7 @@ impl Workload {
             Workload::Lease => lease::finish(client, recorder).await,
             Workload::Queue => queue::finish(client, recorder).await,
             Workload::Stream => stream::finish(client, recorder).await,
+            Workload::Txn => txn::finish(client, recorder, shared).await,
             // Every region reads at the end; `crate::regions::run` does it with each region's client.
             Workload::Regions => Err("the regions workload runs with --regions".into()),
         }
@@ -248,6 +258,7 @@ impl Workload {
             Workload::Lease => crate::checker::lease::check(&ops),
             Workload::Queue => crate::checker::queue::check(&ops),
             Workload::Stream => crate::checker::stream::check(&ops),
+            Workload::Txn => crate::checker::txn::check(&ops, bank::OPERATOR),
             Workload::Regions => crate::checker::regions::check(&ops),
         }
     }

@@ -11,7 +11,7 @@ use tonic::{Request, Response as GrpcResponse, Status};
 use super::{op_error_status, status, storage_status, unexpected_result, Api};
 
 impl Api {
-    fn counter_op_of(&self, op: pb::CounterOp) -> Result<CounterOp, Status> {
+    pub(super) fn counter_op_of(&self, op: pb::CounterOp) -> Result<CounterOp, Status> {
         let action = match op.action {
             Some(pb::counter_op::Action::Transfer(t)) => CounterAction::Transfer {
                 to: self.region_id(&t.to_region)?,
@@ -69,6 +69,15 @@ fn counter_op_of(op: pb::CounterOp) -> Result<CounterOp, Status> {
     Ok(CounterOp { key: op.key, action })
 }
 
+pub(super) fn counters_reply(response: Response) -> Result<pb::CounterApplyResponse, Status> {
+    match response {
+        Response::Counters(outcomes) => Ok(pb::CounterApplyResponse {
+            outcomes: outcomes.into_iter().map(outcome_of).collect(),
+        }),
+        other => Err(unexpected_result(&other)),
+    }
+}
+
 fn outcome_of(outcome: CounterOutcome) -> pb::CounterOutcome {
     use pb::counter_outcome::Status as S;
     let (status, value, balance) = match outcome {
@@ -96,12 +105,9 @@ impl Counter for Api {
             .into_iter()
             .map(|op| self.counter_op_of(op))
             .collect::<Result<_, _>>()?;
-        match self.write(r.header, Op::Counter { ops }).await? {
-            Response::Counters(outcomes) => Ok(GrpcResponse::new(pb::CounterApplyResponse {
-                outcomes: outcomes.into_iter().map(outcome_of).collect(),
-            })),
-            other => Err(unexpected_result(&other)),
-        }
+        Ok(GrpcResponse::new(counters_reply(
+            self.write(r.header, Op::Counter { ops }).await?,
+        )?))
     }
 
     async fn get(

@@ -8,12 +8,12 @@ use basalt_storage::apply::kv::{validate_batch, validate_write};
 use basalt_storage::apply::kv_read::{self, KvScan};
 use basalt_storage::command::{KvOp, KvWrite, Op, OpError, Response};
 use basalt_storage::limits::{KEY_BYTES_MAX, SCAN_KEYS_DEFAULT, SCAN_KEYS_MAX};
-use basalt_storage::state::{KeyValue, KvEvent};
+use basalt_storage::state::{KeyValue, KvEvent, KvRecord};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response as GrpcResponse, Status};
 
-use super::{expect_of, op_error_code, op_error_status, status, storage_status, unexpected_result, Api};
+use super::{expect_of, op_error_status, status, storage_status, unexpected_result, write_refusal, Api};
 use crate::limits::{WATCH_BUFFER_MESSAGES, WATCH_IDLE_CHECK, WATCH_PAGE_ROWS, WATCH_RESPONSE_BYTES_MAX};
 
 fn compacted(requested: u64, oldest: u64) -> Status {
@@ -170,7 +170,7 @@ fn kv_write_of(op: pb::KvWriteOp) -> Result<KvWrite, Status> {
     }
 }
 
-fn put_reply(response: Response) -> Result<pb::KvPutResponse, Status> {
+pub(super) fn put_reply(response: Response) -> Result<pb::KvPutResponse, Status> {
     match response {
         Response::KvPut {
             revision,
@@ -189,7 +189,7 @@ fn put_reply(response: Response) -> Result<pb::KvPutResponse, Status> {
     }
 }
 
-fn delete_reply(response: Response) -> Result<pb::KvDeleteResponse, Status> {
+pub(super) fn delete_reply(response: Response) -> Result<pb::KvDeleteResponse, Status> {
     match response {
         Response::KvDelete { revision, deleted } => Ok(pb::KvDeleteResponse {
             succeeded: true,
@@ -207,11 +207,41 @@ fn delete_reply(response: Response) -> Result<pb::KvDeleteResponse, Status> {
 
 fn write_error(e: &OpError) -> pb::KvWriteResult {
     pb::KvWriteResult {
-        result: Some(pb::kv_write_result::Result::Error(pb::WriteError {
-            code: op_error_code(e).as_str().to_string(),
-            message: e.to_string(),
-        })),
+        result: Some(pb::kv_write_result::Result::Error(write_refusal(e))),
     }
+}
+
+/// A get's answer: the live record, if any.
+pub(super) fn record_reply(record: Option<KvRecord>) -> pb::KvGetResponse {
+    match record {
+        None => pb::KvGetResponse::default(),
+        Some(rec) => pb::KvGetResponse {
+            found: true,
+            value: rec.value,
+            create_revision: rec.create_revision,
+            mod_revision: rec.mod_revision,
+            version: rec.version,
+            expires_at_ms: rec.expires_at_ms.unwrap_or(0),
+        },
+    }
+}
+
+/// A put as the state machine takes it (the request's header aside).
+pub(super) fn put_op(r: pb::KvPutRequest) -> Result<Op, Status> {
+    Ok(Op::Kv(KvOp::Put {
+        key: r.key,
+        value: r.value,
+        ttl_ms: (r.ttl_ms > 0).then_some(r.ttl_ms),
+        expect: expect_of(r.expect)?,
+    }))
+}
+
+/// A delete as the state machine takes it (the request's header aside).
+pub(super) fn delete_op(r: pb::KvDeleteRequest) -> Result<Op, Status> {
+    Ok(Op::Kv(KvOp::Delete {
+        key: r.key,
+        expect: expect_of(r.expect)?,
+    }))
 }
 
 /// One write's answer within a batch answer.
@@ -228,14 +258,9 @@ fn batch_result(is_put: bool, response: Response) -> Result<pb::KvWriteResult, S
 #[tonic::async_trait]
 impl Kv for Api {
     async fn put(&self, request: Request<pb::KvPutRequest>) -> Result<GrpcResponse<pb::KvPutResponse>, Status> {
-        let r = request.into_inner();
-        let op = Op::Kv(KvOp::Put {
-            key: r.key,
-            value: r.value,
-            ttl_ms: (r.ttl_ms > 0).then_some(r.ttl_ms),
-            expect: expect_of(r.expect)?,
-        });
-        Ok(GrpcResponse::new(put_reply(self.write(r.header, op).await?)?))
+        let mut r = request.into_inner();
+        let header = r.header.take();
+        Ok(GrpcResponse::new(put_reply(self.write(header, put_op(r)?).await?)?))
     }
 
     async fn get(&self, request: Request<pb::KvGetRequest>) -> Result<GrpcResponse<pb::KvGetResponse>, Status> {
@@ -251,30 +276,18 @@ impl Kv for Api {
         {
             read = kv_read::get(&self.store, &r.key).map_err(storage_status)?;
         }
-        let reply = match read.live() {
-            None => pb::KvGetResponse::default(),
-            Some(rec) => pb::KvGetResponse {
-                found: true,
-                value: rec.value,
-                create_revision: rec.create_revision,
-                mod_revision: rec.mod_revision,
-                version: rec.version,
-                expires_at_ms: rec.expires_at_ms.unwrap_or(0),
-            },
-        };
-        Ok(GrpcResponse::new(reply))
+        Ok(GrpcResponse::new(record_reply(read.live())))
     }
 
     async fn delete(
         &self,
         request: Request<pb::KvDeleteRequest>,
     ) -> Result<GrpcResponse<pb::KvDeleteResponse>, Status> {
-        let r = request.into_inner();
-        let op = Op::Kv(KvOp::Delete {
-            key: r.key,
-            expect: expect_of(r.expect)?,
-        });
-        Ok(GrpcResponse::new(delete_reply(self.write(r.header, op).await?)?))
+        let mut r = request.into_inner();
+        let header = r.header.take();
+        Ok(GrpcResponse::new(delete_reply(
+            self.write(header, delete_op(r)?).await?,
+        )?))
     }
 
     /// Writes that are bad on their own are answered here and never proposed; the rest go to

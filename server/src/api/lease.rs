@@ -12,7 +12,7 @@ use tonic::{Request, Response as GrpcResponse, Status};
 use super::{storage_status, unexpected_result, Api};
 use crate::limits::{LEASE_WAIT_MAX, LEASE_WAIT_POLL};
 
-fn lease_response(outcome: LeaseOutcome) -> Result<pb::LeaseResponse, Status> {
+pub(super) fn lease_response(outcome: LeaseOutcome) -> Result<pb::LeaseResponse, Status> {
     match outcome {
         LeaseOutcome::Granted { token, expires_at_ms } => Ok(pb::LeaseResponse {
             granted: true,
@@ -27,6 +27,13 @@ fn lease_response(outcome: LeaseOutcome) -> Result<pb::LeaseResponse, Status> {
             holder,
         }),
         other @ LeaseOutcome::Released { .. } => Err(unexpected_result(&Response::Lease(other))),
+    }
+}
+
+pub(super) fn released_reply(response: Response) -> Result<pb::LeaseReleaseResponse, Status> {
+    match response {
+        Response::Lease(LeaseOutcome::Released { was_live }) => Ok(pb::LeaseReleaseResponse { was_live }),
+        other => Err(unexpected_result(&other)),
     }
 }
 
@@ -101,12 +108,7 @@ impl Lease for Api {
             holder: r.holder,
             token: r.token,
         });
-        match self.write(r.header, op).await? {
-            Response::Lease(LeaseOutcome::Released { was_live }) => {
-                Ok(GrpcResponse::new(pb::LeaseReleaseResponse { was_live }))
-            }
-            other => Err(unexpected_result(&other)),
-        }
+        Ok(GrpcResponse::new(released_reply(self.write(r.header, op).await?)?))
     }
 
     async fn get(&self, request: Request<pb::LeaseGetRequest>) -> Result<GrpcResponse<pb::LeaseResponse>, Status> {

@@ -18,7 +18,7 @@ fn invalid(message: String) -> Status {
     status(ErrorCode::InvalidArgument, message)
 }
 
-fn u128_of(bytes: &[u8], field: &str) -> Result<u128, Status> {
+pub(super) fn u128_of(bytes: &[u8], field: &str) -> Result<u128, Status> {
     if bytes.is_empty() {
         return Ok(0);
     }
@@ -39,7 +39,7 @@ fn u16_of(value: u32, field: &str) -> Result<u16, Status> {
     u16::try_from(value).map_err(|_| invalid(format!("{field} {value} does not fit in 16 bits")))
 }
 
-fn account_of(a: pb::Account) -> Result<Account, Status> {
+pub(super) fn account_of(a: pb::Account) -> Result<Account, Status> {
     Ok(Account {
         id: u128_of(&a.id, "id")?,
         debits_pending: u128_of(&a.debits_pending, "debits_pending")?,
@@ -73,7 +73,7 @@ fn pb_account(a: Account) -> pb::Account {
     }
 }
 
-fn transfer_of(t: pb::Transfer) -> Result<Transfer, Status> {
+pub(super) fn transfer_of(t: pb::Transfer) -> Result<Transfer, Status> {
     Ok(Transfer {
         id: u128_of(&t.id, "id")?,
         debit_account_id: u128_of(&t.debit_account_id, "debit_account_id")?,
@@ -149,6 +149,15 @@ fn filter_of(f: &pb::AccountFilter) -> Result<AccountFilter, Status> {
     })
 }
 
+/// The failed events of an account or transfer batch.
+pub(super) fn created_reply(response: Response) -> Result<pb::CreateResponse, Status> {
+    match response {
+        Response::AccountResults(f) => Ok(failures(f)),
+        Response::TransferResults(f) => Ok(failures(f)),
+        other => Err(unexpected_result(&other)),
+    }
+}
+
 fn failures<R: std::fmt::Display>(failures: Vec<(u32, R)>) -> pb::CreateResponse {
     pb::CreateResponse {
         failures: failures
@@ -176,13 +185,10 @@ impl Ledger for Api {
     ) -> Result<GrpcResponse<pb::CreateResponse>, Status> {
         let r = request.into_inner();
         let accounts = r.accounts.into_iter().map(account_of).collect::<Result<_, _>>()?;
-        match self
+        let response = self
             .write(r.header, Op::Ledger(LedgerOp::CreateAccounts { accounts }))
-            .await?
-        {
-            Response::AccountResults(f) => Ok(GrpcResponse::new(failures(f))),
-            other => Err(unexpected_result(&other)),
-        }
+            .await?;
+        Ok(GrpcResponse::new(created_reply(response)?))
     }
 
     async fn create_transfers(
@@ -191,13 +197,10 @@ impl Ledger for Api {
     ) -> Result<GrpcResponse<pb::CreateResponse>, Status> {
         let r = request.into_inner();
         let transfers = r.transfers.into_iter().map(transfer_of).collect::<Result<_, _>>()?;
-        match self
+        let response = self
             .write(r.header, Op::Ledger(LedgerOp::CreateTransfers { transfers }))
-            .await?
-        {
-            Response::TransferResults(f) => Ok(GrpcResponse::new(failures(f))),
-            other => Err(unexpected_result(&other)),
-        }
+            .await?;
+        Ok(GrpcResponse::new(created_reply(response)?))
     }
 
     async fn lookup_accounts(

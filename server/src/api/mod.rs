@@ -18,6 +18,7 @@ mod pubsub;
 mod queue;
 mod rate;
 mod stream;
+mod txn;
 
 pub use merge::Merger;
 pub use pubsub::Broker;
@@ -29,7 +30,7 @@ use basalt_raft::{Raft, TypeConfig};
 use basalt_storage::apply::validate_op;
 use basalt_storage::command::{
     Command, CounterError, Expect, Fence, KvError, KvPart, LeaseError, Op, OpError, QueueError, RegionError, RegionOp,
-    Response, Session, StreamError,
+    Response, Session, StreamError, TxnError,
 };
 use basalt_storage::hlc::Hlc;
 use basalt_storage::state::rocks::RocksStore;
@@ -99,6 +100,14 @@ pub(crate) fn op_error_status(e: &OpError) -> Status {
     status(op_error_code(e), e.to_string())
 }
 
+/// A refusal inside an answer (one write of a batch, one op of a transaction).
+pub(crate) fn write_refusal(e: &OpError) -> pb::WriteError {
+    pb::WriteError {
+        code: op_error_code(e).as_str().to_string(),
+        message: e.to_string(),
+    }
+}
+
 /// The stable code a refusal travels with.
 pub(crate) fn op_error_code(e: &OpError) -> ErrorCode {
     match e {
@@ -134,6 +143,14 @@ pub(crate) fn op_error_code(e: &OpError) -> ErrorCode {
         OpError::Region(RegionError::UnknownRegion { .. }) => ErrorCode::UnknownRegion,
         OpError::Kv(KvError::DuplicateKey { .. }) => ErrorCode::InvalidArgument,
         OpError::Cache(_) => ErrorCode::InvalidArgument,
+        OpError::Kv(KvError::OnlyInTxn { .. }) => ErrorCode::InvalidArgument,
+        // A bad op or condition gets the code it would get alone (an unknown account: NOT_FOUND).
+        OpError::Txn(TxnError::InvalidOp { reason, .. } | TxnError::InvalidCondition { reason, .. }) => {
+            op_error_code(reason)
+        }
+        OpError::Txn(TxnError::TooLarge { .. } | TxnError::AnswerTooLarge { .. }) => ErrorCode::TooLarge,
+        OpError::Txn(TxnError::TooMany { .. }) => ErrorCode::BatchTooLarge,
+        OpError::Txn(TxnError::NotTransactional { .. } | TxnError::Repeated { .. }) => ErrorCode::InvalidArgument,
         // Only a leader builds merged entries; a client cannot send one.
         OpError::Kv(KvError::NotMergeable { .. }) => ErrorCode::Internal,
     }

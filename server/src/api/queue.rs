@@ -44,6 +44,64 @@ fn priority_of(p: u32) -> Result<u8, Status> {
     u8::try_from(p).map_err(|_| status(ErrorCode::OutOfRange, format!("priority must be 0..=255, got {p}")))
 }
 
+/// An enqueue as the state machine takes it (the request's header aside).
+pub(super) fn enqueue_op(r: pb::EnqueueRequest) -> Result<Op, Status> {
+    let messages = r
+        .messages
+        .into_iter()
+        .map(|m| {
+            Ok(NewMessage {
+                payload: m.payload,
+                dedup_id: (!m.dedup_id.is_empty()).then_some(m.dedup_id),
+                delay_ms: m.delay_ms,
+                priority: priority_of(m.priority)?,
+            })
+        })
+        .collect::<Result<_, Status>>()?;
+    Ok(Op::Queue(QueueOp::Enqueue {
+        queue: r.queue,
+        messages,
+    }))
+}
+
+pub(super) fn enqueued_reply(response: Response) -> Result<pb::EnqueueResponse, Status> {
+    match response {
+        Response::Enqueued(outcomes) => Ok(pb::EnqueueResponse {
+            outcomes: outcomes
+                .into_iter()
+                .map(|o| match o {
+                    EnqueueOutcome::Enqueued { id } => pb::EnqueueOutcome { id, duplicate: false },
+                    EnqueueOutcome::Duplicate { id } => pb::EnqueueOutcome { id, duplicate: true },
+                })
+                .collect(),
+        }),
+        other => Err(unexpected_result(&other)),
+    }
+}
+
+pub(super) fn ack_op(r: pb::AckRequest) -> Result<Op, Status> {
+    Ok(Op::Queue(QueueOp::Ack {
+        queue: r.queue,
+        receipt: receipt_of(&r.receipt)?,
+    }))
+}
+
+pub(super) fn nack_op(r: pb::NackRequest) -> Result<Op, Status> {
+    Ok(Op::Queue(QueueOp::Nack {
+        queue: r.queue,
+        receipt: receipt_of(&r.receipt)?,
+        delay_ms: r.delay_ms,
+    }))
+}
+
+/// The answer of an ack or a nack.
+pub(super) fn done_reply(response: Response) -> Result<pb::AckResponse, Status> {
+    match response {
+        Response::QueueDone => Ok(pb::AckResponse {}),
+        other => Err(unexpected_result(&other)),
+    }
+}
+
 #[tonic::async_trait]
 impl Queue for Api {
     async fn create_queue(
@@ -62,35 +120,10 @@ impl Queue for Api {
     }
 
     async fn enqueue(&self, request: Request<pb::EnqueueRequest>) -> Result<GrpcResponse<pb::EnqueueResponse>, Status> {
-        let r = request.into_inner();
-        let messages = r
-            .messages
-            .into_iter()
-            .map(|m| {
-                Ok(NewMessage {
-                    payload: m.payload,
-                    dedup_id: (!m.dedup_id.is_empty()).then_some(m.dedup_id),
-                    delay_ms: m.delay_ms,
-                    priority: priority_of(m.priority)?,
-                })
-            })
-            .collect::<Result<_, Status>>()?;
-        let op = Op::Queue(QueueOp::Enqueue {
-            queue: r.queue,
-            messages,
-        });
-        match self.write(r.header, op).await? {
-            Response::Enqueued(outcomes) => Ok(GrpcResponse::new(pb::EnqueueResponse {
-                outcomes: outcomes
-                    .into_iter()
-                    .map(|o| match o {
-                        EnqueueOutcome::Enqueued { id } => pb::EnqueueOutcome { id, duplicate: false },
-                        EnqueueOutcome::Duplicate { id } => pb::EnqueueOutcome { id, duplicate: true },
-                    })
-                    .collect(),
-            })),
-            other => Err(unexpected_result(&other)),
-        }
+        let mut r = request.into_inner();
+        let header = r.header.take();
+        let response = self.write(header, enqueue_op(r)?).await?;
+        Ok(GrpcResponse::new(enqueued_reply(response)?))
     }
 
     async fn receive(&self, request: Request<pb::ReceiveRequest>) -> Result<GrpcResponse<pb::ReceiveResponse>, Status> {
@@ -143,28 +176,15 @@ impl Queue for Api {
     }
 
     async fn ack(&self, request: Request<pb::AckRequest>) -> Result<GrpcResponse<pb::AckResponse>, Status> {
-        let r = request.into_inner();
-        let op = Op::Queue(QueueOp::Ack {
-            queue: r.queue,
-            receipt: receipt_of(&r.receipt)?,
-        });
-        match self.write(r.header, op).await? {
-            Response::QueueDone => Ok(GrpcResponse::new(pb::AckResponse {})),
-            other => Err(unexpected_result(&other)),
-        }
+        let mut r = request.into_inner();
+        let header = r.header.take();
+        Ok(GrpcResponse::new(done_reply(self.write(header, ack_op(r)?).await?)?))
     }
 
     async fn nack(&self, request: Request<pb::NackRequest>) -> Result<GrpcResponse<pb::AckResponse>, Status> {
-        let r = request.into_inner();
-        let op = Op::Queue(QueueOp::Nack {
-            queue: r.queue,
-            receipt: receipt_of(&r.receipt)?,
-            delay_ms: r.delay_ms,
-        });
-        match self.write(r.header, op).await? {
-            Response::QueueDone => Ok(GrpcResponse::new(pb::AckResponse {})),
-            other => Err(unexpected_result(&other)),
-        }
+        let mut r = request.into_inner();
+        let header = r.header.take();
+        Ok(GrpcResponse::new(done_reply(self.write(header, nack_op(r)?).await?)?))
     }
 
     async fn redrive(&self, request: Request<pb::RedriveRequest>) -> Result<GrpcResponse<pb::RedriveResponse>, Status> {

@@ -8,7 +8,7 @@ use tonic::{Request, Response as GrpcResponse, Status};
 
 use super::{status, unexpected_result, Api};
 
-fn check_of(check: pb::RateCheck) -> Result<RateCheck, Status> {
+pub(super) fn check_of(check: pb::RateCheck) -> Result<RateCheck, Status> {
     let limit = match check.algorithm {
         Some(pb::rate_check::Algorithm::SlidingWindow(w)) => RateLimit::SlidingWindow {
             limit: w.limit,
@@ -45,19 +45,24 @@ impl RateLimiter for Api {
     ) -> Result<GrpcResponse<pb::RateCheckResponse>, Status> {
         let r = request.into_inner();
         let checks = r.checks.into_iter().map(check_of).collect::<Result<_, _>>()?;
-        match self.write(r.header, Op::Rate(RateOp::Check { checks })).await? {
-            Response::RateDecisions(decisions) => Ok(GrpcResponse::new(pb::RateCheckResponse {
-                decisions: decisions
-                    .into_iter()
-                    .map(|d| pb::RateDecision {
-                        allowed: d.allowed,
-                        remaining: d.remaining,
-                        retry_after_ms: d.retry_after_ms,
-                        reset_at_ms: d.reset_at_ms,
-                    })
-                    .collect(),
-            })),
-            other => Err(unexpected_result(&other)),
-        }
+        let response = self.write(r.header, Op::Rate(RateOp::Check { checks })).await?;
+        Ok(GrpcResponse::new(decisions_reply(response)?))
+    }
+}
+
+pub(super) fn decisions_reply(response: Response) -> Result<pb::RateCheckResponse, Status> {
+    match response {
+        Response::RateDecisions(decisions) => Ok(pb::RateCheckResponse {
+            decisions: decisions
+                .into_iter()
+                .map(|d| pb::RateDecision {
+                    allowed: d.allowed,
+                    remaining: d.remaining,
+                    retry_after_ms: d.retry_after_ms,
+                    reset_at_ms: d.reset_at_ms,
+                })
+                .collect(),
+        }),
+        other => Err(unexpected_result(&other)),
     }
 }

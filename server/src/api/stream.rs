@@ -16,6 +16,42 @@ use tonic::{Request, Response as GrpcResponse, Status};
 use super::{op_error_status, status, storage_status, unexpected_result, Api};
 use crate::limits::{FETCH_BYTES_DEFAULT, FETCH_RECORDS_DEFAULT, SESSION_TIMEOUT_DEFAULT_MS};
 
+/// A produce as the state machine takes it (the request's header aside).
+pub(super) fn produce_op(r: pb::ProduceRequest) -> Op {
+    let records = r
+        .records
+        .into_iter()
+        .map(|rec| ProduceRecord {
+            partition: rec.partition,
+            key: rec.key,
+            value: rec.value,
+            headers: rec.headers.into_iter().map(|h| (h.key, h.value)).collect(),
+            sequence: rec.sequence,
+        })
+        .collect();
+    Op::Stream(StreamOp::Produce {
+        topic: r.topic,
+        records,
+        producer: r.producer_id,
+    })
+}
+
+pub(super) fn produced_reply(response: Response) -> Result<pb::ProduceResponse, Status> {
+    match response {
+        Response::Produced(outcomes) => Ok(pb::ProduceResponse {
+            outcomes: outcomes
+                .into_iter()
+                .map(|p| pb::ProduceOutcome {
+                    partition: p.partition,
+                    offset: p.offset,
+                    duplicate: p.duplicate,
+                })
+                .collect(),
+        }),
+        other => Err(unexpected_result(&other)),
+    }
+}
+
 fn group_response(view: GroupView) -> pb::GroupResponse {
     pb::GroupResponse {
         generation: view.generation,
@@ -87,36 +123,11 @@ impl Stream for Api {
     }
 
     async fn produce(&self, request: Request<pb::ProduceRequest>) -> Result<GrpcResponse<pb::ProduceResponse>, Status> {
-        let r = request.into_inner();
-        let records = r
-            .records
-            .into_iter()
-            .map(|rec| ProduceRecord {
-                partition: rec.partition,
-                key: rec.key,
-                value: rec.value,
-                headers: rec.headers.into_iter().map(|h| (h.key, h.value)).collect(),
-                sequence: rec.sequence,
-            })
-            .collect();
-        let op = Op::Stream(StreamOp::Produce {
-            topic: r.topic,
-            records,
-            producer: r.producer_id,
-        });
-        match self.write(r.header, op).await? {
-            Response::Produced(outcomes) => Ok(GrpcResponse::new(pb::ProduceResponse {
-                outcomes: outcomes
-                    .into_iter()
-                    .map(|p| pb::ProduceOutcome {
-                        partition: p.partition,
-                        offset: p.offset,
-                        duplicate: p.duplicate,
-                    })
-                    .collect(),
-            })),
-            other => Err(unexpected_result(&other)),
-        }
+        let mut r = request.into_inner();
+        let header = r.header.take();
+        Ok(GrpcResponse::new(produced_reply(
+            self.write(header, produce_op(r)).await?,
+        )?))
     }
 
     async fn fetch(&self, request: Request<pb::FetchRequest>) -> Result<GrpcResponse<pb::FetchResponse>, Status> {

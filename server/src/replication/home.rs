@@ -19,6 +19,8 @@ use basalt_client::pb::ledger_client::LedgerClient;
 use basalt_client::pb::ledger_server::Ledger;
 use basalt_client::pb::queue_client::QueueClient;
 use basalt_client::pb::queue_server::Queue;
+use basalt_client::pb::txn_client::TxnClient;
+use basalt_client::pb::txn_server::Txn;
 use basalt_client::{ErrorCode, ERROR_CODE_KEY};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
@@ -295,3 +297,27 @@ homed_service!(Queue, QueueClient, {
     redrive(pb::RedriveRequest) -> pb::RedriveResponse, |_m| wait: Duration::ZERO, stale: false, writes: true;
     stats(pb::QueueStatsRequest) -> pb::QueueStatsResponse, |m| wait: Duration::ZERO, stale: m.stale, writes: false;
 });
+
+/// Transactions: one touching homed data (a lease, ledger or queue, in an op or a condition) is
+/// sent whole to the home region, as the homed writes it carries would be; one of region-local
+/// types only (KV, counters, rate limits, streams) applies here.
+#[tonic::async_trait]
+impl Txn for Homed {
+    async fn commit(&self, request: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
+        let caller = caller_timeout(request.metadata());
+        let message = request.into_inner();
+        // Converted here to learn what it touches; forwarded as it came (the home converts it
+        // again, against its own topology).
+        let (header, txn) = self.api.txn_of(message.clone())?;
+        if txn.is_homed() {
+            if let Some(route) = self.route() {
+                return route
+                    .call(caller, message, Duration::ZERO, true, |c, r| async move {
+                        basalt_client::service_client!(TxnClient, c).commit(r).await
+                    })
+                    .await;
+            }
+        }
+        self.api.commit_txn(header, txn).await.map(Response::new)
+    }
+}

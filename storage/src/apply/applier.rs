@@ -3,10 +3,10 @@
 //! data type's file, staged so that a refusal keeps none of its writes.
 
 use super::{
-    cache, corrupt, counter, group, kv, lease, ledger, queue, rate, replication, session, stream, topology, View,
+    cache, corrupt, counter, group, kv, lease, ledger, queue, rate, replication, session, stream, topology, txn, View,
     WriteSet,
 };
-use crate::command::{Command, Fence, KvOp, Op, OpError, RegionError, RegionOp, Response, Session};
+use crate::command::{Branch, Command, Fence, KvOp, Op, OpError, RegionError, RegionOp, Response, Session, TxnError};
 use crate::hlc::HlcStamp;
 use crate::state::{StoreError, StoreRead, Table};
 use basalt_replication::{RegionId, RegionName};
@@ -197,6 +197,7 @@ impl Applier {
                         now_ms,
                         stamp,
                         region: self.region,
+                        first_message: 0,
                     };
                     apply_op(&mut op_view, ctx, request.op)?
                 };
@@ -247,11 +248,35 @@ pub(super) struct OpContext {
     pub now_ms: u64,
     pub stamp: HlcStamp,
     pub region: RegionRole,
+    /// The number, within the entry, of the first queue message this op enqueues: message ids
+    /// are `index << 16 | number`, unique across the log and across queues (a message keeps its
+    /// id when it moves to a dead-letter queue). 0 but for the later ops of a transaction.
+    pub first_message: u32,
 }
 
 /// Hands the op to its data type's file, which matches its variants.
 fn apply_op<S: StoreRead>(view: &mut View<'_, S>, ctx: OpContext, op: &Op) -> Result<Response, StoreError> {
+    match op {
+        Op::Txn(txn) => txn::apply(view, ctx, txn),
+        op => apply_single_op(view, ctx, op),
+    }
+}
+
+/// [`apply_op`] for every op but a transaction, which is refused: what a transaction's branch
+/// applies its ops with. Apart so that a transaction's apply, generic over a view of the view,
+/// does not instantiate itself again without end.
+pub(super) fn apply_single_op<S: StoreRead>(
+    view: &mut View<'_, S>,
+    ctx: OpContext,
+    op: &Op,
+) -> Result<Response, StoreError> {
     Ok(match op {
+        // Refused when the outer transaction is validated; never reached.
+        Op::Txn(_) => Response::Refused(OpError::Txn(TxnError::NotTransactional {
+            branch: Branch::Then,
+            op: 0,
+            what: "a transaction inside a transaction".into(),
+        })),
         Op::Kv(op) => kv::apply_op(view, ctx, op)?,
         Op::Counter { ops } => counter::apply(view, ctx.region, ops)?,
         Op::Rate(op) => rate::apply_op(view, ctx, op)?,

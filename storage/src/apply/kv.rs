@@ -38,6 +38,7 @@ pub(super) fn apply_op<S: StoreRead>(
             limit,
             topology_at,
         } => super::replication::collect_tombstones(view, *below, *limit, *topology_at)?,
+        KvOp::Get { key } => super::txn::get(view, key, now_ms)?,
     })
 }
 

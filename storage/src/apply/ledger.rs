@@ -60,7 +60,7 @@ fn expiry_key(expires_at: u64, transfer_id: u128) -> Vec<u8> {
     k
 }
 
-fn account<S: StoreRead + ?Sized>(store: &S, id: u128) -> Result<Option<Account>, StoreError> {
+pub(crate) fn account<S: StoreRead + ?Sized>(store: &S, id: u128) -> Result<Option<Account>, StoreError> {
     load(store, Table::LedgerAccount, &id_key(id))
 }
 

@@ -29,6 +29,7 @@ pub mod replication;
 mod session;
 pub mod stream;
 pub mod topology;
+pub mod txn;
 
 mod applier;
 mod records;
@@ -57,12 +58,14 @@ mod tests_replication;
 mod tests_stream;
 #[cfg(test)]
 mod tests_topology;
+#[cfg(test)]
+mod tests_txn;
 mod validate;
 mod write_set;
 
-use applier::OpContext;
 #[cfg(test)]
 pub(crate) use applier::LAST_STAMP_KEY;
+use applier::{apply_single_op, OpContext};
 pub use applier::{last_applied_stamp, Applier, RegionRole};
 pub(crate) use records::{corrupt, decode, load, lossy, named, out_of_range, save};
 pub use sweep::{sweeps_due, SWEEP_ITEMS_MAX};
@@ -72,8 +75,8 @@ pub use write_set::{View, WriteSet};
 // What the test modules of this folder use from here (`use super::*`).
 #[cfg(test)]
 use crate::command::{
-    Command, CounterError, GroupOp, KvError, KvOp, LeaseError, LeaseOp, LedgerOp, Op, OpError, QueueError, QueueOp,
-    RateOp, RegionError, RegionOp, Response, StreamError, StreamOp,
+    Command, CounterError, CounterOutcome, Expect, GroupOp, KvError, KvOp, LeaseError, LeaseOp, LedgerOp, Op, OpError,
+    QueueError, QueueOp, RateOp, RegionError, RegionOp, Response, Session, StreamError, StreamOp,
 };
 #[cfg(test)]
 use crate::hlc::HlcStamp;

@@ -26,7 +26,13 @@ pub(super) fn apply_op<S: StoreRead>(
     let OpContext { index, now_ms, .. } = ctx;
     match op {
         QueueOp::Configure { queue, config } => configure(view, queue, config),
-        QueueOp::Enqueue { queue, messages } => enqueue(view, index, now_ms, queue, messages),
+        QueueOp::Enqueue { queue, messages } => enqueue(
+            view,
+            (index << 16) | u64::from(ctx.first_message),
+            now_ms,
+            queue,
+            messages,
+        ),
         QueueOp::Receive {
             queue,
             max,
@@ -269,9 +275,10 @@ fn place<S: StoreRead>(
     save(view, Table::QueueMessage, message_key(queue, id), message);
 }
 
+/// Enqueues `messages`, numbered from `first_id` (see `OpContext::first_message`).
 pub(crate) fn enqueue<S: StoreRead>(
     view: &mut View<'_, S>,
-    index: u64,
+    first_id: u64,
     now_ms: u64,
     queue: &[u8],
     messages: &[NewMessage],
@@ -280,8 +287,8 @@ pub(crate) fn enqueue<S: StoreRead>(
     let mut record = refuse_on_err!(stored_queue(view, queue)?);
     let mut outcomes = Vec::with_capacity(messages.len());
     for (position, m) in messages.iter().enumerate() {
-        // Unique across the log: the entry's index, then the position in the batch.
-        let id = (index << 16) | position as u64;
+        // Unique across the log: the entry's index, then the message's number in the entry.
+        let id = first_id + position as u64;
         if let Some(dedup) = &m.dedup_id {
             let key = dedup_key(queue, dedup);
             if let Some(seen) = load::<_, DedupEntry>(view, Table::QueueDedup, &key)? {

@@ -1,8 +1,10 @@
 //! Validation of an op before it is proposed: every bad input refused here with a typed
 //! [`OpError`], so nothing that apply would refuse for its shape reaches the log.
 
-use super::{cache, counter, group, kv, lease, queue, rate, stream, topology};
-use crate::command::{CacheOp, GroupOp, KvOp, LeaseOp, LedgerOp, Op, OpError, QueueOp, RateOp, RegionOp, StreamOp};
+use super::{cache, counter, group, kv, lease, queue, rate, stream, topology, txn};
+use crate::command::{
+    CacheOp, GroupOp, KvError, KvOp, LeaseOp, LedgerOp, Op, OpError, QueueOp, RateOp, RegionOp, StreamOp,
+};
 use crate::limits::{BATCH_ITEMS_MAX, KEY_BYTES_MAX};
 
 /// Checks a batch's size: non-empty, at most [`BATCH_ITEMS_MAX`].
@@ -47,6 +49,8 @@ pub fn validate_op(op: &Op) -> Result<(), OpError> {
             kv::validate_merged(parts)?;
             parts.iter().try_for_each(|part| validate_op(&part.op))
         }
+        Op::Kv(op @ KvOp::Get { .. }) => Err(OpError::Kv(KvError::OnlyInTxn { op: op.to_string() })),
+        Op::Txn(t) => txn::validate(t),
         Op::Counter { ops } => counter::validate(ops),
         Op::Cache(CacheOp::Purge { target }) => cache::validate_purge(target),
         Op::Region(RegionOp::Topology { change }) => topology::validate(change),

@@ -6,7 +6,7 @@ use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 
-use super::{CacheError, CounterError, KvError, LeaseError, QueueError, RegionError, StreamError};
+use super::{CacheError, CounterError, KvError, LeaseError, QueueError, RegionError, StreamError, TxnError};
 
 /// Why an operation was refused. Refusals are deterministic results, applied identically on every
 /// replica, and change nothing.
@@ -60,4 +60,6 @@ pub enum OpError {
     Region(#[from] RegionError),
     #[error(transparent)]
     Cache(#[from] CacheError),
+    #[error(transparent)]
+    Txn(#[from] TxnError),
 }

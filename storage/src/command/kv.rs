@@ -121,6 +121,12 @@ pub enum KvOp {
     /// the leader for the region topology last changed at `topology_at`; applies as a no-op if
     /// the topology changed since (a region added meanwhile was not counted).
     TombstoneGc { below: u64, limit: u32, topology_at: u64 },
+    /// Reads a key as the entry applies: only inside a transaction (`Txn`), where its answer
+    /// ([`crate::command::Response::KvRecord`]) is the record as the branch's earlier ops left it.
+    Get {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+    },
 }
 
 impl KvOp {
@@ -167,6 +173,7 @@ impl std::fmt::Display for KvOp {
             KvOp::TombstoneGc { below, limit, .. } => {
                 write!(f, "kv tombstones below stamp {below} (limit {limit})")
             }
+            KvOp::Get { key } => write!(f, "kv get {:?}", lossy(key)),
         }
     }
 }
@@ -178,4 +185,6 @@ pub enum KvError {
     DuplicateKey { key: String },
     #[error("{op} cannot be part of merged kv writes")]
     NotMergeable { op: String },
+    #[error("{op} is only an op of a transaction (a read on its own is KV Get)")]
+    OnlyInTxn { op: String },
 }

@@ -8,7 +8,7 @@
 //! - one module per data type with its operations (`KvOp`, `RateOp`, ...), its own refusals
 //!   (`KvError`, `LeaseError`, ...) and its payloads: [`kv`], [`counter`], [`rate`], [`lease`],
 //!   [`ledger`], [`queue`], [`stream`] (streams and consumer groups), [`region`] (merging other
-//!   regions' feeds, the topology), [`cache`] (edge-cache purges). The larger payloads of ledgers, queues and streams (accounts,
+//!   regions' feeds, the topology), [`cache`] (edge-cache purges), [`txn`] (transactions across types). The larger payloads of ledgers, queues and streams (accounts,
 //!   messages, records) are in `crate::ledger`, `crate::queue` and `crate::stream`.
 //!
 //! All of it is persisted (log entries, saved answers) in the data format of `basalt-codec`:
@@ -26,6 +26,7 @@ mod rate;
 mod region;
 mod response;
 mod stream;
+mod txn;
 
 pub use cache::{CacheError, CacheOp, PurgeTarget};
 pub use counter::{CounterAction, CounterError, CounterOp, CounterOutcome};
@@ -39,6 +40,7 @@ pub use rate::{RateCheck, RateDecision, RateLimit, RateOp};
 pub use region::{RegionError, RegionOp};
 pub use response::Response;
 pub use stream::{GroupOp, StreamError, StreamOp};
+pub use txn::{is_transactional, BalanceField, Branch, Compare, Condition, Txn, TxnError};
 
 use serde::{Deserialize, Serialize};
 

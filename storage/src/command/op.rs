@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{CacheOp, CounterOp, GroupOp, KvOp, LeaseOp, LedgerOp, QueueOp, RateOp, RegionOp, StreamOp};
+use super::{CacheOp, CounterOp, GroupOp, KvOp, LeaseOp, LedgerOp, QueueOp, RateOp, RegionOp, StreamOp, Txn};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
@@ -38,6 +38,8 @@ pub enum Op {
     /// applied time, so that expiry is in the log and never undone by a later read elsewhere.
     ClockTick,
     Cache(CacheOp),
+    /// Conditions, then one of two op lists, all or nothing in this one entry (see [`Txn`]).
+    Txn(Txn),
 }
 
 impl Op {
@@ -61,6 +63,7 @@ impl Op {
             // A purge made here goes to every region; one merged from elsewhere is not an
             // `Op::Cache` and is not shipped again.
             Op::Cache(CacheOp::Purge { .. }) => true,
+            Op::Txn(txn) => txn.replicates(),
             _ => false,
         }
     }
@@ -68,7 +71,11 @@ impl Op {
     /// Whether this op writes homed data (ledgers, leases, queues, their sweeps included): it
     /// applies only in the home region, whose feed copies the rows it wrote everywhere else.
     pub fn is_homed(&self) -> bool {
-        matches!(self, Op::Lease(_) | Op::Ledger(_) | Op::Queue(_))
+        match self {
+            Op::Lease(_) | Op::Ledger(_) | Op::Queue(_) => true,
+            Op::Txn(txn) => txn.is_homed(),
+            _ => false,
+        }
     }
 }
 
@@ -93,6 +100,7 @@ impl std::fmt::Display for Op {
             }
             Op::ClockTick => write!(f, "clock tick"),
             Op::Cache(op) => op.fmt(f),
+            Op::Txn(txn) => txn.fmt(f),
         }
     }
 }

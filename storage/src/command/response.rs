@@ -85,6 +85,21 @@ pub enum Response {
     CachePurged {
         seq: u64,
     },
+    /// A transaction applied the ops of `branch` (`Then`: every condition held), all of them:
+    /// one answer per op, in order, as the op alone would have been answered.
+    Txn {
+        branch: super::Branch,
+        results: Vec<Response>,
+    },
+    /// A transaction chose `branch`, whose op `op` was refused (`answer`: what that op alone
+    /// would have been answered, a refusal or a failed outcome): nothing of it applied.
+    TxnAborted {
+        branch: super::Branch,
+        op: u32,
+        answer: Box<Response>,
+    },
+    /// A [`crate::command::KvOp::Get`] inside a transaction: the live record, if any.
+    KvRecord(Option<crate::state::KvRecord>),
 }
 
 impl std::fmt::Display for Response {
