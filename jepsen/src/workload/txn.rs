@@ -9,11 +9,10 @@ use basalt_client::ledger::Transfer;
 use basalt_client::txn::{Compare, Condition, TxnOp, TxnOutcome};
 use basalt_client::{Client, CounterOp, ReadConsistency};
 use rand::rngs::StdRng;
-use rand::Rng;
 use serde_json::{json, Map, Value};
 
 use super::bank::{self, CUSTOMERS, FUNDING, LEDGER};
-use super::{complete, perform, until_ok, Completion, Detail, Planned, Shared, FINAL_PROCESS, SETUP_PROCESS};
+use super::{complete, perform, until_ok, Completion, Planned, Shared, FINAL_PROCESS, SETUP_PROCESS};
 use crate::history::Recorder;
 
 fn kv_key(customer: u64) -> String {
@@ -51,23 +50,9 @@ pub(super) async fn setup(client: &Client, recorder: &Recorder, shared: &Shared)
     Ok(())
 }
 
+/// The bank's plan: transfers between customers and reads, in the same proportions.
 pub(super) fn plan(shared: &Shared, rng: &mut StdRng) -> Planned {
-    if rng.gen_bool(0.3) {
-        return Planned {
-            f: "read",
-            value: json!({}),
-            mutation: false,
-            detail: Detail::None,
-        };
-    }
-    let from = rng.gen_range(1..=CUSTOMERS);
-    let to = (from + rng.gen_range(1..CUSTOMERS) - 1) % CUSTOMERS + 1;
-    Planned {
-        f: "transfer",
-        value: json!({ "id": shared.unique(), "from": from, "to": to, "amount": rng.gen_range(1..=20) }),
-        mutation: true,
-        detail: Detail::None,
-    }
+    bank::plan(shared, rng)
 }
 
 /// A KV balance and its mod revision.
