@@ -1,7 +1,11 @@
 //! Pub/sub: publish to a channel, subscribe to channels and glob patterns. Live only: a
 //! subscriber receives what is published while it is connected (at most once).
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use tokio_stream::Stream;
 
 use crate::client::Client;
 use crate::error::{classify_stream_error, ClientError};
@@ -23,7 +27,8 @@ pub struct PubSub {
     pub(crate) client: Client,
 }
 
-/// A live subscription; read it with [`Subscription::next`]. Dropping it unsubscribes.
+/// A live subscription; read it with [`Subscription::next`], or as a [`Stream`] (`while let
+/// Some(m) = sub.next().await`, or any `StreamExt` combinator). Dropping it unsubscribes.
 pub struct Subscription {
     stream: tonic::Streaming<pb::PubSubMessage>,
 }
@@ -75,14 +80,24 @@ impl Subscription {
     /// [`ClientError::Unavailable`] when the connection broke: subscribe again (messages
     /// published meanwhile are missed).
     pub async fn next(&mut self) -> Option<Result<Published, ClientError>> {
-        match self.stream.message().await {
-            Ok(Some(m)) => Some(Ok(Published {
-                channel: m.channel,
-                payload: m.payload,
-                pattern: (!m.pattern.is_empty()).then_some(m.pattern),
-            })),
-            Ok(None) => None,
-            Err(status) => Some(Err(classify_stream_error(&status))),
-        }
+        std::future::poll_fn(|cx| Pin::new(&mut *self).poll_next(cx)).await
+    }
+}
+
+/// Cancel safe: a message is taken from the connection only when it is returned.
+impl Stream for Subscription {
+    type Item = Result<Published, ClientError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        Pin::new(&mut self.stream).poll_next(cx).map(|next| {
+            next.map(|received| match received {
+                Ok(m) => Ok(Published {
+                    channel: m.channel,
+                    payload: m.payload,
+                    pattern: (!m.pattern.is_empty()).then_some(m.pattern),
+                }),
+                Err(status) => Err(classify_stream_error(&status)),
+            })
+        })
     }
 }

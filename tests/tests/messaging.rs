@@ -294,7 +294,8 @@ fn a_watch_resumes_without_gaps_across_a_leader_kill() {
         kv.delete("flags/f0").await.expect("delete");
         let mut events = Vec::new();
         while events.len() < 61 {
-            let e = tokio::time::timeout(Duration::from_secs(30), watch.next())
+            // Read as a `Stream`: its poll resumes the watch on another node after the kill.
+            let e = tokio::time::timeout(Duration::from_secs(30), tokio_stream::StreamExt::next(&mut watch))
                 .await
                 .expect("watch stalled")
                 .expect("watch ended")
@@ -403,8 +404,10 @@ fn pubsub_reaches_subscribers_on_every_node() {
             (got.channel.as_slice(), got.payload.as_slice()),
             (b"orders.paid".as_slice(), b"o-1".as_slice())
         );
-        let p1 = by_pattern.next().await.expect("message").expect("ok");
-        let p2 = by_pattern.next().await.expect("message").expect("ok");
+        // A subscription is a `Stream`: the two pattern matches, taken with a combinator.
+        let both: Vec<_> = tokio_stream::StreamExt::collect(tokio_stream::StreamExt::take(&mut by_pattern, 2)).await;
+        let [p1, p2] = <[_; 2]>::try_from(both).expect("two messages");
+        let (p1, p2) = (p1.expect("ok"), p2.expect("ok"));
         assert_eq!(
             (p1.payload.as_slice(), p2.payload.as_slice()),
             (b"o-1".as_slice(), b"o-2".as_slice())
