@@ -1,6 +1,9 @@
-//! Counters: one at a time through [`CounterHandle`], or many per request through [`Counters`].
+//! Counters: one at a time through [`CounterHandle`], or many per request through [`Counters`];
+//! windowed counters (per-minute, per-hour, per-day buckets with a retention) through the same.
 
-use crate::client::{Client, ReadConsistency};
+use std::time::Duration;
+
+use crate::client::{millis, Client, ReadConsistency};
 use crate::error::{ClientError, ErrorCode};
 use crate::pb;
 use crate::pb::counter_client::CounterClient;
@@ -34,9 +37,59 @@ pub enum CounterChange {
         min: Option<i64>,
         max: Option<i64>,
     },
+    /// Add `delta` to the window of length `window` holding the event time `at_ms` (Unix ms;
+    /// the cluster's time when `None`). Each window's bucket is kept `retention` after the window
+    /// ends; an event for a window no longer kept is refused ([`CounterOutcome::TooLate`]), as
+    /// is one dated more than five minutes ahead ([`CounterOutcome::TooEarly`]). Windows are
+    /// aligned to the Unix epoch and live apart from the plain counter of the same key.
+    Window {
+        delta: i64,
+        window: Duration,
+        retention: Duration,
+        at_ms: Option<u64>,
+    },
+    /// Delete the counter. Among regions it is set to 0 instead (its row stays, so another
+    /// region's earlier changes cannot bring the old value back).
+    Delete,
+}
+
+/// Common window lengths for [`CounterChange::Window`].
+pub mod window {
+    use std::time::Duration;
+
+    pub const MINUTE: Duration = Duration::from_secs(60);
+    pub const HOUR: Duration = Duration::from_secs(3600);
+    pub const DAY: Duration = Duration::from_secs(24 * 3600);
 }
 
 impl CounterOp {
+    /// Adds `delta` to the window of length `window` holding `at_ms` (now when `None`), kept
+    /// `retention` after it ends ([`CounterChange::Window`]).
+    pub fn windowed(
+        key: impl Into<Vec<u8>>,
+        delta: i64,
+        window: Duration,
+        retention: Duration,
+        at_ms: Option<u64>,
+    ) -> CounterOp {
+        CounterOp {
+            key: key.into(),
+            change: CounterChange::Window {
+                delta,
+                window,
+                retention,
+                at_ms,
+            },
+        }
+    }
+
+    pub fn delete(key: impl Into<Vec<u8>>) -> CounterOp {
+        CounterOp {
+            key: key.into(),
+            change: CounterChange::Delete,
+        }
+    }
+
     pub fn incr(key: impl Into<Vec<u8>>, delta: i64) -> CounterOp {
         CounterOp::bounded(key, delta, None, None)
     }
@@ -96,6 +149,27 @@ pub enum CounterOutcome {
         value: i64,
         balance: i64,
     },
+    /// Nothing changed: the event's window (starting at `window_start_ms`) is past its
+    /// retention; the oldest window still kept starts at `oldest_kept_ms`.
+    TooLate {
+        window_start_ms: u64,
+        oldest_kept_ms: u64,
+    },
+    /// Nothing changed: the event (at `at_ms`) is dated after `latest_accepted_ms`, the
+    /// cluster's time plus five minutes.
+    TooEarly {
+        at_ms: u64,
+        latest_accepted_ms: u64,
+    },
+}
+
+/// The windows of one windowed counter read at once ([`CounterHandle::windows`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Windows {
+    /// `(window start, Unix ms; value)` of every kept window with a bucket, oldest first.
+    pub windows: Vec<(u64, i64)>,
+    /// Their sum, clamped to the i64 range.
+    pub sum: i64,
 }
 
 impl From<CounterOp> for pb::CounterOp {
@@ -118,6 +192,18 @@ impl From<CounterOp> for pb::CounterOp {
                     min,
                     max,
                 }),
+                CounterChange::Window {
+                    delta,
+                    window,
+                    retention,
+                    at_ms,
+                } => pb::counter_op::Action::Window(pb::CounterWindowIncr {
+                    delta,
+                    window_ms: millis(window),
+                    retention_ms: millis(retention),
+                    at_ms,
+                }),
+                CounterChange::Delete => pb::counter_op::Action::Delete(pb::CounterDelete {}),
             }),
         }
     }
@@ -137,6 +223,14 @@ pub(crate) fn outcomes_of(reply: pb::CounterApplyResponse) -> Result<Vec<Counter
                 Ok(Status::EscrowExceeded) => Ok(CounterOutcome::EscrowExceeded {
                     value: o.value,
                     balance: o.balance,
+                }),
+                Ok(Status::TooLate) => Ok(CounterOutcome::TooLate {
+                    window_start_ms: o.event_ms,
+                    oldest_kept_ms: o.accepted_ms,
+                }),
+                Ok(Status::TooEarly) => Ok(CounterOutcome::TooEarly {
+                    at_ms: o.event_ms,
+                    latest_accepted_ms: o.accepted_ms,
                 }),
                 Err(_) => Err(ClientError::Protocol(format!("unknown counter status {}", o.status))),
             }
@@ -220,6 +314,26 @@ impl CounterHandle {
                 code: ErrorCode::CounterOverflow,
                 message: format!("counter {key:?}: {change:?} would overflow; current value {value}"),
             }),
+            [CounterOutcome::TooLate {
+                window_start_ms,
+                oldest_kept_ms,
+            }] => Err(ClientError::Rejected {
+                code: ErrorCode::WindowClosed,
+                message: format!(
+                    "counter {key:?}: the window starting at {window_start_ms} ms is past its retention; \
+                     the oldest kept starts at {oldest_kept_ms} ms"
+                ),
+            }),
+            [CounterOutcome::TooEarly {
+                at_ms,
+                latest_accepted_ms,
+            }] => Err(ClientError::Rejected {
+                code: ErrorCode::WindowNotOpen,
+                message: format!(
+                    "counter {key:?}: an event at {at_ms} ms is dated after the latest accepted, \
+                     {latest_accepted_ms} ms"
+                ),
+            }),
             other => Err(ClientError::Protocol(format!("expected one outcome, got {other:?}"))),
         }
     }
@@ -281,6 +395,71 @@ impl CounterHandle {
     /// Sets the counter to 0.
     pub async fn reset(&self) -> Result<(), ClientError> {
         self.apply_one(CounterChange::Set(0)).await.map(|_| ())
+    }
+
+    /// Deletes the counter ([`CounterChange::Delete`]): it reads 0 afterwards.
+    pub async fn delete(&self) -> Result<(), ClientError> {
+        self.apply_one(CounterChange::Delete).await.map(|_| ())
+    }
+
+    /// Adds `delta` to the window of length `window` holding `at_ms` (now when `None`), kept
+    /// `retention` after it ends; returns the window's new value.
+    ///
+    /// # Errors
+    /// `WINDOW_CLOSED` when the window is past its retention, `WINDOW_NOT_OPEN` when `at_ms` is
+    /// more than five minutes ahead (nothing changes; use [`Counters::apply`] to get them typed);
+    /// `OUT_OF_RANGE` for a window outside one second ..= one week or a retention over a year.
+    pub async fn incr_window(
+        &self,
+        delta: i64,
+        window: Duration,
+        retention: Duration,
+        at_ms: Option<u64>,
+    ) -> Result<i64, ClientError> {
+        self.apply_one(CounterChange::Window {
+            delta,
+            window,
+            retention,
+            at_ms,
+        })
+        .await
+    }
+
+    /// The kept windows of length `window` overlapping `[from_ms, to_ms)` (Unix ms), each and
+    /// their sum, in one read (linearizable).
+    ///
+    /// # Errors
+    /// `OUT_OF_RANGE` when `from_ms >= to_ms`, the window is out of range, or the range covers
+    /// more than 10,080 windows.
+    pub async fn windows(&self, window: Duration, from_ms: u64, to_ms: u64) -> Result<Windows, ClientError> {
+        self.windows_with(window, from_ms, to_ms, ReadConsistency::Linearizable)
+            .await
+    }
+
+    pub async fn windows_with(
+        &self,
+        window: Duration,
+        from_ms: u64,
+        to_ms: u64,
+        consistency: ReadConsistency,
+    ) -> Result<Windows, ClientError> {
+        let message = pb::CounterWindowsRequest {
+            key: self.key.clone(),
+            window_ms: millis(window),
+            from_ms,
+            to_ms,
+            stale: consistency == ReadConsistency::Stale,
+        };
+        let reply = self
+            .client
+            .unary(false, message, |c, r| async move {
+                crate::service_client!(CounterClient, c).windows(r).await
+            })
+            .await?;
+        Ok(Windows {
+            windows: reply.windows.into_iter().map(|w| (w.start_ms, w.value)).collect(),
+            sum: reply.sum,
+        })
     }
 
     pub async fn get(&self) -> Result<i64, ClientError> {

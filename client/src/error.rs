@@ -48,6 +48,10 @@ error_codes! {
     BoundExceeded = "BOUND_EXCEEDED" => FailedPrecondition,
     // With regions: a change toward a counter's lower bound beyond this region's escrow.
     EscrowExceeded = "ESCROW_EXCEEDED" => FailedPrecondition,
+    // A windowed counter change for a window past its retention.
+    WindowClosed = "WINDOW_CLOSED" => FailedPrecondition,
+    // A windowed counter change dated too far ahead of the cluster's time.
+    WindowNotOpen = "WINDOW_NOT_OPEN" => FailedPrecondition,
     StaleFence = "STALE_FENCE" => FailedPrecondition,
     LeaseNotHeld = "LEASE_NOT_HELD" => FailedPrecondition,
     SessionExpired = "SESSION_EXPIRED" => FailedPrecondition,

@@ -48,13 +48,16 @@ pub mod pb {
 
 pub use cache::{Cache, LaggingNode, NodeCacheStats, PurgeReceipt, PurgeTarget};
 pub use client::{Client, ClientOptions, ReadConsistency, RegionMap};
-pub use counter::{CounterChange, CounterHandle, CounterOp, CounterOutcome, Counters};
+pub use counter::window;
+pub use counter::{CounterChange, CounterHandle, CounterOp, CounterOutcome, Counters, Windows};
 pub use error::{never_sent, ClientError, ErrorCode, ERROR_CODE_KEY, LEADER_KEY, OLDEST_REVISION_KEY};
 pub use kv::{CasOutcome, DeleteOutcome, Kv, KvEntry, PutIfAbsent, PutOptions};
 pub use lease::{Acquired, LeaseGrant, LeaseHandle, LeaseState};
 pub use ledger::Ledger;
 pub use pubsub::{PubSub, Published, Subscription};
-pub use queue::{Enqueued, Message, NewMessage, QueueHandle, QueueOptions, QueueStats, ReceiveOptions};
+pub use queue::{
+    AckResult, Enqueued, Message, NewMessage, QueueHandle, QueueInfo, QueueOptions, QueueStats, ReceiveOptions,
+};
 pub use rate::{RateCheck, RateDecision, RateLimit, RateLimiter};
 pub use stream::{
     Assignor, FetchOptions, Fetched, FetchedRecord, JoinOptions, Membership, Produced, Producer, Record, Streams,

@@ -1,5 +1,6 @@
 //! Work queues (SQS-like): enqueue with dedup, delay and priority; receive with a visibility
-//! timeout and long-poll; ack and nack by receipt; dead-letter queues and redrive.
+//! timeout and long-poll; ack (one or a batch), nack and extend by receipt; dead-letter queues and
+//! redrive; purge; list.
 
 use std::time::Duration;
 
@@ -109,6 +110,58 @@ pub struct QueueStats {
     pub messages: u64,
     pub in_flight: u64,
     pub options: QueueOptions,
+}
+
+/// One receipt's answer in [`QueueHandle::ack_batch`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AckResult {
+    Acked,
+    /// Not acknowledged: the message was redelivered (its latest delivery is `Some`), or is gone
+    /// (acknowledged or purged: `None`), since this receipt.
+    Stale {
+        latest_delivery: Option<u32>,
+    },
+}
+
+/// A queue as listed by [`Client::list_queues`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueInfo {
+    pub name: Vec<u8>,
+    pub messages: u64,
+    pub in_flight: u64,
+}
+
+impl Client {
+    /// Every queue with its counts, paged through one request of up to 1000 at a time (each page
+    /// linearizable; a queue created or removed meanwhile may or may not appear).
+    pub async fn list_queues(&self) -> Result<Vec<QueueInfo>, ClientError> {
+        let mut queues = Vec::new();
+        let mut after = Vec::new();
+        loop {
+            let message = pb::ListQueuesRequest {
+                after: after.clone(),
+                limit: 0,
+                stale: false,
+            };
+            let reply = self
+                .unary(false, message, |c, r| async move {
+                    crate::service_client!(QueueClient, c).list_queues(r).await
+                })
+                .await?;
+            let more = reply.more;
+            for q in reply.queues {
+                after.clone_from(&q.name);
+                queues.push(QueueInfo {
+                    name: q.name,
+                    messages: q.messages,
+                    in_flight: q.in_flight,
+                });
+            }
+            if !more || after.is_empty() {
+                return Ok(queues);
+            }
+        }
+    }
 }
 
 /// One queue. Get one with [`Client::queue`].
@@ -239,6 +292,96 @@ impl QueueHandle {
             })
             .await?;
         Ok(())
+    }
+
+    /// Keeps an in-flight delivery invisible for `visibility_timeout` more, counted from now (a
+    /// worker still busy with it calls this before the timeout); returns the new invisible-until
+    /// time (Unix ms). The receipt stays valid.
+    ///
+    /// # Errors
+    /// `STALE_RECEIPT` when the message was redelivered, acked or nacked since this receipt;
+    /// `OUT_OF_RANGE` for a timeout of zero or over 12 hours.
+    pub async fn extend(&self, receipt: &[u8], visibility_timeout: Duration) -> Result<u64, ClientError> {
+        let (header, _guard) = self.client.header();
+        let message = pb::ExtendRequest {
+            header: Some(header),
+            queue: self.name.clone(),
+            receipt: receipt.to_vec(),
+            visibility_timeout_ms: millis(visibility_timeout),
+        };
+        let reply = self
+            .client
+            .unary(true, message, |c, r| async move {
+                crate::service_client!(QueueClient, c).extend(r).await
+            })
+            .await?;
+        Ok(reply.invisible_until_ms)
+    }
+
+    /// Acknowledges many deliveries in one request, each on its own: one answer per receipt, in
+    /// order; the current ones are acknowledged whatever the others are.
+    ///
+    /// # Errors
+    /// `BATCH_TOO_LARGE` for none or more than 8190 receipts; `INVALID_ARGUMENT` for a receipt
+    /// that is not one. Nothing is acknowledged then.
+    pub async fn ack_batch(&self, receipts: &[Vec<u8>]) -> Result<Vec<AckResult>, ClientError> {
+        let (header, _guard) = self.client.header();
+        let message = pb::AckBatchRequest {
+            header: Some(header),
+            queue: self.name.clone(),
+            receipts: receipts.to_vec(),
+        };
+        let reply = self
+            .client
+            .unary(true, message, |c, r| async move {
+                crate::service_client!(QueueClient, c).ack_batch(r).await
+            })
+            .await?;
+        if reply.results.len() != receipts.len() {
+            return Err(ClientError::Protocol(format!(
+                "{} answers to {} receipts",
+                reply.results.len(),
+                receipts.len()
+            )));
+        }
+        Ok(reply
+            .results
+            .into_iter()
+            .map(|r| match r.acked {
+                true => AckResult::Acked,
+                false => AckResult::Stale {
+                    latest_delivery: r.latest_delivery,
+                },
+            })
+            .collect())
+    }
+
+    /// Removes every message enqueued before this call (visible, delayed or in flight; receipts
+    /// of those in flight go stale), in entries of up to 4096 messages; returns how many it
+    /// removed. Messages enqueued meanwhile are kept.
+    pub async fn purge(&self) -> Result<u64, ClientError> {
+        let mut upto_id = 0;
+        let mut removed = 0u64;
+        loop {
+            let (header, _guard) = self.client.header();
+            let message = pb::PurgeRequest {
+                header: Some(header),
+                queue: self.name.clone(),
+                upto_id,
+                limit: 0,
+            };
+            let reply = self
+                .client
+                .unary(true, message, |c, r| async move {
+                    crate::service_client!(QueueClient, c).purge(r).await
+                })
+                .await?;
+            removed += u64::from(reply.removed);
+            upto_id = reply.upto_id;
+            if !reply.more {
+                return Ok(removed);
+            }
+        }
     }
 
     /// On a dead-letter queue: moves up to `max` messages back to the queues they came from.

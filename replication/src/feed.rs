@@ -59,6 +59,15 @@ pub enum Effect {
     /// records it, and every node of the receiving region removes what it matches from its edge.
     /// Receiving it twice removes nothing more.
     CachePurge { target: PurgeTarget },
+    /// One region's component of one bucket of a windowed counter (`key` names the bucket: the
+    /// counter, the window length and start, the retention, which fix when it is forgotten). The
+    /// receiver merges it like a counter's, unless the bucket is already past its forget time
+    /// there.
+    CounterWindow {
+        key: Vec<u8>,
+        region: RegionId,
+        component: Component,
+    },
 }
 
 /// What an edge-cache purge removes (docs/data-types/edge-cache.md).

@@ -38,6 +38,11 @@ const _: () = assert!(
 // item of the request (a counter outcome, an enqueue outcome, a produced offset: at most 16
 // bytes of answer per byte of request).
 const _: () = assert!(server::TXN_READ_BYTES_MAX + 16 * server::TXN_BYTES_MAX <= sdk::RESPONSE_BYTES_MAX);
+// A windowed-counter read: each window a start (varint, at most 10 bytes), a value (at most 10)
+// and 4 bytes of framing.
+const _: () = assert!(server::COUNTER_WINDOWS_READ_MAX as usize * 24 + 64 <= sdk::RESPONSE_BYTES_MAX);
+// A queue list: each a name and two counts, with framing.
+const _: () = assert!(server::LIST_QUEUES_MAX as usize * (server::NAME_BYTES_MAX + 32) + 64 <= sdk::RESPONSE_BYTES_MAX);
 // A scan with limit 0 returns as many keys whether the SDK or the server fills the default in.
 const _: () = assert!(sdk::SCAN_KEYS_DEFAULT == server::SCAN_KEYS_DEFAULT);
 

@@ -46,6 +46,19 @@ const _: () = assert!(SEGMENT_BYTES_DEFAULT >= RECORD_BYTES_MAX as u64);
 /// Most items (counter ops, rate checks, accounts, transfers) in one batched request, as in
 /// TigerBeetle: big enough to amortize a Raft round, small enough to keep one entry under a few MB.
 pub const BATCH_ITEMS_MAX: usize = 8190;
+/// Shortest window of a windowed counter (one second).
+pub const COUNTER_WINDOW_MS_MIN: u64 = 1000;
+/// Longest window of a windowed counter (one week).
+pub const COUNTER_WINDOW_MS_MAX: u64 = 7 * 24 * 3600 * 1000;
+/// Longest a windowed counter's bucket is kept after its window ends (one year). Checked at
+/// apply, so a constant of its own: a change of another limit must not change what replicas
+/// decide.
+pub const COUNTER_RETENTION_MS_MAX: u64 = 365 * 24 * 3600 * 1000;
+/// How far ahead of the entry's time an event may be dated: producers' clocks run ahead of the
+/// cluster's by up to this much before their events are refused as too early.
+pub const COUNTER_WINDOW_AHEAD_MS: u64 = 5 * 60 * 1000;
+/// Most windows one windowed-counter read covers (a week of minutes).
+pub const COUNTER_WINDOWS_READ_MAX: u64 = 7 * 24 * 60;
 /// Longest rate-limit window and token-bucket refill period (one day).
 pub const RATE_WINDOW_MS_MAX: u64 = 24 * 3600 * 1000;
 
@@ -76,6 +89,10 @@ pub const MESSAGE_BYTES_MAX: usize = 256 * 1024;
 pub const RECEIVE_MESSAGES_MAX: u32 = 1000;
 /// Longest visibility timeout (12 hours, as SQS).
 pub const VISIBILITY_MS_MAX: u64 = 12 * 3600 * 1000;
+/// Most queues one list answers.
+pub const LIST_QUEUES_MAX: u32 = 1000;
+/// Most messages one purge entry removes; the SDK's purge goes on until none is left.
+pub const PURGE_MESSAGES_MAX: u32 = 4096;
 /// Longest enqueue or nack delay, and longest dedup window (one day).
 pub const DELAY_MS_MAX: u64 = 24 * 3600 * 1000;
 /// Most partitions per topic.

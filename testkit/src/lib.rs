@@ -383,3 +383,39 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .build()
         .expect("runtime")
 }
+
+/// What one run of the CLI printed: its exit code, stdout and stderr.
+#[derive(Clone, Debug)]
+pub struct CliRun {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs the CLI (`binary`, the `basalt` entry point) with `args` against `endpoints`, writing
+/// `stdin` to it, on a blocking thread so the test's runtime keeps serving its cluster.
+pub async fn run_cli(binary: &str, endpoints: &[String], args: &[&str], stdin: Option<&str>) -> CliRun {
+    let mut command = Command::new(binary);
+    command
+        .args(args)
+        .args(["--endpoints", &endpoints.join(",")])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let stdin = stdin.unwrap_or_default().to_string();
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut child = command.spawn().expect("run the CLI");
+        let mut input = child.stdin.take().expect("stdin");
+        input.write_all(stdin.as_bytes()).expect("write stdin");
+        drop(input);
+        let out = child.wait_with_output().expect("CLI output");
+        CliRun {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    })
+    .await
+    .expect("join the CLI's thread")
+}

@@ -566,3 +566,144 @@ fn answers_of_many_megabytes_reach_the_sdk_in_pieces_the_server_bounds() {
         assert_eq!(answers, 2, "max_bytes lowered to 16 MiB: 15 records, then 5");
     });
 }
+
+fn now_ms() -> u64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970");
+    u64::try_from(since.as_millis()).expect("ms fit u64")
+}
+
+/// Windowed counters meter usage: events land in the window holding their time, a range reads each
+/// window and the sum in one call, an event past the retention or too far ahead is refused with a
+/// typed error and changes nothing, buckets are forgotten after their retention, and the CLI reads
+/// the same. A deleted counter reads 0.
+#[test]
+fn windowed_counters_meter_usage_and_refuse_late_events() {
+    use basalt_client::window::{HOUR, MINUTE};
+    runtime().block_on(async {
+        let cluster = TestCluster::start(NODE, ClusterOptions::default());
+        let client = cluster.client().await;
+        let now = now_ms();
+        let this_minute = now - now % 60_000;
+        let previous = this_minute - 60_000;
+        let outcomes = client
+            .counters()
+            .apply(vec![
+                CounterOp::windowed("usage/t1", 2, MINUTE, HOUR, Some(previous + 5)),
+                CounterOp::windowed("usage/t1", 1, MINUTE, HOUR, Some(this_minute - 1)),
+                CounterOp::windowed("usage/t1", 4, MINUTE, HOUR, Some(this_minute)),
+                CounterOp::windowed("usage/t1", 7, HOUR, HOUR, Some(this_minute)),
+                CounterOp::windowed("usage/t1", 1, MINUTE, HOUR, Some(now - 2 * 3_600_000)),
+            ])
+            .await
+            .expect("apply");
+        assert_eq!(
+            &outcomes[..4],
+            &[
+                CounterOutcome::Applied { value: 2 },
+                CounterOutcome::Applied { value: 3 },
+                CounterOutcome::Applied { value: 4 },
+                CounterOutcome::Applied { value: 7 },
+            ]
+        );
+        assert!(
+            matches!(outcomes[4], CounterOutcome::TooLate { .. }),
+            "{:?}",
+            outcomes[4]
+        );
+        let usage = client.counter("usage/t1");
+        let read = usage
+            .windows(MINUTE, previous, this_minute + 60_000)
+            .await
+            .expect("read");
+        assert_eq!(read.windows, vec![(previous, 3), (this_minute, 4)]);
+        assert_eq!(read.sum, 7);
+        assert_eq!(
+            usage.get().await.expect("get"),
+            0,
+            "windows live apart from the counter"
+        );
+
+        assert_eq!(
+            code(usage.incr_window(1, MINUTE, HOUR, Some(now - 3 * 3_600_000)).await),
+            Some(ErrorCode::WindowClosed)
+        );
+        assert_eq!(
+            code(usage.incr_window(1, MINUTE, HOUR, Some(now + 3_600_000)).await),
+            Some(ErrorCode::WindowNotOpen)
+        );
+        assert_eq!(
+            code(usage.incr_window(1, Duration::from_millis(10), HOUR, None).await),
+            Some(ErrorCode::OutOfRange)
+        );
+        assert_eq!(code(usage.windows(MINUTE, 0, now).await), Some(ErrorCode::OutOfRange));
+        assert_eq!(
+            usage
+                .windows(MINUTE, previous, this_minute + 60_000)
+                .await
+                .expect("read")
+                .sum,
+            7,
+            "refusals changed nothing"
+        );
+
+        // A bucket of one second kept one second is forgotten by the leader's sweep.
+        let brief = client.counter("usage/brief");
+        brief
+            .incr_window(1, Duration::from_secs(1), Duration::from_secs(1), None)
+            .await
+            .expect("incr");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let read = brief
+                .windows(Duration::from_secs(1), now, now_ms() + 1000)
+                .await
+                .expect("read");
+            if read.windows.is_empty() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "bucket never swept: {read:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+
+        // The CLI: a windowed increment, a range read, a refusal, a delete.
+        let endpoints = cluster.endpoints();
+        let cli = |args: Vec<String>| {
+            let endpoints = endpoints.clone();
+            async move {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                basalt_testkit::run_cli(NODE, &endpoints, &args, None).await
+            }
+        };
+        let windowed = |by: &str, at: u64| {
+            format!("counter incr usage/t1 --by {by} --window minute --retention 1h --at-ms {at}")
+                .split(' ')
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
+        let run = cli(windowed("5", this_minute)).await;
+        assert_eq!((run.code, run.stdout.trim()), (Some(0), "9"), "{}", run.stderr);
+        let run = cli("counter windows usage/t1 --window minute --last 1h"
+            .split(' ')
+            .map(str::to_string)
+            .collect())
+        .await;
+        assert_eq!(run.code, Some(0), "{}", run.stderr);
+        assert!(
+            run.stdout.contains(&format!("{this_minute} 9")) && run.stdout.ends_with("sum 12\n"),
+            "{}",
+            run.stdout
+        );
+        let run = cli(windowed("1", 1000)).await;
+        assert_eq!(run.code, Some(1));
+        assert!(run.stderr.contains("WINDOW_CLOSED"), "{}", run.stderr);
+
+        let plain = client.counter("plain");
+        plain.incr(4).await.expect("incr");
+        plain.delete().await.expect("delete");
+        assert_eq!(plain.get().await.expect("get"), 0);
+        let run = cli(vec!["counter".into(), "delete".into(), "usage/t1".into()]).await;
+        assert_eq!(run.code, Some(0), "{}", run.stderr);
+    });
+}

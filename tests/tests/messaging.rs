@@ -527,3 +527,90 @@ fn bad_queue_and_stream_input_gets_typed_errors_and_changes_nothing() {
         assert_eq!(q.stats(ReadConsistency::Linearizable).await.expect("stats").messages, 0);
     });
 }
+
+/// A worker extends a delivery it is still busy with, acknowledges many deliveries in one request
+/// (each answered on its own), an operator purges what is queued and lists the queues, through
+/// the SDK and the CLI.
+#[test]
+fn extend_batch_ack_purge_and_list_queues() {
+    use basalt_client::AckResult;
+    runtime().block_on(async {
+        let cluster = TestCluster::start(NODE, ClusterOptions::default());
+        let client = cluster.client().await;
+        let jobs = client.queue("jobs");
+        jobs.create(QueueOptions::default()).await.expect("create");
+        client
+            .queue("mail")
+            .create(QueueOptions::default())
+            .await
+            .expect("create");
+        for i in 0..5 {
+            jobs.enqueue(format!("job-{i}")).await.expect("enqueue");
+        }
+        let short = ReceiveOptions {
+            visibility_timeout: Duration::from_millis(500),
+            wait: Duration::ZERO,
+        };
+        let got = jobs.receive(3, short).await.expect("receive");
+        assert_eq!(got.len(), 3);
+        // Extended well past its first timeout: not handed out again meanwhile.
+        let until = jobs
+            .extend(&got[0].receipt, Duration::from_secs(60))
+            .await
+            .expect("extend");
+        assert!(until >= got[0].invisible_until_ms + 50_000, "{until}");
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let again = jobs.receive(10, short).await.expect("receive");
+        let ids: BTreeSet<u64> = again.iter().map(|m| m.id).collect();
+        assert!(!ids.contains(&got[0].id), "an extended delivery came back: {ids:?}");
+        assert!(ids.contains(&got[1].id) && ids.contains(&got[2].id), "{ids:?}");
+        assert_eq!(
+            code(jobs.extend(&got[1].receipt, Duration::from_secs(1)).await),
+            Some(ErrorCode::StaleReceipt),
+            "the redelivered message's old receipt cannot extend"
+        );
+        assert_eq!(
+            code(jobs.extend(&got[0].receipt, Duration::ZERO).await),
+            Some(ErrorCode::OutOfRange)
+        );
+
+        let mut receipts: Vec<Vec<u8>> = again.iter().map(|m| m.receipt.clone()).collect();
+        receipts.push(got[1].receipt.clone());
+        let results = jobs.ack_batch(&receipts).await.expect("ack batch");
+        assert_eq!(results.len(), receipts.len());
+        assert!(
+            results[..again.len()].iter().all(|r| *r == AckResult::Acked),
+            "{results:?}"
+        );
+        assert!(matches!(results[again.len()], AckResult::Stale { .. }), "{results:?}");
+        assert_eq!(
+            jobs.stats(ReadConsistency::Linearizable).await.expect("stats").messages,
+            1,
+            "only the extended one is left"
+        );
+
+        for i in 0..3 {
+            jobs.enqueue(format!("more-{i}")).await.expect("enqueue");
+        }
+        assert_eq!(jobs.purge().await.expect("purge"), 4);
+        let stats = jobs.stats(ReadConsistency::Linearizable).await.expect("stats");
+        assert_eq!((stats.messages, stats.in_flight), (0, 0));
+        assert_eq!(
+            code(jobs.ack(&got[0].receipt).await),
+            Some(ErrorCode::StaleReceipt),
+            "a purged delivery's receipt is stale"
+        );
+
+        let listed = client.list_queues().await.expect("list");
+        let names: Vec<&[u8]> = listed.iter().map(|q| q.name.as_slice()).collect();
+        assert_eq!(names, vec![b"jobs".as_slice(), b"mail".as_slice()]);
+
+        let endpoints = cluster.endpoints();
+        jobs.enqueue("cli").await.expect("enqueue");
+        let run = basalt_testkit::run_cli(NODE, &endpoints, &["queue", "list"], None).await;
+        assert_eq!(run.code, Some(0), "{}", run.stderr);
+        assert!(run.stdout.contains("jobs messages=1 in_flight=0"), "{}", run.stdout);
+        let run = basalt_testkit::run_cli(NODE, &endpoints, &["queue", "purge", "jobs"], None).await;
+        assert_eq!((run.code, run.stdout.trim()), (Some(0), "purged=1"), "{}", run.stderr);
+    });
+}

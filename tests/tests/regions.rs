@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use basalt_client::ReadConsistency;
+use basalt_client::{window, ReadConsistency};
 use basalt_testkit::regions::{RegionSpec, TestRegions};
 use basalt_testkit::runtime;
 
@@ -111,6 +111,14 @@ fn partitioned_regions_keep_serving_and_converge_after_the_heal() {
         let mut written: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
         let mut last_only: BTreeMap<String, Vec<u8>> = BTreeMap::new();
         let mut increments = 0i64;
+        // Every region meters into the same hourly window while partitioned.
+        let metered_at_ms = u64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("clock")
+                .as_millis(),
+        )
+        .expect("ms");
         let (mut taken, mut admitted) = (0, 0);
         for round in 0..20 {
             for (r, client) in clients.iter().enumerate() {
@@ -130,6 +138,11 @@ fn partitioned_regions_keep_serving_and_converge_after_the_heal() {
                 client.kv().put(&own, &value).await.expect("put");
                 last_only.insert(own, value);
                 client.counter("hits").incr(1 + r as i64).await.expect("incr");
+                client
+                    .counter("metered")
+                    .incr_window(1 + r as i64, window::HOUR, window::DAY, Some(metered_at_ms))
+                    .await
+                    .expect("windowed incr");
                 increments += 1 + r as i64;
                 // Everyone takes stock while its escrow lasts, and checks a global rate limit.
                 if client.counter("stock").incr_bounded(-1, Some(0), None).await.is_ok() {
@@ -217,6 +230,12 @@ fn partitioned_regions_keep_serving_and_converge_after_the_heal() {
                 increments,
                 "every acknowledged increment of every region, once"
             );
+            let metered = client
+                .counter("metered")
+                .windows(window::HOUR, metered_at_ms, metered_at_ms + 1)
+                .await
+                .expect("windows");
+            assert_eq!(metered.sum, increments, "every region's windowed increments, once");
             for (key, value) in &last_only {
                 assert_eq!(
                     client.kv().get(key).await.expect("get").map(|e| e.value).as_ref(),

@@ -11,7 +11,7 @@ use basalt_client::{
     Client, ClientError, CounterOp, ErrorCode, NewMessage, PutIfAbsent, QueueOptions, ReadConsistency,
 };
 use basalt_testkit::regions::{RegionSpec, TestRegions};
-use basalt_testkit::{runtime, ClusterOptions, TestCluster};
+use basalt_testkit::{run_cli, runtime, ClusterOptions, TestCluster};
 
 const NODE: &str = env!("CARGO_BIN_EXE_basalt-test-node");
 
@@ -291,34 +291,13 @@ fn put_if_absent_and_the_cli_transaction_document() {
             Some(ErrorCode::EmptyKey)
         );
 
-        let endpoints = cluster.endpoints().join(",");
+        let endpoints = cluster.endpoints();
         let run = |args: Vec<String>, stdin: Option<String>| {
             let endpoints = endpoints.clone();
             async move {
-                tokio::task::spawn_blocking(move || {
-                    use std::io::Write;
-                    let mut child = std::process::Command::new(NODE)
-                        .args(args)
-                        .args(["--endpoints", &endpoints])
-                        .stdin(std::process::Stdio::piped())
-                        .stdout(std::process::Stdio::piped())
-                        .stderr(std::process::Stdio::piped())
-                        .spawn()
-                        .expect("run the CLI");
-                    let mut input = child.stdin.take().expect("stdin");
-                    input
-                        .write_all(stdin.unwrap_or_default().as_bytes())
-                        .expect("write stdin");
-                    drop(input);
-                    let out = child.wait_with_output().expect("CLI output");
-                    (
-                        out.status.code(),
-                        String::from_utf8_lossy(&out.stdout).into_owned(),
-                        String::from_utf8_lossy(&out.stderr).into_owned(),
-                    )
-                })
-                .await
-                .expect("join")
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                let run = run_cli(NODE, &endpoints, &args, stdin.as_deref()).await;
+                (run.code, run.stdout, run.stderr)
             }
         };
         let args = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();

@@ -1,9 +1,29 @@
-//! `basalt counter ...`: increment (bounded or not), reset, read, and move escrow between regions.
+//! `basalt counter ...`: increment (bounded, or into a window), reset, delete, read (a counter,
+//! or a range of windows), and move escrow between regions.
 
-use basalt_client::Client;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use basalt_client::{window, Client};
 use clap::Subcommand;
 
 use super::consistency;
+use crate::commands::parse_duration;
+
+/// Parses a window length: `minute`, `hour`, `day`, or a duration (`15m`).
+pub fn parse_window(text: &str) -> Result<Duration, String> {
+    match text {
+        "minute" => Ok(window::MINUTE),
+        "hour" => Ok(window::HOUR),
+        "day" => Ok(window::DAY),
+        other => parse_duration(other),
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
 
 #[derive(Subcommand, Debug)]
 pub enum CounterCommand {
@@ -16,9 +36,38 @@ pub enum CounterCommand {
         min: Option<i64>,
         #[arg(long, allow_negative_numbers = true)]
         max: Option<i64>,
+        /// Add into the window holding the event instead (`minute`, `hour`, `day` or a
+        /// duration): a windowed counter, read with `basalt counter windows`.
+        #[arg(long, value_parser = parse_window, requires = "retention", conflicts_with_all = ["min", "max"])]
+        window: Option<Duration>,
+        /// How long each window is kept after it ends (`7d`); older events are refused.
+        #[arg(long, value_parser = parse_duration, requires = "window")]
+        retention: Option<Duration>,
+        /// The event's time, Unix ms (default: the cluster's time).
+        #[arg(long, requires = "window")]
+        at_ms: Option<u64>,
     },
     /// Set a counter back to 0.
     Reset { key: String },
+    /// Delete a counter (among regions: set it to 0).
+    Delete { key: String },
+    /// Read a windowed counter: each kept window overlapping the range, and their sum.
+    Windows {
+        key: String,
+        #[arg(long, value_parser = parse_window)]
+        window: Duration,
+        /// The range's start, Unix ms.
+        #[arg(long, conflicts_with = "last", required_unless_present = "last")]
+        from_ms: Option<u64>,
+        /// The range's end, Unix ms, excluded (default: now).
+        #[arg(long)]
+        to_ms: Option<u64>,
+        /// The range is this long, up to its end (`24h`).
+        #[arg(long, value_parser = parse_duration)]
+        last: Option<Duration>,
+        #[arg(long)]
+        stale: bool,
+    },
     Get {
         key: String,
         #[arg(long)]
@@ -45,17 +94,54 @@ pub enum CounterCommand {
 /// Runs one `basalt counter` verb.
 pub async fn counter(client: &Client, command: CounterCommand) -> Result<(), String> {
     match command {
-        CounterCommand::Incr { key, by, min, max } => {
-            let value = client
-                .counter(key)
-                .incr_bounded(by, min, max)
-                .await
-                .map_err(|e| e.to_string())?;
+        CounterCommand::Incr {
+            key,
+            by,
+            min,
+            max,
+            window,
+            retention,
+            at_ms,
+        } => {
+            let counter = client.counter(key);
+            let value = match (window, retention) {
+                (Some(window), Some(retention)) => counter.incr_window(by, window, retention, at_ms).await,
+                _ => counter.incr_bounded(by, min, max).await,
+            }
+            .map_err(|e| e.to_string())?;
             println!("{value}");
         }
         CounterCommand::Reset { key } => {
             client.counter(key).reset().await.map_err(|e| e.to_string())?;
             println!("0");
+        }
+        CounterCommand::Delete { key } => {
+            client.counter(key).delete().await.map_err(|e| e.to_string())?;
+            println!("deleted");
+        }
+        CounterCommand::Windows {
+            key,
+            window,
+            from_ms,
+            to_ms,
+            last,
+            stale,
+        } => {
+            let to_ms = to_ms.unwrap_or_else(now_ms);
+            let from_ms = match (from_ms, last) {
+                (Some(from), _) => from,
+                (None, Some(last)) => to_ms.saturating_sub(u64::try_from(last.as_millis()).unwrap_or(u64::MAX)),
+                (None, None) => return Err("give --from-ms or --last".into()),
+            };
+            let read = client
+                .counter(key)
+                .windows_with(window, from_ms, to_ms, consistency(stale))
+                .await
+                .map_err(|e| e.to_string())?;
+            for (start_ms, value) in &read.windows {
+                println!("{start_ms} {value}");
+            }
+            println!("sum {}", read.sum);
         }
         CounterCommand::Transfer {
             key,

@@ -1,8 +1,9 @@
-//! `basalt queue ...`: create queues, enqueue, receive, ack, nack, redrive.
+//! `basalt queue ...`: create queues, enqueue, receive, ack (one or many), nack, extend, redrive,
+//! purge, stats, list.
 
 use std::time::Duration;
 
-use basalt_client::{Client, NewMessage, QueueOptions, ReceiveOptions};
+use basalt_client::{AckResult, Client, NewMessage, QueueOptions, ReceiveOptions};
 use clap::Subcommand;
 
 use super::{consistency, err, hex, unhex, STALE_HELP};
@@ -45,10 +46,23 @@ pub enum QueueCommand {
         #[arg(long, value_parser = parse_duration)]
         visibility_timeout: Option<Duration>,
     },
+    /// Acknowledge one delivery, or many in one request (each answered on its own).
     Ack {
         queue: String,
-        receipt: String,
+        #[arg(required = true)]
+        receipts: Vec<String>,
     },
+    /// Keep an in-flight delivery invisible for longer, counted from now.
+    Extend {
+        queue: String,
+        receipt: String,
+        #[arg(long, value_parser = parse_duration)]
+        visibility_timeout: Duration,
+    },
+    /// Remove every message enqueued before now (visible, delayed or in flight).
+    Purge { queue: String },
+    /// Every queue, with its counts.
+    List,
     Nack {
         queue: String,
         receipt: String,
@@ -123,9 +137,52 @@ pub async fn queue(client: &Client, command: QueueCommand) -> Result<(), String>
                 );
             }
         }
-        QueueCommand::Ack { queue, receipt } => {
-            client.queue(queue).ack(&unhex(&receipt)?).await.map_err(err)?;
-            println!("OK");
+        QueueCommand::Ack { queue, receipts } => {
+            let receipts = receipts.iter().map(|r| unhex(r)).collect::<Result<Vec<_>, _>>()?;
+            if let [receipt] = receipts.as_slice() {
+                client.queue(queue).ack(receipt).await.map_err(err)?;
+                println!("OK");
+                return Ok(());
+            }
+            let results = client.queue(queue).ack_batch(&receipts).await.map_err(err)?;
+            let mut stale = 0;
+            for (receipt, result) in receipts.iter().zip(results) {
+                match result {
+                    AckResult::Acked => println!("{} OK", hex(receipt)),
+                    AckResult::Stale { latest_delivery } => {
+                        stale += 1;
+                        println!("{} STALE latest_delivery={latest_delivery:?}", hex(receipt));
+                    }
+                }
+            }
+            if stale > 0 {
+                return Err(format!("{stale} of {} receipts were stale", receipts.len()));
+            }
+        }
+        QueueCommand::Extend {
+            queue,
+            receipt,
+            visibility_timeout,
+        } => {
+            let until = client
+                .queue(queue)
+                .extend(&unhex(&receipt)?, visibility_timeout)
+                .await
+                .map_err(err)?;
+            println!("invisible_until_ms={until}");
+        }
+        QueueCommand::Purge { queue } => {
+            println!("purged={}", client.queue(queue).purge().await.map_err(err)?);
+        }
+        QueueCommand::List => {
+            for q in client.list_queues().await.map_err(err)? {
+                println!(
+                    "{} messages={} in_flight={}",
+                    String::from_utf8_lossy(&q.name),
+                    q.messages,
+                    q.in_flight
+                );
+            }
         }
         QueueCommand::Nack { queue, receipt, delay } => {
             client.queue(queue).nack(&unhex(&receipt)?, delay).await.map_err(err)?;

@@ -172,6 +172,14 @@ enum OpDoc {
         by: i64,
         min: Option<i64>,
         max: Option<i64>,
+        /// A windowed increment: the window (`minute`, `hour`, `day` or a duration) and how long
+        /// each window is kept after it ends; `at_ms` dates the event (now when absent).
+        window: Option<String>,
+        retention: Option<String>,
+        at_ms: Option<u64>,
+    },
+    CounterDelete {
+        key: String,
     },
     Set {
         key: String,
@@ -272,7 +280,34 @@ impl OpDoc {
             }
             OpDoc::Delete { key } => TxnOp::delete(key),
             OpDoc::Get { key } => TxnOp::get(key),
-            OpDoc::Incr { key, by, min, max } => TxnOp::counter(CounterOp::bounded(key, by, min, max)),
+            OpDoc::Incr {
+                key,
+                by,
+                min,
+                max,
+                window: None,
+                retention: None,
+                at_ms: None,
+            } => TxnOp::counter(CounterOp::bounded(key, by, min, max)),
+            OpDoc::Incr {
+                key,
+                by,
+                min: None,
+                max: None,
+                window: Some(window),
+                retention: Some(retention),
+                at_ms,
+            } => TxnOp::counter(CounterOp::windowed(
+                key,
+                by,
+                super::counter::parse_window(&window)?,
+                parse_duration(&retention)?,
+                at_ms,
+            )),
+            OpDoc::Incr { .. } => {
+                return Err("a windowed incr takes window and retention (and at_ms), without min or max".into())
+            }
+            OpDoc::CounterDelete { key } => TxnOp::counter(CounterOp::delete(key)),
             OpDoc::Set { key, value } => TxnOp::counter(CounterOp::set(key, value)),
             OpDoc::Rate {
                 key,

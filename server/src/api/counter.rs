@@ -1,10 +1,11 @@
-//! The counter service: batched increments (with bounds) and resets, batched reads.
+//! The counter service: batched increments (with bounds, or into windows), resets and deletes;
+//! batched reads, and reads of a range of windows.
 
 use basalt_client::pb;
 use basalt_client::pb::counter_server::Counter;
 use basalt_client::ErrorCode;
 use basalt_storage::apply::check_batch;
-use basalt_storage::apply::counter;
+use basalt_storage::apply::{counter, counter_window};
 use basalt_storage::command::{CounterAction, CounterOp, CounterOutcome, Op, Response};
 use tonic::{Request, Response as GrpcResponse, Status};
 
@@ -59,10 +60,17 @@ fn counter_op_of(op: pb::CounterOp) -> Result<CounterOp, Status> {
             max: incr.max,
         },
         Some(pb::counter_op::Action::Set(value)) => CounterAction::Set { value },
+        Some(pb::counter_op::Action::Window(w)) => CounterAction::Window {
+            delta: w.delta,
+            window_ms: w.window_ms,
+            retention_ms: w.retention_ms,
+            at_ms: w.at_ms,
+        },
+        Some(pb::counter_op::Action::Delete(pb::CounterDelete {})) => CounterAction::Delete,
         Some(pb::counter_op::Action::Transfer(_)) | None => {
             return Err(status(
                 ErrorCode::InvalidArgument,
-                "a counter op needs incr, set or transfer",
+                "a counter op needs incr, set, transfer, window or delete",
             ))
         }
     };
@@ -80,17 +88,41 @@ pub(super) fn counters_reply(response: Response) -> Result<pb::CounterApplyRespo
 
 fn outcome_of(outcome: CounterOutcome) -> pb::CounterOutcome {
     use pb::counter_outcome::Status as S;
-    let (status, value, balance) = match outcome {
-        CounterOutcome::Applied { value } => (S::Applied, value, 0),
-        CounterOutcome::BoundExceeded { value } => (S::BoundExceeded, value, 0),
-        CounterOutcome::Overflow { value } => (S::Overflow, value, 0),
-        CounterOutcome::EscrowExceeded { value, balance } => (S::EscrowExceeded, value, balance),
+    let mut reply = pb::CounterOutcome::default();
+    let status = match outcome {
+        CounterOutcome::Applied { value } => {
+            reply.value = value;
+            S::Applied
+        }
+        CounterOutcome::BoundExceeded { value } => {
+            reply.value = value;
+            S::BoundExceeded
+        }
+        CounterOutcome::Overflow { value } => {
+            reply.value = value;
+            S::Overflow
+        }
+        CounterOutcome::EscrowExceeded { value, balance } => {
+            (reply.value, reply.balance) = (value, balance);
+            S::EscrowExceeded
+        }
+        CounterOutcome::TooLate {
+            window_start_ms,
+            oldest_kept_ms,
+        } => {
+            (reply.event_ms, reply.accepted_ms) = (window_start_ms, oldest_kept_ms);
+            S::TooLate
+        }
+        CounterOutcome::TooEarly {
+            at_ms,
+            latest_accepted_ms,
+        } => {
+            (reply.event_ms, reply.accepted_ms) = (at_ms, latest_accepted_ms);
+            S::TooEarly
+        }
     };
-    pb::CounterOutcome {
-        status: status as i32,
-        value,
-        balance,
-    }
+    reply.status = status as i32;
+    reply
 }
 
 #[tonic::async_trait]
@@ -123,5 +155,25 @@ impl Counter for Api {
         // One view: a multi-key read sees every counter as of the same applied entry.
         let values = counter::get_values(&self.store, &r.keys).map_err(storage_status)?;
         Ok(GrpcResponse::new(pb::CounterGetResponse { values }))
+    }
+
+    async fn windows(
+        &self,
+        request: Request<pb::CounterWindowsRequest>,
+    ) -> Result<GrpcResponse<pb::CounterWindowsResponse>, Status> {
+        let r = request.into_inner();
+        Self::check_key(&r.key)?;
+        counter_window::check_read(r.window_ms, r.from_ms, r.to_ms).map_err(|e| op_error_status(&e))?;
+        self.read_barrier(r.stale).await?;
+        let read =
+            counter_window::read(&self.store, &r.key, r.window_ms, r.from_ms, r.to_ms).map_err(storage_status)?;
+        Ok(GrpcResponse::new(pb::CounterWindowsResponse {
+            windows: read
+                .windows
+                .into_iter()
+                .map(|(start_ms, value)| pb::CounterWindowValue { start_ms, value })
+                .collect(),
+            sum: read.sum,
+        }))
     }
 }

@@ -1,12 +1,14 @@
-//! The queue service: create, enqueue, receive (long-poll), ack, nack, redrive, stats.
+//! The queue service: create, enqueue, receive (long-poll), ack (one or a batch), nack, extend,
+//! redrive, purge, stats, list.
 
 use std::time::Duration;
 
 use basalt_client::pb;
 use basalt_client::pb::queue_server::Queue;
 use basalt_client::ErrorCode;
-use basalt_storage::apply::queue::{has_visible, stored_queue};
-use basalt_storage::command::{Op, QueueOp, Response};
+use basalt_storage::apply::queue::{has_visible, list_queues, stored_queue};
+use basalt_storage::command::{Op, QueueError, QueueOp, Response};
+use basalt_storage::limits::PURGE_MESSAGES_MAX;
 use basalt_storage::queue::{EnqueueOutcome, NewMessage, QueueConfig, Receipt};
 use tonic::{Request, Response as GrpcResponse, Status};
 
@@ -218,6 +220,90 @@ impl Queue for Api {
                 dead_letter_queue: record.config.dead_letter_queue.unwrap_or_default(),
                 dedup_window_ms: record.config.dedup_window_ms,
             }),
+        }))
+    }
+
+    async fn extend(&self, request: Request<pb::ExtendRequest>) -> Result<GrpcResponse<pb::ExtendResponse>, Status> {
+        let r = request.into_inner();
+        let op = Op::Queue(QueueOp::Extend {
+            queue: r.queue,
+            receipt: receipt_of(&r.receipt)?,
+            visibility_timeout_ms: r.visibility_timeout_ms,
+        });
+        match self.write(r.header, op).await? {
+            Response::QueueExtended { invisible_until_ms } => {
+                Ok(GrpcResponse::new(pb::ExtendResponse { invisible_until_ms }))
+            }
+            other => Err(unexpected_result(&other)),
+        }
+    }
+
+    async fn ack_batch(
+        &self,
+        request: Request<pb::AckBatchRequest>,
+    ) -> Result<GrpcResponse<pb::AckBatchResponse>, Status> {
+        let r = request.into_inner();
+        let receipts = r.receipts.iter().map(|b| receipt_of(b)).collect::<Result<_, _>>()?;
+        let op = Op::Queue(QueueOp::AckBatch {
+            queue: r.queue,
+            receipts,
+        });
+        match self.write(r.header, op).await? {
+            Response::QueueAcked(answers) => Ok(GrpcResponse::new(pb::AckBatchResponse {
+                results: answers
+                    .into_iter()
+                    .map(|answer| match answer {
+                        None => pb::AckResult {
+                            acked: true,
+                            latest_delivery: None,
+                        },
+                        Some(QueueError::StaleReceipt { latest, .. }) => pb::AckResult {
+                            acked: false,
+                            latest_delivery: latest,
+                        },
+                    })
+                    .collect(),
+            })),
+            other => Err(unexpected_result(&other)),
+        }
+    }
+
+    async fn purge(&self, request: Request<pb::PurgeRequest>) -> Result<GrpcResponse<pb::PurgeResponse>, Status> {
+        let r = request.into_inner();
+        let op = Op::Queue(QueueOp::Purge {
+            queue: r.queue,
+            upto_id: (r.upto_id > 0).then_some(r.upto_id),
+            limit: if r.limit == 0 { PURGE_MESSAGES_MAX } else { r.limit },
+        });
+        match self.write(r.header, op).await? {
+            Response::QueuePurged { removed, more, upto_id } => {
+                Ok(GrpcResponse::new(pb::PurgeResponse { removed, more, upto_id }))
+            }
+            other => Err(unexpected_result(&other)),
+        }
+    }
+
+    async fn list_queues(
+        &self,
+        request: Request<pb::ListQueuesRequest>,
+    ) -> Result<GrpcResponse<pb::ListQueuesResponse>, Status> {
+        let r = request.into_inner();
+        if !r.after.is_empty() {
+            basalt_storage::apply::queue::check_name("queue name", &r.after).map_err(|e| op_error_status(&e))?;
+        }
+        self.read_barrier(r.stale).await?;
+        let limit = if r.limit == 0 { u32::MAX } else { r.limit };
+        let (queues, more) = list_queues(&self.store, &r.after, limit).map_err(storage_status)?;
+        Ok(GrpcResponse::new(pb::ListQueuesResponse {
+            queues: queues
+                .into_iter()
+                .map(|(name, record)| pb::QueueInfo {
+                    name,
+                    messages: record.stats.messages,
+                    in_flight: record.stats.in_flight,
+                })
+                .collect(),
+            more,
         }))
     }
 }

@@ -296,6 +296,10 @@ homed_service!(Queue, QueueClient, {
     nack(pb::NackRequest) -> pb::AckResponse, |_m| wait: Duration::ZERO, stale: false, writes: true;
     redrive(pb::RedriveRequest) -> pb::RedriveResponse, |_m| wait: Duration::ZERO, stale: false, writes: true;
     stats(pb::QueueStatsRequest) -> pb::QueueStatsResponse, |m| wait: Duration::ZERO, stale: m.stale, writes: false;
+    extend(pb::ExtendRequest) -> pb::ExtendResponse, |_m| wait: Duration::ZERO, stale: false, writes: true;
+    ack_batch(pb::AckBatchRequest) -> pb::AckBatchResponse, |_m| wait: Duration::ZERO, stale: false, writes: true;
+    purge(pb::PurgeRequest) -> pb::PurgeResponse, |_m| wait: Duration::ZERO, stale: false, writes: true;
+    list_queues(pb::ListQueuesRequest) -> pb::ListQueuesResponse, |m| wait: Duration::ZERO, stale: m.stale, writes: false;
 });
 
 /// Transactions: one touching homed data (a lease, ledger or queue, in an op or a condition) is

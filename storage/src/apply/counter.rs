@@ -63,6 +63,14 @@ pub(crate) fn validate(ops: &[CounterOp]) -> Result<(), OpError> {
                 });
             }
         }
+        if let CounterAction::Window {
+            window_ms,
+            retention_ms,
+            ..
+        } = op.action
+        {
+            super::counter_window::check_window(window_ms, retention_ms)?;
+        }
         if let CounterAction::Transfer { amount, min, max, .. } = op.action {
             if amount == 0 {
                 return Err(OpError::OutOfRange {
@@ -112,8 +120,10 @@ pub fn escrow_allows(
 pub fn decide(current: i64, action: CounterAction) -> CounterOutcome {
     match action {
         CounterAction::Set { value } => CounterOutcome::Applied { value },
-        // Moves escrow, not value; decided by `apply` from the escrow state.
-        CounterAction::Transfer { .. } => CounterOutcome::Applied { value: current },
+        CounterAction::Delete => CounterOutcome::Applied { value: 0 },
+        // Moves escrow, not value; decided by `apply` from the escrow state. A windowed change
+        // changes a bucket, not this counter; decided by `counter_window::incr`.
+        CounterAction::Transfer { .. } | CounterAction::Window { .. } => CounterOutcome::Applied { value: current },
         CounterAction::Incr { delta, min, max } => match current.checked_add(delta) {
             None => CounterOutcome::Overflow { value: current },
             Some(next) if min.is_some_and(|m| next < m) || max.is_some_and(|m| next > m) => {
@@ -127,6 +137,7 @@ pub fn decide(current: i64, action: CounterAction) -> CounterOutcome {
 pub(crate) fn apply<S: StoreRead>(
     view: &mut View<'_, S>,
     role: RegionRole,
+    now_ms: u64,
     ops: &[CounterOp],
 ) -> Result<Response, StoreError> {
     if let Err(e) = validate(ops) {
@@ -136,6 +147,28 @@ pub(crate) fn apply<S: StoreRead>(
     let escrowed = role.replicated;
     let mut outcomes = Vec::with_capacity(ops.len());
     for op in ops {
+        if let CounterAction::Window {
+            delta,
+            window_ms,
+            retention_ms,
+            at_ms,
+        } = op.action
+        {
+            let at_ms = at_ms.unwrap_or(now_ms);
+            match super::counter_window::incr(view, role.id, now_ms, &op.key, delta, window_ms, retention_ms, at_ms)? {
+                Ok(outcome) => outcomes.push(outcome),
+                Err(refusal) => return Ok(Response::Refused(refusal)),
+            }
+            continue;
+        }
+        // Alone, a delete removes the rows. Among regions it is a reset (below): the row keeps
+        // every region's component, so one merged later cannot bring the old value back.
+        if op.action == CounterAction::Delete && !role.replicated {
+            view.delete(Table::Counter, op.key.clone());
+            view.delete(Table::CounterEscrow, op.key.clone());
+            outcomes.push(CounterOutcome::Applied { value: 0 });
+            continue;
+        }
         let mut counter = match view.get(Table::Counter, &op.key)? {
             None => PnCounter::default(),
             Some(bytes) => match decode_pn(&bytes) {

@@ -17,6 +17,7 @@ macro_rules! refuse_on_err {
 
 pub mod cache;
 pub mod counter;
+pub mod counter_window;
 pub mod group;
 pub mod kv;
 pub mod kv_read;
@@ -38,6 +39,8 @@ mod sweep;
 mod test_views;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_counter_window;
 #[cfg(test)]
 mod tests_homed;
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! Work queue apply: enqueue with dedup, delay and priority; receive with a visibility timeout;
-//! ack and nack by receipt; dead-lettering after `max_deliveries`; redrive.
+//! ack (one or a batch), nack and extend by receipt; dead-lettering after `max_deliveries`;
+//! redrive; purge.
 //!
 //! Every message sits in exactly one of two indexes: `QueueReady` (visible, keyed by priority then
 //! id, so a scan yields the highest priority first and FIFO within it) or `QueueDelayed` (delayed,
@@ -12,7 +13,8 @@ use serde::{Deserialize, Serialize};
 use super::{check_batch, load, named, out_of_range, save, OpContext, View};
 use crate::command::{OpError, QueueError, QueueOp, Response};
 use crate::limits::{
-    BATCH_BYTES_MAX, DELAY_MS_MAX, MESSAGE_BYTES_MAX, NAME_BYTES_MAX, RECEIVE_MESSAGES_MAX, VISIBILITY_MS_MAX,
+    BATCH_BYTES_MAX, DELAY_MS_MAX, MESSAGE_BYTES_MAX, NAME_BYTES_MAX, PURGE_MESSAGES_MAX, RECEIVE_MESSAGES_MAX,
+    VISIBILITY_MS_MAX,
 };
 use crate::queue::{Delivery, EnqueueOutcome, NewMessage, QueueConfig, QueueStats, Receipt};
 use crate::state::{KeyRange, StoreError, StoreRead, Table};
@@ -46,6 +48,17 @@ pub(super) fn apply_op<S: StoreRead>(
         } => nack(view, now_ms, queue, receipt, *delay_ms),
         QueueOp::Redrive { queue, max } => redrive(view, now_ms, queue, *max),
         QueueOp::DedupSweep { limit } => sweep_dedup(view, now_ms, *limit),
+        QueueOp::Extend {
+            queue,
+            receipt,
+            visibility_timeout_ms,
+        } => extend(view, now_ms, queue, receipt, *visibility_timeout_ms),
+        QueueOp::AckBatch { queue, receipts } => ack_batch(view, queue, receipts),
+        QueueOp::Purge { queue, upto_id, limit } => {
+            // Every message enqueued by an earlier entry has an id below this entry's first.
+            let upto_id = upto_id.unwrap_or((index << 16).saturating_sub(1));
+            purge(view, queue, upto_id, *limit)
+        }
     }
 }
 
@@ -209,6 +222,23 @@ pub(crate) fn validate_receive(queue: &[u8], max: u32, visibility_timeout_ms: Op
                 vt,
             ));
         }
+    }
+    Ok(())
+}
+
+pub(crate) fn validate_extend(queue: &[u8], visibility_timeout_ms: u64) -> Result<(), OpError> {
+    validate_receive(queue, 1, Some(visibility_timeout_ms))
+}
+
+pub(crate) fn validate_ack_batch(queue: &[u8], receipts: &[Receipt]) -> Result<(), OpError> {
+    check_name("queue name", queue)?;
+    check_batch(receipts.len())
+}
+
+pub(crate) fn validate_purge(queue: &[u8], limit: u32) -> Result<(), OpError> {
+    check_name("queue name", queue)?;
+    if limit == 0 || limit > PURGE_MESSAGES_MAX {
+        return Err(out_of_range("purge limit", format!("1..={PURGE_MESSAGES_MAX}"), limit));
     }
     Ok(())
 }
@@ -490,28 +520,108 @@ pub(crate) fn nack<S: StoreRead>(
     refuse_on_err!(validate_nack(queue, delay_ms));
     let mut record = refuse_on_err!(stored_queue(view, queue)?);
     let mut message = refuse_on_err!(current_delivery(view, queue, receipt)?);
-    if let Some(at) = message.visible_at_ms {
-        view.delete(Table::QueueDelayed, delayed_key(queue, at, receipt.message_id));
-    }
     message.in_flight = false;
     record.stats.in_flight = record.stats.in_flight.saturating_sub(1);
     // Always through the delayed index, even with no delay: the next receive's promotion is where
     // a message that used up its deliveries is dead-lettered.
-    let visible_at = now_ms + delay_ms;
-    message.visible_at_ms = Some(visible_at);
-    view.put(
-        Table::QueueDelayed,
-        delayed_key(queue, visible_at, receipt.message_id),
-        Vec::new(),
-    );
-    save(
-        view,
-        Table::QueueMessage,
-        message_key(queue, receipt.message_id),
-        &message,
-    );
+    invisible_until(view, queue, receipt.message_id, &mut message, now_ms + delay_ms);
     save(view, Table::Queue, named(queue), &record);
     Ok(Response::QueueDone)
+}
+
+/// Moves message `id` (sitting in the delayed index, or in flight) to the delayed index at
+/// `visible_at_ms`, and stores it.
+fn invisible_until<S: StoreRead>(
+    view: &mut View<'_, S>,
+    queue: &[u8],
+    id: u64,
+    message: &mut StoredMessage,
+    visible_at_ms: u64,
+) {
+    if let Some(at) = message.visible_at_ms {
+        view.delete(Table::QueueDelayed, delayed_key(queue, at, id));
+    }
+    message.visible_at_ms = Some(visible_at_ms);
+    view.put(Table::QueueDelayed, delayed_key(queue, visible_at_ms, id), Vec::new());
+    save(view, Table::QueueMessage, message_key(queue, id), &*message);
+}
+
+/// Keeps the delivery `receipt` names invisible until `now_ms + visibility_timeout_ms`.
+pub(crate) fn extend<S: StoreRead>(
+    view: &mut View<'_, S>,
+    now_ms: u64,
+    queue: &[u8],
+    receipt: &Receipt,
+    visibility_timeout_ms: u64,
+) -> Result<Response, StoreError> {
+    refuse_on_err!(validate_extend(queue, visibility_timeout_ms));
+    refuse_on_err!(stored_queue(view, queue)?);
+    let mut message = refuse_on_err!(current_delivery(view, queue, receipt)?);
+    let invisible_until_ms = now_ms.saturating_add(visibility_timeout_ms);
+    invisible_until(view, queue, receipt.message_id, &mut message, invisible_until_ms);
+    Ok(Response::QueueExtended { invisible_until_ms })
+}
+
+/// Acknowledges each of `receipts` on its own, in order.
+pub(crate) fn ack_batch<S: StoreRead>(
+    view: &mut View<'_, S>,
+    queue: &[u8],
+    receipts: &[Receipt],
+) -> Result<Response, StoreError> {
+    refuse_on_err!(validate_ack_batch(queue, receipts));
+    refuse_on_err!(stored_queue(view, queue)?);
+    let mut answers = Vec::with_capacity(receipts.len());
+    for receipt in receipts {
+        answers.push(match ack(view, queue, receipt)? {
+            Response::QueueDone => None,
+            Response::Refused(OpError::Queue(stale)) => Some(stale),
+            other => {
+                return Err(StoreError::CorruptRecord {
+                    table: Table::Queue,
+                    key: String::from_utf8_lossy(queue).into_owned(),
+                    reason: format!("an ack of a checked queue answered {other:?}"),
+                })
+            }
+        });
+    }
+    Ok(Response::QueueAcked(answers))
+}
+
+/// Removes up to `limit` messages of `queue` with ids at most `upto_id`, in id order, from
+/// whichever index holds them.
+pub(crate) fn purge<S: StoreRead>(
+    view: &mut View<'_, S>,
+    queue: &[u8],
+    upto_id: u64,
+    limit: u32,
+) -> Result<Response, StoreError> {
+    refuse_on_err!(validate_purge(queue, limit));
+    let mut record = refuse_on_err!(stored_queue(view, queue)?);
+    let prefix = named(queue);
+    let range = match upto_id.checked_add(1) {
+        Some(end) => KeyRange::between(prefix.clone(), message_key(queue, end)),
+        None => KeyRange::prefix_from(&prefix, prefix.clone()),
+    };
+    // One past the limit, to tell whether any is left.
+    let found = view.scan(Table::QueueMessage, &range, limit as usize + 1)?;
+    let more = found.len() > limit as usize;
+    let mut removed = 0u32;
+    for (key, bytes) in found.into_iter().take(limit as usize) {
+        let id = trailing_id(&key);
+        let message: StoredMessage = super::decode(Table::QueueMessage, &key, &bytes)?;
+        match message.visible_at_ms {
+            Some(at) => view.delete(Table::QueueDelayed, delayed_key(queue, at, id)),
+            None => view.delete(Table::QueueReady, ready_key(queue, message.priority, id)),
+        }
+        view.delete(Table::QueueMessage, key);
+        record.stats.messages = record.stats.messages.saturating_sub(1);
+        if message.in_flight {
+            record.stats.in_flight = record.stats.in_flight.saturating_sub(1);
+        }
+        removed += 1;
+    }
+    save(view, Table::Queue, prefix, &record);
+    Ok(Response::QueuePurged { removed, more, upto_id })
 }
 
 /// Moves up to `max` messages of dead-letter queue `queue` back to the queues they came from,
@@ -547,6 +657,35 @@ pub(crate) fn redrive<S: StoreRead>(
     }
     save(view, Table::Queue, named(queue), &record);
     Ok(Response::Redriven { moved })
+}
+
+/// A page of [`list_queues`]: queue names with their records, and whether more follow.
+pub type QueuePage = (Vec<(Vec<u8>, StoredQueue)>, bool);
+
+/// Up to `limit` queues (at most [`crate::limits::LIST_QUEUES_MAX`]) whose stored names come
+/// after `after`'s (names are stored behind their length, so shorter names come first), with
+/// whether more follow.
+pub fn list_queues<S: StoreRead + ?Sized>(store: &S, after: &[u8], limit: u32) -> Result<QueuePage, StoreError> {
+    let limit = limit.clamp(1, crate::limits::LIST_QUEUES_MAX) as usize;
+    let start = match after.is_empty() {
+        true => Vec::new(),
+        false => {
+            let mut start = named(after);
+            start.push(0);
+            start
+        }
+    };
+    let rows = store.scan(Table::Queue, &KeyRange::all_from(start), limit + 1)?;
+    let more = rows.len() > limit;
+    let queues = rows
+        .into_iter()
+        .take(limit)
+        .map(|(key, bytes)| {
+            let record: StoredQueue = super::decode(Table::Queue, &key, &bytes)?;
+            Ok((key.get(1..).unwrap_or_default().to_vec(), record))
+        })
+        .collect::<Result<_, StoreError>>()?;
+    Ok((queues, more))
 }
 
 /// Whether a receive on `queue` would find a message at `now_ms` (for long-polls, before

@@ -145,6 +145,13 @@ pub(crate) fn record_feed<S: StoreRead + ?Sized>(
                     },
                 ));
             }
+            (Table::CounterWindow, Some(bytes)) => {
+                effects.push(Effect::CounterWindow {
+                    key: key.to_vec(),
+                    region,
+                    component: super::counter_window::own_component(bytes, key, region)?,
+                });
+            }
             (Table::RateGlobal, Some(bytes)) => effects.push(Effect::RateWindow {
                 key: key.to_vec(),
                 region,
@@ -238,6 +245,7 @@ pub(crate) fn apply_remote<S: StoreRead>(
             | Effect::Counter { .. }
             | Effect::EscrowGiven { .. }
             | Effect::RateWindow { .. }
+            | Effect::CounterWindow { .. }
             | Effect::CachePurge { .. } => continue,
         };
         if !source_is_home(region, batch.source) {
@@ -379,6 +387,9 @@ fn merge_effect<S: StoreRead>(
             save(view, Table::CounterEscrow, key.clone(), &escrow);
         }
         Effect::RateWindow { key, region, count } => super::rate::merge_global_count(view, key, *region, *count)?,
+        Effect::CounterWindow { key, region, component } => {
+            super::counter_window::merge(view, now_ms, key, *region, *component)?
+        }
         Effect::Row { table, key, value } => {
             // Checked by `apply_remote` before any effect applies.
             let Some(table) = Table::from_name(table).filter(|t| t.is_homed()) else {
@@ -827,6 +838,18 @@ pub fn state_as_effects<S: StoreRead + ?Sized>(
                     })
                     .collect()
             }
+            Table::CounterWindow => {
+                let counter = decode_pn(&bytes).map_err(|e| super::corrupt(table, &key, e))?;
+                counter
+                    .components
+                    .iter()
+                    .map(|(region, component)| Effect::CounterWindow {
+                        key: key.clone(),
+                        region: *region,
+                        component: *component,
+                    })
+                    .collect()
+            }
             homed if homed.is_homed() => vec![Effect::Row {
                 table: homed.name().to_string(),
                 key: key.clone(),
@@ -847,7 +870,13 @@ pub fn tombstone_count<S: StoreRead + ?Sized>(store: &S) -> Result<u64, StoreErr
 /// The tables whose contents a full re-sync from `role`'s region ships: the multi-region types,
 /// and homed data from its home.
 pub fn resync_tables(role: RegionRole) -> Vec<Table> {
-    let mut tables = vec![Table::Kv, Table::KvTombstone, Table::Counter, Table::CounterEscrow];
+    let mut tables = vec![
+        Table::Kv,
+        Table::KvTombstone,
+        Table::Counter,
+        Table::CounterEscrow,
+        Table::CounterWindow,
+    ];
     if role.is_home() {
         tables.extend(Table::HOMED);
     }
@@ -869,7 +898,8 @@ pub fn resync_opening(role: RegionRole) -> Vec<Effect> {
 }
 
 /// A fingerprint of this region's replicated state: KV values with their version and expiry,
-/// counters with every component, and every row of homed data. Tombstones are left out: they are bookkeeping, and a region
+/// counters with every component, windowed-counter buckets not yet past their forget time,
+/// escrow, and every row of homed data. Tombstones are left out: they are bookkeeping, and a region
 /// may hold one for a key another region never heard of without their data differing.
 pub fn digest<S: StoreRead + ?Sized>(store: &S) -> Result<Digest, StoreError> {
     let mut digest = Digest::default();
@@ -880,6 +910,14 @@ pub fn digest<S: StoreRead + ?Sized>(store: &S) -> Result<Digest, StoreError> {
     for (key, bytes) in store.scan(Table::Counter, &KeyRange::all(), usize::MAX)? {
         let counter = decode_pn(&bytes).map_err(|e| super::corrupt(Table::Counter, &key, e))?;
         digest.add("counter", &key, &encode_pn(&counter));
+    }
+    // Windowed-counter buckets past their forget time are left out: a region that has swept one
+    // and a region that has not yet hold the same windows.
+    let applied_ms = super::last_applied_stamp(store)?.physical_ms();
+    for (key, bytes) in store.scan(Table::CounterWindow, &KeyRange::all(), usize::MAX)? {
+        if !super::counter_window::forgotten(&key, applied_ms) {
+            digest.add(Table::CounterWindow.name(), &key, &bytes);
+        }
     }
     for table in Table::HOMED.into_iter().chain([Table::CounterEscrow]) {
         for (key, bytes) in store.scan(table, &KeyRange::all(), usize::MAX)? {

@@ -1,5 +1,5 @@
 //! Sweeps: the entries a leader proposes on its own to expire what is due (KV keys, rate-limit
-//! state, pending transfers, queue dedup ids, group members), found from the store alone.
+//! state, windowed-counter buckets, pending transfers, queue dedup ids, group members), found from the store alone.
 
 use super::{stream, RegionRole};
 use crate::command::{GroupOp, KvOp, LedgerOp, Op, QueueOp, RateOp, StreamOp};
@@ -42,6 +42,11 @@ pub fn sweeps_due<S: StoreRead + ?Sized>(store: &S, now_ms: u64, region: RegionR
             Table::StreamGroupExpiry,
             now_ms,
             Op::Group(GroupOp::Sweep { limit: SWEEP_ITEMS_MAX }),
+        ),
+        (
+            Table::CounterWindowExpiry,
+            now_ms,
+            Op::CounterSweep { limit: SWEEP_ITEMS_MAX },
         ),
     ];
     let mut due = Vec::new();

@@ -543,6 +543,7 @@ fn counter_action_strategy() -> impl Strategy<Value = CounterAction> {
         4 => (-5i64..5, prop::option::of(-10i64..0), prop::option::of(0i64..10))
             .prop_map(|(delta, min, max)| CounterAction::Incr { delta, min, max }),
         1 => (-3i64..3).prop_map(|value| CounterAction::Set { value }),
+        1 => Just(CounterAction::Delete),
     ]
 }
 
@@ -679,6 +680,9 @@ impl Model {
                     let v = self.counters.entry(op.key.clone()).or_default();
                     let outcome = match op.action {
                         CounterAction::Set { value } => CounterOutcome::Applied { value },
+                        // An absent counter reads 0, as a deleted one does.
+                        CounterAction::Delete => CounterOutcome::Applied { value: 0 },
+                        CounterAction::Window { .. } => unreachable!("the model generates no windowed changes"),
                         // The model is a lone region, where escrow does not exist.
                         CounterAction::Transfer { .. } => unreachable!("the model generates no transfers"),
                         CounterAction::Incr { delta, min, max } => {

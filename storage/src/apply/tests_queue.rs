@@ -382,6 +382,8 @@ enum Step {
     Receive { max: u32, vt_ms: u64 },
     Ack(usize),
     Nack(usize, u64),
+    Extend(usize, u64),
+    AckBatch(usize),
     Advance(u64),
 }
 
@@ -391,6 +393,8 @@ fn step() -> impl Strategy<Value = Step> {
         3 => (1u32..4, 1u64..400).prop_map(|(max, vt_ms)| Step::Receive { max, vt_ms }),
         2 => any::<usize>().prop_map(Step::Ack),
         1 => (any::<usize>(), 0u64..300).prop_map(|(i, d)| Step::Nack(i, d)),
+        1 => (any::<usize>(), 1u64..400).prop_map(|(i, vt)| Step::Extend(i, vt)),
+        1 => (1usize..5).prop_map(Step::AckBatch),
         2 => (1u64..300).prop_map(Step::Advance),
     ]
 }
@@ -439,6 +443,27 @@ proptest! {
                     let receipt = outstanding.remove(i % outstanding.len());
                     h.apply(cmd(now, Op::Queue(QueueOp::Nack { queue: "q".into(), receipt, delay_ms })));
                 }
+                Step::Extend(i, vt) if !outstanding.is_empty() => {
+                    let receipt = outstanding[i % outstanding.len()];
+                    let extended = h.apply(cmd(now, Op::Queue(QueueOp::Extend { queue: "q".into(), receipt, visibility_timeout_ms: vt })));
+                    if let Response::QueueExtended { invisible_until_ms } = extended {
+                        prop_assert_eq!(invisible_until_ms, now + vt);
+                    }
+                }
+                Step::AckBatch(n) if !outstanding.is_empty() => {
+                    let take = n.min(outstanding.len());
+                    let receipts: Vec<Receipt> = outstanding.drain(..take).collect();
+                    let answer = h.apply(cmd(now, Op::Queue(QueueOp::AckBatch { queue: "q".into(), receipts: receipts.clone() })));
+                    let Response::QueueAcked(answers) = answer else {
+                        return Err(TestCaseError::fail(format!("expected acks, got {answer:?}")));
+                    };
+                    prop_assert_eq!(answers.len(), receipts.len());
+                    for (receipt, answer) in receipts.iter().zip(answers) {
+                        if answer.is_none() {
+                            prop_assert!(acked.insert(receipt.message_id), "acked twice");
+                        }
+                    }
+                }
                 Step::Advance(ms) => now += ms,
                 _ => {}
             }
@@ -464,4 +489,175 @@ proptest! {
         prop_assert!(leftovers.is_empty());
         let _ = message_key(b"q", 0);
     }
+}
+
+#[test]
+fn an_extended_delivery_stays_invisible_and_its_receipt_stays_valid() {
+    let mut h = Harness::new();
+    configure(&mut h, "q", QueueConfig::default());
+    enqueue(&mut h, 1_000, "q", vec![message("a", 0)]);
+    let got = receive(&mut h, 1_000, "q", 1, Some(100));
+    let receipt = got[0].receipt;
+    let extend = |h: &mut Harness, at, receipt, vt| {
+        h.apply(cmd(
+            at,
+            Op::Queue(QueueOp::Extend {
+                queue: "q".into(),
+                receipt,
+                visibility_timeout_ms: vt,
+            }),
+        ))
+    };
+    assert_eq!(
+        extend(&mut h, 1_050, receipt, 500),
+        Response::QueueExtended {
+            invisible_until_ms: 1_550
+        }
+    );
+    check_indexes(&h, "q");
+    // Past the first timeout, not the extended one: still invisible.
+    assert!(receive(&mut h, 1_200, "q", 1, None).is_empty());
+    assert_eq!(ack(&mut h, 1_300, "q", receipt), Response::QueueDone);
+    // A stale receipt (acknowledged) cannot extend; a zero or oversize timeout is refused.
+    assert!(matches!(
+        extend(&mut h, 1_400, receipt, 500),
+        Response::Refused(OpError::Queue(QueueError::StaleReceipt { .. }))
+    ));
+    assert!(matches!(
+        extend(&mut h, 1_400, receipt, 0),
+        Response::Refused(OpError::OutOfRange { .. })
+    ));
+    check_indexes(&h, "q");
+}
+
+#[test]
+fn a_batch_ack_answers_each_receipt_and_acks_the_current_ones() {
+    let mut h = Harness::new();
+    configure(&mut h, "q", QueueConfig::default());
+    enqueue(
+        &mut h,
+        1_000,
+        "q",
+        vec![message("a", 0), message("b", 0), message("c", 0)],
+    );
+    let got = receive(&mut h, 1_000, "q", 3, Some(100));
+    let stale = Receipt {
+        delivery: 7,
+        ..got[1].receipt
+    };
+    let answer = h.apply(cmd(
+        1_010,
+        Op::Queue(QueueOp::AckBatch {
+            queue: "q".into(),
+            receipts: vec![got[0].receipt, stale, got[2].receipt, got[0].receipt],
+        }),
+    ));
+    let Response::QueueAcked(answers) = answer else {
+        panic!("expected acks, got {answer:?}");
+    };
+    assert_eq!(answers[0], None);
+    assert!(matches!(
+        answers[1],
+        Some(QueueError::StaleReceipt { latest: Some(1), .. })
+    ));
+    assert_eq!(answers[2], None);
+    assert!(answers[3].is_some(), "the same receipt twice: the second is stale");
+    assert_eq!(stats(&h, "q").stats.messages, 1);
+    check_indexes(&h, "q");
+    let empty = h.apply(cmd(
+        1_020,
+        Op::Queue(QueueOp::AckBatch {
+            queue: "q".into(),
+            receipts: Vec::new(),
+        }),
+    ));
+    assert!(matches!(empty, Response::Refused(_)), "{empty:?}");
+}
+
+#[test]
+fn a_purge_removes_what_was_enqueued_before_it_in_chunks_and_keeps_later_messages() {
+    let mut h = Harness::new();
+    configure(&mut h, "q", QueueConfig::default());
+    let early: Vec<NewMessage> = (0..5).map(|i| message(&i.to_string(), (i % 3) as u8)).collect();
+    enqueue(&mut h, 1_000, "q", early);
+    enqueue(
+        &mut h,
+        1_000,
+        "q",
+        vec![NewMessage {
+            delay_ms: 10_000,
+            ..message("delayed", 0)
+        }],
+    );
+    // One in flight.
+    let in_flight = receive(&mut h, 1_000, "q", 1, Some(10_000));
+    assert_eq!(in_flight.len(), 1);
+    let purge = |h: &mut Harness, upto_id| {
+        h.apply(cmd(
+            1_100,
+            Op::Queue(QueueOp::Purge {
+                queue: "q".into(),
+                upto_id,
+                limit: 4,
+            }),
+        ))
+    };
+    let Response::QueuePurged { removed, more, upto_id } = purge(&mut h, None) else {
+        panic!("expected a purge");
+    };
+    assert_eq!((removed, more), (4, true));
+    check_indexes(&h, "q");
+    // Enqueued after the purge began: kept.
+    let later = enqueue(&mut h, 1_200, "q", vec![message("later", 0)]);
+    assert_eq!(
+        purge(&mut h, Some(upto_id)),
+        Response::QueuePurged {
+            removed: 2,
+            more: false,
+            upto_id,
+        }
+    );
+    check_indexes(&h, "q");
+    assert_eq!(stats(&h, "q").stats.messages, 1);
+    assert_eq!(stats(&h, "q").stats.in_flight, 0);
+    let got = receive(&mut h, 1_300, "q", 10, None);
+    assert_eq!(payloads(&got), vec!["later"]);
+    assert!(matches!(later[0], EnqueueOutcome::Enqueued { id } if id == got[0].receipt.message_id));
+    // The purged in-flight delivery's receipt is stale.
+    assert!(matches!(
+        ack(&mut h, 1_300, "q", in_flight[0].receipt),
+        Response::Refused(OpError::Queue(QueueError::StaleReceipt { latest: None, .. }))
+    ));
+    assert!(matches!(
+        h.apply(cmd(
+            1_400,
+            Op::Queue(QueueOp::Purge {
+                queue: "q".into(),
+                upto_id: None,
+                limit: 0,
+            }),
+        )),
+        Response::Refused(OpError::OutOfRange { .. })
+    ));
+}
+
+#[test]
+fn queues_list_in_pages_shorter_names_first() {
+    let mut h = Harness::new();
+    for name in ["bb", "a", "c"] {
+        configure(&mut h, name, QueueConfig::default());
+    }
+    enqueue(&mut h, 1_000, "c", vec![message("x", 0)]);
+    let names = |page: &[(Vec<u8>, StoredQueue)]| {
+        page.iter()
+            .map(|(n, _)| String::from_utf8_lossy(n).into_owned())
+            .collect::<Vec<_>>()
+    };
+    let (page, more) = queue::list_queues(&h.store, b"", 2).expect("list");
+    assert_eq!((names(&page), more), (vec!["a".to_string(), "c".to_string()], true));
+    assert_eq!(page[1].1.stats.messages, 1);
+    let (page, more) = queue::list_queues(&h.store, b"c", 2).expect("list");
+    assert_eq!((names(&page), more), (vec!["bb".to_string()], false));
+    let (page, _) = queue::list_queues(&h.store, b"", 0).expect("list");
+    assert_eq!(page.len(), 1, "a limit of 0 lists one");
 }

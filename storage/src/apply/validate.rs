@@ -72,6 +72,13 @@ pub fn validate_op(op: &Op) -> Result<(), OpError> {
         Op::Queue(QueueOp::Ack { queue, .. }) => queue::check_name("queue name", queue),
         Op::Queue(QueueOp::Nack { queue, delay_ms, .. }) => queue::validate_nack(queue, *delay_ms),
         Op::Queue(QueueOp::Redrive { queue, max }) => queue::validate_receive(queue, *max, None),
+        Op::Queue(QueueOp::Extend {
+            queue,
+            visibility_timeout_ms,
+            ..
+        }) => queue::validate_extend(queue, *visibility_timeout_ms),
+        Op::Queue(QueueOp::AckBatch { queue, receipts }) => queue::validate_ack_batch(queue, receipts),
+        Op::Queue(QueueOp::Purge { queue, limit, .. }) => queue::validate_purge(queue, *limit),
         Op::Stream(StreamOp::CreateTopic { topic, config }) => stream::validate_topic(topic, config),
         Op::Stream(StreamOp::Produce {
             topic,
@@ -101,6 +108,7 @@ pub fn validate_op(op: &Op) -> Result<(), OpError> {
         | Op::Queue(QueueOp::DedupSweep { .. })
         | Op::Stream(StreamOp::Retention { .. })
         | Op::Group(GroupOp::Sweep { .. })
+        | Op::CounterSweep { .. }
         | Op::Region(RegionOp::TrimFeed { .. })
         | Op::Kv(KvOp::TombstoneGc { .. })
         | Op::ClockTick => Ok(()),

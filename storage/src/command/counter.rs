@@ -30,6 +30,22 @@ pub enum CounterAction {
         min: Option<i64>,
         max: Option<i64>,
     },
+    /// Adds `delta` to the window of length `window_ms` that holds the event time `at_ms` (the
+    /// entry's time when `None`): a windowed counter, one bucket per window, each kept
+    /// `retention_ms` after its window ends and then forgotten. An event whose window is no
+    /// longer kept is refused ([`CounterOutcome::TooLate`]), as is one dated further ahead than
+    /// [`crate::limits::COUNTER_WINDOW_AHEAD_MS`] ([`CounterOutcome::TooEarly`]). Buckets live
+    /// apart from the plain counter of the same key.
+    Window {
+        delta: i64,
+        window_ms: u64,
+        retention_ms: u64,
+        at_ms: Option<u64>,
+    },
+    /// Deletes the counter. Alone, its row (and any escrow row) goes; among regions, the counter is
+    /// set to 0 instead and its row kept, so another region's earlier changes, merged later,
+    /// cannot bring the old value back (see docs/data-types/counter.md).
+    Delete,
 }
 
 /// What happened to one [`CounterOp`].
@@ -45,6 +61,19 @@ pub enum CounterOutcome {
     /// would cross its share of the bound); another region can transfer it some. `balance` is
     /// this region's balance toward that bound.
     EscrowExceeded { value: i64, balance: i64 },
+    /// Refused, nothing changed: the event's window (starting at `window_start_ms`) is past its
+    /// retention; the oldest window still kept starts at `oldest_kept_ms`.
+    TooLate { window_start_ms: u64, oldest_kept_ms: u64 },
+    /// Refused, nothing changed: the event is dated after `latest_accepted_ms` (the entry's
+    /// time plus [`crate::limits::COUNTER_WINDOW_AHEAD_MS`]).
+    TooEarly { at_ms: u64, latest_accepted_ms: u64 },
+}
+
+impl CounterOutcome {
+    /// Whether the change was applied.
+    pub fn is_applied(self) -> bool {
+        matches!(self, CounterOutcome::Applied { .. })
+    }
 }
 
 /// Why a counter change was refused, beyond the checks every type shares ([`super::OpError`]).

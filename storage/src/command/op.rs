@@ -40,6 +40,11 @@ pub enum Op {
     Cache(CacheOp),
     /// Conditions, then one of two op lists, all or nothing in this one entry (see [`Txn`]).
     Txn(Txn),
+    /// Forgets windowed-counter buckets past their retention (judged by the entry stamp), at most
+    /// `limit` of them. Proposed by the leader; every region sweeps its own buckets.
+    CounterSweep {
+        limit: u32,
+    },
 }
 
 impl Op {
@@ -101,6 +106,7 @@ impl std::fmt::Display for Op {
             Op::ClockTick => write!(f, "clock tick"),
             Op::Cache(op) => op.fmt(f),
             Op::Txn(txn) => txn.fmt(f),
+            Op::CounterSweep { limit } => write!(f, "counter window sweep (limit {limit})"),
         }
     }
 }

@@ -43,6 +43,27 @@ pub enum QueueOp {
     DedupSweep {
         limit: u32,
     },
+    /// Keeps an in-flight delivery invisible for `visibility_timeout_ms` more, counted from now
+    /// (SQS's ChangeMessageVisibility): the receipt stays valid.
+    Extend {
+        queue: Vec<u8>,
+        receipt: Receipt,
+        visibility_timeout_ms: u64,
+    },
+    /// Acknowledges many deliveries, each on its own: a stale receipt is answered as such and the
+    /// others still take effect.
+    AckBatch {
+        queue: Vec<u8>,
+        receipts: Vec<Receipt>,
+    },
+    /// Removes up to `limit` messages (visible, delayed or in flight) whose ids are at most
+    /// `upto_id`; `None`: every message enqueued before this entry. Messages enqueued after the
+    /// first purge entry are kept, as SQS's PurgeQueue keeps messages sent after it.
+    Purge {
+        queue: Vec<u8>,
+        upto_id: Option<u64>,
+        limit: u32,
+    },
 }
 
 impl std::fmt::Display for QueueOp {
@@ -62,6 +83,21 @@ impl std::fmt::Display for QueueOp {
             } => write!(f, "queue nack {receipt:?} in {:?} (delay {delay_ms} ms)", lossy(queue)),
             QueueOp::Redrive { queue, max } => write!(f, "queue redrive up to {max} from {:?}", lossy(queue)),
             QueueOp::DedupSweep { limit } => write!(f, "queue dedup sweep (limit {limit})"),
+            QueueOp::Extend {
+                queue,
+                receipt,
+                visibility_timeout_ms,
+            } => write!(
+                f,
+                "queue extend {receipt:?} in {:?} by {visibility_timeout_ms} ms",
+                lossy(queue)
+            ),
+            QueueOp::AckBatch { queue, receipts } => {
+                write!(f, "queue ack {} receipts in {:?}", receipts.len(), lossy(queue))
+            }
+            QueueOp::Purge { queue, upto_id, limit } => {
+                write!(f, "queue purge {:?} up to id {upto_id:?} (limit {limit})", lossy(queue))
+            }
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{CounterOutcome, LeaseOutcome, OpError, RateDecision};
+use super::{CounterOutcome, LeaseOutcome, OpError, QueueError, RateDecision};
 use crate::ledger::{AccountResult, TransferResult};
 use crate::queue::{Delivery, EnqueueOutcome};
 use crate::stream::{GroupView, Produced};
@@ -100,6 +100,19 @@ pub enum Response {
     },
     /// A [`crate::command::KvOp::Get`] inside a transaction: the live record, if any.
     KvRecord(Option<crate::state::KvRecord>),
+    /// An extended delivery is invisible until `invisible_until_ms`.
+    QueueExtended {
+        invisible_until_ms: u64,
+    },
+    /// One answer per receipt of an ack batch, in order: `None` acknowledged, or why not.
+    QueueAcked(Vec<Option<QueueError>>),
+    /// A purge entry removed `removed` messages with ids at most `upto_id`; `more` when some are
+    /// left (purge again with the same `upto_id`).
+    QueuePurged {
+        removed: u32,
+        more: bool,
+        upto_id: u64,
+    },
 }
 
 impl std::fmt::Display for Response {

@@ -86,10 +86,15 @@ pub enum Table {
     /// last [`crate::limits::CACHE_PURGES_KEPT_MAX`] purges made in or merged into this region,
     /// which every node's edge follows.
     CachePurge,
+    /// `(key length u16 BE, key, window ms BE, window start ms BE)` -> one bucket of a windowed
+    /// counter ([`crate::apply::counter_window::StoredWindow`]).
+    CounterWindow,
+    /// `(forget_at_ms BE, bucket key)`: when each windowed-counter bucket is forgotten.
+    CounterWindowExpiry,
 }
 
 impl Table {
-    pub const ALL: [Table; 35] = [
+    pub const ALL: [Table; 37] = [
         Table::Meta,
         Table::Kv,
         Table::KvExpiry,
@@ -125,6 +130,8 @@ impl Table {
         Table::RateGlobalExpiry,
         Table::CounterEscrow,
         Table::CachePurge,
+        Table::CounterWindow,
+        Table::CounterWindowExpiry,
     ];
 
     /// Whether rows are built by appending within one entry (see `WriteSet::append`): the KV
@@ -170,6 +177,8 @@ impl Table {
             Table::RateGlobalExpiry => "rate_global_expiry",
             Table::CounterEscrow => "counter_escrow",
             Table::CachePurge => "cache_purge",
+            Table::CounterWindow => "counter_window",
+            Table::CounterWindowExpiry => "counter_window_expiry",
         }
     }
 

@@ -45,3 +45,26 @@ impl StoreRead for MemStore {
             .unwrap_or_default())
     }
 }
+
+/// A view of the model is the model itself: it changes only through `commit`, which needs it
+/// mutably, so nothing can change under a view.
+impl super::ViewSource for MemStore {
+    type View<'a> = MemView<'a>;
+
+    fn view(&self) -> MemView<'_> {
+        MemView(self)
+    }
+}
+
+/// The model, read through [`super::ViewSource`].
+pub struct MemView<'a>(&'a MemStore);
+
+impl StoreRead for MemView<'_> {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.0.get(table, key)
+    }
+
+    fn scan(&self, table: Table, range: &KeyRange, limit: usize) -> Result<Vec<KeyValue>, StoreError> {
+        self.0.scan(table, range, limit)
+    }
+}
