@@ -403,7 +403,8 @@ impl CounterHandle {
     }
 
     /// Adds `delta` to the window of length `window` holding `at_ms` (now when `None`), kept
-    /// `retention` after it ends; returns the window's new value.
+    /// `retention` after it ends; returns the new value of that window's bucket of this retention
+    /// (changes asking other retentions are buckets of their own, which [`Self::windows`] adds).
     ///
     /// # Errors
     /// `WINDOW_CLOSED` when the window is past its retention, `WINDOW_NOT_OPEN` when `at_ms` is

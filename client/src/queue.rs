@@ -148,7 +148,7 @@ impl Client {
                     crate::service_client!(QueueClient, c).list_queues(r).await
                 })
                 .await?;
-            let more = reply.more;
+            let more = reply.more && !reply.queues.is_empty();
             for q in reply.queues {
                 after.clone_from(&q.name);
                 queues.push(QueueInfo {
@@ -157,7 +157,7 @@ impl Client {
                     in_flight: q.in_flight,
                 });
             }
-            if !more || after.is_empty() {
+            if !more {
                 return Ok(queues);
             }
         }
@@ -322,8 +322,8 @@ impl QueueHandle {
     /// order; the current ones are acknowledged whatever the others are.
     ///
     /// # Errors
-    /// `BATCH_TOO_LARGE` for none or more than 8190 receipts; `INVALID_ARGUMENT` for a receipt
-    /// that is not one. Nothing is acknowledged then.
+    /// `INVALID_ARGUMENT` for no receipt or one that is not a receipt, `BATCH_TOO_LARGE` for more
+    /// than 8190. Nothing is acknowledged then.
     pub async fn ack_batch(&self, receipts: &[Vec<u8>]) -> Result<Vec<AckResult>, ClientError> {
         let (header, _guard) = self.client.header();
         let message = pb::AckBatchRequest {

@@ -240,4 +240,17 @@ mod tests {
         assert_eq!(back.effect_count(), 2);
         assert!(decode::<ShipBatch>("batch", &[1, 2, 3]).is_err());
     }
+
+    /// A windowed-counter effect's bytes, pinned: variants are encoded by position (it is the
+    /// last), and a region of another build must read what this one ships.
+    #[test]
+    fn a_counter_window_effect_encodes_as_pinned() {
+        let effect = Effect::CounterWindow {
+            key: vec![0xab],
+            region: 3,
+            component: Component { added: 5, removed: 1 },
+        };
+        assert_eq!(encode(&effect), [0x08, 0x01, 0xab, 0x03, 0x05, 0x01]);
+        assert_eq!(decode::<Effect>("effect", &encode(&effect)).expect("decodes"), effect);
+    }
 }

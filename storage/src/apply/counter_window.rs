@@ -149,8 +149,8 @@ impl Bucket<'_> {
     }
 }
 
-/// A bucket key taken apart; `None` if it is not one this node would write (a window or
-/// retention out of range included).
+/// A bucket key taken apart; `None` if it is not one (checked by its structure only: a limit
+/// changed by a later build must not change what replicas of mixed builds decide).
 pub fn split_bucket_key(bucket: &[u8]) -> Option<Bucket<'_>> {
     let (len, rest) = bucket.split_first_chunk::<2>()?;
     let len = usize::from(u16::from_be_bytes(*len));
@@ -164,9 +164,7 @@ pub fn split_bucket_key(bucket: &[u8]) -> Option<Bucket<'_>> {
         start_ms: u64::from_be_bytes(*start),
         retention_ms: u64::from_be_bytes(retention),
     };
-    let valid = !key.is_empty()
-        && check_window(parts.window_ms, parts.retention_ms).is_ok()
-        && parts.start_ms.is_multiple_of(parts.window_ms);
+    let valid = !key.is_empty() && parts.window_ms > 0 && parts.start_ms.is_multiple_of(parts.window_ms);
     valid.then_some(parts)
 }
 
@@ -315,22 +313,26 @@ pub fn read<S: ViewSource + ?Sized>(
         bucket_key(key, window_ms, to_ms, 0),
     );
     let clamp = |v: i128| v.clamp(i64::MIN.into(), i64::MAX.into()) as i64;
-    let mut read = WindowsRead::default();
-    let mut sum = 0i128;
+    // Totals in i128, clamped once: a window's buckets may pass the i64 range only together.
+    let mut windows: Vec<(u64, i128)> = Vec::new();
     for (raw, bytes) in view.scan(Table::CounterWindow, &range, usize::MAX)? {
         let Some(bucket) = split_bucket_key(&raw).filter(|b| b.forget_at_ms() > applied_ms) else {
             continue;
         };
         let counter = decode_pn(&bytes).map_err(|e| super::corrupt(Table::CounterWindow, &raw, e))?;
         let value = i128::from(value_of(&counter));
-        sum += value;
-        match read.windows.last_mut() {
-            Some((start, total)) if *start == bucket.start_ms => *total = clamp(i128::from(*total) + value),
-            _ => read.windows.push((bucket.start_ms, clamp(value))),
+        match windows.last_mut() {
+            Some((start, total)) if *start == bucket.start_ms => *total += value,
+            _ => windows.push((bucket.start_ms, value)),
         }
     }
-    read.sum = clamp(sum);
-    Ok(read)
+    Ok(WindowsRead {
+        sum: clamp(windows.iter().map(|(_, total)| total).sum()),
+        windows: windows
+            .into_iter()
+            .map(|(start, total)| (start, clamp(total)))
+            .collect(),
+    })
 }
 
 #[cfg(test)]
@@ -386,9 +388,10 @@ mod tests {
             split_bucket_key(&bucket).map(|b| b.forget_at_ms()),
             Some(43 * MINUTE + HOUR)
         );
-        // Not buckets: a window out of range, a start off the window's grid.
-        assert_eq!(split_bucket_key(&bucket_key(b"k", 1, 0, 0)), None);
+        // Not buckets: a zero window, a start off the window's grid, an empty key.
+        assert_eq!(split_bucket_key(&bucket_key(b"k", 0, 0, 0)), None);
         assert_eq!(split_bucket_key(&bucket_key(b"k", MINUTE, 5, 0)), None);
+        assert_eq!(split_bucket_key(&bucket_key(b"", MINUTE, 0, 0)), None);
         // "a" with a window whose bytes start like "b..." cannot collide with key "ab": the
         // length comes first.
         assert!(!bucket_key(b"ab", MINUTE, 0, 0).starts_with(&series_prefix(b"a", MINUTE)));

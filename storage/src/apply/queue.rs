@@ -55,9 +55,10 @@ pub(super) fn apply_op<S: StoreRead>(
         } => extend(view, now_ms, queue, receipt, *visibility_timeout_ms),
         QueueOp::AckBatch { queue, receipts } => ack_batch(view, queue, receipts),
         QueueOp::Purge { queue, upto_id, limit } => {
-            // Every message enqueued by an earlier entry has an id below this entry's first.
-            let upto_id = upto_id.unwrap_or((index << 16).saturating_sub(1));
-            purge(view, queue, upto_id, *limit)
+            // Every message enqueued by an earlier entry has an id below this entry's first; a
+            // client's watermark is held to it, so no purge entry removes what came after it.
+            let watermark = (index << 16).saturating_sub(1);
+            purge(view, queue, upto_id.map_or(watermark, |u| u.min(watermark)), *limit)
         }
     }
 }
@@ -546,7 +547,10 @@ fn invisible_until<S: StoreRead>(
     save(view, Table::QueueMessage, message_key(queue, id), &*message);
 }
 
-/// Keeps the delivery `receipt` names invisible until `now_ms + visibility_timeout_ms`.
+/// Keeps the delivery `receipt` names invisible until `now_ms + visibility_timeout_ms`. A delivery
+/// whose visibility already lapsed is due to be handed out again: extending it is refused as
+/// stale (SQS's MessageNotInflight), whether or not a receive has taken it back yet, so the
+/// answer does not depend on other receivers' timing and a message cannot dodge dead-lettering.
 pub(crate) fn extend<S: StoreRead>(
     view: &mut View<'_, S>,
     now_ms: u64,
@@ -557,6 +561,13 @@ pub(crate) fn extend<S: StoreRead>(
     refuse_on_err!(validate_extend(queue, visibility_timeout_ms));
     refuse_on_err!(stored_queue(view, queue)?);
     let mut message = refuse_on_err!(current_delivery(view, queue, receipt)?);
+    if message.visible_at_ms.is_some_and(|at| at <= now_ms) {
+        return Ok(Response::Refused(OpError::Queue(QueueError::StaleReceipt {
+            message_id: receipt.message_id,
+            delivery: receipt.delivery,
+            latest: Some(message.deliveries),
+        })));
+    }
     let invisible_until_ms = now_ms.saturating_add(visibility_timeout_ms);
     invisible_until(view, queue, receipt.message_id, &mut message, invisible_until_ms);
     Ok(Response::QueueExtended { invisible_until_ms })
@@ -598,10 +609,8 @@ pub(crate) fn purge<S: StoreRead>(
     refuse_on_err!(validate_purge(queue, limit));
     let mut record = refuse_on_err!(stored_queue(view, queue)?);
     let prefix = named(queue);
-    let range = match upto_id.checked_add(1) {
-        Some(end) => KeyRange::between(prefix.clone(), message_key(queue, end)),
-        None => KeyRange::prefix_from(&prefix, prefix.clone()),
-    };
+    // `upto_id` is below the entry's own ids, so it is below u64::MAX.
+    let range = KeyRange::between(prefix.clone(), message_key(queue, upto_id.saturating_add(1)));
     // One past the limit, to tell whether any is left.
     let found = view.scan(Table::QueueMessage, &range, limit as usize + 1)?;
     let more = found.len() > limit as usize;

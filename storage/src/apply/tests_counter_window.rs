@@ -292,3 +292,19 @@ fn a_delete_removes_a_lone_counter_and_resets_a_replicated_one() {
         assert_eq!(counter::get_values(&r.store, &[b"c".to_vec()]).expect("get"), vec![2]);
     }
 }
+
+#[test]
+fn a_window_of_several_retentions_adds_its_buckets_before_clamping() {
+    let mut h = Harness::new();
+    let now = 100 * MINUTE;
+    counter(&mut h, now, "big", window(i64::MAX, MINUTE, HOUR, None));
+    counter(&mut h, now, "big", window(5, MINUTE, 2 * HOUR, None));
+    counter(&mut h, now, "big", window(-10, MINUTE, 3 * HOUR, None));
+    assert_eq!(
+        minutes(&h, "big", now, now + 1),
+        WindowsRead {
+            windows: vec![(now, i64::MAX - 5)],
+            sum: i64::MAX - 5,
+        }
+    );
+}

@@ -517,7 +517,12 @@ fn an_extended_delivery_stays_invisible_and_its_receipt_stays_valid() {
     check_indexes(&h, "q");
     // Past the first timeout, not the extended one: still invisible.
     assert!(receive(&mut h, 1_200, "q", 1, None).is_empty());
-    assert_eq!(ack(&mut h, 1_300, "q", receipt), Response::QueueDone);
+    // Once lapsed, even before any receive takes it back, an extend is refused: it is due.
+    assert!(matches!(
+        extend(&mut h, 1_600, receipt, 500),
+        Response::Refused(OpError::Queue(QueueError::StaleReceipt { .. }))
+    ));
+    assert_eq!(ack(&mut h, 1_600, "q", receipt), Response::QueueDone);
     // A stale receipt (acknowledged) cannot extend; a zero or oversize timeout is refused.
     assert!(matches!(
         extend(&mut h, 1_400, receipt, 500),
@@ -639,6 +644,21 @@ fn a_purge_removes_what_was_enqueued_before_it_in_chunks_and_keeps_later_message
         )),
         Response::Refused(OpError::OutOfRange { .. })
     ));
+    // A watermark past this entry is held to it: it removes what came before, and the answered
+    // watermark keeps what is enqueued later.
+    let before = h.index;
+    enqueue(&mut h, 1_500, "q", vec![message("gone", 0)]);
+    let Response::QueuePurged { upto_id, removed, .. } = purge(&mut h, Some(u64::MAX)) else {
+        panic!("expected a purge");
+    };
+    // "gone", and "later", still in flight from above.
+    assert_eq!((upto_id, removed), (((before + 2) << 16) - 1, 2));
+    enqueue(&mut h, 1_600, "q", vec![message("after", 0)]);
+    assert!(matches!(
+        purge(&mut h, Some(upto_id)),
+        Response::QueuePurged { removed: 0, .. }
+    ));
+    assert_eq!(payloads(&receive(&mut h, 1_700, "q", 10, None)), vec!["after"]);
 }
 
 #[test]

@@ -44,7 +44,8 @@ pub enum QueueOp {
         limit: u32,
     },
     /// Keeps an in-flight delivery invisible for `visibility_timeout_ms` more, counted from now
-    /// (SQS's ChangeMessageVisibility): the receipt stays valid.
+    /// (SQS's ChangeMessageVisibility): the receipt stays valid. A delivery whose visibility
+    /// already lapsed is refused as stale.
     Extend {
         queue: Vec<u8>,
         receipt: Receipt,
@@ -57,8 +58,10 @@ pub enum QueueOp {
         receipts: Vec<Receipt>,
     },
     /// Removes up to `limit` messages (visible, delayed or in flight) whose ids are at most
-    /// `upto_id`; `None`: every message enqueued before this entry. Messages enqueued after the
-    /// first purge entry are kept, as SQS's PurgeQueue keeps messages sent after it.
+    /// `upto_id`, held to every message enqueued before this entry (also the value of `None`).
+    /// Messages enqueued after the first purge entry are kept, as SQS's PurgeQueue keeps messages
+    /// sent after it. Messages moved in meanwhile (dead-lettered here, or redriven back) keep
+    /// their older ids and are removed by a later chunk if they are below the watermark.
     Purge {
         queue: Vec<u8>,
         upto_id: Option<u64>,

@@ -86,8 +86,9 @@ pub enum Table {
     /// last [`crate::limits::CACHE_PURGES_KEPT_MAX`] purges made in or merged into this region,
     /// which every node's edge follows.
     CachePurge,
-    /// `(key length u16 BE, key, window ms BE, window start ms BE)` -> one bucket of a windowed
-    /// counter ([`crate::apply::counter_window::StoredWindow`]).
+    /// `(key length u16 BE, key, window ms BE, window start ms BE, retention ms BE)` -> one
+    /// bucket of a windowed counter, a [`basalt_replication::PnCounter`]
+    /// (`crate::apply::counter_window`).
     CounterWindow,
     /// `(forget_at_ms BE, bucket key)`: when each windowed-counter bucket is forgotten.
     CounterWindowExpiry,
