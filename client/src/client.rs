@@ -29,7 +29,11 @@ pub struct ClientOptions {
     /// one RPC and one Raft entry for many writes, each still answered on its own. Writes of a
     /// fenced handle ([`Client::fenced`]) always go one by one.
     pub coalesce_writes: bool,
-    /// With coalescing: how many batches may be on their way at once.
+    /// Coalesce concurrent single rate checks of this client (and its clones) into batches, as
+    /// KV writes: one RPC and one Raft entry for many callers' checks, each decided on its own.
+    /// Checks of a fenced handle, and [`crate::RateLimiter::check_many`], go as they are.
+    pub coalesce_rate_checks: bool,
+    /// With coalescing: how many batches (of writes; of checks) may be on their way at once.
     pub write_batches_in_flight: usize,
     /// The cluster's max clock offset (`--max-clock-offset-ms`): a lease grant's
     /// [`crate::LeaseGrant::deadline`] keeps twice this much margin.
@@ -43,6 +47,7 @@ impl Default for ClientOptions {
             attempt_timeout: Duration::from_secs(3),
             connect_timeout: Duration::from_millis(500),
             coalesce_writes: true,
+            coalesce_rate_checks: true,
             write_batches_in_flight: 2,
             max_clock_offset: Duration::from_millis(500),
         }
@@ -75,7 +80,11 @@ struct Inner {
     place: Option<Arc<RegionPlace>>,
     /// KV writes waiting to leave in a batch.
     coalescer: crate::coalesce::Coalescer,
+    /// Rate checks waiting to leave in a batch.
+    check_coalescer: crate::coalesce::CheckCoalescer,
     coalesce_budget: basalt_batching::QueueBudget,
+    /// Rate-limit keys this client decides alone while the cluster is unreachable.
+    shadow: Mutex<crate::rate_shadow::ShadowTable>,
 }
 
 /// Every region of a multi-region deployment by name, with the addresses of its nodes.
@@ -193,7 +202,9 @@ impl Client {
                 options,
                 place,
                 coalescer: Default::default(),
+                check_coalescer: Default::default(),
                 coalesce_budget: basalt_batching::QueueBudget::new(crate::coalesce::QUEUED_BYTES_MAX),
+                shadow: Mutex::default(),
             }),
             fence: None,
         })
@@ -304,6 +315,15 @@ impl Client {
         crate::Cache { client: self.clone() }
     }
 
+    /// The local shadow limiter of this client (and its clones), locked. A poisoned lock still
+    /// holds whole states (each update is one insert).
+    pub(crate) fn shadow(&self) -> std::sync::MutexGuard<'_, crate::rate_shadow::ShadowTable> {
+        self.inner
+            .shadow
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     pub fn rate_limiter(&self) -> crate::RateLimiter {
         crate::RateLimiter { client: self.clone() }
     }
@@ -394,6 +414,15 @@ impl Client {
 
     pub(crate) fn coalescer(&self) -> &crate::coalesce::Coalescer {
         &self.inner.coalescer
+    }
+
+    pub(crate) fn check_coalescer(&self) -> &crate::coalesce::CheckCoalescer {
+        &self.inner.check_coalescer
+    }
+
+    /// Whether this handle's single rate checks are coalesced into batches.
+    pub(crate) fn coalesces_checks(&self) -> bool {
+        self.inner.options.coalesce_rate_checks && self.fence.is_none()
     }
 
     pub(crate) fn max_clock_offset(&self) -> Duration {

@@ -1,11 +1,16 @@
-//! Coalescing of concurrent KV writes. While a batch is on its way, writes from other tasks that
-//! share the client queue up and leave together as the next `Kv.Batch`: one RPC, one Raft entry
-//! and one saved session answer for all of them, as TigerBeetle's clients batch their requests.
-//! A write that finds a sender slot free leaves at once, so a lone caller waits for nobody.
+//! Coalescing of concurrent KV writes and of concurrent rate checks. While a batch is on its way,
+//! requests from other tasks that share the client queue up and leave together as the next
+//! `Kv.Batch` (or `RateLimiter.Check`): one RPC, one Raft entry and one saved session answer for
+//! all of them, as TigerBeetle's clients batch their requests. A request that finds a sender slot
+//! free leaves at once, so a lone caller waits for nobody.
 //!
-//! Each write is still answered on its own and acknowledged only once its batch is committed and
-//! applied. Writes of one key never share a batch (the server refuses that): a later one waits
-//! for the next batch, behind the earlier one.
+//! Each request is still answered on its own and acknowledged only once its batch is committed
+//! and applied. Writes of one key never share a batch (the server refuses that): a later one
+//! waits for the next batch, behind the earlier one. Rate checks of one key may (the cluster
+//! decides a batch's checks in order, as one after another); a check the cluster would refuse is
+//! refused before it is queued, since one bad check refuses the whole request.
+
+use std::future::Future;
 
 use tokio::sync::oneshot;
 
@@ -13,6 +18,7 @@ use crate::client::Client;
 use crate::error::{ClientError, ErrorCode};
 use crate::pb;
 use crate::pb::kv_client::KvClient;
+use crate::pb::rate_limiter_client::RateLimiterClient;
 use basalt_batching::{BatchLimits, BatchQueue, Batchable};
 
 /// Most writes and bytes of keys and values in one coalesced batch (the server takes up to 8190
@@ -50,6 +56,105 @@ impl Batchable for Pending {
 /// The writes of one client waiting for a batch.
 pub(crate) type Coalescer = BatchQueue<Pending>;
 
+/// One kind of request a client coalesces: where its items wait, and how a batch of them leaves.
+trait Coalesced: Batchable + Sized + Send + 'static {
+    fn queue(client: &Client) -> &BatchQueue<Self>;
+    /// Sends one batch and answers each of its items.
+    fn send(client: Client, batch: Vec<Self>) -> impl Future<Output = ()> + Send;
+}
+
+impl Coalesced for Pending {
+    fn queue(client: &Client) -> &BatchQueue<Self> {
+        client.coalescer()
+    }
+
+    async fn send(client: Client, batch: Vec<Pending>) {
+        let (writes, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.write, p.reply)).unzip();
+        let (header, _guard) = client.header();
+        let message = pb::KvBatchRequest {
+            header: Some(header),
+            writes,
+        };
+        let outcome = client
+            .unary(true, message, |c, r| async move {
+                crate::service_client!(KvClient, c).batch(r).await
+            })
+            .await;
+        answer_each(replies, outcome.map(|reply| reply.results), "writes");
+    }
+}
+
+type CheckReply = oneshot::Sender<Result<pb::RateDecision, ClientError>>;
+
+/// A rate check waiting for a batch.
+pub(crate) struct PendingCheck {
+    bytes: usize,
+    check: pb::RateCheck,
+    reply: CheckReply,
+}
+
+impl Batchable for PendingCheck {
+    // Checks of one key may share a batch: they are decided in order.
+    fn keys(&self) -> Vec<&[u8]> {
+        Vec::new()
+    }
+    fn writes(&self) -> usize {
+        1
+    }
+    fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+/// The rate checks of one client waiting for a batch.
+pub(crate) type CheckCoalescer = BatchQueue<PendingCheck>;
+
+impl Coalesced for PendingCheck {
+    fn queue(client: &Client) -> &BatchQueue<Self> {
+        client.check_coalescer()
+    }
+
+    async fn send(client: Client, batch: Vec<PendingCheck>) {
+        let (checks, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.check, p.reply)).unzip();
+        let (header, _guard) = client.header();
+        let message = pb::RateCheckRequest {
+            header: Some(header),
+            checks,
+        };
+        let outcome = client
+            .unary(true, message, |c, r| async move {
+                crate::service_client!(RateLimiterClient, c).check(r).await
+            })
+            .await;
+        answer_each(replies, outcome.map(|reply| reply.decisions), "checks");
+    }
+}
+
+/// Sends `check` in the client's next batch of checks and returns its own decision.
+///
+/// # Errors
+/// The refusal the cluster would give the check alone (checked here, before it is queued); any
+/// error of its batch's request.
+pub(crate) async fn submit_check(client: &Client, check: crate::RateCheck) -> Result<pb::RateDecision, ClientError> {
+    if let Some(refused) = crate::rate_shadow::refusal(&check) {
+        return Err(refused);
+    }
+    let bytes = check.key.len() + 64;
+    let _room = client.coalesce_budget().admit(bytes).await;
+    let (reply, answer) = oneshot::channel();
+    let pending = PendingCheck {
+        bytes,
+        check: check.into(),
+        reply,
+    };
+    if client.check_coalescer().push(pending, client.write_batches_in_flight()) {
+        tokio::spawn(drain::<PendingCheck>(client.unfenced()));
+    }
+    answer
+        .await
+        .map_err(|_| ClientError::Protocol("the check's batch was dropped unanswered".into()))?
+}
+
 /// Sends `write` in the client's next batch and returns its own answer.
 pub(crate) async fn submit(
     client: &Client,
@@ -67,7 +172,7 @@ pub(crate) async fn submit(
         reply,
     };
     if client.coalescer().push(pending, client.write_batches_in_flight()) {
-        tokio::spawn(drain(client.unfenced()));
+        tokio::spawn(drain::<Pending>(client.unfenced()));
     }
     answer
         .await
@@ -82,53 +187,43 @@ fn write_bytes(write: &pb::KvWriteOp) -> usize {
     }
 }
 
-/// A sender: sends batches until the queue is empty.
-async fn drain(client: Client) {
+/// A sender: sends batches of `T` until its queue is empty.
+async fn drain<T: Coalesced>(client: Client) {
     loop {
-        // Let the tasks woken by the previous answer queue their next writes first, so they
+        // Let the tasks woken by the previous answer queue their next requests first, so they
         // leave together instead of one by one.
         tokio::task::yield_now().await;
-        let batch = client.coalescer().take(LIMITS);
+        let batch = T::queue(&client).take(LIMITS);
         if batch.is_empty() {
             return;
         }
-        send(&client, batch).await;
+        T::send(client.clone(), batch).await;
     }
 }
 
-async fn send(client: &Client, batch: Vec<Pending>) {
-    let (writes, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.write, p.reply)).unzip();
-    let (header, _guard) = client.header();
-    let message = pb::KvBatchRequest {
-        header: Some(header),
-        writes,
+/// Gives each item of a batch its own answer: the answer at its place, or the batch's error (a
+/// count of answers other than the items' is a protocol error for all).
+fn answer_each<A>(
+    replies: Vec<oneshot::Sender<Result<A, ClientError>>>,
+    outcome: Result<Vec<A>, ClientError>,
+    what: &str,
+) {
+    let error = match outcome {
+        Ok(answers) if answers.len() == replies.len() => {
+            for (reply, answer) in replies.into_iter().zip(answers) {
+                let _ = reply.send(Ok(answer));
+            }
+            return;
+        }
+        Ok(answers) => ClientError::Protocol(format!(
+            "a batch of {} {what} got {} answers",
+            replies.len(),
+            answers.len()
+        )),
+        Err(error) => error,
     };
-    let outcome = client
-        .unary(true, message, |c, r| async move {
-            crate::service_client!(KvClient, c).batch(r).await
-        })
-        .await;
-    match outcome {
-        Ok(reply) if reply.results.len() == replies.len() => {
-            for (reply, result) in replies.into_iter().zip(reply.results) {
-                let _ = reply.send(Ok(result));
-            }
-        }
-        Ok(reply) => {
-            let error = ClientError::Protocol(format!(
-                "a batch of {} writes got {} answers",
-                replies.len(),
-                reply.results.len()
-            ));
-            for reply in replies {
-                let _ = reply.send(Err(error.clone()));
-            }
-        }
-        Err(error) => {
-            for reply in replies {
-                let _ = reply.send(Err(error.clone()));
-            }
-        }
+    for reply in replies {
+        let _ = reply.send(Err(error.clone()));
     }
 }
 

@@ -38,6 +38,7 @@ pub mod limits;
 pub mod pubsub;
 pub mod queue;
 mod rate;
+mod rate_shadow;
 pub mod stream;
 pub mod txn;
 pub mod watch;
@@ -58,7 +59,8 @@ pub use pubsub::{PubSub, Published, Subscription};
 pub use queue::{
     AckResult, Enqueued, Message, NewMessage, QueueHandle, QueueInfo, QueueOptions, QueueStats, ReceiveOptions,
 };
-pub use rate::{RateCheck, RateDecision, RateLimit, RateLimiter};
+pub use rate::{DecidedBy, RateCheck, RateDecision, RateLimit, RateLimiter, RateVerdict, WhenUnreachable};
+pub use rate_shadow::SHADOW_KEYS_MAX;
 pub use stream::{
     Assignor, FetchOptions, Fetched, FetchedRecord, JoinOptions, Membership, Produced, Producer, Record, Streams,
     TopicInfo, TopicOptions,

@@ -18,3 +18,9 @@ macro_rules! service_client {
         $client::new($channel).max_decoding_message_size($crate::limits::RESPONSE_BYTES_MAX)
     };
 }
+
+/// Largest key the cluster accepts; the local shadow limiter refuses a larger one as the cluster
+/// would (the server asserts it equals its own).
+pub const KEY_BYTES_MAX: usize = 4 * 1024;
+/// Longest rate-limit window and token-bucket period the cluster accepts (one day); likewise.
+pub const RATE_WINDOW_MS_MAX: u64 = 24 * 3600 * 1000;

@@ -1,6 +1,7 @@
-//! Rate limiting: atomic checks, one or many per request.
+//! Rate limiting: atomic checks, one or many per request, and what a check does when the cluster
+//! cannot be reached ([`WhenUnreachable`]), chosen per check.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::client::{millis, Client};
 use crate::error::ClientError;
@@ -78,6 +79,47 @@ impl From<pb::RateDecision> for RateDecision {
     }
 }
 
+/// What [`RateLimiter::check_with`] does when no node of the cluster answers within the request
+/// timeout (`UNAVAILABLE`, including a write whose outcome is unknown: the cluster may have
+/// counted it). Errors of the check itself (`OUT_OF_RANGE`, ...) are returned whatever the policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WhenUnreachable {
+    /// Return the error, as [`RateLimiter::check_many`] does.
+    Error,
+    /// Admit: availability over the limit (a login page, a read path).
+    FailOpen,
+    /// Refuse: the limit over availability (a paid API, an expensive job).
+    FailClosed,
+    /// Decide in this client with its share of the limit: every count (limit, rate, burst)
+    /// divided by `instances`, rounded down, with the cluster's algorithm on this process's
+    /// clock; kept per key until the cluster decides that key again. With `instances` clients
+    /// cut off at once, together they admit at most the limit (plus what the cluster admitted
+    /// in the same window before the cut, which they cannot see).
+    LocalShare { instances: u32 },
+}
+
+/// Who decided a [`RateVerdict`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecidedBy {
+    Cluster,
+    FailOpen,
+    FailClosed,
+    LocalShare,
+}
+
+/// A decision and who made it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateVerdict {
+    pub decision: RateDecision,
+    pub decided_by: DecidedBy,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// Rate limiting. Get one with [`Client::rate_limiter`].
 #[derive(Clone)]
 pub struct RateLimiter {
@@ -137,7 +179,68 @@ impl RateLimiter {
         self.check_one(check).await
     }
 
+    /// One check, decided by the cluster when it answers, else as `when_unreachable` says.
+    ///
+    /// # Errors
+    /// The check's own refusals (`OUT_OF_RANGE`, ...) always; `UNAVAILABLE` only with
+    /// [`WhenUnreachable::Error`].
+    pub async fn check_with(
+        &self,
+        check: RateCheck,
+        when_unreachable: WhenUnreachable,
+    ) -> Result<RateVerdict, ClientError> {
+        let local = check.clone();
+        match self.check_one(check).await {
+            Ok(decision) => {
+                let mut shadow = self.client.shadow();
+                if shadow.len() > 0 {
+                    shadow.forget(&local.key);
+                }
+                Ok(RateVerdict {
+                    decision,
+                    decided_by: DecidedBy::Cluster,
+                })
+            }
+            Err(unreachable @ ClientError::Unavailable { .. }) => {
+                if when_unreachable == WhenUnreachable::Error {
+                    return Err(unreachable);
+                }
+                // Decided here: refused first as the cluster would refuse it.
+                if let Some(refused) = crate::rate_shadow::refusal(&local) {
+                    return Err(refused);
+                }
+                let fixed = |allowed, decided_by| RateVerdict {
+                    decision: RateDecision {
+                        allowed,
+                        remaining: 0,
+                        retry_after: Duration::ZERO,
+                        reset_at_ms: now_ms(),
+                    },
+                    decided_by,
+                };
+                Ok(match when_unreachable {
+                    WhenUnreachable::Error | WhenUnreachable::FailClosed => fixed(false, DecidedBy::FailClosed),
+                    WhenUnreachable::FailOpen => fixed(true, DecidedBy::FailOpen),
+                    WhenUnreachable::LocalShare { instances } => RateVerdict {
+                        decision: self
+                            .client
+                            .shadow()
+                            .check(&local.key, local.limit, instances, local.cost, now_ms()),
+                        decided_by: DecidedBy::LocalShare,
+                    },
+                })
+            }
+            Err(other) => Err(other),
+        }
+    }
+
+    /// One check: in the client's next batch of checks when it coalesces them, else alone.
     async fn check_one(&self, check: RateCheck) -> Result<RateDecision, ClientError> {
+        if self.client.coalesces_checks() {
+            return crate::coalesce::submit_check(&self.client, check)
+                .await
+                .map(RateDecision::from);
+        }
         let decisions = self.check_many(vec![check]).await?;
         decisions
             .first()

@@ -43,6 +43,9 @@ const _: () = assert!(server::TXN_READ_BYTES_MAX + 16 * server::TXN_BYTES_MAX <=
 const _: () = assert!(server::COUNTER_WINDOWS_READ_MAX as usize * 24 + 64 <= sdk::RESPONSE_BYTES_MAX);
 // A queue list: each a name and two counts, with framing.
 const _: () = assert!(server::LIST_QUEUES_MAX as usize * (server::NAME_BYTES_MAX + 32) + 64 <= sdk::RESPONSE_BYTES_MAX);
+// The SDK's local shadow limiter refuses what the cluster refuses.
+const _: () = assert!(sdk::KEY_BYTES_MAX == server::KEY_BYTES_MAX);
+const _: () = assert!(sdk::RATE_WINDOW_MS_MAX == server::RATE_WINDOW_MS_MAX);
 // A scan with limit 0 returns as many keys whether the SDK or the server fills the default in.
 const _: () = assert!(sdk::SCAN_KEYS_DEFAULT == server::SCAN_KEYS_DEFAULT);
 

@@ -296,20 +296,31 @@ impl TestCluster {
         self.wait_applied(client, id, target).await;
     }
 
+    /// A connection to `addr` once a node listens there (it may still be starting), within 10 s.
+    fn connect_when_listening(&self, addr: &str) -> std::net::TcpStream {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match std::net::TcpStream::connect(addr) {
+                Ok(stream) => return stream,
+                Err(e) if Instant::now() > deadline => panic!("connect to {addr}: {e}\n{}", self.logs()),
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+
+    /// Waits until node `id` listens on its client port, so that a first request with a short
+    /// timeout meets the node rather than a refused connection.
+    pub fn wait_listening(&self, id: u64) {
+        drop(self.connect_when_listening(&self.specs[&id].addr));
+    }
+
     /// Sets node `id`'s clock skew at run time, in ms (the node must run with
     /// `--allow-clock-control`).
     pub fn set_clock_skew(&self, id: u64, skew_ms: i64) {
         use std::io::{Read, Write};
         let addr = &self.specs[&id].http;
         // The node may still be starting its HTTP listener.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut stream = loop {
-            match std::net::TcpStream::connect(addr) {
-                Ok(stream) => break stream,
-                Err(e) if Instant::now() > deadline => panic!("connect to {addr}: {e}\n{}", self.logs()),
-                Err(_) => std::thread::sleep(Duration::from_millis(50)),
-            }
-        };
+        let mut stream = self.connect_when_listening(addr);
         stream
             .set_read_timeout(Some(Duration::from_secs(5)))
             .expect("read timeout");

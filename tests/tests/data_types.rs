@@ -707,3 +707,158 @@ fn windowed_counters_meter_usage_and_refuse_late_events() {
         assert_eq!(run.code, Some(0), "{}", run.stderr);
     });
 }
+
+/// While the cluster cannot commit (two of three nodes down), a check answers as its policy says:
+/// the error, fail open, fail closed, or this client's share of the limit decided locally; once
+/// the cluster is back it decides again.
+#[test]
+fn a_rate_check_follows_its_policy_while_the_cluster_is_unreachable() {
+    use basalt_client::{DecidedBy, RateCheck, RateLimit, WhenUnreachable};
+    runtime().block_on(async {
+        let mut cluster = TestCluster::start(NODE, ClusterOptions::default());
+        cluster.client().await;
+        let options = basalt_client::ClientOptions {
+            request_timeout: Duration::from_millis(1500),
+            attempt_timeout: Duration::from_millis(400),
+            ..Default::default()
+        };
+        let client = Client::connect_with(cluster.endpoints(), options)
+            .await
+            .expect("connect");
+        let limiter = client.rate_limiter();
+        let check = || RateCheck {
+            key: b"api/tenant-1".to_vec(),
+            limit: RateLimit::SlidingWindow {
+                limit: 8,
+                window: Duration::from_secs(600),
+            },
+            cost: 1,
+        };
+        let verdict = limiter
+            .check_with(check(), WhenUnreachable::FailClosed)
+            .await
+            .expect("check");
+        assert_eq!(
+            (verdict.decided_by, verdict.decision.allowed),
+            (DecidedBy::Cluster, true)
+        );
+
+        cluster.kill(2);
+        cluster.kill(3);
+        assert_eq!(
+            code(limiter.check_with(check(), WhenUnreachable::Error).await),
+            Some(ErrorCode::Unavailable)
+        );
+        let open = limiter
+            .check_with(check(), WhenUnreachable::FailOpen)
+            .await
+            .expect("open");
+        assert_eq!((open.decided_by, open.decision.allowed), (DecidedBy::FailOpen, true));
+        let closed = limiter
+            .check_with(check(), WhenUnreachable::FailClosed)
+            .await
+            .expect("closed");
+        assert_eq!(
+            (closed.decided_by, closed.decision.allowed),
+            (DecidedBy::FailClosed, false)
+        );
+        // A share of 8 / 4 instances: two admitted, then refused.
+        let mut local = Vec::new();
+        for _ in 0..3 {
+            let v = limiter
+                .check_with(check(), WhenUnreachable::LocalShare { instances: 4 })
+                .await
+                .expect("local");
+            assert_eq!(v.decided_by, DecidedBy::LocalShare);
+            local.push(v.decision.allowed);
+        }
+        assert_eq!(local, vec![true, true, false]);
+        // Bad input is an error whatever the policy.
+        let zero = RateCheck {
+            cost: 0,
+            limit: RateLimit::SlidingWindow {
+                limit: 0,
+                window: Duration::from_secs(1),
+            },
+            ..check()
+        };
+        assert!(limiter.check_with(zero, WhenUnreachable::FailOpen).await.is_err());
+
+        cluster.restart(2);
+        cluster.restart(3);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let v = limiter
+                .check_with(check(), WhenUnreachable::LocalShare { instances: 4 })
+                .await
+                .expect("check");
+            if v.decided_by == DecidedBy::Cluster {
+                assert!(v.decision.allowed, "the cluster counted 1 of 8 before the cut");
+                break;
+            }
+            assert!(Instant::now() < deadline, "the cluster never answered again");
+        }
+    });
+}
+
+/// Concurrent single rate checks of one client leave in shared batches (far fewer Raft entries
+/// than checks), each decided on its own and in order: exactly the limit is admitted, and a bad
+/// check among them is refused alone.
+#[test]
+fn concurrent_rate_checks_of_one_client_share_entries_and_admit_exactly_the_limit() {
+    const TASKS: u32 = 32;
+    const CHECKS: u32 = 10;
+    runtime().block_on(async {
+        let cluster = TestCluster::start(NODE, ClusterOptions::default());
+        let client = cluster.client().await;
+        // The node answering may be a follower that has not received the first entries yet.
+        let last_index = |client: Client| async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Some(index) = client.cluster_status().await.expect("status").last_log_index {
+                    return index;
+                }
+                assert!(Instant::now() < deadline, "no node reports a log");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        // One check first, as in the KV coalescing test: the node answering the status has a log.
+        client
+            .rate_limiter()
+            .check("api/warm-up", 1, Duration::from_secs(1), 1)
+            .await
+            .expect("check");
+        let before = last_index(client.clone()).await;
+        let tasks: Vec<_> = (0..TASKS)
+            .map(|t| {
+                let limiter = client.rate_limiter();
+                tokio::spawn(async move {
+                    let mut admitted = 0u32;
+                    for _ in 0..CHECKS {
+                        let d = limiter
+                            .check("api/shared", 100, Duration::from_secs(600), 1)
+                            .await
+                            .expect("check");
+                        admitted += u32::from(d.allowed);
+                    }
+                    if t == 0 {
+                        let bad = limiter.check("api/shared", 100, Duration::from_secs(600), 101).await;
+                        assert_eq!(code(bad), Some(ErrorCode::OutOfRange));
+                    }
+                    admitted
+                })
+            })
+            .collect();
+        let mut admitted = 0;
+        for task in tasks {
+            admitted += task.await.expect("task");
+        }
+        assert_eq!(admitted, 100, "exactly the limit of {} checks", TASKS * CHECKS);
+        let entries = last_index(client.clone()).await - before;
+        assert!(
+            entries < u64::from(TASKS * CHECKS) / 2,
+            "{entries} entries for {} checks",
+            TASKS * CHECKS
+        );
+    });
+}
