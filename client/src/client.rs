@@ -80,8 +80,9 @@ struct Inner {
     place: Option<Arc<RegionPlace>>,
     /// KV writes waiting to leave in a batch.
     coalescer: crate::coalesce::Coalescer,
-    /// Rate checks waiting to leave in a batch.
+    /// Rate checks waiting to leave in a batch, and their byte budget.
     check_coalescer: crate::coalesce::CheckCoalescer,
+    check_budget: basalt_batching::QueueBudget,
     coalesce_budget: basalt_batching::QueueBudget,
     /// Rate-limit keys this client decides alone while the cluster is unreachable.
     shadow: Mutex<crate::rate_shadow::ShadowTable>,
@@ -203,6 +204,7 @@ impl Client {
                 place,
                 coalescer: Default::default(),
                 check_coalescer: Default::default(),
+                check_budget: basalt_batching::QueueBudget::new(crate::coalesce::QUEUED_CHECK_BYTES_MAX),
                 coalesce_budget: basalt_batching::QueueBudget::new(crate::coalesce::QUEUED_BYTES_MAX),
                 shadow: Mutex::default(),
             }),
@@ -418,6 +420,10 @@ impl Client {
 
     pub(crate) fn check_coalescer(&self) -> &crate::coalesce::CheckCoalescer {
         &self.inner.check_coalescer
+    }
+
+    pub(crate) fn check_budget(&self) -> &basalt_batching::QueueBudget {
+        &self.inner.check_budget
     }
 
     /// Whether this handle's single rate checks are coalesced into batches.

@@ -32,6 +32,10 @@ const LIMITS: BatchLimits = BatchLimits {
 /// over it waits for room.
 pub(crate) const QUEUED_BYTES_MAX: usize = 64 * 1024 * 1024;
 
+/// Most bytes of rate checks one client holds queued or on their way (about 50,000 checks of
+/// short keys); a check over it waits for room.
+pub(crate) const QUEUED_CHECK_BYTES_MAX: usize = 4 * 1024 * 1024;
+
 type Reply = oneshot::Sender<Result<pb::KvWriteResult, ClientError>>;
 
 pub(crate) struct Pending {
@@ -115,7 +119,16 @@ impl Coalesced for PendingCheck {
     }
 
     async fn send(client: Client, batch: Vec<PendingCheck>) {
-        let (checks, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.check, p.reply)).unzip();
+        // A check whose caller gave up is not sent: nobody would see its decision, and counting
+        // it would spend the limit of a request that was abandoned.
+        let (checks, replies): (Vec<_>, Vec<_>) = batch
+            .into_iter()
+            .filter(|p| !p.reply.is_closed())
+            .map(|p| (p.check, p.reply))
+            .unzip();
+        if checks.is_empty() {
+            return;
+        }
         let (header, _guard) = client.header();
         let message = pb::RateCheckRequest {
             header: Some(header),
@@ -140,7 +153,8 @@ pub(crate) async fn submit_check(client: &Client, check: crate::RateCheck) -> Re
         return Err(refused);
     }
     let bytes = check.key.len() + 64;
-    let _room = client.coalesce_budget().admit(bytes).await;
+    // A budget of their own: a backlog of KV writes never holds checks back, nor the reverse.
+    let _room = client.check_budget().admit(bytes).await;
     let (reply, answer) = oneshot::channel();
     let pending = PendingCheck {
         bytes,

@@ -80,8 +80,10 @@ impl From<pb::RateDecision> for RateDecision {
 }
 
 /// What [`RateLimiter::check_with`] does when no node of the cluster answers within the request
-/// timeout (`UNAVAILABLE`, including a write whose outcome is unknown: the cluster may have
-/// counted it). Errors of the check itself (`OUT_OF_RANGE`, ...) are returned whatever the policy.
+/// timeout (`UNAVAILABLE`), or one answers without a decision it can stand by (an outcome-unknown
+/// error: the cluster may have counted the check). Errors of the check itself (`OUT_OF_RANGE`,
+/// ...) are returned whatever the policy. A check under a policy is sent alone, never in a
+/// coalesced batch, so the policy answers after one request timeout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WhenUnreachable {
     /// Return the error, as [`RateLimiter::check_many`] does.
@@ -91,10 +93,10 @@ pub enum WhenUnreachable {
     /// Refuse: the limit over availability (a paid API, an expensive job).
     FailClosed,
     /// Decide in this client with its share of the limit: every count (limit, rate, burst)
-    /// divided by `instances`, rounded down, with the cluster's algorithm on this process's
-    /// clock; kept per key until the cluster decides that key again. With `instances` clients
-    /// cut off at once, together they admit at most the limit (plus what the cluster admitted
-    /// in the same window before the cut, which they cannot see).
+    /// divided by `instances` (at least 1), rounded down, with the cluster's algorithm on this
+    /// process's clock; kept per key until it has expired by itself. Within one fixed window of
+    /// its own clock an instance admits at most its share; the cluster does not see what
+    /// instances admitted alone (see docs/data-types/rate-limit.md for the bound).
     LocalShare { instances: u32 },
 }
 
@@ -189,19 +191,32 @@ impl RateLimiter {
         check: RateCheck,
         when_unreachable: WhenUnreachable,
     ) -> Result<RateVerdict, ClientError> {
+        if when_unreachable == (WhenUnreachable::LocalShare { instances: 0 }) {
+            return Err(ClientError::Rejected {
+                code: crate::error::ErrorCode::InvalidArgument,
+                message: "a local share needs instances >= 1".into(),
+            });
+        }
         let local = check.clone();
-        match self.check_one(check).await {
-            Ok(decision) => {
-                let mut shadow = self.client.shadow();
-                if shadow.len() > 0 {
-                    shadow.forget(&local.key);
-                }
-                Ok(RateVerdict {
-                    decision,
-                    decided_by: DecidedBy::Cluster,
-                })
-            }
-            Err(unreachable @ ClientError::Unavailable { .. }) => {
+        // Under a policy, alone: behind other callers' batches an outage would answer after
+        // several request timeouts instead of one.
+        let answer = match when_unreachable {
+            WhenUnreachable::Error => self.check_one(check).await,
+            _ => self.check_many(vec![check]).await.and_then(|decisions| {
+                decisions
+                    .first()
+                    .copied()
+                    .ok_or_else(|| ClientError::Protocol("no decision in reply".into()))
+            }),
+        };
+        match answer {
+            Ok(decision) => Ok(RateVerdict {
+                decision,
+                decided_by: DecidedBy::Cluster,
+            }),
+            // No node answered, or one answered without a decision it could stand by: the
+            // cluster cannot be relied on for this check.
+            Err(unreachable @ (ClientError::Unavailable { .. } | ClientError::OutcomeUnknown { .. })) => {
                 if when_unreachable == WhenUnreachable::Error {
                     return Err(unreachable);
                 }
@@ -213,7 +228,12 @@ impl RateLimiter {
                     decision: RateDecision {
                         allowed,
                         remaining: 0,
-                        retry_after: Duration::ZERO,
+                        // Not a hot retry loop while the cluster is away.
+                        retry_after: if allowed {
+                            Duration::ZERO
+                        } else {
+                            Duration::from_secs(1)
+                        },
                         reset_at_ms: now_ms(),
                     },
                     decided_by,

@@ -4,7 +4,9 @@
 //!
 //! The deciding functions are pure (state, limit, cost, time in; state and decision out) and
 //! tested on their own; [`ShadowTable`] keeps one state per key, bounded by
-//! [`SHADOW_KEYS_MAX`], and forgets a key once the cluster decides it again.
+//! [`SHADOW_KEYS_MAX`], until the state has expired by itself (both windows slid out, the bucket
+//! full again): a key the cluster decides again keeps what this client admitted alone, so a link
+//! that flaps does not hand out a fresh share at every cut.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -17,18 +19,53 @@ use crate::rate::{RateCheck, RateDecision, RateLimit};
 /// closed is the safe side of a limiter that cannot keep count).
 pub const SHADOW_KEYS_MAX: usize = 10_000;
 
-/// One key's local state.
+/// Longest `retry_after` a local decision answers (a share of 0 never refills).
+const RETRY_AFTER_MS_MAX: u64 = crate::limits::RATE_WINDOW_MS_MAX;
+
+/// One key's local state, with the parameters it was kept under: a check with other parameters
+/// starts the key afresh, as the cluster does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum ShadowState {
     /// A sliding-window counter: the count of the current fixed window and of the one before,
     /// the estimate weighing the previous by how much of it still overlaps the sliding window.
-    Window { index: u64, current: u64, previous: u64 },
+    Window {
+        window_ms: u64,
+        index: u64,
+        current: u64,
+        previous: u64,
+    },
     /// A token bucket: tokens times `per_ms` (exact integer refill), as of `last_ms`.
-    Bucket { scaled: u128, last_ms: u64 },
+    Bucket {
+        rate: u64,
+        per_ms: u64,
+        burst: u64,
+        scaled: u128,
+        last_ms: u64,
+    },
+}
+
+impl ShadowState {
+    /// Whether the state no longer changes any decision at `now_ms`: both windows slid out, or
+    /// the bucket full again.
+    fn expired(self, now_ms: u64) -> bool {
+        match self {
+            ShadowState::Window { window_ms, index, .. } => index.saturating_add(2) <= now_ms / window_ms.max(1),
+            ShadowState::Bucket {
+                rate,
+                per_ms,
+                burst,
+                scaled,
+                last_ms,
+            } => {
+                let refill = u128::from(now_ms.saturating_sub(last_ms)) * u128::from(rate);
+                scaled + refill >= u128::from(burst) * u128::from(per_ms)
+            }
+        }
+    }
 }
 
 /// This instance's share of `limit`: `limit / instances`, rounded down (0 with more instances
-/// than the limit: every check is refused).
+/// than the limit: every check that costs anything is refused).
 pub(crate) fn share(limit: u64, instances: u32) -> u64 {
     limit / u64::from(instances.max(1))
 }
@@ -95,16 +132,29 @@ fn sliding_window(
     cost: u64,
     now_ms: u64,
 ) -> (ShadowState, RateDecision) {
-    let index = now_ms / window_ms;
+    let mut index = now_ms / window_ms;
     let (current, previous) = match state {
+        // A window at or after this one (the local clock stepped back): its counts still hold,
+        // as on the cluster.
         Some(ShadowState::Window {
+            window_ms: w,
             index: i,
             current,
             previous,
-        }) if i == index => (current, previous),
-        Some(ShadowState::Window { index: i, current, .. }) if i + 1 == index => (0, current),
+        }) if w == window_ms && i >= index => {
+            index = i;
+            (current, previous)
+        }
+        Some(ShadowState::Window {
+            window_ms: w,
+            index: i,
+            current,
+            ..
+        }) if w == window_ms && i + 1 == index => (0, current),
         _ => (0, 0),
     };
+    // With a clock stepped back, count as of the start of the kept window.
+    let now_ms = now_ms.max(index * window_ms);
     let elapsed = now_ms - index * window_ms;
     let w = u128::from(window_ms);
     // The estimate, times the window.
@@ -121,18 +171,17 @@ fn sliding_window(
         retry_after: if allowed {
             Duration::ZERO
         } else {
-            Duration::from_millis(window_end - now_ms)
+            Duration::from_millis((window_end + window_ms - now_ms).min(RETRY_AFTER_MS_MAX))
         },
         reset_at_ms: window_end + window_ms,
     };
-    (
-        ShadowState::Window {
-            index,
-            current,
-            previous,
-        },
-        decision,
-    )
+    let state = ShadowState::Window {
+        window_ms,
+        index,
+        current,
+        previous,
+    };
+    (state, decision)
 }
 
 fn token_bucket(
@@ -144,19 +193,29 @@ fn token_bucket(
     now_ms: u64,
 ) -> (ShadowState, RateDecision) {
     let capacity = u128::from(burst) * u128::from(per_ms);
-    let scaled = match state {
-        Some(ShadowState::Bucket { scaled, last_ms }) => {
+    let (scaled, last_ms) = match state {
+        Some(ShadowState::Bucket {
+            rate: r,
+            per_ms: p,
+            burst: b,
+            scaled,
+            last_ms,
+        }) if (r, p, b) == (rate, per_ms, burst) => {
             let refill = u128::from(now_ms.saturating_sub(last_ms)) * u128::from(rate);
-            (scaled + refill).min(capacity)
+            // A clock stepped back refills nothing, and the time already refilled is not
+            // refilled again.
+            ((scaled + refill).min(capacity), last_ms.max(now_ms))
         }
-        _ => capacity,
+        _ => (capacity, now_ms),
     };
     let need = u128::from(cost) * u128::from(per_ms);
     let allowed = need <= scaled;
     let scaled = if allowed { scaled - need } else { scaled };
     let per_token_ms = |missing: u128| match rate {
-        0 => u64::MAX,
-        rate => u64::try_from(missing.div_ceil(u128::from(rate))).unwrap_or(u64::MAX),
+        0 => RETRY_AFTER_MS_MAX,
+        rate => u64::try_from(missing.div_ceil(u128::from(rate)))
+            .unwrap_or(u64::MAX)
+            .min(RETRY_AFTER_MS_MAX),
     };
     let decision = RateDecision {
         allowed,
@@ -168,13 +227,14 @@ fn token_bucket(
         },
         reset_at_ms: now_ms.saturating_add(per_token_ms(capacity - scaled)),
     };
-    (
-        ShadowState::Bucket {
-            scaled,
-            last_ms: now_ms,
-        },
-        decision,
-    )
+    let state = ShadowState::Bucket {
+        rate,
+        per_ms,
+        burst,
+        scaled,
+        last_ms,
+    };
+    (state, decision)
 }
 
 /// The limit an instance enforces alone: every count of `limit` divided by `instances`.
@@ -215,23 +275,26 @@ impl ShadowTable {
         let limit = shared(limit, instances);
         let state = self.keys.get(key).copied();
         if state.is_none() && self.keys.len() >= SHADOW_KEYS_MAX {
-            return RateDecision {
-                allowed: false,
-                remaining: 0,
-                retry_after: Duration::from_secs(1),
-                reset_at_ms: now_ms,
-            };
+            // Room first from states that no longer change any decision.
+            self.keys.retain(|_, state| !state.expired(now_ms));
+            if self.keys.len() >= SHADOW_KEYS_MAX {
+                return RateDecision {
+                    allowed: false,
+                    remaining: 0,
+                    retry_after: Duration::from_secs(1),
+                    reset_at_ms: now_ms,
+                };
+            }
         }
         let (next, decision) = decide(state, limit, cost, now_ms);
-        self.keys.insert(key.to_vec(), next);
+        // A new key refused or only looked at (cost 0) leaves nothing worth keeping.
+        if state.is_some() || (decision.allowed && cost > 0) {
+            self.keys.insert(key.to_vec(), next);
+        }
         decision
     }
 
-    /// The cluster decides `key` again: its local count is forgotten.
-    pub(crate) fn forget(&mut self, key: &[u8]) {
-        self.keys.remove(key);
-    }
-
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.keys.len()
     }
@@ -257,11 +320,14 @@ mod tests {
         assert_eq!(admitted, 2, "10 / 4 instances, rounded down");
         // Two windows later everything has slid out.
         assert!(table.check(b"k", limit, 4, 1, 1_000 + 2 * 60_000).allowed);
-        // More instances than the limit: a share of 0 refuses everything.
+        // More instances than the limit: a share of 0 refuses everything that costs.
         assert!(!table.check(b"other", limit, 11, 1, 1_000).allowed);
-        table.forget(b"k");
-        table.forget(b"other");
-        assert_eq!(table.len(), 0);
+        assert_eq!(table.len(), 1, "a new key refused is not kept");
+        // The local clock steps back a window: the counts still hold.
+        for _ in 0..2 {
+            table.check(b"stepped", limit, 4, 1, 10 * 60_000);
+        }
+        assert!(!table.check(b"stepped", limit, 4, 1, 9 * 60_000).allowed);
     }
 
     #[test]
@@ -277,6 +343,16 @@ mod tests {
         let refused = table.check(b"k", limit, 2, 1, 0);
         assert_eq!(refused.retry_after, Duration::from_millis(500), "2 tokens a second");
         assert!(table.check(b"k", limit, 2, 1, 500).allowed);
+        // A clock stepped back and forward again does not refill the same time twice.
+        assert!(!table.check(b"k", limit, 2, 1, 100).allowed);
+        assert!(!table.check(b"k", limit, 2, 1, 500).allowed);
+        // Another bucket shape starts afresh.
+        let other = RateLimit::TokenBucket {
+            rate: 4,
+            per: Duration::from_secs(2),
+            burst: 8,
+        };
+        assert!(table.check(b"k", other, 2, 1, 500).allowed);
     }
 
     #[test]
@@ -328,6 +404,9 @@ mod tests {
         assert!(!table.check(b"new", limit, 1, 1, 0).allowed);
         assert!(table.check(b"k0", limit, 1, 1, 0).allowed);
         assert_eq!(table.len(), SHADOW_KEYS_MAX);
+        // Two windows later every state has expired: they make room.
+        assert!(table.check(b"new", limit, 1, 1, 2 * 60_000).allowed);
+        assert_eq!(table.len(), 1);
     }
 
     proptest! {

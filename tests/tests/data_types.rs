@@ -783,6 +783,14 @@ fn a_rate_check_follows_its_policy_while_the_cluster_is_unreachable() {
             ..check()
         };
         assert!(limiter.check_with(zero, WhenUnreachable::FailOpen).await.is_err());
+        assert_eq!(
+            code(
+                limiter
+                    .check_with(check(), WhenUnreachable::LocalShare { instances: 0 })
+                    .await
+            ),
+            Some(ErrorCode::InvalidArgument)
+        );
 
         cluster.restart(2);
         cluster.restart(3);
@@ -792,8 +800,9 @@ fn a_rate_check_follows_its_policy_while_the_cluster_is_unreachable() {
                 .check_with(check(), WhenUnreachable::LocalShare { instances: 4 })
                 .await
                 .expect("check");
+            // Only who decides: checks whose outcome was unknown during the cut may have been
+            // counted once the cluster is back, so the count is not asserted.
             if v.decided_by == DecidedBy::Cluster {
-                assert!(v.decision.allowed, "the cluster counted 1 of 8 before the cut");
                 break;
             }
             assert!(Instant::now() < deadline, "the cluster never answered again");
