@@ -63,6 +63,8 @@ error_codes! {
     OutOfOrderSequence = "OUT_OF_ORDER_SEQUENCE" => FailedPrecondition,
     IllegalGeneration = "ILLEGAL_GENERATION" => FailedPrecondition,
     NotAssigned = "NOT_ASSIGNED" => FailedPrecondition,
+    // Creating a topic whose earlier namesake is still being deleted: retry shortly.
+    TopicBeingDeleted = "TOPIC_BEING_DELETED" => FailedPrecondition,
     Compacted = "COMPACTED" => OutOfRange,
     // A region topology change that does not fit the replicated topology (`basalt regions`).
     InvalidTopology = "INVALID_TOPOLOGY" => FailedPrecondition,

@@ -29,6 +29,7 @@ struct ReadmeExamples;
 pub mod cache;
 mod client;
 mod coalesce;
+pub mod consumer;
 mod counter;
 mod error;
 mod kv;
@@ -49,6 +50,7 @@ pub mod pb {
 
 pub use cache::{Cache, LaggingNode, NodeCacheStats, PurgeReceipt, PurgeTarget};
 pub use client::{Client, ClientOptions, ReadConsistency, RegionMap};
+pub use consumer::{ConsumedRecord, Consumer, ConsumerOptions, ReplayOptions, ReplaySummary, StartFrom};
 pub use counter::window;
 pub use counter::{CounterChange, CounterHandle, CounterOp, CounterOutcome, Counters, Windows};
 pub use error::{never_sent, ClientError, ErrorCode, ERROR_CODE_KEY, LEADER_KEY, OLDEST_REVISION_KEY};
@@ -63,7 +65,7 @@ pub use rate::{DecidedBy, RateCheck, RateDecision, RateLimit, RateLimiter, RateV
 pub use rate_shadow::SHADOW_KEYS_MAX;
 pub use stream::{
     Assignor, FetchOptions, Fetched, FetchedRecord, JoinOptions, Membership, Produced, Producer, Record, Streams,
-    TopicInfo, TopicOptions,
+    TimeOffset, TopicInfo, TopicListing, TopicOptions,
 };
 pub use txn::{TxnBuilder, TxnOp, TxnOpResult, TxnOutcome};
 pub use watch::{Watch, WatchEvent, WatchEventKind};

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::client::{millis, Client, ReadConsistency};
 use crate::error::ClientError;
@@ -114,6 +114,29 @@ pub struct PartitionInfo {
 pub struct TopicInfo {
     pub options: TopicOptions,
     pub partitions: Vec<PartitionInfo>,
+}
+
+/// A topic in a [`Streams::list_topics`] answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopicListing {
+    pub name: Vec<u8>,
+    pub options: TopicOptions,
+}
+
+/// Where a time falls in a partition ([`Streams::offset_for_time`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimeOffset {
+    /// The first record stamped at or after the time, or the high watermark if none is.
+    pub offset: u64,
+    /// That record's stamp (`None`: every stored record is older).
+    pub timestamp_ms: Option<u64>,
+    pub high_watermark: u64,
+}
+
+/// Milliseconds since the Unix epoch (0 for a time before it).
+pub(crate) fn unix_millis(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// How a group spreads partitions over members.
@@ -303,6 +326,97 @@ impl Streams {
                 .collect(),
             high_watermark: reply.high_watermark,
             log_start: reply.log_start,
+        })
+    }
+
+    /// Deletes a topic with its records, idempotent producers' state and every group's committed
+    /// offsets. It is unknown (`NOT_FOUND`) from the answer on; a large topic's rows are removed
+    /// in the background, and until they are, creating the name again is refused with
+    /// `TOPIC_BEING_DELETED` (retry shortly). Consumer groups subscribed to it drop its
+    /// partitions at their next heartbeat. A mirror (`topic@region`) is deleted by deleting its
+    /// source in its own region.
+    ///
+    /// # Errors
+    /// `NOT_FOUND` (no such topic, or deleted already), `INVALID_ARGUMENT` (a mirror's name).
+    pub async fn delete_topic(&self, topic: impl Into<Vec<u8>>) -> Result<(), ClientError> {
+        let (header, _guard) = self.client.header();
+        let message = pb::DeleteTopicRequest {
+            header: Some(header),
+            topic: topic.into(),
+        };
+        self.client
+            .unary(true, message, |c, r| async move {
+                crate::service_client!(StreamClient, c).delete_topic(r).await
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Every topic with its settings, this region's own and other regions' mirrors (`@` in the
+    /// name), paged through requests of up to 1000 (each page linearizable; a topic created or
+    /// deleted meanwhile may or may not appear).
+    pub async fn list_topics(&self) -> Result<Vec<TopicListing>, ClientError> {
+        let mut topics = Vec::new();
+        let mut after = Vec::new();
+        loop {
+            let message = pb::ListTopicsRequest {
+                after: after.clone(),
+                limit: 0,
+                stale: false,
+            };
+            let reply = self
+                .client
+                .unary(false, message, |c, r| async move {
+                    crate::service_client!(StreamClient, c).list_topics(r).await
+                })
+                .await?;
+            let more = reply.more && !reply.topics.is_empty();
+            for t in reply.topics {
+                after.clone_from(&t.name);
+                topics.push(TopicListing {
+                    name: t.name,
+                    options: TopicOptions {
+                        partitions: t.partitions,
+                        retention: (t.retention_ms > 0).then(|| Duration::from_millis(t.retention_ms)),
+                        retention_bytes: (t.retention_bytes > 0).then_some(t.retention_bytes),
+                        mirror: t.mirror,
+                    },
+                });
+            }
+            if !more {
+                return Ok(topics);
+            }
+        }
+    }
+
+    /// Where a reader of one partition starts to see records stamped at or after `at` (the
+    /// cluster's time when they were appended): the first such record's offset, or the high
+    /// watermark when every stored record is older (Kafka's offsets-for-times).
+    ///
+    /// # Errors
+    /// `NOT_FOUND` (topic), `OUT_OF_RANGE` (partition).
+    pub async fn offset_for_time(
+        &self,
+        topic: impl Into<Vec<u8>>,
+        partition: u32,
+        at: SystemTime,
+    ) -> Result<TimeOffset, ClientError> {
+        let message = pb::OffsetForTimeRequest {
+            topic: topic.into(),
+            partition,
+            timestamp_ms: unix_millis(at),
+            stale: false,
+        };
+        let reply = self
+            .client
+            .unary(false, message, |c, r| async move {
+                crate::service_client!(StreamClient, c).offset_for_time(r).await
+            })
+            .await?;
+        Ok(TimeOffset {
+            offset: reply.offset,
+            timestamp_ms: reply.found.then_some(reply.timestamp_ms),
+            high_watermark: reply.high_watermark,
         })
     }
 

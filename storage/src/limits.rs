@@ -91,6 +91,14 @@ pub const RECEIVE_MESSAGES_MAX: u32 = 1000;
 pub const VISIBILITY_MS_MAX: u64 = 12 * 3600 * 1000;
 /// Most queues one list answers.
 pub const LIST_QUEUES_MAX: u32 = 1000;
+/// Most topics one list answers.
+pub const LIST_TOPICS_MAX: u32 = 1000;
+/// Most rows (record batches, partitions, producers, committed offsets looked at) one entry
+/// removes of a topic being deleted; the leader's retention entries remove the rest.
+pub const TOPIC_DELETE_ROWS_MAX: u32 = 4096;
+/// Most bytes of record batches one entry of a topic deletion reads, so an entry deleting big
+/// batches stays bounded (it always removes at least one).
+pub const TOPIC_DELETE_BYTES_MAX: u64 = 64 * 1024 * 1024;
 /// Most messages one purge entry removes; the SDK's purge goes on until none is left.
 pub const PURGE_MESSAGES_MAX: u32 = 4096;
 /// Longest enqueue or nack delay, and longest dedup window (one day).

@@ -616,3 +616,408 @@ fn extend_batch_ack_purge_and_list_queues() {
         assert_eq!((run.code, run.stdout.trim()), (Some(0), "purged=1"), "{}", run.stderr);
     });
 }
+
+/// One record a member of the managed-consumer test handled.
+#[derive(Clone, Debug)]
+struct Handled {
+    member: &'static str,
+    key: String,
+    seq: u32,
+    replayed: bool,
+    dead_lettered: bool,
+}
+
+/// `(key, seq)` of a record of the managed-consumer test (`value` = "key:seq").
+fn key_seq(value: &[u8]) -> (String, u32) {
+    let text = String::from_utf8_lossy(value);
+    let (key, seq) = text.split_once(':').expect("key:seq");
+    (key.to_string(), seq.parse().expect("seq"))
+}
+
+/// The poison records: refused until `fixed`, then dead-lettered and replayed.
+fn poison(key: &str, seq: u32) -> bool {
+    seq == 3 && ["k0", "k1", "k2"].contains(&key)
+}
+
+/// A member's loop: handles records until `stop`, dead-lettering poison while it is not fixed.
+async fn consume_as(
+    member: &'static str,
+    mut consumer: basalt_client::Consumer,
+    log: std::sync::Arc<std::sync::Mutex<Vec<Handled>>>,
+    fixed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::sync::atomic::Ordering;
+    use tokio_stream::StreamExt;
+    while !stop.load(Ordering::SeqCst) {
+        let next = match tokio::time::timeout(Duration::from_millis(200), consumer.next()).await {
+            Err(_) => continue,
+            Ok(next) => next,
+        };
+        let record = match next {
+            None => break,
+            Some(Err(e)) => panic!("{member}: {e}"),
+            Some(Ok(record)) => record,
+        };
+        // Some work per record, so commits happen while a member is busy.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let (key, seq) = key_seq(&record.value);
+        let replayed = record
+            .header(basalt_client::consumer::dead_letter::REPLAYS_HEADER)
+            .is_some();
+        let dead_lettered = poison(&key, seq) && !fixed.load(Ordering::SeqCst);
+        if dead_lettered {
+            consumer.dead_letter(&record, "poison").await.expect("dead letter");
+        }
+        log.lock().expect("log").push(Handled {
+            member,
+            key,
+            seq,
+            replayed,
+            dead_lettered,
+        });
+    }
+    consumer.close().await.expect("close");
+}
+
+#[test]
+fn a_managed_consumer_group_handles_every_record_in_key_order_through_a_member_crash_and_replays_dead_letters() {
+    use basalt_client::{ConsumerOptions, StartFrom};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    runtime().block_on(async {
+        let cluster = TestCluster::start(NODE, ClusterOptions::default());
+        let client = cluster.client().await;
+        let streams = client.streams();
+        streams.create_topic("orders.v1", topic(4)).await.expect("create");
+        const KEYS: u32 = 12;
+        const PER_KEY: u32 = 20;
+        // Produced in rounds, so every partition holds many batches.
+        for seq in 0..PER_KEY {
+            let round = (0..KEYS)
+                .map(|k| Record::new(format!("k{k}"), format!("k{k}:{seq}")))
+                .collect();
+            streams.produce("orders.v1", round).await.expect("produce");
+        }
+        let options = ConsumerOptions {
+            session_timeout: Duration::from_millis(2000),
+            auto_commit: Some(Duration::from_millis(100)),
+            max_records: 7,
+            start: StartFrom::Earliest,
+            ..ConsumerOptions::default()
+        };
+        let log = Arc::new(Mutex::new(Vec::<Handled>::new()));
+        let fixed = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+
+        // Member a runs on a runtime of its own, with its own client, so it can crash: shutting
+        // the runtime down stops it mid-record, without a commit or a leave.
+        let crashing = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let endpoints = cluster.endpoints();
+        let (a_log, a_fixed, a_stop) = (log.clone(), fixed.clone(), Arc::new(AtomicBool::new(false)));
+        let a_options = ConsumerOptions {
+            member_id: Some("a".into()),
+            ..options.clone()
+        };
+        let (joined_tx, joined_rx) = tokio::sync::oneshot::channel();
+        crashing.spawn(async move {
+            let client = Client::connect(endpoints).await.expect("connect");
+            let consumer = client
+                .streams()
+                .consumer("workers", vec![b"orders.v1".to_vec()], a_options)
+                .await
+                .expect("a joins");
+            let _ = joined_tx.send(());
+            consume_as("a", consumer, a_log, a_fixed, a_stop).await;
+        });
+        joined_rx.await.expect("a joined");
+        let b = streams
+            .consumer(
+                "workers",
+                vec![b"orders.v1".to_vec()],
+                ConsumerOptions {
+                    member_id: Some("b".into()),
+                    ..options.clone()
+                },
+            )
+            .await
+            .expect("b joins");
+        let b_task = tokio::spawn(consume_as("b", b, log.clone(), fixed.clone(), stop.clone()));
+
+        // a crashes once it has handled some records.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while log.lock().expect("log").iter().filter(|h| h.member == "a").count() < 40 {
+            assert!(
+                Instant::now() < deadline,
+                "a never got going: {:?}",
+                log.lock().expect("log").len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        crashing.shutdown_background();
+
+        // b inherits a's partitions after a's session timeout and handles everything.
+        let all: BTreeSet<(String, u32)> = (0..KEYS)
+            .flat_map(|k| (0..PER_KEY).map(move |s| (format!("k{k}"), s)))
+            .collect();
+        let handled = |log: &Mutex<Vec<Handled>>| -> BTreeSet<(String, u32)> {
+            log.lock()
+                .expect("log")
+                .iter()
+                .map(|h| (h.key.clone(), h.seq))
+                .collect()
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while handled(&log) != all {
+            assert!(
+                Instant::now() < deadline,
+                "not every record was handled: {} of {}",
+                handled(&log).len(),
+                all.len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let poisoned = all.iter().filter(|(k, s)| poison(k, *s)).count();
+        let dlq = basalt_client::consumer::dead_letter::topic_of(b"orders.v1");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let letters = streams.describe(dlq.clone(), ReadConsistency::Linearizable).await;
+            let count: u64 = letters.map_or(0, |t| t.partitions.iter().map(|p| p.high_watermark).sum());
+            if count >= poisoned as u64 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "dead letters: {count} of {poisoned}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        // The fix is deployed; the dead letters are replayed and handled.
+        fixed.store(true, Ordering::SeqCst);
+        let summary = streams
+            .replay_dead_letters(dlq.clone(), basalt_client::ReplayOptions::default())
+            .await
+            .expect("replay");
+        assert!(summary.total() >= poisoned as u64, "{summary:?}");
+        assert_eq!(summary.skipped, 0);
+        // A second replay finds nothing new: progress is committed.
+        let again = streams
+            .replay_dead_letters(dlq.clone(), basalt_client::ReplayOptions::default())
+            .await
+            .expect("replay again");
+        assert_eq!(again.total(), 0, "{again:?}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let replayed_ok: BTreeSet<(String, u32)> = log
+                .lock()
+                .expect("log")
+                .iter()
+                .filter(|h| h.replayed && !h.dead_lettered)
+                .map(|h| (h.key.clone(), h.seq))
+                .collect();
+            if replayed_ok.len() == poisoned {
+                break;
+            }
+            assert!(Instant::now() < deadline, "replayed and handled: {replayed_ok:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        stop.store(true, Ordering::SeqCst);
+        b_task.await.expect("b");
+
+        // Per member, each key's first deliveries come in order, without repeats: a record is
+        // read again only by the member that inherited its partition, after a's last commit.
+        let log = log.lock().expect("log").clone();
+        for member in ["a", "b"] {
+            let mut last: BTreeMap<&str, u32> = BTreeMap::new();
+            for h in log.iter().filter(|h| h.member == member && !h.replayed) {
+                if let Some(&before) = last.get(h.key.as_str()) {
+                    assert!(h.seq > before, "{member} got {}:{} after {before}", h.key, h.seq);
+                }
+                last.insert(&h.key, h.seq);
+            }
+        }
+        let by_a = log.iter().filter(|h| h.member == "a").count();
+        let again_by_b = log
+            .iter()
+            .filter(|h| h.member == "b" && !h.replayed)
+            .filter(|h| log.iter().any(|x| x.member == "a" && x.key == h.key && x.seq == h.seq))
+            .count();
+        eprintln!("a handled {by_a} before its crash; b handled {again_by_b} of them again");
+        assert!(
+            again_by_b < by_a,
+            "a's commits did not count: b handled all {by_a} of a's again"
+        );
+
+        // CLI: list, seek, consume with a group, delete.
+        let endpoints = cluster.endpoints();
+        let run = basalt_testkit::run_cli(NODE, &endpoints, &["stream", "list"], None).await;
+        assert_eq!(run.code, Some(0), "{}", run.stderr);
+        assert!(run.stdout.contains("orders.v1 partitions=4"), "{}", run.stdout);
+        assert!(run.stdout.contains("orders.v1.dlq partitions=4"), "{}", run.stdout);
+        let run = basalt_testkit::run_cli(
+            NODE,
+            &endpoints,
+            &["stream", "consume", "orders.v1", "--group", "cli", "--max", "5"],
+            None,
+        )
+        .await;
+        assert_eq!(run.code, Some(0), "{}", run.stderr);
+        assert_eq!(run.stdout.lines().count(), 5, "{}", run.stdout);
+        let run = basalt_testkit::run_cli(NODE, &endpoints, &["stream", "delete", "orders.v1.dlq"], None).await;
+        assert_eq!((run.code, run.stdout.trim()), (Some(0), "DELETED"), "{}", run.stderr);
+        let listed = streams.list_topics().await.expect("list");
+        assert_eq!(
+            listed.iter().map(|t| t.name.as_slice()).collect::<Vec<_>>(),
+            [b"orders.v1".as_slice()]
+        );
+        assert_eq!(
+            code(streams.fetch(dlq.clone(), 0, 0, FetchOptions::default()).await),
+            Some(ErrorCode::NotFound)
+        );
+        assert!(streams.create_topic(dlq, topic(1)).await.expect("created again"));
+    });
+}
+
+#[test]
+fn a_seek_by_time_finds_the_records_produced_after_it() {
+    use std::time::SystemTime;
+    runtime().block_on(async {
+        let cluster = TestCluster::start(NODE, ClusterOptions::default());
+        let client = cluster.client().await;
+        let streams = client.streams();
+        streams.create_topic("clicks", topic(1)).await.expect("create");
+        let early = (0..5).map(|i| Record::new("", format!("early-{i}"))).collect();
+        streams.produce("clicks", early).await.expect("produce");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let cut = SystemTime::now();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let late = (0..3).map(|i| Record::new("", format!("late-{i}"))).collect();
+        let landed = streams.produce("clicks", late).await.expect("produce");
+        let found = streams.offset_for_time("clicks", 0, cut).await.expect("seek");
+        assert_eq!(found.offset, landed[0].offset);
+        assert_eq!(found.high_watermark, 8);
+        assert!(found.timestamp_ms.is_some());
+        let after_all = streams
+            .offset_for_time("clicks", 0, SystemTime::now() + Duration::from_secs(60))
+            .await
+            .expect("seek");
+        assert_eq!((after_all.offset, after_all.timestamp_ms), (8, None));
+        assert_eq!(
+            code(streams.offset_for_time("clicks", 1, cut).await),
+            Some(ErrorCode::OutOfRange)
+        );
+        // A consumer starting from that time reads only the late records.
+        let options = basalt_client::ConsumerOptions {
+            start: basalt_client::StartFrom::Time(cut),
+            ..basalt_client::ConsumerOptions::default()
+        };
+        let mut consumer = streams
+            .consumer("late-readers", vec![b"clicks".to_vec()], options)
+            .await
+            .expect("consumer");
+        use tokio_stream::StreamExt;
+        let first = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+            .await
+            .expect("a record in time")
+            .expect("open")
+            .expect("record");
+        assert_eq!(first.value, b"late-0");
+        consumer.close().await.expect("close");
+        let endpoints = cluster.endpoints();
+        let run = basalt_testkit::run_cli(NODE, &endpoints, &["stream", "seek", "clicks", "--ago", "1h"], None).await;
+        assert_eq!(run.code, Some(0), "{}", run.stderr);
+        assert!(run.stdout.starts_with("offset=0 timestamp_ms="), "{}", run.stdout);
+    });
+}
+
+/// The values of the next `n` records of `consumer`.
+async fn take(consumer: &mut basalt_client::Consumer, n: usize) -> Vec<String> {
+    use tokio_stream::StreamExt;
+    let mut values = Vec::new();
+    for _ in 0..n {
+        let record = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+            .await
+            .expect("in time")
+            .expect("open")
+            .expect("record");
+        values.push(String::from_utf8_lossy(&record.value).into_owned());
+    }
+    values
+}
+
+#[test]
+fn a_consumer_commits_what_was_handled_on_close_and_not_the_record_in_hand_on_drop() {
+    use basalt_client::ConsumerOptions;
+    use tokio_stream::StreamExt;
+    runtime().block_on(async {
+        let cluster = TestCluster::start(NODE, ClusterOptions::default());
+        let client = cluster.client().await;
+        let streams = client.streams();
+        streams.create_topic("events", topic(1)).await.expect("create");
+        let records = (0..30).map(|i| Record::new("", format!("e{i}"))).collect();
+        streams.produce("events", records).await.expect("produce");
+        let options = ConsumerOptions {
+            auto_commit: Some(Duration::from_secs(60)),
+            ..ConsumerOptions::default()
+        };
+        // Closed after 10: all 10 are done and committed.
+        let mut first = streams
+            .consumer("g", vec![b"events".to_vec()], options.clone())
+            .await
+            .expect("consumer");
+        assert_eq!(take(&mut first, 10).await.first().map(String::as_str), Some("e0"));
+        first.close().await.expect("close");
+        assert_eq!(
+            streams.committed("g", "events").await.expect("committed").get(&0),
+            Some(&10)
+        );
+
+        // Dropped with record 19 in hand: 10..=18 are done, 19 is read again by the next member.
+        let mut second = streams
+            .consumer("g", vec![b"events".to_vec()], options.clone())
+            .await
+            .expect("consumer");
+        let got = take(&mut second, 10).await;
+        assert_eq!((got[0].as_str(), got[9].as_str()), ("e10", "e19"));
+        drop(second);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while streams.committed("g", "events").await.expect("committed").get(&0) != Some(&19) {
+            assert!(
+                Instant::now() < deadline,
+                "the dropped consumer's work was not committed"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut third = streams
+            .consumer("g", vec![b"events".to_vec()], options.clone())
+            .await
+            .expect("consumer");
+        assert_eq!(take(&mut third, 1).await, ["e19"]);
+        // A seek: what was fetched from the old position (e20.., queued already) is not handed out.
+        third.seek("events", 0, 2);
+        assert_eq!(take(&mut third, 2).await, ["e2", "e3"]);
+        // Manual commit: exactly what was committed.
+        let manual = ConsumerOptions {
+            auto_commit: None,
+            ..options
+        };
+        let mut fourth = streams
+            .consumer("manual", vec![b"events".to_vec()], manual)
+            .await
+            .expect("consumer");
+        let record = tokio::time::timeout(Duration::from_secs(10), fourth.next())
+            .await
+            .expect("in time")
+            .expect("open")
+            .expect("record");
+        fourth.commit(&record).await.expect("commit");
+        assert_eq!(
+            streams.committed("manual", "events").await.expect("committed").get(&0),
+            Some(&1)
+        );
+        third.close().await.expect("close");
+        fourth.close().await.expect("close");
+    });
+}

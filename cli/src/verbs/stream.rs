@@ -2,8 +2,13 @@
 
 use std::time::Duration;
 
-use basalt_client::{Client, FetchOptions, ReadConsistency, Record, TopicOptions};
+use std::time::SystemTime;
+
+use basalt_client::{
+    Client, ConsumerOptions, FetchOptions, ReadConsistency, Record, ReplayOptions, StartFrom, TopicOptions,
+};
 use clap::Subcommand;
+use tokio_stream::StreamExt;
 
 use super::err;
 use crate::commands::parse_duration;
@@ -48,6 +53,46 @@ pub enum StreamCommand {
     },
     /// A consumer group's committed offsets for a topic.
     Committed { group: String, topic: String },
+    /// Delete a topic with its records and every group's offsets for it.
+    Delete { topic: String },
+    /// Every topic: name, partitions, retention, mirror.
+    List,
+    /// The offset of a partition's first record at or after a time (`--ago 1h`, or `--at-ms`).
+    Seek {
+        topic: String,
+        #[arg(long, default_value_t = 0)]
+        partition: u32,
+        /// How long ago.
+        #[arg(long, value_parser = parse_duration, conflicts_with = "at_ms")]
+        ago: Option<Duration>,
+        /// Milliseconds since the Unix epoch.
+        #[arg(long)]
+        at_ms: Option<u64>,
+    },
+    /// Consume as a member of a group (joins, follows rebalances, commits); prints
+    /// `topic partition offset key value` per record. Stops after `--max` records or when
+    /// nothing arrives for `--idle`.
+    Consume {
+        topic: String,
+        #[arg(long)]
+        group: String,
+        #[arg(long)]
+        max: Option<u64>,
+        #[arg(long, value_parser = parse_duration, default_value = "2s")]
+        idle: Duration,
+        /// Where partitions the group never committed start: earliest or latest.
+        #[arg(long, default_value = "earliest")]
+        start: String,
+    },
+    /// Re-drive a dead-letter topic's records (`TOPIC.dlq`) to the topics they came from.
+    Replay {
+        dlq: String,
+        /// The group that keeps the replay's progress (default: `DLQ.replay`).
+        #[arg(long)]
+        group: Option<String>,
+        #[arg(long)]
+        max: Option<u64>,
+    },
 }
 
 pub async fn stream(client: &Client, command: StreamCommand) -> Result<(), String> {
@@ -128,6 +173,97 @@ pub async fn stream(client: &Client, command: StreamCommand) -> Result<(), Strin
         StreamCommand::Committed { group, topic } => {
             for (partition, offset) in streams.committed(group, topic).await.map_err(err)? {
                 println!("partition={partition} offset={offset}");
+            }
+        }
+        StreamCommand::Delete { topic } => {
+            streams.delete_topic(topic).await.map_err(err)?;
+            println!("DELETED");
+        }
+        StreamCommand::List => {
+            for t in streams.list_topics().await.map_err(err)? {
+                println!(
+                    "{} partitions={} retention_ms={} retention_bytes={} mirror={}",
+                    String::from_utf8_lossy(&t.name),
+                    t.options.partitions,
+                    t.options.retention.map_or(0, |d| d.as_millis()),
+                    t.options.retention_bytes.unwrap_or(0),
+                    t.options.mirror
+                );
+            }
+        }
+        StreamCommand::Seek {
+            topic,
+            partition,
+            ago,
+            at_ms,
+        } => {
+            let at = match (ago, at_ms) {
+                (Some(ago), _) => SystemTime::now().checked_sub(ago).unwrap_or(SystemTime::UNIX_EPOCH),
+                (None, Some(ms)) => SystemTime::UNIX_EPOCH + Duration::from_millis(ms),
+                (None, None) => return Err("give --ago DURATION or --at-ms MS".into()),
+            };
+            let found = streams.offset_for_time(topic, partition, at).await.map_err(err)?;
+            match found.timestamp_ms {
+                Some(stamp) => println!("offset={} timestamp_ms={stamp}", found.offset),
+                None => println!("offset={} (every record is older: the end)", found.offset),
+            }
+        }
+        StreamCommand::Consume {
+            topic,
+            group,
+            max,
+            idle,
+            start,
+        } => {
+            let start = match start.as_str() {
+                "earliest" => StartFrom::Earliest,
+                "latest" => StartFrom::Latest,
+                other => return Err(format!("--start must be earliest or latest, got {other:?}")),
+            };
+            let options = ConsumerOptions {
+                start,
+                ..ConsumerOptions::default()
+            };
+            let mut consumer = streams
+                .consumer(group, vec![topic.into_bytes()], options)
+                .await
+                .map_err(err)?;
+            let mut consumed = 0u64;
+            while max.is_none_or(|m| consumed < m) {
+                match tokio::time::timeout(idle, consumer.next()).await {
+                    Err(_) | Ok(None) => break,
+                    Ok(Some(Err(e))) => return Err(err(e)),
+                    Ok(Some(Ok(r))) => {
+                        consumed += 1;
+                        println!(
+                            "{} {} {} {} {}",
+                            String::from_utf8_lossy(&r.topic),
+                            r.partition,
+                            r.offset,
+                            String::from_utf8_lossy(&r.key),
+                            String::from_utf8_lossy(&r.value)
+                        );
+                    }
+                }
+            }
+            consumer.close().await.map_err(err)?;
+            eprintln!("consumed={consumed}");
+        }
+        StreamCommand::Replay { dlq, group, max } => {
+            let options = ReplayOptions {
+                group: group.map(String::into_bytes),
+                max,
+            };
+            let summary = streams.replay_dead_letters(dlq, options).await.map_err(err)?;
+            for (topic, count) in &summary.replayed {
+                println!("{} replayed={count}", String::from_utf8_lossy(topic));
+            }
+            println!("replayed={} skipped={}", summary.total(), summary.skipped);
+            if !summary.partitions_left.is_empty() {
+                eprintln!(
+                    "partitions left to another replay (run again to finish them): {:?}",
+                    summary.partitions_left
+                );
             }
         }
     }

@@ -129,6 +129,7 @@ pub(crate) fn op_error_code(e: &OpError) -> ErrorCode {
         OpError::Stream(StreamError::OutOfOrderSequence { .. }) => ErrorCode::OutOfOrderSequence,
         OpError::Stream(StreamError::IllegalGeneration { .. }) => ErrorCode::IllegalGeneration,
         OpError::Stream(StreamError::NotAssigned { .. }) => ErrorCode::NotAssigned,
+        OpError::Stream(StreamError::TopicBeingDeleted { .. }) => ErrorCode::TopicBeingDeleted,
         // Only region-to-region feed batches can be refused this way (a misconfigured topology).
         OpError::Region(RegionError::OwnFeed { .. })
         | OpError::Region(RegionError::NotReplicating { .. })

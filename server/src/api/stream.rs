@@ -7,7 +7,7 @@ use basalt_client::pb::stream_server::Stream;
 use basalt_client::ErrorCode;
 use basalt_storage::apply::group::committed;
 use basalt_storage::apply::queue::check_name;
-use basalt_storage::apply::stream::{describe, fetch, partition_state};
+use basalt_storage::apply::stream::{describe, fetch, list_topics, offset_for_time, partition_state};
 use basalt_storage::command::{GroupOp, Op, Response, StreamOp};
 use basalt_storage::limits::{FETCH_RECORDS_MAX, FETCH_REPLY_BYTES_MAX};
 use basalt_storage::stream::{Assignor, GroupView, ProduceRecord, TopicConfig};
@@ -288,6 +288,67 @@ impl Stream for Api {
                     offset,
                 })
                 .collect(),
+        }))
+    }
+
+    async fn delete_topic(
+        &self,
+        request: Request<pb::DeleteTopicRequest>,
+    ) -> Result<GrpcResponse<pb::DeleteTopicResponse>, Status> {
+        let r = request.into_inner();
+        let op = Op::Stream(StreamOp::DeleteTopic { topic: r.topic });
+        match self.write(r.header, op).await? {
+            Response::TopicDeleted { finished } => Ok(GrpcResponse::new(pb::DeleteTopicResponse { finished })),
+            other => Err(unexpected_result(&other)),
+        }
+    }
+
+    async fn list_topics(
+        &self,
+        request: Request<pb::ListTopicsRequest>,
+    ) -> Result<GrpcResponse<pb::ListTopicsResponse>, Status> {
+        let r = request.into_inner();
+        if !r.after.is_empty() {
+            check_name("topic name", &r.after).map_err(|e| op_error_status(&e))?;
+        }
+        self.read_barrier(r.stale).await?;
+        let limit = if r.limit == 0 { u32::MAX } else { r.limit };
+        let (topics, more) = list_topics(&self.store, &r.after, limit).map_err(storage_status)?;
+        Ok(GrpcResponse::new(pb::ListTopicsResponse {
+            topics: topics
+                .into_iter()
+                .map(|(name, config)| pb::TopicListing {
+                    name,
+                    partitions: config.partitions,
+                    retention_ms: config.retention_ms.unwrap_or(0),
+                    retention_bytes: config.retention_bytes.unwrap_or(0),
+                    mirror: config.mirror,
+                })
+                .collect(),
+            more,
+        }))
+    }
+
+    async fn offset_for_time(
+        &self,
+        request: Request<pb::OffsetForTimeRequest>,
+    ) -> Result<GrpcResponse<pb::OffsetForTimeResponse>, Status> {
+        let r = request.into_inner();
+        check_name("topic name", &r.topic).map_err(|e| op_error_status(&e))?;
+        self.read_barrier(r.stale).await?;
+        // One view: the bounds and the search see the same batches.
+        let view = self.store.view();
+        let state = partition_state(&view, &r.topic, r.partition)
+            .map_err(storage_status)?
+            .map_err(|e| op_error_status(&e))?;
+        let found = offset_for_time(&view, &r.topic, r.partition, r.timestamp_ms)
+            .map_err(storage_status)?
+            .map_err(|e| op_error_status(&e))?;
+        Ok(GrpcResponse::new(pb::OffsetForTimeResponse {
+            found: found.is_some(),
+            offset: found.map_or(state.next_offset, |(offset, _)| offset),
+            timestamp_ms: found.map_or(0, |(_, stamp)| stamp),
+            high_watermark: state.next_offset,
         }))
     }
 }

@@ -675,26 +675,7 @@ pub type QueuePage = (Vec<(Vec<u8>, StoredQueue)>, bool);
 /// after `after`'s (names are stored behind their length, so shorter names come first), with
 /// whether more follow.
 pub fn list_queues<S: StoreRead + ?Sized>(store: &S, after: &[u8], limit: u32) -> Result<QueuePage, StoreError> {
-    let limit = limit.clamp(1, crate::limits::LIST_QUEUES_MAX) as usize;
-    let start = match after.is_empty() {
-        true => Vec::new(),
-        false => {
-            let mut start = named(after);
-            start.push(0);
-            start
-        }
-    };
-    let rows = store.scan(Table::Queue, &KeyRange::all_from(start), limit + 1)?;
-    let more = rows.len() > limit;
-    let queues = rows
-        .into_iter()
-        .take(limit)
-        .map(|(key, bytes)| {
-            let record: StoredQueue = super::decode(Table::Queue, &key, &bytes)?;
-            Ok((key.get(1..).unwrap_or_default().to_vec(), record))
-        })
-        .collect::<Result<_, StoreError>>()?;
-    Ok((queues, more))
+    super::records::list_named(store, Table::Queue, after, limit, crate::limits::LIST_QUEUES_MAX)
 }
 
 /// Whether a receive on `queue` would find a message at `now_ms` (for long-polls, before

@@ -4,7 +4,7 @@
 
 use super::View;
 use crate::command::OpError;
-use crate::state::{StoreError, StoreRead, Table};
+use crate::state::{KeyRange, StoreError, StoreRead, Table};
 
 /// A queue, topic or group name as a key prefix: its length (one byte), then the name, so no
 /// name's keys are a prefix of another name's.
@@ -55,4 +55,36 @@ pub(crate) fn save<S: StoreRead, T: serde::Serialize>(view: &mut View<'_, S>, ta
 
 pub(crate) fn lossy(key: &[u8]) -> String {
     String::from_utf8_lossy(key).into_owned()
+}
+
+/// A page of a table keyed by [`named`] names: `(name, record)` pairs and whether more follow.
+pub type NamedPage<T> = (Vec<(Vec<u8>, T)>, bool);
+
+/// Up to `limit` (clamped to `1..=max`) records of `table`, keyed by [`named`] names, whose keys
+/// come after `after`'s (names are stored behind their length, so shorter names come first),
+/// with whether more follow. The one paging rule of every list (queues, topics).
+pub(crate) fn list_named<S: StoreRead + ?Sized, T: serde::de::DeserializeOwned>(
+    store: &S,
+    table: Table,
+    after: &[u8],
+    limit: u32,
+    max: u32,
+) -> Result<NamedPage<T>, StoreError> {
+    let limit = limit.clamp(1, max) as usize;
+    let start = match after.is_empty() {
+        true => Vec::new(),
+        false => {
+            let mut start = named(after);
+            start.push(0);
+            start
+        }
+    };
+    let rows = store.scan(table, &KeyRange::all_from(start), limit + 1)?;
+    let more = rows.len() > limit;
+    let page = rows
+        .into_iter()
+        .take(limit)
+        .map(|(key, bytes)| Ok((key.get(1..).unwrap_or_default().to_vec(), decode(table, &key, &bytes)?)))
+        .collect::<Result<_, StoreError>>()?;
+    Ok((page, more))
 }

@@ -185,13 +185,25 @@ fn mirror_row<S: StoreRead + ?Sized>(
         return Ok(None);
     };
     let topic_key = named(topic);
-    let config_bytes = match staged.lookup(Table::StreamTopic, &topic_key) {
-        Some(written) => written.map(<[u8]>::to_vec),
-        None => before.get(Table::StreamTopic, &topic_key)?,
+    // The topic's settings as this entry leaves them, else as they were before it (an entry that
+    // deletes the topic removes its rows from the mirrors too); for a topic being deleted, the
+    // settings its deletion keeps (the removals of later entries reach the mirrors as well).
+    let settings = |table: Table| -> Result<Option<Vec<u8>>, StoreError> {
+        match staged.lookup(table, &topic_key) {
+            Some(Some(written)) => Ok(Some(written.to_vec())),
+            _ => before.get(table, &topic_key),
+        }
     };
-    let mirrored = match config_bytes {
+    let mirrored = match settings(Table::StreamTopic)? {
         Some(bytes) => decode::<TopicConfig>(Table::StreamTopic, &topic_key, &bytes)?.mirror,
-        None => false,
+        None => match settings(Table::StreamTopicDeleting)? {
+            Some(bytes) => {
+                decode::<super::stream::TopicDeletion>(Table::StreamTopicDeleting, &topic_key, &bytes)?
+                    .config
+                    .mirror
+            }
+            None => false,
+        },
     };
     if !mirrored {
         return Ok(None);

@@ -11,7 +11,10 @@ use serde::{Deserialize, Serialize};
 use super::queue::check_name;
 use super::{check_batch, decode, load, named, out_of_range, save, OpContext, View};
 use crate::command::{OpError, Response, StreamError, StreamOp};
-use crate::limits::{BATCH_BYTES_MAX, NAME_BYTES_MAX, PARTITIONS_MAX, RECORD_VALUE_BYTES_MAX, TTL_MS_MAX};
+use crate::limits::{
+    BATCH_BYTES_MAX, LIST_TOPICS_MAX, NAME_BYTES_MAX, PARTITIONS_MAX, RECORD_VALUE_BYTES_MAX, TOPIC_DELETE_BYTES_MAX,
+    TOPIC_DELETE_ROWS_MAX, TTL_MS_MAX,
+};
 use crate::state::{KeyRange, StoreError, StoreRead, Table, ViewSource};
 use crate::stream::{
     is_mirror_name, partition_for_key, FetchedRecord, ProduceRecord, Produced, Record, TopicConfig, MIRROR_MARK,
@@ -32,6 +35,7 @@ pub(super) fn apply_op<S: StoreRead>(
             producer,
         } => produce(view, index, now_ms, topic, records, *producer),
         StreamOp::Retention { limit } => apply_retention(view, now_ms, *limit),
+        StreamOp::DeleteTopic { topic } => delete_topic(view, topic),
     }
 }
 
@@ -125,6 +129,11 @@ pub(crate) fn validate_topic(topic: &[u8], config: &TopicConfig) -> Result<(), O
         return Err(out_of_range("retention (bytes)", ">= 1", 0));
     }
     Ok(())
+}
+
+pub(crate) fn validate_delete(topic: &[u8]) -> Result<(), OpError> {
+    check_name("topic name", topic)?;
+    refuse_mirror_name(topic)
 }
 
 /// Names with `@` are other regions' mirrors: read-only here.
@@ -237,6 +246,11 @@ pub(crate) fn create_topic<S: StoreRead>(
     config: &TopicConfig,
 ) -> Result<Response, StoreError> {
     refuse_on_err!(validate_topic(topic, config));
+    if view.get(Table::StreamTopicDeleting, &named(topic))?.is_some() {
+        return Ok(Response::Refused(OpError::Stream(StreamError::TopicBeingDeleted {
+            topic: String::from_utf8_lossy(topic).into_owned(),
+        })));
+    }
     let existing = load::<_, TopicConfig>(view, Table::StreamTopic, &named(topic))?;
     if let Some(existing) = &existing {
         // Records are placed by `hash % partitions`: fewer partitions would lose records.
@@ -486,8 +500,12 @@ fn topics_with_retention<S: StoreRead + ?Sized>(store: &S) -> Result<Vec<(Vec<u8
     Ok(out)
 }
 
-/// Whether some partition has a batch that retention would remove at `now_ms`.
+/// Whether some partition has a batch that retention would remove at `now_ms`, or a topic
+/// deletion has rows left to remove.
 pub fn retention_due<S: StoreRead + ?Sized>(store: &S, now_ms: u64) -> Result<bool, StoreError> {
+    if !store.scan(Table::StreamTopicDeleting, &KeyRange::all(), 1)?.is_empty() {
+        return Ok(true);
+    }
     for (topic, config) in topics_with_retention(store)? {
         for partition in 0..config.partitions {
             let state: PartitionState =
@@ -500,12 +518,15 @@ pub fn retention_due<S: StoreRead + ?Sized>(store: &S, now_ms: u64) -> Result<bo
     Ok(false)
 }
 
-/// Removes batches past their topic's retention, oldest first, at most `limit` batches.
+/// Goes on with topic deletions (at most [`TOPIC_DELETE_ROWS_MAX`] rows, a budget of their own
+/// so a large deletion never starves retention), then removes batches past their topic's
+/// retention, oldest first, at most `limit` batches.
 pub(crate) fn apply_retention<S: StoreRead>(
     view: &mut View<'_, S>,
     now_ms: u64,
     limit: u32,
 ) -> Result<Response, StoreError> {
+    let deleted = continue_deletions(view, TOPIC_DELETE_ROWS_MAX)?;
     let mut removed = 0u32;
     for (topic, config) in topics_with_retention(view)? {
         for partition in 0..config.partitions {
@@ -528,7 +549,207 @@ pub(crate) fn apply_retention<S: StoreRead>(
             }
         }
     }
-    Ok(Response::Swept { removed })
+    Ok(Response::Swept {
+        removed: removed.saturating_add(deleted),
+    })
+}
+
+/// A topic being deleted ([`Table::StreamTopicDeleting`]): its settings as they were (a mirrored
+/// topic's removals are still shipped to its mirrors) and where the walk over committed offsets,
+/// which are keyed by group first, stands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct TopicDeletion {
+    pub(crate) config: TopicConfig,
+    /// The last committed-offset key looked at (`None`: not started).
+    offsets_after: Option<Vec<u8>>,
+}
+
+/// What one entry may still remove of topic deletions.
+struct DeleteBudget {
+    rows: u32,
+    bytes: u64,
+}
+
+impl DeleteBudget {
+    fn spent(&self) -> bool {
+        self.rows == 0 || self.bytes == 0
+    }
+}
+
+/// Deletes `topic`: it is unknown from this entry on, and as many of its rows as one entry may
+/// remove ([`TOPIC_DELETE_ROWS_MAX`], [`TOPIC_DELETE_BYTES_MAX`]) are removed; the rest are
+/// removed by the leader's retention entries, and until then the name cannot be created again
+/// (`TopicBeingDeleted`), so a new topic never sees the old one's records or offsets.
+pub(crate) fn delete_topic<S: StoreRead>(view: &mut View<'_, S>, topic: &[u8]) -> Result<Response, StoreError> {
+    refuse_on_err!(validate_delete(topic));
+    let config = refuse_on_err!(topic_config(view, topic)?);
+    view.delete(Table::StreamTopic, named(topic));
+    let mut deletion = TopicDeletion {
+        config,
+        offsets_after: None,
+    };
+    let mut budget = DeleteBudget {
+        rows: TOPIC_DELETE_ROWS_MAX,
+        bytes: TOPIC_DELETE_BYTES_MAX,
+    };
+    let finished = remove_topic_rows(view, topic, &mut deletion, &mut budget)?;
+    if !finished {
+        save(view, Table::StreamTopicDeleting, named(topic), &deletion);
+    }
+    Ok(Response::TopicDeleted { finished })
+}
+
+/// Goes on with every topic deletion, within `limit` rows; answers the rows removed.
+fn continue_deletions<S: StoreRead>(view: &mut View<'_, S>, limit: u32) -> Result<u32, StoreError> {
+    let mut budget = DeleteBudget {
+        rows: limit,
+        bytes: TOPIC_DELETE_BYTES_MAX,
+    };
+    let pending = view.scan(Table::StreamTopicDeleting, &KeyRange::all(), usize::MAX)?;
+    for (key, bytes) in pending {
+        if budget.spent() {
+            break;
+        }
+        let mut deletion: TopicDeletion = decode(Table::StreamTopicDeleting, &key, &bytes)?;
+        let Some(topic) = topic_of_key(&key).map(<[u8]>::to_vec) else {
+            continue;
+        };
+        if remove_topic_rows(view, &topic, &mut deletion, &mut budget)? {
+            view.delete(Table::StreamTopicDeleting, key);
+        } else {
+            save(view, Table::StreamTopicDeleting, key, &deletion);
+        }
+    }
+    Ok(limit - budget.rows)
+}
+
+/// Removes rows of the deleted `topic` within `budget`: record batches, partitions, producers,
+/// then committed offsets. Answers whether none is left.
+fn remove_topic_rows<S: StoreRead>(
+    view: &mut View<'_, S>,
+    topic: &[u8],
+    deletion: &mut TopicDeletion,
+    budget: &mut DeleteBudget,
+) -> Result<bool, StoreError> {
+    // Rows per scan: pages start after the rows removed so far, so a scan never re-reads them.
+    const PAGE_ROWS: u32 = 64;
+    // Record batches per scan: a scan reads their values (up to `BATCH_BYTES_MAX` each), so a
+    // page stays small and the byte budget is checked between pages.
+    const BATCH_PAGE_ROWS: u32 = 4;
+    let prefix = named(topic);
+    for table in [Table::StreamBatch, Table::StreamProducer, Table::StreamPartition] {
+        let page_rows = if table == Table::StreamBatch {
+            BATCH_PAGE_ROWS
+        } else {
+            PAGE_ROWS
+        };
+        let mut from = prefix.clone();
+        loop {
+            if budget.spent() {
+                return Ok(false);
+            }
+            let page = view.scan(
+                table,
+                &KeyRange::prefix_from(&prefix, from.clone()),
+                budget.rows.min(page_rows) as usize,
+            )?;
+            let Some((last, _)) = page.last() else { break };
+            from = last.clone();
+            from.push(0);
+            for (key, value) in page {
+                // At least one row goes, whatever its size, so a deletion always progresses.
+                if budget.spent() {
+                    return Ok(false);
+                }
+                budget.rows -= 1;
+                budget.bytes = budget.bytes.saturating_sub(value.len() as u64);
+                view.delete(table, key);
+            }
+        }
+    }
+    // Committed offsets are keyed `(group, topic, partition)`: walk them all, removing this topic's.
+    loop {
+        if budget.spent() {
+            return Ok(false);
+        }
+        let start = match &deletion.offsets_after {
+            None => Vec::new(),
+            Some(after) => {
+                let mut start = after.clone();
+                start.push(0);
+                start
+            }
+        };
+        let want = budget.rows.min(PAGE_ROWS * 16);
+        let page = view.scan(Table::StreamOffset, &KeyRange::all_from(start), want as usize)?;
+        let walked_all = page.len() < want as usize;
+        for (key, _) in page {
+            budget.rows -= 1;
+            let owner = topic_of_key(&key).and_then(|group| topic_of_key(&key[1 + group.len()..]));
+            if owner == Some(topic) {
+                view.delete(Table::StreamOffset, key.clone());
+            }
+            deletion.offsets_after = Some(key);
+        }
+        if walked_all {
+            return Ok(true);
+        }
+    }
+}
+
+/// A page of [`list_topics`]: topic names with their settings, and whether more follow.
+pub type TopicPage = (Vec<(Vec<u8>, TopicConfig)>, bool);
+
+/// Up to `limit` topics (at most [`LIST_TOPICS_MAX`]) whose stored names come after `after`'s
+/// (shorter names first), with whether more follow. Mirrors of other regions' topics are listed
+/// too (their names hold `@`); topics being deleted are not.
+pub fn list_topics<S: StoreRead + ?Sized>(store: &S, after: &[u8], limit: u32) -> Result<TopicPage, StoreError> {
+    super::records::list_named(store, Table::StreamTopic, after, limit, LIST_TOPICS_MAX)
+}
+
+/// The first record of a partition stamped at or after `at_ms`: its offset and timestamp, or
+/// `None` when every stored record is older (Kafka's offsets-for-times). Records are stamped by
+/// their entry, and entry stamps never decrease along the log, so timestamps never decrease
+/// along a partition and a binary search over its batches finds it in `O(log records)` seeks.
+pub fn offset_for_time<S: StoreRead + ?Sized>(
+    store: &S,
+    topic: &[u8],
+    partition: u32,
+    at_ms: u64,
+) -> Result<Result<Option<(u64, u64)>, OpError>, StoreError> {
+    let state = match partition_state(store, topic, partition)? {
+        Ok(s) => s,
+        Err(e) => return Ok(Err(e)),
+    };
+    let prefix = partition_key(topic, partition);
+    let (mut low, mut high) = (state.start_offset, state.next_offset);
+    let mut found = None;
+    // Invariant: the answer, if any, is the first batch starting in `low..high` whose stamp is
+    // at or after `at_ms`, or `found` if none is.
+    while low < high {
+        let middle = low + (high - low) / 2;
+        let holding = store.scan_reverse(
+            Table::StreamBatch,
+            &KeyRange::between(prefix.clone(), batch_key(topic, partition, middle.saturating_add(1))),
+            1,
+        )?;
+        let Some((key, value)) = holding.into_iter().next() else {
+            // A partition's first batch starts at its log start; nothing holds `middle` only if
+            // retention removed it meanwhile (a stale view): nothing at or before it counts.
+            low = middle + 1;
+            continue;
+        };
+        let base = base_offset_of(&key);
+        let batch: StoredBatch = decode(Table::StreamBatch, &key, &value)?;
+        if batch.timestamp_ms >= at_ms {
+            found = Some((base.max(state.start_offset), batch.timestamp_ms));
+            high = base;
+        } else {
+            // Every record of this batch is older: the answer starts after it.
+            low = (base + batch.records.len() as u64).max(middle + 1);
+        }
+    }
+    Ok(Ok(found))
 }
 
 /// The tables a mirrored topic's rows are in: its settings, partitions' bounds and record batches

@@ -150,3 +150,45 @@ fn mirror_rows_must_be_stream_rows_under_a_mirror_name() {
         );
     }
 }
+
+#[test]
+fn deleting_a_mirrored_topic_removes_its_mirror_in_every_entry_of_the_deletion() {
+    let mut us = region(1);
+    let mut eu = region(2);
+    create(&mut us, "orders", config(true, None));
+    // More batches than one deletion entry removes, so the leader's retention entries finish it.
+    let batches = crate::limits::TOPIC_DELETE_ROWS_MAX as u64 + 10;
+    for n in 0..batches {
+        produce(&mut us, 10 + n, "orders", vec![to((n % 2) as u32, "o")], None);
+    }
+    ship(&us, 1, &mut eu, 20_000);
+    let mirrored = stream::partition_state(&eu.store, b"orders@us", 0)
+        .expect("read")
+        .expect("mirror");
+    assert_eq!(mirrored.next_offset, batches / 2);
+    let deleted = us.apply(cmd(
+        20_001,
+        Op::Stream(StreamOp::DeleteTopic { topic: "orders".into() }),
+    ));
+    assert_eq!(deleted, Response::TopicDeleted { finished: false });
+    ship(&us, 1, &mut eu, 20_002);
+    assert!(topic_config(&eu.store, b"orders@us").expect("read").is_err());
+    while stream::retention_due(&us.store, 20_003).expect("due") {
+        us.apply(cmd(20_003, Op::Stream(StreamOp::Retention { limit: SWEEP_ITEMS_MAX })));
+    }
+    ship(&us, 1, &mut eu, 20_004);
+    for table in stream::MIRRORED_TABLES {
+        let left = eu.store.scan(table, &KeyRange::all(), 1).expect("scan");
+        assert!(left.is_empty(), "{table:?} still holds {left:?}");
+    }
+    // A mirror cannot be deleted by the region that holds it.
+    assert!(matches!(
+        eu.apply(cmd(
+            20_005,
+            Op::Stream(StreamOp::DeleteTopic {
+                topic: "orders@us".into()
+            })
+        )),
+        Response::Refused(OpError::Stream(StreamError::MirrorReadOnly { .. }))
+    ));
+}

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 
 use super::group::assign;
-use super::stream::{fetch, partition_state, Fetched};
+use super::stream::{fetch, list_topics, offset_for_time, partition_state, Fetched};
 use super::tests::{cmd, Harness};
 use super::*;
 use crate::stream::{partition_for_key, Assignment, Assignor, GroupView, ProduceRecord, Produced, TopicConfig};
@@ -501,4 +501,273 @@ fn range_gives_contiguous_ranges_in_member_order() {
     assert_eq!(owned("a"), [0, 1, 2]);
     assert_eq!(owned("b"), [3, 4]);
     assert_eq!(owned("c"), [5, 6]);
+}
+
+fn delete(h: &mut Harness, at: u64, topic: &str) -> Response {
+    h.apply(cmd(at, Op::Stream(StreamOp::DeleteTopic { topic: topic.into() })))
+}
+
+fn commit(h: &mut Harness, at: u64, member: &str, generation: u64, offsets: &[(&str, u32, u64)]) -> Response {
+    h.apply(cmd(
+        at,
+        Op::Group(GroupOp::Commit {
+            group: "g".into(),
+            member: member.into(),
+            generation,
+            offsets: offsets
+                .iter()
+                .map(|(t, p, o)| (t.as_bytes().to_vec(), *p, *o))
+                .collect(),
+        }),
+    ))
+}
+
+/// Rows of `topic` left in the tables a deletion empties.
+fn rows_of(h: &Harness, topic: &str) -> usize {
+    let prefix = named(topic.as_bytes());
+    let mut rows = 0;
+    for table in [Table::StreamBatch, Table::StreamPartition, Table::StreamProducer] {
+        rows += h
+            .store
+            .scan(table, &KeyRange::prefix_from(&prefix, prefix.clone()), usize::MAX)
+            .expect("scan")
+            .len();
+    }
+    rows + super::group::committed(&h.store, b"g", topic.as_bytes())
+        .expect("offsets")
+        .len()
+}
+
+#[test]
+fn a_deleted_topic_goes_with_its_records_producers_and_offsets_and_its_name_comes_back_empty() {
+    let mut h = Harness::new();
+    create(&mut h, "t", 2);
+    create(&mut h, "kept", 1);
+    // More batches than one entry removes: the deletion takes several entries.
+    let batches = crate::limits::TOPIC_DELETE_ROWS_MAX as u64 + 100;
+    for n in 0..batches {
+        produce(&mut h, n, "t", vec![to((n % 2) as u32, "v")], None);
+    }
+    let mut sequenced = record("k", "idempotent");
+    sequenced.sequence = Some(0);
+    produce(&mut h, batches, "t", vec![sequenced], Some(7));
+    produce(&mut h, batches, "kept", vec![to(0, "stays")], None);
+    let member = join(&mut h, batches, "a", &["t", "kept"], Assignor::Range);
+    assert_eq!(
+        commit(&mut h, batches, "a", member.generation, &[("t", 0, 5), ("kept", 0, 1)]),
+        Response::OffsetsCommitted
+    );
+
+    assert_eq!(
+        delete(&mut h, batches + 1, "t"),
+        Response::TopicDeleted { finished: false }
+    );
+    // Gone at once for every reader and writer, and its name is reserved until the rows are.
+    assert!(matches!(
+        fetch(&h.store, b"t", 0, 0, 10, u64::MAX).expect("store"),
+        Err(OpError::NotFound { .. })
+    ));
+    assert!(matches!(
+        produce(&mut h, batches + 2, "t", vec![to(0, "late")], None),
+        Response::Refused(OpError::NotFound { .. })
+    ));
+    let late_commit = commit(&mut h, batches + 2, "a", member.generation, &[("t", 0, 6)]);
+    assert!(
+        matches!(late_commit, Response::Refused(OpError::NotFound { .. })),
+        "{late_commit:?}"
+    );
+    let recreate = Op::Stream(StreamOp::CreateTopic {
+        topic: "t".into(),
+        config: TopicConfig {
+            partitions: 1,
+            retention_ms: None,
+            retention_bytes: None,
+            mirror: false,
+        },
+    });
+    assert_eq!(
+        h.apply(cmd(10_002, recreate.clone())),
+        Response::Refused(OpError::Stream(StreamError::TopicBeingDeleted { topic: "t".into() }))
+    );
+    assert!(matches!(
+        delete(&mut h, 10_002, "t"),
+        Response::Refused(OpError::NotFound { .. })
+    ));
+    assert!(list_topics(&h.store, b"", 100)
+        .expect("list")
+        .0
+        .iter()
+        .all(|(name, _)| name != b"t"));
+
+    // Retention of other topics goes on meanwhile: a deletion has a budget of its own.
+    h.apply(cmd(
+        10_003,
+        Op::Stream(StreamOp::CreateTopic {
+            topic: "aged".into(),
+            config: TopicConfig {
+                partitions: 1,
+                retention_ms: Some(3_000),
+                retention_bytes: None,
+                mirror: false,
+            },
+        }),
+    ));
+    produce(&mut h, 10_003, "aged", vec![to(0, "old")], None);
+    produce(&mut h, 15_000, "aged", vec![to(0, "new")], None);
+    h.apply(cmd(15_001, Op::Stream(StreamOp::Retention { limit: SWEEP_ITEMS_MAX })));
+    assert_eq!(
+        read(&h, "aged", 0, 1, 10).log_start,
+        1,
+        "retention waited for the deletion"
+    );
+    // The leader's retention entries finish it, a bounded number of rows each.
+    let mut entries = 0;
+    while sweeps_due(&h.store, 10_003, RegionRole::default())
+        .expect("due")
+        .contains(&Op::Stream(StreamOp::Retention { limit: SWEEP_ITEMS_MAX }))
+    {
+        let before = rows_of(&h, "t");
+        h.apply(cmd(10_003, Op::Stream(StreamOp::Retention { limit: SWEEP_ITEMS_MAX })));
+        assert!(
+            rows_of(&h, "t") < before || before == 0,
+            "a deletion entry made no progress"
+        );
+        entries += 1;
+        assert!(entries < 100, "the deletion never ends");
+    }
+    assert_eq!(rows_of(&h, "t"), 0);
+    assert!(h
+        .store
+        .scan(Table::StreamTopicDeleting, &KeyRange::all(), 1)
+        .expect("scan")
+        .is_empty());
+    // The other topic and its offsets are untouched.
+    assert_eq!(values(&read(&h, "kept", 0, 0, 10)), ["stays"]);
+    assert_eq!(
+        super::group::committed(&h.store, b"g", b"kept").expect("offsets"),
+        [(0, 1)]
+    );
+
+    // The name is free again, and the new topic starts empty, without the old offsets.
+    assert_eq!(h.apply(cmd(10_004, recreate)), Response::TopicCreated { created: true });
+    let fresh = read(&h, "t", 0, 0, 10);
+    assert_eq!((fresh.log_start, fresh.high_watermark), (0, 0));
+    assert!(super::group::committed(&h.store, b"g", b"t")
+        .expect("offsets")
+        .is_empty());
+    // The idempotent producer's state went too: sequence 0 appends again instead of being a retry.
+    let mut again = record("k", "new");
+    again.sequence = Some(0);
+    let landed = produced(produce(&mut h, 10_005, "t", vec![again], Some(7)));
+    assert!(!landed[0].duplicate, "{landed:?}");
+}
+
+#[test]
+fn a_small_topic_is_deleted_in_one_entry_and_bad_deletes_are_refused() {
+    let mut h = Harness::new();
+    create(&mut h, "small", 3);
+    produce(&mut h, 1, "small", vec![to(0, "a"), to(2, "b")], None);
+    assert_eq!(delete(&mut h, 2, "small"), Response::TopicDeleted { finished: true });
+    assert_eq!(rows_of(&h, "small"), 0);
+    assert!(!stream::retention_due(&h.store, 3).expect("due"));
+    create(&mut h, "small", 1);
+    assert!(matches!(
+        delete(&mut h, 4, "never"),
+        Response::Refused(OpError::NotFound { .. })
+    ));
+    assert!(matches!(
+        delete(&mut h, 4, ""),
+        Response::Refused(OpError::Empty { .. })
+    ));
+}
+
+#[test]
+fn topics_are_listed_in_pages() {
+    let mut h = Harness::new();
+    for name in ["b", "a", "cc", "d"] {
+        create(&mut h, name, 1);
+    }
+    let (first, more) = list_topics(&h.store, b"", 3).expect("list");
+    let names: Vec<&[u8]> = first.iter().map(|(n, _)| n.as_slice()).collect();
+    // Shorter names first (names are stored behind their length), then in byte order.
+    assert_eq!(names, [b"a".as_slice(), b"b", b"d"]);
+    assert!(more);
+    let (rest, more) = list_topics(&h.store, b"d", 3).expect("list");
+    assert_eq!(
+        rest.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(),
+        [b"cc".to_vec()]
+    );
+    assert!(!more);
+    assert_eq!(rest[0].1.partitions, 1);
+}
+
+/// The first offset stamped at or after `at_ms`, by reading the whole partition.
+fn first_at_or_after(h: &Harness, topic: &str, at_ms: u64) -> Option<(u64, u64)> {
+    let start = partition_state(&h.store, topic.as_bytes(), 0)
+        .expect("store")
+        .expect("partition");
+    read(h, topic, 0, start.start_offset, u32::MAX)
+        .records
+        .iter()
+        .find(|r| r.timestamp_ms >= at_ms)
+        .map(|r| (r.offset, r.timestamp_ms))
+}
+
+#[test]
+fn a_seek_by_time_finds_the_first_record_at_or_after_it() {
+    let mut h = Harness::new();
+    create(&mut h, "clicks", 1);
+    for (at, count) in [(100, 3), (200, 1), (200, 2), (300, 4)] {
+        produce(&mut h, at, "clicks", (0..count).map(|_| to(0, "c")).collect(), None);
+    }
+    let seek = |h: &Harness, at: u64| {
+        offset_for_time(&h.store, b"clicks", 0, at)
+            .expect("store")
+            .expect("seek")
+    };
+    assert_eq!(seek(&h, 0), Some((0, 100)));
+    assert_eq!(seek(&h, 100), Some((0, 100)));
+    assert_eq!(seek(&h, 101), Some((3, 200)));
+    assert_eq!(seek(&h, 250), Some((6, 300)));
+    assert_eq!(seek(&h, 301), None);
+    assert!(matches!(
+        offset_for_time(&h.store, b"clicks", 1, 0).expect("store"),
+        Err(OpError::OutOfRange { .. })
+    ));
+    assert!(matches!(
+        offset_for_time(&h.store, b"nope", 0, 0).expect("store"),
+        Err(OpError::NotFound { .. })
+    ));
+}
+
+proptest! {
+    #[test]
+    fn a_seek_by_time_equals_a_scan_of_the_partition(
+        batches in prop::collection::vec((0u64..5, 1usize..4), 1..40),
+        queries in prop::collection::vec(0u64..250, 1..10),
+        trimmed in 0usize..5,
+    ) {
+        let mut h = Harness::new();
+        h.apply(cmd(0, Op::Stream(StreamOp::CreateTopic {
+            topic: "t".into(),
+            config: TopicConfig { partitions: 1, retention_ms: Some(1_000_000), retention_bytes: None, mirror: false },
+        })));
+        // Entry stamps never decrease along the log.
+        let mut at = 0;
+        for (step, count) in &batches {
+            at += step;
+            produce(&mut h, at, "t", (0..*count).map(|_| to(0, "x")).collect(), None);
+        }
+        // Retention removes whole batches from the front: the oldest `trimmed` stamps' batches.
+        let mut stamps: Vec<u64> = Vec::new();
+        let mut a = 0;
+        for (step, _) in &batches { a += step; stamps.push(a); }
+        if let Some(&cut) = stamps.get(trimmed.min(stamps.len() - 1)) {
+            h.apply(cmd(cut + 1_000_000, Op::Stream(StreamOp::Retention { limit: trimmed as u32 })));
+        }
+        for q in queries {
+            let got = offset_for_time(&h.store, b"t", 0, q).expect("store").expect("seek");
+            prop_assert_eq!(got, first_at_or_after(&h, "t", q));
+        }
+    }
 }

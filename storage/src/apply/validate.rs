@@ -80,6 +80,7 @@ pub fn validate_op(op: &Op) -> Result<(), OpError> {
         Op::Queue(QueueOp::AckBatch { queue, receipts }) => queue::validate_ack_batch(queue, receipts),
         Op::Queue(QueueOp::Purge { queue, limit, .. }) => queue::validate_purge(queue, *limit),
         Op::Stream(StreamOp::CreateTopic { topic, config }) => stream::validate_topic(topic, config),
+        Op::Stream(StreamOp::DeleteTopic { topic }) => stream::validate_delete(topic),
         Op::Stream(StreamOp::Produce {
             topic,
             records,

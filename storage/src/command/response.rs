@@ -113,6 +113,11 @@ pub enum Response {
         more: bool,
         upto_id: u64,
     },
+    /// A topic was deleted; `finished` when all its rows are gone already (otherwise the leader's
+    /// retention entries remove the rest, and the name stays reserved until then).
+    TopicDeleted {
+        finished: bool,
+    },
 }
 
 impl std::fmt::Display for Response {

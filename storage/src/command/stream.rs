@@ -18,8 +18,13 @@ pub enum StreamOp {
         /// An idempotent producer's id: every record then carries its partition sequence.
         producer: Option<u64>,
     },
-    /// Removes records past their topic's retention. Proposed by the leader.
+    /// Removes records past their topic's retention, and goes on with topic deletions. Proposed
+    /// by the leader.
     Retention { limit: u32 },
+    /// Deletes a topic: from this entry on it is unknown (`NOT_FOUND`) and its name cannot be
+    /// created again until its records, partitions, producers and committed offsets are all
+    /// removed, a bounded number per entry, the rest by the leader's retention entries.
+    DeleteTopic { topic: Vec<u8> },
 }
 
 /// The consumer-group operations. Applied by `crate::apply::group`.
@@ -70,6 +75,7 @@ impl std::fmt::Display for StreamOp {
                 lossy(topic)
             ),
             StreamOp::Retention { limit } => write!(f, "stream retention (limit {limit})"),
+            StreamOp::DeleteTopic { topic } => write!(f, "stream delete {:?}", lossy(topic)),
         }
     }
 }
@@ -121,4 +127,6 @@ pub enum StreamError {
         partition: u32,
         member: String,
     },
+    #[error("topic {topic:?} is being deleted: its name can be created again once its records are removed")]
+    TopicBeingDeleted { topic: String },
 }

@@ -92,10 +92,13 @@ pub enum Table {
     CounterWindow,
     /// `(forget_at_ms BE, bucket key)`: when each windowed-counter bucket is forgotten.
     CounterWindowExpiry,
+    /// Topic name -> a topic being deleted: its settings as they were and how far the removal of
+    /// its rows has come (`crate::apply::stream`). The name cannot be created again until done.
+    StreamTopicDeleting,
 }
 
 impl Table {
-    pub const ALL: [Table; 37] = [
+    pub const ALL: [Table; 38] = [
         Table::Meta,
         Table::Kv,
         Table::KvExpiry,
@@ -133,6 +136,7 @@ impl Table {
         Table::CachePurge,
         Table::CounterWindow,
         Table::CounterWindowExpiry,
+        Table::StreamTopicDeleting,
     ];
 
     /// Whether rows are built by appending within one entry (see `WriteSet::append`): the KV
@@ -180,6 +184,7 @@ impl Table {
             Table::CachePurge => "cache_purge",
             Table::CounterWindow => "counter_window",
             Table::CounterWindowExpiry => "counter_window_expiry",
+            Table::StreamTopicDeleting => "stream_topic_deleting",
         }
     }
 
