@@ -86,7 +86,11 @@ const RETRY_PAUSE: Duration = Duration::from_millis(200);
 const NEVER: Duration = Duration::from_secs(365 * 24 * 3600);
 /// The longest session timeout the cluster takes (`SESSION_TIMEOUT_MS_MAX`).
 const SESSION_TIMEOUT_MAX: Duration = Duration::from_secs(3600);
-/// The shortest heartbeat interval (a shorter one is raised to it).
+/// The shortest session timeout a managed consumer uses (a shorter one is raised to it): below
+/// it a member expires between its own heartbeats and rejoins without end.
+const SESSION_TIMEOUT_MIN: Duration = Duration::from_millis(100);
+/// The shortest heartbeat interval (a shorter one is raised to it; the longest is half the
+/// session timeout).
 const HEARTBEAT_INTERVAL_MIN: Duration = Duration::from_millis(10);
 /// The shortest auto-commit interval (each commit is a Raft entry); a shorter one is raised to it.
 const AUTO_COMMIT_MIN: Duration = Duration::from_millis(50);
@@ -265,7 +269,7 @@ impl Streams {
             .unwrap_or_else(|| format!("consumer-{:016x}", rand::random::<u64>()));
         let session_timeout = match options.session_timeout {
             Duration::ZERO => SESSION_TIMEOUT_DEFAULT,
-            t => t.min(SESSION_TIMEOUT_MAX),
+            t => t.clamp(SESSION_TIMEOUT_MIN, SESSION_TIMEOUT_MAX),
         };
         let auto_commit = options.auto_commit.map(|d| d.clamp(AUTO_COMMIT_MIN, AUTO_COMMIT_MAX));
         let join = JoinOptions {
@@ -292,7 +296,8 @@ impl Streams {
             join,
             heartbeat_interval: match options.heartbeat_interval {
                 Duration::ZERO => session_timeout / 3,
-                t => t.clamp(HEARTBEAT_INTERVAL_MIN, session_timeout),
+                // At least two beats per session, or the member expires between them.
+                t => t.clamp(HEARTBEAT_INTERVAL_MIN, session_timeout / 2),
             },
             start: options.start,
             auto_commit,
@@ -507,18 +512,7 @@ impl Driver {
                 // Every subscribed topic was deleted: nothing is left to consume.
                 break;
             }
-            self.apply_seeks();
-            // The next assigned partition after the last one fetched, round robin.
-            let next = cursor
-                .as_ref()
-                .and_then(|c| {
-                    self.positions
-                        .range::<TopicPartition, _>((std::ops::Bound::Excluded(c), std::ops::Bound::Unbounded))
-                        .next()
-                })
-                .or_else(|| self.positions.iter().next())
-                .map(|(tp, &offset)| (tp.clone(), offset));
-            let Some((tp, offset)) = next else {
+            let Some((tp, offset, epoch)) = self.next_fetch(cursor.as_ref()) else {
                 // Nothing assigned (more members than partitions): wait for a rebalance.
                 self.pause(self.next_heartbeat).await;
                 continue;
@@ -541,7 +535,6 @@ impl Driver {
                 wait,
                 ..FetchOptions::default()
             };
-            let epoch = self.inner.shared().epochs.get(&tp).copied().unwrap_or(0);
             let fetched = self.inner.streams.fetch(tp.0.clone(), tp.1, offset, options).await;
             match fetched {
                 Ok(fetched) if fetched.records.is_empty() => {}
@@ -574,9 +567,17 @@ impl Driver {
                 }
                 Err(e) if e.code() == Some(ErrorCode::OffsetOutOfRange) => self.reset(&tp, offset).await,
                 Err(e) if transient(&e) => tokio::time::sleep(RETRY_PAUSE).await,
+                Err(e) if e.code() == Some(ErrorCode::NotFound) => {
+                    self.positions.remove(&tp);
+                    self.topic_gone(&tp.0).await;
+                    if !self.deliver(Err(e)).await {
+                        break;
+                    }
+                }
                 Err(e) => {
-                    // The topic was deleted, say: stop fetching the partition (the next heartbeat
-                    // starts it again if it is still assigned), and tell the application.
+                    // Refused for good: stop fetching the partition (the next heartbeat starts it
+                    // again from the committed offset if it is still assigned), and tell the
+                    // application.
                     self.positions.remove(&tp);
                     if !self.deliver(Err(e)).await {
                         break;
@@ -659,10 +660,60 @@ impl Driver {
         };
         match membership {
             Some(m) => {
+                let before = self.inner.shared().generation;
                 self.adopt(m).await;
+                if self.inner.shared().generation != before {
+                    self.forget_deleted_topics().await;
+                }
                 self.next_heartbeat = Instant::now() + self.heartbeat_interval;
             }
             None => self.next_heartbeat = Instant::now() + RETRY_PAUSE,
+        }
+    }
+
+    /// After a rebalance: a subscribed topic of which this member got no partition may have been
+    /// deleted (the cluster drops a deleted topic's partitions from the assignment). Each such
+    /// topic that is gone is dropped from the subscription and the application is told; with
+    /// none left the stream ends.
+    async fn forget_deleted_topics(&mut self) {
+        let assigned: BTreeSet<Vec<u8>> = self.positions.keys().map(|(t, _)| t.clone()).collect();
+        let unassigned: Vec<Vec<u8>> = self.topics.iter().filter(|t| !assigned.contains(*t)).cloned().collect();
+        for topic in unassigned {
+            let described = self
+                .inner
+                .streams
+                .describe(topic.clone(), ReadConsistency::Linearizable)
+                .await;
+            if let Err(e) = described {
+                if e.code() == Some(ErrorCode::NotFound) {
+                    self.topics.retain(|t| *t != topic);
+                    self.pending_error = Some(e);
+                }
+            }
+        }
+    }
+
+    /// After a fetch answered `NOT_FOUND`: if `topic` is gone, the member stops subscribing to
+    /// it (joining again with the topics left, so the group reassigns at once); with none left
+    /// the stream ends.
+    async fn topic_gone(&mut self, topic: &[u8]) {
+        let streams = self.inner.streams.clone();
+        let described = streams.describe(topic.to_vec(), ReadConsistency::Linearizable).await;
+        if described.err().and_then(|e| e.code()) != Some(ErrorCode::NotFound) {
+            return;
+        }
+        self.topics.retain(|t| t != topic);
+        if self.topics.is_empty() {
+            return;
+        }
+        let member = self.inner.shared().member.clone();
+        let joined = streams
+            .join_group(self.inner.group.clone(), member, self.topics.clone(), self.join.clone())
+            .await;
+        match joined {
+            Ok(m) => self.adopt(m).await,
+            // The next heartbeat learns the assignment instead.
+            Err(e) => tracing::debug!(error = %e, "consumer could not rejoin without a deleted topic"),
         }
     }
 
@@ -703,29 +754,30 @@ impl Driver {
     /// group's committed offset (or [`ConsumerOptions::start`]); on a new generation a kept
     /// partition whose committed offset is not the one this member last saw (it was lost and
     /// regained between two heartbeats, and another member committed meanwhile) starts again
-    /// from the committed offset too, so this member never commits an older offset over it.
+    /// from the committed offset too, so this member never commits an older offset over it. The
+    /// new generation is published only once every partition is settled, so no commit goes out
+    /// under it with offsets from before (commits under the old one are refused by the cluster).
     async fn adopt(&mut self, membership: Membership) {
         let assigned: BTreeSet<TopicPartition> = membership.assigned.into_iter().collect();
-        let new_generation = {
-            let mut shared = self.inner.shared();
+        let (new_generation, seen) = {
+            let shared = self.inner.shared();
             let new_generation = shared.generation != membership.generation;
             let unchanged = !new_generation && shared.assigned == assigned;
             if unchanged && assigned.iter().all(|tp| self.positions.contains_key(tp)) {
                 return;
             }
-            shared.generation = membership.generation;
-            shared.assigned.clone_from(&assigned);
-            shared.done.retain(|tp, _| assigned.contains(tp));
-            shared.committed.retain(|tp, _| assigned.contains(tp));
-            shared.epochs.retain(|tp, _| assigned.contains(tp));
-            new_generation
+            (new_generation, shared.committed.clone())
         };
         self.positions.retain(|tp, _| assigned.contains(tp));
         // Per topic, the group's committed offsets (`None`: could not be read now).
         let mut committed_by_topic: BTreeMap<Vec<u8>, Option<BTreeMap<u32, u64>>> = BTreeMap::new();
-        for (topic, partition) in assigned {
-            let tp = (topic.clone(), partition);
-            if self.positions.contains_key(&tp) && !new_generation {
+        // Partitions (re)started here: where, and the committed offset they start from.
+        let mut restarts: Vec<(TopicPartition, u64, Option<u64>)> = Vec::new();
+        // Partitions not settled now: nothing of them is committed until they are.
+        let mut unsettled: Vec<TopicPartition> = Vec::new();
+        for tp in &assigned {
+            let (topic, partition) = (tp.0.clone(), tp.1);
+            if self.positions.contains_key(tp) && !new_generation {
                 continue;
             }
             if !committed_by_topic.contains_key(&topic) {
@@ -739,32 +791,43 @@ impl Driver {
                     .ok();
                 committed_by_topic.insert(topic.clone(), read);
             }
-            // Unknown now: a kept partition goes on; a gained one starts at the next heartbeat.
             let Some(Some(group_offsets)) = committed_by_topic.get(&topic) else {
+                // Unknown now: the partition is not fetched until the next heartbeat checks it.
+                self.positions.remove(tp);
+                unsettled.push(tp.clone());
                 continue;
             };
             let group_committed = group_offsets.get(&partition).copied();
-            let seen = self.inner.shared().committed.get(&tp).copied();
-            if self.positions.contains_key(&tp) && group_committed == seen {
+            if self.positions.contains_key(tp) && group_committed == seen.get(tp).copied() {
                 continue;
             }
             let start = match group_committed {
                 Some(offset) => Some(offset),
                 None => self.start_offset(&topic, partition).await,
             };
-            let Some(offset) = start else {
-                self.positions.remove(&tp);
-                continue;
-            };
-            {
-                let mut shared = self.inner.shared();
-                shared.done.remove(&tp);
-                match group_committed {
-                    Some(c) => shared.committed.insert(tp.clone(), c),
-                    None => shared.committed.remove(&tp),
-                };
-                shared.bump_epoch(&tp);
+            self.positions.remove(tp);
+            match start {
+                Some(offset) => restarts.push((tp.clone(), offset, group_committed)),
+                None => unsettled.push(tp.clone()),
             }
+        }
+        let mut shared = self.inner.shared();
+        shared.generation = membership.generation;
+        shared.assigned.clone_from(&assigned);
+        shared.done.retain(|tp, _| assigned.contains(tp));
+        shared.committed.retain(|tp, _| assigned.contains(tp));
+        shared.epochs.retain(|tp, _| assigned.contains(tp));
+        for tp in unsettled {
+            shared.done.remove(&tp);
+            shared.bump_epoch(&tp);
+        }
+        for (tp, offset, group_committed) in restarts {
+            shared.done.remove(&tp);
+            match group_committed {
+                Some(c) => shared.committed.insert(tp.clone(), c),
+                None => shared.committed.remove(&tp),
+            };
+            shared.bump_epoch(&tp);
             self.positions.insert(tp, offset);
         }
     }
@@ -809,23 +872,41 @@ impl Driver {
             // Before the log start, retention removed the records; past the end, the topic was
             // deleted and created again: either way, read from the oldest record kept.
             Some(p) if self.positions.get(tp) == Some(&offset) => {
+                if offset > p.high_watermark {
+                    // Another incarnation of the topic: what was done or committed of the old one
+                    // means nothing here, and must not be committed over the new one.
+                    let mut shared = self.inner.shared();
+                    shared.done.remove(tp);
+                    shared.committed.remove(tp);
+                    shared.bump_epoch(tp);
+                }
                 self.positions.insert(tp.clone(), p.log_start);
             }
             _ => tokio::time::sleep(RETRY_PAUSE).await,
         }
     }
 
-    fn apply_seeks(&mut self) {
-        let mut shared = self.inner.shared();
-        let seeks = std::mem::take(&mut shared.seeks);
-        for (tp, offset) in seeks {
+    /// Applies the application's seeks, then picks the next partition to fetch (the one after
+    /// `cursor`, round robin) with its position and read epoch, all under one lock: a seek asked
+    /// for later bumps the epoch again, so the batch this fetch brings is dropped.
+    fn next_fetch(&mut self, cursor: Option<&TopicPartition>) -> Option<(TopicPartition, u64, u64)> {
+        let inner = self.inner.clone();
+        let mut shared = inner.shared();
+        for (tp, offset) in std::mem::take(&mut shared.seeks) {
             if self.positions.contains_key(&tp) {
-                // Again here: a fetch that started after the seek was asked for, from the old
-                // position, carries the epoch the application's seek set.
-                shared.bump_epoch(&tp);
                 self.positions.insert(tp, offset);
             }
         }
+        let next = cursor
+            .and_then(|c| {
+                self.positions
+                    .range::<TopicPartition, _>((std::ops::Bound::Excluded(c), std::ops::Bound::Unbounded))
+                    .next()
+            })
+            .or_else(|| self.positions.iter().next())
+            .map(|(tp, &offset)| (tp.clone(), offset))?;
+        let epoch = shared.epochs.get(&next.0).copied().unwrap_or(0);
+        Some((next.0, next.1, epoch))
     }
 }
 
@@ -918,6 +999,9 @@ impl ReplaySummary {
 
 /// The session timeout of a replay's member.
 const REPLAY_SESSION_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most bytes one replay fetch reads: half of what one produce takes (8 MiB), so the records
+/// fetched, with their replay header, always fit one produce.
+const REPLAY_FETCH_BYTES_MAX: u64 = 4 * 1024 * 1024;
 
 impl Streams {
     /// Re-drives the records of the dead-letter topic `dlq` to the topics they came from, in
@@ -985,6 +1069,8 @@ impl Streams {
             while position < bounds.high_watermark && budget > 0 {
                 let fetch = FetchOptions {
                     max_records: u32::try_from(budget.min(500)).unwrap_or(500),
+                    // Half a produce's bytes: the replayed run (with its replay header) fits one.
+                    max_bytes: REPLAY_FETCH_BYTES_MAX,
                     ..FetchOptions::default()
                 };
                 let fetched = self.fetch(dlq.to_vec(), partition, position, fetch).await?;
@@ -1022,15 +1108,29 @@ impl Streams {
                 }
                 budget = budget.saturating_sub(records.len() as u64);
                 position = last + 1;
-                self.commit(
-                    group.to_vec(),
-                    member.to_string(),
-                    membership.generation,
-                    vec![(dlq.to_vec(), partition, position)],
-                )
-                .await?;
+                let progress = vec![(dlq.to_vec(), partition, position)];
+                let committed = self
+                    .commit(
+                        group.to_vec(),
+                        member.to_string(),
+                        membership.generation,
+                        progress.clone(),
+                    )
+                    .await;
                 // Stay alive through a long replay, and stop where another replay took over.
                 membership = self.heartbeat(group.to_vec(), member.to_string()).await?;
+                match committed {
+                    Ok(()) => {}
+                    // Another replay joined meanwhile: commit under the new generation if the
+                    // partition is still ours (below, it is left otherwise).
+                    Err(e) if e.code() == Some(ErrorCode::IllegalGeneration) => {
+                        if membership.assigned.contains(&tp) {
+                            self.commit(group.to_vec(), member.to_string(), membership.generation, progress)
+                                .await?;
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
                 if !membership.assigned.contains(&tp) {
                     if position < bounds.high_watermark {
                         summary.partitions_left.push(partition);

@@ -1021,3 +1021,56 @@ fn a_consumer_commits_what_was_handled_on_close_and_not_the_record_in_hand_on_dr
         fourth.close().await.expect("close");
     });
 }
+
+#[test]
+fn a_consumer_whose_topic_is_deleted_says_so_goes_on_with_the_rest_and_ends_with_none_left() {
+    use basalt_client::ConsumerOptions;
+    use tokio_stream::StreamExt;
+    runtime().block_on(async {
+        let cluster = TestCluster::start(NODE, ClusterOptions::default());
+        let client = cluster.client().await;
+        let streams = client.streams();
+        streams.create_topic("kept", topic(1)).await.expect("create");
+        streams.create_topic("doomed", topic(1)).await.expect("create");
+        let mut consumer = streams
+            .consumer(
+                "g",
+                vec![b"kept".to_vec(), b"doomed".to_vec()],
+                ConsumerOptions::default(),
+            )
+            .await
+            .expect("consumer");
+        streams.delete_topic("doomed").await.expect("delete");
+        streams
+            .produce("kept", vec![Record::new("", "still here")])
+            .await
+            .expect("produce");
+        // The deletion is reported, and the kept topic's record still arrives.
+        let (mut refused, mut values) = (Vec::new(), Vec::new());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while values.is_empty() || refused.is_empty() {
+            assert!(Instant::now() < deadline, "refused {refused:?}, values {values:?}");
+            match tokio::time::timeout(Duration::from_secs(5), consumer.next()).await {
+                Ok(Some(Ok(r))) => values.push(String::from_utf8_lossy(&r.value).into_owned()),
+                Ok(Some(Err(e))) => refused.push(e.code()),
+                Ok(None) => panic!("the stream ended with a topic left"),
+                Err(_) => {}
+            }
+        }
+        assert_eq!(values, ["still here"]);
+        assert!(refused.iter().all(|c| *c == Some(ErrorCode::NotFound)), "{refused:?}");
+        assert_eq!(consumer.assignment().1, [(b"kept".to_vec(), 0)]);
+        // With no topic left the stream ends.
+        streams.delete_topic("kept").await.expect("delete");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), consumer.next()).await {
+                Ok(None) => break,
+                Ok(Some(Ok(r))) => panic!("a record after both topics were deleted: {r:?}"),
+                Ok(Some(Err(e))) => assert_eq!(e.code(), Some(ErrorCode::NotFound)),
+                Err(_) => {}
+            }
+            assert!(Instant::now() < deadline, "the stream never ended");
+        }
+    });
+}

@@ -612,6 +612,8 @@ fn continue_deletions<S: StoreRead>(view: &mut View<'_, S>, limit: u32) -> Resul
         }
         let mut deletion: TopicDeletion = decode(Table::StreamTopicDeleting, &key, &bytes)?;
         let Some(topic) = topic_of_key(&key).map(<[u8]>::to_vec) else {
+            // A key that names no topic has nothing to remove: dropped, or it is due forever.
+            view.delete(Table::StreamTopicDeleting, key);
             continue;
         };
         if remove_topic_rows(view, &topic, &mut deletion, &mut budget)? {
@@ -635,7 +637,7 @@ fn remove_topic_rows<S: StoreRead>(
     const PAGE_ROWS: u32 = 64;
     // Record batches per scan: a scan reads their values (up to `BATCH_BYTES_MAX` each), so a
     // page stays small and the byte budget is checked between pages.
-    const BATCH_PAGE_ROWS: u32 = 4;
+    const BATCH_PAGE_ROWS: u32 = 1;
     let prefix = named(topic);
     for table in [Table::StreamBatch, Table::StreamProducer, Table::StreamPartition] {
         let page_rows = if table == Table::StreamBatch {
