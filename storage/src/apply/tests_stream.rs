@@ -342,26 +342,15 @@ fn a_member_that_misses_its_session_timeout_loses_its_partitions() {
         other => panic!("{other:?}"),
     }
     // Commits are fenced by generation and by ownership.
-    let commit = |h: &mut Harness, at, member: &str, generation, partition| {
-        h.apply(cmd(
-            at,
-            Op::Group(GroupOp::Commit {
-                group: "g".into(),
-                member: member.into(),
-                generation,
-                offsets: vec![(b"t".to_vec(), partition, 0)],
-            }),
-        ))
-    };
     assert!(matches!(
-        commit(&mut h, 300, "a", 1, 0),
+        commit(&mut h, 300, "a", 1, &[("t", 0, 0)]),
         Response::Refused(OpError::Stream(StreamError::IllegalGeneration { current: 2, .. }))
     ));
     assert!(matches!(
-        commit(&mut h, 300, "a", 2, 3),
+        commit(&mut h, 300, "a", 2, &[("t", 3, 0)]),
         Response::Refused(OpError::Stream(StreamError::NotAssigned { .. }))
     ));
-    assert_eq!(commit(&mut h, 300, "a", 2, 0), Response::OffsetsCommitted);
+    assert_eq!(commit(&mut h, 300, "a", 2, &[("t", 0, 0)]), Response::OffsetsCommitted);
     // b keeps heartbeating; a stops. After a's timeout the sweep hands everything to b.
     heartbeat(&mut h, 900, "b");
     assert!(sweeps_due(&h.store, 1200, RegionRole::default())
@@ -380,7 +369,7 @@ fn a_member_that_misses_its_session_timeout_loses_its_partitions() {
         Response::GroupRefused(OpError::NotFound { .. })
     ));
     assert!(matches!(
-        commit(&mut h, 1300, "a", 3, 0),
+        commit(&mut h, 1300, "a", 3, &[("t", 0, 0)]),
         Response::GroupRefused(OpError::NotFound { .. })
     ));
     assert_eq!(
