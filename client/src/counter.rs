@@ -51,6 +51,28 @@ pub enum CounterChange {
     /// Delete the counter. Among regions it is set to 0 instead (its row stays, so another
     /// region's earlier changes cannot bring the old value back).
     Delete,
+    /// As [`CounterChange::Incr`], for a counter that expires: a counter that does not exist is
+    /// created expiring `ttl` after this change (at most a year); one that exists keeps the
+    /// expiry it was created with (Redis's `INCR` then `EXPIRE ... NX`). Afterwards it reads 0
+    /// and starts again. A counter holding a value without a TTL is refused
+    /// (`COUNTER_NOT_EXPIRING`); among regions a bound on an expiring counter is refused
+    /// (`INVALID_ARGUMENT`: escrow keeps plain counters' bounds only; a rate limit is the bounded
+    /// expiring count). Every other change of a live expiring counter keeps its expiry.
+    IncrExpiring {
+        delta: i64,
+        min: Option<i64>,
+        max: Option<i64>,
+        ttl: Duration,
+    },
+}
+
+/// A counter as `get` reads it, with its expiry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CounterValue {
+    /// 0 for a counter never written or expired.
+    pub value: i64,
+    /// When an expiring counter expires (Unix ms); `None` without a TTL.
+    pub expires_at_ms: Option<u64>,
 }
 
 /// Common window lengths for [`CounterChange::Window`].
@@ -92,6 +114,20 @@ impl CounterOp {
 
     pub fn incr(key: impl Into<Vec<u8>>, delta: i64) -> CounterOp {
         CounterOp::bounded(key, delta, None, None)
+    }
+
+    /// Adds `delta` to a counter that expires `ttl` after it is created
+    /// ([`CounterChange::IncrExpiring`]).
+    pub fn expiring(key: impl Into<Vec<u8>>, delta: i64, ttl: Duration) -> CounterOp {
+        CounterOp {
+            key: key.into(),
+            change: CounterChange::IncrExpiring {
+                delta,
+                min: None,
+                max: None,
+                ttl,
+            },
+        }
     }
 
     pub fn bounded(key: impl Into<Vec<u8>>, delta: i64, min: Option<i64>, max: Option<i64>) -> CounterOp {
@@ -177,8 +213,20 @@ impl From<CounterOp> for pb::CounterOp {
         pb::CounterOp {
             key: op.key,
             action: Some(match op.change {
-                CounterChange::Incr { delta, min, max } => {
-                    pb::counter_op::Action::Incr(pb::CounterIncr { delta, min, max })
+                CounterChange::Incr { delta, min, max } => pb::counter_op::Action::Incr(pb::CounterIncr {
+                    delta,
+                    min,
+                    max,
+                    ttl_ms: 0,
+                }),
+                CounterChange::IncrExpiring { delta, min, max, ttl } => {
+                    pb::counter_op::Action::Incr(pb::CounterIncr {
+                        delta,
+                        min,
+                        max,
+                        // 0 on the wire is no TTL: under 1 ms is 1 ms, as for KV.
+                        ttl_ms: millis(ttl).max(1),
+                    })
                 }
                 CounterChange::Set(value) => pb::counter_op::Action::Set(value),
                 CounterChange::Transfer {
@@ -266,8 +314,23 @@ impl Counters {
         outcomes_of(reply)
     }
 
-    /// Reads many counters (absent ones read 0).
+    /// Reads many counters (absent and expired ones read 0).
     pub async fn get(&self, keys: Vec<Vec<u8>>, consistency: ReadConsistency) -> Result<Vec<i64>, ClientError> {
+        Ok(self
+            .read(keys, consistency)
+            .await?
+            .into_iter()
+            .map(|read| read.value)
+            .collect())
+    }
+
+    /// Reads many counters with their expiries, all as of one applied entry.
+    pub async fn read(
+        &self,
+        keys: Vec<Vec<u8>>,
+        consistency: ReadConsistency,
+    ) -> Result<Vec<CounterValue>, ClientError> {
+        let asked = keys.len();
         let message = pb::CounterGetRequest {
             keys,
             stale: consistency == ReadConsistency::Stale,
@@ -278,7 +341,24 @@ impl Counters {
                 crate::service_client!(CounterClient, c).get(r).await
             })
             .await?;
-        Ok(reply.values)
+        if reply.values.len() != asked || !(reply.expires_at_ms.is_empty() || reply.expires_at_ms.len() == asked) {
+            return Err(ClientError::Protocol(format!(
+                "counter reply has {} values and {} expiries for {asked} keys",
+                reply.values.len(),
+                reply.expires_at_ms.len()
+            )));
+        }
+        // A node without expiring counters sends no expiries.
+        let expiries = reply.expires_at_ms.into_iter().chain(std::iter::repeat(0));
+        Ok(reply
+            .values
+            .into_iter()
+            .zip(expiries)
+            .map(|(value, at)| CounterValue {
+                value,
+                expires_at_ms: (at > 0).then_some(at),
+            })
+            .collect())
     }
 }
 
@@ -290,6 +370,12 @@ pub struct CounterHandle {
 }
 
 impl CounterHandle {
+    /// Applies one change; returns the new value, or the refusal as an error (use
+    /// [`Counters::apply`] to get refusals typed).
+    pub async fn apply(&self, change: CounterChange) -> Result<i64, ClientError> {
+        self.apply_one(change).await
+    }
+
     async fn apply_one(&self, change: CounterChange) -> Result<i64, ClientError> {
         let op = CounterOp {
             key: self.key.clone(),
@@ -390,6 +476,30 @@ impl CounterHandle {
             max: Some(max),
         })
         .await
+    }
+
+    /// Adds `delta` to a counter that expires `ttl` after it is created; returns the new value
+    /// ([`CounterChange::IncrExpiring`]). An existing expiring counter keeps its expiry: the
+    /// "N failed logins in 10 minutes" count.
+    ///
+    /// # Errors
+    /// `COUNTER_NOT_EXPIRING` when the counter holds a value without a TTL; `INVALID_TTL` for a
+    /// TTL over a year.
+    pub async fn incr_expiring(&self, delta: i64, ttl: Duration) -> Result<i64, ClientError> {
+        self.apply_one(CounterOp::expiring(Vec::new(), delta, ttl).change).await
+    }
+
+    /// The counter's value and expiry (linearizable).
+    pub async fn read(&self) -> Result<CounterValue, ClientError> {
+        let reads = self
+            .client
+            .counters()
+            .read(vec![self.key.clone()], ReadConsistency::Linearizable)
+            .await?;
+        reads
+            .first()
+            .copied()
+            .ok_or_else(|| ClientError::Protocol("no value in counter reply".into()))
     }
 
     /// Sets the counter to 0.

@@ -65,6 +65,8 @@ error_codes! {
     NotAssigned = "NOT_ASSIGNED" => FailedPrecondition,
     // Creating a topic whose earlier namesake is still being deleted: retry shortly.
     TopicBeingDeleted = "TOPIC_BEING_DELETED" => FailedPrecondition,
+    // A TTL given to a counter that holds a value without one (a TTL is set at creation).
+    CounterNotExpiring = "COUNTER_NOT_EXPIRING" => FailedPrecondition,
     Compacted = "COMPACTED" => OutOfRange,
     // A region topology change that does not fit the replicated topology (`basalt regions`).
     InvalidTopology = "INVALID_TOPOLOGY" => FailedPrecondition,

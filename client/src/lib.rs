@@ -52,7 +52,7 @@ pub use cache::{Cache, LaggingNode, NodeCacheStats, PurgeReceipt, PurgeTarget};
 pub use client::{Client, ClientOptions, ReadConsistency, RegionMap};
 pub use consumer::{ConsumedRecord, Consumer, ConsumerOptions, ReplayOptions, ReplaySummary, StartFrom};
 pub use counter::window;
-pub use counter::{CounterChange, CounterHandle, CounterOp, CounterOutcome, Counters, Windows};
+pub use counter::{CounterChange, CounterHandle, CounterOp, CounterOutcome, CounterValue, Counters, Windows};
 pub use error::{never_sent, ClientError, ErrorCode, ERROR_CODE_KEY, LEADER_KEY, OLDEST_REVISION_KEY};
 pub use kv::{CasOutcome, DeleteOutcome, Kv, KvEntry, PutIfAbsent, PutOptions};
 pub use lease::{Acquired, LeaseGrant, LeaseHandle, LeaseState};

@@ -708,6 +708,67 @@ fn windowed_counters_meter_usage_and_refuse_late_events() {
     });
 }
 
+/// An expiring counter counts until the expiry fixed when it was created, then reads 0 and starts
+/// again, through the SDK and the CLI; a TTL for a counter holding a value without one is refused.
+#[test]
+fn expiring_counters_count_until_the_expiry_fixed_at_creation() {
+    runtime().block_on(async {
+        let cluster = TestCluster::start(NODE, ClusterOptions::default());
+        let client = cluster.client().await;
+        let fails = client.counter("fails/u1");
+        let before = now_ms();
+        assert_eq!(fails.incr_expiring(1, Duration::from_secs(3)).await.expect("incr"), 1);
+        // A later TTL does not move the expiry; a plain incr counts into it.
+        assert_eq!(fails.incr_expiring(1, Duration::from_secs(600)).await.expect("incr"), 2);
+        assert_eq!(fails.incr(1).await.expect("incr"), 3);
+        let read = fails.read().await.expect("read");
+        assert_eq!(read.value, 3);
+        let expires_at = read.expires_at_ms.expect("an expiry");
+        assert!(
+            (before + 3000..=now_ms() + 3000).contains(&expires_at),
+            "expires at {expires_at}, created after {before}"
+        );
+        // A linearizable read after the expiry reads 0, swept or not; it starts again from 0.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while fails.get().await.expect("get") != 0 {
+            assert!(Instant::now() < deadline, "never expired");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(now_ms() >= expires_at, "read 0 before its expiry");
+        assert_eq!(fails.read().await.expect("read").expires_at_ms, None);
+        assert_eq!(fails.incr_expiring(5, Duration::from_secs(60)).await.expect("incr"), 5);
+
+        let plain = client.counter("plain/u1");
+        plain.incr(2).await.expect("incr");
+        assert_eq!(
+            code(plain.incr_expiring(1, Duration::from_secs(60)).await),
+            Some(ErrorCode::CounterNotExpiring)
+        );
+        assert_eq!(plain.get().await.expect("get"), 2, "the refusal changed nothing");
+
+        // The CLI: an expiring increment, its TTL, the refusal.
+        let endpoints = cluster.endpoints();
+        let cli = |args: &'static str| {
+            let endpoints = endpoints.clone();
+            async move {
+                let args: Vec<&str> = args.split(' ').collect();
+                basalt_testkit::run_cli(NODE, &endpoints, &args, None).await
+            }
+        };
+        let run = cli("counter incr logins/u2 --by 2 --ttl 10m").await;
+        assert_eq!((run.code, run.stdout.trim()), (Some(0), "2"), "{}", run.stderr);
+        let run = cli("counter ttl logins/u2").await;
+        assert_eq!(run.code, Some(0), "{}", run.stderr);
+        let left: u64 = run.stdout.trim().parse().expect("ms left");
+        assert!((500_000..=600_000).contains(&left), "{left} ms left");
+        let run = cli("counter ttl plain/u1").await;
+        assert_eq!((run.code, run.stdout.trim()), (Some(0), "none"), "{}", run.stderr);
+        let run = cli("counter incr plain/u1 --ttl 1m").await;
+        assert_eq!(run.code, Some(1));
+        assert!(run.stderr.contains("COUNTER_NOT_EXPIRING"), "{}", run.stderr);
+    });
+}
+
 /// While the cluster cannot commit (two of three nodes down), a check answers as its policy says:
 /// the error, fail open, fail closed, or this client's share of the limit decided locally; once
 /// the cluster is back it decides again.

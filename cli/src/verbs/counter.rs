@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use basalt_client::{window, Client};
+use basalt_client::{window, Client, CounterChange};
 use clap::Subcommand;
 
 use super::consistency;
@@ -46,6 +46,16 @@ pub enum CounterCommand {
         /// The event's time, Unix ms (default: the cluster's time).
         #[arg(long, requires = "window")]
         at_ms: Option<u64>,
+        /// An expiring counter: one this creates expires this long after (`10m`); an existing
+        /// one keeps its expiry. Read it back with `basalt counter ttl`.
+        #[arg(long, value_parser = parse_duration, conflicts_with = "window")]
+        ttl: Option<Duration>,
+    },
+    /// How long until an expiring counter expires, in ms (`none` without a TTL).
+    Ttl {
+        key: String,
+        #[arg(long)]
+        stale: bool,
     },
     /// Set a counter back to 0.
     Reset { key: String },
@@ -102,10 +112,21 @@ pub async fn counter(client: &Client, command: CounterCommand) -> Result<(), Str
             window,
             retention,
             at_ms,
+            ttl,
         } => {
             let counter = client.counter(key);
-            let value = match (window, retention) {
-                (Some(window), Some(retention)) => counter.incr_window(by, window, retention, at_ms).await,
+            let value = match (window, retention, ttl) {
+                (Some(window), Some(retention), _) => counter.incr_window(by, window, retention, at_ms).await,
+                (_, _, Some(ttl)) => {
+                    counter
+                        .apply(CounterChange::IncrExpiring {
+                            delta: by,
+                            min,
+                            max,
+                            ttl,
+                        })
+                        .await
+                }
                 _ => counter.incr_bounded(by, min, max).await,
             }
             .map_err(|e| e.to_string())?;
@@ -157,6 +178,17 @@ pub async fn counter(client: &Client, command: CounterCommand) -> Result<(), Str
             }
             .map_err(|e| e.to_string())?;
             println!("{value}");
+        }
+        CounterCommand::Ttl { key, stale } => {
+            let reads = client
+                .counters()
+                .read(vec![key.into_bytes()], consistency(stale))
+                .await
+                .map_err(|e| e.to_string())?;
+            match reads.first().and_then(|read| read.expires_at_ms) {
+                Some(at) => println!("{}", at.saturating_sub(now_ms())),
+                None => println!("none"),
+            }
         }
         CounterCommand::Get { key, stale } => {
             let consistency = consistency(stale);

@@ -7,7 +7,7 @@ use std::time::Duration;
 use basalt_client::ledger::{Account, Transfer};
 use basalt_client::stream::Record;
 use basalt_client::txn::{BalanceField, Compare, Condition, TxnOp, TxnOpResult, TxnOutcome};
-use basalt_client::{Client, CounterOp, CounterOutcome, NewMessage, RateCheck, RateLimit};
+use basalt_client::{Client, CounterChange, CounterOp, CounterOutcome, NewMessage, RateCheck, RateLimit};
 use serde::Deserialize;
 
 use super::{err, show_optional, unhex};
@@ -177,6 +177,8 @@ enum OpDoc {
         window: Option<String>,
         retention: Option<String>,
         at_ms: Option<u64>,
+        /// An expiring counter: created expiring this long after (`10m`).
+        ttl: Option<String>,
     },
     CounterDelete {
         key: String,
@@ -288,7 +290,26 @@ impl OpDoc {
                 window: None,
                 retention: None,
                 at_ms: None,
+                ttl: None,
             } => TxnOp::counter(CounterOp::bounded(key, by, min, max)),
+            OpDoc::Incr {
+                key,
+                by,
+                min,
+                max,
+                window: None,
+                retention: None,
+                at_ms: None,
+                ttl: Some(ttl),
+            } => TxnOp::counter(CounterOp {
+                key: key.into_bytes(),
+                change: CounterChange::IncrExpiring {
+                    delta: by,
+                    min,
+                    max,
+                    ttl: parse_duration(&ttl)?,
+                },
+            }),
             OpDoc::Incr {
                 key,
                 by,
@@ -297,6 +318,7 @@ impl OpDoc {
                 window: Some(window),
                 retention: Some(retention),
                 at_ms,
+                ttl: None,
             } => TxnOp::counter(CounterOp::windowed(
                 key,
                 by,
@@ -305,7 +327,7 @@ impl OpDoc {
                 at_ms,
             )),
             OpDoc::Incr { .. } => {
-                return Err("a windowed incr takes window and retention (and at_ms), without min or max".into())
+                return Err("a windowed incr takes window and retention (and at_ms), without min, max or ttl".into())
             }
             OpDoc::CounterDelete { key } => TxnOp::counter(CounterOp::delete(key)),
             OpDoc::Set { key, value } => TxnOp::counter(CounterOp::set(key, value)),
@@ -559,6 +581,7 @@ mod tests {
                 {"put": {"key": "order/1", "value": "paid", "if_revision": 3}},
                 {"delete": {"key": "cart/1"}}, {"get": {"key": "order/1"}},
                 {"incr": {"key": "stock", "by": -1, "min": 0}}, {"set": {"key": "c", "value": 0}},
+                {"incr": {"key": "fails/u1", "by": 1, "max": 5, "ttl": "10m"}},
                 {"rate": {"key": "tenant:1", "limit": 100, "window": "1s"}},
                 {"token_bucket": {"key": "user:1", "rate": 10, "per": "1s", "burst": 20, "cost": 2}},
                 {"acquire": {"lease": "l", "holder": "w", "ttl": "10s"}},
@@ -573,7 +596,7 @@ mod tests {
             "else": [{"get": {"key": "idem/1"}}]
         }"#;
         let steps = parse(text).expect("parses");
-        assert_eq!((steps.when.len(), steps.then.len(), steps.otherwise.len()), (9, 17, 1));
+        assert_eq!((steps.when.len(), steps.then.len(), steps.otherwise.len()), (9, 18, 1));
 
         for (bad, place) in [
             (r#"{"then": [{"put": {"key": "k"}}]}"#, "transaction document"),

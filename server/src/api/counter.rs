@@ -54,6 +54,12 @@ impl Api {
 
 fn counter_op_of(op: pb::CounterOp) -> Result<CounterOp, Status> {
     let action = match op.action {
+        Some(pb::counter_op::Action::Incr(incr)) if incr.ttl_ms > 0 => CounterAction::IncrExpiring {
+            delta: incr.delta,
+            min: incr.min,
+            max: incr.max,
+            ttl_ms: incr.ttl_ms,
+        },
         Some(pb::counter_op::Action::Incr(incr)) => CounterAction::Incr {
             delta: incr.delta,
             min: incr.min,
@@ -153,8 +159,17 @@ impl Counter for Api {
         }
         self.read_barrier(r.stale).await?;
         // One view: a multi-key read sees every counter as of the same applied entry.
-        let values = counter::get_values(&self.store, &r.keys).map_err(storage_status)?;
-        Ok(GrpcResponse::new(pb::CounterGetResponse { values }))
+        let (mut reads, judged_at_ms) = counter::read_counters(&self.store, &r.keys).map_err(storage_status)?;
+        // An expiry due by the clock but not yet applied is settled through the log first, as
+        // for KV TTLs, so no later read finds the counter live again.
+        let expiries = reads.iter().map(|read| read.expires_at_ms).collect::<Vec<_>>();
+        if self.settle_expiry(r.stale, judged_at_ms, expiries).await?.is_some() {
+            (reads, _) = counter::read_counters(&self.store, &r.keys).map_err(storage_status)?;
+        }
+        Ok(GrpcResponse::new(pb::CounterGetResponse {
+            values: reads.iter().map(|read| read.value).collect(),
+            expires_at_ms: reads.iter().map(|read| read.expires_at_ms.unwrap_or(0)).collect(),
+        }))
     }
 
     async fn windows(

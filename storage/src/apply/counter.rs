@@ -8,9 +8,11 @@
 
 use basalt_replication::{EscrowBound, EscrowTransfers, PnCounter};
 
+use super::counter_window::{live_incarnations, store_incarnation, Incarnation};
 use super::topology::{load_topology, EscrowShare};
-use super::{check_key, decode, lossy, save, RegionRole, View};
+use super::{check_key, decode, last_applied_stamp, lossy, save, RegionRole, View};
 use crate::command::{CounterAction, CounterError, CounterOp, CounterOutcome, OpError, Response};
+use crate::limits::TTL_MS_MAX;
 use crate::state::{StoreError, StoreRead, Table, ViewSource};
 
 pub fn decode_pn(bytes: &[u8]) -> Result<PnCounter, basalt_codec::DecodeError> {
@@ -26,19 +28,100 @@ pub fn decode_counter(bytes: &[u8]) -> Option<i64> {
     decode_pn(bytes).ok().map(|c| value_of(&c))
 }
 
-/// The values of `keys` (0 for a counter never written), all from one view, so a multi-key read
-/// sees every counter as of the same applied entry: the read behind `counter get`. A stored
-/// counter that does not decode is a [`StoreError::CorruptRecord`] naming its key.
+/// A counter as it stands at one applied time: its plain row and the live incarnations of it as
+/// an expiring counter (see `counter_window`). Its value is the sum of them all.
+#[derive(Clone, Debug, Default)]
+pub struct CounterState {
+    pub plain: PnCounter,
+    pub incarnations: Vec<Incarnation>,
+}
+
+impl CounterState {
+    /// The exact sum, which only merged concurrent changes can take outside the i64 range.
+    fn total(&self) -> i128 {
+        self.incarnations
+            .iter()
+            .fold(self.plain.value(), |sum, i| sum.saturating_add(i.counter.value()))
+    }
+
+    /// The counter's value, clamped to the i64 range.
+    pub fn value(&self) -> i64 {
+        self.total().clamp(i64::MIN.into(), i64::MAX.into()) as i64
+    }
+
+    /// When the counter expires: its earliest live incarnation's expiry; `None` without a TTL.
+    pub fn expires_at_ms(&self) -> Option<u64> {
+        self.incarnations.first().map(|i| i.expires_at_ms)
+    }
+}
+
+/// Counter `key` at applied time `now_ms`. A plain row that does not decode is the refusal naming
+/// it (as an op answers it); an incarnation that does not decode is a [`StoreError`].
+pub(crate) fn load_state<R: StoreRead + ?Sized>(
+    reads: &R,
+    key: &[u8],
+    now_ms: u64,
+) -> Result<Result<CounterState, OpError>, StoreError> {
+    let plain = match reads.get(Table::Counter, key)? {
+        None => PnCounter::default(),
+        Some(bytes) => match decode_pn(&bytes) {
+            Ok(c) => c,
+            Err(e) => {
+                return Ok(Err(OpError::CorruptValue {
+                    key: lossy(key),
+                    reason: format!("counter of {} bytes: {e}", bytes.len()),
+                }))
+            }
+        },
+    };
+    Ok(Ok(CounterState {
+        plain,
+        incarnations: live_incarnations(reads, key, now_ms)?,
+    }))
+}
+
+/// The values alone of [`read_counters`].
 pub fn get_values<S: ViewSource + ?Sized>(source: &S, keys: &[Vec<u8>]) -> Result<Vec<i64>, StoreError> {
+    Ok(read_counters(source, keys)?.0.iter().map(|read| read.value).collect())
+}
+
+/// What `counter get` answers for one key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CounterRead {
+    /// 0 for a counter never written or expired.
+    pub value: i64,
+    /// When it expires, for an expiring counter.
+    pub expires_at_ms: Option<u64>,
+}
+
+/// The counters `keys` (0 for a counter never written), all from one view, so a multi-key read
+/// sees every counter as of the same applied entry, with expiry judged at that entry's time (the
+/// returned ms): the read behind `counter get`. A stored counter that does not decode is a
+/// [`StoreError::CorruptRecord`] naming its key.
+pub fn read_counters<S: ViewSource + ?Sized>(
+    source: &S,
+    keys: &[Vec<u8>],
+) -> Result<(Vec<CounterRead>, u64), StoreError> {
     let view = source.view();
-    keys.iter()
+    let judged_at_ms = last_applied_stamp(&view)?.physical_ms();
+    let reads = keys
+        .iter()
         .map(|key| {
-            Ok(match view.get(Table::Counter, key)? {
-                None => 0,
-                Some(bytes) => value_of(&decode::<PnCounter>(Table::Counter, key, &bytes)?),
+            let plain = match view.get(Table::Counter, key)? {
+                None => PnCounter::default(),
+                Some(bytes) => decode::<PnCounter>(Table::Counter, key, &bytes)?,
+            };
+            let state = CounterState {
+                plain,
+                incarnations: live_incarnations(&view, key, judged_at_ms)?,
+            };
+            Ok(CounterRead {
+                value: state.value(),
+                expires_at_ms: state.expires_at_ms(),
             })
         })
-        .collect()
+        .collect::<Result<_, StoreError>>()?;
+    Ok((reads, judged_at_ms))
 }
 
 pub fn value_of(counter: &PnCounter) -> i64 {
@@ -49,7 +132,20 @@ pub(crate) fn validate(ops: &[CounterOp]) -> Result<(), OpError> {
     super::check_batch(ops.len())?;
     for op in ops {
         check_key(&op.key)?;
+        if let CounterAction::IncrExpiring { ttl_ms, .. } = op.action {
+            if ttl_ms == 0 || ttl_ms > TTL_MS_MAX {
+                return Err(OpError::InvalidTtl {
+                    ttl_ms,
+                    max_ms: TTL_MS_MAX,
+                });
+            }
+        }
         if let CounterAction::Incr {
+            min: Some(min),
+            max: Some(max),
+            ..
+        }
+        | CounterAction::IncrExpiring {
             min: Some(min),
             max: Some(max),
             ..
@@ -124,6 +220,7 @@ pub fn decide(current: i64, action: CounterAction) -> CounterOutcome {
         // Moves escrow, not value; decided by `apply` from the escrow state. A windowed change
         // changes a bucket, not this counter; decided by `counter_window::incr`.
         CounterAction::Transfer { .. } | CounterAction::Window { .. } => CounterOutcome::Applied { value: current },
+        CounterAction::IncrExpiring { delta, min, max, .. } => decide(current, CounterAction::Incr { delta, min, max }),
         CounterAction::Incr { delta, min, max } => match current.checked_add(delta) {
             None => CounterOutcome::Overflow { value: current },
             Some(next) if min.is_some_and(|m| next < m) || max.is_some_and(|m| next > m) => {
@@ -166,28 +263,46 @@ pub(crate) fn apply<S: StoreRead>(
         if op.action == CounterAction::Delete && !role.replicated {
             view.delete(Table::Counter, op.key.clone());
             view.delete(Table::CounterEscrow, op.key.clone());
+            // An incarnation's expiry index entry stays; the sweep finds its row gone.
+            for incarnation in live_incarnations(&*view, &op.key, now_ms)? {
+                view.delete(Table::CounterWindow, incarnation.raw);
+            }
             outcomes.push(CounterOutcome::Applied { value: 0 });
             continue;
         }
-        let mut counter = match view.get(Table::Counter, &op.key)? {
-            None => PnCounter::default(),
-            Some(bytes) => match decode_pn(&bytes) {
-                Ok(c) => c,
-                Err(e) => {
-                    return Ok(Response::Refused(OpError::CorruptValue {
-                        key: lossy(&op.key),
-                        reason: format!("counter of {} bytes: {e}", bytes.len()),
-                    }))
-                }
-            },
+        let mut state = match load_state(&*view, &op.key, now_ms)? {
+            Ok(state) => state,
+            Err(refusal) => return Ok(Response::Refused(refusal)),
         };
-        let current = value_of(&counter);
+        let current = state.value();
+        let creates_expiring = matches!(op.action, CounterAction::IncrExpiring { .. }) && state.incarnations.is_empty();
+        if creates_expiring && state.plain.value() != 0 {
+            return Ok(Response::Refused(OpError::Counter(CounterError::NotExpiring {
+                key: lossy(&op.key),
+                value: current,
+            })));
+        }
+        // Escrow keeps bounds among regions for plain counters only.
+        let expiring = creates_expiring || !state.incarnations.is_empty();
+        let bounded = matches!(
+            op.action,
+            CounterAction::Incr { min: Some(_), .. }
+                | CounterAction::Incr { max: Some(_), .. }
+                | CounterAction::IncrExpiring { min: Some(_), .. }
+                | CounterAction::IncrExpiring { max: Some(_), .. }
+        );
+        if escrowed && expiring && bounded {
+            return Ok(Response::Refused(OpError::Counter(CounterError::BoundOnExpiring {
+                key: lossy(&op.key),
+            })));
+        }
+        let counter = &state.plain;
         let escrow: EscrowTransfers = match view.get(Table::CounterEscrow, &op.key)? {
             None => EscrowTransfers::default(),
             Some(bytes) => decode(Table::CounterEscrow, &op.key, &bytes)?,
         };
-        let floor = escrow.balance(&counter, role.id, EscrowBound::Floor);
-        let ceiling = escrow.balance(&counter, role.id, EscrowBound::Ceiling);
+        let floor = escrow.balance(counter, role.id, EscrowBound::Floor);
+        let ceiling = escrow.balance(counter, role.id, EscrowBound::Ceiling);
         let clamp = |b: i128| b.clamp(i64::MIN.into(), i64::MAX.into()) as i64;
         if let CounterAction::Transfer { to, amount, min, max } = op.action {
             let known = match escrowed {
@@ -233,7 +348,7 @@ pub(crate) fn apply<S: StoreRead>(
         }
         let mut outcome = decide(current, op.action);
         if let (CounterOutcome::Applied { .. }, CounterAction::Incr { delta, min, max }) = (outcome, op.action) {
-            if escrowed {
+            if escrowed && !expiring {
                 if let Err((_, balance)) = escrow_allows(floor, ceiling, delta, min, max, role.escrow) {
                     outcome = CounterOutcome::EscrowExceeded {
                         value: current,
@@ -243,12 +358,50 @@ pub(crate) fn apply<S: StoreRead>(
             }
         }
         if let CounterOutcome::Applied { value } = outcome {
-            // A set is the change that reaches `value` from what this region sees now; changes
-            // made concurrently in other regions still add to it once merged.
-            counter.add(role.id, i128::from(value) - counter.value());
-            view.put(Table::Counter, op.key.clone(), encode_pn(&counter));
+            apply_change(view, role, now_ms, &op.key, op.action, &mut state, value);
         }
         outcomes.push(outcome);
     }
     Ok(Response::Counters(outcomes))
+}
+
+/// Writes an applied change that takes counter `key` (as `state`) to `value`. The change is a
+/// region's own component's step, so changes made concurrently in other regions still add to it
+/// once merged (a set reaches `value` from what this region sees now). It goes to the counter's
+/// earliest live incarnation if it expires, else to a new incarnation for a counter created with
+/// a TTL, else to the plain row. A delete among regions resets every part.
+fn apply_change<S: StoreRead>(
+    view: &mut View<'_, S>,
+    role: RegionRole,
+    now_ms: u64,
+    key: &[u8],
+    action: CounterAction,
+    state: &mut CounterState,
+    value: i64,
+) {
+    if action == CounterAction::Delete {
+        for incarnation in &mut state.incarnations {
+            incarnation.counter.add(role.id, -incarnation.counter.value());
+            store_incarnation(view, key, incarnation, false);
+        }
+        state.plain.add(role.id, -state.plain.value());
+        view.put(Table::Counter, key.to_vec(), encode_pn(&state.plain));
+        return;
+    }
+    let change = i128::from(value) - state.total();
+    match (state.incarnations.first_mut(), action) {
+        (Some(incarnation), _) => {
+            incarnation.counter.add(role.id, change);
+            store_incarnation(view, key, incarnation, false);
+        }
+        (None, CounterAction::IncrExpiring { ttl_ms, .. }) => {
+            let mut incarnation = Incarnation::new(key, now_ms.saturating_add(ttl_ms));
+            incarnation.counter.add(role.id, change);
+            store_incarnation(view, key, &incarnation, true);
+        }
+        (None, _) => {
+            state.plain.add(role.id, change);
+            view.put(Table::Counter, key.to_vec(), encode_pn(&state.plain));
+        }
+    }
 }

@@ -9,6 +9,15 @@
 //! retention goes to another bucket of the same window (reads add them up), so no change can
 //! move a bucket's forget time. A change for a bucket past that time is refused, and a component
 //! another region ships for one is dropped: once forgotten, a bucket never comes back.
+//!
+//! Expiring counters live here too. A plain counter created with a TTL is a series of window
+//! length 0 beside its key's windowed series: one row per incarnation, keyed by its expiry
+//! ([`incarnation_key`]) and forgotten then. Its expiry is fixed when it is created (a later
+//! change does not move it, as with Redis's `EXPIRE ... NX`), so, as for a bucket, a row's life is
+//! a function of its key: every region forgets it at once and drops components shipped for it
+//! later, and the feed, the merge, the sweep and the digest are the buckets'. Regions that create
+//! the same counter concurrently create two incarnations; the counter is their sum, each counted
+//! until its own expiry.
 
 use basalt_replication::{Component, PnCounter, RegionId};
 
@@ -164,8 +173,78 @@ pub fn split_bucket_key(bucket: &[u8]) -> Option<Bucket<'_>> {
         start_ms: u64::from_be_bytes(*start),
         retention_ms: u64::from_be_bytes(retention),
     };
-    let valid = !key.is_empty() && parts.window_ms > 0 && parts.start_ms.is_multiple_of(parts.window_ms);
-    valid.then_some(parts)
+    let window = parts.window_ms > 0 && parts.start_ms.is_multiple_of(parts.window_ms);
+    let incarnation = parts.window_ms == 0 && parts.retention_ms == 0;
+    (!key.is_empty() && (window || incarnation)).then_some(parts)
+}
+
+/// The row of the incarnation of expiring counter `key` that expires at `expires_at_ms`: a
+/// bucket of window length 0 whose start is its expiry, so its forget time is that expiry.
+pub fn incarnation_key(key: &[u8], expires_at_ms: u64) -> Vec<u8> {
+    bucket_key(key, 0, expires_at_ms, 0)
+}
+
+/// One incarnation of an expiring counter: its row, its expiry and its components.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Incarnation {
+    pub raw: Vec<u8>,
+    pub expires_at_ms: u64,
+    pub counter: PnCounter,
+}
+
+impl Incarnation {
+    /// A new, empty incarnation of `key` expiring at `expires_at_ms`.
+    pub fn new(key: &[u8], expires_at_ms: u64) -> Incarnation {
+        Incarnation {
+            raw: incarnation_key(key, expires_at_ms),
+            expires_at_ms,
+            counter: PnCounter::default(),
+        }
+    }
+}
+
+/// The incarnations of expiring counter `key` live at `now_ms` (expiring after it), earliest
+/// expiry first; rows past their expiry but not yet swept are left out. Usually none or one;
+/// one more per region that created the counter concurrently.
+pub fn live_incarnations<R: StoreRead + ?Sized>(
+    reads: &R,
+    key: &[u8],
+    now_ms: u64,
+) -> Result<Vec<Incarnation>, StoreError> {
+    let range = KeyRange::between(
+        incarnation_key(key, now_ms.saturating_add(1)),
+        // The series of window length 1 sorts right after every incarnation of `key`.
+        series_prefix(key, 1),
+    );
+    let mut live = Vec::new();
+    for (raw, bytes) in reads.scan(Table::CounterWindow, &range, usize::MAX)? {
+        let Some(bucket) = split_bucket_key(&raw).filter(|b| b.window_ms == 0) else {
+            continue;
+        };
+        let counter = decode_pn(&bytes).map_err(|e| super::corrupt(Table::CounterWindow, &raw, e))?;
+        live.push(Incarnation {
+            expires_at_ms: bucket.start_ms,
+            raw,
+            counter,
+        });
+    }
+    Ok(live)
+}
+
+/// Stores `incarnation` of `key`, indexing its expiry when it is `new`.
+pub(crate) fn store_incarnation<S: StoreRead>(
+    view: &mut View<'_, S>,
+    key: &[u8],
+    incarnation: &Incarnation,
+    new: bool,
+) {
+    let bucket = Bucket {
+        key,
+        window_ms: 0,
+        start_ms: incarnation.expires_at_ms,
+        retention_ms: 0,
+    };
+    store(view, &bucket, &incarnation.raw, new, &incarnation.counter);
 }
 
 fn expiry_key(forget_at_ms: u64, bucket: &[u8]) -> Vec<u8> {
@@ -388,8 +467,13 @@ mod tests {
             split_bucket_key(&bucket).map(|b| b.forget_at_ms()),
             Some(43 * MINUTE + HOUR)
         );
-        // Not buckets: a zero window, a start off the window's grid, an empty key.
-        assert_eq!(split_bucket_key(&bucket_key(b"k", 0, 0, 0)), None);
+        // A zero window is an expiring counter's incarnation, forgotten at its expiry, if its
+        // retention is 0.
+        let raw = incarnation_key(b"k", 42);
+        let incarnation = split_bucket_key(&raw).expect("incarnation");
+        assert_eq!((incarnation.window_ms, incarnation.forget_at_ms()), (0, 42));
+        assert_eq!(split_bucket_key(&bucket_key(b"k", 0, 42, 1)), None);
+        // Not buckets: a start off the window's grid, an empty key.
         assert_eq!(split_bucket_key(&bucket_key(b"k", MINUTE, 5, 0)), None);
         assert_eq!(split_bucket_key(&bucket_key(b"", MINUTE, 0, 0)), None);
         // "a" with a window whose bytes start like "b..." cannot collide with key "ab": the

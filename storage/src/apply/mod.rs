@@ -40,6 +40,8 @@ mod test_views;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_counter_ttl;
+#[cfg(test)]
 mod tests_counter_window;
 #[cfg(test)]
 mod tests_homed;

@@ -683,6 +683,7 @@ impl Model {
                         // An absent counter reads 0, as a deleted one does.
                         CounterAction::Delete => CounterOutcome::Applied { value: 0 },
                         CounterAction::Window { .. } => unreachable!("the model generates no windowed changes"),
+                        CounterAction::IncrExpiring { .. } => unreachable!("the model generates no expiring changes"),
                         // The model is a lone region, where escrow does not exist.
                         CounterAction::Transfer { .. } => unreachable!("the model generates no transfers"),
                         CounterAction::Incr { delta, min, max } => {

@@ -228,22 +228,11 @@ fn condition_holds<S: StoreRead>(
             None => false,
             Some(record) => cmp.holds(record.value.as_slice(), value.as_slice()),
         },
-        Condition::Counter { key, cmp, value } => {
-            let stored = match view.get(Table::Counter, key)? {
-                None => 0,
-                Some(bytes) => match super::counter::decode_counter(&bytes) {
-                    Some(value) => value,
-                    // As a counter op answers it: a refusal, not a halt of apply.
-                    None => {
-                        return Ok(Err(OpError::CorruptValue {
-                            key: super::lossy(key),
-                            reason: "undecodable counter".into(),
-                        }))
-                    }
-                },
-            };
-            cmp.holds(&stored, value)
-        }
+        Condition::Counter { key, cmp, value } => match super::counter::load_state(view, key, now_ms)? {
+            Ok(state) => cmp.holds(&state.value(), value),
+            // As a counter op answers it: a refusal, not a halt of apply.
+            Err(refusal) => return Ok(Err(refusal)),
+        },
         Condition::Fence { lease: name, token } => {
             let record = lease::record(view, name)?;
             lease::standing(record.as_ref(), None, *token, now_ms).is_ok()

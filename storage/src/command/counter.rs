@@ -46,6 +46,17 @@ pub enum CounterAction {
     /// set to 0 instead and its row kept, so another region's earlier changes, merged later,
     /// cannot bring the old value back (see docs/data-types/counter.md).
     Delete,
+    /// As [`CounterAction::Incr`], for a counter that expires: one that does not exist (or reads
+    /// 0 without a TTL) is created expiring `ttl_ms` after the entry's time; one that exists keeps
+    /// the expiry it was created with (as Redis's `EXPIRE ... NX`). A counter holding a value
+    /// without a TTL is refused ([`CounterError::NotExpiring`]). Every change of a live expiring
+    /// counter, with or without a TTL, changes it; at its expiry it reads 0 and is forgotten.
+    IncrExpiring {
+        delta: i64,
+        min: Option<i64>,
+        max: Option<i64>,
+        ttl_ms: u64,
+    },
 }
 
 /// What happened to one [`CounterOp`].
@@ -81,4 +92,13 @@ impl CounterOutcome {
 pub enum CounterError {
     #[error("escrow transfer refused: {reason}")]
     InvalidTransfer { reason: String },
+    /// A TTL given to a counter that holds a value without one: its expiry is fixed when it is
+    /// created. Delete it first, or change it without a TTL.
+    #[error("counter {key:?} holds {value} without a TTL; a TTL is given when a counter is created (delete it first)")]
+    NotExpiring { key: String, value: i64 },
+    /// A bound on an expiring counter in a region among several: bounds among regions are kept
+    /// by escrow, which expiring counters do not have (a rate limit is the bounded, expiring
+    /// count across regions).
+    #[error("counter {key:?} expires; among regions a bound on an expiring counter cannot be kept (use a rate limit)")]
+    BoundOnExpiring { key: String },
 }

@@ -1,0 +1,270 @@
+//! Expiring counters (a plain counter created with a TTL) at the apply level: a fixed expiry,
+//! reads and sweeps, refusals, and their merge across regions.
+
+use super::counter::{read_counters, CounterRead};
+use super::replication::digest;
+use super::tests::{cmd, Harness};
+use super::tests_replication::{pick, region, ship};
+use super::*;
+use crate::command::{CounterAction, CounterError, CounterOp, CounterOutcome};
+use crate::state::KeyRange;
+
+const MINUTE: u64 = 60_000;
+
+fn expiring(delta: i64, ttl_ms: u64) -> CounterAction {
+    CounterAction::IncrExpiring {
+        delta,
+        min: None,
+        max: None,
+        ttl_ms,
+    }
+}
+
+fn incr(delta: i64) -> CounterAction {
+    CounterAction::Incr {
+        delta,
+        min: None,
+        max: None,
+    }
+}
+
+fn apply(h: &mut Harness, now_ms: u64, key: &str, action: CounterAction) -> Response {
+    let op = Op::Counter {
+        ops: vec![CounterOp {
+            key: key.into(),
+            action,
+        }],
+    };
+    h.apply(cmd(now_ms, op))
+}
+
+fn counter(h: &mut Harness, now_ms: u64, key: &str, action: CounterAction) -> CounterOutcome {
+    match apply(h, now_ms, key, action) {
+        Response::Counters(outcomes) => outcomes[0],
+        other => panic!("expected an outcome, got {other:?}"),
+    }
+}
+
+fn read(h: &Harness, key: &str) -> CounterRead {
+    read_counters(&h.store, &[key.as_bytes().to_vec()]).expect("read").0[0]
+}
+
+fn rows(h: &Harness, table: Table) -> usize {
+    h.store.scan(table, &KeyRange::all(), usize::MAX).expect("scan").len()
+}
+
+#[test]
+fn an_expiring_counter_keeps_the_expiry_it_was_created_with_and_starts_again_after_it() {
+    let mut h = Harness::new();
+    let t0 = 100 * MINUTE;
+    assert_eq!(
+        counter(&mut h, t0, "fails/u1", expiring(1, 10 * MINUTE)),
+        CounterOutcome::Applied { value: 1 }
+    );
+    // Later changes, with another TTL or none, count into it and do not move its expiry.
+    counter(&mut h, t0 + MINUTE, "fails/u1", expiring(1, 60 * MINUTE));
+    counter(&mut h, t0 + 2 * MINUTE, "fails/u1", incr(3));
+    assert_eq!(
+        counter(&mut h, t0 + 3 * MINUTE, "fails/u1", CounterAction::Set { value: 7 }),
+        CounterOutcome::Applied { value: 7 }
+    );
+    assert_eq!(
+        read(&h, "fails/u1"),
+        CounterRead {
+            value: 7,
+            expires_at_ms: Some(t0 + 10 * MINUTE),
+        }
+    );
+    assert_eq!(rows(&h, Table::Counter), 0, "no plain row");
+    // At its expiry it reads 0, before any sweep.
+    h.apply(cmd(t0 + 10 * MINUTE, Op::ClockTick));
+    assert_eq!(
+        read(&h, "fails/u1"),
+        CounterRead {
+            value: 0,
+            expires_at_ms: None,
+        }
+    );
+    // A change then creates it again, from 0, with a new expiry; one without a TTL after the
+    // expiry makes a plain counter.
+    assert_eq!(
+        counter(&mut h, t0 + 10 * MINUTE, "fails/u1", expiring(2, 5 * MINUTE)),
+        CounterOutcome::Applied { value: 2 }
+    );
+    assert_eq!(read(&h, "fails/u1").expires_at_ms, Some(t0 + 15 * MINUTE));
+    counter(&mut h, t0 + 16 * MINUTE, "fails/u1", incr(4));
+    assert_eq!(
+        read(&h, "fails/u1"),
+        CounterRead {
+            value: 4,
+            expires_at_ms: None,
+        }
+    );
+    // The sweep forgets both incarnations and their index entries.
+    let due = sweeps_due(&h.store, t0 + 16 * MINUTE, h.applier.region()).expect("due");
+    assert_eq!(due, vec![Op::CounterSweep { limit: SWEEP_ITEMS_MAX }]);
+    assert_eq!(
+        h.apply(cmd(t0 + 16 * MINUTE, due[0].clone())),
+        Response::Swept { removed: 2 }
+    );
+    assert_eq!(rows(&h, Table::CounterWindow), 0);
+    assert_eq!(rows(&h, Table::CounterWindowExpiry), 0);
+    assert_eq!(read(&h, "fails/u1").value, 4);
+}
+
+#[test]
+fn a_ttl_for_a_counter_holding_a_value_without_one_is_refused_and_changes_nothing() {
+    let mut h = Harness::new();
+    counter(&mut h, 1, "plain", incr(5));
+    let before = digest(&h.store).expect("digest");
+    assert_eq!(
+        apply(&mut h, 2, "plain", expiring(1, MINUTE)),
+        Response::Refused(OpError::Counter(CounterError::NotExpiring {
+            key: "plain".into(),
+            value: 5,
+        }))
+    );
+    assert_eq!(digest(&h.store).expect("digest"), before);
+    // A plain counter back at 0 may become an expiring one.
+    counter(&mut h, 3, "plain", CounterAction::Set { value: 0 });
+    assert_eq!(
+        counter(&mut h, 4, "plain", expiring(1, MINUTE)),
+        CounterOutcome::Applied { value: 1 }
+    );
+    assert_eq!(read(&h, "plain").expires_at_ms, Some(4 + MINUTE));
+    // A TTL of zero or over a year refuses the request.
+    for ttl_ms in [0, crate::limits::TTL_MS_MAX + 1] {
+        assert!(matches!(
+            apply(&mut h, 5, "other", expiring(1, ttl_ms)),
+            Response::Refused(OpError::InvalidTtl { .. })
+        ));
+    }
+}
+
+#[test]
+fn bounds_hold_on_a_lone_expiring_counter_and_a_delete_removes_it() {
+    let mut h = Harness::new();
+    let capped = |delta| CounterAction::IncrExpiring {
+        delta,
+        min: None,
+        max: Some(3),
+        ttl_ms: MINUTE,
+    };
+    for expected in 1..=3 {
+        assert_eq!(
+            counter(&mut h, 10, "attempts", capped(1)),
+            CounterOutcome::Applied { value: expected }
+        );
+    }
+    assert_eq!(
+        counter(&mut h, 11, "attempts", capped(1)),
+        CounterOutcome::BoundExceeded { value: 3 }
+    );
+    assert_eq!(
+        counter(&mut h, 12, "attempts", CounterAction::Delete),
+        CounterOutcome::Applied { value: 0 }
+    );
+    assert_eq!(rows(&h, Table::CounterWindow), 0);
+    assert_eq!(
+        counter(&mut h, 13, "attempts", capped(1)),
+        CounterOutcome::Applied { value: 1 }
+    );
+    assert_eq!(read(&h, "attempts").expires_at_ms, Some(13 + MINUTE));
+}
+
+/// Two regions create one expiring counter concurrently: two incarnations, summed, each counted
+/// until its own expiry; a component shipped after an incarnation's expiry is dropped.
+#[test]
+fn regions_sum_concurrent_incarnations_and_forget_each_at_its_own_expiry() {
+    let mut regions: Vec<Harness> = (1..=2).map(region).collect();
+    let t0 = 100 * MINUTE;
+    counter(&mut regions[0], t0, "hits", expiring(3, 10 * MINUTE));
+    counter(&mut regions[1], t0, "hits", expiring(4, 20 * MINUTE));
+    let (us, eu) = pick(&mut regions, 0, 1);
+    ship(us, 1, eu, t0 + 1);
+    let (eu, us) = pick(&mut regions, 1, 0);
+    ship(eu, 2, us, t0 + 1);
+    for r in &regions {
+        assert_eq!(
+            read(r, "hits"),
+            CounterRead {
+                value: 7,
+                expires_at_ms: Some(t0 + 10 * MINUTE),
+            }
+        );
+    }
+    assert_eq!(
+        digest(&regions[0].store).expect("d"),
+        digest(&regions[1].store).expect("d")
+    );
+    // eu's next change goes to the earliest incarnation (us's), and reaches us.
+    counter(&mut regions[1], t0 + 2, "hits", incr(1));
+    let (eu, us) = pick(&mut regions, 1, 0);
+    ship(eu, 2, us, t0 + 3);
+    assert_eq!(read(&regions[0], "hits").value, 8);
+    // us changes its incarnation again, but its feed reaches eu after that incarnation expired
+    // there: eu does not bring it back, and both read eu's incarnation alone.
+    counter(&mut regions[0], t0 + 4, "hits", incr(10));
+    let late = t0 + 10 * MINUTE;
+    regions[1].apply(cmd(late, Op::CounterSweep { limit: SWEEP_ITEMS_MAX }));
+    let (us, eu) = pick(&mut regions, 0, 1);
+    ship(us, 1, eu, late + 1);
+    regions[0].apply(cmd(late + 1, Op::ClockTick));
+    for r in &regions {
+        assert_eq!(
+            read(r, "hits"),
+            CounterRead {
+                value: 4,
+                expires_at_ms: Some(t0 + 20 * MINUTE),
+            }
+        );
+    }
+    assert_eq!(rows(&regions[1], Table::CounterWindow), 1);
+    assert_eq!(
+        digest(&regions[0].store).expect("d"),
+        digest(&regions[1].store).expect("d"),
+        "an unswept expired incarnation is not part of the digest"
+    );
+}
+
+#[test]
+fn among_regions_a_bound_on_an_expiring_counter_is_refused_and_a_delete_resets_it() {
+    let mut regions: Vec<Harness> = (1..=2).map(region).collect();
+    let bounded = CounterAction::IncrExpiring {
+        delta: 1,
+        min: None,
+        max: Some(5),
+        ttl_ms: MINUTE,
+    };
+    assert_eq!(
+        apply(&mut regions[0], 1, "c", bounded),
+        Response::Refused(OpError::Counter(CounterError::BoundOnExpiring { key: "c".into() }))
+    );
+    counter(&mut regions[0], 2, "c", expiring(5, 10 * MINUTE));
+    // A bounded plain change of a live expiring counter is refused too.
+    assert_eq!(
+        apply(
+            &mut regions[0],
+            3,
+            "c",
+            CounterAction::Incr {
+                delta: 1,
+                min: None,
+                max: Some(9),
+            }
+        ),
+        Response::Refused(OpError::Counter(CounterError::BoundOnExpiring { key: "c".into() }))
+    );
+    let (us, eu) = pick(&mut regions, 0, 1);
+    ship(us, 1, eu, 4);
+    // eu adds 2 before it sees us's delete; the delete resets what us saw, eu's 2 still counts.
+    counter(&mut regions[1], 5, "c", incr(2));
+    counter(&mut regions[0], 5, "c", CounterAction::Delete);
+    let (us, eu) = pick(&mut regions, 0, 1);
+    ship(us, 1, eu, 6);
+    let (eu, us) = pick(&mut regions, 1, 0);
+    ship(eu, 2, us, 6);
+    for r in &regions {
+        assert_eq!(read(r, "c").value, 2);
+    }
+}
