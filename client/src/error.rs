@@ -65,6 +65,10 @@ error_codes! {
     NotAssigned = "NOT_ASSIGNED" => FailedPrecondition,
     // Creating a topic whose earlier namesake is still being deleted: retry shortly.
     TopicBeingDeleted = "TOPIC_BEING_DELETED" => FailedPrecondition,
+    // Creating a queue whose earlier namesake is still being deleted: retry shortly.
+    QueueBeingDeleted = "QUEUE_BEING_DELETED" => FailedPrecondition,
+    // Deleting a queue that another queue names as its dead-letter queue.
+    QueueInUse = "QUEUE_IN_USE" => FailedPrecondition,
     // A TTL given to a counter that holds a value without one (a TTL is set at creation).
     CounterNotExpiring = "COUNTER_NOT_EXPIRING" => FailedPrecondition,
     Compacted = "COMPACTED" => OutOfRange,

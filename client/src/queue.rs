@@ -1,6 +1,6 @@
 //! Work queues (SQS-like): enqueue with dedup, delay and priority; receive with a visibility
 //! timeout and long-poll; ack (one or a batch), nack and extend by receipt; dead-letter queues and
-//! redrive; purge; list.
+//! redrive; purge; list; delete.
 
 use std::time::Duration;
 
@@ -382,6 +382,31 @@ impl QueueHandle {
                 return Ok(removed);
             }
         }
+    }
+
+    /// Deletes the queue with its messages (in flight too: their receipts go stale) and dedup
+    /// ids. It is unknown (`NOT_FOUND`) from the answer on and leaves the list; a large queue's
+    /// messages are removed in the background, and until they are, creating the name again is
+    /// refused with `QUEUE_BEING_DELETED` (retry shortly). Returns whether everything was
+    /// removed already. Messages it dead-lettered stay in its dead-letter queue; a redrive
+    /// leaves them there.
+    ///
+    /// # Errors
+    /// `NOT_FOUND` (no such queue, or deleted already), `QUEUE_IN_USE` (another queue names it
+    /// as its dead-letter queue: configure that one without it first).
+    pub async fn delete(&self) -> Result<bool, ClientError> {
+        let (header, _guard) = self.client.header();
+        let message = pb::DeleteQueueRequest {
+            header: Some(header),
+            queue: self.name.clone(),
+        };
+        let reply = self
+            .client
+            .unary(true, message, |c, r| async move {
+                crate::service_client!(QueueClient, c).delete_queue(r).await
+            })
+            .await?;
+        Ok(reply.finished)
     }
 
     /// On a dead-letter queue: moves up to `max` messages back to the queues they came from.

@@ -99,6 +99,12 @@ pub const TOPIC_DELETE_ROWS_MAX: u32 = 4096;
 /// Most bytes of record batches one entry of a topic deletion reads, so an entry deleting big
 /// batches stays bounded (it always removes at least one).
 pub const TOPIC_DELETE_BYTES_MAX: u64 = 64 * 1024 * 1024;
+/// Most rows (messages, their index rows, dedup ids) one entry removes of a queue being deleted;
+/// the leader's `ContinueDeletes` entries remove the rest.
+pub const QUEUE_DELETE_ROWS_MAX: u32 = 4096;
+/// Most bytes of messages one entry of a queue deletion reads, so an entry deleting big messages
+/// stays bounded (it always removes at least one).
+pub const QUEUE_DELETE_BYTES_MAX: u64 = 64 * 1024 * 1024;
 /// Most messages one purge entry removes; the SDK's purge goes on until none is left.
 pub const PURGE_MESSAGES_MAX: u32 = 4096;
 /// Longest enqueue or nack delay, and longest dedup window (one day).

@@ -617,6 +617,96 @@ fn extend_batch_ack_purge_and_list_queues() {
     });
 }
 
+/// An operator deletes queues: a dead-letter queue in use is refused, a waiting receiver is
+/// answered at once, a deleted queue is unknown everywhere (its in-flight receipts too), leaves the
+/// list, and its name comes back empty; through the SDK and the CLI.
+#[test]
+fn deleting_a_queue_removes_it_with_its_messages_and_frees_its_name() {
+    runtime().block_on(async {
+        let cluster = TestCluster::start(NODE, ClusterOptions::default());
+        let client = cluster.client().await;
+        let dead = client.queue("orders-dlq");
+        dead.create(QueueOptions::default()).await.expect("create dlq");
+        let orders = client.queue("orders");
+        let with_dlq = QueueOptions {
+            max_deliveries: 3,
+            dead_letter_queue: Some(b"orders-dlq".to_vec()),
+            ..QueueOptions::default()
+        };
+        orders.create(with_dlq).await.expect("create");
+        for i in 0..3 {
+            orders.enqueue(format!("order-{i}")).await.expect("enqueue");
+        }
+        let in_flight = orders.receive(1, ReceiveOptions::default()).await.expect("receive");
+        assert_eq!(in_flight.len(), 1);
+        assert_eq!(
+            code(dead.delete().await),
+            Some(ErrorCode::QueueInUse),
+            "orders names it as its dead-letter queue"
+        );
+
+        // A receiver long-polling an empty queue is answered when the queue goes, not at the end
+        // of its wait.
+        let idle = client.queue("idle");
+        idle.create(QueueOptions::default()).await.expect("create idle");
+        let waiter = {
+            let idle = client.queue("idle");
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let wait = ReceiveOptions {
+                    visibility_timeout: Duration::ZERO,
+                    wait: Duration::from_secs(40),
+                };
+                (idle.receive(1, wait).await, started.elapsed())
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            idle.delete().await.expect("delete idle"),
+            "an empty queue goes in one entry"
+        );
+        let (received, waited) = waiter.await.expect("waiter");
+        assert_eq!(code(received), Some(ErrorCode::NotFound));
+        assert!(
+            waited < Duration::from_secs(30),
+            "the receiver waited out its wait: {waited:?}"
+        );
+
+        assert!(orders.delete().await.expect("delete"), "three messages go in one entry");
+        assert_eq!(code(orders.enqueue("late").await), Some(ErrorCode::NotFound));
+        assert_eq!(code(orders.ack(&in_flight[0].receipt).await), Some(ErrorCode::NotFound));
+        assert_eq!(
+            code(orders.stats(ReadConsistency::Linearizable).await),
+            Some(ErrorCode::NotFound)
+        );
+        assert_eq!(
+            code(orders.delete().await),
+            Some(ErrorCode::NotFound),
+            "deleted already"
+        );
+        let listed = client.list_queues().await.expect("list");
+        let names: Vec<&[u8]> = listed.iter().map(|q| q.name.as_slice()).collect();
+        assert_eq!(names, vec![b"orders-dlq".as_slice()]);
+
+        // Its name comes back empty, and the dead-letter queue it named is free to go.
+        orders.create(QueueOptions::default()).await.expect("re-create");
+        let stats = orders.stats(ReadConsistency::Linearizable).await.expect("stats");
+        assert_eq!((stats.messages, stats.in_flight), (0, 0));
+        let fresh = orders.receive(10, ReceiveOptions::default()).await.expect("receive");
+        assert!(fresh.is_empty(), "the old messages came back: {fresh:?}");
+        assert!(dead.delete().await.expect("delete the dlq"));
+
+        let endpoints = cluster.endpoints();
+        orders.enqueue("cli").await.expect("enqueue");
+        let run = basalt_testkit::run_cli(NODE, &endpoints, &["queue", "delete", "orders"], None).await;
+        assert_eq!((run.code, run.stdout.trim()), (Some(0), "DELETED"), "{}", run.stderr);
+        let run = basalt_testkit::run_cli(NODE, &endpoints, &["queue", "delete", "orders"], None).await;
+        assert_ne!(run.code, Some(0), "{}", run.stdout);
+        assert!(run.stderr.contains("NOT_FOUND"), "{}", run.stderr);
+        assert!(client.list_queues().await.expect("list").is_empty());
+    });
+}
+
 /// One record a member of the managed-consumer test handled.
 #[derive(Clone, Debug)]
 struct Handled {

@@ -1,5 +1,5 @@
 //! `basalt queue ...`: create queues, enqueue, receive, ack (one or many), nack, extend, redrive,
-//! purge, stats, list.
+//! purge, stats, list, delete.
 
 use std::time::Duration;
 
@@ -63,6 +63,10 @@ pub enum QueueCommand {
     Purge { queue: String },
     /// Every queue, with its counts.
     List,
+    /// Delete a queue with its messages (refused while another queue names it as its
+    /// dead-letter queue). Prints DELETED, or DELETING when the rest of its messages are removed
+    /// in the background (its name is free again once they are).
+    Delete { queue: String },
     Nack {
         queue: String,
         receipt: String,
@@ -173,6 +177,10 @@ pub async fn queue(client: &Client, command: QueueCommand) -> Result<(), String>
         }
         QueueCommand::Purge { queue } => {
             println!("purged={}", client.queue(queue).purge().await.map_err(err)?);
+        }
+        QueueCommand::Delete { queue } => {
+            let finished = client.queue(queue).delete().await.map_err(err)?;
+            println!("{}", if finished { "DELETED" } else { "DELETING" });
         }
         QueueCommand::List => {
             for q in client.list_queues().await.map_err(err)? {

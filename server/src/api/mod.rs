@@ -125,6 +125,8 @@ pub(crate) fn op_error_code(e: &OpError) -> ErrorCode {
         OpError::CorruptValue { .. } => ErrorCode::CorruptValue,
         OpError::NotFound { .. } => ErrorCode::NotFound,
         OpError::Queue(QueueError::StaleReceipt { .. }) => ErrorCode::StaleReceipt,
+        OpError::Queue(QueueError::BeingDeleted { .. }) => ErrorCode::QueueBeingDeleted,
+        OpError::Queue(QueueError::DeadLetterInUse { .. }) => ErrorCode::QueueInUse,
         OpError::Stream(StreamError::OffsetOutOfRange { .. }) => ErrorCode::OffsetOutOfRange,
         OpError::Stream(StreamError::OutOfOrderSequence { .. }) => ErrorCode::OutOfOrderSequence,
         OpError::Stream(StreamError::IllegalGeneration { .. }) => ErrorCode::IllegalGeneration,

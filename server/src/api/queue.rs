@@ -1,5 +1,5 @@
 //! The queue service: create, enqueue, receive (long-poll), ack (one or a batch), nack, extend,
-//! redrive, purge, stats, list.
+//! redrive, purge, stats, list, delete.
 
 use std::time::Duration;
 
@@ -148,7 +148,11 @@ impl Queue for Api {
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
             let visible = self
                 .wait_until(remaining, || {
-                    has_visible(&self.store, &r.queue, self.clock.now().physical_ms()).map_err(storage_status)
+                    // A queue deleted meanwhile ends the wait: the receive below answers NOT_FOUND.
+                    let gone = stored_queue(&self.store, &r.queue).map_err(storage_status)?.is_err();
+                    Ok(gone
+                        || has_visible(&self.store, &r.queue, self.clock.now().physical_ms())
+                            .map_err(storage_status)?)
                 })
                 .await?;
             // Only the first attempt carries the session: a retry of this request gets its
@@ -253,16 +257,19 @@ impl Queue for Api {
                 results: answers
                     .into_iter()
                     .map(|answer| match answer {
-                        None => pb::AckResult {
+                        None => Ok(pb::AckResult {
                             acked: true,
                             latest_delivery: None,
-                        },
-                        Some(QueueError::StaleReceipt { latest, .. }) => pb::AckResult {
+                        }),
+                        Some(QueueError::StaleReceipt { latest, .. }) => Ok(pb::AckResult {
                             acked: false,
                             latest_delivery: latest,
-                        },
+                        }),
+                        // A batch answers each receipt as acked or stale; anything else refuses
+                        // the whole batch in the apply logic and cannot be a per-receipt answer.
+                        Some(other) => Err(op_error_status(&basalt_storage::command::OpError::Queue(other))),
                     })
-                    .collect(),
+                    .collect::<Result<_, _>>()?,
             })),
             other => Err(unexpected_result(&other)),
         }
@@ -279,6 +286,18 @@ impl Queue for Api {
             Response::QueuePurged { removed, more, upto_id } => {
                 Ok(GrpcResponse::new(pb::PurgeResponse { removed, more, upto_id }))
             }
+            other => Err(unexpected_result(&other)),
+        }
+    }
+
+    async fn delete_queue(
+        &self,
+        request: Request<pb::DeleteQueueRequest>,
+    ) -> Result<GrpcResponse<pb::DeleteQueueResponse>, Status> {
+        let r = request.into_inner();
+        let op = Op::Queue(QueueOp::Delete { queue: r.queue });
+        match self.write(r.header, op).await? {
+            Response::QueueDeleted { finished } => Ok(GrpcResponse::new(pb::DeleteQueueResponse { finished })),
             other => Err(unexpected_result(&other)),
         }
     }

@@ -299,6 +299,7 @@ homed_service!(Queue, QueueClient, {
     extend(pb::ExtendRequest) -> pb::ExtendResponse, |_m| wait: Duration::ZERO, stale: false, writes: true;
     ack_batch(pb::AckBatchRequest) -> pb::AckBatchResponse, |_m| wait: Duration::ZERO, stale: false, writes: true;
     purge(pb::PurgeRequest) -> pb::PurgeResponse, |_m| wait: Duration::ZERO, stale: false, writes: true;
+    delete_queue(pb::DeleteQueueRequest) -> pb::DeleteQueueResponse, |_m| wait: Duration::ZERO, stale: false, writes: true;
     list_queues(pb::ListQueuesRequest) -> pb::ListQueuesResponse, |m| wait: Duration::ZERO, stale: m.stale, writes: false;
 });
 

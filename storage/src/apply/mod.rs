@@ -56,6 +56,8 @@ mod tests_mirror;
 #[cfg(test)]
 mod tests_queue;
 #[cfg(test)]
+mod tests_queue_delete;
+#[cfg(test)]
 mod tests_rate;
 #[cfg(test)]
 mod tests_replication;

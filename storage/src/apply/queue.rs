@@ -1,6 +1,6 @@
 //! Work queue apply: enqueue with dedup, delay and priority; receive with a visibility timeout;
 //! ack (one or a batch), nack and extend by receipt; dead-lettering after `max_deliveries`;
-//! redrive; purge.
+//! redrive; purge; delete.
 //!
 //! Every message sits in exactly one of two indexes: `QueueReady` (visible, keyed by priority then
 //! id, so a scan yields the highest priority first and FIFO within it) or `QueueDelayed` (delayed,
@@ -10,11 +10,12 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{check_batch, load, named, out_of_range, save, OpContext, View};
+use super::records::{name_in_key, remove_prefixed, DeleteBudget};
+use super::{check_batch, decode, load, named, out_of_range, save, OpContext, View};
 use crate::command::{OpError, QueueError, QueueOp, Response};
 use crate::limits::{
-    BATCH_BYTES_MAX, DELAY_MS_MAX, MESSAGE_BYTES_MAX, NAME_BYTES_MAX, PURGE_MESSAGES_MAX, RECEIVE_MESSAGES_MAX,
-    VISIBILITY_MS_MAX,
+    BATCH_BYTES_MAX, DELAY_MS_MAX, MESSAGE_BYTES_MAX, NAME_BYTES_MAX, PURGE_MESSAGES_MAX, QUEUE_DELETE_BYTES_MAX,
+    QUEUE_DELETE_ROWS_MAX, RECEIVE_MESSAGES_MAX, VISIBILITY_MS_MAX,
 };
 use crate::queue::{Delivery, EnqueueOutcome, NewMessage, QueueConfig, QueueStats, Receipt};
 use crate::state::{KeyRange, StoreError, StoreRead, Table};
@@ -60,6 +61,8 @@ pub(super) fn apply_op<S: StoreRead>(
             let watermark = (index << 16).saturating_sub(1);
             purge(view, queue, upto_id.map_or(watermark, |u| u.min(watermark)), *limit)
         }
+        QueueOp::Delete { queue } => delete_queue(view, queue),
+        QueueOp::ContinueDeletes { limit } => continue_deletes(view, *limit),
     }
 }
 
@@ -124,6 +127,13 @@ fn dedup_key(queue: &[u8], dedup_id: &[u8]) -> Vec<u8> {
 fn dedup_expiry_key(expires_at_ms: u64, queue: &[u8], dedup_id: &[u8]) -> Vec<u8> {
     let mut k = expires_at_ms.to_be_bytes().to_vec();
     k.extend_from_slice(&dedup_key(queue, dedup_id));
+    k
+}
+
+/// A row of [`Table::QueueDeadLetterSource`]: `source` names `dead_letter_queue`.
+fn dead_letter_source_key(dead_letter_queue: &[u8], source: &[u8]) -> Vec<u8> {
+    let mut k = named(dead_letter_queue);
+    k.extend_from_slice(&named(source));
     k
 }
 
@@ -273,13 +283,29 @@ pub(crate) fn configure<S: StoreRead>(
     config: &QueueConfig,
 ) -> Result<Response, StoreError> {
     refuse_on_err!(validate_configure(queue, config));
+    if view.get(Table::QueueDeleting, &named(queue))?.is_some() {
+        return Ok(Response::Refused(OpError::Queue(QueueError::BeingDeleted {
+            queue: String::from_utf8_lossy(queue).into_owned(),
+        })));
+    }
     if let Some(dlq) = &config.dead_letter_queue {
         refuse_on_err!(stored_queue(view, dlq)?);
     }
-    let (created, stats) = match load::<_, StoredQueue>(view, Table::Queue, &named(queue))? {
-        Some(existing) => (false, existing.stats),
-        None => (true, QueueStats::default()),
+    let (created, stats, old_dlq) = match load::<_, StoredQueue>(view, Table::Queue, &named(queue))? {
+        Some(existing) => (false, existing.stats, existing.config.dead_letter_queue),
+        None => (true, QueueStats::default(), None),
     };
+    // The index a deletion checks: which queues name each dead-letter queue.
+    if let Some(old) = old_dlq {
+        view.delete(Table::QueueDeadLetterSource, dead_letter_source_key(&old, queue));
+    }
+    if let Some(dlq) = &config.dead_letter_queue {
+        view.put(
+            Table::QueueDeadLetterSource,
+            dead_letter_source_key(dlq, queue),
+            Vec::new(),
+        );
+    }
     let record = StoredQueue {
         config: config.clone(),
         stats,
@@ -397,7 +423,9 @@ fn promote_due<S: StoreRead>(
         }
         let exhausted = record.config.max_deliveries > 0 && message.deliveries >= record.config.max_deliveries;
         match (&record.config.dead_letter_queue, exhausted) {
-            (Some(dlq), true) => {
+            // A dead-letter queue that is gone (deleted by a build that did not yet keep the
+            // index deletions check) takes nothing: the message stays here, delivered again.
+            (Some(dlq), true) if view.get(Table::Queue, &named(dlq))?.is_some() => {
                 view.delete(Table::QueueMessage, message_key(queue, id));
                 record.stats.messages = record.stats.messages.saturating_sub(1);
                 move_into(view, now_ms, dlq, id, message, Some(queue.to_vec()))?;
@@ -418,7 +446,7 @@ fn move_into<S: StoreRead>(
     dead_lettered_from: Option<Vec<u8>>,
 ) -> Result<(), StoreError> {
     let Some(mut target) = load::<_, StoredQueue>(view, Table::Queue, &named(queue))? else {
-        // Queues are never deleted, and a dead-letter queue must exist when configured.
+        // Callers check that the target exists.
         return Err(StoreError::CorruptRecord {
             table: Table::Queue,
             key: String::from_utf8_lossy(queue).into_owned(),
@@ -658,6 +686,14 @@ pub(crate) fn redrive<S: StoreRead>(
         let Some(source) = message.dead_lettered_from.clone() else {
             continue;
         };
+        if view.get(Table::Queue, &named(&source))?.is_none() {
+            // Its source was deleted: it stays here as if enqueued here, and is not looked at
+            // again by the next redrive.
+            let mut message = message;
+            message.dead_lettered_from = None;
+            save(view, Table::QueueMessage, message_key(queue, id), &message);
+            continue;
+        }
         view.delete(Table::QueueReady, key);
         view.delete(Table::QueueMessage, message_key(queue, id));
         record.stats.messages = record.stats.messages.saturating_sub(1);
@@ -666,6 +702,115 @@ pub(crate) fn redrive<S: StoreRead>(
     }
     save(view, Table::Queue, named(queue), &record);
     Ok(Response::Redriven { moved })
+}
+
+/// Deletes `queue`: it is unknown from this entry on, and as many of its rows as one entry may
+/// remove ([`QUEUE_DELETE_ROWS_MAX`], [`QUEUE_DELETE_BYTES_MAX`]) are removed; the rest are
+/// removed by the leader's [`QueueOp::ContinueDeletes`] entries, and until then the name cannot
+/// be created again (`BeingDeleted`), so a new queue never sees the old one's messages or dedup
+/// ids. Refused (`DeadLetterInUse`) while another queue names it as its dead-letter queue.
+/// Dead letters it left in its own dead-letter queue stay there; a redrive keeps them there.
+pub(crate) fn delete_queue<S: StoreRead>(view: &mut View<'_, S>, queue: &[u8]) -> Result<Response, StoreError> {
+    refuse_on_err!(check_name("queue name", queue));
+    let record = refuse_on_err!(stored_queue(view, queue)?);
+    let prefix = named(queue);
+    let sources = view.scan(
+        Table::QueueDeadLetterSource,
+        &KeyRange::prefix_from(&prefix, prefix.clone()),
+        1,
+    )?;
+    if let Some((key, _)) = sources.first() {
+        let source = name_in_key(&key[prefix.len()..]).unwrap_or_default();
+        return Ok(Response::Refused(OpError::Queue(QueueError::DeadLetterInUse {
+            queue: String::from_utf8_lossy(queue).into_owned(),
+            source_queue: String::from_utf8_lossy(source).into_owned(),
+        })));
+    }
+    if let Some(dlq) = &record.config.dead_letter_queue {
+        view.delete(Table::QueueDeadLetterSource, dead_letter_source_key(dlq, queue));
+    }
+    view.delete(Table::Queue, prefix.clone());
+    let mut budget = DeleteBudget {
+        rows: QUEUE_DELETE_ROWS_MAX,
+        bytes: QUEUE_DELETE_BYTES_MAX,
+    };
+    let finished = remove_queue_rows(view, queue, &mut budget)?;
+    if !finished {
+        view.put(Table::QueueDeleting, prefix, Vec::new());
+    }
+    Ok(Response::QueueDeleted { finished })
+}
+
+/// How many queue deletions one [`QueueOp::ContinueDeletes`] entry looks at most; the rest wait
+/// for the next one.
+const DELETIONS_PER_ENTRY_MAX: usize = 256;
+
+/// Goes on with queue deletions, within `limit` rows; answers the rows removed.
+pub(crate) fn continue_deletes<S: StoreRead>(view: &mut View<'_, S>, limit: u32) -> Result<Response, StoreError> {
+    let mut budget = DeleteBudget {
+        rows: limit,
+        bytes: QUEUE_DELETE_BYTES_MAX,
+    };
+    let pending = view.scan(Table::QueueDeleting, &KeyRange::all(), DELETIONS_PER_ENTRY_MAX)?;
+    for (key, _) in pending {
+        if budget.spent() {
+            break;
+        }
+        let finished = match name_in_key(&key).map(<[u8]>::to_vec) {
+            Some(queue) => remove_queue_rows(view, &queue, &mut budget)?,
+            // A key that names no queue has nothing to remove: dropped, or it is due forever.
+            None => true,
+        };
+        if finished {
+            view.delete(Table::QueueDeleting, key);
+        }
+    }
+    Ok(Response::Swept {
+        removed: limit - budget.rows,
+    })
+}
+
+/// Whether a queue deletion has rows left to remove (for the leader's sweeps).
+pub fn deletions_due<S: StoreRead + ?Sized>(store: &S) -> Result<bool, StoreError> {
+    Ok(!store.scan(Table::QueueDeleting, &KeyRange::all(), 1)?.is_empty())
+}
+
+/// Removes rows of the deleted `queue` within `budget`: the ready and delayed indexes, the
+/// messages, then the dedup ids with their expiry rows. Answers whether none is left.
+fn remove_queue_rows<S: StoreRead>(
+    view: &mut View<'_, S>,
+    queue: &[u8],
+    budget: &mut DeleteBudget,
+) -> Result<bool, StoreError> {
+    // Index and dedup rows per scan: small keys, empty or small values.
+    const PAGE_ROWS: u32 = 256;
+    // Messages per scan: a scan reads their payloads (up to `MESSAGE_BYTES_MAX` each), so a page
+    // stays small and the byte budget is checked between pages.
+    const MESSAGE_PAGE_ROWS: u32 = 16;
+    let prefix = named(queue);
+    for (table, page_rows) in [
+        (Table::QueueReady, PAGE_ROWS),
+        (Table::QueueDelayed, PAGE_ROWS),
+        (Table::QueueMessage, MESSAGE_PAGE_ROWS),
+    ] {
+        if !remove_prefixed(view, table, &prefix, page_rows, budget, |_, _, _| Ok(()))? {
+            return Ok(false);
+        }
+    }
+    remove_prefixed(
+        view,
+        Table::QueueDedup,
+        &prefix,
+        PAGE_ROWS,
+        budget,
+        |view, key, value| {
+            let seen: DedupEntry = decode(Table::QueueDedup, key, value)?;
+            let mut expiry = seen.expires_at_ms.to_be_bytes().to_vec();
+            expiry.extend_from_slice(key);
+            view.delete(Table::QueueDedupExpiry, expiry);
+            Ok(())
+        },
+    )
 }
 
 /// A page of [`list_queues`]: queue names with their records, and whether more follow.

@@ -15,6 +15,12 @@ pub(crate) fn named(name: &[u8]) -> Vec<u8> {
     k
 }
 
+/// The name a [`named`] key starts with.
+pub(crate) fn name_in_key(key: &[u8]) -> Option<&[u8]> {
+    let (&len, rest) = key.split_first()?;
+    rest.get(..usize::from(len))
+}
+
 /// A parameter outside its range.
 pub(crate) fn out_of_range(what: &'static str, expected: impl Into<String>, got: impl ToString) -> OpError {
     OpError::OutOfRange {
@@ -87,4 +93,57 @@ pub(crate) fn list_named<S: StoreRead + ?Sized, T: serde::de::DeserializeOwned>(
         .map(|(key, bytes)| Ok((key.get(1..).unwrap_or_default().to_vec(), decode(table, &key, &bytes)?)))
         .collect::<Result<_, StoreError>>()?;
     Ok((page, more))
+}
+
+/// What one entry may still remove of a deletion (a topic's rows, a queue's): rows, and bytes of
+/// the values read to remove them.
+pub(crate) struct DeleteBudget {
+    pub(crate) rows: u32,
+    pub(crate) bytes: u64,
+}
+
+impl DeleteBudget {
+    pub(crate) fn spent(&self) -> bool {
+        self.rows == 0 || self.bytes == 0
+    }
+}
+
+/// Removes the rows of `table` whose keys start with `prefix`, in key order, `page_rows` per
+/// scan, within `budget`; `also` sees each removed row first (to remove what it points to).
+/// At least one row goes, whatever its size, so a deletion always progresses. Answers whether
+/// none is left.
+pub(crate) fn remove_prefixed<S: StoreRead>(
+    view: &mut View<'_, S>,
+    table: Table,
+    prefix: &[u8],
+    page_rows: u32,
+    budget: &mut DeleteBudget,
+    mut also: impl FnMut(&mut View<'_, S>, &[u8], &[u8]) -> Result<(), StoreError>,
+) -> Result<bool, StoreError> {
+    // Pages start after the rows removed so far, so a scan never re-reads them.
+    let mut from = prefix.to_vec();
+    loop {
+        if budget.spent() {
+            return Ok(false);
+        }
+        let page = view.scan(
+            table,
+            &KeyRange::prefix_from(prefix, from.clone()),
+            budget.rows.min(page_rows) as usize,
+        )?;
+        let Some((last, _)) = page.last() else {
+            return Ok(true);
+        };
+        from = last.clone();
+        from.push(0);
+        for (key, value) in page {
+            if budget.spent() {
+                return Ok(false);
+            }
+            budget.rows -= 1;
+            budget.bytes = budget.bytes.saturating_sub(value.len() as u64);
+            also(view, &key, &value)?;
+            view.delete(table, key);
+        }
+    }
 }

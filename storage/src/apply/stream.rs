@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::queue::check_name;
+use super::records::{remove_prefixed, DeleteBudget};
 use super::{check_batch, decode, load, named, out_of_range, save, OpContext, View};
 use crate::command::{OpError, Response, StreamError, StreamOp};
 use crate::limits::{
@@ -564,18 +565,6 @@ pub(crate) struct TopicDeletion {
     offsets_after: Option<Vec<u8>>,
 }
 
-/// What one entry may still remove of topic deletions.
-struct DeleteBudget {
-    rows: u32,
-    bytes: u64,
-}
-
-impl DeleteBudget {
-    fn spent(&self) -> bool {
-        self.rows == 0 || self.bytes == 0
-    }
-}
-
 /// Deletes `topic`: it is unknown from this entry on, and as many of its rows as one entry may
 /// remove ([`TOPIC_DELETE_ROWS_MAX`], [`TOPIC_DELETE_BYTES_MAX`]) are removed; the rest are
 /// removed by the leader's retention entries, and until then the name cannot be created again
@@ -645,28 +634,8 @@ fn remove_topic_rows<S: StoreRead>(
         } else {
             PAGE_ROWS
         };
-        let mut from = prefix.clone();
-        loop {
-            if budget.spent() {
-                return Ok(false);
-            }
-            let page = view.scan(
-                table,
-                &KeyRange::prefix_from(&prefix, from.clone()),
-                budget.rows.min(page_rows) as usize,
-            )?;
-            let Some((last, _)) = page.last() else { break };
-            from = last.clone();
-            from.push(0);
-            for (key, value) in page {
-                // At least one row goes, whatever its size, so a deletion always progresses.
-                if budget.spent() {
-                    return Ok(false);
-                }
-                budget.rows -= 1;
-                budget.bytes = budget.bytes.saturating_sub(value.len() as u64);
-                view.delete(table, key);
-            }
+        if !remove_prefixed(view, table, &prefix, page_rows, budget, |_, _, _| Ok(()))? {
+            return Ok(false);
         }
     }
     // Committed offsets are keyed `(group, topic, partition)`: walk them all, removing this topic's.
@@ -760,8 +729,7 @@ pub const MIRRORED_TABLES: [Table; 3] = [Table::StreamTopic, Table::StreamPartit
 
 /// The topic a row of [`MIRRORED_TABLES`] belongs to: every key starts with the length-prefixed name.
 pub(crate) fn topic_of_key(key: &[u8]) -> Option<&[u8]> {
-    let (&len, rest) = key.split_first()?;
-    rest.get(..usize::from(len))
+    super::records::name_in_key(key)
 }
 
 /// `key` of a row of `topic`, re-keyed under the mirror name `topic@region`.

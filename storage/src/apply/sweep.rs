@@ -1,8 +1,10 @@
 //! Sweeps: the entries a leader proposes on its own to expire what is due (KV keys, rate-limit
-//! state, windowed-counter buckets, pending transfers, queue dedup ids, group members), found from the store alone.
+//! state, windowed-counter buckets, pending transfers, queue dedup ids, group members) and to go
+//! on with deletions (topics, queues), found from the store alone.
 
-use super::{stream, RegionRole};
+use super::{queue, stream, RegionRole};
 use crate::command::{GroupOp, KvOp, LedgerOp, Op, QueueOp, RateOp, StreamOp};
+use crate::limits::QUEUE_DELETE_ROWS_MAX;
 use crate::state::{KeyRange, StoreError, StoreRead, Table};
 
 /// Most keys one sweep entry removes; the rest go with the next one.
@@ -64,6 +66,12 @@ pub fn sweeps_due<S: StoreRead + ?Sized>(store: &S, now_ms: u64, region: RegionR
     }
     if stream::retention_due(store, now_ms)? {
         due.push(Op::Stream(StreamOp::Retention { limit: SWEEP_ITEMS_MAX }));
+    }
+    // Queues are homed: their home removes a deleted queue's rows.
+    if region.is_home() && queue::deletions_due(store)? {
+        due.push(Op::Queue(QueueOp::ContinueDeletes {
+            limit: QUEUE_DELETE_ROWS_MAX,
+        }));
     }
     Ok(due)
 }

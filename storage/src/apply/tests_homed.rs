@@ -65,6 +65,54 @@ fn the_homes_ledger_queue_and_lease_rows_are_copied_deletes_included() {
 }
 
 #[test]
+fn a_queue_deleted_at_its_home_is_gone_from_the_copies_and_only_the_home_goes_on_with_it() {
+    let mut home = region(1);
+    let mut eu = region(2);
+    configure(&mut home, "dlq", QueueConfig::default());
+    configure(
+        &mut home,
+        "jobs",
+        QueueConfig {
+            max_deliveries: 1,
+            dead_letter_queue: Some(b"dlq".to_vec()),
+            ..QueueConfig::default()
+        },
+    );
+    let many: Vec<NewMessage> = (0..3000).map(|i| message(&format!("m{i}"), 0)).collect();
+    enqueue(&mut home, 1000, "jobs", many);
+    assert!(merged(&ship(&home, 1, &mut eu, 1001)));
+    // The copy refuses a deletion itself, like every homed write.
+    assert!(matches!(
+        eu.apply(cmd(1002, Op::Queue(QueueOp::Delete { queue: "jobs".into() }))),
+        Response::Refused(OpError::Region(RegionError::NotHome { .. }))
+    ));
+    assert_eq!(
+        home.apply(cmd(1002, Op::Queue(QueueOp::Delete { queue: "jobs".into() }))),
+        Response::QueueDeleted { finished: false }
+    );
+    assert!(merged(&ship(&home, 1, &mut eu, 1003)));
+    assert_eq!(homed_rows(&eu), homed_rows(&home));
+    let go_on = Op::Queue(QueueOp::ContinueDeletes {
+        limit: crate::limits::QUEUE_DELETE_ROWS_MAX,
+    });
+    assert!(!sweeps_due(&eu.store, 1004, eu.applier.region())
+        .expect("due")
+        .contains(&go_on));
+    assert!(sweeps_due(&home.store, 1004, home.applier.region())
+        .expect("due")
+        .contains(&go_on));
+    home.apply(cmd(1004, go_on));
+    assert!(merged(&ship(&home, 1, &mut eu, 1005)));
+    assert_eq!(homed_rows(&eu), homed_rows(&home));
+    // Only the dead-letter queue is left, and its index row went with its source.
+    assert_eq!(
+        homed_rows(&eu).iter().map(|(table, _, _)| *table).collect::<Vec<_>>(),
+        [Table::Queue]
+    );
+    assert_eq!(digest(&eu.store).expect("digest"), digest(&home.store).expect("digest"));
+}
+
+#[test]
 fn other_regions_refuse_homed_writes_and_leave_homed_sweeps_to_the_home() {
     let mut home = region(1);
     let mut eu = region(2);

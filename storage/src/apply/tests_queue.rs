@@ -67,20 +67,20 @@ pub(super) fn ack(h: &mut Harness, at: u64, queue: &str, receipt: Receipt) -> Re
     ))
 }
 
-fn payloads(d: &[Delivery]) -> Vec<String> {
+pub(super) fn payloads(d: &[Delivery]) -> Vec<String> {
     d.iter()
         .map(|d| String::from_utf8_lossy(&d.payload).into_owned())
         .collect()
 }
 
-fn stats(h: &Harness, queue: &str) -> StoredQueue {
+pub(super) fn stats(h: &Harness, queue: &str) -> StoredQueue {
     load(&h.store, Table::Queue, &named(queue.as_bytes()))
         .expect("load")
         .expect("queue exists")
 }
 
 /// Every message of `queue` sits in exactly one index, and the counts match.
-fn check_indexes(h: &Harness, queue: &str) {
+pub(super) fn check_indexes(h: &Harness, queue: &str) {
     let q = queue.as_bytes();
     let prefix = named(q);
     let messages = h

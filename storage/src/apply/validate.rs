@@ -79,6 +79,7 @@ pub fn validate_op(op: &Op) -> Result<(), OpError> {
         }) => queue::validate_extend(queue, *visibility_timeout_ms),
         Op::Queue(QueueOp::AckBatch { queue, receipts }) => queue::validate_ack_batch(queue, receipts),
         Op::Queue(QueueOp::Purge { queue, limit, .. }) => queue::validate_purge(queue, *limit),
+        Op::Queue(QueueOp::Delete { queue }) => queue::check_name("queue name", queue),
         Op::Stream(StreamOp::CreateTopic { topic, config }) => stream::validate_topic(topic, config),
         Op::Stream(StreamOp::DeleteTopic { topic }) => stream::validate_delete(topic),
         Op::Stream(StreamOp::Produce {
@@ -107,6 +108,7 @@ pub fn validate_op(op: &Op) -> Result<(), OpError> {
         | Op::Rate(RateOp::Sweep { .. })
         | Op::Kv(KvOp::Compact { .. })
         | Op::Queue(QueueOp::DedupSweep { .. })
+        | Op::Queue(QueueOp::ContinueDeletes { .. })
         | Op::Stream(StreamOp::Retention { .. })
         | Op::Group(GroupOp::Sweep { .. })
         | Op::CounterSweep { .. }

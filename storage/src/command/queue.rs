@@ -67,6 +67,17 @@ pub enum QueueOp {
         upto_id: Option<u64>,
         limit: u32,
     },
+    /// Deletes a queue: it is unknown from this entry on (its receipts go stale, its name leaves
+    /// the list), and as many of its rows as one entry may remove are removed; the leader's
+    /// [`QueueOp::ContinueDeletes`] entries remove the rest, and until then the name cannot be
+    /// created again. Refused while another queue names it as its dead-letter queue.
+    Delete {
+        queue: Vec<u8>,
+    },
+    /// Goes on removing the rows of deleted queues, at most `limit`. Proposed by the leader.
+    ContinueDeletes {
+        limit: u32,
+    },
 }
 
 impl std::fmt::Display for QueueOp {
@@ -101,6 +112,8 @@ impl std::fmt::Display for QueueOp {
             QueueOp::Purge { queue, upto_id, limit } => {
                 write!(f, "queue purge {:?} up to id {upto_id:?} (limit {limit})", lossy(queue))
             }
+            QueueOp::Delete { queue } => write!(f, "queue delete {:?}", lossy(queue)),
+            QueueOp::ContinueDeletes { limit } => write!(f, "queue continue deletes (limit {limit})"),
         }
     }
 }
@@ -114,4 +127,11 @@ pub enum QueueError {
         delivery: u32,
         latest: Option<u32>,
     },
+    /// Deleting a queue that another queue names as its dead-letter queue: that queue's
+    /// exhausted messages would have nowhere to go. Configure `source` without it first.
+    #[error("queue {queue:?} is the dead-letter queue of {source_queue:?}; configure that queue without it first")]
+    DeadLetterInUse { queue: String, source_queue: String },
+    /// Creating a queue whose earlier namesake is still being deleted: retry shortly.
+    #[error("queue {queue:?} is being deleted; its name can be used again once its messages are removed")]
+    BeingDeleted { queue: String },
 }

@@ -118,6 +118,12 @@ pub enum Response {
     TopicDeleted {
         finished: bool,
     },
+    /// A queue was deleted; `finished` when all its rows are gone already (otherwise the leader's
+    /// [`crate::command::QueueOp::ContinueDeletes`] entries remove the rest, and the name stays
+    /// reserved until then).
+    QueueDeleted {
+        finished: bool,
+    },
 }
 
 impl std::fmt::Display for Response {

@@ -95,10 +95,17 @@ pub enum Table {
     /// Topic name -> a topic being deleted: its settings as they were and how far the removal of
     /// its rows has come (`crate::apply::stream`). The name cannot be created again until done.
     StreamTopicDeleting,
+    /// Queue name -> nothing: a queue being deleted, whose rows the leader's
+    /// `QueueOp::ContinueDeletes` entries still remove (`crate::apply::queue`). The name cannot
+    /// be created again until done.
+    QueueDeleting,
+    /// `(dead-letter queue, source queue)`, both length-prefixed: which queues
+    /// name a queue as their dead-letter queue, so deleting it can be refused while one does.
+    QueueDeadLetterSource,
 }
 
 impl Table {
-    pub const ALL: [Table; 38] = [
+    pub const ALL: [Table; 40] = [
         Table::Meta,
         Table::Kv,
         Table::KvExpiry,
@@ -137,6 +144,8 @@ impl Table {
         Table::CounterWindow,
         Table::CounterWindowExpiry,
         Table::StreamTopicDeleting,
+        Table::QueueDeleting,
+        Table::QueueDeadLetterSource,
     ];
 
     /// Whether rows are built by appending within one entry (see `WriteSet::append`): the KV
@@ -185,6 +194,8 @@ impl Table {
             Table::CounterWindow => "counter_window",
             Table::CounterWindowExpiry => "counter_window_expiry",
             Table::StreamTopicDeleting => "stream_topic_deleting",
+            Table::QueueDeleting => "queue_deleting",
+            Table::QueueDeadLetterSource => "queue_dead_letter_source",
         }
     }
 
@@ -194,7 +205,7 @@ impl Table {
 
     /// The tables of homed data (ledgers, leases, queues): written only in their home region, and
     /// copied row by row into every other region (see `Effect::Row`).
-    pub const HOMED: [Table; 12] = [
+    pub const HOMED: [Table; 14] = [
         Table::Lease,
         Table::LedgerAccount,
         Table::LedgerTransfer,
@@ -207,6 +218,8 @@ impl Table {
         Table::QueueDelayed,
         Table::QueueDedup,
         Table::QueueDedupExpiry,
+        Table::QueueDeleting,
+        Table::QueueDeadLetterSource,
     ];
 
     pub fn is_homed(self) -> bool {
