@@ -55,9 +55,11 @@ pub enum CounterChange {
     /// created expiring `ttl` after this change (at most a year); one that exists keeps the
     /// expiry it was created with (Redis's `INCR` then `EXPIRE ... NX`). Afterwards it reads 0
     /// and starts again. A counter holding a value without a TTL is refused
-    /// (`COUNTER_NOT_EXPIRING`); among regions a bound on an expiring counter is refused
-    /// (`INVALID_ARGUMENT`: escrow keeps plain counters' bounds only; a rate limit is the bounded
-    /// expiring count). Every other change of a live expiring counter keeps its expiry.
+    /// (`COUNTER_NOT_EXPIRING`), and so is a zero TTL (`INVALID_TTL`); among regions a bound on
+    /// an expiring counter is refused (`COUNTER_BOUND_ON_EXPIRING`: escrow keeps plain counters'
+    /// bounds only; a rate limit is the bounded expiring count). Every other change of a live
+    /// expiring counter keeps its expiry, a set included. A counter at 0 holds no TTL: reaching
+    /// 0 ends its expiry, as an absent counter reads 0.
     IncrExpiring {
         delta: i64,
         min: Option<i64>,
@@ -213,19 +215,17 @@ impl From<CounterOp> for pb::CounterOp {
         pb::CounterOp {
             key: op.key,
             action: Some(match op.change {
-                CounterChange::Incr { delta, min, max } => pb::counter_op::Action::Incr(pb::CounterIncr {
-                    delta,
-                    min,
-                    max,
-                    ttl_ms: 0,
-                }),
+                CounterChange::Incr { delta, min, max } => {
+                    pb::counter_op::Action::Incr(pb::CounterIncr { delta, min, max })
+                }
                 CounterChange::IncrExpiring { delta, min, max, ttl } => {
-                    pb::counter_op::Action::Incr(pb::CounterIncr {
+                    pb::counter_op::Action::IncrExpiring(pb::CounterIncrExpiring {
                         delta,
                         min,
                         max,
-                        // 0 on the wire is no TTL: under 1 ms is 1 ms, as for KV.
-                        ttl_ms: millis(ttl).max(1),
+                        // A zero TTL goes as 0 and is refused (INVALID_TTL); a TTL under 1 ms
+                        // is 1 ms, as for KV.
+                        ttl_ms: if ttl.is_zero() { 0 } else { millis(ttl).max(1) },
                     })
                 }
                 CounterChange::Set(value) => pb::counter_op::Action::Set(value),
@@ -484,7 +484,7 @@ impl CounterHandle {
     ///
     /// # Errors
     /// `COUNTER_NOT_EXPIRING` when the counter holds a value without a TTL; `INVALID_TTL` for a
-    /// TTL over a year.
+    /// zero TTL or one over a year; among regions `COUNTER_BOUND_ON_EXPIRING` for a bound.
     pub async fn incr_expiring(&self, delta: i64, ttl: Duration) -> Result<i64, ClientError> {
         self.apply_one(CounterOp::expiring(Vec::new(), delta, ttl).change).await
     }

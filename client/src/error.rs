@@ -71,6 +71,9 @@ error_codes! {
     QueueInUse = "QUEUE_IN_USE" => FailedPrecondition,
     // A TTL given to a counter that holds a value without one (a TTL is set at creation).
     CounterNotExpiring = "COUNTER_NOT_EXPIRING" => FailedPrecondition,
+    // Among regions, a bounded change of a counter that expires (or is created with a TTL):
+    // bounds among regions are kept by escrow, which expiring counters do not have.
+    CounterBoundOnExpiring = "COUNTER_BOUND_ON_EXPIRING" => FailedPrecondition,
     Compacted = "COMPACTED" => OutOfRange,
     // A region topology change that does not fit the replicated topology (`basalt regions`).
     InvalidTopology = "INVALID_TOPOLOGY" => FailedPrecondition,

@@ -275,7 +275,6 @@ fn retried_request_with_the_same_session_applies_once() {
                     delta: 7,
                     min: None,
                     max: None,
-                    ttl_ms: 0,
                 })),
             }],
         };

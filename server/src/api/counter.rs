@@ -54,7 +54,7 @@ impl Api {
 
 fn counter_op_of(op: pb::CounterOp) -> Result<CounterOp, Status> {
     let action = match op.action {
-        Some(pb::counter_op::Action::Incr(incr)) if incr.ttl_ms > 0 => CounterAction::IncrExpiring {
+        Some(pb::counter_op::Action::IncrExpiring(incr)) => CounterAction::IncrExpiring {
             delta: incr.delta,
             min: incr.min,
             max: incr.max,

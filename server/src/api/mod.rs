@@ -133,6 +133,7 @@ pub(crate) fn op_error_code(e: &OpError) -> ErrorCode {
         OpError::Stream(StreamError::NotAssigned { .. }) => ErrorCode::NotAssigned,
         OpError::Stream(StreamError::TopicBeingDeleted { .. }) => ErrorCode::TopicBeingDeleted,
         OpError::Counter(CounterError::NotExpiring { .. }) => ErrorCode::CounterNotExpiring,
+        OpError::Counter(CounterError::BoundOnExpiring { .. }) => ErrorCode::CounterBoundOnExpiring,
         // Only region-to-region feed batches can be refused this way (a misconfigured topology).
         OpError::Region(RegionError::OwnFeed { .. })
         | OpError::Region(RegionError::NotReplicating { .. })
@@ -140,9 +141,7 @@ pub(crate) fn op_error_code(e: &OpError) -> ErrorCode {
         | OpError::Region(RegionError::NotHomedTable { .. })
         | OpError::Region(RegionError::NotMirrorRow { .. })
         | OpError::Stream(StreamError::MirrorReadOnly { .. })
-        | OpError::Counter(CounterError::InvalidTransfer { .. } | CounterError::BoundOnExpiring { .. }) => {
-            ErrorCode::InvalidArgument
-        }
+        | OpError::Counter(CounterError::InvalidTransfer { .. }) => ErrorCode::InvalidArgument,
         // Reached only if a homed write bypassed forwarding: the caller should go to the home.
         OpError::Region(RegionError::NotHome { .. }) => ErrorCode::RegionUnavailable,
         OpError::Region(RegionError::InvalidTopology { .. }) => ErrorCode::InvalidTopology,

@@ -8,7 +8,9 @@
 
 use basalt_replication::{EscrowBound, EscrowTransfers, PnCounter};
 
-use super::counter_window::{live_incarnations, store_incarnation, Incarnation};
+use super::counter_window::{
+    remove_incarnations, store_incarnation, unexpired_incarnations, unexpired_incarnations_or_refusal, Incarnation,
+};
 use super::topology::{load_topology, EscrowShare};
 use super::{check_key, decode, last_applied_stamp, lossy, save, RegionRole, View};
 use crate::command::{CounterAction, CounterError, CounterOp, CounterOutcome, OpError, Response};
@@ -30,13 +32,32 @@ pub fn decode_counter(bytes: &[u8]) -> Option<i64> {
 
 /// A counter as it stands at one applied time: its plain row and the live incarnations of it as
 /// an expiring counter (see `counter_window`). Its value is the sum of them all.
+///
+/// An incarnation is live while it is unexpired and not at 0. A counter at 0 holds no TTL, as an
+/// absent counter reads 0: reaching 0 (by changes, a set or a delete, here or merged from other
+/// regions) ends its expiry, and the next change with a TTL starts a new one. One rule for a lone
+/// region and for regions, where a delete cannot remove rows another region still adds to.
 #[derive(Clone, Debug, Default)]
 pub struct CounterState {
     pub plain: PnCounter,
+    /// Live incarnations, earliest expiry first.
     pub incarnations: Vec<Incarnation>,
+    /// Unexpired incarnations at 0: not live. Kept so that a new incarnation with the same expiry
+    /// adds to its row instead of overwriting the components other regions have in it.
+    resting: Vec<Incarnation>,
 }
 
 impl CounterState {
+    /// The state of a counter with `plain` and its unexpired incarnations `unexpired`.
+    pub fn new(plain: PnCounter, unexpired: Vec<Incarnation>) -> CounterState {
+        let (incarnations, resting) = unexpired.into_iter().partition(|i| i.counter.value() != 0);
+        CounterState {
+            plain,
+            incarnations,
+            resting,
+        }
+    }
+
     /// The exact sum, which only merged concurrent changes can take outside the i64 range.
     fn total(&self) -> i128 {
         self.incarnations
@@ -55,8 +76,8 @@ impl CounterState {
     }
 }
 
-/// Counter `key` at applied time `now_ms`. A plain row that does not decode is the refusal naming
-/// it (as an op answers it); an incarnation that does not decode is a [`StoreError`].
+/// Counter `key` at applied time `now_ms`. A row that does not decode (plain or incarnation) is
+/// the refusal naming it, as an op answers it.
 pub(crate) fn load_state<R: StoreRead + ?Sized>(
     reads: &R,
     key: &[u8],
@@ -74,10 +95,7 @@ pub(crate) fn load_state<R: StoreRead + ?Sized>(
             }
         },
     };
-    Ok(Ok(CounterState {
-        plain,
-        incarnations: live_incarnations(reads, key, now_ms)?,
-    }))
+    Ok(unexpired_incarnations_or_refusal(reads, key, now_ms)?.map(|unexpired| CounterState::new(plain, unexpired)))
 }
 
 /// The values alone of [`read_counters`].
@@ -111,10 +129,7 @@ pub fn read_counters<S: ViewSource + ?Sized>(
                 None => PnCounter::default(),
                 Some(bytes) => decode::<PnCounter>(Table::Counter, key, &bytes)?,
             };
-            let state = CounterState {
-                plain,
-                incarnations: live_incarnations(&view, key, judged_at_ms)?,
-            };
+            let state = CounterState::new(plain, unexpired_incarnations(&view, key, judged_at_ms)?);
             Ok(CounterRead {
                 value: state.value(),
                 expires_at_ms: state.expires_at_ms(),
@@ -263,10 +278,7 @@ pub(crate) fn apply<S: StoreRead>(
         if op.action == CounterAction::Delete && !role.replicated {
             view.delete(Table::Counter, op.key.clone());
             view.delete(Table::CounterEscrow, op.key.clone());
-            // An incarnation's expiry index entry stays; the sweep finds its row gone.
-            for incarnation in live_incarnations(&*view, &op.key, now_ms)? {
-                view.delete(Table::CounterWindow, incarnation.raw);
-            }
+            remove_incarnations(view, &op.key, now_ms)?;
             outcomes.push(CounterOutcome::Applied { value: 0 });
             continue;
         }
@@ -367,9 +379,12 @@ pub(crate) fn apply<S: StoreRead>(
 
 /// Writes an applied change that takes counter `key` (as `state`) to `value`. The change is a
 /// region's own component's step, so changes made concurrently in other regions still add to it
-/// once merged (a set reaches `value` from what this region sees now). It goes to the counter's
-/// earliest live incarnation if it expires, else to a new incarnation for a counter created with
-/// a TTL, else to the plain row. A delete among regions resets every part.
+/// once merged (a set reaches `value` from what this region sees now).
+///
+/// The target part: the counter's earliest live incarnation if it expires, else a new
+/// incarnation for a counter created with a TTL, else the plain row; a delete's is the plain row.
+/// A set or a delete takes every other part to 0, so no part left behind brings an old value
+/// back when another expires (a set on an expiring counter keeps its expiry).
 fn apply_change<S: StoreRead>(
     view: &mut View<'_, S>,
     role: RegionRole,
@@ -379,27 +394,42 @@ fn apply_change<S: StoreRead>(
     state: &mut CounterState,
     value: i64,
 ) {
-    if action == CounterAction::Delete {
-        for incarnation in &mut state.incarnations {
-            incarnation.counter.add(role.id, -incarnation.counter.value());
-            store_incarnation(view, key, incarnation, false);
+    let target = match action {
+        CounterAction::Delete => None,
+        CounterAction::IncrExpiring { ttl_ms, .. } if state.incarnations.is_empty() => {
+            let expires_at_ms = now_ms.saturating_add(ttl_ms);
+            Some(match state.resting.iter().find(|i| i.expires_at_ms == expires_at_ms) {
+                Some(resting) => (resting.clone(), false),
+                None => (Incarnation::new(key, expires_at_ms), true),
+            })
         }
-        state.plain.add(role.id, -state.plain.value());
-        view.put(Table::Counter, key.to_vec(), encode_pn(&state.plain));
-        return;
-    }
-    let change = i128::from(value) - state.total();
-    match (state.incarnations.first_mut(), action) {
-        (Some(incarnation), _) => {
+        _ => state.incarnations.first().map(|i| (i.clone(), false)),
+    };
+    let change = if matches!(action, CounterAction::Set { .. } | CounterAction::Delete) {
+        let is_target = |i: &Incarnation| target.as_ref().is_some_and(|(t, _)| t.raw == i.raw);
+        for other in state.incarnations.iter_mut().filter(|i| !is_target(i)) {
+            other.counter.add(role.id, -other.counter.value());
+            store_incarnation(view, key, other, false);
+        }
+        match &target {
+            Some((incarnation, _)) => {
+                if state.plain.value() != 0 {
+                    state.plain.add(role.id, -state.plain.value());
+                    view.put(Table::Counter, key.to_vec(), encode_pn(&state.plain));
+                }
+                i128::from(value) - incarnation.counter.value()
+            }
+            None => i128::from(value) - state.plain.value(),
+        }
+    } else {
+        i128::from(value) - state.total()
+    };
+    match target {
+        Some((mut incarnation, new)) => {
             incarnation.counter.add(role.id, change);
-            store_incarnation(view, key, incarnation, false);
+            store_incarnation(view, key, &incarnation, new);
         }
-        (None, CounterAction::IncrExpiring { ttl_ms, .. }) => {
-            let mut incarnation = Incarnation::new(key, now_ms.saturating_add(ttl_ms));
-            incarnation.counter.add(role.id, change);
-            store_incarnation(view, key, &incarnation, true);
-        }
-        (None, _) => {
+        None => {
             state.plain.add(role.id, change);
             view.put(Table::Counter, key.to_vec(), encode_pn(&state.plain));
         }

@@ -203,32 +203,96 @@ impl Incarnation {
     }
 }
 
-/// The incarnations of expiring counter `key` live at `now_ms` (expiring after it), earliest
-/// expiry first; rows past their expiry but not yet swept are left out. Usually none or one;
-/// one more per region that created the counter concurrently.
-pub fn live_incarnations<R: StoreRead + ?Sized>(
+/// An incarnation row as stored: `(row key, expiry ms, stored bytes)`.
+type IncarnationRow = (Vec<u8>, u64, Vec<u8>);
+
+/// The incarnation rows of expiring counter `key` not expired at `now_ms` (expiring after it),
+/// earliest expiry first, each as `(row key, expiry, stored bytes)`; rows past their expiry but
+/// not yet swept are left out. Usually none or one; one more per region that created the
+/// counter concurrently.
+fn incarnation_rows<R: StoreRead + ?Sized>(
     reads: &R,
     key: &[u8],
     now_ms: u64,
-) -> Result<Vec<Incarnation>, StoreError> {
+) -> Result<Vec<IncarnationRow>, StoreError> {
     let range = KeyRange::between(
         incarnation_key(key, now_ms.saturating_add(1)),
         // The series of window length 1 sorts right after every incarnation of `key`.
         series_prefix(key, 1),
     );
-    let mut live = Vec::new();
-    for (raw, bytes) in reads.scan(Table::CounterWindow, &range, usize::MAX)? {
-        let Some(bucket) = split_bucket_key(&raw).filter(|b| b.window_ms == 0) else {
-            continue;
-        };
-        let counter = decode_pn(&bytes).map_err(|e| super::corrupt(Table::CounterWindow, &raw, e))?;
-        live.push(Incarnation {
-            expires_at_ms: bucket.start_ms,
-            raw,
-            counter,
-        });
+    Ok(reads
+        .scan(Table::CounterWindow, &range, usize::MAX)?
+        .into_iter()
+        .filter_map(|(raw, bytes)| {
+            let expires_at_ms = split_bucket_key(&raw).filter(|b| b.window_ms == 0)?.start_ms;
+            Some((raw, expires_at_ms, bytes))
+        })
+        .collect())
+}
+
+/// The incarnations of expiring counter `key` not expired at `now_ms`, earliest expiry first
+/// (see [`incarnation_rows`]), zero-valued ones included; for reads, where a row that does not
+/// decode is a [`StoreError::CorruptRecord`] naming it.
+pub fn unexpired_incarnations<R: StoreRead + ?Sized>(
+    reads: &R,
+    key: &[u8],
+    now_ms: u64,
+) -> Result<Vec<Incarnation>, StoreError> {
+    incarnation_rows(reads, key, now_ms)?
+        .into_iter()
+        .map(|(raw, expires_at_ms, bytes)| {
+            let counter = decode_pn(&bytes).map_err(|e| super::corrupt(Table::CounterWindow, &raw, e))?;
+            Ok(Incarnation {
+                raw,
+                expires_at_ms,
+                counter,
+            })
+        })
+        .collect()
+}
+
+/// As [`unexpired_incarnations`], for the apply logic: a row that does not decode is the
+/// refusal naming it (`CorruptValue`), so one bad row refuses the ops on its counter instead of
+/// halting the state machine.
+pub(crate) fn unexpired_incarnations_or_refusal<R: StoreRead + ?Sized>(
+    reads: &R,
+    key: &[u8],
+    now_ms: u64,
+) -> Result<Result<Vec<Incarnation>, OpError>, StoreError> {
+    let mut incarnations = Vec::new();
+    for (raw, expires_at_ms, bytes) in incarnation_rows(reads, key, now_ms)? {
+        match decode_pn(&bytes) {
+            Ok(counter) => incarnations.push(Incarnation {
+                raw,
+                expires_at_ms,
+                counter,
+            }),
+            Err(e) => {
+                return Ok(Err(OpError::CorruptValue {
+                    key: lossy(&raw),
+                    reason: format!("expiring-counter incarnation of {} bytes: {e}", bytes.len()),
+                }))
+            }
+        }
     }
-    Ok(live)
+    Ok(Ok(incarnations))
+}
+
+/// Removes every unexpired incarnation row of `key` with its expiry index row, whether or not it
+/// decodes (a lone region's delete). Expired rows are the sweep's.
+pub(crate) fn remove_incarnations<S: StoreRead>(
+    view: &mut View<'_, S>,
+    key: &[u8],
+    now_ms: u64,
+) -> Result<(), StoreError> {
+    for (raw, expires_at_ms, _) in incarnation_rows(&*view, key, now_ms)? {
+        view.delete(
+            Table::CounterWindowExpiry,
+            expiry_key(forget_at(expires_at_ms, 0, 0), &raw),
+        );
+        view.delete(Table::CounterWindow, raw);
+    }
+    Ok(())
 }
 
 /// Stores `incarnation` of `key`, indexing its expiry when it is `new`.

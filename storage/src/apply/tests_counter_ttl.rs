@@ -2,12 +2,13 @@
 //! reads and sweeps, refusals, and their merge across regions.
 
 use super::counter::{read_counters, CounterRead};
+use super::counter_window::incarnation_key;
 use super::replication::digest;
 use super::tests::{cmd, Harness};
+use super::tests_counter_window::{counter, rows};
 use super::tests_replication::{pick, region, ship};
 use super::*;
 use crate::command::{CounterAction, CounterError, CounterOp, CounterOutcome};
-use crate::state::KeyRange;
 
 const MINUTE: u64 = 60_000;
 
@@ -38,19 +39,8 @@ fn apply(h: &mut Harness, now_ms: u64, key: &str, action: CounterAction) -> Resp
     h.apply(cmd(now_ms, op))
 }
 
-fn counter(h: &mut Harness, now_ms: u64, key: &str, action: CounterAction) -> CounterOutcome {
-    match apply(h, now_ms, key, action) {
-        Response::Counters(outcomes) => outcomes[0],
-        other => panic!("expected an outcome, got {other:?}"),
-    }
-}
-
 fn read(h: &Harness, key: &str) -> CounterRead {
     read_counters(&h.store, &[key.as_bytes().to_vec()]).expect("read").0[0]
-}
-
-fn rows(h: &Harness, table: Table) -> usize {
-    h.store.scan(table, &KeyRange::all(), usize::MAX).expect("scan").len()
 }
 
 #[test]
@@ -267,4 +257,231 @@ fn among_regions_a_bound_on_an_expiring_counter_is_refused_and_a_delete_resets_i
     for r in &regions {
         assert_eq!(read(r, "c").value, 2);
     }
+}
+
+/// A counter at 0 holds no TTL: reaching 0 ends its expiry, and the next change with a TTL starts
+/// a new one. A lone delete removes the incarnation with its expiry index row.
+#[test]
+fn a_counter_at_zero_holds_no_ttl_and_a_lone_delete_leaves_no_index_row() {
+    let mut h = Harness::new();
+    let t0 = 100 * MINUTE;
+    counter(&mut h, t0, "c", expiring(2, 10 * MINUTE));
+    assert_eq!(
+        counter(&mut h, t0 + 1, "c", incr(-2)),
+        CounterOutcome::Applied { value: 0 }
+    );
+    assert_eq!(
+        read(&h, "c"),
+        CounterRead {
+            value: 0,
+            expires_at_ms: None,
+        }
+    );
+    // A TTL now starts a new expiry, and a set to 0 ends it as a decrement does.
+    counter(&mut h, t0 + MINUTE, "c", expiring(1, 5 * MINUTE));
+    assert_eq!(read(&h, "c").expires_at_ms, Some(t0 + 6 * MINUTE));
+    counter(&mut h, t0 + 2 * MINUTE, "c", CounterAction::Set { value: 0 });
+    assert_eq!(read(&h, "c").expires_at_ms, None);
+    // A plain change of a counter at 0 makes it plain.
+    counter(&mut h, t0 + 3 * MINUTE, "c", incr(4));
+    assert_eq!(
+        read(&h, "c"),
+        CounterRead {
+            value: 4,
+            expires_at_ms: None,
+        }
+    );
+    assert_eq!(
+        rows(&h, Table::CounterWindowExpiry),
+        2,
+        "two zeroed incarnations, not yet due"
+    );
+    counter(&mut h, t0 + 4 * MINUTE, "c", CounterAction::Delete);
+    assert_eq!(rows(&h, Table::CounterWindow), 0);
+    assert_eq!(rows(&h, Table::CounterWindowExpiry), 0, "the index rows went with them");
+    assert_eq!(read(&h, "c").value, 0);
+}
+
+/// An incarnation row that does not decode refuses the ops on its counter (nothing changed)
+/// instead of halting the state machine; other counters go on.
+#[test]
+fn a_corrupt_incarnation_refuses_its_counter_and_halts_nothing() {
+    let mut h = Harness::new();
+    let mut damaged = WriteSet::default();
+    damaged.put(Table::CounterWindow, incarnation_key(b"bad", 10 * MINUTE), vec![1; 7]);
+    h.store.commit(&damaged);
+    let before = digest(&h.store).expect("digest");
+    let refused = apply(&mut h, MINUTE, "bad", incr(1));
+    assert!(
+        matches!(&refused, Response::Refused(OpError::CorruptValue { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(digest(&h.store).expect("digest"), before);
+    assert_eq!(
+        counter(&mut h, MINUTE, "good", incr(1)),
+        CounterOutcome::Applied { value: 1 }
+    );
+    // A lone delete removes the row it cannot read.
+    assert_eq!(
+        counter(&mut h, MINUTE, "bad", CounterAction::Delete),
+        CounterOutcome::Applied { value: 0 }
+    );
+    assert_eq!(
+        counter(&mut h, MINUTE, "bad", expiring(2, MINUTE)),
+        CounterOutcome::Applied { value: 2 }
+    );
+}
+
+/// Among regions a delete leaves zeroed rows behind: they are not live, so the counter is
+/// created again with a new expiry, and `get` reports none meanwhile.
+#[test]
+fn among_regions_a_deleted_expiring_counter_is_created_again_with_a_new_expiry() {
+    let mut regions: Vec<Harness> = (1..=2).map(region).collect();
+    let t0 = 100 * MINUTE;
+    counter(&mut regions[0], t0, "c", expiring(5, 10 * MINUTE));
+    counter(&mut regions[0], t0 + 1, "c", CounterAction::Delete);
+    let (us, eu) = pick(&mut regions, 0, 1);
+    ship(us, 1, eu, t0 + 2);
+    for r in &regions {
+        assert_eq!(
+            read(r, "c"),
+            CounterRead {
+                value: 0,
+                expires_at_ms: None,
+            }
+        );
+    }
+    assert_eq!(
+        counter(&mut regions[1], t0 + MINUTE, "c", expiring(1, 20 * MINUTE)),
+        CounterOutcome::Applied { value: 1 }
+    );
+    let (eu, us) = pick(&mut regions, 1, 0);
+    ship(eu, 2, us, t0 + MINUTE + 1);
+    for r in &regions {
+        assert_eq!(
+            read(r, "c"),
+            CounterRead {
+                value: 1,
+                expires_at_ms: Some(t0 + 21 * MINUTE),
+            }
+        );
+    }
+    // Past the old expiry nothing changes: the new incarnation alone counts.
+    for r in &mut regions {
+        r.apply(cmd(t0 + 10 * MINUTE, Op::ClockTick));
+        assert_eq!(read(r, "c").value, 1);
+    }
+    assert_eq!(
+        digest(&regions[0].store).expect("d"),
+        digest(&regions[1].store).expect("d")
+    );
+
+    // A new incarnation with the expiry of a zeroed one adds to its row: overwriting it would
+    // drop the other region's component, and the regions would disagree.
+    let t1 = t0 + 30 * MINUTE;
+    counter(&mut regions[0], t1, "e", expiring(3, 2 * MINUTE));
+    let (us, eu) = pick(&mut regions, 0, 1);
+    ship(us, 1, eu, t1 + 1);
+    counter(&mut regions[1], t1 + 2, "e", incr(-3));
+    let (eu, us) = pick(&mut regions, 1, 0);
+    ship(eu, 2, us, t1 + 3);
+    assert_eq!(read(&regions[0], "e").expires_at_ms, None);
+    assert_eq!(
+        counter(&mut regions[0], t1 + MINUTE, "e", expiring(5, MINUTE)),
+        CounterOutcome::Applied { value: 5 }
+    );
+    let (us, eu) = pick(&mut regions, 0, 1);
+    ship(us, 1, eu, t1 + MINUTE + 1);
+    for r in &regions {
+        assert_eq!(
+            read(r, "e"),
+            CounterRead {
+                value: 5,
+                expires_at_ms: Some(t1 + 2 * MINUTE),
+            }
+        );
+    }
+}
+
+/// A set among regions takes the earliest incarnation to its value and every other part to 0:
+/// when the counter expires it reads 0, not a plain part left behind.
+#[test]
+fn among_regions_a_set_takes_every_other_part_to_zero() {
+    let mut regions: Vec<Harness> = (1..=2).map(region).collect();
+    let t0 = 100 * MINUTE;
+    // us counts plainly while eu creates the counter with a TTL: a plain part and an incarnation.
+    counter(&mut regions[0], t0, "c", incr(10));
+    counter(&mut regions[1], t0, "c", expiring(5, 10 * MINUTE));
+    let (us, eu) = pick(&mut regions, 0, 1);
+    ship(us, 1, eu, t0 + 1);
+    let (eu, us) = pick(&mut regions, 1, 0);
+    ship(eu, 2, us, t0 + 1);
+    assert_eq!(
+        read(&regions[0], "c"),
+        CounterRead {
+            value: 15,
+            expires_at_ms: Some(t0 + 10 * MINUTE),
+        }
+    );
+    assert_eq!(
+        counter(&mut regions[0], t0 + 2, "c", CounterAction::Set { value: 7 }),
+        CounterOutcome::Applied { value: 7 }
+    );
+    let (us, eu) = pick(&mut regions, 0, 1);
+    ship(us, 1, eu, t0 + 3);
+    for r in &regions {
+        assert_eq!(
+            read(r, "c"),
+            CounterRead {
+                value: 7,
+                expires_at_ms: Some(t0 + 10 * MINUTE),
+            }
+        );
+    }
+    for r in &mut regions {
+        r.apply(cmd(t0 + 10 * MINUTE, Op::ClockTick));
+        assert_eq!(
+            read(r, "c"),
+            CounterRead {
+                value: 0,
+                expires_at_ms: None,
+            },
+            "a part left behind came back after the expiry"
+        );
+    }
+}
+
+/// A component shipped one ms before an incarnation's expiry counts; one shipped at the expiry
+/// instant is dropped, and the regions agree.
+#[test]
+fn a_component_merged_at_the_expiry_instant_is_dropped() {
+    let mut regions: Vec<Harness> = (1..=2).map(region).collect();
+    let t0 = 100 * MINUTE;
+    let expiry = t0 + 10 * MINUTE;
+    counter(&mut regions[0], t0, "c", expiring(3, 10 * MINUTE));
+    counter(&mut regions[0], t0 + 1, "c", incr(2));
+    let (us, eu) = pick(&mut regions, 0, 1);
+    ship(us, 1, eu, expiry - 1);
+    assert_eq!(read(&regions[1], "c").value, 5);
+    counter(&mut regions[0], t0 + 2, "c", incr(1));
+    let (us, eu) = pick(&mut regions, 0, 1);
+    ship(us, 1, eu, expiry);
+    regions[0].apply(cmd(expiry, Op::ClockTick));
+    for r in &regions {
+        assert_eq!(
+            read(r, "c"),
+            CounterRead {
+                value: 0,
+                expires_at_ms: None,
+            }
+        );
+    }
+    for r in &mut regions {
+        r.apply(cmd(expiry, Op::CounterSweep { limit: SWEEP_ITEMS_MAX }));
+        assert_eq!(rows(r, Table::CounterWindow), 0);
+    }
+    assert_eq!(
+        digest(&regions[0].store).expect("d"),
+        digest(&regions[1].store).expect("d")
+    );
 }

@@ -21,7 +21,7 @@ fn window(delta: i64, window_ms: u64, retention_ms: u64, at_ms: Option<u64>) -> 
     }
 }
 
-fn counter(h: &mut Harness, now_ms: u64, key: &str, action: CounterAction) -> CounterOutcome {
+pub(super) fn counter(h: &mut Harness, now_ms: u64, key: &str, action: CounterAction) -> CounterOutcome {
     let op = Op::Counter {
         ops: vec![CounterOp {
             key: key.into(),
@@ -38,7 +38,7 @@ fn minutes(h: &Harness, key: &str, from_ms: u64, to_ms: u64) -> WindowsRead {
     read(&h.store, key.as_bytes(), MINUTE, from_ms, to_ms).expect("read")
 }
 
-fn rows(h: &Harness, table: Table) -> usize {
+pub(super) fn rows(h: &Harness, table: Table) -> usize {
     h.store.scan(table, &KeyRange::all(), usize::MAX).expect("scan").len()
 }
 
