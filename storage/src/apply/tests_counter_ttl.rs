@@ -39,6 +39,13 @@ fn apply(h: &mut Harness, now_ms: u64, key: &str, action: CounterAction) -> Resp
     h.apply(cmd(now_ms, op))
 }
 
+/// Asserts that every region reads counter `key` as `value`, expiring at `expires_at_ms`.
+fn each_reads(regions: &[Harness], key: &str, value: i64, expires_at_ms: Option<u64>) {
+    for (i, r) in regions.iter().enumerate() {
+        assert_eq!(read(r, key), CounterRead { value, expires_at_ms }, "region {}", i + 1);
+    }
+}
+
 fn read(h: &Harness, key: &str) -> CounterRead {
     read_counters(&h.store, &[key.as_bytes().to_vec()]).expect("read").0[0]
 }
@@ -174,15 +181,7 @@ fn regions_sum_concurrent_incarnations_and_forget_each_at_its_own_expiry() {
     ship(us, 1, eu, t0 + 1);
     let (eu, us) = pick(&mut regions, 1, 0);
     ship(eu, 2, us, t0 + 1);
-    for r in &regions {
-        assert_eq!(
-            read(r, "hits"),
-            CounterRead {
-                value: 7,
-                expires_at_ms: Some(t0 + 10 * MINUTE),
-            }
-        );
-    }
+    each_reads(&regions, "hits", 7, Some(t0 + 10 * MINUTE));
     assert_eq!(
         digest(&regions[0].store).expect("d"),
         digest(&regions[1].store).expect("d")
@@ -200,15 +199,7 @@ fn regions_sum_concurrent_incarnations_and_forget_each_at_its_own_expiry() {
     let (us, eu) = pick(&mut regions, 0, 1);
     ship(us, 1, eu, late + 1);
     regions[0].apply(cmd(late + 1, Op::ClockTick));
-    for r in &regions {
-        assert_eq!(
-            read(r, "hits"),
-            CounterRead {
-                value: 4,
-                expires_at_ms: Some(t0 + 20 * MINUTE),
-            }
-        );
-    }
+    each_reads(&regions, "hits", 4, Some(t0 + 20 * MINUTE));
     assert_eq!(rows(&regions[1], Table::CounterWindow), 1);
     assert_eq!(
         digest(&regions[0].store).expect("d"),
@@ -342,30 +333,14 @@ fn among_regions_a_deleted_expiring_counter_is_created_again_with_a_new_expiry()
     counter(&mut regions[0], t0 + 1, "c", CounterAction::Delete);
     let (us, eu) = pick(&mut regions, 0, 1);
     ship(us, 1, eu, t0 + 2);
-    for r in &regions {
-        assert_eq!(
-            read(r, "c"),
-            CounterRead {
-                value: 0,
-                expires_at_ms: None,
-            }
-        );
-    }
+    each_reads(&regions, "c", 0, None);
     assert_eq!(
         counter(&mut regions[1], t0 + MINUTE, "c", expiring(1, 20 * MINUTE)),
         CounterOutcome::Applied { value: 1 }
     );
     let (eu, us) = pick(&mut regions, 1, 0);
     ship(eu, 2, us, t0 + MINUTE + 1);
-    for r in &regions {
-        assert_eq!(
-            read(r, "c"),
-            CounterRead {
-                value: 1,
-                expires_at_ms: Some(t0 + 21 * MINUTE),
-            }
-        );
-    }
+    each_reads(&regions, "c", 1, Some(t0 + 21 * MINUTE));
     // Past the old expiry nothing changes: the new incarnation alone counts.
     for r in &mut regions {
         r.apply(cmd(t0 + 10 * MINUTE, Op::ClockTick));
@@ -392,15 +367,7 @@ fn among_regions_a_deleted_expiring_counter_is_created_again_with_a_new_expiry()
     );
     let (us, eu) = pick(&mut regions, 0, 1);
     ship(us, 1, eu, t1 + MINUTE + 1);
-    for r in &regions {
-        assert_eq!(
-            read(r, "e"),
-            CounterRead {
-                value: 5,
-                expires_at_ms: Some(t1 + 2 * MINUTE),
-            }
-        );
-    }
+    each_reads(&regions, "e", 5, Some(t1 + 2 * MINUTE));
 }
 
 /// A set among regions takes the earliest incarnation to its value and every other part to 0:
@@ -429,15 +396,7 @@ fn among_regions_a_set_takes_every_other_part_to_zero() {
     );
     let (us, eu) = pick(&mut regions, 0, 1);
     ship(us, 1, eu, t0 + 3);
-    for r in &regions {
-        assert_eq!(
-            read(r, "c"),
-            CounterRead {
-                value: 7,
-                expires_at_ms: Some(t0 + 10 * MINUTE),
-            }
-        );
-    }
+    each_reads(&regions, "c", 7, Some(t0 + 10 * MINUTE));
     for r in &mut regions {
         r.apply(cmd(t0 + 10 * MINUTE, Op::ClockTick));
         assert_eq!(
@@ -467,15 +426,7 @@ fn a_component_merged_at_the_expiry_instant_is_dropped() {
     let (us, eu) = pick(&mut regions, 0, 1);
     ship(us, 1, eu, expiry);
     regions[0].apply(cmd(expiry, Op::ClockTick));
-    for r in &regions {
-        assert_eq!(
-            read(r, "c"),
-            CounterRead {
-                value: 0,
-                expires_at_ms: None,
-            }
-        );
-    }
+    each_reads(&regions, "c", 0, None);
     for r in &mut regions {
         r.apply(cmd(expiry, Op::CounterSweep { limit: SWEEP_ITEMS_MAX }));
         assert_eq!(rows(r, Table::CounterWindow), 0);
