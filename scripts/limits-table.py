@@ -17,7 +17,8 @@ for crate in CRATES:
         lines = path.read_text().splitlines()
         for i, line in enumerate(lines):
             m = NAME.match(line)
-            if not m or not LIMITISH.search(m.group(1)) or "PER_" in m.group(1):
+            # A unit conversion (NANOS_PER_MS) is not a limit; a bound per thing (X_PER_Y_MAX) is.
+            if not m or not LIMITISH.search(m.group(1)) or re.fullmatch(r"[A-Z]+_PER_[A-Z]+", m.group(1)):
                 continue
             if m.group(3).lstrip().startswith(('b"', '"')):
                 continue  # a key or a name, not a limit

@@ -10,6 +10,13 @@ pub const RESPONSE_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// Keys a scan asked with limit 0 returns (the server's default too).
 pub const SCAN_KEYS_DEFAULT: u32 = 1000;
 
+/// How long `QueueHandle::delete` waits for the home region to build its index of dead-letter
+/// references (`QUEUE_INDEX_BUILDING`, once after an upgrade, normally within a second or two)
+/// before it answers that error.
+pub const QUEUE_INDEX_WAIT_MS: u64 = 30_000;
+/// Pause between the tries of that wait.
+pub const QUEUE_INDEX_RETRY_MS: u64 = 200;
+
 /// A generated gRPC client for `channel` that decodes answers up to [`RESPONSE_BYTES_MAX`]. Every
 /// service client the SDK (and the server, forwarding) builds goes through this.
 #[macro_export]

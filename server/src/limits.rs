@@ -130,6 +130,9 @@ pub(crate) const SESSION_SWEEP_EVERY_S: u64 = 10;
 pub(crate) const COMPACT_CHANGES_MAX: u32 = 4 * basalt_storage::apply::SWEEP_ITEMS_MAX;
 /// Most history compaction steps proposed per sweeper tick: up to 64,000 changes a second.
 pub(crate) const COMPACT_STEPS_PER_TICK_MAX: usize = 16;
+/// Most entries per sweeper tick of paged work not bound to a time (deletions of topics and
+/// queues, the queue dead-letter index build): up to 65,536 rows of a deletion a second.
+pub(crate) const PAGED_SWEEP_STEPS_PER_TICK_MAX: usize = 16;
 
 // The feed shipper (to other regions) (`replication/shipper.rs`).
 

@@ -31,7 +31,8 @@ use openraft::{BasicNode, SnapshotPolicy};
 use crate::api::{Api, ApiCounters};
 use crate::config::{ConfigError, NodeConfig};
 use crate::limits::{
-    COMPACT_CHANGES_MAX, COMPACT_STEPS_PER_TICK_MAX, SESSION_SWEEP_CLIENTS_MAX, SESSION_SWEEP_EVERY_S,
+    COMPACT_CHANGES_MAX, COMPACT_STEPS_PER_TICK_MAX, PAGED_SWEEP_STEPS_PER_TICK_MAX, SESSION_SWEEP_CLIENTS_MAX,
+    SESSION_SWEEP_EVERY_S,
 };
 use crate::replication::{FeedReceiver, Homed, Replication};
 
@@ -416,7 +417,21 @@ async fn sweeper(api: Api, config: NodeConfig, stop: tokio::sync::watch::Receive
         match basalt_storage::apply::sweeps_due(&api.store, now_ms, role) {
             Ok(due) => {
                 for op in due {
-                    propose_sweep(&api, op).await;
+                    // Paged work (deletions, the index build) goes on for several entries while
+                    // more is due: one entry a second would hold a large queue's name for hours.
+                    for _ in 0..PAGED_SWEEP_STEPS_PER_TICK_MAX {
+                        if propose_sweep(&api, op.clone()).await.is_none() {
+                            break;
+                        }
+                        match basalt_storage::apply::more_due(&api.store, &op) {
+                            Ok(true) => {}
+                            Ok(false) => break,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "reading what is left of a sweep");
+                                break;
+                            }
+                        }
+                    }
                 }
             }
             Err(e) => tracing::warn!(error = %e, "reading expiry indexes"),

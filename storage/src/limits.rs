@@ -87,6 +87,10 @@ pub const NAME_BYTES_MAX: usize = 255;
 pub const MESSAGE_BYTES_MAX: usize = 256 * 1024;
 /// Most messages one receive returns.
 pub const RECEIVE_MESSAGES_MAX: u32 = 1000;
+/// Most messages one redrive looks at from the head of a dead-letter queue; messages there that
+/// are not dead letters (enqueued directly, or whose source queue is gone) count toward it, not
+/// toward the redrive's `max`.
+pub const REDRIVE_LOOKED_AT_MAX: usize = 4 * RECEIVE_MESSAGES_MAX as usize;
 /// Longest visibility timeout (12 hours, as SQS).
 pub const VISIBILITY_MS_MAX: u64 = 12 * 3600 * 1000;
 /// Most queues one list answers.
@@ -99,12 +103,21 @@ pub const TOPIC_DELETE_ROWS_MAX: u32 = 4096;
 /// Most bytes of record batches one entry of a topic deletion reads, so an entry deleting big
 /// batches stays bounded (it always removes at least one).
 pub const TOPIC_DELETE_BYTES_MAX: u64 = 64 * 1024 * 1024;
+/// Most topic deletions one retention entry works on; deletions take turns, each entry starting
+/// after the one the previous entry stopped in.
+pub const TOPIC_DELETIONS_PER_ENTRY_MAX: usize = 256;
 /// Most rows (messages, their index rows, dedup ids) one entry removes of a queue being deleted;
 /// the leader's `ContinueDeletes` entries remove the rest.
 pub const QUEUE_DELETE_ROWS_MAX: u32 = 4096;
 /// Most bytes of messages one entry of a queue deletion reads, so an entry deleting big messages
 /// stays bounded (it always removes at least one).
 pub const QUEUE_DELETE_BYTES_MAX: u64 = 64 * 1024 * 1024;
+/// Most queue deletions one `ContinueDeletes` entry works on; deletions take turns, each entry
+/// starting after the one the previous entry stopped in.
+pub const QUEUE_DELETIONS_PER_ENTRY_MAX: usize = 256;
+/// Most rows (index rows checked, queue records read) one entry of the dead-letter index build
+/// looks at; the build runs once at the home region, before its first queue deletion.
+pub const QUEUE_INDEX_ROWS_MAX: u32 = 4096;
 /// Most messages one purge entry removes; the SDK's purge goes on until none is left.
 pub const PURGE_MESSAGES_MAX: u32 = 4096;
 /// Longest enqueue or nack delay, and longest dedup window (one day).

@@ -126,6 +126,7 @@ pub(crate) fn op_error_code(e: &OpError) -> ErrorCode {
         OpError::NotFound { .. } => ErrorCode::NotFound,
         OpError::Queue(QueueError::StaleReceipt { .. }) => ErrorCode::StaleReceipt,
         OpError::Queue(QueueError::BeingDeleted { .. }) => ErrorCode::QueueBeingDeleted,
+        OpError::Queue(QueueError::IndexBuilding { .. }) => ErrorCode::QueueIndexBuilding,
         OpError::Queue(QueueError::DeadLetterInUse { .. }) => ErrorCode::QueueInUse,
         OpError::Stream(StreamError::OffsetOutOfRange { .. }) => ErrorCode::OffsetOutOfRange,
         OpError::Stream(StreamError::OutOfOrderSequence { .. }) => ErrorCode::OutOfOrderSequence,

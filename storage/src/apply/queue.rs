@@ -10,12 +10,13 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::records::{name_in_key, remove_prefixed, DeleteBudget};
+use super::records::{name_in_key, remove_prefixed, DeleteBudget, DeletionCursor};
 use super::{check_batch, decode, load, named, out_of_range, save, OpContext, View};
 use crate::command::{OpError, QueueError, QueueOp, Response};
 use crate::limits::{
     BATCH_BYTES_MAX, DELAY_MS_MAX, MESSAGE_BYTES_MAX, NAME_BYTES_MAX, PURGE_MESSAGES_MAX, QUEUE_DELETE_BYTES_MAX,
-    QUEUE_DELETE_ROWS_MAX, RECEIVE_MESSAGES_MAX, VISIBILITY_MS_MAX,
+    QUEUE_DELETE_ROWS_MAX, QUEUE_DELETIONS_PER_ENTRY_MAX, RECEIVE_MESSAGES_MAX, REDRIVE_LOOKED_AT_MAX,
+    VISIBILITY_MS_MAX,
 };
 use crate::queue::{Delivery, EnqueueOutcome, NewMessage, QueueConfig, QueueStats, Receipt};
 use crate::state::{KeyRange, StoreError, StoreRead, Table};
@@ -63,6 +64,7 @@ pub(super) fn apply_op<S: StoreRead>(
         }
         QueueOp::Delete { queue } => delete_queue(view, queue),
         QueueOp::ContinueDeletes { limit } => continue_deletes(view, *limit),
+        QueueOp::BuildDeadLetterIndex { limit } => build_dead_letter_index(view, *limit),
     }
 }
 
@@ -423,8 +425,9 @@ fn promote_due<S: StoreRead>(
         }
         let exhausted = record.config.max_deliveries > 0 && message.deliveries >= record.config.max_deliveries;
         match (&record.config.dead_letter_queue, exhausted) {
-            // A dead-letter queue that is gone (deleted by a build that did not yet keep the
-            // index deletions check) takes nothing: the message stays here, delivered again.
+            // A dead-letter queue that is gone takes nothing: the message stays here, delivered
+            // again. (A deletion is refused while a queue names it, so this is a guard: a
+            // record that names a missing queue is not trusted to have one.)
             (Some(dlq), true) if view.get(Table::Queue, &named(dlq))?.is_some() => {
                 view.delete(Table::QueueMessage, message_key(queue, id));
                 record.stats.messages = record.stats.messages.saturating_sub(1);
@@ -662,7 +665,9 @@ pub(crate) fn purge<S: StoreRead>(
 }
 
 /// Moves up to `max` messages of dead-letter queue `queue` back to the queues they came from,
-/// as fresh deliveries. Messages enqueued directly into it stay.
+/// as fresh deliveries, looking at up to [`REDRIVE_LOOKED_AT_MAX`] visible messages from its
+/// head. Messages enqueued directly into it stay, and so do dead letters whose source queue is
+/// gone; they count toward that bound, not toward `max`.
 pub(crate) fn redrive<S: StoreRead>(
     view: &mut View<'_, S>,
     now_ms: u64,
@@ -672,13 +677,30 @@ pub(crate) fn redrive<S: StoreRead>(
     refuse_on_err!(validate_receive(queue, max, None));
     let mut record = refuse_on_err!(stored_queue(view, queue)?);
     promote_due(view, now_ms, queue, &mut record)?;
-    let ready = view.scan(
-        Table::QueueReady,
-        &KeyRange::prefix_from(&named(queue), named(queue)),
-        max as usize,
-    )?;
+    const PAGE_ROWS: usize = 256;
+    let prefix = named(queue);
+    let mut from = prefix.clone();
+    let mut looked_at = 0usize;
     let mut moved = 0u32;
-    for (key, _) in ready {
+    let mut ready = Vec::new().into_iter();
+    while moved < max && looked_at < REDRIVE_LOOKED_AT_MAX {
+        let (key, _) = match ready.next() {
+            Some(row) => row,
+            None => {
+                // The next page starts after the last row looked at: rows moved out are behind it.
+                let want = PAGE_ROWS.min(REDRIVE_LOOKED_AT_MAX - looked_at);
+                ready = view
+                    .scan(Table::QueueReady, &KeyRange::prefix_from(&prefix, from.clone()), want)?
+                    .into_iter();
+                match ready.next() {
+                    Some(row) => row,
+                    None => break,
+                }
+            }
+        };
+        from = key.clone();
+        from.push(0);
+        looked_at += 1;
         let id = trailing_id(&key);
         let Some(message) = load_message(view, queue, id)? else {
             continue;
@@ -713,6 +735,11 @@ pub(crate) fn redrive<S: StoreRead>(
 pub(crate) fn delete_queue<S: StoreRead>(view: &mut View<'_, S>, queue: &[u8]) -> Result<Response, StoreError> {
     refuse_on_err!(check_name("queue name", queue));
     let record = refuse_on_err!(stored_queue(view, queue)?);
+    if !dead_letter_index_built(view)? {
+        return Ok(Response::Refused(OpError::Queue(QueueError::IndexBuilding {
+            queue: String::from_utf8_lossy(queue).into_owned(),
+        })));
+    }
     let prefix = named(queue);
     let sources = view.scan(
         Table::QueueDeadLetterSource,
@@ -734,39 +761,84 @@ pub(crate) fn delete_queue<S: StoreRead>(view: &mut View<'_, S>, queue: &[u8]) -
         rows: QUEUE_DELETE_ROWS_MAX,
         bytes: QUEUE_DELETE_BYTES_MAX,
     };
-    let finished = remove_queue_rows(view, queue, &mut budget)?;
+    let mut cursor = DeletionCursor::default();
+    let finished = remove_queue_rows(view, queue, &mut cursor, &mut budget)?;
     if !finished {
-        view.put(Table::QueueDeleting, prefix, Vec::new());
+        save(view, Table::QueueDeleting, prefix, &cursor);
     }
     Ok(Response::QueueDeleted { finished })
 }
 
-/// How many queue deletions one [`QueueOp::ContinueDeletes`] entry looks at most; the rest wait
-/// for the next one.
-const DELETIONS_PER_ENTRY_MAX: usize = 256;
+/// `Meta` key: the [`Table::QueueDeleting`] key the next [`QueueOp::ContinueDeletes`] entry
+/// starts at (absent: the first), so deletions take turns and a small queue's deletion does not
+/// wait behind a large one's.
+const DELETION_TURN_KEY: &[u8] = b"queue_deletion_turn";
 
-/// Goes on with queue deletions, within `limit` rows; answers the rows removed.
+/// Where a queue deletion stands: its [`Table::QueueDeleting`] value (empty for a deletion
+/// saved by a build before the cursor: it starts over, from the first row left).
+fn load_cursor(key: &[u8], bytes: &[u8]) -> Result<DeletionCursor, StoreError> {
+    if bytes.is_empty() {
+        return Ok(DeletionCursor::default());
+    }
+    decode(Table::QueueDeleting, key, bytes)
+}
+
+/// Goes on with queue deletions, within `limit` rows, starting with the deletion after the one
+/// the last entry stopped in (wrapping around), so several deletions progress in turn. Answers
+/// the rows removed.
 pub(crate) fn continue_deletes<S: StoreRead>(view: &mut View<'_, S>, limit: u32) -> Result<Response, StoreError> {
     let mut budget = DeleteBudget {
         rows: limit,
         bytes: QUEUE_DELETE_BYTES_MAX,
     };
-    let pending = view.scan(Table::QueueDeleting, &KeyRange::all(), DELETIONS_PER_ENTRY_MAX)?;
-    for (key, _) in pending {
-        if budget.spent() {
-            break;
-        }
+    let turn = view.get(Table::Meta, DELETION_TURN_KEY)?.unwrap_or_default();
+    let mut pending = view.scan(
+        Table::QueueDeleting,
+        &KeyRange::all_from(turn.clone()),
+        QUEUE_DELETIONS_PER_ENTRY_MAX,
+    )?;
+    if pending.len() < QUEUE_DELETIONS_PER_ENTRY_MAX && !turn.is_empty() {
+        let wrapped = view.scan(
+            Table::QueueDeleting,
+            &KeyRange::between(Vec::new(), turn),
+            QUEUE_DELETIONS_PER_ENTRY_MAX - pending.len(),
+        )?;
+        pending.extend(wrapped);
+    }
+    let looked_at = pending.len();
+    let mut next_turn = None;
+    for (key, bytes) in pending {
+        let mut after = key.clone();
+        after.push(0);
         let finished = match name_in_key(&key).map(<[u8]>::to_vec) {
-            Some(queue) => remove_queue_rows(view, &queue, &mut budget)?,
+            Some(queue) => {
+                let mut cursor = load_cursor(&key, &bytes)?;
+                let finished = remove_queue_rows(view, &queue, &mut cursor, &mut budget)?;
+                if !finished {
+                    save(view, Table::QueueDeleting, key.clone(), &cursor);
+                }
+                finished
+            }
             // A key that names no queue has nothing to remove: dropped, or it is due forever.
             None => true,
         };
         if finished {
             view.delete(Table::QueueDeleting, key);
         }
+        next_turn = Some(after);
+        if budget.spent() {
+            break;
+        }
+    }
+    // Every pending deletion was looked at within the budget: the next entry starts at the first.
+    match next_turn {
+        Some(turn) if budget.spent() || looked_at == QUEUE_DELETIONS_PER_ENTRY_MAX => {
+            view.put(Table::Meta, DELETION_TURN_KEY.to_vec(), turn)
+        }
+        _ => view.delete(Table::Meta, DELETION_TURN_KEY.to_vec()),
     }
     Ok(Response::Swept {
-        removed: limit - budget.rows,
+        removed: limit.saturating_sub(budget.rows),
     })
 }
 
@@ -775,11 +847,13 @@ pub fn deletions_due<S: StoreRead + ?Sized>(store: &S) -> Result<bool, StoreErro
     Ok(!store.scan(Table::QueueDeleting, &KeyRange::all(), 1)?.is_empty())
 }
 
-/// Removes rows of the deleted `queue` within `budget`: the ready and delayed indexes, the
-/// messages, then the dedup ids with their expiry rows. Answers whether none is left.
+/// Removes rows of the deleted `queue` within `budget`, from where `cursor` stands: the ready and
+/// delayed indexes, the messages, then the dedup ids with their expiry rows (two rows each).
+/// Answers whether none is left.
 fn remove_queue_rows<S: StoreRead>(
     view: &mut View<'_, S>,
     queue: &[u8],
+    cursor: &mut DeletionCursor,
     budget: &mut DeleteBudget,
 ) -> Result<bool, StoreError> {
     // Index and dedup rows per scan: small keys, empty or small values.
@@ -787,30 +861,152 @@ fn remove_queue_rows<S: StoreRead>(
     // Messages per scan: a scan reads their payloads (up to `MESSAGE_BYTES_MAX` each), so a page
     // stays small and the byte budget is checked between pages.
     const MESSAGE_PAGE_ROWS: u32 = 16;
+    // (table, rows per scan, rows removed per row found), in the order they are removed.
+    const STEPS: [(Table, u32, u32); 4] = [
+        (Table::QueueReady, PAGE_ROWS, 1),
+        (Table::QueueDelayed, PAGE_ROWS, 1),
+        (Table::QueueMessage, MESSAGE_PAGE_ROWS, 1),
+        (Table::QueueDedup, PAGE_ROWS, 2),
+    ];
     let prefix = named(queue);
-    for (table, page_rows) in [
-        (Table::QueueReady, PAGE_ROWS),
-        (Table::QueueDelayed, PAGE_ROWS),
-        (Table::QueueMessage, MESSAGE_PAGE_ROWS),
-    ] {
-        if !remove_prefixed(view, table, &prefix, page_rows, budget, |_, _, _| Ok(()))? {
+    while let Some(&(table, page_rows, rows_each)) = STEPS.get(usize::from(cursor.step)) {
+        let done = remove_prefixed(
+            view,
+            table,
+            &prefix,
+            &mut cursor.after,
+            page_rows,
+            rows_each,
+            budget,
+            |view, key, value| {
+                if table == Table::QueueDedup {
+                    let seen: DedupEntry = decode(Table::QueueDedup, key, value)?;
+                    let mut expiry = seen.expires_at_ms.to_be_bytes().to_vec();
+                    expiry.extend_from_slice(key);
+                    view.delete(Table::QueueDedupExpiry, expiry);
+                }
+                Ok(())
+            },
+        )?;
+        if !done {
             return Ok(false);
         }
+        cursor.next_step();
     }
-    remove_prefixed(
-        view,
-        Table::QueueDedup,
-        &prefix,
-        PAGE_ROWS,
-        budget,
-        |view, key, value| {
-            let seen: DedupEntry = decode(Table::QueueDedup, key, value)?;
-            let mut expiry = seen.expires_at_ms.to_be_bytes().to_vec();
-            expiry.extend_from_slice(key);
-            view.delete(Table::QueueDedupExpiry, expiry);
-            Ok(())
-        },
+    Ok(true)
+}
+
+/// `Meta` key: how far the build of the dead-letter index ([`QueueOp::BuildDeadLetterIndex`])
+/// has come; absent before it starts.
+const DEAD_LETTER_INDEX_KEY: &[u8] = b"queue_dead_letter_index";
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+enum DeadLetterIndex {
+    /// Step 0 removes index rows no queue record backs; step 1 adds the rows records name.
+    Building(DeletionCursor),
+    /// Kept by every configure and delete from here on.
+    Built,
+}
+
+fn dead_letter_index<S: StoreRead + ?Sized>(store: &S) -> Result<DeadLetterIndex, StoreError> {
+    Ok(
+        load(store, Table::Meta, DEAD_LETTER_INDEX_KEY)?
+            .unwrap_or(DeadLetterIndex::Building(DeletionCursor::default())),
     )
+}
+
+/// Whether the index of dead-letter references is still to be built, for the leader's sweeps:
+/// not before there is a queue (or an index row) to build it from, so a store without queues
+/// proposes nothing.
+pub fn dead_letter_index_due<S: StoreRead + ?Sized>(store: &S) -> Result<bool, StoreError> {
+    if dead_letter_index_built(store)? {
+        return Ok(false);
+    }
+    Ok(!store.scan(Table::Queue, &KeyRange::all(), 1)?.is_empty()
+        || !store
+            .scan(Table::QueueDeadLetterSource, &KeyRange::all(), 1)?
+            .is_empty())
+}
+
+/// Whether the index of dead-letter references is complete, so a deletion can trust it.
+pub fn dead_letter_index_built<S: StoreRead + ?Sized>(store: &S) -> Result<bool, StoreError> {
+    Ok(dead_letter_index(store)? == DeadLetterIndex::Built)
+}
+
+/// Builds the index of dead-letter references from the queue records, within `limit` rows:
+/// first every index row whose source queue's record does not name that dead-letter queue is
+/// removed (left by a configure a build without the index applied), then a row is written for
+/// every queue that names one. Configures and deletions in between keep the rows they touch, so
+/// the index equals the records once the build is done, on every replica alike.
+pub(crate) fn build_dead_letter_index<S: StoreRead>(
+    view: &mut View<'_, S>,
+    limit: u32,
+) -> Result<Response, StoreError> {
+    const PAGE_ROWS: usize = 256;
+    let DeadLetterIndex::Building(mut cursor) = dead_letter_index(view)? else {
+        return Ok(Response::Swept { removed: 0 });
+    };
+    let mut left = limit.max(1);
+    while left > 0 {
+        let table = match cursor.step {
+            0 => Table::QueueDeadLetterSource,
+            _ => Table::Queue,
+        };
+        let start = cursor.after.clone().map_or_else(Vec::new, |mut k| {
+            k.push(0);
+            k
+        });
+        let page = view.scan(table, &KeyRange::all_from(start), PAGE_ROWS.min(left as usize))?;
+        let exhausted = page.len() < PAGE_ROWS.min(left as usize);
+        for (key, bytes) in page {
+            left -= 1;
+            if table == Table::QueueDeadLetterSource {
+                let dlq = name_in_key(&key);
+                let source = dlq.and_then(|d| key.get(1 + d.len()..)).and_then(name_in_key);
+                let backed = match (dlq, source) {
+                    (Some(dlq), Some(source)) => load::<_, StoredQueue>(view, Table::Queue, &named(source))?
+                        .is_some_and(|r| r.config.dead_letter_queue.as_deref() == Some(dlq)),
+                    _ => false,
+                };
+                if !backed {
+                    view.delete(Table::QueueDeadLetterSource, key.clone());
+                }
+            } else {
+                let record: StoredQueue = decode(Table::Queue, &key, &bytes)?;
+                if let (Some(dlq), Some(source)) = (&record.config.dead_letter_queue, name_in_key(&key)) {
+                    view.put(
+                        Table::QueueDeadLetterSource,
+                        dead_letter_source_key(dlq, source),
+                        Vec::new(),
+                    );
+                }
+            }
+            cursor.after = Some(key);
+        }
+        if exhausted {
+            if cursor.step >= 1 {
+                save(
+                    view,
+                    Table::Meta,
+                    DEAD_LETTER_INDEX_KEY.to_vec(),
+                    &DeadLetterIndex::Built,
+                );
+                return Ok(Response::Swept {
+                    removed: limit.max(1) - left,
+                });
+            }
+            cursor.next_step();
+        }
+    }
+    save(
+        view,
+        Table::Meta,
+        DEAD_LETTER_INDEX_KEY.to_vec(),
+        &DeadLetterIndex::Building(cursor),
+    );
+    Ok(Response::Swept {
+        removed: limit.max(1) - left,
+    })
 }
 
 /// A page of [`list_queues`]: queue names with their records, and whether more follow.

@@ -108,42 +108,65 @@ impl DeleteBudget {
     }
 }
 
-/// Removes the rows of `table` whose keys start with `prefix`, in key order, `page_rows` per
-/// scan, within `budget`; `also` sees each removed row first (to remove what it points to).
-/// At least one row goes, whatever its size, so a deletion always progresses. Answers whether
-/// none is left.
+/// Where a deletion that runs over several entries stands: the step it is at (an index into its
+/// own list of tables) and the last key that step removed, so the next entry's scan starts after
+/// it and never walks again over the rows (tombstones) removed before.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct DeletionCursor {
+    pub(crate) step: u8,
+    pub(crate) after: Option<Vec<u8>>,
+}
+
+impl DeletionCursor {
+    /// Goes to the next step, from its first key.
+    pub(crate) fn next_step(&mut self) {
+        self.step = self.step.saturating_add(1);
+        self.after = None;
+    }
+}
+
+/// Removes the rows of `table` whose keys start with `prefix` and come after `after` (from the
+/// first when `None`), in key order, `page_rows` per scan, within `budget`, charging
+/// `rows_each` rows per removal (a row and the rows `also` removes with it); `also` sees each
+/// removed row first. `after` is moved past every removed row. At least one row goes, whatever
+/// its size, so a deletion always progresses. Answers whether none is left.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn remove_prefixed<S: StoreRead>(
     view: &mut View<'_, S>,
     table: Table,
     prefix: &[u8],
+    after: &mut Option<Vec<u8>>,
     page_rows: u32,
+    rows_each: u32,
     budget: &mut DeleteBudget,
     mut also: impl FnMut(&mut View<'_, S>, &[u8], &[u8]) -> Result<(), StoreError>,
 ) -> Result<bool, StoreError> {
-    // Pages start after the rows removed so far, so a scan never re-reads them.
-    let mut from = prefix.to_vec();
     loop {
         if budget.spent() {
             return Ok(false);
         }
-        let page = view.scan(
-            table,
-            &KeyRange::prefix_from(prefix, from.clone()),
-            budget.rows.min(page_rows) as usize,
-        )?;
-        let Some((last, _)) = page.last() else {
-            return Ok(true);
+        let from = match after {
+            None => prefix.to_vec(),
+            Some(last) => {
+                let mut from = last.clone();
+                from.push(0);
+                from
+            }
         };
-        from = last.clone();
-        from.push(0);
+        let want = (budget.rows / rows_each.max(1)).clamp(1, page_rows.max(1));
+        let page = view.scan(table, &KeyRange::prefix_from(prefix, from), want as usize)?;
+        if page.is_empty() {
+            return Ok(true);
+        }
         for (key, value) in page {
             if budget.spent() {
                 return Ok(false);
             }
-            budget.rows -= 1;
+            budget.rows = budget.rows.saturating_sub(rows_each.max(1));
             budget.bytes = budget.bytes.saturating_sub(value.len() as u64);
             also(view, &key, &value)?;
-            view.delete(table, key);
+            view.delete(table, key.clone());
+            *after = Some(key);
         }
     }
 }

@@ -197,11 +197,7 @@ fn mirror_row<S: StoreRead + ?Sized>(
     let mirrored = match settings(Table::StreamTopic)? {
         Some(bytes) => decode::<TopicConfig>(Table::StreamTopic, &topic_key, &bytes)?.mirror,
         None => match settings(Table::StreamTopicDeleting)? {
-            Some(bytes) => {
-                decode::<super::stream::TopicDeletion>(Table::StreamTopicDeleting, &topic_key, &bytes)?
-                    .config
-                    .mirror
-            }
+            Some(bytes) => super::stream::TopicDeletion::decode(&topic_key, &bytes)?.config.mirror,
             None => false,
         },
     };

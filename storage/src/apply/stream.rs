@@ -9,12 +9,12 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::queue::check_name;
-use super::records::{remove_prefixed, DeleteBudget};
+use super::records::{remove_prefixed, DeleteBudget, DeletionCursor};
 use super::{check_batch, decode, load, named, out_of_range, save, OpContext, View};
 use crate::command::{OpError, Response, StreamError, StreamOp};
 use crate::limits::{
     BATCH_BYTES_MAX, LIST_TOPICS_MAX, NAME_BYTES_MAX, PARTITIONS_MAX, RECORD_VALUE_BYTES_MAX, TOPIC_DELETE_BYTES_MAX,
-    TOPIC_DELETE_ROWS_MAX, TTL_MS_MAX,
+    TOPIC_DELETE_ROWS_MAX, TOPIC_DELETIONS_PER_ENTRY_MAX, TTL_MS_MAX,
 };
 use crate::state::{KeyRange, StoreError, StoreRead, Table, ViewSource};
 use crate::stream::{
@@ -504,7 +504,7 @@ fn topics_with_retention<S: StoreRead + ?Sized>(store: &S) -> Result<Vec<(Vec<u8
 /// Whether some partition has a batch that retention would remove at `now_ms`, or a topic
 /// deletion has rows left to remove.
 pub fn retention_due<S: StoreRead + ?Sized>(store: &S, now_ms: u64) -> Result<bool, StoreError> {
-    if !store.scan(Table::StreamTopicDeleting, &KeyRange::all(), 1)?.is_empty() {
+    if deletions_due(store)? {
         return Ok(true);
     }
     for (topic, config) in topics_with_retention(store)? {
@@ -563,7 +563,35 @@ pub(crate) struct TopicDeletion {
     pub(crate) config: TopicConfig,
     /// The last committed-offset key looked at (`None`: not started).
     offsets_after: Option<Vec<u8>>,
+    /// Where the removal of the topic's own rows (batches, producers, partitions) stands.
+    rows: DeletionCursor,
 }
+
+/// A [`TopicDeletion`] as builds before its row cursor saved it.
+#[derive(Deserialize)]
+struct TopicDeletionWithoutCursor {
+    config: TopicConfig,
+    offsets_after: Option<Vec<u8>>,
+}
+
+impl TopicDeletion {
+    /// Decodes a [`Table::StreamTopicDeleting`] value, also one saved before the row cursor (its
+    /// row removal starts over from the first row left).
+    pub(crate) fn decode(key: &[u8], bytes: &[u8]) -> Result<TopicDeletion, StoreError> {
+        decode(Table::StreamTopicDeleting, key, bytes).or_else(|e| {
+            let old: TopicDeletionWithoutCursor = basalt_codec::decode(bytes).map_err(|_| e)?;
+            Ok(TopicDeletion {
+                config: old.config,
+                offsets_after: old.offsets_after,
+                rows: DeletionCursor::default(),
+            })
+        })
+    }
+}
+
+/// `Meta` key: the [`Table::StreamTopicDeleting`] key the next entry's deletion work starts at
+/// (absent: the first), so topic deletions take turns.
+const DELETION_TURN_KEY: &[u8] = b"stream_topic_deletion_turn";
 
 /// Deletes `topic`: it is unknown from this entry on, and as many of its rows as one entry may
 /// remove ([`TOPIC_DELETE_ROWS_MAX`], [`TOPIC_DELETE_BYTES_MAX`]) are removed; the rest are
@@ -576,6 +604,7 @@ pub(crate) fn delete_topic<S: StoreRead>(view: &mut View<'_, S>, topic: &[u8]) -
     let mut deletion = TopicDeletion {
         config,
         offsets_after: None,
+        rows: DeletionCursor::default(),
     };
     let mut budget = DeleteBudget {
         rows: TOPIC_DELETE_ROWS_MAX,
@@ -588,30 +617,62 @@ pub(crate) fn delete_topic<S: StoreRead>(view: &mut View<'_, S>, topic: &[u8]) -
     Ok(Response::TopicDeleted { finished })
 }
 
-/// Goes on with every topic deletion, within `limit` rows; answers the rows removed.
-fn continue_deletions<S: StoreRead>(view: &mut View<'_, S>, limit: u32) -> Result<u32, StoreError> {
+/// Goes on with topic deletions, within `limit` rows, starting with the deletion after the one
+/// the last entry stopped in (wrapping around), so several deletions progress in turn; at most
+/// [`TOPIC_DELETIONS_PER_ENTRY_MAX`] are looked at. Answers the rows removed.
+pub(super) fn continue_deletions<S: StoreRead>(view: &mut View<'_, S>, limit: u32) -> Result<u32, StoreError> {
     let mut budget = DeleteBudget {
         rows: limit,
         bytes: TOPIC_DELETE_BYTES_MAX,
     };
-    let pending = view.scan(Table::StreamTopicDeleting, &KeyRange::all(), usize::MAX)?;
+    let turn = view.get(Table::Meta, DELETION_TURN_KEY)?.unwrap_or_default();
+    let mut pending = view.scan(
+        Table::StreamTopicDeleting,
+        &KeyRange::all_from(turn.clone()),
+        TOPIC_DELETIONS_PER_ENTRY_MAX,
+    )?;
+    if pending.len() < TOPIC_DELETIONS_PER_ENTRY_MAX && !turn.is_empty() {
+        let wrapped = view.scan(
+            Table::StreamTopicDeleting,
+            &KeyRange::between(Vec::new(), turn),
+            TOPIC_DELETIONS_PER_ENTRY_MAX - pending.len(),
+        )?;
+        pending.extend(wrapped);
+    }
+    let looked_at = pending.len();
+    let mut next_turn = None;
     for (key, bytes) in pending {
-        if budget.spent() {
-            break;
-        }
-        let mut deletion: TopicDeletion = decode(Table::StreamTopicDeleting, &key, &bytes)?;
+        let mut after = key.clone();
+        after.push(0);
+        next_turn = Some(after);
         let Some(topic) = topic_of_key(&key).map(<[u8]>::to_vec) else {
             // A key that names no topic has nothing to remove: dropped, or it is due forever.
             view.delete(Table::StreamTopicDeleting, key);
             continue;
         };
+        let mut deletion = TopicDeletion::decode(&key, &bytes)?;
         if remove_topic_rows(view, &topic, &mut deletion, &mut budget)? {
             view.delete(Table::StreamTopicDeleting, key);
         } else {
             save(view, Table::StreamTopicDeleting, key, &deletion);
         }
+        if budget.spent() {
+            break;
+        }
     }
-    Ok(limit - budget.rows)
+    // Every pending deletion was looked at within the budget: the next entry starts at the first.
+    match next_turn {
+        Some(turn) if budget.spent() || looked_at == TOPIC_DELETIONS_PER_ENTRY_MAX => {
+            view.put(Table::Meta, DELETION_TURN_KEY.to_vec(), turn)
+        }
+        _ => view.delete(Table::Meta, DELETION_TURN_KEY.to_vec()),
+    }
+    Ok(limit.saturating_sub(budget.rows))
+}
+
+/// Whether a topic deletion has rows left to remove.
+pub fn deletions_due<S: StoreRead + ?Sized>(store: &S) -> Result<bool, StoreError> {
+    Ok(!store.scan(Table::StreamTopicDeleting, &KeyRange::all(), 1)?.is_empty())
 }
 
 /// Removes rows of the deleted `topic` within `budget`: record batches, partitions, producers,
@@ -627,16 +688,28 @@ fn remove_topic_rows<S: StoreRead>(
     // Record batches per scan: a scan reads their values (up to `BATCH_BYTES_MAX` each), so a
     // page stays small and the byte budget is checked between pages.
     const BATCH_PAGE_ROWS: u32 = 1;
+    const STEPS: [(Table, u32); 3] = [
+        (Table::StreamBatch, BATCH_PAGE_ROWS),
+        (Table::StreamProducer, PAGE_ROWS),
+        (Table::StreamPartition, PAGE_ROWS),
+    ];
     let prefix = named(topic);
-    for table in [Table::StreamBatch, Table::StreamProducer, Table::StreamPartition] {
-        let page_rows = if table == Table::StreamBatch {
-            BATCH_PAGE_ROWS
-        } else {
-            PAGE_ROWS
-        };
-        if !remove_prefixed(view, table, &prefix, page_rows, budget, |_, _, _| Ok(()))? {
+    let cursor = &mut deletion.rows;
+    while let Some(&(table, page_rows)) = STEPS.get(usize::from(cursor.step)) {
+        let done = remove_prefixed(
+            view,
+            table,
+            &prefix,
+            &mut cursor.after,
+            page_rows,
+            1,
+            budget,
+            |_, _, _| Ok(()),
+        )?;
+        if !done {
             return Ok(false);
         }
+        cursor.next_step();
     }
     // Committed offsets are keyed `(group, topic, partition)`: walk them all, removing this topic's.
     loop {

@@ -4,7 +4,7 @@
 
 use super::{queue, stream, RegionRole};
 use crate::command::{GroupOp, KvOp, LedgerOp, Op, QueueOp, RateOp, StreamOp};
-use crate::limits::QUEUE_DELETE_ROWS_MAX;
+use crate::limits::{QUEUE_DELETE_ROWS_MAX, QUEUE_INDEX_ROWS_MAX};
 use crate::state::{KeyRange, StoreError, StoreRead, Table};
 
 /// Most keys one sweep entry removes; the rest go with the next one.
@@ -67,11 +67,29 @@ pub fn sweeps_due<S: StoreRead + ?Sized>(store: &S, now_ms: u64, region: RegionR
     if stream::retention_due(store, now_ms)? {
         due.push(Op::Stream(StreamOp::Retention { limit: SWEEP_ITEMS_MAX }));
     }
-    // Queues are homed: their home removes a deleted queue's rows.
+    // Queues are homed: their home removes a deleted queue's rows, and builds the index its
+    // deletions check (once; again if the home moves here).
     if region.is_home() && queue::deletions_due(store)? {
         due.push(Op::Queue(QueueOp::ContinueDeletes {
             limit: QUEUE_DELETE_ROWS_MAX,
         }));
     }
+    if region.is_home() && queue::dead_letter_index_due(store)? {
+        due.push(Op::Queue(QueueOp::BuildDeadLetterIndex {
+            limit: QUEUE_INDEX_ROWS_MAX,
+        }));
+    }
     Ok(due)
+}
+
+/// Whether `op`, a sweep just applied, has more of its work due at once: paged work that is not
+/// bound to a time (deletions of topics and queues, the dead-letter index build), which the
+/// leader goes on with for several entries a tick rather than one a second.
+pub fn more_due<S: StoreRead + ?Sized>(store: &S, op: &Op) -> Result<bool, StoreError> {
+    match op {
+        Op::Queue(QueueOp::ContinueDeletes { .. }) => queue::deletions_due(store),
+        Op::Queue(QueueOp::BuildDeadLetterIndex { .. }) => queue::dead_letter_index_due(store),
+        Op::Stream(StreamOp::Retention { .. }) => stream::deletions_due(store),
+        _ => Ok(false),
+    }
 }

@@ -544,6 +544,8 @@ fn counter_action_strategy() -> impl Strategy<Value = CounterAction> {
             .prop_map(|(delta, min, max)| CounterAction::Incr { delta, min, max }),
         1 => (-3i64..3).prop_map(|value| CounterAction::Set { value }),
         1 => Just(CounterAction::Delete),
+        2 => (-5i64..5, prop::option::of(-10i64..0), prop::option::of(0i64..10), 1u64..60)
+            .prop_map(|(delta, min, max, ttl_ms)| CounterAction::IncrExpiring { delta, min, max, ttl_ms }),
     ]
 }
 
@@ -591,14 +593,62 @@ fn kv_write_strategy() -> impl Strategy<Value = fn(Vec<u8>) -> KvWrite> {
     ])
 }
 
-/// A straightforward model of KV and counters: value, mod revision, expiry.
+/// A straightforward model of KV and counters: a key's value, mod revision and expiry; a
+/// counter's value and expiry.
 #[derive(Default)]
 struct Model {
     kv: BTreeMap<Vec<u8>, (Vec<u8>, u64, Option<u64>)>,
-    counters: BTreeMap<Vec<u8>, i64>,
+    counters: BTreeMap<Vec<u8>, (i64, Option<u64>)>,
 }
 
 impl Model {
+    /// A counter as read at `now`: 0 without an expiry once expired; a counter at 0 holds none.
+    fn counter(&self, key: &[u8], now: u64) -> (i64, Option<u64>) {
+        match self.counters.get(key).copied().unwrap_or_default() {
+            (_, Some(at)) if at <= now => (0, None),
+            (0, _) => (0, None),
+            live => live,
+        }
+    }
+
+    fn counter_ops(&mut self, now: u64, ops: &[CounterOp]) -> Response {
+        // A refusal refuses the whole request: nothing of it applies.
+        let before = self.counters.clone();
+        let mut outcomes = Vec::new();
+        for op in ops {
+            let (current, expiry) = self.counter(&op.key, now);
+            let (outcome, expiry) = match op.action {
+                CounterAction::Set { value } => (CounterOutcome::Applied { value }, expiry),
+                // An absent counter reads 0, as a deleted one does.
+                CounterAction::Delete => (CounterOutcome::Applied { value: 0 }, None),
+                CounterAction::Window { .. } => unreachable!("the model generates no windowed changes"),
+                // The model is a lone region, where escrow does not exist.
+                CounterAction::Transfer { .. } => unreachable!("the model generates no transfers"),
+                CounterAction::Incr { delta, min, max } => (bounded(current, delta, min, max), expiry),
+                // The TTL is fixed when the counter is created; a counter holding a value
+                // without one refuses it.
+                CounterAction::IncrExpiring { .. } if expiry.is_none() && current != 0 => {
+                    self.counters = before;
+                    return Response::Refused(OpError::Counter(CounterError::NotExpiring {
+                        key: lossy(&op.key),
+                        value: current,
+                    }));
+                }
+                CounterAction::IncrExpiring {
+                    delta,
+                    min,
+                    max,
+                    ttl_ms,
+                } => (bounded(current, delta, min, max), expiry.or(Some(now + ttl_ms))),
+            };
+            if let CounterOutcome::Applied { value } = outcome {
+                self.counters.insert(op.key.clone(), (value, expiry));
+            }
+            outcomes.push(outcome);
+        }
+        Response::Counters(outcomes)
+    }
+
     fn live(&self, key: &[u8], now: u64) -> Option<&(Vec<u8>, u64, Option<u64>)> {
         self.kv.get(key).filter(|(_, _, exp)| exp.is_none_or(|e| now < e))
     }
@@ -674,44 +724,28 @@ impl Model {
                         .collect(),
                 )
             }
-            Op::Counter { ops } => {
-                let mut outcomes = Vec::new();
-                for op in ops {
-                    let v = self.counters.entry(op.key.clone()).or_default();
-                    let outcome = match op.action {
-                        CounterAction::Set { value } => CounterOutcome::Applied { value },
-                        // An absent counter reads 0, as a deleted one does.
-                        CounterAction::Delete => CounterOutcome::Applied { value: 0 },
-                        CounterAction::Window { .. } => unreachable!("the model generates no windowed changes"),
-                        CounterAction::IncrExpiring { .. } => unreachable!("the model generates no expiring changes"),
-                        // The model is a lone region, where escrow does not exist.
-                        CounterAction::Transfer { .. } => unreachable!("the model generates no transfers"),
-                        CounterAction::Incr { delta, min, max } => {
-                            let next = *v + delta;
-                            if min.is_some_and(|m| next < m) || max.is_some_and(|m| next > m) {
-                                CounterOutcome::BoundExceeded { value: *v }
-                            } else {
-                                CounterOutcome::Applied { value: next }
-                            }
-                        }
-                    };
-                    if let CounterOutcome::Applied { value } = outcome {
-                        *v = value;
-                    }
-                    outcomes.push(outcome);
-                }
-                Response::Counters(outcomes)
-            }
+            Op::Counter { ops } => self.counter_ops(now, ops),
             Op::Kv(KvOp::SweepExpired { .. }) => Response::Swept { removed: 0 },
             other => unreachable!("the strategy generates no {other:?}"),
         }
     }
 }
 
+/// An increment by `delta` of a counter at `current` within the bounds.
+fn bounded(current: i64, delta: i64, min: Option<i64>, max: Option<i64>) -> CounterOutcome {
+    let next = current + delta;
+    if min.is_some_and(|m| next < m) || max.is_some_and(|m| next > m) {
+        CounterOutcome::BoundExceeded { value: current }
+    } else {
+        CounterOutcome::Applied { value: next }
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
-    /// Apply agrees with the model on every response and on the live state.
+    /// Apply agrees with the model on every response and on the live state (keys, counters
+    /// with their expiry).
     #[test]
     fn apply_matches_model(ops in prop::collection::vec((0u64..30, op_strategy()), 1..60)) {
         let mut h = Harness::new();
@@ -729,6 +763,12 @@ proptest! {
                 let actual = h.kv(std::str::from_utf8(key).expect("utf8")).filter(|r| r.is_live_at(now)).map(|r| (r.value, r.mod_revision));
                 let wanted = model.live(key, now).map(|(v, rev, _)| (v.clone(), *rev));
                 prop_assert_eq!(actual, wanted);
+            }
+            let keys: Vec<Vec<u8>> = [b"a", b"b", b"c", b"d"].iter().map(|k| k.to_vec()).collect();
+            let (reads, judged_at) = counter::read_counters(&h.store, &keys).expect("read");
+            prop_assert_eq!(judged_at, now);
+            for (key, read) in keys.iter().zip(reads) {
+                prop_assert_eq!((read.value, read.expires_at_ms), model.counter(key, now), "counter {:?}", key);
             }
         }
     }
@@ -780,10 +820,10 @@ impl StoreRead for CountingStore {
 }
 
 /// Records where every scan of one table starts.
-struct ScanStarts<'a> {
-    inner: &'a MemStore,
-    table: Table,
-    starts: std::cell::RefCell<Vec<Vec<u8>>>,
+pub(super) struct ScanStarts<'a> {
+    pub(super) inner: &'a MemStore,
+    pub(super) table: Table,
+    pub(super) starts: std::cell::RefCell<Vec<Vec<u8>>>,
 }
 
 impl StoreRead for ScanStarts<'_> {

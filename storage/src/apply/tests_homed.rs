@@ -80,6 +80,13 @@ fn a_queue_deleted_at_its_home_is_gone_from_the_copies_and_only_the_home_goes_on
     );
     let many: Vec<NewMessage> = (0..3000).map(|i| message(&format!("m{i}"), 0)).collect();
     enqueue(&mut home, 1000, "jobs", many);
+    // The home builds its index of dead-letter references (once, before its first deletion); a
+    // copy does not.
+    super::tests_queue_delete::build_index(&mut home, crate::limits::QUEUE_INDEX_ROWS_MAX);
+    assert!(!sweeps_due(&eu.store, 1001, eu.applier.region())
+        .expect("due")
+        .iter()
+        .any(|op| matches!(op, Op::Queue(QueueOp::BuildDeadLetterIndex { .. }))));
     assert!(merged(&ship(&home, 1, &mut eu, 1001)));
     // The copy refuses a deletion itself, like every homed write.
     assert!(matches!(

@@ -652,6 +652,86 @@ fn a_deleted_topic_goes_with_its_records_producers_and_offsets_and_its_name_come
 }
 
 #[test]
+fn topic_deletions_take_turns_and_each_goes_on_where_it_stopped() {
+    let mut h = Harness::new();
+    let batches = crate::limits::TOPIC_DELETE_ROWS_MAX as u64 + 300;
+    for topic in ["a", "b"] {
+        create(&mut h, topic, 1);
+        for n in 0..batches {
+            produce(&mut h, n, topic, vec![to(0, "v")], None);
+        }
+        assert_eq!(
+            delete(&mut h, batches, topic),
+            Response::TopicDeleted { finished: false }
+        );
+    }
+    let (a, b) = (rows_of(&h, "a"), rows_of(&h, "b"));
+    assert!(a > 200 && b > 200, "{a} {b}");
+    let go_on = |h: &mut Harness, limit: u32| {
+        let starts = super::tests::ScanStarts {
+            inner: &h.store,
+            table: Table::StreamBatch,
+            starts: Default::default(),
+        };
+        let mut writes = WriteSet::default();
+        let mut view = View {
+            base: &starts,
+            writes: &mut writes,
+        };
+        assert_eq!(
+            super::stream::continue_deletions(&mut view, limit).expect("continue"),
+            limit
+        );
+        let starts = starts.starts.into_inner();
+        h.store.commit(&writes);
+        starts
+    };
+    // "a" until the budget is spent, then "b", then "a" again from where it stopped: no scan
+    // starts at the topic's first key, where the removed rows were.
+    go_on(&mut h, 100);
+    assert_eq!((rows_of(&h, "a"), rows_of(&h, "b")), (a - 100, b));
+    go_on(&mut h, 100);
+    assert_eq!((rows_of(&h, "a"), rows_of(&h, "b")), (a - 100, b - 100));
+    let starts = go_on(&mut h, 100);
+    assert_eq!((rows_of(&h, "a"), rows_of(&h, "b")), (a - 200, b - 100));
+    let prefix = named(b"a");
+    assert!(!starts.is_empty());
+    assert!(
+        starts.iter().all(|s| s.starts_with(&prefix) && s.len() > prefix.len()),
+        "{starts:?}"
+    );
+}
+
+#[test]
+fn a_topic_deletion_saved_before_the_row_cursor_goes_on_from_the_first_row_left() {
+    #[derive(serde::Serialize)]
+    struct WithoutCursor {
+        config: TopicConfig,
+        offsets_after: Option<Vec<u8>>,
+    }
+    let config = TopicConfig {
+        partitions: 2,
+        retention_ms: None,
+        retention_bytes: None,
+        mirror: true,
+    };
+    let old = basalt_codec::encode(&WithoutCursor {
+        config: config.clone(),
+        offsets_after: Some(b"g".to_vec()),
+    });
+    let deletion = super::stream::TopicDeletion::decode(b"\x01t", &old).expect("decode");
+    assert_eq!(deletion.config, config);
+    // Neither shape: corruption, naming the table.
+    assert!(matches!(
+        super::stream::TopicDeletion::decode(b"\x01t", &[0xff, 0xff]),
+        Err(crate::state::StoreError::CorruptRecord {
+            table: Table::StreamTopicDeleting,
+            ..
+        })
+    ));
+}
+
+#[test]
 fn a_small_topic_is_deleted_in_one_entry_and_bad_deletes_are_refused() {
     let mut h = Harness::new();
     create(&mut h, "small", 3);

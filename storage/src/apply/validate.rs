@@ -109,6 +109,7 @@ pub fn validate_op(op: &Op) -> Result<(), OpError> {
         | Op::Kv(KvOp::Compact { .. })
         | Op::Queue(QueueOp::DedupSweep { .. })
         | Op::Queue(QueueOp::ContinueDeletes { .. })
+        | Op::Queue(QueueOp::BuildDeadLetterIndex { .. })
         | Op::Stream(StreamOp::Retention { .. })
         | Op::Group(GroupOp::Sweep { .. })
         | Op::CounterSweep { .. }

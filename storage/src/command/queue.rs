@@ -74,8 +74,17 @@ pub enum QueueOp {
     Delete {
         queue: Vec<u8>,
     },
-    /// Goes on removing the rows of deleted queues, at most `limit`. Proposed by the leader.
+    /// Goes on removing the rows of deleted queues, at most `limit`, taking the deletions in turn
+    /// (each entry starts after the one the previous entry stopped in). Proposed by the leader.
     ContinueDeletes {
+        limit: u32,
+    },
+    /// Builds the index of dead-letter references (which queues name each queue as their
+    /// dead-letter queue) from the queue records, at most `limit` rows per entry: stale index
+    /// rows are removed, then missing ones added. Deletions are refused (`IndexBuilding`) until
+    /// it is done. Proposed by the home region's leader once, for data written by builds that
+    /// did not keep the index (or while replicas ran mixed builds).
+    BuildDeadLetterIndex {
         limit: u32,
     },
 }
@@ -114,6 +123,7 @@ impl std::fmt::Display for QueueOp {
             }
             QueueOp::Delete { queue } => write!(f, "queue delete {:?}", lossy(queue)),
             QueueOp::ContinueDeletes { limit } => write!(f, "queue continue deletes (limit {limit})"),
+            QueueOp::BuildDeadLetterIndex { limit } => write!(f, "queue build dead-letter index (limit {limit})"),
         }
     }
 }
@@ -134,4 +144,10 @@ pub enum QueueError {
     /// Creating a queue whose earlier namesake is still being deleted: retry shortly.
     #[error("queue {queue:?} is being deleted; its name can be used again once its messages are removed")]
     BeingDeleted { queue: String },
+    /// A deletion before the home region's leader has built the index of dead-letter references
+    /// (once, after an upgrade or a move of the home): retry shortly.
+    #[error(
+        "queue {queue:?} cannot be deleted yet: the index of dead-letter references is being built; retry shortly"
+    )]
+    IndexBuilding { queue: String },
 }

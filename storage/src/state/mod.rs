@@ -95,7 +95,8 @@ pub enum Table {
     /// Topic name -> a topic being deleted: its settings as they were and how far the removal of
     /// its rows has come (`crate::apply::stream`). The name cannot be created again until done.
     StreamTopicDeleting,
-    /// Queue name -> nothing: a queue being deleted, whose rows the leader's
+    /// Queue name -> where the removal of its rows stands (a `DeletionCursor`; empty: from the
+    /// first row left): a queue being deleted, whose rows the leader's
     /// `QueueOp::ContinueDeletes` entries still remove (`crate::apply::queue`). The name cannot
     /// be created again until done.
     QueueDeleting,
