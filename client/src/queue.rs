@@ -425,7 +425,10 @@ impl QueueHandle {
         }
     }
 
-    /// On a dead-letter queue: moves up to `max` messages back to the queues they came from.
+    /// On a dead-letter queue: moves up to `max` messages back to the queues they came from, and
+    /// answers how many moved. One call looks at a bounded part of the queue's head (4000
+    /// messages or 16 MiB, messages that are not dead letters included): call again until it
+    /// answers 0.
     pub async fn redrive(&self, max: u32) -> Result<u32, ClientError> {
         let (header, _guard) = self.client.header();
         let message = pb::RedriveRequest {

@@ -133,6 +133,10 @@ pub(crate) const COMPACT_STEPS_PER_TICK_MAX: usize = 16;
 /// Most entries per sweeper tick of paged work not bound to a time (deletions of topics and
 /// queues, the queue dead-letter index build): up to 65,536 rows of a deletion a second.
 pub(crate) const PAGED_SWEEP_STEPS_PER_TICK_MAX: usize = 16;
+/// Time per sweeper tick after which no further entry of paged work is proposed (the first
+/// always is), so large rows (256 KiB messages, big record batches) or a slow disk keep that
+/// work to about a quarter of the apply loop's time.
+pub(crate) const PAGED_SWEEP_MS_PER_TICK_MAX: u64 = 250;
 
 // The feed shipper (to other regions) (`replication/shipper.rs`).
 

@@ -31,8 +31,8 @@ use openraft::{BasicNode, SnapshotPolicy};
 use crate::api::{Api, ApiCounters};
 use crate::config::{ConfigError, NodeConfig};
 use crate::limits::{
-    COMPACT_CHANGES_MAX, COMPACT_STEPS_PER_TICK_MAX, PAGED_SWEEP_STEPS_PER_TICK_MAX, SESSION_SWEEP_CLIENTS_MAX,
-    SESSION_SWEEP_EVERY_S,
+    COMPACT_CHANGES_MAX, COMPACT_STEPS_PER_TICK_MAX, PAGED_SWEEP_MS_PER_TICK_MAX, PAGED_SWEEP_STEPS_PER_TICK_MAX,
+    SESSION_SWEEP_CLIENTS_MAX, SESSION_SWEEP_EVERY_S,
 };
 use crate::replication::{FeedReceiver, Homed, Replication};
 
@@ -416,11 +416,18 @@ async fn sweeper(api: Api, config: NodeConfig, stop: tokio::sync::watch::Receive
         };
         match basalt_storage::apply::sweeps_due(&api.store, now_ms, role) {
             Ok(due) => {
+                let paged_until = tokio::time::Instant::now() + Duration::from_millis(PAGED_SWEEP_MS_PER_TICK_MAX);
                 for op in due {
                     // Paged work (deletions, the index build) goes on for several entries while
-                    // more is due: one entry a second would hold a large queue's name for hours.
+                    // more is due, within a time budget: one entry a second would hold a large
+                    // queue's name for hours.
+                    let mut next = op.clone();
                     for _ in 0..PAGED_SWEEP_STEPS_PER_TICK_MAX {
-                        if propose_sweep(&api, op.clone()).await.is_none() {
+                        if propose_sweep(&api, next.clone()).await.is_none() {
+                            break;
+                        }
+                        next = basalt_storage::apply::follow_up(&op);
+                        if tokio::time::Instant::now() >= paged_until {
                             break;
                         }
                         match basalt_storage::apply::more_due(&api.store, &op) {

@@ -91,6 +91,10 @@ pub const RECEIVE_MESSAGES_MAX: u32 = 1000;
 /// are not dead letters (enqueued directly, or whose source queue is gone) count toward it, not
 /// toward the redrive's `max`.
 pub const REDRIVE_LOOKED_AT_MAX: usize = 4 * RECEIVE_MESSAGES_MAX as usize;
+/// Most payload bytes of the messages one redrive looks at (moved ones included; at least one
+/// message is looked at), so its entry and the feed rows it ships stay bounded; the answer says
+/// how many moved, and a caller redrives again until it answers 0.
+pub const REDRIVE_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// Longest visibility timeout (12 hours, as SQS).
 pub const VISIBILITY_MS_MAX: u64 = 12 * 3600 * 1000;
 /// Most queues one list answers.

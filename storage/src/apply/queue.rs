@@ -15,8 +15,8 @@ use super::{check_batch, decode, load, named, out_of_range, save, OpContext, Vie
 use crate::command::{OpError, QueueError, QueueOp, Response};
 use crate::limits::{
     BATCH_BYTES_MAX, DELAY_MS_MAX, MESSAGE_BYTES_MAX, NAME_BYTES_MAX, PURGE_MESSAGES_MAX, QUEUE_DELETE_BYTES_MAX,
-    QUEUE_DELETE_ROWS_MAX, QUEUE_DELETIONS_PER_ENTRY_MAX, RECEIVE_MESSAGES_MAX, REDRIVE_LOOKED_AT_MAX,
-    VISIBILITY_MS_MAX,
+    QUEUE_DELETE_ROWS_MAX, QUEUE_DELETIONS_PER_ENTRY_MAX, RECEIVE_MESSAGES_MAX, REDRIVE_BYTES_MAX,
+    REDRIVE_LOOKED_AT_MAX, VISIBILITY_MS_MAX,
 };
 use crate::queue::{Delivery, EnqueueOutcome, NewMessage, QueueConfig, QueueStats, Receipt};
 use crate::state::{KeyRange, StoreError, StoreRead, Table};
@@ -292,6 +292,19 @@ pub(crate) fn configure<S: StoreRead>(
     }
     if let Some(dlq) = &config.dead_letter_queue {
         refuse_on_err!(stored_queue(view, dlq)?);
+    }
+    // On a store without queues the index is complete as it stands (empty): marked built, so a
+    // new cluster never waits for a build.
+    if !dead_letter_index_built(view)?
+        && view.scan(Table::Queue, &KeyRange::all(), 1)?.is_empty()
+        && view.scan(Table::QueueDeadLetterSource, &KeyRange::all(), 1)?.is_empty()
+    {
+        save(
+            view,
+            Table::Meta,
+            DEAD_LETTER_INDEX_KEY.to_vec(),
+            &DeadLetterIndex::Built,
+        );
     }
     let (created, stats, old_dlq) = match load::<_, StoredQueue>(view, Table::Queue, &named(queue))? {
         Some(existing) => (false, existing.stats, existing.config.dead_letter_queue),
@@ -666,8 +679,10 @@ pub(crate) fn purge<S: StoreRead>(
 
 /// Moves up to `max` messages of dead-letter queue `queue` back to the queues they came from,
 /// as fresh deliveries, looking at up to [`REDRIVE_LOOKED_AT_MAX`] visible messages from its
-/// head. Messages enqueued directly into it stay, and so do dead letters whose source queue is
-/// gone; they count toward that bound, not toward `max`.
+/// head, or [`REDRIVE_BYTES_MAX`] of them (at least one). Messages enqueued directly into it
+/// stay, and so do dead letters whose source queue is gone; they count toward those bounds, not
+/// toward `max`, and stay at the head (so more of them than the bounds hide the dead letters
+/// behind them from a redrive until they are received or purged).
 pub(crate) fn redrive<S: StoreRead>(
     view: &mut View<'_, S>,
     now_ms: u64,
@@ -681,9 +696,10 @@ pub(crate) fn redrive<S: StoreRead>(
     let prefix = named(queue);
     let mut from = prefix.clone();
     let mut looked_at = 0usize;
+    let mut bytes_read = 0usize;
     let mut moved = 0u32;
     let mut ready = Vec::new().into_iter();
-    while moved < max && looked_at < REDRIVE_LOOKED_AT_MAX {
+    while moved < max && looked_at < REDRIVE_LOOKED_AT_MAX && bytes_read < REDRIVE_BYTES_MAX {
         let (key, _) = match ready.next() {
             Some(row) => row,
             None => {
@@ -705,12 +721,13 @@ pub(crate) fn redrive<S: StoreRead>(
         let Some(message) = load_message(view, queue, id)? else {
             continue;
         };
+        bytes_read = bytes_read.saturating_add(message.payload.len());
         let Some(source) = message.dead_lettered_from.clone() else {
             continue;
         };
         if view.get(Table::Queue, &named(&source))?.is_none() {
-            // Its source was deleted: it stays here as if enqueued here, and is not looked at
-            // again by the next redrive.
+            // Its source was deleted: it stays here as if enqueued here (a queue of that name
+            // created later does not get it), passed over like a message enqueued here.
             let mut message = message;
             message.dead_lettered_from = None;
             save(view, Table::QueueMessage, message_key(queue, id), &message);
@@ -757,10 +774,7 @@ pub(crate) fn delete_queue<S: StoreRead>(view: &mut View<'_, S>, queue: &[u8]) -
         view.delete(Table::QueueDeadLetterSource, dead_letter_source_key(dlq, queue));
     }
     view.delete(Table::Queue, prefix.clone());
-    let mut budget = DeleteBudget {
-        rows: QUEUE_DELETE_ROWS_MAX,
-        bytes: QUEUE_DELETE_BYTES_MAX,
-    };
+    let mut budget = DeleteBudget::new(QUEUE_DELETE_ROWS_MAX, QUEUE_DELETE_BYTES_MAX);
     let mut cursor = DeletionCursor::default();
     let finished = remove_queue_rows(view, queue, &mut cursor, &mut budget)?;
     if !finished {
@@ -787,10 +801,7 @@ fn load_cursor(key: &[u8], bytes: &[u8]) -> Result<DeletionCursor, StoreError> {
 /// the last entry stopped in (wrapping around), so several deletions progress in turn. Answers
 /// the rows removed.
 pub(crate) fn continue_deletes<S: StoreRead>(view: &mut View<'_, S>, limit: u32) -> Result<Response, StoreError> {
-    let mut budget = DeleteBudget {
-        rows: limit,
-        bytes: QUEUE_DELETE_BYTES_MAX,
-    };
+    let mut budget = DeleteBudget::new(limit, QUEUE_DELETE_BYTES_MAX);
     let turn = view.get(Table::Meta, DELETION_TURN_KEY)?.unwrap_or_default();
     let mut pending = view.scan(
         Table::QueueDeleting,
@@ -807,6 +818,7 @@ pub(crate) fn continue_deletes<S: StoreRead>(view: &mut View<'_, S>, limit: u32)
     }
     let looked_at = pending.len();
     let mut next_turn = None;
+    let mut stopped = false;
     for (key, bytes) in pending {
         let mut after = key.clone();
         after.push(0);
@@ -826,26 +838,41 @@ pub(crate) fn continue_deletes<S: StoreRead>(view: &mut View<'_, S>, limit: u32)
             view.delete(Table::QueueDeleting, key);
         }
         next_turn = Some(after);
-        if budget.spent() {
+        // A deletion left unfinished stopped at the budget (what is left of it does not cover
+        // its next row): the entry is done.
+        if !finished || budget.spent() {
+            stopped = true;
             break;
         }
     }
     // Every pending deletion was looked at within the budget: the next entry starts at the first.
     match next_turn {
-        Some(turn) if budget.spent() || looked_at == QUEUE_DELETIONS_PER_ENTRY_MAX => {
+        Some(turn) if stopped || looked_at == QUEUE_DELETIONS_PER_ENTRY_MAX => {
             view.put(Table::Meta, DELETION_TURN_KEY.to_vec(), turn)
         }
         _ => view.delete(Table::Meta, DELETION_TURN_KEY.to_vec()),
     }
-    Ok(Response::Swept {
-        removed: limit.saturating_sub(budget.rows),
-    })
+    Ok(Response::Swept { removed: budget.used() })
 }
 
 /// Whether a queue deletion has rows left to remove (for the leader's sweeps).
 pub fn deletions_due<S: StoreRead + ?Sized>(store: &S) -> Result<bool, StoreError> {
     Ok(!store.scan(Table::QueueDeleting, &KeyRange::all(), 1)?.is_empty())
 }
+
+/// The steps of a queue deletion, in order: (table, rows per scan, rows removed per row found).
+/// A saved [`DeletionCursor`] names its step by its place here, so the order is part of the data
+/// format (`a_deletion_cursor_names_its_step_by_its_place`).
+pub(super) const DELETE_STEPS: [(Table, u32, u32); 4] = [
+    // Index and dedup rows: small keys, empty or small values, 256 per scan.
+    (Table::QueueReady, 256, 1),
+    (Table::QueueDelayed, 256, 1),
+    // Messages: a scan reads their payloads (up to `MESSAGE_BYTES_MAX` each), so a page stays
+    // small and the byte budget is checked between pages.
+    (Table::QueueMessage, 16, 1),
+    // A dedup id goes with its expiry row.
+    (Table::QueueDedup, 256, 2),
+];
 
 /// Removes rows of the deleted `queue` within `budget`, from where `cursor` stands: the ready and
 /// delayed indexes, the messages, then the dedup ids with their expiry rows (two rows each).
@@ -856,20 +883,8 @@ fn remove_queue_rows<S: StoreRead>(
     cursor: &mut DeletionCursor,
     budget: &mut DeleteBudget,
 ) -> Result<bool, StoreError> {
-    // Index and dedup rows per scan: small keys, empty or small values.
-    const PAGE_ROWS: u32 = 256;
-    // Messages per scan: a scan reads their payloads (up to `MESSAGE_BYTES_MAX` each), so a page
-    // stays small and the byte budget is checked between pages.
-    const MESSAGE_PAGE_ROWS: u32 = 16;
-    // (table, rows per scan, rows removed per row found), in the order they are removed.
-    const STEPS: [(Table, u32, u32); 4] = [
-        (Table::QueueReady, PAGE_ROWS, 1),
-        (Table::QueueDelayed, PAGE_ROWS, 1),
-        (Table::QueueMessage, MESSAGE_PAGE_ROWS, 1),
-        (Table::QueueDedup, PAGE_ROWS, 2),
-    ];
     let prefix = named(queue);
-    while let Some(&(table, page_rows, rows_each)) = STEPS.get(usize::from(cursor.step)) {
+    while let Some(&(table, page_rows, rows_each)) = DELETE_STEPS.get(usize::from(cursor.step)) {
         let done = remove_prefixed(
             view,
             table,
@@ -898,7 +913,7 @@ fn remove_queue_rows<S: StoreRead>(
 
 /// `Meta` key: how far the build of the dead-letter index ([`QueueOp::BuildDeadLetterIndex`])
 /// has come; absent before it starts.
-const DEAD_LETTER_INDEX_KEY: &[u8] = b"queue_dead_letter_index";
+pub(super) const DEAD_LETTER_INDEX_KEY: &[u8] = b"queue_dead_letter_index";
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 enum DeadLetterIndex {
@@ -916,8 +931,8 @@ fn dead_letter_index<S: StoreRead + ?Sized>(store: &S) -> Result<DeadLetterIndex
 }
 
 /// Whether the index of dead-letter references is still to be built, for the leader's sweeps:
-/// not before there is a queue (or an index row) to build it from, so a store without queues
-/// proposes nothing.
+/// only on a store whose queues a build before the index wrote (a store's first configure marks
+/// an empty one built).
 pub fn dead_letter_index_due<S: StoreRead + ?Sized>(store: &S) -> Result<bool, StoreError> {
     if dead_letter_index_built(store)? {
         return Ok(false);

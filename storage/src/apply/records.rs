@@ -100,11 +100,32 @@ pub(crate) fn list_named<S: StoreRead + ?Sized, T: serde::de::DeserializeOwned>(
 pub(crate) struct DeleteBudget {
     pub(crate) rows: u32,
     pub(crate) bytes: u64,
+    /// The rows it started with.
+    granted_rows: u32,
 }
 
 impl DeleteBudget {
+    pub(crate) fn new(rows: u32, bytes: u64) -> DeleteBudget {
+        DeleteBudget {
+            rows,
+            bytes,
+            granted_rows: rows,
+        }
+    }
+
     pub(crate) fn spent(&self) -> bool {
         self.rows == 0 || self.bytes == 0
+    }
+
+    /// Whether a removal that costs `rows_each` rows still fits: it does while the rows left
+    /// cover it, and always for the entry's first removal, so a deletion always progresses.
+    fn fits(&self, rows_each: u32) -> bool {
+        !self.spent() && (self.rows >= rows_each || self.rows == self.granted_rows)
+    }
+
+    /// Rows spent so far.
+    pub(crate) fn used(&self) -> u32 {
+        self.granted_rows.saturating_sub(self.rows)
     }
 }
 
@@ -142,7 +163,7 @@ pub(crate) fn remove_prefixed<S: StoreRead>(
     mut also: impl FnMut(&mut View<'_, S>, &[u8], &[u8]) -> Result<(), StoreError>,
 ) -> Result<bool, StoreError> {
     loop {
-        if budget.spent() {
+        if !budget.fits(rows_each) {
             return Ok(false);
         }
         let from = match after {
@@ -159,7 +180,7 @@ pub(crate) fn remove_prefixed<S: StoreRead>(
             return Ok(true);
         }
         for (key, value) in page {
-            if budget.spent() {
+            if !budget.fits(rows_each) {
                 return Ok(false);
             }
             budget.rows = budget.rows.saturating_sub(rows_each.max(1));
@@ -168,5 +189,66 @@ pub(crate) fn remove_prefixed<S: StoreRead>(
             view.delete(table, key.clone());
             *after = Some(key);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apply::WriteSet;
+    use crate::state::model::MemStore;
+
+    fn five_rows() -> MemStore {
+        let mut writes = WriteSet::default();
+        for k in 0..5u8 {
+            writes.put(Table::QueueDedup, vec![1, b'q', k], vec![k]);
+        }
+        let mut store = MemStore::default();
+        store.commit(&writes);
+        store
+    }
+
+    #[test]
+    fn a_removal_that_costs_more_rows_than_are_left_waits_for_the_next_entry() {
+        let store = five_rows();
+        let mut writes = WriteSet::default();
+        let mut view = View {
+            base: &store,
+            writes: &mut writes,
+        };
+        // Three rows, two per removal: one removal, then the row left does not cover another.
+        let mut budget = DeleteBudget::new(3, u64::MAX);
+        let mut after = None;
+        let done = remove_prefixed(
+            &mut view,
+            Table::QueueDedup,
+            &[1, b'q'],
+            &mut after,
+            16,
+            2,
+            &mut budget,
+            |_, _, _| Ok(()),
+        )
+        .expect("remove");
+        assert!(!done);
+        assert_eq!(budget.used(), 2);
+        assert_eq!(after, Some(vec![1, b'q', 0]));
+        // The cursor goes on from there; one row granted still removes one, so it progresses.
+        let mut budget = DeleteBudget::new(1, u64::MAX);
+        let done = remove_prefixed(
+            &mut view,
+            Table::QueueDedup,
+            &[1, b'q'],
+            &mut after,
+            16,
+            2,
+            &mut budget,
+            |_, _, _| Ok(()),
+        )
+        .expect("remove");
+        assert!(!done);
+        assert_eq!(after, Some(vec![1, b'q', 1]));
+        let left = view.scan(Table::QueueDedup, &KeyRange::all(), 10).expect("scan");
+        assert_eq!(left.len(), 3);
     }
 }

@@ -521,13 +521,17 @@ pub fn retention_due<S: StoreRead + ?Sized>(store: &S, now_ms: u64) -> Result<bo
 
 /// Goes on with topic deletions (at most [`TOPIC_DELETE_ROWS_MAX`] rows, a budget of their own
 /// so a large deletion never starves retention), then removes batches past their topic's
-/// retention, oldest first, at most `limit` batches.
+/// retention, oldest first, at most `limit` batches (`0`: deletions only, as the leader's
+/// follow-up entries within a tick ask, so they do not walk every partition again).
 pub(crate) fn apply_retention<S: StoreRead>(
     view: &mut View<'_, S>,
     now_ms: u64,
     limit: u32,
 ) -> Result<Response, StoreError> {
     let deleted = continue_deletions(view, TOPIC_DELETE_ROWS_MAX)?;
+    if limit == 0 {
+        return Ok(Response::Swept { removed: deleted });
+    }
     let mut removed = 0u32;
     for (topic, config) in topics_with_retention(view)? {
         for partition in 0..config.partitions {
@@ -606,10 +610,7 @@ pub(crate) fn delete_topic<S: StoreRead>(view: &mut View<'_, S>, topic: &[u8]) -
         offsets_after: None,
         rows: DeletionCursor::default(),
     };
-    let mut budget = DeleteBudget {
-        rows: TOPIC_DELETE_ROWS_MAX,
-        bytes: TOPIC_DELETE_BYTES_MAX,
-    };
+    let mut budget = DeleteBudget::new(TOPIC_DELETE_ROWS_MAX, TOPIC_DELETE_BYTES_MAX);
     let finished = remove_topic_rows(view, topic, &mut deletion, &mut budget)?;
     if !finished {
         save(view, Table::StreamTopicDeleting, named(topic), &deletion);
@@ -621,10 +622,7 @@ pub(crate) fn delete_topic<S: StoreRead>(view: &mut View<'_, S>, topic: &[u8]) -
 /// the last entry stopped in (wrapping around), so several deletions progress in turn; at most
 /// [`TOPIC_DELETIONS_PER_ENTRY_MAX`] are looked at. Answers the rows removed.
 pub(super) fn continue_deletions<S: StoreRead>(view: &mut View<'_, S>, limit: u32) -> Result<u32, StoreError> {
-    let mut budget = DeleteBudget {
-        rows: limit,
-        bytes: TOPIC_DELETE_BYTES_MAX,
-    };
+    let mut budget = DeleteBudget::new(limit, TOPIC_DELETE_BYTES_MAX);
     let turn = view.get(Table::Meta, DELETION_TURN_KEY)?.unwrap_or_default();
     let mut pending = view.scan(
         Table::StreamTopicDeleting,
@@ -641,6 +639,7 @@ pub(super) fn continue_deletions<S: StoreRead>(view: &mut View<'_, S>, limit: u3
     }
     let looked_at = pending.len();
     let mut next_turn = None;
+    let mut stopped = false;
     for (key, bytes) in pending {
         let mut after = key.clone();
         after.push(0);
@@ -651,29 +650,37 @@ pub(super) fn continue_deletions<S: StoreRead>(view: &mut View<'_, S>, limit: u3
             continue;
         };
         let mut deletion = TopicDeletion::decode(&key, &bytes)?;
-        if remove_topic_rows(view, &topic, &mut deletion, &mut budget)? {
+        let finished = remove_topic_rows(view, &topic, &mut deletion, &mut budget)?;
+        if finished {
             view.delete(Table::StreamTopicDeleting, key);
         } else {
             save(view, Table::StreamTopicDeleting, key, &deletion);
         }
-        if budget.spent() {
+        // A deletion left unfinished stopped at the budget: the entry is done.
+        if !finished || budget.spent() {
+            stopped = true;
             break;
         }
     }
     // Every pending deletion was looked at within the budget: the next entry starts at the first.
     match next_turn {
-        Some(turn) if budget.spent() || looked_at == TOPIC_DELETIONS_PER_ENTRY_MAX => {
+        Some(turn) if stopped || looked_at == TOPIC_DELETIONS_PER_ENTRY_MAX => {
             view.put(Table::Meta, DELETION_TURN_KEY.to_vec(), turn)
         }
         _ => view.delete(Table::Meta, DELETION_TURN_KEY.to_vec()),
     }
-    Ok(limit.saturating_sub(budget.rows))
+    Ok(budget.used())
 }
 
 /// Whether a topic deletion has rows left to remove.
 pub fn deletions_due<S: StoreRead + ?Sized>(store: &S) -> Result<bool, StoreError> {
     Ok(!store.scan(Table::StreamTopicDeleting, &KeyRange::all(), 1)?.is_empty())
 }
+
+/// The tables a topic deletion empties of the topic's rows, in order; committed offsets follow.
+/// A saved [`DeletionCursor`] names its step by its place here, so the order is part of the data
+/// format.
+pub(super) const DELETE_STEPS: [Table; 3] = [Table::StreamBatch, Table::StreamProducer, Table::StreamPartition];
 
 /// Removes rows of the deleted `topic` within `budget`: record batches, partitions, producers,
 /// then committed offsets. Answers whether none is left.
@@ -688,14 +695,14 @@ fn remove_topic_rows<S: StoreRead>(
     // Record batches per scan: a scan reads their values (up to `BATCH_BYTES_MAX` each), so a
     // page stays small and the byte budget is checked between pages.
     const BATCH_PAGE_ROWS: u32 = 1;
-    const STEPS: [(Table, u32); 3] = [
-        (Table::StreamBatch, BATCH_PAGE_ROWS),
-        (Table::StreamProducer, PAGE_ROWS),
-        (Table::StreamPartition, PAGE_ROWS),
-    ];
     let prefix = named(topic);
     let cursor = &mut deletion.rows;
-    while let Some(&(table, page_rows)) = STEPS.get(usize::from(cursor.step)) {
+    while let Some(&table) = DELETE_STEPS.get(usize::from(cursor.step)) {
+        let page_rows = if table == Table::StreamBatch {
+            BATCH_PAGE_ROWS
+        } else {
+            PAGE_ROWS
+        };
         let done = remove_prefixed(
             view,
             table,

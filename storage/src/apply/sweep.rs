@@ -68,7 +68,7 @@ pub fn sweeps_due<S: StoreRead + ?Sized>(store: &S, now_ms: u64, region: RegionR
         due.push(Op::Stream(StreamOp::Retention { limit: SWEEP_ITEMS_MAX }));
     }
     // Queues are homed: their home removes a deleted queue's rows, and builds the index its
-    // deletions check (once; again if the home moves here).
+    // deletions check (once, on queues a build before the index wrote).
     if region.is_home() && queue::deletions_due(store)? {
         due.push(Op::Queue(QueueOp::ContinueDeletes {
             limit: QUEUE_DELETE_ROWS_MAX,
@@ -80,6 +80,15 @@ pub fn sweeps_due<S: StoreRead + ?Sized>(store: &S, now_ms: u64, region: RegionR
         }));
     }
     Ok(due)
+}
+
+/// The entry that goes on with `op`'s paged work within a tick (see [`more_due`]): the same,
+/// except that stream retention's follow-ups go on with topic deletions only.
+pub fn follow_up(op: &Op) -> Op {
+    match op {
+        Op::Stream(StreamOp::Retention { .. }) => Op::Stream(StreamOp::Retention { limit: 0 }),
+        other => other.clone(),
+    }
 }
 
 /// Whether `op`, a sweep just applied, has more of its work due at once: paged work that is not

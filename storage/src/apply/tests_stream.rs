@@ -703,6 +703,52 @@ fn topic_deletions_take_turns_and_each_goes_on_where_it_stopped() {
 }
 
 #[test]
+fn a_retention_entry_of_limit_zero_goes_on_with_deletions_only() {
+    // The leader's follow-up entries within a tick: deletions, without walking every partition.
+    let mut h = Harness::new();
+    create(&mut h, "gone", 1);
+    let batches = crate::limits::TOPIC_DELETE_ROWS_MAX as u64 + 10;
+    for n in 0..batches {
+        produce(&mut h, n, "gone", vec![to(0, "v")], None);
+    }
+    h.apply(cmd(
+        batches,
+        Op::Stream(StreamOp::CreateTopic {
+            topic: "aged".into(),
+            config: TopicConfig {
+                partitions: 1,
+                retention_ms: Some(3_000),
+                retention_bytes: None,
+                mirror: false,
+            },
+        }),
+    ));
+    produce(&mut h, batches, "aged", vec![to(0, "old")], None);
+    let later = batches + 5_000;
+    produce(&mut h, later, "aged", vec![to(0, "new")], None);
+    assert_eq!(
+        delete(&mut h, later, "gone"),
+        Response::TopicDeleted { finished: false }
+    );
+    let follow_up = super::sweep::follow_up(&Op::Stream(StreamOp::Retention { limit: SWEEP_ITEMS_MAX }));
+    assert_eq!(follow_up, Op::Stream(StreamOp::Retention { limit: 0 }));
+    assert!(super::sweep::more_due(&h.store, &follow_up).expect("more"));
+    h.apply(cmd(later + 1, follow_up.clone()));
+    assert_eq!(rows_of(&h, "gone"), 0);
+    assert!(!super::sweep::more_due(&h.store, &follow_up).expect("more"));
+    assert_eq!(
+        read(&h, "aged", 0, 0, 10).log_start,
+        0,
+        "retention waits for a full entry"
+    );
+    h.apply(cmd(
+        later + 2,
+        Op::Stream(StreamOp::Retention { limit: SWEEP_ITEMS_MAX }),
+    ));
+    assert_eq!(read(&h, "aged", 0, 1, 10).log_start, 1);
+}
+
+#[test]
 fn a_topic_deletion_saved_before_the_row_cursor_goes_on_from_the_first_row_left() {
     #[derive(serde::Serialize)]
     struct WithoutCursor {

@@ -91,20 +91,20 @@ impl<S: StoreRead> View<'_, S> {
 
     /// Merged ordered scan of base and pending writes inside `range`, at most `limit` live entries.
     ///
-    /// The base is read page by page, each page only as large as still wanted (doubling while
-    /// this batch's deletions hide the rows read), so a batch that deleted many rows of the range
-    /// (a purge, a deletion) does not make every later scan read that many rows (and their
-    /// values) up front.
+    /// The base is read page by page, each page as large as still wanted or twice the rows this
+    /// batch's deletions hid in the last one, whichever is more, so a batch that deleted many
+    /// rows of the range (a purge, a deletion) does not make every later scan read that many rows
+    /// (and their values) up front.
     pub fn scan(&self, table: Table, range: &KeyRange, limit: usize) -> Result<Vec<KeyValue>, StoreError> {
         let mut out = Vec::new();
         let mut from = range.start.clone();
-        let mut page = limit;
+        let mut hidden = 0usize;
         while out.len() < limit {
             let window = KeyRange {
                 start: from,
                 end: range.end.clone(),
             };
-            page = page.max(limit - out.len());
+            let page = (limit - out.len()).max(hidden.saturating_mul(2));
             let base = self.base.scan(table, &window, page)?;
             // Pending writes are merged up to the last base row read; past the base's end, all.
             let upto = (base.len() == page)
@@ -116,6 +116,9 @@ impl<S: StoreRead> View<'_, S> {
                 .range_from(table, &window.start)
                 .take_while(|(k, _)| window.contains(k) && upto.as_deref().is_none_or(|u| *k <= u))
             {
+                if v.is_none() && merged.contains_key(k) {
+                    hidden += 1;
+                }
                 merged.insert(k.to_vec(), v.map(<[u8]>::to_vec));
             }
             out.extend(
@@ -129,7 +132,6 @@ impl<S: StoreRead> View<'_, S> {
             };
             next.push(0);
             from = next;
-            page = page.saturating_mul(2);
         }
         Ok(out)
     }
@@ -216,6 +218,15 @@ mod tests {
         let rows = view.scan(Table::Kv, &KeyRange::all(), 16).expect("scan");
         assert_eq!(rows.len(), 16);
         assert_eq!(store.rows_read.get(), 16);
+        // One row hidden among the first 16: the next page is two rows, not another 16.
+        writes.delete(Table::Kv, 5u16.to_be_bytes().to_vec());
+        let view = View {
+            base: &store,
+            writes: &mut writes,
+        };
+        store.rows_read.set(0);
+        assert_eq!(view.scan(Table::Kv, &KeyRange::all(), 16).expect("scan").len(), 16);
+        assert_eq!(store.rows_read.get(), 18);
         // Rows hidden where the scan starts are read past, in growing pages.
         store.rows_read.set(0);
         let from_deleted = KeyRange::all_from(490u16.to_be_bytes().to_vec());

@@ -82,8 +82,8 @@ pub enum QueueOp {
     /// Builds the index of dead-letter references (which queues name each queue as their
     /// dead-letter queue) from the queue records, at most `limit` rows per entry: stale index
     /// rows are removed, then missing ones added. Deletions are refused (`IndexBuilding`) until
-    /// it is done. Proposed by the home region's leader once, for data written by builds that
-    /// did not keep the index (or while replicas ran mixed builds).
+    /// it is done. Proposed by the home region's leader once, for queues written by a build that
+    /// did not keep the index.
     BuildDeadLetterIndex {
         limit: u32,
     },
