@@ -59,7 +59,8 @@ pub enum CounterChange {
     /// an expiring counter is refused (`COUNTER_BOUND_ON_EXPIRING`: escrow keeps plain counters'
     /// bounds only; a rate limit is the bounded expiring count). Every other change of a live
     /// expiring counter keeps its expiry, a set included. A counter at 0 holds no TTL: reaching
-    /// 0 ends its expiry, as an absent counter reads 0.
+    /// 0 by a change ends its expiry, as an absent counter reads 0 (among regions, a total that
+    /// reaches 0 only by merging keeps its parts; see docs/data-types/counter.md).
     IncrExpiring {
         delta: i64,
         min: Option<i64>,

@@ -69,8 +69,9 @@ error_codes! {
     QueueBeingDeleted = "QUEUE_BEING_DELETED" => FailedPrecondition,
     // Deleting a queue that another queue names as its dead-letter queue.
     QueueInUse = "QUEUE_IN_USE" => FailedPrecondition,
-    // Deleting a queue before the home region's leader has built its index of dead-letter
-    // references (once, after an upgrade): `QueueHandle::delete` waits for it; retry shortly.
+    // Deleting or redriving a queue before the home region's leader has built its dead-letter
+    // indexes (once, on queues an older build wrote): `QueueHandle::delete` and `redrive` wait
+    // for it; retry shortly.
     QueueIndexBuilding = "QUEUE_INDEX_BUILDING" => Unavailable,
     // A TTL given to a counter that holds a value without one (a TTL is set at creation).
     CounterNotExpiring = "COUNTER_NOT_EXPIRING" => FailedPrecondition,

@@ -10,9 +10,9 @@ pub const RESPONSE_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// Keys a scan asked with limit 0 returns (the server's default too).
 pub const SCAN_KEYS_DEFAULT: u32 = 1000;
 
-/// How long `QueueHandle::delete` waits for the home region to build its index of dead-letter
-/// references (`QUEUE_INDEX_BUILDING`, once after an upgrade, normally within a second or two)
-/// before it answers that error.
+/// How long `QueueHandle::delete` and `redrive` wait for the home region to build its dead-letter
+/// indexes (`QUEUE_INDEX_BUILDING`, once, on queues an older build wrote) before they answer that
+/// error.
 pub const QUEUE_INDEX_WAIT_MS: u64 = 30_000;
 /// Pause between the tries of that wait.
 pub const QUEUE_INDEX_RETRY_MS: u64 = 200;

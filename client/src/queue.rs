@@ -395,53 +395,45 @@ impl QueueHandle {
     /// # Errors
     /// `NOT_FOUND` (no such queue, or deleted already), `QUEUE_IN_USE` (another queue names it
     /// as its dead-letter queue: configure that one without it first), `QUEUE_INDEX_BUILDING`
-    /// (the home region is still building its index of dead-letter references, once after an
-    /// upgrade: retried here for up to [`crate::limits::QUEUE_INDEX_WAIT_MS`]).
+    /// (the home region is still building its dead-letter indexes, once, on queues an older
+    /// build wrote: retried here for up to [`crate::limits::QUEUE_INDEX_WAIT_MS`]).
     pub async fn delete(&self) -> Result<bool, ClientError> {
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(crate::limits::QUEUE_INDEX_WAIT_MS);
-        loop {
-            // A new request (a new session sequence) per try: the refusal of the last one is
-            // its saved answer, which a retry of the same request would only read back.
+        let reply = while_index_builds(|| async {
             let (header, _guard) = self.client.header();
             let message = pb::DeleteQueueRequest {
                 header: Some(header),
                 queue: self.name.clone(),
             };
-            let answer = self
-                .client
+            self.client
                 .unary(true, message, |c, r| async move {
                     crate::service_client!(QueueClient, c).delete_queue(r).await
                 })
-                .await;
-            match answer {
-                Err(e)
-                    if e.code() == Some(crate::ErrorCode::QueueIndexBuilding)
-                        && tokio::time::Instant::now() < deadline =>
-                {
-                    tokio::time::sleep(Duration::from_millis(crate::limits::QUEUE_INDEX_RETRY_MS)).await;
-                }
-                answer => return Ok(answer?.finished),
-            }
-        }
+                .await
+        })
+        .await?;
+        Ok(reply.finished)
     }
 
-    /// On a dead-letter queue: moves up to `max` messages back to the queues they came from, and
-    /// answers how many moved. One call looks at a bounded part of the queue's head (4000
-    /// messages or 16 MiB, messages that are not dead letters included): call again until it
-    /// answers 0.
+    /// On a dead-letter queue: moves up to `max` dead letters back to the queues they came from,
+    /// oldest first, and answers how many moved. Messages enqueued into it directly stay, and so
+    /// do dead letters in flight and those whose source queue is gone. One call looks at up to
+    /// 4000 dead letters or 16 MiB of them: call again until it answers 0. Waits out
+    /// `QUEUE_INDEX_BUILDING` as [`QueueHandle::delete`] does.
     pub async fn redrive(&self, max: u32) -> Result<u32, ClientError> {
-        let (header, _guard) = self.client.header();
-        let message = pb::RedriveRequest {
-            header: Some(header),
-            queue: self.name.clone(),
-            max,
-        };
-        let reply = self
-            .client
-            .unary(true, message, |c, r| async move {
-                crate::service_client!(QueueClient, c).redrive(r).await
-            })
-            .await?;
+        let reply = while_index_builds(|| async {
+            let (header, _guard) = self.client.header();
+            let message = pb::RedriveRequest {
+                header: Some(header),
+                queue: self.name.clone(),
+                max,
+            };
+            self.client
+                .unary(true, message, |c, r| async move {
+                    crate::service_client!(QueueClient, c).redrive(r).await
+                })
+                .await
+        })
+        .await?;
         Ok(reply.moved)
     }
 
@@ -467,5 +459,27 @@ impl QueueHandle {
                 dedup_window: Duration::from_millis(config.dedup_window_ms),
             },
         })
+    }
+}
+
+/// Calls `call` again while the home region builds its dead-letter indexes
+/// (`QUEUE_INDEX_BUILDING`, once, on queues a build before the indexes wrote), for up to
+/// [`crate::limits::QUEUE_INDEX_WAIT_MS`]. Each call is a new request (a new session sequence):
+/// the refusal of the last one is its saved answer, which a retry of it would only read back.
+async fn while_index_builds<T, F, Fut>(mut call: F) -> Result<T, ClientError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ClientError>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(crate::limits::QUEUE_INDEX_WAIT_MS);
+    loop {
+        match call().await {
+            Err(e)
+                if e.code() == Some(crate::ErrorCode::QueueIndexBuilding) && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(crate::limits::QUEUE_INDEX_RETRY_MS)).await;
+            }
+            answer => return answer,
+        }
     }
 }

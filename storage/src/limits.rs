@@ -87,13 +87,12 @@ pub const NAME_BYTES_MAX: usize = 255;
 pub const MESSAGE_BYTES_MAX: usize = 256 * 1024;
 /// Most messages one receive returns.
 pub const RECEIVE_MESSAGES_MAX: u32 = 1000;
-/// Most messages one redrive looks at from the head of a dead-letter queue; messages there that
-/// are not dead letters (enqueued directly, or whose source queue is gone) count toward it, not
-/// toward the redrive's `max`.
+/// Most dead letters one redrive looks at (those in flight, and those whose source queue is gone,
+/// included); messages enqueued into a dead-letter queue directly are not looked at.
 pub const REDRIVE_LOOKED_AT_MAX: usize = 4 * RECEIVE_MESSAGES_MAX as usize;
-/// Most payload bytes of the messages one redrive looks at (moved ones included; at least one
-/// message is looked at), so its entry and the feed rows it ships stay bounded; the answer says
-/// how many moved, and a caller redrives again until it answers 0.
+/// Most payload bytes of the dead letters one redrive looks at (moved ones included; at least one
+/// is looked at), so its entry and the feed rows it ships stay bounded; the answer says how many
+/// moved, and a caller redrives again until it answers 0.
 pub const REDRIVE_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// Longest visibility timeout (12 hours, as SQS).
 pub const VISIBILITY_MS_MAX: u64 = 12 * 3600 * 1000;

@@ -76,7 +76,7 @@ fn counter_op_of(op: pb::CounterOp) -> Result<CounterOp, Status> {
         Some(pb::counter_op::Action::Transfer(_)) | None => {
             return Err(status(
                 ErrorCode::InvalidArgument,
-                "a counter op needs incr, set, transfer, window or delete",
+                "a counter op needs incr, incr_expiring, set, transfer, window or delete",
             ))
         }
     };

@@ -384,7 +384,10 @@ pub(crate) fn apply<S: StoreRead>(
 /// The target part: the counter's earliest live incarnation if it expires, else a new
 /// incarnation for a counter created with a TTL, else the plain row; a delete's is the plain row.
 /// A set or a delete takes every other part to 0, so no part left behind brings an old value
-/// back when another expires (a set on an expiring counter keeps its expiry).
+/// back when another expires (a set on an expiring counter keeps its expiry). So does an
+/// increment that takes the counter to 0: among regions its parts may be, say, -4 and +4, and
+/// only taking each to 0 keeps the rule that a counter reading 0 holds no TTL (and keeps the +4
+/// from coming back when the -4 expires).
 fn apply_change<S: StoreRead>(
     view: &mut View<'_, S>,
     role: RegionRole,
@@ -394,6 +397,12 @@ fn apply_change<S: StoreRead>(
     state: &mut CounterState,
     value: i64,
 ) {
+    let action = match action {
+        CounterAction::Incr { .. } | CounterAction::IncrExpiring { .. } if value == 0 => {
+            CounterAction::Set { value: 0 }
+        }
+        other => other,
+    };
     let target = match action {
         CounterAction::Delete => None,
         CounterAction::IncrExpiring { ttl_ms, .. } if state.incarnations.is_empty() => {

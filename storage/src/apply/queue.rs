@@ -106,6 +106,15 @@ pub(crate) fn message_key(queue: &[u8], id: u64) -> Vec<u8> {
     k
 }
 
+/// Removes message `id` of `queue` (its row, and its row in the dead-letter index if it is a dead
+/// letter); the caller removes its ready or delayed index row.
+fn forget_message<S: StoreRead>(view: &mut View<'_, S>, queue: &[u8], id: u64, message: &StoredMessage) {
+    view.delete(Table::QueueMessage, message_key(queue, id));
+    if message.dead_lettered_from.is_some() {
+        view.delete(Table::QueueDeadLetter, message_key(queue, id));
+    }
+}
+
 pub(crate) fn ready_key(queue: &[u8], priority: u8, id: u64) -> Vec<u8> {
     let mut k = named(queue);
     k.push(u8::MAX - priority);
@@ -442,7 +451,7 @@ fn promote_due<S: StoreRead>(
             // again. (A deletion is refused while a queue names it, so this is a guard: a
             // record that names a missing queue is not trusted to have one.)
             (Some(dlq), true) if view.get(Table::Queue, &named(dlq))?.is_some() => {
-                view.delete(Table::QueueMessage, message_key(queue, id));
+                forget_message(view, queue, id, &message);
                 record.stats.messages = record.stats.messages.saturating_sub(1);
                 move_into(view, now_ms, dlq, id, message, Some(queue.to_vec()))?;
             }
@@ -471,6 +480,9 @@ fn move_into<S: StoreRead>(
     };
     message.deliveries = 0;
     message.in_flight = false;
+    if dead_lettered_from.is_some() {
+        view.put(Table::QueueDeadLetter, message_key(queue, id), Vec::new());
+    }
     message.dead_lettered_from = dead_lettered_from;
     place(view, queue, id, &mut message, now_ms, now_ms);
     target.stats.messages += 1;
@@ -548,7 +560,7 @@ pub(crate) fn ack<S: StoreRead>(
     if let Some(at) = message.visible_at_ms {
         view.delete(Table::QueueDelayed, delayed_key(queue, at, receipt.message_id));
     }
-    view.delete(Table::QueueMessage, message_key(queue, receipt.message_id));
+    forget_message(view, queue, receipt.message_id, &message);
     record.stats.messages = record.stats.messages.saturating_sub(1);
     record.stats.in_flight = record.stats.in_flight.saturating_sub(1);
     save(view, Table::Queue, named(queue), &record);
@@ -666,7 +678,7 @@ pub(crate) fn purge<S: StoreRead>(
             Some(at) => view.delete(Table::QueueDelayed, delayed_key(queue, at, id)),
             None => view.delete(Table::QueueReady, ready_key(queue, message.priority, id)),
         }
-        view.delete(Table::QueueMessage, key);
+        forget_message(view, queue, id, &message);
         record.stats.messages = record.stats.messages.saturating_sub(1);
         if message.in_flight {
             record.stats.in_flight = record.stats.in_flight.saturating_sub(1);
@@ -677,12 +689,14 @@ pub(crate) fn purge<S: StoreRead>(
     Ok(Response::QueuePurged { removed, more, upto_id })
 }
 
-/// Moves up to `max` messages of dead-letter queue `queue` back to the queues they came from,
-/// as fresh deliveries, looking at up to [`REDRIVE_LOOKED_AT_MAX`] visible messages from its
-/// head, or [`REDRIVE_BYTES_MAX`] of them (at least one). Messages enqueued directly into it
-/// stay, and so do dead letters whose source queue is gone; they count toward those bounds, not
-/// toward `max`, and stay at the head (so more of them than the bounds hide the dead letters
-/// behind them from a redrive until they are received or purged).
+/// Moves up to `max` dead letters of `queue` back to the queues they came from, as fresh
+/// deliveries, in id order, walking the queue's dead-letter index ([`Table::QueueDeadLetter`])
+/// for up to [`REDRIVE_LOOKED_AT_MAX`] dead letters or [`REDRIVE_BYTES_MAX`] of them (at least
+/// one). Messages enqueued directly into it are not in the index and stay. A dead letter in
+/// flight (received from the dead-letter queue and not yet acked) stays, and counts toward the
+/// bounds. A dead letter whose source queue is gone leaves the index and stays, as if enqueued
+/// here. Refused (`IndexBuilding`) until the home region has indexed dead letters written by a
+/// build before the index.
 pub(crate) fn redrive<S: StoreRead>(
     view: &mut View<'_, S>,
     now_ms: u64,
@@ -691,6 +705,11 @@ pub(crate) fn redrive<S: StoreRead>(
 ) -> Result<Response, StoreError> {
     refuse_on_err!(validate_receive(queue, max, None));
     let mut record = refuse_on_err!(stored_queue(view, queue)?);
+    if !dead_letter_index_built(view)? {
+        return Ok(Response::Refused(OpError::Queue(QueueError::IndexBuilding {
+            queue: String::from_utf8_lossy(queue).into_owned(),
+        })));
+    }
     promote_due(view, now_ms, queue, &mut record)?;
     const PAGE_ROWS: usize = 256;
     let prefix = named(queue);
@@ -698,17 +717,21 @@ pub(crate) fn redrive<S: StoreRead>(
     let mut looked_at = 0usize;
     let mut bytes_read = 0usize;
     let mut moved = 0u32;
-    let mut ready = Vec::new().into_iter();
+    let mut letters = Vec::new().into_iter();
     while moved < max && looked_at < REDRIVE_LOOKED_AT_MAX && bytes_read < REDRIVE_BYTES_MAX {
-        let (key, _) = match ready.next() {
+        let (key, _) = match letters.next() {
             Some(row) => row,
             None => {
-                // The next page starts after the last row looked at: rows moved out are behind it.
+                // The next page starts after the last row looked at: rows removed are behind it.
                 let want = PAGE_ROWS.min(REDRIVE_LOOKED_AT_MAX - looked_at);
-                ready = view
-                    .scan(Table::QueueReady, &KeyRange::prefix_from(&prefix, from.clone()), want)?
+                letters = view
+                    .scan(
+                        Table::QueueDeadLetter,
+                        &KeyRange::prefix_from(&prefix, from.clone()),
+                        want,
+                    )?
                     .into_iter();
-                match ready.next() {
+                match letters.next() {
                     Some(row) => row,
                     None => break,
                 }
@@ -718,23 +741,25 @@ pub(crate) fn redrive<S: StoreRead>(
         from.push(0);
         looked_at += 1;
         let id = trailing_id(&key);
-        let Some(message) = load_message(view, queue, id)? else {
+        let message = load_message(view, queue, id)?;
+        let Some((message, source)) = message.and_then(|m| m.dead_lettered_from.clone().map(|s| (m, s))) else {
+            // Not a dead letter (any more): the row is stale, and goes.
+            view.delete(Table::QueueDeadLetter, key);
             continue;
         };
         bytes_read = bytes_read.saturating_add(message.payload.len());
-        let Some(source) = message.dead_lettered_from.clone() else {
-            continue;
-        };
-        if view.get(Table::Queue, &named(&source))?.is_none() {
-            // Its source was deleted: it stays here as if enqueued here (a queue of that name
-            // created later does not get it), passed over like a message enqueued here.
-            let mut message = message;
-            message.dead_lettered_from = None;
-            save(view, Table::QueueMessage, message_key(queue, id), &message);
+        if message.visible_at_ms.is_some() {
+            // In flight (or given back with a delay): it stays until it is visible again.
             continue;
         }
-        view.delete(Table::QueueReady, key);
-        view.delete(Table::QueueMessage, message_key(queue, id));
+        if view.get(Table::Queue, &named(&source))?.is_none() {
+            // Its source was deleted: it stays here as if enqueued here (a queue of that name
+            // created later does not get it), and leaves the index.
+            view.delete(Table::QueueDeadLetter, key);
+            continue;
+        }
+        view.delete(Table::QueueReady, ready_key(queue, message.priority, id));
+        forget_message(view, queue, id, &message);
         record.stats.messages = record.stats.messages.saturating_sub(1);
         move_into(view, now_ms, &source, id, message, None)?;
         moved += 1;
@@ -863,7 +888,7 @@ pub fn deletions_due<S: StoreRead + ?Sized>(store: &S) -> Result<bool, StoreErro
 /// The steps of a queue deletion, in order: (table, rows per scan, rows removed per row found).
 /// A saved [`DeletionCursor`] names its step by its place here, so the order is part of the data
 /// format (`a_deletion_cursor_names_its_step_by_its_place`).
-pub(super) const DELETE_STEPS: [(Table, u32, u32); 4] = [
+pub(super) const DELETE_STEPS: [(Table, u32, u32); 5] = [
     // Index and dedup rows: small keys, empty or small values, 256 per scan.
     (Table::QueueReady, 256, 1),
     (Table::QueueDelayed, 256, 1),
@@ -872,6 +897,8 @@ pub(super) const DELETE_STEPS: [(Table, u32, u32); 4] = [
     (Table::QueueMessage, 16, 1),
     // A dedup id goes with its expiry row.
     (Table::QueueDedup, 256, 2),
+    // The dead-letter index (it names messages removed above).
+    (Table::QueueDeadLetter, 256, 1),
 ];
 
 /// Removes rows of the deleted `queue` within `budget`, from where `cursor` stands: the ready and
@@ -917,7 +944,8 @@ pub(super) const DEAD_LETTER_INDEX_KEY: &[u8] = b"queue_dead_letter_index";
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 enum DeadLetterIndex {
-    /// Step 0 removes index rows no queue record backs; step 1 adds the rows records name.
+    /// Step 0 removes reference rows no queue record backs, step 1 adds the rows records name,
+    /// step 2 indexes the dead letters.
     Building(DeletionCursor),
     /// Kept by every configure and delete from here on.
     Built,
@@ -948,69 +976,88 @@ pub fn dead_letter_index_built<S: StoreRead + ?Sized>(store: &S) -> Result<bool,
     Ok(dead_letter_index(store)? == DeadLetterIndex::Built)
 }
 
-/// Builds the index of dead-letter references from the queue records, within `limit` rows:
-/// first every index row whose source queue's record does not name that dead-letter queue is
-/// removed (left by a configure a build without the index applied), then a row is written for
-/// every queue that names one. Configures and deletions in between keep the rows they touch, so
-/// the index equals the records once the build is done, on every replica alike.
+/// Builds the dead-letter indexes from the records, within `limit` rows (and
+/// [`QUEUE_DELETE_BYTES_MAX`] of messages read, at least one row): step 0 removes every
+/// reference row whose source queue's record does not name that dead-letter queue (left by a
+/// configure a build without the index applied), step 1 writes a reference row for every queue
+/// that names one, step 2 a [`Table::QueueDeadLetter`] row for every message that is a dead
+/// letter. Configures, dead-letterings, acks and redrives in between keep the rows they touch,
+/// so the indexes equal the records once the build is done, on every replica alike.
 pub(crate) fn build_dead_letter_index<S: StoreRead>(
     view: &mut View<'_, S>,
     limit: u32,
 ) -> Result<Response, StoreError> {
     const PAGE_ROWS: usize = 256;
+    // Messages per scan: their payloads are read, so the byte bound is checked between pages.
+    const MESSAGE_PAGE_ROWS: usize = 16;
     let DeadLetterIndex::Building(mut cursor) = dead_letter_index(view)? else {
         return Ok(Response::Swept { removed: 0 });
     };
-    let mut left = limit.max(1);
-    while left > 0 {
-        let table = match cursor.step {
-            0 => Table::QueueDeadLetterSource,
-            _ => Table::Queue,
-        };
-        let start = cursor.after.clone().map_or_else(Vec::new, |mut k| {
-            k.push(0);
-            k
-        });
-        let page = view.scan(table, &KeyRange::all_from(start), PAGE_ROWS.min(left as usize))?;
-        let exhausted = page.len() < PAGE_ROWS.min(left as usize);
-        for (key, bytes) in page {
-            left -= 1;
-            if table == Table::QueueDeadLetterSource {
-                let dlq = name_in_key(&key);
-                let source = dlq.and_then(|d| key.get(1 + d.len()..)).and_then(name_in_key);
-                let backed = match (dlq, source) {
-                    (Some(dlq), Some(source)) => load::<_, StoredQueue>(view, Table::Queue, &named(source))?
-                        .is_some_and(|r| r.config.dead_letter_queue.as_deref() == Some(dlq)),
-                    _ => false,
-                };
-                if !backed {
-                    view.delete(Table::QueueDeadLetterSource, key.clone());
-                }
-            } else {
-                let record: StoredQueue = decode(Table::Queue, &key, &bytes)?;
-                if let (Some(dlq), Some(source)) = (&record.config.dead_letter_queue, name_in_key(&key)) {
-                    view.put(
-                        Table::QueueDeadLetterSource,
-                        dead_letter_source_key(dlq, source),
-                        Vec::new(),
-                    );
-                }
-            }
-            cursor.after = Some(key);
-        }
-        if exhausted {
-            if cursor.step >= 1 {
+    let limit = limit.max(1);
+    let mut left = limit;
+    let mut bytes_left = QUEUE_DELETE_BYTES_MAX;
+    while left > 0 && bytes_left > 0 {
+        let (table, page_rows) = match cursor.step {
+            0 => (Table::QueueDeadLetterSource, PAGE_ROWS),
+            1 => (Table::Queue, PAGE_ROWS),
+            2 => (Table::QueueMessage, MESSAGE_PAGE_ROWS),
+            _ => {
                 save(
                     view,
                     Table::Meta,
                     DEAD_LETTER_INDEX_KEY.to_vec(),
                     &DeadLetterIndex::Built,
                 );
-                return Ok(Response::Swept {
-                    removed: limit.max(1) - left,
-                });
+                return Ok(Response::Swept { removed: limit - left });
             }
+        };
+        let start = cursor.after.clone().map_or_else(Vec::new, |mut k| {
+            k.push(0);
+            k
+        });
+        let want = page_rows.min(left as usize);
+        let page = view.scan(table, &KeyRange::all_from(start), want)?;
+        if page.is_empty() {
             cursor.next_step();
+            continue;
+        }
+        for (key, bytes) in page {
+            left -= 1;
+            bytes_left = bytes_left.saturating_sub(bytes.len() as u64);
+            match table {
+                Table::QueueDeadLetterSource => {
+                    let dlq = name_in_key(&key);
+                    let source = dlq.and_then(|d| key.get(1 + d.len()..)).and_then(name_in_key);
+                    let backed = match (dlq, source) {
+                        (Some(dlq), Some(source)) => load::<_, StoredQueue>(view, Table::Queue, &named(source))?
+                            .is_some_and(|r| r.config.dead_letter_queue.as_deref() == Some(dlq)),
+                        _ => false,
+                    };
+                    if !backed {
+                        view.delete(Table::QueueDeadLetterSource, key.clone());
+                    }
+                }
+                Table::Queue => {
+                    let record: StoredQueue = decode(Table::Queue, &key, &bytes)?;
+                    if let (Some(dlq), Some(source)) = (&record.config.dead_letter_queue, name_in_key(&key)) {
+                        view.put(
+                            Table::QueueDeadLetterSource,
+                            dead_letter_source_key(dlq, source),
+                            Vec::new(),
+                        );
+                    }
+                }
+                _ => {
+                    let message: StoredMessage = decode(Table::QueueMessage, &key, &bytes)?;
+                    if message.dead_lettered_from.is_some() {
+                        view.put(Table::QueueDeadLetter, key.clone(), Vec::new());
+                    }
+                }
+            }
+            cursor.after = Some(key);
+            if left == 0 || bytes_left == 0 {
+                break;
+            }
         }
     }
     save(
@@ -1019,9 +1066,7 @@ pub(crate) fn build_dead_letter_index<S: StoreRead>(
         DEAD_LETTER_INDEX_KEY.to_vec(),
         &DeadLetterIndex::Building(cursor),
     );
-    Ok(Response::Swept {
-        removed: limit.max(1) - left,
-    })
+    Ok(Response::Swept { removed: limit - left })
 }
 
 /// A page of [`list_queues`]: queue names with their records, and whether more follow.

@@ -410,6 +410,56 @@ fn among_regions_a_set_takes_every_other_part_to_zero() {
     }
 }
 
+/// Among regions, an increment that takes a counter of several parts to 0 takes every part to 0:
+/// it reads 0 without a TTL, a TTL given next starts afresh, and nothing comes back later.
+#[test]
+fn among_regions_an_increment_to_zero_takes_every_part_to_zero() {
+    let mut regions: Vec<Harness> = (1..=2).map(region).collect();
+    let t0 = 100 * MINUTE;
+    // Two incarnations, created concurrently: +3 until t0+10m (us) and +4 until t0+20m (eu).
+    counter(&mut regions[0], t0, "c", expiring(3, 10 * MINUTE));
+    counter(&mut regions[1], t0, "c", expiring(4, 20 * MINUTE));
+    let (us, eu) = pick(&mut regions, 0, 1);
+    ship(us, 1, eu, t0 + 1);
+    let (eu, us) = pick(&mut regions, 1, 0);
+    ship(eu, 2, us, t0 + 1);
+    each_reads(&regions, "c", 7, Some(t0 + 10 * MINUTE));
+    assert_eq!(
+        counter(&mut regions[1], t0 + 2, "c", incr(-7)),
+        CounterOutcome::Applied { value: 0 }
+    );
+    let (eu, us) = pick(&mut regions, 1, 0);
+    ship(eu, 2, us, t0 + 3);
+    each_reads(&regions, "c", 0, None);
+    // A TTL now starts a new expiry, and the old parts stay at 0 past their expiries.
+    assert_eq!(
+        counter(&mut regions[0], t0 + 4, "c", expiring(1, 5 * MINUTE)),
+        CounterOutcome::Applied { value: 1 }
+    );
+    let (us, eu) = pick(&mut regions, 0, 1);
+    ship(us, 1, eu, t0 + 5);
+    each_reads(&regions, "c", 1, Some(t0 + 4 + 5 * MINUTE));
+    for r in &mut regions {
+        r.apply(cmd(t0 + 10 * MINUTE, Op::ClockTick));
+        assert_eq!(
+            read(r, "c"),
+            CounterRead {
+                value: 0,
+                expires_at_ms: None
+            }
+        );
+        r.apply(cmd(t0 + 20 * MINUTE, Op::ClockTick));
+        assert_eq!(
+            read(r, "c"),
+            CounterRead {
+                value: 0,
+                expires_at_ms: None
+            },
+            "a part came back"
+        );
+    }
+}
+
 /// A component shipped one ms before an incarnation's expiry counts; one shipped at the expiry
 /// instant is dropped, and the regions agree.
 #[test]

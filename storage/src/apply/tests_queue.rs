@@ -79,10 +79,27 @@ pub(super) fn stats(h: &Harness, queue: &str) -> StoredQueue {
         .expect("queue exists")
 }
 
-/// Every message of `queue` sits in exactly one index, and the counts match.
+/// Every message of `queue` sits in exactly one index, and the counts match; every row of its
+/// dead-letter index names a dead letter it holds.
 pub(super) fn check_indexes(h: &Harness, queue: &str) {
     let q = queue.as_bytes();
     let prefix = named(q);
+    let letters = h
+        .store
+        .scan(
+            Table::QueueDeadLetter,
+            &KeyRange::prefix_from(&prefix, prefix.clone()),
+            usize::MAX,
+        )
+        .expect("scan");
+    for (key, _) in &letters {
+        let stored = h.store.get(Table::QueueMessage, key).expect("get");
+        let message: Option<StoredMessage> = stored.map(|v| basalt_codec::decode(&v).expect("decode"));
+        assert!(
+            message.is_some_and(|m| m.dead_lettered_from.is_some()),
+            "dead-letter index row {key:?} names no dead letter"
+        );
+    }
     let messages = h
         .store
         .scan(
@@ -379,22 +396,24 @@ fn bad_input_is_refused_and_changes_nothing() {
 #[derive(Clone, Debug)]
 enum Step {
     Enqueue { priority: u8, delay_ms: u64 },
-    Receive { max: u32, vt_ms: u64 },
+    Receive { dead_letters: bool, max: u32, vt_ms: u64 },
     Ack(usize),
     Nack(usize, u64),
     Extend(usize, u64),
     AckBatch(usize),
+    Redrive(u32),
     Advance(u64),
 }
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         3 => (0u8..3, prop_oneof![Just(0u64), 1u64..500]).prop_map(|(priority, delay_ms)| Step::Enqueue { priority, delay_ms }),
-        3 => (1u32..4, 1u64..400).prop_map(|(max, vt_ms)| Step::Receive { max, vt_ms }),
+        3 => (prop::bool::weighted(0.25), 1u32..4, 1u64..400).prop_map(|(dead_letters, max, vt_ms)| Step::Receive { dead_letters, max, vt_ms }),
         2 => any::<usize>().prop_map(Step::Ack),
         1 => (any::<usize>(), 0u64..300).prop_map(|(i, d)| Step::Nack(i, d)),
         1 => (any::<usize>(), 1u64..400).prop_map(|(i, vt)| Step::Extend(i, vt)),
         1 => (1usize..5).prop_map(Step::AckBatch),
+        1 => (1u32..4).prop_map(Step::Redrive),
         2 => (1u64..300).prop_map(Step::Advance),
     ]
 }
@@ -402,17 +421,23 @@ fn step() -> impl Strategy<Value = Step> {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
-    /// At-least-once without loss: whatever the interleaving of receives, timeouts, acks and
-    /// nacks, every enqueued message is acknowledged exactly once in the end, nothing acknowledged
-    /// comes back, each receive is in priority order, and the indexes stay consistent.
+    /// At-least-once without loss: whatever the interleaving of receives, timeouts, acks, nacks,
+    /// dead-lettering (after two deliveries) and redrives, every enqueued message is acknowledged
+    /// exactly once in the end, nothing acknowledged comes back, each receive is in priority
+    /// order, and the indexes (the dead-letter index too) stay consistent.
     #[test]
     fn no_enqueued_message_is_lost_or_returned_after_its_ack(steps in proptest::collection::vec(step(), 1..80)) {
         let mut h = Harness::new();
-        configure(&mut h, "q", QueueConfig::default());
+        configure(&mut h, "dlq", QueueConfig::default());
+        configure(&mut h, "q", QueueConfig {
+            max_deliveries: 2,
+            dead_letter_queue: Some(b"dlq".to_vec()),
+            ..QueueConfig::default()
+        });
         let mut now = 1_000u64;
         let mut enqueued = BTreeSet::new();
         let mut acked = BTreeSet::new();
-        let mut outstanding: Vec<Receipt> = Vec::new();
+        let mut outstanding: Vec<(&str, Receipt)> = Vec::new();
         let mut seq = 0u32;
         for s in steps {
             match s {
@@ -423,37 +448,40 @@ proptest! {
                         enqueued.insert(id);
                     }
                 }
-                Step::Receive { max, vt_ms } => {
-                    let got = receive(&mut h, now, "q", max, Some(vt_ms));
+                Step::Receive { dead_letters, max, vt_ms } => {
+                    let queue = if dead_letters { "dlq" } else { "q" };
+                    let got = receive(&mut h, now, queue, max, Some(vt_ms));
                     for pair in got.windows(2) {
                         prop_assert!(pair[0].priority >= pair[1].priority);
                     }
                     for d in got {
                         prop_assert!(!acked.contains(&d.receipt.message_id), "acked message redelivered");
-                        outstanding.push(d.receipt);
+                        outstanding.push((queue, d.receipt));
                     }
                 }
                 Step::Ack(i) if !outstanding.is_empty() => {
-                    let receipt = outstanding.remove(i % outstanding.len());
-                    if ack(&mut h, now, "q", receipt) == Response::QueueDone {
+                    let (queue, receipt) = outstanding.remove(i % outstanding.len());
+                    if ack(&mut h, now, queue, receipt) == Response::QueueDone {
                         prop_assert!(acked.insert(receipt.message_id), "acked twice");
                     }
                 }
                 Step::Nack(i, delay_ms) if !outstanding.is_empty() => {
-                    let receipt = outstanding.remove(i % outstanding.len());
-                    h.apply(cmd(now, Op::Queue(QueueOp::Nack { queue: "q".into(), receipt, delay_ms })));
+                    let (queue, receipt) = outstanding.remove(i % outstanding.len());
+                    h.apply(cmd(now, Op::Queue(QueueOp::Nack { queue: queue.into(), receipt, delay_ms })));
                 }
                 Step::Extend(i, vt) if !outstanding.is_empty() => {
-                    let receipt = outstanding[i % outstanding.len()];
-                    let extended = h.apply(cmd(now, Op::Queue(QueueOp::Extend { queue: "q".into(), receipt, visibility_timeout_ms: vt })));
+                    let (queue, receipt) = outstanding[i % outstanding.len()];
+                    let extended = h.apply(cmd(now, Op::Queue(QueueOp::Extend { queue: queue.into(), receipt, visibility_timeout_ms: vt })));
                     if let Response::QueueExtended { invisible_until_ms } = extended {
                         prop_assert_eq!(invisible_until_ms, now + vt);
                     }
                 }
                 Step::AckBatch(n) if !outstanding.is_empty() => {
                     let take = n.min(outstanding.len());
-                    let receipts: Vec<Receipt> = outstanding.drain(..take).collect();
-                    let answer = h.apply(cmd(now, Op::Queue(QueueOp::AckBatch { queue: "q".into(), receipts: receipts.clone() })));
+                    let (queue, _) = outstanding[0];
+                    let receipts: Vec<Receipt> = outstanding.iter().filter(|(q, _)| *q == queue).take(take).map(|(_, r)| *r).collect();
+                    outstanding.retain(|(q, r)| !(*q == queue && receipts.contains(r)));
+                    let answer = h.apply(cmd(now, Op::Queue(QueueOp::AckBatch { queue: queue.into(), receipts: receipts.clone() })));
                     let Response::QueueAcked(answers) = answer else {
                         return Err(TestCaseError::fail(format!("expected acks, got {answer:?}")));
                     };
@@ -464,29 +492,41 @@ proptest! {
                         }
                     }
                 }
+                Step::Redrive(max) => {
+                    let answer = h.apply(cmd(now, Op::Queue(QueueOp::Redrive { queue: "dlq".into(), max })));
+                    prop_assert!(matches!(answer, Response::Redriven { moved } if moved <= max), "{:?}", answer);
+                }
                 Step::Advance(ms) => now += ms,
                 _ => {}
             }
             check_indexes(&h, "q");
+            check_indexes(&h, "dlq");
         }
-        // Drain: everything not yet acknowledged must still come out.
+        // Drain: everything not yet acknowledged must still come out, of either queue.
         for _ in 0..1000 {
             now += 1000;
-            let got = receive(&mut h, now, "q", 100, Some(10));
-            if got.is_empty() && stats(&h, "q").stats.messages == 0 {
+            h.apply(cmd(now, Op::Queue(QueueOp::Redrive { queue: "dlq".into(), max: 100 })));
+            let mut got: Vec<(&str, Receipt)> = Vec::new();
+            for queue in ["q", "dlq"] {
+                got.extend(receive(&mut h, now, queue, 100, Some(10)).into_iter().map(|d| (queue, d.receipt)));
+            }
+            let left = stats(&h, "q").stats.messages + stats(&h, "dlq").stats.messages;
+            if got.is_empty() && left == 0 {
                 break;
             }
-            for d in got {
-                prop_assert_eq!(ack(&mut h, now, "q", d.receipt), Response::QueueDone);
-                prop_assert!(acked.insert(d.receipt.message_id));
+            for (queue, receipt) in got {
+                prop_assert_eq!(ack(&mut h, now, queue, receipt), Response::QueueDone);
+                prop_assert!(acked.insert(receipt.message_id));
             }
         }
         prop_assert_eq!(acked, enqueued);
         let mut leftovers = BTreeMap::new();
-        for (k, v) in h.store.scan(Table::QueueMessage, &KeyRange::all(), 10).expect("scan") {
-            leftovers.insert(k, v);
+        for table in [Table::QueueMessage, Table::QueueDeadLetter, Table::QueueReady, Table::QueueDelayed] {
+            for (k, v) in h.store.scan(table, &KeyRange::all(), 10).expect("scan") {
+                leftovers.insert((table, k), v);
+            }
         }
-        prop_assert!(leftovers.is_empty());
+        prop_assert!(leftovers.is_empty(), "{:?}", leftovers);
         let _ = message_key(b"q", 0);
     }
 }

@@ -297,13 +297,19 @@ fn a_dead_letter_redriven_after_its_source_is_deleted_and_created_again_goes_to_
 #[test]
 fn a_redrive_counts_only_dead_letters_toward_its_max() {
     // Messages that are not dead letters at the head of a dead-letter queue (enqueued directly,
-    // or left by a deleted source) are passed over; the redrive still moves `max` dead letters.
+    // more than a redrive looks at, or left by a deleted source) do not hide the dead letters:
+    // the redrive walks the dead-letter index and moves `max` of them.
     let mut h = Harness::new();
     configure(&mut h, "dlq", QueueConfig::default());
     configure(&mut h, "gone", with_dead_letters("dlq"));
     configure(&mut h, "live", with_dead_letters("dlq"));
-    let direct: Vec<NewMessage> = (0..30).map(|i| message(&format!("direct{i}"), 0)).collect();
-    enqueue(&mut h, 0, "dlq", direct);
+    let direct = crate::limits::REDRIVE_LOOKED_AT_MAX + 1000;
+    for first in (0..direct).step_by(1000) {
+        let batch: Vec<NewMessage> = (first..first + 1000)
+            .map(|i| message(&format!("direct{i}"), 0))
+            .collect();
+        enqueue(&mut h, 0, "dlq", batch);
+    }
     let orphans: Vec<NewMessage> = (0..30).map(|i| message(&format!("orphan{i}"), 0)).collect();
     enqueue(&mut h, 0, "gone", orphans);
     let letters: Vec<NewMessage> = (0..5).map(|i| message(&format!("letter{i}"), 0)).collect();
@@ -328,7 +334,9 @@ fn a_redrive_counts_only_dead_letters_toward_its_max() {
     assert_eq!(redrive(&mut h, 10), Response::Redriven { moved: 3 });
     assert_eq!(redrive(&mut h, 10), Response::Redriven { moved: 0 });
     assert_eq!(receive(&mut h, 400, "live", 100, None).len(), 5);
-    assert_eq!(stats(&h, "dlq").stats.messages, 60);
+    assert_eq!(stats(&h, "dlq").stats.messages, direct as u64 + 30);
+    // The orphans left the index; the direct messages were never in it.
+    assert_eq!(rows(&h, Table::QueueDeadLetter, "dlq"), 0);
     check_indexes(&h, "dlq");
     check_indexes(&h, "live");
 }
@@ -459,7 +467,8 @@ fn a_deletion_cursor_names_its_step_by_its_place() {
             Table::QueueReady,
             Table::QueueDelayed,
             Table::QueueMessage,
-            Table::QueueDedup
+            Table::QueueDedup,
+            Table::QueueDeadLetter
         ]
     );
     assert_eq!(
@@ -483,8 +492,14 @@ fn deletions_wait_for_the_dead_letter_index_which_is_rebuilt_from_the_queue_reco
     }
     configure(&mut h, "work", with_dead_letters("dlq1"));
     configure(&mut h, "other", with_dead_letters("dlq2"));
-    // As an older build (or a replica running one while others ran this) left the index: the
-    // row of "work" is missing, and a row names a reference no record makes.
+    // A dead letter in dlq1.
+    enqueue(&mut h, 0, "work", vec![message("letter", 0)]);
+    assert_eq!(receive(&mut h, 0, "work", 1, Some(100)).len(), 1);
+    assert!(receive(&mut h, 200, "work", 1, None).is_empty());
+    assert_eq!(rows(&h, Table::QueueDeadLetter, "dlq1"), 1);
+    // As an older build (or a replica running one while others ran this) left the indexes: the
+    // reference row of "work" and the dead letter's row are missing, and a row names a reference
+    // no record makes.
     let index_key = |dlq: &str, source: &str| {
         let mut key = named(dlq.as_bytes());
         key.extend_from_slice(&named(source.as_bytes()));
@@ -493,6 +508,13 @@ fn deletions_wait_for_the_dead_letter_index_which_is_rebuilt_from_the_queue_reco
     let mut older = WriteSet::default();
     older.delete(Table::Meta, super::queue::DEAD_LETTER_INDEX_KEY.to_vec());
     older.delete(Table::QueueDeadLetterSource, index_key("dlq1", "work"));
+    let letter = h
+        .store
+        .scan(Table::QueueDeadLetter, &KeyRange::all(), 1)
+        .expect("scan")
+        .remove(0)
+        .0;
+    older.delete(Table::QueueDeadLetter, letter);
     older.put(Table::QueueDeadLetterSource, index_key("plain", "work"), Vec::new());
     h.store.commit(&older);
     // Until the index is built, a deletion is refused and changes nothing.
@@ -501,6 +523,19 @@ fn deletions_wait_for_the_dead_letter_index_which_is_rebuilt_from_the_queue_reco
         Response::Refused(OpError::Queue(QueueError::IndexBuilding { queue: "plain".into() }))
     );
     assert_eq!(stats(&h, "plain"), StoredQueue::default());
+    let redrive = |h: &mut Harness| {
+        h.apply(cmd(
+            300,
+            Op::Queue(QueueOp::Redrive {
+                queue: "dlq1".into(),
+                max: 10,
+            }),
+        ))
+    };
+    assert_eq!(
+        redrive(&mut h),
+        Response::Refused(OpError::Queue(QueueError::IndexBuilding { queue: "dlq1".into() }))
+    );
     // Built a row per entry; a configure between two steps keeps its own rows.
     h.apply(cmd(0, Op::Queue(QueueOp::BuildDeadLetterIndex { limit: 1 })));
     configure(&mut h, "other", QueueConfig::default());
@@ -524,6 +559,10 @@ fn deletions_wait_for_the_dead_letter_index_which_is_rebuilt_from_the_queue_reco
     );
     assert_eq!(delete(&mut h, 0, "plain"), Response::QueueDeleted { finished: true });
     assert_eq!(delete(&mut h, 0, "dlq2"), Response::QueueDeleted { finished: true });
+    // The dead letter was indexed again: the redrive finds it.
+    assert_eq!(redrive(&mut h), Response::Redriven { moved: 1 });
+    assert_eq!(payloads(&receive(&mut h, 300, "work", 10, None)), ["letter"]);
+    check_indexes(&h, "dlq1");
 }
 
 #[test]

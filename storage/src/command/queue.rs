@@ -79,11 +79,11 @@ pub enum QueueOp {
     ContinueDeletes {
         limit: u32,
     },
-    /// Builds the index of dead-letter references (which queues name each queue as their
-    /// dead-letter queue) from the queue records, at most `limit` rows per entry: stale index
-    /// rows are removed, then missing ones added. Deletions are refused (`IndexBuilding`) until
-    /// it is done. Proposed by the home region's leader once, for queues written by a build that
-    /// did not keep the index.
+    /// Builds the dead-letter indexes from the records, at most `limit` rows per entry: the
+    /// references (which queues name each queue as their dead-letter queue; stale rows removed,
+    /// then missing ones added), then each queue's dead letters. Deletions and redrives are
+    /// refused (`IndexBuilding`) until it is done. Proposed by the home region's leader once, for
+    /// queues written by a build that did not keep the indexes.
     BuildDeadLetterIndex {
         limit: u32,
     },

@@ -103,10 +103,13 @@ pub enum Table {
     /// `(dead-letter queue, source queue)`, both length-prefixed: which queues
     /// name a queue as their dead-letter queue, so deleting it can be refused while one does.
     QueueDeadLetterSource,
+    /// `(queue, message id BE)` -> nothing: the dead letters a queue holds (messages moved into it
+    /// after their deliveries ran out), which a redrive walks instead of the whole queue.
+    QueueDeadLetter,
 }
 
 impl Table {
-    pub const ALL: [Table; 40] = [
+    pub const ALL: [Table; 41] = [
         Table::Meta,
         Table::Kv,
         Table::KvExpiry,
@@ -147,6 +150,7 @@ impl Table {
         Table::StreamTopicDeleting,
         Table::QueueDeleting,
         Table::QueueDeadLetterSource,
+        Table::QueueDeadLetter,
     ];
 
     /// Whether rows are built by appending within one entry (see `WriteSet::append`): the KV
@@ -197,6 +201,7 @@ impl Table {
             Table::StreamTopicDeleting => "stream_topic_deleting",
             Table::QueueDeleting => "queue_deleting",
             Table::QueueDeadLetterSource => "queue_dead_letter_source",
+            Table::QueueDeadLetter => "queue_dead_letter",
         }
     }
 
@@ -206,7 +211,7 @@ impl Table {
 
     /// The tables of homed data (ledgers, leases, queues): written only in their home region, and
     /// copied row by row into every other region (see `Effect::Row`).
-    pub const HOMED: [Table; 14] = [
+    pub const HOMED: [Table; 15] = [
         Table::Lease,
         Table::LedgerAccount,
         Table::LedgerTransfer,
@@ -221,6 +226,7 @@ impl Table {
         Table::QueueDedupExpiry,
         Table::QueueDeleting,
         Table::QueueDeadLetterSource,
+        Table::QueueDeadLetter,
     ];
 
     pub fn is_homed(self) -> bool {
