@@ -118,8 +118,10 @@ pub const QUEUE_DELETE_BYTES_MAX: u64 = 64 * 1024 * 1024;
 /// Most queue deletions one `ContinueDeletes` entry works on; deletions take turns, each entry
 /// starting after the one the previous entry stopped in.
 pub const QUEUE_DELETIONS_PER_ENTRY_MAX: usize = 256;
-/// Most rows (index rows checked, queue records read) one entry of the dead-letter index build
-/// looks at; the build runs once at the home region, before its first queue deletion.
+/// Most rows (reference rows checked, queue records and messages read) one entry of the
+/// dead-letter index build looks at (it also stops at `QUEUE_DELETE_BYTES_MAX` of messages);
+/// the build runs once at the home region, on queues a build before the indexes wrote, and
+/// deletions and redrives wait for it.
 pub const QUEUE_INDEX_ROWS_MAX: u32 = 4096;
 /// Most messages one purge entry removes; the SDK's purge goes on until none is left.
 pub const PURGE_MESSAGES_MAX: u32 = 4096;

@@ -34,9 +34,11 @@ pub fn decode_counter(bytes: &[u8]) -> Option<i64> {
 /// an expiring counter (see `counter_window`). Its value is the sum of them all.
 ///
 /// An incarnation is live while it is unexpired and not at 0. A counter at 0 holds no TTL, as an
-/// absent counter reads 0: reaching 0 (by changes, a set or a delete, here or merged from other
-/// regions) ends its expiry, and the next change with a TTL starts a new one. One rule for a lone
-/// region and for regions, where a delete cannot remove rows another region still adds to.
+/// absent counter reads 0: reaching 0 by a change made here (an increment, a set or a delete,
+/// each taking every part to 0) ends its expiry, and the next change with a TTL starts a new
+/// one. One rule for a lone region and for regions, where a delete cannot remove rows another
+/// region still adds to. A total that reaches 0 only by merging other regions' changes keeps its
+/// parts, each live until its own expiry (docs/data-types/counter.md).
 #[derive(Clone, Debug, Default)]
 pub struct CounterState {
     pub plain: PnCounter,

@@ -267,13 +267,15 @@ pub(crate) fn unexpired_incarnations_or_refusal<R: StoreRead + ?Sized>(
                 expires_at_ms,
                 counter,
             }),
-            Err(e) => return Ok(Err(OpError::CorruptValue {
-                key: lossy(key),
-                reason: format!(
+            Err(e) => {
+                return Ok(Err(OpError::CorruptValue {
+                    key: lossy(key),
+                    reason: format!(
                     "expiring-counter incarnation (expiring at {expires_at_ms} ms, row {raw:02x?}) of {} bytes: {e}",
                     bytes.len()
                 ),
-            })),
+                }))
+            }
         }
     }
     Ok(Ok(incarnations))

@@ -481,7 +481,7 @@ fn move_into<S: StoreRead>(
     message.deliveries = 0;
     message.in_flight = false;
     if dead_lettered_from.is_some() {
-        view.put(Table::QueueDeadLetter, message_key(queue, id), Vec::new());
+        view.put(Table::QueueDeadLetter, message_key(queue, id), vec![message.priority]);
     }
     message.dead_lettered_from = dead_lettered_from;
     place(view, queue, id, &mut message, now_ms, now_ms);
@@ -719,7 +719,7 @@ pub(crate) fn redrive<S: StoreRead>(
     let mut moved = 0u32;
     let mut letters = Vec::new().into_iter();
     while moved < max && looked_at < REDRIVE_LOOKED_AT_MAX && bytes_read < REDRIVE_BYTES_MAX {
-        let (key, _) = match letters.next() {
+        let (key, priority) = match letters.next() {
             Some(row) => row,
             None => {
                 // The next page starts after the last row looked at: rows removed are behind it.
@@ -741,6 +741,13 @@ pub(crate) fn redrive<S: StoreRead>(
         from.push(0);
         looked_at += 1;
         let id = trailing_id(&key);
+        // A dead letter in flight (or given back with a delay) is not in the ready index: it
+        // stays until it is visible again, and its payload is not read.
+        if let [priority] = priority[..] {
+            if view.get(Table::QueueReady, &ready_key(queue, priority, id))?.is_none() {
+                continue;
+            }
+        }
         let message = load_message(view, queue, id)?;
         let Some((message, source)) = message.and_then(|m| m.dead_lettered_from.clone().map(|s| (m, s))) else {
             // Not a dead letter (any more): the row is stale, and goes.
@@ -773,7 +780,8 @@ pub(crate) fn redrive<S: StoreRead>(
 /// removed by the leader's [`QueueOp::ContinueDeletes`] entries, and until then the name cannot
 /// be created again (`BeingDeleted`), so a new queue never sees the old one's messages or dedup
 /// ids. Refused (`DeadLetterInUse`) while another queue names it as its dead-letter queue.
-/// Dead letters it left in its own dead-letter queue stay there; a redrive keeps them there.
+/// Dead letters it left in its own dead-letter queue stay there; a redrive leaves them there
+/// unless a queue of this name exists again by then.
 pub(crate) fn delete_queue<S: StoreRead>(view: &mut View<'_, S>, queue: &[u8]) -> Result<Response, StoreError> {
     refuse_on_err!(check_name("queue name", queue));
     let record = refuse_on_err!(stored_queue(view, queue)?);
@@ -902,8 +910,8 @@ pub(super) const DELETE_STEPS: [(Table, u32, u32); 5] = [
 ];
 
 /// Removes rows of the deleted `queue` within `budget`, from where `cursor` stands: the ready and
-/// delayed indexes, the messages, then the dedup ids with their expiry rows (two rows each).
-/// Answers whether none is left.
+/// delayed indexes, the messages, the dedup ids with their expiry rows (two rows each), then its
+/// dead-letter index ([`DELETE_STEPS`]). Answers whether none is left.
 fn remove_queue_rows<S: StoreRead>(
     view: &mut View<'_, S>,
     queue: &[u8],
@@ -940,7 +948,7 @@ fn remove_queue_rows<S: StoreRead>(
 
 /// `Meta` key: how far the build of the dead-letter index ([`QueueOp::BuildDeadLetterIndex`])
 /// has come; absent before it starts.
-pub(super) const DEAD_LETTER_INDEX_KEY: &[u8] = b"queue_dead_letter_index";
+pub(super) const DEAD_LETTER_INDEX_KEY: &[u8] = b"queue_dead_letter_indexes";
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 enum DeadLetterIndex {
@@ -1050,7 +1058,7 @@ pub(crate) fn build_dead_letter_index<S: StoreRead>(
                 _ => {
                     let message: StoredMessage = decode(Table::QueueMessage, &key, &bytes)?;
                     if message.dead_lettered_from.is_some() {
-                        view.put(Table::QueueDeadLetter, key.clone(), Vec::new());
+                        view.put(Table::QueueDeadLetter, key.clone(), vec![message.priority]);
                     }
                 }
             }

@@ -342,6 +342,40 @@ fn a_redrive_counts_only_dead_letters_toward_its_max() {
 }
 
 #[test]
+fn dead_letters_in_flight_in_the_dead_letter_queue_do_not_hide_the_visible_ones() {
+    // 70 dead letters of 256 KiB received from the dead-letter queue to inspect (17.5 MiB, past
+    // a redrive's 16 MiB), 10 visible behind them: the redrive reads none of the first 70.
+    let mut h = Harness::new();
+    configure(&mut h, "dlq", QueueConfig::default());
+    configure(&mut h, "work", with_dead_letters("dlq"));
+    let payload = vec![1u8; crate::limits::MESSAGE_BYTES_MAX];
+    for _ in 0..8 {
+        let batch = (0..10)
+            .map(|_| NewMessage {
+                payload: payload.clone(),
+                ..message("", 0)
+            })
+            .collect();
+        enqueue(&mut h, 0, "work", batch);
+    }
+    assert_eq!(receive(&mut h, 0, "work", 100, Some(100)).len(), 80);
+    assert!(receive(&mut h, 200, "work", 1, None).is_empty());
+    assert_eq!(stats(&h, "dlq").stats.messages, 80);
+    assert_eq!(receive(&mut h, 300, "dlq", 70, Some(3_600_000)).len(), 70);
+    let moved = h.apply(cmd(
+        400,
+        Op::Queue(QueueOp::Redrive {
+            queue: "dlq".into(),
+            max: 100,
+        }),
+    ));
+    assert_eq!(moved, Response::Redriven { moved: 10 });
+    assert_eq!(stats(&h, "dlq").stats.messages, 70);
+    check_indexes(&h, "dlq");
+    check_indexes(&h, "work");
+}
+
+#[test]
 fn a_deletion_of_large_messages_stops_at_the_byte_budget_and_goes_on_later() {
     let mut h = Harness::new();
     configure(&mut h, "big", QueueConfig::default());
