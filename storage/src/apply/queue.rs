@@ -10,7 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::records::{name_in_key, remove_prefixed, DeleteBudget, DeletionCursor};
+use super::records::{continue_in_turn, name_in_key, remove_prefixed, DeleteBudget, DeletionCursor};
 use super::{check_batch, decode, load, named, out_of_range, save, OpContext, View};
 use crate::command::{OpError, QueueError, QueueOp, Response};
 use crate::limits::{
@@ -835,56 +835,25 @@ fn load_cursor(key: &[u8], bytes: &[u8]) -> Result<DeletionCursor, StoreError> {
 /// the rows removed.
 pub(crate) fn continue_deletes<S: StoreRead>(view: &mut View<'_, S>, limit: u32) -> Result<Response, StoreError> {
     let mut budget = DeleteBudget::new(limit, QUEUE_DELETE_BYTES_MAX);
-    let turn = view.get(Table::Meta, DELETION_TURN_KEY)?.unwrap_or_default();
-    let mut pending = view.scan(
+    continue_in_turn(
+        view,
         Table::QueueDeleting,
-        &KeyRange::all_from(turn.clone()),
+        DELETION_TURN_KEY,
         QUEUE_DELETIONS_PER_ENTRY_MAX,
-    )?;
-    if pending.len() < QUEUE_DELETIONS_PER_ENTRY_MAX && !turn.is_empty() {
-        let wrapped = view.scan(
-            Table::QueueDeleting,
-            &KeyRange::between(Vec::new(), turn),
-            QUEUE_DELETIONS_PER_ENTRY_MAX - pending.len(),
-        )?;
-        pending.extend(wrapped);
-    }
-    let looked_at = pending.len();
-    let mut next_turn = None;
-    let mut stopped = false;
-    for (key, bytes) in pending {
-        let mut after = key.clone();
-        after.push(0);
-        let finished = match name_in_key(&key).map(<[u8]>::to_vec) {
-            Some(queue) => {
-                let mut cursor = load_cursor(&key, &bytes)?;
-                let finished = remove_queue_rows(view, &queue, &mut cursor, &mut budget)?;
-                if !finished {
-                    save(view, Table::QueueDeleting, key.clone(), &cursor);
-                }
-                finished
-            }
+        &mut budget,
+        |view, key, bytes, budget| {
             // A key that names no queue has nothing to remove: dropped, or it is due forever.
-            None => true,
-        };
-        if finished {
-            view.delete(Table::QueueDeleting, key);
-        }
-        next_turn = Some(after);
-        // A deletion left unfinished stopped at the budget (what is left of it does not cover
-        // its next row): the entry is done.
-        if !finished || budget.spent() {
-            stopped = true;
-            break;
-        }
-    }
-    // Every pending deletion was looked at within the budget: the next entry starts at the first.
-    match next_turn {
-        Some(turn) if stopped || looked_at == QUEUE_DELETIONS_PER_ENTRY_MAX => {
-            view.put(Table::Meta, DELETION_TURN_KEY.to_vec(), turn)
-        }
-        _ => view.delete(Table::Meta, DELETION_TURN_KEY.to_vec()),
-    }
+            let Some(queue) = name_in_key(key).map(<[u8]>::to_vec) else {
+                return Ok(true);
+            };
+            let mut cursor = load_cursor(key, bytes)?;
+            let finished = remove_queue_rows(view, &queue, &mut cursor, budget)?;
+            if !finished {
+                save(view, Table::QueueDeleting, key.to_vec(), &cursor);
+            }
+            Ok(finished)
+        },
+    )?;
     Ok(Response::Swept { removed: budget.used() })
 }
 

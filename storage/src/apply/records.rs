@@ -146,6 +146,56 @@ impl DeletionCursor {
     }
 }
 
+/// Goes on with the deletions pending in `table` (one row each, keyed by the name being
+/// deleted) within `budget`, taking turns: it starts at the row the last entry's turn key
+/// (`Meta`, `turn_key`) names and wraps around, looking at up to `per_entry_max` of them, so
+/// several deletions progress in turn and a small one does not wait behind a large one.
+/// `go_on` works on one deletion (its key and saved progress) and answers whether it is
+/// finished, saving its own progress when it is not; a finished deletion's row is removed. A
+/// deletion left unfinished stopped at the budget and ends the entry; the next entry starts after
+/// it. Every step is decided from the view, so every replica takes the same turns.
+pub(crate) fn continue_in_turn<S: StoreRead>(
+    view: &mut View<'_, S>,
+    table: Table,
+    turn_key: &[u8],
+    per_entry_max: usize,
+    budget: &mut DeleteBudget,
+    mut go_on: impl FnMut(&mut View<'_, S>, &[u8], &[u8], &mut DeleteBudget) -> Result<bool, StoreError>,
+) -> Result<(), StoreError> {
+    let turn = view.get(Table::Meta, turn_key)?.unwrap_or_default();
+    let mut pending = view.scan(table, &KeyRange::all_from(turn.clone()), per_entry_max)?;
+    if pending.len() < per_entry_max && !turn.is_empty() {
+        let wrapped = view.scan(
+            table,
+            &KeyRange::between(Vec::new(), turn),
+            per_entry_max - pending.len(),
+        )?;
+        pending.extend(wrapped);
+    }
+    let looked_at = pending.len();
+    let mut next_turn = None;
+    let mut stopped = false;
+    for (key, bytes) in pending {
+        let finished = go_on(view, &key, &bytes, budget)?;
+        let mut after = key.clone();
+        after.push(0);
+        next_turn = Some(after);
+        if finished {
+            view.delete(table, key);
+        }
+        if !finished || budget.spent() {
+            stopped = true;
+            break;
+        }
+    }
+    // Every pending deletion was looked at within the budget: the next entry starts at the first.
+    match next_turn {
+        Some(turn) if stopped || looked_at == per_entry_max => view.put(Table::Meta, turn_key.to_vec(), turn),
+        _ => view.delete(Table::Meta, turn_key.to_vec()),
+    }
+    Ok(())
+}
+
 /// Removes the rows of `table` whose keys start with `prefix` and come after `after` (from the
 /// first when `None`), in key order, `page_rows` per scan, within `budget`, charging
 /// `rows_each` rows per removal (a row and the rows `also` removes with it); `also` sees each
@@ -216,37 +266,22 @@ mod tests {
             base: &store,
             writes: &mut writes,
         };
+        // Removes rows two at a time within `budget`; answers whether none is left.
+        let remove = |view: &mut View<'_, MemStore>, after: &mut Option<Vec<u8>>, budget: &mut DeleteBudget| {
+            remove_prefixed(view, Table::QueueDedup, &[1, b'q'], after, 16, 2, budget, |_, _, _| {
+                Ok(())
+            })
+            .expect("remove")
+        };
         // Three rows, two per removal: one removal, then the row left does not cover another.
-        let mut budget = DeleteBudget::new(3, u64::MAX);
         let mut after = None;
-        let done = remove_prefixed(
-            &mut view,
-            Table::QueueDedup,
-            &[1, b'q'],
-            &mut after,
-            16,
-            2,
-            &mut budget,
-            |_, _, _| Ok(()),
-        )
-        .expect("remove");
-        assert!(!done);
+        let mut budget = DeleteBudget::new(3, u64::MAX);
+        assert!(!remove(&mut view, &mut after, &mut budget));
         assert_eq!(budget.used(), 2);
         assert_eq!(after, Some(vec![1, b'q', 0]));
         // The cursor goes on from there; one row granted still removes one, so it progresses.
         let mut budget = DeleteBudget::new(1, u64::MAX);
-        let done = remove_prefixed(
-            &mut view,
-            Table::QueueDedup,
-            &[1, b'q'],
-            &mut after,
-            16,
-            2,
-            &mut budget,
-            |_, _, _| Ok(()),
-        )
-        .expect("remove");
-        assert!(!done);
+        assert!(!remove(&mut view, &mut after, &mut budget));
         assert_eq!(after, Some(vec![1, b'q', 1]));
         let left = view.scan(Table::QueueDedup, &KeyRange::all(), 10).expect("scan");
         assert_eq!(left.len(), 3);

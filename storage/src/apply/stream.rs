@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::queue::check_name;
-use super::records::{remove_prefixed, DeleteBudget, DeletionCursor};
+use super::records::{continue_in_turn, remove_prefixed, DeleteBudget, DeletionCursor};
 use super::{check_batch, decode, load, named, out_of_range, save, OpContext, View};
 use crate::command::{OpError, Response, StreamError, StreamOp};
 use crate::limits::{
@@ -623,52 +623,25 @@ pub(crate) fn delete_topic<S: StoreRead>(view: &mut View<'_, S>, topic: &[u8]) -
 /// [`TOPIC_DELETIONS_PER_ENTRY_MAX`] are looked at. Answers the rows removed.
 pub(super) fn continue_deletions<S: StoreRead>(view: &mut View<'_, S>, limit: u32) -> Result<u32, StoreError> {
     let mut budget = DeleteBudget::new(limit, TOPIC_DELETE_BYTES_MAX);
-    let turn = view.get(Table::Meta, DELETION_TURN_KEY)?.unwrap_or_default();
-    let mut pending = view.scan(
+    continue_in_turn(
+        view,
         Table::StreamTopicDeleting,
-        &KeyRange::all_from(turn.clone()),
+        DELETION_TURN_KEY,
         TOPIC_DELETIONS_PER_ENTRY_MAX,
-    )?;
-    if pending.len() < TOPIC_DELETIONS_PER_ENTRY_MAX && !turn.is_empty() {
-        let wrapped = view.scan(
-            Table::StreamTopicDeleting,
-            &KeyRange::between(Vec::new(), turn),
-            TOPIC_DELETIONS_PER_ENTRY_MAX - pending.len(),
-        )?;
-        pending.extend(wrapped);
-    }
-    let looked_at = pending.len();
-    let mut next_turn = None;
-    let mut stopped = false;
-    for (key, bytes) in pending {
-        let mut after = key.clone();
-        after.push(0);
-        next_turn = Some(after);
-        let Some(topic) = topic_of_key(&key).map(<[u8]>::to_vec) else {
+        &mut budget,
+        |view, key, bytes, budget| {
             // A key that names no topic has nothing to remove: dropped, or it is due forever.
-            view.delete(Table::StreamTopicDeleting, key);
-            continue;
-        };
-        let mut deletion = TopicDeletion::decode(&key, &bytes)?;
-        let finished = remove_topic_rows(view, &topic, &mut deletion, &mut budget)?;
-        if finished {
-            view.delete(Table::StreamTopicDeleting, key);
-        } else {
-            save(view, Table::StreamTopicDeleting, key, &deletion);
-        }
-        // A deletion left unfinished stopped at the budget: the entry is done.
-        if !finished || budget.spent() {
-            stopped = true;
-            break;
-        }
-    }
-    // Every pending deletion was looked at within the budget: the next entry starts at the first.
-    match next_turn {
-        Some(turn) if stopped || looked_at == TOPIC_DELETIONS_PER_ENTRY_MAX => {
-            view.put(Table::Meta, DELETION_TURN_KEY.to_vec(), turn)
-        }
-        _ => view.delete(Table::Meta, DELETION_TURN_KEY.to_vec()),
-    }
+            let Some(topic) = topic_of_key(key).map(<[u8]>::to_vec) else {
+                return Ok(true);
+            };
+            let mut deletion = TopicDeletion::decode(key, bytes)?;
+            let finished = remove_topic_rows(view, &topic, &mut deletion, budget)?;
+            if !finished {
+                save(view, Table::StreamTopicDeleting, key.to_vec(), &deletion);
+            }
+            Ok(finished)
+        },
+    )?;
     Ok(budget.used())
 }
 

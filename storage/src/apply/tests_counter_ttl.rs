@@ -169,19 +169,26 @@ fn bounds_hold_on_a_lone_expiring_counter_and_a_delete_removes_it() {
     assert_eq!(read(&h, "attempts").expires_at_ms, Some(13 + MINUTE));
 }
 
-/// Two regions create one expiring counter concurrently: two incarnations, summed, each counted
-/// until its own expiry; a component shipped after an incarnation's expiry is dropped.
-#[test]
-fn regions_sum_concurrent_incarnations_and_forget_each_at_its_own_expiry() {
+/// Two regions holding counter `key` created concurrently at `t0`: +3 until t0+10m (us) and +4
+/// until t0+20m (eu), both shipped both ways, so each region reads 7 until t0+10m.
+fn concurrent_incarnations(key: &str, t0: u64) -> Vec<Harness> {
     let mut regions: Vec<Harness> = (1..=2).map(region).collect();
-    let t0 = 100 * MINUTE;
-    counter(&mut regions[0], t0, "hits", expiring(3, 10 * MINUTE));
-    counter(&mut regions[1], t0, "hits", expiring(4, 20 * MINUTE));
+    counter(&mut regions[0], t0, key, expiring(3, 10 * MINUTE));
+    counter(&mut regions[1], t0, key, expiring(4, 20 * MINUTE));
     let (us, eu) = pick(&mut regions, 0, 1);
     ship(us, 1, eu, t0 + 1);
     let (eu, us) = pick(&mut regions, 1, 0);
     ship(eu, 2, us, t0 + 1);
-    each_reads(&regions, "hits", 7, Some(t0 + 10 * MINUTE));
+    each_reads(&regions, key, 7, Some(t0 + 10 * MINUTE));
+    regions
+}
+
+/// Two regions create one expiring counter concurrently: two incarnations, summed, each counted
+/// until its own expiry; a component shipped after an incarnation's expiry is dropped.
+#[test]
+fn regions_sum_concurrent_incarnations_and_forget_each_at_its_own_expiry() {
+    let t0 = 100 * MINUTE;
+    let mut regions = concurrent_incarnations("hits", t0);
     assert_eq!(
         digest(&regions[0].store).expect("d"),
         digest(&regions[1].store).expect("d")
@@ -414,16 +421,8 @@ fn among_regions_a_set_takes_every_other_part_to_zero() {
 /// it reads 0 without a TTL, a TTL given next starts afresh, and nothing comes back later.
 #[test]
 fn among_regions_an_increment_to_zero_takes_every_part_to_zero() {
-    let mut regions: Vec<Harness> = (1..=2).map(region).collect();
     let t0 = 100 * MINUTE;
-    // Two incarnations, created concurrently: +3 until t0+10m (us) and +4 until t0+20m (eu).
-    counter(&mut regions[0], t0, "c", expiring(3, 10 * MINUTE));
-    counter(&mut regions[1], t0, "c", expiring(4, 20 * MINUTE));
-    let (us, eu) = pick(&mut regions, 0, 1);
-    ship(us, 1, eu, t0 + 1);
-    let (eu, us) = pick(&mut regions, 1, 0);
-    ship(eu, 2, us, t0 + 1);
-    each_reads(&regions, "c", 7, Some(t0 + 10 * MINUTE));
+    let mut regions = concurrent_incarnations("c", t0);
     assert_eq!(
         counter(&mut regions[1], t0 + 2, "c", incr(-7)),
         CounterOutcome::Applied { value: 0 }

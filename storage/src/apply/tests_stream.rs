@@ -10,6 +10,16 @@ use super::tests::{cmd, Harness};
 use super::*;
 use crate::stream::{partition_for_key, Assignment, Assignor, GroupView, ProduceRecord, Produced, TopicConfig};
 
+/// One partition whose records are removed 3 s after they were produced.
+fn aged_config() -> TopicConfig {
+    TopicConfig {
+        partitions: 1,
+        retention_ms: Some(3_000),
+        retention_bytes: None,
+        mirror: false,
+    }
+}
+
 fn create(h: &mut Harness, topic: &str, partitions: u32) {
     let r = h.apply(cmd(
         0,
@@ -593,12 +603,7 @@ fn a_deleted_topic_goes_with_its_records_producers_and_offsets_and_its_name_come
         10_003,
         Op::Stream(StreamOp::CreateTopic {
             topic: "aged".into(),
-            config: TopicConfig {
-                partitions: 1,
-                retention_ms: Some(3_000),
-                retention_bytes: None,
-                mirror: false,
-            },
+            config: aged_config(),
         }),
     ));
     produce(&mut h, 10_003, "aged", vec![to(0, "old")], None);
@@ -715,12 +720,7 @@ fn a_retention_entry_of_limit_zero_goes_on_with_deletions_only() {
         batches,
         Op::Stream(StreamOp::CreateTopic {
             topic: "aged".into(),
-            config: TopicConfig {
-                partitions: 1,
-                retention_ms: Some(3_000),
-                retention_bytes: None,
-                mirror: false,
-            },
+            config: aged_config(),
         }),
     ));
     produce(&mut h, batches, "aged", vec![to(0, "old")], None);
