@@ -694,7 +694,8 @@ pub(crate) fn purge<S: StoreRead>(
 /// for up to [`REDRIVE_LOOKED_AT_MAX`] dead letters or [`REDRIVE_BYTES_MAX`] of them (at least
 /// one). Messages enqueued directly into it are not in the index and stay. A dead letter in
 /// flight (received from the dead-letter queue and not yet acked) stays, and counts toward the
-/// bounds. A dead letter whose source queue is gone leaves the index and stays, as if enqueued
+/// looked-at bound only (its row holds its priority, so one ready-row lookup tells, without
+/// reading it). A dead letter whose source queue is gone leaves the index and stays, as if enqueued
 /// here. Refused (`IndexBuilding`) until the home region has indexed dead letters written by a
 /// build before the index.
 pub(crate) fn redrive<S: StoreRead>(

@@ -92,12 +92,14 @@ pub(super) fn check_indexes(h: &Harness, queue: &str) {
             usize::MAX,
         )
         .expect("scan");
-    for (key, _) in &letters {
+    for (key, value) in &letters {
         let stored = h.store.get(Table::QueueMessage, key).expect("get");
         let message: Option<StoredMessage> = stored.map(|v| basalt_codec::decode(&v).expect("decode"));
         assert!(
-            message.is_some_and(|m| m.dead_lettered_from.is_some()),
-            "dead-letter index row {key:?} names no dead letter"
+            message
+                .as_ref()
+                .is_some_and(|m| m.dead_lettered_from.is_some() && value.as_slice() == [m.priority]),
+            "dead-letter index row {key:?} ({value:?}) names no dead letter of that priority"
         );
     }
     let messages = h
