@@ -842,13 +842,9 @@ pub(crate) fn continue_deletes<S: StoreRead>(view: &mut View<'_, S>, limit: u32)
         DELETION_TURN_KEY,
         QUEUE_DELETIONS_PER_ENTRY_MAX,
         &mut budget,
-        |view, key, bytes, budget| {
-            // A key that names no queue has nothing to remove: dropped, or it is due forever.
-            let Some(queue) = name_in_key(key).map(<[u8]>::to_vec) else {
-                return Ok(true);
-            };
+        |view, key, queue, bytes, budget| {
             let mut cursor = load_cursor(key, bytes)?;
-            let finished = remove_queue_rows(view, &queue, &mut cursor, budget)?;
+            let finished = remove_queue_rows(view, queue, &mut cursor, budget)?;
             if !finished {
                 save(view, Table::QueueDeleting, key.to_vec(), &cursor);
             }

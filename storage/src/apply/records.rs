@@ -150,8 +150,10 @@ impl DeletionCursor {
 /// deleted) within `budget`, taking turns: it starts at the row the last entry's turn key
 /// (`Meta`, `turn_key`) names and wraps around, looking at up to `per_entry_max` of them, so
 /// several deletions progress in turn and a small one does not wait behind a large one.
-/// `go_on` works on one deletion (its key and saved progress) and answers whether it is
-/// finished, saving its own progress when it is not; a finished deletion's row is removed. A
+/// `go_on` works on one deletion (its key, the name it deletes, its saved progress) and answers
+/// whether it is finished, saving its own progress when it is not; a finished deletion's row is
+/// removed, as is a row whose key names nothing (it has nothing to remove, or it would be due
+/// forever). A
 /// deletion left unfinished stopped at the budget and ends the entry; the next entry starts after
 /// it. Every step is decided from the view, so every replica takes the same turns.
 pub(crate) fn continue_in_turn<S: StoreRead>(
@@ -160,7 +162,7 @@ pub(crate) fn continue_in_turn<S: StoreRead>(
     turn_key: &[u8],
     per_entry_max: usize,
     budget: &mut DeleteBudget,
-    mut go_on: impl FnMut(&mut View<'_, S>, &[u8], &[u8], &mut DeleteBudget) -> Result<bool, StoreError>,
+    mut go_on: impl FnMut(&mut View<'_, S>, &[u8], &[u8], &[u8], &mut DeleteBudget) -> Result<bool, StoreError>,
 ) -> Result<(), StoreError> {
     let turn = view.get(Table::Meta, turn_key)?.unwrap_or_default();
     let mut pending = view.scan(table, &KeyRange::all_from(turn.clone()), per_entry_max)?;
@@ -176,7 +178,10 @@ pub(crate) fn continue_in_turn<S: StoreRead>(
     let mut next_turn = None;
     let mut stopped = false;
     for (key, bytes) in pending {
-        let finished = go_on(view, &key, &bytes, budget)?;
+        let finished = match name_in_key(&key).map(<[u8]>::to_vec) {
+            Some(name) => go_on(view, &key, &name, &bytes, budget)?,
+            None => true,
+        };
         let mut after = key.clone();
         after.push(0);
         next_turn = Some(after);

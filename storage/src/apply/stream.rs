@@ -629,13 +629,9 @@ pub(super) fn continue_deletions<S: StoreRead>(view: &mut View<'_, S>, limit: u3
         DELETION_TURN_KEY,
         TOPIC_DELETIONS_PER_ENTRY_MAX,
         &mut budget,
-        |view, key, bytes, budget| {
-            // A key that names no topic has nothing to remove: dropped, or it is due forever.
-            let Some(topic) = topic_of_key(key).map(<[u8]>::to_vec) else {
-                return Ok(true);
-            };
+        |view, key, topic, bytes, budget| {
             let mut deletion = TopicDeletion::decode(key, bytes)?;
-            let finished = remove_topic_rows(view, &topic, &mut deletion, budget)?;
+            let finished = remove_topic_rows(view, topic, &mut deletion, budget)?;
             if !finished {
                 save(view, Table::StreamTopicDeleting, key.to_vec(), &deletion);
             }
