@@ -153,6 +153,8 @@ enum Command {
         #[command(flatten)]
         endpoints: EndpointArgs,
     },
+    /// Run one of the systems Basalt exists for and check its invariant (`--list` shows them).
+    Demo(crate::demo::DemoArgs),
     /// Load generators.
     Bench {
         #[command(subcommand)]
@@ -301,25 +303,38 @@ pub fn cluster_file() -> PathBuf {
 
 pub fn resolve_endpoints(args: &EndpointArgs) -> Result<Vec<String>, String> {
     if let Some(list) = &args.endpoints {
-        let endpoints: Vec<String> = list
-            .split(',')
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-            .collect();
-        if endpoints.is_empty() {
-            return Err("--endpoints is empty".into());
-        }
-        return Ok(endpoints);
+        return parse_endpoint_list(list);
     }
     let path = cluster_file();
-    let text = std::fs::read_to_string(&path).map_err(|_| {
-        format!(
+    if !path.exists() {
+        return Err(format!(
             "no endpoints: pass --endpoints host:port,... or start a local cluster with `basalt dev` (no {})",
             path.display()
-        )
-    })?;
+        ));
+    }
+    cluster_file_endpoints(&path, args.region.as_deref())
+}
+
+/// `host:port,host:port,...` as `--endpoints` takes it.
+pub fn parse_endpoint_list(list: &str) -> Result<Vec<String>, String> {
+    let endpoints: Vec<String> = list
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if endpoints.is_empty() {
+        return Err("--endpoints is empty".into());
+    }
+    Ok(endpoints)
+}
+
+/// The endpoints a cluster file (as `basalt dev` writes it) lists: of `region` with several
+/// regions, else the first region's.
+pub fn cluster_file_endpoints(path: &std::path::Path, region: Option<&str>) -> Result<Vec<String>, String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("reading the cluster file {}: {e}", path.display()))?;
     let file: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    if let Some(region) = &args.region {
+    if let Some(region) = region {
         return crate::verbs::regions::region_endpoints(&file, region).map_err(|e| format!("{}: {e}", path.display()));
     }
     let endpoints: Vec<String> = file["endpoints"]
@@ -552,6 +567,10 @@ async fn run(cli: Cli) -> Result<(), String> {
                 true => crate::verbs::regions::change(command, connect(&endpoints).await?).await,
                 false => crate::verbs::regions::run(command).await,
             }
+        }
+        Command::Demo(args) => {
+            init_tracing("error");
+            crate::demo::run(args).await
         }
         Command::Bench { command, endpoints } => {
             init_tracing("error");

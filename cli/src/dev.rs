@@ -258,11 +258,16 @@ pub(crate) async fn supervise(mut processes: Vec<NodeProcess>) {
     }
 
     println!("stopping {} nodes...", processes.len());
-    for p in &processes {
+    stop_all(&mut processes).await;
+}
+
+/// SIGTERM to every node, then SIGKILL to those still running 10 s later.
+pub(crate) async fn stop_all(processes: &mut [NodeProcess]) {
+    for p in processes.iter() {
         send_signal(&p.child, libc::SIGTERM);
     }
     let deadline = Instant::now() + Duration::from_secs(10);
-    for p in &mut processes {
+    for p in processes.iter_mut() {
         let remaining = deadline.saturating_duration_since(Instant::now());
         if tokio::time::timeout(remaining, p.child.wait()).await.is_err() {
             println!("{} did not stop in time; killing it", p.label);

@@ -1,4 +1,5 @@
-//! What the integration tests (`tests/`) and the partition harness (`jepsen/`) share.
+//! What the integration tests (`tests/`) and the partition harness (`jepsen/`) share; `basalt
+//! demo` (`cli/`) takes its port reservation for its temporary clusters.
 //!
 //! Owns: port reservation for local clusters ([`local_ports`]) and clusters of node processes
 //! ([`TestCluster`], and [`regions::TestRegions`] for several regions): every node is a child

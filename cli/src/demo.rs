@@ -1,0 +1,243 @@
+//! `basalt demo NAME`: runs one of the systems of `basalt-examples` on a temporary cluster (or
+//! on `--endpoints`), prints what happens and the figures it measured, and exits 0 only if the
+//! system's invariant held.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use basalt_examples::{Demo, Report, Scale, System, SYSTEMS};
+use basalt_testkit::local_ports::{self, PortReservation};
+use clap::Args;
+
+use crate::dev::{spawn_node, stop_all, wait_for_leader, NodeLaunch, NodeProcess};
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// The system to run (`basalt demo --list` shows them).
+    #[arg(required_unless_present = "list")]
+    name: Option<String>,
+    /// List the systems and what each checks.
+    #[arg(long, conflicts_with = "name")]
+    list: bool,
+    /// A short run of a few seconds (what the test suite runs).
+    #[arg(long)]
+    short: bool,
+    /// Run on this cluster (host:port,...) instead of a temporary one.
+    #[arg(long, conflicts_with = "cluster_file")]
+    endpoints: Option<String>,
+    /// Run on the cluster this file lists (as `basalt dev` writes it: ~/.basalt/dev/cluster.json).
+    #[arg(long)]
+    cluster_file: Option<PathBuf>,
+    /// Keep the temporary cluster's directory (data and node logs) after the run; it is kept
+    /// anyway when the run fails.
+    #[arg(long)]
+    keep: bool,
+}
+
+/// How long the temporary cluster may take to elect its first leader.
+const LEADER_WAIT: Duration = Duration::from_secs(30);
+/// Violations printed at most; the rest are counted.
+const VIOLATIONS_SHOWN_MAX: usize = 20;
+
+pub async fn run(args: DemoArgs) -> Result<(), String> {
+    if args.list {
+        print!("{}", listing());
+        return Ok(());
+    }
+    let name = args.name.clone().unwrap_or_default();
+    let system = basalt_examples::find(&name).ok_or_else(|| {
+        format!(
+            "no system named {name:?}; there are: {}",
+            SYSTEMS.iter().map(|s| s.name).collect::<Vec<_>>().join(", ")
+        )
+    })?;
+    let scale = if args.short { Scale::Short } else { Scale::Full };
+    let given = match (&args.endpoints, &args.cluster_file) {
+        (Some(list), _) => Some(crate::commands::parse_endpoint_list(list)?),
+        (None, Some(path)) => Some(crate::commands::cluster_file_endpoints(path, None)?),
+        (None, None) => None,
+    };
+    let Some(endpoints) = given else {
+        let mut cluster = TempCluster::start(system).await?;
+        let outcome = tokio::select! {
+            outcome = run_system(system, cluster.endpoints.clone(), scale) => outcome,
+            () = crate::commands::shutdown_signal() => Err("interrupted".to_string()),
+        };
+        println!("stopping the temporary cluster");
+        stop_all(&mut cluster.nodes).await;
+        let dir = cluster.dir.path().display().to_string();
+        if args.keep || outcome.is_err() {
+            let _ = cluster.dir.keep();
+            println!("its data and node logs are kept in {dir}");
+        }
+        return outcome;
+    };
+    println!("basalt demo {}: on {}", system.name, endpoints.join(","));
+    run_system(system, endpoints, scale).await
+}
+
+/// The `--list` text: each system's name, what it is built from and what it checks.
+fn listing() -> String {
+    let mut out = String::new();
+    for system in SYSTEMS {
+        out.push_str(&format!(
+            "{}\n    {}\n    checks: {}\n",
+            system.name, system.summary, system.invariant
+        ));
+    }
+    out
+}
+
+async fn run_system(system: &System, endpoints: Vec<String>, scale: Scale) -> Result<(), String> {
+    let demo = Demo::new(endpoints, scale, |line| println!("{line}"));
+    let report = (system.run)(&demo).await.map_err(|e| format!("{}: {e}", system.name))?;
+    print!("{}", summary(system, &report));
+    if report.held() {
+        Ok(())
+    } else {
+        Err(format!("{}: invariant broken", system.name))
+    }
+}
+
+/// The summary: the figures, then whether the invariant held and, if not, how it broke.
+fn summary(system: &System, report: &Report) -> String {
+    let width = report.figures.iter().map(|(what, _)| what.len()).max().unwrap_or(0);
+    let mut out = format!("summary of {}:\n", system.name);
+    for (what, value) in &report.figures {
+        out.push_str(&format!("  {what:<width$}  {value}\n"));
+    }
+    if report.held() {
+        out.push_str(&format!("invariant held: {}\n", system.invariant));
+    } else {
+        out.push_str(&format!("INVARIANT BROKEN: {}\n", system.invariant));
+        for violation in report.violations.iter().take(VIOLATIONS_SHOWN_MAX) {
+            out.push_str(&format!("  - {violation}\n"));
+        }
+        if report.violations.len() > VIOLATIONS_SHOWN_MAX {
+            out.push_str(&format!(
+                "  ... and {} more\n",
+                report.violations.len() - VIOLATIONS_SHOWN_MAX
+            ));
+        }
+    }
+    out
+}
+
+/// A cluster of node processes in a temporary directory, on ports no other local cluster takes.
+struct TempCluster {
+    dir: tempfile::TempDir,
+    nodes: Vec<NodeProcess>,
+    endpoints: Vec<String>,
+    /// Held while the cluster runs, so no other reservation hands its ports out.
+    _ports: Vec<PortReservation>,
+}
+
+impl TempCluster {
+    async fn start(system: &System) -> Result<TempCluster, String> {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("basalt-demo-{}-", system.name))
+            .tempdir()
+            .map_err(|e| format!("creating a temporary directory: {e}"))?;
+        let exe = std::env::current_exe().map_err(|e| format!("locating the basalt binary: {e}"))?;
+        let mut ports = Vec::new();
+        let mut reserve = || -> Result<String, String> {
+            let port = local_ports::reserve().map_err(|e| e.to_string())?;
+            let addr = port.addr().to_string();
+            ports.push(port);
+            Ok(addr)
+        };
+        let mut addresses = Vec::new();
+        for _ in 0..system.nodes {
+            addresses.push((reserve()?, reserve()?));
+        }
+        let endpoints: Vec<String> = addresses.iter().map(|(grpc, _)| grpc.clone()).collect();
+        let peers: Vec<String> = endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, addr)| format!("{}={addr}", i + 1))
+            .collect();
+        println!(
+            "basalt demo {}: starting a temporary {}-node cluster in {}",
+            system.name,
+            system.nodes,
+            dir.path().display()
+        );
+        let mut nodes = Vec::new();
+        for (i, (grpc, http)) in addresses.iter().enumerate() {
+            let id = i as u16 + 1;
+            let started = spawn_node(
+                &exe,
+                &NodeLaunch {
+                    label: format!("node {id}"),
+                    id,
+                    grpc: grpc.clone(),
+                    http: http.clone(),
+                    dir: dir.path().join(format!("node-{id}")),
+                    log: dir.path().join(format!("node-{id}.log")),
+                    peers: peers.join(","),
+                    init: id == 1,
+                    extra: Vec::new(),
+                },
+            );
+            match started {
+                Ok(node) => nodes.push(node),
+                Err(e) => {
+                    stop_all(&mut nodes).await;
+                    return Err(e);
+                }
+            }
+        }
+        let started = Instant::now();
+        match wait_for_leader(&endpoints, LEADER_WAIT).await {
+            Ok((id, addr)) => println!(
+                "cluster up: leader node {id} ({addr}) after {:.1}s",
+                started.elapsed().as_secs_f64()
+            ),
+            Err(e) => {
+                stop_all(&mut nodes).await;
+                let kept = dir.keep();
+                return Err(format!(
+                    "the temporary cluster elected no leader within {LEADER_WAIT:?}: {e} (node logs in {})",
+                    kept.display()
+                ));
+            }
+        }
+        Ok(TempCluster {
+            dir,
+            nodes,
+            endpoints,
+            _ports: ports,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_listing_names_every_system_and_its_check() {
+        let text = listing();
+        for system in SYSTEMS {
+            assert!(text.contains(system.name) && text.contains(system.invariant), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_broken_invariant_is_shown_with_its_violations_bounded() {
+        let system = &SYSTEMS[0];
+        let report = Report {
+            figures: vec![("events".into(), "3".into())],
+            violations: (0..25).map(|i| format!("violation {i}")).collect(),
+        };
+        let text = summary(system, &report);
+        assert!(text.contains("INVARIANT BROKEN"), "{text}");
+        assert!(
+            text.contains("violation 19") && !text.contains("violation 20"),
+            "{text}"
+        );
+        assert!(text.contains("... and 5 more"), "{text}");
+        let held = summary(system, &Report::default());
+        assert!(held.contains("invariant held"), "{held}");
+    }
+}

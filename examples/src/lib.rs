@@ -1,0 +1,178 @@
+//! The systems Basalt exists for, each a short program on the Rust SDK that runs against a
+//! cluster, checks the system's business invariant itself and reports what it measured. `basalt
+//! demo NAME` runs one (see `docs/systems/`).
+//!
+//! Owns: the systems ([`SYSTEMS`], one module each, readable in one sitting), the context a
+//! system runs in ([`Demo`]) and what it answers ([`Report`]). It talks to Basalt only through
+//! the SDK (`basalt-client`), as an application would, and never starts or stops nodes: the
+//! `basalt demo` command (in `cli/`) gives it a running cluster's endpoints.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use basalt_client::{Client, ClientError, ClientOptions};
+
+pub mod event_pipeline;
+
+/// How much work a run does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scale {
+    /// A few seconds: what the test suite runs (`basalt demo NAME --short`).
+    Short,
+    /// The default: enough work for the figures to mean something.
+    Full,
+}
+
+/// A system's run, as a boxed future (the catalog holds plain function pointers).
+pub type RunFuture<'a> = Pin<Box<dyn Future<Output = Result<Report, DemoError>> + Send + 'a>>;
+
+/// One system `basalt demo` can run.
+pub struct System {
+    /// The name `basalt demo` takes.
+    pub name: &'static str,
+    /// One line: what it is built from.
+    pub summary: &'static str,
+    /// The business invariant the run checks, in one sentence.
+    pub invariant: &'static str,
+    /// How many nodes the temporary cluster gets.
+    pub nodes: u16,
+    pub run: for<'a> fn(&'a Demo) -> RunFuture<'a>,
+}
+
+/// Every system there is, in the order `basalt demo --list` shows them.
+pub static SYSTEMS: &[System] = &[event_pipeline::SYSTEM];
+
+/// The system named `name`.
+pub fn find(name: &str) -> Option<&'static System> {
+    SYSTEMS.iter().find(|s| s.name == name)
+}
+
+/// Where a system runs and how it talks to the person watching.
+pub struct Demo {
+    endpoints: Vec<String>,
+    scale: Scale,
+    say: Box<dyn Fn(&str) + Send + Sync>,
+}
+
+/// How long one SDK call of a demo may take, retries included: long enough to ride out a leader
+/// election on two busy cores.
+const DEMO_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
+impl Demo {
+    /// A run against the cluster at `endpoints`, printing with `say`.
+    pub fn new(endpoints: Vec<String>, scale: Scale, say: impl Fn(&str) + Send + Sync + 'static) -> Demo {
+        Demo {
+            endpoints,
+            scale,
+            say: Box::new(say),
+        }
+    }
+
+    pub fn scale(&self) -> Scale {
+        self.scale
+    }
+
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
+    /// Prints one line for the person watching.
+    pub fn say(&self, line: &str) {
+        (self.say)(line);
+    }
+
+    /// A new connection to the cluster: each worker of a system has its own, as separate
+    /// processes would.
+    pub async fn connect(&self) -> Result<Client, DemoError> {
+        connect(&self.endpoints).await
+    }
+}
+
+/// A new connection to the cluster at `endpoints`.
+pub async fn connect(endpoints: &[String]) -> Result<Client, DemoError> {
+    let options = ClientOptions {
+        request_timeout: DEMO_REQUEST_TIMEOUT,
+        ..ClientOptions::default()
+    };
+    Client::connect_with(endpoints, options)
+        .await
+        .map_err(|source| DemoError::Cluster {
+            doing: "connecting".into(),
+            source,
+        })
+}
+
+/// What a run found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    /// The figures measured, as (what, value) lines of the summary.
+    pub figures: Vec<(String, String)>,
+    /// Each way the invariant was broken; empty: it held.
+    pub violations: Vec<String>,
+}
+
+impl Report {
+    pub fn held(&self) -> bool {
+        self.violations.is_empty()
+    }
+
+    pub fn figure(&mut self, what: impl Into<String>, value: impl std::fmt::Display) {
+        self.figures.push((what.into(), value.to_string()));
+    }
+}
+
+/// Why a run could not finish (as opposed to finishing with the invariant broken).
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("{doing}: {source}")]
+    Cluster { doing: String, source: ClientError },
+    #[error("{what} did not finish within {after:?}")]
+    Timeout { what: String, after: Duration },
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// `Err(e)` with what was being done, for the SDK's errors.
+pub(crate) trait Doing<T> {
+    fn doing(self, what: impl FnOnce() -> String) -> Result<T, DemoError>;
+}
+
+impl<T> Doing<T> for Result<T, ClientError> {
+    fn doing(self, what: impl FnOnce() -> String) -> Result<T, DemoError> {
+        self.map_err(|source| DemoError::Cluster { doing: what(), source })
+    }
+}
+
+/// The `q`-quantile (0.0..=1.0) of `values` (sorted here), 0 when empty.
+pub fn quantile(values: &mut [u64], q: f64) -> u64 {
+    if values.is_empty() {
+        return 0;
+    }
+    values.sort_unstable();
+    let rank = ((values.len() - 1) as f64 * q.clamp(0.0, 1.0)).round() as usize;
+    values[rank.min(values.len() - 1)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_found() {
+        for system in SYSTEMS {
+            assert!(std::ptr::eq(find(system.name).expect("found"), system));
+        }
+        assert!(find("no-such-system").is_none());
+    }
+
+    #[test]
+    fn quantiles() {
+        assert_eq!(quantile(&mut [], 0.5), 0);
+        let mut values: Vec<u64> = (1..=100).rev().collect();
+        assert_eq!(quantile(&mut values, 0.0), 1);
+        assert_eq!(quantile(&mut values, 0.5), 51);
+        assert_eq!(quantile(&mut values, 0.99), 99);
+        assert_eq!(quantile(&mut values, 1.0), 100);
+    }
+}

@@ -1,0 +1,94 @@
+//! The systems of `basalt demo`, each run end to end in its short form, as a user runs it: the
+//! command starts a temporary cluster of node processes, runs the system against it, checks the
+//! system's invariant and exits 0 only if it held.
+
+use std::process::{Command, Output};
+
+use basalt_testkit::{run_cli, runtime, ClusterOptions, TestCluster};
+
+const NODE: &str = env!("CARGO_BIN_EXE_basalt-test-node");
+
+fn demo(args: &[&str]) -> Output {
+    Command::new(NODE)
+        .arg("demo")
+        .args(args)
+        .output()
+        .expect("run basalt demo")
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// The line of the summary that starts with `what` (after its indentation).
+fn figure<'a>(stdout: &'a str, what: &str) -> Option<&'a str> {
+    stdout
+        .lines()
+        .find_map(|line| line.trim_start().strip_prefix(what).map(str::trim))
+}
+
+#[test]
+fn the_list_names_the_systems_and_an_unknown_name_is_refused() {
+    let listed = demo(&["--list"]);
+    assert!(listed.status.success(), "{}", text(&listed));
+    assert!(
+        String::from_utf8_lossy(&listed.stdout).contains("event-pipeline"),
+        "{}",
+        text(&listed)
+    );
+
+    let unknown = demo(&["no-such-system", "--short"]);
+    assert!(!unknown.status.success(), "{}", text(&unknown));
+    let stderr = String::from_utf8_lossy(&unknown.stderr);
+    assert!(
+        stderr.contains("no system named \"no-such-system\"") && stderr.contains("event-pipeline"),
+        "{}",
+        text(&unknown)
+    );
+}
+
+#[test]
+fn event_pipeline_processes_every_event_in_order_through_a_worker_kill() {
+    let output = demo(&["event-pipeline", "--short"]);
+    let all = text(&output);
+    assert!(output.status.success(), "{all}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("invariant held"), "{all}");
+    assert_eq!(figure(&stdout, "events processed"), Some("600 of 600"), "{all}");
+    assert!(
+        figure(&stdout, "worker killed").is_some_and(|w| w.starts_with("worker-1")),
+        "{all}"
+    );
+    // The poison events went through the dead-letter topic and came back.
+    let dead = figure(&stdout, "dead-lettered").and_then(|n| n.parse::<u64>().ok());
+    let replayed = figure(&stdout, "replayed and processed").and_then(|n| n.parse::<u64>().ok());
+    assert!(dead.is_some_and(|n| n > 0) && replayed >= dead, "{all}");
+    // The temporary cluster is gone with its directory.
+    assert!(
+        stdout.contains("stopping the temporary cluster") && !stdout.contains("kept in"),
+        "{all}"
+    );
+}
+
+/// On a cluster it did not start (`--endpoints`), a demo runs once; a second run finds the first
+/// one's topic and refuses to mix its events with them.
+#[test]
+fn on_given_endpoints_a_demo_runs_and_a_second_run_is_refused() {
+    runtime().block_on(async {
+        let cluster = TestCluster::start(NODE, ClusterOptions::default());
+        let _client = cluster.client().await;
+        let endpoints = cluster.endpoints();
+        let first = run_cli(NODE, &endpoints, &["demo", "event-pipeline", "--short"], None).await;
+        assert_eq!(first.code, Some(0), "{first:?}");
+        assert!(first.stdout.contains("invariant held"), "{first:?}");
+        assert!(!first.stdout.contains("temporary"), "{first:?}");
+        let second = run_cli(NODE, &endpoints, &["demo", "event-pipeline", "--short"], None).await;
+        assert_ne!(second.code, Some(0), "{second:?}");
+        assert!(second.stderr.contains("topic orders.v1 already exists"), "{second:?}");
+    });
+}
