@@ -25,9 +25,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use basalt_client::consumer::dead_letter;
 use basalt_client::{ConsumedRecord, Consumer, ConsumerOptions, ErrorCode, Record, ReplayOptions, TopicOptions};
-use tokio::sync::watch;
 use tokio_stream::StreamExt;
 
+use crate::worker::{Closing, Worker};
 use crate::{connect, quantile, Demo, DemoError, Doing, Report, RunFuture, Scale, System};
 
 pub const SYSTEM: System = System {
@@ -265,100 +265,45 @@ fn check(plan: &Plan, handled: &BTreeMap<u64, Vec<(u64, Handling)>>) -> Vec<Stri
     violations
 }
 
-/// How a worker is told to stop.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Stop {
-    Run,
-    /// Commit what it is done with and leave the group.
-    Close,
-    /// Vanish: its runtime is dropped with the consumer's heartbeats, no leave and no commit.
-    Kill,
-}
-
-struct Worker {
-    name: String,
-    stop: watch::Sender<Stop>,
-    thread: std::thread::JoinHandle<Result<(), DemoError>>,
-}
-
-impl Worker {
-    /// Starts a worker on a thread and runtime of its own, so that killing it takes everything
-    /// it runs (the consumer's background task too) as a crash would.
-    fn spawn(name: String, endpoints: Vec<String>, shared: Arc<Shared>) -> Result<Worker, DemoError> {
-        let (stop, stopped) = watch::channel(Stop::Run);
-        let worker = name.clone();
-        let thread = std::thread::Builder::new()
-            .name(name.clone())
-            .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(|e| DemoError::Setup(format!("{worker}: starting its runtime: {e}")))?;
-                let result = runtime.block_on(work(&worker, &endpoints, &shared, stopped));
-                // Killed: the consumer's background task is dropped here, never polled again.
-                drop(runtime);
-                result
-            })
-            .map_err(|e| DemoError::Setup(format!("starting {name}: {e}")))?;
-        Ok(Worker { name, stop, thread })
-    }
-
-    async fn stop(self, how: Stop) -> Result<(), DemoError> {
-        let _ = self.stop.send(how);
-        let name = self.name;
-        match tokio::task::spawn_blocking(move || self.thread.join()).await {
-            Ok(Ok(result)) => result,
-            _ => Err(DemoError::Setup(format!("{name} panicked"))),
-        }
-    }
-}
-
-/// A worker's life: join the group, handle records until told to stop.
+/// A worker's life: join the group, handle records until asked to close.
 async fn work(
-    name: &str,
-    endpoints: &[String],
-    shared: &Shared,
-    mut stop: watch::Receiver<Stop>,
+    name: String,
+    endpoints: Vec<String>,
+    shared: Arc<Shared>,
+    mut closing: Closing,
 ) -> Result<(), DemoError> {
-    let mut killed = stop.clone();
-    let life = async {
-        let client = connect(endpoints).await?;
-        let options = ConsumerOptions {
-            member_id: Some(name.to_string()),
-            session_timeout: SESSION_TIMEOUT,
-            auto_commit: Some(AUTO_COMMIT),
-            ..ConsumerOptions::default()
-        };
-        let mut consumer = client
-            .streams()
-            .consumer(GROUP, vec![TOPIC.into()], options)
-            .await
-            .doing(|| format!("{name} joining group {GROUP}"))?;
-        loop {
-            let next = tokio::select! {
-                next = consumer.next() => next,
-                changed = stop.changed() => {
-                    // A kill is the outer select's: nothing more runs here, not even a commit.
-                    if changed.is_err() || *stop.borrow() == Stop::Close {
-                        break;
-                    }
-                    continue;
-                }
-            };
-            match next {
-                None => break,
-                // The consumer retries what can be retried itself; what it hands over is told
-                // and passed (a partition refused for good is fetched again after a rebalance).
-                Some(Err(_)) => shared.journal().consumer_errors += 1,
-                Some(Ok(record)) => handle(name, &consumer, &record, shared).await?,
-            }
-        }
-        consumer.close().await.doing(|| format!("{name} leaving group {GROUP}"))
+    let client = connect(&endpoints).await?;
+    let options = ConsumerOptions {
+        member_id: Some(name.clone()),
+        session_timeout: SESSION_TIMEOUT,
+        auto_commit: Some(AUTO_COMMIT),
+        ..ConsumerOptions::default()
     };
-    tokio::select! {
-        result = life => result,
-        _ = killed.wait_for(|s| *s == Stop::Kill) => Ok(()),
+    let mut consumer = client
+        .streams()
+        .consumer(GROUP, vec![TOPIC.into()], options)
+        .await
+        .doing(|| format!("{name} joining group {GROUP}"))?;
+    loop {
+        let next = tokio::select! {
+            next = consumer.next() => next,
+            () = closing.requested() => break,
+        };
+        match next {
+            None => break,
+            // The consumer retries what can be retried itself; what it hands over is counted
+            // and passed (a partition refused for good is fetched again after a rebalance).
+            Some(Err(_)) => shared.journal().consumer_errors += 1,
+            Some(Ok(record)) => handle(&name, &consumer, &record, &shared).await?,
+        }
     }
+    consumer.close().await.doing(|| format!("{name} leaving group {GROUP}"))
+}
+
+/// Starts worker `name` (see [`Worker`]).
+fn spawn_worker(name: String, endpoints: &[String], shared: &Arc<Shared>) -> Result<Worker, DemoError> {
+    let (endpoints, shared) = (endpoints.to_vec(), shared.clone());
+    Worker::spawn(name.clone(), move |closing| work(name, endpoints, shared, closing))
 }
 
 /// Processes one record, or dead-letters it. It is committed only once the worker asks for the
@@ -453,7 +398,7 @@ async fn run(demo: &Demo) -> Result<Report, DemoError> {
     let endpoints = demo.endpoints().to_vec();
     let mut workers = Vec::new();
     for i in 1..=WORKERS {
-        workers.push(Worker::spawn(format!("worker-{i}"), endpoints.clone(), shared.clone())?);
+        workers.push(spawn_worker(format!("worker-{i}"), &endpoints, &shared)?);
     }
     let started = Instant::now();
     let producers: Vec<_> = (0..PRODUCERS)
@@ -496,12 +441,8 @@ async fn run(demo: &Demo) -> Result<Report, DemoError> {
                 WORKERS + 1,
                 SESSION_TIMEOUT.as_secs()
             ));
-            victim.stop(Stop::Kill).await?;
-            workers.push(Worker::spawn(
-                format!("worker-{}", WORKERS + 1),
-                endpoints.clone(),
-                shared.clone(),
-            )?);
+            victim.kill().await?;
+            workers.push(spawn_worker(format!("worker-{}", WORKERS + 1), &endpoints, &shared)?);
             killed = Some((name, handled));
         }
         if producers
@@ -551,7 +492,7 @@ async fn run(demo: &Demo) -> Result<Report, DemoError> {
         producer.abort();
     }
     for worker in workers {
-        worker.stop(Stop::Close).await?;
+        worker.close().await?;
     }
 
     let mut journal = std::mem::take(&mut *shared.journal());
@@ -567,7 +508,7 @@ async fn run(demo: &Demo) -> Result<Report, DemoError> {
     report.figure("events published", total);
     if publish_seconds > 0.0 {
         report.figure(
-            "publish rate",
+            "publish rate (paced)",
             format!("{:.0} events/s", total as f64 / publish_seconds),
         );
     }

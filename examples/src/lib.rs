@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use basalt_client::{Client, ClientError, ClientOptions};
 
+pub mod analytics;
 pub mod event_pipeline;
+mod worker;
 
 /// How much work a run does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,7 +43,7 @@ pub struct System {
 }
 
 /// Every system there is, in the order `basalt demo --list` shows them.
-pub static SYSTEMS: &[System] = &[event_pipeline::SYSTEM];
+pub static SYSTEMS: &[System] = &[event_pipeline::SYSTEM, analytics::SYSTEM];
 
 /// The system named `name`.
 pub fn find(name: &str) -> Option<&'static System> {
@@ -129,6 +131,8 @@ pub enum DemoError {
     Cluster { doing: String, source: ClientError },
     #[error("{what} did not finish within {after:?}")]
     Timeout { what: String, after: Duration },
+    #[error("{what}: gave up after {attempts} tries, each overtaken by another worker")]
+    Contended { what: String, attempts: u32 },
     #[error("{0}")]
     Setup(String),
 }

@@ -36,11 +36,10 @@ fn figure<'a>(stdout: &'a str, what: &str) -> Option<&'a str> {
 fn the_list_names_the_systems_and_an_unknown_name_is_refused() {
     let listed = demo(&["--list"]);
     assert!(listed.status.success(), "{}", text(&listed));
-    assert!(
-        String::from_utf8_lossy(&listed.stdout).contains("event-pipeline"),
-        "{}",
-        text(&listed)
-    );
+    let names = String::from_utf8_lossy(&listed.stdout);
+    for name in ["event-pipeline", "analytics"] {
+        assert!(names.contains(name), "{}", text(&listed));
+    }
 
     let unknown = demo(&["no-such-system", "--short"]);
     assert!(!unknown.status.success(), "{}", text(&unknown));
@@ -91,4 +90,20 @@ fn on_given_endpoints_a_demo_runs_and_a_second_run_is_refused() {
         assert_ne!(second.code, Some(0), "{second:?}");
         assert!(second.stderr.contains("topic orders.v1 already exists"), "{second:?}");
     });
+}
+
+#[test]
+fn analytics_windows_equal_a_recomputation_from_the_stream_through_a_worker_kill() {
+    let output = demo(&["analytics", "--short"]);
+    let all = text(&output);
+    assert!(output.status.success(), "{all}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("invariant held"), "{all}");
+    assert_eq!(figure(&stdout, "views applied"), Some("1500"), "{all}");
+    assert!(
+        figure(&stdout, "worker killed").is_some_and(|w| w.starts_with("worker-1")),
+        "{all}"
+    );
+    let late = figure(&stdout, "late views").and_then(|n| n.parse::<u64>().ok());
+    assert!(late.is_some_and(|n| n > 0), "{all}");
 }
