@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use basalt_client::txn::{Compare, Condition, TxnOp};
 use basalt_client::window;
@@ -28,7 +28,7 @@ use basalt_client::{
 use tokio_stream::StreamExt;
 
 use crate::worker::{Closing, Worker};
-use crate::{connect, Demo, DemoError, Doing, Report, RunFuture, Scale, System};
+use crate::{connect, mix, unix_ms, Demo, DemoError, Doing, Report, RunFuture, Scale, System};
 
 pub const SYSTEM: System = System {
     name: "analytics",
@@ -136,14 +136,6 @@ impl View {
     }
 }
 
-/// A fixed scramble of `i` (splitmix64): the run's "random" choices, the same every run.
-fn mix(i: u64) -> u64 {
-    let mut z = i.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 fn minute_key(page: u64) -> String {
     format!("views/minute/page-{page}")
 }
@@ -190,12 +182,6 @@ impl Shared {
     fn stats(&self) -> MutexGuard<'_, Stats> {
         self.stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 async fn read_applied(client: &Client, partition: u32) -> Result<u64, DemoError> {

@@ -21,14 +21,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use basalt_client::consumer::dead_letter;
 use basalt_client::{ConsumedRecord, Consumer, ConsumerOptions, ErrorCode, Record, ReplayOptions, TopicOptions};
 use tokio_stream::StreamExt;
 
 use crate::worker::{Closing, Worker};
-use crate::{connect, quantile, Demo, DemoError, Doing, Report, RunFuture, Scale, System};
+use crate::{connect, quantile, unix_ms, Demo, DemoError, Doing, Report, RunFuture, Scale, System};
 
 pub const SYSTEM: System = System {
     name: "event-pipeline",
@@ -217,12 +217,6 @@ impl Shared {
         // A panicking worker leaves plain counters behind: still readable.
         self.journal.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// The invariant, from what the workers did: each way it was broken, or nothing.

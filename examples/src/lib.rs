@@ -14,6 +14,7 @@ use std::time::Duration;
 use basalt_client::{Client, ClientError, ClientOptions};
 
 pub mod analytics;
+pub mod circuit_breaker;
 pub mod event_pipeline;
 mod worker;
 
@@ -43,7 +44,7 @@ pub struct System {
 }
 
 /// Every system there is, in the order `basalt demo --list` shows them.
-pub static SYSTEMS: &[System] = &[event_pipeline::SYSTEM, analytics::SYSTEM];
+pub static SYSTEMS: &[System] = &[event_pipeline::SYSTEM, analytics::SYSTEM, circuit_breaker::SYSTEM];
 
 /// The system named `name`.
 pub fn find(name: &str) -> Option<&'static System> {
@@ -146,6 +147,21 @@ impl<T> Doing<T> for Result<T, ClientError> {
     fn doing(self, what: impl FnOnce() -> String) -> Result<T, DemoError> {
         self.map_err(|source| DemoError::Cluster { doing: what(), source })
     }
+}
+
+/// Milliseconds since the Unix epoch by this machine's clock.
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A fixed scramble of `i` (splitmix64): a run's "random" choices, the same every run.
+pub(crate) fn mix(i: u64) -> u64 {
+    let mut z = i.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 /// The `q`-quantile (0.0..=1.0) of `values` (sorted here), 0 when empty.

@@ -37,7 +37,7 @@ fn the_list_names_the_systems_and_an_unknown_name_is_refused() {
     let listed = demo(&["--list"]);
     assert!(listed.status.success(), "{}", text(&listed));
     let names = String::from_utf8_lossy(&listed.stdout);
-    for name in ["event-pipeline", "analytics"] {
+    for name in ["event-pipeline", "analytics", "circuit-breaker"] {
         assert!(names.contains(name), "{}", text(&listed));
     }
 
@@ -106,4 +106,21 @@ fn analytics_windows_equal_a_recomputation_from_the_stream_through_a_worker_kill
     );
     let late = figure(&stdout, "late views").and_then(|n| n.parse::<u64>().ok());
     assert!(late.is_some_and(|n| n > 0), "{all}");
+}
+
+#[test]
+fn circuit_breaker_never_has_two_probes_and_opens_within_its_failures() {
+    let output = demo(&["circuit-breaker", "--short"]);
+    let all = text(&output);
+    assert!(output.status.success(), "{all}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("invariant held"), "{all}");
+    assert_eq!(figure(&stdout, "most probes in flight at once"), Some("1"), "{all}");
+    // Both failing phases opened and closed the breaker; the hanging probe was abandoned.
+    assert_eq!(stdout.matches("breaker open after").count(), 2, "{all}");
+    assert_eq!(stdout.matches("breaker closed after").count(), 2, "{all}");
+    assert!(
+        figure(&stdout, "probes (abandoned at the lease deadline)").is_some_and(|p| p.ends_with("(1)")),
+        "{all}"
+    );
 }
