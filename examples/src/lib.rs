@@ -14,6 +14,7 @@ use std::time::Duration;
 use basalt_client::{Client, ClientError, ClientOptions};
 
 pub mod analytics;
+pub mod billing;
 pub mod circuit_breaker;
 pub mod event_pipeline;
 mod worker;
@@ -44,7 +45,12 @@ pub struct System {
 }
 
 /// Every system there is, in the order `basalt demo --list` shows them.
-pub static SYSTEMS: &[System] = &[event_pipeline::SYSTEM, analytics::SYSTEM, circuit_breaker::SYSTEM];
+pub static SYSTEMS: &[System] = &[
+    event_pipeline::SYSTEM,
+    analytics::SYSTEM,
+    circuit_breaker::SYSTEM,
+    billing::SYSTEM,
+];
 
 /// The system named `name`.
 pub fn find(name: &str) -> Option<&'static System> {

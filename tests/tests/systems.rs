@@ -37,7 +37,7 @@ fn the_list_names_the_systems_and_an_unknown_name_is_refused() {
     let listed = demo(&["--list"]);
     assert!(listed.status.success(), "{}", text(&listed));
     let names = String::from_utf8_lossy(&listed.stdout);
-    for name in ["event-pipeline", "analytics", "circuit-breaker"] {
+    for name in ["event-pipeline", "analytics", "circuit-breaker", "billing"] {
         assert!(names.contains(name), "{}", text(&listed));
     }
 
@@ -121,6 +121,27 @@ fn circuit_breaker_never_has_two_probes_and_opens_within_its_failures() {
     assert_eq!(stdout.matches("breaker closed after").count(), 2, "{all}");
     assert!(
         figure(&stdout, "probes (abandoned at the lease deadline)").is_some_and(|p| p.ends_with("(1)")),
+        "{all}"
+    );
+}
+
+#[test]
+fn billing_bills_each_tenant_once_per_period_for_what_was_metered() {
+    let output = demo(&["billing", "--short"]);
+    let all = text(&output);
+    assert!(output.status.success(), "{all}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("invariant held"), "{all}");
+    // 12 tenants x 2 periods, each billed once though three runs tried; plan limits refused some.
+    assert_eq!(figure(&stdout, "invoices written"), Some("24"), "{all}");
+    assert_eq!(
+        figure(&stdout, "second invoices refused by idempotency key"),
+        Some("48"),
+        "{all}"
+    );
+    assert_eq!(figure(&stdout, "outbox messages relayed"), Some("24"), "{all}");
+    assert!(
+        figure(&stdout, "refused by plan limits").is_some_and(|r| !r.starts_with("0 calls")),
         "{all}"
     );
 }
