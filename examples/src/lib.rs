@@ -17,6 +17,7 @@ pub mod analytics;
 pub mod billing;
 pub mod circuit_breaker;
 pub mod event_pipeline;
+pub mod rewards;
 mod worker;
 
 /// How much work a run does.
@@ -50,6 +51,7 @@ pub static SYSTEMS: &[System] = &[
     analytics::SYSTEM,
     circuit_breaker::SYSTEM,
     billing::SYSTEM,
+    rewards::SYSTEM,
 ];
 
 /// The system named `name`.

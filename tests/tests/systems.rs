@@ -37,7 +37,7 @@ fn the_list_names_the_systems_and_an_unknown_name_is_refused() {
     let listed = demo(&["--list"]);
     assert!(listed.status.success(), "{}", text(&listed));
     let names = String::from_utf8_lossy(&listed.stdout);
-    for name in ["event-pipeline", "analytics", "circuit-breaker", "billing"] {
+    for name in ["event-pipeline", "analytics", "circuit-breaker", "billing", "rewards"] {
         assert!(names.contains(name), "{}", text(&listed));
     }
 
@@ -144,4 +144,19 @@ fn billing_bills_each_tenant_once_per_period_for_what_was_metered() {
         figure(&stdout, "refused by plan limits").is_some_and(|r| !r.starts_with("0 calls")),
         "{all}"
     );
+}
+
+#[test]
+fn rewards_issue_exactly_the_points_earned_within_the_daily_caps() {
+    let output = demo(&["rewards", "--short"]);
+    let all = text(&output);
+    assert!(output.status.success(), "{all}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("invariant held"), "{all}");
+    assert_eq!(figure(&stdout, "purchases"), Some("4000"), "{all}");
+    // Some purchases met their day's cap: the linked pairs were refused whole.
+    let refused = figure(&stdout, "accepted, refused at the cap")
+        .and_then(|f| f.split(", ").nth(1))
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(refused.is_some_and(|n| n > 0), "{all}");
 }
