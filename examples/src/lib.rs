@@ -17,6 +17,7 @@ pub mod analytics;
 pub mod billing;
 pub mod circuit_breaker;
 pub mod event_pipeline;
+pub mod notifications;
 pub mod rewards;
 mod worker;
 
@@ -52,6 +53,7 @@ pub static SYSTEMS: &[System] = &[
     circuit_breaker::SYSTEM,
     billing::SYSTEM,
     rewards::SYSTEM,
+    notifications::SYSTEM,
 ];
 
 /// The system named `name`.

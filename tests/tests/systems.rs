@@ -37,7 +37,14 @@ fn the_list_names_the_systems_and_an_unknown_name_is_refused() {
     let listed = demo(&["--list"]);
     assert!(listed.status.success(), "{}", text(&listed));
     let names = String::from_utf8_lossy(&listed.stdout);
-    for name in ["event-pipeline", "analytics", "circuit-breaker", "billing", "rewards"] {
+    for name in [
+        "event-pipeline",
+        "analytics",
+        "circuit-breaker",
+        "billing",
+        "rewards",
+        "notifications",
+    ] {
         assert!(names.contains(name), "{}", text(&listed));
     }
 
@@ -159,4 +166,31 @@ fn rewards_issue_exactly_the_points_earned_within_the_daily_caps() {
         .and_then(|f| f.split(", ").nth(1))
         .and_then(|n| n.parse::<u64>().ok());
     assert!(refused.is_some_and(|n| n > 0), "{all}");
+}
+
+#[test]
+fn notifications_are_each_delivered_once_or_dead_lettered() {
+    let output = demo(&["notifications", "--short"]);
+    let all = text(&output);
+    assert!(output.status.success(), "{all}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("invariant held"), "{all}");
+    // The invalid phone numbers went to the dead-letter queue; the service's retries were
+    // refused as duplicates; the rate limit suppressed some marketing.
+    let ended = figure(&stdout, "delivered, dead-lettered").and_then(|f| {
+        let (delivered, dead) = f.split_once(", ")?;
+        Some((delivered.parse::<u64>().ok()?, dead.parse::<u64>().ok()?))
+    });
+    assert!(
+        ended.is_some_and(|(delivered, dead)| delivered > 0 && dead > 0),
+        "{all}"
+    );
+    assert!(
+        figure(&stdout, "retried sends, enqueues refused as duplicates").is_some_and(|f| !f.ends_with(", 0")),
+        "{all}"
+    );
+    assert!(
+        figure(&stdout, "suppressed by the marketing rate limit").is_some_and(|f| f != "0"),
+        "{all}"
+    );
 }
