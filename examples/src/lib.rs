@@ -18,6 +18,7 @@ pub mod billing;
 pub mod circuit_breaker;
 pub mod event_pipeline;
 pub mod notifications;
+pub mod orders;
 pub mod rewards;
 mod worker;
 
@@ -54,6 +55,7 @@ pub static SYSTEMS: &[System] = &[
     billing::SYSTEM,
     rewards::SYSTEM,
     notifications::SYSTEM,
+    orders::SYSTEM,
 ];
 
 /// The system named `name`.

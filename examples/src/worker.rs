@@ -68,6 +68,11 @@ impl Worker {
         Ok(Worker { name, stop, thread })
     }
 
+    /// Whether its work ended by itself (its thread is done).
+    pub(crate) fn is_finished(&self) -> bool {
+        self.thread.is_finished()
+    }
+
     /// Asks the worker to finish cleanly and waits for it: its error, if it had one.
     pub(crate) async fn close(self) -> Result<(), DemoError> {
         self.stop_with(Stop::Close).await

@@ -194,3 +194,24 @@ fn notifications_are_each_delivered_once_or_dead_lettered() {
         "{all}"
     );
 }
+
+#[test]
+fn orders_end_completed_or_compensated_through_a_kill_after_every_step() {
+    let output = demo(&["orders", "--short"]);
+    let all = text(&output);
+    assert!(output.status.success(), "{all}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("invariant held"), "{all}");
+    assert!(
+        figure(&stdout, "workers killed").is_some_and(|k| k.starts_with("4 of 4 planned")),
+        "{all}"
+    );
+    assert_eq!(figure(&stdout, "orders resumed by another worker"), Some("4"), "{all}");
+    // Both ways of ending other than completion happened: a declined payment, missing stock.
+    for cancelled in [
+        "cancelled: payment declined",
+        "cancelled: out of stock (payment voided)",
+    ] {
+        assert!(figure(&stdout, cancelled).is_some_and(|n| n != "0"), "{all}");
+    }
+}
