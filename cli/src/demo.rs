@@ -5,11 +5,15 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use basalt_examples::{Demo, Report, Scale, System, SYSTEMS};
+use std::collections::BTreeMap;
+
+use basalt_examples::{Demo, RegionEndpoints, Report, Scale, System, SYSTEMS};
+use basalt_regions::{LinkProxy, Topology};
 use basalt_testkit::local_ports::{self, PortReservation};
 use clap::Args;
 
 use crate::dev::{spawn_node, stop_all, wait_for_leader, NodeLaunch, NodeProcess};
+use crate::dev_regions::{launch, proxies_needed, RegionAddresses, RunningRegions};
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
@@ -53,18 +57,27 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
     })?;
     let scale = if args.short { Scale::Short } else { Scale::Full };
     let given = match (&args.endpoints, &args.cluster_file) {
-        (Some(list), _) => Some(crate::commands::parse_endpoint_list(list)?),
-        (None, Some(path)) => Some(crate::commands::cluster_file_endpoints(path, None)?),
+        (Some(_), _) if !system.regions.is_empty() => {
+            return Err(format!(
+                "{} runs in regions {}: pass --cluster-file of a `basalt dev --regions {}` cluster, or nothing for a temporary one",
+                system.name,
+                system.regions.join(", "),
+                system.regions.join(",")
+            ))
+        }
+        (Some(list), _) => Some((crate::commands::parse_endpoint_list(list)?, Vec::new())),
+        (None, Some(path)) => Some(given_regions(system, path)?),
         (None, None) => None,
     };
-    let Some(endpoints) = given else {
+    let Some((endpoints, regions)) = given else {
         let mut cluster = TempCluster::start(system).await?;
         let outcome = tokio::select! {
-            outcome = run_system(system, cluster.endpoints.clone(), scale) => outcome,
+            outcome = run_system(system, cluster.endpoints.clone(), cluster.regions.clone(), scale) => outcome,
             () = crate::commands::shutdown_signal() => Err("interrupted".to_string()),
         };
         println!("stopping the temporary cluster");
         stop_all(&mut cluster.nodes).await;
+        drop(cluster.proxies);
         let dir = cluster.dir.path().display().to_string();
         if args.keep || outcome.is_err() {
             let _ = cluster.dir.keep();
@@ -73,7 +86,22 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
         return outcome;
     };
     println!("basalt demo {}: on {}", system.name, endpoints.join(","));
-    run_system(system, endpoints, scale).await
+    run_system(system, endpoints, regions, scale).await
+}
+
+/// The endpoints of the cluster a cluster file lists, and with regions each region's.
+fn given_regions(system: &System, path: &std::path::Path) -> Result<(Vec<String>, Vec<RegionEndpoints>), String> {
+    if system.regions.is_empty() {
+        return Ok((crate::commands::cluster_file_endpoints(path, None)?, Vec::new()));
+    }
+    let mut regions = Vec::new();
+    for name in system.regions {
+        regions.push(RegionEndpoints {
+            name: name.to_string(),
+            endpoints: crate::commands::cluster_file_endpoints(path, Some(name))?,
+        });
+    }
+    Ok((regions[0].endpoints.clone(), regions))
 }
 
 /// The `--list` text: each system's name, what it is built from and what it checks.
@@ -88,8 +116,13 @@ fn listing() -> String {
     out
 }
 
-async fn run_system(system: &System, endpoints: Vec<String>, scale: Scale) -> Result<(), String> {
-    let demo = Demo::new(endpoints, scale, |line| println!("{line}"));
+async fn run_system(
+    system: &System,
+    endpoints: Vec<String>,
+    regions: Vec<RegionEndpoints>,
+    scale: Scale,
+) -> Result<(), String> {
+    let demo = Demo::new(endpoints, scale, |line| println!("{line}")).with_regions(regions);
     let report = (system.run)(&demo).await.map_err(|e| format!("{}: {e}", system.name))?;
     print!("{}", summary(system, &report));
     if report.held() {
@@ -128,9 +161,25 @@ struct TempCluster {
     dir: tempfile::TempDir,
     nodes: Vec<NodeProcess>,
     endpoints: Vec<String>,
+    /// With regions: each region's endpoints, and the link proxies between them.
+    regions: Vec<RegionEndpoints>,
+    proxies: Vec<LinkProxy>,
     /// Held while the cluster runs, so no other reservation hands its ports out.
     _ports: Vec<PortReservation>,
 }
+
+/// Reserves a loopback port, kept in `ports`; its address.
+fn reserve(ports: &mut Vec<PortReservation>) -> Result<String, String> {
+    let port = local_ports::reserve().map_err(|e| e.to_string())?;
+    let addr = port.addr().to_string();
+    ports.push(port);
+    Ok(addr)
+}
+
+/// Each WAN link's one-way latency and jitter in a temporary multi-region cluster, as `basalt dev
+/// --regions` sets them.
+const WAN_LATENCY: Duration = Duration::from_millis(40);
+const WAN_JITTER: Duration = Duration::from_millis(5);
 
 impl TempCluster {
     async fn start(system: &System) -> Result<TempCluster, String> {
@@ -138,14 +187,12 @@ impl TempCluster {
             .prefix(&format!("basalt-demo-{}-", system.name))
             .tempdir()
             .map_err(|e| format!("creating a temporary directory: {e}"))?;
+        if !system.regions.is_empty() {
+            return Self::start_regions(system, dir).await;
+        }
         let exe = std::env::current_exe().map_err(|e| format!("locating the basalt binary: {e}"))?;
         let mut ports = Vec::new();
-        let mut reserve = || -> Result<String, String> {
-            let port = local_ports::reserve().map_err(|e| e.to_string())?;
-            let addr = port.addr().to_string();
-            ports.push(port);
-            Ok(addr)
-        };
+        let mut reserve = || reserve(&mut ports);
         let mut addresses = Vec::new();
         for _ in 0..system.nodes {
             addresses.push((reserve()?, reserve()?));
@@ -206,6 +253,82 @@ impl TempCluster {
             dir,
             nodes,
             endpoints,
+            regions: Vec::new(),
+            proxies: Vec::new(),
+            _ports: ports,
+        })
+    }
+
+    /// The system's regions, each of `system.nodes` nodes, linked through WAN proxies.
+    async fn start_regions(system: &System, dir: tempfile::TempDir) -> Result<TempCluster, String> {
+        let names: Vec<String> = system.regions.iter().map(|r| r.to_string()).collect();
+        let topology = Topology::uniform(&names, system.nodes, WAN_LATENCY, WAN_JITTER).map_err(|e| e.to_string())?;
+        let mut ports = Vec::new();
+        let mut addresses = RegionAddresses {
+            grpc: BTreeMap::new(),
+            http: BTreeMap::new(),
+            edges: BTreeMap::new(),
+            proxies: Vec::new(),
+        };
+        for (r, region) in topology.regions.iter().enumerate() {
+            let grpc = (0..region.nodes)
+                .map(|_| reserve(&mut ports))
+                .collect::<Result<_, _>>()?;
+            let http = (0..region.nodes)
+                .map(|_| reserve(&mut ports))
+                .collect::<Result<_, _>>()?;
+            addresses.grpc.insert(r, grpc);
+            addresses.http.insert(r, http);
+        }
+        for _ in 0..proxies_needed(&topology) {
+            let addr = reserve(&mut ports)?;
+            addresses
+                .proxies
+                .push(addr.parse().map_err(|e| format!("proxy address {addr}: {e}"))?);
+        }
+        println!(
+            "basalt demo {}: starting {} temporary regions ({}) of {} node{} each, {} ms apart, in {}",
+            system.name,
+            names.len(),
+            names.join(", "),
+            system.nodes,
+            if system.nodes == 1 { "" } else { "s" },
+            WAN_LATENCY.as_millis(),
+            dir.path().display()
+        );
+        // A reservation is a lock file, not a listening socket: the proxies bind their ports.
+        let RunningRegions {
+            mut processes,
+            proxies,
+            links: _,
+        } = launch(&topology, &addresses, dir.path(), &[]).await?;
+        let started = Instant::now();
+        let mut regions = Vec::new();
+        for (r, name) in names.iter().enumerate() {
+            let endpoints = addresses.grpc[&r].clone();
+            if let Err(e) = wait_for_leader(&endpoints, LEADER_WAIT).await {
+                stop_all(&mut processes).await;
+                let kept = dir.keep();
+                return Err(format!(
+                    "region {name} elected no leader within {LEADER_WAIT:?}: {e} (node logs in {})",
+                    kept.display()
+                ));
+            }
+            regions.push(RegionEndpoints {
+                name: name.clone(),
+                endpoints,
+            });
+        }
+        println!(
+            "regions up: a leader in each after {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
+        Ok(TempCluster {
+            dir,
+            nodes: processes,
+            endpoints: regions[0].endpoints.clone(),
+            regions,
+            proxies,
             _ports: ports,
         })
     }

@@ -106,59 +106,60 @@ fn control_router(wan: Wan) -> Router {
         .with_state(wan)
 }
 
-pub async fn run(args: DevArgs) -> Result<(), String> {
-    let topology = match &args.topology {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-            Topology::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?
-        }
-        None => Topology::uniform(&args.regions, args.nodes_per_region, args.wan_latency, args.wan_jitter)
-            .map_err(|e| e.to_string())?,
-    };
-    for origin in &args.origin {
-        basalt_server::config::parse_origin(origin).map_err(|e| e.to_string())?;
-    }
-    let dir = crate::dev::prepare_dir(&args)?;
+/// Where every node and link proxy of a multi-region cluster listens, per region index.
+pub(crate) struct RegionAddresses {
+    pub(crate) grpc: BTreeMap<usize, Vec<String>>,
+    pub(crate) http: BTreeMap<usize, Vec<String>>,
+    /// Empty for a region without edge caches.
+    pub(crate) edges: BTreeMap<usize, Vec<String>>,
+    /// One per (source region, node of another region), taken in that order.
+    pub(crate) proxies: Vec<SocketAddr>,
+}
+
+/// How many link proxies a topology needs: one per (source region, node of another region).
+pub(crate) fn proxies_needed(topology: &Topology) -> usize {
+    let nodes: usize = topology.regions.iter().map(|r| usize::from(r.nodes)).sum();
+    topology.regions.iter().map(|r| nodes - usize::from(r.nodes)).sum()
+}
+
+/// A multi-region cluster running: its nodes, and the link proxies every byte between regions
+/// crosses, obeying `links`.
+pub(crate) struct RunningRegions {
+    pub(crate) processes: Vec<crate::dev::NodeProcess>,
+    pub(crate) proxies: Vec<LinkProxy>,
+    pub(crate) links: Arc<Links>,
+}
+
+/// Starts every region of `topology` as node processes under `dir` (a directory per region),
+/// with a link proxy per (source region, node of another region) so that all traffic between
+/// regions crosses the simulated WAN; nodes with an edge address serve `origins`.
+pub(crate) async fn launch(
+    topology: &Topology,
+    addresses: &RegionAddresses,
+    dir: &std::path::Path,
+    origins: &[String],
+) -> Result<RunningRegions, String> {
     let exe = std::env::current_exe().map_err(|e| format!("locating the basalt binary: {e}"))?;
     let links = Links::new();
     topology.apply(&links);
-
-    let port = |base: u16, region: usize, node: u16| -> Result<u16, String> {
-        base.checked_add(100 * region as u16 + node - 1)
-            .ok_or_else(|| format!("port {base} + {} overflows", 100 * region))
-    };
-    // Every region's node addresses.
-    let mut grpc: BTreeMap<usize, Vec<String>> = BTreeMap::new();
-    // Every region's edge-cache addresses, with --origin.
-    let mut edges: BTreeMap<usize, Vec<String>> = BTreeMap::new();
-    for (r, region) in topology.regions.iter().enumerate() {
-        let addrs = (1..=region.nodes)
-            .map(|i| port(args.base_port, r, i).map(|p| format!("127.0.0.1:{p}")))
-            .collect::<Result<Vec<_>, _>>()?;
-        grpc.insert(r, addrs);
-        let region_edges = match args.origin.is_empty() {
-            true => Vec::new(),
-            false => (1..=region.nodes)
-                .map(|i| port(args.edge_base_port, r, i).map(|p| format!("127.0.0.1:{p}")))
-                .collect::<Result<Vec<_>, _>>()?,
-        };
-        edges.insert(r, region_edges);
+    let grpc = &addresses.grpc;
+    if addresses.proxies.len() < proxies_needed(topology) {
+        return Err(format!(
+            "{} link proxy addresses for the {} the topology needs",
+            addresses.proxies.len(),
+            proxies_needed(topology)
+        ));
     }
-    // A proxy per (source region, node of the target region): all inter-region traffic crosses
-    // the simulated link source → target.
     let mut proxies = Vec::new();
     let mut remote_endpoints: BTreeMap<(usize, usize), Vec<String>> = BTreeMap::new();
-    let mut next_proxy_port = args.proxy_base_port;
+    let mut proxy_addresses = addresses.proxies.iter();
     for (a, _) in topology.regions.iter().enumerate() {
         for (b, _) in topology.regions.iter().enumerate() {
             if a == b {
                 continue;
             }
             for target in &grpc[&b] {
-                let listen: SocketAddr = format!("127.0.0.1:{next_proxy_port}")
-                    .parse()
-                    .map_err(|e| format!("proxy address: {e}"))?;
-                next_proxy_port = next_proxy_port.checked_add(1).ok_or("ran out of proxy ports")?;
+                let listen = *proxy_addresses.next().ok_or("ran out of proxy addresses")?;
                 let target: SocketAddr = target.parse().map_err(|e| format!("node address: {e}"))?;
                 let proxy = LinkProxy::start(listen, a as u64 + 1, b as u64 + 1, target, links.clone())
                     .await
@@ -199,28 +200,94 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
         }
         for i in 1..=region.nodes {
             let mut extra = extra.clone();
-            if let Some(edge) = edges[&r].get(usize::from(i) - 1) {
+            if let Some(edge) = addresses.edges.get(&r).and_then(|e| e.get(usize::from(i) - 1)) {
                 extra.extend(["--edge-listen".to_string(), edge.clone()]);
-                for origin in &args.origin {
+                for origin in origins {
                     extra.extend(["--origin".to_string(), origin.clone()]);
                 }
             }
-            processes.push(crate::dev::spawn_node(
+            let started = crate::dev::spawn_node(
                 &exe,
                 &NodeLaunch {
                     label: format!("{} node {i}", region.name),
                     id: i,
                     grpc: grpc[&r][usize::from(i) - 1].clone(),
-                    http: format!("127.0.0.1:{}", port(args.http_base_port, r, i)?),
+                    http: addresses.http[&r][usize::from(i) - 1].clone(),
                     dir: region_dir.join(format!("node-{i}")),
                     log: region_dir.join(format!("node-{i}.log")),
                     peers: peers.join(","),
                     init: i == 1,
                     extra,
                 },
-            )?);
+            );
+            match started {
+                Ok(process) => processes.push(process),
+                Err(e) => {
+                    crate::dev::stop_all(&mut processes).await;
+                    return Err(e);
+                }
+            }
         }
     }
+    Ok(RunningRegions {
+        processes,
+        proxies,
+        links,
+    })
+}
+
+pub async fn run(args: DevArgs) -> Result<(), String> {
+    let topology = match &args.topology {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+            Topology::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?
+        }
+        None => Topology::uniform(&args.regions, args.nodes_per_region, args.wan_latency, args.wan_jitter)
+            .map_err(|e| e.to_string())?,
+    };
+    for origin in &args.origin {
+        basalt_server::config::parse_origin(origin).map_err(|e| e.to_string())?;
+    }
+    let dir = crate::dev::prepare_dir(&args)?;
+
+    let port = |base: u16, region: usize, node: u16| -> Result<u16, String> {
+        base.checked_add(100 * region as u16 + node - 1)
+            .ok_or_else(|| format!("port {base} + {} overflows", 100 * region))
+    };
+    let mut addresses = RegionAddresses {
+        grpc: BTreeMap::new(),
+        http: BTreeMap::new(),
+        edges: BTreeMap::new(),
+        proxies: Vec::new(),
+    };
+    let addrs = |base: u16, r: usize, nodes: u16| {
+        (1..=nodes)
+            .map(|i| port(base, r, i).map(|p| format!("127.0.0.1:{p}")))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    for (r, region) in topology.regions.iter().enumerate() {
+        addresses.grpc.insert(r, addrs(args.base_port, r, region.nodes)?);
+        addresses.http.insert(r, addrs(args.http_base_port, r, region.nodes)?);
+        let region_edges = match args.origin.is_empty() {
+            true => Vec::new(),
+            false => addrs(args.edge_base_port, r, region.nodes)?,
+        };
+        addresses.edges.insert(r, region_edges);
+    }
+    for i in 0..proxies_needed(&topology) {
+        let port = u16::try_from(i)
+            .ok()
+            .and_then(|i| args.proxy_base_port.checked_add(i))
+            .ok_or("ran out of proxy ports")?;
+        addresses.proxies.push(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    let RunningRegions {
+        processes,
+        proxies,
+        links,
+    } = launch(&topology, &addresses, &dir, &args.origin).await?;
+    let grpc = &addresses.grpc;
+    let edges = &addresses.edges;
 
     let wan = Wan {
         topology: Arc::new(topology.clone()),

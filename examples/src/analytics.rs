@@ -38,6 +38,7 @@ pub const SYSTEM: System = System {
     invariant: "every per-minute and per-hour window of every page equals a recomputation from \
                 the stream",
     nodes: 3,
+    regions: &[],
     run: start,
 };
 

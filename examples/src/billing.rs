@@ -36,6 +36,7 @@ pub const SYSTEM: System = System {
     invariant: "the ledger is balanced, no tenant billed twice for a period, usage billed equals \
                 usage metered and stays within the plan",
     nodes: 3,
+    regions: &[],
     run: start,
 };
 

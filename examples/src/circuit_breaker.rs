@@ -37,6 +37,7 @@ pub const SYSTEM: System = System {
                 the configured failures (plus one call in flight per instance) and closes after \
                 recovery",
     nodes: 3,
+    regions: &[],
     run: start,
 };
 

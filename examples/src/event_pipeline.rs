@@ -37,6 +37,7 @@ pub const SYSTEM: System = System {
     invariant: "every event processed at least once, in order per order id; the killed worker \
                 lost nothing",
     nodes: 3,
+    regions: &[],
     run: start,
 };
 

@@ -17,6 +17,7 @@ pub mod analytics;
 pub mod billing;
 pub mod circuit_breaker;
 pub mod event_pipeline;
+pub mod feature_flags;
 pub mod notifications;
 pub mod orders;
 pub mod rewards;
@@ -42,8 +43,10 @@ pub struct System {
     pub summary: &'static str,
     /// The business invariant the run checks, in one sentence.
     pub invariant: &'static str,
-    /// How many nodes the temporary cluster gets.
+    /// How many nodes the temporary cluster gets (per region, with regions).
     pub nodes: u16,
+    /// The regions it runs in, the first the home; empty: one region.
+    pub regions: &'static [&'static str],
     pub run: for<'a> fn(&'a Demo) -> RunFuture<'a>,
 }
 
@@ -56,6 +59,7 @@ pub static SYSTEMS: &[System] = &[
     rewards::SYSTEM,
     notifications::SYSTEM,
     orders::SYSTEM,
+    feature_flags::SYSTEM,
 ];
 
 /// The system named `name`.
@@ -63,9 +67,17 @@ pub fn find(name: &str) -> Option<&'static System> {
     SYSTEMS.iter().find(|s| s.name == name)
 }
 
+/// One region of a multi-region cluster: its name and its nodes' endpoints.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegionEndpoints {
+    pub name: String,
+    pub endpoints: Vec<String>,
+}
+
 /// Where a system runs and how it talks to the person watching.
 pub struct Demo {
     endpoints: Vec<String>,
+    regions: Vec<RegionEndpoints>,
     scale: Scale,
     say: Box<dyn Fn(&str) + Send + Sync>,
 }
@@ -79,9 +91,21 @@ impl Demo {
     pub fn new(endpoints: Vec<String>, scale: Scale, say: impl Fn(&str) + Send + Sync + 'static) -> Demo {
         Demo {
             endpoints,
+            regions: Vec::new(),
             scale,
             say: Box::new(say),
         }
+    }
+
+    /// A run against several regions (`endpoints` stays the first region's).
+    pub fn with_regions(mut self, regions: Vec<RegionEndpoints>) -> Demo {
+        self.regions = regions;
+        self
+    }
+
+    /// The regions, when the cluster has several.
+    pub fn regions(&self) -> &[RegionEndpoints] {
+        &self.regions
     }
 
     pub fn scale(&self) -> Scale {

@@ -44,6 +44,7 @@ pub const SYSTEM: System = System {
     invariant: "every notification delivered on each of its channels or dead-lettered; none \
                 delivered twice to one device",
     nodes: 3,
+    regions: &[],
     run: start,
 };
 

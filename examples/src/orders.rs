@@ -42,6 +42,7 @@ pub const SYSTEM: System = System {
     invariant: "every order ends completed or fully compensated, stock never below zero, no \
                 payment captured twice",
     nodes: 3,
+    regions: &[],
     run: start,
 };
 

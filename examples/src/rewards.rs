@@ -32,6 +32,7 @@ pub const SYSTEM: System = System {
     invariant: "points issued equal points earned recomputed from the accepted purchases; no \
                 user's day crosses its cap",
     nodes: 3,
+    regions: &[],
     run: start,
 };
 

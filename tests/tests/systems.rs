@@ -215,3 +215,31 @@ fn orders_end_completed_or_compensated_through_a_kill_after_every_step() {
         assert!(figure(&stdout, cancelled).is_some_and(|n| n != "0"), "{all}");
     }
 }
+
+#[test]
+fn feature_flag_changes_reach_every_watcher_in_three_regions() {
+    let output = demo(&["feature-flags", "--short"]);
+    let all = text(&output);
+    assert!(output.status.success(), "{all}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("invariant held") && stdout.contains("3 temporary regions"),
+        "{all}"
+    );
+    for region in ["us", "eu", "ap"] {
+        // 60 changes reached each of the region's 3 watchers.
+        let line = figure(&stdout, &format!("propagation to {region} caches"));
+        assert!(line.is_some_and(|l| l.ends_with("(180 arrivals)")), "{all}");
+    }
+}
+
+#[test]
+fn a_multi_region_demo_refuses_plain_endpoints() {
+    let output = demo(&["feature-flags", "--short", "--endpoints", "127.0.0.1:1"]);
+    assert!(!output.status.success(), "{}", text(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("runs in regions us, eu, ap"),
+        "{}",
+        text(&output)
+    );
+}
