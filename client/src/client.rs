@@ -38,6 +38,12 @@ pub struct ClientOptions {
     /// The cluster's max clock offset (`--max-clock-offset-ms`): a lease grant's
     /// [`crate::LeaseGrant::deadline`] keeps twice this much margin.
     pub max_clock_offset: Duration,
+    /// Talk only to the endpoints given, never to an address a node names as the leader's: for
+    /// a client that reaches the cluster through a proxy, a tunnel or a load balancer, where the
+    /// nodes' own addresses are not its way in (or not reachable at all). A leader hint naming
+    /// one of the given endpoints is still followed; any other makes the client try its next
+    /// endpoint. Default false: the client follows the leader wherever it is.
+    pub pin_endpoints: bool,
 }
 
 impl Default for ClientOptions {
@@ -50,6 +56,7 @@ impl Default for ClientOptions {
             coalesce_rate_checks: true,
             write_batches_in_flight: 2,
             max_clock_offset: Duration::from_millis(500),
+            pin_endpoints: false,
         }
     }
 }
@@ -159,7 +166,7 @@ impl Client {
         let client = Self::lazy(endpoints, options)?;
         let status = client.cluster_status().await?;
         if !status.leader_addr.is_empty() {
-            client.follow_leader(&status.leader_addr);
+            let _ = client.follow_leader(&status.leader_addr);
         }
         Ok(client)
     }
@@ -236,7 +243,7 @@ impl Client {
         )?;
         let status = client.cluster_status().await?;
         if !status.leader_addr.is_empty() {
-            client.follow_leader(&status.leader_addr);
+            let _ = client.follow_leader(&status.leader_addr);
         }
         Ok(client)
     }
@@ -372,10 +379,14 @@ impl Client {
         out
     }
 
-    fn follow_leader(&self, addr: &str) {
+    /// Makes `addr` the node calls go to first, adding it unless the endpoints are pinned;
+    /// whether it did.
+    fn follow_leader(&self, addr: &str) -> bool {
         let mut nodes = self.inner.nodes.write().expect("nodes lock");
         let position = match nodes.iter().position(|n| n.addr == addr) {
             Some(p) => p,
+            // Pinned: the hint is not a way in (the caller moves to the next endpoint).
+            None if self.inner.options.pin_endpoints => return false,
             None => match channel_for(addr, &self.inner.options) {
                 Ok(channel) => {
                     nodes.push(Node {
@@ -384,10 +395,21 @@ impl Client {
                     });
                     nodes.len() - 1
                 }
-                Err(_) => return,
+                Err(_) => return false,
             },
         };
         self.inner.leader.store(position, Ordering::Relaxed);
+        true
+    }
+
+    /// Whether `addr` is one of the nodes this client talks to.
+    fn follows(&self, addr: &str) -> bool {
+        self.inner
+            .nodes
+            .read()
+            .expect("nodes lock")
+            .iter()
+            .any(|n| n.addr == addr)
     }
 
     fn current(&self) -> (usize, Channel) {
@@ -512,9 +534,12 @@ impl Client {
                 Ok(value) => return Ok(value),
                 Err(status) => match classify(&status, mutation) {
                     Attempt::Redirect(Some(leader)) => {
-                        self.follow_leader(&leader);
-                        if Instant::now() < deadline {
+                        if self.follow_leader(&leader) && Instant::now() < deadline {
                             continue;
+                        }
+                        if !self.follows(&leader) {
+                            // Pinned, and the leader is not among the endpoints: the next one.
+                            self.rotate_from(position);
                         }
                         format!("redirected to {leader}")
                     }
@@ -728,6 +753,25 @@ fn refusal_after_attempts(e: ClientError, earlier_may_have_applied: bool, attemp
 
 #[cfg(test)]
 mod tests {
+    #[tokio::test]
+    async fn a_pinned_client_never_adds_the_address_a_leader_hint_names() {
+        let pinned = ClientOptions {
+            pin_endpoints: true,
+            ..ClientOptions::default()
+        };
+        let client = Client::lazy(["127.0.0.1:1", "127.0.0.1:2"], pinned).expect("lazy");
+        assert!(!client.follow_leader("127.0.0.1:9"));
+        assert!(!client.follows("127.0.0.1:9"));
+        assert_eq!(client.endpoints(), ["127.0.0.1:1", "127.0.0.1:2"]);
+        // A hint naming a given endpoint is followed.
+        assert!(client.follow_leader("127.0.0.1:2"));
+        assert_eq!(client.endpoints(), ["127.0.0.1:2", "127.0.0.1:1"]);
+
+        let free = Client::lazy(["127.0.0.1:1"], ClientOptions::default()).expect("lazy");
+        assert!(free.follow_leader("127.0.0.1:9"));
+        assert_eq!(free.endpoints(), ["127.0.0.1:9", "127.0.0.1:1"]);
+    }
+
     #[test]
     fn a_refusal_after_an_attempt_that_may_have_applied_is_outcome_unknown() {
         for code in [

@@ -5,7 +5,9 @@
 //! Owns: the systems ([`SYSTEMS`], one module each, readable in one sitting), the context a
 //! system runs in ([`Demo`]) and what it answers ([`Report`]). It talks to Basalt only through
 //! the SDK (`basalt-client`), as an application would, and never starts or stops nodes: the
-//! `basalt demo` command (in `cli/`) gives it a running cluster's endpoints.
+//! `basalt demo` command (in `cli/`) gives it a running cluster's endpoints. Where a system
+//! needs a network fault between an application and its cluster, it puts a link proxy of
+//! `basalt-regions` (the link simulator) in between.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -20,6 +22,7 @@ pub mod event_pipeline;
 pub mod feature_flags;
 pub mod notifications;
 pub mod orders;
+pub mod rate_limiting;
 pub mod rewards;
 mod worker;
 
@@ -60,6 +63,7 @@ pub static SYSTEMS: &[System] = &[
     notifications::SYSTEM,
     orders::SYSTEM,
     feature_flags::SYSTEM,
+    rate_limiting::SYSTEM,
 ];
 
 /// The system named `name`.

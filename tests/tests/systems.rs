@@ -243,3 +243,29 @@ fn a_multi_region_demo_refuses_plain_endpoints() {
         text(&output)
     );
 }
+
+#[test]
+fn rate_limits_hold_in_three_regions_and_each_policy_holds_while_cut_off() {
+    let output = demo(&["rate-limiting", "--short"]);
+    let all = text(&output);
+    assert!(output.status.success(), "{all}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("invariant held"), "{all}");
+    // Every policy answered during the cut: open admitted all, closed none.
+    let cut = figure(&stdout, "during the cut, admitted of checks").unwrap_or_default();
+    let counts: Vec<(u64, u64)> = cut
+        .split("; ")
+        .filter_map(|part| {
+            let words: Vec<&str> = part.split(' ').collect();
+            let n = words.len();
+            Some((
+                words.get(n.checked_sub(3)?)?.parse().ok()?,
+                words.get(n - 1)?.parse().ok()?,
+            ))
+        })
+        .collect();
+    assert_eq!(counts.len(), 3, "{all}");
+    assert!(counts.iter().all(|&(_, of)| of > 0), "{all}");
+    assert_eq!(counts[0].0, counts[0].1, "fail open admits every check: {all}");
+    assert_eq!(counts[1].0, 0, "fail closed admits none: {all}");
+}
