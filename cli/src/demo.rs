@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 
 use basalt_examples::{Demo, RegionEndpoints, Report, Scale, System, SYSTEMS};
 use basalt_regions::{LinkProxy, Topology};
@@ -65,6 +66,12 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
                 system.regions.join(",")
             ))
         }
+        (Some(_), _) | (None, Some(_)) if system.origin => {
+            return Err(format!(
+                "{} serves the origin its nodes' edge caches front: it runs only on a temporary cluster (no --endpoints, no --cluster-file)",
+                system.name
+            ))
+        }
         (Some(list), _) => Some((crate::commands::parse_endpoint_list(list)?, Vec::new())),
         (None, Some(path)) => Some(given_regions(system, path)?),
         (None, None) => None,
@@ -72,7 +79,7 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
     let Some((endpoints, regions)) = given else {
         let mut cluster = TempCluster::start(system).await?;
         let outcome = tokio::select! {
-            outcome = run_system(system, cluster.endpoints.clone(), cluster.regions.clone(), scale) => outcome,
+            outcome = run_system(system, cluster.endpoints.clone(), cluster.regions.clone(), cluster.origin, scale) => outcome,
             () = crate::commands::shutdown_signal() => Err("interrupted".to_string()),
         };
         println!("stopping the temporary cluster");
@@ -86,7 +93,7 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
         return outcome;
     };
     println!("basalt demo {}: on {}", system.name, endpoints.join(","));
-    run_system(system, endpoints, regions, scale).await
+    run_system(system, endpoints, regions, None, scale).await
 }
 
 /// The endpoints of the cluster a cluster file lists, and with regions each region's.
@@ -99,6 +106,7 @@ fn given_regions(system: &System, path: &std::path::Path) -> Result<(Vec<String>
         regions.push(RegionEndpoints {
             name: name.to_string(),
             endpoints: crate::commands::cluster_file_endpoints(path, Some(name))?,
+            edges: Vec::new(),
         });
     }
     Ok((regions[0].endpoints.clone(), regions))
@@ -120,9 +128,13 @@ async fn run_system(
     system: &System,
     endpoints: Vec<String>,
     regions: Vec<RegionEndpoints>,
+    origin: Option<SocketAddr>,
     scale: Scale,
 ) -> Result<(), String> {
-    let demo = Demo::new(endpoints, scale, |line| println!("{line}")).with_regions(regions);
+    let mut demo = Demo::new(endpoints, scale, |line| println!("{line}")).with_regions(regions);
+    if let Some(origin) = origin {
+        demo = demo.with_origin(origin);
+    }
     let report = (system.run)(&demo).await.map_err(|e| format!("{}: {e}", system.name))?;
     print!("{}", summary(system, &report));
     if report.held() {
@@ -164,6 +176,8 @@ struct TempCluster {
     /// With regions: each region's endpoints, and the link proxies between them.
     regions: Vec<RegionEndpoints>,
     proxies: Vec<LinkProxy>,
+    /// Where the system serves the origin of the nodes' edge caches, when it asked for one.
+    origin: Option<SocketAddr>,
     /// Held while the cluster runs, so no other reservation hands its ports out.
     _ports: Vec<PortReservation>,
 }
@@ -255,6 +269,7 @@ impl TempCluster {
             endpoints,
             regions: Vec::new(),
             proxies: Vec::new(),
+            origin: None,
             _ports: ports,
         })
     }
@@ -270,6 +285,13 @@ impl TempCluster {
             edges: BTreeMap::new(),
             proxies: Vec::new(),
         };
+        let mut origins = Vec::new();
+        let mut origin = None;
+        if system.origin {
+            let addr = reserve(&mut ports)?;
+            origins.push(format!("/=http://{addr}"));
+            origin = Some(addr.parse().map_err(|e| format!("origin address {addr}: {e}"))?);
+        }
         for (r, region) in topology.regions.iter().enumerate() {
             let grpc = (0..region.nodes)
                 .map(|_| reserve(&mut ports))
@@ -277,8 +299,15 @@ impl TempCluster {
             let http = (0..region.nodes)
                 .map(|_| reserve(&mut ports))
                 .collect::<Result<_, _>>()?;
+            let edges = match system.origin {
+                true => (0..region.nodes)
+                    .map(|_| reserve(&mut ports))
+                    .collect::<Result<_, _>>()?,
+                false => Vec::new(),
+            };
             addresses.grpc.insert(r, grpc);
             addresses.http.insert(r, http);
+            addresses.edges.insert(r, edges);
         }
         for _ in 0..proxies_needed(&topology) {
             let addr = reserve(&mut ports)?;
@@ -301,7 +330,7 @@ impl TempCluster {
             mut processes,
             proxies,
             links: _,
-        } = launch(&topology, &addresses, dir.path(), &[]).await?;
+        } = launch(&topology, &addresses, dir.path(), &origins).await?;
         let started = Instant::now();
         let mut regions = Vec::new();
         for (r, name) in names.iter().enumerate() {
@@ -317,6 +346,7 @@ impl TempCluster {
             regions.push(RegionEndpoints {
                 name: name.clone(),
                 endpoints,
+                edges: addresses.edges.get(&r).cloned().unwrap_or_default(),
             });
         }
         println!(
@@ -329,6 +359,7 @@ impl TempCluster {
             endpoints: regions[0].endpoints.clone(),
             regions,
             proxies,
+            origin,
             _ports: ports,
         })
     }

@@ -39,6 +39,7 @@ pub const SYSTEM: System = System {
                 the stream",
     nodes: 3,
     regions: &[],
+    origin: false,
     run: start,
 };
 

@@ -37,6 +37,7 @@ pub const SYSTEM: System = System {
                 usage metered and stays within the plan",
     nodes: 3,
     regions: &[],
+    origin: false,
     run: start,
 };
 

@@ -38,6 +38,7 @@ pub const SYSTEM: System = System {
                 recovery",
     nodes: 3,
     regions: &[],
+    origin: false,
     run: start,
 };
 

@@ -38,6 +38,7 @@ pub const SYSTEM: System = System {
                 lost nothing",
     nodes: 3,
     regions: &[],
+    origin: false,
     run: start,
 };
 

@@ -32,6 +32,7 @@ pub const SYSTEM: System = System {
                 alike; propagation time p50/p99 per region reported",
     nodes: 1,
     regions: &["us", "eu", "ap"],
+    origin: false,
     run: start,
 };
 

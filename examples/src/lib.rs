@@ -17,6 +17,7 @@ use basalt_client::{Client, ClientError, ClientOptions};
 
 pub mod analytics;
 pub mod billing;
+pub mod cdn;
 pub mod circuit_breaker;
 pub mod event_pipeline;
 pub mod feature_flags;
@@ -50,20 +51,24 @@ pub struct System {
     pub nodes: u16,
     /// The regions it runs in, the first the home; empty: one region.
     pub regions: &'static [&'static str],
+    /// Whether every node serves the edge cache in front of an origin the system itself serves
+    /// at [`Demo::origin`].
+    pub origin: bool,
     pub run: for<'a> fn(&'a Demo) -> RunFuture<'a>,
 }
 
 /// Every system there is, in the order `basalt demo --list` shows them.
 pub static SYSTEMS: &[System] = &[
     event_pipeline::SYSTEM,
-    analytics::SYSTEM,
-    circuit_breaker::SYSTEM,
     billing::SYSTEM,
     rewards::SYSTEM,
     notifications::SYSTEM,
-    orders::SYSTEM,
     feature_flags::SYSTEM,
     rate_limiting::SYSTEM,
+    orders::SYSTEM,
+    analytics::SYSTEM,
+    circuit_breaker::SYSTEM,
+    cdn::SYSTEM,
 ];
 
 /// The system named `name`.
@@ -76,12 +81,15 @@ pub fn find(name: &str) -> Option<&'static System> {
 pub struct RegionEndpoints {
     pub name: String,
     pub endpoints: Vec<String>,
+    /// Each node's edge-cache address, in node order, when the system asked for an origin.
+    pub edges: Vec<String>,
 }
 
 /// Where a system runs and how it talks to the person watching.
 pub struct Demo {
     endpoints: Vec<String>,
     regions: Vec<RegionEndpoints>,
+    origin: Option<std::net::SocketAddr>,
     scale: Scale,
     say: Box<dyn Fn(&str) + Send + Sync>,
 }
@@ -96,6 +104,7 @@ impl Demo {
         Demo {
             endpoints,
             regions: Vec::new(),
+            origin: None,
             scale,
             say: Box::new(say),
         }
@@ -110,6 +119,17 @@ impl Demo {
     /// The regions, when the cluster has several.
     pub fn regions(&self) -> &[RegionEndpoints] {
         &self.regions
+    }
+
+    /// A run whose nodes' edge caches fetch from `origin`, which the system serves.
+    pub fn with_origin(mut self, origin: std::net::SocketAddr) -> Demo {
+        self.origin = Some(origin);
+        self
+    }
+
+    /// Where the system must serve its origin, when it asked for one.
+    pub fn origin(&self) -> Option<std::net::SocketAddr> {
+        self.origin
     }
 
     pub fn scale(&self) -> Scale {

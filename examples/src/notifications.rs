@@ -45,6 +45,7 @@ pub const SYSTEM: System = System {
                 delivered twice to one device",
     nodes: 3,
     regions: &[],
+    origin: false,
     run: start,
 };
 

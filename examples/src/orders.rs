@@ -43,6 +43,7 @@ pub const SYSTEM: System = System {
                 payment captured twice",
     nodes: 3,
     regions: &[],
+    origin: false,
     run: start,
 };
 

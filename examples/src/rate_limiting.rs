@@ -39,6 +39,7 @@ pub const SYSTEM: System = System {
                 bound); a refused request consumes nothing; each policy holds during the cut",
     nodes: 1,
     regions: &["us", "eu", "ap"],
+    origin: false,
     run: start,
 };
 

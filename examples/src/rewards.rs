@@ -33,6 +33,7 @@ pub const SYSTEM: System = System {
                 user's day crosses its cap",
     nodes: 3,
     regions: &[],
+    origin: false,
     run: start,
 };
 

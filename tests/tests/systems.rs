@@ -269,3 +269,25 @@ fn rate_limits_hold_in_three_regions_and_each_policy_holds_while_cut_off() {
     assert_eq!(counts[0].0, counts[0].1, "fail open admits every check: {all}");
     assert_eq!(counts[1].0, 0, "fail closed admits none: {all}");
 }
+
+#[test]
+fn cdn_never_serves_a_purged_object_once_the_purge_reached_the_node() {
+    let output = demo(&["cdn", "--short"]);
+    let all = text(&output);
+    assert!(output.status.success(), "{all}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("invariant held"), "{all}");
+    assert_eq!(figure(&stdout, "purges"), Some("6"), "{all}");
+    for region in ["us", "eu", "ap"] {
+        assert!(
+            figure(&stdout, &format!("purge applied on {region} nodes")).is_some(),
+            "{all}"
+        );
+    }
+    // The edges served most requests from their stores.
+    let ratio = figure(&stdout, "requests, hit ratio")
+        .and_then(|f| f.split(", ").nth(1))
+        .and_then(|r| r.split(' ').next())
+        .and_then(|r| r.parse::<f64>().ok());
+    assert!(ratio.is_some_and(|r| r > 50.0), "{all}");
+}
