@@ -12,6 +12,7 @@ use basalt_examples::{Demo, RegionEndpoints, Report, Scale, System, SYSTEMS};
 use basalt_regions::{LinkProxy, Topology};
 use basalt_testkit::local_ports::{self, PortReservation};
 use clap::Args;
+use futures::FutureExt;
 
 use crate::dev::{spawn_node, stop_all, wait_for_leader, NodeLaunch, NodeProcess};
 use crate::dev_regions::{launch, proxies_needed, RegionAddresses, RunningRegions};
@@ -77,7 +78,12 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
         (None, None) => None,
     };
     let Some((endpoints, regions)) = given else {
-        let mut cluster = TempCluster::start(system).await?;
+        // Interrupted while starting: the nodes started so far are killed with their handles
+        // (`kill_on_drop`), and the directory goes with its handle.
+        let mut cluster = tokio::select! {
+            cluster = TempCluster::start(system) => cluster?,
+            () = crate::commands::shutdown_signal() => return Err("interrupted while starting the cluster".into()),
+        };
         let outcome = tokio::select! {
             outcome = run_system(system, cluster.endpoints.clone(), cluster.regions.clone(), cluster.origin, scale) => outcome,
             () = crate::commands::shutdown_signal() => Err("interrupted".to_string()),
@@ -135,7 +141,13 @@ async fn run_system(
     if let Some(origin) = origin {
         demo = demo.with_origin(origin);
     }
-    let report = (system.run)(&demo).await.map_err(|e| format!("{}: {e}", system.name))?;
+    // A panic in a system is its failure, not the command's: the cluster is stopped and its
+    // directory kept as for any failed run.
+    let run = std::panic::AssertUnwindSafe((system.run)(&demo)).catch_unwind().await;
+    let report = match run {
+        Ok(report) => report.map_err(|e| format!("{}: {e}", system.name))?,
+        Err(_) => return Err(format!("{}: the system panicked", system.name)),
+    };
     print!("{}", summary(system, &report));
     if report.held() {
         Ok(())

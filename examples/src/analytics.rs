@@ -69,6 +69,8 @@ const APPLY_ATTEMPTS_MAX: u32 = 8;
 const KILL_AT_PERCENT: u64 = 40;
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 const TICK: Duration = Duration::from_millis(100);
+/// After an error the consumer handed over, before asking again.
+const ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// Records per fetch when the stream is read back for the recomputation.
 const READ_BACK_RECORDS: u32 = 1000;
 
@@ -220,6 +222,13 @@ async fn apply(
             return Ok(());
         };
         if let Some(first) = fresh.first().filter(|r| r.offset > from) {
+            // The cached offset may be old (the partition went to another worker and came
+            // back): only the cluster's says whether records were skipped.
+            let current = read_applied(client, partition).await?;
+            if current != from {
+                from = current;
+                continue;
+            }
             shared.stats().gaps.push(format!(
                 "partition {partition}: records {from}..{} were never delivered",
                 first.offset
@@ -314,6 +323,7 @@ async fn work(
             None => break,
             Some(Err(_)) => {
                 shared.stats().consumer_errors += 1;
+                tokio::time::sleep(ERROR_PAUSE).await;
                 continue;
             }
             Some(Ok(record)) => vec![record],
@@ -518,13 +528,14 @@ async fn run(demo: &Demo) -> Result<Report, DemoError> {
     let completed = loop {
         tokio::time::sleep(TICK).await;
         let applied = shared.stats().applied;
-        if producer.is_none() && applied >= plan.views {
+        // Done only once the kill happened: a run that never killed a worker showed nothing.
+        if producer.is_none() && applied >= plan.views && killed.is_some() {
             break true;
         }
         if started.elapsed() > plan.deadline {
             break false;
         }
-        if killed.is_none() && applied * 100 >= plan.views * KILL_AT_PERCENT {
+        if killed.is_none() && (applied * 100 >= plan.views * KILL_AT_PERCENT || applied >= plan.views) {
             let victim = workers.remove(0);
             let name = victim.name.clone();
             demo.say(&format!(

@@ -65,6 +65,8 @@ const KILL_AT_PERCENT: u64 = 35;
 /// How often the progress line is printed and the run's state looked at.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 const TICK: Duration = Duration::from_millis(100);
+/// After an error the consumer handed over, before asking again.
+const ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// How often the replay worker looks at the dead-letter topic once the fix is deployed.
 const REPLAY_EVERY: Duration = Duration::from_millis(500);
 /// The life of an order, in event order; a poison event replaces one of them.
@@ -289,7 +291,10 @@ async fn work(
             None => break,
             // The consumer retries what can be retried itself; what it hands over is counted
             // and passed (a partition refused for good is fetched again after a rebalance).
-            Some(Err(_)) => shared.journal().consumer_errors += 1,
+            Some(Err(_)) => {
+                shared.journal().consumer_errors += 1;
+                tokio::time::sleep(ERROR_PAUSE).await;
+            }
             Some(Ok(record)) => handle(&name, &consumer, &record, &shared).await?,
         }
     }
@@ -422,13 +427,14 @@ async fn run(demo: &Demo) -> Result<Report, DemoError> {
             let journal = shared.journal();
             (journal.first_handled.len() as u64, journal.processed.len() as u64)
         };
-        if processed == total {
+        // Done only once the kill happened: a run that never killed a worker showed nothing.
+        if processed == total && killed.is_some() {
             break true;
         }
         if started.elapsed() > plan.deadline {
             break false;
         }
-        if killed.is_none() && handled * 100 >= total * KILL_AT_PERCENT {
+        if killed.is_none() && (handled * 100 >= total * KILL_AT_PERCENT || handled == total) {
             let victim = workers.remove(0);
             let name = victim.name.clone();
             demo.say(&format!(
@@ -451,10 +457,15 @@ async fn run(demo: &Demo) -> Result<Report, DemoError> {
                     .map_err(|e| DemoError::Setup(format!("a producer panicked: {e}")))??;
             }
             publish_seconds = started.elapsed().as_secs_f64();
+            demo.say(&format!("published {total} events in {publish_seconds:.1}s"));
+        }
+        // The fix ships once every event was handled once: each poison event is in the
+        // dead-letter topic by then, whatever the pace of the workers.
+        if producers.is_none() && handled == total && !shared.fix_deployed.load(Ordering::SeqCst) {
             shared.fix_deployed.store(true, Ordering::SeqCst);
             let dead = shared.journal().dead_lettered;
             demo.say(&format!(
-                "published {total} events in {publish_seconds:.1}s; fix deployed, replaying {dead} dead letters"
+                "every event handled once; fix deployed, replaying {dead} dead letters"
             ));
         }
         if shared.fix_deployed.load(Ordering::SeqCst) && Instant::now() >= next_replay {

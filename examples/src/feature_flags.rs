@@ -125,8 +125,9 @@ async fn watch(
 ) -> Result<(), DemoError> {
     let client = connect(&endpoints).await?;
     let kv = client.kv();
-    // Watch first, then read what is there: nothing written between the two is missed, and a
-    // change delivered twice is told by its version.
+    // Watch first, then read what is there: nothing written between the two is missed, and the
+    // cache keeps the higher version when the scan and the watch both carry one (every version
+    // the watch delivers is checked: none may come twice or out of order).
     let mut changes = kv.watch(PREFIX, 0).await.doing(|| "watching the flags".into())?;
     for (key, value) in kv.scan(PREFIX, 0).await.doing(|| "reading the flags".into())? {
         if let Some(flag) = Flag::decode(&value) {

@@ -590,16 +590,24 @@ async fn run(demo: &Demo) -> Result<Report, DemoError> {
     let mut next_progress = Instant::now();
     let completed = loop {
         let delivered = devices.received().len();
-        let mut dead = 0;
+        let (mut dead, mut open) = (0, 0);
         for channel in CHANNELS {
-            dead += client
-                .queue(dlq_of(channel))
-                .stats(ReadConsistency::Linearizable)
-                .await
-                .doing(|| format!("reading {}", dlq_of(channel)))?
-                .messages as usize;
+            let stats = |queue: String| {
+                let client = client.clone();
+                async move {
+                    client
+                        .queue(queue.clone())
+                        .stats(ReadConsistency::Linearizable)
+                        .await
+                        .doing(|| format!("reading {queue}"))
+                }
+            };
+            dead += stats(dlq_of(channel)).await?.messages as usize;
+            let main = stats(queue_of(channel)).await?;
+            open += (main.messages + main.in_flight) as usize;
         }
-        if delivered + dead >= expected {
+        // Every message of every channel queue acknowledged or dead-lettered.
+        if open == 0 {
             break true;
         }
         if started.elapsed() > scope.deadline {

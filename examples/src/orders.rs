@@ -28,7 +28,8 @@ use std::time::{Duration, Instant};
 use basalt_client::ledger::{account_flags, transfer_flags, Account, Transfer};
 use basalt_client::txn::{Compare, Condition, TxnOp};
 use basalt_client::{
-    Client, CounterOp, Message, NewMessage, QueueOptions, ReadConsistency, ReceiveOptions, TxnOutcome,
+    Client, CounterOp, CounterOutcome, Message, NewMessage, QueueOptions, ReadConsistency, ReceiveOptions, TxnOpResult,
+    TxnOutcome,
 };
 
 use crate::worker::{Closing, Worker};
@@ -67,6 +68,9 @@ const LOW_FUNDS: u128 = 1_500;
 /// One placement in this many is sent twice (a client retry).
 const RETRY_ONE_IN: u64 = 7;
 const TICK: Duration = Duration::from_millis(100);
+/// Steps one worker takes on one order at most: the saga has four, each retried at most once
+/// after another worker moved the order on.
+const STEPS_PER_ORDER_MAX: usize = 16;
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
 struct Scope {
@@ -215,7 +219,8 @@ struct Shared {
     kill_after: Mutex<VecDeque<State>>,
     /// (step the worker died after, order) for each kill.
     killed: Mutex<Vec<(State, u64)>>,
-    /// Steps a worker found applied already (by a worker killed after applying them).
+    /// Orders a worker took up again after their message came back (a killed worker's, or a
+    /// saga slower than the visibility timeout).
     resumed: Mutex<u64>,
     stop: AtomicBool,
 }
@@ -278,9 +283,20 @@ async fn step(client: &Client, order: &Order, from: State) -> Result<State, Demo
         // Done, or another worker moved the order on first: read where it stands.
         TxnOutcome::Committed { .. } => Ok(read_state(client, order.id).await?),
         TxnOutcome::Aborted { op, reason, .. } => {
+            let refused = |reason: &TxnOpResult| {
+                DemoError::Setup(format!(
+                    "order {}: {} -> {} refused at op {op}: {reason:?}",
+                    order.id,
+                    from.name(),
+                    to.name()
+                ))
+            };
+            // Only the refusals the saga compensates: a declined payment, missing stock.
+            let declined = matches!(&reason, TxnOpResult::Ledger(f) if f.iter().any(|f| f.result == "exceeds_credits"));
+            let out_of_stock = matches!(&reason, TxnOpResult::Counters(c) if matches!(c.first(), Some(CounterOutcome::BoundExceeded { .. })));
             let cancel = match from {
-                State::Placed => client.txn().when(at(from)).then(advance(State::CancelledDeclined)),
-                State::PaymentReserved => client
+                State::Placed if declined => client.txn().when(at(from)).then(advance(State::CancelledDeclined)),
+                State::PaymentReserved if out_of_stock => client
                     .txn()
                     .when(at(from))
                     .then(TxnOp::create_transfers(&[Transfer {
@@ -290,19 +306,17 @@ async fn step(client: &Client, order: &Order, from: State) -> Result<State, Demo
                         ..Transfer::default()
                     }]))
                     .then(advance(State::CancelledOutOfStock)),
-                _ => {
-                    return Err(DemoError::Setup(format!(
-                        "order {}: {} -> {} refused at op {op}: {reason:?}",
-                        order.id,
-                        from.name(),
-                        to.name()
-                    )))
-                }
+                _ => return Err(refused(&reason)),
             };
-            cancel
+            let cancelled = cancel
                 .commit()
                 .await
                 .doing(|| format!("order {}: cancelling at {}", order.id, from.name()))?;
+            // Committed, or its condition no longer held (another worker moved the order on):
+            // read where it stands. Refused, the order cannot be compensated here.
+            if let TxnOutcome::Aborted { reason, .. } = cancelled {
+                return Err(refused(&reason));
+            }
             Ok(read_state(client, order.id).await?)
         }
     }
@@ -338,7 +352,7 @@ async fn drive(client: &Client, book: &Book, message: &Message, shared: &Shared)
     if state != State::Placed && message.delivery > 1 {
         *lock(&shared.resumed) += 1;
     }
-    loop {
+    for _ in 0..STEPS_PER_ORDER_MAX {
         if !state.is_final() {
             state = step(client, order, state).await?;
         }
@@ -359,6 +373,10 @@ async fn drive(client: &Client, book: &Book, message: &Message, shared: &Shared)
             return Ok(true);
         }
     }
+    Err(DemoError::Setup(format!(
+        "order {id}: still at {} after {STEPS_PER_ORDER_MAX} steps",
+        state.name()
+    )))
 }
 
 /// A saga worker: takes orders from the saga queue and drives them, until it is closed or dies
@@ -454,7 +472,7 @@ async fn run(demo: &Demo) -> Result<Report, DemoError> {
     {
         return Err(DemoError::Setup(format!(
             "creating account {} failed: {} (an earlier run on this cluster?); run without --endpoints on a temporary cluster",
-            accounts[failure.index as usize].id, failure.result
+            accounts.get(failure.index as usize).map_or(0, |a| a.id), failure.result
         )));
     }
     let deposits: Vec<Transfer> = (0..scope.customers)

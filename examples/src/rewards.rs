@@ -291,7 +291,7 @@ async fn run(demo: &Demo) -> Result<Report, DemoError> {
         if let Some(failure) = failures.first() {
             return Err(DemoError::Setup(format!(
                 "creating account {} failed: {} (an earlier run on this cluster?); run without --endpoints on a temporary cluster",
-                chunk[failure.index as usize].id, failure.result
+                chunk.get(failure.index as usize).map_or(0, |a| a.id), failure.result
             )));
         }
     }

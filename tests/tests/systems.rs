@@ -206,7 +206,9 @@ fn orders_end_completed_or_compensated_through_a_kill_after_every_step() {
         figure(&stdout, "workers killed").is_some_and(|k| k.starts_with("4 of 4 planned")),
         "{all}"
     );
-    assert_eq!(figure(&stdout, "orders resumed by another worker"), Some("4"), "{all}");
+    // Each killed worker's order was taken up again (more, if a saga outlived its visibility).
+    let resumed = figure(&stdout, "orders resumed by another worker").and_then(|n| n.parse::<u64>().ok());
+    assert!(resumed.is_some_and(|n| n >= 4), "{all}");
     // Both ways of ending other than completion happened: a declined payment, missing stock.
     for cancelled in [
         "cancelled: payment declined",
