@@ -28,7 +28,7 @@ use basalt_client::{
 use tokio_stream::StreamExt;
 
 use crate::worker::{Closing, Worker};
-use crate::{connect, mix, unix_ms, Demo, DemoError, Doing, Report, RunFuture, Scale, System};
+use crate::{connect, mix, unix_ms, Demo, DemoError, Doing, Locked, Report, RunFuture, Scale, System};
 
 pub const SYSTEM: System = System {
     name: "analytics",
@@ -184,7 +184,7 @@ struct Shared {
 
 impl Shared {
     fn stats(&self) -> MutexGuard<'_, Stats> {
-        self.stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.stats.locked()
     }
 }
 

@@ -26,7 +26,7 @@ use basalt_client::{
     window, Client, CounterOp, CounterOutcome, NewMessage, QueueOptions, ReceiveOptions, TxnOpResult, TxnOutcome,
 };
 
-use crate::{connect, mix, unix_ms, Demo, DemoError, Doing, Report, RunFuture, Scale, System};
+use crate::{connect, mix, unix_ms, Demo, DemoError, Doing, Locked, Report, RunFuture, Scale, System};
 
 pub const SYSTEM: System = System {
     name: "billing",
@@ -217,7 +217,7 @@ async fn meter(
             .commit()
             .await
             .doing(|| format!("metering call {i}"))?;
-        let mut metered = metered.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut metered = metered.locked();
         match outcome {
             TxnOutcome::Committed { .. } => {
                 *metered.accepted.entry((call.tenant, call.period)).or_default() += call.units;
@@ -291,7 +291,7 @@ async fn invoice_all(
             .commit()
             .await
             .doing(|| format!("writing invoice {key}"))?;
-        let mut invoicing = invoicing.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut invoicing = invoicing.locked();
         match outcome {
             TxnOutcome::Committed { succeeded: true, .. } => invoicing.written += 1,
             TxnOutcome::Committed { succeeded: false, .. } => invoicing.already_billed += 1,
@@ -307,7 +307,7 @@ async fn invoice_all(
 async fn relay(client: Client, expected: usize, sent: Arc<Mutex<Vec<String>>>) -> Result<(), DemoError> {
     let outbox = client.queue(OUTBOX);
     let deadline = Instant::now() + RELAY_WAIT;
-    while sent.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len() < expected && Instant::now() < deadline {
+    while sent.locked().len() < expected && Instant::now() < deadline {
         let options = ReceiveOptions {
             wait: Duration::from_millis(500),
             ..ReceiveOptions::default()
@@ -318,9 +318,7 @@ async fn relay(client: Client, expected: usize, sent: Arc<Mutex<Vec<String>>>) -
             .doing(|| format!("receiving from {OUTBOX}"))?;
         for message in messages {
             let text = String::from_utf8_lossy(&message.payload).into_owned();
-            sent.lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .push(text);
+            sent.locked().push(text);
             outbox
                 .ack(&message.receipt)
                 .await
@@ -391,7 +389,7 @@ async fn run(demo: &Demo) -> Result<Report, DemoError> {
             .map_err(|e| DemoError::Setup(format!("a meter panicked: {e}")))??;
     }
     let metering = started.elapsed();
-    let metered = std::mem::take(&mut *metered.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+    let metered = std::mem::take(&mut *metered.locked());
     demo.say(&format!(
         "metered {} calls in {:.1}s ({:.0} calls/s); {} refused by plan limits",
         scope.calls,
@@ -431,8 +429,8 @@ async fn run(demo: &Demo) -> Result<Report, DemoError> {
     let invoicing_time = started.elapsed();
     // The relay, a process of its own, hands on what the outbox holds (its wait counts from now).
     relay(demo.connect().await?, invoices, sent.clone()).await?;
-    let invoicing = std::mem::take(&mut *invoicing.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
-    let sent = std::mem::take(&mut *sent.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+    let invoicing = std::mem::take(&mut *invoicing.locked());
+    let sent = std::mem::take(&mut *sent.locked());
 
     demo.say("checking the ledger, the invoices and the usage");
     let mut report = Report::default();

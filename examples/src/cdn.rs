@@ -32,7 +32,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use crate::{connect, mix, quantile, Demo, DemoError, Doing, Report, RunFuture, Scale, System};
+use crate::{connect, mix, quantile, Demo, DemoError, Doing, Locked, Report, RunFuture, Scale, System};
 
 pub const SYSTEM: System = System {
     name: "cdn",
@@ -76,16 +76,11 @@ struct Origin {
 
 impl Origin {
     fn version(&self, product: u64) -> u64 {
-        self.versions
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(&product)
-            .copied()
-            .unwrap_or(1)
+        self.versions.locked().get(&product).copied().unwrap_or(1)
     }
 
     fn bump(&self, product: u64) -> u64 {
-        let mut versions = self.versions.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut versions = self.versions.locked();
         let version = versions.entry(product).or_insert(1);
         *version += 1;
         *version
@@ -152,16 +147,13 @@ async fn read(
         }
         .await;
         match answer {
-            Some((hit, version)) => answers
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .push(Answer {
-                    node,
-                    product,
-                    began,
-                    version,
-                    hit,
-                }),
+            Some((hit, version)) => answers.locked().push(Answer {
+                node,
+                product,
+                began,
+                version,
+                hit,
+            }),
             None => {
                 errors.fetch_add(1, Ordering::SeqCst);
             }
@@ -292,12 +284,15 @@ async fn run(demo: &Demo) -> Result<Report, DemoError> {
         let mut reached = BTreeMap::new();
         let deadline = Instant::now() + PURGE_REACH_WAIT;
         loop {
+            let applied_now = purges_applied(&clients).await?;
+            // Taken once the answers are in: a node that reports the purge applied did so before
+            // it answered, so before this instant (an instant taken before asking could precede
+            // the apply, and a request begun in between may rightly get the old page).
             let now = Instant::now();
-            for (r, nodes) in purges_applied(&clients).await?.iter().enumerate() {
+            for (r, nodes) in applied_now.iter().enumerate() {
                 for (n, &applied) in nodes.iter().enumerate() {
                     let before = baseline.get(r).and_then(|b| b.get(n)).copied().unwrap_or(0);
                     if applied > before {
-                        // Applied no later than the answer read: `now` was taken before asking.
                         reached.entry((r, n)).or_insert(now);
                     }
                 }
@@ -343,7 +338,7 @@ async fn run(demo: &Demo) -> Result<Report, DemoError> {
     }
     server.abort();
 
-    let answers = std::mem::take(&mut *answers.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+    let answers = std::mem::take(&mut *answers.locked());
     report.violations.extend(check(&answers, &purges));
     let hits = answers.iter().filter(|a| a.hit).count();
     report.figure(

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use basalt_client::{Acquired, CasOutcome, Client, CounterOp, ErrorCode};
 
-use crate::{connect, mix, unix_ms, Demo, DemoError, Doing, Report, RunFuture, Scale, System};
+use crate::{connect, mix, unix_ms, Demo, DemoError, Doing, Locked, Report, RunFuture, Scale, System};
 
 pub const SYSTEM: System = System {
     name: "circuit-breaker",
@@ -160,7 +160,7 @@ impl Drop for ProbeInFlight<'_> {
 
 impl Dependency {
     fn leaked(&self) -> MutexGuard<'_, Vec<u64>> {
-        self.leaked.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.leaked.locked()
     }
 
     fn start_failing(&self, hang_a_probe: bool) {
@@ -219,17 +219,11 @@ struct Shared {
 
 impl Shared {
     fn transition(&self, what: Transition) {
-        self.transitions
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push((Instant::now(), what));
+        self.transitions.locked().push((Instant::now(), what));
     }
 
     fn transitions(&self) -> Vec<(Instant, Transition)> {
-        self.transitions
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        self.transitions.locked().clone()
     }
 }
 

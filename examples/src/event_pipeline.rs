@@ -28,7 +28,7 @@ use basalt_client::{ConsumedRecord, Consumer, ConsumerOptions, ErrorCode, Record
 use tokio_stream::StreamExt;
 
 use crate::worker::{Closing, Worker};
-use crate::{connect, quantile, unix_ms, Demo, DemoError, Doing, Report, RunFuture, Scale, System};
+use crate::{connect, quantile, unix_ms, Demo, DemoError, Doing, Locked, Report, RunFuture, Scale, System};
 
 pub const SYSTEM: System = System {
     name: "event-pipeline",
@@ -219,7 +219,7 @@ struct Shared {
 impl Shared {
     fn journal(&self) -> MutexGuard<'_, Journal> {
         // A panicking worker leaves plain counters behind: still readable.
-        self.journal.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.journal.locked()
     }
 }
 

@@ -17,12 +17,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use basalt_client::{Client, WatchEventKind};
 
-use crate::{connect, quantile, unix_ms, Demo, DemoError, Doing, Report, RunFuture, Scale, System};
+use crate::{connect, quantile, unix_ms, Demo, DemoError, Doing, Locked, Report, RunFuture, Scale, System};
 
 pub const SYSTEM: System = System {
     name: "feature-flags",
@@ -112,10 +112,6 @@ struct Watcher {
     cache: Arc<Mutex<Cache>>,
 }
 
-fn lock(cache: &Mutex<Cache>) -> MutexGuard<'_, Cache> {
-    cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 /// Keeps `cache` current from a watch of the flags on `endpoints` until `stop`.
 async fn watch(
     endpoints: Vec<String>,
@@ -131,7 +127,8 @@ async fn watch(
     let mut changes = kv.watch(PREFIX, 0).await.doing(|| "watching the flags".into())?;
     for (key, value) in kv.scan(PREFIX, 0).await.doing(|| "reading the flags".into())? {
         if let Some(flag) = Flag::decode(&value) {
-            lock(&cache)
+            cache
+                .locked()
                 .flags
                 .insert(String::from_utf8_lossy(&key).into_owned(), flag);
         }
@@ -150,7 +147,7 @@ async fn watch(
             Ok(Some(Ok(event))) => event,
         };
         let key = String::from_utf8_lossy(&next.key).into_owned();
-        let mut cache = lock(&cache);
+        let mut cache = cache.locked();
         if next.kind == WatchEventKind::Delete {
             cache.flags.remove(&key);
             continue;
@@ -273,7 +270,7 @@ async fn run(demo: &Demo) -> Result<Report, DemoError> {
         let deadline = Instant::now() + CONVERGE_WAIT;
         loop {
             let all = watchers.iter().all(|w| {
-                let cache = lock(&w.cache);
+                let cache = w.cache.locked();
                 finals
                     .iter()
                     .all(|(k, f)| cache.flags.get(k).map(|h| h.version) == Some(f.version))
@@ -300,7 +297,7 @@ async fn run(demo: &Demo) -> Result<Report, DemoError> {
     let mut per_region: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     let mut answers: BTreeSet<Vec<bool>> = BTreeSet::new();
     for (i, watcher) in watchers.iter().enumerate() {
-        let cache = lock(&watcher.cache);
+        let cache = watcher.cache.locked();
         report.violations.extend(cache.errors.iter().cloned());
         report.violations.extend(check_seen(
             &watcher.region,

@@ -209,6 +209,18 @@ impl<T> Doing<T> for Result<T, ClientError> {
     }
 }
 
+/// A lock that a panicking holder does not poison for good: the systems keep plain tallies
+/// behind their mutexes, still readable after a task panicked (the run then fails anyway).
+pub(crate) trait Locked<T> {
+    fn locked(&self) -> std::sync::MutexGuard<'_, T>;
+}
+
+impl<T> Locked<T> for std::sync::Mutex<T> {
+    fn locked(&self) -> std::sync::MutexGuard<'_, T> {
+        self.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// Milliseconds since the Unix epoch by this machine's clock.
 pub(crate) fn unix_ms() -> u64 {
     std::time::SystemTime::now()

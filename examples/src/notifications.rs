@@ -34,7 +34,7 @@ use basalt_client::{
     TxnOutcome,
 };
 
-use crate::{connect, mix, quantile, unix_ms, Demo, DemoError, Doing, Report, RunFuture, Scale, System};
+use crate::{connect, mix, quantile, unix_ms, Demo, DemoError, Doing, Locked, Report, RunFuture, Scale, System};
 
 pub const SYSTEM: System = System {
     name: "notifications",
@@ -207,7 +207,7 @@ struct Devices {
 
 impl Devices {
     fn received(&self) -> MutexGuard<'_, BTreeMap<(u64, &'static str), u32>> {
-        self.received.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.received.locked()
     }
 
     /// A provider's send: fails for invalid numbers and now and then; sometimes slow.
@@ -240,8 +240,7 @@ impl Devices {
         }
         *self.received().entry((n.id, channel)).or_default() += 1;
         self.latencies
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .locked()
             .entry(n.kind.priority())
             .or_default()
             .push(unix_ms().saturating_sub(enqueued_at_ms));
@@ -322,7 +321,7 @@ async fn produce(
                 }
             }
         }
-        fanned.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(n);
+        fanned.locked().push(n);
         let receivers = client
             .pubsub()
             .publish(format!("inapp.user-{}", n.user), n.encode())
@@ -578,7 +577,7 @@ async fn run(demo: &Demo) -> Result<Report, DemoError> {
             .await
             .map_err(|e| DemoError::Setup(format!("a producer panicked: {e}")))??;
     }
-    let fanned = std::mem::take(&mut *fanned.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+    let fanned = std::mem::take(&mut *fanned.locked());
     let expected: usize = fanned.iter().map(|n| n.kind.channels().len()).sum();
     demo.say(&format!(
         "fanned out {} notifications ({expected} deliveries) in {:.1}s; {} marketing ones suppressed by the rate limit",
@@ -638,12 +637,7 @@ async fn run(demo: &Demo) -> Result<Report, DemoError> {
             .violations
             .insert(0, format!("not every delivery ended within {:?}", scope.deadline));
     }
-    let mut latencies = std::mem::take(
-        &mut *devices
-            .latencies
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner),
-    );
+    let mut latencies = std::mem::take(&mut *devices.latencies.locked());
     report.figure("notifications", format!("{} ({expected} deliveries)", fanned.len()));
     report.figure(
         "suppressed by the marketing rate limit",

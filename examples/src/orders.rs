@@ -22,7 +22,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use basalt_client::ledger::{account_flags, transfer_flags, Account, Transfer};
@@ -33,7 +33,7 @@ use basalt_client::{
 };
 
 use crate::worker::{Closing, Worker};
-use crate::{connect, mix, Demo, DemoError, Doing, Report, RunFuture, Scale, System};
+use crate::{connect, mix, Demo, DemoError, Doing, Locked, Report, RunFuture, Scale, System};
 
 pub const SYSTEM: System = System {
     name: "orders",
@@ -225,10 +225,6 @@ struct Shared {
     stop: AtomicBool,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 /// The transaction taking `order` from `from` to the next state, with the step's effect, or
 /// (when the effect is refused) the one cancelling it.
 async fn step(client: &Client, order: &Order, from: State) -> Result<State, DemoError> {
@@ -350,17 +346,17 @@ async fn drive(client: &Client, book: &Book, message: &Message, shared: &Shared)
         .ok_or_else(|| DemoError::Setup(format!("order {id} is not in the book")))?;
     let mut state = read_state(client, id).await?;
     if state != State::Placed && message.delivery > 1 {
-        *lock(&shared.resumed) += 1;
+        *shared.resumed.locked() += 1;
     }
     for _ in 0..STEPS_PER_ORDER_MAX {
         if !state.is_final() {
             state = step(client, order, state).await?;
         }
         {
-            let mut kill_after = lock(&shared.kill_after);
+            let mut kill_after = shared.kill_after.locked();
             if kill_after.front() == Some(&state) {
                 kill_after.pop_front();
-                lock(&shared.killed).push((state, id));
+                shared.killed.locked().push((state, id));
                 return Ok(false);
             }
         }
@@ -510,7 +506,7 @@ async fn run(demo: &Demo) -> Result<Report, DemoError> {
     }
     let shared = Arc::new(Shared::default());
     {
-        let mut kill_after = lock(&shared.kill_after);
+        let mut kill_after = shared.kill_after.locked();
         for _ in 0..scope.kill_rounds {
             kill_after.extend([
                 State::PaymentReserved,
@@ -567,7 +563,7 @@ async fn run(demo: &Demo) -> Result<Report, DemoError> {
             }
         }
         workers = alive;
-        let killed = lock(&shared.killed).clone();
+        let killed = shared.killed.locked().clone();
         for (state, id) in killed.iter().skip(kills_seen) {
             demo.say(&format!(
                 "  killed a saga worker after order {id} reached {}",
@@ -658,7 +654,7 @@ async fn run(demo: &Demo) -> Result<Report, DemoError> {
         count(State::CancelledOutOfStock),
     );
     report.figure("stock left per SKU", format!("{stock:?}"));
-    let killed = lock(&shared.killed).clone();
+    let killed = shared.killed.locked().clone();
     report.figure(
         "workers killed",
         format!(
@@ -668,7 +664,7 @@ async fn run(demo: &Demo) -> Result<Report, DemoError> {
             killed.iter().map(|(s, _)| s.name()).collect::<Vec<_>>().join(", ")
         ),
     );
-    report.figure("orders resumed by another worker", *lock(&shared.resumed));
+    report.figure("orders resumed by another worker", *shared.resumed.locked());
     report.figure("workers started to replace the killed", replaced);
     report.figure("run time", format!("{:.1}s", elapsed.as_secs_f64()));
     Ok(report)

@@ -28,7 +28,7 @@ use basalt_client::{
 };
 use basalt_regions::{LinkProxy, Links};
 
-use crate::{connect, mix, unix_ms, Demo, DemoError, Doing, Report, RunFuture, Scale, System};
+use crate::{connect, mix, unix_ms, Demo, DemoError, Doing, Locked, Report, RunFuture, Scale, System};
 
 pub const SYSTEM: System = System {
     name: "rate-limiting",
@@ -169,7 +169,7 @@ async fn composite_gateway(
             .commit()
             .await
             .doing(|| format!("checking request {i}"))?;
-        let mut tally = tally.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut tally = tally.locked();
         match outcome {
             TxnOutcome::Committed { .. } => {
                 tally.requests_admitted += 1;
@@ -359,7 +359,7 @@ async fn run(demo: &Demo) -> Result<Report, DemoError> {
             .map_err(|e| DemoError::Setup(format!("a gateway panicked: {e}")))??;
     }
     let composite_time = started.elapsed();
-    let tally = std::mem::take(&mut *tally.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+    let tally = std::mem::take(&mut *tally.locked());
     for (key, admissions) in &tally.admitted {
         let (limit, window) = if key.contains("/user-") {
             (USER_LIMIT, DAY)

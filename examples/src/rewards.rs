@@ -23,7 +23,7 @@ use std::time::Instant;
 use basalt_client::ledger::{account_flags, transfer_flags, Account, EventFailure, Transfer};
 use basalt_client::Ledger;
 
-use crate::{connect, mix, Demo, DemoError, Doing, Report, RunFuture, Scale, System};
+use crate::{connect, mix, Demo, DemoError, Doing, Locked, Report, RunFuture, Scale, System};
 
 pub const SYSTEM: System = System {
     name: "rewards",
@@ -193,7 +193,7 @@ async fn send(
             .create_transfers(&transfers)
             .await
             .doing(|| format!("sending a batch of {} purchases", batch.len()))?;
-        let mut outcomes = outcomes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut outcomes = outcomes.locked();
         sort_out(&batch, &failures, &mut outcomes);
         outcomes.batches += 1;
     }
@@ -357,7 +357,7 @@ async fn run(demo: &Demo) -> Result<Report, DemoError> {
             .map_err(|e| DemoError::Setup(format!("a sender panicked: {e}")))??;
     }
     let sending = started.elapsed();
-    let outcomes = std::mem::take(&mut *outcomes.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+    let outcomes = std::mem::take(&mut *outcomes.locked());
 
     demo.say("recomputing the points from the accepted purchases");
     let ids: Vec<u128> = accounts.iter().map(|a| a.id).collect();
