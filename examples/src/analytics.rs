@@ -28,7 +28,7 @@ use basalt_client::{
 use tokio_stream::StreamExt;
 
 use crate::worker::{Closing, Worker};
-use crate::{connect, mix, unix_ms, Demo, DemoError, Doing, Locked, Report, RunFuture, Scale, System};
+use crate::{connect, joined, mix, unix_ms, Demo, DemoError, Doing, Locked, Report, RunFuture, Scale, System};
 
 pub const SYSTEM: System = System {
     name: "analytics",
@@ -548,8 +548,7 @@ async fn run(demo: &Demo) -> Result<Report, DemoError> {
         }
         if producer.as_ref().is_some_and(tokio::task::JoinHandle::is_finished) {
             if let Some(done) = producer.take() {
-                done.await
-                    .map_err(|e| DemoError::Setup(format!("the producer panicked: {e}")))??;
+                joined(done, "the producer").await?;
             }
             demo.say(&format!(
                 "published {} views in {:.1}s",

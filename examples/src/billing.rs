@@ -26,7 +26,7 @@ use basalt_client::{
     window, Client, CounterOp, CounterOutcome, NewMessage, QueueOptions, ReceiveOptions, TxnOpResult, TxnOutcome,
 };
 
-use crate::{connect, mix, unix_ms, Demo, DemoError, Doing, Locked, Report, RunFuture, Scale, System};
+use crate::{connect, joined, mix, unix_ms, Demo, DemoError, Doing, Locked, Report, RunFuture, Scale, System};
 
 pub const SYSTEM: System = System {
     name: "billing",
@@ -384,9 +384,7 @@ async fn run(demo: &Demo) -> Result<Report, DemoError> {
         })
         .collect();
     for meter in meters {
-        meter
-            .await
-            .map_err(|e| DemoError::Setup(format!("a meter panicked: {e}")))??;
+        joined(meter, "a meter").await?;
     }
     let metering = started.elapsed();
     let metered = std::mem::take(&mut *metered.locked());
@@ -414,8 +412,7 @@ async fn run(demo: &Demo) -> Result<Report, DemoError> {
         })
         .collect();
     for run in racing {
-        run.await
-            .map_err(|e| DemoError::Setup(format!("an invoicing run panicked: {e}")))??;
+        joined(run, "an invoicing run").await?;
     }
     demo.say("two invoicing runs raced over every tenant; a third runs again (a retry)");
     invoice_all(

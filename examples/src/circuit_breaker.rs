@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use basalt_client::{Acquired, CasOutcome, Client, CounterOp, ErrorCode};
 
-use crate::{connect, mix, unix_ms, Demo, DemoError, Doing, Locked, Report, RunFuture, Scale, System};
+use crate::{connect, joined, mix, unix_ms, Demo, DemoError, Doing, Locked, Report, RunFuture, Scale, System};
 
 pub const SYSTEM: System = System {
     name: "circuit-breaker",
@@ -490,9 +490,7 @@ async fn run(demo: &Demo) -> Result<Report, DemoError> {
     }
     shared.stop.store(true, Ordering::SeqCst);
     for instance in instances {
-        instance
-            .await
-            .map_err(|e| DemoError::Setup(format!("an instance panicked: {e}")))??;
+        joined(instance, "an instance").await?;
     }
     let elapsed = started.elapsed();
 

@@ -28,7 +28,7 @@ use basalt_client::{ConsumedRecord, Consumer, ConsumerOptions, ErrorCode, Record
 use tokio_stream::StreamExt;
 
 use crate::worker::{Closing, Worker};
-use crate::{connect, quantile, unix_ms, Demo, DemoError, Doing, Locked, Report, RunFuture, Scale, System};
+use crate::{connect, joined, quantile, unix_ms, Demo, DemoError, Doing, Locked, Report, RunFuture, Scale, System};
 
 pub const SYSTEM: System = System {
     name: "event-pipeline",
@@ -452,9 +452,7 @@ async fn run(demo: &Demo) -> Result<Report, DemoError> {
             .is_some_and(|p| p.iter().all(tokio::task::JoinHandle::is_finished))
         {
             for producer in producers.take().into_iter().flatten() {
-                producer
-                    .await
-                    .map_err(|e| DemoError::Setup(format!("a producer panicked: {e}")))??;
+                joined(producer, "a producer").await?;
             }
             publish_seconds = started.elapsed().as_secs_f64();
             demo.say(&format!("published {total} events in {publish_seconds:.1}s"));

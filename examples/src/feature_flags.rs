@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use basalt_client::{Client, WatchEventKind};
 
-use crate::{connect, quantile, unix_ms, Demo, DemoError, Doing, Locked, Report, RunFuture, Scale, System};
+use crate::{connect, joined, quantile, unix_ms, Demo, DemoError, Doing, Locked, Report, RunFuture, Scale, System};
 
 pub const SYSTEM: System = System {
     name: "feature-flags",
@@ -284,8 +284,7 @@ async fn run(demo: &Demo) -> Result<Report, DemoError> {
     let convergence = stopped_writing.elapsed();
     stop.store(true, Ordering::SeqCst);
     for task in tasks {
-        task.await
-            .map_err(|e| DemoError::Setup(format!("a watcher panicked: {e}")))??;
+        joined(task, "a watcher").await?;
     }
 
     let mut report = Report::default();

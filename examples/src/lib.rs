@@ -221,6 +221,38 @@ impl<T> Locked<T> for std::sync::Mutex<T> {
     }
 }
 
+/// The result of a task a run spawned (`what` names it): a panic there is the run's failure.
+pub(crate) async fn joined<T>(task: tokio::task::JoinHandle<Result<T, DemoError>>, what: &str) -> Result<T, DemoError> {
+    task.await
+        .map_err(|e| DemoError::Setup(format!("{what} panicked: {e}")))?
+}
+
+/// Every message `queue` holds now, received and acknowledged: their payloads, in the order
+/// received (what a run reads back at its end).
+pub(crate) async fn drain(client: &Client, queue: &str) -> Result<Vec<Vec<u8>>, DemoError> {
+    let handle = client.queue(queue);
+    let mut payloads = Vec::new();
+    loop {
+        let messages = handle
+            .receive(DRAIN_RECEIVE_MAX, basalt_client::ReceiveOptions::default())
+            .await
+            .doing(|| format!("draining {queue}"))?;
+        if messages.is_empty() {
+            return Ok(payloads);
+        }
+        for message in messages {
+            handle
+                .ack(&message.receipt)
+                .await
+                .doing(|| format!("acknowledging in {queue}"))?;
+            payloads.push(message.payload);
+        }
+    }
+}
+
+/// Messages one receive of [`drain`] takes.
+const DRAIN_RECEIVE_MAX: u32 = 100;
+
 /// Milliseconds since the Unix epoch by this machine's clock.
 pub(crate) fn unix_ms() -> u64 {
     std::time::SystemTime::now()

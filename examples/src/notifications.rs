@@ -34,7 +34,9 @@ use basalt_client::{
     TxnOutcome,
 };
 
-use crate::{connect, mix, quantile, unix_ms, Demo, DemoError, Doing, Locked, Report, RunFuture, Scale, System};
+use crate::{
+    connect, drain, joined, mix, quantile, unix_ms, Demo, DemoError, Doing, Locked, Report, RunFuture, Scale, System,
+};
 
 pub const SYSTEM: System = System {
     name: "notifications",
@@ -436,22 +438,9 @@ async fn work(
 async fn drain_dead_letters(client: &Client) -> Result<Vec<(u64, &'static str)>, DemoError> {
     let mut dead = Vec::new();
     for channel in CHANNELS {
-        let dlq = client.queue(dlq_of(channel));
-        loop {
-            let messages = dlq
-                .receive(100, ReceiveOptions::default())
-                .await
-                .doing(|| format!("draining {}", dlq_of(channel)))?;
-            if messages.is_empty() {
-                break;
-            }
-            for message in messages {
-                if let Some(n) = Notification::decode(&message.payload) {
-                    dead.push((n.id, channel));
-                }
-                dlq.ack(&message.receipt)
-                    .await
-                    .doing(|| format!("acknowledging in {}", dlq_of(channel)))?;
+        for payload in drain(client, &dlq_of(channel)).await? {
+            if let Some(n) = Notification::decode(&payload) {
+                dead.push((n.id, channel));
             }
         }
     }
@@ -573,9 +562,7 @@ async fn run(demo: &Demo) -> Result<Report, DemoError> {
         })
         .collect();
     for producer in producers {
-        producer
-            .await
-            .map_err(|e| DemoError::Setup(format!("a producer panicked: {e}")))??;
+        joined(producer, "a producer").await?;
     }
     let fanned = std::mem::take(&mut *fanned.locked());
     let expected: usize = fanned.iter().map(|n| n.kind.channels().len()).sum();
@@ -621,9 +608,7 @@ async fn run(demo: &Demo) -> Result<Report, DemoError> {
     let elapsed = started.elapsed();
     counts.stop.store(true, Ordering::SeqCst);
     for worker in workers {
-        worker
-            .await
-            .map_err(|e| DemoError::Setup(format!("a worker panicked: {e}")))??;
+        joined(worker, "a worker").await?;
     }
     listener.abort();
     let dead = drain_dead_letters(&client).await?;

@@ -33,7 +33,7 @@ use basalt_client::{
 };
 
 use crate::worker::{Closing, Worker};
-use crate::{connect, mix, Demo, DemoError, Doing, Locked, Report, RunFuture, Scale, System};
+use crate::{connect, drain, mix, Demo, DemoError, Doing, Locked, Report, RunFuture, Scale, System};
 
 pub const SYSTEM: System = System {
     name: "orders",
@@ -672,26 +672,11 @@ async fn run(demo: &Demo) -> Result<Report, DemoError> {
 
 /// Every shipping request, received and acknowledged: the order ids, as many times as requested.
 async fn drain_shipping(client: &Client) -> Result<Vec<u64>, DemoError> {
-    let shipping = client.queue(SHIPPING_QUEUE);
-    let mut shipped = Vec::new();
-    loop {
-        let messages = shipping
-            .receive(100, ReceiveOptions::default())
-            .await
-            .doing(|| format!("draining {SHIPPING_QUEUE}"))?;
-        if messages.is_empty() {
-            return Ok(shipped);
-        }
-        for message in messages {
-            if let Some(id) = std::str::from_utf8(&message.payload).ok().and_then(|t| t.parse().ok()) {
-                shipped.push(id);
-            }
-            shipping
-                .ack(&message.receipt)
-                .await
-                .doing(|| format!("acknowledging in {SHIPPING_QUEUE}"))?;
-        }
-    }
+    Ok(drain(client, SHIPPING_QUEUE)
+        .await?
+        .iter()
+        .filter_map(|payload| std::str::from_utf8(payload).ok()?.parse().ok())
+        .collect())
 }
 
 /// Each way the run broke the invariant.

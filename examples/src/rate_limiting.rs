@@ -28,7 +28,7 @@ use basalt_client::{
 };
 use basalt_regions::{LinkProxy, Links};
 
-use crate::{connect, mix, unix_ms, Demo, DemoError, Doing, Locked, Report, RunFuture, Scale, System};
+use crate::{connect, joined, mix, unix_ms, Demo, DemoError, Doing, Locked, Report, RunFuture, Scale, System};
 
 pub const SYSTEM: System = System {
     name: "rate-limiting",
@@ -354,9 +354,7 @@ async fn run(demo: &Demo) -> Result<Report, DemoError> {
         })
         .collect();
     for gateway in gateways {
-        gateway
-            .await
-            .map_err(|e| DemoError::Setup(format!("a gateway panicked: {e}")))??;
+        joined(gateway, "a gateway").await?;
     }
     let composite_time = started.elapsed();
     let tally = std::mem::take(&mut *tally.locked());
@@ -421,11 +419,7 @@ async fn run(demo: &Demo) -> Result<Report, DemoError> {
         .collect();
     let mut per_region = Vec::new();
     for gateway in global {
-        per_region.push(
-            gateway
-                .await
-                .map_err(|e| DemoError::Setup(format!("a gateway panicked: {e}")))??,
-        );
+        per_region.push(joined(gateway, "a gateway").await?);
     }
     let global_time = started.elapsed();
     let global_admitted: u64 = per_region.iter().map(|(a, _)| a.len() as u64).sum();
@@ -495,9 +489,7 @@ async fn run(demo: &Demo) -> Result<Report, DemoError> {
     demo.say("  healed");
     let mut cut_figures = Vec::new();
     for (gateway, policy) in cut_gateways.into_iter().zip(policies) {
-        let answers = gateway
-            .await
-            .map_err(|e| DemoError::Setup(format!("a gateway panicked: {e}")))??;
+        let answers = joined(gateway, "a gateway").await?;
         report.violations.extend(check_policy(policy, &answers, cut, healed));
         let during: Vec<&Answer> = answers.iter().filter(|a| a.began >= cut && a.ended <= healed).collect();
         let allowed = during.iter().filter(|a| a.verdict.decision.allowed).count();

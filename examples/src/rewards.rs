@@ -23,7 +23,7 @@ use std::time::Instant;
 use basalt_client::ledger::{account_flags, transfer_flags, Account, EventFailure, Transfer};
 use basalt_client::Ledger;
 
-use crate::{connect, mix, Demo, DemoError, Doing, Locked, Report, RunFuture, Scale, System};
+use crate::{connect, joined, mix, Demo, DemoError, Doing, Locked, Report, RunFuture, Scale, System};
 
 pub const SYSTEM: System = System {
     name: "rewards",
@@ -352,9 +352,7 @@ async fn run(demo: &Demo) -> Result<Report, DemoError> {
         .map(|share| tokio::spawn(send(demo.endpoints().to_vec(), share, outcomes.clone())))
         .collect();
     for sender in senders {
-        sender
-            .await
-            .map_err(|e| DemoError::Setup(format!("a sender panicked: {e}")))??;
+        joined(sender, "a sender").await?;
     }
     let sending = started.elapsed();
     let outcomes = std::mem::take(&mut *outcomes.locked());
