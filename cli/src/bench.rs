@@ -105,7 +105,7 @@ impl BenchReport {
     }
 
     fn print(&self, unit: &str) {
-        println!(
+        crate::outln!(
             "throughput {:.0} {unit}/s  requests {}  errors {}  request latency p50 {:.2} ms  p99 {:.2} ms  p999 {:.2} ms  max {:.2} ms",
             self.items_per_second(),
             self.requests,
@@ -130,7 +130,7 @@ pub async fn run(command: BenchCommand, endpoints: Vec<String>) -> Result<(), St
         BenchCommand::Kv { load, value_size, keys } => {
             positive(&[("keys", keys)])?;
             let clients = load.clients.unwrap_or(64);
-            println!(
+            crate::outln!(
                 "bench kv: {clients} clients, {value_size}-byte values, {keys} keys, {:?}",
                 load.duration
             );
@@ -147,7 +147,7 @@ pub async fn run(command: BenchCommand, endpoints: Vec<String>) -> Result<(), St
         }
         BenchCommand::Counter { load, batch, keys } => {
             positive(&[("batch", batch.into()), ("keys", keys)])?;
-            println!(
+            crate::outln!(
                 "bench counter: batches of {batch} increments over {keys} keys, {:?}",
                 load.duration
             );
@@ -162,7 +162,7 @@ pub async fn run(command: BenchCommand, endpoints: Vec<String>) -> Result<(), St
         }
         BenchCommand::Ratelimit { load, batch, keys } => {
             positive(&[("batch", batch.into()), ("keys", keys)])?;
-            println!(
+            crate::outln!(
                 "bench ratelimit: batches of {batch} sliding-window checks (100/s) over {keys} keys, {:?}",
                 load.duration
             );
@@ -190,7 +190,7 @@ pub async fn run(command: BenchCommand, endpoints: Vec<String>) -> Result<(), St
             partitions,
         } => {
             positive(&[("batch", batch.into()), ("partitions", partitions.into())])?;
-            println!(
+            crate::outln!(
                 "bench stream: batches of {batch} records of {record_size} bytes over {partitions} partitions, {:?}",
                 load.duration
             );
@@ -223,7 +223,7 @@ pub async fn run(command: BenchCommand, endpoints: Vec<String>) -> Result<(), St
         }
         BenchCommand::Ledger { load, batch, accounts } => {
             positive(&[("batch", batch.into()), ("accounts", accounts)])?;
-            println!(
+            crate::outln!(
                 "bench ledger: batches of {batch} transfers between {accounts} accounts, {:?}",
                 load.duration
             );

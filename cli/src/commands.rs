@@ -426,15 +426,8 @@ fn init_tracing(default_filter: &str) {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Start(_) | Command::Dev(_)) {
-        // Client commands behave like other Unix tools when their output is closed early
-        // (`basalt kv scan | head`): they exit quietly. Servers keep Rust's default of ignoring
-        // SIGPIPE, so a peer closing a socket is an error to handle, not a signal that kills.
-        // SAFETY: setting a signal disposition before any thread is started.
-        unsafe {
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        }
-    }
+    // SIGPIPE stays ignored (Rust's default) in every command: see `output` for why, and for
+    // how a closed stdout still ends a command the way it ends other Unix tools.
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -47,7 +47,7 @@ const VIOLATIONS_SHOWN_MAX: usize = 20;
 
 pub async fn run(args: DemoArgs) -> Result<(), String> {
     if args.list {
-        print!("{}", listing());
+        crate::out!("{}", listing());
         return Ok(());
     }
     let name = args.name.clone().unwrap_or_default();
@@ -88,17 +88,17 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
             outcome = run_system(system, cluster.endpoints.clone(), cluster.regions.clone(), cluster.origin, scale) => outcome,
             () = crate::commands::shutdown_signal() => Err("interrupted".to_string()),
         };
-        println!("stopping the temporary cluster");
+        crate::outln!("stopping the temporary cluster");
         stop_all(&mut cluster.nodes).await;
         drop(cluster.proxies);
         let dir = cluster.dir.path().display().to_string();
         if args.keep || outcome.is_err() {
             let _ = cluster.dir.keep();
-            println!("its data and node logs are kept in {dir}");
+            crate::outln!("its data and node logs are kept in {dir}");
         }
         return outcome;
     };
-    println!("basalt demo {}: on {}", system.name, endpoints.join(","));
+    crate::outln!("basalt demo {}: on {}", system.name, endpoints.join(","));
     run_system(system, endpoints, regions, None, scale).await
 }
 
@@ -137,7 +137,7 @@ async fn run_system(
     origin: Option<SocketAddr>,
     scale: Scale,
 ) -> Result<(), String> {
-    let mut demo = Demo::new(endpoints, scale, |line| println!("{line}")).with_regions(regions);
+    let mut demo = Demo::new(endpoints, scale, |line| crate::outln!("{line}")).with_regions(regions);
     if let Some(origin) = origin {
         demo = demo.with_origin(origin);
     }
@@ -148,7 +148,7 @@ async fn run_system(
         Ok(report) => report.map_err(|e| format!("{}: {e}", system.name))?,
         Err(_) => return Err(format!("{}: the system panicked", system.name)),
     };
-    print!("{}", summary(system, &report));
+    crate::out!("{}", summary(system, &report));
     if report.held() {
         Ok(())
     } else {
@@ -229,7 +229,7 @@ impl TempCluster {
             .enumerate()
             .map(|(i, addr)| format!("{}={addr}", i + 1))
             .collect();
-        println!(
+        crate::outln!(
             "basalt demo {}: starting a temporary {}-node cluster in {}",
             system.name,
             system.nodes,
@@ -262,7 +262,7 @@ impl TempCluster {
         }
         let started = Instant::now();
         match wait_for_leader(&endpoints, LEADER_WAIT).await {
-            Ok((id, addr)) => println!(
+            Ok((id, addr)) => crate::outln!(
                 "cluster up: leader node {id} ({addr}) after {:.1}s",
                 started.elapsed().as_secs_f64()
             ),
@@ -327,7 +327,7 @@ impl TempCluster {
                 .proxies
                 .push(addr.parse().map_err(|e| format!("proxy address {addr}: {e}"))?);
         }
-        println!(
+        crate::outln!(
             "basalt demo {}: starting {} temporary regions ({}) of {} node{} each, {} ms apart, in {}",
             system.name,
             names.len(),
@@ -361,7 +361,7 @@ impl TempCluster {
                 edges: addresses.edges.get(&r).cloned().unwrap_or_default(),
             });
         }
-        println!(
+        crate::outln!(
             "regions up: a leader in each after {:.1}s",
             started.elapsed().as_secs_f64()
         );

@@ -205,10 +205,10 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
         &serde_json::json!({ "endpoints": endpoints, "pids": pids, "data_dir": dir, "edges": edges }),
     )?;
 
-    println!("basalt dev: {} nodes, data in {}", args.nodes, dir.display());
+    crate::outln!("basalt dev: {} nodes, data in {}", args.nodes, dir.display());
     for (i, (p, endpoint)) in processes.iter().zip(&endpoints).enumerate() {
         let i = i as u16 + 1;
-        println!(
+        crate::outln!(
             "  {}  grpc {}  http 127.0.0.1:{}{}  pid {}  log {}",
             p.label,
             endpoint,
@@ -218,19 +218,19 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
             dir.join(format!("node-{i}.log")).display()
         );
     }
-    println!("  cluster file {}", cluster_file.display());
+    crate::outln!("  cluster file {}", cluster_file.display());
 
     let started = Instant::now();
     match wait_for_leader(&endpoints, Duration::from_secs(15)).await {
-        Ok((id, addr)) => println!(
+        Ok((id, addr)) => crate::outln!(
             "leader: node {id} ({addr}) after {:.1}s. Try: basalt kv put greeting hello; basalt cluster status. Ctrl-C stops all nodes.",
             started.elapsed().as_secs_f64()
         ),
-        Err(e) => println!("no leader yet: {e} (see the node logs)"),
+        Err(e) => crate::outln!("no leader yet: {e} (see the node logs)"),
     }
     supervise(processes).await;
     let _ = std::fs::remove_file(&cluster_file);
-    println!("stopped");
+    crate::outln!("stopped");
     Ok(())
 }
 
@@ -245,19 +245,19 @@ pub(crate) async fn supervise(mut processes: Vec<NodeProcess>) {
             _ = poll.tick() => {
                 for p in &mut processes {
                     if let Ok(Some(status)) = p.child.try_wait() {
-                        println!("{} exited ({status}); see its log", p.label);
+                        crate::outln!("{} exited ({status}); see its log", p.label);
                     }
                 }
                 processes.retain_mut(|p| !matches!(p.child.try_wait(), Ok(Some(_))));
                 if processes.is_empty() {
-                    println!("every node has exited");
+                    crate::outln!("every node has exited");
                     break;
                 }
             }
         }
     }
 
-    println!("stopping {} nodes...", processes.len());
+    crate::outln!("stopping {} nodes...", processes.len());
     stop_all(&mut processes).await;
 }
 
@@ -270,7 +270,7 @@ pub(crate) async fn stop_all(processes: &mut [NodeProcess]) {
     for p in processes.iter_mut() {
         let remaining = deadline.saturating_duration_since(Instant::now());
         if tokio::time::timeout(remaining, p.child.wait()).await.is_err() {
-            println!("{} did not stop in time; killing it", p.label);
+            crate::outln!("{} did not stop in time; killing it", p.label);
             let _ = p.child.kill().await;
         }
     }

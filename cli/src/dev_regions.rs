@@ -322,14 +322,14 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
         "data_dir": dir,
     }))?;
 
-    println!(
+    crate::outln!(
         "basalt dev: {} regions, {} nodes, data in {}",
         topology.regions.len(),
         processes.len(),
         dir.display()
     );
     for (r, region) in topology.regions.iter().enumerate() {
-        println!(
+        crate::outln!(
             "  region {} (id {}): grpc {}  logs {}",
             region.name,
             r + 1,
@@ -337,10 +337,10 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
             dir.join(&region.name).display()
         );
         if !edges[&r].is_empty() {
-            println!("    edge {}", edges[&r].join(" "));
+            crate::outln!("    edge {}", edges[&r].join(" "));
         }
     }
-    print!(
+    crate::out!(
         "{}",
         Wan {
             topology: Arc::new(topology.clone()),
@@ -348,23 +348,23 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
         }
         .describe()
     );
-    println!(
+    crate::outln!(
         "  ledgers, leases and queues are homed in {} (other regions forward to it)",
         topology.home()
     );
-    println!("  control {control_addr}, cluster file {}", cluster_file.display());
+    crate::outln!("  control {control_addr}, cluster file {}", cluster_file.display());
     let started = Instant::now();
     for (r, region) in topology.regions.iter().enumerate() {
         match crate::dev::wait_for_leader(&grpc[&r], Duration::from_secs(20)).await {
-            Ok((id, addr)) => println!(
+            Ok((id, addr)) => crate::outln!(
                 "  {} leader: node {id} ({addr}) after {:.1}s",
                 region.name,
                 started.elapsed().as_secs_f64()
             ),
-            Err(e) => println!("  {}: no leader yet: {e} (see the node logs)", region.name),
+            Err(e) => crate::outln!("  {}: no leader yet: {e} (see the node logs)", region.name),
         }
     }
-    println!(
+    crate::outln!(
         "Try: basalt kv --region {} put greeting hello; basalt kv --region {} get greeting; basalt regions status. Ctrl-C stops everything.",
         topology.regions[0].name, topology.regions[1].name
     );
@@ -372,6 +372,6 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
     control.abort();
     drop(proxies);
     let _ = std::fs::remove_file(&cluster_file);
-    println!("stopped");
+    crate::outln!("stopped");
     Ok(())
 }

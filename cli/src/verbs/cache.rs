@@ -51,9 +51,9 @@ pub async fn cache(client: &Client, command: CacheCommand) -> Result<(), String>
             };
             let receipt = client.cache().purge(target, Some(wait)).await.map_err(err)?;
             let applied: Vec<String> = receipt.applied.iter().map(u64::to_string).collect();
-            println!("purged: seq {}  applied on nodes {}", receipt.seq, applied.join(","));
+            crate::outln!("purged: seq {}  applied on nodes {}", receipt.seq, applied.join(","));
             for lag in &receipt.lagging {
-                println!("  not yet on node {} ({}): {}", lag.node_id, lag.addr, lag.reason);
+                crate::outln!("  not yet on node {} ({}): {}", lag.node_id, lag.addr, lag.reason);
             }
             match receipt.complete() {
                 true => Ok(()),
@@ -73,7 +73,7 @@ pub async fn cache(client: &Client, command: CacheCommand) -> Result<(), String>
 }
 
 fn print_stats(nodes: &[NodeCacheStats]) {
-    println!(
+    crate::outln!(
         "{:<6} {:<22} {:>10} {:>10} {:>8} {:>7} {:>9} {:>12} {:>9} {:>9} {:>8} {:>7}",
         "node",
         "addr",
@@ -91,11 +91,11 @@ fn print_stats(nodes: &[NodeCacheStats]) {
     let mut sum = NodeCacheStats::default();
     for node in nodes {
         if !node.error.is_empty() {
-            println!("{:<6} {:<22} unreachable: {}", node.node_id, node.addr, node.error);
+            crate::outln!("{:<6} {:<22} unreachable: {}", node.node_id, node.addr, node.error);
             continue;
         }
         if !node.edge {
-            println!("{:<6} {:<22} no edge listener", node.node_id, node.addr);
+            crate::outln!("{:<6} {:<22} no edge listener", node.node_id, node.addr);
             continue;
         }
         print_row(&node.node_id.to_string(), &node.addr, node);
@@ -121,7 +121,7 @@ fn print_row(node: &str, addr: &str, s: &NodeCacheStats) {
         0 => "-".to_string(),
         n => format!("{:.1}%", served as f64 * 100.0 / n as f64),
     };
-    println!(
+    crate::outln!(
         "{:<6} {:<22} {:>10} {:>10} {:>8} {:>7} {:>9} {:>12} {:>9} {:>9} {:>8} {:>7}",
         node,
         addr,

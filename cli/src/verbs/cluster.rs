@@ -28,7 +28,7 @@ pub async fn cluster(client: &Client, command: ClusterCommand) -> Result<(), Str
         ClusterCommand::Status => print_status(client).await,
         ClusterCommand::AddNode { id, addr } => {
             let members = client.add_node(id, &addr).await.map_err(|e| e.to_string())?;
-            println!(
+            crate::outln!(
                 "added node {id} ({addr}) as a learner; members: {}",
                 describe_members(&members)
             );
@@ -36,12 +36,12 @@ pub async fn cluster(client: &Client, command: ClusterCommand) -> Result<(), Str
         }
         ClusterCommand::Promote { id } => {
             let members = client.promote(id).await.map_err(|e| e.to_string())?;
-            println!("promoted node {id}; members: {}", describe_members(&members));
+            crate::outln!("promoted node {id}; members: {}", describe_members(&members));
             Ok(())
         }
         ClusterCommand::RemoveNode { id } => {
             let members = client.remove_node(id).await.map_err(|e| e.to_string())?;
-            println!("removed node {id}; members: {}", describe_members(&members));
+            crate::outln!("removed node {id}; members: {}", describe_members(&members));
             Ok(())
         }
     }
@@ -57,7 +57,7 @@ fn describe_members(members: &[basalt_client::pb::Member]) -> String {
 
 async fn print_status(client: &Client) -> Result<(), String> {
     let status = client.cluster_status().await.map_err(|e| e.to_string())?;
-    println!(
+    crate::outln!(
         "leader: {} ({})  term: {}",
         show_optional(status.leader_id),
         if status.leader_addr.is_empty() {
@@ -67,14 +67,20 @@ async fn print_status(client: &Client) -> Result<(), String> {
         },
         status.term
     );
-    println!(
+    crate::outln!(
         "{:<6} {:<22} {:<9} {:<10} {:>10} {:>10} {:>10}",
-        "id", "addr", "role", "state", "last_log", "applied", "snapshot"
+        "id",
+        "addr",
+        "role",
+        "state",
+        "last_log",
+        "applied",
+        "snapshot"
     );
     for member in &status.members {
         let role = if member.voter { "voter" } else { "learner" };
         match client.node_status(&member.addr).await {
-            Ok(s) => println!(
+            Ok(s) => crate::outln!(
                 "{:<6} {:<22} {:<9} {:<10} {:>10} {:>10} {:>10}",
                 member.id,
                 member.addr,
@@ -84,7 +90,7 @@ async fn print_status(client: &Client) -> Result<(), String> {
                 show_optional(s.applied_index),
                 show_optional(s.snapshot_index)
             ),
-            Err(e) => println!("{:<6} {:<22} {:<9} unreachable: {e}", member.id, member.addr, role),
+            Err(e) => crate::outln!("{:<6} {:<22} {:<9} unreachable: {e}", member.id, member.addr, role),
         }
     }
     Ok(())

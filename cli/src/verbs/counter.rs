@@ -130,15 +130,15 @@ pub async fn counter(client: &Client, command: CounterCommand) -> Result<(), Str
                 _ => counter.incr_bounded(by, min, max).await,
             }
             .map_err(|e| e.to_string())?;
-            println!("{value}");
+            crate::outln!("{value}");
         }
         CounterCommand::Reset { key } => {
             client.counter(key).reset().await.map_err(|e| e.to_string())?;
-            println!("0");
+            crate::outln!("0");
         }
         CounterCommand::Delete { key } => {
             client.counter(key).delete().await.map_err(|e| e.to_string())?;
-            println!("deleted");
+            crate::outln!("deleted");
         }
         CounterCommand::Windows {
             key,
@@ -160,9 +160,9 @@ pub async fn counter(client: &Client, command: CounterCommand) -> Result<(), Str
                 .await
                 .map_err(|e| e.to_string())?;
             for (start_ms, value) in &read.windows {
-                println!("{start_ms} {value}");
+                crate::outln!("{start_ms} {value}");
             }
-            println!("sum {}", read.sum);
+            crate::outln!("sum {}", read.sum);
         }
         CounterCommand::Transfer {
             key,
@@ -177,7 +177,7 @@ pub async fn counter(client: &Client, command: CounterCommand) -> Result<(), Str
                 None => counter.transfer_escrow(&to, amount, min).await,
             }
             .map_err(|e| e.to_string())?;
-            println!("{value}");
+            crate::outln!("{value}");
         }
         CounterCommand::Ttl { key, stale } => {
             let reads = client
@@ -186,13 +186,13 @@ pub async fn counter(client: &Client, command: CounterCommand) -> Result<(), Str
                 .await
                 .map_err(|e| e.to_string())?;
             match reads.first().and_then(|read| read.expires_at_ms) {
-                Some(at) => println!("{}", at.saturating_sub(now_ms())),
-                None => println!("none"),
+                Some(at) => crate::outln!("{}", at.saturating_sub(now_ms())),
+                None => crate::outln!("none"),
             }
         }
         CounterCommand::Get { key, stale } => {
             let consistency = consistency(stale);
-            println!(
+            crate::outln!(
                 "{}",
                 client
                     .counter(key)

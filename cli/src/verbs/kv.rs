@@ -67,9 +67,9 @@ pub async fn kv(client: &Client, command: KvCommand) -> Result<(), String> {
             ttl,
             if_absent: true,
         } => match kv.put_if_absent(&key, &value, ttl).await.map_err(|e| e.to_string())? {
-            PutIfAbsent::Created { revision } => println!("CREATED revision={revision}"),
+            PutIfAbsent::Created { revision } => crate::outln!("CREATED revision={revision}"),
             PutIfAbsent::Exists(entry) => {
-                println!("EXISTS {}", String::from_utf8_lossy(&entry.value));
+                crate::outln!("EXISTS {}", String::from_utf8_lossy(&entry.value));
                 eprintln!(
                     "revision={} created={} version={} expires_at_ms={}",
                     entry.mod_revision,
@@ -84,13 +84,13 @@ pub async fn kv(client: &Client, command: KvCommand) -> Result<(), String> {
                 .put_with(&key, &value, PutOptions { ttl })
                 .await
                 .map_err(|e| e.to_string())?;
-            println!("OK revision={revision}");
+            crate::outln!("OK revision={revision}");
         }
         KvCommand::Get { key, stale } => {
             let consistency = consistency(stale);
             match kv.get_with(&key, consistency).await.map_err(|e| e.to_string())? {
                 Some(entry) => {
-                    println!("{}", String::from_utf8_lossy(&entry.value));
+                    crate::outln!("{}", String::from_utf8_lossy(&entry.value));
                     eprintln!(
                         "revision={} created={} version={} expires_at_ms={}",
                         entry.mod_revision,
@@ -107,7 +107,7 @@ pub async fn kv(client: &Client, command: KvCommand) -> Result<(), String> {
             eprintln!("watching from revision {}", watch.next_revision());
             while let Some(event) = watch.next().await {
                 let e = event.map_err(|e| e.to_string())?;
-                println!(
+                crate::outln!(
                     "{} {:?} {} revision={}",
                     match e.kind {
                         basalt_client::WatchEventKind::Put => "PUT",
@@ -121,7 +121,7 @@ pub async fn kv(client: &Client, command: KvCommand) -> Result<(), String> {
         }
         KvCommand::Delete { key } => {
             let outcome = kv.delete(&key).await.map_err(|e| e.to_string())?;
-            println!(
+            crate::outln!(
                 "{} revision={}",
                 if outcome.deleted { "DELETED" } else { "NOT_FOUND" },
                 outcome.revision
@@ -133,14 +133,14 @@ pub async fn kv(client: &Client, command: KvCommand) -> Result<(), String> {
             expect_revision,
             expect_absent: _,
         } => match kv.cas(&key, expect_revision, &value).await.map_err(|e| e.to_string())? {
-            CasOutcome::Written { revision } => println!("OK revision={revision}"),
+            CasOutcome::Written { revision } => crate::outln!("OK revision={revision}"),
             CasOutcome::Conflict { current } => {
                 return Err(format!("condition failed: current revision {}", show_optional(current)))
             }
         },
         KvCommand::Scan { prefix, limit } => {
             for (key, value) in kv.scan(&prefix, limit).await.map_err(|e| e.to_string())? {
-                println!("{}\t{}", String::from_utf8_lossy(&key), String::from_utf8_lossy(&value));
+                crate::outln!("{}\t{}", String::from_utf8_lossy(&key), String::from_utf8_lossy(&value));
             }
         }
     }

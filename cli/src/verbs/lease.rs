@@ -59,7 +59,7 @@ pub async fn lease(client: &Client, command: LeaseCommand) -> Result<(), String>
                 .await
                 .map_err(err)?
             {
-                Acquired::Granted(g) => println!("GRANTED token={} expires_at_ms={}", g.token, g.expires_at_ms),
+                Acquired::Granted(g) => crate::outln!("GRANTED token={} expires_at_ms={}", g.token, g.expires_at_ms),
                 Acquired::Held { holder, expires_at_ms } => {
                     return Err(format!(
                         "held by {:?} until {expires_at_ms}",
@@ -75,15 +75,15 @@ pub async fn lease(client: &Client, command: LeaseCommand) -> Result<(), String>
             ttl,
         } => {
             let g = client.lease(name).renew(holder, token, ttl).await.map_err(err)?;
-            println!("RENEWED token={} expires_at_ms={}", g.token, g.expires_at_ms);
+            crate::outln!("RENEWED token={} expires_at_ms={}", g.token, g.expires_at_ms);
         }
         LeaseCommand::Release { name, holder, token } => {
             let was_live = client.lease(name).release(holder, token).await.map_err(err)?;
-            println!("{}", if was_live { "RELEASED" } else { "RELEASED (had expired)" });
+            crate::outln!("{}", if was_live { "RELEASED" } else { "RELEASED (had expired)" });
         }
         LeaseCommand::Get { name, stale } => {
             match client.lease(name.clone()).get(consistency(stale)).await.map_err(err)? {
-                Some(s) => println!(
+                Some(s) => crate::outln!(
                     "holder={} token={} expires_at_ms={}",
                     String::from_utf8_lossy(&s.holder),
                     s.token,

@@ -78,7 +78,7 @@ fn parse_account_flags(text: &str) -> Result<u16, String> {
 fn report(failures: Vec<basalt_client::ledger::EventFailure>) -> Result<(), String> {
     match failures.first() {
         None => {
-            println!("OK");
+            crate::outln!("OK");
             Ok(())
         }
         Some(f) => Err(f.result.clone()),
@@ -136,18 +136,30 @@ pub async fn ledger(client: &Client, command: LedgerCommand) -> Result<(), Strin
             report(ledger.create_transfers(&[transfer]).await.map_err(err)?)
         }
         LedgerCommand::Accounts { ids, stale } => {
-            println!(
+            crate::outln!(
                 "{:<12} {:>6} {:>6} {:>14} {:>14} {:>14} {:>14}",
-                "id", "ledger", "code", "debits_pend", "debits_post", "credits_pend", "credits_post"
+                "id",
+                "ledger",
+                "code",
+                "debits_pend",
+                "debits_post",
+                "credits_pend",
+                "credits_post"
             );
             for a in ledger
                 .lookup_accounts_with(&ids, consistency(stale))
                 .await
                 .map_err(err)?
             {
-                println!(
+                crate::outln!(
                     "{:<12} {:>6} {:>6} {:>14} {:>14} {:>14} {:>14}",
-                    a.id, a.ledger, a.code, a.debits_pending, a.debits_posted, a.credits_pending, a.credits_posted
+                    a.id,
+                    a.ledger,
+                    a.code,
+                    a.debits_pending,
+                    a.debits_posted,
+                    a.credits_pending,
+                    a.credits_posted
                 );
             }
             Ok(())
@@ -158,9 +170,15 @@ pub async fn ledger(client: &Client, command: LedgerCommand) -> Result<(), Strin
                 .await
                 .map_err(err)?
             {
-                println!(
+                crate::outln!(
                     "id={} debit={} credit={} amount={} flags={:#x} pending_id={} timestamp={}",
-                    t.id, t.debit_account_id, t.credit_account_id, t.amount, t.flags, t.pending_id, t.timestamp
+                    t.id,
+                    t.debit_account_id,
+                    t.credit_account_id,
+                    t.amount,
+                    t.flags,
+                    t.pending_id,
+                    t.timestamp
                 );
             }
             Ok(())

@@ -20,7 +20,7 @@ pub enum PubSubCommand {
 pub async fn pubsub(client: &Client, command: PubSubCommand) -> Result<(), String> {
     match command {
         PubSubCommand::Publish { channel, payload } => {
-            println!(
+            crate::outln!(
                 "receivers={}",
                 client.pubsub().publish(channel, payload).await.map_err(err)?
             );
@@ -37,7 +37,7 @@ pub async fn pubsub(client: &Client, command: PubSubCommand) -> Result<(), Strin
             eprintln!("subscribed");
             while let Some(message) = subscription.next().await {
                 let m = message.map_err(err)?;
-                println!(
+                crate::outln!(
                     "{} {}",
                     String::from_utf8_lossy(&m.channel),
                     String::from_utf8_lossy(&m.payload)

@@ -105,7 +105,7 @@ pub async fn queue(client: &Client, command: QueueCommand) -> Result<(), String>
                 })
                 .await
                 .map_err(err)?;
-            println!("{}", if created { "CREATED" } else { "UPDATED" });
+            crate::outln!("{}", if created { "CREATED" } else { "UPDATED" });
         }
         QueueCommand::Enqueue {
             queue,
@@ -119,7 +119,7 @@ pub async fn queue(client: &Client, command: QueueCommand) -> Result<(), String>
                 message = message.dedup_id(id);
             }
             let out = client.queue(queue).enqueue_message(message).await.map_err(err)?;
-            println!("{} id={}", if out.duplicate { "DUPLICATE" } else { "ENQUEUED" }, out.id);
+            crate::outln!("{} id={}", if out.duplicate { "DUPLICATE" } else { "ENQUEUED" }, out.id);
         }
         QueueCommand::Receive {
             queue,
@@ -132,7 +132,7 @@ pub async fn queue(client: &Client, command: QueueCommand) -> Result<(), String>
                 wait,
             };
             for m in client.queue(queue).receive(max, options).await.map_err(err)? {
-                println!(
+                crate::outln!(
                     "id={} receipt={} delivery={} {}",
                     m.id,
                     hex(&m.receipt),
@@ -145,17 +145,17 @@ pub async fn queue(client: &Client, command: QueueCommand) -> Result<(), String>
             let receipts = receipts.iter().map(|r| unhex(r)).collect::<Result<Vec<_>, _>>()?;
             if let [receipt] = receipts.as_slice() {
                 client.queue(queue).ack(receipt).await.map_err(err)?;
-                println!("OK");
+                crate::outln!("OK");
                 return Ok(());
             }
             let results = client.queue(queue).ack_batch(&receipts).await.map_err(err)?;
             let mut stale = 0;
             for (receipt, result) in receipts.iter().zip(results) {
                 match result {
-                    AckResult::Acked => println!("{} OK", hex(receipt)),
+                    AckResult::Acked => crate::outln!("{} OK", hex(receipt)),
                     AckResult::Stale { latest_delivery } => {
                         stale += 1;
-                        println!("{} STALE latest_delivery={latest_delivery:?}", hex(receipt));
+                        crate::outln!("{} STALE latest_delivery={latest_delivery:?}", hex(receipt));
                     }
                 }
             }
@@ -173,18 +173,18 @@ pub async fn queue(client: &Client, command: QueueCommand) -> Result<(), String>
                 .extend(&unhex(&receipt)?, visibility_timeout)
                 .await
                 .map_err(err)?;
-            println!("invisible_until_ms={until}");
+            crate::outln!("invisible_until_ms={until}");
         }
         QueueCommand::Purge { queue } => {
-            println!("purged={}", client.queue(queue).purge().await.map_err(err)?);
+            crate::outln!("purged={}", client.queue(queue).purge().await.map_err(err)?);
         }
         QueueCommand::Delete { queue } => {
             let finished = client.queue(queue).delete().await.map_err(err)?;
-            println!("{}", if finished { "DELETED" } else { "DELETING" });
+            crate::outln!("{}", if finished { "DELETED" } else { "DELETING" });
         }
         QueueCommand::List => {
             for q in client.list_queues().await.map_err(err)? {
-                println!(
+                crate::outln!(
                     "{} messages={} in_flight={}",
                     String::from_utf8_lossy(&q.name),
                     q.messages,
@@ -194,14 +194,14 @@ pub async fn queue(client: &Client, command: QueueCommand) -> Result<(), String>
         }
         QueueCommand::Nack { queue, receipt, delay } => {
             client.queue(queue).nack(&unhex(&receipt)?, delay).await.map_err(err)?;
-            println!("OK");
+            crate::outln!("OK");
         }
         QueueCommand::Redrive { queue, max } => {
-            println!("moved={}", client.queue(queue).redrive(max).await.map_err(err)?);
+            crate::outln!("moved={}", client.queue(queue).redrive(max).await.map_err(err)?);
         }
         QueueCommand::Stats { queue, stale } => {
             let s = client.queue(queue).stats(consistency(stale)).await.map_err(err)?;
-            println!("messages={} in_flight={}", s.messages, s.in_flight);
+            crate::outln!("messages={} in_flight={}", s.messages, s.in_flight);
         }
     }
     Ok(())

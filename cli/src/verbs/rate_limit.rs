@@ -50,7 +50,7 @@ pub async fn rate_limit(client: &Client, command: RateLimitCommand) -> Result<()
         _ => return Err("give --limit (sliding window) or --rate and --burst (token bucket)".into()),
     }
     .map_err(err)?;
-    println!(
+    crate::outln!(
         "{} remaining={} retry_after_ms={} reset_at_ms={}",
         if decision.allowed { "ALLOWED" } else { "DENIED" },
         decision.remaining,

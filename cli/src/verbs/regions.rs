@@ -134,12 +134,13 @@ pub async fn change(command: RegionsCommand, client: Client) -> Result<(), Strin
 }
 
 fn print_topology(topology: &basalt_client::pb::RegionTopology) {
-    println!(
+    crate::outln!(
         "region topology (changed at log index {}), home region {}:",
-        topology.changed_at, topology.home_id
+        topology.changed_at,
+        topology.home_id
     );
     for region in &topology.regions {
-        println!(
+        crate::outln!(
             "  {}:{}{}  escrow share {}  endpoints {}",
             region.name,
             region.id,
@@ -166,25 +167,25 @@ pub async fn run(command: RegionsCommand) -> Result<(), String> {
         }
         RegionsCommand::Status => status(&file).await,
         RegionsCommand::Links => {
-            print!("{}", control(&file, "GET", "/links").await?);
+            crate::out!("{}", control(&file, "GET", "/links").await?);
             Ok(())
         }
         RegionsCommand::Partition { a, b } => {
-            print!("{}", control(&file, "POST", &format!("/partition/{a}/{b}")).await?);
+            crate::out!("{}", control(&file, "POST", &format!("/partition/{a}/{b}")).await?);
             Ok(())
         }
         RegionsCommand::Heal { a: Some(a), b: Some(b) } => {
-            print!("{}", control(&file, "POST", &format!("/heal/{a}/{b}")).await?);
+            crate::out!("{}", control(&file, "POST", &format!("/heal/{a}/{b}")).await?);
             Ok(())
         }
         RegionsCommand::Heal { a: None, b: None } => {
-            print!("{}", control(&file, "POST", "/heal").await?);
+            crate::out!("{}", control(&file, "POST", "/heal").await?);
             Ok(())
         }
         RegionsCommand::Heal { .. } => Err("heal takes two regions, or none to heal everything".into()),
         RegionsCommand::Latency { a, b, latency } => {
             let ms = latency.as_millis();
-            print!("{}", control(&file, "POST", &format!("/latency/{a}/{b}/{ms}")).await?);
+            crate::out!("{}", control(&file, "POST", &format!("/latency/{a}/{b}/{ms}")).await?);
             Ok(())
         }
     }
@@ -215,12 +216,12 @@ async fn status(file: &serde_json::Value) -> Result<(), String> {
             }
         }
         let Some(leader) = leader else {
-            println!("region {name}: no leader reachable");
+            crate::outln!("region {name}: no leader reachable");
             digests.push(None);
             continue;
         };
         let answer = client.node_regions(&leader, true).await.map_err(|e| e.to_string())?;
-        println!(
+        crate::outln!(
             "region {} (id {}): leader node {} ({leader}), applied {}, feed trimmed to {}, digest {}",
             answer.region,
             answer.region_id,
@@ -230,7 +231,7 @@ async fn status(file: &serde_json::Value) -> Result<(), String> {
             answer.digest
         );
         for link in &answer.links {
-            println!(
+            crate::outln!(
                 "  -> {:<6} {}  shipped {}  acked {}  lag {} entries / {} ms  resyncs {}{}",
                 link.region,
                 if link.connected { "connected   " } else { "disconnected" },
@@ -245,7 +246,7 @@ async fn status(file: &serde_json::Value) -> Result<(), String> {
                     format!("  [{}]", link.alarm)
                 }
             );
-            println!(
+            crate::outln!(
                 "  <- {:<6} merged up to {}  lag p50 {} ms  p99 {} ms  max {} ms  ({} entries)",
                 link.region,
                 link.merged_upto,
@@ -254,7 +255,7 @@ async fn status(file: &serde_json::Value) -> Result<(), String> {
                 link.incoming_lag_max_ms,
                 link.incoming_samples
             );
-            println!(
+            crate::outln!(
                 "     purges: {} pending there (oldest {} ms)  last from there arrived after {}",
                 super::show_optional(link.purges_pending),
                 super::show_optional(link.purge_pending_ms),
@@ -265,7 +266,7 @@ async fn status(file: &serde_json::Value) -> Result<(), String> {
         digests.push(Some(answer.digest));
     }
     let agree = digests.iter().all(|d| d.is_some()) && digests.windows(2).all(|w| w[0] == w[1]);
-    println!(
+    crate::outln!(
         "digests: {}",
         if agree {
             "every region agrees"
@@ -274,7 +275,7 @@ async fn status(file: &serde_json::Value) -> Result<(), String> {
         }
     );
     if let Ok(links) = control(file, "GET", "/links").await {
-        print!("{links}");
+        crate::out!("{links}");
     }
     Ok(())
 }

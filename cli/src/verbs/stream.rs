@@ -117,7 +117,7 @@ pub async fn stream(client: &Client, command: StreamCommand) -> Result<(), Strin
                 )
                 .await
                 .map_err(err)?;
-            println!("{}", if created { "CREATED" } else { "UPDATED" });
+            crate::outln!("{}", if created { "CREATED" } else { "UPDATED" });
         }
         StreamCommand::Describe { topic } => {
             let info = streams
@@ -125,9 +125,12 @@ pub async fn stream(client: &Client, command: StreamCommand) -> Result<(), Strin
                 .await
                 .map_err(err)?;
             for p in info.partitions {
-                println!(
+                crate::outln!(
                     "partition={} log_start={} high_watermark={} bytes={}",
-                    p.partition, p.log_start, p.high_watermark, p.bytes
+                    p.partition,
+                    p.log_start,
+                    p.high_watermark,
+                    p.bytes
                 );
             }
         }
@@ -141,7 +144,7 @@ pub async fn stream(client: &Client, command: StreamCommand) -> Result<(), Strin
             record.partition = partition;
             let out = streams.produce(topic, vec![record]).await.map_err(err)?;
             if let Some(p) = out.first() {
-                println!("partition={} offset={}", p.partition, p.offset);
+                crate::outln!("partition={} offset={}", p.partition, p.offset);
             }
         }
         StreamCommand::Fetch {
@@ -158,7 +161,7 @@ pub async fn stream(client: &Client, command: StreamCommand) -> Result<(), Strin
             };
             let fetched = streams.fetch(topic, partition, offset, options).await.map_err(err)?;
             for r in &fetched.records {
-                println!(
+                crate::outln!(
                     "{} {} {}",
                     r.offset,
                     String::from_utf8_lossy(&r.key),
@@ -172,16 +175,16 @@ pub async fn stream(client: &Client, command: StreamCommand) -> Result<(), Strin
         }
         StreamCommand::Committed { group, topic } => {
             for (partition, offset) in streams.committed(group, topic).await.map_err(err)? {
-                println!("partition={partition} offset={offset}");
+                crate::outln!("partition={partition} offset={offset}");
             }
         }
         StreamCommand::Delete { topic } => {
             streams.delete_topic(topic).await.map_err(err)?;
-            println!("DELETED");
+            crate::outln!("DELETED");
         }
         StreamCommand::List => {
             for t in streams.list_topics().await.map_err(err)? {
-                println!(
+                crate::outln!(
                     "{} partitions={} retention_ms={} retention_bytes={} mirror={}",
                     String::from_utf8_lossy(&t.name),
                     t.options.partitions,
@@ -204,8 +207,8 @@ pub async fn stream(client: &Client, command: StreamCommand) -> Result<(), Strin
             };
             let found = streams.offset_for_time(topic, partition, at).await.map_err(err)?;
             match found.timestamp_ms {
-                Some(stamp) => println!("offset={} timestamp_ms={stamp}", found.offset),
-                None => println!("offset={} (every record is older: the end)", found.offset),
+                Some(stamp) => crate::outln!("offset={} timestamp_ms={stamp}", found.offset),
+                None => crate::outln!("offset={} (every record is older: the end)", found.offset),
             }
         }
         StreamCommand::Consume {
@@ -235,7 +238,7 @@ pub async fn stream(client: &Client, command: StreamCommand) -> Result<(), Strin
                     Ok(Some(Err(e))) => return Err(err(e)),
                     Ok(Some(Ok(r))) => {
                         consumed += 1;
-                        println!(
+                        crate::outln!(
                             "{} {} {} {} {}",
                             String::from_utf8_lossy(&r.topic),
                             r.partition,
@@ -256,9 +259,9 @@ pub async fn stream(client: &Client, command: StreamCommand) -> Result<(), Strin
             };
             let summary = streams.replay_dead_letters(dlq, options).await.map_err(err)?;
             for (topic, count) in &summary.replayed {
-                println!("{} replayed={count}", String::from_utf8_lossy(topic));
+                crate::outln!("{} replayed={count}", String::from_utf8_lossy(topic));
             }
-            println!("replayed={} skipped={}", summary.total(), summary.skipped);
+            crate::outln!("replayed={} skipped={}", summary.total(), summary.skipped);
             if !summary.partitions_left.is_empty() {
                 eprintln!(
                     "partitions left to another replay (run again to finish them): {:?}",

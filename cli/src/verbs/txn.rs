@@ -545,9 +545,9 @@ pub async fn txn(client: &Client, text: &str) -> Result<(), String> {
     let branch = |succeeded: bool| if succeeded { "then" } else { "else" };
     match builder.commit().await.map_err(err)? {
         TxnOutcome::Committed { succeeded, results } => {
-            println!("COMMITTED {}", branch(succeeded));
+            crate::outln!("COMMITTED {}", branch(succeeded));
             for (i, result) in results.iter().enumerate() {
-                println!("{}[{i}] {}", branch(succeeded), show(result));
+                crate::outln!("{}[{i}] {}", branch(succeeded), show(result));
             }
             Ok(())
         }
