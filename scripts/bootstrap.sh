@@ -8,7 +8,8 @@
 # Source this file (`. scripts/bootstrap.sh`) so the exported variables reach cargo.
 set -euo pipefail
 
-basalt_packages=(librocksdb-dev libclang1-14 libclang-common-14-dev)
+# redis-tools: redis-cli and redis-benchmark, which tests/tests/redis.rs drives against a node.
+basalt_packages=(librocksdb-dev libclang1-14 libclang-common-14-dev redis-tools)
 
 basalt_missing=()
 for pkg in "${basalt_packages[@]}"; do

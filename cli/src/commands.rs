@@ -174,7 +174,8 @@ pub struct StartArgs {
         "peer_routes", "election_timeout_min_ms", "election_timeout_max_ms", "region",
         "remote_region", "feed_retain_entries", "clock_skew_ms", "max_clock_offset_ms",
         "allow_clock_control", "home_region", "joining_region", "edge_listen", "origin", "cache_bytes",
-        "cache_negative_ttl_ms", "origin_timeout_ms", "origin_requests_max",
+        "cache_negative_ttl_ms", "origin_timeout_ms", "origin_requests_max", "resp_listen",
+        "resp_password", "resp_allow_flush",
     ])]
     config: Option<PathBuf>,
     #[arg(long)]
@@ -242,6 +243,15 @@ pub struct StartArgs {
     /// starts with no escrow share of counter bounds instead of an even split.
     #[arg(long, requires = "region")]
     joining_region: bool,
+    /// Serve the Redis protocol (RESP2 and RESP3) on this address (docs/redis.md).
+    #[arg(long)]
+    resp_listen: Option<std::net::SocketAddr>,
+    /// The password RESP clients give with AUTH (none: no AUTH needed).
+    #[arg(long, env = "BASALT_RESP_PASSWORD", hide_env_values = true, requires = "resp_listen")]
+    resp_password: Option<String>,
+    /// Let RESP's FLUSHDB / FLUSHALL delete every key (development clusters only).
+    #[arg(long, requires = "resp_listen")]
+    resp_allow_flush: bool,
     /// Serve the edge cache (HTTP) on this address (docs/data-types/edge-cache.md).
     #[arg(long, requires = "origin")]
     edge_listen: Option<std::net::SocketAddr>,
@@ -384,6 +394,11 @@ fn start_config(args: StartArgs) -> Result<NodeConfig, String> {
             negative_ttl_ms: args.cache_negative_ttl_ms,
             origin_timeout_ms: args.origin_timeout_ms,
             origin_requests_max: args.origin_requests_max,
+        },
+        resp: config::RespListenConfig {
+            listen: args.resp_listen,
+            password: args.resp_password,
+            allow_flush: args.resp_allow_flush,
         },
         region: match &args.region {
             None => None,

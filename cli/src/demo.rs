@@ -295,6 +295,7 @@ impl TempCluster {
             grpc: BTreeMap::new(),
             http: BTreeMap::new(),
             edges: BTreeMap::new(),
+            resp: BTreeMap::new(),
             proxies: Vec::new(),
         };
         let mut origins = Vec::new();

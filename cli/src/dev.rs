@@ -53,6 +53,11 @@ pub struct DevArgs {
     /// The edge port of node 1 with --origin.
     #[arg(long, default_value_t = 8080)]
     pub(crate) edge_base_port: u16,
+    /// The Redis protocol's port of node 1 (docs/redis.md); node N listens on base + N - 1
+    /// (with regions, + 100 per region, as the other ports). `redis-cli` reaches node 1 without
+    /// options.
+    #[arg(long, default_value_t = 6379)]
+    pub(crate) resp_base_port: u16,
 }
 
 /// Polls the cluster until a leader is known.
@@ -173,9 +178,17 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
         basalt_server::config::parse_origin(origin).map_err(|e| e.to_string())?;
     }
     let edge = |i: u16| (!args.origin.is_empty()).then(|| format!("127.0.0.1:{}", args.edge_base_port + i - 1));
+    let resp = |i: u16| format!("127.0.0.1:{}", u32::from(args.resp_base_port) + u32::from(i) - 1);
+    if u32::from(args.resp_base_port) + u32::from(args.nodes) - 1 > u32::from(u16::MAX) {
+        return Err(format!(
+            "--resp-base-port {} leaves no port for node {}",
+            args.resp_base_port, args.nodes
+        ));
+    }
     let mut processes = Vec::new();
     for i in 1..=args.nodes {
-        let mut extra = Vec::new();
+        // Dev mode: FLUSHDB may empty the cluster, as on a developer's own redis-server.
+        let mut extra = vec!["--resp-listen".to_string(), resp(i), "--resp-allow-flush".to_string()];
         if let Some(edge) = edge(i) {
             extra.extend(["--edge-listen".to_string(), edge]);
             for origin in &args.origin {
@@ -201,17 +214,19 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
     let endpoints: Vec<String> = (1..=args.nodes).map(addr).collect();
     let pids: Vec<u32> = processes.iter().filter_map(|p| p.child.id()).collect();
     let edges: Vec<String> = (1..=args.nodes).filter_map(edge).collect();
-    let cluster_file = write_cluster_file(
-        &serde_json::json!({ "endpoints": endpoints, "pids": pids, "data_dir": dir, "edges": edges }),
-    )?;
+    let resp_addrs: Vec<String> = (1..=args.nodes).map(resp).collect();
+    let cluster_file = write_cluster_file(&serde_json::json!({
+        "endpoints": endpoints, "pids": pids, "data_dir": dir, "edges": edges, "resp": resp_addrs,
+    }))?;
 
     crate::outln!("basalt dev: {} nodes, data in {}", args.nodes, dir.display());
     for (i, (p, endpoint)) in processes.iter().zip(&endpoints).enumerate() {
         let i = i as u16 + 1;
         crate::outln!(
-            "  {}  grpc {}  http 127.0.0.1:{}{}  pid {}  log {}",
+            "  {}  grpc {}  resp {}  http 127.0.0.1:{}{}  pid {}  log {}",
             p.label,
             endpoint,
+            resp(i),
             args.http_base_port + i - 1,
             edge(i).map_or_else(String::new, |e| format!("  edge {e}")),
             p.child.id().map_or_else(|| "-".into(), |x| x.to_string()),

@@ -112,6 +112,8 @@ pub(crate) struct RegionAddresses {
     pub(crate) http: BTreeMap<usize, Vec<String>>,
     /// Empty for a region without edge caches.
     pub(crate) edges: BTreeMap<usize, Vec<String>>,
+    /// Each node's RESP address; empty for a region without (a demo's regions).
+    pub(crate) resp: BTreeMap<usize, Vec<String>>,
     /// One per (source region, node of another region), taken in that order.
     pub(crate) proxies: Vec<SocketAddr>,
 }
@@ -200,6 +202,13 @@ pub(crate) async fn launch(
         }
         for i in 1..=region.nodes {
             let mut extra = extra.clone();
+            if let Some(resp) = addresses.resp.get(&r).and_then(|e| e.get(usize::from(i) - 1)) {
+                extra.extend([
+                    "--resp-listen".to_string(),
+                    resp.clone(),
+                    "--resp-allow-flush".to_string(),
+                ]);
+            }
             if let Some(edge) = addresses.edges.get(&r).and_then(|e| e.get(usize::from(i) - 1)) {
                 extra.extend(["--edge-listen".to_string(), edge.clone()]);
                 for origin in origins {
@@ -258,6 +267,7 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
         grpc: BTreeMap::new(),
         http: BTreeMap::new(),
         edges: BTreeMap::new(),
+        resp: BTreeMap::new(),
         proxies: Vec::new(),
     };
     let addrs = |base: u16, r: usize, nodes: u16| {
@@ -273,6 +283,7 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
             false => addrs(args.edge_base_port, r, region.nodes)?,
         };
         addresses.edges.insert(r, region_edges);
+        addresses.resp.insert(r, addrs(args.resp_base_port, r, region.nodes)?);
     }
     for i in 0..proxies_needed(&topology) {
         let port = u16::try_from(i)
@@ -288,6 +299,7 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
     } = launch(&topology, &addresses, &dir, &args.origin).await?;
     let grpc = &addresses.grpc;
     let edges = &addresses.edges;
+    let resp = &addresses.resp;
 
     let wan = Wan {
         topology: Arc::new(topology.clone()),
@@ -310,7 +322,9 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
         .iter()
         .enumerate()
         .map(|(r, region)| {
-            serde_json::json!({ "name": region.name, "id": r + 1, "endpoints": grpc[&r], "edges": edges[&r] })
+            serde_json::json!({
+                "name": region.name, "id": r + 1, "endpoints": grpc[&r], "edges": edges[&r], "resp": resp[&r],
+            })
         })
         .collect();
     let pids: Vec<u32> = processes.iter().filter_map(|p| p.child.id()).collect();
@@ -336,6 +350,7 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
             grpc[&r].join(" "),
             dir.join(&region.name).display()
         );
+        crate::outln!("    resp {}", resp[&r].join(" "));
         if !edges[&r].is_empty() {
             crate::outln!("    edge {}", edges[&r].join(" "));
         }

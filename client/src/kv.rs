@@ -44,6 +44,14 @@ pub enum PutIfAbsent {
     Exists(KvEntry),
 }
 
+/// One page of [`Kv::scan_page`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScanPage {
+    pub items: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Keys under the prefix are left after the last item.
+    pub more: bool,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DeleteOutcome {
     pub deleted: bool,
@@ -269,6 +277,35 @@ impl Kv {
         Ok(DeleteOutcome {
             deleted: reply.deleted,
             revision: reply.revision,
+        })
+    }
+
+    /// One page of a scan: keys starting with `prefix` after `start_after` (empty: from the
+    /// first), in order, at most `limit` (0: the server default, 1,000; at most 10,000), from
+    /// one point-in-time view, with `more` when keys are left after the page. For callers that
+    /// walk a keyspace page by page and keep their place themselves (a RESP `SCAN` cursor).
+    pub async fn scan_page(
+        &self,
+        prefix: impl AsRef<[u8]>,
+        start_after: impl AsRef<[u8]>,
+        limit: u32,
+        consistency: ReadConsistency,
+    ) -> Result<ScanPage, ClientError> {
+        let message = pb::KvScanRequest {
+            prefix: prefix.as_ref().to_vec(),
+            start_after: start_after.as_ref().to_vec(),
+            limit,
+            stale: consistency == ReadConsistency::Stale,
+        };
+        let reply = self
+            .client
+            .unary(false, message, |c, r| async move {
+                crate::service_client!(KvClient, c).scan(r).await
+            })
+            .await?;
+        Ok(ScanPage {
+            items: reply.items.into_iter().map(|kv| (kv.key, kv.value)).collect(),
+            more: reply.more,
         })
     }
 

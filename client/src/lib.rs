@@ -54,7 +54,7 @@ pub use consumer::{ConsumedRecord, Consumer, ConsumerOptions, ReplayOptions, Rep
 pub use counter::window;
 pub use counter::{CounterChange, CounterHandle, CounterOp, CounterOutcome, CounterValue, Counters, Windows};
 pub use error::{never_sent, ClientError, ErrorCode, ERROR_CODE_KEY, LEADER_KEY, OLDEST_REVISION_KEY};
-pub use kv::{CasOutcome, DeleteOutcome, Kv, KvEntry, PutIfAbsent, PutOptions};
+pub use kv::{CasOutcome, DeleteOutcome, Kv, KvEntry, PutIfAbsent, PutOptions, ScanPage};
 pub use lease::{Acquired, LeaseGrant, LeaseHandle, LeaseState};
 pub use ledger::Ledger;
 pub use pubsub::{PubSub, Published, Subscription};

@@ -75,6 +75,24 @@ pub struct NodeConfig {
     /// The edge cache (docs/data-types/edge-cache.md): served when `cache.listen` is set.
     #[serde(default)]
     pub cache: CacheConfig,
+    /// The Redis protocol (docs/redis.md): served when `resp.listen` is set.
+    #[serde(default)]
+    pub resp: RespListenConfig,
+}
+
+/// The Redis protocol's listener (`[resp]` in a config file).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RespListenConfig {
+    /// Where RESP clients connect (none: no RESP on this node).
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// The `default` user's password for `AUTH` (none: connections need no `AUTH`).
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Let `FLUSHDB` / `FLUSHALL` delete every key: for a development cluster only.
+    #[serde(default)]
+    pub allow_flush: bool,
 }
 
 /// The edge cache: where it listens, which origins serve which paths, and its bounds.
@@ -485,6 +503,14 @@ impl NodeConfig {
     /// Checks how the settings relate, as etcd's `Config.validate` does.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.resp.listen.is_none() && (self.resp.password.is_some() || self.resp.allow_flush) {
+            return invalid(
+                "a RESP password or --resp-allow-flush is given but RESP does not listen (--resp-listen)".into(),
+            );
+        }
+        if self.resp.password.as_deref() == Some("") {
+            return invalid("the RESP password (--resp-password) must not be empty".into());
+        }
         if self.heartbeat_ms == 0 {
             return invalid("heartbeat_ms must be positive".into());
         }
@@ -598,6 +624,7 @@ mod tests {
             peer_routes: BTreeMap::new(),
             region: None,
             cache: CacheConfig::default(),
+            resp: RespListenConfig::default(),
         }
     }
 

@@ -123,6 +123,15 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         }
         None => None,
     };
+    // Likewise RESP's.
+    let resp_listener = match config.resp.listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(io(format!("binding RESP on {addr}")))?,
+        ),
+        None => None,
+    };
     let clock = Arc::new(Hlc::with_skew_and_offset(
         config.clock_skew_ms(),
         config.max_clock_offset_ms,
@@ -243,6 +252,31 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         None => None,
     };
 
+    let resp_task = match resp_listener {
+        Some(listener) => {
+            // Every command goes through the SDK, starting at this node's own client port and
+            // following the leader from there: the request path every client takes.
+            let client =
+                basalt_client::Client::lazy([config.advertised_addr()], basalt_client::ClientOptions::default())
+                    .map_err(|e| NodeError::Config(ConfigError::Invalid(format!("RESP's client: {e}"))))?;
+            let resp_config = basalt_resp::RespConfig {
+                password: config.resp.password.clone(),
+                allow_flush: config.resp.allow_flush,
+                node_id: config.id,
+                basalt_version: env!("CARGO_PKG_VERSION").to_string(),
+            };
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, auth = resp_config.password.is_some(), "RESP serving");
+            }
+            Some(tokio::spawn(basalt_resp::serve(
+                listener,
+                client,
+                resp_config,
+                stop_rx.clone(),
+            )))
+        }
+        None => None,
+    };
     let sweeper = tokio::spawn(sweeper(api.clone(), config.clone(), stop_rx.clone()));
     let replication_tasks = match &api.replication {
         Some(repl) => repl.spawn(api.clone(), stop_rx.clone()),
@@ -289,6 +323,9 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         task.abort();
     }
     if let Some(task) = http_task {
+        let _ = task.await;
+    }
+    if let Some(task) = resp_task {
         let _ = task.await;
     }
     if let Some((_, task, follower)) = edge_task {

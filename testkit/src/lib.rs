@@ -59,6 +59,8 @@ pub struct TestCluster {
     binary: PathBuf,
     /// Each node's edge-cache listener, when [`TestCluster::enable_edges`] gave it one.
     edges: BTreeMap<u64, PortReservation>,
+    /// Each node's RESP listener, when [`TestCluster::enable_resp`] gave it one.
+    resp: BTreeMap<u64, PortReservation>,
 }
 
 impl TestCluster {
@@ -91,6 +93,7 @@ impl TestCluster {
             options,
             binary: binary.into(),
             edges: BTreeMap::new(),
+            resp: BTreeMap::new(),
         }
     }
 
@@ -109,6 +112,20 @@ impl TestCluster {
     /// Node `id`'s edge-cache address (see [`TestCluster::enable_edges`]).
     pub fn edge(&self, id: u64) -> std::net::SocketAddr {
         self.edges.get(&id).expect("the node has an edge listener").addr()
+    }
+
+    /// Gives every planned node a RESP listener of its own (`--resp-listen`). Call before
+    /// launching; add `--resp-password` and the like with [`TestCluster::push_args`].
+    pub fn enable_resp(&mut self) {
+        for id in self.specs.keys() {
+            self.resp
+                .insert(*id, local_ports::reserve().expect("reserve a RESP port"));
+        }
+    }
+
+    /// Node `id`'s RESP address (see [`TestCluster::enable_resp`]).
+    pub fn resp(&self, id: u64) -> std::net::SocketAddr {
+        self.resp.get(&id).expect("the node has a RESP listener").addr()
     }
 
     /// More `basalt start` arguments for every node started from now on.
@@ -191,6 +208,9 @@ impl TestCluster {
             .stderr(log);
         if let Some(edge) = self.edges.get(&id) {
             command.args(["--edge-listen", &edge.addr().to_string()]);
+        }
+        if let Some(resp) = self.resp.get(&id) {
+            command.args(["--resp-listen", &resp.addr().to_string()]);
         }
         if init {
             command.arg("--init");

@@ -1,0 +1,829 @@
+//! The command table: a request's arguments become a typed [`Command`], or the error Redis
+//! gives for them (unknown command, wrong arity, syntax, a number that is not one). Pure: no
+//! I/O, so every rule is unit-tested here and the server only runs what parsed.
+
+use crate::frame::Reply;
+
+pub type Bytes = Vec<u8>;
+
+/// When a key expires, as a command gave it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expiry {
+    /// In this many milliseconds (`EX`, `PX`, `SETEX`, `EXPIRE`, `PEXPIRE`).
+    In(i64),
+    /// At this Unix time in milliseconds (`EXAT`, `PXAT`, `EXPIREAT`, `PEXPIREAT`).
+    At(i64),
+}
+
+/// `SET`'s condition on the key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SetCondition {
+    /// `NX`: only if absent.
+    Absent,
+    /// `XX`: only if present.
+    Present,
+}
+
+/// `EXPIRE`'s condition on the key's current expiry (Redis 7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExpireCondition {
+    /// `NX`: only if it has none.
+    NoExpiry,
+    /// `XX`: only if it has one.
+    HasExpiry,
+    /// `GT`: only if the new one is later (no expiry counts as infinite).
+    Later,
+    /// `LT`: only if the new one is sooner.
+    Sooner,
+}
+
+/// `GETEX`'s change to the expiry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GetExChange {
+    Keep,
+    Set(Expiry),
+    Persist,
+}
+
+/// One parsed command. Names are Redis's; what each does on Basalt is in `docs/redis.md`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Command {
+    // Connection and server.
+    Ping(Option<Bytes>),
+    Echo(Bytes),
+    Quit,
+    Select(i64),
+    Hello {
+        protocol: Option<i64>,
+        auth: Option<(Bytes, Bytes)>,
+        name: Option<Bytes>,
+    },
+    Auth {
+        user: Option<Bytes>,
+        password: Bytes,
+    },
+    ClientSetName(Bytes),
+    ClientGetName,
+    ClientId,
+    /// `CLIENT SETINFO` (library name and version, which clients send on connect): accepted.
+    ClientSetInfo,
+    ReadOnly,
+    ReadWrite,
+    Info(Vec<String>),
+    CommandCount,
+    CommandDocs(Vec<String>),
+    /// `COMMAND` and `COMMAND INFO`: the table of supported commands.
+    CommandList(Vec<String>),
+    DbSize,
+    FlushDb,
+    Time,
+    // Strings and keys.
+    Get(Bytes),
+    Set {
+        key: Bytes,
+        value: Bytes,
+        expiry: Option<Expiry>,
+        keep_ttl: bool,
+        condition: Option<SetCondition>,
+        get: bool,
+    },
+    SetNx(Bytes, Bytes),
+    MGet(Vec<Bytes>),
+    MSet(Vec<(Bytes, Bytes)>),
+    MSetNx(Vec<(Bytes, Bytes)>),
+    Del(Vec<Bytes>),
+    Exists(Vec<Bytes>),
+    Expire {
+        key: Bytes,
+        expiry: Expiry,
+        condition: Option<ExpireCondition>,
+    },
+    Ttl {
+        key: Bytes,
+        millis: bool,
+    },
+    Persist(Bytes),
+    GetDel(Bytes),
+    GetEx {
+        key: Bytes,
+        change: GetExChange,
+    },
+    Append(Bytes, Bytes),
+    StrLen(Bytes),
+    Type(Bytes),
+    Scan {
+        cursor: u64,
+        pattern: Option<Bytes>,
+        count: Option<u64>,
+        kind: Option<String>,
+    },
+    Keys(Bytes),
+    IncrBy(Bytes, i64),
+    IncrByFloat(Bytes, f64),
+    // Transactions.
+    Multi,
+    Exec,
+    Discard,
+    Watch(Vec<Bytes>),
+    Unwatch,
+}
+
+/// Every command name the table knows, with Redis's arity (positive: exactly that many
+/// arguments counting the name; negative: at least that many) and a one-line summary for
+/// `COMMAND DOCS`.
+pub const COMMANDS: &[(&str, i32, &str)] = &[
+    (
+        "append",
+        3,
+        "Appends a string to the value of a key. Creates the key if it doesn't exist.",
+    ),
+    ("auth", -2, "Authenticates the connection."),
+    ("client", -2, "A container for client connection commands."),
+    ("command", -1, "Returns detailed information about all commands."),
+    ("dbsize", 1, "Returns the number of keys in the database."),
+    ("decr", 2, "Decrements the integer value of a key by one."),
+    ("decrby", 3, "Decrements a number from the integer value of a key."),
+    ("del", -2, "Deletes one or more keys."),
+    ("discard", 1, "Discards a transaction."),
+    ("echo", 2, "Returns the given string."),
+    ("exec", 1, "Executes all commands in a transaction."),
+    ("exists", -2, "Determines whether one or more keys exist."),
+    ("expire", -3, "Sets the expiration time of a key in seconds."),
+    ("expireat", -3, "Sets the expiration time of a key to a Unix timestamp."),
+    ("flushall", -1, "Removes all keys from all databases (dev mode only)."),
+    (
+        "flushdb",
+        -1,
+        "Remove all keys from the current database (dev mode only).",
+    ),
+    ("get", 2, "Returns the string value of a key."),
+    ("getdel", 2, "Returns the string value of a key after deleting the key."),
+    (
+        "getex",
+        -2,
+        "Returns the string value of a key after setting its expiration time.",
+    ),
+    ("hello", -1, "Handshakes with the server."),
+    ("incr", 2, "Increments the integer value of a key by one."),
+    ("incrby", 3, "Increments the integer value of a key by a number."),
+    (
+        "incrbyfloat",
+        3,
+        "Increment the floating point value of a key by a number.",
+    ),
+    ("info", -1, "Returns information and statistics about the server."),
+    ("keys", 2, "Returns all key names that match a pattern."),
+    ("mget", -2, "Atomically returns the string values of one or more keys."),
+    (
+        "mset",
+        -3,
+        "Atomically creates or modifies the string values of one or more keys.",
+    ),
+    (
+        "msetnx",
+        -3,
+        "Atomically modifies the string values of one or more keys only when all keys don't exist.",
+    ),
+    ("multi", 1, "Starts a transaction."),
+    ("persist", 2, "Removes the expiration time of a key."),
+    ("pexpire", -3, "Sets the expiration time of a key in milliseconds."),
+    (
+        "pexpireat",
+        -3,
+        "Sets the expiration time of a key to a Unix milliseconds timestamp.",
+    ),
+    ("ping", -1, "Returns the server's liveliness response."),
+    (
+        "psetex",
+        4,
+        "Sets both string value and expiration time in milliseconds of a key.",
+    ),
+    ("pttl", 2, "Returns the expiration time in milliseconds of a key."),
+    ("quit", -1, "Closes the connection."),
+    ("readonly", 1, "Enables stale reads for the connection."),
+    (
+        "readwrite",
+        1,
+        "Enables linearizable reads for the connection (the default).",
+    ),
+    ("scan", -2, "Iterates over the key names in the database."),
+    ("select", 2, "Changes the selected database (only 0 exists)."),
+    ("set", -3, "Sets the string value of a key, ignoring its type."),
+    ("setex", 4, "Sets the string value and expiration time of a key."),
+    (
+        "setnx",
+        3,
+        "Set the string value of a key only when the key doesn't exist.",
+    ),
+    ("strlen", 2, "Returns the length of a string value."),
+    ("time", 1, "Returns the server time."),
+    ("ttl", 2, "Returns the expiration time in seconds of a key."),
+    ("type", 2, "Determines the type of value stored at a key."),
+    ("unlink", -2, "Asynchronously deletes one or more keys."),
+    ("unwatch", 1, "Forgets about watched keys of a transaction."),
+    (
+        "watch",
+        -2,
+        "Monitors changes to keys to determine the execution of a transaction.",
+    ),
+];
+
+/// Redis's error texts, one place.
+pub mod errors {
+    pub const SYNTAX: &str = "ERR syntax error";
+    pub const NOT_INTEGER: &str = "ERR value is not an integer or out of range";
+    pub const NOT_FLOAT: &str = "ERR value is not a valid float";
+    pub const OVERFLOW: &str = "ERR increment or decrement would overflow";
+    pub const NAN_OR_INFINITY: &str = "ERR increment would produce NaN or Infinity";
+    pub const DB_INDEX: &str = "ERR DB index is out of range";
+    pub const INVALID_CURSOR: &str = "ERR invalid cursor";
+    pub const NO_PROTO: &str = "NOPROTO unsupported protocol version";
+    pub const NOAUTH: &str = "NOAUTH Authentication required.";
+    pub const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
+    pub const AUTH_NOT_CONFIGURED: &str = "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?";
+    pub const MULTI_NESTED: &str = "ERR MULTI calls can not be nested";
+    pub const EXEC_WITHOUT_MULTI: &str = "ERR EXEC without MULTI";
+    pub const DISCARD_WITHOUT_MULTI: &str = "ERR DISCARD without MULTI";
+    pub const WATCH_IN_MULTI: &str = "ERR WATCH inside MULTI is not allowed";
+    pub const EXECABORT: &str = "EXECABORT Transaction discarded because of previous errors.";
+    pub const MAX_CLIENTS: &str = "ERR max number of clients reached";
+}
+
+/// Why a request is not a command to run: the reply Redis gives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal(pub String);
+
+impl Refusal {
+    pub fn reply(self) -> Reply {
+        Reply::Error(self.0)
+    }
+}
+
+fn refuse<T>(text: impl Into<String>) -> Result<T, Refusal> {
+    Err(Refusal(text.into()))
+}
+
+fn arity(name: &str) -> Refusal {
+    Refusal(format!("ERR wrong number of arguments for '{name}' command"))
+}
+
+/// Redis's reply to a command it does not know: the name as sent, then the first arguments.
+pub fn unknown_command(args: &[Bytes]) -> Refusal {
+    let name = String::from_utf8_lossy(&args[0]);
+    let name: String = name.chars().take(128).collect();
+    let mut listed = String::new();
+    for arg in &args[1..] {
+        if listed.len() >= 128 {
+            break;
+        }
+        let room = 128 - listed.len();
+        let text = String::from_utf8_lossy(arg);
+        let text: String = text.chars().take(room).collect();
+        listed.push_str(&format!("'{text}' "));
+    }
+    Refusal(format!(
+        "ERR unknown command '{name}', with args beginning with: {listed}"
+    ))
+}
+
+/// An integer as Redis's `string2ll` reads it: an optional `-`, then digits without a leading
+/// zero (`0` alone aside), nothing else; `-0`, `+1`, `01` and ` 1` are not integers.
+pub fn strict_int(arg: &[u8]) -> Option<i64> {
+    let text = std::str::from_utf8(arg).ok()?;
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    let leading_zero = digits.starts_with('0') && (digits.len() > 1 || text.starts_with('-'));
+    if digits.is_empty() || leading_zero || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
+fn int(arg: &[u8]) -> Result<i64, Refusal> {
+    strict_int(arg).ok_or_else(|| Refusal(errors::NOT_INTEGER.into()))
+}
+
+/// A float as Redis's `getLongDoubleFromObject` takes it: no spaces, not NaN.
+pub fn float(arg: &[u8]) -> Option<f64> {
+    let text = std::str::from_utf8(arg).ok()?;
+    if text.is_empty() || text.trim() != text {
+        return None;
+    }
+    let value: f64 = match text.to_ascii_lowercase().as_str() {
+        "inf" | "+inf" | "infinity" | "+infinity" => f64::INFINITY,
+        "-inf" | "-infinity" => f64::NEG_INFINITY,
+        _ => text.parse().ok()?,
+    };
+    (!value.is_nan()).then_some(value)
+}
+
+fn upper(arg: &[u8]) -> String {
+    String::from_utf8_lossy(arg).to_ascii_uppercase()
+}
+
+/// Expire times as Redis checks them: positive, and not so large the milliseconds overflow.
+fn expire_ms(amount: i64, unit_ms: i64, name: &str) -> Result<i64, Refusal> {
+    match amount.checked_mul(unit_ms) {
+        Some(ms) if amount > 0 => Ok(ms),
+        _ => refuse(format!("ERR invalid expire time in '{name}' command")),
+    }
+}
+
+/// Parses a request. `args` is never empty (an empty request is skipped before this).
+pub fn parse(args: &[Bytes]) -> Result<Command, Refusal> {
+    let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
+    let Some(&(name, expected, _)) = COMMANDS.iter().find(|(known, _, _)| *known == name) else {
+        return Err(unknown_command(args));
+    };
+    let n = args.len() as i32;
+    if (expected > 0 && n != expected) || (expected < 0 && n < -expected) {
+        return Err(arity(name));
+    }
+    let a = &args[1..];
+    let key = || a[0].clone();
+    Ok(match name {
+        "ping" => match a {
+            [] => Command::Ping(None),
+            [message] => Command::Ping(Some(message.clone())),
+            _ => return Err(arity(name)),
+        },
+        "echo" => Command::Echo(key()),
+        "quit" => Command::Quit,
+        "select" => Command::Select(int(&a[0])?),
+        "hello" => parse_hello(a)?,
+        "auth" => match a {
+            [password] => Command::Auth {
+                user: None,
+                password: password.clone(),
+            },
+            [user, password] => Command::Auth {
+                user: Some(user.clone()),
+                password: password.clone(),
+            },
+            _ => return refuse(errors::SYNTAX),
+        },
+        "client" => parse_client(a)?,
+        "readonly" => Command::ReadOnly,
+        "readwrite" => Command::ReadWrite,
+        "info" => Command::Info(
+            a.iter()
+                .map(|s| String::from_utf8_lossy(s).to_ascii_lowercase())
+                .collect(),
+        ),
+        "command" => {
+            let rest = || {
+                a[1..]
+                    .iter()
+                    .map(|s| String::from_utf8_lossy(s).to_ascii_lowercase())
+                    .collect()
+            };
+            match a.first().map(|s| upper(s)).as_deref() {
+                None => Command::CommandList(Vec::new()),
+                Some("COUNT") => Command::CommandCount,
+                Some("DOCS") => Command::CommandDocs(rest()),
+                Some("INFO") => Command::CommandList(rest()),
+                Some(other) => {
+                    return refuse(format!(
+                        "ERR unknown subcommand '{}'. Try COMMAND HELP.",
+                        other.to_ascii_lowercase()
+                    ))
+                }
+            }
+        }
+        "dbsize" => Command::DbSize,
+        "flushdb" | "flushall" => match a.first().map(|s| upper(s)).as_deref() {
+            None | Some("SYNC") | Some("ASYNC") if a.len() <= 1 => Command::FlushDb,
+            _ => return refuse(errors::SYNTAX),
+        },
+        "time" => Command::Time,
+        "get" => Command::Get(key()),
+        "set" => parse_set(a)?,
+        "setnx" => Command::SetNx(key(), a[1].clone()),
+        "setex" | "psetex" => {
+            let unit = if name == "setex" { 1000 } else { 1 };
+            let ms = expire_ms(int(&a[1])?, unit, name)?;
+            Command::Set {
+                key: key(),
+                value: a[2].clone(),
+                expiry: Some(Expiry::In(ms)),
+                keep_ttl: false,
+                condition: None,
+                get: false,
+            }
+        }
+        "mget" => Command::MGet(a.to_vec()),
+        "mset" | "msetnx" => {
+            if !a.len().is_multiple_of(2) {
+                return Err(arity(name));
+            }
+            let pairs = a.chunks(2).map(|p| (p[0].clone(), p[1].clone())).collect();
+            if name == "mset" {
+                Command::MSet(pairs)
+            } else {
+                Command::MSetNx(pairs)
+            }
+        }
+        "del" | "unlink" => Command::Del(a.to_vec()),
+        "exists" => Command::Exists(a.to_vec()),
+        "expire" | "pexpire" | "expireat" | "pexpireat" => {
+            let amount = int(&a[1])?;
+            let unit = if name.starts_with('p') { 1 } else { 1000 };
+            // A time in the past deletes the key, as in Redis; only overflow is refused.
+            let ms = amount
+                .checked_mul(unit)
+                .ok_or_else(|| Refusal(format!("ERR invalid expire time in '{name}' command")))?;
+            let expiry = if name.ends_with("at") {
+                Expiry::At(ms)
+            } else {
+                Expiry::In(ms)
+            };
+            Command::Expire {
+                key: key(),
+                expiry,
+                condition: parse_expire_condition(&a[2..])?,
+            }
+        }
+        "ttl" | "pttl" => Command::Ttl {
+            key: key(),
+            millis: name == "pttl",
+        },
+        "persist" => Command::Persist(key()),
+        "getdel" => Command::GetDel(key()),
+        "getex" => parse_getex(a)?,
+        "append" => Command::Append(key(), a[1].clone()),
+        "strlen" => Command::StrLen(key()),
+        "type" => Command::Type(key()),
+        "scan" => parse_scan(a)?,
+        "keys" => Command::Keys(key()),
+        "incr" => Command::IncrBy(key(), 1),
+        "decr" => Command::IncrBy(key(), -1),
+        "incrby" => Command::IncrBy(key(), int(&a[1])?),
+        "decrby" => {
+            let by = int(&a[1])?;
+            Command::IncrBy(
+                key(),
+                by.checked_neg()
+                    .ok_or_else(|| Refusal("ERR decrement would overflow".into()))?,
+            )
+        }
+        "incrbyfloat" => Command::IncrByFloat(key(), float(&a[1]).ok_or_else(|| Refusal(errors::NOT_FLOAT.into()))?),
+        "multi" => Command::Multi,
+        "exec" => Command::Exec,
+        "discard" => Command::Discard,
+        "watch" => Command::Watch(a.to_vec()),
+        "unwatch" => Command::Unwatch,
+        other => return Err(unknown_command(&[other.as_bytes().to_vec()])),
+    })
+}
+
+fn parse_hello(a: &[Bytes]) -> Result<Command, Refusal> {
+    let mut protocol = None;
+    let mut rest = a;
+    if let Some((first, tail)) = a.split_first() {
+        let version = std::str::from_utf8(first)
+            .ok()
+            .and_then(|s| s.parse::<i64>().ok())
+            .ok_or_else(|| Refusal("ERR Protocol version is not an integer or out of range".into()))?;
+        protocol = Some(version);
+        rest = tail;
+    }
+    let (mut auth, mut name) = (None, None);
+    let mut i = 0;
+    while i < rest.len() {
+        match upper(&rest[i]).as_str() {
+            "AUTH" if i + 2 < rest.len() => {
+                auth = Some((rest[i + 1].clone(), rest[i + 2].clone()));
+                i += 3;
+            }
+            "SETNAME" if i + 1 < rest.len() => {
+                name = Some(rest[i + 1].clone());
+                i += 2;
+            }
+            _ => {
+                return refuse(format!(
+                    "ERR Syntax error in HELLO option '{}'",
+                    String::from_utf8_lossy(&rest[i])
+                ))
+            }
+        }
+    }
+    Ok(Command::Hello { protocol, auth, name })
+}
+
+fn parse_client(a: &[Bytes]) -> Result<Command, Refusal> {
+    let sub = upper(&a[0]);
+    let wrong = || arity(&format!("client|{}", sub.to_ascii_lowercase()));
+    Ok(match sub.as_str() {
+        "SETNAME" if a.len() == 2 => {
+            if a[1].iter().any(|&b| b <= b' ' || b > b'~') {
+                return refuse("ERR Client names cannot contain spaces, newlines or special characters.");
+            }
+            Command::ClientSetName(a[1].clone())
+        }
+        "GETNAME" if a.len() == 1 => Command::ClientGetName,
+        "ID" if a.len() == 1 => Command::ClientId,
+        "SETINFO" if a.len() == 3 => Command::ClientSetInfo,
+        "SETNAME" | "GETNAME" | "ID" | "SETINFO" => return Err(wrong()),
+        _ => {
+            return refuse(format!(
+                "ERR unknown subcommand '{}'. Try CLIENT HELP.",
+                String::from_utf8_lossy(&a[0])
+            ))
+        }
+    })
+}
+
+fn parse_set(a: &[Bytes]) -> Result<Command, Refusal> {
+    let (mut expiry, mut keep_ttl, mut condition, mut get) = (None, false, None, false);
+    let mut i = 2;
+    while i < a.len() {
+        let option = upper(&a[i]);
+        let has_value = i + 1 < a.len();
+        match option.as_str() {
+            "NX" if condition.is_none() => condition = Some(SetCondition::Absent),
+            "XX" if condition.is_none() => condition = Some(SetCondition::Present),
+            "GET" => get = true,
+            "KEEPTTL" if expiry.is_none() => keep_ttl = true,
+            "EX" | "PX" | "EXAT" | "PXAT" if expiry.is_none() && !keep_ttl && has_value => {
+                i += 1;
+                let unit = if option.starts_with('P') { 1 } else { 1000 };
+                let ms = expire_ms(int(&a[i])?, unit, "set")?;
+                expiry = Some(if option.ends_with("AT") {
+                    Expiry::At(ms)
+                } else {
+                    Expiry::In(ms)
+                });
+            }
+            _ => return refuse(errors::SYNTAX),
+        }
+        i += 1;
+    }
+    Ok(Command::Set {
+        key: a[0].clone(),
+        value: a[1].clone(),
+        expiry,
+        keep_ttl,
+        condition,
+        get,
+    })
+}
+
+fn parse_expire_condition(a: &[Bytes]) -> Result<Option<ExpireCondition>, Refusal> {
+    let (mut nx, mut xx, mut gt, mut lt) = (false, false, false, false);
+    for option in a {
+        match upper(option).as_str() {
+            "NX" => nx = true,
+            "XX" => xx = true,
+            "GT" => gt = true,
+            "LT" => lt = true,
+            other => return refuse(format!("ERR Unsupported option {other}")),
+        }
+    }
+    if nx && (xx || gt || lt) {
+        return refuse("ERR NX and XX, GT or LT options at the same time are not compatible");
+    }
+    if gt && lt {
+        return refuse("ERR GT and LT options at the same time are not compatible");
+    }
+    Ok(if nx {
+        Some(ExpireCondition::NoExpiry)
+    } else if gt {
+        Some(ExpireCondition::Later)
+    } else if lt {
+        Some(ExpireCondition::Sooner)
+    } else if xx {
+        Some(ExpireCondition::HasExpiry)
+    } else {
+        None
+    })
+}
+
+fn parse_getex(a: &[Bytes]) -> Result<Command, Refusal> {
+    let change = match &a[1..] {
+        [] => GetExChange::Keep,
+        [persist] if upper(persist) == "PERSIST" => GetExChange::Persist,
+        [option, amount] => {
+            let option = upper(option);
+            let unit = match option.as_str() {
+                "EX" | "EXAT" => 1000,
+                "PX" | "PXAT" => 1,
+                _ => return refuse(errors::SYNTAX),
+            };
+            let ms = expire_ms(int(amount)?, unit, "getex")?;
+            GetExChange::Set(if option.ends_with("AT") {
+                Expiry::At(ms)
+            } else {
+                Expiry::In(ms)
+            })
+        }
+        _ => return refuse(errors::SYNTAX),
+    };
+    Ok(Command::GetEx {
+        key: a[0].clone(),
+        change,
+    })
+}
+
+fn parse_scan(a: &[Bytes]) -> Result<Command, Refusal> {
+    let cursor = std::str::from_utf8(&a[0])
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .ok_or_else(|| Refusal(errors::INVALID_CURSOR.into()))?;
+    let (mut pattern, mut count, mut kind) = (None, None, None);
+    let mut i = 1;
+    while i < a.len() {
+        let option = upper(&a[i]);
+        if i + 1 >= a.len() {
+            return refuse(errors::SYNTAX);
+        }
+        let value = &a[i + 1];
+        match option.as_str() {
+            "MATCH" => pattern = Some(value.clone()),
+            "COUNT" => {
+                let n = int(value)?;
+                if n < 1 {
+                    return refuse(errors::SYNTAX);
+                }
+                count = Some(n as u64);
+            }
+            "TYPE" => kind = Some(String::from_utf8_lossy(value).to_ascii_lowercase()),
+            _ => return refuse(errors::SYNTAX),
+        }
+        i += 2;
+    }
+    Ok(Command::Scan {
+        cursor,
+        pattern,
+        count,
+        kind,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(text: &str) -> Vec<Bytes> {
+        text.split(' ').map(|s| s.as_bytes().to_vec()).collect()
+    }
+
+    fn refused(text: &str) -> String {
+        parse(&args(text)).expect_err(text).0
+    }
+
+    #[test]
+    fn unknown_commands_and_wrong_arity_read_as_redis_writes_them() {
+        assert_eq!(
+            refused("FOO a b"),
+            "ERR unknown command 'FOO', with args beginning with: 'a' 'b' "
+        );
+        assert_eq!(
+            refused("nosuch"),
+            "ERR unknown command 'nosuch', with args beginning with: "
+        );
+        assert_eq!(refused("GET"), "ERR wrong number of arguments for 'get' command");
+        assert_eq!(refused("get a b"), "ERR wrong number of arguments for 'get' command");
+        assert_eq!(
+            refused("MSET a 1 b"),
+            "ERR wrong number of arguments for 'mset' command"
+        );
+        assert_eq!(
+            refused("client setname"),
+            "ERR wrong number of arguments for 'client|setname' command"
+        );
+        assert_eq!(
+            refused("CLIENT nope"),
+            "ERR unknown subcommand 'nope'. Try CLIENT HELP."
+        );
+        let long: String = "x".repeat(300);
+        let text = refused(&format!("FOO {long} {long}"));
+        assert!(text.len() < 300, "{text}");
+    }
+
+    #[test]
+    fn set_takes_its_options_in_any_order_and_refuses_conflicts() {
+        assert_eq!(
+            parse(&args("SET k v px 1500 NX GET")),
+            Ok(Command::Set {
+                key: b"k".to_vec(),
+                value: b"v".to_vec(),
+                expiry: Some(Expiry::In(1500)),
+                keep_ttl: false,
+                condition: Some(SetCondition::Absent),
+                get: true,
+            })
+        );
+        assert!(matches!(
+            parse(&args("set k v EXAT 10")),
+            Ok(Command::Set {
+                expiry: Some(Expiry::At(10_000)),
+                ..
+            })
+        ));
+        for bad in [
+            "SET k v NX XX",
+            "SET k v EX 1 PX 1",
+            "SET k v KEEPTTL EX 1",
+            "SET k v EX",
+            "SET k v BOGUS",
+        ] {
+            assert_eq!(refused(bad), errors::SYNTAX, "{bad}");
+        }
+        assert_eq!(refused("SET k v EX 0"), "ERR invalid expire time in 'set' command");
+        assert_eq!(refused("SET k v EX -5"), "ERR invalid expire time in 'set' command");
+        assert_eq!(
+            refused("SET k v EX 9223372036854775807"),
+            "ERR invalid expire time in 'set' command"
+        );
+        assert_eq!(refused("SET k v EX ten"), errors::NOT_INTEGER);
+        assert_eq!(refused("SETEX k 0 v"), "ERR invalid expire time in 'setex' command");
+    }
+
+    #[test]
+    fn integers_are_read_as_strictly_as_redis_reads_them() {
+        assert_eq!(parse(&args("INCRBY k -7")), Ok(Command::IncrBy(b"k".to_vec(), -7)));
+        for bad in [
+            "INCRBY k 1.5",
+            "INCRBY k +1",
+            "INCRBY k 01",
+            "INCRBY k -",
+            "INCRBY k 99999999999999999999",
+        ] {
+            assert_eq!(refused(bad), errors::NOT_INTEGER, "{bad}");
+        }
+        assert_eq!(refused("DECRBY k -9223372036854775808"), "ERR decrement would overflow");
+        assert_eq!(refused("INCRBYFLOAT k abc"), errors::NOT_FLOAT);
+        assert_eq!(refused("INCRBYFLOAT k nan"), errors::NOT_FLOAT);
+        assert_eq!(
+            parse(&args("INCRBYFLOAT k 2.5e1")),
+            Ok(Command::IncrByFloat(b"k".to_vec(), 25.0))
+        );
+    }
+
+    #[test]
+    fn expire_conditions_and_scan_options() {
+        assert!(matches!(
+            parse(&args("EXPIRE k 10 GT")),
+            Ok(Command::Expire {
+                expiry: Expiry::In(10_000),
+                condition: Some(ExpireCondition::Later),
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse(&args("PEXPIREAT k 5")),
+            Ok(Command::Expire {
+                expiry: Expiry::At(5),
+                ..
+            })
+        ));
+        assert_eq!(
+            refused("EXPIRE k 10 NX XX"),
+            "ERR NX and XX, GT or LT options at the same time are not compatible"
+        );
+        assert_eq!(
+            refused("EXPIRE k 10 GT LT"),
+            "ERR GT and LT options at the same time are not compatible"
+        );
+        assert_eq!(
+            parse(&args("SCAN 0 MATCH user:* COUNT 100")),
+            Ok(Command::Scan {
+                cursor: 0,
+                pattern: Some(b"user:*".to_vec()),
+                count: Some(100),
+                kind: None
+            })
+        );
+        assert_eq!(refused("SCAN x"), errors::INVALID_CURSOR);
+        assert_eq!(refused("SCAN 0 COUNT 0"), errors::SYNTAX);
+        assert_eq!(refused("SCAN 0 MATCH"), errors::SYNTAX);
+    }
+
+    #[test]
+    fn hello_and_auth_forms() {
+        assert_eq!(
+            parse(&args("HELLO 3 AUTH default secret SETNAME app")),
+            Ok(Command::Hello {
+                protocol: Some(3),
+                auth: Some((b"default".to_vec(), b"secret".to_vec())),
+                name: Some(b"app".to_vec()),
+            })
+        );
+        assert_eq!(
+            refused("HELLO three"),
+            "ERR Protocol version is not an integer or out of range"
+        );
+        assert_eq!(refused("HELLO 3 AUTH x"), "ERR Syntax error in HELLO option 'AUTH'");
+        assert_eq!(refused("AUTH a b c"), errors::SYNTAX);
+    }
+
+    #[test]
+    fn every_table_entry_parses_with_its_minimum_arguments_or_refuses_cleanly() {
+        for (name, arity, _) in COMMANDS {
+            let n = arity.unsigned_abs() as usize;
+            let mut request = vec![name.as_bytes().to_vec()];
+            request.extend((1..n).map(|i| i.to_string().into_bytes()));
+            // Either it parses or it gets an error reply; never a panic.
+            let _ = parse(&request);
+        }
+    }
+}

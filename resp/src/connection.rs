@@ -1,0 +1,504 @@
+//! One client connection: reads requests (pipelined or not), runs them in order, writes the
+//! replies in order, and keeps the connection's state (protocol, name, authentication, stale
+//! reads, a `MULTI` block and its `WATCH`es, open `SCAN` cursors).
+//!
+//! Commands of one connection run one after the other, as Redis runs them, so a pipelined `GET`
+//! always sees the `SET` before it. One exception keeps pipelines fast without changing what a
+//! client can see: a run of plain `SET`s in a row (no options but a time to live) goes as one
+//! transaction, all applied at one revision, in order.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use basalt_client::{ReadConsistency, TxnOp, TxnOutcome};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::command::{self, errors, Bytes, Command, Refusal};
+use crate::frame::{parse_request, Parsed, Protocol, Reply};
+use crate::glob::Glob;
+use crate::keys::{now_ms, op_refusal, ttl_of, Keys, Ttl};
+use crate::limits::{MULTI_QUEUED_MAX, PIPELINE_ROUND_REQUESTS_MAX, SCAN_CURSORS_MAX, TXN_OPS_MAX};
+use crate::multi::{self, Queued};
+use crate::reply_error::client_error;
+use crate::server::{stopped, Shared};
+
+/// What the connection does after a command.
+#[derive(PartialEq, Eq)]
+enum Next {
+    Go,
+    Close,
+}
+
+struct Connection {
+    shared: Arc<Shared>,
+    id: u64,
+    protocol: Protocol,
+    authenticated: bool,
+    name: Option<Bytes>,
+    reads: ReadConsistency,
+    /// Inside `MULTI`: the queued commands, and whether one was refused (`EXECABORT`).
+    multi: Option<(Vec<Queued>, bool)>,
+    /// Watched keys and the revision each had when watched (0: absent).
+    watched: Vec<(Bytes, u64)>,
+    /// Open `SCAN` cursors: number → the key the scan goes on after.
+    cursors: VecDeque<(u64, Bytes)>,
+    next_cursor: u64,
+}
+
+/// Serves `stream` until the client leaves, sends `QUIT`, breaks the protocol, or the node
+/// stops (`stop` turns true).
+pub async fn serve(stream: TcpStream, shared: Arc<Shared>, id: u64, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let _ = stream.set_nodelay(true);
+    let (mut reader, mut writer) = stream.into_split();
+    let mut connection = Connection {
+        authenticated: shared.config.password.is_none(),
+        shared,
+        id,
+        protocol: Protocol::Resp2,
+        name: None,
+        reads: ReadConsistency::Linearizable,
+        multi: None,
+        watched: Vec::new(),
+        cursors: VecDeque::new(),
+        next_cursor: 1,
+    };
+    let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
+    let mut out: Vec<u8> = Vec::with_capacity(16 * 1024);
+    // Bytes the buffer must hold before parsing again is worth it.
+    let mut wanted = 1usize;
+    loop {
+        if buf.len() >= wanted {
+            let mut requests = Vec::new();
+            let mut consumed = 0;
+            let mut broken = None;
+            // Whole requests are left in the buffer after this round's share.
+            let mut more_ready = false;
+            loop {
+                if requests.len() >= PIPELINE_ROUND_REQUESTS_MAX {
+                    more_ready = true;
+                    wanted = 1;
+                    break;
+                }
+                match parse_request(&buf[consumed..]) {
+                    Ok(Parsed::Request { args, consumed: n }) => {
+                        consumed += n;
+                        if !args.is_empty() {
+                            requests.push(args);
+                        }
+                    }
+                    // Counted from where parsing stopped, which is the buffer's start once the
+                    // parsed requests are drained below.
+                    Ok(Parsed::Incomplete { at_least }) => {
+                        wanted = at_least;
+                        break;
+                    }
+                    Err(e) => {
+                        broken = Some(e);
+                        break;
+                    }
+                }
+            }
+            buf.drain(..consumed);
+            let next = connection.run_all(requests, &mut out).await;
+            if let Some(e) = &broken {
+                Reply::error(format!("ERR {e}")).encode(connection.protocol, &mut out);
+            }
+            if !out.is_empty() {
+                if writer.write_all(&out).await.is_err() {
+                    return;
+                }
+                out.clear();
+                out.shrink_to(64 * 1024);
+            }
+            if next == Next::Close || broken.is_some() {
+                let _ = writer.shutdown().await;
+                return;
+            }
+            if more_ready {
+                continue;
+            }
+        }
+        buf.reserve(16 * 1024);
+        tokio::select! {
+            read = reader.read_buf(&mut buf) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            },
+            () = stopped(&mut stop) => return,
+        }
+    }
+}
+
+impl Connection {
+    fn keys(&self) -> Keys<'_> {
+        Keys {
+            client: &self.shared.client,
+            combiner: &self.shared.combiner,
+            reads: self.reads,
+        }
+    }
+
+    /// Runs a read's worth of requests in order, appending each reply to `out`.
+    async fn run_all(&mut self, requests: Vec<Vec<Bytes>>, out: &mut Vec<u8>) -> Next {
+        let mut parsed: VecDeque<(String, Result<Command, Refusal>)> = requests
+            .iter()
+            .map(|args| (String::from_utf8_lossy(&args[0]).into_owned(), command::parse(args)))
+            .collect();
+        while let Some((name, command)) = parsed.pop_front() {
+            let command = match command {
+                Ok(command) => command,
+                Err(refusal) => {
+                    if let Some((_, failed)) = &mut self.multi {
+                        *failed = true;
+                    }
+                    refusal.reply().encode(self.protocol, out);
+                    continue;
+                }
+            };
+            if self.multi.is_none() && self.authenticated && plain_set(&command) {
+                let mut run = vec![command];
+                while run.len() < TXN_OPS_MAX && parsed.front().is_some_and(|(_, c)| matches!(c, Ok(c) if plain_set(c)))
+                {
+                    if let Some((_, Ok(next))) = parsed.pop_front() {
+                        run.push(next);
+                    }
+                }
+                self.set_run(run, out).await;
+                continue;
+            }
+            let (reply, next) = self.run(command, &name).await;
+            reply.encode(self.protocol, out);
+            if next == Next::Close {
+                return Next::Close;
+            }
+        }
+        Next::Go
+    }
+
+    /// A run of plain `SET`s, applied as one step in order: where a key comes again only its
+    /// last value is written (the earlier ones are overwritten at the same instant, which no
+    /// reader can tell apart from Redis running them one by one); one key goes through the
+    /// combiner, several as one transaction.
+    async fn set_run(&mut self, run: Vec<Command>, out: &mut Vec<u8>) {
+        let count = run.len();
+        let mut last: Vec<(Bytes, Bytes, Option<command::Expiry>)> = Vec::new();
+        for command in run {
+            if let Command::Set { key, value, expiry, .. } = command {
+                match last.iter_mut().find(|(k, _, _)| *k == key) {
+                    Some(slot) => *slot = (key, value, expiry),
+                    None => last.push((key, value, expiry)),
+                }
+            }
+        }
+        let reply = if last.len() == 1 {
+            let (key, value, expiry) = last.remove(0);
+            self.keys().set(&key, value, expiry, false, None, false).await
+        } else {
+            let now = now_ms();
+            let mut txn = self.shared.client.txn();
+            for (key, value, expiry) in last {
+                txn = txn.then(match expiry.map(|e| ttl_of(e, now)) {
+                    Some(Ttl::Live(ttl)) => TxnOp::put_with_ttl(key, value, ttl),
+                    Some(Ttl::Past) => TxnOp::delete(key),
+                    None => TxnOp::put(key, value),
+                });
+            }
+            match txn.commit().await {
+                Ok(TxnOutcome::Committed { .. }) => Reply::ok(),
+                Ok(TxnOutcome::Aborted { reason, .. }) => op_refusal(reason),
+                Err(e) => client_error(&e),
+            }
+        };
+        for _ in 0..count {
+            reply.encode(self.protocol, out);
+        }
+    }
+
+    /// Runs one command; `name` is its name as the client sent it, for messages.
+    async fn run(&mut self, command: Command, name: &str) -> (Reply, Next) {
+        if !self.authenticated && !matches!(command, Command::Auth { .. } | Command::Hello { .. } | Command::Quit) {
+            return (Reply::error(errors::NOAUTH), Next::Go);
+        }
+        if let Some((queued, failed)) = &mut self.multi {
+            match command {
+                Command::Exec | Command::Discard | Command::Multi | Command::Watch(_) | Command::Quit => {}
+                other => {
+                    if queued.len() >= MULTI_QUEUED_MAX {
+                        *failed = true;
+                        return (
+                            Reply::error(format!(
+                                "ERR at most {MULTI_QUEUED_MAX} commands may be queued in MULTI"
+                            )),
+                            Next::Go,
+                        );
+                    }
+                    return match multi::queue(&other, name) {
+                        Ok(q) => {
+                            queued.push(q);
+                            (Reply::Simple("QUEUED".into()), Next::Go)
+                        }
+                        Err(reply) => {
+                            *failed = true;
+                            (reply, Next::Go)
+                        }
+                    };
+                }
+            }
+        }
+        let reply = match command {
+            Command::Ping(None) => Reply::Simple("PONG".into()),
+            Command::Ping(Some(message)) | Command::Echo(message) => Reply::Bulk(message),
+            Command::Quit => return (Reply::ok(), Next::Close),
+            Command::Select(0) => Reply::ok(),
+            Command::Select(_) => Reply::error(errors::DB_INDEX),
+            Command::Hello { protocol, auth, name } => self.hello(protocol, auth, name),
+            Command::Auth { user, password } => self.auth(user.as_deref(), &password),
+            Command::ClientSetName(name) => {
+                self.name = (!name.is_empty()).then_some(name);
+                Reply::ok()
+            }
+            Command::ClientGetName => Reply::optional(self.name.clone()),
+            Command::ClientId => Reply::Integer(self.id as i64),
+            Command::ClientSetInfo => Reply::ok(),
+            Command::ReadOnly => {
+                self.reads = ReadConsistency::Stale;
+                Reply::ok()
+            }
+            Command::ReadWrite => {
+                self.reads = ReadConsistency::Linearizable;
+                Reply::ok()
+            }
+            Command::Info(sections) => self.shared.info(&sections, &self.keys()).await,
+            Command::CommandCount => Reply::Integer(command::COMMANDS.len() as i64),
+            Command::CommandDocs(names) => crate::server::command_docs(&names),
+            Command::CommandList(names) => crate::server::command_list(&names),
+            Command::DbSize => match self.keys().walk(None, "DBSIZE").await {
+                Ok(keys) => Reply::Integer(keys.len() as i64),
+                Err(reply) => reply,
+            },
+            Command::FlushDb => self.shared.flush(&self.keys()).await,
+            Command::Time => {
+                let micros = now_ms().saturating_mul(1000);
+                Reply::Array(vec![
+                    Reply::bulk((micros / 1_000_000).to_string()),
+                    Reply::bulk((micros % 1_000_000).to_string()),
+                ])
+            }
+            Command::Get(key) => self.keys().get(&key).await,
+            Command::Set {
+                key,
+                value,
+                expiry,
+                keep_ttl,
+                condition,
+                get,
+            } => self.keys().set(&key, value, expiry, keep_ttl, condition, get).await,
+            Command::SetNx(key, value) => self.keys().set_nx(&key, value).await,
+            Command::MGet(keys) => self.keys().mget(&keys).await,
+            Command::MSet(pairs) => self.keys().mset(pairs, false).await,
+            Command::MSetNx(pairs) => self.keys().mset(pairs, true).await,
+            Command::Del(keys) => self.keys().del(&keys).await,
+            Command::Exists(keys) => self.keys().exists(&keys).await,
+            Command::Expire { key, expiry, condition } => self.keys().expire(&key, expiry, condition).await,
+            Command::Ttl { key, millis } => self.keys().ttl(&key, millis).await,
+            Command::Persist(key) => self.keys().persist(&key).await,
+            Command::GetDel(key) => self.keys().getdel(&key).await,
+            Command::GetEx { key, change } => self.keys().getex(&key, change).await,
+            Command::Append(key, suffix) => self.keys().append(&key, &suffix).await,
+            Command::StrLen(key) => self.keys().strlen(&key).await,
+            Command::Type(key) => self.keys().kind(&key).await,
+            Command::IncrBy(key, by) => self.keys().incr_by(&key, by).await,
+            Command::IncrByFloat(key, by) => self.keys().incr_by_float(&key, by).await,
+            Command::Scan {
+                cursor,
+                pattern,
+                count,
+                kind,
+            } => self.scan(cursor, pattern, count, kind).await,
+            Command::Keys(pattern) => {
+                let glob = Glob::new(&pattern);
+                let pattern = (!glob.matches_everything()).then_some(&glob);
+                match self.keys().walk(pattern, "KEYS").await {
+                    Ok(keys) => Reply::Array(keys.into_iter().map(Reply::Bulk).collect()),
+                    Err(reply) => reply,
+                }
+            }
+            Command::Multi => {
+                if self.multi.is_some() {
+                    Reply::error(errors::MULTI_NESTED)
+                } else {
+                    self.multi = Some((Vec::new(), false));
+                    Reply::ok()
+                }
+            }
+            Command::Discard => match self.multi.take() {
+                Some(_) => {
+                    self.watched.clear();
+                    Reply::ok()
+                }
+                None => Reply::error(errors::DISCARD_WITHOUT_MULTI),
+            },
+            Command::Exec => match self.multi.take() {
+                None => Reply::error(errors::EXEC_WITHOUT_MULTI),
+                Some((_, true)) => {
+                    self.watched.clear();
+                    Reply::error(errors::EXECABORT)
+                }
+                Some((queued, false)) => {
+                    let watched = std::mem::take(&mut self.watched);
+                    multi::exec(&self.shared.client, &watched, queued).await
+                }
+            },
+            Command::Watch(keys) => {
+                if self.multi.is_some() {
+                    Reply::error(errors::WATCH_IN_MULTI)
+                } else {
+                    self.watch(keys).await
+                }
+            }
+            Command::Unwatch => {
+                self.watched.clear();
+                Reply::ok()
+            }
+        };
+        (reply, Next::Go)
+    }
+
+    fn hello(&mut self, protocol: Option<i64>, auth: Option<(Bytes, Bytes)>, name: Option<Bytes>) -> Reply {
+        let wanted = match protocol {
+            None => self.protocol,
+            Some(2) => Protocol::Resp2,
+            Some(3) => Protocol::Resp3,
+            Some(_) => return Reply::error(errors::NO_PROTO),
+        };
+        if let Some((user, password)) = auth {
+            if let Reply::Error(text) = self.check_password(Some(&user), &password) {
+                return Reply::Error(text);
+            }
+        } else if !self.authenticated {
+            return Reply::error(
+                "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time",
+            );
+        }
+        self.protocol = wanted;
+        if let Some(name) = name {
+            self.name = Some(name);
+        }
+        let version = i64::from(self.protocol == Protocol::Resp3) + 2;
+        Reply::Map(vec![
+            (Reply::bulk("server"), Reply::bulk("redis")),
+            (Reply::bulk("version"), Reply::bulk(crate::server::REDIS_VERSION)),
+            (Reply::bulk("proto"), Reply::Integer(version)),
+            (Reply::bulk("id"), Reply::Integer(self.id as i64)),
+            (Reply::bulk("mode"), Reply::bulk("standalone")),
+            (Reply::bulk("role"), Reply::bulk("master")),
+            (Reply::bulk("modules"), Reply::Array(Vec::new())),
+        ])
+    }
+
+    fn auth(&mut self, user: Option<&[u8]>, password: &[u8]) -> Reply {
+        if self.shared.config.password.is_none() && user.is_none() {
+            return Reply::error(errors::AUTH_NOT_CONFIGURED);
+        }
+        self.check_password(user, password)
+    }
+
+    /// The `default` user's password, compared in time independent of where it differs.
+    fn check_password(&mut self, user: Option<&[u8]>, password: &[u8]) -> Reply {
+        let user_ok = user.is_none_or(|u| u == b"default");
+        let password_ok = match &self.shared.config.password {
+            // No password set: the default user takes any, as Redis's `nopass` does.
+            None => true,
+            Some(expected) => {
+                let expected = expected.as_bytes();
+                let mut differ = expected.len() ^ password.len();
+                for (i, &b) in expected.iter().enumerate() {
+                    differ |= usize::from(b ^ password.get(i).copied().unwrap_or(0));
+                }
+                differ == 0
+            }
+        };
+        if user_ok && password_ok {
+            self.authenticated = true;
+            Reply::ok()
+        } else {
+            Reply::error(errors::WRONGPASS)
+        }
+    }
+
+    async fn watch(&mut self, keys: Vec<Bytes>) -> Reply {
+        for key in keys {
+            // Linearizable whatever the connection's reads: the condition is only as good as it.
+            match self.shared.client.kv().get(&key).await {
+                Ok(entry) => {
+                    if !self.watched.iter().any(|(k, _)| *k == key) {
+                        self.watched.push((key, entry.map_or(0, |e| e.mod_revision)));
+                    }
+                }
+                Err(e) => return client_error(&e),
+            }
+        }
+        Reply::ok()
+    }
+
+    async fn scan(&mut self, cursor: u64, pattern: Option<Bytes>, count: Option<u64>, kind: Option<String>) -> Reply {
+        let after = if cursor == 0 {
+            Vec::new()
+        } else {
+            match self.cursors.iter().position(|(n, _)| *n == cursor) {
+                Some(at) => self.cursors.remove(at).map(|(_, key)| key).unwrap_or_default(),
+                // Forgotten or never given: Redis answers garbage cursors without an error too;
+                // starting over is the one safe reading.
+                None => Vec::new(),
+            }
+        };
+        let glob = pattern.map(|p| Glob::new(&p));
+        let (keys, next) = match self
+            .keys()
+            .scan_page(
+                &after,
+                glob.as_ref().filter(|g| !g.matches_everything()),
+                count.unwrap_or(10),
+            )
+            .await
+        {
+            Ok(page) => page,
+            Err(reply) => return reply,
+        };
+        // Every key here is a string; another TYPE filter matches none.
+        let keys = match kind.as_deref() {
+            None | Some("string") => keys,
+            Some(_) => Vec::new(),
+        };
+        let cursor = match next {
+            None => 0,
+            Some(last) => {
+                let number = self.next_cursor;
+                self.next_cursor += 1;
+                if self.cursors.len() >= SCAN_CURSORS_MAX {
+                    self.cursors.pop_front();
+                }
+                self.cursors.push_back((number, last));
+                number
+            }
+        };
+        Reply::Array(vec![
+            Reply::bulk(cursor.to_string()),
+            Reply::Array(keys.into_iter().map(Reply::Bulk).collect()),
+        ])
+    }
+}
+
+/// A `SET` with no option but a time to live: what a pipeline of them can send as one.
+fn plain_set(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Set {
+            keep_ttl: false,
+            condition: None,
+            get: false,
+            ..
+        }
+    )
+}

@@ -1,0 +1,548 @@
+//! Strings and keys: each command as calls of the SDK, so it takes the path every Basalt client
+//! takes (sessions and exactly-once retries, the leader's merging of concurrent writes, Raft
+//! commit before the answer).
+//!
+//! A Redis string is a Basalt KV key with the same name and value, so what one side writes the
+//! other reads. Commands that change a value from what it holds (`INCR`, `APPEND`, `EXPIRE`,
+//! `SET ... KEEPTTL`) read the key and write it back in one transaction conditioned on the
+//! revision they read, retrying when another writer came in between: atomic as in Redis, at the
+//! price of a retry under contention on one key.
+
+use std::collections::HashSet;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use basalt_client::txn::{Compare, Condition};
+use basalt_client::{Client, KvEntry, ReadConsistency, TxnOp, TxnOpResult, TxnOutcome};
+
+use crate::combine::{Combiner, StringWrite};
+use crate::command::{errors, Bytes, ExpireCondition, Expiry, GetExChange, SetCondition};
+use crate::frame::{format_double, Reply};
+use crate::glob::Glob;
+use crate::limits::{CAS_ATTEMPTS_MAX, KEYSPACE_WALK_KEYS_MAX, SCAN_PAGE_KEYS, TXN_OPS_MAX};
+use crate::reply_error::client_error;
+
+/// This node's wall clock in Unix milliseconds: what `EXAT` times and `TTL` answers are read
+/// against (a key's expiry is kept in the cluster's HLC time, which follows the wall clocks).
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// What an expiry means now: a time to live, or "already past" (the key goes away).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ttl {
+    Live(Duration),
+    Past,
+}
+
+pub fn ttl_of(expiry: Expiry, now_ms: i64) -> Ttl {
+    let ms = match expiry {
+        Expiry::In(ms) => ms,
+        Expiry::At(at) => at.saturating_sub(now_ms),
+    };
+    if ms <= 0 {
+        Ttl::Past
+    } else {
+        Ttl::Live(Duration::from_millis(ms as u64))
+    }
+}
+
+/// The time a live entry has left, if it expires (at least 1 ms: it is still live).
+fn remaining(entry: &KvEntry, now_ms: i64) -> Option<Duration> {
+    entry
+        .expires_at_ms
+        .map(|at| Duration::from_millis((at as i64).saturating_sub(now_ms).max(1) as u64))
+}
+
+/// A put of `value` that expires after `ttl`, or never.
+fn put_op(key: &[u8], value: Vec<u8>, ttl: Option<Duration>) -> TxnOp {
+    match ttl {
+        Some(ttl) => TxnOp::put_with_ttl(key.to_vec(), value, ttl),
+        None => TxnOp::put(key.to_vec(), value),
+    }
+}
+
+/// Redis's INCRBY arithmetic on a stored value: the new value, or the error Redis answers.
+pub fn incremented(current: Option<&[u8]>, by: i64) -> Result<i64, &'static str> {
+    let value = match current {
+        None => 0,
+        Some(bytes) => crate::command::strict_int(bytes).ok_or(errors::NOT_INTEGER)?,
+    };
+    value.checked_add(by).ok_or(errors::OVERFLOW)
+}
+
+/// Redis's INCRBYFLOAT arithmetic: the new value's text, or the error Redis answers.
+pub fn incremented_float(current: Option<&[u8]>, by: f64) -> Result<String, &'static str> {
+    let value = match current {
+        None => 0.0,
+        Some(bytes) => crate::command::float(bytes).ok_or(errors::NOT_FLOAT)?,
+    };
+    let sum = value + by;
+    if sum.is_nan() || sum.is_infinite() {
+        return Err(errors::NAN_OR_INFINITY);
+    }
+    Ok(format_double(sum))
+}
+
+/// What a read-modify-write decided, given the key as read.
+pub enum Change {
+    /// Write this value, expiring after the duration (or never), and answer the reply.
+    Put(Vec<u8>, Option<Duration>, Reply),
+    Delete(Reply),
+    /// Leave the key as it is.
+    Keep(Reply),
+}
+
+/// The commands of one connection on the cluster.
+pub struct Keys<'a> {
+    pub client: &'a Client,
+    /// Where plain `SET`s and increments of one key from many connections meet.
+    pub combiner: &'a Combiner,
+    /// `READONLY` switches a connection to stale reads (served by the node it talks to).
+    pub reads: ReadConsistency,
+}
+
+impl Keys<'_> {
+    pub async fn entry(&self, key: &[u8]) -> Result<Option<KvEntry>, Reply> {
+        self.client
+            .kv()
+            .get_with(key, self.reads)
+            .await
+            .map_err(|e| client_error(&e))
+    }
+
+    /// Reads `key`, lets `decide` choose the change, and writes it only if the key is still at
+    /// the revision read; retried when it is not, at most [`CAS_ATTEMPTS_MAX`] times. The read
+    /// is linearizable whatever the connection's setting: the write depends on it.
+    pub async fn read_modify_write(
+        &self,
+        key: &[u8],
+        mut decide: impl FnMut(Option<&KvEntry>, i64) -> Result<Change, Reply>,
+    ) -> Reply {
+        for attempt in 0..CAS_ATTEMPTS_MAX {
+            let entry = match self.client.kv().get(key).await {
+                Ok(entry) => entry,
+                Err(e) => return client_error(&e),
+            };
+            let change = match decide(entry.as_ref(), now_ms()) {
+                Ok(change) => change,
+                Err(reply) => return reply,
+            };
+            let (op, reply) = match change {
+                Change::Keep(reply) => return reply,
+                Change::Put(value, ttl, reply) => (put_op(key, value, ttl), reply),
+                Change::Delete(reply) => (TxnOp::delete(key.to_vec()), reply),
+            };
+            let revision = entry.as_ref().map_or(0, |e| e.mod_revision);
+            let outcome = self
+                .client
+                .txn()
+                .when(Condition::mod_revision(key.to_vec(), Compare::Eq, revision))
+                .then(op)
+                .commit()
+                .await;
+            match outcome {
+                Ok(TxnOutcome::Committed { succeeded: true, .. }) => return reply,
+                Ok(TxnOutcome::Committed { succeeded: false, .. }) => {
+                    // Someone wrote the key in between: read it again, after a pause that
+                    // grows so that contending writers spread out.
+                    tokio::time::sleep(Duration::from_micros(50 * u64::from(attempt.min(40)))).await;
+                }
+                Ok(TxnOutcome::Aborted { reason, .. }) => return op_refusal(reason),
+                Err(e) => return client_error(&e),
+            }
+        }
+        Reply::error(format!(
+            "TRYAGAIN the key changed under {CAS_ATTEMPTS_MAX} attempts in a row; nothing was applied"
+        ))
+    }
+
+    pub async fn get(&self, key: &[u8]) -> Reply {
+        match self.entry(key).await {
+            Ok(entry) => Reply::optional(entry.map(|e| e.value)),
+            Err(reply) => reply,
+        }
+    }
+
+    pub async fn set(
+        &self,
+        key: &[u8],
+        value: Vec<u8>,
+        expiry: Option<Expiry>,
+        keep_ttl: bool,
+        condition: Option<SetCondition>,
+        get: bool,
+    ) -> Reply {
+        let ttl = expiry.map(|e| ttl_of(e, now_ms()));
+        if condition.is_none() && !get && !keep_ttl {
+            // The common case: combined with other connections' writes of the key, and
+            // coalesced with writes of other keys by the SDK.
+            return match ttl {
+                Some(Ttl::Past) => match self.client.kv().delete(key).await {
+                    Ok(_) => Reply::ok(),
+                    Err(e) => client_error(&e),
+                },
+                Some(Ttl::Live(ttl)) => {
+                    self.combiner
+                        .write(self.client, key, StringWrite::Set { value, ttl: Some(ttl) })
+                        .await
+                }
+                None => {
+                    self.combiner
+                        .write(self.client, key, StringWrite::Set { value, ttl: None })
+                        .await
+                }
+            };
+        }
+        self.read_modify_write(key, |entry, now| {
+            let old = || Reply::optional(entry.map(|e| e.value.clone()));
+            let holds = match condition {
+                None => true,
+                Some(SetCondition::Absent) => entry.is_none(),
+                Some(SetCondition::Present) => entry.is_some(),
+            };
+            if !holds {
+                return Ok(Change::Keep(if get { old() } else { Reply::Null }));
+            }
+            let reply = if get { old() } else { Reply::ok() };
+            let ttl = match expiry.map(|e| ttl_of(e, now)) {
+                Some(Ttl::Past) => return Ok(Change::Delete(reply)),
+                Some(Ttl::Live(ttl)) => Some(ttl),
+                None if keep_ttl => entry.and_then(|e| remaining(e, now)),
+                None => None,
+            };
+            Ok(Change::Put(value.clone(), ttl, reply))
+        })
+        .await
+    }
+
+    pub async fn set_nx(&self, key: &[u8], value: Vec<u8>) -> Reply {
+        match self.client.kv().cas(key, None, value).await {
+            Ok(basalt_client::CasOutcome::Written { .. }) => Reply::Integer(1),
+            Ok(basalt_client::CasOutcome::Conflict { .. }) => Reply::Integer(0),
+            Err(e) => client_error(&e),
+        }
+    }
+
+    pub async fn mget(&self, keys: &[Bytes]) -> Reply {
+        let mut values = Vec::with_capacity(keys.len());
+        for key in keys {
+            match self.entry(key).await {
+                Ok(entry) => values.push(Reply::optional(entry.map(|e| e.value))),
+                Err(reply) => return reply,
+            }
+        }
+        Reply::Array(values)
+    }
+
+    /// `MSET` (and `MSETNX` with `only_if_all_absent`): one transaction, so all or nothing. A
+    /// key given twice takes its last value, as in Redis.
+    pub async fn mset(&self, pairs: Vec<(Bytes, Bytes)>, only_if_all_absent: bool) -> Reply {
+        let mut last: Vec<(Bytes, Bytes)> = Vec::with_capacity(pairs.len());
+        let mut seen = HashSet::new();
+        for (key, value) in pairs.into_iter().rev() {
+            if seen.insert(key.clone()) {
+                last.push((key, value));
+            }
+        }
+        last.reverse();
+        if last.len() > TXN_OPS_MAX {
+            return Reply::error(format!(
+                "ERR at most {TXN_OPS_MAX} keys per MSET: Basalt applies it as one transaction"
+            ));
+        }
+        let mut txn = self.client.txn();
+        for (key, value) in last {
+            if only_if_all_absent {
+                txn = txn.when(Condition::absent(key.clone()));
+            }
+            txn = txn.then(TxnOp::put(key, value));
+        }
+        match txn.commit().await {
+            Ok(TxnOutcome::Committed { succeeded, .. }) if only_if_all_absent => Reply::Integer(i64::from(succeeded)),
+            Ok(TxnOutcome::Committed { .. }) => Reply::ok(),
+            Ok(TxnOutcome::Aborted { reason, .. }) => op_refusal(reason),
+            Err(e) => client_error(&e),
+        }
+    }
+
+    /// `DEL` and `UNLINK`: one transaction; answers how many of the keys existed.
+    pub async fn del(&self, keys: &[Bytes]) -> Reply {
+        let mut seen = HashSet::new();
+        let keys: Vec<&Bytes> = keys.iter().filter(|k| seen.insert(*k)).collect();
+        if keys.len() > TXN_OPS_MAX {
+            return Reply::error(format!(
+                "ERR at most {TXN_OPS_MAX} keys per DEL: Basalt applies it as one transaction"
+            ));
+        }
+        if let [key] = keys.as_slice() {
+            return match self.client.kv().delete(key).await {
+                Ok(outcome) => Reply::Integer(i64::from(outcome.deleted)),
+                Err(e) => client_error(&e),
+            };
+        }
+        let mut txn = self.client.txn();
+        for key in keys {
+            txn = txn.then(TxnOp::delete(key.clone()));
+        }
+        match txn.commit().await {
+            Ok(TxnOutcome::Committed { results, .. }) => Reply::Integer(
+                results
+                    .iter()
+                    .filter(|r| matches!(r, TxnOpResult::Deleted { deleted: true, .. }))
+                    .count() as i64,
+            ),
+            Ok(TxnOutcome::Aborted { reason, .. }) => op_refusal(reason),
+            Err(e) => client_error(&e),
+        }
+    }
+
+    /// How many of `keys` exist, a key named twice counted twice, as in Redis.
+    pub async fn exists(&self, keys: &[Bytes]) -> Reply {
+        let mut count = 0;
+        for key in keys {
+            match self.entry(key).await {
+                Ok(Some(_)) => count += 1,
+                Ok(None) => {}
+                Err(reply) => return reply,
+            }
+        }
+        Reply::Integer(count)
+    }
+
+    pub async fn expire(&self, key: &[u8], expiry: Expiry, condition: Option<ExpireCondition>) -> Reply {
+        self.read_modify_write(key, |entry, now| {
+            let Some(entry) = entry else {
+                return Ok(Change::Keep(Reply::Integer(0)));
+            };
+            let new_at = match expiry {
+                Expiry::In(ms) => now.saturating_add(ms),
+                Expiry::At(at) => at,
+            };
+            let current = entry.expires_at_ms.map(|at| at as i64);
+            let holds = match condition {
+                None => true,
+                Some(ExpireCondition::NoExpiry) => current.is_none(),
+                Some(ExpireCondition::HasExpiry) => current.is_some(),
+                // No expiry counts as infinite.
+                Some(ExpireCondition::Later) => current.is_some_and(|at| new_at > at),
+                Some(ExpireCondition::Sooner) => current.is_none_or(|at| new_at < at),
+            };
+            if !holds {
+                return Ok(Change::Keep(Reply::Integer(0)));
+            }
+            Ok(match ttl_of(Expiry::At(new_at), now) {
+                Ttl::Past => Change::Delete(Reply::Integer(1)),
+                Ttl::Live(ttl) => Change::Put(entry.value.clone(), Some(ttl), Reply::Integer(1)),
+            })
+        })
+        .await
+    }
+
+    pub async fn ttl(&self, key: &[u8], millis: bool) -> Reply {
+        match self.entry(key).await {
+            Err(reply) => reply,
+            Ok(None) => Reply::Integer(-2),
+            Ok(Some(entry)) => match entry.expires_at_ms {
+                None => Reply::Integer(-1),
+                Some(at) => {
+                    let left = (at as i64).saturating_sub(now_ms()).max(0);
+                    // Redis rounds a TTL in seconds to the nearest second.
+                    Reply::Integer(if millis { left } else { (left + 500) / 1000 })
+                }
+            },
+        }
+    }
+
+    pub async fn persist(&self, key: &[u8]) -> Reply {
+        self.read_modify_write(key, |entry, _| {
+            Ok(match entry {
+                Some(e) if e.expires_at_ms.is_some() => Change::Put(e.value.clone(), None, Reply::Integer(1)),
+                _ => Change::Keep(Reply::Integer(0)),
+            })
+        })
+        .await
+    }
+
+    pub async fn getdel(&self, key: &[u8]) -> Reply {
+        let outcome = self
+            .client
+            .txn()
+            .then(TxnOp::get(key.to_vec()))
+            .then(TxnOp::delete(key.to_vec()))
+            .commit()
+            .await;
+        match outcome {
+            Ok(TxnOutcome::Committed { results, .. }) => match results.into_iter().next() {
+                Some(TxnOpResult::Read(entry)) => Reply::optional(entry.map(|e| e.value)),
+                other => Reply::error(format!("ERR unexpected transaction answer {other:?}")),
+            },
+            Ok(TxnOutcome::Aborted { reason, .. }) => op_refusal(reason),
+            Err(e) => client_error(&e),
+        }
+    }
+
+    pub async fn getex(&self, key: &[u8], change: GetExChange) -> Reply {
+        if change == GetExChange::Keep {
+            return self.get(key).await;
+        }
+        self.read_modify_write(key, |entry, now| {
+            let Some(entry) = entry else {
+                return Ok(Change::Keep(Reply::Null));
+            };
+            let reply = Reply::Bulk(entry.value.clone());
+            Ok(match change {
+                GetExChange::Keep => Change::Keep(reply),
+                GetExChange::Persist if entry.expires_at_ms.is_none() => Change::Keep(reply),
+                GetExChange::Persist => Change::Put(entry.value.clone(), None, reply),
+                GetExChange::Set(expiry) => match ttl_of(expiry, now) {
+                    Ttl::Past => Change::Delete(reply),
+                    Ttl::Live(ttl) => Change::Put(entry.value.clone(), Some(ttl), reply),
+                },
+            })
+        })
+        .await
+    }
+
+    pub async fn append(&self, key: &[u8], suffix: &[u8]) -> Reply {
+        self.read_modify_write(key, |entry, now| {
+            let mut value = entry.map(|e| e.value.clone()).unwrap_or_default();
+            value.extend_from_slice(suffix);
+            let length = value.len() as i64;
+            Ok(Change::Put(
+                value,
+                entry.and_then(|e| remaining(e, now)),
+                Reply::Integer(length),
+            ))
+        })
+        .await
+    }
+
+    pub async fn strlen(&self, key: &[u8]) -> Reply {
+        match self.entry(key).await {
+            Ok(entry) => Reply::Integer(entry.map_or(0, |e| e.value.len() as i64)),
+            Err(reply) => reply,
+        }
+    }
+
+    pub async fn kind(&self, key: &[u8]) -> Reply {
+        match self.entry(key).await {
+            Ok(Some(_)) => Reply::Simple("string".into()),
+            Ok(None) => Reply::Simple("none".into()),
+            Err(reply) => reply,
+        }
+    }
+
+    pub async fn incr_by(&self, key: &[u8], by: i64) -> Reply {
+        self.combiner.write(self.client, key, StringWrite::IncrBy(by)).await
+    }
+
+    pub async fn incr_by_float(&self, key: &[u8], by: f64) -> Reply {
+        self.combiner
+            .write(self.client, key, StringWrite::IncrByFloat(by))
+            .await
+    }
+
+    /// One page of keys after `after` whose names match `pattern`: the keys, and where the next
+    /// page starts (`None`: the keyspace is done). Reads about `count` keys, as Redis's COUNT.
+    pub async fn scan_page(
+        &self,
+        after: &[u8],
+        pattern: Option<&Glob>,
+        count: u64,
+    ) -> Result<(Vec<Bytes>, Option<Bytes>), Reply> {
+        let prefix = pattern.map(Glob::literal_prefix).unwrap_or_default();
+        let limit = u32::try_from(count).unwrap_or(SCAN_PAGE_KEYS).clamp(1, SCAN_PAGE_KEYS);
+        let page = self
+            .client
+            .kv()
+            .scan_page(&prefix, after, limit, self.reads)
+            .await
+            .map_err(|e| client_error(&e))?;
+        let next = if page.more {
+            page.items.last().map(|(k, _)| k.clone())
+        } else {
+            None
+        };
+        let keys = page
+            .items
+            .into_iter()
+            .map(|(k, _)| k)
+            .filter(|k| pattern.is_none_or(|p| p.matches(k)))
+            .collect();
+        Ok((keys, next))
+    }
+
+    /// Every key matching `pattern`, at most [`KEYSPACE_WALK_KEYS_MAX`] read.
+    pub async fn walk(&self, pattern: Option<&Glob>, what: &str) -> Result<Vec<Bytes>, Reply> {
+        let mut keys = Vec::new();
+        let mut after = Vec::new();
+        let mut read = 0usize;
+        loop {
+            let (page, next) = self.scan_page(&after, pattern, u64::from(SCAN_PAGE_KEYS)).await?;
+            read += SCAN_PAGE_KEYS as usize;
+            keys.extend(page);
+            match next {
+                None => return Ok(keys),
+                Some(_) if read >= KEYSPACE_WALK_KEYS_MAX => {
+                    return Err(Reply::error(format!(
+                        "ERR {what} reads at most {KEYSPACE_WALK_KEYS_MAX} keys on Basalt; use SCAN"
+                    )))
+                }
+                Some(next) => after = next,
+            }
+        }
+    }
+}
+
+/// A transaction op the cluster refused at apply: nothing of the command was applied.
+pub fn op_refusal(reason: TxnOpResult) -> Reply {
+    match reason {
+        TxnOpResult::Refused(e) => client_error(&e),
+        other => Reply::error(format!("ERR the transaction was refused: {other:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn incr_reads_values_as_redis_does() {
+        assert_eq!(incremented(None, 5), Ok(5));
+        assert_eq!(incremented(Some(b"10"), -11), Ok(-1));
+        assert_eq!(incremented(Some(b"-3"), 3), Ok(0));
+        for bad in [
+            &b"abc"[..],
+            b"1.5",
+            b" 1",
+            b"+1",
+            b"01",
+            b"",
+            b"-0",
+            b"99999999999999999999",
+        ] {
+            assert_eq!(incremented(Some(bad), 1), Err(errors::NOT_INTEGER), "{bad:?}");
+        }
+        assert_eq!(incremented(Some(b"9223372036854775807"), 1), Err(errors::OVERFLOW));
+        assert_eq!(incremented(Some(b"-9223372036854775808"), -1), Err(errors::OVERFLOW));
+    }
+
+    #[test]
+    fn incrbyfloat_reads_and_writes_as_redis_does() {
+        assert_eq!(incremented_float(None, 1.5).as_deref(), Ok("1.5"));
+        assert_eq!(incremented_float(Some(b"10.5"), 0.1).as_deref(), Ok("10.6"));
+        assert_eq!(incremented_float(Some(b"3"), 2.0).as_deref(), Ok("5"));
+        assert_eq!(incremented_float(Some(b"x"), 1.0), Err(errors::NOT_FLOAT));
+        assert_eq!(incremented_float(Some(b"inf"), 1.0), Err(errors::NAN_OR_INFINITY));
+    }
+
+    #[test]
+    fn an_expiry_is_a_ttl_or_already_past() {
+        assert_eq!(ttl_of(Expiry::In(1500), 0), Ttl::Live(Duration::from_millis(1500)));
+        assert_eq!(ttl_of(Expiry::At(10_000), 9_000), Ttl::Live(Duration::from_secs(1)));
+        assert_eq!(ttl_of(Expiry::At(10_000), 10_000), Ttl::Past);
+        assert_eq!(ttl_of(Expiry::In(-1), 0), Ttl::Past);
+    }
+}

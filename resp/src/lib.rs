@@ -1,0 +1,25 @@
+//! The Redis protocol in front of a Basalt region.
+//!
+//! Owns: the RESP2/RESP3 wire format ([`frame`]), Redis's glob patterns ([`glob`]), the command
+//! table with Redis's replies and errors ([`command`]), and the server a node runs on
+//! `--resp-listen` ([`server`], one task per [`connection`]), which runs each command as calls
+//! of the Rust SDK: strings and keys in [`keys`], concurrent writes of one key combined into one
+//! in [`combine`], `MULTI`/`EXEC` in [`multi`].
+//!
+//! May not touch: storage, Raft or the server's API internals. Every command reaches the
+//! cluster through `basalt-client`, the way every other client does (sessions and
+//! exactly-once retries, leader redirects, the leader's merging of concurrent writes), so RESP
+//! is another door to the same request path, not a side door around it.
+
+pub mod combine;
+pub mod command;
+pub mod connection;
+pub mod frame;
+pub mod glob;
+pub mod keys;
+pub mod limits;
+pub mod multi;
+pub mod reply_error;
+pub mod server;
+
+pub use server::{serve, RespConfig, REDIS_VERSION};

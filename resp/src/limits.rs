@@ -1,0 +1,50 @@
+//! The Redis protocol's limits, in one place. Each is checked where a request is read or a
+//! command runs, and answered with the error Redis gives for it.
+
+/// Largest bulk string of a request, in bytes. Redis's `proto-max-bulk-len` is 512 MiB; a Basalt
+/// value is at most 1 MiB and a request at most 4 MiB, so a larger bulk could never be stored
+/// and is refused before it is buffered (`ERR Protocol error: invalid bulk length`).
+pub const BULK_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// Most arguments in one request, Redis's own bound (`ERR Protocol error: invalid multibulk
+/// length`).
+pub const REQUEST_ARGS_MAX: usize = 1024 * 1024;
+
+/// Most bytes one request may hold in all (its arguments and their framing). A request that
+/// claims more is refused before it is buffered, so a connection never holds more than this plus
+/// one read buffer.
+pub const REQUEST_BYTES_MAX: usize = 8 * 1024 * 1024;
+
+/// Longest inline command (`PING\r\n` typed at a terminal) and longest count or length line of
+/// a multibulk request, in bytes: Redis's `PROTO_INLINE_MAX_SIZE`.
+pub const INLINE_BYTES_MAX: usize = 64 * 1024;
+
+/// Connections one node's RESP listener serves at once; one more is answered `ERR max number of
+/// clients reached` and closed, as Redis does at `maxclients` (default 10,000).
+pub const CONNECTIONS_MAX: usize = 10_000;
+
+/// Requests a connection runs before it writes their replies and looks at the rest: a client
+/// pipelining faster than it reads replies is paced by its socket, not buffered without bound.
+pub const PIPELINE_ROUND_REQUESTS_MAX: usize = 1024;
+
+/// Keys `KEYS`, `DBSIZE` and `FLUSHDB` walk before they give up with an error: Redis answers
+/// them from memory; here each is a scan of the cluster's keyspace.
+pub const KEYSPACE_WALK_KEYS_MAX: usize = 1_000_000;
+
+/// Keys one page of a cluster scan reads (the SDK's and the server's largest scan).
+pub const SCAN_PAGE_KEYS: u32 = 10_000;
+
+/// Open `SCAN` cursors one connection keeps (each remembers where its scan goes on); past this
+/// the oldest is forgotten and using it again starts over, as a stale cursor would.
+pub const SCAN_CURSORS_MAX: usize = 64;
+
+/// Ops of one Basalt transaction (the server's `TXN_OPS_MAX`): the most keys one `MSET`, `DEL`
+/// or `EXEC` may write.
+pub const TXN_OPS_MAX: usize = 256;
+
+/// Times a read-modify-write command (`INCR`, `APPEND`, `EXPIRE`, ...) retries its
+/// compare-and-set when another writer changed the key in between, before it answers `TRYAGAIN`.
+pub const CAS_ATTEMPTS_MAX: u32 = 100;
+
+/// Commands `MULTI` may queue before `EXEC`.
+pub const MULTI_QUEUED_MAX: usize = TXN_OPS_MAX;

@@ -1,0 +1,254 @@
+//! The listener: accepts connections up to [`CONNECTIONS_MAX`], serves each on its own task,
+//! and answers the server-wide commands (`INFO`, `COMMAND`, `FLUSHDB`).
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use basalt_client::{Client, TxnOp, TxnOutcome};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+
+use crate::command::{errors, COMMANDS};
+use crate::frame::Reply;
+use crate::keys::{op_refusal, Keys};
+use crate::limits::{CONNECTIONS_MAX, TXN_OPS_MAX};
+use crate::reply_error::client_error;
+
+/// The Redis version Basalt answers as (`HELLO`, `INFO`): client libraries pick features by
+/// it, and the commands here behave as Redis 7.2's do.
+pub const REDIS_VERSION: &str = "7.2.0";
+
+/// How a node serves RESP.
+#[derive(Clone, Debug, Default)]
+pub struct RespConfig {
+    /// The `default` user's password (`AUTH`, `HELLO ... AUTH`); none: every connection is
+    /// authenticated from the start, as Redis without `requirepass`.
+    pub password: Option<String>,
+    /// Whether `FLUSHDB` / `FLUSHALL` may delete every key (`basalt dev` sets it; a production
+    /// node refuses them).
+    pub allow_flush: bool,
+    /// This node's id, for `INFO`.
+    pub node_id: u64,
+    /// Basalt's version, for `INFO`.
+    pub basalt_version: String,
+}
+
+/// What every connection of one listener shares.
+pub struct Shared {
+    /// The SDK client every command goes through: it starts at this node and follows the
+    /// leader, so a command sent to a follower is carried to the leader.
+    pub client: Client,
+    pub combiner: crate::combine::Combiner,
+    pub config: RespConfig,
+    started: Instant,
+    port: u16,
+    next_id: AtomicU64,
+    open: AtomicUsize,
+}
+
+/// Serves RESP on `listener` until `stop` turns true, each command through `client`.
+pub async fn serve(
+    listener: TcpListener,
+    client: Client,
+    config: RespConfig,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let port = listener.local_addr().map_or(0, |a| a.port());
+    let shared = Arc::new(Shared {
+        client,
+        combiner: crate::combine::Combiner::default(),
+        config,
+        started: Instant::now(),
+        port,
+        next_id: AtomicU64::new(1),
+        open: AtomicUsize::new(0),
+    });
+    loop {
+        let (mut stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause rather than spin.
+                    tracing::warn!(error = %e, "RESP accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = stopped(&mut stop) => return,
+        };
+        if shared.open.fetch_add(1, Ordering::SeqCst) >= CONNECTIONS_MAX {
+            shared.open.fetch_sub(1, Ordering::SeqCst);
+            tracing::warn!(%peer, "RESP connection refused: {CONNECTIONS_MAX} open");
+            tokio::spawn(async move {
+                let _ = stream
+                    .write_all(format!("-{}\r\n", errors::MAX_CLIENTS).as_bytes())
+                    .await;
+            });
+            continue;
+        }
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let shared = Arc::clone(&shared);
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            crate::connection::serve(stream, Arc::clone(&shared), id, stop).await;
+            shared.open.fetch_sub(1, Ordering::SeqCst);
+        });
+    }
+}
+
+/// Resolves once `stop` turns true (or its sender is gone). Holds no borrow of the value past
+/// its own end, so a task awaiting it stays `Send`.
+pub(crate) async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopped| *stopped).await;
+}
+
+impl Shared {
+    /// `INFO [section ...]`: the server, clients, replication and keyspace sections Redis
+    /// tools read, with Basalt's figures.
+    pub async fn info(&self, sections: &[String], keys: &Keys<'_>) -> Reply {
+        let all = sections.is_empty()
+            || sections
+                .iter()
+                .any(|s| matches!(s.as_str(), "all" | "everything" | "default"));
+        let wants = |name: &str| all || sections.iter().any(|s| s == name);
+        let mut text = String::new();
+        if wants("server") {
+            text.push_str(&format!(
+                "# Server\r\nredis_version:{REDIS_VERSION}\r\nredis_mode:standalone\r\nbasalt_version:{}\r\nbasalt_node_id:{}\r\nos:{}\r\narch_bits:64\r\nprocess_id:{}\r\ntcp_port:{}\r\nuptime_in_seconds:{}\r\n\r\n",
+                self.config.basalt_version,
+                self.config.node_id,
+                std::env::consts::OS,
+                std::process::id(),
+                self.port,
+                self.started.elapsed().as_secs(),
+            ));
+        }
+        if wants("clients") {
+            text.push_str(&format!(
+                "# Clients\r\nconnected_clients:{}\r\nmaxclients:{CONNECTIONS_MAX}\r\n\r\n",
+                self.open.load(Ordering::Relaxed)
+            ));
+        }
+        if wants("replication") {
+            match self.client.cluster_status().await {
+                Ok(status) => {
+                    // The node the SDK reached first is this one unless it followed a leader.
+                    let leader = status.leader_id;
+                    text.push_str(&format!(
+                        "# Replication\r\nrole:{}\r\nbasalt_leader_id:{}\r\nbasalt_leader_addr:{}\r\nbasalt_term:{}\r\nbasalt_members:{}\r\nbasalt_applied_index:{}\r\n\r\n",
+                        if leader == Some(self.config.node_id) { "master" } else { "slave" },
+                        leader.map_or_else(|| "none".to_string(), |id| id.to_string()),
+                        status.leader_addr,
+                        status.term,
+                        status.members.len(),
+                        status.applied_index.unwrap_or(0),
+                    ));
+                }
+                Err(e) => return client_error(&e),
+            }
+        }
+        if wants("keyspace") {
+            text.push_str("# Keyspace\r\n");
+            match keys.walk(None, "INFO keyspace").await {
+                Ok(all_keys) if all_keys.is_empty() => {}
+                Ok(all_keys) => text.push_str(&format!("db0:keys={},expires=0,avg_ttl=0\r\n", all_keys.len())),
+                Err(reply) => return reply,
+            }
+        }
+        Reply::Bulk(text.into_bytes())
+    }
+
+    /// `FLUSHDB`: deletes every key, a transaction of up to 256 deletes at a time (not one
+    /// atomic step, unlike Redis); only where the node allows it.
+    pub async fn flush(&self, keys: &Keys<'_>) -> Reply {
+        if !self.config.allow_flush {
+            return Reply::error(
+                "ERR FLUSHDB and FLUSHALL are refused: this node does not run in dev mode (--resp-allow-flush)",
+            );
+        }
+        let all = match keys.walk(None, "FLUSHDB").await {
+            Ok(all) => all,
+            Err(reply) => return reply,
+        };
+        for chunk in all.chunks(TXN_OPS_MAX) {
+            let mut txn = self.client.txn();
+            for key in chunk {
+                txn = txn.then(TxnOp::delete(key.clone()));
+            }
+            match txn.commit().await {
+                Ok(TxnOutcome::Committed { .. }) => {}
+                Ok(TxnOutcome::Aborted { reason, .. }) => return op_refusal(reason),
+                Err(e) => return client_error(&e),
+            }
+        }
+        Reply::ok()
+    }
+}
+
+fn group_of(name: &str) -> &'static str {
+    match name {
+        "auth" | "client" | "echo" | "hello" | "ping" | "quit" | "select" | "readonly" | "readwrite" => "connection",
+        "command" | "dbsize" | "flushall" | "flushdb" | "info" | "time" => "server",
+        "multi" | "exec" | "discard" | "watch" | "unwatch" => "transactions",
+        "del" | "unlink" | "exists" | "expire" | "pexpire" | "expireat" | "pexpireat" | "ttl" | "pttl" | "persist"
+        | "type" | "scan" | "keys" => "generic",
+        _ => "string",
+    }
+}
+
+/// `COMMAND DOCS [name ...]`: a summary and group per command (what redis-cli shows).
+pub fn command_docs(names: &[String]) -> Reply {
+    Reply::Map(
+        COMMANDS
+            .iter()
+            .filter(|(name, _, _)| names.is_empty() || names.iter().any(|n| n == name))
+            .map(|(name, _, summary)| {
+                (
+                    Reply::bulk(*name),
+                    Reply::Map(vec![
+                        (Reply::bulk("summary"), Reply::bulk(*summary)),
+                        (Reply::bulk("since"), Reply::bulk("1.0.0")),
+                        (Reply::bulk("group"), Reply::bulk(group_of(name))),
+                    ]),
+                )
+            })
+            .collect(),
+    )
+}
+
+/// `COMMAND` and `COMMAND INFO`: name, arity, flags and key positions per command.
+pub fn command_list(names: &[String]) -> Reply {
+    let entry = |name: &str, arity: i32| {
+        let keyed = !matches!(group_of(name), "connection" | "server" | "transactions") || name == "watch";
+        let (first, last, step) = match name {
+            _ if !keyed => (0, 0, 0),
+            "mset" | "msetnx" => (1, -1, 2),
+            "mget" | "del" | "unlink" | "exists" | "watch" => (1, -1, 1),
+            "scan" | "keys" => (0, 0, 0),
+            _ => (1, 1, 1),
+        };
+        Reply::Array(vec![
+            Reply::bulk(name),
+            Reply::Integer(i64::from(arity)),
+            Reply::Set(Vec::new()),
+            Reply::Integer(first),
+            Reply::Integer(last),
+            Reply::Integer(step),
+        ])
+    };
+    if names.is_empty() {
+        return Reply::Array(COMMANDS.iter().map(|(name, arity, _)| entry(name, *arity)).collect());
+    }
+    Reply::Array(
+        names
+            .iter()
+            .map(|n| {
+                COMMANDS
+                    .iter()
+                    .find(|(name, _, _)| name == n)
+                    .map_or(Reply::NullArray, |(name, arity, _)| entry(name, *arity))
+            })
+            .collect(),
+    )
+}

@@ -1,0 +1,476 @@
+//! The Redis protocol against real node processes: a real Redis client (redis-rs), raw RESP
+//! where the exact bytes matter, and `redis-cli` / `redis-benchmark` when the machine has them.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use basalt_testkit::{run_cli, runtime, ClusterOptions, TestCluster};
+
+const NODE: &str = env!("CARGO_BIN_EXE_basalt-test-node");
+
+fn resp_cluster(extra: &[&str]) -> TestCluster {
+    let mut cluster = TestCluster::plan(NODE, ClusterOptions::default());
+    cluster.enable_resp();
+    cluster.push_args(extra.iter().map(|s| s.to_string()));
+    cluster.launch();
+    cluster
+}
+
+fn connect(addr: SocketAddr) -> redis::Connection {
+    let client = redis::Client::open(format!("redis://{addr}/")).expect("a redis client");
+    // The node may still be starting: its RESP port answers once it is bound.
+    for _ in 0..100 {
+        if let Ok(mut connection) = client.get_connection() {
+            if redis::cmd("PING").query::<String>(&mut connection).is_ok() {
+                return connection;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("no RESP connection to {addr}");
+}
+
+/// A raw connection, for replies whose exact bytes matter.
+struct Raw {
+    stream: TcpStream,
+    pending: Vec<u8>,
+}
+
+impl Raw {
+    /// Connects, waiting for a node that is still starting to bind its RESP port.
+    fn open(addr: SocketAddr) -> Raw {
+        let mut attempts = 0;
+        let stream = loop {
+            match TcpStream::connect(addr) {
+                Ok(stream) => break stream,
+                Err(e) if attempts < 100 => {
+                    attempts += 1;
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => panic!("no RESP listener on {addr}: {e}"),
+            }
+        };
+        stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+        Raw {
+            stream,
+            pending: Vec::new(),
+        }
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write");
+    }
+
+    /// The next whole reply, as text.
+    fn reply(&mut self) -> String {
+        loop {
+            if let Some(end) = reply_end(&self.pending, 0) {
+                let reply: Vec<u8> = self.pending.drain(..end).collect();
+                return String::from_utf8_lossy(&reply).into_owned();
+            }
+            let mut chunk = [0u8; 4096];
+            let n = self.stream.read(&mut chunk).expect("read a reply");
+            assert!(
+                n > 0,
+                "connection closed; had {:?}",
+                String::from_utf8_lossy(&self.pending)
+            );
+            self.pending.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    fn call(&mut self, args: &[&str]) -> String {
+        let mut request = format!("*{}\r\n", args.len());
+        for arg in args {
+            request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+        }
+        self.send(request.as_bytes());
+        self.reply()
+    }
+
+    /// Whether the server closed the connection (after answering what it had).
+    fn closed(&mut self) -> bool {
+        let mut chunk = [0u8; 64];
+        matches!(self.stream.read(&mut chunk), Ok(0) | Err(_))
+    }
+}
+
+/// Where the reply starting at `at` ends, if `buf` holds all of it.
+fn reply_end(buf: &[u8], at: usize) -> Option<usize> {
+    let line_end = at + buf.get(at..)?.windows(2).position(|w| w == b"\r\n")? + 2;
+    let header = std::str::from_utf8(&buf[at + 1..line_end - 2]).ok()?;
+    match buf[at] {
+        b'$' | b'=' => {
+            let n: i64 = header.parse().ok()?;
+            if n < 0 {
+                return Some(line_end);
+            }
+            let end = line_end + n as usize + 2;
+            (buf.len() >= end).then_some(end)
+        }
+        b'*' | b'~' | b'>' | b'%' => {
+            let n: i64 = header.parse().ok()?;
+            let items = if buf[at] == b'%' { n * 2 } else { n };
+            let mut end = line_end;
+            for _ in 0..items.max(0) {
+                end = reply_end(buf, end)?;
+            }
+            Some(end)
+        }
+        _ => Some(line_end),
+    }
+}
+
+/// A follower's id: commands sent there must reach the leader.
+fn follower(cluster: &TestCluster) -> u64 {
+    runtime().block_on(async {
+        let client = cluster.client().await;
+        let leader = cluster.leader(&client).await;
+        (1..=3).find(|id| *id != leader).expect("a follower")
+    })
+}
+
+#[test]
+fn strings_and_keys_answer_as_redis_does_through_a_follower() {
+    let cluster = resp_cluster(&[]);
+    let node = follower(&cluster);
+    let mut c = connect(cluster.resp(node));
+    let mut raw = Raw::open(cluster.resp(node));
+
+    // SET and its options.
+    assert_eq!(raw.call(&["SET", "s:a", "1"]), "+OK\r\n");
+    assert_eq!(raw.call(&["GET", "s:a"]), "$1\r\n1\r\n");
+    assert_eq!(raw.call(&["GET", "s:none"]), "$-1\r\n");
+    assert_eq!(raw.call(&["SET", "s:a", "2", "NX"]), "$-1\r\n");
+    assert_eq!(raw.call(&["SET", "s:a", "2", "XX", "GET"]), "$1\r\n1\r\n");
+    assert_eq!(raw.call(&["SET", "s:b", "2", "XX"]), "$-1\r\n");
+    assert_eq!(raw.call(&["SETNX", "s:b", "x"]), ":1\r\n");
+    assert_eq!(raw.call(&["SETNX", "s:b", "y"]), ":0\r\n");
+    assert_eq!(raw.call(&["SET", "s:t", "v", "EX", "100"]), "+OK\r\n");
+    let ttl: i64 = redis::cmd("TTL").arg("s:t").query(&mut c).expect("TTL");
+    assert!((99..=100).contains(&ttl), "{ttl}");
+    let pttl: i64 = redis::cmd("PTTL").arg("s:t").query(&mut c).expect("PTTL");
+    assert!((90_000..=100_000).contains(&pttl), "{pttl}");
+    assert_eq!(raw.call(&["SET", "s:t", "w", "KEEPTTL"]), "+OK\r\n");
+    let kept: i64 = redis::cmd("TTL").arg("s:t").query(&mut c).expect("TTL");
+    assert!((98..=100).contains(&kept), "KEEPTTL kept {kept}");
+    assert_eq!(raw.call(&["PERSIST", "s:t"]), ":1\r\n");
+    assert_eq!(raw.call(&["TTL", "s:t"]), ":-1\r\n");
+    assert_eq!(raw.call(&["TTL", "s:none"]), ":-2\r\n");
+    assert_eq!(raw.call(&["PEXPIRE", "s:t", "300"]), ":1\r\n");
+    assert_eq!(raw.call(&["EXPIRE", "s:t", "100", "GT"]), ":1\r\n");
+    assert_eq!(raw.call(&["EXPIRE", "s:t", "1", "NX"]), ":0\r\n");
+    assert_eq!(raw.call(&["SET", "s:gone", "v", "PX", "200"]), "+OK\r\n");
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(
+        raw.call(&["GET", "s:gone"]),
+        "$-1\r\n",
+        "an expired key reads as absent"
+    );
+    assert_eq!(raw.call(&["SET", "s:past", "v", "PXAT", "1000"]), "+OK\r\n");
+    assert_eq!(raw.call(&["EXISTS", "s:past"]), ":0\r\n", "a time already past deletes");
+
+    // Many keys at once.
+    assert_eq!(raw.call(&["MSET", "m:1", "a", "m:2", "b", "m:1", "c"]), "+OK\r\n");
+    let values: Vec<Option<String>> = redis::cmd("MGET")
+        .arg(&["m:1", "m:2", "m:3"])
+        .query(&mut c)
+        .expect("MGET");
+    assert_eq!(values, vec![Some("c".into()), Some("b".into()), None]);
+    assert_eq!(raw.call(&["MSETNX", "m:2", "x", "m:9", "y"]), ":0\r\n");
+    assert_eq!(raw.call(&["EXISTS", "m:9"]), ":0\r\n", "MSETNX is all or nothing");
+    assert_eq!(raw.call(&["EXISTS", "m:1", "m:1", "m:3"]), ":2\r\n");
+    assert_eq!(raw.call(&["DEL", "m:1", "m:2", "m:3"]), ":2\r\n");
+    assert_eq!(raw.call(&["UNLINK", "m:1"]), ":0\r\n");
+
+    // Counters, strings.
+    assert_eq!(raw.call(&["INCR", "n"]), ":1\r\n");
+    assert_eq!(raw.call(&["INCRBY", "n", "41"]), ":42\r\n");
+    assert_eq!(raw.call(&["DECRBY", "n", "2"]), ":40\r\n");
+    assert_eq!(raw.call(&["DECR", "n"]), ":39\r\n");
+    assert_eq!(raw.call(&["INCRBYFLOAT", "n", "0.5"]), "$4\r\n39.5\r\n");
+    assert_eq!(
+        raw.call(&["INCR", "n"]),
+        "-ERR value is not an integer or out of range\r\n"
+    );
+    assert_eq!(raw.call(&["SET", "big", "9223372036854775807"]), "+OK\r\n");
+    assert_eq!(
+        raw.call(&["INCR", "big"]),
+        "-ERR increment or decrement would overflow\r\n"
+    );
+    assert_eq!(raw.call(&["APPEND", "s:b", "yz"]), ":3\r\n");
+    assert_eq!(raw.call(&["STRLEN", "s:b"]), ":3\r\n");
+    assert_eq!(raw.call(&["GETDEL", "s:b"]), "$3\r\nxyz\r\n");
+    assert_eq!(raw.call(&["GETDEL", "s:b"]), "$-1\r\n");
+    assert_eq!(raw.call(&["GETEX", "s:a", "PX", "60000"]), "$1\r\n2\r\n");
+    assert_eq!(raw.call(&["TYPE", "s:a"]), "+string\r\n");
+    assert_eq!(raw.call(&["TYPE", "s:b"]), "+none\r\n");
+
+    // Walking the keyspace.
+    for i in 0..25 {
+        assert_eq!(raw.call(&["SET", &format!("walk:{i:02}"), "v"]), "+OK\r\n");
+    }
+    let mut keys: Vec<String> = redis::cmd("KEYS").arg("walk:1*").query(&mut c).expect("KEYS");
+    keys.sort();
+    assert_eq!(keys, (10..20).map(|i| format!("walk:{i}")).collect::<Vec<_>>());
+    let mut scanned: Vec<String> = redis::cmd("SCAN")
+        .cursor_arg(0)
+        .arg("MATCH")
+        .arg("walk:*")
+        .arg("COUNT")
+        .arg(7)
+        .clone()
+        .iter(&mut c)
+        .expect("SCAN")
+        .collect();
+    scanned.sort();
+    assert_eq!(scanned, (0..25).map(|i| format!("walk:{i:02}")).collect::<Vec<_>>());
+
+    // Connection commands and Redis's errors, byte for byte.
+    assert_eq!(raw.call(&["PING"]), "+PONG\r\n");
+    assert_eq!(raw.call(&["ECHO", "hi"]), "$2\r\nhi\r\n");
+    assert_eq!(raw.call(&["SELECT", "0"]), "+OK\r\n");
+    assert_eq!(raw.call(&["SELECT", "1"]), "-ERR DB index is out of range\r\n");
+    assert_eq!(raw.call(&["CLIENT", "SETNAME", "worker-1"]), "+OK\r\n");
+    assert_eq!(raw.call(&["CLIENT", "GETNAME"]), "$8\r\nworker-1\r\n");
+    assert_eq!(
+        raw.call(&["FOO", "bar"]),
+        "-ERR unknown command 'FOO', with args beginning with: 'bar' \r\n"
+    );
+    assert_eq!(
+        raw.call(&["GET"]),
+        "-ERR wrong number of arguments for 'get' command\r\n"
+    );
+    assert_eq!(raw.call(&["SET", "k", "v", "NX", "XX"]), "-ERR syntax error\r\n");
+    assert!(raw
+        .call(&["FLUSHDB"])
+        .starts_with("-ERR FLUSHDB and FLUSHALL are refused"));
+    let info: String = redis::cmd("INFO").arg("replication").query(&mut c).expect("INFO");
+    assert!(info.contains("role:slave"), "{info}");
+    let leader_info: String = redis::cmd("INFO")
+        .arg("server")
+        .query(&mut connect(cluster.resp(node % 3 + 1)))
+        .expect("INFO");
+    assert!(leader_info.contains("redis_version:7.2.0"), "{leader_info}");
+
+    // RESP3 after HELLO 3: maps and nulls in RESP3's own types.
+    assert!(raw.call(&["HELLO", "3"]).starts_with("%7\r\n"));
+    assert_eq!(raw.call(&["GET", "s:none"]), "_\r\n");
+    assert_eq!(raw.call(&["HELLO", "4"]), "-NOPROTO unsupported protocol version\r\n");
+
+    // Pipelining: replies in order, a GET sees the SET before it.
+    let mut pipe = redis::pipe();
+    for i in 0..50 {
+        pipe.cmd("SET").arg(format!("p:{i}")).arg(i).ignore();
+        pipe.cmd("SET").arg("p:same").arg(i).ignore();
+        pipe.cmd("GET").arg(format!("p:{i}"));
+    }
+    pipe.cmd("GET").arg("p:same");
+    let got: Vec<i64> = pipe.query(&mut c).expect("pipeline");
+    let mut expected: Vec<i64> = (0..50).collect();
+    expected.push(49);
+    assert_eq!(got, expected);
+
+    // A protocol error is answered and closes the connection, as Redis does.
+    let mut broken = Raw::open(cluster.resp(node));
+    broken.send(b"*1\r\n$-5\r\n");
+    assert_eq!(broken.reply(), "-ERR Protocol error: invalid bulk length\r\n");
+    assert!(broken.closed());
+    let mut oversized = Raw::open(cluster.resp(node));
+    oversized.send(format!("*2\r\n$3\r\nGET\r\n${}\r\n", 64 * 1024 * 1024).as_bytes());
+    assert_eq!(oversized.reply(), "-ERR Protocol error: invalid bulk length\r\n");
+}
+
+#[test]
+fn resp_sdk_and_cli_read_each_others_keys_and_multi_exec_is_one_transaction() {
+    let cluster = resp_cluster(&[]);
+    let mut c = connect(cluster.resp(1));
+    let mut raw = Raw::open(cluster.resp(2));
+    runtime().block_on(async {
+        let client = cluster.client().await;
+        redis::cmd("SET")
+            .arg("shared:resp")
+            .arg("from redis")
+            .exec(&mut c)
+            .expect("SET");
+        let entry = client.kv().get("shared:resp").await.expect("SDK get").expect("present");
+        assert_eq!(entry.value, b"from redis");
+        client.kv().put("shared:sdk", "from the SDK").await.expect("SDK put");
+        let value: String = redis::cmd("GET").arg("shared:sdk").query(&mut c).expect("GET");
+        assert_eq!(value, "from the SDK");
+        let cli = run_cli(NODE, &cluster.endpoints(), &["kv", "get", "shared:resp"], None).await;
+        assert!(cli.stdout.contains("from redis"), "{cli:?}");
+    });
+
+    // MULTI / EXEC: queued, then applied whole; the reads see the block's own writes.
+    assert_eq!(raw.call(&["MULTI"]), "+OK\r\n");
+    assert_eq!(raw.call(&["SET", "tx:a", "1"]), "+QUEUED\r\n");
+    assert_eq!(raw.call(&["GET", "tx:a"]), "+QUEUED\r\n");
+    assert_eq!(raw.call(&["EXISTS", "shared:resp", "tx:none"]), "+QUEUED\r\n");
+    assert_eq!(raw.call(&["DEL", "shared:sdk"]), "+QUEUED\r\n");
+    assert_eq!(raw.call(&["EXEC"]), "*4\r\n+OK\r\n$1\r\n1\r\n:1\r\n:1\r\n");
+    assert_eq!(raw.call(&["EXISTS", "shared:sdk"]), ":0\r\n");
+    // A command whose write depends on a read cannot be queued: the block is discarded.
+    assert_eq!(raw.call(&["MULTI"]), "+OK\r\n");
+    assert!(raw
+        .call(&["INCR", "tx:a"])
+        .starts_with("-ERR INCR cannot be queued in MULTI"));
+    assert_eq!(
+        raw.call(&["EXEC"]),
+        "-EXECABORT Transaction discarded because of previous errors.\r\n"
+    );
+    // A queueing error discards the block; nothing of it applies.
+    assert_eq!(raw.call(&["MULTI"]), "+OK\r\n");
+    assert_eq!(raw.call(&["SET", "tx:b", "1"]), "+QUEUED\r\n");
+    assert_eq!(
+        raw.call(&["GET"]),
+        "-ERR wrong number of arguments for 'get' command\r\n"
+    );
+    assert_eq!(
+        raw.call(&["EXEC"]),
+        "-EXECABORT Transaction discarded because of previous errors.\r\n"
+    );
+    assert_eq!(raw.call(&["EXISTS", "tx:b"]), ":0\r\n");
+    assert_eq!(raw.call(&["EXEC"]), "-ERR EXEC without MULTI\r\n");
+    // WATCH: another client's write in between aborts the block (a null array).
+    assert_eq!(raw.call(&["WATCH", "tx:a"]), "+OK\r\n");
+    redis::cmd("SET").arg("tx:a").arg("changed").exec(&mut c).expect("SET");
+    assert_eq!(raw.call(&["MULTI"]), "+OK\r\n");
+    assert_eq!(raw.call(&["SET", "tx:a", "mine"]), "+QUEUED\r\n");
+    assert_eq!(raw.call(&["EXEC"]), "*-1\r\n");
+    assert_eq!(raw.call(&["GET", "tx:a"]), "$7\r\nchanged\r\n");
+    // Without a write in between, the block applies.
+    assert_eq!(raw.call(&["WATCH", "tx:a", "tx:absent"]), "+OK\r\n");
+    assert_eq!(raw.call(&["MULTI"]), "+OK\r\n");
+    assert_eq!(raw.call(&["SET", "tx:a", "mine"]), "+QUEUED\r\n");
+    assert_eq!(raw.call(&["EXEC"]), "*1\r\n+OK\r\n");
+    assert_eq!(raw.call(&["GET", "tx:a"]), "$4\r\nmine\r\n");
+}
+
+/// Many connections on every node increment one key at once: every increment is counted once,
+/// and every client gets a distinct value, as from Redis running them one by one. Then the
+/// leader is killed: nothing acknowledged is lost.
+#[test]
+fn concurrent_increments_of_one_key_are_each_counted_once_across_a_leader_kill() {
+    let mut cluster = resp_cluster(&[]);
+    const THREADS: u64 = 9;
+    const EACH: u64 = 150;
+    let addrs: Vec<SocketAddr> = (1..=3).map(|id| cluster.resp(id)).collect();
+    for addr in &addrs {
+        drop(connect(*addr));
+    }
+    let handles: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let addr = addrs[(t % 3) as usize];
+            std::thread::spawn(move || {
+                let mut c = connect(addr);
+                (0..EACH)
+                    .map(|_| redis::cmd("INCR").arg("hot").query::<i64>(&mut c).expect("INCR"))
+                    .collect::<Vec<i64>>()
+            })
+        })
+        .collect();
+    let mut all: Vec<i64> = handles.into_iter().flat_map(|h| h.join().expect("thread")).collect();
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        (1..=(THREADS * EACH) as i64).collect::<Vec<_>>(),
+        "every value once"
+    );
+
+    let leader = runtime().block_on(async {
+        let client = cluster.client().await;
+        cluster.leader(&client).await
+    });
+    cluster.kill(leader);
+    let survivor = (1..=3).find(|id| *id != leader).expect("a survivor");
+    let mut c = connect(cluster.resp(survivor));
+    let value: i64 = redis::cmd("GET").arg("hot").query(&mut c).expect("GET after the kill");
+    assert_eq!(value, (THREADS * EACH) as i64);
+    assert_eq!(
+        redis::cmd("INCR").arg("hot").query::<i64>(&mut c).expect("INCR"),
+        value + 1
+    );
+}
+
+#[test]
+fn auth_is_required_when_a_password_is_set() {
+    let cluster = resp_cluster(&["--resp-password", "s3cret", "--resp-allow-flush"]);
+    let mut raw = Raw::open(cluster.resp(1));
+    for _ in 0..100 {
+        if raw.call(&["PING"]) == "-NOAUTH Authentication required.\r\n" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(raw.call(&["GET", "k"]), "-NOAUTH Authentication required.\r\n");
+    assert_eq!(
+        raw.call(&["AUTH", "wrong"]),
+        "-WRONGPASS invalid username-password pair or user is disabled.\r\n"
+    );
+    assert_eq!(
+        raw.call(&["AUTH", "someone", "s3cret"]),
+        "-WRONGPASS invalid username-password pair or user is disabled.\r\n"
+    );
+    assert_eq!(raw.call(&["AUTH", "s3cret"]), "+OK\r\n");
+    assert_eq!(raw.call(&["SET", "k", "v"]), "+OK\r\n");
+    let mut hello = Raw::open(cluster.resp(2));
+    assert!(hello.call(&["HELLO", "3"]).starts_with("-NOAUTH HELLO must be called"));
+    assert!(hello
+        .call(&["HELLO", "3", "AUTH", "default", "s3cret"])
+        .starts_with("%7\r\n"));
+    assert_eq!(hello.call(&["GET", "k"]), "$1\r\nv\r\n");
+    let client = redis::Client::open(format!("redis://:s3cret@{}/", cluster.resp(3))).expect("client");
+    let mut c = client.get_connection().expect("connect with a password");
+    assert_eq!(redis::cmd("GET").arg("k").query::<String>(&mut c).expect("GET"), "v");
+    // A dev node (--resp-allow-flush) empties its cluster on FLUSHDB.
+    assert_eq!(raw.call(&["DBSIZE"]), ":1\r\n");
+    assert_eq!(raw.call(&["FLUSHALL"]), "+OK\r\n");
+    assert_eq!(raw.call(&["DBSIZE"]), ":0\r\n");
+}
+
+fn tool(name: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|dir| std::path::Path::new(dir).join(name))
+        .find(|path| path.is_file())
+}
+
+/// The tools of Debian's `redis-tools` against a node, when the machine has them.
+#[test]
+fn redis_cli_and_redis_benchmark_work_against_a_node() {
+    let (Some(cli), Some(bench)) = (tool("redis-cli"), tool("redis-benchmark")) else {
+        eprintln!("redis-cli or redis-benchmark not installed (Debian redis-tools): skipped");
+        return;
+    };
+    let cluster = resp_cluster(&[]);
+    let port = cluster.resp(1).port().to_string();
+    drop(connect(cluster.resp(1)));
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(&cli)
+            .args(["-p", &port])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(run(&["SET", "tool", "works"]), "OK");
+    assert_eq!(run(&["GET", "tool"]), "works");
+    assert_eq!(run(&["INCRBY", "tool:n", "5"]), "5");
+    let out = std::process::Command::new(&bench)
+        .args(["-p", &port, "-t", "set,get,incr", "-c", "10", "-n", "2000", "-q"])
+        .output()
+        .expect("redis-benchmark");
+    assert!(out.status.success(), "{out:?}");
+    // Every INCR of the benchmark counted: its key is `counter:__rand_int__` without -r.
+    assert_eq!(run(&["GET", "counter:__rand_int__"]), "2000");
+    assert_eq!(
+        run(&["STRLEN", "key:__rand_int__"]),
+        "3",
+        "the benchmark's 3-byte value"
+    );
+}
