@@ -12,6 +12,17 @@
 //! pipe on stdout, and only there, into that signal.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Set by commands that own node processes or temporary clusters (`dev`, `demo`, `bench`): a
+/// closed stdout must not end them by a signal, which would run no destructor and leave their
+/// nodes running. Their output is then dropped and they go on until they stop as they would.
+static SUPERVISING: AtomicBool = AtomicBool::new(false);
+
+/// Marks this process as one that must stop in order, whatever happens to its stdout.
+pub fn supervising() {
+    SUPERVISING.store(true, Ordering::Relaxed);
+}
 
 /// Writes `args` to stdout and flushes it. A broken pipe ends the process by SIGPIPE; any other
 /// write error is ignored as `crate::outln!`'s callers could not act on it either.
@@ -19,7 +30,7 @@ pub fn write_stdout(args: std::fmt::Arguments<'_>) {
     let mut stdout = std::io::stdout().lock();
     let written = stdout.write_fmt(args).and_then(|()| stdout.flush());
     if let Err(e) = written {
-        if e.kind() == std::io::ErrorKind::BrokenPipe {
+        if e.kind() == std::io::ErrorKind::BrokenPipe && !SUPERVISING.load(Ordering::Relaxed) {
             die_by_sigpipe();
         }
     }

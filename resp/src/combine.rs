@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use basalt_client::txn::{Compare, Condition};
-use basalt_client::{Client, KvEntry, PutOptions, TxnOp, TxnOutcome};
+use basalt_client::{Client, KvEntry, PutOptions, TxnOp, TxnOpResult, TxnOutcome};
 use tokio::sync::oneshot;
 
 use crate::frame::Reply;
@@ -164,6 +164,9 @@ async fn run(combiner: Combiner, client: Client, key: Vec<u8>) {
         key: key.clone(),
         done: false,
     };
+    // What this runner last wrote: the next group tries its write on it without reading first
+    // (the write is conditioned on its revision, so a stale guess only costs a read).
+    let mut known = None;
     loop {
         let group = combiner.take(&key);
         if group.is_empty() {
@@ -171,46 +174,78 @@ async fn run(combiner: Combiner, client: Client, key: Vec<u8>) {
             return;
         }
         let writes: Vec<StringWrite> = group.iter().map(|w| w.write.clone()).collect();
-        let replies = write_group(&client, &key, &writes).await;
+        let replies = write_group(&client, &key, &writes, &mut known).await;
         for (waiting, reply) in group.into_iter().zip(replies) {
             let _ = waiting.reply.send(reply);
         }
     }
 }
 
+/// The key as this runner's last write left it, in local time.
+#[derive(Clone, Debug)]
+struct Known {
+    value: Vec<u8>,
+    /// The write's revision: the next write is conditioned on it.
+    revision: u64,
+    expires_at_ms: Option<i64>,
+}
+
+fn expires_at(ttl: Option<Duration>, now_ms: i64) -> Option<i64> {
+    ttl.map(|ttl| now_ms.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)))
+}
+
 /// One round: the group's writes applied and written once. Every reply is the same error when
-/// the write fails.
-async fn write_group(client: &Client, key: &[u8], writes: &[StringWrite]) -> Vec<Reply> {
+/// the write fails. `known` is the state the runner's previous round left (tried first instead
+/// of a read), and what this round leaves.
+async fn write_group(client: &Client, key: &[u8], writes: &[StringWrite], known: &mut Option<Known>) -> Vec<Reply> {
     let all = |reply: Reply| vec![reply; writes.len()];
+    let guess = known.take();
     // Only SETs: the value before does not matter, the last one is written as it is.
     if let Some(StringWrite::Set { value, ttl }) = writes.last() {
         if writes.iter().all(|w| matches!(w, StringWrite::Set { .. })) {
-            let written = client.kv().put_with(key, value, PutOptions { ttl: *ttl }).await;
-            return all(written.map_or_else(|e| client_error(&e), |_| Reply::ok()));
+            let now = now_ms();
+            return match client.kv().put_with(key, value, PutOptions { ttl: *ttl }).await {
+                Ok(revision) => {
+                    *known = Some(Known {
+                        value: value.clone(),
+                        revision,
+                        expires_at_ms: expires_at(*ttl, now),
+                    });
+                    all(Reply::ok())
+                }
+                Err(e) => all(client_error(&e)),
+            };
         }
     }
+    let mut guess = guess;
     for attempt in 0..CAS_ATTEMPTS_MAX {
-        let entry: Option<KvEntry> = match client.kv().get(key).await {
-            Ok(entry) => entry,
-            Err(e) => return all(client_error(&e)),
-        };
         let now = now_ms();
+        let (value, revision, expires_at_ms) = match guess.take() {
+            Some(k) => (Some(k.value), k.revision, k.expires_at_ms),
+            None => match client.kv().get(key).await {
+                Ok(entry) => {
+                    let entry: Option<KvEntry> = entry;
+                    (
+                        entry.as_ref().map(|e| e.value.clone()),
+                        entry.as_ref().map_or(0, |e| e.mod_revision),
+                        entry.as_ref().and_then(|e| e.expires_at_ms).map(|at| at as i64),
+                    )
+                }
+                Err(e) => return all(client_error(&e)),
+            },
+        };
         let mut state = State {
-            value: entry.as_ref().map(|e| e.value.clone()),
-            ttl: entry
-                .as_ref()
-                .and_then(|e| e.expires_at_ms)
-                .map(|at| Duration::from_millis((at as i64).saturating_sub(now).max(1) as u64)),
+            value,
+            ttl: expires_at_ms.map(|at| Duration::from_millis(at.saturating_sub(now).max(1) as u64)),
         };
         let (replies, changed) = apply_group(&mut state, writes);
         let Some(value) = state.value.filter(|_| changed) else {
             return replies;
         };
         let op = match state.ttl {
-            Some(ttl) => TxnOp::put_with_ttl(key.to_vec(), value, ttl),
-            None => TxnOp::put(key.to_vec(), value),
+            Some(ttl) => TxnOp::put_with_ttl(key.to_vec(), value.clone(), ttl),
+            None => TxnOp::put(key.to_vec(), value.clone()),
         };
-        let revision = entry.as_ref().map_or(0, |e| e.mod_revision);
         let outcome = client
             .txn()
             .when(Condition::mod_revision(key.to_vec(), Compare::Eq, revision))
@@ -218,9 +253,25 @@ async fn write_group(client: &Client, key: &[u8], writes: &[StringWrite]) -> Vec
             .commit()
             .await;
         match outcome {
-            Ok(TxnOutcome::Committed { succeeded: true, .. }) => return replies,
+            Ok(TxnOutcome::Committed {
+                succeeded: true,
+                results,
+            }) => {
+                if let Some(TxnOpResult::Written { revision, .. }) = results.first() {
+                    *known = Some(Known {
+                        value,
+                        revision: *revision,
+                        expires_at_ms: expires_at(state.ttl, now),
+                    });
+                }
+                return replies;
+            }
+            // Another writer came in between (or the guess was stale): read and go again,
+            // after a pause that grows so that contending writers spread out.
             Ok(TxnOutcome::Committed { succeeded: false, .. }) => {
-                tokio::time::sleep(Duration::from_micros(50 * u64::from(attempt.min(40)))).await;
+                if attempt > 0 {
+                    tokio::time::sleep(Duration::from_micros(50 * u64::from(attempt.min(40)))).await;
+                }
             }
             Ok(TxnOutcome::Aborted { reason, .. }) => return all(op_refusal(reason)),
             Err(e) => return all(client_error(&e)),

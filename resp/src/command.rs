@@ -126,6 +126,12 @@ pub enum Command {
     Discard,
     Watch(Vec<Bytes>),
     Unwatch,
+    // Pub/sub.
+    Publish(Bytes, Bytes),
+    Subscribe(Vec<Bytes>),
+    PSubscribe(Vec<Bytes>),
+    Unsubscribe(Vec<Bytes>),
+    PUnsubscribe(Vec<Bytes>),
 }
 
 /// Every command name the table knows, with Redis's arity (positive: exactly that many
@@ -198,7 +204,18 @@ pub const COMMANDS: &[(&str, i32, &str)] = &[
         4,
         "Sets both string value and expiration time in milliseconds of a key.",
     ),
+    (
+        "psubscribe",
+        -2,
+        "Listens for messages published to channels that match one or more patterns.",
+    ),
     ("pttl", 2, "Returns the expiration time in milliseconds of a key."),
+    ("publish", 3, "Posts a message to a channel."),
+    (
+        "punsubscribe",
+        -1,
+        "Stops listening to messages published to channels that match one or more patterns.",
+    ),
     ("quit", -1, "Closes the connection."),
     ("readonly", 1, "Enables stale reads for the connection."),
     (
@@ -216,10 +233,12 @@ pub const COMMANDS: &[(&str, i32, &str)] = &[
         "Set the string value of a key only when the key doesn't exist.",
     ),
     ("strlen", 2, "Returns the length of a string value."),
+    ("subscribe", -2, "Listens for messages published to channels."),
     ("time", 1, "Returns the server time."),
     ("ttl", 2, "Returns the expiration time in seconds of a key."),
     ("type", 2, "Determines the type of value stored at a key."),
     ("unlink", -2, "Asynchronously deletes one or more keys."),
+    ("unsubscribe", -1, "Stops listening to messages posted to channels."),
     ("unwatch", 1, "Forgets about watched keys of a transaction."),
     (
         "watch",
@@ -471,6 +490,11 @@ pub fn parse(args: &[Bytes]) -> Result<Command, Refusal> {
         "discard" => Command::Discard,
         "watch" => Command::Watch(a.to_vec()),
         "unwatch" => Command::Unwatch,
+        "publish" => Command::Publish(key(), a[1].clone()),
+        "subscribe" => Command::Subscribe(a.to_vec()),
+        "psubscribe" => Command::PSubscribe(a.to_vec()),
+        "unsubscribe" => Command::Unsubscribe(a.to_vec()),
+        "punsubscribe" => Command::PUnsubscribe(a.to_vec()),
         other => return Err(unknown_command(&[other.as_bytes().to_vec()])),
     })
 }

@@ -10,16 +10,21 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use basalt_client::limits::KEY_BYTES_MAX;
 use basalt_client::{ReadConsistency, TxnOp, TxnOutcome};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::command::{self, errors, Bytes, Command, Refusal};
-use crate::frame::{parse_request, Parsed, Protocol, Reply};
+use crate::frame::{Parsed, Protocol, ReadLimits, Reply, RequestReader};
 use crate::glob::Glob;
 use crate::keys::{now_ms, op_refusal, ttl_of, Keys, Ttl};
-use crate::limits::{MULTI_QUEUED_MAX, PIPELINE_ROUND_REQUESTS_MAX, SCAN_CURSORS_MAX, TXN_OPS_MAX};
+use crate::limits::{
+    MULTI_QUEUED_MAX, PIPELINE_ROUND_REQUESTS_MAX, PUSH_BUFFER_MESSAGES, REPLY_FLUSH_BYTES, SCAN_CURSORS_MAX,
+    SET_RUN_BYTES_MAX, TXN_CONDITIONS_MAX, TXN_OPS_MAX, VALUE_BYTES_MAX,
+};
 use crate::multi::{self, Queued};
+use crate::pubsub::{Kind, Subscriptions};
 use crate::reply_error::client_error;
 use crate::server::{stopped, Shared};
 
@@ -44,6 +49,7 @@ struct Connection {
     /// Open `SCAN` cursors: number → the key the scan goes on after.
     cursors: VecDeque<(u64, Bytes)>,
     next_cursor: u64,
+    subscriptions: Subscriptions,
 }
 
 /// Serves `stream` until the client leaves, sends `QUIT`, breaks the protocol, or the node
@@ -51,6 +57,7 @@ struct Connection {
 pub async fn serve(stream: TcpStream, shared: Arc<Shared>, id: u64, mut stop: tokio::sync::watch::Receiver<bool>) {
     let _ = stream.set_nodelay(true);
     let (mut reader, mut writer) = stream.into_split();
+    let (push_sender, mut pushes) = tokio::sync::mpsc::channel(PUSH_BUFFER_MESSAGES);
     let mut connection = Connection {
         authenticated: shared.config.password.is_none(),
         shared,
@@ -62,9 +69,11 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>, id: u64, mut stop: to
         watched: Vec::new(),
         cursors: VecDeque::new(),
         next_cursor: 1,
+        subscriptions: Subscriptions::new(push_sender),
     };
     let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut out: Vec<u8> = Vec::with_capacity(16 * 1024);
+    let mut requests_reader = RequestReader::default();
     // Bytes the buffer must hold before parsing again is worth it.
     let mut wanted = 1usize;
     loop {
@@ -74,21 +83,29 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>, id: u64, mut stop: to
             let mut broken = None;
             // Whole requests are left in the buffer after this round's share.
             let mut more_ready = false;
+            // Before AUTH, one request a round: the next is read under the limits its result
+            // decides (Redis's small unauthenticated ones, or the full ones).
+            let (round_max, limits) = if connection.authenticated {
+                (PIPELINE_ROUND_REQUESTS_MAX, ReadLimits::AUTHENTICATED)
+            } else {
+                (1, ReadLimits::UNAUTHENTICATED)
+            };
             loop {
-                if requests.len() >= PIPELINE_ROUND_REQUESTS_MAX {
+                if requests.len() >= round_max {
                     more_ready = true;
                     wanted = 1;
                     break;
                 }
-                match parse_request(&buf[consumed..]) {
+                // Offsets are counted from `buf[consumed..]`, which is the buffer's start once
+                // the parsed requests are drained below: a partial request's progress and the
+                // `at_least` of an incomplete one stay true across the drain.
+                match requests_reader.read(&buf[consumed..], limits) {
                     Ok(Parsed::Request { args, consumed: n }) => {
                         consumed += n;
                         if !args.is_empty() {
                             requests.push(args);
                         }
                     }
-                    // Counted from where parsing stopped, which is the buffer's start once the
-                    // parsed requests are drained below.
                     Ok(Parsed::Incomplete { at_least }) => {
                         wanted = at_least;
                         break;
@@ -100,7 +117,7 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>, id: u64, mut stop: to
                 }
             }
             buf.drain(..consumed);
-            let next = connection.run_all(requests, &mut out).await;
+            let next = connection.run_all(requests, &mut out, &mut writer).await;
             if let Some(e) = &broken {
                 Reply::error(format!("ERR {e}")).encode(connection.protocol, &mut out);
             }
@@ -115,6 +132,10 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>, id: u64, mut stop: to
                 let _ = writer.shutdown().await;
                 return;
             }
+            if buf.capacity() > 64 * 1024 && buf.len() < 16 * 1024 {
+                // A large request is gone: do not keep its buffer for the connection's life.
+                buf.shrink_to(16 * 1024);
+            }
             if more_ready {
                 continue;
             }
@@ -124,6 +145,22 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>, id: u64, mut stop: to
             read = reader.read_buf(&mut buf) => match read {
                 Ok(0) | Err(_) => return,
                 Ok(_) => {}
+            },
+            Some(push) = pushes.recv() => {
+                // Pub/sub messages, between replies: every one waiting now goes in one write,
+                // except those of a subscription dropped since they were queued.
+                let mut push = Some(push);
+                while let Some(message) = push.take().or_else(|| pushes.try_recv().ok()) {
+                    if connection.subscriptions.is_current(&message) {
+                        message.reply.encode(connection.protocol, &mut out);
+                    }
+                }
+                if !out.is_empty() {
+                    if writer.write_all(&out).await.is_err() {
+                        return;
+                    }
+                    out.clear();
+                }
             },
             () = stopped(&mut stop) => return,
         }
@@ -139,13 +176,26 @@ impl Connection {
         }
     }
 
-    /// Runs a read's worth of requests in order, appending each reply to `out`.
-    async fn run_all(&mut self, requests: Vec<Vec<Bytes>>, out: &mut Vec<u8>) -> Next {
+    /// Runs a read's worth of requests in order, appending each reply to `out`, and writing
+    /// `out` to `writer` whenever it passes [`REPLY_FLUSH_BYTES`]: a pipeline of large replies
+    /// is paced by the client's reading, not held whole in memory.
+    async fn run_all<W: tokio::io::AsyncWrite + Unpin>(
+        &mut self,
+        requests: Vec<Vec<Bytes>>,
+        out: &mut Vec<u8>,
+        writer: &mut W,
+    ) -> Next {
         let mut parsed: VecDeque<(String, Result<Command, Refusal>)> = requests
             .iter()
             .map(|args| (String::from_utf8_lossy(&args[0]).into_owned(), command::parse(args)))
             .collect();
         while let Some((name, command)) = parsed.pop_front() {
+            if out.len() >= REPLY_FLUSH_BYTES {
+                if writer.write_all(out).await.is_err() {
+                    return Next::Close;
+                }
+                out.clear();
+            }
             let command = match command {
                 Ok(command) => command,
                 Err(refusal) => {
@@ -156,7 +206,8 @@ impl Connection {
                     continue;
                 }
             };
-            if self.multi.is_none() && self.authenticated && plain_set(&command) {
+            let subscribed = self.subscriptions.count() > 0 && self.protocol == Protocol::Resp2;
+            if self.multi.is_none() && self.authenticated && !subscribed && plain_set(&command) {
                 let mut run = vec![command];
                 while run.len() < TXN_OPS_MAX && parsed.front().is_some_and(|(_, c)| matches!(c, Ok(c) if plain_set(c)))
                 {
@@ -176,42 +227,79 @@ impl Connection {
         Next::Go
     }
 
-    /// A run of plain `SET`s, applied as one step in order: where a key comes again only its
-    /// last value is written (the earlier ones are overwritten at the same instant, which no
-    /// reader can tell apart from Redis running them one by one); one key goes through the
-    /// combiner, several as one transaction.
+    /// A run of plain `SET`s, applied in order as few transactions: cut where the run passes
+    /// [`SET_RUN_BYTES_MAX`] or [`TXN_OPS_MAX`], and within each part a key given again keeps
+    /// only its last value (the earlier ones are overwritten at the same instant, which no
+    /// reader can tell from Redis running them one by one). A part of one key goes through the
+    /// combiner. A run holding a `SET` the cluster would refuse on its own (an empty or
+    /// oversized key or value) runs one by one, so only that one fails.
     async fn set_run(&mut self, run: Vec<Command>, out: &mut Vec<u8>) {
-        let count = run.len();
-        let mut last: Vec<(Bytes, Bytes, Option<command::Expiry>)> = Vec::new();
-        for command in run {
-            if let Command::Set { key, value, expiry, .. } = command {
+        let sets: Vec<(Bytes, Bytes, Option<command::Expiry>)> = run
+            .into_iter()
+            .filter_map(|c| match c {
+                Command::Set { key, value, expiry, .. } => Some((key, value, expiry)),
+                _ => None,
+            })
+            .collect();
+        let valid = |(key, value, _): &(Bytes, Bytes, Option<command::Expiry>)| {
+            !key.is_empty() && key.len() <= KEY_BYTES_MAX && value.len() <= VALUE_BYTES_MAX
+        };
+        if !sets.iter().all(valid) {
+            for (key, value, expiry) in sets {
+                self.keys()
+                    .set(&key, value, expiry, false, None, false)
+                    .await
+                    .encode(self.protocol, out);
+            }
+            return;
+        }
+        let mut parts: Vec<Vec<(Bytes, Bytes, Option<command::Expiry>)>> = vec![Vec::new()];
+        let mut part_bytes = 0usize;
+        for set in sets {
+            let bytes = set.0.len() + set.1.len();
+            let full = parts
+                .last()
+                .is_some_and(|p| !p.is_empty() && (part_bytes + bytes > SET_RUN_BYTES_MAX || p.len() >= TXN_OPS_MAX));
+            if full {
+                parts.push(Vec::new());
+                part_bytes = 0;
+            }
+            part_bytes += bytes;
+            if let Some(part) = parts.last_mut() {
+                part.push(set);
+            }
+        }
+        for part in parts {
+            let count = part.len();
+            let mut last: Vec<(Bytes, Bytes, Option<command::Expiry>)> = Vec::with_capacity(count);
+            for (key, value, expiry) in part {
                 match last.iter_mut().find(|(k, _, _)| *k == key) {
                     Some(slot) => *slot = (key, value, expiry),
                     None => last.push((key, value, expiry)),
                 }
             }
-        }
-        let reply = if last.len() == 1 {
-            let (key, value, expiry) = last.remove(0);
-            self.keys().set(&key, value, expiry, false, None, false).await
-        } else {
-            let now = now_ms();
-            let mut txn = self.shared.client.txn();
-            for (key, value, expiry) in last {
-                txn = txn.then(match expiry.map(|e| ttl_of(e, now)) {
-                    Some(Ttl::Live(ttl)) => TxnOp::put_with_ttl(key, value, ttl),
-                    Some(Ttl::Past) => TxnOp::delete(key),
-                    None => TxnOp::put(key, value),
-                });
+            let reply = if last.len() == 1 {
+                let (key, value, expiry) = last.remove(0);
+                self.keys().set(&key, value, expiry, false, None, false).await
+            } else {
+                let now = now_ms();
+                let mut txn = self.shared.client.txn();
+                for (key, value, expiry) in last {
+                    txn = txn.then(match expiry.map(|e| ttl_of(e, now)) {
+                        Some(Ttl::Live(ttl)) => TxnOp::put_with_ttl(key, value, ttl),
+                        Some(Ttl::Past) => TxnOp::delete(key),
+                        None => TxnOp::put(key, value),
+                    });
+                }
+                match txn.commit().await {
+                    Ok(TxnOutcome::Committed { .. }) => Reply::ok(),
+                    Ok(TxnOutcome::Aborted { reason, .. }) => op_refusal(reason),
+                    Err(e) => client_error(&e),
+                }
+            };
+            for _ in 0..count {
+                reply.encode(self.protocol, out);
             }
-            match txn.commit().await {
-                Ok(TxnOutcome::Committed { .. }) => Reply::ok(),
-                Ok(TxnOutcome::Aborted { reason, .. }) => op_refusal(reason),
-                Err(e) => client_error(&e),
-            }
-        };
-        for _ in 0..count {
-            reply.encode(self.protocol, out);
         }
     }
 
@@ -219,6 +307,31 @@ impl Connection {
     async fn run(&mut self, command: Command, name: &str) -> (Reply, Next) {
         if !self.authenticated && !matches!(command, Command::Auth { .. } | Command::Hello { .. } | Command::Quit) {
             return (Reply::error(errors::NOAUTH), Next::Go);
+        }
+        // RESP2 has one stream for replies and messages: a subscribed connection may only
+        // change its subscriptions (RESP3 pushes messages apart, so anything goes there).
+        let subscribed = self.subscriptions.count() > 0 && self.protocol == Protocol::Resp2;
+        if subscribed {
+            match &command {
+                Command::Subscribe(_)
+                | Command::PSubscribe(_)
+                | Command::Unsubscribe(_)
+                | Command::PUnsubscribe(_)
+                | Command::Quit => {}
+                Command::Ping(message) => {
+                    let message = message.clone().unwrap_or_default();
+                    return (Reply::Array(vec![Reply::bulk("pong"), Reply::Bulk(message)]), Next::Go);
+                }
+                _ => {
+                    return (
+                        Reply::error(format!(
+                            "ERR Can't execute '{}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context",
+                            name.to_ascii_lowercase()
+                        )),
+                        Next::Go,
+                    )
+                }
+            }
         }
         if let Some((queued, failed)) = &mut self.multi {
             match command {
@@ -273,8 +386,8 @@ impl Connection {
             Command::CommandCount => Reply::Integer(command::COMMANDS.len() as i64),
             Command::CommandDocs(names) => crate::server::command_docs(&names),
             Command::CommandList(names) => crate::server::command_list(&names),
-            Command::DbSize => match self.keys().walk(None, "DBSIZE").await {
-                Ok(keys) => Reply::Integer(keys.len() as i64),
+            Command::DbSize => match self.keys().count("DBSIZE").await {
+                Ok(count) => Reply::Integer(count as i64),
                 Err(reply) => reply,
             },
             Command::FlushDb => self.shared.flush(&self.keys()).await,
@@ -361,6 +474,22 @@ impl Connection {
                 self.watched.clear();
                 Reply::ok()
             }
+            Command::Publish(channel, message) => match self.shared.client.pubsub().publish(channel, message).await {
+                Ok(receivers) => Reply::Integer(i64::from(receivers)),
+                Err(e) => client_error(&e),
+            },
+            Command::Subscribe(names) => Reply::Sequence(
+                self.subscriptions
+                    .subscribe(&self.shared.client, Kind::Channel, names)
+                    .await,
+            ),
+            Command::PSubscribe(names) => Reply::Sequence(
+                self.subscriptions
+                    .subscribe(&self.shared.client, Kind::Pattern, names)
+                    .await,
+            ),
+            Command::Unsubscribe(names) => Reply::Sequence(self.subscriptions.unsubscribe(Kind::Channel, names)),
+            Command::PUnsubscribe(names) => Reply::Sequence(self.subscriptions.unsubscribe(Kind::Pattern, names)),
         };
         (reply, Next::Go)
     }
@@ -428,6 +557,15 @@ impl Connection {
     }
 
     async fn watch(&mut self, keys: Vec<Bytes>) -> Reply {
+        let new = keys
+            .iter()
+            .filter(|k| !self.watched.iter().any(|(w, _)| w == *k))
+            .count();
+        if self.watched.len() + new > TXN_CONDITIONS_MAX {
+            return Reply::error(format!(
+                "ERR at most {TXN_CONDITIONS_MAX} keys may be watched: each is a condition of the EXEC transaction"
+            ));
+        }
         for key in keys {
             // Linearizable whatever the connection's reads: the condition is only as good as it.
             match self.shared.client.kv().get(&key).await {

@@ -29,6 +29,10 @@ pub enum ProtocolError {
     ExpectedBulk(u8),
     #[error("Protocol error: invalid bulk length")]
     InvalidBulkLength,
+    #[error("Protocol error: unauthenticated multibulk length")]
+    UnauthenticatedMultibulkLength,
+    #[error("Protocol error: unauthenticated bulk length")]
+    UnauthenticatedBulkLength,
     #[error("Protocol error: unbalanced quotes in request")]
     UnbalancedQuotes,
     /// Basalt's own bound on one request's size (Redis has none below its 512 MiB bulk limit).
@@ -70,70 +74,146 @@ fn number(text: &[u8]) -> Option<i64> {
     Some(if negative { -value } else { value })
 }
 
-/// Reads one request from the front of `buf`.
-pub fn parse_request(buf: &[u8]) -> Result<Parsed, ProtocolError> {
-    match buf.first() {
-        None => Ok(Parsed::Incomplete { at_least: 1 }),
-        Some(b'*') => parse_multibulk(buf),
-        Some(_) => parse_inline(buf),
+/// The bounds a request is read under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadLimits {
+    pub args_max: usize,
+    pub bulk_bytes_max: usize,
+}
+
+impl ReadLimits {
+    /// An authenticated connection's (or any, without a password).
+    pub const AUTHENTICATED: ReadLimits = ReadLimits {
+        args_max: REQUEST_ARGS_MAX,
+        bulk_bytes_max: BULK_BYTES_MAX,
+    };
+    /// Before `AUTH` when a password is set, Redis's own: 10 arguments of at most 16 KiB, so a
+    /// stranger cannot make the node buffer or parse much.
+    pub const UNAUTHENTICATED: ReadLimits = ReadLimits {
+        args_max: 10,
+        bulk_bytes_max: 16 * 1024,
+    };
+}
+
+/// A multibulk request read so far: how many arguments it has, those read, where the next
+/// starts, and the bytes it claims up to there.
+#[derive(Debug)]
+struct Partial {
+    count: usize,
+    args: Vec<Vec<u8>>,
+    at: usize,
+    claimed: usize,
+}
+
+/// Reads the requests of one connection from the front of its buffer, keeping a multibulk
+/// request's progress between reads, so a large request arriving in many reads is parsed once,
+/// not again from its start on every read. The caller drains the buffer only by the bytes a
+/// whole request consumed.
+#[derive(Debug, Default)]
+pub struct RequestReader {
+    partial: Option<Partial>,
+}
+
+impl RequestReader {
+    /// The next request at the front of `buf` (the same bytes as the last call's, and more).
+    pub fn read(&mut self, buf: &[u8], limits: ReadLimits) -> Result<Parsed, ProtocolError> {
+        let read = self.read_inner(buf, limits);
+        if read.is_err() {
+            self.partial = None;
+        }
+        read
+    }
+
+    fn read_inner(&mut self, buf: &[u8], limits: ReadLimits) -> Result<Parsed, ProtocolError> {
+        if self.partial.is_none() {
+            match buf.first() {
+                None => return Ok(Parsed::Incomplete { at_least: 1 }),
+                Some(b'*') => {}
+                Some(_) => return parse_inline(buf),
+            }
+            let Some((count_line, at)) = line(buf, 1) else {
+                if buf.len() > INLINE_BYTES_MAX {
+                    return Err(ProtocolError::CountLineTooBig);
+                }
+                return Ok(Parsed::Incomplete {
+                    at_least: buf.len() + 1,
+                });
+            };
+            let count = number(count_line).ok_or(ProtocolError::InvalidMultibulkLength)?;
+            if count > limits.args_max as i64 {
+                return Err(if limits.args_max < REQUEST_ARGS_MAX {
+                    ProtocolError::UnauthenticatedMultibulkLength
+                } else {
+                    ProtocolError::InvalidMultibulkLength
+                });
+            }
+            if count <= 0 {
+                return Ok(Parsed::Request {
+                    args: Vec::new(),
+                    consumed: at,
+                });
+            }
+            self.partial = Some(Partial {
+                count: count as usize,
+                args: Vec::with_capacity((count as usize).min(1024)),
+                at,
+                claimed: at,
+            });
+        }
+        let Some(p) = self.partial.as_mut() else {
+            return Ok(Parsed::Incomplete { at_least: 1 });
+        };
+        while p.args.len() < p.count {
+            let at = p.at;
+            match buf.get(at) {
+                None => return Ok(Parsed::Incomplete { at_least: at + 1 }),
+                Some(b'$') => {}
+                Some(&other) => return Err(ProtocolError::ExpectedBulk(other)),
+            }
+            let Some((length_line, data_at)) = line(buf, at + 1) else {
+                if buf.len() - at > INLINE_BYTES_MAX {
+                    return Err(ProtocolError::BulkLineTooBig);
+                }
+                return Ok(Parsed::Incomplete {
+                    at_least: buf.len() + 1,
+                });
+            };
+            let length = number(length_line).ok_or(ProtocolError::InvalidBulkLength)?;
+            if length < 0 || length as usize > limits.bulk_bytes_max {
+                return Err(if length >= 0 && limits.bulk_bytes_max < BULK_BYTES_MAX {
+                    ProtocolError::UnauthenticatedBulkLength
+                } else {
+                    ProtocolError::InvalidBulkLength
+                });
+            }
+            let length = length as usize;
+            let claimed = p.claimed + (data_at - at) + length + 2;
+            if claimed > REQUEST_BYTES_MAX {
+                return Err(ProtocolError::RequestTooLarge);
+            }
+            let end = data_at + length;
+            if buf.len() < end + 2 {
+                return Ok(Parsed::Incomplete { at_least: end + 2 });
+            }
+            // Redis takes the two bytes after the data as the line end without looking at them.
+            p.args.push(buf[data_at..end].to_vec());
+            p.at = end + 2;
+            p.claimed = claimed;
+        }
+        match self.partial.take() {
+            Some(p) => Ok(Parsed::Request {
+                args: p.args,
+                consumed: p.at,
+            }),
+            None => Ok(Parsed::Incomplete { at_least: 1 }),
+        }
     }
 }
 
-fn parse_multibulk(buf: &[u8]) -> Result<Parsed, ProtocolError> {
-    let Some((count_line, mut at)) = line(buf, 1) else {
-        if buf.len() > INLINE_BYTES_MAX {
-            return Err(ProtocolError::CountLineTooBig);
-        }
-        return Ok(Parsed::Incomplete {
-            at_least: buf.len() + 1,
-        });
-    };
-    let count = number(count_line).ok_or(ProtocolError::InvalidMultibulkLength)?;
-    if count > REQUEST_ARGS_MAX as i64 {
-        return Err(ProtocolError::InvalidMultibulkLength);
-    }
-    if count <= 0 {
-        return Ok(Parsed::Request {
-            args: Vec::new(),
-            consumed: at,
-        });
-    }
-    let count = count as usize;
-    let mut args = Vec::with_capacity(count.min(1024));
-    // Claimed bytes so far: the framing read plus every bulk's declared length.
-    let mut claimed = at;
-    for _ in 0..count {
-        match buf.get(at) {
-            None => return Ok(Parsed::Incomplete { at_least: at + 1 }),
-            Some(b'$') => {}
-            Some(&other) => return Err(ProtocolError::ExpectedBulk(other)),
-        }
-        let Some((length_line, data_at)) = line(buf, at + 1) else {
-            if buf.len() - at > INLINE_BYTES_MAX {
-                return Err(ProtocolError::BulkLineTooBig);
-            }
-            return Ok(Parsed::Incomplete {
-                at_least: buf.len() + 1,
-            });
-        };
-        let length = number(length_line).ok_or(ProtocolError::InvalidBulkLength)?;
-        if length < 0 || length as usize > BULK_BYTES_MAX {
-            return Err(ProtocolError::InvalidBulkLength);
-        }
-        let length = length as usize;
-        claimed += (data_at - at) + length + 2;
-        if claimed > REQUEST_BYTES_MAX {
-            return Err(ProtocolError::RequestTooLarge);
-        }
-        let end = data_at + length;
-        if buf.len() < end + 2 {
-            return Ok(Parsed::Incomplete { at_least: end + 2 });
-        }
-        // Redis takes the two bytes after the data as the line end without looking at them.
-        args.push(buf[data_at..end].to_vec());
-        at = end + 2;
-    }
-    Ok(Parsed::Request { args, consumed: at })
+/// Reads one request from the front of `buf`, from scratch, under an authenticated
+/// connection's limits.
+pub fn parse_request(buf: &[u8]) -> Result<Parsed, ProtocolError> {
+    RequestReader::default().read(buf, ReadLimits::AUTHENTICATED)
 }
 
 fn parse_inline(buf: &[u8]) -> Result<Parsed, ProtocolError> {
@@ -272,6 +352,9 @@ pub enum Reply {
     Boolean(bool),
     /// Out-of-band data (a pub/sub message): an array in RESP2.
     Push(Vec<Reply>),
+    /// Several replies in a row, for a command Redis answers more than once (`SUBSCRIBE a b`
+    /// answers once per channel). Never nested inside another reply.
+    Sequence(Vec<Reply>),
 }
 
 impl Reply {
@@ -314,6 +397,7 @@ impl Reply {
                 let _ = write!(out, "{}{}\r\n", if resp3 { '~' } else { '*' }, items.len());
                 items.iter().for_each(|item| item.encode(protocol, out));
             }
+            Reply::Sequence(replies) => replies.iter().for_each(|reply| reply.encode(protocol, out)),
             Reply::Push(items) => {
                 let _ = write!(out, "{}{}\r\n", if resp3 { '>' } else { '*' }, items.len());
                 items.iter().for_each(|item| item.encode(protocol, out));
@@ -471,6 +555,23 @@ mod tests {
     }
 
     #[test]
+    fn before_auth_requests_are_held_to_redis_s_small_limits() {
+        let mut reader = RequestReader::default();
+        assert_eq!(
+            reader.read(b"*11\r\n", ReadLimits::UNAUTHENTICATED),
+            Err(ProtocolError::UnauthenticatedMultibulkLength)
+        );
+        assert_eq!(
+            reader.read(b"*1\r\n$16385\r\n", ReadLimits::UNAUTHENTICATED),
+            Err(ProtocolError::UnauthenticatedBulkLength)
+        );
+        assert!(matches!(
+            reader.read(b"*2\r\n$4\r\nAUTH\r\n$2\r\npw\r\n", ReadLimits::UNAUTHENTICATED),
+            Ok(Parsed::Request { .. })
+        ));
+    }
+
+    #[test]
     fn an_incomplete_request_says_how_many_bytes_are_worth_waiting_for() {
         assert_eq!(parse_request(b""), Ok(Parsed::Incomplete { at_least: 1 }));
         assert_eq!(
@@ -516,6 +617,42 @@ mod tests {
                 Ok(Parsed::Incomplete { at_least }) => prop_assert!(at_least > buf.len()),
                 Err(_) => {}
             }
+        }
+
+        /// Read a few bytes at a time, as a socket delivers them, a stream of requests gives the
+        /// same requests as read whole, and the reader never re-reads what it already parsed.
+        #[test]
+        fn reading_in_pieces_gives_the_same_requests(
+            requests in proptest::collection::vec(
+                proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..20), 1..5), 1..4),
+            step in 1usize..17,
+        ) {
+            let mut stream = Vec::new();
+            for args in &requests {
+                let refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+                stream.extend(encode_request(&refs));
+            }
+            let mut reader = RequestReader::default();
+            let mut buf: Vec<u8> = Vec::new();
+            let mut got = Vec::new();
+            for chunk in stream.chunks(step) {
+                buf.extend_from_slice(chunk);
+                loop {
+                    match reader.read(&buf, ReadLimits::AUTHENTICATED) {
+                        Ok(Parsed::Request { args, consumed }) => {
+                            buf.drain(..consumed);
+                            got.push(args);
+                        }
+                        Ok(Parsed::Incomplete { at_least }) => {
+                            prop_assert!(at_least > buf.len());
+                            break;
+                        }
+                        Err(e) => prop_assert!(false, "{e}"),
+                    }
+                }
+            }
+            prop_assert_eq!(got, requests);
+            prop_assert!(buf.is_empty());
         }
 
         /// Bytes that look like a request (a protocol prefix, then noise) reach deeper paths.

@@ -18,7 +18,9 @@ use crate::combine::{Combiner, StringWrite};
 use crate::command::{errors, Bytes, ExpireCondition, Expiry, GetExChange, SetCondition};
 use crate::frame::{format_double, Reply};
 use crate::glob::Glob;
-use crate::limits::{CAS_ATTEMPTS_MAX, KEYSPACE_WALK_KEYS_MAX, SCAN_PAGE_KEYS, TXN_OPS_MAX};
+use crate::limits::{
+    CAS_ATTEMPTS_MAX, KEYSPACE_WALK_KEYS_MAX, REPLY_BYTES_MAX, SCAN_PAGE_KEYS, TXN_CONDITIONS_MAX, TXN_OPS_MAX,
+};
 use crate::reply_error::client_error;
 
 /// This node's wall clock in Unix milliseconds: what `EXAT` times and `TTL` answers are read
@@ -226,10 +228,17 @@ impl Keys<'_> {
     }
 
     pub async fn mget(&self, keys: &[Bytes]) -> Reply {
-        let mut values = Vec::with_capacity(keys.len());
+        let mut values = Vec::with_capacity(keys.len().min(1024));
+        let mut bytes = 0usize;
         for key in keys {
             match self.entry(key).await {
-                Ok(entry) => values.push(Reply::optional(entry.map(|e| e.value))),
+                Ok(entry) => {
+                    bytes += entry.as_ref().map_or(0, |e| e.value.len());
+                    if bytes > REPLY_BYTES_MAX {
+                        return too_large("MGET");
+                    }
+                    values.push(Reply::optional(entry.map(|e| e.value)));
+                }
                 Err(reply) => return reply,
             }
         }
@@ -250,6 +259,11 @@ impl Keys<'_> {
         if last.len() > TXN_OPS_MAX {
             return Reply::error(format!(
                 "ERR at most {TXN_OPS_MAX} keys per MSET: Basalt applies it as one transaction"
+            ));
+        }
+        if only_if_all_absent && last.len() > TXN_CONDITIONS_MAX {
+            return Reply::error(format!(
+                "ERR at most {TXN_CONDITIONS_MAX} keys per MSETNX: each is a condition of one Basalt transaction"
             ));
         }
         let mut txn = self.client.txn();
@@ -474,14 +488,20 @@ impl Keys<'_> {
         Ok((keys, next))
     }
 
-    /// Every key matching `pattern`, at most [`KEYSPACE_WALK_KEYS_MAX`] read.
+    /// Every key matching `pattern`, at most [`KEYSPACE_WALK_KEYS_MAX`] read and
+    /// [`REPLY_BYTES_MAX`] of names kept.
     pub async fn walk(&self, pattern: Option<&Glob>, what: &str) -> Result<Vec<Bytes>, Reply> {
         let mut keys = Vec::new();
         let mut after = Vec::new();
         let mut read = 0usize;
+        let mut bytes = 0usize;
         loop {
-            let (page, next) = self.scan_page(&after, pattern, u64::from(SCAN_PAGE_KEYS)).await?;
-            read += SCAN_PAGE_KEYS as usize;
+            let (page, next, page_read) = self.walk_page(&after, pattern).await?;
+            read += page_read;
+            bytes += page.iter().map(Vec::len).sum::<usize>();
+            if bytes > REPLY_BYTES_MAX {
+                return Err(too_large(what));
+            }
             keys.extend(page);
             match next {
                 None => return Ok(keys),
@@ -494,6 +514,60 @@ impl Keys<'_> {
             }
         }
     }
+
+    /// How many keys are stored, at most [`KEYSPACE_WALK_KEYS_MAX`] read.
+    pub async fn count(&self, what: &str) -> Result<usize, Reply> {
+        let mut after = Vec::new();
+        let mut count = 0usize;
+        loop {
+            let (page, next, _) = self.walk_page(&after, None).await?;
+            count += page.len();
+            match next {
+                None => return Ok(count),
+                Some(_) if count >= KEYSPACE_WALK_KEYS_MAX => {
+                    return Err(Reply::error(format!(
+                        "ERR {what} reads at most {KEYSPACE_WALK_KEYS_MAX} keys on Basalt"
+                    )))
+                }
+                Some(next) => after = next,
+            }
+        }
+    }
+
+    /// One page of a walk: the matching keys, where the next starts, and how many keys the
+    /// page read (a page holds fewer than asked when the values are large).
+    async fn walk_page(
+        &self,
+        after: &[u8],
+        pattern: Option<&Glob>,
+    ) -> Result<(Vec<Bytes>, Option<Bytes>, usize), Reply> {
+        let prefix = pattern.map(Glob::literal_prefix).unwrap_or_default();
+        let page = self
+            .client
+            .kv()
+            .scan_page(&prefix, after, SCAN_PAGE_KEYS, self.reads)
+            .await
+            .map_err(|e| client_error(&e))?;
+        let read = page.items.len();
+        let next = if page.more {
+            page.items.last().map(|(k, _)| k.clone())
+        } else {
+            None
+        };
+        let keys = page
+            .items
+            .into_iter()
+            .map(|(k, _)| k)
+            .filter(|k| pattern.is_none_or(|p| p.matches(k)))
+            .collect();
+        Ok((keys, next, read))
+    }
+}
+
+fn too_large(what: &str) -> Reply {
+    Reply::error(format!(
+        "ERR {what}'s reply would pass {REPLY_BYTES_MAX} bytes; ask for fewer keys"
+    ))
 }
 
 /// A transaction op the cluster refused at apply: nothing of the command was applied.

@@ -4,7 +4,7 @@
 //! table with Redis's replies and errors ([`command`]), and the server a node runs on
 //! `--resp-listen` ([`server`], one task per [`connection`]), which runs each command as calls
 //! of the Rust SDK: strings and keys in [`keys`], concurrent writes of one key combined into one
-//! in [`combine`], `MULTI`/`EXEC` in [`multi`].
+//! in [`combine`], `MULTI`/`EXEC` in [`multi`], pub/sub in [`pubsub`].
 //!
 //! May not touch: storage, Raft or the server's API internals. Every command reaches the
 //! cluster through `basalt-client`, the way every other client does (sessions and
@@ -19,6 +19,7 @@ pub mod glob;
 pub mod keys;
 pub mod limits;
 pub mod multi;
+pub mod pubsub;
 pub mod reply_error;
 pub mod server;
 

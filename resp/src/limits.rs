@@ -38,6 +38,27 @@ pub const SCAN_PAGE_KEYS: u32 = 10_000;
 /// the oldest is forgotten and using it again starts over, as a stale cursor would.
 pub const SCAN_CURSORS_MAX: usize = 64;
 
+/// Bytes of replies a connection holds before writing them out, even within one pipeline.
+pub const REPLY_FLUSH_BYTES: usize = 1024 * 1024;
+
+/// Bytes one reply may hold in all (`MGET`, `KEYS`): a larger one is refused with an error
+/// instead of being built in the node's memory.
+pub const REPLY_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// Keys and values of pipelined `SET`s sent as one transaction, in bytes, well under the
+/// server's 4 MiB transaction bound; a longer run goes as several.
+pub const SET_RUN_BYTES_MAX: usize = 1024 * 1024;
+
+/// Conditions of one Basalt transaction (the server's `TXN_CONDITIONS_MAX`): the most keys one
+/// `MSETNX` may name, and the most keys a connection may `WATCH`.
+pub const TXN_CONDITIONS_MAX: usize = 64;
+
+/// Largest value the cluster stores (the server's `VALUE_BYTES_MAX`), in bytes.
+pub const VALUE_BYTES_MAX: usize = 1024 * 1024;
+
+/// Channels and patterns one connection may subscribe to.
+pub const SUBSCRIPTIONS_MAX: usize = 1024;
+
 /// Ops of one Basalt transaction (the server's `TXN_OPS_MAX`): the most keys one `MSET`, `DEL`
 /// or `EXEC` may write.
 pub const TXN_OPS_MAX: usize = 256;
@@ -48,3 +69,8 @@ pub const CAS_ATTEMPTS_MAX: u32 = 100;
 
 /// Commands `MULTI` may queue before `EXEC`.
 pub const MULTI_QUEUED_MAX: usize = TXN_OPS_MAX;
+
+/// Pub/sub messages waiting to be written to one connection; a subscriber that reads slower
+/// than messages arrive makes its subscriptions wait (and Basalt's pub/sub drop for it, as for
+/// any slow subscriber), rather than the node buffering without bound.
+pub const PUSH_BUFFER_MESSAGES: usize = 1024;

@@ -140,10 +140,25 @@ pub async fn exec(client: &Client, watched: &[(Bytes, u64)], queued: Vec<Queued>
             "EXECABORT Transaction discarded: {ops} operations, more than the {TXN_OPS_MAX} of one Basalt transaction"
         ));
     }
-    if ops == 0 {
-        return Reply::Array(queued.into_iter().map(|q| reply_of(q.shape, Vec::new())).collect());
-    }
     let mut txn = client.txn();
+    if ops == 0 {
+        let Some((key, _)) = watched.first() else {
+            return Reply::Array(queued.into_iter().map(|q| reply_of(q.shape, Vec::new())).collect());
+        };
+        // Nothing to apply, but the watches still decide: a read carries the conditions.
+        txn = txn.then(TxnOp::get(key.clone()));
+        for (key, revision) in watched {
+            txn = txn.when(Condition::mod_revision(key.clone(), Compare::Eq, *revision));
+        }
+        return match txn.commit().await {
+            Ok(TxnOutcome::Committed { succeeded: false, .. }) => Reply::NullArray,
+            Ok(TxnOutcome::Committed { .. }) => {
+                Reply::Array(queued.into_iter().map(|q| reply_of(q.shape, Vec::new())).collect())
+            }
+            Ok(TxnOutcome::Aborted { reason, .. }) => op_refusal(reason),
+            Err(e) => client_error(&e),
+        };
+    }
     for (key, revision) in watched {
         txn = txn.when(Condition::mod_revision(key.clone(), Compare::Eq, *revision));
     }

@@ -112,6 +112,11 @@ impl Shared {
                 .iter()
                 .any(|s| matches!(s.as_str(), "all" | "everything" | "default"));
         let wants = |name: &str| all || sections.iter().any(|s| s == name);
+        // Counting keys is a scan of the keyspace here, not a figure in memory: only when asked
+        // by name (or by `all` / `everything`), never for a plain `INFO`.
+        let wants_keyspace = sections
+            .iter()
+            .any(|s| matches!(s.as_str(), "keyspace" | "all" | "everything"));
         let mut text = String::new();
         if wants("server") {
             text.push_str(&format!(
@@ -148,11 +153,12 @@ impl Shared {
                 Err(e) => return client_error(&e),
             }
         }
-        if wants("keyspace") {
+        if wants_keyspace {
             text.push_str("# Keyspace\r\n");
-            match keys.walk(None, "INFO keyspace").await {
-                Ok(all_keys) if all_keys.is_empty() => {}
-                Ok(all_keys) => text.push_str(&format!("db0:keys={},expires=0,avg_ttl=0\r\n", all_keys.len())),
+            // expires and avg_ttl are not tracked: always 0 (docs/redis.md).
+            match keys.count("INFO keyspace").await {
+                Ok(0) => {}
+                Ok(count) => text.push_str(&format!("db0:keys={count},expires=0,avg_ttl=0\r\n")),
                 Err(reply) => return reply,
             }
         }
@@ -171,16 +177,25 @@ impl Shared {
             Ok(all) => all,
             Err(reply) => return reply,
         };
+        let mut deleted = 0usize;
         for chunk in all.chunks(TXN_OPS_MAX) {
             let mut txn = self.client.txn();
             for key in chunk {
                 txn = txn.then(TxnOp::delete(key.clone()));
             }
-            match txn.commit().await {
-                Ok(TxnOutcome::Committed { .. }) => {}
-                Ok(TxnOutcome::Aborted { reason, .. }) => return op_refusal(reason),
-                Err(e) => return client_error(&e),
+            let failed = match txn.commit().await {
+                Ok(TxnOutcome::Committed { .. }) => None,
+                Ok(TxnOutcome::Aborted { reason, .. }) => Some(op_refusal(reason)),
+                Err(e) => Some(client_error(&e)),
+            };
+            if let Some(Reply::Error(text)) = failed {
+                // Earlier parts are deleted: say so rather than pass on "nothing was applied".
+                return Reply::error(format!(
+                    "ERR FLUSHDB stopped after deleting {deleted} of {} keys: {text}",
+                    all.len()
+                ));
             }
+            deleted += chunk.len();
         }
         Reply::ok()
     }
@@ -191,6 +206,7 @@ fn group_of(name: &str) -> &'static str {
         "auth" | "client" | "echo" | "hello" | "ping" | "quit" | "select" | "readonly" | "readwrite" => "connection",
         "command" | "dbsize" | "flushall" | "flushdb" | "info" | "time" => "server",
         "multi" | "exec" | "discard" | "watch" | "unwatch" => "transactions",
+        "publish" | "subscribe" | "psubscribe" | "unsubscribe" | "punsubscribe" => "pubsub",
         "del" | "unlink" | "exists" | "expire" | "pexpire" | "expireat" | "pexpireat" | "ttl" | "pttl" | "persist"
         | "type" | "scan" | "keys" => "generic",
         _ => "string",
@@ -220,7 +236,7 @@ pub fn command_docs(names: &[String]) -> Reply {
 /// `COMMAND` and `COMMAND INFO`: name, arity, flags and key positions per command.
 pub fn command_list(names: &[String]) -> Reply {
     let entry = |name: &str, arity: i32| {
-        let keyed = !matches!(group_of(name), "connection" | "server" | "transactions") || name == "watch";
+        let keyed = !matches!(group_of(name), "connection" | "server" | "transactions" | "pubsub") || name == "watch";
         let (first, last, step) = match name {
             _ if !keyed => (0, 0, 0),
             "mset" | "msetnx" => (1, -1, 2),

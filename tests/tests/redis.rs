@@ -228,6 +228,33 @@ fn strings_and_keys_answer_as_redis_does_through_a_follower() {
     scanned.sort();
     assert_eq!(scanned, (0..25).map(|i| format!("walk:{i:02}")).collect::<Vec<_>>());
 
+    // A long pipeline of large SETs (8 MiB, twice a transaction's bound) all apply; a SET the
+    // cluster refuses on its own (an empty key) fails alone, not the SETs around it.
+    let big = "v".repeat(200 * 1024);
+    let mut pipe = redis::pipe();
+    for i in 0..40 {
+        pipe.cmd("SET").arg(format!("big:{i}")).arg(&big);
+    }
+    let answers: Vec<redis::Value> = pipe.query(&mut c).expect("pipelined large SETs");
+    assert!(answers.iter().all(|a| *a == redis::Value::Okay), "{answers:?}");
+    let length: i64 = redis::cmd("STRLEN").arg("big:39").query(&mut c).expect("STRLEN");
+    assert_eq!(length, 200 * 1024);
+    raw.send(b"*3\r\n$3\r\nSET\r\n$1\r\nx\r\n$1\r\n1\r\n*3\r\n$3\r\nSET\r\n$0\r\n\r\n$1\r\n1\r\n*3\r\n$3\r\nSET\r\n$1\r\ny\r\n$1\r\n2\r\n");
+    assert_eq!(raw.reply(), "+OK\r\n");
+    assert!(raw.reply().starts_with("-ERR empty keys are not supported"));
+    assert_eq!(raw.reply(), "+OK\r\n");
+    assert_eq!(raw.call(&["MGET", "x", "y"]), "*2\r\n$1\r\n1\r\n$1\r\n2\r\n");
+    // Transaction bounds, named before anything is sent.
+    let many: Vec<String> = (0..65).map(|i| format!("w:{i}")).collect();
+    let mut watch = vec!["WATCH"];
+    watch.extend(many.iter().map(String::as_str));
+    assert!(raw.call(&watch).starts_with("-ERR at most 64 keys may be watched"));
+    let mut msetnx = vec!["MSETNX"];
+    for key in &many {
+        msetnx.extend([key.as_str(), "v"]);
+    }
+    assert!(raw.call(&msetnx).starts_with("-ERR at most 64 keys per MSETNX"));
+
     // Connection commands and Redis's errors, byte for byte.
     assert_eq!(raw.call(&["PING"]), "+PONG\r\n");
     assert_eq!(raw.call(&["ECHO", "hi"]), "$2\r\nhi\r\n");
@@ -341,6 +368,12 @@ fn resp_sdk_and_cli_read_each_others_keys_and_multi_exec_is_one_transaction() {
     assert_eq!(raw.call(&["SET", "tx:a", "mine"]), "+QUEUED\r\n");
     assert_eq!(raw.call(&["EXEC"]), "*-1\r\n");
     assert_eq!(raw.call(&["GET", "tx:a"]), "$7\r\nchanged\r\n");
+    // A block with nothing to write still obeys its watches.
+    assert_eq!(raw.call(&["WATCH", "tx:a"]), "+OK\r\n");
+    redis::cmd("SET").arg("tx:a").arg("again").exec(&mut c).expect("SET");
+    assert_eq!(raw.call(&["MULTI"]), "+OK\r\n");
+    assert_eq!(raw.call(&["PING"]), "+QUEUED\r\n");
+    assert_eq!(raw.call(&["EXEC"]), "*-1\r\n");
     // Without a write in between, the block applies.
     assert_eq!(raw.call(&["WATCH", "tx:a", "tx:absent"]), "+OK\r\n");
     assert_eq!(raw.call(&["MULTI"]), "+OK\r\n");
@@ -406,6 +439,15 @@ fn auth_is_required_when_a_password_is_set() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(raw.call(&["GET", "k"]), "-NOAUTH Authentication required.\r\n");
+    // Before AUTH, requests are held to Redis's small limits: a stranger cannot make the node
+    // buffer or parse much.
+    let mut stranger = Raw::open(cluster.resp(1));
+    stranger.send(b"*11\r\n");
+    assert_eq!(
+        stranger.reply(),
+        "-ERR Protocol error: unauthenticated multibulk length\r\n"
+    );
+    assert!(stranger.closed());
     assert_eq!(
         raw.call(&["AUTH", "wrong"]),
         "-WRONGPASS invalid username-password pair or user is disabled.\r\n"
@@ -473,4 +515,92 @@ fn redis_cli_and_redis_benchmark_work_against_a_node() {
         "3",
         "the benchmark's 3-byte value"
     );
+}
+
+/// Pub/sub across nodes: a RESP2 subscriber, a RESP3 pattern subscriber and a publisher, each
+/// on a different node.
+#[test]
+fn pubsub_reaches_subscribers_on_every_node_in_resp2_and_resp3() {
+    let cluster = resp_cluster(&[]);
+    let mut sub = Raw::open(cluster.resp(1));
+    let mut psub = Raw::open(cluster.resp(2));
+    let mut publisher = Raw::open(cluster.resp(3));
+    // Wait for the cluster to serve (a subscription is taken at the node, which needs none, but
+    // PUBLISH needs a leader).
+    for _ in 0..100 {
+        if publisher.call(&["SET", "ready", "1"]) == "+OK\r\n" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    sub.send(b"*3\r\n$9\r\nSUBSCRIBE\r\n$4\r\nnews\r\n$6\r\nalerts\r\n");
+    assert_eq!(sub.reply(), "*3\r\n$9\r\nsubscribe\r\n$4\r\nnews\r\n:1\r\n");
+    assert_eq!(sub.reply(), "*3\r\n$9\r\nsubscribe\r\n$6\r\nalerts\r\n:2\r\n");
+    assert!(psub.call(&["HELLO", "3"]).starts_with("%7\r\n"));
+    assert_eq!(
+        psub.call(&["PSUBSCRIBE", "news.*"]),
+        ">3\r\n$10\r\npsubscribe\r\n$6\r\nnews.*\r\n:1\r\n"
+    );
+
+    assert_eq!(publisher.call(&["PUBLISH", "news", "hello"]), ":1\r\n");
+    assert_eq!(sub.reply(), "*3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n$5\r\nhello\r\n");
+    assert_eq!(publisher.call(&["PUBLISH", "news.eu", "hi"]), ":1\r\n");
+    assert_eq!(
+        psub.reply(),
+        ">4\r\n$8\r\npmessage\r\n$6\r\nnews.*\r\n$7\r\nnews.eu\r\n$2\r\nhi\r\n"
+    );
+    assert_eq!(publisher.call(&["PUBLISH", "nobody", "x"]), ":0\r\n");
+
+    // A RESP2 subscriber may only change its subscriptions (and PING); RESP3 may do anything.
+    assert_eq!(
+        sub.call(&["GET", "ready"]),
+        "-ERR Can't execute 'get': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context\r\n"
+    );
+    assert_eq!(sub.call(&["PING"]), "*2\r\n$4\r\npong\r\n$0\r\n\r\n");
+    assert_eq!(psub.call(&["GET", "ready"]), "$1\r\n1\r\n");
+
+    // Pipelined SETs on a subscribed RESP2 connection are refused like any other command.
+    sub.send(b"*3\r\n$3\r\nSET\r\n$1\r\na\r\n$1\r\n1\r\n*3\r\n$3\r\nSET\r\n$1\r\nb\r\n$1\r\n1\r\n");
+    assert!(sub.reply().starts_with("-ERR Can't execute 'set'"));
+    assert!(sub.reply().starts_with("-ERR Can't execute 'set'"));
+
+    // Unsubscribing while messages flow: once both confirmations are read, no stray message
+    // may follow (a RESP2 client would read it as its next reply).
+    let flood_addr = cluster.resp(3);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood_stop = stop.clone();
+    let flood = std::thread::spawn(move || {
+        let mut flooder = Raw::open(flood_addr);
+        while !flood_stop.load(std::sync::atomic::Ordering::Relaxed) {
+            flooder.call(&["PUBLISH", "news", "flood"]);
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    sub.send(b"*1\r\n$11\r\nUNSUBSCRIBE\r\n");
+    let mut left = Vec::new();
+    while left.len() < 2 {
+        let reply = sub.reply();
+        if reply.contains("unsubscribe") {
+            left.push(reply);
+        } else {
+            assert_eq!(reply, "*3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n$5\r\nflood\r\n");
+        }
+    }
+    assert_eq!(
+        sub.call(&["GET", "ready"]),
+        "$1\r\n1\r\n",
+        "no message after the unsubscribe"
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    flood.join().expect("flooder");
+    left.sort();
+    assert_eq!(
+        left,
+        vec![
+            "*3\r\n$11\r\nunsubscribe\r\n$4\r\nnews\r\n:0\r\n".to_string(),
+            "*3\r\n$11\r\nunsubscribe\r\n$6\r\nalerts\r\n:1\r\n".to_string(),
+        ]
+    );
+    assert_eq!(publisher.call(&["PUBLISH", "news", "gone"]), ":0\r\n");
 }
