@@ -21,11 +21,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use basalt_client::txn::{Compare, Condition};
-use basalt_client::{Client, KvEntry, PutOptions, TxnOp, TxnOpResult, TxnOutcome};
+use basalt_client::{Client, KvEntry, PutOptions, TxnOpResult, TxnOutcome};
 use tokio::sync::oneshot;
 
 use crate::frame::Reply;
-use crate::keys::{incremented, incremented_float, now_ms, op_refusal};
+use crate::keys::{incremented, incremented_float, op_refusal, put_op, NewTtl};
 use crate::limits::CAS_ATTEMPTS_MAX;
 use crate::reply_error::client_error;
 
@@ -41,11 +41,13 @@ pub enum StringWrite {
     IncrByFloat(f64),
 }
 
-/// A key's value as a group is applied to it.
+/// A key's value as a group is applied to it, and the expiry its write gives it: kept as the
+/// cluster has it unless a `SET` in the group gave a new one (an increment keeps the key's
+/// deadline exactly, as in Redis).
 #[derive(Clone, Debug, PartialEq)]
 pub struct State {
     pub value: Option<Vec<u8>>,
-    pub ttl: Option<Duration>,
+    pub ttl: NewTtl,
 }
 
 /// Applies `writes` in order to `state`: each write's reply, and whether anything changed.
@@ -57,7 +59,7 @@ pub fn apply_group(state: &mut State, writes: &[StringWrite]) -> (Vec<Reply>, bo
         .map(|write| match write {
             StringWrite::Set { value, ttl } => {
                 state.value = Some(value.clone());
-                state.ttl = *ttl;
+                state.ttl = ttl.map_or(NewTtl::Never, NewTtl::After);
                 changed = true;
                 Reply::ok()
             }
@@ -181,17 +183,12 @@ async fn run(combiner: Combiner, client: Client, key: Vec<u8>) {
     }
 }
 
-/// The key as this runner's last write left it, in local time.
+/// The key as this runner's last write left it.
 #[derive(Clone, Debug)]
 struct Known {
     value: Vec<u8>,
     /// The write's revision: the next write is conditioned on it.
     revision: u64,
-    expires_at_ms: Option<i64>,
-}
-
-fn expires_at(ttl: Option<Duration>, now_ms: i64) -> Option<i64> {
-    ttl.map(|ttl| now_ms.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)))
 }
 
 /// One round: the group's writes applied and written once. Every reply is the same error when
@@ -199,17 +196,15 @@ fn expires_at(ttl: Option<Duration>, now_ms: i64) -> Option<i64> {
 /// of a read), and what this round leaves.
 async fn write_group(client: &Client, key: &[u8], writes: &[StringWrite], known: &mut Option<Known>) -> Vec<Reply> {
     let all = |reply: Reply| vec![reply; writes.len()];
-    let guess = known.take();
+    let mut guess = known.take();
     // Only SETs: the value before does not matter, the last one is written as it is.
     if let Some(StringWrite::Set { value, ttl }) = writes.last() {
         if writes.iter().all(|w| matches!(w, StringWrite::Set { .. })) {
-            let now = now_ms();
             return match client.kv().put_with(key, value, PutOptions { ttl: *ttl }).await {
                 Ok(revision) => {
                     *known = Some(Known {
                         value: value.clone(),
                         revision,
-                        expires_at_ms: expires_at(*ttl, now),
                     });
                     all(Reply::ok())
                 }
@@ -217,18 +212,15 @@ async fn write_group(client: &Client, key: &[u8], writes: &[StringWrite], known:
             };
         }
     }
-    let mut guess = guess;
     for attempt in 0..CAS_ATTEMPTS_MAX {
-        let now = now_ms();
-        let (value, revision, expires_at_ms) = match guess.take() {
-            Some(k) => (Some(k.value), k.revision, k.expires_at_ms),
+        let (value, revision) = match guess.take() {
+            Some(k) => (Some(k.value), k.revision),
             None => match client.kv().get(key).await {
                 Ok(entry) => {
                     let entry: Option<KvEntry> = entry;
                     (
                         entry.as_ref().map(|e| e.value.clone()),
                         entry.as_ref().map_or(0, |e| e.mod_revision),
-                        entry.as_ref().and_then(|e| e.expires_at_ms).map(|at| at as i64),
                     )
                 }
                 Err(e) => return all(client_error(&e)),
@@ -236,20 +228,16 @@ async fn write_group(client: &Client, key: &[u8], writes: &[StringWrite], known:
         };
         let mut state = State {
             value,
-            ttl: expires_at_ms.map(|at| Duration::from_millis(at.saturating_sub(now).max(1) as u64)),
+            ttl: NewTtl::Keep,
         };
         let (replies, changed) = apply_group(&mut state, writes);
         let Some(value) = state.value.filter(|_| changed) else {
             return replies;
         };
-        let op = match state.ttl {
-            Some(ttl) => TxnOp::put_with_ttl(key.to_vec(), value.clone(), ttl),
-            None => TxnOp::put(key.to_vec(), value.clone()),
-        };
         let outcome = client
             .txn()
             .when(Condition::mod_revision(key.to_vec(), Compare::Eq, revision))
-            .then(op)
+            .then(put_op(key, value.clone(), state.ttl))
             .commit()
             .await;
         match outcome {
@@ -261,7 +249,6 @@ async fn write_group(client: &Client, key: &[u8], writes: &[StringWrite], known:
                     *known = Some(Known {
                         value,
                         revision: *revision,
-                        expires_at_ms: expires_at(state.ttl, now),
                     });
                 }
                 return replies;
@@ -290,7 +277,7 @@ mod tests {
     fn state(value: Option<&str>) -> State {
         State {
             value: value.map(|v| v.as_bytes().to_vec()),
-            ttl: Some(Duration::from_secs(10)),
+            ttl: NewTtl::Keep,
         }
     }
 
@@ -307,8 +294,8 @@ mod tests {
         );
         assert!(changed);
         assert_eq!(s.value.as_deref(), Some(&b"14"[..]));
-        // An increment keeps the key's time to live, as in Redis.
-        assert_eq!(s.ttl, Some(Duration::from_secs(10)));
+        // An increment keeps the key's time to live as the cluster has it, as in Redis.
+        assert_eq!(s.ttl, NewTtl::Keep);
     }
 
     #[test]
@@ -335,7 +322,7 @@ mod tests {
                 Reply::Bulk(b"101.5".to_vec())
             ]
         );
-        assert_eq!(s.ttl, None);
+        assert_eq!(s.ttl, NewTtl::Never);
     }
 
     #[test]

@@ -50,18 +50,22 @@ pub fn ttl_of(expiry: Expiry, now_ms: i64) -> Ttl {
     }
 }
 
-/// The time a live entry has left, if it expires (at least 1 ms: it is still live).
-fn remaining(entry: &KvEntry, now_ms: i64) -> Option<Duration> {
-    entry
-        .expires_at_ms
-        .map(|at| Duration::from_millis((at as i64).saturating_sub(now_ms).max(1) as u64))
+/// The expiry a write gives its key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NewTtl {
+    /// The key's expiry as it is when the write applies (Redis's `INCR`, `APPEND`, `KEEPTTL`):
+    /// kept by the cluster itself, so a rewrite never moves the deadline.
+    Keep,
+    Never,
+    After(Duration),
 }
 
-/// A put of `value` that expires after `ttl`, or never.
-fn put_op(key: &[u8], value: Vec<u8>, ttl: Option<Duration>) -> TxnOp {
+/// A put of `value` with the expiry `ttl` says.
+pub fn put_op(key: &[u8], value: Vec<u8>, ttl: NewTtl) -> TxnOp {
     match ttl {
-        Some(ttl) => TxnOp::put_with_ttl(key.to_vec(), value, ttl),
-        None => TxnOp::put(key.to_vec(), value),
+        NewTtl::Keep => TxnOp::put_keep_ttl(key.to_vec(), value),
+        NewTtl::Never => TxnOp::put(key.to_vec(), value),
+        NewTtl::After(ttl) => TxnOp::put_with_ttl(key.to_vec(), value, ttl),
     }
 }
 
@@ -89,8 +93,8 @@ pub fn incremented_float(current: Option<&[u8]>, by: f64) -> Result<String, &'st
 
 /// What a read-modify-write decided, given the key as read.
 pub enum Change {
-    /// Write this value, expiring after the duration (or never), and answer the reply.
-    Put(Vec<u8>, Option<Duration>, Reply),
+    /// Write this value with this expiry, and answer the reply.
+    Put(Vec<u8>, NewTtl, Reply),
     Delete(Reply),
     /// Leave the key as it is.
     Keep(Reply),
@@ -210,9 +214,9 @@ impl Keys<'_> {
             let reply = if get { old() } else { Reply::ok() };
             let ttl = match expiry.map(|e| ttl_of(e, now)) {
                 Some(Ttl::Past) => return Ok(Change::Delete(reply)),
-                Some(Ttl::Live(ttl)) => Some(ttl),
-                None if keep_ttl => entry.and_then(|e| remaining(e, now)),
-                None => None,
+                Some(Ttl::Live(ttl)) => NewTtl::After(ttl),
+                None if keep_ttl => NewTtl::Keep,
+                None => NewTtl::Never,
             };
             Ok(Change::Put(value.clone(), ttl, reply))
         })
@@ -348,7 +352,7 @@ impl Keys<'_> {
             }
             Ok(match ttl_of(Expiry::At(new_at), now) {
                 Ttl::Past => Change::Delete(Reply::Integer(1)),
-                Ttl::Live(ttl) => Change::Put(entry.value.clone(), Some(ttl), Reply::Integer(1)),
+                Ttl::Live(ttl) => Change::Put(entry.value.clone(), NewTtl::After(ttl), Reply::Integer(1)),
             })
         })
         .await
@@ -372,7 +376,7 @@ impl Keys<'_> {
     pub async fn persist(&self, key: &[u8]) -> Reply {
         self.read_modify_write(key, |entry, _| {
             Ok(match entry {
-                Some(e) if e.expires_at_ms.is_some() => Change::Put(e.value.clone(), None, Reply::Integer(1)),
+                Some(e) if e.expires_at_ms.is_some() => Change::Put(e.value.clone(), NewTtl::Never, Reply::Integer(1)),
                 _ => Change::Keep(Reply::Integer(0)),
             })
         })
@@ -409,10 +413,10 @@ impl Keys<'_> {
             Ok(match change {
                 GetExChange::Keep => Change::Keep(reply),
                 GetExChange::Persist if entry.expires_at_ms.is_none() => Change::Keep(reply),
-                GetExChange::Persist => Change::Put(entry.value.clone(), None, reply),
+                GetExChange::Persist => Change::Put(entry.value.clone(), NewTtl::Never, reply),
                 GetExChange::Set(expiry) => match ttl_of(expiry, now) {
                     Ttl::Past => Change::Delete(reply),
-                    Ttl::Live(ttl) => Change::Put(entry.value.clone(), Some(ttl), reply),
+                    Ttl::Live(ttl) => Change::Put(entry.value.clone(), NewTtl::After(ttl), reply),
                 },
             })
         })
@@ -420,15 +424,11 @@ impl Keys<'_> {
     }
 
     pub async fn append(&self, key: &[u8], suffix: &[u8]) -> Reply {
-        self.read_modify_write(key, |entry, now| {
+        self.read_modify_write(key, |entry, _| {
             let mut value = entry.map(|e| e.value.clone()).unwrap_or_default();
             value.extend_from_slice(suffix);
             let length = value.len() as i64;
-            Ok(Change::Put(
-                value,
-                entry.and_then(|e| remaining(e, now)),
-                Reply::Integer(length),
-            ))
+            Ok(Change::Put(value, NewTtl::Keep, Reply::Integer(length)))
         })
         .await
     }

@@ -162,6 +162,16 @@ fn strings_and_keys_answer_as_redis_does_through_a_follower() {
     assert_eq!(raw.call(&["PEXPIRE", "s:t", "300"]), ":1\r\n");
     assert_eq!(raw.call(&["EXPIRE", "s:t", "100", "GT"]), ":1\r\n");
     assert_eq!(raw.call(&["EXPIRE", "s:t", "1", "NX"]), ":0\r\n");
+    // INCR and APPEND keep the key's deadline exactly, however often they rewrite it.
+    assert_eq!(raw.call(&["SET", "s:window", "0", "PX", "1500"]), "+OK\r\n");
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_millis(700) {
+        let _: i64 = redis::cmd("INCR").arg("s:window").query(&mut c).expect("INCR");
+    }
+    let left: i64 = redis::cmd("PTTL").arg("s:window").query(&mut c).expect("PTTL");
+    assert!(left > 0 && left <= 800, "the deadline moved: {left} ms left");
+    std::thread::sleep(Duration::from_millis(left as u64 + 300));
+    assert_eq!(raw.call(&["GET", "s:window"]), "$-1\r\n", "the window ended on time");
     assert_eq!(raw.call(&["SET", "s:gone", "v", "PX", "200"]), "+OK\r\n");
     std::thread::sleep(Duration::from_millis(400));
     assert_eq!(

@@ -32,7 +32,7 @@ enum Kind {
 fn kind_of(op: &Op) -> Option<Kind> {
     use basalt_storage::command::{QueueOp, StreamOp};
     Some(match op {
-        Op::Kv(KvOp::Put { .. }) => Kind::Put,
+        Op::Kv(KvOp::Put { .. } | KvOp::PutKeepTtl { .. }) => Kind::Put,
         Op::Kv(KvOp::Get { .. }) => Kind::Get,
         Op::Kv(KvOp::Delete { .. }) => Kind::Delete,
         Op::Counter { .. } => Kind::Counter,

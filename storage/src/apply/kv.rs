@@ -26,7 +26,8 @@ pub(super) fn apply_op<S: StoreRead>(
             value,
             ttl_ms,
             expect,
-        } => put(view, index, now_ms, writer, key, value, *ttl_ms, *expect)?,
+        } => put(view, index, now_ms, writer, key, value, Expiry::In(*ttl_ms), *expect)?,
+        KvOp::PutKeepTtl { key, value, expect } => put(view, index, now_ms, writer, key, value, Expiry::Keep, *expect)?,
         KvOp::Delete { key, expect } => delete(view, index, now_ms, writer, key, *expect)?,
         KvOp::Batch { writes } => batch(view, index, now_ms, writer, writes)?,
         // `Applier::apply` takes merged entries apart; a part that is one again is refused there.
@@ -147,7 +148,7 @@ pub(crate) fn batch<S: StoreRead>(
                 value,
                 ttl_ms,
                 expect,
-            } => put(view, index, now_ms, writer, key, value, *ttl_ms, *expect)?,
+            } => put(view, index, now_ms, writer, key, value, Expiry::In(*ttl_ms), *expect)?,
             KvWrite::Delete { key, expect } => delete(view, index, now_ms, writer, key, *expect)?,
         });
     }
@@ -303,6 +304,15 @@ pub fn tombstone_index_key(stamp: u64, key: &[u8]) -> Vec<u8> {
     k
 }
 
+/// The expiry a put gives its key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Expiry {
+    /// After this many ms from the entry's time (`None`: never).
+    In(Option<u64>),
+    /// The live record's, as it is (`KvOp::PutKeepTtl`).
+    Keep,
+}
+
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn put<S: StoreRead>(
     view: &mut View<'_, S>,
@@ -311,9 +321,13 @@ pub(crate) fn put<S: StoreRead>(
     writer: Writer,
     key: &[u8],
     value: &[u8],
-    ttl_ms: Option<u64>,
+    expiry: Expiry,
     expect: Option<Expect>,
 ) -> Result<Response, StoreError> {
+    let ttl_ms = match expiry {
+        Expiry::In(ttl_ms) => ttl_ms,
+        Expiry::Keep => None,
+    };
     if let Err(e) = validate_put(key, value, ttl_ms) {
         return Ok(Response::Refused(e));
     }
@@ -340,7 +354,10 @@ pub(crate) fn put<S: StoreRead>(
         existing.as_ref(),
         live.is_some(),
         value.to_vec(),
-        ttl_ms.map(|ttl| now_ms + ttl),
+        match expiry {
+            Expiry::In(ttl_ms) => ttl_ms.map(|ttl| now_ms + ttl),
+            Expiry::Keep => live.and_then(|r| r.expires_at_ms),
+        },
         written,
         writer.region.replicated,
     );

@@ -327,6 +327,57 @@ fn ttl_expiry_is_decided_by_entry_stamps() {
     );
 }
 
+/// A put keeping the ttl leaves the key's deadline where it was, however late it applies: a
+/// counter rewritten every millisecond still expires on time (Redis's `INCR` on a key with a
+/// ttl). On a key without one, or absent, it writes a key that never expires; and the old
+/// deadline's expiry index row stays the one that sweeps it.
+#[test]
+fn a_put_keeping_the_ttl_never_moves_the_deadline() {
+    let mut h = Harness::new();
+    let keep = |value: &str| {
+        Op::Kv(KvOp::PutKeepTtl {
+            key: "c".into(),
+            value: value.into(),
+            expect: None,
+        })
+    };
+    h.apply(cmd(
+        1_000,
+        Op::Kv(KvOp::Put {
+            key: "c".into(),
+            value: "0".into(),
+            ttl_ms: Some(500),
+            expect: None,
+        }),
+    ));
+    for (i, stamp) in (1_100..1_500).step_by(100).enumerate() {
+        let answer = h.apply(cmd(stamp, keep(&(i + 1).to_string())));
+        assert!(matches!(answer, Response::KvPut { .. }), "{answer:?}");
+        assert_eq!(h.kv("c").expect("live").expires_at_ms, Some(1_500));
+    }
+    let expiry_rows = h.store.scan(Table::KvExpiry, &KeyRange::all(), 10).expect("scan");
+    assert_eq!(expiry_rows.len(), 1, "one expiry row, at the first deadline");
+    // At the deadline the key is gone; a put keeping the ttl now creates one without a ttl.
+    h.apply(cmd(1_500, keep("fresh")));
+    let record = h.kv("c").expect("present");
+    assert_eq!(
+        (record.value.as_slice(), record.expires_at_ms, record.version),
+        (&b"fresh"[..], None, 1)
+    );
+    // Like any put it obeys its expectation.
+    assert_eq!(
+        h.apply(cmd(
+            1_600,
+            Op::Kv(KvOp::PutKeepTtl {
+                key: "c".into(),
+                value: "x".into(),
+                expect: Some(Expect::Absent),
+            })
+        )),
+        Response::KvConditionFailed { current: Some(6) }
+    );
+}
+
 #[test]
 fn stamps_never_go_backwards_across_leaders() {
     let mut h = Harness::new();

@@ -40,6 +40,7 @@ pub fn check_key(key: &[u8]) -> Result<(), OpError> {
 pub fn validate_op(op: &Op) -> Result<(), OpError> {
     match op {
         Op::Kv(KvOp::Put { key, value, ttl_ms, .. }) => kv::validate_put(key, value, *ttl_ms),
+        Op::Kv(KvOp::PutKeepTtl { key, value, .. }) => kv::validate_put(key, value, None),
         Op::Kv(KvOp::Delete { key, .. }) => check_key(key),
         Op::Kv(KvOp::Batch { writes }) => {
             kv::validate_batch(writes)?;

@@ -39,7 +39,7 @@ impl KvPart {
     /// The bytes of keys and values the part carries, for the merged entry's limits.
     pub fn bytes(&self) -> usize {
         match &self.op {
-            Op::Kv(KvOp::Put { key, value, .. }) => key.len() + value.len(),
+            Op::Kv(KvOp::Put { key, value, .. } | KvOp::PutKeepTtl { key, value, .. }) => key.len() + value.len(),
             Op::Kv(KvOp::Delete { key, .. }) => key.len(),
             Op::Kv(KvOp::Batch { writes }) => writes.iter().map(KvWrite::bytes).sum(),
             _ => 0,
@@ -127,6 +127,17 @@ pub enum KvOp {
         #[serde(with = "serde_bytes")]
         key: Vec<u8>,
     },
+    /// A put that keeps the key's expiry as it is when the entry applies (none when the key is
+    /// absent or never expires): a new value for a key with a time to live, without moving its
+    /// deadline (Redis's `INCR`, `APPEND`, `SET ... KEEPTTL`). Answered as `Put`. Appended last:
+    /// entries written before it decode as they did.
+    PutKeepTtl {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+        expect: Option<Expect>,
+    },
 }
 
 impl KvOp {
@@ -134,7 +145,9 @@ impl KvOp {
     /// [`KvOp::Merged`]. `None` for every other op.
     pub fn write_keys(&self) -> Option<Vec<&[u8]>> {
         match self {
-            KvOp::Put { key, .. } | KvOp::Delete { key, .. } => Some(vec![key.as_slice()]),
+            KvOp::Put { key, .. } | KvOp::PutKeepTtl { key, .. } | KvOp::Delete { key, .. } => {
+                Some(vec![key.as_slice()])
+            }
             KvOp::Batch { writes } => Some(writes.iter().map(KvWrite::key).collect()),
             _ => None,
         }
@@ -145,7 +158,7 @@ impl KvOp {
     pub fn replicates(&self) -> bool {
         matches!(
             self,
-            KvOp::Put { .. } | KvOp::Delete { .. } | KvOp::Batch { .. } | KvOp::Merged { .. }
+            KvOp::Put { .. } | KvOp::PutKeepTtl { .. } | KvOp::Delete { .. } | KvOp::Batch { .. } | KvOp::Merged { .. }
         )
     }
 }
@@ -174,6 +187,12 @@ impl std::fmt::Display for KvOp {
                 write!(f, "kv tombstones below stamp {below} (limit {limit})")
             }
             KvOp::Get { key } => write!(f, "kv get {:?}", lossy(key)),
+            KvOp::PutKeepTtl { key, value, expect } => write!(
+                f,
+                "kv put keeping the ttl {:?} ({} bytes, expect {expect:?})",
+                lossy(key),
+                value.len()
+            ),
         }
     }
 }

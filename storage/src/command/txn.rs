@@ -160,7 +160,7 @@ pub fn is_transactional(op: &Op) -> bool {
     match op {
         Op::Kv(op) => matches!(
             op,
-            KvOp::Put { .. } | KvOp::Delete { .. } | KvOp::Batch { .. } | KvOp::Get { .. }
+            KvOp::Put { .. } | KvOp::PutKeepTtl { .. } | KvOp::Delete { .. } | KvOp::Batch { .. } | KvOp::Get { .. }
         ),
         Op::Counter { .. } => true,
         Op::Rate(op) => matches!(op, RateOp::Check { .. }),
