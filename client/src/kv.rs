@@ -146,7 +146,6 @@ impl Kv {
             value: value.to_vec(),
             ttl_ms,
             expect,
-            keep_ttl: false,
         };
         let reply = if self.client.coalesces_writes() {
             let write = pb::KvWriteOp {

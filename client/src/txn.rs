@@ -183,20 +183,18 @@ impl TxnOp {
             value,
             ttl_ms: ttl.map_or(0, millis),
             expect,
-            keep_ttl: false,
         }))
     }
 
     /// A put that keeps the key's expiry as it is when the transaction applies (none when the
     /// key is absent or never expires): a new value without moving the key's deadline.
     pub fn put_keep_ttl(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> TxnOp {
-        TxnOp::of(pb::txn_op::Op::Put(pb::KvPutRequest {
+        TxnOp::of(pb::txn_op::Op::PutKeepTtl(pb::KvPutRequest {
             header: None,
             key: key.into(),
             value: value.into(),
             ttl_ms: 0,
             expect: None,
-            keep_ttl: true,
         }))
     }
 

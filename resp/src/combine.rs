@@ -212,7 +212,9 @@ async fn write_group(client: &Client, key: &[u8], writes: &[StringWrite], known:
             };
         }
     }
-    for attempt in 0..CAS_ATTEMPTS_MAX {
+    let mut attempt = 0;
+    while attempt < CAS_ATTEMPTS_MAX {
+        let from_cache = guess.is_some();
         let (value, revision) = match guess.take() {
             Some(k) => (Some(k.value), k.revision),
             None => match client.kv().get(key).await {
@@ -232,6 +234,11 @@ async fn write_group(client: &Client, key: &[u8], writes: &[StringWrite], known:
         };
         let (replies, changed) = apply_group(&mut state, writes);
         let Some(value) = state.value.filter(|_| changed) else {
+            if from_cache {
+                // Nothing to write means nothing commits, so nothing shows the cached value is
+                // still the key's: read it, and answer from what the cluster holds.
+                continue;
+            }
             return replies;
         };
         let outcome = client
@@ -259,6 +266,7 @@ async fn write_group(client: &Client, key: &[u8], writes: &[StringWrite], known:
                 if attempt > 0 {
                     tokio::time::sleep(Duration::from_micros(50 * u64::from(attempt.min(40)))).await;
                 }
+                attempt += 1;
             }
             Ok(TxnOutcome::Aborted { reason, .. }) => return all(op_refusal(reason)),
             Err(e) => return all(client_error(&e)),

@@ -18,10 +18,10 @@ use tokio::net::TcpStream;
 use crate::command::{self, errors, Bytes, Command, Refusal};
 use crate::frame::{Parsed, Protocol, ReadLimits, Reply, RequestReader};
 use crate::glob::Glob;
-use crate::keys::{now_ms, op_refusal, ttl_of, Keys, Ttl};
+use crate::keys::{now_ms, ttl_of, Keys, Ttl};
 use crate::limits::{
     MULTI_QUEUED_MAX, PIPELINE_ROUND_REQUESTS_MAX, PUSH_BUFFER_MESSAGES, REPLY_FLUSH_BYTES, SCAN_CURSORS_MAX,
-    SET_RUN_BYTES_MAX, TXN_CONDITIONS_MAX, TXN_OPS_MAX, VALUE_BYTES_MAX,
+    SET_RUN_BYTES_MAX, TTL_MS_MAX, TXN_CONDITIONS_MAX, TXN_OPS_MAX, VALUE_BYTES_MAX,
 };
 use crate::multi::{self, Queued};
 use crate::pubsub::{Kind, Subscriptions};
@@ -241,8 +241,13 @@ impl Connection {
                 _ => None,
             })
             .collect();
-        let valid = |(key, value, _): &(Bytes, Bytes, Option<command::Expiry>)| {
-            !key.is_empty() && key.len() <= KEY_BYTES_MAX && value.len() <= VALUE_BYTES_MAX
+        let now = now_ms();
+        let valid = |(key, value, expiry): &(Bytes, Bytes, Option<command::Expiry>)| {
+            let ttl_ok = match expiry.map(|e| ttl_of(e, now)) {
+                Some(Ttl::Live(ttl)) => ttl.as_millis() <= u128::from(TTL_MS_MAX),
+                _ => true,
+            };
+            !key.is_empty() && key.len() <= KEY_BYTES_MAX && value.len() <= VALUE_BYTES_MAX && ttl_ok
         };
         if !sets.iter().all(valid) {
             for (key, value, expiry) in sets {
@@ -272,7 +277,7 @@ impl Connection {
         for part in parts {
             let count = part.len();
             let mut last: Vec<(Bytes, Bytes, Option<command::Expiry>)> = Vec::with_capacity(count);
-            for (key, value, expiry) in part {
+            for (key, value, expiry) in part.iter().cloned() {
                 match last.iter_mut().find(|(k, _, _)| *k == key) {
                     Some(slot) => *slot = (key, value, expiry),
                     None => last.push((key, value, expiry)),
@@ -293,7 +298,17 @@ impl Connection {
                 }
                 match txn.commit().await {
                     Ok(TxnOutcome::Committed { .. }) => Reply::ok(),
-                    Ok(TxnOutcome::Aborted { reason, .. }) => op_refusal(reason),
+                    Ok(TxnOutcome::Aborted { .. }) => {
+                        // A SET the cluster refuses on its own (a rule checked only there):
+                        // nothing of the part applied; run it one by one so only that one fails.
+                        for (key, value, expiry) in part {
+                            self.keys()
+                                .set(&key, value, expiry, false, None, false)
+                                .await
+                                .encode(self.protocol, out);
+                        }
+                        continue;
+                    }
                     Err(e) => client_error(&e),
                 }
             };
@@ -557,10 +572,13 @@ impl Connection {
     }
 
     async fn watch(&mut self, keys: Vec<Bytes>) -> Reply {
-        let new = keys
+        let mut new: Vec<&Bytes> = keys
             .iter()
             .filter(|k| !self.watched.iter().any(|(w, _)| w == *k))
-            .count();
+            .collect();
+        new.sort();
+        new.dedup();
+        let new = new.len();
         if self.watched.len() + new > TXN_CONDITIONS_MAX {
             return Reply::error(format!(
                 "ERR at most {TXN_CONDITIONS_MAX} keys may be watched: each is a condition of the EXEC transaction"

@@ -100,7 +100,9 @@ impl ReadLimits {
 #[derive(Debug)]
 struct Partial {
     count: usize,
-    args: Vec<Vec<u8>>,
+    /// Where each argument read so far lies in the buffer: copied out only once the request is
+    /// whole, so a partial request is held once (in the buffer), not twice.
+    args: Vec<(usize, usize)>,
     at: usize,
     claimed: usize,
 }
@@ -196,13 +198,13 @@ impl RequestReader {
                 return Ok(Parsed::Incomplete { at_least: end + 2 });
             }
             // Redis takes the two bytes after the data as the line end without looking at them.
-            p.args.push(buf[data_at..end].to_vec());
+            p.args.push((data_at, end));
             p.at = end + 2;
             p.claimed = claimed;
         }
         match self.partial.take() {
             Some(p) => Ok(Parsed::Request {
-                args: p.args,
+                args: p.args.iter().map(|&(start, end)| buf[start..end].to_vec()).collect(),
                 consumed: p.at,
             }),
             None => Ok(Parsed::Incomplete { at_least: 1 }),

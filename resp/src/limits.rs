@@ -56,7 +56,11 @@ pub const TXN_CONDITIONS_MAX: usize = 64;
 /// Largest value the cluster stores (the server's `VALUE_BYTES_MAX`), in bytes.
 pub const VALUE_BYTES_MAX: usize = 1024 * 1024;
 
-/// Channels and patterns one connection may subscribe to.
+/// Longest time to live the cluster takes (the server's `TTL_MS_MAX`: 365 days), in ms. Redis
+/// takes longer ones; here a longer `EX` is refused with the cluster's error.
+pub const TTL_MS_MAX: u64 = 365 * 24 * 3600 * 1000;
+
+/// Channels and patterns one connection may subscribe to, and name in one command.
 pub const SUBSCRIPTIONS_MAX: usize = 1024;
 
 /// Ops of one Basalt transaction (the server's `TXN_OPS_MAX`): the most keys one `MSET`, `DEL`

@@ -92,14 +92,15 @@ impl Subscriptions {
 
     /// Subscribes to each name not yet subscribed; one reply per name, as Redis sends them.
     pub async fn subscribe(&mut self, client: &Client, kind: Kind, names: Vec<Bytes>) -> Vec<Reply> {
+        if names.len() > SUBSCRIPTIONS_MAX {
+            return vec![too_many()];
+        }
         let mut replies = Vec::with_capacity(names.len());
         for name in names {
             if !self.forwarders.contains_key(&(kind, name.clone())) {
                 if self.forwarders.len() >= SUBSCRIPTIONS_MAX {
-                    replies.push(Reply::error(format!(
-                        "ERR at most {SUBSCRIPTIONS_MAX} channels and patterns per connection"
-                    )));
-                    continue;
+                    replies.push(too_many());
+                    break;
                 }
                 let (channels, patterns) = match kind {
                     Kind::Channel => (vec![name.clone()], Vec::new()),
@@ -108,8 +109,10 @@ impl Subscriptions {
                 let subscription = match client.pubsub().subscribe(channels.clone(), patterns.clone()).await {
                     Ok(subscription) => subscription,
                     Err(e) => {
+                        // The cluster refused or failed: the names after this one are not tried
+                        // (one command costs at most one failed call).
                         replies.push(client_error(&e));
-                        continue;
+                        break;
                     }
                 };
                 let generation = self.next_generation;
@@ -139,6 +142,9 @@ impl Subscriptions {
 
     /// Unsubscribes from `names`, or from every name of `kind` when none is given.
     pub fn unsubscribe(&mut self, kind: Kind, names: Vec<Bytes>) -> Vec<Reply> {
+        if names.len() > SUBSCRIPTIONS_MAX {
+            return vec![too_many()];
+        }
         let names: Vec<Bytes> = if names.is_empty() {
             self.forwarders
                 .keys()
@@ -169,6 +175,12 @@ impl Subscriptions {
             })
             .collect()
     }
+}
+
+fn too_many() -> Reply {
+    Reply::error(format!(
+        "ERR at most {SUBSCRIPTIONS_MAX} channels and patterns per connection, and per command"
+    ))
 }
 
 /// What one forwarder reads and how its messages are labelled.

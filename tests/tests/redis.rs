@@ -254,6 +254,12 @@ fn strings_and_keys_answer_as_redis_does_through_a_follower() {
     assert!(raw.reply().starts_with("-ERR empty keys are not supported"));
     assert_eq!(raw.reply(), "+OK\r\n");
     assert_eq!(raw.call(&["MGET", "x", "y"]), "*2\r\n$1\r\n1\r\n$1\r\n2\r\n");
+    // So does a SET with a time to live past the cluster's 365 days, found only there.
+    raw.send(b"*3\r\n$3\r\nSET\r\n$2\r\nt1\r\n$1\r\n1\r\n*5\r\n$3\r\nSET\r\n$2\r\nt2\r\n$1\r\n2\r\n$2\r\nEX\r\n$8\r\n40000000\r\n*3\r\n$3\r\nSET\r\n$2\r\nt3\r\n$1\r\n3\r\n");
+    assert_eq!(raw.reply(), "+OK\r\n");
+    assert!(raw.reply().starts_with("-ERR"));
+    assert_eq!(raw.reply(), "+OK\r\n");
+    assert_eq!(raw.call(&["EXISTS", "t1", "t2", "t3"]), ":2\r\n");
     // Transaction bounds, named before anything is sent.
     let many: Vec<String> = (0..65).map(|i| format!("w:{i}")).collect();
     let mut watch = vec!["WATCH"];
@@ -561,6 +567,11 @@ fn pubsub_reaches_subscribers_on_every_node_in_resp2_and_resp3() {
         ">4\r\n$8\r\npmessage\r\n$6\r\nnews.*\r\n$7\r\nnews.eu\r\n$2\r\nhi\r\n"
     );
     assert_eq!(publisher.call(&["PUBLISH", "nobody", "x"]), ":0\r\n");
+    // One command may name at most 1,024 channels.
+    let many: Vec<String> = (0..1025).map(|i| format!("c{i}")).collect();
+    let mut subscribe_many = vec!["SUBSCRIBE"];
+    subscribe_many.extend(many.iter().map(String::as_str));
+    assert!(psub.call(&subscribe_many).starts_with("-ERR at most 1024 channels"));
 
     // A RESP2 subscriber may only change its subscriptions (and PING); RESP3 may do anything.
     assert_eq!(

@@ -153,10 +153,6 @@ async fn run_watch(api: Api, prefix: Vec<u8>, from: u64, outbox: mpsc::Sender<Re
 /// A batch write as the state machine takes it, or the status that refuses the whole batch.
 fn kv_write_of(op: pb::KvWriteOp) -> Result<KvWrite, Status> {
     match op.op {
-        Some(pb::kv_write_op::Op::Put(put)) if put.keep_ttl => Err(status(
-            ErrorCode::InvalidArgument,
-            "a batch write cannot keep the key's ttl (keep_ttl): send it on its own or in a transaction",
-        )),
         Some(pb::kv_write_op::Op::Put(put)) => Ok(KvWrite::Put {
             key: put.key,
             value: put.value,
@@ -232,23 +228,25 @@ pub(super) fn record_reply(record: Option<KvRecord>) -> pb::KvGetResponse {
 
 /// A put as the state machine takes it (the request's header aside).
 pub(super) fn put_op(r: pb::KvPutRequest) -> Result<Op, Status> {
-    if r.keep_ttl {
-        if r.ttl_ms > 0 {
-            return Err(status(
-                ErrorCode::InvalidArgument,
-                "a put keeping the key's ttl cannot give a ttl of its own",
-            ));
-        }
-        return Ok(Op::Kv(KvOp::PutKeepTtl {
-            key: r.key,
-            value: r.value,
-            expect: expect_of(r.expect)?,
-        }));
-    }
     Ok(Op::Kv(KvOp::Put {
         key: r.key,
         value: r.value,
         ttl_ms: (r.ttl_ms > 0).then_some(r.ttl_ms),
+        expect: expect_of(r.expect)?,
+    }))
+}
+
+/// A put keeping the key's expiry (a transaction's `put_keep_ttl` op), the header aside.
+pub(super) fn put_keep_ttl_op(r: pb::KvPutRequest) -> Result<Op, Status> {
+    if r.ttl_ms > 0 {
+        return Err(status(
+            ErrorCode::InvalidArgument,
+            "a put keeping the key's ttl cannot give a ttl of its own",
+        ));
+    }
+    Ok(Op::Kv(KvOp::PutKeepTtl {
+        key: r.key,
+        value: r.value,
         expect: expect_of(r.expect)?,
     }))
 }

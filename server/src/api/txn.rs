@@ -155,6 +155,10 @@ impl Api {
                 no_header(&r.header)?;
                 kv::put_op(r)
             }
+            Some(O::PutKeepTtl(r)) => {
+                no_header(&r.header)?;
+                kv::put_keep_ttl_op(r)
+            }
             Some(O::Delete(r)) => {
                 no_header(&r.header)?;
                 kv::delete_op(r)
