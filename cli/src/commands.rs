@@ -444,7 +444,7 @@ pub fn main() -> ExitCode {
     // SIGPIPE stays ignored (Rust's default) in every command: see `output` for why, and for
     // how a closed stdout still ends a command the way it ends other Unix tools (except those
     // that own node processes, which must stop in order).
-    if matches!(cli.command, Command::Dev(_) | Command::Demo(_) | Command::Bench { .. }) {
+    if matches!(cli.command, Command::Dev(_) | Command::Bench { .. }) {
         crate::output::supervising();
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

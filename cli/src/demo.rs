@@ -50,6 +50,9 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
         crate::out!("{}", listing());
         return Ok(());
     }
+    // From here it may own node processes: it must stop them in order whatever becomes of its
+    // stdout (see `output`).
+    crate::output::supervising();
     let name = args.name.clone().unwrap_or_default();
     let system = basalt_examples::find(&name).ok_or_else(|| {
         format!(

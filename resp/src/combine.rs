@@ -277,6 +277,67 @@ async fn write_group(client: &Client, key: &[u8], writes: &[StringWrite], known:
     )))
 }
 
+/// What a combined read answers: the key's entry, or the error every reader gets.
+type ReadAnswer = Result<Option<KvEntry>, Reply>;
+
+/// Per key, the readers waiting for the next read.
+type Readers = HashMap<Vec<u8>, Vec<oneshot::Sender<ReadAnswer>>>;
+
+/// Combined linearizable reads: the reads of one key that arrive while one is on its way share
+/// the next one. Linearizable, because that read starts after every reader of its group was
+/// sent and ends before any is answered, so its moment lies within each reader's own.
+#[derive(Clone, Default)]
+pub struct ReadCombiner {
+    waiting: Arc<Mutex<Readers>>,
+}
+
+impl ReadCombiner {
+    /// The key's entry, read linearizably.
+    pub async fn read(&self, client: &Client, key: &[u8]) -> ReadAnswer {
+        let (answer, wait) = oneshot::channel();
+        let start_runner = {
+            let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+            match waiting.get_mut(key) {
+                Some(queue) => {
+                    queue.push(answer);
+                    false
+                }
+                None => {
+                    waiting.insert(key.to_vec(), vec![answer]);
+                    true
+                }
+            }
+        };
+        if start_runner {
+            tokio::spawn(read_rounds(self.clone(), client.clone(), key.to_vec()));
+        }
+        wait.await
+            .unwrap_or_else(|_| Err(Reply::error("TRYAGAIN the node stopped while the read was on its way")))
+    }
+}
+
+/// Reads `key` once per group of waiting readers until none wait.
+async fn read_rounds(combiner: ReadCombiner, client: Client, key: Vec<u8>) {
+    loop {
+        let group = {
+            let mut waiting = combiner.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+            match waiting.get_mut(&key) {
+                Some(queue) if !queue.is_empty() => std::mem::take(queue),
+                _ => {
+                    waiting.remove(&key);
+                    return;
+                }
+            }
+        };
+        // A runner that panicked would leave its key in the map with readers waiting forever;
+        // `get` does not panic, and a dropped sender answers its reader with an error.
+        let answer = client.kv().get(&key).await.map_err(|e| client_error(&e));
+        for reader in group {
+            let _ = reader.send(answer.clone());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

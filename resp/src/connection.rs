@@ -172,6 +172,7 @@ impl Connection {
         Keys {
             client: &self.shared.client,
             combiner: &self.shared.combiner,
+            readers: &self.shared.readers,
             reads: self.reads,
         }
     }
@@ -207,7 +208,25 @@ impl Connection {
                 }
             };
             let subscribed = self.subscriptions.count() > 0 && self.protocol == Protocol::Resp2;
-            if self.multi.is_none() && self.authenticated && !subscribed && plain_set(&command) {
+            let plain = self.multi.is_none() && self.authenticated && !subscribed;
+            if let (true, Command::Get(key)) = (plain, &command) {
+                // GETs of one key in a row: one read answers them all, made after all of them
+                // arrived and before any is answered.
+                let mut count = 1;
+                while parsed
+                    .front()
+                    .is_some_and(|(_, c)| matches!(c, Ok(Command::Get(k)) if k == key))
+                {
+                    parsed.pop_front();
+                    count += 1;
+                }
+                let reply = self.keys().get(key).await;
+                for _ in 0..count {
+                    reply.encode(self.protocol, out);
+                }
+                continue;
+            }
+            if plain && plain_set(&command) {
                 let mut run = vec![command];
                 while run.len() < TXN_OPS_MAX && parsed.front().is_some_and(|(_, c)| matches!(c, Ok(c) if plain_set(c)))
                 {

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use basalt_client::txn::{Compare, Condition};
 use basalt_client::{Client, KvEntry, ReadConsistency, TxnOp, TxnOpResult, TxnOutcome};
 
-use crate::combine::{Combiner, StringWrite};
+use crate::combine::{Combiner, ReadCombiner, StringWrite};
 use crate::command::{errors, Bytes, ExpireCondition, Expiry, GetExChange, SetCondition};
 use crate::frame::{format_double, Reply};
 use crate::glob::Glob;
@@ -105,17 +105,24 @@ pub struct Keys<'a> {
     pub client: &'a Client,
     /// Where plain `SET`s and increments of one key from many connections meet.
     pub combiner: &'a Combiner,
+    /// Where linearizable reads of one key from many connections meet.
+    pub readers: &'a ReadCombiner,
     /// `READONLY` switches a connection to stale reads (served by the node it talks to).
     pub reads: ReadConsistency,
 }
 
 impl Keys<'_> {
+    /// The key's entry: linearizable reads of one key are combined across connections.
     pub async fn entry(&self, key: &[u8]) -> Result<Option<KvEntry>, Reply> {
-        self.client
-            .kv()
-            .get_with(key, self.reads)
-            .await
-            .map_err(|e| client_error(&e))
+        match self.reads {
+            ReadConsistency::Linearizable => self.readers.read(self.client, key).await,
+            ReadConsistency::Stale => self
+                .client
+                .kv()
+                .get_with(key, self.reads)
+                .await
+                .map_err(|e| client_error(&e)),
+        }
     }
 
     /// Reads `key`, lets `decide` choose the change, and writes it only if the key is still at

@@ -40,6 +40,7 @@ pub struct Shared {
     /// leader, so a command sent to a follower is carried to the leader.
     pub client: Client,
     pub combiner: crate::combine::Combiner,
+    pub readers: crate::combine::ReadCombiner,
     pub config: RespConfig,
     started: Instant,
     port: u16,
@@ -58,6 +59,7 @@ pub async fn serve(
     let shared = Arc::new(Shared {
         client,
         combiner: crate::combine::Combiner::default(),
+        readers: crate::combine::ReadCombiner::default(),
         config,
         started: Instant::now(),
         port,
