@@ -83,13 +83,16 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
     let Some((endpoints, regions)) = given else {
         // Interrupted while starting: the nodes started so far are killed with their handles
         // (`kill_on_drop`), and the directory goes with its handle.
+        // One handler for the whole run: a signal between the phases is not lost.
+        let shutdown = crate::commands::shutdown_signal();
+        tokio::pin!(shutdown);
         let mut cluster = tokio::select! {
             cluster = TempCluster::start(system) => cluster?,
-            () = crate::commands::shutdown_signal() => return Err("interrupted while starting the cluster".into()),
+            () = &mut shutdown => return Err("interrupted while starting the cluster".into()),
         };
         let outcome = tokio::select! {
             outcome = run_system(system, cluster.endpoints.clone(), cluster.regions.clone(), cluster.origin, scale) => outcome,
-            () = crate::commands::shutdown_signal() => Err("interrupted".to_string()),
+            () = &mut shutdown => Err("interrupted".to_string()),
         };
         crate::outln!("stopping the temporary cluster");
         stop_all(&mut cluster.nodes).await;

@@ -185,6 +185,9 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
             args.resp_base_port, args.nodes
         ));
     }
+    // Before any node starts: from here a signal stops the nodes in order.
+    let shutdown = crate::commands::shutdown_signal();
+    tokio::pin!(shutdown);
     let mut processes = Vec::new();
     for i in 1..=args.nodes {
         // Dev mode: FLUSHDB may empty the cluster, as on a developer's own redis-server.
@@ -236,22 +239,32 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
     crate::outln!("  cluster file {}", cluster_file.display());
 
     let started = Instant::now();
-    match wait_for_leader(&endpoints, Duration::from_secs(15)).await {
-        Ok((id, addr)) => crate::outln!(
+    let leader = tokio::select! {
+        leader = wait_for_leader(&endpoints, Duration::from_secs(15)) => Some(leader),
+        () = &mut shutdown => None,
+    };
+    match leader {
+        Some(Ok((id, addr))) => crate::outln!(
             "leader: node {id} ({addr}) after {:.1}s. Try: basalt kv put greeting hello; basalt cluster status. Ctrl-C stops all nodes.",
             started.elapsed().as_secs_f64()
         ),
-        Err(e) => crate::outln!("no leader yet: {e} (see the node logs)"),
+        Some(Err(e)) => crate::outln!("no leader yet: {e} (see the node logs)"),
+        None => {
+            crate::outln!("stopping {} nodes...", processes.len());
+            stop_all(&mut processes).await;
+            let _ = std::fs::remove_file(&cluster_file);
+            crate::outln!("stopped");
+            return Ok(());
+        }
     }
-    supervise(processes).await;
+    supervise(processes, shutdown).await;
     let _ = std::fs::remove_file(&cluster_file);
     crate::outln!("stopped");
     Ok(())
 }
 
-/// Waits for Ctrl-C (reporting nodes that exit on their own), then stops every node.
-pub(crate) async fn supervise(mut processes: Vec<NodeProcess>) {
-    let signal = crate::commands::shutdown_signal();
+/// Waits for `signal` (reporting nodes that exit on their own), then stops every node.
+pub(crate) async fn supervise(mut processes: Vec<NodeProcess>, signal: impl std::future::Future<Output = ()>) {
     tokio::pin!(signal);
     let mut poll = tokio::time::interval(Duration::from_millis(500));
     loop {

@@ -258,6 +258,8 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
         basalt_server::config::parse_origin(origin).map_err(|e| e.to_string())?;
     }
     let dir = crate::dev::prepare_dir(&args)?;
+    // Before any node starts: from here a signal stops the nodes in order.
+    let shutdown = crate::commands::shutdown_signal();
 
     let port = |base: u16, region: usize, node: u16| -> Result<u16, String> {
         base.checked_add(100 * region as u16 + node - 1)
@@ -383,7 +385,7 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
         "Try: basalt kv --region {} put greeting hello; basalt kv --region {} get greeting; basalt regions status. Ctrl-C stops everything.",
         topology.regions[0].name, topology.regions[1].name
     );
-    crate::dev::supervise(processes).await;
+    crate::dev::supervise(processes, shutdown).await;
     control.abort();
     drop(proxies);
     let _ = std::fs::remove_file(&cluster_file);

@@ -473,25 +473,8 @@ impl Keys<'_> {
         pattern: Option<&Glob>,
         count: u64,
     ) -> Result<(Vec<Bytes>, Option<Bytes>), Reply> {
-        let prefix = pattern.map(Glob::literal_prefix).unwrap_or_default();
         let limit = u32::try_from(count).unwrap_or(SCAN_PAGE_KEYS).clamp(1, SCAN_PAGE_KEYS);
-        let page = self
-            .client
-            .kv()
-            .scan_page(&prefix, after, limit, self.reads)
-            .await
-            .map_err(|e| client_error(&e))?;
-        let next = if page.more {
-            page.items.last().map(|(k, _)| k.clone())
-        } else {
-            None
-        };
-        let keys = page
-            .items
-            .into_iter()
-            .map(|(k, _)| k)
-            .filter(|k| pattern.is_none_or(|p| p.matches(k)))
-            .collect();
+        let (keys, next, _) = self.page(after, pattern, limit).await?;
         Ok((keys, next))
     }
 
@@ -503,7 +486,7 @@ impl Keys<'_> {
         let mut read = 0usize;
         let mut bytes = 0usize;
         loop {
-            let (page, next, page_read) = self.walk_page(&after, pattern).await?;
+            let (page, next, page_read) = self.page(&after, pattern, SCAN_PAGE_KEYS).await?;
             read += page_read;
             bytes += page.iter().map(Vec::len).sum::<usize>();
             if bytes > REPLY_BYTES_MAX {
@@ -527,7 +510,7 @@ impl Keys<'_> {
         let mut after = Vec::new();
         let mut count = 0usize;
         loop {
-            let (page, next, _) = self.walk_page(&after, None).await?;
+            let (page, next, _) = self.page(&after, None, SCAN_PAGE_KEYS).await?;
             count += page.len();
             match next {
                 None => return Ok(count),
@@ -541,18 +524,20 @@ impl Keys<'_> {
         }
     }
 
-    /// One page of a walk: the matching keys, where the next starts, and how many keys the
-    /// page read (a page holds fewer than asked when the values are large).
-    async fn walk_page(
+    /// One page of at most `limit` keys after `after`: the keys matching `pattern`, where the
+    /// next page starts (`None`: the keyspace is done), and how many keys the page read (fewer
+    /// than asked when the values are large).
+    async fn page(
         &self,
         after: &[u8],
         pattern: Option<&Glob>,
+        limit: u32,
     ) -> Result<(Vec<Bytes>, Option<Bytes>, usize), Reply> {
         let prefix = pattern.map(Glob::literal_prefix).unwrap_or_default();
         let page = self
             .client
             .kv()
-            .scan_page(&prefix, after, SCAN_PAGE_KEYS, self.reads)
+            .scan_page(&prefix, after, limit, self.reads)
             .await
             .map_err(|e| client_error(&e))?;
         let read = page.items.len();

@@ -75,3 +75,60 @@ fn a_closed_stdout_ends_a_command_by_sigpipe_without_a_word() {
     assert_eq!(status.signal(), Some(libc::SIGPIPE), "{status:?}, stderr: {stderr}");
     assert_eq!(stderr, "");
 }
+
+/// `basalt dev` stopped by SIGTERM right after it started its nodes (while it waits for a
+/// leader) stops them: none is left running. Its signal handler once came to life only after
+/// that wait, so an early signal ended it at once and orphaned its nodes, which then held their
+/// ports (RESP's 6379) against the next cluster.
+#[test]
+fn basalt_dev_stopped_by_a_signal_at_once_leaves_no_node_running() {
+    use basalt_testkit::local_ports;
+    use std::io::{BufRead, BufReader};
+
+    let ports: Vec<_> = (0..4).map(|_| local_ports::reserve().expect("port")).collect();
+    let home = tempfile::tempdir().expect("home");
+    let mut dev = Command::new(NODE)
+        .args(["dev", "--nodes", "2", "--clean"])
+        .args(["--base-port", &ports[0].port().to_string()])
+        .args(["--http-base-port", &ports[1].port().to_string()])
+        .args(["--control-port", &ports[2].port().to_string()])
+        .args(["--resp-base-port", &ports[3].port().to_string()])
+        .env("BASALT_HOME", home.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("basalt dev");
+    let mut lines = BufReader::new(dev.stdout.take().expect("stdout")).lines();
+    let mut pids = Vec::new();
+    // The node lines come before the wait for a leader; signal as soon as both are out.
+    for line in lines.by_ref().map_while(Result::ok) {
+        if let Some(pid) = line.split("  pid ").nth(1).and_then(|rest| rest.split_whitespace().next()) {
+            pids.push(pid.parse::<i32>().expect("a pid"));
+        }
+        if pids.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(pids.len(), 2, "two node lines");
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(dev.id() as i32, libc::SIGTERM);
+    }
+    let status = dev.wait().expect("dev exits");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    // SAFETY: kill(2) with signal 0 only asks whether the process exists.
+    let alive = |pid: i32| unsafe { libc::kill(pid, 0) == 0 };
+    while pids.iter().any(|&pid| alive(pid)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let left: Vec<i32> = pids.iter().copied().filter(|&pid| alive(pid)).collect();
+    for &pid in &left {
+        // SAFETY: cleaning up what the test found; the pid was a node of this test.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+    }
+    assert!(left.is_empty(), "nodes left running after dev ended ({status:?}): {left:?}");
+    assert!(status.success(), "dev ended by {status:?}, not in order");
+}

@@ -526,7 +526,7 @@ fn basalt_dev_serves_the_edge_on_every_node() {
 
     runtime().block_on(async {
         let origin = Origin::start().await;
-        let ports: Vec<PortReservation> = (0..4).map(|_| local_ports::reserve().expect("port")).collect();
+        let ports: Vec<PortReservation> = (0..5).map(|_| local_ports::reserve().expect("port")).collect();
         let home = tempfile::tempdir().expect("home");
         let mut dev = Command::new(NODE)
             .args(["dev", "--nodes", "1", "--clean"])
@@ -534,6 +534,7 @@ fn basalt_dev_serves_the_edge_on_every_node() {
             .args(["--http-base-port", &ports[1].port().to_string()])
             .args(["--edge-base-port", &ports[2].port().to_string()])
             .args(["--control-port", &ports[3].port().to_string()])
+            .args(["--resp-base-port", &ports[4].port().to_string()])
             .args(["--origin", &format!("/=http://{}", origin.addr)])
             .env("BASALT_HOME", home.path())
             .stdin(Stdio::null())
@@ -550,13 +551,14 @@ fn basalt_dev_serves_the_edge_on_every_node() {
         });
         let expected = format!("edge 127.0.0.1:{}", ports[2].port());
         let mut printed = Vec::new();
-        let found = loop {
+        let node_line = loop {
             match line_rx.recv_timeout(Duration::from_secs(30)) {
-                Ok(line) if line.contains(&expected) => break true,
+                Ok(line) if line.contains(&expected) => break Some(line),
                 Ok(line) => printed.push(line),
-                Err(_) => break false,
+                Err(_) => break None,
             }
         };
+        let found = node_line.is_some();
         let cluster_file = std::fs::read_to_string(home.path().join("dev").join("cluster.json")).unwrap_or_default();
         let answer = if found {
             Some(get(&client(), ports[2].addr(), "/plain/dev", &[]).await)
@@ -569,6 +571,16 @@ fn basalt_dev_serves_the_edge_on_every_node() {
         }
         let _ = dev.wait();
         assert!(found, "no `{expected}` in the node lines: {printed:?}");
+        // The node's RESP port is on its line and in the cluster file (docs/redis.md).
+        let resp = format!("127.0.0.1:{}", ports[4].port());
+        assert!(
+            node_line.is_some_and(|l| l.contains(&format!("resp {resp}"))),
+            "{printed:?}"
+        );
+        assert!(
+            cluster_file.contains(&format!("\"resp\":[\"{resp}\"]")),
+            "{cluster_file}"
+        );
         assert!(
             cluster_file.contains(&format!("\"edges\":[\"127.0.0.1:{}\"]", ports[2].port())),
             "{cluster_file}"
