@@ -50,9 +50,6 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
         crate::out!("{}", listing());
         return Ok(());
     }
-    // From here it may own node processes: it must stop them in order whatever becomes of its
-    // stdout (see `output`).
-    crate::output::supervising();
     let name = args.name.clone().unwrap_or_default();
     let system = basalt_examples::find(&name).ok_or_else(|| {
         format!(
@@ -81,6 +78,9 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
         (None, None) => None,
     };
     let Some((endpoints, regions)) = given else {
+        // It owns node processes from here: it must stop them in order whatever becomes of its
+        // stdout (see `output`).
+        crate::output::supervising();
         // Interrupted while starting: the nodes started so far are killed with their handles
         // (`kill_on_drop`), and the directory goes with its handle.
         // One handler for the whole run: a signal between the phases is not lost.

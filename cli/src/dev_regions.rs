@@ -260,6 +260,7 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
     let dir = crate::dev::prepare_dir(&args)?;
     // Before any node starts: from here a signal stops the nodes in order.
     let shutdown = crate::commands::shutdown_signal();
+    tokio::pin!(shutdown);
 
     let port = |base: u16, region: usize, node: u16| -> Result<u16, String> {
         base.checked_add(100 * region as u16 + node - 1)
@@ -371,8 +372,22 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
     );
     crate::outln!("  control {control_addr}, cluster file {}", cluster_file.display());
     let started = Instant::now();
+    let mut processes = processes;
     for (r, region) in topology.regions.iter().enumerate() {
-        match crate::dev::wait_for_leader(&grpc[&r], Duration::from_secs(20)).await {
+        let leader = tokio::select! {
+            leader = crate::dev::wait_for_leader(&grpc[&r], Duration::from_secs(20)) => leader,
+            () = &mut shutdown => {
+                // Signalled while the regions elect: stop now, not after every region's wait.
+                crate::outln!("stopping {} nodes...", processes.len());
+                crate::dev::stop_all(&mut processes).await;
+                control.abort();
+                drop(proxies);
+                let _ = std::fs::remove_file(&cluster_file);
+                crate::outln!("stopped");
+                return Ok(());
+            }
+        };
+        match leader {
             Ok((id, addr)) => crate::outln!(
                 "  {} leader: node {id} ({addr}) after {:.1}s",
                 region.name,

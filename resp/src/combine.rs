@@ -316,8 +316,35 @@ impl ReadCombiner {
     }
 }
 
+/// Removes the key from the readers' map if its runner ends any other way than by finding no
+/// readers (a panic): the readers waiting then get an error instead of waiting forever, and the
+/// next reader starts a new runner.
+struct ReadRunnerGuard {
+    combiner: ReadCombiner,
+    key: Vec<u8>,
+    done: bool,
+}
+
+impl Drop for ReadRunnerGuard {
+    fn drop(&mut self) {
+        if !self.done {
+            let mut waiting = self.combiner.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(readers) = waiting.remove(&self.key) {
+                for reader in readers {
+                    let _ = reader.send(Err(Reply::error("TRYAGAIN the read's round failed")));
+                }
+            }
+        }
+    }
+}
+
 /// Reads `key` once per group of waiting readers until none wait.
 async fn read_rounds(combiner: ReadCombiner, client: Client, key: Vec<u8>) {
+    let mut guard = ReadRunnerGuard {
+        combiner: combiner.clone(),
+        key: key.clone(),
+        done: false,
+    };
     loop {
         let group = {
             let mut waiting = combiner.waiting.lock().unwrap_or_else(PoisonError::into_inner);
@@ -325,12 +352,11 @@ async fn read_rounds(combiner: ReadCombiner, client: Client, key: Vec<u8>) {
                 Some(queue) if !queue.is_empty() => std::mem::take(queue),
                 _ => {
                     waiting.remove(&key);
+                    guard.done = true;
                     return;
                 }
             }
         };
-        // A runner that panicked would leave its key in the map with readers waiting forever;
-        // `get` does not panic, and a dropped sender answers its reader with an error.
         let answer = client.kv().get(&key).await.map_err(|e| client_error(&e));
         for reader in group {
             let _ = reader.send(answer.clone());

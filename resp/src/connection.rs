@@ -223,6 +223,13 @@ impl Connection {
                 let reply = self.keys().get(key).await;
                 for _ in 0..count {
                     reply.encode(self.protocol, out);
+                    // Copies of a large value: written out as they pass the bound, not held.
+                    if out.len() >= REPLY_FLUSH_BYTES {
+                        if writer.write_all(out).await.is_err() {
+                            return Next::Close;
+                        }
+                        out.clear();
+                    }
                 }
                 continue;
             }

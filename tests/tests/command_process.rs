@@ -103,7 +103,11 @@ fn basalt_dev_stopped_by_a_signal_at_once_leaves_no_node_running() {
     let mut pids = Vec::new();
     // The node lines come before the wait for a leader; signal as soon as both are out.
     for line in lines.by_ref().map_while(Result::ok) {
-        if let Some(pid) = line.split("  pid ").nth(1).and_then(|rest| rest.split_whitespace().next()) {
+        if let Some(pid) = line
+            .split("  pid ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+        {
             pids.push(pid.parse::<i32>().expect("a pid"));
         }
         if pids.len() == 2 {
@@ -129,6 +133,9 @@ fn basalt_dev_stopped_by_a_signal_at_once_leaves_no_node_running() {
             libc::kill(pid, libc::SIGKILL);
         }
     }
-    assert!(left.is_empty(), "nodes left running after dev ended ({status:?}): {left:?}");
+    assert!(
+        left.is_empty(),
+        "nodes left running after dev ended ({status:?}): {left:?}"
+    );
     assert!(status.success(), "dev ended by {status:?}, not in order");
 }

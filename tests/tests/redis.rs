@@ -249,6 +249,13 @@ fn strings_and_keys_answer_as_redis_does_through_a_follower() {
     assert!(answers.iter().all(|a| *a == redis::Value::Okay), "{answers:?}");
     let length: i64 = redis::cmd("STRLEN").arg("big:39").query(&mut c).expect("STRLEN");
     assert_eq!(length, 200 * 1024);
+    // GETs of one key in a row take one read; their 8 MiB of replies still arrive whole.
+    let mut pipe = redis::pipe();
+    for _ in 0..40 {
+        pipe.cmd("GET").arg("big:39");
+    }
+    let values: Vec<Vec<u8>> = pipe.query(&mut c).expect("pipelined large GETs");
+    assert!(values.len() == 40 && values.iter().all(|v| v.len() == 200 * 1024));
     raw.send(b"*3\r\n$3\r\nSET\r\n$1\r\nx\r\n$1\r\n1\r\n*3\r\n$3\r\nSET\r\n$0\r\n\r\n$1\r\n1\r\n*3\r\n$3\r\nSET\r\n$1\r\ny\r\n$1\r\n2\r\n");
     assert_eq!(raw.reply(), "+OK\r\n");
     assert!(raw.reply().starts_with("-ERR empty keys are not supported"));
