@@ -16,15 +16,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 basalt="$root/target/release/basalt"
 [ -x "$basalt" ] || { echo "build first: cargo build --release -p basalt-cli" >&2; exit 1; }
 
-missing=()
-for pkg in nginx varnish wrk; do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-  sudo_cmd=""; [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
-  $sudo_cmd apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+"$root/scripts/ensure-packages.sh" nginx varnish wrk
 
 work=$(mktemp -d)
 origin=127.0.0.1:19000 basalt_edge=127.0.0.1:19001 nginx_edge=127.0.0.1:19002 varnish_edge=127.0.0.1:19003

@@ -18,15 +18,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 basalt="$root/target/release/basalt"
 [ -x "$basalt" ] || { echo "build first: cargo build --release -p basalt-cli" >&2; exit 1; }
 
-missing=()
-for pkg in redis-server redis-tools; do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-  sudo_cmd=""; [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
-  $sudo_cmd apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+"$root/scripts/ensure-packages.sh" redis-server redis-tools
 
 work=$(mktemp -d)
 redis_port=16400 basalt_resp=16379

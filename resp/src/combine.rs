@@ -89,90 +89,136 @@ struct Waiting {
     reply: oneshot::Sender<Reply>,
 }
 
-/// The groups of one node's RESP server: per key, the writes waiting for the next round. A key
-/// is in the map exactly while a round runner owns it.
+/// Per key, what waits for the next round, shared by the connections and the key's runner. A
+/// key is in the map exactly while a runner owns it: [`KeyQueues::join`] says when the caller
+/// must start one, and [`KeyQueues::take`] ends it (removing the key) in the same step that
+/// finds nothing waiting, so a later arrival always starts a new runner and never waits on an
+/// ended one. The write and read combiners both stand on it.
+pub struct KeyQueues<T> {
+    queues: Arc<Mutex<HashMap<Vec<u8>, Vec<T>>>>,
+}
+
+impl<T> Clone for KeyQueues<T> {
+    fn clone(&self) -> Self {
+        KeyQueues {
+            queues: Arc::clone(&self.queues),
+        }
+    }
+}
+
+impl<T> Default for KeyQueues<T> {
+    fn default() -> Self {
+        KeyQueues { queues: Arc::default() }
+    }
+}
+
+impl<T> KeyQueues<T> {
+    /// Queues `item` on `key`; true when no runner owns the key and the caller must start one.
+    pub fn join(&self, key: &[u8], item: T) -> bool {
+        let mut queues = self.queues.lock().unwrap_or_else(PoisonError::into_inner);
+        match queues.get_mut(key) {
+            Some(queue) => {
+                queue.push(item);
+                false
+            }
+            None => {
+                queues.insert(key.to_vec(), vec![item]);
+                true
+            }
+        }
+    }
+
+    /// What waits on `key`, for the runner's next round; empty when nothing waits, and then the
+    /// key has left the map (the runner ends).
+    pub fn take(&self, key: &[u8]) -> Vec<T> {
+        let mut queues = self.queues.lock().unwrap_or_else(PoisonError::into_inner);
+        match queues.get_mut(key) {
+            Some(queue) if !queue.is_empty() => std::mem::take(queue),
+            _ => {
+                queues.remove(key);
+                Vec::new()
+            }
+        }
+    }
+
+    /// Removes `key` with what still waits on it: for a runner that ends any other way than by
+    /// finding nothing (a panic), so that its waiters get an answer instead of waiting forever.
+    fn abandon(&self, key: &[u8]) -> Vec<T> {
+        let mut queues = self.queues.lock().unwrap_or_else(PoisonError::into_inner);
+        queues.remove(key).unwrap_or_default()
+    }
+}
+
+/// Held by a runner: if dropped before the runner saw its queue empty, abandons the key and
+/// answers everything still waiting with `fail`.
+struct RunnerGuard<T> {
+    queues: KeyQueues<T>,
+    key: Vec<u8>,
+    done: bool,
+    fail: fn(T),
+}
+
+impl<T> Drop for RunnerGuard<T> {
+    fn drop(&mut self) {
+        if !self.done {
+            for item in self.queues.abandon(&self.key) {
+                (self.fail)(item);
+            }
+        }
+    }
+}
+
+impl<T> RunnerGuard<T> {
+    fn new(queues: &KeyQueues<T>, key: &[u8], fail: fn(T)) -> Self {
+        RunnerGuard {
+            queues: queues.clone(),
+            key: key.to_vec(),
+            done: false,
+            fail,
+        }
+    }
+
+    /// The next round's items; empty (and the guard disarmed) when the runner is to end.
+    fn next_round(&mut self) -> Vec<T> {
+        let round = self.queues.take(&self.key);
+        self.done = round.is_empty();
+        round
+    }
+}
+
+/// The groups of one node's RESP server: per key, the writes waiting for the next round.
 #[derive(Clone, Default)]
 pub struct Combiner {
-    waiting: Arc<Mutex<HashMap<Vec<u8>, Vec<Waiting>>>>,
+    waiting: KeyQueues<Waiting>,
 }
 
 impl Combiner {
     /// Applies `write` to `key`, with whatever other connections write to it meanwhile.
     pub async fn write(&self, client: &Client, key: &[u8], write: StringWrite) -> Reply {
         let (reply, answer) = oneshot::channel();
-        let start_runner = {
-            let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
-            match waiting.get_mut(key) {
-                Some(queue) => {
-                    queue.push(Waiting { write, reply });
-                    false
-                }
-                None => {
-                    waiting.insert(key.to_vec(), vec![Waiting { write, reply }]);
-                    true
-                }
-            }
-        };
-        if start_runner {
+        if self.waiting.join(key, Waiting { write, reply }) {
             // Its own task: a connection that goes away must not take other connections'
             // writes with it.
-            tokio::spawn(run(self.clone(), client.clone(), key.to_vec()));
+            tokio::spawn(run(self.waiting.clone(), client.clone(), key.to_vec()));
         }
         answer
             .await
             .unwrap_or_else(|_| Reply::error("UNCERTAIN the node stopped while the write was on its way"))
     }
-
-    /// Takes the writes waiting on `key`; when there are none, the key leaves the map (the
-    /// runner ends) in the same step, so a write arriving after it starts a new runner.
-    fn take(&self, key: &[u8]) -> Vec<Waiting> {
-        let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
-        match waiting.get_mut(key) {
-            Some(queue) if !queue.is_empty() => std::mem::take(queue),
-            _ => {
-                waiting.remove(key);
-                Vec::new()
-            }
-        }
-    }
 }
 
-/// Removes the key from the map if the runner ends any other way than by finding no writes (a
-/// panic): the writes left waiting get an error instead of waiting forever.
-struct RunnerGuard {
-    combiner: Combiner,
-    key: Vec<u8>,
-    done: bool,
-}
-
-impl Drop for RunnerGuard {
-    fn drop(&mut self) {
-        if !self.done {
-            let mut waiting = self.combiner.waiting.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(queue) = waiting.remove(&self.key) {
-                for w in queue {
-                    let _ = w
-                        .reply
-                        .send(Reply::error("ERR the write's round failed; nothing was applied"));
-                }
-            }
-        }
-    }
-}
-
-async fn run(combiner: Combiner, client: Client, key: Vec<u8>) {
-    let mut guard = RunnerGuard {
-        combiner: combiner.clone(),
-        key: key.clone(),
-        done: false,
-    };
+async fn run(queues: KeyQueues<Waiting>, client: Client, key: Vec<u8>) {
+    let mut guard = RunnerGuard::new(&queues, &key, |w: Waiting| {
+        let _ = w
+            .reply
+            .send(Reply::error("ERR the write's round failed; nothing was applied"));
+    });
     // What this runner last wrote: the next group tries its write on it without reading first
     // (the write is conditioned on its revision, so a stale guess only costs a read).
     let mut known = None;
     loop {
-        let group = combiner.take(&key);
+        let group = guard.next_round();
         if group.is_empty() {
-            guard.done = true;
             return;
         }
         let writes: Vec<StringWrite> = group.iter().map(|w| w.write.clone()).collect();
@@ -280,83 +326,36 @@ async fn write_group(client: &Client, key: &[u8], writes: &[StringWrite], known:
 /// What a combined read answers: the key's entry, or the error every reader gets.
 type ReadAnswer = Result<Option<KvEntry>, Reply>;
 
-/// Per key, the readers waiting for the next read.
-type Readers = HashMap<Vec<u8>, Vec<oneshot::Sender<ReadAnswer>>>;
-
 /// Combined linearizable reads: the reads of one key that arrive while one is on its way share
 /// the next one. Linearizable, because that read starts after every reader of its group was
 /// sent and ends before any is answered, so its moment lies within each reader's own.
 #[derive(Clone, Default)]
 pub struct ReadCombiner {
-    waiting: Arc<Mutex<Readers>>,
+    waiting: KeyQueues<oneshot::Sender<ReadAnswer>>,
 }
 
 impl ReadCombiner {
     /// The key's entry, read linearizably.
     pub async fn read(&self, client: &Client, key: &[u8]) -> ReadAnswer {
         let (answer, wait) = oneshot::channel();
-        let start_runner = {
-            let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
-            match waiting.get_mut(key) {
-                Some(queue) => {
-                    queue.push(answer);
-                    false
-                }
-                None => {
-                    waiting.insert(key.to_vec(), vec![answer]);
-                    true
-                }
-            }
-        };
-        if start_runner {
-            tokio::spawn(read_rounds(self.clone(), client.clone(), key.to_vec()));
+        if self.waiting.join(key, answer) {
+            tokio::spawn(read_rounds(self.waiting.clone(), client.clone(), key.to_vec()));
         }
         wait.await
             .unwrap_or_else(|_| Err(Reply::error("TRYAGAIN the node stopped while the read was on its way")))
     }
 }
 
-/// Removes the key from the readers' map if its runner ends any other way than by finding no
-/// readers (a panic): the readers waiting then get an error instead of waiting forever, and the
-/// next reader starts a new runner.
-struct ReadRunnerGuard {
-    combiner: ReadCombiner,
-    key: Vec<u8>,
-    done: bool,
-}
-
-impl Drop for ReadRunnerGuard {
-    fn drop(&mut self) {
-        if !self.done {
-            let mut waiting = self.combiner.waiting.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(readers) = waiting.remove(&self.key) {
-                for reader in readers {
-                    let _ = reader.send(Err(Reply::error("TRYAGAIN the read's round failed")));
-                }
-            }
-        }
-    }
-}
-
 /// Reads `key` once per group of waiting readers until none wait.
-async fn read_rounds(combiner: ReadCombiner, client: Client, key: Vec<u8>) {
-    let mut guard = ReadRunnerGuard {
-        combiner: combiner.clone(),
-        key: key.clone(),
-        done: false,
-    };
+async fn read_rounds(queues: KeyQueues<oneshot::Sender<ReadAnswer>>, client: Client, key: Vec<u8>) {
+    let mut guard = RunnerGuard::new(&queues, &key, |reader: oneshot::Sender<ReadAnswer>| {
+        let _ = reader.send(Err(Reply::error("TRYAGAIN the read's round failed")));
+    });
     loop {
-        let group = {
-            let mut waiting = combiner.waiting.lock().unwrap_or_else(PoisonError::into_inner);
-            match waiting.get_mut(&key) {
-                Some(queue) if !queue.is_empty() => std::mem::take(queue),
-                _ => {
-                    waiting.remove(&key);
-                    guard.done = true;
-                    return;
-                }
-            }
-        };
+        let group = guard.next_round();
+        if group.is_empty() {
+            return;
+        }
         let answer = client.kv().get(&key).await.map_err(|e| client_error(&e));
         for reader in group {
             let _ = reader.send(answer.clone());
@@ -374,6 +373,32 @@ mod tests {
             value: value.map(|v| v.as_bytes().to_vec()),
             ttl: NewTtl::Keep,
         }
+    }
+
+    /// A key has a runner exactly while it is in the map: the first arrival starts one, later
+    /// ones queue, a round takes them all, and the round that finds none ends the runner so the
+    /// next arrival starts a new one; an abandoned key hands back what still waits.
+    #[test]
+    fn key_queues_start_one_runner_per_key_and_end_it_when_empty() {
+        let queues: KeyQueues<u32> = KeyQueues::default();
+        assert!(queues.join(b"k", 1), "first arrival starts a runner");
+        assert!(!queues.join(b"k", 2), "a runner owns the key");
+        assert!(queues.join(b"other", 9), "keys are independent");
+        assert_eq!(queues.take(b"k"), vec![1, 2]);
+        assert!(!queues.join(b"k", 3), "still owned between rounds");
+        assert_eq!(queues.take(b"k"), vec![3]);
+        assert_eq!(queues.take(b"k"), Vec::<u32>::new(), "nothing waits: the runner ends");
+        assert!(queues.join(b"k", 4), "the next arrival starts a new runner");
+        assert_eq!(queues.abandon(b"k"), vec![4]);
+        assert!(queues.join(b"k", 5), "an abandoned key is free again");
+        // A runner's guard dropped before its queue ran empty (a panic) answers what waits
+        // through `fail` and frees the key.
+        static FAILED: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+        drop(RunnerGuard::new(&queues, b"k", |n| {
+            FAILED.lock().expect("lock").push(n)
+        }));
+        assert_eq!(*FAILED.lock().expect("lock"), vec![5]);
+        assert!(queues.join(b"k", 6), "the dropped guard freed the key");
     }
 
     #[test]

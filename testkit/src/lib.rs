@@ -50,6 +50,42 @@ impl Default for ClusterOptions {
     }
 }
 
+/// The ports a one-node `basalt dev` of a test listens on, reserved while this lives.
+pub struct DevPorts {
+    pub grpc: PortReservation,
+    pub http: PortReservation,
+    pub control: PortReservation,
+    pub resp: PortReservation,
+    pub edge: PortReservation,
+}
+
+/// `basalt dev --nodes 1 --clean` of `binary` on reserved ports (none of the fixed defaults, so
+/// tests never meet each other or a local redis-server), keeping its data and cluster file under
+/// `home`, stdout piped for its node lines, stderr dropped. Add flags (`--origin`) and spawn.
+pub fn dev_command(binary: &str, home: &std::path::Path) -> (Command, DevPorts) {
+    let reserve = || local_ports::reserve().expect("reserve a port");
+    let ports = DevPorts {
+        grpc: reserve(),
+        http: reserve(),
+        control: reserve(),
+        resp: reserve(),
+        edge: reserve(),
+    };
+    let mut command = Command::new(binary);
+    command
+        .args(["dev", "--nodes", "1", "--clean"])
+        .args(["--base-port", &ports.grpc.port().to_string()])
+        .args(["--http-base-port", &ports.http.port().to_string()])
+        .args(["--control-port", &ports.control.port().to_string()])
+        .args(["--resp-base-port", &ports.resp.port().to_string()])
+        .args(["--edge-base-port", &ports.edge.port().to_string()])
+        .env("BASALT_HOME", home)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    (command, ports)
+}
+
 pub struct TestCluster {
     pub dir: tempfile::TempDir,
     pub specs: BTreeMap<u64, NodeSpec>,

@@ -522,24 +522,13 @@ fn origin_failures_are_502_and_504() {
 #[test]
 fn basalt_dev_serves_the_edge_on_every_node() {
     use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
 
     runtime().block_on(async {
         let origin = Origin::start().await;
-        let ports: Vec<PortReservation> = (0..5).map(|_| local_ports::reserve().expect("port")).collect();
         let home = tempfile::tempdir().expect("home");
-        let mut dev = Command::new(NODE)
-            .args(["dev", "--nodes", "1", "--clean"])
-            .args(["--base-port", &ports[0].port().to_string()])
-            .args(["--http-base-port", &ports[1].port().to_string()])
-            .args(["--edge-base-port", &ports[2].port().to_string()])
-            .args(["--control-port", &ports[3].port().to_string()])
-            .args(["--resp-base-port", &ports[4].port().to_string()])
+        let (mut command, ports) = basalt_testkit::dev_command(NODE, home.path());
+        let mut dev = command
             .args(["--origin", &format!("/=http://{}", origin.addr)])
-            .env("BASALT_HOME", home.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
             .spawn()
             .expect("basalt dev");
         let stdout = dev.stdout.take().expect("stdout");
@@ -549,7 +538,7 @@ fn basalt_dev_serves_the_edge_on_every_node() {
                 let _ = line_tx.send(line);
             }
         });
-        let expected = format!("edge 127.0.0.1:{}", ports[2].port());
+        let expected = format!("edge 127.0.0.1:{}", ports.edge.port());
         let mut printed = Vec::new();
         let node_line = loop {
             match line_rx.recv_timeout(Duration::from_secs(30)) {
@@ -561,7 +550,7 @@ fn basalt_dev_serves_the_edge_on_every_node() {
         let found = node_line.is_some();
         let cluster_file = std::fs::read_to_string(home.path().join("dev").join("cluster.json")).unwrap_or_default();
         let answer = if found {
-            Some(get(&client(), ports[2].addr(), "/plain/dev", &[]).await)
+            Some(get(&client(), ports.edge.addr(), "/plain/dev", &[]).await)
         } else {
             None
         };
@@ -572,7 +561,7 @@ fn basalt_dev_serves_the_edge_on_every_node() {
         let _ = dev.wait();
         assert!(found, "no `{expected}` in the node lines: {printed:?}");
         // The node's RESP port is on its line and in the cluster file (docs/redis.md).
-        let resp = format!("127.0.0.1:{}", ports[4].port());
+        let resp = format!("127.0.0.1:{}", ports.resp.port());
         assert!(
             node_line.is_some_and(|l| l.contains(&format!("resp {resp}"))),
             "{printed:?}"
@@ -582,7 +571,7 @@ fn basalt_dev_serves_the_edge_on_every_node() {
             "{cluster_file}"
         );
         assert!(
-            cluster_file.contains(&format!("\"edges\":[\"127.0.0.1:{}\"]", ports[2].port())),
+            cluster_file.contains(&format!("\"edges\":[\"127.0.0.1:{}\"]", ports.edge.port())),
             "{cluster_file}"
         );
         let answer = answer.expect("answered");
