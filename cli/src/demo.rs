@@ -67,17 +67,26 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
                 system.regions.join(",")
             ))
         }
-        (Some(_), _) | (None, Some(_)) if system.origin => {
+        (Some(_), _) if system.origin => {
             return Err(format!(
-                "{} serves the origin its nodes' edge caches front: it runs only on a temporary cluster (no --endpoints, no --cluster-file)",
+                "{} serves the origin its nodes' edge caches front: pass --cluster-file of a `basalt dev --origin /=http://127.0.0.1:PORT` cluster, or nothing for a temporary one",
                 system.name
             ))
         }
-        (Some(list), _) => Some((crate::commands::parse_endpoint_list(list)?, Vec::new())),
-        (None, Some(path)) => Some(given_regions(system, path)?),
+        (Some(list), _) => Some(Given {
+            endpoints: crate::commands::parse_endpoint_list(list)?,
+            regions: Vec::new(),
+            origin: None,
+        }),
+        (None, Some(path)) => Some(given_cluster(system, path)?),
         (None, None) => None,
     };
-    let Some((endpoints, regions)) = given else {
+    let Some(Given {
+        endpoints,
+        regions,
+        origin,
+    }) = given
+    else {
         // It owns node processes from here: it must stop them in order whatever becomes of its
         // stdout (see `output`).
         crate::output::supervising();
@@ -105,23 +114,91 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
         return outcome;
     };
     crate::outln!("basalt demo {}: on {}", system.name, endpoints.join(","));
-    run_system(system, endpoints, regions, None, scale).await
+    run_system(system, endpoints, regions, origin, scale).await
 }
 
-/// The endpoints of the cluster a cluster file lists, and with regions each region's.
-fn given_regions(system: &System, path: &std::path::Path) -> Result<(Vec<String>, Vec<RegionEndpoints>), String> {
-    if system.regions.is_empty() {
-        return Ok((crate::commands::cluster_file_endpoints(path, None)?, Vec::new()));
-    }
+/// The paths a system with an origin (`System::origin`: the cdn) serves: a given cluster's
+/// `--origin` prefix must cover them.
+const ORIGIN_PATHS: &str = "/products/";
+
+/// A cluster the demo did not start: where its nodes are, and where the system must serve the
+/// origin their edge caches front.
+struct Given {
+    endpoints: Vec<String>,
+    regions: Vec<RegionEndpoints>,
+    origin: Option<SocketAddr>,
+}
+
+/// The cluster a cluster file (as `basalt dev` writes it) describes, with what `system` needs of
+/// it: each of its regions, and for a system with an origin each node's edge and the origin's
+/// address.
+fn given_cluster(system: &System, path: &std::path::Path) -> Result<Given, String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("reading the cluster file {}: {e}", path.display()))?;
+    let file: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let strings = |value: &serde_json::Value| -> Vec<String> {
+        value
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+            .unwrap_or_default()
+    };
     let mut regions = Vec::new();
     for name in system.regions {
+        let region = file["regions"]
+            .as_array()
+            .and_then(|regions| regions.iter().find(|r| r["name"].as_str() == Some(name)));
         regions.push(RegionEndpoints {
             name: name.to_string(),
             endpoints: crate::commands::cluster_file_endpoints(path, Some(name))?,
-            edges: Vec::new(),
+            edges: region.map(|r| strings(&r["edges"])).unwrap_or_default(),
         });
     }
-    Ok((regions[0].endpoints.clone(), regions))
+    let endpoints = match regions.first() {
+        Some(first) => first.endpoints.clone(),
+        None => crate::commands::cluster_file_endpoints(path, None)?,
+    };
+    let mut origin = None;
+    if system.origin {
+        let needs = || {
+            format!(
+                "{}: {} serves the origin its nodes' edge caches front: start the cluster with `basalt dev{} --origin /=http://127.0.0.1:PORT` (a prefix covering {ORIGIN_PATHS})",
+                path.display(),
+                system.name,
+                match system.regions.is_empty() {
+                    true => String::new(),
+                    false => format!(" --regions {}", system.regions.join(",")),
+                }
+            )
+        };
+        if regions.iter().any(|r| r.edges.is_empty()) {
+            return Err(needs());
+        }
+        origin = Some(origin_to_serve(&strings(&file["origins"])).ok_or_else(needs)??);
+    }
+    Ok(Given {
+        endpoints,
+        regions,
+        origin,
+    })
+}
+
+/// Where to serve the origin of `ORIGIN_PATHS`, among a cluster's `--origin` entries: the one
+/// with the longest prefix covering them (as the edge routes), which must name an IP address
+/// this machine can listen on. `None`: no entry covers them.
+fn origin_to_serve(origins: &[String]) -> Option<Result<SocketAddr, String>> {
+    let covering = origins
+        .iter()
+        .filter_map(|text| basalt_server::config::parse_origin(text).ok().map(|o| (text, o)))
+        .filter(|(_, origin)| ORIGIN_PATHS.starts_with(&origin.prefix))
+        .max_by_key(|(_, origin)| origin.prefix.len())?;
+    let (text, origin) = covering;
+    Some(match origin.authority() {
+        Ok(authority) => authority
+            .as_str()
+            .parse::<SocketAddr>()
+            .map_err(|_| format!("origin {text}: the demo serves the origin itself, so it must be http://IP:PORT")),
+        Err(e) => Err(e.to_string()),
+    })
 }
 
 /// The `--list` text: each system's name, what it is built from and what it checks.

@@ -220,6 +220,7 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
     let resp_addrs: Vec<String> = (1..=args.nodes).map(resp).collect();
     let cluster_file = write_cluster_file(&serde_json::json!({
         "endpoints": endpoints, "pids": pids, "data_dir": dir, "edges": edges, "resp": resp_addrs,
+        "origins": args.origin,
     }))?;
 
     crate::outln!("basalt dev: {} nodes, data in {}", args.nodes, dir.display());

@@ -335,6 +335,7 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
         "endpoints": grpc[&0],
         "regions": regions_record,
         "control": control_addr.to_string(),
+        "origins": args.origin,
         "pids": pids,
         "data_dir": dir,
     }))?;

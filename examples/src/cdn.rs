@@ -4,10 +4,11 @@
 //! origin (which this program serves itself), and the shop purges a product's pages by tag when
 //! the product changes, as a team would do with Varnish or nginx per region and a purge fan-out
 //! script (or a CDN vendor's purge API):
-//! - the origin answers `/products/N` with the product's current version, cacheable for an hour,
-//!   tagged `Surrogate-Key: product-N`;
+//! - the origin answers `/products/RUN/N` with the product's current version, cacheable for an
+//!   hour, tagged `Surrogate-Key: product-RUN-N` (RUN: this run's own number, so an earlier run's
+//!   pages still cached on a cluster the demo did not start are never taken for this run's);
 //! - readers in every region ask their own nodes' edges for products (most for a few hot ones);
-//! - a product changes: the origin's version moves on, then the shop purges tag `product-N`
+//! - a product changes: the origin's version moves on, then the shop purges tag `product-RUN-N`
 //!   through its home region; the purge is a Raft write there and reaches the other regions
 //!   through replication.
 //!
@@ -68,8 +69,9 @@ const POLL: Duration = Duration::from_millis(10);
 type HttpClient = hyper_util::client::legacy::Client<HttpConnector, Empty<Bytes>>;
 
 /// The origin's products: each one's current version.
-#[derive(Default)]
 struct Origin {
+    /// This run's number: the first segment of every product's path.
+    run: u64,
     versions: Mutex<BTreeMap<u64, u64>>,
     requests: AtomicU64,
 }
@@ -87,11 +89,17 @@ impl Origin {
     }
 }
 
-async fn product_page(State(origin): State<Arc<Origin>>, Path(product): Path<u64>) -> (StatusCode, HeaderMap, String) {
-    origin.requests.fetch_add(1, Ordering::SeqCst);
+async fn product_page(
+    State(origin): State<Arc<Origin>>,
+    Path((run, product)): Path<(u64, u64)>,
+) -> (StatusCode, HeaderMap, String) {
     let mut headers = HeaderMap::new();
+    if run != origin.run {
+        return (StatusCode::NOT_FOUND, headers, format!("no run {run} here"));
+    }
+    origin.requests.fetch_add(1, Ordering::SeqCst);
     headers.insert("cache-control", HeaderValue::from_static("public, max-age=3600"));
-    if let Ok(tag) = HeaderValue::from_str(&format!("product-{product}")) {
+    if let Ok(tag) = HeaderValue::from_str(&tag(run, product)) {
         headers.insert("surrogate-key", tag);
     }
     (
@@ -112,12 +120,18 @@ struct Answer {
     hit: bool,
 }
 
+/// The surrogate key of a product's pages in run `run`.
+fn tag(run: u64, product: u64) -> String {
+    format!("product-{run}-{product}")
+}
+
 fn parse_version(body: &str) -> Option<u64> {
     body.trim().rsplit_once(" v")?.1.parse().ok()
 }
 
 /// Asks `edge` for products until `stop`, every answer recorded.
 async fn read(
+    run: u64,
     http: HttpClient,
     edge: SocketAddr,
     node: (usize, usize),
@@ -135,7 +149,7 @@ async fn read(
             (draw >> 8) % PRODUCTS
         };
         let began = Instant::now();
-        let uri = format!("http://{edge}/products/{product}");
+        let uri = format!("http://{edge}/products/{run}/{product}");
         let answer = async {
             let response = http.get(uri.parse().ok()?).await.ok()?;
             let hit = response
@@ -209,7 +223,7 @@ async fn run(demo: &Demo) -> Result<Report, DemoError> {
     let regions = demo.regions().to_vec();
     let origin_addr = demo
         .origin()
-        .ok_or_else(|| DemoError::Setup("cdn needs an origin address (a temporary cluster)".into()))?;
+        .ok_or_else(|| DemoError::Setup("cdn needs the address of the origin its nodes' edges fetch from".into()))?;
     if regions.iter().any(|r| r.edges.is_empty()) {
         return Err(DemoError::Setup("cdn needs every node to serve the edge cache".into()));
     }
@@ -218,12 +232,17 @@ async fn run(demo: &Demo) -> Result<Report, DemoError> {
         Scale::Full => 30,
     };
     // The origin.
-    let origin = Arc::new(Origin::default());
+    let origin = Arc::new(Origin {
+        run: crate::unix_ms(),
+        versions: Mutex::default(),
+        requests: AtomicU64::new(0),
+    });
+    let run = origin.run;
     let listener = tokio::net::TcpListener::bind(origin_addr)
         .await
         .map_err(|e| DemoError::Setup(format!("serving the origin on {origin_addr}: {e}")))?;
     let router = Router::new()
-        .route("/products/{product}", get(product_page))
+        .route("/products/{run}/{product}", get(product_page))
         .with_state(origin.clone());
     let server = tokio::spawn(async move {
         let _ = axum::serve(listener, router).await;
@@ -258,6 +277,7 @@ async fn run(demo: &Demo) -> Result<Report, DemoError> {
         .iter()
         .map(|&(node, edge)| {
             tokio::spawn(read(
+                run,
                 http.clone(),
                 edge,
                 node,
@@ -278,7 +298,7 @@ async fn run(demo: &Demo) -> Result<Report, DemoError> {
         let began = Instant::now();
         let receipt = clients[0]
             .cache()
-            .purge_tag(format!("product-{product}"))
+            .purge_tag(tag(run, product))
             .await
             .doing(|| format!("purging product-{product}"))?;
         let mut reached = BTreeMap::new();
@@ -343,7 +363,7 @@ async fn run(demo: &Demo) -> Result<Report, DemoError> {
     let hits = answers.iter().filter(|a| a.hit).count();
     report.figure(
         "edges (regions x nodes)",
-        format!("{} ({} x {})", edges.len(), regions.len(), SYSTEM.nodes),
+        format!("{} ({} x {})", edges.len(), regions.len(), regions[0].edges.len()),
     );
     report.figure(
         "requests, hit ratio",

@@ -86,6 +86,55 @@ pub fn dev_command(binary: &str, home: &std::path::Path) -> (Command, DevPorts) 
     (command, ports)
 }
 
+/// `basalt dev --regions REGIONS --nodes-per-region NODES --clean` of `binary` on reserved ports
+/// (each listener's base with every region's and node's offset, the link proxies and the
+/// control port), keeping its data and cluster file under `home`, stdout piped for its lines,
+/// stderr dropped. Add flags (`--origin`) and spawn; hold the reservations while it runs.
+pub fn dev_regions_command(
+    binary: &str,
+    home: &std::path::Path,
+    regions: &[&str],
+    nodes_per_region: u16,
+) -> (Command, Vec<PortReservation>) {
+    let regions_count = regions.len() as u16;
+    // Node N of region R at base + 100 × R + N - 1, as `basalt dev` places them.
+    let node_offsets: Vec<u16> = (0..regions_count)
+        .flat_map(|r| (0..nodes_per_region).map(move |n| 100 * r + n))
+        .collect();
+    // Every node reaches every node of the other regions through a proxy of its own.
+    let nodes = regions_count * nodes_per_region;
+    let proxy_offsets: Vec<u16> = (0..regions_count * (nodes - nodes_per_region)).collect();
+    let block = |offsets: &[u16]| local_ports::reserve_block(offsets).expect("reserve ports");
+    let mut held = Vec::new();
+    let mut command = Command::new(binary);
+    command.args(["dev", "--clean", "--regions", &regions.join(",")]);
+    command.args(["--nodes-per-region", &nodes_per_region.to_string()]);
+    for flag in [
+        "--base-port",
+        "--http-base-port",
+        "--resp-base-port",
+        "--edge-base-port",
+    ] {
+        let ports = block(&node_offsets);
+        command.args([flag, &ports[0].port().to_string()]);
+        held.extend(ports);
+    }
+    for (flag, offsets) in [("--proxy-base-port", &proxy_offsets[..]), ("--control-port", &[0][..])] {
+        if offsets.is_empty() {
+            continue;
+        }
+        let ports = block(offsets);
+        command.args([flag, &ports[0].port().to_string()]);
+        held.extend(ports);
+    }
+    command
+        .env("BASALT_HOME", home)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    (command, held)
+}
+
 pub struct TestCluster {
     pub dir: tempfile::TempDir,
     pub specs: BTreeMap<u64, NodeSpec>,

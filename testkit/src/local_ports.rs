@@ -49,34 +49,59 @@ impl PortReservation {
 
 /// Reserves a free loopback port (see the module's comment for why it stays free).
 pub fn reserve() -> Result<PortReservation, PortError> {
+    reserve_block(&[0]).map(|mut block| block.remove(0))
+}
+
+/// Reserves the free loopback ports `base + offset` for every offset of `offsets`, for a program
+/// that derives its ports from a base (`basalt dev --regions`: node N of region R at
+/// base + 100 × R + N - 1). In the order of `offsets`.
+pub fn reserve_block(offsets: &[u16]) -> Result<Vec<PortReservation>, PortError> {
     let dir = std::env::temp_dir().join(LOCK_DIR);
     std::fs::create_dir_all(&dir).map_err(|source| PortError::LockDir {
         dir: dir.clone(),
         source,
     })?;
-    for _ in 0..PORT_ATTEMPTS_MAX {
-        let port = PORT_FIRST + rand::random::<u16>() % PORT_SPAN;
-        let path = dir.join(port.to_string());
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|source| PortError::Lock {
-                path: path.clone(),
-                source,
-            })?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => continue,
-            Err(TryLockError::Error(source)) => return Err(PortError::Lock { path, source }),
+    let widest = offsets.iter().copied().max().unwrap_or(0);
+    if widest >= PORT_SPAN {
+        return Err(PortError::Exhausted);
+    }
+    'attempt: for _ in 0..PORT_ATTEMPTS_MAX {
+        let base = PORT_FIRST + rand::random::<u16>() % (PORT_SPAN - widest);
+        let mut block = Vec::with_capacity(offsets.len());
+        for &offset in offsets {
+            // Released (the locks dropped) when the attempt is abandoned.
+            match try_reserve(&dir, base + offset)? {
+                Some(reservation) => block.push(reservation),
+                None => continue 'attempt,
+            }
         }
-        // Someone outside this scheme (another program) may be listening there.
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(PortReservation { port, _lock: file });
-        }
+        return Ok(block);
     }
     Err(PortError::Exhausted)
+}
+
+/// `port`, reserved, or `None` when another reservation or another program holds it.
+fn try_reserve(dir: &std::path::Path, port: u16) -> Result<Option<PortReservation>, PortError> {
+    let path = dir.join(port.to_string());
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| PortError::Lock {
+            path: path.clone(),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => return Ok(None),
+        Err(TryLockError::Error(source)) => return Err(PortError::Lock { path, source }),
+    }
+    // Someone outside this scheme (another program) may be listening there.
+    if TcpListener::bind(("127.0.0.1", port)).is_err() {
+        return Ok(None);
+    }
+    Ok(Some(PortReservation { port, _lock: file }))
 }
 
 #[cfg(test)]
@@ -100,5 +125,16 @@ mod tests {
         assert!(matches!(again.try_lock(), Err(TryLockError::WouldBlock)));
         drop(held);
         again.try_lock().expect("released when the reservation drops");
+    }
+
+    #[test]
+    fn a_block_holds_each_offset_from_one_base() {
+        let block = reserve_block(&[0, 1, 100, 101]).expect("reserve a block");
+        let base = block[0].port();
+        let ports: Vec<u16> = block.iter().map(PortReservation::port).collect();
+        assert_eq!(ports, vec![base, base + 1, base + 100, base + 101]);
+        // Each is held: a second block never overlaps it.
+        let other = reserve_block(&[0, 1, 100, 101]).expect("reserve another block");
+        assert!(other.iter().all(|p| !ports.contains(&p.port())));
     }
 }

@@ -293,3 +293,83 @@ fn cdn_never_serves_a_purged_object_once_the_purge_reached_the_node() {
         .and_then(|r| r.parse::<f64>().ok());
     assert!(ratio.is_some_and(|r| r > 50.0), "{all}");
 }
+
+/// On a cluster it did not start (`basalt dev --regions us,eu,ap --origin ...`), the cdn serves
+/// the origin the cluster file names and reads every node's edge the file lists.
+#[test]
+fn cdn_runs_on_a_basalt_dev_cluster_given_by_its_cluster_file() {
+    use std::io::{BufRead, BufReader};
+    use std::time::Duration;
+
+    let home = tempfile::tempdir().expect("home");
+    let origin = basalt_testkit::local_ports::reserve().expect("origin port");
+    let (mut command, _ports) = basalt_testkit::dev_regions_command(NODE, home.path(), &["us", "eu", "ap"], 2);
+    let mut dev = command
+        .args(["--wan-latency", "5ms", "--wan-jitter", "1ms"])
+        .args(["--origin", &format!("/=http://{}", origin.addr())])
+        .spawn()
+        .expect("basalt dev --regions");
+    let stdout = dev.stdout.take().expect("stdout");
+    let (line_tx, line_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = line_tx.send(line);
+        }
+    });
+    let mut printed = Vec::new();
+    let ready = loop {
+        match line_rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) if line.trim_start().starts_with("ap leader:") => break true,
+            Ok(line) => printed.push(line),
+            Err(_) => break false,
+        }
+    };
+    let cluster_file = home.path().join("dev").join("cluster.json");
+    let output = ready.then(|| {
+        Command::new(NODE)
+            .args(["demo", "cdn", "--short", "--cluster-file"])
+            .arg(&cluster_file)
+            .output()
+            .expect("run basalt demo")
+    });
+    // SAFETY: kill(2) on our own child; it stops its nodes on SIGTERM.
+    unsafe {
+        libc::kill(dev.id() as i32, libc::SIGTERM);
+    }
+    let _ = dev.wait();
+    assert!(ready, "basalt dev --regions did not elect every leader: {printed:?}");
+    let output = output.expect("ran");
+    let all = text(&output);
+    assert!(output.status.success(), "{all}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("invariant held") && !stdout.contains("temporary"),
+        "{all}"
+    );
+    assert_eq!(figure(&stdout, "edges (regions x nodes)"), Some("6 (3 x 2)"), "{all}");
+}
+
+/// A cluster file of a cluster started without an origin is refused with what to start instead.
+#[test]
+fn cdn_refuses_a_cluster_without_an_origin() {
+    let home = tempfile::tempdir().expect("home");
+    let file = home.path().join("cluster.json");
+    let region = |name: &str, port: u16| serde_json::json!({"name": name, "endpoints": [format!("127.0.0.1:{port}")], "edges": []});
+    let record = serde_json::json!({
+        "endpoints": ["127.0.0.1:1"],
+        "regions": [region("us", 1), region("eu", 2), region("ap", 3)],
+    });
+    std::fs::write(&file, record.to_string()).expect("write the cluster file");
+    let output = Command::new(NODE)
+        .args(["demo", "cdn", "--short", "--cluster-file"])
+        .arg(&file)
+        .output()
+        .expect("run basalt demo");
+    assert!(!output.status.success(), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("basalt dev --regions us,eu,ap --origin /=http://127.0.0.1:PORT"),
+        "{}",
+        text(&output)
+    );
+}
