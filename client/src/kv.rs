@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use crate::client::{Client, ReadConsistency};
 use crate::coalesce;
-use crate::error::ClientError;
-use crate::limits::SCAN_KEYS_DEFAULT;
+use crate::error::{ClientError, ErrorCode};
+use crate::limits::{GET_MANY_KEYS_MAX, SCAN_KEYS_DEFAULT};
 use crate::pb;
 use crate::pb::kv_client::KvClient;
 
@@ -196,6 +196,44 @@ impl Kv {
             })
             .await?;
         Ok(entry_of(reply))
+    }
+
+    /// Reads several keys from one point-in-time view: a write applied meanwhile (a transaction
+    /// moving a value from one key to another) is seen by every key or by none. One answer per
+    /// key, in order.
+    ///
+    /// # Errors
+    /// `INVALID_ARGUMENT` for more than [`GET_MANY_KEYS_MAX`] keys (checked here, before
+    /// sending), `EMPTY_KEY`, `KEY_TOO_LARGE`.
+    pub async fn get_many<K: AsRef<[u8]>>(
+        &self,
+        keys: &[K],
+        consistency: ReadConsistency,
+    ) -> Result<Vec<Option<KvEntry>>, ClientError> {
+        if keys.len() > GET_MANY_KEYS_MAX {
+            return Err(ClientError::Rejected {
+                code: ErrorCode::InvalidArgument,
+                message: format!("{} keys exceed the {GET_MANY_KEYS_MAX} one read takes", keys.len()),
+            });
+        }
+        let message = pb::KvGetManyRequest {
+            keys: keys.iter().map(|k| k.as_ref().to_vec()).collect(),
+            stale: consistency == ReadConsistency::Stale,
+        };
+        let reply = self
+            .client
+            .unary(false, message, |c, r| async move {
+                crate::service_client!(KvClient, c).get_many(r).await
+            })
+            .await?;
+        if reply.records.len() != keys.len() {
+            return Err(ClientError::Protocol(format!(
+                "{} records answered for {} keys",
+                reply.records.len(),
+                keys.len()
+            )));
+        }
+        Ok(reply.records.into_iter().map(entry_of).collect())
     }
 
     /// Writes `value` under `key` only if the key is absent, or answers what it holds: the

@@ -7,6 +7,9 @@
 /// 256 KiB (about 251 MiB), then scan, fetch and watch answers, each cut at 16 MiB by the server.
 pub const RESPONSE_BYTES_MAX: usize = 256 * 1024 * 1024;
 
+/// Most keys one [`crate::Kv::get_many`] reads (the server's limit too).
+pub const GET_MANY_KEYS_MAX: usize = 16;
+
 /// Keys a scan asked with limit 0 returns (the server's default too).
 pub const SCAN_KEYS_DEFAULT: u32 = 1000;
 

@@ -11,6 +11,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use basalt_client::limits::GET_MANY_KEYS_MAX;
 use basalt_client::txn::{Compare, Condition};
 use basalt_client::{Client, KvEntry, ReadConsistency, TxnOp, TxnOpResult, TxnOutcome};
 
@@ -238,19 +239,22 @@ impl Keys<'_> {
         }
     }
 
+    /// `MGET`: the keys read [`GET_MANY_KEYS_MAX`] at a time, each group from one point-in-time
+    /// view (a transaction moving a value between two keys of a group is seen whole).
     pub async fn mget(&self, keys: &[Bytes]) -> Reply {
         let mut values = Vec::with_capacity(keys.len().min(1024));
         let mut bytes = 0usize;
-        for key in keys {
-            match self.entry(key).await {
-                Ok(entry) => {
-                    bytes += entry.as_ref().map_or(0, |e| e.value.len());
-                    if bytes > REPLY_BYTES_MAX {
-                        return too_large("MGET");
-                    }
-                    values.push(Reply::optional(entry.map(|e| e.value)));
+        for group in keys.chunks(GET_MANY_KEYS_MAX) {
+            let entries = match self.client.kv().get_many(group, self.reads).await {
+                Ok(entries) => entries,
+                Err(e) => return client_error(&e),
+            };
+            for entry in entries {
+                bytes += entry.as_ref().map_or(0, |e| e.value.len());
+                if bytes > REPLY_BYTES_MAX {
+                    return too_large("MGET");
                 }
-                Err(reply) => return reply,
+                values.push(Reply::optional(entry.map(|e| e.value)));
             }
         }
         Reply::Array(values)
@@ -323,14 +327,20 @@ impl Keys<'_> {
         }
     }
 
-    /// How many of `keys` exist, a key named twice counted twice, as in Redis.
+    /// How many of `keys` exist, a key named twice counted twice, as in Redis; read as `MGET`.
     pub async fn exists(&self, keys: &[Bytes]) -> Reply {
+        if let [key] = keys {
+            // One key: combined with other connections' reads of it.
+            return match self.entry(key).await {
+                Ok(entry) => Reply::Integer(i64::from(entry.is_some())),
+                Err(reply) => reply,
+            };
+        }
         let mut count = 0;
-        for key in keys {
-            match self.entry(key).await {
-                Ok(Some(_)) => count += 1,
-                Ok(None) => {}
-                Err(reply) => return reply,
+        for group in keys.chunks(GET_MANY_KEYS_MAX) {
+            match self.client.kv().get_many(group, self.reads).await {
+                Ok(entries) => count += entries.iter().filter(|e| e.is_some()).count() as i64,
+                Err(e) => return client_error(&e),
             }
         }
         Reply::Integer(count)

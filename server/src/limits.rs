@@ -23,6 +23,11 @@ const _: () = assert!(
         + server::SCAN_KEYS_MAX as usize * ITEM_FRAMING_BYTES
         <= sdk::RESPONSE_BYTES_MAX
 );
+// A multi-key get answer: every key and value at its largest.
+const _: () = assert!(
+    server::GET_MANY_KEYS_MAX * (server::KEY_BYTES_MAX + server::VALUE_BYTES_MAX + ITEM_FRAMING_BYTES)
+        <= sdk::RESPONSE_BYTES_MAX
+);
 // A fetch answer: its byte budget plus one record past it (the first is always answered).
 const _: () = assert!(
     server::FETCH_REPLY_BYTES_MAX as usize
@@ -48,6 +53,7 @@ const _: () = assert!(sdk::KEY_BYTES_MAX == server::KEY_BYTES_MAX);
 const _: () = assert!(sdk::RATE_WINDOW_MS_MAX == server::RATE_WINDOW_MS_MAX);
 // A scan with limit 0 returns as many keys whether the SDK or the server fills the default in.
 const _: () = assert!(sdk::SCAN_KEYS_DEFAULT == server::SCAN_KEYS_DEFAULT);
+const _: () = assert!(sdk::GET_MANY_KEYS_MAX == server::GET_MANY_KEYS_MAX);
 
 /// Largest region-to-region feed message (a batch or an ack), both ways: gRPC refuses a larger
 /// one and the shipper reopens the stream and retries.

@@ -24,6 +24,9 @@ pub const SCAN_KEYS_DEFAULT: u32 = 1000;
 /// pass it (never before its first item) and answers `more`. The SDK's `scan` goes on from the
 /// last key. Without it, 10,000 keys of 1 MiB would be a 10 GiB answer.
 pub const SCAN_REPLY_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Most keys one multi-key get (`Kv.GetMany`) reads: its answer, every value at its largest,
+/// stays near a scan answer's size.
+pub const GET_MANY_KEYS_MAX: usize = 16;
 /// Longest TTL accepted (one year), so `stamp + ttl` never overflows the HLC's 48-bit clock.
 pub const TTL_MS_MAX: u64 = 365 * 24 * 3600 * 1000;
 

@@ -80,6 +80,84 @@ fn writes_through_any_node_are_redirected_and_reads_are_linearizable() {
     });
 }
 
+/// `Kv::get_many` answers each key in order from one point-in-time view: while transactions
+/// move a token between two keys, every read finds it in exactly one of them.
+#[test]
+fn a_multi_key_read_sees_every_key_at_one_instant() {
+    runtime().block_on(async {
+        let cluster = TestCluster::start(NODE, ClusterOptions::default());
+        let client = cluster.client().await;
+        client.kv().put("token/a", "t").await.expect("put");
+        client
+            .kv()
+            .put_with(
+                "ttl",
+                "x",
+                basalt_client::PutOptions {
+                    ttl: Some(Duration::from_millis(200)),
+                },
+            )
+            .await
+            .expect("put");
+        let read = client
+            .kv()
+            .get_many(&["token/b", "token/a", "missing"], ReadConsistency::Linearizable)
+            .await
+            .expect("get_many");
+        let values: Vec<Option<Vec<u8>>> = read.into_iter().map(|e| e.map(|e| e.value)).collect();
+        assert_eq!(values, vec![None, Some(b"t".to_vec()), None]);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let expired = client.kv().get_many(&["ttl"], ReadConsistency::Linearizable).await;
+        assert!(
+            expired.expect("get_many")[0].is_none(),
+            "an expired key reads as absent"
+        );
+
+        let too_many: Vec<String> = (0..17).map(|i| format!("k{i}")).collect();
+        let refused = client.kv().get_many(&too_many, ReadConsistency::Linearizable).await;
+        assert_eq!(refused.err().and_then(|e| e.code()), Some(ErrorCode::InvalidArgument));
+        let empty = client.kv().get_many(&[""], ReadConsistency::Linearizable).await;
+        assert_eq!(empty.err().and_then(|e| e.code()), Some(ErrorCode::EmptyKey));
+
+        // A mover shifts the token back and forth in transactions; readers never see it in
+        // both keys or in neither.
+        let mover = {
+            let client = client.clone();
+            tokio::spawn(async move {
+                for i in 0..150 {
+                    let (from, to) = if i % 2 == 0 {
+                        ("token/a", "token/b")
+                    } else {
+                        ("token/b", "token/a")
+                    };
+                    client
+                        .txn()
+                        .then(basalt_client::TxnOp::delete(from))
+                        .then(basalt_client::TxnOp::put(to, "t"))
+                        .commit()
+                        .await
+                        .expect("move");
+                }
+            })
+        };
+        let mut reads = 0;
+        while !mover.is_finished() {
+            for consistency in [ReadConsistency::Linearizable, ReadConsistency::Stale] {
+                let read = client
+                    .kv()
+                    .get_many(&["token/a", "token/b"], consistency)
+                    .await
+                    .expect("get_many");
+                let holding = read.iter().filter(|e| e.is_some()).count();
+                assert_eq!(holding, 1, "the token in {holding} keys at once ({consistency:?})");
+                reads += 1;
+            }
+        }
+        mover.await.expect("mover");
+        assert!(reads > 10, "only {reads} reads ran beside the mover");
+    });
+}
+
 #[test]
 fn bad_input_gets_a_typed_error_and_writes_nothing() {
     runtime().block_on(async {

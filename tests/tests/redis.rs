@@ -189,6 +189,17 @@ fn strings_and_keys_answer_as_redis_does_through_a_follower() {
         .query(&mut c)
         .expect("MGET");
     assert_eq!(values, vec![Some("c".into()), Some("b".into()), None]);
+    // More keys than one multi-key read takes: read in groups, answered in order.
+    let many: Vec<String> = (0..40).map(|i| format!("m:{}", i % 4)).collect();
+    let values: Vec<Option<String>> = redis::cmd("MGET").arg(&many).query(&mut c).expect("MGET");
+    let expected: Vec<Option<String>> = (0..40)
+        .map(|i| match i % 4 {
+            1 => Some("c".into()),
+            2 => Some("b".into()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(values, expected);
     assert_eq!(raw.call(&["MSETNX", "m:2", "x", "m:9", "y"]), ":0\r\n");
     assert_eq!(raw.call(&["EXISTS", "m:9"]), ":0\r\n", "MSETNX is all or nothing");
     assert_eq!(raw.call(&["EXISTS", "m:1", "m:1", "m:3"]), ":2\r\n");

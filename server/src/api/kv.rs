@@ -7,7 +7,7 @@ use basalt_storage::apply::kv::{history_events, history_start, revision_of, Hist
 use basalt_storage::apply::kv::{validate_batch, validate_write};
 use basalt_storage::apply::kv_read::{self, KvScan};
 use basalt_storage::command::{KvOp, KvWrite, Op, OpError, Response};
-use basalt_storage::limits::{KEY_BYTES_MAX, SCAN_KEYS_DEFAULT, SCAN_KEYS_MAX};
+use basalt_storage::limits::{GET_MANY_KEYS_MAX, KEY_BYTES_MAX, SCAN_KEYS_DEFAULT, SCAN_KEYS_MAX};
 use basalt_storage::state::{KeyValue, KvEvent, KvRecord};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -292,6 +292,35 @@ impl Kv for Api {
             read = kv_read::get(&self.store, &r.key).map_err(storage_status)?;
         }
         Ok(GrpcResponse::new(record_reply(read.live())))
+    }
+
+    async fn get_many(
+        &self,
+        request: Request<pb::KvGetManyRequest>,
+    ) -> Result<GrpcResponse<pb::KvGetManyResponse>, Status> {
+        let r = request.into_inner();
+        if r.keys.len() > GET_MANY_KEYS_MAX {
+            return Err(status(
+                ErrorCode::InvalidArgument,
+                format!("{} keys exceed the {GET_MANY_KEYS_MAX} one read takes", r.keys.len()),
+            ));
+        }
+        for key in &r.keys {
+            Self::check_key(key)?;
+        }
+        self.read_barrier(r.stale).await?;
+        // Every record and the time they are judged at, from one view (`kv_read::get_many`).
+        let mut read = kv_read::get_many(&self.store, &r.keys).map_err(storage_status)?;
+        if self
+            .settle_expiry(r.stale, read.judged_at_ms, read.expiries())
+            .await?
+            .is_some()
+        {
+            read = kv_read::get_many(&self.store, &r.keys).map_err(storage_status)?;
+        }
+        Ok(GrpcResponse::new(pb::KvGetManyResponse {
+            records: read.live().into_iter().map(record_reply).collect(),
+        }))
     }
 
     async fn delete(

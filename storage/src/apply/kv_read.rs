@@ -22,6 +22,39 @@ pub fn get<S: ViewSource + ?Sized>(source: &S, key: &[u8]) -> Result<Judged<Opti
     })
 }
 
+/// Several keys' records (live or expired) and the applied time, all from one view: an entry
+/// applied meanwhile is seen by every key or by none (what Redis's `MGET` promises, and what
+/// a reader of one key's two homes needs, see basalt-resp's typed keyspace).
+pub fn get_many<S: ViewSource + ?Sized>(
+    source: &S,
+    keys: &[Vec<u8>],
+) -> Result<Judged<Vec<Option<KvRecord>>>, StoreError> {
+    read_judged(source, |view| {
+        keys.iter()
+            .map(|key| match view.get(Table::Kv, key)? {
+                None => Ok(None),
+                Some(bytes) => Ok(Some(KvRecord::decode(&bytes).map_err(|e| corrupt(Table::Kv, key, e))?)),
+            })
+            .collect()
+    })
+}
+
+impl Judged<Vec<Option<KvRecord>>> {
+    /// Each record's expiry, live or not (see [`Judged::expiry`]).
+    pub fn expiries(&self) -> Vec<Option<u64>> {
+        self.value
+            .iter()
+            .map(|r| r.as_ref().and_then(|r| r.expires_at_ms))
+            .collect()
+    }
+
+    /// Each record if it is live at the view's applied time.
+    pub fn live(self) -> Vec<Option<KvRecord>> {
+        let at = self.judged_at_ms;
+        self.value.into_iter().map(|r| r.filter(|r| r.is_live_at(at))).collect()
+    }
+}
+
 /// Fewest records one internal page of a scan reads.
 const SCAN_PAGE_RECORDS_MIN: usize = 64;
 /// Most records one internal page of a scan reads.
@@ -227,6 +260,39 @@ mod tests {
 
     /// More expired keys than two internal pages hold.
     const EXPIRED_RUN: usize = 2 * SCAN_PAGE_RECORDS_MIN + 5;
+
+    /// A batch that moves a value from one key to another lands between a multi-key read's
+    /// reads: one view, so the answer holds the state before it, on every key.
+    #[test]
+    fn a_multi_key_read_sees_a_batch_on_every_key_or_on_none() {
+        let (_dir, store) = open_store();
+        let mut setup = WriteSet::default();
+        applied_time(&mut setup, 1_000);
+        put(&mut setup, "a", "moving", None);
+        put(&mut setup, "gone", "old", Some(900));
+        store.commit(&setup).expect("commit");
+
+        let mut moved = WriteSet::default();
+        moved.delete(Table::Kv, b"a".to_vec());
+        put(&mut moved, "b", "moving", None);
+        applied_time(&mut moved, 1_001);
+        let meddler = Meddler::new(&store, 2, moved);
+        let keys = [b"a".to_vec(), b"b".to_vec(), b"gone".to_vec(), b"never".to_vec()];
+        let read = get_many(&meddler, &keys).expect("read");
+        assert!(meddler.landed(), "the batch landed between the reads");
+        assert_eq!(read.judged_at_ms, 1_000);
+        assert_eq!(read.expiries(), vec![None, None, Some(900), None]);
+        let values: Vec<Option<Vec<u8>>> = read.live().into_iter().map(|r| r.map(|r| r.value)).collect();
+        assert_eq!(values, vec![Some(b"moving".to_vec()), None, None, None]);
+        // After it: on every key.
+        let after: Vec<bool> = get_many(&store, &keys)
+            .expect("read")
+            .live()
+            .iter()
+            .map(Option::is_some)
+            .collect();
+        assert_eq!(after, vec![false, true, false, false]);
+    }
 
     /// A batch that moves a key (deletes `k/a`, read before it lands, and writes `k/z`, read
     /// after) lands between the scan's reads: after its applied-time read, or after its first
