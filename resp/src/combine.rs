@@ -25,9 +25,10 @@ use basalt_client::{Client, KvEntry, PutOptions, TxnOpResult, TxnOutcome};
 use tokio::sync::oneshot;
 
 use crate::frame::Reply;
-use crate::keys::{incremented, incremented_float, op_refusal, put_op, NewTtl};
+use crate::keys::{incremented, incremented_float, op_refusal, put_op, NewTtl, WRONGTYPE};
 use crate::limits::CAS_ATTEMPTS_MAX;
 use crate::reply_error::client_error;
+use crate::typed;
 
 /// A write of one string key that can join a group.
 #[derive(Clone, Debug, PartialEq)]
@@ -63,6 +64,8 @@ pub fn apply_group(state: &mut State, writes: &[StringWrite]) -> (Vec<Reply>, bo
                 changed = true;
                 Reply::ok()
             }
+            // A hash or a sorted set: only a SET replaces it.
+            StringWrite::IncrBy(_) | StringWrite::IncrByFloat(_) if holds_other_type(state) => Reply::error(WRONGTYPE),
             StringWrite::IncrBy(by) => match incremented(state.value.as_deref(), *by) {
                 Ok(n) => {
                     state.value = Some(n.to_string().into_bytes());
@@ -82,6 +85,10 @@ pub fn apply_group(state: &mut State, writes: &[StringWrite]) -> (Vec<Reply>, bo
         })
         .collect();
     (replies, changed)
+}
+
+fn holds_other_type(state: &State) -> bool {
+    state.value.as_deref().is_some_and(|v| !typed::is_storable_string(v))
 }
 
 struct Waiting {

@@ -3,6 +3,8 @@
 //! I/O, so every rule is unit-tested here and the server only runs what parsed.
 
 use crate::frame::Reply;
+use crate::sorted_sets::{AddQuery, RangeBy, RangeQuery};
+use crate::typed::{parse_score, AddRules, ScoreBound};
 
 pub type Bytes = Vec<u8>;
 
@@ -120,6 +122,34 @@ pub enum Command {
     Keys(Bytes),
     IncrBy(Bytes, i64),
     IncrByFloat(Bytes, f64),
+    // Hashes.
+    HSet {
+        key: Bytes,
+        pairs: Vec<(Bytes, Bytes)>,
+        /// `HMSET`: answers `OK` instead of the count of new fields.
+        answer_ok: bool,
+    },
+    HSetNx(Bytes, Bytes, Bytes),
+    HGet(Bytes, Bytes),
+    HMGet(Bytes, Vec<Bytes>),
+    HGetAll(Bytes),
+    HDel(Bytes, Vec<Bytes>),
+    HIncrBy(Bytes, Bytes, i64),
+    HIncrByFloat(Bytes, Bytes, f64),
+    HExists(Bytes, Bytes),
+    HLen(Bytes),
+    /// `HKEYS` (false) and `HVALS` (true).
+    HKeys(Bytes, bool),
+    HStrLen(Bytes, Bytes),
+    // Sorted sets.
+    ZAdd(Bytes, AddQuery),
+    ZIncrBy(Bytes, f64, Bytes),
+    ZRem(Bytes, Vec<Bytes>),
+    ZCard(Bytes),
+    ZCount(Bytes, ScoreBound, ScoreBound),
+    ZScore(Bytes, Bytes),
+    ZRange(Bytes, RangeQuery),
+    ZRemRangeByScore(Bytes, ScoreBound, ScoreBound),
     // Transactions.
     Multi,
     Exec,
@@ -169,7 +199,33 @@ pub const COMMANDS: &[(&str, i32, &str)] = &[
         -2,
         "Returns the string value of a key after setting its expiration time.",
     ),
+    ("hdel", -3, "Deletes one or more fields and their values from a hash."),
     ("hello", -1, "Handshakes with the server."),
+    ("hexists", 3, "Determines whether a field exists in a hash."),
+    ("hget", 3, "Returns the value of a field in a hash."),
+    ("hgetall", 2, "Returns all fields and values in a hash."),
+    (
+        "hincrby",
+        4,
+        "Increments the integer value of a field in a hash by a number.",
+    ),
+    (
+        "hincrbyfloat",
+        4,
+        "Increments the floating point value of a field by a number.",
+    ),
+    ("hkeys", 2, "Returns all fields in a hash."),
+    ("hlen", 2, "Returns the number of fields in a hash."),
+    ("hmget", -3, "Returns the values of all fields in a hash."),
+    ("hmset", -4, "Sets the values of multiple fields."),
+    ("hset", -4, "Creates or modifies the value of a field in a hash."),
+    (
+        "hsetnx",
+        4,
+        "Sets the value of a field in a hash only when the field doesn't exist.",
+    ),
+    ("hstrlen", 3, "Returns the length of the value of a field."),
+    ("hvals", 2, "Returns all values in a hash."),
     ("incr", 2, "Increments the integer value of a key by one."),
     ("incrby", 3, "Increments the integer value of a key by a number."),
     (
@@ -245,6 +301,40 @@ pub const COMMANDS: &[(&str, i32, &str)] = &[
         -2,
         "Monitors changes to keys to determine the execution of a transaction.",
     ),
+    (
+        "zadd",
+        -4,
+        "Adds one or more members to a sorted set, or updates their scores.",
+    ),
+    ("zcard", 2, "Returns the number of members in a sorted set."),
+    (
+        "zcount",
+        4,
+        "Returns the count of members in a sorted set that have scores within a range.",
+    ),
+    ("zincrby", 4, "Increments the score of a member in a sorted set."),
+    (
+        "zrange",
+        -4,
+        "Returns members in a sorted set within a range of indexes or scores.",
+    ),
+    (
+        "zrangebyscore",
+        -4,
+        "Returns members in a sorted set within a range of scores.",
+    ),
+    ("zrem", -3, "Removes one or more members from a sorted set."),
+    (
+        "zremrangebyscore",
+        4,
+        "Removes members in a sorted set within a range of scores.",
+    ),
+    (
+        "zrevrangebyscore",
+        -4,
+        "Returns members in a sorted set within a range of scores in reverse order.",
+    ),
+    ("zscore", 3, "Returns the score of a member in a sorted set."),
 ];
 
 /// Redis's error texts, one place.
@@ -485,6 +575,60 @@ pub fn parse(args: &[Bytes]) -> Result<Command, Refusal> {
             )
         }
         "incrbyfloat" => Command::IncrByFloat(key(), float(&a[1]).ok_or_else(|| Refusal(errors::NOT_FLOAT.into()))?),
+        "hset" | "hmset" => {
+            let rest = &a[1..];
+            if !rest.len().is_multiple_of(2) {
+                return Err(arity(name));
+            }
+            Command::HSet {
+                key: key(),
+                pairs: rest.chunks(2).map(|p| (p[0].clone(), p[1].clone())).collect(),
+                answer_ok: name == "hmset",
+            }
+        }
+        "hsetnx" => Command::HSetNx(key(), a[1].clone(), a[2].clone()),
+        "hget" => Command::HGet(key(), a[1].clone()),
+        "hmget" => Command::HMGet(key(), a[1..].to_vec()),
+        "hgetall" => Command::HGetAll(key()),
+        "hdel" => Command::HDel(key(), a[1..].to_vec()),
+        "hincrby" => Command::HIncrBy(key(), a[1].clone(), int(&a[2])?),
+        "hincrbyfloat" => Command::HIncrByFloat(
+            key(),
+            a[1].clone(),
+            float(&a[2]).ok_or_else(|| Refusal(errors::NOT_FLOAT.into()))?,
+        ),
+        "hexists" => Command::HExists(key(), a[1].clone()),
+        "hlen" => Command::HLen(key()),
+        "hkeys" | "hvals" => Command::HKeys(key(), name == "hvals"),
+        "hstrlen" => Command::HStrLen(key(), a[1].clone()),
+        "zadd" => Command::ZAdd(key(), parse_zadd(&a[1..])?),
+        "zincrby" => Command::ZIncrBy(
+            key(),
+            parse_score(&a[1]).ok_or_else(|| Refusal(errors::NOT_FLOAT.into()))?,
+            a[2].clone(),
+        ),
+        "zrem" => Command::ZRem(key(), a[1..].to_vec()),
+        "zcard" => Command::ZCard(key()),
+        "zcount" => {
+            let (min, max) = score_range(&a[1], &a[2])?;
+            Command::ZCount(key(), min, max)
+        }
+        "zscore" => Command::ZScore(key(), a[1].clone()),
+        "zrange" => Command::ZRange(key(), parse_zrange(&a[1..])?),
+        "zrangebyscore" | "zrevrangebyscore" => {
+            let rev = name == "zrevrangebyscore";
+            // The old forms: `min max` (`max min` reversed), then WITHSCORES and LIMIT.
+            let mut query = parse_range_options(&a[3..], false)?;
+            let (low, high) = if rev { (&a[2], &a[1]) } else { (&a[1], &a[2]) };
+            let (min, max) = score_range(low, high)?;
+            query.by = RangeBy::Score(min, max);
+            query.rev = rev;
+            Command::ZRange(key(), query)
+        }
+        "zremrangebyscore" => {
+            let (min, max) = score_range(&a[1], &a[2])?;
+            Command::ZRemRangeByScore(key(), min, max)
+        }
         "multi" => Command::Multi,
         "exec" => Command::Exec,
         "discard" => Command::Discard,
@@ -497,6 +641,115 @@ pub fn parse(args: &[Bytes]) -> Result<Command, Refusal> {
         "punsubscribe" => Command::PUnsubscribe(a.to_vec()),
         other => return Err(unknown_command(&[other.as_bytes().to_vec()])),
     })
+}
+
+fn score_range(min: &[u8], max: &[u8]) -> Result<(ScoreBound, ScoreBound), Refusal> {
+    match (ScoreBound::parse(min), ScoreBound::parse(max)) {
+        (Some(min), Some(max)) => Ok((min, max)),
+        _ => refuse("ERR min or max is not a float"),
+    }
+}
+
+/// `ZADD`'s options, then its score and member pairs.
+fn parse_zadd(a: &[Bytes]) -> Result<AddQuery, Refusal> {
+    let mut rules = AddRules::default();
+    let (mut count_changed, mut incr) = (false, false);
+    let mut at = 0;
+    while let Some(arg) = a.get(at) {
+        match upper(arg).as_str() {
+            "NX" => rules.only_new = true,
+            "XX" => rules.only_existing = true,
+            "GT" => rules.only_greater = true,
+            "LT" => rules.only_less = true,
+            "CH" => count_changed = true,
+            "INCR" => incr = true,
+            _ => break,
+        }
+        at += 1;
+    }
+    let rest = &a[at..];
+    if rest.is_empty() || !rest.len().is_multiple_of(2) {
+        return refuse(errors::SYNTAX);
+    }
+    if rules.only_new && rules.only_existing {
+        return refuse("ERR XX and NX options at the same time are not compatible");
+    }
+    if (rules.only_greater && rules.only_less) || (rules.only_new && (rules.only_greater || rules.only_less)) {
+        return refuse("ERR GT, LT, and/or NX options at the same time are not compatible");
+    }
+    if incr && rest.len() > 2 {
+        return refuse("ERR INCR option supports a single increment-element pair");
+    }
+    let pairs = rest
+        .chunks(2)
+        .map(|p| {
+            parse_score(&p[0])
+                .map(|score| (score, p[1].clone()))
+                .ok_or_else(|| Refusal(errors::NOT_FLOAT.into()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(AddQuery {
+        rules,
+        count_changed,
+        incr,
+        pairs,
+    })
+}
+
+/// `ZRANGE key start stop [BYSCORE | BYLEX] [REV] [LIMIT offset count] [WITHSCORES]`.
+fn parse_zrange(a: &[Bytes]) -> Result<RangeQuery, Refusal> {
+    let mut by_score = false;
+    let mut rev = false;
+    let mut options = Vec::new();
+    for arg in &a[2..] {
+        match upper(arg).as_str() {
+            "BYSCORE" => by_score = true,
+            "BYLEX" => return refuse("ERR ZRANGE BYLEX is not supported on Basalt"),
+            "REV" => rev = true,
+            _ => options.push(arg.clone()),
+        }
+    }
+    let mut query = parse_range_options(&options, !by_score)?;
+    query.rev = rev;
+    query.by = if by_score {
+        // With REV the range is given from the high end.
+        let (low, high) = if rev { (&a[1], &a[0]) } else { (&a[0], &a[1]) };
+        let (min, max) = score_range(low, high)?;
+        RangeBy::Score(min, max)
+    } else {
+        RangeBy::Rank(int(&a[0])?, int(&a[1])?)
+    };
+    Ok(query)
+}
+
+/// `WITHSCORES` and `LIMIT offset count`, in any order; `LIMIT` refused for ranks.
+fn parse_range_options(a: &[Bytes], by_rank: bool) -> Result<RangeQuery, Refusal> {
+    let mut query = RangeQuery {
+        by: RangeBy::Rank(0, -1),
+        rev: false,
+        limit: None,
+        with_scores: false,
+    };
+    let mut at = 0;
+    while let Some(arg) = a.get(at) {
+        match upper(arg).as_str() {
+            "WITHSCORES" => {
+                query.with_scores = true;
+                at += 1;
+            }
+            "LIMIT" if a.len() >= at + 3 => {
+                if by_rank {
+                    return refuse(
+                        "ERR syntax error, LIMIT is only supported in combination with either BYSCORE or BYLEX",
+                    );
+                }
+                query.limit = Some((int(&a[at + 1])?, int(&a[at + 2])?));
+                at += 3;
+            }
+            _ => return refuse(errors::SYNTAX),
+        }
+    }
+    Ok(query)
 }
 
 fn parse_hello(a: &[Bytes]) -> Result<Command, Refusal> {

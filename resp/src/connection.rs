@@ -273,7 +273,11 @@ impl Connection {
                 Some(Ttl::Live(ttl)) => ttl.as_millis() <= u128::from(TTL_MS_MAX),
                 _ => true,
             };
-            !key.is_empty() && key.len() <= KEY_BYTES_MAX && value.len() <= VALUE_BYTES_MAX && ttl_ok
+            !key.is_empty()
+                && key.len() <= KEY_BYTES_MAX
+                && value.len() <= VALUE_BYTES_MAX
+                && ttl_ok
+                && crate::typed::is_storable_string(value)
         };
         if !sets.iter().all(valid) {
             for (key, value, expiry) in sets {
@@ -454,14 +458,6 @@ impl Connection {
             Command::MSetNx(pairs) => self.keys().mset(pairs, true).await,
             Command::Del(keys) => self.keys().del(&keys).await,
             Command::Exists(keys) => self.keys().exists(&keys).await,
-            Command::Expire { key, expiry, condition } => self.keys().expire(&key, expiry, condition).await,
-            Command::Ttl { key, millis } => self.keys().ttl(&key, millis).await,
-            Command::Persist(key) => self.keys().persist(&key).await,
-            Command::GetDel(key) => self.keys().getdel(&key).await,
-            Command::GetEx { key, change } => self.keys().getex(&key, change).await,
-            Command::Append(key, suffix) => self.keys().append(&key, &suffix).await,
-            Command::StrLen(key) => self.keys().strlen(&key).await,
-            Command::Type(key) => self.keys().kind(&key).await,
             Command::IncrBy(key, by) => self.keys().incr_by(&key, by).await,
             Command::IncrByFloat(key, by) => self.keys().incr_by_float(&key, by).await,
             Command::Scan {
@@ -501,7 +497,8 @@ impl Connection {
                 }
                 Some((queued, false)) => {
                     let watched = std::mem::take(&mut self.watched);
-                    multi::exec(&self.shared.client, &watched, queued).await
+                    let resp3 = self.protocol == Protocol::Resp3;
+                    multi::exec(&self.shared.client, &watched, queued, resp3).await
                 }
             },
             Command::Watch(keys) => {
@@ -531,6 +528,11 @@ impl Connection {
             ),
             Command::Unsubscribe(names) => Reply::Sequence(self.subscriptions.unsubscribe(Kind::Channel, names)),
             Command::PUnsubscribe(names) => Reply::Sequence(self.subscriptions.unsubscribe(Kind::Pattern, names)),
+            // Every other command is of one key: one decision over the key as read (`decide`).
+            other => {
+                let resp3 = self.protocol == Protocol::Resp3;
+                self.keys().single(&other, resp3).await
+            }
         };
         (reply, Next::Go)
     }
@@ -648,11 +650,14 @@ impl Connection {
             Ok(page) => page,
             Err(reply) => return reply,
         };
-        // Every key here is a string; another TYPE filter matches none.
-        let keys = match kind.as_deref() {
-            None | Some("string") => keys,
-            Some(_) => Vec::new(),
-        };
+        let keys: Vec<Bytes> = keys
+            .into_iter()
+            .filter(|(_, type_name)| {
+                kind.as_deref()
+                    .is_none_or(|wanted| wanted.eq_ignore_ascii_case(type_name))
+            })
+            .map(|(key, _)| key)
+            .collect();
         let cursor = match next {
             None => 0,
             Some(last) => {

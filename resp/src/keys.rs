@@ -16,13 +16,15 @@ use basalt_client::txn::{Compare, Condition};
 use basalt_client::{Client, KvEntry, ReadConsistency, TxnOp, TxnOpResult, TxnOutcome};
 
 use crate::combine::{Combiner, ReadCombiner, StringWrite};
-use crate::command::{errors, Bytes, ExpireCondition, Expiry, GetExChange, SetCondition};
+use crate::command::{errors, Bytes, Command, Expiry, SetCondition};
+use crate::decide::{decide, only_reads, single_key, Change};
 use crate::frame::{format_double, Reply};
 use crate::glob::Glob;
 use crate::limits::{
     CAS_ATTEMPTS_MAX, KEYSPACE_WALK_KEYS_MAX, REPLY_BYTES_MAX, SCAN_PAGE_KEYS, TXN_CONDITIONS_MAX, TXN_OPS_MAX,
 };
 use crate::reply_error::client_error;
+use crate::typed::{self, Value};
 
 /// This node's wall clock in Unix milliseconds: what `EXAT` times and `TTL` answers are read
 /// against (a key's expiry is kept in the cluster's HLC time, which follows the wall clocks).
@@ -92,13 +94,35 @@ pub fn incremented_float(current: Option<&[u8]>, by: f64) -> Result<String, &'st
     Ok(format_double(sum))
 }
 
-/// What a read-modify-write decided, given the key as read.
-pub enum Change {
-    /// Write this value with this expiry, and answer the reply.
-    Put(Vec<u8>, NewTtl, Reply),
-    Delete(Reply),
-    /// Leave the key as it is.
-    Keep(Reply),
+/// Redis's answer to a command on a key of another type.
+pub const WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong kind of value";
+
+/// What a stored key holds, by type (`None`: absent); an undecodable typed value is an error.
+pub fn value_of(entry: Option<&KvEntry>) -> Result<Option<Value>, Reply> {
+    match entry {
+        None => Ok(None),
+        Some(entry) => typed::decode(&entry.value)
+            .map(Some)
+            .map_err(|e| Reply::error(e.to_string())),
+    }
+}
+
+/// The string a stored key holds (`None`: absent), or `WRONGTYPE` for another type.
+pub fn string_of(entry: Option<&KvEntry>) -> Result<Option<Vec<u8>>, Reply> {
+    match value_of(entry)? {
+        None => Ok(None),
+        Some(Value::String(bytes)) => Ok(Some(bytes)),
+        Some(_) => Err(Reply::error(WRONGTYPE)),
+    }
+}
+
+/// Refuses a string value that would read as another type (see `typed`).
+pub fn check_storable(value: &[u8]) -> Result<(), Reply> {
+    if typed::is_storable_string(value) {
+        Ok(())
+    } else {
+        Err(Reply::error(typed::RESERVED_PREFIX))
+    }
 }
 
 /// The commands of one connection on the cluster.
@@ -172,9 +196,30 @@ impl Keys<'_> {
         ))
     }
 
+    /// A command of one key (see `decide`): a reader reads the key (combined with other
+    /// connections' reads of it, stale after `READONLY`) and answers; a writer changes it in a
+    /// read-modify-write.
+    pub async fn single(&self, command: &Command, resp3: bool) -> Reply {
+        let Some(key) = single_key(command) else {
+            return Reply::error("ERR not a command of one key");
+        };
+        if only_reads(command) {
+            let entry = match self.entry(key).await {
+                Ok(entry) => entry,
+                Err(reply) => return reply,
+            };
+            return match decide(command, entry.as_ref(), now_ms(), resp3) {
+                Ok(change) => change.reply().clone(),
+                Err(reply) => reply,
+            };
+        }
+        self.read_modify_write(key, |entry, now| decide(command, entry, now, resp3))
+            .await
+    }
+
     pub async fn get(&self, key: &[u8]) -> Reply {
-        match self.entry(key).await {
-            Ok(entry) => Reply::optional(entry.map(|e| e.value)),
+        match self.entry(key).await.and_then(|entry| string_of(entry.as_ref())) {
+            Ok(value) => Reply::optional(value),
             Err(reply) => reply,
         }
     }
@@ -188,6 +233,9 @@ impl Keys<'_> {
         condition: Option<SetCondition>,
         get: bool,
     ) -> Reply {
+        if let Err(reply) = check_storable(&value) {
+            return reply;
+        }
         let ttl = expiry.map(|e| ttl_of(e, now_ms()));
         if condition.is_none() && !get && !keep_ttl {
             // The common case: combined with other connections' writes of the key, and
@@ -209,29 +257,21 @@ impl Keys<'_> {
                 }
             };
         }
-        self.read_modify_write(key, |entry, now| {
-            let old = || Reply::optional(entry.map(|e| e.value.clone()));
-            let holds = match condition {
-                None => true,
-                Some(SetCondition::Absent) => entry.is_none(),
-                Some(SetCondition::Present) => entry.is_some(),
-            };
-            if !holds {
-                return Ok(Change::Keep(if get { old() } else { Reply::Null }));
-            }
-            let reply = if get { old() } else { Reply::ok() };
-            let ttl = match expiry.map(|e| ttl_of(e, now)) {
-                Some(Ttl::Past) => return Ok(Change::Delete(reply)),
-                Some(Ttl::Live(ttl)) => NewTtl::After(ttl),
-                None if keep_ttl => NewTtl::Keep,
-                None => NewTtl::Never,
-            };
-            Ok(Change::Put(value.clone(), ttl, reply))
-        })
-        .await
+        let command = Command::Set {
+            key: key.to_vec(),
+            value,
+            expiry,
+            keep_ttl,
+            condition,
+            get,
+        };
+        self.single(&command, false).await
     }
 
     pub async fn set_nx(&self, key: &[u8], value: Vec<u8>) -> Reply {
+        if let Err(reply) = check_storable(&value) {
+            return reply;
+        }
         match self.client.kv().cas(key, None, value).await {
             Ok(basalt_client::CasOutcome::Written { .. }) => Reply::Integer(1),
             Ok(basalt_client::CasOutcome::Conflict { .. }) => Reply::Integer(0),
@@ -254,7 +294,8 @@ impl Keys<'_> {
                 if bytes > REPLY_BYTES_MAX {
                     return too_large("MGET");
                 }
-                values.push(Reply::optional(entry.map(|e| e.value)));
+                // A key of another type reads as null, as in Redis.
+                values.push(Reply::optional(string_of(entry.as_ref()).ok().flatten()));
             }
         }
         Reply::Array(values)
@@ -280,6 +321,9 @@ impl Keys<'_> {
             return Reply::error(format!(
                 "ERR at most {TXN_CONDITIONS_MAX} keys per MSETNX: each is a condition of one Basalt transaction"
             ));
+        }
+        if let Some(Err(reply)) = last.iter().map(|(_, value)| check_storable(value)).find(Result::is_err) {
+            return reply;
         }
         let mut txn = self.client.txn();
         for (key, value) in last {
@@ -346,125 +390,6 @@ impl Keys<'_> {
         Reply::Integer(count)
     }
 
-    pub async fn expire(&self, key: &[u8], expiry: Expiry, condition: Option<ExpireCondition>) -> Reply {
-        self.read_modify_write(key, |entry, now| {
-            let Some(entry) = entry else {
-                return Ok(Change::Keep(Reply::Integer(0)));
-            };
-            let new_at = match expiry {
-                Expiry::In(ms) => now.saturating_add(ms),
-                Expiry::At(at) => at,
-            };
-            let current = entry.expires_at_ms.map(|at| at as i64);
-            let holds = match condition {
-                None => true,
-                Some(ExpireCondition::NoExpiry) => current.is_none(),
-                Some(ExpireCondition::HasExpiry) => current.is_some(),
-                // No expiry counts as infinite.
-                Some(ExpireCondition::Later) => current.is_some_and(|at| new_at > at),
-                Some(ExpireCondition::Sooner) => current.is_none_or(|at| new_at < at),
-            };
-            if !holds {
-                return Ok(Change::Keep(Reply::Integer(0)));
-            }
-            Ok(match ttl_of(Expiry::At(new_at), now) {
-                Ttl::Past => Change::Delete(Reply::Integer(1)),
-                Ttl::Live(ttl) => Change::Put(entry.value.clone(), NewTtl::After(ttl), Reply::Integer(1)),
-            })
-        })
-        .await
-    }
-
-    pub async fn ttl(&self, key: &[u8], millis: bool) -> Reply {
-        match self.entry(key).await {
-            Err(reply) => reply,
-            Ok(None) => Reply::Integer(-2),
-            Ok(Some(entry)) => match entry.expires_at_ms {
-                None => Reply::Integer(-1),
-                Some(at) => {
-                    let left = (at as i64).saturating_sub(now_ms()).max(0);
-                    // Redis rounds a TTL in seconds to the nearest second.
-                    Reply::Integer(if millis { left } else { (left + 500) / 1000 })
-                }
-            },
-        }
-    }
-
-    pub async fn persist(&self, key: &[u8]) -> Reply {
-        self.read_modify_write(key, |entry, _| {
-            Ok(match entry {
-                Some(e) if e.expires_at_ms.is_some() => Change::Put(e.value.clone(), NewTtl::Never, Reply::Integer(1)),
-                _ => Change::Keep(Reply::Integer(0)),
-            })
-        })
-        .await
-    }
-
-    pub async fn getdel(&self, key: &[u8]) -> Reply {
-        let outcome = self
-            .client
-            .txn()
-            .then(TxnOp::get(key.to_vec()))
-            .then(TxnOp::delete(key.to_vec()))
-            .commit()
-            .await;
-        match outcome {
-            Ok(TxnOutcome::Committed { results, .. }) => match results.into_iter().next() {
-                Some(TxnOpResult::Read(entry)) => Reply::optional(entry.map(|e| e.value)),
-                other => Reply::error(format!("ERR unexpected transaction answer {other:?}")),
-            },
-            Ok(TxnOutcome::Aborted { reason, .. }) => op_refusal(reason),
-            Err(e) => client_error(&e),
-        }
-    }
-
-    pub async fn getex(&self, key: &[u8], change: GetExChange) -> Reply {
-        if change == GetExChange::Keep {
-            return self.get(key).await;
-        }
-        self.read_modify_write(key, |entry, now| {
-            let Some(entry) = entry else {
-                return Ok(Change::Keep(Reply::Null));
-            };
-            let reply = Reply::Bulk(entry.value.clone());
-            Ok(match change {
-                GetExChange::Keep => Change::Keep(reply),
-                GetExChange::Persist if entry.expires_at_ms.is_none() => Change::Keep(reply),
-                GetExChange::Persist => Change::Put(entry.value.clone(), NewTtl::Never, reply),
-                GetExChange::Set(expiry) => match ttl_of(expiry, now) {
-                    Ttl::Past => Change::Delete(reply),
-                    Ttl::Live(ttl) => Change::Put(entry.value.clone(), NewTtl::After(ttl), reply),
-                },
-            })
-        })
-        .await
-    }
-
-    pub async fn append(&self, key: &[u8], suffix: &[u8]) -> Reply {
-        self.read_modify_write(key, |entry, _| {
-            let mut value = entry.map(|e| e.value.clone()).unwrap_or_default();
-            value.extend_from_slice(suffix);
-            let length = value.len() as i64;
-            Ok(Change::Put(value, NewTtl::Keep, Reply::Integer(length)))
-        })
-        .await
-    }
-
-    pub async fn strlen(&self, key: &[u8]) -> Reply {
-        match self.entry(key).await {
-            Ok(entry) => Reply::Integer(entry.map_or(0, |e| e.value.len() as i64)),
-            Err(reply) => reply,
-        }
-    }
-
-    pub async fn kind(&self, key: &[u8]) -> Reply {
-        match self.entry(key).await {
-            Ok(Some(_)) => Reply::Simple("string".into()),
-            Ok(None) => Reply::Simple("none".into()),
-            Err(reply) => reply,
-        }
-    }
-
     pub async fn incr_by(&self, key: &[u8], by: i64) -> Reply {
         self.combiner.write(self.client, key, StringWrite::IncrBy(by)).await
     }
@@ -475,14 +400,15 @@ impl Keys<'_> {
             .await
     }
 
-    /// One page of keys after `after` whose names match `pattern`: the keys, and where the next
-    /// page starts (`None`: the keyspace is done). Reads about `count` keys, as Redis's COUNT.
+    /// One page of keys after `after` whose names match `pattern`: the keys with their types'
+    /// names, and where the next page starts (`None`: the keyspace is done). Reads about `count`
+    /// keys, as Redis's COUNT.
     pub async fn scan_page(
         &self,
         after: &[u8],
         pattern: Option<&Glob>,
         count: u64,
-    ) -> Result<(Vec<Bytes>, Option<Bytes>), Reply> {
+    ) -> Result<(Vec<(Bytes, &'static str)>, Option<Bytes>), Reply> {
         let limit = u32::try_from(count).unwrap_or(SCAN_PAGE_KEYS).clamp(1, SCAN_PAGE_KEYS);
         let (keys, next, _) = self.page(after, pattern, limit).await?;
         Ok((keys, next))
@@ -498,11 +424,11 @@ impl Keys<'_> {
         loop {
             let (page, next, page_read) = self.page(&after, pattern, SCAN_PAGE_KEYS).await?;
             read += page_read;
-            bytes += page.iter().map(Vec::len).sum::<usize>();
+            bytes += page.iter().map(|(k, _)| k.len()).sum::<usize>();
             if bytes > REPLY_BYTES_MAX {
                 return Err(too_large(what));
             }
-            keys.extend(page);
+            keys.extend(page.into_iter().map(|(k, _)| k));
             match next {
                 None => return Ok(keys),
                 Some(_) if read >= KEYSPACE_WALK_KEYS_MAX => {
@@ -534,15 +460,15 @@ impl Keys<'_> {
         }
     }
 
-    /// One page of at most `limit` keys after `after`: the keys matching `pattern`, where the
-    /// next page starts (`None`: the keyspace is done), and how many keys the page read (fewer
-    /// than asked when the values are large).
+    /// One page of at most `limit` keys after `after`: the keys matching `pattern` with their
+    /// types' names, where the next page starts (`None`: the keyspace is done), and how many
+    /// keys the page read (fewer than asked when the values are large).
     async fn page(
         &self,
         after: &[u8],
         pattern: Option<&Glob>,
         limit: u32,
-    ) -> Result<(Vec<Bytes>, Option<Bytes>, usize), Reply> {
+    ) -> Result<(Vec<(Bytes, &'static str)>, Option<Bytes>, usize), Reply> {
         let prefix = pattern.map(Glob::literal_prefix).unwrap_or_default();
         let page = self
             .client
@@ -559,8 +485,11 @@ impl Keys<'_> {
         let keys = page
             .items
             .into_iter()
-            .map(|(k, _)| k)
-            .filter(|k| pattern.is_none_or(|p| p.matches(k)))
+            .filter(|(k, _)| pattern.is_none_or(|p| p.matches(k)))
+            .map(|(k, value)| {
+                let kind = typed::decode(&value).map_or("unknown", |v| v.type_name());
+                (k, kind)
+            })
             .collect();
         Ok((keys, next, read))
     }
@@ -570,6 +499,16 @@ fn too_large(what: &str) -> Reply {
     Reply::error(format!(
         "ERR {what}'s reply would pass {REPLY_BYTES_MAX} bytes; ask for fewer keys"
     ))
+}
+
+/// `TYPE`'s answer for a stored key: Redis's name of its type, `none` when absent, `unknown`
+/// for a value marked as a type that does not decode (not `none`, which would invite
+/// overwriting it unseen).
+pub fn type_name(entry: Option<&KvEntry>) -> &'static str {
+    match entry {
+        None => "none",
+        Some(entry) => typed::decode(&entry.value).map_or("unknown", |v| v.type_name()),
+    }
 }
 
 /// A transaction op the cluster refused at apply: nothing of the command was applied.

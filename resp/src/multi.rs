@@ -1,220 +1,303 @@
 //! `MULTI` / `EXEC` / `WATCH` as one Basalt transaction.
 //!
-//! The queued commands become the ops of one transaction, so they apply all or nothing at one
-//! revision, and no other client's write lands between them (Redis runs them back to back for
-//! the same reason). `WATCH` remembers each key's revision as read then; `EXEC` makes "every
-//! watched key is still at that revision" the transaction's condition, and answers a null
-//! array when it fails, as Redis does. The reads inside (`GET`, `EXISTS`, ...) see the block's
-//! earlier writes, as in Redis.
+//! `EXEC` reads every key the block names (and every watched key), runs the block's commands in
+//! order over those values as Redis would run them back to back (each one's decision from
+//! `decide`, so `INCR`, `HSET`, `ZADD`, `GET` of a key the block just wrote all behave as
+//! alone), and commits every key's final value as one transaction conditioned on each key still
+//! being at the revision read. If another client wrote one of them in between, nothing was
+//! applied and the block runs again from a new read (at most `CAS_ATTEMPTS_MAX` times, then
+//! `TRYAGAIN`): the block's effect is atomic and its replies are those of one instant, the
+//! commit's. A watched key found changed since `WATCH` aborts the block with a null array, as
+//! in Redis.
 //!
-//! Only commands whose effect is fixed when they are queued can be queued: reads (`GET`, `MGET`,
-//! `EXISTS`, `STRLEN`, `TYPE`), `SET` without conditions, `MSET`, `DEL`, `GETDEL`, `PING`,
-//! `ECHO`. A command whose write depends on what it reads (`INCR`, `APPEND`, `SETNX`, `SET NX`,
-//! ...) would need a transaction that computes, which Basalt's does not; it is refused when it
-//! is queued, which discards the block at `EXEC` (`EXECABORT`), as a Redis queueing error does.
-//! Basalt writes a key at most once per transaction: a block that writes a key twice is
-//! refused at `EXEC` with nothing applied.
+//! An error of one command (`WRONGTYPE`, a value that is not an integer) is its reply in the
+//! array and the others still apply, as in Redis. A command that cannot be queued (`SCAN`,
+//! `SUBSCRIBE`, ...) is refused when queued, which discards the block (`EXECABORT`).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
+use std::time::Duration;
 
 use basalt_client::txn::{Compare, Condition};
-use basalt_client::{Client, TxnOp, TxnOpResult, TxnOutcome};
+use basalt_client::{Client, KvEntry, ReadConsistency, TxnOp, TxnOutcome};
 
 use crate::command::{Bytes, Command};
+use crate::decide::{decide, single_key, Change};
 use crate::frame::Reply;
-use crate::keys::{now_ms, op_refusal, ttl_of, Ttl};
-use crate::limits::TXN_OPS_MAX;
+use crate::keys::{check_storable, now_ms, op_refusal, put_op, string_of, NewTtl};
+use crate::limits::{CAS_ATTEMPTS_MAX, TXN_CONDITIONS_MAX};
 use crate::reply_error::client_error;
+use basalt_client::limits::GET_MANY_KEYS_MAX;
 
-/// How one queued command's reply is made from its ops' results.
-enum Shape {
-    /// A fixed reply, no ops (`PING`, `ECHO`).
-    Fixed(Reply),
-    /// `+OK` after a put.
-    Ok,
-    /// `GET`, and `GETDEL`'s read: the value or null.
-    Value,
-    /// `MGET`: an array of values.
-    Values,
-    /// `DEL`: how many existed.
-    DeletedCount,
-    /// `EXISTS`: how many reads found a key.
-    FoundCount,
-    /// `STRLEN`.
-    Length,
-    /// `TYPE`.
-    Kind,
-}
+/// A command accepted into a block.
+pub struct Queued(Command);
 
-/// A queued command as transaction ops, or why it cannot be queued.
-pub struct Queued {
-    ops: Vec<TxnOp>,
-    writes: Vec<Bytes>,
-    shape: Shape,
-}
-
-/// Whether and how `command` can be part of a block, decided when it is queued.
+/// Whether `command` can be part of a block, decided when it is queued.
 pub fn queue(command: &Command, name: &str) -> Result<Queued, Reply> {
-    let one = |ops: Vec<TxnOp>, writes: Vec<Bytes>, shape| Ok(Queued { ops, writes, shape });
     match command {
-        Command::Ping(message) => one(
-            vec![],
-            vec![],
-            Shape::Fixed(
-                message
-                    .clone()
-                    .map_or_else(|| Reply::Simple("PONG".into()), Reply::Bulk),
-            ),
-        ),
-        Command::Echo(message) => one(vec![], vec![], Shape::Fixed(Reply::Bulk(message.clone()))),
-        Command::Get(key) => one(vec![TxnOp::get(key.clone())], vec![], Shape::Value),
-        Command::MGet(keys) => one(
-            keys.iter().map(|k| TxnOp::get(k.clone())).collect(),
-            vec![],
-            Shape::Values,
-        ),
-        Command::Exists(keys) => one(
-            keys.iter().map(|k| TxnOp::get(k.clone())).collect(),
-            vec![],
-            Shape::FoundCount,
-        ),
-        Command::StrLen(key) => one(vec![TxnOp::get(key.clone())], vec![], Shape::Length),
-        Command::Type(key) => one(vec![TxnOp::get(key.clone())], vec![], Shape::Kind),
-        Command::Set {
-            key,
-            value,
-            expiry,
-            keep_ttl: false,
-            condition: None,
-            get: false,
-        } => {
-            let op = match expiry.map(|e| ttl_of(e, now_ms())) {
-                Some(Ttl::Past) => TxnOp::delete(key.clone()),
-                Some(Ttl::Live(ttl)) => TxnOp::put_with_ttl(key.clone(), value.clone(), ttl),
-                None => TxnOp::put(key.clone(), value.clone()),
-            };
-            one(vec![op], vec![key.clone()], Shape::Ok)
-        }
-        Command::MSet(pairs) => one(
-            pairs.iter().map(|(k, v)| TxnOp::put(k.clone(), v.clone())).collect(),
-            pairs.iter().map(|(k, _)| k.clone()).collect(),
-            Shape::Ok,
-        ),
-        Command::Del(keys) => one(
-            keys.iter().map(|k| TxnOp::delete(k.clone())).collect(),
-            keys.clone(),
-            Shape::DeletedCount,
-        ),
-        Command::GetDel(key) => one(
-            vec![TxnOp::get(key.clone()), TxnOp::delete(key.clone())],
-            vec![key.clone()],
-            Shape::Value,
-        ),
-        _ => Err(unsupported(&name.to_ascii_uppercase())),
+        Command::Ping(_)
+        | Command::Echo(_)
+        | Command::MGet(_)
+        | Command::MSet(_)
+        | Command::MSetNx(_)
+        | Command::Del(_)
+        | Command::Exists(_) => Ok(Queued(command.clone())),
+        other if single_key(other).is_some() => Ok(Queued(command.clone())),
+        _ => Err(Reply::error(format!(
+            "ERR {} cannot be queued in MULTI on Basalt: a block runs commands of keys as one transaction (see docs/redis.md)",
+            name.to_ascii_uppercase()
+        ))),
     }
 }
 
-fn unsupported(what: &str) -> Reply {
-    Reply::error(format!(
-        "ERR {what} cannot be queued in MULTI on Basalt: a block runs as one transaction of \
-         reads, puts and deletes (see docs/redis.md)"
-    ))
+/// Every key a queued command reads or writes.
+fn keys_of(command: &Command) -> Vec<&Bytes> {
+    match command {
+        Command::MGet(keys) | Command::Del(keys) | Command::Exists(keys) => keys.iter().collect(),
+        Command::MSet(pairs) | Command::MSetNx(pairs) => pairs.iter().map(|(k, _)| k).collect(),
+        other => single_key(other).into_iter().collect(),
+    }
+}
+
+/// The block's keys as it leaves them: each one's value (`None`: absent) and, for a key it
+/// changed, the expiry its final write gives it.
+#[derive(Default)]
+struct Block {
+    held: HashMap<Bytes, Option<KvEntry>>,
+    written: HashMap<Bytes, NewTtl>,
+}
+
+impl Block {
+    fn entry(&self, key: &[u8]) -> Option<&KvEntry> {
+        self.held.get(key).and_then(Option::as_ref)
+    }
+
+    /// Applies one decision to `key` and gives back its reply.
+    fn apply(&mut self, key: &[u8], change: Change, now: i64) -> Reply {
+        match change {
+            Change::Keep(reply) => reply,
+            Change::Delete(reply) => {
+                self.held.insert(key.to_vec(), None);
+                self.written.insert(key.to_vec(), NewTtl::Never);
+                reply
+            }
+            Change::Put(value, ttl, reply) => {
+                let before = self.entry(key).and_then(|e| e.expires_at_ms);
+                let expires_at_ms = match ttl {
+                    NewTtl::Keep => before,
+                    NewTtl::Never => None,
+                    NewTtl::After(d) => Some(u64::try_from(now.max(0)).unwrap_or(0).saturating_add(millis(d))),
+                };
+                let entry = KvEntry {
+                    value,
+                    create_revision: 0,
+                    mod_revision: 0,
+                    version: 0,
+                    expires_at_ms,
+                };
+                self.held.insert(key.to_vec(), Some(entry));
+                // A kept expiry after a new one keeps the new one.
+                let spec = match (ttl, self.written.get(key)) {
+                    (NewTtl::Keep, Some(earlier)) => *earlier,
+                    (spec, _) => spec,
+                };
+                self.written.insert(key.to_vec(), spec);
+                reply
+            }
+        }
+    }
+
+    /// Runs one queued command and gives back its reply.
+    fn run(&mut self, command: &Command, now: i64, resp3: bool) -> Reply {
+        match command {
+            Command::Ping(message) => message
+                .clone()
+                .map_or_else(|| Reply::Simple("PONG".into()), Reply::Bulk),
+            Command::Echo(message) => Reply::Bulk(message.clone()),
+            Command::MGet(keys) => Reply::Array(
+                keys.iter()
+                    .map(|k| Reply::optional(string_of(self.entry(k)).ok().flatten()))
+                    .collect(),
+            ),
+            Command::Exists(keys) => Reply::Integer(keys.iter().filter(|k| self.entry(k).is_some()).count() as i64),
+            Command::Del(keys) => {
+                let mut deleted = 0;
+                for key in keys {
+                    if self.entry(key).is_some() {
+                        deleted += 1;
+                        self.apply(key, Change::Delete(Reply::Null), now);
+                    }
+                }
+                Reply::Integer(deleted)
+            }
+            Command::MSet(pairs) | Command::MSetNx(pairs) => {
+                if let Some(Err(reply)) = pairs.iter().map(|(_, v)| check_storable(v)).find(Result::is_err) {
+                    return reply;
+                }
+                let only_if_absent = matches!(command, Command::MSetNx(_));
+                if only_if_absent && pairs.iter().any(|(k, _)| self.entry(k).is_some()) {
+                    return Reply::Integer(0);
+                }
+                for (key, value) in pairs {
+                    self.apply(key, Change::Put(value.clone(), NewTtl::Never, Reply::Null), now);
+                }
+                if only_if_absent {
+                    Reply::Integer(1)
+                } else {
+                    Reply::ok()
+                }
+            }
+            other => {
+                let Some(key) = single_key(other) else {
+                    return Reply::error("ERR not a command this block can run");
+                };
+                match decide(other, self.entry(key), now, resp3) {
+                    Ok(change) => self.apply(key, change, now),
+                    Err(reply) => reply,
+                }
+            }
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Runs a block: `watched` keys must still be at the revisions recorded (0: absent).
-pub async fn exec(client: &Client, watched: &[(Bytes, u64)], queued: Vec<Queued>) -> Reply {
-    let mut written = HashSet::new();
-    for q in &queued {
-        for key in &q.writes {
-            if !written.insert(key.clone()) {
-                return Reply::error(format!(
-                    "EXECABORT Transaction discarded: Basalt runs a MULTI block as one transaction, which writes a key once; '{}' is written twice",
-                    String::from_utf8_lossy(key)
-                ));
-            }
-        }
+pub async fn exec(client: &Client, watched: &[(Bytes, u64)], queued: Vec<Queued>, resp3: bool) -> Reply {
+    let commands: Vec<Command> = queued.into_iter().map(|Queued(c)| c).collect();
+    let mut keys: Vec<Bytes> = watched.iter().map(|(k, _)| k.clone()).collect();
+    for command in &commands {
+        keys.extend(keys_of(command).into_iter().cloned());
     }
-    let ops: usize = queued.iter().map(|q| q.ops.len()).sum();
-    if ops > TXN_OPS_MAX {
+    keys.sort();
+    keys.dedup();
+    if keys.len() > TXN_CONDITIONS_MAX {
         return Reply::error(format!(
-            "EXECABORT Transaction discarded: {ops} operations, more than the {TXN_OPS_MAX} of one Basalt transaction"
+            "EXECABORT Transaction discarded: the block names {} keys, more than the {TXN_CONDITIONS_MAX} one Basalt transaction conditions on",
+            keys.len()
         ));
     }
-    let mut txn = client.txn();
-    if ops == 0 {
-        let Some((key, _)) = watched.first() else {
-            return Reply::Array(queued.into_iter().map(|q| reply_of(q.shape, Vec::new())).collect());
-        };
-        // Nothing to apply, but the watches still decide: a read carries the conditions.
-        txn = txn.then(TxnOp::get(key.clone()));
-        for (key, revision) in watched {
-            txn = txn.when(Condition::mod_revision(key.clone(), Compare::Eq, *revision));
-        }
-        return match txn.commit().await {
-            Ok(TxnOutcome::Committed { succeeded: false, .. }) => Reply::NullArray,
-            Ok(TxnOutcome::Committed { .. }) => {
-                Reply::Array(queued.into_iter().map(|q| reply_of(q.shape, Vec::new())).collect())
+    for attempt in 0..CAS_ATTEMPTS_MAX {
+        // The keys as they are now, each with the revision the commit is conditioned on.
+        let mut read: Vec<(Bytes, Option<KvEntry>)> = Vec::with_capacity(keys.len());
+        for group in keys.chunks(GET_MANY_KEYS_MAX) {
+            match client.kv().get_many(group, ReadConsistency::Linearizable).await {
+                Ok(entries) => read.extend(group.iter().cloned().zip(entries)),
+                Err(e) => return client_error(&e),
             }
-            Ok(TxnOutcome::Aborted { reason, .. }) => op_refusal(reason),
-            Err(e) => client_error(&e),
+        }
+        let revision = |key: &[u8]| {
+            read.iter()
+                .find(|(k, _)| k == key)
+                .and_then(|(_, e)| e.as_ref())
+                .map_or(0, |e| e.mod_revision)
         };
-    }
-    for (key, revision) in watched {
-        txn = txn.when(Condition::mod_revision(key.clone(), Compare::Eq, *revision));
-    }
-    let mut shapes = Vec::with_capacity(queued.len());
-    for q in queued {
-        shapes.push((q.shape, q.ops.len()));
-        for op in q.ops {
-            txn = txn.then(op);
+        if watched.iter().any(|(key, at_watch)| revision(key) != *at_watch) {
+            return Reply::NullArray;
+        }
+        let now = now_ms();
+        let mut block = Block {
+            held: read.iter().cloned().collect(),
+            written: HashMap::new(),
+        };
+        let replies: Vec<Reply> = commands.iter().map(|c| block.run(c, now, resp3)).collect();
+        if keys.is_empty() {
+            return Reply::Array(replies);
+        }
+        let mut txn = client.txn();
+        for key in &keys {
+            txn = txn.when(Condition::mod_revision(key.clone(), Compare::Eq, revision(key)));
+        }
+        let mut ops = 0;
+        for (key, ttl) in &block.written {
+            txn = txn.then(match block.entry(key) {
+                Some(entry) => put_op(key, entry.value.clone(), *ttl),
+                None => TxnOp::delete(key.clone()),
+            });
+            ops += 1;
+        }
+        if ops == 0 {
+            // Nothing to write, but the reads must be of one instant: a read carries the
+            // conditions.
+            txn = txn.then(TxnOp::get(keys[0].clone()));
+        }
+        match txn.commit().await {
+            Ok(TxnOutcome::Committed { succeeded: true, .. }) => return Reply::Array(replies),
+            Ok(TxnOutcome::Committed { succeeded: false, .. }) => {
+                // A key changed since the read: run the block again from a new one.
+                tokio::time::sleep(Duration::from_micros(50 * u64::from(attempt.min(40)))).await;
+            }
+            Ok(TxnOutcome::Aborted { reason, .. }) => {
+                return match op_refusal(reason) {
+                    Reply::Error(text) => {
+                        Reply::error(format!("EXECABORT Transaction discarded, nothing applied: {text}"))
+                    }
+                    other => other,
+                }
+            }
+            Err(e) => return client_error(&e),
         }
     }
-    match txn.commit().await {
-        Ok(TxnOutcome::Committed { succeeded: false, .. }) => Reply::NullArray,
-        Ok(TxnOutcome::Committed { results, .. }) => {
-            let mut results = results.into_iter();
-            Reply::Array(
-                shapes
-                    .into_iter()
-                    .map(|(shape, n)| reply_of(shape, results.by_ref().take(n).collect()))
-                    .collect(),
-            )
-        }
-        Ok(TxnOutcome::Aborted { reason, .. }) => match op_refusal(reason) {
-            Reply::Error(text) => Reply::error(format!("EXECABORT Transaction discarded, nothing applied: {text}")),
-            other => other,
-        },
-        Err(e) => client_error(&e),
-    }
+    Reply::error(format!(
+        "TRYAGAIN the block's keys changed under {CAS_ATTEMPTS_MAX} attempts in a row; nothing was applied"
+    ))
 }
 
-/// One queued command's reply from the results of its own ops, in order.
-fn reply_of(shape: Shape, results: Vec<TxnOpResult>) -> Reply {
-    let value = |r: &TxnOpResult| match r {
-        TxnOpResult::Read(entry) => entry.as_ref().map(|e| e.value.clone()),
-        _ => None,
-    };
-    let first = results.first();
-    match shape {
-        Shape::Fixed(reply) => reply,
-        Shape::Ok => Reply::ok(),
-        Shape::Value => Reply::optional(first.and_then(value)),
-        Shape::Values => Reply::Array(results.iter().map(|r| Reply::optional(value(r))).collect()),
-        Shape::FoundCount => Reply::Integer(results.iter().filter(|r| value(r).is_some()).count() as i64),
-        Shape::DeletedCount => Reply::Integer(
-            results
-                .iter()
-                .filter(|r| matches!(r, TxnOpResult::Deleted { deleted: true, .. }))
-                .count() as i64,
-        ),
-        Shape::Length => Reply::Integer(first.and_then(value).map_or(0, |v| v.len() as i64)),
-        Shape::Kind => Reply::Simple(
-            if first.and_then(value).is_some() {
-                "string"
-            } else {
-                "none"
-            }
-            .into(),
-        ),
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::parse;
+
+    fn command(text: &str) -> Command {
+        let args: Vec<Bytes> = text.split(' ').map(|s| s.as_bytes().to_vec()).collect();
+        parse(&args).expect("a command")
+    }
+
+    fn run(block: &mut Block, text: &str) -> Reply {
+        block.run(&command(text), 1_000, false)
+    }
+
+    /// A block runs as Redis runs its commands back to back: each sees the earlier ones'
+    /// writes, an error is one command's reply, and the final value of each key is what the
+    /// commit writes, with the expiry its last write gave it.
+    #[test]
+    fn a_block_runs_its_commands_in_order_over_the_keys_as_read() {
+        let mut block = Block::default();
+        block.held.insert(b"n".to_vec(), None);
+        block.held.insert(b"z".to_vec(), None);
+        assert_eq!(run(&mut block, "INCR n"), Reply::Integer(1));
+        assert_eq!(run(&mut block, "INCRBY n 41"), Reply::Integer(42));
+        assert_eq!(run(&mut block, "GET n"), Reply::Bulk(b"42".to_vec()));
+        assert_eq!(run(&mut block, "ZADD z 10 a"), Reply::Integer(1));
+        assert_eq!(
+            run(&mut block, "INCR z"),
+            Reply::error(crate::keys::WRONGTYPE),
+            "an error is the command's own reply"
+        );
+        assert_eq!(run(&mut block, "PEXPIRE z 5000"), Reply::Integer(1));
+        assert_eq!(run(&mut block, "ZADD z 20 b"), Reply::Integer(1));
+        assert_eq!(run(&mut block, "ZCARD z"), Reply::Integer(2));
+        assert_eq!(run(&mut block, "PTTL z"), Reply::Integer(5000));
+        assert_eq!(
+            block.written.get(b"z".as_slice()),
+            Some(&NewTtl::After(Duration::from_millis(5000)))
+        );
+        assert_eq!(run(&mut block, "DEL n z"), Reply::Integer(2));
+        assert_eq!(run(&mut block, "EXISTS n z"), Reply::Integer(0));
+        assert_eq!(run(&mut block, "MSETNX n 1 z 2"), Reply::Integer(1));
+        assert_eq!(
+            run(&mut block, "MGET n z"),
+            Reply::Array(vec![Reply::Bulk(b"1".to_vec()), Reply::Bulk(b"2".to_vec())])
+        );
+        assert_eq!(block.written.get(b"n".as_slice()), Some(&NewTtl::Never));
+    }
+
+    #[test]
+    fn commands_that_are_not_of_keys_cannot_be_queued() {
+        assert!(queue(&command("SCAN 0"), "scan").is_err());
+        assert!(queue(&command("SUBSCRIBE c"), "subscribe").is_err());
+        assert!(queue(&command("HSET h f v"), "hset").is_ok());
+        assert!(queue(&command("GETDEL k"), "getdel").is_ok());
     }
 }

@@ -373,11 +373,31 @@ fn resp_sdk_and_cli_read_each_others_keys_and_multi_exec_is_one_transaction() {
     assert_eq!(raw.call(&["DEL", "shared:sdk"]), "+QUEUED\r\n");
     assert_eq!(raw.call(&["EXEC"]), "*4\r\n+OK\r\n$1\r\n1\r\n:1\r\n:1\r\n");
     assert_eq!(raw.call(&["EXISTS", "shared:sdk"]), ":0\r\n");
-    // A command whose write depends on a read cannot be queued: the block is discarded.
+    // Commands that compute from what they read run in a block too, in order, each seeing the
+    // earlier ones' writes; one command's error is its reply and the rest apply.
+    assert_eq!(raw.call(&["MULTI"]), "+OK\r\n");
+    for args in [
+        &["INCR", "tx:n"][..],
+        &["INCRBY", "tx:n", "9"],
+        &["HSET", "tx:h", "f", "v"],
+        &["INCR", "tx:h"],
+        &["ZADD", "tx:z", "1", "m"],
+        &["PEXPIRE", "tx:z", "60000"],
+        &["ZCARD", "tx:z"],
+        &["GETDEL", "tx:n"],
+    ] {
+        assert_eq!(raw.call(args), "+QUEUED\r\n", "{args:?}");
+    }
+    assert_eq!(
+        raw.call(&["EXEC"]),
+        "*8\r\n:1\r\n:10\r\n:1\r\n-WRONGTYPE Operation against a key holding the wrong kind of value\r\n:1\r\n:1\r\n:1\r\n$2\r\n10\r\n"
+    );
+    assert_eq!(raw.call(&["EXISTS", "tx:n", "tx:h", "tx:z"]), ":2\r\n");
+    // A command that is not of keys cannot be queued: the block is discarded.
     assert_eq!(raw.call(&["MULTI"]), "+OK\r\n");
     assert!(raw
-        .call(&["INCR", "tx:a"])
-        .starts_with("-ERR INCR cannot be queued in MULTI"));
+        .call(&["SCAN", "0"])
+        .starts_with("-ERR SCAN cannot be queued in MULTI"));
     assert_eq!(
         raw.call(&["EXEC"]),
         "-EXECABORT Transaction discarded because of previous errors.\r\n"
@@ -414,6 +434,35 @@ fn resp_sdk_and_cli_read_each_others_keys_and_multi_exec_is_one_transaction() {
     assert_eq!(raw.call(&["SET", "tx:a", "mine"]), "+QUEUED\r\n");
     assert_eq!(raw.call(&["EXEC"]), "*1\r\n+OK\r\n");
     assert_eq!(raw.call(&["GET", "tx:a"]), "$4\r\nmine\r\n");
+
+    // Blocks from many connections at once are each atomic: every block increments both keys,
+    // so each EXEC sees them equal, and none is lost.
+    let threads: Vec<_> = (0..6u16)
+        .map(|i| {
+            let addr = cluster.resp(1 + u64::from(i % 3));
+            std::thread::spawn(move || {
+                let mut c = connect(addr);
+                for _ in 0..10 {
+                    let (counter, field): (i64, i64) = redis::pipe()
+                        .atomic()
+                        .cmd("INCR")
+                        .arg("tx:both")
+                        .cmd("HINCRBY")
+                        .arg("tx:both:h")
+                        .arg("n")
+                        .arg(1)
+                        .query(&mut c)
+                        .expect("a MULTI block");
+                    assert_eq!(counter, field, "a block saw another block half applied");
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().expect("a connection's thread");
+    }
+    assert_eq!(raw.call(&["GET", "tx:both"]), "$2\r\n60\r\n");
+    assert_eq!(raw.call(&["HGET", "tx:both:h", "n"]), "$2\r\n60\r\n");
 }
 
 /// Many connections on every node increment one key at once: every increment is counted once,
@@ -642,4 +691,256 @@ fn pubsub_reaches_subscribers_on_every_node_in_resp2_and_resp3() {
         ]
     );
     assert_eq!(publisher.call(&["PUBLISH", "news", "gone"]), ":0\r\n");
+}
+
+/// Hashes and sorted sets: Redis's replies and errors, one type per key (`WRONGTYPE` both
+/// ways, `SET` replacing any type), the key-wide commands on every type, RESP3's shapes, SDK
+/// interop, and atomic field changes from many connections.
+#[test]
+fn hashes_and_sorted_sets_answer_as_redis_does() {
+    let cluster = resp_cluster(&[]);
+    let mut c = connect(cluster.resp(follower(&cluster)));
+    let mut raw = Raw::open(cluster.resp(1));
+
+    // Hashes.
+    assert_eq!(raw.call(&["HSET", "h:user", "name", "ann", "age", "30"]), ":2\r\n");
+    assert_eq!(raw.call(&["HSET", "h:user", "name", "bea", "city", "oslo"]), ":1\r\n");
+    assert_eq!(raw.call(&["HGET", "h:user", "name"]), "$3\r\nbea\r\n");
+    assert_eq!(raw.call(&["HGET", "h:user", "none"]), "$-1\r\n");
+    assert_eq!(raw.call(&["HGET", "h:none", "f"]), "$-1\r\n");
+    assert_eq!(
+        raw.call(&["HMGET", "h:user", "age", "none", "city"]),
+        "*3\r\n$2\r\n30\r\n$-1\r\n$4\r\noslo\r\n"
+    );
+    let all: std::collections::HashMap<String, String> =
+        redis::cmd("HGETALL").arg("h:user").query(&mut c).expect("HGETALL");
+    assert_eq!(all.len(), 3);
+    assert_eq!(all["city"], "oslo");
+    assert_eq!(raw.call(&["HINCRBY", "h:user", "age", "5"]), ":35\r\n");
+    assert_eq!(
+        raw.call(&["HINCRBY", "h:user", "name", "1"]),
+        "-ERR hash value is not an integer\r\n"
+    );
+    assert_eq!(raw.call(&["HINCRBYFLOAT", "h:user", "score", "1.5"]), "$3\r\n1.5\r\n");
+    assert_eq!(raw.call(&["HEXISTS", "h:user", "city"]), ":1\r\n");
+    assert_eq!(raw.call(&["HLEN", "h:user"]), ":4\r\n");
+    assert_eq!(raw.call(&["HSTRLEN", "h:user", "city"]), ":4\r\n");
+    assert_eq!(raw.call(&["HSETNX", "h:user", "city", "rome"]), ":0\r\n");
+    assert_eq!(raw.call(&["HMSET", "h:user", "a", "1"]), "+OK\r\n");
+    assert_eq!(raw.call(&["HKEYS", "h:small"]), "*0\r\n");
+    assert_eq!(
+        raw.call(&["HSET", "h:user", "odd"]),
+        "-ERR wrong number of arguments for 'hset' command\r\n"
+    );
+    assert_eq!(raw.call(&["HDEL", "h:user", "a", "score", "none"]), ":2\r\n");
+    assert_eq!(raw.call(&["TYPE", "h:user"]), "+hash\r\n");
+    // A hash left without fields is gone.
+    assert_eq!(raw.call(&["HSET", "h:one", "f", "v"]), ":1\r\n");
+    assert_eq!(raw.call(&["HDEL", "h:one", "f"]), ":1\r\n");
+    assert_eq!(raw.call(&["EXISTS", "h:one"]), ":0\r\n");
+
+    // One type per key.
+    let wrongtype = "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n";
+    assert_eq!(raw.call(&["SET", "w:s", "text"]), "+OK\r\n");
+    for args in [
+        &["HSET", "w:s", "f", "v"][..],
+        &["HGET", "w:s", "f"],
+        &["ZADD", "w:s", "1", "m"],
+        &["ZCARD", "w:s"],
+        &["GET", "h:user"],
+        &["INCR", "h:user"],
+        &["APPEND", "h:user", "x"],
+        &["STRLEN", "h:user"],
+        &["GETDEL", "h:user"],
+        &["SET", "h:user", "x", "GET"],
+        &["ZSCORE", "h:user", "m"],
+    ] {
+        assert_eq!(raw.call(args), wrongtype, "{args:?}");
+    }
+    assert_eq!(
+        raw.call(&["HLEN", "h:user"]),
+        ":3\r\n",
+        "nothing changed by the refusals"
+    );
+    assert_eq!(raw.call(&["MGET", "w:s", "h:user"]), "*2\r\n$4\r\ntext\r\n$-1\r\n");
+    // The key-wide commands work on every type; a change of a field keeps the key's TTL.
+    assert_eq!(raw.call(&["EXPIRE", "h:user", "100"]), ":1\r\n");
+    assert_eq!(raw.call(&["HSET", "h:user", "more", "1"]), ":1\r\n");
+    assert_eq!(raw.call(&["TTL", "h:user"]), ":100\r\n");
+    let mut hashes: Vec<String> = Vec::new();
+    let mut cursor = 0u64;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("TYPE")
+            .arg("hash")
+            .arg("COUNT")
+            .arg(1000)
+            .query(&mut c)
+            .expect("SCAN");
+        hashes.extend(keys);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    assert_eq!(hashes, vec!["h:user".to_string()]);
+    // SET replaces any type, whole.
+    assert_eq!(raw.call(&["SET", "h:user", "plain"]), "+OK\r\n");
+    assert_eq!(raw.call(&["TYPE", "h:user"]), "+string\r\n");
+    assert_eq!(raw.call(&["TTL", "h:user"]), ":-1\r\n");
+    // No string may look like another type.
+    let mut reserved = b"*3\r\n$3\r\nSET\r\n$5\r\nw:bad\r\n$20\r\n".to_vec();
+    reserved.extend_from_slice(basalt_resp::typed::TYPE_MARKER);
+    reserved.extend_from_slice(b"\x01abc\r\n");
+    raw.send(&reserved);
+    assert!(raw
+        .reply()
+        .starts_with("-ERR the value begins with Basalt's reserved type marker"));
+    assert_eq!(raw.call(&["EXISTS", "w:bad"]), ":0\r\n");
+
+    // Sorted sets: a sliding-window limiter's round, pipelined as clients send it.
+    let (removed, added, count, _): (i64, i64, i64, i64) = redis::pipe()
+        .cmd("ZREMRANGEBYSCORE")
+        .arg("z:win")
+        .arg("-inf")
+        .arg("(1000")
+        .cmd("ZADD")
+        .arg("z:win")
+        .arg(1500)
+        .arg("req-1")
+        .cmd("ZCARD")
+        .arg("z:win")
+        .cmd("PEXPIRE")
+        .arg("z:win")
+        .arg(60_000)
+        .query(&mut c)
+        .expect("a limiter round");
+    assert_eq!((removed, added, count), (0, 1, 1));
+    assert_eq!(
+        raw.call(&["ZADD", "z:win", "900", "old", "1200", "req-0", "2000", "req-2"]),
+        ":3\r\n"
+    );
+    assert_eq!(raw.call(&["ZREMRANGEBYSCORE", "z:win", "-inf", "(1000"]), ":1\r\n");
+    assert_eq!(raw.call(&["ZCARD", "z:win"]), ":3\r\n");
+    assert_eq!(raw.call(&["ZCOUNT", "z:win", "(1200", "+inf"]), ":2\r\n");
+    assert_eq!(
+        raw.call(&["ZCOUNT", "z:win", "x", "1"]),
+        "-ERR min or max is not a float\r\n"
+    );
+    assert_eq!(
+        raw.call(&["ZRANGE", "z:win", "0", "-1", "WITHSCORES"]),
+        "*6\r\n$5\r\nreq-0\r\n$4\r\n1200\r\n$5\r\nreq-1\r\n$4\r\n1500\r\n$5\r\nreq-2\r\n$4\r\n2000\r\n"
+    );
+    assert_eq!(
+        raw.call(&["ZRANGE", "z:win", "(1200", "+inf", "BYSCORE", "LIMIT", "1", "5"]),
+        "*1\r\n$5\r\nreq-2\r\n"
+    );
+    assert_eq!(
+        raw.call(&["ZRANGE", "z:win", "+inf", "-inf", "BYSCORE", "REV", "LIMIT", "0", "2"]),
+        "*2\r\n$5\r\nreq-2\r\n$5\r\nreq-1\r\n"
+    );
+    assert_eq!(
+        raw.call(&["ZRANGEBYSCORE", "z:win", "1500", "1500"]),
+        "*1\r\n$5\r\nreq-1\r\n"
+    );
+    assert_eq!(
+        raw.call(&["ZREVRANGEBYSCORE", "z:win", "1500", "-inf"]),
+        "*2\r\n$5\r\nreq-1\r\n$5\r\nreq-0\r\n"
+    );
+    assert_eq!(
+        raw.call(&["ZRANGE", "z:win", "0", "1", "REV"]),
+        "*2\r\n$5\r\nreq-2\r\n$5\r\nreq-1\r\n"
+    );
+    assert_eq!(
+        raw.call(&["ZRANGE", "z:win", "0", "1", "LIMIT", "0", "1"]),
+        "-ERR syntax error, LIMIT is only supported in combination with either BYSCORE or BYLEX\r\n"
+    );
+    assert_eq!(raw.call(&["ZSCORE", "z:win", "req-1"]), "$4\r\n1500\r\n");
+    assert_eq!(raw.call(&["ZSCORE", "z:win", "none"]), "$-1\r\n");
+    assert_eq!(raw.call(&["ZINCRBY", "z:win", "0.5", "req-1"]), "$6\r\n1500.5\r\n");
+    assert_eq!(raw.call(&["ZADD", "z:win", "NX", "1", "req-1"]), ":0\r\n");
+    assert_eq!(
+        raw.call(&["ZADD", "z:win", "GT", "CH", "1", "req-1", "3000", "req-2"]),
+        ":1\r\n"
+    );
+    assert_eq!(
+        raw.call(&["ZADD", "z:win", "XX", "INCR", "1", "req-2"]),
+        "$4\r\n3001\r\n"
+    );
+    assert_eq!(raw.call(&["ZADD", "z:win", "XX", "INCR", "1", "none"]), "$-1\r\n");
+    assert_eq!(
+        raw.call(&["ZADD", "z:win", "NX", "XX", "1", "a"]),
+        "-ERR XX and NX options at the same time are not compatible\r\n"
+    );
+    assert_eq!(
+        raw.call(&["ZADD", "z:win", "one", "a"]),
+        "-ERR value is not a valid float\r\n"
+    );
+    assert_eq!(raw.call(&["ZREM", "z:win", "req-0", "none"]), ":1\r\n");
+    assert_eq!(raw.call(&["TYPE", "z:win"]), "+zset\r\n");
+    let pttl: i64 = redis::cmd("PTTL").arg("z:win").query(&mut c).expect("PTTL");
+    assert!((50_000..=60_000).contains(&pttl), "the window keeps its expiry: {pttl}");
+    assert_eq!(raw.call(&["ZREM", "z:win", "req-1", "req-2"]), ":2\r\n");
+    assert_eq!(raw.call(&["EXISTS", "z:win"]), ":0\r\n", "an empty sorted set is gone");
+
+    // RESP3: a hash is a map, scores are doubles in pairs.
+    let mut three = Raw::open(cluster.resp(2));
+    assert!(three.call(&["HELLO", "3"]).starts_with('%'));
+    assert_eq!(three.call(&["HSET", "r3:h", "f", "v"]), ":1\r\n");
+    assert_eq!(three.call(&["HGETALL", "r3:h"]), "%1\r\n$1\r\nf\r\n$1\r\nv\r\n");
+    assert_eq!(three.call(&["ZADD", "r3:z", "1.5", "m"]), ":1\r\n");
+    assert_eq!(
+        three.call(&["ZRANGE", "r3:z", "0", "-1", "WITHSCORES"]),
+        "*1\r\n*2\r\n$1\r\nm\r\n,1.5\r\n"
+    );
+    assert_eq!(three.call(&["ZSCORE", "r3:z", "m"]), ",1.5\r\n");
+
+    runtime().block_on(async {
+        let client = cluster.client().await;
+        // The SDK sees the stored hash (marker first) and deletes it like any key.
+        let stored = client.kv().get("r3:h").await.expect("SDK get").expect("present");
+        assert!(stored.value.starts_with(basalt_resp::typed::TYPE_MARKER));
+        assert!(client.kv().delete("r3:h").await.expect("SDK delete").deleted);
+    });
+    assert_eq!(three.call(&["HLEN", "r3:h"]), ":0\r\n");
+
+    // Field changes from many connections are atomic: none is lost.
+    let connections = 6;
+    let each = 20;
+    let threads: Vec<_> = (0..connections)
+        .map(|i| {
+            let addr = cluster.resp(1 + i % 3);
+            std::thread::spawn(move || {
+                let mut c = connect(addr);
+                for _ in 0..each {
+                    let _: i64 = redis::cmd("HINCRBY")
+                        .arg("h:hits")
+                        .arg("n")
+                        .arg(1)
+                        .query(&mut c)
+                        .expect("HINCRBY");
+                    let _: i64 = redis::cmd("ZINCRBY")
+                        .arg("z:hits")
+                        .arg(1)
+                        .arg("n")
+                        .query(&mut c)
+                        .map(|s: f64| s as i64)
+                        .expect("ZINCRBY");
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().expect("a connection's thread");
+    }
+    let total = (connections * each).to_string();
+    assert_eq!(
+        raw.call(&["HGET", "h:hits", "n"]),
+        format!("${}\r\n{total}\r\n", total.len())
+    );
+    assert_eq!(
+        raw.call(&["ZSCORE", "z:hits", "n"]),
+        format!("${}\r\n{total}\r\n", total.len())
+    );
 }

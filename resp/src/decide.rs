@@ -1,0 +1,442 @@
+//! Every command of one key as a pure decision over the key as read: its reply, and the change
+//! it makes (none, a new value with its expiry, or a deletion).
+//!
+//! One function serves both ways a command runs: alone, as a read of the key (a reader) or a
+//! read-modify-write conditioned on the revision read (a writer, see
+//! `keys::Keys::read_modify_write`); and inside `MULTI`, where `EXEC` runs the block's
+//! decisions in order over the keys as read once and commits all their changes as one
+//! transaction conditioned on those reads (see `multi`). Pure, so each command's rules are
+//! tested without a cluster.
+
+use basalt_client::KvEntry;
+
+use crate::command::{errors, Bytes, Command, ExpireCondition, Expiry, GetExChange, SetCondition};
+use crate::frame::{format_double, Reply};
+use crate::keys::{
+    check_storable, incremented, incremented_float, string_of, ttl_of, type_name, value_of, NewTtl, Ttl, WRONGTYPE,
+};
+use crate::sorted_sets::{range_reply, select};
+use crate::typed::{encode, AddRules, Hash, SortedSet, Value};
+
+/// What a command decided, given the key as read.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Change {
+    /// Write this value with this expiry, and answer the reply.
+    Put(Vec<u8>, NewTtl, Reply),
+    Delete(Reply),
+    /// Leave the key as it is.
+    Keep(Reply),
+}
+
+impl Change {
+    pub fn reply(&self) -> &Reply {
+        match self {
+            Change::Put(_, _, reply) | Change::Delete(reply) | Change::Keep(reply) => reply,
+        }
+    }
+}
+
+/// The one key a command reads or writes, when it has exactly one (and `decide` takes it).
+pub fn single_key(command: &Command) -> Option<&Bytes> {
+    use Command::*;
+    match command {
+        Get(key)
+        | Set { key, .. }
+        | SetNx(key, _)
+        | Expire { key, .. }
+        | Ttl { key, .. }
+        | Persist(key)
+        | GetDel(key)
+        | GetEx { key, .. }
+        | Append(key, _)
+        | StrLen(key)
+        | Type(key)
+        | IncrBy(key, _)
+        | IncrByFloat(key, _)
+        | HSet { key, .. }
+        | HSetNx(key, _, _)
+        | HGet(key, _)
+        | HMGet(key, _)
+        | HGetAll(key)
+        | HDel(key, _)
+        | HIncrBy(key, _, _)
+        | HIncrByFloat(key, _, _)
+        | HExists(key, _)
+        | HLen(key)
+        | HKeys(key, _)
+        | HStrLen(key, _)
+        | ZAdd(key, _)
+        | ZIncrBy(key, _, _)
+        | ZRem(key, _)
+        | ZCard(key)
+        | ZCount(key, _, _)
+        | ZScore(key, _)
+        | ZRange(key, _)
+        | ZRemRangeByScore(key, _, _) => Some(key),
+        _ => None,
+    }
+}
+
+/// Whether a command of one key only reads it (so it runs as a read, not a conditioned write).
+pub fn only_reads(command: &Command) -> bool {
+    use Command::*;
+    matches!(
+        command,
+        Get(_)
+            | Ttl { .. }
+            | StrLen(_)
+            | Type(_)
+            | HGet(..)
+            | HMGet(..)
+            | HGetAll(_)
+            | HExists(..)
+            | HLen(_)
+            | HKeys(..)
+            | HStrLen(..)
+            | ZCard(_)
+            | ZCount(..)
+            | ZScore(..)
+            | ZRange(..)
+    )
+}
+
+/// `command`'s decision on its key as read (`entry`), at Unix time `now` (ms); `resp3` shapes
+/// replies that differ by protocol. A command that is not of one key is refused.
+pub fn decide(command: &Command, entry: Option<&KvEntry>, now: i64, resp3: bool) -> Result<Change, Reply> {
+    use Command::*;
+    match command {
+        Get(_) => Ok(Change::Keep(Reply::optional(string_of(entry)?))),
+        Set {
+            value,
+            expiry,
+            keep_ttl,
+            condition,
+            get,
+            ..
+        } => set(entry, now, value, *expiry, *keep_ttl, *condition, *get),
+        SetNx(_, value) => {
+            set(entry, now, value, None, false, Some(SetCondition::Absent), false).map(|change| match change {
+                Change::Keep(_) => Change::Keep(Reply::Integer(0)),
+                Change::Put(value, ttl, _) => Change::Put(value, ttl, Reply::Integer(1)),
+                other => other,
+            })
+        }
+        Expire { expiry, condition, .. } => expire(entry, now, *expiry, *condition),
+        Ttl { millis, .. } => Ok(Change::Keep(match entry {
+            None => Reply::Integer(-2),
+            Some(entry) => match entry.expires_at_ms {
+                None => Reply::Integer(-1),
+                Some(at) => {
+                    let left = (at as i64).saturating_sub(now).max(0);
+                    // Redis rounds a TTL in seconds to the nearest second.
+                    Reply::Integer(if *millis { left } else { (left + 500) / 1000 })
+                }
+            },
+        })),
+        Persist(_) => Ok(match entry {
+            Some(e) if e.expires_at_ms.is_some() => Change::Put(e.value.clone(), NewTtl::Never, Reply::Integer(1)),
+            _ => Change::Keep(Reply::Integer(0)),
+        }),
+        // A key of another type is left as it is.
+        GetDel(_) => Ok(match string_of(entry)? {
+            Some(value) => Change::Delete(Reply::Bulk(value)),
+            None => Change::Keep(Reply::Null),
+        }),
+        GetEx { change, .. } => getex(entry, now, *change),
+        Append(_, suffix) => {
+            let mut value = string_of(entry)?.unwrap_or_default();
+            value.extend_from_slice(suffix);
+            check_storable(&value)?;
+            let length = value.len() as i64;
+            Ok(Change::Put(value, NewTtl::Keep, Reply::Integer(length)))
+        }
+        StrLen(_) => Ok(Change::Keep(Reply::Integer(
+            string_of(entry)?.map_or(0, |v| v.len() as i64),
+        ))),
+        Type(_) => Ok(Change::Keep(Reply::Simple(type_name(entry).into()))),
+        IncrBy(_, by) => {
+            let n = incremented(string_of(entry)?.as_deref(), *by).map_err(Reply::error)?;
+            Ok(Change::Put(n.to_string().into_bytes(), NewTtl::Keep, Reply::Integer(n)))
+        }
+        IncrByFloat(_, by) => {
+            let text = incremented_float(string_of(entry)?.as_deref(), *by).map_err(Reply::error)?;
+            Ok(Change::Put(
+                text.clone().into_bytes(),
+                NewTtl::Keep,
+                Reply::Bulk(text.into_bytes()),
+            ))
+        }
+        HSet { pairs, answer_ok, .. } => {
+            let mut hash = hash_of(entry)?;
+            let mut added = 0;
+            for (field, value) in pairs {
+                if hash.fields.insert(field.clone(), value.clone()).is_none() {
+                    added += 1;
+                }
+            }
+            let reply = if *answer_ok { Reply::ok() } else { Reply::Integer(added) };
+            store_hash(hash, entry.is_some(), reply)
+        }
+        HSetNx(_, field, value) => {
+            let mut hash = hash_of(entry)?;
+            if hash.fields.contains_key(field) {
+                return Ok(Change::Keep(Reply::Integer(0)));
+            }
+            hash.fields.insert(field.clone(), value.clone());
+            store_hash(hash, entry.is_some(), Reply::Integer(1))
+        }
+        HDel(_, fields) => {
+            let mut hash = hash_of(entry)?;
+            let removed = fields.iter().filter(|f| hash.fields.remove(*f).is_some()).count() as i64;
+            if removed == 0 {
+                return Ok(Change::Keep(Reply::Integer(0)));
+            }
+            store_hash(hash, entry.is_some(), Reply::Integer(removed))
+        }
+        HIncrBy(_, field, by) => {
+            let mut hash = hash_of(entry)?;
+            let current = match hash.fields.get(field) {
+                None => 0,
+                Some(bytes) => {
+                    crate::command::strict_int(bytes).ok_or_else(|| Reply::error("ERR hash value is not an integer"))?
+                }
+            };
+            let next = current.checked_add(*by).ok_or_else(|| Reply::error(errors::OVERFLOW))?;
+            hash.fields.insert(field.clone(), next.to_string().into_bytes());
+            store_hash(hash, entry.is_some(), Reply::Integer(next))
+        }
+        HIncrByFloat(_, field, by) => {
+            let mut hash = hash_of(entry)?;
+            let current = match hash.fields.get(field) {
+                None => 0.0,
+                Some(bytes) => {
+                    crate::command::float(bytes).ok_or_else(|| Reply::error("ERR hash value is not a float"))?
+                }
+            };
+            let next = current + by;
+            if next.is_nan() || next.is_infinite() {
+                return Err(Reply::error(errors::NAN_OR_INFINITY));
+            }
+            let text = format_double(next);
+            hash.fields.insert(field.clone(), text.clone().into_bytes());
+            store_hash(hash, entry.is_some(), Reply::Bulk(text.into_bytes()))
+        }
+        HGet(_, field) => Ok(Change::Keep(Reply::optional(hash_of(entry)?.fields.remove(field)))),
+        HMGet(_, fields) => {
+            let hash = hash_of(entry)?;
+            Ok(Change::Keep(Reply::Array(
+                fields
+                    .iter()
+                    .map(|f| Reply::optional(hash.fields.get(f).cloned()))
+                    .collect(),
+            )))
+        }
+        // A map in RESP3, fields and values in turn in RESP2.
+        HGetAll(_) => Ok(Change::Keep(Reply::Map(
+            hash_of(entry)?
+                .fields
+                .into_iter()
+                .map(|(f, v)| (Reply::Bulk(f), Reply::Bulk(v)))
+                .collect(),
+        ))),
+        HExists(_, field) => Ok(Change::Keep(Reply::Integer(i64::from(
+            hash_of(entry)?.fields.contains_key(field),
+        )))),
+        HLen(_) => Ok(Change::Keep(Reply::Integer(hash_of(entry)?.fields.len() as i64))),
+        HKeys(_, values) => Ok(Change::Keep(Reply::Array(
+            hash_of(entry)?
+                .fields
+                .into_iter()
+                .map(|(f, v)| Reply::Bulk(if *values { v } else { f }))
+                .collect(),
+        ))),
+        HStrLen(_, field) => Ok(Change::Keep(Reply::Integer(
+            hash_of(entry)?.fields.get(field).map_or(0, |v| v.len() as i64),
+        ))),
+        ZAdd(_, query) => {
+            let mut set = set_of(entry)?;
+            if query.incr {
+                let Some((by, member)) = query.pairs.first() else {
+                    return Err(Reply::error(errors::SYNTAX));
+                };
+                let next = set.score(member).unwrap_or(0.0) + by;
+                if next.is_nan() {
+                    return Err(Reply::error("ERR resulting score is not a number (NaN)"));
+                }
+                return match set.add(member, next, query.rules) {
+                    None => Ok(Change::Keep(Reply::Null)),
+                    Some(_) => store_set(set, entry.is_some(), Reply::Double(next)),
+                };
+            }
+            let (mut added, mut updated) = (0, 0);
+            for (score, member) in &query.pairs {
+                match set.add(member, *score, query.rules) {
+                    Some(true) => added += 1,
+                    Some(false) => updated += 1,
+                    None => {}
+                }
+            }
+            let reply = Reply::Integer(if query.count_changed { added + updated } else { added });
+            if added + updated == 0 {
+                return Ok(Change::Keep(reply));
+            }
+            store_set(set, entry.is_some(), reply)
+        }
+        ZIncrBy(_, by, member) => {
+            let mut set = set_of(entry)?;
+            let next = set.score(member).unwrap_or(0.0) + by;
+            if next.is_nan() {
+                return Err(Reply::error("ERR resulting score is not a number (NaN)"));
+            }
+            set.add(member, next, AddRules::default());
+            store_set(set, entry.is_some(), Reply::Double(next))
+        }
+        ZRem(_, members) => {
+            let mut set = set_of(entry)?;
+            let removed = members.iter().filter(|m| set.remove(m)).count() as i64;
+            if removed == 0 {
+                return Ok(Change::Keep(Reply::Integer(0)));
+            }
+            store_set(set, entry.is_some(), Reply::Integer(removed))
+        }
+        ZRemRangeByScore(_, min, max) => {
+            let mut set = set_of(entry)?;
+            let removed = set.remove_by_score(*min, *max) as i64;
+            if removed == 0 {
+                return Ok(Change::Keep(Reply::Integer(0)));
+            }
+            store_set(set, entry.is_some(), Reply::Integer(removed))
+        }
+        ZCard(_) => Ok(Change::Keep(Reply::Integer(set_of(entry)?.len() as i64))),
+        ZCount(_, min, max) => Ok(Change::Keep(Reply::Integer(
+            set_of(entry)?.by_score(*min, *max).count() as i64,
+        ))),
+        ZScore(_, member) => Ok(Change::Keep(
+            set_of(entry)?.score(member).map_or(Reply::Null, Reply::Double),
+        )),
+        ZRange(_, query) => {
+            let set = set_of(entry)?;
+            Ok(Change::Keep(range_reply(select(&set, query), query.with_scores, resp3)))
+        }
+        _ => Err(Reply::error("ERR not a command of one key")),
+    }
+}
+
+fn set(
+    entry: Option<&KvEntry>,
+    now: i64,
+    value: &[u8],
+    expiry: Option<Expiry>,
+    keep_ttl: bool,
+    condition: Option<SetCondition>,
+    get: bool,
+) -> Result<Change, Reply> {
+    check_storable(value)?;
+    // `SET ... GET` answers the old string: on another type it fails and sets nothing.
+    let old = if get { string_of(entry)? } else { None };
+    let holds = match condition {
+        None => true,
+        Some(SetCondition::Absent) => entry.is_none(),
+        Some(SetCondition::Present) => entry.is_some(),
+    };
+    let reply = if get { Reply::optional(old) } else { Reply::ok() };
+    if !holds {
+        return Ok(Change::Keep(if get { reply } else { Reply::Null }));
+    }
+    let ttl = match expiry.map(|e| ttl_of(e, now)) {
+        Some(Ttl::Past) => return Ok(Change::Delete(reply)),
+        Some(Ttl::Live(ttl)) => NewTtl::After(ttl),
+        None if keep_ttl => NewTtl::Keep,
+        None => NewTtl::Never,
+    };
+    Ok(Change::Put(value.to_vec(), ttl, reply))
+}
+
+fn expire(
+    entry: Option<&KvEntry>,
+    now: i64,
+    expiry: Expiry,
+    condition: Option<ExpireCondition>,
+) -> Result<Change, Reply> {
+    let Some(entry) = entry else {
+        return Ok(Change::Keep(Reply::Integer(0)));
+    };
+    let new_at = match expiry {
+        Expiry::In(ms) => now.saturating_add(ms),
+        Expiry::At(at) => at,
+    };
+    let current = entry.expires_at_ms.map(|at| at as i64);
+    let holds = match condition {
+        None => true,
+        Some(ExpireCondition::NoExpiry) => current.is_none(),
+        Some(ExpireCondition::HasExpiry) => current.is_some(),
+        // No expiry counts as infinite.
+        Some(ExpireCondition::Later) => current.is_some_and(|at| new_at > at),
+        Some(ExpireCondition::Sooner) => current.is_none_or(|at| new_at < at),
+    };
+    if !holds {
+        return Ok(Change::Keep(Reply::Integer(0)));
+    }
+    Ok(match ttl_of(Expiry::At(new_at), now) {
+        Ttl::Past => Change::Delete(Reply::Integer(1)),
+        Ttl::Live(ttl) => Change::Put(entry.value.clone(), NewTtl::After(ttl), Reply::Integer(1)),
+    })
+}
+
+fn getex(entry: Option<&KvEntry>, now: i64, change: GetExChange) -> Result<Change, Reply> {
+    let (Some(value), Some(entry)) = (string_of(entry)?, entry) else {
+        return Ok(Change::Keep(Reply::Null));
+    };
+    let reply = Reply::Bulk(value);
+    Ok(match change {
+        GetExChange::Keep => Change::Keep(reply),
+        GetExChange::Persist if entry.expires_at_ms.is_none() => Change::Keep(reply),
+        GetExChange::Persist => Change::Put(entry.value.clone(), NewTtl::Never, reply),
+        GetExChange::Set(expiry) => match ttl_of(expiry, now) {
+            Ttl::Past => Change::Delete(reply),
+            Ttl::Live(ttl) => Change::Put(entry.value.clone(), NewTtl::After(ttl), reply),
+        },
+    })
+}
+
+/// The hash a stored key holds (empty when absent), or `WRONGTYPE`.
+fn hash_of(entry: Option<&KvEntry>) -> Result<Hash, Reply> {
+    match value_of(entry)? {
+        None => Ok(Hash::default()),
+        Some(Value::Hash(hash)) => Ok(hash),
+        Some(_) => Err(Reply::error(WRONGTYPE)),
+    }
+}
+
+/// The sorted set a stored key holds (empty when absent), or `WRONGTYPE`.
+fn set_of(entry: Option<&KvEntry>) -> Result<SortedSet, Reply> {
+    match value_of(entry)? {
+        None => Ok(SortedSet::default()),
+        Some(Value::SortedSet(set)) => Ok(set),
+        Some(_) => Err(Reply::error(WRONGTYPE)),
+    }
+}
+
+/// The change storing a collection as the key's value, keeping its expiry: deleted when it is
+/// left empty, as in Redis.
+fn store(value: Value, empty: bool, existed: bool, reply: Reply) -> Result<Change, Reply> {
+    if empty {
+        return Ok(if existed {
+            Change::Delete(reply)
+        } else {
+            Change::Keep(reply)
+        });
+    }
+    let bytes = encode(&value).map_err(|e| Reply::error(e.to_string()))?;
+    Ok(Change::Put(bytes, NewTtl::Keep, reply))
+}
+
+fn store_hash(hash: Hash, existed: bool, reply: Reply) -> Result<Change, Reply> {
+    let empty = hash.fields.is_empty();
+    store(Value::Hash(hash), empty, existed, reply)
+}
+
+fn store_set(set: SortedSet, existed: bool, reply: Reply) -> Result<Change, Reply> {
+    let empty = set.is_empty();
+    store(Value::SortedSet(set), empty, existed, reply)
+}
