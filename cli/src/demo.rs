@@ -186,9 +186,22 @@ fn given_cluster(system: &System, path: &std::path::Path) -> Result<Given, Strin
 /// with the longest prefix covering them (as the edge routes), which must name an IP address
 /// this machine can listen on. `None`: no entry covers them.
 fn origin_to_serve(origins: &[String]) -> Option<Result<SocketAddr, String>> {
-    let covering = origins
+    let parsed: Vec<(&String, basalt_server::config::OriginConfig)> = origins
         .iter()
         .filter_map(|text| basalt_server::config::parse_origin(text).ok().map(|o| (text, o)))
+        .collect();
+    // A longer prefix inside the system's paths (`/products/1`) would take some of its pages
+    // to another origin at the edge: refused rather than half served.
+    if let Some((text, _)) = parsed
+        .iter()
+        .find(|(_, o)| o.prefix.len() > ORIGIN_PATHS.len() && o.prefix.starts_with(ORIGIN_PATHS))
+    {
+        return Some(Err(format!(
+            "origin {text} takes part of {ORIGIN_PATHS} elsewhere: the demo must serve all of it"
+        )));
+    }
+    let covering = parsed
+        .into_iter()
         .filter(|(_, origin)| ORIGIN_PATHS.starts_with(&origin.prefix))
         .max_by_key(|(_, origin)| origin.prefix.len())?;
     let (text, origin) = covering;

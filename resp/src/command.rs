@@ -976,6 +976,68 @@ mod tests {
         assert!(text.len() < 300, "{text}");
     }
 
+    /// The hash and sorted-set commands parse as Redis 7 reads them (each error text was
+    /// checked against redis-server with scripts/redis-compat.py).
+    #[test]
+    fn hash_and_sorted_set_commands_parse_as_redis_reads_them() {
+        let parsed = |text: &str| parse(&args(text)).expect(text);
+        assert_eq!(
+            parsed("HSET h a 1 b 2"),
+            Command::HSet {
+                key: b"h".to_vec(),
+                pairs: vec![(b"a".to_vec(), b"1".to_vec()), (b"b".to_vec(), b"2".to_vec())],
+                answer_ok: false,
+            }
+        );
+        assert_eq!(refused("HSET h a"), "ERR wrong number of arguments for 'hset' command");
+        assert_eq!(refused("HINCRBY h f x"), errors::NOT_INTEGER);
+        let Command::ZAdd(_, add) = parsed("ZADD z gt CH 1 a 2.5 b") else {
+            panic!("not ZADD");
+        };
+        assert!(add.rules.only_greater && add.count_changed && !add.incr);
+        assert_eq!(add.pairs, vec![(1.0, b"a".to_vec()), (2.5, b"b".to_vec())]);
+        assert_eq!(
+            refused("ZADD z NX XX 1 a"),
+            "ERR XX and NX options at the same time are not compatible"
+        );
+        assert_eq!(
+            refused("ZADD z NX GT 1 a"),
+            "ERR GT, LT, and/or NX options at the same time are not compatible"
+        );
+        assert_eq!(
+            refused("ZADD z INCR 1 a 2 b"),
+            "ERR INCR option supports a single increment-element pair"
+        );
+        assert_eq!(refused("ZADD z 1 a 2"), errors::SYNTAX);
+        assert_eq!(refused("ZADD z nan a"), errors::NOT_FLOAT);
+        let Command::ZRange(_, range) = parsed("ZRANGE z (5 1 BYSCORE REV LIMIT 0 3 WITHSCORES") else {
+            panic!("not ZRANGE");
+        };
+        let bound = |score, exclusive| ScoreBound { score, exclusive };
+        assert_eq!(
+            range.by,
+            RangeBy::Score(bound(1.0, false), bound(5.0, true)),
+            "REV gives max first"
+        );
+        assert!(range.rev && range.with_scores);
+        assert_eq!(range.limit, Some((0, 3)));
+        let Command::ZRange(_, old_form) = parsed("ZREVRANGEBYSCORE z +inf -inf WITHSCORES") else {
+            panic!("not ZRANGE");
+        };
+        assert_eq!(
+            old_form.by,
+            RangeBy::Score(bound(f64::NEG_INFINITY, false), bound(f64::INFINITY, false))
+        );
+        assert!(old_form.rev);
+        assert_eq!(refused("ZRANGE z a b"), errors::NOT_INTEGER);
+        assert_eq!(
+            refused("ZRANGE z 0 1 LIMIT 0 1"),
+            "ERR syntax error, LIMIT is only supported in combination with either BYSCORE or BYLEX"
+        );
+        assert_eq!(refused("ZRANGEBYSCORE z 0 1 LIMIT 0"), errors::SYNTAX);
+        assert_eq!(refused("ZCOUNT z x 1"), "ERR min or max is not a float");
+    }
+
     #[test]
     fn set_takes_its_options_in_any_order_and_refuses_conflicts() {
         assert_eq!(

@@ -16,7 +16,7 @@ use crate::keys::{
     check_storable, incremented, incremented_float, string_of, ttl_of, type_name, value_of, NewTtl, Ttl, WRONGTYPE,
 };
 use crate::sorted_sets::{range_reply, select};
-use crate::typed::{encode, AddRules, Hash, SortedSet, Value};
+use crate::typed::{encode, AddRules, Added, Hash, SortedSet, Value};
 
 /// What a command decided, given the key as read.
 #[derive(Clone, Debug, PartialEq)]
@@ -263,17 +263,19 @@ pub fn decide(command: &Command, entry: Option<&KvEntry>, now: i64, resp3: bool)
                 if next.is_nan() {
                     return Err(Reply::error("ERR resulting score is not a number (NaN)"));
                 }
+                // A score already there is answered as Redis does; only NX/XX/GT/LT answer null.
                 return match set.add(member, next, query.rules) {
-                    None => Ok(Change::Keep(Reply::Null)),
-                    Some(_) => store_set(set, entry.is_some(), Reply::Double(next)),
+                    Added::Refused => Ok(Change::Keep(Reply::Null)),
+                    Added::Unchanged => Ok(Change::Keep(Reply::Double(next))),
+                    Added::New | Added::Updated => store_set(set, entry.is_some(), Reply::Double(next)),
                 };
             }
             let (mut added, mut updated) = (0, 0);
             for (score, member) in &query.pairs {
                 match set.add(member, *score, query.rules) {
-                    Some(true) => added += 1,
-                    Some(false) => updated += 1,
-                    None => {}
+                    Added::New => added += 1,
+                    Added::Updated => updated += 1,
+                    Added::Unchanged | Added::Refused => {}
                 }
             }
             let reply = Reply::Integer(if query.count_changed { added + updated } else { added });
@@ -288,7 +290,9 @@ pub fn decide(command: &Command, entry: Option<&KvEntry>, now: i64, resp3: bool)
             if next.is_nan() {
                 return Err(Reply::error("ERR resulting score is not a number (NaN)"));
             }
-            set.add(member, next, AddRules::default());
+            if set.add(member, next, AddRules::default()) == Added::Unchanged {
+                return Ok(Change::Keep(Reply::Double(next)));
+            }
             store_set(set, entry.is_some(), Reply::Double(next))
         }
         ZRem(_, members) => {
@@ -439,4 +443,142 @@ fn store_hash(hash: Hash, existed: bool, reply: Reply) -> Result<Change, Reply> 
 fn store_set(set: SortedSet, existed: bool, reply: Reply) -> Result<Change, Reply> {
     let empty = set.is_empty();
     store(Value::SortedSet(set), empty, existed, reply)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::parse;
+    use crate::typed::TYPE_MARKER;
+
+    fn command(text: &str) -> Command {
+        let args: Vec<Bytes> = text.split(' ').map(|s| s.as_bytes().to_vec()).collect();
+        parse(&args).expect("a command")
+    }
+
+    fn entry(value: &[u8], expires_at_ms: Option<u64>) -> KvEntry {
+        KvEntry {
+            value: value.to_vec(),
+            create_revision: 1,
+            mod_revision: 1,
+            version: 1,
+            expires_at_ms,
+        }
+    }
+
+    /// `text` over `held` at time 1000 (RESP2).
+    fn run(text: &str, held: Option<&KvEntry>) -> Result<Change, Reply> {
+        decide(&command(text), held, 1_000, false)
+    }
+
+    fn hash(fields: &[(&str, &str)]) -> KvEntry {
+        let hash = Hash {
+            fields: fields
+                .iter()
+                .map(|(f, v)| (f.as_bytes().to_vec(), v.as_bytes().to_vec()))
+                .collect(),
+        };
+        entry(&encode(&Value::Hash(hash)).expect("encode"), Some(5_000))
+    }
+
+    #[test]
+    fn string_commands_refuse_other_types_and_keep_what_they_keep() {
+        let h = hash(&[("f", "v")]);
+        let wrong = Err(Reply::error(WRONGTYPE));
+        for text in [
+            "GET k",
+            "INCR k",
+            "APPEND k x",
+            "STRLEN k",
+            "GETDEL k",
+            "SET k v GET",
+            "GETEX k PERSIST",
+        ] {
+            assert_eq!(run(text, Some(&h)), wrong, "{text}");
+        }
+        // Key-wide commands work on any type and keep its value.
+        assert_eq!(run("TYPE k", Some(&h)), Ok(Change::Keep(Reply::Simple("hash".into()))));
+        assert_eq!(
+            run("PERSIST k", Some(&h)),
+            Ok(Change::Put(h.value.clone(), NewTtl::Never, Reply::Integer(1)))
+        );
+        assert_eq!(run("PTTL k", Some(&h)), Ok(Change::Keep(Reply::Integer(4_000))));
+        // SET replaces any type; SET NX does not.
+        assert_eq!(
+            run("SET k v", Some(&h)),
+            Ok(Change::Put(b"v".to_vec(), NewTtl::Never, Reply::ok()))
+        );
+        assert_eq!(run("SET k v NX", Some(&h)), Ok(Change::Keep(Reply::Null)));
+        assert_eq!(
+            run("SETNX k v", None),
+            Ok(Change::Put(b"v".to_vec(), NewTtl::Never, Reply::Integer(1)))
+        );
+        // A string may not look like another type, nor pass the value bound.
+        let mut marked = TYPE_MARKER.to_vec();
+        marked.push(1);
+        let set_marked = Command::Set {
+            key: b"k".to_vec(),
+            value: marked,
+            expiry: None,
+            keep_ttl: false,
+            condition: None,
+            get: false,
+        };
+        assert!(decide(&set_marked, None, 0, false).is_err());
+        let big = Command::Append(b"k".to_vec(), vec![b'x'; 1024 * 1024 + 1]);
+        assert!(decide(&big, None, 0, false).is_err());
+        // A change of a string keeps its deadline (put_keep_ttl).
+        let n = entry(b"41", Some(9_000));
+        assert_eq!(
+            run("INCR k", Some(&n)),
+            Ok(Change::Put(b"42".to_vec(), NewTtl::Keep, Reply::Integer(42)))
+        );
+    }
+
+    #[test]
+    fn hash_commands_change_the_whole_value_and_delete_an_empty_hash() {
+        let h = hash(&[("a", "1"), ("b", "x")]);
+        let Ok(Change::Put(stored, NewTtl::Keep, Reply::Integer(1))) = run("HSET k c 3 a 2", Some(&h)) else {
+            panic!("HSET");
+        };
+        let Ok(Value::Hash(after)) = crate::typed::decode(&stored) else {
+            panic!("a hash");
+        };
+        assert_eq!(after.fields.len(), 3);
+        assert_eq!(after.fields.get(b"a".as_slice()), Some(&b"2".to_vec()));
+        assert_eq!(
+            run("HINCRBY k b 1", Some(&h)),
+            Err(Reply::error("ERR hash value is not an integer"))
+        );
+        assert_eq!(run("HDEL k a b", Some(&h)), Ok(Change::Delete(Reply::Integer(2))));
+        assert_eq!(run("HDEL k none", None), Ok(Change::Keep(Reply::Integer(0))));
+        assert_eq!(run("HLEN k", Some(&h)), Ok(Change::Keep(Reply::Integer(2))));
+        assert_eq!(
+            run("HGET k a", Some(&entry(b"text", None))),
+            Err(Reply::error(WRONGTYPE))
+        );
+    }
+
+    #[test]
+    fn zadd_answers_each_of_its_cases_as_redis_does() {
+        let Ok(Change::Put(stored, _, Reply::Integer(2))) = run("ZADD k 1 a 2 b", None) else {
+            panic!("ZADD");
+        };
+        let z = entry(&stored, None);
+        assert_eq!(run("ZADD k 1 a", Some(&z)), Ok(Change::Keep(Reply::Integer(0))));
+        assert_eq!(
+            run("ZADD k CH 1 a 5 b", Some(&z)).map(|c| c.reply().clone()),
+            Ok(Reply::Integer(1))
+        );
+        // INCR by 0 answers the score (nothing to write); a refused rule answers null.
+        assert_eq!(run("ZADD k INCR 0 a", Some(&z)), Ok(Change::Keep(Reply::Double(1.0))));
+        assert_eq!(run("ZADD k XX INCR 1 none", Some(&z)), Ok(Change::Keep(Reply::Null)));
+        assert_eq!(run("ZADD k GT INCR -1 a", Some(&z)), Ok(Change::Keep(Reply::Null)));
+        assert_eq!(run("ZINCRBY k 0 a", Some(&z)), Ok(Change::Keep(Reply::Double(1.0))));
+        assert_eq!(run("ZREM k a b", Some(&z)), Ok(Change::Delete(Reply::Integer(2))));
+        assert_eq!(
+            run("ZREMRANGEBYSCORE k -inf (2", Some(&z)).map(|c| c.reply().clone()),
+            Ok(Reply::Integer(1))
+        );
+    }
 }

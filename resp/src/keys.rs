@@ -11,7 +11,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use basalt_client::limits::GET_MANY_KEYS_MAX;
+use basalt_client::limits::{GET_MANY_KEYS_MAX, KEY_BYTES_MAX};
 use basalt_client::txn::{Compare, Condition};
 use basalt_client::{Client, KvEntry, ReadConsistency, TxnOp, TxnOpResult, TxnOutcome};
 
@@ -22,6 +22,7 @@ use crate::frame::{format_double, Reply};
 use crate::glob::Glob;
 use crate::limits::{
     CAS_ATTEMPTS_MAX, KEYSPACE_WALK_KEYS_MAX, REPLY_BYTES_MAX, SCAN_PAGE_KEYS, TXN_CONDITIONS_MAX, TXN_OPS_MAX,
+    VALUE_BYTES_MAX,
 };
 use crate::reply_error::client_error;
 use crate::typed::{self, Value};
@@ -107,22 +108,46 @@ pub fn value_of(entry: Option<&KvEntry>) -> Result<Option<Value>, Reply> {
     }
 }
 
-/// The string a stored key holds (`None`: absent), or `WRONGTYPE` for another type.
+/// The string a stored key holds (`None`: absent), or `WRONGTYPE` for another type (told by
+/// the marker alone: a large hash is never decoded to be refused).
 pub fn string_of(entry: Option<&KvEntry>) -> Result<Option<Vec<u8>>, Reply> {
-    match value_of(entry)? {
+    match entry {
         None => Ok(None),
-        Some(Value::String(bytes)) => Ok(Some(bytes)),
+        Some(entry) if typed::is_storable_string(&entry.value) => Ok(Some(entry.value.clone())),
         Some(_) => Err(Reply::error(WRONGTYPE)),
     }
 }
 
-/// Refuses a string value that would read as another type (see `typed`).
+/// Refuses a string value the cluster would not store, or that would read as another type
+/// (see `typed`), with the error the command answers.
 pub fn check_storable(value: &[u8]) -> Result<(), Reply> {
+    if value.len() > VALUE_BYTES_MAX {
+        return Err(Reply::error(format!(
+            "ERR a value of {} bytes is larger than the {VALUE_BYTES_MAX} bytes Basalt stores",
+            value.len()
+        )));
+    }
     if typed::is_storable_string(value) {
         Ok(())
     } else {
         Err(Reply::error(typed::RESERVED_PREFIX))
     }
+}
+
+/// Refuses a key the cluster would not take, with the error a command on it answers.
+pub fn check_key(key: &[u8]) -> Result<(), Reply> {
+    if key.is_empty() {
+        return Err(Reply::error(
+            "ERR empty keys are not supported: Basalt keys are 1 to 4096 bytes",
+        ));
+    }
+    if key.len() > KEY_BYTES_MAX {
+        return Err(Reply::error(format!(
+            "ERR a key of {} bytes is larger than the {KEY_BYTES_MAX} bytes Basalt takes",
+            key.len()
+        )));
+    }
+    Ok(())
 }
 
 /// The commands of one connection on the cluster.
@@ -487,7 +512,7 @@ impl Keys<'_> {
             .into_iter()
             .filter(|(k, _)| pattern.is_none_or(|p| p.matches(k)))
             .map(|(k, value)| {
-                let kind = typed::decode(&value).map_or("unknown", |v| v.type_name());
+                let kind = typed::type_name_of(&value);
                 (k, kind)
             })
             .collect();
@@ -502,13 +527,10 @@ fn too_large(what: &str) -> Reply {
 }
 
 /// `TYPE`'s answer for a stored key: Redis's name of its type, `none` when absent, `unknown`
-/// for a value marked as a type that does not decode (not `none`, which would invite
+/// for a value marked as a type Basalt does not know (not `none`, which would invite
 /// overwriting it unseen).
 pub fn type_name(entry: Option<&KvEntry>) -> &'static str {
-    match entry {
-        None => "none",
-        Some(entry) => typed::decode(&entry.value).map_or("unknown", |v| v.type_name()),
-    }
+    entry.map_or("none", |entry| typed::type_name_of(&entry.value))
 }
 
 /// A transaction op the cluster refused at apply: nothing of the command was applied.

@@ -63,6 +63,11 @@ pub const TTL_MS_MAX: u64 = 365 * 24 * 3600 * 1000;
 /// Channels and patterns one connection may subscribe to, and name in one command.
 pub const SUBSCRIPTIONS_MAX: usize = 1024;
 
+/// Bytes of keys and values one Basalt transaction writes (the server's `TXN_BYTES_MAX`): the
+/// most a `MULTI` block may write in all, so at most about four hashes or sorted sets near their
+/// 1 MiB bound.
+pub const TXN_WRITE_BYTES_MAX: usize = 4 * 1024 * 1024;
+
 /// Ops of one Basalt transaction (the server's `TXN_OPS_MAX`): the most keys one `MSET`, `DEL`
 /// or `EXEC` may write.
 pub const TXN_OPS_MAX: usize = 256;

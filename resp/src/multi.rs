@@ -23,16 +23,20 @@ use basalt_client::{Client, KvEntry, ReadConsistency, TxnOp, TxnOutcome};
 use crate::command::{Bytes, Command};
 use crate::decide::{decide, single_key, Change};
 use crate::frame::Reply;
-use crate::keys::{check_storable, now_ms, op_refusal, put_op, string_of, NewTtl};
-use crate::limits::{CAS_ATTEMPTS_MAX, TXN_CONDITIONS_MAX};
+use crate::keys::{check_key, check_storable, now_ms, op_refusal, put_op, string_of, NewTtl};
+use crate::limits::{CAS_ATTEMPTS_MAX, REPLY_BYTES_MAX, TXN_CONDITIONS_MAX, TXN_WRITE_BYTES_MAX};
 use crate::reply_error::client_error;
 use basalt_client::limits::GET_MANY_KEYS_MAX;
 
 /// A command accepted into a block.
 pub struct Queued(Command);
 
-/// Whether `command` can be part of a block, decided when it is queued.
+/// Whether `command` can be part of a block, decided when it is queued: a command of keys the
+/// cluster takes.
 pub fn queue(command: &Command, name: &str) -> Result<Queued, Reply> {
+    for key in keys_of(command) {
+        check_key(key)?;
+    }
     match command {
         Command::Ping(_)
         | Command::Echo(_)
@@ -159,6 +163,22 @@ impl Block {
     }
 }
 
+/// About the bytes a reply takes on the wire (its payload and framing), to bound what a block
+/// holds.
+fn reply_size(reply: &Reply) -> usize {
+    const FRAMING_BYTES: usize = 16;
+    FRAMING_BYTES
+        + match reply {
+            Reply::Simple(text) | Reply::Error(text) => text.len(),
+            Reply::Bulk(bytes) => bytes.len(),
+            Reply::Array(items) | Reply::Set(items) | Reply::Push(items) | Reply::Sequence(items) => {
+                items.iter().map(reply_size).sum()
+            }
+            Reply::Map(pairs) => pairs.iter().map(|(k, v)| reply_size(k) + reply_size(v)).sum(),
+            Reply::Integer(_) | Reply::Null | Reply::NullArray | Reply::Double(_) | Reply::Boolean(_) => 0,
+        }
+}
+
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -201,9 +221,31 @@ pub async fn exec(client: &Client, watched: &[(Bytes, u64)], queued: Vec<Queued>
             held: read.iter().cloned().collect(),
             written: HashMap::new(),
         };
-        let replies: Vec<Reply> = commands.iter().map(|c| block.run(c, now, resp3)).collect();
-        if keys.is_empty() {
+        let mut replies = Vec::with_capacity(commands.len());
+        let mut reply_bytes = 0usize;
+        for command in &commands {
+            let reply = block.run(command, now, resp3);
+            reply_bytes += reply_size(&reply);
+            if reply_bytes > REPLY_BYTES_MAX {
+                return Reply::error(format!(
+                    "EXECABORT Transaction discarded, nothing applied: its reply would pass {REPLY_BYTES_MAX} bytes"
+                ));
+            }
+            replies.push(reply);
+        }
+        if block.written.is_empty() && keys.len() <= GET_MANY_KEYS_MAX {
+            // Read only, from one point-in-time view (one `get_many`): nothing to commit.
             return Reply::Array(replies);
+        }
+        let written_bytes: usize = block
+            .written
+            .keys()
+            .map(|key| key.len() + block.entry(key).map_or(0, |e| e.value.len()))
+            .sum();
+        if written_bytes > TXN_WRITE_BYTES_MAX {
+            return Reply::error(format!(
+                "EXECABORT Transaction discarded, nothing applied: the block writes {written_bytes} bytes, more than the {TXN_WRITE_BYTES_MAX} of one Basalt transaction"
+            ));
         }
         let mut txn = client.txn();
         for key in &keys {

@@ -6,7 +6,7 @@
 
 use crate::command::Bytes;
 use crate::frame::Reply;
-use crate::typed::{AddRules, ScoreBound, SortedSet};
+use crate::typed::{AddRules, Ranked, ScoreBound, SortedSet};
 
 /// What `ZRANGE` selects.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -40,48 +40,31 @@ pub struct AddQuery {
 
 /// The members a range query selects, in the order it answers them. Pure.
 pub fn select(set: &SortedSet, query: &RangeQuery) -> Vec<(f64, Vec<u8>)> {
-    match query.by {
+    let picked: Vec<&Ranked> = match query.by {
         // `LIMIT` goes with `BYSCORE` only (the parser refuses it here).
-        RangeBy::Rank(start, stop) if query.rev => reversed_ranks(set, start, stop),
-        RangeBy::Rank(start, stop) => set.by_rank(start, stop).to_vec(),
+        RangeBy::Rank(start, stop) => set.by_rank(start, stop, query.rev),
         RangeBy::Score(min, max) => {
-            let picked = set.by_score(min, max);
-            let ordered = if query.rev {
-                picked.rev().cloned().collect()
+            let in_range = set.by_score(min, max);
+            let ordered: Vec<&Ranked> = if query.rev {
+                in_range.rev().collect()
             } else {
-                picked.cloned().collect()
+                in_range.collect()
             };
-            apply_limit(ordered, query.limit)
-        }
-    }
-}
-
-/// `ZRANGE key start stop REV`: ranks of the reversed order, negative ones from its end.
-fn reversed_ranks(set: &SortedSet, start: i64, stop: i64) -> Vec<(f64, Vec<u8>)> {
-    let mut reversed: Vec<(f64, Vec<u8>)> = set.ranked().to_vec();
-    reversed.reverse();
-    let len = reversed.len() as i64;
-    let start = if start < 0 { (len + start).max(0) } else { start };
-    let stop = if stop < 0 { len + stop } else { stop.min(len - 1) };
-    if start > stop || start >= len {
-        return Vec::new();
-    }
-    reversed[start as usize..=stop as usize].to_vec()
-}
-
-fn apply_limit(items: Vec<(f64, Vec<u8>)>, limit: Option<(i64, i64)>) -> Vec<(f64, Vec<u8>)> {
-    match limit {
-        None => items,
-        Some((offset, _)) if offset < 0 => Vec::new(),
-        Some((offset, count)) => {
-            let rest = items.into_iter().skip(offset as usize);
-            if count < 0 {
-                rest.collect()
-            } else {
-                rest.take(count as usize).collect()
+            match query.limit {
+                None => ordered,
+                Some((offset, _)) if offset < 0 => Vec::new(),
+                Some((offset, count)) => {
+                    let rest = ordered.into_iter().skip(offset as usize);
+                    if count < 0 {
+                        rest.collect()
+                    } else {
+                        rest.take(count as usize).collect()
+                    }
+                }
             }
         }
-    }
+    };
+    picked.into_iter().map(|r| (r.score, r.member.clone())).collect()
 }
 
 /// The reply of a range: members, with scores if asked (RESP3: a pair per member; RESP2: member

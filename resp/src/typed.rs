@@ -21,7 +21,8 @@
 //!
 //! Pure: encoding, decoding and every change and query of the types, tested without a cluster.
 
-use std::collections::BTreeMap;
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::limits::VALUE_BYTES_MAX;
 
@@ -67,6 +68,18 @@ pub struct TooLarge {
     kind: &'static str,
 }
 
+/// Redis's name of the type stored bytes hold, read from the marker and type byte alone (no
+/// decoding: `SCAN ... TYPE` and `TYPE` stay cheap on large values); `unknown` for a marked
+/// value of no known type.
+pub fn type_name_of(stored: &[u8]) -> &'static str {
+    match stored.strip_prefix(TYPE_MARKER).map(|rest| rest.first().copied()) {
+        None => "string",
+        Some(Some(t)) if t == Tag::Hash as u8 => "hash",
+        Some(Some(t)) if t == Tag::SortedSet as u8 => "zset",
+        Some(_) => "unknown",
+    }
+}
+
 /// Whether `value` may be stored as a string: it must not read as another type.
 pub fn is_storable_string(value: &[u8]) -> bool {
     !value.starts_with(TYPE_MARKER)
@@ -89,31 +102,35 @@ pub fn decode(stored: &[u8]) -> Result<Value, Undecodable> {
         return Err(Undecodable("a count larger than the value"));
     }
     let value = match tag {
+        // Entries in strictly increasing order of their names, as `encode` writes them: one
+        // encoding per value, and a name twice is refused.
         t if t == Tag::Hash as u8 => {
-            let mut hash = Hash::default();
+            let mut fields = Vec::with_capacity(count);
             for _ in 0..count {
                 let field = reader.bytes()?;
                 let value = reader.bytes()?;
-                if hash.fields.insert(field, value).is_some() {
-                    return Err(Undecodable("a hash field twice"));
-                }
+                fields.push((field, value));
             }
-            Value::Hash(hash)
+            if fields.windows(2).any(|w| w[0].0 >= w[1].0) {
+                return Err(Undecodable("hash fields out of order"));
+            }
+            Value::Hash(Hash {
+                fields: fields.into_iter().collect(),
+            })
         }
         t if t == Tag::SortedSet as u8 => {
-            let mut set = SortedSet::default();
+            let mut members = Vec::with_capacity(count);
             for _ in 0..count {
                 let score = f64::from_bits(reader.u64()?);
                 if score.is_nan() {
                     return Err(Undecodable("a NaN score"));
                 }
-                let member = reader.bytes()?;
-                if set.scores.contains_key(&member) {
-                    return Err(Undecodable("a sorted-set member twice"));
-                }
-                set.insert(member, score);
+                members.push((reader.bytes()?, score));
             }
-            Value::SortedSet(set)
+            if members.windows(2).any(|w| w[0].0 >= w[1].0) {
+                return Err(Undecodable("sorted-set members out of order"));
+            }
+            Value::SortedSet(SortedSet::from_members(members))
         }
         _ => return Err(Undecodable("an unknown type byte")),
     };
@@ -210,7 +227,33 @@ pub struct SortedSet {
     /// Each member's score.
     scores: BTreeMap<Vec<u8>, f64>,
     /// The members in rank order.
-    ranked: Vec<(f64, Vec<u8>)>,
+    ranked: BTreeSet<Ranked>,
+}
+
+/// A member at its place in the rank order: by score, then by member bytes. Scores compare as
+/// numbers, so `-0` and `0` are one score and their members order by bytes, as in Redis; no
+/// score is NaN, so the order is total.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ranked {
+    pub score: f64,
+    pub member: Vec<u8>,
+}
+
+impl Eq for Ranked {}
+
+impl Ord for Ranked {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.score
+            .partial_cmp(&other.score)
+            .unwrap_or(Ordering::Equal)
+            .then_with(|| self.member.cmp(&other.member))
+    }
+}
+
+impl PartialOrd for Ranked {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
 }
 
 /// One end of a score range, as `ZCOUNT`, `ZRANGE BYSCORE` and `ZREMRANGEBYSCORE` take it:
@@ -272,7 +315,33 @@ pub struct AddRules {
     pub only_less: bool,
 }
 
+/// What `ZADD` did with one member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Added {
+    New,
+    Updated,
+    /// The member already had that score.
+    Unchanged,
+    /// `NX`, `XX`, `GT` or `LT` held it back.
+    Refused,
+}
+
 impl SortedSet {
+    /// A set of these members, each named once.
+    fn from_members(members: Vec<(Vec<u8>, f64)>) -> SortedSet {
+        let ranked = members
+            .iter()
+            .map(|(member, score)| Ranked {
+                score: *score,
+                member: member.clone(),
+            })
+            .collect();
+        SortedSet {
+            scores: members.into_iter().collect(),
+            ranked,
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.scores.len()
     }
@@ -285,87 +354,86 @@ impl SortedSet {
         self.scores.get(member).copied()
     }
 
-    fn position(&self, score: f64, member: &[u8]) -> Result<usize, usize> {
-        self.ranked
-            .binary_search_by(|(s, m)| s.total_cmp(&score).then_with(|| m.as_slice().cmp(member)))
-    }
-
     fn insert(&mut self, member: Vec<u8>, score: f64) {
         if let Some(old) = self.scores.insert(member.clone(), score) {
-            if let Ok(at) = self.position(old, &member) {
-                self.ranked.remove(at);
-            }
+            self.ranked.remove(&Ranked {
+                score: old,
+                member: member.clone(),
+            });
         }
-        let at = self.position(score, &member).unwrap_or_else(|at| at);
-        self.ranked.insert(at, (score, member));
+        self.ranked.insert(Ranked { score, member });
     }
 
     /// Removes `member`; whether it was there.
     pub fn remove(&mut self, member: &[u8]) -> bool {
         match self.scores.remove(member) {
             Some(score) => {
-                if let Ok(at) = self.position(score, member) {
-                    self.ranked.remove(at);
-                }
+                self.ranked.remove(&Ranked {
+                    score,
+                    member: member.to_vec(),
+                });
                 true
             }
             None => false,
         }
     }
 
-    /// `ZADD`'s change for one member: `Some(true)` added, `Some(false)` updated to a new score,
-    /// `None` left as it was.
-    pub fn add(&mut self, member: &[u8], score: f64, rules: AddRules) -> Option<bool> {
+    /// `ZADD`'s change for one member.
+    pub fn add(&mut self, member: &[u8], score: f64, rules: AddRules) -> Added {
         match self.scores.get(member).copied() {
-            None if rules.only_existing => None,
+            None if rules.only_existing => Added::Refused,
             None => {
                 self.insert(member.to_vec(), score);
-                Some(true)
+                Added::New
             }
-            Some(_) if rules.only_new => None,
-            Some(old) if rules.only_greater && score <= old => None,
-            Some(old) if rules.only_less && score >= old => None,
-            Some(old) if old == score => None,
+            Some(_) if rules.only_new => Added::Refused,
+            Some(old) if rules.only_greater && score <= old => Added::Refused,
+            Some(old) if rules.only_less && score >= old => Added::Refused,
+            Some(old) if old == score => Added::Unchanged,
             Some(_) => {
                 self.insert(member.to_vec(), score);
-                Some(false)
+                Added::Updated
             }
         }
     }
 
     /// The members with scores within `min..max`, in rank order.
-    pub fn by_score(&self, min: ScoreBound, max: ScoreBound) -> impl DoubleEndedIterator<Item = &(f64, Vec<u8>)> {
-        let start = self.ranked.partition_point(|(score, _)| !min.admits_from_below(*score));
-        let end = self
-            .ranked
-            .partition_point(|(score, _)| max.admits_from_above(*score))
-            .max(start);
-        self.ranked[start..end].iter()
+    pub fn by_score(&self, min: ScoreBound, max: ScoreBound) -> impl DoubleEndedIterator<Item = &Ranked> {
+        self.ranked
+            .iter()
+            .filter(move |r| min.admits_from_below(r.score) && max.admits_from_above(r.score))
     }
 
-    /// The members at ranks `start..=stop` (negative ranks count from the end, as in Redis).
-    pub fn by_rank(&self, start: i64, stop: i64) -> &[(f64, Vec<u8>)] {
+    /// The members at ranks `start..=stop` (negative ranks count from the end, as in Redis), in
+    /// rank order, or from the highest score with `rev`.
+    pub fn by_rank(&self, start: i64, stop: i64, rev: bool) -> Vec<&Ranked> {
         let len = self.ranked.len() as i64;
         let start = if start < 0 { (len + start).max(0) } else { start };
         let stop = if stop < 0 { len + stop } else { stop.min(len - 1) };
         if start > stop || start >= len {
-            return &[];
+            return Vec::new();
         }
-        &self.ranked[start as usize..=stop as usize]
+        let count = (stop - start + 1) as usize;
+        if rev {
+            self.ranked.iter().rev().skip(start as usize).take(count).collect()
+        } else {
+            self.ranked.iter().skip(start as usize).take(count).collect()
+        }
     }
 
     /// Removes the members with scores within `min..max`; how many.
     pub fn remove_by_score(&mut self, min: ScoreBound, max: ScoreBound) -> usize {
-        let doomed: Vec<Vec<u8>> = self.by_score(min, max).map(|(_, m)| m.clone()).collect();
-        for member in &doomed {
-            self.remove(member);
+        let doomed: Vec<Ranked> = self.by_score(min, max).cloned().collect();
+        for ranked in &doomed {
+            self.scores.remove(&ranked.member);
+            self.ranked.remove(ranked);
         }
         doomed.len()
     }
 
-    /// Every member and its score, in rank order.
-    pub fn ranked(&self) -> &[(f64, Vec<u8>)] {
-        &self.ranked
+    /// Every member in rank order.
+    pub fn ranked(&self) -> impl DoubleEndedIterator<Item = &Ranked> {
+        self.ranked.iter()
     }
 }
 
@@ -386,8 +454,11 @@ mod tests {
         set
     }
 
-    fn members<'a>(items: impl Iterator<Item = &'a (f64, Vec<u8>)>) -> Vec<String> {
-        items.map(|(_, m)| String::from_utf8_lossy(m).into_owned()).collect()
+    fn members<'a>(items: impl IntoIterator<Item = &'a Ranked>) -> Vec<String> {
+        items
+            .into_iter()
+            .map(|r| String::from_utf8_lossy(&r.member).into_owned())
+            .collect()
     }
 
     #[test]
@@ -405,7 +476,7 @@ mod tests {
     #[test]
     fn a_sorted_set_orders_by_score_then_member_and_ranges_as_redis_does() {
         let mut set = set_of(&[("c", 2.0), ("b", 1.0), ("a", 1.0), ("d", 3.0)]);
-        assert_eq!(members(set.ranked().iter()), ["a", "b", "c", "d"]);
+        assert_eq!(members(set.ranked()), ["a", "b", "c", "d"]);
         assert_eq!(members(set.by_score(bound(1.0, true), bound(3.0, false))), ["c", "d"]);
         assert_eq!(
             members(set.by_score(bound(f64::NEG_INFINITY, false), bound(2.0, true))),
@@ -415,25 +486,30 @@ mod tests {
             members(set.by_score(bound(5.0, false), bound(1.0, false))),
             Vec::<String>::new()
         );
-        assert_eq!(members(set.by_rank(-2, -1).iter()), ["c", "d"]);
-        assert_eq!(members(set.by_rank(0, 100).iter()), ["a", "b", "c", "d"]);
-        assert!(set.by_rank(3, 1).is_empty());
+        assert_eq!(members(set.by_rank(-2, -1, false)), ["c", "d"]);
+        assert_eq!(members(set.by_rank(0, 100, false)), ["a", "b", "c", "d"]);
+        assert_eq!(members(set.by_rank(0, 1, true)), ["d", "c"]);
+        assert!(set.by_rank(3, 1, false).is_empty());
         // An update moves the member; rules hold back what they say.
-        assert_eq!(set.add(b"a", 10.0, AddRules::default()), Some(false));
-        assert_eq!(members(set.ranked().iter()), ["b", "c", "d", "a"]);
+        assert_eq!(set.add(b"a", 10.0, AddRules::default()), Added::Updated);
+        assert_eq!(set.add(b"a", 10.0, AddRules::default()), Added::Unchanged);
+        assert_eq!(members(set.ranked()), ["b", "c", "d", "a"]);
         let gt = AddRules {
             only_greater: true,
             ..AddRules::default()
         };
-        assert_eq!(set.add(b"a", 5.0, gt), None);
-        assert_eq!(set.add(b"new", 5.0, gt), Some(true), "GT still adds new members");
+        assert_eq!(set.add(b"a", 5.0, gt), Added::Refused);
+        assert_eq!(set.add(b"new", 5.0, gt), Added::New, "GT still adds new members");
         let xx = AddRules {
             only_existing: true,
             ..AddRules::default()
         };
-        assert_eq!(set.add(b"other", 1.0, xx), None);
+        assert_eq!(set.add(b"other", 1.0, xx), Added::Refused);
         assert_eq!(set.remove_by_score(bound(2.0, false), bound(5.0, false)), 3);
-        assert_eq!(members(set.ranked().iter()), ["b", "a"]);
+        assert_eq!(members(set.ranked()), ["b", "a"]);
+        // -0 and 0 are one score: their members order by bytes, as in Redis.
+        let zeros = set_of(&[("b", -0.0), ("a", 0.0)]);
+        assert_eq!(members(zeros.ranked()), ["a", "b"]);
     }
 
     #[test]
@@ -502,9 +578,23 @@ mod tests {
             let mut stored = TYPE_MARKER.to_vec();
             stored.extend_from_slice(&tail);
             if let Ok(value) = decode(&stored) {
-                if let Value::Hash(_) = value {
-                    prop_assert_eq!(encode(&value).expect("encode"), stored);
-                }
+                prop_assert_eq!(encode(&value).expect("encode"), stored);
+            }
+        }
+
+        /// A mutated encoding of a real value decodes or is refused, never panics.
+        #[test]
+        fn mutated_encodings_decode_or_are_refused(
+            value in value_strategy(),
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..4),
+        ) {
+            let mut stored = encode(&value).expect("encode");
+            for (at, byte) in flips {
+                let at = TYPE_MARKER.len() + at % (stored.len() - TYPE_MARKER.len());
+                stored[at] = byte;
+            }
+            if let Ok(decoded) = decode(&stored) {
+                prop_assert_eq!(encode(&decoded).expect("encode"), stored);
             }
         }
 
@@ -519,11 +609,11 @@ mod tests {
                 } else {
                     set.add(&member, f64::from(score), AddRules::default());
                 }
-                let ranked = set.ranked();
+                let ranked: Vec<&Ranked> = set.ranked().collect();
                 prop_assert_eq!(ranked.len(), set.len());
-                prop_assert!(ranked.windows(2).all(|w| (w[0].0, &w[0].1) < (w[1].0, &w[1].1)));
-                for (score, member) in ranked {
-                    prop_assert_eq!(set.score(member), Some(*score));
+                prop_assert!(ranked.windows(2).all(|w| (w[0].score, &w[0].member) < (w[1].score, &w[1].member)));
+                for r in ranked {
+                    prop_assert_eq!(set.score(&r.member), Some(r.score));
                 }
             }
         }

@@ -463,6 +463,42 @@ fn resp_sdk_and_cli_read_each_others_keys_and_multi_exec_is_one_transaction() {
     }
     assert_eq!(raw.call(&["GET", "tx:both"]), "$2\r\n60\r\n");
     assert_eq!(raw.call(&["HGET", "tx:both:h", "n"]), "$2\r\n60\r\n");
+
+    // A block over more keys than one read takes (20: read in two groups) still sees them at
+    // one instant: writers increment all 20 in each block, readers find them equal.
+    let names: Vec<String> = (0..20).map(|i| format!("tx:wide:{i:02}")).collect();
+    let threads: Vec<_> = (0..4u16)
+        .map(|i| {
+            let addr = cluster.resp(1 + u64::from(i % 3));
+            let names = names.clone();
+            std::thread::spawn(move || {
+                let mut c = connect(addr);
+                for _ in 0..8 {
+                    let mut block = redis::pipe();
+                    block.atomic();
+                    if i % 2 == 0 {
+                        for name in &names {
+                            block.cmd("INCR").arg(name).ignore();
+                        }
+                        block.cmd("PING");
+                        let _: (String,) = block.query(&mut c).expect("a writing block");
+                    } else {
+                        block.cmd("MGET").arg(&names);
+                        let (values,): (Vec<Option<i64>>,) = block.query(&mut c).expect("a reading block");
+                        let first = values[0];
+                        assert!(
+                            values.iter().all(|v| *v == first),
+                            "a block saw another half applied: {values:?}"
+                        );
+                    }
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().expect("a connection's thread");
+    }
+    assert_eq!(raw.call(&["GET", "tx:wide:19"]), "$2\r\n16\r\n");
 }
 
 /// Many connections on every node increment one key at once: every increment is counted once,

@@ -23,8 +23,8 @@ pub fn get<S: ViewSource + ?Sized>(source: &S, key: &[u8]) -> Result<Judged<Opti
 }
 
 /// Several keys' records (live or expired) and the applied time, all from one view: an entry
-/// applied meanwhile is seen by every key or by none (what Redis's `MGET` promises, and what
-/// a reader of one key's two homes needs, see basalt-resp's typed keyspace).
+/// applied meanwhile is seen by every key or by none (what Redis's `MGET` and a `MULTI` block's
+/// reads promise).
 pub fn get_many<S: ViewSource + ?Sized>(
     source: &S,
     keys: &[Vec<u8>],
