@@ -155,6 +155,11 @@ async fn read(
         let uri = format!("http://{edge}/products/{run}/{product}");
         let answer = tokio::time::timeout(READ_TIMEOUT, async {
             let response = http.get(uri.parse().ok()?).await.ok()?;
+            // An error page (a 502 while an origin fetch failed) carries no version: an error of
+            // the read, not an answer to judge.
+            if !response.status().is_success() {
+                return None;
+            }
             let hit = response
                 .headers()
                 .get("x-cache")

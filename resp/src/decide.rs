@@ -15,6 +15,7 @@ use crate::frame::{format_double, Reply};
 use crate::keys::{
     check_storable, incremented, incremented_float, string_of, ttl_of, type_name, value_of, NewTtl, Ttl, WRONGTYPE,
 };
+use crate::limits::REPLY_BYTES_MAX;
 use crate::sorted_sets::{range_reply, select};
 use crate::typed::{encode, AddRules, Added, Hash, SortedSet, Value};
 
@@ -224,12 +225,20 @@ pub fn decide(command: &Command, entry: Option<&KvEntry>, now: i64, resp3: bool)
         HGet(_, field) => Ok(Change::Keep(Reply::optional(hash_of(entry)?.fields.remove(field)))),
         HMGet(_, fields) => {
             let hash = hash_of(entry)?;
-            Ok(Change::Keep(Reply::Array(
-                fields
-                    .iter()
-                    .map(|f| Reply::optional(hash.fields.get(f).cloned()))
-                    .collect(),
-            )))
+            // A field named many times is copied each time: counted as the reply is built.
+            let mut bytes = 0usize;
+            let mut values = Vec::with_capacity(fields.len().min(1024));
+            for field in fields {
+                let value = hash.fields.get(field).cloned();
+                bytes += value.as_ref().map_or(0, Vec::len);
+                if bytes > REPLY_BYTES_MAX {
+                    return Err(Reply::error(format!(
+                        "ERR HMGET's reply would pass {REPLY_BYTES_MAX} bytes; ask for fewer fields"
+                    )));
+                }
+                values.push(Reply::optional(value));
+            }
+            Ok(Change::Keep(Reply::Array(values)))
         }
         // A map in RESP3, fields and values in turn in RESP2.
         HGetAll(_) => Ok(Change::Keep(Reply::Map(
@@ -259,7 +268,13 @@ pub fn decide(command: &Command, entry: Option<&KvEntry>, now: i64, resp3: bool)
                 let Some((by, member)) = query.pairs.first() else {
                     return Err(Reply::error(errors::SYNTAX));
                 };
-                let next = set.score(member).unwrap_or(0.0) + by;
+                let current = set.score(member);
+                if (query.rules.only_new && current.is_some()) || (query.rules.only_existing && current.is_none()) {
+                    // Held back before any arithmetic, as Redis does.
+                    return Ok(Change::Keep(Reply::Null));
+                }
+                // A new member takes the increment itself (`-0` stays `-0`).
+                let next = current.map_or(*by, |s| s + by);
                 if next.is_nan() {
                     return Err(Reply::error("ERR resulting score is not a number (NaN)"));
                 }
@@ -286,7 +301,7 @@ pub fn decide(command: &Command, entry: Option<&KvEntry>, now: i64, resp3: bool)
         }
         ZIncrBy(_, by, member) => {
             let mut set = set_of(entry)?;
-            let next = set.score(member).unwrap_or(0.0) + by;
+            let next = set.score(member).map_or(*by, |s| s + by);
             if next.is_nan() {
                 return Err(Reply::error("ERR resulting score is not a number (NaN)"));
             }
@@ -559,6 +574,19 @@ mod tests {
         );
     }
 
+    /// A field named again and again is copied each time: the reply is bounded as it is built.
+    #[test]
+    fn hmget_of_one_large_field_many_times_is_refused_past_the_reply_bound() {
+        let big = "x".repeat(1024 * 1024 - 64);
+        let h = hash(&[("f", big.as_str())]);
+        let fields = vec![b"f".to_vec(); REPLY_BYTES_MAX / big.len() + 1];
+        let hmget = Command::HMGet(b"k".to_vec(), fields);
+        let refused = decide(&hmget, Some(&h), 0, false);
+        assert!(matches!(refused, Err(Reply::Error(text)) if text.contains("HMGET's reply would pass")));
+        let few = Command::HMGet(b"k".to_vec(), vec![b"f".to_vec(); 3]);
+        assert!(decide(&few, Some(&h), 0, false).is_ok());
+    }
+
     #[test]
     fn zadd_answers_each_of_its_cases_as_redis_does() {
         let Ok(Change::Put(stored, _, Reply::Integer(2))) = run("ZADD k 1 a 2 b", None) else {
@@ -576,6 +604,19 @@ mod tests {
         assert_eq!(run("ZADD k GT INCR -1 a", Some(&z)), Ok(Change::Keep(Reply::Null)));
         assert_eq!(run("ZINCRBY k 0 a", Some(&z)), Ok(Change::Keep(Reply::Double(1.0))));
         assert_eq!(run("ZREM k a b", Some(&z)), Ok(Change::Delete(Reply::Integer(2))));
+        // A new member takes the increment itself; NX holds an existing member back before any
+        // arithmetic (so no NaN error for +inf + -inf).
+        assert_eq!(
+            run("ZINCRBY k -0 m", None).map(|c| c.reply().clone()),
+            Ok(Reply::Double(-0.0))
+        );
+        let Ok(Change::Put(stored, _, _)) = run("ZADD k +inf m", None) else {
+            panic!("ZADD");
+        };
+        assert_eq!(
+            run("ZADD k NX INCR -inf m", Some(&entry(&stored, None))),
+            Ok(Change::Keep(Reply::Null))
+        );
         assert_eq!(
             run("ZREMRANGEBYSCORE k -inf (2", Some(&z)).map(|c| c.reply().clone()),
             Ok(Reply::Integer(1))

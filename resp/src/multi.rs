@@ -117,11 +117,20 @@ impl Block {
                 .clone()
                 .map_or_else(|| Reply::Simple("PONG".into()), Reply::Bulk),
             Command::Echo(message) => Reply::Bulk(message.clone()),
-            Command::MGet(keys) => Reply::Array(
-                keys.iter()
-                    .map(|k| Reply::optional(string_of(self.entry(k)).ok().flatten()))
-                    .collect(),
-            ),
+            Command::MGet(keys) => {
+                // A key named many times is copied each time: counted as it is built.
+                let mut values = Vec::with_capacity(keys.len().min(1024));
+                let mut bytes = 0usize;
+                for key in keys {
+                    let value = string_of(self.entry(key)).ok().flatten();
+                    bytes += value.as_ref().map_or(0, Vec::len) + REPLY_FRAMING_BYTES;
+                    if bytes > REPLY_BYTES_MAX {
+                        return Reply::Error(REPLY_TOO_LARGE.into());
+                    }
+                    values.push(Reply::optional(value));
+                }
+                Reply::Array(values)
+            }
             Command::Exists(keys) => Reply::Integer(keys.iter().filter(|k| self.entry(k).is_some()).count() as i64),
             Command::Del(keys) => {
                 let mut deleted = 0;
@@ -163,11 +172,21 @@ impl Block {
     }
 }
 
+/// Bytes counted for each reply of a block beyond its payload (type, length, line ends).
+const REPLY_FRAMING_BYTES: usize = 16;
+
+/// Bytes counted for each op and condition of a block's transaction beyond its key and value.
+const TXN_ITEM_FRAMING_BYTES: usize = 64;
+
+/// A block whose replies would pass [`REPLY_BYTES_MAX`] is refused whole.
+const REPLY_TOO_LARGE: &str = "EXECABORT Transaction discarded, nothing applied: its reply would pass 64 MiB";
+
+const _: () = assert!(REPLY_BYTES_MAX == 64 * 1024 * 1024);
+
 /// About the bytes a reply takes on the wire (its payload and framing), to bound what a block
 /// holds.
 fn reply_size(reply: &Reply) -> usize {
-    const FRAMING_BYTES: usize = 16;
-    FRAMING_BYTES
+    REPLY_FRAMING_BYTES
         + match reply {
             Reply::Simple(text) | Reply::Error(text) => text.len(),
             Reply::Bulk(bytes) => bytes.len(),
@@ -226,10 +245,8 @@ pub async fn exec(client: &Client, watched: &[(Bytes, u64)], queued: Vec<Queued>
         for command in &commands {
             let reply = block.run(command, now, resp3);
             reply_bytes += reply_size(&reply);
-            if reply_bytes > REPLY_BYTES_MAX {
-                return Reply::error(format!(
-                    "EXECABORT Transaction discarded, nothing applied: its reply would pass {REPLY_BYTES_MAX} bytes"
-                ));
+            if reply_bytes > REPLY_BYTES_MAX || matches!(&reply, Reply::Error(text) if text == REPLY_TOO_LARGE) {
+                return Reply::error(REPLY_TOO_LARGE);
             }
             replies.push(reply);
         }
@@ -237,11 +254,14 @@ pub async fn exec(client: &Client, watched: &[(Bytes, u64)], queued: Vec<Queued>
             // Read only, from one point-in-time view (one `get_many`): nothing to commit.
             return Reply::Array(replies);
         }
+        // What the transaction carries: each written key and value, each condition's key, and
+        // the framing of each, counted generously so the server's own bound is never the one hit.
         let written_bytes: usize = block
             .written
             .keys()
-            .map(|key| key.len() + block.entry(key).map_or(0, |e| e.value.len()))
-            .sum();
+            .map(|key| key.len() + block.entry(key).map_or(0, |e| e.value.len()) + TXN_ITEM_FRAMING_BYTES)
+            .sum::<usize>()
+            + keys.iter().map(|key| key.len() + TXN_ITEM_FRAMING_BYTES).sum::<usize>();
         if written_bytes > TXN_WRITE_BYTES_MAX {
             return Reply::error(format!(
                 "EXECABORT Transaction discarded, nothing applied: the block writes {written_bytes} bytes, more than the {TXN_WRITE_BYTES_MAX} of one Basalt transaction"
@@ -333,6 +353,21 @@ mod tests {
             Reply::Array(vec![Reply::Bulk(b"1".to_vec()), Reply::Bulk(b"2".to_vec())])
         );
         assert_eq!(block.written.get(b"n".as_slice()), Some(&NewTtl::Never));
+    }
+
+    /// `MGET k k k ...` of a large value in a block is bounded as its reply is built.
+    #[test]
+    fn a_block_reply_past_the_bound_is_refused_as_it_is_built() {
+        let mut block = Block::default();
+        let value = vec![b'x'; 1024 * 1024];
+        block.apply(b"k", Change::Put(value, NewTtl::Never, Reply::ok()), 0);
+        let mget = Command::MGet(vec![b"k".to_vec(); REPLY_BYTES_MAX / (1024 * 1024) + 1]);
+        assert_eq!(block.run(&mget, 0, false), Reply::Error(REPLY_TOO_LARGE.into()));
+        assert!(queue(&command("GET a"), "get").is_ok());
+        assert!(
+            queue(&Command::Get(Vec::new()), "get").is_err(),
+            "an empty key is refused when queued"
+        );
     }
 
     #[test]
