@@ -1,5 +1,9 @@
 //! Combining: concurrent writes of one key from many connections become one write.
 //!
+//! Every command that writes one key goes through here (`SET`, `INCR`, `APPEND`, `EXPIRE`,
+//! `HSET`, `ZADD`, ...): each is a decision over the key as read (`decide`), so a group of any
+//! of them is applied in order with [`KeyState`] and written once.
+//!
 //! Redis runs commands one at a time, so fifty clients incrementing one counter cost it
 //! nothing. On Basalt each write is a Raft round, and two writes of one key cannot share a log
 //! entry; the naive mapping of `INCR` (read, then compare-and-set) makes fifty clients retry
@@ -21,78 +25,44 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use basalt_client::txn::{Compare, Condition};
-use basalt_client::{Client, KvEntry, PutOptions, TxnOpResult, TxnOutcome};
+use basalt_client::{Client, KvEntry, PutOptions, TxnOp, TxnOpResult, TxnOutcome};
 use tokio::sync::oneshot;
 
+use crate::command::Command;
+use crate::decide::{Change, KeyState};
 use crate::frame::Reply;
-use crate::keys::{incremented, incremented_float, op_refusal, put_op, NewTtl, WRONGTYPE};
+use crate::keys::{now_ms, op_refusal, put_op, NewTtl};
 use crate::limits::CAS_ATTEMPTS_MAX;
 use crate::reply_error::client_error;
-use crate::typed;
 
-/// A write of one string key that can join a group.
+/// A write of one key that can join a group.
 #[derive(Clone, Debug, PartialEq)]
-pub enum StringWrite {
-    /// `SET key value [EX|PX ...]` without conditions: the value and its time to live.
-    Set {
-        value: Vec<u8>,
-        ttl: Option<Duration>,
-    },
-    IncrBy(i64),
-    IncrByFloat(f64),
+pub enum KeyWrite {
+    /// `SET key value [EX|PX ...]` without conditions (the value already checked storable): the
+    /// value and its time to live. A group of only these is written without a read.
+    Set { value: Vec<u8>, ttl: Option<Duration> },
+    /// Any other command that writes the key (see `decide`).
+    Command(Command),
 }
 
-/// A key's value as a group is applied to it, and the expiry its write gives it: kept as the
-/// cluster has it unless a `SET` in the group gave a new one (an increment keeps the key's
-/// deadline exactly, as in Redis).
-#[derive(Clone, Debug, PartialEq)]
-pub struct State {
-    pub value: Option<Vec<u8>>,
-    pub ttl: NewTtl,
-}
-
-/// Applies `writes` in order to `state`: each write's reply, and whether anything changed.
-/// Pure, so the combining rule is tested without a cluster.
-pub fn apply_group(state: &mut State, writes: &[StringWrite]) -> (Vec<Reply>, bool) {
-    let mut changed = false;
-    let replies = writes
+/// Applies `writes` in order to `state`: each write's reply. Pure, so the combining rule is
+/// tested without a cluster.
+pub fn apply_group(state: &mut KeyState, writes: &[KeyWrite], now: i64) -> Vec<Reply> {
+    writes
         .iter()
         .map(|write| match write {
-            StringWrite::Set { value, ttl } => {
-                state.value = Some(value.clone());
-                state.ttl = ttl.map_or(NewTtl::Never, NewTtl::After);
-                changed = true;
-                Reply::ok()
+            KeyWrite::Set { value, ttl } => {
+                let ttl = ttl.map_or(NewTtl::Never, NewTtl::After);
+                state.apply(Change::Put(value.clone(), ttl, Reply::ok()), now)
             }
-            // A hash or a sorted set: only a SET replaces it.
-            StringWrite::IncrBy(_) | StringWrite::IncrByFloat(_) if holds_other_type(state) => Reply::error(WRONGTYPE),
-            StringWrite::IncrBy(by) => match incremented(state.value.as_deref(), *by) {
-                Ok(n) => {
-                    state.value = Some(n.to_string().into_bytes());
-                    changed = true;
-                    Reply::Integer(n)
-                }
-                Err(text) => Reply::error(text),
-            },
-            StringWrite::IncrByFloat(by) => match incremented_float(state.value.as_deref(), *by) {
-                Ok(text) => {
-                    state.value = Some(text.clone().into_bytes());
-                    changed = true;
-                    Reply::Bulk(text.into_bytes())
-                }
-                Err(text) => Reply::error(text),
-            },
+            // Replies of writers do not differ by protocol (a double is shaped when encoded).
+            KeyWrite::Command(command) => state.run(command, now, false),
         })
-        .collect();
-    (replies, changed)
-}
-
-fn holds_other_type(state: &State) -> bool {
-    state.value.as_deref().is_some_and(|v| !typed::is_storable_string(v))
+        .collect()
 }
 
 struct Waiting {
-    write: StringWrite,
+    write: KeyWrite,
     reply: oneshot::Sender<Reply>,
 }
 
@@ -201,7 +171,7 @@ pub struct Combiner {
 
 impl Combiner {
     /// Applies `write` to `key`, with whatever other connections write to it meanwhile.
-    pub async fn write(&self, client: &Client, key: &[u8], write: StringWrite) -> Reply {
+    pub async fn write(&self, client: &Client, key: &[u8], write: KeyWrite) -> Reply {
         let (reply, answer) = oneshot::channel();
         if self.waiting.join(key, Waiting { write, reply }) {
             // Its own task: a connection that goes away must not take other connections'
@@ -228,7 +198,7 @@ async fn run(queues: KeyQueues<Waiting>, client: Client, key: Vec<u8>) {
         if group.is_empty() {
             return;
         }
-        let writes: Vec<StringWrite> = group.iter().map(|w| w.write.clone()).collect();
+        let writes: Vec<KeyWrite> = group.iter().map(|w| w.write.clone()).collect();
         let replies = write_group(&client, &key, &writes, &mut known).await;
         for (waiting, reply) in group.into_iter().zip(replies) {
             let _ = waiting.reply.send(reply);
@@ -239,26 +209,31 @@ async fn run(queues: KeyQueues<Waiting>, client: Client, key: Vec<u8>) {
 /// The key as this runner's last write left it.
 #[derive(Clone, Debug)]
 struct Known {
-    value: Vec<u8>,
-    /// The write's revision: the next write is conditioned on it.
+    /// `None`: the write deleted it.
+    entry: Option<KvEntry>,
+    /// What the next write is conditioned on (0: absent).
     revision: u64,
 }
 
 /// One round: the group's writes applied and written once. Every reply is the same error when
 /// the write fails. `known` is the state the runner's previous round left (tried first instead
 /// of a read), and what this round leaves.
-async fn write_group(client: &Client, key: &[u8], writes: &[StringWrite], known: &mut Option<Known>) -> Vec<Reply> {
+async fn write_group(client: &Client, key: &[u8], writes: &[KeyWrite], known: &mut Option<Known>) -> Vec<Reply> {
     let all = |reply: Reply| vec![reply; writes.len()];
     let mut guess = known.take();
     // Only SETs: the value before does not matter, the last one is written as it is.
-    if let Some(StringWrite::Set { value, ttl }) = writes.last() {
-        if writes.iter().all(|w| matches!(w, StringWrite::Set { .. })) {
+    if let Some(KeyWrite::Set { value, ttl }) = writes.last() {
+        if writes.iter().all(|w| matches!(w, KeyWrite::Set { .. })) {
             return match client.kv().put_with(key, value, PutOptions { ttl: *ttl }).await {
                 Ok(revision) => {
-                    *known = Some(Known {
-                        value: value.clone(),
-                        revision,
-                    });
+                    // With a TTL, the expiry the cluster gave it is not known here: the next
+                    // round reads.
+                    if ttl.is_none() {
+                        *known = Some(Known {
+                            entry: Some(entry_of(value.clone(), revision, None)),
+                            revision,
+                        });
+                    }
                     all(Reply::ok())
                 }
                 Err(e) => all(client_error(&e)),
@@ -268,25 +243,19 @@ async fn write_group(client: &Client, key: &[u8], writes: &[StringWrite], known:
     let mut attempt = 0;
     while attempt < CAS_ATTEMPTS_MAX {
         let from_cache = guess.is_some();
-        let (value, revision) = match guess.take() {
-            Some(k) => (Some(k.value), k.revision),
+        let (entry, revision) = match guess.take() {
+            Some(k) => (k.entry, k.revision),
             None => match client.kv().get(key).await {
                 Ok(entry) => {
-                    let entry: Option<KvEntry> = entry;
-                    (
-                        entry.as_ref().map(|e| e.value.clone()),
-                        entry.as_ref().map_or(0, |e| e.mod_revision),
-                    )
+                    let revision = entry.as_ref().map_or(0, |e| e.mod_revision);
+                    (entry, revision)
                 }
                 Err(e) => return all(client_error(&e)),
             },
         };
-        let mut state = State {
-            value,
-            ttl: NewTtl::Keep,
-        };
-        let (replies, changed) = apply_group(&mut state, writes);
-        let Some(value) = state.value.filter(|_| changed) else {
+        let mut state = KeyState::new(entry);
+        let replies = apply_group(&mut state, writes, now_ms());
+        let Some(ttl) = state.written else {
             if from_cache {
                 // Nothing to write means nothing commits, so nothing shows the cached value is
                 // still the key's: read it, and answer from what the cluster holds.
@@ -294,10 +263,14 @@ async fn write_group(client: &Client, key: &[u8], writes: &[StringWrite], known:
             }
             return replies;
         };
+        let op = match &state.entry {
+            Some(entry) => put_op(key, entry.value.clone(), ttl),
+            None => TxnOp::delete(key.to_vec()),
+        };
         let outcome = client
             .txn()
             .when(Condition::mod_revision(key.to_vec(), Compare::Eq, revision))
-            .then(put_op(key, value.clone(), state.ttl))
+            .then(op)
             .commit()
             .await;
         match outcome {
@@ -305,12 +278,21 @@ async fn write_group(client: &Client, key: &[u8], writes: &[StringWrite], known:
                 succeeded: true,
                 results,
             }) => {
-                if let Some(TxnOpResult::Written { revision, .. }) = results.first() {
-                    *known = Some(Known {
-                        value,
-                        revision: *revision,
-                    });
-                }
+                // Known exactly unless the write set a new expiry (the cluster counts it from
+                // when it applies): then the next round reads.
+                *known = match (state.entry, results.first()) {
+                    (None, _) => Some(Known {
+                        entry: None,
+                        revision: 0,
+                    }),
+                    (Some(entry), Some(TxnOpResult::Written { revision, .. })) if !matches!(ttl, NewTtl::After(_)) => {
+                        Some(Known {
+                            entry: Some(entry_of(entry.value, *revision, entry.expires_at_ms)),
+                            revision: *revision,
+                        })
+                    }
+                    _ => None,
+                };
                 return replies;
             }
             // Another writer came in between (or the guess was stale): read and go again,
@@ -328,6 +310,17 @@ async fn write_group(client: &Client, key: &[u8], writes: &[StringWrite], known:
     all(Reply::error(format!(
         "TRYAGAIN the key changed under {CAS_ATTEMPTS_MAX} attempts in a row; nothing was applied"
     )))
+}
+
+/// An entry as this runner wrote it (only its value, revision and expiry are used).
+fn entry_of(value: Vec<u8>, revision: u64, expires_at_ms: Option<u64>) -> KvEntry {
+    KvEntry {
+        value,
+        create_revision: 0,
+        mod_revision: revision,
+        version: 0,
+        expires_at_ms,
+    }
 }
 
 /// What a combined read answers: the key's entry, or the error every reader gets.
@@ -375,11 +368,22 @@ mod tests {
     use super::*;
     use crate::command::errors;
 
-    fn state(value: Option<&str>) -> State {
-        State {
-            value: value.map(|v| v.as_bytes().to_vec()),
-            ttl: NewTtl::Keep,
-        }
+    fn state(value: Option<&str>) -> KeyState {
+        KeyState::new(value.map(|v| KvEntry {
+            value: v.as_bytes().to_vec(),
+            create_revision: 1,
+            mod_revision: 1,
+            version: 1,
+            expires_at_ms: None,
+        }))
+    }
+
+    fn incr(by: i64) -> KeyWrite {
+        KeyWrite::Command(Command::IncrBy(b"k".to_vec(), by))
+    }
+
+    fn value(state: &KeyState) -> Option<&[u8]> {
+        state.entry.as_ref().map(|e| e.value.as_slice())
     }
 
     /// A key has a runner exactly while it is in the map: the first arrival starts one, later
@@ -411,34 +415,31 @@ mod tests {
     #[test]
     fn a_group_of_increments_answers_each_its_own_value_in_order() {
         let mut s = state(Some("10"));
-        let (replies, changed) = apply_group(
-            &mut s,
-            &[StringWrite::IncrBy(1), StringWrite::IncrBy(5), StringWrite::IncrBy(-2)],
-        );
+        let replies = apply_group(&mut s, &[incr(1), incr(5), incr(-2)], 0);
         assert_eq!(
             replies,
             vec![Reply::Integer(11), Reply::Integer(16), Reply::Integer(14)]
         );
-        assert!(changed);
-        assert_eq!(s.value.as_deref(), Some(&b"14"[..]));
+        assert_eq!(value(&s), Some(&b"14"[..]));
         // An increment keeps the key's time to live as the cluster has it, as in Redis.
-        assert_eq!(s.ttl, NewTtl::Keep);
+        assert_eq!(s.written, Some(NewTtl::Keep));
     }
 
     #[test]
     fn a_set_in_a_group_resets_the_value_and_its_expiry_for_the_writes_after_it() {
         let mut s = state(Some("10"));
-        let (replies, _) = apply_group(
+        let replies = apply_group(
             &mut s,
             &[
-                StringWrite::IncrBy(1),
-                StringWrite::Set {
+                incr(1),
+                KeyWrite::Set {
                     value: b"100".to_vec(),
                     ttl: None,
                 },
-                StringWrite::IncrBy(1),
-                StringWrite::IncrByFloat(0.5),
+                incr(1),
+                KeyWrite::Command(Command::IncrByFloat(b"k".to_vec(), 0.5)),
             ],
+            0,
         );
         assert_eq!(
             replies,
@@ -449,16 +450,13 @@ mod tests {
                 Reply::Bulk(b"101.5".to_vec())
             ]
         );
-        assert_eq!(s.ttl, NewTtl::Never);
+        assert_eq!(s.written, Some(NewTtl::Never));
     }
 
     #[test]
     fn a_refused_write_changes_nothing_and_the_others_still_apply() {
         let mut s = state(Some("9223372036854775806"));
-        let (replies, changed) = apply_group(
-            &mut s,
-            &[StringWrite::IncrBy(1), StringWrite::IncrBy(1), StringWrite::IncrBy(-5)],
-        );
+        let replies = apply_group(&mut s, &[incr(1), incr(1), incr(-5)], 0);
         assert_eq!(
             replies,
             vec![
@@ -467,10 +465,53 @@ mod tests {
                 Reply::Integer(i64::MAX - 5)
             ]
         );
-        assert!(changed);
+        assert!(s.written.is_some());
         let mut text = state(Some("abc"));
-        let (replies, changed) = apply_group(&mut text, &[StringWrite::IncrBy(1)]);
+        let replies = apply_group(&mut text, &[incr(1)], 0);
         assert_eq!(replies, vec![Reply::error(errors::NOT_INTEGER)]);
-        assert!(!changed, "nothing to write when every write was refused");
+        assert!(text.written.is_none(), "nothing to write when every write was refused");
+    }
+
+    /// Writes of any kind to one key combine: a hash's field changes from several connections
+    /// are applied in order to one value, then a DEL-like removal of the last field deletes it.
+    #[test]
+    fn a_group_of_hash_and_expiry_changes_is_applied_in_order() {
+        let mut s = state(None);
+        let hset = |f: &str, v: &str| {
+            KeyWrite::Command(Command::HSet {
+                key: b"k".to_vec(),
+                pairs: vec![(f.as_bytes().to_vec(), v.as_bytes().to_vec())],
+                answer_ok: false,
+            })
+        };
+        let replies = apply_group(
+            &mut s,
+            &[
+                hset("a", "1"),
+                hset("a", "2"),
+                KeyWrite::Command(Command::HIncrBy(b"k".to_vec(), b"a".to_vec(), 3)),
+                KeyWrite::Command(Command::Expire {
+                    key: b"k".to_vec(),
+                    expiry: crate::command::Expiry::In(1000),
+                    condition: None,
+                }),
+                incr(1),
+                KeyWrite::Command(Command::HDel(b"k".to_vec(), vec![b"a".to_vec()])),
+            ],
+            0,
+        );
+        assert_eq!(
+            replies,
+            vec![
+                Reply::Integer(1),
+                Reply::Integer(0),
+                Reply::Integer(5),
+                Reply::Integer(1),
+                Reply::error(crate::keys::WRONGTYPE),
+                Reply::Integer(1),
+            ]
+        );
+        assert!(s.entry.is_none(), "the hash left empty is deleted");
+        assert_eq!(s.written, Some(NewTtl::Never));
     }
 }

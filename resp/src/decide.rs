@@ -1,12 +1,13 @@
 //! Every command of one key as a pure decision over the key as read: its reply, and the change
 //! it makes (none, a new value with its expiry, or a deletion).
 //!
-//! One function serves both ways a command runs: alone, as a read of the key (a reader) or a
-//! read-modify-write conditioned on the revision read (a writer, see
-//! `keys::Keys::read_modify_write`); and inside `MULTI`, where `EXEC` runs the block's
-//! decisions in order over the keys as read once and commits all their changes as one
-//! transaction conditioned on those reads (see `multi`). Pure, so each command's rules are
-//! tested without a cluster.
+//! One function serves every way a command runs: alone, as a read of the key (a reader), or in
+//! a group of writes of the key from many connections applied in order over the key as read and
+//! written once, conditioned on the revision read (a writer, see `combine`); and inside `MULTI`,
+//! where `EXEC` runs the block's decisions in order over the keys as read once and commits all
+//! their changes as one transaction conditioned on those reads (see `multi`). [`KeyState`]
+//! carries a key through such a sequence. Pure, so each command's rules are tested without a
+//! cluster.
 
 use basalt_client::KvEntry;
 
@@ -33,6 +34,67 @@ impl Change {
     pub fn reply(&self) -> &Reply {
         match self {
             Change::Put(_, _, reply) | Change::Delete(reply) | Change::Keep(reply) => reply,
+        }
+    }
+}
+
+/// A key as a sequence of decisions leaves it: what it holds, and, once written, the expiry its
+/// last write gives it as the write must say it (`Keep`: as the cluster has it).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct KeyState {
+    pub entry: Option<KvEntry>,
+    /// `None`: nothing written, the key is as read.
+    pub written: Option<NewTtl>,
+}
+
+impl KeyState {
+    pub fn new(entry: Option<KvEntry>) -> KeyState {
+        KeyState { entry, written: None }
+    }
+
+    /// Runs one command of this key over it: its reply (an error is the command's own).
+    pub fn run(&mut self, command: &Command, now: i64, resp3: bool) -> Reply {
+        match decide(command, self.entry.as_ref(), now, resp3) {
+            Ok(change) => self.apply(change, now),
+            Err(reply) => reply,
+        }
+    }
+
+    /// Applies one decision and gives back its reply. A new expiry (`After`) is reckoned from
+    /// `now` for the commands after it; the write tells the cluster the duration, which it
+    /// counts from when it applies.
+    pub fn apply(&mut self, change: Change, now: i64) -> Reply {
+        match change {
+            Change::Keep(reply) => reply,
+            Change::Delete(reply) => {
+                self.entry = None;
+                self.written = Some(NewTtl::Never);
+                reply
+            }
+            Change::Put(value, ttl, reply) => {
+                let before = self.entry.as_ref().and_then(|e| e.expires_at_ms);
+                let expires_at_ms = match ttl {
+                    NewTtl::Keep => before,
+                    NewTtl::Never => None,
+                    NewTtl::After(d) => {
+                        let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+                        Some(u64::try_from(now.max(0)).unwrap_or(0).saturating_add(ms))
+                    }
+                };
+                self.entry = Some(KvEntry {
+                    value,
+                    create_revision: 0,
+                    mod_revision: 0,
+                    version: 0,
+                    expires_at_ms,
+                });
+                // A kept expiry after a new one keeps the new one; after a deletion, none.
+                self.written = Some(match (ttl, self.written) {
+                    (NewTtl::Keep, Some(earlier)) => earlier,
+                    (spec, _) => spec,
+                });
+                reply
+            }
         }
     }
 }

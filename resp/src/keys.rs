@@ -3,26 +3,25 @@
 //! commit before the answer).
 //!
 //! A Redis string is a Basalt KV key with the same name and value, so what one side writes the
-//! other reads. Commands that change a value from what it holds (`INCR`, `APPEND`, `EXPIRE`,
-//! `SET ... KEEPTTL`) read the key and write it back in one transaction conditioned on the
-//! revision they read, retrying when another writer came in between: atomic as in Redis, at the
-//! price of a retry under contention on one key.
+//! other reads. Every command of one key is a decision over the key as read (`decide`); readers
+//! read it, writers join the key's next group of writes (`combine`), applied in order and
+//! written once, conditioned on the revision read: atomic as in Redis, and one Raft round for
+//! many connections' writes of a hot key.
 
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use basalt_client::limits::{GET_MANY_KEYS_MAX, KEY_BYTES_MAX};
-use basalt_client::txn::{Compare, Condition};
+use basalt_client::txn::Condition;
 use basalt_client::{Client, KvEntry, ReadConsistency, TxnOp, TxnOpResult, TxnOutcome};
 
-use crate::combine::{Combiner, ReadCombiner, StringWrite};
+use crate::combine::{Combiner, KeyWrite, ReadCombiner};
 use crate::command::{errors, Bytes, Command, Expiry, SetCondition};
-use crate::decide::{decide, only_reads, single_key, Change};
+use crate::decide::{decide, only_reads, single_key};
 use crate::frame::{format_double, Reply};
 use crate::glob::Glob;
 use crate::limits::{
-    CAS_ATTEMPTS_MAX, KEYSPACE_WALK_KEYS_MAX, REPLY_BYTES_MAX, SCAN_PAGE_KEYS, TXN_CONDITIONS_MAX, TXN_OPS_MAX,
-    VALUE_BYTES_MAX,
+    KEYSPACE_WALK_KEYS_MAX, REPLY_BYTES_MAX, SCAN_PAGE_KEYS, TXN_CONDITIONS_MAX, TXN_OPS_MAX, VALUE_BYTES_MAX,
 };
 use crate::reply_error::client_error;
 use crate::typed::{self, Value};
@@ -175,55 +174,10 @@ impl Keys<'_> {
         }
     }
 
-    /// Reads `key`, lets `decide` choose the change, and writes it only if the key is still at
-    /// the revision read; retried when it is not, at most [`CAS_ATTEMPTS_MAX`] times. The read
-    /// is linearizable whatever the connection's setting: the write depends on it.
-    pub async fn read_modify_write(
-        &self,
-        key: &[u8],
-        mut decide: impl FnMut(Option<&KvEntry>, i64) -> Result<Change, Reply>,
-    ) -> Reply {
-        for attempt in 0..CAS_ATTEMPTS_MAX {
-            let entry = match self.client.kv().get(key).await {
-                Ok(entry) => entry,
-                Err(e) => return client_error(&e),
-            };
-            let change = match decide(entry.as_ref(), now_ms()) {
-                Ok(change) => change,
-                Err(reply) => return reply,
-            };
-            let (op, reply) = match change {
-                Change::Keep(reply) => return reply,
-                Change::Put(value, ttl, reply) => (put_op(key, value, ttl), reply),
-                Change::Delete(reply) => (TxnOp::delete(key.to_vec()), reply),
-            };
-            let revision = entry.as_ref().map_or(0, |e| e.mod_revision);
-            let outcome = self
-                .client
-                .txn()
-                .when(Condition::mod_revision(key.to_vec(), Compare::Eq, revision))
-                .then(op)
-                .commit()
-                .await;
-            match outcome {
-                Ok(TxnOutcome::Committed { succeeded: true, .. }) => return reply,
-                Ok(TxnOutcome::Committed { succeeded: false, .. }) => {
-                    // Someone wrote the key in between: read it again, after a pause that
-                    // grows so that contending writers spread out.
-                    tokio::time::sleep(Duration::from_micros(50 * u64::from(attempt.min(40)))).await;
-                }
-                Ok(TxnOutcome::Aborted { reason, .. }) => return op_refusal(reason),
-                Err(e) => return client_error(&e),
-            }
-        }
-        Reply::error(format!(
-            "TRYAGAIN the key changed under {CAS_ATTEMPTS_MAX} attempts in a row; nothing was applied"
-        ))
-    }
-
     /// A command of one key (see `decide`): a reader reads the key (combined with other
-    /// connections' reads of it, stale after `READONLY`) and answers; a writer changes it in a
-    /// read-modify-write.
+    /// connections' reads of it, stale after `READONLY`) and answers; a writer joins the key's
+    /// next group of writes (`combine`), applied in order over the key as read and written once,
+    /// conditioned on the revision read.
     pub async fn single(&self, command: &Command, resp3: bool) -> Reply {
         let Some(key) = single_key(command) else {
             return Reply::error("ERR not a command of one key");
@@ -238,7 +192,8 @@ impl Keys<'_> {
                 Err(reply) => reply,
             };
         }
-        self.read_modify_write(key, |entry, now| decide(command, entry, now, resp3))
+        self.combiner
+            .write(self.client, key, KeyWrite::Command(command.clone()))
             .await
     }
 
@@ -272,12 +227,12 @@ impl Keys<'_> {
                 },
                 Some(Ttl::Live(ttl)) => {
                     self.combiner
-                        .write(self.client, key, StringWrite::Set { value, ttl: Some(ttl) })
+                        .write(self.client, key, KeyWrite::Set { value, ttl: Some(ttl) })
                         .await
                 }
                 None => {
                     self.combiner
-                        .write(self.client, key, StringWrite::Set { value, ttl: None })
+                        .write(self.client, key, KeyWrite::Set { value, ttl: None })
                         .await
                 }
             };
@@ -416,12 +371,18 @@ impl Keys<'_> {
     }
 
     pub async fn incr_by(&self, key: &[u8], by: i64) -> Reply {
-        self.combiner.write(self.client, key, StringWrite::IncrBy(by)).await
+        self.combiner
+            .write(self.client, key, KeyWrite::Command(Command::IncrBy(key.to_vec(), by)))
+            .await
     }
 
     pub async fn incr_by_float(&self, key: &[u8], by: f64) -> Reply {
         self.combiner
-            .write(self.client, key, StringWrite::IncrByFloat(by))
+            .write(
+                self.client,
+                key,
+                KeyWrite::Command(Command::IncrByFloat(key.to_vec(), by)),
+            )
             .await
     }
 

@@ -72,8 +72,9 @@ pub const TXN_WRITE_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// or `EXEC` may write.
 pub const TXN_OPS_MAX: usize = 256;
 
-/// Times a read-modify-write command (`INCR`, `APPEND`, `EXPIRE`, ...) retries its
-/// compare-and-set when another writer changed the key in between, before it answers `TRYAGAIN`.
+/// Times a group of writes of one key (`INCR`, `APPEND`, `HSET`, ...), or a `MULTI` block,
+/// retries its compare-and-set when another writer changed a key in between, before it answers
+/// `TRYAGAIN`.
 pub const CAS_ATTEMPTS_MAX: u32 = 100;
 
 /// Commands `MULTI` may queue before `EXEC`.

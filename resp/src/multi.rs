@@ -21,7 +21,7 @@ use basalt_client::txn::{Compare, Condition};
 use basalt_client::{Client, KvEntry, ReadConsistency, TxnOp, TxnOutcome};
 
 use crate::command::{Bytes, Command};
-use crate::decide::{decide, single_key, Change};
+use crate::decide::{single_key, Change, KeyState};
 use crate::frame::Reply;
 use crate::keys::{check_key, check_storable, now_ms, op_refusal, put_op, string_of, NewTtl};
 use crate::limits::{CAS_ATTEMPTS_MAX, REPLY_BYTES_MAX, TXN_CONDITIONS_MAX, TXN_WRITE_BYTES_MAX};
@@ -62,52 +62,26 @@ fn keys_of(command: &Command) -> Vec<&Bytes> {
     }
 }
 
-/// The block's keys as it leaves them: each one's value (`None`: absent) and, for a key it
-/// changed, the expiry its final write gives it.
+/// The block's keys as it leaves them.
 #[derive(Default)]
 struct Block {
-    held: HashMap<Bytes, Option<KvEntry>>,
-    written: HashMap<Bytes, NewTtl>,
+    keys: HashMap<Bytes, KeyState>,
 }
 
 impl Block {
     fn entry(&self, key: &[u8]) -> Option<&KvEntry> {
-        self.held.get(key).and_then(Option::as_ref)
+        self.keys.get(key).and_then(|k| k.entry.as_ref())
     }
 
-    /// Applies one decision to `key` and gives back its reply.
-    fn apply(&mut self, key: &[u8], change: Change, now: i64) -> Reply {
-        match change {
-            Change::Keep(reply) => reply,
-            Change::Delete(reply) => {
-                self.held.insert(key.to_vec(), None);
-                self.written.insert(key.to_vec(), NewTtl::Never);
-                reply
-            }
-            Change::Put(value, ttl, reply) => {
-                let before = self.entry(key).and_then(|e| e.expires_at_ms);
-                let expires_at_ms = match ttl {
-                    NewTtl::Keep => before,
-                    NewTtl::Never => None,
-                    NewTtl::After(d) => Some(u64::try_from(now.max(0)).unwrap_or(0).saturating_add(millis(d))),
-                };
-                let entry = KvEntry {
-                    value,
-                    create_revision: 0,
-                    mod_revision: 0,
-                    version: 0,
-                    expires_at_ms,
-                };
-                self.held.insert(key.to_vec(), Some(entry));
-                // A kept expiry after a new one keeps the new one.
-                let spec = match (ttl, self.written.get(key)) {
-                    (NewTtl::Keep, Some(earlier)) => *earlier,
-                    (spec, _) => spec,
-                };
-                self.written.insert(key.to_vec(), spec);
-                reply
-            }
-        }
+    fn state(&mut self, key: &[u8]) -> &mut KeyState {
+        self.keys.entry(key.to_vec()).or_default()
+    }
+
+    /// The keys the block changed, with the expiry each one's write gives it.
+    fn written(&self) -> impl Iterator<Item = (&Bytes, Option<&KvEntry>, NewTtl)> {
+        self.keys
+            .iter()
+            .filter_map(|(key, k)| k.written.map(|ttl| (key, k.entry.as_ref(), ttl)))
     }
 
     /// Runs one queued command and gives back its reply.
@@ -137,7 +111,7 @@ impl Block {
                 for key in keys {
                     if self.entry(key).is_some() {
                         deleted += 1;
-                        self.apply(key, Change::Delete(Reply::Null), now);
+                        self.state(key).apply(Change::Delete(Reply::Null), now);
                     }
                 }
                 Reply::Integer(deleted)
@@ -151,7 +125,8 @@ impl Block {
                     return Reply::Integer(0);
                 }
                 for (key, value) in pairs {
-                    self.apply(key, Change::Put(value.clone(), NewTtl::Never, Reply::Null), now);
+                    self.state(key)
+                        .apply(Change::Put(value.clone(), NewTtl::Never, Reply::Null), now);
                 }
                 if only_if_absent {
                     Reply::Integer(1)
@@ -163,10 +138,7 @@ impl Block {
                 let Some(key) = single_key(other) else {
                     return Reply::error("ERR not a command this block can run");
                 };
-                match decide(other, self.entry(key), now, resp3) {
-                    Ok(change) => self.apply(key, change, now),
-                    Err(reply) => reply,
-                }
+                self.state(key).run(other, now, resp3)
             }
         }
     }
@@ -196,10 +168,6 @@ fn reply_size(reply: &Reply) -> usize {
             Reply::Map(pairs) => pairs.iter().map(|(k, v)| reply_size(k) + reply_size(v)).sum(),
             Reply::Integer(_) | Reply::Null | Reply::NullArray | Reply::Double(_) | Reply::Boolean(_) => 0,
         }
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Runs a block: `watched` keys must still be at the revisions recorded (0: absent).
@@ -237,8 +205,10 @@ pub async fn exec(client: &Client, watched: &[(Bytes, u64)], queued: Vec<Queued>
         }
         let now = now_ms();
         let mut block = Block {
-            held: read.iter().cloned().collect(),
-            written: HashMap::new(),
+            keys: read
+                .iter()
+                .map(|(key, entry)| (key.clone(), KeyState::new(entry.clone())))
+                .collect(),
         };
         let mut replies = Vec::with_capacity(commands.len());
         let mut reply_bytes = 0usize;
@@ -250,16 +220,15 @@ pub async fn exec(client: &Client, watched: &[(Bytes, u64)], queued: Vec<Queued>
             }
             replies.push(reply);
         }
-        if block.written.is_empty() && keys.len() <= GET_MANY_KEYS_MAX {
+        if block.written().next().is_none() && keys.len() <= GET_MANY_KEYS_MAX {
             // Read only, from one point-in-time view (one `get_many`): nothing to commit.
             return Reply::Array(replies);
         }
         // What the transaction carries: each written key and value, each condition's key, and
         // the framing of each, counted generously so the server's own bound is never the one hit.
         let written_bytes: usize = block
-            .written
-            .keys()
-            .map(|key| key.len() + block.entry(key).map_or(0, |e| e.value.len()) + TXN_ITEM_FRAMING_BYTES)
+            .written()
+            .map(|(key, entry, _)| key.len() + entry.map_or(0, |e| e.value.len()) + TXN_ITEM_FRAMING_BYTES)
             .sum::<usize>()
             + keys.iter().map(|key| key.len() + TXN_ITEM_FRAMING_BYTES).sum::<usize>();
         if written_bytes > TXN_WRITE_BYTES_MAX {
@@ -272,9 +241,9 @@ pub async fn exec(client: &Client, watched: &[(Bytes, u64)], queued: Vec<Queued>
             txn = txn.when(Condition::mod_revision(key.clone(), Compare::Eq, revision(key)));
         }
         let mut ops = 0;
-        for (key, ttl) in &block.written {
-            txn = txn.then(match block.entry(key) {
-                Some(entry) => put_op(key, entry.value.clone(), *ttl),
+        for (key, entry, ttl) in block.written() {
+            txn = txn.then(match entry {
+                Some(entry) => put_op(key, entry.value.clone(), ttl),
                 None => TxnOp::delete(key.clone()),
             });
             ops += 1;
@@ -326,8 +295,6 @@ mod tests {
     #[test]
     fn a_block_runs_its_commands_in_order_over_the_keys_as_read() {
         let mut block = Block::default();
-        block.held.insert(b"n".to_vec(), None);
-        block.held.insert(b"z".to_vec(), None);
         assert_eq!(run(&mut block, "INCR n"), Reply::Integer(1));
         assert_eq!(run(&mut block, "INCRBY n 41"), Reply::Integer(42));
         assert_eq!(run(&mut block, "GET n"), Reply::Bulk(b"42".to_vec()));
@@ -342,8 +309,8 @@ mod tests {
         assert_eq!(run(&mut block, "ZCARD z"), Reply::Integer(2));
         assert_eq!(run(&mut block, "PTTL z"), Reply::Integer(5000));
         assert_eq!(
-            block.written.get(b"z".as_slice()),
-            Some(&NewTtl::After(Duration::from_millis(5000)))
+            block.keys[b"z".as_slice()].written,
+            Some(NewTtl::After(Duration::from_millis(5000)))
         );
         assert_eq!(run(&mut block, "DEL n z"), Reply::Integer(2));
         assert_eq!(run(&mut block, "EXISTS n z"), Reply::Integer(0));
@@ -352,7 +319,7 @@ mod tests {
             run(&mut block, "MGET n z"),
             Reply::Array(vec![Reply::Bulk(b"1".to_vec()), Reply::Bulk(b"2".to_vec())])
         );
-        assert_eq!(block.written.get(b"n".as_slice()), Some(&NewTtl::Never));
+        assert_eq!(block.keys[b"n".as_slice()].written, Some(NewTtl::Never));
     }
 
     /// `MGET k k k ...` of a large value in a block is bounded as its reply is built.
@@ -360,7 +327,9 @@ mod tests {
     fn a_block_reply_past_the_bound_is_refused_as_it_is_built() {
         let mut block = Block::default();
         let value = vec![b'x'; 1024 * 1024];
-        block.apply(b"k", Change::Put(value, NewTtl::Never, Reply::ok()), 0);
+        block
+            .state(b"k")
+            .apply(Change::Put(value, NewTtl::Never, Reply::ok()), 0);
         let mget = Command::MGet(vec![b"k".to_vec(); REPLY_BYTES_MAX / (1024 * 1024) + 1]);
         assert_eq!(block.run(&mget, 0, false), Reply::Error(REPLY_TOO_LARGE.into()));
         assert!(queue(&command("GET a"), "get").is_ok());

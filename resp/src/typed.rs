@@ -14,7 +14,7 @@
 //! RESP as the type it announces (or refused as undecodable).
 //!
 //! The whole collection is one value: a field change reads it, changes it and writes it back,
-//! conditioned on the revision read (see `keys::Keys::read_modify_write`), so it is atomic as in
+//! conditioned on the revision read (see `combine`), so it is atomic as in
 //! Redis, bounded by the largest value the cluster stores (1 MiB), and costs the collection's
 //! size per change. That fits the uses the ten systems have (a record's fields, a sliding
 //! window's recent timestamps); a collection of millions of members does not fit.
