@@ -242,6 +242,17 @@ async fn write_group(client: &Client, key: &[u8], writes: &[KeyWrite], known: &m
     }
     let mut attempt = 0;
     while attempt < CAS_ATTEMPTS_MAX {
+        let now = now_ms();
+        // A cached key whose expiry has passed is gone for the cluster: read it (the condition
+        // would refuse the write anyway, at the cost of a round).
+        if guess.as_ref().is_some_and(|k| {
+            k.entry
+                .as_ref()
+                .and_then(|e| e.expires_at_ms)
+                .is_some_and(|at| at as i64 <= now)
+        }) {
+            guess = None;
+        }
         let from_cache = guess.is_some();
         let (entry, revision) = match guess.take() {
             Some(k) => (k.entry, k.revision),
@@ -254,7 +265,7 @@ async fn write_group(client: &Client, key: &[u8], writes: &[KeyWrite], known: &m
             },
         };
         let mut state = KeyState::new(entry);
-        let replies = apply_group(&mut state, writes, now_ms());
+        let replies = apply_group(&mut state, writes, now);
         let Some(ttl) = state.written else {
             if from_cache {
                 // Nothing to write means nothing commits, so nothing shows the cached value is

@@ -14,7 +14,7 @@ use basalt_client::KvEntry;
 use crate::command::{errors, Bytes, Command, ExpireCondition, Expiry, GetExChange, SetCondition};
 use crate::frame::{format_double, Reply};
 use crate::keys::{
-    check_storable, incremented, incremented_float, string_of, ttl_of, type_name, value_of, NewTtl, Ttl, WRONGTYPE,
+    check_storable, checked_ttl, incremented, incremented_float, string_of, type_name, value_of, NewTtl, Ttl, WRONGTYPE,
 };
 use crate::limits::REPLY_BYTES_MAX;
 use crate::sorted_sets::{range_reply, select};
@@ -424,7 +424,7 @@ fn set(
     if !holds {
         return Ok(Change::Keep(if get { reply } else { Reply::Null }));
     }
-    let ttl = match expiry.map(|e| ttl_of(e, now)) {
+    let ttl = match expiry.map(|e| checked_ttl(e, now)).transpose()? {
         Some(Ttl::Past) => return Ok(Change::Delete(reply)),
         Some(Ttl::Live(ttl)) => NewTtl::After(ttl),
         None if keep_ttl => NewTtl::Keep,
@@ -458,7 +458,7 @@ fn expire(
     if !holds {
         return Ok(Change::Keep(Reply::Integer(0)));
     }
-    Ok(match ttl_of(Expiry::At(new_at), now) {
+    Ok(match checked_ttl(Expiry::At(new_at), now)? {
         Ttl::Past => Change::Delete(Reply::Integer(1)),
         Ttl::Live(ttl) => Change::Put(entry.value.clone(), NewTtl::After(ttl), Reply::Integer(1)),
     })
@@ -473,7 +473,7 @@ fn getex(entry: Option<&KvEntry>, now: i64, change: GetExChange) -> Result<Chang
         GetExChange::Keep => Change::Keep(reply),
         GetExChange::Persist if entry.expires_at_ms.is_none() => Change::Keep(reply),
         GetExChange::Persist => Change::Put(entry.value.clone(), NewTtl::Never, reply),
-        GetExChange::Set(expiry) => match ttl_of(expiry, now) {
+        GetExChange::Set(expiry) => match checked_ttl(expiry, now)? {
             Ttl::Past => Change::Delete(reply),
             Ttl::Live(ttl) => Change::Put(entry.value.clone(), NewTtl::After(ttl), reply),
         },
@@ -604,6 +604,14 @@ mod tests {
         assert!(decide(&set_marked, None, 0, false).is_err());
         let big = Command::Append(b"k".to_vec(), vec![b'x'; 1024 * 1024 + 1]);
         assert!(decide(&big, None, 0, false).is_err());
+        // A time to live past what the cluster keeps fails the command alone.
+        let too_long = "ERR a time to live of";
+        for text in ["EXPIRE k 40000000", "SET k v EX 40000000", "GETEX k EX 40000000"] {
+            assert!(
+                matches!(run(text, Some(&entry(b"v", None))), Err(Reply::Error(e)) if e.starts_with(too_long)),
+                "{text}"
+            );
+        }
         // A change of a string keeps its deadline (put_keep_ttl).
         let n = entry(b"41", Some(9_000));
         assert_eq!(

@@ -21,7 +21,8 @@ use crate::decide::{decide, only_reads, single_key};
 use crate::frame::{format_double, Reply};
 use crate::glob::Glob;
 use crate::limits::{
-    KEYSPACE_WALK_KEYS_MAX, REPLY_BYTES_MAX, SCAN_PAGE_KEYS, TXN_CONDITIONS_MAX, TXN_OPS_MAX, VALUE_BYTES_MAX,
+    KEYSPACE_WALK_KEYS_MAX, REPLY_BYTES_MAX, SCAN_PAGE_KEYS, TTL_MS_MAX, TXN_CONDITIONS_MAX, TXN_OPS_MAX,
+    VALUE_BYTES_MAX,
 };
 use crate::reply_error::client_error;
 use crate::typed::{self, Value};
@@ -50,6 +51,18 @@ pub fn ttl_of(expiry: Expiry, now_ms: i64) -> Ttl {
         Ttl::Past
     } else {
         Ttl::Live(Duration::from_millis(ms as u64))
+    }
+}
+
+/// [`ttl_of`], refusing a time to live longer than the cluster keeps a key: the command that
+/// asked for it fails alone, instead of its whole group of writes being refused by the cluster.
+pub fn checked_ttl(expiry: Expiry, now_ms: i64) -> Result<Ttl, Reply> {
+    match ttl_of(expiry, now_ms) {
+        Ttl::Live(ttl) if ttl.as_millis() > u128::from(TTL_MS_MAX) => Err(Reply::error(format!(
+            "ERR a time to live of {} ms is longer than the {TTL_MS_MAX} ms (365 days) Basalt keeps a key",
+            ttl.as_millis()
+        ))),
+        ttl => Ok(ttl),
     }
 }
 
@@ -216,7 +229,10 @@ impl Keys<'_> {
         if let Err(reply) = check_storable(&value) {
             return reply;
         }
-        let ttl = expiry.map(|e| ttl_of(e, now_ms()));
+        let ttl = match expiry.map(|e| checked_ttl(e, now_ms())).transpose() {
+            Ok(ttl) => ttl,
+            Err(reply) => return reply,
+        };
         if condition.is_none() && !get && !keep_ttl {
             // The common case: combined with other connections' writes of the key, and
             // coalesced with writes of other keys by the SDK.

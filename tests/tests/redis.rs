@@ -799,6 +799,11 @@ fn hashes_and_sorted_sets_answer_as_redis_does() {
         "nothing changed by the refusals"
     );
     assert_eq!(raw.call(&["MGET", "w:s", "h:user"]), "*2\r\n$4\r\ntext\r\n$-1\r\n");
+    // A time to live past the 365 days the cluster keeps a key fails that command alone.
+    assert!(raw
+        .call(&["EXPIRE", "w:s", "40000000"])
+        .starts_with("-ERR a time to live of"));
+    assert_eq!(raw.call(&["TTL", "w:s"]), ":-1\r\n");
     // The key-wide commands work on every type; a change of a field keeps the key's TTL.
     assert_eq!(raw.call(&["EXPIRE", "h:user", "100"]), ":1\r\n");
     assert_eq!(raw.call(&["HSET", "h:user", "more", "1"]), ":1\r\n");
