@@ -86,6 +86,21 @@ pub fn dev_command(binary: &str, home: &std::path::Path) -> (Command, DevPorts) 
     (command, ports)
 }
 
+/// The lines a child writes to `stdout`, as they come (a thread reads them), so a test waits for
+/// one with `recv_timeout` instead of blocking on a pipe.
+pub fn line_receiver(stdout: std::process::ChildStdout) -> std::sync::mpsc::Receiver<String> {
+    use std::io::{BufRead, BufReader};
+    let (line_tx, line_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line_tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    line_rx
+}
+
 /// `basalt dev --regions REGIONS --nodes-per-region NODES --clean` of `binary` on reserved ports
 /// (each listener's base with every region's and node's offset, the link proxies and the
 /// control port), keeping its data and cluster file under `home`, stdout piped for its lines,

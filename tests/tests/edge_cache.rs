@@ -521,8 +521,6 @@ fn origin_failures_are_502_and_504() {
 /// the cluster file.
 #[test]
 fn basalt_dev_serves_the_edge_on_every_node() {
-    use std::io::{BufRead, BufReader};
-
     runtime().block_on(async {
         let origin = Origin::start().await;
         let home = tempfile::tempdir().expect("home");
@@ -531,13 +529,7 @@ fn basalt_dev_serves_the_edge_on_every_node() {
             .args(["--origin", &format!("/=http://{}", origin.addr)])
             .spawn()
             .expect("basalt dev");
-        let stdout = dev.stdout.take().expect("stdout");
-        let (line_tx, line_rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = line_tx.send(line);
-            }
-        });
+        let line_rx = basalt_testkit::line_receiver(dev.stdout.take().expect("stdout"));
         let expected = format!("edge 127.0.0.1:{}", ports.edge.port());
         let mut printed = Vec::new();
         let node_line = loop {

@@ -298,7 +298,6 @@ fn cdn_never_serves_a_purged_object_once_the_purge_reached_the_node() {
 /// the origin the cluster file names and reads every node's edge the file lists.
 #[test]
 fn cdn_runs_on_a_basalt_dev_cluster_given_by_its_cluster_file() {
-    use std::io::{BufRead, BufReader};
     use std::time::Duration;
 
     let home = tempfile::tempdir().expect("home");
@@ -309,13 +308,7 @@ fn cdn_runs_on_a_basalt_dev_cluster_given_by_its_cluster_file() {
         .args(["--origin", &format!("/=http://{}", origin.addr())])
         .spawn()
         .expect("basalt dev --regions");
-    let stdout = dev.stdout.take().expect("stdout");
-    let (line_tx, line_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = line_tx.send(line);
-        }
-    });
+    let line_rx = basalt_testkit::line_receiver(dev.stdout.take().expect("stdout"));
     let mut printed = Vec::new();
     let ready = loop {
         match line_rx.recv_timeout(Duration::from_secs(60)) {
