@@ -45,17 +45,30 @@ pub struct KeyState {
     pub entry: Option<KvEntry>,
     /// `None`: nothing written, the key is as read.
     pub written: Option<NewTtl>,
+    /// `entry`'s hash or sorted set decoded, once a command of the group decoded it.
+    memo: Option<Value>,
 }
 
 impl KeyState {
     pub fn new(entry: Option<KvEntry>) -> KeyState {
-        KeyState { entry, written: None }
+        KeyState {
+            entry,
+            written: None,
+            memo: None,
+        }
     }
 
-    /// Runs one command of this key over it: its reply (an error is the command's own).
+    /// Runs one command of this key over it: its reply (an error is the command's own). A hash
+    /// or sorted set is decoded once for the commands of a group, not once per command.
     pub fn run(&mut self, command: &Command, now: i64, resp3: bool) -> Reply {
-        match decide(command, self.entry.as_ref(), now, resp3) {
-            Ok(change) => self.apply(change, now),
+        let mut memo = self.memo.take();
+        match decide_memo(command, self.entry.as_ref(), &mut memo, now, resp3) {
+            Ok(change) => {
+                let reply = self.apply(change, now);
+                // `apply` forgot any memo; what the decision left matches the new value.
+                self.memo = memo;
+                reply
+            }
             Err(reply) => reply,
         }
     }
@@ -64,6 +77,7 @@ impl KeyState {
     /// `now` for the commands after it; the write tells the cluster the duration, which it
     /// counts from when it applies.
     pub fn apply(&mut self, change: Change, now: i64) -> Reply {
+        self.memo = None;
         match change {
             Change::Keep(reply) => reply,
             Change::Delete(reply) => {
@@ -140,6 +154,34 @@ pub fn single_key(command: &Command) -> Option<&Bytes> {
     }
 }
 
+/// Whether a command works on a hash or a sorted set (and so may use a decoded memo of it).
+fn of_a_collection(command: &Command) -> bool {
+    use Command::*;
+    matches!(
+        command,
+        HSet { .. }
+            | HSetNx(..)
+            | HGet(..)
+            | HMGet(..)
+            | HGetAll(_)
+            | HDel(..)
+            | HIncrBy(..)
+            | HIncrByFloat(..)
+            | HExists(..)
+            | HLen(_)
+            | HKeys(..)
+            | HStrLen(..)
+            | ZAdd(..)
+            | ZIncrBy(..)
+            | ZRem(..)
+            | ZCard(_)
+            | ZCount(..)
+            | ZScore(..)
+            | ZRange(..)
+            | ZRemRangeByScore(..)
+    )
+}
+
 /// Whether a command of one key only reads it (so it runs as a read, not a conditioned write).
 pub fn only_reads(command: &Command) -> bool {
     use Command::*;
@@ -166,7 +208,25 @@ pub fn only_reads(command: &Command) -> bool {
 /// `command`'s decision on its key as read (`entry`), at Unix time `now` (ms); `resp3` shapes
 /// replies that differ by protocol. A command that is not of one key is refused.
 pub fn decide(command: &Command, entry: Option<&KvEntry>, now: i64, resp3: bool) -> Result<Change, Reply> {
+    decide_memo(command, entry, &mut None, now, resp3)
+}
+
+/// [`decide`] with `memo`, the decoded form of `entry`'s hash or sorted set when the caller has
+/// it (a group of commands of one key: decoded once, not once per command). A collection
+/// command takes it (or decodes `entry`) and leaves there the collection as its decision leaves
+/// it; any other command, or an error, leaves it empty.
+pub fn decide_memo(
+    command: &Command,
+    entry: Option<&KvEntry>,
+    memo: &mut Option<Value>,
+    now: i64,
+    resp3: bool,
+) -> Result<Change, Reply> {
     use Command::*;
+    if !of_a_collection(command) {
+        // A string or key-wide command: whatever it does, a memo would no longer match.
+        *memo = None;
+    }
     match command {
         Get(_) => Ok(Change::Keep(Reply::optional(string_of(entry)?))),
         Set {
@@ -230,7 +290,7 @@ pub fn decide(command: &Command, entry: Option<&KvEntry>, now: i64, resp3: bool)
             ))
         }
         HSet { pairs, answer_ok, .. } => {
-            let mut hash = hash_of(entry)?;
+            let mut hash = hash_of(entry, memo)?;
             let mut added = 0;
             for (field, value) in pairs {
                 if hash.fields.insert(field.clone(), value.clone()).is_none() {
@@ -238,26 +298,26 @@ pub fn decide(command: &Command, entry: Option<&KvEntry>, now: i64, resp3: bool)
                 }
             }
             let reply = if *answer_ok { Reply::ok() } else { Reply::Integer(added) };
-            store_hash(hash, entry.is_some(), reply)
+            store_hash(memo, hash, entry.is_some(), reply)
         }
         HSetNx(_, field, value) => {
-            let mut hash = hash_of(entry)?;
+            let mut hash = hash_of(entry, memo)?;
             if hash.fields.contains_key(field) {
-                return Ok(Change::Keep(Reply::Integer(0)));
+                return keep(memo, Value::Hash(hash), Reply::Integer(0));
             }
             hash.fields.insert(field.clone(), value.clone());
-            store_hash(hash, entry.is_some(), Reply::Integer(1))
+            store_hash(memo, hash, entry.is_some(), Reply::Integer(1))
         }
         HDel(_, fields) => {
-            let mut hash = hash_of(entry)?;
+            let mut hash = hash_of(entry, memo)?;
             let removed = fields.iter().filter(|f| hash.fields.remove(*f).is_some()).count() as i64;
             if removed == 0 {
-                return Ok(Change::Keep(Reply::Integer(0)));
+                return keep(memo, Value::Hash(hash), Reply::Integer(0));
             }
-            store_hash(hash, entry.is_some(), Reply::Integer(removed))
+            store_hash(memo, hash, entry.is_some(), Reply::Integer(removed))
         }
         HIncrBy(_, field, by) => {
-            let mut hash = hash_of(entry)?;
+            let mut hash = hash_of(entry, memo)?;
             let current = match hash.fields.get(field) {
                 None => 0,
                 Some(bytes) => {
@@ -266,10 +326,10 @@ pub fn decide(command: &Command, entry: Option<&KvEntry>, now: i64, resp3: bool)
             };
             let next = current.checked_add(*by).ok_or_else(|| Reply::error(errors::OVERFLOW))?;
             hash.fields.insert(field.clone(), next.to_string().into_bytes());
-            store_hash(hash, entry.is_some(), Reply::Integer(next))
+            store_hash(memo, hash, entry.is_some(), Reply::Integer(next))
         }
         HIncrByFloat(_, field, by) => {
-            let mut hash = hash_of(entry)?;
+            let mut hash = hash_of(entry, memo)?;
             let current = match hash.fields.get(field) {
                 None => 0.0,
                 Some(bytes) => {
@@ -282,11 +342,10 @@ pub fn decide(command: &Command, entry: Option<&KvEntry>, now: i64, resp3: bool)
             }
             let text = format_double(next);
             hash.fields.insert(field.clone(), text.clone().into_bytes());
-            store_hash(hash, entry.is_some(), Reply::Bulk(text.into_bytes()))
+            store_hash(memo, hash, entry.is_some(), Reply::Bulk(text.into_bytes()))
         }
-        HGet(_, field) => Ok(Change::Keep(Reply::optional(hash_of(entry)?.fields.remove(field)))),
-        HMGet(_, fields) => {
-            let hash = hash_of(entry)?;
+        HGet(_, field) => read_hash(entry, memo, |h| Ok(Reply::optional(h.fields.get(field).cloned()))),
+        HMGet(_, fields) => read_hash(entry, memo, |hash| {
             // A field named many times is copied each time: counted as the reply is built.
             let mut bytes = 0usize;
             let mut values = Vec::with_capacity(fields.len().min(1024));
@@ -300,32 +359,34 @@ pub fn decide(command: &Command, entry: Option<&KvEntry>, now: i64, resp3: bool)
                 }
                 values.push(Reply::optional(value));
             }
-            Ok(Change::Keep(Reply::Array(values)))
-        }
+            Ok(Reply::Array(values))
+        }),
         // A map in RESP3, fields and values in turn in RESP2.
-        HGetAll(_) => Ok(Change::Keep(Reply::Map(
-            hash_of(entry)?
-                .fields
-                .into_iter()
-                .map(|(f, v)| (Reply::Bulk(f), Reply::Bulk(v)))
-                .collect(),
-        ))),
-        HExists(_, field) => Ok(Change::Keep(Reply::Integer(i64::from(
-            hash_of(entry)?.fields.contains_key(field),
-        )))),
-        HLen(_) => Ok(Change::Keep(Reply::Integer(hash_of(entry)?.fields.len() as i64))),
-        HKeys(_, values) => Ok(Change::Keep(Reply::Array(
-            hash_of(entry)?
-                .fields
-                .into_iter()
-                .map(|(f, v)| Reply::Bulk(if *values { v } else { f }))
-                .collect(),
-        ))),
-        HStrLen(_, field) => Ok(Change::Keep(Reply::Integer(
-            hash_of(entry)?.fields.get(field).map_or(0, |v| v.len() as i64),
-        ))),
+        HGetAll(_) => read_hash(entry, memo, |h| {
+            Ok(Reply::Map(
+                h.fields
+                    .iter()
+                    .map(|(f, v)| (Reply::Bulk(f.clone()), Reply::Bulk(v.clone())))
+                    .collect(),
+            ))
+        }),
+        HExists(_, field) => read_hash(entry, memo, |h| {
+            Ok(Reply::Integer(i64::from(h.fields.contains_key(field))))
+        }),
+        HLen(_) => read_hash(entry, memo, |h| Ok(Reply::Integer(h.fields.len() as i64))),
+        HKeys(_, values) => read_hash(entry, memo, |h| {
+            Ok(Reply::Array(
+                h.fields
+                    .iter()
+                    .map(|(f, v)| Reply::Bulk(if *values { v.clone() } else { f.clone() }))
+                    .collect(),
+            ))
+        }),
+        HStrLen(_, field) => read_hash(entry, memo, |h| {
+            Ok(Reply::Integer(h.fields.get(field).map_or(0, |v| v.len() as i64)))
+        }),
         ZAdd(_, query) => {
-            let mut set = set_of(entry)?;
+            let mut set = set_of(entry, memo)?;
             if query.incr {
                 let Some((by, member)) = query.pairs.first() else {
                     return Err(Reply::error(errors::SYNTAX));
@@ -333,7 +394,7 @@ pub fn decide(command: &Command, entry: Option<&KvEntry>, now: i64, resp3: bool)
                 let current = set.score(member);
                 if (query.rules.only_new && current.is_some()) || (query.rules.only_existing && current.is_none()) {
                     // Held back before any arithmetic, as Redis does.
-                    return Ok(Change::Keep(Reply::Null));
+                    return keep(memo, Value::SortedSet(set), Reply::Null);
                 }
                 // A new member takes the increment itself (`-0` stays `-0`).
                 let next = current.map_or(*by, |s| s + by);
@@ -342,9 +403,9 @@ pub fn decide(command: &Command, entry: Option<&KvEntry>, now: i64, resp3: bool)
                 }
                 // A score already there is answered as Redis does; only NX/XX/GT/LT answer null.
                 return match set.add(member, next, query.rules) {
-                    Added::Refused => Ok(Change::Keep(Reply::Null)),
-                    Added::Unchanged => Ok(Change::Keep(Reply::Double(next))),
-                    Added::New | Added::Updated => store_set(set, entry.is_some(), Reply::Double(next)),
+                    Added::Refused => keep(memo, Value::SortedSet(set), Reply::Null),
+                    Added::Unchanged => keep(memo, Value::SortedSet(set), Reply::Double(next)),
+                    Added::New | Added::Updated => store_set(memo, set, entry.is_some(), Reply::Double(next)),
                 };
             }
             let (mut added, mut updated) = (0, 0);
@@ -357,48 +418,41 @@ pub fn decide(command: &Command, entry: Option<&KvEntry>, now: i64, resp3: bool)
             }
             let reply = Reply::Integer(if query.count_changed { added + updated } else { added });
             if added + updated == 0 {
-                return Ok(Change::Keep(reply));
+                return keep(memo, Value::SortedSet(set), reply);
             }
-            store_set(set, entry.is_some(), reply)
+            store_set(memo, set, entry.is_some(), reply)
         }
         ZIncrBy(_, by, member) => {
-            let mut set = set_of(entry)?;
+            let mut set = set_of(entry, memo)?;
             let next = set.score(member).map_or(*by, |s| s + by);
             if next.is_nan() {
                 return Err(Reply::error("ERR resulting score is not a number (NaN)"));
             }
             if set.add(member, next, AddRules::default()) == Added::Unchanged {
-                return Ok(Change::Keep(Reply::Double(next)));
+                return keep(memo, Value::SortedSet(set), Reply::Double(next));
             }
-            store_set(set, entry.is_some(), Reply::Double(next))
+            store_set(memo, set, entry.is_some(), Reply::Double(next))
         }
         ZRem(_, members) => {
-            let mut set = set_of(entry)?;
+            let mut set = set_of(entry, memo)?;
             let removed = members.iter().filter(|m| set.remove(m)).count() as i64;
             if removed == 0 {
-                return Ok(Change::Keep(Reply::Integer(0)));
+                return keep(memo, Value::SortedSet(set), Reply::Integer(0));
             }
-            store_set(set, entry.is_some(), Reply::Integer(removed))
+            store_set(memo, set, entry.is_some(), Reply::Integer(removed))
         }
         ZRemRangeByScore(_, min, max) => {
-            let mut set = set_of(entry)?;
+            let mut set = set_of(entry, memo)?;
             let removed = set.remove_by_score(*min, *max) as i64;
             if removed == 0 {
-                return Ok(Change::Keep(Reply::Integer(0)));
+                return keep(memo, Value::SortedSet(set), Reply::Integer(0));
             }
-            store_set(set, entry.is_some(), Reply::Integer(removed))
+            store_set(memo, set, entry.is_some(), Reply::Integer(removed))
         }
-        ZCard(_) => Ok(Change::Keep(Reply::Integer(set_of(entry)?.len() as i64))),
-        ZCount(_, min, max) => Ok(Change::Keep(Reply::Integer(
-            set_of(entry)?.by_score(*min, *max).count() as i64,
-        ))),
-        ZScore(_, member) => Ok(Change::Keep(
-            set_of(entry)?.score(member).map_or(Reply::Null, Reply::Double),
-        )),
-        ZRange(_, query) => {
-            let set = set_of(entry)?;
-            Ok(Change::Keep(range_reply(select(&set, query), query.with_scores, resp3)))
-        }
+        ZCard(_) => read_set(entry, memo, |s| Reply::Integer(s.len() as i64)),
+        ZCount(_, min, max) => read_set(entry, memo, |s| Reply::Integer(s.by_score(*min, *max).count() as i64)),
+        ZScore(_, member) => read_set(entry, memo, |s| s.score(member).map_or(Reply::Null, Reply::Double)),
+        ZRange(_, query) => read_set(entry, memo, |s| range_reply(select(s, query), query.with_scores, resp3)),
         _ => Err(Reply::error("ERR not a command of one key")),
     }
 }
@@ -480,8 +534,12 @@ fn getex(entry: Option<&KvEntry>, now: i64, change: GetExChange) -> Result<Chang
     })
 }
 
-/// The hash a stored key holds (empty when absent), or `WRONGTYPE`.
-fn hash_of(entry: Option<&KvEntry>) -> Result<Hash, Reply> {
+/// The hash a stored key holds (empty when absent), or `WRONGTYPE`: taken from `memo` when it
+/// holds one, else decoded.
+fn hash_of(entry: Option<&KvEntry>, memo: &mut Option<Value>) -> Result<Hash, Reply> {
+    if let Some(Value::Hash(hash)) = memo.take() {
+        return Ok(hash);
+    }
     match value_of(entry)? {
         None => Ok(Hash::default()),
         Some(Value::Hash(hash)) => Ok(hash),
@@ -489,8 +547,12 @@ fn hash_of(entry: Option<&KvEntry>) -> Result<Hash, Reply> {
     }
 }
 
-/// The sorted set a stored key holds (empty when absent), or `WRONGTYPE`.
-fn set_of(entry: Option<&KvEntry>) -> Result<SortedSet, Reply> {
+/// The sorted set a stored key holds (empty when absent), or `WRONGTYPE`; from `memo` as
+/// [`hash_of`].
+fn set_of(entry: Option<&KvEntry>, memo: &mut Option<Value>) -> Result<SortedSet, Reply> {
+    if let Some(Value::SortedSet(set)) = memo.take() {
+        return Ok(set);
+    }
     match value_of(entry)? {
         None => Ok(SortedSet::default()),
         Some(Value::SortedSet(set)) => Ok(set),
@@ -498,9 +560,39 @@ fn set_of(entry: Option<&KvEntry>) -> Result<SortedSet, Reply> {
     }
 }
 
+/// A reader of a hash: its reply, the hash left in `memo`.
+fn read_hash(
+    entry: Option<&KvEntry>,
+    memo: &mut Option<Value>,
+    read: impl FnOnce(&Hash) -> Result<Reply, Reply>,
+) -> Result<Change, Reply> {
+    let hash = hash_of(entry, memo)?;
+    let reply = read(&hash);
+    *memo = Some(Value::Hash(hash));
+    reply.map(Change::Keep)
+}
+
+/// A reader of a sorted set: its reply, the set left in `memo`.
+fn read_set(
+    entry: Option<&KvEntry>,
+    memo: &mut Option<Value>,
+    read: impl FnOnce(&SortedSet) -> Reply,
+) -> Result<Change, Reply> {
+    let set = set_of(entry, memo)?;
+    let reply = read(&set);
+    *memo = Some(Value::SortedSet(set));
+    Ok(Change::Keep(reply))
+}
+
+/// A writer that changed nothing: `value` (unchanged) back in `memo`.
+fn keep(memo: &mut Option<Value>, value: Value, reply: Reply) -> Result<Change, Reply> {
+    *memo = Some(value);
+    Ok(Change::Keep(reply))
+}
+
 /// The change storing a collection as the key's value, keeping its expiry: deleted when it is
-/// left empty, as in Redis.
-fn store(value: Value, empty: bool, existed: bool, reply: Reply) -> Result<Change, Reply> {
+/// left empty, as in Redis. The collection stays in `memo` as stored.
+fn store(memo: &mut Option<Value>, value: Value, empty: bool, existed: bool, reply: Reply) -> Result<Change, Reply> {
     if empty {
         return Ok(if existed {
             Change::Delete(reply)
@@ -509,17 +601,18 @@ fn store(value: Value, empty: bool, existed: bool, reply: Reply) -> Result<Chang
         });
     }
     let bytes = encode(&value).map_err(|e| Reply::error(e.to_string()))?;
+    *memo = Some(value);
     Ok(Change::Put(bytes, NewTtl::Keep, reply))
 }
 
-fn store_hash(hash: Hash, existed: bool, reply: Reply) -> Result<Change, Reply> {
+fn store_hash(memo: &mut Option<Value>, hash: Hash, existed: bool, reply: Reply) -> Result<Change, Reply> {
     let empty = hash.fields.is_empty();
-    store(Value::Hash(hash), empty, existed, reply)
+    store(memo, Value::Hash(hash), empty, existed, reply)
 }
 
-fn store_set(set: SortedSet, existed: bool, reply: Reply) -> Result<Change, Reply> {
+fn store_set(memo: &mut Option<Value>, set: SortedSet, existed: bool, reply: Reply) -> Result<Change, Reply> {
     let empty = set.is_empty();
-    store(Value::SortedSet(set), empty, existed, reply)
+    store(memo, Value::SortedSet(set), empty, existed, reply)
 }
 
 #[cfg(test)]
@@ -642,6 +735,38 @@ mod tests {
             run("HGET k a", Some(&entry(b"text", None))),
             Err(Reply::error(WRONGTYPE))
         );
+    }
+
+    /// A group run through one KeyState decodes a collection once, and what it remembers never
+    /// outlives a change by another kind of command.
+    #[test]
+    fn a_key_state_remembers_the_decoded_collection_only_while_it_matches() {
+        let mut state = KeyState::new(None);
+        assert_eq!(state.run(&command("HSET k a 1"), 0, false), Reply::Integer(1));
+        assert!(matches!(state.memo, Some(Value::Hash(_))));
+        assert_eq!(state.run(&command("HINCRBY k a 2"), 0, false), Reply::Integer(3));
+        assert_eq!(state.run(&command("HGET k a"), 0, false), Reply::Bulk(b"3".to_vec()));
+        // A string replaces the hash: the memo goes with it.
+        assert_eq!(state.run(&command("SET k text"), 0, false), Reply::ok());
+        assert!(state.memo.is_none());
+        assert_eq!(state.run(&command("HGET k a"), 0, false), Reply::error(WRONGTYPE));
+        // A sorted set: a command of another type is refused and the memo still serves.
+        let mut state = KeyState::new(None);
+        assert_eq!(state.run(&command("ZADD k 1 m"), 0, false), Reply::Integer(1));
+        assert_eq!(state.run(&command("HSET k a 1"), 0, false), Reply::error(WRONGTYPE));
+        assert_eq!(state.run(&command("ZSCORE k m"), 0, false), Reply::Double(1.0));
+        assert_eq!(state.run(&command("ZREM k m"), 0, false), Reply::Integer(1));
+        assert!(
+            state.entry.is_none() && state.memo.is_none(),
+            "the emptied set is deleted"
+        );
+        // Every step's stored bytes decode to what the memo held.
+        let mut state = KeyState::new(None);
+        for text in ["ZADD k 1 a 2 b", "ZINCRBY k 5 a", "ZREMRANGEBYSCORE k -inf 2"] {
+            state.run(&command(text), 0, false);
+            let stored = crate::typed::decode(&state.entry.as_ref().expect("stored").value).expect("decode");
+            assert_eq!(Some(stored), state.memo.clone(), "{text}");
+        }
     }
 
     /// A field named again and again is copied each time: the reply is bounded as it is built.
