@@ -214,7 +214,7 @@ pub fn decide(command: &Command, entry: Option<&KvEntry>, now: i64, resp3: bool)
 /// [`decide`] with `memo`, the decoded form of `entry`'s hash or sorted set when the caller has
 /// it (a group of commands of one key: decoded once, not once per command). A collection
 /// command takes it (or decodes `entry`) and leaves there the collection as its decision leaves
-/// it; any other command, or an error, leaves it empty.
+/// it; any other command leaves it empty, and after an error the caller drops it.
 pub fn decide_memo(
     command: &Command,
     entry: Option<&KvEntry>,
@@ -750,7 +750,8 @@ mod tests {
         assert_eq!(state.run(&command("SET k text"), 0, false), Reply::ok());
         assert!(state.memo.is_none());
         assert_eq!(state.run(&command("HGET k a"), 0, false), Reply::error(WRONGTYPE));
-        // A sorted set: a command of another type is refused and the memo still serves.
+        // A sorted set: a command of another type is refused (its memo dropped: the next
+        // command decodes again).
         let mut state = KeyState::new(None);
         assert_eq!(state.run(&command("ZADD k 1 m"), 0, false), Reply::Integer(1));
         assert_eq!(state.run(&command("HSET k a 1"), 0, false), Reply::error(WRONGTYPE));
