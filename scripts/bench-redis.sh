@@ -14,21 +14,8 @@
 set -euo pipefail
 rounds=${1:-3}
 requests=${2:-200000}
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-basalt="$root/target/release/basalt"
-[ -x "$basalt" ] || { echo "build first: cargo build --release -p basalt-cli" >&2; exit 1; }
-
-"$root/scripts/ensure-packages.sh" redis-server redis-tools
-
-work=$(mktemp -d)
-redis_port=16400 basalt_resp=16379
-cleanup() {
-  redis-cli -p "$redis_port" shutdown nosave >/dev/null 2>&1 || true
-  [ -n "${dev_pid:-}" ] && kill "$dev_pid" 2>/dev/null && wait "$dev_pid" 2>/dev/null || true
-  pkill -f "basalt start.*$work" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=scripts/bench-redis-common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/bench-redis-common.sh"
 
 ticks() { # user+system clock ticks of the processes matching $1
   local total=0 pid
@@ -48,8 +35,8 @@ run_bench() { # port pipeline
     /^ +avg +min +p50/ { getline; printf "%s %s %s %s\n", test, rps, $3, $5 }'
 }
 
-measure() { # port process-pattern (the label comes from $label)
-  local port=$1 pattern=$2 pipeline before after lines line
+measure() { # port label process-pattern
+  local port=$1 label=$2 pattern=$3 pipeline before after lines line
   for pipeline in 1 16; do
     before=$(ticks "$pattern")
     lines=$(run_bench "$port" "$pipeline")
@@ -63,31 +50,5 @@ measure() { # port process-pattern (the label comes from $label)
   done
 }
 
-basalt_round() {
-  rm -rf "$work/basalt"
-  "$basalt" dev --data-dir "$work/basalt" --clean --base-port 17101 --http-base-port 18101 \
-    --control-port 17100 --resp-base-port "$basalt_resp" > "$work/dev.log" 2>&1 &
-  dev_pid=$!
-  for _ in $(seq 100); do
-    redis-cli -p "$basalt_resp" SET warmup 1 >/dev/null 2>&1 && break
-    sleep 0.2
-  done
-  label=basalt measure "$basalt_resp" "basalt start.*$work"
-  kill "$dev_pid"; wait "$dev_pid" 2>/dev/null || true; dev_pid=
-}
-
-redis_round() {
-  rm -rf "$work/redis"; mkdir -p "$work/redis"
-  redis-server --port "$redis_port" --appendonly yes --appendfsync always --save "" \
-    --dir "$work/redis" --daemonize yes --pidfile "$work/redis.pid" >/dev/null
-  for _ in $(seq 50); do redis-cli -p "$redis_port" PING >/dev/null 2>&1 && break; sleep 0.1; done
-  label=redis measure "$redis_port" "redis-server.*$redis_port"
-  redis-cli -p "$redis_port" shutdown nosave >/dev/null 2>&1 || true
-  sleep 0.5
-}
-
 echo "redis-benchmark -c 50 -n $requests, $rounds rounds; $(nproc) cores shared by everything"
-for round in $(seq "$rounds"); do
-  echo "round $round"
-  if [ $((round % 2)) -eq 1 ]; then basalt_round; redis_round; else redis_round; basalt_round; fi
-done
+interleave "$rounds"

@@ -10,7 +10,6 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use basalt_client::limits::KEY_BYTES_MAX;
 use basalt_client::{ReadConsistency, TxnOp, TxnOutcome};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -18,10 +17,10 @@ use tokio::net::TcpStream;
 use crate::command::{self, errors, Bytes, Command, Refusal};
 use crate::frame::{Parsed, Protocol, ReadLimits, Reply, RequestReader};
 use crate::glob::Glob;
-use crate::keys::{now_ms, ttl_of, Keys, Ttl};
+use crate::keys::{check_key, check_storable, checked_ttl, now_ms, ttl_of, Keys, Ttl};
 use crate::limits::{
     MULTI_QUEUED_MAX, PIPELINE_ROUND_REQUESTS_MAX, PUSH_BUFFER_MESSAGES, REPLY_FLUSH_BYTES, SCAN_CURSORS_MAX,
-    SET_RUN_BYTES_MAX, TTL_MS_MAX, TXN_CONDITIONS_MAX, TXN_OPS_MAX, VALUE_BYTES_MAX,
+    SET_RUN_BYTES_MAX, TXN_CONDITIONS_MAX, TXN_OPS_MAX,
 };
 use crate::multi::{self, Queued};
 use crate::pubsub::{Kind, Subscriptions};
@@ -268,24 +267,15 @@ impl Connection {
             })
             .collect();
         let now = now_ms();
+        // The checks a lone SET makes (`Keys::set`), so that a run holding a SET it would refuse
+        // goes one by one.
         let valid = |(key, value, expiry): &(Bytes, Bytes, Option<command::Expiry>)| {
-            let ttl_ok = match expiry.map(|e| ttl_of(e, now)) {
-                Some(Ttl::Live(ttl)) => ttl.as_millis() <= u128::from(TTL_MS_MAX),
-                _ => true,
-            };
-            !key.is_empty()
-                && key.len() <= KEY_BYTES_MAX
-                && value.len() <= VALUE_BYTES_MAX
-                && ttl_ok
-                && crate::typed::is_storable_string(value)
+            check_key(key).is_ok()
+                && check_storable(value).is_ok()
+                && expiry.is_none_or(|e| checked_ttl(e, now).is_ok())
         };
         if !sets.iter().all(valid) {
-            for (key, value, expiry) in sets {
-                self.keys()
-                    .set(&key, value, expiry, false, None, false)
-                    .await
-                    .encode(self.protocol, out);
-            }
+            self.sets_one_by_one(sets, out).await;
             return;
         }
         let mut parts: Vec<Vec<(Bytes, Bytes, Option<command::Expiry>)>> = vec![Vec::new()];
@@ -331,12 +321,7 @@ impl Connection {
                     Ok(TxnOutcome::Aborted { .. }) => {
                         // A SET the cluster refuses on its own (a rule checked only there):
                         // nothing of the part applied; run it one by one so only that one fails.
-                        for (key, value, expiry) in part {
-                            self.keys()
-                                .set(&key, value, expiry, false, None, false)
-                                .await
-                                .encode(self.protocol, out);
-                        }
+                        self.sets_one_by_one(part, out).await;
                         continue;
                     }
                     Err(e) => client_error(&e),
@@ -345,6 +330,16 @@ impl Connection {
             for _ in 0..count {
                 reply.encode(self.protocol, out);
             }
+        }
+    }
+
+    /// Plain SETs run alone, each answering for itself.
+    async fn sets_one_by_one(&self, sets: Vec<(Bytes, Bytes, Option<command::Expiry>)>, out: &mut Vec<u8>) {
+        for (key, value, expiry) in sets {
+            self.keys()
+                .set(&key, value, expiry, false, None, false)
+                .await
+                .encode(self.protocol, out);
         }
     }
 
