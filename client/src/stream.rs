@@ -47,6 +47,9 @@ pub struct Produced {
     pub offset: u64,
     /// An idempotent producer's retry of records already written: nothing was appended.
     pub duplicate: bool,
+    /// The record's stamp, as [`FetchedRecord::timestamp_ms`] gives it (0: unknown, for a
+    /// retry whose first batch retention removed).
+    pub timestamp_ms: u64,
 }
 
 impl From<pb::ProduceOutcome> for Produced {
@@ -55,6 +58,7 @@ impl From<pb::ProduceOutcome> for Produced {
             partition: o.partition,
             offset: o.offset,
             duplicate: o.duplicate,
+            timestamp_ms: o.timestamp_ms,
         }
     }
 }

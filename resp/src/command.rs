@@ -3,7 +3,9 @@
 //! I/O, so every rule is unit-tested here and the server only runs what parsed.
 
 use crate::frame::Reply;
+use crate::limits::STREAMS_PER_READ_MAX;
 use crate::sorted_sets::{AddQuery, RangeBy, RangeQuery};
+use crate::stream_ids::{parse_range_end, parse_range_start, RangeEnd, ReadFrom, StreamId, INVALID_ID};
 use crate::typed::{parse_score, AddRules, ScoreBound};
 
 pub type Bytes = Vec<u8>;
@@ -162,6 +164,43 @@ pub enum Command {
     PSubscribe(Vec<Bytes>),
     Unsubscribe(Vec<Bytes>),
     PUnsubscribe(Vec<Bytes>),
+    // Streams (topics of one partition, `streams`).
+    XAdd {
+        key: Bytes,
+        pairs: Vec<(Bytes, Bytes)>,
+        /// False with `NOMKSTREAM`.
+        create: bool,
+    },
+    XLen(Bytes),
+    XRange {
+        key: Bytes,
+        start: RangeEnd,
+        end: RangeEnd,
+        count: Option<usize>,
+        /// `XREVRANGE`.
+        rev: bool,
+    },
+    XRead {
+        count: Option<usize>,
+        block: Option<u64>,
+        streams: Vec<(Bytes, ReadFrom)>,
+    },
+    XReadGroup {
+        group: Bytes,
+        consumer: Bytes,
+        count: Option<usize>,
+        block: Option<u64>,
+        no_ack: bool,
+        streams: Vec<(Bytes, ReadFrom)>,
+    },
+    XGroupCreate {
+        key: Bytes,
+        group: Bytes,
+        from: ReadFrom,
+        create: bool,
+    },
+    XGroupDestroy(Bytes, Bytes),
+    XAck(Bytes, Bytes, Vec<StreamId>),
 }
 
 /// Every command name the table knows, with Redis's arity (positive: exactly that many
@@ -300,6 +339,38 @@ pub const COMMANDS: &[(&str, i32, &str)] = &[
         "watch",
         -2,
         "Monitors changes to keys to determine the execution of a transaction.",
+    ),
+    (
+        "xack",
+        -4,
+        "Returns the number of messages that were successfully acknowledged by the consumer group member of a stream.",
+    ),
+    (
+        "xadd",
+        -5,
+        "Appends a new message to a stream. Creates the key if it doesn't exist.",
+    ),
+    ("xgroup", -2, "A container for consumer groups commands."),
+    ("xlen", 2, "Return the number of messages in a stream."),
+    (
+        "xrange",
+        -4,
+        "Returns the messages from a stream within a range of IDs.",
+    ),
+    (
+        "xread",
+        -4,
+        "Returns messages from multiple streams with IDs greater than the ones requested.",
+    ),
+    (
+        "xreadgroup",
+        -7,
+        "Returns new or historical messages from a stream for a consumer in a group.",
+    ),
+    (
+        "xrevrange",
+        -4,
+        "Returns the messages from a stream within a range of IDs in reverse order.",
     ),
     (
         "zadd",
@@ -639,8 +710,211 @@ pub fn parse(args: &[Bytes]) -> Result<Command, Refusal> {
         "psubscribe" => Command::PSubscribe(a.to_vec()),
         "unsubscribe" => Command::Unsubscribe(a.to_vec()),
         "punsubscribe" => Command::PUnsubscribe(a.to_vec()),
+        "xadd" => parse_xadd(a)?,
+        "xlen" => Command::XLen(key()),
+        "xrange" | "xrevrange" => {
+            let rev = name == "xrevrange";
+            let (low, high) = if rev { (&a[2], &a[1]) } else { (&a[1], &a[2]) };
+            let start = parse_range_start(low).map_err(Refusal::from)?;
+            let end = parse_range_end(high).map_err(Refusal::from)?;
+            let count = match &a[3..] {
+                [] => None,
+                [word, n] if upper(word) == "COUNT" => Some(usize::try_from(int(n)?).unwrap_or(0)),
+                _ => return refuse(errors::SYNTAX),
+            };
+            Command::XRange {
+                key: key(),
+                start,
+                end,
+                count,
+                rev,
+            }
+        }
+        "xread" | "xreadgroup" => parse_xread(a, name == "xreadgroup")?,
+        "xgroup" => parse_xgroup(a)?,
+        "xack" => Command::XAck(
+            key(),
+            a[1].clone(),
+            a[2..]
+                .iter()
+                .map(|id| StreamId::parse(id, 0).ok_or_else(|| Refusal(INVALID_ID.into())))
+                .collect::<Result<_, _>>()?,
+        ),
         other => return Err(unknown_command(&[other.as_bytes().to_vec()])),
     })
+}
+
+impl From<&'static str> for Refusal {
+    fn from(text: &'static str) -> Refusal {
+        Refusal(text.into())
+    }
+}
+
+/// `XADD key [NOMKSTREAM] * field value [field value ...]`. Basalt gives every entry its id
+/// (the record's stamp and offset), so an explicit id and the trimming options are refused.
+fn parse_xadd(a: &[Bytes]) -> Result<Command, Refusal> {
+    let mut create = true;
+    let mut at = 1;
+    loop {
+        match a.get(at).map(|w| upper(w)).as_deref() {
+            Some("NOMKSTREAM") => create = false,
+            Some("MAXLEN") | Some("MINID") => {
+                return refuse(
+                    "ERR XADD MAXLEN and MINID are not supported on Basalt: a stream keeps entries by its topic's retention (basalt stream create KEY --partitions 1 --retention ...)",
+                )
+            }
+            _ => break,
+        }
+        at += 1;
+    }
+    match a.get(at).map(Vec::as_slice) {
+        Some(b"*") => {}
+        Some(id) if StreamId::parse(id, 0).is_some() => {
+            return refuse("ERR Basalt gives stream entries their ids (stamp-offset): XADD takes * as the id")
+        }
+        Some(_) => return refuse(INVALID_ID),
+        None => return Err(arity("xadd")),
+    }
+    let rest = &a[at + 1..];
+    if rest.is_empty() || !rest.len().is_multiple_of(2) {
+        return Err(arity("xadd"));
+    }
+    Ok(Command::XAdd {
+        key: a[0].clone(),
+        pairs: rest.chunks(2).map(|p| (p[0].clone(), p[1].clone())).collect(),
+        create,
+    })
+}
+
+/// `XREAD [COUNT n] [BLOCK ms] STREAMS key ... id ...`, and `XREADGROUP GROUP group consumer
+/// [COUNT n] [BLOCK ms] [NOACK] STREAMS key ... id ...`.
+fn parse_xread(a: &[Bytes], group: bool) -> Result<Command, Refusal> {
+    let name = if group { "xreadgroup" } else { "xread" };
+    let (mut count, mut block, mut no_ack, mut names) = (None, None, false, None);
+    let mut at = 0;
+    while at < a.len() {
+        let word = upper(&a[at]);
+        let value = a.get(at + 1);
+        match (word.as_str(), value) {
+            ("COUNT", Some(n)) => {
+                let n = int(n)?;
+                // Redis reads COUNT 0 or less as no limit.
+                count = (n > 0).then_some(n as usize);
+                at += 2;
+            }
+            ("BLOCK", Some(ms)) => {
+                let ms = int(ms).map_err(|_| Refusal("ERR timeout is not an integer or out of range".into()))?;
+                if ms < 0 {
+                    return refuse("ERR timeout is negative");
+                }
+                block = Some(ms as u64);
+                at += 2;
+            }
+            ("NOACK", _) if group => {
+                no_ack = true;
+                at += 1;
+            }
+            ("GROUP", Some(g)) if group => match a.get(at + 2) {
+                Some(c) => {
+                    names = Some((g.clone(), c.clone()));
+                    at += 3;
+                }
+                None => return refuse(errors::SYNTAX),
+            },
+            ("STREAMS", _) => {
+                at += 1;
+                break;
+            }
+            _ => return refuse(errors::SYNTAX),
+        }
+        if at >= a.len() {
+            return refuse(errors::SYNTAX);
+        }
+    }
+    let rest = &a[at..];
+    if rest.is_empty() || !rest.len().is_multiple_of(2) {
+        return refuse(format!(
+            "ERR Unbalanced {} list of streams: for each stream key an ID or '$' must be specified.",
+            name.to_ascii_uppercase()
+        ));
+    }
+    let half = rest.len() / 2;
+    if half > STREAMS_PER_READ_MAX {
+        return refuse(format!(
+            "ERR at most {STREAMS_PER_READ_MAX} streams per {name} on Basalt"
+        ));
+    }
+    let mut streams = Vec::with_capacity(half);
+    for (key, id) in rest[..half].iter().zip(&rest[half..]) {
+        let from = ReadFrom::parse(id).map_err(Refusal::from)?;
+        match from {
+            ReadFrom::Undelivered if !group => return refuse(
+                "ERR The > ID can be specified only when calling XREADGROUP using the GROUP <group> <consumer> option.",
+            ),
+            ReadFrom::End if group => return refuse(
+                "ERR The $ ID is meaningless in the context of XREADGROUP: you want to read the history of this consumer by specifying a proper ID, or use the > ID to get new messages. The $ ID would just return an empty result set.",
+            ),
+            _ => {}
+        }
+        streams.push((key.clone(), from));
+    }
+    if !group {
+        return Ok(Command::XRead { count, block, streams });
+    }
+    let Some((group, consumer)) = names else {
+        return refuse("ERR Missing GROUP option for XREADGROUP");
+    };
+    Ok(Command::XReadGroup {
+        group,
+        consumer,
+        count,
+        block,
+        no_ack,
+        streams,
+    })
+}
+
+/// `XGROUP CREATE key group id|$ [MKSTREAM] [ENTRIESREAD n]` and `XGROUP DESTROY key group`.
+fn parse_xgroup(a: &[Bytes]) -> Result<Command, Refusal> {
+    let sub = upper(&a[0]);
+    match (sub.as_str(), &a[1..]) {
+        ("CREATE", [key, group, id, options @ ..]) => {
+            let from = match ReadFrom::parse(id).map_err(Refusal::from)? {
+                ReadFrom::Undelivered => return refuse(INVALID_ID),
+                from => from,
+            };
+            let mut create = false;
+            let mut at = 0;
+            while let Some(option) = options.get(at) {
+                match upper(option).as_str() {
+                    "MKSTREAM" => at += 1,
+                    // The group's entries-read counter (for lag) is not kept: the option is taken.
+                    "ENTRIESREAD" if options.len() > at + 1 => {
+                        int(&options[at + 1])?;
+                        at += 2;
+                        continue;
+                    }
+                    _ => return refuse(errors::SYNTAX),
+                }
+                create = true;
+            }
+            Ok(Command::XGroupCreate {
+                key: key.clone(),
+                group: group.clone(),
+                from,
+                create,
+            })
+        }
+        ("DESTROY", [key, group]) => Ok(Command::XGroupDestroy(key.clone(), group.clone())),
+        ("CREATE", _) | ("DESTROY", _) => Err(Refusal(format!(
+            "ERR wrong number of arguments for 'xgroup|{}' command",
+            sub.to_ascii_lowercase()
+        ))),
+        _ => refuse(format!(
+            "ERR unknown subcommand '{}'. Try XGROUP HELP.",
+            String::from_utf8_lossy(&a[0])
+        )),
+    }
 }
 
 fn score_range(min: &[u8], max: &[u8]) -> Result<(ScoreBound, ScoreBound), Refusal> {
@@ -945,6 +1219,89 @@ mod tests {
 
     fn refused(text: &str) -> String {
         parse(&args(text)).expect_err(text).0
+    }
+
+    #[test]
+    fn stream_commands_parse_as_redis_reads_them() {
+        let id = |ms, seq| StreamId { ms, seq };
+        assert_eq!(
+            parse(&args("XADD s NOMKSTREAM * f v g w")),
+            Ok(Command::XAdd {
+                key: b"s".to_vec(),
+                pairs: vec![(b"f".to_vec(), b"v".to_vec()), (b"g".to_vec(), b"w".to_vec())],
+                create: false,
+            })
+        );
+        assert_eq!(
+            refused("XADD s * f"),
+            "ERR wrong number of arguments for 'xadd' command"
+        );
+        assert_eq!(refused("XADD s bad f v"), INVALID_ID);
+        assert!(refused("XADD s 1-1 f v").starts_with("ERR Basalt gives stream entries their ids"));
+        assert!(refused("XADD s MAXLEN ~ 5 * f v").starts_with("ERR XADD MAXLEN and MINID"));
+        assert_eq!(
+            parse(&args("XREVRANGE s + (5-1 COUNT 2")),
+            Ok(Command::XRange {
+                key: b"s".to_vec(),
+                start: RangeEnd::From(id(5, 2)),
+                end: RangeEnd::To(StreamId::MAX),
+                count: Some(2),
+                rev: true,
+            })
+        );
+        assert_eq!(refused("XRANGE s - + LIMIT 2"), errors::SYNTAX);
+        assert_eq!(
+            parse(&args("XREAD COUNT 0 BLOCK 10 STREAMS a b $ 3")),
+            Ok(Command::XRead {
+                count: None,
+                block: Some(10),
+                streams: vec![
+                    (b"a".to_vec(), ReadFrom::End),
+                    (b"b".to_vec(), ReadFrom::After(id(3, 0)))
+                ],
+            })
+        );
+        assert_eq!(refused("XREAD BLOCK -1 STREAMS a 0"), "ERR timeout is negative");
+        assert!(refused("XREAD STREAMS a >").starts_with("ERR The > ID can be specified only"));
+        assert!(refused("XREAD STREAMS a b 0").starts_with("ERR Unbalanced XREAD list of streams"));
+        assert_eq!(
+            parse(&args("XREADGROUP GROUP g c NOACK COUNT 5 STREAMS a >")),
+            Ok(Command::XReadGroup {
+                group: b"g".to_vec(),
+                consumer: b"c".to_vec(),
+                count: Some(5),
+                block: None,
+                no_ack: true,
+                streams: vec![(b"a".to_vec(), ReadFrom::Undelivered)],
+            })
+        );
+        assert!(refused("XREADGROUP GROUP g c STREAMS a $").starts_with("ERR The $ ID is meaningless"));
+        assert_eq!(
+            refused("XREADGROUP COUNT 1 BLOCK 1 STREAMS a >"),
+            "ERR Missing GROUP option for XREADGROUP"
+        );
+        assert_eq!(
+            parse(&args("XGROUP CREATE s g $ MKSTREAM ENTRIESREAD 3")),
+            Ok(Command::XGroupCreate {
+                key: b"s".to_vec(),
+                group: b"g".to_vec(),
+                from: ReadFrom::End,
+                create: true,
+            })
+        );
+        assert_eq!(
+            refused("XGROUP CREATE s g"),
+            "ERR wrong number of arguments for 'xgroup|create' command"
+        );
+        assert_eq!(
+            refused("XGROUP SETID s g 0"),
+            "ERR unknown subcommand 'SETID'. Try XGROUP HELP."
+        );
+        assert_eq!(
+            parse(&args("XACK s g 1-2 3")),
+            Ok(Command::XAck(b"s".to_vec(), b"g".to_vec(), vec![id(1, 2), id(3, 0)]))
+        );
+        assert_eq!(refused("XACK s g x"), INVALID_ID);
     }
 
     #[test]

@@ -26,6 +26,9 @@ use crate::multi::{self, Queued};
 use crate::pubsub::{Kind, Subscriptions};
 use crate::reply_error::client_error;
 use crate::server::{stopped, Shared};
+use crate::stream_ids::RESERVED_KEY_PREFIX;
+use crate::streams::Streams;
+use tokio::net::tcp::OwnedReadHalf;
 
 /// What the connection does after a command.
 #[derive(PartialEq, Eq)]
@@ -49,6 +52,22 @@ struct Connection {
     cursors: VecDeque<(u64, Bytes)>,
     next_cursor: u64,
     subscriptions: Subscriptions,
+    /// Turns true when the node stops: ends a blocking read.
+    stop: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Finishes when the client closes its connection or the node stops, for a blocking read to
+/// end on. Bytes the client sends meanwhile (a pipelined command) are left for after the read;
+/// from then on only the node stopping ends the wait.
+async fn client_gone(reader: &mut OwnedReadHalf, stop: &mut tokio::sync::watch::Receiver<bool>) {
+    let mut byte = [0u8; 1];
+    tokio::select! {
+        read = reader.peek(&mut byte) => match read {
+            Ok(0) | Err(_) => {}
+            Ok(_) => stopped(stop).await,
+        },
+        () = stopped(stop) => {}
+    }
 }
 
 /// Serves `stream` until the client leaves, sends `QUIT`, breaks the protocol, or the node
@@ -69,6 +88,7 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>, id: u64, mut stop: to
         cursors: VecDeque::new(),
         next_cursor: 1,
         subscriptions: Subscriptions::new(push_sender),
+        stop: stop.clone(),
     };
     let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut out: Vec<u8> = Vec::with_capacity(16 * 1024);
@@ -116,7 +136,7 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>, id: u64, mut stop: to
                 }
             }
             buf.drain(..consumed);
-            let next = connection.run_all(requests, &mut out, &mut writer).await;
+            let next = connection.run_all(requests, &mut out, &mut writer, &mut reader).await;
             if let Some(e) = &broken {
                 Reply::error(format!("ERR {e}")).encode(connection.protocol, &mut out);
             }
@@ -167,6 +187,50 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>, id: u64, mut stop: to
 }
 
 impl Connection {
+    fn streams(&self) -> Streams<'_> {
+        Streams {
+            client: &self.shared.client,
+            reads: self.reads,
+        }
+    }
+
+    /// `DEL` and `UNLINK`: KV keys in one transaction, then, for each name no KV key held, the
+    /// stream of that name with its groups (a name holds one type).
+    async fn del(&self, keys: &[Bytes]) -> Reply {
+        let deleted = match self.keys().del(keys).await {
+            Ok(deleted) => deleted,
+            Err(reply) => return reply,
+        };
+        let mut count = 0;
+        for (key, was_key) in deleted {
+            let was_stream = !was_key
+                && match self.streams().delete(&key).await {
+                    Ok(deleted) => deleted,
+                    Err(reply) => return reply,
+                };
+            count += i64::from(was_key || was_stream);
+        }
+        Reply::Integer(count)
+    }
+
+    /// `EXISTS`: KV keys, then streams for the names no KV key holds.
+    async fn exists(&self, keys: &[Bytes]) -> Reply {
+        let present = match self.keys().presence(keys).await {
+            Ok(present) => present,
+            Err(reply) => return reply,
+        };
+        let mut count = 0;
+        for (key, present) in keys.iter().zip(present) {
+            let present = present
+                || match self.streams().exists(key).await {
+                    Ok(exists) => exists,
+                    Err(reply) => return reply,
+                };
+            count += i64::from(present);
+        }
+        Reply::Integer(count)
+    }
+
     fn keys(&self) -> Keys<'_> {
         Keys {
             client: &self.shared.client,
@@ -184,6 +248,7 @@ impl Connection {
         requests: Vec<Vec<Bytes>>,
         out: &mut Vec<u8>,
         writer: &mut W,
+        reader: &mut OwnedReadHalf,
     ) -> Next {
         let mut parsed: VecDeque<(String, Result<Command, Refusal>)> = requests
             .iter()
@@ -196,6 +261,17 @@ impl Connection {
                 }
                 out.clear();
             }
+            // Basalt's own rows (stream groups) are not keys a client may name.
+            let command = command.and_then(|command| {
+                match multi::keys_of(&command)
+                    .into_iter()
+                    .find(|key| key.starts_with(RESERVED_KEY_PREFIX))
+                    .and_then(|key| check_key(key).err())
+                {
+                    Some(Reply::Error(text)) => Err(Refusal(text)),
+                    _ => Ok(command),
+                }
+            });
             let command = match command {
                 Ok(command) => command,
                 Err(refusal) => {
@@ -243,7 +319,7 @@ impl Connection {
                 self.set_run(run, out).await;
                 continue;
             }
-            let (reply, next) = self.run(command, &name).await;
+            let (reply, next) = self.run(command, &name, reader).await;
             reply.encode(self.protocol, out);
             if next == Next::Close {
                 return Next::Close;
@@ -344,10 +420,11 @@ impl Connection {
     }
 
     /// Runs one command; `name` is its name as the client sent it, for messages.
-    async fn run(&mut self, command: Command, name: &str) -> (Reply, Next) {
+    async fn run(&mut self, command: Command, name: &str, reader: &mut OwnedReadHalf) -> (Reply, Next) {
         if !self.authenticated && !matches!(command, Command::Auth { .. } | Command::Hello { .. } | Command::Quit) {
             return (Reply::error(errors::NOAUTH), Next::Go);
         }
+
         // RESP2 has one stream for replies and messages: a subscribed connection may only
         // change its subscriptions (RESP3 pushes messages apart, so anything goes there).
         let subscribed = self.subscriptions.count() > 0 && self.protocol == Protocol::Resp2;
@@ -451,8 +528,65 @@ impl Connection {
             Command::MGet(keys) => self.keys().mget(&keys).await,
             Command::MSet(pairs) => self.keys().mset(pairs, false).await,
             Command::MSetNx(pairs) => self.keys().mset(pairs, true).await,
-            Command::Del(keys) => self.keys().del(&keys).await,
-            Command::Exists(keys) => self.keys().exists(&keys).await,
+            Command::Del(keys) => self.del(&keys).await,
+            Command::Exists(keys) => self.exists(&keys).await,
+            Command::Type(key) => {
+                let resp3 = self.protocol == Protocol::Resp3;
+                match self.keys().single(&Command::Type(key.clone()), resp3).await {
+                    Reply::Simple(none) if none == "none" => match self.streams().exists(&key).await {
+                        Ok(true) => Reply::Simple("stream".into()),
+                        Ok(false) => Reply::Simple(none),
+                        Err(reply) => reply,
+                    },
+                    other => other,
+                }
+            }
+            Command::XAdd { key, pairs, create } => self.streams().xadd(&key, &pairs, create).await,
+            Command::XLen(key) => self.streams().xlen(&key).await,
+            Command::XRange {
+                key,
+                start,
+                end,
+                count,
+                rev,
+            } => self.streams().xrange(&key, start, end, count, rev).await,
+            Command::XRead { count, block, streams } => {
+                let resp3 = self.protocol == Protocol::Resp3;
+                let readers = Streams {
+                    client: &self.shared.client,
+                    reads: self.reads,
+                };
+                let gone = client_gone(reader, &mut self.stop);
+                tokio::pin!(gone);
+                readers.xread(count, block, &streams, resp3, gone.as_mut()).await
+            }
+            Command::XReadGroup {
+                group,
+                consumer,
+                count,
+                block,
+                no_ack,
+                streams,
+            } => {
+                let resp3 = self.protocol == Protocol::Resp3;
+                let readers = Streams {
+                    client: &self.shared.client,
+                    reads: self.reads,
+                };
+                let gone = client_gone(reader, &mut self.stop);
+                tokio::pin!(gone);
+                readers
+                    .xreadgroup(&group, &consumer, count, block, no_ack, &streams, resp3, gone.as_mut())
+                    .await
+            }
+            Command::XGroupCreate {
+                key,
+                group,
+                from,
+                create,
+            } => self.streams().xgroup_create(&key, &group, from, create).await,
+            Command::XGroupDestroy(key, group) => self.streams().xgroup_destroy(&key, &group).await,
+            Command::XAck(key, group, ids) => self.streams().xack(&key, &group, &ids).await,
             Command::IncrBy(key, by) => self.keys().incr_by(&key, by).await,
             Command::IncrByFloat(key, by) => self.keys().incr_by_float(&key, by).await,
             Command::Scan {

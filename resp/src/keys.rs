@@ -25,6 +25,7 @@ use crate::limits::{
     VALUE_BYTES_MAX,
 };
 use crate::reply_error::client_error;
+use crate::stream_ids::RESERVED_KEY_PREFIX;
 use crate::typed::{self, Value};
 
 /// This node's wall clock in Unix milliseconds: what `EXAT` times and `TTL` answers are read
@@ -151,6 +152,11 @@ pub fn check_key(key: &[u8]) -> Result<(), Reply> {
     if key.is_empty() {
         return Err(Reply::error(
             "ERR empty keys are not supported: Basalt keys are 1 to 4096 bytes",
+        ));
+    }
+    if key.starts_with(RESERVED_KEY_PREFIX) {
+        return Err(Reply::error(
+            "ERR keys beginning with 0xFF 'basalt' 0x00 are reserved for Basalt's own rows (stream consumer groups)",
         ));
     }
     if key.len() > KEY_BYTES_MAX {
@@ -336,54 +342,52 @@ impl Keys<'_> {
         }
     }
 
-    /// `DEL` and `UNLINK`: one transaction; answers how many of the keys existed.
-    pub async fn del(&self, keys: &[Bytes]) -> Reply {
+    /// `DEL` and `UNLINK` of KV keys: one transaction; answers each distinct key with whether
+    /// it existed.
+    pub async fn del(&self, keys: &[Bytes]) -> Result<Vec<(Bytes, bool)>, Reply> {
         let mut seen = HashSet::new();
         let keys: Vec<&Bytes> = keys.iter().filter(|k| seen.insert(*k)).collect();
         if keys.len() > TXN_OPS_MAX {
-            return Reply::error(format!(
+            return Err(Reply::error(format!(
                 "ERR at most {TXN_OPS_MAX} keys per DEL: Basalt applies it as one transaction"
-            ));
+            )));
         }
         if let [key] = keys.as_slice() {
             return match self.client.kv().delete(key).await {
-                Ok(outcome) => Reply::Integer(i64::from(outcome.deleted)),
-                Err(e) => client_error(&e),
+                Ok(outcome) => Ok(vec![((*key).clone(), outcome.deleted)]),
+                Err(e) => Err(client_error(&e)),
             };
         }
         let mut txn = self.client.txn();
-        for key in keys {
-            txn = txn.then(TxnOp::delete(key.clone()));
+        for key in &keys {
+            txn = txn.then(TxnOp::delete((*key).clone()));
         }
         match txn.commit().await {
-            Ok(TxnOutcome::Committed { results, .. }) => Reply::Integer(
-                results
-                    .iter()
-                    .filter(|r| matches!(r, TxnOpResult::Deleted { deleted: true, .. }))
-                    .count() as i64,
-            ),
-            Ok(TxnOutcome::Aborted { reason, .. }) => op_refusal(reason),
-            Err(e) => client_error(&e),
+            Ok(TxnOutcome::Committed { results, .. }) => Ok(keys
+                .into_iter()
+                .zip(results)
+                .map(|(key, r)| (key.clone(), matches!(r, TxnOpResult::Deleted { deleted: true, .. })))
+                .collect()),
+            Ok(TxnOutcome::Aborted { reason, .. }) => Err(op_refusal(reason)),
+            Err(e) => Err(client_error(&e)),
         }
     }
 
-    /// How many of `keys` exist, a key named twice counted twice, as in Redis; read as `MGET`.
-    pub async fn exists(&self, keys: &[Bytes]) -> Reply {
+    /// Whether each of `keys` holds a KV value (a key named twice answered twice, as Redis
+    /// counts it); read as `MGET`.
+    pub async fn presence(&self, keys: &[Bytes]) -> Result<Vec<bool>, Reply> {
         if let [key] = keys {
             // One key: combined with other connections' reads of it.
-            return match self.entry(key).await {
-                Ok(entry) => Reply::Integer(i64::from(entry.is_some())),
-                Err(reply) => reply,
-            };
+            return Ok(vec![self.entry(key).await?.is_some()]);
         }
-        let mut count = 0;
+        let mut present = Vec::with_capacity(keys.len());
         for group in keys.chunks(GET_MANY_KEYS_MAX) {
             match self.client.kv().get_many(group, self.reads).await {
-                Ok(entries) => count += entries.iter().filter(|e| e.is_some()).count() as i64,
-                Err(e) => return client_error(&e),
+                Ok(entries) => present.extend(entries.iter().map(Option::is_some)),
+                Err(e) => return Err(client_error(&e)),
             }
         }
-        Reply::Integer(count)
+        Ok(present)
     }
 
     pub async fn incr_by(&self, key: &[u8], by: i64) -> Reply {
@@ -487,7 +491,7 @@ impl Keys<'_> {
         let keys = page
             .items
             .into_iter()
-            .filter(|(k, _)| pattern.is_none_or(|p| p.matches(k)))
+            .filter(|(k, _)| !k.starts_with(RESERVED_KEY_PREFIX) && pattern.is_none_or(|p| p.matches(k)))
             .map(|(k, value)| {
                 let kind = typed::type_name_of(&value);
                 (k, kind)

@@ -26,6 +26,8 @@ pub mod pubsub;
 pub mod reply_error;
 pub mod server;
 pub mod sorted_sets;
+pub mod stream_ids;
+pub mod streams;
 pub mod typed;
 
 pub use server::{serve, RespConfig, REDIS_VERSION};

@@ -84,3 +84,16 @@ pub const MULTI_QUEUED_MAX: usize = TXN_OPS_MAX;
 /// than messages arrive makes its subscriptions wait (and Basalt's pub/sub drop for it, as for
 /// any slow subscriber), rather than the node buffering without bound.
 pub const PUSH_BUFFER_MESSAGES: usize = 1024;
+
+/// Entries one `XREADGROUP` delivers from one stream per call (fewer than `COUNT` asks for is
+/// Redis's contract too): each becomes a pending row written in the transaction that claims
+/// them, with the group's row, so at most [`TXN_OPS_MAX`] less one.
+pub const STREAM_CLAIM_ENTRIES_MAX: usize = 200;
+
+/// Longest single wait of a blocking `XREAD` or `XREADGROUP`, in milliseconds: a longer `BLOCK`
+/// (or `BLOCK 0`, without end) waits in rounds of this, so a stream created meanwhile is seen
+/// and a departed client is noticed between rounds.
+pub const STREAM_BLOCK_ROUND_MS: u64 = 5_000;
+
+/// Streams one `XREAD` or `XREADGROUP` may name.
+pub const STREAMS_PER_READ_MAX: usize = 64;

@@ -53,11 +53,22 @@ pub fn queue(command: &Command, name: &str) -> Result<Queued, Reply> {
     }
 }
 
-/// Every key a queued command reads or writes.
-fn keys_of(command: &Command) -> Vec<&Bytes> {
+/// Every key a command reads or writes.
+pub fn keys_of(command: &Command) -> Vec<&Bytes> {
     match command {
-        Command::MGet(keys) | Command::Del(keys) | Command::Exists(keys) => keys.iter().collect(),
+        Command::MGet(keys) | Command::Del(keys) | Command::Exists(keys) | Command::Watch(keys) => {
+            keys.iter().collect()
+        }
         Command::MSet(pairs) | Command::MSetNx(pairs) => pairs.iter().map(|(k, _)| k).collect(),
+        Command::XAdd { key, .. }
+        | Command::XLen(key)
+        | Command::XRange { key, .. }
+        | Command::XGroupCreate { key, .. }
+        | Command::XGroupDestroy(key, _)
+        | Command::XAck(key, _, _) => vec![key],
+        Command::XRead { streams, .. } | Command::XReadGroup { streams, .. } => {
+            streams.iter().map(|(key, _)| key).collect()
+        }
         other => single_key(other).into_iter().collect(),
     }
 }

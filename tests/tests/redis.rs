@@ -985,3 +985,301 @@ fn hashes_and_sorted_sets_answer_as_redis_does() {
         format!("${}\r\n{total}\r\n", total.len())
     );
 }
+
+/// `[id, [field, value ...]]` as RESP2 bytes.
+fn entry_bytes(id: &str, fields: &[&str]) -> String {
+    let mut out = format!("*2\r\n${}\r\n{id}\r\n*{}\r\n", id.len(), fields.len());
+    for field in fields {
+        out.push_str(&format!("${}\r\n{field}\r\n", field.len()));
+    }
+    out
+}
+
+/// The id in a bulk reply (`$N\r\nID\r\n`).
+fn bulk_text(reply: &str) -> String {
+    reply.split("\r\n").nth(1).expect("a bulk string").to_string()
+}
+
+/// The ids in an `XREADGROUP` / `XREAD` reply of one stream, in order.
+fn ids_in(reply: &str) -> Vec<String> {
+    reply
+        .split("\r\n")
+        .filter(|part| part.contains('-') && part.bytes().all(|b| b.is_ascii_digit() || b == b'-'))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn streams_answer_as_redis_does_and_are_basalt_topics() {
+    let cluster = resp_cluster(&[]);
+    let mut raw = Raw::open(cluster.resp(follower(&cluster)));
+    let before_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+
+    // XADD: ids are stamp-offset, growing.
+    let first = bulk_text(&raw.call(&["XADD", "s:orders", "*", "sku", "a1", "qty", "2"]));
+    let second = bulk_text(&raw.call(&["XADD", "s:orders", "*", "sku", "b2"]));
+    let (ms, seq) = first.split_once('-').expect("an id");
+    let ms: u64 = ms.parse().expect("ms");
+    assert!(
+        ms + 60_000 > before_ms && ms < before_ms + 60_000,
+        "{first} near {before_ms}"
+    );
+    assert_eq!(seq, "0", "the first record's offset");
+    assert!(second.ends_with("-1"), "{second}");
+    assert_eq!(raw.call(&["XLEN", "s:orders"]), ":2\r\n");
+    assert_eq!(raw.call(&["XLEN", "s:none"]), ":0\r\n");
+    assert_eq!(raw.call(&["TYPE", "s:orders"]), "+stream\r\n");
+    assert_eq!(raw.call(&["EXISTS", "s:orders", "s:none"]), ":1\r\n");
+
+    // XRANGE / XREVRANGE, with exclusive ends, COUNT and ids of milliseconds alone.
+    let e1 = entry_bytes(&first, &["sku", "a1", "qty", "2"]);
+    let e2 = entry_bytes(&second, &["sku", "b2"]);
+    assert_eq!(raw.call(&["XRANGE", "s:orders", "-", "+"]), format!("*2\r\n{e1}{e2}"));
+    assert_eq!(
+        raw.call(&["XREVRANGE", "s:orders", "+", "-", "COUNT", "1"]),
+        format!("*1\r\n{e2}")
+    );
+    assert_eq!(
+        raw.call(&["XRANGE", "s:orders", &format!("({first}"), "+"]),
+        format!("*1\r\n{e2}")
+    );
+    assert_eq!(raw.call(&["XRANGE", "s:orders", "-", &first]), format!("*1\r\n{e1}"));
+    assert_eq!(
+        raw.call(&["XRANGE", "s:orders", &ms.to_string(), &ms.to_string(), "COUNT", "1"]),
+        format!("*1\r\n{e1}")
+    );
+    assert_eq!(raw.call(&["XRANGE", "s:orders", "0", &(ms - 1).to_string()]), "*0\r\n");
+    assert_eq!(raw.call(&["XRANGE", "s:none", "-", "+"]), "*0\r\n");
+
+    // XREAD: after an id; nothing after the last is a null array.
+    assert_eq!(
+        raw.call(&["XREAD", "STREAMS", "s:orders", "0"]),
+        format!("*1\r\n*2\r\n$8\r\ns:orders\r\n*2\r\n{e1}{e2}")
+    );
+    assert_eq!(
+        raw.call(&["XREAD", "COUNT", "1", "STREAMS", "s:orders", &first]),
+        format!("*1\r\n*2\r\n$8\r\ns:orders\r\n*1\r\n{e2}")
+    );
+    assert_eq!(raw.call(&["XREAD", "STREAMS", "s:orders", &second]), "*-1\r\n");
+    assert_eq!(
+        raw.call(&["XREAD", "BLOCK", "200", "STREAMS", "s:orders", "$"]),
+        "*-1\r\n"
+    );
+
+    // XREAD BLOCK wakes for an entry added by another client on another node, and for a
+    // stream that did not exist when it started waiting.
+    for stream in ["s:orders", "s:later"] {
+        let addr = cluster.resp(1);
+        let stream_name = stream.to_string();
+        let adder = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(500));
+            Raw::open(addr).call(&["XADD", &stream_name, "*", "late", "1"])
+        });
+        let woken = raw.call(&["XREAD", "BLOCK", "20000", "STREAMS", stream, "$"]);
+        let added = bulk_text(&adder.join().expect("adder"));
+        assert_eq!(
+            woken,
+            format!(
+                "*1\r\n*2\r\n${}\r\n{stream}\r\n*1\r\n{}",
+                stream.len(),
+                entry_bytes(&added, &["late", "1"])
+            ),
+        );
+    }
+
+    // Consumer groups: each entry goes to one consumer, stays pending until acknowledged.
+    assert_eq!(raw.call(&["XGROUP", "CREATE", "s:orders", "g", "0"]), "+OK\r\n");
+    assert_eq!(
+        raw.call(&["XGROUP", "CREATE", "s:orders", "g", "$"]),
+        "-BUSYGROUP Consumer Group name already exists\r\n"
+    );
+    let got = raw.call(&[
+        "XREADGROUP",
+        "GROUP",
+        "g",
+        "c1",
+        "COUNT",
+        "2",
+        "STREAMS",
+        "s:orders",
+        ">",
+    ]);
+    assert_eq!(got, format!("*1\r\n*2\r\n$8\r\ns:orders\r\n*2\r\n{e1}{e2}"));
+    let third = ids_in(&raw.call(&["XREADGROUP", "GROUP", "g", "c2", "STREAMS", "s:orders", ">"]));
+    assert_eq!(third.len(), 1, "{third:?}");
+    assert_eq!(
+        raw.call(&["XREADGROUP", "GROUP", "g", "c2", "STREAMS", "s:orders", ">"]),
+        "*-1\r\n"
+    );
+    // History: a consumer's own pending entries.
+    assert_eq!(
+        raw.call(&["XREADGROUP", "GROUP", "g", "c1", "STREAMS", "s:orders", "0"]),
+        format!("*1\r\n*2\r\n$8\r\ns:orders\r\n*2\r\n{e1}{e2}")
+    );
+    assert_eq!(raw.call(&["XACK", "s:orders", "g", &first, &first, "9-9"]), ":1\r\n");
+    assert_eq!(raw.call(&["XACK", "s:orders", "g", &first]), ":0\r\n");
+    assert_eq!(
+        raw.call(&["XREADGROUP", "GROUP", "g", "c1", "STREAMS", "s:orders", "0"]),
+        format!("*1\r\n*2\r\n$8\r\ns:orders\r\n*1\r\n{e2}")
+    );
+    assert_eq!(
+        raw.call(&["XREADGROUP", "GROUP", "nope", "c", "STREAMS", "s:orders", ">"]),
+        "-NOGROUP No such key 's:orders' or consumer group 'nope' in XREADGROUP with GROUP option\r\n"
+    );
+    assert!(raw
+        .call(&["XGROUP", "CREATE", "s:fresh", "g", "$"])
+        .starts_with("-ERR The XGROUP subcommand requires the key to exist."));
+    assert_eq!(
+        raw.call(&["XGROUP", "CREATE", "s:fresh", "g", "$", "MKSTREAM"]),
+        "+OK\r\n"
+    );
+    assert_eq!(raw.call(&["XLEN", "s:fresh"]), ":0\r\n");
+
+    // A name holds one type; errors are Redis's, or say what Basalt does instead.
+    assert_eq!(raw.call(&["SET", "s:text", "v"]), "+OK\r\n");
+    let wrongtype = "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n";
+    assert_eq!(raw.call(&["XADD", "s:text", "*", "a", "1"]), wrongtype);
+    assert_eq!(raw.call(&["XLEN", "s:text"]), wrongtype);
+    assert_eq!(raw.call(&["XRANGE", "s:text", "-", "+"]), wrongtype);
+    assert_eq!(raw.call(&["XADD", "s:nomk", "NOMKSTREAM", "*", "a", "1"]), "$-1\r\n");
+    assert!(raw
+        .call(&["XADD", "s:orders", "5-1", "a", "1"])
+        .starts_with("-ERR Basalt gives stream entries their ids"));
+    assert!(raw
+        .call(&["XADD", "s:orders", "MAXLEN", "~", "10", "*", "a", "1"])
+        .starts_with("-ERR XADD MAXLEN"));
+    assert_eq!(
+        raw.call(&["XADD", "s:orders", "*", "a"]),
+        "-ERR wrong number of arguments for 'xadd' command\r\n"
+    );
+    assert_eq!(
+        raw.call(&["XREAD", "STREAMS", "s:orders", "s:fresh", "0"]),
+        "-ERR Unbalanced XREAD list of streams: for each stream key an ID or '$' must be specified.\r\n"
+    );
+    assert_eq!(
+        raw.call(&["XRANGE", "s:orders", "x", "+"]),
+        "-ERR Invalid stream ID specified as stream command argument\r\n"
+    );
+    // Groups' rows are Basalt's own: out of the keyspace, and not writable through RESP.
+    assert_eq!(raw.call(&["KEYS", "*"]), "*1\r\n$6\r\ns:text\r\n");
+    assert_eq!(raw.call(&["DBSIZE"]), ":1\r\n");
+    let reserved = b"\xffbasalt\x00xgroup\x00x";
+    let mut request = format!("*3\r\n$3\r\nSET\r\n${}\r\n", reserved.len()).into_bytes();
+    request.extend_from_slice(reserved);
+    request.extend_from_slice(b"\r\n$1\r\nv\r\n");
+    raw.send(&request);
+    assert!(raw
+        .reply()
+        .starts_with("-ERR keys beginning with 0xFF 'basalt' 0x00 are reserved"));
+
+    // RESP3: XREAD answers a map.
+    assert!(raw.call(&["HELLO", "3"]).starts_with('%'));
+    assert_eq!(
+        raw.call(&["XREAD", "COUNT", "1", "STREAMS", "s:orders", "0"]),
+        format!("%1\r\n$8\r\ns:orders\r\n*1\r\n{e1}")
+    );
+    assert!(raw.call(&["HELLO", "2"]).starts_with('*'));
+
+    // The stream is the topic s:orders: the SDK reads what XADD wrote and writes what XRANGE reads.
+    runtime().block_on(async {
+        let client = cluster.client().await;
+        let fetched = client
+            .streams()
+            .fetch("s:orders", 0, 0, basalt_client::FetchOptions::default())
+            .await
+            .expect("SDK fetch");
+        assert_eq!(fetched.records.len(), 3);
+        let produced = client
+            .streams()
+            .produce(
+                "s:orders",
+                vec![basalt_client::Record::new("k", "from the SDK").to_partition(0)],
+            )
+            .await
+            .expect("SDK produce");
+        let id = format!("{}-{}", produced[0].timestamp_ms, produced[0].offset);
+        assert_eq!(
+            raw.call(&["XRANGE", "s:orders", &id, &id]),
+            format!("*1\r\n{}", entry_bytes(&id, &["key", "k", "value", "from the SDK"]))
+        );
+    });
+
+    // DEL removes a stream with its groups; a new stream of the name starts afresh.
+    assert_eq!(raw.call(&["DEL", "s:orders", "s:text", "s:none"]), ":2\r\n");
+    assert_eq!(raw.call(&["TYPE", "s:orders"]), "+none\r\n");
+    assert_eq!(raw.call(&["XLEN", "s:orders"]), ":0\r\n");
+    assert!(bulk_text(&raw.call(&["XADD", "s:orders", "*", "a", "1"])).ends_with("-0"));
+    assert_eq!(raw.call(&["XGROUP", "CREATE", "s:orders", "g", "0"]), "+OK\r\n");
+}
+
+/// Consumers of one group on every node, claiming while a producer appends: every entry is
+/// delivered to exactly one of them.
+#[test]
+fn a_group_delivers_each_entry_to_one_consumer() {
+    let cluster = resp_cluster(&[]);
+    let mut setup = Raw::open(cluster.resp(1));
+    assert_eq!(
+        setup.call(&["XGROUP", "CREATE", "s:jobs", "workers", "$", "MKSTREAM"]),
+        "+OK\r\n"
+    );
+    const ENTRIES: usize = 90;
+    let producer_addr = cluster.resp(1);
+    let producer = std::thread::spawn(move || {
+        let mut raw = Raw::open(producer_addr);
+        (0..ENTRIES)
+            .map(|n| bulk_text(&raw.call(&["XADD", "s:jobs", "*", "n", &n.to_string()])))
+            .collect::<Vec<_>>()
+    });
+    let consumers: Vec<_> = (1..=3u64)
+        .flat_map(|node| [(node, 0), (node, 1)])
+        .map(|(node, n)| {
+            let addr = cluster.resp(node);
+            std::thread::spawn(move || {
+                let mut raw = Raw::open(addr);
+                let name = format!("c{node}-{n}");
+                let mut got = Vec::new();
+                let mut idle = 0;
+                while idle < 3 {
+                    let reply = raw.call(&[
+                        "XREADGROUP",
+                        "GROUP",
+                        "workers",
+                        &name,
+                        "COUNT",
+                        "7",
+                        "BLOCK",
+                        "1000",
+                        "STREAMS",
+                        "s:jobs",
+                        ">",
+                    ]);
+                    let ids = ids_in(&reply);
+                    idle = if ids.is_empty() { idle + 1 } else { 0 };
+                    for id in &ids {
+                        assert_eq!(
+                            raw.call(&["XACK", "s:jobs", "workers", id]),
+                            ":1\r\n",
+                            "{name} acks {id}"
+                        );
+                    }
+                    got.extend(ids);
+                }
+                got
+            })
+        })
+        .collect();
+    let mut added = producer.join().expect("producer");
+    let mut delivered: Vec<String> = consumers
+        .into_iter()
+        .flat_map(|c| c.join().expect("consumer"))
+        .collect();
+    let count = delivered.len();
+    delivered.sort();
+    delivered.dedup();
+    assert_eq!(delivered.len(), count, "an entry was delivered twice");
+    added.sort();
+    assert_eq!(delivered, added, "every entry delivered once");
+}

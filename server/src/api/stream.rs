@@ -10,7 +10,7 @@ use basalt_storage::apply::queue::check_name;
 use basalt_storage::apply::stream::{describe, fetch, list_topics, offset_for_time, partition_state};
 use basalt_storage::command::{GroupOp, Op, Response, StreamOp};
 use basalt_storage::limits::{FETCH_RECORDS_MAX, FETCH_REPLY_BYTES_MAX};
-use basalt_storage::stream::{Assignor, GroupView, ProduceRecord, TopicConfig};
+use basalt_storage::stream::{Assignor, GroupView, ProduceRecord, Produced, TopicConfig};
 use tonic::{Request, Response as GrpcResponse, Status};
 
 use super::{op_error_status, status, storage_status, unexpected_result, Api};
@@ -36,18 +36,25 @@ pub(super) fn produce_op(r: pb::ProduceRequest) -> Op {
     })
 }
 
+fn produce_response(outcomes: impl IntoIterator<Item = (Produced, u64)>) -> pb::ProduceResponse {
+    pb::ProduceResponse {
+        outcomes: outcomes
+            .into_iter()
+            .map(|(p, timestamp_ms)| pb::ProduceOutcome {
+                partition: p.partition,
+                offset: p.offset,
+                duplicate: p.duplicate,
+                timestamp_ms,
+            })
+            .collect(),
+    }
+}
+
 pub(super) fn produced_reply(response: Response) -> Result<pb::ProduceResponse, Status> {
     match response {
-        Response::Produced(outcomes) => Ok(pb::ProduceResponse {
-            outcomes: outcomes
-                .into_iter()
-                .map(|p| pb::ProduceOutcome {
-                    partition: p.partition,
-                    offset: p.offset,
-                    duplicate: p.duplicate,
-                })
-                .collect(),
-        }),
+        // An older build's saved answer has no stamps: 0, as for a batch retention removed.
+        Response::Produced(outcomes) => Ok(produce_response(outcomes.into_iter().map(|p| (p, 0)))),
+        Response::ProducedStamped(outcomes) => Ok(produce_response(outcomes)),
         other => Err(unexpected_result(&other)),
     }
 }

@@ -298,11 +298,14 @@ pub(crate) fn produce<S: StoreRead>(
         by_partition.entry(partition).or_default().push(position);
     }
     let mut outcomes = vec![
-        Produced {
-            partition: 0,
-            offset: 0,
-            duplicate: false,
-        };
+        (
+            Produced {
+                partition: 0,
+                offset: 0,
+                duplicate: false,
+            },
+            now_ms,
+        );
         records.len()
     ];
     for (partition, positions) in by_partition {
@@ -324,13 +327,20 @@ pub(crate) fn produce<S: StoreRead>(
             let previous: Option<ProducerState> = load(view, Table::StreamProducer, &key)?;
             match previous {
                 Some(p) if p.first_sequence == first && p.last_sequence == last => {
-                    // A retry of the producer's last batch: answer where it went the first time.
+                    // A retry of the producer's last batch: answer where it went the first time,
+                    // and when (0 once retention removed the batch).
+                    let first_batch: Option<StoredBatch> =
+                        load(view, Table::StreamBatch, &batch_key(topic, partition, p.first_offset))?;
+                    let stamp = first_batch.map_or(0, |b| b.timestamp_ms);
                     for (n, &i) in positions.iter().enumerate() {
-                        outcomes[i] = Produced {
-                            partition,
-                            offset: p.first_offset + n as u64,
-                            duplicate: true,
-                        };
+                        outcomes[i] = (
+                            Produced {
+                                partition,
+                                offset: p.first_offset + n as u64,
+                                duplicate: true,
+                            },
+                            stamp,
+                        );
                     }
                     continue;
                 }
@@ -367,11 +377,14 @@ pub(crate) fn produce<S: StoreRead>(
         };
         let bytes = basalt_codec::encode(&batch);
         for (n, &i) in positions.iter().enumerate() {
-            outcomes[i] = Produced {
-                partition,
-                offset: state.next_offset + n as u64,
-                duplicate: false,
-            };
+            outcomes[i] = (
+                Produced {
+                    partition,
+                    offset: state.next_offset + n as u64,
+                    duplicate: false,
+                },
+                now_ms,
+            );
         }
         state.bytes += bytes.len() as u64;
         view.put(
@@ -382,7 +395,7 @@ pub(crate) fn produce<S: StoreRead>(
         state.next_offset += positions.len() as u64;
         save(view, Table::StreamPartition, partition_key(topic, partition), &state);
     }
-    Ok(Response::Produced(outcomes))
+    Ok(Response::ProducedStamped(outcomes))
 }
 
 /// Reads records from `offset` on: at most `max_records`, and no more than `max_bytes` of keys,

@@ -70,9 +70,38 @@ pub(super) fn produce(
     ))
 }
 
+fn stamps(r: Response) -> Vec<u64> {
+    match r {
+        Response::ProducedStamped(p) => p.into_iter().map(|(_, stamp)| stamp).collect(),
+        other => panic!("expected produced, got {other:?}"),
+    }
+}
+
+#[test]
+fn produce_answers_each_record_s_stamp_and_a_retry_the_first_one_s() {
+    let mut h = Harness::new();
+    create(&mut h, "t", 1);
+    let seq = |sequence: u64, v: &str| ProduceRecord {
+        sequence: Some(sequence),
+        ..to(0, v)
+    };
+    assert_eq!(
+        stamps(produce(&mut h, 1_000, "t", vec![seq(0, "a"), seq(1, "b")], Some(7))),
+        [1_000, 1_000]
+    );
+    // The retry is applied later, and answers when the records were written.
+    assert_eq!(
+        stamps(produce(&mut h, 2_000, "t", vec![seq(0, "a"), seq(1, "b")], Some(7))),
+        [1_000, 1_000]
+    );
+    let fetched = read(&h, "t", 0, 0, 10);
+    assert!(fetched.records.iter().all(|r| r.timestamp_ms == 1_000), "{fetched:?}");
+    assert_eq!(stamps(produce(&mut h, 3_000, "t", vec![to(0, "c")], None)), [3_000]);
+}
+
 fn produced(r: Response) -> Vec<Produced> {
     match r {
-        Response::Produced(p) => p,
+        Response::ProducedStamped(p) => p.into_iter().map(|(produced, _)| produced).collect(),
         other => panic!("expected produced, got {other:?}"),
     }
 }

@@ -1,0 +1,861 @@
+//! Redis streams on Basalt topics: `XADD`, `XLEN`, `XRANGE`, `XREVRANGE`, `XREAD` (`BLOCK`),
+//! `XGROUP CREATE | DESTROY`, `XREADGROUP` and `XACK`, each as calls of the SDK.
+//!
+//! A stream `key` is partition 0 of the one-partition topic `key` (created by the first `XADD`,
+//! or `XGROUP CREATE ... MKSTREAM`), so the SDK's and the CLI's stream commands read what RESP
+//! wrote and the other way round. Ids are `stamp-offset` ([`crate::stream_ids`]). An entry is
+//! appended by one transaction holding the produce and the condition that no KV key of that
+//! name exists (a key has one type). Consumer groups are Basalt rows of their own (a group's
+//! next offset; one row per pending entry), written by transactions: a delivery claims its
+//! entries by moving the group's row on, conditioned on the row's revision, and writes their
+//! pending rows in the same transaction; an `XACK` deletes pending rows.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use basalt_client::stream::PartitionInfo;
+use basalt_client::txn::{Compare, Condition};
+use basalt_client::{
+    Client, ClientError, ErrorCode, FetchOptions, FetchedRecord, ReadConsistency, Record, TopicOptions, TxnOp,
+    TxnOpResult, TxnOutcome,
+};
+use tokio::task::JoinSet;
+
+use crate::command::Bytes;
+use crate::frame::Reply;
+use crate::keys::{now_ms, op_refusal, WRONGTYPE};
+use crate::limits::{CAS_ATTEMPTS_MAX, REPLY_BYTES_MAX, STREAM_BLOCK_ROUND_MS, STREAM_CLAIM_ENTRIES_MAX, TXN_OPS_MAX};
+use crate::reply_error::client_error;
+use crate::stream_ids::{
+    encode_entry, entry_fields, first_offset_from, group_row, group_rows_of, pending_id, pending_row, pending_rows,
+    pending_rows_of, GroupState, Pending, RangeEnd, ReadFrom, StreamId,
+};
+
+/// Redis's error for a group that does not exist.
+fn no_group(key: &[u8], group: &[u8], command: &str) -> Reply {
+    Reply::error(format!(
+        "NOGROUP No such key '{}' or consumer group '{}' in {command}",
+        String::from_utf8_lossy(key),
+        String::from_utf8_lossy(group)
+    ))
+}
+
+fn is_code(e: &ClientError, code: ErrorCode) -> bool {
+    e.code() == Some(code)
+}
+
+/// A finished wait: the client left or the node is stopping.
+pub type Gone<'a> = std::pin::Pin<&'a mut (dyn std::future::Future<Output = ()> + Send)>;
+
+/// One stream's entries in a read's reply: `[key, [[id, [field, value ...]] ...]]`.
+fn entries_reply(records: Vec<FetchedRecord>) -> Reply {
+    Reply::Array(records.into_iter().map(entry_reply).collect())
+}
+
+fn entry_reply(record: FetchedRecord) -> Reply {
+    let id = StreamId {
+        ms: record.timestamp_ms,
+        seq: record.offset,
+    };
+    let fields = entry_fields(&record.key, &record.value, &record.headers);
+    Reply::Array(vec![
+        Reply::Bulk(id.bulk()),
+        Reply::Array(fields.into_iter().map(Reply::Bulk).collect()),
+    ])
+}
+
+/// `XREAD`'s and `XREADGROUP`'s reply: streams with entries, as an array of pairs (RESP2) or a
+/// map (RESP3).
+fn streams_reply(streams: Vec<(Bytes, Reply)>, resp3: bool) -> Reply {
+    if resp3 {
+        Reply::Map(
+            streams
+                .into_iter()
+                .map(|(key, entries)| (Reply::Bulk(key), entries))
+                .collect(),
+        )
+    } else {
+        Reply::Array(
+            streams
+                .into_iter()
+                .map(|(key, entries)| Reply::Array(vec![Reply::Bulk(key), entries]))
+                .collect(),
+        )
+    }
+}
+
+fn record_bytes(record: &FetchedRecord) -> usize {
+    64 + record.key.len() + record.value.len() + record.headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+}
+
+fn too_large(what: &str) -> Reply {
+    Reply::error(format!(
+        "ERR the {what} reply would pass {REPLY_BYTES_MAX} bytes; read with COUNT"
+    ))
+}
+
+/// The stream commands of one connection.
+pub struct Streams<'a> {
+    pub client: &'a Client,
+    pub reads: ReadConsistency,
+}
+
+impl Streams<'_> {
+    /// The stream's partition (its bounds), `None` when no topic has the name.
+    async fn partition(&self, key: &[u8]) -> Result<Option<PartitionInfo>, Reply> {
+        match self.client.streams().describe(key.to_vec(), self.reads).await {
+            Ok(info) if info.partitions.len() == 1 => Ok(info.partitions.into_iter().next()),
+            Ok(info) => Err(Reply::error(format!(
+                "ERR the topic '{}' has {} partitions; a Redis stream is a topic of one partition",
+                String::from_utf8_lossy(key),
+                info.partitions.len()
+            ))),
+            Err(e) if is_code(&e, ErrorCode::NotFound) => Ok(None),
+            Err(e) => Err(client_error(&e)),
+        }
+    }
+
+    /// `WRONGTYPE` when a KV key (a string, hash or sorted set) has the stream's name.
+    async fn check_not_a_key(&self, key: &[u8]) -> Result<(), Reply> {
+        match self.client.kv().get_with(key, self.reads).await {
+            Ok(None) => Ok(()),
+            Ok(Some(_)) => Err(Reply::error(WRONGTYPE)),
+            Err(e) => Err(client_error(&e)),
+        }
+    }
+
+    /// Whether a stream of this name exists (for `TYPE`, `EXISTS` and `DEL` of a name no KV
+    /// key holds).
+    pub async fn exists(&self, key: &[u8]) -> Result<bool, Reply> {
+        Ok(self.partition(key).await?.is_some())
+    }
+
+    /// Deletes the stream `key` with its consumer groups; whether there was one.
+    pub async fn delete(&self, key: &[u8]) -> Result<bool, Reply> {
+        if self.partition(key).await?.is_none() {
+            return Ok(false);
+        }
+        let deleted = match self.client.streams().delete_topic(key.to_vec()).await {
+            Ok(()) => true,
+            Err(e) if is_code(&e, ErrorCode::NotFound) => false,
+            Err(e) => return Err(client_error(&e)),
+        };
+        self.delete_rows(&group_rows_of(key)).await?;
+        self.delete_rows(&pending_rows_of(key)).await?;
+        Ok(deleted)
+    }
+
+    /// Deletes every row under `prefix`, a transaction per page; how many there were.
+    async fn delete_rows(&self, prefix: &[u8]) -> Result<u64, Reply> {
+        let mut deleted = 0;
+        loop {
+            let page = self
+                .client
+                .kv()
+                .scan_page(
+                    prefix,
+                    b"",
+                    (TXN_OPS_MAX as u32).min(1000),
+                    ReadConsistency::Linearizable,
+                )
+                .await
+                .map_err(|e| client_error(&e))?;
+            if page.items.is_empty() {
+                return Ok(deleted);
+            }
+            let mut txn = self.client.txn();
+            for (row, _) in &page.items {
+                txn = txn.then(TxnOp::delete(row.clone()));
+            }
+            match txn.commit().await {
+                Ok(TxnOutcome::Committed { results, .. }) => {
+                    deleted += results
+                        .iter()
+                        .filter(|r| matches!(r, TxnOpResult::Deleted { deleted: true, .. }))
+                        .count() as u64;
+                }
+                Ok(TxnOutcome::Aborted { reason, .. }) => return Err(op_refusal(reason)),
+                Err(e) => return Err(client_error(&e)),
+            }
+            if !page.more {
+                return Ok(deleted);
+            }
+        }
+    }
+
+    /// `XADD key [NOMKSTREAM] * field value ...`: appends the entry, answers its id (null with
+    /// `NOMKSTREAM` when there is no stream).
+    pub async fn xadd(&self, key: &[u8], pairs: &[(Bytes, Bytes)], create: bool) -> Reply {
+        let value = encode_entry(pairs);
+        let record = Record {
+            partition: Some(0),
+            value,
+            ..Record::default()
+        };
+        // At most twice: once more after creating the topic.
+        for _ in 0..2 {
+            let outcome = self
+                .client
+                .txn()
+                .when(Condition::absent(key.to_vec()))
+                .then(TxnOp::produce(key.to_vec(), vec![record.clone()]))
+                .commit()
+                .await;
+            match outcome {
+                Ok(TxnOutcome::Committed { succeeded: false, .. }) => return Reply::error(WRONGTYPE),
+                Ok(TxnOutcome::Committed { results, .. }) => {
+                    return match results.into_iter().next() {
+                        Some(TxnOpResult::Produced(produced)) if produced.len() == 1 => Reply::Bulk(
+                            StreamId {
+                                ms: produced[0].timestamp_ms,
+                                seq: produced[0].offset,
+                            }
+                            .bulk(),
+                        ),
+                        other => Reply::error(format!("ERR unexpected answer to a produce: {other:?}")),
+                    }
+                }
+                Ok(TxnOutcome::Aborted {
+                    reason: TxnOpResult::Refused(e),
+                    ..
+                }) if is_code(&e, ErrorCode::NotFound) => {
+                    if !create {
+                        return Reply::Null;
+                    }
+                    if let Err(reply) = self.create(key).await {
+                        return reply;
+                    }
+                }
+                Ok(TxnOutcome::Aborted { reason, .. }) => return op_refusal(reason),
+                Err(e) => return client_error(&e),
+            }
+        }
+        Reply::error("ERR the stream's topic was deleted while XADD created it; try again")
+    }
+
+    /// Creates the stream's topic (one partition) unless it exists.
+    async fn create(&self, key: &[u8]) -> Result<(), Reply> {
+        let options = TopicOptions {
+            partitions: 1,
+            ..TopicOptions::default()
+        };
+        match self.client.streams().create_topic(key.to_vec(), options).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(client_error(&e)),
+        }
+    }
+
+    /// `XLEN`: the entries the stream keeps.
+    pub async fn xlen(&self, key: &[u8]) -> Reply {
+        match self.partition(key).await {
+            Ok(Some(p)) => Reply::Integer(p.high_watermark.saturating_sub(p.log_start) as i64),
+            Ok(None) => match self.check_not_a_key(key).await {
+                Ok(()) => Reply::Integer(0),
+                Err(reply) => reply,
+            },
+            Err(reply) => reply,
+        }
+    }
+
+    /// The first offset stamped at or after `ms` (the high watermark when none is).
+    async fn offset_at(&self, key: &[u8], ms: u64, partition: &PartitionInfo) -> Result<u64, Reply> {
+        let Some(at) = UNIX_EPOCH.checked_add(Duration::from_millis(ms)) else {
+            return Ok(partition.high_watermark);
+        };
+        match self.client.streams().offset_for_time(key.to_vec(), 0, at).await {
+            Ok(found) => Ok(found.offset),
+            Err(e) => Err(client_error(&e)),
+        }
+    }
+
+    /// The first offset whose id is at or after `id`, within the partition's bounds.
+    async fn first_offset(&self, key: &[u8], id: StreamId, partition: &PartitionInfo) -> Result<u64, Reply> {
+        let (start, end) = (partition.log_start, partition.high_watermark);
+        if id == StreamId::MIN {
+            return Ok(start);
+        }
+        let at_ms = self.offset_at(key, id.ms, partition).await?;
+        let after_ms = match id.ms.checked_add(1) {
+            Some(next) => self.offset_at(key, next, partition).await?,
+            None => end,
+        };
+        Ok(first_offset_from(id, at_ms, after_ms).clamp(start, end))
+    }
+
+    /// The first offset after `id`: one fetch when `id` names a record (a reader going on from
+    /// the last id it got), else resolved through the stamps.
+    async fn offset_after(&self, key: &[u8], id: StreamId, partition: &PartitionInfo) -> Result<u64, Reply> {
+        if (partition.log_start..partition.high_watermark).contains(&id.seq) {
+            let options = FetchOptions {
+                max_records: 1,
+                consistency: self.reads,
+                ..FetchOptions::default()
+            };
+            if let Ok(fetched) = self.client.streams().fetch(key.to_vec(), 0, id.seq, options).await {
+                if fetched
+                    .records
+                    .first()
+                    .is_some_and(|r| r.offset == id.seq && r.timestamp_ms == id.ms)
+                {
+                    return Ok(id.seq + 1);
+                }
+            }
+        }
+        match id.next() {
+            Some(next) => self.first_offset(key, next, partition).await,
+            None => Ok(partition.high_watermark),
+        }
+    }
+
+    /// Records `from..to` (at most `max`), page by page, within [`REPLY_BYTES_MAX`].
+    async fn read_range(
+        &self,
+        key: &[u8],
+        from: u64,
+        to: u64,
+        max: usize,
+        what: &str,
+    ) -> Result<Vec<FetchedRecord>, Reply> {
+        let mut records = Vec::new();
+        let mut bytes = 0usize;
+        let mut at = from;
+        while at < to && records.len() < max {
+            let wanted = (to - at).min((max - records.len()) as u64).min(10_000) as u32;
+            let options = FetchOptions {
+                max_records: wanted,
+                consistency: self.reads,
+                ..FetchOptions::default()
+            };
+            let fetched = match self.client.streams().fetch(key.to_vec(), 0, at, options).await {
+                Ok(fetched) => fetched,
+                // Retention removed records meanwhile: go on from the oldest kept.
+                Err(e) if is_code(&e, ErrorCode::OffsetOutOfRange) => match self.partition(key).await? {
+                    Some(p) if p.log_start > at => {
+                        at = p.log_start;
+                        continue;
+                    }
+                    _ => break,
+                },
+                Err(e) if is_code(&e, ErrorCode::NotFound) => break,
+                Err(e) => return Err(client_error(&e)),
+            };
+            if fetched.records.is_empty() {
+                break;
+            }
+            for record in fetched.records {
+                if record.offset >= to || records.len() >= max {
+                    break;
+                }
+                at = record.offset + 1;
+                bytes += record_bytes(&record);
+                if bytes > REPLY_BYTES_MAX {
+                    return Err(too_large(what));
+                }
+                records.push(record);
+            }
+        }
+        Ok(records)
+    }
+
+    /// `XRANGE` and `XREVRANGE` (`rev`, whose ends are given high first).
+    pub async fn xrange(&self, key: &[u8], start: RangeEnd, end: RangeEnd, count: Option<usize>, rev: bool) -> Reply {
+        let what = if rev { "XREVRANGE" } else { "XRANGE" };
+        let partition = match self.partition(key).await {
+            Ok(Some(p)) => p,
+            Ok(None) => {
+                return match self.check_not_a_key(key).await {
+                    Ok(()) => Reply::Array(Vec::new()),
+                    Err(reply) => reply,
+                }
+            }
+            Err(reply) => return reply,
+        };
+        let (RangeEnd::From(low), RangeEnd::To(high)) = (start, end) else {
+            return Reply::Array(Vec::new());
+        };
+        if count == Some(0) || low > high {
+            return Reply::Array(Vec::new());
+        }
+        let from = match self.first_offset(key, low, &partition).await {
+            Ok(offset) => offset,
+            Err(reply) => return reply,
+        };
+        let to = match high.next() {
+            Some(after) => match self.first_offset(key, after, &partition).await {
+                Ok(offset) => offset,
+                Err(reply) => return reply,
+            },
+            None => partition.high_watermark,
+        };
+        let max = count.unwrap_or(usize::MAX);
+        let records = if rev {
+            // The last `max` of the range, newest first.
+            let from = from.max(to.saturating_sub(max.min(u64::MAX as usize) as u64));
+            self.read_range(key, from, to, max, what).await.map(|mut r| {
+                r.reverse();
+                r
+            })
+        } else {
+            self.read_range(key, from, to, max, what).await
+        };
+        match records {
+            Ok(records) => entries_reply(records),
+            Err(reply) => reply,
+        }
+    }
+
+    /// Where a plain read of each stream starts (`None`: no stream of that name yet, which a
+    /// blocking read waits for from its start).
+    async fn read_starts(&self, streams: &[(Bytes, ReadFrom)]) -> Result<Vec<Option<u64>>, Reply> {
+        let mut starts = Vec::with_capacity(streams.len());
+        for (key, from) in streams {
+            let Some(partition) = self.partition(key).await? else {
+                starts.push(None);
+                continue;
+            };
+            starts.push(Some(match from {
+                ReadFrom::End | ReadFrom::Undelivered => partition.high_watermark,
+                ReadFrom::After(id) => self.offset_after(key, *id, &partition).await?,
+            }));
+        }
+        Ok(starts)
+    }
+
+    /// `XREAD [COUNT n] [BLOCK ms] STREAMS key ... id ...`: entries after each id; with
+    /// `BLOCK`, waits (0: without end) until one stream has some, the time passes, or `gone`
+    /// (the client left, the node stops).
+    pub async fn xread(
+        &self,
+        count: Option<usize>,
+        block: Option<u64>,
+        streams: &[(Bytes, ReadFrom)],
+        resp3: bool,
+        mut gone: Gone<'_>,
+    ) -> Reply {
+        let starts = match self.read_starts(streams).await {
+            Ok(starts) => starts,
+            Err(reply) => return reply,
+        };
+        let max = count.unwrap_or(usize::MAX);
+        let mut found = Vec::new();
+        let mut bytes = 0usize;
+        for ((key, _), start) in streams.iter().zip(&starts) {
+            let Some(start) = *start else { continue };
+            match self.read_range(key, start, u64::MAX, max, "XREAD").await {
+                Ok(records) if records.is_empty() => {}
+                Ok(records) => {
+                    bytes += records.iter().map(record_bytes).sum::<usize>();
+                    if bytes > REPLY_BYTES_MAX {
+                        return too_large("XREAD");
+                    }
+                    found.push((key.clone(), entries_reply(records)));
+                }
+                Err(reply) => return reply,
+            }
+        }
+        if !found.is_empty() {
+            return streams_reply(found, resp3);
+        }
+        let Some(block_ms) = block else {
+            return Reply::NullArray;
+        };
+        let deadline = (block_ms > 0).then(|| tokio::time::Instant::now() + Duration::from_millis(block_ms));
+        // Where each stream is waited at: a stream created meanwhile is read from its start.
+        let positions: Vec<(Bytes, u64)> = streams
+            .iter()
+            .zip(&starts)
+            .map(|((key, _), start)| (key.clone(), start.unwrap_or(0)))
+            .collect();
+        let wait = self.wait_for_records(&positions, max.min(10_000), deadline);
+        tokio::select! {
+            woken = wait => match woken {
+                Ok(Some((key, records))) => streams_reply(vec![(key, entries_reply(records))], resp3),
+                Ok(None) => Reply::NullArray,
+                Err(reply) => reply,
+            },
+            () = &mut gone => Reply::NullArray,
+        }
+    }
+
+    /// Long-polls every `(stream, offset)` at once until one has records (answering them), or
+    /// `deadline` passes (`None`).
+    async fn wait_for_records(
+        &self,
+        positions: &[(Bytes, u64)],
+        max: usize,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<Option<(Bytes, Vec<FetchedRecord>)>, Reply> {
+        loop {
+            let round = Duration::from_millis(STREAM_BLOCK_ROUND_MS);
+            let wait = match deadline {
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    if left.is_zero() {
+                        return Ok(None);
+                    }
+                    left.min(round)
+                }
+                None => round,
+            };
+            let mut polls = JoinSet::new();
+            for (key, offset) in positions {
+                let (client, key, offset) = (self.client.clone(), key.clone(), *offset);
+                let options = FetchOptions {
+                    max_records: max.max(1) as u32,
+                    wait,
+                    consistency: self.reads,
+                    ..FetchOptions::default()
+                };
+                polls.spawn(async move {
+                    let fetched = client.streams().fetch(key.clone(), 0, offset, options).await;
+                    (key, fetched)
+                });
+            }
+            let mut missing = false;
+            while let Some(joined) = polls.join_next().await {
+                let Ok((key, fetched)) = joined else { continue };
+                match fetched {
+                    Ok(fetched) if !fetched.records.is_empty() => return Ok(Some((key, fetched.records))),
+                    Ok(_) => {}
+                    // Not created yet (or deleted): looked at again after a pause.
+                    Err(e) if is_code(&e, ErrorCode::NotFound) => missing = true,
+                    Err(e) => return Err(client_error(&e)),
+                }
+            }
+            if missing {
+                tokio::time::sleep(wait.min(Duration::from_millis(100))).await;
+            }
+        }
+    }
+
+    /// `XGROUP CREATE key group id|$ [MKSTREAM]`.
+    pub async fn xgroup_create(&self, key: &[u8], group: &[u8], from: ReadFrom, create: bool) -> Reply {
+        let partition = match self.partition(key).await {
+            Ok(Some(p)) => p,
+            Ok(None) if create => {
+                if let Err(reply) = self.check_not_a_key(key).await {
+                    return reply;
+                }
+                match self.create(key).await.and(Ok(())) {
+                    Ok(()) => match self.partition(key).await {
+                        Ok(Some(p)) => p,
+                        Ok(None) => return Reply::error("ERR the stream was deleted while it was created"),
+                        Err(reply) => return reply,
+                    },
+                    Err(reply) => return reply,
+                }
+            }
+            Ok(None) => {
+                return match self.check_not_a_key(key).await {
+                    Ok(()) => Reply::error(
+                        "ERR The XGROUP subcommand requires the key to exist. Note that for CREATE you may want to use the MKSTREAM option to create an empty stream automatically.",
+                    ),
+                    Err(reply) => reply,
+                }
+            }
+            Err(reply) => return reply,
+        };
+        let state = match from {
+            ReadFrom::End | ReadFrom::Undelivered => GroupState {
+                next_offset: partition.high_watermark,
+                last_delivered: StreamId::MIN,
+            },
+            ReadFrom::After(id) => match self.offset_after(key, id, &partition).await {
+                Ok(next_offset) => GroupState {
+                    next_offset,
+                    last_delivered: id,
+                },
+                Err(reply) => return reply,
+            },
+        };
+        let row = group_row(key, group);
+        match self
+            .client
+            .txn()
+            .when(Condition::absent(row.clone()))
+            .then(TxnOp::put(row, state.encode()))
+            .commit()
+            .await
+        {
+            Ok(TxnOutcome::Committed { succeeded: true, .. }) => Reply::ok(),
+            Ok(TxnOutcome::Committed { .. }) => Reply::error("BUSYGROUP Consumer Group name already exists"),
+            Ok(TxnOutcome::Aborted { reason, .. }) => op_refusal(reason),
+            Err(e) => client_error(&e),
+        }
+    }
+
+    /// `XGROUP DESTROY key group`: the group and its pending entries; 1 if it existed.
+    pub async fn xgroup_destroy(&self, key: &[u8], group: &[u8]) -> Reply {
+        match self.partition(key).await {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                return Reply::error(
+                    "ERR The XGROUP subcommand requires the key to exist. Note that for CREATE you may want to use the MKSTREAM option to create an empty stream automatically.",
+                )
+            }
+            Err(reply) => return reply,
+        }
+        let existed = match self.client.kv().delete(group_row(key, group)).await {
+            Ok(outcome) => outcome.deleted,
+            Err(e) => return client_error(&e),
+        };
+        match self.delete_rows(&pending_rows(key, group)).await {
+            Ok(_) => Reply::Integer(i64::from(existed)),
+            Err(reply) => reply,
+        }
+    }
+
+    /// `XACK key group id ...`: how many of the ids were pending (and are not any more).
+    pub async fn xack(&self, key: &[u8], group: &[u8], ids: &[StreamId]) -> Reply {
+        let mut acked = 0;
+        // An id named twice is acknowledged once (a transaction writes a row once).
+        let mut seen = std::collections::HashSet::new();
+        let ids: Vec<StreamId> = ids.iter().copied().filter(|id| seen.insert(*id)).collect();
+        // One transaction per part: each ack stands on its own, as in Redis.
+        for part in ids.chunks(TXN_OPS_MAX) {
+            let mut txn = self.client.txn();
+            for id in part {
+                txn = txn.then(TxnOp::delete(pending_row(key, group, *id)));
+            }
+            match txn.commit().await {
+                Ok(TxnOutcome::Committed { results, .. }) => {
+                    acked += results
+                        .iter()
+                        .filter(|r| matches!(r, TxnOpResult::Deleted { deleted: true, .. }))
+                        .count() as i64;
+                }
+                Ok(TxnOutcome::Aborted { reason, .. }) => return op_refusal(reason),
+                Err(e) => return client_error(&e),
+            }
+        }
+        Reply::Integer(acked)
+    }
+
+    /// `XREADGROUP GROUP group consumer [COUNT n] [BLOCK ms] [NOACK] STREAMS key ... id ...`.
+    /// `>` delivers entries the group never delivered (at most [`STREAM_CLAIM_ENTRIES_MAX`] per
+    /// stream and call), recording each as pending for `consumer` unless `NOACK`; an id reads
+    /// back the consumer's own pending entries after it.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn xreadgroup(
+        &self,
+        group: &[u8],
+        consumer: &[u8],
+        count: Option<usize>,
+        block: Option<u64>,
+        no_ack: bool,
+        streams: &[(Bytes, ReadFrom)],
+        resp3: bool,
+        mut gone: Gone<'_>,
+    ) -> Reply {
+        let max = count.unwrap_or(usize::MAX);
+        // Every group must exist before anything is delivered.
+        for (key, _) in streams {
+            match self.client.kv().get(group_row(key, group)).await {
+                Ok(Some(_)) => {}
+                Ok(None) => return no_group(key, group, "XREADGROUP with GROUP option"),
+                Err(e) => return client_error(&e),
+            }
+        }
+        let mut found = Vec::new();
+        let mut any_new = false;
+        for (key, from) in streams {
+            let entries = match from {
+                ReadFrom::After(id) => self.pending_of(key, group, consumer, *id, max).await,
+                ReadFrom::Undelivered | ReadFrom::End => match self.claim(key, group, consumer, max, no_ack).await {
+                    Ok(records) if records.is_empty() => continue,
+                    Ok(records) => {
+                        any_new = true;
+                        Ok(entries_reply(records))
+                    }
+                    Err(reply) => Err(reply),
+                },
+            };
+            match entries {
+                Ok(entries) => found.push((key.clone(), entries)),
+                Err(reply) => return reply,
+            }
+        }
+        let only_new = streams.iter().all(|(_, from)| !matches!(from, ReadFrom::After(_)));
+        if !found.is_empty() || !only_new {
+            return streams_reply(found, resp3);
+        }
+        let Some(block_ms) = block else {
+            return Reply::NullArray;
+        };
+        debug_assert!(!any_new);
+        let deadline = (block_ms > 0).then(|| tokio::time::Instant::now() + Duration::from_millis(block_ms));
+        loop {
+            // Wait for records past each group's place, then claim them (another consumer of
+            // the group may claim them first: then wait again).
+            let mut positions = Vec::with_capacity(streams.len());
+            for (key, _) in streams {
+                match self.group_state(key, group).await {
+                    Ok(Some((state, _))) => positions.push((key.clone(), state.next_offset)),
+                    Ok(None) => return no_group(key, group, "XREADGROUP with GROUP option"),
+                    Err(reply) => return reply,
+                }
+            }
+            let woken = tokio::select! {
+                woken = self.wait_for_records(&positions, 1, deadline) => woken,
+                () = &mut gone => return Reply::NullArray,
+            };
+            match woken {
+                Ok(Some((key, _))) => match self.claim(&key, group, consumer, max, no_ack).await {
+                    Ok(records) if records.is_empty() => continue,
+                    Ok(records) => return streams_reply(vec![(key, entries_reply(records))], resp3),
+                    Err(reply) => return reply,
+                },
+                Ok(None) => return Reply::NullArray,
+                Err(reply) => return reply,
+            }
+        }
+    }
+
+    /// The group's state and its row's revision.
+    async fn group_state(&self, key: &[u8], group: &[u8]) -> Result<Option<(GroupState, u64)>, Reply> {
+        match self.client.kv().get(group_row(key, group)).await {
+            Ok(Some(entry)) => match GroupState::decode(&entry.value) {
+                Some(state) => Ok(Some((state, entry.mod_revision))),
+                None => Err(Reply::error("ERR a consumer group's row does not decode")),
+            },
+            Ok(None) => Ok(None),
+            Err(e) => Err(client_error(&e)),
+        }
+    }
+
+    /// Delivers up to `max` entries the group never delivered to `consumer`: reads them from
+    /// the group's place, then moves the place past them and records them as pending in one
+    /// transaction conditioned on the group's row being as read (a consumer that lost the race
+    /// reads again).
+    async fn claim(
+        &self,
+        key: &[u8],
+        group: &[u8],
+        consumer: &[u8],
+        max: usize,
+        no_ack: bool,
+    ) -> Result<Vec<FetchedRecord>, Reply> {
+        let max = max.min(STREAM_CLAIM_ENTRIES_MAX);
+        for _ in 0..CAS_ATTEMPTS_MAX {
+            let Some((state, revision)) = self.group_state(key, group).await? else {
+                return Err(no_group(key, group, "XREADGROUP with GROUP option"));
+            };
+            let Some(partition) = self.partition(key).await? else {
+                return Ok(Vec::new());
+            };
+            let from = state.next_offset.max(partition.log_start);
+            let records = self
+                .read_range(key, from, partition.high_watermark, max, "XREADGROUP")
+                .await?;
+            let Some(last) = records.last() else {
+                return Ok(records);
+            };
+            let moved = GroupState {
+                next_offset: last.offset + 1,
+                last_delivered: StreamId {
+                    ms: last.timestamp_ms,
+                    seq: last.offset,
+                },
+            };
+            let row = group_row(key, group);
+            let mut txn = self
+                .client
+                .txn()
+                .when(Condition::mod_revision(row.clone(), Compare::Eq, revision))
+                .then(TxnOp::put_keep_ttl(row, moved.encode()));
+            if !no_ack {
+                let now = now_ms().max(0) as u64;
+                for record in &records {
+                    let id = StreamId {
+                        ms: record.timestamp_ms,
+                        seq: record.offset,
+                    };
+                    let pending = Pending {
+                        consumer: consumer.to_vec(),
+                        delivered_ms: now,
+                        deliveries: 1,
+                    };
+                    txn = txn.then(TxnOp::put(pending_row(key, group, id), pending.encode()));
+                }
+            }
+            match txn.commit().await {
+                Ok(TxnOutcome::Committed { succeeded: true, .. }) => return Ok(records),
+                Ok(TxnOutcome::Committed { .. }) => continue,
+                Ok(TxnOutcome::Aborted { reason, .. }) => return Err(op_refusal(reason)),
+                Err(e) => return Err(client_error(&e)),
+            }
+        }
+        Err(Reply::error(
+            "TRYAGAIN the consumer group's place kept changing under this read",
+        ))
+    }
+
+    /// The consumer's pending entries after `after`, at most `max`: each as `[id, fields]`, or
+    /// `[id, nil]` when retention removed the entry.
+    async fn pending_of(
+        &self,
+        key: &[u8],
+        group: &[u8],
+        consumer: &[u8],
+        after: StreamId,
+        max: usize,
+    ) -> Result<Reply, Reply> {
+        let prefix = pending_rows(key, group);
+        let mut start_after = match after.next() {
+            Some(_) => pending_row(key, group, after),
+            None => return Ok(Reply::Array(Vec::new())),
+        };
+        // Rows sort by offset: the row of `after` itself and everything before it are passed.
+        let mut ids = Vec::new();
+        'pages: loop {
+            let page = self
+                .client
+                .kv()
+                .scan_page(&prefix, &start_after, 1000, ReadConsistency::Linearizable)
+                .await
+                .map_err(|e| client_error(&e))?;
+            for (row, value) in &page.items {
+                let (Some(id), Some(pending)) = (pending_id(row, &prefix), Pending::decode(value)) else {
+                    continue;
+                };
+                if id > after && pending.consumer == consumer {
+                    ids.push(id);
+                    if ids.len() >= max.min(STREAM_CLAIM_ENTRIES_MAX) {
+                        break 'pages;
+                    }
+                }
+            }
+            match page.items.last() {
+                Some((row, _)) if page.more => start_after = row.clone(),
+                _ => break,
+            }
+        }
+        let mut entries = Vec::with_capacity(ids.len());
+        let mut bytes = 0usize;
+        for id in ids {
+            let options = FetchOptions {
+                max_records: 1,
+                consistency: self.reads,
+                ..FetchOptions::default()
+            };
+            let record = match self.client.streams().fetch(key.to_vec(), 0, id.seq, options).await {
+                Ok(fetched) => fetched
+                    .records
+                    .into_iter()
+                    .find(|r| r.offset == id.seq && r.timestamp_ms == id.ms),
+                Err(e) if is_code(&e, ErrorCode::OffsetOutOfRange) || is_code(&e, ErrorCode::NotFound) => None,
+                Err(e) => return Err(client_error(&e)),
+            };
+            match record {
+                Some(record) => {
+                    bytes += record_bytes(&record);
+                    if bytes > REPLY_BYTES_MAX {
+                        return Err(too_large("XREADGROUP"));
+                    }
+                    entries.push(entry_reply(record));
+                }
+                None => entries.push(Reply::Array(vec![Reply::Bulk(id.bulk()), Reply::NullArray])),
+            }
+        }
+        Ok(Reply::Array(entries))
+    }
+}
