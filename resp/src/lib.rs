@@ -6,7 +6,8 @@
 //! of the Rust SDK: strings and keys in [`keys`], concurrent writes of one key combined into one
 //! in [`combine`], `MULTI`/`EXEC` in [`multi`], pub/sub in [`pubsub`]; every command of one key (strings, hashes,
 //! sorted sets) as a pure decision over the key as read in [`decide`], hashes and sorted sets
-//! stored as one KV value each ([`typed`], queries in [`sorted_sets`]).
+//! stored as one KV value each ([`typed`], queries in [`sorted_sets`]); streams as one-partition
+//! topics in [`streams`] (ids, entries and group rows, pure, in [`stream_ids`]).
 //!
 //! May not touch: storage, Raft or the server's API internals. Every command reaches the
 //! cluster through `basalt-client`, the way every other client does (sessions and
