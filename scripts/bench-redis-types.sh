@@ -5,7 +5,9 @@
 # - `redis-benchmark -t hset` and `-t zadd` (-r 100000): every write to ONE hash / sorted set,
 #   which grows to ~18,000 fields or members (a hot collection);
 # - `ZADD win:__rand_int__ __rand_int__ m__rand_int__` (-r 10000): 10,000 keys, as per-client
-#   sliding windows.
+#   sliding windows;
+# - `XADD events * field __rand_int__`: every entry appended to ONE stream (an event log), and
+#   `XRANGE events - + COUNT 10`, reading its first ten entries.
 #
 #   scripts/bench-redis-types.sh [ROUNDS (2)] [REQUESTS (20000)]
 #
@@ -31,7 +33,11 @@ measure() { # port label process-pattern
   done
   redis-benchmark -p "$1" -c 50 -n "$requests" -r 10000 ZADD 'win:__rand_int__' __rand_int__ 'm__rand_int__' \
     2>/dev/null | summary "$2" "zadd 10k keys"
-  echo "$2 sizes: myhash $(redis-cli -p "$1" hlen myhash) fields, myzset $(redis-cli -p "$1" zcard myzset) members"
+  redis-benchmark -p "$1" -c 50 -n "$requests" -r 100000 XADD events '*' field __rand_int__ \
+    2>/dev/null | summary "$2" "xadd one stream"
+  redis-benchmark -p "$1" -c 50 -n "$requests" XRANGE events - + COUNT 10 \
+    2>/dev/null | summary "$2" "xrange count 10"
+  echo "$2 sizes: myhash $(redis-cli -p "$1" hlen myhash) fields, myzset $(redis-cli -p "$1" zcard myzset) members, events $(redis-cli -p "$1" xlen events) entries"
 }
 
 interleave "$rounds"

@@ -32,5 +32,8 @@ macro_rules! service_client {
 /// Largest key the cluster accepts; the local shadow limiter refuses a larger one as the cluster
 /// would (the server asserts it equals its own).
 pub const KEY_BYTES_MAX: usize = 4 * 1024;
+/// Longest name of a topic, queue or consumer group the cluster accepts, in bytes (the server
+/// asserts it equals its own): a longer name cannot be a topic, so RESP does not look for one.
+pub const NAME_BYTES_MAX: usize = 255;
 /// Longest rate-limit window and token-bucket period the cluster accepts (one day); likewise.
 pub const RATE_WINDOW_MS_MAX: u64 = 24 * 3600 * 1000;

@@ -19,8 +19,8 @@ use crate::frame::{Parsed, Protocol, ReadLimits, Reply, RequestReader};
 use crate::glob::Glob;
 use crate::keys::{check_key, check_storable, checked_ttl, now_ms, ttl_of, Keys, Ttl};
 use crate::limits::{
-    MULTI_QUEUED_MAX, PIPELINE_ROUND_REQUESTS_MAX, PUSH_BUFFER_MESSAGES, REPLY_FLUSH_BYTES, SCAN_CURSORS_MAX,
-    SET_RUN_BYTES_MAX, TXN_CONDITIONS_MAX, TXN_OPS_MAX,
+    MULTI_QUEUED_MAX, PIPELINE_ROUND_REQUESTS_MAX, PUSH_BUFFER_MESSAGES, REPLY_FLUSH_BYTES, REQUEST_BYTES_MAX,
+    SCAN_CURSORS_MAX, SET_RUN_BYTES_MAX, TXN_CONDITIONS_MAX, TXN_OPS_MAX,
 };
 use crate::multi::{self, Queued};
 use crate::pubsub::{Kind, Subscriptions};
@@ -57,17 +57,31 @@ struct Connection {
 }
 
 /// Finishes when the client closes its connection or the node stops, for a blocking read to
-/// end on. Bytes the client sends meanwhile (a pipelined command) are left for after the read;
-/// from then on only the node stopping ends the wait.
-async fn client_gone(reader: &mut OwnedReadHalf, stop: &mut tokio::sync::watch::Receiver<bool>) {
-    let mut byte = [0u8; 1];
-    tokio::select! {
-        read = reader.peek(&mut byte) => match read {
-            Ok(0) | Err(_) => {}
-            Ok(_) => stopped(stop).await,
-        },
-        () = stopped(stop) => {}
+/// end on. Bytes the client sends meanwhile (pipelined commands) are read into `buf`, the
+/// connection's input, and run after the blocking read, up to [`REQUEST_BYTES_MAX`]; past that
+/// only the node stopping ends the wait (the client is paced by its socket). Cancel safe: a
+/// read that did not finish took no bytes.
+async fn client_gone(reader: &mut OwnedReadHalf, buf: &mut Vec<u8>, stop: &mut tokio::sync::watch::Receiver<bool>) {
+    while buf.len() < REQUEST_BYTES_MAX {
+        buf.reserve(16 * 1024);
+        tokio::select! {
+            read = reader.read_buf(buf) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            },
+            () = stopped(stop) => return,
+        }
     }
+    stopped(stop).await;
+}
+
+/// Whether `command` may wait (`XREAD` / `XREADGROUP` with `BLOCK`): the replies before it are
+/// written first, so a pipelined write is not held back by a read that waits.
+fn blocks(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::XRead { block: Some(_), .. } | Command::XReadGroup { block: Some(_), .. }
+    )
 }
 
 /// Serves `stream` until the client leaves, sends `QUIT`, breaks the protocol, or the node
@@ -136,7 +150,9 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>, id: u64, mut stop: to
                 }
             }
             buf.drain(..consumed);
-            let next = connection.run_all(requests, &mut out, &mut writer, &mut reader).await;
+            let next = connection
+                .run_all(requests, &mut out, &mut writer, &mut reader, &mut buf)
+                .await;
             if let Some(e) = &broken {
                 Reply::error(format!("ERR {e}")).encode(connection.protocol, &mut out);
             }
@@ -155,7 +171,8 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>, id: u64, mut stop: to
                 // A large request is gone: do not keep its buffer for the connection's life.
                 buf.shrink_to(16 * 1024);
             }
-            if more_ready {
+            // More requests are whole already, or arrived while a blocking read waited.
+            if more_ready || buf.len() >= wanted {
                 continue;
             }
         }
@@ -219,16 +236,18 @@ impl Connection {
             Ok(present) => present,
             Err(reply) => return reply,
         };
-        let mut count = 0;
-        for (key, present) in keys.iter().zip(present) {
-            let present = present
-                || match self.streams().exists(key).await {
-                    Ok(exists) => exists,
-                    Err(reply) => return reply,
-                };
-            count += i64::from(present);
-        }
-        Reply::Integer(count)
+        let absent: Vec<&Bytes> = keys
+            .iter()
+            .zip(&present)
+            .filter(|(_, p)| !**p)
+            .map(|(k, _)| k)
+            .collect();
+        let streams = match self.streams().exist(&absent).await {
+            Ok(streams) => streams,
+            Err(reply) => return reply,
+        };
+        let count = present.iter().filter(|p| **p).count() + streams.iter().filter(|s| **s).count();
+        Reply::Integer(count as i64)
     }
 
     fn keys(&self) -> Keys<'_> {
@@ -249,6 +268,7 @@ impl Connection {
         out: &mut Vec<u8>,
         writer: &mut W,
         reader: &mut OwnedReadHalf,
+        input: &mut Vec<u8>,
     ) -> Next {
         let mut parsed: VecDeque<(String, Result<Command, Refusal>)> = requests
             .iter()
@@ -319,7 +339,13 @@ impl Connection {
                 self.set_run(run, out).await;
                 continue;
             }
-            let (reply, next) = self.run(command, &name, reader).await;
+            if blocks(&command) && !out.is_empty() {
+                if writer.write_all(out).await.is_err() {
+                    return Next::Close;
+                }
+                out.clear();
+            }
+            let (reply, next) = self.run(command, &name, reader, input).await;
             reply.encode(self.protocol, out);
             if next == Next::Close {
                 return Next::Close;
@@ -420,7 +446,15 @@ impl Connection {
     }
 
     /// Runs one command; `name` is its name as the client sent it, for messages.
-    async fn run(&mut self, command: Command, name: &str, reader: &mut OwnedReadHalf) -> (Reply, Next) {
+    /// Runs one command. `reader` and `input` (the connection's unparsed bytes) are for a
+    /// blocking read, which watches the client while it waits.
+    async fn run(
+        &mut self,
+        command: Command,
+        name: &str,
+        reader: &mut OwnedReadHalf,
+        input: &mut Vec<u8>,
+    ) -> (Reply, Next) {
         if !self.authenticated && !matches!(command, Command::Auth { .. } | Command::Hello { .. } | Command::Quit) {
             return (Reply::error(errors::NOAUTH), Next::Go);
         }
@@ -533,9 +567,9 @@ impl Connection {
             Command::Type(key) => {
                 let resp3 = self.protocol == Protocol::Resp3;
                 match self.keys().single(&Command::Type(key.clone()), resp3).await {
-                    Reply::Simple(none) if none == "none" => match self.streams().exists(&key).await {
-                        Ok(true) => Reply::Simple("stream".into()),
-                        Ok(false) => Reply::Simple(none),
+                    Reply::Simple(none) if none == "none" => match self.streams().exist(&[&key]).await {
+                        Ok(exist) if exist == [true] => Reply::Simple("stream".into()),
+                        Ok(_) => Reply::Simple(none),
                         Err(reply) => reply,
                     },
                     other => other,
@@ -556,7 +590,7 @@ impl Connection {
                     client: &self.shared.client,
                     reads: self.reads,
                 };
-                let gone = client_gone(reader, &mut self.stop);
+                let gone = client_gone(reader, input, &mut self.stop);
                 tokio::pin!(gone);
                 readers.xread(count, block, &streams, resp3, gone.as_mut()).await
             }
@@ -573,7 +607,7 @@ impl Connection {
                     client: &self.shared.client,
                     reads: self.reads,
                 };
-                let gone = client_gone(reader, &mut self.stop);
+                let gone = client_gone(reader, input, &mut self.stop);
                 tokio::pin!(gone);
                 readers
                     .xreadgroup(&group, &consumer, count, block, no_ack, &streams, resp3, gone.as_mut())

@@ -451,12 +451,14 @@ impl Keys<'_> {
     pub async fn count(&self, what: &str) -> Result<usize, Reply> {
         let mut after = Vec::new();
         let mut count = 0usize;
+        let mut read = 0usize;
         loop {
-            let (page, next, _) = self.page(&after, None, SCAN_PAGE_KEYS).await?;
+            let (page, next, page_read) = self.page(&after, None, SCAN_PAGE_KEYS).await?;
             count += page.len();
+            read += page_read;
             match next {
                 None => return Ok(count),
-                Some(_) if count >= KEYSPACE_WALK_KEYS_MAX => {
+                Some(_) if read >= KEYSPACE_WALK_KEYS_MAX => {
                     return Err(Reply::error(format!(
                         "ERR {what} reads at most {KEYSPACE_WALK_KEYS_MAX} keys on Basalt"
                     )))

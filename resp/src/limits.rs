@@ -97,3 +97,11 @@ pub const STREAM_BLOCK_ROUND_MS: u64 = 5_000;
 
 /// Streams one `XREAD` or `XREADGROUP` may name.
 pub const STREAMS_PER_READ_MAX: usize = 64;
+
+/// Pause between looks at a stream a blocking read waits on that does not exist yet, in
+/// milliseconds (a stream that exists is long-polled instead).
+pub const STREAM_ABSENT_POLL_MS: u64 = 250;
+
+/// Pending rows of a group one `XREADGROUP ... ID` passes (other consumers' included) looking
+/// for the consumer's own; past it an error asks for a later id or acknowledgements.
+pub const PENDING_SCAN_ROWS_MAX: usize = 100_000;

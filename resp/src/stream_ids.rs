@@ -204,12 +204,22 @@ fn decode_entry(value: &[u8]) -> Option<Vec<Bytes>> {
 /// refuses them as keys and leaves them out of `SCAN`, `KEYS` and `DBSIZE`.
 pub const RESERVED_KEY_PREFIX: &[u8] = b"\xffbasalt\x00";
 
+const STREAM_ROW: &[u8] = b"\xffbasalt\x00xstream\x00";
 const GROUP_ROW: &[u8] = b"\xffbasalt\x00xgroup\x00";
 const PENDING_ROW: &[u8] = b"\xffbasalt\x00xpending\x00";
 
 fn named(out: &mut Vec<u8>, name: &[u8]) {
     out.extend_from_slice(&(name.len() as u32).to_be_bytes());
     out.extend_from_slice(name);
+}
+
+/// The KV row marking topic `stream` as a stream RESP created: only such topics are Redis keys
+/// to `TYPE`, `EXISTS` and `DEL` (a topic the SDK or CLI created is read and written by the
+/// stream commands, but never deleted by a `DEL` of its name).
+pub fn stream_row(stream: &[u8]) -> Vec<u8> {
+    let mut key = STREAM_ROW.to_vec();
+    key.extend_from_slice(stream);
+    key
 }
 
 /// The KV row of consumer group `group` of stream `stream`.

@@ -12,6 +12,7 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
+use basalt_client::limits::{GET_MANY_KEYS_MAX, NAME_BYTES_MAX};
 use basalt_client::stream::PartitionInfo;
 use basalt_client::txn::{Compare, Condition};
 use basalt_client::{
@@ -23,11 +24,14 @@ use tokio::task::JoinSet;
 use crate::command::Bytes;
 use crate::frame::Reply;
 use crate::keys::{now_ms, op_refusal, WRONGTYPE};
-use crate::limits::{CAS_ATTEMPTS_MAX, REPLY_BYTES_MAX, STREAM_BLOCK_ROUND_MS, STREAM_CLAIM_ENTRIES_MAX, TXN_OPS_MAX};
+use crate::limits::{
+    CAS_ATTEMPTS_MAX, PENDING_SCAN_ROWS_MAX, REPLY_BYTES_MAX, STREAM_ABSENT_POLL_MS, STREAM_BLOCK_ROUND_MS,
+    STREAM_CLAIM_ENTRIES_MAX, TXN_OPS_MAX,
+};
 use crate::reply_error::client_error;
 use crate::stream_ids::{
     encode_entry, entry_fields, first_offset_from, group_row, group_rows_of, pending_id, pending_row, pending_rows,
-    pending_rows_of, GroupState, Pending, RangeEnd, ReadFrom, StreamId,
+    pending_rows_of, stream_row, GroupState, Pending, RangeEnd, ReadFrom, StreamId,
 };
 
 /// Redis's error for a group that does not exist.
@@ -37,6 +41,11 @@ fn no_group(key: &[u8], group: &[u8], command: &str) -> Reply {
         String::from_utf8_lossy(key),
         String::from_utf8_lossy(group)
     ))
+}
+
+/// Whether `key` can name a topic at all; a longer or empty one is never looked up.
+fn could_be_topic(key: &[u8]) -> bool {
+    !key.is_empty() && key.len() <= NAME_BYTES_MAX
 }
 
 fn is_code(e: &ClientError, code: ErrorCode) -> bool {
@@ -93,6 +102,21 @@ fn too_large(what: &str) -> Reply {
     ))
 }
 
+/// Where a blocking read waits on one stream: the offset it fetches at, and the id entries must
+/// come after (`XREAD` of an id: the first records fetched may be older).
+struct Position {
+    key: Bytes,
+    offset: u64,
+    after: Option<StreamId>,
+}
+
+fn id_of(record: &FetchedRecord) -> StreamId {
+    StreamId {
+        ms: record.timestamp_ms,
+        seq: record.offset,
+    }
+}
+
 /// The stream commands of one connection.
 pub struct Streams<'a> {
     pub client: &'a Client,
@@ -102,6 +126,9 @@ pub struct Streams<'a> {
 impl Streams<'_> {
     /// The stream's partition (its bounds), `None` when no topic has the name.
     async fn partition(&self, key: &[u8]) -> Result<Option<PartitionInfo>, Reply> {
+        if !could_be_topic(key) {
+            return Ok(None);
+        }
         match self.client.streams().describe(key.to_vec(), self.reads).await {
             Ok(info) if info.partitions.len() == 1 => Ok(info.partitions.into_iter().next()),
             Ok(info) => Err(Reply::error(format!(
@@ -123,24 +150,49 @@ impl Streams<'_> {
         }
     }
 
-    /// Whether a stream of this name exists (for `TYPE`, `EXISTS` and `DEL` of a name no KV
-    /// key holds).
-    pub async fn exists(&self, key: &[u8]) -> Result<bool, Reply> {
-        Ok(self.partition(key).await?.is_some())
+    /// Which of `keys` name a stream RESP created ([`stream_row`]) that exists (for `TYPE` and
+    /// `EXISTS` of names no KV key holds): the marks are read 16 at a time, and only a marked
+    /// name's topic is looked up.
+    pub async fn exist(&self, keys: &[&Bytes]) -> Result<Vec<bool>, Reply> {
+        let mut exist = vec![false; keys.len()];
+        let candidates: Vec<usize> = (0..keys.len()).filter(|&i| could_be_topic(keys[i])).collect();
+        for group in candidates.chunks(GET_MANY_KEYS_MAX) {
+            let rows: Vec<Vec<u8>> = group.iter().map(|&i| stream_row(keys[i])).collect();
+            let marks = self
+                .client
+                .kv()
+                .get_many(&rows, self.reads)
+                .await
+                .map_err(|e| client_error(&e))?;
+            for (&i, mark) in group.iter().zip(marks) {
+                exist[i] = mark.is_some() && self.partition(keys[i]).await?.is_some();
+            }
+        }
+        Ok(exist)
     }
 
-    /// Deletes the stream `key` with its consumer groups; whether there was one.
+    /// Deletes the stream `key` RESP created, with its consumer groups; whether its topic was
+    /// there. The groups' rows go first and the mark last, so a deletion cut short (a failover,
+    /// an error) is finished by the next `DEL` of the name, and a stream created again never
+    /// finds an old group.
     pub async fn delete(&self, key: &[u8]) -> Result<bool, Reply> {
-        if self.partition(key).await?.is_none() {
+        if !could_be_topic(key) {
             return Ok(false);
         }
+        let mark = stream_row(key);
+        match self.client.kv().get(&mark).await {
+            Ok(Some(_)) => {}
+            Ok(None) => return Ok(false),
+            Err(e) => return Err(client_error(&e)),
+        }
+        self.delete_rows(&group_rows_of(key)).await?;
+        self.delete_rows(&pending_rows_of(key)).await?;
         let deleted = match self.client.streams().delete_topic(key.to_vec()).await {
             Ok(()) => true,
             Err(e) if is_code(&e, ErrorCode::NotFound) => false,
             Err(e) => return Err(client_error(&e)),
         };
-        self.delete_rows(&group_rows_of(key)).await?;
-        self.delete_rows(&pending_rows_of(key)).await?;
+        self.client.kv().delete(&mark).await.map_err(|e| client_error(&e))?;
         Ok(deleted)
     }
 
@@ -232,8 +284,17 @@ impl Streams<'_> {
         Reply::error("ERR the stream's topic was deleted while XADD created it; try again")
     }
 
-    /// Creates the stream's topic (one partition) unless it exists.
+    /// Creates the stream's topic (one partition) unless it exists, marked first as a stream
+    /// RESP created (a mark without a topic, left by a failure in between, is harmless: the
+    /// name is looked up and not found).
     async fn create(&self, key: &[u8]) -> Result<(), Reply> {
+        if could_be_topic(key) {
+            self.client
+                .kv()
+                .put(stream_row(key), b"")
+                .await
+                .map_err(|e| client_error(&e))?;
+        }
         let options = TopicOptions {
             partitions: 1,
             ..TopicOptions::default()
@@ -306,7 +367,8 @@ impl Streams<'_> {
         }
     }
 
-    /// Records `from..to` (at most `max`), page by page, within [`REPLY_BYTES_MAX`].
+    /// Records `from..to` (at most `max`), page by page, within [`REPLY_BYTES_MAX`]: past it
+    /// an error, or with `truncate` the records before it (at least one).
     async fn read_range(
         &self,
         key: &[u8],
@@ -314,6 +376,7 @@ impl Streams<'_> {
         to: u64,
         max: usize,
         what: &str,
+        truncate: bool,
     ) -> Result<Vec<FetchedRecord>, Reply> {
         let mut records = Vec::new();
         let mut bytes = 0usize;
@@ -348,6 +411,9 @@ impl Streams<'_> {
                 at = record.offset + 1;
                 bytes += record_bytes(&record);
                 if bytes > REPLY_BYTES_MAX {
+                    if truncate && !records.is_empty() {
+                        return Ok(records);
+                    }
                     return Err(too_large(what));
                 }
                 records.push(record);
@@ -390,12 +456,12 @@ impl Streams<'_> {
         let records = if rev {
             // The last `max` of the range, newest first.
             let from = from.max(to.saturating_sub(max.min(u64::MAX as usize) as u64));
-            self.read_range(key, from, to, max, what).await.map(|mut r| {
+            self.read_range(key, from, to, max, what, false).await.map(|mut r| {
                 r.reverse();
                 r
             })
         } else {
-            self.read_range(key, from, to, max, what).await
+            self.read_range(key, from, to, max, what, false).await
         };
         match records {
             Ok(records) => entries_reply(records),
@@ -440,7 +506,7 @@ impl Streams<'_> {
         let mut bytes = 0usize;
         for ((key, _), start) in streams.iter().zip(&starts) {
             let Some(start) = *start else { continue };
-            match self.read_range(key, start, u64::MAX, max, "XREAD").await {
+            match self.read_range(key, start, u64::MAX, max, "XREAD", false).await {
                 Ok(records) if records.is_empty() => {}
                 Ok(records) => {
                     bytes += records.iter().map(record_bytes).sum::<usize>();
@@ -459,13 +525,21 @@ impl Streams<'_> {
             return Reply::NullArray;
         };
         let deadline = (block_ms > 0).then(|| tokio::time::Instant::now() + Duration::from_millis(block_ms));
-        // Where each stream is waited at: a stream created meanwhile is read from its start.
-        let positions: Vec<(Bytes, u64)> = streams
+        // Where each stream is waited at: a stream created meanwhile is read from its start,
+        // keeping only entries after the id asked for.
+        let mut positions: Vec<Position> = streams
             .iter()
             .zip(&starts)
-            .map(|((key, _), start)| (key.clone(), start.unwrap_or(0)))
+            .map(|((key, from), start)| Position {
+                key: key.clone(),
+                offset: start.unwrap_or(0),
+                after: match from {
+                    ReadFrom::After(id) => Some(*id),
+                    ReadFrom::End | ReadFrom::Undelivered => None,
+                },
+            })
             .collect();
-        let wait = self.wait_for_records(&positions, max.min(10_000), deadline);
+        let wait = self.wait_for_records(&mut positions, max.min(10_000), deadline);
         tokio::select! {
             woken = wait => match woken {
                 Ok(Some((key, records))) => streams_reply(vec![(key, entries_reply(records))], resp3),
@@ -476,11 +550,12 @@ impl Streams<'_> {
         }
     }
 
-    /// Long-polls every `(stream, offset)` at once until one has records (answering them), or
-    /// `deadline` passes (`None`).
+    /// Long-polls every position at once until one has records after its `after` id
+    /// (answering them), or `deadline` passes (`None`). A position retention passed moves to the
+    /// oldest record kept; a stream not created yet is looked at again after a pause.
     async fn wait_for_records(
         &self,
-        positions: &[(Bytes, u64)],
+        positions: &mut [Position],
         max: usize,
         deadline: Option<tokio::time::Instant>,
     ) -> Result<Option<(Bytes, Vec<FetchedRecord>)>, Reply> {
@@ -497,32 +572,45 @@ impl Streams<'_> {
                 None => round,
             };
             let mut polls = JoinSet::new();
-            for (key, offset) in positions {
-                let (client, key, offset) = (self.client.clone(), key.clone(), *offset);
+            for (at, position) in positions.iter().enumerate() {
+                let (client, key, offset) = (self.client.clone(), position.key.clone(), position.offset);
                 let options = FetchOptions {
                     max_records: max.max(1) as u32,
                     wait,
                     consistency: self.reads,
                     ..FetchOptions::default()
                 };
-                polls.spawn(async move {
-                    let fetched = client.streams().fetch(key.clone(), 0, offset, options).await;
-                    (key, fetched)
-                });
+                polls.spawn(async move { (at, client.streams().fetch(key, 0, offset, options).await) });
             }
-            let mut missing = false;
+            let mut pause = false;
             while let Some(joined) = polls.join_next().await {
-                let Ok((key, fetched)) = joined else { continue };
+                let Ok((at, fetched)) = joined else { continue };
+                let position = &mut positions[at];
                 match fetched {
-                    Ok(fetched) if !fetched.records.is_empty() => return Ok(Some((key, fetched.records))),
-                    Ok(_) => {}
-                    // Not created yet (or deleted): looked at again after a pause.
-                    Err(e) if is_code(&e, ErrorCode::NotFound) => missing = true,
+                    Ok(fetched) => {
+                        if let Some(last) = fetched.records.last() {
+                            position.offset = last.offset + 1;
+                        }
+                        let after = position.after;
+                        let records: Vec<FetchedRecord> = fetched
+                            .records
+                            .into_iter()
+                            .filter(|r| after.is_none_or(|after| id_of(r) > after))
+                            .collect();
+                        if !records.is_empty() {
+                            return Ok(Some((position.key.clone(), records)));
+                        }
+                    }
+                    Err(e) if is_code(&e, ErrorCode::OffsetOutOfRange) => match self.partition(&position.key).await? {
+                        Some(p) => position.offset = position.offset.clamp(p.log_start, p.high_watermark),
+                        None => pause = true,
+                    },
+                    Err(e) if is_code(&e, ErrorCode::NotFound) => pause = true,
                     Err(e) => return Err(client_error(&e)),
                 }
             }
-            if missing {
-                tokio::time::sleep(wait.min(Duration::from_millis(100))).await;
+            if pause {
+                tokio::time::sleep(wait.min(Duration::from_millis(STREAM_ABSENT_POLL_MS))).await;
             }
         }
     }
@@ -688,14 +776,24 @@ impl Streams<'_> {
             // the group may claim them first: then wait again).
             let mut positions = Vec::with_capacity(streams.len());
             for (key, _) in streams {
-                match self.group_state(key, group).await {
-                    Ok(Some((state, _))) => positions.push((key.clone(), state.next_offset)),
+                let state = match self.group_state(key, group).await {
+                    Ok(Some((state, _))) => state,
                     Ok(None) => return no_group(key, group, "XREADGROUP with GROUP option"),
                     Err(reply) => return reply,
-                }
+                };
+                // Entries retention removed are passed.
+                let log_start = match self.partition(key).await {
+                    Ok(partition) => partition.map_or(0, |p| p.log_start),
+                    Err(reply) => return reply,
+                };
+                positions.push(Position {
+                    key: key.clone(),
+                    offset: state.next_offset.max(log_start),
+                    after: None,
+                });
             }
             let woken = tokio::select! {
-                woken = self.wait_for_records(&positions, 1, deadline) => woken,
+                woken = self.wait_for_records(&mut positions, 1, deadline) => woken,
                 () = &mut gone => return Reply::NullArray,
             };
             match woken {
@@ -743,8 +841,12 @@ impl Streams<'_> {
                 return Ok(Vec::new());
             };
             let from = state.next_offset.max(partition.log_start);
+            if state.next_offset > partition.high_watermark {
+                // The group outlived its stream (a DEL cut short, then the name created again).
+                return Err(no_group(key, group, "XREADGROUP with GROUP option"));
+            }
             let records = self
-                .read_range(key, from, partition.high_watermark, max, "XREADGROUP")
+                .read_range(key, from, partition.high_watermark, max, "XREADGROUP", true)
                 .await?;
             let Some(last) = records.last() else {
                 return Ok(records);
@@ -806,6 +908,7 @@ impl Streams<'_> {
         };
         // Rows sort by offset: the row of `after` itself and everything before it are passed.
         let mut ids = Vec::new();
+        let mut passed = 0usize;
         'pages: loop {
             let page = self
                 .client
@@ -813,6 +916,12 @@ impl Streams<'_> {
                 .scan_page(&prefix, &start_after, 1000, ReadConsistency::Linearizable)
                 .await
                 .map_err(|e| client_error(&e))?;
+            passed += page.items.len();
+            if passed > PENDING_SCAN_ROWS_MAX {
+                return Err(Reply::error(format!(
+                    "ERR more than {PENDING_SCAN_ROWS_MAX} pending entries of the group to pass; acknowledge entries or read from a later id"
+                )));
+            }
             for (row, value) in &page.items {
                 let (Some(id), Some(pending)) = (pending_id(row, &prefix), Pending::decode(value)) else {
                     continue;
@@ -829,32 +938,39 @@ impl Streams<'_> {
                 _ => break,
             }
         }
+        // The entries, a fetch per run of consecutive offsets.
         let mut entries = Vec::with_capacity(ids.len());
         let mut bytes = 0usize;
-        for id in ids {
+        let mut at = 0;
+        while at < ids.len() {
+            let run = ids[at..]
+                .iter()
+                .enumerate()
+                .take_while(|(n, id)| id.seq == ids[at].seq + *n as u64)
+                .count();
             let options = FetchOptions {
-                max_records: 1,
+                max_records: run as u32,
                 consistency: self.reads,
                 ..FetchOptions::default()
             };
-            let record = match self.client.streams().fetch(key.to_vec(), 0, id.seq, options).await {
-                Ok(fetched) => fetched
-                    .records
-                    .into_iter()
-                    .find(|r| r.offset == id.seq && r.timestamp_ms == id.ms),
-                Err(e) if is_code(&e, ErrorCode::OffsetOutOfRange) || is_code(&e, ErrorCode::NotFound) => None,
+            let records = match self.client.streams().fetch(key.to_vec(), 0, ids[at].seq, options).await {
+                Ok(fetched) => fetched.records,
+                Err(e) if is_code(&e, ErrorCode::OffsetOutOfRange) || is_code(&e, ErrorCode::NotFound) => Vec::new(),
                 Err(e) => return Err(client_error(&e)),
             };
-            match record {
-                Some(record) => {
-                    bytes += record_bytes(&record);
-                    if bytes > REPLY_BYTES_MAX {
-                        return Err(too_large("XREADGROUP"));
+            for id in &ids[at..at + run] {
+                match records.iter().find(|r| id_of(r) == *id) {
+                    Some(record) => {
+                        bytes += record_bytes(record);
+                        if bytes > REPLY_BYTES_MAX {
+                            return Err(too_large("XREADGROUP"));
+                        }
+                        entries.push(entry_reply(record.clone()));
                     }
-                    entries.push(entry_reply(record));
+                    None => entries.push(Reply::Array(vec![Reply::Bulk(id.bulk()), Reply::NullArray])),
                 }
-                None => entries.push(Reply::Array(vec![Reply::Bulk(id.bulk()), Reply::NullArray])),
             }
+            at += run;
         }
         Ok(Reply::Array(entries))
     }

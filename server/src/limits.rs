@@ -51,6 +51,7 @@ const _: () = assert!(server::LIST_QUEUES_MAX as usize * (server::NAME_BYTES_MAX
 // The SDK's local shadow limiter refuses what the cluster refuses.
 const _: () = assert!(sdk::KEY_BYTES_MAX == server::KEY_BYTES_MAX);
 const _: () = assert!(sdk::RATE_WINDOW_MS_MAX == server::RATE_WINDOW_MS_MAX);
+const _: () = assert!(sdk::NAME_BYTES_MAX == server::NAME_BYTES_MAX);
 // A scan with limit 0 returns as many keys whether the SDK or the server fills the default in.
 const _: () = assert!(sdk::SCAN_KEYS_DEFAULT == server::SCAN_KEYS_DEFAULT);
 const _: () = assert!(sdk::GET_MANY_KEYS_MAX == server::GET_MANY_KEYS_MAX);

@@ -1090,6 +1090,21 @@ fn streams_answer_as_redis_does_and_are_basalt_topics() {
         );
     }
 
+    // A blocking read first writes the replies pipelined before it, and commands pipelined
+    // while it waits run after it, in order.
+    raw.send(b"*3\r\n$3\r\nSET\r\n$7\r\ns:plain\r\n$1\r\nv\r\n*6\r\n$5\r\nXREAD\r\n$5\r\nBLOCK\r\n$1\r\n0\r\n$7\r\nSTREAMS\r\n$8\r\ns:orders\r\n$1\r\n$\r\n");
+    assert_eq!(
+        raw.reply(),
+        "+OK\r\n",
+        "the SET's reply is not held back by the blocked XREAD"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    raw.send(b"*1\r\n$4\r\nPING\r\n");
+    std::thread::sleep(Duration::from_millis(300));
+    let woke = bulk_text(&Raw::open(cluster.resp(1)).call(&["XADD", "s:orders", "*", "wake", "1"]));
+    assert!(raw.reply().contains(&woke), "the XREAD answers the entry added");
+    assert_eq!(raw.reply(), "+PONG\r\n", "the PING sent while it waited runs after it");
+
     // Consumer groups: each entry goes to one consumer, stays pending until acknowledged.
     assert_eq!(raw.call(&["XGROUP", "CREATE", "s:orders", "g", "0"]), "+OK\r\n");
     assert_eq!(
@@ -1109,7 +1124,7 @@ fn streams_answer_as_redis_does_and_are_basalt_topics() {
     ]);
     assert_eq!(got, format!("*1\r\n*2\r\n$8\r\ns:orders\r\n*2\r\n{e1}{e2}"));
     let third = ids_in(&raw.call(&["XREADGROUP", "GROUP", "g", "c2", "STREAMS", "s:orders", ">"]));
-    assert_eq!(third.len(), 1, "{third:?}");
+    assert_eq!(third.len(), 2, "the entries added while blocked: {third:?}");
     assert_eq!(
         raw.call(&["XREADGROUP", "GROUP", "g", "c2", "STREAMS", "s:orders", ">"]),
         "*-1\r\n"
@@ -1164,8 +1179,8 @@ fn streams_answer_as_redis_does_and_are_basalt_topics() {
         "-ERR Invalid stream ID specified as stream command argument\r\n"
     );
     // Groups' rows are Basalt's own: out of the keyspace, and not writable through RESP.
-    assert_eq!(raw.call(&["KEYS", "*"]), "*1\r\n$6\r\ns:text\r\n");
-    assert_eq!(raw.call(&["DBSIZE"]), ":1\r\n");
+    assert_eq!(raw.call(&["KEYS", "*"]), "*2\r\n$7\r\ns:plain\r\n$6\r\ns:text\r\n");
+    assert_eq!(raw.call(&["DBSIZE"]), ":2\r\n");
     let reserved = b"\xffbasalt\x00xgroup\x00x";
     let mut request = format!("*3\r\n$3\r\nSET\r\n${}\r\n", reserved.len()).into_bytes();
     request.extend_from_slice(reserved);
@@ -1191,7 +1206,7 @@ fn streams_answer_as_redis_does_and_are_basalt_topics() {
             .fetch("s:orders", 0, 0, basalt_client::FetchOptions::default())
             .await
             .expect("SDK fetch");
-        assert_eq!(fetched.records.len(), 3);
+        assert_eq!(fetched.records.len(), 4);
         let produced = client
             .streams()
             .produce(
@@ -1206,6 +1221,25 @@ fn streams_answer_as_redis_does_and_are_basalt_topics() {
             format!("*1\r\n{}", entry_bytes(&id, &["key", "k", "value", "from the SDK"]))
         );
     });
+
+    // A topic the SDK created is read and written as a stream, but a DEL of its name (say, of a
+    // cache key that expired) never deletes it: only streams RESP created are keys.
+    runtime().block_on(async {
+        let client = cluster.client().await;
+        let one = basalt_client::TopicOptions {
+            partitions: 1,
+            ..basalt_client::TopicOptions::default()
+        };
+        client.streams().create_topic("s:sdk", one).await.expect("create");
+    });
+    assert!(raw.call(&["XADD", "s:sdk", "*", "a", "1"]).starts_with('$'));
+    assert_eq!(raw.call(&["DEL", "s:sdk"]), ":0\r\n");
+    assert_eq!(raw.call(&["XLEN", "s:sdk"]), ":1\r\n");
+    // A name too long for a topic is no stream: DEL and EXISTS answer for the KV key alone.
+    let long = "k".repeat(300);
+    assert_eq!(raw.call(&["DEL", &long, "s:none"]), ":0\r\n");
+    assert_eq!(raw.call(&["EXISTS", &long]), ":0\r\n");
+    assert_eq!(raw.call(&["TYPE", &long]), "+none\r\n");
 
     // DEL removes a stream with its groups; a new stream of the name starts afresh.
     assert_eq!(raw.call(&["DEL", "s:orders", "s:text", "s:none"]), ":2\r\n");
