@@ -128,7 +128,7 @@ impl<T> KeyQueues<T> {
 
 /// Held by a runner: if dropped before the runner saw its queue empty, abandons the key and
 /// answers everything still waiting with `fail`.
-struct RunnerGuard<T> {
+pub(crate) struct RunnerGuard<T> {
     queues: KeyQueues<T>,
     key: Vec<u8>,
     done: bool,
@@ -146,7 +146,7 @@ impl<T> Drop for RunnerGuard<T> {
 }
 
 impl<T> RunnerGuard<T> {
-    fn new(queues: &KeyQueues<T>, key: &[u8], fail: fn(T)) -> Self {
+    pub(crate) fn new(queues: &KeyQueues<T>, key: &[u8], fail: fn(T)) -> Self {
         RunnerGuard {
             queues: queues.clone(),
             key: key.to_vec(),
@@ -156,7 +156,7 @@ impl<T> RunnerGuard<T> {
     }
 
     /// The next round's items; empty (and the guard disarmed) when the runner is to end.
-    fn next_round(&mut self) -> Vec<T> {
+    pub(crate) fn next_round(&mut self) -> Vec<T> {
         let round = self.queues.take(&self.key);
         self.done = round.is_empty();
         round

@@ -207,6 +207,7 @@ impl Connection {
     fn streams(&self) -> Streams<'_> {
         Streams {
             client: &self.shared.client,
+            appender: &self.shared.appender,
             reads: self.reads,
         }
     }
@@ -588,6 +589,7 @@ impl Connection {
                 let resp3 = self.protocol == Protocol::Resp3;
                 let readers = Streams {
                     client: &self.shared.client,
+                    appender: &self.shared.appender,
                     reads: self.reads,
                 };
                 let gone = client_gone(reader, input, &mut self.stop);
@@ -605,6 +607,7 @@ impl Connection {
                 let resp3 = self.protocol == Protocol::Resp3;
                 let readers = Streams {
                     client: &self.shared.client,
+                    appender: &self.shared.appender,
                     reads: self.reads,
                 };
                 let gone = client_gone(reader, input, &mut self.stop);

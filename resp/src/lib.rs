@@ -27,6 +27,7 @@ pub mod pubsub;
 pub mod reply_error;
 pub mod server;
 pub mod sorted_sets;
+pub mod stream_append;
 pub mod stream_ids;
 pub mod streams;
 pub mod typed;

@@ -105,3 +105,12 @@ pub const STREAM_ABSENT_POLL_MS: u64 = 250;
 /// Pending rows of a group one `XREADGROUP ... ID` passes (other consumers' included) looking
 /// for the consumer's own; past it an error asks for a later id or acknowledgements.
 pub const PENDING_SCAN_ROWS_MAX: usize = 100_000;
+
+/// Entries of one stream combined into one transaction (one produce) by the appends of many
+/// connections; a longer round goes as several, in order (the cluster takes 8190 records a
+/// produce).
+pub const STREAM_APPEND_RECORDS_MAX: usize = 1000;
+
+/// Bytes of entries combined into one transaction, in bytes (the cluster takes 4 MiB a
+/// transaction); one larger entry goes alone.
+pub const STREAM_APPEND_BYTES_MAX: usize = 1024 * 1024;

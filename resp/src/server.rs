@@ -40,6 +40,7 @@ pub struct Shared {
     /// leader, so a command sent to a follower is carried to the leader.
     pub client: Client,
     pub combiner: crate::combine::Combiner,
+    pub appender: crate::stream_append::Appender,
     pub readers: crate::combine::ReadCombiner,
     pub config: RespConfig,
     started: Instant,
@@ -59,6 +60,7 @@ pub async fn serve(
     let shared = Arc::new(Shared {
         client,
         combiner: crate::combine::Combiner::default(),
+        appender: crate::stream_append::Appender::default(),
         readers: crate::combine::ReadCombiner::default(),
         config,
         started: Instant::now(),

@@ -16,8 +16,8 @@ use basalt_client::limits::{GET_MANY_KEYS_MAX, NAME_BYTES_MAX};
 use basalt_client::stream::PartitionInfo;
 use basalt_client::txn::{Compare, Condition};
 use basalt_client::{
-    Client, ClientError, ErrorCode, FetchOptions, FetchedRecord, ReadConsistency, Record, TopicOptions, TxnOp,
-    TxnOpResult, TxnOutcome,
+    Client, ClientError, ErrorCode, FetchOptions, FetchedRecord, ReadConsistency, TopicOptions, TxnOp, TxnOpResult,
+    TxnOutcome,
 };
 use tokio::task::JoinSet;
 
@@ -41,6 +41,27 @@ fn no_group(key: &[u8], group: &[u8], command: &str) -> Reply {
         String::from_utf8_lossy(key),
         String::from_utf8_lossy(group)
     ))
+}
+
+/// Creates the stream `key`'s topic (one partition) unless it exists, marked first as a stream
+/// RESP created ([`stream_row`]; a mark without a topic, left by a failure in between, is
+/// harmless: the name is looked up and not found).
+pub(crate) async fn create_stream(client: &Client, key: &[u8]) -> Result<(), Reply> {
+    if could_be_topic(key) {
+        client
+            .kv()
+            .put(stream_row(key), b"")
+            .await
+            .map_err(|e| client_error(&e))?;
+    }
+    let options = TopicOptions {
+        partitions: 1,
+        ..TopicOptions::default()
+    };
+    match client.streams().create_topic(key.to_vec(), options).await {
+        Ok(_) => Ok(()),
+        Err(e) => Err(client_error(&e)),
+    }
 }
 
 /// Whether `key` can name a topic at all; a longer or empty one is never looked up.
@@ -120,6 +141,8 @@ fn id_of(record: &FetchedRecord) -> StreamId {
 /// The stream commands of one connection.
 pub struct Streams<'a> {
     pub client: &'a Client,
+    /// Where `XADD`s of one stream from many connections meet.
+    pub appender: &'a crate::stream_append::Appender,
     pub reads: ReadConsistency,
 }
 
@@ -234,75 +257,17 @@ impl Streams<'_> {
         }
     }
 
-    /// `XADD key [NOMKSTREAM] * field value ...`: appends the entry, answers its id (null with
-    /// `NOMKSTREAM` when there is no stream).
+    /// `XADD key [NOMKSTREAM] * field value ...`: appends the entry (with the other
+    /// connections' appends to the stream meanwhile, [`crate::stream_append`]), answers its id
+    /// (null with `NOMKSTREAM` when there is no stream).
     pub async fn xadd(&self, key: &[u8], pairs: &[(Bytes, Bytes)], create: bool) -> Reply {
-        let value = encode_entry(pairs);
-        let record = Record {
-            partition: Some(0),
-            value,
-            ..Record::default()
-        };
-        // At most twice: once more after creating the topic.
-        for _ in 0..2 {
-            let outcome = self
-                .client
-                .txn()
-                .when(Condition::absent(key.to_vec()))
-                .then(TxnOp::produce(key.to_vec(), vec![record.clone()]))
-                .commit()
-                .await;
-            match outcome {
-                Ok(TxnOutcome::Committed { succeeded: false, .. }) => return Reply::error(WRONGTYPE),
-                Ok(TxnOutcome::Committed { results, .. }) => {
-                    return match results.into_iter().next() {
-                        Some(TxnOpResult::Produced(produced)) if produced.len() == 1 => Reply::Bulk(
-                            StreamId {
-                                ms: produced[0].timestamp_ms,
-                                seq: produced[0].offset,
-                            }
-                            .bulk(),
-                        ),
-                        other => Reply::error(format!("ERR unexpected answer to a produce: {other:?}")),
-                    }
-                }
-                Ok(TxnOutcome::Aborted {
-                    reason: TxnOpResult::Refused(e),
-                    ..
-                }) if is_code(&e, ErrorCode::NotFound) => {
-                    if !create {
-                        return Reply::Null;
-                    }
-                    if let Err(reply) = self.create(key).await {
-                        return reply;
-                    }
-                }
-                Ok(TxnOutcome::Aborted { reason, .. }) => return op_refusal(reason),
-                Err(e) => return client_error(&e),
-            }
-        }
-        Reply::error("ERR the stream's topic was deleted while XADD created it; try again")
+        self.appender
+            .append(self.client, key, encode_entry(pairs), create)
+            .await
     }
 
-    /// Creates the stream's topic (one partition) unless it exists, marked first as a stream
-    /// RESP created (a mark without a topic, left by a failure in between, is harmless: the
-    /// name is looked up and not found).
     async fn create(&self, key: &[u8]) -> Result<(), Reply> {
-        if could_be_topic(key) {
-            self.client
-                .kv()
-                .put(stream_row(key), b"")
-                .await
-                .map_err(|e| client_error(&e))?;
-        }
-        let options = TopicOptions {
-            partitions: 1,
-            ..TopicOptions::default()
-        };
-        match self.client.streams().create_topic(key.to_vec(), options).await {
-            Ok(_) => Ok(()),
-            Err(e) => Err(client_error(&e)),
-        }
+        create_stream(self.client, key).await
     }
 
     /// `XLEN`: the entries the stream keeps.

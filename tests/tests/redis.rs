@@ -1249,8 +1249,8 @@ fn streams_answer_as_redis_does_and_are_basalt_topics() {
     assert_eq!(raw.call(&["XGROUP", "CREATE", "s:orders", "g", "0"]), "+OK\r\n");
 }
 
-/// Consumers of one group on every node, claiming while a producer appends: every entry is
-/// delivered to exactly one of them.
+/// Consumers of one group on every node, claiming while producers on every node append: every
+/// entry gets its own id and is delivered to exactly one consumer.
 #[test]
 fn a_group_delivers_each_entry_to_one_consumer() {
     let cluster = resp_cluster(&[]);
@@ -1259,14 +1259,20 @@ fn a_group_delivers_each_entry_to_one_consumer() {
         setup.call(&["XGROUP", "CREATE", "s:jobs", "workers", "$", "MKSTREAM"]),
         "+OK\r\n"
     );
-    const ENTRIES: usize = 90;
-    let producer_addr = cluster.resp(1);
-    let producer = std::thread::spawn(move || {
-        let mut raw = Raw::open(producer_addr);
-        (0..ENTRIES)
-            .map(|n| bulk_text(&raw.call(&["XADD", "s:jobs", "*", "n", &n.to_string()])))
-            .collect::<Vec<_>>()
-    });
+    // Producers on every node, several connections each: their appends are combined.
+    const ENTRIES_EACH: usize = 15;
+    let producers: Vec<_> = (1..=3u64)
+        .flat_map(|node| [(node, 0), (node, 1)])
+        .map(|(node, n)| {
+            let addr = cluster.resp(node);
+            std::thread::spawn(move || {
+                let mut raw = Raw::open(addr);
+                (0..ENTRIES_EACH)
+                    .map(|i| bulk_text(&raw.call(&["XADD", "s:jobs", "*", "from", &format!("{node}.{n}.{i}")])))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
     let consumers: Vec<_> = (1..=3u64)
         .flat_map(|node| [(node, 0), (node, 1)])
         .map(|(node, n)| {
@@ -1305,7 +1311,15 @@ fn a_group_delivers_each_entry_to_one_consumer() {
             })
         })
         .collect();
-    let mut added = producer.join().expect("producer");
+    let mut added: Vec<String> = producers
+        .into_iter()
+        .flat_map(|p| p.join().expect("producer"))
+        .collect();
+    let appended = added.len();
+    added.sort();
+    added.dedup();
+    assert_eq!(added.len(), appended, "two appends got one id");
+    assert_eq!(setup.call(&["XLEN", "s:jobs"]), format!(":{appended}\r\n"));
     let mut delivered: Vec<String> = consumers
         .into_iter()
         .flat_map(|c| c.join().expect("consumer"))
