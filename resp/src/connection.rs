@@ -11,6 +11,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use basalt_client::{ReadConsistency, TxnOp, TxnOutcome};
+use bytes::BufMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -59,13 +60,16 @@ struct Connection {
 /// Finishes when the client closes its connection or the node stops, for a blocking read to
 /// end on. Bytes the client sends meanwhile (pipelined commands) are read into `buf`, the
 /// connection's input, and run after the blocking read, up to [`REQUEST_BYTES_MAX`]; past that
-/// only the node stopping ends the wait (the client is paced by its socket). Cancel safe: a
-/// read that did not finish took no bytes.
+/// only the node stopping (or an entry) ends the wait: the client is paced by its socket, and a
+/// close behind the unread bytes is seen once they are read. Cancel safe: a read that did not
+/// finish took no bytes.
 async fn client_gone(reader: &mut OwnedReadHalf, buf: &mut Vec<u8>, stop: &mut tokio::sync::watch::Receiver<bool>) {
     while buf.len() < REQUEST_BYTES_MAX {
         buf.reserve(16 * 1024);
+        let room = REQUEST_BYTES_MAX - buf.len();
+        let mut limited = (&mut *buf).limit(room);
         tokio::select! {
-            read = reader.read_buf(buf) => match read {
+            read = reader.read_buf(&mut limited) => match read {
                 Ok(0) | Err(_) => return,
                 Ok(_) => {}
             },

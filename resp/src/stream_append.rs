@@ -99,65 +99,72 @@ fn parts(round: Vec<Appending>) -> Vec<Vec<Appending>> {
 }
 
 /// One transaction: the entries appended in order, each answered its id; every reply the same
-/// error when it fails.
+/// error when it fails. With no stream yet, the `NOMKSTREAM` entries before the first entry that
+/// may create it answer null (they came before the stream existed), and that entry and those
+/// after it are appended to the stream it creates.
 async fn append_part(client: &Client, key: &[u8], entries: &[(&[u8], bool)]) -> Vec<Reply> {
-    let all = |reply: Reply| vec![reply; entries.len()];
-    let records: Vec<Record> = entries
-        .iter()
-        .map(|(value, _)| Record {
-            partition: Some(0),
-            value: value.to_vec(),
-            ..Record::default()
-        })
-        .collect();
-    // At most twice: once more after creating the stream.
-    for _ in 0..2 {
+    let mut replies = vec![Reply::Null; entries.len()];
+    let mut start = 0;
+    for attempt in 0..2 {
+        let records: Vec<Record> = entries[start..]
+            .iter()
+            .map(|(value, _)| Record {
+                partition: Some(0),
+                value: value.to_vec(),
+                ..Record::default()
+            })
+            .collect();
+        let count = records.len();
         let outcome = client
             .txn()
             .when(Condition::absent(key.to_vec()))
-            .then(TxnOp::produce(key.to_vec(), records.clone()))
+            .then(TxnOp::produce(key.to_vec(), records))
             .commit()
             .await;
-        match outcome {
-            Ok(TxnOutcome::Committed { succeeded: false, .. }) => return all(Reply::error(WRONGTYPE)),
-            Ok(TxnOutcome::Committed { results, .. }) => {
-                return match results.into_iter().next() {
-                    Some(TxnOpResult::Produced(produced)) if produced.len() == entries.len() => produced
-                        .iter()
-                        .map(|p| {
-                            Reply::Bulk(
-                                StreamId {
-                                    ms: p.timestamp_ms,
-                                    seq: p.offset,
-                                }
-                                .bulk(),
-                            )
-                        })
-                        .collect(),
-                    other => all(Reply::error(format!("ERR unexpected answer to a produce: {other:?}"))),
+        let answer = match outcome {
+            Ok(TxnOutcome::Committed { succeeded: false, .. }) => Reply::error(WRONGTYPE),
+            Ok(TxnOutcome::Committed { results, .. }) => match results.into_iter().next() {
+                Some(TxnOpResult::Produced(produced)) if produced.len() == count => {
+                    for (reply, p) in replies[start..].iter_mut().zip(produced) {
+                        *reply = Reply::Bulk(
+                            StreamId {
+                                ms: p.timestamp_ms,
+                                seq: p.offset,
+                            }
+                            .bulk(),
+                        );
+                    }
+                    return replies;
                 }
-            }
+                other => Reply::error(format!("ERR unexpected answer to a produce: {other:?}")),
+            },
             Ok(TxnOutcome::Aborted {
                 reason: TxnOpResult::Refused(e),
                 ..
             }) if e.code() == Some(ErrorCode::NotFound) => {
-                // No stream yet: created when one of the entries may create it (`NOMKSTREAM`
-                // entries alone answer null); the others of the round then land in it too,
-                // as if they came after the creating one.
-                if entries.iter().all(|(_, create)| !create) {
-                    return all(Reply::Null);
-                }
-                if let Err(reply) = create_stream(client, key).await {
-                    return all(reply);
+                let Some(creating) = entries[start..].iter().position(|(_, create)| *create) else {
+                    return replies;
+                };
+                if attempt > 0 {
+                    // Created, then deleted before the append: nothing is created again here.
+                    Reply::error("ERR the stream was deleted while XADD created it; try again")
+                } else {
+                    start += creating;
+                    match create_stream(client, key).await {
+                        Ok(()) => continue,
+                        Err(reply) => reply,
+                    }
                 }
             }
-            Ok(TxnOutcome::Aborted { reason, .. }) => return all(op_refusal(reason)),
-            Err(e) => return all(client_error(&e)),
+            Ok(TxnOutcome::Aborted { reason, .. }) => op_refusal(reason),
+            Err(e) => client_error(&e),
+        };
+        for reply in &mut replies[start..] {
+            *reply = answer.clone();
         }
+        return replies;
     }
-    all(Reply::error(
-        "ERR the stream's topic was deleted while XADD created it; try again",
-    ))
+    replies
 }
 
 #[cfg(test)]

@@ -64,6 +64,9 @@ pub(crate) async fn create_stream(client: &Client, key: &[u8]) -> Result<(), Rep
     }
 }
 
+/// The mark's value while a `DEL` removes the stream (a created stream's mark is empty).
+const MARK_DELETING: &[u8] = b"deleting";
+
 /// Whether `key` can name a topic at all; a longer or empty one is never looked up.
 fn could_be_topic(key: &[u8]) -> bool {
     !key.is_empty() && key.len() <= NAME_BYTES_MAX
@@ -195,9 +198,11 @@ impl Streams<'_> {
     }
 
     /// Deletes the stream `key` RESP created, with its consumer groups; whether its topic was
-    /// there. The groups' rows go first and the mark last, so a deletion cut short (a failover,
-    /// an error) is finished by the next `DEL` of the name, and a stream created again never
-    /// finds an old group.
+    /// there. The mark is taken first (written again: a new revision, so an `XGROUP CREATE`
+    /// that read the old one fails), then the groups' rows go, then the topic, and last the
+    /// mark, only if still at the revision taken (an `XADD` that created the stream again
+    /// meanwhile wrote it anew, and keeps it). A deletion cut short is finished by the next
+    /// `DEL` of the name.
     pub async fn delete(&self, key: &[u8]) -> Result<bool, Reply> {
         if !could_be_topic(key) {
             return Ok(false);
@@ -208,6 +213,12 @@ impl Streams<'_> {
             Ok(None) => return Ok(false),
             Err(e) => return Err(client_error(&e)),
         }
+        let taken = self
+            .client
+            .kv()
+            .put(&mark, MARK_DELETING)
+            .await
+            .map_err(|e| client_error(&e))?;
         self.delete_rows(&group_rows_of(key)).await?;
         self.delete_rows(&pending_rows_of(key)).await?;
         let deleted = match self.client.streams().delete_topic(key.to_vec()).await {
@@ -215,8 +226,18 @@ impl Streams<'_> {
             Err(e) if is_code(&e, ErrorCode::NotFound) => false,
             Err(e) => return Err(client_error(&e)),
         };
-        self.client.kv().delete(&mark).await.map_err(|e| client_error(&e))?;
-        Ok(deleted)
+        let outcome = self
+            .client
+            .txn()
+            .when(Condition::mod_revision(mark.clone(), Compare::Eq, taken))
+            .then(TxnOp::delete(mark))
+            .commit()
+            .await;
+        match outcome {
+            Ok(TxnOutcome::Committed { .. }) => Ok(deleted),
+            Ok(TxnOutcome::Aborted { reason, .. }) => Err(op_refusal(reason)),
+            Err(e) => Err(client_error(&e)),
+        }
     }
 
     /// Deletes every row under `prefix`, a transaction per page; how many there were.
@@ -516,68 +537,90 @@ impl Streams<'_> {
     }
 
     /// Long-polls every position at once until one has records after its `after` id
-    /// (answering them), or `deadline` passes (`None`). A position retention passed moves to the
-    /// oldest record kept; a stream not created yet is looked at again after a pause.
+    /// (answering them), or `deadline` passes (`None`). Each position is polled again as soon as
+    /// its poll ends empty; a position retention passed, or of a stream deleted and created
+    /// again, goes on from the oldest record kept (its `after` id keeps older ones out); a
+    /// stream not created yet is looked at again after a pause.
     async fn wait_for_records(
         &self,
         positions: &mut [Position],
         max: usize,
         deadline: Option<tokio::time::Instant>,
     ) -> Result<Option<(Bytes, Vec<FetchedRecord>)>, Reply> {
-        loop {
-            let round = Duration::from_millis(STREAM_BLOCK_ROUND_MS);
-            let wait = match deadline {
-                Some(deadline) => {
-                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                    if left.is_zero() {
-                        return Ok(None);
-                    }
-                    left.min(round)
-                }
-                None => round,
-            };
-            let mut polls = JoinSet::new();
-            for (at, position) in positions.iter().enumerate() {
-                let (client, key, offset) = (self.client.clone(), position.key.clone(), position.offset);
-                let options = FetchOptions {
-                    max_records: max.max(1) as u32,
-                    wait,
-                    consistency: self.reads,
-                    ..FetchOptions::default()
-                };
-                polls.spawn(async move { (at, client.streams().fetch(key, 0, offset, options).await) });
-            }
-            let mut pause = false;
-            while let Some(joined) = polls.join_next().await {
-                let Ok((at, fetched)) = joined else { continue };
-                let position = &mut positions[at];
-                match fetched {
-                    Ok(fetched) => {
-                        if let Some(last) = fetched.records.last() {
-                            position.offset = last.offset + 1;
-                        }
-                        let after = position.after;
-                        let records: Vec<FetchedRecord> = fetched
-                            .records
-                            .into_iter()
-                            .filter(|r| after.is_none_or(|after| id_of(r) > after))
-                            .collect();
-                        if !records.is_empty() {
-                            return Ok(Some((position.key.clone(), records)));
-                        }
-                    }
-                    Err(e) if is_code(&e, ErrorCode::OffsetOutOfRange) => match self.partition(&position.key).await? {
-                        Some(p) => position.offset = position.offset.clamp(p.log_start, p.high_watermark),
-                        None => pause = true,
-                    },
-                    Err(e) if is_code(&e, ErrorCode::NotFound) => pause = true,
-                    Err(e) => return Err(client_error(&e)),
-                }
-            }
-            if pause {
-                tokio::time::sleep(wait.min(Duration::from_millis(STREAM_ABSENT_POLL_MS))).await;
+        let mut polls = JoinSet::new();
+        for at in 0..positions.len() {
+            if !self.poll(&mut polls, positions, at, max, deadline, Duration::ZERO) {
+                return Ok(None);
             }
         }
+        while let Some(joined) = polls.join_next().await {
+            let Ok((at, fetched)) = joined else { continue };
+            let mut pause = Duration::ZERO;
+            match fetched {
+                Ok(fetched) => {
+                    let position = &mut positions[at];
+                    if let Some(last) = fetched.records.last() {
+                        position.offset = last.offset + 1;
+                    }
+                    let after = position.after;
+                    let records: Vec<FetchedRecord> = fetched
+                        .records
+                        .into_iter()
+                        .filter(|r| after.is_none_or(|after| id_of(r) > after))
+                        .collect();
+                    if !records.is_empty() {
+                        return Ok(Some((position.key.clone(), records)));
+                    }
+                }
+                Err(e) if is_code(&e, ErrorCode::OffsetOutOfRange) => {
+                    let log_start = self.partition(&positions[at].key).await?.map(|p| p.log_start);
+                    match log_start {
+                        Some(log_start) if log_start != positions[at].offset => positions[at].offset = log_start,
+                        // Nothing moved (a replica behind): look again after a pause.
+                        _ => pause = Duration::from_millis(STREAM_ABSENT_POLL_MS),
+                    }
+                }
+                Err(e) if is_code(&e, ErrorCode::NotFound) => pause = Duration::from_millis(STREAM_ABSENT_POLL_MS),
+                Err(e) => return Err(client_error(&e)),
+            }
+            self.poll(&mut polls, positions, at, max, deadline, pause);
+        }
+        Ok(None)
+    }
+
+    /// Starts the next long poll of `positions[at]` (after `pause`), unless `deadline` has
+    /// passed (false).
+    fn poll(
+        &self,
+        polls: &mut JoinSet<(usize, Result<basalt_client::Fetched, ClientError>)>,
+        positions: &[Position],
+        at: usize,
+        max: usize,
+        deadline: Option<tokio::time::Instant>,
+        pause: Duration,
+    ) -> bool {
+        let round = Duration::from_millis(STREAM_BLOCK_ROUND_MS);
+        let left = match deadline {
+            Some(deadline) => deadline.saturating_duration_since(tokio::time::Instant::now()),
+            None => Duration::MAX,
+        };
+        if left <= pause {
+            return false;
+        }
+        let options = FetchOptions {
+            max_records: max.max(1) as u32,
+            wait: (left - pause).min(round),
+            consistency: self.reads,
+            ..FetchOptions::default()
+        };
+        let (client, key, offset) = (self.client.clone(), positions[at].key.clone(), positions[at].offset);
+        polls.spawn(async move {
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
+            (at, client.streams().fetch(key, 0, offset, options).await)
+        });
+        true
     }
 
     /// `XGROUP CREATE key group id|$ [MKSTREAM]`.
@@ -620,17 +663,30 @@ impl Streams<'_> {
                 Err(reply) => return reply,
             },
         };
+        // The group is written only while the stream is the one read: a DEL takes the mark
+        // (a new revision) before it removes the groups.
+        let mark = stream_row(key);
+        let mark_condition = match self.client.kv().get(&mark).await {
+            Ok(Some(entry)) => Condition::mod_revision(mark, Compare::Eq, entry.mod_revision),
+            Ok(None) => Condition::absent(mark),
+            Err(e) => return client_error(&e),
+        };
         let row = group_row(key, group);
         match self
             .client
             .txn()
             .when(Condition::absent(row.clone()))
-            .then(TxnOp::put(row, state.encode()))
+            .when(mark_condition)
+            .then(TxnOp::put(row.clone(), state.encode()))
             .commit()
             .await
         {
             Ok(TxnOutcome::Committed { succeeded: true, .. }) => Reply::ok(),
-            Ok(TxnOutcome::Committed { .. }) => Reply::error("BUSYGROUP Consumer Group name already exists"),
+            Ok(TxnOutcome::Committed { .. }) => match self.client.kv().get(&row).await {
+                Ok(Some(_)) => Reply::error("BUSYGROUP Consumer Group name already exists"),
+                Ok(None) => Reply::error("ERR the stream was deleted or created again meanwhile; try again"),
+                Err(e) => client_error(&e),
+            },
             Ok(TxnOutcome::Aborted { reason, .. }) => op_refusal(reason),
             Err(e) => client_error(&e),
         }
@@ -903,34 +959,31 @@ impl Streams<'_> {
                 _ => break,
             }
         }
-        // The entries, a fetch per run of consecutive offsets.
+        // The entries, read per run of consecutive offsets (page by page, from the oldest kept
+        // when retention passed the run's start); one not found (removed, or of a stream
+        // created again) answers nil.
         let mut entries = Vec::with_capacity(ids.len());
         let mut bytes = 0usize;
         let mut at = 0;
         while at < ids.len() {
+            let first = ids[at].seq;
             let run = ids[at..]
                 .iter()
                 .enumerate()
-                .take_while(|(n, id)| id.seq == ids[at].seq + *n as u64)
+                .take_while(|(n, id)| first.checked_add(*n as u64) == Some(id.seq))
                 .count();
-            let options = FetchOptions {
-                max_records: run as u32,
-                consistency: self.reads,
-                ..FetchOptions::default()
-            };
-            let records = match self.client.streams().fetch(key.to_vec(), 0, ids[at].seq, options).await {
-                Ok(fetched) => fetched.records,
-                Err(e) if is_code(&e, ErrorCode::OffsetOutOfRange) || is_code(&e, ErrorCode::NotFound) => Vec::new(),
-                Err(e) => return Err(client_error(&e)),
-            };
+            let end = first.saturating_add(run as u64);
+            let records = self.read_range(key, first, end, run, "XREADGROUP", false).await?;
+            let by_offset: std::collections::HashMap<u64, &FetchedRecord> =
+                records.iter().map(|r| (r.offset, r)).collect();
             for id in &ids[at..at + run] {
-                match records.iter().find(|r| id_of(r) == *id) {
+                match by_offset.get(&id.seq).filter(|r| id_of(r) == *id) {
                     Some(record) => {
                         bytes += record_bytes(record);
                         if bytes > REPLY_BYTES_MAX {
                             return Err(too_large("XREADGROUP"));
                         }
-                        entries.push(entry_reply(record.clone()));
+                        entries.push(entry_reply((*record).clone()));
                     }
                     None => entries.push(Reply::Array(vec![Reply::Bulk(id.bulk()), Reply::NullArray])),
                 }
