@@ -79,6 +79,16 @@ async fn client_gone(reader: &mut OwnedReadHalf, buf: &mut Vec<u8>, stop: &mut t
     stopped(stop).await;
 }
 
+/// The stream commands on `shared` (a function of the fields it borrows, so a blocking read can
+/// hold them while it watches the connection's other fields).
+fn streams_of(shared: &Shared, reads: ReadConsistency) -> Streams<'_> {
+    Streams {
+        client: &shared.client,
+        appender: &shared.appender,
+        reads,
+    }
+}
+
 /// Whether `command` may wait (`XREAD` / `XREADGROUP` with `BLOCK`): the replies before it are
 /// written first, so a pipelined write is not held back by a read that waits.
 fn blocks(command: &Command) -> bool {
@@ -209,11 +219,7 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>, id: u64, mut stop: to
 
 impl Connection {
     fn streams(&self) -> Streams<'_> {
-        Streams {
-            client: &self.shared.client,
-            appender: &self.shared.appender,
-            reads: self.reads,
-        }
+        streams_of(&self.shared, self.reads)
     }
 
     /// `DEL` and `UNLINK`: KV keys in one transaction, then, for each name no KV key held, the
@@ -591,11 +597,7 @@ impl Connection {
             } => self.streams().xrange(&key, start, end, count, rev).await,
             Command::XRead { count, block, streams } => {
                 let resp3 = self.protocol == Protocol::Resp3;
-                let readers = Streams {
-                    client: &self.shared.client,
-                    appender: &self.shared.appender,
-                    reads: self.reads,
-                };
+                let readers = streams_of(&self.shared, self.reads);
                 let gone = client_gone(reader, input, &mut self.stop);
                 tokio::pin!(gone);
                 readers.xread(count, block, &streams, resp3, gone.as_mut()).await
@@ -609,11 +611,7 @@ impl Connection {
                 streams,
             } => {
                 let resp3 = self.protocol == Protocol::Resp3;
-                let readers = Streams {
-                    client: &self.shared.client,
-                    appender: &self.shared.appender,
-                    reads: self.reads,
-                };
+                let readers = streams_of(&self.shared, self.reads);
                 let gone = client_gone(reader, input, &mut self.stop);
                 tokio::pin!(gone);
                 readers
