@@ -5,7 +5,9 @@
 use crate::frame::Reply;
 use crate::limits::STREAMS_PER_READ_MAX;
 use crate::sorted_sets::{AddQuery, RangeBy, RangeQuery};
-use crate::stream_ids::{parse_range_end, parse_range_start, RangeEnd, ReadFrom, StreamId, INVALID_ID};
+use crate::stream_ids::{
+    parse_range_end, parse_range_start, ClaimOptions, PendingQuery, RangeEnd, ReadFrom, StreamId, INVALID_ID,
+};
 use crate::typed::{parse_score, AddRules, ScoreBound};
 
 pub type Bytes = Vec<u8>;
@@ -201,6 +203,25 @@ pub enum Command {
     },
     XGroupDestroy(Bytes, Bytes),
     XAck(Bytes, Bytes, Vec<StreamId>),
+    /// `XPENDING key group` (the summary, `None`) or its extended form.
+    XPending(Bytes, Bytes, Option<PendingQuery>),
+    XClaim {
+        key: Bytes,
+        group: Bytes,
+        consumer: Bytes,
+        min_idle_ms: u64,
+        ids: Vec<StreamId>,
+        options: ClaimOptions,
+    },
+    XAutoClaim {
+        key: Bytes,
+        group: Bytes,
+        consumer: Bytes,
+        min_idle_ms: u64,
+        start: StreamId,
+        count: usize,
+        just_id: bool,
+    },
 }
 
 /// Every command name the table knows, with Redis's arity (positive: exactly that many
@@ -350,8 +371,23 @@ pub const COMMANDS: &[(&str, i32, &str)] = &[
         -5,
         "Appends a new message to a stream. Creates the key if it doesn't exist.",
     ),
+    (
+        "xautoclaim",
+        -6,
+        "Changes, or acquires, ownership of messages in a consumer group, as if the messages were delivered to as consumer group member.",
+    ),
+    (
+        "xclaim",
+        -6,
+        "Changes, or acquires, ownership of a message in a consumer group, as if the message was delivered a consumer group member.",
+    ),
     ("xgroup", -2, "A container for consumer groups commands."),
     ("xlen", 2, "Return the number of messages in a stream."),
+    (
+        "xpending",
+        -3,
+        "Returns the information and entries from a stream consumer group's pending entries list.",
+    ),
     (
         "xrange",
         -4,
@@ -740,7 +776,149 @@ pub fn parse(args: &[Bytes]) -> Result<Command, Refusal> {
                 .map(|id| StreamId::parse(id, 0).ok_or_else(|| Refusal(INVALID_ID.into())))
                 .collect::<Result<_, _>>()?,
         ),
+        "xpending" => parse_xpending(a)?,
+        "xclaim" => parse_xclaim(a)?,
+        "xautoclaim" => parse_xautoclaim(a)?,
         other => return Err(unknown_command(&[other.as_bytes().to_vec()])),
+    })
+}
+
+/// A min-idle-time as Redis reads it: an integer, a negative one counting as 0.
+fn min_idle(arg: &[u8], command: &str) -> Result<u64, Refusal> {
+    strict_int(arg)
+        .map(|ms| ms.max(0) as u64)
+        .ok_or_else(|| Refusal(format!("ERR Invalid min-idle-time argument for {command}")))
+}
+
+/// `XPENDING key group [[IDLE min-idle-time] start end count [consumer]]`.
+fn parse_xpending(a: &[Bytes]) -> Result<Command, Refusal> {
+    let (key, group) = (a[0].clone(), a[1].clone());
+    let mut rest = &a[2..];
+    if rest.is_empty() {
+        return Ok(Command::XPending(key, group, None));
+    }
+    let mut min_idle_ms = 0;
+    if upper(&rest[0]) == "IDLE" {
+        let Some(ms) = rest.get(1) else {
+            return refuse(errors::SYNTAX);
+        };
+        min_idle_ms = int(ms)?.max(0) as u64;
+        rest = &rest[2..];
+    }
+    let (start, end, count, consumer) = match rest {
+        [start, end, count] => (start, end, count, None),
+        [start, end, count, consumer] => (start, end, count, Some(consumer.clone())),
+        _ => return refuse(errors::SYNTAX),
+    };
+    let start = parse_range_start(start).map_err(Refusal::from)?;
+    let end = parse_range_end(end).map_err(Refusal::from)?;
+    let count = usize::try_from(int(count)?).unwrap_or(0);
+    Ok(Command::XPending(
+        key,
+        group,
+        Some(PendingQuery {
+            min_idle_ms,
+            start,
+            end,
+            count,
+            consumer,
+        }),
+    ))
+}
+
+/// `XCLAIM key group consumer min-idle-time id [id ...] [IDLE ms] [TIME unix-ms] [RETRYCOUNT n]
+/// [FORCE] [JUSTID] [LASTID id]`: the ids, then the options from the first argument that is
+/// not an id.
+fn parse_xclaim(a: &[Bytes]) -> Result<Command, Refusal> {
+    let min_idle_ms = min_idle(&a[3], "XCLAIM")?;
+    let mut at = 4;
+    let mut ids = Vec::new();
+    while let Some(id) = a.get(at).and_then(|arg| StreamId::parse(arg, 0)) {
+        ids.push(id);
+        at += 1;
+    }
+    let mut options = ClaimOptions::default();
+    while let Some(arg) = a.get(at) {
+        let word = upper(arg);
+        let number = |name: &str| -> Result<u64, Refusal> {
+            a.get(at + 1)
+                .and_then(|n| strict_int(n))
+                .map(|n| n.max(0) as u64)
+                .ok_or_else(|| Refusal(format!("ERR Invalid {name} option argument for XCLAIM")))
+        };
+        match word.as_str() {
+            "FORCE" => options.force = true,
+            "JUSTID" => options.just_id = true,
+            "IDLE" => {
+                options.idle_ms = Some(number("IDLE")?);
+                at += 1;
+            }
+            "TIME" => {
+                options.time_ms = Some(number("TIME")?);
+                at += 1;
+            }
+            "RETRYCOUNT" => {
+                options.retry_count = Some(number("RETRYCOUNT")?);
+                at += 1;
+            }
+            // The group's last delivered id, which Redis's replication sends; taken and left.
+            "LASTID" => {
+                let Some(id) = a.get(at + 1) else {
+                    return refuse(errors::SYNTAX);
+                };
+                StreamId::parse(id, 0).ok_or_else(|| Refusal(INVALID_ID.into()))?;
+                at += 1;
+            }
+            _ => {
+                return refuse(format!(
+                    "ERR Unrecognized XCLAIM option '{}'",
+                    String::from_utf8_lossy(arg)
+                ))
+            }
+        }
+        at += 1;
+    }
+    Ok(Command::XClaim {
+        key: a[0].clone(),
+        group: a[1].clone(),
+        consumer: a[2].clone(),
+        min_idle_ms,
+        ids,
+        options,
+    })
+}
+
+/// `XAUTOCLAIM key group consumer min-idle-time start [COUNT count] [JUSTID]`.
+fn parse_xautoclaim(a: &[Bytes]) -> Result<Command, Refusal> {
+    let min_idle_ms = min_idle(&a[3], "XAUTOCLAIM")?;
+    let start = StreamId::parse(&a[4], 0).ok_or_else(|| Refusal(INVALID_ID.into()))?;
+    let (mut count, mut just_id) = (100, false);
+    let mut at = 5;
+    while let Some(arg) = a.get(at) {
+        match (upper(arg).as_str(), a.get(at + 1)) {
+            ("COUNT", Some(n)) => {
+                let n = int(n)?;
+                if n <= 0 {
+                    return refuse("ERR COUNT must be > 0");
+                }
+                count = n as usize;
+                at += 2;
+            }
+            ("JUSTID", _) => {
+                just_id = true;
+                at += 1;
+            }
+            _ => return refuse(errors::SYNTAX),
+        }
+    }
+    Ok(Command::XAutoClaim {
+        key: a[0].clone(),
+        group: a[1].clone(),
+        consumer: a[2].clone(),
+        min_idle_ms,
+        start,
+        count,
+        just_id,
     })
 }
 
@@ -1302,6 +1480,61 @@ mod tests {
             Ok(Command::XAck(b"s".to_vec(), b"g".to_vec(), vec![id(1, 2), id(3, 0)]))
         );
         assert_eq!(refused("XACK s g x"), INVALID_ID);
+        assert_eq!(
+            parse(&args("XPENDING s g")),
+            Ok(Command::XPending(b"s".to_vec(), b"g".to_vec(), None))
+        );
+        assert_eq!(
+            parse(&args("XPENDING s g IDLE 5 - + 3 alice")),
+            Ok(Command::XPending(
+                b"s".to_vec(),
+                b"g".to_vec(),
+                Some(PendingQuery {
+                    min_idle_ms: 5,
+                    start: RangeEnd::From(StreamId::MIN),
+                    end: RangeEnd::To(StreamId::MAX),
+                    count: 3,
+                    consumer: Some(b"alice".to_vec()),
+                })
+            ))
+        );
+        assert_eq!(refused("XPENDING s g - +"), errors::SYNTAX);
+        assert_eq!(refused("XPENDING s g - + x"), errors::NOT_INTEGER);
+        assert_eq!(
+            parse(&args("XCLAIM s g c -5 1-1 2 JUSTID IDLE 500 RETRYCOUNT 5 LASTID 3-3")),
+            Ok(Command::XClaim {
+                key: b"s".to_vec(),
+                group: b"g".to_vec(),
+                consumer: b"c".to_vec(),
+                min_idle_ms: 0,
+                ids: vec![id(1, 1), id(2, 0)],
+                options: ClaimOptions {
+                    idle_ms: Some(500),
+                    retry_count: Some(5),
+                    just_id: true,
+                    ..ClaimOptions::default()
+                },
+            })
+        );
+        assert_eq!(
+            refused("XCLAIM s g c x 1-1"),
+            "ERR Invalid min-idle-time argument for XCLAIM"
+        );
+        assert_eq!(refused("XCLAIM s g c 0 bad"), "ERR Unrecognized XCLAIM option 'bad'");
+        assert_eq!(refused("XAUTOCLAIM s g c 0 0 COUNT 0"), "ERR COUNT must be > 0");
+        assert_eq!(refused("XAUTOCLAIM s g c 0 bad"), INVALID_ID);
+        assert_eq!(
+            parse(&args("XAUTOCLAIM s g c 10 0-0 JUSTID")),
+            Ok(Command::XAutoClaim {
+                key: b"s".to_vec(),
+                group: b"g".to_vec(),
+                consumer: b"c".to_vec(),
+                min_idle_ms: 10,
+                start: StreamId::MIN,
+                count: 100,
+                just_id: true,
+            })
+        );
     }
 
     #[test]

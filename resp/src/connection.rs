@@ -626,6 +626,32 @@ impl Connection {
             } => self.streams().xgroup_create(&key, &group, from, create).await,
             Command::XGroupDestroy(key, group) => self.streams().xgroup_destroy(&key, &group).await,
             Command::XAck(key, group, ids) => self.streams().xack(&key, &group, &ids).await,
+            Command::XPending(key, group, query) => self.streams().xpending(&key, &group, query).await,
+            Command::XClaim {
+                key,
+                group,
+                consumer,
+                min_idle_ms,
+                ids,
+                options,
+            } => {
+                self.streams()
+                    .xclaim(&key, &group, &consumer, min_idle_ms, &ids, &options)
+                    .await
+            }
+            Command::XAutoClaim {
+                key,
+                group,
+                consumer,
+                min_idle_ms,
+                start,
+                count,
+                just_id,
+            } => {
+                self.streams()
+                    .xautoclaim(&key, &group, &consumer, min_idle_ms, start, count, just_id)
+                    .await
+            }
             Command::IncrBy(key, by) => self.keys().incr_by(&key, by).await,
             Command::IncrByFloat(key, by) => self.keys().incr_by_float(&key, by).await,
             Command::Scan {

@@ -65,7 +65,10 @@ pub fn keys_of(command: &Command) -> Vec<&Bytes> {
         | Command::XRange { key, .. }
         | Command::XGroupCreate { key, .. }
         | Command::XGroupDestroy(key, _)
-        | Command::XAck(key, _, _) => vec![key],
+        | Command::XAck(key, _, _)
+        | Command::XPending(key, _, _)
+        | Command::XClaim { key, .. }
+        | Command::XAutoClaim { key, .. } => vec![key],
         Command::XRead { streams, .. } | Command::XReadGroup { streams, .. } => {
             streams.iter().map(|(key, _)| key).collect()
         }

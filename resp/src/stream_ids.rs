@@ -253,6 +253,17 @@ pub fn pending_rows_of(stream: &[u8]) -> Vec<u8> {
     key
 }
 
+/// Where a scan of `group`'s pending rows starts (exclusive) to see every row of an offset at
+/// or past `offset` (rows sort by offset, then stamp).
+pub fn pending_rows_from(stream: &[u8], group: &[u8], offset: u64) -> Vec<u8> {
+    let mut key = pending_rows(stream, group);
+    if let Some(before) = offset.checked_sub(1) {
+        key.extend_from_slice(&before.to_be_bytes());
+        key.extend_from_slice(&u64::MAX.to_be_bytes());
+    }
+    key
+}
+
 /// The row saying entry `id` was delivered to a member of `group` and not acknowledged.
 pub fn pending_row(stream: &[u8], group: &[u8], id: StreamId) -> Vec<u8> {
     let mut key = pending_rows(stream, group);
@@ -270,6 +281,50 @@ pub fn pending_id(row: &[u8], prefix: &[u8]) -> Option<StreamId> {
         ms: u64::from_be_bytes(ms),
         seq: u64::from_be_bytes(*seq),
     })
+}
+
+/// `XPENDING key group [[IDLE ms] start end count [consumer]]`'s extended form.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingQuery {
+    pub min_idle_ms: u64,
+    pub start: RangeEnd,
+    pub end: RangeEnd,
+    pub count: usize,
+    pub consumer: Option<Bytes>,
+}
+
+/// `XCLAIM`'s options.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClaimOptions {
+    /// `IDLE ms`: the claimed entries read as delivered this long ago.
+    pub idle_ms: Option<u64>,
+    /// `TIME unix-ms`: delivered at this time.
+    pub time_ms: Option<u64>,
+    /// `RETRYCOUNT n`: the delivery count set to this.
+    pub retry_count: Option<u64>,
+    /// `FORCE`: entries not pending are claimed too (when they exist).
+    pub force: bool,
+    /// `JUSTID`: answer ids only, and do not count a delivery.
+    pub just_id: bool,
+}
+
+impl ClaimOptions {
+    /// The pending row a claim by `consumer` at `now` (Unix ms) leaves, from the one it had.
+    pub fn claimed(&self, consumer: &[u8], before: Option<&Pending>, now: u64) -> Pending {
+        let deliveries = before.map_or(0, |p| p.deliveries);
+        Pending {
+            consumer: consumer.to_vec(),
+            delivered_ms: self
+                .time_ms
+                .or_else(|| self.idle_ms.map(|idle| now.saturating_sub(idle)))
+                .unwrap_or(now),
+            deliveries: self.retry_count.unwrap_or(if self.just_id {
+                deliveries
+            } else {
+                deliveries.saturating_add(1)
+            }),
+        }
+    }
 }
 
 /// A consumer group's place: the next offset `>` delivers, and the last id it delivered.
@@ -395,6 +450,42 @@ mod tests {
             plain,
             [&b"key"[..], b"k", b"value", b"v", b"h", b"x"].map(<[u8]>::to_vec)
         );
+    }
+
+    #[test]
+    fn a_scan_from_an_offset_sees_every_row_of_it() {
+        let from = pending_rows_from(b"s", b"g", 7);
+        assert!(pending_row(b"s", b"g", StreamId { ms: 0, seq: 7 }) > from);
+        assert!(pending_row(b"s", b"g", StreamId { ms: u64::MAX, seq: 6 }) <= from);
+        assert_eq!(pending_rows_from(b"s", b"g", 0), pending_rows(b"s", b"g"));
+    }
+
+    #[test]
+    fn a_claim_sets_time_and_count_as_its_options_say() {
+        let before = Pending {
+            consumer: b"a".to_vec(),
+            delivered_ms: 10,
+            deliveries: 2,
+        };
+        let plain = ClaimOptions::default().claimed(b"b", Some(&before), 1_000);
+        assert_eq!(
+            (plain.consumer.as_slice(), plain.delivered_ms, plain.deliveries),
+            (&b"b"[..], 1_000, 3)
+        );
+        let just_id = ClaimOptions {
+            just_id: true,
+            idle_ms: Some(300),
+            ..ClaimOptions::default()
+        };
+        let claimed = just_id.claimed(b"b", Some(&before), 1_000);
+        assert_eq!((claimed.delivered_ms, claimed.deliveries), (700, 2));
+        let set = ClaimOptions {
+            time_ms: Some(5),
+            retry_count: Some(9),
+            ..ClaimOptions::default()
+        };
+        let claimed = set.claimed(b"b", None, 1_000);
+        assert_eq!((claimed.delivered_ms, claimed.deliveries), (5, 9));
     }
 
     #[test]

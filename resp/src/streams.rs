@@ -26,21 +26,41 @@ use crate::frame::Reply;
 use crate::keys::{now_ms, op_refusal, WRONGTYPE};
 use crate::limits::{
     CAS_ATTEMPTS_MAX, PENDING_SCAN_ROWS_MAX, REPLY_BYTES_MAX, STREAM_ABSENT_POLL_MS, STREAM_BLOCK_ROUND_MS,
-    STREAM_CLAIM_ENTRIES_MAX, TXN_OPS_MAX,
+    STREAM_CLAIM_ENTRIES_MAX, TXN_CONDITIONS_MAX, TXN_OPS_MAX,
 };
 use crate::reply_error::client_error;
 use crate::stream_ids::{
     encode_entry, entry_fields, first_offset_from, group_row, group_rows_of, pending_id, pending_row, pending_rows,
-    pending_rows_of, stream_row, GroupState, Pending, RangeEnd, ReadFrom, StreamId,
+    pending_rows_from, pending_rows_of, stream_row, ClaimOptions, GroupState, Pending, PendingQuery, RangeEnd,
+    ReadFrom, StreamId,
 };
 
 /// Redis's error for a group that does not exist.
+/// Redis's error for a group that does not exist (`command`: where, as `XREADGROUP` names it;
+/// empty for the commands whose error names none).
 fn no_group(key: &[u8], group: &[u8], command: &str) -> Reply {
+    let place = if command.is_empty() {
+        String::new()
+    } else {
+        format!(" in {command}")
+    };
     Reply::error(format!(
-        "NOGROUP No such key '{}' or consumer group '{}' in {command}",
+        "NOGROUP No such key '{}' or consumer group '{}'{place}",
         String::from_utf8_lossy(key),
         String::from_utf8_lossy(group)
     ))
+}
+
+/// A pending row as read: the entry's state and the row's revision.
+type Read = (Pending, u64);
+
+/// The claimed entries as `XCLAIM` answers them: whole, or their ids (`JUSTID`).
+fn claimed_reply(claimed: Vec<FetchedRecord>, just_id: bool) -> Reply {
+    if just_id {
+        Reply::Array(claimed.iter().map(|r| Reply::Bulk(id_of(r).bulk())).collect())
+    } else {
+        entries_reply(claimed)
+    }
 }
 
 /// Creates the stream `key`'s topic (one partition) unless it exists, marked first as a stream
@@ -912,6 +932,356 @@ impl Streams<'_> {
         ))
     }
 
+    /// Where the pending rows of ids at or after `id` begin: the first offset whose id is at or
+    /// after it (rows sort by offset; ids grow with offsets), or 0 when that is not known
+    /// better (an id of 0 ms, or before the oldest record kept).
+    async fn rows_start(&self, key: &[u8], id: StreamId) -> Result<u64, Reply> {
+        if id.seq == 0 {
+            return Ok(0);
+        }
+        let Some(partition) = self.partition(key).await? else {
+            return Ok(0);
+        };
+        let offset = self.first_offset(key, id, &partition).await?;
+        Ok(if offset <= partition.log_start { 0 } else { offset })
+    }
+
+    /// Visits `group`'s pending rows from offset `from` on, in id order, while `visit` answers
+    /// true; at most [`PENDING_SCAN_ROWS_MAX`] rows.
+    async fn scan_pending(
+        &self,
+        key: &[u8],
+        group: &[u8],
+        from: u64,
+        mut visit: impl FnMut(StreamId, Pending) -> bool,
+    ) -> Result<(), Reply> {
+        let prefix = pending_rows(key, group);
+        let mut start_after = pending_rows_from(key, group, from);
+        let mut passed = 0usize;
+        loop {
+            let page = self
+                .client
+                .kv()
+                .scan_page(&prefix, &start_after, 1000, ReadConsistency::Linearizable)
+                .await
+                .map_err(|e| client_error(&e))?;
+            passed += page.items.len();
+            if passed > PENDING_SCAN_ROWS_MAX {
+                return Err(Reply::error(format!(
+                    "ERR more than {PENDING_SCAN_ROWS_MAX} pending entries of the group to pass; acknowledge entries or start from a later id"
+                )));
+            }
+            for (row, value) in &page.items {
+                if let (Some(id), Some(pending)) = (pending_id(row, &prefix), Pending::decode(value)) {
+                    if !visit(id, pending) {
+                        return Ok(());
+                    }
+                }
+            }
+            match page.items.last() {
+                Some((row, _)) if page.more => start_after = row.clone(),
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    /// `NOGROUP` unless the group exists.
+    async fn require_group(&self, key: &[u8], group: &[u8]) -> Result<(), Reply> {
+        match self.client.kv().get(group_row(key, group)).await {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(no_group(key, group, "")),
+            Err(e) => Err(client_error(&e)),
+        }
+    }
+
+    /// `XPENDING key group`: how many entries are pending, the lowest and highest id, and the
+    /// count per consumer; with a query, the pending entries in its range (each with its
+    /// consumer, idle time and delivery count).
+    pub async fn xpending(&self, key: &[u8], group: &[u8], query: Option<PendingQuery>) -> Reply {
+        if let Err(reply) = self.require_group(key, group).await {
+            return reply;
+        }
+        let now = now_ms().max(0) as u64;
+        let Some(query) = query else {
+            let mut count = 0i64;
+            let (mut lowest, mut highest) = (None, None);
+            let mut consumers: std::collections::BTreeMap<Bytes, u64> = std::collections::BTreeMap::new();
+            let scanned = self
+                .scan_pending(key, group, 0, |id, pending| {
+                    count += 1;
+                    lowest = lowest.or(Some(id));
+                    highest = Some(id);
+                    *consumers.entry(pending.consumer).or_default() += 1;
+                    true
+                })
+                .await;
+            if let Err(reply) = scanned {
+                return reply;
+            }
+            let (Some(lowest), Some(highest)) = (lowest, highest) else {
+                return Reply::Array(vec![Reply::Integer(0), Reply::Null, Reply::Null, Reply::NullArray]);
+            };
+            return Reply::Array(vec![
+                Reply::Integer(count),
+                Reply::Bulk(lowest.bulk()),
+                Reply::Bulk(highest.bulk()),
+                Reply::Array(
+                    consumers
+                        .into_iter()
+                        .map(|(consumer, n)| Reply::Array(vec![Reply::Bulk(consumer), Reply::bulk(n.to_string())]))
+                        .collect(),
+                ),
+            ]);
+        };
+        let (RangeEnd::From(low), RangeEnd::To(high)) = (query.start, query.end) else {
+            return Reply::Array(Vec::new());
+        };
+        if query.count == 0 || low > high {
+            return Reply::Array(Vec::new());
+        }
+        let from = match self.rows_start(key, low).await {
+            Ok(from) => from,
+            Err(reply) => return reply,
+        };
+        let mut found = Vec::new();
+        let scanned = self
+            .scan_pending(key, group, from, |id, pending| {
+                if id > high {
+                    return false;
+                }
+                let idle = now.saturating_sub(pending.delivered_ms);
+                let wanted = id >= low
+                    && idle >= query.min_idle_ms
+                    && query.consumer.as_ref().is_none_or(|c| *c == pending.consumer);
+                if wanted {
+                    found.push(Reply::Array(vec![
+                        Reply::Bulk(id.bulk()),
+                        Reply::Bulk(pending.consumer),
+                        Reply::Integer(idle.min(i64::MAX as u64) as i64),
+                        Reply::Integer(pending.deliveries.min(i64::MAX as u64) as i64),
+                    ]));
+                }
+                found.len() < query.count
+            })
+            .await;
+        match scanned {
+            Ok(()) => Reply::Array(found),
+            Err(reply) => reply,
+        }
+    }
+
+    /// `XCLAIM`: the pending entries among `ids` idle at least `min_idle_ms` (with `FORCE`,
+    /// entries not pending too) become `consumer`'s.
+    pub async fn xclaim(
+        &self,
+        key: &[u8],
+        group: &[u8],
+        consumer: &[u8],
+        min_idle_ms: u64,
+        ids: &[StreamId],
+        options: &ClaimOptions,
+    ) -> Reply {
+        if let Err(reply) = self.require_group(key, group).await {
+            return reply;
+        }
+        let mut seen = std::collections::HashSet::new();
+        let ids: Vec<StreamId> = ids.iter().copied().filter(|id| seen.insert(*id)).collect();
+        match self
+            .claim_pending(key, group, consumer, min_idle_ms, &ids, options)
+            .await
+        {
+            Ok((claimed, _)) => claimed_reply(claimed, options.just_id),
+            Err(reply) => reply,
+        }
+    }
+
+    /// `XAUTOCLAIM`: from `start`, looks at up to ten times `count` pending entries and claims
+    /// up to `count` idle at least `min_idle_ms`; answers where to go on (`0-0`: the end), the
+    /// claimed entries, and the ids whose entries no longer exist (removed from the pending
+    /// list).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn xautoclaim(
+        &self,
+        key: &[u8],
+        group: &[u8],
+        consumer: &[u8],
+        min_idle_ms: u64,
+        start: StreamId,
+        count: usize,
+        just_id: bool,
+    ) -> Reply {
+        if let Err(reply) = self.require_group(key, group).await {
+            return reply;
+        }
+        let count = count.min(STREAM_CLAIM_ENTRIES_MAX);
+        let from = match self.rows_start(key, start).await {
+            Ok(from) => from,
+            Err(reply) => return reply,
+        };
+        let now = now_ms().max(0) as u64;
+        let (mut looked, mut candidates, mut next) = (0usize, Vec::new(), None);
+        let scanned = self
+            .scan_pending(key, group, from, |id, pending| {
+                if id < start {
+                    return true;
+                }
+                if looked >= count.saturating_mul(10) || candidates.len() >= count {
+                    next = Some(id);
+                    return false;
+                }
+                looked += 1;
+                if now.saturating_sub(pending.delivered_ms) >= min_idle_ms {
+                    candidates.push(id);
+                }
+                true
+            })
+            .await;
+        if let Err(reply) = scanned {
+            return reply;
+        }
+        let options = ClaimOptions {
+            just_id,
+            ..ClaimOptions::default()
+        };
+        match self
+            .claim_pending(key, group, consumer, min_idle_ms, &candidates, &options)
+            .await
+        {
+            Ok((claimed, gone)) => Reply::Array(vec![
+                Reply::Bulk(next.unwrap_or(StreamId::MIN).bulk()),
+                claimed_reply(claimed, just_id),
+                Reply::Array(gone.into_iter().map(|id| Reply::Bulk(id.bulk())).collect()),
+            ]),
+            Err(reply) => reply,
+        }
+    }
+
+    /// Claims the pending entries among `ids` (in order) idle at least `min_idle_ms` for
+    /// `consumer`: each claim rewrites the entry's row conditioned on the revision read (a
+    /// concurrent claim of it wins or loses whole; a loser reads again), in transactions of up
+    /// to [`TXN_CONDITIONS_MAX`] rows. Rows whose entry no longer exists are deleted instead.
+    /// Answers the claimed entries (with their records) and the ids deleted.
+    async fn claim_pending(
+        &self,
+        key: &[u8],
+        group: &[u8],
+        consumer: &[u8],
+        min_idle_ms: u64,
+        ids: &[StreamId],
+        options: &ClaimOptions,
+    ) -> Result<(Vec<FetchedRecord>, Vec<StreamId>), Reply> {
+        let (mut claimed, mut gone) = (Vec::new(), Vec::new());
+        for part in ids.chunks(TXN_CONDITIONS_MAX) {
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                if attempt > CAS_ATTEMPTS_MAX {
+                    return Err(Reply::error(
+                        "TRYAGAIN the pending entries kept changing under this claim",
+                    ));
+                }
+                let rows: Vec<Vec<u8>> = part.iter().map(|id| pending_row(key, group, *id)).collect();
+                let mut entries = Vec::with_capacity(rows.len());
+                for group_of_rows in rows.chunks(GET_MANY_KEYS_MAX) {
+                    let read = self
+                        .client
+                        .kv()
+                        .get_many(group_of_rows, ReadConsistency::Linearizable)
+                        .await
+                        .map_err(|e| client_error(&e))?;
+                    entries.extend(read);
+                }
+                let now = now_ms().max(0) as u64;
+                // What may be claimed: pending and idle long enough, or with FORCE not pending.
+                let chosen: Vec<(StreamId, &Vec<u8>, Option<Read>)> = part
+                    .iter()
+                    .zip(&rows)
+                    .zip(&entries)
+                    .filter_map(|((id, row), entry)| match entry {
+                        Some(entry) => {
+                            let pending = Pending::decode(&entry.value)?;
+                            (now.saturating_sub(pending.delivered_ms) >= min_idle_ms).then_some((
+                                *id,
+                                row,
+                                Some((pending, entry.mod_revision)),
+                            ))
+                        }
+                        None => options.force.then_some((*id, row, None)),
+                    })
+                    .collect();
+                if chosen.is_empty() {
+                    break;
+                }
+                let records = self.records_of(key, chosen.iter().map(|(id, _, _)| *id)).await?;
+                let mut txn = self.client.txn();
+                let (mut took, mut removed) = (Vec::new(), Vec::new());
+                for ((id, row, before), record) in chosen.into_iter().zip(records) {
+                    let condition = match &before {
+                        Some((_, revision)) => Condition::mod_revision(row.clone(), Compare::Eq, *revision),
+                        None => Condition::absent(row.clone()),
+                    };
+                    match record {
+                        Some(record) => {
+                            let pending = options.claimed(consumer, before.as_ref().map(|(p, _)| p), now);
+                            txn = txn.when(condition).then(TxnOp::put(row.clone(), pending.encode()));
+                            took.push(record);
+                        }
+                        // The entry is gone: its row goes (a forced id of no entry is passed).
+                        None if before.is_some() => {
+                            txn = txn.when(condition).then(TxnOp::delete(row.clone()));
+                            removed.push(id);
+                        }
+                        None => {}
+                    }
+                }
+                if took.is_empty() && removed.is_empty() {
+                    break;
+                }
+                match txn.commit().await {
+                    Ok(TxnOutcome::Committed { succeeded: true, .. }) => {
+                        claimed.extend(took);
+                        gone.extend(removed);
+                        break;
+                    }
+                    Ok(TxnOutcome::Committed { .. }) => continue,
+                    Ok(TxnOutcome::Aborted { reason, .. }) => return Err(op_refusal(reason)),
+                    Err(e) => return Err(client_error(&e)),
+                }
+            }
+        }
+        Ok((claimed, gone))
+    }
+
+    /// The records of `ids` (in order), `None` for one that no longer exists; a fetch per run
+    /// of consecutive offsets.
+    async fn records_of(
+        &self,
+        key: &[u8],
+        ids: impl Iterator<Item = StreamId>,
+    ) -> Result<Vec<Option<FetchedRecord>>, Reply> {
+        let ids: Vec<StreamId> = ids.collect();
+        let mut out = Vec::with_capacity(ids.len());
+        let mut at = 0;
+        while at < ids.len() {
+            let first = ids[at].seq;
+            let run = ids[at..]
+                .iter()
+                .enumerate()
+                .take_while(|(n, id)| first.checked_add(*n as u64) == Some(id.seq))
+                .count();
+            let records = self
+                .read_range(key, first, first.saturating_add(run as u64), run, "XCLAIM", false)
+                .await?;
+            let mut by_offset: std::collections::HashMap<u64, FetchedRecord> =
+                records.into_iter().map(|r| (r.offset, r)).collect();
+            for id in &ids[at..at + run] {
+                out.push(by_offset.remove(&id.seq).filter(|r| id_of(r) == *id));
+            }
+            at += run;
+        }
+        Ok(out)
+    }
+
     /// The consumer's pending entries after `after`, at most `max`: each as `[id, fields]`, or
     /// `[id, nil]` when retention removed the entry.
     async fn pending_of(
@@ -922,43 +1292,19 @@ impl Streams<'_> {
         after: StreamId,
         max: usize,
     ) -> Result<Reply, Reply> {
-        let prefix = pending_rows(key, group);
-        let mut start_after = match after.next() {
-            Some(_) => pending_row(key, group, after),
-            None => return Ok(Reply::Array(Vec::new())),
+        let Some(first) = after.next() else {
+            return Ok(Reply::Array(Vec::new()));
         };
-        // Rows sort by offset: the row of `after` itself and everything before it are passed.
+        let from = self.rows_start(key, first).await?;
+        let wanted = max.min(STREAM_CLAIM_ENTRIES_MAX);
         let mut ids = Vec::new();
-        let mut passed = 0usize;
-        'pages: loop {
-            let page = self
-                .client
-                .kv()
-                .scan_page(&prefix, &start_after, 1000, ReadConsistency::Linearizable)
-                .await
-                .map_err(|e| client_error(&e))?;
-            passed += page.items.len();
-            if passed > PENDING_SCAN_ROWS_MAX {
-                return Err(Reply::error(format!(
-                    "ERR more than {PENDING_SCAN_ROWS_MAX} pending entries of the group to pass; acknowledge entries or read from a later id"
-                )));
+        self.scan_pending(key, group, from, |id, pending| {
+            if id > after && pending.consumer == consumer {
+                ids.push(id);
             }
-            for (row, value) in &page.items {
-                let (Some(id), Some(pending)) = (pending_id(row, &prefix), Pending::decode(value)) else {
-                    continue;
-                };
-                if id > after && pending.consumer == consumer {
-                    ids.push(id);
-                    if ids.len() >= max.min(STREAM_CLAIM_ENTRIES_MAX) {
-                        break 'pages;
-                    }
-                }
-            }
-            match page.items.last() {
-                Some((row, _)) if page.more => start_after = row.clone(),
-                _ => break,
-            }
-        }
+            ids.len() < wanted
+        })
+        .await?;
         // The entries, read per run of consecutive offsets (page by page, from the oldest kept
         // when retention passed the run's start); one not found (removed, or of a stream
         // created again) answers nil.

@@ -1166,6 +1166,77 @@ fn streams_answer_as_redis_does_and_are_basalt_topics() {
     assert_eq!(history.matches("blob").count(), 48, "every pending entry read back");
     assert_eq!(raw.call(&["DEL", "s:big"]), ":1\r\n");
 
+    // XPENDING, XCLAIM and XAUTOCLAIM: entries pending with one consumer move to another.
+    let id1 = bulk_text(&raw.call(&["XADD", "s:claims", "*", "a", "1"]));
+    let id2 = bulk_text(&raw.call(&["XADD", "s:claims", "*", "b", "2"]));
+    let (c1, c2) = (entry_bytes(&id1, &["a", "1"]), entry_bytes(&id2, &["b", "2"]));
+    assert_eq!(raw.call(&["XGROUP", "CREATE", "s:claims", "g", "0"]), "+OK\r\n");
+    raw.call(&[
+        "XREADGROUP",
+        "GROUP",
+        "g",
+        "alice",
+        "COUNT",
+        "1",
+        "STREAMS",
+        "s:claims",
+        ">",
+    ]);
+    raw.call(&["XREADGROUP", "GROUP", "g", "bob", "STREAMS", "s:claims", ">"]);
+    let bulk = |text: &str| format!("${}\r\n{text}\r\n", text.len());
+    assert_eq!(
+        raw.call(&["XPENDING", "s:claims", "g"]),
+        format!(
+            "*4\r\n:2\r\n{}{}*2\r\n*2\r\n$5\r\nalice\r\n$1\r\n1\r\n*2\r\n$3\r\nbob\r\n$1\r\n1\r\n",
+            bulk(&id1),
+            bulk(&id2)
+        )
+    );
+    let bobs = raw.call(&["XPENDING", "s:claims", "g", "-", "+", "10", "bob"]);
+    assert!(
+        bobs.starts_with(&format!("*1\r\n*4\r\n{}$3\r\nbob\r\n:", bulk(&id2))) && bobs.ends_with(":1\r\n"),
+        "{bobs}"
+    );
+    assert_eq!(
+        raw.call(&["XPENDING", "s:claims", "g", "IDLE", "3600000", "-", "+", "10"]),
+        "*0\r\n"
+    );
+    assert_eq!(
+        raw.call(&["XCLAIM", "s:claims", "g", "carol", "3600000", &id1]),
+        "*0\r\n"
+    );
+    assert_eq!(
+        raw.call(&["XCLAIM", "s:claims", "g", "carol", "0", &id1, "9-9"]),
+        format!("*1\r\n{c1}")
+    );
+    assert!(
+        raw.call(&["XPENDING", "s:claims", "g", "-", "+", "10", "carol"])
+            .ends_with(":2\r\n"),
+        "a claim counts a delivery"
+    );
+    assert_eq!(
+        raw.call(&["XCLAIM", "s:claims", "g", "carol", "0", &id2, "JUSTID"]),
+        format!("*1\r\n{}", bulk(&id2))
+    );
+    assert_eq!(
+        raw.call(&["XAUTOCLAIM", "s:claims", "g", "dave", "0", "0-0", "COUNT", "1"]),
+        format!("*3\r\n{}*1\r\n{c1}*0\r\n", bulk(&id2))
+    );
+    assert_eq!(
+        raw.call(&["XAUTOCLAIM", "s:claims", "g", "dave", "0", "0-0", "JUSTID"]),
+        format!("*3\r\n$3\r\n0-0\r\n*2\r\n{}{}*0\r\n", bulk(&id1), bulk(&id2))
+    );
+    let _ = c2;
+    assert_eq!(
+        raw.call(&["XPENDING", "s:claims", "nog"]),
+        "-NOGROUP No such key 's:claims' or consumer group 'nog'\r\n"
+    );
+    assert_eq!(raw.call(&["XGROUP", "CREATE", "s:claims", "empty", "$"]), "+OK\r\n");
+    assert_eq!(
+        raw.call(&["XPENDING", "s:claims", "empty"]),
+        "*4\r\n:0\r\n$-1\r\n$-1\r\n*-1\r\n"
+    );
+
     // A name holds one type; errors are Redis's, or say what Basalt does instead.
     assert_eq!(raw.call(&["SET", "s:text", "v"]), "+OK\r\n");
     let wrongtype = "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n";
@@ -1343,4 +1414,68 @@ fn a_group_delivers_each_entry_to_one_consumer() {
     assert_eq!(delivered.len(), count, "an entry was delivered twice");
     added.sort();
     assert_eq!(delivered, added, "every entry delivered once");
+}
+
+/// A dead consumer's entries, claimed by survivors on every node at once with XAUTOCLAIM: each
+/// entry goes to exactly one of them (a claim rewrites the entry's row conditioned on the
+/// revision it read).
+#[test]
+fn a_dead_consumer_s_entries_are_claimed_by_one_survivor_each() {
+    let cluster = resp_cluster(&[]);
+    let mut setup = Raw::open(cluster.resp(1));
+    assert_eq!(
+        setup.call(&["XGROUP", "CREATE", "s:work", "g", "$", "MKSTREAM"]),
+        "+OK\r\n"
+    );
+    const ENTRIES: usize = 60;
+    for n in 0..ENTRIES {
+        assert!(setup
+            .call(&["XADD", "s:work", "*", "n", &n.to_string()])
+            .starts_with('$'));
+    }
+    let delivered = ids_in(&setup.call(&["XREADGROUP", "GROUP", "g", "dead", "STREAMS", "s:work", ">"]));
+    assert_eq!(delivered.len(), ENTRIES);
+    std::thread::sleep(Duration::from_millis(400));
+    let survivors: Vec<_> = (1..=3u64)
+        .flat_map(|node| [(node, 0), (node, 1)])
+        .map(|(node, n)| {
+            let addr = cluster.resp(node);
+            std::thread::spawn(move || {
+                let mut raw = Raw::open(addr);
+                let name = format!("s{node}.{n}");
+                let mut cursor = "0-0".to_string();
+                let mut got = Vec::new();
+                loop {
+                    let reply = raw.call(&[
+                        "XAUTOCLAIM",
+                        "s:work",
+                        "g",
+                        &name,
+                        "300",
+                        &cursor,
+                        "COUNT",
+                        "7",
+                        "JUSTID",
+                    ]);
+                    let ids = ids_in(&reply);
+                    cursor = ids.first().cloned().unwrap_or_else(|| panic!("{reply}"));
+                    got.extend(ids.into_iter().skip(1));
+                    if cursor == "0-0" {
+                        return got;
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut claimed: Vec<String> = survivors
+        .into_iter()
+        .flat_map(|s| s.join().expect("survivor"))
+        .collect();
+    let count = claimed.len();
+    claimed.sort();
+    claimed.dedup();
+    assert_eq!(claimed.len(), count, "an entry was claimed by two survivors");
+    let mut delivered = delivered;
+    delivered.sort();
+    assert_eq!(claimed, delivered, "every entry of the dead consumer claimed");
 }
