@@ -431,6 +431,20 @@ impl Streams<'_> {
     /// `XRANGE` and `XREVRANGE` (`rev`, whose ends are given high first).
     pub async fn xrange(&self, key: &[u8], start: RangeEnd, end: RangeEnd, count: Option<usize>, rev: bool) -> Reply {
         let what = if rev { "XREVRANGE" } else { "XRANGE" };
+        // The whole stream from its start (`XRANGE key - + [COUNT n]`, a reader's first look):
+        // one fetch from offset 0, without reading the bounds first.
+        let whole = start == RangeEnd::From(StreamId::MIN) && end == RangeEnd::To(StreamId::MAX);
+        if whole && !rev && count != Some(0) && could_be_topic(key) {
+            match self
+                .read_range(key, 0, u64::MAX, count.unwrap_or(usize::MAX), what, false)
+                .await
+            {
+                Ok(records) if !records.is_empty() => return entries_reply(records),
+                // Empty, or no stream: answered below (an empty array, or WRONGTYPE).
+                Ok(_) => {}
+                Err(reply) => return reply,
+            }
+        }
         let partition = match self.partition(key).await {
             Ok(Some(p)) => p,
             Ok(None) => {
