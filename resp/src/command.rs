@@ -3,10 +3,11 @@
 //! I/O, so every rule is unit-tested here and the server only runs what parsed.
 
 use crate::frame::Reply;
-use crate::limits::STREAMS_PER_READ_MAX;
+use crate::limits::{STREAMS_PER_READ_MAX, XCLAIM_IDS_MAX};
 use crate::sorted_sets::{AddQuery, RangeBy, RangeQuery};
 use crate::stream_ids::{
-    parse_range_end, parse_range_start, ClaimOptions, PendingQuery, RangeEnd, ReadFrom, StreamId, INVALID_ID,
+    parse_range_end, parse_range_start, ClaimOptions, DeliveredAt, PendingQuery, RangeEnd, ReadFrom, StreamId,
+    INVALID_ID,
 };
 use crate::typed::{parse_score, AddRules, ScoreBound};
 
@@ -837,28 +838,37 @@ fn parse_xclaim(a: &[Bytes]) -> Result<Command, Refusal> {
         ids.push(id);
         at += 1;
     }
+    if ids.len() > XCLAIM_IDS_MAX {
+        return refuse(format!("ERR at most {XCLAIM_IDS_MAX} ids per XCLAIM on Basalt"));
+    }
     let mut options = ClaimOptions::default();
     while let Some(arg) = a.get(at) {
         let word = upper(arg);
-        let number = |name: &str| -> Result<u64, Refusal> {
+        let with_value = matches!(word.as_str(), "IDLE" | "TIME" | "RETRYCOUNT" | "LASTID");
+        if with_value && a.get(at + 1).is_none() {
+            return refuse(format!(
+                "ERR Unrecognized XCLAIM option '{}'",
+                String::from_utf8_lossy(arg)
+            ));
+        }
+        let number = |name: &str| -> Result<i64, Refusal> {
             a.get(at + 1)
                 .and_then(|n| strict_int(n))
-                .map(|n| n.max(0) as u64)
                 .ok_or_else(|| Refusal(format!("ERR Invalid {name} option argument for XCLAIM")))
         };
         match word.as_str() {
             "FORCE" => options.force = true,
             "JUSTID" => options.just_id = true,
             "IDLE" => {
-                options.idle_ms = Some(number("IDLE")?);
+                options.delivered_at = Some(DeliveredAt::Idle(number("IDLE")?));
                 at += 1;
             }
             "TIME" => {
-                options.time_ms = Some(number("TIME")?);
+                options.delivered_at = Some(DeliveredAt::Time(number("TIME")?));
                 at += 1;
             }
             "RETRYCOUNT" => {
-                options.retry_count = Some(number("RETRYCOUNT")?);
+                options.retry_count = u64::try_from(number("RETRYCOUNT")?).ok();
                 at += 1;
             }
             // The group's last delivered id, which Redis's replication sends; taken and left.
@@ -891,17 +901,20 @@ fn parse_xclaim(a: &[Bytes]) -> Result<Command, Refusal> {
 /// `XAUTOCLAIM key group consumer min-idle-time start [COUNT count] [JUSTID]`.
 fn parse_xautoclaim(a: &[Bytes]) -> Result<Command, Refusal> {
     let min_idle_ms = min_idle(&a[3], "XAUTOCLAIM")?;
-    let start = StreamId::parse(&a[4], 0).ok_or_else(|| Refusal(INVALID_ID.into()))?;
+    // `-`, `+` and `(id` as XRANGE reads a start; past the last id, nothing is left to claim.
+    let start = match parse_range_start(&a[4]).map_err(Refusal::from)? {
+        RangeEnd::From(id) => id,
+        RangeEnd::To(_) | RangeEnd::Empty => StreamId::MAX,
+    };
     let (mut count, mut just_id) = (100, false);
     let mut at = 5;
     while let Some(arg) = a.get(at) {
         match (upper(arg).as_str(), a.get(at + 1)) {
             ("COUNT", Some(n)) => {
-                let n = int(n)?;
-                if n <= 0 {
-                    return refuse("ERR COUNT must be > 0");
-                }
-                count = n as usize;
+                count = match strict_int(n) {
+                    Some(n) if n > 0 => n as usize,
+                    _ => return refuse("ERR COUNT must be > 0"),
+                };
                 at += 2;
             }
             ("JUSTID", _) => {
@@ -1509,7 +1522,7 @@ mod tests {
                 min_idle_ms: 0,
                 ids: vec![id(1, 1), id(2, 0)],
                 options: ClaimOptions {
-                    idle_ms: Some(500),
+                    delivered_at: Some(DeliveredAt::Idle(500)),
                     retry_count: Some(5),
                     just_id: true,
                     ..ClaimOptions::default()
@@ -1523,6 +1536,22 @@ mod tests {
         assert_eq!(refused("XCLAIM s g c 0 bad"), "ERR Unrecognized XCLAIM option 'bad'");
         assert_eq!(refused("XAUTOCLAIM s g c 0 0 COUNT 0"), "ERR COUNT must be > 0");
         assert_eq!(refused("XAUTOCLAIM s g c 0 bad"), INVALID_ID);
+        assert_eq!(refused("XAUTOCLAIM s g c 0 0 COUNT x"), "ERR COUNT must be > 0");
+        assert_eq!(
+            refused("XCLAIM s g c 0 1-1 IDLE"),
+            "ERR Unrecognized XCLAIM option 'IDLE'"
+        );
+        match parse(&args("XCLAIM s g c 0 1-1 TIME 5 IDLE 7 RETRYCOUNT -5")) {
+            Ok(Command::XClaim { options, .. }) => {
+                assert_eq!(
+                    options.delivered_at,
+                    Some(DeliveredAt::Idle(7)),
+                    "the last of IDLE and TIME"
+                );
+                assert_eq!(options.retry_count, None, "a negative count leaves it");
+            }
+            other => panic!("{other:?}"),
+        }
         assert_eq!(
             parse(&args("XAUTOCLAIM s g c 10 0-0 JUSTID")),
             Ok(Command::XAutoClaim {

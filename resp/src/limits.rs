@@ -114,3 +114,7 @@ pub const STREAM_APPEND_RECORDS_MAX: usize = 1000;
 /// Bytes of entries combined into one transaction, in bytes (the cluster takes 4 MiB a
 /// transaction); one larger entry goes alone.
 pub const STREAM_APPEND_BYTES_MAX: usize = 1024 * 1024;
+
+/// Ids one `XCLAIM` may name (Redis takes any number; here each is a row read and a
+/// transaction condition).
+pub const XCLAIM_IDS_MAX: usize = 1000;

@@ -293,14 +293,20 @@ pub struct PendingQuery {
     pub consumer: Option<Bytes>,
 }
 
+/// When `XCLAIM` says the claimed entries were delivered (the last of `IDLE` and `TIME` given).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeliveredAt {
+    /// `IDLE ms`: this long ago.
+    Idle(i64),
+    /// `TIME unix-ms`: at this time.
+    Time(i64),
+}
+
 /// `XCLAIM`'s options.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ClaimOptions {
-    /// `IDLE ms`: the claimed entries read as delivered this long ago.
-    pub idle_ms: Option<u64>,
-    /// `TIME unix-ms`: delivered at this time.
-    pub time_ms: Option<u64>,
-    /// `RETRYCOUNT n`: the delivery count set to this.
+    pub delivered_at: Option<DeliveredAt>,
+    /// `RETRYCOUNT n`: the delivery count set to this (a negative count leaves it).
     pub retry_count: Option<u64>,
     /// `FORCE`: entries not pending are claimed too (when they exist).
     pub force: bool,
@@ -309,15 +315,19 @@ pub struct ClaimOptions {
 }
 
 impl ClaimOptions {
-    /// The pending row a claim by `consumer` at `now` (Unix ms) leaves, from the one it had.
+    /// The pending row a claim by `consumer` at `now` (Unix ms) leaves, from the one it had
+    /// (`None`: an entry `FORCE` makes pending, which counts as delivered once). A delivery
+    /// time before the epoch or after now reads as now, as in Redis.
     pub fn claimed(&self, consumer: &[u8], before: Option<&Pending>, now: u64) -> Pending {
-        let deliveries = before.map_or(0, |p| p.deliveries);
+        let deliveries = before.map_or(1, |p| p.deliveries);
+        let at = match self.delivered_at {
+            Some(DeliveredAt::Idle(idle)) => (now as i64).saturating_sub(idle),
+            Some(DeliveredAt::Time(time)) => time,
+            None => now as i64,
+        };
         Pending {
             consumer: consumer.to_vec(),
-            delivered_ms: self
-                .time_ms
-                .or_else(|| self.idle_ms.map(|idle| now.saturating_sub(idle)))
-                .unwrap_or(now),
+            delivered_ms: u64::try_from(at).ok().filter(|at| *at <= now).unwrap_or(now),
             deliveries: self.retry_count.unwrap_or(if self.just_id {
                 deliveries
             } else {
@@ -474,18 +484,32 @@ mod tests {
         );
         let just_id = ClaimOptions {
             just_id: true,
-            idle_ms: Some(300),
+            delivered_at: Some(DeliveredAt::Idle(300)),
             ..ClaimOptions::default()
         };
         let claimed = just_id.claimed(b"b", Some(&before), 1_000);
         assert_eq!((claimed.delivered_ms, claimed.deliveries), (700, 2));
         let set = ClaimOptions {
-            time_ms: Some(5),
+            delivered_at: Some(DeliveredAt::Time(5)),
             retry_count: Some(9),
             ..ClaimOptions::default()
         };
         let claimed = set.claimed(b"b", None, 1_000);
         assert_eq!((claimed.delivered_ms, claimed.deliveries), (5, 9));
+        // A forced entry counts its first delivery; times out of range read as now.
+        assert_eq!(ClaimOptions::default().claimed(b"b", None, 1_000).deliveries, 2);
+        for at in [DeliveredAt::Time(-1), DeliveredAt::Time(2_000), DeliveredAt::Idle(-5)] {
+            let options = ClaimOptions {
+                delivered_at: Some(at),
+                ..ClaimOptions::default()
+            };
+            assert_eq!(options.claimed(b"b", None, 1_000).delivered_ms, 1_000, "{at:?}");
+        }
+        let idle_forever = ClaimOptions {
+            delivered_at: Some(DeliveredAt::Idle(5_000)),
+            ..ClaimOptions::default()
+        };
+        assert_eq!(idle_forever.claimed(b"b", None, 1_000).delivered_ms, 1_000);
     }
 
     #[test]

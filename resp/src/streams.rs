@@ -792,10 +792,8 @@ impl Streams<'_> {
         let max = count.unwrap_or(usize::MAX);
         // Every group must exist before anything is delivered.
         for (key, _) in streams {
-            match self.client.kv().get(group_row(key, group)).await {
-                Ok(Some(_)) => {}
-                Ok(None) => return no_group(key, group, "XREADGROUP with GROUP option"),
-                Err(e) => return client_error(&e),
+            if let Err(reply) = self.require_group(key, group, "XREADGROUP with GROUP option").await {
+                return reply;
             }
         }
         let mut found = Vec::new();
@@ -803,14 +801,16 @@ impl Streams<'_> {
         for (key, from) in streams {
             let entries = match from {
                 ReadFrom::After(id) => self.pending_of(key, group, consumer, *id, max).await,
-                ReadFrom::Undelivered | ReadFrom::End => match self.claim(key, group, consumer, max, no_ack).await {
-                    Ok(records) if records.is_empty() => continue,
-                    Ok(records) => {
-                        any_new = true;
-                        Ok(entries_reply(records))
+                ReadFrom::Undelivered | ReadFrom::End => {
+                    match self.linearizable().claim(key, group, consumer, max, no_ack).await {
+                        Ok(records) if records.is_empty() => continue,
+                        Ok(records) => {
+                            any_new = true;
+                            Ok(entries_reply(records))
+                        }
+                        Err(reply) => Err(reply),
                     }
-                    Err(reply) => Err(reply),
-                },
+                }
             };
             match entries {
                 Ok(entries) => found.push((key.clone(), entries)),
@@ -852,7 +852,7 @@ impl Streams<'_> {
                 () = &mut gone => return Reply::NullArray,
             };
             match woken {
-                Ok(Some((key, _))) => match self.claim(&key, group, consumer, max, no_ack).await {
+                Ok(Some((key, _))) => match self.linearizable().claim(&key, group, consumer, max, no_ack).await {
                     Ok(records) if records.is_empty() => continue,
                     Ok(records) => return streams_reply(vec![(key, entries_reply(records))], resp3),
                     Err(reply) => return reply,
@@ -950,7 +950,7 @@ impl Streams<'_> {
     /// after it (rows sort by offset; ids grow with offsets), or 0 when that is not known
     /// better (an id of 0 ms, or before the oldest record kept).
     async fn rows_start(&self, key: &[u8], id: StreamId) -> Result<u64, Reply> {
-        if id.seq == 0 {
+        if id == StreamId::MIN {
             return Ok(0);
         }
         let Some(partition) = self.partition(key).await? else {
@@ -999,12 +999,25 @@ impl Streams<'_> {
         }
     }
 
-    /// `NOGROUP` unless the group exists.
-    async fn require_group(&self, key: &[u8], group: &[u8]) -> Result<(), Reply> {
+    /// `NOGROUP` unless the group exists (`WRONGTYPE` when a KV key has the name).
+    async fn require_group(&self, key: &[u8], group: &[u8], command: &str) -> Result<(), Reply> {
         match self.client.kv().get(group_row(key, group)).await {
             Ok(Some(_)) => Ok(()),
-            Ok(None) => Err(no_group(key, group, "")),
+            Ok(None) => {
+                self.check_not_a_key(key).await?;
+                Err(no_group(key, group, command))
+            }
             Err(e) => Err(client_error(&e)),
+        }
+    }
+
+    /// These commands with linearizable reads, whatever the connection's: for what decides a
+    /// write (a claim, a pending row's removal).
+    fn linearizable(&self) -> Streams<'_> {
+        Streams {
+            client: self.client,
+            appender: self.appender,
+            reads: ReadConsistency::Linearizable,
         }
     }
 
@@ -1012,7 +1025,7 @@ impl Streams<'_> {
     /// count per consumer; with a query, the pending entries in its range (each with its
     /// consumer, idle time and delivery count).
     pub async fn xpending(&self, key: &[u8], group: &[u8], query: Option<PendingQuery>) -> Reply {
-        if let Err(reply) = self.require_group(key, group).await {
+        if let Err(reply) = self.require_group(key, group, "").await {
             return reply;
         }
         let now = now_ms().max(0) as u64;
@@ -1095,13 +1108,13 @@ impl Streams<'_> {
         ids: &[StreamId],
         options: &ClaimOptions,
     ) -> Reply {
-        if let Err(reply) = self.require_group(key, group).await {
+        if let Err(reply) = self.require_group(key, group, "").await {
             return reply;
         }
         let mut seen = std::collections::HashSet::new();
         let ids: Vec<StreamId> = ids.iter().copied().filter(|id| seen.insert(*id)).collect();
         match self
-            .claim_pending(key, group, consumer, min_idle_ms, &ids, options)
+            .claim_pending(key, group, consumer, min_idle_ms, &ids, options, false)
             .await
         {
             Ok((claimed, _)) => claimed_reply(claimed, options.just_id),
@@ -1124,7 +1137,7 @@ impl Streams<'_> {
         count: usize,
         just_id: bool,
     ) -> Reply {
-        if let Err(reply) = self.require_group(key, group).await {
+        if let Err(reply) = self.require_group(key, group, "").await {
             return reply;
         }
         let count = count.min(STREAM_CLAIM_ENTRIES_MAX);
@@ -1133,19 +1146,21 @@ impl Streams<'_> {
             Err(reply) => return reply,
         };
         let now = now_ms().max(0) as u64;
-        let (mut looked, mut candidates, mut next) = (0usize, Vec::new(), None);
+        // Every row looked at is a candidate (one whose entry is gone is removed, idle or
+        // not, as in Redis); up to `count` idle ones are claimed.
+        let (mut candidates, mut idle, mut next) = (Vec::new(), 0usize, None);
         let scanned = self
             .scan_pending(key, group, from, |id, pending| {
                 if id < start {
                     return true;
                 }
-                if looked >= count.saturating_mul(10) || candidates.len() >= count {
+                if candidates.len() >= count.saturating_mul(10) || idle >= count {
                     next = Some(id);
                     return false;
                 }
-                looked += 1;
+                candidates.push(id);
                 if now.saturating_sub(pending.delivered_ms) >= min_idle_ms {
-                    candidates.push(id);
+                    idle += 1;
                 }
                 true
             })
@@ -1158,7 +1173,7 @@ impl Streams<'_> {
             ..ClaimOptions::default()
         };
         match self
-            .claim_pending(key, group, consumer, min_idle_ms, &candidates, &options)
+            .claim_pending(key, group, consumer, min_idle_ms, &candidates, &options, true)
             .await
         {
             Ok((claimed, gone)) => Reply::Array(vec![
@@ -1172,9 +1187,14 @@ impl Streams<'_> {
 
     /// Claims the pending entries among `ids` (in order) idle at least `min_idle_ms` for
     /// `consumer`: each claim rewrites the entry's row conditioned on the revision read (a
-    /// concurrent claim of it wins or loses whole; a loser reads again), in transactions of up
-    /// to [`TXN_CONDITIONS_MAX`] rows. Rows whose entry no longer exists are deleted instead.
-    /// Answers the claimed entries (with their records) and the ids deleted.
+    /// concurrent claim of it wins or loses whole; a loser reads again) and on the group still
+    /// existing, in transactions of up to [`TXN_CONDITIONS_MAX`] conditions. A row whose entry
+    /// no longer exists (read linearizably: below the oldest record kept, or of a stream
+    /// created again) is deleted instead, idle or not with `remove_gone`. Answers the claimed
+    /// entries (with their records) and the ids deleted. Stops early, answering what it
+    /// claimed, when the next part would pass [`REPLY_BYTES_MAX`] or fails after a part
+    /// committed (the rest stay pending where they were).
+    #[allow(clippy::too_many_arguments)]
     async fn claim_pending(
         &self,
         key: &[u8],
@@ -1183,63 +1203,73 @@ impl Streams<'_> {
         min_idle_ms: u64,
         ids: &[StreamId],
         options: &ClaimOptions,
+        remove_gone: bool,
     ) -> Result<(Vec<FetchedRecord>, Vec<StreamId>), Reply> {
         let (mut claimed, mut gone) = (Vec::new(), Vec::new());
-        for part in ids.chunks(TXN_CONDITIONS_MAX) {
+        let mut claimed_bytes = 0usize;
+        let group_key = group_row(key, group);
+        for part in ids.chunks(TXN_CONDITIONS_MAX - 1) {
             let mut attempt = 0;
-            loop {
+            let outcome: Result<(), Reply> = loop {
                 attempt += 1;
                 if attempt > CAS_ATTEMPTS_MAX {
-                    return Err(Reply::error(
+                    break Err(Reply::error(
                         "TRYAGAIN the pending entries kept changing under this claim",
                     ));
                 }
                 let rows: Vec<Vec<u8>> = part.iter().map(|id| pending_row(key, group, *id)).collect();
                 let mut entries = Vec::with_capacity(rows.len());
                 for group_of_rows in rows.chunks(GET_MANY_KEYS_MAX) {
-                    let read = self
+                    match self
                         .client
                         .kv()
                         .get_many(group_of_rows, ReadConsistency::Linearizable)
                         .await
-                        .map_err(|e| client_error(&e))?;
-                    entries.extend(read);
+                    {
+                        Ok(read) => entries.extend(read),
+                        Err(e) => return Err(client_error(&e)),
+                    }
                 }
                 let now = now_ms().max(0) as u64;
-                // What may be claimed: pending and idle long enough, or with FORCE not pending.
-                let chosen: Vec<(StreamId, &Vec<u8>, Option<Read>)> = part
-                    .iter()
-                    .zip(&rows)
-                    .zip(&entries)
-                    .filter_map(|((id, row), entry)| match entry {
+                // Each row to look at: idle long enough to claim; or (`remove_gone`) any, to
+                // remove if its entry is gone; or, with FORCE, an entry not pending.
+                let mut chosen: Vec<(StreamId, &Vec<u8>, Option<Read>, bool)> = Vec::new();
+                for ((id, row), entry) in part.iter().zip(&rows).zip(&entries) {
+                    match entry {
                         Some(entry) => {
-                            let pending = Pending::decode(&entry.value)?;
-                            (now.saturating_sub(pending.delivered_ms) >= min_idle_ms).then_some((
-                                *id,
-                                row,
-                                Some((pending, entry.mod_revision)),
-                            ))
+                            let Some(pending) = Pending::decode(&entry.value) else {
+                                continue;
+                            };
+                            let idle = now.saturating_sub(pending.delivered_ms) >= min_idle_ms;
+                            if idle || remove_gone {
+                                chosen.push((*id, row, Some((pending, entry.mod_revision)), idle));
+                            }
                         }
-                        None => options.force.then_some((*id, row, None)),
-                    })
-                    .collect();
-                if chosen.is_empty() {
-                    break;
+                        None if options.force => chosen.push((*id, row, None, true)),
+                        None => {}
+                    }
                 }
-                let records = self.records_of(key, chosen.iter().map(|(id, _, _)| *id)).await?;
-                let mut txn = self.client.txn();
-                let (mut took, mut removed) = (Vec::new(), Vec::new());
-                for ((id, row, before), record) in chosen.into_iter().zip(records) {
+                if chosen.is_empty() {
+                    break Ok(());
+                }
+                let linear = self.linearizable();
+                let records = linear.records_of(key, chosen.iter().map(|(id, _, _, _)| *id)).await?;
+                let mut txn = self.client.txn().when(Condition::exists(group_key.clone()));
+                let (mut took, mut removed, mut bytes) = (Vec::new(), Vec::new(), 0usize);
+                for ((id, row, before, claim), record) in chosen.into_iter().zip(records) {
                     let condition = match &before {
                         Some((_, revision)) => Condition::mod_revision(row.clone(), Compare::Eq, *revision),
                         None => Condition::absent(row.clone()),
                     };
                     match record {
-                        Some(record) => {
+                        Some(record) if claim => {
                             let pending = options.claimed(consumer, before.as_ref().map(|(p, _)| p), now);
                             txn = txn.when(condition).then(TxnOp::put(row.clone(), pending.encode()));
+                            bytes += record_bytes(&record);
                             took.push(record);
                         }
+                        // Still there and not idle: left alone.
+                        Some(_) => {}
                         // The entry is gone: its row goes (a forced id of no entry is passed).
                         None if before.is_some() => {
                             txn = txn.when(condition).then(TxnOp::delete(row.clone()));
@@ -1249,18 +1279,32 @@ impl Streams<'_> {
                     }
                 }
                 if took.is_empty() && removed.is_empty() {
-                    break;
+                    break Ok(());
+                }
+                if !claimed.is_empty() && claimed_bytes + bytes > REPLY_BYTES_MAX {
+                    return Ok((claimed, gone));
                 }
                 match txn.commit().await {
                     Ok(TxnOutcome::Committed { succeeded: true, .. }) => {
+                        claimed_bytes += bytes;
                         claimed.extend(took);
                         gone.extend(removed);
-                        break;
+                        break Ok(());
                     }
-                    Ok(TxnOutcome::Committed { .. }) => continue,
-                    Ok(TxnOutcome::Aborted { reason, .. }) => return Err(op_refusal(reason)),
-                    Err(e) => return Err(client_error(&e)),
+                    Ok(TxnOutcome::Committed { .. }) => match self.client.kv().get(&group_key).await {
+                        Ok(Some(_)) => continue,
+                        Ok(None) => break Err(no_group(key, group, "")),
+                        Err(e) => break Err(client_error(&e)),
+                    },
+                    Ok(TxnOutcome::Aborted { reason, .. }) => break Err(op_refusal(reason)),
+                    Err(e) => break Err(client_error(&e)),
                 }
+            };
+            match outcome {
+                Ok(()) => {}
+                // What committed stands: answered, the rest left pending.
+                Err(_) if !claimed.is_empty() || !gone.is_empty() => return Ok((claimed, gone)),
+                Err(reply) => return Err(reply),
             }
         }
         Ok((claimed, gone))

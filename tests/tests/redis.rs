@@ -1226,7 +1226,19 @@ fn streams_answer_as_redis_does_and_are_basalt_topics() {
         raw.call(&["XAUTOCLAIM", "s:claims", "g", "dave", "0", "0-0", "JUSTID"]),
         format!("*3\r\n$3\r\n0-0\r\n*2\r\n{}{}*0\r\n", bulk(&id1), bulk(&id2))
     );
-    let _ = c2;
+    assert_eq!(
+        raw.call(&["XAUTOCLAIM", "s:claims", "g", "erin", "0", "-", "COUNT", "1", "JUSTID"]),
+        format!("*3\r\n{}*1\r\n{}*0\r\n", bulk(&id2), bulk(&id1))
+    );
+    // FORCE makes an entry no consumer has pending someone's, counting its first delivery.
+    assert_eq!(raw.call(&["XACK", "s:claims", "g", &id2]), ":1\r\n");
+    assert_eq!(
+        raw.call(&["XCLAIM", "s:claims", "g", "frank", "0", &id2, "FORCE"]),
+        format!("*1\r\n{c2}")
+    );
+    assert!(raw
+        .call(&["XPENDING", "s:claims", "g", "-", "+", "10", "frank"])
+        .ends_with(":2\r\n"));
     assert_eq!(
         raw.call(&["XPENDING", "s:claims", "nog"]),
         "-NOGROUP No such key 's:claims' or consumer group 'nog'\r\n"
@@ -1243,6 +1255,8 @@ fn streams_answer_as_redis_does_and_are_basalt_topics() {
     assert_eq!(raw.call(&["XADD", "s:text", "*", "a", "1"]), wrongtype);
     assert_eq!(raw.call(&["XLEN", "s:text"]), wrongtype);
     assert_eq!(raw.call(&["XRANGE", "s:text", "-", "+"]), wrongtype);
+    assert_eq!(raw.call(&["XPENDING", "s:text", "g"]), wrongtype);
+    assert_eq!(raw.call(&["XCLAIM", "s:text", "g", "c", "0", "1-1"]), wrongtype);
     assert_eq!(raw.call(&["XADD", "s:nomk", "NOMKSTREAM", "*", "a", "1"]), "$-1\r\n");
     assert!(raw
         .call(&["XADD", "s:orders", "5-1", "a", "1"])
