@@ -659,14 +659,16 @@ impl Streams<'_> {
 
     /// `XGROUP CREATE key group id|$ [MKSTREAM]`.
     pub async fn xgroup_create(&self, key: &[u8], group: &[u8], from: ReadFrom, create: bool) -> Reply {
-        let partition = match self.partition(key).await {
+        // Where the group starts is decided on the stream as it is now, not a replica's view.
+        let this = self.linearizable();
+        let partition = match this.partition(key).await {
             Ok(Some(p)) => p,
             Ok(None) if create => {
                 if let Err(reply) = self.check_not_a_key(key).await {
                     return reply;
                 }
                 match self.create(key).await.and(Ok(())) {
-                    Ok(()) => match self.partition(key).await {
+                    Ok(()) => match this.partition(key).await {
                         Ok(Some(p)) => p,
                         Ok(None) => return Reply::error("ERR the stream was deleted while it was created"),
                         Err(reply) => return reply,
@@ -689,7 +691,7 @@ impl Streams<'_> {
                 next_offset: partition.high_watermark,
                 last_delivered: StreamId::MIN,
             },
-            ReadFrom::After(id) => match self.offset_after(key, id, &partition).await {
+            ReadFrom::After(id) => match this.offset_after(key, id, &partition).await {
                 Ok(next_offset) => GroupState {
                     next_offset,
                     last_delivered: id,
