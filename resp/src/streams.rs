@@ -1255,7 +1255,9 @@ impl Streams<'_> {
                     break Ok(());
                 }
                 let linear = self.linearizable();
-                let records = linear.records_of(key, chosen.iter().map(|(id, _, _, _)| *id)).await?;
+                let records = linear
+                    .records_of(key, chosen.iter().map(|(id, _, _, _)| *id), "XCLAIM")
+                    .await?;
                 let mut txn = self.client.txn().when(Condition::exists(group_key.clone()));
                 let (mut took, mut removed, mut bytes) = (Vec::new(), Vec::new(), 0usize);
                 for ((id, row, before, claim), record) in chosen.into_iter().zip(records) {
@@ -1312,12 +1314,14 @@ impl Streams<'_> {
         Ok((claimed, gone))
     }
 
-    /// The records of `ids` (in order), `None` for one that no longer exists; a fetch per run
-    /// of consecutive offsets.
+    /// The records of `ids` (in order), `None` for one that no longer exists (below the oldest
+    /// record kept, or of a stream created again); read per run of consecutive offsets, page by
+    /// page, within [`REPLY_BYTES_MAX`] per run (`what` names the command in that error).
     async fn records_of(
         &self,
         key: &[u8],
         ids: impl Iterator<Item = StreamId>,
+        what: &str,
     ) -> Result<Vec<Option<FetchedRecord>>, Reply> {
         let ids: Vec<StreamId> = ids.collect();
         let mut out = Vec::with_capacity(ids.len());
@@ -1330,7 +1334,7 @@ impl Streams<'_> {
                 .take_while(|(n, id)| first.checked_add(*n as u64) == Some(id.seq))
                 .count();
             let records = self
-                .read_range(key, first, first.saturating_add(run as u64), run, "XCLAIM", false)
+                .read_range(key, first, first.saturating_add(run as u64), run, what, false)
                 .await?;
             let mut by_offset: std::collections::HashMap<u64, FetchedRecord> =
                 records.into_iter().map(|r| (r.offset, r)).collect();
@@ -1365,36 +1369,22 @@ impl Streams<'_> {
             ids.len() < wanted
         })
         .await?;
-        // The entries, read per run of consecutive offsets (page by page, from the oldest kept
-        // when retention passed the run's start); one not found (removed, or of a stream
-        // created again) answers nil.
+        // The entries, read per run of consecutive offsets; one not found (removed, or of a
+        // stream created again) answers nil.
+        let records = self.records_of(key, ids.iter().copied(), "XREADGROUP").await?;
         let mut entries = Vec::with_capacity(ids.len());
         let mut bytes = 0usize;
-        let mut at = 0;
-        while at < ids.len() {
-            let first = ids[at].seq;
-            let run = ids[at..]
-                .iter()
-                .enumerate()
-                .take_while(|(n, id)| first.checked_add(*n as u64) == Some(id.seq))
-                .count();
-            let end = first.saturating_add(run as u64);
-            let records = self.read_range(key, first, end, run, "XREADGROUP", false).await?;
-            let by_offset: std::collections::HashMap<u64, &FetchedRecord> =
-                records.iter().map(|r| (r.offset, r)).collect();
-            for id in &ids[at..at + run] {
-                match by_offset.get(&id.seq).filter(|r| id_of(r) == *id) {
-                    Some(record) => {
-                        bytes += record_bytes(record);
-                        if bytes > REPLY_BYTES_MAX {
-                            return Err(too_large("XREADGROUP"));
-                        }
-                        entries.push(entry_reply((*record).clone()));
+        for (id, record) in ids.into_iter().zip(records) {
+            match record {
+                Some(record) => {
+                    bytes += record_bytes(&record);
+                    if bytes > REPLY_BYTES_MAX {
+                        return Err(too_large("XREADGROUP"));
                     }
-                    None => entries.push(Reply::Array(vec![Reply::Bulk(id.bulk()), Reply::NullArray])),
+                    entries.push(entry_reply(record));
                 }
+                None => entries.push(Reply::Array(vec![Reply::Bulk(id.bulk()), Reply::NullArray])),
             }
-            at += run;
         }
         Ok(Reply::Array(entries))
     }
