@@ -664,7 +664,7 @@ impl Connection {
                 let glob = Glob::new(&pattern);
                 let pattern = (!glob.matches_everything()).then_some(&glob);
                 match self.keys().walk(pattern, "KEYS").await {
-                    Ok(keys) => Reply::Array(keys.into_iter().map(Reply::Bulk).collect()),
+                    Ok(keys) => Reply::Array(keys.into_iter().map(|(key, _)| Reply::Bulk(key)).collect()),
                     Err(reply) => reply,
                 }
             }

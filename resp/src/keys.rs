@@ -25,7 +25,7 @@ use crate::limits::{
     VALUE_BYTES_MAX,
 };
 use crate::reply_error::client_error;
-use crate::stream_ids::RESERVED_KEY_PREFIX;
+use crate::stream_ids::{stream_row, RESERVED_KEY_PREFIX};
 use crate::typed::{self, Value};
 
 /// This node's wall clock in Unix milliseconds: what `EXAT` times and `TTL` answers are read
@@ -422,7 +422,7 @@ impl Keys<'_> {
 
     /// Every key matching `pattern`, at most [`KEYSPACE_WALK_KEYS_MAX`] read and
     /// [`REPLY_BYTES_MAX`] of names kept.
-    pub async fn walk(&self, pattern: Option<&Glob>, what: &str) -> Result<Vec<Bytes>, Reply> {
+    pub async fn walk(&self, pattern: Option<&Glob>, what: &str) -> Result<Vec<(Bytes, &'static str)>, Reply> {
         let mut keys = Vec::new();
         let mut after = Vec::new();
         let mut read = 0usize;
@@ -434,7 +434,7 @@ impl Keys<'_> {
             if bytes > REPLY_BYTES_MAX {
                 return Err(too_large(what));
             }
-            keys.extend(page.into_iter().map(|(k, _)| k));
+            keys.extend(page);
             match next {
                 None => return Ok(keys),
                 Some(_) if read >= KEYSPACE_WALK_KEYS_MAX => {
@@ -470,38 +470,61 @@ impl Keys<'_> {
 
     /// One page of at most `limit` keys after `after`: the keys matching `pattern` with their
     /// types' names, where the next page starts (`None`: the keyspace is done), and how many
-    /// keys the page read (fewer than asked when the values are large).
+    /// keys the page read (fewer than asked when the values are large). The keyspace is walked
+    /// in two phases: the KV keys (Basalt's own rows left out), then the streams RESP created,
+    /// read from their mark rows ([`stream_row`]); a place in the second phase is a mark row's
+    /// key, or [`STREAMS_PHASE_START`] for its beginning.
     async fn page(
         &self,
         after: &[u8],
         pattern: Option<&Glob>,
         limit: u32,
     ) -> Result<(Vec<(Bytes, &'static str)>, Option<Bytes>, usize), Reply> {
-        let prefix = pattern.map(Glob::literal_prefix).unwrap_or_default();
+        let literal = pattern.map(Glob::literal_prefix).unwrap_or_default();
+        let marks = stream_row(b"");
+        let in_streams = after == STREAMS_PHASE_START || after.starts_with(&marks);
+        let (prefix, start_after) = if in_streams {
+            let start_after = if after == STREAMS_PHASE_START { &[][..] } else { after };
+            (stream_row(&literal), start_after)
+        } else {
+            (literal, after)
+        };
         let page = self
             .client
             .kv()
-            .scan_page(&prefix, after, limit, self.reads)
+            .scan_page(&prefix, start_after, limit, self.reads)
             .await
             .map_err(|e| client_error(&e))?;
         let read = page.items.len();
-        let next = if page.more {
-            page.items.last().map(|(k, _)| k.clone())
-        } else {
-            None
+        let next = match page.items.last() {
+            Some((last, _)) if page.more => Some(last.clone()),
+            // The KV keys are done: the streams follow.
+            _ if !in_streams => Some(STREAMS_PHASE_START.to_vec()),
+            _ => None,
         };
         let keys = page
             .items
             .into_iter()
-            .filter(|(k, _)| !k.starts_with(RESERVED_KEY_PREFIX) && pattern.is_none_or(|p| p.matches(k)))
-            .map(|(k, value)| {
-                let kind = typed::type_name_of(&value);
-                (k, kind)
+            .filter_map(|(key, value)| {
+                if in_streams {
+                    let name = key.strip_prefix(marks.as_slice())?.to_vec();
+                    pattern.is_none_or(|p| p.matches(&name)).then_some((name, "stream"))
+                } else {
+                    let shown = !key.starts_with(RESERVED_KEY_PREFIX) && pattern.is_none_or(|p| p.matches(&key));
+                    shown.then(|| {
+                        let kind = typed::type_name_of(&value);
+                        (key, kind)
+                    })
+                }
             })
             .collect();
         Ok((keys, next, read))
     }
 }
+
+/// Where a keyspace walk's second phase, the streams, begins (a place no key can hold: keys
+/// beginning with [`RESERVED_KEY_PREFIX`] are refused, and no mark row is this).
+const STREAMS_PHASE_START: &[u8] = b"\xffbasalt\x00streams phase\x00";
 
 fn too_large(what: &str) -> Reply {
     Reply::error(format!(

@@ -9,7 +9,7 @@ use basalt_client::{Client, TxnOp, TxnOutcome};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
-use crate::command::{errors, COMMANDS};
+use crate::command::{errors, Bytes, COMMANDS};
 use crate::frame::Reply;
 use crate::keys::{op_refusal, Keys};
 use crate::limits::{CONNECTIONS_MAX, TXN_OPS_MAX};
@@ -177,10 +177,11 @@ impl Shared {
                 "ERR FLUSHDB and FLUSHALL are refused: this node does not run in dev mode (--resp-allow-flush)",
             );
         }
-        let all = match keys.walk(None, "FLUSHDB").await {
-            Ok(all) => all,
+        let (streams, all): (Vec<_>, Vec<_>) = match keys.walk(None, "FLUSHDB").await {
+            Ok(all) => all.into_iter().partition(|(_, kind)| *kind == "stream"),
             Err(reply) => return reply,
         };
+        let all: Vec<Bytes> = all.into_iter().map(|(key, _)| key).collect();
         let mut deleted = 0usize;
         for chunk in all.chunks(TXN_OPS_MAX) {
             let mut txn = self.client.txn();
@@ -200,6 +201,18 @@ impl Shared {
                 ));
             }
             deleted += chunk.len();
+        }
+        // Then the streams RESP created, each with its groups.
+        let stream_commands = crate::streams::Streams {
+            client: &self.client,
+            appender: &self.appender,
+            reads: basalt_client::ReadConsistency::Linearizable,
+        };
+        for (name, _) in &streams {
+            if let Err(Reply::Error(text)) = stream_commands.delete(name).await {
+                return Reply::error(format!("ERR FLUSHDB stopped after deleting {deleted} keys: {text}"));
+            }
+            deleted += 1;
         }
         Reply::ok()
     }

@@ -586,10 +586,12 @@ fn auth_is_required_when_a_password_is_set() {
     let client = redis::Client::open(format!("redis://:s3cret@{}/", cluster.resp(3))).expect("client");
     let mut c = client.get_connection().expect("connect with a password");
     assert_eq!(redis::cmd("GET").arg("k").query::<String>(&mut c).expect("GET"), "v");
-    // A dev node (--resp-allow-flush) empties its cluster on FLUSHDB.
-    assert_eq!(raw.call(&["DBSIZE"]), ":1\r\n");
+    // A dev node (--resp-allow-flush) empties its cluster on FLUSHDB, streams included.
+    assert!(raw.call(&["XADD", "events", "*", "a", "1"]).starts_with('$'));
+    assert_eq!(raw.call(&["DBSIZE"]), ":2\r\n");
     assert_eq!(raw.call(&["FLUSHALL"]), "+OK\r\n");
     assert_eq!(raw.call(&["DBSIZE"]), ":0\r\n");
+    assert_eq!(raw.call(&["XLEN", "events"]), ":0\r\n");
 }
 
 fn tool(name: &str) -> Option<std::path::PathBuf> {
@@ -1277,8 +1279,35 @@ fn streams_answer_as_redis_does_and_are_basalt_topics() {
         "-ERR Invalid stream ID specified as stream command argument\r\n"
     );
     // Groups' rows are Basalt's own: out of the keyspace, and not writable through RESP.
-    assert_eq!(raw.call(&["KEYS", "*"]), "*2\r\n$7\r\ns:plain\r\n$6\r\ns:text\r\n");
-    assert_eq!(raw.call(&["DBSIZE"]), ":2\r\n");
+    // KEYS, SCAN and DBSIZE list the KV keys, then the streams.
+    assert_eq!(
+        raw.call(&["KEYS", "s:*"]),
+        "*6\r\n$7\r\ns:plain\r\n$6\r\ns:text\r\n$8\r\ns:claims\r\n$7\r\ns:fresh\r\n$7\r\ns:later\r\n$8\r\ns:orders\r\n"
+    );
+    assert_eq!(raw.call(&["DBSIZE"]), ":6\r\n");
+    let mut cursor = "0".to_string();
+    let mut streams = Vec::new();
+    loop {
+        let reply = raw.call(&["SCAN", &cursor, "MATCH", "s:*r*", "TYPE", "stream", "COUNT", "2"]);
+        let parts: Vec<&str> = reply.split("\r\n").collect();
+        cursor = parts[2].to_string();
+        streams.extend(
+            parts
+                .iter()
+                .skip(5)
+                .step_by(2)
+                .filter(|p| !p.is_empty())
+                .map(|p| p.to_string()),
+        );
+        if cursor == "0" {
+            break;
+        }
+    }
+    assert_eq!(
+        streams,
+        ["s:fresh", "s:later", "s:orders"],
+        "SCAN TYPE stream MATCH s:*r*"
+    );
     let reserved = b"\xffbasalt\x00xgroup\x00x";
     let mut request = format!("*3\r\n$3\r\nSET\r\n${}\r\n", reserved.len()).into_bytes();
     request.extend_from_slice(reserved);
