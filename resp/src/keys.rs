@@ -11,7 +11,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use basalt_client::limits::{GET_MANY_KEYS_MAX, KEY_BYTES_MAX};
+use basalt_client::limits::{GET_MANY_KEYS_MAX, KEY_BYTES_MAX, NAME_BYTES_MAX};
 use basalt_client::txn::Condition;
 use basalt_client::{Client, KvEntry, ReadConsistency, TxnOp, TxnOpResult, TxnOutcome};
 
@@ -406,17 +406,17 @@ impl Keys<'_> {
             .await
     }
 
-    /// One page of keys after `after` whose names match `pattern`: the keys with their types'
-    /// names, and where the next page starts (`None`: the keyspace is done). Reads about `count`
-    /// keys, as Redis's COUNT.
+    /// One page of keys from `place` (empty: the start; else a place an earlier page answered)
+    /// whose names match `pattern`: the keys with their types' names, and where the next page
+    /// starts (`None`: the keyspace is done). Reads about `count` keys, as Redis's COUNT.
     pub async fn scan_page(
         &self,
-        after: &[u8],
+        place: &[u8],
         pattern: Option<&Glob>,
         count: u64,
     ) -> Result<(Vec<(Bytes, &'static str)>, Option<Bytes>), Reply> {
         let limit = u32::try_from(count).unwrap_or(SCAN_PAGE_KEYS).clamp(1, SCAN_PAGE_KEYS);
-        let (keys, next, _) = self.page(after, pattern, limit).await?;
+        let (keys, next, _) = self.page(place, pattern, limit).await?;
         Ok((keys, next))
     }
 
@@ -472,20 +472,24 @@ impl Keys<'_> {
     /// types' names, where the next page starts (`None`: the keyspace is done), and how many
     /// keys the page read (fewer than asked when the values are large). The keyspace is walked
     /// in two phases: the KV keys (Basalt's own rows left out), then the streams RESP created,
-    /// read from their mark rows ([`stream_row`]); a place in the second phase is a mark row's
-    /// key, or [`STREAMS_PHASE_START`] for its beginning.
+    /// read from their mark rows ([`stream_row`]). A place is empty (the start), or a phase
+    /// byte ([`PHASE_KEYS`], [`PHASE_STREAMS`]) and the last row read in that phase: the phase
+    /// is said, never guessed from a key (a page of the KV keys may end on a mark row).
     async fn page(
         &self,
-        after: &[u8],
+        place: &[u8],
         pattern: Option<&Glob>,
         limit: u32,
     ) -> Result<(Vec<(Bytes, &'static str)>, Option<Bytes>, usize), Reply> {
         let literal = pattern.map(Glob::literal_prefix).unwrap_or_default();
         let marks = stream_row(b"");
-        let in_streams = after == STREAMS_PHASE_START || after.starts_with(&marks);
+        let (phase, after) = match place.split_first() {
+            Some((&phase, after)) => (phase, after),
+            None => (PHASE_KEYS, &[][..]),
+        };
+        let in_streams = phase == PHASE_STREAMS;
         let (prefix, start_after) = if in_streams {
-            let start_after = if after == STREAMS_PHASE_START { &[][..] } else { after };
-            (stream_row(&literal), start_after)
+            (stream_row(&literal), after)
         } else {
             (literal, after)
         };
@@ -497,9 +501,9 @@ impl Keys<'_> {
             .map_err(|e| client_error(&e))?;
         let read = page.items.len();
         let next = match page.items.last() {
-            Some((last, _)) if page.more => Some(last.clone()),
+            Some((last, _)) if page.more => Some([&[phase][..], last].concat()),
             // The KV keys are done: the streams follow.
-            _ if !in_streams => Some(STREAMS_PHASE_START.to_vec()),
+            _ if !in_streams => Some(vec![PHASE_STREAMS]),
             _ => None,
         };
         let keys = page
@@ -508,7 +512,10 @@ impl Keys<'_> {
             .filter_map(|(key, value)| {
                 if in_streams {
                     let name = key.strip_prefix(marks.as_slice())?.to_vec();
-                    pattern.is_none_or(|p| p.matches(&name)).then_some((name, "stream"))
+                    // A mark no RESP stream could have (written by another program) is passed.
+                    let shown =
+                        !name.is_empty() && name.len() <= NAME_BYTES_MAX && pattern.is_none_or(|p| p.matches(&name));
+                    shown.then_some((name, "stream"))
                 } else {
                     let shown = !key.starts_with(RESERVED_KEY_PREFIX) && pattern.is_none_or(|p| p.matches(&key));
                     shown.then(|| {
@@ -522,9 +529,10 @@ impl Keys<'_> {
     }
 }
 
-/// Where a keyspace walk's second phase, the streams, begins (a place no key can hold: keys
-/// beginning with [`RESERVED_KEY_PREFIX`] are refused, and no mark row is this).
-const STREAMS_PHASE_START: &[u8] = b"\xffbasalt\x00streams phase\x00";
+/// A keyspace walk's first phase: the KV keys.
+const PHASE_KEYS: u8 = 0;
+/// Its second phase: the streams RESP created.
+const PHASE_STREAMS: u8 = 1;
 
 fn too_large(what: &str) -> Reply {
     Reply::error(format!(

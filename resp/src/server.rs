@@ -209,10 +209,19 @@ impl Shared {
             reads: basalt_client::ReadConsistency::Linearizable,
         };
         for (name, _) in &streams {
-            if let Err(Reply::Error(text)) = stream_commands.delete(name).await {
-                return Reply::error(format!("ERR FLUSHDB stopped after deleting {deleted} keys: {text}"));
+            match stream_commands.delete(name).await {
+                Ok(true) => deleted += 1,
+                Ok(false) => {}
+                Err(reply) => {
+                    let text = match reply {
+                        Reply::Error(text) => text,
+                        other => format!("{other:?}"),
+                    };
+                    return Reply::error(format!(
+                        "ERR FLUSHDB stopped after deleting {deleted} keys and streams: {text}"
+                    ));
+                }
             }
-            deleted += 1;
         }
         Reply::ok()
     }

@@ -81,6 +81,18 @@ impl Raw {
         }
     }
 
+    /// A request of byte strings (keys that are not UTF-8).
+    fn call_bytes(&mut self, args: &[&[u8]]) -> String {
+        let mut request = format!("*{}\r\n", args.len()).into_bytes();
+        for arg in args {
+            request.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+            request.extend_from_slice(arg);
+            request.extend_from_slice(b"\r\n");
+        }
+        self.send(&request);
+        self.reply()
+    }
+
     fn call(&mut self, args: &[&str]) -> String {
         let mut request = format!("*{}\r\n", args.len());
         for arg in args {
@@ -1367,6 +1379,50 @@ fn streams_answer_as_redis_does_and_are_basalt_topics() {
     assert_eq!(raw.call(&["DEL", &long, "s:none"]), ":0\r\n");
     assert_eq!(raw.call(&["EXISTS", &long]), ":0\r\n");
     assert_eq!(raw.call(&["TYPE", &long]), "+none\r\n");
+
+    // A SCAN in small pages lists every key and stream once: the KV keys (those sorting after
+    // Basalt's reserved rows too), then the streams, whatever rows a page ends on.
+    assert_eq!(raw.call_bytes(&[b"SET", b"\xffzz", b"v"]), "+OK\r\n");
+    for n in 0..12 {
+        assert!(raw
+            .call(&["XADD", &format!("s:many{n:02}"), "*", "a", "1"])
+            .starts_with('$'));
+    }
+    let expected_keys: usize = raw
+        .call(&["DBSIZE"])
+        .trim_start_matches(':')
+        .trim()
+        .parse()
+        .expect("DBSIZE");
+    let mut cursor = "0".to_string();
+    let mut listed: Vec<String> = Vec::new();
+    for _ in 0..1000 {
+        let reply = raw.call(&["SCAN", &cursor, "COUNT", "3"]);
+        let parts: Vec<&str> = reply.split("\r\n").collect();
+        cursor = parts[2].to_string();
+        listed.extend(
+            parts
+                .iter()
+                .skip(5)
+                .step_by(2)
+                .filter(|p| !p.is_empty())
+                .map(|p| p.to_string()),
+        );
+        if cursor == "0" {
+            break;
+        }
+    }
+    assert_eq!(cursor, "0", "the scan ends");
+    let count = listed.len();
+    listed.sort();
+    listed.dedup();
+    assert_eq!(listed.len(), count, "a name listed twice: {listed:?}");
+    assert_eq!(count, expected_keys, "{listed:?}");
+    assert!(
+        listed.iter().any(|k| k == "\u{fffd}zz" || k.ends_with("zz")),
+        "the key after the reserved rows: {listed:?}"
+    );
+    assert_eq!(listed.iter().filter(|k| k.starts_with("s:many")).count(), 12);
 
     // DEL removes a stream with its groups; a new stream of the name starts afresh.
     assert_eq!(raw.call(&["DEL", "s:orders", "s:text", "s:none"]), ":2\r\n");
