@@ -1000,6 +1000,35 @@ fn hashes_and_sorted_sets_answer_as_redis_does() {
     );
 }
 
+/// Every name a full `SCAN` with `options` lists, page by page from cursor 0 (at most 1,000
+/// pages: a scan that does not end fails the test).
+fn scan_all(raw: &mut Raw, options: &[&str]) -> Vec<String> {
+    let mut cursor = "0".to_string();
+    let mut names = Vec::new();
+    for _ in 0..1000 {
+        let args: Vec<&str> = ["SCAN", cursor.as_str()]
+            .into_iter()
+            .chain(options.iter().copied())
+            .collect();
+        let reply = raw.call(&args);
+        // `*2 $n cursor *k $len name $len name ...`
+        let parts: Vec<&str> = reply.split("\r\n").collect();
+        cursor = parts[2].to_string();
+        names.extend(
+            parts
+                .iter()
+                .skip(5)
+                .step_by(2)
+                .filter(|p| !p.is_empty())
+                .map(|p| p.to_string()),
+        );
+        if cursor == "0" {
+            return names;
+        }
+    }
+    panic!("SCAN {options:?} did not end in 1,000 pages");
+}
+
 /// `[id, [field, value ...]]` as RESP2 bytes.
 fn entry_bytes(id: &str, fields: &[&str]) -> String {
     let mut out = format!("*2\r\n${}\r\n{id}\r\n*{}\r\n", id.len(), fields.len());
@@ -1297,24 +1326,7 @@ fn streams_answer_as_redis_does_and_are_basalt_topics() {
         "*6\r\n$7\r\ns:plain\r\n$6\r\ns:text\r\n$8\r\ns:claims\r\n$7\r\ns:fresh\r\n$7\r\ns:later\r\n$8\r\ns:orders\r\n"
     );
     assert_eq!(raw.call(&["DBSIZE"]), ":6\r\n");
-    let mut cursor = "0".to_string();
-    let mut streams = Vec::new();
-    loop {
-        let reply = raw.call(&["SCAN", &cursor, "MATCH", "s:*r*", "TYPE", "stream", "COUNT", "2"]);
-        let parts: Vec<&str> = reply.split("\r\n").collect();
-        cursor = parts[2].to_string();
-        streams.extend(
-            parts
-                .iter()
-                .skip(5)
-                .step_by(2)
-                .filter(|p| !p.is_empty())
-                .map(|p| p.to_string()),
-        );
-        if cursor == "0" {
-            break;
-        }
-    }
+    let streams = scan_all(&mut raw, &["MATCH", "s:*r*", "TYPE", "stream", "COUNT", "2"]);
     assert_eq!(
         streams,
         ["s:fresh", "s:later", "s:orders"],
@@ -1394,25 +1406,7 @@ fn streams_answer_as_redis_does_and_are_basalt_topics() {
         .trim()
         .parse()
         .expect("DBSIZE");
-    let mut cursor = "0".to_string();
-    let mut listed: Vec<String> = Vec::new();
-    for _ in 0..1000 {
-        let reply = raw.call(&["SCAN", &cursor, "COUNT", "3"]);
-        let parts: Vec<&str> = reply.split("\r\n").collect();
-        cursor = parts[2].to_string();
-        listed.extend(
-            parts
-                .iter()
-                .skip(5)
-                .step_by(2)
-                .filter(|p| !p.is_empty())
-                .map(|p| p.to_string()),
-        );
-        if cursor == "0" {
-            break;
-        }
-    }
-    assert_eq!(cursor, "0", "the scan ends");
+    let mut listed = scan_all(&mut raw, &["COUNT", "3"]);
     let count = listed.len();
     listed.sort();
     listed.dedup();

@@ -332,16 +332,7 @@ pub(crate) fn produce<S: StoreRead>(
                     let first_batch: Option<StoredBatch> =
                         load(view, Table::StreamBatch, &batch_key(topic, partition, p.first_offset))?;
                     let stamp = first_batch.map_or(0, |b| b.timestamp_ms);
-                    for (n, &i) in positions.iter().enumerate() {
-                        outcomes[i] = (
-                            Produced {
-                                partition,
-                                offset: p.first_offset + n as u64,
-                                duplicate: true,
-                            },
-                            stamp,
-                        );
-                    }
+                    answer_batch(&mut outcomes, &positions, partition, p.first_offset, true, stamp);
                     continue;
                 }
                 Some(p) if first != p.last_sequence.wrapping_add(1) => {
@@ -376,16 +367,7 @@ pub(crate) fn produce<S: StoreRead>(
                 .collect(),
         };
         let bytes = basalt_codec::encode(&batch);
-        for (n, &i) in positions.iter().enumerate() {
-            outcomes[i] = (
-                Produced {
-                    partition,
-                    offset: state.next_offset + n as u64,
-                    duplicate: false,
-                },
-                now_ms,
-            );
-        }
+        answer_batch(&mut outcomes, &positions, partition, state.next_offset, false, now_ms);
         state.bytes += bytes.len() as u64;
         view.put(
             Table::StreamBatch,
@@ -396,6 +378,28 @@ pub(crate) fn produce<S: StoreRead>(
         save(view, Table::StreamPartition, partition_key(topic, partition), &state);
     }
     Ok(Response::ProducedStamped(outcomes))
+}
+
+/// Answers the records at `positions` of a produce request as one batch of `partition` from
+/// `first_offset` on, stamped `stamp`.
+fn answer_batch(
+    outcomes: &mut [(Produced, u64)],
+    positions: &[usize],
+    partition: u32,
+    first_offset: u64,
+    duplicate: bool,
+    stamp: u64,
+) {
+    for (n, &i) in positions.iter().enumerate() {
+        outcomes[i] = (
+            Produced {
+                partition,
+                offset: first_offset + n as u64,
+                duplicate,
+            },
+            stamp,
+        );
+    }
 }
 
 /// Reads records from `offset` on: at most `max_records`, and no more than `max_bytes` of keys,
