@@ -175,20 +175,27 @@ pub struct StartArgs {
         "remote_region", "feed_retain_entries", "clock_skew_ms", "max_clock_offset_ms",
         "allow_clock_control", "home_region", "joining_region", "edge_listen", "origin", "cache_bytes",
         "cache_negative_ttl_ms", "origin_timeout_ms", "origin_requests_max", "resp_listen",
-        "resp_password", "resp_allow_flush",
+        "resp_password", "resp_allow_flush", "peer_listen", "cluster_id",
     ])]
     config: Option<PathBuf>,
     #[arg(long)]
     id: Option<u64>,
-    /// gRPC listen address (client API and Raft).
+    /// gRPC listen address: the client API (and Raft, without --peer-listen).
     #[arg(long)]
     listen: Option<std::net::SocketAddr>,
+    /// The peer listener: Raft and snapshots between the members, apart from the client API
+    /// (this node's --peers entry then names it: ID=CLIENT/PEER).
+    #[arg(long)]
+    peer_listen: Option<std::net::SocketAddr>,
+    /// The cluster this node must belong to (32 hex digits, from `basalt cluster status`).
+    #[arg(long)]
+    cluster_id: Option<String>,
     /// HTTP address for /metrics and /health.
     #[arg(long)]
     http: Option<std::net::SocketAddr>,
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Initial voters: 1=host:port,2=host:port,...
+    /// Initial voters: 1=host:port,2=host:port,... or, with peer listeners, ID=CLIENT/PEER.
     #[arg(long, default_value = "")]
     peers: String,
     /// Bootstrap a new cluster from --peers if this node's storage is empty.
@@ -365,6 +372,8 @@ fn start_config(args: StartArgs) -> Result<NodeConfig, String> {
     let config = NodeConfig {
         id: args.id.ok_or_else(|| missing("id"))?,
         listen: args.listen.ok_or_else(|| missing("listen"))?,
+        peer_listen: args.peer_listen,
+        cluster_id: args.cluster_id,
         http: args.http,
         data_dir: args.data_dir.ok_or_else(|| missing("data-dir"))?,
         peers: config::parse_peers(&args.peers).map_err(|e| e.to_string())?,

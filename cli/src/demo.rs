@@ -317,13 +317,13 @@ impl TempCluster {
         let mut reserve = || reserve(&mut ports);
         let mut addresses = Vec::new();
         for _ in 0..system.nodes {
-            addresses.push((reserve()?, reserve()?));
+            addresses.push((reserve()?, reserve()?, reserve()?));
         }
-        let endpoints: Vec<String> = addresses.iter().map(|(grpc, _)| grpc.clone()).collect();
-        let peers: Vec<String> = endpoints
+        let endpoints: Vec<String> = addresses.iter().map(|(grpc, _, _)| grpc.clone()).collect();
+        let peers: Vec<String> = addresses
             .iter()
             .enumerate()
-            .map(|(i, addr)| format!("{}={addr}", i + 1))
+            .map(|(i, (grpc, _, peer))| crate::dev::member_flag(i + 1, grpc, peer))
             .collect();
         crate::outln!(
             "basalt demo {}: starting a temporary {}-node cluster in {}",
@@ -332,7 +332,7 @@ impl TempCluster {
             dir.path().display()
         );
         let mut nodes = Vec::new();
-        for (i, (grpc, http)) in addresses.iter().enumerate() {
+        for (i, (grpc, http, peer)) in addresses.iter().enumerate() {
             let id = i as u16 + 1;
             let started = spawn_node(
                 &exe,
@@ -340,6 +340,7 @@ impl TempCluster {
                     label: format!("node {id}"),
                     id,
                     grpc: grpc.clone(),
+                    peer: peer.clone(),
                     http: http.clone(),
                     dir: dir.path().join(format!("node-{id}")),
                     log: dir.path().join(format!("node-{id}.log")),
@@ -389,6 +390,7 @@ impl TempCluster {
         let mut ports = Vec::new();
         let mut addresses = RegionAddresses {
             grpc: BTreeMap::new(),
+            peer: BTreeMap::new(),
             http: BTreeMap::new(),
             edges: BTreeMap::new(),
             resp: BTreeMap::new(),
@@ -408,6 +410,9 @@ impl TempCluster {
             let http = (0..region.nodes)
                 .map(|_| reserve(&mut ports))
                 .collect::<Result<_, _>>()?;
+            let peer = (0..region.nodes)
+                .map(|_| reserve(&mut ports))
+                .collect::<Result<_, _>>()?;
             let edges = match system.origin {
                 true => (0..region.nodes)
                     .map(|_| reserve(&mut ports))
@@ -416,6 +421,7 @@ impl TempCluster {
             };
             addresses.grpc.insert(r, grpc);
             addresses.http.insert(r, http);
+            addresses.peer.insert(r, peer);
             addresses.edges.insert(r, edges);
         }
         for _ in 0..proxies_needed(&topology) {

@@ -30,6 +30,10 @@ pub struct DevArgs {
     /// gRPC port of node 1; node N listens on base + N - 1 (region R adds 100 × R).
     #[arg(long, default_value_t = 7001)]
     pub(crate) base_port: u16,
+    /// Peer port of node 1 (Raft between the nodes, apart from the client API); node N listens
+    /// on base + N - 1 (region R adds 100 × R).
+    #[arg(long, default_value_t = 2380)]
+    pub(crate) peer_base_port: u16,
     /// HTTP port of node 1 (/metrics, /health).
     #[arg(long, default_value_t = 8001)]
     pub(crate) http_base_port: u16,
@@ -99,12 +103,19 @@ pub(crate) struct NodeLaunch {
     pub(crate) label: String,
     pub(crate) id: u16,
     pub(crate) grpc: String,
+    /// The peer listener: Raft goes there instead of the client port.
+    pub(crate) peer: String,
     pub(crate) http: String,
     pub(crate) dir: PathBuf,
     pub(crate) log: PathBuf,
     pub(crate) peers: String,
     pub(crate) init: bool,
     pub(crate) extra: Vec<String>,
+}
+
+/// One member of `--peers`: `ID=CLIENT/PEER`.
+pub(crate) fn member_flag(id: impl std::fmt::Display, client: &str, peer: &str) -> String {
+    format!("{id}={client}/{peer}")
 }
 
 pub(crate) fn spawn_node(exe: &std::path::Path, launch: &NodeLaunch) -> Result<NodeProcess, String> {
@@ -120,6 +131,7 @@ pub(crate) fn spawn_node(exe: &std::path::Path, launch: &NodeLaunch) -> Result<N
         .arg("start")
         .args(["--id", &launch.id.to_string()])
         .args(["--listen", &launch.grpc])
+        .args(["--peer-listen", &launch.peer])
         .args(["--http", &launch.http])
         .arg("--data-dir")
         .arg(&launch.dir)
@@ -172,7 +184,14 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| format!("locating the basalt binary: {e}"))?;
 
     let addr = |i: u16| format!("127.0.0.1:{}", args.base_port + i - 1);
-    let peers: Vec<String> = (1..=args.nodes).map(|i| format!("{i}={}", addr(i))).collect();
+    let peer = |i: u16| format!("127.0.0.1:{}", u32::from(args.peer_base_port) + u32::from(i) - 1);
+    if u32::from(args.peer_base_port) + u32::from(args.nodes) - 1 > u32::from(u16::MAX) {
+        return Err(format!(
+            "--peer-base-port {} leaves no port for node {}",
+            args.peer_base_port, args.nodes
+        ));
+    }
+    let peers: Vec<String> = (1..=args.nodes).map(|i| member_flag(i, &addr(i), &peer(i))).collect();
     // Checked here, before any node starts, for one clear error instead of one per node.
     for origin in &args.origin {
         basalt_server::config::parse_origin(origin).map_err(|e| e.to_string())?;
@@ -204,6 +223,7 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
                 label: format!("node {i}"),
                 id: i,
                 grpc: addr(i),
+                peer: peer(i),
                 http: format!("127.0.0.1:{}", args.http_base_port + i - 1),
                 dir: dir.join(format!("node-{i}")),
                 log: dir.join(format!("node-{i}.log")),
@@ -227,9 +247,10 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
     for (i, (p, endpoint)) in processes.iter().zip(&endpoints).enumerate() {
         let i = i as u16 + 1;
         crate::outln!(
-            "  {}  grpc {}  resp {}  http 127.0.0.1:{}{}  pid {}  log {}",
+            "  {}  grpc {}  peer {}  resp {}  http 127.0.0.1:{}{}  pid {}  log {}",
             p.label,
             endpoint,
+            peer(i),
             resp(i),
             args.http_base_port + i - 1,
             edge(i).map_or_else(String::new, |e| format!("  edge {e}")),

@@ -109,6 +109,8 @@ fn control_router(wan: Wan) -> Router {
 /// Where every node and link proxy of a multi-region cluster listens, per region index.
 pub(crate) struct RegionAddresses {
     pub(crate) grpc: BTreeMap<usize, Vec<String>>,
+    /// Each node's peer listener (Raft within its region).
+    pub(crate) peer: BTreeMap<usize, Vec<String>>,
     pub(crate) http: BTreeMap<usize, Vec<String>>,
     /// Empty for a region without edge caches.
     pub(crate) edges: BTreeMap<usize, Vec<String>>,
@@ -177,8 +179,9 @@ pub(crate) async fn launch(
         let region_dir = dir.join(&region.name);
         let peers: Vec<String> = grpc[&r]
             .iter()
+            .zip(&addresses.peer[&r])
             .enumerate()
-            .map(|(i, a)| format!("{}={a}", i + 1))
+            .map(|(i, (client, peer))| crate::dev::member_flag(i + 1, client, peer))
             .collect();
         let mut extra = vec![
             "--region".to_string(),
@@ -221,6 +224,7 @@ pub(crate) async fn launch(
                     label: format!("{} node {i}", region.name),
                     id: i,
                     grpc: grpc[&r][usize::from(i) - 1].clone(),
+                    peer: addresses.peer[&r][usize::from(i) - 1].clone(),
                     http: addresses.http[&r][usize::from(i) - 1].clone(),
                     dir: region_dir.join(format!("node-{i}")),
                     log: region_dir.join(format!("node-{i}.log")),
@@ -268,6 +272,7 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
     };
     let mut addresses = RegionAddresses {
         grpc: BTreeMap::new(),
+        peer: BTreeMap::new(),
         http: BTreeMap::new(),
         edges: BTreeMap::new(),
         resp: BTreeMap::new(),
@@ -280,6 +285,7 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
     };
     for (r, region) in topology.regions.iter().enumerate() {
         addresses.grpc.insert(r, addrs(args.base_port, r, region.nodes)?);
+        addresses.peer.insert(r, addrs(args.peer_base_port, r, region.nodes)?);
         addresses.http.insert(r, addrs(args.http_base_port, r, region.nodes)?);
         let region_edges = match args.origin.is_empty() {
             true => Vec::new(),
@@ -348,10 +354,11 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
     );
     for (r, region) in topology.regions.iter().enumerate() {
         crate::outln!(
-            "  region {} (id {}): grpc {}  logs {}",
+            "  region {} (id {}): grpc {}  peer {}  logs {}",
             region.name,
             r + 1,
             grpc[&r].join(" "),
+            addresses.peer[&r].join(" "),
             dir.join(&region.name).display()
         );
         crate::outln!("    resp {}", resp[&r].join(" "));

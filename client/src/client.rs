@@ -633,14 +633,28 @@ impl Client {
             .map_err(one_attempt_failed)
     }
 
-    /// Adds a node as a learner; returns once it has caught up with the leader's log.
+    /// Adds a node that serves Raft on its client port (no `--peer-listen`) as a learner;
+    /// returns once it has caught up with the leader's log.
     pub async fn add_node(&self, id: u64, addr: &str) -> Result<Vec<pb::Member>, ClientError> {
+        self.add_member(id, addr, None).await
+    }
+
+    /// Adds a node as a learner: `addr` is its client address, `peer_addr` its peer listener
+    /// (`--peer-listen`), where the members reach it for Raft. Returns once it has caught up with
+    /// the leader's log.
+    pub async fn add_member(
+        &self,
+        id: u64,
+        addr: &str,
+        peer_addr: Option<&str>,
+    ) -> Result<Vec<pb::Member>, ClientError> {
         let reply = self
             .unary(
                 true,
                 pb::AddNodeRequest {
                     id,
                     addr: addr.to_string(),
+                    peer_addr: peer_addr.unwrap_or_default().to_string(),
                 },
                 |c, r| async move { crate::service_client!(ClusterClient, c).add_node(r).await },
             )

@@ -5,8 +5,10 @@
 //! May not touch: what an op means (apply and reads are `basalt-storage`'s) or the client API
 //! (`basalt-server`'s).
 
+pub mod cluster_guard;
 pub mod limits;
 pub mod log_store;
+pub mod member_addr;
 pub mod network;
 pub mod state_machine;
 

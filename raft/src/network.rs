@@ -20,6 +20,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status, Streaming};
 
+use crate::cluster_guard::{ClusterGuard, Side};
+use crate::member_addr::MemberAddr;
 use crate::pb::raft_service_client::RaftServiceClient;
 use crate::pb::raft_service_server::{RaftService, RaftServiceServer};
 use crate::pb::{RaftMessage, SnapshotChunk};
@@ -40,6 +42,8 @@ pub struct NetworkFactory {
     stats: Arc<NetworkStats>,
     /// Every message carries this clock's wall-clock reading, for the receiver's offset check.
     clock: Arc<Hlc>,
+    /// Every message names this node's cluster id; every reply's is checked.
+    cluster: Arc<ClusterGuard>,
 }
 
 /// What the outgoing side of the Raft network counts, for `/metrics`.
@@ -50,11 +54,12 @@ pub struct NetworkStats {
 }
 
 impl NetworkFactory {
-    pub fn new(routes: BTreeMap<NodeId, String>, clock: Arc<Hlc>) -> NetworkFactory {
+    pub fn new(routes: BTreeMap<NodeId, String>, clock: Arc<Hlc>, cluster: Arc<ClusterGuard>) -> NetworkFactory {
         NetworkFactory {
             routes: Arc::new(routes),
             stats: Arc::default(),
             clock,
+            cluster,
         }
     }
 
@@ -73,6 +78,7 @@ enum Unary {
 pub struct NetworkConnection {
     target: NodeId,
     clock: Arc<Hlc>,
+    cluster: Arc<ClusterGuard>,
     client: Option<RaftServiceClient<Channel>>,
     addr: String,
     /// Replication streams to this target that failed to open, in a row.
@@ -98,11 +104,22 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = NetworkConnection;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
+        // The peer listener's address when the member has one: Raft never goes to a client port
+        // of a node that has a peer port.
+        let addr = match self.routes.get(&target) {
+            Some(route) => route.clone(),
+            None => match MemberAddr::parse(&node.addr) {
+                Ok(member) => member.raft().to_string(),
+                // Dialing it fails, and the failure names the address.
+                Err(_) => node.addr.clone(),
+            },
+        };
         NetworkConnection {
             target,
             clock: self.clock.clone(),
+            cluster: self.cluster.clone(),
             client: None,
-            addr: self.routes.get(&target).unwrap_or(&node.addr).clone(),
+            addr,
             stream_failures: 0,
             stats: self.stats.clone(),
         }
@@ -153,22 +170,44 @@ impl NetworkConnection {
         Resp: serde::de::DeserializeOwned,
     {
         let mut client = self.client()?;
-        let request = Self::request(message(&self.clock, encode(rpc)), option);
+        let request = self.request(message(&self.clock, encode(rpc)), option);
         let reply = match kind {
             Unary::Append => client.append(request).await,
             Unary::Vote => client.vote(request).await,
             Unary::PreVote => client.pre_vote(request).await,
-        }
-        .map_err(status_error)?
-        .into_inner();
+        };
+        let reply = self.check_reply(reply)?.into_inner();
         self.clock.record_peer_wall(self.target, reply.sender_wall_ms);
         decode(&reply.data).map_err(network_error)
     }
 
-    fn request<T>(message: T, option: &RPCOption) -> Request<T> {
-        let mut request = with_data_format(Request::new(message));
+    fn request<T>(&self, message: T, option: &RPCOption) -> Request<T> {
+        let mut request = self.named(message);
         request.set_timeout(option.hard_ttl().max(RPC_DEADLINE_MIN));
         request
+    }
+
+    /// A request naming this build's data format and this node's cluster id.
+    fn named<T>(&self, message: T) -> Request<T> {
+        let mut request = with_data_format(Request::new(message));
+        self.cluster.name(request.metadata_mut());
+        request
+    }
+
+    /// Checks the cluster id a reply (or a refusal) names: a peer of another cluster is refused
+    /// here too, so this node logs it and openraft sees a network error.
+    fn check_reply<T>(
+        &self,
+        reply: Result<tonic::Response<T>, Status>,
+    ) -> Result<tonic::Response<T>, RPCError<TypeConfig>> {
+        let metadata = match &reply {
+            Ok(response) => response.metadata(),
+            Err(status) => status.metadata(),
+        };
+        if let Err(refusal) = self.cluster.check(metadata, Side::Reply, &self.addr) {
+            return Err(network_error(refusal));
+        }
+        reply.map_err(status_error)
     }
 }
 
@@ -201,13 +240,23 @@ impl RaftNetworkV2<TypeConfig> for NetworkConnection {
             let requests = input.map(move |request| message(&clock, encode(&request)));
             // No deadline on the stream itself: it lives as long as replication to this target.
             // openraft times out the individual appends it is waiting for.
-            let mut request = with_data_format(Request::new(requests));
+            let mut request = self.named(requests);
             // Checked when the stream opens too: a refused open counts as a failed one, so a node
             // whose clock is off retries with pauses instead of reopening in a spin.
             request
                 .metadata_mut()
                 .insert(SENDER_WALL_MS_HEADER, self.clock.wall_ms().into());
-            let replies = match client.stream_append(request).await {
+            let opened = client.stream_append(request).await;
+            let refused = match &opened {
+                Ok(replies) => self.cluster.check(replies.metadata(), Side::Reply, &self.addr).err(),
+                Err(status) => self.cluster.check(status.metadata(), Side::Reply, &self.addr).err(),
+            };
+            if let Some(refusal) = refused {
+                self.stream_failures = self.stream_failures.saturating_add(1);
+                self.stats.stream_open_failures.fetch_add(1, Ordering::Relaxed);
+                return Err(network_error(refusal));
+            }
+            let replies = match opened {
                 Ok(replies) => {
                     self.stream_failures = 0;
                     replies.into_inner()
@@ -295,11 +344,11 @@ impl RaftNetworkV2<TypeConfig> for NetworkConnection {
                 }
             }
         });
-        let send = client.snapshot(with_data_format(Request::new(chunks)));
+        let send = client.snapshot(self.named(chunks));
         tokio::select! {
             closed = cancel => Err(StreamingError::Closed(closed)),
             reply = send => {
-                let reply = reply.map_err(|s| StreamingError::Network(NetworkError::new(&s)))?;
+                let reply = self.check_reply(reply).map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
                 decode(&reply.into_inner().data).map_err(|e| StreamingError::Network(NetworkError::new(&e)))
             }
         }
@@ -358,14 +407,21 @@ pub struct RaftGrpcService {
     raft: Raft,
     incoming_dir: PathBuf,
     clock: Arc<Hlc>,
+    cluster: Arc<ClusterGuard>,
 }
 
 impl RaftGrpcService {
-    pub fn new(raft: Raft, incoming_dir: PathBuf, clock: Arc<Hlc>) -> RaftServiceServer<RaftGrpcService> {
+    pub fn new(
+        raft: Raft,
+        incoming_dir: PathBuf,
+        clock: Arc<Hlc>,
+        cluster: Arc<ClusterGuard>,
+    ) -> RaftServiceServer<RaftGrpcService> {
         RaftServiceServer::new(RaftGrpcService {
             raft,
             incoming_dir,
             clock,
+            cluster,
         })
         .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX)
@@ -390,24 +446,45 @@ fn check_sender_clock(clock: &Hlc, sender_wall_ms: u64, what: &str, check: PeerC
     })
 }
 
-/// Decodes a request, hands it to the local Raft, encodes the reply.
-async fn serve_unary<Req, Resp, E, Fut>(
-    clock: &Hlc,
-    request: Request<RaftMessage>,
-    call: impl FnOnce(Req) -> Fut,
-) -> Result<tonic::Response<RaftMessage>, Status>
-where
-    Req: serde::de::DeserializeOwned,
-    Resp: serde::Serialize,
-    E: std::fmt::Display,
-    Fut: Future<Output = Result<Resp, E>>,
-{
-    check_data_format(&request)?;
-    let request = request.into_inner();
-    check_sender_clock(clock, request.sender_wall_ms, "request", PeerCheck::Both)?;
-    let rpc = decode(&request.data).map_err(bad_request)?;
-    let reply = call(rpc).await.map_err(raft_failure)?;
-    Ok(tonic::Response::new(message(clock, encode(&reply))))
+/// Checks what a request names before anything of it is decoded: this build's data format, and
+/// this node's cluster (adopting the sender's id if this node has none yet).
+fn check_request<T>(cluster: &ClusterGuard, request: &Request<T>) -> Result<(), Status> {
+    check_data_format(request)?;
+    let peer = request
+        .remote_addr()
+        .map_or_else(|| "unknown".to_string(), |a| a.to_string());
+    cluster
+        .check(request.metadata(), Side::Request, &peer)
+        .map_err(|refusal| refusal.into_status(cluster.id()))
+}
+
+/// A reply naming this node's cluster id, for the sender's check.
+fn reply<T>(cluster: &ClusterGuard, message: T) -> tonic::Response<T> {
+    let mut response = tonic::Response::new(message);
+    cluster.name(response.metadata_mut());
+    response
+}
+
+impl RaftGrpcService {
+    /// Decodes a request, hands it to the local Raft, encodes the reply.
+    async fn serve_unary<Req, Resp, E, Fut>(
+        &self,
+        request: Request<RaftMessage>,
+        call: impl FnOnce(Req) -> Fut,
+    ) -> Result<tonic::Response<RaftMessage>, Status>
+    where
+        Req: serde::de::DeserializeOwned,
+        Resp: serde::Serialize,
+        E: std::fmt::Display,
+        Fut: Future<Output = Result<Resp, E>>,
+    {
+        check_request(&self.cluster, &request)?;
+        let request = request.into_inner();
+        check_sender_clock(&self.clock, request.sender_wall_ms, "request", PeerCheck::Both)?;
+        let rpc = decode(&request.data).map_err(bad_request)?;
+        let answer = call(rpc).await.map_err(raft_failure)?;
+        Ok(reply(&self.cluster, message(&self.clock, encode(&answer))))
+    }
 }
 
 fn bad_request(e: std::io::Error) -> Status {
@@ -431,7 +508,7 @@ impl RaftService for RaftGrpcService {
         // A message that does not decode, or whose sender's clock is off, ends the stream: the
         // leader sees it close and re-establishes replication, rather than the follower
         // skipping an entry batch.
-        check_data_format(&request)?;
+        check_request(&self.cluster, &request)?;
         let opened_at = request
             .metadata()
             .get(SENDER_WALL_MS_HEADER)
@@ -456,26 +533,26 @@ impl RaftService for RaftGrpcService {
             Ok(reply) => Ok(message(&clock, encode(&reply))),
             Err(fatal) => Err(Status::unavailable(format!("raft: {fatal}"))),
         });
-        Ok(tonic::Response::new(Box::pin(replies)))
+        Ok(reply(&self.cluster, Box::pin(replies) as Self::StreamAppendStream))
     }
 
     async fn append(&self, request: Request<RaftMessage>) -> Result<tonic::Response<RaftMessage>, Status> {
-        serve_unary(&self.clock, request, |rpc| self.raft.append_entries(rpc)).await
+        self.serve_unary(request, |rpc| self.raft.append_entries(rpc)).await
     }
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<tonic::Response<RaftMessage>, Status> {
-        serve_unary(&self.clock, request, |rpc| self.raft.vote(rpc)).await
+        self.serve_unary(request, |rpc| self.raft.vote(rpc)).await
     }
 
     async fn pre_vote(&self, request: Request<RaftMessage>) -> Result<tonic::Response<RaftMessage>, Status> {
-        serve_unary(&self.clock, request, |rpc| self.raft.pre_vote(rpc)).await
+        self.serve_unary(request, |rpc| self.raft.pre_vote(rpc)).await
     }
 
     async fn snapshot(
         &self,
         request: Request<Streaming<SnapshotChunk>>,
     ) -> Result<tonic::Response<RaftMessage>, Status> {
-        check_data_format(&request)?;
+        check_request(&self.cluster, &request)?;
         let mut chunks = request.into_inner();
         let first = chunks
             .next()
@@ -531,8 +608,8 @@ impl RaftService for RaftGrpcService {
             snapshot: SnapshotPack { path: path.clone() },
         };
         let result = self.raft.install_full_snapshot(vote, snapshot).await;
-        let reply = result.map_err(raft_failure)?;
-        Ok(tonic::Response::new(message(&self.clock, encode(&reply))))
+        let answer = result.map_err(raft_failure)?;
+        Ok(reply(&self.cluster, message(&self.clock, encode(&answer))))
     }
 }
 

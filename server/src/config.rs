@@ -4,19 +4,33 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use basalt_raft::member_addr::MemberAddr;
+use basalt_storage::cluster_id::ClusterId;
 use serde::Deserialize;
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     pub id: u64,
-    /// gRPC address: the client API and the Raft transport.
+    /// gRPC address: the client API (and the Raft transport when there is no `peer_listen`).
     pub listen: SocketAddr,
+    /// The peer listener (gRPC): Raft and snapshot transfers between the members, apart from
+    /// the client API, as etcd keeps 2380 apart from 2379. When set, the client port serves no
+    /// Raft. This node's `peers` entry must then name it (`ID=CLIENT/PEER`).
+    #[serde(default)]
+    pub peer_listen: Option<SocketAddr>,
+    /// The cluster this node must belong to (32 hex digits, as `basalt cluster status` prints
+    /// it). A node without an id takes this one; a node whose data belongs to another refuses to
+    /// start. Without it, `init` makes a new id and the other members take it from the first
+    /// Raft message they get.
+    #[serde(default)]
+    pub cluster_id: Option<String>,
     /// HTTP address for /metrics and /health.
     #[serde(default)]
     pub http: Option<SocketAddr>,
     pub data_dir: PathBuf,
-    /// The initial voters (id → gRPC address), this node included. Used only with `init`.
+    /// The initial voters (id → `CLIENT` or `CLIENT/PEER`: the client address, and the peer
+    /// listener's when the members have one), this node included. Used with `init`.
     #[serde(default)]
     pub peers: BTreeMap<u64, String>,
     /// Bootstrap a new cluster from `peers` if this node's storage is empty. Set it on one node.
@@ -556,6 +570,16 @@ impl NodeConfig {
         if self.init && !self.peers.contains_key(&self.id) {
             return invalid(format!("init needs this node (id {}) among the peers", self.id));
         }
+        let members = self.members()?;
+        if let (Some(peer_listen), Some(me)) = (self.peer_listen, members.get(&self.id)) {
+            if me.peer.is_none() {
+                return invalid(format!(
+                    "this node listens for peers on {peer_listen} (--peer-listen) but its --peers entry {}={} names                      no peer address: write {}={}/{peer_listen} (CLIENT/PEER), or the members would send Raft to its                      client port, which serves none",
+                    self.id, me.client, self.id, me.client
+                ));
+            }
+        }
+        self.parsed_cluster_id()?;
         basalt_storage::log::LogOptions {
             segment_bytes_max: self.segment_bytes,
             ..Default::default()
@@ -570,13 +594,58 @@ impl NodeConfig {
             .saturating_add(self.region.as_ref().map_or(0, |r| r.clock_skew_ms))
     }
 
-    /// The address other nodes and clients use to reach this node.
+    /// The client address other nodes and clients use to reach this node.
     pub fn advertised_addr(&self) -> String {
-        self.peers
-            .get(&self.id)
-            .cloned()
-            .unwrap_or_else(|| self.listen.to_string())
+        match self.members().ok().and_then(|mut members| members.remove(&self.id)) {
+            Some(member) => member.client,
+            None => self.listen.to_string(),
+        }
     }
+
+    /// The `peers` entries read as member addresses.
+    pub fn members(&self) -> Result<BTreeMap<u64, MemberAddr>, ConfigError> {
+        self.peers
+            .iter()
+            .map(|(id, text)| parse_member(*id, text).map(|member| (*id, member)))
+            .collect()
+    }
+
+    /// `cluster_id`, read.
+    pub fn parsed_cluster_id(&self) -> Result<Option<ClusterId>, ConfigError> {
+        self.cluster_id
+            .as_deref()
+            .map(|text| ClusterId::parse(text).map_err(|e| ConfigError::Invalid(format!("--cluster-id: {e}"))))
+            .transpose()
+    }
+}
+
+/// Reads one `peers` entry: `CLIENT` or `CLIENT/PEER`, each `host:port`.
+pub fn parse_member(id: u64, text: &str) -> Result<MemberAddr, ConfigError> {
+    let bad =
+        |why: &str| ConfigError::Invalid(format!("peer {id}={text:?}: {why} (expected host:port or CLIENT/PEER)"));
+    let (client, peer) = match text.split_once('/') {
+        Some((client, peer)) => (client.trim(), Some(peer.trim())),
+        None => (text.trim(), None),
+    };
+    let is_host_port = |addr: &str| {
+        !addr.is_empty()
+            && !addr.contains(|c: char| c.is_whitespace() || c == '/')
+            && addr
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+    };
+    if !is_host_port(client) {
+        return Err(bad("the client address is not host:port"));
+    }
+    if let Some(peer) = peer {
+        if !is_host_port(peer) {
+            return Err(bad("the peer address is not host:port"));
+        }
+    }
+    Ok(MemberAddr {
+        client: client.to_string(),
+        peer: peer.map(str::to_string),
+    })
 }
 
 /// Parses `1=127.0.0.1:7001,2=127.0.0.1:7002`.
@@ -605,6 +674,8 @@ mod tests {
         NodeConfig {
             id: 1,
             listen: "127.0.0.1:7001".parse().expect("addr"),
+            peer_listen: None,
+            cluster_id: None,
             http: None,
             data_dir: "/tmp/x".into(),
             peers: parse_peers("1=127.0.0.1:7001,2=127.0.0.1:7002").expect("peers"),
@@ -766,6 +837,39 @@ mod tests {
         assert!(parse_peers("1=a:1,1=b:2").is_err());
         assert!(parse_peers("x=a:1").is_err());
         assert!(parse_peers("1").is_err());
+    }
+
+    #[test]
+    fn a_member_names_its_client_address_and_maybe_its_peer_listener() {
+        let member = parse_member(1, "127.0.0.1:7001/127.0.0.1:2380").expect("both");
+        assert_eq!(member.client, "127.0.0.1:7001");
+        assert_eq!(member.peer.as_deref(), Some("127.0.0.1:2380"));
+        assert_eq!(parse_member(1, "node-1:7001").expect("a host name").peer, None);
+        assert_eq!(
+            parse_member(1, "[::1]:7001/[::1]:2380").expect("IPv6").client,
+            "[::1]:7001"
+        );
+        for bad in ["", "a", "a:x", ":1", "a:1/", "a:1/b", "a:1/b:2/c:3", "a :1"] {
+            assert!(parse_member(1, bad).is_err(), "{bad:?}");
+        }
+        let mut c = base();
+        c.peers = parse_peers("1=127.0.0.1:7001/,2=127.0.0.1:7002").expect("parses as a map");
+        assert!(c.validate().is_err(), "an empty peer address");
+    }
+
+    #[test]
+    fn a_peer_listener_needs_this_node_s_entry_to_name_it_and_a_cluster_id_must_read() {
+        let mut c = base();
+        c.peer_listen = Some("127.0.0.1:2380".parse().expect("addr"));
+        let e = c.validate().expect_err("the entry names no peer address");
+        assert!(e.to_string().contains("1=127.0.0.1:7001/127.0.0.1:2380"), "{e}");
+        c.peers = parse_peers("1=127.0.0.1:7001/127.0.0.1:2380,2=127.0.0.1:7002/127.0.0.1:2381").expect("peers");
+        c.validate().expect("valid");
+        assert_eq!(c.advertised_addr(), "127.0.0.1:7001", "clients get the client address");
+        c.cluster_id = Some("not an id".into());
+        assert!(c.validate().is_err());
+        c.cluster_id = Some("0123456789abcdef0123456789ABCDEF".into());
+        assert!(c.parsed_cluster_id().expect("reads").is_some());
     }
 
     #[test]

@@ -203,6 +203,11 @@ async fn metrics(State(api): State<Api>, Extension(edge): Extension<Option<Arc<E
         "Replication streams to a peer that failed to open (the peer down or unreachable).",
         api.network.stream_open_failures.load(Ordering::Relaxed),
     );
+    counter(
+        "basalt_raft_cluster_refusals_total",
+        "Raft messages (received, or replies to this node's) refused for naming another cluster id.",
+        api.cluster.refused(),
+    );
     let clock = api.clock.stats();
     counter(
         "basalt_clock_clamped_stamps_total",

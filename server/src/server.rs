@@ -18,11 +18,13 @@ use basalt_client::pb::queue_server::QueueServer;
 use basalt_client::pb::rate_limiter_server::RateLimiterServer;
 use basalt_client::pb::stream_server::StreamServer;
 use basalt_client::pb::txn_server::TxnServer;
+use basalt_raft::cluster_guard::ClusterGuard;
 use basalt_raft::log_store::LogStore;
 use basalt_raft::network::{NetworkFactory, RaftGrpcService};
 use basalt_raft::state_machine::StateMachine;
 use basalt_raft::Raft;
 use basalt_replication::pb::region_feed_server::RegionFeedServer;
+use basalt_storage::cluster_id::ClusterId;
 use basalt_storage::command::{Command, KvOp, Op, Response};
 use basalt_storage::hlc::Hlc;
 use basalt_storage::log::LogOptions;
@@ -54,6 +56,15 @@ pub enum NodeError {
     /// stops too instead of serving without a working log. Restart it to recover from the disk.
     #[error("the Raft core stopped: {0}; the node stops (restart it to recover from what the disk holds)")]
     RaftStopped(String),
+    #[error(
+        "data directory {data_dir} belongs to cluster {kept}, but --cluster-id names cluster {given}: \
+         this node's data is another cluster's"
+    )]
+    OtherCluster {
+        data_dir: std::path::PathBuf,
+        kept: basalt_storage::cluster_id::ClusterId,
+        given: basalt_storage::cluster_id::ClusterId,
+    },
     #[error("serving gRPC on {addr}: {source}")]
     Serve {
         addr: std::net::SocketAddr,
@@ -110,6 +121,17 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
     config.validate()?;
     let _lock = lock_data_dir(&config.data_dir)?;
     basalt_storage::data_dir::check_or_stamp(&config.data_dir)?;
+    let cluster = Arc::new(ClusterGuard::open(config.data_dir.clone())?);
+    if let Some(given) = config.parsed_cluster_id()? {
+        let kept = cluster.stamp_if_none(given)?;
+        if kept != given {
+            return Err(NodeError::OtherCluster {
+                data_dir: config.data_dir.clone(),
+                kept,
+                given,
+            });
+        }
+    }
     // The edge's listener is bound before Raft starts: a port in use stops the node here, with
     // nothing to shut down.
     let edge = match config.cache.listen {
@@ -123,7 +145,15 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         }
         None => None,
     };
-    // Likewise RESP's.
+    // Likewise the peer listener's and RESP's.
+    let peer_listener = match config.peer_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(io(format!("binding the peer listener on {addr}")))?,
+        ),
+        None => None,
+    };
     let resp_listener = match config.resp.listen {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)
@@ -149,7 +179,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
     check_region_flags(&config, topology.borrow().as_deref(), &store)?;
     let applied = state_machine.subscribe_applied();
     let incoming_dir = state_machine.snapshot_dir().to_path_buf();
-    let network = NetworkFactory::new(config.peer_routes.clone(), clock.clone());
+    let network = NetworkFactory::new(config.peer_routes.clone(), clock.clone(), cluster.clone());
     let network_stats = network.stats();
     let raft = Raft::new(
         config.id,
@@ -168,11 +198,21 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
             .map_err(|e| NodeError::Raft(e.to_string()))?
     {
         let members: BTreeMap<u64, BasicNode> = config
-            .peers
-            .iter()
-            .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
+            .members()?
+            .into_iter()
+            .map(|(id, member)| {
+                (
+                    id,
+                    BasicNode {
+                        addr: member.to_membership(),
+                    },
+                )
+            })
             .collect();
-        tracing::info!(?members, "initializing a new cluster");
+        // Named on the first vote already: the other members take it from there.
+        let new_id = ClusterId::random().map_err(io("making a cluster id"))?;
+        let cluster_id = cluster.stamp_if_none(new_id)?;
+        tracing::info!(?members, %cluster_id, "initializing a new cluster");
         if let Err(e) = raft.initialize(members).await {
             tracing::warn!(error = %e, "initialize refused (already initialized elsewhere?)");
         }
@@ -192,6 +232,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         replication: config.region.clone().map(|region| Replication::new(region, topology)),
         merger: Arc::new(crate::api::Merger::new(config.kv_merge_in_flight)),
         expiry_tick: Arc::default(),
+        cluster: cluster.clone(),
     };
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -295,12 +336,35 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         edge: edge.clone(),
         routes: Arc::new(config.peer_routes.clone()),
     };
+    let raft_service = RaftGrpcService::new(raft.clone(), incoming_dir, clock.clone(), cluster.clone());
+    // With a peer listener, Raft is served there only: the client port refuses it
+    // (UNIMPLEMENTED), so a client cannot vote or append.
+    let (raft_on_client_port, peer_task) = match peer_listener {
+        None => (Some(raft_service), None),
+        Some(listener) => {
+            let addr = listener
+                .local_addr()
+                .map_err(io("reading the peer listener's address"))?;
+            tracing::info!(%addr, "serving raft on the peer listener");
+            let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            let stop = wait_stop(stop_rx.clone());
+            let serve = tonic::transport::Server::builder()
+                .add_service(raft_service)
+                .serve_with_incoming_shutdown(incoming, stop);
+            (
+                None,
+                Some(tokio::spawn(async move {
+                    serve.await.map_err(|source| NodeError::Serve { addr, source })
+                })),
+            )
+        }
+    };
     tracing::info!(id = config.id, listen = %config.listen, data_dir = %config.data_dir.display(), "node serving");
     // Client requests are bounded so that one, or a merge of them, always fits a log entry.
     use basalt_storage::limits::CLIENT_MESSAGE_BYTES_MAX;
     let serve = tonic::transport::Server::builder()
         .tcp_nodelay(true)
-        .add_service(RaftGrpcService::new(raft.clone(), incoming_dir, clock.clone()))
+        .add_optional_service(raft_on_client_port)
         .add_service(KvServer::new(api.clone()).max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX))
         .add_service(CounterServer::new(api.clone()).max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX))
         .add_service(RateLimiterServer::new(api.clone()).max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX))
@@ -328,6 +392,10 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
     if let Some(task) = resp_task {
         let _ = task.await;
     }
+    let peer_served = match peer_task {
+        Some(task) => task.await.unwrap_or(Ok(())),
+        None => Ok(()),
+    };
     if let Some((_, task, follower)) = edge_task {
         let _ = task.await;
         follower.abort();
@@ -345,7 +413,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
     serve.map_err(|source| NodeError::Serve {
         addr: config.listen,
         source,
-    })
+    })?;
+    peer_served
 }
 
 /// Fail-stop: when the Raft core stops on its own (openraft stops on any storage error, such as

@@ -17,7 +17,6 @@ use basalt_codec::{FormatMismatch, DATA_FORMAT};
 
 /// The stamp's file name, in the data directory.
 pub const FORMAT_FILE: &str = "FORMAT";
-const FORMAT_TMP_FILE: &str = "FORMAT.tmp";
 const STAMP_PREFIX: &str = "basalt data format ";
 /// Entries that only a data directory written by Basalt holds: their presence without a stamp
 /// marks format 1.
@@ -32,6 +31,8 @@ pub enum DataDirError {
          (docs/data-format.md says how a region moves to another format)"
     )]
     Format { dir: PathBuf, mismatch: FormatMismatch },
+    #[error("{path} is not a cluster id (32 hex digits and a newline): {content:?}; it was damaged or edited")]
+    MalformedClusterId { path: PathBuf, content: String },
     #[error("data directory {dir}: {FORMAT_FILE} is not a format stamp: {content:?}")]
     MalformedStamp { dir: PathBuf, content: String },
     #[error("{op} {path}: {source}")]
@@ -43,7 +44,7 @@ pub enum DataDirError {
     },
 }
 
-fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> DataDirError {
+pub(crate) fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> DataDirError {
     let path = path.to_path_buf();
     move |source| DataDirError::Io { op, path, source }
 }
@@ -92,29 +93,62 @@ fn read_stamp(dir: &Path, path: &Path) -> Result<Option<u32>, DataDirError> {
         dir: dir.to_path_buf(),
         content,
     };
-    let metadata = match fs::metadata(path) {
-        Ok(metadata) => metadata,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io("stat", path)(e)),
+    if !path.try_exists().map_err(io("stat", path))? {
+        return Ok(None);
+    }
+    let text = match read_small_file(path, STAMP_BYTES_MAX)? {
+        SmallFile::Text(text) => text,
+        SmallFile::Bad(why) => return Err(malformed(why)),
     };
-    if !metadata.is_file() {
-        return Err(malformed(format!("not a regular file ({:?})", metadata.file_type())));
-    }
-    let file = File::open(path).map_err(io("open", path))?;
-    let mut bytes = Vec::new();
-    file.take(STAMP_BYTES_MAX + 1)
-        .read_to_end(&mut bytes)
-        .map_err(io("read", path))?;
-    if bytes.len() as u64 > STAMP_BYTES_MAX {
-        return Err(malformed(format!("more than {STAMP_BYTES_MAX} bytes")));
-    }
-    let text = String::from_utf8(bytes).map_err(|e| malformed(format!("not UTF-8: {e}")))?;
     text.strip_prefix(STAMP_PREFIX)
         .and_then(|rest| rest.strip_suffix('\n'))
         .filter(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
         .and_then(|digits| digits.parse::<u32>().ok())
         .map(Some)
         .ok_or_else(|| malformed(text.clone()))
+}
+
+/// What [`read_small_file`] found.
+pub(crate) enum SmallFile {
+    Text(String),
+    /// Not a regular file, larger than allowed or not UTF-8: why.
+    Bad(String),
+}
+
+/// Reads a small text file of the data directory whole: anything but a regular file of at most
+/// `bytes_max` bytes of UTF-8 is [`SmallFile::Bad`] (a FIFO or a device would otherwise block the
+/// start or be read without end). The file must exist.
+pub(crate) fn read_small_file(path: &Path, bytes_max: u64) -> Result<SmallFile, DataDirError> {
+    let metadata = fs::metadata(path).map_err(io("stat", path))?;
+    if !metadata.is_file() {
+        return Ok(SmallFile::Bad(format!(
+            "not a regular file ({:?})",
+            metadata.file_type()
+        )));
+    }
+    let file = File::open(path).map_err(io("open", path))?;
+    let mut bytes = Vec::new();
+    file.take(bytes_max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io("read", path))?;
+    if bytes.len() as u64 > bytes_max {
+        return Ok(SmallFile::Bad(format!("more than {bytes_max} bytes")));
+    }
+    Ok(match String::from_utf8(bytes) {
+        Ok(text) => SmallFile::Text(text),
+        Err(e) => SmallFile::Bad(format!("not UTF-8: {e}")),
+    })
+}
+
+/// Writes `dir/name` whole and durably: to `dir/name.tmp`, fsynced, renamed over `name`, and the
+/// directory fsynced, so a crash leaves the old content or the new, never a part.
+pub(crate) fn write_file_durably(dir: &Path, name: &str, content: &[u8]) -> Result<(), DataDirError> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    let mut file = File::create(&tmp).map_err(io("create", &tmp))?;
+    file.write_all(content).map_err(io("write", &tmp))?;
+    file.sync_all().map_err(io("fsync", &tmp))?;
+    fs::rename(&tmp, dir.join(name)).map_err(io("rename", &tmp))?;
+    sync_dir(dir)
 }
 
 /// Stamps a directory that holds no Basalt data yet. Order matters for a crash at any point: the
@@ -129,14 +163,7 @@ fn write_stamp(dir: &Path) -> Result<(), DataDirError> {
         Some(_) => sync_dir(Path::new("."))?,
         None => {}
     }
-    let tmp = dir.join(FORMAT_TMP_FILE);
-    let mut file = File::create(&tmp).map_err(io("create", &tmp))?;
-    file.write_all(format!("{STAMP_PREFIX}{DATA_FORMAT}\n").as_bytes())
-        .map_err(io("write", &tmp))?;
-    file.sync_all().map_err(io("fsync", &tmp))?;
-    let path = dir.join(FORMAT_FILE);
-    fs::rename(&tmp, &path).map_err(io("rename", &tmp))?;
-    sync_dir(dir)?;
+    write_file_durably(dir, FORMAT_FILE, format!("{STAMP_PREFIX}{DATA_FORMAT}\n").as_bytes())?;
     create_store_dirs(dir)
 }
 
@@ -177,7 +204,7 @@ mod tests {
             fs::read_to_string(data.join(FORMAT_FILE)).expect("stamp"),
             format!("basalt data format {DATA_FORMAT}\n")
         );
-        assert!(!data.join(FORMAT_TMP_FILE).exists());
+        assert!(!data.join("FORMAT.tmp").exists());
         for entry in WRITTEN_BY_BASALT {
             assert!(data.join(entry).is_dir(), "{entry} is created after the stamp");
         }

@@ -9,12 +9,14 @@
 //! - [`state`]: the state store on RocksDB (one column family per data type) plus snapshots.
 //!
 //! [`data_dir`] stamps a node's data directory with the data format its records are written in
-//! ([`basalt_codec`]) and refuses a directory of another format.
+//! ([`basalt_codec`]) and refuses a directory of another format; [`cluster_id`] keeps the id of
+//! the cluster the node belongs to there.
 //!
 //! Between them sits [`apply`]: the pure, deterministic apply logic of each data type. It sees only
 //! the [`state::StoreRead`] trait, so it is tested against an in-memory model.
 
 pub mod apply;
+pub mod cluster_id;
 pub mod command;
 pub mod data_dir;
 pub mod hlc;

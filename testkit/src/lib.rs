@@ -21,13 +21,17 @@ pub mod regions;
 
 pub struct NodeSpec {
     pub id: u64,
+    /// The client address (`--listen`).
     pub addr: String,
+    /// The peer listener (`--peer-listen`): Raft between the nodes.
+    pub peer: String,
     pub data_dir: PathBuf,
     pub log: PathBuf,
     /// Where the node serves `/metrics` and `/health`.
     pub http: String,
     /// Held while the cluster lives, so no other test takes the port, even while the node is down.
     _port: PortReservation,
+    _peer_port: PortReservation,
     _http_port: PortReservation,
 }
 
@@ -53,6 +57,7 @@ impl Default for ClusterOptions {
 /// The ports a one-node `basalt dev` of a test listens on, reserved while this lives.
 pub struct DevPorts {
     pub grpc: PortReservation,
+    pub peer: PortReservation,
     pub http: PortReservation,
     pub control: PortReservation,
     pub resp: PortReservation,
@@ -66,6 +71,7 @@ pub fn dev_command(binary: &str, home: &std::path::Path) -> (Command, DevPorts) 
     let reserve = || local_ports::reserve().expect("reserve a port");
     let ports = DevPorts {
         grpc: reserve(),
+        peer: reserve(),
         http: reserve(),
         control: reserve(),
         resp: reserve(),
@@ -75,6 +81,7 @@ pub fn dev_command(binary: &str, home: &std::path::Path) -> (Command, DevPorts) 
     command
         .args(["dev", "--nodes", "1", "--clean"])
         .args(["--base-port", &ports.grpc.port().to_string()])
+        .args(["--peer-base-port", &ports.peer.port().to_string()])
         .args(["--http-base-port", &ports.http.port().to_string()])
         .args(["--control-port", &ports.control.port().to_string()])
         .args(["--resp-base-port", &ports.resp.port().to_string()])
@@ -126,6 +133,7 @@ pub fn dev_regions_command(
     command.args(["--nodes-per-region", &nodes_per_region.to_string()]);
     for flag in [
         "--base-port",
+        "--peer-base-port",
         "--http-base-port",
         "--resp-base-port",
         "--edge-base-port",
@@ -182,7 +190,7 @@ impl TestCluster {
         }
         let peers = specs
             .values()
-            .map(|s| format!("{}={}", s.id, s.addr))
+            .map(|s| format!("{}={}/{}", s.id, s.addr, s.peer))
             .collect::<Vec<_>>()
             .join(",");
         TestCluster {
@@ -260,6 +268,28 @@ impl TestCluster {
         }
     }
 
+    /// Makes member `id` of this cluster's `--peers` list `client/peer` for the nodes started
+    /// from now on: a wrong list, as a misconfigured node has.
+    pub fn set_member(&mut self, id: u64, client: &str, peer: &str) {
+        let mut members: BTreeMap<u64, String> = self
+            .peers
+            .split(',')
+            .filter_map(|entry| entry.split_once('='))
+            .filter_map(|(member, addrs)| Some((member.parse().ok()?, addrs.to_string())))
+            .collect();
+        members.insert(id, format!("{client}/{peer}"));
+        self.peers = members
+            .iter()
+            .map(|(member, addrs)| format!("{member}={addrs}"))
+            .collect::<Vec<_>>()
+            .join(",");
+    }
+
+    /// Starts planned node `id` alone (`init`: it bootstraps the cluster).
+    pub fn launch_node(&mut self, id: u64, init: bool) {
+        self.spawn(id, init);
+    }
+
     /// Starts every planned node; node 1 bootstraps the cluster.
     pub fn launch(&mut self) {
         let ids: Vec<u64> = self.specs.keys().copied().collect();
@@ -271,9 +301,12 @@ impl TestCluster {
     fn spec(dir: &tempfile::TempDir, id: u64) -> NodeSpec {
         let port = local_ports::reserve().expect("reserve a port");
         let http_port = local_ports::reserve().expect("reserve a port");
+        let peer_port = local_ports::reserve().expect("reserve a port");
         NodeSpec {
             id,
             addr: port.addr().to_string(),
+            peer: peer_port.addr().to_string(),
+            _peer_port: peer_port,
             data_dir: dir.path().join(format!("node-{id}")),
             log: dir.path().join(format!("node-{id}.log")),
             http: http_port.addr().to_string(),
@@ -293,6 +326,7 @@ impl TestCluster {
         command
             .arg("start")
             .args(["--id", &id.to_string(), "--listen", &spec.addr, "--http", &spec.http])
+            .args(["--peer-listen", &spec.peer])
             .arg("--data-dir")
             .arg(&spec.data_dir)
             .args(["--peers", &self.peers])
@@ -319,13 +353,14 @@ impl TestCluster {
         self.children.insert(id, child);
     }
 
-    /// Adds a node process that is not yet a member (for `add_node`).
-    pub fn spawn_new_node(&mut self, id: u64) -> String {
+    /// Adds a node process that is not yet a member (for `add_member`): its client address and
+    /// its peer listener's.
+    pub fn spawn_new_node(&mut self, id: u64) -> (String, String) {
         let spec = Self::spec(&self.dir, id);
-        let addr = spec.addr.clone();
+        let addrs = (spec.addr.clone(), spec.peer.clone());
         self.specs.insert(id, spec);
         self.spawn(id, false);
-        addr
+        addrs
     }
 
     pub fn endpoints(&self) -> Vec<String> {

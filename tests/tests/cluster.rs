@@ -573,8 +573,8 @@ fn membership_grows_to_four_and_shrinks_to_three_under_writes() {
         let writer_client = client.clone();
         let writer = tokio::spawn(async move { write_keys(&writer_client, "member", 0..600).await });
 
-        let addr = cluster.spawn_new_node(4);
-        let members = client.add_node(4, &addr).await.expect("add learner");
+        let (addr, peer) = cluster.spawn_new_node(4);
+        let members = client.add_member(4, &addr, Some(&peer)).await.expect("add learner");
         assert!(members.iter().any(|m| m.id == 4 && !m.voter));
         let members = client.promote(4).await.expect("promote");
         assert_eq!(members.iter().filter(|m| m.voter).count(), 4);

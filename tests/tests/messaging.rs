@@ -437,7 +437,7 @@ fn a_node_outside_the_membership_refuses_a_publish_instead_of_reaching_no_one() 
         let mut cluster = TestCluster::start(NODE, ClusterOptions::default());
         let client = cluster.client().await;
         let leader = cluster.leader(&client).await;
-        let outsider = cluster.spawn_new_node(4);
+        let (outsider, _) = cluster.spawn_new_node(4);
         // A refused connection is not the refusal under test: wait for the node to listen.
         cluster.wait_listening(4);
         let mut subscription = client

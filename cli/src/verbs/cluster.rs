@@ -13,8 +13,12 @@ pub enum ClusterCommand {
     AddNode {
         #[arg(long)]
         id: u64,
+        /// Its client address (--listen).
         #[arg(long)]
         addr: String,
+        /// Its peer listener (--peer-listen), where the members reach it for Raft.
+        #[arg(long)]
+        peer_addr: Option<String>,
     },
     /// Make a learner a voter.
     Promote { id: u64 },
@@ -26,8 +30,11 @@ pub enum ClusterCommand {
 pub async fn cluster(client: &Client, command: ClusterCommand) -> Result<(), String> {
     match command {
         ClusterCommand::Status => print_status(client).await,
-        ClusterCommand::AddNode { id, addr } => {
-            let members = client.add_node(id, &addr).await.map_err(|e| e.to_string())?;
+        ClusterCommand::AddNode { id, addr, peer_addr } => {
+            let members = client
+                .add_member(id, &addr, peer_addr.as_deref())
+                .await
+                .map_err(|e| e.to_string())?;
             crate::outln!(
                 "added node {id} ({addr}) as a learner; members: {}",
                 describe_members(&members)
@@ -50,7 +57,14 @@ pub async fn cluster(client: &Client, command: ClusterCommand) -> Result<(), Str
 fn describe_members(members: &[basalt_client::pb::Member]) -> String {
     members
         .iter()
-        .map(|m| format!("{}@{}{}", m.id, m.addr, if m.voter { "" } else { " (learner)" }))
+        .map(|m| {
+            let peer = if m.peer_addr.is_empty() {
+                String::new()
+            } else {
+                format!(" peer {}", m.peer_addr)
+            };
+            format!("{}@{}{peer}{}", m.id, m.addr, if m.voter { "" } else { " (learner)" })
+        })
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -58,14 +72,19 @@ fn describe_members(members: &[basalt_client::pb::Member]) -> String {
 async fn print_status(client: &Client) -> Result<(), String> {
     let status = client.cluster_status().await.map_err(|e| e.to_string())?;
     crate::outln!(
-        "leader: {} ({})  term: {}",
+        "leader: {} ({})  term: {}  cluster: {}",
         show_optional(status.leader_id),
         if status.leader_addr.is_empty() {
             "-"
         } else {
             &status.leader_addr
         },
-        status.term
+        status.term,
+        if status.cluster_id.is_empty() {
+            "-"
+        } else {
+            &status.cluster_id
+        }
     );
     crate::outln!(
         "{:<6} {:<22} {:<9} {:<10} {:>10} {:>10} {:>10}",

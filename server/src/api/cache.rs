@@ -10,6 +10,7 @@ use basalt_client::pb;
 use basalt_client::pb::cache_client::CacheClient;
 use basalt_client::pb::cache_server::Cache;
 use basalt_client::ErrorCode;
+use basalt_raft::member_addr::MemberAddr;
 use basalt_storage::command::{CacheOp, Op, PurgeTarget, Response};
 use futures::future::join_all;
 use tonic::transport::{Channel, Endpoint};
@@ -127,7 +128,7 @@ impl CacheService {
                 .membership_config
                 .membership()
                 .get_node(&id)
-                .map(|n| n.addr.clone())
+                .map(|n| MemberAddr::client_of(&n.addr))
         });
         let (Some(leader), Some(addr)) = (metrics.current_leader, leader_addr) else {
             return Err(not_leader);
@@ -163,7 +164,7 @@ impl CacheService {
             .membership_config
             .membership()
             .get_node(&metrics.id)
-            .map(|n| n.addr.clone())
+            .map(|n| MemberAddr::client_of(&n.addr))
             .unwrap_or_default();
         let mut stats = pb::NodeCacheStats {
             node_id: metrics.id,

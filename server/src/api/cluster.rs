@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use basalt_client::pb;
 use basalt_client::pb::cluster_server::Cluster;
 use basalt_client::ErrorCode;
+use basalt_raft::member_addr::MemberAddr;
 use openraft::{BasicNode, ChangeMembers, ServerState};
 use tonic::{Request, Response as GrpcResponse, Status};
 
@@ -18,11 +19,11 @@ impl Cluster for Api {
         let leader_addr = metrics
             .current_leader
             .and_then(|id| membership.get_node(&id))
-            .map(|n| n.addr.clone())
+            .map(|n| MemberAddr::client_of(&n.addr))
             .unwrap_or_default();
         let addr = membership
             .get_node(&metrics.id)
-            .map(|n| n.addr.clone())
+            .map(|n| MemberAddr::client_of(&n.addr))
             .unwrap_or_default();
         let state = match metrics.state {
             ServerState::Leader => "Leader",
@@ -45,6 +46,7 @@ impl Cluster for Api {
             applied_index: metrics.last_applied.as_ref().map(|l| l.index),
             snapshot_index: metrics.snapshot.as_ref().map(|l| l.index),
             purged_index: metrics.purged.as_ref().map(|l| l.index),
+            cluster_id: self.cluster.id().map(|id| id.to_string()).unwrap_or_default(),
         }))
     }
 
@@ -115,8 +117,24 @@ impl Cluster for Api {
                 format!("addr {:?} is not host:port", r.addr),
             ));
         }
+        if !r.peer_addr.is_empty() && r.peer_addr.parse::<std::net::SocketAddr>().is_err() {
+            return Err(status(
+                ErrorCode::InvalidArgument,
+                format!("peer_addr {:?} is not host:port", r.peer_addr),
+            ));
+        }
+        let member = MemberAddr {
+            client: r.addr,
+            peer: Some(r.peer_addr).filter(|peer| !peer.is_empty()),
+        };
         self.raft
-            .add_learner(r.id, BasicNode { addr: r.addr }, true)
+            .add_learner(
+                r.id,
+                BasicNode {
+                    addr: member.to_membership(),
+                },
+                true,
+            )
             .await
             .map_err(write_error_status)?;
         Ok(GrpcResponse::new(pb::MembershipResponse {

@@ -26,6 +26,7 @@ pub use pubsub::Broker;
 use crate::limits::{WAIT_MAX, WAIT_POLL};
 use basalt_client::pb;
 use basalt_client::{ErrorCode, ERROR_CODE_KEY, LEADER_KEY};
+use basalt_raft::member_addr::MemberAddr;
 use basalt_raft::{Raft, TypeConfig};
 use basalt_storage::apply::validate_op;
 use basalt_storage::command::{
@@ -65,6 +66,8 @@ pub struct Api {
     pub merger: Arc<Merger>,
     /// Held while a read's expiry tick ([`Api::settle_expiry`]) is on its way.
     pub expiry_tick: Arc<tokio::sync::Mutex<()>>,
+    /// This node's cluster id, for status.
+    pub cluster: Arc<basalt_raft::cluster_guard::ClusterGuard>,
 }
 
 /// A copy of the node's current Raft metrics.
@@ -89,7 +92,7 @@ fn not_leader(forward: &ForwardToLeader<TypeConfig>) -> Status {
 fn not_leader_status(leader_id: Option<u64>, leader_node: Option<&openraft::BasicNode>) -> Status {
     let mut s = status(ErrorCode::NotLeader, format!("not the leader; leader is {leader_id:?}"));
     if let Some(node) = leader_node {
-        if let Ok(value) = node.addr.parse() {
+        if let Ok(value) = MemberAddr::client_of(&node.addr).parse() {
             s.metadata_mut().insert(LEADER_KEY, value);
         }
     }
@@ -361,7 +364,11 @@ impl Api {
             .nodes()
             .map(|(id, node)| pb::Member {
                 id: *id,
-                addr: node.addr.clone(),
+                addr: MemberAddr::client_of(&node.addr),
+                peer_addr: MemberAddr::parse(&node.addr)
+                    .ok()
+                    .and_then(|member| member.peer)
+                    .unwrap_or_default(),
                 voter: voters.contains(id),
                 matched_index: metrics
                     .replication

@@ -11,6 +11,7 @@ use basalt_client::pb;
 use basalt_client::pb::pub_sub_client::PubSubClient;
 use basalt_client::pb::pub_sub_server::PubSub;
 use basalt_client::ErrorCode;
+use basalt_raft::member_addr::MemberAddr;
 use basalt_storage::apply::queue::check_name;
 use basalt_storage::limits::MESSAGE_BYTES_MAX;
 use tokio::sync::mpsc;
@@ -165,7 +166,7 @@ impl Api {
         Ok(membership
             .nodes()
             .filter(|(id, _)| **id != metrics.id)
-            .map(|(_, node)| node.addr.clone())
+            .map(|(_, node)| MemberAddr::client_of(&node.addr))
             .collect())
     }
 

@@ -1,0 +1,252 @@
+//! Which cluster a Raft message belongs to: every request and every reply of the Raft transport
+//! names the sender's cluster id (`basalt-cluster-id` metadata), and both sides apply
+//! [`basalt_storage::cluster_id::admit`] to it. A message from a node of another cluster is
+//! refused before openraft sees it, with a log line on each side naming both ids.
+//!
+//! The id lives in the data directory ([`basalt_storage::cluster_id`]). A node without one takes
+//! the first id a peer names, and keeps it durably before the message is accepted.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use basalt_storage::cluster_id::{self, admit, Admission, ClusterId};
+use basalt_storage::data_dir::DataDirError;
+use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::Status;
+
+/// The metadata key naming the sender's cluster id on Raft requests and replies.
+pub const CLUSTER_ID_HEADER: &str = "basalt-cluster-id";
+
+/// This node's cluster id, shared by the Raft network's two sides.
+pub struct ClusterGuard {
+    data_dir: PathBuf,
+    /// Held while an id is adopted, so two first messages cannot stamp two ids.
+    id: Mutex<Option<ClusterId>>,
+    /// Messages (sent or received) refused for naming another cluster, since start.
+    refused: AtomicU64,
+}
+
+/// Which side of an exchange a check is on, for the log line.
+#[derive(Clone, Copy, Debug)]
+pub enum Side {
+    /// This node received a request.
+    Request,
+    /// This node received a reply (or a refusal) to its request.
+    Reply,
+}
+
+/// A peer's message named another cluster (or no readable id).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClusterRefusal {
+    #[error(
+        "the peer belongs to cluster {theirs}, this node to cluster {ours}: a node of another cluster \
+         (check the --peers list and the addresses the members were added with)"
+    )]
+    OtherCluster { ours: ClusterId, theirs: ClusterId },
+    #[error("the peer names no readable cluster id ({found:?})")]
+    Unreadable { found: String },
+    #[error("keeping the adopted cluster id {id}: {reason}")]
+    Adopting { id: ClusterId, reason: String },
+}
+
+impl ClusterRefusal {
+    /// The refusal as the gRPC status a peer receives: FAILED_PRECONDITION, which the sender's
+    /// openraft takes as a network error and retries (so nothing changes, and a node moved to the
+    /// right cluster rejoins by itself).
+    pub fn into_status(self, ours: Option<ClusterId>) -> Status {
+        let mut status = Status::failed_precondition(format!("cluster id: {self}"));
+        name_id(status.metadata_mut(), ours);
+        status
+    }
+}
+
+fn name_id(metadata: &mut MetadataMap, id: Option<ClusterId>) {
+    if let Some(id) = id {
+        if let Ok(value) = MetadataValue::try_from(id.to_string()) {
+            metadata.insert(CLUSTER_ID_HEADER, value);
+        }
+    }
+}
+
+impl ClusterGuard {
+    /// The guard of the node whose data directory is `data_dir`, with the id kept there.
+    pub fn open(data_dir: PathBuf) -> Result<ClusterGuard, DataDirError> {
+        let id = cluster_id::read(&data_dir)?;
+        Ok(ClusterGuard {
+            data_dir,
+            id: Mutex::new(id),
+            refused: AtomicU64::new(0),
+        })
+    }
+
+    /// This node's cluster id, if it has one yet.
+    pub fn id(&self) -> Option<ClusterId> {
+        *self.id.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Gives this node `id` unless it has one, durably. Used when a cluster is bootstrapped and
+    /// for `--cluster-id`; returns the id the node has afterwards.
+    pub fn stamp_if_none(&self, id: ClusterId) -> Result<ClusterId, DataDirError> {
+        let mut current = self.id.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(current) = *current {
+            return Ok(current);
+        }
+        cluster_id::stamp(&self.data_dir, id)?;
+        *current = Some(id);
+        tracing::info!(cluster_id = %id, "this node belongs to cluster {id}");
+        Ok(id)
+    }
+
+    /// Names this node's id (if it has one) in a request's or a reply's metadata.
+    pub fn name(&self, metadata: &mut MetadataMap) {
+        name_id(metadata, self.id());
+    }
+
+    /// Checks the id a peer's request or reply names, adopting it if this node has none.
+    ///
+    /// Blocking: adopting writes and fsyncs the id file. That happens once in a node's life (its
+    /// first message from the cluster), so it is done in place rather than on a blocking thread.
+    pub fn check(&self, metadata: &MetadataMap, side: Side, peer: &str) -> Result<(), ClusterRefusal> {
+        let theirs = match metadata.get(CLUSTER_ID_HEADER) {
+            None => None,
+            Some(value) => {
+                let text = value.to_str().unwrap_or("");
+                match ClusterId::parse(text) {
+                    Ok(id) => Some(id),
+                    Err(_) => {
+                        let refusal = ClusterRefusal::Unreadable {
+                            found: text.chars().take(64).collect(),
+                        };
+                        self.log_refusal(&refusal, side, peer);
+                        return Err(refusal);
+                    }
+                }
+            }
+        };
+        match admit(self.id(), theirs) {
+            Admission::Accept => Ok(()),
+            Admission::Refuse { ours, theirs } => {
+                let refusal = ClusterRefusal::OtherCluster { ours, theirs };
+                self.log_refusal(&refusal, side, peer);
+                Err(refusal)
+            }
+            Admission::Adopt(id) => {
+                let kept = self.stamp_if_none(id).map_err(|e| ClusterRefusal::Adopting {
+                    id,
+                    reason: e.to_string(),
+                })?;
+                if kept == id {
+                    tracing::info!(cluster_id = %id, peer, "took the cluster id of the first peer that named one");
+                    Ok(())
+                } else {
+                    // Another message adopted an id first, between the read and the stamp.
+                    let refusal = ClusterRefusal::OtherCluster { ours: kept, theirs: id };
+                    self.log_refusal(&refusal, side, peer);
+                    Err(refusal)
+                }
+            }
+        }
+    }
+
+    /// Messages refused for naming another cluster, since start.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// One line at the first refusal and then ever more rarely: a stranger retries for as long as
+    /// it runs (heartbeats every few tens of ms).
+    fn log_refusal(&self, refusal: &ClusterRefusal, side: Side, peer: &str) {
+        let refused = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+        if refused.is_power_of_two() {
+            match side {
+                Side::Request => {
+                    tracing::warn!(
+                        peer,
+                        refused,
+                        "refusing raft messages from a node of another cluster: {refusal}"
+                    )
+                }
+                Side::Reply => {
+                    tracing::warn!(peer, refused, "a peer refuses this node's raft messages: {refusal}")
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metadata_naming(id: Option<&str>) -> MetadataMap {
+        let mut metadata = MetadataMap::new();
+        if let Some(id) = id {
+            metadata.insert(CLUSTER_ID_HEADER, MetadataValue::try_from(id).expect("ascii"));
+        }
+        metadata
+    }
+
+    const A: &str = "0000000000000000000000000000000a";
+    const B: &str = "0000000000000000000000000000000b";
+
+    #[test]
+    fn a_new_node_adopts_the_first_id_durably_and_then_refuses_others() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let guard = ClusterGuard::open(dir.path().to_path_buf()).expect("open");
+        assert_eq!(guard.id(), None);
+        guard
+            .check(&metadata_naming(None), Side::Request, "p")
+            .expect("no id on either side");
+        assert_eq!(guard.id(), None, "nothing to adopt");
+        guard
+            .check(&metadata_naming(Some(A)), Side::Request, "p")
+            .expect("adopted");
+        assert_eq!(guard.id().map(|id| id.to_string()).as_deref(), Some(A));
+        let refusal = guard
+            .check(&metadata_naming(Some(B)), Side::Request, "p")
+            .expect_err("another cluster");
+        assert!(matches!(refusal, ClusterRefusal::OtherCluster { .. }), "{refusal}");
+        assert!(
+            refusal.to_string().contains(A) && refusal.to_string().contains(B),
+            "{refusal}"
+        );
+        assert_eq!(guard.refused(), 1);
+        guard
+            .check(&metadata_naming(None), Side::Reply, "p")
+            .expect("a node of a cluster from before cluster ids");
+
+        // The adopted id survives a restart.
+        let reopened = ClusterGuard::open(dir.path().to_path_buf()).expect("reopen");
+        assert_eq!(reopened.id(), guard.id());
+        assert!(reopened.check(&metadata_naming(Some(B)), Side::Reply, "p").is_err());
+        let bad = reopened
+            .check(&metadata_naming(Some("zz")), Side::Request, "p")
+            .expect_err("unreadable");
+        assert!(matches!(bad, ClusterRefusal::Unreadable { .. }), "{bad}");
+    }
+
+    #[test]
+    fn a_refusal_names_the_refusing_node_s_id_to_the_sender() {
+        let ours = ClusterId::parse(A).expect("id");
+        let status = ClusterRefusal::OtherCluster {
+            ours,
+            theirs: ClusterId::parse(B).expect("id"),
+        }
+        .into_status(Some(ours));
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+        assert_eq!(
+            status.metadata().get(CLUSTER_ID_HEADER).and_then(|v| v.to_str().ok()),
+            Some(A)
+        );
+    }
+
+    #[test]
+    fn stamping_keeps_the_first_id() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let guard = ClusterGuard::open(dir.path().to_path_buf()).expect("open");
+        let a = ClusterId::parse(A).expect("id");
+        assert_eq!(guard.stamp_if_none(a).expect("stamp"), a);
+        assert_eq!(guard.stamp_if_none(ClusterId::parse(B).expect("id")).expect("kept"), a);
+    }
+}
