@@ -57,6 +57,11 @@ enum Command {
     Start(Box<StartArgs>),
     /// Run a local cluster of N node processes (default 3) until Ctrl-C.
     Dev(crate::dev::DevArgs),
+    /// A cluster CA and node certificates for mutual TLS between the nodes (docs/security.md).
+    Certs {
+        #[command(subcommand)]
+        command: crate::certs::CertsCommand,
+    },
     /// Key-value operations.
     Kv {
         #[command(subcommand)]
@@ -175,7 +180,8 @@ pub struct StartArgs {
         "remote_region", "feed_retain_entries", "clock_skew_ms", "max_clock_offset_ms",
         "allow_clock_control", "home_region", "joining_region", "edge_listen", "origin", "cache_bytes",
         "cache_negative_ttl_ms", "origin_timeout_ms", "origin_requests_max", "resp_listen",
-        "resp_password", "resp_allow_flush", "peer_listen", "cluster_id",
+        "resp_password", "resp_allow_flush", "peer_listen", "cluster_id", "peer_tls_cert",
+        "peer_tls_key", "peer_tls_ca",
     ])]
     config: Option<PathBuf>,
     #[arg(long)]
@@ -190,6 +196,15 @@ pub struct StartArgs {
     /// The cluster this node must belong to (32 hex digits, from `basalt cluster status`).
     #[arg(long)]
     cluster_id: Option<String>,
+    /// Mutual TLS on the peer listener: this node's certificate (PEM; `basalt certs node`).
+    #[arg(long, requires_all = ["peer_tls_key", "peer_tls_ca", "peer_listen"])]
+    peer_tls_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, requires = "peer_tls_cert")]
+    peer_tls_key: Option<PathBuf>,
+    /// The cluster's CA certificate(s) (PEM): peers must present a certificate it signed.
+    #[arg(long, requires = "peer_tls_cert")]
+    peer_tls_ca: Option<PathBuf>,
     /// HTTP address for /metrics and /health.
     #[arg(long)]
     http: Option<std::net::SocketAddr>,
@@ -374,6 +389,10 @@ fn start_config(args: StartArgs) -> Result<NodeConfig, String> {
         listen: args.listen.ok_or_else(|| missing("listen"))?,
         peer_listen: args.peer_listen,
         cluster_id: args.cluster_id,
+        peer_tls: match (args.peer_tls_cert, args.peer_tls_key, args.peer_tls_ca) {
+            (Some(cert), Some(key), Some(ca)) => Some(config::PeerTlsConfig { cert, key, ca }),
+            _ => None,
+        },
         http: args.http,
         data_dir: args.data_dir.ok_or_else(|| missing("data-dir"))?,
         peers: config::parse_peers(&args.peers).map_err(|e| e.to_string())?,
@@ -523,6 +542,10 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::Dev(args) => {
             init_tracing("warn");
             crate::dev::run(args).await
+        }
+        Command::Certs { command } => {
+            init_tracing("error");
+            crate::certs::certs(command)
         }
         Command::Kv {
             command,

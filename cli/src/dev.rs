@@ -32,7 +32,7 @@ pub struct DevArgs {
     pub(crate) base_port: u16,
     /// Peer port of node 1 (Raft between the nodes, apart from the client API); node N listens
     /// on base + N - 1 (region R adds 100 × R).
-    #[arg(long, default_value_t = 2380)]
+    #[arg(long, default_value_t = 12001)]
     pub(crate) peer_base_port: u16,
     /// HTTP port of node 1 (/metrics, /health).
     #[arg(long, default_value_t = 8001)]
@@ -49,6 +49,11 @@ pub struct DevArgs {
     /// Remove existing data first.
     #[arg(long)]
     pub(crate) clean: bool,
+    /// Mutual TLS between the nodes: a throwaway CA and a certificate per node under the data
+    /// directory's `tls/` (made once, kept between runs), given to every node's peer listener.
+    /// The client port, RESP and HTTP stay plaintext for now (docs/security.md).
+    #[arg(long, conflicts_with_all = ["regions", "topology"])]
+    pub(crate) secure: bool,
     /// Serve the edge cache on every node with this origin: `PREFIX=http://host:port` (repeat).
     /// Node N's edge listens on --edge-base-port + N - 1 (with regions, + 100 per region, as the
     /// other ports).
@@ -181,6 +186,10 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
         return Err(format!("--nodes must be in 1..=9, got {}", args.nodes));
     }
     let dir = prepare_dir(&args)?;
+    let tls_dir = dir.join("tls");
+    if args.secure && !tls_dir.join(crate::certs::CA_CERT_FILE).exists() {
+        crate::certs::make_ca(&tls_dir).map_err(|e| e.to_string())?;
+    }
     let exe = std::env::current_exe().map_err(|e| format!("locating the basalt binary: {e}"))?;
 
     let addr = |i: u16| format!("127.0.0.1:{}", args.base_port + i - 1);
@@ -211,6 +220,19 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
     for i in 1..=args.nodes {
         // Dev mode: FLUSHDB may empty the cluster, as on a developer's own redis-server.
         let mut extra = vec!["--resp-listen".to_string(), resp(i), "--resp-allow-flush".to_string()];
+        if args.secure {
+            let name = format!("node-{i}");
+            let hosts = ["127.0.0.1".to_string(), "localhost".to_string()];
+            let (cert, key) = crate::certs::make_node(&tls_dir, &name, &hosts).map_err(|e| e.to_string())?;
+            extra.extend([
+                "--peer-tls-cert".to_string(),
+                cert.display().to_string(),
+                "--peer-tls-key".to_string(),
+                key.display().to_string(),
+                "--peer-tls-ca".to_string(),
+                tls_dir.join(crate::certs::CA_CERT_FILE).display().to_string(),
+            ]);
+        }
         if let Some(edge) = edge(i) {
             extra.extend(["--edge-listen".to_string(), edge]);
             for origin in &args.origin {
@@ -244,6 +266,12 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
     }))?;
 
     crate::outln!("basalt dev: {} nodes, data in {}", args.nodes, dir.display());
+    if args.secure {
+        crate::outln!(
+            "  peer ports: mutual TLS, CA {} (client, RESP and HTTP ports: plaintext)",
+            tls_dir.join(crate::certs::CA_CERT_FILE).display()
+        );
+    }
     for (i, (p, endpoint)) in processes.iter().zip(&endpoints).enumerate() {
         let i = i as u16 + 1;
         crate::outln!(

@@ -4,11 +4,12 @@
 //! refused before openraft sees it, with a log line on each side naming both ids.
 //!
 //! The id lives in the data directory ([`basalt_storage::cluster_id`]). A node without one takes
-//! the first id a peer names, and keeps it durably before the message is accepted.
+//! the id of the first append or snapshot that passes every other check (never a vote's, which
+//! any candidate sends, nor a reply's), and keeps it durably before that message is accepted.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 
 use basalt_storage::cluster_id::{self, admit, Admission, ClusterId};
 use basalt_storage::data_dir::DataDirError;
@@ -21,8 +22,11 @@ pub const CLUSTER_ID_HEADER: &str = "basalt-cluster-id";
 /// This node's cluster id, shared by the Raft network's two sides.
 pub struct ClusterGuard {
     data_dir: PathBuf,
-    /// Held while an id is adopted, so two first messages cannot stamp two ids.
-    id: Mutex<Option<ClusterId>>,
+    /// Read by every message; written once, after the id file is durable.
+    id: RwLock<Option<ClusterId>>,
+    /// Held while an id is stamped, so two first messages cannot stamp two ids, and so that
+    /// the readers of `id` never wait for the fsyncs.
+    stamping: Mutex<()>,
     /// Messages (sent or received) refused for naming another cluster, since start.
     refused: AtomicU64,
 }
@@ -40,10 +44,12 @@ pub enum Side {
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ClusterRefusal {
     #[error(
-        "the peer belongs to cluster {theirs}, this node to cluster {ours}: a node of another cluster \
-         (check the --peers list and the addresses the members were added with)"
+        "the peer belongs to cluster {}, this node to cluster {ours}: a node of another cluster \
+         (check the --peers list and the addresses the members were added with)",
+        theirs.map_or_else(|| "(none named: a cluster bootstrapped before cluster ids, or a node whose \
+         CLUSTER_ID file is gone)".to_string(), |id| id.to_string())
     )]
-    OtherCluster { ours: ClusterId, theirs: ClusterId },
+    OtherCluster { ours: ClusterId, theirs: Option<ClusterId> },
     #[error("the peer names no readable cluster id ({found:?})")]
     Unreadable { found: String },
     #[error("keeping the adopted cluster id {id}: {reason}")]
@@ -75,25 +81,28 @@ impl ClusterGuard {
         let id = cluster_id::read(&data_dir)?;
         Ok(ClusterGuard {
             data_dir,
-            id: Mutex::new(id),
+            id: RwLock::new(id),
+            stamping: Mutex::new(()),
             refused: AtomicU64::new(0),
         })
     }
 
     /// This node's cluster id, if it has one yet.
     pub fn id(&self) -> Option<ClusterId> {
-        *self.id.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        *self.id.read().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Gives this node `id` unless it has one, durably. Used when a cluster is bootstrapped and
-    /// for `--cluster-id`; returns the id the node has afterwards.
+    /// Gives this node `id` unless it has one, durably. Used when a cluster is bootstrapped, for
+    /// `--cluster-id`, and by [`ClusterGuard::adopt`]; returns the id the node has afterwards.
+    ///
+    /// Blocking: writes and fsyncs the id file, once in a node's life.
     pub fn stamp_if_none(&self, id: ClusterId) -> Result<ClusterId, DataDirError> {
-        let mut current = self.id.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(current) = *current {
+        let _stamping = self.stamping.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(current) = self.id() {
             return Ok(current);
         }
         cluster_id::stamp(&self.data_dir, id)?;
-        *current = Some(id);
+        *self.id.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(id);
         tracing::info!(cluster_id = %id, "this node belongs to cluster {id}");
         Ok(id)
     }
@@ -103,11 +112,11 @@ impl ClusterGuard {
         name_id(metadata, self.id());
     }
 
-    /// Checks the id a peer's request or reply names, adopting it if this node has none.
-    ///
-    /// Blocking: adopting writes and fsyncs the id file. That happens once in a node's life (its
-    /// first message from the cluster), so it is done in place rather than on a blocking thread.
-    pub fn check(&self, metadata: &MetadataMap, side: Side, peer: &str) -> Result<(), ClusterRefusal> {
+    /// Checks the id a peer's request or reply names (a reply naming none is accepted: its
+    /// sender has no id yet, and the request named this node's). `Ok(Some(id))`: this node has no id and
+    /// the peer names `id`, which the caller adopts ([`ClusterGuard::adopt`]) once the message
+    /// has passed its other checks, if it is an append or a snapshot.
+    pub fn check(&self, metadata: &MetadataMap, side: Side, peer: &str) -> Result<Option<ClusterId>, ClusterRefusal> {
         let theirs = match metadata.get(CLUSTER_ID_HEADER) {
             None => None,
             Some(value) => {
@@ -124,32 +133,49 @@ impl ClusterGuard {
                 }
             }
         };
+        if theirs.is_none() && matches!(side, Side::Reply) {
+            // A member that has not taken the id yet (it takes it from its first append) answers
+            // the votes that elect the leader it will take it from; and a node that refuses this
+            // one's request for naming no id names its own.
+            return Ok(None);
+        }
         match admit(self.id(), theirs) {
-            Admission::Accept => Ok(()),
+            Admission::Accept => Ok(None),
+            Admission::MayAdopt(id) => Ok(Some(id)),
             Admission::Refuse { ours, theirs } => {
                 let refusal = ClusterRefusal::OtherCluster { ours, theirs };
                 self.log_refusal(&refusal, side, peer);
                 Err(refusal)
             }
-            Admission::Adopt(id) => {
-                let kept = self.stamp_if_none(id).map_err(|e| ClusterRefusal::Adopting {
-                    id,
-                    reason: e.to_string(),
-                })?;
-                if kept == id {
-                    tracing::info!(cluster_id = %id, peer, "took the cluster id of the first peer that named one");
-                    Ok(())
-                } else {
-                    // Another message adopted an id first, between the read and the stamp.
-                    let refusal = ClusterRefusal::OtherCluster { ours: kept, theirs: id };
-                    self.log_refusal(&refusal, side, peer);
-                    Err(refusal)
-                }
-            }
         }
     }
 
-    /// Messages refused for naming another cluster, since start.
+    /// Takes `id` as this node's, durably, before the append or snapshot that named it is
+    /// accepted. Refused if another message stamped another id first, or the stamp fails.
+    ///
+    /// Blocking: writes and fsyncs the id file, once in a node's life (its first append).
+    pub fn adopt(&self, id: ClusterId, peer: &str) -> Result<(), ClusterRefusal> {
+        let refusal = match self.stamp_if_none(id) {
+            Ok(kept) if kept == id => {
+                tracing::info!(cluster_id = %id, peer, "took the cluster id of the first leader that reached this node");
+                return Ok(());
+            }
+            // Another message adopted an id first, between the check and the stamp.
+            Ok(kept) => ClusterRefusal::OtherCluster {
+                ours: kept,
+                theirs: Some(id),
+            },
+            Err(e) => ClusterRefusal::Adopting {
+                id,
+                reason: e.to_string(),
+            },
+        };
+        self.log_refusal(&refusal, Side::Request, peer);
+        Err(refusal)
+    }
+
+    /// Messages refused for naming another cluster (or for an id this node could not keep),
+    /// since start.
     pub fn refused(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
     }
@@ -191,18 +217,23 @@ mod tests {
     const B: &str = "0000000000000000000000000000000b";
 
     #[test]
-    fn a_new_node_adopts_the_first_id_durably_and_then_refuses_others() {
+    fn a_new_node_adopts_only_when_told_to_durably_and_then_refuses_others() {
         let dir = tempfile::tempdir().expect("tempdir");
         let guard = ClusterGuard::open(dir.path().to_path_buf()).expect("open");
         assert_eq!(guard.id(), None);
-        guard
-            .check(&metadata_naming(None), Side::Request, "p")
-            .expect("no id on either side");
-        assert_eq!(guard.id(), None, "nothing to adopt");
-        guard
-            .check(&metadata_naming(Some(A)), Side::Request, "p")
-            .expect("adopted");
-        assert_eq!(guard.id().map(|id| id.to_string()).as_deref(), Some(A));
+        assert_eq!(
+            guard.check(&metadata_naming(None), Side::Request, "p").expect("no ids"),
+            None
+        );
+        let a = ClusterId::parse(A).expect("id");
+        // A vote naming A: accepted, not adopted.
+        assert_eq!(
+            guard.check(&metadata_naming(Some(A)), Side::Request, "p").expect("ok"),
+            Some(a)
+        );
+        assert_eq!(guard.id(), None, "checking adopts nothing");
+        guard.adopt(a, "p").expect("adopted");
+        assert_eq!(guard.id(), Some(a));
         let refusal = guard
             .check(&metadata_naming(Some(B)), Side::Request, "p")
             .expect_err("another cluster");
@@ -212,13 +243,24 @@ mod tests {
             "{refusal}"
         );
         assert_eq!(guard.refused(), 1);
-        guard
-            .check(&metadata_naming(None), Side::Reply, "p")
-            .expect("a node of a cluster from before cluster ids");
+        let unnamed = guard
+            .check(&metadata_naming(None), Side::Request, "p")
+            .expect_err("a node with an id refuses a request naming none");
+        assert_eq!(
+            guard
+                .check(&metadata_naming(None), Side::Reply, "p")
+                .expect("a member without an id yet"),
+            None
+        );
+        assert!(unnamed.to_string().contains("none named"), "{unnamed}");
+        let late = guard
+            .adopt(ClusterId::parse(B).expect("id"), "p")
+            .expect_err("already has A");
+        assert!(matches!(late, ClusterRefusal::OtherCluster { .. }), "{late}");
 
         // The adopted id survives a restart.
         let reopened = ClusterGuard::open(dir.path().to_path_buf()).expect("reopen");
-        assert_eq!(reopened.id(), guard.id());
+        assert_eq!(reopened.id(), Some(a));
         assert!(reopened.check(&metadata_naming(Some(B)), Side::Reply, "p").is_err());
         let bad = reopened
             .check(&metadata_naming(Some("zz")), Side::Request, "p")
@@ -227,11 +269,23 @@ mod tests {
     }
 
     #[test]
+    fn a_stamp_that_fails_is_a_counted_refusal() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let guard = ClusterGuard::open(dir.path().join("gone")).expect("open: no id yet");
+        let e = guard
+            .adopt(ClusterId::parse(A).expect("id"), "p")
+            .expect_err("no directory");
+        assert!(matches!(e, ClusterRefusal::Adopting { .. }), "{e}");
+        assert_eq!(guard.refused(), 1);
+        assert_eq!(guard.id(), None);
+    }
+
+    #[test]
     fn a_refusal_names_the_refusing_node_s_id_to_the_sender() {
         let ours = ClusterId::parse(A).expect("id");
         let status = ClusterRefusal::OtherCluster {
             ours,
-            theirs: ClusterId::parse(B).expect("id"),
+            theirs: Some(ClusterId::parse(B).expect("id")),
         }
         .into_status(Some(ours));
         assert_eq!(status.code(), tonic::Code::FailedPrecondition);

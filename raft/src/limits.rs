@@ -31,6 +31,13 @@ pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(5);
 /// The longest pause between attempts to reopen a replication stream (see
 /// `network::reopen_pause`).
 pub const REOPEN_PAUSE_MAX: Duration = Duration::from_millis(100);
+/// How often the peer TLS files are checked for a change (`peer_tls::PeerTls::keep_reloading`).
+pub const TLS_RELOAD_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+/// The longest a TLS handshake on the peer listener may take before the connection is dropped,
+/// so a peer that connects and says nothing holds no task for long.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Peer connections whose handshake succeeded, waiting for the gRPC server to take them.
+pub const PEER_HANDSHAKES_QUEUED_MAX: usize = 64;
 
 // A message of a full budget plus one more record, or of the largest record alone, fits the Raft
 // message cap with room for the message's own fields.

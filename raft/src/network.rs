@@ -25,8 +25,10 @@ use crate::member_addr::MemberAddr;
 use crate::pb::raft_service_client::RaftServiceClient;
 use crate::pb::raft_service_server::{RaftService, RaftServiceServer};
 use crate::pb::{RaftMessage, SnapshotChunk};
+use crate::peer_tls::PeerTls;
 use crate::state_machine::{Snapshot, SnapshotPack};
 use crate::{decode, encode, NodeId, Raft, SnapshotMeta, TypeConfig, Vote};
+use basalt_storage::cluster_id::ClusterId;
 use basalt_storage::hlc::{Hlc, PeerCheck};
 
 use crate::limits::{
@@ -44,6 +46,8 @@ pub struct NetworkFactory {
     clock: Arc<Hlc>,
     /// Every message names this node's cluster id; every reply's is checked.
     cluster: Arc<ClusterGuard>,
+    /// Mutual TLS to the peers, when the node has it.
+    tls: Option<Arc<PeerTls>>,
 }
 
 /// What the outgoing side of the Raft network counts, for `/metrics`.
@@ -54,12 +58,18 @@ pub struct NetworkStats {
 }
 
 impl NetworkFactory {
-    pub fn new(routes: BTreeMap<NodeId, String>, clock: Arc<Hlc>, cluster: Arc<ClusterGuard>) -> NetworkFactory {
+    pub fn new(
+        routes: BTreeMap<NodeId, String>,
+        clock: Arc<Hlc>,
+        cluster: Arc<ClusterGuard>,
+        tls: Option<Arc<PeerTls>>,
+    ) -> NetworkFactory {
         NetworkFactory {
             routes: Arc::new(routes),
             stats: Arc::default(),
             clock,
             cluster,
+            tls,
         }
     }
 
@@ -79,6 +89,7 @@ pub struct NetworkConnection {
     target: NodeId,
     clock: Arc<Hlc>,
     cluster: Arc<ClusterGuard>,
+    tls: Option<Arc<PeerTls>>,
     client: Option<RaftServiceClient<Channel>>,
     addr: String,
     /// Replication streams to this target that failed to open, in a row.
@@ -118,6 +129,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             target,
             clock: self.clock.clone(),
             cluster: self.cluster.clone(),
+            tls: self.tls.clone(),
             client: None,
             addr,
             stream_failures: 0,
@@ -151,7 +163,19 @@ impl NetworkConnection {
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL);
-        let client = RaftServiceClient::new(endpoint.connect_lazy())
+        let channel = match &self.tls {
+            None => endpoint.connect_lazy(),
+            // Each (re)connection runs its own handshake with the TLS files as they are then, so a
+            // certificate reloaded since is used from the next connection on.
+            Some(tls) => {
+                let (tls, addr) = (tls.clone(), self.addr.clone());
+                endpoint.connect_with_connector_lazy(tower::service_fn(move |_: tonic::transport::Uri| {
+                    let (tls, addr) = (tls.clone(), addr.clone());
+                    async move { tls.connect(&addr).await.map(hyper_util::rt::TokioIo::new) }
+                }))
+            }
+        };
+        let client = RaftServiceClient::new(channel)
             .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX);
         self.client = Some(client.clone());
@@ -204,6 +228,7 @@ impl NetworkConnection {
             Ok(response) => response.metadata(),
             Err(status) => status.metadata(),
         };
+        // A reply is only checked: a node takes an id from a leader's append, never from a reply.
         if let Err(refusal) = self.cluster.check(metadata, Side::Reply, &self.addr) {
             return Err(network_error(refusal));
         }
@@ -446,16 +471,34 @@ fn check_sender_clock(clock: &Hlc, sender_wall_ms: u64, what: &str, check: PeerC
     })
 }
 
+/// An id a request named that this node, having none, may take once the request passed every
+/// check (only from an append or a snapshot: see [`ClusterGuard::adopt`]).
+struct Adoptable {
+    id: ClusterId,
+    peer: String,
+}
+
 /// Checks what a request names before anything of it is decoded: this build's data format, and
-/// this node's cluster (adopting the sender's id if this node has none yet).
-fn check_request<T>(cluster: &ClusterGuard, request: &Request<T>) -> Result<(), Status> {
+/// this node's cluster.
+fn check_request<T>(cluster: &ClusterGuard, request: &Request<T>) -> Result<Option<Adoptable>, Status> {
     check_data_format(request)?;
     let peer = request
         .remote_addr()
         .map_or_else(|| "unknown".to_string(), |a| a.to_string());
-    cluster
-        .check(request.metadata(), Side::Request, &peer)
-        .map_err(|refusal| refusal.into_status(cluster.id()))
+    match cluster.check(request.metadata(), Side::Request, &peer) {
+        Ok(adoptable) => Ok(adoptable.map(|id| Adoptable { id, peer })),
+        Err(refusal) => Err(refusal.into_status(cluster.id())),
+    }
+}
+
+/// Adopts what a leader's append or snapshot named, now that it passed every other check.
+fn adopt(cluster: &ClusterGuard, adoptable: Option<Adoptable>) -> Result<(), Status> {
+    match adoptable {
+        None => Ok(()),
+        Some(Adoptable { id, peer }) => cluster
+            .adopt(id, &peer)
+            .map_err(|refusal| refusal.into_status(cluster.id())),
+    }
 }
 
 /// A reply naming this node's cluster id, for the sender's check.
@@ -466,10 +509,12 @@ fn reply<T>(cluster: &ClusterGuard, message: T) -> tonic::Response<T> {
 }
 
 impl RaftGrpcService {
-    /// Decodes a request, hands it to the local Raft, encodes the reply.
+    /// Decodes a request, hands it to the local Raft, encodes the reply. `from_leader`: an
+    /// append, whose cluster id a node without one takes.
     async fn serve_unary<Req, Resp, E, Fut>(
         &self,
         request: Request<RaftMessage>,
+        from_leader: bool,
         call: impl FnOnce(Req) -> Fut,
     ) -> Result<tonic::Response<RaftMessage>, Status>
     where
@@ -478,10 +523,13 @@ impl RaftGrpcService {
         E: std::fmt::Display,
         Fut: Future<Output = Result<Resp, E>>,
     {
-        check_request(&self.cluster, &request)?;
+        let adoptable = check_request(&self.cluster, &request)?;
         let request = request.into_inner();
         check_sender_clock(&self.clock, request.sender_wall_ms, "request", PeerCheck::Both)?;
         let rpc = decode(&request.data).map_err(bad_request)?;
+        if from_leader {
+            adopt(&self.cluster, adoptable)?;
+        }
         let answer = call(rpc).await.map_err(raft_failure)?;
         Ok(reply(&self.cluster, message(&self.clock, encode(&answer))))
     }
@@ -508,7 +556,7 @@ impl RaftService for RaftGrpcService {
         // A message that does not decode, or whose sender's clock is off, ends the stream: the
         // leader sees it close and re-establishes replication, rather than the follower
         // skipping an entry batch.
-        check_request(&self.cluster, &request)?;
+        let adoptable = check_request(&self.cluster, &request)?;
         let opened_at = request
             .metadata()
             .get(SENDER_WALL_MS_HEADER)
@@ -516,6 +564,8 @@ impl RaftService for RaftGrpcService {
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0);
         check_sender_clock(&self.clock, opened_at, "append stream", PeerCheck::Both)?;
+        // Only a leader opens a replication stream.
+        adopt(&self.cluster, adoptable)?;
         let clock = self.clock.clone();
         let requests = request
             .into_inner()
@@ -537,22 +587,23 @@ impl RaftService for RaftGrpcService {
     }
 
     async fn append(&self, request: Request<RaftMessage>) -> Result<tonic::Response<RaftMessage>, Status> {
-        self.serve_unary(request, |rpc| self.raft.append_entries(rpc)).await
+        self.serve_unary(request, true, |rpc| self.raft.append_entries(rpc))
+            .await
     }
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<tonic::Response<RaftMessage>, Status> {
-        self.serve_unary(request, |rpc| self.raft.vote(rpc)).await
+        self.serve_unary(request, false, |rpc| self.raft.vote(rpc)).await
     }
 
     async fn pre_vote(&self, request: Request<RaftMessage>) -> Result<tonic::Response<RaftMessage>, Status> {
-        self.serve_unary(request, |rpc| self.raft.pre_vote(rpc)).await
+        self.serve_unary(request, false, |rpc| self.raft.pre_vote(rpc)).await
     }
 
     async fn snapshot(
         &self,
         request: Request<Streaming<SnapshotChunk>>,
     ) -> Result<tonic::Response<RaftMessage>, Status> {
-        check_request(&self.cluster, &request)?;
+        let adoptable = check_request(&self.cluster, &request)?;
         let mut chunks = request.into_inner();
         let first = chunks
             .next()
@@ -560,6 +611,7 @@ impl RaftService for RaftGrpcService {
             .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
         check_sender_clock(&self.clock, first.sender_wall_ms, "snapshot", PeerCheck::Both)?;
         let (vote, meta): (Vote, SnapshotMeta) = decode(&first.header).map_err(bad_request)?;
+        adopt(&self.cluster, adoptable)?;
         let path = self
             .incoming_dir
             .join(format!("{INCOMING_PREFIX}{}{INCOMING_SUFFIX}", rand_suffix()));

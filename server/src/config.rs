@@ -25,6 +25,11 @@ pub struct NodeConfig {
     /// Raft message they get.
     #[serde(default)]
     pub cluster_id: Option<String>,
+    /// Mutual TLS on the peer listener (`[peer_tls]`: `cert`, `key`, `ca`, PEM files): peers
+    /// must present a certificate of the cluster's CA, and this node presents `cert` to them.
+    /// Reloaded when the files change. Needs `peer_listen`.
+    #[serde(default)]
+    pub peer_tls: Option<PeerTlsConfig>,
     /// HTTP address for /metrics and /health.
     #[serde(default)]
     pub http: Option<SocketAddr>,
@@ -92,6 +97,26 @@ pub struct NodeConfig {
     /// The Redis protocol (docs/redis.md): served when `resp.listen` is set.
     #[serde(default)]
     pub resp: RespListenConfig,
+}
+
+/// The peer listener's TLS files (`[peer_tls]` in a config file; `--peer-tls-cert`,
+/// `--peer-tls-key`, `--peer-tls-ca`).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PeerTlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+}
+
+impl PeerTlsConfig {
+    pub fn files(&self) -> basalt_raft::peer_tls::PeerTlsFiles {
+        basalt_raft::peer_tls::PeerTlsFiles {
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            ca: self.ca.clone(),
+        }
+    }
 }
 
 /// The Redis protocol's listener (`[resp]` in a config file).
@@ -580,6 +605,13 @@ impl NodeConfig {
             }
         }
         self.parsed_cluster_id()?;
+        if self.peer_tls.is_some() && self.peer_listen.is_none() {
+            return invalid(
+                "peer TLS is given (--peer-tls-cert/-key/-ca) but there is no peer listener (--peer-listen): \
+                 TLS between the members needs Raft apart from the client port"
+                    .into(),
+            );
+        }
         basalt_storage::log::LogOptions {
             segment_bytes_max: self.segment_bytes,
             ..Default::default()
@@ -676,6 +708,7 @@ mod tests {
             listen: "127.0.0.1:7001".parse().expect("addr"),
             peer_listen: None,
             cluster_id: None,
+            peer_tls: None,
             http: None,
             data_dir: "/tmp/x".into(),
             peers: parse_peers("1=127.0.0.1:7001,2=127.0.0.1:7002").expect("peers"),

@@ -208,6 +208,23 @@ async fn metrics(State(api): State<Api>, Extension(edge): Extension<Option<Arc<E
         "Raft messages (received, or replies to this node's) refused for naming another cluster id.",
         api.cluster.refused(),
     );
+    if let Some(tls) = &api.peer_tls {
+        counter(
+            "basalt_peer_tls_handshake_failures_total",
+            "Peer connections (either way) whose TLS handshake failed: a certificate of another CA, none, plaintext, a timeout.",
+            tls.handshake_failures(),
+        );
+        counter(
+            "basalt_peer_tls_reloads_total",
+            "Times the peer TLS files changed and were loaded anew.",
+            tls.reloads(),
+        );
+        counter(
+            "basalt_peer_tls_reload_failures_total",
+            "Times the peer TLS files changed but did not load (the previous ones stay).",
+            tls.reload_failures(),
+        );
+    }
     let clock = api.clock.stats();
     counter(
         "basalt_clock_clamped_stamps_total",

@@ -21,6 +21,7 @@ use basalt_client::pb::txn_server::TxnServer;
 use basalt_raft::cluster_guard::ClusterGuard;
 use basalt_raft::log_store::LogStore;
 use basalt_raft::network::{NetworkFactory, RaftGrpcService};
+use basalt_raft::peer_tls::PeerTls;
 use basalt_raft::state_machine::StateMachine;
 use basalt_raft::Raft;
 use basalt_replication::pb::region_feed_server::RegionFeedServer;
@@ -65,6 +66,8 @@ pub enum NodeError {
         kept: basalt_storage::cluster_id::ClusterId,
         given: basalt_storage::cluster_id::ClusterId,
     },
+    #[error("peer TLS: {0}")]
+    PeerTls(basalt_raft::peer_tls::TlsError),
     #[error("serving gRPC on {addr}: {source}")]
     Serve {
         addr: std::net::SocketAddr,
@@ -145,7 +148,10 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         }
         None => None,
     };
-    // Likewise the peer listener's and RESP's.
+    // Likewise the client API's, the peer listener's and RESP's.
+    let client_listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(io(format!("binding the client API on {}", config.listen)))?;
     let peer_listener = match config.peer_listen {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)
@@ -178,8 +184,20 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
     let store = state_machine.store().clone();
     check_region_flags(&config, topology.borrow().as_deref(), &store)?;
     let applied = state_machine.subscribe_applied();
+    let applied_membership = state_machine
+        .applied_membership()
+        .map_err(io("reading the applied membership"))?;
     let incoming_dir = state_machine.snapshot_dir().to_path_buf();
-    let network = NetworkFactory::new(config.peer_routes.clone(), clock.clone(), cluster.clone());
+    let peer_tls = match &config.peer_tls {
+        Some(tls) => Some(Arc::new(PeerTls::load(tls.files()).map_err(NodeError::PeerTls)?)),
+        None => None,
+    };
+    let network = NetworkFactory::new(
+        config.peer_routes.clone(),
+        clock.clone(),
+        cluster.clone(),
+        peer_tls.clone(),
+    );
     let network_stats = network.stats();
     let raft = Raft::new(
         config.id,
@@ -233,6 +251,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         merger: Arc::new(crate::api::Merger::new(config.kv_merge_in_flight)),
         expiry_tick: Arc::default(),
         cluster: cluster.clone(),
+        peer_tls: peer_tls.clone(),
+        peer_listen: config.peer_listen,
     };
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -243,7 +263,11 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         let _ = shutdown_tx.send(true);
     });
     let raft_stopped = Arc::new(std::sync::Mutex::new(None));
-    let fail_stop = tokio::spawn(stop_when_raft_stops(raft.clone(), stop_tx, raft_stopped.clone()));
+    let fail_stop = tokio::spawn(stop_when_raft_stops(
+        raft.clone(),
+        stop_tx.clone(),
+        raft_stopped.clone(),
+    ));
     let wait_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
@@ -336,27 +360,38 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         edge: edge.clone(),
         routes: Arc::new(config.peer_routes.clone()),
     };
-    let raft_service = RaftGrpcService::new(raft.clone(), incoming_dir, clock.clone(), cluster.clone());
+    let raft_service = || RaftGrpcService::new(raft.clone(), incoming_dir.clone(), clock.clone(), cluster.clone());
+    let also_on_client_port = raft_also_on_client_port(&config, &applied_membership)?;
     // With a peer listener, Raft is served there only: the client port refuses it
-    // (UNIMPLEMENTED), so a client cannot vote or append.
+    // (UNIMPLEMENTED), so a client cannot vote or append. Unless the membership still sends this
+    // node's Raft to its client port (it was added before it had a peer listener).
     let (raft_on_client_port, peer_task) = match peer_listener {
-        None => (Some(raft_service), None),
+        None => (Some(raft_service()), None),
         Some(listener) => {
             let addr = listener
                 .local_addr()
                 .map_err(io("reading the peer listener's address"))?;
-            tracing::info!(%addr, "serving raft on the peer listener");
-            let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            tracing::info!(%addr, tls = peer_tls.is_some(), "serving raft on the peer listener");
             let stop = wait_stop(stop_rx.clone());
-            let serve = tonic::transport::Server::builder()
-                .add_service(raft_service)
-                .serve_with_incoming_shutdown(incoming, stop);
-            (
-                None,
-                Some(tokio::spawn(async move {
-                    serve.await.map_err(|source| NodeError::Serve { addr, source })
-                })),
-            )
+            let server = tonic::transport::Server::builder().add_service(raft_service());
+            let task = match &peer_tls {
+                None => {
+                    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+                    let serve = server.serve_with_incoming_shutdown(incoming, stop);
+                    tokio::spawn(stop_when_done(stop_tx.clone(), async move {
+                        serve.await.map_err(|source| NodeError::Serve { addr, source })
+                    }))
+                }
+                Some(tls) => {
+                    tokio::spawn(tls.clone().keep_reloading(stop_rx.clone()));
+                    let incoming = basalt_raft::peer_tls::incoming(listener, tls.clone(), stop_rx.clone());
+                    let serve = server.serve_with_incoming_shutdown(incoming, stop);
+                    tokio::spawn(stop_when_done(stop_tx.clone(), async move {
+                        serve.await.map_err(|source| NodeError::Serve { addr, source })
+                    }))
+                }
+            };
+            (also_on_client_port.then(raft_service), Some(task))
         }
     };
     tracing::info!(id = config.id, listen = %config.listen, data_dir = %config.data_dir.display(), "node serving");
@@ -377,7 +412,10 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         .add_service(ClusterServer::new(api.clone()).max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX))
         .add_service(CacheServer::new(cache_service).max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX))
         .add_service(feed_receiver)
-        .serve_with_shutdown(config.listen, wait_stop(stop_rx.clone()))
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(client_listener).with_nodelay(Some(true)),
+            wait_stop(stop_rx.clone()),
+        )
         .await;
 
     tracing::info!(id = config.id, "shutting down");
@@ -393,7 +431,9 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         let _ = task.await;
     }
     let peer_served = match peer_task {
-        Some(task) => task.await.unwrap_or(Ok(())),
+        Some(task) => task
+            .await
+            .unwrap_or_else(|e| Err(NodeError::Raft(format!("the peer listener's task failed: {e}")))),
         None => Ok(()),
     };
     if let Some((_, task, follower)) = edge_task {
@@ -415,6 +455,54 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         source,
     })?;
     peer_served
+}
+
+/// Runs a server until it ends, then stops the node: a listener that fails (or ends) must not
+/// leave the node half serving.
+async fn stop_when_done(
+    stop: Arc<tokio::sync::watch::Sender<bool>>,
+    serve: impl Future<Output = Result<(), NodeError>>,
+) -> Result<(), NodeError> {
+    let served = serve.await;
+    if let Err(e) = &served {
+        tracing::error!(error = %e, "a listener failed; stopping the node");
+    }
+    let _ = stop.send(true);
+    served
+}
+
+/// Whether Raft must be served on the client port too: the node has a peer listener, but the
+/// membership lists it with no peer address (it was added, or bootstrapped, before it had one),
+/// so the other members send its Raft to its client port. The reverse (the membership names a
+/// peer address but the node has no peer listener) would cut the node off: it refuses to start.
+fn raft_also_on_client_port(
+    config: &NodeConfig,
+    membership: &basalt_raft::StoredMembership,
+) -> Result<bool, NodeError> {
+    let Some(node) = membership.membership().get_node(&config.id) else {
+        return Ok(false);
+    };
+    let member = match basalt_raft::member_addr::MemberAddr::parse(&node.addr) {
+        Ok(member) => member,
+        Err(_) => return Ok(false),
+    };
+    match (&member.peer, config.peer_listen) {
+        (None, Some(peer_listen)) => {
+            tracing::warn!(
+                membership_addr = %node.addr,
+                %peer_listen,
+                "the membership lists this node without a peer address: its Raft is served on the client port too \
+                 until it is replaced by a member added with --peer-addr (docs/security.md)"
+            );
+            Ok(true)
+        }
+        (Some(peer), None) => Err(NodeError::Config(ConfigError::Invalid(format!(
+            "the membership lists this node (id {}) with peer address {peer}, where the other members send its \
+             Raft: start it with --peer-listen",
+            config.id
+        )))),
+        _ => Ok(false),
+    }
 }
 
 /// Fail-stop: when the Raft core stops on its own (openraft stops on any storage error, such as

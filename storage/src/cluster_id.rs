@@ -60,27 +60,30 @@ impl std::fmt::Display for ClusterId {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Admission {
     Accept,
-    /// This node has no id yet (a new node, before its first message from the cluster): it takes
-    /// the peer's, durably, and accepts.
-    Adopt(ClusterId),
-    /// The peer belongs to another cluster.
+    /// This node has no id yet and the peer names one: accepted, and the node may take the id
+    /// (durably) once the message has passed every other check, if it is one a leader sends (an
+    /// append or a snapshot; never a vote, which any candidate sends, nor a reply).
+    MayAdopt(ClusterId),
+    /// The peer belongs to another cluster, or names none while this node has one.
     Refuse {
         ours: ClusterId,
-        theirs: ClusterId,
+        theirs: Option<ClusterId>,
     },
 }
 
 /// The rule, on both sides of every Raft exchange:
-/// - the same id: accept;
-/// - two ids: refuse, whatever the message;
-/// - this node has none and the peer names one: adopt it (a node is bootstrapped with an id, or
-///   given one with `--cluster-id`; every other member takes it from the first message it gets);
-/// - the peer names none: accept. Only nodes of a cluster bootstrapped before cluster ids name
-///   none; refusing them would split such a cluster in the middle of its upgrade.
+/// - the same id, or none on either side (a cluster bootstrapped before cluster ids): accept;
+/// - two ids: refuse;
+/// - this node has an id and the peer names none: refuse. Such a peer is of a cluster from
+///   before cluster ids, or lost its `CLUSTER_ID`; accepting it would let two clusters talk.
+///   (An old cluster gets an id by a rolling restart with `--cluster-id` on every node.)
+/// - this node has none and the peer names one: accept, and the caller may adopt it
+///   ([`Admission::MayAdopt`]). A node is bootstrapped with an id or given one with
+///   `--cluster-id`; every other member takes it from its first append or snapshot.
 pub fn admit(ours: Option<ClusterId>, theirs: Option<ClusterId>) -> Admission {
     match (ours, theirs) {
-        (Some(ours), Some(theirs)) if ours != theirs => Admission::Refuse { ours, theirs },
-        (None, Some(theirs)) => Admission::Adopt(theirs),
+        (Some(ours), theirs) if theirs != Some(ours) => Admission::Refuse { ours, theirs },
+        (None, Some(theirs)) => Admission::MayAdopt(theirs),
         _ => Admission::Accept,
     }
 }
@@ -136,9 +139,15 @@ mod tests {
     fn two_ids_refuse_each_other_and_a_node_without_one_adopts() {
         let (a, b) = (ClusterId(1), ClusterId(2));
         assert_eq!(admit(Some(a), Some(a)), Admission::Accept);
-        assert_eq!(admit(Some(a), Some(b)), Admission::Refuse { ours: a, theirs: b });
-        assert_eq!(admit(None, Some(b)), Admission::Adopt(b));
-        assert_eq!(admit(Some(a), None), Admission::Accept);
+        assert_eq!(
+            admit(Some(a), Some(b)),
+            Admission::Refuse {
+                ours: a,
+                theirs: Some(b)
+            }
+        );
+        assert_eq!(admit(None, Some(b)), Admission::MayAdopt(b));
+        assert_eq!(admit(Some(a), None), Admission::Refuse { ours: a, theirs: None });
         assert_eq!(admit(None, None), Admission::Accept);
     }
 

@@ -169,6 +169,8 @@ pub struct TestCluster {
     edges: BTreeMap<u64, PortReservation>,
     /// Each node's RESP listener, when [`TestCluster::enable_resp`] gave it one.
     resp: BTreeMap<u64, PortReservation>,
+    /// Whether the nodes started from now on have peer listeners (they do unless a test says).
+    peer_listeners: bool,
 }
 
 impl TestCluster {
@@ -188,11 +190,7 @@ impl TestCluster {
         for id in 1..=options.nodes {
             specs.insert(id, Self::spec(&dir, id));
         }
-        let peers = specs
-            .values()
-            .map(|s| format!("{}={}/{}", s.id, s.addr, s.peer))
-            .collect::<Vec<_>>()
-            .join(",");
+        let peers = Self::peers_flag(&specs, true);
         TestCluster {
             dir,
             specs,
@@ -202,7 +200,26 @@ impl TestCluster {
             binary: binary.into(),
             edges: BTreeMap::new(),
             resp: BTreeMap::new(),
+            peer_listeners: true,
         }
+    }
+
+    fn peers_flag(specs: &BTreeMap<u64, NodeSpec>, peer_listeners: bool) -> String {
+        specs
+            .values()
+            .map(|s| match peer_listeners {
+                true => format!("{}={}/{}", s.id, s.addr, s.peer),
+                false => format!("{}={}", s.id, s.addr),
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Whether the nodes started from now on listen for peers apart from clients
+    /// (`--peer-listen`; on by default), as a build before peer listeners ran them when off.
+    pub fn set_peer_listeners(&mut self, on: bool) {
+        self.peer_listeners = on;
+        self.peers = Self::peers_flag(&self.specs, on);
     }
 
     /// Gives every planned node an edge-cache listener of its own (`--edge-listen`), serving
@@ -326,7 +343,6 @@ impl TestCluster {
         command
             .arg("start")
             .args(["--id", &id.to_string(), "--listen", &spec.addr, "--http", &spec.http])
-            .args(["--peer-listen", &spec.peer])
             .arg("--data-dir")
             .arg(&spec.data_dir)
             .args(["--peers", &self.peers])
@@ -345,6 +361,9 @@ impl TestCluster {
         }
         if let Some(resp) = self.resp.get(&id) {
             command.args(["--resp-listen", &resp.addr().to_string()]);
+        }
+        if self.peer_listeners {
+            command.args(["--peer-listen", &spec.peer]);
         }
         if init {
             command.arg("--init");
@@ -499,7 +518,8 @@ impl TestCluster {
     pub fn metric(&self, id: u64, name: &str) -> u64 {
         use std::io::{Read, Write};
         let addr = &self.specs[&id].http;
-        let mut stream = std::net::TcpStream::connect(addr).expect("connect to /metrics");
+        // The node may still be starting its HTTP listener.
+        let mut stream = self.connect_when_listening(addr);
         stream
             .set_read_timeout(Some(Duration::from_secs(5)))
             .expect("read timeout");

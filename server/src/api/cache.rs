@@ -128,12 +128,14 @@ impl CacheService {
                 .membership_config
                 .membership()
                 .get_node(&id)
-                .map(|n| MemberAddr::client_of(&n.addr))
+                .and_then(|n| MemberAddr::parse(&n.addr).ok())
         });
-        let (Some(leader), Some(addr)) = (metrics.current_leader, leader_addr) else {
+        let (Some(leader), Some(member)) = (metrics.current_leader, leader_addr) else {
             return Err(not_leader);
         };
-        let addr = self.routes.get(&leader).cloned().unwrap_or(addr);
+        let addr = self
+            .client_route(leader, member.peer.is_some(), &member.client)
+            .to_string();
         let channel = peer_channel(&addr).map_err(|e| status(ErrorCode::Unavailable, e))?;
         let mut forwarded = Request::new(request);
         // The leader answers within the wait (at most the maximum) once it has the write.
@@ -155,7 +157,17 @@ impl CacheService {
 
     /// The address to reach `member` at.
     fn route<'a>(&'a self, member: &'a pb::Member) -> &'a str {
-        self.routes.get(&member.id).map_or(member.addr.as_str(), String::as_str)
+        self.client_route(member.id, !member.peer_addr.is_empty(), &member.addr)
+    }
+
+    /// Where to reach node `id`'s client API: its route when it has no peer listener (the routes
+    /// then lead to its one port), its client address otherwise (the routes lead to its peer
+    /// listener, which serves Raft only).
+    fn client_route<'a>(&'a self, id: u64, has_peer_listener: bool, client: &'a str) -> &'a str {
+        match has_peer_listener {
+            true => client,
+            false => self.routes.get(&id).map_or(client, String::as_str),
+        }
     }
 
     fn local_stats(&self) -> pb::NodeCacheStats {

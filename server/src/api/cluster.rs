@@ -11,6 +11,40 @@ use tonic::{Request, Response as GrpcResponse, Status};
 
 use super::{metrics_now, status, write_error_status, Api};
 
+/// Asks the node being added whether it has a peer listener, and refuses an add whose
+/// `peer_addr` does not fit (a learner Raft cannot reach would stay in the membership, and the
+/// add would wait for it forever). A node that does not answer is added as asked.
+async fn check_peer_listener(addr: &str, peer_addr: &str) -> Result<(), Status> {
+    use basalt_client::pb::cluster_client::ClusterClient;
+    const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+    let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{addr}")) else {
+        return Ok(());
+    };
+    let mut request = Request::new(pb::StatusRequest {});
+    request.set_timeout(PROBE_TIMEOUT);
+    let probe = async { ClusterClient::new(endpoint.connect_lazy()).status(request).await };
+    let reported = match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
+        Ok(Ok(status)) => status.into_inner().peer_listen,
+        _ => return Ok(()),
+    };
+    match (peer_addr.is_empty(), reported.is_empty()) {
+        (true, false) => Err(status(
+            ErrorCode::InvalidArgument,
+            format!(
+                "the node at {addr} listens for peers on {reported}: add it with the address the members reach \
+                 that listener at (peer_addr; `basalt cluster add-node --peer-addr`)"
+            ),
+        )),
+        (false, true) => Err(status(
+            ErrorCode::InvalidArgument,
+            format!(
+                "the node at {addr} has no peer listener: add it without peer_addr, or restart it with --peer-listen"
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 #[tonic::async_trait]
 impl Cluster for Api {
     async fn status(&self, _request: Request<pb::StatusRequest>) -> Result<GrpcResponse<pb::StatusResponse>, Status> {
@@ -47,6 +81,7 @@ impl Cluster for Api {
             snapshot_index: metrics.snapshot.as_ref().map(|l| l.index),
             purged_index: metrics.purged.as_ref().map(|l| l.index),
             cluster_id: self.cluster.id().map(|id| id.to_string()).unwrap_or_default(),
+            peer_listen: self.peer_listen.map(|a| a.to_string()).unwrap_or_default(),
         }))
     }
 
@@ -123,6 +158,7 @@ impl Cluster for Api {
                 format!("peer_addr {:?} is not host:port", r.peer_addr),
             ));
         }
+        check_peer_listener(&r.addr, &r.peer_addr).await?;
         let member = MemberAddr {
             client: r.addr,
             peer: Some(r.peer_addr).filter(|peer| !peer.is_empty()),

@@ -68,6 +68,10 @@ pub struct Api {
     pub expiry_tick: Arc<tokio::sync::Mutex<()>>,
     /// This node's cluster id, for status.
     pub cluster: Arc<basalt_raft::cluster_guard::ClusterGuard>,
+    /// The peer listener this node was started with (`--peer-listen`), for status.
+    pub peer_listen: Option<std::net::SocketAddr>,
+    /// Mutual TLS on the peer listener, when the node has it (for /metrics).
+    pub peer_tls: Option<Arc<basalt_raft::peer_tls::PeerTls>>,
 }
 
 /// A copy of the node's current Raft metrics.
