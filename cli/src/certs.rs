@@ -15,8 +15,10 @@ use rcgen::{
 
 pub const CA_CERT_FILE: &str = "ca.pem";
 pub const CA_KEY_FILE: &str = "ca-key.pem";
-/// How long the certificates made here are valid, in days.
-const VALIDITY_DAYS: i64 = 825;
+/// How long a CA made here is valid, in days (ten years).
+const CA_VALIDITY_DAYS: i64 = 3650;
+/// How long a node certificate made here is valid, in days (never past its CA's end).
+const NODE_VALIDITY_DAYS: i64 = 825;
 
 #[derive(Subcommand, Debug)]
 pub enum CertsCommand {
@@ -56,24 +58,36 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CertsError + '_ {
     }
 }
 
-/// Writes `content` to `path`, readable by its owner only when `secret`.
-fn write(path: &Path, content: &str, secret: bool) -> Result<(), CertsError> {
+/// Writes `path` whole: a temporary file (mode 0600 for a `secret`, 0644 otherwise, set
+/// explicitly), fsynced, renamed over `path`. `create_new`: refuse if `path` exists.
+fn write(path: &Path, content: &str, secret: bool, create_new: bool) -> Result<(), CertsError> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    if secret {
-        options.mode(0o600);
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if create_new && path.exists() {
+        return Err(CertsError::Exists {
+            path: path.to_path_buf(),
+        });
     }
-    let mut file = options.open(path).map_err(io(path))?;
-    file.write_all(content.as_bytes()).map_err(io(path))?;
-    file.sync_all().map_err(io(path))
+    let tmp = path.with_extension("pem.tmp");
+    let mode = if secret { 0o600 } else { 0o644 };
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(io(&tmp))?;
+    file.set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(io(&tmp))?;
+    file.write_all(content.as_bytes()).map_err(io(&tmp))?;
+    file.sync_all().map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))
 }
 
-fn validity(params: &mut CertificateParams) {
+fn validity(params: &mut CertificateParams, days: i64) {
     let now = time::OffsetDateTime::now_utc();
     params.not_before = now - time::Duration::minutes(5);
-    params.not_after = now + time::Duration::days(VALIDITY_DAYS);
+    params.not_after = now + time::Duration::days(days);
 }
 
 /// Makes a new CA in `dir`.
@@ -93,11 +107,12 @@ pub fn make_ca(dir: &Path) -> Result<(), CertsError> {
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
-    validity(&mut params);
+    validity(&mut params, CA_VALIDITY_DAYS);
     let key = KeyPair::generate()?;
     let cert = params.self_signed(&key)?;
-    write(&key_path, &key.serialize_pem(), true)?;
-    write(&cert_path, &cert.pem(), false)
+    // The certificate last: a CA directory with ca.pem has its key too.
+    write(&key_path, &key.serialize_pem(), true, true)?;
+    write(&cert_path, &cert.pem(), false, true)
 }
 
 /// Makes node `name`'s certificate and key in `dir`, signed by the CA there, valid for `hosts`.
@@ -117,16 +132,21 @@ pub fn make_node(dir: &Path, name: &str, hosts: &[String]) -> Result<(PathBuf, P
     let ca_cert_pem = std::fs::read_to_string(&ca_cert_path).map_err(io(&ca_cert_path))?;
     let issuer = Issuer::from_ca_cert_pem(&ca_cert_pem, ca_key)?;
 
-    let mut params = CertificateParams::new(hosts.to_vec())?;
+    // `[::1]` as written in an address is the IP ::1 (rcgen reads an IP from its bare form).
+    let hosts: Vec<String> = hosts
+        .iter()
+        .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_string())
+        .collect();
+    let mut params = CertificateParams::new(hosts)?;
     params.distinguished_name.push(DnType::CommonName, name);
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-    validity(&mut params);
+    validity(&mut params, NODE_VALIDITY_DAYS);
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, &issuer)?;
     let (cert_path, key_path) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}-key.pem")));
-    write(&key_path, &key.serialize_pem(), true)?;
-    write(&cert_path, &cert.pem(), false)?;
+    write(&key_path, &key.serialize_pem(), true, false)?;
+    write(&cert_path, &cert.pem(), false, false)?;
     Ok((cert_path, key_path))
 }
 
@@ -143,4 +163,33 @@ pub fn certs(command: CertsCommand) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ca_is_never_overwritten_and_node_keys_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        make_ca(dir.path()).expect("CA");
+        assert!(matches!(make_ca(dir.path()), Err(CertsError::Exists { .. })));
+        let (cert, key) = make_node(dir.path(), "node-1", &["[::1]".into(), "127.0.0.1".into()]).expect("node");
+        assert!(std::fs::read_to_string(cert)
+            .expect("cert")
+            .starts_with("-----BEGIN CERTIFICATE-----"));
+        let mode = std::fs::metadata(&key).expect("key").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let mode = std::fs::metadata(dir.path().join(CA_KEY_FILE))
+            .expect("CA key")
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600);
+        assert!(matches!(
+            make_node(dir.path(), "../x", &["a".into()]),
+            Err(CertsError::BadName(_))
+        ));
+    }
 }

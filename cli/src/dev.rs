@@ -188,6 +188,8 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
     let dir = prepare_dir(&args)?;
     let tls_dir = dir.join("tls");
     if args.secure && !tls_dir.join(crate::certs::CA_CERT_FILE).exists() {
+        // A key without its certificate: a run stopped between the two writes.
+        let _ = std::fs::remove_file(tls_dir.join(crate::certs::CA_KEY_FILE));
         crate::certs::make_ca(&tls_dir).map_err(|e| e.to_string())?;
     }
     let exe = std::env::current_exe().map_err(|e| format!("locating the basalt binary: {e}"))?;

@@ -29,6 +29,8 @@ pub struct ClusterGuard {
     stamping: Mutex<()>,
     /// Messages (sent or received) refused for naming another cluster, since start.
     refused: AtomicU64,
+    /// Whether this node may take an id from a peer: only while it holds nothing (set at start).
+    may_adopt: std::sync::atomic::AtomicBool,
 }
 
 /// Which side of an exchange a check is on, for the log line.
@@ -50,6 +52,11 @@ pub enum ClusterRefusal {
          CLUSTER_ID file is gone)".to_string(), |id| id.to_string())
     )]
     OtherCluster { ours: ClusterId, theirs: Option<ClusterId> },
+    #[error(
+        "the peer names cluster {theirs}, and this node holds data but no cluster id (a cluster bootstrapped \
+         before cluster ids, or a lost CLUSTER_ID file): it takes no id from a peer; start it with --cluster-id"
+    )]
+    HoldsDataWithoutId { theirs: ClusterId },
     #[error("the peer names no readable cluster id ({found:?})")]
     Unreadable { found: String },
     #[error("keeping the adopted cluster id {id}: {reason}")]
@@ -84,7 +91,17 @@ impl ClusterGuard {
             id: RwLock::new(id),
             stamping: Mutex::new(()),
             refused: AtomicU64::new(0),
+            may_adopt: std::sync::atomic::AtomicBool::new(true),
         })
+    }
+
+    /// Whether this node, while it has no id, may take one from a peer's append: true only for a
+    /// node that holds nothing (no log, no membership). A node that holds data but no id (of a
+    /// cluster from before cluster ids, or whose id file is gone) refuses every request naming an
+    /// id instead, so a stranger's leader cannot claim it: it must be given its id
+    /// (`--cluster-id`).
+    pub fn set_may_adopt(&self, may_adopt: bool) {
+        self.may_adopt.store(may_adopt, Ordering::Relaxed);
     }
 
     /// This node's cluster id, if it has one yet.
@@ -141,7 +158,12 @@ impl ClusterGuard {
         }
         match admit(self.id(), theirs) {
             Admission::Accept => Ok(None),
-            Admission::MayAdopt(id) => Ok(Some(id)),
+            Admission::MayAdopt(id) if self.may_adopt.load(Ordering::Relaxed) => Ok(Some(id)),
+            Admission::MayAdopt(id) => {
+                let refusal = ClusterRefusal::HoldsDataWithoutId { theirs: id };
+                self.log_refusal(&refusal, side, peer);
+                Err(refusal)
+            }
             Admission::Refuse { ours, theirs } => {
                 let refusal = ClusterRefusal::OtherCluster { ours, theirs };
                 self.log_refusal(&refusal, side, peer);
@@ -266,6 +288,24 @@ mod tests {
             .check(&metadata_naming(Some("zz")), Side::Request, "p")
             .expect_err("unreadable");
         assert!(matches!(bad, ClusterRefusal::Unreadable { .. }), "{bad}");
+    }
+
+    #[test]
+    fn a_node_holding_data_without_an_id_takes_none_from_a_peer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let guard = ClusterGuard::open(dir.path().to_path_buf()).expect("open");
+        guard.set_may_adopt(false);
+        let e = guard
+            .check(&metadata_naming(Some(A)), Side::Request, "p")
+            .expect_err("not pristine");
+        assert!(matches!(e, ClusterRefusal::HoldsDataWithoutId { .. }), "{e}");
+        assert_eq!(
+            guard
+                .check(&metadata_naming(None), Side::Request, "p")
+                .expect("old peers"),
+            None
+        );
+        assert_eq!(guard.id(), None);
     }
 
     #[test]

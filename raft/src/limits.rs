@@ -35,9 +35,18 @@ pub const REOPEN_PAUSE_MAX: Duration = Duration::from_millis(100);
 pub const TLS_RELOAD_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 /// The longest a TLS handshake on the peer listener may take before the connection is dropped,
 /// so a peer that connects and says nothing holds no task for long.
-pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
+/// TLS handshakes in progress on the peer listener; a connection beyond them is dropped at once,
+/// so a flood of silent connections cannot use up the node's file descriptors.
+pub const PEER_HANDSHAKES_MAX: usize = 128;
 /// Peer connections whose handshake succeeded, waiting for the gRPC server to take them.
 pub const PEER_HANDSHAKES_QUEUED_MAX: usize = 64;
+/// The most read of each peer TLS file (certificate chain, key, CA bundle), in bytes.
+pub const TLS_FILE_BYTES_MAX: u64 = 1024 * 1024;
+/// How long a peer connection lives before the server asks the peer to open a new one (HTTP/2
+/// GOAWAY, after which the open streams finish): a connection made under certificates or a CA
+/// since replaced ends within this time.
+pub const PEER_CONNECTION_AGE_MAX: Duration = Duration::from_secs(600);
 
 // A message of a full budget plus one more record, or of the largest record alone, fits the Raft
 // message cap with room for the message's own fields.

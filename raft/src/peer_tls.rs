@@ -12,14 +12,17 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use crate::limits::{CONNECT_TIMEOUT, PEER_HANDSHAKES_QUEUED_MAX, TLS_HANDSHAKE_TIMEOUT, TLS_RELOAD_CHECK_INTERVAL};
+use crate::limits::{
+    CONNECT_TIMEOUT, PEER_HANDSHAKES_MAX, PEER_HANDSHAKES_QUEUED_MAX, TLS_FILE_BYTES_MAX, TLS_HANDSHAKE_TIMEOUT,
+    TLS_RELOAD_CHECK_INTERVAL,
+};
 /// The ALPN protocol both sides offer: gRPC is HTTP/2.
 const ALPN_H2: &[u8] = b"h2";
 
@@ -56,14 +59,21 @@ struct Loaded {
     connector: TlsConnector,
 }
 
-/// A file's identity for change detection: its modification time and length.
-type Fingerprint = Vec<Option<(SystemTime, u64)>>;
+/// What the three files held when last loaded (`None`: unreadable), compared whole: the files are
+/// small, and a change of content is what matters (a rewrite within one mtime tick, or a fix of
+/// permissions that leaves the content as it was, are both seen).
+type Fingerprint = Vec<Option<Vec<u8>>>;
 
 /// A member's peer TLS: the current configurations and how they came to be.
 pub struct PeerTls {
     files: PeerTlsFiles,
     loaded: RwLock<Arc<Loaded>>,
     fingerprint: Mutex<Fingerprint>,
+    /// The last load of changed files failed: every check tries again (a permission fixed
+    /// without a change of content, descriptors back after running out).
+    last_failed: std::sync::atomic::AtomicBool,
+    /// Handshakes in progress on the peer listener, bounded by [`PEER_HANDSHAKES_MAX`].
+    handshakes: Arc<tokio::sync::Semaphore>,
     reloads: AtomicU64,
     reload_failures: AtomicU64,
     handshake_failures: AtomicU64,
@@ -140,8 +150,14 @@ fn fingerprint(files: &PeerTlsFiles) -> Fingerprint {
     [&files.cert, &files.key, &files.ca]
         .iter()
         .map(|path| {
-            let metadata = std::fs::metadata(path).ok()?;
-            Some((metadata.modified().ok()?, metadata.len()))
+            use std::io::Read;
+            let mut bytes = Vec::new();
+            std::fs::File::open(path)
+                .ok()?
+                .take(TLS_FILE_BYTES_MAX)
+                .read_to_end(&mut bytes)
+                .ok()?;
+            Some(bytes)
         })
         .collect()
 }
@@ -155,6 +171,8 @@ impl PeerTls {
             files,
             loaded: RwLock::new(Arc::new(loaded)),
             fingerprint: Mutex::new(fingerprint),
+            last_failed: std::sync::atomic::AtomicBool::new(false),
+            handshakes: Arc::new(tokio::sync::Semaphore::new(PEER_HANDSHAKES_MAX)),
             reloads: AtomicU64::new(0),
             reload_failures: AtomicU64::new(0),
             handshake_failures: AtomicU64::new(0),
@@ -173,23 +191,27 @@ impl PeerTls {
     pub fn reload_if_changed(&self) -> bool {
         let now = fingerprint(&self.files);
         let mut seen = self.fingerprint.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if *seen == now {
+        if *seen == now && !self.last_failed.load(Ordering::Relaxed) {
             return false;
         }
         match load(&self.files) {
             Ok(loaded) => {
                 *self.loaded.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(loaded);
                 *seen = now;
+                self.last_failed.store(false, Ordering::Relaxed);
                 let reloads = self.reloads.fetch_add(1, Ordering::Relaxed) + 1;
                 tracing::info!(reloads, cert = %self.files.cert.display(), "peer TLS certificates reloaded");
                 true
             }
             Err(e) => {
-                // Tried again at the next check only if a file changes again: a half-written file
-                // is rewritten whole soon, a wrong one is not retried in a loop.
+                // Tried again at every check until it loads; warned once per change of content.
+                let changed = *seen != now;
                 *seen = now;
-                self.reload_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, "peer TLS files changed but do not load; keeping the previous ones");
+                self.last_failed.store(true, Ordering::Relaxed);
+                if changed {
+                    self.reload_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "peer TLS files changed but do not load; keeping the previous ones");
+                }
                 false
             }
         }
@@ -377,10 +399,19 @@ pub fn incoming(
                     continue;
                 }
             };
+            // A connection beyond the handshakes in progress is dropped at once: a flood of
+            // connections that never finish a handshake holds at most that many descriptors and
+            // tasks, for at most the handshake timeout each.
+            let Ok(permit) = tls.handshakes.clone().try_acquire_owned() else {
+                tls.handshake_failed("incoming", "(too many handshakes in progress)", &"connection dropped");
+                continue;
+            };
             let _ = stream.set_nodelay(true);
             let (tls, tx) = (tls.clone(), tx.clone());
             tokio::spawn(async move {
-                if let Some(stream) = tls.accept(stream).await {
+                let accepted = tls.accept(stream).await;
+                drop(permit);
+                if let Some(stream) = accepted {
                     let _ = tx.send(Ok(PeerTlsStream::new(stream))).await;
                 }
             });
@@ -456,6 +487,16 @@ mod tests {
         let b = Arc::new(PeerTls::load(write_files(dirs[1].path(), &issuer, &ca_pem)).expect("b"));
         let stranger = Arc::new(PeerTls::load(write_files(dirs[2].path(), &other_issuer, &other_pem)).expect("s"));
         assert!(handshake(a.clone(), &b).await, "two members of one CA");
+        // An impostor that trusts this cluster's CA but whose own certificate another CA signed:
+        // only the server's check of client certificates keeps it out.
+        let impostor_dir = tempfile::tempdir().expect("tempdir");
+        let impostor = PeerTls::load(write_files(impostor_dir.path(), &other_issuer, &ca_pem)).expect("impostor");
+        let before = a.handshake_failures();
+        assert!(
+            !handshake(a.clone(), &impostor).await,
+            "a client certificate of another CA"
+        );
+        assert!(a.handshake_failures() > before, "the server refused it");
         assert!(!handshake(a.clone(), &stranger).await, "a client of another CA");
         assert!(a.handshake_failures() >= 1);
         assert!(!handshake(stranger.clone(), &b).await, "a server of another CA");

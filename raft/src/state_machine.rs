@@ -83,14 +83,14 @@ impl StateMachine {
         })
     }
 
-    /// Follows the region topology: it changes only after the state store has the entry that
-    /// changed it (or a snapshot that holds another).
     /// The membership as of the last applied entry (empty before any): what this node knows of
     /// the members' addresses before Raft starts.
     pub fn applied_membership(&self) -> Result<StoredMembership, io::Error> {
         applied_state_of(&self.store).map(|(_, membership)| membership)
     }
 
+    /// Follows the region topology: it changes only after the state store has the entry that
+    /// changed it (or a snapshot that holds another).
     pub fn subscribe_topology(&self) -> tokio::sync::watch::Receiver<Option<Arc<RegionTopology>>> {
         self.topology.subscribe()
     }

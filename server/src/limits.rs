@@ -236,3 +236,10 @@ pub(crate) const PEER_REPLY_MARGIN: Duration = Duration::from_millis(500);
 pub(crate) const EDGE_TOO_LARGE_PATHS_MAX: u64 = 10_000;
 /// How long the edge remembers a path as too large to store; after it, one fetch tries again.
 pub(crate) const EDGE_TOO_LARGE_TTL: Duration = Duration::from_secs(60);
+
+/// Pending connections the client API's and the peer listener's sockets queue (the kernel's
+/// listen backlog).
+pub const LISTEN_BACKLOG: u32 = 1024;
+/// The longest a stopping node waits for the peer listener's open streams to end, after Raft
+/// stopped.
+pub const PEER_DRAIN_MAX: Duration = Duration::from_secs(5);

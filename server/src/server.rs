@@ -34,8 +34,8 @@ use openraft::{BasicNode, SnapshotPolicy};
 use crate::api::{Api, ApiCounters};
 use crate::config::{ConfigError, NodeConfig};
 use crate::limits::{
-    COMPACT_CHANGES_MAX, COMPACT_STEPS_PER_TICK_MAX, PAGED_SWEEP_MS_PER_TICK_MAX, PAGED_SWEEP_STEPS_PER_TICK_MAX,
-    SESSION_SWEEP_CLIENTS_MAX, SESSION_SWEEP_EVERY_S,
+    COMPACT_CHANGES_MAX, COMPACT_STEPS_PER_TICK_MAX, LISTEN_BACKLOG, PAGED_SWEEP_MS_PER_TICK_MAX,
+    PAGED_SWEEP_STEPS_PER_TICK_MAX, PEER_DRAIN_MAX, SESSION_SWEEP_CLIENTS_MAX, SESSION_SWEEP_EVERY_S,
 };
 use crate::replication::{FeedReceiver, Homed, Replication};
 
@@ -148,18 +148,15 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         }
         None => None,
     };
-    // Likewise the client API's, the peer listener's and RESP's.
-    let client_listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(io(format!("binding the client API on {}", config.listen)))?;
-    let peer_listener = match config.peer_listen {
-        Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(io(format!("binding the peer listener on {addr}")))?,
-        ),
+    // The client API's and the peer listener's ports are bound too, but listened on only once
+    // the node serves: until then a client or peer is refused at once (and tries another node)
+    // instead of waiting in the backlog through the log replay.
+    let client_socket = bind_socket(config.listen, "the client API")?;
+    let peer_socket = match config.peer_listen {
+        Some(addr) => Some(bind_socket(addr, "the peer listener")?),
         None => None,
     };
+    // Likewise RESP's.
     let resp_listener = match config.resp.listen {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)
@@ -187,6 +184,11 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
     let applied_membership = state_machine
         .applied_membership()
         .map_err(io("reading the applied membership"))?;
+    let also_on_client_port = raft_also_on_client_port(&config, &applied_membership)?;
+    // Only a node that holds nothing yet takes a cluster id from a peer: one that holds data of a
+    // cluster from before cluster ids, or lost its id file, must be given it (--cluster-id).
+    let (first_index, last_index) = log_store.bounds();
+    cluster.set_may_adopt(first_index.is_none() && last_index.is_none() && applied_membership.log_id().is_none());
     let incoming_dir = state_machine.snapshot_dir().to_path_buf();
     let peer_tls = match &config.peer_tls {
         Some(tls) => Some(Arc::new(PeerTls::load(tls.files()).map_err(NodeError::PeerTls)?)),
@@ -361,19 +363,23 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         routes: Arc::new(config.peer_routes.clone()),
     };
     let raft_service = || RaftGrpcService::new(raft.clone(), incoming_dir.clone(), clock.clone(), cluster.clone());
-    let also_on_client_port = raft_also_on_client_port(&config, &applied_membership)?;
     // With a peer listener, Raft is served there only: the client port refuses it
     // (UNIMPLEMENTED), so a client cannot vote or append. Unless the membership still sends this
     // node's Raft to its client port (it was added before it had a peer listener).
-    let (raft_on_client_port, peer_task) = match peer_listener {
+    let (raft_on_client_port, peer_task) = match peer_socket {
         None => (Some(raft_service()), None),
-        Some(listener) => {
+        Some(socket) => {
+            let listener = socket
+                .listen(LISTEN_BACKLOG)
+                .map_err(io("listening on the peer listener"))?;
             let addr = listener
                 .local_addr()
                 .map_err(io("reading the peer listener's address"))?;
             tracing::info!(%addr, tls = peer_tls.is_some(), "serving raft on the peer listener");
             let stop = wait_stop(stop_rx.clone());
-            let server = tonic::transport::Server::builder().add_service(raft_service());
+            let server = tonic::transport::Server::builder()
+                .max_connection_age(basalt_raft::limits::PEER_CONNECTION_AGE_MAX)
+                .add_service(raft_service());
             let task = match &peer_tls {
                 None => {
                     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -394,6 +400,9 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
             (also_on_client_port.then(raft_service), Some(task))
         }
     };
+    let client_listener = client_socket
+        .listen(LISTEN_BACKLOG)
+        .map_err(io(format!("listening on the client API on {}", config.listen)))?;
     tracing::info!(id = config.id, listen = %config.listen, data_dir = %config.data_dir.display(), "node serving");
     // Client requests are bounded so that one, or a merge of them, always fits a log entry.
     use basalt_storage::limits::CLIENT_MESSAGE_BYTES_MAX;
@@ -430,19 +439,27 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
     if let Some(task) = resp_task {
         let _ = task.await;
     }
-    let peer_served = match peer_task {
-        Some(task) => task
-            .await
-            .unwrap_or_else(|e| Err(NodeError::Raft(format!("the peer listener's task failed: {e}")))),
-        None => Ok(()),
-    };
     if let Some((_, task, follower)) = edge_task {
         let _ = task.await;
         follower.abort();
     }
+    // Raft first: a leader's replication streams into this node end with it, so the peer
+    // server's graceful drain below has nothing left to wait for.
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(error = %e, "raft shutdown");
     }
+    let peer_served = match peer_task {
+        Some(task) => match tokio::time::timeout(PEER_DRAIN_MAX, task).await {
+            Ok(joined) => {
+                joined.unwrap_or_else(|e| Err(NodeError::Raft(format!("the peer listener's task failed: {e}"))))
+            }
+            Err(_) => {
+                tracing::warn!("the peer listener did not drain in time; stopping anyway");
+                Ok(())
+            }
+        },
+        None => Ok(()),
+    };
     let stopped = raft_stopped
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -455,6 +472,21 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         source,
     })?;
     peer_served
+}
+
+/// Binds `addr` (SO_REUSEADDR, as tokio's listeners do) without listening yet: a port in use stops
+/// the node before anything is opened.
+fn bind_socket(addr: std::net::SocketAddr, what: &str) -> Result<tokio::net::TcpSocket, NodeError> {
+    let socket = match addr {
+        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    }
+    .map_err(io(format!("making a socket for {what}")))?;
+    socket
+        .set_reuseaddr(true)
+        .map_err(io(format!("setting SO_REUSEADDR for {what}")))?;
+    socket.bind(addr).map_err(io(format!("binding {what} on {addr}")))?;
+    Ok(socket)
 }
 
 /// Runs a server until it ends, then stops the node: a listener that fails (or ends) must not
@@ -487,6 +519,12 @@ fn raft_also_on_client_port(
         Err(_) => return Ok(false),
     };
     match (&member.peer, config.peer_listen) {
+        (None, Some(_)) if config.peer_tls.is_some() => Err(NodeError::Config(ConfigError::Invalid(format!(
+            "the membership lists this node (id {}) without a peer address ({}): its Raft would have to be served in \
+             plaintext on the client port, which peer TLS forbids; replace the member with one added with --peer-addr \
+             first (docs/security.md)",
+            config.id, node.addr
+        )))),
         (None, Some(peer_listen)) => {
             tracing::warn!(
                 membership_addr = %node.addr,

@@ -12,20 +12,26 @@ use tonic::{Request, Response as GrpcResponse, Status};
 use super::{metrics_now, status, write_error_status, Api};
 
 /// Asks the node being added whether it has a peer listener, and refuses an add whose
-/// `peer_addr` does not fit (a learner Raft cannot reach would stay in the membership, and the
-/// add would wait for it forever). A node that does not answer is added as asked.
+/// `peer_addr` does not fit, or a node that does not answer (a learner Raft cannot reach would
+/// stay in the membership, and the add would wait for it forever).
 async fn check_peer_listener(addr: &str, peer_addr: &str) -> Result<(), Status> {
     use basalt_client::pb::cluster_client::ClusterClient;
     const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
-    let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{addr}")) else {
-        return Ok(());
+    let unreachable = |why: String| {
+        status(
+            ErrorCode::Unavailable,
+            format!("the node to add does not answer at {addr} ({why}): start it first, with the addresses given"),
+        )
     };
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| status(ErrorCode::InvalidArgument, format!("addr {addr:?}: {e}")))?;
     let mut request = Request::new(pb::StatusRequest {});
     request.set_timeout(PROBE_TIMEOUT);
     let probe = async { ClusterClient::new(endpoint.connect_lazy()).status(request).await };
     let reported = match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
         Ok(Ok(status)) => status.into_inner().peer_listen,
-        _ => return Ok(()),
+        Ok(Err(e)) => return Err(unreachable(e.message().to_string())),
+        Err(_) => return Err(unreachable(format!("no answer within {PROBE_TIMEOUT:?}"))),
     };
     match (peer_addr.is_empty(), reported.is_empty()) {
         (true, false) => Err(status(
