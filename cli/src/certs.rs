@@ -17,7 +17,8 @@ pub const CA_CERT_FILE: &str = "ca.pem";
 pub const CA_KEY_FILE: &str = "ca-key.pem";
 /// How long a CA made here is valid, in days (ten years).
 const CA_VALIDITY_DAYS: i64 = 3650;
-/// How long a node certificate made here is valid, in days (never past its CA's end).
+/// How long a node certificate made here is valid, in days (a CA made here outlives it for
+/// years; one older than that needs node certificates made anew, or a new CA).
 const NODE_VALIDITY_DAYS: i64 = 825;
 
 #[derive(Subcommand, Debug)]
@@ -58,30 +59,34 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CertsError + '_ {
     }
 }
 
-/// Writes `path` whole: a temporary file (mode 0600 for a `secret`, 0644 otherwise, set
-/// explicitly), fsynced, renamed over `path`. `create_new`: refuse if `path` exists.
+/// Writes `path` whole: a new temporary file of a random name in the same directory (created
+/// exclusively, mode 0600 for a `secret`, 0644 otherwise), fsynced, renamed over `path` (or, with
+/// `create_new`, renamed only if `path` does not exist), and the directory fsynced.
 fn write(path: &Path, content: &str, secret: bool, create_new: bool) -> Result<(), CertsError> {
     use std::io::Write;
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    if create_new && path.exists() {
-        return Err(CertsError::Exists {
-            path: path.to_path_buf(),
-        });
-    }
-    let tmp = path.with_extension("pem.tmp");
+    use std::os::unix::fs::PermissionsExt;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut file = tempfile::NamedTempFile::new_in(dir).map_err(io(dir))?;
     let mode = if secret { 0o600 } else { 0o644 };
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io(&tmp))?;
-    file.set_permissions(std::fs::Permissions::from_mode(mode))
-        .map_err(io(&tmp))?;
-    file.write_all(content.as_bytes()).map_err(io(&tmp))?;
-    file.sync_all().map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
+    file.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(io(file.path()))?;
+    file.write_all(content.as_bytes()).map_err(io(path))?;
+    file.as_file().sync_all().map_err(io(path))?;
+    let persisted = match create_new {
+        true => file.persist_noclobber(path),
+        false => file.persist(path),
+    };
+    persisted.map_err(|e| match e.error.kind() {
+        std::io::ErrorKind::AlreadyExists => CertsError::Exists {
+            path: path.to_path_buf(),
+        },
+        _ => CertsError::Io {
+            path: path.to_path_buf(),
+            source: e.error,
+        },
+    })?;
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
 }
 
 fn validity(params: &mut CertificateParams, days: i64) {
@@ -148,6 +153,20 @@ pub fn make_node(dir: &Path, name: &str, hosts: &[String]) -> Result<(PathBuf, P
     write(&key_path, &key.serialize_pem(), true, false)?;
     write(&cert_path, &cert.pem(), false, false)?;
     Ok((cert_path, key_path))
+}
+
+/// Makes node `name`'s certificate for `hosts` with `dir`'s CA, and returns the `basalt start`
+/// flags that give a node peer TLS with them.
+pub fn node_flags(dir: &Path, name: &str, hosts: &[String]) -> Result<Vec<String>, CertsError> {
+    let (cert, key) = make_node(dir, name, hosts)?;
+    Ok(vec![
+        "--peer-tls-cert".to_string(),
+        cert.display().to_string(),
+        "--peer-tls-key".to_string(),
+        key.display().to_string(),
+        "--peer-tls-ca".to_string(),
+        dir.join(CA_CERT_FILE).display().to_string(),
+    ])
 }
 
 /// Runs one `basalt certs` verb.

@@ -225,15 +225,7 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
         if args.secure {
             let name = format!("node-{i}");
             let hosts = ["127.0.0.1".to_string(), "localhost".to_string()];
-            let (cert, key) = crate::certs::make_node(&tls_dir, &name, &hosts).map_err(|e| e.to_string())?;
-            extra.extend([
-                "--peer-tls-cert".to_string(),
-                cert.display().to_string(),
-                "--peer-tls-key".to_string(),
-                key.display().to_string(),
-                "--peer-tls-ca".to_string(),
-                tls_dir.join(crate::certs::CA_CERT_FILE).display().to_string(),
-            ]);
+            extra.extend(crate::certs::node_flags(&tls_dir, &name, &hosts).map_err(|e| e.to_string())?);
         }
         if let Some(edge) = edge(i) {
             extra.extend(["--edge-listen".to_string(), edge]);

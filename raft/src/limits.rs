@@ -44,9 +44,16 @@ pub const PEER_HANDSHAKES_QUEUED_MAX: usize = 64;
 /// The most read of each peer TLS file (certificate chain, key, CA bundle), in bytes.
 pub const TLS_FILE_BYTES_MAX: u64 = 1024 * 1024;
 /// How long a peer connection lives before the server asks the peer to open a new one (HTTP/2
-/// GOAWAY, after which the open streams finish): a connection made under certificates or a CA
-/// since replaced ends within this time.
+/// GOAWAY); its streams then have [`PEER_CONNECTION_AGE_GRACE`] to finish before it is closed
+/// (a leader's replication stream never finishes by itself: it is reopened on a new
+/// connection). So a connection made under certificates or a CA since replaced ends within the
+/// sum.
 pub const PEER_CONNECTION_AGE_MAX: Duration = Duration::from_secs(600);
+/// See [`PEER_CONNECTION_AGE_MAX`].
+pub const PEER_CONNECTION_AGE_GRACE: Duration = Duration::from_secs(30);
+/// TLS handshakes in progress from one IP address on the peer listener: one host cannot take
+/// every slot of [`PEER_HANDSHAKES_MAX`].
+pub const PEER_HANDSHAKES_PER_IP_MAX: usize = 8;
 
 // A message of a full budget plus one more record, or of the largest record alone, fits the Raft
 // message cap with room for the message's own fields.

@@ -494,7 +494,14 @@ fn check_request<T>(cluster: &ClusterGuard, request: &Request<T>) -> Result<Opti
 /// Adopts what a leader's append or snapshot named, now that it passed every other check.
 fn adopt(cluster: &ClusterGuard, adoptable: Option<Adoptable>) -> Result<(), Status> {
     match adoptable {
-        None => Ok(()),
+        None => {
+            // An append naming no id, accepted by a node without one: from now on it holds data
+            // of a cluster from before cluster ids, and takes no id from anyone.
+            if cluster.id().is_none() {
+                cluster.set_may_adopt(false);
+            }
+            Ok(())
+        }
         Some(Adoptable { id, peer }) => cluster
             .adopt(id, &peer)
             .map_err(|refusal| refusal.into_status(cluster.id())),

@@ -6,8 +6,9 @@
 //! rustls configurations built from them. [`PeerTls::reload_if_changed`] (run every
 //! [`TLS_RELOAD_CHECK_INTERVAL`] by [`PeerTls::keep_reloading`]) rebuilds them when a file
 //! changes: new connections use the new files, established ones go on with what they started
-//! with. A file that does not load (half written, a key that does not match) is refused with a
-//! warning and the previous configuration stays.
+//! with until the peer server renews them (`limits::PEER_CONNECTION_AGE_MAX`). A file that does
+//! not load (half written, a key that does not match) is refused with a warning and the previous
+//! configuration stays, tried again at every check.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,8 +21,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::limits::{
-    CONNECT_TIMEOUT, PEER_HANDSHAKES_MAX, PEER_HANDSHAKES_QUEUED_MAX, TLS_FILE_BYTES_MAX, TLS_HANDSHAKE_TIMEOUT,
-    TLS_RELOAD_CHECK_INTERVAL,
+    CONNECT_TIMEOUT, PEER_HANDSHAKES_MAX, PEER_HANDSHAKES_PER_IP_MAX, PEER_HANDSHAKES_QUEUED_MAX, TLS_FILE_BYTES_MAX,
+    TLS_HANDSHAKE_TIMEOUT, TLS_RELOAD_CHECK_INTERVAL,
 };
 /// The ALPN protocol both sides offer: gRPC is HTTP/2.
 const ALPN_H2: &[u8] = b"h2";
@@ -74,6 +75,10 @@ pub struct PeerTls {
     last_failed: std::sync::atomic::AtomicBool,
     /// Handshakes in progress on the peer listener, bounded by [`PEER_HANDSHAKES_MAX`].
     handshakes: Arc<tokio::sync::Semaphore>,
+    /// Handshakes in progress per source address, bounded by [`PEER_HANDSHAKES_PER_IP_MAX`].
+    handshakes_by_ip: Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+    /// Connections dropped unanswered because too many handshakes were in progress.
+    handshakes_dropped: AtomicU64,
     reloads: AtomicU64,
     reload_failures: AtomicU64,
     handshake_failures: AtomicU64,
@@ -173,6 +178,8 @@ impl PeerTls {
             fingerprint: Mutex::new(fingerprint),
             last_failed: std::sync::atomic::AtomicBool::new(false),
             handshakes: Arc::new(tokio::sync::Semaphore::new(PEER_HANDSHAKES_MAX)),
+            handshakes_by_ip: Mutex::new(std::collections::HashMap::new()),
+            handshakes_dropped: AtomicU64::new(0),
             reloads: AtomicU64::new(0),
             reload_failures: AtomicU64::new(0),
             handshake_failures: AtomicU64::new(0),
@@ -229,6 +236,12 @@ impl PeerTls {
             let tls = self.clone();
             let _ = tokio::task::spawn_blocking(move || tls.reload_if_changed()).await;
         }
+    }
+
+    /// Connections dropped unanswered because too many handshakes (in all, or from their
+    /// address) were in progress, since start.
+    pub fn handshakes_dropped(&self) -> u64 {
+        self.handshakes_dropped.load(Ordering::Relaxed)
     }
 
     /// Successful reloads since start.
@@ -302,6 +315,50 @@ impl PeerTls {
                 std::io::ErrorKind::TimedOut,
                 format!("connecting to {addr} timed out"),
             )),
+        }
+    }
+}
+
+/// A handshake's place among those in progress: one of [`PEER_HANDSHAKES_MAX`] and one of its
+/// address's [`PEER_HANDSHAKES_PER_IP_MAX`], given back when dropped.
+struct HandshakeSlot {
+    tls: Arc<PeerTls>,
+    ip: std::net::IpAddr,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl HandshakeSlot {
+    fn take(tls: &Arc<PeerTls>, ip: std::net::IpAddr) -> Option<HandshakeSlot> {
+        let permit = tls.handshakes.clone().try_acquire_owned().ok()?;
+        let mut by_ip = tls
+            .handshakes_by_ip
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = by_ip.entry(ip).or_insert(0);
+        if *count >= PEER_HANDSHAKES_PER_IP_MAX {
+            return None;
+        }
+        *count += 1;
+        Some(HandshakeSlot {
+            tls: tls.clone(),
+            ip,
+            _permit: permit,
+        })
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        let mut by_ip = self
+            .tls
+            .handshakes_by_ip
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(count) = by_ip.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                by_ip.remove(&self.ip);
+            }
         }
     }
 }
@@ -390,7 +447,7 @@ pub fn incoming(
                 accepted = listener.accept() => accepted,
                 _ = stop.wait_for(|stopped| *stopped) => return,
             };
-            let (stream, _) = match accepted {
+            let (stream, from) = match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of descriptors and the like: pause rather than spin.
@@ -402,15 +459,15 @@ pub fn incoming(
             // A connection beyond the handshakes in progress is dropped at once: a flood of
             // connections that never finish a handshake holds at most that many descriptors and
             // tasks, for at most the handshake timeout each.
-            let Ok(permit) = tls.handshakes.clone().try_acquire_owned() else {
-                tls.handshake_failed("incoming", "(too many handshakes in progress)", &"connection dropped");
+            let Some(slot) = HandshakeSlot::take(&tls, from.ip()) else {
+                tls.handshakes_dropped.fetch_add(1, Ordering::Relaxed);
                 continue;
             };
             let _ = stream.set_nodelay(true);
             let (tls, tx) = (tls.clone(), tx.clone());
             tokio::spawn(async move {
                 let accepted = tls.accept(stream).await;
-                drop(permit);
+                drop(slot);
                 if let Some(stream) = accepted {
                     let _ = tx.send(Ok(PeerTlsStream::new(stream))).await;
                 }
@@ -531,6 +588,26 @@ mod tests {
             handshake(a.clone(), &b).await,
             "the previous configuration still serves"
         );
+    }
+
+    #[tokio::test]
+    async fn handshakes_in_progress_are_bounded_per_address() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (ca_pem, issuer) = ca();
+        let tls = Arc::new(PeerTls::load(write_files(dir.path(), &issuer, &ca_pem)).expect("tls"));
+        let one: std::net::IpAddr = [10, 0, 0, 1].into();
+        let slots: Vec<_> = (0..PEER_HANDSHAKES_PER_IP_MAX)
+            .map(|_| HandshakeSlot::take(&tls, one).expect("a slot"))
+            .collect();
+        assert!(
+            HandshakeSlot::take(&tls, one).is_none(),
+            "the address has all its slots"
+        );
+        let other = HandshakeSlot::take(&tls, [10, 0, 0, 2].into()).expect("another address");
+        drop(slots);
+        drop(other);
+        assert!(HandshakeSlot::take(&tls, one).is_some(), "slots come back");
+        assert!(tls.handshakes_by_ip.lock().expect("lock").len() <= 1);
     }
 
     #[test]

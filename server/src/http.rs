@@ -215,6 +215,11 @@ async fn metrics(State(api): State<Api>, Extension(edge): Extension<Option<Arc<E
             tls.handshake_failures(),
         );
         counter(
+            "basalt_peer_tls_handshakes_dropped_total",
+            "Peer connections dropped unanswered: too many TLS handshakes in progress, in all or from their address.",
+            tls.handshakes_dropped(),
+        );
+        counter(
             "basalt_peer_tls_reloads_total",
             "Times the peer TLS files changed and were loaded anew.",
             tls.reloads(),

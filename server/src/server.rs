@@ -379,6 +379,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
             let stop = wait_stop(stop_rx.clone());
             let server = tonic::transport::Server::builder()
                 .max_connection_age(basalt_raft::limits::PEER_CONNECTION_AGE_MAX)
+                .max_connection_age_grace(basalt_raft::limits::PEER_CONNECTION_AGE_GRACE)
                 .add_service(raft_service());
             let task = match &peer_tls {
                 None => {
@@ -474,8 +475,9 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
     peer_served
 }
 
-/// Binds `addr` (SO_REUSEADDR, as tokio's listeners do) without listening yet: a port in use stops
-/// the node before anything is opened.
+/// Binds `addr` (SO_REUSEADDR, as tokio's listeners do) without listening yet: a port another
+/// process listens on stops the node before anything is opened. (Two nodes starting together on
+/// one port both bind; the second fails when it listens, later.)
 fn bind_socket(addr: std::net::SocketAddr, what: &str) -> Result<tokio::net::TcpSocket, NodeError> {
     let socket = match addr {
         std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),

@@ -574,6 +574,8 @@ fn membership_grows_to_four_and_shrinks_to_three_under_writes() {
         let writer = tokio::spawn(async move { write_keys(&writer_client, "member", 0..600).await });
 
         let (addr, peer) = cluster.spawn_new_node(4);
+        // The leader asks the new node about itself before adding it.
+        cluster.wait_listening(4);
         let members = client.add_member(4, &addr, Some(&peer)).await.expect("add learner");
         assert!(members.iter().any(|m| m.id == 4 && !m.voter));
         let members = client.promote(4).await.expect("promote");

@@ -217,15 +217,7 @@ fn members_added_without_peer_listeners_still_reach_each_other_after_restarting_
 /// certificate serves them all); the `basalt start` flags that use them.
 fn peer_tls_files(dir: &std::path::Path) -> Vec<String> {
     basalt_cli::certs::make_ca(dir).expect("CA");
-    let (cert, key) = basalt_cli::certs::make_node(dir, "node", &["127.0.0.1".to_string()]).expect("node");
-    vec![
-        "--peer-tls-cert".into(),
-        cert.display().to_string(),
-        "--peer-tls-key".into(),
-        key.display().to_string(),
-        "--peer-tls-ca".into(),
-        dir.join(basalt_cli::certs::CA_CERT_FILE).display().to_string(),
-    ]
+    basalt_cli::certs::node_flags(dir, "node", &["127.0.0.1".to_string()]).expect("node")
 }
 
 /// Replaces `to` with `from`'s content whole (a rename), as an operator's deploy tool would.

@@ -17,9 +17,11 @@ use super::{metrics_now, status, write_error_status, Api};
 async fn check_peer_listener(addr: &str, peer_addr: &str) -> Result<(), Status> {
     use basalt_client::pb::cluster_client::ClusterClient;
     const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
-    let unreachable = |why: String| {
+    // Not retried by clients (nothing changed), and not the transport's own words: the caller
+    // learns the node did not answer, not why.
+    let unreachable = |why: &str| {
         status(
-            ErrorCode::Unavailable,
+            ErrorCode::MembershipRejected,
             format!("the node to add does not answer at {addr} ({why}): start it first, with the addresses given"),
         )
     };
@@ -30,19 +32,19 @@ async fn check_peer_listener(addr: &str, peer_addr: &str) -> Result<(), Status> 
     let probe = async { ClusterClient::new(endpoint.connect_lazy()).status(request).await };
     let reported = match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
         Ok(Ok(status)) => status.into_inner().peer_listen,
-        Ok(Err(e)) => return Err(unreachable(e.message().to_string())),
-        Err(_) => return Err(unreachable(format!("no answer within {PROBE_TIMEOUT:?}"))),
+        Ok(Err(_)) => return Err(unreachable("its status request failed")),
+        Err(_) => return Err(unreachable("no answer in time")),
     };
     match (peer_addr.is_empty(), reported.is_empty()) {
         (true, false) => Err(status(
-            ErrorCode::InvalidArgument,
+            ErrorCode::MembershipRejected,
             format!(
                 "the node at {addr} listens for peers on {reported}: add it with the address the members reach \
                  that listener at (peer_addr; `basalt cluster add-node --peer-addr`)"
             ),
         )),
         (false, true) => Err(status(
-            ErrorCode::InvalidArgument,
+            ErrorCode::MembershipRejected,
             format!(
                 "the node at {addr} has no peer listener: add it without peer_addr, or restart it with --peer-listen"
             ),
@@ -164,6 +166,8 @@ impl Cluster for Api {
                 format!("peer_addr {:?} is not host:port", r.peer_addr),
             ));
         }
+        // On the leader only: a follower redirects without asking the node.
+        self.ensure_leader()?;
         check_peer_listener(&r.addr, &r.peer_addr).await?;
         let member = MemberAddr {
             client: r.addr,
