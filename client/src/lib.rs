@@ -69,3 +69,98 @@ pub use stream::{
 };
 pub use txn::{TxnBuilder, TxnOp, TxnOpResult, TxnOutcome};
 pub use watch::{Watch, WatchEvent, WatchEventKind};
+
+/// Every request message of the API, decoded from random bytes: prost answers a message or a
+/// `DecodeError`, never a panic, and never allocates by a length the bytes do not hold. (What a
+/// decoded request may hold is then each handler's to check, with typed errors.)
+#[cfg(test)]
+mod request_decoding_tests {
+    use proptest::prelude::*;
+    use prost::Message;
+
+    use crate::pb;
+
+    fn decode_every_request(bytes: &[u8]) {
+        let _ = pb::AccountFilter::decode(bytes);
+        let _ = pb::AckBatchRequest::decode(bytes);
+        let _ = pb::AckRequest::decode(bytes);
+        let _ = pb::AddNodeRequest::decode(bytes);
+        let _ = pb::AwaitPurgeRequest::decode(bytes);
+        let _ = pb::CachePurgeRequest::decode(bytes);
+        let _ = pb::CacheStatsRequest::decode(bytes);
+        let _ = pb::ChangeRegionsRequest::decode(bytes);
+        let _ = pb::CommitOffsetsRequest::decode(bytes);
+        let _ = pb::CommittedRequest::decode(bytes);
+        let _ = pb::CounterApplyRequest::decode(bytes);
+        let _ = pb::CounterGetRequest::decode(bytes);
+        let _ = pb::CounterWindowsRequest::decode(bytes);
+        let _ = pb::CreateAccountsRequest::decode(bytes);
+        let _ = pb::CreateQueueRequest::decode(bytes);
+        let _ = pb::CreateTopicRequest::decode(bytes);
+        let _ = pb::CreateTransfersRequest::decode(bytes);
+        let _ = pb::DeleteQueueRequest::decode(bytes);
+        let _ = pb::DeleteTopicRequest::decode(bytes);
+        let _ = pb::EnqueueRequest::decode(bytes);
+        let _ = pb::ExtendRequest::decode(bytes);
+        let _ = pb::FetchRequest::decode(bytes);
+        let _ = pb::GroupMemberRequest::decode(bytes);
+        let _ = pb::JoinGroupRequest::decode(bytes);
+        let _ = pb::KvBatchRequest::decode(bytes);
+        let _ = pb::KvDeleteRequest::decode(bytes);
+        let _ = pb::KvGetManyRequest::decode(bytes);
+        let _ = pb::KvGetRequest::decode(bytes);
+        let _ = pb::KvPutRequest::decode(bytes);
+        let _ = pb::KvScanRequest::decode(bytes);
+        let _ = pb::LeaseAcquireRequest::decode(bytes);
+        let _ = pb::LeaseGetRequest::decode(bytes);
+        let _ = pb::LeaseReleaseRequest::decode(bytes);
+        let _ = pb::LeaseRenewRequest::decode(bytes);
+        let _ = pb::ListQueuesRequest::decode(bytes);
+        let _ = pb::ListTopicsRequest::decode(bytes);
+        let _ = pb::LookupRequest::decode(bytes);
+        let _ = pb::NackRequest::decode(bytes);
+        let _ = pb::OffsetForTimeRequest::decode(bytes);
+        let _ = pb::ProduceRequest::decode(bytes);
+        let _ = pb::PromoteRequest::decode(bytes);
+        let _ = pb::PublishRequest::decode(bytes);
+        let _ = pb::PurgeRequest::decode(bytes);
+        let _ = pb::QueueStatsRequest::decode(bytes);
+        let _ = pb::RateCheckRequest::decode(bytes);
+        let _ = pb::ReceiveRequest::decode(bytes);
+        let _ = pb::RedriveRequest::decode(bytes);
+        let _ = pb::RegionsRequest::decode(bytes);
+        let _ = pb::RemoveNodeRequest::decode(bytes);
+        let _ = pb::StatusRequest::decode(bytes);
+        let _ = pb::SubscribeRequest::decode(bytes);
+        let _ = pb::TopicRequest::decode(bytes);
+        let _ = pb::TxnRequest::decode(bytes);
+        let _ = pb::WatchRequest::decode(bytes);
+    }
+
+    proptest! {
+        #[test]
+        fn random_bytes_decode_as_any_request_without_a_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            decode_every_request(&bytes);
+        }
+
+        #[test]
+        fn a_mutated_put_decodes_or_fails_cleanly(
+            flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let request = pb::KvPutRequest {
+                key: b"orders/7".to_vec(),
+                value: vec![3; 40],
+                ..Default::default()
+            };
+            let mut bytes = request.encode_to_vec();
+            for (at, value) in flips {
+                let at = at.index(bytes.len());
+                bytes[at] = value;
+            }
+            decode_every_request(&bytes);
+            bytes.truncate(cut.index(bytes.len() + 1));
+            decode_every_request(&bytes);
+        }
+    }
+}

@@ -725,6 +725,73 @@ fn rand_suffix() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use basalt_storage::command::{Command, KvOp, Op};
+    use basalt_storage::hlc::HlcStamp;
+    use openraft::testing::log_id;
+    use openraft::EntryPayload;
+    use proptest::prelude::*;
+
+    /// A real append as a leader sends it, encoded: what the mutations start from.
+    fn encoded_append(entries: u64) -> Vec<u8> {
+        let entries = (1..=entries)
+            .map(|index| crate::Entry {
+                log_id: log_id::<TypeConfig>(3, 1, index),
+                payload: EntryPayload::Normal(Command {
+                    stamp: HlcStamp::default(),
+                    session: None,
+                    fence: None,
+                    op: Op::Kv(KvOp::Put {
+                        key: index.to_be_bytes().to_vec(),
+                        value: vec![7; 20],
+                        ttl_ms: None,
+                        expect: None,
+                    }),
+                }),
+            })
+            .collect();
+        encode(&AppendEntriesRequest::<TypeConfig> {
+            vote: Vote::new_committed(3, 1),
+            prev_log_id: Some(log_id::<TypeConfig>(3, 1, 0)),
+            entries,
+            leader_commit: Some(log_id::<TypeConfig>(3, 1, 1)),
+        })
+    }
+
+    /// Every way a peer message is decoded (unary appends, votes, stream appends, a snapshot's
+    /// header), on `bytes`: each answers a value or an error, never a panic.
+    fn decode_every_peer_message(bytes: &[u8]) {
+        let _ = decode::<AppendEntriesRequest<TypeConfig>>(bytes);
+        let _ = decode::<VoteRequest<TypeConfig>>(bytes);
+        let _ = decode::<(Vote, SnapshotMeta)>(bytes);
+        let _ = decode::<AppendEntriesResponse<TypeConfig>>(bytes);
+        let _ = decode::<VoteResponse<TypeConfig>>(bytes);
+        let _ = decode::<StreamAppendResult<TypeConfig>>(bytes);
+        let _ = decode::<SnapshotResponse<TypeConfig>>(bytes);
+    }
+
+    proptest! {
+        #[test]
+        fn random_bytes_decode_as_no_peer_message_without_a_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            decode_every_peer_message(&bytes);
+        }
+
+        #[test]
+        fn a_mutated_append_decodes_or_fails_cleanly(
+            entries in 0u64..6,
+            flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let mut bytes = encoded_append(entries);
+            prop_assert!(decode::<AppendEntriesRequest<TypeConfig>>(&bytes).is_ok());
+            for (at, value) in flips {
+                let at = at.index(bytes.len());
+                bytes[at] = value;
+            }
+            decode_every_peer_message(&bytes);
+            bytes.truncate(cut.index(bytes.len() + 1));
+            decode_every_peer_message(&bytes);
+        }
+    }
 
     #[test]
     fn a_request_of_another_data_format_is_refused_by_name_before_decoding() {

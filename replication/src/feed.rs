@@ -241,6 +241,47 @@ mod tests {
         assert!(decode::<ShipBatch>("batch", &[1, 2, 3]).is_err());
     }
 
+    proptest::proptest! {
+        /// What another region sends is decoded from any bytes, changed or cut, into a batch or
+        /// a typed error: never a panic.
+        #[test]
+        fn any_bytes_decode_as_a_batch_or_fail_cleanly(
+            random in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+            flips in proptest::collection::vec(
+                (proptest::prelude::any::<proptest::sample::Index>(), proptest::prelude::any::<u8>()),
+                1..6,
+            ),
+            cut in proptest::prelude::any::<proptest::sample::Index>(),
+        ) {
+            let _ = decode::<ShipBatch>("batch", &random);
+            let mut bytes = encode(&ShipBatch {
+                source: 2,
+                entries: vec![FeedEntry {
+                    index: 7,
+                    stamp: 99,
+                    effects: vec![Effect::Kv {
+                        key: b"k".to_vec(),
+                        value: LwwValue {
+                            version: Version::new(99, 2),
+                            value: Some(b"v".to_vec()),
+                            expires_at_ms: None,
+                        },
+                    }],
+                }],
+                upto: 9,
+                frontier: 100,
+                resync: false,
+            });
+            for (at, value) in flips {
+                let at = at.index(bytes.len());
+                bytes[at] = value;
+            }
+            let _ = decode::<ShipBatch>("batch", &bytes);
+            bytes.truncate(cut.index(bytes.len() + 1));
+            let _ = decode::<ShipBatch>("batch", &bytes);
+        }
+    }
+
     /// A windowed-counter effect's bytes, pinned: variants are encoded by position (it is the
     /// last), and a region of another build must read what this one ships.
     #[test]

@@ -345,3 +345,30 @@ fn edge_metrics(out: &mut String, edge: &Edge) {
         store.evictions
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn a_purge_query_names_one_target() {
+        let request = purge_request_of_query("tag=product-42&wait_ms=500").expect("a tag");
+        assert_eq!(request.wait_ms, 500);
+        assert!(purge_request_of_query("tag=a&url=%2Fb").is_err(), "two targets");
+        assert!(purge_request_of_query("wait_ms=5").is_err(), "no target");
+        assert!(purge_request_of_query("url=%FF").is_err(), "not UTF-8");
+    }
+
+    proptest! {
+        /// A purge request's query, any text: a purge naming one target, or a refusal with a
+        /// message, never a panic.
+        #[test]
+        fn any_purge_query_parses_or_is_refused(query in "([a-z_]{0,10}=[a-zA-Z0-9%+./-]{0,12}&?){0,4}|\\PC{0,60}") {
+            match purge_request_of_query(&query) {
+                Ok(request) => prop_assert!(request.target.is_some()),
+                Err(message) => prop_assert!(!message.is_empty()),
+            }
+        }
+    }
+}
