@@ -38,9 +38,10 @@ async fn cluster_ids(cluster: &TestCluster, client: &basalt_client::Client, ids:
 /// A vote request of no data format, straight to `addr`'s Raft service: the code it is refused
 /// with says whether the port serves Raft at all.
 async fn knock(addr: &str) -> tonic::Code {
-    let mut client = RaftServiceClient::connect(format!("http://{addr}"))
-        .await
-        .expect("connect");
+    // A connection that fails outright (a TLS port spoken to in plaintext) reached no Raft.
+    let Ok(mut client) = RaftServiceClient::connect(format!("http://{addr}")).await else {
+        return tonic::Code::Unavailable;
+    };
     let refusal = client
         .vote(RaftMessage {
             data: vec![0xff; 8],
@@ -261,10 +262,12 @@ fn peer_traffic_is_mutual_tls_and_a_node_with_another_ca_s_certificate_cannot_vo
         // Plaintext to the peer port: the connection fails (no TLS), it never reaches Raft
         // (which would refuse the knock's data format: FAILED_PRECONDITION).
         let plain = knock(&cluster.specs[&target].peer.clone()).await;
+        // (How the failed connection is reported varies: UNAVAILABLE, INTERNAL, UNKNOWN,
+        // CANCELLED; what matters is that no Raft answered.)
         assert!(
-            matches!(
+            !matches!(
                 plain,
-                tonic::Code::Unavailable | tonic::Code::Internal | tonic::Code::Unknown
+                tonic::Code::FailedPrecondition | tonic::Code::InvalidArgument | tonic::Code::Unimplemented
             ),
             "{plain:?}"
         );
