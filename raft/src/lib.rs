@@ -45,3 +45,33 @@ pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
 pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, std::io::Error> {
     basalt_codec::decode(bytes).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
+
+/// What the crate's tests build entries from.
+#[cfg(test)]
+pub(crate) mod test_entries {
+    use basalt_storage::command::{Command, KvOp, Op};
+    use basalt_storage::hlc::HlcStamp;
+    use openraft::testing::log_id;
+    use openraft::EntryPayload;
+
+    use crate::{Entry, TypeConfig};
+
+    /// Entry `index` of `term` (leader node 1): a put of key `index` (big-endian) with a value of
+    /// `value_bytes` sevens.
+    pub(crate) fn put_entry(term: u64, index: u64, value_bytes: usize) -> Entry {
+        Entry {
+            log_id: log_id::<TypeConfig>(term, 1, index),
+            payload: EntryPayload::Normal(Command {
+                stamp: HlcStamp::default(),
+                session: None,
+                fence: None,
+                op: Op::Kv(KvOp::Put {
+                    key: index.to_be_bytes().to_vec(),
+                    value: vec![7; value_bytes],
+                    ttl_ms: None,
+                    expect: None,
+                }),
+            }),
+        }
+    }
+}

@@ -145,28 +145,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
 #[cfg(test)]
 mod tests {
-    use basalt_storage::command::{Command, KvOp, Op};
-    use basalt_storage::hlc::HlcStamp;
-    use openraft::testing::log_id;
-    use openraft::EntryPayload;
-
     use super::*;
 
     fn big_entry(index: u64, value_bytes: usize) -> Entry {
-        Entry {
-            log_id: log_id::<TypeConfig>(1, 1, index),
-            payload: EntryPayload::Normal(Command {
-                stamp: HlcStamp::default(),
-                session: None,
-                fence: None,
-                op: Op::Kv(KvOp::Put {
-                    key: index.to_be_bytes().to_vec(),
-                    value: vec![7; value_bytes],
-                    ttl_ms: None,
-                    expect: None,
-                }),
-            }),
-        }
+        crate::test_entries::put_entry(1, index, value_bytes)
     }
 
     /// Ten entries of 8 MiB would make an 80 MiB message, over the 64 MiB cap: replication gets

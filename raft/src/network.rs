@@ -725,29 +725,13 @@ fn rand_suffix() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use basalt_storage::command::{Command, KvOp, Op};
-    use basalt_storage::hlc::HlcStamp;
     use openraft::testing::log_id;
-    use openraft::EntryPayload;
     use proptest::prelude::*;
 
     /// A real append as a leader sends it, encoded: what the mutations start from.
     fn encoded_append(entries: u64) -> Vec<u8> {
         let entries = (1..=entries)
-            .map(|index| crate::Entry {
-                log_id: log_id::<TypeConfig>(3, 1, index),
-                payload: EntryPayload::Normal(Command {
-                    stamp: HlcStamp::default(),
-                    session: None,
-                    fence: None,
-                    op: Op::Kv(KvOp::Put {
-                        key: index.to_be_bytes().to_vec(),
-                        value: vec![7; 20],
-                        ttl_ms: None,
-                        expect: None,
-                    }),
-                }),
-            })
+            .map(|index| crate::test_entries::put_entry(3, index, 20))
             .collect();
         encode(&AppendEntriesRequest::<TypeConfig> {
             vote: Vote::new_committed(3, 1),
