@@ -125,7 +125,22 @@ fn positive(values: &[(&str, u64)]) -> Result<(), String> {
     }
 }
 
-pub async fn run(command: BenchCommand, endpoints: Vec<String>) -> Result<(), String> {
+/// The cluster a benchmark loads: its endpoints and the token its clients carry.
+pub struct BenchCluster {
+    pub endpoints: Vec<String>,
+    pub token: Option<basalt_client::Token>,
+}
+
+impl BenchCluster {
+    fn options(&self) -> ClientOptions {
+        ClientOptions {
+            token: self.token.clone(),
+            ..ClientOptions::default()
+        }
+    }
+}
+
+pub async fn run(command: BenchCommand, cluster: BenchCluster) -> Result<(), String> {
     match command {
         BenchCommand::Kv { load, value_size, keys } => {
             positive(&[("keys", keys)])?;
@@ -135,7 +150,7 @@ pub async fn run(command: BenchCommand, endpoints: Vec<String>) -> Result<(), St
                 load.duration
             );
             let value = Arc::new(vec![b'x'; value_size]);
-            let report = closed_loop(&endpoints, &load, 64, move |client, c, i| {
+            let report = closed_loop(&cluster, &load, 64, move |client, c, i| {
                 let value = value.clone();
                 async move {
                     let key = format!("bench/{:08}", (u64::from(c) + i * u64::from(clients)) % keys);
@@ -151,7 +166,7 @@ pub async fn run(command: BenchCommand, endpoints: Vec<String>) -> Result<(), St
                 "bench counter: batches of {batch} increments over {keys} keys, {:?}",
                 load.duration
             );
-            let report = closed_loop(&endpoints, &load, 8, move |client, c, i| async move {
+            let report = closed_loop(&cluster, &load, 8, move |client, c, i| async move {
                 let ops = (0..u64::from(batch))
                     .map(|j| CounterOp::incr(format!("bench/c/{}", spread(c, i, j) % keys), 1))
                     .collect();
@@ -170,7 +185,7 @@ pub async fn run(command: BenchCommand, endpoints: Vec<String>) -> Result<(), St
                 limit: 100,
                 window: Duration::from_secs(1),
             };
-            let report = closed_loop(&endpoints, &load, 8, move |client, c, i| async move {
+            let report = closed_loop(&cluster, &load, 8, move |client, c, i| async move {
                 let checks = (0..u64::from(batch))
                     .map(|j| RateCheck {
                         key: format!("bench/rl/{}", spread(c, i, j) % keys).into_bytes(),
@@ -196,7 +211,9 @@ pub async fn run(command: BenchCommand, endpoints: Vec<String>) -> Result<(), St
             );
             // A topic unique to this run, so repeated runs against one cluster start empty.
             let topic = format!("bench-{:08x}", rand::random::<u32>());
-            let setup = Client::connect(&endpoints).await.map_err(|e| e.to_string())?;
+            let setup = Client::connect_with(&cluster.endpoints, cluster.options())
+                .await
+                .map_err(|e| e.to_string())?;
             setup
                 .streams()
                 .create_topic(
@@ -209,7 +226,7 @@ pub async fn run(command: BenchCommand, endpoints: Vec<String>) -> Result<(), St
                 .await
                 .map_err(|e| e.to_string())?;
             let value = Arc::new(vec![b'x'; record_size]);
-            let report = closed_loop(&endpoints, &load, 8, move |client, c, i| {
+            let report = closed_loop(&cluster, &load, 8, move |client, c, i| {
                 let (topic, value) = (topic.clone(), value.clone());
                 async move {
                     let records = (0..u64::from(batch))
@@ -229,8 +246,8 @@ pub async fn run(command: BenchCommand, endpoints: Vec<String>) -> Result<(), St
             );
             // Ids unique to this run, so repeated runs against one cluster create new objects.
             let run = u128::from(rand::random::<u32>() | 1) << 96;
-            create_accounts(&endpoints, run, accounts).await?;
-            let report = closed_loop(&endpoints, &load, 4, move |client, c, i| async move {
+            create_accounts(&cluster, run, accounts).await?;
+            let report = closed_loop(&cluster, &load, 4, move |client, c, i| async move {
                 let transfers: Vec<Transfer> = (0..u64::from(batch))
                     .map(|j| {
                         let n = spread(c, i, j);
@@ -265,8 +282,10 @@ fn spread(c: u32, i: u64, j: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-async fn create_accounts(endpoints: &[String], run: u128, accounts: u64) -> Result<(), String> {
-    let client = Client::connect(endpoints).await.map_err(|e| e.to_string())?;
+async fn create_accounts(cluster: &BenchCluster, run: u128, accounts: u64) -> Result<(), String> {
+    let client = Client::connect_with(&cluster.endpoints, cluster.options())
+        .await
+        .map_err(|e| e.to_string())?;
     let ids: Vec<u64> = (1..=accounts).collect();
     for chunk in ids.chunks(4096) {
         let batch: Vec<Account> = chunk
@@ -296,7 +315,7 @@ async fn create_accounts(endpoints: &[String], run: u128, accounts: u64) -> Resu
 /// Runs `request(client, client_index, iteration)` in a closed loop from every client task until
 /// the duration ends. `request` returns how many items the request carried.
 pub async fn closed_loop<F, Fut>(
-    endpoints: &[String],
+    cluster: &BenchCluster,
     load: &LoadArgs,
     default_clients: u32,
     request: F,
@@ -316,11 +335,11 @@ where
     let options = ClientOptions {
         coalesce_writes: !load.no_coalesce,
         write_batches_in_flight: load.batches_in_flight,
-        ..ClientOptions::default()
+        ..cluster.options()
     };
     for _ in 0..connections {
         pool.push(
-            Client::connect_with(endpoints, options.clone())
+            Client::connect_with(&cluster.endpoints, options.clone())
                 .await
                 .map_err(|e| e.to_string())?,
         );

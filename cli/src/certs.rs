@@ -62,7 +62,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CertsError + '_ {
 /// Writes `path` whole: a new temporary file of a random name in the same directory (created
 /// exclusively, mode 0600 for a `secret`, 0644 otherwise), fsynced, renamed over `path` (or, with
 /// `create_new`, renamed only if `path` does not exist), and the directory fsynced.
-fn write(path: &Path, content: &str, secret: bool, create_new: bool) -> Result<(), CertsError> {
+pub(crate) fn write(path: &Path, content: &str, secret: bool, create_new: bool) -> Result<(), CertsError> {
     use std::io::Write;
     use std::os::unix::fs::PermissionsExt;
     let dir = path.parent().unwrap_or(Path::new("."));

@@ -28,6 +28,10 @@ pub struct EndpointArgs {
     /// With a multi-region dev cluster: talk to this region's nodes (default: the first region).
     #[arg(long, env = "BASALT_REGION", global = true)]
     region: Option<String>,
+    /// The bearer token calls carry, for a cluster that authenticates its clients. Default:
+    /// the token file the dev cluster's cluster file names (`basalt dev --secure`), if any.
+    #[arg(long, env = "BASALT_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
 }
 
 /// A lease fence for mutations: `--fence NAME:TOKEN`.
@@ -143,6 +147,13 @@ enum Command {
         #[command(flatten)]
         endpoints: EndpointArgs,
     },
+    /// Users, roles and tokens: who may do what (docs/security.md).
+    Auth {
+        #[command(subcommand)]
+        command: crate::verbs::auth::AuthCommand,
+        #[command(flatten)]
+        endpoints: EndpointArgs,
+    },
     /// Cluster status and membership.
     Cluster {
         #[command(subcommand)]
@@ -181,7 +192,7 @@ pub struct StartArgs {
         "allow_clock_control", "home_region", "joining_region", "edge_listen", "origin", "cache_bytes",
         "cache_negative_ttl_ms", "origin_timeout_ms", "origin_requests_max", "resp_listen",
         "resp_password", "resp_allow_flush", "peer_listen", "cluster_id", "peer_tls_cert",
-        "peer_tls_key", "peer_tls_ca",
+        "peer_tls_key", "peer_tls_ca", "root_token_file",
     ])]
     config: Option<PathBuf>,
     #[arg(long)]
@@ -205,6 +216,10 @@ pub struct StartArgs {
     /// The cluster's CA certificate(s) (PEM): peers must present a certificate it signed.
     #[arg(long, requires = "peer_tls_cert")]
     peer_tls_ca: Option<PathBuf>,
+    /// Authenticate clients: a file holding the root token (`basalt auth token > FILE`); users
+    /// and roles come from `basalt auth` (docs/security.md). Needs --peer-listen.
+    #[arg(long)]
+    root_token_file: Option<PathBuf>,
     /// HTTP address for /metrics and /health.
     #[arg(long)]
     http: Option<std::net::SocketAddr>,
@@ -393,6 +408,9 @@ fn start_config(args: StartArgs) -> Result<NodeConfig, String> {
             (Some(cert), Some(key), Some(ca)) => Some(config::PeerTlsConfig { cert, key, ca }),
             _ => None,
         },
+        auth: args
+            .root_token_file
+            .map(|root_token_file| config::AuthConfig { root_token_file }),
         http: args.http,
         data_dir: args.data_dir.ok_or_else(|| missing("data-dir"))?,
         peers: config::parse_peers(&args.peers).map_err(|e| e.to_string())?,
@@ -516,9 +534,44 @@ pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'stat
     }
 }
 
+/// The token the CLI's calls carry: `--token` / `BASALT_TOKEN`, else, for the local dev
+/// cluster (no `--endpoints`), the token file its cluster file names.
+pub fn resolve_token(args: &EndpointArgs) -> Result<Option<basalt_client::Token>, String> {
+    if let Some(token) = &args.token {
+        return Ok(Some(basalt_client::Token::from_text(token)));
+    }
+    if args.endpoints.is_some() {
+        return Ok(None);
+    }
+    cluster_file_token(&cluster_file())
+}
+
+/// The token of the file a cluster file names (`token_file`), if it names one.
+pub fn cluster_file_token(path: &std::path::Path) -> Result<Option<basalt_client::Token>, String> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(None);
+    };
+    let file: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let Some(token_file) = file["token_file"].as_str() else {
+        return Ok(None);
+    };
+    let token = std::fs::read_to_string(token_file).map_err(|e| format!("reading the token file {token_file}: {e}"))?;
+    Ok(Some(basalt_client::Token::from_text(&token)))
+}
+
+/// Client options with the CLI's token.
+pub fn client_options(args: &EndpointArgs) -> Result<basalt_client::ClientOptions, String> {
+    Ok(basalt_client::ClientOptions {
+        token: resolve_token(args)?,
+        ..basalt_client::ClientOptions::default()
+    })
+}
+
 async fn connect(args: &EndpointArgs) -> Result<Client, String> {
     let endpoints = resolve_endpoints(args)?;
-    Client::connect(&endpoints).await.map_err(|e| e.to_string())
+    Client::connect_with(&endpoints, client_options(args)?)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// A client whose mutations carry `--fence`, when given.
@@ -610,6 +663,18 @@ async fn run(cli: Cli) -> Result<(), String> {
             let client = connect(&endpoints).await?;
             crate::verbs::cache::cache(&client, command).await
         }
+        Command::Auth {
+            command: crate::verbs::auth::AuthCommand::Token,
+            ..
+        } => {
+            crate::verbs::auth::new_token();
+            Ok(())
+        }
+        Command::Auth { command, endpoints } => {
+            init_tracing("error");
+            let client = connect(&endpoints).await?;
+            crate::verbs::auth::auth(&client, command).await
+        }
         Command::Cluster { command, endpoints } => {
             init_tracing("error");
             let client = connect(&endpoints).await?;
@@ -628,8 +693,11 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Bench { command, endpoints } => {
             init_tracing("error");
-            let endpoints = resolve_endpoints(&endpoints)?;
-            crate::bench::run(command, endpoints).await
+            let cluster = crate::bench::BenchCluster {
+                token: resolve_token(&endpoints)?,
+                endpoints: resolve_endpoints(&endpoints)?,
+            };
+            crate::bench::run(command, cluster).await
         }
     }
 }

@@ -49,9 +49,10 @@ pub struct DevArgs {
     /// Remove existing data first.
     #[arg(long)]
     pub(crate) clean: bool,
-    /// Mutual TLS between the nodes: a throwaway CA and a certificate per node under the data
-    /// directory's `tls/` (made once, kept between runs), given to every node's peer listener.
-    /// The client port, RESP and HTTP stay plaintext for now (docs/security.md).
+    /// Mutual TLS between the nodes (a throwaway CA and a certificate per node under the data
+    /// directory's `tls/`) and authenticated clients (a root token in `root.token`, named in
+    /// the cluster file, where the CLI picks it up); both made once, kept between runs. The
+    /// client port, RESP and HTTP are not encrypted yet (docs/security.md).
     #[arg(long, conflicts_with_all = ["regions", "topology"])]
     pub(crate) secure: bool,
     /// Serve the edge cache on every node with this origin: `PREFIX=http://host:port` (repeat).
@@ -69,12 +70,23 @@ pub struct DevArgs {
     pub(crate) resp_base_port: u16,
 }
 
+/// The root token of a `--secure` dev cluster, in its data directory.
+pub(crate) const ROOT_TOKEN_FILE: &str = "root.token";
+
 /// Polls the cluster until a leader is known.
-pub(crate) async fn wait_for_leader(endpoints: &[String], timeout: Duration) -> Result<(u64, String), String> {
+pub(crate) async fn wait_for_leader(
+    endpoints: &[String],
+    token: Option<&basalt_client::Token>,
+    timeout: Duration,
+) -> Result<(u64, String), String> {
     let deadline = Instant::now() + timeout;
     let mut last_error = String::from("no answer");
+    let options = basalt_client::ClientOptions {
+        token: token.cloned(),
+        ..basalt_client::ClientOptions::default()
+    };
     while Instant::now() < deadline {
-        match basalt_client::Client::connect(endpoints).await {
+        match basalt_client::Client::connect_with(endpoints, options.clone()).await {
             Ok(client) => match client.cluster_status().await {
                 Ok(status) if status.leader_id.is_some() && !status.leader_addr.is_empty() => {
                     return Ok((status.leader_id.unwrap_or_default(), status.leader_addr));
@@ -192,6 +204,19 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
         let _ = std::fs::remove_file(tls_dir.join(crate::certs::CA_KEY_FILE));
         crate::certs::make_ca(&tls_dir).map_err(|e| e.to_string())?;
     }
+    let token_file = dir.join(ROOT_TOKEN_FILE);
+    let root_token = if args.secure {
+        if !token_file.exists() {
+            let token = basalt_client::Token::generate();
+            crate::certs::write(&token_file, &format!("{}\n", token.as_str()), true, true)
+                .map_err(|e| e.to_string())?;
+        }
+        let text =
+            std::fs::read_to_string(&token_file).map_err(|e| format!("reading {}: {e}", token_file.display()))?;
+        Some(basalt_client::Token::from_text(&text))
+    } else {
+        None
+    };
     let exe = std::env::current_exe().map_err(|e| format!("locating the basalt binary: {e}"))?;
 
     let addr = |i: u16| format!("127.0.0.1:{}", args.base_port + i - 1);
@@ -226,6 +251,7 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
             let name = format!("node-{i}");
             let hosts = ["127.0.0.1".to_string(), "localhost".to_string()];
             extra.extend(crate::certs::node_flags(&tls_dir, &name, &hosts).map_err(|e| e.to_string())?);
+            extra.extend(["--root-token-file".to_string(), token_file.display().to_string()]);
         }
         if let Some(edge) = edge(i) {
             extra.extend(["--edge-listen".to_string(), edge]);
@@ -254,16 +280,24 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
     let pids: Vec<u32> = processes.iter().filter_map(|p| p.child.id()).collect();
     let edges: Vec<String> = (1..=args.nodes).filter_map(edge).collect();
     let resp_addrs: Vec<String> = (1..=args.nodes).map(resp).collect();
-    let cluster_file = write_cluster_file(&serde_json::json!({
+    let mut record = serde_json::json!({
         "endpoints": endpoints, "pids": pids, "data_dir": dir, "edges": edges, "resp": resp_addrs,
         "origins": args.origin,
-    }))?;
+    });
+    if args.secure {
+        record["token_file"] = serde_json::json!(token_file);
+    }
+    let cluster_file = write_cluster_file(&record)?;
 
     crate::outln!("basalt dev: {} nodes, data in {}", args.nodes, dir.display());
     if args.secure {
         crate::outln!(
-            "  peer ports: mutual TLS, CA {} (client, RESP and HTTP ports: plaintext)",
+            "  peer ports: mutual TLS, CA {} (client, RESP and HTTP ports: not encrypted)",
             tls_dir.join(crate::certs::CA_CERT_FILE).display()
+        );
+        crate::outln!(
+            "  clients authenticate: root token in {} (the CLI reads it through the cluster file; RESP: AUTH <token>)",
+            token_file.display()
         );
     }
     for (i, (p, endpoint)) in processes.iter().zip(&endpoints).enumerate() {
@@ -284,7 +318,7 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
 
     let started = Instant::now();
     let leader = tokio::select! {
-        leader = wait_for_leader(&endpoints, Duration::from_secs(15)) => Some(leader),
+        leader = wait_for_leader(&endpoints, root_token.as_ref(), Duration::from_secs(15)) => Some(leader),
         () = &mut shutdown => None,
     };
     match leader {

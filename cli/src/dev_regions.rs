@@ -383,7 +383,7 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
     let mut processes = processes;
     for (r, region) in topology.regions.iter().enumerate() {
         let leader = tokio::select! {
-            leader = crate::dev::wait_for_leader(&grpc[&r], Duration::from_secs(20)) => leader,
+            leader = crate::dev::wait_for_leader(&grpc[&r], None, Duration::from_secs(20)) => leader,
             () = &mut shutdown => {
                 // Signalled while the regions elect: stop now, not after every region's wait.
                 crate::outln!("stopping {} nodes...", processes.len());

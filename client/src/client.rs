@@ -44,6 +44,9 @@ pub struct ClientOptions {
     /// one of the given endpoints is still followed; any other makes the client try its next
     /// endpoint. Default false: the client follows the leader wherever it is.
     pub pin_endpoints: bool,
+    /// The bearer token every call carries (`authorization: Bearer ...`), for a cluster that
+    /// authenticates its clients (docs/security.md). `None`: calls carry no credentials.
+    pub token: Option<basalt_auth::token::Token>,
 }
 
 impl Default for ClientOptions {
@@ -57,6 +60,7 @@ impl Default for ClientOptions {
             write_batches_in_flight: 2,
             max_clock_offset: Duration::from_millis(500),
             pin_endpoints: false,
+            token: None,
         }
     }
 }
@@ -93,6 +97,8 @@ struct Inner {
     coalesce_budget: basalt_batching::QueueBudget,
     /// Rate-limit keys this client decides alone while the cluster is unreachable.
     shadow: Mutex<crate::rate_shadow::ShadowTable>,
+    /// The options' token as a header value.
+    token: Option<Arc<AuthHeader>>,
 }
 
 /// Every region of a multi-region deployment by name, with the addresses of its nodes.
@@ -109,6 +115,19 @@ pub struct Client {
     inner: Arc<Inner>,
     /// Sent with every mutation of this handle (see [`Client::fenced`]).
     fence: Option<pb::Fence>,
+    /// This handle's credentials when they are not the options' (see [`Client::with_token`]).
+    token: Option<Arc<AuthHeader>>,
+}
+
+/// The `authorization` value of a bearer token, marked sensitive (never logged by tonic).
+type AuthHeader = tonic::metadata::MetadataValue<tonic::metadata::Ascii>;
+
+fn auth_header(token: &basalt_auth::token::Token) -> Result<AuthHeader, ClientError> {
+    let mut value: AuthHeader = format!("Bearer {}", token.as_str())
+        .parse()
+        .map_err(|_| ClientError::InvalidToken)?;
+    value.set_sensitive(true);
+    Ok(value)
 }
 
 /// Removes a seq from the in-flight set when its call ends, whatever the outcome.
@@ -200,6 +219,7 @@ impl Client {
             return Err(ClientError::NoEndpoints);
         }
         let client_id = u128::from(rand::random::<u64>()) << 64 | u128::from(rand::random::<u64>());
+        let token = options.token.as_ref().map(auth_header).transpose()?.map(Arc::new);
         Ok(Client {
             inner: Arc::new(Inner {
                 nodes: RwLock::new(nodes),
@@ -214,8 +234,10 @@ impl Client {
                 check_budget: basalt_batching::QueueBudget::new(crate::coalesce::QUEUED_CHECK_BYTES_MAX),
                 coalesce_budget: basalt_batching::QueueBudget::new(crate::coalesce::QUEUED_BYTES_MAX),
                 shadow: Mutex::default(),
+                token,
             }),
             fence: None,
+            token: None,
         })
     }
 
@@ -295,7 +317,23 @@ impl Client {
                 lease: lease.into(),
                 token,
             }),
+            token: self.token.clone(),
         }
+    }
+
+    /// A handle whose every call carries `token` instead of the options' (a server relaying
+    /// many callers' requests, each with its own credentials). Shares this client's connections
+    /// and session; its writes and rate checks are never coalesced with other handles' (a batch
+    /// goes with one token).
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidToken`] when the token cannot be a header value.
+    pub fn with_token(&self, token: &basalt_auth::token::Token) -> Result<Client, ClientError> {
+        Ok(Client {
+            inner: self.inner.clone(),
+            fence: self.fence.clone(),
+            token: Some(Arc::new(auth_header(token)?)),
+        })
     }
 
     /// A transaction across data types: conditions, then one of two op lists, all or nothing.
@@ -429,7 +467,7 @@ impl Client {
     /// A fresh `(client_id, seq)` header for a mutation, kept in flight until the guard drops.
     /// Whether this handle's KV writes are coalesced into batches.
     pub(crate) fn coalesces_writes(&self) -> bool {
-        self.inner.options.coalesce_writes && self.fence.is_none()
+        self.inner.options.coalesce_writes && self.fence.is_none() && self.token.is_none()
     }
 
     pub(crate) fn coalesce_budget(&self) -> &basalt_batching::QueueBudget {
@@ -450,7 +488,7 @@ impl Client {
 
     /// Whether this handle's single rate checks are coalesced into batches.
     pub(crate) fn coalesces_checks(&self) -> bool {
-        self.inner.options.coalesce_rate_checks && self.fence.is_none()
+        self.inner.options.coalesce_rate_checks && self.fence.is_none() && self.token.is_none()
     }
 
     pub(crate) fn max_clock_offset(&self) -> Duration {
@@ -466,6 +504,7 @@ impl Client {
         Client {
             inner: self.inner.clone(),
             fence: None,
+            token: self.token.clone(),
         }
     }
 
@@ -505,6 +544,9 @@ impl Client {
     /// A request for one attempt; `wait` is how long the server may hold it on purpose (long-poll).
     pub(crate) fn request<T>(&self, message: T, deadline: Instant, wait: Duration) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
+        if let Some(token) = self.token.as_ref().or(self.inner.token.as_ref()) {
+            request.metadata_mut().insert("authorization", AuthHeader::clone(token));
+        }
         let remaining = deadline.saturating_duration_since(Instant::now());
         request.set_timeout(
             remaining

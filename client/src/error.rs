@@ -92,6 +92,10 @@ error_codes! {
     OutcomeUnknown = "OUTCOME_UNKNOWN" => Unavailable,
     Unavailable = "UNAVAILABLE" => Unavailable,
     Internal = "INTERNAL" => Internal,
+    // No credentials, or ones the node does not know (a missing, wrong or removed token).
+    Unauthenticated = "UNAUTHENTICATED" => Unauthenticated,
+    // The caller's roles grant no access the request needs; the message names the one missing.
+    PermissionDenied = "PERMISSION_DENIED" => PermissionDenied,
 }
 
 impl std::fmt::Display for ErrorCode {
@@ -122,6 +126,9 @@ pub enum ClientError {
     InvalidEndpoint { endpoint: String, reason: String },
     #[error("no endpoints given")]
     NoEndpoints,
+    /// A token that cannot travel in a header (it holds characters other than visible ASCII).
+    #[error("the token holds characters a header cannot carry")]
+    InvalidToken,
     #[error("unknown region {region:?} (the deployment has {known:?})")]
     UnknownRegion { region: String, known: Vec<String> },
     #[error("unexpected response from the server: {0}")]

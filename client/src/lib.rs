@@ -26,6 +26,7 @@
 #[doc = include_str!("../../README.md")]
 struct ReadmeExamples;
 
+pub mod auth;
 pub mod cache;
 mod client;
 mod coalesce;
@@ -48,6 +49,9 @@ pub mod pb {
     tonic::include_proto!("basalt.v1");
 }
 
+pub use auth::{Auth, RoleInfo, UserInfo, WhoAmI};
+pub use basalt_auth::token::Token;
+pub use basalt_auth::{Access, Grant, Scope};
 pub use cache::{Cache, LaggingNode, NodeCacheStats, PurgeReceipt, PurgeTarget};
 pub use client::{Client, ClientOptions, ReadConsistency, RegionMap};
 pub use consumer::{ConsumedRecord, Consumer, ConsumerOptions, ReplayOptions, ReplaySummary, StartFrom};
@@ -85,6 +89,14 @@ mod request_decoding_tests {
         let _ = pb::AckBatchRequest::decode(bytes);
         let _ = pb::AckRequest::decode(bytes);
         let _ = pb::AddNodeRequest::decode(bytes);
+        let _ = pb::AddTokenRequest::decode(bytes);
+        let _ = pb::AuthListRequest::decode(bytes);
+        let _ = pb::DeleteRoleRequest::decode(bytes);
+        let _ = pb::DeleteUserRequest::decode(bytes);
+        let _ = pb::PutRoleRequest::decode(bytes);
+        let _ = pb::PutUserRequest::decode(bytes);
+        let _ = pb::RemoveTokenRequest::decode(bytes);
+        let _ = pb::WhoAmIRequest::decode(bytes);
         let _ = pb::AwaitPurgeRequest::decode(bytes);
         let _ = pb::CachePurgeRequest::decode(bytes);
         let _ = pb::CacheStatsRequest::decode(bytes);

@@ -46,6 +46,9 @@ pub struct StateMachine {
     /// The region topology as of the last applied batch (`None`: a region alone), published
     /// after the batch that changed it is committed.
     topology: Arc<tokio::sync::watch::Sender<Option<Arc<RegionTopology>>>>,
+    /// Users and roles as of the last applied batch, published after the batch that changed
+    /// them is committed (or a snapshot holding others is installed).
+    auth: Arc<tokio::sync::watch::Sender<Arc<basalt_auth::AuthTable>>>,
 }
 
 fn applied_state_of(store: &RocksStore) -> Result<(Option<LogId>, StoredMembership), io::Error> {
@@ -73,6 +76,7 @@ impl StateMachine {
         let (applied, _) = applied_state_of(&store)?;
         let (applied, _) = tokio::sync::watch::channel(applied.map_or(0, |id| id.index()));
         let (topology, _) = tokio::sync::watch::channel(load_topology(&store)?.map(Arc::new));
+        let (auth, _) = tokio::sync::watch::channel(Arc::new(basalt_storage::apply::auth::load_table(&store)?));
         Ok(StateMachine {
             store,
             applier: Arc::new(Mutex::new(applier)),
@@ -80,6 +84,7 @@ impl StateMachine {
             clock,
             applied: Arc::new(applied),
             topology: Arc::new(topology),
+            auth: Arc::new(auth),
         })
     }
 
@@ -93,6 +98,12 @@ impl StateMachine {
     /// changed it (or a snapshot that holds another).
     pub fn subscribe_topology(&self) -> tokio::sync::watch::Receiver<Option<Arc<RegionTopology>>> {
         self.topology.subscribe()
+    }
+
+    /// Follows the users and roles: they change only after the state store has the entry that
+    /// changed them (or a snapshot that holds others).
+    pub fn subscribe_auth(&self) -> tokio::sync::watch::Receiver<Arc<basalt_auth::AuthTable>> {
+        self.auth.subscribe()
     }
 
     /// Follows the last applied log index; it changes only after the state store has the batch.
@@ -223,6 +234,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut responders = Vec::new();
         let mut last_applied = None;
         let mut changed_topology = false;
+        let mut changed_auth = false;
         while let Some((entry, responder)) = entries.try_next().await? {
             let log_id = entry.log_id();
             let response = match &entry.payload {
@@ -232,6 +244,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     if matches!(response, Response::Topology(_)) {
                         changed_topology = true;
                     }
+                    changed_auth |= matches!(command.op, basalt_storage::command::Op::Auth(_));
                     // The applier's stamp includes what merged remote batches carried.
                     self.clock.observe(applier.last_stamp());
                     response
@@ -256,6 +269,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if changed_topology {
             // What the store holds now, not an answer (a replayed answer can be an old one).
             self.topology.send_replace(load_topology(&self.store)?.map(Arc::new));
+        }
+        if changed_auth {
+            self.auth
+                .send_replace(Arc::new(basalt_storage::apply::auth::load_table(&self.store)?));
         }
         if let Some(log_id) = &last_applied {
             self.applied.send_replace(log_id.index());
@@ -311,6 +328,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         *applier = installed;
         self.topology
             .send_replace(load_topology(&self.store).map_err(io::Error::other)?.map(Arc::new));
+        self.auth.send_replace(Arc::new(
+            basalt_storage::apply::auth::load_table(&self.store).map_err(io::Error::other)?,
+        ));
         if let Some(index) = installed_index {
             self.applied.send_replace(index);
         }

@@ -26,7 +26,7 @@ use crate::limits::{
 use crate::multi::{self, Queued};
 use crate::pubsub::{Kind, Subscriptions};
 use crate::reply_error::client_error;
-use crate::server::{stopped, Shared};
+use crate::server::{stopped, Caller, Shared};
 use crate::stream_ids::RESERVED_KEY_PREFIX;
 use crate::streams::Streams;
 use tokio::net::tcp::OwnedReadHalf;
@@ -40,6 +40,9 @@ enum Next {
 
 struct Connection {
     shared: Arc<Shared>,
+    /// Whom the commands run as: the shared caller, or, with token authentication, the
+    /// token's own (set by `AUTH`).
+    caller: Arc<Caller>,
     id: u64,
     protocol: Protocol,
     authenticated: bool,
@@ -81,10 +84,10 @@ async fn client_gone(reader: &mut OwnedReadHalf, buf: &mut Vec<u8>, stop: &mut t
 
 /// The stream commands on `shared` (a function of the fields it borrows, so a blocking read can
 /// hold them while it watches the connection's other fields).
-fn streams_of(shared: &Shared, reads: ReadConsistency) -> Streams<'_> {
+fn streams_of(caller: &Caller, reads: ReadConsistency) -> Streams<'_> {
     Streams {
-        client: &shared.client,
-        appender: &shared.appender,
+        client: caller.client(),
+        appender: &caller.appender,
         reads,
     }
 }
@@ -105,7 +108,8 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>, id: u64, mut stop: to
     let (mut reader, mut writer) = stream.into_split();
     let (push_sender, mut pushes) = tokio::sync::mpsc::channel(PUSH_BUFFER_MESSAGES);
     let mut connection = Connection {
-        authenticated: shared.config.password.is_none(),
+        authenticated: shared.config.password.is_none() && !shared.config.token_auth,
+        caller: Arc::clone(&shared.anonymous),
         shared,
         id,
         protocol: Protocol::Resp2,
@@ -219,7 +223,7 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>, id: u64, mut stop: to
 
 impl Connection {
     fn streams(&self) -> Streams<'_> {
-        streams_of(&self.shared, self.reads)
+        streams_of(&self.caller, self.reads)
     }
 
     /// `DEL` and `UNLINK`: KV keys in one transaction, then, for each name no KV key held, the
@@ -263,9 +267,9 @@ impl Connection {
 
     fn keys(&self) -> Keys<'_> {
         Keys {
-            client: &self.shared.client,
-            combiner: &self.shared.combiner,
-            readers: &self.shared.readers,
+            client: self.caller.client(),
+            combiner: &self.caller.combiner,
+            readers: &self.caller.readers,
             reads: self.reads,
         }
     }
@@ -421,7 +425,7 @@ impl Connection {
                 self.keys().set(&key, value, expiry, false, None, false).await
             } else {
                 let now = now_ms();
-                let mut txn = self.shared.client.txn();
+                let mut txn = self.caller.client().txn();
                 for (key, value, expiry) in last {
                     txn = txn.then(match expiry.map(|e| ttl_of(e, now)) {
                         Some(Ttl::Live(ttl)) => TxnOp::put_with_ttl(key, value, ttl),
@@ -527,8 +531,8 @@ impl Connection {
             Command::Quit => return (Reply::ok(), Next::Close),
             Command::Select(0) => Reply::ok(),
             Command::Select(_) => Reply::error(errors::DB_INDEX),
-            Command::Hello { protocol, auth, name } => self.hello(protocol, auth, name),
-            Command::Auth { user, password } => self.auth(user.as_deref(), &password),
+            Command::Hello { protocol, auth, name } => self.hello(protocol, auth, name).await,
+            Command::Auth { user, password } => self.auth(user.as_deref(), &password).await,
             Command::ClientSetName(name) => {
                 self.name = (!name.is_empty()).then_some(name);
                 Reply::ok()
@@ -544,7 +548,7 @@ impl Connection {
                 self.reads = ReadConsistency::Linearizable;
                 Reply::ok()
             }
-            Command::Info(sections) => self.shared.info(&sections, &self.keys()).await,
+            Command::Info(sections) => self.shared.info(&self.caller, &sections, &self.keys()).await,
             Command::CommandCount => Reply::Integer(command::COMMANDS.len() as i64),
             Command::CommandDocs(names) => crate::server::command_docs(&names),
             Command::CommandList(names) => crate::server::command_list(&names),
@@ -552,7 +556,7 @@ impl Connection {
                 Ok(count) => Reply::Integer(count as i64),
                 Err(reply) => reply,
             },
-            Command::FlushDb => self.shared.flush(&self.keys()).await,
+            Command::FlushDb => self.shared.flush(&self.caller, &self.keys()).await,
             Command::Time => {
                 let micros = now_ms().saturating_mul(1000);
                 Reply::Array(vec![
@@ -597,7 +601,7 @@ impl Connection {
             } => self.streams().xrange(&key, start, end, count, rev).await,
             Command::XRead { count, block, streams } => {
                 let resp3 = self.protocol == Protocol::Resp3;
-                let readers = streams_of(&self.shared, self.reads);
+                let readers = streams_of(&self.caller, self.reads);
                 let gone = client_gone(reader, input, &mut self.stop);
                 tokio::pin!(gone);
                 readers.xread(count, block, &streams, resp3, gone.as_mut()).await
@@ -611,7 +615,7 @@ impl Connection {
                 streams,
             } => {
                 let resp3 = self.protocol == Protocol::Resp3;
-                let readers = streams_of(&self.shared, self.reads);
+                let readers = streams_of(&self.caller, self.reads);
                 let gone = client_gone(reader, input, &mut self.stop);
                 tokio::pin!(gone);
                 readers
@@ -692,7 +696,7 @@ impl Connection {
                 Some((queued, false)) => {
                     let watched = std::mem::take(&mut self.watched);
                     let resp3 = self.protocol == Protocol::Resp3;
-                    multi::exec(&self.shared.client, &watched, queued, resp3).await
+                    multi::exec(self.caller.client(), &watched, queued, resp3).await
                 }
             },
             Command::Watch(keys) => {
@@ -706,18 +710,18 @@ impl Connection {
                 self.watched.clear();
                 Reply::ok()
             }
-            Command::Publish(channel, message) => match self.shared.client.pubsub().publish(channel, message).await {
+            Command::Publish(channel, message) => match self.caller.client().pubsub().publish(channel, message).await {
                 Ok(receivers) => Reply::Integer(i64::from(receivers)),
                 Err(e) => client_error(&e),
             },
             Command::Subscribe(names) => Reply::Sequence(
                 self.subscriptions
-                    .subscribe(&self.shared.client, Kind::Channel, names)
+                    .subscribe(self.caller.client(), Kind::Channel, names)
                     .await,
             ),
             Command::PSubscribe(names) => Reply::Sequence(
                 self.subscriptions
-                    .subscribe(&self.shared.client, Kind::Pattern, names)
+                    .subscribe(self.caller.client(), Kind::Pattern, names)
                     .await,
             ),
             Command::Unsubscribe(names) => Reply::Sequence(self.subscriptions.unsubscribe(Kind::Channel, names)),
@@ -731,7 +735,7 @@ impl Connection {
         (reply, Next::Go)
     }
 
-    fn hello(&mut self, protocol: Option<i64>, auth: Option<(Bytes, Bytes)>, name: Option<Bytes>) -> Reply {
+    async fn hello(&mut self, protocol: Option<i64>, auth: Option<(Bytes, Bytes)>, name: Option<Bytes>) -> Reply {
         let wanted = match protocol {
             None => self.protocol,
             Some(2) => Protocol::Resp2,
@@ -739,7 +743,7 @@ impl Connection {
             Some(_) => return Reply::error(errors::NO_PROTO),
         };
         if let Some((user, password)) = auth {
-            if let Reply::Error(text) = self.check_password(Some(&user), &password) {
+            if let Reply::Error(text) = self.auth(Some(&user), &password).await {
                 return Reply::Error(text);
             }
         } else if !self.authenticated {
@@ -763,11 +767,38 @@ impl Connection {
         ])
     }
 
-    fn auth(&mut self, user: Option<&[u8]>, password: &[u8]) -> Reply {
+    async fn auth(&mut self, user: Option<&[u8]>, password: &[u8]) -> Reply {
+        if self.shared.config.token_auth {
+            return self.token_auth(user, password).await;
+        }
         if self.shared.config.password.is_none() && user.is_none() {
             return Reply::error(errors::AUTH_NOT_CONFIGURED);
         }
         self.check_password(user, password)
+    }
+
+    /// `AUTH [user] <token>` on a node that authenticates with tokens: the node says whose
+    /// token it is (the same check as every gRPC request's); from then on the connection's
+    /// commands run as that identity, with combiners of their own. `user`, when given, must be
+    /// the token's user (or `default`).
+    async fn token_auth(&mut self, user: Option<&[u8]>, token: &[u8]) -> Reply {
+        let Ok(text) = std::str::from_utf8(token) else {
+            return Reply::error(errors::WRONGPASS);
+        };
+        let token = basalt_client::Token::from_text(text);
+        let Ok(client) = self.shared.anonymous.client().with_token(&token) else {
+            return Reply::error(errors::WRONGPASS);
+        };
+        match client.auth().who_am_i().await {
+            Ok(me) if user.is_none_or(|u| u == b"default" || u == me.user.as_bytes()) => {
+                self.caller = Arc::new(Caller::new(client));
+                self.authenticated = true;
+                Reply::ok()
+            }
+            Ok(_) => Reply::error(errors::WRONGPASS),
+            Err(e) if e.code() == Some(basalt_client::ErrorCode::Unauthenticated) => Reply::error(errors::WRONGPASS),
+            Err(e) => client_error(&e),
+        }
     }
 
     /// The `default` user's password, compared in time independent of where it differs.
@@ -808,7 +839,7 @@ impl Connection {
         }
         for key in keys {
             // Linearizable whatever the connection's reads: the condition is only as good as it.
-            match self.shared.client.kv().get(&key).await {
+            match self.caller.client().kv().get(&key).await {
                 Ok(entry) => {
                     if !self.watched.iter().any(|(k, _)| *k == key) {
                         self.watched.push((key, entry.map_or(0, |e| e.mod_revision)));

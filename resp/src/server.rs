@@ -28,20 +28,50 @@ pub struct RespConfig {
     /// Whether `FLUSHDB` / `FLUSHALL` may delete every key (`basalt dev` sets it; a production
     /// node refuses them).
     pub allow_flush: bool,
+    /// Whether clients authenticate with the node's bearer tokens (the node runs with `[auth]`):
+    /// `AUTH [user] <token>` (and `HELLO ... AUTH user <token>`) makes every later command of
+    /// the connection run as that token's identity, checked by the same rules as gRPC; before it,
+    /// only `AUTH`, `HELLO` and `QUIT` are served.
+    pub token_auth: bool,
     /// This node's id, for `INFO`.
     pub node_id: u64,
     /// Basalt's version, for `INFO`.
     pub basalt_version: String,
 }
 
-/// What every connection of one listener shares.
-pub struct Shared {
-    /// The SDK client every command goes through: it starts at this node and follows the
-    /// leader, so a command sent to a follower is carried to the leader.
-    pub client: Client,
+/// Whom a connection's commands run as: an SDK client (with its credentials) and the combiners
+/// that merge concurrent commands into shared requests. Commands of different identities never
+/// share one: a merged request goes with one identity's credentials.
+#[derive(Default)]
+pub struct Caller {
+    /// The SDK client the commands go through: it starts at this node and follows the leader,
+    /// so a command sent to a follower is carried to the leader.
+    pub client: Option<Client>,
     pub combiner: crate::combine::Combiner,
     pub appender: crate::stream_append::Appender,
     pub readers: crate::combine::ReadCombiner,
+}
+
+impl Caller {
+    pub fn new(client: Client) -> Caller {
+        Caller {
+            client: Some(client),
+            ..Caller::default()
+        }
+    }
+
+    /// The caller's client. Every `Caller` a connection runs commands with has one (the
+    /// `Default` exists only to build the others' fields).
+    pub fn client(&self) -> &Client {
+        self.client.as_ref().expect("a connection's caller has a client")
+    }
+}
+
+/// What every connection of one listener shares.
+pub struct Shared {
+    /// The SDK client with the node's own credentials: the caller of every connection when
+    /// clients do not authenticate with tokens, and what a token's client is made from.
+    pub anonymous: Arc<Caller>,
     pub config: RespConfig,
     started: Instant,
     port: u16,
@@ -58,10 +88,7 @@ pub async fn serve(
 ) {
     let port = listener.local_addr().map_or(0, |a| a.port());
     let shared = Arc::new(Shared {
-        client,
-        combiner: crate::combine::Combiner::default(),
-        appender: crate::stream_append::Appender::default(),
-        readers: crate::combine::ReadCombiner::default(),
+        anonymous: Arc::new(Caller::new(client)),
         config,
         started: Instant::now(),
         port,
@@ -110,7 +137,7 @@ pub(crate) async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
 impl Shared {
     /// `INFO [section ...]`: the server, clients, replication and keyspace sections Redis
     /// tools read, with Basalt's figures.
-    pub async fn info(&self, sections: &[String], keys: &Keys<'_>) -> Reply {
+    pub async fn info(&self, caller: &Caller, sections: &[String], keys: &Keys<'_>) -> Reply {
         let all = sections.is_empty()
             || sections
                 .iter()
@@ -140,7 +167,7 @@ impl Shared {
             ));
         }
         if wants("replication") {
-            match self.client.cluster_status().await {
+            match caller.client().cluster_status().await {
                 Ok(status) => {
                     // The node the SDK reached first is this one unless it followed a leader.
                     let leader = status.leader_id;
@@ -171,7 +198,7 @@ impl Shared {
 
     /// `FLUSHDB`: deletes every key, a transaction of up to 256 deletes at a time (not one
     /// atomic step, unlike Redis); only where the node allows it.
-    pub async fn flush(&self, keys: &Keys<'_>) -> Reply {
+    pub async fn flush(&self, caller: &Caller, keys: &Keys<'_>) -> Reply {
         if !self.config.allow_flush {
             return Reply::error(
                 "ERR FLUSHDB and FLUSHALL are refused: this node does not run in dev mode (--resp-allow-flush)",
@@ -184,7 +211,7 @@ impl Shared {
         let all: Vec<Bytes> = all.into_iter().map(|(key, _)| key).collect();
         let mut deleted = 0usize;
         for chunk in all.chunks(TXN_OPS_MAX) {
-            let mut txn = self.client.txn();
+            let mut txn = caller.client().txn();
             for key in chunk {
                 txn = txn.then(TxnOp::delete(key.clone()));
             }
@@ -204,8 +231,8 @@ impl Shared {
         }
         // Then the streams RESP created, each with its groups.
         let stream_commands = crate::streams::Streams {
-            client: &self.client,
-            appender: &self.appender,
+            client: caller.client(),
+            appender: &caller.appender,
             reads: basalt_client::ReadConsistency::Linearizable,
         };
         for (name, _) in &streams {

@@ -30,6 +30,11 @@ pub struct NodeConfig {
     /// Reloaded when the files change. Needs `peer_listen`.
     #[serde(default)]
     pub peer_tls: Option<PeerTlsConfig>,
+    /// Client authentication (`[auth]`: `root_token_file`): every request on the client port,
+    /// RESP and the HTTP purge endpoint must carry a token, the root's or a user's, and is
+    /// checked against its roles (docs/security.md). Needs `peer_listen`.
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
     /// HTTP address for /metrics and /health.
     #[serde(default)]
     pub http: Option<SocketAddr>,
@@ -116,6 +121,39 @@ impl PeerTlsConfig {
             key: self.key.clone(),
             ca: self.ca.clone(),
         }
+    }
+}
+
+/// Client authentication (`[auth]` in a config file; `--root-token-file`).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// A file holding the root token (`basalt auth token` makes one): the identity allowed
+    /// everything, and the credential the nodes use with each other's client ports (pub/sub
+    /// relays, purge confirmations, forwarding to a home region, the cross-region feed), so
+    /// every node of a deployment holds the same one. Read once at start.
+    pub root_token_file: PathBuf,
+}
+
+impl AuthConfig {
+    /// The root token the file holds.
+    pub fn root_token(&self) -> Result<basalt_auth::token::Token, ConfigError> {
+        let path = &self.root_token_file;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::Invalid(format!("reading the root token file {}: {e}", path.display())))?;
+        let token = basalt_auth::token::Token::from_text(&text);
+        let len = token.as_str().len();
+        if len == 0
+            || len > basalt_auth::limits::TOKEN_BYTES_MAX
+            || !token.as_str().bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(ConfigError::Invalid(format!(
+                "the root token file {} must hold one token of 1 to {} visible ASCII characters",
+                path.display(),
+                basalt_auth::limits::TOKEN_BYTES_MAX
+            )));
+        }
+        Ok(token)
     }
 }
 
@@ -605,6 +643,21 @@ impl NodeConfig {
             }
         }
         self.parsed_cluster_id()?;
+        if self.auth.is_some() && self.resp.password.is_some() {
+            return invalid(
+                "client authentication is on (--root-token-file): RESP's AUTH then takes tokens, so \
+                 resp.password (--resp-password) must not be set"
+                    .into(),
+            );
+        }
+        if self.auth.is_some() && (self.peer_listen.is_none() || self.peer_tls.is_none()) {
+            return invalid(
+                "client authentication is on (--root-token-file) but the peer listener is missing or has no mutual \
+                 TLS (--peer-listen, --peer-tls-cert/-key/-ca): Raft carries no client tokens, so whoever reaches \
+                 it unauthenticated could append users and grants"
+                    .into(),
+            );
+        }
         if self.peer_tls.is_some() && self.peer_listen.is_none() {
             return invalid(
                 "peer TLS is given (--peer-tls-cert/-key/-ca) but there is no peer listener (--peer-listen): \
@@ -709,6 +762,7 @@ mod tests {
             peer_listen: None,
             cluster_id: None,
             peer_tls: None,
+            auth: None,
             http: None,
             data_dir: "/tmp/x".into(),
             peers: parse_peers("1=127.0.0.1:7001,2=127.0.0.1:7002").expect("peers"),
@@ -888,6 +942,41 @@ mod tests {
         let mut c = base();
         c.peers = parse_peers("1=127.0.0.1:7001/,2=127.0.0.1:7002").expect("parses as a map");
         assert!(c.validate().is_err(), "an empty peer address");
+    }
+
+    #[test]
+    fn client_authentication_needs_a_tls_peer_listener_and_no_resp_password() {
+        let mut c = base();
+        c.auth = Some(AuthConfig {
+            root_token_file: "/nonexistent/root.token".into(),
+        });
+        let e = c.validate().expect_err("no peer listener");
+        assert!(e.to_string().contains("peer listener"), "{e}");
+        c.peer_listen = Some("127.0.0.1:2380".parse().expect("addr"));
+        c.peers = parse_peers("1=127.0.0.1:7001/127.0.0.1:2380,2=127.0.0.1:7002/127.0.0.1:2381").expect("peers");
+        let e = c.validate().expect_err("no peer TLS");
+        assert!(e.to_string().contains("mutual"), "{e}");
+        c.peer_tls = Some(PeerTlsConfig {
+            cert: "c".into(),
+            key: "k".into(),
+            ca: "a".into(),
+        });
+        c.validate().expect("valid");
+        c.resp.listen = Some("127.0.0.1:6379".parse().expect("addr"));
+        c.resp.password = Some("s3cret".into());
+        let e = c.validate().expect_err("a RESP password beside tokens");
+        assert!(e.to_string().contains("resp.password"), "{e}");
+        // The file is read at start: a missing or empty one is a clear error.
+        assert!(c.auth.as_ref().expect("auth").root_token().is_err());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("root.token");
+        std::fs::write(&file, "\n").expect("write");
+        let auth = AuthConfig {
+            root_token_file: file.clone(),
+        };
+        assert!(auth.root_token().is_err());
+        std::fs::write(&file, "bst_abc\n").expect("write");
+        assert_eq!(auth.root_token().expect("token").as_str(), "bst_abc");
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! HTTP endpoints: `/health`, `/metrics` (Prometheus text format), `DELETE /cache` (an
 //! edge-cache purge, as `basalt cache purge` makes it), and, only on a node started with
 //! `--allow-clock-control`, `/debug/clock-skew` (the partition harness's clock nemesis).
+//! On a node that authenticates clients, a purge and a clock change need a bearer token
+//! granting them (`Authorization: Bearer ...`); health and metrics stay open.
 
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
@@ -38,7 +40,14 @@ async fn clock_skew(State(api): State<Api>) -> String {
 
 /// Sets this node's clock skew to the body's integer, in ms (as a clock stepped by NTP would
 /// jump); at most ±[`CLOCK_SKEW_MS_MAX`].
-async fn set_clock_skew(State(api): State<Api>, body: String) -> (StatusCode, String) {
+async fn set_clock_skew(State(api): State<Api>, headers: axum::http::HeaderMap, body: String) -> (StatusCode, String) {
+    let cluster_admin = [basalt_auth::Need::all(
+        basalt_auth::Access::Admin,
+        basalt_auth::Scope::Cluster,
+    )];
+    if let Err(refusal) = authorize(&api, &headers, &cluster_admin) {
+        return refusal;
+    }
     match body.trim().parse::<i64>() {
         Ok(skew) if skew.unsigned_abs() <= CLOCK_SKEW_MS_MAX => {
             let before = api.clock.skew_ms();
@@ -68,12 +77,16 @@ async fn cache_purge(
     State(api): State<Api>,
     Extension(edge): Extension<Option<Arc<Edge>>>,
     Extension(routes): Extension<Arc<BTreeMap<u64, String>>>,
+    headers: axum::http::HeaderMap,
     uri: axum::http::Uri,
 ) -> (StatusCode, String) {
     let request = match purge_request_of_query(uri.query().unwrap_or("")) {
         Ok(request) => request,
         Err(message) => return (StatusCode::BAD_REQUEST, format!("{message}\n")),
     };
+    if let Err(refusal) = authorize(&api, &headers, &crate::access::Needs::needs(&request)) {
+        return refusal;
+    }
     let service = crate::api::cache::CacheService { api, edge, routes };
     match service.purge_via_leader(request).await {
         Ok(done) => {
@@ -92,6 +105,22 @@ async fn cache_purge(
         Err(e) if e.code() == tonic::Code::InvalidArgument => (StatusCode::BAD_REQUEST, format!("{}\n", e.message())),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{}\n", e.message())),
     }
+}
+
+/// On a node that authenticates clients: the request's bearer token (`Authorization: Bearer`)
+/// must be known (else 401) and grant `needs` (else 403), by the rules of the gRPC door.
+fn authorize(
+    api: &Api,
+    headers: &axum::http::HeaderMap,
+    needs: &[basalt_auth::Need],
+) -> Result<(), (StatusCode, String)> {
+    let Some(gate) = &api.gate else { return Ok(()) };
+    let identity = gate.authenticate(headers).map_err(|refusal| {
+        gate.unauthenticated(&refusal);
+        (StatusCode::UNAUTHORIZED, format!("UNAUTHENTICATED: {refusal}\n"))
+    })?;
+    gate.check(&identity, needs)
+        .map_err(|denied| (StatusCode::FORBIDDEN, format!("PERMISSION_DENIED: {denied}\n")))
 }
 
 /// The purge a query string names: exactly one of `url`, `prefix`, `tag` or `everything` (empty,
@@ -208,6 +237,18 @@ async fn metrics(State(api): State<Api>, Extension(edge): Extension<Option<Arc<E
         "Raft messages (received, or replies to this node's) refused for naming another cluster id.",
         api.cluster.refused(),
     );
+    if let Some(gate) = &api.gate {
+        counter(
+            "basalt_auth_unauthenticated_total",
+            "Client requests (gRPC, RESP, HTTP) refused for no or unknown credentials.",
+            gate.counters.unauthenticated.load(Ordering::Relaxed),
+        );
+        counter(
+            "basalt_auth_denied_total",
+            "Client requests (gRPC, RESP, HTTP) refused for a permission their roles do not grant.",
+            gate.counters.denied.load(Ordering::Relaxed),
+        );
+    }
     if let Some(tls) = &api.peer_tls {
         counter(
             "basalt_peer_tls_handshake_failures_total",

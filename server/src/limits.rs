@@ -240,6 +240,10 @@ pub(crate) const EDGE_TOO_LARGE_TTL: Duration = Duration::from_secs(60);
 /// Pending connections the client API's and the peer listener's sockets queue (the kernel's
 /// listen backlog).
 pub const LISTEN_BACKLOG: u32 = 1024;
+
+/// How long the access layer waits for a checked request's body (one message, sent at once by
+/// any client): a caller that opens a request and sends nothing does not hold it longer.
+pub const REQUEST_BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest a stopping node waits for the peer listener's open streams to end, after Raft
 /// stopped.
 pub const PEER_DRAIN_MAX: Duration = Duration::from_secs(5);

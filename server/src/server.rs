@@ -7,6 +7,7 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
+use basalt_client::pb::auth_server::AuthServer;
 use basalt_client::pb::cache_server::CacheServer;
 use basalt_client::pb::cluster_server::ClusterServer;
 use basalt_client::pb::counter_server::CounterServer;
@@ -181,10 +182,26 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
     let store = state_machine.store().clone();
     check_region_flags(&config, topology.borrow().as_deref(), &store)?;
     let applied = state_machine.subscribe_applied();
+    let gate = match &config.auth {
+        Some(auth) => {
+            let root = auth.root_token()?;
+            let gate = crate::access::Gate::new(&root, state_machine.subscribe_auth())
+                .map_err(|e| NodeError::Config(ConfigError::Invalid(e)))?;
+            Some((Arc::new(gate), root))
+        }
+        None => None,
+    };
     let applied_membership = state_machine
         .applied_membership()
         .map_err(io("reading the applied membership"))?;
     let also_on_client_port = raft_also_on_client_port(&config, &applied_membership)?;
+    if also_on_client_port && gate.is_some() {
+        return Err(NodeError::Config(ConfigError::Invalid(
+            "client authentication is on, but the membership lists this node without a peer address, so Raft \
+             would still be served on the client port without tokens: re-add it with its peer address first"
+                .into(),
+        )));
+    }
     // Only a node that holds nothing yet takes a cluster id from a peer: one that holds data of a
     // cluster from before cluster ids, or lost its id file, must be given it (--cluster-id).
     let (first_index, last_index) = log_store.bounds();
@@ -238,6 +255,9 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         }
     }
 
+    if let Some((gate, _)) = &gate {
+        gate.follow(raft.clone());
+    }
     let counters = Arc::new(ApiCounters::default());
     let bounds_store = log_store.clone();
     let api = Api {
@@ -255,6 +275,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         cluster: cluster.clone(),
         peer_tls: peer_tls.clone(),
         peer_listen: config.peer_listen,
+        gate: gate.as_ref().map(|(gate, _)| Arc::clone(gate)),
     };
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -323,12 +344,16 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         Some(listener) => {
             // Every command goes through the SDK, starting at this node's own client port and
             // following the leader from there: the request path every client takes.
-            let client =
-                basalt_client::Client::lazy([config.advertised_addr()], basalt_client::ClientOptions::default())
-                    .map_err(|e| NodeError::Config(ConfigError::Invalid(format!("RESP's client: {e}"))))?;
+            let options = basalt_client::ClientOptions {
+                token: gate.as_ref().map(|(_, root)| root.clone()),
+                ..basalt_client::ClientOptions::default()
+            };
+            let client = basalt_client::Client::lazy([config.advertised_addr()], options)
+                .map_err(|e| NodeError::Config(ConfigError::Invalid(format!("RESP's client: {e}"))))?;
             let resp_config = basalt_resp::RespConfig {
                 password: config.resp.password.clone(),
                 allow_flush: config.resp.allow_flush,
+                token_auth: gate.is_some(),
                 node_id: config.id,
                 basalt_version: env!("CARGO_PKG_VERSION").to_string(),
             };
@@ -409,6 +434,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
     use basalt_storage::limits::CLIENT_MESSAGE_BYTES_MAX;
     let serve = tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        .layer(crate::access::AccessLayer::new(api.gate.clone()))
         .add_optional_service(raft_on_client_port)
         .add_service(KvServer::new(api.clone()).max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX))
         .add_service(CounterServer::new(api.clone()).max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX))
@@ -421,6 +447,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         .add_service(PubSubServer::new(api.clone()).max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX))
         .add_service(ClusterServer::new(api.clone()).max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX))
         .add_service(CacheServer::new(cache_service).max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX))
+        .add_service(AuthServer::new(api.clone()).max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX))
         .add_service(feed_receiver)
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(client_listener).with_nodelay(Some(true)),

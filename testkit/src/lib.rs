@@ -171,6 +171,8 @@ pub struct TestCluster {
     resp: BTreeMap<u64, PortReservation>,
     /// Whether the nodes started from now on have peer listeners (they do unless a test says).
     peer_listeners: bool,
+    /// The root token, when [`TestCluster::enable_auth`] made the nodes authenticate clients.
+    root_token: Option<basalt_client::Token>,
 }
 
 impl TestCluster {
@@ -201,6 +203,7 @@ impl TestCluster {
             edges: BTreeMap::new(),
             resp: BTreeMap::new(),
             peer_listeners: true,
+            root_token: None,
         }
     }
 
@@ -217,6 +220,19 @@ impl TestCluster {
 
     /// Whether the nodes started from now on listen for peers apart from clients
     /// (`--peer-listen`; on by default), as a build before peer listeners ran them when off.
+    /// Makes every node started from now on authenticate its clients with a new root token
+    /// (written to the cluster's directory); [`TestCluster::client`] carries it. Returns it.
+    pub fn enable_auth(&mut self) -> basalt_client::Token {
+        let token = basalt_client::Token::generate();
+        let path = self.dir.path().join("root.token");
+        std::fs::write(&path, token.as_str()).expect("write the root token");
+        self.options
+            .extra_args
+            .extend(["--root-token-file".to_string(), path.display().to_string()]);
+        self.root_token = Some(token.clone());
+        token
+    }
+
     pub fn set_peer_listeners(&mut self, on: bool) {
         self.peer_listeners = on;
         self.peers = Self::peers_flag(&self.specs, on);
@@ -410,6 +426,7 @@ impl TestCluster {
     pub async fn client(&self) -> Client {
         let options = ClientOptions {
             request_timeout: Duration::from_secs(15),
+            token: self.root_token.clone(),
             ..Default::default()
         };
         let deadline = Instant::now() + Duration::from_secs(30);

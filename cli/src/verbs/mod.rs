@@ -1,6 +1,7 @@
 //! The `basalt` verbs of each data type, one file per type (and `cache`, `cluster`, `regions`), and what
 //! they share. `commands.rs` parses the command line and hands each verb to its file.
 
+pub mod auth;
 pub mod cache;
 pub mod cluster;
 pub mod counter;

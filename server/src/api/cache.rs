@@ -85,7 +85,7 @@ impl CacheService {
             let outcome = if member.id == this {
                 Ok(self.local_progress(seq, remaining).await)
             } else {
-                await_peer(self.route(&member), seq, remaining).await
+                await_peer(self.route(&member), seq, remaining, self.api.credentials()).await
             };
             (member, outcome)
         });
@@ -138,6 +138,7 @@ impl CacheService {
             .to_string();
         let channel = peer_channel(&addr).map_err(|e| status(ErrorCode::Unavailable, e))?;
         let mut forwarded = Request::new(request);
+        self.api.credentials().sign(&mut forwarded);
         // The leader answers within the wait (at most the maximum) once it has the write.
         forwarded.set_timeout(PURGE_CONFIRM_WAIT_MAX + PEER_CONNECT_TIMEOUT + PEER_REPLY_MARGIN);
         CacheClient::new(channel)
@@ -205,13 +206,19 @@ impl CacheService {
 
 /// Asks the node at `addr` how far its edge has applied purges, waiting for `seq` at most `wait`
 /// (it answers by then; its answer gets [`PEER_REPLY_MARGIN`] more to arrive).
-async fn await_peer(addr: &str, seq: u64, wait: Duration) -> Result<u64, String> {
+async fn await_peer(
+    addr: &str,
+    seq: u64,
+    wait: Duration,
+    credentials: crate::access::NodeCredentials,
+) -> Result<u64, String> {
     let channel = peer_channel(addr)?;
     let mut request = Request::new(pb::AwaitPurgeRequest {
         seq,
         wait_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
     });
     request.set_timeout(wait + PEER_REPLY_MARGIN);
+    credentials.sign(&mut request);
     match CacheClient::new(channel).await_purge(request).await {
         Ok(reply) => Ok(reply.into_inner().applied),
         Err(e) => Err(peer_failure(&e)),
@@ -228,7 +235,11 @@ fn peer_failure(e: &Status) -> String {
     }
 }
 
-async fn peer_stats(member: &pb::Member, addr: &str) -> pb::NodeCacheStats {
+async fn peer_stats(
+    member: &pb::Member,
+    addr: &str,
+    credentials: crate::access::NodeCredentials,
+) -> pb::NodeCacheStats {
     let unreachable = |error: String| pb::NodeCacheStats {
         node_id: member.id,
         addr: member.addr.clone(),
@@ -241,6 +252,7 @@ async fn peer_stats(member: &pb::Member, addr: &str) -> pb::NodeCacheStats {
     };
     let mut request = Request::new(pb::CacheStatsRequest { all_nodes: false });
     request.set_timeout(PEER_STATS_TIMEOUT);
+    credentials.sign(&mut request);
     match CacheClient::new(channel).stats(request).await {
         Ok(reply) => match reply.into_inner().nodes.into_iter().next() {
             Some(stats) => stats,
@@ -274,7 +286,14 @@ impl Cache for CacheService {
                 .into_iter()
                 .filter(|m| m.id != this)
                 .collect::<Vec<_>>();
-            nodes.extend(join_all(others.iter().map(|m| peer_stats(m, self.route(m)))).await);
+            nodes.extend(
+                join_all(
+                    others
+                        .iter()
+                        .map(|m| peer_stats(m, self.route(m), self.api.credentials())),
+                )
+                .await,
+            );
             nodes.sort_by_key(|n| n.node_id);
         }
         Ok(GrpcResponse::new(pb::CacheStatsResponse { nodes }))

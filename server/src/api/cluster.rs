@@ -14,7 +14,11 @@ use super::{metrics_now, status, write_error_status, Api};
 /// Asks the node being added whether it has a peer listener, and refuses an add whose
 /// `peer_addr` does not fit, or a node that does not answer (a learner Raft cannot reach would
 /// stay in the membership, and the add would wait for it forever).
-async fn check_peer_listener(addr: &str, peer_addr: &str) -> Result<(), Status> {
+async fn check_peer_listener(
+    addr: &str,
+    peer_addr: &str,
+    credentials: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+) -> Result<(), Status> {
     use basalt_client::pb::cluster_client::ClusterClient;
     const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
     // Not retried by clients (nothing changed), and not the transport's own words: the caller
@@ -29,6 +33,10 @@ async fn check_peer_listener(addr: &str, peer_addr: &str) -> Result<(), Status> 
         .map_err(|e| status(ErrorCode::InvalidArgument, format!("addr {addr:?}: {e}")))?;
     let mut request = Request::new(pb::StatusRequest {});
     request.set_timeout(PROBE_TIMEOUT);
+    // The caller's own credentials, never the node's: the address is the caller's to name.
+    if let Some(credentials) = credentials {
+        request.metadata_mut().insert("authorization", credentials);
+    }
     let probe = async { ClusterClient::new(endpoint.connect_lazy()).status(request).await };
     let reported = match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
         Ok(Ok(status)) => status.into_inner().peer_listen,
@@ -153,6 +161,7 @@ impl Cluster for Api {
         &self,
         request: Request<pb::AddNodeRequest>,
     ) -> Result<GrpcResponse<pb::MembershipResponse>, Status> {
+        let credentials = request.metadata().get("authorization").cloned();
         let r = request.into_inner();
         if r.addr.parse::<std::net::SocketAddr>().is_err() {
             return Err(status(
@@ -168,7 +177,7 @@ impl Cluster for Api {
         }
         // On the leader only: a follower redirects without asking the node.
         self.ensure_leader()?;
-        check_peer_listener(&r.addr, &r.peer_addr).await?;
+        check_peer_listener(&r.addr, &r.peer_addr, credentials).await?;
         let member = MemberAddr {
             client: r.addr,
             peer: Some(r.peer_addr).filter(|peer| !peer.is_empty()),

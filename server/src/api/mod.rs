@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod auth;
 pub mod cache;
 mod cluster;
 mod counter;
@@ -24,6 +25,7 @@ pub use merge::Merger;
 pub use pubsub::Broker;
 
 use crate::limits::{WAIT_MAX, WAIT_POLL};
+use basalt_auth::AuthError;
 use basalt_client::pb;
 use basalt_client::{ErrorCode, ERROR_CODE_KEY, LEADER_KEY};
 use basalt_raft::member_addr::MemberAddr;
@@ -72,6 +74,19 @@ pub struct Api {
     pub peer_listen: Option<std::net::SocketAddr>,
     /// Mutual TLS on the peer listener, when the node has it (for /metrics).
     pub peer_tls: Option<Arc<basalt_raft::peer_tls::PeerTls>>,
+    /// Client authentication, when the node has a root token (`[auth]`).
+    pub gate: Option<Arc<crate::access::Gate>>,
+}
+
+/// Refuses with `NOT_LEADER` (and the leader's address, when known) unless `raft` leads.
+pub(crate) fn ensure_leader(raft: &Raft) -> Result<(), Status> {
+    let metrics = metrics_now(raft);
+    if metrics.current_leader == Some(metrics.id) {
+        return Ok(());
+    }
+    let membership = metrics.membership_config.membership();
+    let leader_node = metrics.current_leader.and_then(|id| membership.get_node(&id));
+    Err(not_leader_status(metrics.current_leader, leader_node))
 }
 
 /// A copy of the node's current Raft metrics.
@@ -164,6 +179,16 @@ pub(crate) fn op_error_code(e: &OpError) -> ErrorCode {
         OpError::Txn(TxnError::TooLarge { .. } | TxnError::AnswerTooLarge { .. }) => ErrorCode::TooLarge,
         OpError::Txn(TxnError::TooMany { .. }) => ErrorCode::BatchTooLarge,
         OpError::Txn(TxnError::NotTransactional { .. } | TxnError::Repeated { .. }) => ErrorCode::InvalidArgument,
+        OpError::Auth(
+            AuthError::UnknownRole { .. } | AuthError::UnknownUser { .. } | AuthError::UnknownToken { .. },
+        ) => ErrorCode::NotFound,
+        OpError::Auth(
+            AuthError::InvalidName { .. }
+            | AuthError::ReservedName
+            | AuthError::TooMany { .. }
+            | AuthError::InvalidGrant { .. }
+            | AuthError::RoleInUse { .. },
+        ) => ErrorCode::InvalidArgument,
         // Only a leader builds merged entries; a client cannot send one.
         OpError::Kv(KvError::NotMergeable { .. }) => ErrorCode::Internal,
     }
@@ -386,13 +411,7 @@ impl Api {
     /// Refuses with `NOT_LEADER` (and the leader's address, when known) unless this node leads.
     /// For admin checks that read the membership: a follower's copy may lag the leader's.
     fn ensure_leader(&self) -> Result<(), Status> {
-        let metrics = metrics_now(&self.raft);
-        if metrics.current_leader == Some(metrics.id) {
-            return Ok(());
-        }
-        let membership = metrics.membership_config.membership();
-        let leader_node = metrics.current_leader.and_then(|id| membership.get_node(&id));
-        Err(not_leader_status(metrics.current_leader, leader_node))
+        ensure_leader(&self.raft)
     }
 
     /// Waits until `ready` says yes, looking again after every applied batch (and every
@@ -415,6 +434,12 @@ impl Api {
             }
             let _ = tokio::time::timeout((deadline - now).min(WAIT_POLL), applied.changed()).await;
         }
+    }
+
+    /// What this node's own calls to other nodes' client ports carry (the root token when it
+    /// authenticates clients).
+    pub(crate) fn credentials(&self) -> crate::access::NodeCredentials {
+        crate::access::NodeCredentials::new(self.gate.clone())
     }
 
     fn check_key(key: &[u8]) -> Result<(), Status> {

@@ -172,12 +172,14 @@ impl Api {
 
     /// Relays a publish to `peers`; returns the subscribers they reached.
     async fn relay(&self, peers: Vec<String>, channel: &[u8], payload: &[u8]) -> u32 {
+        let credentials = self.credentials();
         let relays = peers.into_iter().filter_map(|addr| self.broker.peer(&addr)).map(|c| {
-            let request = pb::PublishRequest {
+            let mut request = tonic::Request::new(pb::PublishRequest {
                 channel: channel.to_vec(),
                 payload: payload.to_vec(),
                 relayed: true,
-            };
+            });
+            credentials.sign(&mut request);
             async move {
                 let mut client = basalt_client::service_client!(PubSubClient, c);
                 match tokio::time::timeout(RELAY_TIMEOUT, client.publish(request)).await {

@@ -82,6 +82,7 @@ impl HomeRoute {
     /// `NOT_LEADER`), within `wait` + [`HOME_FORWARD_BUDGET`] in all, and within the caller's deadline.
     async fn call<M, R, F, Fut>(
         &self,
+        credentials: &crate::access::NodeCredentials,
         caller: Option<Duration>,
         message: M,
         wait: Duration,
@@ -110,6 +111,7 @@ impl HomeRoute {
             }
             let mut request = Request::new(message.clone());
             request.set_timeout(timeout);
+            credentials.sign(&mut request);
             match tokio::time::timeout(timeout, send(channel.clone(), request)).await {
                 Ok(Ok(answer)) => return Ok(answer),
                 Ok(Err(s)) if is_not_leader(&s) => failures.push(format!("{addr}: not the leader")),
@@ -242,7 +244,7 @@ macro_rules! homed_service {
                     let $m = request.into_inner();
                     let wait: Duration = $wait;
                     route
-                        .call(caller, $m, wait, $writes, |c, r| async move { basalt_client::service_client!($client, c).$method(r).await })
+                        .call(&self.api.credentials(), caller, $m, wait, $writes, |c, r| async move { basalt_client::service_client!($client, c).$method(r).await })
                         .await
                 }
             )*
@@ -317,9 +319,14 @@ impl Txn for Homed {
         if txn.is_homed() {
             if let Some(route) = self.route() {
                 return route
-                    .call(caller, message, Duration::ZERO, true, |c, r| async move {
-                        basalt_client::service_client!(TxnClient, c).commit(r).await
-                    })
+                    .call(
+                        &self.api.credentials(),
+                        caller,
+                        message,
+                        Duration::ZERO,
+                        true,
+                        |c, r| async move { basalt_client::service_client!(TxnClient, c).commit(r).await },
+                    )
                     .await;
             }
         }

@@ -153,6 +153,7 @@ async fn session(
     // The opening heartbeat carries no frontier: what the remote region has is not known yet.
     let _ = tx.send(batch_message(&ShipBatch::heartbeat(source, 0))).await;
     let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    api.credentials().sign(&mut request);
     // The receiver refuses a stream of another data format before decoding a batch of it.
     basalt_codec::grpc::name_format(request.metadata_mut());
     if let Some(topology) = repl.topology() {

@@ -290,5 +290,6 @@ pub(super) fn apply_single_op<S: StoreRead>(
         Op::Region(op) => replication::apply_op(view, ctx, op)?,
         Op::SessionSweep { idle_ms, after, limit } => session::sweep_idle(view, ctx.now_ms, *idle_ms, *after, *limit)?,
         Op::ClockTick => Response::None,
+        Op::Auth(op) => super::auth::apply_op(view, op)?,
     })
 }

@@ -15,6 +15,7 @@ macro_rules! refuse_on_err {
     };
 }
 
+pub mod auth;
 pub mod cache;
 pub mod counter;
 pub mod counter_window;
@@ -39,6 +40,8 @@ mod sweep;
 mod test_views;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_auth;
 #[cfg(test)]
 mod tests_counter_ttl;
 #[cfg(test)]

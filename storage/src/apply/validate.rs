@@ -117,6 +117,7 @@ pub fn validate_op(op: &Op) -> Result<(), OpError> {
         | Op::Region(RegionOp::TrimFeed { .. })
         | Op::Kv(KvOp::TombstoneGc { .. })
         | Op::ClockTick => Ok(()),
+        Op::Auth(op) => super::auth::validate(op),
         Op::Region(RegionOp::MergeFeed { batch }) => {
             if batch.entries.len() > BATCH_ITEMS_MAX {
                 return Err(OpError::BatchTooLarge {

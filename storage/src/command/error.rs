@@ -62,4 +62,7 @@ pub enum OpError {
     Cache(#[from] CacheError),
     #[error(transparent)]
     Txn(#[from] TxnError),
+    /// A change to users or roles refused (see `crate::apply::auth`).
+    #[error(transparent)]
+    Auth(#[from] basalt_auth::AuthError),
 }

@@ -8,12 +8,13 @@
 //! - one module per data type with its operations (`KvOp`, `RateOp`, ...), its own refusals
 //!   (`KvError`, `LeaseError`, ...) and its payloads: [`kv`], [`counter`], [`rate`], [`lease`],
 //!   [`ledger`], [`queue`], [`stream`] (streams and consumer groups), [`region`] (merging other
-//!   regions' feeds, the topology), [`cache`] (edge-cache purges), [`txn`] (transactions across types). The larger payloads of ledgers, queues and streams (accounts,
+//!   regions' feeds, the topology), [`cache`] (edge-cache purges), [`auth`] (users and roles), [`txn`] (transactions across types). The larger payloads of ledgers, queues and streams (accounts,
 //!   messages, records) are in `crate::ledger`, `crate::queue` and `crate::stream`.
 //!
 //! All of it is persisted (log entries, saved answers) in the data format of `basalt-codec`:
 //! moving a type between these files changes nothing, reordering fields or variants does.
 
+mod auth;
 mod cache;
 mod counter;
 mod error;
@@ -28,6 +29,7 @@ mod response;
 mod stream;
 mod txn;
 
+pub use auth::AuthOp;
 pub use cache::{CacheError, CacheOp, PurgeTarget};
 pub use counter::{CounterAction, CounterError, CounterOp, CounterOutcome};
 pub use error::OpError;

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{CacheOp, CounterOp, GroupOp, KvOp, LeaseOp, LedgerOp, QueueOp, RateOp, RegionOp, StreamOp, Txn};
+use super::{AuthOp, CacheOp, CounterOp, GroupOp, KvOp, LeaseOp, LedgerOp, QueueOp, RateOp, RegionOp, StreamOp, Txn};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
@@ -45,6 +45,9 @@ pub enum Op {
     CounterSweep {
         limit: u32,
     },
+    /// Users and roles: the access model this region's doors enforce. Region-local (not in the
+    /// change feed); not allowed in a transaction.
+    Auth(AuthOp),
 }
 
 impl Op {
@@ -107,6 +110,7 @@ impl std::fmt::Display for Op {
             Op::Cache(op) => op.fmt(f),
             Op::Txn(txn) => txn.fmt(f),
             Op::CounterSweep { limit } => write!(f, "counter window sweep (limit {limit})"),
+            Op::Auth(op) => op.fmt(f),
         }
     }
 }

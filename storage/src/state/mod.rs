@@ -106,10 +106,13 @@ pub enum Table {
     /// `(queue, message id BE)` -> nothing: the dead letters a queue holds (messages moved into it
     /// after their deliveries ran out), which a redrive walks instead of the whole queue.
     QueueDeadLetter,
+    /// `r/NAME` -> a role, `u/NAME` -> a user (`crate::apply::auth`): who may do what at this
+    /// region's doors.
+    Auth,
 }
 
 impl Table {
-    pub const ALL: [Table; 41] = [
+    pub const ALL: [Table; 42] = [
         Table::Meta,
         Table::Kv,
         Table::KvExpiry,
@@ -151,6 +154,7 @@ impl Table {
         Table::QueueDeleting,
         Table::QueueDeadLetterSource,
         Table::QueueDeadLetter,
+        Table::Auth,
     ];
 
     /// Whether rows are built by appending within one entry (see `WriteSet::append`): the KV
@@ -202,6 +206,7 @@ impl Table {
             Table::QueueDeleting => "queue_deleting",
             Table::QueueDeadLetterSource => "queue_dead_letter_source",
             Table::QueueDeadLetter => "queue_dead_letter",
+            Table::Auth => "auth",
         }
     }
 

@@ -1,0 +1,1050 @@
+//! Client authentication and permissions at the gRPC door (docs/security.md).
+//!
+//! A node started with a root token (`[auth] root_token_file`) authenticates every client
+//! request: [`Gate::authenticate`] maps the `authorization: Bearer ...` header to an
+//! [`Identity`] (the root token's, or a user's from the replicated users and roles), and
+//! [`AccessLayer`] checks, before any handler runs, that the identity holds every [`Need`] of the
+//! request. The needs are read from the decoded request message by [`needs_of`], one rule per
+//! RPC path; a path without a rule is refused to everyone but the root (fail closed: a new RPC
+//! is unusable until its rule is written here). The RESP and HTTP doors use the same gate and
+//! the same needs (through the SDK, and [`Gate::check`]).
+//!
+//! Refusals: `UNAUTHENTICATED` (no token, or one the node does not know) and
+//! `PERMISSION_DENIED` (naming the need missing). Neither reaches a handler, so neither changes
+//! anything.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use basalt_auth::limits::TOKEN_BYTES_MAX;
+use basalt_auth::token::{Token, TokenHash};
+use basalt_auth::{Access, AuthTable, Denied, Identity, Need, Scope};
+use basalt_client::{pb, ErrorCode};
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use tonic::body::Body;
+use tonic::Status;
+
+use crate::api::status;
+
+/// Counts of refused requests, for /metrics.
+#[derive(Default)]
+pub struct AccessCounters {
+    pub unauthenticated: AtomicU64,
+    pub denied: AtomicU64,
+}
+
+/// Why a credential was not accepted.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AuthRefusal {
+    #[error("no credentials: this node authenticates its clients (send a bearer token)")]
+    Missing,
+    #[error("the credentials are not a bearer token (expected `Bearer <token>`)")]
+    Malformed,
+    #[error("unknown token")]
+    Unknown,
+}
+
+/// Who may do what at this node's doors: the root token's hash and the replicated users and
+/// roles. Cheap to share.
+pub struct Gate {
+    /// This node's Raft, once it runs: a refusal a follower would make (a token it does not
+    /// know, a grant it lacks) may come from a change it has not applied yet, so it sends the
+    /// client to the leader, whose answer is the region's.
+    raft: std::sync::OnceLock<basalt_raft::Raft>,
+    root: TokenHash,
+    /// The root token as a header, for this node's own calls to other nodes' client ports.
+    root_header: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+    table: tokio::sync::watch::Receiver<Arc<AuthTable>>,
+    pub counters: AccessCounters,
+}
+
+impl Gate {
+    /// A gate admitting `root` and the users of `table`.
+    ///
+    /// # Errors
+    /// When the token cannot travel in a header (not visible ASCII).
+    pub fn new(root: &Token, table: tokio::sync::watch::Receiver<Arc<AuthTable>>) -> Result<Gate, String> {
+        let mut root_header: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =
+            format!("Bearer {}", root.as_str())
+                .parse()
+                .map_err(|_| "the root token holds characters a header cannot carry".to_string())?;
+        root_header.set_sensitive(true);
+        Ok(Gate {
+            raft: std::sync::OnceLock::new(),
+            root: root.hash(),
+            root_header,
+            table,
+            counters: AccessCounters::default(),
+        })
+    }
+
+    /// Makes refusals on a follower redirects to the leader (see the `raft` field).
+    pub fn follow(&self, raft: basalt_raft::Raft) {
+        let _ = self.raft.set(raft);
+    }
+
+    /// `refusal`, unless this node is a follower: then `NOT_LEADER` with the leader's address,
+    /// so the leader, which has applied every committed change of users and roles, decides.
+    fn on_the_leader(&self, refusal: Status) -> Status {
+        match self.raft.get().map(crate::api::ensure_leader) {
+            Some(Err(not_leader)) => not_leader,
+            _ => refusal,
+        }
+    }
+
+    /// Gives `request` (this node's own call to another node's client port) the root token.
+    pub fn sign<T>(&self, request: &mut tonic::Request<T>) {
+        request.metadata_mut().insert("authorization", self.root_header.clone());
+    }
+
+    /// The identity a bearer token's text belongs to.
+    pub fn identify_token(&self, token: &str) -> Result<Arc<Identity>, AuthRefusal> {
+        if token.is_empty() || token.len() > TOKEN_BYTES_MAX {
+            return Err(AuthRefusal::Unknown);
+        }
+        let hash = basalt_auth::token::hash(token);
+        if hash == self.root {
+            return Ok(Arc::new(Identity::root()));
+        }
+        self.table.borrow().identify(&hash).ok_or(AuthRefusal::Unknown)
+    }
+
+    /// The identity of a request's `authorization` header.
+    pub fn authenticate(&self, headers: &http::HeaderMap) -> Result<Arc<Identity>, AuthRefusal> {
+        let value = headers.get(http::header::AUTHORIZATION).ok_or(AuthRefusal::Missing)?;
+        let text = value.to_str().map_err(|_| AuthRefusal::Malformed)?;
+        let token = text
+            .strip_prefix("Bearer ")
+            .or_else(|| text.strip_prefix("bearer "))
+            .ok_or(AuthRefusal::Malformed)?;
+        self.identify_token(token.trim())
+    }
+
+    /// Checks `identity` against `needs`, counting a refusal.
+    pub fn check(&self, identity: &Identity, needs: &[Need]) -> Result<(), Denied> {
+        identity.check_all(needs).inspect_err(|_| {
+            self.counters.denied.fetch_add(1, Ordering::Relaxed);
+        })
+    }
+
+    /// The status an authentication refusal travels as (and counts it).
+    pub fn unauthenticated(&self, refusal: &AuthRefusal) -> Status {
+        self.counters.unauthenticated.fetch_add(1, Ordering::Relaxed);
+        status(ErrorCode::Unauthenticated, refusal.to_string())
+    }
+
+    /// Authenticates and authorizes one gRPC request; on success the identity rides in the
+    /// request's extensions and the body is handed on as it came.
+    async fn admit(&self, request: http::Request<Body>) -> Result<http::Request<Body>, Status> {
+        let (mut parts, body) = request.into_parts();
+        let identity = match self.authenticate(&parts.headers) {
+            Ok(identity) => identity,
+            // Not known here may be not applied here yet: a known token is never refused
+            // for a follower's lag (a missing or malformed one is refused at once).
+            Err(refusal @ AuthRefusal::Unknown) => return Err(self.on_the_leader(self.unauthenticated(&refusal))),
+            Err(refusal) => return Err(self.unauthenticated(&refusal)),
+        };
+        let path = parts.uri.path().to_string();
+        let root_only = || {
+            self.counters.denied.fetch_add(1, Ordering::Relaxed);
+            status(
+                ErrorCode::PermissionDenied,
+                format!("{path} is the root token's only (user {:?})", identity.user),
+            )
+        };
+        let body = match rule(&path) {
+            Some(Rule::Open) => body,
+            Some(Rule::Root) | None if identity.root => body,
+            Some(Rule::Root) | None => return Err(root_only()),
+            Some(Rule::Fixed(need)) => {
+                self.check(&identity, &[need])
+                    .map_err(|d| self.on_the_leader(denied(&d)))?;
+                body
+            }
+            Some(Rule::Message(needs)) => {
+                // A unary (or server-streaming) request: one message, bounded as the server's
+                // decoders bound it and read within a deadline, checked here and handed on
+                // unchanged.
+                let limit = basalt_storage::limits::CLIENT_MESSAGE_BYTES_MAX + GRPC_FRAME_HEADER_BYTES;
+                let collected = tokio::time::timeout(
+                    crate::limits::REQUEST_BODY_READ_TIMEOUT,
+                    http_body_util::Limited::new(body, limit).collect(),
+                )
+                .await
+                .map_err(|_| {
+                    status(
+                        ErrorCode::InvalidArgument,
+                        format!(
+                            "request body not received within {:?}",
+                            crate::limits::REQUEST_BODY_READ_TIMEOUT
+                        ),
+                    )
+                })?;
+                let bytes = match collected {
+                    Ok(collected) => collected.to_bytes(),
+                    Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                        return Err(status(ErrorCode::TooLarge, format!("request body over {limit} bytes")))
+                    }
+                    Err(e) => return Err(status(ErrorCode::Unavailable, format!("reading the request body: {e}"))),
+                };
+                let message = grpc_message(&bytes)?;
+                let needs = needs(message).map_err(|e| status(ErrorCode::InvalidArgument, format!("{path}: {e}")))?;
+                self.check(&identity, &needs)
+                    .map_err(|d| self.on_the_leader(denied(&d)))?;
+                Body::new(http_body_util::Full::new(bytes))
+            }
+        };
+        parts.extensions.insert(identity);
+        Ok(http::Request::from_parts(parts, body))
+    }
+}
+
+/// What a node's own calls to other nodes' client ports carry: the root token when the node
+/// authenticates clients (every node of a deployment holds the same one), else nothing.
+#[derive(Clone, Default)]
+pub struct NodeCredentials(Option<Arc<Gate>>);
+
+impl NodeCredentials {
+    pub fn new(gate: Option<Arc<Gate>>) -> NodeCredentials {
+        NodeCredentials(gate)
+    }
+
+    pub fn sign<T>(&self, request: &mut tonic::Request<T>) {
+        if let Some(gate) = &self.0 {
+            gate.sign(request);
+        }
+    }
+}
+
+/// The status a missing permission travels as.
+pub fn denied(denied: &Denied) -> Status {
+    status(ErrorCode::PermissionDenied, denied.to_string())
+}
+
+/// A gRPC message's frame header: a compression flag and a 4-byte length.
+const GRPC_FRAME_HEADER_BYTES: usize = 5;
+
+/// The one message of a unary request body.
+fn grpc_message(body: &Bytes) -> Result<&[u8], Status> {
+    let bad = |why: &str| status(ErrorCode::InvalidArgument, format!("request body: {why}"));
+    if body.len() < GRPC_FRAME_HEADER_BYTES {
+        return Err(bad("shorter than a gRPC frame header"));
+    }
+    if body[0] != 0 {
+        return Err(bad("compressed messages are not accepted"));
+    }
+    let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
+    if body.len() != GRPC_FRAME_HEADER_BYTES + len {
+        return Err(bad("not exactly one message"));
+    }
+    Ok(&body[GRPC_FRAME_HEADER_BYTES..])
+}
+
+/// What an RPC needs.
+enum Rule {
+    /// Anyone authenticated (status, who-am-I).
+    Open,
+    /// The root token only: the calls that make this node send its own credentials (the root
+    /// token) to addresses the caller names (a region's endpoints), and the nodes' own calls.
+    Root,
+    /// One need whatever the message says.
+    Fixed(Need),
+    /// The needs its decoded message names.
+    Message(fn(&[u8]) -> Result<Vec<Need>, prost::DecodeError>),
+}
+
+/// The needs a decoded request names.
+pub(crate) trait Needs {
+    fn needs(&self) -> Vec<Need>;
+}
+
+fn decoded<M: prost::Message + Default + Needs>(bytes: &[u8]) -> Result<Vec<Need>, prost::DecodeError> {
+    Ok(M::decode(bytes)?.needs())
+}
+
+/// The rule of an RPC path; `None`: no rule (root only).
+fn rule(path: &str) -> Option<Rule> {
+    use Access::{Admin, Read};
+    let message = Rule::Message;
+    Some(match path {
+        "/basalt.v1.Kv/Put" => message(decoded::<pb::KvPutRequest>),
+        "/basalt.v1.Kv/Get" => message(decoded::<pb::KvGetRequest>),
+        "/basalt.v1.Kv/GetMany" => message(decoded::<pb::KvGetManyRequest>),
+        "/basalt.v1.Kv/Delete" => message(decoded::<pb::KvDeleteRequest>),
+        "/basalt.v1.Kv/Batch" => message(decoded::<pb::KvBatchRequest>),
+        "/basalt.v1.Kv/Scan" => message(decoded::<pb::KvScanRequest>),
+        "/basalt.v1.Kv/Watch" => message(decoded::<pb::WatchRequest>),
+        "/basalt.v1.Counter/Apply" => message(decoded::<pb::CounterApplyRequest>),
+        "/basalt.v1.Counter/Get" => message(decoded::<pb::CounterGetRequest>),
+        "/basalt.v1.Counter/Windows" => message(decoded::<pb::CounterWindowsRequest>),
+        "/basalt.v1.RateLimiter/Check" => message(decoded::<pb::RateCheckRequest>),
+        "/basalt.v1.Lease/Acquire" => message(decoded::<pb::LeaseAcquireRequest>),
+        "/basalt.v1.Lease/Renew" => message(decoded::<pb::LeaseRenewRequest>),
+        "/basalt.v1.Lease/Release" => message(decoded::<pb::LeaseReleaseRequest>),
+        "/basalt.v1.Lease/Get" => message(decoded::<pb::LeaseGetRequest>),
+        "/basalt.v1.Ledger/CreateAccounts" => message(decoded::<pb::CreateAccountsRequest>),
+        "/basalt.v1.Ledger/CreateTransfers" => message(decoded::<pb::CreateTransfersRequest>),
+        // Found by id: the ledger is known only once read, so every ledger's read is needed.
+        "/basalt.v1.Ledger/LookupAccounts"
+        | "/basalt.v1.Ledger/LookupTransfers"
+        | "/basalt.v1.Ledger/GetAccountTransfers"
+        | "/basalt.v1.Ledger/GetAccountBalances" => Rule::Fixed(Need::all(Read, Scope::Ledger)),
+        "/basalt.v1.Queue/CreateQueue" => message(decoded::<pb::CreateQueueRequest>),
+        "/basalt.v1.Queue/Enqueue" => message(decoded::<pb::EnqueueRequest>),
+        "/basalt.v1.Queue/Receive" => message(decoded::<pb::ReceiveRequest>),
+        "/basalt.v1.Queue/Ack" => message(decoded::<pb::AckRequest>),
+        "/basalt.v1.Queue/Nack" => message(decoded::<pb::NackRequest>),
+        "/basalt.v1.Queue/Redrive" => message(decoded::<pb::RedriveRequest>),
+        "/basalt.v1.Queue/Stats" => message(decoded::<pb::QueueStatsRequest>),
+        "/basalt.v1.Queue/Extend" => message(decoded::<pb::ExtendRequest>),
+        "/basalt.v1.Queue/AckBatch" => message(decoded::<pb::AckBatchRequest>),
+        "/basalt.v1.Queue/Purge" => message(decoded::<pb::PurgeRequest>),
+        "/basalt.v1.Queue/ListQueues" => Rule::Fixed(Need::all(Read, Scope::Queue)),
+        "/basalt.v1.Queue/DeleteQueue" => message(decoded::<pb::DeleteQueueRequest>),
+        "/basalt.v1.Stream/CreateTopic" => message(decoded::<pb::CreateTopicRequest>),
+        "/basalt.v1.Stream/DescribeTopic" => message(decoded::<pb::TopicRequest>),
+        "/basalt.v1.Stream/Produce" => message(decoded::<pb::ProduceRequest>),
+        "/basalt.v1.Stream/Fetch" => message(decoded::<pb::FetchRequest>),
+        "/basalt.v1.Stream/JoinGroup" => message(decoded::<pb::JoinGroupRequest>),
+        "/basalt.v1.Stream/Heartbeat" | "/basalt.v1.Stream/LeaveGroup" => message(decoded::<pb::GroupMemberRequest>),
+        "/basalt.v1.Stream/CommitOffsets" => message(decoded::<pb::CommitOffsetsRequest>),
+        "/basalt.v1.Stream/Committed" => message(decoded::<pb::CommittedRequest>),
+        "/basalt.v1.Stream/DeleteTopic" => message(decoded::<pb::DeleteTopicRequest>),
+        "/basalt.v1.Stream/ListTopics" => Rule::Fixed(Need::all(Read, Scope::Topic)),
+        "/basalt.v1.Stream/OffsetForTime" => message(decoded::<pb::OffsetForTimeRequest>),
+        "/basalt.v1.PubSub/Publish" => message(decoded::<pb::PublishRequest>),
+        "/basalt.v1.PubSub/Subscribe" => message(decoded::<pb::SubscribeRequest>),
+        "/basalt.v1.Cluster/Status" | "/basalt.v1.Auth/WhoAmI" => Rule::Open,
+        "/basalt.v1.Cluster/Regions" => Rule::Fixed(Need::all(Read, Scope::Cluster)),
+        "/basalt.v1.Cluster/AddNode" | "/basalt.v1.Cluster/Promote" | "/basalt.v1.Cluster/RemoveNode" => {
+            Rule::Fixed(Need::all(Admin, Scope::Cluster))
+        }
+        // A new region's endpoints receive this region's feed and forwarded writes, signed
+        // with the root token: only the root may name them.
+        "/basalt.v1.Cluster/ChangeRegions" => Rule::Root,
+        "/basalt.v1.Cache/Purge" => message(decoded::<pb::CachePurgeRequest>),
+        "/basalt.v1.Cache/Stats" | "/basalt.v1.Cache/AwaitPurge" => Rule::Fixed(Need::all(Read, Scope::Cache)),
+        "/basalt.v1.Txn/Commit" => message(decoded::<pb::TxnRequest>),
+        "/basalt.v1.Auth/PutRole"
+        | "/basalt.v1.Auth/DeleteRole"
+        | "/basalt.v1.Auth/PutUser"
+        | "/basalt.v1.Auth/DeleteUser"
+        | "/basalt.v1.Auth/AddToken"
+        | "/basalt.v1.Auth/RemoveToken"
+        | "/basalt.v1.Auth/List" => Rule::Fixed(Need::all(Admin, Scope::Cluster)),
+        // Another region's nodes shipping their change feed (a client-streaming call: nothing
+        // to decode up front).
+        "/basalt.replication.RegionFeed/Ship" => Rule::Root,
+        _ => return None,
+    })
+}
+
+fn key(access: Access, key: &[u8]) -> Need {
+    Need::on(access, Scope::Key, key)
+}
+
+/// The literal start of a glob pattern (up to its first special character): every channel the
+/// pattern can match starts with it.
+fn glob_literal_prefix(pattern: &[u8]) -> &[u8] {
+    let end = pattern
+        .iter()
+        .position(|b| matches!(b, b'*' | b'?' | b'[' | b'\\'))
+        .unwrap_or(pattern.len());
+    &pattern[..end]
+}
+
+impl Needs for pb::KvPutRequest {
+    fn needs(&self) -> Vec<Need> {
+        vec![key(Access::Write, &self.key)]
+    }
+}
+
+impl Needs for pb::KvDeleteRequest {
+    fn needs(&self) -> Vec<Need> {
+        vec![key(Access::Write, &self.key)]
+    }
+}
+
+impl Needs for pb::KvGetRequest {
+    fn needs(&self) -> Vec<Need> {
+        vec![key(Access::Read, &self.key)]
+    }
+}
+
+impl Needs for pb::KvGetManyRequest {
+    fn needs(&self) -> Vec<Need> {
+        self.keys.iter().map(|k| key(Access::Read, k)).collect()
+    }
+}
+
+impl Needs for pb::KvBatchRequest {
+    fn needs(&self) -> Vec<Need> {
+        use pb::kv_write_op::Op;
+        self.writes
+            .iter()
+            .filter_map(|w| match &w.op {
+                Some(Op::Put(p)) => Some(key(Access::Write, &p.key)),
+                Some(Op::Delete(d)) => Some(key(Access::Write, &d.key)),
+                None => None,
+            })
+            .collect()
+    }
+}
+
+impl Needs for pb::KvScanRequest {
+    fn needs(&self) -> Vec<Need> {
+        vec![key(Access::Read, &self.prefix)]
+    }
+}
+
+impl Needs for pb::WatchRequest {
+    fn needs(&self) -> Vec<Need> {
+        vec![key(Access::Read, &self.prefix)]
+    }
+}
+
+impl Needs for pb::CounterApplyRequest {
+    fn needs(&self) -> Vec<Need> {
+        self.ops.iter().map(|op| key(Access::Write, &op.key)).collect()
+    }
+}
+
+impl Needs for pb::CounterGetRequest {
+    fn needs(&self) -> Vec<Need> {
+        self.keys.iter().map(|k| key(Access::Read, k)).collect()
+    }
+}
+
+impl Needs for pb::CounterWindowsRequest {
+    fn needs(&self) -> Vec<Need> {
+        vec![key(Access::Read, &self.key)]
+    }
+}
+
+impl Needs for pb::RateCheckRequest {
+    fn needs(&self) -> Vec<Need> {
+        // A check takes from the limit's budget: a write.
+        self.checks.iter().map(|c| key(Access::Write, &c.key)).collect()
+    }
+}
+
+impl Needs for pb::LeaseAcquireRequest {
+    fn needs(&self) -> Vec<Need> {
+        vec![key(Access::Write, &self.name)]
+    }
+}
+
+impl Needs for pb::LeaseRenewRequest {
+    fn needs(&self) -> Vec<Need> {
+        vec![key(Access::Write, &self.name)]
+    }
+}
+
+impl Needs for pb::LeaseReleaseRequest {
+    fn needs(&self) -> Vec<Need> {
+        vec![key(Access::Write, &self.name)]
+    }
+}
+
+impl Needs for pb::LeaseGetRequest {
+    fn needs(&self) -> Vec<Need> {
+        vec![key(Access::Read, &self.name)]
+    }
+}
+
+impl Needs for pb::CreateAccountsRequest {
+    fn needs(&self) -> Vec<Need> {
+        self.accounts
+            .iter()
+            .map(|a| Need::ledger(Access::Write, a.ledger))
+            .collect()
+    }
+}
+
+impl Needs for pb::CreateTransfersRequest {
+    fn needs(&self) -> Vec<Need> {
+        // A transfer that names no ledger (0: a pending transfer's post or void takes the
+        // pending one's) could be in any: it needs every ledger.
+        self.transfers
+            .iter()
+            .map(|t| match t.ledger {
+                0 => Need::all(Access::Write, Scope::Ledger),
+                ledger => Need::ledger(Access::Write, ledger),
+            })
+            .collect()
+    }
+}
+
+fn queue(access: Access, name: &[u8]) -> Need {
+    Need::on(access, Scope::Queue, name)
+}
+
+impl Needs for pb::CreateQueueRequest {
+    fn needs(&self) -> Vec<Need> {
+        let mut needs = vec![queue(Access::Admin, &self.queue)];
+        if let Some(dead_letters) = self.config.as_ref().map(|c| &c.dead_letter_queue) {
+            if !dead_letters.is_empty() {
+                needs.push(queue(Access::Admin, dead_letters));
+            }
+        }
+        needs
+    }
+}
+
+macro_rules! queue_needs {
+    ($access:ident: $($message:ty),*) => {$(
+        impl Needs for $message {
+            fn needs(&self) -> Vec<Need> {
+                vec![queue(Access::$access, &self.queue)]
+            }
+        }
+    )*};
+}
+
+queue_needs!(Write: pb::EnqueueRequest, pb::ReceiveRequest, pb::AckRequest, pb::NackRequest, pb::ExtendRequest,
+    pb::AckBatchRequest);
+
+impl Needs for pb::RedriveRequest {
+    fn needs(&self) -> Vec<Need> {
+        // Dead letters go back to whichever queues they came from: a write to every queue.
+        vec![
+            queue(Access::Write, &self.queue),
+            Need::all(Access::Write, Scope::Queue),
+        ]
+    }
+}
+queue_needs!(Read: pb::QueueStatsRequest);
+queue_needs!(Admin: pb::PurgeRequest, pb::DeleteQueueRequest);
+
+fn topic(access: Access, name: &[u8]) -> Need {
+    Need::on(access, Scope::Topic, name)
+}
+
+fn group(access: Access, name: &[u8]) -> Need {
+    Need::on(access, Scope::Group, name)
+}
+
+macro_rules! topic_needs {
+    ($access:ident: $($message:ty),*) => {$(
+        impl Needs for $message {
+            fn needs(&self) -> Vec<Need> {
+                vec![topic(Access::$access, &self.topic)]
+            }
+        }
+    )*};
+}
+
+topic_needs!(Admin: pb::CreateTopicRequest, pb::DeleteTopicRequest);
+topic_needs!(Write: pb::ProduceRequest);
+topic_needs!(Read: pb::TopicRequest, pb::FetchRequest, pb::OffsetForTimeRequest);
+
+// A consumer group reads its topics; taking part in one (joining, committing) is a read of the
+// group too, as Kafka's ACLs have it.
+impl Needs for pb::JoinGroupRequest {
+    fn needs(&self) -> Vec<Need> {
+        let mut needs = vec![group(Access::Read, &self.group)];
+        needs.extend(self.topics.iter().map(|t| topic(Access::Read, t)));
+        needs
+    }
+}
+
+impl Needs for pb::GroupMemberRequest {
+    fn needs(&self) -> Vec<Need> {
+        vec![group(Access::Read, &self.group)]
+    }
+}
+
+impl Needs for pb::CommitOffsetsRequest {
+    fn needs(&self) -> Vec<Need> {
+        let mut needs = vec![group(Access::Read, &self.group)];
+        needs.extend(self.offsets.iter().map(|o| topic(Access::Read, &o.topic)));
+        needs
+    }
+}
+
+impl Needs for pb::CommittedRequest {
+    fn needs(&self) -> Vec<Need> {
+        vec![group(Access::Read, &self.group), topic(Access::Read, &self.topic)]
+    }
+}
+
+impl Needs for pb::PublishRequest {
+    fn needs(&self) -> Vec<Need> {
+        let mut needs = vec![Need::on(Access::Write, Scope::Channel, self.channel.clone())];
+        if self.relayed {
+            // A node's relay of a publish it took: its subscribers only, never relayed again.
+            needs.push(Need::all(Access::Admin, Scope::Cluster));
+        }
+        needs
+    }
+}
+
+impl Needs for pb::SubscribeRequest {
+    fn needs(&self) -> Vec<Need> {
+        let channels = self
+            .channels
+            .iter()
+            .map(|c| Need::on(Access::Read, Scope::Channel, c.clone()));
+        let patterns = self
+            .patterns
+            .iter()
+            .map(|p| Need::on(Access::Read, Scope::Channel, glob_literal_prefix(p)));
+        channels.chain(patterns).collect()
+    }
+}
+
+impl Needs for pb::CachePurgeRequest {
+    fn needs(&self) -> Vec<Need> {
+        use pb::cache_purge_request::Target;
+        // Cache grants name URL path prefixes; a tag can match any path, as can everything.
+        vec![match &self.target {
+            Some(Target::Url(path) | Target::Prefix(path)) => Need::on(Access::Admin, Scope::Cache, path.as_bytes()),
+            _ => Need::all(Access::Admin, Scope::Cache),
+        }]
+    }
+}
+
+impl Needs for pb::TxnOp {
+    fn needs(&self) -> Vec<Need> {
+        use pb::txn_op::Op;
+        match &self.op {
+            None => Vec::new(),
+            Some(Op::Put(r) | Op::PutKeepTtl(r)) => r.needs(),
+            Some(Op::Delete(r)) => r.needs(),
+            Some(Op::Get(r)) => r.needs(),
+            Some(Op::Counter(r)) => r.needs(),
+            Some(Op::RateCheck(r)) => r.needs(),
+            Some(Op::LeaseAcquire(r)) => r.needs(),
+            Some(Op::LeaseRenew(r)) => r.needs(),
+            Some(Op::LeaseRelease(r)) => r.needs(),
+            Some(Op::CreateAccounts(r)) => r.needs(),
+            Some(Op::CreateTransfers(r)) => r.needs(),
+            Some(Op::Enqueue(r)) => r.needs(),
+            Some(Op::Ack(r)) => r.needs(),
+            Some(Op::Nack(r)) => r.needs(),
+            Some(Op::Produce(r)) => r.needs(),
+        }
+    }
+}
+
+impl Needs for pb::TxnCondition {
+    fn needs(&self) -> Vec<Need> {
+        use pb::txn_condition::Condition;
+        match &self.condition {
+            None => Vec::new(),
+            Some(Condition::KvExists(c)) => vec![key(Access::Read, &c.key)],
+            Some(Condition::KvVersion(c) | Condition::KvModRevision(c)) => vec![key(Access::Read, &c.key)],
+            Some(Condition::KvValue(c)) => vec![key(Access::Read, &c.key)],
+            Some(Condition::Counter(c)) => vec![key(Access::Read, &c.key)],
+            Some(Condition::Fence(f)) => vec![key(Access::Read, &f.lease)],
+            Some(Condition::Balance(_)) => vec![Need::all(Access::Read, Scope::Ledger)],
+            Some(Condition::QueueDepth(c)) => vec![queue(Access::Read, &c.queue)],
+        }
+    }
+}
+
+impl Needs for pb::TxnRequest {
+    fn needs(&self) -> Vec<Need> {
+        let conditions = self.when.iter().flat_map(Needs::needs);
+        let ops = self.then.iter().chain(&self.otherwise).flat_map(Needs::needs);
+        conditions.chain(ops).collect()
+    }
+}
+
+/// The tower layer that puts a [`Gate`] in front of every gRPC service of the client port;
+/// without a gate (no root token configured) it hands requests on untouched.
+#[derive(Clone)]
+pub struct AccessLayer {
+    gate: Option<Arc<Gate>>,
+}
+
+impl AccessLayer {
+    pub fn new(gate: Option<Arc<Gate>>) -> AccessLayer {
+        AccessLayer { gate }
+    }
+}
+
+impl<S> tower::Layer<S> for AccessLayer {
+    type Service = AccessService<S>;
+
+    fn layer(&self, inner: S) -> AccessService<S> {
+        AccessService {
+            inner,
+            gate: self.gate.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AccessService<S> {
+    inner: S,
+    gate: Option<Arc<Gate>>,
+}
+
+type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send + 'static>>;
+
+impl<S> tower::Service<http::Request<Body>> for AccessService<S>
+where
+    S: tower::Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<http::Response<Body>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let Some(gate) = self.gate.clone() else {
+            return Box::pin(self.inner.call(request));
+        };
+        // The service that was polled ready serves this request; the clone waits for the next.
+        let ready = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, ready);
+        Box::pin(async move {
+            match gate.admit(request).await {
+                Ok(request) => inner.call(request).await,
+                Err(refusal) => Ok(refusal.into_http()),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use basalt_auth::token::hash;
+    use basalt_auth::{Grant, Role, UserRecord};
+    use prost::Message;
+    use std::collections::BTreeMap;
+
+    fn gate_with(roles: &[(&str, &[&str])], users: &[(&str, &[&str], &str)]) -> Gate {
+        let roles = roles
+            .iter()
+            .map(|(name, grants)| {
+                (
+                    name.to_string(),
+                    Role {
+                        grants: grants.iter().map(|g| Grant::parse(g).expect("grant")).collect(),
+                    },
+                )
+            })
+            .collect::<BTreeMap<_, _>>();
+        let users = users
+            .iter()
+            .map(|(name, roles, token)| {
+                (
+                    name.to_string(),
+                    UserRecord {
+                        roles: roles.iter().map(|r| r.to_string()).collect(),
+                        tokens: vec![hash(token)],
+                    },
+                )
+            })
+            .collect::<BTreeMap<_, _>>();
+        let (_, table) = tokio::sync::watch::channel(Arc::new(AuthTable::new(roles, users)));
+        Gate::new(&Token::from_text("root-token"), table).expect("gate")
+    }
+
+    fn request(path: &str, token: Option<&str>, message: &impl Message) -> http::Request<Body> {
+        let encoded = message.encode_to_vec();
+        let mut body = vec![0u8];
+        body.extend((encoded.len() as u32).to_be_bytes());
+        body.extend(encoded);
+        let mut builder = http::Request::builder().uri(format!("http://node{path}"));
+        if let Some(token) = token {
+            builder = builder.header("authorization", format!("Bearer {token}"));
+        }
+        builder
+            .body(Body::new(http_body_util::Full::new(Bytes::from(body))))
+            .expect("request")
+    }
+
+    fn code(result: Result<http::Request<Body>, Status>) -> Option<ErrorCode> {
+        result.err().map(|s| {
+            ErrorCode::parse(
+                s.metadata()
+                    .get(basalt_client::ERROR_CODE_KEY)
+                    .and_then(|v| v.to_str().ok())
+                    .expect("a typed refusal"),
+            )
+            .expect("a known code")
+        })
+    }
+
+    #[tokio::test]
+    async fn requests_are_refused_without_a_known_token_and_outside_their_grants() {
+        let gate = gate_with(
+            &[("a", &["write:key:a/", "read:topic:events", "write:queue:a-"])],
+            &[("alice", &["a"], "alice-token")],
+        );
+        let put = |k: &str| pb::KvPutRequest {
+            key: k.as_bytes().to_vec(),
+            value: b"v".to_vec(),
+            ..Default::default()
+        };
+        let path = "/basalt.v1.Kv/Put";
+        assert_eq!(
+            code(gate.admit(request(path, None, &put("a/1"))).await),
+            Some(ErrorCode::Unauthenticated)
+        );
+        assert_eq!(
+            code(gate.admit(request(path, Some("guess"), &put("a/1"))).await),
+            Some(ErrorCode::Unauthenticated)
+        );
+        assert_eq!(
+            code(gate.admit(request(path, Some("alice-token"), &put("a/1"))).await),
+            None
+        );
+        let refused = gate
+            .admit(request(path, Some("alice-token"), &put("b/1")))
+            .await
+            .expect_err("b/");
+        assert!(
+            refused.message().contains(r#"lacks write on key "b/1""#),
+            "{}",
+            refused.message()
+        );
+        assert_eq!(
+            code(gate.admit(request(path, Some("root-token"), &put("b/1"))).await),
+            None
+        );
+        // The body reaches the service as it came, with the identity alongside.
+        let admitted = gate
+            .admit(request(path, Some("alice-token"), &put("a/1")))
+            .await
+            .expect("admitted");
+        assert_eq!(
+            admitted.extensions().get::<Arc<Identity>>().map(|i| i.user.clone()),
+            Some("alice".to_string())
+        );
+        let bytes = admitted.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(pb::KvPutRequest::decode(&bytes[5..]).expect("decode"), put("a/1"));
+
+        // A transaction needs what each of its ops and conditions needs.
+        let txn = pb::TxnRequest {
+            then: vec![pb::TxnOp {
+                op: Some(pb::txn_op::Op::Put(put("a/1"))),
+            }],
+            otherwise: vec![pb::TxnOp {
+                op: Some(pb::txn_op::Op::Enqueue(pb::EnqueueRequest {
+                    queue: b"b-jobs".to_vec(),
+                    ..Default::default()
+                })),
+            }],
+            ..Default::default()
+        };
+        assert_eq!(
+            code(
+                gate.admit(request("/basalt.v1.Txn/Commit", Some("alice-token"), &txn))
+                    .await
+            ),
+            Some(ErrorCode::PermissionDenied)
+        );
+        // Reading a topic is not writing it; admin verbs need admin on the cluster.
+        let produce = pb::ProduceRequest {
+            topic: b"events".to_vec(),
+            ..Default::default()
+        };
+        assert_eq!(
+            code(
+                gate.admit(request("/basalt.v1.Stream/Produce", Some("alice-token"), &produce))
+                    .await
+            ),
+            Some(ErrorCode::PermissionDenied)
+        );
+        let add = pb::AddNodeRequest::default();
+        assert_eq!(
+            code(
+                gate.admit(request("/basalt.v1.Cluster/AddNode", Some("alice-token"), &add))
+                    .await
+            ),
+            Some(ErrorCode::PermissionDenied)
+        );
+        // Anyone authenticated may ask for the status; a path with no rule is the root's only.
+        let status_request = pb::StatusRequest {};
+        assert_eq!(
+            code(
+                gate.admit(request(
+                    "/basalt.v1.Cluster/Status",
+                    Some("alice-token"),
+                    &status_request
+                ))
+                .await
+            ),
+            None
+        );
+        assert_eq!(
+            code(
+                gate.admit(request("/basalt.v1.Kv/Unknown", Some("alice-token"), &status_request))
+                    .await
+            ),
+            Some(ErrorCode::PermissionDenied)
+        );
+        assert_eq!(
+            code(
+                gate.admit(request("/basalt.v1.Kv/Unknown", Some("root-token"), &status_request))
+                    .await
+            ),
+            None
+        );
+        assert_eq!(gate.counters.unauthenticated.load(Ordering::Relaxed), 2);
+        assert_eq!(gate.counters.denied.load(Ordering::Relaxed), 5);
+    }
+
+    #[tokio::test]
+    async fn calls_that_send_the_node_s_token_to_named_addresses_are_the_root_s_only() {
+        let gate = gate_with(
+            &[("admin", &["admin:cluster:", "admin:channel:", "admin:queue:"])],
+            &[("ops", &["admin"], "ops-token")],
+        );
+        let change = pb::ChangeRegionsRequest::default();
+        let refused = gate
+            .admit(request("/basalt.v1.Cluster/ChangeRegions", Some("ops-token"), &change))
+            .await
+            .expect_err("root only");
+        assert!(refused.message().contains("root token's only"), "{}", refused.message());
+        assert_eq!(
+            code(
+                gate.admit(request("/basalt.v1.Cluster/ChangeRegions", Some("root-token"), &change))
+                    .await
+            ),
+            None
+        );
+        // Adding a member is an admin's (its probe carries the caller's own token).
+        let add = pb::AddNodeRequest::default();
+        assert_eq!(
+            code(
+                gate.admit(request("/basalt.v1.Cluster/AddNode", Some("ops-token"), &add))
+                    .await
+            ),
+            None
+        );
+        // A relayed publish is a node's: a channel writer cannot skip the relay.
+        let writer = gate_with(&[("w", &["write:channel:"])], &[("w", &["w"], "w-token")]);
+        let relayed = pb::PublishRequest {
+            channel: b"c".to_vec(),
+            payload: Vec::new(),
+            relayed: true,
+        };
+        assert_eq!(
+            code(
+                writer
+                    .admit(request("/basalt.v1.PubSub/Publish", Some("w-token"), &relayed))
+                    .await
+            ),
+            Some(ErrorCode::PermissionDenied)
+        );
+        // A redrive moves dead letters back to their source queues: every queue's write.
+        let narrow = gate_with(&[("q", &["write:queue:dlq"])], &[("q", &["q"], "q-token")]);
+        let redrive = pb::RedriveRequest {
+            queue: b"dlq".to_vec(),
+            ..Default::default()
+        };
+        assert_eq!(
+            code(
+                narrow
+                    .admit(request("/basalt.v1.Queue/Redrive", Some("q-token"), &redrive))
+                    .await
+            ),
+            Some(ErrorCode::PermissionDenied)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_bad_body_is_refused_with_a_typed_error() {
+        let gate = gate_with(&[], &[]);
+        for body in [
+            vec![],
+            vec![1, 0, 0, 0, 0],
+            vec![0, 0, 0, 0, 9, 1],
+            vec![0, 0, 0, 0, 2, 0xff, 0xff],
+        ] {
+            let request = http::Request::builder()
+                .uri("http://node/basalt.v1.Kv/Put")
+                .header("authorization", "Bearer root-token")
+                .body(Body::new(http_body_util::Full::new(Bytes::from(body))))
+                .expect("request");
+            assert_eq!(code(gate.admit(request).await), Some(ErrorCode::InvalidArgument));
+        }
+    }
+
+    #[test]
+    fn subscriptions_need_the_literal_start_of_their_patterns() {
+        assert_eq!(glob_literal_prefix(b"tenant-a.*"), b"tenant-a.");
+        assert_eq!(glob_literal_prefix(b"a?b"), b"a");
+        assert_eq!(glob_literal_prefix(b"[ab]x"), b"");
+        assert_eq!(glob_literal_prefix(b"plain"), b"plain");
+        let subscribe = pb::SubscribeRequest {
+            channels: vec![b"a.1".to_vec()],
+            patterns: vec![b"b.*".to_vec()],
+        };
+        let grant = Grant::parse("read:channel:a.").expect("grant");
+        let needs = subscribe.needs();
+        assert!(grant.allows(&needs[0]));
+        assert!(!grant.allows(&needs[1]));
+    }
+
+    /// Every client RPC path of the proto.
+    fn client_rpc_paths() -> Vec<String> {
+        let proto = include_str!("../../client/proto/basalt.proto");
+        let mut service = "";
+        let mut paths = Vec::new();
+        for line in proto.lines().map(str::trim) {
+            if let Some(rest) = line.strip_prefix("service ") {
+                service = rest.trim_end_matches(" {").trim();
+            } else if let Some(rest) = line.strip_prefix("rpc ") {
+                let method = rest.split('(').next().unwrap_or_default();
+                paths.push(format!("/basalt.v1.{service}/{method}"));
+            }
+        }
+        paths
+    }
+
+    proptest::proptest! {
+        /// Whatever bytes a request carries, every path's rule answers needs or a typed
+        /// refusal (no panic), and a user without grants is never admitted where needs apply.
+        #[test]
+        fn any_body_on_any_path_is_admitted_or_refused_with_a_type(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let gate = gate_with(&[("none", &[])], &[("nobody", &["none"], "nobody-token")]);
+            for path in client_rpc_paths() {
+                let mut framed = vec![0u8];
+                framed.extend((body.len() as u32).to_be_bytes());
+                framed.extend(&body);
+                for (token, raw) in [("root-token", &body), ("nobody-token", &framed)] {
+                    let request = http::Request::builder()
+                        .uri(format!("http://node{path}"))
+                        .header("authorization", format!("Bearer {token}"))
+                        .body(Body::new(http_body_util::Full::new(Bytes::from(raw.clone()))))
+                        .expect("request");
+                    let result = runtime.block_on(gate.admit(request));
+                    if let Some(code) = code(result) {
+                        proptest::prop_assert!(
+                            matches!(code, ErrorCode::InvalidArgument | ErrorCode::PermissionDenied),
+                            "{path}: {code:?}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every RPC of the client API has a rule: a new one without a rule would be root-only, and
+    /// this names it.
+    #[test]
+    fn every_client_rpc_has_a_rule() {
+        let missing: Vec<String> = client_rpc_paths().into_iter().filter(|p| rule(p).is_none()).collect();
+        assert!(!client_rpc_paths().is_empty());
+        assert!(missing.is_empty(), "RPCs without an access rule: {missing:?}");
+    }
+}
