@@ -44,7 +44,8 @@ pub struct Auth {
     pub(crate) client: Client,
 }
 
-pub(crate) fn grant_to_pb(grant: &Grant) -> pb::AuthGrant {
+/// A grant as the API carries it.
+pub fn grant_to_pb(grant: &Grant) -> pb::AuthGrant {
     pb::AuthGrant {
         access: grant.access.as_str().into(),
         scope: grant.scope.as_str().into(),
@@ -52,12 +53,21 @@ pub(crate) fn grant_to_pb(grant: &Grant) -> pb::AuthGrant {
     }
 }
 
-fn grant_from_pb(grant: pb::AuthGrant) -> Result<Grant, ClientError> {
+/// A grant from the API's form; why not, when its access or scope is unknown.
+pub fn grant_of_pb(grant: pb::AuthGrant) -> Result<Grant, String> {
     let access = Access::parse(&grant.access)
-        .ok_or_else(|| ClientError::Protocol(format!("unknown access {:?}", grant.access)))?;
-    let scope =
-        Scope::parse(&grant.scope).ok_or_else(|| ClientError::Protocol(format!("unknown scope {:?}", grant.scope)))?;
+        .ok_or_else(|| format!("unknown access {:?} (read, write or admin)", grant.access))?;
+    let scope = Scope::parse(&grant.scope).ok_or_else(|| {
+        format!(
+            "unknown scope {:?} (key, queue, topic, group, channel, ledger, cache or cluster)",
+            grant.scope
+        )
+    })?;
     Ok(Grant::new(access, scope, grant.prefix))
+}
+
+fn grant_from_pb(grant: pb::AuthGrant) -> Result<Grant, ClientError> {
+    grant_of_pb(grant).map_err(ClientError::Protocol)
 }
 
 impl Client {

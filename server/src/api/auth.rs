@@ -3,7 +3,8 @@
 
 use std::sync::Arc;
 
-use basalt_auth::{Access, Grant, Identity, Scope};
+use basalt_auth::{Grant, Identity};
+use basalt_client::auth::grant_to_pb;
 use basalt_client::pb;
 use basalt_client::pb::auth_server::Auth;
 use basalt_client::ErrorCode;
@@ -13,30 +14,7 @@ use tonic::{Request, Response as GrpcResponse, Status};
 use super::{header_of, status, storage_status, Api};
 
 fn grant_of(grant: pb::AuthGrant) -> Result<Grant, Status> {
-    let access = Access::parse(&grant.access).ok_or_else(|| {
-        status(
-            ErrorCode::InvalidArgument,
-            format!("unknown access {:?} (read, write or admin)", grant.access),
-        )
-    })?;
-    let scope = Scope::parse(&grant.scope).ok_or_else(|| {
-        status(
-            ErrorCode::InvalidArgument,
-            format!(
-                "unknown scope {:?} (key, queue, topic, group, channel, ledger, cache or cluster)",
-                grant.scope
-            ),
-        )
-    })?;
-    Ok(Grant::new(access, scope, grant.prefix))
-}
-
-fn grant_pb(grant: &Grant) -> pb::AuthGrant {
-    pb::AuthGrant {
-        access: grant.access.as_str().into(),
-        scope: grant.scope.as_str().into(),
-        prefix: grant.prefix.clone(),
-    }
+    basalt_client::auth::grant_of_pb(grant).map_err(|e| status(ErrorCode::InvalidArgument, e))
 }
 
 impl Api {
@@ -134,7 +112,7 @@ impl Auth for Api {
             .iter()
             .map(|(name, role)| pb::AuthRole {
                 name: name.clone(),
-                grants: role.grants.iter().map(grant_pb).collect(),
+                grants: role.grants.iter().map(grant_to_pb).collect(),
             })
             .collect();
         let users = table
@@ -163,7 +141,7 @@ impl Auth for Api {
                 enabled: true,
                 user: identity.user.clone(),
                 root: identity.root,
-                grants: identity.grants.iter().map(grant_pb).collect(),
+                grants: identity.grants.iter().map(grant_to_pb).collect(),
             },
         }))
     }
