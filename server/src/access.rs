@@ -86,13 +86,26 @@ impl Gate {
         let _ = self.raft.set(raft);
     }
 
-    /// `refusal`, unless this node is a follower: then `NOT_LEADER` with the leader's address,
-    /// so the leader, which has applied every committed change of users and roles, decides.
-    fn on_the_leader(&self, refusal: Status) -> Status {
+    /// The refusal `refuse` makes (and counts) on the leader, whose copy of users and roles has
+    /// every committed change. A follower may not have applied a recent one yet (or, just
+    /// restarted, not replayed it): it sends the client to the leader (`NOT_LEADER` naming it),
+    /// or, with no leader known (an election), answers `UNAVAILABLE`, which the SDK retries
+    /// until a leader decides.
+    fn refuse_or_redirect(&self, refuse: impl FnOnce() -> Status) -> Status {
         match self.raft.get().map(crate::api::ensure_leader) {
-            Some(Err(not_leader)) => not_leader,
-            _ => refusal,
+            None | Some(Ok(())) => refuse(),
+            Some(Err(not_leader)) if not_leader.metadata().get(basalt_client::LEADER_KEY).is_some() => not_leader,
+            Some(Err(_)) => status(
+                ErrorCode::Unavailable,
+                "no leader known to confirm these credentials (an election?); retry",
+            ),
         }
+    }
+
+    /// The status of a missing permission (counted).
+    pub fn denied(&self, denied: &Denied) -> Status {
+        self.counters.denied.fetch_add(1, Ordering::Relaxed);
+        status(ErrorCode::PermissionDenied, denied.to_string())
     }
 
     /// Gives `request` (this node's own call to another node's client port) the root token.
@@ -123,11 +136,10 @@ impl Gate {
         self.identify_token(token.trim())
     }
 
-    /// Checks `identity` against `needs`, counting a refusal.
+    /// Checks `identity` against `needs` (counted by whoever returns the refusal:
+    /// [`Gate::denied`]).
     pub fn check(&self, identity: &Identity, needs: &[Need]) -> Result<(), Denied> {
-        identity.check_all(needs).inspect_err(|_| {
-            self.counters.denied.fetch_add(1, Ordering::Relaxed);
-        })
+        identity.check_all(needs)
     }
 
     /// The status an authentication refusal travels as (and counts it).
@@ -137,14 +149,17 @@ impl Gate {
     }
 
     /// Authenticates and authorizes one gRPC request; on success the identity rides in the
-    /// request's extensions and the body is handed on as it came.
-    async fn admit(&self, request: http::Request<Body>) -> Result<http::Request<Body>, Status> {
+    /// request's extensions and the body is handed on as it came. For a stream the node keeps
+    /// open (a watch, a subscription), also what to check again whenever users and roles change.
+    async fn admit(&self, request: http::Request<Body>) -> Result<(http::Request<Body>, Option<Recheck>), Status> {
         let (mut parts, body) = request.into_parts();
         let identity = match self.authenticate(&parts.headers) {
             Ok(identity) => identity,
             // Not known here may be not applied here yet: a known token is never refused
             // for a follower's lag (a missing or malformed one is refused at once).
-            Err(refusal @ AuthRefusal::Unknown) => return Err(self.on_the_leader(self.unauthenticated(&refusal))),
+            Err(refusal @ AuthRefusal::Unknown) => {
+                return Err(self.refuse_or_redirect(|| self.unauthenticated(&refusal)))
+            }
             Err(refusal) => return Err(self.unauthenticated(&refusal)),
         };
         let path = parts.uri.path().to_string();
@@ -161,7 +176,7 @@ impl Gate {
             Some(Rule::Root) | None => return Err(root_only()),
             Some(Rule::Fixed(need)) => {
                 self.check(&identity, &[need])
-                    .map_err(|d| self.on_the_leader(denied(&d)))?;
+                    .map_err(|d| self.refuse_or_redirect(|| self.denied(&d)))?;
                 body
             }
             Some(Rule::Message(needs)) => {
@@ -176,7 +191,7 @@ impl Gate {
                 .await
                 .map_err(|_| {
                     status(
-                        ErrorCode::InvalidArgument,
+                        ErrorCode::Unavailable,
                         format!(
                             "request body not received within {:?}",
                             crate::limits::REQUEST_BODY_READ_TIMEOUT
@@ -193,12 +208,38 @@ impl Gate {
                 let message = grpc_message(&bytes)?;
                 let needs = needs(message).map_err(|e| status(ErrorCode::InvalidArgument, format!("{path}: {e}")))?;
                 self.check(&identity, &needs)
-                    .map_err(|d| self.on_the_leader(denied(&d)))?;
-                Body::new(http_body_util::Full::new(bytes))
+                    .map_err(|d| self.refuse_or_redirect(|| self.denied(&d)))?;
+                let recheck = (STREAMS.contains(&path.as_str()) && !identity.root).then(|| Recheck {
+                    token: self.bearer_hash(&parts.headers),
+                    needs,
+                });
+                parts.extensions.insert(identity);
+                return Ok((
+                    http::Request::from_parts(parts, Body::new(http_body_util::Full::new(bytes))),
+                    recheck,
+                ));
             }
         };
         parts.extensions.insert(identity);
-        Ok(http::Request::from_parts(parts, body))
+        Ok((http::Request::from_parts(parts, body), None))
+    }
+
+    /// The SHA-256 of the request's bearer token (`None` without one: such a request was
+    /// refused before this is asked).
+    fn bearer_hash(&self, headers: &http::HeaderMap) -> Option<TokenHash> {
+        let text = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+        let token = text.strip_prefix("Bearer ").or_else(|| text.strip_prefix("bearer "))?;
+        Some(basalt_auth::token::hash(token.trim()))
+    }
+
+    /// Whether `recheck` still holds against the users and roles in `table`: the status that
+    /// ends its stream when not.
+    fn still_allowed(&self, table: &AuthTable, recheck: &Recheck) -> Result<(), Status> {
+        let Some(identity) = recheck.token.and_then(|t| table.identify(&t)) else {
+            let refusal = AuthRefusal::Unknown;
+            return Err(self.unauthenticated(&refusal));
+        };
+        self.check(&identity, &recheck.needs).map_err(|d| self.denied(&d))
     }
 }
 
@@ -219,9 +260,58 @@ impl NodeCredentials {
     }
 }
 
-/// The status a missing permission travels as.
-pub fn denied(denied: &Denied) -> Status {
-    status(ErrorCode::PermissionDenied, denied.to_string())
+/// The server-streaming RPCs a node keeps open for as long as the client reads: checked again
+/// whenever users and roles change, and ended once their caller may no longer see them.
+const STREAMS: [&str; 2] = ["/basalt.v1.Kv/Watch", "/basalt.v1.PubSub/Subscribe"];
+
+/// What a long-lived stream is checked against again: its caller's token (by its hash) and its
+/// needs.
+#[derive(Debug)]
+pub(crate) struct Recheck {
+    token: Option<TokenHash>,
+    needs: Vec<Need>,
+}
+
+/// A stream's response body that ends, with `UNAUTHENTICATED` or `PERMISSION_DENIED` in its
+/// trailers, as soon as a change of users and roles takes away its caller's token or grant
+/// (between two messages: a message is never cut).
+struct Revocable {
+    inner: Body,
+    gate: Arc<Gate>,
+    recheck: Recheck,
+    changes: tokio_stream::wrappers::WatchStream<Arc<AuthTable>>,
+    ended: bool,
+}
+
+impl http_body::Body for Revocable {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
+        use tokio_stream::Stream;
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        while let Poll::Ready(Some(table)) = Pin::new(&mut self.changes).poll_next(cx) {
+            if let Err(refusal) = self.gate.still_allowed(&table, &self.recheck) {
+                self.ended = true;
+                let trailers = refusal.into_http::<Body>().into_parts().0.headers;
+                return Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers))));
+            }
+        }
+        let frame = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None) = frame {
+            self.ended = true;
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || self.inner.is_end_stream()
+    }
 }
 
 /// A gRPC message's frame header: a compression flag and a 4-byte length.
@@ -319,12 +409,13 @@ fn rule(path: &str) -> Option<Rule> {
         "/basalt.v1.PubSub/Subscribe" => message(decoded::<pb::SubscribeRequest>),
         "/basalt.v1.Cluster/Status" | "/basalt.v1.Auth/WhoAmI" => Rule::Open,
         "/basalt.v1.Cluster/Regions" => Rule::Fixed(Need::all(Read, Scope::Cluster)),
-        "/basalt.v1.Cluster/AddNode" | "/basalt.v1.Cluster/Promote" | "/basalt.v1.Cluster/RemoveNode" => {
-            Rule::Fixed(Need::all(Admin, Scope::Cluster))
-        }
-        // A new region's endpoints receive this region's feed and forwarded writes, signed
-        // with the root token: only the root may name them.
-        "/basalt.v1.Cluster/ChangeRegions" => Rule::Root,
+        // A member receives the nodes' own calls (relays, purge confirmations, stats) signed
+        // with the root token, and a new region's endpoints this region's feed and forwarded
+        // writes: only the root may name them.
+        "/basalt.v1.Cluster/AddNode"
+        | "/basalt.v1.Cluster/Promote"
+        | "/basalt.v1.Cluster/RemoveNode"
+        | "/basalt.v1.Cluster/ChangeRegions" => Rule::Root,
         "/basalt.v1.Cache/Purge" => message(decoded::<pb::CachePurgeRequest>),
         "/basalt.v1.Cache/Stats" | "/basalt.v1.Cache/AwaitPurge" => Rule::Fixed(Need::all(Read, Scope::Cache)),
         "/basalt.v1.Txn/Commit" => message(decoded::<pb::TxnRequest>),
@@ -709,7 +800,20 @@ where
         let mut inner = std::mem::replace(&mut self.inner, ready);
         Box::pin(async move {
             match gate.admit(request).await {
-                Ok(request) => inner.call(request).await,
+                Ok((request, None)) => inner.call(request).await,
+                Ok((request, Some(recheck))) => {
+                    let response = inner.call(request).await?;
+                    let changes = tokio_stream::wrappers::WatchStream::from_changes(gate.table.clone());
+                    Ok(response.map(|inner| {
+                        Body::new(Revocable {
+                            inner,
+                            gate,
+                            recheck,
+                            changes,
+                            ended: false,
+                        })
+                    }))
+                }
                 Err(refusal) => Ok(refusal.into_http()),
             }
         })
@@ -766,7 +870,7 @@ mod tests {
             .expect("request")
     }
 
-    fn code(result: Result<http::Request<Body>, Status>) -> Option<ErrorCode> {
+    fn code<T>(result: Result<T, Status>) -> Option<ErrorCode> {
         result.err().map(|s| {
             ErrorCode::parse(
                 s.metadata()
@@ -816,10 +920,11 @@ mod tests {
             None
         );
         // The body reaches the service as it came, with the identity alongside.
-        let admitted = gate
+        let (admitted, recheck) = gate
             .admit(request(path, Some("alice-token"), &put("a/1")))
             .await
             .expect("admitted");
+        assert!(recheck.is_none(), "a unary call is checked once");
         assert_eq!(
             admitted.extensions().get::<Arc<Identity>>().map(|i| i.user.clone()),
             Some("alice".to_string())
@@ -917,14 +1022,14 @@ mod tests {
             ),
             None
         );
-        // Adding a member is an admin's (its probe carries the caller's own token).
+        // So is adding a member: it would receive the nodes' relays and confirmations.
         let add = pb::AddNodeRequest::default();
         assert_eq!(
             code(
                 gate.admit(request("/basalt.v1.Cluster/AddNode", Some("ops-token"), &add))
                     .await
             ),
-            None
+            Some(ErrorCode::PermissionDenied)
         );
         // A relayed publish is a node's: a channel writer cannot skip the relay.
         let writer = gate_with(&[("w", &["write:channel:"])], &[("w", &["w"], "w-token")]);

@@ -119,8 +119,10 @@ fn authorize(
         gate.unauthenticated(&refusal);
         (StatusCode::UNAUTHORIZED, format!("UNAUTHENTICATED: {refusal}\n"))
     })?;
-    gate.check(&identity, needs)
-        .map_err(|denied| (StatusCode::FORBIDDEN, format!("PERMISSION_DENIED: {denied}\n")))
+    gate.check(&identity, needs).map_err(|denied| {
+        gate.denied(&denied);
+        (StatusCode::FORBIDDEN, format!("PERMISSION_DENIED: {denied}\n"))
+    })
 }
 
 /// The purge a query string names: exactly one of `url`, `prefix`, `tag` or `everything` (empty,

@@ -218,8 +218,6 @@ impl TestCluster {
             .join(",")
     }
 
-    /// Whether the nodes started from now on listen for peers apart from clients
-    /// (`--peer-listen`; on by default), as a build before peer listeners ran them when off.
     /// Makes every node started from now on authenticate its clients with a new root token
     /// (written to the cluster's directory); [`TestCluster::client`] carries it. Returns it.
     pub fn enable_auth(&mut self) -> basalt_client::Token {
@@ -233,6 +231,8 @@ impl TestCluster {
         token
     }
 
+    /// Whether the nodes started from now on listen for peers apart from clients
+    /// (`--peer-listen`; on by default), as a build before peer listeners ran them when off.
     pub fn set_peer_listeners(&mut self, on: bool) {
         self.peer_listeners = on;
         self.peers = Self::peers_flag(&self.specs, on);

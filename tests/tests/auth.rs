@@ -256,6 +256,15 @@ fn tenants_reach_only_their_own_names_at_every_door() {
         let (status, body) = purge(&http_addr, Some(&root_token));
         assert!(status == 200 || status == 202, "{body}");
 
+        // Streams opened before a revocation end with it.
+        let mut watch = alice.kv().watch("a/", 0).await.expect("alice watches her prefix");
+        let mut news = alice
+            .pubsub()
+            .subscribe(vec![b"a.news".to_vec()], Vec::new())
+            .await
+            .expect("alice subscribes");
+        assert_eq!(code(alice.kv().watch("b/", 0).await), Some(ErrorCode::PermissionDenied));
+
         // Revoked: the token stops working (on the leader at once; every node once applied).
         let listed = root.auth().list().await.expect("list");
         let alice_entry = listed.1.iter().find(|u| u.name == "alice").expect("alice listed");
@@ -272,6 +281,27 @@ fn tenants_reach_only_their_own_names_at_every_door() {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        let ended = |item: Option<Result<(), ClientError>>| match item {
+            Some(Err(e)) => e.code(),
+            other => panic!("the stream went on after the revocation: {other:?}"),
+        };
+        let watched = loop {
+            match tokio::time::timeout(Duration::from_secs(10), watch.next()).await {
+                // Events from before the revocation may come first.
+                Ok(Some(Ok(_))) => continue,
+                Ok(item) => break ended(item.map(|r| r.map(|_| ()))),
+                Err(_) => panic!("the watch neither ended nor delivered within 10 s of the revocation"),
+            }
+        };
+        assert_eq!(watched, Some(ErrorCode::Unauthenticated));
+        let heard = loop {
+            match tokio::time::timeout(Duration::from_secs(10), news.next()).await {
+                Ok(Some(Ok(_))) => continue,
+                Ok(item) => break ended(item.map(|r| r.map(|_| ()))),
+                Err(_) => panic!("the subscription neither ended nor delivered within 10 s of the revocation"),
+            }
+        };
+        assert_eq!(heard, Some(ErrorCode::Unauthenticated));
         assert!(
             cluster.metric(1, "basalt_auth_denied_total")
                 + cluster.metric(2, "basalt_auth_denied_total")

@@ -25,8 +25,8 @@ impl Api {
         header: Option<pb::RequestHeader>,
         op: AuthOp,
     ) -> Result<GrpcResponse<pb::AuthChangeResponse>, Status> {
-        let (session, _) = header_of(header)?;
-        self.propose(session, None, Op::Auth(op)).await?;
+        let (session, fence) = header_of(header)?;
+        self.propose(session, fence, Op::Auth(op)).await?;
         Ok(GrpcResponse::new(pb::AuthChangeResponse {}))
     }
 }

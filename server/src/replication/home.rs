@@ -115,6 +115,11 @@ impl HomeRoute {
             match tokio::time::timeout(timeout, send(channel.clone(), request)).await {
                 Ok(Ok(answer)) => return Ok(answer),
                 Ok(Err(s)) if is_not_leader(&s) => failures.push(format!("{addr}: not the leader")),
+                // This node's own credential refused (the regions' root tokens differ, or one is
+                // being rotated): the caller's request was admitted here, so not its refusal.
+                Ok(Err(s)) if refuses_credentials(&s) => {
+                    failures.push(format!("{addr}: refused this node's credentials ({})", s.message()))
+                }
                 // A typed answer from the home region (a refusal): pass it on as it is.
                 Ok(Err(s)) if s.metadata().get(ERROR_CODE_KEY).is_some() && !is_unavailable(&s) => return Err(s),
                 Ok(Err(s)) => {
@@ -129,6 +134,12 @@ impl HomeRoute {
         }
         Err(unreachable_home(&self.home.name, writes && maybe_delivered, &failures))
     }
+}
+
+/// Whether a home region's node refused the forwarding node's own credentials.
+fn refuses_credentials(s: &Status) -> bool {
+    let code = s.metadata().get(ERROR_CODE_KEY).and_then(|v| v.to_str().ok());
+    matches!(code, Some("UNAUTHENTICATED" | "PERMISSION_DENIED"))
 }
 
 /// The answer when no node of the home region answered: `REGION_UNAVAILABLE` (nothing was
