@@ -245,6 +245,12 @@ fn tenants_reach_only_their_own_names_at_every_door() {
             root.kv().get("b/secret").await.expect("read").map(|e| e.value),
             Some(b"bob's".to_vec())
         );
+        // HELLO 3 AUTH: the same token, RESP3, on another node.
+        let mut hello = resp_open(cluster.resp(2));
+        let greeting = resp_call(&mut hello, &["HELLO", "3", "AUTH", "bob", bob_token.as_str()]);
+        assert!(greeting.starts_with('%'), "{greeting}");
+        assert_eq!(resp_call(&mut hello, &["SET", "b/2", "v"]), "+OK\r\n");
+        assert!(resp_call(&mut hello, &["GET", "a/1"]).contains("PERMISSION_DENIED"));
 
         // HTTP purges: a bearer token with admin on the cache.
         let http_addr = cluster.specs[&1].http.clone();
