@@ -355,54 +355,71 @@ fn decoded<M: prost::Message + Default + Needs>(bytes: &[u8]) -> Result<Vec<Need
     Ok(M::decode(bytes)?.needs())
 }
 
+/// A request whose field 1 is its `RequestHeader`, decoded for that alone.
+#[derive(Clone, PartialEq, prost::Message)]
+struct HeaderOnly {
+    #[prost(message, optional, tag = "1")]
+    header: Option<pb::RequestHeader>,
+}
+
+/// [`decoded`] for a request that carries a `RequestHeader` as its field 1: also read on the
+/// lease its fence names (a fenced write's answer tells whether that lease's grant is live).
+fn fenced<M: prost::Message + Default + Needs>(bytes: &[u8]) -> Result<Vec<Need>, prost::DecodeError> {
+    let mut needs = decoded::<M>(bytes)?;
+    if let Some(fence) = <HeaderOnly as prost::Message>::decode(bytes)?.header.and_then(|h| h.fence) {
+        needs.push(Need::on(Access::Read, Scope::Key, fence.lease));
+    }
+    Ok(needs)
+}
+
 /// The rule of an RPC path; `None`: no rule (root only).
 fn rule(path: &str) -> Option<Rule> {
     use Access::{Admin, Read};
     let message = Rule::Message;
     Some(match path {
-        "/basalt.v1.Kv/Put" => message(decoded::<pb::KvPutRequest>),
+        "/basalt.v1.Kv/Put" => message(fenced::<pb::KvPutRequest>),
         "/basalt.v1.Kv/Get" => message(decoded::<pb::KvGetRequest>),
         "/basalt.v1.Kv/GetMany" => message(decoded::<pb::KvGetManyRequest>),
-        "/basalt.v1.Kv/Delete" => message(decoded::<pb::KvDeleteRequest>),
-        "/basalt.v1.Kv/Batch" => message(decoded::<pb::KvBatchRequest>),
+        "/basalt.v1.Kv/Delete" => message(fenced::<pb::KvDeleteRequest>),
+        "/basalt.v1.Kv/Batch" => message(fenced::<pb::KvBatchRequest>),
         "/basalt.v1.Kv/Scan" => message(decoded::<pb::KvScanRequest>),
         "/basalt.v1.Kv/Watch" => message(decoded::<pb::WatchRequest>),
-        "/basalt.v1.Counter/Apply" => message(decoded::<pb::CounterApplyRequest>),
+        "/basalt.v1.Counter/Apply" => message(fenced::<pb::CounterApplyRequest>),
         "/basalt.v1.Counter/Get" => message(decoded::<pb::CounterGetRequest>),
         "/basalt.v1.Counter/Windows" => message(decoded::<pb::CounterWindowsRequest>),
-        "/basalt.v1.RateLimiter/Check" => message(decoded::<pb::RateCheckRequest>),
-        "/basalt.v1.Lease/Acquire" => message(decoded::<pb::LeaseAcquireRequest>),
-        "/basalt.v1.Lease/Renew" => message(decoded::<pb::LeaseRenewRequest>),
-        "/basalt.v1.Lease/Release" => message(decoded::<pb::LeaseReleaseRequest>),
+        "/basalt.v1.RateLimiter/Check" => message(fenced::<pb::RateCheckRequest>),
+        "/basalt.v1.Lease/Acquire" => message(fenced::<pb::LeaseAcquireRequest>),
+        "/basalt.v1.Lease/Renew" => message(fenced::<pb::LeaseRenewRequest>),
+        "/basalt.v1.Lease/Release" => message(fenced::<pb::LeaseReleaseRequest>),
         "/basalt.v1.Lease/Get" => message(decoded::<pb::LeaseGetRequest>),
-        "/basalt.v1.Ledger/CreateAccounts" => message(decoded::<pb::CreateAccountsRequest>),
-        "/basalt.v1.Ledger/CreateTransfers" => message(decoded::<pb::CreateTransfersRequest>),
+        "/basalt.v1.Ledger/CreateAccounts" => message(fenced::<pb::CreateAccountsRequest>),
+        "/basalt.v1.Ledger/CreateTransfers" => message(fenced::<pb::CreateTransfersRequest>),
         // Found by id: the ledger is known only once read, so every ledger's read is needed.
         "/basalt.v1.Ledger/LookupAccounts"
         | "/basalt.v1.Ledger/LookupTransfers"
         | "/basalt.v1.Ledger/GetAccountTransfers"
         | "/basalt.v1.Ledger/GetAccountBalances" => Rule::Fixed(Need::all(Read, Scope::Ledger)),
-        "/basalt.v1.Queue/CreateQueue" => message(decoded::<pb::CreateQueueRequest>),
-        "/basalt.v1.Queue/Enqueue" => message(decoded::<pb::EnqueueRequest>),
-        "/basalt.v1.Queue/Receive" => message(decoded::<pb::ReceiveRequest>),
-        "/basalt.v1.Queue/Ack" => message(decoded::<pb::AckRequest>),
-        "/basalt.v1.Queue/Nack" => message(decoded::<pb::NackRequest>),
-        "/basalt.v1.Queue/Redrive" => message(decoded::<pb::RedriveRequest>),
+        "/basalt.v1.Queue/CreateQueue" => message(fenced::<pb::CreateQueueRequest>),
+        "/basalt.v1.Queue/Enqueue" => message(fenced::<pb::EnqueueRequest>),
+        "/basalt.v1.Queue/Receive" => message(fenced::<pb::ReceiveRequest>),
+        "/basalt.v1.Queue/Ack" => message(fenced::<pb::AckRequest>),
+        "/basalt.v1.Queue/Nack" => message(fenced::<pb::NackRequest>),
+        "/basalt.v1.Queue/Redrive" => message(fenced::<pb::RedriveRequest>),
         "/basalt.v1.Queue/Stats" => message(decoded::<pb::QueueStatsRequest>),
-        "/basalt.v1.Queue/Extend" => message(decoded::<pb::ExtendRequest>),
-        "/basalt.v1.Queue/AckBatch" => message(decoded::<pb::AckBatchRequest>),
-        "/basalt.v1.Queue/Purge" => message(decoded::<pb::PurgeRequest>),
+        "/basalt.v1.Queue/Extend" => message(fenced::<pb::ExtendRequest>),
+        "/basalt.v1.Queue/AckBatch" => message(fenced::<pb::AckBatchRequest>),
+        "/basalt.v1.Queue/Purge" => message(fenced::<pb::PurgeRequest>),
         "/basalt.v1.Queue/ListQueues" => Rule::Fixed(Need::all(Read, Scope::Queue)),
-        "/basalt.v1.Queue/DeleteQueue" => message(decoded::<pb::DeleteQueueRequest>),
-        "/basalt.v1.Stream/CreateTopic" => message(decoded::<pb::CreateTopicRequest>),
+        "/basalt.v1.Queue/DeleteQueue" => message(fenced::<pb::DeleteQueueRequest>),
+        "/basalt.v1.Stream/CreateTopic" => message(fenced::<pb::CreateTopicRequest>),
         "/basalt.v1.Stream/DescribeTopic" => message(decoded::<pb::TopicRequest>),
-        "/basalt.v1.Stream/Produce" => message(decoded::<pb::ProduceRequest>),
+        "/basalt.v1.Stream/Produce" => message(fenced::<pb::ProduceRequest>),
         "/basalt.v1.Stream/Fetch" => message(decoded::<pb::FetchRequest>),
-        "/basalt.v1.Stream/JoinGroup" => message(decoded::<pb::JoinGroupRequest>),
-        "/basalt.v1.Stream/Heartbeat" | "/basalt.v1.Stream/LeaveGroup" => message(decoded::<pb::GroupMemberRequest>),
-        "/basalt.v1.Stream/CommitOffsets" => message(decoded::<pb::CommitOffsetsRequest>),
+        "/basalt.v1.Stream/JoinGroup" => message(fenced::<pb::JoinGroupRequest>),
+        "/basalt.v1.Stream/Heartbeat" | "/basalt.v1.Stream/LeaveGroup" => message(fenced::<pb::GroupMemberRequest>),
+        "/basalt.v1.Stream/CommitOffsets" => message(fenced::<pb::CommitOffsetsRequest>),
         "/basalt.v1.Stream/Committed" => message(decoded::<pb::CommittedRequest>),
-        "/basalt.v1.Stream/DeleteTopic" => message(decoded::<pb::DeleteTopicRequest>),
+        "/basalt.v1.Stream/DeleteTopic" => message(fenced::<pb::DeleteTopicRequest>),
         "/basalt.v1.Stream/ListTopics" => Rule::Fixed(Need::all(Read, Scope::Topic)),
         "/basalt.v1.Stream/OffsetForTime" => message(decoded::<pb::OffsetForTimeRequest>),
         "/basalt.v1.PubSub/Publish" => message(decoded::<pb::PublishRequest>),
@@ -418,7 +435,7 @@ fn rule(path: &str) -> Option<Rule> {
         | "/basalt.v1.Cluster/ChangeRegions" => Rule::Root,
         "/basalt.v1.Cache/Purge" => message(decoded::<pb::CachePurgeRequest>),
         "/basalt.v1.Cache/Stats" | "/basalt.v1.Cache/AwaitPurge" => Rule::Fixed(Need::all(Read, Scope::Cache)),
-        "/basalt.v1.Txn/Commit" => message(decoded::<pb::TxnRequest>),
+        "/basalt.v1.Txn/Commit" => message(fenced::<pb::TxnRequest>),
         "/basalt.v1.Auth/PutRole"
         | "/basalt.v1.Auth/DeleteRole"
         | "/basalt.v1.Auth/PutUser"
@@ -932,6 +949,24 @@ mod tests {
         let bytes = admitted.into_body().collect().await.expect("body").to_bytes();
         assert_eq!(pb::KvPutRequest::decode(&bytes[5..]).expect("decode"), put("a/1"));
 
+        // A fence names a lease: reading whether its grant is live needs read on its name.
+        let fenced_put = pb::KvPutRequest {
+            header: Some(pb::RequestHeader {
+                client_id: vec![1; 16],
+                seq: 1,
+                first_incomplete_seq: 1,
+                fence: Some(pb::Fence {
+                    lease: b"b/lock".to_vec(),
+                    token: 1,
+                }),
+            }),
+            ..put("a/1")
+        };
+        assert_eq!(
+            code(gate.admit(request(path, Some("alice-token"), &fenced_put)).await),
+            Some(ErrorCode::PermissionDenied)
+        );
+
         // A transaction needs what each of its ops and conditions needs.
         let txn = pb::TxnRequest {
             then: vec![pb::TxnOp {
@@ -1000,7 +1035,7 @@ mod tests {
             None
         );
         assert_eq!(gate.counters.unauthenticated.load(Ordering::Relaxed), 2);
-        assert_eq!(gate.counters.denied.load(Ordering::Relaxed), 5);
+        assert_eq!(gate.counters.denied.load(Ordering::Relaxed), 6);
     }
 
     #[tokio::test]
