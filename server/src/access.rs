@@ -86,19 +86,20 @@ impl Gate {
         let _ = self.raft.set(raft);
     }
 
-    /// The refusal `refuse` makes (and counts) on the leader, whose copy of users and roles has
-    /// every committed change. A follower may not have applied a recent one yet (or, just
-    /// restarted, not replayed it): it sends the client to the leader (`NOT_LEADER` naming it),
-    /// or, with no leader known (an election), answers `UNAVAILABLE`, which the SDK retries
-    /// until a leader decides.
+    /// The refusal `refuse` makes (and counts) on a leader that has applied its term's first
+    /// entry, so every change of users and roles committed before it. Any other node may miss a
+    /// recent change (a follower behind, a node just restarted, a leader just elected): it
+    /// answers `NOT_LEADER`, naming the leader when it knows it (the SDK goes there), else
+    /// naming none (the SDK pauses and tries the next node); either way the request is known
+    /// not to have been delivered.
     fn refuse_or_redirect(&self, refuse: impl FnOnce() -> Status) -> Status {
-        match self.raft.get().map(crate::api::ensure_leader) {
-            None | Some(Ok(())) => refuse(),
-            Some(Err(not_leader)) if not_leader.metadata().get(basalt_client::LEADER_KEY).is_some() => not_leader,
-            Some(Err(_)) => status(
-                ErrorCode::Unavailable,
-                "no leader known to confirm these credentials (an election?); retry",
-            ),
+        let Some(raft) = self.raft.get() else {
+            return refuse();
+        };
+        match crate::api::ensure_leader(raft) {
+            Ok(()) if crate::api::leader_caught_up(raft) => refuse(),
+            Ok(()) => crate::api::not_leader_status(None, None),
+            Err(not_leader) => not_leader,
         }
     }
 
@@ -191,7 +192,7 @@ impl Gate {
                 .await
                 .map_err(|_| {
                     status(
-                        ErrorCode::Unavailable,
+                        ErrorCode::InvalidArgument,
                         format!(
                             "request body not received within {:?}",
                             crate::limits::REQUEST_BODY_READ_TIMEOUT
@@ -303,8 +304,11 @@ impl http_body::Body for Revocable {
             }
         }
         let frame = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(None) = frame {
-            self.ended = true;
+        match &frame {
+            // The inner stream's own end: nothing may follow it, not even a refusal.
+            Poll::Ready(None) => self.ended = true,
+            Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => self.ended = true,
+            _ => {}
         }
         frame
     }
@@ -366,7 +370,10 @@ struct HeaderOnly {
 /// lease its fence names (a fenced write's answer tells whether that lease's grant is live).
 fn fenced<M: prost::Message + Default + Needs>(bytes: &[u8]) -> Result<Vec<Need>, prost::DecodeError> {
     let mut needs = decoded::<M>(bytes)?;
-    if let Some(fence) = <HeaderOnly as prost::Message>::decode(bytes)?.header.and_then(|h| h.fence) {
+    if let Some(fence) = <HeaderOnly as prost::Message>::decode(bytes)?
+        .header
+        .and_then(|h| h.fence)
+    {
         needs.push(Need::on(Access::Read, Scope::Key, fence.lease));
     }
     Ok(needs)

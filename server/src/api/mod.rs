@@ -89,6 +89,17 @@ pub(crate) fn ensure_leader(raft: &Raft) -> Result<(), Status> {
     Err(not_leader_status(metrics.current_leader, leader_node))
 }
 
+/// Whether `raft`, leading, has applied an entry of its own term (the blank entry a new leader
+/// commits first): then it has applied every entry committed before, by any leader.
+pub(crate) fn leader_caught_up(raft: &Raft) -> bool {
+    use openraft::vote::RaftLeaderId;
+    let metrics = metrics_now(raft);
+    metrics
+        .last_applied
+        .as_ref()
+        .is_some_and(|applied| applied.committed_leader_id().term() == metrics.current_term)
+}
+
 /// A copy of the node's current Raft metrics.
 pub fn metrics_now(raft: &Raft) -> openraft::RaftMetrics<TypeConfig> {
     use openraft::async_runtime::WatchReceiver;
@@ -108,7 +119,7 @@ fn not_leader(forward: &ForwardToLeader<TypeConfig>) -> Status {
     not_leader_status(forward.leader_id, forward.leader_node.as_ref())
 }
 
-fn not_leader_status(leader_id: Option<u64>, leader_node: Option<&openraft::BasicNode>) -> Status {
+pub(crate) fn not_leader_status(leader_id: Option<u64>, leader_node: Option<&openraft::BasicNode>) -> Status {
     let mut s = status(ErrorCode::NotLeader, format!("not the leader; leader is {leader_id:?}"));
     if let Some(node) = leader_node {
         if let Ok(value) = MemberAddr::client_of(&node.addr).parse() {
