@@ -128,13 +128,7 @@ impl Gate {
 
     /// The identity of a request's `authorization` header.
     pub fn authenticate(&self, headers: &http::HeaderMap) -> Result<Arc<Identity>, AuthRefusal> {
-        let value = headers.get(http::header::AUTHORIZATION).ok_or(AuthRefusal::Missing)?;
-        let text = value.to_str().map_err(|_| AuthRefusal::Malformed)?;
-        let token = text
-            .strip_prefix("Bearer ")
-            .or_else(|| text.strip_prefix("bearer "))
-            .ok_or(AuthRefusal::Malformed)?;
-        self.identify_token(token.trim())
+        self.identify_token(bearer_token(headers)?)
     }
 
     /// Checks `identity` against `needs` (counted by whoever returns the refusal:
@@ -228,9 +222,7 @@ impl Gate {
     /// The SHA-256 of the request's bearer token (`None` without one: such a request was
     /// refused before this is asked).
     fn bearer_hash(&self, headers: &http::HeaderMap) -> Option<TokenHash> {
-        let text = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
-        let token = text.strip_prefix("Bearer ").or_else(|| text.strip_prefix("bearer "))?;
-        Some(basalt_auth::token::hash(token.trim()))
+        bearer_token(headers).ok().map(basalt_auth::token::hash)
     }
 
     /// Whether `recheck` still holds against the users and roles in `table`: the status that
@@ -259,6 +251,17 @@ impl NodeCredentials {
             gate.sign(request);
         }
     }
+}
+
+/// The token of a request's `authorization: Bearer ...` header.
+fn bearer_token(headers: &http::HeaderMap) -> Result<&str, AuthRefusal> {
+    let value = headers.get(http::header::AUTHORIZATION).ok_or(AuthRefusal::Missing)?;
+    let text = value.to_str().map_err(|_| AuthRefusal::Malformed)?;
+    let token = text
+        .strip_prefix("Bearer ")
+        .or_else(|| text.strip_prefix("bearer "))
+        .ok_or(AuthRefusal::Malformed)?;
+    Ok(token.trim())
 }
 
 /// The server-streaming RPCs a node keeps open for as long as the client reads: checked again
