@@ -159,12 +159,13 @@ impl Identity {
     }
 }
 
-/// Users and roles as one region holds them, indexed by token.
+/// Users and roles as one region holds them, indexed by token and by user name.
 #[derive(Clone, Debug, Default)]
 pub struct AuthTable {
     roles: BTreeMap<String, Role>,
     users: BTreeMap<String, UserRecord>,
     by_token: HashMap<TokenHash, Arc<Identity>>,
+    by_name: HashMap<String, Arc<Identity>>,
 }
 
 impl AuthTable {
@@ -172,6 +173,7 @@ impl AuthTable {
     /// such users and such role deletions, so it arises only from an older state).
     pub fn new(roles: BTreeMap<String, Role>, users: BTreeMap<String, UserRecord>) -> AuthTable {
         let mut by_token = HashMap::new();
+        let mut by_name = HashMap::new();
         for (name, user) in &users {
             let grants = user
                 .roles
@@ -187,8 +189,20 @@ impl AuthTable {
             for token in &user.tokens {
                 by_token.insert(*token, Arc::clone(&identity));
             }
+            by_name.insert(name.clone(), identity);
         }
-        AuthTable { roles, users, by_token }
+        AuthTable {
+            roles,
+            users,
+            by_token,
+            by_name,
+        }
+    }
+
+    /// The identity of the user named `name` (as a client certificate's common name names it):
+    /// never the root, which only its token is.
+    pub fn identify_user(&self, name: &str) -> Option<Arc<Identity>> {
+        self.by_name.get(name).cloned()
     }
 
     /// The identity a token's hash belongs to.

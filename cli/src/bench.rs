@@ -125,18 +125,15 @@ fn positive(values: &[(&str, u64)]) -> Result<(), String> {
     }
 }
 
-/// The cluster a benchmark loads: its endpoints and the token its clients carry.
+/// The cluster a benchmark loads: its endpoints and how its clients connect (token, TLS).
 pub struct BenchCluster {
     pub endpoints: Vec<String>,
-    pub token: Option<basalt_client::Token>,
+    pub options: ClientOptions,
 }
 
 impl BenchCluster {
     fn options(&self) -> ClientOptions {
-        ClientOptions {
-            token: self.token.clone(),
-            ..ClientOptions::default()
-        }
+        self.options.clone()
     }
 }
 

@@ -1,9 +1,9 @@
-//! `basalt certs`: a cluster CA and node certificates for mutual TLS on the peer listener
-//! (docs/security.md), made with rcgen. Enough for a private cluster and for `basalt dev
+//! `basalt certs`: a cluster CA, node certificates for mutual TLS on the peer listener and TLS on
+//! the client doors, and client certificates naming users (docs/security.md), made with rcgen. Enough for a private cluster and for `basalt dev
 //! --secure`; an organisation with its own PKI issues the same files with it instead.
 //!
 //! Files, in one directory: `ca.pem` and `ca-key.pem` (the CA), `NAME.pem` and `NAME-key.pem` (a
-//! node's certificate, valid as server and as client, and its key). Keys are written readable by
+//! node's certificate, valid as server and as client, or a client's, and its key). Keys are written readable by
 //! their owner only.
 
 use std::path::{Path, PathBuf};
@@ -15,6 +15,10 @@ use rcgen::{
 
 pub const CA_CERT_FILE: &str = "ca.pem";
 pub const CA_KEY_FILE: &str = "ca-key.pem";
+/// The CA of client certificates: a CA of its own, so that no user's certificate is a member's
+/// (the peer listener trusts `ca.pem`) nor a node's certificate a user's.
+pub const CLIENT_CA_CERT_FILE: &str = "client-ca.pem";
+pub const CLIENT_CA_KEY_FILE: &str = "client-ca-key.pem";
 /// How long a CA made here is valid, in days (ten years).
 const CA_VALIDITY_DAYS: i64 = 3650;
 /// How long a node certificate made here is valid, in days (a CA made here outlives it for
@@ -38,17 +42,33 @@ pub enum CertsCommand {
         #[arg(long = "host", required = true)]
         hosts: Vec<String>,
     },
+    /// Make a new CA of client certificates in DIR (client-ca.pem, client-ca-key.pem), for the
+    /// nodes' --tls-client-ca; refuses to overwrite one.
+    ClientCa {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Make a client certificate signed by DIR's client CA for user NAME (its common name):
+    /// DIR/NAME.pem and DIR/NAME-key.pem. A gRPC client showing it to a node whose client doors
+    /// trust that CA (--tls-client-ca) authenticates as that user (`basalt --cert-file
+    /// --key-file`), without a token.
+    Client {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        name: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum CertsError {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("{path} exists: refusing to overwrite a CA (remove it first)")]
+    #[error("{path} exists: refusing to overwrite it (remove it first, or choose another name)")]
     Exists { path: PathBuf },
     #[error("{0}")]
     Rcgen(#[from] rcgen::Error),
-    #[error("node name {0:?} must be 1 to 64 letters, digits, '-' or '_'")]
+    #[error("name {0:?} must be 1 to 64 letters, digits, '-' or '_'")]
     BadName(String),
 }
 
@@ -97,8 +117,17 @@ fn validity(params: &mut CertificateParams, days: i64) {
 
 /// Makes a new CA in `dir`.
 pub fn make_ca(dir: &Path) -> Result<(), CertsError> {
+    make_ca_named(dir, CA_CERT_FILE, CA_KEY_FILE, "Basalt cluster CA")
+}
+
+/// Makes a new CA of client certificates in `dir`.
+pub fn make_client_ca(dir: &Path) -> Result<(), CertsError> {
+    make_ca_named(dir, CLIENT_CA_CERT_FILE, CLIENT_CA_KEY_FILE, "Basalt client CA")
+}
+
+fn make_ca_named(dir: &Path, cert_file: &str, key_file: &str, common_name: &str) -> Result<(), CertsError> {
     std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let (cert_path, key_path) = (dir.join(CA_CERT_FILE), dir.join(CA_KEY_FILE));
+    let (cert_path, key_path) = (dir.join(cert_file), dir.join(key_file));
     for path in [&cert_path, &key_path] {
         if path.exists() {
             return Err(CertsError::Exists { path: path.clone() });
@@ -106,7 +135,7 @@ pub fn make_ca(dir: &Path) -> Result<(), CertsError> {
     }
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, "Basalt cluster CA");
+    params.distinguished_name.push(DnType::CommonName, common_name);
     params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
         KeyUsagePurpose::CrlSign,
@@ -122,6 +151,37 @@ pub fn make_ca(dir: &Path) -> Result<(), CertsError> {
 
 /// Makes node `name`'s certificate and key in `dir`, signed by the CA there, valid for `hosts`.
 pub fn make_node(dir: &Path, name: &str, hosts: &[String]) -> Result<(PathBuf, PathBuf), CertsError> {
+    make_leaf(
+        (dir, CA_CERT_FILE, CA_KEY_FILE),
+        name,
+        false,
+        hosts,
+        vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
+    )
+}
+
+/// Makes a client certificate and key for user `name` (its common name) in `dir`, signed by the
+/// client CA there. Never over an existing file: the directory holds the CAs and the nodes'
+/// certificates too, which the nodes reload when they change.
+pub fn make_client(dir: &Path, name: &str) -> Result<(PathBuf, PathBuf), CertsError> {
+    make_leaf(
+        (dir, CLIENT_CA_CERT_FILE, CLIENT_CA_KEY_FILE),
+        name,
+        true,
+        &[],
+        vec![ExtendedKeyUsagePurpose::ClientAuth],
+    )
+}
+
+/// Makes a certificate `name` in `dir`, signed by the CA whose files `ca` names; with
+/// `create_new`, refuses to replace an existing certificate or key.
+fn make_leaf(
+    (dir, ca_cert_file, ca_key_file): (&Path, &str, &str),
+    name: &str,
+    create_new: bool,
+    hosts: &[String],
+    usages: Vec<ExtendedKeyUsagePurpose>,
+) -> Result<(PathBuf, PathBuf), CertsError> {
     if name.is_empty()
         || name.len() > 64
         || !name
@@ -130,10 +190,10 @@ pub fn make_node(dir: &Path, name: &str, hosts: &[String]) -> Result<(PathBuf, P
     {
         return Err(CertsError::BadName(name.to_string()));
     }
-    let ca_key_path = dir.join(CA_KEY_FILE);
+    let ca_key_path = dir.join(ca_key_file);
     let ca_key_pem = std::fs::read_to_string(&ca_key_path).map_err(io(&ca_key_path))?;
     let ca_key = KeyPair::from_pem(&ca_key_pem)?;
-    let ca_cert_path = dir.join(CA_CERT_FILE);
+    let ca_cert_path = dir.join(ca_cert_file);
     let ca_cert_pem = std::fs::read_to_string(&ca_cert_path).map_err(io(&ca_cert_path))?;
     let issuer = Issuer::from_ca_cert_pem(&ca_cert_pem, ca_key)?;
 
@@ -144,14 +204,21 @@ pub fn make_node(dir: &Path, name: &str, hosts: &[String]) -> Result<(PathBuf, P
         .collect();
     let mut params = CertificateParams::new(hosts)?;
     params.distinguished_name.push(DnType::CommonName, name);
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    params.extended_key_usages = usages;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
     validity(&mut params, NODE_VALIDITY_DAYS);
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, &issuer)?;
     let (cert_path, key_path) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}-key.pem")));
-    write(&key_path, &key.serialize_pem(), true, false)?;
-    write(&cert_path, &cert.pem(), false, false)?;
+    if create_new {
+        for path in [&key_path, &cert_path] {
+            if path.exists() {
+                return Err(CertsError::Exists { path: path.clone() });
+            }
+        }
+    }
+    write(&key_path, &key.serialize_pem(), true, create_new)?;
+    write(&cert_path, &cert.pem(), false, create_new)?;
     Ok((cert_path, key_path))
 }
 
@@ -169,6 +236,26 @@ pub fn node_flags(dir: &Path, name: &str, hosts: &[String]) -> Result<Vec<String
     ])
 }
 
+/// The `basalt start` flags that give a node TLS on its client doors with the certificate
+/// `node_flags` made for `name` in `dir` (one certificate serves both listeners), and client
+/// certificates of `dir`'s client CA, when it has one.
+pub fn client_door_flags(dir: &Path, name: &str) -> Vec<String> {
+    let client_ca = dir.join(CLIENT_CA_CERT_FILE);
+    let client_ca = client_ca
+        .exists()
+        .then(|| ["--tls-client-ca".to_string(), client_ca.display().to_string()]);
+    let mut flags = vec![
+        "--tls-cert".to_string(),
+        dir.join(format!("{name}.pem")).display().to_string(),
+        "--tls-key".to_string(),
+        dir.join(format!("{name}-key.pem")).display().to_string(),
+        "--tls-ca".to_string(),
+        dir.join(CA_CERT_FILE).display().to_string(),
+    ];
+    flags.extend(client_ca.into_iter().flatten());
+    flags
+}
+
 /// Runs one `basalt certs` verb.
 pub fn certs(command: CertsCommand) -> Result<(), String> {
     match command {
@@ -179,6 +266,18 @@ pub fn certs(command: CertsCommand) -> Result<(), String> {
         CertsCommand::Node { dir, name, hosts } => {
             let (cert, key) = make_node(&dir, &name, &hosts).map_err(|e| e.to_string())?;
             crate::outln!("node certificate written: {} (key {})", cert.display(), key.display());
+        }
+        CertsCommand::ClientCa { dir } => {
+            make_client_ca(&dir).map_err(|e| e.to_string())?;
+            crate::outln!("client CA written: {}", dir.join(CLIENT_CA_CERT_FILE).display());
+        }
+        CertsCommand::Client { dir, name } => {
+            let (cert, key) = make_client(&dir, &name).map_err(|e| e.to_string())?;
+            crate::outln!(
+                "client certificate for user {name} written: {} (key {})",
+                cert.display(),
+                key.display()
+            );
         }
     }
     Ok(())

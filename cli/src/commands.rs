@@ -32,6 +32,18 @@ pub struct EndpointArgs {
     /// the token file the dev cluster's cluster file names (`basalt dev --secure`), if any.
     #[arg(long, env = "BASALT_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
+    /// TLS, for a cluster whose client doors run it: the CA certificate(s) (PEM) the nodes'
+    /// certificates must chain to. Default: the CA the dev cluster's cluster file names
+    /// (`basalt dev --secure`), if any.
+    #[arg(long, env = "BASALT_CA_FILE", global = true)]
+    ca_file: Option<PathBuf>,
+    /// A client certificate (PEM; `basalt certs client`): calls then authenticate as the user it
+    /// names, without a token. Needs --ca-file (or the dev cluster's CA) and --key-file.
+    #[arg(long, env = "BASALT_CERT_FILE", global = true, requires = "key_file")]
+    cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "BASALT_KEY_FILE", global = true, requires = "cert_file")]
+    key_file: Option<PathBuf>,
 }
 
 /// A lease fence for mutations: `--fence NAME:TOKEN`.
@@ -192,7 +204,7 @@ pub struct StartArgs {
         "allow_clock_control", "home_region", "joining_region", "edge_listen", "origin", "cache_bytes",
         "cache_negative_ttl_ms", "origin_timeout_ms", "origin_requests_max", "resp_listen",
         "resp_password", "resp_allow_flush", "peer_listen", "cluster_id", "peer_tls_cert",
-        "peer_tls_key", "peer_tls_ca", "root_token_file",
+        "peer_tls_key", "peer_tls_ca", "root_token_file", "tls_cert", "tls_key", "tls_ca", "tls_client_ca",
     ])]
     config: Option<PathBuf>,
     #[arg(long)]
@@ -216,6 +228,22 @@ pub struct StartArgs {
     /// The cluster's CA certificate(s) (PEM): peers must present a certificate it signed.
     #[arg(long, requires = "peer_tls_cert")]
     peer_tls_ca: Option<PathBuf>,
+    /// TLS on every client door (client API, HTTP, RESP, edge): this node's certificate (PEM;
+    /// `basalt certs node`). Clients then connect with the CA (`--ca-file`).
+    #[arg(long, requires_all = ["tls_key", "tls_ca"])]
+    tls_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// The CA certificate(s) (PEM) of the nodes' client-door certificates, trusted when this
+    /// node calls another's client port.
+    #[arg(long, requires = "tls_cert")]
+    tls_ca: Option<PathBuf>,
+    /// The CA certificate(s) (PEM) of client certificates (`basalt certs client-ca`): a gRPC
+    /// client showing one authenticates as the user its common name names. Use a CA of its own,
+    /// never the peer listener's. Without it, clients use tokens only.
+    #[arg(long, requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
     /// Authenticate clients: a file holding the root token (`basalt auth token > FILE`); users
     /// and roles come from `basalt auth` (docs/security.md). Needs --peer-listen.
     #[arg(long)]
@@ -405,7 +433,21 @@ fn start_config(args: StartArgs) -> Result<NodeConfig, String> {
         peer_listen: args.peer_listen,
         cluster_id: args.cluster_id,
         peer_tls: match (args.peer_tls_cert, args.peer_tls_key, args.peer_tls_ca) {
-            (Some(cert), Some(key), Some(ca)) => Some(config::PeerTlsConfig { cert, key, ca }),
+            (Some(cert), Some(key), Some(ca)) => Some(config::TlsConfig {
+                cert,
+                key,
+                ca,
+                client_ca: None,
+            }),
+            _ => None,
+        },
+        tls: match (args.tls_cert, args.tls_key, args.tls_ca) {
+            (Some(cert), Some(key), Some(ca)) => Some(config::TlsConfig {
+                cert,
+                key,
+                ca,
+                client_ca: args.tls_client_ca,
+            }),
             _ => None,
         },
         auth: args
@@ -538,31 +580,67 @@ pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'stat
 /// cluster (no `--endpoints`), the token file its cluster file names.
 pub fn resolve_token(args: &EndpointArgs) -> Result<Option<basalt_client::Token>, String> {
     if let Some(token) = &args.token {
+        if args.cert_file.is_some() {
+            // A token decides over a certificate: the call would not run as the certificate's
+            // user.
+            return Err("--token (or BASALT_TOKEN) and --cert-file both given: choose one".into());
+        }
         return Ok(Some(basalt_client::Token::from_text(token)));
     }
-    if args.endpoints.is_some() {
+    // With a certificate, the dev cluster's root token is not taken: the calls run as the
+    // certificate's user.
+    if args.endpoints.is_some() || args.cert_file.is_some() {
         return Ok(None);
     }
     cluster_file_token(&cluster_file())
 }
 
-/// The token of the file a cluster file names (`token_file`), if it names one.
-pub fn cluster_file_token(path: &std::path::Path) -> Result<Option<basalt_client::Token>, String> {
+/// The TLS the CLI's calls use: `--ca-file` (with `--cert-file` and `--key-file`), else, for the
+/// local dev cluster (no `--endpoints`), the CA its cluster file names (`ca_file`).
+pub fn resolve_tls(args: &EndpointArgs) -> Result<Option<basalt_client::TlsConnector>, String> {
+    let ca = match (&args.ca_file, args.endpoints.is_some()) {
+        (Some(ca), _) => Some(ca.clone()),
+        (None, true) => None,
+        (None, false) => cluster_file_field(&cluster_file(), "ca_file")?.map(PathBuf::from),
+    };
+    let Some(ca) = ca else {
+        return match &args.cert_file {
+            Some(_) => Err("--cert-file needs --ca-file: the CA the nodes' certificates chain to".into()),
+            None => Ok(None),
+        };
+    };
+    let identity = match (&args.cert_file, &args.key_file) {
+        (Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
+        _ => None,
+    };
+    let tls = basalt_client::ClientTls::from_files(&ca, identity).map_err(|e| e.to_string())?;
+    Ok(Some(basalt_client::TlsConnector::Client(tls)))
+}
+
+/// A text field of a cluster file, if the file exists and has it.
+fn cluster_file_field(path: &std::path::Path, field: &str) -> Result<Option<String>, String> {
     let Ok(text) = std::fs::read_to_string(path) else {
         return Ok(None);
     };
     let file: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    let Some(token_file) = file["token_file"].as_str() else {
+    Ok(file[field].as_str().map(str::to_string))
+}
+
+/// The token of the file a cluster file names (`token_file`), if it names one.
+pub fn cluster_file_token(path: &std::path::Path) -> Result<Option<basalt_client::Token>, String> {
+    let Some(token_file) = cluster_file_field(path, "token_file")? else {
         return Ok(None);
     };
-    let token = std::fs::read_to_string(token_file).map_err(|e| format!("reading the token file {token_file}: {e}"))?;
+    let token =
+        std::fs::read_to_string(&token_file).map_err(|e| format!("reading the token file {token_file}: {e}"))?;
     Ok(Some(basalt_client::Token::from_text(&token)))
 }
 
-/// Client options with the CLI's token.
+/// Client options with the CLI's token and TLS.
 pub fn client_options(args: &EndpointArgs) -> Result<basalt_client::ClientOptions, String> {
     Ok(basalt_client::ClientOptions {
         token: resolve_token(args)?,
+        tls: resolve_tls(args)?,
         ..basalt_client::ClientOptions::default()
     })
 }
@@ -694,7 +772,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::Bench { command, endpoints } => {
             init_tracing("error");
             let cluster = crate::bench::BenchCluster {
-                token: resolve_token(&endpoints)?,
+                options: client_options(&endpoints)?,
                 endpoints: resolve_endpoints(&endpoints)?,
             };
             crate::bench::run(command, cluster).await

@@ -358,7 +358,7 @@ impl TempCluster {
             }
         }
         let started = Instant::now();
-        match wait_for_leader(&endpoints, None, LEADER_WAIT).await {
+        match wait_for_leader(&endpoints, &basalt_client::ClientOptions::default(), LEADER_WAIT).await {
             Ok((id, addr)) => crate::outln!(
                 "cluster up: leader node {id} ({addr}) after {:.1}s",
                 started.elapsed().as_secs_f64()
@@ -450,7 +450,7 @@ impl TempCluster {
         let mut regions = Vec::new();
         for (r, name) in names.iter().enumerate() {
             let endpoints = addresses.grpc[&r].clone();
-            if let Err(e) = wait_for_leader(&endpoints, None, LEADER_WAIT).await {
+            if let Err(e) = wait_for_leader(&endpoints, &basalt_client::ClientOptions::default(), LEADER_WAIT).await {
                 stop_all(&mut processes).await;
                 let kept = dir.keep();
                 return Err(format!(

@@ -49,10 +49,11 @@ pub struct DevArgs {
     /// Remove existing data first.
     #[arg(long)]
     pub(crate) clean: bool,
-    /// Mutual TLS between the nodes (a throwaway CA and a certificate per node under the data
-    /// directory's `tls/`) and authenticated clients (a root token in `root.token`, named in
-    /// the cluster file, where the CLI picks it up); both made once, kept between runs. The
-    /// client port, RESP and HTTP are not encrypted yet (docs/security.md).
+    /// Mutual TLS between the nodes and TLS on every client door (a throwaway CA, a certificate
+    /// per node and a client CA for `basalt certs client` under the data directory's `tls/`), and
+    /// authenticated clients (a root token in `root.token`); the cluster file names the CA and
+    /// the token, where the CLI picks them up; all made once, kept between runs
+    /// (docs/security.md).
     #[arg(long, conflicts_with_all = ["regions", "topology"])]
     pub(crate) secure: bool,
     /// Serve the edge cache on every node with this origin: `PREFIX=http://host:port` (repeat).
@@ -76,15 +77,11 @@ pub(crate) const ROOT_TOKEN_FILE: &str = "root.token";
 /// Polls the cluster until a leader is known.
 pub(crate) async fn wait_for_leader(
     endpoints: &[String],
-    token: Option<&basalt_client::Token>,
+    options: &basalt_client::ClientOptions,
     timeout: Duration,
 ) -> Result<(u64, String), String> {
     let deadline = Instant::now() + timeout;
     let mut last_error = String::from("no answer");
-    let options = basalt_client::ClientOptions {
-        token: token.cloned(),
-        ..basalt_client::ClientOptions::default()
-    };
     while Instant::now() < deadline {
         match basalt_client::Client::connect_with(endpoints, options.clone()).await {
             Ok(client) => match client.cluster_status().await {
@@ -204,6 +201,10 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
         let _ = std::fs::remove_file(tls_dir.join(crate::certs::CA_KEY_FILE));
         crate::certs::make_ca(&tls_dir).map_err(|e| e.to_string())?;
     }
+    if args.secure && !tls_dir.join(crate::certs::CLIENT_CA_CERT_FILE).exists() {
+        let _ = std::fs::remove_file(tls_dir.join(crate::certs::CLIENT_CA_KEY_FILE));
+        crate::certs::make_client_ca(&tls_dir).map_err(|e| e.to_string())?;
+    }
     let token_file = dir.join(ROOT_TOKEN_FILE);
     let root_token = if args.secure {
         if !token_file.exists() {
@@ -251,6 +252,7 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
             let name = format!("node-{i}");
             let hosts = ["127.0.0.1".to_string(), "localhost".to_string()];
             extra.extend(crate::certs::node_flags(&tls_dir, &name, &hosts).map_err(|e| e.to_string())?);
+            extra.extend(crate::certs::client_door_flags(&tls_dir, &name));
             extra.extend(["--root-token-file".to_string(), token_file.display().to_string()]);
         }
         if let Some(edge) = edge(i) {
@@ -284,16 +286,28 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
         "endpoints": endpoints, "pids": pids, "data_dir": dir, "edges": edges, "resp": resp_addrs,
         "origins": args.origin,
     });
+    let ca_file = tls_dir.join(crate::certs::CA_CERT_FILE);
+    let options = basalt_client::ClientOptions {
+        token: root_token,
+        tls: match args.secure {
+            true => Some(basalt_client::TlsConnector::Client(
+                basalt_client::ClientTls::from_files(&ca_file, None).map_err(|e| e.to_string())?,
+            )),
+            false => None,
+        },
+        ..basalt_client::ClientOptions::default()
+    };
     if args.secure {
         record["token_file"] = serde_json::json!(token_file);
+        record["ca_file"] = serde_json::json!(ca_file);
     }
     let cluster_file = write_cluster_file(&record)?;
 
     crate::outln!("basalt dev: {} nodes, data in {}", args.nodes, dir.display());
     if args.secure {
         crate::outln!(
-            "  peer ports: mutual TLS, CA {} (client, RESP and HTTP ports: not encrypted)",
-            tls_dir.join(crate::certs::CA_CERT_FILE).display()
+            "  TLS on every port (peer ports: mutual TLS), CA {} (the CLI reads it through the cluster file; redis-cli --tls --cacert; curl --cacert)",
+            ca_file.display()
         );
         crate::outln!(
             "  clients authenticate: root token in {} (the CLI reads it through the cluster file; RESP: AUTH <token>)",
@@ -318,7 +332,7 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
 
     let started = Instant::now();
     let leader = tokio::select! {
-        leader = wait_for_leader(&endpoints, root_token.as_ref(), Duration::from_secs(15)) => Some(leader),
+        leader = wait_for_leader(&endpoints, &options, Duration::from_secs(15)) => Some(leader),
         () = &mut shutdown => None,
     };
     match leader {

@@ -382,8 +382,9 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
     let started = Instant::now();
     let mut processes = processes;
     for (r, region) in topology.regions.iter().enumerate() {
+        let plain = basalt_client::ClientOptions::default();
         let leader = tokio::select! {
-            leader = crate::dev::wait_for_leader(&grpc[&r], None, Duration::from_secs(20)) => leader,
+            leader = crate::dev::wait_for_leader(&grpc[&r], &plain, Duration::from_secs(20)) => leader,
             () = &mut shutdown => {
                 // Signalled while the regions elect: stop now, not after every region's wait.
                 crate::outln!("stopping {} nodes...", processes.len());

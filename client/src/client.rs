@@ -47,6 +47,12 @@ pub struct ClientOptions {
     /// The bearer token every call carries (`authorization: Bearer ...`), for a cluster that
     /// authenticates its clients (docs/security.md). `None`: calls carry no credentials.
     pub token: Option<basalt_auth::token::Token>,
+    /// TLS for a cluster whose client doors run it (`[tls]`, docs/security.md):
+    /// `Some(TlsConnector::Client(ClientTls::from_files(ca, None)?))` trusts the nodes'
+    /// certificates of that CA; with a certificate of the nodes' client CA (`--tls-client-ca`)
+    /// (`ClientTls::from_files(ca, Some((cert, key)))`) the client authenticates as the user its
+    /// common name names, without a token. `None`: plain TCP.
+    pub tls: Option<basalt_tls::Connector>,
 }
 
 impl Default for ClientOptions {
@@ -61,6 +67,7 @@ impl Default for ClientOptions {
             max_clock_offset: Duration::from_millis(500),
             pin_endpoints: false,
             token: None,
+            tls: None,
         }
     }
 }
@@ -160,7 +167,12 @@ fn channel_for(addr: &str, options: &ClientOptions) -> Result<Channel, ClientErr
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_while_idle(true);
-    Ok(endpoint.connect_lazy())
+    Ok(basalt_tls::lazy_channel(
+        endpoint,
+        addr,
+        options.tls.as_ref(),
+        options.connect_timeout,
+    ))
 }
 
 impl Client {

@@ -52,6 +52,7 @@ pub mod pb {
 pub use auth::{Auth, RoleInfo, UserInfo, WhoAmI};
 pub use basalt_auth::token::Token;
 pub use basalt_auth::{Access, Grant, Scope};
+pub use basalt_tls::{ClientTls, Connector as TlsConnector, TlsError};
 pub use cache::{Cache, LaggingNode, NodeCacheStats, PurgeReceipt, PurgeTarget};
 pub use client::{Client, ClientOptions, ReadConsistency, RegionMap};
 pub use consumer::{ConsumedRecord, Consumer, ConsumerOptions, ReplayOptions, ReplaySummary, StartFrom};

@@ -3,7 +3,7 @@
 //!
 //! Owns: how openraft's storage and network traits map onto Basalt's log, state store and gRPC,
 //! and who may talk Raft to this node (the cluster id in [`cluster_guard`], mutual TLS on the
-//! peer listener in [`peer_tls`]).
+//! peer listener through `basalt-tls`).
 //! May not touch: what an op means (apply and reads are `basalt-storage`'s) or the client API
 //! (`basalt-server`'s).
 
@@ -12,7 +12,6 @@ pub mod limits;
 pub mod log_store;
 pub mod member_addr;
 pub mod network;
-pub mod peer_tls;
 pub mod state_machine;
 
 pub mod pb {

@@ -31,18 +31,6 @@ pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(5);
 /// The longest pause between attempts to reopen a replication stream (see
 /// `network::reopen_pause`).
 pub const REOPEN_PAUSE_MAX: Duration = Duration::from_millis(100);
-/// How often the peer TLS files are checked for a change (`peer_tls::PeerTls::keep_reloading`).
-pub const TLS_RELOAD_CHECK_INTERVAL: Duration = Duration::from_secs(2);
-/// The longest a TLS handshake on the peer listener may take before the connection is dropped,
-/// so a peer that connects and says nothing holds no task for long.
-pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
-/// TLS handshakes in progress on the peer listener; a connection beyond them is dropped at once,
-/// so a flood of silent connections cannot use up the node's file descriptors.
-pub const PEER_HANDSHAKES_MAX: usize = 128;
-/// Peer connections whose handshake succeeded, waiting for the gRPC server to take them.
-pub const PEER_HANDSHAKES_QUEUED_MAX: usize = 64;
-/// The most read of each peer TLS file (certificate chain, key, CA bundle), in bytes.
-pub const TLS_FILE_BYTES_MAX: u64 = 1024 * 1024;
 /// How long a peer connection lives before the server asks the peer to open a new one (HTTP/2
 /// GOAWAY); its streams then have [`PEER_CONNECTION_AGE_GRACE`] to finish before it is closed
 /// (a leader's replication stream never finishes by itself: it is reopened on a new
@@ -51,9 +39,6 @@ pub const TLS_FILE_BYTES_MAX: u64 = 1024 * 1024;
 pub const PEER_CONNECTION_AGE_MAX: Duration = Duration::from_secs(600);
 /// See [`PEER_CONNECTION_AGE_MAX`].
 pub const PEER_CONNECTION_AGE_GRACE: Duration = Duration::from_secs(30);
-/// TLS handshakes in progress from one IP address on the peer listener: one host cannot take
-/// every slot of [`PEER_HANDSHAKES_MAX`].
-pub const PEER_HANDSHAKES_PER_IP_MAX: usize = 8;
 
 // A message of a full budget plus one more record, or of the largest record alone, fits the Raft
 // message cap with room for the message's own fields.

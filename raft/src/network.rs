@@ -25,11 +25,11 @@ use crate::member_addr::MemberAddr;
 use crate::pb::raft_service_client::RaftServiceClient;
 use crate::pb::raft_service_server::{RaftService, RaftServiceServer};
 use crate::pb::{RaftMessage, SnapshotChunk};
-use crate::peer_tls::PeerTls;
 use crate::state_machine::{Snapshot, SnapshotPack};
 use crate::{decode, encode, NodeId, Raft, SnapshotMeta, TypeConfig, Vote};
 use basalt_storage::cluster_id::ClusterId;
 use basalt_storage::hlc::{Hlc, PeerCheck};
+use basalt_tls::NodeTls;
 
 use crate::limits::{
     CONNECT_TIMEOUT, KEEP_ALIVE_INTERVAL, RAFT_MESSAGE_BYTES_MAX, REOPEN_PAUSE_MAX, RPC_DEADLINE_MIN,
@@ -47,7 +47,7 @@ pub struct NetworkFactory {
     /// Every message names this node's cluster id; every reply's is checked.
     cluster: Arc<ClusterGuard>,
     /// Mutual TLS to the peers, when the node has it.
-    tls: Option<Arc<PeerTls>>,
+    tls: Option<Arc<NodeTls>>,
 }
 
 /// What the outgoing side of the Raft network counts, for `/metrics`.
@@ -62,7 +62,7 @@ impl NetworkFactory {
         routes: BTreeMap<NodeId, String>,
         clock: Arc<Hlc>,
         cluster: Arc<ClusterGuard>,
-        tls: Option<Arc<PeerTls>>,
+        tls: Option<Arc<NodeTls>>,
     ) -> NetworkFactory {
         NetworkFactory {
             routes: Arc::new(routes),
@@ -89,7 +89,7 @@ pub struct NetworkConnection {
     target: NodeId,
     clock: Arc<Hlc>,
     cluster: Arc<ClusterGuard>,
-    tls: Option<Arc<PeerTls>>,
+    tls: Option<Arc<NodeTls>>,
     client: Option<RaftServiceClient<Channel>>,
     addr: String,
     /// Replication streams to this target that failed to open, in a row.
@@ -163,18 +163,10 @@ impl NetworkConnection {
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL);
-        let channel = match &self.tls {
-            None => endpoint.connect_lazy(),
-            // Each (re)connection runs its own handshake with the TLS files as they are then, so a
-            // certificate reloaded since is used from the next connection on.
-            Some(tls) => {
-                let (tls, addr) = (tls.clone(), self.addr.clone());
-                endpoint.connect_with_connector_lazy(tower::service_fn(move |_: tonic::transport::Uri| {
-                    let (tls, addr) = (tls.clone(), addr.clone());
-                    async move { tls.connect(&addr).await.map(hyper_util::rt::TokioIo::new) }
-                }))
-            }
-        };
+        // With TLS, each (re)connection runs its own handshake with the files as they are then,
+        // so a certificate reloaded since is used from the next connection on.
+        let connector = self.tls.clone().map(basalt_tls::Connector::Node);
+        let channel = basalt_tls::lazy_channel(endpoint, &self.addr, connector.as_ref(), CONNECT_TIMEOUT);
         let client = RaftServiceClient::new(channel)
             .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX);
@@ -407,9 +399,7 @@ fn check_data_format<T>(request: &Request<T>) -> Result<(), Status> {
         // as it runs (a stream reopen every 100 ms at most, and votes).
         let refused = REFUSED_FORMAT_MESSAGES.fetch_add(1, Ordering::Relaxed) + 1;
         if refused.is_power_of_two() {
-            let peer = request
-                .remote_addr()
-                .map_or_else(|| "unknown".to_string(), |a| a.to_string());
+            let peer = basalt_tls::remote_addr(request).map_or_else(|| "unknown".to_string(), |a| a.to_string());
             tracing::warn!(%mismatch, peer, refused, "refusing raft messages from a peer of another data format");
         }
         Status::failed_precondition(format!(
@@ -482,9 +472,7 @@ struct Adoptable {
 /// this node's cluster.
 fn check_request<T>(cluster: &ClusterGuard, request: &Request<T>) -> Result<Option<Adoptable>, Status> {
     check_data_format(request)?;
-    let peer = request
-        .remote_addr()
-        .map_or_else(|| "unknown".to_string(), |a| a.to_string());
+    let peer = basalt_tls::remote_addr(request).map_or_else(|| "unknown".to_string(), |a| a.to_string());
     match cluster.check(request.metadata(), Side::Request, &peer) {
         Ok(adoptable) => Ok(adoptable.map(|id| Adoptable { id, peer })),
         Err(refusal) => Err(refusal.into_status(cluster.id())),

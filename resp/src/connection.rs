@@ -13,7 +13,6 @@ use std::sync::Arc;
 use basalt_client::{ReadConsistency, TxnOp, TxnOutcome};
 use bytes::BufMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::command::{self, errors, Bytes, Command, Refusal};
 use crate::frame::{Parsed, Protocol, ReadLimits, Reply, RequestReader};
@@ -29,7 +28,8 @@ use crate::reply_error::client_error;
 use crate::server::{stopped, Caller, Shared};
 use crate::stream_ids::RESERVED_KEY_PREFIX;
 use crate::streams::Streams;
-use tokio::net::tcp::OwnedReadHalf;
+/// A connection's reading half, plain TCP or TLS.
+type Reader = dyn tokio::io::AsyncRead + Send + Unpin;
 
 /// What the connection does after a command.
 #[derive(PartialEq, Eq)]
@@ -66,7 +66,7 @@ struct Connection {
 /// only the node stopping (or an entry) ends the wait: the client is paced by its socket, and a
 /// close behind the unread bytes is seen once they are read. Cancel safe: a read that did not
 /// finish took no bytes.
-async fn client_gone(reader: &mut OwnedReadHalf, buf: &mut Vec<u8>, stop: &mut tokio::sync::watch::Receiver<bool>) {
+async fn client_gone(reader: &mut Reader, buf: &mut Vec<u8>, stop: &mut tokio::sync::watch::Receiver<bool>) {
     while buf.len() < REQUEST_BYTES_MAX {
         buf.reserve(16 * 1024);
         let room = REQUEST_BYTES_MAX - buf.len();
@@ -103,8 +103,12 @@ fn blocks(command: &Command) -> bool {
 
 /// Serves `stream` until the client leaves, sends `QUIT`, breaks the protocol, or the node
 /// stops (`stop` turns true).
-pub async fn serve(stream: TcpStream, shared: Arc<Shared>, id: u64, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let _ = stream.set_nodelay(true);
+pub async fn serve(
+    stream: basalt_tls::Conn,
+    shared: Arc<Shared>,
+    id: u64,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     let (mut reader, mut writer) = stream.into_split();
     let (push_sender, mut pushes) = tokio::sync::mpsc::channel(PUSH_BUFFER_MESSAGES);
     let mut connection = Connection {
@@ -282,7 +286,7 @@ impl Connection {
         requests: Vec<Vec<Bytes>>,
         out: &mut Vec<u8>,
         writer: &mut W,
-        reader: &mut OwnedReadHalf,
+        reader: &mut Reader,
         input: &mut Vec<u8>,
     ) -> Next {
         let mut parsed: VecDeque<(String, Result<Command, Refusal>)> = requests
@@ -463,13 +467,7 @@ impl Connection {
     /// Runs one command; `name` is its name as the client sent it, for messages.
     /// Runs one command. `reader` and `input` (the connection's unparsed bytes) are for a
     /// blocking read, which watches the client while it waits.
-    async fn run(
-        &mut self,
-        command: Command,
-        name: &str,
-        reader: &mut OwnedReadHalf,
-        input: &mut Vec<u8>,
-    ) -> (Reply, Next) {
+    async fn run(&mut self, command: Command, name: &str, reader: &mut Reader, input: &mut Vec<u8>) -> (Reply, Next) {
         if !self.authenticated && !matches!(command, Command::Auth { .. } | Command::Hello { .. } | Command::Quit) {
             return (Reply::error(errors::NOAUTH), Next::Go);
         }

@@ -7,7 +7,6 @@ use std::time::Instant;
 
 use basalt_client::{Client, TxnOp, TxnOutcome};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpListener;
 
 use crate::command::{errors, Bytes, COMMANDS};
 use crate::frame::Reply;
@@ -81,12 +80,12 @@ pub struct Shared {
 
 /// Serves RESP on `listener` until `stop` turns true, each command through `client`.
 pub async fn serve(
-    listener: TcpListener,
+    mut listener: basalt_tls::Listener,
     client: Client,
     config: RespConfig,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let port = listener.local_addr().map_or(0, |a| a.port());
+    let port = listener.local_addr().port();
     let shared = Arc::new(Shared {
         anonymous: Arc::new(Caller::new(client)),
         config,
@@ -112,9 +111,15 @@ pub async fn serve(
             shared.open.fetch_sub(1, Ordering::SeqCst);
             tracing::warn!(%peer, "RESP connection refused: {CONNECTIONS_MAX} open");
             tokio::spawn(async move {
-                let _ = stream
-                    .write_all(format!("-{}\r\n", errors::MAX_CLIENTS).as_bytes())
-                    .await;
+                // Bounded: a client that does not read (or a TLS one that stalls) holds nothing
+                // for long.
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+                    let _ = stream
+                        .write_all(format!("-{}\r\n", errors::MAX_CLIENTS).as_bytes())
+                        .await;
+                    let _ = stream.shutdown().await;
+                })
+                .await;
             });
             continue;
         }

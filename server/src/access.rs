@@ -45,6 +45,16 @@ pub enum AuthRefusal {
     Malformed,
     #[error("unknown token")]
     Unknown,
+    #[error("the client certificate names {0:?}, which is no user of this region")]
+    UnknownCertificate(String),
+}
+
+/// What authenticated a request: a bearer token (by its hash) or the name a client certificate
+/// of the client doors' CA gives (`[tls]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Credential {
+    Token(TokenHash),
+    Certificate(Arc<str>),
 }
 
 /// Who may do what at this node's doors: the root token's hash and the replicated users and
@@ -131,6 +141,34 @@ impl Gate {
         self.identify_token(bearer_token(headers)?)
     }
 
+    /// The identity of a gRPC request: its bearer token's, or, without an `authorization`
+    /// header, the user its connection's client certificate names (never the root: only the
+    /// root token is).
+    fn authenticate_request(&self, parts: &http::request::Parts) -> Result<(Arc<Identity>, Credential), AuthRefusal> {
+        let certificate_name = || {
+            parts
+                .extensions
+                .get::<basalt_tls::ConnectInfo>()
+                .and_then(|info| info.client_name.clone())
+        };
+        match bearer_token(&parts.headers) {
+            Ok(token) => {
+                let identity = self.identify_token(token)?;
+                Ok((identity, Credential::Token(basalt_auth::token::hash(token))))
+            }
+            Err(AuthRefusal::Missing) => {
+                let name = certificate_name().ok_or(AuthRefusal::Missing)?;
+                let identity = self
+                    .table
+                    .borrow()
+                    .identify_user(&name)
+                    .ok_or_else(|| AuthRefusal::UnknownCertificate(name.to_string()))?;
+                Ok((identity, Credential::Certificate(name)))
+            }
+            Err(refusal) => Err(refusal),
+        }
+    }
+
     /// Checks `identity` against `needs` (counted by whoever returns the refusal:
     /// [`Gate::denied`]).
     pub fn check(&self, identity: &Identity, needs: &[Need]) -> Result<(), Denied> {
@@ -148,11 +186,11 @@ impl Gate {
     /// open (a watch, a subscription), also what to check again whenever users and roles change.
     async fn admit(&self, request: http::Request<Body>) -> Result<(http::Request<Body>, Option<Recheck>), Status> {
         let (mut parts, body) = request.into_parts();
-        let identity = match self.authenticate(&parts.headers) {
-            Ok(identity) => identity,
-            // Not known here may be not applied here yet: a known token is never refused
-            // for a follower's lag (a missing or malformed one is refused at once).
-            Err(refusal @ AuthRefusal::Unknown) => {
+        let (identity, credential) = match self.authenticate_request(&parts) {
+            Ok(authenticated) => authenticated,
+            // Not known here may be not applied here yet: a known token or user is never
+            // refused for a follower's lag (a missing or malformed token is refused at once).
+            Err(refusal @ (AuthRefusal::Unknown | AuthRefusal::UnknownCertificate(_))) => {
                 return Err(self.refuse_or_redirect(|| self.unauthenticated(&refusal)))
             }
             Err(refusal) => return Err(self.unauthenticated(&refusal)),
@@ -205,7 +243,7 @@ impl Gate {
                 self.check(&identity, &needs)
                     .map_err(|d| self.refuse_or_redirect(|| self.denied(&d)))?;
                 let recheck = (STREAMS.contains(&path.as_str()) && !identity.root).then(|| Recheck {
-                    token: self.bearer_hash(&parts.headers),
+                    credential: credential.clone(),
                     needs,
                 });
                 parts.extensions.insert(identity);
@@ -219,37 +257,65 @@ impl Gate {
         Ok((http::Request::from_parts(parts, body), None))
     }
 
-    /// The SHA-256 of the request's bearer token (`None` without one: such a request was
-    /// refused before this is asked).
-    fn bearer_hash(&self, headers: &http::HeaderMap) -> Option<TokenHash> {
-        bearer_token(headers).ok().map(basalt_auth::token::hash)
-    }
-
     /// Whether `recheck` still holds against the users and roles in `table`: the status that
     /// ends its stream when not.
     fn still_allowed(&self, table: &AuthTable, recheck: &Recheck) -> Result<(), Status> {
-        let Some(identity) = recheck.token.and_then(|t| table.identify(&t)) else {
-            let refusal = AuthRefusal::Unknown;
-            return Err(self.unauthenticated(&refusal));
+        let identity = match &recheck.credential {
+            Credential::Token(hash) => table.identify(hash).ok_or(AuthRefusal::Unknown),
+            Credential::Certificate(name) => table
+                .identify_user(name)
+                .ok_or_else(|| AuthRefusal::UnknownCertificate(name.to_string())),
         };
+        let identity = identity.map_err(|refusal| self.unauthenticated(&refusal))?;
         self.check(&identity, &recheck.needs).map_err(|d| self.denied(&d))
     }
 }
 
-/// What a node's own calls to other nodes' client ports carry: the root token when the node
-/// authenticates clients (every node of a deployment holds the same one), else nothing.
+/// How a node calls other nodes' client ports: over TLS (trusting `[tls] ca`, showing no
+/// certificate) when it runs TLS there (every node of a deployment does, or none), and carrying
+/// the root token when it authenticates clients (every node of a deployment holds the same one).
 #[derive(Clone, Default)]
-pub struct NodeCredentials(Option<Arc<Gate>>);
+pub struct NodeCredentials {
+    gate: Option<Arc<Gate>>,
+    tls: Option<basalt_tls::Connector>,
+}
 
 impl NodeCredentials {
-    pub fn new(gate: Option<Arc<Gate>>) -> NodeCredentials {
-        NodeCredentials(gate)
+    pub fn new(gate: Option<Arc<Gate>>, tls: Option<Arc<basalt_tls::NodeTls>>) -> NodeCredentials {
+        NodeCredentials {
+            gate,
+            tls: tls.map(basalt_tls::Connector::Node),
+        }
     }
 
     pub fn sign<T>(&self, request: &mut tonic::Request<T>) {
-        if let Some(gate) = &self.0 {
+        if let Some(gate) = &self.gate {
             gate.sign(request);
         }
+    }
+
+    /// The TLS connections are made with, if any.
+    pub fn connector(&self) -> Option<&basalt_tls::Connector> {
+        self.tls.as_ref()
+    }
+
+    /// A channel to the client port at `addr` (`host:port`), connected on first use, each
+    /// (re)connection within `connect_timeout`.
+    pub fn channel(
+        &self,
+        addr: &str,
+        connect_timeout: std::time::Duration,
+    ) -> Result<tonic::transport::Channel, String> {
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| format!("bad node address {addr:?}: {e}"))?
+            .connect_timeout(connect_timeout)
+            .tcp_nodelay(true);
+        Ok(basalt_tls::lazy_channel(
+            endpoint,
+            addr,
+            self.tls.as_ref(),
+            connect_timeout,
+        ))
     }
 }
 
@@ -268,11 +334,10 @@ fn bearer_token(headers: &http::HeaderMap) -> Result<&str, AuthRefusal> {
 /// whenever users and roles change, and ended once their caller may no longer see them.
 const STREAMS: [&str; 2] = ["/basalt.v1.Kv/Watch", "/basalt.v1.PubSub/Subscribe"];
 
-/// What a long-lived stream is checked against again: its caller's token (by its hash) and its
-/// needs.
+/// What a long-lived stream is checked against again: its caller's credential and its needs.
 #[derive(Debug)]
 pub(crate) struct Recheck {
-    token: Option<TokenHash>,
+    credential: Credential,
     needs: Vec<Need>,
 }
 

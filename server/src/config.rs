@@ -29,7 +29,16 @@ pub struct NodeConfig {
     /// must present a certificate of the cluster's CA, and this node presents `cert` to them.
     /// Reloaded when the files change. Needs `peer_listen`.
     #[serde(default)]
-    pub peer_tls: Option<PeerTlsConfig>,
+    pub peer_tls: Option<TlsConfig>,
+    /// TLS on every client door: the client API, HTTP, RESP and the edge (`[tls]`: `cert`, `key`,
+    /// `ca`, and optionally `client_ca`, PEM files). With `client_ca`, gRPC clients may show a
+    /// certificate of it (its common name names the user they authenticate as) instead of a
+    /// token. The node calls other nodes' client ports (relays, purge confirmations, home
+    /// forwarding, the feed) over TLS too, trusting `ca`: every node of a deployment runs client
+    /// TLS or none. Reloaded when the files change. Needs `peer_listen` (Raft stays off TLS-less
+    /// client ports).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
     /// Client authentication (`[auth]`: `root_token_file`): every request on the client port,
     /// RESP and the HTTP purge endpoint must carry a token, the root's or a user's, and is
     /// checked against its roles (docs/security.md). Needs `peer_listen`.
@@ -104,22 +113,28 @@ pub struct NodeConfig {
     pub resp: RespListenConfig,
 }
 
-/// The peer listener's TLS files (`[peer_tls]` in a config file; `--peer-tls-cert`,
-/// `--peer-tls-key`, `--peer-tls-ca`).
+/// A listener's TLS files: the peer listener's (`[peer_tls]` in a config file; `--peer-tls-cert`,
+/// `--peer-tls-key`, `--peer-tls-ca`) or the client doors' (`[tls]`; `--tls-cert`, `--tls-key`,
+/// `--tls-ca`).
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
-pub struct PeerTlsConfig {
+pub struct TlsConfig {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub ca: PathBuf,
+    /// The client doors only (`[tls] client_ca`, `--tls-client-ca`): the CA of client
+    /// certificates, a CA of its own (see docs/security.md).
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
 }
 
-impl PeerTlsConfig {
-    pub fn files(&self) -> basalt_raft::peer_tls::PeerTlsFiles {
-        basalt_raft::peer_tls::PeerTlsFiles {
+impl TlsConfig {
+    pub fn files(&self) -> basalt_tls::TlsFiles {
+        basalt_tls::TlsFiles {
             cert: self.cert.clone(),
             key: self.key.clone(),
             ca: self.ca.clone(),
+            client_ca: self.client_ca.clone(),
         }
     }
 }
@@ -658,6 +673,33 @@ impl NodeConfig {
                     .into(),
             );
         }
+        if self.peer_tls.as_ref().is_some_and(|tls| tls.client_ca.is_some()) {
+            return invalid("[peer_tls] takes no client_ca: only members connect to the peer listener".into());
+        }
+        if let Some(client_ca) = self.tls.as_ref().and_then(|tls| tls.client_ca.as_ref()) {
+            if self.auth.is_none() {
+                return invalid(
+                    "a client CA is given (--tls-client-ca) but clients are not authenticated (--root-token-file): \
+                     a client certificate names a user, and without authentication there are none"
+                        .into(),
+                );
+            }
+            let node_cas = [self.tls.as_ref().map(|t| &t.ca), self.peer_tls.as_ref().map(|t| &t.ca)];
+            if node_cas.into_iter().flatten().any(|ca| ca == client_ca) {
+                return invalid(format!(
+                    "the client CA file {} is also the nodes' CA file: use a CA of its own for client certificates \
+                     (`basalt certs client-ca`), or a node's certificate could name a user",
+                    client_ca.display()
+                ));
+            }
+        }
+        if self.tls.is_some() && self.peer_listen.is_none() {
+            return invalid(
+                "TLS on the client doors is given (--tls-cert/-key/-ca) but there is no peer listener (--peer-listen): \
+                 the members' Raft would go to client ports that speak only TLS"
+                    .into(),
+            );
+        }
         if self.peer_tls.is_some() && self.peer_listen.is_none() {
             return invalid(
                 "peer TLS is given (--peer-tls-cert/-key/-ca) but there is no peer listener (--peer-listen): \
@@ -762,6 +804,7 @@ mod tests {
             peer_listen: None,
             cluster_id: None,
             peer_tls: None,
+            tls: None,
             auth: None,
             http: None,
             data_dir: "/tmp/x".into(),
@@ -956,12 +999,34 @@ mod tests {
         c.peers = parse_peers("1=127.0.0.1:7001/127.0.0.1:2380,2=127.0.0.1:7002/127.0.0.1:2381").expect("peers");
         let e = c.validate().expect_err("no peer TLS");
         assert!(e.to_string().contains("mutual"), "{e}");
-        c.peer_tls = Some(PeerTlsConfig {
+        c.peer_tls = Some(TlsConfig {
             cert: "c".into(),
             key: "k".into(),
             ca: "a".into(),
+            client_ca: None,
         });
         c.validate().expect("valid");
+        // Client TLS needs the peer listener; the peer listener takes no client CA.
+        c.tls = c.peer_tls.clone();
+        c.validate().expect("client TLS beside the peer listener");
+        c.peer_tls.as_mut().expect("peer TLS").client_ca = Some("u".into());
+        let e = c.validate().expect_err("a client CA on the peer listener");
+        assert!(e.to_string().contains("client_ca"), "{e}");
+        c.peer_tls.as_mut().expect("peer TLS").client_ca = None;
+        c.tls.as_mut().expect("client TLS").client_ca = Some("a".into());
+        let e = c.validate().expect_err("the nodes' CA as the client CA");
+        assert!(e.to_string().contains("CA of its own"), "{e}");
+        c.tls.as_mut().expect("client TLS").client_ca = Some("u".into());
+        c.validate().expect("a client CA of its own");
+        let mut no_auth = c.clone();
+        no_auth.auth = None;
+        let e = no_auth.validate().expect_err("a client CA without authentication");
+        assert!(e.to_string().contains("--root-token-file"), "{e}");
+        let mut no_peers = base();
+        no_peers.tls = c.tls.clone().map(|tls| TlsConfig { client_ca: None, ..tls });
+        let e = no_peers.validate().expect_err("client TLS without a peer listener");
+        assert!(e.to_string().contains("--peer-listen"), "{e}");
+        c.tls = None;
         c.resp.listen = Some("127.0.0.1:6379".parse().expect("addr"));
         c.resp.password = Some("s3cret".into());
         let e = c.validate().expect_err("a RESP password beside tokens");

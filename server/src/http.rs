@@ -251,25 +251,35 @@ async fn metrics(State(api): State<Api>, Extension(edge): Extension<Option<Arc<E
             gate.counters.denied.load(Ordering::Relaxed),
         );
     }
-    if let Some(tls) = &api.peer_tls {
+    for (tls, prefix, whose) in [
+        (&api.peer_tls, "basalt_peer_tls", "Peer"),
+        (&api.client_tls, "basalt_client_tls", "Client-door"),
+    ] {
+        let Some(tls) = tls else { continue };
         counter(
-            "basalt_peer_tls_handshake_failures_total",
-            "Peer connections (either way) whose TLS handshake failed: a certificate of another CA, none, plaintext, a timeout.",
+            &format!("{prefix}_handshake_failures_total"),
+            &format!("{whose} connections (either way) whose TLS handshake failed: a certificate of another CA, none where one is required, plaintext, a timeout."),
             tls.handshake_failures(),
         );
         counter(
-            "basalt_peer_tls_handshakes_dropped_total",
-            "Peer connections dropped unanswered: too many TLS handshakes in progress, in all or from their address.",
+            &format!("{prefix}_handshakes_dropped_total"),
+            &format!("{whose} connections dropped unanswered: too many TLS handshakes in progress, in all or from their address."),
             tls.handshakes_dropped(),
         );
         counter(
-            "basalt_peer_tls_reloads_total",
-            "Times the peer TLS files changed and were loaded anew.",
+            &format!("{prefix}_reloads_total"),
+            &format!(
+                "Times the {} TLS files changed and were loaded anew.",
+                whose.to_lowercase()
+            ),
             tls.reloads(),
         );
         counter(
-            "basalt_peer_tls_reload_failures_total",
-            "Times the peer TLS files changed but did not load (the previous ones stay).",
+            &format!("{prefix}_reload_failures_total"),
+            &format!(
+                "Times the {} TLS files changed but did not load (the previous ones stay).",
+                whose.to_lowercase()
+            ),
             tls.reload_failures(),
         );
     }
@@ -387,6 +397,32 @@ fn edge_metrics(out: &mut String, edge: &Edge) {
         "# HELP {name} Objects the edge store evicted for its byte budget.\n# TYPE {name} counter\n{name} {}",
         store.evictions
     );
+}
+
+/// The HTTP door's listener for axum: plain or TLS (`[tls]`), see [`basalt_tls::Listener`].
+pub struct Door(pub basalt_tls::Listener);
+
+impl axum::serve::Listener for Door {
+    type Io = basalt_tls::Conn;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.0.accept().await {
+                Ok(accepted) => return accepted,
+                Err(e) => {
+                    // Out of descriptors, or the handshakes stopped with the node: pause rather
+                    // than spin (the server's shutdown ends this wait).
+                    tracing::debug!(error = %e, "HTTP accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.0.local_addr())
+    }
 }
 
 #[cfg(test)]

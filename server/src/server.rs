@@ -22,7 +22,6 @@ use basalt_client::pb::txn_server::TxnServer;
 use basalt_raft::cluster_guard::ClusterGuard;
 use basalt_raft::log_store::LogStore;
 use basalt_raft::network::{NetworkFactory, RaftGrpcService};
-use basalt_raft::peer_tls::PeerTls;
 use basalt_raft::state_machine::StateMachine;
 use basalt_raft::Raft;
 use basalt_replication::pb::region_feed_server::RegionFeedServer;
@@ -30,6 +29,7 @@ use basalt_storage::cluster_id::ClusterId;
 use basalt_storage::command::{Command, KvOp, Op, Response};
 use basalt_storage::hlc::Hlc;
 use basalt_storage::log::LogOptions;
+use basalt_tls::{NodeTls, TlsRole};
 use openraft::{BasicNode, SnapshotPolicy};
 
 use crate::api::{Api, ApiCounters};
@@ -68,7 +68,9 @@ pub enum NodeError {
         given: basalt_storage::cluster_id::ClusterId,
     },
     #[error("peer TLS: {0}")]
-    PeerTls(basalt_raft::peer_tls::TlsError),
+    PeerTls(basalt_tls::TlsError),
+    #[error("client TLS: {0}")]
+    ClientTls(basalt_tls::TlsError),
     #[error("serving gRPC on {addr}: {source}")]
     Serve {
         addr: std::net::SocketAddr,
@@ -195,6 +197,13 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         .applied_membership()
         .map_err(io("reading the applied membership"))?;
     let also_on_client_port = raft_also_on_client_port(&config, &applied_membership)?;
+    if also_on_client_port && config.tls.is_some() {
+        return Err(NodeError::Config(ConfigError::Invalid(
+            "the client doors run TLS, but the membership lists this node without a peer address, so the members \
+             would send Raft to its client port: re-add it with its peer address first"
+                .into(),
+        )));
+    }
     if also_on_client_port && gate.is_some() {
         return Err(NodeError::Config(ConfigError::Invalid(
             "client authentication is on, but the membership lists this node without a peer address, so Raft \
@@ -208,7 +217,15 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
     cluster.set_may_adopt(first_index.is_none() && last_index.is_none() && applied_membership.log_id().is_none());
     let incoming_dir = state_machine.snapshot_dir().to_path_buf();
     let peer_tls = match &config.peer_tls {
-        Some(tls) => Some(Arc::new(PeerTls::load(tls.files()).map_err(NodeError::PeerTls)?)),
+        Some(tls) => Some(Arc::new(
+            NodeTls::load(tls.files(), TlsRole::Peer).map_err(NodeError::PeerTls)?,
+        )),
+        None => None,
+    };
+    let client_tls = match &config.tls {
+        Some(tls) => Some(Arc::new(
+            NodeTls::load(tls.files(), TlsRole::ClientDoors).map_err(NodeError::ClientTls)?,
+        )),
         None => None,
     };
     let network = NetworkFactory::new(
@@ -274,6 +291,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         expiry_tick: Arc::default(),
         cluster: cluster.clone(),
         peer_tls: peer_tls.clone(),
+        client_tls: client_tls.clone(),
         peer_listen: config.peer_listen,
         gate: gate.as_ref().map(|(gate, _)| Arc::clone(gate)),
     };
@@ -294,6 +312,14 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
     let wait_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
+    if let Some(tls) = &client_tls {
+        tokio::spawn(tls.clone().keep_reloading(stop_rx.clone()));
+    }
+    // The HTTP door, RESP and the edge: plain, or TLS with the client doors' files.
+    let door = |tcp: tokio::net::TcpListener, protocol: basalt_tls::Protocol, what: &str| {
+        basalt_tls::Listener::new(tcp, client_tls.clone(), protocol, stop_rx.clone())
+            .map_err(io(format!("reading {what}'s address")))
+    };
 
     let edge_task = match edge {
         Some((edge, listener)) => {
@@ -309,7 +335,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
                 stop_rx.clone(),
             ));
             let task = tokio::spawn(crate::edge::serve(
-                listener,
+                door(listener, basalt_tls::Protocol::Http1, "the edge cache")?,
                 Arc::clone(&edge),
                 wait_stop(stop_rx.clone()),
             ));
@@ -321,9 +347,13 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
 
     let http_task = match config.http {
         Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(io(format!("binding HTTP on {addr}")))?;
+            let listener = door(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(io(format!("binding HTTP on {addr}")))?,
+                basalt_tls::Protocol::Http1,
+                "HTTP",
+            )?;
             let router = crate::http::router(
                 api.clone(),
                 config.allow_clock_control,
@@ -332,7 +362,10 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
             );
             let stop = wait_stop(stop_rx.clone());
             Some(tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(stop).await {
+                if let Err(e) = axum::serve(crate::http::Door(listener), router)
+                    .with_graceful_shutdown(stop)
+                    .await
+                {
                     tracing::error!(error = %e, "http server failed");
                 }
             }))
@@ -346,9 +379,10 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
             // following the leader from there: the request path every client takes.
             let options = basalt_client::ClientOptions {
                 token: gate.as_ref().map(|(_, root)| root.clone()),
+                tls: api.credentials().connector().cloned(),
                 ..basalt_client::ClientOptions::default()
             };
-            let client = basalt_client::Client::lazy([config.advertised_addr()], options)
+            let client = basalt_client::Client::lazy([own_client_addr(&config)], options)
                 .map_err(|e| NodeError::Config(ConfigError::Invalid(format!("RESP's client: {e}"))))?;
             let resp_config = basalt_resp::RespConfig {
                 password: config.resp.password.clone(),
@@ -357,9 +391,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
                 node_id: config.id,
                 basalt_version: env!("CARGO_PKG_VERSION").to_string(),
             };
-            if let Ok(addr) = listener.local_addr() {
-                tracing::info!(%addr, auth = resp_config.password.is_some(), "RESP serving");
-            }
+            let listener = door(listener, basalt_tls::Protocol::Other, "RESP")?;
+            tracing::info!(addr = %listener.local_addr(), auth = resp_config.password.is_some(), tls = listener.is_tls(), "RESP serving");
             Some(tokio::spawn(basalt_resp::serve(
                 listener,
                 client,
@@ -416,7 +449,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
                 }
                 Some(tls) => {
                     tokio::spawn(tls.clone().keep_reloading(stop_rx.clone()));
-                    let incoming = basalt_raft::peer_tls::incoming(listener, tls.clone(), stop_rx.clone());
+                    let incoming = basalt_tls::listener::incoming(listener, tls.clone(), stop_rx.clone());
                     let serve = server.serve_with_incoming_shutdown(incoming, stop);
                     tokio::spawn(stop_when_done(stop_tx.clone(), async move {
                         serve.await.map_err(|source| NodeError::Serve { addr, source })
@@ -429,10 +462,10 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
     let client_listener = client_socket
         .listen(LISTEN_BACKLOG)
         .map_err(io(format!("listening on the client API on {}", config.listen)))?;
-    tracing::info!(id = config.id, listen = %config.listen, data_dir = %config.data_dir.display(), "node serving");
+    tracing::info!(id = config.id, listen = %config.listen, data_dir = %config.data_dir.display(), tls = client_tls.is_some(), "node serving");
     // Client requests are bounded so that one, or a merge of them, always fits a log entry.
     use basalt_storage::limits::CLIENT_MESSAGE_BYTES_MAX;
-    let serve = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .layer(crate::access::AccessLayer::new(api.gate.clone()))
         .add_optional_service(raft_on_client_port)
@@ -448,12 +481,25 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         .add_service(ClusterServer::new(api.clone()).max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX))
         .add_service(CacheServer::new(cache_service).max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX))
         .add_service(AuthServer::new(api.clone()).max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX))
-        .add_service(feed_receiver)
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(client_listener).with_nodelay(Some(true)),
-            wait_stop(stop_rx.clone()),
-        )
-        .await;
+        .add_service(feed_receiver);
+    let serve = match &client_tls {
+        None => {
+            router
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(client_listener).with_nodelay(Some(true)),
+                    wait_stop(stop_rx.clone()),
+                )
+                .await
+        }
+        Some(tls) => {
+            router
+                .serve_with_incoming_shutdown(
+                    basalt_tls::listener::incoming(client_listener, tls.clone(), stop_rx.clone()),
+                    wait_stop(stop_rx.clone()),
+                )
+                .await
+        }
+    };
 
     tracing::info!(id = config.id, "shutting down");
     fail_stop.abort();
@@ -500,6 +546,23 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         source,
     })?;
     peer_served
+}
+
+/// The address RESP's SDK handle dials this node's client port at: the advertised one, or, for a
+/// node listening on every address (`0.0.0.0`, `::`), loopback (the client doors' certificate must
+/// then name 127.0.0.1 or ::1).
+fn own_client_addr(config: &NodeConfig) -> String {
+    let advertised = config.advertised_addr();
+    match advertised.parse::<std::net::SocketAddr>() {
+        Ok(addr) if addr.ip().is_unspecified() => {
+            let loopback: std::net::IpAddr = match addr {
+                std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            };
+            std::net::SocketAddr::new(loopback, addr.port()).to_string()
+        }
+        _ => advertised,
+    }
 }
 
 /// Binds `addr` (SO_REUSEADDR, as tokio's listeners do) without listening yet: a port another

@@ -173,6 +173,9 @@ pub struct TestCluster {
     peer_listeners: bool,
     /// The root token, when [`TestCluster::enable_auth`] made the nodes authenticate clients.
     root_token: Option<basalt_client::Token>,
+    /// How [`TestCluster::client`] connects when the nodes' client doors run TLS
+    /// ([`TestCluster::set_client_tls`]).
+    client_tls: Option<basalt_client::TlsConnector>,
 }
 
 impl TestCluster {
@@ -204,6 +207,7 @@ impl TestCluster {
             resp: BTreeMap::new(),
             peer_listeners: true,
             root_token: None,
+            client_tls: None,
         }
     }
 
@@ -229,6 +233,13 @@ impl TestCluster {
             .extend(["--root-token-file".to_string(), path.display().to_string()]);
         self.root_token = Some(token.clone());
         token
+    }
+
+    /// Makes [`TestCluster::client`] connect with `tls`, for nodes whose client doors run TLS
+    /// (the test gives them their `--tls-*` flags). [`TestCluster::metric`] and the clock
+    /// controls speak plain HTTP and do not work with such nodes.
+    pub fn set_client_tls(&mut self, tls: basalt_client::TlsConnector) {
+        self.client_tls = Some(tls);
     }
 
     /// Whether the nodes started from now on listen for peers apart from clients
@@ -427,6 +438,7 @@ impl TestCluster {
         let options = ClientOptions {
             request_timeout: Duration::from_secs(15),
             token: self.root_token.clone(),
+            tls: self.client_tls.clone(),
             ..Default::default()
         };
         let deadline = Instant::now() + Duration::from_secs(30);

@@ -13,7 +13,6 @@ use basalt_client::ErrorCode;
 use basalt_raft::member_addr::MemberAddr;
 use basalt_storage::command::{CacheOp, Op, PurgeTarget, Response};
 use futures::future::join_all;
-use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response as GrpcResponse, Status};
 
 use super::{metrics_now, status, unexpected_result, Api};
@@ -46,13 +45,6 @@ pub fn purge_target(request: &pb::CachePurgeRequest) -> Result<PurgeTarget, Stat
             "a purge names a url, a prefix, a tag, or everything",
         )),
     }
-}
-
-/// A channel to another node of the region, connected on first use.
-fn peer_channel(addr: &str) -> Result<Channel, String> {
-    Endpoint::from_shared(format!("http://{addr}"))
-        .map(|e| e.connect_timeout(PEER_CONNECT_TIMEOUT).tcp_nodelay(true).connect_lazy())
-        .map_err(|e| format!("bad node address {addr:?}: {e}"))
 }
 
 impl CacheService {
@@ -136,9 +128,12 @@ impl CacheService {
         let addr = self
             .client_route(leader, member.peer.is_some(), &member.client)
             .to_string();
-        let channel = peer_channel(&addr).map_err(|e| status(ErrorCode::Unavailable, e))?;
+        let credentials = self.api.credentials();
+        let channel = credentials
+            .channel(&addr, PEER_CONNECT_TIMEOUT)
+            .map_err(|e| status(ErrorCode::Unavailable, e))?;
         let mut forwarded = Request::new(request);
-        self.api.credentials().sign(&mut forwarded);
+        credentials.sign(&mut forwarded);
         // The leader answers within the wait (at most the maximum) once it has the write.
         forwarded.set_timeout(PURGE_CONFIRM_WAIT_MAX + PEER_CONNECT_TIMEOUT + PEER_REPLY_MARGIN);
         CacheClient::new(channel)
@@ -212,7 +207,7 @@ async fn await_peer(
     wait: Duration,
     credentials: crate::access::NodeCredentials,
 ) -> Result<u64, String> {
-    let channel = peer_channel(addr)?;
+    let channel = credentials.channel(addr, PEER_CONNECT_TIMEOUT)?;
     let mut request = Request::new(pb::AwaitPurgeRequest {
         seq,
         wait_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
@@ -246,7 +241,7 @@ async fn peer_stats(
         error,
         ..Default::default()
     };
-    let channel = match peer_channel(addr) {
+    let channel = match credentials.channel(addr, PEER_CONNECT_TIMEOUT) {
         Ok(channel) => channel,
         Err(e) => return unreachable(e),
     };

@@ -18,6 +18,7 @@ async fn check_peer_listener(
     addr: &str,
     peer_addr: &str,
     credentials: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    tls: Option<&basalt_tls::Connector>,
 ) -> Result<(), Status> {
     use basalt_client::pb::cluster_client::ClusterClient;
     const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -33,11 +34,13 @@ async fn check_peer_listener(
         .map_err(|e| status(ErrorCode::InvalidArgument, format!("addr {addr:?}: {e}")))?;
     let mut request = Request::new(pb::StatusRequest {});
     request.set_timeout(PROBE_TIMEOUT);
-    // The caller's own credentials, never the node's: the address is the caller's to name.
+    // The caller's own credentials, never the node's: the address is the caller's to name (with
+    // client TLS the probe shows no certificate either).
     if let Some(credentials) = credentials {
         request.metadata_mut().insert("authorization", credentials);
     }
-    let probe = async { ClusterClient::new(endpoint.connect_lazy()).status(request).await };
+    let channel = basalt_tls::lazy_channel(endpoint, addr, tls, PROBE_TIMEOUT);
+    let probe = async { ClusterClient::new(channel).status(request).await };
     let reported = match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
         Ok(Ok(status)) => status.into_inner().peer_listen,
         Ok(Err(_)) => return Err(unreachable("its status request failed")),
@@ -177,7 +180,7 @@ impl Cluster for Api {
         }
         // On the leader only: a follower redirects without asking the node.
         self.ensure_leader()?;
-        check_peer_listener(&r.addr, &r.peer_addr, credentials).await?;
+        check_peer_listener(&r.addr, &r.peer_addr, credentials, self.credentials().connector()).await?;
         let member = MemberAddr {
             client: r.addr,
             peer: Some(r.peer_addr).filter(|peer| !peer.is_empty()),

@@ -73,7 +73,10 @@ pub struct Api {
     /// The peer listener this node was started with (`--peer-listen`), for status.
     pub peer_listen: Option<std::net::SocketAddr>,
     /// Mutual TLS on the peer listener, when the node has it (for /metrics).
-    pub peer_tls: Option<Arc<basalt_raft::peer_tls::PeerTls>>,
+    pub peer_tls: Option<Arc<basalt_tls::NodeTls>>,
+    /// TLS on the client doors (`[tls]`), when the node has it: also how it calls other nodes'
+    /// client ports (see [`Api::credentials`]).
+    pub client_tls: Option<Arc<basalt_tls::NodeTls>>,
     /// Client authentication, when the node has a root token (`[auth]`).
     pub gate: Option<Arc<crate::access::Gate>>,
 }
@@ -450,7 +453,7 @@ impl Api {
     /// What this node's own calls to other nodes' client ports carry (the root token when it
     /// authenticates clients).
     pub(crate) fn credentials(&self) -> crate::access::NodeCredentials {
-        crate::access::NodeCredentials::new(self.gate.clone())
+        crate::access::NodeCredentials::new(self.gate.clone(), self.client_tls.clone())
     }
 
     fn check_key(key: &[u8]) -> Result<(), Status> {

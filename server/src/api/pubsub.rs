@@ -16,7 +16,7 @@ use basalt_storage::apply::queue::check_name;
 use basalt_storage::limits::MESSAGE_BYTES_MAX;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Response as GrpcResponse, Status};
 
 use super::{metrics_now, op_error_status, status, Api};
@@ -129,16 +129,15 @@ impl Broker {
         subscribers.len()
     }
 
-    fn peer(&self, addr: &str) -> Option<Channel> {
+    /// A channel to the client port at `addr`, made with `credentials`' TLS on first use and
+    /// kept (whether a node runs client TLS is fixed at its start; each reconnection handshakes
+    /// with the files as they are then).
+    fn peer(&self, addr: &str, credentials: &crate::access::NodeCredentials) -> Option<Channel> {
         let mut peers = self.peers.lock().expect("peers lock");
         if let Some(c) = peers.get(addr) {
             return Some(c.clone());
         }
-        let channel = Endpoint::from_shared(format!("http://{addr}"))
-            .ok()?
-            .connect_timeout(RELAY_TIMEOUT)
-            .tcp_nodelay(true)
-            .connect_lazy();
+        let channel = credentials.channel(addr, RELAY_TIMEOUT).ok()?;
         peers.insert(addr.to_string(), channel.clone());
         Some(channel)
     }
@@ -173,21 +172,24 @@ impl Api {
     /// Relays a publish to `peers`; returns the subscribers they reached.
     async fn relay(&self, peers: Vec<String>, channel: &[u8], payload: &[u8]) -> u32 {
         let credentials = self.credentials();
-        let relays = peers.into_iter().filter_map(|addr| self.broker.peer(&addr)).map(|c| {
-            let mut request = tonic::Request::new(pb::PublishRequest {
-                channel: channel.to_vec(),
-                payload: payload.to_vec(),
-                relayed: true,
-            });
-            credentials.sign(&mut request);
-            async move {
-                let mut client = basalt_client::service_client!(PubSubClient, c);
-                match tokio::time::timeout(RELAY_TIMEOUT, client.publish(request)).await {
-                    Ok(Ok(reply)) => reply.into_inner().receivers,
-                    _ => 0,
+        let relays = peers
+            .into_iter()
+            .filter_map(|addr| self.broker.peer(&addr, &credentials))
+            .map(|c| {
+                let mut request = tonic::Request::new(pb::PublishRequest {
+                    channel: channel.to_vec(),
+                    payload: payload.to_vec(),
+                    relayed: true,
+                });
+                credentials.sign(&mut request);
+                async move {
+                    let mut client = basalt_client::service_client!(PubSubClient, c);
+                    match tokio::time::timeout(RELAY_TIMEOUT, client.publish(request)).await {
+                        Ok(Ok(reply)) => reply.into_inner().receivers,
+                        _ => 0,
+                    }
                 }
-            }
-        });
+            });
         futures::future::join_all(relays).await.into_iter().sum()
     }
 }

@@ -19,7 +19,6 @@ use basalt_edge::freshness::StorePolicy;
 use basalt_edge::store::EdgeStore;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::config::{CacheConfig, ConfigError};
@@ -133,7 +132,7 @@ impl Edge {
 /// request's headers (an idle keep-alive connection is closed after it). Malformed requests are
 /// answered 400 by hyper before they reach the handler. When `stop` resolves, connections finish
 /// the request they serve and close.
-pub async fn serve(listener: TcpListener, edge: Arc<Edge>, stop: impl std::future::Future<Output = ()>) {
+pub async fn serve(mut listener: basalt_tls::Listener, edge: Arc<Edge>, stop: impl std::future::Future<Output = ()>) {
     tokio::pin!(stop);
     let connections = Arc::new(Semaphore::new(EDGE_CONNECTIONS_MAX));
     let graceful = GracefulShutdown::new();
@@ -157,7 +156,6 @@ pub async fn serve(listener: TcpListener, edge: Arc<Edge>, stop: impl std::futur
                 }
             },
         };
-        let _ = stream.set_nodelay(true);
         let edge = Arc::clone(&edge);
         let service = hyper::service::service_fn(move |request| {
             let edge = Arc::clone(&edge);

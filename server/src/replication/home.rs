@@ -22,7 +22,7 @@ use basalt_client::pb::queue_server::Queue;
 use basalt_client::pb::txn_client::TxnClient;
 use basalt_client::pb::txn_server::Txn;
 use basalt_client::{ErrorCode, ERROR_CODE_KEY};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use basalt_storage::apply::replication::homed_copy_complete;
@@ -55,20 +55,14 @@ pub struct HomeRoute {
 }
 
 impl HomeRoute {
-    pub fn new(home: RemoteRegion) -> Result<HomeRoute, String> {
+    pub fn new(home: RemoteRegion, credentials: &crate::access::NodeCredentials) -> Result<HomeRoute, String> {
         let channels = home
             .endpoints
             .iter()
             .map(|addr| {
-                Endpoint::from_shared(format!("http://{addr}"))
-                    .map(|e| {
-                        (
-                            addr.clone(),
-                            e.connect_timeout(Duration::from_secs(2))
-                                .tcp_nodelay(true)
-                                .connect_lazy(),
-                        )
-                    })
+                credentials
+                    .channel(addr, Duration::from_secs(2))
+                    .map(|channel| (addr.clone(), channel))
                     .map_err(|e| format!("home region endpoint {addr}: {e}"))
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -207,7 +201,7 @@ impl Homed {
         let home = super::remote_region(&topology, topology.home)?;
         let mut route = self.route.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if route.as_ref().map(|r| &r.home) != Some(&home) {
-            match HomeRoute::new(home) {
+            match HomeRoute::new(home, &self.api.credentials()) {
                 Ok(fresh) => *route = Some(fresh),
                 Err(e) => {
                     // Apply checked every endpoint parses as ip:port; this cannot happen.

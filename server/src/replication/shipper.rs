@@ -138,13 +138,17 @@ async fn session(
         endpoint: endpoint.to_string(),
         reason,
     };
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{endpoint}"))
-        .map_err(|e| connect_error(e.to_string()))?
-        .connect_timeout(FEED_CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
-        .connect()
-        .await
-        .map_err(|e| connect_error(e.to_string()))?;
+    let channel = basalt_tls::connected_channel(
+        tonic::transport::Endpoint::from_shared(format!("http://{endpoint}"))
+            .map_err(|e| connect_error(e.to_string()))?
+            .connect_timeout(FEED_CONNECT_TIMEOUT)
+            .tcp_nodelay(true),
+        endpoint,
+        api.credentials().connector(),
+        FEED_CONNECT_TIMEOUT,
+    )
+    .await
+    .map_err(|e| connect_error(e.to_string()))?;
     let mut client = RegionFeedClient::new(channel)
         .max_decoding_message_size(crate::limits::FEED_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(crate::limits::FEED_MESSAGE_BYTES_MAX);

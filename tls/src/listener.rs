@@ -1,0 +1,494 @@
+//! The accept side of a node's listeners, with or without TLS.
+//!
+//! [`incoming`] (for tonic's `serve_with_incoming`) and [`Listener`] (for the HTTP door, RESP and
+//! the edge, which accept connections one at a time) run each TLS handshake on a task of its own,
+//! so a slow one holds up no other, and bound them: at most [`HANDSHAKES_MAX`] in progress per
+//! peer listener and [`HANDSHAKES_PER_IP_MAX`] per source address (more on a client door:
+//! [`CLIENT_DOOR_HANDSHAKES_MAX`], [`CLIENT_DOOR_HANDSHAKES_PER_IP_MAX`]); a connection beyond them
+//! is dropped at once. A handshake has the handshake timeout to finish, and its connection as
+//! long again to enter the queue of [`HANDSHAKES_QUEUED_MAX`] the server takes from (else it is
+//! dropped): it holds its slot until then, so a server that takes no connections (an edge at its
+//! connection limit) holds at most the limit plus the queue. A connection whose handshake succeeded
+//! carries [`ConnectInfo`]: its addresses and the name its client certificate gives, if any.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+use crate::limits::{
+    CLIENT_DOOR_HANDSHAKES_MAX, CLIENT_DOOR_HANDSHAKES_PER_IP_MAX, CLIENT_NAME_BYTES_MAX, HANDSHAKES_MAX,
+    HANDSHAKES_PER_IP_MAX, HANDSHAKES_QUEUED_MAX, TLS_HANDSHAKE_TIMEOUT,
+};
+use crate::node_tls::{NodeTls, Protocol, TlsRole};
+
+/// What a connection tells of its client: tonic puts it in every request's extensions (see
+/// [`remote_addr`]), the access layer reads the certificate's name from it.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectInfo {
+    pub local: Option<SocketAddr>,
+    pub remote: Option<SocketAddr>,
+    /// The subject common name of the certificate the client showed in the handshake (verified
+    /// against the client doors' client CA), if it showed one and it has a name that fits
+    /// [`CLIENT_NAME_BYTES_MAX`].
+    pub client_name: Option<Arc<str>>,
+}
+
+/// The remote address of a request to a gRPC server, whether it came over plain TCP or through
+/// [`incoming`].
+pub fn remote_addr<T>(request: &tonic::Request<T>) -> Option<SocketAddr> {
+    request
+        .extensions()
+        .get::<ConnectInfo>()
+        .and_then(|info| info.remote)
+        .or_else(|| request.remote_addr())
+}
+
+/// The subject common name of a DER certificate, if it parses, has one, and it is UTF-8 of at
+/// most [`CLIENT_NAME_BYTES_MAX`] bytes.
+pub fn common_name(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let subject = cert.subject();
+    let name = subject.iter_common_name().next()?.as_str().ok()?;
+    (!name.is_empty() && name.len() <= CLIENT_NAME_BYTES_MAX).then(|| name.to_string())
+}
+
+/// An accepted connection whose TLS handshake succeeded.
+pub struct TlsConn {
+    inner: tokio_rustls::server::TlsStream<TcpStream>,
+    info: ConnectInfo,
+}
+
+impl TlsConn {
+    pub fn new(inner: tokio_rustls::server::TlsStream<TcpStream>) -> TlsConn {
+        let (tcp, session) = inner.get_ref();
+        let client_name = session
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(|cert| common_name(cert.as_ref()))
+            .map(Arc::from);
+        let info = ConnectInfo {
+            local: tcp.local_addr().ok(),
+            remote: tcp.peer_addr().ok(),
+            client_name,
+        };
+        TlsConn { inner, info }
+    }
+
+    pub fn info(&self) -> &ConnectInfo {
+        &self.info
+    }
+}
+
+impl tonic::transport::server::Connected for TlsConn {
+    type ConnectInfo = ConnectInfo;
+
+    fn connect_info(&self) -> ConnectInfo {
+        self.info.clone()
+    }
+}
+
+impl AsyncRead for TlsConn {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsConn {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// A handshake's place among those in progress on one listener: one of [`HANDSHAKES_MAX`] and
+/// one of its address's [`HANDSHAKES_PER_IP_MAX`], given back when dropped.
+struct HandshakeSlot {
+    limiter: Arc<HandshakeLimiter>,
+    ip: IpAddr,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// The handshakes in progress on one listener.
+struct HandshakeLimiter {
+    slots: Arc<Semaphore>,
+    by_ip: Mutex<HashMap<IpAddr, usize>>,
+    per_ip_max: usize,
+}
+
+impl HandshakeLimiter {
+    fn new(role: TlsRole) -> Arc<HandshakeLimiter> {
+        let (max, per_ip_max) = match role {
+            TlsRole::Peer => (HANDSHAKES_MAX, HANDSHAKES_PER_IP_MAX),
+            TlsRole::ClientDoors => (CLIENT_DOOR_HANDSHAKES_MAX, CLIENT_DOOR_HANDSHAKES_PER_IP_MAX),
+        };
+        Arc::new(HandshakeLimiter {
+            slots: Arc::new(Semaphore::new(max)),
+            by_ip: Mutex::new(HashMap::new()),
+            per_ip_max,
+        })
+    }
+
+    fn take(self: &Arc<Self>, ip: IpAddr) -> Option<HandshakeSlot> {
+        let permit = self.slots.clone().try_acquire_owned().ok()?;
+        let mut by_ip = self.by_ip.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = by_ip.entry(ip).or_insert(0);
+        if *count >= self.per_ip_max {
+            return None;
+        }
+        *count += 1;
+        Some(HandshakeSlot {
+            limiter: self.clone(),
+            ip,
+            _permit: permit,
+        })
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        let mut by_ip = self
+            .limiter
+            .by_ip
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(count) = by_ip.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                by_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Accepts connections on `listener`, runs each handshake on a task of its own, and sends the
+/// connections whose handshake succeeded. Ends when `stop` turns true or the receiver is gone.
+fn handshakes(
+    listener: TcpListener,
+    tls: Arc<NodeTls>,
+    protocol: Protocol,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::sync::mpsc::Receiver<TlsConn> {
+    let (tx, rx) = tokio::sync::mpsc::channel(HANDSHAKES_QUEUED_MAX);
+    let limiter = HandshakeLimiter::new(tls.role());
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = stop.wait_for(|stopped| *stopped) => return,
+                () = tx.closed() => return,
+            };
+            let (stream, from) = match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of descriptors and the like: pause rather than spin.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            // A connection beyond the handshakes in progress is dropped at once: a flood of
+            // connections that never finish a handshake holds at most that many descriptors and
+            // tasks, for at most the handshake timeout each.
+            let Some(slot) = limiter.take(from.ip()) else {
+                tls.handshakes_dropped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let (tls, tx) = (tls.clone(), tx.clone());
+            tokio::spawn(async move {
+                if let Some(stream) = tls.accept(stream, protocol).await {
+                    let _ = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tx.send(TlsConn::new(stream))).await;
+                }
+                drop(slot);
+            });
+        }
+    });
+    rx
+}
+
+/// The connections of a TLS listener of gRPC, for tonic's `serve_with_incoming`. Ends when
+/// `stop` turns true.
+pub fn incoming(
+    listener: TcpListener,
+    tls: Arc<NodeTls>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> impl tokio_stream::Stream<Item = std::io::Result<TlsConn>> {
+    use tokio_stream::StreamExt;
+    tokio_stream::wrappers::ReceiverStream::new(handshakes(listener, tls, Protocol::Grpc, stop)).map(Ok)
+}
+
+/// A connection accepted by a [`Listener`].
+pub enum Conn {
+    Plain(TcpStream),
+    Tls(Box<TlsConn>),
+}
+
+impl Conn {
+    /// The name the client's certificate gives (see [`ConnectInfo::client_name`]).
+    pub fn client_name(&self) -> Option<&str> {
+        match self {
+            Conn::Plain(_) => None,
+            Conn::Tls(tls) => tls.info.client_name.as_deref(),
+        }
+    }
+
+    /// Splits the connection into halves that can be used on two tasks at once (a plain TCP
+    /// stream's own halves, which take no lock).
+    pub fn into_split(self) -> (Box<dyn AsyncRead + Send + Unpin>, Box<dyn AsyncWrite + Send + Unpin>) {
+        match self {
+            Conn::Plain(tcp) => {
+                let (reader, writer) = tcp.into_split();
+                (Box::new(reader), Box::new(writer))
+            }
+            Conn::Tls(tls) => {
+                let (reader, writer) = tokio::io::split(*tls);
+                (Box::new(reader), Box::new(writer))
+            }
+        }
+    }
+}
+
+impl Conn {
+    fn io(self: Pin<&mut Self>) -> Pin<&mut (dyn AsyncReadWrite + Unpin)> {
+        match self.get_mut() {
+            Conn::Plain(tcp) => Pin::new(tcp),
+            Conn::Tls(tls) => Pin::new(tls.as_mut()),
+        }
+    }
+}
+
+/// Both halves of a stream, as one object.
+trait AsyncReadWrite: AsyncRead + AsyncWrite {}
+impl<T: AsyncRead + AsyncWrite> AsyncReadWrite for T {}
+
+impl AsyncRead for Conn {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        self.io().poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        self.io().poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.io().poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.io().poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.io().poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Conn::Plain(tcp) => tcp.is_write_vectored(),
+            Conn::Tls(tls) => tls.is_write_vectored(),
+        }
+    }
+}
+
+/// A listener that hands out connections one at a time, plain or after a TLS handshake.
+pub struct Listener {
+    local: SocketAddr,
+    inner: Inner,
+}
+
+enum Inner {
+    Plain(TcpListener),
+    Tls(tokio::sync::mpsc::Receiver<TlsConn>),
+}
+
+impl Listener {
+    /// Listens on `tcp` for `protocol`, with TLS when `tls` is given; the handshakes stop when
+    /// `stop` turns true.
+    pub fn new(
+        tcp: TcpListener,
+        tls: Option<Arc<NodeTls>>,
+        protocol: Protocol,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> std::io::Result<Listener> {
+        let local = tcp.local_addr()?;
+        let inner = match tls {
+            None => Inner::Plain(tcp),
+            Some(tls) => Inner::Tls(handshakes(tcp, tls, protocol, stop)),
+        };
+        Ok(Listener { local, inner })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Whether connections are TLS.
+    pub fn is_tls(&self) -> bool {
+        matches!(self.inner, Inner::Tls(_))
+    }
+
+    /// The next connection and its remote address. Cancel safe. An error is transient (out of
+    /// descriptors), or, with TLS, says the listener stopped.
+    pub async fn accept(&mut self) -> std::io::Result<(Conn, SocketAddr)> {
+        match &mut self.inner {
+            Inner::Plain(tcp) => {
+                let (stream, from) = tcp.accept().await?;
+                let _ = stream.set_nodelay(true);
+                Ok((Conn::Plain(stream), from))
+            }
+            Inner::Tls(connections) => match connections.recv().await {
+                Some(conn) => {
+                    let from = conn.info.remote.unwrap_or(self.local);
+                    Ok((Conn::Tls(Box::new(conn)), from))
+                }
+                None => Err(std::io::Error::new(
+                    std::io::ErrorKind::NotConnected,
+                    "the listener stopped",
+                )),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node_tls::tests::{ca, leaf, write_files};
+    use crate::node_tls::{TlsFiles, TlsRole};
+    use crate::ClientTls;
+    use proptest::prelude::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn tls(files: TlsFiles) -> Arc<NodeTls> {
+        Arc::new(NodeTls::load(files, TlsRole::ClientDoors).expect("load"))
+    }
+
+    #[tokio::test]
+    async fn handshakes_in_progress_are_bounded_per_address() {
+        let limiter = HandshakeLimiter::new(TlsRole::Peer);
+        let one: IpAddr = [10, 0, 0, 1].into();
+        let slots: Vec<_> = (0..HANDSHAKES_PER_IP_MAX)
+            .map(|_| limiter.take(one).expect("a slot"))
+            .collect();
+        assert!(limiter.take(one).is_none(), "the address has all its slots");
+        let other = limiter.take([10, 0, 0, 2].into()).expect("another address");
+        drop(slots);
+        drop(other);
+        assert!(limiter.take(one).is_some(), "slots come back");
+        assert!(limiter.by_ip.lock().expect("lock").len() <= 1);
+    }
+
+    /// A client door: clients with no certificate and clients with one of the CA are served
+    /// (the latter named by it); a certificate of another CA, a client that does not trust the
+    /// server's CA, and plaintext are not.
+    #[tokio::test]
+    async fn a_client_door_serves_clients_with_or_without_a_certificate_of_its_ca_and_no_other() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (ca_pem, issuer) = ca();
+        let (other_pem, other_issuer) = ca();
+        let mut files = write_files(dir.path(), &issuer, &ca_pem);
+        files.client_ca = Some(files.ca.clone());
+        let node = tls(files);
+        let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+        let mut listener = Listener::new(tcp, Some(node.clone()), Protocol::Grpc, stop).expect("listener");
+        let addr = listener.local_addr().to_string();
+        let server = tokio::spawn(async move {
+            let mut names = Vec::new();
+            while let Ok(Ok((mut conn, _))) = tokio::time::timeout(Duration::from_secs(3), listener.accept()).await {
+                names.push(conn.client_name().map(str::to_string));
+                let mut byte = [0u8; 1];
+                if conn.read_exact(&mut byte).await.is_ok() {
+                    let _ = conn.write_all(&byte).await;
+                }
+            }
+            names
+        });
+        let echo = |client: ClientTls| {
+            let addr = addr.clone();
+            async move {
+                let mut stream = client.connect(&addr, Duration::from_secs(3)).await.ok()?;
+                stream.write_all(b"x").await.ok()?;
+                let mut byte = [0u8; 1];
+                tokio::time::timeout(Duration::from_secs(3), stream.read_exact(&mut byte))
+                    .await
+                    .ok()?
+                    .ok()?;
+                Some(byte[0])
+            }
+        };
+        let anonymous = ClientTls::from_pem(ca_pem.as_bytes(), None).expect("client");
+        assert_eq!(echo(anonymous).await, Some(b'x'), "no certificate");
+        let (cert, key) = leaf(&issuer, "alice");
+        let alice = ClientTls::from_pem(ca_pem.as_bytes(), Some((cert.as_bytes(), key.as_bytes()))).expect("alice");
+        assert_eq!(echo(alice).await, Some(b'x'), "a certificate of the CA");
+        let (cert, key) = leaf(&other_issuer, "mallory");
+        let mallory = ClientTls::from_pem(ca_pem.as_bytes(), Some((cert.as_bytes(), key.as_bytes()))).expect("m");
+        assert_eq!(echo(mallory).await, None, "a certificate of another CA");
+        let stranger = ClientTls::from_pem(other_pem.as_bytes(), None).expect("stranger");
+        assert_eq!(echo(stranger).await, None, "a server of another CA");
+        let mut plain = TcpStream::connect(&addr).await.expect("connect");
+        plain.write_all(b"PING\r\n").await.expect("write");
+        let mut reply = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(3), plain.read_to_end(&mut reply)).await;
+        assert!(!reply.starts_with(b"x"), "plaintext is not served");
+        drop(plain);
+        let names = server.await.expect("server");
+        assert_eq!(names, vec![None, Some("alice".to_string())]);
+        assert!(node.handshake_failures() >= 2, "{}", node.handshake_failures());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        /// Whatever bytes a client certificate holds, reading its name never panics.
+        #[test]
+        fn any_bytes_as_a_certificate_give_a_name_or_none(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let _ = common_name(&bytes);
+        }
+    }
+
+    #[test]
+    fn a_certificate_names_its_common_name() {
+        let (_, issuer) = ca();
+        let (pem, _) = leaf(&issuer, "alice");
+        let der = crate::node_tls::tests::der(&pem);
+        assert_eq!(common_name(&der).as_deref(), Some("alice"));
+        let mut damaged = der.clone();
+        let cut = damaged.len() / 2;
+        damaged.truncate(cut);
+        assert_eq!(common_name(&damaged), None);
+    }
+}
