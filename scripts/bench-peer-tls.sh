@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# What mutual TLS between the nodes costs: interleaved rounds of a fresh 3-node `basalt dev`
-# without and with `--secure` (peer TLS, and client authentication: every request carries a token
-# the node checks), `basalt bench kv` against each (docs/performance.md).
+# What a secure cluster costs: interleaved rounds of a fresh 3-node `basalt dev` without and with
+# `--secure` (mutual TLS between the nodes, TLS between the clients and the nodes, and client
+# authentication: every request carries a token the node checks), `basalt bench kv` against each
+# (docs/performance.md).
 # Usage: scripts/bench-peer-tls.sh [ROUNDS] [DURATION]
 set -u
 rounds="${1:-3}"
