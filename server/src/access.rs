@@ -47,6 +47,8 @@ pub enum AuthRefusal {
     Unknown,
     #[error("the client certificate names {0:?}, which is no user of this region")]
     UnknownCertificate(String),
+    #[error(transparent)]
+    ExpiredCertificate(#[from] basalt_tls::Expired),
 }
 
 /// What authenticated a request: a bearer token (by its hash) or the name a client certificate
@@ -145,11 +147,11 @@ impl Gate {
     /// header, the user its connection's client certificate names (never the root: only the
     /// root token is).
     fn authenticate_request(&self, parts: &http::request::Parts) -> Result<(Arc<Identity>, Credential), AuthRefusal> {
-        let certificate_name = || {
-            parts
-                .extensions
-                .get::<basalt_tls::ConnectInfo>()
-                .and_then(|info| info.client_name.clone())
+        let certificate_name = || -> Result<Option<Arc<str>>, AuthRefusal> {
+            match parts.extensions.get::<basalt_tls::ConnectInfo>() {
+                Some(info) => Ok(info.client_name_at(std::time::SystemTime::now())?),
+                None => Ok(None),
+            }
         };
         match bearer_token(&parts.headers) {
             Ok(token) => {
@@ -157,7 +159,7 @@ impl Gate {
                 Ok((identity, Credential::Token(basalt_auth::token::hash(token))))
             }
             Err(AuthRefusal::Missing) => {
-                let name = certificate_name().ok_or(AuthRefusal::Missing)?;
+                let name = certificate_name()?.ok_or(AuthRefusal::Missing)?;
                 let identity = self
                     .table
                     .borrow()
@@ -972,6 +974,73 @@ mod tests {
             )
             .expect("a known code")
         })
+    }
+
+    /// A call without a token is judged by its connection's client certificate: the user it
+    /// names, while it has not expired; a token, when sent, decides.
+    #[tokio::test]
+    async fn a_client_certificate_names_its_user_until_it_expires() {
+        let gate = gate_with(&[("a", &["write:key:a/"])], &[("alice", &["a"], "alice-token")]);
+        let put = |k: &str| pb::KvPutRequest {
+            key: k.as_bytes().to_vec(),
+            value: b"v".to_vec(),
+            ..Default::default()
+        };
+        let path = "/basalt.v1.Kv/Put";
+        let now = std::time::SystemTime::now();
+        let with_certificate = |name: &str, not_after: std::time::SystemTime, token: Option<&str>, key: &str| {
+            let mut request = request(path, token, &put(key));
+            request.extensions_mut().insert(basalt_tls::ConnectInfo {
+                client_name: Some(Arc::from(name)),
+                client_not_after: Some(not_after),
+                ..basalt_tls::ConnectInfo::default()
+            });
+            request
+        };
+        let hour = std::time::Duration::from_secs(3600);
+        let (admitted, _) = gate
+            .admit(with_certificate("alice", now + hour, None, "a/1"))
+            .await
+            .expect("alice by her certificate");
+        assert_eq!(
+            admitted.extensions().get::<Arc<Identity>>().map(|i| i.user.clone()),
+            Some("alice".to_string())
+        );
+        assert_eq!(
+            code(gate.admit(with_certificate("alice", now + hour, None, "b/1")).await),
+            Some(ErrorCode::PermissionDenied)
+        );
+        assert_eq!(
+            code(gate.admit(with_certificate("alice", now - hour, None, "a/1")).await),
+            Some(ErrorCode::Unauthenticated),
+            "expired since the connection was made"
+        );
+        assert_eq!(
+            code(gate.admit(with_certificate("carol", now + hour, None, "a/1")).await),
+            Some(ErrorCode::Unauthenticated),
+            "no such user"
+        );
+        assert_eq!(
+            code(gate.admit(with_certificate("root", now + hour, None, "b/1")).await),
+            Some(ErrorCode::Unauthenticated),
+            "a certificate is never the root"
+        );
+        assert_eq!(
+            code(
+                gate.admit(with_certificate("alice", now + hour, Some("root-token"), "b/1"))
+                    .await
+            ),
+            None,
+            "the token decides"
+        );
+        assert_eq!(
+            code(
+                gate.admit(with_certificate("alice", now + hour, Some("guess"), "a/1"))
+                    .await
+            ),
+            Some(ErrorCode::Unauthenticated),
+            "an unknown token is not made good by a certificate"
+        );
     }
 
     #[tokio::test]

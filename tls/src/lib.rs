@@ -19,5 +19,5 @@ pub mod listener;
 pub mod node_tls;
 
 pub use client_tls::{connected_channel, lazy_channel, ClientTls, Connector};
-pub use listener::{remote_addr, Conn, ConnectInfo, Listener};
+pub use listener::{remote_addr, Conn, ConnectInfo, Expired, Listener};
 pub use node_tls::{NodeTls, Protocol, TlsError, TlsFiles, TlsRole};

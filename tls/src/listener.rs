@@ -36,9 +36,29 @@ pub struct ConnectInfo {
     pub local: Option<SocketAddr>,
     pub remote: Option<SocketAddr>,
     /// The subject common name of the certificate the client showed in the handshake (verified
-    /// against the client doors' client CA), if it showed one and it has a name that fits
-    /// [`CLIENT_NAME_BYTES_MAX`].
+    /// against the client doors' client CA), if it showed one and it has exactly one name that
+    /// fits [`CLIENT_NAME_BYTES_MAX`].
     pub client_name: Option<Arc<str>>,
+    /// When that certificate expires: the handshake checked it was valid then, and a connection
+    /// outlives it, so whoever trusts the name checks this at each request.
+    pub client_not_after: Option<std::time::SystemTime>,
+}
+
+impl ConnectInfo {
+    /// The client certificate's name, if it has one and had not expired at `now`.
+    pub fn client_name_at(&self, now: std::time::SystemTime) -> Result<Option<Arc<str>>, Expired> {
+        match (&self.client_name, self.client_not_after) {
+            (Some(name), Some(not_after)) if now > not_after => Err(Expired { name: name.clone() }),
+            (name, _) => Ok(name.clone()),
+        }
+    }
+}
+
+/// A client certificate used past its expiry, on a connection made before it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the client certificate of {name:?} has expired since the connection was made")]
+pub struct Expired {
+    pub name: Arc<str>,
 }
 
 /// The remote address of a request to a gRPC server, whether it came over plain TCP or through
@@ -51,13 +71,20 @@ pub fn remote_addr<T>(request: &tonic::Request<T>) -> Option<SocketAddr> {
         .or_else(|| request.remote_addr())
 }
 
-/// The subject common name of a DER certificate, if it parses, has one, and it is UTF-8 of at
-/// most [`CLIENT_NAME_BYTES_MAX`] bytes.
-pub fn common_name(der: &[u8]) -> Option<String> {
+/// The subject common name of a DER certificate and when it expires, if it parses and has
+/// exactly one common name (two would be ambiguous), of UTF-8 and at most
+/// [`CLIENT_NAME_BYTES_MAX`] bytes.
+pub fn common_name(der: &[u8]) -> Option<(String, std::time::SystemTime)> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
     let subject = cert.subject();
-    let name = subject.iter_common_name().next()?.as_str().ok()?;
-    (!name.is_empty() && name.len() <= CLIENT_NAME_BYTES_MAX).then(|| name.to_string())
+    let mut names = subject.iter_common_name();
+    let name = names.next()?.as_str().ok()?;
+    if names.next().is_some() || name.is_empty() || name.len() > CLIENT_NAME_BYTES_MAX {
+        return None;
+    }
+    let not_after = u64::try_from(cert.validity().not_after.timestamp()).ok()?;
+    let not_after = std::time::UNIX_EPOCH.checked_add(Duration::from_secs(not_after))?;
+    Some((name.to_string(), not_after))
 }
 
 /// An accepted connection whose TLS handshake succeeded.
@@ -69,15 +96,15 @@ pub struct TlsConn {
 impl TlsConn {
     pub fn new(inner: tokio_rustls::server::TlsStream<TcpStream>) -> TlsConn {
         let (tcp, session) = inner.get_ref();
-        let client_name = session
+        let client = session
             .peer_certificates()
             .and_then(|chain| chain.first())
-            .and_then(|cert| common_name(cert.as_ref()))
-            .map(Arc::from);
+            .and_then(|cert| common_name(cert.as_ref()));
         let info = ConnectInfo {
             local: tcp.local_addr().ok(),
             remote: tcp.peer_addr().ok(),
-            client_name,
+            client_name: client.as_ref().map(|(name, _)| Arc::from(name.as_str())),
+            client_not_after: client.map(|(_, not_after)| not_after),
         };
         TlsConn { inner, info }
     }
@@ -485,7 +512,22 @@ mod tests {
         let (_, issuer) = ca();
         let (pem, _) = leaf(&issuer, "alice");
         let der = crate::node_tls::tests::der(&pem);
-        assert_eq!(common_name(&der).as_deref(), Some("alice"));
+        let (name, not_after) = common_name(&der).expect("a name");
+        assert_eq!(name, "alice");
+        assert!(not_after > std::time::SystemTime::now());
+        let info = ConnectInfo {
+            client_name: Some(Arc::from("alice")),
+            client_not_after: Some(not_after),
+            ..ConnectInfo::default()
+        };
+        assert_eq!(
+            info.client_name_at(std::time::SystemTime::now()),
+            Ok(Some(Arc::from("alice")))
+        );
+        assert!(
+            info.client_name_at(not_after + Duration::from_secs(1)).is_err(),
+            "expired"
+        );
         let mut damaged = der.clone();
         let cut = damaged.len() / 2;
         damaged.truncate(cut);
