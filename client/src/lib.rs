@@ -98,7 +98,6 @@ mod request_decoding_tests {
         let _ = pb::PutUserRequest::decode(bytes);
         let _ = pb::RemoveTokenRequest::decode(bytes);
         let _ = pb::WhoAmIRequest::decode(bytes);
-        let _ = pb::AwaitPurgeRequest::decode(bytes);
         let _ = pb::CachePurgeRequest::decode(bytes);
         let _ = pb::CacheStatsRequest::decode(bytes);
         let _ = pb::ChangeRegionsRequest::decode(bytes);

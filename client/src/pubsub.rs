@@ -39,7 +39,7 @@ impl PubSub {
         let message = pb::PublishRequest {
             channel: channel.into(),
             payload: payload.into(),
-            relayed: false,
+            ..Default::default()
         };
         let reply = self
             .client

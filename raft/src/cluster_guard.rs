@@ -212,11 +212,11 @@ impl ClusterGuard {
                     tracing::warn!(
                         peer,
                         refused,
-                        "refusing raft messages from a node of another cluster: {refusal}"
+                        "refusing peer messages from a node of another cluster: {refusal}"
                     )
                 }
                 Side::Reply => {
-                    tracing::warn!(peer, refused, "a peer refuses this node's raft messages: {refusal}")
+                    tracing::warn!(peer, refused, "a peer refuses this node's messages: {refusal}")
                 }
             }
         }

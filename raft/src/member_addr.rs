@@ -13,9 +13,10 @@ const PEER_WORD: &str = "peer=";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MemberAddr {
-    /// Where clients reach the node (gRPC): leader redirects, pub/sub relays, cache purges.
+    /// Where clients reach the node (gRPC): leader redirects, the SDK, the CLI.
     pub client: String,
-    /// Where other members reach it for Raft; `None`: the client address serves Raft too.
+    /// Where other members reach it for Raft and their own calls (relays, purge confirmations);
+    /// `None`: the client address serves those too.
     pub peer: Option<String>,
 }
 

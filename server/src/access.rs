@@ -412,7 +412,8 @@ enum Rule {
     /// Anyone authenticated (status, who-am-I).
     Open,
     /// The root token only: the calls that make this node send its own credentials (the root
-    /// token) to addresses the caller names (a region's endpoints), and the nodes' own calls.
+    /// token) to addresses the caller names (a region's endpoints), and other regions' nodes'
+    /// calls (their feed, writes forwarded to this home region).
     Root,
     /// One need whatever the message says.
     Fixed(Need),
@@ -503,15 +504,15 @@ fn rule(path: &str) -> Option<Rule> {
         "/basalt.v1.PubSub/Subscribe" => message(decoded::<pb::SubscribeRequest>),
         "/basalt.v1.Cluster/Status" | "/basalt.v1.Auth/WhoAmI" => Rule::Open,
         "/basalt.v1.Cluster/Regions" => Rule::Fixed(Need::all(Read, Scope::Cluster)),
-        // A member receives the nodes' own calls (relays, purge confirmations, stats) signed
-        // with the root token, and a new region's endpoints this region's feed and forwarded
+        // A member receives its region's Raft and the nodes' own calls (relays, purge
+        // confirmations, stats), and a new region's endpoints this region's feed and forwarded
         // writes: only the root may name them.
         "/basalt.v1.Cluster/AddNode"
         | "/basalt.v1.Cluster/Promote"
         | "/basalt.v1.Cluster/RemoveNode"
         | "/basalt.v1.Cluster/ChangeRegions" => Rule::Root,
         "/basalt.v1.Cache/Purge" => message(decoded::<pb::CachePurgeRequest>),
-        "/basalt.v1.Cache/Stats" | "/basalt.v1.Cache/AwaitPurge" => Rule::Fixed(Need::all(Read, Scope::Cache)),
+        "/basalt.v1.Cache/Stats" => Rule::Fixed(Need::all(Read, Scope::Cache)),
         "/basalt.v1.Txn/Commit" => message(fenced::<pb::TxnRequest>),
         "/basalt.v1.Auth/PutRole"
         | "/basalt.v1.Auth/DeleteRole"
@@ -758,12 +759,7 @@ impl Needs for pb::CommittedRequest {
 
 impl Needs for pb::PublishRequest {
     fn needs(&self) -> Vec<Need> {
-        let mut needs = vec![Need::on(Access::Write, Scope::Channel, self.channel.clone())];
-        if self.relayed {
-            // A node's relay of a publish it took: its subscribers only, never relayed again.
-            needs.push(Need::all(Access::Admin, Scope::Cluster));
-        }
-        needs
+        vec![Need::on(Access::Write, Scope::Channel, self.channel.clone())]
     }
 }
 
@@ -1206,21 +1202,6 @@ mod tests {
         assert_eq!(
             code(
                 gate.admit(request("/basalt.v1.Cluster/AddNode", Some("ops-token"), &add))
-                    .await
-            ),
-            Some(ErrorCode::PermissionDenied)
-        );
-        // A relayed publish is a node's: a channel writer cannot skip the relay.
-        let writer = gate_with(&[("w", &["write:channel:"])], &[("w", &["w"], "w-token")]);
-        let relayed = pb::PublishRequest {
-            channel: b"c".to_vec(),
-            payload: Vec::new(),
-            relayed: true,
-        };
-        assert_eq!(
-            code(
-                writer
-                    .admit(request("/basalt.v1.PubSub/Publish", Some("w-token"), &relayed))
                     .await
             ),
             Some(ErrorCode::PermissionDenied)

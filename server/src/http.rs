@@ -7,7 +7,6 @@
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -20,7 +19,7 @@ use openraft::ServerState;
 use crate::api::Api;
 use crate::edge::Edge;
 
-pub fn router(api: Api, clock_control: bool, edge: Option<Arc<Edge>>, routes: Arc<BTreeMap<u64, String>>) -> Router {
+pub fn router(api: Api, clock_control: bool, edge: Option<Arc<Edge>>) -> Router {
     let router = Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
@@ -30,7 +29,7 @@ pub fn router(api: Api, clock_control: bool, edge: Option<Arc<Edge>>, routes: Ar
     } else {
         router
     };
-    router.layer(Extension(edge)).layer(Extension(routes)).with_state(api)
+    router.layer(Extension(edge)).with_state(api)
 }
 
 /// This node's clock skew, in ms.
@@ -76,7 +75,6 @@ async fn set_clock_skew(State(api): State<Api>, headers: axum::http::HeaderMap, 
 async fn cache_purge(
     State(api): State<Api>,
     Extension(edge): Extension<Option<Arc<Edge>>>,
-    Extension(routes): Extension<Arc<BTreeMap<u64, String>>>,
     headers: axum::http::HeaderMap,
     uri: axum::http::Uri,
 ) -> (StatusCode, String) {
@@ -87,7 +85,7 @@ async fn cache_purge(
     if let Err(refusal) = authorize(&api, &headers, &crate::access::Needs::needs(&request)) {
         return refusal;
     }
-    let service = crate::api::cache::CacheService { api, edge, routes };
+    let service = crate::api::cache::CacheService { api, edge };
     match service.purge_via_leader(request).await {
         Ok(done) => {
             let ids = |ids: &[u64]| ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",");

@@ -226,7 +226,8 @@ pub(crate) const PURGE_FOLLOW_RETRY: Duration = Duration::from_millis(100);
 pub(crate) const PURGE_CONFIRM_WAIT_DEFAULT: Duration = Duration::from_secs(5);
 /// The longest a purge may be asked to wait for every node of the region.
 pub(crate) const PURGE_CONFIRM_WAIT_MAX: Duration = Duration::from_secs(30);
-/// How long a node asking another for its edge counters or purge progress waits to connect.
+/// How long a node waits to connect to another member for its own calls (relays, purge
+/// confirmations, edge counters).
 pub(crate) const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long `basalt cache stats` waits for each other node's counters.
 pub(crate) const PEER_STATS_TIMEOUT: Duration = Duration::from_secs(3);

@@ -294,6 +294,11 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         client_tls: client_tls.clone(),
         peer_listen: config.peer_listen,
         gate: gate.as_ref().map(|(gate, _)| Arc::clone(gate)),
+        node_links: Arc::new(crate::api::node_calls::NodeLinks::new(
+            config.peer_routes.clone(),
+            peer_tls.clone(),
+            cluster.clone(),
+        )),
     };
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -354,12 +359,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
                 basalt_tls::Protocol::Http1,
                 "HTTP",
             )?;
-            let router = crate::http::router(
-                api.clone(),
-                config.allow_clock_control,
-                edge.clone(),
-                Arc::new(config.peer_routes.clone()),
-            );
+            let router = crate::http::router(api.clone(), config.allow_clock_control, edge.clone());
             let stop = wait_stop(stop_rx.clone());
             Some(tokio::spawn(async move {
                 if let Err(e) = axum::serve(crate::http::Door(listener), router)
@@ -418,14 +418,16 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
     let cache_service = crate::api::cache::CacheService {
         api: api.clone(),
         edge: edge.clone(),
-        routes: Arc::new(config.peer_routes.clone()),
     };
     let raft_service = || RaftGrpcService::new(raft.clone(), incoming_dir.clone(), clock.clone(), cluster.clone());
-    // With a peer listener, Raft is served there only: the client port refuses it
-    // (UNIMPLEMENTED), so a client cannot vote or append. Unless the membership still sends this
-    // node's Raft to its client port (it was added before it had a peer listener).
+    // The nodes' own calls are served beside Raft, wherever it is.
+    let node_calls = || crate::api::node_calls::NodeCalls::service(cache_service.clone());
+    // With a peer listener, Raft and the nodes' own calls are served there only: the client
+    // port refuses them (UNIMPLEMENTED), so a client cannot vote, append or relay. Unless the
+    // membership still sends this node's Raft to its client port (it was added before it had a
+    // peer listener).
     let (raft_on_client_port, peer_task) = match peer_socket {
-        None => (Some(raft_service()), None),
+        None => (Some((raft_service(), node_calls())), None),
         Some(socket) => {
             let listener = socket
                 .listen(LISTEN_BACKLOG)
@@ -438,7 +440,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
             let server = tonic::transport::Server::builder()
                 .max_connection_age(basalt_raft::limits::PEER_CONNECTION_AGE_MAX)
                 .max_connection_age_grace(basalt_raft::limits::PEER_CONNECTION_AGE_GRACE)
-                .add_service(raft_service());
+                .add_service(raft_service())
+                .add_service(node_calls());
             let task = match &peer_tls {
                 None => {
                     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -456,9 +459,10 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
                     }))
                 }
             };
-            (also_on_client_port.then(raft_service), Some(task))
+            (also_on_client_port.then(|| (raft_service(), node_calls())), Some(task))
         }
     };
+    let (raft_on_client_port, node_calls_on_client_port) = raft_on_client_port.unzip();
     let client_listener = client_socket
         .listen(LISTEN_BACKLOG)
         .map_err(io(format!("listening on the client API on {}", config.listen)))?;
@@ -469,6 +473,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         .tcp_nodelay(true)
         .layer(crate::access::AccessLayer::new(api.gate.clone()))
         .add_optional_service(raft_on_client_port)
+        .add_optional_service(node_calls_on_client_port)
         .add_service(KvServer::new(api.clone()).max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX))
         .add_service(CounterServer::new(api.clone()).max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX))
         .add_service(RateLimiterServer::new(api.clone()).max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX))

@@ -4,8 +4,12 @@
 
 use std::time::{Duration, Instant};
 
+use basalt_client::{Client, ClientOptions};
+use basalt_raft::cluster_guard::CLUSTER_ID_HEADER;
 use basalt_raft::pb::raft_service_client::RaftServiceClient;
 use basalt_raft::pb::RaftMessage;
+use basalt_server::api::node_calls::pb::node_client::NodeClient;
+use basalt_server::api::node_calls::pb::RelayRequest;
 use basalt_testkit::{runtime, ClusterOptions, TestCluster};
 
 const NODE: &str = env!("CARGO_BIN_EXE_basalt-test-node");
@@ -52,6 +56,39 @@ async fn knock(addr: &str) -> tonic::Code {
     refusal.code()
 }
 
+/// A relay of one message on `channel` straight to `addr`'s node calls, naming `cluster_id`
+/// (none when empty): the subscribers it reached, or the refusal's code.
+async fn relay(addr: &str, cluster_id: &str, channel: &str) -> Result<u32, tonic::Code> {
+    let Ok(mut client) = NodeClient::connect(format!("http://{addr}")).await else {
+        return Err(tonic::Code::Unavailable);
+    };
+    let mut request = tonic::Request::new(RelayRequest {
+        channel: channel.as_bytes().to_vec(),
+        payload: b"knock".to_vec(),
+    });
+    if !cluster_id.is_empty() {
+        request
+            .metadata_mut()
+            .insert(CLUSTER_ID_HEADER, cluster_id.parse().expect("ascii"));
+    }
+    match client.relay(request).await {
+        Ok(reply) => Ok(reply.into_inner().receivers),
+        Err(refusal) => Err(refusal.code()),
+    }
+}
+
+/// A client that talks to node `addr` only (lazy clients do not move by themselves).
+fn pinned(addr: String) -> Client {
+    Client::lazy([addr], ClientOptions::default()).expect("client")
+}
+
+/// Whether `subscription` receives a message within `wait`.
+async fn receives(subscription: &mut basalt_client::Subscription, wait: Duration) -> bool {
+    tokio::time::timeout(wait, tokio_stream::StreamExt::next(subscription))
+        .await
+        .is_ok()
+}
+
 #[test]
 fn raft_is_served_on_the_peer_port_only_and_every_member_keeps_the_cluster_s_id() {
     runtime().block_on(async {
@@ -72,6 +109,42 @@ fn raft_is_served_on_the_peer_port_only_and_every_member_keeps_the_cluster_s_id(
         assert_eq!(id.len(), 32, "{ids:?}");
         assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
         assert!(ids.iter().all(|other| *other == id), "{ids:?}");
+
+        // So are the nodes' own calls: a relay to the client port finds no such service; on the
+        // peer port it reaches the node's subscribers when it names the cluster's id, and is
+        // refused naming another (or none).
+        let mut subscription = pinned(cluster.addr(2))
+            .pubsub()
+            .subscribe(vec![b"relayed".to_vec()], Vec::new())
+            .await
+            .expect("subscribe on node 2");
+        let peer2 = cluster.specs[&2].peer.clone();
+        assert_eq!(
+            relay(&cluster.addr(2), &id, "relayed").await,
+            Err(tonic::Code::Unimplemented)
+        );
+        let other = if id.starts_with('0') { "1" } else { "0" }.repeat(32);
+        assert_eq!(
+            relay(&peer2, &other, "relayed").await,
+            Err(tonic::Code::FailedPrecondition)
+        );
+        assert_eq!(relay(&peer2, "", "relayed").await, Err(tonic::Code::FailedPrecondition));
+        assert_eq!(relay(&peer2, &id, "relayed").await, Ok(1));
+        assert!(receives(&mut subscription, Duration::from_secs(5)).await);
+        // And a client cannot pass its publish off as a relay (which no node would pass on).
+        let relayed = basalt_client::pb::PublishRequest {
+            channel: b"relayed".to_vec(),
+            payload: b"x".to_vec(),
+            #[allow(deprecated)] // the field kept only to be refused
+            relayed: true,
+        };
+        let refused = basalt_client::pb::pub_sub_client::PubSubClient::connect(format!("http://{}", cluster.addr(1)))
+            .await
+            .expect("connect")
+            .publish(relayed)
+            .await
+            .expect_err("a relayed publish on the client port");
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
         let status = client.cluster_status().await.expect("status");
         for member in &status.members {
             assert_eq!(member.peer_addr, cluster.specs[&member.id].peer, "{member:?}");
@@ -159,14 +232,38 @@ fn a_node_of_another_cluster_is_refused_on_both_sides_and_disturbs_nothing() {
         }
         let target_log = std::fs::read_to_string(&cluster.specs[&target].log).expect("log");
         assert!(
-            target_log.contains("refusing raft messages from a node of another cluster"),
+            target_log.contains("refusing peer messages from a node of another cluster"),
             "{target_log}"
         );
         let stranger_log = std::fs::read_to_string(&stranger.specs[&1].log).expect("log");
         assert!(
-            stranger_log.contains("a peer refuses this node's raft messages"),
+            stranger_log.contains("a peer refuses this node's messages"),
             "{stranger_log}"
         );
+
+        // Nor do the stranger's publishes reach this cluster's subscribers: its relays to the
+        // node it takes for its member are refused for their cluster id like its Raft. (This
+        // cluster's own relay reaches the subscriber: it listens.)
+        let mut subscription = pinned(cluster.addr(target))
+            .pubsub()
+            .subscribe(vec![b"news".to_vec()], Vec::new())
+            .await
+            .expect("subscribe on the target");
+        let from_stranger = pinned(stranger.addr(1))
+            .pubsub()
+            .publish("news", "from another cluster")
+            .await
+            .expect("the stranger takes the publish");
+        assert_eq!(from_stranger, 0);
+        assert!(!receives(&mut subscription, Duration::from_secs(1)).await);
+        let other = (1..=3).find(|id| *id != target).expect("another member");
+        let from_member = pinned(cluster.addr(other))
+            .pubsub()
+            .publish("news", "from this cluster")
+            .await
+            .expect("publish");
+        assert_eq!(from_member, 1);
+        assert!(receives(&mut subscription, Duration::from_secs(5)).await);
 
         // This cluster goes on as it was; the stranger has no leader (its member 2 never voted).
         client.kv().put("k", "v2").await.expect("put while the stranger knocks");
@@ -211,6 +308,16 @@ fn members_added_without_peer_listeners_still_reach_each_other_after_restarting_
         );
         let log = std::fs::read_to_string(&cluster.specs[&1].log).expect("log");
         assert!(log.contains("its Raft is served on the client port too"), "{log}");
+        // The nodes' own calls follow Raft there: a publish on one node reaches another's
+        // subscriber.
+        let mut subscription = pinned(cluster.addr(2))
+            .pubsub()
+            .subscribe(vec![b"news".to_vec()], Vec::new())
+            .await
+            .expect("subscribe on node 2");
+        let published = pinned(cluster.addr(1)).pubsub().publish("news", "n-1").await;
+        assert_eq!(published.expect("publish"), 1);
+        assert!(receives(&mut subscription, Duration::from_secs(5)).await);
     });
 }
 
@@ -249,6 +356,8 @@ fn peer_traffic_is_mutual_tls_and_a_node_with_another_ca_s_certificate_cannot_vo
         let tls = tempfile::tempdir().expect("tempdir");
         let mut cluster = TestCluster::plan(NODE, ClusterOptions::default());
         cluster.push_args(peer_tls_files(tls.path()));
+        // Edges, for purge confirmations (no object is ever fetched from the origin).
+        cluster.enable_edges(&["/=http://127.0.0.1:9".to_string()]);
         cluster.launch();
         let client = cluster.client().await;
         client
@@ -283,6 +392,24 @@ fn peer_traffic_is_mutual_tls_and_a_node_with_another_ca_s_certificate_cannot_vo
         );
         stranger.push_args(peer_tls_files(other_tls.path()));
         let (target_client, target_peer) = (cluster.addr(target), cluster.specs[&target].peer.clone());
+        // (Before it, the members' own calls: relays, purge confirmations and edge counters over
+        // mutual TLS, and a relay in plaintext to the peer port reaches no one.)
+        let mut subscription = pinned(cluster.addr(target))
+            .pubsub()
+            .subscribe(vec![b"news".to_vec()], Vec::new())
+            .await
+            .expect("subscribe on the target");
+        let other = (1..=3).find(|id| *id != target).expect("another member");
+        let published = pinned(cluster.addr(other)).pubsub().publish("news", "n-1").await;
+        assert_eq!(published.expect("publish"), 1);
+        assert!(receives(&mut subscription, Duration::from_secs(5)).await);
+        let id = client.cluster_status().await.expect("status").cluster_id;
+        assert!(relay(&target_peer, &id, "news").await.is_err());
+        let receipt = client.cache().purge_tag("t").await.expect("purge");
+        assert_eq!(receipt.applied.len(), 3, "{receipt:?}");
+        let stats = client.cache().stats().await.expect("stats");
+        assert!(stats.iter().all(|node| node.error.is_empty()), "{stats:?}");
+        assert_eq!(stats.len(), 3, "{stats:?}");
         stranger.set_member(2, &target_client, &target_peer);
         stranger.launch_node(1, true);
         stranger.wait_listening(1);

@@ -2,12 +2,10 @@
 //! region before they are answered; each node's edge counters, one node's or the whole
 //! region's. See docs/data-types/edge-cache.md.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use basalt_client::pb;
-use basalt_client::pb::cache_client::CacheClient;
 use basalt_client::pb::cache_server::Cache;
 use basalt_client::ErrorCode;
 use basalt_raft::member_addr::MemberAddr;
@@ -27,9 +25,6 @@ pub struct CacheService {
     pub api: Api,
     /// This node's edge, when it serves one (`--edge-listen`).
     pub edge: Option<Arc<Edge>>,
-    /// Where to reach other nodes instead of their membership address (`peer_routes`: the
-    /// fault harness's link proxies), as Raft reaches them.
-    pub routes: Arc<BTreeMap<u64, String>>,
 }
 
 /// The purge a request names; `INVALID_ARGUMENT` when it names none.
@@ -77,7 +72,13 @@ impl CacheService {
             let outcome = if member.id == this {
                 Ok(self.local_progress(seq, remaining).await)
             } else {
-                await_peer(self.route(&member), seq, remaining, self.api.credentials()).await
+                let addr = self.api.node_links.member_addr(&member);
+                self.api
+                    .node_links
+                    .await_purge(&addr, seq, remaining, PEER_REPLY_MARGIN)
+                    .await
+                    .map(|reply| reply.applied)
+                    .map_err(|e| peer_failure(&e))
             };
             (member, outcome)
         });
@@ -115,58 +116,34 @@ impl CacheService {
             return self.purge(request).await;
         };
         let metrics = metrics_now(&self.api.raft);
-        let leader_addr = metrics.current_leader.and_then(|id| {
-            metrics
-                .membership_config
-                .membership()
-                .get_node(&id)
-                .and_then(|n| MemberAddr::parse(&n.addr).ok())
+        let leader = metrics.current_leader.and_then(|id| {
+            let node = metrics.membership_config.membership().get_node(&id)?;
+            Some(self.api.node_links.addr(id, &node.addr))
         });
-        let (Some(leader), Some(member)) = (metrics.current_leader, leader_addr) else {
+        let Some(addr) = leader else {
             return Err(not_leader);
         };
-        let addr = self
-            .client_route(leader, member.peer.is_some(), &member.client)
-            .to_string();
-        let credentials = self.api.credentials();
-        let channel = credentials
-            .channel(&addr, PEER_CONNECT_TIMEOUT)
-            .map_err(|e| status(ErrorCode::Unavailable, e))?;
-        let mut forwarded = Request::new(request);
-        credentials.sign(&mut forwarded);
         // The leader answers within the wait (at most the maximum) once it has the write.
-        forwarded.set_timeout(PURGE_CONFIRM_WAIT_MAX + PEER_CONNECT_TIMEOUT + PEER_REPLY_MARGIN);
-        CacheClient::new(channel)
-            .purge(forwarded)
+        self.api
+            .node_links
+            .purge(
+                &addr,
+                request,
+                PURGE_CONFIRM_WAIT_MAX + PEER_CONNECT_TIMEOUT + PEER_REPLY_MARGIN,
+            )
             .await
-            .map(tonic::Response::into_inner)
     }
 
     /// How far this node has applied purges, after waiting for `seq` at most `wait`. A node
     /// without an edge stores nothing: it counts as having applied everything recorded.
-    async fn local_progress(&self, seq: u64, wait: Duration) -> u64 {
+    pub(super) async fn local_progress(&self, seq: u64, wait: Duration) -> u64 {
         match &self.edge {
             Some(edge) => purges::wait_applied(edge, seq, wait).await,
             None => u64::MAX,
         }
     }
 
-    /// The address to reach `member` at.
-    fn route<'a>(&'a self, member: &'a pb::Member) -> &'a str {
-        self.client_route(member.id, !member.peer_addr.is_empty(), &member.addr)
-    }
-
-    /// Where to reach node `id`'s client API: its route when it has no peer listener (the routes
-    /// then lead to its one port), its client address otherwise (the routes lead to its peer
-    /// listener, which serves Raft only).
-    fn client_route<'a>(&'a self, id: u64, has_peer_listener: bool, client: &'a str) -> &'a str {
-        match has_peer_listener {
-            true => client,
-            false => self.routes.get(&id).map_or(client, String::as_str),
-        }
-    }
-
-    fn local_stats(&self) -> pb::NodeCacheStats {
+    pub(super) fn local_stats(&self) -> pb::NodeCacheStats {
         let metrics = metrics_now(&self.api.raft);
         let addr = metrics
             .membership_config
@@ -199,61 +176,30 @@ impl CacheService {
     }
 }
 
-/// Asks the node at `addr` how far its edge has applied purges, waiting for `seq` at most `wait`
-/// (it answers by then; its answer gets [`PEER_REPLY_MARGIN`] more to arrive).
-async fn await_peer(
-    addr: &str,
-    seq: u64,
-    wait: Duration,
-    credentials: crate::access::NodeCredentials,
-) -> Result<u64, String> {
-    let channel = credentials.channel(addr, PEER_CONNECT_TIMEOUT)?;
-    let mut request = Request::new(pb::AwaitPurgeRequest {
-        seq,
-        wait_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
-    });
-    request.set_timeout(wait + PEER_REPLY_MARGIN);
-    credentials.sign(&mut request);
-    match CacheClient::new(channel).await_purge(request).await {
-        Ok(reply) => Ok(reply.into_inner().applied),
-        Err(e) => Err(peer_failure(&e)),
-    }
-}
-
 /// Why a call to another node failed, for an operator.
 fn peer_failure(e: &Status) -> String {
     match e.code() {
         tonic::Code::DeadlineExceeded => "did not answer in time".into(),
         tonic::Code::Unavailable => format!("not reached: {}", e.message()),
-        tonic::Code::Unimplemented => "its build has no edge-cache service (an older build?)".into(),
+        tonic::Code::Unimplemented => {
+            "its build does not take the nodes' calls on its peer listener (an earlier build?)".into()
+        }
         code => format!("{code:?}: {}", e.message()),
     }
 }
 
-async fn peer_stats(
-    member: &pb::Member,
-    addr: &str,
-    credentials: crate::access::NodeCredentials,
-) -> pb::NodeCacheStats {
-    let unreachable = |error: String| pb::NodeCacheStats {
-        node_id: member.id,
-        addr: member.addr.clone(),
-        error,
-        ..Default::default()
-    };
-    let channel = match credentials.channel(addr, PEER_CONNECT_TIMEOUT) {
-        Ok(channel) => channel,
-        Err(e) => return unreachable(e),
-    };
-    let mut request = Request::new(pb::CacheStatsRequest { all_nodes: false });
-    request.set_timeout(PEER_STATS_TIMEOUT);
-    credentials.sign(&mut request);
-    match CacheClient::new(channel).stats(request).await {
-        Ok(reply) => match reply.into_inner().nodes.into_iter().next() {
-            Some(stats) => stats,
-            None => unreachable("answered no counters".into()),
+/// The edge counters of `member`, another node of the region; an entry naming the error when
+/// it could not be asked.
+async fn peer_stats(api: &Api, member: &pb::Member) -> pb::NodeCacheStats {
+    let addr = api.node_links.member_addr(member);
+    match api.node_links.cache_stats(&addr, PEER_STATS_TIMEOUT).await {
+        Ok(stats) => stats,
+        Err(e) => pb::NodeCacheStats {
+            node_id: member.id,
+            addr: member.addr.clone(),
+            error: peer_failure(&e),
+            ..Default::default()
         },
-        Err(e) => unreachable(peer_failure(&e)),
     }
 }
 
@@ -281,29 +227,9 @@ impl Cache for CacheService {
                 .into_iter()
                 .filter(|m| m.id != this)
                 .collect::<Vec<_>>();
-            nodes.extend(
-                join_all(
-                    others
-                        .iter()
-                        .map(|m| peer_stats(m, self.route(m), self.api.credentials())),
-                )
-                .await,
-            );
+            nodes.extend(join_all(others.iter().map(|m| peer_stats(&self.api, m))).await);
             nodes.sort_by_key(|n| n.node_id);
         }
         Ok(GrpcResponse::new(pb::CacheStatsResponse { nodes }))
-    }
-
-    async fn await_purge(
-        &self,
-        request: Request<pb::AwaitPurgeRequest>,
-    ) -> Result<GrpcResponse<pb::AwaitPurgeResponse>, Status> {
-        let request = request.into_inner();
-        let wait = Duration::from_millis(request.wait_ms).min(PURGE_CONFIRM_WAIT_MAX);
-        let applied = self.local_progress(request.seq, wait).await;
-        Ok(GrpcResponse::new(pb::AwaitPurgeResponse {
-            applied,
-            edge: self.edge.is_some(),
-        }))
     }
 }

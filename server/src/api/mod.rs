@@ -15,6 +15,7 @@ mod kv;
 mod lease;
 mod ledger;
 mod merge;
+pub mod node_calls;
 mod pubsub;
 mod queue;
 mod rate;
@@ -79,6 +80,9 @@ pub struct Api {
     pub client_tls: Option<Arc<basalt_tls::NodeTls>>,
     /// Client authentication, when the node has a root token (`[auth]`).
     pub gate: Option<Arc<crate::access::Gate>>,
+    /// How this node makes its own calls to the other members (relays, purge confirmations,
+    /// cache counters): where its Raft reaches them.
+    pub node_links: Arc<node_calls::NodeLinks>,
 }
 
 /// Refuses with `NOT_LEADER` (and the leader's address, when known) unless `raft` leads.

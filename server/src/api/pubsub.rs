@@ -8,15 +8,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use basalt_client::pb;
-use basalt_client::pb::pub_sub_client::PubSubClient;
 use basalt_client::pb::pub_sub_server::PubSub;
 use basalt_client::ErrorCode;
-use basalt_raft::member_addr::MemberAddr;
 use basalt_storage::apply::queue::check_name;
 use basalt_storage::limits::MESSAGE_BYTES_MAX;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 use tonic::{Request, Response as GrpcResponse, Status};
 
 use super::{metrics_now, op_error_status, status, Api};
@@ -30,12 +27,11 @@ struct Subscriber {
     outbox: Outbox,
 }
 
-/// This node's subscribers, and channels to its peers for relaying.
+/// This node's subscribers.
 #[derive(Default)]
 pub struct Broker {
     subscribers: Mutex<HashMap<u64, Subscriber>>,
     next_id: AtomicU64,
-    peers: Mutex<HashMap<String, Channel>>,
 }
 
 /// Glob match over bytes: `*` matches any run (including none), `?` exactly one byte.
@@ -128,19 +124,6 @@ impl Broker {
         subscribers.retain(|_, s| !s.outbox.is_closed());
         subscribers.len()
     }
-
-    /// A channel to the client port at `addr`, made with `credentials`' TLS on first use and
-    /// kept (whether a node runs client TLS is fixed at its start; each reconnection handshakes
-    /// with the files as they are then).
-    fn peer(&self, addr: &str, credentials: &crate::access::NodeCredentials) -> Option<Channel> {
-        let mut peers = self.peers.lock().expect("peers lock");
-        if let Some(c) = peers.get(addr) {
-            return Some(c.clone());
-        }
-        let channel = credentials.channel(addr, RELAY_TIMEOUT).ok()?;
-        peers.insert(addr.to_string(), channel.clone());
-        Some(channel)
-    }
 }
 
 impl Api {
@@ -165,33 +148,36 @@ impl Api {
         Ok(membership
             .nodes()
             .filter(|(id, _)| **id != metrics.id)
-            .map(|(_, node)| MemberAddr::client_of(&node.addr))
+            .map(|(id, node)| self.node_links.addr(*id, &node.addr))
             .collect())
     }
 
-    /// Relays a publish to `peers`; returns the subscribers they reached.
+    /// Relays a publish to `peers` (on their peer listeners); returns the subscribers they
+    /// reached. A peer that does not answer within [`RELAY_TIMEOUT`] counts as none.
     async fn relay(&self, peers: Vec<String>, channel: &[u8], payload: &[u8]) -> u32 {
-        let credentials = self.credentials();
-        let relays = peers
-            .into_iter()
-            .filter_map(|addr| self.broker.peer(&addr, &credentials))
-            .map(|c| {
-                let mut request = tonic::Request::new(pb::PublishRequest {
-                    channel: channel.to_vec(),
-                    payload: payload.to_vec(),
-                    relayed: true,
-                });
-                credentials.sign(&mut request);
-                async move {
-                    let mut client = basalt_client::service_client!(PubSubClient, c);
-                    match tokio::time::timeout(RELAY_TIMEOUT, client.publish(request)).await {
-                        Ok(Ok(reply)) => reply.into_inner().receivers,
-                        _ => 0,
-                    }
-                }
-            });
+        let relays = peers.iter().map(|addr| async move {
+            self.node_links
+                .relay(addr, channel, payload, RELAY_TIMEOUT)
+                .await
+                .unwrap_or(0)
+        });
         futures::future::join_all(relays).await.into_iter().sum()
     }
+}
+
+/// Checks a publish's channel name and payload size (`INVALID_ARGUMENT`).
+pub(super) fn check_publish(channel: &[u8], payload: &[u8]) -> Result<(), Status> {
+    check_channel("channel", channel)?;
+    if payload.len() > MESSAGE_BYTES_MAX {
+        return Err(status(
+            ErrorCode::InvalidArgument,
+            format!(
+                "message of {} bytes exceeds the limit of {MESSAGE_BYTES_MAX} bytes",
+                payload.len()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn check_channel(what: &'static str, name: &[u8]) -> Result<(), Status> {
@@ -202,23 +188,21 @@ fn check_channel(what: &'static str, name: &[u8]) -> Result<(), Status> {
 impl PubSub for Api {
     async fn publish(&self, request: Request<pb::PublishRequest>) -> Result<GrpcResponse<pb::PublishResponse>, Status> {
         let r = request.into_inner();
-        check_channel("channel", &r.channel)?;
-        if r.payload.len() > MESSAGE_BYTES_MAX {
+        #[allow(deprecated)] // read only to refuse it
+        let relayed = r.relayed;
+        if relayed {
             return Err(status(
                 ErrorCode::InvalidArgument,
-                format!(
-                    "message of {} bytes exceeds the limit of {MESSAGE_BYTES_MAX} bytes",
-                    r.payload.len()
-                ),
+                "a relayed publish is refused on the client port: nodes relay to each other on the peer listener \
+                 (a node of an earlier build is relaying here; upgrade it)",
             ));
         }
+        check_publish(&r.channel, &r.payload)?;
         // Checked before delivering: a refused publish reaches no one, so the client's retry on
         // another node does not deliver twice.
-        let peers = if r.relayed { Vec::new() } else { self.relay_peers()? };
+        let peers = self.relay_peers()?;
         let mut receivers = self.broker.deliver(&r.channel, &r.payload);
-        if !r.relayed {
-            receivers += self.relay(peers, &r.channel, &r.payload).await;
-        }
+        receivers += self.relay(peers, &r.channel, &r.payload).await;
         Ok(GrpcResponse::new(pb::PublishResponse { receivers }))
     }
 
