@@ -37,8 +37,10 @@ pub const REOPEN_PAUSE_MAX: Duration = Duration::from_millis(100);
 /// connection). So a connection made under certificates or a CA since replaced ends within the
 /// sum.
 pub const PEER_CONNECTION_AGE_MAX: Duration = Duration::from_secs(600);
-/// See [`PEER_CONNECTION_AGE_MAX`].
-pub const PEER_CONNECTION_AGE_GRACE: Duration = Duration::from_secs(30);
+/// See [`PEER_CONNECTION_AGE_MAX`]. Longer than the longest call the members make to each other
+/// besides Raft (the server's purge confirmation: 30 s and a reply margin), so a connection
+/// reaching its age never cuts one.
+pub const PEER_CONNECTION_AGE_GRACE: Duration = Duration::from_secs(45);
 
 // A message of a full budget plus one more record, or of the largest record alone, fits the Raft
 // message cap with room for the message's own fields.

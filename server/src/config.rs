@@ -33,9 +33,9 @@ pub struct NodeConfig {
     /// TLS on every client door: the client API, HTTP, RESP and the edge (`[tls]`: `cert`, `key`,
     /// `ca`, and optionally `client_ca`, PEM files). With `client_ca`, gRPC clients may show a
     /// certificate of it (its common name names the user they authenticate as) instead of a
-    /// token. The node calls other nodes' client ports (relays, purge confirmations, home
-    /// forwarding, the feed) over TLS too, trusting `ca`: every node of a deployment runs client
-    /// TLS or none. Reloaded when the files change. Needs `peer_listen` (Raft stays off TLS-less
+    /// token. The node calls other regions' client ports (home forwarding, the feed) over TLS
+    /// too, trusting `ca`: every node of a deployment runs client TLS or none (its own region's
+    /// members it calls on their peer listeners). Reloaded when the files change. Needs `peer_listen` (Raft stays off TLS-less
     /// client ports).
     #[serde(default)]
     pub tls: Option<TlsConfig>,
@@ -144,9 +144,9 @@ impl TlsConfig {
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// A file holding the root token (`basalt auth token` makes one): the identity allowed
-    /// everything, and the credential the nodes use with each other's client ports (pub/sub
-    /// relays, purge confirmations, forwarding to a home region, the cross-region feed), so
-    /// every node of a deployment holds the same one. Read once at start.
+    /// everything, and the credential the nodes use with other regions' client ports (forwarding
+    /// to a home region, the cross-region feed), so every node of a deployment holds the same
+    /// one. Read once at start.
     pub root_token_file: PathBuf,
 }
 

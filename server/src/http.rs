@@ -234,8 +234,13 @@ async fn metrics(State(api): State<Api>, Extension(edge): Extension<Option<Arc<E
     );
     counter(
         "basalt_raft_cluster_refusals_total",
-        "Raft messages (received, or replies to this node's) refused for naming another cluster id.",
+        "Messages between members (Raft, relays, purge confirmations; received, or replies to this node's) refused for naming another cluster id.",
         api.cluster.refused(),
+    );
+    counter(
+        "basalt_node_call_failures_total",
+        "Calls to the other members besides Raft (pub/sub relays, purge confirmations, edge counters, purges handed to the leader) that failed: unreachable, too slow or refused.",
+        api.node_links.failures(),
     );
     if let Some(gate) = &api.gate {
         counter(

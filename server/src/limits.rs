@@ -233,6 +233,12 @@ pub(crate) const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub(crate) const PEER_STATS_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long past its wait a node's answer to another may take to arrive.
 pub(crate) const PEER_REPLY_MARGIN: Duration = Duration::from_millis(500);
+// A purge confirmation, or a purge handed to the leader, fits in the time a peer connection
+// reaching its age is given to finish its calls.
+const _: () = assert!(
+    PURGE_CONFIRM_WAIT_MAX.as_millis() + PEER_CONNECT_TIMEOUT.as_millis() + PEER_REPLY_MARGIN.as_millis()
+        < basalt_raft::limits::PEER_CONNECTION_AGE_GRACE.as_millis()
+);
 /// Paths the edge remembers as too large to store (streamed through without a first fetch).
 pub(crate) const EDGE_TOO_LARGE_PATHS_MAX: u64 = 10_000;
 /// How long the edge remembers a path as too large to store; after it, one fetch tries again.

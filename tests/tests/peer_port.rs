@@ -56,11 +56,12 @@ async fn knock(addr: &str) -> tonic::Code {
     refusal.code()
 }
 
-/// A relay of one message on `channel` straight to `addr`'s node calls, naming `cluster_id`
-/// (none when empty): the subscribers it reached, or the refusal's code.
-async fn relay(addr: &str, cluster_id: &str, channel: &str) -> Result<u32, tonic::Code> {
-    let Ok(mut client) = NodeClient::connect(format!("http://{addr}")).await else {
-        return Err(tonic::Code::Unavailable);
+/// A relay of one message ("knock") on `channel` straight to `addr`'s node calls, naming
+/// `cluster_id` (none when empty): the subscribers it reached, or the refusal.
+async fn relay_status(addr: &str, cluster_id: &str, channel: &str) -> Result<u32, tonic::Status> {
+    let mut client = match NodeClient::connect(format!("http://{addr}")).await {
+        Ok(client) => client,
+        Err(e) => return Err(tonic::Status::unavailable(e.to_string())),
     };
     let mut request = tonic::Request::new(RelayRequest {
         channel: channel.as_bytes().to_vec(),
@@ -71,10 +72,14 @@ async fn relay(addr: &str, cluster_id: &str, channel: &str) -> Result<u32, tonic
             .metadata_mut()
             .insert(CLUSTER_ID_HEADER, cluster_id.parse().expect("ascii"));
     }
-    match client.relay(request).await {
-        Ok(reply) => Ok(reply.into_inner().receivers),
-        Err(refusal) => Err(refusal.code()),
-    }
+    client.relay(request).await.map(|reply| reply.into_inner().receivers)
+}
+
+/// [`relay_status`], with the refusal's code.
+async fn relay(addr: &str, cluster_id: &str, channel: &str) -> Result<u32, tonic::Code> {
+    relay_status(addr, cluster_id, channel)
+        .await
+        .map_err(|refusal| refusal.code())
 }
 
 /// A client that talks to node `addr` only (lazy clients do not move by themselves).
@@ -82,11 +87,13 @@ fn pinned(addr: String) -> Client {
     Client::lazy([addr], ClientOptions::default()).expect("client")
 }
 
-/// Whether `subscription` receives a message within `wait`.
-async fn receives(subscription: &mut basalt_client::Subscription, wait: Duration) -> bool {
-    tokio::time::timeout(wait, tokio_stream::StreamExt::next(subscription))
-        .await
-        .is_ok()
+/// Whether `subscription` receives a message with `payload` within `wait` (not an error, nor
+/// the stream's end, nor another message).
+async fn receives(subscription: &mut basalt_client::Subscription, payload: &str, wait: Duration) -> bool {
+    match tokio::time::timeout(wait, tokio_stream::StreamExt::next(subscription)).await {
+        Ok(Some(Ok(message))) => message.payload == payload.as_bytes(),
+        _ => false,
+    }
 }
 
 #[test]
@@ -130,7 +137,13 @@ fn raft_is_served_on_the_peer_port_only_and_every_member_keeps_the_cluster_s_id(
         );
         assert_eq!(relay(&peer2, "", "relayed").await, Err(tonic::Code::FailedPrecondition));
         assert_eq!(relay(&peer2, &id, "relayed").await, Ok(1));
-        assert!(receives(&mut subscription, Duration::from_secs(5)).await);
+        assert!(receives(&mut subscription, "knock", Duration::from_secs(5)).await);
+        // The refusal of another cluster's relay names this cluster's id, for the caller's log.
+        let refused = relay_status(&peer2, &other, "relayed")
+            .await
+            .expect_err("another cluster");
+        let named = refused.metadata().get(CLUSTER_ID_HEADER).and_then(|v| v.to_str().ok());
+        assert_eq!(named, Some(id.as_str()));
         // And a client cannot pass its publish off as a relay (which no node would pass on).
         let relayed = basalt_client::pb::PublishRequest {
             channel: b"relayed".to_vec(),
@@ -249,13 +262,18 @@ fn a_node_of_another_cluster_is_refused_on_both_sides_and_disturbs_nothing() {
             .subscribe(vec![b"news".to_vec()], Vec::new())
             .await
             .expect("subscribe on the target");
+        let refusals_before = refused(&cluster, target);
         let from_stranger = pinned(stranger.addr(1))
             .pubsub()
             .publish("news", "from another cluster")
             .await
             .expect("the stranger takes the publish");
         assert_eq!(from_stranger, 0);
-        assert!(!receives(&mut subscription, Duration::from_secs(1)).await);
+        assert!(!receives(&mut subscription, "from another cluster", Duration::from_secs(1)).await);
+        assert!(
+            refused(&cluster, target) > refusals_before,
+            "the stranger's relay was refused for its cluster id"
+        );
         let other = (1..=3).find(|id| *id != target).expect("another member");
         let from_member = pinned(cluster.addr(other))
             .pubsub()
@@ -263,7 +281,7 @@ fn a_node_of_another_cluster_is_refused_on_both_sides_and_disturbs_nothing() {
             .await
             .expect("publish");
         assert_eq!(from_member, 1);
-        assert!(receives(&mut subscription, Duration::from_secs(5)).await);
+        assert!(receives(&mut subscription, "from this cluster", Duration::from_secs(5)).await);
 
         // This cluster goes on as it was; the stranger has no leader (its member 2 never voted).
         client.kv().put("k", "v2").await.expect("put while the stranger knocks");
@@ -317,7 +335,7 @@ fn members_added_without_peer_listeners_still_reach_each_other_after_restarting_
             .expect("subscribe on node 2");
         let published = pinned(cluster.addr(1)).pubsub().publish("news", "n-1").await;
         assert_eq!(published.expect("publish"), 1);
-        assert!(receives(&mut subscription, Duration::from_secs(5)).await);
+        assert!(receives(&mut subscription, "n-1", Duration::from_secs(5)).await);
     });
 }
 
@@ -402,9 +420,18 @@ fn peer_traffic_is_mutual_tls_and_a_node_with_another_ca_s_certificate_cannot_vo
         let other = (1..=3).find(|id| *id != target).expect("another member");
         let published = pinned(cluster.addr(other)).pubsub().publish("news", "n-1").await;
         assert_eq!(published.expect("publish"), 1);
-        assert!(receives(&mut subscription, Duration::from_secs(5)).await);
+        assert!(receives(&mut subscription, "n-1", Duration::from_secs(5)).await);
         let id = client.cluster_status().await.expect("status").cluster_id;
-        assert!(relay(&target_peer, &id, "news").await.is_err());
+        // A relay in plaintext to the peer port fails its connection: it reaches no one.
+        let plain = relay(&target_peer, &id, "news").await;
+        assert!(
+            !matches!(
+                plain,
+                Ok(_) | Err(tonic::Code::FailedPrecondition | tonic::Code::Unimplemented)
+            ),
+            "{plain:?}"
+        );
+        assert!(!receives(&mut subscription, "knock", Duration::from_secs(1)).await);
         let receipt = client.cache().purge_tag("t").await.expect("purge");
         assert_eq!(receipt.applied.len(), 3, "{receipt:?}");
         let stats = client.cache().stats().await.expect("stats");

@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,6 +24,7 @@ use tonic::{Request, Response, Status};
 
 use super::cache::CacheService;
 use crate::limits::{PEER_CONNECT_TIMEOUT, PURGE_CONFIRM_WAIT_MAX};
+use basalt_raft::limits::KEEP_ALIVE_INTERVAL;
 
 pub mod pb {
     tonic::include_proto!("basalt.node");
@@ -39,6 +41,8 @@ pub struct NodeLinks {
     tls: Option<basalt_tls::Connector>,
     cluster: Arc<ClusterGuard>,
     channels: Mutex<HashMap<String, Channel>>,
+    /// Calls that failed (unreachable, too slow, refused), for `/metrics`.
+    failures: AtomicU64,
 }
 
 impl NodeLinks {
@@ -48,7 +52,13 @@ impl NodeLinks {
             tls: tls.map(basalt_tls::Connector::Node),
             cluster,
             channels: Mutex::default(),
+            failures: AtomicU64::new(0),
         }
+    }
+
+    /// Calls to other members that failed since the node started.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
     }
 
     /// Where node `id`, which the membership lists as `membership_addr`, takes the nodes' calls:
@@ -126,7 +136,27 @@ impl NodeLinks {
 
     /// One call to the node at `addr`, answered within `timeout` (the deadline also travels in
     /// the request, so the callee gives up too); its reply, unless it names another cluster.
+    /// A failure is counted; one that may mean a dead connection (unreachable, no answer in
+    /// time) drops the address's channel, so the next call connects afresh.
     async fn call<M, T, F, Fut>(&self, addr: &str, timeout: Duration, message: M, call: F) -> Result<T, Status>
+    where
+        F: FnOnce(NodeClient<Channel>, Request<M>) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        let reply = self.call_once(addr, timeout, message, call).await;
+        if let Err(status) = &reply {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+            if matches!(status.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded) {
+                self.channels
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .remove(addr);
+            }
+        }
+        reply
+    }
+
+    async fn call_once<M, T, F, Fut>(&self, addr: &str, timeout: Duration, message: M, call: F) -> Result<T, Status>
     where
         F: FnOnce(NodeClient<Channel>, Request<M>) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
@@ -156,7 +186,9 @@ impl NodeLinks {
     }
 
     /// The channel to `addr`, made on first use and kept: each (re)connection handshakes with
-    /// the certificate files as they are then.
+    /// the certificate files as they are then. Pinged while idle, so a connection that died
+    /// silently (a host gone, a flow a firewall forgot) is found out within seconds rather than
+    /// when TCP gives up.
     fn channel(&self, addr: &str) -> Result<Channel, Status> {
         let mut channels = self.channels.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(channel) = channels.get(addr) {
@@ -165,7 +197,10 @@ impl NodeLinks {
         let endpoint = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| Status::invalid_argument(format!("bad node address {addr:?}: {e}")))?
             .connect_timeout(PEER_CONNECT_TIMEOUT)
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
+            .keep_alive_timeout(KEEP_ALIVE_INTERVAL)
+            .keep_alive_while_idle(true);
         let channel = basalt_tls::lazy_channel(endpoint, addr, self.tls.as_ref(), PEER_CONNECT_TIMEOUT);
         channels.insert(addr.to_string(), channel.clone());
         Ok(channel)
@@ -185,25 +220,38 @@ impl NodeCalls {
         NodeServer::new(NodeCalls { cache }).max_decoding_message_size(basalt_storage::limits::CLIENT_MESSAGE_BYTES_MAX)
     }
 
-    /// Refuses a call naming another cluster, or made to a node that has no cluster id yet (it
-    /// takes one from its first append; until then it is no member the caller can count on).
+    /// Refuses a call naming another cluster, or any call while this node has no cluster id
+    /// yet but would take one (it takes it from its first append; until then it knows no
+    /// cluster to check a caller against). A node of a cluster from before cluster ids takes
+    /// calls naming none.
     fn admit<T>(&self, request: &Request<T>) -> Result<(), Status> {
         let cluster = &self.cache.api.cluster;
+        if cluster.may_adopt() {
+            return Err(Status::unavailable(
+                "this node has not joined its cluster yet (it has had no append from its leader)",
+            ));
+        }
         let peer = basalt_tls::remote_addr(request).map_or_else(|| "unknown".to_string(), |a| a.to_string());
         match cluster.check(request.metadata(), Side::Request, &peer) {
-            Ok(None) => Ok(()),
-            Ok(Some(_)) => Err(Status::unavailable(
-                "this node has not joined its cluster yet (it has had no append from its leader)",
-            )),
+            Ok(_) => Ok(()),
             Err(refusal) => Err(refusal.into_status(cluster.id())),
         }
     }
 
-    /// A reply naming this node's cluster id, for the caller's check.
-    fn reply<T>(&self, message: T) -> Response<T> {
-        let mut response = Response::new(message);
-        self.cache.api.cluster.name(response.metadata_mut());
-        response
+    /// A reply, or a refusal, naming this node's cluster id, for the caller's check.
+    fn reply<T>(&self, reply: Result<T, Status>) -> Result<Response<T>, Status> {
+        let cluster = &self.cache.api.cluster;
+        match reply {
+            Ok(message) => {
+                let mut response = Response::new(message);
+                cluster.name(response.metadata_mut());
+                Ok(response)
+            }
+            Err(mut status) => {
+                cluster.name(status.metadata_mut());
+                Err(status)
+            }
+        }
     }
 }
 
@@ -213,9 +261,10 @@ impl Node for NodeCalls {
         self.admit(&request)?;
         let relay = request.into_inner();
         // The caller checked both before delivering; checked again, as from any caller.
-        super::pubsub::check_publish(&relay.channel, &relay.payload)?;
-        let receivers = self.cache.api.broker.deliver(&relay.channel, &relay.payload);
-        Ok(self.reply(pb::RelayResponse { receivers }))
+        let delivered = super::pubsub::check_publish(&relay.channel, &relay.payload).map(|()| pb::RelayResponse {
+            receivers: self.cache.api.broker.deliver(&relay.channel, &relay.payload),
+        });
+        self.reply(delivered)
     }
 
     async fn await_purge(
@@ -226,7 +275,7 @@ impl Node for NodeCalls {
         let request = request.into_inner();
         let wait = Duration::from_millis(request.wait_ms).min(PURGE_CONFIRM_WAIT_MAX);
         let applied = self.cache.local_progress(request.seq, wait).await;
-        Ok(self.reply(pb::AwaitPurgeResponse {
+        self.reply(Ok(pb::AwaitPurgeResponse {
             applied,
             edge: self.cache.edge.is_some(),
         }))
@@ -237,7 +286,7 @@ impl Node for NodeCalls {
         request: Request<pb::CacheStatsRequest>,
     ) -> Result<Response<client_pb::NodeCacheStats>, Status> {
         self.admit(&request)?;
-        Ok(self.reply(self.cache.local_stats()))
+        self.reply(Ok(self.cache.local_stats()))
     }
 
     async fn purge(
@@ -245,8 +294,8 @@ impl Node for NodeCalls {
         request: Request<client_pb::CachePurgeRequest>,
     ) -> Result<Response<client_pb::CachePurgeResponse>, Status> {
         self.admit(&request)?;
-        let done = self.cache.purge(request.into_inner()).await?;
-        Ok(self.reply(done))
+        let done = self.cache.purge(request.into_inner()).await;
+        self.reply(done)
     }
 }
 
@@ -299,7 +348,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_node_that_cannot_be_reached_is_an_error_within_the_timeout() {
+    async fn a_member_that_cannot_be_reached_or_named_is_an_error_and_counted() {
         // A port nothing listens on: refused at once, well within the timeout.
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -320,6 +369,9 @@ mod tests {
             .await
             .expect_err("a bad address");
         assert!(!refused.message().is_empty());
+        assert_eq!(links.failures(), 2);
+        // The unreachable address's channel was dropped: the next call connects afresh.
+        assert!(!links.channels.lock().expect("lock").contains_key(&addr));
     }
 
     proptest! {
