@@ -52,6 +52,17 @@ pub enum GetExChange {
     Persist,
 }
 
+/// What `XINFO` asks about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum XInfo {
+    /// `XINFO STREAM key`.
+    Stream(Bytes),
+    /// `XINFO GROUPS key`.
+    Groups(Bytes),
+    /// `XINFO CONSUMERS key group`.
+    Consumers(Bytes, Bytes),
+}
+
 /// One parsed command. Names are Redis's; what each does on Basalt is in `docs/redis.md`.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Command {
@@ -203,6 +214,15 @@ pub enum Command {
         create: bool,
     },
     XGroupDestroy(Bytes, Bytes),
+    /// `XGROUP SETID key group id|$ [ENTRIESREAD n]`.
+    XGroupSetId {
+        key: Bytes,
+        group: Bytes,
+        from: ReadFrom,
+    },
+    /// `XGROUP DELCONSUMER key group consumer`.
+    XGroupDelConsumer(Bytes, Bytes, Bytes),
+    XInfo(XInfo),
     XAck(Bytes, Bytes, Vec<StreamId>),
     /// `XPENDING key group` (the summary, `None`) or its extended form.
     XPending(Bytes, Bytes, Option<PendingQuery>),
@@ -383,6 +403,7 @@ pub const COMMANDS: &[(&str, i32, &str)] = &[
         "Changes, or acquires, ownership of a message in a consumer group, as if the message was delivered a consumer group member.",
     ),
     ("xgroup", -2, "A container for consumer groups commands."),
+    ("xinfo", -2, "A container for stream introspection commands."),
     ("xlen", 2, "Return the number of messages in a stream."),
     (
         "xpending",
@@ -769,6 +790,7 @@ pub fn parse(args: &[Bytes]) -> Result<Command, Refusal> {
         }
         "xread" | "xreadgroup" => parse_xread(a, name == "xreadgroup")?,
         "xgroup" => parse_xgroup(a)?,
+        "xinfo" => parse_xinfo(a)?,
         "xack" => Command::XAck(
             key(),
             a[1].clone(),
@@ -1065,21 +1087,24 @@ fn parse_xread(a: &[Bytes], group: bool) -> Result<Command, Refusal> {
     })
 }
 
-/// `XGROUP CREATE key group id|$ [MKSTREAM] [ENTRIESREAD n]` and `XGROUP DESTROY key group`.
+/// `XGROUP CREATE key group id|$ [MKSTREAM] [ENTRIESREAD n]`, `XGROUP SETID key group id|$
+/// [ENTRIESREAD n]`, `XGROUP DESTROY key group` and `XGROUP DELCONSUMER key group consumer`.
 fn parse_xgroup(a: &[Bytes]) -> Result<Command, Refusal> {
     let sub = upper(&a[0]);
+    let place = |id: &Bytes| match ReadFrom::parse(id).map_err(Refusal::from)? {
+        ReadFrom::Undelivered => refuse(INVALID_ID),
+        from => Ok(from),
+    };
     match (sub.as_str(), &a[1..]) {
         ("CREATE", [key, group, id, options @ ..]) => {
-            let from = match ReadFrom::parse(id).map_err(Refusal::from)? {
-                ReadFrom::Undelivered => return refuse(INVALID_ID),
-                from => from,
-            };
+            let from = place(id)?;
             let mut create = false;
             let mut at = 0;
             while let Some(option) = options.get(at) {
                 match upper(option).as_str() {
                     "MKSTREAM" => at += 1,
-                    // The group's entries-read counter (for lag) is not kept: the option is taken.
+                    // The group's entries-read counter is its next offset (entries are numbered
+                    // from the stream's first): the option is taken and checked, not needed.
                     "ENTRIESREAD" if options.len() > at + 1 => {
                         int(&options[at + 1])?;
                         at += 2;
@@ -1096,8 +1121,31 @@ fn parse_xgroup(a: &[Bytes]) -> Result<Command, Refusal> {
                 create,
             })
         }
+        ("SETID", [key, group, id, options @ ..]) => {
+            let from = place(id)?;
+            match options {
+                [] => {}
+                [word, n] if upper(word) == "ENTRIESREAD" => {
+                    int(n)?;
+                }
+                _ => return refuse(errors::SYNTAX),
+            }
+            Ok(Command::XGroupSetId {
+                key: key.clone(),
+                group: group.clone(),
+                from,
+            })
+        }
         ("DESTROY", [key, group]) => Ok(Command::XGroupDestroy(key.clone(), group.clone())),
-        ("CREATE", _) | ("DESTROY", _) => Err(Refusal(format!(
+        ("DELCONSUMER", [key, group, consumer]) => Ok(Command::XGroupDelConsumer(
+            key.clone(),
+            group.clone(),
+            consumer.clone(),
+        )),
+        ("CREATECONSUMER", [_, _, _]) => refuse(
+            "ERR XGROUP CREATECONSUMER is not served: a consumer exists as the owner of pending entries, made by XREADGROUP",
+        ),
+        ("CREATE" | "SETID" | "DESTROY" | "DELCONSUMER" | "CREATECONSUMER", _) => Err(Refusal(format!(
             "ERR wrong number of arguments for 'xgroup|{}' command",
             sub.to_ascii_lowercase()
         ))),
@@ -1106,6 +1154,33 @@ fn parse_xgroup(a: &[Bytes]) -> Result<Command, Refusal> {
             String::from_utf8_lossy(&a[0])
         )),
     }
+}
+
+/// `XINFO STREAM key`, `XINFO GROUPS key`, `XINFO CONSUMERS key group`.
+fn parse_xinfo(a: &[Bytes]) -> Result<Command, Refusal> {
+    let sub = upper(&a[0]);
+    let info = match (sub.as_str(), &a[1..]) {
+        ("STREAM", [key]) => XInfo::Stream(key.clone()),
+        ("STREAM", [_, word, ..]) if upper(word) == "FULL" => {
+            return refuse("ERR XINFO STREAM FULL is not served; XINFO STREAM, GROUPS and CONSUMERS are")
+        }
+        ("STREAM", [_, _, ..]) => return refuse(errors::SYNTAX),
+        ("GROUPS", [key]) => XInfo::Groups(key.clone()),
+        ("CONSUMERS", [key, group]) => XInfo::Consumers(key.clone(), group.clone()),
+        ("STREAM" | "GROUPS" | "CONSUMERS", _) => {
+            return Err(Refusal(format!(
+                "ERR wrong number of arguments for 'xinfo|{}' command",
+                sub.to_ascii_lowercase()
+            )))
+        }
+        _ => {
+            return refuse(format!(
+                "ERR unknown subcommand '{}'. Try XINFO HELP.",
+                String::from_utf8_lossy(&a[0])
+            ))
+        }
+    };
+    Ok(Command::XInfo(info))
 }
 
 fn score_range(min: &[u8], max: &[u8]) -> Result<(ScoreBound, ScoreBound), Refusal> {
@@ -1485,8 +1560,52 @@ mod tests {
             "ERR wrong number of arguments for 'xgroup|create' command"
         );
         assert_eq!(
-            refused("XGROUP SETID s g 0"),
-            "ERR unknown subcommand 'SETID'. Try XGROUP HELP."
+            parse(&args("XGROUP SETID s g 5-1 ENTRIESREAD 3")),
+            Ok(Command::XGroupSetId {
+                key: b"s".to_vec(),
+                group: b"g".to_vec(),
+                from: ReadFrom::After(id(5, 1)),
+            })
+        );
+        assert_eq!(refused("XGROUP SETID s g >"), INVALID_ID);
+        assert_eq!(refused("XGROUP SETID s g $ ENTRIESREAD"), errors::SYNTAX);
+        assert_eq!(
+            refused("XGROUP SETID s g"),
+            "ERR wrong number of arguments for 'xgroup|setid' command"
+        );
+        assert_eq!(
+            parse(&args("XGROUP DELCONSUMER s g alice")),
+            Ok(Command::XGroupDelConsumer(
+                b"s".to_vec(),
+                b"g".to_vec(),
+                b"alice".to_vec()
+            ))
+        );
+        assert!(refused("XGROUP CREATECONSUMER s g alice").contains("not served"));
+        assert_eq!(
+            refused("XGROUP NOPE s g"),
+            "ERR unknown subcommand 'NOPE'. Try XGROUP HELP."
+        );
+        assert_eq!(
+            parse(&args("XINFO STREAM s")),
+            Ok(Command::XInfo(XInfo::Stream(b"s".to_vec())))
+        );
+        assert_eq!(
+            parse(&args("xinfo groups s")),
+            Ok(Command::XInfo(XInfo::Groups(b"s".to_vec())))
+        );
+        assert_eq!(
+            parse(&args("XINFO CONSUMERS s g")),
+            Ok(Command::XInfo(XInfo::Consumers(b"s".to_vec(), b"g".to_vec())))
+        );
+        assert!(refused("XINFO STREAM s FULL").contains("not served"));
+        assert_eq!(
+            refused("XINFO CONSUMERS s"),
+            "ERR wrong number of arguments for 'xinfo|consumers' command"
+        );
+        assert_eq!(
+            refused("XINFO NOPE s"),
+            "ERR unknown subcommand 'NOPE'. Try XINFO HELP."
         );
         assert_eq!(
             parse(&args("XACK s g 1-2 3")),

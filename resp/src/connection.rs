@@ -627,6 +627,11 @@ impl Connection {
                 create,
             } => self.streams().xgroup_create(&key, &group, from, create).await,
             Command::XGroupDestroy(key, group) => self.streams().xgroup_destroy(&key, &group).await,
+            Command::XGroupSetId { key, group, from } => self.streams().xgroup_setid(&key, &group, from).await,
+            Command::XGroupDelConsumer(key, group, consumer) => {
+                self.streams().xgroup_delconsumer(&key, &group, &consumer).await
+            }
+            Command::XInfo(info) => self.streams().xinfo(info).await,
             Command::XAck(key, group, ids) => self.streams().xack(&key, &group, &ids).await,
             Command::XPending(key, group, query) => self.streams().xpending(&key, &group, query).await,
             Command::XClaim {

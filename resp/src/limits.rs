@@ -118,3 +118,7 @@ pub const STREAM_APPEND_BYTES_MAX: usize = 1024 * 1024;
 /// Ids one `XCLAIM` may name (Redis takes any number; here each is a row read and a
 /// transaction condition).
 pub const XCLAIM_IDS_MAX: usize = 1000;
+
+/// Consumer groups `XINFO GROUPS` lists (each counted from its pending rows); a stream of more
+/// is answered an error.
+pub const XINFO_GROUPS_MAX: usize = 1000;

@@ -20,7 +20,7 @@ use std::time::Duration;
 use basalt_client::txn::{Compare, Condition};
 use basalt_client::{Client, KvEntry, ReadConsistency, TxnOp, TxnOutcome};
 
-use crate::command::{Bytes, Command};
+use crate::command::{Bytes, Command, XInfo};
 use crate::decide::{single_key, Change, KeyState};
 use crate::frame::Reply;
 use crate::keys::{check_key, check_storable, now_ms, op_refusal, put_op, string_of, NewTtl};
@@ -65,6 +65,9 @@ pub fn keys_of(command: &Command) -> Vec<&Bytes> {
         | Command::XRange { key, .. }
         | Command::XGroupCreate { key, .. }
         | Command::XGroupDestroy(key, _)
+        | Command::XGroupSetId { key, .. }
+        | Command::XGroupDelConsumer(key, _, _)
+        | Command::XInfo(XInfo::Stream(key) | XInfo::Groups(key) | XInfo::Consumers(key, _))
         | Command::XAck(key, _, _)
         | Command::XPending(key, _, _)
         | Command::XClaim { key, .. }

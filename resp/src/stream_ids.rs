@@ -237,6 +237,13 @@ pub fn group_rows_of(stream: &[u8]) -> Vec<u8> {
     key
 }
 
+/// The group a group row (under `prefix`, from [`group_rows_of`]) is of.
+pub fn group_name(row: &[u8], prefix: &[u8]) -> Option<Bytes> {
+    let rest = row.strip_prefix(prefix)?;
+    let (len, name) = rest.split_first_chunk::<4>()?;
+    (name.len() == u32::from_be_bytes(*len) as usize).then(|| name.to_vec())
+}
+
 /// Where the pending rows of `group` of `stream` start; each then has the id's sequence and
 /// milliseconds (8 bytes each, big-endian), so they sort by offset.
 pub fn pending_rows(stream: &[u8], group: &[u8]) -> Vec<u8> {
@@ -399,6 +406,25 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    proptest! {
+        /// A group row names its group back, whatever the names; a row of another stream (or
+        /// any other bytes) names none under this stream's prefix.
+        #[test]
+        fn a_group_row_names_its_group(
+            stream in proptest::collection::vec(any::<u8>(), 0..20),
+            other in proptest::collection::vec(any::<u8>(), 0..20),
+            group in proptest::collection::vec(any::<u8>(), 0..20),
+            junk in proptest::collection::vec(any::<u8>(), 0..40),
+        ) {
+            let prefix = group_rows_of(&stream);
+            prop_assert_eq!(group_name(&group_row(&stream, &group), &prefix), Some(group.clone()));
+            if other != stream {
+                prop_assert_eq!(group_name(&group_row(&other, &group), &prefix), None);
+            }
+            let _ = group_name(&junk, &prefix);
+        }
+    }
 
     #[test]
     fn ids_parse_as_redis_reads_them() {

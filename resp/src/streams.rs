@@ -1,5 +1,6 @@
 //! Redis streams on Basalt topics: `XADD`, `XLEN`, `XRANGE`, `XREVRANGE`, `XREAD` (`BLOCK`),
-//! `XGROUP CREATE | DESTROY`, `XREADGROUP` and `XACK`, each as calls of the SDK.
+//! `XGROUP CREATE | SETID | DESTROY | DELCONSUMER`, `XREADGROUP`, `XACK`, `XPENDING`, `XCLAIM`,
+//! `XAUTOCLAIM` and `XINFO STREAM | GROUPS | CONSUMERS`, each as calls of the SDK.
 //!
 //! A stream `key` is partition 0 of the one-partition topic `key` (created by the first `XADD`,
 //! or `XGROUP CREATE ... MKSTREAM`), so the SDK's and the CLI's stream commands read what RESP
@@ -21,21 +22,32 @@ use basalt_client::{
 };
 use tokio::task::JoinSet;
 
-use crate::command::Bytes;
+use crate::command::{Bytes, XInfo};
 use crate::frame::Reply;
 use crate::keys::{now_ms, op_refusal, WRONGTYPE};
 use crate::limits::{
     CAS_ATTEMPTS_MAX, PENDING_SCAN_ROWS_MAX, REPLY_BYTES_MAX, STREAM_ABSENT_POLL_MS, STREAM_BLOCK_ROUND_MS,
-    STREAM_CLAIM_ENTRIES_MAX, TXN_CONDITIONS_MAX, TXN_OPS_MAX,
+    STREAM_CLAIM_ENTRIES_MAX, TXN_CONDITIONS_MAX, TXN_OPS_MAX, XINFO_GROUPS_MAX,
 };
 use crate::reply_error::client_error;
 use crate::stream_ids::{
-    encode_entry, entry_fields, first_offset_from, group_row, group_rows_of, pending_id, pending_row, pending_rows,
-    pending_rows_from, pending_rows_of, stream_row, ClaimOptions, GroupState, Pending, PendingQuery, RangeEnd,
-    ReadFrom, StreamId,
+    encode_entry, entry_fields, first_offset_from, group_name, group_row, group_rows_of, pending_id, pending_row,
+    pending_rows, pending_rows_from, pending_rows_of, stream_row, ClaimOptions, GroupState, Pending, PendingQuery,
+    RangeEnd, ReadFrom, StreamId,
 };
 
-/// Redis's error for a group that does not exist.
+/// Redis's error for a group the `XGROUP` and `XINFO` subcommands name that does not exist.
+fn no_such_group(key: &[u8], group: &[u8]) -> Reply {
+    Reply::error(format!(
+        "NOGROUP No such consumer group '{}' for key name '{}'",
+        String::from_utf8_lossy(group),
+        String::from_utf8_lossy(key)
+    ))
+}
+
+/// Redis's error for an `XGROUP` subcommand naming a stream that does not exist.
+const XGROUP_NEEDS_KEY: &str = "ERR The XGROUP subcommand requires the key to exist. Note that for CREATE you may want to use the MKSTREAM option to create an empty stream automatically.";
+
 /// Redis's error for a group that does not exist (`command`: where, as `XREADGROUP` names it;
 /// empty for the commands whose error names none).
 fn no_group(key: &[u8], group: &[u8], command: &str) -> Reply {
@@ -678,26 +690,15 @@ impl Streams<'_> {
             }
             Ok(None) => {
                 return match self.check_not_a_key(key).await {
-                    Ok(()) => Reply::error(
-                        "ERR The XGROUP subcommand requires the key to exist. Note that for CREATE you may want to use the MKSTREAM option to create an empty stream automatically.",
-                    ),
+                    Ok(()) => Reply::error(XGROUP_NEEDS_KEY),
                     Err(reply) => reply,
                 }
             }
             Err(reply) => return reply,
         };
-        let state = match from {
-            ReadFrom::End | ReadFrom::Undelivered => GroupState {
-                next_offset: partition.high_watermark,
-                last_delivered: StreamId::MIN,
-            },
-            ReadFrom::After(id) => match this.offset_after(key, id, &partition).await {
-                Ok(next_offset) => GroupState {
-                    next_offset,
-                    last_delivered: id,
-                },
-                Err(reply) => return reply,
-            },
+        let state = match this.group_place(key, from, &partition).await {
+            Ok(state) => state,
+            Err(reply) => return reply,
         };
         // The group is written only while the stream is the one read: a DEL takes the mark
         // (a new revision) before it removes the groups.
@@ -728,15 +729,265 @@ impl Streams<'_> {
         }
     }
 
+    /// Where a group set at `from` (`$`: the end; an id: after it) delivers next.
+    async fn group_place(&self, key: &[u8], from: ReadFrom, partition: &PartitionInfo) -> Result<GroupState, Reply> {
+        Ok(match from {
+            ReadFrom::End | ReadFrom::Undelivered => GroupState {
+                next_offset: partition.high_watermark,
+                last_delivered: StreamId::MIN,
+            },
+            ReadFrom::After(id) => GroupState {
+                next_offset: self.offset_after(key, id, partition).await?,
+                last_delivered: id,
+            },
+        })
+    }
+
+    /// The stream's partition, or the reply for a name that is no stream: `absent` when no key
+    /// has it, `WRONGTYPE` when a KV key does.
+    async fn existing(&self, key: &[u8], absent: &str) -> Result<PartitionInfo, Reply> {
+        match self.partition(key).await? {
+            Some(partition) => Ok(partition),
+            None => {
+                self.check_not_a_key(key).await?;
+                Err(Reply::error(absent))
+            }
+        }
+    }
+
+    /// `XGROUP SETID key group id|$`: the group delivers next what follows `id` (`$`: what is
+    /// added from now on), whatever it delivered before; its pending entries stay pending.
+    pub async fn xgroup_setid(&self, key: &[u8], group: &[u8], from: ReadFrom) -> Reply {
+        let this = self.linearizable();
+        let partition = match this.existing(key, XGROUP_NEEDS_KEY).await {
+            Ok(partition) => partition,
+            Err(reply) => return reply,
+        };
+        let state = match this.group_place(key, from, &partition).await {
+            Ok(state) => state,
+            Err(reply) => return reply,
+        };
+        // Only a group that exists is moved: one destroyed meanwhile is not made again.
+        let row = group_row(key, group);
+        match self
+            .client
+            .txn()
+            .when(Condition::exists(row.clone()))
+            .then(TxnOp::put(row, state.encode()))
+            .commit()
+            .await
+        {
+            Ok(TxnOutcome::Committed { succeeded: true, .. }) => Reply::ok(),
+            Ok(TxnOutcome::Committed { .. }) => no_such_group(key, group),
+            Ok(TxnOutcome::Aborted { reason, .. }) => op_refusal(reason),
+            Err(e) => client_error(&e),
+        }
+    }
+
+    /// `XGROUP DELCONSUMER key group consumer`: the consumer's pending entries are dropped (as
+    /// if acknowledged); how many there were. A consumer exists only as the owner of pending
+    /// entries, so one with none answers 0. Each row is deleted only while it is still the
+    /// consumer's as read (an `XCLAIM` meanwhile gives it to another, which keeps it).
+    pub async fn xgroup_delconsumer(&self, key: &[u8], group: &[u8], consumer: &[u8]) -> Reply {
+        let this = self.linearizable();
+        if let Err(reply) = this.existing(key, XGROUP_NEEDS_KEY).await {
+            return reply;
+        }
+        match this.group_state(key, group).await {
+            Ok(Some(_)) => {}
+            Ok(None) => return no_such_group(key, group),
+            Err(reply) => return reply,
+        }
+        let mut deleted = 0i64;
+        for _ in 0..CAS_ATTEMPTS_MAX {
+            let mut rows: Vec<(Bytes, Bytes)> = Vec::new();
+            let scanned = this
+                .scan_pending_rows(key, group, 0, |_, pending, row, value| {
+                    if pending.consumer == consumer {
+                        rows.push((row.to_vec(), value.to_vec()));
+                    }
+                    true
+                })
+                .await;
+            if let Err(reply) = scanned {
+                return reply;
+            }
+            let mut raced = false;
+            for part in rows.chunks(TXN_CONDITIONS_MAX.min(TXN_OPS_MAX)) {
+                let mut txn = self.client.txn();
+                for (row, value) in part {
+                    txn = txn
+                        .when(Condition::value(row.clone(), Compare::Eq, value.clone()))
+                        .then(TxnOp::delete(row.clone()));
+                }
+                match txn.commit().await {
+                    Ok(TxnOutcome::Committed { succeeded: true, .. }) => deleted += part.len() as i64,
+                    Ok(TxnOutcome::Committed { .. }) => raced = true,
+                    Ok(TxnOutcome::Aborted { reason, .. }) => return op_refusal(reason),
+                    Err(e) => return client_error(&e),
+                }
+            }
+            if !raced {
+                return Reply::Integer(deleted);
+            }
+        }
+        Reply::error("TRYAGAIN the consumer's pending entries kept changing under this command")
+    }
+
+    /// `XINFO STREAM | GROUPS | CONSUMERS`.
+    pub async fn xinfo(&self, info: XInfo) -> Reply {
+        let result = match info {
+            XInfo::Stream(key) => self.xinfo_stream(&key).await,
+            XInfo::Groups(key) => self.xinfo_groups(&key).await,
+            XInfo::Consumers(key, group) => self.xinfo_consumers(&key, &group).await,
+        };
+        result.unwrap_or_else(|reply| reply)
+    }
+
+    /// `XINFO STREAM key`: its length, first and last entries, groups, and the ids Redis
+    /// reports. Entries leave a stream only from its start (retention), never one by one, so
+    /// `max-deleted-entry-id` is `0-0`; `entries-added` counts every entry ever added (the next
+    /// offset). Redis's radix-tree counts describe its own memory layout and are not reported.
+    async fn xinfo_stream(&self, key: &[u8]) -> Result<Reply, Reply> {
+        let partition = self.existing(key, "ERR no such key").await?;
+        let (start, end) = (partition.log_start, partition.high_watermark);
+        let first = self
+            .read_range(key, start, end, 1, "XINFO STREAM", true)
+            .await?
+            .into_iter()
+            .next();
+        let last = match end.checked_sub(1) {
+            Some(at) if at >= start => self
+                .read_range(key, at, end, 1, "XINFO STREAM", true)
+                .await?
+                .into_iter()
+                .next(),
+            _ => None,
+        };
+        let groups = self.groups_of(key).await?.len();
+        let id = |record: &Option<FetchedRecord>| Reply::Bulk(record.as_ref().map_or(StreamId::MIN, id_of).bulk());
+        let entry = |record: Option<FetchedRecord>| record.map_or(Reply::Null, entry_reply);
+        Ok(Reply::Map(vec![
+            (Reply::bulk("length"), Reply::Integer(end.saturating_sub(start) as i64)),
+            (Reply::bulk("last-generated-id"), id(&last)),
+            (Reply::bulk("max-deleted-entry-id"), Reply::Bulk(StreamId::MIN.bulk())),
+            (
+                Reply::bulk("entries-added"),
+                Reply::Integer(end.min(i64::MAX as u64) as i64),
+            ),
+            (Reply::bulk("recorded-first-entry-id"), id(&first)),
+            (Reply::bulk("groups"), Reply::Integer(groups as i64)),
+            (Reply::bulk("first-entry"), entry(first)),
+            (Reply::bulk("last-entry"), entry(last)),
+        ]))
+    }
+
+    /// The stream's groups and their states, in name order; at most [`XINFO_GROUPS_MAX`].
+    async fn groups_of(&self, key: &[u8]) -> Result<Vec<(Bytes, GroupState)>, Reply> {
+        let prefix = group_rows_of(key);
+        let mut start_after = prefix.clone();
+        let mut groups = Vec::new();
+        loop {
+            let page = self
+                .client
+                .kv()
+                .scan_page(&prefix, &start_after, 1000, self.reads)
+                .await
+                .map_err(|e| client_error(&e))?;
+            for (row, value) in &page.items {
+                if let (Some(name), Some(state)) = (group_name(row, &prefix), GroupState::decode(value)) {
+                    groups.push((name, state));
+                }
+            }
+            if groups.len() > XINFO_GROUPS_MAX {
+                return Err(Reply::error(format!(
+                    "ERR the stream has more than {XINFO_GROUPS_MAX} consumer groups, more than XINFO GROUPS lists"
+                )));
+            }
+            match page.items.last() {
+                Some((row, _)) if page.more => start_after = row.clone(),
+                _ => break,
+            }
+        }
+        // Rows sort shorter names first; Redis lists groups in name order.
+        groups.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(groups)
+    }
+
+    /// `XINFO GROUPS key`: each group's name, consumers (those with pending entries), pending
+    /// count, last delivered id, entries read (its next offset: entries are numbered from the
+    /// stream's first) and lag (the entries still kept that it has not delivered).
+    async fn xinfo_groups(&self, key: &[u8]) -> Result<Reply, Reply> {
+        let partition = self.existing(key, "ERR no such key").await?;
+        let mut replies = Vec::new();
+        for (name, state) in self.groups_of(key).await? {
+            let mut pending = 0i64;
+            let mut consumers = std::collections::BTreeSet::new();
+            self.scan_pending(key, &name, 0, |_, entry| {
+                pending += 1;
+                consumers.insert(entry.consumer);
+                true
+            })
+            .await?;
+            let lag = partition
+                .high_watermark
+                .saturating_sub(state.next_offset.max(partition.log_start));
+            replies.push(Reply::Map(vec![
+                (Reply::bulk("name"), Reply::Bulk(name)),
+                (Reply::bulk("consumers"), Reply::Integer(consumers.len() as i64)),
+                (Reply::bulk("pending"), Reply::Integer(pending)),
+                (
+                    Reply::bulk("last-delivered-id"),
+                    Reply::Bulk(state.last_delivered.bulk()),
+                ),
+                (
+                    Reply::bulk("entries-read"),
+                    Reply::Integer(state.next_offset.min(i64::MAX as u64) as i64),
+                ),
+                (Reply::bulk("lag"), Reply::Integer(lag.min(i64::MAX as u64) as i64)),
+            ]));
+        }
+        Ok(Reply::Array(replies))
+    }
+
+    /// `XINFO CONSUMERS key group`: each consumer with pending entries (a consumer exists only
+    /// as their owner), its pending count, and the time since its latest delivery or claim as
+    /// both `idle` and `inactive`.
+    async fn xinfo_consumers(&self, key: &[u8], group: &[u8]) -> Result<Reply, Reply> {
+        self.existing(key, "ERR no such key").await?;
+        if self.group_state(key, group).await?.is_none() {
+            return Err(no_such_group(key, group));
+        }
+        let now = now_ms().max(0) as u64;
+        let mut consumers: std::collections::BTreeMap<Bytes, (i64, u64)> = std::collections::BTreeMap::new();
+        self.scan_pending(key, group, 0, |_, entry| {
+            let (count, latest) = consumers.entry(entry.consumer).or_default();
+            *count += 1;
+            *latest = (*latest).max(entry.delivered_ms);
+            true
+        })
+        .await?;
+        Ok(Reply::Array(
+            consumers
+                .into_iter()
+                .map(|(name, (pending, latest))| {
+                    let idle = now.saturating_sub(latest).min(i64::MAX as u64) as i64;
+                    Reply::Map(vec![
+                        (Reply::bulk("name"), Reply::Bulk(name)),
+                        (Reply::bulk("pending"), Reply::Integer(pending)),
+                        (Reply::bulk("idle"), Reply::Integer(idle)),
+                        (Reply::bulk("inactive"), Reply::Integer(idle)),
+                    ])
+                })
+                .collect(),
+        ))
+    }
+
     /// `XGROUP DESTROY key group`: the group and its pending entries; 1 if it existed.
     pub async fn xgroup_destroy(&self, key: &[u8], group: &[u8]) -> Reply {
         match self.partition(key).await {
             Ok(Some(_)) => {}
-            Ok(None) => {
-                return Reply::error(
-                    "ERR The XGROUP subcommand requires the key to exist. Note that for CREATE you may want to use the MKSTREAM option to create an empty stream automatically.",
-                )
-            }
+            Ok(None) => return Reply::error(XGROUP_NEEDS_KEY),
             Err(reply) => return reply,
         }
         let existed = match self.client.kv().delete(group_row(key, group)).await {
@@ -971,6 +1222,18 @@ impl Streams<'_> {
         from: u64,
         mut visit: impl FnMut(StreamId, Pending) -> bool,
     ) -> Result<(), Reply> {
+        self.scan_pending_rows(key, group, from, |id, pending, _, _| visit(id, pending))
+            .await
+    }
+
+    /// [`Streams::scan_pending`], with each row's key and stored value.
+    async fn scan_pending_rows(
+        &self,
+        key: &[u8],
+        group: &[u8],
+        from: u64,
+        mut visit: impl FnMut(StreamId, Pending, &[u8], &[u8]) -> bool,
+    ) -> Result<(), Reply> {
         let prefix = pending_rows(key, group);
         let mut start_after = pending_rows_from(key, group, from);
         let mut passed = 0usize;
@@ -989,7 +1252,7 @@ impl Streams<'_> {
             }
             for (row, value) in &page.items {
                 if let (Some(id), Some(pending)) = (pending_id(row, &prefix), Pending::decode(value)) {
-                    if !visit(id, pending) {
+                    if !visit(id, pending, row, value) {
                         return Ok(());
                     }
                 }

@@ -1292,6 +1292,93 @@ fn streams_answer_as_redis_does_and_are_basalt_topics() {
         "*4\r\n:0\r\n$-1\r\n$-1\r\n*-1\r\n"
     );
 
+    // XINFO: the stream, its groups and a group's consumers (those with pending entries:
+    // erin has the first entry, frank the second).
+    let pair = |name: &str, value: String| format!("{}{value}", bulk(name));
+    assert_eq!(
+        raw.call(&["XINFO", "STREAM", "s:claims"]),
+        format!(
+            "*16\r\n{}{}{}{}{}{}{}{}",
+            pair("length", ":2\r\n".into()),
+            pair("last-generated-id", bulk(&id2)),
+            pair("max-deleted-entry-id", bulk("0-0")),
+            pair("entries-added", ":2\r\n".into()),
+            pair("recorded-first-entry-id", bulk(&id1)),
+            pair("groups", ":2\r\n".into()),
+            pair("first-entry", c1.clone()),
+            pair("last-entry", c2.clone()),
+        )
+    );
+    let group = |name: &str, consumers: u32, pending: u32, last: &str| {
+        format!(
+            "*12\r\n{}{}{}{}{}{}",
+            pair("name", bulk(name)),
+            pair("consumers", format!(":{consumers}\r\n")),
+            pair("pending", format!(":{pending}\r\n")),
+            pair("last-delivered-id", bulk(last)),
+            pair("entries-read", ":2\r\n".into()),
+            pair("lag", ":0\r\n".into()),
+        )
+    };
+    assert_eq!(
+        raw.call(&["XINFO", "GROUPS", "s:claims"]),
+        format!("*2\r\n{}{}", group("empty", 0, 0, "0-0"), group("g", 2, 2, &id2))
+    );
+    let consumers = raw.call(&["XINFO", "CONSUMERS", "s:claims", "g"]);
+    let erin = format!(
+        "*8\r\n{}{}{}",
+        pair("name", bulk("erin")),
+        pair("pending", ":1\r\n".into()),
+        bulk("idle")
+    );
+    let frank = format!(
+        "{}{}{}",
+        pair("name", bulk("frank")),
+        pair("pending", ":1\r\n".into()),
+        bulk("idle")
+    );
+    assert!(
+        consumers.starts_with(&format!("*2\r\n{erin}")) && consumers.contains(&frank),
+        "{consumers}"
+    );
+    assert_eq!(raw.call(&["XINFO", "CONSUMERS", "s:claims", "empty"]), "*0\r\n");
+    assert_eq!(
+        raw.call(&["XINFO", "CONSUMERS", "s:claims", "nog"]),
+        "-NOGROUP No such consumer group 'nog' for key name 's:claims'\r\n"
+    );
+    assert_eq!(raw.call(&["XINFO", "STREAM", "s:nothing"]), "-ERR no such key\r\n");
+    assert!(raw
+        .call(&["XINFO", "STREAM", "s:claims", "FULL"])
+        .contains("not served"));
+
+    // XGROUP DELCONSUMER drops a consumer's pending entries; SETID moves a group's place.
+    assert_eq!(raw.call(&["XGROUP", "DELCONSUMER", "s:claims", "g", "erin"]), ":1\r\n");
+    assert_eq!(raw.call(&["XGROUP", "DELCONSUMER", "s:claims", "g", "erin"]), ":0\r\n");
+    assert!(raw
+        .call(&["XPENDING", "s:claims", "g"])
+        .starts_with(&format!("*4\r\n:1\r\n{}", bulk(&id2))));
+    assert_eq!(
+        raw.call(&["XGROUP", "DELCONSUMER", "s:claims", "nog", "erin"]),
+        "-NOGROUP No such consumer group 'nog' for key name 's:claims'\r\n"
+    );
+    assert_eq!(raw.call(&["XGROUP", "SETID", "s:claims", "empty", "0"]), "+OK\r\n");
+    assert_eq!(
+        raw.call(&["XREADGROUP", "GROUP", "empty", "x", "STREAMS", "s:claims", ">"]),
+        format!("*1\r\n*2\r\n$8\r\ns:claims\r\n*2\r\n{c1}{c2}")
+    );
+    assert_eq!(raw.call(&["XGROUP", "SETID", "s:claims", "empty", &id1]), "+OK\r\n");
+    assert_eq!(
+        raw.call(&["XREADGROUP", "GROUP", "empty", "x", "STREAMS", "s:claims", ">"]),
+        format!("*1\r\n*2\r\n$8\r\ns:claims\r\n*1\r\n{c2}")
+    );
+    assert_eq!(
+        raw.call(&["XGROUP", "SETID", "s:claims", "nog", "$"]),
+        "-NOGROUP No such consumer group 'nog' for key name 's:claims'\r\n"
+    );
+    assert!(raw
+        .call(&["XGROUP", "SETID", "s:nothing", "g", "$"])
+        .starts_with("-ERR The XGROUP subcommand requires the key to exist."));
+
     // A name holds one type; errors are Redis's, or say what Basalt does instead.
     assert_eq!(raw.call(&["SET", "s:text", "v"]), "+OK\r\n");
     let wrongtype = "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n";
