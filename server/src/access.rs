@@ -138,22 +138,27 @@ impl Gate {
         self.table.borrow().identify(&hash).ok_or(AuthRefusal::Unknown)
     }
 
-    /// The identity of a request's `authorization` header.
-    pub fn authenticate(&self, headers: &http::HeaderMap) -> Result<Arc<Identity>, AuthRefusal> {
-        self.identify_token(bearer_token(headers)?)
+    /// The identity of a gRPC request (see [`Gate::authenticate`]).
+    fn authenticate_request(&self, parts: &http::request::Parts) -> Result<(Arc<Identity>, Credential), AuthRefusal> {
+        self.authenticate(&parts.headers, parts.extensions.get::<basalt_tls::ConnectInfo>())
     }
 
-    /// The identity of a gRPC request: its bearer token's, or, without an `authorization`
-    /// header, the user its connection's client certificate names (never the root: only the
-    /// root token is).
-    fn authenticate_request(&self, parts: &http::request::Parts) -> Result<(Arc<Identity>, Credential), AuthRefusal> {
+    /// The identity of a request (gRPC or HTTP) with `headers`, on a connection whose TLS
+    /// handshake found `connection`: its bearer token's, or, without an `authorization` header,
+    /// the user the connection's client certificate names (never the root: only the root token
+    /// is). A certificate that has expired since the handshake names no one.
+    pub(crate) fn authenticate(
+        &self,
+        headers: &http::HeaderMap,
+        connection: Option<&basalt_tls::ConnectInfo>,
+    ) -> Result<(Arc<Identity>, Credential), AuthRefusal> {
         let certificate_name = || -> Result<Option<Arc<str>>, AuthRefusal> {
-            match parts.extensions.get::<basalt_tls::ConnectInfo>() {
+            match connection {
                 Some(info) => Ok(info.client_name_at(std::time::SystemTime::now())?),
                 None => Ok(None),
             }
         };
-        match bearer_token(&parts.headers) {
+        match bearer_token(headers) {
             Ok(token) => {
                 let identity = self.identify_token(token)?;
                 Ok((identity, Credential::Token(basalt_auth::token::hash(token))))

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get};
 use axum::Extension;
@@ -39,12 +39,17 @@ async fn clock_skew(State(api): State<Api>) -> String {
 
 /// Sets this node's clock skew to the body's integer, in ms (as a clock stepped by NTP would
 /// jump); at most ±[`CLOCK_SKEW_MS_MAX`].
-async fn set_clock_skew(State(api): State<Api>, headers: axum::http::HeaderMap, body: String) -> (StatusCode, String) {
+async fn set_clock_skew(
+    State(api): State<Api>,
+    ConnectInfo(connection): ConnectInfo<DoorConnection>,
+    headers: axum::http::HeaderMap,
+    body: String,
+) -> (StatusCode, String) {
     let cluster_admin = [basalt_auth::Need::all(
         basalt_auth::Access::Admin,
         basalt_auth::Scope::Cluster,
     )];
-    if let Err(refusal) = authorize(&api, &headers, &cluster_admin) {
+    if let Err(refusal) = authorize(&api, &headers, &connection, &cluster_admin) {
         return refusal;
     }
     match body.trim().parse::<i64>() {
@@ -75,6 +80,7 @@ async fn set_clock_skew(State(api): State<Api>, headers: axum::http::HeaderMap, 
 async fn cache_purge(
     State(api): State<Api>,
     Extension(edge): Extension<Option<Arc<Edge>>>,
+    ConnectInfo(connection): ConnectInfo<DoorConnection>,
     headers: axum::http::HeaderMap,
     uri: axum::http::Uri,
 ) -> (StatusCode, String) {
@@ -82,7 +88,7 @@ async fn cache_purge(
         Ok(request) => request,
         Err(message) => return (StatusCode::BAD_REQUEST, format!("{message}\n")),
     };
-    if let Err(refusal) = authorize(&api, &headers, &crate::access::Needs::needs(&request)) {
+    if let Err(refusal) = authorize(&api, &headers, &connection, &crate::access::Needs::needs(&request)) {
         return refusal;
     }
     let service = crate::api::cache::CacheService { api, edge };
@@ -110,10 +116,11 @@ async fn cache_purge(
 fn authorize(
     api: &Api,
     headers: &axum::http::HeaderMap,
+    connection: &DoorConnection,
     needs: &[basalt_auth::Need],
 ) -> Result<(), (StatusCode, String)> {
     let Some(gate) = &api.gate else { return Ok(()) };
-    let identity = gate.authenticate(headers).map_err(|refusal| {
+    let (identity, _) = gate.authenticate(headers, connection.0.as_ref()).map_err(|refusal| {
         gate.unauthenticated(&refusal);
         (StatusCode::UNAUTHORIZED, format!("UNAUTHENTICATED: {refusal}\n"))
     })?;
@@ -404,6 +411,18 @@ fn edge_metrics(out: &mut String, edge: &Edge) {
 
 /// The HTTP door's listener for axum: plain or TLS (`[tls]`), see [`basalt_tls::Listener`].
 pub struct Door(pub basalt_tls::Listener);
+
+/// What the HTTP door's TLS handshake found about a connection's client (its certificate's
+/// name, when it showed one of the client CA), for the handlers that authenticate: with no
+/// `authorization` header, a client certificate names the user, as on the gRPC door.
+#[derive(Clone, Debug, Default)]
+pub struct DoorConnection(pub Option<basalt_tls::ConnectInfo>);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Door>> for DoorConnection {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, Door>) -> DoorConnection {
+        DoorConnection(stream.io().tls_info().cloned())
+    }
+}
 
 impl axum::serve::Listener for Door {
     type Io = basalt_tls::Conn;

@@ -362,6 +362,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
             let router = crate::http::router(api.clone(), config.allow_clock_control, edge.clone());
             let stop = wait_stop(stop_rx.clone());
             Some(tokio::spawn(async move {
+                let router = router.into_make_service_with_connect_info::<crate::http::DoorConnection>();
                 if let Err(e) = axum::serve(crate::http::Door(listener), router)
                     .with_graceful_shutdown(stop)
                     .await

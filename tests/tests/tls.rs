@@ -169,6 +169,44 @@ fn every_client_door_speaks_tls_and_a_client_certificate_names_its_user() {
         let reply = plaintext(&http, b"GET /health HTTP/1.1\r\nHost: node\r\n\r\n").await;
         assert!(!reply.starts_with(b"HTTP/1.1 200"), "{reply:?}");
 
+        // The HTTP purge endpoint takes a client certificate as the gRPC door does: alice's
+        // names her (outside her grants: 403, not 401), and once a role lets her purge under
+        // /a/, her purge is done; with neither a token nor a certificate, 401.
+        let purge = b"DELETE /cache?prefix=%2Fa%2F&wait_ms=500 HTTP/1.1\r\nHost: node\r\nConnection: close\r\n\r\n";
+        let (alice_cert, alice_key) = (dir.join("alice.pem"), dir.join("alice-key.pem"));
+        let alice_http = ClientTls::from_files(&ca, Some((alice_cert.as_path(), alice_key.as_path())))
+            .expect("HTTP TLS with alice's certificate")
+            .with_alpn(&[b"http/1.1"]);
+        // (carol's certificate, of the client CA, names no user: 401.)
+        let carol_http = ClientTls::from_files(&ca, Some((cert.as_path(), key.as_path())))
+            .expect("HTTP TLS with carol's certificate")
+            .with_alpn(&[b"http/1.1"]);
+        let reply = exchange(&carol_http, &http, purge).await.expect("purge");
+        assert!(reply.starts_with("HTTP/1.1 401"), "{reply:?}");
+        let reply = exchange(&alice_http, &http, purge).await.expect("purge");
+        assert!(reply.starts_with("HTTP/1.1 403"), "{reply:?}");
+        assert!(reply.contains("PERMISSION_DENIED"), "{reply:?}");
+        auth.put_role("purger", &[Grant::parse("admin:cache:/a/").expect("grant")])
+            .await
+            .expect("role");
+        auth.put_user("alice", &["tenant-a", "purger"])
+            .await
+            .expect("alice purges");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            // Every node applies the change to alice soon after the leader (a follower answers
+            // 403 until it has).
+            let reply = exchange(&alice_http, &http, purge).await.expect("purge");
+            if reply.starts_with("HTTP/1.1 200") {
+                assert!(reply.contains("purged seq="), "{reply:?}");
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{reply:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let reply = exchange(&http_tls, &http, purge).await.expect("purge");
+        assert!(reply.starts_with("HTTP/1.1 401"), "{reply:?}");
+
         // The CLI, given the CA (and a token), and without it.
         let endpoints = cluster.endpoints();
         let ca_arg = ca.display().to_string();

@@ -286,6 +286,14 @@ impl Conn {
         }
     }
 
+    /// What the TLS handshake found about the client (none for a plain connection).
+    pub fn tls_info(&self) -> Option<&ConnectInfo> {
+        match self {
+            Conn::Plain(_) => None,
+            Conn::Tls(tls) => Some(&tls.info),
+        }
+    }
+
     /// Splits the connection into halves that can be used on two tasks at once (a plain TCP
     /// stream's own halves, which take no lock).
     pub fn into_split(self) -> (Box<dyn AsyncRead + Send + Unpin>, Box<dyn AsyncWrite + Send + Unpin>) {
