@@ -1095,6 +1095,11 @@ fn parse_xgroup(a: &[Bytes]) -> Result<Command, Refusal> {
         ReadFrom::Undelivered => refuse(INVALID_ID),
         from => Ok(from),
     };
+    // Taken and checked, not needed: a group's entries-read is its next offset.
+    let entries_read = |n: &Bytes| match int(n)? {
+        n if n < -1 => refuse("ERR value for ENTRIESREAD must be positive or -1"),
+        _ => Ok(()),
+    };
     match (sub.as_str(), &a[1..]) {
         ("CREATE", [key, group, id, options @ ..]) => {
             let from = place(id)?;
@@ -1106,7 +1111,7 @@ fn parse_xgroup(a: &[Bytes]) -> Result<Command, Refusal> {
                     // The group's entries-read counter is its next offset (entries are numbered
                     // from the stream's first): the option is taken and checked, not needed.
                     "ENTRIESREAD" if options.len() > at + 1 => {
-                        int(&options[at + 1])?;
+                        entries_read(&options[at + 1])?;
                         at += 2;
                         continue;
                     }
@@ -1125,10 +1130,10 @@ fn parse_xgroup(a: &[Bytes]) -> Result<Command, Refusal> {
             let from = place(id)?;
             match options {
                 [] => {}
-                [word, n] if upper(word) == "ENTRIESREAD" => {
-                    int(n)?;
+                [word, n] if upper(word) == "ENTRIESREAD" => entries_read(n)?,
+                _ => {
+                    return refuse("ERR unknown subcommand or wrong number of arguments for 'SETID'. Try XGROUP HELP.")
                 }
-                _ => return refuse(errors::SYNTAX),
             }
             Ok(Command::XGroupSetId {
                 key: key.clone(),
@@ -1568,7 +1573,18 @@ mod tests {
             })
         );
         assert_eq!(refused("XGROUP SETID s g >"), INVALID_ID);
-        assert_eq!(refused("XGROUP SETID s g $ ENTRIESREAD"), errors::SYNTAX);
+        assert_eq!(
+            refused("XGROUP SETID s g $ ENTRIESREAD"),
+            "ERR unknown subcommand or wrong number of arguments for 'SETID'. Try XGROUP HELP."
+        );
+        assert_eq!(
+            refused("XGROUP SETID s g $ ENTRIESREAD -2"),
+            "ERR value for ENTRIESREAD must be positive or -1"
+        );
+        assert_eq!(
+            refused("XGROUP CREATE s g $ ENTRIESREAD -5"),
+            "ERR value for ENTRIESREAD must be positive or -1"
+        );
         assert_eq!(
             refused("XGROUP SETID s g"),
             "ERR wrong number of arguments for 'xgroup|setid' command"

@@ -729,18 +729,36 @@ impl Streams<'_> {
         }
     }
 
-    /// Where a group set at `from` (`$`: the end; an id: after it) delivers next.
+    /// Where a group set at `from` (`$`: the end, as if it had delivered the last entry, whose
+    /// id it keeps as Redis does; an id: after it) delivers next.
     async fn group_place(&self, key: &[u8], from: ReadFrom, partition: &PartitionInfo) -> Result<GroupState, Reply> {
         Ok(match from {
             ReadFrom::End | ReadFrom::Undelivered => GroupState {
                 next_offset: partition.high_watermark,
-                last_delivered: StreamId::MIN,
+                last_delivered: self
+                    .last_entry(key, partition)
+                    .await?
+                    .as_ref()
+                    .map_or(StreamId::MIN, id_of),
             },
             ReadFrom::After(id) => GroupState {
                 next_offset: self.offset_after(key, id, partition).await?,
                 last_delivered: id,
             },
         })
+    }
+
+    /// The stream's last entry, if retention kept it.
+    async fn last_entry(&self, key: &[u8], partition: &PartitionInfo) -> Result<Option<FetchedRecord>, Reply> {
+        let end = partition.high_watermark;
+        match end.checked_sub(1) {
+            Some(at) if at >= partition.log_start => Ok(self
+                .read_range(key, at, end, 1, "XINFO", true)
+                .await?
+                .into_iter()
+                .next()),
+            _ => Ok(None),
+        }
     }
 
     /// The stream's partition, or the reply for a name that is no stream: `absent` when no key
@@ -756,38 +774,63 @@ impl Streams<'_> {
     }
 
     /// `XGROUP SETID key group id|$`: the group delivers next what follows `id` (`$`: what is
-    /// added from now on), whatever it delivered before; its pending entries stay pending.
+    /// added from now on), whatever it delivered before; its pending entries stay pending. The
+    /// place is decided on the stream as read after the group's row, and written only while the
+    /// row and the stream are as read: a delivery that moved the group meanwhile (which a `$`
+    /// read before it would undo, delivering its entries again), a group destroyed, or the
+    /// stream deleted meanwhile make it read again.
     pub async fn xgroup_setid(&self, key: &[u8], group: &[u8], from: ReadFrom) -> Reply {
         let this = self.linearizable();
-        let partition = match this.existing(key, XGROUP_NEEDS_KEY).await {
-            Ok(partition) => partition,
-            Err(reply) => return reply,
-        };
-        let state = match this.group_place(key, from, &partition).await {
-            Ok(state) => state,
-            Err(reply) => return reply,
-        };
-        // Only a group that exists is moved: one destroyed meanwhile is not made again.
         let row = group_row(key, group);
-        match self
-            .client
-            .txn()
-            .when(Condition::exists(row.clone()))
-            .then(TxnOp::put(row, state.encode()))
-            .commit()
-            .await
-        {
-            Ok(TxnOutcome::Committed { succeeded: true, .. }) => Reply::ok(),
-            Ok(TxnOutcome::Committed { .. }) => no_such_group(key, group),
-            Ok(TxnOutcome::Aborted { reason, .. }) => op_refusal(reason),
-            Err(e) => client_error(&e),
+        let mark = stream_row(key);
+        for _ in 0..CAS_ATTEMPTS_MAX {
+            let revision = match this.group_state(key, group).await {
+                Ok(Some((_, revision))) => revision,
+                Ok(None) => {
+                    return match this.existing(key, XGROUP_NEEDS_KEY).await {
+                        Ok(_) => no_such_group(key, group),
+                        Err(reply) => reply,
+                    }
+                }
+                Err(reply) => return reply,
+            };
+            let partition = match this.existing(key, XGROUP_NEEDS_KEY).await {
+                Ok(partition) => partition,
+                Err(reply) => return reply,
+            };
+            let state = match this.group_place(key, from, &partition).await {
+                Ok(state) => state,
+                Err(reply) => return reply,
+            };
+            let mark_condition = match self.client.kv().get(&mark).await {
+                Ok(Some(entry)) => Condition::mod_revision(mark.clone(), Compare::Eq, entry.mod_revision),
+                Ok(None) => Condition::absent(mark.clone()),
+                Err(e) => return client_error(&e),
+            };
+            match self
+                .client
+                .txn()
+                .when(Condition::mod_revision(row.clone(), Compare::Eq, revision))
+                .when(mark_condition)
+                .then(TxnOp::put(row.clone(), state.encode()))
+                .commit()
+                .await
+            {
+                Ok(TxnOutcome::Committed { succeeded: true, .. }) => return Reply::ok(),
+                Ok(TxnOutcome::Committed { .. }) => continue,
+                Ok(TxnOutcome::Aborted { reason, .. }) => return op_refusal(reason),
+                Err(e) => return client_error(&e),
+            }
         }
+        Reply::error("TRYAGAIN the consumer group's place kept changing under XGROUP SETID")
     }
 
     /// `XGROUP DELCONSUMER key group consumer`: the consumer's pending entries are dropped (as
     /// if acknowledged); how many there were. A consumer exists only as the owner of pending
     /// entries, so one with none answers 0. Each row is deleted only while it is still the
-    /// consumer's as read (an `XCLAIM` meanwhile gives it to another, which keeps it).
+    /// consumer's as read (an `XCLAIM` meanwhile gives it to another, which keeps it): a part
+    /// whose transaction finds a row changed reads its rows again and deletes those still the
+    /// consumer's. Parts already deleted stay deleted if a later one fails.
     pub async fn xgroup_delconsumer(&self, key: &[u8], group: &[u8], consumer: &[u8]) -> Reply {
         let this = self.linearizable();
         if let Err(reply) = this.existing(key, XGROUP_NEEDS_KEY).await {
@@ -798,40 +841,68 @@ impl Streams<'_> {
             Ok(None) => return no_such_group(key, group),
             Err(reply) => return reply,
         }
+        let mut rows: Vec<(Bytes, Bytes)> = Vec::new();
+        let scanned = this
+            .scan_pending_rows(key, group, 0, |_, pending, row, value| {
+                if pending.consumer == consumer {
+                    rows.push((row.to_vec(), value.to_vec()));
+                }
+                true
+            })
+            .await;
+        if let Err(reply) = scanned {
+            return reply;
+        }
         let mut deleted = 0i64;
-        for _ in 0..CAS_ATTEMPTS_MAX {
-            let mut rows: Vec<(Bytes, Bytes)> = Vec::new();
-            let scanned = this
-                .scan_pending_rows(key, group, 0, |_, pending, row, value| {
-                    if pending.consumer == consumer {
-                        rows.push((row.to_vec(), value.to_vec()));
-                    }
-                    true
-                })
-                .await;
-            if let Err(reply) = scanned {
-                return reply;
-            }
-            let mut raced = false;
-            for part in rows.chunks(TXN_CONDITIONS_MAX.min(TXN_OPS_MAX)) {
-                let mut txn = self.client.txn();
-                for (row, value) in part {
-                    txn = txn
-                        .when(Condition::value(row.clone(), Compare::Eq, value.clone()))
-                        .then(TxnOp::delete(row.clone()));
-                }
-                match txn.commit().await {
-                    Ok(TxnOutcome::Committed { succeeded: true, .. }) => deleted += part.len() as i64,
-                    Ok(TxnOutcome::Committed { .. }) => raced = true,
-                    Ok(TxnOutcome::Aborted { reason, .. }) => return op_refusal(reason),
-                    Err(e) => return client_error(&e),
-                }
-            }
-            if !raced {
-                return Reply::Integer(deleted);
+        for part in rows.chunks(TXN_CONDITIONS_MAX.min(TXN_OPS_MAX)) {
+            match this.delete_owned(part.to_vec(), consumer).await {
+                Ok(n) => deleted += n,
+                Err(reply) => return reply,
             }
         }
-        Reply::error("TRYAGAIN the consumer's pending entries kept changing under this command")
+        Reply::Integer(deleted)
+    }
+
+    /// Deletes `rows` (pending rows with their values as read) in one transaction conditioned
+    /// on each value; when one changed, reads them again and retries with those still
+    /// `consumer`'s. How many were deleted.
+    async fn delete_owned(&self, mut rows: Vec<(Bytes, Bytes)>, consumer: &[u8]) -> Result<i64, Reply> {
+        for _ in 0..CAS_ATTEMPTS_MAX {
+            if rows.is_empty() {
+                return Ok(0);
+            }
+            let mut txn = self.client.txn();
+            for (row, value) in &rows {
+                txn = txn
+                    .when(Condition::value(row.clone(), Compare::Eq, value.clone()))
+                    .then(TxnOp::delete(row.clone()));
+            }
+            match txn.commit().await {
+                Ok(TxnOutcome::Committed { succeeded: true, .. }) => return Ok(rows.len() as i64),
+                Ok(TxnOutcome::Committed { .. }) => {}
+                Ok(TxnOutcome::Aborted { reason, .. }) => return Err(op_refusal(reason)),
+                Err(e) => return Err(client_error(&e)),
+            }
+            let keys: Vec<&Bytes> = rows.iter().map(|(row, _)| row).collect();
+            let now = self
+                .client
+                .kv()
+                .get_many(&keys, ReadConsistency::Linearizable)
+                .await
+                .map_err(|e| client_error(&e))?;
+            rows = rows
+                .iter()
+                .zip(now)
+                .filter_map(|((row, _), entry)| {
+                    let entry = entry?;
+                    let pending = Pending::decode(&entry.value)?;
+                    (pending.consumer == consumer).then(|| (row.clone(), entry.value))
+                })
+                .collect();
+        }
+        Err(Reply::error(
+            "TRYAGAIN the consumer's pending entries kept changing under XGROUP DELCONSUMER",
+        ))
     }
 
     /// `XINFO STREAM | GROUPS | CONSUMERS`.
@@ -856,19 +927,15 @@ impl Streams<'_> {
             .await?
             .into_iter()
             .next();
-        let last = match end.checked_sub(1) {
-            Some(at) if at >= start => self
-                .read_range(key, at, end, 1, "XINFO STREAM", true)
-                .await?
-                .into_iter()
-                .next(),
-            _ => None,
-        };
-        let groups = self.groups_of(key).await?.len();
+        let last = self.last_entry(key, &partition).await?;
+        let groups = self.count_groups(key).await?;
         let id = |record: &Option<FetchedRecord>| Reply::Bulk(record.as_ref().map_or(StreamId::MIN, id_of).bulk());
         let entry = |record: Option<FetchedRecord>| record.map_or(Reply::Null, entry_reply);
         Ok(Reply::Map(vec![
-            (Reply::bulk("length"), Reply::Integer(end.saturating_sub(start) as i64)),
+            (
+                Reply::bulk("length"),
+                Reply::Integer(end.saturating_sub(start).min(i64::MAX as u64) as i64),
+            ),
             (Reply::bulk("last-generated-id"), id(&last)),
             (Reply::bulk("max-deleted-entry-id"), Reply::Bulk(StreamId::MIN.bulk())),
             (
@@ -876,10 +943,33 @@ impl Streams<'_> {
                 Reply::Integer(end.min(i64::MAX as u64) as i64),
             ),
             (Reply::bulk("recorded-first-entry-id"), id(&first)),
-            (Reply::bulk("groups"), Reply::Integer(groups as i64)),
+            (
+                Reply::bulk("groups"),
+                Reply::Integer(groups.min(i64::MAX as u64) as i64),
+            ),
             (Reply::bulk("first-entry"), entry(first)),
             (Reply::bulk("last-entry"), entry(last)),
         ]))
+    }
+
+    /// How many groups the stream has.
+    async fn count_groups(&self, key: &[u8]) -> Result<u64, Reply> {
+        let prefix = group_rows_of(key);
+        let mut start_after = prefix.clone();
+        let mut groups = 0u64;
+        loop {
+            let page = self
+                .client
+                .kv()
+                .scan_page(&prefix, &start_after, 1000, self.reads)
+                .await
+                .map_err(|e| client_error(&e))?;
+            groups += page.items.len() as u64;
+            match page.items.last() {
+                Some((row, _)) if page.more => start_after = row.clone(),
+                _ => return Ok(groups),
+            }
+        }
     }
 
     /// The stream's groups and their states, in name order; at most [`XINFO_GROUPS_MAX`].
@@ -920,15 +1010,23 @@ impl Streams<'_> {
     async fn xinfo_groups(&self, key: &[u8]) -> Result<Reply, Reply> {
         let partition = self.existing(key, "ERR no such key").await?;
         let mut replies = Vec::new();
+        // One budget of pending rows for every group, as for one group's scan.
+        let mut passed = 0usize;
         for (name, state) in self.groups_of(key).await? {
             let mut pending = 0i64;
             let mut consumers = std::collections::BTreeSet::new();
-            self.scan_pending(key, &name, 0, |_, entry| {
+            self.scan_pending_rows(key, &name, 0, |_, entry, _, _| {
                 pending += 1;
                 consumers.insert(entry.consumer);
-                true
+                passed += 1;
+                passed <= PENDING_SCAN_ROWS_MAX
             })
             .await?;
+            if passed > PENDING_SCAN_ROWS_MAX {
+                return Err(Reply::error(format!(
+                    "ERR the stream's groups have more than {PENDING_SCAN_ROWS_MAX} pending entries, more than XINFO GROUPS counts"
+                )));
+            }
             let lag = partition
                 .high_watermark
                 .saturating_sub(state.next_offset.max(partition.log_start));
@@ -960,7 +1058,7 @@ impl Streams<'_> {
         }
         let now = now_ms().max(0) as u64;
         let mut consumers: std::collections::BTreeMap<Bytes, (i64, u64)> = std::collections::BTreeMap::new();
-        self.scan_pending(key, group, 0, |_, entry| {
+        self.scan_pending_rows(key, group, 0, |_, entry, _, _| {
             let (count, latest) = consumers.entry(entry.consumer).or_default();
             *count += 1;
             *latest = (*latest).max(entry.delivered_ms);
@@ -1222,11 +1320,13 @@ impl Streams<'_> {
         from: u64,
         mut visit: impl FnMut(StreamId, Pending) -> bool,
     ) -> Result<(), Reply> {
-        self.scan_pending_rows(key, group, from, |id, pending, _, _| visit(id, pending))
+        self.linearizable()
+            .scan_pending_rows(key, group, from, |id, pending, _, _| visit(id, pending))
             .await
     }
 
-    /// [`Streams::scan_pending`], with each row's key and stored value.
+    /// [`Streams::scan_pending`] with these commands' read consistency, giving each row's key
+    /// and stored value too.
     async fn scan_pending_rows(
         &self,
         key: &[u8],
@@ -1241,13 +1341,13 @@ impl Streams<'_> {
             let page = self
                 .client
                 .kv()
-                .scan_page(&prefix, &start_after, 1000, ReadConsistency::Linearizable)
+                .scan_page(&prefix, &start_after, 1000, self.reads)
                 .await
                 .map_err(|e| client_error(&e))?;
             passed += page.items.len();
             if passed > PENDING_SCAN_ROWS_MAX {
                 return Err(Reply::error(format!(
-                    "ERR more than {PENDING_SCAN_ROWS_MAX} pending entries of the group to pass; acknowledge entries or start from a later id"
+                    "ERR more than {PENDING_SCAN_ROWS_MAX} pending entries of the group to pass; acknowledge entries (or, reading them back, start from a later id)"
                 )));
             }
             for (row, value) in &page.items {

@@ -1322,7 +1322,8 @@ fn streams_answer_as_redis_does_and_are_basalt_topics() {
     };
     assert_eq!(
         raw.call(&["XINFO", "GROUPS", "s:claims"]),
-        format!("*2\r\n{}{}", group("empty", 0, 0, "0-0"), group("g", 2, 2, &id2))
+        // ("empty", made at `$`, took the last entry's id as delivered, as Redis does.)
+        format!("*2\r\n{}{}", group("empty", 0, 0, &id2), group("g", 2, 2, &id2))
     );
     let consumers = raw.call(&["XINFO", "CONSUMERS", "s:claims", "g"]);
     let erin = format!(
@@ -1347,6 +1348,26 @@ fn streams_answer_as_redis_does_and_are_basalt_topics() {
         "-NOGROUP No such consumer group 'nog' for key name 's:claims'\r\n"
     );
     assert_eq!(raw.call(&["XINFO", "STREAM", "s:nothing"]), "-ERR no such key\r\n");
+    // An empty stream: no entries, ids 0-0.
+    assert_eq!(
+        raw.call(&["XGROUP", "CREATE", "s:void", "g", "$", "MKSTREAM"]),
+        "+OK\r\n"
+    );
+    assert_eq!(
+        raw.call(&["XINFO", "STREAM", "s:void"]),
+        format!(
+            "*16\r\n{}{}{}{}{}{}{}{}",
+            pair("length", ":0\r\n".into()),
+            pair("last-generated-id", bulk("0-0")),
+            pair("max-deleted-entry-id", bulk("0-0")),
+            pair("entries-added", ":0\r\n".into()),
+            pair("recorded-first-entry-id", bulk("0-0")),
+            pair("groups", ":1\r\n".into()),
+            pair("first-entry", "$-1\r\n".into()),
+            pair("last-entry", "$-1\r\n".into()),
+        )
+    );
+    assert_eq!(raw.call(&["DEL", "s:void"]), ":1\r\n");
     assert!(raw
         .call(&["XINFO", "STREAM", "s:claims", "FULL"])
         .contains("not served"));
@@ -1384,6 +1405,8 @@ fn streams_answer_as_redis_does_and_are_basalt_topics() {
     let wrongtype = "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n";
     assert_eq!(raw.call(&["XADD", "s:text", "*", "a", "1"]), wrongtype);
     assert_eq!(raw.call(&["XLEN", "s:text"]), wrongtype);
+    assert_eq!(raw.call(&["XINFO", "STREAM", "s:text"]), wrongtype);
+    assert_eq!(raw.call(&["XINFO", "GROUPS", "s:text"]), wrongtype);
     assert_eq!(raw.call(&["XRANGE", "s:text", "-", "+"]), wrongtype);
     assert_eq!(raw.call(&["XPENDING", "s:text", "g"]), wrongtype);
     assert_eq!(raw.call(&["XCLAIM", "s:text", "g", "c", "0", "1-1"]), wrongtype);
