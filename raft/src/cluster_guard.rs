@@ -104,12 +104,6 @@ impl ClusterGuard {
         self.may_adopt.store(may_adopt, Ordering::Relaxed);
     }
 
-    /// Whether this node would still take an id from a leader's append (it has none and holds
-    /// nothing).
-    pub fn may_adopt(&self) -> bool {
-        self.id().is_none() && self.may_adopt.load(Ordering::Relaxed)
-    }
-
     /// This node's cluster id, if it has one yet.
     pub fn id(&self) -> Option<ClusterId> {
         *self.id.read().unwrap_or_else(|poisoned| poisoned.into_inner())

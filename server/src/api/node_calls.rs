@@ -220,17 +220,12 @@ impl NodeCalls {
         NodeServer::new(NodeCalls { cache }).max_decoding_message_size(basalt_storage::limits::CLIENT_MESSAGE_BYTES_MAX)
     }
 
-    /// Refuses a call naming another cluster, or any call while this node has no cluster id
-    /// yet but would take one (it takes it from its first append; until then it knows no
-    /// cluster to check a caller against). A node of a cluster from before cluster ids takes
-    /// calls naming none.
+    /// Refuses a call naming another cluster (or none, to a node that has an id). A node that
+    /// has no id yet (it takes it from its first append, never from these calls) takes every
+    /// call: its subscribers, if it has any yet, get the relays of the cluster that is adding it,
+    /// and nothing else these calls do changes a node that holds nothing.
     fn admit<T>(&self, request: &Request<T>) -> Result<(), Status> {
         let cluster = &self.cache.api.cluster;
-        if cluster.may_adopt() {
-            return Err(Status::unavailable(
-                "this node has not joined its cluster yet (it has had no append from its leader)",
-            ));
-        }
         let peer = basalt_tls::remote_addr(request).map_or_else(|| "unknown".to_string(), |a| a.to_string());
         match cluster.check(request.metadata(), Side::Request, &peer) {
             Ok(_) => Ok(()),
