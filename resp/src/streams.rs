@@ -955,53 +955,61 @@ impl Streams<'_> {
     /// How many groups the stream has.
     async fn count_groups(&self, key: &[u8]) -> Result<u64, Reply> {
         let prefix = group_rows_of(key);
-        let mut start_after = prefix.clone();
         let mut groups = 0u64;
-        loop {
-            let page = self
-                .client
-                .kv()
-                .scan_page(&prefix, &start_after, 1000, self.reads)
-                .await
-                .map_err(|e| client_error(&e))?;
-            groups += page.items.len() as u64;
-            match page.items.last() {
-                Some((row, _)) if page.more => start_after = row.clone(),
-                _ => return Ok(groups),
-            }
-        }
+        self.scan_rows(&prefix, prefix.clone(), |_, _| {
+            groups += 1;
+            Ok(true)
+        })
+        .await?;
+        Ok(groups)
     }
 
     /// The stream's groups and their states, in name order; at most [`XINFO_GROUPS_MAX`].
     async fn groups_of(&self, key: &[u8]) -> Result<Vec<(Bytes, GroupState)>, Reply> {
         let prefix = group_rows_of(key);
-        let mut start_after = prefix.clone();
         let mut groups = Vec::new();
-        loop {
-            let page = self
-                .client
-                .kv()
-                .scan_page(&prefix, &start_after, 1000, self.reads)
-                .await
-                .map_err(|e| client_error(&e))?;
-            for (row, value) in &page.items {
-                if let (Some(name), Some(state)) = (group_name(row, &prefix), GroupState::decode(value)) {
-                    groups.push((name, state));
-                }
+        self.scan_rows(&prefix, prefix.clone(), |row, value| {
+            if let (Some(name), Some(state)) = (group_name(row, &prefix), GroupState::decode(value)) {
+                groups.push((name, state));
             }
             if groups.len() > XINFO_GROUPS_MAX {
                 return Err(Reply::error(format!(
                     "ERR the stream has more than {XINFO_GROUPS_MAX} consumer groups, more than XINFO GROUPS lists"
                 )));
             }
-            match page.items.last() {
-                Some((row, _)) if page.more => start_after = row.clone(),
-                _ => break,
-            }
-        }
+            Ok(true)
+        })
+        .await?;
         // Rows sort shorter names first; Redis lists groups in name order.
         groups.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(groups)
+    }
+
+    /// Visits the KV rows under `prefix` after `start_after`, in key order, page by page with
+    /// these commands' read consistency, while `visit` answers true (or until its error).
+    async fn scan_rows(
+        &self,
+        prefix: &[u8],
+        mut start_after: Vec<u8>,
+        mut visit: impl FnMut(&[u8], &[u8]) -> Result<bool, Reply>,
+    ) -> Result<(), Reply> {
+        loop {
+            let page = self
+                .client
+                .kv()
+                .scan_page(prefix, &start_after, 1000, self.reads)
+                .await
+                .map_err(|e| client_error(&e))?;
+            for (row, value) in &page.items {
+                if !visit(row, value)? {
+                    return Ok(());
+                }
+            }
+            match page.items.last() {
+                Some((row, _)) if page.more => start_after = row.clone(),
+                _ => return Ok(()),
+            }
+        }
     }
 
     /// `XINFO GROUPS key`: each group's name, consumers (those with pending entries), pending
@@ -1335,33 +1343,20 @@ impl Streams<'_> {
         mut visit: impl FnMut(StreamId, Pending, &[u8], &[u8]) -> bool,
     ) -> Result<(), Reply> {
         let prefix = pending_rows(key, group);
-        let mut start_after = pending_rows_from(key, group, from);
         let mut passed = 0usize;
-        loop {
-            let page = self
-                .client
-                .kv()
-                .scan_page(&prefix, &start_after, 1000, self.reads)
-                .await
-                .map_err(|e| client_error(&e))?;
-            passed += page.items.len();
+        self.scan_rows(&prefix, pending_rows_from(key, group, from), |row, value| {
+            passed += 1;
             if passed > PENDING_SCAN_ROWS_MAX {
                 return Err(Reply::error(format!(
                     "ERR more than {PENDING_SCAN_ROWS_MAX} pending entries of the group to pass; acknowledge entries (or, reading them back, start from a later id)"
                 )));
             }
-            for (row, value) in &page.items {
-                if let (Some(id), Some(pending)) = (pending_id(row, &prefix), Pending::decode(value)) {
-                    if !visit(id, pending, row, value) {
-                        return Ok(());
-                    }
-                }
-            }
-            match page.items.last() {
-                Some((row, _)) if page.more => start_after = row.clone(),
-                _ => return Ok(()),
-            }
-        }
+            Ok(match (pending_id(row, &prefix), Pending::decode(value)) {
+                (Some(id), Some(pending)) => visit(id, pending, row, value),
+                _ => true,
+            })
+        })
+        .await
     }
 
     /// `NOGROUP` unless the group exists (`WRONGTYPE` when a KV key has the name).

@@ -197,37 +197,31 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         .applied_membership()
         .map_err(io("reading the applied membership"))?;
     let also_on_client_port = raft_also_on_client_port(&config, &applied_membership)?;
-    if also_on_client_port && config.tls.is_some() {
-        return Err(NodeError::Config(ConfigError::Invalid(
-            "the client doors run TLS, but the membership lists this node without a peer address, so the members \
-             would send Raft to its client port: re-add it with its peer address first"
-                .into(),
-        )));
-    }
-    if also_on_client_port && gate.is_some() {
-        return Err(NodeError::Config(ConfigError::Invalid(
-            "client authentication is on, but the membership lists this node without a peer address, so Raft \
-             would still be served on the client port without tokens: re-add it with its peer address first"
-                .into(),
-        )));
+    // Raft (and the members' own calls) on the client port would meet neither the client
+    // doors' TLS nor their tokens.
+    let client_port_protected = match (config.tls.is_some(), gate.is_some()) {
+        (true, _) => Some("the client doors run TLS, so the members could not send Raft to its client port"),
+        (false, true) => Some("client authentication is on, and Raft on the client port would take no tokens"),
+        (false, false) => None,
+    };
+    if let (true, Some(why)) = (also_on_client_port, client_port_protected) {
+        return Err(NodeError::Config(ConfigError::Invalid(format!(
+            "the membership lists this node without a peer address, but {why}: re-add it with its peer address first"
+        ))));
     }
     // Only a node that holds nothing yet takes a cluster id from a peer: one that holds data of a
     // cluster from before cluster ids, or lost its id file, must be given it (--cluster-id).
     let (first_index, last_index) = log_store.bounds();
     cluster.set_may_adopt(first_index.is_none() && last_index.is_none() && applied_membership.log_id().is_none());
     let incoming_dir = state_machine.snapshot_dir().to_path_buf();
-    let peer_tls = match &config.peer_tls {
-        Some(tls) => Some(Arc::new(
-            NodeTls::load(tls.files(), TlsRole::Peer).map_err(NodeError::PeerTls)?,
-        )),
-        None => None,
-    };
-    let client_tls = match &config.tls {
-        Some(tls) => Some(Arc::new(
-            NodeTls::load(tls.files(), TlsRole::ClientDoors).map_err(NodeError::ClientTls)?,
-        )),
-        None => None,
-    };
+    let peer_tls = (config.peer_tls.as_ref())
+        .map(|tls| NodeTls::load(tls.files(), TlsRole::Peer).map(Arc::new))
+        .transpose()
+        .map_err(NodeError::PeerTls)?;
+    let client_tls = (config.tls.as_ref())
+        .map(|tls| NodeTls::load(tls.files(), TlsRole::ClientDoors).map(Arc::new))
+        .transpose()
+        .map_err(NodeError::ClientTls)?;
     let network = NetworkFactory::new(
         config.peer_routes.clone(),
         clock.clone(),
