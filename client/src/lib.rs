@@ -59,6 +59,9 @@ pub use consumer::{ConsumedRecord, Consumer, ConsumerOptions, ReplayOptions, Rep
 pub use counter::window;
 pub use counter::{CounterChange, CounterHandle, CounterOp, CounterOutcome, CounterValue, Counters, Windows};
 pub use error::{never_sent, ClientError, ErrorCode, ERROR_CODE_KEY, LEADER_KEY, OLDEST_REVISION_KEY};
+
+/// The metadata key naming the user a root-token call runs as ([`Client::acting_as`]).
+pub const ACT_AS_KEY: &str = "basalt-act-as";
 pub use kv::{CasOutcome, DeleteOutcome, Kv, KvEntry, PutIfAbsent, PutOptions, ScanPage};
 pub use lease::{Acquired, LeaseGrant, LeaseHandle, LeaseState};
 pub use ledger::Ledger;

@@ -46,6 +46,10 @@ struct Connection {
     id: u64,
     protocol: Protocol,
     authenticated: bool,
+    /// The client certificate the connection is authenticated by (until an `AUTH` with a
+    /// token decides instead): checked before each round of commands, as it may expire while
+    /// the connection lasts.
+    certificate: Option<basalt_tls::ConnectInfo>,
     name: Option<Bytes>,
     reads: ReadConsistency,
     /// Inside `MULTI`: the queued commands, and whether one was refused (`EXECABORT`).
@@ -109,10 +113,12 @@ pub async fn serve(
     id: u64,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    let certificate = stream.tls_info().cloned();
     let (mut reader, mut writer) = stream.into_split();
     let (push_sender, mut pushes) = tokio::sync::mpsc::channel(PUSH_BUFFER_MESSAGES);
     let mut connection = Connection {
         authenticated: shared.config.password.is_none() && !shared.config.token_auth,
+        certificate: None,
         caller: Arc::clone(&shared.anonymous),
         shared,
         id,
@@ -126,6 +132,11 @@ pub async fn serve(
         subscriptions: Subscriptions::new(push_sender),
         stop: stop.clone(),
     };
+    if connection.shared.config.token_auth {
+        if let Some(certificate) = certificate {
+            connection.certificate_auth(certificate).await;
+        }
+    }
     let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut out: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut requests_reader = RequestReader::default();
@@ -138,6 +149,7 @@ pub async fn serve(
             let mut broken = None;
             // Whole requests are left in the buffer after this round's share.
             let mut more_ready = false;
+            connection.check_certificate();
             // Before AUTH, one request a round: the next is read under the limits its result
             // decides (Redis's small unauthenticated ones, or the full ones).
             let (round_max, limits) = if connection.authenticated {
@@ -780,6 +792,43 @@ impl Connection {
         self.check_password(user, password)
     }
 
+    /// A connection whose TLS handshake showed a client certificate of the client CA naming a
+    /// user starts authenticated as that user, as a gRPC call does without a token: its
+    /// commands run through the node's own client acting as the user (its grants, nothing
+    /// more). A certificate naming no user (or none the node can ask about now) leaves the
+    /// connection to `AUTH`.
+    async fn certificate_auth(&mut self, certificate: basalt_tls::ConnectInfo) {
+        let Ok(Some(name)) = certificate.client_name_at(std::time::SystemTime::now()) else {
+            return;
+        };
+        let Ok(client) = self.shared.anonymous.client().acting_as(&name) else {
+            return;
+        };
+        match client.auth().who_am_i().await {
+            Ok(me) if me.user == *name => {
+                self.caller = Arc::new(Caller::new(client));
+                self.authenticated = true;
+                self.certificate = Some(certificate);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(user = %name, error = %e, "a RESP client certificate names no user here"),
+        }
+    }
+
+    /// Ends a certificate's authentication once the certificate has expired: the commands
+    /// after answer `NOAUTH` until an `AUTH` with a token.
+    fn check_certificate(&mut self) {
+        let expired = self
+            .certificate
+            .as_ref()
+            .is_some_and(|c| c.client_name_at(std::time::SystemTime::now()).is_err());
+        if expired {
+            self.certificate = None;
+            self.authenticated = false;
+            self.caller = Arc::clone(&self.shared.anonymous);
+        }
+    }
+
     /// `AUTH [user] <token>` on a node that authenticates with tokens: the node says whose
     /// token it is (the same check as every gRPC request's); from then on the connection's
     /// commands run as that identity, with combiners of their own. `user`, when given, must be
@@ -796,6 +845,7 @@ impl Connection {
             Ok(me) if user.is_none_or(|u| u == b"default" || u == me.user.as_bytes()) => {
                 self.caller = Arc::new(Caller::new(client));
                 self.authenticated = true;
+                self.certificate = None;
                 Reply::ok()
             }
             Ok(_) => Reply::error(errors::WRONGPASS),

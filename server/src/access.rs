@@ -49,14 +49,21 @@ pub enum AuthRefusal {
     UnknownCertificate(String),
     #[error(transparent)]
     ExpiredCertificate(#[from] basalt_tls::Expired),
+    #[error("only the root token may act as another user (basalt-act-as)")]
+    ActAsNeedsRoot,
+    #[error("the root token acts as {0:?}, which is no user of this region")]
+    UnknownActAs(String),
+    #[error("the user to act as (basalt-act-as) is not a readable name")]
+    MalformedActAs,
 }
 
-/// What authenticated a request: a bearer token (by its hash) or the name a client certificate
-/// of the client doors' CA gives (`[tls]`).
+/// What authenticated a request: a bearer token (by its hash), or a user's name: the one a
+/// client certificate of the client doors' CA gives (`[tls]`), or the one the root token acts
+/// as (`basalt-act-as`, a node's RESP door for a certificate's user).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Credential {
     Token(TokenHash),
-    Certificate(Arc<str>),
+    User(Arc<str>),
 }
 
 /// Who may do what at this node's doors: the root token's hash and the replicated users and
@@ -161,7 +168,22 @@ impl Gate {
         match bearer_token(headers) {
             Ok(token) => {
                 let identity = self.identify_token(token)?;
-                Ok((identity, Credential::Token(basalt_auth::token::hash(token))))
+                match headers.get(basalt_client::ACT_AS_KEY) {
+                    None => Ok((identity, Credential::Token(basalt_auth::token::hash(token)))),
+                    // A narrowing, never a widening: the root, which may do anything, runs the
+                    // request with one user's grants (a front door that authenticated that user
+                    // itself); any other token is refused for trying.
+                    Some(_) if !identity.root => Err(AuthRefusal::ActAsNeedsRoot),
+                    Some(value) => {
+                        let name = value.to_str().map_err(|_| AuthRefusal::MalformedActAs)?;
+                        let identity = self
+                            .table
+                            .borrow()
+                            .identify_user(name)
+                            .ok_or_else(|| AuthRefusal::UnknownActAs(name.to_string()))?;
+                        Ok((identity, Credential::User(name.into())))
+                    }
+                }
             }
             Err(AuthRefusal::Missing) => {
                 let name = certificate_name()?.ok_or(AuthRefusal::Missing)?;
@@ -170,7 +192,7 @@ impl Gate {
                     .borrow()
                     .identify_user(&name)
                     .ok_or_else(|| AuthRefusal::UnknownCertificate(name.to_string()))?;
-                Ok((identity, Credential::Certificate(name)))
+                Ok((identity, Credential::User(name)))
             }
             Err(refusal) => Err(refusal),
         }
@@ -197,9 +219,9 @@ impl Gate {
             Ok(authenticated) => authenticated,
             // Not known here may be not applied here yet: a known token or user is never
             // refused for a follower's lag (a missing or malformed token is refused at once).
-            Err(refusal @ (AuthRefusal::Unknown | AuthRefusal::UnknownCertificate(_))) => {
-                return Err(self.refuse_or_redirect(|| self.unauthenticated(&refusal)))
-            }
+            Err(
+                refusal @ (AuthRefusal::Unknown | AuthRefusal::UnknownCertificate(_) | AuthRefusal::UnknownActAs(_)),
+            ) => return Err(self.refuse_or_redirect(|| self.unauthenticated(&refusal))),
             Err(refusal) => return Err(self.unauthenticated(&refusal)),
         };
         let path = parts.uri.path().to_string();
@@ -269,7 +291,7 @@ impl Gate {
     fn still_allowed(&self, table: &AuthTable, recheck: &Recheck) -> Result<(), Status> {
         let identity = match &recheck.credential {
             Credential::Token(hash) => table.identify(hash).ok_or(AuthRefusal::Unknown),
-            Credential::Certificate(name) => table
+            Credential::User(name) => table
                 .identify_user(name)
                 .ok_or_else(|| AuthRefusal::UnknownCertificate(name.to_string())),
         };
@@ -1041,6 +1063,60 @@ mod tests {
             ),
             Some(ErrorCode::Unauthenticated),
             "an unknown token is not made good by a certificate"
+        );
+    }
+
+    /// The root token acting as a user (a node's RESP door for a certificate's user) gets that
+    /// user's grants and nothing more; no other token may act as anyone.
+    #[tokio::test]
+    async fn only_the_root_token_acts_as_a_user_and_only_with_that_user_s_grants() {
+        let gate = gate_with(
+            &[("a", &["write:key:a/"])],
+            &[("alice", &["a"], "alice-token"), ("bob", &["a"], "bob-token")],
+        );
+        let put = |k: &str| pb::KvPutRequest {
+            key: k.as_bytes().to_vec(),
+            value: b"v".to_vec(),
+            ..Default::default()
+        };
+        let acting = |token: &str, user: &[u8], key: &str| {
+            let mut request = request("/basalt.v1.Kv/Put", Some(token), &put(key));
+            request.headers_mut().insert(
+                basalt_client::ACT_AS_KEY,
+                http::HeaderValue::from_bytes(user).expect("header"),
+            );
+            request
+        };
+        let (admitted, _) = gate
+            .admit(acting("root-token", b"alice", "a/1"))
+            .await
+            .expect("root as alice, within her grants");
+        assert_eq!(
+            admitted
+                .extensions()
+                .get::<Arc<Identity>>()
+                .map(|i| (i.user.clone(), i.root)),
+            Some(("alice".to_string(), false))
+        );
+        assert_eq!(
+            code(gate.admit(acting("root-token", b"alice", "b/1")).await),
+            Some(ErrorCode::PermissionDenied),
+            "narrowed to alice's grants"
+        );
+        assert_eq!(
+            code(gate.admit(acting("root-token", b"carol", "a/1")).await),
+            Some(ErrorCode::Unauthenticated),
+            "no such user"
+        );
+        assert_eq!(
+            code(gate.admit(acting("root-token", b"\xff", "a/1")).await),
+            Some(ErrorCode::Unauthenticated),
+            "not a readable name"
+        );
+        assert_eq!(
+            code(gate.admit(acting("bob-token", b"alice", "a/1")).await),
+            Some(ErrorCode::Unauthenticated),
+            "a user's token acts as no one"
         );
     }
 

@@ -152,6 +152,23 @@ fn every_client_door_speaks_tls_and_a_client_certificate_names_its_user() {
         assert!(reply.starts_with("+OK\r\n$3\r\none\r\n"), "{reply:?}");
         let reply = plaintext(&resp, &resp_command(&["PING"])).await;
         assert!(!String::from_utf8_lossy(&reply).contains("PONG"), "{reply:?}");
+        // A client certificate authenticates a RESP connection too, no AUTH: alice's commands
+        // run with her grants; carol's certificate names no user, so AUTH is still needed.
+        let alice_files = (dir.join("alice.pem"), dir.join("alice-key.pem"));
+        let alice_resp = ClientTls::from_files(&ca, Some((alice_files.0.as_path(), alice_files.1.as_path())))
+            .expect("RESP TLS with alice's certificate")
+            .with_alpn(&[]);
+        let mut request = resp_command(&["GET", "a/1"]);
+        request.extend(resp_command(&["SET", "b/9", "x"]));
+        let reply = exchange(&alice_resp, &resp, &request).await.expect("RESP as alice");
+        assert!(reply.starts_with("$3\r\none\r\n-ERR PERMISSION_DENIED"), "{reply:?}");
+        let carol_resp = ClientTls::from_files(&ca, Some((cert.as_path(), key.as_path())))
+            .expect("RESP TLS with carol's certificate")
+            .with_alpn(&[]);
+        let reply = exchange(&carol_resp, &resp, &resp_command(&["GET", "a/1"]))
+            .await
+            .expect("RESP as carol");
+        assert!(reply.starts_with("-NOAUTH"), "{reply:?}");
 
         // HTTP over TLS, by a client offering HTTP/1.1 (as curl does, with h2 too).
         let http = cluster.specs[&1].http.clone();
