@@ -124,8 +124,6 @@ pub struct Client {
     fence: Option<pb::Fence>,
     /// This handle's credentials when they are not the options' (see [`Client::with_token`]).
     token: Option<Arc<AuthHeader>>,
-    /// The user this handle's calls run as, with the root token (see [`Client::acting_as`]).
-    act_as: Option<Arc<AuthHeader>>,
 }
 
 /// The `authorization` value of a bearer token, marked sensitive (never logged by tonic).
@@ -252,7 +250,6 @@ impl Client {
             }),
             fence: None,
             token: None,
-            act_as: None,
         })
     }
 
@@ -333,7 +330,6 @@ impl Client {
                 token,
             }),
             token: self.token.clone(),
-            act_as: self.act_as.clone(),
         }
     }
 
@@ -349,28 +345,43 @@ impl Client {
             inner: self.inner.clone(),
             fence: self.fence.clone(),
             token: Some(Arc::new(auth_header(token)?)),
-            act_as: None,
         })
     }
 
-    /// A handle whose every call, made with the root token, runs as `user`: with that user's
-    /// grants and nothing more (the server refuses the header from any other token, and a name
-    /// that is no user). For a front door that authenticated the user itself, as a node's RESP
-    /// door does a client certificate. Shares this client's connections and session; its
-    /// writes and rate checks are never coalesced with other handles'.
+    /// A handle whose every call, made with this handle's token (which must be the root's),
+    /// runs as `user`: with that user's grants and nothing more (the server refuses it from any
+    /// other token, and for a name that is no user, `UNAUTHENTICATED`). For a front door that
+    /// authenticated the user itself, as a node's RESP door does a client certificate. The
+    /// calls carry `authorization: ActAs USER TOKEN`, a scheme a node of an earlier build
+    /// refuses rather than run as the root. Shares this client's connections and session; its
+    /// writes and rate checks are never coalesced with other handles'. A later
+    /// [`Client::with_token`] replaces it.
     ///
     /// # Errors
-    /// `INVALID_ARGUMENT` when `user` cannot be a header value (user names are printable ASCII).
+    /// `INVALID_ARGUMENT` when this handle has no token, or `user` is not a user name (letters,
+    /// digits, `.`, `_`, `-`, `@`; not `root`).
     pub fn acting_as(&self, user: &str) -> Result<Client, ClientError> {
-        let value: AuthHeader = user.parse().map_err(|_| ClientError::Rejected {
+        let invalid = |message: String| ClientError::Rejected {
             code: ErrorCode::InvalidArgument,
-            message: format!("user name {user:?} is not printable ASCII"),
-        })?;
+            message,
+        };
+        if basalt_auth::check_user_name(user).is_err() {
+            return Err(invalid(format!("{user:?} is not a user name")));
+        }
+        let token = self
+            .token
+            .as_ref()
+            .or(self.inner.token.as_ref())
+            .and_then(|header| Some(header.to_str().ok()?.strip_prefix("Bearer ")?.to_string()))
+            .ok_or_else(|| invalid("acting as a user needs the root token".into()))?;
+        let mut value: AuthHeader = format!("{} {user} {token}", crate::ACT_AS_SCHEME)
+            .parse()
+            .map_err(|_| ClientError::InvalidToken)?;
+        value.set_sensitive(true);
         Ok(Client {
             inner: self.inner.clone(),
             fence: self.fence.clone(),
-            token: self.token.clone(),
-            act_as: Some(Arc::new(value)),
+            token: Some(Arc::new(value)),
         })
     }
 
@@ -505,7 +516,7 @@ impl Client {
     /// A fresh `(client_id, seq)` header for a mutation, kept in flight until the guard drops.
     /// Whether this handle's KV writes are coalesced into batches.
     pub(crate) fn coalesces_writes(&self) -> bool {
-        self.inner.options.coalesce_writes && self.fence.is_none() && self.token.is_none() && self.act_as.is_none()
+        self.inner.options.coalesce_writes && self.fence.is_none() && self.token.is_none()
     }
 
     pub(crate) fn coalesce_budget(&self) -> &basalt_batching::QueueBudget {
@@ -526,7 +537,7 @@ impl Client {
 
     /// Whether this handle's single rate checks are coalesced into batches.
     pub(crate) fn coalesces_checks(&self) -> bool {
-        self.inner.options.coalesce_rate_checks && self.fence.is_none() && self.token.is_none() && self.act_as.is_none()
+        self.inner.options.coalesce_rate_checks && self.fence.is_none() && self.token.is_none()
     }
 
     pub(crate) fn max_clock_offset(&self) -> Duration {
@@ -543,7 +554,6 @@ impl Client {
             inner: self.inner.clone(),
             fence: None,
             token: self.token.clone(),
-            act_as: self.act_as.clone(),
         }
     }
 
@@ -585,11 +595,6 @@ impl Client {
         let mut request = tonic::Request::new(message);
         if let Some(token) = self.token.as_ref().or(self.inner.token.as_ref()) {
             request.metadata_mut().insert("authorization", AuthHeader::clone(token));
-        }
-        if let Some(user) = &self.act_as {
-            request
-                .metadata_mut()
-                .insert(crate::ACT_AS_KEY, AuthHeader::clone(user));
         }
         let remaining = deadline.saturating_duration_since(Instant::now());
         request.set_timeout(

@@ -60,8 +60,9 @@ pub use counter::window;
 pub use counter::{CounterChange, CounterHandle, CounterOp, CounterOutcome, CounterValue, Counters, Windows};
 pub use error::{never_sent, ClientError, ErrorCode, ERROR_CODE_KEY, LEADER_KEY, OLDEST_REVISION_KEY};
 
-/// The metadata key naming the user a root-token call runs as ([`Client::acting_as`]).
-pub const ACT_AS_KEY: &str = "basalt-act-as";
+/// The `authorization` scheme of a root-token call run as a user ([`Client::acting_as`]):
+/// `ActAs USER TOKEN`.
+pub const ACT_AS_SCHEME: &str = "ActAs";
 pub use kv::{CasOutcome, DeleteOutcome, Kv, KvEntry, PutIfAbsent, PutOptions, ScanPage};
 pub use lease::{Acquired, LeaseGrant, LeaseHandle, LeaseState};
 pub use ledger::Ledger;

@@ -19,8 +19,8 @@ use crate::frame::{Parsed, Protocol, ReadLimits, Reply, RequestReader};
 use crate::glob::Glob;
 use crate::keys::{check_key, check_storable, checked_ttl, now_ms, ttl_of, Keys, Ttl};
 use crate::limits::{
-    MULTI_QUEUED_MAX, PIPELINE_ROUND_REQUESTS_MAX, PUSH_BUFFER_MESSAGES, REPLY_FLUSH_BYTES, REQUEST_BYTES_MAX,
-    SCAN_CURSORS_MAX, SET_RUN_BYTES_MAX, TXN_CONDITIONS_MAX, TXN_OPS_MAX,
+    CERTIFICATE_CHECK_TIMEOUT, MULTI_QUEUED_MAX, PIPELINE_ROUND_REQUESTS_MAX, PUSH_BUFFER_MESSAGES, REPLY_FLUSH_BYTES,
+    REQUEST_BYTES_MAX, SCAN_CURSORS_MAX, SET_RUN_BYTES_MAX, TXN_CONDITIONS_MAX, TXN_OPS_MAX,
 };
 use crate::multi::{self, Queued};
 use crate::pubsub::{Kind, Subscriptions};
@@ -149,7 +149,13 @@ pub async fn serve(
             let mut broken = None;
             // Whole requests are left in the buffer after this round's share.
             let mut more_ready = false;
-            connection.check_certificate();
+            if connection.certificate_expired() {
+                out.clear();
+                Reply::error("NOAUTH the client certificate has expired").encode(connection.protocol, &mut out);
+                let _ = writer.write_all(&out).await;
+                let _ = writer.shutdown().await;
+                return;
+            }
             // Before AUTH, one request a round: the next is read under the limits its result
             // decides (Redis's small unauthenticated ones, or the full ones).
             let (round_max, limits) = if connection.authenticated {
@@ -795,8 +801,10 @@ impl Connection {
     /// A connection whose TLS handshake showed a client certificate of the client CA naming a
     /// user starts authenticated as that user, as a gRPC call does without a token: its
     /// commands run through the node's own client acting as the user (its grants, nothing
-    /// more). A certificate naming no user (or none the node can ask about now) leaves the
-    /// connection to `AUTH`.
+    /// more; every command is checked by the node). Only a certificate the node says names no
+    /// user (or another) leaves the connection to `AUTH`; when the node cannot be asked now
+    /// (an election, a slow leader), the connection is authenticated all the same, and its
+    /// commands meet the node's answer.
     async fn certificate_auth(&mut self, certificate: basalt_tls::ConnectInfo) {
         let Ok(Some(name)) = certificate.client_name_at(std::time::SystemTime::now()) else {
             return;
@@ -804,29 +812,30 @@ impl Connection {
         let Ok(client) = self.shared.anonymous.client().acting_as(&name) else {
             return;
         };
-        match client.auth().who_am_i().await {
-            Ok(me) if me.user == *name => {
-                self.caller = Arc::new(Caller::new(client));
-                self.authenticated = true;
-                self.certificate = Some(certificate);
+        let asked = tokio::time::timeout(CERTIFICATE_CHECK_TIMEOUT, client.auth().who_am_i()).await;
+        match asked {
+            Ok(Ok(me)) if me.user != *name => {
+                tracing::warn!(certificate = %name, answered = %me.user, "a RESP client certificate's user was answered as another: left to AUTH");
+                return;
             }
-            Ok(_) => {}
-            Err(e) => tracing::debug!(user = %name, error = %e, "a RESP client certificate names no user here"),
+            Ok(Err(e)) if e.code() == Some(basalt_client::ErrorCode::Unauthenticated) => {
+                tracing::debug!(user = %name, error = %e, "a RESP client certificate names no user here");
+                return;
+            }
+            _ => {}
         }
+        self.caller = Arc::new(Caller::new(client));
+        self.authenticated = true;
+        self.certificate = Some(certificate);
     }
 
-    /// Ends a certificate's authentication once the certificate has expired: the commands
-    /// after answer `NOAUTH` until an `AUTH` with a token.
-    fn check_certificate(&mut self) {
-        let expired = self
-            .certificate
+    /// Whether the certificate the connection is authenticated by has expired since: the
+    /// connection is then closed (its client reconnects, and authenticates anew), whatever it
+    /// was doing (a transaction queued, subscriptions).
+    fn certificate_expired(&self) -> bool {
+        self.certificate
             .as_ref()
-            .is_some_and(|c| c.client_name_at(std::time::SystemTime::now()).is_err());
-        if expired {
-            self.certificate = None;
-            self.authenticated = false;
-            self.caller = Arc::clone(&self.shared.anonymous);
-        }
+            .is_some_and(|c| c.client_name_at(std::time::SystemTime::now()).is_err())
     }
 
     /// `AUTH [user] <token>` on a node that authenticates with tokens: the node says whose

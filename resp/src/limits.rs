@@ -122,3 +122,8 @@ pub const XCLAIM_IDS_MAX: usize = 1000;
 /// Consumer groups `XINFO GROUPS` lists (each counted from its pending rows); a stream of more
 /// is answered an error.
 pub const XINFO_GROUPS_MAX: usize = 1000;
+
+/// How long a connection with a client certificate waits, before its first command, for the
+/// node to say which user the certificate names; past it the connection is taken as that
+/// user's (every command is checked by the node anyway).
+pub const CERTIFICATE_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);

@@ -49,12 +49,10 @@ pub enum AuthRefusal {
     UnknownCertificate(String),
     #[error(transparent)]
     ExpiredCertificate(#[from] basalt_tls::Expired),
-    #[error("only the root token may act as another user (basalt-act-as)")]
+    #[error("only the root token may act as another user")]
     ActAsNeedsRoot,
-    #[error("the root token acts as {0:?}, which is no user of this region")]
-    UnknownActAs(String),
-    #[error("the user to act as (basalt-act-as) is not a readable name")]
-    MalformedActAs,
+    #[error("{0:?} is no user of this region")]
+    UnknownUser(String),
 }
 
 /// What authenticated a request: a bearer token (by its hash), or a user's name: the one a
@@ -165,25 +163,24 @@ impl Gate {
                 None => Ok(None),
             }
         };
-        match bearer_token(headers) {
-            Ok(token) => {
+        match presented(headers) {
+            Ok(Presented::Bearer(token)) => {
                 let identity = self.identify_token(token)?;
-                match headers.get(basalt_client::ACT_AS_KEY) {
-                    None => Ok((identity, Credential::Token(basalt_auth::token::hash(token)))),
-                    // A narrowing, never a widening: the root, which may do anything, runs the
-                    // request with one user's grants (a front door that authenticated that user
-                    // itself); any other token is refused for trying.
-                    Some(_) if !identity.root => Err(AuthRefusal::ActAsNeedsRoot),
-                    Some(value) => {
-                        let name = value.to_str().map_err(|_| AuthRefusal::MalformedActAs)?;
-                        let identity = self
-                            .table
-                            .borrow()
-                            .identify_user(name)
-                            .ok_or_else(|| AuthRefusal::UnknownActAs(name.to_string()))?;
-                        Ok((identity, Credential::User(name.into())))
-                    }
+                Ok((identity, Credential::Token(basalt_auth::token::hash(token))))
+            }
+            // A narrowing, never a widening: the root, which may do anything, runs the request
+            // with one user's grants (a front door that authenticated that user itself); any
+            // other token is refused for trying.
+            Ok(Presented::ActAs { user, token }) => {
+                if !self.identify_token(token)?.root {
+                    return Err(AuthRefusal::ActAsNeedsRoot);
                 }
+                let identity = self
+                    .table
+                    .borrow()
+                    .identify_user(user)
+                    .ok_or_else(|| AuthRefusal::UnknownUser(user.to_string()))?;
+                Ok((identity, Credential::User(user.into())))
             }
             Err(AuthRefusal::Missing) => {
                 let name = certificate_name()?.ok_or(AuthRefusal::Missing)?;
@@ -220,7 +217,7 @@ impl Gate {
             // Not known here may be not applied here yet: a known token or user is never
             // refused for a follower's lag (a missing or malformed token is refused at once).
             Err(
-                refusal @ (AuthRefusal::Unknown | AuthRefusal::UnknownCertificate(_) | AuthRefusal::UnknownActAs(_)),
+                refusal @ (AuthRefusal::Unknown | AuthRefusal::UnknownCertificate(_) | AuthRefusal::UnknownUser(_)),
             ) => return Err(self.refuse_or_redirect(|| self.unauthenticated(&refusal))),
             Err(refusal) => return Err(self.unauthenticated(&refusal)),
         };
@@ -293,7 +290,7 @@ impl Gate {
             Credential::Token(hash) => table.identify(hash).ok_or(AuthRefusal::Unknown),
             Credential::User(name) => table
                 .identify_user(name)
-                .ok_or_else(|| AuthRefusal::UnknownCertificate(name.to_string())),
+                .ok_or_else(|| AuthRefusal::UnknownUser(name.to_string())),
         };
         let identity = identity.map_err(|refusal| self.unauthenticated(&refusal))?;
         self.check(&identity, &recheck.needs).map_err(|d| self.denied(&d))
@@ -348,15 +345,34 @@ impl NodeCredentials {
     }
 }
 
-/// The token of a request's `authorization: Bearer ...` header.
-fn bearer_token(headers: &http::HeaderMap) -> Result<&str, AuthRefusal> {
+/// What a request's `authorization` header presents.
+enum Presented<'a> {
+    /// `Bearer TOKEN`.
+    Bearer(&'a str),
+    /// `ActAs USER TOKEN` ([`basalt_client::Client::acting_as`]): the root token, running the
+    /// request as `USER`. A scheme of its own rather than a header beside `Bearer`, so that a
+    /// node of an earlier build, which knows only `Bearer`, refuses it instead of running the
+    /// request as the root.
+    ActAs { user: &'a str, token: &'a str },
+}
+
+/// What a request's `authorization` header presents (`Missing` without one).
+fn presented(headers: &http::HeaderMap) -> Result<Presented<'_>, AuthRefusal> {
     let value = headers.get(http::header::AUTHORIZATION).ok_or(AuthRefusal::Missing)?;
     let text = value.to_str().map_err(|_| AuthRefusal::Malformed)?;
-    let token = text
-        .strip_prefix("Bearer ")
-        .or_else(|| text.strip_prefix("bearer "))
-        .ok_or(AuthRefusal::Malformed)?;
-    Ok(token.trim())
+    if let Some(token) = text.strip_prefix("Bearer ").or_else(|| text.strip_prefix("bearer ")) {
+        return Ok(Presented::Bearer(token.trim()));
+    }
+    let acting = text
+        .strip_prefix(basalt_client::ACT_AS_SCHEME)
+        .and_then(|rest| rest.strip_prefix(' '));
+    match acting.and_then(|rest| rest.trim().split_once(' ')) {
+        Some((user, token)) if !user.is_empty() && !token.is_empty() => Ok(Presented::ActAs {
+            user,
+            token: token.trim(),
+        }),
+        _ => Err(AuthRefusal::Malformed),
+    }
 }
 
 /// The server-streaming RPCs a node keeps open for as long as the client reads: checked again
@@ -1079,16 +1095,16 @@ mod tests {
             value: b"v".to_vec(),
             ..Default::default()
         };
-        let acting = |token: &str, user: &[u8], key: &str| {
-            let mut request = request("/basalt.v1.Kv/Put", Some(token), &put(key));
+        let acting = |token: &str, user: &str, key: &str| {
+            let mut request = request("/basalt.v1.Kv/Put", None, &put(key));
             request.headers_mut().insert(
-                basalt_client::ACT_AS_KEY,
-                http::HeaderValue::from_bytes(user).expect("header"),
+                http::header::AUTHORIZATION,
+                http::HeaderValue::from_str(&format!("ActAs {user} {token}")).expect("header"),
             );
             request
         };
         let (admitted, _) = gate
-            .admit(acting("root-token", b"alice", "a/1"))
+            .admit(acting("root-token", "alice", "a/1"))
             .await
             .expect("root as alice, within her grants");
         assert_eq!(
@@ -1099,25 +1115,41 @@ mod tests {
             Some(("alice".to_string(), false))
         );
         assert_eq!(
-            code(gate.admit(acting("root-token", b"alice", "b/1")).await),
+            code(gate.admit(acting("root-token", "alice", "b/1")).await),
             Some(ErrorCode::PermissionDenied),
             "narrowed to alice's grants"
         );
         assert_eq!(
-            code(gate.admit(acting("root-token", b"carol", "a/1")).await),
+            code(gate.admit(acting("root-token", "carol", "a/1")).await),
             Some(ErrorCode::Unauthenticated),
             "no such user"
         );
         assert_eq!(
-            code(gate.admit(acting("root-token", b"\xff", "a/1")).await),
+            code(gate.admit(acting("root-token", "root", "b/1")).await),
             Some(ErrorCode::Unauthenticated),
-            "not a readable name"
+            "the root is no user to act as"
         );
         assert_eq!(
-            code(gate.admit(acting("bob-token", b"alice", "a/1")).await),
+            code(gate.admit(acting("bob-token", "alice", "a/1")).await),
             Some(ErrorCode::Unauthenticated),
             "a user's token acts as no one"
         );
+        assert_eq!(
+            code(gate.admit(acting("guess", "alice", "a/1")).await),
+            Some(ErrorCode::Unauthenticated),
+            "an unknown token acts as no one"
+        );
+        for malformed in ["ActAs alice", "ActAs  root-token", "ActAsalice root-token", "Basic x"] {
+            let mut request = request("/basalt.v1.Kv/Put", None, &put("a/1"));
+            request
+                .headers_mut()
+                .insert(http::header::AUTHORIZATION, http::HeaderValue::from_static(malformed));
+            assert_eq!(
+                code(gate.admit(request).await),
+                Some(ErrorCode::Unauthenticated),
+                "{malformed}"
+            );
+        }
     }
 
     #[tokio::test]
