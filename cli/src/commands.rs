@@ -546,9 +546,20 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("error: {message}");
+            if let Some(hint) = hint_for(&message) {
+                eprintln!("hint: {hint}");
+            }
             ExitCode::FAILURE
         }
     }
+}
+
+/// What a failure's message most likely means, when it says little by itself.
+fn hint_for(message: &str) -> Option<&'static str> {
+    // What a plaintext HTTP/2 client reads from a TLS port: the handshake's bytes.
+    message.contains("h2 protocol error").then_some(
+        "the node may run TLS on its client port: give its CA with --ca-file (or BASALT_CA_FILE, or the cluster file's ca_file)",
+    )
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C) delivered from the moment this is called, not from
@@ -783,6 +794,13 @@ async fn run(cli: Cli) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_plaintext_client_at_a_tls_port_is_told_to_give_the_ca() {
+        let hint = hint_for("unexpected response from the server: Internal error: h2 protocol error: http2 error");
+        assert!(hint.is_some_and(|h| h.contains("--ca-file")));
+        assert_eq!(hint_for("no node reachable: connection refused"), None);
+    }
 
     #[test]
     fn durations_parse() {

@@ -271,6 +271,8 @@ fn every_client_door_speaks_tls_and_a_client_certificate_names_its_user() {
         )
         .await;
         assert_ne!(run.code, Some(0), "{run:?}");
+        // ... and says what is likely missing.
+        assert!(run.stderr.contains("--ca-file"), "{run:?}");
 
         // New certificates from a new CA, written over the files the nodes run with: served from
         // the next connection on, without a restart. The CA file (the peer listener's too) holds

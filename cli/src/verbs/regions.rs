@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 pub enum RegionsCommand {
     /// Add a region to this region's replicated topology, `name:id=host:port,...` (or change the
     /// endpoints of one it knows). It gets no escrow share of counter bounds: give it room with
-    /// `basalt counter transfer-escrow`. Run it in every region the new one replicates with.
+    /// `basalt counter transfer`. Run it in every region the new one replicates with.
     Add { region: String },
     /// Remove a region from this region's topology: nothing more is shipped to it or merged from
     /// it (its escrow share stays spent).
