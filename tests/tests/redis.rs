@@ -1343,6 +1343,17 @@ fn streams_answer_as_redis_does_and_are_basalt_topics() {
         "{consumers}"
     );
     assert_eq!(raw.call(&["XINFO", "CONSUMERS", "s:claims", "empty"]), "*0\r\n");
+    // RESP3: the same answers as maps.
+    let mut resp3 = Raw::open(cluster.resp(1));
+    assert!(resp3.call(&["HELLO", "3"]).starts_with("%7\r\n"));
+    let groups = resp3.call(&["XINFO", "GROUPS", "s:claims"]);
+    assert!(
+        groups.starts_with(&format!("*2\r\n%6\r\n{}", pair("name", bulk("empty")))),
+        "{groups}"
+    );
+    assert!(resp3
+        .call(&["XINFO", "STREAM", "s:claims"])
+        .starts_with(&format!("%8\r\n{}", pair("length", ":2\r\n".into()))));
     assert_eq!(
         raw.call(&["XINFO", "CONSUMERS", "s:claims", "nog"]),
         "-NOGROUP No such consumer group 'nog' for key name 's:claims'\r\n"
