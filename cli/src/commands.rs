@@ -286,7 +286,8 @@ pub struct StartArgs {
     /// This node's region, `name:id`, when it is one of several regions (docs/regions.md).
     #[arg(long)]
     region: Option<String>,
-    /// Another region to replicate with: `name:id=host:port,host:port` (repeat per region).
+    /// Another region to replicate with: `name:id=ENDPOINT,ENDPOINT` (repeat per region), each
+    /// ENDPOINT a node's `CLIENT/PEER` addresses (its feed goes to the peer listener) or `CLIENT`.
     #[arg(long, requires = "region")]
     remote_region: Vec<String>,
     /// Feed positions kept for a region that has not acknowledged them; past this it is re-synced.

@@ -116,14 +116,20 @@ pub(crate) struct RegionAddresses {
     pub(crate) edges: BTreeMap<usize, Vec<String>>,
     /// Each node's RESP address; empty for a region without (a demo's regions).
     pub(crate) resp: BTreeMap<usize, Vec<String>>,
-    /// One per (source region, node of another region), taken in that order.
+    /// Two per (source region, node of another region), taken in that order: one to the node's
+    /// client port (requests forwarded to the home region), one to its peer listener (the feed).
     pub(crate) proxies: Vec<SocketAddr>,
 }
 
-/// How many link proxies a topology needs: one per (source region, node of another region).
+/// How many link proxies a topology needs: two per (source region, node of another region), to
+/// its client port and to its peer listener.
 pub(crate) fn proxies_needed(topology: &Topology) -> usize {
     let nodes: usize = topology.regions.iter().map(|r| usize::from(r.nodes)).sum();
-    topology.regions.iter().map(|r| nodes - usize::from(r.nodes)).sum()
+    2 * topology
+        .regions
+        .iter()
+        .map(|r| nodes - usize::from(r.nodes))
+        .sum::<usize>()
 }
 
 /// A multi-region cluster running: its nodes, and the link proxies every byte between regions
@@ -162,14 +168,19 @@ pub(crate) async fn launch(
             if a == b {
                 continue;
             }
-            for target in &grpc[&b] {
-                let listen = *proxy_addresses.next().ok_or("ran out of proxy addresses")?;
-                let target: SocketAddr = target.parse().map_err(|e| format!("node address: {e}"))?;
-                let proxy = LinkProxy::start(listen, a as u64 + 1, b as u64 + 1, target, links.clone())
-                    .await
-                    .map_err(|e| format!("starting the link proxy on {listen}: {e}"))?;
-                remote_endpoints.entry((a, b)).or_default().push(listen.to_string());
-                proxies.push(proxy);
+            for (client, peer) in grpc[&b].iter().zip(&addresses.peer[&b]) {
+                // `CLIENT/PEER`, each behind a proxy of the link from a to b.
+                let mut proxied = Vec::new();
+                for target in [client, peer] {
+                    let listen = *proxy_addresses.next().ok_or("ran out of proxy addresses")?;
+                    let target: SocketAddr = target.parse().map_err(|e| format!("node address: {e}"))?;
+                    let proxy = LinkProxy::start(listen, a as u64 + 1, b as u64 + 1, target, links.clone())
+                        .await
+                        .map_err(|e| format!("starting the link proxy on {listen}: {e}"))?;
+                    proxied.push(listen.to_string());
+                    proxies.push(proxy);
+                }
+                remote_endpoints.entry((a, b)).or_default().push(proxied.join("/"));
             }
         }
     }

@@ -55,6 +55,8 @@ async fn start_regions(
             if a == b {
                 continue;
             }
+            // Client addresses only: these nodes run Raft on their client ports (no peer
+            // listener), so the feed goes there too, the path regions of earlier builds take.
             let mut endpoints = Vec::new();
             for target in targets.values() {
                 let proxy = LinkProxy::start(

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use basalt_raft::member_addr::MemberAddr;
+use basalt_storage::apply::topology::RegionEndpoint;
 use basalt_storage::cluster_id::ClusterId;
 use serde::Deserialize;
 
@@ -348,7 +349,8 @@ pub struct RegionConfig {
 pub struct RemoteRegion {
     pub name: String,
     pub id: u16,
-    /// gRPC addresses of its nodes (any of them; the shipper finds the leader).
+    /// Its nodes (any of them; the shipper finds the leader), each `CLIENT` or `CLIENT/PEER`
+    /// ([`RegionEndpoint`]): the feed goes to the peer listener when one is named.
     pub endpoints: Vec<String>,
 }
 
@@ -364,7 +366,8 @@ pub fn parse_region(text: &str) -> Result<(String, u16), ConfigError> {
     Ok((name.trim().to_string(), id))
 }
 
-/// Parses `--remote-region eu:2=127.0.0.1:7101,127.0.0.1:7102`.
+/// Parses `--remote-region eu:2=127.0.0.1:7101,127.0.0.1:7102` (each endpoint may name the
+/// node's peer listener after a `/`: `127.0.0.1:7101/127.0.0.1:7201`).
 pub fn parse_remote_region(text: &str) -> Result<RemoteRegion, ConfigError> {
     let (region, endpoints) = text
         .split_once('=')
@@ -500,11 +503,10 @@ impl RegionConfig {
             if remote.endpoints.is_empty() {
                 return invalid(format!("remote region {:?} has no endpoints", remote.name));
             }
-            if let Some(bad) = remote.endpoints.iter().find(|e| e.parse::<SocketAddr>().is_err()) {
-                return invalid(format!(
-                    "remote region {:?} endpoint {bad:?} is not host:port",
-                    remote.name
-                ));
+            for endpoint in &remote.endpoints {
+                if let Err(reason) = RegionEndpoint::parse(endpoint) {
+                    return invalid(format!("remote region {:?}: {reason}", remote.name));
+                }
             }
         }
         // What the first leader will propose must be a topology apply accepts.

@@ -403,12 +403,18 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         None => Vec::new(),
     };
     let homed = Homed::new(api.clone());
-    let feed_receiver = RegionFeedServer::new(FeedReceiver {
-        api: api.clone(),
-        replication: api.replication.clone(),
-    })
-    .max_decoding_message_size(crate::limits::FEED_MESSAGE_BYTES_MAX)
-    .max_encoding_message_size(crate::limits::FEED_MESSAGE_BYTES_MAX);
+    // Other regions' feeds: on the peer listener (no cluster id there: another region is another
+    // cluster; its peer certificate, under the peer listener's mutual TLS, is its credential),
+    // and on the client port with the root token, for regions that name this one by client
+    // addresses only.
+    let feed_receiver = || {
+        RegionFeedServer::new(FeedReceiver {
+            api: api.clone(),
+            replication: api.replication.clone(),
+        })
+        .max_decoding_message_size(crate::limits::FEED_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(crate::limits::FEED_MESSAGE_BYTES_MAX)
+    };
 
     let cache_service = crate::api::cache::CacheService {
         api: api.clone(),
@@ -430,13 +436,14 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
             let addr = listener
                 .local_addr()
                 .map_err(io("reading the peer listener's address"))?;
-            tracing::info!(%addr, tls = peer_tls.is_some(), "serving raft and the members' own calls on the peer listener");
+            tracing::info!(%addr, tls = peer_tls.is_some(), "serving raft, the members' own calls and other regions' feeds on the peer listener");
             let stop = wait_stop(stop_rx.clone());
             let server = tonic::transport::Server::builder()
                 .max_connection_age(basalt_raft::limits::PEER_CONNECTION_AGE_MAX)
                 .max_connection_age_grace(basalt_raft::limits::PEER_CONNECTION_AGE_GRACE)
                 .add_service(raft_service())
-                .add_service(node_calls());
+                .add_service(node_calls())
+                .add_service(feed_receiver());
             let task = match &peer_tls {
                 None => {
                     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -481,7 +488,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         .add_service(ClusterServer::new(api.clone()).max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX))
         .add_service(CacheServer::new(cache_service).max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX))
         .add_service(AuthServer::new(api.clone()).max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX))
-        .add_service(feed_receiver);
+        .add_service(feed_receiver());
     let serve = match &client_tls {
         None => {
             router

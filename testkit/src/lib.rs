@@ -413,6 +413,20 @@ impl TestCluster {
         self.specs.values().map(|s| s.addr.clone()).collect()
     }
 
+    /// Each node's client address and, when the nodes listen for peers apart, its peer
+    /// listener's: how other regions name this one's nodes (`CLIENT/PEER`).
+    pub fn region_endpoints(&self) -> Vec<(String, Option<String>)> {
+        self.specs
+            .values()
+            .map(|s| (s.addr.clone(), self.peer_listeners.then(|| s.peer.clone())))
+            .collect()
+    }
+
+    /// The root token, when [`TestCluster::enable_auth`] made the nodes authenticate clients.
+    pub fn root_token(&self) -> Option<basalt_client::Token> {
+        self.root_token.clone()
+    }
+
     pub fn addr(&self, id: u64) -> String {
         self.specs[&id].addr.clone()
     }

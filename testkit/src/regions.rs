@@ -56,18 +56,24 @@ impl TestRegions {
                     continue;
                 }
                 let mut endpoints = Vec::new();
-                for target in clusters[b].endpoints() {
-                    let proxy = LinkProxy::start(
-                        "127.0.0.1:0".parse().expect("addr"),
-                        a as u64 + 1,
-                        b as u64 + 1,
-                        target.parse().expect("node address"),
-                        links.clone(),
-                    )
-                    .await
-                    .expect("link proxy");
-                    endpoints.push(proxy.local_addr().to_string());
-                    proxies.push(proxy);
+                for (client, peer) in clusters[b].region_endpoints() {
+                    // The client port (home forwarding) and the peer listener (the feed), each
+                    // behind a proxy of the same link.
+                    let mut proxied = Vec::new();
+                    for target in std::iter::once(client).chain(peer) {
+                        let proxy = LinkProxy::start(
+                            "127.0.0.1:0".parse().expect("addr"),
+                            a as u64 + 1,
+                            b as u64 + 1,
+                            target.parse().expect("node address"),
+                            links.clone(),
+                        )
+                        .await
+                        .expect("link proxy");
+                        proxied.push(proxy.local_addr().to_string());
+                        proxies.push(proxy);
+                    }
+                    endpoints.push(proxied.join("/"));
                 }
                 args.push("--remote-region".into());
                 args.push(format!("{}:{}={}", other.name, b + 1, endpoints.join(",")));
@@ -125,6 +131,7 @@ impl TestRegions {
             cluster.endpoints(),
             ClientOptions {
                 attempt_timeout: Duration::from_secs(2),
+                token: cluster.root_token(),
                 ..Default::default()
             },
         )

@@ -1183,3 +1183,109 @@ fn values_of_the_largest_size_cross_regions_after_a_partition() {
         eu.kv().put("after", "v").await.expect("eu still serves writes");
     });
 }
+
+/// A CA in `dir` and a peer certificate of it for 127.0.0.1 (every test node and link proxy
+/// listens there); the `basalt start` flags that use them.
+fn peer_tls_flags(dir: &std::path::Path) -> Vec<String> {
+    basalt_cli::certs::make_ca(dir).expect("CA");
+    basalt_cli::certs::node_flags(dir, "node", &["127.0.0.1".to_string()]).expect("node certificate")
+}
+
+/// Until `key` reads `value` through `client`, or `wait` passes; whether it did.
+async fn reads_within(client: &basalt_client::Client, key: &str, value: &str, wait: Duration) -> bool {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        if let Ok(Some(found)) = client.kv().get(key).await {
+            if found.value == value.as_bytes() {
+                return true;
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The feed goes to the other region's peer listener, under its mutual TLS, and carries no
+/// token: us and eu, whose peer certificates come from one CA but whose root tokens differ (each
+/// would refuse the other's token on its client port), replicate both ways. ap, whose peer
+/// certificate comes from another CA, reaches neither's peer listener: nothing of ap is merged in
+/// us or eu, and nothing of theirs in ap.
+#[test]
+fn the_feed_crosses_to_peer_listeners_under_mutual_tls_without_a_token() {
+    runtime().block_on(async {
+        let deployment_ca = tempfile::tempdir().expect("tempdir");
+        let stranger_ca = tempfile::tempdir().expect("tempdir");
+        let deployment = peer_tls_flags(deployment_ca.path());
+        let stranger = peer_tls_flags(stranger_ca.path());
+        let spec = |name, extra_args| RegionSpec {
+            name,
+            nodes: 1,
+            extra_args,
+        };
+        let regions = TestRegions::start_with(
+            NODE,
+            vec![
+                spec("us", deployment.clone()),
+                spec("eu", deployment),
+                spec("ap", stranger),
+            ],
+            |cluster| {
+                // A root token of its own per region.
+                cluster.enable_auth();
+            },
+        )
+        .await;
+        let tokens: Vec<String> = ["us", "eu", "ap"]
+            .iter()
+            .map(|name| regions.cluster(name).root_token().expect("token").as_str().to_string())
+            .collect();
+        assert!(
+            tokens[0] != tokens[1] && tokens[1] != tokens[2],
+            "each region has its own token"
+        );
+        let (us, eu, ap) = (
+            regions.client("us").await,
+            regions.client("eu").await,
+            regions.client("ap").await,
+        );
+        us.kv().put("from-us", "1").await.expect("put in us");
+        eu.kv().put("from-eu", "2").await.expect("put in eu");
+        ap.kv().put("from-ap", "3").await.expect("put in ap");
+        let wait = Duration::from_secs(30);
+        assert!(reads_within(&eu, "from-us", "1", wait).await, "us -> eu");
+        assert!(reads_within(&us, "from-eu", "2", wait).await, "eu -> us");
+
+        // us ships to eu's peer listener (the endpoint's part after '/'), connected.
+        let status = regions.status("us").await.expect("us status");
+        let topology = status.topology.clone().expect("topology");
+        let eu_endpoint = &topology
+            .regions
+            .iter()
+            .find(|r| r.name == "eu")
+            .expect("eu in us's topology")
+            .endpoints[0];
+        let (_, eu_peer) = eu_endpoint.split_once('/').expect("CLIENT/PEER");
+        let link = |name: &str| status.links.iter().find(|l| l.region == name).cloned().expect("a link");
+        assert!(link("eu").connected, "{status:?}");
+        assert_eq!(link("eu").endpoint, eu_peer, "{status:?}");
+
+        // ap's certificate is refused by us's peer listener (and ap refuses us's): no link.
+        let deadline = std::time::Instant::now() + wait;
+        while regions
+            .cluster("us")
+            .metric(1, "basalt_peer_tls_handshake_failures_total")
+            < 1
+        {
+            assert!(std::time::Instant::now() < deadline, "no refused handshake in us");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let status = regions.status("us").await.expect("us status");
+        let to_ap = status.links.iter().find(|l| l.region == "ap").expect("ap link");
+        assert!(!to_ap.connected && to_ap.alarm.contains("unreachable"), "{to_ap:?}");
+        for (client, key) in [(&us, "from-ap"), (&eu, "from-ap"), (&ap, "from-us"), (&ap, "from-eu")] {
+            assert!(client.kv().get(key).await.expect("get").is_none(), "{key} crossed");
+        }
+    });
+}

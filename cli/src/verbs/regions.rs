@@ -11,8 +11,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[derive(Subcommand, Debug)]
 pub enum RegionsCommand {
-    /// Add a region to this region's replicated topology, `name:id=host:port,...` (or change the
-    /// endpoints of one it knows). It gets no escrow share of counter bounds: give it room with
+    /// Add a region to this region's replicated topology, `name:id=ENDPOINT,...` (or change the
+    /// endpoints of one it knows), each ENDPOINT a node's `CLIENT/PEER` addresses (the feed goes
+    /// to its peer listener, under the peer listener's mutual TLS) or `CLIENT` alone (the feed goes
+    /// to its client port with the root token). It gets no escrow share of counter bounds: give it room with
     /// `basalt counter transfer`. Run it in every region the new one replicates with.
     Add { region: String },
     /// Remove a region from this region's topology: nothing more is shipped to it or merged from

@@ -456,6 +456,12 @@ impl Api {
 
     /// What this node's own calls to other nodes' client ports carry (the root token when it
     /// authenticates clients).
+    /// How this node connects to other nodes' peer listeners (its own region's, for its own
+    /// calls; other regions', for the feed): TLS showing its peer certificate when it has one.
+    pub(crate) fn peer_connector(&self) -> Option<basalt_tls::Connector> {
+        self.peer_tls.clone().map(basalt_tls::Connector::Node)
+    }
+
     pub(crate) fn credentials(&self) -> crate::access::NodeCredentials {
         crate::access::NodeCredentials::new(self.gate.clone(), self.client_tls.clone())
     }

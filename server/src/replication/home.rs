@@ -26,6 +26,7 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use basalt_storage::apply::replication::homed_copy_complete;
+use basalt_storage::apply::topology::RegionEndpoint;
 
 use crate::api::{status, Api};
 use crate::config::RemoteRegion;
@@ -56,12 +57,18 @@ pub struct HomeRoute {
 
 impl HomeRoute {
     pub fn new(home: RemoteRegion, credentials: &crate::access::NodeCredentials) -> Result<HomeRoute, String> {
+        // Forwarded requests are client requests: they go to the home's client ports (a
+        // region's endpoint names its peer listener for the feed only).
         let channels = home
             .endpoints
             .iter()
-            .map(|addr| {
+            .map(|named| {
+                let addr = RegionEndpoint::parse(named)
+                    .map_err(|e| format!("home region endpoint: {e}"))?
+                    .client
+                    .to_string();
                 credentials
-                    .channel(addr, Duration::from_secs(2))
+                    .channel(&addr, Duration::from_secs(2))
                     .map(|channel| (addr.clone(), channel))
                     .map_err(|e| format!("home region endpoint {addr}: {e}"))
             })

@@ -18,7 +18,7 @@ use basalt_storage::apply::last_applied_stamp;
 use basalt_storage::apply::replication::{
     feed_trimmed_upto, heartbeat_after, next_batch, resync_batches, ResyncChunkLimits,
 };
-use basalt_storage::apply::topology::agreement_summary;
+use basalt_storage::apply::topology::{agreement_summary, RegionEndpoint};
 use basalt_storage::command::{Command, Op, RegionOp};
 use basalt_storage::state::StoreError;
 use futures::StreamExt;
@@ -77,7 +77,14 @@ pub(super) async fn run(
             continue;
         }
         let endpoint = remote.endpoints[next_endpoint % remote.endpoints.len()].clone();
-        match session(&repl, &api, &remote, &endpoint, &stop).await {
+        let mut answered = false;
+        let outcome = session(&repl, &api, &remote, &endpoint, &stop, &mut answered).await;
+        if answered {
+            // The link worked: a stream that then ends (the peer listener renews its connections
+            // every PEER_CONNECTION_AGE_MAX, a leader changes) is reopened at once.
+            backoff = Duration::from_millis(50);
+        }
+        match outcome {
             Ok(()) => backoff = Duration::from_millis(50),
             Err(ShipError::NotLeader { .. }) => {
                 // Not a broken link: the region's leader is another node; try it at once.
@@ -133,7 +140,26 @@ async fn session(
     remote: &RemoteRegion,
     endpoint: &str,
     stop: &tokio::sync::watch::Receiver<bool>,
+    answered: &mut bool,
 ) -> Result<(), ShipError> {
+    let named = endpoint;
+    let target = RegionEndpoint::parse(named).map_err(|reason| ShipError::Connect {
+        endpoint: named.to_string(),
+        reason,
+    })?;
+    // The feed goes to the node's peer listener when the topology names one, as a member's Raft
+    // does: this node's peer certificate is its credential there, and no token is sent. Otherwise
+    // to its client port, as a client with the root token (a region named by client addresses
+    // only, as before peer listeners).
+    let (endpoint, connector, credentials) = match target.peer {
+        Some(peer) => (peer.to_string(), api.peer_connector(), None),
+        None => (
+            target.client.to_string(),
+            api.credentials().connector().cloned(),
+            Some(api.credentials()),
+        ),
+    };
+    let endpoint = endpoint.as_str();
     let connect_error = |reason: String| ShipError::Connect {
         endpoint: endpoint.to_string(),
         reason,
@@ -144,7 +170,7 @@ async fn session(
             .connect_timeout(FEED_CONNECT_TIMEOUT)
             .tcp_nodelay(true),
         endpoint,
-        api.credentials().connector(),
+        connector.as_ref(),
         FEED_CONNECT_TIMEOUT,
     )
     .await
@@ -157,7 +183,9 @@ async fn session(
     // The opening heartbeat carries no frontier: what the remote region has is not known yet.
     let _ = tx.send(batch_message(&ShipBatch::heartbeat(source, 0))).await;
     let mut request = tonic::Request::new(ReceiverStream::new(rx));
-    api.credentials().sign(&mut request);
+    if let Some(credentials) = &credentials {
+        credentials.sign(&mut request);
+    }
     // The receiver refuses a stream of another data format before decoding a batch of it.
     basalt_codec::grpc::name_format(request.metadata_mut());
     if let Some(topology) = repl.topology() {
@@ -199,6 +227,7 @@ async fn session(
         })?
         .into_inner();
     let first = next_ack(&mut acks, endpoint, FEED_ACK_TIMEOUT).await?;
+    *answered = true;
     let mut acked = first.applied_upto;
     let mut sent = acked;
     let mut unanswered = 0usize;

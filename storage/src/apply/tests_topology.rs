@@ -7,7 +7,7 @@ use proptest::prelude::*;
 use super::replication::{digest, feed_trimmed_upto};
 use super::tests::{cmd, put, Harness};
 use super::tests_replication::{founded, pick, region, ship};
-use super::topology::{load_topology, EscrowShare, RegionSpec, RegionTopology, TopologyChange};
+use super::topology::{load_topology, EscrowShare, RegionEndpoint, RegionSpec, RegionTopology, TopologyChange};
 use super::*;
 use crate::command::{CounterAction, CounterOp, CounterOutcome};
 
@@ -239,6 +239,15 @@ fn a_topology_change_that_does_not_fit_is_refused_and_changes_nothing() {
             change: TopologyChange::Add {
                 region: RegionSpec {
                     id: 4,
+                    name: "sa".into(),
+                    endpoints: vec!["127.0.0.1:1/peer-host".into()],
+                },
+            },
+        }),
+        Op::Region(RegionOp::Topology {
+            change: TopologyChange::Add {
+                region: RegionSpec {
+                    id: 4,
                     name: "bad name".into(),
                     endpoints: vec!["127.0.0.1:1".into()],
                 },
@@ -260,14 +269,17 @@ fn a_topology_change_that_does_not_fit_is_refused_and_changes_nothing() {
             region: RegionSpec {
                 id: 2,
                 name: "eu".into(),
-                endpoints: vec!["127.0.0.1:9999".into()],
+                endpoints: vec!["127.0.0.1:9999/127.0.0.1:9998".into()],
             },
         },
     });
     let Response::Topology(topology) = us.apply(cmd(20, moved)) else {
         panic!("refused")
     };
-    assert_eq!(topology.regions[&2].endpoints, vec!["127.0.0.1:9999".to_string()]);
+    assert_eq!(
+        topology.regions[&2].endpoints,
+        vec!["127.0.0.1:9999/127.0.0.1:9998".to_string()]
+    );
     assert_eq!(topology.regions[&2].escrow, Some(EscrowShare { parts: 1, of: 2 }));
 }
 
@@ -517,5 +529,40 @@ fn regions_that_divided_bounds_differently_or_name_another_home_are_told_apart()
             matches!(check_agreement(&us, bad), Err(Disagreement::Malformed { .. })),
             "{bad}"
         );
+    }
+}
+
+#[test]
+fn an_endpoint_is_a_client_address_and_maybe_a_peer_address() {
+    let old = RegionEndpoint::parse("127.0.0.1:7001").expect("a client address alone");
+    assert_eq!((old.client.port(), old.peer, old.feed().port()), (7001, None, 7001));
+    let both = RegionEndpoint::parse("[::1]:7001/[::1]:7101").expect("client and peer");
+    assert_eq!(both.feed(), "[::1]:7101".parse().expect("addr"));
+    assert_eq!(both.to_string(), "[::1]:7001/[::1]:7101");
+    for bad in [
+        "",
+        "host:7001",
+        "127.0.0.1:7001/",
+        "/127.0.0.1:7101",
+        "127.0.0.1:7001/127.0.0.1:7101/127.0.0.1:7201",
+        "127.0.0.1:7001 peer=127.0.0.1:7101",
+    ] {
+        assert!(RegionEndpoint::parse(bad).is_err(), "{bad:?} parsed");
+    }
+    let long = format!("127.0.0.1:7001/{}", "1".repeat(super::topology::ENDPOINT_BYTES_MAX));
+    assert!(RegionEndpoint::parse(&long).is_err_and(|e| e.contains("longer than")));
+}
+
+proptest! {
+    #[test]
+    fn an_endpoint_written_reads_back_and_any_text_parses_or_is_refused(
+        client in (any::<std::net::IpAddr>(), any::<u16>()),
+        peer in proptest::option::of((any::<std::net::IpAddr>(), any::<u16>())),
+        text in "\\PC{0,80}",
+    ) {
+        let address = |(ip, port)| std::net::SocketAddr::new(ip, port);
+        let endpoint = RegionEndpoint { client: address(client), peer: peer.map(address) };
+        prop_assert_eq!(RegionEndpoint::parse(&endpoint.to_string()), Ok(endpoint));
+        let _ = RegionEndpoint::parse(&text);
     }
 }

@@ -28,7 +28,7 @@ use crate::state::{KeyRange, StoreError, StoreRead, Table};
 pub const REGIONS_MAX: usize = 64;
 /// Most endpoints named for one region.
 pub const REGION_ENDPOINTS_MAX: usize = 16;
-/// Longest endpoint (`host:port`), in bytes.
+/// Longest endpoint (`CLIENT` or `CLIENT/PEER`, see [`RegionEndpoint`]), in bytes.
 pub const ENDPOINT_BYTES_MAX: usize = 256;
 
 const TOPOLOGY_KEY: &[u8] = b"region_topology";
@@ -67,13 +67,67 @@ impl std::fmt::Display for EscrowShare {
     }
 }
 
+/// Where a region's node is reached from the other regions: its client API, which takes the
+/// requests this region forwards to its home (ledgers, leases, queues), and optionally its peer
+/// listener, which takes this region's change feed under the peer listener's mutual TLS (no
+/// token: another region is trusted by its certificate, as a member is). Without a peer address
+/// the feed goes to the client port too, carrying the root token, as builds before peer
+/// listeners shipped it.
+///
+/// Written `CLIENT` or `CLIENT/PEER`, each an `ip:port`, as `--peers` writes a member; the
+/// topology keeps that text, so a topology of an earlier build (client addresses only) reads as
+/// it did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RegionEndpoint {
+    pub client: SocketAddr,
+    pub peer: Option<SocketAddr>,
+}
+
+impl RegionEndpoint {
+    /// Reads `CLIENT` or `CLIENT/PEER`; the reason when `text` is neither.
+    pub fn parse(text: &str) -> Result<RegionEndpoint, String> {
+        if text.len() > ENDPOINT_BYTES_MAX {
+            return Err(format!("endpoint {text:?} is longer than {ENDPOINT_BYTES_MAX} bytes"));
+        }
+        let (client, peer) = match text.split_once('/') {
+            Some((client, peer)) => (client, Some(peer)),
+            None => (text, None),
+        };
+        let address = |what: &str, addr: &str| {
+            addr.parse::<SocketAddr>().map_err(|_| {
+                format!(
+                    "endpoint {text:?}: the {what} address {addr:?} is not an ip:port (expected CLIENT or CLIENT/PEER)"
+                )
+            })
+        };
+        Ok(RegionEndpoint {
+            client: address("client", client)?,
+            peer: peer.map(|peer| address("peer", peer)).transpose()?,
+        })
+    }
+
+    /// Where this region's feed goes: the peer listener when there is one.
+    pub fn feed(&self) -> SocketAddr {
+        self.peer.unwrap_or(self.client)
+    }
+}
+
+impl std::fmt::Display for RegionEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.peer {
+            None => write!(f, "{}", self.client),
+            Some(peer) => write!(f, "{}/{peer}", self.client),
+        }
+    }
+}
+
 /// A region as named in a topology change.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegionSpec {
     pub id: RegionId,
     pub name: String,
-    /// `host:port` of its nodes (any of them: the shipper finds the leader). Empty for this
-    /// region itself.
+    /// Its nodes (any of them: the shipper finds the leader), each a [`RegionEndpoint`]
+    /// (`CLIENT` or `CLIENT/PEER`). Empty for this region itself.
     pub endpoints: Vec<String>,
 }
 
@@ -250,12 +304,7 @@ fn check_spec(spec: &RegionSpec, remote: bool) -> Result<(), String> {
         ));
     }
     for endpoint in &spec.endpoints {
-        if endpoint.len() > ENDPOINT_BYTES_MAX || endpoint.parse::<SocketAddr>().is_err() {
-            return Err(format!(
-                "endpoint {endpoint:?} of region {:?} is not an ip:port of at most {ENDPOINT_BYTES_MAX} bytes",
-                spec.name
-            ));
-        }
+        RegionEndpoint::parse(endpoint).map_err(|reason| format!("region {:?}: {reason}", spec.name))?;
     }
     Ok(())
 }
