@@ -765,7 +765,8 @@ impl Client {
     }
 
     /// Adds region `name:id` to the replicated region topology of the region this client talks
-    /// to (or changes the endpoints of the region known under that id and name). The new region
+    /// to (or changes the endpoints of the region known under that id and name). Each endpoint
+    /// names a node `CLIENT/PEER` (its feed then goes to the peer listener) or `CLIENT`. The new region
     /// has no escrow share of counter bounds: give it room with an escrow transfer
     /// (`CounterHandle::transfer_escrow`). Run it in every region the new one replicates with. `INVALID_TOPOLOGY` when the change does not fit the topology.
     pub async fn add_region(

@@ -676,7 +676,7 @@ impl NodeConfig {
             );
         }
         if self.peer_tls.as_ref().is_some_and(|tls| tls.client_ca.is_some()) {
-            return invalid("[peer_tls] takes no client_ca: only members connect to the peer listener".into());
+            return invalid("[peer_tls] takes no client_ca: only members and other regions' nodes connect to the peer listener, with certificates of its ca".into());
         }
         if let Some(client_ca) = self.tls.as_ref().and_then(|tls| tls.client_ca.as_ref()) {
             if self.auth.is_none() {

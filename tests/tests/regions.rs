@@ -854,7 +854,15 @@ fn a_client_connected_to_a_region_works_there_and_reaches_the_others() {
             .await
             .expect("connect to eu");
         assert_eq!(eu.region(), Some("eu"));
-        let eu_leader = eu.cluster_status().await.expect("status").leader_addr;
+        // eu's node may still be electing itself (regions.client("us") waited for us only).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let eu_leader = loop {
+            let leader = eu.cluster_status().await.expect("status").leader_addr;
+            if !leader.is_empty() || std::time::Instant::now() > deadline {
+                break leader;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
         assert!(
             regions.cluster("eu").endpoints().contains(&eu_leader),
             "talks to eu's nodes"
@@ -1218,7 +1226,16 @@ fn the_feed_crosses_to_peer_listeners_under_mutual_tls_without_a_token() {
         let deployment_ca = tempfile::tempdir().expect("tempdir");
         let stranger_ca = tempfile::tempdir().expect("tempdir");
         let deployment = peer_tls_flags(deployment_ca.path());
-        let stranger = peer_tls_flags(stranger_ca.path());
+        let mut stranger = peer_tls_flags(stranger_ca.path());
+        // ap trusts the deployment's CA as well as its own, so its handshakes to us and eu check
+        // out on its side: only their peer listeners' check of ap's certificate keeps it out.
+        let ca = |dir: &tempfile::TempDir| {
+            std::fs::read(dir.path().join(basalt_cli::certs::CA_CERT_FILE)).expect("read a CA")
+        };
+        let bundle = stranger_ca.path().join("bundle.pem");
+        std::fs::write(&bundle, [ca(&stranger_ca), ca(&deployment_ca)].concat()).expect("write the bundle");
+        let flag = stranger.iter().position(|f| f == "--peer-tls-ca").expect("a CA flag");
+        stranger[flag + 1] = bundle.display().to_string();
         let spec = |name, extra_args| RegionSpec {
             name,
             nodes: 1,
@@ -1271,19 +1288,34 @@ fn the_feed_crosses_to_peer_listeners_under_mutual_tls_without_a_token() {
         assert!(link("eu").connected, "{status:?}");
         assert_eq!(link("eu").endpoint, eu_peer, "{status:?}");
 
-        // ap's certificate is refused by us's peer listener (and ap refuses us's): no link.
+        // ap's certificate is refused by us's and eu's peer listeners (and us and eu do not
+        // trust ap's): ap's links to them stay down, and so do theirs to ap.
         let deadline = std::time::Instant::now() + wait;
-        while regions
-            .cluster("us")
-            .metric(1, "basalt_peer_tls_handshake_failures_total")
-            < 1
-        {
-            assert!(std::time::Instant::now() < deadline, "no refused handshake in us");
+        loop {
+            let down = |status: &basalt_client::pb::RegionsResponse, to: &str| {
+                status
+                    .links
+                    .iter()
+                    .find(|l| l.region == to)
+                    .is_some_and(|l| !l.connected && l.alarm.contains("unreachable"))
+            };
+            let from_ap = regions.status("ap").await.expect("ap status");
+            let from_us = regions.status("us").await.expect("us status");
+            if down(&from_ap, "us") && down(&from_ap, "eu") && down(&from_us, "ap") {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "links with ap not refused: {from_ap:?} {from_us:?}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let status = regions.status("us").await.expect("us status");
-        let to_ap = status.links.iter().find(|l| l.region == "ap").expect("ap link");
-        assert!(!to_ap.connected && to_ap.alarm.contains("unreachable"), "{to_ap:?}");
+        assert!(
+            regions
+                .cluster("us")
+                .metric(1, "basalt_peer_tls_handshake_failures_total")
+                > 0
+        );
         for (client, key) in [(&us, "from-ap"), (&eu, "from-ap"), (&ap, "from-us"), (&ap, "from-eu")] {
             assert!(client.kv().get(key).await.expect("get").is_none(), "{key} crossed");
         }

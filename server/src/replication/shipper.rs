@@ -28,6 +28,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::Replication;
 use crate::api::Api;
 use crate::config::RemoteRegion;
+use basalt_raft::limits::PEER_CONNECTION_AGE_MAX;
+
 use crate::limits::FEED_BATCH_BYTES_MAX;
 use crate::limits::{
     FEED_ACK_TIMEOUT, FEED_BACKOFF_MAX, FEED_BATCH_ENTRIES_MAX, FEED_CLOCK_TICK_AFTER, FEED_CONNECT_TIMEOUT,
@@ -52,6 +54,17 @@ enum ShipError {
     LostLeadership,
     #[error("{endpoint} refused the stream: {reason}")]
     Disagrees { endpoint: String, reason: String },
+    /// A re-sync sent to a peer listener outlived its connection (the listener renews them every
+    /// [`PEER_CONNECTION_AGE_MAX`]): it starts again on the next stream, and is cut again while
+    /// the state takes that long to cross.
+    #[error(
+        "a full re-sync to {endpoint} was cut after {after:?} ({cause}): the peer listener renews its connections every {PEER_CONNECTION_AGE_MAX:?}, so a state that takes longer to cross cannot re-sync there; name that region's nodes by their client addresses alone (CLIENT) until it has caught up"
+    )]
+    ResyncCut {
+        endpoint: String,
+        after: Duration,
+        cause: String,
+    },
     /// The remote node runs a build of another data format: retried (on the region's next node)
     /// only after [`FEED_DISAGREE_BACKOFF`].
     #[error("{endpoint} cannot take the stream: {reason}")]
@@ -79,9 +92,10 @@ pub(super) async fn run(
         let endpoint = remote.endpoints[next_endpoint % remote.endpoints.len()].clone();
         let mut answered = false;
         let outcome = session(&repl, &api, &remote, &endpoint, &stop, &mut answered).await;
-        if answered {
-            // The link worked: a stream that then ends (the peer listener renews its connections
-            // every PEER_CONNECTION_AGE_MAX, a leader changes) is reopened at once.
+        if answered && matches!(outcome, Err(ShipError::Ended { .. } | ShipError::Silent { .. })) {
+            // The link worked until the stream ended (the peer listener renews its connections
+            // every PEER_CONNECTION_AGE_MAX, a leader changed): reopened at once. A refusal keeps
+            // backing off.
             backoff = Duration::from_millis(50);
         }
         match outcome {
@@ -151,7 +165,16 @@ async fn session(
     // does: this node's peer certificate is its credential there, and no token is sent. Otherwise
     // to its client port, as a client with the root token (a region named by client addresses
     // only, as before peer listeners).
-    let (endpoint, connector, credentials) = match target.peer {
+    // Never in plaintext to a peer listener while this node's client doors run TLS: the feed
+    // would cross in the clear where the client port would have carried it under TLS.
+    let peer = target
+        .peer
+        .filter(|_| api.peer_tls.is_some() || api.client_tls.is_none());
+    if target.peer.is_some() && peer.is_none() {
+        tracing::warn!(region = %remote.name, endpoint = named, "this node has no peer TLS but its client doors run TLS: shipping the feed to the client port, under TLS, not to the peer listener in plaintext");
+    }
+    let on_peer_listener = peer.is_some();
+    let (endpoint, connector, credentials) = match peer {
         Some(peer) => (peer.to_string(), api.peer_connector(), None),
         None => (
             target.client.to_string(),
@@ -247,77 +270,100 @@ async fn session(
     });
     tracing::info!(region = %remote.name, endpoint, watermark = acked, "shipping the feed");
     let mut applied = api.applied.clone();
-    loop {
-        if *stop.borrow() {
-            return Ok(());
-        }
-        if !api.raft.is_leader() {
-            return Err(ShipError::LostLeadership);
-        }
-        if unanswered == 0 && acked < feed_trimmed_upto(&api.store)? {
-            // The feed no longer holds what the remote region is missing: send all state instead.
-            let (upto, chunks) = resync(repl, api, remote, &tx, endpoint).await?;
-            sent = upto;
-            unanswered += chunks;
-            last_sent = Instant::now();
-            // Sending a large state takes a while, with no answer read meanwhile: the wait for
-            // one starts now, or the link would be taken as silent and the re-sync begun again.
-            last_answer = Instant::now();
-        }
-        if unanswered < FEED_WINDOW_BATCHES {
-            // `None`: the feed was trimmed past what was sent; the re-sync above follows once every
-            // batch in flight is answered.
-            let batch = next_batch(
-                &api.store.view(),
-                source,
-                sent,
-                FEED_BATCH_ENTRIES_MAX,
-                FEED_BATCH_BYTES_MAX,
-            )?
-            .unwrap_or_else(|| ShipBatch::heartbeat(source, 0));
-            if !batch.entries.is_empty() {
-                let last = batch.upto;
-                if tx.send(batch_message(&batch)).await.is_err() {
-                    return Err(ShipError::Ended {
-                        endpoint: endpoint.to_string(),
-                        reason: "request stream closed".into(),
-                    });
-                }
-                sent = last;
-                unanswered += 1;
-                last_sent = Instant::now();
-                repl.update_outgoing(remote.id, |l| l.shipped_upto = sent);
-                continue;
+    // A re-sync in flight: when it started and the position its last chunk moves the watermark to.
+    let mut resync_since: Option<(Instant, u64)> = None;
+    let shipped: Result<(), ShipError> = async {
+        loop {
+            if *stop.borrow() {
+                return Ok(());
             }
-            if last_sent.elapsed() >= FEED_HEARTBEAT_INTERVAL && unanswered == 0 {
-                // Merged after every batch sent before it: its frontier may count on them.
-                let _ = tx
-                    .send(batch_message(&heartbeat_after(&api.store.view(), source, sent)?))
-                    .await;
-                unanswered += 1;
-                last_sent = Instant::now();
+            if !api.raft.is_leader() {
+                return Err(ShipError::LostLeadership);
             }
-        }
-        if unanswered > 0 && last_answer.elapsed() >= FEED_ACK_TIMEOUT {
-            return Err(ShipError::Silent {
-                endpoint: endpoint.to_string(),
-                waited: last_answer.elapsed(),
-            });
-        }
-        tokio::select! {
-            ack = acks.next(), if unanswered > 0 => {
-                let ack = check_ack(ack, endpoint)?;
-                unanswered -= 1;
+            if unanswered == 0 && acked < feed_trimmed_upto(&api.store)? {
+                // The feed no longer holds what the remote region is missing: send all state instead.
+                resync_since = Some((Instant::now(), 0));
+                let (upto, chunks) = resync(repl, api, remote, &tx, endpoint).await?;
+                resync_since = Some((resync_since.map_or_else(Instant::now, |(since, _)| since), upto));
+                sent = upto;
+                unanswered += chunks;
+                last_sent = Instant::now();
+                // Sending a large state takes a while, with no answer read meanwhile: the wait for
+                // one starts now, or the link would be taken as silent and the re-sync begun again.
                 last_answer = Instant::now();
-                acked = acked.max(ack.applied_upto);
-                // The remote may have merged past what this session sent (an earlier session's
-                // batches committing late): ship on from there.
-                sent = sent.max(acked);
-                repl.update_outgoing(remote.id, |l| l.acked_upto = Some(acked));
             }
-            _ = applied.changed() => {}
-            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            if unanswered < FEED_WINDOW_BATCHES {
+                // `None`: the feed was trimmed past what was sent; the re-sync above follows once every
+                // batch in flight is answered.
+                let batch = next_batch(
+                    &api.store.view(),
+                    source,
+                    sent,
+                    FEED_BATCH_ENTRIES_MAX,
+                    FEED_BATCH_BYTES_MAX,
+                )?
+                .unwrap_or_else(|| ShipBatch::heartbeat(source, 0));
+                if !batch.entries.is_empty() {
+                    let last = batch.upto;
+                    if tx.send(batch_message(&batch)).await.is_err() {
+                        return Err(ShipError::Ended {
+                            endpoint: endpoint.to_string(),
+                            reason: "request stream closed".into(),
+                        });
+                    }
+                    sent = last;
+                    unanswered += 1;
+                    last_sent = Instant::now();
+                    repl.update_outgoing(remote.id, |l| l.shipped_upto = sent);
+                    continue;
+                }
+                if last_sent.elapsed() >= FEED_HEARTBEAT_INTERVAL && unanswered == 0 {
+                    // Merged after every batch sent before it: its frontier may count on them.
+                    let _ = tx
+                        .send(batch_message(&heartbeat_after(&api.store.view(), source, sent)?))
+                        .await;
+                    unanswered += 1;
+                    last_sent = Instant::now();
+                }
+            }
+            if unanswered > 0 && last_answer.elapsed() >= FEED_ACK_TIMEOUT {
+                return Err(ShipError::Silent {
+                    endpoint: endpoint.to_string(),
+                    waited: last_answer.elapsed(),
+                });
+            }
+            tokio::select! {
+                ack = acks.next(), if unanswered > 0 => {
+                    let ack = check_ack(ack, endpoint)?;
+                    unanswered -= 1;
+                    last_answer = Instant::now();
+                    acked = acked.max(ack.applied_upto);
+                    if resync_since.is_some_and(|(_, upto)| upto > 0 && acked >= upto) {
+                        resync_since = None;
+                    }
+                    // The remote may have merged past what this session sent (an earlier session's
+                    // batches committing late): ship on from there.
+                    sent = sent.max(acked);
+                    repl.update_outgoing(remote.id, |l| l.acked_upto = Some(acked));
+                }
+                _ = applied.changed() => {}
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
         }
+    }
+    .await;
+    match (shipped, resync_since) {
+        // The peer listener renews its connections every PEER_CONNECTION_AGE_MAX (plus a grace):
+        // a re-sync that takes longer is cut every time and begun again. Said plainly, with the
+        // way out.
+        (Err(cause), Some((since, _))) if on_peer_listener && since.elapsed() >= PEER_CONNECTION_AGE_MAX => {
+            Err(ShipError::ResyncCut {
+                endpoint: endpoint.to_string(),
+                after: since.elapsed(),
+                cause: cause.to_string(),
+            })
+        }
+        (shipped, _) => shipped,
     }
 }
 
