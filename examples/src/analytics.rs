@@ -352,7 +352,7 @@ async fn work(
             }
         }
     }
-    consumer.close().await.doing(|| format!("{name} leaving group {GROUP}"))
+    crate::worker::close_consumer(consumer, &name, GROUP).await
 }
 
 fn spawn_worker(name: String, endpoints: &[String], shared: &Arc<Shared>) -> Result<Worker, DemoError> {

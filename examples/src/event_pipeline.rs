@@ -298,7 +298,7 @@ async fn work(
             Some(Ok(record)) => handle(&name, &consumer, &record, &shared).await?,
         }
     }
-    consumer.close().await.doing(|| format!("{name} leaving group {GROUP}"))
+    crate::worker::close_consumer(consumer, &name, GROUP).await
 }
 
 /// Starts worker `name` (see [`Worker`]).

@@ -94,6 +94,24 @@ impl Worker {
     }
 }
 
+/// Closes a worker's consumer: its last commit, then leaving the group. A last commit refused
+/// because the group moved on meanwhile (`ILLEGAL_GENERATION`, `NOT_ASSIGNED`: a rebalance
+/// gave its partitions to another member while it finished) is no failure of the worker: the
+/// next owner reads those records again from the last commit, and the systems' checks count what
+/// was applied, not what was committed. It has left the group all the same.
+pub(crate) async fn close_consumer(
+    consumer: basalt_client::Consumer,
+    name: &str,
+    group: &str,
+) -> Result<(), DemoError> {
+    use crate::Doing;
+    use basalt_client::ErrorCode;
+    match consumer.close().await {
+        Err(e) if matches!(e.code(), Some(ErrorCode::IllegalGeneration | ErrorCode::NotAssigned)) => Ok(()),
+        other => other.doing(|| format!("{name} leaving group {group}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};

@@ -147,11 +147,26 @@ pub(crate) const PAGED_SWEEP_MS_PER_TICK_MAX: u64 = 250;
 
 // The feed shipper (to other regions) (`replication/shipper.rs`).
 
+/// How long a full re-sync in progress waits for a stream to resume it (after a broken link, a
+/// connection renewed): past this its view, which pins the state store's old versions, is let
+/// go, and the next stream starts a re-sync over.
+pub(crate) const RESYNC_RESUME_WITHIN: Duration = Duration::from_secs(300);
+/// How often a stream looks for a re-sync's next chunks when the task reading them was behind,
+/// in milliseconds (also the stream's idle wake-up).
+pub(crate) const RESYNC_POLL_MS: u64 = 100;
+/// How long a feed stream must have worked before its end is taken as a renewal (reopened at
+/// once) rather than a failure (backed off).
+pub(crate) const FEED_STREAM_HEALTHY_AFTER: Duration = Duration::from_secs(10);
+/// The slowest link between regions the feed allows for, in bytes per second: the oldest batch
+/// in flight may take its size at this rate to cross, on top of [`FEED_ACK_TIMEOUT`], before the
+/// link is taken as silent (2 Mbit/s: a 4 MiB batch gets about 19 s).
+pub(crate) const FEED_LINK_BYTES_PER_S_MIN: u64 = 256 * 1024;
 /// Batches sent and not yet answered, at most.
 pub(crate) const FEED_WINDOW_BATCHES: usize = 32;
 /// Feed entries read per batch, at most; batches are also cut at [`FEED_BATCH_BYTES_MAX`].
 pub(crate) const FEED_BATCH_ENTRIES_MAX: usize = 512;
-/// With batches unanswered this long, the link is considered broken and the stream reopened.
+/// With batches unanswered this long (and the oldest batch's time to cross at
+/// [`FEED_LINK_BYTES_PER_S_MIN`]), the link is considered broken and the stream reopened.
 pub(crate) const FEED_ACK_TIMEOUT: Duration = Duration::from_secs(3);
 /// An idle stream sends an empty batch this often, to learn the remote watermark and notice a
 /// broken link.

@@ -403,10 +403,10 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         None => Vec::new(),
     };
     let homed = Homed::new(api.clone());
-    // Other regions' feeds: on the peer listener (no cluster id there: another region is another
-    // cluster; its peer certificate, under the peer listener's mutual TLS, is its credential),
-    // and on the client port with the root token, for regions that name this one by client
-    // addresses only.
+    // Other regions' feeds: on the peer listener when it runs mutual TLS (no cluster id there:
+    // another region is another cluster; its peer certificate is its credential), and on the
+    // client port with the root token, for regions that name this one by client addresses only
+    // or have no peer TLS.
     let feed_receiver = || {
         RegionFeedServer::new(FeedReceiver {
             api: api.clone(),
@@ -443,7 +443,9 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
                 .max_connection_age_grace(basalt_raft::limits::PEER_CONNECTION_AGE_GRACE)
                 .add_service(raft_service())
                 .add_service(node_calls())
-                .add_service(feed_receiver());
+                // Other regions' feeds only under mutual TLS: a plaintext peer port is open to
+                // Raft, and is for a network only the members reach, not other regions.
+                .add_optional_service(peer_tls.is_some().then(feed_receiver));
             let task = match &peer_tls {
                 None => {
                     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));

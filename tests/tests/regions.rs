@@ -1289,35 +1289,137 @@ fn the_feed_crosses_to_peer_listeners_under_mutual_tls_without_a_token() {
         assert_eq!(link("eu").endpoint, eu_peer, "{status:?}");
 
         // ap's certificate is refused by us's and eu's peer listeners (and us and eu do not
-        // trust ap's): ap's links to them stay down, and so do theirs to ap.
+        // trust ap's): ap's links to them stay down, and theirs to ap, seen so for 2 s on end
+        // (a link that could connect would, within its backoff of at most 1 s).
         let deadline = std::time::Instant::now() + wait;
+        let mut down_since: Option<std::time::Instant> = None;
         loop {
-            let down = |status: &basalt_client::pb::RegionsResponse, to: &str| {
-                status
-                    .links
-                    .iter()
-                    .find(|l| l.region == to)
-                    .is_some_and(|l| !l.connected && l.alarm.contains("unreachable"))
+            let down = |status: Option<&basalt_client::pb::RegionsResponse>, to: &str| {
+                status.is_some_and(|status| {
+                    status
+                        .links
+                        .iter()
+                        .find(|l| l.region == to)
+                        .is_some_and(|l| !l.connected && l.alarm.contains("unreachable"))
+                })
             };
-            let from_ap = regions.status("ap").await.expect("ap status");
-            let from_us = regions.status("us").await.expect("us status");
-            if down(&from_ap, "us") && down(&from_ap, "eu") && down(&from_us, "ap") {
+            // `None` while a node is busy or not yet leader: not yet.
+            let (from_ap, from_us, from_eu) = (
+                regions.status("ap").await,
+                regions.status("us").await,
+                regions.status("eu").await,
+            );
+            let all_down = down(from_ap.as_ref(), "us")
+                && down(from_ap.as_ref(), "eu")
+                && down(from_us.as_ref(), "ap")
+                && down(from_eu.as_ref(), "ap");
+            match (all_down, down_since) {
+                (true, Some(since)) if since.elapsed() >= Duration::from_secs(2) => break,
+                (true, None) => down_since = Some(std::time::Instant::now()),
+                (true, Some(_)) => {}
+                (false, _) => down_since = None,
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "links with ap not refused: {from_ap:?} {from_us:?} {from_eu:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        for (client, key) in [(&us, "from-ap"), (&eu, "from-ap"), (&ap, "from-us"), (&ap, "from-eu")] {
+            assert!(client.kv().get(key).await.expect("get").is_none(), "{key} crossed");
+        }
+    });
+}
+
+/// A full re-sync outlives a broken stream: us's state (20,000 keys, several re-sync chunks,
+/// over a link of 512 KiB/s) is being re-synced to eu when the regions are cut off again; after
+/// the heal the next stream sends the chunks not yet answered and goes on from there. The
+/// re-sync is begun once, not again from the start (which a state taking longer than a stream's
+/// life to cross would never finish).
+#[test]
+fn a_full_re_sync_cut_halfway_resumes_where_it_was() {
+    runtime().block_on(async {
+        let us_spec = RegionSpec {
+            name: "us",
+            nodes: 1,
+            extra_args: vec!["--feed-retain-entries".into(), "20".into()],
+        };
+        let regions = TestRegions::start(NODE, vec![us_spec, one_node("eu")]).await;
+        let us = regions.client("us").await;
+        let eu = regions.client("eu").await;
+        us.kv().put("early", "1").await.expect("put");
+        regions.wait_converged(Duration::from_secs(30)).await;
+
+        regions.partition_all();
+        // Enough state for several chunks (a chunk carries at most 4,096 effects).
+        let value = "v".repeat(64);
+        for round in 0..20 {
+            let mut puts = tokio::task::JoinSet::new();
+            for i in 0..1000 {
+                let (us, value) = (us.clone(), value.clone());
+                puts.spawn(async move { us.kv().put(format!("key-{round}-{i}"), value).await });
+            }
+            while let Some(put) = puts.join_next().await {
+                put.expect("task").expect("put");
+            }
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = regions.status("us").await;
+            if status
+                .as_ref()
+                .is_some_and(|s| s.feed_trimmed_upto > s.links[0].acked_upto.unwrap_or(0))
+            {
                 break;
             }
             assert!(
                 std::time::Instant::now() < deadline,
-                "links with ap not refused: {from_ap:?} {from_us:?}"
+                "feed never trimmed past eu: {status:?}"
             );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        assert!(
-            regions
-                .cluster("us")
-                .metric(1, "basalt_peer_tls_handshake_failures_total")
-                > 0
+
+        // The link from us to eu runs at 512 KiB/s: the re-sync takes seconds.
+        regions.links.set(
+            1,
+            2,
+            basalt_regions::LinkState {
+                bandwidth_bytes_per_s: 512 * 1024,
+                ..Default::default()
+            },
         );
-        for (client, key) in [(&us, "from-ap"), (&eu, "from-ap"), (&ap, "from-us"), (&ap, "from-eu")] {
-            assert!(client.kv().get(key).await.expect("get").is_none(), "{key} crossed");
+        regions.links.heal_cuts();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = regions.status("us").await;
+            let in_flight = status.as_ref().is_some_and(|s| {
+                let link = &s.links[0];
+                link.resyncs == 1 && link.connected && link.acked_upto.unwrap_or(0) < s.feed_trimmed_upto
+            });
+            if in_flight {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "no re-sync began: {status:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        regions.partition_all();
+        let status = regions.status("us").await.expect("status");
+        assert!(
+            status.links[0].acked_upto.unwrap_or(0) < status.feed_trimmed_upto,
+            "the re-sync was done before the cut (make the state larger): {status:?}"
+        );
+        // Long enough for the stream to be taken as silent and given up.
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        regions.links.heal_cuts();
+        regions.wait_converged(Duration::from_secs(90)).await;
+        assert_eq!(
+            eu.kv().get("key-19-999").await.expect("get").map(|e| e.value),
+            Some(value.into_bytes())
+        );
+        let status = regions.status("us").await.expect("status");
+        assert_eq!(status.links[0].resyncs, 1, "the re-sync began again: {status:?}");
+        assert!(status.links[0].alarm.is_empty(), "caught up, no alarm: {status:?}");
+        let logs = regions.cluster("us").logs();
+        assert!(logs.contains("resuming a full re-sync"), "{logs}");
     });
 }

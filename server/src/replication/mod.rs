@@ -9,6 +9,7 @@
 
 mod home;
 mod receiver;
+mod resync;
 mod shipper;
 
 use std::collections::{BTreeMap, VecDeque};

@@ -6,8 +6,10 @@
 //! starts with an empty batch whose answer is the remote watermark, so shipping resumes exactly
 //! where the remote region is, after a leader change on either side or a broken link: nothing is
 //! lost (the feed keeps everything not acknowledged) and nothing is merged twice (the receiver
-//! skips what is at or below its watermark).
+//! skips what is at or below its watermark). A full re-sync (the feed trimmed past what the remote
+//! region has) is kept across streams and resumed by the next one (`resync.rs`).
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use basalt_replication::feed::encode;
@@ -15,9 +17,7 @@ use basalt_replication::pb::region_feed_client::RegionFeedClient;
 use basalt_replication::pb::{FeedAck, FeedBatch};
 use basalt_replication::{RegionId, ShipBatch};
 use basalt_storage::apply::last_applied_stamp;
-use basalt_storage::apply::replication::{
-    feed_trimmed_upto, heartbeat_after, next_batch, resync_batches, ResyncChunkLimits,
-};
+use basalt_storage::apply::replication::{feed_trimmed_upto, heartbeat_after, next_batch};
 use basalt_storage::apply::topology::{agreement_summary, RegionEndpoint};
 use basalt_storage::command::{Command, Op, RegionOp};
 use basalt_storage::state::StoreError;
@@ -25,15 +25,16 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use super::resync::{NextChunk, ResyncPump};
 use super::Replication;
 use crate::api::Api;
 use crate::config::RemoteRegion;
-use basalt_raft::limits::PEER_CONNECTION_AGE_MAX;
-
-use crate::limits::FEED_BATCH_BYTES_MAX;
 use crate::limits::{
     FEED_ACK_TIMEOUT, FEED_BACKOFF_MAX, FEED_BATCH_ENTRIES_MAX, FEED_CLOCK_TICK_AFTER, FEED_CONNECT_TIMEOUT,
     FEED_DISAGREE_BACKOFF, FEED_HEARTBEAT_INTERVAL, FEED_LEARN_ACKS, FEED_TRIM_ENTRIES_MAX, FEED_WINDOW_BATCHES,
+};
+use crate::limits::{
+    FEED_BATCH_BYTES_MAX, FEED_LINK_BYTES_PER_S_MIN, FEED_STREAM_HEALTHY_AFTER, RESYNC_POLL_MS, RESYNC_RESUME_WITHIN,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -54,17 +55,9 @@ enum ShipError {
     LostLeadership,
     #[error("{endpoint} refused the stream: {reason}")]
     Disagrees { endpoint: String, reason: String },
-    /// A re-sync sent to a peer listener outlived its connection (the listener renews them every
-    /// [`PEER_CONNECTION_AGE_MAX`]): it starts again on the next stream, and is cut again while
-    /// the state takes that long to cross.
-    #[error(
-        "a full re-sync to {endpoint} was cut after {after:?} ({cause}): the peer listener renews its connections every {PEER_CONNECTION_AGE_MAX:?}, so a state that takes longer to cross cannot re-sync there; name that region's nodes by their client addresses alone (CLIENT) until it has caught up"
-    )]
-    ResyncCut {
-        endpoint: String,
-        after: Duration,
-        cause: String,
-    },
+    /// A full re-sync could not go on (the next stream starts one anew).
+    #[error("{0}")]
+    Resync(#[from] super::resync::ResyncError),
     /// The remote node runs a build of another data format: retried (on the region's next node)
     /// only after [`FEED_DISAGREE_BACKOFF`].
     #[error("{endpoint} cannot take the stream: {reason}")]
@@ -80,8 +73,20 @@ pub(super) async fn run(
 ) {
     let mut next_endpoint = 0usize;
     let mut backoff = Duration::from_millis(50);
+    // A full re-sync in progress, kept for the next stream to resume.
+    let mut resync: Option<ResyncPump> = None;
     while !*stop.borrow() {
+        if resync
+            .as_ref()
+            .is_some_and(|pump| pump.last_used.elapsed() >= RESYNC_RESUME_WITHIN)
+        {
+            // Its view pins the state store's old versions: let go, the next one starts over.
+            tracing::warn!(region = %remote.name, "no stream resumed the full re-sync in time: it will start over");
+            resync = None;
+        }
         if !api.raft.is_leader() {
+            // Another leader re-syncs from its own view.
+            resync = None;
             repl.update_outgoing(remote.id, |l| {
                 l.connected = false;
                 l.acked_upto = None;
@@ -90,12 +95,13 @@ pub(super) async fn run(
             continue;
         }
         let endpoint = remote.endpoints[next_endpoint % remote.endpoints.len()].clone();
-        let mut answered = false;
-        let outcome = session(&repl, &api, &remote, &endpoint, &stop, &mut answered).await;
-        if answered && matches!(outcome, Err(ShipError::Ended { .. } | ShipError::Silent { .. })) {
-            // The link worked until the stream ended (the peer listener renews its connections
-            // every PEER_CONNECTION_AGE_MAX, a leader changed): reopened at once. A refusal keeps
-            // backing off.
+        let mut answered = None;
+        let outcome = session(&repl, &api, &remote, &endpoint, &stop, &mut answered, &mut resync).await;
+        let lasted = answered.is_some_and(|since: Instant| since.elapsed() >= FEED_STREAM_HEALTHY_AFTER);
+        if lasted && matches!(outcome, Err(ShipError::Ended { .. } | ShipError::Silent { .. })) {
+            // The link worked for a while, then the stream ended (the peer listener renews its
+            // connections every PEER_CONNECTION_AGE_MAX, a leader changed): reopened at once. A
+            // refusal, or a stream that breaks as soon as it opens, keeps backing off.
             backoff = Duration::from_millis(50);
         }
         match outcome {
@@ -143,38 +149,54 @@ pub(super) async fn run(
     }
 }
 
-fn batch_message(batch: &ShipBatch) -> FeedBatch {
+pub(super) fn batch_message(batch: &ShipBatch) -> FeedBatch {
     FeedBatch { batch: encode(batch) }
 }
 
-/// One stream to one node of the remote region, until it breaks or this node stops leading.
+/// Where the feed to `target` goes: its peer listener when the topology names one and this node
+/// runs peer TLS (its peer certificate is then its credential there, and no token is sent, as
+/// between members); otherwise its client port, as a client with the root token (a region named
+/// by client addresses only, as before peer listeners; or nodes without peer TLS, whose peer
+/// listeners serve no feed: a plaintext peer port, open to Raft, is not for other regions).
+fn feed_route(target: &RegionEndpoint, peer_tls: bool) -> Option<std::net::SocketAddr> {
+    target.peer.filter(|_| peer_tls)
+}
+
+/// Records a message of `bytes` sent; the wait for an answer starts with the first in flight.
+fn sent_one(in_flight: &mut VecDeque<usize>, last_answer: &mut Instant, bytes: usize) {
+    if in_flight.is_empty() {
+        *last_answer = Instant::now();
+    }
+    in_flight.push_back(bytes);
+}
+
+/// How long the answer to a message of `bytes`, the oldest in flight, may take before the link
+/// is taken as silent: [`FEED_ACK_TIMEOUT`], and the time the message takes to cross a link of
+/// [`FEED_LINK_BYTES_PER_S_MIN`] (a large batch on a slow WAN link is not a dead link).
+fn answer_allowance(bytes: usize) -> Duration {
+    FEED_ACK_TIMEOUT + Duration::from_millis((bytes as u64).saturating_mul(1000) / FEED_LINK_BYTES_PER_S_MIN)
+}
+
+/// The link's alarm while a full re-sync is in flight.
+const RESYNC_ALARM: &str = "re-syncing in full: it fell behind the feed's retention";
+
+/// One stream to one node of the remote region, until it breaks or this node stops leading. A
+/// full re-sync in `resync` (begun here or by an earlier stream) goes on here.
 async fn session(
     repl: &Replication,
     api: &Api,
     remote: &RemoteRegion,
     endpoint: &str,
     stop: &tokio::sync::watch::Receiver<bool>,
-    answered: &mut bool,
+    answered: &mut Option<Instant>,
+    resync: &mut Option<ResyncPump>,
 ) -> Result<(), ShipError> {
     let named = endpoint;
     let target = RegionEndpoint::parse(named).map_err(|reason| ShipError::Connect {
         endpoint: named.to_string(),
         reason,
     })?;
-    // The feed goes to the node's peer listener when the topology names one, as a member's Raft
-    // does: this node's peer certificate is its credential there, and no token is sent. Otherwise
-    // to its client port, as a client with the root token (a region named by client addresses
-    // only, as before peer listeners).
-    // Never in plaintext to a peer listener while this node's client doors run TLS: the feed
-    // would cross in the clear where the client port would have carried it under TLS.
-    let peer = target
-        .peer
-        .filter(|_| api.peer_tls.is_some() || api.client_tls.is_none());
-    if target.peer.is_some() && peer.is_none() {
-        tracing::warn!(region = %remote.name, endpoint = named, "this node has no peer TLS but its client doors run TLS: shipping the feed to the client port, under TLS, not to the peer listener in plaintext");
-    }
-    let on_peer_listener = peer.is_some();
-    let (endpoint, connector, credentials) = match peer {
+    let (endpoint, connector, credentials) = match feed_route(&target, api.peer_tls.is_some()) {
         Some(peer) => (peer.to_string(), api.peer_connector(), None),
         None => (
             target.client.to_string(),
@@ -250,10 +272,11 @@ async fn session(
         })?
         .into_inner();
     let first = next_ack(&mut acks, endpoint, FEED_ACK_TIMEOUT).await?;
-    *answered = true;
+    *answered = Some(Instant::now());
     let mut acked = first.applied_upto;
     let mut sent = acked;
-    let mut unanswered = 0usize;
+    // Bytes of each message sent on this stream and not answered yet, oldest first.
+    let mut in_flight: VecDeque<usize> = VecDeque::new();
     let mut last_sent = Instant::now();
     let mut last_answer = Instant::now();
     repl.update_outgoing(remote.id, |l| {
@@ -270,100 +293,139 @@ async fn session(
     });
     tracing::info!(region = %remote.name, endpoint, watermark = acked, "shipping the feed");
     let mut applied = api.applied.clone();
-    // A re-sync in flight: when it started and the position its last chunk moves the watermark to.
-    let mut resync_since: Option<(Instant, u64)> = None;
-    let shipped: Result<(), ShipError> = async {
-        loop {
-            if *stop.borrow() {
-                return Ok(());
-            }
-            if !api.raft.is_leader() {
-                return Err(ShipError::LostLeadership);
-            }
-            if unanswered == 0 && acked < feed_trimmed_upto(&api.store)? {
-                // The feed no longer holds what the remote region is missing: send all state instead.
-                resync_since = Some((Instant::now(), 0));
-                let (upto, chunks) = resync(repl, api, remote, &tx, endpoint).await?;
-                resync_since = Some((resync_since.map_or_else(Instant::now, |(since, _)| since), upto));
-                sent = upto;
-                unanswered += chunks;
-                last_sent = Instant::now();
-                // Sending a large state takes a while, with no answer read meanwhile: the wait for
-                // one starts now, or the link would be taken as silent and the re-sync begun again.
-                last_answer = Instant::now();
-            }
-            if unanswered < FEED_WINDOW_BATCHES {
-                // `None`: the feed was trimmed past what was sent; the re-sync above follows once every
-                // batch in flight is answered.
-                let batch = next_batch(
-                    &api.store.view(),
-                    source,
-                    sent,
-                    FEED_BATCH_ENTRIES_MAX,
-                    FEED_BATCH_BYTES_MAX,
-                )?
-                .unwrap_or_else(|| ShipBatch::heartbeat(source, 0));
-                if !batch.entries.is_empty() {
-                    let last = batch.upto;
-                    if tx.send(batch_message(&batch)).await.is_err() {
-                        return Err(ShipError::Ended {
-                            endpoint: endpoint.to_string(),
-                            reason: "request stream closed".into(),
-                        });
-                    }
-                    sent = last;
-                    unanswered += 1;
-                    last_sent = Instant::now();
-                    repl.update_outgoing(remote.id, |l| l.shipped_upto = sent);
-                    continue;
-                }
-                if last_sent.elapsed() >= FEED_HEARTBEAT_INTERVAL && unanswered == 0 {
-                    // Merged after every batch sent before it: its frontier may count on them.
-                    let _ = tx
-                        .send(batch_message(&heartbeat_after(&api.store.view(), source, sent)?))
-                        .await;
-                    unanswered += 1;
-                    last_sent = Instant::now();
-                }
-            }
-            if unanswered > 0 && last_answer.elapsed() >= FEED_ACK_TIMEOUT {
-                return Err(ShipError::Silent {
-                    endpoint: endpoint.to_string(),
-                    waited: last_answer.elapsed(),
-                });
-            }
-            tokio::select! {
-                ack = acks.next(), if unanswered > 0 => {
-                    let ack = check_ack(ack, endpoint)?;
-                    unanswered -= 1;
-                    last_answer = Instant::now();
-                    acked = acked.max(ack.applied_upto);
-                    if resync_since.is_some_and(|(_, upto)| upto > 0 && acked >= upto) {
-                        resync_since = None;
-                    }
-                    // The remote may have merged past what this session sent (an earlier session's
-                    // batches committing late): ship on from there.
-                    sent = sent.max(acked);
-                    repl.update_outgoing(remote.id, |l| l.acked_upto = Some(acked));
-                }
-                _ = applied.changed() => {}
-                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-            }
+    if let Some(pump) = resync.as_ref() {
+        if pump.finished(acked).is_some() {
+            // The last chunk was merged; only its answer was lost.
+            *resync = None;
         }
     }
-    .await;
-    match (shipped, resync_since) {
-        // The peer listener renews its connections every PEER_CONNECTION_AGE_MAX (plus a grace):
-        // a re-sync that takes longer is cut every time and begun again. Said plainly, with the
-        // way out.
-        (Err(cause), Some((since, _))) if on_peer_listener && since.elapsed() >= PEER_CONNECTION_AGE_MAX => {
-            Err(ShipError::ResyncCut {
-                endpoint: endpoint.to_string(),
-                after: since.elapsed(),
-                cause: cause.to_string(),
-            })
+    if let Some(pump) = resync.as_mut() {
+        // A re-sync an earlier stream began: its unanswered chunks first, then on from there.
+        tracing::info!(region = %remote.name, chunks = pump.in_flight(), "resuming a full re-sync");
+        for chunk in pump.unanswered() {
+            if tx.send(chunk.clone()).await.is_err() {
+                return Err(ShipError::Ended {
+                    endpoint: endpoint.to_string(),
+                    reason: "request stream closed".into(),
+                });
+            }
+            sent_one(&mut in_flight, &mut last_answer, chunk.batch.len());
         }
-        (shipped, _) => shipped,
+        pump.last_used = Instant::now();
+        repl.update_outgoing(remote.id, |l| l.alarm = RESYNC_ALARM.into());
+    }
+    loop {
+        if *stop.borrow() {
+            return Ok(());
+        }
+        if !api.raft.is_leader() {
+            return Err(ShipError::LostLeadership);
+        }
+        if let Some(upto) = resync.as_ref().and_then(|pump| pump.finished(acked)) {
+            *resync = None;
+            sent = sent.max(upto);
+            tracing::info!(region = %remote.name, watermark = upto, "full re-sync done");
+            repl.update_outgoing(remote.id, |l| {
+                l.shipped_upto = sent;
+                // Caught up: neither re-syncing nor behind the retention any more.
+                if l.alarm == RESYNC_ALARM || l.alarm.starts_with("behind") {
+                    l.alarm.clear();
+                }
+            });
+        }
+        if resync.is_none() && in_flight.is_empty() && acked < feed_trimmed_upto(&api.store)? {
+            // The feed no longer holds what the remote region is missing: send all state instead.
+            tracing::warn!(region = %remote.name, "region is behind what the feed retains: re-syncing it in full");
+            repl.update_outgoing(remote.id, |l| {
+                l.resyncs += 1;
+                l.alarm = RESYNC_ALARM.into();
+            });
+            *resync = Some(ResyncPump::start(api.store.clone(), source));
+        }
+        if let Some(pump) = resync.as_mut() {
+            // Only chunks go while a re-sync is in flight: answers are matched to them in order.
+            while in_flight.len() < FEED_WINDOW_BATCHES {
+                let chunk = match pump.next_chunk() {
+                    Ok(NextChunk::Chunk(chunk)) => chunk,
+                    Ok(NextChunk::NotReady) => break,
+                    Err(e) => {
+                        *resync = None;
+                        return Err(ShipError::Resync(e));
+                    }
+                };
+                let bytes = chunk.batch.len();
+                if tx.send(chunk).await.is_err() {
+                    return Err(ShipError::Ended {
+                        endpoint: endpoint.to_string(),
+                        reason: "request stream closed".into(),
+                    });
+                }
+                sent_one(&mut in_flight, &mut last_answer, bytes);
+                last_sent = Instant::now();
+            }
+        } else if in_flight.len() < FEED_WINDOW_BATCHES {
+            // `None`: the feed was trimmed past what was sent; the re-sync above follows once every
+            // batch in flight is answered.
+            let batch = next_batch(
+                &api.store.view(),
+                source,
+                sent,
+                FEED_BATCH_ENTRIES_MAX,
+                FEED_BATCH_BYTES_MAX,
+            )?
+            .unwrap_or_else(|| ShipBatch::heartbeat(source, 0));
+            if !batch.entries.is_empty() {
+                let last = batch.upto;
+                let message = batch_message(&batch);
+                let bytes = message.batch.len();
+                if tx.send(message).await.is_err() {
+                    return Err(ShipError::Ended {
+                        endpoint: endpoint.to_string(),
+                        reason: "request stream closed".into(),
+                    });
+                }
+                sent = last;
+                sent_one(&mut in_flight, &mut last_answer, bytes);
+                last_sent = Instant::now();
+                repl.update_outgoing(remote.id, |l| l.shipped_upto = sent);
+                continue;
+            }
+            if last_sent.elapsed() >= FEED_HEARTBEAT_INTERVAL && in_flight.is_empty() {
+                // Merged after every batch sent before it: its frontier may count on them.
+                let message = batch_message(&heartbeat_after(&api.store.view(), source, sent)?);
+                let bytes = message.batch.len();
+                let _ = tx.send(message).await;
+                sent_one(&mut in_flight, &mut last_answer, bytes);
+                last_sent = Instant::now();
+            }
+        }
+        if in_flight
+            .front()
+            .is_some_and(|oldest| last_answer.elapsed() >= answer_allowance(*oldest))
+        {
+            return Err(ShipError::Silent {
+                endpoint: endpoint.to_string(),
+                waited: last_answer.elapsed(),
+            });
+        }
+        tokio::select! {
+            ack = acks.next(), if !in_flight.is_empty() => {
+                let ack = check_ack(ack, endpoint)?;
+                in_flight.pop_front();
+                last_answer = Instant::now();
+                if let Some(pump) = resync.as_mut() {
+                    pump.answered();
+                }
+                acked = acked.max(ack.applied_upto);
+                // The remote may have merged past what this session sent (an earlier session's
+                // batches committing late): ship on from there.
+                sent = sent.max(acked);
+                repl.update_outgoing(remote.id, |l| l.acked_upto = Some(acked));
+            }
+            _ = applied.changed() => {}
+            // Also how a re-sync's next chunks are picked up when the reading task was behind.
+            _ = tokio::time::sleep(Duration::from_millis(RESYNC_POLL_MS)) => {}
+        }
     }
 }
 
@@ -399,47 +461,6 @@ fn check_ack(ack: Option<Result<FeedAck, tonic::Status>>, endpoint: &str) -> Res
         });
     }
     Ok(ack)
-}
-
-/// Sends the whole replicated state, read from one consistent view, as re-sync chunks; the last
-/// one moves the remote watermark to the feed position the view was taken at. Returns that
-/// position and the number of chunks sent (each will be answered).
-async fn resync(
-    repl: &Replication,
-    api: &Api,
-    remote: &RemoteRegion,
-    tx: &mpsc::Sender<FeedBatch>,
-    endpoint: &str,
-) -> Result<(u64, usize), ShipError> {
-    tracing::warn!(region = %remote.name, "region is behind what the feed retains: re-syncing it in full");
-    repl.update_outgoing(remote.id, |l| {
-        l.resyncs += 1;
-        l.alarm = "re-syncing in full: it fell behind the feed's retention".into();
-    });
-    let store = api.store.clone();
-    let source = repl.this_region();
-    let tx = tx.clone();
-    let sent = tokio::task::spawn_blocking(move || -> Result<Option<(u64, usize)>, StoreError> {
-        let limits = ResyncChunkLimits {
-            bytes: FEED_BATCH_BYTES_MAX,
-            effects: FEED_BATCH_ENTRIES_MAX * 8,
-        };
-        // The role read in the same view as the state it ships (whether homed rows go too).
-        let view = store.view();
-        let role = basalt_storage::apply::topology::region_role(&view)?;
-        resync_batches(&view, source, role, limits, |batch| {
-            tx.blocking_send(batch_message(&batch)).is_ok()
-        })
-    })
-    .await
-    .map_err(|e| ShipError::Ended {
-        endpoint: endpoint.to_string(),
-        reason: format!("re-sync task: {e}"),
-    })??;
-    sent.ok_or_else(|| ShipError::Ended {
-        endpoint: endpoint.to_string(),
-        reason: "request stream closed during re-sync".into(),
-    })
 }
 
 /// Proposes a clock tick when nothing was applied for [`FEED_CLOCK_TICK_AFTER`]: the frontier shipped
@@ -566,6 +587,26 @@ pub(super) async fn trimmer(repl: std::sync::Arc<Replication>, api: Api, stop: t
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_large_batch_on_a_slow_link_is_given_the_time_to_cross() {
+        assert_eq!(answer_allowance(0), FEED_ACK_TIMEOUT);
+        let largest = answer_allowance(FEED_BATCH_BYTES_MAX as usize);
+        assert_eq!(
+            largest,
+            FEED_ACK_TIMEOUT + Duration::from_millis(FEED_BATCH_BYTES_MAX * 1000 / FEED_LINK_BYTES_PER_S_MIN)
+        );
+        assert!(largest > Duration::from_secs(10), "{largest:?}");
+    }
+
+    #[test]
+    fn the_feed_goes_to_a_peer_listener_only_under_peer_tls() {
+        let both = RegionEndpoint::parse("127.0.0.1:7001/127.0.0.1:2380").expect("endpoint");
+        let client_only = RegionEndpoint::parse("127.0.0.1:7001").expect("endpoint");
+        assert_eq!(feed_route(&both, true), both.peer);
+        assert_eq!(feed_route(&both, false), None, "never in plaintext to a peer listener");
+        assert_eq!(feed_route(&client_only, true), None);
+    }
 
     #[test]
     fn a_region_not_heard_from_holds_the_feed_while_watermarks_are_learned() {
