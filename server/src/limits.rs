@@ -147,15 +147,15 @@ pub(crate) const PAGED_SWEEP_MS_PER_TICK_MAX: u64 = 250;
 
 // The feed shipper (to other regions) (`replication/shipper.rs`).
 
-/// How long a full re-sync in progress waits for a stream to resume it (after a broken link, a
-/// connection renewed): past this its view, which pins the state store's old versions, is let
-/// go, and the next stream starts a re-sync over.
+/// How long a full re-sync in progress may go without an answered chunk (a broken link, a
+/// connection renewed, a receiver too slow): past this its view, which pins the state store's
+/// old versions, is let go, and the next stream starts a re-sync over.
 pub(crate) const RESYNC_RESUME_WITHIN: Duration = Duration::from_secs(300);
 /// How often a stream looks for a re-sync's next chunks when the task reading them was behind,
 /// in milliseconds (also the stream's idle wake-up).
 pub(crate) const RESYNC_POLL_MS: u64 = 100;
-/// How long a feed stream must have worked before its end is taken as a renewal (reopened at
-/// once) rather than a failure (backed off).
+/// How long after its opening answer a feed stream must end for the end to be taken as a
+/// renewal (reopened at once) rather than a failure (backed off).
 pub(crate) const FEED_STREAM_HEALTHY_AFTER: Duration = Duration::from_secs(10);
 /// The slowest link between regions the feed allows for, in bytes per second: the oldest batch
 /// in flight may take its size at this rate to cross, on top of [`FEED_ACK_TIMEOUT`], before the

@@ -436,7 +436,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
             let addr = listener
                 .local_addr()
                 .map_err(io("reading the peer listener's address"))?;
-            tracing::info!(%addr, tls = peer_tls.is_some(), "serving raft, the members' own calls and other regions' feeds on the peer listener");
+            tracing::info!(%addr, tls = peer_tls.is_some(), "serving raft and the members' own calls on the peer listener (and other regions' feeds, under peer TLS)");
             let stop = wait_stop(stop_rx.clone());
             let server = tonic::transport::Server::builder()
                 .max_connection_age(basalt_raft::limits::PEER_CONNECTION_AGE_MAX)

@@ -8,11 +8,15 @@
 //! from there, instead of a re-sync begun again from the start, which a state taking longer than
 //! one connection's life to cross would never finish.
 //!
-//! Sending a chunk again is safe: its effects merge idempotently (last-writer-wins registers,
-//! counter components, rows as they were in the view), and each chunk is judged against the
-//! frontier the receiver had before the re-sync, which only the last chunk raises. The first
-//! chunk also resets the receiver's copy of homed rows; it is sent again only when no chunk after
-//! it was answered (answers come in order), and then every chunk after it is sent again too.
+//! Sending a chunk again is safe while nothing else from this region reached the receiver in
+//! between: its effects merge idempotently (last-writer-wins registers, counter components,
+//! rows as they were in the view), and each chunk is judged against the frontier the receiver
+//! had before the re-sync, which only the last chunk raises. The first chunk also resets the
+//! receiver's copy of homed rows; it is sent again only when no chunk after it was answered
+//! (answers come in order), and then every chunk after it is sent again too. So a re-sync is
+//! resumed only by the leader, in the term, that began it, and only when the receiver's
+//! watermark is still what it was when it began (nothing else merged, no restore from a
+//! backup); otherwise it is let go and a new one begins from the start.
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -50,14 +54,24 @@ pub(super) struct ResyncPump {
     unanswered: VecDeque<FeedBatch>,
     /// Set once every chunk was handed out: the watermark the last one moves the receiver to.
     upto: Option<u64>,
-    /// The last time a stream sent or had answered one of its chunks.
-    pub(super) last_used: Instant,
+    /// The last time one of its chunks was answered (or it began): a re-sync that makes no
+    /// progress is let go after `RESYNC_RESUME_WITHIN`.
+    pub(super) last_progress: Instant,
+    /// The Raft term of this node's leadership that began it.
+    pub(super) term: u64,
+    /// The receiver's watermark for this region when it began; it moves only with the last chunk.
+    pub(super) watermark: u64,
 }
 
 impl ResyncPump {
     /// Starts reading the whole replicated state of `store` (one view, taken now), as region
     /// `source`, in chunks of at most the feed's batch size.
-    pub(super) fn start(store: basalt_storage::state::rocks::RocksStore, source: RegionId) -> ResyncPump {
+    pub(super) fn start(
+        store: basalt_storage::state::rocks::RocksStore,
+        source: RegionId,
+        term: u64,
+        watermark: u64,
+    ) -> ResyncPump {
         // Read ahead at most one window: the view is held, not the state copied into memory.
         let (tx, rx) = mpsc::channel(FEED_WINDOW_BATCHES);
         tokio::task::spawn_blocking(move || {
@@ -84,7 +98,9 @@ impl ResyncPump {
             chunks: rx,
             unanswered: VecDeque::new(),
             upto: None,
-            last_used: Instant::now(),
+            last_progress: Instant::now(),
+            term,
+            watermark,
         }
     }
 
@@ -101,7 +117,6 @@ impl ResyncPump {
         match self.chunks.try_recv() {
             Ok(Pumped::Chunk(chunk)) => {
                 self.unanswered.push_back(chunk.clone());
-                self.last_used = Instant::now();
                 Ok(NextChunk::Chunk(chunk))
             }
             Ok(Pumped::Done { upto }) => {
@@ -117,12 +132,20 @@ impl ResyncPump {
     /// One of this stream's chunks was answered (answers come in the order chunks were sent).
     pub(super) fn answered(&mut self) {
         self.unanswered.pop_front();
-        self.last_used = Instant::now();
+        self.last_progress = Instant::now();
     }
 
-    /// Whether the receiver's watermark `acked` shows the last chunk merged: the re-sync is over.
+    /// Whether the re-sync is over: every chunk handed out and answered, the last answer showing
+    /// the receiver's watermark `acked` moved to where the last chunk puts it. The watermark
+    /// alone does not tell (batches of an earlier stream committing late could move it).
     pub(super) fn finished(&self, acked: u64) -> Option<u64> {
-        self.upto.filter(|upto| acked >= *upto)
+        self.upto.filter(|upto| self.unanswered.is_empty() && acked >= *upto)
+    }
+
+    /// Whether a new stream, of this node's leadership in `term`, opened on a receiver whose
+    /// watermark is `watermark`, may resume it (see the module doc).
+    pub(super) fn resumable(&self, term: u64, watermark: u64) -> bool {
+        self.term == term && self.watermark == watermark
     }
 
     /// How many chunks are sent and unanswered.
@@ -137,4 +160,76 @@ pub(super) enum ResyncError {
     Store(StoreError),
     #[error("the task reading the state to re-sync ended before handing out every chunk")]
     ReaderGone,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pump_fed(items: Vec<Pumped>) -> ResyncPump {
+        let (tx, rx) = mpsc::channel(items.len().max(1));
+        for item in items {
+            assert!(tx.try_send(item).is_ok(), "room in the channel");
+        }
+        ResyncPump {
+            chunks: rx,
+            unanswered: VecDeque::new(),
+            upto: None,
+            last_progress: Instant::now(),
+            term: 7,
+            watermark: 40,
+        }
+    }
+
+    fn chunk(n: u8) -> FeedBatch {
+        FeedBatch { batch: vec![n] }
+    }
+
+    #[test]
+    fn it_is_over_only_when_every_chunk_was_handed_out_and_answered() {
+        let mut pump = pump_fed(vec![
+            Pumped::Chunk(chunk(1)),
+            Pumped::Chunk(chunk(2)),
+            Pumped::Done { upto: 90 },
+        ]);
+        for n in [1, 2] {
+            assert!(matches!(pump.next_chunk(), Ok(NextChunk::Chunk(c)) if c.batch == vec![n]));
+        }
+        assert!(matches!(pump.next_chunk(), Ok(NextChunk::NotReady)), "the end marker");
+        assert!(matches!(pump.next_chunk(), Ok(NextChunk::NotReady)), "nothing after it");
+        // The watermark alone (batches of an earlier stream committing late) does not end it.
+        assert_eq!(pump.finished(95), None);
+        pump.answered();
+        assert_eq!(pump.finished(95), None, "a chunk still unanswered");
+        assert_eq!(
+            pump.unanswered().map(|c| c.batch.clone()).collect::<Vec<_>>(),
+            vec![vec![2]]
+        );
+        pump.answered();
+        assert_eq!(pump.finished(40), None, "answered, but the watermark did not move");
+        assert_eq!(pump.finished(90), Some(90));
+    }
+
+    #[test]
+    fn only_the_same_leadership_on_an_unmoved_watermark_resumes() {
+        let pump = pump_fed(vec![]);
+        assert!(pump.resumable(7, 40));
+        assert!(!pump.resumable(8, 40), "another term");
+        assert!(!pump.resumable(7, 41), "the receiver merged something meanwhile");
+        assert!(!pump.resumable(7, 0), "the receiver was restored");
+    }
+
+    #[test]
+    fn a_reader_that_failed_or_vanished_ends_the_re_sync() {
+        let mut failed = pump_fed(vec![Pumped::Failed(StoreError::CorruptSnapshot {
+            path: "test".into(),
+            reason: "a test".into(),
+        })]);
+        assert!(matches!(failed.next_chunk(), Err(ResyncError::Store(_))));
+        let (tx, rx) = mpsc::channel(1);
+        drop(tx);
+        let mut gone = pump_fed(vec![]);
+        gone.chunks = rx;
+        assert!(matches!(gone.next_chunk(), Err(ResyncError::ReaderGone)));
+    }
 }

@@ -73,15 +73,17 @@ pub(super) async fn run(
 ) {
     let mut next_endpoint = 0usize;
     let mut backoff = Duration::from_millis(50);
+    // Streams in a row whose node said it does not lead its region.
+    let mut not_leaders = 0usize;
     // A full re-sync in progress, kept for the next stream to resume.
     let mut resync: Option<ResyncPump> = None;
     while !*stop.borrow() {
         if resync
             .as_ref()
-            .is_some_and(|pump| pump.last_used.elapsed() >= RESYNC_RESUME_WITHIN)
+            .is_some_and(|pump| pump.last_progress.elapsed() >= RESYNC_RESUME_WITHIN)
         {
             // Its view pins the state store's old versions: let go, the next one starts over.
-            tracing::warn!(region = %remote.name, "no stream resumed the full re-sync in time: it will start over");
+            tracing::warn!(region = %remote.name, "the full re-sync made no progress in time: it will start over");
             resync = None;
         }
         if !api.raft.is_leader() {
@@ -104,12 +106,31 @@ pub(super) async fn run(
             // refusal, or a stream that breaks as soon as it opens, keeps backing off.
             backoff = Duration::from_millis(50);
         }
+        if !matches!(outcome, Err(ShipError::NotLeader { .. })) {
+            not_leaders = 0;
+        }
+        if matches!(outcome, Err(ShipError::Refused { .. })) && resync.is_some() {
+            // A chunk the receiver refuses would be refused again: begin anew later.
+            resync = None;
+        }
         match outcome {
             Ok(()) => backoff = Duration::from_millis(50),
             Err(ShipError::NotLeader { .. }) => {
-                // Not a broken link: the region's leader is another node; try it at once.
+                // Not a broken link: the region's leader is another node; try it at once, and
+                // back off once every node said so (the region is electing one).
                 next_endpoint += 1;
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                not_leaders += 1;
+                if not_leaders < remote.endpoints.len() {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                } else {
+                    not_leaders = 0;
+                    repl.update_outgoing(remote.id, |l| {
+                        l.connected = false;
+                        l.last_error = "no node of the region says it leads it".into();
+                    });
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(FEED_BACKOFF_MAX);
+                }
             }
             Err(e) => {
                 if matches!(
@@ -293,11 +314,12 @@ async fn session(
     });
     tracing::info!(region = %remote.name, endpoint, watermark = acked, "shipping the feed");
     let mut applied = api.applied.clone();
-    if let Some(pump) = resync.as_ref() {
-        if pump.finished(acked).is_some() {
-            // The last chunk was merged; only its answer was lost.
-            *resync = None;
-        }
+    let term = crate::api::metrics_now(&api.raft).current_term;
+    if resync.as_ref().is_some_and(|pump| !pump.resumable(term, acked)) {
+        // Another leadership's, or the receiver's watermark moved (the last chunk merged with
+        // its answer lost, or something else merged, or a restore): begin anew if still needed.
+        tracing::info!(region = %remote.name, watermark = acked, "letting go of a full re-sync that cannot be resumed");
+        *resync = None;
     }
     if let Some(pump) = resync.as_mut() {
         // A re-sync an earlier stream began: its unanswered chunks first, then on from there.
@@ -311,7 +333,6 @@ async fn session(
             }
             sent_one(&mut in_flight, &mut last_answer, chunk.batch.len());
         }
-        pump.last_used = Instant::now();
         repl.update_outgoing(remote.id, |l| l.alarm = RESYNC_ALARM.into());
     }
     loop {
@@ -319,6 +340,14 @@ async fn session(
             return Ok(());
         }
         if !api.raft.is_leader() {
+            return Err(ShipError::LostLeadership);
+        }
+        if resync
+            .as_ref()
+            .is_some_and(|pump| crate::api::metrics_now(&api.raft).current_term != pump.term)
+        {
+            // Deposed and elected again meanwhile: another leader may have re-synced since.
+            *resync = None;
             return Err(ShipError::LostLeadership);
         }
         if let Some(upto) = resync.as_ref().and_then(|pump| pump.finished(acked)) {
@@ -340,7 +369,8 @@ async fn session(
                 l.resyncs += 1;
                 l.alarm = RESYNC_ALARM.into();
             });
-            *resync = Some(ResyncPump::start(api.store.clone(), source));
+            let term = crate::api::metrics_now(&api.raft).current_term;
+            *resync = Some(ResyncPump::start(api.store.clone(), source, term, acked));
         }
         if let Some(pump) = resync.as_mut() {
             // Only chunks go while a re-sync is in flight: answers are matched to them in order.
