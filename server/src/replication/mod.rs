@@ -94,6 +94,9 @@ pub struct Replication {
     leader_since: Mutex<Option<Instant>>,
     /// Feed streams refused at open because the source's topology disagreed with this one's.
     pub refused_streams: std::sync::atomic::AtomicU64,
+    /// Per source region, the number of the newest feed stream opened here: an older stream
+    /// still delivering merges nothing more (see [`Replication::open_stream`]).
+    streams: Mutex<BTreeMap<RegionId, u64>>,
 }
 
 fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -113,7 +116,24 @@ impl Replication {
             incoming: Mutex::new(BTreeMap::new()),
             leader_since: Mutex::new(None),
             refused_streams: Default::default(),
+            streams: Mutex::new(BTreeMap::new()),
         })
+    }
+
+    /// Numbers a feed stream from `source` opened on this node, the newest from now on. A source
+    /// opens a new stream when the last one broke or its leadership moved; what the old one still
+    /// delivers (messages queued before it broke) must not merge after the new one's, or a
+    /// re-sync begun anew could be overwritten by the tail of the old one.
+    pub(crate) fn open_stream(&self, source: RegionId) -> u64 {
+        let mut streams = locked(&self.streams);
+        let number = streams.entry(source).or_insert(0);
+        *number += 1;
+        *number
+    }
+
+    /// Whether stream `number` from `source` is still the newest opened on this node.
+    pub(crate) fn is_newest_stream(&self, source: RegionId, number: u64) -> bool {
+        locked(&self.streams).get(&source) == Some(&number)
     }
 
     /// The replicated region topology; `None` until this region's first leader has committed it.
@@ -452,5 +472,35 @@ pub fn topology_message(topology: &RegionTopology) -> basalt_client::pb::RegionT
                 escrow_share: member.escrow.map(|share| share.to_string()),
             })
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_newest_stream_of_a_source_merges() {
+        let (_topology, watched) = tokio::sync::watch::channel(None);
+        let repl = Replication::new(
+            RegionConfig {
+                name: "us".into(),
+                id: 1,
+                remotes: Vec::new(),
+                feed_retain_entries: 100,
+                clock_skew_ms: 0,
+                home: None,
+                joining: false,
+            },
+            watched,
+        );
+        let first = repl.open_stream(2);
+        assert!(repl.is_newest_stream(2, first));
+        let other_source = repl.open_stream(3);
+        assert!(repl.is_newest_stream(2, first), "another source's stream");
+        let second = repl.open_stream(2);
+        assert!(!repl.is_newest_stream(2, first), "replaced");
+        assert!(repl.is_newest_stream(2, second));
+        assert!(repl.is_newest_stream(3, other_source));
     }
 }

@@ -210,6 +210,8 @@ impl RegionFeed for FeedReceiver {
         let this = self.clone();
         tokio::spawn(async move {
             let mut pending: Option<(ShipBatch, usize)> = None;
+            // This stream's number among its source's, once its first batch names the source.
+            let mut stream_number: Option<(basalt_replication::RegionId, u64)> = None;
             loop {
                 let (first, mut bytes) = match pending.take() {
                     Some(waiting) => waiting,
@@ -231,6 +233,18 @@ impl RegionFeed for FeedReceiver {
                             first.source,
                             expected_source.unwrap_or_default()
                         ))))
+                        .await;
+                    return;
+                }
+                let (source, number) =
+                    *stream_number.get_or_insert_with(|| (first.source, repl.open_stream(first.source)));
+                if !repl.is_newest_stream(source, number) {
+                    // A newer stream from the source replaced this one: what this one still
+                    // carries was queued before, and must not merge after the newer one's.
+                    let _ = tx
+                        .send(Ok(ack_error(
+                            "a newer feed stream from the same region replaced this one",
+                        )))
                         .await;
                     return;
                 }

@@ -15,8 +15,10 @@
 //! receiver's copy of homed rows; it is sent again only when no chunk after it was answered
 //! (answers come in order), and then every chunk after it is sent again too. So a re-sync is
 //! resumed only by the leader, in the term, that began it, and only when the receiver's
-//! watermark is still what it was when it began (nothing else merged, no restore from a
-//! backup); otherwise it is let go and a new one begins from the start.
+//! watermark is still what it was when it began (nothing else merged meanwhile); otherwise it is
+//! let go and a new one begins from the start. Nothing of an older stream merges after a newer
+//! one's: the shipper drops what a session queued when it ends, and the receiver merges only
+//! from the newest stream of each source it has opened (`Replication::open_stream`).
 
 use std::collections::VecDeque;
 use std::time::Instant;

@@ -109,10 +109,6 @@ pub(super) async fn run(
         if !matches!(outcome, Err(ShipError::NotLeader { .. })) {
             not_leaders = 0;
         }
-        if matches!(outcome, Err(ShipError::Refused { .. })) && resync.is_some() {
-            // A chunk the receiver refuses would be refused again: begin anew later.
-            resync = None;
-        }
         match outcome {
             Ok(()) => backoff = Duration::from_millis(50),
             Err(ShipError::NotLeader { .. }) => {
@@ -183,6 +179,15 @@ fn feed_route(target: &RegionEndpoint, peer_tls: bool) -> Option<std::net::Socke
     target.peer.filter(|_| peer_tls)
 }
 
+/// Ends a session's request stream at its next message once dropped (see `session`).
+struct EndsStreamOnDrop(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for EndsStreamOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Records a message of `bytes` sent; the wait for an answer starts with the first in flight.
 fn sent_one(in_flight: &mut VecDeque<usize>, last_answer: &mut Instant, bytes: usize) {
     if in_flight.is_empty() {
@@ -248,7 +253,14 @@ async fn session(
     let (tx, rx) = mpsc::channel::<FeedBatch>(FEED_WINDOW_BATCHES + 1);
     // The opening heartbeat carries no frontier: what the remote region has is not known yet.
     let _ = tx.send(batch_message(&ShipBatch::heartbeat(source, 0))).await;
-    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    // What this session queued and had not handed to the connection when it ends is dropped,
+    // not delivered behind a newer stream's messages (a re-sync begun anew, another leader's).
+    let ended = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let _ends_stream = EndsStreamOnDrop(ended.clone());
+    let body = tokio_stream::StreamExt::take_while(ReceiverStream::new(rx), move |_| {
+        !ended.load(std::sync::atomic::Ordering::Relaxed)
+    });
+    let mut request = tonic::Request::new(body);
     if let Some(credentials) = &credentials {
         credentials.sign(&mut request);
     }
@@ -314,6 +326,14 @@ async fn session(
     });
     tracing::info!(region = %remote.name, endpoint, watermark = acked, "shipping the feed");
     let mut applied = api.applied.clone();
+    if acked >= feed_trimmed_upto(&api.store)? {
+        // Not behind the retention (a re-sync whose last answer was lost got it there).
+        repl.update_outgoing(remote.id, |l| {
+            if l.alarm == RESYNC_ALARM || l.alarm.starts_with("behind") {
+                l.alarm.clear();
+            }
+        });
+    }
     let term = crate::api::metrics_now(&api.raft).current_term;
     if resync.as_ref().is_some_and(|pump| !pump.resumable(term, acked)) {
         // Another leadership's, or the receiver's watermark moved (the last chunk merged with
