@@ -30,6 +30,10 @@ use crate::limits::{LAG_SAMPLES, SUPERVISE_EVERY};
 /// The feed stream's opening header: the source region's id, home and escrow shares
 /// (`topology::agreement_summary`), which the receiver checks before merging anything.
 pub(crate) const TOPOLOGY_HEADER: &str = "basalt-region-topology";
+/// The feed stream's opening header: the Raft term of the source leader that opened it, so that
+/// a deposed leader which has not noticed cannot displace its successor's stream. Absent (a
+/// build before it): term 0.
+pub(crate) const LEADER_TERM_HEADER: &str = "basalt-feed-leader-term";
 
 /// What the shipper to one remote region knows, for status and trimming.
 #[derive(Clone, Debug, Default)]
@@ -94,9 +98,10 @@ pub struct Replication {
     leader_since: Mutex<Option<Instant>>,
     /// Feed streams refused at open because the source's topology disagreed with this one's.
     pub refused_streams: std::sync::atomic::AtomicU64,
-    /// Per source region, the number of the newest feed stream opened here: an older stream
-    /// still delivering merges nothing more (see [`Replication::open_stream`]).
-    streams: Mutex<BTreeMap<RegionId, u64>>,
+    /// Per source region, the highest leader term and the number of the newest feed stream
+    /// opened here: an older stream still delivering merges nothing more (see
+    /// [`Replication::open_stream`]).
+    streams: Mutex<BTreeMap<RegionId, (u64, u64)>>,
 }
 
 fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -120,20 +125,28 @@ impl Replication {
         })
     }
 
-    /// Numbers a feed stream from `source` opened on this node, the newest from now on. A source
-    /// opens a new stream when the last one broke or its leadership moved; what the old one still
-    /// delivers (messages queued before it broke) must not merge after the new one's, or a
-    /// re-sync begun anew could be overwritten by the tail of the old one.
-    pub(crate) fn open_stream(&self, source: RegionId) -> u64 {
+    /// Numbers a feed stream from `source`, opened by its leader of `term`, on this node: the
+    /// newest from now on. A source opens a new stream when the last one broke or its leadership
+    /// moved; what the old one still delivers (messages queued before it broke) must not merge
+    /// after the new one's, or a re-sync begun anew could be overwritten by the tail of the old
+    /// one. `None`: a leader of a later term has opened one, so this one comes from a deposed
+    /// leader that has not noticed yet (refused, or the two would displace each other in turn).
+    pub(crate) fn open_stream(&self, source: RegionId, term: u64) -> Option<u64> {
         let mut streams = locked(&self.streams);
-        let number = streams.entry(source).or_insert(0);
+        let (highest_term, number) = streams.entry(source).or_insert((0, 0));
+        if term < *highest_term {
+            return None;
+        }
+        *highest_term = term;
         *number += 1;
-        *number
+        Some(*number)
     }
 
     /// Whether stream `number` from `source` is still the newest opened on this node.
     pub(crate) fn is_newest_stream(&self, source: RegionId, number: u64) -> bool {
-        locked(&self.streams).get(&source) == Some(&number)
+        locked(&self.streams)
+            .get(&source)
+            .is_some_and(|(_, newest)| *newest == number)
     }
 
     /// The replicated region topology; `None` until this region's first leader has committed it.
@@ -494,13 +507,16 @@ mod tests {
             },
             watched,
         );
-        let first = repl.open_stream(2);
+        let first = repl.open_stream(2, 5).expect("a first stream");
         assert!(repl.is_newest_stream(2, first));
-        let other_source = repl.open_stream(3);
+        let other_source = repl.open_stream(3, 1).expect("another source's");
         assert!(repl.is_newest_stream(2, first), "another source's stream");
-        let second = repl.open_stream(2);
+        let second = repl.open_stream(2, 5).expect("the same leadership, reconnected");
         assert!(!repl.is_newest_stream(2, first), "replaced");
         assert!(repl.is_newest_stream(2, second));
         assert!(repl.is_newest_stream(3, other_source));
+        let successor = repl.open_stream(2, 6).expect("a later leadership");
+        assert_eq!(repl.open_stream(2, 5), None, "the deposed leader cannot displace it");
+        assert!(repl.is_newest_stream(2, successor));
     }
 }

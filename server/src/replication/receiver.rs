@@ -177,6 +177,13 @@ impl RegionFeed for FeedReceiver {
         // anything of it is merged. Checked by the leader (a follower answers "not the leader" to
         // the first batch, and the source tries another node): a follower behind on the
         // region's log could refuse a region its leader has added.
+        // The opening leader's term (0 from a build that does not name it).
+        let leader_term: u64 = request
+            .metadata()
+            .get(super::LEADER_TERM_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
         let mut expected_source = None;
         if self.api.raft.is_leader() {
             let summary = request
@@ -236,8 +243,21 @@ impl RegionFeed for FeedReceiver {
                         .await;
                     return;
                 }
-                let (source, number) =
-                    *stream_number.get_or_insert_with(|| (first.source, repl.open_stream(first.source)));
+                let (source, number) = match stream_number {
+                    Some(numbered) => numbered,
+                    None => match repl.open_stream(first.source, leader_term) {
+                        Some(number) => *stream_number.insert((first.source, number)),
+                        None => {
+                            let _ = tx
+                                .send(Ok(ack_error(format!(
+                                    "a leader of region {} of a later term than {leader_term} ships here: this node no longer leads it",
+                                    first.source
+                                ))))
+                                .await;
+                            return;
+                        }
+                    },
+                };
                 if !repl.is_newest_stream(source, number) {
                     // A newer stream from the source replaced this one: what this one still
                     // carries was queued before, and must not merge after the newer one's.

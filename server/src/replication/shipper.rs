@@ -266,6 +266,11 @@ async fn session(
     }
     // The receiver refuses a stream of another data format before decoding a batch of it.
     basalt_codec::grpc::name_format(request.metadata_mut());
+    // And one of a leadership older than a stream it has taken from this region.
+    let term = crate::api::metrics_now(&api.raft).current_term;
+    request
+        .metadata_mut()
+        .insert(super::LEADER_TERM_HEADER, tonic::metadata::MetadataValue::from(term));
     if let Some(topology) = repl.topology() {
         let summary = agreement_summary(&topology);
         match summary.parse() {
@@ -334,7 +339,6 @@ async fn session(
             }
         });
     }
-    let term = crate::api::metrics_now(&api.raft).current_term;
     if resync.as_ref().is_some_and(|pump| !pump.resumable(term, acked)) {
         // Another leadership's, or the receiver's watermark moved (the last chunk merged with
         // its answer lost, or something else merged, or a restore): begin anew if still needed.
