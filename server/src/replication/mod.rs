@@ -32,7 +32,7 @@ use crate::limits::{LAG_SAMPLES, SUPERVISE_EVERY};
 pub(crate) const TOPOLOGY_HEADER: &str = "basalt-region-topology";
 /// The feed stream's opening header: the Raft term of the source leader that opened it, so that
 /// a deposed leader which has not noticed cannot displace its successor's stream. Absent (a
-/// build before it): term 0.
+/// build before it): judged by arrival only.
 pub(crate) const LEADER_TERM_HEADER: &str = "basalt-feed-leader-term";
 
 /// What the shipper to one remote region knows, for status and trimming.
@@ -131,13 +131,16 @@ impl Replication {
     /// after the new one's, or a re-sync begun anew could be overwritten by the tail of the old
     /// one. `None`: a leader of a later term has opened one, so this one comes from a deposed
     /// leader that has not noticed yet (refused, or the two would displace each other in turn).
-    pub(crate) fn open_stream(&self, source: RegionId, term: u64) -> Option<u64> {
+    /// A stream naming no term (a build before it) is not judged by term, and sets none.
+    pub(crate) fn open_stream(&self, source: RegionId, term: Option<u64>) -> Option<u64> {
         let mut streams = locked(&self.streams);
         let (highest_term, number) = streams.entry(source).or_insert((0, 0));
-        if term < *highest_term {
-            return None;
+        if let Some(term) = term {
+            if term < *highest_term {
+                return None;
+            }
+            *highest_term = term;
         }
-        *highest_term = term;
         *number += 1;
         Some(*number)
     }
@@ -507,16 +510,24 @@ mod tests {
             },
             watched,
         );
-        let first = repl.open_stream(2, 5).expect("a first stream");
+        let first = repl.open_stream(2, Some(5)).expect("a first stream");
         assert!(repl.is_newest_stream(2, first));
-        let other_source = repl.open_stream(3, 1).expect("another source's");
+        let other_source = repl.open_stream(3, Some(1)).expect("another source's");
         assert!(repl.is_newest_stream(2, first), "another source's stream");
-        let second = repl.open_stream(2, 5).expect("the same leadership, reconnected");
+        let second = repl.open_stream(2, Some(5)).expect("the same leadership, reconnected");
         assert!(!repl.is_newest_stream(2, first), "replaced");
         assert!(repl.is_newest_stream(2, second));
         assert!(repl.is_newest_stream(3, other_source));
-        let successor = repl.open_stream(2, 6).expect("a later leadership");
-        assert_eq!(repl.open_stream(2, 5), None, "the deposed leader cannot displace it");
+        let successor = repl.open_stream(2, Some(6)).expect("a later leadership");
+        assert_eq!(
+            repl.open_stream(2, Some(5)),
+            None,
+            "the deposed leader cannot displace it"
+        );
         assert!(repl.is_newest_stream(2, successor));
+        // A build that names no term: newest wins, and it sets no term.
+        let unnamed = repl.open_stream(2, None).expect("no term named");
+        assert!(repl.is_newest_stream(2, unnamed));
+        assert!(repl.open_stream(2, Some(6)).is_some(), "the term seen is still 6");
     }
 }

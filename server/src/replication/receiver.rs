@@ -177,13 +177,12 @@ impl RegionFeed for FeedReceiver {
         // anything of it is merged. Checked by the leader (a follower answers "not the leader" to
         // the first batch, and the source tries another node): a follower behind on the
         // region's log could refuse a region its leader has added.
-        // The opening leader's term (0 from a build that does not name it).
-        let leader_term: u64 = request
+        // The opening leader's term (`None` from a build that does not name it).
+        let leader_term: Option<u64> = request
             .metadata()
             .get(super::LEADER_TERM_HEADER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
+            .and_then(|v| v.parse().ok());
         let mut expected_source = None;
         if self.api.raft.is_leader() {
             let summary = request
@@ -250,8 +249,9 @@ impl RegionFeed for FeedReceiver {
                         None => {
                             let _ = tx
                                 .send(Ok(ack_error(format!(
-                                    "a leader of region {} of a later term than {leader_term} ships here: this node no longer leads it",
-                                    first.source
+                                    "a leader of region {} of a later term than {} ships here: this node no longer leads it",
+                                    first.source,
+                                    leader_term.unwrap_or_default()
                                 ))))
                                 .await;
                             return;

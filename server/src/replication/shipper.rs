@@ -266,8 +266,14 @@ async fn session(
     }
     // The receiver refuses a stream of another data format before decoding a batch of it.
     basalt_codec::grpc::name_format(request.metadata_mut());
-    // And one of a leadership older than a stream it has taken from this region.
-    let term = crate::api::metrics_now(&api.raft).current_term;
+    // And one of a leadership older than a stream it has taken from this region. The term is
+    // read with the role, from one snapshot: a node's term also grows while it is a candidate,
+    // and a term above its leadership's would shut out its successor's streams.
+    let metrics = crate::api::metrics_now(&api.raft);
+    if metrics.state != openraft::ServerState::Leader || metrics.current_leader != Some(metrics.id) {
+        return Err(ShipError::LostLeadership);
+    }
+    let term = metrics.current_term;
     request
         .metadata_mut()
         .insert(super::LEADER_TERM_HEADER, tonic::metadata::MetadataValue::from(term));
