@@ -399,7 +399,7 @@ async fn session(
                 l.resyncs += 1;
                 l.alarm = RESYNC_ALARM.into();
             });
-            let term = crate::api::metrics_now(&api.raft).current_term;
+            // Under the leadership this stream ships for (its term, read with the role).
             *resync = Some(ResyncPump::start(api.store.clone(), source, term, acked));
         }
         if let Some(pump) = resync.as_mut() {
