@@ -9,6 +9,9 @@ use clap::{Args, Parser, Subcommand};
 
 use basalt_server::config::{self, NodeConfig};
 
+/// Most worker threads `basalt start --worker-threads` takes.
+pub const WORKER_THREADS_MAX: u16 = 1024;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "basalt",
@@ -207,6 +210,11 @@ pub struct StartArgs {
         "peer_tls_key", "peer_tls_ca", "root_token_file", "tls_cert", "tls_key", "tls_ca", "tls_client_ca",
     ])]
     config: Option<PathBuf>,
+    /// Threads that run the node's async work (Raft, the APIs, the RESP and edge doors): one
+    /// per core when not given. A setting of the process, not of the node's config, so it may
+    /// go with --config. `basalt dev` splits the machine's cores between the nodes it starts.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=WORKER_THREADS_MAX as i64))]
+    pub(crate) worker_threads: Option<u16>,
     #[arg(long)]
     id: Option<u64>,
     /// gRPC listen address: the client API (and Raft, without --peer-listen).
@@ -536,7 +544,13 @@ pub fn main() -> ExitCode {
     if matches!(cli.command, Command::Dev(_) | Command::Bench { .. }) {
         crate::output::supervising();
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Command::Start(args) = &cli.command {
+        if let Some(threads) = args.worker_threads {
+            builder.worker_threads(usize::from(threads));
+        }
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: starting the async runtime: {e}");
@@ -821,6 +835,31 @@ mod tests {
         assert!(parse_fence("nightly").is_err());
         assert!(parse_fence(":7").is_err());
         assert!(parse_fence("nightly:x").is_err());
+    }
+
+    /// Worker threads are a setting of the process: taken with a config file, refused when 0
+    /// or past the bound, with clap's error naming the flag.
+    #[test]
+    fn worker_threads_are_bounded_and_go_with_a_config_file() {
+        use clap::Parser;
+        let parsed = Cli::try_parse_from(["basalt", "start", "--config", "node.toml", "--worker-threads", "1"]);
+        match parsed.map(|cli| cli.command) {
+            Ok(Command::Start(args)) => assert_eq!(args.worker_threads, Some(1)),
+            other => panic!("expected a start command, got {other:?}"),
+        }
+        for refused in ["0", "1025", "many"] {
+            let error = Cli::try_parse_from(["basalt", "start", "--config", "n.toml", "--worker-threads", refused])
+                .expect_err(refused)
+                .to_string();
+            assert!(error.contains("--worker-threads"), "{refused}: {error}");
+        }
+        let share = crate::dev::worker_threads_per_node(3);
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        assert!(
+            share >= 1 && usize::from(share) <= cores.max(1),
+            "{share} of {cores} cores"
+        );
+        assert_eq!(crate::dev::worker_threads_per_node(1_000_000), 1, "at least one each");
     }
 
     #[test]

@@ -347,6 +347,7 @@ impl TempCluster {
                     peers: peers.join(","),
                     init: id == 1,
                     extra: Vec::new(),
+                    worker_threads: crate::dev::worker_threads_per_node(addresses.len()),
                 },
             );
             match started {

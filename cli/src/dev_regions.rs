@@ -242,6 +242,9 @@ pub(crate) async fn launch(
                     peers: peers.join(","),
                     init: i == 1,
                     extra,
+                    worker_threads: crate::dev::worker_threads_per_node(
+                        topology.regions.iter().map(|r| usize::from(r.nodes)).sum(),
+                    ),
                 },
             );
             match started {

@@ -22,17 +22,17 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use basalt_client::txn::{Compare, Condition};
 use basalt_client::{Client, KvEntry, PutOptions, TxnOp, TxnOpResult, TxnOutcome};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 
 use crate::command::Command;
 use crate::decide::{Change, KeyState};
 use crate::frame::Reply;
 use crate::keys::{now_ms, op_refusal, put_op, NewTtl};
-use crate::limits::CAS_ATTEMPTS_MAX;
+use crate::limits::{CAS_ATTEMPTS_MAX, ROUND_GATHER_ITEMS_MAX, ROUND_GATHER_WAIT_MAX};
 use crate::reply_error::client_error;
 
 /// A write of one key that can join a group.
@@ -72,7 +72,26 @@ struct Waiting {
 /// finds nothing waiting, so a later arrival always starts a new runner and never waits on an
 /// ended one. The write and read combiners both stand on it.
 pub struct KeyQueues<T> {
-    queues: Arc<Mutex<HashMap<Vec<u8>, Vec<T>>>>,
+    queues: Arc<Mutex<HashMap<Vec<u8>, Queue<T>>>>,
+}
+
+/// One key's waiting items, and what its runner gathers for.
+struct Queue<T> {
+    items: Vec<T>,
+    /// While the runner gathers: how many items end its wait (0: it does not wait).
+    wanted: usize,
+    /// Told when `wanted` items wait.
+    gathered: Arc<Notify>,
+}
+
+impl<T> Queue<T> {
+    fn new(items: Vec<T>) -> Queue<T> {
+        Queue {
+            items,
+            wanted: 0,
+            gathered: Arc::new(Notify::new()),
+        }
+    }
 }
 
 impl<T> Clone for KeyQueues<T> {
@@ -92,17 +111,45 @@ impl<T> Default for KeyQueues<T> {
 impl<T> KeyQueues<T> {
     /// Queues `item` on `key`; true when no runner owns the key and the caller must start one.
     pub fn join(&self, key: &[u8], item: T) -> bool {
+        self.join_all(key, vec![item])
+    }
+
+    /// Queues `items` on `key` together, in order (no other caller's item comes between them);
+    /// true when the caller must start a runner. `items` is not empty.
+    pub fn join_all(&self, key: &[u8], items: Vec<T>) -> bool {
         let mut queues = self.queues.lock().unwrap_or_else(PoisonError::into_inner);
         match queues.get_mut(key) {
             Some(queue) => {
-                queue.push(item);
+                queue.items.extend(items);
+                if queue.wanted > 0 && queue.items.len() >= queue.wanted {
+                    queue.wanted = 0;
+                    queue.gathered.notify_one();
+                }
                 false
             }
             None => {
-                queues.insert(key.to_vec(), vec![item]);
+                queues.insert(key.to_vec(), Queue::new(items));
                 true
             }
         }
+    }
+
+    /// How many items wait on `key`.
+    fn waiting(&self, key: &[u8]) -> usize {
+        let queues = self.queues.lock().unwrap_or_else(PoisonError::into_inner);
+        queues.get(key).map_or(0, |queue| queue.items.len())
+    }
+
+    /// Asks to be told once `wanted` items wait on `key`: `None` when they already do (or the
+    /// key has no runner).
+    fn gather(&self, key: &[u8], wanted: usize) -> Option<Arc<Notify>> {
+        let mut queues = self.queues.lock().unwrap_or_else(PoisonError::into_inner);
+        let queue = queues.get_mut(key)?;
+        if queue.items.len() >= wanted {
+            return None;
+        }
+        queue.wanted = wanted;
+        Some(Arc::clone(&queue.gathered))
     }
 
     /// What waits on `key`, for the runner's next round; empty when nothing waits, and then the
@@ -110,7 +157,10 @@ impl<T> KeyQueues<T> {
     pub fn take(&self, key: &[u8]) -> Vec<T> {
         let mut queues = self.queues.lock().unwrap_or_else(PoisonError::into_inner);
         match queues.get_mut(key) {
-            Some(queue) if !queue.is_empty() => std::mem::take(queue),
+            Some(queue) if !queue.items.is_empty() => {
+                queue.wanted = 0;
+                std::mem::take(&mut queue.items)
+            }
             _ => {
                 queues.remove(key);
                 Vec::new()
@@ -122,7 +172,7 @@ impl<T> KeyQueues<T> {
     /// finding nothing (a panic), so that its waiters get an answer instead of waiting forever.
     fn abandon(&self, key: &[u8]) -> Vec<T> {
         let mut queues = self.queues.lock().unwrap_or_else(PoisonError::into_inner);
-        queues.remove(key).unwrap_or_default()
+        queues.remove(key).map_or_else(Vec::new, |queue| queue.items)
     }
 }
 
@@ -133,6 +183,9 @@ pub(crate) struct RunnerGuard<T> {
     key: Vec<u8>,
     done: bool,
     fail: fn(T),
+    gathering: Gathering,
+    /// When the last round began, if there was one.
+    last_began: Option<Instant>,
 }
 
 impl<T> Drop for RunnerGuard<T> {
@@ -152,14 +205,88 @@ impl<T> RunnerGuard<T> {
             key: key.to_vec(),
             done: false,
             fail,
+            gathering: Gathering::default(),
+            last_began: None,
         }
     }
 
     /// The next round's items; empty (and the guard disarmed) when the runner is to end.
-    pub(crate) fn next_round(&mut self) -> Vec<T> {
+    ///
+    /// Gathers first (see [`Gathering`]): waits, at most half the last round's time and
+    /// [`ROUND_GATHER_WAIT_MAX`], for the callers of the round just ended that are expected
+    /// back. Every item of a round still arrived before its request was sent, so gathering
+    /// changes when a round goes, never what it may answer.
+    pub(crate) async fn next_round(&mut self) -> Vec<T> {
+        let waiting = self.queues.waiting(&self.key);
+        let expected = self.gathering.expected_back();
+        let mut gathered = true;
+        if let (Some(began), true) = (self.last_began, expected > 0) {
+            let wanted = (waiting + expected).min(ROUND_GATHER_ITEMS_MAX);
+            if let Some(told) = self.queues.gather(&self.key, wanted) {
+                let wait = (began.elapsed() / 2).min(ROUND_GATHER_WAIT_MAX);
+                gathered = tokio::time::timeout(wait, told.notified()).await.is_ok();
+            }
+        }
         let round = self.queues.take(&self.key);
+        self.gathering.round_taken(waiting, round.len(), gathered);
         self.done = round.is_empty();
+        self.last_began = Some(Instant::now());
         round
+    }
+}
+
+/// How a key's runner learns whether to wait between rounds for the callers of the round just
+/// ended. Pure, so its rule is tested without a runtime.
+///
+/// The callers of a round are answered together and, if they keep writing the key (fifty
+/// clients incrementing one counter), send their next commands at once. A round that set off
+/// without them would leave them for the round after, splitting the callers into two halves
+/// that take turns: every round half as full as it could be, twice the rounds (each a Raft
+/// entry on three nodes) for the same work. So the runner waits for the share of the last
+/// round it has seen come back. Callers that go elsewhere (writes spread over many keys) would
+/// make that wait run out every time: a wait that runs out lowers the share to what did come
+/// back, a wait that ends by the callers' arrival raises it halfway to all, and with no wait the
+/// share creeps back up so that a change of pattern is found again.
+#[derive(Clone, Debug)]
+pub struct Gathering {
+    /// Items the last round took.
+    last_round: usize,
+    /// The share of a round's callers expected back, 0 to 1.
+    share_back: f64,
+}
+
+impl Default for Gathering {
+    fn default() -> Self {
+        Gathering {
+            last_round: 0,
+            share_back: 1.0,
+        }
+    }
+}
+
+impl Gathering {
+    /// How much the share climbs per round that did not wait (so that after some rounds without
+    /// waiting, a round tries waiting again).
+    const SHARE_CREEP: f64 = 0.05;
+
+    /// How many of the last round's callers to wait for before the next round.
+    pub fn expected_back(&self) -> usize {
+        (self.last_round as f64 * self.share_back).floor() as usize
+    }
+
+    /// A round took `taken` items, `waiting_before` of them already waiting before any wait;
+    /// `gathered`: the wait (if any) ended because the items wanted arrived.
+    pub fn round_taken(&mut self, waiting_before: usize, taken: usize, gathered: bool) {
+        let expected = self.expected_back();
+        if expected == 0 {
+            self.share_back = (self.share_back + Self::SHARE_CREEP).min(1.0);
+        } else if gathered {
+            self.share_back = (self.share_back + 1.0) / 2.0;
+        } else {
+            let came_back = taken.saturating_sub(waiting_before);
+            self.share_back = (came_back as f64 / self.last_round as f64).min(1.0);
+        }
+        self.last_round = taken;
     }
 }
 
@@ -184,6 +311,36 @@ impl Combiner {
     }
 }
 
+impl Combiner {
+    /// Applies `writes` to `key` in order, as one connection's pipelined commands of one key:
+    /// they join one group together, so that a pipeline of increments of a counter is one
+    /// round, not one round per increment. Each write's reply, in order.
+    pub async fn write_all(&self, client: &Client, key: &[u8], writes: Vec<KeyWrite>) -> Vec<Reply> {
+        let (waiting, answers): (Vec<Waiting>, Vec<_>) = writes
+            .into_iter()
+            .map(|write| {
+                let (reply, answer) = oneshot::channel();
+                (Waiting { write, reply }, answer)
+            })
+            .unzip();
+        if waiting.is_empty() {
+            return Vec::new();
+        }
+        if self.waiting.join_all(key, waiting) {
+            tokio::spawn(run(self.waiting.clone(), client.clone(), key.to_vec()));
+        }
+        let mut replies = Vec::with_capacity(answers.len());
+        for answer in answers {
+            replies.push(
+                answer
+                    .await
+                    .unwrap_or_else(|_| Reply::error("UNCERTAIN the node stopped while the write was on its way")),
+            );
+        }
+        replies
+    }
+}
+
 async fn run(queues: KeyQueues<Waiting>, client: Client, key: Vec<u8>) {
     let mut guard = RunnerGuard::new(&queues, &key, |w: Waiting| {
         let _ = w
@@ -194,7 +351,7 @@ async fn run(queues: KeyQueues<Waiting>, client: Client, key: Vec<u8>) {
     // (the write is conditioned on its revision, so a stale guess only costs a read).
     let mut known = None;
     loop {
-        let group = guard.next_round();
+        let group = guard.next_round().await;
         if group.is_empty() {
             return;
         }
@@ -363,7 +520,7 @@ async fn read_rounds(queues: KeyQueues<oneshot::Sender<ReadAnswer>>, client: Cli
         let _ = reader.send(Err(Reply::error("TRYAGAIN the read's round failed")));
     });
     loop {
-        let group = guard.next_round();
+        let group = guard.next_round().await;
         if group.is_empty() {
             return;
         }
@@ -421,6 +578,80 @@ mod tests {
         }));
         assert_eq!(*FAILED.lock().expect("lock"), vec![5]);
         assert!(queues.join(b"k", 6), "the dropped guard freed the key");
+    }
+
+    /// Callers that keep writing the key are waited for; callers that go elsewhere make the
+    /// runner stop waiting for them, and it tries again after a while.
+    #[test]
+    fn gathering_waits_for_the_callers_that_come_back() {
+        let mut g = Gathering::default();
+        assert_eq!(g.expected_back(), 0, "the first round waits for nobody");
+        g.round_taken(50, 50, true);
+        assert_eq!(g.expected_back(), 50, "fifty callers of one key: wait for all of them");
+        g.round_taken(0, 50, true);
+        assert_eq!(g.expected_back(), 50);
+        // Writes spread over many keys: of a round of 10, 2 came back before the wait ran out.
+        g.round_taken(0, 10, true);
+        g.round_taken(0, 2, false);
+        assert_eq!(
+            g.expected_back(),
+            0,
+            "2 of 10 came back: wait for 2 of the next 2 is 0.4 of one"
+        );
+        let mut rounds_until_it_waits_again = 0;
+        while g.expected_back() == 0 {
+            g.round_taken(0, 2, true);
+            rounds_until_it_waits_again += 1;
+            assert!(rounds_until_it_waits_again < 100, "the share creeps back up");
+        }
+        assert!(rounds_until_it_waits_again > 1, "but not at once");
+        // A wait that ends by the callers' arrival raises the share halfway to all.
+        let mut g = Gathering::default();
+        g.round_taken(0, 10, true);
+        // Ten new callers waited, none of the last round's came back.
+        g.round_taken(10, 10, false);
+        assert_eq!(g.expected_back(), 0, "none came back");
+        while g.expected_back() == 0 {
+            g.round_taken(0, 10, false);
+        }
+        // It waits again, for one of them; each wait that ends by the callers' arrival takes
+        // the share halfway to all.
+        assert_eq!(g.expected_back(), 1);
+        let mut expected = Vec::new();
+        for _ in 0..4 {
+            g.round_taken(0, 10, true);
+            expected.push(g.expected_back());
+        }
+        assert_eq!(expected, vec![5, 7, 8, 9]);
+    }
+
+    /// The runner's next round takes the callers of the last round that come back while it
+    /// waits, with the one already waiting: one round of four, not a round of one and then one
+    /// of three. Callers that do not come back end the wait by its bound, and the runner.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_runner_gathers_the_callers_of_its_last_round() {
+        let queues: KeyQueues<&'static str> = KeyQueues::default();
+        assert!(queues.join(b"k", "a"));
+        queues.join(b"k", "b");
+        queues.join(b"k", "c");
+        let mut guard = RunnerGuard::new(&queues, b"k", |_| {});
+        assert_eq!(guard.next_round().await, vec!["a", "b", "c"]);
+        // The round's write takes a while; meanwhile another caller arrives.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        queues.join(b"k", "d");
+        // a, b and c are answered and come back once the runner waits.
+        let back = queues.clone();
+        tokio::spawn(async move {
+            for item in ["a", "b", "c"] {
+                tokio::task::yield_now().await;
+                back.join(b"k", item);
+            }
+        });
+        assert_eq!(guard.next_round().await, vec!["d", "a", "b", "c"]);
+        let began = Instant::now();
+        assert!(guard.next_round().await.is_empty(), "nobody came back: the runner ends");
+        assert!(began.elapsed() < Duration::from_secs(1), "the wait is bounded");
+        assert!(queues.join(b"k", "e"), "and the key is free again");
     }
 
     #[test]

@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::command::{self, errors, Bytes, Command, Refusal};
 use crate::frame::{Parsed, Protocol, ReadLimits, Reply, RequestReader};
 use crate::glob::Glob;
-use crate::keys::{check_key, check_storable, checked_ttl, now_ms, ttl_of, Keys, Ttl};
+use crate::keys::{check_key, check_storable, checked_ttl, now_ms, pipelined_write_key, ttl_of, Keys, Ttl};
 use crate::limits::{
     CERTIFICATE_CHECK_TIMEOUT, MULTI_QUEUED_MAX, PIPELINE_ROUND_REQUESTS_MAX, PUSH_BUFFER_MESSAGES, REPLY_FLUSH_BYTES,
     REQUEST_BYTES_MAX, SCAN_CURSORS_MAX, SET_RUN_BYTES_MAX, TXN_CONDITIONS_MAX, TXN_OPS_MAX,
@@ -375,6 +375,28 @@ impl Connection {
                 }
                 self.set_run(run, out).await;
                 continue;
+            }
+            if let (true, Some(key)) = (plain, pipelined_write_key(&command)) {
+                // Writes of one key in a row (a pipeline of INCRs): one group, in order.
+                if parsed
+                    .front()
+                    .is_some_and(|(_, c)| matches!(c, Ok(c) if pipelined_write_key(c) == Some(key)))
+                {
+                    let key = key.to_vec();
+                    let mut run = vec![command];
+                    while parsed
+                        .front()
+                        .is_some_and(|(_, c)| matches!(c, Ok(c) if pipelined_write_key(c) == Some(&key[..])))
+                    {
+                        if let Some((_, Ok(next))) = parsed.pop_front() {
+                            run.push(next);
+                        }
+                    }
+                    for reply in self.keys().write_all(&key, run).await {
+                        reply.encode(self.protocol, out);
+                    }
+                    continue;
+                }
             }
             if blocks(&command) && !out.is_empty() {
                 if writer.write_all(out).await.is_err() {

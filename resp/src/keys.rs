@@ -390,6 +390,13 @@ impl Keys<'_> {
         Ok(present)
     }
 
+    /// One connection's pipelined writes of `key`, each a command [`pipelined_write_key`]
+    /// names with that key, joined to the key's next group together and in order.
+    pub async fn write_all(&self, key: &[u8], commands: Vec<Command>) -> Vec<Reply> {
+        let writes = commands.into_iter().map(KeyWrite::Command).collect();
+        self.combiner.write_all(self.client, key, writes).await
+    }
+
     pub async fn incr_by(&self, key: &[u8], by: i64) -> Reply {
         self.combiner
             .write(self.client, key, KeyWrite::Command(Command::IncrBy(key.to_vec(), by)))
@@ -555,9 +562,84 @@ pub fn op_refusal(reason: TxnOpResult) -> Reply {
     }
 }
 
+/// The key of a command that runs as a write of one key through the combiner exactly as
+/// `KeyWrite::Command` (the connection sends these to [`Keys::single`], `incr_by` or
+/// `incr_by_float`, which do just that), so that a pipeline's run of them on one key may join
+/// one group together ([`Keys::write_all`]). `SET` is not here (its runs go as transactions).
+pub fn pipelined_write_key(command: &Command) -> Option<&[u8]> {
+    use Command::*;
+    match command {
+        Expire { key, .. } | GetEx { key, .. } | HSet { key, .. } => Some(key),
+        Persist(key)
+        | GetDel(key)
+        | Append(key, _)
+        | IncrBy(key, _)
+        | IncrByFloat(key, _)
+        | HSetNx(key, ..)
+        | HDel(key, _)
+        | HIncrBy(key, ..)
+        | HIncrByFloat(key, ..)
+        | ZAdd(key, _)
+        | ZIncrBy(key, ..)
+        | ZRem(key, _)
+        | ZRemRangeByScore(key, ..) => Some(key),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a pipeline joins as one group is exactly what runs through the combiner one by
+    /// one: a write (not a read) of the key `single_key` names.
+    #[test]
+    fn pipelined_writes_are_the_combined_writes_of_one_key() {
+        for line in [
+            "INCR k",
+            "INCRBY k 2",
+            "DECR k",
+            "INCRBYFLOAT k 1.5",
+            "APPEND k v",
+            "EXPIRE k 10",
+            "PERSIST k",
+            "GETDEL k",
+            "GETEX k EX 5",
+            "HSET k f v",
+            "HSETNX k f v",
+            "HDEL k f",
+            "HINCRBY k f 1",
+            "HINCRBYFLOAT k f 1",
+            "ZADD k 1 m",
+            "ZINCRBY k 1 m",
+            "ZREM k m",
+            "ZREMRANGEBYSCORE k 0 1",
+        ] {
+            let args: Vec<Bytes> = line.split(' ').map(|a| a.as_bytes().to_vec()).collect();
+            let command = crate::command::parse(&args).unwrap_or_else(|e| panic!("{line}: {e:?}"));
+            assert_eq!(pipelined_write_key(&command), Some(&b"k"[..]), "{line}");
+            assert!(!crate::decide::only_reads(&command), "{line}");
+            assert_eq!(
+                crate::decide::single_key(&command).map(Vec::as_slice),
+                Some(&b"k"[..]),
+                "{line}"
+            );
+        }
+        for line in [
+            "GET k",
+            "SET k v",
+            "SETNX k v",
+            "DEL k",
+            "HGET k f",
+            "ZSCORE k m",
+            "XADD k * f v",
+            "TTL k",
+        ] {
+            let args: Vec<Bytes> = line.split(' ').map(|a| a.as_bytes().to_vec()).collect();
+            let command = crate::command::parse(&args).unwrap_or_else(|e| panic!("{line}: {e:?}"));
+            assert_eq!(pipelined_write_key(&command), None, "{line}");
+        }
+    }
 
     #[test]
     fn incr_reads_values_as_redis_does() {

@@ -127,3 +127,10 @@ pub const XINFO_GROUPS_MAX: usize = 1000;
 /// node to say which user the certificate names; past it the connection is taken as that
 /// user's (every command is checked by the node anyway).
 pub const CERTIFICATE_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Longest a key's runner waits, between rounds, for the callers of the round just ended to come
+/// back (see `combine`'s gathering); the wait is also at most half the last round's time.
+pub const ROUND_GATHER_WAIT_MAX: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// Most callers a key's runner gathers for before a round (more may join; it just stops waiting).
+pub const ROUND_GATHER_ITEMS_MAX: usize = 1024;

@@ -63,7 +63,7 @@ async fn run(queues: KeyQueues<Appending>, client: Client, key: Vec<u8>) {
             .send(Reply::error("ERR the append's round failed; nothing was appended"));
     });
     loop {
-        let round = guard.next_round();
+        let round = guard.next_round().await;
         if round.is_empty() {
             return;
         }

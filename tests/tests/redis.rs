@@ -559,6 +559,71 @@ fn concurrent_increments_of_one_key_are_each_counted_once_across_a_leader_kill()
     );
 }
 
+/// The Raft index the RESP node has applied (`INFO replication`).
+fn applied_index(c: &mut redis::Connection) -> u64 {
+    let info: String = redis::cmd("INFO").arg("replication").query(c).expect("INFO");
+    info.lines()
+        .find_map(|line| line.strip_prefix("basalt_applied_index:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("basalt_applied_index in INFO replication")
+}
+
+/// A pipeline's writes of one key in a row are one group: each answered as if run one by one
+/// (an increment past a refused one, a hash write to a string refused in its place), and the
+/// pipeline of a hundred increments costs a few log entries, not a hundred. Writes of other
+/// keys between them keep their places.
+#[test]
+fn a_pipeline_of_writes_of_one_key_is_one_group_answered_in_order() {
+    let cluster = resp_cluster(&[]);
+    let mut c = connect(cluster.resp(1));
+    let _: () = redis::cmd("SET").arg("n").arg("10").query(&mut c).expect("SET");
+    let before = applied_index(&mut c);
+    let mut pipe = redis::pipe();
+    for _ in 0..100 {
+        pipe.cmd("INCR").arg("n");
+    }
+    let values: Vec<i64> = pipe.query(&mut c).expect("pipelined INCRs");
+    assert_eq!(values, (11..=110).collect::<Vec<i64>>());
+    let entries = applied_index(&mut c) - before;
+    assert!(
+        entries < 20,
+        "100 pipelined INCRs of one key took {entries} log entries"
+    );
+
+    let mut raw = Raw::open(cluster.resp(1));
+    let mut batch = Vec::new();
+    for args in [
+        vec!["INCRBY", "n", "5"],
+        vec!["INCRBY", "n", "9223372036854775807"],
+        vec!["HSET", "n", "f", "v"],
+        vec!["APPEND", "n", "0"],
+        vec!["INCR", "other"],
+        vec!["INCRBYFLOAT", "n", "0.5"],
+        vec!["INCR", "n"],
+    ] {
+        batch.extend(format!("*{}\r\n", args.len()).into_bytes());
+        for arg in args {
+            batch.extend(format!("${}\r\n{arg}\r\n", arg.len()).into_bytes());
+        }
+    }
+    raw.send(&batch);
+    let replies: Vec<String> = (0..7).map(|_| raw.reply()).collect();
+    assert_eq!(
+        replies,
+        vec![
+            ":115\r\n".to_string(),
+            "-ERR increment or decrement would overflow\r\n".to_string(),
+            "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n".to_string(),
+            ":4\r\n".to_string(),
+            ":1\r\n".to_string(),
+            "$6\r\n1150.5\r\n".to_string(),
+            "-ERR value is not an integer or out of range\r\n".to_string(),
+        ]
+    );
+    let value: String = redis::cmd("GET").arg("n").query(&mut c).expect("GET");
+    assert_eq!(value, "1150.5");
+}
+
 #[test]
 fn auth_is_required_when_a_password_is_set() {
     let cluster = resp_cluster(&["--resp-password", "s3cret", "--resp-allow-flush"]);
