@@ -17,8 +17,11 @@
 //! the group's order; no read can fall between them, which is why the intermediate values are
 //! never seen by anyone but the command that produced them.
 //!
-//! One connection has at most one command in a group (it waits for each reply before running
-//! its next command), so a connection's own order is kept.
+//! A connection's commands in a group are in its own order: it waits for each reply before
+//! running its next command, except for a pipeline's run of writes of one key, which joins a
+//! group together, side by side and in order ([`Combiner::write_all`]). A group shares its fate:
+//! when its write fails, every command in it gets that error (nothing was applied, or for an
+//! uncertain outcome, all or none of them were).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -78,9 +81,12 @@ pub struct KeyQueues<T> {
 /// One key's waiting items, and what its runner gathers for.
 struct Queue<T> {
     items: Vec<T>,
-    /// While the runner gathers: how many items end its wait (0: it does not wait).
+    /// Callers the items came from (a pipeline's run of writes is one caller of many items).
+    callers: usize,
+    /// While the runner gathers: how many callers end its wait (0: it does not wait).
     wanted: usize,
-    /// Told when `wanted` items wait.
+    /// Told when `wanted` callers wait; a new one for each gathering, so that a wakeup left
+    /// from an earlier one (it came after that wait ran out) cannot end the next at once.
     gathered: Arc<Notify>,
 }
 
@@ -88,6 +94,7 @@ impl<T> Queue<T> {
     fn new(items: Vec<T>) -> Queue<T> {
         Queue {
             items,
+            callers: 1,
             wanted: 0,
             gathered: Arc::new(Notify::new()),
         }
@@ -121,7 +128,8 @@ impl<T> KeyQueues<T> {
         match queues.get_mut(key) {
             Some(queue) => {
                 queue.items.extend(items);
-                if queue.wanted > 0 && queue.items.len() >= queue.wanted {
+                queue.callers += 1;
+                if queue.wanted > 0 && queue.callers >= queue.wanted {
                     queue.wanted = 0;
                     queue.gathered.notify_one();
                 }
@@ -134,36 +142,42 @@ impl<T> KeyQueues<T> {
         }
     }
 
-    /// How many items wait on `key`.
+    /// How many callers wait on `key`.
     fn waiting(&self, key: &[u8]) -> usize {
         let queues = self.queues.lock().unwrap_or_else(PoisonError::into_inner);
-        queues.get(key).map_or(0, |queue| queue.items.len())
+        queues.get(key).map_or(0, |queue| queue.callers)
     }
 
-    /// Asks to be told once `wanted` items wait on `key`: `None` when they already do (or the
+    /// Asks to be told once `wanted` callers wait on `key`: `None` when they already do (or the
     /// key has no runner).
     fn gather(&self, key: &[u8], wanted: usize) -> Option<Arc<Notify>> {
         let mut queues = self.queues.lock().unwrap_or_else(PoisonError::into_inner);
         let queue = queues.get_mut(key)?;
-        if queue.items.len() >= wanted {
+        if queue.callers >= wanted {
             return None;
         }
         queue.wanted = wanted;
+        queue.gathered = Arc::new(Notify::new());
         Some(Arc::clone(&queue.gathered))
     }
 
     /// What waits on `key`, for the runner's next round; empty when nothing waits, and then the
     /// key has left the map (the runner ends).
     pub fn take(&self, key: &[u8]) -> Vec<T> {
+        self.take_round(key).0
+    }
+
+    /// [`KeyQueues::take`], with the number of callers the items came from.
+    fn take_round(&self, key: &[u8]) -> (Vec<T>, usize) {
         let mut queues = self.queues.lock().unwrap_or_else(PoisonError::into_inner);
         match queues.get_mut(key) {
             Some(queue) if !queue.items.is_empty() => {
                 queue.wanted = 0;
-                std::mem::take(&mut queue.items)
+                (std::mem::take(&mut queue.items), std::mem::take(&mut queue.callers))
             }
             _ => {
                 queues.remove(key);
-                Vec::new()
+                (Vec::new(), 0)
             }
         }
     }
@@ -227,8 +241,8 @@ impl<T> RunnerGuard<T> {
                 gathered = tokio::time::timeout(wait, told.notified()).await.is_ok();
             }
         }
-        let round = self.queues.take(&self.key);
-        self.gathering.round_taken(waiting, round.len(), gathered);
+        let (round, callers) = self.queues.take_round(&self.key);
+        self.gathering.round_taken(waiting, callers, gathered);
         self.done = round.is_empty();
         self.last_began = Some(Instant::now());
         round
@@ -249,7 +263,7 @@ impl<T> RunnerGuard<T> {
 /// share creeps back up so that a change of pattern is found again.
 #[derive(Clone, Debug)]
 pub struct Gathering {
-    /// Items the last round took.
+    /// Callers the last round took.
     last_round: usize,
     /// The share of a round's callers expected back, 0 to 1.
     share_back: f64,
@@ -274,8 +288,8 @@ impl Gathering {
         (self.last_round as f64 * self.share_back).floor() as usize
     }
 
-    /// A round took `taken` items, `waiting_before` of them already waiting before any wait;
-    /// `gathered`: the wait (if any) ended because the items wanted arrived.
+    /// A round took the items of `taken` callers, `waiting_before` of them already waiting
+    /// before any wait; `gathered`: the wait (if any) ended because the callers wanted came.
     pub fn round_taken(&mut self, waiting_before: usize, taken: usize, gathered: bool) {
         let expected = self.expected_back();
         if expected == 0 {
@@ -578,6 +592,11 @@ mod tests {
         }));
         assert_eq!(*FAILED.lock().expect("lock"), vec![5]);
         assert!(queues.join(b"k", 6), "the dropped guard freed the key");
+        // A pipeline's run is one caller of many items, side by side.
+        assert!(!queues.join_all(b"k", vec![7, 8, 9]));
+        assert!(!queues.join(b"k", 10));
+        assert_eq!(queues.waiting(b"k"), 3, "three callers");
+        assert_eq!(queues.take_round(b"k"), (vec![6, 7, 8, 9, 10], 3));
     }
 
     /// Callers that keep writing the key are waited for; callers that go elsewhere make the

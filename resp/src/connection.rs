@@ -19,8 +19,9 @@ use crate::frame::{Parsed, Protocol, ReadLimits, Reply, RequestReader};
 use crate::glob::Glob;
 use crate::keys::{check_key, check_storable, checked_ttl, now_ms, pipelined_write_key, ttl_of, Keys, Ttl};
 use crate::limits::{
-    CERTIFICATE_CHECK_TIMEOUT, MULTI_QUEUED_MAX, PIPELINE_ROUND_REQUESTS_MAX, PUSH_BUFFER_MESSAGES, REPLY_FLUSH_BYTES,
-    REQUEST_BYTES_MAX, SCAN_CURSORS_MAX, SET_RUN_BYTES_MAX, TXN_CONDITIONS_MAX, TXN_OPS_MAX,
+    CERTIFICATE_CHECK_TIMEOUT, MULTI_QUEUED_MAX, PIPELINE_KEY_WRITES_MAX, PIPELINE_ROUND_REQUESTS_MAX,
+    PUSH_BUFFER_MESSAGES, REPLY_FLUSH_BYTES, REQUEST_BYTES_MAX, SCAN_CURSORS_MAX, SET_RUN_BYTES_MAX,
+    TXN_CONDITIONS_MAX, TXN_OPS_MAX,
 };
 use crate::multi::{self, Queued};
 use crate::pubsub::{Kind, Subscriptions};
@@ -384,9 +385,10 @@ impl Connection {
                 {
                     let key = key.to_vec();
                     let mut run = vec![command];
-                    while parsed
-                        .front()
-                        .is_some_and(|(_, c)| matches!(c, Ok(c) if pipelined_write_key(c) == Some(&key[..])))
+                    while run.len() < PIPELINE_KEY_WRITES_MAX
+                        && parsed
+                            .front()
+                            .is_some_and(|(_, c)| matches!(c, Ok(c) if pipelined_write_key(c) == Some(&key[..])))
                     {
                         if let Some((_, Ok(next))) = parsed.pop_front() {
                             run.push(next);

@@ -565,14 +565,14 @@ pub fn op_refusal(reason: TxnOpResult) -> Reply {
 /// The key of a command that runs as a write of one key through the combiner exactly as
 /// `KeyWrite::Command` (the connection sends these to [`Keys::single`], `incr_by` or
 /// `incr_by_float`, which do just that), so that a pipeline's run of them on one key may join
-/// one group together ([`Keys::write_all`]). `SET` is not here (its runs go as transactions).
+/// one group together ([`Keys::write_all`]). `SET` is not here (its runs go as transactions),
+/// nor are the writes that answer with the value (`GETDEL`, `GETEX`) or copy it whole (`APPEND`):
+/// a run of them would hold a copy of a large value per command at once.
 pub fn pipelined_write_key(command: &Command) -> Option<&[u8]> {
     use Command::*;
     match command {
-        Expire { key, .. } | GetEx { key, .. } | HSet { key, .. } => Some(key),
+        Expire { key, .. } | HSet { key, .. } => Some(key),
         Persist(key)
-        | GetDel(key)
-        | Append(key, _)
         | IncrBy(key, _)
         | IncrByFloat(key, _)
         | HSetNx(key, ..)
@@ -600,11 +600,8 @@ mod tests {
             "INCRBY k 2",
             "DECR k",
             "INCRBYFLOAT k 1.5",
-            "APPEND k v",
             "EXPIRE k 10",
             "PERSIST k",
-            "GETDEL k",
-            "GETEX k EX 5",
             "HSET k f v",
             "HSETNX k f v",
             "HDEL k f",

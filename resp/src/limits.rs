@@ -134,3 +134,8 @@ pub const ROUND_GATHER_WAIT_MAX: std::time::Duration = std::time::Duration::from
 
 /// Most callers a key's runner gathers for before a round (more may join; it just stops waiting).
 pub const ROUND_GATHER_ITEMS_MAX: usize = 1024;
+
+/// Most commands of one pipeline's run of writes of one key that join a group together (see
+/// `combine`'s `write_all`); a longer run goes as several. Bounds what one connection puts in a
+/// group: the group is applied in one stretch, re-encoding a hash or sorted set per command.
+pub const PIPELINE_KEY_WRITES_MAX: usize = 64;
