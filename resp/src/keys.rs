@@ -595,7 +595,11 @@ mod tests {
     /// one: a write (not a read) of the key `single_key` names.
     #[test]
     fn pipelined_writes_are_the_combined_writes_of_one_key() {
-        for line in [
+        let parsed = |line: &str| {
+            let args: Vec<Bytes> = line.split(' ').map(|a| a.as_bytes().to_vec()).collect();
+            crate::command::parse(&args).unwrap_or_else(|e| panic!("{line}: {e:?}"))
+        };
+        let joined = [
             "INCR k",
             "INCRBY k 2",
             "DECR k",
@@ -611,9 +615,9 @@ mod tests {
             "ZINCRBY k 1 m",
             "ZREM k m",
             "ZREMRANGEBYSCORE k 0 1",
-        ] {
-            let args: Vec<Bytes> = line.split(' ').map(|a| a.as_bytes().to_vec()).collect();
-            let command = crate::command::parse(&args).unwrap_or_else(|e| panic!("{line}: {e:?}"));
+        ];
+        for line in joined {
+            let command = parsed(line);
             assert_eq!(pipelined_write_key(&command), Some(&b"k"[..]), "{line}");
             assert!(!crate::decide::only_reads(&command), "{line}");
             assert_eq!(
@@ -622,7 +626,7 @@ mod tests {
                 "{line}"
             );
         }
-        for line in [
+        let alone = [
             "GET k",
             "SET k v",
             "SETNX k v",
@@ -631,10 +635,12 @@ mod tests {
             "ZSCORE k m",
             "XADD k * f v",
             "TTL k",
-        ] {
-            let args: Vec<Bytes> = line.split(' ').map(|a| a.as_bytes().to_vec()).collect();
-            let command = crate::command::parse(&args).unwrap_or_else(|e| panic!("{line}: {e:?}"));
-            assert_eq!(pipelined_write_key(&command), None, "{line}");
+            "APPEND k v",
+            "GETDEL k",
+            "GETEX k EX 5",
+        ];
+        for line in alone {
+            assert_eq!(pipelined_write_key(&parsed(line)), None, "{line}");
         }
     }
 
