@@ -213,7 +213,7 @@ pub struct StartArgs {
     /// Threads that run the node's async work (Raft, the APIs, the RESP and edge doors): one
     /// per core when not given. A setting of the process, not of the node's config, so it may
     /// go with --config. `basalt dev` splits the machine's cores between the nodes it starts.
-    /// With one thread, synchronous work on it (a log fsync, a RocksDB write stall) also delays
+    /// With one thread, synchronous work on it (applying a large batch, a RocksDB write stall) also delays
     /// the node's Raft heartbeats: keep election timeouts well above the slowest such pause.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=WORKER_THREADS_MAX as i64))]
     pub(crate) worker_threads: Option<u16>,

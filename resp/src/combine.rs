@@ -23,7 +23,7 @@
 //! when its write fails, every command in it gets that error (nothing was applied, or for an
 //! uncertain outcome, all or none of them were).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -35,7 +35,7 @@ use crate::command::Command;
 use crate::decide::{Change, KeyState};
 use crate::frame::Reply;
 use crate::keys::{now_ms, op_refusal, put_op, NewTtl};
-use crate::limits::{CAS_ATTEMPTS_MAX, ROUND_GATHER_ITEMS_MAX, ROUND_GATHER_WAIT_MAX};
+use crate::limits::{CAS_ATTEMPTS_MAX, ROUND_GATHER_CALLERS_MAX, ROUND_GATHER_WAIT_MAX, ROUND_ITEMS_MAX};
 use crate::reply_error::client_error;
 
 /// A write of one key that can join a group.
@@ -80,9 +80,9 @@ pub struct KeyQueues<T> {
 
 /// One key's waiting items, and what its runner gathers for.
 struct Queue<T> {
-    items: Vec<T>,
-    /// Callers the items came from (a pipeline's run of writes is one caller of many items).
-    callers: usize,
+    /// Per caller, in arrival order, its items (a pipeline's run of writes is one caller of
+    /// many items, kept side by side).
+    callers: VecDeque<Vec<T>>,
     /// While the runner gathers: how many callers end its wait (0: it does not wait).
     wanted: usize,
     /// Told when `wanted` callers wait; a new one for each gathering, so that a wakeup left
@@ -93,8 +93,7 @@ struct Queue<T> {
 impl<T> Queue<T> {
     fn new(items: Vec<T>) -> Queue<T> {
         Queue {
-            items,
-            callers: 1,
+            callers: VecDeque::from([items]),
             wanted: 0,
             gathered: Arc::new(Notify::new()),
         }
@@ -124,12 +123,14 @@ impl<T> KeyQueues<T> {
     /// Queues `items` on `key` together, in order (no other caller's item comes between them);
     /// true when the caller must start a runner. `items` is not empty.
     pub fn join_all(&self, key: &[u8], items: Vec<T>) -> bool {
+        if items.is_empty() {
+            return false;
+        }
         let mut queues = self.queues.lock().unwrap_or_else(PoisonError::into_inner);
         match queues.get_mut(key) {
             Some(queue) => {
-                queue.items.extend(items);
-                queue.callers += 1;
-                if queue.wanted > 0 && queue.callers >= queue.wanted {
+                queue.callers.push_back(items);
+                if queue.wanted > 0 && queue.callers.len() >= queue.wanted {
                     queue.wanted = 0;
                     queue.gathered.notify_one();
                 }
@@ -145,7 +146,7 @@ impl<T> KeyQueues<T> {
     /// How many callers wait on `key`.
     fn waiting(&self, key: &[u8]) -> usize {
         let queues = self.queues.lock().unwrap_or_else(PoisonError::into_inner);
-        queues.get(key).map_or(0, |queue| queue.callers)
+        queues.get(key).map_or(0, |queue| queue.callers.len())
     }
 
     /// Asks to be told once `wanted` callers wait on `key`: `None` when they already do (or the
@@ -153,7 +154,7 @@ impl<T> KeyQueues<T> {
     fn gather(&self, key: &[u8], wanted: usize) -> Option<Arc<Notify>> {
         let mut queues = self.queues.lock().unwrap_or_else(PoisonError::into_inner);
         let queue = queues.get_mut(key)?;
-        if queue.callers >= wanted {
+        if queue.callers.len() >= wanted {
             return None;
         }
         queue.wanted = wanted;
@@ -167,13 +168,24 @@ impl<T> KeyQueues<T> {
         self.take_round(key).0
     }
 
-    /// [`KeyQueues::take`], with the number of callers the items came from.
+    /// [`KeyQueues::take`], with the number of callers the items came from: whole callers in
+    /// arrival order, up to [`ROUND_ITEMS_MAX`] items (at least one caller); the rest stay for
+    /// the next round.
     fn take_round(&self, key: &[u8]) -> (Vec<T>, usize) {
         let mut queues = self.queues.lock().unwrap_or_else(PoisonError::into_inner);
         match queues.get_mut(key) {
-            Some(queue) if !queue.items.is_empty() => {
+            Some(queue) if !queue.callers.is_empty() => {
                 queue.wanted = 0;
-                (std::mem::take(&mut queue.items), std::mem::take(&mut queue.callers))
+                let mut round = Vec::new();
+                let mut callers = 0;
+                while let Some(next) = queue.callers.front() {
+                    if callers > 0 && round.len() + next.len() > ROUND_ITEMS_MAX {
+                        break;
+                    }
+                    round.extend(queue.callers.pop_front().unwrap_or_default());
+                    callers += 1;
+                }
+                (round, callers)
             }
             _ => {
                 queues.remove(key);
@@ -186,7 +198,9 @@ impl<T> KeyQueues<T> {
     /// finding nothing (a panic), so that its waiters get an answer instead of waiting forever.
     fn abandon(&self, key: &[u8]) -> Vec<T> {
         let mut queues = self.queues.lock().unwrap_or_else(PoisonError::into_inner);
-        queues.remove(key).map_or_else(Vec::new, |queue| queue.items)
+        queues
+            .remove(key)
+            .map_or_else(Vec::new, |queue| queue.callers.into_iter().flatten().collect())
     }
 }
 
@@ -200,6 +214,9 @@ pub(crate) struct RunnerGuard<T> {
     gathering: Gathering,
     /// When the last round began, if there was one.
     last_began: Option<Instant>,
+    /// Callers waiting when the last round's first answer went out ([`RunnerGuard::answering`]):
+    /// none of them is one of that round's, which may come back before the next round begins.
+    waiting_at_answer: Option<usize>,
 }
 
 impl<T> Drop for RunnerGuard<T> {
@@ -221,21 +238,36 @@ impl<T> RunnerGuard<T> {
             fail,
             gathering: Gathering::default(),
             last_began: None,
+            waiting_at_answer: None,
+        }
+    }
+
+    /// Called before a round's first answer is sent (again before later ones is harmless): notes
+    /// who waits then, before any caller of this round can have come back.
+    pub(crate) fn answering(&mut self) {
+        if self.waiting_at_answer.is_none() {
+            self.waiting_at_answer = Some(self.queues.waiting(&self.key));
         }
     }
 
     /// The next round's items; empty (and the guard disarmed) when the runner is to end.
     ///
-    /// Gathers first (see [`Gathering`]): waits, at most half the last round's time and
-    /// [`ROUND_GATHER_WAIT_MAX`], for the callers of the round just ended that are expected
-    /// back. Every item of a round still arrived before its request was sent, so gathering
-    /// changes when a round goes, never what it may answer.
+    /// Gathers first (see [`Gathering`]): waits, about half the last round's time and at most
+    /// [`ROUND_GATHER_WAIT_MAX`] (the runtime's timer rounds both up to its next millisecond),
+    /// for the callers of the round just ended that are expected back. Every item of a round
+    /// still arrived before its request was sent, so gathering changes when a round goes, never
+    /// what it may answer.
     pub(crate) async fn next_round(&mut self) -> Vec<T> {
-        let waiting = self.queues.waiting(&self.key);
+        // Those that waited before the last round's answers went out are not its callers; those
+        // counted now may already include some that came back.
+        let waiting = self
+            .waiting_at_answer
+            .take()
+            .unwrap_or_else(|| self.queues.waiting(&self.key));
         let expected = self.gathering.expected_back();
         let mut gathered = true;
         if let (Some(began), true) = (self.last_began, expected > 0) {
-            let wanted = (waiting + expected).min(ROUND_GATHER_ITEMS_MAX);
+            let wanted = (waiting + expected).min(ROUND_GATHER_CALLERS_MAX);
             if let Some(told) = self.queues.gather(&self.key, wanted) {
                 let wait = (began.elapsed() / 2).min(ROUND_GATHER_WAIT_MAX);
                 gathered = tokio::time::timeout(wait, told.notified()).await.is_ok();
@@ -371,6 +403,7 @@ async fn run(queues: KeyQueues<Waiting>, client: Client, key: Vec<u8>) {
         }
         let writes: Vec<KeyWrite> = group.iter().map(|w| w.write.clone()).collect();
         let replies = write_group(&client, &key, &writes, &mut known).await;
+        guard.answering();
         for (waiting, reply) in group.into_iter().zip(replies) {
             let _ = waiting.reply.send(reply);
         }
@@ -539,6 +572,7 @@ async fn read_rounds(queues: KeyQueues<oneshot::Sender<ReadAnswer>>, client: Cli
             return;
         }
         let answer = client.kv().get(&key).await.map_err(|e| client_error(&e));
+        guard.answering();
         for reader in group {
             let _ = reader.send(answer.clone());
         }
@@ -549,6 +583,8 @@ async fn read_rounds(queues: KeyQueues<oneshot::Sender<ReadAnswer>>, client: Cli
 mod tests {
     use super::*;
     use crate::command::errors;
+    use std::future::Future;
+    use std::task::Poll;
 
     fn state(value: Option<&str>) -> KeyState {
         KeyState::new(value.map(|v| KvEntry {
@@ -646,7 +682,8 @@ mod tests {
 
     /// The runner's next round takes the callers of the last round that come back while it
     /// waits, with the one already waiting: one round of four, not a round of one and then one
-    /// of three. Callers that do not come back end the wait by its bound, and the runner.
+    /// of three, even when one of them came back before the runner began to wait. Callers that
+    /// do not come back end the wait by its bound, and the runner.
     #[tokio::test(flavor = "current_thread")]
     async fn a_runner_gathers_the_callers_of_its_last_round() {
         let queues: KeyQueues<&'static str> = KeyQueues::default();
@@ -658,19 +695,75 @@ mod tests {
         // The round's write takes a while; meanwhile another caller arrives.
         tokio::time::sleep(Duration::from_millis(10)).await;
         queues.join(b"k", "d");
-        // a, b and c are answered and come back once the runner waits.
-        let back = queues.clone();
-        tokio::spawn(async move {
-            for item in ["a", "b", "c"] {
-                tokio::task::yield_now().await;
-                back.join(b"k", item);
-            }
-        });
-        assert_eq!(guard.next_round().await, vec!["d", "a", "b", "c"]);
+        guard.answering();
+        // a is answered and back before the runner looks again; b and c come while it waits.
+        queues.join(b"k", "a");
+        {
+            let round = guard.next_round();
+            tokio::pin!(round);
+            let waits = std::future::poll_fn(|cx| Poll::Ready(round.as_mut().poll(cx).is_pending())).await;
+            assert!(waits, "the runner waits for b and c");
+            queues.join(b"k", "b");
+            queues.join(b"k", "c");
+            // Its wait may have run out meanwhile (a loaded machine): the callers are looked at
+            // first, so the round is the same.
+            assert_eq!(round.await, vec!["d", "a", "b", "c"]);
+        }
+        // The wait ended by their arrival (a, back early, was not counted twice): all four are
+        // waited for next time.
+        assert_eq!(guard.gathering.expected_back(), 4);
         let began = Instant::now();
         assert!(guard.next_round().await.is_empty(), "nobody came back: the runner ends");
         assert!(began.elapsed() < Duration::from_secs(1), "the wait is bounded");
         assert!(queues.join(b"k", "e"), "and the key is free again");
+    }
+
+    /// A wakeup that came after a gathering's wait ran out does not end the next one at once;
+    /// a round takes whole callers up to its bound, the rest staying for the next.
+    #[test]
+    fn a_late_wakeup_is_dropped_and_rounds_are_bounded_by_whole_callers() {
+        let queues: KeyQueues<usize> = KeyQueues::default();
+        assert!(queues.join(b"k", 0));
+        let first = queues.gather(b"k", 3).expect("fewer than 3 callers wait");
+        queues.join(b"k", 1);
+        queues.join(b"k", 2);
+        assert!(
+            first.notified().now_or_never_ready(),
+            "the gathering was told when its callers came"
+        );
+        assert_eq!(queues.take_round(b"k"), (vec![0, 1, 2], 3));
+        assert!(!queues.join(b"k", 3));
+        let second = queues.gather(b"k", 2).expect("one caller waits");
+        assert!(!second.notified().now_or_never_ready(), "a new gathering starts untold");
+        assert!(!queues.join_all(b"k", Vec::new()), "an empty run joins nothing");
+        assert_eq!(queues.waiting(b"k"), 1);
+        // A round stops before the caller that would take it past ROUND_ITEMS_MAX items.
+        queues.join_all(b"k", (0..ROUND_ITEMS_MAX - 1).collect());
+        queues.join_all(b"k", vec![7, 8]);
+        let (round, callers) = queues.take_round(b"k");
+        assert_eq!((round.len(), callers), (ROUND_ITEMS_MAX, 2));
+        assert_eq!(queues.take_round(b"k"), (vec![7, 8], 1));
+        // One caller larger than the bound still goes, alone.
+        queues.join_all(b"k", vec![0; ROUND_ITEMS_MAX + 1]);
+        assert_eq!(queues.take_round(b"k").1, 1);
+        assert_eq!(
+            queues.take_round(b"k"),
+            (Vec::new(), 0),
+            "nothing waits: the key is freed"
+        );
+    }
+
+    /// Whether a `Notified` is already told, without waiting for it.
+    trait ToldNow {
+        fn now_or_never_ready(self) -> bool;
+    }
+
+    impl ToldNow for tokio::sync::futures::Notified<'_> {
+        fn now_or_never_ready(self) -> bool {
+            let notified = std::pin::pin!(self);
+            let waker = std::task::Waker::noop();
+            notified.poll(&mut std::task::Context::from_waker(waker)).is_ready()
+        }
     }
 
     #[test]

@@ -566,8 +566,8 @@ pub fn op_refusal(reason: TxnOpResult) -> Reply {
 /// `KeyWrite::Command` (the connection sends these to [`Keys::single`], `incr_by` or
 /// `incr_by_float`, which do just that), so that a pipeline's run of them on one key may join
 /// one group together ([`Keys::write_all`]). `SET` is not here (its runs go as transactions),
-/// nor are the writes that answer with the value (`GETDEL`, `GETEX`) or copy it whole (`APPEND`):
-/// a run of them would hold a copy of a large value per command at once.
+/// nor is `GETEX`, which answers with the value (a run of them would hold a copy of a large
+/// value per command at once); `GETDEL` and `APPEND` run one by one too.
 pub fn pipelined_write_key(command: &Command) -> Option<&[u8]> {
     use Command::*;
     match command {

@@ -129,11 +129,17 @@ pub const XINFO_GROUPS_MAX: usize = 1000;
 pub const CERTIFICATE_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Longest a key's runner waits, between rounds, for the callers of the round just ended to come
-/// back (see `combine`'s gathering); the wait is also at most half the last round's time.
-pub const ROUND_GATHER_WAIT_MAX: std::time::Duration = std::time::Duration::from_millis(2);
+/// back (see `combine`'s gathering); the wait is also about half the last round's time. Tokio's
+/// timer rounds a deadline up to its next millisecond, so the wait never passes 2 ms.
+pub const ROUND_GATHER_WAIT_MAX: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// Most callers a key's runner gathers for before a round (more may join; it just stops waiting).
-pub const ROUND_GATHER_ITEMS_MAX: usize = 1024;
+pub const ROUND_GATHER_CALLERS_MAX: usize = 1024;
+
+/// Most items one round of a key takes, counted in whole callers (at least one caller): the
+/// round is applied in one stretch on the node's async thread, a hash or sorted set re-encoded
+/// per command, so it is bounded; the rest go in the next round.
+pub const ROUND_ITEMS_MAX: usize = 1024;
 
 /// Most commands of one pipeline's run of writes of one key that join a group together (see
 /// `combine`'s `write_all`); a longer run goes as several. Bounds what one connection puts in a

@@ -70,6 +70,7 @@ async fn run(queues: KeyQueues<Appending>, client: Client, key: Vec<u8>) {
         for part in parts(round) {
             let entries: Vec<(&[u8], bool)> = part.iter().map(|a| (a.value.as_slice(), a.create)).collect();
             let replies = append_part(&client, &key, &entries).await;
+            guard.answering();
             for (appending, reply) in part.into_iter().zip(replies) {
                 let _ = appending.reply.send(reply);
             }
