@@ -26,7 +26,7 @@ use crate::pb::raft_service_client::RaftServiceClient;
 use crate::pb::raft_service_server::{RaftService, RaftServiceServer};
 use crate::pb::{RaftMessage, SnapshotChunk};
 use crate::state_machine::{Snapshot, SnapshotPack};
-use crate::{decode, encode, NodeId, Raft, SnapshotMeta, TypeConfig, Vote};
+use crate::{decode, encode, LogId, NodeId, Raft, SnapshotMeta, TypeConfig, Vote};
 use basalt_storage::cluster_id::ClusterId;
 use basalt_storage::hlc::{Hlc, PeerCheck};
 use basalt_tls::NodeTls;
@@ -55,6 +55,9 @@ pub struct NetworkFactory {
 pub struct NetworkStats {
     /// Replication streams that failed to open (the target down or unreachable).
     pub stream_open_failures: AtomicU64,
+    /// Replication streams opened (one per stretch of replication to a target, not per
+    /// heartbeat: a heartbeat goes as one unary append).
+    pub streams_opened: AtomicU64,
 }
 
 impl NetworkFactory {
@@ -228,6 +231,14 @@ impl NetworkConnection {
     }
 }
 
+/// What an append covers, as openraft judges its answer: the log id it follows, and the last
+/// it appends (that same id when it carries no entries, as a heartbeat).
+fn appended_range(request: &AppendEntriesRequest<TypeConfig>) -> (Option<LogId>, Option<LogId>) {
+    let prev = request.prev_log_id;
+    let last = request.entries.last().map(|entry| entry.log_id).or(prev);
+    (prev, last)
+}
+
 impl RaftNetworkV2<TypeConfig> for NetworkConnection {
     type SnapshotData = SnapshotPack;
 
@@ -242,7 +253,7 @@ impl RaftNetworkV2<TypeConfig> for NetworkConnection {
     fn stream_append<'s, S>(
         &'s mut self,
         input: S,
-        _option: RPCOption,
+        option: RPCOption,
     ) -> BoxFuture<
         's,
         Result<BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>, RPCError<TypeConfig>>,
@@ -251,6 +262,27 @@ impl RaftNetworkV2<TypeConfig> for NetworkConnection {
         S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
     {
         Box::pin(async move {
+            // A heartbeat is a stream of one request (openraft's heartbeat worker opens one per
+            // beat, and reports the beat only once the stream has ended): sent as one unary
+            // append, it is one request and one answer, not a stream opened and closed by both
+            // sides, and a linearizable read, which waits for a beat, waits that much less.
+            let mut input = input;
+            let Some(first) = input.next().await else {
+                return Ok(Box::pin(futures::stream::empty()) as BoxStream<'s, _>);
+            };
+            let second = match futures::FutureExt::now_or_never(input.next()) {
+                Some(None) => {
+                    let (prev, last) = appended_range(&first);
+                    let result = self
+                        .unary::<_, AppendEntriesResponse<TypeConfig>>(Unary::Append, &first, &option)
+                        .await
+                        .map(|reply| reply.into_stream_result(prev, last));
+                    return Ok(Box::pin(futures::stream::once(async move { result })) as BoxStream<'s, _>);
+                }
+                Some(Some(second)) => Some(second),
+                None => None,
+            };
+            let input = futures::stream::iter(std::iter::once(first).chain(second)).chain(input);
             tokio::time::sleep(reopen_pause(self.stream_failures)).await;
             let mut client = self.client()?;
             let clock = self.clock.clone();
@@ -276,6 +308,7 @@ impl RaftNetworkV2<TypeConfig> for NetworkConnection {
             let replies = match opened {
                 Ok(replies) => {
                     self.stream_failures = 0;
+                    self.stats.streams_opened.fetch_add(1, Ordering::Relaxed);
                     replies.into_inner()
                 }
                 Err(status) => {

@@ -240,6 +240,11 @@ async fn metrics(State(api): State<Api>, Extension(edge): Extension<Option<Arc<E
         api.network.stream_open_failures.load(Ordering::Relaxed),
     );
     counter(
+        "basalt_raft_streams_opened_total",
+        "Replication streams to a peer opened (a heartbeat is one unary append, not a stream).",
+        api.network.streams_opened.load(Ordering::Relaxed),
+    );
+    counter(
         "basalt_raft_cluster_refusals_total",
         "Messages between members (Raft, relays, purge confirmations; received, or replies to this node's) refused for naming another cluster id.",
         api.cluster.refused(),

@@ -484,6 +484,41 @@ fn a_leader_retries_a_down_follower_with_pauses_not_in_a_spin() {
     });
 }
 
+/// Heartbeats go as unary appends: an idle leader beats every 30 ms to two followers, and opens
+/// no replication stream for it (each beat opened and closed one before, ~65 a second), while
+/// writes still replicate, linearizable reads still confirm leadership, and a killed leader is
+/// still replaced.
+#[test]
+fn heartbeats_are_unary_appends_not_a_stream_each() {
+    const OPENED: &str = "basalt_raft_streams_opened_total";
+    runtime().block_on(async {
+        let mut cluster = TestCluster::start(NODE, ClusterOptions::default());
+        let client = cluster.client().await;
+        write_keys(&client, "warm", 0..10).await;
+        let leader = cluster.leader(&client).await;
+        let before = cluster.metric(leader, OPENED);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let opened = cluster.metric(leader, OPENED) - before;
+        assert!(
+            opened <= 10,
+            "{opened} replication streams opened by an idle leader in 2 s"
+        );
+        for i in 0..20 {
+            let key = format!("read-{i}");
+            client.kv().put(&key, b"v").await.expect("put");
+            let entry = client.kv().get(&key).await.expect("linearizable get");
+            assert_eq!(entry.expect("just written").value, b"v");
+        }
+        cluster.kill(leader);
+        assert_eq!(
+            write_keys(&client, "after", 0..10).await.len(),
+            10,
+            "a new leader took over"
+        );
+        assert_ne!(cluster.leader(&client).await, leader);
+    });
+}
+
 #[test]
 fn full_cluster_restart_keeps_every_acknowledged_write() {
     runtime().block_on(async {
