@@ -58,6 +58,9 @@ pub struct NetworkStats {
     /// Replication streams opened (one per stretch of replication to a target, not per
     /// heartbeat: a heartbeat goes as one unary append).
     pub streams_opened: AtomicU64,
+    /// Heartbeats (appends without entries, sent unary) that failed: the target down,
+    /// unreachable or refusing.
+    pub heartbeat_failures: AtomicU64,
 }
 
 impl NetworkFactory {
@@ -102,11 +105,12 @@ pub struct NetworkConnection {
 
 /// The pause before reopening a replication stream after `failures` failed opens in a row.
 ///
-/// openraft applies its backoff while it pulls the next append from the request stream, but a
-/// stream whose connection is refused fails before anything is pulled, and openraft retries at
-/// once: while a peer is down, the leader would spin on reconnects (tens of thousands a second,
-/// each logged), stealing CPU from the cluster that is still serving. Doubling from 5 ms keeps
-/// the first retries quick (a restarted peer is caught up at once) and bounds the spin.
+/// openraft applies its backoff while it pulls appends from the request stream, but only after
+/// errors it ranks as the peer being unreachable: a stream refused for another reason (a clock
+/// or cluster check) is retried at once, and while a peer is down, the leader could spin on
+/// reconnects (tens of thousands a second, each logged), stealing CPU from the cluster that is
+/// still serving. Doubling from 5 ms keeps the first retries quick (a restarted peer is caught up
+/// at once) and bounds the spin; openraft's own backoff, when it applies, comes on top.
 pub(crate) fn reopen_pause(failures: u32) -> Duration {
     match failures {
         0 => Duration::ZERO,
@@ -239,6 +243,42 @@ fn appended_range(request: &AppendEntriesRequest<TypeConfig>) -> (Option<LogId>,
     (prev, last)
 }
 
+impl NetworkConnection {
+    /// One append without entries (a heartbeat, or a commit index) as a unary call, answered as
+    /// openraft's own sequential network answers it. A failure is counted: while a peer is down,
+    /// the heartbeats to it fail (a caught-up peer has no stream to reopen).
+    async fn heartbeat(
+        &mut self,
+        request: &AppendEntriesRequest<TypeConfig>,
+        option: &RPCOption,
+    ) -> Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>> {
+        let (prev, last) = appended_range(request);
+        match self
+            .unary::<_, AppendEntriesResponse<TypeConfig>>(Unary::Append, request, option)
+            .await
+        {
+            // Nothing can conflict with an empty log: a peer that says so is not believed (and
+            // openraft would take the conflict point from `prev`).
+            Ok(AppendEntriesResponse::Conflict) if prev.is_none() => {
+                self.stats.heartbeat_failures.fetch_add(1, Ordering::Relaxed);
+                Err(network_error(std::io::Error::other(format!(
+                    "node {} answered a conflict with an empty log",
+                    self.target
+                ))))
+            }
+            Ok(reply) => {
+                // The peer answers: a stream to it may open again without a pause.
+                self.stream_failures = 0;
+                Ok(reply.into_stream_result(prev, last))
+            }
+            Err(e) => {
+                self.stats.heartbeat_failures.fetch_add(1, Ordering::Relaxed);
+                Err(e)
+            }
+        }
+    }
+}
+
 impl RaftNetworkV2<TypeConfig> for NetworkConnection {
     type SnapshotData = SnapshotPack;
 
@@ -262,24 +302,22 @@ impl RaftNetworkV2<TypeConfig> for NetworkConnection {
         S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
     {
         Box::pin(async move {
-            // A heartbeat is a stream of one request (openraft's heartbeat worker opens one per
-            // beat, and reports the beat only once the stream has ended): sent as one unary
-            // append, it is one request and one answer, not a stream opened and closed by both
-            // sides, and a linearizable read, which waits for a beat, waits that much less.
-            let mut input = input;
+            // A heartbeat is a stream of one request without entries (openraft's heartbeat
+            // worker opens one per beat, and reports the beat only once the stream has ended):
+            // sent as one unary append, it is one request and one answer, not a stream opened and
+            // closed by both sides, and a linearizable read, which waits for a beat, waits that
+            // much less. Anything carrying entries goes on a stream, as before.
+            // Fused: an input that ended when looked at once more is never polled again.
+            let mut input = input.fuse();
             let Some(first) = input.next().await else {
                 return Ok(Box::pin(futures::stream::empty()) as BoxStream<'s, _>);
             };
             let second = match futures::FutureExt::now_or_never(input.next()) {
-                Some(None) => {
-                    let (prev, last) = appended_range(&first);
-                    let result = self
-                        .unary::<_, AppendEntriesResponse<TypeConfig>>(Unary::Append, &first, &option)
-                        .await
-                        .map(|reply| reply.into_stream_result(prev, last));
+                Some(None) if first.entries.is_empty() => {
+                    let result = self.heartbeat(&first, &option).await;
                     return Ok(Box::pin(futures::stream::once(async move { result })) as BoxStream<'s, _>);
                 }
-                Some(Some(second)) => Some(second),
+                Some(next) => next,
                 None => None,
             };
             let input = futures::stream::iter(std::iter::once(first).chain(second)).chain(input);

@@ -245,6 +245,11 @@ async fn metrics(State(api): State<Api>, Extension(edge): Extension<Option<Arc<E
         api.network.streams_opened.load(Ordering::Relaxed),
     );
     counter(
+        "basalt_raft_heartbeat_failures_total",
+        "Heartbeats to a peer that failed (the peer down, unreachable or refusing).",
+        api.network.heartbeat_failures.load(Ordering::Relaxed),
+    );
+    counter(
         "basalt_raft_cluster_refusals_total",
         "Messages between members (Raft, relays, purge confirmations; received, or replies to this node's) refused for naming another cluster id.",
         api.cluster.refused(),

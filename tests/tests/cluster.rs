@@ -461,17 +461,24 @@ fn a_leader_retries_a_down_follower_with_pauses_not_in_a_spin() {
         let leader = cluster.leader(&client).await;
         let follower = *cluster.specs.keys().find(|id| **id != leader).expect("a follower");
         let before = cluster.metric(leader, FAILURES);
+        let beats_failed_before = cluster.metric(leader, "basalt_raft_heartbeat_failures_total");
 
         cluster.kill(follower);
         // The leader goes on with the other follower and keeps trying the dead one.
         assert_eq!(write_keys(&client, "down", 0..50).await.len(), 50);
         tokio::time::sleep(Duration::from_secs(2)).await;
         let failures = cluster.metric(leader, FAILURES) - before;
-        // Reopens are paused 5, 10, 20 .. 100 ms apart: a few dozen in these seconds. Without
+        // Reopens are paused at least 5, 10, 20 .. 100 ms apart: a few dozen in these seconds. Without
         // the pause the leader reopened the stream hundreds of times a second (1,646 in one run).
         assert!(
             (1..=150).contains(&failures),
             "{failures} failed stream opens to a follower down for a few seconds"
+        );
+        // Heartbeats go on every 30 ms and fail: counted, and not a spin either.
+        let beats_failed = cluster.metric(leader, "basalt_raft_heartbeat_failures_total") - beats_failed_before;
+        assert!(
+            (10..=400).contains(&beats_failed),
+            "{beats_failed} failed heartbeats to a follower down for a few seconds"
         );
         assert_eq!(
             cluster.leader(&client).await,
@@ -497,12 +504,22 @@ fn heartbeats_are_unary_appends_not_a_stream_each() {
         write_keys(&client, "warm", 0..10).await;
         let leader = cluster.leader(&client).await;
         let before = cluster.metric(leader, OPENED);
+        let terms: Vec<u64> = (1..=3).map(|id| cluster.metric(id, "basalt_raft_term")).collect();
         tokio::time::sleep(Duration::from_secs(2)).await;
         let opened = cluster.metric(leader, OPENED) - before;
         assert!(
             opened <= 10,
             "{opened} replication streams opened by an idle leader in 2 s"
         );
+        // The heartbeats arrived: no follower stood for election meanwhile.
+        let terms_after: Vec<u64> = (1..=3).map(|id| cluster.metric(id, "basalt_raft_term")).collect();
+        assert_eq!(terms_after, terms, "terms of nodes 1..3 over 2 idle seconds");
+        assert_eq!(cluster.leader(&client).await, leader);
+        // Linearizable reads with no write before them wait for a heartbeat round each.
+        for i in 0..10 {
+            let entry = client.kv().get(format!("warm-{i:05}")).await.expect("linearizable get");
+            assert_eq!(entry.expect("written before").value, format!("v-{i}").into_bytes());
+        }
         for i in 0..20 {
             let key = format!("read-{i}");
             client.kv().put(&key, b"v").await.expect("put");
