@@ -162,16 +162,11 @@ impl<T> KeyQueues<T> {
         Some(Arc::clone(&queue.gathered))
     }
 
-    /// What waits on `key`, for the runner's next round; empty when nothing waits, and then the
-    /// key has left the map (the runner ends).
-    pub fn take(&self, key: &[u8]) -> Vec<T> {
-        self.take_round(key).0
-    }
-
-    /// [`KeyQueues::take`], with the number of callers the items came from: whole callers in
-    /// arrival order, up to [`ROUND_ITEMS_MAX`] items (at least one caller); the rest stay for
-    /// the next round.
-    fn take_round(&self, key: &[u8]) -> (Vec<T>, usize) {
+    /// What waits on `key`, for the runner's next round, with the number of callers it came
+    /// from: whole callers in arrival order, up to [`ROUND_ITEMS_MAX`] items (at least one
+    /// caller), the rest staying for the next round. Empty when nothing waits, and then the key
+    /// has left the map (the runner ends).
+    pub fn take(&self, key: &[u8]) -> (Vec<T>, usize) {
         let mut queues = self.queues.lock().unwrap_or_else(PoisonError::into_inner);
         match queues.get_mut(key) {
             Some(queue) if !queue.callers.is_empty() => {
@@ -273,7 +268,7 @@ impl<T> RunnerGuard<T> {
                 gathered = tokio::time::timeout(wait, told.notified()).await.is_ok();
             }
         }
-        let (round, callers) = self.queues.take_round(&self.key);
+        let (round, callers) = self.queues.take(&self.key);
         self.gathering.round_taken(waiting, callers, gathered);
         self.done = round.is_empty();
         self.last_began = Some(Instant::now());
@@ -345,15 +340,10 @@ pub struct Combiner {
 impl Combiner {
     /// Applies `write` to `key`, with whatever other connections write to it meanwhile.
     pub async fn write(&self, client: &Client, key: &[u8], write: KeyWrite) -> Reply {
-        let (reply, answer) = oneshot::channel();
-        if self.waiting.join(key, Waiting { write, reply }) {
-            // Its own task: a connection that goes away must not take other connections'
-            // writes with it.
-            tokio::spawn(run(self.waiting.clone(), client.clone(), key.to_vec()));
-        }
-        answer
+        self.write_all(client, key, vec![write])
             .await
-            .unwrap_or_else(|_| Reply::error("UNCERTAIN the node stopped while the write was on its way"))
+            .pop()
+            .unwrap_or_else(|| Reply::error("UNCERTAIN the node stopped while the write was on its way"))
     }
 }
 
@@ -373,6 +363,8 @@ impl Combiner {
             return Vec::new();
         }
         if self.waiting.join_all(key, waiting) {
+            // Its own task: a connection that goes away must not take other connections'
+            // writes with it.
             tokio::spawn(run(self.waiting.clone(), client.clone(), key.to_vec()));
         }
         let mut replies = Vec::with_capacity(answers.len());
@@ -613,10 +605,10 @@ mod tests {
         assert!(queues.join(b"k", 1), "first arrival starts a runner");
         assert!(!queues.join(b"k", 2), "a runner owns the key");
         assert!(queues.join(b"other", 9), "keys are independent");
-        assert_eq!(queues.take(b"k"), vec![1, 2]);
+        assert_eq!(queues.take(b"k").0, vec![1, 2]);
         assert!(!queues.join(b"k", 3), "still owned between rounds");
-        assert_eq!(queues.take(b"k"), vec![3]);
-        assert_eq!(queues.take(b"k"), Vec::<u32>::new(), "nothing waits: the runner ends");
+        assert_eq!(queues.take(b"k").0, vec![3]);
+        assert_eq!(queues.take(b"k").0, Vec::<u32>::new(), "nothing waits: the runner ends");
         assert!(queues.join(b"k", 4), "the next arrival starts a new runner");
         assert_eq!(queues.abandon(b"k"), vec![4]);
         assert!(queues.join(b"k", 5), "an abandoned key is free again");
@@ -632,7 +624,7 @@ mod tests {
         assert!(!queues.join_all(b"k", vec![7, 8, 9]));
         assert!(!queues.join(b"k", 10));
         assert_eq!(queues.waiting(b"k"), 3, "three callers");
-        assert_eq!(queues.take_round(b"k"), (vec![6, 7, 8, 9, 10], 3));
+        assert_eq!(queues.take(b"k"), (vec![6, 7, 8, 9, 10], 3));
     }
 
     /// Callers that keep writing the key are waited for; callers that go elsewhere make the
@@ -731,7 +723,7 @@ mod tests {
             first.notified().now_or_never_ready(),
             "the gathering was told when its callers came"
         );
-        assert_eq!(queues.take_round(b"k"), (vec![0, 1, 2], 3));
+        assert_eq!(queues.take(b"k"), (vec![0, 1, 2], 3));
         assert!(!queues.join(b"k", 3));
         let second = queues.gather(b"k", 2).expect("one caller waits");
         assert!(!second.notified().now_or_never_ready(), "a new gathering starts untold");
@@ -740,17 +732,13 @@ mod tests {
         // A round stops before the caller that would take it past ROUND_ITEMS_MAX items.
         queues.join_all(b"k", (0..ROUND_ITEMS_MAX - 1).collect());
         queues.join_all(b"k", vec![7, 8]);
-        let (round, callers) = queues.take_round(b"k");
+        let (round, callers) = queues.take(b"k");
         assert_eq!((round.len(), callers), (ROUND_ITEMS_MAX, 2));
-        assert_eq!(queues.take_round(b"k"), (vec![7, 8], 1));
+        assert_eq!(queues.take(b"k"), (vec![7, 8], 1));
         // One caller larger than the bound still goes, alone.
         queues.join_all(b"k", vec![0; ROUND_ITEMS_MAX + 1]);
-        assert_eq!(queues.take_round(b"k").1, 1);
-        assert_eq!(
-            queues.take_round(b"k"),
-            (Vec::new(), 0),
-            "nothing waits: the key is freed"
-        );
+        assert_eq!(queues.take(b"k").1, 1);
+        assert_eq!(queues.take(b"k"), (Vec::new(), 0), "nothing waits: the key is freed");
     }
 
     /// Whether a `Notified` is already told, without waiting for it.
