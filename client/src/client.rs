@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use tonic::Status;
 
 use crate::error::{classify, Attempt, ClientError, ErrorCode};
@@ -53,6 +53,53 @@ pub struct ClientOptions {
     /// (`ClientTls::from_files(ca, Some((cert, key)))`) the client authenticates as the user its
     /// common name names, without a token. `None`: plain TCP.
     pub tls: Option<basalt_tls::Connector>,
+    /// The node this client runs inside, reached through its in-process channel wherever the
+    /// client would dial the node's address (for a client inside a node: its RESP door). `None`:
+    /// every address is dialled.
+    pub in_process: Option<InProcessNode>,
+}
+
+/// A node reached without the network: calls to `addr` go to `service` instead.
+#[derive(Clone)]
+pub struct InProcessNode {
+    /// The node's client address as the cluster names it (in its leader hints).
+    pub addr: String,
+    /// The node's client API as a service called in this process (no connection, no HTTP/2
+    /// framing). It must enforce each request's `grpc-timeout`, as a dialled channel does.
+    pub service: Transport,
+}
+
+impl std::fmt::Debug for InProcessNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InProcessNode")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How calls reach one node: a dialled channel, or the node's own service in-process.
+pub type Transport = tower::util::BoxCloneSyncService<
+    tonic::codegen::http::Request<tonic::body::Body>,
+    tonic::codegen::http::Response<tonic::body::Body>,
+    TransportError,
+>;
+
+/// Why a [`Transport`] did not deliver a call: the channel's or the in-process service's own
+/// error, as its source (tonic finds a status, a timeout or a refused connection in the chain and
+/// answers the call with the code it would give the bare error).
+#[derive(Debug)]
+pub struct TransportError(pub tonic::codegen::StdError);
+
+impl std::fmt::Display for TransportError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for TransportError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
 }
 
 impl Default for ClientOptions {
@@ -68,6 +115,7 @@ impl Default for ClientOptions {
             pin_endpoints: false,
             token: None,
             tls: None,
+            in_process: None,
         }
     }
 }
@@ -84,7 +132,7 @@ pub enum ReadConsistency {
 
 struct Node {
     addr: String,
-    channel: Channel,
+    channel: Transport,
 }
 
 struct Inner {
@@ -157,7 +205,12 @@ impl Drop for SeqGuard {
     }
 }
 
-fn channel_for(addr: &str, options: &ClientOptions) -> Result<Channel, ClientError> {
+/// The channel calls to `addr` go through: the in-process node's own one for its address, else
+/// a lazy connection to it.
+fn channel_for(addr: &str, options: &ClientOptions) -> Result<Transport, ClientError> {
+    if let Some(node) = options.in_process.as_ref().filter(|node| node.addr == addr) {
+        return Ok(node.service.clone());
+    }
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| ClientError::InvalidEndpoint {
             endpoint: addr.to_string(),
@@ -167,12 +220,10 @@ fn channel_for(addr: &str, options: &ClientOptions) -> Result<Channel, ClientErr
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_while_idle(true);
-    Ok(basalt_tls::lazy_channel(
-        endpoint,
-        addr,
-        options.tls.as_ref(),
-        options.connect_timeout,
-    ))
+    let channel = basalt_tls::lazy_channel(endpoint, addr, options.tls.as_ref(), options.connect_timeout);
+    Ok(Transport::new(tower::ServiceExt::map_err(channel, |e| {
+        TransportError(tonic::codegen::StdError::from(e))
+    })))
 }
 
 impl Client {
@@ -499,7 +550,7 @@ impl Client {
             .any(|n| n.addr == addr)
     }
 
-    fn current(&self) -> (usize, Channel) {
+    fn current(&self) -> (usize, Transport) {
         let nodes = self.inner.nodes.read().expect("nodes lock");
         let i = self.inner.leader.load(Ordering::Relaxed) % nodes.len();
         (i, nodes[i].channel.clone())
@@ -611,7 +662,7 @@ impl Client {
     /// `wait` extends the deadline for calls the server may hold on purpose.
     pub(crate) async fn call<T, F, Fut>(&self, mutation: bool, wait: Duration, mut attempt: F) -> Result<T, ClientError>
     where
-        F: FnMut(Channel, Instant) -> Fut,
+        F: FnMut(Transport, Instant) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
         let deadline = Instant::now() + self.inner.options.request_timeout + wait;
@@ -666,7 +717,7 @@ impl Client {
     pub(crate) async fn unary<M, R, F, Fut>(&self, mutation: bool, message: M, rpc: F) -> Result<R, ClientError>
     where
         M: Clone,
-        F: Fn(Channel, tonic::Request<M>) -> Fut,
+        F: Fn(Transport, tonic::Request<M>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<R>, Status>>,
     {
         self.unary_waiting(mutation, message, Duration::ZERO, rpc).await
@@ -682,7 +733,7 @@ impl Client {
     ) -> Result<R, ClientError>
     where
         M: Clone,
-        F: Fn(Channel, tonic::Request<M>) -> Fut,
+        F: Fn(Transport, tonic::Request<M>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<R>, Status>>,
     {
         self.call(mutation, wait, |channel, deadline| {

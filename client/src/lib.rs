@@ -54,7 +54,7 @@ pub use basalt_auth::token::Token;
 pub use basalt_auth::{Access, Grant, Scope};
 pub use basalt_tls::{ClientTls, Connector as TlsConnector, TlsError};
 pub use cache::{Cache, LaggingNode, NodeCacheStats, PurgeReceipt, PurgeTarget};
-pub use client::{Client, ClientOptions, ReadConsistency, RegionMap};
+pub use client::{Client, ClientOptions, InProcessNode, ReadConsistency, RegionMap, Transport, TransportError};
 pub use consumer::{ConsumedRecord, Consumer, ConsumerOptions, ReplayOptions, ReplaySummary, StartFrom};
 pub use counter::window;
 pub use counter::{CounterChange, CounterHandle, CounterOp, CounterOutcome, CounterValue, Counters, Windows};

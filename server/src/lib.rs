@@ -4,6 +4,7 @@
 //! directory, Raft, the listeners), the client gRPC API ([`api`]: one file per service, each
 //! converting protobuf to `basalt-storage` calls and back), who may call it ([`access`]: tokens
 //! and the needs of every RPC; what a grant means is `basalt-auth`'s), `/metrics` and `/health` ([`http`]),
+//! the client API called in-process by the clients running inside the node ([`in_process`]),
 //! the edge cache's HTTP listener ([`edge`]: origins, coalescing, answers; the caching rules and
 //! the object store are `basalt-edge`'s),
 //! the cross-region shipping runtime ([`replication`]: the feed shipper and receiver, homed
@@ -15,6 +16,7 @@ pub mod api;
 pub mod config;
 pub mod edge;
 pub mod http;
+pub mod in_process;
 pub mod limits;
 pub mod replication;
 pub mod server;

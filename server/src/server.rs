@@ -368,35 +368,6 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         None => None,
     };
 
-    let resp_task = match resp_listener {
-        Some(listener) => {
-            // Every command goes through the SDK, starting at this node's own client port and
-            // following the leader from there: the request path every client takes.
-            let options = basalt_client::ClientOptions {
-                token: gate.as_ref().map(|(_, root)| root.clone()),
-                tls: api.credentials().connector().cloned(),
-                ..basalt_client::ClientOptions::default()
-            };
-            let client = basalt_client::Client::lazy([own_client_addr(&config)], options)
-                .map_err(|e| NodeError::Config(ConfigError::Invalid(format!("RESP's client: {e}"))))?;
-            let resp_config = basalt_resp::RespConfig {
-                password: config.resp.password.clone(),
-                allow_flush: config.resp.allow_flush,
-                token_auth: gate.is_some(),
-                node_id: config.id,
-                basalt_version: env!("CARGO_PKG_VERSION").to_string(),
-            };
-            let listener = door(listener, basalt_tls::Protocol::Other, "RESP")?;
-            tracing::info!(addr = %listener.local_addr(), auth = resp_config.password.is_some(), tls = listener.is_tls(), "RESP serving");
-            Some(tokio::spawn(basalt_resp::serve(
-                listener,
-                client,
-                resp_config,
-                stop_rx.clone(),
-            )))
-        }
-        None => None,
-    };
     let sweeper = tokio::spawn(sweeper(api.clone(), config.clone(), stop_rx.clone()));
     let replication_tasks = match &api.replication {
         Some(repl) => repl.spawn(api.clone(), stop_rx.clone()),
@@ -473,24 +444,65 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
     tracing::info!(id = config.id, listen = %config.listen, data_dir = %config.data_dir.display(), tls = client_tls.is_some(), "node serving");
     // Client requests are bounded so that one, or a merge of them, always fits a log entry.
     use basalt_storage::limits::CLIENT_MESSAGE_BYTES_MAX;
+    // The client API: served on the client port, and called in-process by RESP.
+    let mut client_routes = tonic::service::Routes::builder();
+    client_routes.add_service(KvServer::new(api.clone()).max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX));
+    client_routes.add_service(CounterServer::new(api.clone()).max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX));
+    client_routes.add_service(RateLimiterServer::new(api.clone()).max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX));
+    client_routes.add_service(LeaseServer::new(homed.clone()).max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX));
+    client_routes.add_service(LedgerServer::new(homed.clone()).max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX));
+    client_routes.add_service(QueueServer::new(homed.clone()).max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX));
+    client_routes.add_service(TxnServer::new(homed).max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX));
+    client_routes.add_service(StreamServer::new(api.clone()).max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX));
+    client_routes.add_service(PubSubServer::new(api.clone()).max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX));
+    client_routes.add_service(ClusterServer::new(api.clone()).max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX));
+    client_routes.add_service(CacheServer::new(cache_service).max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX));
+    client_routes.add_service(AuthServer::new(api.clone()).max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX));
+    client_routes.add_service(feed_receiver());
+    let client_routes = client_routes.routes();
+    let resp_task = match resp_listener {
+        Some(listener) => {
+            // Every command goes through the SDK, starting at this node's own client API and
+            // following the leader from there: the request path every client takes. This node's
+            // API is called in-process (the same services and access checks, no loopback TCP or
+            // HTTP/2); the other nodes over the network.
+            let own_addr = own_client_addr(&config);
+            let options = basalt_client::ClientOptions {
+                token: gate.as_ref().map(|(_, root)| root.clone()),
+                tls: api.credentials().connector().cloned(),
+                in_process: Some(basalt_client::InProcessNode {
+                    addr: own_addr.clone(),
+                    service: crate::in_process::transport(client_routes.clone(), api.gate.clone()),
+                }),
+                ..basalt_client::ClientOptions::default()
+            };
+            let client = basalt_client::Client::lazy([own_addr], options)
+                .map_err(|e| NodeError::Config(ConfigError::Invalid(format!("RESP's client: {e}"))))?;
+            let resp_config = basalt_resp::RespConfig {
+                password: config.resp.password.clone(),
+                allow_flush: config.resp.allow_flush,
+                token_auth: gate.is_some(),
+                node_id: config.id,
+                basalt_version: env!("CARGO_PKG_VERSION").to_string(),
+            };
+            let listener = door(listener, basalt_tls::Protocol::Other, "RESP")?;
+            tracing::info!(addr = %listener.local_addr(), auth = resp_config.password.is_some(), tls = listener.is_tls(), "RESP serving");
+            Some(tokio::spawn(basalt_resp::serve(
+                listener,
+                client,
+                resp_config,
+                stop_rx.clone(),
+            )))
+        }
+        None => None,
+    };
     let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .layer(crate::access::AccessLayer::new(api.gate.clone()))
+        .add_routes(client_routes.clone())
         .add_optional_service(raft_on_client_port)
-        .add_optional_service(node_calls_on_client_port)
-        .add_service(KvServer::new(api.clone()).max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX))
-        .add_service(CounterServer::new(api.clone()).max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX))
-        .add_service(RateLimiterServer::new(api.clone()).max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX))
-        .add_service(LeaseServer::new(homed.clone()).max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX))
-        .add_service(LedgerServer::new(homed.clone()).max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX))
-        .add_service(QueueServer::new(homed.clone()).max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX))
-        .add_service(TxnServer::new(homed).max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX))
-        .add_service(StreamServer::new(api.clone()).max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX))
-        .add_service(PubSubServer::new(api.clone()).max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX))
-        .add_service(ClusterServer::new(api.clone()).max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX))
-        .add_service(CacheServer::new(cache_service).max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX))
-        .add_service(AuthServer::new(api.clone()).max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX))
-        .add_service(feed_receiver());
+        .add_optional_service(node_calls_on_client_port);
+
     let serve = match &client_tls {
         None => {
             router

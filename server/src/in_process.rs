@@ -1,0 +1,244 @@
+//! The node's client API called without the network, by the clients that run inside the node
+//! (the RESP door's SDK handle).
+//!
+//! A call is the client port's own services and access layer called as a function: the caller
+//! still presents its token and takes the same request path, with no connection, no TCP and no
+//! HTTP/2 framing in between. The handler runs on the caller's task; a caller that stops waiting
+//! drops it, as a client resetting its HTTP/2 stream makes the client port drop its handler. Each
+//! call's `grpc-timeout` is enforced here, as a dialled channel enforces it.
+
+use crate::access::{AccessLayer, Gate};
+use basalt_client::{Transport, TransportError};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tonic::body::Body;
+use tonic::service::Routes;
+use tower::Layer;
+
+/// The client API's `routes` behind the access layer `gate` keeps, as a transport for an SDK
+/// client ([`basalt_client::InProcessNode`]).
+pub fn transport(routes: Routes, gate: Option<Arc<Gate>>) -> Transport {
+    Transport::new(Deadline {
+        inner: AccessLayer::new(gate).layer(routes.prepare()),
+    })
+}
+
+/// Ends a call whose `grpc-timeout` runs out before its answer (tonic's `TimeoutExpired`, which the
+/// caller's client reads as `CANCELLED`, as over a channel).
+#[derive(Clone)]
+struct Deadline<S> {
+    inner: S,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+impl<S> tower::Service<http::Request<Body>> for Deadline<S>
+where
+    S: tower::Service<http::Request<Body>, Response = http::Response<Body>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<tonic::codegen::StdError>,
+{
+    type Response = http::Response<Body>;
+    type Error = TransportError;
+    type Future = BoxFuture<Result<http::Response<Body>, TransportError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), TransportError>> {
+        self.inner.poll_ready(cx).map_err(|e| TransportError(e.into()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let timeout = grpc_timeout(request.headers());
+        let answer = self.inner.call(request);
+        Box::pin(async move {
+            let answered = match timeout {
+                Some(timeout) => match tokio::time::timeout(timeout, answer).await {
+                    Ok(answered) => answered,
+                    Err(_) => return Err(TransportError(Box::new(tonic::TimeoutExpired(())))),
+                },
+                None => answer.await,
+            };
+            answered.map_err(|e| TransportError(e.into()))
+        })
+    }
+}
+
+/// A request's `grpc-timeout` (gRPC over HTTP/2: at most 8 digits, then H, M, S, m, u or n);
+/// `None` when absent or malformed (the call then has no deadline here, as tonic's own parser
+/// treats it).
+fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    let text = headers.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount * 3600),
+        "M" => Duration::from_secs(amount * 60),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use basalt_client::pb;
+    use basalt_client::pb::rate_limiter_client::RateLimiterClient;
+    use basalt_client::pb::rate_limiter_server::{RateLimiter, RateLimiterServer};
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// A rate limiter that answers one decision per check, `remaining` counting its calls; a
+    /// check of the key `slow` takes a minute.
+    #[derive(Default)]
+    struct Counting(AtomicU64);
+
+    #[tonic::async_trait]
+    impl RateLimiter for Counting {
+        async fn check(
+            &self,
+            request: tonic::Request<pb::RateCheckRequest>,
+        ) -> Result<tonic::Response<pb::RateCheckResponse>, tonic::Status> {
+            let checks = request.into_inner().checks;
+            if checks.iter().any(|c| c.key == b"slow") {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            }
+            let calls = self.0.fetch_add(1, Ordering::SeqCst) + 1;
+            let decisions = checks
+                .iter()
+                .map(|_| pb::RateDecision {
+                    allowed: true,
+                    remaining: calls,
+                    ..Default::default()
+                })
+                .collect();
+            Ok(tonic::Response::new(pb::RateCheckResponse { decisions }))
+        }
+    }
+
+    fn counting_routes() -> Routes {
+        Routes::new(RateLimiterServer::new(Counting::default()))
+    }
+
+    fn check_of(key: &[u8]) -> pb::RateCheckRequest {
+        pb::RateCheckRequest {
+            checks: vec![pb::RateCheck {
+                key: key.to_vec(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    /// A client of the node at `addr` that reaches it through `service`.
+    fn client_of(addr: &str, service: Transport, token: Option<&str>) -> basalt_client::Client {
+        let options = basalt_client::ClientOptions {
+            request_timeout: Duration::from_secs(2),
+            token: token.map(basalt_auth::token::Token::from_text),
+            in_process: Some(basalt_client::InProcessNode {
+                addr: addr.to_string(),
+                service,
+            }),
+            ..basalt_client::ClientOptions::default()
+        };
+        basalt_client::Client::lazy([addr], options).expect("client")
+    }
+
+    #[tokio::test]
+    async fn an_sdk_client_calls_its_in_process_node_without_dialling_it() {
+        // Nothing listens on port 1: only the in-process service answers for it.
+        let addr = "127.0.0.1:1";
+        let client = client_of(addr, transport(counting_routes(), None), None);
+        for call in 1..=3u64 {
+            let decision = client
+                .rate_limiter()
+                .check("k", 10, Duration::from_secs(1), 1)
+                .await
+                .expect("checked in-process");
+            assert_eq!(decision.remaining, call, "each call reached the one service");
+        }
+        // Without it the address is dialled, and refused.
+        let dialled = basalt_client::Client::lazy(
+            [addr],
+            basalt_client::ClientOptions {
+                request_timeout: Duration::from_millis(300),
+                ..basalt_client::ClientOptions::default()
+            },
+        )
+        .expect("client");
+        dialled
+            .rate_limiter()
+            .check("k", 10, Duration::from_secs(1), 1)
+            .await
+            .expect_err("nothing listens on port 1");
+    }
+
+    #[tokio::test]
+    async fn in_process_calls_pass_the_access_layer() {
+        let (_, table) = tokio::sync::watch::channel(Arc::new(basalt_auth::AuthTable::default()));
+        let gate = Arc::new(Gate::new(&basalt_auth::token::Token::from_text("root-token"), table).expect("gate"));
+        let routes = counting_routes();
+        let addr = "127.0.0.1:1";
+        let anonymous = client_of(addr, transport(routes.clone(), Some(gate.clone())), None);
+        let refused = anonymous
+            .rate_limiter()
+            .check("k", 10, Duration::from_secs(1), 1)
+            .await
+            .expect_err("no token");
+        assert!(refused.to_string().contains("UNAUTHENTICATED"), "{refused}");
+        let wrong = client_of(addr, transport(routes.clone(), Some(gate.clone())), Some("not-a-token"));
+        wrong
+            .rate_limiter()
+            .check("k", 10, Duration::from_secs(1), 1)
+            .await
+            .expect_err("unknown token");
+        let root = client_of(addr, transport(routes, Some(gate)), Some("root-token"));
+        let decision = root
+            .rate_limiter()
+            .check("k", 10, Duration::from_secs(1), 1)
+            .await
+            .expect("the root may check");
+        assert_eq!(decision.remaining, 1, "refused calls never reached the service");
+    }
+
+    #[tokio::test]
+    async fn an_in_process_call_past_its_grpc_timeout_is_cancelled() {
+        let mut client = RateLimiterClient::new(transport(counting_routes(), None));
+        let mut request = tonic::Request::new(check_of(b"slow"));
+        request.set_timeout(Duration::from_millis(50));
+        let started = std::time::Instant::now();
+        let ended = client.check(request).await.expect_err("past its deadline");
+        assert_eq!(ended.code(), tonic::Code::Cancelled, "{ended:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the deadline ended it, not the handler"
+        );
+        let answered = client.check(check_of(b"fast")).await.expect("no deadline, answered");
+        assert_eq!(answered.into_inner().decisions.len(), 1);
+    }
+
+    #[test]
+    fn grpc_timeouts_are_read_as_grpc_writes_them() {
+        let read = |text: &str| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert("grpc-timeout", text.parse().expect("header value"));
+            grpc_timeout(&headers)
+        };
+        assert_eq!(read("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(read("3M"), Some(Duration::from_secs(180)));
+        assert_eq!(read("10S"), Some(Duration::from_secs(10)));
+        assert_eq!(read("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(read("99999999u"), Some(Duration::from_micros(99_999_999)));
+        assert_eq!(read("7n"), Some(Duration::from_nanos(7)));
+        for malformed in ["", "S", "123456789S", "10s", "1.5S", "-1S", "10"] {
+            assert_eq!(read(malformed), None, "{malformed:?}");
+        }
+        assert_eq!(grpc_timeout(&http::HeaderMap::new()), None);
+    }
+}
