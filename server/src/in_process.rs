@@ -8,51 +8,99 @@
 //! call's `grpc-timeout` is enforced here, as a dialled channel enforces it.
 
 use crate::access::{AccessLayer, Gate};
+use crate::limits::IN_PROCESS_DRAIN_MAX;
 use basalt_client::{Transport, TransportError};
+use futures::FutureExt;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tonic::body::Body;
 use tonic::service::Routes;
-use tower::Layer;
+use tower::{Layer, ServiceExt};
+
+/// The client API behind its access layer, as the in-process transport calls it.
+type Api = crate::access::AccessService<Routes>;
 
 /// The client API's `routes` behind the access layer `gate` keeps, as a transport for an SDK
-/// client ([`basalt_client::InProcessNode`]).
-pub fn transport(routes: Routes, gate: Option<Arc<Gate>>) -> Transport {
-    Transport::new(Deadline {
-        inner: AccessLayer::new(gate).layer(routes.prepare()),
-    })
+/// client ([`basalt_client::InProcessNode`]), and the switch that turns it off.
+pub fn transport(routes: Routes, gate: Option<Arc<Gate>>) -> (Transport, Switch) {
+    let api = Arc::new(RwLock::new(Some(AccessLayer::new(gate).layer(routes.prepare()))));
+    let running = Arc::new(());
+    let deadline = Deadline {
+        api: api.clone(),
+        running: running.clone(),
+    };
+    (Transport::new(deadline), Switch { api, running })
 }
 
-/// Ends a call whose `grpc-timeout` runs out before its answer (tonic's `TimeoutExpired`, which the
-/// caller's client reads as `CANCELLED`, as over a channel).
+/// Turns an in-process transport off: its calls from then on fail as a refused connection (never
+/// sent: the SDK may resend them anywhere), and it no longer holds the node's API for them.
+pub struct Switch {
+    api: Arc<RwLock<Option<Api>>>,
+    /// One clone per call on its way (until its answer's headers), plus the transport's own.
+    running: Arc<()>,
+}
+
+impl Switch {
+    /// Refuses new calls, then waits up to `IN_PROCESS_DRAIN_MAX` for the calls on their way to
+    /// be answered (as the client port drains its connections), so that they end before Raft
+    /// stops. A call's streamed answer (a subscription) is not waited for.
+    pub async fn turn_off(self) {
+        *self.api.write().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        let deadline = tokio::time::Instant::now() + IN_PROCESS_DRAIN_MAX;
+        // Every clone of the transport holds one of each; a call on its way one more `running`.
+        while Arc::strong_count(&self.running) > Arc::strong_count(&self.api) && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// Calls the API, ending a call whose `grpc-timeout` runs out before its answer (tonic's
+/// `TimeoutExpired`, which the caller's client reads as `CANCELLED`, as over a channel).
 #[derive(Clone)]
-struct Deadline<S> {
-    inner: S,
+struct Deadline {
+    api: Arc<RwLock<Option<Api>>>,
+    running: Arc<()>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
-impl<S> tower::Service<http::Request<Body>> for Deadline<S>
-where
-    S: tower::Service<http::Request<Body>, Response = http::Response<Body>> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<tonic::codegen::StdError>,
-{
+impl tower::Service<http::Request<Body>> for Deadline {
     type Response = http::Response<Body>;
     type Error = TransportError;
     type Future = BoxFuture<Result<http::Response<Body>, TransportError>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), TransportError>> {
-        self.inner.poll_ready(cx).map_err(|e| TransportError(e.into()))
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), TransportError>> {
+        // The API is always ready (the access layer over routes that are); each call takes its
+        // own clone and waits on that.
+        Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+        let api = self
+            .api
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let Some(api) = api else {
+            return Box::pin(async { Err(refused("the node's client API has stopped")) });
+        };
         let timeout = grpc_timeout(request.headers());
-        let answer = self.inner.call(request);
+        // As on the wire, a request arrives with only what its headers and body say (the SDK's
+        // own request extensions stay with the SDK).
+        *request.extensions_mut() = http::Extensions::new();
+        // A handler that panics ends its call, not the caller's task (on the client port it
+        // ended only its HTTP/2 stream): the call fails as a reset stream does, to be retried.
+        let answer = AssertUnwindSafe(api.oneshot(request)).catch_unwind();
+        let on_its_way = self.running.clone();
         Box::pin(async move {
+            let _on_its_way = on_its_way;
+            // A call that completes without waiting still gives other tasks their turn.
+            tokio::task::coop::consume_budget().await;
             let answered = match timeout {
                 Some(timeout) => match tokio::time::timeout(timeout, answer).await {
                     Ok(answered) => answered,
@@ -60,9 +108,27 @@ where
                 },
                 None => answer.await,
             };
-            answered.map_err(|e| TransportError(e.into()))
+            match answered {
+                Ok(Ok(response)) => Ok(response),
+                Ok(Err(e)) => Err(TransportError(e.into())),
+                Err(_) => {
+                    tracing::error!("a client API handler panicked on an in-process call");
+                    Err(TransportError(Box::new(tonic::Status::cancelled(
+                        "the node's handler for this call failed",
+                    ))))
+                }
+            }
         })
     }
+}
+
+/// A call refused before it was sent, as a refused connection (tonic answers `UNAVAILABLE` with
+/// this message, which the SDK counts as never sent).
+fn refused(why: &str) -> TransportError {
+    TransportError(Box::new(tonic::ConnectError(Box::new(std::io::Error::new(
+        std::io::ErrorKind::ConnectionRefused,
+        format!("Connection refused: {why}"),
+    )))))
 }
 
 /// A request's `grpc-timeout` (gRPC over HTTP/2: at most 8 digits, then H, M, S, m, u or n);
@@ -95,9 +161,9 @@ mod tests {
     use std::sync::atomic::{AtomicU64, Ordering};
 
     /// A rate limiter that answers one decision per check, `remaining` counting its calls; a
-    /// check of the key `slow` takes a minute.
+    /// check of the key `slow` takes a minute, one of `panic` panics.
     #[derive(Default)]
-    struct Counting(AtomicU64);
+    struct Counting(Arc<AtomicU64>);
 
     #[tonic::async_trait]
     impl RateLimiter for Counting {
@@ -109,6 +175,10 @@ mod tests {
             if checks.iter().any(|c| c.key == b"slow") {
                 tokio::time::sleep(Duration::from_secs(60)).await;
             }
+            if checks.iter().any(|c| c.key == b"pause") {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            assert!(!checks.iter().any(|c| c.key == b"panic"), "a handler's bug");
             let calls = self.0.fetch_add(1, Ordering::SeqCst) + 1;
             let decisions = checks
                 .iter()
@@ -124,6 +194,11 @@ mod tests {
 
     fn counting_routes() -> Routes {
         Routes::new(RateLimiterServer::new(Counting::default()))
+    }
+
+    /// Routes whose calls answered are counted in `answered`.
+    fn counted_routes(answered: Arc<AtomicU64>) -> Routes {
+        Routes::new(RateLimiterServer::new(Counting(answered)))
     }
 
     fn check_of(key: &[u8]) -> pb::RateCheckRequest {
@@ -154,7 +229,7 @@ mod tests {
     async fn an_sdk_client_calls_its_in_process_node_without_dialling_it() {
         // Nothing listens on port 1: only the in-process service answers for it.
         let addr = "127.0.0.1:1";
-        let client = client_of(addr, transport(counting_routes(), None), None);
+        let client = client_of(addr, transport(counting_routes(), None).0, None);
         for call in 1..=3u64 {
             let decision = client
                 .rate_limiter()
@@ -185,20 +260,24 @@ mod tests {
         let gate = Arc::new(Gate::new(&basalt_auth::token::Token::from_text("root-token"), table).expect("gate"));
         let routes = counting_routes();
         let addr = "127.0.0.1:1";
-        let anonymous = client_of(addr, transport(routes.clone(), Some(gate.clone())), None);
+        let anonymous = client_of(addr, transport(routes.clone(), Some(gate.clone())).0, None);
         let refused = anonymous
             .rate_limiter()
             .check("k", 10, Duration::from_secs(1), 1)
             .await
             .expect_err("no token");
         assert!(refused.to_string().contains("UNAUTHENTICATED"), "{refused}");
-        let wrong = client_of(addr, transport(routes.clone(), Some(gate.clone())), Some("not-a-token"));
+        let wrong = client_of(
+            addr,
+            transport(routes.clone(), Some(gate.clone())).0,
+            Some("not-a-token"),
+        );
         wrong
             .rate_limiter()
             .check("k", 10, Duration::from_secs(1), 1)
             .await
             .expect_err("unknown token");
-        let root = client_of(addr, transport(routes, Some(gate)), Some("root-token"));
+        let root = client_of(addr, transport(routes, Some(gate)).0, Some("root-token"));
         let decision = root
             .rate_limiter()
             .check("k", 10, Duration::from_secs(1), 1)
@@ -209,7 +288,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_in_process_call_past_its_grpc_timeout_is_cancelled() {
-        let mut client = RateLimiterClient::new(transport(counting_routes(), None));
+        let mut client = RateLimiterClient::new(transport(counting_routes(), None).0);
         let mut request = tonic::Request::new(check_of(b"slow"));
         request.set_timeout(Duration::from_millis(50));
         let started = std::time::Instant::now();
@@ -221,6 +300,66 @@ mod tests {
         );
         let answered = client.check(check_of(b"fast")).await.expect("no deadline, answered");
         assert_eq!(answered.into_inner().decisions.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_handler_that_panics_ends_its_call_not_the_caller() {
+        let mut client = RateLimiterClient::new(transport(counting_routes(), None).0);
+        let ended = client
+            .check(check_of(b"panic"))
+            .await
+            .expect_err("the handler panicked");
+        assert_eq!(ended.code(), tonic::Code::Cancelled, "{ended:?}");
+        // The caller's task goes on, and so do the next calls.
+        let answered = client.check(check_of(b"k")).await.expect("answered");
+        assert_eq!(answered.into_inner().decisions.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_transport_turned_off_refuses_calls_as_never_sent_and_lets_the_api_go() {
+        let routes = counting_routes();
+        let (service, switch) = transport(routes, None);
+        let mut client = RateLimiterClient::new(service.clone());
+        client.check(check_of(b"k")).await.expect("on");
+        let api = Arc::downgrade(&switch.api);
+        switch.turn_off().await;
+        let refused = client.check(check_of(b"k")).await.expect_err("off");
+        assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+        assert!(basalt_client::never_sent(&refused), "{refused:?}");
+        assert!(
+            api.upgrade().is_some_and(|api| api.read().expect("lock").is_none()),
+            "the transport holds no API any more"
+        );
+    }
+
+    #[tokio::test]
+    async fn turning_off_waits_for_the_calls_on_their_way() {
+        let answered = Arc::new(AtomicU64::new(0));
+        let (service, switch) = transport(counted_routes(answered.clone()), None);
+        let mut client = RateLimiterClient::new(service);
+        let on_its_way = tokio::spawn(async move { client.check(check_of(b"pause")).await });
+        for _ in 0..1000 {
+            if Arc::strong_count(&switch.running) > Arc::strong_count(&switch.api) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(
+            Arc::strong_count(&switch.running) > Arc::strong_count(&switch.api),
+            "the call is on its way"
+        );
+        switch.turn_off().await;
+        // The handler counts a call once its 300 ms pause is over: turning off waited for it.
+        assert_eq!(
+            answered.load(Ordering::SeqCst),
+            1,
+            "turned off before the call was answered"
+        );
+        let reply = on_its_way
+            .await
+            .expect("task")
+            .expect("the call on its way was answered");
+        assert_eq!(reply.into_inner().decisions.len(), 1);
     }
 
     #[test]

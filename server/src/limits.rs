@@ -269,3 +269,7 @@ pub const REQUEST_BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest a stopping node waits for the peer listener's open streams to end, after Raft
 /// stopped.
 pub const PEER_DRAIN_MAX: Duration = Duration::from_secs(5);
+
+/// The longest a stopping node waits for RESP's in-process calls on their way to be answered
+/// before Raft stops (new ones are refused from the start of the wait).
+pub const IN_PROCESS_DRAIN_MAX: Duration = Duration::from_secs(5);

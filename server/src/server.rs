@@ -460,19 +460,24 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
     client_routes.add_service(AuthServer::new(api.clone()).max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX));
     client_routes.add_service(feed_receiver());
     let client_routes = client_routes.routes();
+    let mut in_process_switch = None;
     let resp_task = match resp_listener {
         Some(listener) => {
             // Every command goes through the SDK, starting at this node's own client API and
             // following the leader from there: the request path every client takes. This node's
             // API is called in-process (the same services and access checks, no loopback TCP or
             // HTTP/2); the other nodes over the network.
-            let own_addr = own_client_addr(&config);
+            // Keyed by the address the cluster names this node by (its leader hints): when it
+            // leads, the hint leads back to the in-process service, never to a dial of itself.
+            let own_addr = config.advertised_addr();
+            let (own_api, switch) = crate::in_process::transport(client_routes.clone(), api.gate.clone());
+            in_process_switch = Some(switch);
             let options = basalt_client::ClientOptions {
                 token: gate.as_ref().map(|(_, root)| root.clone()),
                 tls: api.credentials().connector().cloned(),
                 in_process: Some(basalt_client::InProcessNode {
                     addr: own_addr.clone(),
-                    service: crate::in_process::transport(client_routes.clone(), api.gate.clone()),
+                    service: own_api,
                 }),
                 ..basalt_client::ClientOptions::default()
             };
@@ -534,6 +539,12 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
     if let Some(task) = resp_task {
         let _ = task.await;
     }
+    // RESP's listener has stopped: a connection still finishing its command finds this node's API
+    // refused (as it found the client port closed before); the calls already on their way are
+    // answered, up to a bound, before Raft stops.
+    if let Some(switch) = in_process_switch {
+        switch.turn_off().await;
+    }
     if let Some((_, task, follower)) = edge_task {
         let _ = task.await;
         follower.abort();
@@ -567,23 +578,6 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         source,
     })?;
     peer_served
-}
-
-/// The address RESP's SDK handle dials this node's client port at: the advertised one, or, for a
-/// node listening on every address (`0.0.0.0`, `::`), loopback (the client doors' certificate must
-/// then name 127.0.0.1 or ::1).
-fn own_client_addr(config: &NodeConfig) -> String {
-    let advertised = config.advertised_addr();
-    match advertised.parse::<std::net::SocketAddr>() {
-        Ok(addr) if addr.ip().is_unspecified() => {
-            let loopback: std::net::IpAddr = match addr {
-                std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-                std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-            };
-            std::net::SocketAddr::new(loopback, addr.port()).to_string()
-        }
-        _ => advertised,
-    }
 }
 
 /// Binds `addr` (SO_REUSEADDR, as tokio's listeners do) without listening yet: a port another
