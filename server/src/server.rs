@@ -283,6 +283,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         replication: config.region.clone().map(|region| Replication::new(region, topology)),
         merger: Arc::new(crate::api::Merger::new(config.kv_merge_in_flight)),
         expiry_tick: Arc::default(),
+        read_index: crate::api::read_index_rounds(raft.clone()),
         cluster: cluster.clone(),
         peer_tls: peer_tls.clone(),
         client_tls: client_tls.clone(),

@@ -19,6 +19,7 @@ pub mod node_calls;
 mod pubsub;
 mod queue;
 mod rate;
+pub mod read_index;
 mod stream;
 mod txn;
 
@@ -69,6 +70,8 @@ pub struct Api {
     pub merger: Arc<Merger>,
     /// Held while a read's expiry tick ([`Api::settle_expiry`]) is on its way.
     pub expiry_tick: Arc<tokio::sync::Mutex<()>>,
+    /// The read-index rounds linearizable reads share ([`Api::read_barrier`]).
+    pub read_index: Arc<read_index::SharedRounds<ReadIndexOutcome>>,
     /// This node's cluster id, for status.
     pub cluster: Arc<basalt_raft::cluster_guard::ClusterGuard>,
     /// The peer listener this node was started with (`--peer-listen`), for status.
@@ -120,6 +123,39 @@ pub fn status(code: ErrorCode, message: impl Into<String>) -> Status {
         .metadata_mut()
         .insert(ERROR_CODE_KEY, code.as_str().parse().expect("codes are ascii"));
     status
+}
+
+/// How one read-index round ended, for every read that shared it.
+#[derive(Clone, Debug)]
+pub enum ReadIndexOutcome {
+    /// This node led when a quorum answered; a read is linearizable once the state machine has
+    /// applied what the linearizer names (the commit index when the round started).
+    Confirmed(openraft::raft::linearizable_read::Linearizer<TypeConfig>),
+    NotLeader {
+        leader_id: Option<u64>,
+        leader_node: Option<openraft::BasicNode>,
+    },
+    Unavailable(String),
+}
+
+/// The read-index rounds of `raft` (openraft's `ReadIndex` policy: a quorum answers a heartbeat
+/// sent after the round started; bounded by the leader lease, then `QuorumNotEnough`).
+pub fn read_index_rounds(raft: Raft) -> Arc<read_index::SharedRounds<ReadIndexOutcome>> {
+    read_index::SharedRounds::new(move || {
+        let raft = raft.clone();
+        Box::pin(async move {
+            match raft.get_read_linearizer(ReadPolicy::ReadIndex).await {
+                Ok(linearizer) => ReadIndexOutcome::Confirmed(linearizer),
+                Err(RaftError::APIError(openraft::error::LinearizableReadError::ForwardToLeader(f))) => {
+                    ReadIndexOutcome::NotLeader {
+                        leader_id: f.leader_id,
+                        leader_node: f.leader_node,
+                    }
+                }
+                Err(e) => ReadIndexOutcome::Unavailable(e.to_string()),
+            }
+        })
+    })
 }
 
 fn not_leader(forward: &ForwardToLeader<TypeConfig>) -> Status {
@@ -390,16 +426,26 @@ impl Api {
         }
     }
 
-    /// Waits until this node may serve a linearizable read (read index), unless `stale`.
+    /// Waits until this node may serve a linearizable read (read index), unless `stale`: the
+    /// next read-index round, shared with the reads that arrive while the current one is on its
+    /// way (see [`read_index`]).
     async fn read_barrier(&self, stale: bool) -> Result<(), Status> {
         self.counters.reads.fetch_add(1, Ordering::Relaxed);
         if stale {
             return Ok(());
         }
-        match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
-            Ok(_) => Ok(()),
-            Err(RaftError::APIError(openraft::error::LinearizableReadError::ForwardToLeader(f))) => Err(not_leader(&f)),
-            Err(e) => Err(status(ErrorCode::Unavailable, e.to_string())),
+        match self.read_index.next().await {
+            // The round fixed what must be applied first; each reader waits for that itself (as
+            // long as its call may), so a slow apply holds no later round back.
+            Some(ReadIndexOutcome::Confirmed(linearizer)) => match linearizer.await_ready(&self.raft).await {
+                Ok(_) => Ok(()),
+                Err(fatal) => Err(status(ErrorCode::Unavailable, fatal.to_string())),
+            },
+            Some(ReadIndexOutcome::NotLeader { leader_id, leader_node }) => {
+                Err(not_leader_status(leader_id, leader_node.as_ref()))
+            }
+            Some(ReadIndexOutcome::Unavailable(message)) => Err(status(ErrorCode::Unavailable, message)),
+            None => Err(status(ErrorCode::Unavailable, "the read-index round ended unanswered")),
         }
     }
 
