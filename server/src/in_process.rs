@@ -14,6 +14,7 @@ use futures::FutureExt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -28,7 +29,7 @@ type Api = crate::access::AccessService<Routes>;
 /// client ([`basalt_client::InProcessNode`]), and the switch that turns it off.
 pub fn transport(routes: Routes, gate: Option<Arc<Gate>>) -> (Transport, Switch) {
     let api = Arc::new(RwLock::new(Some(AccessLayer::new(gate).layer(routes.prepare()))));
-    let running = Arc::new(());
+    let running = Arc::new(Running::default());
     let deadline = Deadline {
         api: api.clone(),
         running: running.clone(),
@@ -40,8 +41,24 @@ pub fn transport(routes: Routes, gate: Option<Arc<Gate>>) -> (Transport, Switch)
 /// sent: the SDK may resend them anywhere), and it no longer holds the node's API for them.
 pub struct Switch {
     api: Arc<RwLock<Option<Api>>>,
-    /// One clone per call on its way (until its answer's headers), plus the transport's own.
-    running: Arc<()>,
+    running: Arc<Running>,
+}
+
+/// The calls on their way (until their answers' headers), and a wakeup when one ends.
+#[derive(Default)]
+struct Running {
+    calls: AtomicUsize,
+    ended: tokio::sync::Notify,
+}
+
+/// One call on its way, counted from before it took the API until it is answered or dropped.
+struct OnItsWay(Arc<Running>);
+
+impl Drop for OnItsWay {
+    fn drop(&mut self) {
+        self.0.calls.fetch_sub(1, Ordering::SeqCst);
+        self.0.ended.notify_waiters();
+    }
 }
 
 impl Switch {
@@ -49,13 +66,19 @@ impl Switch {
     /// be answered (as the client port drains its connections), so that they end before Raft
     /// stops. A call's streamed answer (a subscription) is not waited for.
     pub async fn turn_off(self) {
+        // A call counts itself under the read lock it takes the API with: once this write lock
+        // has been held, every call that has the API is counted, and no later one gets it.
         *self.api.write().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
-        let deadline = tokio::time::Instant::now() + IN_PROCESS_DRAIN_MAX;
-        // Every clone of the transport holds one of each; a call on its way one more `running`.
-        while Arc::strong_count(&self.running) > Arc::strong_count(&self.api) && tokio::time::Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let _ = tokio::time::timeout(IN_PROCESS_DRAIN_MAX, async {
+            loop {
+                let ended = self.running.ended.notified();
+                if self.running.calls.load(Ordering::SeqCst) == 0 {
+                    return;
+                }
+                ended.await;
+            }
+        })
+        .await;
     }
 }
 
@@ -64,7 +87,7 @@ impl Switch {
 #[derive(Clone)]
 struct Deadline {
     api: Arc<RwLock<Option<Api>>>,
-    running: Arc<()>,
+    running: Arc<Running>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -81,13 +104,13 @@ impl tower::Service<http::Request<Body>> for Deadline {
     }
 
     fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
-        let api = self
-            .api
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        let Some(api) = api else {
-            return Box::pin(async { Err(refused("the node's client API has stopped")) });
+        let (api, on_its_way) = {
+            let api = self.api.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let Some(api) = api.clone() else {
+                return Box::pin(async { Err(refused("the node's client API has stopped")) });
+            };
+            self.running.calls.fetch_add(1, Ordering::SeqCst);
+            (api, OnItsWay(self.running.clone()))
         };
         let timeout = grpc_timeout(request.headers());
         // As on the wire, a request arrives with only what its headers and body say (the SDK's
@@ -96,7 +119,6 @@ impl tower::Service<http::Request<Body>> for Deadline {
         // A handler that panics ends its call, not the caller's task (on the client port it
         // ended only its HTTP/2 stream): the call fails as a reset stream does, to be retried.
         let answer = AssertUnwindSafe(api.oneshot(request)).catch_unwind();
-        let on_its_way = self.running.clone();
         Box::pin(async move {
             let _on_its_way = on_its_way;
             // A call that completes without waiting still gives other tasks their turn.
@@ -339,15 +361,12 @@ mod tests {
         let mut client = RateLimiterClient::new(service);
         let on_its_way = tokio::spawn(async move { client.check(check_of(b"pause")).await });
         for _ in 0..1000 {
-            if Arc::strong_count(&switch.running) > Arc::strong_count(&switch.api) {
+            if switch.running.calls.load(Ordering::SeqCst) > 0 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        assert!(
-            Arc::strong_count(&switch.running) > Arc::strong_count(&switch.api),
-            "the call is on its way"
-        );
+        assert_eq!(switch.running.calls.load(Ordering::SeqCst), 1, "the call is on its way");
         switch.turn_off().await;
         // The handler counts a call once its 300 ms pause is over: turning off waited for it.
         assert_eq!(

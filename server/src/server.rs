@@ -369,11 +369,6 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         None => None,
     };
 
-    let sweeper = tokio::spawn(sweeper(api.clone(), config.clone(), stop_rx.clone()));
-    let replication_tasks = match &api.replication {
-        Some(repl) => repl.spawn(api.clone(), stop_rx.clone()),
-        None => Vec::new(),
-    };
     let homed = Homed::new(api.clone());
     // Other regions' feeds: on the peer listener when it runs mutual TLS (no cluster id there:
     // another region is another cluster; its peer certificate is its credential), and on the
@@ -468,9 +463,14 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
             // following the leader from there: the request path every client takes. This node's
             // API is called in-process (the same services and access checks, no loopback TCP or
             // HTTP/2); the other nodes over the network.
-            // Keyed by the address the cluster names this node by (its leader hints): when it
-            // leads, the hint leads back to the in-process service, never to a dial of itself.
-            let own_addr = config.advertised_addr();
+            // Keyed by the address the cluster names this node by (its leader hints: the
+            // membership's, when the node is already a member, else its configured one): when it
+            // leads, the hint leads back to the in-process service, not to a dial of itself.
+            let own_addr = applied_membership
+                .membership()
+                .get_node(&config.id)
+                .map(|node| basalt_raft::member_addr::MemberAddr::client_of(&node.addr))
+                .unwrap_or_else(|| config.advertised_addr());
             let (own_api, switch) = crate::in_process::transport(client_routes.clone(), api.gate.clone());
             in_process_switch = Some(switch);
             let options = basalt_client::ClientOptions {
@@ -501,6 +501,12 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
             )))
         }
         None => None,
+    };
+    // Spawned once nothing above can fail any more (a failure returns without stopping them).
+    let sweeper = tokio::spawn(sweeper(api.clone(), config.clone(), stop_rx.clone()));
+    let replication_tasks = match &api.replication {
+        Some(repl) => repl.spawn(api.clone(), stop_rx.clone()),
+        None => Vec::new(),
     };
     let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)

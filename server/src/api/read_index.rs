@@ -27,8 +27,8 @@ pub struct SharedRounds<T> {
 struct Rounds<T> {
     /// A round is on its way (its task takes the waiting readers when it ends).
     running: bool,
-    /// Readers that arrived after the running round started, for the next one. At most one per
-    /// read in flight on this node.
+    /// Readers that arrived after the running round started, for the next one: the reads that
+    /// arrived during one round (a reader that gave up stays until the next round takes it).
     waiting: Vec<oneshot::Sender<T>>,
 }
 
@@ -53,21 +53,23 @@ impl<T: Clone + Send + 'static> SharedRounds<T> {
             !std::mem::replace(&mut state.running, true)
         };
         if start {
-            tokio::spawn(Arc::clone(self).run());
+            // Armed before the spawn: a runner dropped unpolled (a runtime shutting down) resets
+            // the rounds too.
+            let reset = ResetUnlessDone {
+                rounds: Arc::clone(self),
+                done: false,
+            };
+            tokio::spawn(Arc::clone(self).run(reset));
         }
         answered.await.ok()
     }
 
     /// Runs rounds while readers wait; each round answers the readers that were waiting when it
     /// started.
-    async fn run(self: Arc<Self>) {
-        // A round that panics, or a runner dropped with its runtime, must not leave the rounds
-        // marked running with no runner: its readers get no answer (`None`), and the next read
-        // starts a runner of its own.
-        let mut reset = ResetUnlessDone {
-            rounds: &self,
-            done: false,
-        };
+    /// A round that panics, or a runner dropped with its runtime, must not leave the rounds
+    /// marked running with no runner: `reset` then answers no one (`None`), and the next read
+    /// starts a runner of its own.
+    async fn run(self: Arc<Self>, mut reset: ResetUnlessDone<T>) {
         loop {
             let group = {
                 let mut state = self.lock();
@@ -96,12 +98,12 @@ impl<T: Clone + Send + 'static> SharedRounds<T> {
 
 /// Marks the rounds idle and drops their waiting readers when a runner ends other than by
 /// running out of readers (a panicking round, a runner dropped with its runtime).
-struct ResetUnlessDone<'a, T> {
-    rounds: &'a SharedRounds<T>,
+struct ResetUnlessDone<T> {
+    rounds: Arc<SharedRounds<T>>,
     done: bool,
 }
 
-impl<T> Drop for ResetUnlessDone<'_, T> {
+impl<T> Drop for ResetUnlessDone<T> {
     fn drop(&mut self) {
         if self.done {
             return;
