@@ -131,7 +131,9 @@ impl tower::Service<http::Request<Body>> for Deadline {
                 None => answer.await,
             };
             match answered {
-                Ok(Ok(response)) => Ok(response),
+                // Its body (a stream's answers) is polled later, by the caller: a panic there
+                // ends the answer, not the caller either.
+                Ok(Ok(response)) => Ok(response.map(|body| Body::new(PanicEndsBody { inner: Some(body) }))),
                 Ok(Err(e)) => Err(TransportError(e.into())),
                 Err(_) => {
                     tracing::error!("a client API handler panicked on an in-process call");
@@ -141,6 +143,47 @@ impl tower::Service<http::Request<Body>> for Deadline {
                 }
             }
         })
+    }
+}
+
+/// An answer's body whose poll panicking ends the answer with `CANCELLED` (on the client port
+/// the panic ended only the HTTP/2 stream's task), instead of unwinding into the caller.
+struct PanicEndsBody {
+    /// `None` once it panicked: the answer has ended.
+    inner: Option<Body>,
+}
+
+impl http_body::Body for PanicEndsBody {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, tonic::Status>>> {
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(inner).poll_frame(cx))) {
+            Ok(polled) => polled,
+            Err(_) => {
+                self.inner = None;
+                tracing::error!("a client API answer's body panicked on an in-process call");
+                Poll::Ready(Some(Err(tonic::Status::cancelled(
+                    "the node's answer to this call failed",
+                ))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(http_body::Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| http_body::SizeHint::with_exact(0), http_body::Body::size_hint)
     }
 }
 
@@ -379,6 +422,39 @@ mod tests {
             .expect("task")
             .expect("the call on its way was answered");
         assert_eq!(reply.into_inner().decisions.len(), 1);
+    }
+
+    /// A body that yields one frame, then panics.
+    struct OneFrameThenPanic {
+        sent: bool,
+    }
+
+    impl http_body::Body for OneFrameThenPanic {
+        type Data = bytes::Bytes;
+        type Error = tonic::Status;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, tonic::Status>>> {
+            assert!(!self.sent, "a stream's bug");
+            self.sent = true;
+            Poll::Ready(Some(Ok(http_body::Frame::data(bytes::Bytes::from_static(b"first")))))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_that_panics_ends_its_answer_not_the_caller() {
+        use http_body_util::BodyExt;
+        let mut body = PanicEndsBody {
+            inner: Some(Body::new(OneFrameThenPanic { sent: false })),
+        };
+        let first = body.frame().await.expect("a frame").expect("not an error");
+        assert_eq!(first.into_data().expect("data"), bytes::Bytes::from_static(b"first"));
+        let ended = body.frame().await.expect("an end").expect_err("the panic ends it");
+        assert_eq!(ended.code(), tonic::Code::Cancelled, "{ended:?}");
+        assert!(body.frame().await.is_none(), "nothing after the end");
+        assert!(http_body::Body::is_end_stream(&body));
     }
 
     #[test]
