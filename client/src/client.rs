@@ -59,11 +59,12 @@ pub struct ClientOptions {
     pub in_process: Option<InProcessNode>,
 }
 
-/// A node reached without the network: calls to `addr` go to `service` instead.
+/// A node reached without the network: calls to any of `addrs` go to `service` instead.
 #[derive(Clone)]
 pub struct InProcessNode {
-    /// The node's client address as the cluster names it (in its leader hints).
-    pub addr: String,
+    /// Every client address the cluster may name the node by (in its leader hints): the first is
+    /// where a client built with this node as its endpoint starts.
+    pub addrs: Vec<String>,
     /// The node's client API as a service called in this process (no connection, no HTTP/2
     /// framing). It must enforce each request's `grpc-timeout`, as a dialled channel does.
     pub service: Transport,
@@ -72,7 +73,7 @@ pub struct InProcessNode {
 impl std::fmt::Debug for InProcessNode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("InProcessNode")
-            .field("addr", &self.addr)
+            .field("addrs", &self.addrs)
             .finish_non_exhaustive()
     }
 }
@@ -208,7 +209,11 @@ impl Drop for SeqGuard {
 /// The channel calls to `addr` go through: the in-process node's own one for its address, else
 /// a lazy connection to it.
 fn channel_for(addr: &str, options: &ClientOptions) -> Result<Transport, ClientError> {
-    if let Some(node) = options.in_process.as_ref().filter(|node| node.addr == addr) {
+    if let Some(node) = options
+        .in_process
+        .as_ref()
+        .filter(|node| node.addrs.iter().any(|a| a == addr))
+    {
         return Ok(node.service.clone());
     }
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))

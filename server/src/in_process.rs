@@ -56,8 +56,10 @@ struct OnItsWay(Arc<Running>);
 
 impl Drop for OnItsWay {
     fn drop(&mut self) {
-        self.0.calls.fetch_sub(1, Ordering::SeqCst);
-        self.0.ended.notify_waiters();
+        // Only the last call's end can end a drain's wait (it waits for none on their way).
+        if self.0.calls.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.ended.notify_waiters();
+        }
     }
 }
 
@@ -167,7 +169,9 @@ impl http_body::Body for PanicEndsBody {
         match std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(inner).poll_frame(cx))) {
             Ok(polled) => polled,
             Err(_) => {
-                self.inner = None;
+                // Dropped under the catch too: a body broken mid-poll may panic again on drop.
+                let broken = self.inner.take();
+                let _ = std::panic::catch_unwind(AssertUnwindSafe(move || drop(broken)));
                 tracing::error!("a client API answer's body panicked on an in-process call");
                 Poll::Ready(Some(Err(tonic::Status::cancelled(
                     "the node's answer to this call failed",
@@ -282,7 +286,7 @@ mod tests {
             request_timeout: Duration::from_secs(2),
             token: token.map(basalt_auth::token::Token::from_text),
             in_process: Some(basalt_client::InProcessNode {
-                addr: addr.to_string(),
+                addrs: vec![addr.to_string()],
                 service,
             }),
             ..basalt_client::ClientOptions::default()
@@ -455,6 +459,62 @@ mod tests {
         assert_eq!(ended.code(), tonic::Code::Cancelled, "{ended:?}");
         assert!(body.frame().await.is_none(), "nothing after the end");
         assert!(http_body::Body::is_end_stream(&body));
+    }
+
+    /// A pub/sub service whose subscriptions answer one message, then panic.
+    struct PanickingSubscriptions;
+
+    #[tonic::async_trait]
+    impl basalt_client::pb::pub_sub_server::PubSub for PanickingSubscriptions {
+        type SubscribeStream =
+            Pin<Box<dyn futures::Stream<Item = Result<pb::PubSubMessage, tonic::Status>> + Send + 'static>>;
+
+        async fn publish(
+            &self,
+            _: tonic::Request<pb::PublishRequest>,
+        ) -> Result<tonic::Response<pb::PublishResponse>, tonic::Status> {
+            Ok(tonic::Response::new(pb::PublishResponse::default()))
+        }
+
+        async fn subscribe(
+            &self,
+            _: tonic::Request<pb::SubscribeRequest>,
+        ) -> Result<tonic::Response<Self::SubscribeStream>, tonic::Status> {
+            // One message, then a pause (so that it goes out on its own), then the bug.
+            let mut step = 0;
+            let answers = futures::stream::poll_fn(move |cx| {
+                step += 1;
+                match step {
+                    1 => Poll::Ready(Some(Ok(pb::PubSubMessage {
+                        channel: b"first".to_vec(),
+                        ..Default::default()
+                    }))),
+                    2 => {
+                        cx.waker().wake_by_ref();
+                        Poll::Pending
+                    }
+                    _ => panic!("a stream's bug"),
+                }
+            });
+            Ok(tonic::Response::new(Box::pin(answers)))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_panics_through_the_transport_ends_with_cancelled() {
+        let routes = Routes::new(basalt_client::pb::pub_sub_server::PubSubServer::new(
+            PanickingSubscriptions,
+        ));
+        let mut client = basalt_client::pb::pub_sub_client::PubSubClient::new(transport(routes, None).0);
+        let mut answers = client
+            .subscribe(pb::SubscribeRequest::default())
+            .await
+            .expect("subscribed")
+            .into_inner();
+        let first = answers.message().await.expect("first answer").expect("a message");
+        assert_eq!(first.channel, b"first");
+        let ended = answers.message().await.expect_err("the stream's panic ends it");
+        assert_eq!(ended.code(), tonic::Code::Cancelled, "{ended:?}");
     }
 
     #[test]

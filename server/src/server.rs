@@ -463,21 +463,28 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
             // following the leader from there: the request path every client takes. This node's
             // API is called in-process (the same services and access checks, no loopback TCP or
             // HTTP/2); the other nodes over the network.
-            // Keyed by the address the cluster names this node by (its leader hints: the
-            // membership's, when the node is already a member, else its configured one): when it
+            // Keyed by the addresses the cluster may name this node by in its leader hints (the
+            // membership's, when the node is already a member, and its configured one): when it
             // leads, the hint leads back to the in-process service, not to a dial of itself.
-            let own_addr = applied_membership
+            let mut own_addrs: Vec<String> = applied_membership
                 .membership()
                 .get_node(&config.id)
                 .map(|node| basalt_raft::member_addr::MemberAddr::client_of(&node.addr))
-                .unwrap_or_else(|| config.advertised_addr());
+                .into_iter()
+                .collect();
+            for configured in [config.advertised_addr(), config.listen.to_string()] {
+                if !own_addrs.contains(&configured) {
+                    own_addrs.push(configured);
+                }
+            }
+            let own_addr = own_addrs[0].clone();
             let (own_api, switch) = crate::in_process::transport(client_routes.clone(), api.gate.clone());
             in_process_switch = Some(switch);
             let options = basalt_client::ClientOptions {
                 token: gate.as_ref().map(|(_, root)| root.clone()),
                 tls: api.credentials().connector().cloned(),
                 in_process: Some(basalt_client::InProcessNode {
-                    addr: own_addr.clone(),
+                    addrs: own_addrs,
                     service: own_api,
                 }),
                 ..basalt_client::ClientOptions::default()
