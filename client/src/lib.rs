@@ -74,7 +74,7 @@ pub use rate::{DecidedBy, RateCheck, RateDecision, RateLimit, RateLimiter, RateV
 pub use rate_shadow::SHADOW_KEYS_MAX;
 pub use stream::{
     Assignor, FetchOptions, Fetched, FetchedRecord, JoinOptions, Membership, Produced, Producer, Record, Streams,
-    TimeOffset, TopicInfo, TopicListing, TopicOptions,
+    TimeOffset, TopicInfo, TopicListing, TopicOptions, TrimRule,
 };
 pub use txn::{TxnBuilder, TxnOp, TxnOpResult, TxnOutcome};
 pub use watch::{Watch, WatchEvent, WatchEventKind};
@@ -116,6 +116,7 @@ mod request_decoding_tests {
         let _ = pb::CreateTransfersRequest::decode(bytes);
         let _ = pb::DeleteQueueRequest::decode(bytes);
         let _ = pb::DeleteTopicRequest::decode(bytes);
+        let _ = pb::TrimRequest::decode(bytes);
         let _ = pb::EnqueueRequest::decode(bytes);
         let _ = pb::ExtendRequest::decode(bytes);
         let _ = pb::FetchRequest::decode(bytes);

@@ -10,6 +10,40 @@ use crate::error::ClientError;
 use crate::pb;
 use crate::pb::stream_client::StreamClient;
 
+/// Which of a partition's oldest records a trim hides ([`Streams::trim`], [`crate::TxnOp::trim`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TrimRule {
+    /// Keep the newest `n` records (Redis's `MAXLEN n`).
+    MaxLen(u64),
+    /// Keep the records stamped after `timestamp_ms`, and those stamped exactly then from
+    /// `offset` on (Redis's `MINID timestamp_ms-offset`, an id being a record's stamp and offset).
+    MinId { timestamp_ms: u64, offset: u64 },
+}
+
+impl TrimRule {
+    pub(crate) fn request(
+        self,
+        topic: Vec<u8>,
+        partition: u32,
+        newer_kept: u64,
+        limit: Option<u64>,
+    ) -> pb::TrimRequest {
+        pb::TrimRequest {
+            header: None,
+            topic,
+            partition,
+            rule: Some(match self {
+                TrimRule::MaxLen(keep) => pb::trim_request::Rule::MaxLen(keep),
+                TrimRule::MinId { timestamp_ms, offset } => {
+                    pb::trim_request::Rule::MinId(pb::RecordId { timestamp_ms, offset })
+                }
+            }),
+            newer_kept,
+            limit,
+        }
+    }
+}
+
 /// A record to produce.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Record {
@@ -391,6 +425,36 @@ impl Streams {
                 return Ok(topics);
             }
         }
+    }
+
+    /// Hides the oldest records of one partition by `rule`, at most `limit` of them: its log
+    /// start moves to the first record kept at once (a fetch before it is `OFFSET_OUT_OF_RANGE`,
+    /// as after retention; a consumer group's offset before it reads on from it), and the
+    /// storage is freed in the background. Never moves the log start back. Answers how many
+    /// records it hid. Not on a mirror (`topic@region`): trim its source. `limit: Some(0)` hides
+    /// nothing (Redis's `LIMIT 0`, no limit, is `None`).
+    ///
+    /// # Errors
+    /// `NOT_FOUND` (topic), `OUT_OF_RANGE` (partition), `INVALID_ARGUMENT` (a mirror's name).
+    pub async fn trim(
+        &self,
+        topic: impl Into<Vec<u8>>,
+        partition: u32,
+        rule: TrimRule,
+        limit: Option<u64>,
+    ) -> Result<u64, ClientError> {
+        let (header, _guard) = self.client.header();
+        let message = pb::TrimRequest {
+            header: Some(header),
+            ..rule.request(topic.into(), partition, 0, limit)
+        };
+        let reply = self
+            .client
+            .unary(true, message, |c, r| async move {
+                crate::service_client!(StreamClient, c).trim(r).await
+            })
+            .await?;
+        Ok(reply.removed)
     }
 
     /// Where a reader of one partition starts to see records stamped at or after `at` (the

@@ -29,7 +29,7 @@ use crate::pb;
 use crate::pb::txn_client::TxnClient;
 use crate::queue::{Enqueued, NewMessage};
 use crate::rate::{RateCheck, RateDecision};
-use crate::stream::{produce_record, Produced, Record};
+use crate::stream::{produce_record, Produced, Record, TrimRule};
 
 /// How a condition compares what is stored (left) with its operand (right).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -346,6 +346,25 @@ impl TxnOp {
             producer_id: None,
         }))
     }
+
+    /// The oldest records of a topic's partition hidden by `rule`, at most `limit` of them (see
+    /// [`crate::Streams::trim`]). `newer_kept`: the newest records, appended by an earlier op of
+    /// this transaction, that the trim leaves alone (Redis's `XADD ... MAXLEN` trims what is
+    /// there once its own entry is in, not entries others add after it).
+    pub fn trim(
+        topic: impl Into<Vec<u8>>,
+        partition: u32,
+        rule: TrimRule,
+        newer_kept: u64,
+        limit: Option<u64>,
+    ) -> TxnOp {
+        TxnOp::of(pb::txn_op::Op::Trim(rule.request(
+            topic.into(),
+            partition,
+            newer_kept,
+            limit,
+        )))
+    }
 }
 
 /// What one op of a transaction answered.
@@ -384,6 +403,8 @@ pub enum TxnOpResult {
     /// An ack or nack took effect.
     Done,
     Produced(Vec<Produced>),
+    /// A trim hid this many records.
+    Trimmed(u64),
     /// The op was refused on its own (e.g. `STALE_RECEIPT`, `NOT_FOUND`).
     Refused(ClientError),
 }
@@ -421,6 +442,7 @@ fn result_of(result: pb::TxnOpResult) -> Result<TxnOpResult, ClientError> {
         Some(R::Enqueue(e)) => TxnOpResult::Enqueued(e.outcomes.into_iter().map(Enqueued::from).collect()),
         Some(R::Ack(_)) => TxnOpResult::Done,
         Some(R::Produce(p)) => TxnOpResult::Produced(p.outcomes.into_iter().map(Produced::from).collect()),
+        Some(R::Trim(t)) => TxnOpResult::Trimmed(t.removed),
         Some(R::Error(e)) => TxnOpResult::Refused(crate::coalesce::write_refused(e)),
         None => return Err(ClientError::Protocol("a transaction op answered nothing".into())),
     })

@@ -13,6 +13,15 @@ use crate::typed::{parse_score, AddRules, ScoreBound};
 
 pub type Bytes = Vec<u8>;
 
+/// How `XTRIM`, or `XADD` after its entry, trims a stream: the rule (`MAXLEN n`: keep the
+/// newest `n`; `MINID id`: keep the entries from `id` on) and `LIMIT` (at most this many
+/// entries removed; `None`: no limit). Trimming is exact with `~` as with `=`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamTrim {
+    pub rule: basalt_client::TrimRule,
+    pub limit: Option<u64>,
+}
+
 /// When a key expires, as a command gave it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Expiry {
@@ -184,6 +193,13 @@ pub enum Command {
         pairs: Vec<(Bytes, Bytes)>,
         /// False with `NOMKSTREAM`.
         create: bool,
+        /// `MAXLEN` / `MINID`: how the stream is trimmed once the entry is in.
+        trim: Option<StreamTrim>,
+    },
+    /// `XTRIM key MAXLEN|MINID [=|~] threshold [LIMIT count]`.
+    XTrim {
+        key: Bytes,
+        trim: StreamTrim,
     },
     XLen(Bytes),
     XRange {
@@ -429,6 +445,11 @@ pub const COMMANDS: &[(&str, i32, &str)] = &[
         "xrevrange",
         -4,
         "Returns the messages from a stream within a range of IDs in reverse order.",
+    ),
+    (
+        "xtrim",
+        -4,
+        "Deletes messages from the beginning of a stream.",
     ),
     (
         "zadd",
@@ -769,6 +790,7 @@ pub fn parse(args: &[Bytes]) -> Result<Command, Refusal> {
         "unsubscribe" => Command::Unsubscribe(a.to_vec()),
         "punsubscribe" => Command::PUnsubscribe(a.to_vec()),
         "xadd" => parse_xadd(a)?,
+        "xtrim" => parse_xtrim(a)?,
         "xlen" => Command::XLen(key()),
         "xrange" | "xrevrange" => {
             let rev = name == "xrevrange";
@@ -963,23 +985,112 @@ impl From<&'static str> for Refusal {
     }
 }
 
-/// `XADD key [NOMKSTREAM] * field value [field value ...]`. Basalt gives every entry its id
-/// (the record's stamp and offset), so an explicit id and the trimming options are refused.
+/// The trimming options of `XADD` and `XTRIM` as Redis reads them (`streamParseAddOrTrimArgs`),
+/// in any order: one of `MAXLEN` or `MINID` (either with `=` or `~`), `LIMIT`; checked once all
+/// are read, in Redis's order.
+#[derive(Default)]
+struct TrimOptions {
+    rule: Option<basalt_client::TrimRule>,
+    approximate: bool,
+    /// `LIMIT` as given (0: no limit).
+    limit: Option<u64>,
+}
+
+impl TrimOptions {
+    /// Reads the option at `a[*at]` (moving `at` past it) if it is one; `Ok(false)` if not.
+    fn read(&mut self, a: &[Bytes], at: &mut usize) -> Result<bool, Refusal> {
+        let Some(word) = a.get(*at).map(|w| upper(w)) else {
+            return Ok(false);
+        };
+        // Redis's `moreargs`: the arguments after the option's name.
+        let more = a.len() - *at - 1;
+        if !matches!(word.as_str(), "MAXLEN" | "MINID" | "LIMIT") || more == 0 {
+            return Ok(false);
+        }
+        let mut next = *at + 1;
+        if word == "LIMIT" {
+            let n = int(&a[next])?;
+            self.limit = Some(u64::try_from(n).map_err(|_| Refusal("ERR The LIMIT argument must be >= 0.".into()))?);
+        } else {
+            if self.rule.is_some() {
+                return refuse("ERR syntax error, MAXLEN and MINID options at the same time are not compatible");
+            }
+            // `~` or `=` is a modifier only with a value after it.
+            self.approximate = false;
+            if more >= 2 && (a[next] == b"~" || a[next] == b"=") {
+                self.approximate = a[next] == b"~";
+                next += 1;
+            }
+            self.rule = Some(if word == "MAXLEN" {
+                let n = int(&a[next])?;
+                basalt_client::TrimRule::MaxLen(
+                    u64::try_from(n).map_err(|_| Refusal("ERR The MAXLEN argument must be >= 0.".into()))?,
+                )
+            } else {
+                let id = StreamId::parse(&a[next], 0).ok_or_else(|| Refusal(INVALID_ID.into()))?;
+                basalt_client::TrimRule::MinId {
+                    timestamp_ms: id.ms,
+                    offset: id.seq,
+                }
+            });
+        }
+        *at = next + 1;
+        Ok(true)
+    }
+
+    /// The trim the options ask for (`None`: none) of `XADD` or, `xadd` false, `XTRIM`.
+    fn trim(self, xadd: bool) -> Result<Option<StreamTrim>, Refusal> {
+        if self.limit.is_some_and(|n| n > 0) && self.rule.is_none() {
+            return refuse("ERR syntax error, LIMIT cannot be used without specifying a trimming strategy");
+        }
+        if !xadd && self.rule.is_none() {
+            return refuse("ERR syntax error, XTRIM must be called with a trimming strategy");
+        }
+        if self.limit.is_some() && !self.approximate {
+            return refuse("ERR syntax error, LIMIT cannot be used without the special ~ option");
+        }
+        Ok(self.rule.map(|rule| StreamTrim {
+            rule,
+            // `LIMIT 0` turns the limit off.
+            limit: self.limit.filter(|&n| n > 0),
+        }))
+    }
+}
+
+/// `XTRIM key MAXLEN|MINID [=|~] threshold [LIMIT count]`.
+fn parse_xtrim(a: &[Bytes]) -> Result<Command, Refusal> {
+    let mut options = TrimOptions::default();
+    let mut at = 1;
+    while at < a.len() {
+        if !options.read(a, &mut at)? {
+            return refuse(errors::SYNTAX);
+        }
+    }
+    match options.trim(false)? {
+        Some(trim) => Ok(Command::XTrim {
+            key: a[0].clone(),
+            trim,
+        }),
+        None => refuse("ERR syntax error, XTRIM must be called with a trimming strategy"),
+    }
+}
+
+/// `XADD key [NOMKSTREAM] [MAXLEN|MINID [=|~] threshold [LIMIT count]] * field value [field
+/// value ...]`. Basalt gives every entry its id (the record's stamp and offset), so an explicit
+/// id is refused.
 fn parse_xadd(a: &[Bytes]) -> Result<Command, Refusal> {
     let mut create = true;
+    let mut options = TrimOptions::default();
     let mut at = 1;
     loop {
-        match a.get(at).map(|w| upper(w)).as_deref() {
-            Some("NOMKSTREAM") => create = false,
-            Some("MAXLEN") | Some("MINID") => {
-                return refuse(
-                    "ERR XADD MAXLEN and MINID are not supported on Basalt: a stream keeps entries by its topic's retention (basalt stream create KEY --partitions 1 --retention ...)",
-                )
-            }
-            _ => break,
+        if a.get(at).is_some_and(|w| upper(w) == "NOMKSTREAM") {
+            create = false;
+            at += 1;
+        } else if !options.read(a, &mut at)? {
+            break;
         }
-        at += 1;
     }
+    let trim = options.trim(true)?;
     match a.get(at).map(Vec::as_slice) {
         Some(b"*") => {}
         Some(id) if StreamId::parse(id, 0).is_some() => {
@@ -996,6 +1107,7 @@ fn parse_xadd(a: &[Bytes]) -> Result<Command, Refusal> {
         key: a[0].clone(),
         pairs: rest.chunks(2).map(|p| (p[0].clone(), p[1].clone())).collect(),
         create,
+        trim,
     })
 }
 
@@ -1501,6 +1613,7 @@ mod tests {
                 key: b"s".to_vec(),
                 pairs: vec![(b"f".to_vec(), b"v".to_vec()), (b"g".to_vec(), b"w".to_vec())],
                 create: false,
+                trim: None,
             })
         );
         assert_eq!(
@@ -1509,7 +1622,112 @@ mod tests {
         );
         assert_eq!(refused("XADD s bad f v"), INVALID_ID);
         assert!(refused("XADD s 1-1 f v").starts_with("ERR Basalt gives stream entries their ids"));
-        assert!(refused("XADD s MAXLEN ~ 5 * f v").starts_with("ERR XADD MAXLEN and MINID"));
+        let max_len = |n, limit| {
+            Some(StreamTrim {
+                rule: basalt_client::TrimRule::MaxLen(n),
+                limit,
+            })
+        };
+        let xadd = |create, trim| Command::XAdd {
+            key: b"s".to_vec(),
+            pairs: vec![(b"f".to_vec(), b"v".to_vec())],
+            create,
+            trim,
+        };
+        assert_eq!(
+            parse(&args("XADD s MAXLEN ~ 5 * f v")),
+            Ok(xadd(true, max_len(5, None)))
+        );
+        assert_eq!(parse(&args("XADD s maxlen 5 * f v")), Ok(xadd(true, max_len(5, None))));
+        assert_eq!(
+            parse(&args("XADD s MAXLEN ~ 5 NOMKSTREAM LIMIT 10 * f v")),
+            Ok(xadd(false, max_len(5, Some(10))))
+        );
+        assert_eq!(
+            parse(&args("XADD s MINID = 7-3 * f v")),
+            Ok(xadd(
+                true,
+                Some(StreamTrim {
+                    rule: basalt_client::TrimRule::MinId {
+                        timestamp_ms: 7,
+                        offset: 3
+                    },
+                    limit: None
+                })
+            ))
+        );
+        assert_eq!(
+            refused("XADD s MAXLEN -1 * f v"),
+            "ERR The MAXLEN argument must be >= 0."
+        );
+        assert_eq!(refused("XADD s MAXLEN x * f v"), errors::NOT_INTEGER);
+        assert_eq!(
+            refused("XADD s MAXLEN 5 LIMIT 10 * f v"),
+            "ERR syntax error, LIMIT cannot be used without the special ~ option"
+        );
+        assert_eq!(
+            refused("XADD s MAXLEN 5 MINID 1 * f v"),
+            "ERR syntax error, MAXLEN and MINID options at the same time are not compatible"
+        );
+        assert_eq!(refused("XADD s MINID bad * f v"), INVALID_ID);
+        assert_eq!(
+            parse(&args("XTRIM s MAXLEN ~ 0 LIMIT 0")),
+            Ok(Command::XTrim {
+                key: b"s".to_vec(),
+                trim: StreamTrim {
+                    rule: basalt_client::TrimRule::MaxLen(0),
+                    limit: None
+                }
+            })
+        );
+        assert_eq!(
+            parse(&args("XTRIM s MINID 5")),
+            Ok(Command::XTrim {
+                key: b"s".to_vec(),
+                trim: StreamTrim {
+                    rule: basalt_client::TrimRule::MinId {
+                        timestamp_ms: 5,
+                        offset: 0
+                    },
+                    limit: None
+                }
+            })
+        );
+        assert_eq!(
+            refused("XTRIM s LIMIT 5"),
+            "ERR syntax error, LIMIT cannot be used without specifying a trimming strategy"
+        );
+        assert_eq!(
+            refused("XTRIM s LIMIT 0"),
+            "ERR syntax error, XTRIM must be called with a trimming strategy"
+        );
+        assert_eq!(refused("XTRIM s MAXLEN 5 extra"), errors::SYNTAX);
+        assert_eq!(refused("XTRIM s MAXLEN ~"), errors::NOT_INTEGER);
+        assert_eq!(
+            refused("XADD s LIMIT 5 * f v"),
+            "ERR syntax error, LIMIT cannot be used without specifying a trimming strategy"
+        );
+        assert_eq!(
+            refused("XADD s LIMIT 0 * f v"),
+            "ERR syntax error, LIMIT cannot be used without the special ~ option"
+        );
+        assert_eq!(
+            refused("XADD s MAXLEN 5 MAXLEN 4 * f v"),
+            "ERR syntax error, MAXLEN and MINID options at the same time are not compatible"
+        );
+        assert_eq!(
+            refused("XTRIM s MAXLEN ~ 5 MAXLEN 4 LIMIT 1"),
+            "ERR syntax error, MAXLEN and MINID options at the same time are not compatible"
+        );
+        assert_eq!(
+            refused("XTRIM s MAXLEN"),
+            "ERR wrong number of arguments for 'xtrim' command"
+        );
+        assert_eq!(
+            refused("XTRIM s LIMIT -1 MAXLEN ~ 1"),
+            "ERR The LIMIT argument must be >= 0."
+        );
+        assert_eq!(refused("XTRIM s"), "ERR wrong number of arguments for 'xtrim' command");
         assert_eq!(
             parse(&args("XREVRANGE s + (5-1 COUNT 2")),
             Ok(Command::XRange {

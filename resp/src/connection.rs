@@ -630,7 +630,13 @@ impl Connection {
                     other => other,
                 }
             }
-            Command::XAdd { key, pairs, create } => self.streams().xadd(&key, &pairs, create).await,
+            Command::XAdd {
+                key,
+                pairs,
+                create,
+                trim,
+            } => self.streams().xadd(&key, &pairs, create, trim).await,
+            Command::XTrim { key, trim } => self.streams().xtrim(&key, trim).await,
             Command::XLen(key) => self.streams().xlen(&key).await,
             Command::XRange {
                 key,

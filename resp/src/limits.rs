@@ -111,6 +111,10 @@ pub const PENDING_SCAN_ROWS_MAX: usize = 100_000;
 /// produce).
 pub const STREAM_APPEND_RECORDS_MAX: usize = 1000;
 
+/// Entries with trimming options (`XADD ... MAXLEN|MINID`) combined into one transaction: each
+/// may be a trim op of its own (a transaction takes 256 ops); a round with more goes as several.
+pub const STREAM_APPEND_TRIMS_MAX: usize = 64;
+
 /// Bytes of entries combined into one transaction, in bytes (the cluster takes 4 MiB a
 /// transaction); one larger entry goes alone.
 pub const STREAM_APPEND_BYTES_MAX: usize = 1024 * 1024;

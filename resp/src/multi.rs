@@ -61,6 +61,7 @@ pub fn keys_of(command: &Command) -> Vec<&Bytes> {
         }
         Command::MSet(pairs) | Command::MSetNx(pairs) => pairs.iter().map(|(k, _)| k).collect(),
         Command::XAdd { key, .. }
+        | Command::XTrim { key, .. }
         | Command::XLen(key)
         | Command::XRange { key, .. }
         | Command::XGroupCreate { key, .. }

@@ -22,7 +22,7 @@ use basalt_client::{
 };
 use tokio::task::JoinSet;
 
-use crate::command::{Bytes, XInfo};
+use crate::command::{Bytes, StreamTrim, XInfo};
 use crate::frame::Reply;
 use crate::keys::{now_ms, op_refusal, WRONGTYPE};
 use crate::limits::{
@@ -310,13 +310,33 @@ impl Streams<'_> {
         }
     }
 
-    /// `XADD key [NOMKSTREAM] * field value ...`: appends the entry (with the other
-    /// connections' appends to the stream meanwhile, [`crate::stream_append`]), answers its id
-    /// (null with `NOMKSTREAM` when there is no stream).
-    pub async fn xadd(&self, key: &[u8], pairs: &[(Bytes, Bytes)], create: bool) -> Reply {
+    /// `XADD key [NOMKSTREAM] [MAXLEN|MINID ...] * field value ...`: appends the entry (with the
+    /// other connections' appends to the stream meanwhile, [`crate::stream_append`]) and trims
+    /// the stream in the same transaction, answers its id (null with `NOMKSTREAM` when there is
+    /// no stream).
+    pub async fn xadd(&self, key: &[u8], pairs: &[(Bytes, Bytes)], create: bool, trim: Option<StreamTrim>) -> Reply {
         self.appender
-            .append(self.client, key, encode_entry(pairs), create)
+            .append(self.client, key, encode_entry(pairs), create, trim)
             .await
+    }
+
+    /// `XTRIM key MAXLEN|MINID ...`: the entries it removed (0 when there is no stream,
+    /// `WRONGTYPE` when a KV key has the name). Trims partition 0, the one `XADD` writes.
+    pub async fn xtrim(&self, key: &[u8], trim: StreamTrim) -> Reply {
+        if !could_be_topic(key) {
+            return match self.check_not_a_key(key).await {
+                Ok(()) => Reply::Integer(0),
+                Err(reply) => reply,
+            };
+        }
+        match self.client.streams().trim(key.to_vec(), 0, trim.rule, trim.limit).await {
+            Ok(removed) => Reply::Integer(i64::try_from(removed).unwrap_or(i64::MAX)),
+            Err(e) if is_code(&e, ErrorCode::NotFound) => match self.check_not_a_key(key).await {
+                Ok(()) => Reply::Integer(0),
+                Err(reply) => reply,
+            },
+            Err(e) => client_error(&e),
+        }
     }
 
     async fn create(&self, key: &[u8]) -> Result<(), Reply> {

@@ -543,6 +543,7 @@ fn rule(path: &str) -> Option<Rule> {
         "/basalt.v1.Stream/DeleteTopic" => message(fenced::<pb::DeleteTopicRequest>),
         "/basalt.v1.Stream/ListTopics" => Rule::Fixed(Need::all(Read, Scope::Topic)),
         "/basalt.v1.Stream/OffsetForTime" => message(decoded::<pb::OffsetForTimeRequest>),
+        "/basalt.v1.Stream/Trim" => message(fenced::<pb::TrimRequest>),
         "/basalt.v1.PubSub/Publish" => message(decoded::<pb::PublishRequest>),
         "/basalt.v1.PubSub/Subscribe" => message(decoded::<pb::SubscribeRequest>),
         "/basalt.v1.Cluster/Status" | "/basalt.v1.Auth/WhoAmI" => Rule::Open,
@@ -767,7 +768,7 @@ macro_rules! topic_needs {
 }
 
 topic_needs!(Admin: pb::CreateTopicRequest, pb::DeleteTopicRequest);
-topic_needs!(Write: pb::ProduceRequest);
+topic_needs!(Write: pb::ProduceRequest, pb::TrimRequest);
 topic_needs!(Read: pb::TopicRequest, pb::FetchRequest, pb::OffsetForTimeRequest);
 
 // A consumer group reads its topics; taking part in one (joining, committing) is a read of the
@@ -850,6 +851,7 @@ impl Needs for pb::TxnOp {
             Some(Op::Ack(r)) => r.needs(),
             Some(Op::Nack(r)) => r.needs(),
             Some(Op::Produce(r)) => r.needs(),
+            Some(Op::Trim(r)) => r.needs(),
         }
     }
 }

@@ -106,6 +106,17 @@ pub const LIST_TOPICS_MAX: u32 = 1000;
 /// Most rows (record batches, partitions, producers, committed offsets looked at) one entry
 /// removes of a topic being deleted; the leader's retention entries remove the rest.
 pub const TOPIC_DELETE_ROWS_MAX: u32 = 4096;
+
+/// Record batches hidden by stream trims that one retention entry removes (a budget of its own,
+/// so a large trim never holds back retention or topic deletions; the leader proposes up to 16
+/// such entries a second while some are left).
+pub const TRIM_BATCHES_MAX: u32 = 256;
+/// Most bytes of record batches one retention entry reads to remove batches trims hid (it
+/// always removes at least one).
+pub const TRIM_BYTES_MAX: u64 = 64 * 1024 * 1024;
+/// Most partitions with batches hidden by trims that one retention entry works on; they take
+/// turns, each entry starting after the one the previous entry stopped at.
+pub const TRIM_PARTITIONS_PER_ENTRY_MAX: usize = 64;
 /// Most bytes of record batches one entry of a topic deletion reads, so an entry deleting big
 /// batches stays bounded (it always removes at least one).
 pub const TOPIC_DELETE_BYTES_MAX: u64 = 64 * 1024 * 1024;

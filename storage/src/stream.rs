@@ -28,6 +28,15 @@ pub fn is_mirror_name(topic: &[u8]) -> bool {
     topic.contains(&MIRROR_MARK)
 }
 
+/// Which of a partition's oldest records a trim hides (Redis's `XTRIM`, Kafka's `DeleteRecords`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TrimRule {
+    /// Keep the newest `n` records (`MAXLEN n`).
+    MaxLen(u64),
+    /// Keep the records whose id `(batch stamp, offset)` is at least this one (`MINID`).
+    MinId { timestamp_ms: u64, offset: u64 },
+}
+
 /// One record to produce.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProduceRecord {

@@ -1490,9 +1490,6 @@ fn streams_answer_as_redis_does_and_are_basalt_topics() {
     assert!(raw
         .call(&["XADD", "s:orders", "5-1", "a", "1"])
         .starts_with("-ERR Basalt gives stream entries their ids"));
-    assert!(raw
-        .call(&["XADD", "s:orders", "MAXLEN", "~", "10", "*", "a", "1"])
-        .starts_with("-ERR XADD MAXLEN"));
     assert_eq!(
         raw.call(&["XADD", "s:orders", "*", "a"]),
         "-ERR wrong number of arguments for 'xadd' command\r\n"
@@ -1757,4 +1754,122 @@ fn a_dead_consumer_s_entries_are_claimed_by_one_survivor_each() {
     let mut delivered = delivered;
     delivered.sort();
     assert_eq!(claimed, delivered, "every entry of the dead consumer claimed");
+}
+
+#[test]
+fn xtrim_and_xadd_maxlen_minid_trim_as_redis_does_also_from_many_connections() {
+    let cluster = resp_cluster(&[]);
+    let mut raw = Raw::open(cluster.resp(follower(&cluster)));
+    let ids: Vec<String> = (0..5)
+        .map(|n| bulk_text(&raw.call(&["XADD", "t:capped", "MAXLEN", "3", "*", "n", &n.to_string()])))
+        .collect();
+    assert_eq!(raw.call(&["XLEN", "t:capped"]), ":3\r\n");
+    let kept = |raw: &mut Raw, key: &str| ids_in(&raw.call(&["XRANGE", key, "-", "+"]));
+    assert_eq!(kept(&mut raw, "t:capped"), ids[2..].to_vec(), "the newest three");
+    // XTRIM answers the entries it removed; a looser bound removes nothing.
+    assert_eq!(raw.call(&["XTRIM", "t:capped", "MAXLEN", "~", "10"]), ":0\r\n");
+    assert_eq!(raw.call(&["XTRIM", "t:capped", "MAXLEN", "=", "1"]), ":2\r\n");
+    assert_eq!(kept(&mut raw, "t:capped"), ids[4..].to_vec());
+    // MINID: the entries before an id go, the id's own entry stays.
+    let more: Vec<String> = (0..3)
+        .map(|n| bulk_text(&raw.call(&["XADD", "t:capped", "*", "m", &n.to_string()])))
+        .collect();
+    assert_eq!(raw.call(&["XTRIM", "t:capped", "MINID", &more[1]]), ":2\r\n");
+    assert_eq!(kept(&mut raw, "t:capped"), more[1..].to_vec());
+    // LIMIT with ~ removes at most that many.
+    assert_eq!(
+        raw.call(&["XTRIM", "t:capped", "MAXLEN", "~", "0", "LIMIT", "1"]),
+        ":1\r\n"
+    );
+    assert_eq!(kept(&mut raw, "t:capped"), more[2..].to_vec());
+    // A consumer group reads on from what is kept.
+    assert_eq!(raw.call(&["XGROUP", "CREATE", "t:capped", "g", "0"]), "+OK\r\n");
+    assert_eq!(
+        ids_in(&raw.call(&["XREADGROUP", "GROUP", "g", "c", "STREAMS", "t:capped", ">"])),
+        more[2..].to_vec()
+    );
+    // Redis's answers for no stream, another type and bad options.
+    assert_eq!(raw.call(&["XTRIM", "t:none", "MAXLEN", "0"]), ":0\r\n");
+    assert_eq!(raw.call(&["SET", "t:string", "v"]), "+OK\r\n");
+    assert!(raw
+        .call(&["XTRIM", "t:string", "MAXLEN", "0"])
+        .starts_with("-WRONGTYPE"));
+    assert_eq!(
+        raw.call(&["XTRIM", "t:capped", "MAXLEN", "1", "LIMIT", "5"]),
+        "-ERR syntax error, LIMIT cannot be used without the special ~ option\r\n"
+    );
+    assert_eq!(
+        raw.call(&["XADD", "t:capped", "MAXLEN", "-1", "*", "f", "v"]),
+        "-ERR The MAXLEN argument must be >= 0.\r\n"
+    );
+    assert_eq!(
+        raw.call(&["XTRIM", "t:capped"]),
+        "-ERR wrong number of arguments for 'xtrim' command\r\n"
+    );
+    // NOMKSTREAM with MAXLEN and no stream: nothing created, nothing trimmed.
+    assert_eq!(
+        raw.call(&["XADD", "t:absent", "NOMKSTREAM", "MAXLEN", "1", "*", "f", "v"]),
+        "$-1\r\n"
+    );
+    assert_eq!(raw.call(&["EXISTS", "t:absent"]), ":0\r\n");
+
+    // Many connections appending with MAXLEN at once (their appends combined into rounds):
+    // the stream ends with the newest entries, as many as the bound.
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let addr = cluster.resp(1 + w % 3);
+            std::thread::spawn(move || {
+                let mut raw = Raw::open(addr);
+                for n in 0..25 {
+                    let reply = raw.call(&["XADD", "t:busy", "MAXLEN", "~", "7", "*", "w", &format!("w{w}n{n}")]);
+                    assert!(reply.starts_with('$'), "{reply}");
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.join().expect("writer");
+    }
+    assert_eq!(raw.call(&["XLEN", "t:busy"]), ":7\r\n");
+    let busy = kept(&mut raw, "t:busy");
+    let offsets: Vec<u64> = busy
+        .iter()
+        .map(|id| id.split_once('-').expect("an id").1.parse().expect("an offset"))
+        .collect();
+    assert_eq!(offsets, (193..200).collect::<Vec<u64>>(), "the newest seven of 200");
+
+    // The SDK's trim of the same topic, and the log start it moved.
+    runtime().block_on(async {
+        let client = cluster.client().await;
+        let streams = client.streams();
+        let removed = streams
+            .trim("t:busy", 0, basalt_client::TrimRule::MaxLen(2), None)
+            .await
+            .expect("trim");
+        assert_eq!(removed, 5);
+        let info = streams
+            .describe("t:busy", basalt_client::ReadConsistency::Linearizable)
+            .await
+            .expect("describe");
+        assert_eq!(
+            (info.partitions[0].log_start, info.partitions[0].high_watermark),
+            (198, 200)
+        );
+        let refused = streams
+            .trim("t:busy", 3, basalt_client::TrimRule::MaxLen(0), None)
+            .await
+            .expect_err("no partition 3");
+        assert_eq!(
+            refused.code(),
+            Some(basalt_client::ErrorCode::OutOfRange),
+            "{refused:?}"
+        );
+        // And the CLI's.
+        let endpoints = cluster.endpoints();
+        let run = run_cli(NODE, &endpoints, &["stream", "trim", "t:busy", "--max-len", "1"], None).await;
+        assert_eq!((run.code, run.stdout.trim()), (Some(0), "TRIMMED 1"), "{}", run.stderr);
+        let run = run_cli(NODE, &endpoints, &["stream", "trim", "t:busy", "--min-id", "x"], None).await;
+        assert_ne!(run.code, Some(0), "a bad id is refused: {}", run.stdout);
+    });
+    assert_eq!(raw.call(&["XLEN", "t:busy"]), ":1\r\n");
 }

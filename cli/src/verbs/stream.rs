@@ -5,7 +5,7 @@ use std::time::Duration;
 use std::time::SystemTime;
 
 use basalt_client::{
-    Client, ConsumerOptions, FetchOptions, ReadConsistency, Record, ReplayOptions, StartFrom, TopicOptions,
+    Client, ConsumerOptions, FetchOptions, ReadConsistency, Record, ReplayOptions, StartFrom, TopicOptions, TrimRule,
 };
 use clap::Subcommand;
 use tokio_stream::StreamExt;
@@ -55,6 +55,20 @@ pub enum StreamCommand {
     Committed { group: String, topic: String },
     /// Delete a topic with its records and every group's offsets for it.
     Delete { topic: String },
+    /// Remove a partition's oldest records: keep the newest `--max-len N`, or the records from
+    /// id `--min-id MS[-OFFSET]` on (stamp, then offset); prints how many were removed.
+    Trim {
+        topic: String,
+        #[arg(long, default_value_t = 0)]
+        partition: u32,
+        #[arg(long, conflicts_with = "min_id", required_unless_present = "min_id")]
+        max_len: Option<u64>,
+        #[arg(long, value_parser = parse_record_id)]
+        min_id: Option<(u64, u64)>,
+        /// Remove at most this many.
+        #[arg(long)]
+        limit: Option<u64>,
+    },
     /// Every topic: name, partitions, retention, mirror.
     List,
     /// The offset of a partition's first record at or after a time (`--ago 1h`, or `--at-ms`).
@@ -182,6 +196,21 @@ pub async fn stream(client: &Client, command: StreamCommand) -> Result<(), Strin
             streams.delete_topic(topic).await.map_err(err)?;
             crate::outln!("DELETED");
         }
+        StreamCommand::Trim {
+            topic,
+            partition,
+            max_len,
+            min_id,
+            limit,
+        } => {
+            let rule = match (max_len, min_id) {
+                (Some(n), _) => TrimRule::MaxLen(n),
+                (None, Some((timestamp_ms, offset))) => TrimRule::MinId { timestamp_ms, offset },
+                (None, None) => return Err("give --max-len or --min-id".into()),
+            };
+            let removed = streams.trim(topic, partition, rule, limit).await.map_err(err)?;
+            crate::outln!("TRIMMED {removed}");
+        }
         StreamCommand::List => {
             for t in streams.list_topics().await.map_err(err)? {
                 crate::outln!(
@@ -271,4 +300,27 @@ pub async fn stream(client: &Client, command: StreamCommand) -> Result<(), Strin
         }
     }
     Ok(())
+}
+
+/// A record id as Redis streams write it: `MS-OFFSET`, or `MS` alone (offset 0).
+fn parse_record_id(text: &str) -> Result<(u64, u64), String> {
+    let number = |s: &str| s.parse::<u64>().map_err(|_| format!("{text:?} is not MS[-OFFSET]"));
+    match text.split_once('-') {
+        Some((ms, offset)) => Ok((number(ms)?, number(offset)?)),
+        None => Ok((number(text)?, 0)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_record_id;
+
+    #[test]
+    fn record_ids_are_ms_then_an_optional_offset() {
+        assert_eq!(parse_record_id("1700000000000-5"), Ok((1_700_000_000_000, 5)));
+        assert_eq!(parse_record_id("42"), Ok((42, 0)));
+        assert!(parse_record_id("x-1").is_err());
+        assert!(parse_record_id("1-").is_err());
+        assert!(parse_record_id("-1").is_err());
+    }
 }

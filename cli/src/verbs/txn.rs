@@ -524,6 +524,7 @@ fn show(result: &TxnOpResult) -> String {
             .map(|p| format!("partition={} offset={}", p.partition, p.offset))
             .collect::<Vec<_>>()
             .join(" "),
+        TxnOpResult::Trimmed(removed) => format!("TRIMMED {removed}"),
         TxnOpResult::Refused(e) => format!("REFUSED {e}"),
     }
 }

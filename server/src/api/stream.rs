@@ -10,7 +10,7 @@ use basalt_storage::apply::queue::check_name;
 use basalt_storage::apply::stream::{describe, fetch, list_topics, offset_for_time, partition_state};
 use basalt_storage::command::{GroupOp, Op, Response, StreamOp};
 use basalt_storage::limits::{FETCH_RECORDS_MAX, FETCH_REPLY_BYTES_MAX};
-use basalt_storage::stream::{Assignor, GroupView, ProduceRecord, Produced, TopicConfig};
+use basalt_storage::stream::{Assignor, GroupView, ProduceRecord, Produced, TopicConfig, TrimRule};
 use tonic::{Request, Response as GrpcResponse, Status};
 
 use super::{op_error_status, status, storage_status, unexpected_result, Api};
@@ -34,6 +34,37 @@ pub(super) fn produce_op(r: pb::ProduceRequest) -> Op {
         records,
         producer: r.producer_id,
     })
+}
+
+/// A trim as the state machine takes it (the request's header aside).
+pub(super) fn trim_op(r: pb::TrimRequest) -> Result<Op, Status> {
+    let rule = match r.rule {
+        Some(pb::trim_request::Rule::MaxLen(keep)) => TrimRule::MaxLen(keep),
+        Some(pb::trim_request::Rule::MinId(id)) => TrimRule::MinId {
+            timestamp_ms: id.timestamp_ms,
+            offset: id.offset,
+        },
+        None => {
+            return Err(status(
+                ErrorCode::InvalidArgument,
+                "a trim needs a rule: max_len or min_id",
+            ))
+        }
+    };
+    Ok(Op::Stream(StreamOp::Trim {
+        topic: r.topic,
+        partition: r.partition,
+        rule,
+        newer_kept: r.newer_kept,
+        limit: r.limit,
+    }))
+}
+
+pub(super) fn trimmed_reply(response: Response) -> Result<pb::TrimResponse, Status> {
+    match response {
+        Response::Trimmed { removed } => Ok(pb::TrimResponse { removed }),
+        other => Err(unexpected_result(&other)),
+    }
 }
 
 fn produce_response(outcomes: impl IntoIterator<Item = (Produced, u64)>) -> pb::ProduceResponse {
@@ -296,6 +327,13 @@ impl Stream for Api {
                 })
                 .collect(),
         }))
+    }
+
+    async fn trim(&self, request: Request<pb::TrimRequest>) -> Result<GrpcResponse<pb::TrimResponse>, Status> {
+        let r = request.into_inner();
+        let header = r.header.clone();
+        let op = trim_op(r)?;
+        Ok(GrpcResponse::new(trimmed_reply(self.write(header, op).await?)?))
     }
 
     async fn delete_topic(

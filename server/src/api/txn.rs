@@ -26,6 +26,7 @@ enum Kind {
     Enqueue,
     Done,
     Produce,
+    Trim,
 }
 
 /// The kind of an op [`Api::txn_op_of`] built (`None` for one it never builds).
@@ -43,6 +44,7 @@ fn kind_of(op: &Op) -> Option<Kind> {
         Op::Queue(QueueOp::Enqueue { .. }) => Kind::Enqueue,
         Op::Queue(QueueOp::Ack { .. } | QueueOp::Nack { .. }) => Kind::Done,
         Op::Stream(StreamOp::Produce { .. }) => Kind::Produce,
+        Op::Stream(StreamOp::Trim { .. }) => Kind::Trim,
         _ => return None,
     })
 }
@@ -251,6 +253,10 @@ impl Api {
                 no_header(&r.header)?;
                 Ok(stream::produce_op(r))
             }
+            Some(O::Trim(r)) => {
+                no_header(&r.header)?;
+                stream::trim_op(r)
+            }
             None => Err(invalid("an op needs one of its kinds")),
         }
     }
@@ -333,6 +339,7 @@ fn op_result(kind: Option<Kind>, answer: Response) -> Result<pb::TxnOpResult, St
         (Some(Kind::Enqueue), answer) => R::Enqueue(queue::enqueued_reply(answer)?),
         (Some(Kind::Done), answer) => R::Ack(queue::done_reply(answer)?),
         (Some(Kind::Produce), answer) => R::Produce(stream::produced_reply(answer)?),
+        (Some(Kind::Trim), answer) => R::Trim(stream::trimmed_reply(answer)?),
         (_, other) => return Err(unexpected_result(&other)),
     };
     Ok(pb::TxnOpResult { result: Some(result) })

@@ -67,6 +67,8 @@ mod tests_replication;
 #[cfg(test)]
 mod tests_stream;
 #[cfg(test)]
+mod tests_stream_trim;
+#[cfg(test)]
 mod tests_topology;
 #[cfg(test)]
 mod tests_txn;

@@ -1,4 +1,4 @@
-//! Stream apply: topics, produce (with idempotent producers), retention; and the fetch read.
+//! Stream apply: topics, produce (with idempotent producers), retention, trims; and the fetch read.
 //!
 //! A partition is a run of record batches, one per partition per produce entry, keyed by their
 //! first offset (as Kafka stores record batches): a produce of 1000 records writes a handful of
@@ -14,11 +14,13 @@ use super::{check_batch, decode, load, named, out_of_range, save, OpContext, Vie
 use crate::command::{OpError, Response, StreamError, StreamOp};
 use crate::limits::{
     BATCH_BYTES_MAX, LIST_TOPICS_MAX, NAME_BYTES_MAX, PARTITIONS_MAX, RECORD_VALUE_BYTES_MAX, TOPIC_DELETE_BYTES_MAX,
-    TOPIC_DELETE_ROWS_MAX, TOPIC_DELETIONS_PER_ENTRY_MAX, TTL_MS_MAX,
+    TOPIC_DELETE_ROWS_MAX, TOPIC_DELETIONS_PER_ENTRY_MAX, TRIM_BATCHES_MAX, TRIM_BYTES_MAX,
+    TRIM_PARTITIONS_PER_ENTRY_MAX, TTL_MS_MAX,
 };
 use crate::state::{KeyRange, StoreError, StoreRead, Table, ViewSource};
 use crate::stream::{
-    is_mirror_name, partition_for_key, FetchedRecord, ProduceRecord, Produced, Record, TopicConfig, MIRROR_MARK,
+    is_mirror_name, partition_for_key, FetchedRecord, ProduceRecord, Produced, Record, TopicConfig, TrimRule,
+    MIRROR_MARK,
 };
 
 /// Applies one stream op of entry `ctx.index`.
@@ -37,6 +39,13 @@ pub(super) fn apply_op<S: StoreRead>(
         } => produce(view, index, now_ms, topic, records, *producer),
         StreamOp::Retention { limit } => apply_retention(view, now_ms, *limit),
         StreamOp::DeleteTopic { topic } => delete_topic(view, topic),
+        StreamOp::Trim {
+            topic,
+            partition,
+            rule,
+            newer_kept,
+            limit,
+        } => trim(view, topic, *partition, *rule, *newer_kept, *limit),
     }
 }
 
@@ -133,6 +142,11 @@ pub(crate) fn validate_topic(topic: &[u8], config: &TopicConfig) -> Result<(), O
 }
 
 pub(crate) fn validate_delete(topic: &[u8]) -> Result<(), OpError> {
+    check_name("topic name", topic)?;
+    refuse_mirror_name(topic)
+}
+
+pub(crate) fn validate_trim(topic: &[u8]) -> Result<(), OpError> {
     check_name("topic name", topic)?;
     refuse_mirror_name(topic)
 }
@@ -478,6 +492,209 @@ pub fn fetch<S: StoreRead + ?Sized>(
     Ok(Ok(fetched))
 }
 
+/// `Meta` key prefix of the partitions a trim hid batches of that are still stored (followed by
+/// the partition's key): the leader's retention entries remove them, then the key.
+const TRIM_PENDING_PREFIX: &[u8] = b"stream_trim_pending/";
+
+fn trim_pending_key(partition_key: &[u8]) -> Vec<u8> {
+    [TRIM_PENDING_PREFIX, partition_key].concat()
+}
+
+/// The first offset from which every record of the partition is stamped at or after `at_ms`
+/// (its high watermark when none is).
+fn first_stamped_from<S: StoreRead + ?Sized>(
+    store: &S,
+    topic: &[u8],
+    partition: u32,
+    state: &PartitionState,
+    at_ms: u64,
+) -> Result<Result<u64, OpError>, StoreError> {
+    Ok(offset_for_time(store, topic, partition, at_ms)?
+        .map(|found| found.map_or(state.next_offset, |(offset, _)| offset)))
+}
+
+/// Where `rule` puts the log start of a partition in `state` whose newest `newer_kept` records
+/// are out of its reach, at most `limit` records on from the current start; never below it.
+fn trim_cut<S: StoreRead + ?Sized>(
+    store: &S,
+    topic: &[u8],
+    partition: u32,
+    state: &PartitionState,
+    rule: TrimRule,
+    newer_kept: u64,
+    limit: Option<u64>,
+) -> Result<Result<u64, OpError>, StoreError> {
+    let seen_end = state.next_offset.saturating_sub(newer_kept);
+    let cut = match rule {
+        TrimRule::MaxLen(keep) => seen_end.saturating_sub(keep),
+        TrimRule::MinId { timestamp_ms, offset } => {
+            // Offsets and stamps both grow along a partition, so the records whose id is below
+            // (timestamp_ms, offset) are a prefix: those stamped before `timestamp_ms`, then
+            // those stamped exactly `timestamp_ms` with an offset below `offset`.
+            let stamped_at = match first_stamped_from(store, topic, partition, state, timestamp_ms)? {
+                Ok(offset) => offset,
+                Err(refused) => return Ok(Err(refused)),
+            };
+            let stamped_after = match timestamp_ms.checked_add(1) {
+                Some(next_ms) => match first_stamped_from(store, topic, partition, state, next_ms)? {
+                    Ok(offset) => offset,
+                    Err(refused) => return Ok(Err(refused)),
+                },
+                None => state.next_offset,
+            };
+            stamped_at.max(offset.min(stamped_after))
+        }
+    };
+    let cut = cut.min(seen_end);
+    let cut = limit.map_or(cut, |most| cut.min(state.start_offset.saturating_add(most)));
+    Ok(Ok(cut.max(state.start_offset)))
+}
+
+/// Applies [`StreamOp::Trim`]: moves the partition's log start to the first record `rule` keeps
+/// and notes the partition for the retention entries, which remove the batches it hid
+/// ([`continue_trims`]). Answers the records hidden.
+pub(crate) fn trim<S: StoreRead>(
+    view: &mut View<'_, S>,
+    topic: &[u8],
+    partition: u32,
+    rule: TrimRule,
+    newer_kept: u64,
+    limit: Option<u64>,
+) -> Result<Response, StoreError> {
+    refuse_on_err!(validate_trim(topic));
+    let config = refuse_on_err!(topic_config(view, topic)?);
+    if partition >= config.partitions {
+        return Ok(Response::Refused(out_of_range(
+            "partition",
+            format!("0..{}", config.partitions),
+            partition,
+        )));
+    }
+    let key = partition_key(topic, partition);
+    let mut state: PartitionState = load(view, Table::StreamPartition, &key)?.unwrap_or_default();
+    let cut = refuse_on_err!(trim_cut(view, topic, partition, &state, rule, newer_kept, limit)?);
+    let removed = cut - state.start_offset;
+    if removed == 0 {
+        return Ok(Response::Trimmed { removed: 0 });
+    }
+    state.start_offset = cut;
+    save(view, Table::StreamPartition, key.clone(), &state);
+    // The batches it hid are removed by the retention entries (so that one entry's work stays
+    // small whatever the trim and however many trims a transaction holds).
+    view.put(Table::Meta, trim_pending_key(&key), Vec::new());
+    Ok(Response::Trimmed { removed })
+}
+
+/// Removes the partition's oldest batches that hold only records before its log start (which a
+/// trim hid), within `budget` (its first removal always fits, so removal progresses), counting
+/// their bytes out of `state` (the caller saves it). A batch is wholly hidden when the next one
+/// starts at or before the log start (the newest: when the partition's end does), so no batch
+/// is decoded; each is read at most twice. Answers how many it removed and whether such a batch
+/// is left.
+fn remove_hidden_batches<S: StoreRead>(
+    view: &mut View<'_, S>,
+    topic: &[u8],
+    partition: u32,
+    state: &mut PartitionState,
+    budget: &mut DeleteBudget,
+) -> Result<(u32, bool), StoreError> {
+    let prefix = partition_key(topic, partition);
+    let mut from = prefix.clone();
+    let mut removed = 0;
+    loop {
+        let page = view.scan(Table::StreamBatch, &KeyRange::prefix_from(&prefix, from.clone()), 2)?;
+        let Some((key, value)) = page.first() else {
+            return Ok((removed, false));
+        };
+        let end = page.get(1).map_or(state.next_offset, |(next, _)| base_offset_of(next));
+        if end > state.start_offset {
+            return Ok((removed, false));
+        }
+        if budget.spent() && budget.used() > 0 {
+            return Ok((removed, true));
+        }
+        let read: usize = page.iter().map(|(_, v)| v.len()).sum();
+        budget.rows = budget.rows.saturating_sub(1);
+        budget.bytes = budget.bytes.saturating_sub(read as u64);
+        state.bytes = state.bytes.saturating_sub(value.len() as u64);
+        view.delete(Table::StreamBatch, key.clone());
+        removed += 1;
+        from = key.clone();
+        from.push(0);
+    }
+}
+
+fn trim_pending_range() -> KeyRange {
+    KeyRange::prefix_from(TRIM_PENDING_PREFIX, TRIM_PENDING_PREFIX.to_vec())
+}
+
+/// Whether a trim left hidden batches for the retention entries to remove.
+pub fn trims_pending<S: StoreRead + ?Sized>(store: &S) -> Result<bool, StoreError> {
+    Ok(!store.scan(Table::Meta, &trim_pending_range(), 1)?.is_empty())
+}
+
+/// `Meta` key: the pending-trim key the next entry's removal starts at (absent: the first), so
+/// the partitions trims left batches in take turns.
+const TRIM_TURN_KEY: &[u8] = b"stream_trim_turn";
+
+/// Goes on with the batches trims hid, within a budget of its own ([`TRIM_BATCHES_MAX`] batches,
+/// [`TRIM_BYTES_MAX`] bytes read), so a large trim never holds back retention or deletions,
+/// and at most [`TRIM_PARTITIONS_PER_ENTRY_MAX`] partitions, taking turns. Answers the batches
+/// removed. A pending partition whose topic is gone (deleted: the deletion removes its rows) is
+/// forgotten.
+fn continue_trims<S: StoreRead>(view: &mut View<'_, S>) -> Result<u32, StoreError> {
+    let turn = view
+        .get(Table::Meta, TRIM_TURN_KEY)?
+        .filter(|turn| turn.starts_with(TRIM_PENDING_PREFIX))
+        .unwrap_or_else(|| TRIM_PENDING_PREFIX.to_vec());
+    let mut pending = view.scan(
+        Table::Meta,
+        &KeyRange::prefix_from(TRIM_PENDING_PREFIX, turn.clone()),
+        TRIM_PARTITIONS_PER_ENTRY_MAX,
+    )?;
+    if pending.len() < TRIM_PARTITIONS_PER_ENTRY_MAX {
+        let wrapped = view.scan(
+            Table::Meta,
+            &KeyRange::between(TRIM_PENDING_PREFIX.to_vec(), turn),
+            TRIM_PARTITIONS_PER_ENTRY_MAX - pending.len(),
+        )?;
+        pending.extend(wrapped);
+    }
+    let mut budget = DeleteBudget::new(TRIM_BATCHES_MAX, TRIM_BYTES_MAX);
+    let mut next_turn = None;
+    for (marker, _) in pending {
+        if budget.spent() {
+            break;
+        }
+        let key = marker[TRIM_PENDING_PREFIX.len()..].to_vec();
+        // A partition key: the name's length, the name, the partition (4 bytes BE).
+        let parsed = key.split_first().and_then(|(&len, rest)| {
+            let (name, partition) = rest.split_at_checked(usize::from(len))?;
+            Some((name.to_vec(), u32::from_be_bytes(partition.try_into().ok()?)))
+        });
+        let state: Option<PartitionState> = load(view, Table::StreamPartition, &key)?;
+        let mut after = marker.clone();
+        after.push(0);
+        next_turn = Some(after);
+        let (Some((topic, partition)), Some(mut state)) = (parsed, state) else {
+            view.delete(Table::Meta, marker);
+            continue;
+        };
+        let (done, left) = remove_hidden_batches(view, &topic, partition, &mut state, &mut budget)?;
+        if done > 0 {
+            save(view, Table::StreamPartition, key, &state);
+        }
+        if !left {
+            view.delete(Table::Meta, marker);
+        }
+    }
+    match next_turn {
+        Some(turn) => view.put(Table::Meta, TRIM_TURN_KEY.to_vec(), turn),
+        None => view.delete(Table::Meta, TRIM_TURN_KEY.to_vec()),
+    }
+    Ok(budget.used())
+}
+
 /// The oldest batch of a partition that retention removes at `now_ms`, with its record count.
 fn expired_head<S: StoreRead + ?Sized>(
     store: &S,
@@ -521,7 +738,7 @@ fn topics_with_retention<S: StoreRead + ?Sized>(store: &S) -> Result<Vec<(Vec<u8
 /// Whether some partition has a batch that retention would remove at `now_ms`, or a topic
 /// deletion has rows left to remove.
 pub fn retention_due<S: StoreRead + ?Sized>(store: &S, now_ms: u64) -> Result<bool, StoreError> {
-    if deletions_due(store)? {
+    if deletions_due(store)? || trims_pending(store)? {
         return Ok(true);
     }
     for (topic, config) in topics_with_retention(store)? {
@@ -545,7 +762,7 @@ pub(crate) fn apply_retention<S: StoreRead>(
     now_ms: u64,
     limit: u32,
 ) -> Result<Response, StoreError> {
-    let deleted = continue_deletions(view, TOPIC_DELETE_ROWS_MAX)?;
+    let deleted = continue_deletions(view, TOPIC_DELETE_ROWS_MAX)?.saturating_add(continue_trims(view)?);
     if limit == 0 {
         return Ok(Response::Swept { removed: deleted });
     }
@@ -560,7 +777,8 @@ pub(crate) fn apply_retention<S: StoreRead>(
                 else {
                     break;
                 };
-                state.start_offset = base_offset_of(&batch) + count;
+                // A trim may have moved the start past this batch already.
+                state.start_offset = state.start_offset.max(base_offset_of(&batch) + count);
                 state.bytes = state.bytes.saturating_sub(bytes);
                 view.delete(Table::StreamBatch, batch);
                 removed += 1;

@@ -98,7 +98,7 @@ pub fn more_due<S: StoreRead + ?Sized>(store: &S, op: &Op) -> Result<bool, Store
     match op {
         Op::Queue(QueueOp::ContinueDeletes { .. }) => queue::deletions_due(store),
         Op::Queue(QueueOp::BuildDeadLetterIndex { .. }) => queue::dead_letter_index_due(store),
-        Op::Stream(StreamOp::Retention { .. }) => stream::deletions_due(store),
+        Op::Stream(StreamOp::Retention { .. }) => Ok(stream::deletions_due(store)? || stream::trims_pending(store)?),
         _ => Ok(false),
     }
 }

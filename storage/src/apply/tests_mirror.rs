@@ -120,6 +120,51 @@ fn the_sources_retention_reaches_the_mirror_which_never_sweeps_itself() {
 }
 
 #[test]
+fn the_sources_trim_reaches_the_mirror_which_may_not_be_trimmed_itself() {
+    let mut us = region(1);
+    let mut eu = region(2);
+    create(&mut us, "clicks", config(true, None));
+    produce(&mut us, 10, "clicks", vec![to(0, "a"), to(0, "b")], None);
+    produce(&mut us, 20, "clicks", vec![to(0, "c")], None);
+    ship(&us, 1, &mut eu, 21);
+    assert_eq!(values(&eu, "clicks@us", 0), ["a", "b", "c"]);
+    let trim = |topic: &str| {
+        Op::Stream(StreamOp::Trim {
+            topic: topic.into(),
+            partition: 0,
+            rule: crate::stream::TrimRule::MaxLen(1),
+            newer_kept: 0,
+            limit: None,
+        })
+    };
+    assert!(matches!(
+        eu.apply(cmd(22, trim("clicks@us"))),
+        Response::Refused(OpError::Stream(StreamError::MirrorReadOnly { .. }))
+    ));
+    assert_eq!(us.apply(cmd(23, trim("clicks"))), Response::Trimmed { removed: 2 });
+    ship(&us, 1, &mut eu, 24);
+    assert_eq!(
+        values(&eu, "clicks@us", 0),
+        ["c"],
+        "the moved log start reaches the mirror"
+    );
+    // The removal of the hidden batch, by the source's retention entry, too.
+    us.apply(cmd(25, Op::Stream(StreamOp::Retention { limit: 0 })));
+    ship(&us, 1, &mut eu, 26);
+    let batches = |h: &Harness| {
+        h.store
+            .scan(Table::StreamBatch, &KeyRange::all(), usize::MAX)
+            .expect("scan")
+            .len()
+    };
+    assert_eq!((batches(&us), batches(&eu)), (1, 1));
+    assert!(
+        !stream::retention_due(&eu.store, 27).expect("due"),
+        "no trim is pending in the mirror's region"
+    );
+}
+
+#[test]
 fn mirror_rows_must_be_stream_rows_under_a_mirror_name() {
     let mut eu = region(2);
     let forged = |table: &str, key: &[u8]| basalt_replication::ShipBatch {

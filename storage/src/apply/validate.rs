@@ -83,6 +83,7 @@ pub fn validate_op(op: &Op) -> Result<(), OpError> {
         Op::Queue(QueueOp::Delete { queue }) => queue::check_name("queue name", queue),
         Op::Stream(StreamOp::CreateTopic { topic, config }) => stream::validate_topic(topic, config),
         Op::Stream(StreamOp::DeleteTopic { topic }) => stream::validate_delete(topic),
+        Op::Stream(StreamOp::Trim { topic, .. }) => stream::validate_trim(topic),
         Op::Stream(StreamOp::Produce {
             topic,
             records,

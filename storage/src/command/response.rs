@@ -125,10 +125,14 @@ pub enum Response {
         finished: bool,
     },
     /// Where each produced record landed, with the stamp of the batch it is in (the entry's time
-    /// for new records; a retry answers its first batch's stamp, or 0 if retention removed
-    /// it). Produce answers this since Redis stream ids were built on it; an older build's
+    /// for new records; a retry answers its first batch's stamp, or 0 if retention or a trim
+    /// removed it). Produce answers this since Redis stream ids were built on it; an older build's
     /// sessions may still hold [`Response::Produced`].
     ProducedStamped(Vec<(Produced, u64)>),
+    /// A stream trim hid `removed` records.
+    Trimmed {
+        removed: u64,
+    },
 }
 
 impl std::fmt::Display for Response {

@@ -5,7 +5,7 @@ use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 
-use crate::stream::{Assignor, ProduceRecord, TopicConfig};
+use crate::stream::{Assignor, ProduceRecord, TopicConfig, TrimRule};
 
 /// The stream operations. Applied by `crate::apply::stream`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,6 +25,19 @@ pub enum StreamOp {
     /// created again until its records, partitions, producers and committed offsets are all
     /// removed, a bounded number per entry, the rest by the leader's retention entries.
     DeleteTopic { topic: Vec<u8> },
+    /// Hides a partition's oldest records by `rule`: its log start moves up to the first record
+    /// kept, at once; the batches wholly before it are removed, a bounded number in this entry
+    /// and the rest by the leader's retention entries. `newer_kept`: the newest records that
+    /// came after the command that trims (appended earlier in the same transaction) and are
+    /// never its to hide. `limit`: at most this many records hidden (`XTRIM ... LIMIT`). Never
+    /// moves the log start back; answers the records it hid.
+    Trim {
+        topic: Vec<u8>,
+        partition: u32,
+        rule: TrimRule,
+        newer_kept: u64,
+        limit: Option<u64>,
+    },
 }
 
 /// The consumer-group operations. Applied by `crate::apply::group`.
@@ -76,6 +89,17 @@ impl std::fmt::Display for StreamOp {
             ),
             StreamOp::Retention { limit } => write!(f, "stream retention (limit {limit})"),
             StreamOp::DeleteTopic { topic } => write!(f, "stream delete {:?}", lossy(topic)),
+            StreamOp::Trim {
+                topic,
+                partition,
+                rule,
+                newer_kept,
+                limit,
+            } => write!(
+                f,
+                "stream trim {:?}/{partition} {rule:?} (newer kept {newer_kept}, limit {limit:?})",
+                lossy(topic)
+            ),
         }
     }
 }

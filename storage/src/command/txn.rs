@@ -170,7 +170,7 @@ pub fn is_transactional(op: &Op) -> bool {
         ),
         Op::Ledger(op) => matches!(op, LedgerOp::CreateAccounts { .. } | LedgerOp::CreateTransfers { .. }),
         Op::Queue(op) => matches!(op, QueueOp::Enqueue { .. } | QueueOp::Ack { .. } | QueueOp::Nack { .. }),
-        Op::Stream(op) => matches!(op, StreamOp::Produce { .. }),
+        Op::Stream(op) => matches!(op, StreamOp::Produce { .. } | StreamOp::Trim { .. }),
         _ => false,
     }
 }
