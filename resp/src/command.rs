@@ -1090,13 +1090,16 @@ fn parse_xadd(a: &[Bytes]) -> Result<Command, Refusal> {
             break;
         }
     }
+    // Redis reads the id within its option loop, so a bad one is refused before the options'
+    // checks; the options before a missing or an explicit id.
+    let id = a.get(at).map(Vec::as_slice);
+    if id.is_some_and(|id| id != b"*" && StreamId::parse(id, 0).is_none()) {
+        return refuse(INVALID_ID);
+    }
     let trim = options.trim(true)?;
-    match a.get(at).map(Vec::as_slice) {
+    match id {
         Some(b"*") => {}
-        Some(id) if StreamId::parse(id, 0).is_some() => {
-            return refuse("ERR Basalt gives stream entries their ids (stamp-offset): XADD takes * as the id")
-        }
-        Some(_) => return refuse(INVALID_ID),
+        Some(_) => return refuse("ERR Basalt gives stream entries their ids (stamp-offset): XADD takes * as the id"),
         None => return Err(arity("xadd")),
     }
     let rest = &a[at + 1..];
@@ -1670,6 +1673,11 @@ mod tests {
             "ERR syntax error, MAXLEN and MINID options at the same time are not compatible"
         );
         assert_eq!(refused("XADD s MINID bad * f v"), INVALID_ID);
+        assert_eq!(refused("XADD s LIMIT 5 FOO f v"), INVALID_ID);
+        assert_eq!(
+            refused("XADD s MAXLEN 5 LIMIT 10 1-1 f v"),
+            "ERR syntax error, LIMIT cannot be used without the special ~ option"
+        );
         assert_eq!(
             parse(&args("XTRIM s MAXLEN ~ 0 LIMIT 0")),
             Ok(Command::XTrim {

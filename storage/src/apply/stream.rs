@@ -580,38 +580,46 @@ pub(crate) fn trim<S: StoreRead>(
     state.start_offset = cut;
     save(view, Table::StreamPartition, key.clone(), &state);
     // The batches it hid are removed by the retention entries (so that one entry's work stays
-    // small whatever the trim and however many trims a transaction holds).
-    view.put(Table::Meta, trim_pending_key(&key), Vec::new());
+    // small whatever the trim and however many trims a transaction holds); a pending trim's
+    // cursor stays where the removal stands.
+    let marker = trim_pending_key(&key);
+    if view.get(Table::Meta, &marker)?.is_none() {
+        view.put(Table::Meta, marker, Vec::new());
+    }
     Ok(Response::Trimmed { removed })
 }
 
-/// Removes the partition's oldest batches that hold only records before its log start (which a
-/// trim hid), within `budget` (its first removal always fits, so removal progresses), counting
-/// their bytes out of `state` (the caller saves it). A batch is wholly hidden when the next one
-/// starts at or before the log start (the newest: when the partition's end does), so no batch
-/// is decoded; each is read at most twice. Answers how many it removed and whether such a batch
-/// is left.
+/// Removes the partition's oldest batches, from key `from` on (no batch before it is left), that
+/// hold only records before its log start (which a trim hid), within `budget` (its first
+/// removal always fits, so removal progresses), counting their bytes out of `state` (the caller
+/// saves it). A batch is wholly hidden when the next one starts at or before the log start (the
+/// newest: when the partition's end does), so no batch is decoded; each is read at most twice.
+/// Answers how many it removed and, if such a batch is left, the key to go on from (so the next
+/// entry does not step over the ones removed again).
 fn remove_hidden_batches<S: StoreRead>(
     view: &mut View<'_, S>,
     topic: &[u8],
     partition: u32,
     state: &mut PartitionState,
     budget: &mut DeleteBudget,
-) -> Result<(u32, bool), StoreError> {
+    mut from: Vec<u8>,
+) -> Result<(u32, Option<Vec<u8>>), StoreError> {
     let prefix = partition_key(topic, partition);
-    let mut from = prefix.clone();
+    if !from.starts_with(&prefix) {
+        from = prefix.clone();
+    }
     let mut removed = 0;
     loop {
         let page = view.scan(Table::StreamBatch, &KeyRange::prefix_from(&prefix, from.clone()), 2)?;
         let Some((key, value)) = page.first() else {
-            return Ok((removed, false));
+            return Ok((removed, None));
         };
         let end = page.get(1).map_or(state.next_offset, |(next, _)| base_offset_of(next));
         if end > state.start_offset {
-            return Ok((removed, false));
+            return Ok((removed, None));
         }
         if budget.spent() && budget.used() > 0 {
-            return Ok((removed, true));
+            return Ok((removed, Some(key.clone())));
         }
         let read: usize = page.iter().map(|(_, v)| v.len()).sum();
         budget.rows = budget.rows.saturating_sub(1);
@@ -643,8 +651,9 @@ const TRIM_TURN_KEY: &[u8] = b"stream_trim_turn";
 /// removed. A pending partition whose topic is gone (deleted: the deletion removes its rows) is
 /// forgotten.
 fn continue_trims<S: StoreRead>(view: &mut View<'_, S>) -> Result<u32, StoreError> {
-    let turn = view
-        .get(Table::Meta, TRIM_TURN_KEY)?
+    let saved_turn = view.get(Table::Meta, TRIM_TURN_KEY)?;
+    let had_turn = saved_turn.is_some();
+    let turn = saved_turn
         .filter(|turn| turn.starts_with(TRIM_PENDING_PREFIX))
         .unwrap_or_else(|| TRIM_PENDING_PREFIX.to_vec());
     let mut pending = view.scan(
@@ -662,7 +671,7 @@ fn continue_trims<S: StoreRead>(view: &mut View<'_, S>) -> Result<u32, StoreErro
     }
     let mut budget = DeleteBudget::new(TRIM_BATCHES_MAX, TRIM_BYTES_MAX);
     let mut next_turn = None;
-    for (marker, _) in pending {
+    for (marker, cursor) in pending {
         if budget.spent() {
             break;
         }
@@ -680,17 +689,19 @@ fn continue_trims<S: StoreRead>(view: &mut View<'_, S>) -> Result<u32, StoreErro
             view.delete(Table::Meta, marker);
             continue;
         };
-        let (done, left) = remove_hidden_batches(view, &topic, partition, &mut state, &mut budget)?;
+        let (done, left) = remove_hidden_batches(view, &topic, partition, &mut state, &mut budget, cursor)?;
         if done > 0 {
             save(view, Table::StreamPartition, key, &state);
         }
-        if !left {
-            view.delete(Table::Meta, marker);
+        match left {
+            Some(go_on_from) => view.put(Table::Meta, marker, go_on_from),
+            None => view.delete(Table::Meta, marker),
         }
     }
     match next_turn {
         Some(turn) => view.put(Table::Meta, TRIM_TURN_KEY.to_vec(), turn),
-        None => view.delete(Table::Meta, TRIM_TURN_KEY.to_vec()),
+        None if had_turn => view.delete(Table::Meta, TRIM_TURN_KEY.to_vec()),
+        None => {}
     }
     Ok(budget.used())
 }
@@ -735,8 +746,8 @@ fn topics_with_retention<S: StoreRead + ?Sized>(store: &S) -> Result<Vec<(Vec<u8
     Ok(out)
 }
 
-/// Whether some partition has a batch that retention would remove at `now_ms`, or a topic
-/// deletion has rows left to remove.
+/// Whether some partition has a batch that retention would remove at `now_ms`, a topic deletion
+/// has rows left to remove, or a trim hid batches still stored.
 pub fn retention_due<S: StoreRead + ?Sized>(store: &S, now_ms: u64) -> Result<bool, StoreError> {
     if deletions_due(store)? || trims_pending(store)? {
         return Ok(true);
@@ -754,8 +765,9 @@ pub fn retention_due<S: StoreRead + ?Sized>(store: &S, now_ms: u64) -> Result<bo
 }
 
 /// Goes on with topic deletions (at most [`TOPIC_DELETE_ROWS_MAX`] rows, a budget of their own
-/// so a large deletion never starves retention), then removes batches past their topic's
-/// retention, oldest first, at most `limit` batches (`0`: deletions only, as the leader's
+/// so a large deletion never starves retention) and with the batches trims hid (a budget of
+/// their own too, [`continue_trims`]), then removes batches past their topic's retention,
+/// oldest first, at most `limit` batches (`0`: deletions and trims only, as the leader's
 /// follow-up entries within a tick ask, so they do not walk every partition again).
 pub(crate) fn apply_retention<S: StoreRead>(
     view: &mut View<'_, S>,
@@ -840,6 +852,11 @@ pub(crate) fn delete_topic<S: StoreRead>(view: &mut View<'_, S>, topic: &[u8]) -
     refuse_on_err!(validate_delete(topic));
     let config = refuse_on_err!(topic_config(view, topic)?);
     view.delete(Table::StreamTopic, named(topic));
+    // Its partitions' pending trims go with it (their cursors would mislead a topic of the
+    // same name created later).
+    for partition in 0..config.partitions {
+        view.delete(Table::Meta, trim_pending_key(&partition_key(topic, partition)));
+    }
     let mut deletion = TopicDeletion {
         config,
         offsets_after: None,

@@ -83,7 +83,8 @@ pub fn sweeps_due<S: StoreRead + ?Sized>(store: &S, now_ms: u64, region: RegionR
 }
 
 /// The entry that goes on with `op`'s paged work within a tick (see [`more_due`]): the same,
-/// except that stream retention's follow-ups go on with topic deletions only.
+/// except that stream retention's follow-ups go on with topic deletions and the removal of
+/// batches trims hid only.
 pub fn follow_up(op: &Op) -> Op {
     match op {
         Op::Stream(StreamOp::Retention { .. }) => Op::Stream(StreamOp::Retention { limit: 0 }),
@@ -92,7 +93,8 @@ pub fn follow_up(op: &Op) -> Op {
 }
 
 /// Whether `op`, a sweep just applied, has more of its work due at once: paged work that is not
-/// bound to a time (deletions of topics and queues, the dead-letter index build), which the
+/// bound to a time (deletions of topics and queues, batches stream trims hid, the dead-letter
+/// index build), which the
 /// leader goes on with for several entries a tick rather than one a second.
 pub fn more_due<S: StoreRead + ?Sized>(store: &S, op: &Op) -> Result<bool, StoreError> {
     match op {

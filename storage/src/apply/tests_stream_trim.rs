@@ -224,6 +224,13 @@ fn partitions_with_hidden_batches_take_turns() {
     // The first entry spends its budget on "a"; the next starts with "b".
     h.apply(cmd(100_000, Op::Stream(StreamOp::Retention { limit: 0 })));
     assert_eq!(stored(&h), TRIM_BATCHES_MAX as usize + 3);
+    // "a"'s pending row says where its removal stands: the first batch left.
+    let mut marker = b"stream_trim_pending/".to_vec();
+    marker.extend_from_slice(&named(b"a"));
+    marker.extend_from_slice(&0u32.to_be_bytes());
+    let cursor = h.store.get(Table::Meta, &marker).expect("get").expect("a trim pending");
+    let a = KeyRange::prefix_from(&named(b"a"), named(b"a"));
+    assert_eq!(cursor, h.store.scan(Table::StreamBatch, &a, 1).expect("scan")[0].0);
     h.apply(cmd(100_000, Op::Stream(StreamOp::Retention { limit: 0 })));
     let b = KeyRange::prefix_from(&named(b"b"), named(b"b"));
     assert!(

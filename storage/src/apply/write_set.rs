@@ -73,6 +73,16 @@ impl WriteSet {
             .take_while(move |((t, _), _)| *t == table)
             .map(|((_, k), v)| (k.as_slice(), v.as_deref()))
     }
+
+    /// The pending writes of `table` inside `range`, last key first.
+    fn range_back<'a>(&'a self, table: Table, range: &KeyRange) -> Vec<(&'a [u8], Option<&'a [u8]>)> {
+        let mut rows: Vec<_> = self
+            .range_from(table, &range.start)
+            .take_while(|(k, _)| range.contains(k))
+            .collect();
+        rows.reverse();
+        rows
+    }
 }
 
 /// The store as seen mid-batch: committed state overlaid with this batch's writes.
@@ -136,6 +146,53 @@ impl<S: StoreRead> View<'_, S> {
         Ok(out)
     }
 
+    /// [`View::scan`] last key first: the base read backwards page by page (a page as large as
+    /// still wanted or twice the rows this batch's deletions hid in the last one), the pending
+    /// writes merged down to the last base row read, so finding the last row before a key reads
+    /// a row or so, not the range (the trait's default reads it all forward).
+    pub fn scan_reverse(&self, table: Table, range: &KeyRange, limit: usize) -> Result<Vec<KeyValue>, StoreError> {
+        let mut out = Vec::new();
+        let mut end = range.end.clone();
+        let mut hidden = 0usize;
+        while out.len() < limit {
+            let window = KeyRange {
+                start: range.start.clone(),
+                end: end.clone(),
+            };
+            let page = (limit - out.len()).max(hidden.saturating_mul(2));
+            let base = self.base.scan_reverse(table, &window, page)?;
+            // Pending writes are merged down to the last (lowest) base row read; past the
+            // base's start, all.
+            let downto = (base.len() == page)
+                .then(|| base.last().map(|(k, _)| k.clone()))
+                .flatten();
+            let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> = base.into_iter().map(|(k, v)| (k, Some(v))).collect();
+            for (k, v) in self
+                .writes
+                .range_back(table, &window)
+                .into_iter()
+                .take_while(|(k, _)| downto.as_deref().is_none_or(|d| *k >= d))
+            {
+                if v.is_none() && merged.contains_key(k) {
+                    hidden += 1;
+                }
+                merged.insert(k.to_vec(), v.map(<[u8]>::to_vec));
+            }
+            out.extend(
+                merged
+                    .into_iter()
+                    .rev()
+                    .filter_map(|(k, v)| v.map(|v| (k, v)))
+                    .take(limit - out.len()),
+            );
+            let Some(lowest) = downto else {
+                break;
+            };
+            end = Some(lowest);
+        }
+        Ok(out)
+    }
+
     pub fn put(&mut self, table: Table, key: Vec<u8>, value: Vec<u8>) {
         self.writes.put(table, key, value);
     }
@@ -159,6 +216,10 @@ impl<S: StoreRead> StoreRead for View<'_, S> {
 
     fn scan(&self, table: Table, range: &KeyRange, limit: usize) -> Result<Vec<KeyValue>, StoreError> {
         View::scan(self, table, range, limit)
+    }
+
+    fn scan_reverse(&self, table: Table, range: &KeyRange, limit: usize) -> Result<Vec<KeyValue>, StoreError> {
+        View::scan_reverse(self, table, range, limit)
     }
 }
 
@@ -184,6 +245,12 @@ mod tests {
 
         fn scan(&self, table: Table, range: &KeyRange, limit: usize) -> Result<Vec<KeyValue>, StoreError> {
             let rows = self.inner.scan(table, range, limit)?;
+            self.rows_read.set(self.rows_read.get() + rows.len());
+            Ok(rows)
+        }
+
+        fn scan_reverse(&self, table: Table, range: &KeyRange, limit: usize) -> Result<Vec<KeyValue>, StoreError> {
+            let rows = self.inner.scan_reverse(table, range, limit)?;
             self.rows_read.set(self.rows_read.get() + rows.len());
             Ok(rows)
         }
@@ -235,7 +302,66 @@ mod tests {
         assert!(store.rows_read.get() <= 510 + 2 * 512, "read {}", store.rows_read.get());
     }
 
+    #[test]
+    fn a_reverse_scan_reads_back_from_its_end_not_the_whole_range() {
+        let store = store_of(0..1000);
+        let mut writes = WriteSet::default();
+        // This batch deleted rows 990..1000 and put 2000.
+        for k in 990..1000u16 {
+            writes.delete(Table::Kv, k.to_be_bytes().to_vec());
+        }
+        writes.put(Table::Kv, 2000u16.to_be_bytes().to_vec(), vec![3]);
+        let view = View {
+            base: &store,
+            writes: &mut writes,
+        };
+        let last_before = |end: u16| {
+            let range = KeyRange::between(Vec::new(), end.to_be_bytes().to_vec());
+            view.scan_reverse(Table::Kv, &range, 1).expect("scan")
+        };
+        assert_eq!(last_before(500)[0].0, 499u16.to_be_bytes().to_vec());
+        assert_eq!(store.rows_read.get(), 1, "one row read, not 500");
+        assert_eq!(last_before(3000)[0].0, 2000u16.to_be_bytes().to_vec(), "a pending put");
+        store.rows_read.set(0);
+        assert_eq!(
+            last_before(1000)[0].0,
+            989u16.to_be_bytes().to_vec(),
+            "past pending deletes"
+        );
+        assert!(store.rows_read.get() <= 32, "read {}", store.rows_read.get());
+    }
+
     proptest! {
+        /// A reverse scan through the view equals one of the store the batch's writes would leave.
+        #[test]
+        fn a_view_scans_backwards_what_the_committed_batch_would_hold(
+            base in proptest::collection::btree_set(0u16..64, 0..40),
+            writes in proptest::collection::vec((0u16..64, any::<bool>()), 0..40),
+            start in 0u16..64,
+            end in proptest::option::of(0u16..70),
+            limit in 0usize..20,
+        ) {
+            let store = store_of(base);
+            let mut batch = WriteSet::default();
+            for (k, put) in &writes {
+                match put {
+                    true => batch.put(Table::Kv, k.to_be_bytes().to_vec(), vec![2; 4]),
+                    false => batch.delete(Table::Kv, k.to_be_bytes().to_vec()),
+                }
+            }
+            let mut after = store.inner.clone();
+            after.commit(&batch);
+            let range = KeyRange {
+                start: start.to_be_bytes().to_vec(),
+                end: end.map(|e| e.to_be_bytes().to_vec()),
+            };
+            let view = View { base: &store, writes: &mut batch };
+            prop_assert_eq!(
+                view.scan_reverse(Table::Kv, &range, limit)?,
+                after.scan_reverse(Table::Kv, &range, limit)?
+            );
+        }
+
         /// A scan through the view equals a scan of the store the batch's writes would leave.
         #[test]
         fn a_view_scans_what_the_committed_batch_would_hold(

@@ -26,8 +26,8 @@ pub enum StreamOp {
     /// removed, a bounded number per entry, the rest by the leader's retention entries.
     DeleteTopic { topic: Vec<u8> },
     /// Hides a partition's oldest records by `rule`: its log start moves up to the first record
-    /// kept, at once; the batches wholly before it are removed, a bounded number in this entry
-    /// and the rest by the leader's retention entries. `newer_kept`: the newest records that
+    /// kept, at once; the batches wholly before it are removed by the leader's retention entries
+    /// (this entry only notes the partition for them). `newer_kept`: the newest records that
     /// came after the command that trims (appended earlier in the same transaction) and are
     /// never its to hide. `limit`: at most this many records hidden (`XTRIM ... LIMIT`). Never
     /// moves the log start back; answers the records it hid.
