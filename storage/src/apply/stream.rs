@@ -577,6 +577,7 @@ pub(crate) fn trim<S: StoreRead>(
     if removed == 0 {
         return Ok(Response::Trimmed { removed: 0 });
     }
+    let old_start = state.start_offset;
     state.start_offset = cut;
     save(view, Table::StreamPartition, key.clone(), &state);
     // The batches it hid are removed by the retention entries (so that one entry's work stays
@@ -584,7 +585,16 @@ pub(crate) fn trim<S: StoreRead>(
     // cursor stays where the removal stands.
     let marker = trim_pending_key(&key);
     if view.get(Table::Meta, &marker)?.is_none() {
-        view.put(Table::Meta, marker, Vec::new());
+        // No trim pending: no stored batch ends before the old start (removals keep to that),
+        // so the removal starts at the batch holding it, not at the partition's first key
+        // (past every batch removed since the store last compacted).
+        let holding = view.scan_reverse(
+            Table::StreamBatch,
+            &KeyRange::between(key.clone(), batch_key(topic, partition, old_start.saturating_add(1))),
+            1,
+        )?;
+        let from = holding.into_iter().next().map(|(k, _)| k).unwrap_or_default();
+        view.put(Table::Meta, marker, from);
     }
     Ok(Response::Trimmed { removed })
 }
@@ -854,8 +864,13 @@ pub(crate) fn delete_topic<S: StoreRead>(view: &mut View<'_, S>, topic: &[u8]) -
     view.delete(Table::StreamTopic, named(topic));
     // Its partitions' pending trims go with it (their cursors would mislead a topic of the
     // same name created later).
-    for partition in 0..config.partitions {
-        view.delete(Table::Meta, trim_pending_key(&partition_key(topic, partition)));
+    let pending = trim_pending_key(&named(topic));
+    for (marker, _) in view.scan(
+        Table::Meta,
+        &KeyRange::prefix_from(&pending, pending.clone()),
+        config.partitions as usize,
+    )? {
+        view.delete(Table::Meta, marker);
     }
     let mut deletion = TopicDeletion {
         config,

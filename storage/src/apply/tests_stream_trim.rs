@@ -243,6 +243,41 @@ fn partitions_with_hidden_batches_take_turns() {
 }
 
 #[test]
+fn a_trim_starts_its_removal_at_the_batch_holding_the_old_start_and_keeps_a_cursor_it_finds() {
+    let mut h = Harness::new();
+    create(&mut h, "c", 1, None);
+    fill(&mut h, "c", 4, 2); // batches at offsets 0, 2, 4, 6
+    let mut marker = b"stream_trim_pending/".to_vec();
+    marker.extend_from_slice(&named(b"c"));
+    marker.extend_from_slice(&0u32.to_be_bytes());
+    let pending = |h: &Harness| h.store.get(Table::Meta, &marker).expect("get");
+    let batch = |base: u64| {
+        let mut key = named(b"c");
+        key.extend_from_slice(&0u32.to_be_bytes());
+        key.extend_from_slice(&base.to_be_bytes());
+        key
+    };
+    assert_eq!(trim(&mut h, 1000, "c", TrimRule::MaxLen(7), 0, None), 1);
+    assert_eq!(pending(&h), Some(batch(0)), "from the batch holding offset 0");
+    h.apply(cmd(1000, Op::Stream(StreamOp::Retention { limit: 0 })));
+    assert_eq!(pending(&h), None, "nothing wholly hidden: the row goes");
+    assert_eq!(trim(&mut h, 1000, "c", TrimRule::MaxLen(3), 0, None), 4);
+    assert_eq!(pending(&h), Some(batch(0)), "the batch holding the old start, 1");
+    // A later trim keeps the row as it is (not the batch holding its own old start, 5).
+    assert_eq!(trim(&mut h, 1000, "c", TrimRule::MaxLen(2), 0, None), 1);
+    assert_eq!(pending(&h), Some(batch(0)));
+    h.apply(cmd(1000, Op::Stream(StreamOp::Retention { limit: 0 })));
+    assert_eq!(kept(&h, "c"), (6, 8, strings(&[6, 7])));
+    assert_eq!(stored(&h), 1);
+    assert_eq!(pending(&h), None);
+    // Deleting the topic drops a pending row with it.
+    trim(&mut h, 1000, "c", TrimRule::MaxLen(0), 0, None);
+    assert!(pending(&h).is_some());
+    h.apply(cmd(1000, Op::Stream(StreamOp::DeleteTopic { topic: "c".into() })));
+    assert_eq!(pending(&h), None);
+}
+
+#[test]
 fn a_deleted_topic_s_pending_trim_is_forgotten() {
     let mut h = Harness::new();
     create(&mut h, "gone", 1, None);

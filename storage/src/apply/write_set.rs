@@ -74,16 +74,31 @@ impl WriteSet {
             .map(|((_, k), v)| (k.as_slice(), v.as_deref()))
     }
 
-    /// The pending writes of `table` inside `range`, last key first.
-    fn range_back<'a>(&'a self, table: Table, range: &KeyRange) -> Vec<(&'a [u8], Option<&'a [u8]>)> {
-        let mut rows: Vec<_> = self
-            .range_from(table, &range.start)
-            .take_while(|(k, _)| range.contains(k))
-            .collect();
-        rows.reverse();
-        rows
+    /// The pending writes of `table` inside `range`, last key first, read lazily (a caller that
+    /// stops early reads no more).
+    fn range_back<'a>(&'a self, table: Table, range: &KeyRange) -> PendingRows<'a> {
+        use std::ops::Bound::{Excluded, Included, Unbounded};
+        let lower = Included((table, range.start.clone()));
+        let rows: Box<dyn Iterator<Item = _>> = match &range.end {
+            Some(end) if *end <= range.start => return Box::new(std::iter::empty()),
+            Some(end) => Box::new(self.entries.range((lower, Excluded((table, end.clone())))).rev()),
+            // To the end of the table: past the later tables' writes first.
+            None => Box::new(
+                self.entries
+                    .range((lower, Unbounded))
+                    .rev()
+                    .skip_while(move |((t, _), _)| *t != table),
+            ),
+        };
+        Box::new(
+            rows.take_while(move |((t, _), _)| *t == table)
+                .map(|((_, k), v)| (k.as_slice(), v.as_deref())),
+        )
     }
 }
+
+/// Pending writes of a table, each key with its value (`None`: deleted).
+type PendingRows<'a> = Box<dyn Iterator<Item = (&'a [u8], Option<&'a [u8]>)> + 'a>;
 
 /// The store as seen mid-batch: committed state overlaid with this batch's writes.
 pub struct View<'a, S: StoreRead> {
@@ -170,7 +185,6 @@ impl<S: StoreRead> View<'_, S> {
             for (k, v) in self
                 .writes
                 .range_back(table, &window)
-                .into_iter()
                 .take_while(|(k, _)| downto.as_deref().is_none_or(|d| *k >= d))
             {
                 if v.is_none() && merged.contains_key(k) {
@@ -329,6 +343,26 @@ mod tests {
             "past pending deletes"
         );
         assert!(store.rows_read.get() <= 32, "read {}", store.rows_read.get());
+        // Pending writes far below the end: a short reverse scan stops above them.
+        let mut many = WriteSet::default();
+        for k in 0..500u16 {
+            many.delete(Table::Kv, k.to_be_bytes().to_vec());
+        }
+        let below_800 = KeyRange::between(Vec::new(), 800u16.to_be_bytes().to_vec());
+        assert_eq!(many.range_back(Table::Kv, &below_800).count(), 500);
+        assert_eq!(
+            many.range_back(Table::Kv, &below_800).next().map(|(k, _)| k.to_vec()),
+            Some(499u16.to_be_bytes().to_vec()),
+            "last key first"
+        );
+        let view = View {
+            base: &store,
+            writes: &mut many,
+        };
+        let found = view.scan_reverse(Table::Kv, &below_800, 1).expect("scan");
+        assert_eq!(found[0].0, 799u16.to_be_bytes().to_vec());
+        let empty = KeyRange::between(9u16.to_be_bytes().to_vec(), 3u16.to_be_bytes().to_vec());
+        assert!(view.scan_reverse(Table::Kv, &empty, 5).expect("scan").is_empty());
     }
 
     proptest! {
