@@ -383,6 +383,9 @@ mod tests {
                     true => batch.put(Table::Kv, k.to_be_bytes().to_vec(), vec![2; 4]),
                     false => batch.delete(Table::Kv, k.to_be_bytes().to_vec()),
                 }
+                // Writes of the tables before and after, which a scan of `Kv` never sees.
+                batch.put(Table::Meta, k.to_be_bytes().to_vec(), vec![5]);
+                batch.put(Table::KvExpiry, k.to_be_bytes().to_vec(), vec![6]);
             }
             let mut after = store.inner.clone();
             after.commit(&batch);
