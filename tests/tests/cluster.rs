@@ -667,11 +667,20 @@ fn a_follower_behind_many_large_entries_catches_up() {
         let leader = cluster.leader(&client).await;
         let lagging = (1..=3).find(|id| *id != leader).expect("a follower");
         cluster.kill(lagging);
-        // 30 entries of 3 MiB each (one batch request each): 90 MiB behind.
-        let mut kv = basalt_client::pb::kv_client::KvClient::connect(format!("http://{}", cluster.addr(leader)))
-            .await
-            .expect("connect to the leader")
-            .max_encoding_message_size(8 << 20);
+        // 30 entries of 3 MiB each (one batch request each): 90 MiB behind. Sent to the leader;
+        // a refusal (leadership moving between the two nodes left, on a loaded machine) is sent
+        // again to whichever leads then (the same puts: applying one twice changes nothing).
+        let connect = |leader: u64| {
+            let addr = cluster.addr(leader);
+            async move {
+                basalt_client::pb::kv_client::KvClient::connect(format!("http://{addr}"))
+                    .await
+                    .expect("connect to the leader")
+                    .max_encoding_message_size(8 << 20)
+            }
+        };
+        let mut kv = connect(leader).await;
+        let deadline = Instant::now() + Duration::from_secs(60);
         for i in 0..30 {
             let writes = (0..3)
                 .map(|j| basalt_client::pb::KvWriteOp {
@@ -684,9 +693,13 @@ fn a_follower_behind_many_large_entries_catches_up() {
                     )),
                 })
                 .collect();
-            kv.batch(basalt_client::pb::KvBatchRequest { header: None, writes })
-                .await
-                .expect("a 3 MiB batch");
+            let request = basalt_client::pb::KvBatchRequest { header: None, writes };
+            while let Err(status) = kv.batch(request.clone()).await {
+                assert!(Instant::now() < deadline, "a 3 MiB batch: {status}");
+                eprintln!("retrying after {status}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                kv = connect(cluster.leader(&client).await).await;
+            }
         }
         cluster.restart(lagging);
         cluster.wait_caught_up(&client, lagging).await;
