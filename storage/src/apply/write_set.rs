@@ -97,6 +97,23 @@ impl WriteSet {
     }
 }
 
+/// A page of base rows with the pending writes over it (`None`: deleted), in key order; counts
+/// into `hidden` the base rows a pending delete hides.
+fn overlay<'a>(
+    base: Vec<KeyValue>,
+    pending: impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)>,
+    hidden: &mut usize,
+) -> BTreeMap<Vec<u8>, Option<Vec<u8>>> {
+    let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> = base.into_iter().map(|(k, v)| (k, Some(v))).collect();
+    for (k, v) in pending {
+        if v.is_none() && merged.contains_key(k) {
+            *hidden += 1;
+        }
+        merged.insert(k.to_vec(), v.map(<[u8]>::to_vec));
+    }
+    merged
+}
+
 /// Pending writes of a table, each key with its value (`None`: deleted).
 type PendingRows<'a> = Box<dyn Iterator<Item = (&'a [u8], Option<&'a [u8]>)> + 'a>;
 
@@ -135,17 +152,11 @@ impl<S: StoreRead> View<'_, S> {
             let upto = (base.len() == page)
                 .then(|| base.last().map(|(k, _)| k.clone()))
                 .flatten();
-            let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> = base.into_iter().map(|(k, v)| (k, Some(v))).collect();
-            for (k, v) in self
+            let pending = self
                 .writes
                 .range_from(table, &window.start)
-                .take_while(|(k, _)| window.contains(k) && upto.as_deref().is_none_or(|u| *k <= u))
-            {
-                if v.is_none() && merged.contains_key(k) {
-                    hidden += 1;
-                }
-                merged.insert(k.to_vec(), v.map(<[u8]>::to_vec));
-            }
+                .take_while(|(k, _)| window.contains(k) && upto.as_deref().is_none_or(|u| *k <= u));
+            let merged = overlay(base, pending, &mut hidden);
             out.extend(
                 merged
                     .into_iter()
@@ -181,17 +192,11 @@ impl<S: StoreRead> View<'_, S> {
             let downto = (base.len() == page)
                 .then(|| base.last().map(|(k, _)| k.clone()))
                 .flatten();
-            let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> = base.into_iter().map(|(k, v)| (k, Some(v))).collect();
-            for (k, v) in self
+            let pending = self
                 .writes
                 .range_back(table, &window)
-                .take_while(|(k, _)| downto.as_deref().is_none_or(|d| *k >= d))
-            {
-                if v.is_none() && merged.contains_key(k) {
-                    hidden += 1;
-                }
-                merged.insert(k.to_vec(), v.map(<[u8]>::to_vec));
-            }
+                .take_while(|(k, _)| downto.as_deref().is_none_or(|d| *k >= d));
+            let merged = overlay(base, pending, &mut hidden);
             out.extend(
                 merged
                     .into_iter()
