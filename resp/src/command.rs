@@ -505,7 +505,6 @@ pub mod errors {
     pub const DISCARD_WITHOUT_MULTI: &str = "ERR DISCARD without MULTI";
     pub const WATCH_IN_MULTI: &str = "ERR WATCH inside MULTI is not allowed";
     pub const EXECABORT: &str = "EXECABORT Transaction discarded because of previous errors.";
-    pub const MAX_CLIENTS: &str = "ERR max number of clients reached";
 }
 
 /// Why a request is not a command to run: the reply Redis gives.

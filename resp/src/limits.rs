@@ -19,10 +19,6 @@ pub const REQUEST_BYTES_MAX: usize = 8 * 1024 * 1024;
 /// a multibulk request, in bytes: Redis's `PROTO_INLINE_MAX_SIZE`.
 pub const INLINE_BYTES_MAX: usize = 64 * 1024;
 
-/// Connections one node's RESP listener serves at once; one more is answered `ERR max number of
-/// clients reached` and closed, as Redis does at `maxclients` (default 10,000).
-pub const CONNECTIONS_MAX: usize = 10_000;
-
 /// Requests a connection runs before it writes their replies and looks at the rest: a client
 /// pipelining faster than it reads replies is paced by its socket, not buffered without bound.
 pub const PIPELINE_ROUND_REQUESTS_MAX: usize = 1024;

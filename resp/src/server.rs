@@ -1,17 +1,18 @@
-//! The listener: accepts connections up to [`CONNECTIONS_MAX`], serves each on its own task,
-//! and answers the server-wide commands (`INFO`, `COMMAND`, `FLUSHDB`).
+//! The listener: accepts connections (as many as its listener's budget of the node's client
+//! connections allows: `basalt_tls::ConnectionBudget`, which also answers Redis's "max number of
+//! clients reached" to one beyond it), serves each on its own task, and answers the server-wide
+//! commands (`INFO`, `COMMAND`, `FLUSHDB`).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use basalt_client::{Client, TxnOp, TxnOutcome};
-use tokio::io::AsyncWriteExt;
 
-use crate::command::{errors, Bytes, COMMANDS};
+use crate::command::{Bytes, COMMANDS};
 use crate::frame::Reply;
 use crate::keys::{op_refusal, Keys};
-use crate::limits::{CONNECTIONS_MAX, TXN_OPS_MAX};
+use crate::limits::TXN_OPS_MAX;
 use crate::reply_error::client_error;
 
 /// The Redis version Basalt answers as (`HELLO`, `INFO`): client libraries pick features by
@@ -76,6 +77,9 @@ pub struct Shared {
     port: u16,
     next_id: AtomicU64,
     open: AtomicUsize,
+    /// The most client connections the node holds at once, over all its client doors (`INFO`'s
+    /// `maxclients`).
+    max_clients: usize,
 }
 
 /// Serves RESP on `listener` until `stop` turns true, each command through `client`.
@@ -93,9 +97,10 @@ pub async fn serve(
         port,
         next_id: AtomicU64::new(1),
         open: AtomicUsize::new(0),
+        max_clients: listener.budget().capacity(),
     });
     loop {
-        let (mut stream, peer) = tokio::select! {
+        let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
@@ -107,22 +112,7 @@ pub async fn serve(
             },
             () = stopped(&mut stop) => return,
         };
-        if shared.open.fetch_add(1, Ordering::SeqCst) >= CONNECTIONS_MAX {
-            shared.open.fetch_sub(1, Ordering::SeqCst);
-            tracing::warn!(%peer, "RESP connection refused: {CONNECTIONS_MAX} open");
-            tokio::spawn(async move {
-                // Bounded: a client that does not read (or a TLS one that stalls) holds nothing
-                // for long.
-                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
-                    let _ = stream
-                        .write_all(format!("-{}\r\n", errors::MAX_CLIENTS).as_bytes())
-                        .await;
-                    let _ = stream.shutdown().await;
-                })
-                .await;
-            });
-            continue;
-        }
+        shared.open.fetch_add(1, Ordering::SeqCst);
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
         let shared = Arc::clone(&shared);
         let stop = stop.clone();
@@ -167,8 +157,9 @@ impl Shared {
         }
         if wants("clients") {
             text.push_str(&format!(
-                "# Clients\r\nconnected_clients:{}\r\nmaxclients:{CONNECTIONS_MAX}\r\n\r\n",
-                self.open.load(Ordering::Relaxed)
+                "# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\n\r\n",
+                self.open.load(Ordering::Relaxed),
+                self.max_clients
             ));
         }
         if wants("replication") {

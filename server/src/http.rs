@@ -216,6 +216,31 @@ async fn metrics(State(api): State<Api>, Extension(edge): Extension<Option<Arc<E
         "Last purged log index.",
         m.purged.as_ref().map_or(0, |l| l.index),
     );
+    // The descriptor plan's budgets (see `descriptors`): written here, between the gauges and
+    // the counters, as they are one of each.
+    for (budget, prefix, whose) in [
+        (
+            &api.connection_budgets[0],
+            "basalt_client_connections",
+            "client doors (client gRPC, RESP, edge) together",
+        ),
+        (&api.connection_budgets[1], "basalt_http_connections", "HTTP door"),
+        (&api.connection_budgets[2], "basalt_peer_connections", "peer listener"),
+    ] {
+        let (open, max, refused) = (budget.open(), budget.capacity(), budget.refused());
+        let _ = writeln!(
+            out,
+            "# HELP {prefix}_open Connections the {whose} hold open.\n# TYPE {prefix}_open gauge\n{prefix}_open {open}"
+        );
+        let _ = writeln!(
+            out,
+            "# HELP {prefix}_max Connections the {whose} may hold open at once (the node's file descriptor plan).\n# TYPE {prefix}_max gauge\n{prefix}_max {max}"
+        );
+        let _ = writeln!(
+            out,
+            "# HELP {prefix}_refused_total Connections to the {whose} refused at once: as many were open as the plan allows.\n# TYPE {prefix}_refused_total counter\n{prefix}_refused_total {refused}"
+        );
+    }
     let mut counter = |name: &str, help: &str, value: u64| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
     };

@@ -4,6 +4,7 @@
 //! directory, Raft, the listeners), the client gRPC API ([`api`]: one file per service, each
 //! converting protobuf to `basalt-storage` calls and back), who may call it ([`access`]: tokens
 //! and the needs of every RPC; what a grant means is `basalt-auth`'s), `/metrics` and `/health` ([`http`]),
+//! the file descriptors it may open and how many connections its listeners may hold ([`descriptors`]),
 //! the client API called in-process by the clients running inside the node ([`in_process`]),
 //! the edge cache's HTTP listener ([`edge`]: origins, coalescing, answers; the caching rules and
 //! the object store are `basalt-edge`'s),
@@ -14,6 +15,7 @@
 pub mod access;
 pub mod api;
 pub mod config;
+pub mod descriptors;
 pub mod edge;
 pub mod http;
 pub mod in_process;

@@ -273,3 +273,29 @@ pub const PEER_DRAIN_MAX: Duration = Duration::from_secs(5);
 /// The longest a stopping node waits for RESP's in-process calls on their way to be answered
 /// before Raft stops (new ones are refused from the start of the wait).
 pub const IN_PROCESS_DRAIN_MAX: Duration = Duration::from_secs(5);
+
+// The node's file descriptors (enforced in `descriptors.rs` and by the listeners' budgets).
+
+/// Descriptors a node keeps for itself, never handed to a connection: two RocksDB stores'
+/// table files (the state and a snapshot being installed, each at most
+/// `basalt_storage::limits::ROCKSDB_OPEN_FILES_MAX`), and 512 more for its log segments, RocksDB's
+/// own logs, links to the other members and regions, the edge's fetches from origins, snapshot
+/// files and its listeners.
+pub const NODE_DESCRIPTORS_RESERVED: usize = 2 * server::ROCKSDB_OPEN_FILES_MAX as usize + 512;
+/// Connections the peer listener holds at once (the members' Raft and calls, other regions'
+/// feeds); one more is closed at once.
+pub const PEER_CONNECTIONS_MAX: usize = 256;
+/// Connections the HTTP door (health, metrics, purges) holds at once, apart from the client
+/// doors' so that a node flooded with clients can still be watched; one more is answered 503.
+pub const HTTP_CONNECTIONS_MAX: usize = 128;
+/// Connections the client doors (client gRPC, RESP, edge) hold at once, together, when the
+/// descriptor limit leaves room for more; one more is refused at once (RESP is answered
+/// `ERR max number of clients reached`, as Redis does at its default `maxclients` of 10,000;
+/// the edge a 503).
+pub const CLIENT_CONNECTIONS_MAX: usize = 10_000;
+/// The fewest client connections a node starts with: a descriptor limit that leaves fewer
+/// refuses to start.
+pub const CLIENT_CONNECTIONS_MIN: usize = 64;
+
+const _: () = assert!(server::ROCKSDB_OPEN_FILES_MAX > 0);
+const _: () = assert!(CLIENT_CONNECTIONS_MIN <= CLIENT_CONNECTIONS_MAX);

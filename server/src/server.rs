@@ -44,6 +44,8 @@ use crate::replication::{FeedReceiver, Homed, Replication};
 pub enum NodeError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Descriptors(#[from] crate::descriptors::TooFewDescriptors),
     #[error("data directory {path} is in use by another process")]
     DataDirLocked { path: std::path::PathBuf },
     #[error("{what}: {source}")]
@@ -125,6 +127,20 @@ fn raft_config(config: &NodeConfig) -> Result<openraft::Config, NodeError> {
 /// Runs the node until `shutdown` resolves, then stops it cleanly.
 pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), NodeError> {
     config.validate()?;
+    // First, before the node opens anything: how many descriptors it has, and how many of them
+    // its listeners may give to connections.
+    let open_files_limit = crate::descriptors::raise_open_files_limit().map_err(io("reading the open files limit"))?;
+    let descriptors = crate::descriptors::plan(open_files_limit)?;
+    tracing::info!(
+        open_files_limit,
+        client_connections = descriptors.client_connections,
+        peer_connections = descriptors.peer_connections,
+        http_connections = descriptors.http_connections,
+        "file descriptors"
+    );
+    let client_connections = basalt_tls::ConnectionBudget::new("client doors", descriptors.client_connections);
+    let peer_connections = basalt_tls::ConnectionBudget::new("peer listener", descriptors.peer_connections);
+    let http_connections = basalt_tls::ConnectionBudget::new("HTTP door", descriptors.http_connections);
     let _lock = lock_data_dir(&config.data_dir)?;
     basalt_storage::data_dir::check_or_stamp(&config.data_dir)?;
     let cluster = Arc::new(ClusterGuard::open(config.data_dir.clone())?);
@@ -287,6 +303,11 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         cluster: cluster.clone(),
         peer_tls: peer_tls.clone(),
         client_tls: client_tls.clone(),
+        connection_budgets: [
+            client_connections.clone(),
+            http_connections.clone(),
+            peer_connections.clone(),
+        ],
         peer_listen: config.peer_listen,
         gate: gate.as_ref().map(|(gate, _)| Arc::clone(gate)),
         node_links: Arc::new(crate::api::node_calls::NodeLinks::new(
@@ -316,8 +337,11 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         tokio::spawn(tls.clone().keep_reloading(stop_rx.clone()));
     }
     // The HTTP door, RESP and the edge: plain, or TLS with the client doors' files.
-    let door = |tcp: tokio::net::TcpListener, protocol: basalt_tls::Protocol, what: &str| {
-        basalt_tls::Listener::new(tcp, client_tls.clone(), protocol, stop_rx.clone())
+    let door = |tcp: tokio::net::TcpListener,
+                protocol: basalt_tls::Protocol,
+                what: &str,
+                budget: &Arc<basalt_tls::ConnectionBudget>| {
+        basalt_tls::Listener::new(tcp, client_tls.clone(), protocol, stop_rx.clone(), budget.clone())
             .map_err(io(format!("reading {what}'s address")))
     };
 
@@ -335,7 +359,12 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
                 stop_rx.clone(),
             ));
             let task = tokio::spawn(crate::edge::serve(
-                door(listener, basalt_tls::Protocol::Http1, "the edge cache")?,
+                door(
+                    listener,
+                    basalt_tls::Protocol::Http1,
+                    "the edge cache",
+                    &client_connections,
+                )?,
                 Arc::clone(&edge),
                 wait_stop(stop_rx.clone()),
             ));
@@ -353,6 +382,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
                     .map_err(io(format!("binding HTTP on {addr}")))?,
                 basalt_tls::Protocol::Http1,
                 "HTTP",
+                &http_connections,
             )?;
             let router = crate::http::router(api.clone(), config.allow_clock_control, edge.clone());
             let stop = wait_stop(stop_rx.clone());
@@ -415,7 +445,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
                 .add_optional_service(peer_tls.is_some().then(feed_receiver));
             let task = match &peer_tls {
                 None => {
-                    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+                    let incoming =
+                        basalt_tls::listener::incoming_plain(listener, stop_rx.clone(), peer_connections.clone());
                     let serve = server.serve_with_incoming_shutdown(incoming, stop);
                     tokio::spawn(stop_when_done(stop_tx.clone(), async move {
                         serve.await.map_err(|source| NodeError::Serve { addr, source })
@@ -423,7 +454,12 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
                 }
                 Some(tls) => {
                     tokio::spawn(tls.clone().keep_reloading(stop_rx.clone()));
-                    let incoming = basalt_tls::listener::incoming(listener, tls.clone(), stop_rx.clone());
+                    let incoming = basalt_tls::listener::incoming(
+                        listener,
+                        tls.clone(),
+                        stop_rx.clone(),
+                        peer_connections.clone(),
+                    );
                     let serve = server.serve_with_incoming_shutdown(incoming, stop);
                     tokio::spawn(stop_when_done(stop_tx.clone(), async move {
                         serve.await.map_err(|source| NodeError::Serve { addr, source })
@@ -498,7 +534,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
                 node_id: config.id,
                 basalt_version: env!("CARGO_PKG_VERSION").to_string(),
             };
-            let listener = door(listener, basalt_tls::Protocol::Other, "RESP")?;
+            let listener = door(listener, basalt_tls::Protocol::Other, "RESP", &client_connections)?;
             tracing::info!(addr = %listener.local_addr(), auth = resp_config.password.is_some(), tls = listener.is_tls(), "RESP serving");
             Some(tokio::spawn(basalt_resp::serve(
                 listener,
@@ -526,7 +562,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         None => {
             router
                 .serve_with_incoming_shutdown(
-                    tonic::transport::server::TcpIncoming::from(client_listener).with_nodelay(Some(true)),
+                    basalt_tls::listener::incoming_plain(client_listener, stop_rx.clone(), client_connections.clone()),
                     wait_stop(stop_rx.clone()),
                 )
                 .await
@@ -534,7 +570,12 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         Some(tls) => {
             router
                 .serve_with_incoming_shutdown(
-                    basalt_tls::listener::incoming(client_listener, tls.clone(), stop_rx.clone()),
+                    basalt_tls::listener::incoming(
+                        client_listener,
+                        tls.clone(),
+                        stop_rx.clone(),
+                        client_connections.clone(),
+                    ),
                     wait_stop(stop_rx.clone()),
                 )
                 .await

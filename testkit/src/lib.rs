@@ -176,6 +176,9 @@ pub struct TestCluster {
     /// How [`TestCluster::client`] connects when the nodes' client doors run TLS
     /// ([`TestCluster::set_client_tls`]).
     client_tls: Option<basalt_client::TlsConnector>,
+    /// The open files limit (soft and hard) the nodes started from now on run with
+    /// ([`TestCluster::set_open_files_limit`]); none: this process's.
+    open_files_limit: Option<u64>,
 }
 
 impl TestCluster {
@@ -206,6 +209,7 @@ impl TestCluster {
             edges: BTreeMap::new(),
             resp: BTreeMap::new(),
             peer_listeners: true,
+            open_files_limit: None,
             root_token: None,
             client_tls: None,
         }
@@ -329,6 +333,12 @@ impl TestCluster {
             .join(",");
     }
 
+    /// Makes the nodes started from now on run with `limit` open files at most (soft and hard:
+    /// they cannot raise it), as on a host with a low descriptor limit.
+    pub fn set_open_files_limit(&mut self, limit: u64) {
+        self.open_files_limit = Some(limit);
+    }
+
     /// Starts planned node `id` alone (`init`: it bootstraps the cluster).
     pub fn launch_node(&mut self, id: u64, init: bool) {
         self.spawn(id, init);
@@ -394,6 +404,24 @@ impl TestCluster {
         }
         if init {
             command.arg("--init");
+        }
+        if let Some(limit) = self.open_files_limit {
+            use std::os::unix::process::CommandExt;
+            let limit = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            // SAFETY: setrlimit is async-signal-safe and reads only `limit`, copied into the
+            // closure; nothing else runs between fork and exec.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
         }
         let child = command.spawn().expect("spawn node");
         self.children.insert(id, child);

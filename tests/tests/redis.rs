@@ -1873,3 +1873,174 @@ fn xtrim_and_xadd_maxlen_minid_trim_as_redis_does_also_from_many_connections() {
     });
     assert_eq!(raw.call(&["XLEN", "t:busy"]), ":1\r\n");
 }
+
+/// Raises this process's soft limit on open descriptors to its hard limit: the tests below
+/// open thousands of connections.
+fn raise_own_open_files_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write only the struct we own.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        limit.rlim_cur = limit.rlim_max;
+        let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+    }
+    limit.rlim_cur
+}
+
+/// What a connection to a door has been told so far, without waiting: a refusal (its words),
+/// closed without a word, or nothing yet (open and served).
+fn door_answer(stream: &mut TcpStream) -> Option<Vec<u8>> {
+    stream.set_nonblocking(true).expect("non-blocking");
+    let mut reply = Vec::new();
+    let mut chunk = [0u8; 256];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => return Some(reply),
+            Ok(n) => reply.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                return (!reply.is_empty()).then_some(reply);
+            }
+            Err(_) => return Some(reply),
+        }
+    }
+}
+
+/// A node on a host with few file descriptors (2,000, soft and hard): clients that open far
+/// more connections than that to the leader are refused at once (RESP with Redis's words), and
+/// never take the descriptors it needs for itself. Before the descriptor plan, the node ran out,
+/// could no longer reach its peers nor write its vote, and stopped for good.
+#[test]
+fn a_flood_of_connections_is_refused_and_never_takes_the_node_s_own_descriptors() {
+    const NODE_LIMIT: u64 = 2000;
+    // The node's plan: 2,000 less its reserve (1,536), the peer listener's (256) and the HTTP
+    // door's (128, which keeps /metrics reachable here).
+    const CLIENT_CONNECTIONS: usize = 80;
+    const RESP_FLOOD: usize = 2300;
+    const GRPC_FLOOD: usize = 300;
+    const PEER_FLOOD: usize = 300;
+    let own = raise_own_open_files_limit();
+    assert!(
+        own > 4 * NODE_LIMIT,
+        "this test needs {} descriptors, has {own}",
+        4 * NODE_LIMIT
+    );
+    let mut cluster = TestCluster::plan(NODE, ClusterOptions::default());
+    cluster.enable_resp();
+    cluster.set_open_files_limit(NODE_LIMIT);
+    cluster.launch();
+    let client = runtime().block_on(cluster.client());
+    let leader = runtime().block_on(cluster.leader(&client));
+    let resp = cluster.resp(leader);
+    let mut held = connect(resp);
+    assert_eq!(
+        cluster.metric(leader, "basalt_client_connections_max"),
+        CLIENT_CONNECTIONS as u64
+    );
+
+    let open_all = |addr: String, count: usize| -> Vec<TcpStream> {
+        (0..count)
+            .map(|_| TcpStream::connect(&addr).expect("the kernel accepts the connection"))
+            .collect()
+    };
+    let mut flood = open_all(resp.to_string(), RESP_FLOOD);
+    let grpc_flood = open_all(cluster.addr(leader), GRPC_FLOOD);
+    let peer_flood = open_all(cluster.specs[&leader].peer.clone(), PEER_FLOOD);
+    std::thread::sleep(Duration::from_millis(1500));
+    let (mut served, mut refused, mut closed) = (0, 0, 0);
+    for stream in &mut flood {
+        match door_answer(stream) {
+            None => served += 1,
+            Some(reply) if reply == b"-ERR max number of clients reached\r\n" => refused += 1,
+            Some(reply) if reply.is_empty() => closed += 1,
+            Some(reply) => panic!("unexpected answer {:?}", String::from_utf8_lossy(&reply)),
+        }
+    }
+    assert!(served < CLIENT_CONNECTIONS, "{served} served");
+    assert_eq!(served + refused + closed, RESP_FLOOD);
+    assert!(
+        refused >= RESP_FLOOD - CLIENT_CONNECTIONS - 50,
+        "{refused} refused, {closed} closed"
+    );
+    let client_refused = cluster.metric(leader, "basalt_client_connections_refused_total");
+    assert!(
+        client_refused >= (RESP_FLOOD + GRPC_FLOOD - CLIENT_CONNECTIONS) as u64,
+        "{client_refused}"
+    );
+    assert!(cluster.metric(leader, "basalt_peer_connections_refused_total") > 0);
+    assert!(cluster.metric(leader, "basalt_client_connections_open") <= CLIENT_CONNECTIONS as u64);
+    // (A flood of the peer port holds its budget: new member connections wait until it goes.
+    // The peer port is for a network only the members reach.)
+    drop(peer_flood);
+
+    // With the client flood still held, the leader writes, and opens what it needs: a follower
+    // goes down and comes back, and the leader links to it anew.
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+    runtime().block_on(async {
+        cluster.kill(follower);
+        for i in 0..20 {
+            let n: i64 = redis::cmd("INCR")
+                .arg("flooded")
+                .query(&mut held)
+                .expect("INCR while flooded");
+            assert_eq!(n, i + 1);
+        }
+    });
+    cluster.restart(follower);
+    // The follower catches up from the leader, which links to it anew. (Read over the HTTP
+    // doors, which have budgets of their own: the leader's client doors are full, so a new SDK
+    // connection to it would be refused until the flood goes, as would any new client's.)
+    let target = cluster.metric(leader, "basalt_raft_last_log_index");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while cluster.metric(follower, "basalt_raft_applied_index") < target {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the follower did not catch up\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let value: i64 = redis::cmd("GET").arg("flooded").query(&mut held).expect("GET");
+    assert_eq!(value, 20);
+
+    // Once the flood goes, its permits come back.
+    drop((flood, grpc_flood));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while cluster.metric(leader, "basalt_client_connections_open") > 10 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the flood's permits did not come back"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut again = connect(resp);
+    let pong: String = redis::cmd("PING").query(&mut again).expect("PING");
+    assert_eq!(pong, "PONG");
+    // The SDK client whose calls to the leader were refused meanwhile reaches it again.
+    runtime().block_on(cluster.wait_caught_up(&client, follower));
+}
+
+/// A node whose descriptor limit cannot leave room for its own files, its peers and a few
+/// clients does not start, and says which limit to raise.
+#[test]
+fn a_node_with_too_few_descriptors_refuses_to_start_and_says_why() {
+    let mut cluster = TestCluster::plan(
+        NODE,
+        ClusterOptions {
+            nodes: 1,
+            ..Default::default()
+        },
+    );
+    cluster.set_open_files_limit(1024);
+    cluster.launch();
+    let status = cluster.wait_exit(1, Duration::from_secs(30)).expect("the node stops");
+    assert!(!status.success());
+    let log = cluster.logs();
+    assert!(
+        log.contains("may open 1024 file descriptors") && log.contains("ulimit -n"),
+        "{log}"
+    );
+}

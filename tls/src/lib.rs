@@ -7,6 +7,9 @@
 //! - [`listener`]: the accept side of a listener with or without TLS: handshakes on tasks of
 //!   their own, bounded in number (in all and per address) and in time; the connections it
 //!   yields and what they tell of their client ([`ConnectInfo`]).
+//! - [`connection_budget`]: how many connections a group of listeners may hold open, so that
+//!   clients cannot use up the node's file descriptors; every listener above takes a permit per
+//!   connection.
 //! - [`client_tls`]: the connect side: [`ClientTls`] for an SDK or CLI that trusts a CA file,
 //!   [`Connector`] and [`lazy_channel`] for the gRPC channels of clients and nodes.
 //!
@@ -14,10 +17,12 @@
 //! layer what a certificate's name may do. Depends on no other Basalt crate.
 
 pub mod client_tls;
+pub mod connection_budget;
 pub mod limits;
 pub mod listener;
 pub mod node_tls;
 
 pub use client_tls::{connected_channel, lazy_channel, ClientTls, Connector};
+pub use connection_budget::{ConnectionBudget, ConnectionPermit};
 pub use listener::{remote_addr, Conn, ConnectInfo, Expired, Listener};
 pub use node_tls::{NodeTls, Protocol, TlsError, TlsFiles, TlsRole};

@@ -10,6 +10,11 @@
 //! dropped): it holds its slot until then, so a server that takes no connections (an edge at its
 //! connection limit) holds at most the limit plus the queue. A connection whose handshake succeeded
 //! carries [`ConnectInfo`]: its addresses and the name its client certificate gives, if any.
+//!
+//! Every listener takes a [`ConnectionPermit`] of its [`ConnectionBudget`] for each connection
+//! as it accepts it (before any handshake) and the connection holds it until it closes; with no
+//! permit left the connection is refused at once (on a plain RESP or HTTP door with a one-line
+//! answer saying so), so clients cannot use up the descriptors the node needs for itself.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -23,6 +28,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
+use crate::connection_budget::{ConnectionBudget, ConnectionPermit};
 use crate::limits::{
     CLIENT_DOOR_HANDSHAKES_MAX, CLIENT_DOOR_HANDSHAKES_PER_IP_MAX, CLIENT_NAME_BYTES_MAX, HANDSHAKES_MAX,
     HANDSHAKES_PER_IP_MAX, HANDSHAKES_QUEUED_MAX, TLS_HANDSHAKE_TIMEOUT,
@@ -91,6 +97,8 @@ pub fn common_name(der: &[u8]) -> Option<(String, std::time::SystemTime)> {
 pub struct TlsConn {
     inner: tokio_rustls::server::TlsStream<TcpStream>,
     info: ConnectInfo,
+    /// Its share of its listener's budget, held until the connection is dropped.
+    _permit: Option<ConnectionPermit>,
 }
 
 impl TlsConn {
@@ -106,7 +114,11 @@ impl TlsConn {
             client_name: client.as_ref().map(|(name, _)| Arc::from(name.as_str())),
             client_not_after: client.map(|(_, not_after)| not_after),
         };
-        TlsConn { inner, info }
+        TlsConn {
+            inner,
+            info,
+            _permit: None,
+        }
     }
 
     pub fn info(&self) -> &ConnectInfo {
@@ -221,6 +233,7 @@ fn handshakes(
     tls: Arc<NodeTls>,
     protocol: Protocol,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    budget: Arc<ConnectionBudget>,
 ) -> tokio::sync::mpsc::Receiver<TlsConn> {
     let (tx, rx) = tokio::sync::mpsc::channel(HANDSHAKES_QUEUED_MAX);
     let limiter = HandshakeLimiter::new(tls.role());
@@ -240,6 +253,11 @@ fn handshakes(
                     continue;
                 }
             };
+            // Beyond the budget, dropped at once (no handshake: a TLS client sees its connection
+            // closed).
+            let Some(permit) = budget.try_take() else {
+                continue;
+            };
             // A connection beyond the handshakes in progress is dropped at once: a flood of
             // connections that never finish a handshake holds at most that many descriptors and
             // tasks, for at most the handshake timeout each.
@@ -251,7 +269,9 @@ fn handshakes(
             let (tls, tx) = (tls.clone(), tx.clone());
             tokio::spawn(async move {
                 if let Some(stream) = tls.accept(stream, protocol).await {
-                    let _ = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tx.send(TlsConn::new(stream))).await;
+                    let mut conn = TlsConn::new(stream);
+                    conn._permit = Some(permit);
+                    let _ = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tx.send(conn)).await;
                 }
                 drop(slot);
             });
@@ -266,14 +286,111 @@ pub fn incoming(
     listener: TcpListener,
     tls: Arc<NodeTls>,
     stop: tokio::sync::watch::Receiver<bool>,
+    budget: Arc<ConnectionBudget>,
 ) -> impl tokio_stream::Stream<Item = std::io::Result<TlsConn>> {
     use tokio_stream::StreamExt;
-    tokio_stream::wrappers::ReceiverStream::new(handshakes(listener, tls, Protocol::Grpc, stop)).map(Ok)
+    tokio_stream::wrappers::ReceiverStream::new(handshakes(listener, tls, Protocol::Grpc, stop, budget)).map(Ok)
+}
+
+/// The connections of a plain (no TLS) listener of gRPC, for tonic's `serve_with_incoming`,
+/// each holding a permit of `budget` (a connection beyond it is closed at once). Each carries
+/// [`ConnectInfo`] with its addresses. Ends when `stop` turns true.
+pub fn incoming_plain(
+    listener: TcpListener,
+    stop: tokio::sync::watch::Receiver<bool>,
+    budget: Arc<ConnectionBudget>,
+) -> impl tokio_stream::Stream<Item = std::io::Result<PlainConn>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        let mut stop = stop;
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = stop.wait_for(|stopped| *stopped) => return,
+                () = tx.closed() => return,
+            };
+            let (stream, _) = match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of descriptors and the like: pause rather than spin.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let Some(permit) = budget.try_take() else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let info = ConnectInfo {
+                local: stream.local_addr().ok(),
+                remote: stream.peer_addr().ok(),
+                ..ConnectInfo::default()
+            };
+            let conn = PlainConn {
+                inner: stream,
+                info,
+                _permit: permit,
+            };
+            if tx.send(Ok(conn)).await.is_err() {
+                return;
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// A plain TCP connection of [`incoming_plain`], holding its permit until dropped.
+pub struct PlainConn {
+    inner: TcpStream,
+    info: ConnectInfo,
+    _permit: ConnectionPermit,
+}
+
+impl tonic::transport::server::Connected for PlainConn {
+    type ConnectInfo = ConnectInfo;
+
+    fn connect_info(&self) -> ConnectInfo {
+        self.info.clone()
+    }
+}
+
+impl AsyncRead for PlainConn {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for PlainConn {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
 }
 
 /// A connection accepted by a [`Listener`].
 pub enum Conn {
-    Plain(TcpStream),
+    /// With its share of the listener's budget, held until the connection is dropped.
+    Plain(TcpStream, ConnectionPermit),
     Tls(Box<TlsConn>),
 }
 
@@ -281,7 +398,7 @@ impl Conn {
     /// The name the client's certificate gives (see [`ConnectInfo::client_name`]).
     pub fn client_name(&self) -> Option<&str> {
         match self {
-            Conn::Plain(_) => None,
+            Conn::Plain(..) => None,
             Conn::Tls(tls) => tls.info.client_name.as_deref(),
         }
     }
@@ -289,18 +406,24 @@ impl Conn {
     /// What the TLS handshake found about the client (none for a plain connection).
     pub fn tls_info(&self) -> Option<&ConnectInfo> {
         match self {
-            Conn::Plain(_) => None,
+            Conn::Plain(..) => None,
             Conn::Tls(tls) => Some(&tls.info),
         }
     }
 
     /// Splits the connection into halves that can be used on two tasks at once (a plain TCP
-    /// stream's own halves, which take no lock).
+    /// stream's own halves, which take no lock). The writing half holds the connection's permit.
     pub fn into_split(self) -> (Box<dyn AsyncRead + Send + Unpin>, Box<dyn AsyncWrite + Send + Unpin>) {
         match self {
-            Conn::Plain(tcp) => {
+            Conn::Plain(tcp, permit) => {
                 let (reader, writer) = tcp.into_split();
-                (Box::new(reader), Box::new(writer))
+                (
+                    Box::new(reader),
+                    Box::new(HoldingPermit {
+                        inner: writer,
+                        _permit: permit,
+                    }),
+                )
             }
             Conn::Tls(tls) => {
                 let (reader, writer) = tokio::io::split(*tls);
@@ -313,9 +436,41 @@ impl Conn {
 impl Conn {
     fn io(self: Pin<&mut Self>) -> Pin<&mut (dyn AsyncReadWrite + Unpin)> {
         match self.get_mut() {
-            Conn::Plain(tcp) => Pin::new(tcp),
+            Conn::Plain(tcp, _) => Pin::new(tcp),
             Conn::Tls(tls) => Pin::new(tls.as_mut()),
         }
+    }
+}
+
+/// The writing half of a plain connection, holding the connection's permit.
+struct HoldingPermit<W> {
+    inner: W,
+    _permit: ConnectionPermit,
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for HoldingPermit<W> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 }
 
@@ -352,9 +507,35 @@ impl AsyncWrite for Conn {
 
     fn is_write_vectored(&self) -> bool {
         match self {
-            Conn::Plain(tcp) => tcp.is_write_vectored(),
+            Conn::Plain(tcp, _) => tcp.is_write_vectored(),
             Conn::Tls(tls) => tls.is_write_vectored(),
         }
+    }
+}
+
+/// What a plain connection beyond the budget is told before it is closed: a RESP error as
+/// Redis words it, an HTTP 503; nothing on gRPC (which would need an HTTP/2 exchange).
+fn refusal(protocol: Protocol) -> &'static [u8] {
+    match protocol {
+        Protocol::Other => b"-ERR max number of clients reached\r\n",
+        Protocol::Http1 => {
+            b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\ncontent-type: text/plain\r\ncontent-length: 66\r\n\r\nthe node holds as many connections as its file descriptors allow\r\n"
+        }
+        Protocol::Grpc => b"",
+    }
+}
+
+/// Tells a connection beyond the budget why it is refused, if that fits in one non-blocking
+/// write (it does into a new connection's empty send buffer), and closes it: no task and no
+/// descriptor is held for it.
+fn refuse(stream: TcpStream, protocol: Protocol) {
+    let message = refusal(protocol);
+    if message.is_empty() {
+        return;
+    }
+    if let Ok(stream) = stream.into_std() {
+        use std::io::Write;
+        let _ = (&stream).write(message);
     }
 }
 
@@ -362,6 +543,8 @@ impl AsyncWrite for Conn {
 pub struct Listener {
     local: SocketAddr,
     inner: Inner,
+    protocol: Protocol,
+    budget: Arc<ConnectionBudget>,
 }
 
 enum Inner {
@@ -370,24 +553,35 @@ enum Inner {
 }
 
 impl Listener {
-    /// Listens on `tcp` for `protocol`, with TLS when `tls` is given; the handshakes stop when
-    /// `stop` turns true.
+    /// Listens on `tcp` for `protocol`, with TLS when `tls` is given, each connection holding a
+    /// permit of `budget`; the handshakes stop when `stop` turns true.
     pub fn new(
         tcp: TcpListener,
         tls: Option<Arc<NodeTls>>,
         protocol: Protocol,
         stop: tokio::sync::watch::Receiver<bool>,
+        budget: Arc<ConnectionBudget>,
     ) -> std::io::Result<Listener> {
         let local = tcp.local_addr()?;
         let inner = match tls {
             None => Inner::Plain(tcp),
-            Some(tls) => Inner::Tls(handshakes(tcp, tls, protocol, stop)),
+            Some(tls) => Inner::Tls(handshakes(tcp, tls, protocol, stop, budget.clone())),
         };
-        Ok(Listener { local, inner })
+        Ok(Listener {
+            local,
+            inner,
+            protocol,
+            budget,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local
+    }
+
+    /// The budget its connections take their permits from.
+    pub fn budget(&self) -> &Arc<ConnectionBudget> {
+        &self.budget
     }
 
     /// Whether connections are TLS.
@@ -399,11 +593,16 @@ impl Listener {
     /// descriptors), or, with TLS, says the listener stopped.
     pub async fn accept(&mut self) -> std::io::Result<(Conn, SocketAddr)> {
         match &mut self.inner {
-            Inner::Plain(tcp) => {
+            Inner::Plain(tcp) => loop {
                 let (stream, from) = tcp.accept().await?;
-                let _ = stream.set_nodelay(true);
-                Ok((Conn::Plain(stream), from))
-            }
+                match self.budget.try_take() {
+                    Some(permit) => {
+                        let _ = stream.set_nodelay(true);
+                        return Ok((Conn::Plain(stream, permit), from));
+                    }
+                    None => refuse(stream, self.protocol),
+                }
+            },
             Inner::Tls(connections) => match connections.recv().await {
                 Some(conn) => {
                     let from = conn.info.remote.unwrap_or(self.local);
@@ -446,6 +645,53 @@ mod tests {
         assert!(limiter.by_ip.lock().expect("lock").len() <= 1);
     }
 
+    /// A plain door holds at most its budget: a connection beyond it is told so (RESP's words)
+    /// and closed, and a closed connection's permit is taken by the next.
+    #[tokio::test]
+    async fn a_plain_door_refuses_connections_beyond_its_budget_and_takes_them_again_once_one_closes() {
+        let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+        let budget = ConnectionBudget::new("test", 2);
+        let mut listener = Listener::new(tcp, None, Protocol::Other, stop, budget.clone()).expect("listener");
+        let addr = listener.local_addr();
+        let (held_tx, mut held_rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                let _ = held_tx.send(conn);
+            }
+        });
+        let _a = TcpStream::connect(addr).await.expect("a");
+        let _b = TcpStream::connect(addr).await.expect("b");
+        let first = held_rx.recv().await.expect("a accepted");
+        let _second = held_rx.recv().await.expect("b accepted");
+        let mut refused = TcpStream::connect(addr).await.expect("c connects");
+        let mut reply = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), refused.read_to_end(&mut reply))
+            .await
+            .expect("closed at once")
+            .expect("read");
+        assert_eq!(reply, b"-ERR max number of clients reached\r\n");
+        assert_eq!((budget.open(), budget.refused()), (2, 1));
+        // Split, a plain connection's permit lives in its writing half.
+        let (reader, writer) = first.into_split();
+        drop(reader);
+        assert_eq!(budget.open(), 2);
+        drop(writer);
+        assert_eq!(budget.open(), 1);
+        let _d = TcpStream::connect(addr).await.expect("d");
+        let _third = tokio::time::timeout(Duration::from_secs(5), held_rx.recv())
+            .await
+            .expect("d accepted")
+            .expect("d");
+        assert_eq!((budget.open(), budget.refused()), (2, 1));
+        assert_eq!(refusal(Protocol::Http1).len(), {
+            let text = std::str::from_utf8(refusal(Protocol::Http1)).expect("text");
+            let (head, body) = text.split_once("\r\n\r\n").expect("head and body");
+            assert!(head.contains(&format!("content-length: {}", body.len())), "{head}");
+            text.len()
+        });
+    }
+
     /// A client door: clients with no certificate and clients with one of the CA are served
     /// (the latter named by it); a certificate of another CA, a client that does not trust the
     /// server's CA, and plaintext are not.
@@ -459,7 +705,8 @@ mod tests {
         let node = tls(files);
         let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let (_stop_tx, stop) = tokio::sync::watch::channel(false);
-        let mut listener = Listener::new(tcp, Some(node.clone()), Protocol::Grpc, stop).expect("listener");
+        let budget = ConnectionBudget::new("test", 64);
+        let mut listener = Listener::new(tcp, Some(node.clone()), Protocol::Grpc, stop, budget).expect("listener");
         let addr = listener.local_addr().to_string();
         let server = tokio::spawn(async move {
             let mut names = Vec::new();

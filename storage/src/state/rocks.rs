@@ -64,6 +64,9 @@ fn db_options() -> Options {
     options.create_if_missing(true);
     options.create_missing_column_families(true);
     options.set_max_background_jobs(2);
+    // Bounded, so that the node's descriptor plan (the server's `descriptors`) holds: beyond it
+    // RocksDB closes the table files it used least (its table cache), at the cost of reopening.
+    options.set_max_open_files(crate::limits::ROCKSDB_OPEN_FILES_MAX);
     options
 }
 

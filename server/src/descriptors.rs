@@ -1,0 +1,139 @@
+//! The node's file descriptors: how many it may open, and how many of them its listeners may
+//! hand to connections.
+//!
+//! A node needs descriptors of its own (its log segments, RocksDB's files, links to the other
+//! members and regions, snapshots) and one per connection it accepts. If clients could open
+//! connections until the process limit, the node's own next `open` would fail with `EMFILE`; a
+//! log that cannot write its vote stops the node. So at start the node raises its soft limit to
+//! the hard one (as Redis and Go programs do), keeps [`NODE_DESCRIPTORS_RESERVED`] for itself,
+//! [`PEER_CONNECTIONS_MAX`] for the peer listener and [`HTTP_CONNECTIONS_MAX`] for the HTTP door
+//! (so that a node flooded with clients can still be watched), and gives the client doors
+//! (client gRPC, RESP, edge) together the rest, at most [`CLIENT_CONNECTIONS_MAX`]: each accepted
+//! connection holds a permit of a [`basalt_tls::ConnectionBudget`] until it closes, and one beyond
+//! it is refused at once. A limit too low to leave [`CLIENT_CONNECTIONS_MIN`] refuses to start,
+//! saying which limit to raise.
+
+use crate::limits::{
+    CLIENT_CONNECTIONS_MAX, CLIENT_CONNECTIONS_MIN, HTTP_CONNECTIONS_MAX, NODE_DESCRIPTORS_RESERVED,
+    PEER_CONNECTIONS_MAX,
+};
+
+/// How the descriptors the process may open are shared out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DescriptorPlan {
+    /// The process's (soft) limit on open descriptors.
+    pub open_files_limit: u64,
+    /// Connections the client doors may hold open together.
+    pub client_connections: usize,
+    /// Connections the peer listener may hold open.
+    pub peer_connections: usize,
+    /// Connections the HTTP door may hold open.
+    pub http_connections: usize,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error(
+    "this process may open {limit} file descriptors; a node needs at least {needed} ({NODE_DESCRIPTORS_RESERVED} for its \
+     own files and links, {PEER_CONNECTIONS_MAX} for peer connections, {HTTP_CONNECTIONS_MAX} for the HTTP door, \
+     {CLIENT_CONNECTIONS_MIN} for clients): raise \
+     the limit (`ulimit -n`, or LimitNOFILE= in a systemd unit)"
+)]
+pub struct TooFewDescriptors {
+    pub limit: u64,
+    pub needed: u64,
+}
+
+/// The plan for a process that may open `open_files_limit` descriptors. Pure.
+pub fn plan(open_files_limit: u64) -> Result<DescriptorPlan, TooFewDescriptors> {
+    let reserved = (NODE_DESCRIPTORS_RESERVED + PEER_CONNECTIONS_MAX + HTTP_CONNECTIONS_MAX) as u64;
+    let needed = reserved + CLIENT_CONNECTIONS_MIN as u64;
+    if open_files_limit < needed {
+        return Err(TooFewDescriptors {
+            limit: open_files_limit,
+            needed,
+        });
+    }
+    let left = usize::try_from(open_files_limit - reserved).unwrap_or(usize::MAX);
+    Ok(DescriptorPlan {
+        open_files_limit,
+        client_connections: left.min(CLIENT_CONNECTIONS_MAX),
+        peer_connections: PEER_CONNECTIONS_MAX,
+        http_connections: HTTP_CONNECTIONS_MAX,
+    })
+}
+
+/// Raises the process's soft limit on open descriptors to its hard limit (which an
+/// unprivileged process may do), and returns the soft limit in force afterwards. If raising
+/// fails, the limit stays as it was (and is returned).
+pub fn raise_open_files_limit() -> std::io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own; no memory is shared.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct we own.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit.rlim_cur = limit.rlim_max;
+        } else {
+            tracing::warn!(
+                soft = limit.rlim_cur,
+                hard = limit.rlim_max,
+                error = %std::io::Error::last_os_error(),
+                "could not raise the open files limit to its hard limit"
+            );
+        }
+    }
+    // RLIM_INFINITY is u64::MAX: any count is below it.
+    Ok(limit.rlim_cur)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_clients_get_what_the_node_and_its_peers_leave_up_to_the_cap() {
+        let reserved = (NODE_DESCRIPTORS_RESERVED + PEER_CONNECTIONS_MAX + HTTP_CONNECTIONS_MAX) as u64;
+        let needed = reserved + CLIENT_CONNECTIONS_MIN as u64;
+        assert_eq!(
+            plan(needed - 1),
+            Err(TooFewDescriptors {
+                limit: needed - 1,
+                needed
+            })
+        );
+        assert_eq!(plan(needed).expect("enough").client_connections, CLIENT_CONNECTIONS_MIN);
+        let plan_4096 = plan(4096).expect("4096");
+        assert_eq!(plan_4096.client_connections as u64, 4096 - reserved);
+        assert_eq!(plan_4096.peer_connections, PEER_CONNECTIONS_MAX);
+        assert_eq!(plan_4096.http_connections, HTTP_CONNECTIONS_MAX);
+        assert_eq!(plan(1 << 20).expect("many").client_connections, CLIENT_CONNECTIONS_MAX);
+        assert_eq!(
+            plan(u64::MAX).expect("unlimited").client_connections,
+            CLIENT_CONNECTIONS_MAX
+        );
+        let message = plan(1024).expect_err("too few").to_string();
+        assert!(message.contains("1024") && message.contains("ulimit -n"), "{message}");
+    }
+
+    #[test]
+    fn the_soft_limit_is_raised_to_the_hard_one() {
+        let soft = raise_open_files_limit().expect("getrlimit");
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) }, 0);
+        assert_eq!(soft, limit.rlim_cur);
+        assert_eq!(limit.rlim_cur, limit.rlim_max);
+    }
+}
