@@ -561,17 +561,6 @@ impl Client {
         (i, nodes[i].channel.clone())
     }
 
-    /// Replaces node `position`'s channel with a new one (lazy: it connects at its first call),
-    /// for a channel broken for good (see `channel_failed_for_good`).
-    fn renew_channel(&self, position: usize) {
-        let mut nodes = self.inner.nodes.write().expect("nodes lock");
-        if let Some(node) = nodes.get_mut(position) {
-            if let Ok(channel) = channel_for(&node.addr, &self.inner.options) {
-                node.channel = channel;
-            }
-        }
-    }
-
     fn rotate_from(&self, failed: usize) {
         let len = self.inner.nodes.read().expect("nodes lock").len();
         let _ = self
@@ -690,11 +679,6 @@ impl Client {
             let (position, channel) = self.current();
             let last_error = match attempt(channel, deadline).await {
                 Ok(value) => return Ok(value),
-                Err(status) if crate::error::channel_failed_for_good(&status) => {
-                    self.renew_channel(position);
-                    self.rotate_from(position);
-                    status.message().to_string()
-                }
                 Err(status) => match classify(&status, mutation) {
                     Attempt::Redirect(Some(leader)) => {
                         if self.follow_leader(&leader) && Instant::now() < deadline {

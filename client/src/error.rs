@@ -193,23 +193,9 @@ pub fn never_sent(status: &Status) -> bool {
         "tcp connect error",
         "Connection refused",
         "dns error",
-        // The channel refused to take the request (see `channel_failed_for_good`).
-        CHANNEL_NOT_READY,
     ]
     .iter()
     .any(|phrase| message.contains(phrase))
-}
-
-/// How a generated gRPC client words a channel that would not take a request.
-const CHANNEL_NOT_READY: &str = "Service was not ready";
-
-/// Whether the channel an attempt went through is broken for good: tonic's channel queues
-/// requests for one connection task, and once that task failed (seen after a node closed every
-/// new connection at once, as one at its connection limit does) it answers every later request
-/// "Service was not ready", even after the node takes connections again. The request was never
-/// sent; a new channel connects afresh.
-pub(crate) fn channel_failed_for_good(status: &Status) -> bool {
-    status.metadata().get(ERROR_CODE_KEY).is_none() && status.message().starts_with(CHANNEL_NOT_READY)
 }
 
 /// What a failed attempt means; `mutation` marks requests that change state, for which an
@@ -336,16 +322,6 @@ mod tests {
             assert!(!never_sent(&Status::unavailable(maybe_sent)), "{maybe_sent}");
         }
         assert!(!never_sent(&typed(ErrorCode::Unavailable)));
-        // A channel that would not take the request never sent it, and is renewed.
-        let not_ready = Status::unknown("Service was not ready: transport error");
-        assert!(never_sent(&not_ready));
-        assert!(channel_failed_for_good(&not_ready));
-        assert!(!channel_failed_for_good(&Status::unknown("transport error")));
-        let mut typed_not_ready = Status::unavailable("Service was not ready: a node's own words");
-        typed_not_ready
-            .metadata_mut()
-            .insert(ERROR_CODE_KEY, ErrorCode::Unavailable.as_str().parse().expect("ascii"));
-        assert!(!channel_failed_for_good(&typed_not_ready));
     }
 
     #[test]

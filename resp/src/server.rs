@@ -106,7 +106,9 @@ pub async fn serve(
                 Err(e) => {
                     // Out of file descriptors and the like: pause rather than spin.
                     tracing::warn!(error = %e, "RESP accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    if let Some(pause) = basalt_tls::listener::accept_failure_pause(&e) {
+                        tokio::time::sleep(pause).await;
+                    }
                     continue;
                 }
             },

@@ -29,28 +29,35 @@ pub struct DescriptorPlan {
     pub peer_connections: usize,
     /// Connections the HTTP door may hold open.
     pub http_connections: usize,
+    /// Descriptors kept for the edge's requests to its origins (each in flight may hold a
+    /// connection): the origins times `cache.origin_requests_max`, on top of the node's own.
+    pub origin_connections: u64,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error(
     "this process may open {limit} file descriptors; a node needs at least {needed} ({NODE_DESCRIPTORS_RESERVED} for its \
      own files and links, {PEER_CONNECTIONS_MAX} for peer connections, {HTTP_CONNECTIONS_MAX} for the HTTP door, \
-     {CLIENT_CONNECTIONS_MIN} for clients): raise \
-     the limit (`ulimit -n`, or LimitNOFILE= in a systemd unit)"
+     {origin_connections} for the edge's origin requests, {CLIENT_CONNECTIONS_MIN} for clients): raise the limit \
+     (`ulimit -n`, or LimitNOFILE= in a systemd unit)"
 )]
 pub struct TooFewDescriptors {
     pub limit: u64,
     pub needed: u64,
+    pub origin_connections: u64,
 }
 
-/// The plan for a process that may open `open_files_limit` descriptors. Pure.
-pub fn plan(open_files_limit: u64) -> Result<DescriptorPlan, TooFewDescriptors> {
-    let reserved = (NODE_DESCRIPTORS_RESERVED + PEER_CONNECTIONS_MAX + HTTP_CONNECTIONS_MAX) as u64;
-    let needed = reserved + CLIENT_CONNECTIONS_MIN as u64;
+/// The plan for a process that may open `open_files_limit` descriptors, whose edge (if any)
+/// may have `origin_connections` requests in flight to its origins together. Pure.
+pub fn plan(open_files_limit: u64, origin_connections: u64) -> Result<DescriptorPlan, TooFewDescriptors> {
+    let reserved = ((NODE_DESCRIPTORS_RESERVED + PEER_CONNECTIONS_MAX + HTTP_CONNECTIONS_MAX) as u64)
+        .saturating_add(origin_connections);
+    let needed = reserved.saturating_add(CLIENT_CONNECTIONS_MIN as u64);
     if open_files_limit < needed {
         return Err(TooFewDescriptors {
             limit: open_files_limit,
             needed,
+            origin_connections,
         });
     }
     let left = usize::try_from(open_files_limit - reserved).unwrap_or(usize::MAX);
@@ -59,12 +66,14 @@ pub fn plan(open_files_limit: u64) -> Result<DescriptorPlan, TooFewDescriptors> 
         client_connections: left.min(CLIENT_CONNECTIONS_MAX),
         peer_connections: PEER_CONNECTIONS_MAX,
         http_connections: HTTP_CONNECTIONS_MAX,
+        origin_connections,
     })
 }
 
 /// Raises the process's soft limit on open descriptors to its hard limit (which an
-/// unprivileged process may do), and returns the soft limit in force afterwards. If raising
-/// fails, the limit stays as it was (and is returned).
+/// unprivileged process may do; where the kernel refuses that, to the largest of a few smaller
+/// steps it takes), and returns the soft limit in force afterwards. If raising fails, the limit
+/// stays as it was (and is returned).
 pub fn raise_open_files_limit() -> std::io::Result<u64> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
@@ -74,22 +83,28 @@ pub fn raise_open_files_limit() -> std::io::Result<u64> {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    if limit.rlim_cur < limit.rlim_max {
+    // The hard limit first; where the kernel refuses it (macOS's hard limit is "unlimited",
+    // above what a process may have), smaller steps, as Go's runtime does.
+    let steps = [limit.rlim_max, 1 << 20, 65_536, 24_576, 10_240];
+    for want in steps
+        .into_iter()
+        .filter(|want| *want > limit.rlim_cur && *want <= limit.rlim_max)
+    {
         let raised = libc::rlimit {
-            rlim_cur: limit.rlim_max,
+            rlim_cur: want,
             rlim_max: limit.rlim_max,
         };
         // SAFETY: setrlimit reads the struct we own.
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
-            limit.rlim_cur = limit.rlim_max;
-        } else {
-            tracing::warn!(
-                soft = limit.rlim_cur,
-                hard = limit.rlim_max,
-                error = %std::io::Error::last_os_error(),
-                "could not raise the open files limit to its hard limit"
-            );
+            limit.rlim_cur = want;
+            break;
         }
+        tracing::warn!(
+            soft = limit.rlim_cur,
+            want,
+            error = %std::io::Error::last_os_error(),
+            "could not raise the open files limit"
+        );
     }
     // RLIM_INFINITY is u64::MAX: any count is below it.
     Ok(limit.rlim_cur)
@@ -104,23 +119,36 @@ mod tests {
         let reserved = (NODE_DESCRIPTORS_RESERVED + PEER_CONNECTIONS_MAX + HTTP_CONNECTIONS_MAX) as u64;
         let needed = reserved + CLIENT_CONNECTIONS_MIN as u64;
         assert_eq!(
-            plan(needed - 1),
+            plan(needed - 1, 0),
             Err(TooFewDescriptors {
                 limit: needed - 1,
-                needed
+                needed,
+                origin_connections: 0,
             })
         );
-        assert_eq!(plan(needed).expect("enough").client_connections, CLIENT_CONNECTIONS_MIN);
-        let plan_4096 = plan(4096).expect("4096");
+        assert_eq!(
+            plan(needed, 0).expect("enough").client_connections,
+            CLIENT_CONNECTIONS_MIN
+        );
+        // An edge's origin requests come out of the clients' share.
+        assert_eq!(
+            plan(needed + 100, 100).expect("enough").client_connections,
+            CLIENT_CONNECTIONS_MIN
+        );
+        assert!(plan(needed + 99, 100).is_err());
+        let plan_4096 = plan(4096, 0).expect("4096");
         assert_eq!(plan_4096.client_connections as u64, 4096 - reserved);
         assert_eq!(plan_4096.peer_connections, PEER_CONNECTIONS_MAX);
         assert_eq!(plan_4096.http_connections, HTTP_CONNECTIONS_MAX);
-        assert_eq!(plan(1 << 20).expect("many").client_connections, CLIENT_CONNECTIONS_MAX);
         assert_eq!(
-            plan(u64::MAX).expect("unlimited").client_connections,
+            plan(1 << 20, 0).expect("many").client_connections,
             CLIENT_CONNECTIONS_MAX
         );
-        let message = plan(1024).expect_err("too few").to_string();
+        assert_eq!(
+            plan(u64::MAX, 0).expect("unlimited").client_connections,
+            CLIENT_CONNECTIONS_MAX
+        );
+        let message = plan(1024, 0).expect_err("too few").to_string();
         assert!(message.contains("1024") && message.contains("ulimit -n"), "{message}");
     }
 

@@ -471,7 +471,9 @@ impl axum::serve::Listener for Door {
                     // Out of descriptors, or the handshakes stopped with the node: pause rather
                     // than spin (the server's shutdown ends this wait).
                     tracing::debug!(error = %e, "HTTP accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    if let Some(pause) = basalt_tls::listener::accept_failure_pause(&e) {
+                        tokio::time::sleep(pause).await;
+                    }
                 }
             }
         }

@@ -279,8 +279,8 @@ pub const IN_PROCESS_DRAIN_MAX: Duration = Duration::from_secs(5);
 /// Descriptors a node keeps for itself, never handed to a connection: two RocksDB stores'
 /// table files (the state and a snapshot being installed, each at most
 /// `basalt_storage::limits::ROCKSDB_OPEN_FILES_MAX`), and 512 more for its log segments, RocksDB's
-/// own logs, links to the other members and regions, the edge's fetches from origins, snapshot
-/// files and its listeners.
+/// own logs, links to the other members and regions, snapshot files and its listeners (the
+/// edge's origin requests are planned apart, from its configuration).
 pub const NODE_DESCRIPTORS_RESERVED: usize = 2 * server::ROCKSDB_OPEN_FILES_MAX as usize + 512;
 /// Connections the peer listener holds at once (the members' Raft and calls, other regions'
 /// feeds); one more is closed at once.

@@ -130,12 +130,17 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
     // First, before the node opens anything: how many descriptors it has, and how many of them
     // its listeners may give to connections.
     let open_files_limit = crate::descriptors::raise_open_files_limit().map_err(io("reading the open files limit"))?;
-    let descriptors = crate::descriptors::plan(open_files_limit)?;
+    let origin_connections = match config.cache.listen {
+        Some(_) => (config.cache.origins.len() as u64).saturating_mul(config.cache.origin_requests_max as u64),
+        None => 0,
+    };
+    let descriptors = crate::descriptors::plan(open_files_limit, origin_connections)?;
     tracing::info!(
         open_files_limit,
         client_connections = descriptors.client_connections,
         peer_connections = descriptors.peer_connections,
         http_connections = descriptors.http_connections,
+        origin_connections = descriptors.origin_connections,
         "file descriptors"
     );
     let client_connections = basalt_tls::ConnectionBudget::new("client doors", descriptors.client_connections);

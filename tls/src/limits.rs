@@ -19,6 +19,15 @@ pub const HANDSHAKES_PER_IP_MAX: usize = 8;
 pub const CLIENT_DOOR_HANDSHAKES_MAX: usize = 1024;
 /// As [`HANDSHAKES_PER_IP_MAX`], on each client door.
 pub const CLIENT_DOOR_HANDSHAKES_PER_IP_MAX: usize = 256;
+/// How long an accepted connection may be silent before TCP keepalive probes it, how far apart
+/// the probes go, and how many unanswered ones close it: a peer that vanished (a host down, a
+/// cable pulled) frees its connection's permit after about two minutes instead of never.
+pub const TCP_KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+pub const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+pub const TCP_KEEPALIVE_PROBES: u32 = 6;
+/// How long an accept loop pauses after the process ran out of descriptors or memory (other
+/// accept errors concern one connection and are passed over at once).
+pub const ACCEPT_PAUSE_WHEN_EXHAUSTED: Duration = Duration::from_millis(100);
 /// Connections whose handshake succeeded, waiting for the listener's server to take them.
 pub const HANDSHAKES_QUEUED_MAX: usize = 64;
 /// The most read of each TLS file (certificate chain, key, CA bundle), in bytes.

@@ -30,8 +30,9 @@ use tokio::sync::Semaphore;
 
 use crate::connection_budget::{ConnectionBudget, ConnectionPermit};
 use crate::limits::{
-    CLIENT_DOOR_HANDSHAKES_MAX, CLIENT_DOOR_HANDSHAKES_PER_IP_MAX, CLIENT_NAME_BYTES_MAX, HANDSHAKES_MAX,
-    HANDSHAKES_PER_IP_MAX, HANDSHAKES_QUEUED_MAX, TLS_HANDSHAKE_TIMEOUT,
+    ACCEPT_PAUSE_WHEN_EXHAUSTED, CLIENT_DOOR_HANDSHAKES_MAX, CLIENT_DOOR_HANDSHAKES_PER_IP_MAX, CLIENT_NAME_BYTES_MAX,
+    HANDSHAKES_MAX, HANDSHAKES_PER_IP_MAX, HANDSHAKES_QUEUED_MAX, TCP_KEEPALIVE_IDLE, TCP_KEEPALIVE_INTERVAL,
+    TCP_KEEPALIVE_PROBES, TLS_HANDSHAKE_TIMEOUT,
 };
 use crate::node_tls::{NodeTls, Protocol, TlsRole};
 
@@ -247,9 +248,10 @@ fn handshakes(
             let (stream, from) = match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
-                    // Out of descriptors and the like: pause rather than spin.
                     tracing::warn!(error = %e, "accepting a connection failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    if let Some(pause) = accept_failure_pause(&e) {
+                        tokio::time::sleep(pause).await;
+                    }
                     continue;
                 }
             };
@@ -265,7 +267,7 @@ fn handshakes(
                 tls.handshakes_dropped.fetch_add(1, Ordering::Relaxed);
                 continue;
             };
-            let _ = stream.set_nodelay(true);
+            prepare(&stream);
             let (tls, tx) = (tls.clone(), tx.clone());
             tokio::spawn(async move {
                 if let Some(stream) = tls.accept(stream, protocol).await {
@@ -312,16 +314,17 @@ pub fn incoming_plain(
             let (stream, _) = match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
-                    // Out of descriptors and the like: pause rather than spin.
                     tracing::warn!(error = %e, "accepting a connection failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    if let Some(pause) = accept_failure_pause(&e) {
+                        tokio::time::sleep(pause).await;
+                    }
                     continue;
                 }
             };
             let Some(permit) = budget.try_take() else {
                 continue;
             };
-            let _ = stream.set_nodelay(true);
+            prepare(&stream);
             let info = ConnectInfo {
                 local: stream.local_addr().ok(),
                 remote: stream.peer_addr().ok(),
@@ -513,6 +516,41 @@ impl AsyncWrite for Conn {
     }
 }
 
+/// Readies an accepted socket: no Nagle delay, and TCP keepalive, so that a peer that vanished
+/// frees its connection (and the connection's permit) after about two minutes.
+fn prepare(stream: &TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(TCP_KEEPALIVE_IDLE)
+        .with_interval(TCP_KEEPALIVE_INTERVAL)
+        .with_retries(TCP_KEEPALIVE_PROBES);
+    let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive);
+}
+
+/// After a failed `accept`: `None` when the error concerned one connection (it was aborted or
+/// failed before it was taken: Linux's accept(2) says to retry at once), else how long to pause
+/// before the next (out of descriptors or memory: retrying at once would spin).
+pub fn accept_failure_pause(error: &std::io::Error) -> Option<Duration> {
+    match error.raw_os_error() {
+        Some(
+            libc::ECONNABORTED
+            | libc::ECONNRESET
+            | libc::EPROTO
+            | libc::EPERM
+            | libc::EINTR
+            | libc::ENETDOWN
+            | libc::ENOPROTOOPT
+            | libc::EHOSTDOWN
+            | libc::ENONET
+            | libc::EHOSTUNREACH
+            | libc::EOPNOTSUPP
+            | libc::ENETUNREACH
+            | libc::ETIMEDOUT,
+        ) => None,
+        _ => Some(ACCEPT_PAUSE_WHEN_EXHAUSTED),
+    }
+}
+
 /// What a plain connection beyond the budget is told before it is closed: a RESP error as
 /// Redis words it, an HTTP 503; nothing on gRPC (which would need an HTTP/2 exchange).
 fn refusal(protocol: Protocol) -> &'static [u8] {
@@ -597,7 +635,7 @@ impl Listener {
                 let (stream, from) = tcp.accept().await?;
                 match self.budget.try_take() {
                     Some(permit) => {
-                        let _ = stream.set_nodelay(true);
+                        prepare(&stream);
                         return Ok((Conn::Plain(stream, permit), from));
                     }
                     None => refuse(stream, self.protocol),

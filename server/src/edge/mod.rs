@@ -151,7 +151,9 @@ pub async fn serve(mut listener: basalt_tls::Listener, edge: Arc<Edge>, stop: im
                 Err(e) => {
                     // Out of file descriptors and the like: keep serving the connections we have.
                     tracing::warn!(error = %e, "edge accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    if let Some(pause) = basalt_tls::listener::accept_failure_pause(&e) {
+                        tokio::time::sleep(pause).await;
+                    }
                     continue;
                 }
             },

@@ -218,6 +218,9 @@ impl OriginClient {
         connector.set_connect_timeout(Some(timeout));
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
+            // Idle connections kept per origin within what the descriptor plan counts for it
+            // (`requests_max` per origin: see the server's `descriptors`).
+            .pool_max_idle_per_host(requests_max)
             .build(connector);
         Self {
             client,

@@ -108,8 +108,10 @@ impl RocksStore {
             .iter()
             .map(|t| t.name())
             .filter(|name| present.iter().any(|p| p == name));
-        let db =
-            DB::open_cf_for_read_only(&Options::default(), &path, names, false).map_err(rocks("open read-only"))?;
+        let mut options = Options::default();
+        // The second store of the server's descriptor plan.
+        options.set_max_open_files(crate::limits::ROCKSDB_OPEN_FILES_MAX);
+        let db = DB::open_cf_for_read_only(&options, &path, names, false).map_err(rocks("open read-only"))?;
         Ok(RocksStore {
             db: Arc::new(db),
             path,
