@@ -94,13 +94,19 @@ pub fn common_name(der: &[u8]) -> Option<(String, std::time::SystemTime)> {
     Some((name.to_string(), not_after))
 }
 
-/// An accepted connection whose TLS handshake succeeded.
-pub struct TlsConn {
-    inner: tokio_rustls::server::TlsStream<TcpStream>,
+/// An accepted connection (`S`: its stream, or one half of it) with what it tells of its
+/// client, holding its share of its listener's budget until it is dropped.
+pub struct Accepted<S> {
+    inner: S,
     info: ConnectInfo,
-    /// Its share of its listener's budget, held until the connection is dropped.
     _permit: Option<ConnectionPermit>,
 }
+
+/// An accepted connection whose TLS handshake succeeded.
+pub type TlsConn = Accepted<tokio_rustls::server::TlsStream<TcpStream>>;
+
+/// A plain TCP connection of [`incoming_plain`].
+pub type PlainConn = Accepted<TcpStream>;
 
 impl TlsConn {
     pub fn new(inner: tokio_rustls::server::TlsStream<TcpStream>) -> TlsConn {
@@ -115,19 +121,21 @@ impl TlsConn {
             client_name: client.as_ref().map(|(name, _)| Arc::from(name.as_str())),
             client_not_after: client.map(|(_, not_after)| not_after),
         };
-        TlsConn {
+        Accepted {
             inner,
             info,
             _permit: None,
         }
     }
+}
 
+impl<S> Accepted<S> {
     pub fn info(&self) -> &ConnectInfo {
         &self.info
     }
 }
 
-impl tonic::transport::server::Connected for TlsConn {
+impl<S> tonic::transport::server::Connected for Accepted<S> {
     type ConnectInfo = ConnectInfo;
 
     fn connect_info(&self) -> ConnectInfo {
@@ -135,13 +143,13 @@ impl tonic::transport::server::Connected for TlsConn {
     }
 }
 
-impl AsyncRead for TlsConn {
+impl<S: AsyncRead + Unpin> AsyncRead for Accepted<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
-impl AsyncWrite for TlsConn {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Accepted<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
@@ -239,27 +247,9 @@ fn handshakes(
     let (tx, rx) = tokio::sync::mpsc::channel(HANDSHAKES_QUEUED_MAX);
     let limiter = HandshakeLimiter::new(tls.role());
     tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                accepted = listener.accept() => accepted,
-                _ = stop.wait_for(|stopped| *stopped) => return,
-                () = tx.closed() => return,
-            };
-            let (stream, from) = match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accepting a connection failed");
-                    if let Some(pause) = accept_failure_pause(&e) {
-                        tokio::time::sleep(pause).await;
-                    }
-                    continue;
-                }
-            };
-            // Beyond the budget, dropped at once (no handshake: a TLS client sees its connection
-            // closed).
-            let Some(permit) = budget.try_take() else {
-                continue;
-            };
+        // Beyond the budget, a connection is dropped at once (no handshake: a TLS client sees
+        // it closed).
+        while let Some((stream, from, permit)) = next_within_budget(&listener, &budget, &mut stop, tx.closed()).await {
             // A connection beyond the handshakes in progress is dropped at once: a flood of
             // connections that never finish a handshake holds at most that many descriptors and
             // tasks, for at most the handshake timeout each.
@@ -267,7 +257,6 @@ fn handshakes(
                 tls.handshakes_dropped.fetch_add(1, Ordering::Relaxed);
                 continue;
             };
-            prepare(&stream);
             let (tls, tx) = (tls.clone(), tx.clone());
             tokio::spawn(async move {
                 if let Some(stream) = tls.accept(stream, protocol).await {
@@ -294,6 +283,40 @@ pub fn incoming(
     tokio_stream::wrappers::ReceiverStream::new(handshakes(listener, tls, Protocol::Grpc, stop, budget)).map(Ok)
 }
 
+/// The next connection `listener` accepts within `budget`, readied ([`prepare`]) and with its
+/// permit, or `None` once `stop` turns true or `gone` resolves (the connections' receiver went
+/// away). A failed accept is logged and passed over (after a pause when the process is out of
+/// descriptors or memory); a connection beyond the budget is closed at once.
+async fn next_within_budget(
+    listener: &TcpListener,
+    budget: &Arc<ConnectionBudget>,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+    gone: impl std::future::Future<Output = ()>,
+) -> Option<(TcpStream, SocketAddr, ConnectionPermit)> {
+    tokio::pin!(gone);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.wait_for(|stopped| *stopped) => return None,
+            () = &mut gone => return None,
+        };
+        let (stream, from) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "accepting a connection failed");
+                if let Some(pause) = accept_failure_pause(&e) {
+                    tokio::time::sleep(pause).await;
+                }
+                continue;
+            }
+        };
+        if let Some(permit) = budget.try_take() {
+            prepare(&stream);
+            return Some((stream, from, permit));
+        }
+    }
+}
+
 /// The connections of a plain (no TLS) listener of gRPC, for tonic's `serve_with_incoming`,
 /// each holding a permit of `budget` (a connection beyond it is closed at once). Each carries
 /// [`ConnectInfo`] with its addresses. Ends when `stop` turns true.
@@ -305,26 +328,7 @@ pub fn incoming_plain(
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     tokio::spawn(async move {
         let mut stop = stop;
-        loop {
-            let accepted = tokio::select! {
-                accepted = listener.accept() => accepted,
-                _ = stop.wait_for(|stopped| *stopped) => return,
-                () = tx.closed() => return,
-            };
-            let (stream, _) = match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accepting a connection failed");
-                    if let Some(pause) = accept_failure_pause(&e) {
-                        tokio::time::sleep(pause).await;
-                    }
-                    continue;
-                }
-            };
-            let Some(permit) = budget.try_take() else {
-                continue;
-            };
-            prepare(&stream);
+        while let Some((stream, _, permit)) = next_within_budget(&listener, &budget, &mut stop, tx.closed()).await {
             let info = ConnectInfo {
                 local: stream.local_addr().ok(),
                 remote: stream.peer_addr().ok(),
@@ -333,7 +337,7 @@ pub fn incoming_plain(
             let conn = PlainConn {
                 inner: stream,
                 info,
-                _permit: permit,
+                _permit: Some(permit),
             };
             if tx.send(Ok(conn)).await.is_err() {
                 return;
@@ -341,53 +345,6 @@ pub fn incoming_plain(
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)
-}
-
-/// A plain TCP connection of [`incoming_plain`], holding its permit until dropped.
-pub struct PlainConn {
-    inner: TcpStream,
-    info: ConnectInfo,
-    _permit: ConnectionPermit,
-}
-
-impl tonic::transport::server::Connected for PlainConn {
-    type ConnectInfo = ConnectInfo;
-
-    fn connect_info(&self) -> ConnectInfo {
-        self.info.clone()
-    }
-}
-
-impl AsyncRead for PlainConn {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for PlainConn {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
 }
 
 /// A connection accepted by a [`Listener`].
@@ -422,9 +379,10 @@ impl Conn {
                 let (reader, writer) = tcp.into_split();
                 (
                     Box::new(reader),
-                    Box::new(HoldingPermit {
+                    Box::new(Accepted {
                         inner: writer,
-                        _permit: permit,
+                        info: ConnectInfo::default(),
+                        _permit: Some(permit),
                     }),
                 )
             }
@@ -442,38 +400,6 @@ impl Conn {
             Conn::Plain(tcp, _) => Pin::new(tcp),
             Conn::Tls(tls) => Pin::new(tls.as_mut()),
         }
-    }
-}
-
-/// The writing half of a plain connection, holding the connection's permit.
-struct HoldingPermit<W> {
-    inner: W,
-    _permit: ConnectionPermit,
-}
-
-impl<W: AsyncWrite + Unpin> AsyncWrite for HoldingPermit<W> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
     }
 }
 
