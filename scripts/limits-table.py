@@ -6,7 +6,7 @@ import pathlib, re
 
 CRATES = ["auth", "tls", "codec", "batching", "edge", "storage", "raft", "replication", "server", "resp", "cli", "client", "regions", "testkit"]
 NAME = re.compile(r"^\s*(?:pub(?:\(crate\))?\s+)?const\s+([A-Z][A-Z0-9_]*)\s*:\s*([^=]+)=\s*(.+?);\s*$")
-LIMITISH = re.compile(r"(_MAX|_MIN|_BYTES|_MS|_S|_DEFAULT|_LIMIT|_ENTRIES|_BUDGET|_TIMEOUT|_EVERY|_PAGE|_BUFFER|_WINDOW|_STEP|_SAMPLES|_ITEMS|_RECORDS|_KEYS|^WINDOW|^HEARTBEAT|^BACKOFF|DEADLINE|_PAUSE|_POLL|_MARGIN|_AFTER|_CHECK|BUDGET|LIMITS$|_SPAN|ATTEMPTS|_FIRST|_RESERVED)")
+LIMITISH = re.compile(r"(_MAX|_MIN|_BYTES|_MS|_S|_DEFAULT|_LIMIT|_ENTRIES|_BUDGET|_TIMEOUT|_EVERY|_PAGE|_BUFFER|_WINDOW|_STEP|_SAMPLES|_ITEMS|_RECORDS|_KEYS|^WINDOW|^HEARTBEAT|^BACKOFF|DEADLINE|_PAUSE|_POLL|_MARGIN|_AFTER|_CHECK|BUDGET|LIMITS$|_SPAN|ATTEMPTS|_FIRST|_RESERVED|^TCP_KEEPALIVE_)")
 SKIP_FILES = re.compile(r"(tests?_[a-z_]*\.rs|_tests\.rs|/tests\.rs|sim_file_system\.rs)$")
 
 rows = []
