@@ -121,15 +121,10 @@ pub(crate) struct RegionAddresses {
     pub(crate) proxies: Vec<SocketAddr>,
 }
 
-/// How many link proxies a topology needs: two per (source region, node of another region), to
-/// its client port and to its peer listener.
+/// How many link proxies a topology needs (see [`basalt_regions::topology::link_proxies_needed`]).
 pub(crate) fn proxies_needed(topology: &Topology) -> usize {
-    let nodes: usize = topology.regions.iter().map(|r| usize::from(r.nodes)).sum();
-    2 * topology
-        .regions
-        .iter()
-        .map(|r| nodes - usize::from(r.nodes))
-        .sum::<usize>()
+    let region_nodes: Vec<u16> = topology.regions.iter().map(|r| r.nodes).collect();
+    basalt_regions::topology::link_proxies_needed(&region_nodes)
 }
 
 /// A multi-region cluster running: its nodes, and the link proxies every byte between regions

@@ -31,6 +31,15 @@ pub struct RegionSpec {
     pub clock_skew_ms: i64,
 }
 
+/// How many link proxies `basalt dev --regions` runs for regions of these node counts: two per
+/// (source region, node of another region), one to that node's client port (requests forwarded
+/// to the home region) and one to its peer listener (the feed). Whoever reserves ports for such a
+/// cluster (the test kit) takes exactly this many, so the one count serves both.
+pub fn link_proxies_needed(region_nodes: &[u16]) -> usize {
+    let nodes: usize = region_nodes.iter().map(|&n| usize::from(n)).sum();
+    2 * region_nodes.iter().map(|&n| nodes - usize::from(n)).sum::<usize>()
+}
+
 fn default_nodes() -> u16 {
     3
 }
@@ -193,6 +202,15 @@ impl Topology {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn two_link_proxies_run_per_source_region_and_node_of_another_region() {
+        // us, eu, ap of two nodes: each region reaches the 4 nodes of the others, twice.
+        assert_eq!(link_proxies_needed(&[2, 2, 2]), 24);
+        assert_eq!(link_proxies_needed(&[3, 1]), 2 * (1 + 3));
+        assert_eq!(link_proxies_needed(&[3]), 0);
+        assert_eq!(link_proxies_needed(&[]), 0);
+    }
 
     const THREE: &str = r#"
 [[region]]

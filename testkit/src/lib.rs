@@ -123,9 +123,11 @@ pub fn dev_regions_command(
     let node_offsets: Vec<u16> = (0..regions_count)
         .flat_map(|r| (0..nodes_per_region).map(move |n| 100 * r + n))
         .collect();
-    // Every node reaches every node of the other regions through a proxy of its own.
-    let nodes = regions_count * nodes_per_region;
-    let proxy_offsets: Vec<u16> = (0..regions_count * (nodes - nodes_per_region)).collect();
+    // Exactly the proxies `basalt dev` runs: a port it uses beyond the block reserved here could be
+    // handed to another reservation (a test's origin once was, and the demo could not bind it).
+    let region_nodes = vec![nodes_per_region; regions.len()];
+    let proxies = basalt_regions::topology::link_proxies_needed(&region_nodes);
+    let proxy_offsets: Vec<u16> = (0..u16::try_from(proxies).expect("proxy count fits a port offset")).collect();
     let block = |offsets: &[u16]| local_ports::reserve_block(offsets).expect("reserve ports");
     let mut held = Vec::new();
     let mut command = Command::new(binary);
@@ -676,4 +678,28 @@ pub async fn run_cli(binary: &str, endpoints: &[String], args: &[&str], stdin: O
     })
     .await
     .expect("join the CLI's thread")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_multi_region_command_reserves_every_port_basalt_dev_will_use() {
+        let home = tempfile::tempdir().expect("home");
+        let (command, held) = super::dev_regions_command("basalt", home.path(), &["us", "eu", "ap"], 2);
+        // Five listeners per node (client, peer, HTTP, RESP, edge), the link proxies, the control port.
+        assert_eq!(held.len(), 5 * 6 + 24 + 1);
+        let args: Vec<String> = command.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        let flag = |name: &str| -> u16 {
+            let at = args.iter().position(|a| a == name).expect(name);
+            args[at + 1].parse().expect("port")
+        };
+        let proxy_base = flag("--proxy-base-port");
+        for offset in 0..24 {
+            assert!(
+                held.iter().any(|r| r.port() == proxy_base + offset),
+                "proxy port {} is not reserved",
+                proxy_base + offset
+            );
+        }
+    }
 }
