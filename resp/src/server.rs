@@ -102,15 +102,9 @@ pub async fn serve(
     loop {
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors and the like: pause rather than spin.
-                    tracing::warn!(error = %e, "RESP accept failed");
-                    if let Some(pause) = basalt_tls::listener::accept_failure_pause(&e) {
-                        tokio::time::sleep(pause).await;
-                    }
-                    continue;
-                }
+                Some(accepted) => accepted,
+                // The TLS handshakes ended: the node is stopping.
+                None => return,
             },
             () = stopped(&mut stop) => return,
         };

@@ -34,6 +34,46 @@ pub struct DescriptorPlan {
     pub origin_connections: u64,
 }
 
+impl DescriptorPlan {
+    /// The budgets of the plan's connections, one per group of listeners.
+    pub fn budgets(&self) -> ConnectionBudgets {
+        use basalt_tls::ConnectionBudget;
+        ConnectionBudgets {
+            client: ConnectionBudget::new("client doors", self.client_connections),
+            http: ConnectionBudget::new("HTTP door", self.http_connections),
+            peer: ConnectionBudget::new("peer listener", self.peer_connections),
+        }
+    }
+}
+
+/// The connections the node's listeners may hold against the plan: each accepted connection
+/// holds a permit of its group's budget until it closes.
+#[derive(Clone)]
+pub struct ConnectionBudgets {
+    /// The client doors together: client gRPC, RESP, edge (and Raft, on a node without a peer
+    /// listener).
+    pub client: std::sync::Arc<basalt_tls::ConnectionBudget>,
+    /// The HTTP door (/metrics, /health, control).
+    pub http: std::sync::Arc<basalt_tls::ConnectionBudget>,
+    /// The peer listener (Raft and the calls between members).
+    pub peer: std::sync::Arc<basalt_tls::ConnectionBudget>,
+}
+
+impl ConnectionBudgets {
+    /// Each budget with the prefix of its metrics and the listeners it covers (for /metrics).
+    pub fn labelled(&self) -> [(&basalt_tls::ConnectionBudget, &'static str, &'static str); 3] {
+        [
+            (
+                &self.client,
+                "basalt_client_connections",
+                "client doors (client gRPC, RESP, edge) together",
+            ),
+            (&self.http, "basalt_http_connections", "HTTP door"),
+            (&self.peer, "basalt_peer_connections", "peer listener"),
+        ]
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error(
     "this process may open {limit} file descriptors; a node needs at least {needed} ({NODE_DESCRIPTORS_RESERVED} for its \

@@ -216,29 +216,16 @@ async fn metrics(State(api): State<Api>, Extension(edge): Extension<Option<Arc<E
         "Last purged log index.",
         m.purged.as_ref().map_or(0, |l| l.index),
     );
-    // The descriptor plan's budgets (see `descriptors`): written here, between the gauges and
-    // the counters, as they are one of each.
-    for (budget, prefix, whose) in [
-        (
-            &api.connection_budgets[0],
-            "basalt_client_connections",
-            "client doors (client gRPC, RESP, edge) together",
-        ),
-        (&api.connection_budgets[1], "basalt_http_connections", "HTTP door"),
-        (&api.connection_budgets[2], "basalt_peer_connections", "peer listener"),
-    ] {
-        let (open, max, refused) = (budget.open(), budget.capacity(), budget.refused());
-        let _ = writeln!(
-            out,
-            "# HELP {prefix}_open Connections the {whose} hold open.\n# TYPE {prefix}_open gauge\n{prefix}_open {open}"
+    for (budget, prefix, whose) in api.connection_budgets.labelled() {
+        gauge(
+            &format!("{prefix}_open"),
+            &format!("Connections the {whose} hold open."),
+            budget.open() as u64,
         );
-        let _ = writeln!(
-            out,
-            "# HELP {prefix}_max Connections the {whose} may hold open at once (the node's file descriptor plan).\n# TYPE {prefix}_max gauge\n{prefix}_max {max}"
-        );
-        let _ = writeln!(
-            out,
-            "# HELP {prefix}_refused_total Connections to the {whose} refused at once: as many were open as the plan allows.\n# TYPE {prefix}_refused_total counter\n{prefix}_refused_total {refused}"
+        gauge(
+            &format!("{prefix}_max"),
+            &format!("Connections the {whose} may hold open at once (the node's file descriptor plan)."),
+            budget.capacity() as u64,
         );
     }
     let mut counter = |name: &str, help: &str, value: u64| {
@@ -284,6 +271,13 @@ async fn metrics(State(api): State<Api>, Extension(edge): Extension<Option<Arc<E
         "Calls to the other members besides Raft (pub/sub relays, purge confirmations, edge counters, purges handed to the leader) that failed: unreachable, too slow or refused.",
         api.node_links.failures(),
     );
+    for (budget, prefix, whose) in api.connection_budgets.labelled() {
+        counter(
+            &format!("{prefix}_refused_total"),
+            &format!("Connections to the {whose} refused at once: as many were open as the plan allows."),
+            budget.refused(),
+        );
+    }
     if let Some(gate) = &api.gate {
         counter(
             "basalt_auth_unauthenticated_total",
@@ -464,18 +458,11 @@ impl axum::serve::Listener for Door {
     type Addr = std::net::SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            match self.0.accept().await {
-                Ok(accepted) => return accepted,
-                Err(e) => {
-                    // Out of descriptors, or the handshakes stopped with the node: pause rather
-                    // than spin (the server's shutdown ends this wait).
-                    tracing::debug!(error = %e, "HTTP accept failed");
-                    if let Some(pause) = basalt_tls::listener::accept_failure_pause(&e) {
-                        tokio::time::sleep(pause).await;
-                    }
-                }
-            }
+        match self.0.accept().await {
+            Some(accepted) => accepted,
+            // The TLS handshakes stopped with the node: nothing more comes, and the server's
+            // graceful shutdown ends this wait.
+            None => std::future::pending().await,
         }
     }
 

@@ -143,9 +143,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         origin_connections = descriptors.origin_connections,
         "file descriptors"
     );
-    let client_connections = basalt_tls::ConnectionBudget::new("client doors", descriptors.client_connections);
-    let peer_connections = basalt_tls::ConnectionBudget::new("peer listener", descriptors.peer_connections);
-    let http_connections = basalt_tls::ConnectionBudget::new("HTTP door", descriptors.http_connections);
+    let budgets = descriptors.budgets();
     let _lock = lock_data_dir(&config.data_dir)?;
     basalt_storage::data_dir::check_or_stamp(&config.data_dir)?;
     let cluster = Arc::new(ClusterGuard::open(config.data_dir.clone())?);
@@ -308,11 +306,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         cluster: cluster.clone(),
         peer_tls: peer_tls.clone(),
         client_tls: client_tls.clone(),
-        connection_budgets: [
-            client_connections.clone(),
-            http_connections.clone(),
-            peer_connections.clone(),
-        ],
+        connection_budgets: budgets.clone(),
         peer_listen: config.peer_listen,
         gate: gate.as_ref().map(|(gate, _)| Arc::clone(gate)),
         node_links: Arc::new(crate::api::node_calls::NodeLinks::new(
@@ -364,12 +358,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
                 stop_rx.clone(),
             ));
             let task = tokio::spawn(crate::edge::serve(
-                door(
-                    listener,
-                    basalt_tls::Protocol::Http1,
-                    "the edge cache",
-                    &client_connections,
-                )?,
+                door(listener, basalt_tls::Protocol::Http1, "the edge cache", &budgets.client)?,
                 Arc::clone(&edge),
                 wait_stop(stop_rx.clone()),
             ));
@@ -387,7 +376,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
                     .map_err(io(format!("binding HTTP on {addr}")))?,
                 basalt_tls::Protocol::Http1,
                 "HTTP",
-                &http_connections,
+                &budgets.http,
             )?;
             let router = crate::http::router(api.clone(), config.allow_clock_control, edge.clone());
             let stop = wait_stop(stop_rx.clone());
@@ -451,7 +440,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
             let task = match &peer_tls {
                 None => {
                     let incoming =
-                        basalt_tls::listener::incoming_plain(listener, stop_rx.clone(), peer_connections.clone());
+                        basalt_tls::listener::incoming_plain(listener, stop_rx.clone(), budgets.peer.clone());
                     let serve = server.serve_with_incoming_shutdown(incoming, stop);
                     tokio::spawn(stop_when_done(stop_tx.clone(), async move {
                         serve.await.map_err(|source| NodeError::Serve { addr, source })
@@ -459,12 +448,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
                 }
                 Some(tls) => {
                     tokio::spawn(tls.clone().keep_reloading(stop_rx.clone()));
-                    let incoming = basalt_tls::listener::incoming(
-                        listener,
-                        tls.clone(),
-                        stop_rx.clone(),
-                        peer_connections.clone(),
-                    );
+                    let incoming =
+                        basalt_tls::listener::incoming(listener, tls.clone(), stop_rx.clone(), budgets.peer.clone());
                     let serve = server.serve_with_incoming_shutdown(incoming, stop);
                     tokio::spawn(stop_when_done(stop_tx.clone(), async move {
                         serve.await.map_err(|source| NodeError::Serve { addr, source })
@@ -539,7 +524,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
                 node_id: config.id,
                 basalt_version: env!("CARGO_PKG_VERSION").to_string(),
             };
-            let listener = door(listener, basalt_tls::Protocol::Other, "RESP", &client_connections)?;
+            let listener = door(listener, basalt_tls::Protocol::Other, "RESP", &budgets.client)?;
             tracing::info!(addr = %listener.local_addr(), auth = resp_config.password.is_some(), tls = listener.is_tls(), "RESP serving");
             Some(tokio::spawn(basalt_resp::serve(
                 listener,
@@ -567,7 +552,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         None => {
             router
                 .serve_with_incoming_shutdown(
-                    basalt_tls::listener::incoming_plain(client_listener, stop_rx.clone(), client_connections.clone()),
+                    basalt_tls::listener::incoming_plain(client_listener, stop_rx.clone(), budgets.client.clone()),
                     wait_stop(stop_rx.clone()),
                 )
                 .await
@@ -579,7 +564,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
                         client_listener,
                         tls.clone(),
                         stop_rx.clone(),
-                        client_connections.clone(),
+                        budgets.client.clone(),
                     ),
                     wait_stop(stop_rx.clone()),
                 )

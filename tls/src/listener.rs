@@ -109,7 +109,9 @@ pub type TlsConn = Accepted<tokio_rustls::server::TlsStream<TcpStream>>;
 pub type PlainConn = Accepted<TcpStream>;
 
 impl TlsConn {
-    pub fn new(inner: tokio_rustls::server::TlsStream<TcpStream>) -> TlsConn {
+    /// Without a permit: the handshake task adds the one it took (connections are only built
+    /// inside this crate, so none escapes the budget).
+    pub(crate) fn new(inner: tokio_rustls::server::TlsStream<TcpStream>) -> TlsConn {
         let (tcp, session) = inner.get_ref();
         let client = session
             .peer_certificates()
@@ -456,7 +458,7 @@ fn prepare(stream: &TcpStream) {
 /// After a failed `accept`: `None` when the error concerned one connection (it was aborted or
 /// failed before it was taken: Linux's accept(2) says to retry at once), else how long to pause
 /// before the next (out of descriptors or memory: retrying at once would spin).
-pub fn accept_failure_pause(error: &std::io::Error) -> Option<Duration> {
+fn accept_failure_pause(error: &std::io::Error) -> Option<Duration> {
     match error.raw_os_error() {
         Some(
             libc::ECONNABORTED
@@ -467,12 +469,14 @@ pub fn accept_failure_pause(error: &std::io::Error) -> Option<Duration> {
             | libc::ENETDOWN
             | libc::ENOPROTOOPT
             | libc::EHOSTDOWN
-            | libc::ENONET
             | libc::EHOSTUNREACH
             | libc::EOPNOTSUPP
             | libc::ENETUNREACH
             | libc::ETIMEDOUT,
         ) => None,
+        // "Machine is not on the network": Linux only (other systems have no ENONET).
+        #[cfg(target_os = "linux")]
+        Some(libc::ENONET) => None,
         _ => Some(ACCEPT_PAUSE_WHEN_EXHAUSTED),
     }
 }
@@ -553,30 +557,37 @@ impl Listener {
         matches!(self.inner, Inner::Tls(_))
     }
 
-    /// The next connection and its remote address. Cancel safe. An error is transient (out of
-    /// descriptors), or, with TLS, says the listener stopped.
-    pub async fn accept(&mut self) -> std::io::Result<(Conn, SocketAddr)> {
+    /// The next connection within the budget and its remote address, or `None` once the listener
+    /// stopped (a TLS listener's handshakes end with the node's stop; a plain one never stops).
+    /// A failed `accept` is logged and passed over: at once when it concerned one connection,
+    /// after a pause when the node is out of descriptors or memory, so no caller spins. Cancel
+    /// safe: a connection is taken and returned without an await in between.
+    pub async fn accept(&mut self) -> Option<(Conn, SocketAddr)> {
         match &mut self.inner {
             Inner::Plain(tcp) => loop {
-                let (stream, from) = tcp.accept().await?;
+                let (stream, from) = match tcp.accept().await {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        tracing::warn!(error = %e, local = %self.local, "accepting a connection failed");
+                        if let Some(pause) = accept_failure_pause(&e) {
+                            tokio::time::sleep(pause).await;
+                        }
+                        continue;
+                    }
+                };
                 match self.budget.try_take() {
                     Some(permit) => {
                         prepare(&stream);
-                        return Ok((Conn::Plain(stream, permit), from));
+                        return Some((Conn::Plain(stream, permit), from));
                     }
                     None => refuse(stream, self.protocol),
                 }
             },
-            Inner::Tls(connections) => match connections.recv().await {
-                Some(conn) => {
-                    let from = conn.info.remote.unwrap_or(self.local);
-                    Ok((Conn::Tls(Box::new(conn)), from))
-                }
-                None => Err(std::io::Error::new(
-                    std::io::ErrorKind::NotConnected,
-                    "the listener stopped",
-                )),
-            },
+            Inner::Tls(connections) => {
+                let conn = connections.recv().await?;
+                let from = conn.info.remote.unwrap_or(self.local);
+                Some((Conn::Tls(Box::new(conn)), from))
+            }
         }
     }
 }
@@ -620,7 +631,7 @@ mod tests {
         let addr = listener.local_addr();
         let (held_tx, mut held_rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move {
-            while let Ok((conn, _)) = listener.accept().await {
+            while let Some((conn, _)) = listener.accept().await {
                 let _ = held_tx.send(conn);
             }
         });
@@ -674,7 +685,7 @@ mod tests {
         let addr = listener.local_addr().to_string();
         let server = tokio::spawn(async move {
             let mut names = Vec::new();
-            while let Ok(Ok((mut conn, _))) = tokio::time::timeout(Duration::from_secs(3), listener.accept()).await {
+            while let Ok(Some((mut conn, _))) = tokio::time::timeout(Duration::from_secs(3), listener.accept()).await {
                 names.push(conn.client_name().map(str::to_string));
                 let mut byte = [0u8; 1];
                 if conn.read_exact(&mut byte).await.is_ok() {

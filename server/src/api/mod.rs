@@ -81,9 +81,8 @@ pub struct Api {
     /// TLS on the client doors (`[tls]`), when the node has it: also how it calls other nodes'
     /// client ports (see [`Api::credentials`]).
     pub client_tls: Option<Arc<basalt_tls::NodeTls>>,
-    /// The connections its listeners hold against the descriptor plan: the client doors'
-    /// together, the HTTP door's, the peer listener's (for /metrics).
-    pub connection_budgets: [Arc<basalt_tls::ConnectionBudget>; 3],
+    /// The connections its listeners hold against the descriptor plan (for /metrics).
+    pub connection_budgets: crate::descriptors::ConnectionBudgets,
     /// Client authentication, when the node has a root token (`[auth]`).
     pub gate: Option<Arc<crate::access::Gate>>,
     /// How this node makes its own calls to the other members (relays, purge confirmations,

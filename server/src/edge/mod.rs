@@ -147,15 +147,9 @@ pub async fn serve(mut listener: basalt_tls::Listener, edge: Arc<Edge>, stop: im
         let (stream, _) = tokio::select! {
             _ = &mut stop => break,
             accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors and the like: keep serving the connections we have.
-                    tracing::warn!(error = %e, "edge accept failed");
-                    if let Some(pause) = basalt_tls::listener::accept_failure_pause(&e) {
-                        tokio::time::sleep(pause).await;
-                    }
-                    continue;
-                }
+                Some(accepted) => accepted,
+                // The TLS handshakes ended: the node is stopping.
+                None => break,
             },
         };
         let edge = Arc::clone(&edge);
