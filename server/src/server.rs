@@ -161,7 +161,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
     // nothing to shut down.
     let edge = match config.cache.listen {
         Some(addr) => {
-            let edge = crate::edge::Edge::new(&config.cache).map_err(NodeError::Config)?;
+            let edge = crate::edge::Edge::new(&config.cache, budgets.client.clone()).map_err(NodeError::Config)?;
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(io(format!("binding the edge cache on {addr}")))?;

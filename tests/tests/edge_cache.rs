@@ -928,3 +928,114 @@ fn an_answer_too_large_to_store_streams_through() {
         assert_eq!(get(&client, edge, "/plain/small", &[]).await.header("x-cache"), "HIT");
     });
 }
+
+/// A streamed answer holds an origin connection for as long as its client reads: a descriptor of
+/// the node like a client's own, so it takes a permit of the client doors' budget (the node's
+/// file descriptor plan) and gives it back with the body; with none left, the edge answers 503
+/// without asking the origin, and serves again once one is given back.
+#[test]
+fn a_streamed_answer_holds_a_connection_of_the_node_s_plan() {
+    use basalt_server::limits::{HTTP_CONNECTIONS_MAX, NODE_DESCRIPTORS_RESERVED, PEER_CONNECTIONS_MAX};
+    const CLIENT_CONNECTIONS: u64 = 64;
+    const ORIGIN_REQUESTS_MAX: u64 = 2;
+    let limit = (NODE_DESCRIPTORS_RESERVED + PEER_CONNECTIONS_MAX + HTTP_CONNECTIONS_MAX) as u64
+        + ORIGIN_REQUESTS_MAX
+        + CLIENT_CONNECTIONS;
+    runtime().block_on(async {
+        let origin = Origin::start().await;
+        let edge = local_ports::reserve().expect("edge port");
+        let mut cluster = TestCluster::plan(
+            NODE,
+            ClusterOptions {
+                nodes: 1,
+                extra_args: vec![
+                    "--edge-listen".into(),
+                    edge.addr().to_string(),
+                    "--origin".into(),
+                    format!("/=http://{}", origin.addr),
+                    "--origin-requests-max".into(),
+                    ORIGIN_REQUESTS_MAX.to_string(),
+                ],
+                ..Default::default()
+            },
+        );
+        cluster.set_open_files_limit(limit);
+        cluster.launch();
+        let client = cluster.client().await;
+        cluster.leader(&client).await;
+        assert_eq!(cluster.metric(1, "basalt_client_connections_max"), CLIENT_CONNECTIONS);
+
+        // A connection of its own per request, so the test knows which one holds what.
+        let connect = || async {
+            let stream = tokio::net::TcpStream::connect(edge.addr())
+                .await
+                .expect("connect to the edge");
+            let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .expect("HTTP/1.1 handshake");
+            tokio::spawn(connection);
+            sender
+        };
+        let get = |path: &'static str| {
+            Request::get(path)
+                .header("host", "edge")
+                .body(Empty::<Bytes>::new())
+                .expect("request")
+        };
+        let open = || cluster.metric(1, "basalt_client_connections_open");
+        let wait_open = |want: u64| async move {
+            for _ in 0..100 {
+                if open() == want {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("{} client connections open, not {want}", open());
+        };
+
+        let before = open();
+        let mut reader = connect().await;
+        let mut second = connect().await;
+        wait_open(before + 2).await;
+        // The head only: the client does not read the body, so the stream stays open.
+        let streaming = reader.send_request(get("/chunked/a")).await.expect("streamed head");
+        assert_eq!(streaming.status(), StatusCode::OK);
+        assert_eq!(streaming.headers()["x-cache"], "BYPASS");
+        assert_eq!(open(), before + 3, "the stream's origin connection holds a permit");
+
+        // Every other permit taken by idle connections: the next stream finds none.
+        let fill = CLIENT_CONNECTIONS - open();
+        let mut idle = Vec::new();
+        for _ in 0..fill {
+            idle.push(tokio::net::TcpStream::connect(edge.addr()).await.expect("connect"));
+        }
+        wait_open(CLIENT_CONNECTIONS).await;
+        // The same path: known too large by now, so the edge goes straight to streaming it.
+        let asked = origin.requests("/chunked/a");
+        let refused = second.send_request(get("/chunked/a")).await.expect("an answer");
+        assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let text = refused.into_body().collect().await.expect("body").to_bytes();
+        assert!(String::from_utf8_lossy(&text).contains("file descriptors"), "{text:?}");
+        assert_eq!(origin.requests("/chunked/a"), asked, "the origin was not asked");
+
+        // The first stream read to its end gives its permit back: the second streams.
+        let body = streaming
+            .into_body()
+            .collect()
+            .await
+            .expect("the streamed body")
+            .to_bytes();
+        assert!(body == large_body(), "the body streamed through whole");
+        wait_open(CLIENT_CONNECTIONS - 1).await;
+        let answered = second.send_request(get("/chunked/a")).await.expect("an answer");
+        assert_eq!(answered.status(), StatusCode::OK);
+        let body = answered
+            .into_body()
+            .collect()
+            .await
+            .expect("the streamed body")
+            .to_bytes();
+        assert_eq!(body.len(), LARGE_BODY_BYTES);
+        drop(idle);
+    });
+}

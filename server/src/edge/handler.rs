@@ -98,11 +98,11 @@ async fn stream_through(edge: &Edge, through: StreamThrough) -> Response<EdgeBod
     if !through.counted {
         EdgeStats::count(&edge.stats.bypass);
     }
-    EdgeStats::count(&edge.stats.origin_fetches);
     let headers = origin::forwarded_streaming(&through.headers);
     match edge
         .origins
         .fetch_streaming(
+            &edge.stream_connections,
             through.route.index,
             &through.route.authority,
             through.method,
@@ -112,11 +112,15 @@ async fn stream_through(edge: &Edge, through: StreamThrough) -> Response<EdgeBod
         .await
     {
         Ok(response) => {
+            EdgeStats::count(&edge.stats.origin_fetches);
             let mut response = response.map(Either::Right);
             response.headers_mut().insert(X_CACHE, XCache::Bypass.value());
             response
         }
+        // Not sent: the origin did nothing wrong (the budget counts and logs the refusal).
+        Err(e @ OriginError::NoConnectionLeft { .. }) => failure(&e).map(Either::Left),
         Err(e) => {
+            EdgeStats::count(&edge.stats.origin_fetches);
             EdgeStats::count(&edge.stats.origin_errors);
             tracing::warn!(error = %e, "edge: origin fetch failed");
             failure(&e).map(Either::Left)

@@ -42,6 +42,9 @@ pub struct Edge {
     /// The last purge of the region's purge table this node's store has applied
     /// ([`purges::follow`]).
     pub purges_applied: tokio::sync::watch::Sender<u64>,
+    /// The client doors' connection budget: a streamed answer's origin connection takes a
+    /// permit of it ([`origin::OriginClient::fetch_streaming`]).
+    pub stream_connections: Arc<basalt_tls::ConnectionBudget>,
 }
 
 /// What `/metrics` and `basalt cache stats` report, counted since the node started.
@@ -88,7 +91,12 @@ impl EdgeStats {
 }
 
 impl Edge {
-    pub fn new(config: &CacheConfig) -> Result<Arc<Edge>, ConfigError> {
+    /// The edge of `config`, its streamed answers counted against `stream_connections` (the
+    /// client doors' budget).
+    pub fn new(
+        config: &CacheConfig,
+        stream_connections: Arc<basalt_tls::ConnectionBudget>,
+    ) -> Result<Arc<Edge>, ConfigError> {
         Ok(Arc::new(Edge {
             store: EdgeStore::new(config.bytes),
             routes: origin::Routes::new(&config.origins)?,
@@ -108,6 +116,7 @@ impl Edge {
                 .time_to_live(EDGE_TOO_LARGE_TTL)
                 .build(),
             too_large_keys: std::hash::RandomState::new(),
+            stream_connections,
         }))
     }
 }

@@ -22,6 +22,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::sync::Semaphore;
 
 use basalt_edge::limits::STORED_OBJECT_BYTES_MAX;
+use basalt_tls::{ConnectionBudget, ConnectionPermit};
 
 use crate::config::{ConfigError, OriginConfig};
 
@@ -64,13 +65,20 @@ pub enum OriginError {
     TooLarge { origin: String, max: u64 },
     #[error("{0}")]
     Lost(String),
+    /// A streamed answer holds an origin connection for as long as its client reads, so it
+    /// takes a permit of the client doors' budget (the node's file descriptor plan); none was
+    /// left.
+    #[error("origin {origin} not asked: the node holds as many connections as its file descriptors allow")]
+    NoConnectionLeft { origin: String },
 }
 
 impl OriginError {
-    /// The status a client gets for it: 504 for a timeout, 502 otherwise.
+    /// The status a client gets for it: 504 for a timeout, 503 when the node has no connection
+    /// left for it, 502 otherwise.
     pub fn status(&self) -> StatusCode {
         match self {
             OriginError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            OriginError::NoConnectionLeft { .. } => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_GATEWAY,
         }
     }
@@ -327,9 +335,13 @@ impl OriginClient {
     /// may take as long as it needs, but fails if no byte arrives for a timeout's length while
     /// the client reads. The bulkhead permit is released once the head is in: a stream lasts as
     /// long as its client reads, and slow readers must not take the origin's slots from misses
-    /// and revalidations (streams are bounded by the edge's connections instead).
+    /// and revalidations. Instead the stream holds a permit of `connections` (the client doors'
+    /// budget) until its body is dropped: its origin connection is a descriptor the plan does
+    /// not count among the origins' share, and a client must not be able to open more of them
+    /// than the node has. None left: [`OriginError::NoConnectionLeft`], nothing sent.
     pub async fn fetch_streaming(
         &self,
+        connections: &Arc<ConnectionBudget>,
         index: usize,
         authority: &Authority,
         method: Method,
@@ -337,6 +349,9 @@ impl OriginClient {
         headers: HeaderMap,
     ) -> Result<Response<StreamedBody>, OriginError> {
         let origin = authority.as_str().to_owned();
+        let Some(connection) = connections.try_take() else {
+            return Err(OriginError::NoConnectionLeft { origin });
+        };
         let is_head = method == Method::HEAD;
         let head = async {
             let permit = match self.bulkheads.get(index) {
@@ -393,6 +408,7 @@ impl OriginClient {
         }
         let body = StreamedBody {
             inner: body,
+            _connection: connection,
             idle: Box::pin(tokio::time::sleep(self.timeout)),
             idle_timeout: self.timeout,
         };
@@ -405,6 +421,8 @@ impl OriginClient {
 /// stalls for longer than the idle timeout.
 pub struct StreamedBody {
     inner: Incoming,
+    /// The origin connection's share of the descriptor plan, given back with the body.
+    _connection: ConnectionPermit,
     idle: Pin<Box<tokio::time::Sleep>>,
     idle_timeout: Duration,
 }
