@@ -276,8 +276,9 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
     tokio::pin!(shutdown);
 
     let port = |base: u16, region: usize, node: u16| -> Result<u16, String> {
-        base.checked_add(100 * region as u16 + node - 1)
-            .ok_or_else(|| format!("port {base} + {} overflows", 100 * region))
+        basalt_regions::topology::node_port_offset(region, node)
+            .and_then(|offset| base.checked_add(offset))
+            .ok_or_else(|| format!("the port of node {node} of region {region} from base {base} overflows"))
     };
     let mut addresses = RegionAddresses {
         grpc: BTreeMap::new(),

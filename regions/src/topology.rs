@@ -31,6 +31,14 @@ pub struct RegionSpec {
     pub clock_skew_ms: i64,
 }
 
+/// Where `basalt dev --regions` puts node `node` (1-based) of region `region` (0-based) from a
+/// listener's base port: base + 100 × region + node - 1 (so at most 100 nodes a region). Whoever
+/// reserves ports for such a cluster (the test kit) uses the same offsets.
+pub fn node_port_offset(region: usize, node: u16) -> Option<u16> {
+    let region = u16::try_from(region).ok()?;
+    100u16.checked_mul(region)?.checked_add(node.checked_sub(1)?)
+}
+
 /// How many link proxies `basalt dev --regions` runs for regions of these node counts: two per
 /// (source region, node of another region), one to that node's client port (requests forwarded
 /// to the home region) and one to its peer listener (the feed). Whoever reserves ports for such a
@@ -202,6 +210,14 @@ impl Topology {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nodes_sit_a_hundred_ports_apart_per_region() {
+        assert_eq!(node_port_offset(0, 1), Some(0));
+        assert_eq!(node_port_offset(2, 3), Some(202));
+        assert_eq!(node_port_offset(0, 0), None);
+        assert_eq!(node_port_offset(700, 1), None);
+    }
 
     #[test]
     fn two_link_proxies_run_per_source_region_and_node_of_another_region() {

@@ -51,7 +51,7 @@ impl DescriptorPlan {
 #[derive(Clone)]
 pub struct ConnectionBudgets {
     /// The client doors together: client gRPC, RESP, edge (and Raft, on a node without a peer
-    /// listener).
+    /// listener), and the origin connections of answers the edge streams through.
     pub client: std::sync::Arc<basalt_tls::ConnectionBudget>,
     /// The HTTP door (/metrics, /health, control).
     pub http: std::sync::Arc<basalt_tls::ConnectionBudget>,
@@ -66,7 +66,7 @@ impl ConnectionBudgets {
             (
                 &self.client,
                 "basalt_client_connections",
-                "client doors (client gRPC, RESP, edge) together",
+                "client doors (client gRPC, RESP, edge, and the origin connections of the edge's streamed answers) together",
             ),
             (&self.http, "basalt_http_connections", "HTTP door"),
             (&self.peer, "basalt_peer_connections", "peer listener"),

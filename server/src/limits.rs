@@ -270,6 +270,10 @@ pub const REQUEST_BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// stopped.
 pub const PEER_DRAIN_MAX: Duration = Duration::from_secs(5);
 
+/// The longest a stopping node waits for the HTTP door's open requests to be answered (a client
+/// reading a response slowly must not hold the stop).
+pub const HTTP_DRAIN_MAX: Duration = Duration::from_secs(5);
+
 /// The longest a stopping node waits for RESP's in-process calls on their way to be answered
 /// before Raft stops (new ones are refused from the start of the wait).
 pub const IN_PROCESS_DRAIN_MAX: Duration = Duration::from_secs(5);

@@ -35,7 +35,7 @@ use openraft::{BasicNode, SnapshotPolicy};
 use crate::api::{Api, ApiCounters};
 use crate::config::{ConfigError, NodeConfig};
 use crate::limits::{
-    COMPACT_CHANGES_MAX, COMPACT_STEPS_PER_TICK_MAX, LISTEN_BACKLOG, PAGED_SWEEP_MS_PER_TICK_MAX,
+    COMPACT_CHANGES_MAX, COMPACT_STEPS_PER_TICK_MAX, HTTP_DRAIN_MAX, LISTEN_BACKLOG, PAGED_SWEEP_MS_PER_TICK_MAX,
     PAGED_SWEEP_STEPS_PER_TICK_MAX, PEER_DRAIN_MAX, SESSION_SWEEP_CLIENTS_MAX, SESSION_SWEEP_EVERY_S,
 };
 use crate::replication::{FeedReceiver, Homed, Replication};
@@ -578,8 +578,11 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
     for task in replication_tasks {
         task.abort();
     }
-    if let Some(task) = http_task {
-        let _ = task.await;
+    if let Some(mut task) = http_task {
+        if tokio::time::timeout(HTTP_DRAIN_MAX, &mut task).await.is_err() {
+            tracing::warn!("the HTTP door did not drain in time; its connections are cut");
+            task.abort();
+        }
     }
     if let Some(task) = resp_task {
         let _ = task.await;

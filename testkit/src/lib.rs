@@ -118,11 +118,11 @@ pub fn dev_regions_command(
     regions: &[&str],
     nodes_per_region: u16,
 ) -> (Command, Vec<PortReservation>) {
-    let regions_count = regions.len() as u16;
-    // Node N of region R at base + 100 × R + N - 1, as `basalt dev` places them.
-    let node_offsets: Vec<u16> = (0..regions_count)
-        .flat_map(|r| (0..nodes_per_region).map(move |n| 100 * r + n))
-        .collect();
+    // Each node where `basalt dev` places it.
+    let node_offsets: Vec<u16> = (0..regions.len())
+        .flat_map(|r| (1..=nodes_per_region).map(move |n| basalt_regions::topology::node_port_offset(r, n)))
+        .collect::<Option<_>>()
+        .expect("the regions' nodes fit the port range");
     // Exactly the proxies `basalt dev` runs: a port it uses beyond the block reserved here could be
     // handed to another reservation (a test's origin once was, and the demo could not bind it).
     let region_nodes = vec![nodes_per_region; regions.len()];

@@ -963,6 +963,8 @@ fn a_streamed_answer_holds_a_connection_of_the_node_s_plan() {
         cluster.launch();
         let client = cluster.client().await;
         cluster.leader(&client).await;
+        // Its connections closed, the test's own are the only client connections of the node.
+        drop(client);
         assert_eq!(cluster.metric(1, "basalt_client_connections_max"), CLIENT_CONNECTIONS);
 
         // A connection of its own per request, so the test knows which one holds what.
@@ -993,15 +995,15 @@ fn a_streamed_answer_holds_a_connection_of_the_node_s_plan() {
             panic!("{} client connections open, not {want}", open());
         };
 
-        let before = open();
+        wait_open(0).await;
         let mut reader = connect().await;
         let mut second = connect().await;
-        wait_open(before + 2).await;
+        wait_open(2).await;
         // The head only: the client does not read the body, so the stream stays open.
         let streaming = reader.send_request(get("/chunked/a")).await.expect("streamed head");
         assert_eq!(streaming.status(), StatusCode::OK);
         assert_eq!(streaming.headers()["x-cache"], "BYPASS");
-        assert_eq!(open(), before + 3, "the stream's origin connection holds a permit");
+        assert_eq!(open(), 3, "the stream's origin connection holds a permit");
 
         // Every other permit taken by idle connections: the next stream finds none.
         let fill = CLIENT_CONNECTIONS - open();
@@ -1014,6 +1016,8 @@ fn a_streamed_answer_holds_a_connection_of_the_node_s_plan() {
         let asked = origin.requests("/chunked/a");
         let refused = second.send_request(get("/chunked/a")).await.expect("an answer");
         assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(refused.headers()["x-cache"], "BYPASS");
+        assert_eq!(refused.headers()["retry-after"], "1");
         let text = refused.into_body().collect().await.expect("body").to_bytes();
         assert!(String::from_utf8_lossy(&text).contains("file descriptors"), "{text:?}");
         assert_eq!(origin.requests("/chunked/a"), asked, "the origin was not asked");
@@ -1036,6 +1040,29 @@ fn a_streamed_answer_holds_a_connection_of_the_node_s_plan() {
             .expect("the streamed body")
             .to_bytes();
         assert_eq!(body.len(), LARGE_BODY_BYTES);
+        wait_open(CLIENT_CONNECTIONS - 1).await;
         drop(idle);
+        wait_open(2).await;
+
+        // A HEAD's stream ends with its head; a client that goes away halfway through a body
+        // gives back both its connection and its stream.
+        let head = Request::head("/chunked/a")
+            .header("host", "edge")
+            .body(Empty::<Bytes>::new())
+            .expect("request");
+        let headed = second.send_request(head).await.expect("an answer");
+        assert_eq!(headed.status(), StatusCode::OK);
+        wait_open(2).await;
+        let mut halfway = reader.send_request(get("/chunked/a")).await.expect("streamed head");
+        let first = halfway
+            .body_mut()
+            .frame()
+            .await
+            .expect("a frame")
+            .expect("the first chunk");
+        assert!(first.data_ref().is_some_and(|data| !data.is_empty()));
+        assert_eq!(open(), 3);
+        drop((halfway, reader));
+        wait_open(1).await;
     });
 }

@@ -305,10 +305,7 @@ async fn next_within_budget(
         let (stream, from) = match accepted {
             Ok(accepted) => accepted,
             Err(e) => {
-                tracing::warn!(error = %e, "accepting a connection failed");
-                if let Some(pause) = accept_failure_pause(&e) {
-                    tokio::time::sleep(pause).await;
-                }
+                pause_after_failed_accept(&e, listener.local_addr().ok()).await;
                 continue;
             }
         };
@@ -455,6 +452,18 @@ fn prepare(stream: &TcpStream) {
     let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive);
 }
 
+/// Logs a failed `accept` on `local` and waits as [`accept_failure_pause`] says: a failure of
+/// one connection is routine (debug), running out of descriptors or memory is not (warn).
+async fn pause_after_failed_accept(error: &std::io::Error, local: Option<SocketAddr>) {
+    match accept_failure_pause(error) {
+        None => tracing::debug!(%error, ?local, "a connection failed before it was accepted"),
+        Some(pause) => {
+            tracing::warn!(%error, ?local, ?pause, "accepting connections failed; pausing");
+            tokio::time::sleep(pause).await;
+        }
+    }
+}
+
 /// After a failed `accept`: `None` when the error concerned one connection (it was aborted or
 /// failed before it was taken: Linux's accept(2) says to retry at once), else how long to pause
 /// before the next (out of descriptors or memory: retrying at once would spin).
@@ -474,8 +483,8 @@ fn accept_failure_pause(error: &std::io::Error) -> Option<Duration> {
             | libc::ENETUNREACH
             | libc::ETIMEDOUT,
         ) => None,
-        // "Machine is not on the network": Linux only (other systems have no ENONET).
-        #[cfg(target_os = "linux")]
+        // "Machine is not on the network": Linux and Android only (other systems have no ENONET).
+        #[cfg(any(target_os = "linux", target_os = "android"))]
         Some(libc::ENONET) => None,
         _ => Some(ACCEPT_PAUSE_WHEN_EXHAUSTED),
     }
@@ -568,10 +577,7 @@ impl Listener {
                 let (stream, from) = match tcp.accept().await {
                     Ok(accepted) => accepted,
                     Err(e) => {
-                        tracing::warn!(error = %e, local = %self.local, "accepting a connection failed");
-                        if let Some(pause) = accept_failure_pause(&e) {
-                            tokio::time::sleep(pause).await;
-                        }
+                        pause_after_failed_accept(&e, Some(self.local)).await;
                         continue;
                     }
                 };

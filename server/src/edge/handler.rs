@@ -118,7 +118,13 @@ async fn stream_through(edge: &Edge, through: StreamThrough) -> Response<EdgeBod
             response
         }
         // Not sent: the origin did nothing wrong (the budget counts and logs the refusal).
-        Err(e @ OriginError::NoConnectionLeft { .. }) => failure(&e).map(Either::Left),
+        Err(e @ OriginError::NoConnectionLeft { .. }) => {
+            let mut response = plain(e.status(), &format!("{e}\n"), XCache::Bypass);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            response.map(Either::Left)
+        }
         Err(e) => {
             EdgeStats::count(&edge.stats.origin_fetches);
             EdgeStats::count(&edge.stats.origin_errors);

@@ -215,6 +215,10 @@ fn named_by_connection(headers: &HeaderMap) -> Vec<HeaderName> {
 /// most `requests_max` fetches in flight per origin.
 pub struct OriginClient {
     client: Client<HttpConnector, Empty<Bytes>>,
+    /// For answers streamed through: keeps no idle connection, so that a stream's origin
+    /// connection closes with its body and never outlives the permit it held (see
+    /// [`OriginClient::fetch_streaming`]); a body over 64 MiB gains nothing from reuse.
+    streaming: Client<HttpConnector, Empty<Bytes>>,
     bulkheads: Vec<Arc<Semaphore>>,
     timeout: Duration,
 }
@@ -229,9 +233,13 @@ impl OriginClient {
             // Idle connections kept per origin within what the descriptor plan counts for it
             // (`requests_max` per origin: see the server's `descriptors`).
             .pool_max_idle_per_host(requests_max)
+            .build(connector.clone());
+        let streaming = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(0)
             .build(connector);
         Self {
             client,
+            streaming,
             bulkheads: (0..origins).map(|_| Arc::new(Semaphore::new(requests_max))).collect(),
             timeout,
         }
@@ -349,9 +357,6 @@ impl OriginClient {
         headers: HeaderMap,
     ) -> Result<Response<StreamedBody>, OriginError> {
         let origin = authority.as_str().to_owned();
-        let Some(connection) = connections.try_take() else {
-            return Err(OriginError::NoConnectionLeft { origin });
-        };
         let is_head = method == Method::HEAD;
         let head = async {
             let permit = match self.bulkheads.get(index) {
@@ -368,6 +373,11 @@ impl OriginClient {
                 }
                 None => None,
             };
+            // Taken once the origin may be asked, so a stream queued on the bulkhead does not
+            // hold a client's share meanwhile.
+            let connection = connections
+                .try_take()
+                .ok_or_else(|| OriginError::NoConnectionLeft { origin: origin.clone() })?;
             let mut request = Request::builder()
                 .method(method)
                 .uri(format!("http://{authority}{path}"))
@@ -377,19 +387,23 @@ impl OriginClient {
                     reason: format!("the request cannot be built: {e}"),
                 })?;
             *request.headers_mut() = headers;
-            let response = self.client.request(request).await.map_err(|e| match e.is_connect() {
-                true => OriginError::Unreachable {
-                    origin: origin.clone(),
-                    reason: error_chain(&e),
-                },
-                false => OriginError::Garbage {
-                    origin: origin.clone(),
-                    reason: error_chain(&e),
-                },
-            })?;
-            Ok((response, permit))
+            let response = self
+                .streaming
+                .request(request)
+                .await
+                .map_err(|e| match e.is_connect() {
+                    true => OriginError::Unreachable {
+                        origin: origin.clone(),
+                        reason: error_chain(&e),
+                    },
+                    false => OriginError::Garbage {
+                        origin: origin.clone(),
+                        reason: error_chain(&e),
+                    },
+                })?;
+            Ok((response, permit, connection))
         };
-        let (response, _permit) = match tokio::time::timeout(self.timeout, head).await {
+        let (response, _bulkhead, connection) = match tokio::time::timeout(self.timeout, head).await {
             Ok(result) => result?,
             Err(_) => {
                 return Err(OriginError::Timeout {
