@@ -225,6 +225,10 @@ pub(crate) const EDGE_CONNECTIONS_MAX: usize = 10_000;
 /// How long a client may take to send a request's headers (a slow-loris client is dropped), and
 /// how long an idle keep-alive connection waits for its next request.
 pub(crate) const EDGE_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a client may take none of an answer's bytes before its connection is closed
+/// (nginx's `send_timeout`): a client that stops reading would otherwise hold its connection,
+/// and a streamed answer's origin connection, for good.
+pub(crate) const EDGE_SEND_TIMEOUT: Duration = Duration::from_secs(60);
 /// Requests in flight to one origin at most, as configured (`cache.origin_requests_max`): a
 /// semaphore cannot hold more permits than this.
 pub(crate) const EDGE_ORIGIN_REQUESTS_MAX: usize = 100_000;

@@ -9,6 +9,7 @@ pub mod flight;
 pub mod handler;
 pub mod origin;
 pub mod purges;
+pub mod send_timeout;
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,8 +24,10 @@ use tokio::sync::Semaphore;
 
 use crate::config::{CacheConfig, ConfigError};
 use crate::limits::{
-    EDGE_CONNECTIONS_MAX, EDGE_HEADER_READ_TIMEOUT, EDGE_SHUTDOWN_GRACE, EDGE_TOO_LARGE_PATHS_MAX, EDGE_TOO_LARGE_TTL,
+    EDGE_CONNECTIONS_MAX, EDGE_HEADER_READ_TIMEOUT, EDGE_SEND_TIMEOUT, EDGE_SHUTDOWN_GRACE, EDGE_TOO_LARGE_PATHS_MAX,
+    EDGE_TOO_LARGE_TTL,
 };
+use send_timeout::SendTimeout;
 
 /// Everything a request of the edge needs; shared by every connection.
 pub struct Edge {
@@ -138,7 +141,8 @@ impl Edge {
 
 /// Accepts HTTP/1.1 connections until `stop` resolves, each served on its own task, at most
 /// [`EDGE_CONNECTIONS_MAX`] at once; a client gets [`EDGE_HEADER_READ_TIMEOUT`] to send each
-/// request's headers (an idle keep-alive connection is closed after it). Malformed requests are
+/// request's headers (an idle keep-alive connection is closed after it), and a connection whose
+/// client takes nothing of its answer for [`EDGE_SEND_TIMEOUT`] is closed. Malformed requests are
 /// answered 400 by hyper before they reach the handler. When `stop` resolves, connections finish
 /// the request they serve and close.
 pub async fn serve(mut listener: basalt_tls::Listener, edge: Arc<Edge>, stop: impl std::future::Future<Output = ()>) {
@@ -169,7 +173,7 @@ pub async fn serve(mut listener: basalt_tls::Listener, edge: Arc<Edge>, stop: im
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(EDGE_HEADER_READ_TIMEOUT)
-            .serve_connection(TokioIo::new(stream), service);
+            .serve_connection(TokioIo::new(SendTimeout::new(stream, EDGE_SEND_TIMEOUT)), service);
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(e) = connection.await {
