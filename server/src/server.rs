@@ -580,7 +580,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
     }
     if let Some(mut task) = http_task {
         if tokio::time::timeout(HTTP_DRAIN_MAX, &mut task).await.is_err() {
-            tracing::warn!("the HTTP door did not drain in time; its connections are cut");
+            // Its connections run on tasks of their own, which end with the process.
+            tracing::warn!("the HTTP door did not drain in time; stopping without waiting for it");
             task.abort();
         }
     }

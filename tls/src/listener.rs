@@ -455,10 +455,16 @@ fn prepare(stream: &TcpStream) {
 /// Logs a failed `accept` on `local` and waits as [`accept_failure_pause`] says: a failure of
 /// one connection is routine (debug), running out of descriptors or memory is not (warn).
 async fn pause_after_failed_accept(error: &std::io::Error, local: Option<SocketAddr>) {
+    /// Pauses so far, of every listener: the warning goes out once per power of two, so a node
+    /// out of descriptors for long is seen in the log without flooding it.
+    static PAUSES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     match accept_failure_pause(error) {
         None => tracing::debug!(%error, ?local, "a connection failed before it was accepted"),
         Some(pause) => {
-            tracing::warn!(%error, ?local, ?pause, "accepting connections failed; pausing");
+            let pauses = PAUSES.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            if pauses.is_power_of_two() {
+                tracing::warn!(%error, ?local, ?pause, pauses, "accepting connections failed; pausing");
+            }
             tokio::time::sleep(pause).await;
         }
     }

@@ -149,7 +149,10 @@ pub async fn serve(mut listener: basalt_tls::Listener, edge: Arc<Edge>, stop: im
     tokio::pin!(stop);
     let connections = Arc::new(Semaphore::new(EDGE_CONNECTIONS_MAX));
     let graceful = GracefulShutdown::new();
+    // The connections' tasks, so a stop whose grace ran out can end them (reaped as they end).
+    let mut served = tokio::task::JoinSet::new();
     loop {
+        while served.try_join_next().is_some() {}
         let permit = tokio::select! {
             _ = &mut stop => break,
             permit = Arc::clone(&connections).acquire_owned() => match permit {
@@ -175,19 +178,23 @@ pub async fn serve(mut listener: basalt_tls::Listener, edge: Arc<Edge>, stop: im
             .header_read_timeout(EDGE_HEADER_READ_TIMEOUT)
             .serve_connection(TokioIo::new(SendTimeout::new(stream, EDGE_SEND_TIMEOUT)), service);
         let connection = graceful.watch(connection);
-        tokio::spawn(async move {
+        served.spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "edge connection ended");
             }
             drop(permit);
         });
     }
-    // A connection closes once its request is answered, but a client that stops reading could
-    // hold one open: the stop waits at most this long, then drops what is left.
+    // A connection closes once its request is answered, but a client reading a long answer
+    // slowly could hold one open: the stop waits at most this long, then ends what is left.
     if tokio::time::timeout(EDGE_SHUTDOWN_GRACE, graceful.shutdown())
         .await
         .is_err()
     {
-        tracing::warn!("edge connections still open after {EDGE_SHUTDOWN_GRACE:?}: dropped");
+        tracing::warn!(
+            open = served.len(),
+            "edge connections still open after {EDGE_SHUTDOWN_GRACE:?}: closed"
+        );
+        served.abort_all();
     }
 }

@@ -18,11 +18,19 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// `inner`, whose writes fail after `timeout` without progress.
+///
+/// Contract: the caller polls a pending write side again until it is ready (as hyper does: the
+/// timer wakes it by the deadline too), so an armed timer always belongs to the stall at hand.
+/// Progress is a call that returned ready: under TLS, which may take bytes and still answer
+/// pending while its own buffer drains, a reader slower than about the TLS buffer (~64 KiB) per
+/// timeout can be cut although it reads.
 pub struct SendTimeout<S> {
     inner: S,
     timeout: Duration,
-    /// Armed by the first write that could not proceed; disarmed by any that did.
-    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// One timer for the connection's life, reset when a stall begins.
+    stall: Pin<Box<tokio::time::Sleep>>,
+    /// Whether a write, flush or shutdown is waiting since `stall` was last reset.
+    stalled: bool,
 }
 
 impl<S> SendTimeout<S> {
@@ -30,7 +38,8 @@ impl<S> SendTimeout<S> {
         SendTimeout {
             inner,
             timeout,
-            stalled: None,
+            stall: Box::pin(tokio::time::sleep(timeout)),
+            stalled: false,
         }
     }
 
@@ -38,15 +47,16 @@ impl<S> SendTimeout<S> {
     fn watch<T>(&mut self, cx: &mut Context<'_>, attempt: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
         match attempt {
             Poll::Ready(result) => {
-                self.stalled = None;
+                self.stalled = false;
                 Poll::Ready(result)
             }
             Poll::Pending => {
                 let timeout = self.timeout;
-                let stalled = self
-                    .stalled
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-                match stalled.as_mut().poll(cx) {
+                if !self.stalled {
+                    self.stalled = true;
+                    self.stall.as_mut().reset(tokio::time::Instant::now() + timeout);
+                }
+                match self.stall.as_mut().poll(cx) {
                     Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::TimedOut,
                         format!("the peer took nothing for {timeout:?}"),
