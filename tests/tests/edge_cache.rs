@@ -222,19 +222,26 @@ fn large_body() -> Bytes {
 
 /// A one-node cluster whose edge serves `/` from `origin`, with a 1 s origin timeout.
 fn edge_node(origin: SocketAddr) -> (TestCluster, PortReservation) {
+    let (mut cluster, edge) = edge_node_planned(origin, &["--origin-timeout-ms", "1000"]);
+    cluster.launch();
+    (cluster, edge)
+}
+
+/// A one-node cluster whose edge serves `/` from `origin`, with `flags`, planned and not started.
+fn edge_node_planned(origin: SocketAddr, flags: &[&str]) -> (TestCluster, PortReservation) {
     let edge = local_ports::reserve().expect("edge port");
-    let cluster = TestCluster::start(
+    let mut extra_args = vec![
+        "--edge-listen".into(),
+        edge.addr().to_string(),
+        "--origin".into(),
+        format!("/=http://{origin}"),
+    ];
+    extra_args.extend(flags.iter().map(|flag| flag.to_string()));
+    let cluster = TestCluster::plan(
         NODE,
         ClusterOptions {
             nodes: 1,
-            extra_args: vec![
-                "--edge-listen".into(),
-                edge.addr().to_string(),
-                "--origin".into(),
-                format!("/=http://{origin}"),
-                "--origin-timeout-ms".into(),
-                "1000".into(),
-            ],
+            extra_args,
             ..Default::default()
         },
     );
@@ -943,22 +950,8 @@ fn a_streamed_answer_holds_a_connection_of_the_node_s_plan() {
         + CLIENT_CONNECTIONS;
     runtime().block_on(async {
         let origin = Origin::start().await;
-        let edge = local_ports::reserve().expect("edge port");
-        let mut cluster = TestCluster::plan(
-            NODE,
-            ClusterOptions {
-                nodes: 1,
-                extra_args: vec![
-                    "--edge-listen".into(),
-                    edge.addr().to_string(),
-                    "--origin".into(),
-                    format!("/=http://{}", origin.addr),
-                    "--origin-requests-max".into(),
-                    ORIGIN_REQUESTS_MAX.to_string(),
-                ],
-                ..Default::default()
-            },
-        );
+        let requests_max = ORIGIN_REQUESTS_MAX.to_string();
+        let (mut cluster, edge) = edge_node_planned(origin.addr, &["--origin-requests-max", &requests_max]);
         cluster.set_open_files_limit(limit);
         cluster.launch();
         let client = cluster.client().await;
