@@ -274,6 +274,10 @@ pub const REQUEST_BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// stopped.
 pub const PEER_DRAIN_MAX: Duration = Duration::from_secs(5);
 
+/// The longest a stopping node waits for the client door's open calls to end (a watch or a
+/// subscription never ends by itself): then it stops without them.
+pub const CLIENT_DRAIN_MAX: Duration = Duration::from_secs(5);
+
 /// The longest a stopping node waits for the HTTP door's open requests to be answered (a client
 /// reading a response slowly must not hold the stop).
 pub const HTTP_DRAIN_MAX: Duration = Duration::from_secs(5);

@@ -35,8 +35,9 @@ use openraft::{BasicNode, SnapshotPolicy};
 use crate::api::{Api, ApiCounters};
 use crate::config::{ConfigError, NodeConfig};
 use crate::limits::{
-    COMPACT_CHANGES_MAX, COMPACT_STEPS_PER_TICK_MAX, HTTP_DRAIN_MAX, LISTEN_BACKLOG, PAGED_SWEEP_MS_PER_TICK_MAX,
-    PAGED_SWEEP_STEPS_PER_TICK_MAX, PEER_DRAIN_MAX, SESSION_SWEEP_CLIENTS_MAX, SESSION_SWEEP_EVERY_S,
+    CLIENT_DRAIN_MAX, COMPACT_CHANGES_MAX, COMPACT_STEPS_PER_TICK_MAX, HTTP_DRAIN_MAX, LISTEN_BACKLOG,
+    PAGED_SWEEP_MS_PER_TICK_MAX, PAGED_SWEEP_STEPS_PER_TICK_MAX, PEER_DRAIN_MAX, SESSION_SWEEP_CLIENTS_MAX,
+    SESSION_SWEEP_EVERY_S,
 };
 use crate::replication::{FeedReceiver, Homed, Replication};
 
@@ -548,27 +549,49 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         .add_optional_service(raft_on_client_port)
         .add_optional_service(node_calls_on_client_port);
 
-    let serve = match &client_tls {
-        None => {
-            router
-                .serve_with_incoming_shutdown(
-                    basalt_tls::listener::incoming_plain(client_listener, stop_rx.clone(), budgets.client.clone()),
-                    wait_stop(stop_rx.clone()),
-                )
-                .await
+    // The client door stops gracefully: no new calls, and those open may finish. But a watch or
+    // a subscription never finishes by itself, and SIGTERM must stop the node: once the stop has
+    // waited CLIENT_DRAIN_MAX, the node goes on stopping without them (their connections end
+    // with the process, and their clients resume on another node, as after a crash).
+    let drain_bound = {
+        let stopped = wait_stop(stop_rx.clone());
+        async move {
+            stopped.await;
+            tokio::time::sleep(CLIENT_DRAIN_MAX).await;
         }
-        Some(tls) => {
-            router
-                .serve_with_incoming_shutdown(
-                    basalt_tls::listener::incoming(
-                        client_listener,
-                        tls.clone(),
-                        stop_rx.clone(),
-                        budgets.client.clone(),
-                    ),
-                    wait_stop(stop_rx.clone()),
-                )
-                .await
+    };
+    let serving = async {
+        match &client_tls {
+            None => {
+                router
+                    .serve_with_incoming_shutdown(
+                        basalt_tls::listener::incoming_plain(client_listener, stop_rx.clone(), budgets.client.clone()),
+                        wait_stop(stop_rx.clone()),
+                    )
+                    .await
+            }
+            Some(tls) => {
+                router
+                    .serve_with_incoming_shutdown(
+                        basalt_tls::listener::incoming(
+                            client_listener,
+                            tls.clone(),
+                            stop_rx.clone(),
+                            budgets.client.clone(),
+                        ),
+                        wait_stop(stop_rx.clone()),
+                    )
+                    .await
+            }
+        }
+    };
+    let serve = tokio::select! {
+        served = serving => served,
+        () = drain_bound => {
+            tracing::warn!(
+                "client calls still open {CLIENT_DRAIN_MAX:?} after the stop (watches, subscriptions): stopping without them"
+            );
+            Ok(())
         }
     };
 

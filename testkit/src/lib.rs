@@ -465,6 +465,16 @@ impl TestCluster {
         self.children.contains_key(&id)
     }
 
+    /// SIGTERM: node `id` starts its clean stop; [`TestCluster::wait_exit`] waits for its end.
+    pub fn terminate(&self, id: u64) {
+        if let Some(child) = self.children.get(&id) {
+            // SAFETY: kill(2) on our own child process, which has not been waited for.
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGTERM);
+            }
+        }
+    }
+
     /// SIGKILL: no shutdown path runs, unsynced page cache survives as after a process crash.
     pub fn kill(&mut self, id: u64) {
         if let Some(mut child) = self.children.remove(&id) {

@@ -789,7 +789,12 @@ fn a_damaged_snapshot_transfer_is_refused_and_the_follower_survives() {
         }
         let pack = seen.last().expect("a pack").clone();
         let bytes = std::fs::read(&pack).expect("read pack");
-        std::fs::write(&pack, &bytes[..bytes.len() / 2]).expect("cut the pack");
+        // Replaced whole (a rename), never truncated in place: the leader reads the pack's head
+        // for each attempt to send it, and an empty file met between a truncate and the write
+        // is its own corruption (it stops), not the damaged transfer this test is about.
+        let cut = pack.with_extension("cut");
+        std::fs::write(&cut, &bytes[..bytes.len() / 2]).expect("write the cut pack");
+        std::fs::rename(&cut, &pack).expect("put the cut pack in place");
 
         cluster.restart(lagging);
         let log = cluster.specs[&lagging].log.clone();
@@ -820,4 +825,38 @@ fn a_damaged_snapshot_transfer_is_refused_and_the_follower_survives() {
         assert!(cluster.is_running(lagging));
         assert_all_readable(&client, &acknowledged).await;
     });
+}
+
+/// SIGTERM stops a node although clients hold a watch and a subscription open on it (calls that
+/// never end by themselves): the stop waits a bounded time for them, then goes on without them.
+#[test]
+fn a_node_stops_on_sigterm_with_a_watch_and_a_subscription_open() {
+    let mut cluster = TestCluster::start(
+        NODE,
+        ClusterOptions {
+            nodes: 1,
+            ..Default::default()
+        },
+    );
+    let rt = runtime();
+    let (watch, subscription) = rt.block_on(async {
+        let client = cluster.client().await;
+        client.kv().put("k", "v").await.expect("put");
+        let watch = client.kv().watch("k", 0).await.expect("watch");
+        let subscription = client
+            .pubsub()
+            .subscribe(vec![b"ch".to_vec()], Vec::new())
+            .await
+            .expect("subscribe");
+        (watch, subscription)
+    });
+    cluster.terminate(1);
+    // CLIENT_DRAIN_MAX (5 s) and the other doors' bounds, with room for a loaded machine.
+    let status = cluster.wait_exit(1, Duration::from_secs(60));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the node did not stop cleanly ({status:?}):\n{}",
+        cluster.logs()
+    );
+    drop((watch, subscription));
 }
