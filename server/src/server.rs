@@ -595,6 +595,9 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         }
     };
 
+    // However the client door ended (a stop, or its accept loop gone), every other door and
+    // task now stops too: the waits below are for doors that were told.
+    let _ = stop_tx.send(true);
     tracing::info!(id = config.id, "shutting down");
     fail_stop.abort();
     sweeper.abort();

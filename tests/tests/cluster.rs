@@ -858,5 +858,10 @@ fn a_node_stops_on_sigterm_with_a_watch_and_a_subscription_open() {
         "the node did not stop cleanly ({status:?}):\n{}",
         cluster.logs()
     );
+    let log = cluster.logs();
+    assert!(
+        log.contains("client calls still open"),
+        "the bound ended the wait:\n{log}"
+    );
     drop((watch, subscription));
 }

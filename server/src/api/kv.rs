@@ -142,7 +142,14 @@ async fn run_watch(api: Api, prefix: Vec<u8>, from: u64, outbox: mpsc::Sender<Re
         next = next.max(upto + 1);
         if !full {
             tokio::select! {
-                _ = applied.changed() => {}
+                changed = applied.changed() => if changed.is_err() {
+                    // The state machine is gone with Raft: the node is stopping. Said, so the
+                    // client watches on from another node now (it would spin here otherwise).
+                    let _ = outbox
+                        .send(Err(status(ErrorCode::Unavailable, "the node is stopping: watch from another node")))
+                        .await;
+                    return;
+                },
                 _ = outbox.closed() => return,
                 _ = tokio::time::sleep(WATCH_IDLE_CHECK) => {}
             }

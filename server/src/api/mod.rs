@@ -498,7 +498,10 @@ impl Api {
             if now >= deadline {
                 return Ok(false);
             }
-            let _ = tokio::time::timeout((deadline - now).min(WAIT_POLL), applied.changed()).await;
+            if let Ok(Err(_)) = tokio::time::timeout((deadline - now).min(WAIT_POLL), applied.changed()).await {
+                // The state machine is gone with Raft: nothing more will be applied here.
+                return Err(status(ErrorCode::Unavailable, "the node is stopping"));
+            }
         }
     }
 

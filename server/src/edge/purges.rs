@@ -55,7 +55,10 @@ pub async fn follow(
         match read {
             Ok(PurgesAfter::Purges(purges)) if purges.is_empty() => {
                 tokio::select! {
-                    _ = applied.changed() => {}
+                    changed = applied.changed() => if changed.is_err() {
+                        // Raft's state machine is gone: the node is stopping.
+                        return;
+                    },
                     _ = stop.changed() => {}
                     _ = tokio::time::sleep(PURGE_FOLLOW_POLL) => {}
                 }

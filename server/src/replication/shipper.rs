@@ -482,7 +482,10 @@ async fn session(
                 sent = sent.max(acked);
                 repl.update_outgoing(remote.id, |l| l.acked_upto = Some(acked));
             }
-            _ = applied.changed() => {}
+            changed = applied.changed() => if changed.is_err() {
+                // Raft's state machine is gone: this node no longer leads anything.
+                return Err(ShipError::LostLeadership);
+            },
             // Also how a re-sync's next chunks are picked up when the reading task was behind.
             _ = tokio::time::sleep(Duration::from_millis(RESYNC_POLL_MS)) => {}
         }
