@@ -559,7 +559,13 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let outcome = runtime.block_on(run(cli));
+    // Whatever still runs once the command has ended (a connection's task, a snapshot build on a
+    // blocking thread of a node whose stop ran out of time) is not waited for: a node's stop is
+    // bounded (`NODE_STOP_MAX`), and its exit with it, as after a crash, every acknowledged write
+    // already on disk.
+    runtime.shutdown_timeout(RUNTIME_EXIT_WAIT);
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("error: {message}");
@@ -570,6 +576,9 @@ pub fn main() -> ExitCode {
         }
     }
 }
+
+/// How long the process waits, once its command has ended, for the tasks still running.
+const RUNTIME_EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What a failure's message most likely means, when it says little by itself.
 fn hint_for(message: &str) -> Option<&'static str> {

@@ -396,12 +396,13 @@ pub(crate) async fn supervise(mut processes: Vec<NodeProcess>, signal: impl std:
     stop_all(&mut processes).await;
 }
 
-/// SIGTERM to every node, then SIGKILL to those still running 10 s later.
+/// SIGTERM to every node, then SIGKILL to those still running once a node's stop has had all
+/// its time (`NODE_STOP_MAX`) and its exit too (three seconds more).
 pub(crate) async fn stop_all(processes: &mut [NodeProcess]) {
     for p in processes.iter() {
         send_signal(&p.child, libc::SIGTERM);
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + basalt_server::limits::NODE_STOP_MAX + Duration::from_secs(3);
     for p in processes.iter_mut() {
         let remaining = deadline.saturating_duration_since(Instant::now());
         if tokio::time::timeout(remaining, p.child.wait()).await.is_err() {

@@ -13,7 +13,8 @@ use openraft::base::{BoxFuture, BoxStream};
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::{BasicNode, OptionalSend};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -89,6 +90,7 @@ enum Unary {
     Append,
     Vote,
     PreVote,
+    TransferLeader,
 }
 
 pub struct NetworkConnection {
@@ -198,6 +200,7 @@ impl NetworkConnection {
             Unary::Append => client.append(request).await,
             Unary::Vote => client.vote(request).await,
             Unary::PreVote => client.pre_vote(request).await,
+            Unary::TransferLeader => client.transfer_leader(request).await,
         };
         let reply = self.check_reply(reply)?.into_inner();
         self.clock.record_peer_wall(self.target, reply.sender_wall_ms);
@@ -380,6 +383,14 @@ impl RaftNetworkV2<TypeConfig> for NetworkConnection {
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.unary(Unary::PreVote, &rpc, &option).await
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        rpc: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.unary(Unary::TransferLeader, &rpc, &option).await
     }
 
     async fn full_snapshot(
@@ -663,6 +674,11 @@ impl RaftService for RaftGrpcService {
 
     async fn pre_vote(&self, request: Request<RaftMessage>) -> Result<tonic::Response<RaftMessage>, Status> {
         self.serve_unary(request, false, |rpc| self.raft.pre_vote(rpc)).await
+    }
+
+    async fn transfer_leader(&self, request: Request<RaftMessage>) -> Result<tonic::Response<RaftMessage>, Status> {
+        self.serve_unary(request, false, |rpc| self.raft.handle_transfer_leader(rpc))
+            .await
     }
 
     async fn snapshot(

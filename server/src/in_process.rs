@@ -8,7 +8,6 @@
 //! call's `grpc-timeout` is enforced here, as a dialled channel enforces it.
 
 use crate::access::{AccessLayer, Gate};
-use crate::limits::IN_PROCESS_DRAIN_MAX;
 use basalt_client::{Transport, TransportError};
 use futures::FutureExt;
 use std::future::Future;
@@ -64,14 +63,15 @@ impl Drop for OnItsWay {
 }
 
 impl Switch {
-    /// Refuses new calls, then waits up to `IN_PROCESS_DRAIN_MAX` for the calls on their way to
-    /// be answered (as the client port drains its connections), so that they end before Raft
-    /// stops. A call's streamed answer (a subscription) is not waited for.
-    pub async fn turn_off(self) {
+    /// Refuses new calls, then waits until `deadline` (the stop gives it `IN_PROCESS_DRAIN_MAX`
+    /// within the doors' bound) for the calls on their way to be answered (as the client port
+    /// drains its connections), so that they end before Raft stops. A call's streamed answer (a
+    /// subscription) is not waited for.
+    pub async fn turn_off(self, deadline: tokio::time::Instant) {
         // A call counts itself under the read lock it takes the API with: once this write lock
         // has been held, every call that has the API is counted, and no later one gets it.
         *self.api.write().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
-        let _ = tokio::time::timeout(IN_PROCESS_DRAIN_MAX, async {
+        let _ = tokio::time::timeout_at(deadline, async {
             loop {
                 let ended = self.running.ended.notified();
                 if self.running.calls.load(Ordering::SeqCst) == 0 {
@@ -391,7 +391,9 @@ mod tests {
         let mut client = RateLimiterClient::new(service.clone());
         client.check(check_of(b"k")).await.expect("on");
         let api = Arc::downgrade(&switch.api);
-        switch.turn_off().await;
+        switch
+            .turn_off(tokio::time::Instant::now() + crate::limits::IN_PROCESS_DRAIN_MAX)
+            .await;
         let refused = client.check(check_of(b"k")).await.expect_err("off");
         assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
         assert!(basalt_client::never_sent(&refused), "{refused:?}");
@@ -414,7 +416,9 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         assert_eq!(switch.running.calls.load(Ordering::SeqCst), 1, "the call is on its way");
-        switch.turn_off().await;
+        switch
+            .turn_off(tokio::time::Instant::now() + crate::limits::IN_PROCESS_DRAIN_MAX)
+            .await;
         // The handler counts a call once its 300 ms pause is over: turning off waited for it.
         assert_eq!(
             answered.load(Ordering::SeqCst),

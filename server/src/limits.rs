@@ -219,9 +219,6 @@ pub(crate) const FRONTIER_STEP: u64 = 5_000 << 16;
 
 // The edge cache's listener (`edge/mod.rs`).
 
-/// Client connections the edge holds open at most; past it, new connections wait in the kernel's
-/// accept queue until one closes.
-pub(crate) const EDGE_CONNECTIONS_MAX: usize = 10_000;
 /// How long a client may take to send a request's headers (a slow-loris client is dropped), and
 /// how long an idle keep-alive connection waits for its next request.
 pub(crate) const EDGE_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -233,8 +230,9 @@ pub(crate) const EDGE_SEND_TIMEOUT: Duration = Duration::from_secs(60);
 /// semaphore cannot hold more permits than this.
 pub(crate) const EDGE_ORIGIN_REQUESTS_MAX: usize = 100_000;
 /// How long a stopping edge waits for its connections to finish their requests before dropping
-/// them (a client that stops reading would otherwise hold the stop forever).
-pub(crate) const EDGE_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// them (a client that stops reading would otherwise hold the stop forever); a second below the
+/// doors' bound (`DOORS_DRAIN_MAX`), so that the edge ends them itself and says how many.
+pub(crate) const EDGE_SHUTDOWN_GRACE: Duration = Duration::from_secs(9);
 /// Purges the edge's follower reads from the purge table at once.
 pub(crate) const PURGE_FOLLOW_BATCH_MAX: usize = 256;
 /// How often the follower looks at the purge table when no applied batch woke it.
@@ -285,6 +283,34 @@ pub const HTTP_DRAIN_MAX: Duration = Duration::from_secs(5);
 /// The longest a stopping node waits for RESP's in-process calls on their way to be answered
 /// before Raft stops (new ones are refused from the start of the wait).
 pub const IN_PROCESS_DRAIN_MAX: Duration = Duration::from_secs(5);
+
+/// The longest the doors' drains (client API, HTTP, RESP and its in-process calls, the edge) take
+/// together, counted from the stop: they are told at once and drain side by side.
+pub const DOORS_DRAIN_MAX: Duration = Duration::from_secs(10);
+
+/// The longest a stopping leader waits for the voter it hands its leadership to to lead (see
+/// `stopping::hand_off_leadership`): then it stops anyway, and the region elects a leader by
+/// timeout. It runs from the stop, beside the doors' drains.
+pub const LEADER_HANDOFF_MAX: Duration = Duration::from_secs(3);
+
+/// The longest a stopping node waits for Raft to stop (its core and replication tasks): then the
+/// process exits without it, as after a crash (every acknowledged write is already on disk).
+pub const RAFT_SHUTDOWN_MAX: Duration = Duration::from_secs(5);
+
+/// The longest a stop takes, from SIGTERM to the process's exit: below the 30 s an orchestrator
+/// usually grants before it kills the process (Kubernetes' default
+/// `terminationGracePeriodSeconds`), so that a stop is never cut short.
+pub const NODE_STOP_MAX: Duration = Duration::from_secs(20);
+
+// Every door's drain fits the doors' bound.
+const _: () = assert!(
+    CLIENT_DRAIN_MAX.as_millis() <= DOORS_DRAIN_MAX.as_millis()
+        && HTTP_DRAIN_MAX.as_millis() <= DOORS_DRAIN_MAX.as_millis()
+        && IN_PROCESS_DRAIN_MAX.as_millis() <= DOORS_DRAIN_MAX.as_millis()
+        && EDGE_SHUTDOWN_GRACE.as_millis() < DOORS_DRAIN_MAX.as_millis()
+        && LEADER_HANDOFF_MAX.as_millis() <= DOORS_DRAIN_MAX.as_millis()
+        && NODE_STOP_MAX.as_secs() < 30
+);
 
 // The node's file descriptors (enforced in `descriptors.rs` and by the listeners' budgets).
 

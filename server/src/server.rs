@@ -35,11 +35,13 @@ use openraft::{BasicNode, SnapshotPolicy};
 use crate::api::{Api, ApiCounters};
 use crate::config::{ConfigError, NodeConfig};
 use crate::limits::{
-    CLIENT_DRAIN_MAX, COMPACT_CHANGES_MAX, COMPACT_STEPS_PER_TICK_MAX, HTTP_DRAIN_MAX, LISTEN_BACKLOG,
-    PAGED_SWEEP_MS_PER_TICK_MAX, PAGED_SWEEP_STEPS_PER_TICK_MAX, PEER_DRAIN_MAX, SESSION_SWEEP_CLIENTS_MAX,
-    SESSION_SWEEP_EVERY_S,
+    CLIENT_DRAIN_MAX, COMPACT_CHANGES_MAX, COMPACT_STEPS_PER_TICK_MAX, DOORS_DRAIN_MAX, HTTP_DRAIN_MAX,
+    IN_PROCESS_DRAIN_MAX, LISTEN_BACKLOG, PAGED_SWEEP_MS_PER_TICK_MAX, PAGED_SWEEP_STEPS_PER_TICK_MAX, PEER_DRAIN_MAX,
+    RAFT_SHUTDOWN_MAX, SESSION_SWEEP_CLIENTS_MAX, SESSION_SWEEP_EVERY_S,
 };
 use crate::replication::{FeedReceiver, Homed, Replication};
+use crate::stopping::{hand_off_leadership, wait_until, StopClock};
+use tokio::time::Instant;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -324,6 +326,10 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         shutdown.await;
         let _ = shutdown_tx.send(true);
     });
+    // The peer listener stops after Raft, not at the stop: until then this node still takes
+    // part in its region (as a leader handing over, it must hear the vote of the node it hands
+    // over to; as a follower, the leader's appends).
+    let (peer_stop_tx, peer_stop_rx) = tokio::sync::watch::channel(false);
     let raft_stopped = Arc::new(std::sync::Mutex::new(None));
     let fail_stop = tokio::spawn(stop_when_raft_stops(
         raft.clone(),
@@ -333,6 +339,9 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
     let wait_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
+    let stop_clock = StopClock::default();
+    // Told when a stopping leader has handed its leadership over (or had nothing to hand over).
+    let (handed_over_tx, handed_over_rx) = tokio::sync::watch::channel(false);
     if let Some(tls) = &client_tls {
         tokio::spawn(tls.clone().keep_reloading(stop_rx.clone()));
     }
@@ -429,7 +438,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
                 .local_addr()
                 .map_err(io("reading the peer listener's address"))?;
             tracing::info!(%addr, tls = peer_tls.is_some(), "serving raft and the members' own calls on the peer listener (and other regions' feeds, under peer TLS)");
-            let stop = wait_stop(stop_rx.clone());
+            let stop = wait_stop(peer_stop_rx.clone());
             let server = tonic::transport::Server::builder()
                 .max_connection_age(basalt_raft::limits::PEER_CONNECTION_AGE_MAX)
                 .max_connection_age_grace(basalt_raft::limits::PEER_CONNECTION_AGE_GRACE)
@@ -441,16 +450,20 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
             let task = match &peer_tls {
                 None => {
                     let incoming =
-                        basalt_tls::listener::incoming_plain(listener, stop_rx.clone(), budgets.peer.clone());
+                        basalt_tls::listener::incoming_plain(listener, peer_stop_rx.clone(), budgets.peer.clone());
                     let serve = server.serve_with_incoming_shutdown(incoming, stop);
                     tokio::spawn(stop_when_done(stop_tx.clone(), async move {
                         serve.await.map_err(|source| NodeError::Serve { addr, source })
                     }))
                 }
                 Some(tls) => {
-                    tokio::spawn(tls.clone().keep_reloading(stop_rx.clone()));
-                    let incoming =
-                        basalt_tls::listener::incoming(listener, tls.clone(), stop_rx.clone(), budgets.peer.clone());
+                    tokio::spawn(tls.clone().keep_reloading(peer_stop_rx.clone()));
+                    let incoming = basalt_tls::listener::incoming(
+                        listener,
+                        tls.clone(),
+                        peer_stop_rx.clone(),
+                        budgets.peer.clone(),
+                    );
                     let serve = server.serve_with_incoming_shutdown(incoming, stop);
                     tokio::spawn(stop_when_done(stop_tx.clone(), async move {
                         serve.await.map_err(|source| NodeError::Serve { addr, source })
@@ -460,6 +473,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
             (also_on_client_port.then(|| (raft_service(), node_calls())), Some(task))
         }
     };
+    let raft_served_on_client_port = raft_on_client_port.is_some();
     let (raft_on_client_port, node_calls_on_client_port) = raft_on_client_port.unzip();
     let client_listener = client_socket
         .listen(LISTEN_BACKLOG)
@@ -537,6 +551,25 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         None => None,
     };
     // Spawned once nothing above can fail any more (a failure returns without stopping them).
+    // Notes when the stop began, for the bounds of the doors' drains (see `stopping`).
+    tokio::spawn({
+        let stopped = wait_stop(stop_rx.clone());
+        let clock = stop_clock.clone();
+        async move {
+            stopped.await;
+            clock.stopping();
+        }
+    });
+    // A leader hands its leadership over as soon as the stop begins, beside the doors' drains.
+    let handoff = tokio::spawn({
+        let stopped = wait_stop(stop_rx.clone());
+        let raft = raft.clone();
+        async move {
+            stopped.await;
+            hand_off_leadership(&raft).await;
+            let _ = handed_over_tx.send(true);
+        }
+    });
     let sweeper = tokio::spawn(sweeper(api.clone(), config.clone(), stop_rx.clone()));
     let replication_tasks = match &api.replication {
         Some(repl) => repl.spawn(api.clone(), stop_rx.clone()),
@@ -555,18 +588,38 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
     // with the process, and their clients resume on another node, as after a crash).
     let drain_bound = {
         let stopped = wait_stop(stop_rx.clone());
+        let clock = stop_clock.clone();
         async move {
             stopped.await;
-            tokio::time::sleep(CLIENT_DRAIN_MAX).await;
+            tokio::time::sleep_until(clock.stopping().after_stop(CLIENT_DRAIN_MAX)).await;
         }
     };
+    // The client door stops accepting at the stop; but when it also serves this node's Raft, a
+    // leader keeps it open until its handoff is over, to hear the vote and the appends of the
+    // node it hands over to (the drain's bound still counts from the stop).
+    let (client_door_stop_tx, client_door_stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn({
+        let stopped = wait_stop(stop_rx.clone());
+        let mut handed_over = handed_over_rx.clone();
+        async move {
+            stopped.await;
+            if raft_served_on_client_port {
+                let _ = handed_over.wait_for(|done| *done).await;
+            }
+            let _ = client_door_stop_tx.send(true);
+        }
+    });
     let serving = async {
         match &client_tls {
             None => {
                 router
                     .serve_with_incoming_shutdown(
-                        basalt_tls::listener::incoming_plain(client_listener, stop_rx.clone(), budgets.client.clone()),
-                        wait_stop(stop_rx.clone()),
+                        basalt_tls::listener::incoming_plain(
+                            client_listener,
+                            client_door_stop_rx.clone(),
+                            budgets.client.clone(),
+                        ),
+                        wait_stop(client_door_stop_rx.clone()),
                     )
                     .await
             }
@@ -576,10 +629,10 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
                         basalt_tls::listener::incoming(
                             client_listener,
                             tls.clone(),
-                            stop_rx.clone(),
+                            client_door_stop_rx.clone(),
                             budgets.client.clone(),
                         ),
-                        wait_stop(stop_rx.clone()),
+                        wait_stop(client_door_stop_rx.clone()),
                     )
                     .await
             }
@@ -596,48 +649,68 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
     };
 
     // However the client door ended (a stop, or its accept loop gone), every other door and
-    // task now stops too: the waits below are for doors that were told.
+    // task now stops too: the waits below are for doors that were told, each bounded from the
+    // stop (see `stopping`), so that the whole stop fits NODE_STOP_MAX.
     let _ = stop_tx.send(true);
+    let stopping = stop_clock.stopping();
     tracing::info!(id = config.id, "shutting down");
-    fail_stop.abort();
     sweeper.abort();
     for task in replication_tasks {
         task.abort();
     }
-    if let Some(mut task) = http_task {
-        if tokio::time::timeout(HTTP_DRAIN_MAX, &mut task).await.is_err() {
-            // Its connections run on tasks of their own, which end with the process.
-            tracing::warn!("the HTTP door did not drain in time; stopping without waiting for it");
-            task.abort();
-        }
-    }
-    if let Some(task) = resp_task {
-        let _ = task.await;
+    if let Some(resp) = resp_task {
+        // RESP's listener ends at the stop; its connections each finish the command they run.
+        let _ = wait_until(stopping.after_stop(DOORS_DRAIN_MAX), "RESP's listener", resp).await;
     }
     // RESP's listener has stopped: a connection still finishing its command finds this node's API
     // refused (as it found the client port closed before); the calls already on their way are
     // answered, up to a bound, before Raft stops.
     if let Some(switch) = in_process_switch {
-        switch.turn_off().await;
+        switch.turn_off(stopping.starting_now(IN_PROCESS_DRAIN_MAX)).await;
     }
-    if let Some((_, task, follower)) = edge_task {
-        let _ = task.await;
+    if let Some(mut task) = http_task {
+        // Its connections run on tasks of their own, which end with the process.
+        if wait_until(stopping.after_stop(HTTP_DRAIN_MAX), "the HTTP door", &mut task)
+            .await
+            .is_none()
+        {
+            task.abort();
+        }
+    }
+    if let Some((_, mut task, follower)) = edge_task {
+        // The edge ends its connections itself once EDGE_SHUTDOWN_GRACE has passed.
+        if wait_until(stopping.after_stop(DOORS_DRAIN_MAX), "the edge", &mut task)
+            .await
+            .is_none()
+        {
+            task.abort();
+        }
         follower.abort();
     }
+    // The handoff began at the stop; Raft stops once another node leads (or its bound ran out).
+    let _ = wait_until(stopping.after_stop(DOORS_DRAIN_MAX), "the leadership handoff", handoff).await;
+    // A node that came to lead during its stop (it was handed the leadership by a leader stopping
+    // beside it) hands it on in the time the doors had left.
+    let _ = wait_until(
+        stopping.after_stop(DOORS_DRAIN_MAX),
+        "the second leadership handoff",
+        hand_off_leadership(&raft),
+    )
+    .await;
+    // Until here a fatal Raft error was the node's failure; from here Raft stops by request.
+    fail_stop.abort();
     // Raft first: a leader's replication streams into this node end with it, so the peer
     // server's graceful drain below has nothing left to wait for.
-    if let Err(e) = raft.shutdown().await {
+    if let Some(Err(e)) = wait_until(Instant::now() + RAFT_SHUTDOWN_MAX, "Raft", raft.shutdown()).await {
         tracing::warn!(error = %e, "raft shutdown");
     }
+    let _ = peer_stop_tx.send(true);
     let peer_served = match peer_task {
-        Some(task) => match tokio::time::timeout(PEER_DRAIN_MAX, task).await {
-            Ok(joined) => {
+        Some(task) => match wait_until(Instant::now() + PEER_DRAIN_MAX, "the peer listener", task).await {
+            Some(joined) => {
                 joined.unwrap_or_else(|e| Err(NodeError::Raft(format!("the peer listener's task failed: {e}"))))
             }
-            Err(_) => {
-                tracing::warn!("the peer listener did not drain in time; stopping anyway");
-                Ok(())
-            }
+            None => Ok(()),
         },
         None => Ok(()),
     };

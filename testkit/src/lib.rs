@@ -614,6 +614,11 @@ impl TestCluster {
             .unwrap_or_else(|| panic!("no metric {name} in:\n{page}"))
     }
 
+    /// Node `id`'s whole log.
+    pub fn log(&self, id: u64) -> String {
+        std::fs::read_to_string(&self.specs[&id].log).unwrap_or_default()
+    }
+
     /// The tail of every node's log, for failure messages.
     pub fn logs(&self) -> String {
         let mut out = String::new();

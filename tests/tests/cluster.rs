@@ -865,3 +865,80 @@ fn a_node_stops_on_sigterm_with_a_watch_and_a_subscription_open() {
     );
     drop((watch, subscription));
 }
+
+/// A leader stopped by SIGTERM hands its leadership over before Raft stops: by the time its
+/// process has exited another node already leads, although the election timeout is far longer
+/// than the stop. Without the handoff the others would learn of the stop only by missing its
+/// heartbeats, and elect a leader an election timeout (here 8 to 9 s) after its exit.
+#[test]
+fn a_stopping_leader_hands_its_leadership_over() {
+    a_stopping_leader_hands_over(true);
+}
+
+/// The same with Raft on the client ports (no peer listeners): the stopping leader's client port,
+/// which carries its Raft, stays open until its handoff is over.
+#[test]
+fn a_stopping_leader_without_a_peer_listener_hands_its_leadership_over() {
+    a_stopping_leader_hands_over(false);
+}
+
+fn a_stopping_leader_hands_over(peer_listeners: bool) {
+    let mut cluster = TestCluster::plan(
+        NODE,
+        ClusterOptions {
+            extra_args: vec![
+                "--election-timeout-min-ms".into(),
+                "8000".into(),
+                "--election-timeout-max-ms".into(),
+                "9000".into(),
+            ],
+            ..ClusterOptions::default()
+        },
+    );
+    cluster.set_peer_listeners(peer_listeners);
+    cluster.launch();
+    let rt = runtime();
+    let (client, leader) = rt.block_on(async {
+        let client = cluster.client().await;
+        client.kv().put("before", "1").await.expect("put before the stop");
+        let leader = cluster.leader(&client).await;
+        for id in 1..=3 {
+            if id != leader {
+                cluster.wait_caught_up(&client, id).await;
+            }
+        }
+        (client, leader)
+    });
+    cluster.terminate(leader);
+    let status = cluster.wait_exit(leader, Duration::from_secs(60));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the leader did not stop cleanly ({status:?}):\n{}",
+        cluster.logs()
+    );
+    rt.block_on(async {
+        // One look, no waiting: the others' election timers have barely started.
+        let mut leaders = Vec::new();
+        for id in (1..=3).filter(|&id| id != leader) {
+            let status = client.node_status(&cluster.addr(id)).await.expect("status");
+            if status.state == "Leader" {
+                leaders.push(id);
+            }
+        }
+        assert_eq!(
+            leaders.len(),
+            1,
+            "a new leader as the old one exits (old leader {leader}):\n{}",
+            cluster.logs()
+        );
+        assert!(
+            cluster.log(leader).contains("handed leadership over before stopping"),
+            "the old leader saw the new one lead:\n{}",
+            cluster.logs()
+        );
+        // It serves writes, and what was written before is there.
+        client.kv().put("after", "2").await.expect("put after the handoff");
+        let before = client.kv().get("before").await.expect("get").expect("present");
+        assert_eq!(before.value, b"1");
+    });
+}

@@ -20,12 +20,10 @@ use basalt_edge::freshness::StorePolicy;
 use basalt_edge::store::EdgeStore;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::sync::Semaphore;
 
 use crate::config::{CacheConfig, ConfigError};
 use crate::limits::{
-    EDGE_CONNECTIONS_MAX, EDGE_HEADER_READ_TIMEOUT, EDGE_SEND_TIMEOUT, EDGE_SHUTDOWN_GRACE, EDGE_TOO_LARGE_PATHS_MAX,
-    EDGE_TOO_LARGE_TTL,
+    EDGE_HEADER_READ_TIMEOUT, EDGE_SEND_TIMEOUT, EDGE_SHUTDOWN_GRACE, EDGE_TOO_LARGE_PATHS_MAX, EDGE_TOO_LARGE_TTL,
 };
 use send_timeout::SendTimeout;
 
@@ -139,27 +137,19 @@ impl Edge {
     }
 }
 
-/// Accepts HTTP/1.1 connections until `stop` resolves, each served on its own task, at most
-/// [`EDGE_CONNECTIONS_MAX`] at once; a client gets [`EDGE_HEADER_READ_TIMEOUT`] to send each
+/// Accepts HTTP/1.1 connections until `stop` resolves, each served on its own task (the listener
+/// holds them to the client doors' share of the node's descriptors); a client gets [`EDGE_HEADER_READ_TIMEOUT`] to send each
 /// request's headers (an idle keep-alive connection is closed after it), and a connection whose
 /// client takes nothing of its answer for [`EDGE_SEND_TIMEOUT`] is closed. Malformed requests are
 /// answered 400 by hyper before they reach the handler. When `stop` resolves, connections finish
 /// the request they serve and close.
 pub async fn serve(mut listener: basalt_tls::Listener, edge: Arc<Edge>, stop: impl std::future::Future<Output = ()>) {
     tokio::pin!(stop);
-    let connections = Arc::new(Semaphore::new(EDGE_CONNECTIONS_MAX));
     let graceful = GracefulShutdown::new();
     // The connections' tasks, so a stop whose grace ran out can end them (reaped as they end).
     let mut served = tokio::task::JoinSet::new();
     loop {
         while served.try_join_next().is_some() {}
-        let permit = tokio::select! {
-            _ = &mut stop => break,
-            permit = Arc::clone(&connections).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-        };
         let (stream, _) = tokio::select! {
             _ = &mut stop => break,
             accepted = listener.accept() => match accepted {
@@ -182,7 +172,6 @@ pub async fn serve(mut listener: basalt_tls::Listener, edge: Arc<Edge>, stop: im
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "edge connection ended");
             }
-            drop(permit);
         });
     }
     // A connection closes once its request is answered, but a client reading a long answer
