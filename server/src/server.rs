@@ -566,8 +566,9 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         let raft = raft.clone();
         async move {
             stopped.await;
-            hand_off_leadership(&raft).await;
+            let leader_seen = hand_off_leadership(&raft, &[]).await;
             let _ = handed_over_tx.send(true);
+            leader_seen
         }
     });
     let sweeper = tokio::spawn(sweeper(api.clone(), config.clone(), stop_rx.clone()));
@@ -688,13 +689,16 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         follower.abort();
     }
     // The handoff began at the stop; Raft stops once another node leads (or its bound ran out).
-    let _ = wait_until(stopping.after_stop(DOORS_DRAIN_MAX), "the leadership handoff", handoff).await;
+    let leader_seen = wait_until(stopping.after_stop(DOORS_DRAIN_MAX), "the leadership handoff", handoff)
+        .await
+        .and_then(Result::ok)
+        .flatten();
     // A node that came to lead during its stop (it was handed the leadership by a leader stopping
-    // beside it) hands it on in the time the doors had left.
+    // beside it) hands it on in the time the doors had left, not back to that leader.
     let _ = wait_until(
         stopping.after_stop(DOORS_DRAIN_MAX),
         "the second leadership handoff",
-        hand_off_leadership(&raft),
+        hand_off_leadership(&raft, leader_seen.as_slice()),
     )
     .await;
     // Until here a fatal Raft error was the node's failure; from here Raft stops by request.

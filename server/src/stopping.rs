@@ -68,13 +68,19 @@ pub(crate) async fn wait_until<F: Future>(deadline: Instant, what: &str, task: F
 /// stops): writes sent to it are redirected to the node it hands over to. Returns once another
 /// node leads, or after [`LEADER_HANDOFF_MAX`] (then the region elects one by timeout, counted
 /// from the handoff, as after a crash); a node that does not lead, or has no live voter to hand
-/// over to, returns at once.
-pub(crate) async fn hand_off_leadership(raft: &basalt_raft::Raft) {
+/// over to, returns at once. Voters in `avoid` are not chosen (a leader seen since this node's
+/// stop began is likely stopping too: it handed its leadership over).
+///
+/// Returns the leader this node saw when it did not lead itself, for a later call to avoid.
+pub(crate) async fn hand_off_leadership(raft: &basalt_raft::Raft, avoid: &[u64]) -> Option<u64> {
     use openraft::Instant as _;
     let metrics = crate::api::metrics_now(raft);
     let me = metrics.id;
-    if metrics.running_state.is_err() || metrics.current_leader != Some(me) {
-        return;
+    if metrics.running_state.is_err() {
+        return None;
+    }
+    if metrics.current_leader != Some(me) {
+        return metrics.current_leader;
     }
     // A voter that acknowledged nothing for an election timeout is taken for down: handing over
     // to it would only cost the bound.
@@ -87,12 +93,10 @@ pub(crate) async fn hand_off_leadership(raft: &basalt_raft::Raft) {
         .map(|(id, _)| *id)
         .collect();
     let voters: Vec<u64> = metrics.membership_config.membership().voter_ids().collect();
-    let Some(to) = handoff_target(me, &voters, &live, metrics.replication.as_ref()) else {
-        return;
-    };
+    let to = handoff_target(me, &voters, &live, avoid, metrics.replication.as_ref())?;
     if let Err(e) = raft.trigger().transfer_leader(to).await {
         tracing::warn!(error = %e, to, "could not hand leadership over");
-        return;
+        return None;
     }
     let handed = raft
         .wait(Some(LEADER_HANDOFF_MAX))
@@ -105,22 +109,24 @@ pub(crate) async fn hand_off_leadership(raft: &basalt_raft::Raft) {
         Ok(m) => tracing::info!(to = m.current_leader, "handed leadership over before stopping"),
         Err(e) => tracing::warn!(error = %e, to, "leadership not handed over; the region elects a leader by timeout"),
     }
+    None
 }
 
-/// The voter to hand leadership to: among the `live` voters other than `me`, the one whose log
-/// this leader knows to reach furthest (`matched`: per node, the last entry it holds), the
-/// lowest id among equals. Pure.
+/// The voter to hand leadership to: among the `live` voters other than `me` and those to
+/// `avoid`, the one whose log this leader knows to reach furthest (`matched`: per node, the last
+/// entry it holds), the lowest id among equals. Pure.
 pub(crate) fn handoff_target(
     me: u64,
     voters: &[u64],
     live: &[u64],
+    avoid: &[u64],
     matched: Option<&std::collections::BTreeMap<u64, Option<basalt_raft::LogId>>>,
 ) -> Option<u64> {
     let reach = |id: u64| matched.and_then(|m| m.get(&id).cloned().flatten());
     voters
         .iter()
         .copied()
-        .filter(|&id| id != me && live.contains(&id))
+        .filter(|&id| id != me && live.contains(&id) && !avoid.contains(&id))
         .min_by_key(|&id| (std::cmp::Reverse(reach(id)), id))
 }
 
@@ -151,20 +157,26 @@ mod tests {
             (5, None),
         ]);
         let all = [2, 3, 4, 5];
-        assert_eq!(handoff_target(1, &[1, 2, 3, 4, 5], &all, Some(&matched)), Some(3));
+        assert_eq!(handoff_target(1, &[1, 2, 3, 4, 5], &all, &[], Some(&matched)), Some(3));
         // Order of the voters does not matter; a learner (not a voter) is never chosen.
-        assert_eq!(handoff_target(1, &[5, 4, 1, 2], &all, Some(&matched)), Some(4));
+        assert_eq!(handoff_target(1, &[5, 4, 1, 2], &all, &[], Some(&matched)), Some(4));
         // A voter that acknowledged nothing lately is passed over, however far its log reaches.
-        assert_eq!(handoff_target(1, &[1, 2, 3, 4, 5], &[2, 4, 5], Some(&matched)), Some(4));
-        assert_eq!(handoff_target(1, &[1, 2, 3], &[], Some(&matched)), None);
+        assert_eq!(
+            handoff_target(1, &[1, 2, 3, 4, 5], &[2, 4, 5], &[], Some(&matched)),
+            Some(4)
+        );
+        assert_eq!(handoff_target(1, &[1, 2, 3], &[], &[], Some(&matched)), None);
+        // A voter to avoid (a leader seen since the stop began, likely stopping) is passed over.
+        assert_eq!(handoff_target(1, &[1, 2, 3, 4, 5], &all, &[3], Some(&matched)), Some(4));
+        assert_eq!(handoff_target(1, &[1, 2], &[2], &[2], Some(&matched)), None);
         // A later term reaches further than a longer log of an earlier one.
         let matched = std::collections::BTreeMap::from([(2, Some(log_id(4, 10))), (3, Some(log_id(3, 100)))]);
-        assert_eq!(handoff_target(1, &[1, 2, 3], &[2, 3], Some(&matched)), Some(2));
+        assert_eq!(handoff_target(1, &[1, 2, 3], &[2, 3], &[], Some(&matched)), Some(2));
         // Nothing known of the logs: the lowest live id.
-        assert_eq!(handoff_target(2, &[3, 1, 2], &[1, 3], None), Some(1));
+        assert_eq!(handoff_target(2, &[3, 1, 2], &[1, 3], &[], None), Some(1));
         // Alone: nobody to hand over to.
-        assert_eq!(handoff_target(1, &[1], &[], None), None);
-        assert_eq!(handoff_target(1, &[], &[], None), None);
+        assert_eq!(handoff_target(1, &[1], &[], &[], None), None);
+        assert_eq!(handoff_target(1, &[], &[], &[], None), None);
     }
 
     /// Doors that never end, waited one after another as the stop does: the waits end at the

@@ -943,6 +943,31 @@ fn a_stopping_leader_hands_over(peer_listeners: bool) {
     });
 }
 
+/// Every node of a region stopped at once (`basalt dev` on Ctrl-C, a scale-down): the handoffs
+/// find no node that stays, and every node still stops cleanly, its leadership passed on (or
+/// not) within its bounds.
+#[test]
+fn every_node_stopped_at_once_stops_cleanly() {
+    let mut cluster = TestCluster::start(NODE, ClusterOptions::default());
+    let rt = runtime();
+    rt.block_on(async {
+        let client = cluster.client().await;
+        client.kv().put("k", "v").await.expect("put");
+    });
+    for id in 1..=3 {
+        cluster.terminate(id);
+    }
+    for id in 1..=3 {
+        // NODE_STOP_MAX (20 s) and the exit, with room for a loaded machine.
+        let status = cluster.wait_exit(id, Duration::from_secs(60));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "node {id} did not stop cleanly ({status:?}):\n{}",
+            cluster.logs()
+        );
+    }
+}
+
 /// A measurement, not a check of speed: one SDK client writes without pause while the leader is
 /// stopped by SIGTERM, and the longest gap between two acknowledged writes is printed (the
 /// figures in docs/performance.md). What it checks: writes go on through the stop, and the old
