@@ -77,8 +77,8 @@ impl Subscription {
     /// The next message; `None` when the node closed the subscription.
     ///
     /// # Errors
-    /// [`ClientError::Unavailable`] when the connection broke: subscribe again (messages
-    /// published meanwhile are missed).
+    /// [`ClientError::Unavailable`] when the connection broke or the node is stopping: subscribe
+    /// again, the client then goes to another node (messages published meanwhile are missed).
     pub async fn next(&mut self) -> Option<Result<Published, ClientError>> {
         std::future::poll_fn(|cx| Pin::new(&mut *self).poll_next(cx)).await
     }

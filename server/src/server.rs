@@ -293,7 +293,10 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
     }
     let counters = Arc::new(ApiCounters::default());
     let bounds_store = log_store.clone();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
     let api = Api {
+        stopping: stop_rx.clone(),
         raft: raft.clone(),
         store,
         clock: clock.clone(),
@@ -319,8 +322,6 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         )),
     };
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stop_tx = Arc::new(stop_tx);
     let shutdown_tx = stop_tx.clone();
     tokio::spawn(async move {
         shutdown.await;
@@ -551,13 +552,17 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         None => None,
     };
     // Spawned once nothing above can fail any more (a failure returns without stopping them).
-    // Notes when the stop began, for the bounds of the doors' drains (see `stopping`).
+    // Notes when the stop began, for the bounds of the doors' drains (see `stopping`), and ends
+    // the subscriptions at once (watches end by themselves, see `Api::stopping`): their clients
+    // go on from another node instead of holding the client door's drain.
     tokio::spawn({
         let stopped = wait_stop(stop_rx.clone());
         let clock = stop_clock.clone();
+        let broker = Arc::clone(&api.broker);
         async move {
             stopped.await;
             clock.stopping();
+            broker.end_all();
         }
     });
     // A leader hands its leadership over as soon as the stop begins, beside the doors' drains.

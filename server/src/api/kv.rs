@@ -100,6 +100,8 @@ fn watch_messages(
 async fn run_watch(api: Api, prefix: Vec<u8>, from: u64, outbox: mpsc::Sender<Result<pb::WatchResponse, Status>>) {
     let mut next = from;
     let mut applied = api.applied.clone();
+    let mut stopping = api.stopping.clone();
+    let node_stopping = || status(ErrorCode::Unavailable, "the node is stopping: watch from another node");
     let _ = outbox
         .send(Ok(pb::WatchResponse {
             events: Vec::new(),
@@ -108,6 +110,11 @@ async fn run_watch(api: Api, prefix: Vec<u8>, from: u64, outbox: mpsc::Sender<Re
         .await;
     loop {
         applied.borrow_and_update();
+        let stopped = *stopping.borrow();
+        if stopped {
+            let _ = outbox.send(Err(node_stopping())).await;
+            return;
+        }
         let (page, upto, full) = match kv_read::history_page(&api.store, next, WATCH_PAGE_ROWS) {
             Ok(step) => step,
             Err(e) => {
@@ -145,9 +152,15 @@ async fn run_watch(api: Api, prefix: Vec<u8>, from: u64, outbox: mpsc::Sender<Re
                 changed = applied.changed() => if changed.is_err() {
                     // The state machine is gone with Raft: the node is stopping. Said, so the
                     // client watches on from another node now (it would spin here otherwise).
-                    let _ = outbox
-                        .send(Err(status(ErrorCode::Unavailable, "the node is stopping: watch from another node")))
-                        .await;
+                    let _ = outbox.send(Err(node_stopping())).await;
+                    return;
+                },
+                // The node begins to stop: said at once, so the client watches on from another
+                // node instead of holding the stop until its bound.
+                () = async {
+                    let _ = stopping.wait_for(|stopping| *stopping).await;
+                } => {
+                    let _ = outbox.send(Err(node_stopping())).await;
                     return;
                 },
                 _ = outbox.closed() => return,

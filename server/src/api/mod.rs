@@ -64,6 +64,9 @@ pub struct Api {
     pub applied: tokio::sync::watch::Receiver<u64>,
     /// This node's live pub/sub subscribers.
     pub broker: Arc<Broker>,
+    /// Turns true when the node begins to stop: a watch then ends with `UNAVAILABLE`, so that
+    /// its client resumes on another node at once, instead of holding the stop.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
     /// Cross-region replication, when this node's region is one of several.
     pub replication: Option<Arc<crate::replication::Replication>>,
     /// Concurrent KV writes waiting to leave merged into one entry.

@@ -4,7 +4,7 @@
 //! connected, or too slow to keep up, misses messages.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use basalt_client::pb;
@@ -32,6 +32,8 @@ struct Subscriber {
 pub struct Broker {
     subscribers: Mutex<HashMap<u64, Subscriber>>,
     next_id: AtomicU64,
+    /// Set (under the subscribers' lock) once the node stops: no subscription is taken any more.
+    ended: AtomicBool,
 }
 
 /// Glob match over bytes: `*` matches any run (including none), `?` exactly one byte.
@@ -102,12 +104,16 @@ impl Broker {
         &self,
         channels: Vec<Vec<u8>>,
         patterns: Vec<Vec<u8>>,
-    ) -> mpsc::Receiver<Result<pb::PubSubMessage, Status>> {
+    ) -> Result<mpsc::Receiver<Result<pb::PubSubMessage, Status>>, Status> {
+        let mut subscribers = self.subscribers.lock().expect("subscribers lock");
+        if self.ended.load(Ordering::SeqCst) {
+            return Err(node_stopping());
+        }
         let (outbox, inbox) = mpsc::channel(SUBSCRIBER_BUFFER_MESSAGES);
         // The first message tells the subscriber it is live.
         let _ = outbox.try_send(Ok(pb::PubSubMessage::default()));
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.subscribers.lock().expect("subscribers lock").insert(
+        subscribers.insert(
             id,
             Subscriber {
                 channels,
@@ -115,7 +121,18 @@ impl Broker {
                 outbox,
             },
         );
-        inbox
+        Ok(inbox)
+    }
+
+    /// Ends every subscription with `UNAVAILABLE` and takes no new one: the node is stopping,
+    /// and its subscribers subscribe again on another node at once (rather than when the stop's
+    /// bound cuts their connection). A subscriber whose buffer is full just sees its stream end.
+    pub fn end_all(&self) {
+        let mut subscribers = self.subscribers.lock().expect("subscribers lock");
+        self.ended.store(true, Ordering::SeqCst);
+        for (_, subscriber) in subscribers.drain() {
+            let _ = subscriber.outbox.try_send(Err(node_stopping()));
+        }
     }
 
     /// Live subscribers on this node.
@@ -124,6 +141,14 @@ impl Broker {
         subscribers.retain(|_, s| !s.outbox.is_closed());
         subscribers.len()
     }
+}
+
+/// What a subscription on a stopping node is told.
+fn node_stopping() -> Status {
+    status(
+        ErrorCode::Unavailable,
+        "the node is stopping: subscribe on another node",
+    )
 }
 
 impl Api {
@@ -232,7 +257,7 @@ impl PubSub for Api {
             check_channel("pattern", p)?;
         }
         Ok(GrpcResponse::new(ReceiverStream::new(
-            self.broker.subscribe(r.channels, r.patterns),
+            self.broker.subscribe(r.channels, r.patterns)?,
         )))
     }
 }
