@@ -74,7 +74,8 @@ impl PubSub {
 }
 
 impl Subscription {
-    /// The next message; `None` when the node closed the subscription.
+    /// The next message; `None` when the node closed the subscription (it fell behind, or it
+    /// is stopping): subscribe again, as after an error.
     ///
     /// # Errors
     /// [`ClientError::Unavailable`] when the connection broke or the node is stopping: subscribe

@@ -272,9 +272,9 @@ pub const REQUEST_BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// stopped.
 pub const PEER_DRAIN_MAX: Duration = Duration::from_secs(5);
 
-/// The longest a stopping node waits for the client door's open calls to end (watches and
-/// subscriptions are ended at the stop; a client that takes nothing of its answer could still
-/// hold one): then it stops without them.
+/// The longest a stopping node waits for the client door's open calls to end (watches,
+/// subscriptions and long-polls are ended at the stop; a client that takes nothing of its answer
+/// could still hold one): then it stops without them.
 pub const CLIENT_DRAIN_MAX: Duration = Duration::from_secs(5);
 
 /// The longest a stopping node waits for the HTTP door's open requests to be answered (a client

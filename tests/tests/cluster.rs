@@ -827,11 +827,11 @@ fn a_damaged_snapshot_transfer_is_refused_and_the_follower_survives() {
     });
 }
 
-/// SIGTERM stops a node although clients hold a watch and a subscription open on it (calls that
-/// never end by themselves): both end at the stop with UNAVAILABLE, so their clients go on from
-/// another node at once, and the client door's drain does not wait for its bound.
+/// SIGTERM stops a node although clients hold a watch, a subscription and a long-poll open on it
+/// (calls that would wait on): they end at the stop with UNAVAILABLE, so their clients go on
+/// from another node at once, and the client door's drain does not wait for its bound.
 #[test]
-fn a_node_stops_on_sigterm_ending_its_watches_and_subscriptions() {
+fn a_node_stops_on_sigterm_ending_its_watches_subscriptions_and_long_polls() {
     let mut cluster = TestCluster::start(
         NODE,
         ClusterOptions {
@@ -849,8 +849,23 @@ fn a_node_stops_on_sigterm_ending_its_watches_and_subscriptions() {
             .subscribe(vec![b"ch".to_vec()], Vec::new())
             .await
             .expect("subscribe");
+        client
+            .queue("jobs")
+            .create(basalt_client::QueueOptions::default())
+            .await
+            .expect("create the queue");
+        // A receive waiting 50 s for a message that never comes, open as the node stops.
+        tokio::spawn(async move {
+            let options = basalt_client::ReceiveOptions {
+                wait: Duration::from_secs(50),
+                ..Default::default()
+            };
+            let _ = client.queue("jobs").receive(1, options).await;
+        });
         (watch, subscription)
     });
+    // The receive is waiting on the node before it is told to stop.
+    std::thread::sleep(Duration::from_millis(300));
     cluster.terminate(1);
     let ended = rt.block_on(async { tokio::time::timeout(Duration::from_secs(30), subscription.next()).await });
     match ended {

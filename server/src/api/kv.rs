@@ -94,6 +94,11 @@ fn watch_messages(
     Ok(messages)
 }
 
+/// What a watch on a stopping node is told (before it is live, or in place of its next message).
+fn node_stopping() -> Status {
+    status(ErrorCode::Unavailable, "the node is stopping: watch from another node")
+}
+
 /// Streams the history under `prefix` from revision `from` to the watcher until it goes away.
 /// Each step reads one page of history from one point-in-time view and sends whole revisions
 /// only, so a watcher resuming from `last revision + 1` never skips a change.
@@ -101,7 +106,6 @@ async fn run_watch(api: Api, prefix: Vec<u8>, from: u64, outbox: mpsc::Sender<Re
     let mut next = from;
     let mut applied = api.applied.clone();
     let mut stopping = api.stopping.clone();
-    let node_stopping = || status(ErrorCode::Unavailable, "the node is stopping: watch from another node");
     let _ = outbox
         .send(Ok(pb::WatchResponse {
             events: Vec::new(),
@@ -441,6 +445,10 @@ impl Kv for Api {
                     r.prefix.len()
                 ),
             ));
+        }
+        if *self.stopping.borrow() {
+            // Refused before it is live, so the client opens it on another node.
+            return Err(node_stopping());
         }
         self.counters.reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let from = match r.from_revision {

@@ -74,6 +74,11 @@ impl Lease for Api {
                 let now_ms = self.clock.now().physical_ms();
                 let until_expiry = Duration::from_millis(held_until.saturating_sub(now_ms));
                 tokio::time::sleep(until_expiry.min(LEASE_WAIT_POLL)).await;
+                if *self.stopping.borrow() {
+                    // The node is stopping: the wait ends as at its deadline, with the lease
+                    // held by another (the client may ask again, of another node).
+                    return Ok(GrpcResponse::new(lease_response(outcome)?));
+                }
                 let still_held = self
                     .local_lease(&r.name)?
                     .is_some_and(|l| l.is_live_at(self.clock.now().physical_ms()) && l.holder != r.holder);

@@ -484,7 +484,8 @@ impl Api {
     }
 
     /// Waits until `ready` says yes, looking again after every applied batch (and every
-    /// `WAIT_POLL`), for at most `wait`. Returns its last answer.
+    /// `WAIT_POLL`), for at most `wait`. Returns its last answer; `UNAVAILABLE` once the node
+    /// begins to stop (a long-poll must not hold the stop: its client asks another node).
     async fn wait_until(
         &self,
         wait: Duration,
@@ -492,6 +493,8 @@ impl Api {
     ) -> Result<bool, Status> {
         let deadline = tokio::time::Instant::now() + wait.min(WAIT_MAX);
         let mut applied = self.applied.clone();
+        let mut stopping = self.stopping.clone();
+        let node_stopping = || status(ErrorCode::Unavailable, "the node is stopping");
         loop {
             applied.borrow_and_update();
             if ready()? {
@@ -501,9 +504,20 @@ impl Api {
             if now >= deadline {
                 return Ok(false);
             }
-            if let Ok(Err(_)) = tokio::time::timeout((deadline - now).min(WAIT_POLL), applied.changed()).await {
-                // The state machine is gone with Raft: nothing more will be applied here.
-                return Err(status(ErrorCode::Unavailable, "the node is stopping"));
+            let stopped = *stopping.borrow();
+            if stopped {
+                return Err(node_stopping());
+            }
+            tokio::select! {
+                changed = tokio::time::timeout((deadline - now).min(WAIT_POLL), applied.changed()) => {
+                    if let Ok(Err(_)) = changed {
+                        // The state machine is gone with Raft: nothing more will be applied here.
+                        return Err(node_stopping());
+                    }
+                }
+                () = async {
+                    let _ = stopping.wait_for(|stopping| *stopping).await;
+                } => return Err(node_stopping()),
             }
         }
     }
