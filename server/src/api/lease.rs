@@ -75,9 +75,13 @@ impl Lease for Api {
                 let until_expiry = Duration::from_millis(held_until.saturating_sub(now_ms));
                 tokio::time::sleep(until_expiry.min(LEASE_WAIT_POLL)).await;
                 if *self.stopping.borrow() {
-                    // The node is stopping: the wait ends as at its deadline, with the lease
-                    // held by another (the client may ask again, of another node).
-                    return Ok(GrpcResponse::new(lease_response(outcome)?));
+                    // The node is stopping: the client asks another node, where the request's
+                    // session answers its first attempt again and the wait goes on (an acquire
+                    // is re-entrant for its holder, so a grant made meanwhile comes back as is).
+                    return Err(super::status(
+                        basalt_client::ErrorCode::Unavailable,
+                        "the node is stopping",
+                    ));
                 }
                 let still_held = self
                     .local_lease(&r.name)?

@@ -156,7 +156,12 @@ impl Queue for Api {
                 })
                 .await?;
             // Only the first attempt carries the session: a retry of this request gets its
-            // messages back, while later attempts of this long-poll are new receives.
+            // messages back, while later attempts of this long-poll are new receives. A later
+            // attempt is not made by a stopping node: an answer lost to its stop could not be
+            // replayed, and the messages would stay hidden until their visibility timeout.
+            if session.is_none() && *self.stopping.borrow() {
+                return Err(status(ErrorCode::Unavailable, "the node is stopping"));
+            }
             let response = self.propose(session.take(), fence.clone(), op.clone()).await?;
             let Response::Received(deliveries) = response else {
                 return Err(unexpected_result(&response));
