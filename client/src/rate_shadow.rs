@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::client::millis;
 use crate::error::{ClientError, ErrorCode};
 use crate::limits::{KEY_BYTES_MAX, RATE_WINDOW_MS_MAX};
 use crate::rate::{RateCheck, RateDecision, RateLimit};
@@ -68,10 +69,6 @@ impl ShadowState {
 /// than the limit: every check that costs anything is refused).
 pub(crate) fn share(limit: u64, instances: u32) -> u64 {
     limit / u64::from(instances.max(1))
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The refusal the cluster gives `check` (its `validate_check`, in `storage/src/apply/rate.rs`),

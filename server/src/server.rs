@@ -341,8 +341,10 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         let _ = rx.wait_for(|stop| *stop).await;
     };
     let stop_clock = StopClock::default();
-    // Told when a stopping leader has handed its leadership over (or had nothing to hand over).
-    let (handed_over_tx, handed_over_rx) = tokio::sync::watch::channel(false);
+    // The client door stops accepting at the stop; but when it also serves this node's Raft, a
+    // leader keeps it open until its handoff is over, to hear the vote and the appends of the
+    // node it hands over to (the drain's bound still counts from the stop).
+    let (client_door_stop_tx, client_door_stop_rx) = tokio::sync::watch::channel(false);
     if let Some(tls) = &client_tls {
         tokio::spawn(tls.clone().keep_reloading(stop_rx.clone()));
     }
@@ -551,28 +553,25 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         }
         None => None,
     };
-    // Spawned once nothing above can fail any more (a failure returns without stopping them).
-    // Notes when the stop began, for the bounds of the doors' drains (see `stopping`), and ends
-    // the subscriptions at once (watches end by themselves, see `Api::stopping`): their clients
-    // go on from another node instead of holding the client door's drain.
-    tokio::spawn({
+    // Spawned once nothing above can fail any more (a failure returns without stopping it).
+    // At the stop: notes when the stop began, for the bounds of the doors' drains (see
+    // `stopping`); ends the subscriptions at once (watches end by themselves, see
+    // `Api::stopping`), so that their clients go on from another node instead of holding the
+    // client door's drain; and hands a leader's leadership over, beside the doors' drains.
+    let handoff = tokio::spawn({
         let stopped = wait_stop(stop_rx.clone());
         let clock = stop_clock.clone();
         let broker = Arc::clone(&api.broker);
+        let raft = raft.clone();
         async move {
             stopped.await;
             clock.stopping();
             broker.end_all();
-        }
-    });
-    // A leader hands its leadership over as soon as the stop begins, beside the doors' drains.
-    let handoff = tokio::spawn({
-        let stopped = wait_stop(stop_rx.clone());
-        let raft = raft.clone();
-        async move {
-            stopped.await;
+            if !raft_served_on_client_port {
+                let _ = client_door_stop_tx.send(true);
+            }
             let leader_seen = hand_off_leadership(&raft, &[]).await;
-            let _ = handed_over_tx.send(true);
+            let _ = client_door_stop_tx.send(true);
             leader_seen
         }
     });
@@ -600,21 +599,6 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
             tokio::time::sleep_until(clock.stopping().after_stop(CLIENT_DRAIN_MAX)).await;
         }
     };
-    // The client door stops accepting at the stop; but when it also serves this node's Raft, a
-    // leader keeps it open until its handoff is over, to hear the vote and the appends of the
-    // node it hands over to (the drain's bound still counts from the stop).
-    let (client_door_stop_tx, client_door_stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn({
-        let stopped = wait_stop(stop_rx.clone());
-        let mut handed_over = handed_over_rx.clone();
-        async move {
-            stopped.await;
-            if raft_served_on_client_port {
-                let _ = handed_over.wait_for(|done| *done).await;
-            }
-            let _ = client_door_stop_tx.send(true);
-        }
-    });
     let serving = async {
         match &client_tls {
             None => {

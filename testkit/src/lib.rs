@@ -488,13 +488,21 @@ impl TestCluster {
         self.spawn(id, false);
     }
 
-    pub async fn client(&self) -> Client {
-        let options = ClientOptions {
+    /// The options of [`TestCluster::client`]: a 15-s request timeout (room for an election or
+    /// two on a loaded machine), the cluster's root token and its client TLS. A test that needs
+    /// other timeouts or endpoints starts from these, so that it works on a secured cluster too:
+    /// `ClientOptions { request_timeout, ..cluster.client_options() }`.
+    pub fn client_options(&self) -> ClientOptions {
+        ClientOptions {
             request_timeout: Duration::from_secs(15),
             token: self.root_token.clone(),
             tls: self.client_tls.clone(),
             ..Default::default()
-        };
+        }
+    }
+
+    pub async fn client(&self) -> Client {
+        let options = self.client_options();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             match Client::connect_with(self.endpoints(), options.clone()).await {

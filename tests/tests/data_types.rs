@@ -781,7 +781,7 @@ fn a_rate_check_follows_its_policy_while_the_cluster_is_unreachable() {
         let options = basalt_client::ClientOptions {
             request_timeout: Duration::from_millis(1500),
             attempt_timeout: Duration::from_millis(400),
-            ..Default::default()
+            ..cluster.client_options()
         };
         let client = Client::connect_with(cluster.endpoints(), options)
             .await

@@ -447,7 +447,7 @@ fn a_node_outside_the_membership_refuses_a_publish_instead_of_reaching_no_one() 
             .expect("subscribe");
         let short = ClientOptions {
             request_timeout: Duration::from_millis(600),
-            ..ClientOptions::default()
+            ..cluster.client_options()
         };
         let only_outsider = Client::lazy([outsider.clone()], short.clone()).expect("client");
         match only_outsider.pubsub().publish("alerts", "lost?").await {
@@ -1181,10 +1181,7 @@ fn a_watch_resumes_without_gaps_across_a_sigterm_of_its_node() {
         let others: Vec<String> = (1..=3).filter(|&id| id != stopped).map(|id| cluster.addr(id)).collect();
         let watcher = basalt_client::Client::lazy(
             [cluster.addr(stopped), others[0].clone(), others[1].clone()],
-            basalt_client::ClientOptions {
-                request_timeout: Duration::from_secs(15),
-                ..Default::default()
-            },
+            cluster.client_options(),
         )
         .expect("the watcher's client");
         let mut watch = watcher.kv().watch("flags/", 0).await.expect("watch");

@@ -128,7 +128,11 @@ impl Broker {
     /// and its subscribers subscribe again on another node at once (rather than when the stop's
     /// bound cuts their connection). A subscriber whose buffer is full just sees its stream end.
     pub fn end_all(&self) {
-        let mut subscribers = self.subscribers.lock().expect("subscribers lock");
+        // A poisoned lock still holds every subscriber: the stop ends them all the same.
+        let mut subscribers = self
+            .subscribers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         self.ended.store(true, Ordering::SeqCst);
         for (_, subscriber) in subscribers.drain() {
             let _ = subscriber.outbox.try_send(Err(node_stopping()));
