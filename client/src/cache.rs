@@ -109,7 +109,7 @@ impl Cache {
         // attempt's own timeout comes on top of this.
         let reply = self
             .client
-            .unary_waiting(true, message, wait + PURGE_REPLY_MARGIN, |c, r| async move {
+            .unary_waiting(true, message, wait, PURGE_REPLY_MARGIN, |c, r| async move {
                 crate::service_client!(CacheClient, c).purge(r).await
             })
             .await?;

@@ -18,6 +18,44 @@ pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// `d` in whole milliseconds, rounded up: what is left of a wait, sent on, never shortens it by
+/// the fraction of a millisecond spent before the first attempt.
+fn millis_up(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)
+}
+
+/// A request the server may hold on purpose for the wait it carries (a long-poll): what
+/// [`Client::unary_waiting`] sends, each attempt asking for what is left of the caller's wait.
+pub(crate) trait LongPoll {
+    /// Sets the wait this attempt asks the server for.
+    fn set_wait(&mut self, wait: Duration);
+}
+
+impl LongPoll for pb::ReceiveRequest {
+    fn set_wait(&mut self, wait: Duration) {
+        self.wait_ms = millis_up(wait);
+    }
+}
+
+impl LongPoll for pb::FetchRequest {
+    fn set_wait(&mut self, wait: Duration) {
+        self.wait_ms = millis_up(wait);
+    }
+}
+
+impl LongPoll for pb::LeaseAcquireRequest {
+    fn set_wait(&mut self, wait: Duration) {
+        self.wait_ms = millis_up(wait);
+    }
+}
+
+impl LongPoll for pb::CachePurgeRequest {
+    /// At least 1 ms: a purge's 0 asks for the server's default wait, not none.
+    fn set_wait(&mut self, wait: Duration) {
+        self.wait_ms = millis_up(wait).max(1);
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct ClientOptions {
     /// How long one call may take in total, retries included.
@@ -725,24 +763,41 @@ impl Client {
         F: Fn(Transport, tonic::Request<M>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<R>, Status>>,
     {
-        self.unary_waiting(mutation, message, Duration::ZERO, rpc).await
+        self.call(mutation, Duration::ZERO, |channel, deadline| {
+            let reply = rpc(channel, self.request(message.clone(), deadline, Duration::ZERO));
+            async move { reply.await.map(tonic::Response::into_inner) }
+        })
+        .await
     }
 
-    /// [`Client::unary`] for a call the server may hold for up to `wait` (long-poll).
+    /// [`Client::unary`] for a long-poll: a call the server may hold for up to `wait`, plus
+    /// `reply_margin` it may take on top to answer.
+    ///
+    /// Contract: every attempt asks for what is left of the caller's wait, counted from the
+    /// first attempt. A retry (another node, after a stop or a failover) that asked for the whole
+    /// wait again would outlive the call's deadline, which counts from the first attempt too,
+    /// and end as `Unavailable` (outcome unknown) where the caller expected an answer at the end
+    /// of its wait. A retry keeps the message's session (so a mutation replays the first attempt's
+    /// answer where it had one); only its wait changes.
     pub(crate) async fn unary_waiting<M, R, F, Fut>(
         &self,
         mutation: bool,
         message: M,
         wait: Duration,
+        reply_margin: Duration,
         rpc: F,
     ) -> Result<R, ClientError>
     where
-        M: Clone,
+        M: Clone + LongPoll,
         F: Fn(Transport, tonic::Request<M>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<R>, Status>>,
     {
-        self.call(mutation, wait, |channel, deadline| {
-            let reply = rpc(channel, self.request(message.clone(), deadline, wait));
+        let started = Instant::now();
+        self.call(mutation, wait + reply_margin, |channel, deadline| {
+            let left = wait.saturating_sub(started.elapsed());
+            let mut message = message.clone();
+            message.set_wait(left);
+            let reply = rpc(channel, self.request(message, deadline, left + reply_margin));
             async move { reply.await.map(tonic::Response::into_inner) }
         })
         .await
@@ -915,6 +970,28 @@ fn refusal_after_attempts(e: ClientError, earlier_may_have_applied: bool, attemp
 
 #[cfg(test)]
 mod tests {
+    /// What is left of a long-poll's wait is sent rounded up to whole milliseconds, and a purge
+    /// never asks for 0 (its "server default"), so that no attempt waits less than the caller
+    /// asked, and a spent wait is sent as none.
+    #[test]
+    fn a_long_polls_wait_is_sent_rounded_up() {
+        let mut receive = pb::ReceiveRequest::default();
+        for (left, sent) in [
+            (0, 0),
+            (1, 1),
+            (999_999, 1),
+            (1_000_000, 1),
+            (1_500_000, 2),
+            (8_000_000_000, 8_000),
+        ] {
+            receive.set_wait(Duration::from_nanos(left));
+            assert_eq!(receive.wait_ms, sent, "{left} ns left");
+        }
+        let mut purge = pb::CachePurgeRequest::default();
+        purge.set_wait(Duration::ZERO);
+        assert_eq!(purge.wait_ms, 1);
+    }
+
     #[tokio::test]
     async fn a_pinned_client_never_adds_the_address_a_leader_hint_names() {
         let pinned = ClientOptions {

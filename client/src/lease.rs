@@ -90,7 +90,7 @@ impl LeaseHandle {
         };
         let reply = self
             .client
-            .unary_waiting(true, message, wait, |c, r| async move {
+            .unary_waiting(true, message, wait, Duration::ZERO, |c, r| async move {
                 crate::service_client!(LeaseClient, c).acquire(r).await
             })
             .await?;

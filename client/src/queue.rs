@@ -239,7 +239,7 @@ impl QueueHandle {
         };
         let reply = self
             .client
-            .unary_waiting(true, message, options.wait, |c, r| async move {
+            .unary_waiting(true, message, options.wait, Duration::ZERO, |c, r| async move {
                 crate::service_client!(QueueClient, c).receive(r).await
             })
             .await?;

@@ -346,7 +346,7 @@ impl Streams {
         };
         let reply = self
             .client
-            .unary_waiting(false, message, options.wait, |c, r| async move {
+            .unary_waiting(false, message, options.wait, Duration::ZERO, |c, r| async move {
                 crate::service_client!(StreamClient, c).fetch(r).await
             })
             .await?;

@@ -439,7 +439,7 @@ fn leader_kill_elects_a_new_leader_without_losing_acknowledged_writes() {
         // The killed node restarts on its data and catches up.
         cluster.restart(old_leader);
         cluster.wait_caught_up(&client, old_leader).await;
-        let stale = Client::connect_with([cluster.addr(old_leader)], ClientOptions::default())
+        let stale = Client::connect_with([cluster.addr(old_leader)], cluster.client_options())
             .await
             .expect("connect");
         let entry = stale
@@ -599,7 +599,7 @@ fn a_node_behind_the_purged_log_catches_up_through_a_snapshot() {
             status.snapshot_index.unwrap_or(0) > 100,
             "caught up through a snapshot: {status:?}"
         );
-        let direct = Client::connect_with([cluster.addr(lagging)], ClientOptions::default())
+        let direct = Client::connect_with([cluster.addr(lagging)], cluster.client_options())
             .await
             .expect("connect");
         for key in ["snap-00000", "snap-00200", "snap-00399"] {
@@ -891,6 +891,188 @@ fn a_node_stops_on_sigterm_ending_its_watches_subscriptions_and_long_polls() {
     // (The SDK retries the receive until its own deadline, its wait included: no other node.)
     receive.abort();
     drop(watch);
+}
+
+/// A receive retried after its answer was lost (a failover, a node's stop) gets that answer back
+/// at once: the messages it delivered are invisible, so a retry that first waited for visible
+/// ones held them from their receiver until its wait ran out (here 20 s).
+#[test]
+fn a_retried_receive_gets_its_lost_answer_back_without_waiting() {
+    use basalt_client::pb::queue_client::QueueClient;
+    use basalt_client::pb::ReceiveRequest;
+    runtime().block_on(async {
+        let cluster = TestCluster::start(NODE, ClusterOptions::default());
+        let client = cluster.client().await;
+        let jobs = client.queue("jobs");
+        jobs.create(basalt_client::QueueOptions::default())
+            .await
+            .expect("create the queue");
+        let id = jobs.enqueue("job-1").await.expect("enqueue");
+        let request = |wait_ms| ReceiveRequest {
+            header: Some(RequestHeader {
+                client_id: 44u128.to_be_bytes().to_vec(),
+                seq: 1,
+                first_incomplete_seq: 1,
+                fence: None,
+            }),
+            queue: b"jobs".to_vec(),
+            max: 1,
+            visibility_timeout_ms: 60_000,
+            wait_ms,
+        };
+        // The first attempt, whose answer the test treats as lost; a NOT_LEADER refusal
+        // (leadership moving in a young cluster) is sent again, as the SDK does.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let (mut raw, first) = loop {
+            let leader = cluster.leader(&client).await;
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.addr(leader)))
+                .expect("endpoint")
+                .connect()
+                .await
+                .expect("connect");
+            let mut raw = QueueClient::new(channel);
+            match raw.receive(request(0)).await {
+                Ok(reply) => break (raw, reply.into_inner().messages),
+                Err(status) if Instant::now() < deadline => {
+                    eprintln!("retrying after {status}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(status) => panic!("no leader accepted the receive: {status}"),
+            }
+        };
+        assert_eq!(first.iter().map(|m| m.id).collect::<Vec<_>>(), vec![id]);
+        let started = Instant::now();
+        let retry = raw.receive(request(20_000)).await.expect("retry").into_inner().messages;
+        let took = started.elapsed();
+        assert_eq!(retry, first, "the retry gets the first attempt's answer");
+        assert!(
+            took < Duration::from_secs(10),
+            "the retry waited {took:?} for new messages before answering"
+        );
+    });
+}
+
+/// A long-poll whose node stops late in its wait goes on at another node for what is left of
+/// the wait, and ends as its caller asked: an empty answer when the wait runs out. Each retry
+/// used to ask for the whole wait again while the call's deadline counted from the first
+/// attempt, so the retry outlived the deadline and the call ended as `Unavailable` (outcome
+/// unknown). The request timeout is shorter than the wait, as with a long wait on a client's
+/// default timeout.
+#[test]
+fn a_long_poll_moved_by_a_stop_waits_only_what_is_left_of_its_wait() {
+    let mut cluster = TestCluster::start(NODE, ClusterOptions::default());
+    let rt = runtime();
+    let wait = Duration::from_secs(8);
+    let (leader, receive, fetch, acquire, client) = rt.block_on(async {
+        let client = cluster.client().await;
+        client
+            .queue("jobs")
+            .create(basalt_client::QueueOptions::default())
+            .await
+            .expect("create the queue");
+        let topic = basalt_client::TopicOptions {
+            partitions: 1,
+            ..Default::default()
+        };
+        client
+            .streams()
+            .create_topic("events", topic)
+            .await
+            .expect("create the topic");
+        // A lease held by another for longer than the test: an acquire waits for it in vain.
+        let held = client
+            .lease("lock")
+            .acquire("other", Duration::from_secs(120))
+            .await
+            .expect("acquire");
+        assert!(matches!(held, basalt_client::Acquired::Granted(_)), "{held:?}");
+        let leader = cluster.leader(&client).await;
+        for id in (1..=3).filter(|&id| id != leader) {
+            cluster.wait_caught_up(&client, id).await;
+        }
+        let options = ClientOptions {
+            request_timeout: Duration::from_secs(3),
+            ..cluster.client_options()
+        };
+        let waiting = Client::connect_with(cluster.endpoints(), options)
+            .await
+            .expect("connect");
+        let receiver = waiting.clone();
+        let acquirer = waiting.clone();
+        let acquire = tokio::spawn(async move {
+            let started = Instant::now();
+            let lock = acquirer.lease("lock");
+            (
+                lock.acquire_waiting("me", Duration::from_secs(10), wait).await,
+                started.elapsed(),
+            )
+        });
+        let receive = tokio::spawn(async move {
+            let started = Instant::now();
+            let options = basalt_client::ReceiveOptions {
+                wait,
+                ..Default::default()
+            };
+            (receiver.queue("jobs").receive(1, options).await, started.elapsed())
+        });
+        let fetch = tokio::spawn(async move {
+            let started = Instant::now();
+            let options = basalt_client::FetchOptions {
+                wait,
+                ..Default::default()
+            };
+            (
+                waiting.streams().fetch("events", 0, 0, options).await,
+                started.elapsed(),
+            )
+        });
+        (leader, receive, fetch, acquire, client)
+    });
+    // Half way through the wait (both calls wait on the leader), the leader stops; had the
+    // leadership moved meanwhile, the calls would wait elsewhere and test nothing.
+    std::thread::sleep(wait / 2);
+    assert_eq!(rt.block_on(cluster.leader(&client)), leader, "the leadership moved");
+    cluster.terminate(leader);
+    let (received, fetched, acquired) = rt.block_on(async {
+        (
+            receive.await.expect("the receive's task"),
+            fetch.await.expect("the fetch's task"),
+            acquire.await.expect("the acquire's task"),
+        )
+    });
+    let logs = cluster.logs();
+    match received {
+        (Ok(messages), took) => {
+            assert!(messages.is_empty(), "{messages:?}");
+            assert!(
+                took >= wait - Duration::from_millis(500),
+                "the receive ended early: {took:?}"
+            );
+        }
+        (Err(e), took) => panic!("the receive failed after {took:?}: {e:?}\n{logs}"),
+    }
+    match fetched {
+        (Ok(fetched), took) => {
+            assert!(fetched.records.is_empty(), "{fetched:?}");
+            assert!(
+                took >= wait - Duration::from_millis(500),
+                "the fetch ended early: {took:?}"
+            );
+        }
+        (Err(e), took) => panic!("the fetch failed after {took:?}: {e:?}\n{logs}"),
+    }
+    match acquired {
+        (Ok(basalt_client::Acquired::Held { holder, .. }), took) => {
+            assert_eq!(holder, b"other".to_vec());
+            assert!(
+                took >= wait - Duration::from_millis(500),
+                "the acquire ended early: {took:?}"
+            );
+        }
+        (other, took) => panic!("the acquire answered {other:?} after {took:?}\n{logs}"),
+    }
+    let status = cluster.wait_exit(leader, Duration::from_secs(60));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}\n{logs}");
 }
 
 /// A leader stopped by SIGTERM hands its leadership over before Raft stops: by the time its

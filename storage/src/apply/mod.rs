@@ -80,6 +80,7 @@ pub(crate) use applier::LAST_STAMP_KEY;
 use applier::{apply_single_op, OpContext};
 pub use applier::{last_applied_stamp, Applier, RegionRole};
 pub(crate) use records::{corrupt, decode, load, lossy, named, out_of_range, save};
+pub use session::answered as session_answered;
 pub use sweep::{follow_up, more_due, sweeps_due, SWEEP_ITEMS_MAX};
 pub use validate::{check_batch, check_key, validate_op};
 pub use write_set::{View, WriteSet};

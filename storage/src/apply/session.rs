@@ -72,6 +72,24 @@ pub(crate) fn begin<S: StoreRead>(view: &mut View<'_, S>, session: &Session) -> 
     Ok(Begin::Apply { floor })
 }
 
+/// Whether the request of `session` was applied before, in `store`'s applied state: its answer
+/// is kept, or its seq lies below the client's floor (forgotten: a retry is refused). A long-poll
+/// retried after its answer was lost proposes at once, to get that answer back, instead of first
+/// waiting for something new. A floor record that does not decode counts as not answered here:
+/// the proposal, which reads it too, fail-stops naming it.
+pub fn answered<S: StoreRead + ?Sized>(store: &S, session: &Session) -> Result<bool, StoreError> {
+    if store
+        .get(Table::Session, &answer_key(session.client_id, session.seq))?
+        .is_some()
+    {
+        return Ok(true);
+    }
+    Ok(store
+        .get(Table::Session, &floor_key(session.client_id))?
+        .and_then(|bytes| decode_floor_record(&bytes))
+        .is_some_and(|(floor, _)| session.seq < floor))
+}
+
 /// Saves the answer and forgets those the client no longer needs. `old_floor` is what [`begin`]
 /// read (nothing in between changes it: one command applies at a time).
 pub(crate) fn finish<S: StoreRead>(

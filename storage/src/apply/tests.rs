@@ -574,6 +574,46 @@ fn forgotten_answers_are_refused_not_reapplied() {
     assert_eq!(stored.as_deref().and_then(counter::decode_counter), Some(6));
 }
 
+/// `session_answered` tells a request applied before (its answer kept, or forgotten below the
+/// client's floor) from one never applied, without applying anything: what a long-poll's retry
+/// asks before it waits.
+#[test]
+fn a_session_tells_whether_its_request_was_answered() {
+    let mut h = Harness::new();
+    let incr = incr_op("c", 1);
+    let session = |client_id, seq| Session {
+        client_id,
+        seq,
+        first_incomplete_seq: seq,
+    };
+    assert!(!session_answered(&h.store, &session(1, 1)).expect("read"), "never seen");
+    for seq in 1..=3 {
+        h.apply(with_session(cmd(seq, incr.clone()), 1, seq, 1));
+    }
+    assert!(session_answered(&h.store, &session(1, 2)).expect("read"), "kept");
+    assert!(
+        !session_answered(&h.store, &session(1, 4)).expect("read"),
+        "not yet sent"
+    );
+    assert!(
+        !session_answered(&h.store, &session(2, 2)).expect("read"),
+        "another client"
+    );
+    // seq 5 says the client has every answer below 5: 1..=3 are forgotten, still answered.
+    h.apply(with_session(cmd(5, incr.clone()), 1, 5, 5));
+    assert!(session_answered(&h.store, &session(1, 2)).expect("read"), "forgotten");
+    assert!(
+        !session_answered(&h.store, &session(1, 6)).expect("read"),
+        "above the floor"
+    );
+    let stored = h.store.get(Table::Counter, b"c").expect("get");
+    assert_eq!(
+        stored.as_deref().and_then(counter::decode_counter),
+        Some(4),
+        "asking applied nothing"
+    );
+}
+
 #[test]
 fn concurrent_requests_of_one_client_may_apply_out_of_order() {
     let mut h = Harness::new();
