@@ -852,6 +852,48 @@ mod tests {
         }
     }
 
+    /// What a follower receives is checked whole before openraft sees it: an intact pack of the
+    /// announced snapshot passes; one cut short, one with a flipped byte and one holding another
+    /// snapshot than the stream announced are refused as damaged (the leader may send again).
+    #[test]
+    fn a_received_pack_is_refused_when_damaged_or_not_the_one_announced() {
+        use basalt_storage::apply::WriteSet;
+        use basalt_storage::state::rocks::RocksStore;
+        use basalt_storage::state::snapshot::Checkpoint;
+        use basalt_storage::state::Table;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = RocksStore::open(dir.path().join("state")).expect("open");
+        let mut writes = WriteSet::default();
+        writes.put(Table::Kv, b"k".to_vec(), vec![1; 4096]);
+        store.commit(&writes).expect("commit");
+        let announced = crate::SnapshotMeta::default();
+        let pack = dir.path().join("in.snap");
+        Checkpoint::create(&store, dir.path().join("checkpoint"))
+            .expect("checkpoint")
+            .pack(&encode(&announced), &pack)
+            .expect("pack");
+        let intact = std::fs::read(&pack).expect("read");
+        assert!(verify_incoming(&pack, &announced).is_ok());
+
+        let other = crate::SnapshotMeta {
+            last_log_id: Some(crate::LogId::new(
+                openraft::impls::leader_id_adv::LeaderId { term: 1, node_id: 1 },
+                3,
+            )),
+            ..announced.clone()
+        };
+        assert!(matches!(verify_incoming(&pack, &other), Err(Refusal::Damaged(_))));
+
+        std::fs::write(&pack, &intact[..intact.len() / 2]).expect("cut");
+        assert!(matches!(verify_incoming(&pack, &announced), Err(Refusal::Damaged(_))));
+
+        let mut flipped = intact.clone();
+        let middle = flipped.len() / 2;
+        flipped[middle] ^= 0x5a;
+        std::fs::write(&pack, &flipped).expect("flip");
+        assert!(matches!(verify_incoming(&pack, &announced), Err(Refusal::Damaged(_))));
+    }
+
     #[test]
     fn a_request_of_another_data_format_is_refused_by_name_before_decoding() {
         let old = check_data_format(&Request::new(())).expect_err("no header: data format 1");

@@ -49,6 +49,10 @@ pub struct StateMachine {
     /// Users and roles as of the last applied batch, published after the batch that changed
     /// them is committed (or a snapshot holding others is installed).
     auth: Arc<tokio::sync::watch::Sender<Arc<basalt_auth::AuthTable>>>,
+    /// Held while a snapshot is built: openraft builds one at a time, but a damaged pack is
+    /// replaced outside its knowledge ([`StateMachine::replace_damaged_pack`]), and two builds
+    /// would share the checkpoint directory.
+    building: Arc<std::sync::Mutex<()>>,
 }
 
 fn applied_state_of(store: &RocksStore) -> Result<(Option<LogId>, StoredMembership), io::Error> {
@@ -85,6 +89,7 @@ impl StateMachine {
             applied: Arc::new(applied),
             topology: Arc::new(topology),
             auth: Arc::new(auth),
+            building: Arc::default(),
         })
     }
 
@@ -196,6 +201,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
         let this = self.clone();
         tokio::task::spawn_blocking(move || -> Result<Snapshot, io::Error> {
+            let _building = this.building.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let checkpoint = Checkpoint::create(&this.store, this.snapshot_dir.join("checkpoint.tmp"))?;
             // The meta comes from the checkpoint itself, so it matches the data exactly.
             let (last_log_id, last_membership) = applied_state_of(&checkpoint.open_read_only()?)?;
@@ -337,15 +343,62 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(())
     }
 
+    /// The newest pack, verified whole (every section's crc, the end marker) before it is
+    /// offered: this is what openraft sends to a follower behind the purged log, and at start-up
+    /// what it compares with the applied state. A damaged pack is replaced (see
+    /// [`StateMachine::replace_damaged_pack`]) instead of being sent to followers that would
+    /// all refuse it. Reading the pack whole costs one pass over it per transfer and per start.
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
         let Some(path) = self.latest_pack()? else {
             return Ok(None);
         };
-        let meta: SnapshotMeta = decode(&snapshot::read_pack_meta(&path)?)?;
-        Ok(Some(Snapshot {
-            meta,
-            snapshot: SnapshotPack { path },
-        }))
+        let verify_path = path.clone();
+        let verified = tokio::task::spawn_blocking(move || snapshot::verify_pack(&verify_path))
+            .await
+            .map_err(io::Error::other)?;
+        match verified {
+            Ok(meta) => Ok(Some(Snapshot {
+                meta: decode(&meta)?,
+                snapshot: SnapshotPack { path },
+            })),
+            Err(damage) => self.replace_damaged_pack(&path, damage).await.map(Some),
+        }
+    }
+}
+
+impl StateMachine {
+    /// Replaces `path`, the newest pack, which failed verification on this node's own disk:
+    /// sent as it is, every follower would refuse it until the next snapshot build, which a
+    /// quiet region may never make, so a follower behind the purged log (or a new member) could
+    /// not catch up. When the state is at or past the pack's index (the pack only copies what
+    /// the state holds), a new pack is built from the state, which replaces the damaged one (same
+    /// name, by an atomic rename) or, newer, makes it be removed; until then the damaged pack
+    /// stays, so a crash meanwhile leaves the node a pack to find damaged and replace again at
+    /// its restart. Applies wait meanwhile (this runs in openraft's state machine task). When
+    /// the pack is ahead of the state (an install a crash interrupted, which only that pack can
+    /// finish), nothing can replace it: the error stops the node, naming the file and the damage.
+    async fn replace_damaged_pack(
+        &mut self,
+        path: &Path,
+        damage: basalt_storage::state::StoreError,
+    ) -> Result<Snapshot, io::Error> {
+        let (applied, _) = applied_state_of(&self.store)?;
+        let applied_index = applied.map(|id| id.index());
+        let pack_index = pack_index(path);
+        if pack_index.is_none() || applied_index < pack_index {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{damage}; the pack is ahead of the state (applied {applied_index:?}), so it cannot be rebuilt from it"
+                ),
+            ));
+        }
+        tracing::error!(
+            path = %path.display(),
+            error = %damage,
+            "the newest snapshot pack is damaged; building a new one from the state to replace it"
+        );
+        self.build_snapshot().await
     }
 }
 
@@ -365,6 +418,70 @@ mod pack_tests {
         let _sm = StateMachine::open(dir.path(), Arc::new(basalt_storage::hlc::Hlc::new())).expect("open");
         assert!(!part.exists(), "the half-received snapshot is removed");
         assert!(pack.exists(), "packs stay");
+    }
+
+    /// A state machine whose state says it applied up to `index`, with a pack built from it.
+    async fn with_a_pack(dir: &Path, index: u64) -> (StateMachine, PathBuf) {
+        let mut sm = StateMachine::open(dir, Arc::new(basalt_storage::hlc::Hlc::new())).expect("open");
+        let mut writes = WriteSet::default();
+        writes.put(
+            Table::Meta,
+            APPLIED_KEY.to_vec(),
+            encode(&LogId::new(
+                openraft::impls::leader_id_adv::LeaderId { term: 1, node_id: 1 },
+                index,
+            )),
+        );
+        writes.put(Table::Kv, b"k".to_vec(), vec![7; 4096]);
+        sm.store().commit(&writes).expect("commit");
+        let built = sm.build_snapshot().await.expect("build");
+        (sm, built.snapshot.path)
+    }
+
+    /// Flips one byte in the middle of `path` (the file replaced whole, as a rename).
+    fn damage(path: &Path) {
+        let mut bytes = std::fs::read(path).expect("read pack");
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x5a;
+        let damaged = path.with_extension("damaged");
+        std::fs::write(&damaged, &bytes).expect("write");
+        std::fs::rename(&damaged, path).expect("rename");
+    }
+
+    /// A pack damaged on this node's own disk is not offered to followers (all of them would
+    /// refuse it until the next build): the current snapshot is built again from the state,
+    /// which is at the pack's index, and it verifies.
+    #[tokio::test]
+    async fn a_damaged_pack_is_rebuilt_from_the_state_before_it_is_offered() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut sm, pack) = with_a_pack(dir.path(), 5).await;
+        damage(&pack);
+        assert!(snapshot::verify_pack(&pack).is_err(), "the test damaged the pack");
+        let current = sm.get_current_snapshot().await.expect("current").expect("a snapshot");
+        assert_eq!(current.meta.last_log_id.map(|id| id.index()), Some(5));
+        snapshot::verify_pack(&current.snapshot.path).expect("the offered pack verifies");
+        assert_eq!(
+            packs_in(sm.snapshot_dir()).expect("packs").len(),
+            1,
+            "one pack, the new one"
+        );
+        // An intact pack is offered as it is.
+        let again = sm.get_current_snapshot().await.expect("current").expect("a snapshot");
+        assert_eq!(again.snapshot.path, current.snapshot.path);
+    }
+
+    /// A damaged pack ahead of the state (an install a crash interrupted) cannot be rebuilt from
+    /// the state: the error names the damage, and nothing is removed.
+    #[tokio::test]
+    async fn a_damaged_pack_ahead_of_the_state_is_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut sm, pack) = with_a_pack(dir.path(), 5).await;
+        let ahead = sm.snapshot_dir().join("00000000000000000009-1-1.snap");
+        std::fs::copy(&pack, &ahead).expect("copy");
+        damage(&ahead);
+        let error = sm.get_current_snapshot().await.expect_err("refused");
+        assert!(error.to_string().contains("ahead of the state"), "{error}");
+        assert!(ahead.exists(), "the pack is kept for the operator");
     }
 
     #[test]
