@@ -18,6 +18,10 @@ pub const PAYLOAD_ENTRIES_MAX: u64 = 2048;
 pub const APPEND_BYTES_BUDGET: u64 = 32 * 1024 * 1024;
 /// Bytes of a snapshot pack per chunk of a snapshot transfer.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+/// How long a snapshot pack verified whole (unchanged since: same file, length and modification
+/// time) counts as intact: while it is offered, it is read whole again at most this often, in the
+/// background, so damage that came later (a bad sector) is found and the pack rebuilt.
+pub const PACK_REVERIFY_INTERVAL_MIN: Duration = Duration::from_secs(60);
 /// The shortest deadline of an append or vote. openraft sets an append's hard TTL to one heartbeat
 /// interval; on a loaded machine a large append (fsync included) can take longer, and timing it
 /// out only makes the leader back off and send it again.

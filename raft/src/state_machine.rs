@@ -14,13 +14,14 @@ use basalt_storage::command::Response;
 use basalt_storage::hlc::Hlc;
 use basalt_storage::state::rocks::RocksStore;
 use basalt_storage::state::snapshot::{self, Checkpoint};
-use basalt_storage::state::{StoreRead, Table};
+use basalt_storage::state::{StoreError, StoreRead, Table};
 use futures::{Stream, TryStreamExt};
 use openraft::entry::RaftEntry;
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
 use tokio::sync::Mutex;
 
+use crate::limits::PACK_REVERIFY_INTERVAL_MIN;
 use crate::{decode, encode, LogId, SnapshotMeta, StoredMembership, TypeConfig};
 
 const APPLIED_KEY: &[u8] = b"applied_log_id";
@@ -53,6 +54,41 @@ pub struct StateMachine {
     /// replaced outside its knowledge ([`StateMachine::replace_damaged_pack`]), and two builds
     /// would share the checkpoint directory.
     building: Arc<std::sync::Mutex<()>>,
+    /// The background checks of the packs offered ([`StateMachine::check_pack_in_background`]).
+    pack_checks: Arc<std::sync::Mutex<PackChecks>>,
+}
+
+/// What the background check of offered packs knows.
+#[derive(Default)]
+struct PackChecks {
+    /// A check is on its way.
+    running: bool,
+    /// The pack last checked (built or installed here, or read whole, intact or not), and
+    /// when: it is not read again before [`PACK_REVERIFY_INTERVAL_MIN`] has passed, so a pack that
+    /// cannot be repaired is not read over and over as transfers retry.
+    checked: Option<(PackStamp, std::time::Instant)>,
+}
+
+/// A pack file as it is on disk now: a pack replaced (a rename) or written to again differs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct PackStamp {
+    path: PathBuf,
+    inode: u64,
+    bytes: u64,
+    modified: Option<std::time::SystemTime>,
+}
+
+impl PackStamp {
+    fn of(path: &Path) -> Option<PackStamp> {
+        use std::os::unix::fs::MetadataExt;
+        let metadata = std::fs::metadata(path).ok()?;
+        Some(PackStamp {
+            path: path.to_path_buf(),
+            inode: metadata.ino(),
+            bytes: metadata.len(),
+            modified: metadata.modified().ok(),
+        })
+    }
 }
 
 fn applied_state_of(store: &RocksStore) -> Result<(Option<LogId>, StoredMembership), io::Error> {
@@ -90,7 +126,79 @@ impl StateMachine {
             topology: Arc::new(topology),
             auth: Arc::new(auth),
             building: Arc::default(),
+            pack_checks: Arc::default(),
         })
+    }
+
+    /// Notes `path` as intact now (a pack this node just wrote, or verified whole).
+    fn pack_intact(&self, path: &Path) {
+        let mut checks = self
+            .pack_checks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        checks.checked = PackStamp::of(path).map(|stamp| (stamp, std::time::Instant::now()));
+    }
+
+    /// Verifies `path`, the pack being offered, whole on a task of its own, unless it is the
+    /// pack last checked, within [`PACK_REVERIFY_INTERVAL_MIN`], or a check is on its way. Not
+    /// on openraft's state machine task, which asks for the pack once per transfer attempt:
+    /// reading a large pack there would hold every apply meanwhile. A pack found damaged is
+    /// replaced ([`StateMachine::replace_damaged_pack`]); the attempt that offered it fails at
+    /// the follower, which refuses it, and the next one gets the new pack.
+    fn check_pack_in_background(&self, path: &Path) {
+        let Some(stamp) = PackStamp::of(path) else {
+            return;
+        };
+        {
+            let mut checks = self
+                .pack_checks
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let fresh = checks
+                .checked
+                .as_ref()
+                .is_some_and(|(checked, at)| *checked == stamp && at.elapsed() < PACK_REVERIFY_INTERVAL_MIN);
+            if checks.running || fresh {
+                return;
+            }
+            checks.running = true;
+        }
+        let mut this = self.clone();
+        tokio::spawn(async move {
+            let path = stamp.path.clone();
+            let verify_path = path.clone();
+            let verified = tokio::task::spawn_blocking(move || snapshot::verify_pack(&verify_path)).await;
+            let checked = match verified {
+                Ok(Ok(_)) => Some(stamp),
+                Ok(Err(damage @ StoreError::CorruptSnapshot { .. })) => {
+                    match this.replace_damaged_pack(&path, damage).await {
+                        Ok(rebuilt) => PackStamp::of(&rebuilt.snapshot.path),
+                        Err(e) => {
+                            tracing::error!(path = %path.display(), error = %e, "a damaged snapshot pack could not be replaced");
+                            Some(stamp)
+                        }
+                    }
+                }
+                // Gone meanwhile (a newer pack, checked at its first offer, replaced it), or
+                // unreadable for now (looked at again after the interval).
+                Ok(Err(e)) => {
+                    tracing::warn!(path = %path.display(), error = %e, "could not verify a snapshot pack");
+                    Some(stamp)
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "the snapshot pack check ended");
+                    Some(stamp)
+                }
+            };
+            let mut checks = this
+                .pack_checks
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            checks.running = false;
+            if let Some(stamp) = checked {
+                checks.checked = Some((stamp, std::time::Instant::now()));
+            }
+        });
     }
 
     /// The membership as of the last applied entry (empty before any): what this node knows of
@@ -202,6 +310,12 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         let this = self.clone();
         tokio::task::spawn_blocking(move || -> Result<Snapshot, io::Error> {
             let _building = this.building.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if this.store.install_incomplete() {
+                // A half-replaced state is no snapshot of any index.
+                return Err(io::Error::other(
+                    "a snapshot install is unfinished: no snapshot is built meanwhile",
+                ));
+            }
             let checkpoint = Checkpoint::create(&this.store, this.snapshot_dir.join("checkpoint.tmp"))?;
             // The meta comes from the checkpoint itself, so it matches the data exactly.
             let (last_log_id, last_membership) = applied_state_of(&checkpoint.open_read_only()?)?;
@@ -212,6 +326,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             let path = this.snapshot_dir.join(pack_name(&meta));
             let bytes = checkpoint.pack(&encode(&meta), &path)?;
             this.remove_other_packs(&path)?;
+            this.pack_intact(&path);
             tracing::info!(path = %path.display(), bytes, last_log_id = ?meta.last_log_id, "built snapshot");
             Ok(Snapshot {
                 meta,
@@ -324,6 +439,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             if let Err(e) = this.remove_other_packs(&target) {
                 tracing::warn!(error = %e, "removing older snapshot packs");
             }
+            // Verified whole on its way in (see `network`).
+            this.pack_intact(&target);
             tracing::info!(last_log_id = ?meta.last_log_id, "installed snapshot");
             // The snapshot carries the region topology of its index: the role comes with it.
             Ok(Applier::load(&this.store)?)
@@ -343,26 +460,27 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(())
     }
 
-    /// The newest pack, verified whole (every section's crc, the end marker) before it is
-    /// offered: this is what openraft sends to a follower behind the purged log, and at start-up
-    /// what it compares with the applied state. A damaged pack is replaced (see
-    /// [`StateMachine::replace_damaged_pack`]) instead of being sent to followers that would
-    /// all refuse it. Reading the pack whole costs one pass over it per transfer and per start.
+    /// The newest pack: what openraft sends to a follower behind the purged log, and at start-up
+    /// compares with the applied state. Only its head (the metadata) is read here; the whole
+    /// pack is verified in the background ([`StateMachine::check_pack_in_background`]) and
+    /// replaced if damaged. A pack whose head is damaged cannot be offered at all: it is
+    /// replaced here and now.
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
         let Some(path) = self.latest_pack()? else {
             return Ok(None);
         };
-        let verify_path = path.clone();
-        let verified = tokio::task::spawn_blocking(move || snapshot::verify_pack(&verify_path))
-            .await
-            .map_err(io::Error::other)?;
-        match verified {
-            Ok(meta) => Ok(Some(Snapshot {
-                meta: decode(&meta)?,
-                snapshot: SnapshotPack { path },
-            })),
-            Err(damage) => self.replace_damaged_pack(&path, damage).await.map(Some),
-        }
+        let meta = match snapshot::read_pack_meta(&path) {
+            Ok(meta) => meta,
+            Err(damage @ StoreError::CorruptSnapshot { .. }) => {
+                return self.replace_damaged_pack(&path, damage).await.map(Some);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        self.check_pack_in_background(&path);
+        Ok(Some(Snapshot {
+            meta: decode(&meta)?,
+            snapshot: SnapshotPack { path },
+        }))
     }
 }
 
@@ -374,14 +492,11 @@ impl StateMachine {
     /// the state holds), a new pack is built from the state, which replaces the damaged one (same
     /// name, by an atomic rename) or, newer, makes it be removed; until then the damaged pack
     /// stays, so a crash meanwhile leaves the node a pack to find damaged and replace again at
-    /// its restart. Applies wait meanwhile (this runs in openraft's state machine task). When
-    /// the pack is ahead of the state (an install a crash interrupted, which only that pack can
-    /// finish), nothing can replace it: the error stops the node, naming the file and the damage.
-    async fn replace_damaged_pack(
-        &mut self,
-        path: &Path,
-        damage: basalt_storage::state::StoreError,
-    ) -> Result<Snapshot, io::Error> {
+    /// its restart. When the pack is ahead of the state (an install a crash interrupted, which
+    /// only that pack can finish), nothing can replace it: an error naming the file and the
+    /// damage (which stops the node when its head was damaged: openraft cannot go on without the
+    /// pack; found in the background, it is logged, and the install that needs the pack fails).
+    async fn replace_damaged_pack(&mut self, path: &Path, damage: StoreError) -> Result<Snapshot, io::Error> {
         let (applied, _) = applied_state_of(&self.store)?;
         let applied_index = applied.map(|id| id.index());
         let pack_index = pack_index(path);
@@ -438,25 +553,41 @@ mod pack_tests {
         (sm, built.snapshot.path)
     }
 
-    /// Flips one byte in the middle of `path` (the file replaced whole, as a rename).
-    fn damage(path: &Path) {
+    /// Flips the byte at `at` (of its length) of `path`, the file replaced whole, as a rename.
+    fn damage(path: &Path, at: impl Fn(usize) -> usize) {
         let mut bytes = std::fs::read(path).expect("read pack");
-        let middle = bytes.len() / 2;
-        bytes[middle] ^= 0x5a;
+        let at = at(bytes.len());
+        bytes[at] ^= 0x5a;
         let damaged = path.with_extension("damaged");
         std::fs::write(&damaged, &bytes).expect("write");
         std::fs::rename(&damaged, path).expect("rename");
     }
 
-    /// A pack damaged on this node's own disk is not offered to followers (all of them would
-    /// refuse it until the next build): the current snapshot is built again from the state,
-    /// which is at the pack's index, and it verifies.
+    /// Waits for the background check of the offered pack to end.
+    async fn pack_check_done(sm: &StateMachine) {
+        for _ in 0..1000 {
+            if !sm.pack_checks.lock().expect("lock").running {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("the pack check did not end");
+    }
+
+    /// A pack damaged on this node's own disk is found by the background check of the pack
+    /// offered (all followers would refuse it until the next build, which a quiet region may
+    /// never make) and built again from the state, which is at the pack's index; the next offer
+    /// is the new pack, which verifies.
     #[tokio::test]
-    async fn a_damaged_pack_is_rebuilt_from_the_state_before_it_is_offered() {
+    async fn a_damaged_pack_is_rebuilt_from_the_state_once_offered() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (mut sm, pack) = with_a_pack(dir.path(), 5).await;
-        damage(&pack);
+        damage(&pack, |len| len / 2);
         assert!(snapshot::verify_pack(&pack).is_err(), "the test damaged the pack");
+        // Offered at once (its head is intact): the whole pack is read in the background.
+        let offered = sm.get_current_snapshot().await.expect("current").expect("a snapshot");
+        assert_eq!(offered.snapshot.path, pack);
+        pack_check_done(&sm).await;
         let current = sm.get_current_snapshot().await.expect("current").expect("a snapshot");
         assert_eq!(current.meta.last_log_id.map(|id| id.index()), Some(5));
         snapshot::verify_pack(&current.snapshot.path).expect("the offered pack verifies");
@@ -465,20 +596,41 @@ mod pack_tests {
             1,
             "one pack, the new one"
         );
-        // An intact pack is offered as it is.
-        let again = sm.get_current_snapshot().await.expect("current").expect("a snapshot");
-        assert_eq!(again.snapshot.path, current.snapshot.path);
+        // The new pack counts as checked: offering it again starts no check.
+        assert!(!sm.pack_checks.lock().expect("lock").running);
+    }
+
+    /// A pack whose head is damaged cannot be offered at all: it is built again there and then.
+    #[tokio::test]
+    async fn a_pack_with_a_damaged_head_is_rebuilt_before_it_is_offered() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut sm, pack) = with_a_pack(dir.path(), 5).await;
+        damage(&pack, |_| 20);
+        assert!(snapshot::read_pack_meta(&pack).is_err(), "the test damaged the head");
+        let current = sm.get_current_snapshot().await.expect("current").expect("a snapshot");
+        assert_eq!(current.meta.last_log_id.map(|id| id.index()), Some(5));
+        snapshot::verify_pack(&current.snapshot.path).expect("the offered pack verifies");
     }
 
     /// A damaged pack ahead of the state (an install a crash interrupted) cannot be rebuilt from
-    /// the state: the error names the damage, and nothing is removed.
+    /// the state: a damaged head is an error naming the damage; damage found in the background
+    /// is logged; the pack is kept either way.
     #[tokio::test]
-    async fn a_damaged_pack_ahead_of_the_state_is_an_error() {
+    async fn a_damaged_pack_ahead_of_the_state_is_not_replaced() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (mut sm, pack) = with_a_pack(dir.path(), 5).await;
         let ahead = sm.snapshot_dir().join("00000000000000000009-1-1.snap");
         std::fs::copy(&pack, &ahead).expect("copy");
-        damage(&ahead);
+        damage(&ahead, |len| len / 2);
+        let offered = sm.get_current_snapshot().await.expect("current").expect("a snapshot");
+        assert_eq!(offered.snapshot.path, ahead);
+        pack_check_done(&sm).await;
+        assert_eq!(
+            packs_in(sm.snapshot_dir()).expect("packs").last().map(|(i, _)| *i),
+            Some(9)
+        );
+
+        damage(&ahead, |_| 20);
         let error = sm.get_current_snapshot().await.expect_err("refused");
         assert!(error.to_string().contains("ahead of the state"), "{error}");
         assert!(ahead.exists(), "the pack is kept for the operator");

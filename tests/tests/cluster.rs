@@ -755,11 +755,12 @@ fn a_node_whose_log_fails_exits_and_the_cluster_goes_on() {
 }
 
 /// A snapshot pack damaged on the leader's disk (here cut short, as a bad sector or a read error
-/// would leave it) is not sent: the leader verifies its pack before offering it, finds the
-/// damage, and builds a new pack from its state, so a follower behind the purged log catches up
-/// although nothing is written after the damage (the leader used to send the damaged pack,
-/// which every follower refused until a later write made the next snapshot). The follower's own
-/// check of what it receives is tested in `basalt-raft` (`network::tests`).
+/// would leave it) is replaced: the leader verifies the pack it offers (in the background),
+/// finds the damage, and builds a new pack from its state, so a follower behind the purged log
+/// catches up although nothing is written after the damage (the leader used to send the damaged
+/// pack, which every follower refused until a later write made the next snapshot). The
+/// follower refuses the damaged pack if it was sent before the check ended (its own check is
+/// tested in `basalt-raft`, `network::tests`), and keeps running.
 #[test]
 fn a_damaged_snapshot_pack_on_the_leader_is_rebuilt_and_the_follower_catches_up() {
     runtime().block_on(async {
@@ -805,12 +806,6 @@ fn a_damaged_snapshot_pack_on_the_leader_is_rebuilt_and_the_follower_catches_up(
         assert!(
             leader_log.contains("the newest snapshot pack is damaged"),
             "the leader did not find the damage:\n{leader_log}"
-        );
-        assert!(
-            !cluster
-                .log(lagging)
-                .contains("refusing a snapshot that failed verification"),
-            "the damaged pack was sent"
         );
         let status = client.node_status(&cluster.addr(lagging)).await.expect("status");
         assert!(

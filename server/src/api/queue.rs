@@ -145,25 +145,26 @@ impl Queue for Api {
             .map_err(|e| op_error_status(&e))?;
         let deadline = tokio::time::Instant::now() + Duration::from_millis(r.wait_ms).min(super::WAIT_MAX);
         // A retry of a receive that was applied before (its answer lost to a failover or a
-        // node's stop) proposes at once and gets that answer back: the messages it delivered are
-        // invisible now, so waiting for visible ones first would hold them from their receiver
-        // until the wait ran out.
-        let mut replay = match &session {
-            Some(s) => basalt_storage::apply::session_answered(&self.store, s).map_err(storage_status)?,
-            None => false,
+        // node's stop) proposes as soon as this node has applied it, and gets that answer back:
+        // the messages it delivered are invisible now, so waiting for visible ones would hold
+        // them from their receiver until the wait ran out. (A new leader may apply the old
+        // leader's entry a moment after the retry arrives: the wait looks again at each apply.)
+        let answered = |session: &Option<basalt_storage::command::Session>| match session {
+            Some(s) => basalt_storage::apply::session_answered(&self.store, s).map_err(storage_status),
+            None => Ok(false),
         };
         loop {
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let visible = std::mem::take(&mut replay)
-                || self
-                    .wait_until(remaining, || {
-                        // A queue deleted meanwhile ends the wait: the receive below answers NOT_FOUND.
-                        let gone = stored_queue(&self.store, &r.queue).map_err(storage_status)?.is_err();
-                        Ok(gone
-                            || has_visible(&self.store, &r.queue, self.clock.now().physical_ms())
-                                .map_err(storage_status)?)
-                    })
-                    .await?;
+            let visible = self
+                .wait_until(remaining, || {
+                    // A queue deleted meanwhile ends the wait: the receive below answers NOT_FOUND.
+                    let gone = stored_queue(&self.store, &r.queue).map_err(storage_status)?.is_err();
+                    Ok(gone
+                        || answered(&session)?
+                        || has_visible(&self.store, &r.queue, self.clock.now().physical_ms())
+                            .map_err(storage_status)?)
+                })
+                .await?;
             // Only the first attempt carries the session: a retry of this request gets its
             // messages back, while later attempts of this long-poll are new receives. A later
             // attempt is not made by a stopping node: an answer lost to its stop could not be
