@@ -69,6 +69,15 @@ struct PackChecks {
     checked: Option<(PackStamp, std::time::Instant)>,
 }
 
+/// Marks a background pack check as running until dropped.
+struct CheckRunning(Arc<std::sync::Mutex<PackChecks>>);
+
+impl Drop for CheckRunning {
+    fn drop(&mut self) {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).running = false;
+    }
+}
+
 /// A pack file as it is on disk now: a pack replaced (a rename) or written to again differs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct PackStamp {
@@ -163,14 +172,19 @@ impl StateMachine {
             }
             checks.running = true;
         }
+        // Whatever ends the task (a panic included), the next offer may check again.
+        let running = CheckRunning(Arc::clone(&self.pack_checks));
         let mut this = self.clone();
         tokio::spawn(async move {
+            let _running = running;
             let path = stamp.path.clone();
             let verify_path = path.clone();
             let verified = tokio::task::spawn_blocking(move || snapshot::verify_pack(&verify_path)).await;
             let checked = match verified {
                 Ok(Ok(_)) => Some(stamp),
-                Ok(Err(damage @ StoreError::CorruptSnapshot { .. })) => {
+                // Replaced meanwhile (a build, an install): the new pack is checked when offered.
+                Ok(Err(_)) if PackStamp::of(&path).as_ref() != Some(&stamp) => None,
+                Ok(Err(damage @ (StoreError::CorruptSnapshot { .. } | StoreError::SnapshotFormat { .. }))) => {
                     match this.replace_damaged_pack(&path, damage).await {
                         Ok(rebuilt) => PackStamp::of(&rebuilt.snapshot.path),
                         Err(e) => {
@@ -179,8 +193,7 @@ impl StateMachine {
                         }
                     }
                 }
-                // Gone meanwhile (a newer pack, checked at its first offer, replaced it), or
-                // unreadable for now (looked at again after the interval).
+                // Unreadable for now: looked at again after the interval.
                 Ok(Err(e)) => {
                     tracing::warn!(path = %path.display(), error = %e, "could not verify a snapshot pack");
                     Some(stamp)
@@ -190,12 +203,13 @@ impl StateMachine {
                     Some(stamp)
                 }
             };
-            let mut checks = this
-                .pack_checks
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            checks.running = false;
-            if let Some(stamp) = checked {
+            // Only while it still describes the file: a build or install that finished meanwhile
+            // noted its own pack.
+            if let Some(stamp) = checked.filter(|stamp| PackStamp::of(&stamp.path).as_ref() == Some(stamp)) {
+                let mut checks = this
+                    .pack_checks
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 checks.checked = Some((stamp, std::time::Instant::now()));
             }
         });
@@ -290,7 +304,11 @@ fn remove_packs_older_than(dir: &Path, keep: &Path) -> Result<(), io::Error> {
     };
     for (index, path) in packs_in(dir)? {
         if index < kept && path != keep {
-            std::fs::remove_file(&path)?;
+            match std::fs::remove_file(&path) {
+                // Removed meanwhile by another build or an install's clean-up.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                other => other?,
+            }
         }
     }
     Ok(())
@@ -310,12 +328,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         let this = self.clone();
         tokio::task::spawn_blocking(move || -> Result<Snapshot, io::Error> {
             let _building = this.building.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if this.store.install_incomplete() {
-                // A half-replaced state is no snapshot of any index.
-                return Err(io::Error::other(
-                    "a snapshot install is unfinished: no snapshot is built meanwhile",
-                ));
-            }
+            // (The checkpoint waits for an install running beside it, and is refused when one
+            // did not complete: a half-replaced state is no snapshot of any index.)
             let checkpoint = Checkpoint::create(&this.store, this.snapshot_dir.join("checkpoint.tmp"))?;
             // The meta comes from the checkpoint itself, so it matches the data exactly.
             let (last_log_id, last_membership) = applied_state_of(&checkpoint.open_read_only()?)?;
@@ -466,15 +480,25 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     /// replaced if damaged. A pack whose head is damaged cannot be offered at all: it is
     /// replaced here and now.
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
-        let Some(path) = self.latest_pack()? else {
-            return Ok(None);
-        };
-        let meta = match snapshot::read_pack_meta(&path) {
-            Ok(meta) => meta,
-            Err(damage @ StoreError::CorruptSnapshot { .. }) => {
-                return self.replace_damaged_pack(&path, damage).await.map(Some);
+        // A build beside this (openraft's, or a repair) may remove the pack just listed: list
+        // again, a few times.
+        let mut attempts = 0;
+        let (path, meta) = loop {
+            let Some(path) = self.latest_pack()? else {
+                return Ok(None);
+            };
+            match snapshot::read_pack_meta(&path) {
+                Ok(meta) => break (path, meta),
+                Err(StoreError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound && attempts < 3 => {
+                    attempts += 1;
+                }
+                // This node wrote the pack (or verified it on its way in): another data format
+                // than this build's is damage too, and the state can stand in for it.
+                Err(damage @ (StoreError::CorruptSnapshot { .. } | StoreError::SnapshotFormat { .. })) => {
+                    return self.replace_damaged_pack(&path, damage).await.map(Some);
+                }
+                Err(e) => return Err(e.into()),
             }
-            Err(e) => return Err(e.into()),
         };
         self.check_pack_in_background(&path);
         Ok(Some(Snapshot {
@@ -565,7 +589,7 @@ mod pack_tests {
 
     /// Waits for the background check of the offered pack to end.
     async fn pack_check_done(sm: &StateMachine) {
-        for _ in 0..1000 {
+        for _ in 0..3000 {
             if !sm.pack_checks.lock().expect("lock").running {
                 return;
             }
@@ -605,6 +629,7 @@ mod pack_tests {
     async fn a_pack_with_a_damaged_head_is_rebuilt_before_it_is_offered() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (mut sm, pack) = with_a_pack(dir.path(), 5).await;
+        // Byte 20 lies in the metadata section's length: the head no longer reads.
         damage(&pack, |_| 20);
         assert!(snapshot::read_pack_meta(&pack).is_err(), "the test damaged the head");
         let current = sm.get_current_snapshot().await.expect("current").expect("a snapshot");
@@ -622,6 +647,7 @@ mod pack_tests {
         let ahead = sm.snapshot_dir().join("00000000000000000009-1-1.snap");
         std::fs::copy(&pack, &ahead).expect("copy");
         damage(&ahead, |len| len / 2);
+        let before = PackStamp::of(&pack).expect("pack 5");
         let offered = sm.get_current_snapshot().await.expect("current").expect("a snapshot");
         assert_eq!(offered.snapshot.path, ahead);
         pack_check_done(&sm).await;
@@ -629,6 +655,7 @@ mod pack_tests {
             packs_in(sm.snapshot_dir()).expect("packs").last().map(|(i, _)| *i),
             Some(9)
         );
+        assert_eq!(PackStamp::of(&pack), Some(before), "nothing was built");
 
         damage(&ahead, |_| 20);
         let error = sm.get_current_snapshot().await.expect_err("refused");

@@ -171,9 +171,13 @@ impl RocksStore {
 
     /// Creates a RocksDB checkpoint (hard-linked SST files plus flushed memtables) at `dir`.
     /// Waits for an install running beside it (openraft builds snapshots in a task of its own), so
-    /// a checkpoint never holds a state half replaced.
+    /// a checkpoint never holds a state half replaced; [`StoreError::Installing`] when the
+    /// install it waited for (or one before a restart) did not complete.
     pub fn checkpoint(&self, dir: &Path) -> Result<(), StoreError> {
         let _shared = self.install.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if self.install_incomplete() {
+            return Err(StoreError::Installing);
+        }
         let checkpoint = rocksdb::checkpoint::Checkpoint::new(&self.db).map_err(rocks("checkpoint"))?;
         checkpoint.create_checkpoint(dir).map_err(rocks("checkpoint"))
     }
@@ -608,6 +612,13 @@ mod install_tests {
         assert!(
             matches!(target.get(Table::Kv, b"old-00001"), Err(StoreError::Installing)),
             "the mixed data tables are not read"
+        );
+        assert!(
+            matches!(
+                target.checkpoint(&dir.path().join("checkpoint")),
+                Err(StoreError::Installing)
+            ),
+            "no snapshot is taken of the mixed state"
         );
         // As at a restart after a crash there: the store says so, Meta stays readable.
         let path = target.path().to_path_buf();
