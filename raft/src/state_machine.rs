@@ -183,7 +183,12 @@ impl StateMachine {
             let checked = match verified {
                 Ok(Ok(_)) => Some(stamp),
                 // Replaced meanwhile (a build, an install): the new pack is checked when offered.
-                Ok(Err(_)) if PackStamp::of(&path).as_ref() != Some(&stamp) => None,
+                Ok(Err(_))
+                    if PackStamp::of(&path).as_ref() != Some(&stamp)
+                        || this.latest_pack().ok().flatten().as_ref() != Some(&path) =>
+                {
+                    None
+                }
                 Ok(Err(damage @ (StoreError::CorruptSnapshot { .. } | StoreError::SnapshotFormat { .. }))) => {
                     match this.replace_damaged_pack(&path, damage).await {
                         Ok(rebuilt) => PackStamp::of(&rebuilt.snapshot.path),
@@ -423,6 +428,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.clone()
     }
 
+    /// A build openraft's policy asks for is deferred while an install is unfinished (it failed:
+    /// a half-replaced state is no snapshot), instead of failing, which openraft takes as fatal
+    /// and which would hide the install's own error.
+    async fn try_create_snapshot_builder(&mut self, force: bool) -> Option<Self::SnapshotBuilder> {
+        if !force && self.store.install_incomplete() {
+            return None;
+        }
+        Some(self.clone())
+    }
+
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotPack) -> Result<(), io::Error> {
         let this = self.clone();
         let installed_index = meta.last_log_id.as_ref().map(|id| id.index());
@@ -482,18 +497,23 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
         // A build beside this (openraft's, or a repair) may remove the pack just listed: list
         // again, a few times.
-        let mut attempts = 0;
+        let mut vanished: Option<PathBuf> = None;
         let (path, meta) = loop {
             let Some(path) = self.latest_pack()? else {
                 return Ok(None);
             };
             match snapshot::read_pack_meta(&path) {
                 Ok(meta) => break (path, meta),
-                Err(StoreError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound && attempts < 3 => {
-                    attempts += 1;
+                // Gone: a build put a newer pack in place (a pack that stays listed and unread
+                // is an error).
+                Err(StoreError::Io { source, .. })
+                    if source.kind() == io::ErrorKind::NotFound && vanished.as_ref() != Some(&path) =>
+                {
+                    vanished = Some(path);
                 }
                 // This node wrote the pack (or verified it on its way in): another data format
-                // than this build's is damage too, and the state can stand in for it.
+                // than this build's is damage too, and the state can stand in for it (a data
+                // directory of another format is refused at start-up, before this runs).
                 Err(damage @ (StoreError::CorruptSnapshot { .. } | StoreError::SnapshotFormat { .. })) => {
                     return self.replace_damaged_pack(&path, damage).await.map(Some);
                 }

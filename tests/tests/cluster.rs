@@ -334,6 +334,37 @@ fn puts_of_separate_clients_are_merged_by_the_leader_and_each_answered() {
     });
 }
 
+/// Sends `call` to the leader over a raw gRPC channel of its own (no SDK: the test controls
+/// the request's session), and again after a refusal (leadership moving in a young cluster), as
+/// the SDK would, for up to 20 s: the channel it was answered on and the answer.
+async fn call_the_leader<T, F, Fut>(
+    cluster: &TestCluster,
+    client: &Client,
+    mut call: F,
+) -> (tonic::transport::Channel, T)
+where
+    F: FnMut(tonic::transport::Channel) -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let leader = cluster.leader(client).await;
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.addr(leader)))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect");
+        match call(channel.clone()).await {
+            Ok(answer) => return (channel, answer),
+            Err(status) if Instant::now() < deadline => {
+                eprintln!("retrying after {status}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(status) => panic!("no leader accepted the call: {status}"),
+        }
+    }
+}
+
 #[test]
 fn retried_request_with_the_same_session_applies_once() {
     runtime().block_on(async {
@@ -359,24 +390,17 @@ fn retried_request_with_the_same_session_applies_once() {
         let value = |reply: basalt_client::pb::CounterApplyResponse| reply.outcomes[0].value;
         // Send to the leader; a NOT_LEADER refusal (leadership moving in a young cluster) is
         // retried with the same (client_id, seq), exactly as the SDK does.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let (mut raw, first) = loop {
-            let leader = cluster.leader(&client).await;
-            let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.addr(leader)))
-                .expect("endpoint")
-                .connect()
-                .await
-                .expect("connect");
-            let mut raw = CounterClient::new(channel);
-            match raw.apply(request.clone()).await {
-                Ok(reply) => break (raw, value(reply.into_inner())),
-                Err(status) if Instant::now() < deadline => {
-                    eprintln!("retrying after {status}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(status) => panic!("no leader accepted the request: {status}"),
+        let (channel, first) = call_the_leader(&cluster, &client, |channel| {
+            let request = request.clone();
+            async move {
+                CounterClient::new(channel)
+                    .apply(request)
+                    .await
+                    .map(|r| value(r.into_inner()))
             }
-        };
+        })
+        .await;
+        let mut raw = CounterClient::new(channel);
         let retry = value(raw.apply(request.clone()).await.expect("retry").into_inner());
         assert_eq!(first, 7);
         assert_eq!(retry, 7, "the retry returns the first answer");
@@ -911,24 +935,14 @@ fn a_retried_receive_gets_its_lost_answer_back_without_waiting() {
         };
         // The first attempt, whose answer the test treats as lost; a NOT_LEADER refusal
         // (leadership moving in a young cluster) is sent again, as the SDK does.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let (mut raw, first) = loop {
-            let leader = cluster.leader(&client).await;
-            let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.addr(leader)))
-                .expect("endpoint")
-                .connect()
+        let (channel, first) = call_the_leader(&cluster, &client, |channel| async move {
+            QueueClient::new(channel)
+                .receive(request(0))
                 .await
-                .expect("connect");
-            let mut raw = QueueClient::new(channel);
-            match raw.receive(request(0)).await {
-                Ok(reply) => break (raw, reply.into_inner().messages),
-                Err(status) if Instant::now() < deadline => {
-                    eprintln!("retrying after {status}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(status) => panic!("no leader accepted the receive: {status}"),
-            }
-        };
+                .map(|r| r.into_inner().messages)
+        })
+        .await;
+        let mut raw = QueueClient::new(channel);
         assert_eq!(first.iter().map(|m| m.id).collect::<Vec<_>>(), vec![id]);
         let started = Instant::now();
         let retry = raw.receive(request(20_000)).await.expect("retry").into_inner().messages;
